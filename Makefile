@@ -1,0 +1,68 @@
+# netpol-sniffer: `make demo` runs the main job, `make test` sets everything up and runs the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages the lab, the tests and the graph rendering need.
+APT_PACKAGES := tcpdump iproute2 iptables graphviz procps kmod
+# The commands that tell whether they are there.
+APT_COMMANDS := tcpdump ip iptables dot
+PYTEST_ARGS ?=
+
+.PHONY: help system-deps venv lint test unit lab-test e2e demo bench clean
+
+help:
+	@echo "make demo    set up and run the lab + analyser on microservices-demo"
+	@echo "make test    set up everything (Debian and Python packages) and run lint + all tests"
+	@echo "make unit    fast tests only (no root, no lab, no control plane)"
+	@echo "make e2e     end-to-end tests against a real kube-apiserver"
+	@echo "make bench   benchmarks (prints figures, asserts nothing)"
+
+system-deps:
+	@missing=""; for cmd in $(APT_COMMANDS); do command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing (install as root: apt-get install $(APT_PACKAGES))" >&2; exit 0; fi; \
+	echo "installing Debian packages for:$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+define run_pytest
+	$(BIN)/pytest $(1) $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest ran no test: failing" >&2; exit 1; fi; exit $$status
+endef
+
+test: system-deps venv lint
+	$(call run_pytest,)
+
+unit: venv
+	$(call run_pytest,-m "not lab and not e2e and not root")
+
+lab-test: system-deps venv
+	$(call run_pytest,-m lab)
+
+e2e: system-deps venv
+	$(call run_pytest,-m e2e)
+
+demo: system-deps venv
+	$(BIN)/netpol-sniffer demo
+
+bench: system-deps venv
+	$(BIN)/python bench/analyse_throughput.py
+	$(BIN)/python bench/admission_latency.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

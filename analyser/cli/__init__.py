@@ -1,0 +1,5 @@
+"""The ``netpol-sniffer`` command line: one module per subcommand, ``main`` as the error boundary.
+
+Each subcommand module defines ``SUMMARY`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``; it is imported only when that subcommand runs.
+"""

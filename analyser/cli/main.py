@@ -1,0 +1,117 @@
+"""Entry point and error boundary of ``netpol-sniffer``.
+
+Subcommands are listed in ``COMMANDS`` and imported only when they run, so ``--help`` of one never
+loads another's heavy libraries. Exceptions become a message and an exit status here, and only
+here; ``--debug`` re-raises them with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from enum import IntEnum
+from types import ModuleType
+
+from analyser.errors import NetpolSnifferError
+
+PROG = "netpol-sniffer"
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    ERROR = 1  # unusable input, a failed operation
+    USAGE = 2  # bad command line (argparse's own code)
+    DENIED = 3  # verify: at least one observed flow is denied
+    INTERRUPTED = 130  # Ctrl-C
+
+
+# name → (module, one-line summary). The summary is repeated here so the top-level --help needs
+# no imports; a test checks it matches the module's SUMMARY.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "collect": ("analyser.cli.collect", "pull captures and a cluster snapshot into a bundle"),
+    "analyse": ("analyser.cli.analyse", "turn a bundle into NetworkPolicies, a graph and a report"),
+    "verify": ("analyser.cli.verify", "prove policies allow every observed flow, show the rest"),
+    "diff": ("analyser.cli.diff", "what changes between two policy folders, per workload pair"),
+    "lab": ("analyser.cli.lab", "run the pipeline on a simulated cluster of network namespaces"),
+    "demo": ("analyser.cli.demo", "lab + analyse on microservices-demo, with a summary"),
+    "uninstall-sidecars": (
+        "analyser.cli.uninstall_sidecars",
+        "unlabel namespaces and roll their workloads so the sidecars go away",
+    ),
+}
+
+
+def _top_level_help() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        f"usage: {PROG} [--debug] COMMAND [ARGS...]",
+        "",
+        "Least-privilege Kubernetes NetworkPolicies from the traffic an application really makes.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", f"Run '{PROG} COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def load_command(name: str) -> ModuleType:
+    return importlib.import_module(COMMANDS[name][0])
+
+
+def build_parser(name: str, module: ModuleType) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} {name}",
+        description=module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    module.add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_in
+    if debug:
+        args_in.remove("--debug")
+    if not args_in or args_in[0] in {"-h", "--help", "help"}:
+        print(_top_level_help())
+        return ExitStatus.OK if args_in else ExitStatus.USAGE
+    if args_in[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"{PROG} {version('netpol-sniffer')}")
+        return ExitStatus.OK
+    name, rest = args_in[0], args_in[1:]
+    if name not in COMMANDS:
+        print(f"{PROG}: unknown command {name!r}\n\n{_top_level_help()}", file=sys.stderr)
+        return ExitStatus.USAGE
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format=f"{PROG}: %(levelname)s: %(message)s",
+    )
+    module = load_command(name)
+    args = build_parser(name, module).parse_args(rest)
+    args.debug = debug
+    try:
+        return int(module.run(args))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return ExitStatus.INTERRUPTED
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): not an error worth a traceback
+        sys.stderr.close()
+        return ExitStatus.OK
+    except NetpolSnifferError as error:
+        if debug:
+            raise
+        print(f"{PROG} {name}: error: {error}", file=sys.stderr)
+        return ExitStatus.ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

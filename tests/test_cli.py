@@ -1,0 +1,54 @@
+"""The CLI shell: registry, help, error boundary."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from analyser.cli.main import COMMANDS, ExitStatus, main
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_no_arguments_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == ExitStatus.USAGE
+
+
+def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) == ExitStatus.USAGE
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_help_and_a_matching_summary(name: str) -> None:
+    module = importlib.import_module(COMMANDS[name][0])
+    assert module.SUMMARY == COMMANDS[name][1]
+    result = subprocess.run(
+        [sys.executable, "-m", "analyser.cli.main", name, "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"netpol-sniffer {name}" in result.stdout
+
+
+def test_analyse_help_does_not_import_the_webhook_or_kubernetes() -> None:
+    code = (
+        "import sys; from analyser.cli.main import main\n"
+        "try:\n    main(['analyse', '--help'])\nexcept SystemExit:\n    pass\n"
+        "bad = [m for m in ('fastapi', 'uvicorn', 'kubernetes') if m in sys.modules]\n"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == ""

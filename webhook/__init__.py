@@ -1,0 +1,1 @@
+"""netpol-sniffer's mutating admission webhook: injects the tcpdump capture sidecar."""
