@@ -15,8 +15,9 @@ yaml's errors) are translated into this tree in the one module that imports that
      ├── RenderError             a template failed or rendered something invalid
      ├── CollectError            talking to the cluster failed
      │    └── AccessDenied       RBAC refuses a verb; names the missing permission
-     └── LabError                the simulated cluster could not be built or run
-          └── NeedsRoot          the lab needs root (network namespaces, iptables, tcpdump)
+     ├── LabError                the simulated cluster could not be built or run
+     │    └── NeedsRoot          the lab needs root (network namespaces, iptables, tcpdump)
+     └── ConfigError             a configuration file, setting or TLS file is unusable (webhook)
 """
 
 from __future__ import annotations
@@ -72,3 +73,7 @@ class LabError(NetpolSnifferError):
 
 class NeedsRoot(LabError):
     """The lab needs root for network namespaces, iptables and tcpdump."""
+
+
+class ConfigError(NetpolSnifferError):
+    """A configuration file, a setting or a TLS file is unusable; the message names it."""
