@@ -14,7 +14,10 @@ yaml's errors) are translated into this tree in the one module that imports that
      │    └── UnsafePolicies     generated policies would deny an observed flow
      ├── RenderError             a template failed or rendered something invalid
      ├── CollectError            talking to the cluster failed
-     │    └── AccessDenied       RBAC refuses a verb; names the missing permission
+     │    ├── AccessDenied       RBAC refuses a verb; names the missing permission
+     │    └── ExecFailed         a command run in a pod through the exec API failed
+     │         ├── StreamCut     the exec stream ended without a status (retried, resumed)
+     │         └── ChecksumMismatch  pulled bytes differ from the sha256 computed in the pod
      ├── LabError                the simulated cluster could not be built or run
      │    └── NeedsRoot          the lab needs root (network namespaces, iptables, tcpdump)
      └── ConfigError             a configuration file, setting or TLS file is unusable (webhook)
@@ -65,6 +68,18 @@ class CollectError(NetpolSnifferError):
 
 class AccessDenied(CollectError):
     """The API server refused a request; the message names the missing permission."""
+
+
+class ExecFailed(CollectError):
+    """A command run in a pod through the exec API failed."""
+
+
+class StreamCut(ExecFailed):
+    """The exec stream ended before the command's status arrived."""
+
+
+class ChecksumMismatch(ExecFailed):
+    """A pulled file's sha256 differs from the one computed in the pod."""
 
 
 class LabError(NetpolSnifferError):
