@@ -1,0 +1,660 @@
+"""NetworkPolicy semantics (``networking.k8s.io/v1``): what does a set of policies allow?
+
+Pure: Kubernetes JSON policies (dicts) and plain facts about pods and addresses in, answers out.
+No I/O, no YAML; loading files is ``policysets``' job, replaying a bundle is ``verifying``'s.
+
+The rules implemented, as the API documents them:
+
+- A pod is isolated for a direction when at least one policy in its namespace selects it
+  (``spec.podSelector``) with that direction in ``policyTypes``. Without ``policyTypes`` a policy
+  means Ingress, plus Egress when it has a non-empty ``egress`` list. A pod not isolated for a
+  direction allows everything in it; an isolated one allows the union of what its policies allow.
+- A connection needs egress allowed at the client (when the client is a pod) *and* ingress allowed
+  at the server (when the server is a pod). Traffic between a pod and the node it runs on is always
+  allowed.
+- Rules: ``from``/``to`` missing or empty matches every peer; ``ports`` missing or empty matches
+  every port. ``ingress: []`` allows nothing, ``ingress: [{}]`` allows everything.
+- Peers: ``podSelector`` alone selects pods in the policy's namespace; ``namespaceSelector`` alone
+  selects every pod in the matching namespaces; both in one peer select the pods matching both
+  (AND), while two peers are alternatives (OR). An empty selector ``{}`` matches everything.
+  Namespaces always carry the label ``kubernetes.io/metadata.name``.
+- ``ipBlock`` (IPv4 or IPv6, with ``except``) matches addresses that are not pods: whether an
+  ipBlock also matches pod IPs is left to each network plugin by the API, so an evaluation that
+  must hold on every plugin cannot count on it. Pods are matched by selectors only.
+- Ports: ``protocol`` defaults to TCP; a numeric ``port`` with ``endPort`` is a range; a named port
+  is looked up in the destination pod's containerPorts (the server's, for egress too), so it
+  never matches an address outside the cluster; no ``port`` means every port of that protocol.
+
+Allowed ports are computed as :class:`PortSet` values (ranges per protocol), so "all ports" and
+"these 3 ports" are answered exactly, without enumerating 65535 numbers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from analyser.errors import PolicyError
+from analyser.flows import Protocol
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+MAX_PORT = 65535
+
+Labels = tuple[tuple[str, str], ...]
+
+
+class Direction(StrEnum):
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+# --------------------------------------------------------------------------------------------
+# Port sets
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class PortRange:
+    """``first``..``last`` inclusive, for one protocol."""
+
+    protocol: Protocol
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        if self.first == 1 and self.last == MAX_PORT:
+            return f"all {self.protocol} ports"
+        if self.first == self.last:
+            return f"{self.first}/{self.protocol}"
+        return f"{self.first}-{self.last}/{self.protocol}"
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True, slots=True)
+class PortSet:
+    """A set of (protocol, port) values as sorted, merged ranges."""
+
+    ranges: tuple[PortRange, ...] = ()
+
+    @classmethod
+    def of(cls, ranges: Iterable[PortRange]) -> PortSet:
+        merged: list[PortRange] = []
+        for item in sorted(ranges):
+            last = merged[-1] if merged else None
+            if last is not None and last.protocol == item.protocol and item.first <= last.last + 1:
+                merged[-1] = PortRange(item.protocol, last.first, max(last.last, item.last))
+            else:
+                merged.append(item)
+        return cls(tuple(merged))
+
+    @classmethod
+    def everything(cls) -> PortSet:
+        return cls(tuple(PortRange(protocol, 1, MAX_PORT) for protocol in sorted(Protocol)))
+
+    @classmethod
+    def single(cls, protocol: Protocol, port: int) -> PortSet:
+        return cls((PortRange(protocol, port, port),))
+
+    def __bool__(self) -> bool:
+        return bool(self.ranges)
+
+    def __iter__(self) -> Iterator[PortRange]:
+        return iter(self.ranges)
+
+    def __str__(self) -> str:
+        if self == PortSet.everything():
+            return "all ports"
+        return ", ".join(str(item) for item in self.ranges) if self.ranges else "nothing"
+
+    def contains(self, protocol: Protocol, port: int) -> bool:
+        return any(r.protocol == protocol and r.first <= port <= r.last for r in self.ranges)
+
+    def union(self, other: PortSet) -> PortSet:
+        return PortSet.of((*self.ranges, *other.ranges))
+
+    def intersection(self, other: PortSet) -> PortSet:
+        common = (
+            PortRange(a.protocol, max(a.first, b.first), min(a.last, b.last))
+            for a in self.ranges
+            for b in other.ranges
+            if a.protocol == b.protocol and max(a.first, b.first) <= min(a.last, b.last)
+        )
+        return PortSet.of(common)
+
+    def difference(self, other: PortSet) -> PortSet:
+        remaining: list[PortRange] = []
+        for item in self.ranges:
+            pieces = [item]
+            for cut in other.ranges:
+                if cut.protocol != item.protocol:
+                    continue
+                next_pieces: list[PortRange] = []
+                for piece in pieces:
+                    if cut.last < piece.first or cut.first > piece.last:
+                        next_pieces.append(piece)
+                        continue
+                    if piece.first < cut.first:
+                        next_pieces.append(PortRange(piece.protocol, piece.first, cut.first - 1))
+                    if cut.last < piece.last:
+                        next_pieces.append(PortRange(piece.protocol, cut.last + 1, piece.last))
+                pieces = next_pieces
+            remaining.extend(pieces)
+        return PortSet.of(remaining)
+
+    @property
+    def count(self) -> int:
+        """How many (protocol, port) values the set holds."""
+        return sum(item.size for item in self.ranges)
+
+    def covers_all_of(self, protocol: Protocol) -> bool:
+        return any(r.protocol == protocol and r.first == 1 and r.last == MAX_PORT for r in self)
+
+
+NO_PORTS = PortSet()
+
+
+# --------------------------------------------------------------------------------------------
+# Facts about the two ends of a connection
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class ContainerPort:
+    """A declared containerPort; ``name`` is empty for unnamed ones."""
+
+    name: str
+    protocol: Protocol
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """What policies can see of a pod (or of every pod of one workload, which share them).
+
+    Build it with :func:`pod`, which adds the namespace's ``kubernetes.io/metadata.name`` label.
+    """
+
+    namespace: str
+    labels: Labels
+    namespace_labels: Labels
+    ports: tuple[ContainerPort, ...] = ()
+    name: str = ""  # what reports call it: "NS/Kind/name" or "NS/pod"
+    node: str | None = None  # the node it runs on, when known
+
+    def __str__(self) -> str:
+        return self.name or f"{self.namespace}/pod{dict(self.labels)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """An address that is not a pod: outside the cluster, or a node (``node`` set)."""
+
+    ip: str
+    node: str | None = None
+    name: str = ""
+
+    def __str__(self) -> str:
+        return self.name or self.ip
+
+
+Peer = Pod | Address
+
+
+def pod(
+    *,
+    namespace: str,
+    labels: Mapping[str, str] | None = None,
+    namespace_labels: Mapping[str, str] | None = None,
+    ports: Iterable[ContainerPort] = (),
+    name: str = "",
+    node: str | None = None,
+) -> Pod:
+    """Pod facts with sorted labels and the namespace name label that every namespace has."""
+    ns_labels = dict(namespace_labels or {})
+    ns_labels[NAMESPACE_NAME_LABEL] = namespace
+    return Pod(
+        namespace=namespace,
+        labels=tuple(sorted((labels or {}).items())),
+        namespace_labels=tuple(sorted(ns_labels.items())),
+        ports=tuple(sorted(set(ports))),
+        name=name,
+        node=node,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Compiled policies
+
+
+@dataclass(frozen=True, slots=True)
+class _Requirement:
+    key: str
+    operator: str
+    values: frozenset[str]
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "In":
+            return self.key in labels and labels[self.key] in self.values
+        if self.operator == "NotIn":
+            return self.key not in labels or labels[self.key] not in self.values
+        if self.operator == "Exists":
+            return self.key in labels
+        return self.key not in labels  # DoesNotExist
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """A compiled ``metav1.LabelSelector``: every matchLabels entry and expression must hold."""
+
+    match_labels: Labels = ()
+    requirements: tuple[_Requirement, ...] = ()
+
+    def matches(self, labels: Labels) -> bool:
+        present = dict(labels)
+        return all(present.get(k) == v for k, v in self.match_labels) and all(
+            r.matches(present) for r in self.requirements
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _IpBlock:
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    excepted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    def matches(self, ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        if address.version != self.network.version or address not in self.network:
+            return False
+        return not any(address in hole for hole in self.excepted)
+
+
+@dataclass(frozen=True, slots=True)
+class _PeerRule:
+    """One ``from``/``to`` entry: selectors (AND) or an ipBlock."""
+
+    pod_selector: Selector | None
+    namespace_selector: Selector | None
+    ip_block: _IpBlock | None
+
+    def matches(self, peer: Peer, policy_namespace: str) -> bool:
+        if self.ip_block is not None:
+            return isinstance(peer, Address) and self.ip_block.matches(peer.ip)
+        if not isinstance(peer, Pod):
+            return False
+        if self.namespace_selector is None:
+            in_namespace = peer.namespace == policy_namespace
+        else:
+            in_namespace = self.namespace_selector.matches(peer.namespace_labels)
+        pods = self.pod_selector is None or self.pod_selector.matches(peer.labels)
+        return in_namespace and pods
+
+
+@dataclass(frozen=True, slots=True)
+class _PortRule:
+    protocol: Protocol
+    port: int | str | None  # None: every port of the protocol; str: a named containerPort
+    end_port: int | None
+
+    def resolve(self, destination: Peer) -> PortSet:
+        if self.port is None:
+            return PortSet((PortRange(self.protocol, 1, MAX_PORT),))
+        if isinstance(self.port, int):
+            return PortSet((PortRange(self.protocol, self.port, self.end_port or self.port),))
+        if not isinstance(destination, Pod):
+            return NO_PORTS
+        return PortSet.of(
+            PortRange(self.protocol, p.port, p.port)
+            for p in destination.ports
+            if p.name == self.port and p.protocol == self.protocol
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    peers: tuple[_PeerRule, ...]  # empty: every peer
+    ports: tuple[_PortRule, ...]  # empty: every port
+
+    def allowed(self, peer: Peer, destination: Peer, policy_namespace: str) -> PortSet:
+        if self.peers and not any(p.matches(peer, policy_namespace) for p in self.peers):
+            return NO_PORTS
+        if not self.ports:
+            return PortSet.everything()
+        result = NO_PORTS
+        for port in self.ports:
+            result = result.union(port.resolve(destination))
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    namespace: str
+    name: str
+    source: str  # the file it came from, for messages
+    pod_selector: Selector
+    directions: frozenset[Direction]
+    ingress: tuple[_Rule, ...]
+    egress: tuple[_Rule, ...]
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def selects(self, subject: Pod, direction: Direction) -> bool:
+        return (
+            direction in self.directions
+            and subject.namespace == self.namespace
+            and self.pod_selector.matches(subject.labels)
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing Kubernetes JSON into compiled policies (structural validation, with the API's rules)
+
+
+class _Invalid(Exception):
+    """A structural problem; turned into a PolicyError naming the policy and its source."""
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"{where} must be a mapping, not {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, where: str) -> Sequence[Any]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _Invalid(f"{where} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _string_values(value: Any, where: str) -> Labels:
+    pairs = _mapping(value, where)
+    for key, item in pairs.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise _Invalid(f"{where}: {key!r}: {item!r} must map a string to a string")
+    return tuple(sorted(pairs.items()))
+
+
+def compile_selector(value: Any, where: str = "selector") -> Selector:
+    """A LabelSelector dict → :class:`Selector`; raises PolicyError on a malformed one."""
+    try:
+        return _selector(value, where)
+    except _Invalid as error:
+        raise PolicyError(str(error)) from None
+
+
+def _selector(value: Any, where: str) -> Selector:
+    spec = _mapping(value, where)
+    requirements = []
+    for index, item in enumerate(_list(spec.get("matchExpressions"), f"{where}.matchExpressions")):
+        at = f"{where}.matchExpressions[{index}]"
+        expression = _mapping(item, at)
+        key, operator = expression.get("key"), expression.get("operator")
+        values = _list(expression.get("values"), f"{at}.values")
+        if not isinstance(key, str) or not key:
+            raise _Invalid(f"{at}: key is required")
+        if operator in ("In", "NotIn"):
+            if not values:
+                raise _Invalid(f"{at}: operator {operator} needs at least one value")
+        elif operator in ("Exists", "DoesNotExist"):
+            if values:
+                raise _Invalid(f"{at}: operator {operator} takes no values")
+        else:
+            raise _Invalid(f"{at}: unknown operator {operator!r}")
+        if not all(isinstance(v, str) for v in values):
+            raise _Invalid(f"{at}: values must be strings")
+        requirements.append(_Requirement(key, operator, frozenset(values)))
+    return Selector(
+        _string_values(spec.get("matchLabels"), f"{where}.matchLabels"), tuple(requirements)
+    )
+
+
+def _network(text: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(text, str):
+        raise _Invalid(f"{where} must be a CIDR string")
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise _Invalid(f"{where}: {text!r} is not a CIDR") from None
+
+
+def _peer(value: Any, where: str) -> _PeerRule:
+    spec = _mapping(value, where)
+    if "ipBlock" in spec:
+        if "podSelector" in spec or "namespaceSelector" in spec:
+            raise _Invalid(f"{where}: ipBlock cannot be combined with selectors")
+        block = _mapping(spec["ipBlock"], f"{where}.ipBlock")
+        network = _network(block.get("cidr"), f"{where}.ipBlock.cidr")
+        excepted = tuple(
+            _network(item, f"{where}.ipBlock.except[{index}]")
+            for index, item in enumerate(_list(block.get("except"), f"{where}.ipBlock.except"))
+        )
+        for hole in excepted:
+            if hole.version != network.version or not hole.subnet_of(network):  # type: ignore[arg-type]
+                raise _Invalid(f"{where}.ipBlock: except {hole} is not inside {network}")
+        return _PeerRule(None, None, _IpBlock(network, excepted))
+    if "podSelector" not in spec and "namespaceSelector" not in spec:
+        raise _Invalid(f"{where}: a peer needs podSelector, namespaceSelector or ipBlock")
+    pods = spec.get("podSelector")
+    namespaces = spec.get("namespaceSelector")
+    # A key present with null is the same as absent (kubectl would drop it).
+    return _PeerRule(
+        None if pods is None else _selector(pods, f"{where}.podSelector"),
+        None if namespaces is None else _selector(namespaces, f"{where}.namespaceSelector"),
+        None,
+    )
+
+
+def _port(value: Any, where: str) -> _PortRule:
+    spec = _mapping(value, where)
+    protocol_text = spec.get("protocol", "TCP")
+    try:
+        protocol = Protocol(protocol_text)
+    except ValueError:
+        raise _Invalid(f"{where}: unknown protocol {protocol_text!r}") from None
+    port = spec.get("port")
+    end_port = spec.get("endPort")
+    if isinstance(port, bool) or not isinstance(port, int | str | None):
+        raise _Invalid(f"{where}: port must be a number or a port name")
+    if isinstance(port, str):
+        if port.isdigit():
+            raise _Invalid(f"{where}: port {port!r} is a string; write the number unquoted")
+        if end_port is not None:
+            raise _Invalid(f"{where}: endPort needs a numeric port, not the name {port!r}")
+    elif isinstance(port, int) and not 1 <= port <= MAX_PORT:
+        raise _Invalid(f"{where}: port {port} is outside 1-{MAX_PORT}")
+    if end_port is not None:
+        if port is None:
+            raise _Invalid(f"{where}: endPort needs a port")
+        if isinstance(end_port, bool) or not isinstance(end_port, int):
+            raise _Invalid(f"{where}: endPort must be a number")
+        if isinstance(port, int) and not port <= end_port <= MAX_PORT:
+            raise _Invalid(
+                f"{where}: endPort {end_port} must be between port {port} and {MAX_PORT}"
+            )
+    return _PortRule(protocol, port, end_port)
+
+
+def _rules(value: Any, where: str, peers_key: str) -> tuple[_Rule, ...]:
+    rules = []
+    for index, item in enumerate(_list(value, where)):
+        at = f"{where}[{index}]"
+        spec = _mapping(item, at)
+        peers = tuple(
+            _peer(peer, f"{at}.{peers_key}[{n}]")
+            for n, peer in enumerate(_list(spec.get(peers_key), f"{at}.{peers_key}"))
+        )
+        ports = tuple(
+            _port(port, f"{at}.ports[{n}]")
+            for n, port in enumerate(_list(spec.get("ports"), f"{at}.ports"))
+        )
+        rules.append(_Rule(peers, ports))
+    return tuple(rules)
+
+
+def compile_policy(document: Mapping[str, Any], *, source: str = "") -> CompiledPolicy:
+    """A NetworkPolicy dict → :class:`CompiledPolicy`.
+
+    A missing namespace means ``default``. Raises :class:`PolicyError` naming the policy and
+    ``source`` when the document is not a well-formed ``networking.k8s.io/v1`` NetworkPolicy.
+    """
+    raw_metadata = document.get("metadata")
+    metadata: Mapping[str, Any] = raw_metadata if isinstance(raw_metadata, Mapping) else {}
+    name = str(metadata.get("name", "?"))
+    namespace = str(metadata.get("namespace") or "default")
+    origin = f" in {source}" if source else ""
+    try:
+        if document.get("kind") != "NetworkPolicy":
+            raise _Invalid(f"kind is {document.get('kind')!r}, not NetworkPolicy")
+        if document.get("apiVersion") != "networking.k8s.io/v1":
+            raise _Invalid(f"apiVersion {document.get('apiVersion')!r} is not networking.k8s.io/v1")
+        if name == "?":
+            raise _Invalid("metadata.name is required")
+        spec = _mapping(document.get("spec"), "spec")
+        ingress = _rules(spec.get("ingress"), "spec.ingress", "from")
+        egress = _rules(spec.get("egress"), "spec.egress", "to")
+        types = _list(spec.get("policyTypes"), "spec.policyTypes")
+        if types:
+            unknown = [t for t in types if t not in ("Ingress", "Egress")]
+            if unknown:
+                raise _Invalid(f"spec.policyTypes: unknown {unknown}")
+            directions = frozenset(Direction(str(t).lower()) for t in types)
+        else:
+            # The API's default: Ingress always, Egress only when there are egress rules.
+            directions = frozenset({Direction.INGRESS} | ({Direction.EGRESS} if egress else set()))
+        return CompiledPolicy(
+            namespace=namespace,
+            name=name,
+            source=source,
+            pod_selector=_selector(spec.get("podSelector"), "spec.podSelector"),
+            directions=directions,
+            ingress=ingress,
+            egress=egress,
+        )
+    except _Invalid as error:
+        raise PolicyError(f"NetworkPolicy {namespace}/{name}{origin}: {error}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass(frozen=True, slots=True)
+class SideVerdict:
+    """What one end's policies allow in one direction."""
+
+    direction: Direction
+    subject: Pod
+    policies: tuple[str, ...]  # "ns/name" of the policies isolating it; empty: not isolated
+    ports: PortSet
+
+    @property
+    def isolated(self) -> bool:
+        return bool(self.policies)
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A connection one side's policies deny, and why."""
+
+    side: Direction
+    client: str
+    server: str
+    protocol: Protocol
+    port: int
+    denied_by: str  # the pod/workload whose policies deny it
+    policies: tuple[str, ...]  # the policies selecting it in that direction (none allows it)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.client} → {self.server} {self.port}/{self.protocol}: denied by {self.side} "
+            f"at {self.denied_by} (selected by {', '.join(self.policies)}; none allows it)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """Compiled policies, indexed by namespace; ask it what it allows."""
+
+    policies: tuple[CompiledPolicy, ...] = ()
+    _by_namespace: Mapping[str, tuple[CompiledPolicy, ...]] = field(
+        init=False, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        index: dict[str, list[CompiledPolicy]] = {}
+        for policy in self.policies:
+            index.setdefault(policy.namespace, []).append(policy)
+        # Frozen: the index is derived once, here.
+        object.__setattr__(self, "_by_namespace", {ns: tuple(items) for ns, items in index.items()})
+
+    @classmethod
+    def of(cls, policies: Iterable[CompiledPolicy]) -> PolicySet:
+        return cls(tuple(sorted(policies, key=lambda p: (p.namespace, p.name))))
+
+    @classmethod
+    def from_documents(cls, documents: Iterable[Mapping[str, Any]]) -> PolicySet:
+        return cls.of(compile_policy(document) for document in documents)
+
+    def side(self, subject: Pod, peer: Peer, direction: Direction) -> SideVerdict:
+        """Ports ``subject`` allows to (egress) or from (ingress) ``peer``."""
+        selecting = [
+            p
+            for p in self._by_namespace.get(subject.namespace, ())
+            if p.selects(subject, direction)
+        ]
+        names = tuple(str(p) for p in selecting)
+        node_local = (
+            isinstance(peer, Address) and peer.node is not None and peer.node == subject.node
+        )
+        if not selecting or node_local:
+            return SideVerdict(direction, subject, names, PortSet.everything())
+        destination = subject if direction is Direction.INGRESS else peer
+        allowed = NO_PORTS
+        for policy in selecting:
+            rules = policy.ingress if direction is Direction.INGRESS else policy.egress
+            for rule in rules:
+                allowed = allowed.union(rule.allowed(peer, destination, policy.namespace))
+        return SideVerdict(direction, subject, names, allowed)
+
+    def sides(self, client: Peer, server: Peer) -> tuple[SideVerdict | None, SideVerdict | None]:
+        """(egress at the client, ingress at the server); None for an end that is not a pod."""
+        egress = self.side(client, server, Direction.EGRESS) if isinstance(client, Pod) else None
+        ingress = self.side(server, client, Direction.INGRESS) if isinstance(server, Pod) else None
+        return egress, ingress
+
+    def allowed_ports(self, client: Peer, server: Peer) -> PortSet:
+        """Every (protocol, port) on which ``client`` may open a connection to ``server``."""
+        result = PortSet.everything()
+        for verdict in self.sides(client, server):
+            if verdict is not None:
+                result = result.intersection(verdict.ports)
+        return result
+
+    def denials(self, client: Peer, server: Peer, protocol: Protocol, port: int) -> list[Denial]:
+        """Why ``client`` may not connect to ``server`` on ``port``; empty when it may."""
+        found = []
+        for verdict in self.sides(client, server):
+            if verdict is not None and not verdict.ports.contains(protocol, port):
+                found.append(
+                    Denial(
+                        side=verdict.direction,
+                        client=str(client),
+                        server=str(server),
+                        protocol=protocol,
+                        port=port,
+                        denied_by=str(verdict.subject),
+                        policies=verdict.policies,
+                    )
+                )
+        return found
+
+    def allows(self, client: Peer, server: Peer, protocol: Protocol, port: int) -> bool:
+        return not self.denials(client, server, protocol, port)
