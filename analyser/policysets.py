@@ -1,0 +1,113 @@
+"""Loading a set of NetworkPolicies from files: the generated ones or any hand-written set.
+
+A path may be one file or a folder (searched recursively for ``*.yaml``, ``*.yml``, ``*.json``).
+Files may hold several YAML documents, ``kind: List`` (or ``NetworkPolicyList``) objects, or the
+output of ``kustomize build``. Objects that are not NetworkPolicies (a ``kustomization.yaml``, a
+ConfigMap) are skipped with a note; a file that cannot be parsed, or a NetworkPolicy that is
+malformed, raises :class:`PolicyError` naming the file. The same policy (namespace/name) twice is
+an error too: which one wins would depend on the order ``kubectl apply`` sees them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from analyser.errors import PolicyError
+from analyser.evaluation import CompiledPolicy, PolicySet, compile_policy
+
+POLICY_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicies:
+    """The policies found under a path, and what was skipped there."""
+
+    root: str
+    documents: tuple[Mapping[str, Any], ...]  # the NetworkPolicy objects, as JSON
+    policies: PolicySet
+    notes: tuple[str, ...]  # objects or files skipped, and why
+
+
+def _files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise PolicyError(f"{root}: no such file or folder")
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.is_file()
+        and path.suffix in POLICY_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )
+
+
+def _documents(path: Path) -> list[Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise PolicyError(f"{path}: cannot read: {error}") from None
+    try:
+        if path.suffix == ".json":
+            return [json.loads(text)]
+        return list(yaml.safe_load_all(text))
+    except json.JSONDecodeError as error:
+        raise PolicyError(f"{path}: not valid JSON: {error}") from None
+    except yaml.YAMLError as error:
+        raise PolicyError(f"{path}: not valid YAML: {error}") from None
+
+
+def _objects(document: Any, where: str) -> Iterator[tuple[Mapping[str, Any], str]]:
+    """The objects in a document, with ``kind: *List`` flattened."""
+    if document is None:
+        return
+    if not isinstance(document, Mapping):
+        raise PolicyError(f"{where}: expected a Kubernetes object, found {type(document).__name__}")
+    kind = document.get("kind")
+    if isinstance(kind, str) and kind.endswith("List") and "items" in document:
+        items = document.get("items") or []
+        if not isinstance(items, list):
+            raise PolicyError(f"{where}: items of a {kind} must be a list")
+        for index, item in enumerate(items):
+            yield from _objects(item, f"{where} items[{index}]")
+        return
+    yield document, where
+
+
+def load_policies(path: str | Path) -> LoadedPolicies:
+    """Every NetworkPolicy under ``path``, compiled; raises PolicyError on anything unusable."""
+    root = Path(path)
+    documents: list[Mapping[str, Any]] = []
+    compiled: dict[tuple[str, str], CompiledPolicy] = {}
+    notes: list[str] = []
+    files = _files(root)
+    for file in files:
+        shown = file.as_posix() if file == root else file.relative_to(root).as_posix()
+        for number, document in enumerate(_documents(file), start=1):
+            for obj, where in _objects(document, f"{shown} (document {number})"):
+                if obj.get("kind") != "NetworkPolicy":
+                    notes.append(f"{where}: skipped {obj.get('kind') or 'an object without kind'}")
+                    continue
+                policy = compile_policy(obj, source=where)
+                key = (policy.namespace, policy.name)
+                if key in compiled:
+                    raise PolicyError(
+                        f"NetworkPolicy {policy} is defined twice: in {compiled[key].source} "
+                        f"and in {where} (give one folder per policy set, e.g. kustomize's output)"
+                    )
+                compiled[key] = policy
+                documents.append(obj)
+    if not files:
+        notes.append(f"{root}: no .yaml, .yml or .json files")
+    return LoadedPolicies(
+        root=str(root),
+        documents=tuple(documents),
+        policies=PolicySet.of(compiled.values()),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,126 @@
+"""Loading policy folders: multi-document YAML, Lists, JSON, kustomize output, bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from analyser.errors import PolicyError
+from analyser.evaluation import pod
+from analyser.flows import Protocol
+from analyser.policysets import load_policies
+
+DENY_ALL = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: shop}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+"""
+
+ALLOW_WEB = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - ports: [{port: 53, protocol: UDP}]
+"""
+
+WEB = pod(namespace="shop", labels={"app": "web"})
+API = pod(namespace="shop", labels={"app": "api"})
+
+
+def test_multi_document_yaml_and_kustomization_in_subfolders(tmp_path: Path) -> None:
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "all.yaml").write_text(f"---\n{DENY_ALL}---\n{ALLOW_WEB}---\n")
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [shop/all.yaml]\n"
+    )
+    (tmp_path / "README.md").write_text("not a policy")
+    loaded = load_policies(tmp_path)
+    assert [str(p) for p in loaded.policies.policies] == ["shop/deny-all", "shop/web"]
+    assert loaded.notes == ("kustomization.yaml (document 1): skipped Kustomization",)
+    assert loaded.policies.allows(WEB, API, Protocol.UDP, 53) is False  # api's ingress denies
+    assert loaded.policies.allowed_ports(WEB, pod(namespace="other")).count == 1
+
+
+def test_list_objects_and_json(tmp_path: Path) -> None:
+    items = [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": f"p{n}", "namespace": "shop"},
+            "spec": {"podSelector": {}},
+        }
+        for n in range(3)
+    ]
+    items.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})
+    (tmp_path / "list.json").write_text(json.dumps({"kind": "List", "items": items}))
+    (tmp_path / "typed.yml").write_text(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicyList\nitems:\n"
+        "- apiVersion: networking.k8s.io/v1\n"
+        "  kind: NetworkPolicy\n"
+        "  metadata: {name: x, namespace: shop}\n"
+        "  spec: {podSelector: {}}\n"
+    )
+    loaded = load_policies(tmp_path)
+    assert [str(p) for p in loaded.policies.policies] == [
+        "shop/p0",
+        "shop/p1",
+        "shop/p2",
+        "shop/x",
+    ]
+    assert loaded.notes == ("list.json (document 1) items[3]: skipped ConfigMap",)
+    assert len(loaded.documents) == 4
+
+
+def test_a_single_file_is_a_policy_set(tmp_path: Path) -> None:
+    file = tmp_path / "one.yaml"
+    file.write_text(DENY_ALL)
+    assert [str(p) for p in load_policies(file).policies.policies] == ["shop/deny-all"]
+
+
+def test_unparsable_yaml_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text(DENY_ALL)
+    (tmp_path / "bad.yaml").write_text("kind: NetworkPolicy\nspec: [unclosed\n")
+    with pytest.raises(PolicyError, match=r"bad\.yaml: not valid YAML"):
+        load_policies(tmp_path)
+
+
+def test_unparsable_json_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(PolicyError, match=r"bad\.json: not valid JSON"):
+        load_policies(tmp_path)
+
+
+def test_malformed_policy_names_file_and_document(tmp_path: Path) -> None:
+    broken = ALLOW_WEB.replace("protocol: UDP", "protocol: ICMP")
+    (tmp_path / "p.yaml").write_text(f"{DENY_ALL}---\n{broken}")
+    with pytest.raises(PolicyError, match=r"shop/web in p\.yaml \(document 2\).*unknown protocol"):
+        load_policies(tmp_path)
+
+
+def test_scalar_document_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("just text\n")
+    with pytest.raises(PolicyError, match=r"p\.yaml \(document 1\): expected a Kubernetes object"):
+        load_policies(tmp_path)
+
+
+def test_same_policy_twice_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(DENY_ALL)
+    (tmp_path / "b.yaml").write_text(DENY_ALL)
+    with pytest.raises(PolicyError, match="shop/deny-all is defined twice"):
+        load_policies(tmp_path)
+
+
+def test_missing_folder_and_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="no such file or folder"):
+        load_policies(tmp_path / "nope")
+    empty = load_policies(tmp_path)
+    assert not empty.policies.policies
+    assert empty.notes == (f"{tmp_path}: no .yaml, .yml or .json files",)
