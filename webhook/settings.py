@@ -1,0 +1,250 @@
+"""The webhook's configuration: a frozen value object with ``DEFAULT_*`` values, validated once at
+start.
+
+Sources, later ones winning: the defaults, a YAML or JSON config file (flat camelCase keys, see
+``docs/webhook.md``), environment variables ``NETPOL_SNIFFER_<KEY_IN_SNAKE_CASE>`` (lists are
+comma-separated). Pure: the caller reads the file and passes its text and the environment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from analyser.errors import ConfigError
+from webhook.capture import CaptureMode, CaptureOptions, SidecarResources
+from webhook.quantities import parse_quantity
+
+DEFAULT_CAPTURE_IMAGE = "netpol-sniffer-capture:0.1.0"
+DEFAULT_IMAGE_PULL_POLICY = "IfNotPresent"
+DEFAULT_NATIVE_SIDECAR = True
+DEFAULT_CAPTURE = CaptureOptions()
+DEFAULT_RESOURCES = SidecarResources(
+    cpu_request="10m", memory_request="16Mi", cpu_limit="200m", memory_limit="64Mi"
+)
+DEFAULT_OWN_NAMESPACE = "netpol-sniffer"
+DEFAULT_EXCLUDED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+DEFAULT_POD_SECURITY_NAMESPACES: frozenset[str] = frozenset()
+
+ENV_PREFIX = "NETPOL_SNIFFER_"
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+SNAPLEN_RANGE = (96, 262_144)
+ROTATE_MEGABYTES_RANGE = (1, 1_000)
+ROTATE_FILES_RANGE = (1, 1_000)
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """What the webhook injects and where it refuses to."""
+
+    capture: CaptureOptions = DEFAULT_CAPTURE
+    capture_image: str = DEFAULT_CAPTURE_IMAGE
+    image_pull_policy: str = DEFAULT_IMAGE_PULL_POLICY
+    # False: a plain container, for clusters older than 1.29 (no native sidecars).
+    native_sidecar: bool = DEFAULT_NATIVE_SIDECAR
+    resources: SidecarResources = DEFAULT_RESOURCES
+    # The webhook's own namespace is never injected (its pods must start without it).
+    own_namespace: str = DEFAULT_OWN_NAMESPACE
+    excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
+    # Namespaces that enforce Pod Security baseline or restricted: a sidecar with NET_RAW would be
+    # rejected there. AdmissionReview carries no namespace labels, so they are listed here.
+    pod_security_namespaces: frozenset[str] = field(default=DEFAULT_POD_SECURITY_NAMESPACES)
+
+
+# config key → kind of value; the order is the documented one.
+_KEYS: dict[str, str] = {
+    "captureImage": "string",
+    "imagePullPolicy": "string",
+    "nativeSidecar": "boolean",
+    "captureMode": "string",
+    "snaplen": "integer",
+    "rotateMegabytes": "integer",
+    "rotateFiles": "integer",
+    "cpuRequest": "quantity",
+    "memoryRequest": "quantity",
+    "cpuLimit": "quantity",
+    "memoryLimit": "quantity",
+    "ownNamespace": "string",
+    "excludedNamespaces": "list",
+    "podSecurityNamespaces": "list",
+}
+
+
+def env_name(key: str) -> str:
+    """``rotateMegabytes`` → ``NETPOL_SNIFFER_ROTATE_MEGABYTES``."""
+    return ENV_PREFIX + re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
+
+
+def parse_config_text(text: str, *, source: str) -> dict[str, object]:
+    """A config file's text (YAML, so JSON too) as a mapping; empty text is an empty config."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not YAML or JSON: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: must be a mapping of settings, got {type(data).__name__}")
+    return {str(key): value for key, value in data.items()}
+
+
+def environment_config(environ: Mapping[str, str]) -> dict[str, object]:
+    """The settings given as environment variables, as raw strings keyed like the file."""
+    return {key: environ[env_name(key)] for key in _KEYS if env_name(key) in environ}
+
+
+def build_settings(
+    file_config: Mapping[str, object],
+    environ_config: Mapping[str, object],
+    *,
+    source: str = "config",
+) -> WebhookSettings:
+    """Validated settings from a config file's mapping and the environment's (which wins).
+
+    Raises ConfigError naming the source, the key and what is wrong.
+    """
+    unknown = sorted(set(file_config) - set(_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(_KEYS)}"
+        )
+    values: dict[str, Any] = {}
+    for key, kind in _KEYS.items():
+        if key in environ_config:
+            where, raw = f"environment variable {env_name(key)}", environ_config[key]
+        elif key in file_config:
+            where, raw = f"{source}: {key}", file_config[key]
+        else:
+            continue
+        values[key] = _coerce(raw, kind, where)
+    return _settings(values, source)
+
+
+def _coerce(raw: object, kind: str, where: str) -> object:
+    # Environment values are strings; the file may already hold typed values.
+    if kind == "boolean":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+            return raw.strip().lower() == "true"
+        raise ConfigError(f"{where}: must be true or false, got {raw!r}")
+    if kind == "integer":
+        if isinstance(raw, bool):
+            raise ConfigError(f"{where}: must be an integer, got {raw!r}")
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, str) and raw.strip().isdigit():
+            return int(raw)
+        raise ConfigError(f"{where}: must be an integer, got {raw!r}")
+    if kind == "list":
+        if isinstance(raw, str):
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+        if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+            return tuple(raw)
+        raise ConfigError(f"{where}: must be a list of names, got {raw!r}")
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ConfigError(f"{where}: must be a string, got {raw!r}")
+    text = str(raw).strip()
+    if kind == "quantity":
+        try:
+            parse_quantity(text)
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}") from None
+    elif not text:
+        raise ConfigError(f"{where}: must not be empty")
+    return text
+
+
+def _in_range(value: int, bounds: tuple[int, int], key: str, source: str) -> int:
+    low, high = bounds
+    if not low <= value <= high:
+        raise ConfigError(f"{source}: {key} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _namespaces(names: tuple[str, ...], key: str, source: str) -> frozenset[str]:
+    for name in names:
+        if not _DNS_LABEL.fullmatch(name):
+            raise ConfigError(f"{source}: {key}: {name!r} is not a namespace name")
+    return frozenset(names)
+
+
+def _settings(values: Mapping[str, Any], source: str) -> WebhookSettings:
+    mode_text = values.get("captureMode", str(DEFAULT_CAPTURE.mode))
+    try:
+        mode = CaptureMode(mode_text)
+    except ValueError:
+        choices = ", ".join(m.value for m in CaptureMode)
+        raise ConfigError(
+            f"{source}: captureMode must be one of {choices}, got {mode_text!r}"
+        ) from None
+    capture = CaptureOptions(
+        mode=mode,
+        snaplen=_in_range(
+            values.get("snaplen", DEFAULT_CAPTURE.snaplen), SNAPLEN_RANGE, "snaplen", source
+        ),
+        rotate_megabytes=_in_range(
+            values.get("rotateMegabytes", DEFAULT_CAPTURE.rotate_megabytes),
+            ROTATE_MEGABYTES_RANGE,
+            "rotateMegabytes",
+            source,
+        ),
+        rotate_files=_in_range(
+            values.get("rotateFiles", DEFAULT_CAPTURE.rotate_files),
+            ROTATE_FILES_RANGE,
+            "rotateFiles",
+            source,
+        ),
+    )
+    pull_policy = values.get("imagePullPolicy", DEFAULT_IMAGE_PULL_POLICY)
+    if pull_policy not in PULL_POLICIES:
+        raise ConfigError(
+            f"{source}: imagePullPolicy must be one of {', '.join(PULL_POLICIES)}, "
+            f"got {pull_policy!r}"
+        )
+    resources = SidecarResources(
+        cpu_request=values.get("cpuRequest", DEFAULT_RESOURCES.cpu_request),
+        memory_request=values.get("memoryRequest", DEFAULT_RESOURCES.memory_request),
+        cpu_limit=values.get("cpuLimit", DEFAULT_RESOURCES.cpu_limit),
+        memory_limit=values.get("memoryLimit", DEFAULT_RESOURCES.memory_limit),
+    )
+    problem = resources_problem(resources)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
+    own_namespace = values.get("ownNamespace", DEFAULT_OWN_NAMESPACE)
+    _namespaces((own_namespace,), "ownNamespace", source)
+    return WebhookSettings(
+        capture=capture,
+        capture_image=values.get("captureImage", DEFAULT_CAPTURE_IMAGE),
+        image_pull_policy=pull_policy,
+        native_sidecar=values.get("nativeSidecar", DEFAULT_NATIVE_SIDECAR),
+        resources=resources,
+        own_namespace=own_namespace,
+        excluded_namespaces=_namespaces(
+            values.get("excludedNamespaces", tuple(sorted(DEFAULT_EXCLUDED_NAMESPACES))),
+            "excludedNamespaces",
+            source,
+        ),
+        pod_security_namespaces=_namespaces(
+            values.get("podSecurityNamespaces", ()), "podSecurityNamespaces", source
+        ),
+    )
+
+
+def resources_problem(resources: SidecarResources) -> str | None:
+    """Why these quantities cannot go into a pod spec, or None. Requests may not exceed limits."""
+    for resource in ("cpu", "memory"):
+        request_text = getattr(resources, f"{resource}_request")
+        limit_text = getattr(resources, f"{resource}_limit")
+        try:
+            request, limit = parse_quantity(request_text), parse_quantity(limit_text)
+        except ValueError as error:
+            return f"{resource}: {error}"
+        if request > limit:
+            return f"{resource} request {request_text} is above its limit {limit_text}"
+    return None
