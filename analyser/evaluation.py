@@ -260,16 +260,38 @@ class Selector:
         )
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True, slots=True)
-class _IpBlock:
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
-    excepted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+class IpBlock:
+    """An ``ipBlock``: ``network`` minus the ``excepted`` networks inside it."""
+
+    network: Network
+    excepted: tuple[Network, ...] = ()
+
+    def __str__(self) -> str:
+        holes = ", ".join(str(hole) for hole in self.excepted)
+        return f"{self.network} except {holes}" if holes else str(self.network)
 
     def matches(self, ip: str) -> bool:
         address = ipaddress.ip_address(ip)
         if address.version != self.network.version or address not in self.network:
             return False
         return not any(address in hole for hole in self.excepted)
+
+    def representative(self) -> str | None:
+        """The lowest address the block matches; None when the exceptions cover it all."""
+        remaining: list[Network] = [self.network]
+        for hole in self.excepted:
+            pieces: list[Network] = []
+            for piece in remaining:
+                if hole.version == piece.version and hole.subnet_of(piece):  # type: ignore[arg-type]
+                    pieces.extend(piece.address_exclude(hole))  # type: ignore[arg-type]
+                elif not (hole.version == piece.version and piece.subnet_of(hole)):  # type: ignore[arg-type]
+                    pieces.append(piece)
+            remaining = pieces
+        return str(min(remaining).network_address) if remaining else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +300,7 @@ class _PeerRule:
 
     pod_selector: Selector | None
     namespace_selector: Selector | None
-    ip_block: _IpBlock | None
+    ip_block: IpBlock | None
 
     def matches(self, peer: Peer, policy_namespace: str) -> bool:
         if self.ip_block is not None:
@@ -416,7 +438,7 @@ def _selector(value: Any, where: str) -> Selector:
     )
 
 
-def _network(text: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def _network(text: Any, where: str) -> Network:
     if not isinstance(text, str):
         raise _Invalid(f"{where} must be a CIDR string")
     try:
@@ -439,7 +461,7 @@ def _peer(value: Any, where: str) -> _PeerRule:
         for hole in excepted:
             if hole.version != network.version or not hole.subnet_of(network):  # type: ignore[arg-type]
                 raise _Invalid(f"{where}.ipBlock: except {hole} is not inside {network}")
-        return _PeerRule(None, None, _IpBlock(network, excepted))
+        return _PeerRule(None, None, IpBlock(network, excepted))
     if "podSelector" not in spec and "namespaceSelector" not in spec:
         raise _Invalid(f"{where}: a peer needs podSelector, namespaceSelector or ipBlock")
     pods = spec.get("podSelector")
@@ -658,3 +680,14 @@ class PolicySet:
 
     def allows(self, client: Peer, server: Peer, protocol: Protocol, port: int) -> bool:
         return not self.denials(client, server, protocol, port)
+
+    def ip_blocks(self) -> tuple[IpBlock, ...]:
+        """Every distinct ipBlock the policies name, sorted (IPv4 first)."""
+        found = {
+            peer.ip_block
+            for policy in self.policies
+            for rule in (*policy.ingress, *policy.egress)
+            for peer in rule.peers
+            if peer.ip_block is not None
+        }
+        return tuple(sorted(found, key=lambda b: (b.network.version, b.network, b.excepted)))

@@ -1,0 +1,244 @@
+"""Verify and compare policy sets: observed connections against a :class:`PolicySet`, and what a
+set allows beyond them.
+
+Pure: pod facts, addresses and policy sets in, reports out. Turning a bundle into those facts is
+``replaying``'s job; printing them is the CLI's.
+
+The universe of connections a report considers (see ``docs/verify.md``):
+
+- every ordered pair of workloads (a workload with itself included: replicas talk to each other),
+- every workload with every *address block*, both directions: the ipBlocks the policies name, the
+  addresses outside the cluster that were observed (as /32 or /128), and "anywhere"
+  (``0.0.0.0/0`` and ``::/0``), each evaluated at its lowest matching address,
+- every port of every protocol: allowed ports are exact :class:`PortSet` values, so a rule on a
+  port no pod declares, or a range, is counted like any other.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from analyser.evaluation import (
+    NO_PORTS,
+    Address,
+    Denial,
+    IpBlock,
+    Peer,
+    Pod,
+    PolicySet,
+    PortRange,
+    PortSet,
+)
+from analyser.flows import Protocol
+
+ANYWHERE = (
+    IpBlock(ipaddress.ip_network("0.0.0.0/0")),
+    IpBlock(ipaddress.ip_network("::/0")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A connection that was seen: client → server on the server's (target) port."""
+
+    client: Peer
+    server: Peer
+    protocol: Protocol
+    port: int
+    flows: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """An address block of the universe, evaluated at ``address``."""
+
+    block: IpBlock
+    address: Address
+
+    @property
+    def name(self) -> str:
+        return f"ip:{self.block}"
+
+
+@dataclass(frozen=True, slots=True)
+class Universe:
+    """The workloads and address blocks a report pairs up."""
+
+    pods: tuple[Pod, ...]
+    blocks: tuple[Block, ...]
+
+    @classmethod
+    def of(cls, pods: Iterable[Pod], blocks: Iterable[IpBlock]) -> Universe:
+        """Pods sorted by name; blocks deduplicated, "anywhere" added, empty blocks dropped."""
+        unique: dict[IpBlock, None] = dict.fromkeys((*blocks, *ANYWHERE))
+        chosen = []
+        for block in sorted(unique, key=lambda b: (b.network.version, b.network, b.excepted)):
+            address = block.representative()
+            if address is not None:
+                chosen.append(Block(block, Address(address, name=f"ip:{block}")))
+        return cls(tuple(sorted(pods, key=str)), tuple(chosen))
+
+    def pairs(self) -> list[tuple[str, Peer, str, Peer]]:
+        """(client name, client, server name, server) for every pair the report considers."""
+        result: list[tuple[str, Peer, str, Peer]] = [
+            (str(a), a, str(b), b) for a in self.pods for b in self.pods
+        ]
+        for pod in self.pods:
+            for block in self.blocks:
+                result.append((str(pod), pod, block.name, block.address))
+                result.append((block.name, block.address, str(pod), pod))
+        return sorted(result, key=lambda item: (item[0], item[2]))
+
+
+def block_for(address: str) -> IpBlock:
+    """The /32 or /128 block of one address."""
+    return IpBlock(ipaddress.ip_network(address))
+
+
+# --------------------------------------------------------------------------------------------
+# Observed connections against a policy set
+
+
+def check_observed(policies: PolicySet, observed: Iterable[Observed]) -> list[Denial]:
+    """Every denial of an observed connection (both sides, when both deny), in a stable order."""
+    denials = {
+        denial
+        for item in observed
+        for denial in policies.denials(item.client, item.server, item.protocol, item.port)
+    }
+    return sorted(denials, key=lambda d: (d.client, d.server, d.protocol, d.port, d.side))
+
+
+@dataclass(frozen=True, slots=True)
+class Allowance:
+    """What the policies allow from ``client`` to ``server`` that was never observed."""
+
+    client: str
+    server: str
+    unobserved: PortSet
+    observed: PortSet
+
+    @property
+    def all_ports(self) -> tuple[Protocol, ...]:
+        """The protocols on which every port is allowed."""
+        return tuple(
+            p for p in sorted(Protocol) if self.unobserved.union(self.observed).covers_all_of(p)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """Least privilege, lower is better: pairs with unobserved allowances and their ports."""
+
+    pairs: int
+    ports: int
+    all_ports_pairs: int  # pairs on which a whole protocol is open
+
+    def __str__(self) -> str:
+        return (
+            f"{self.pairs} pairs allowed beyond what was observed, {self.ports} ports in all, "
+            f"{self.all_ports_pairs} of them on all ports"
+        )
+
+
+def _observed_ports(
+    universe: Universe, observed: Iterable[Observed]
+) -> dict[tuple[str, str], PortSet]:
+    """Observed ports per pair of universe names; an address counts for every block holding it."""
+
+    def names(peer: Peer) -> list[str]:
+        if isinstance(peer, Pod):
+            return [str(peer)]
+        return [b.name for b in universe.blocks if b.block.matches(peer.ip)]
+
+    ranges: dict[tuple[str, str], list[PortRange]] = defaultdict(list)
+    for item in observed:
+        for client in names(item.client):
+            for server in names(item.server):
+                ranges[(client, server)].append(PortRange(item.protocol, item.port, item.port))
+    return {pair: PortSet.of(found) for pair, found in ranges.items()}
+
+
+def unobserved_allowances(
+    policies: PolicySet, universe: Universe, observed: Iterable[Observed]
+) -> list[Allowance]:
+    """Per pair of the universe, the ports allowed without evidence (pairs without any omitted)."""
+    seen = _observed_ports(universe, observed)
+    found = []
+    for client_name, client, server_name, server in universe.pairs():
+        evidence = seen.get((client_name, server_name), NO_PORTS)
+        extra = policies.allowed_ports(client, server).difference(evidence)
+        if extra:
+            found.append(Allowance(client_name, server_name, extra, evidence))
+    return found
+
+
+def score(allowances: Sequence[Allowance]) -> Score:
+    return Score(
+        pairs=len(allowances),
+        ports=sum(a.unobserved.count for a in allowances),
+        all_ports_pairs=sum(1 for a in allowances if a.all_ports),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """The outcome of ``verify``: denied observed connections and unobserved allowances."""
+
+    checked: int  # observed connections replayed
+    denials: tuple[Denial, ...]
+    allowances: tuple[Allowance, ...]
+    score: Score
+
+    @property
+    def passed(self) -> bool:
+        return not self.denials
+
+
+def verify(policies: PolicySet, observed: Sequence[Observed], universe: Universe) -> Verification:
+    allowances = unobserved_allowances(policies, universe, observed)
+    return Verification(
+        checked=len(observed),
+        denials=tuple(check_observed(policies, observed)),
+        allowances=tuple(allowances),
+        score=score(allowances),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Two policy sets against one universe
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """How what ``client`` may open to ``server`` changes from the old set to the new one."""
+
+    client: str
+    server: str
+    newly_allowed: PortSet
+    newly_denied: PortSet
+    old: PortSet
+    new: PortSet
+
+
+def diff(old: PolicySet, new: PolicySet, universe: Universe) -> list[Change]:
+    """Every pair of the universe whose allowed ports differ between ``old`` and ``new``."""
+    changes = []
+    for client_name, client, server_name, server in universe.pairs():
+        before = old.allowed_ports(client, server)
+        after = new.allowed_ports(client, server)
+        if before != after:
+            changes.append(
+                Change(
+                    client_name,
+                    server_name,
+                    newly_allowed=after.difference(before),
+                    newly_denied=before.difference(after),
+                    old=before,
+                    new=after,
+                )
+            )
+    return changes
