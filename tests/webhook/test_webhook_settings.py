@@ -1,0 +1,115 @@
+"""Settings: defaults, config file, environment, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from analyser.errors import ConfigError
+from webhook.capture import CaptureMode, volume_size_limit
+from webhook.quantities import parse_quantity
+from webhook.settings import (
+    DEFAULT_EXCLUDED_NAMESPACES,
+    WebhookSettings,
+    build_settings,
+    env_name,
+    environment_config,
+    parse_config_text,
+)
+
+
+def test_no_config_gives_the_defaults() -> None:
+    assert build_settings({}, {}) == WebhookSettings()
+    assert WebhookSettings().excluded_namespaces == DEFAULT_EXCLUDED_NAMESPACES
+
+
+def test_file_then_environment() -> None:
+    file_config = parse_config_text(
+        "captureMode: full\nsnaplen: 256\nnativeSidecar: false\n"
+        "podSecurityNamespaces: [payments, vault]\ncpuLimit: 500m\n",
+        source="config.yaml",
+    )
+    environ = {
+        "NETPOL_SNIFFER_SNAPLEN": "1024",
+        "NETPOL_SNIFFER_POD_SECURITY_NAMESPACES": "ledger, audit",
+        "NETPOL_SNIFFER_CAPTURE_IMAGE": "capture:2",
+        "UNRELATED": "x",
+    }
+    settings = build_settings(file_config, environment_config(environ), source="config.yaml")
+    assert settings.capture.mode is CaptureMode.FULL
+    assert settings.capture.snaplen == 1024
+    assert settings.native_sidecar is False
+    assert settings.pod_security_namespaces == {"ledger", "audit"}
+    assert settings.capture_image == "capture:2"
+    assert settings.resources.cpu_limit == "500m"
+
+
+def test_json_config_is_accepted() -> None:
+    config = parse_config_text('{"rotateFiles": 3, "ownNamespace": "sniffer"}', source="c.json")
+    settings = build_settings(config, {})
+    assert settings.capture.rotate_files == 3
+    assert settings.own_namespace == "sniffer"
+
+
+def test_env_names() -> None:
+    assert env_name("rotateMegabytes") == "NETPOL_SNIFFER_ROTATE_MEGABYTES"
+    assert env_name("snaplen") == "NETPOL_SNIFFER_SNAPLEN"
+
+
+@pytest.mark.parametrize(
+    ("file_config", "environ", "message"),
+    [
+        ({"snaplenn": 5}, {}, "config.yaml: unknown setting(s) snaplenn; known: captureImage"),
+        ({"captureMode": "all"}, {}, "captureMode must be one of handshake, full, got 'all'"),
+        ({"snaplen": 10}, {}, "snaplen must be between 96 and 262144, got 10"),
+        ({"snaplen": "big"}, {}, "config.yaml: snaplen: must be an integer, got 'big'"),
+        ({}, {"nativeSidecar": "maybe"}, "NETPOL_SNIFFER_NATIVE_SIDECAR: must be true or false"),
+        ({"memoryLimit": "64MB"}, {}, "memoryLimit: '64MB' is not a Kubernetes quantity"),
+        ({"cpuRequest": "1", "cpuLimit": "500m"}, {}, "cpu request 1 is above its limit 500m"),
+        ({"imagePullPolicy": "Sometimes"}, {}, "imagePullPolicy must be one of Always"),
+        ({"excludedNamespaces": ["Kube_System"]}, {}, "'Kube_System' is not a namespace name"),
+        ({"captureImage": ""}, {}, "captureImage: must not be empty"),
+        ({"podSecurityNamespaces": "a"}, {}, None),
+    ],
+)
+def test_bad_values_are_named(
+    file_config: dict[str, object], environ: dict[str, object], message: str | None
+) -> None:
+    if message is None:  # a string is a comma-separated list: valid
+        build_settings(file_config, environ, source="config.yaml")
+        return
+    with pytest.raises(ConfigError) as caught:
+        build_settings(file_config, environ, source="config.yaml")
+    assert message in str(caught.value)
+
+
+def test_config_text_must_be_a_mapping() -> None:
+    with pytest.raises(ConfigError, match=r"c\.yaml: must be a mapping"):
+        parse_config_text("- a\n- b\n", source="c.yaml")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not YAML or JSON"):
+        parse_config_text("a: [", source="c.yaml")
+    assert parse_config_text("", source="c.yaml") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "amount"),
+    [("10m", "0.010"), ("64Mi", 64 * 2**20), ("1.5", "1.5"), ("1e3", 1000), ("2k", 2000)],
+)
+def test_quantities(text: str, amount: object) -> None:
+    assert parse_quantity(text) == Decimal(str(amount))
+
+
+@pytest.mark.parametrize("text", ["", "-1", "0", "64MB", "1.2.3", "m", "10 m"])
+def test_bad_quantities(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_quantity(text)
+
+
+def test_volume_size_limit_is_above_the_ring() -> None:
+    for settings in (
+        WebhookSettings(),
+        build_settings({"rotateMegabytes": 1, "rotateFiles": 1}, {}),
+    ):
+        limit = parse_quantity(volume_size_limit(settings.capture))
+        assert limit > settings.capture.max_bytes + settings.capture.rotate_megabytes * 1_000_000
