@@ -21,6 +21,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from analyser.bundles import FileProblem
 from analyser.errors import RenderError
 from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, NodeRole
@@ -57,14 +58,6 @@ class Provenance:
         if self.window_start is None or self.window_end is None:
             return None
         return f"{self.window_start}/{self.window_end}"
-
-
-@dataclass(frozen=True, slots=True)
-class FileProblem:
-    """A capture (or other bundle file) that was skipped or only partly read, and why."""
-
-    path: str
-    problem: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import networkx as nx
 import pytest
 import yaml
 
+from analyser.bundles import FileProblem
 from analyser.errors import RenderError
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import EdgeStats, NodeRole
@@ -27,7 +28,6 @@ from analyser.policies import (
     Rule,
 )
 from analyser.rendering import (
-    FileProblem,
     Provenance,
     ReportFacts,
     render_default_deny,

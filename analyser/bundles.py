@@ -1,0 +1,333 @@
+"""Bundles: the one format between ``collect``, ``lab`` and ``analyse`` (see docs/analyse.md).
+
+A bundle directory is turned into its parts here: the manifest (``bundle.json``), where the
+snapshot, the pod IP history and the sidecars' ``meta.json`` files are, and which capture files
+to read. Parsing those files is left to ``snapshot`` and ``reading``. A plain folder holding a
+``snapshot.json`` and loose capture files is accepted as well: the extra files improve results,
+they are not required.
+
+Damage that still leaves something to analyse (a capture listed but missing, a size or sha256
+that differs from the manifest) is collected as :class:`FileProblem`; input that leaves nothing
+to analyse raises :class:`~analyser.errors.BundleError` naming what is missing. File I/O only;
+no heavy library.
+
+    BUNDLE/
+      bundle.json     {"format_version": 1, "producer": "collect"|"lab", "capture_mode": ...,
+                       "window": {"start": RFC 3339, "end": RFC 3339},
+                       "captures": [{"path", "namespace", "pod", "sha256", "size"}, ...]}
+      snapshot.json   (or snapshot/, a folder of such files)
+      pod-ips.jsonl   optional
+      captures/NAMESPACE/POD/*.pcap[ng][.gz] with meta.json beside them
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from analyser.errors import BundleError
+from analyser.sources import find_captures
+
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+SNAPSHOT_FILE = "snapshot.json"
+SNAPSHOT_FOLDER = "snapshot"
+POD_IPS = "pod-ips.jsonl"
+CAPTURES = "captures"
+CAPTURE_META = "meta.json"
+PRODUCERS = ("collect", "lab")
+
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class FileProblem:
+    """A file that was skipped or only partly usable, and why (for the report and warnings)."""
+
+    path: str  # relative to the bundle
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The capture window, UTC epoch seconds."""
+
+    start: float
+    end: float
+
+    @staticmethod
+    def text(epoch: float) -> str:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    @property
+    def start_text(self) -> str:
+        return self.text(self.start)
+
+    @property
+    def end_text(self) -> str:
+        return self.text(self.end)
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class CaptureEntry:
+    """One capture file as the manifest lists it."""
+
+    path: str  # relative to the bundle, POSIX form
+    namespace: str
+    pod: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """The contents of ``bundle.json``."""
+
+    producer: str
+    capture_mode: str
+    window: Window | None
+    captures: tuple[CaptureEntry, ...]
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        """``bundle.json``'s text: stable key order, one trailing newline."""
+        document: dict[str, object] = {
+            "format_version": self.format_version,
+            "producer": self.producer,
+            "capture_mode": self.capture_mode,
+        }
+        if self.window is not None:
+            document["window"] = {"start": self.window.start_text, "end": self.window.end_text}
+        document["captures"] = [
+            {
+                "path": e.path,
+                "namespace": e.namespace,
+                "pod": e.pod,
+                "sha256": e.sha256,
+                "size": e.size,
+            }
+            for e in sorted(self.captures)
+        ]
+        return json.dumps(document, indent=2) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """A bundle's parts, found and checked. Paths are absolute."""
+
+    root: Path
+    manifest: Manifest | None  # None for a plain folder without bundle.json
+    snapshot: Path  # a file, or a folder of files
+    pod_ips: Path | None
+    capture_metas: tuple[Path, ...]
+    captures: tuple[Path, ...]  # the files to read, sorted
+    problems: tuple[FileProblem, ...]  # damage found while opening; none of it is fatal
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the bundle, POSIX form (how reports and flows name files)."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _text(record: Mapping[str, object], key: str, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value:
+        raise BundleError(f"{where}: '{key}' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _count(record: Mapping[str, object], key: str, where: str) -> int:
+    value = record.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise BundleError(f"{where}: '{key}' must be a whole number, got {value!r}")
+    return value
+
+
+def _time(value: object, where: str) -> float:
+    if not isinstance(value, str):
+        raise BundleError(f"{where}: expected an RFC 3339 time, got {value!r}")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as error:
+        raise BundleError(f"{where}: {value!r} is not an RFC 3339 time") from error
+    if moment.tzinfo is None:
+        raise BundleError(f"{where}: {value!r} has no time zone (use Z for UTC)")
+    return moment.timestamp()
+
+
+def _entry(record: object, where: str) -> CaptureEntry:
+    if not isinstance(record, dict):
+        raise BundleError(f"{where}: expected an object, got {record!r}")
+    path = _text(record, "path", where)
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise BundleError(f"{where}: path {path!r} must be relative and stay inside the bundle")
+    return CaptureEntry(
+        path=pure.as_posix(),
+        namespace=_text(record, "namespace", where),
+        pod=_text(record, "pod", where),
+        sha256=_text(record, "sha256", where).lower(),
+        size=_count(record, "size", where),
+    )
+
+
+def parse_manifest(text: str, *, source: str) -> Manifest:
+    """``bundle.json`` text → :class:`Manifest`; :class:`BundleError` naming the bad field."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{source}: not valid JSON: line {error.lineno}: {error.msg}") from error
+    if not isinstance(document, dict):
+        raise BundleError(f"{source}: expected a JSON object")
+    version = _count(document, "format_version", source)
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{source}: format_version {version} is not supported (this netpol-sniffer reads "
+            f"version {FORMAT_VERSION})"
+        )
+    producer = _text(document, "producer", source)
+    if producer not in PRODUCERS:
+        raise BundleError(f"{source}: producer must be one of {', '.join(PRODUCERS)}")
+    window = None
+    if document.get("window") is not None:
+        span = document["window"]
+        if not isinstance(span, dict):
+            raise BundleError(f"{source}: 'window' must be an object with 'start' and 'end'")
+        window = Window(
+            _time(span.get("start"), f"{source}: window.start"),
+            _time(span.get("end"), f"{source}: window.end"),
+        )
+        if window.end < window.start:
+            raise BundleError(f"{source}: the window ends before it starts")
+    entries = document.get("captures", [])
+    if not isinstance(entries, list):
+        raise BundleError(f"{source}: 'captures' must be a list")
+    return Manifest(
+        producer=producer,
+        capture_mode=str(document.get("capture_mode") or "unknown"),
+        window=window,
+        captures=tuple(_entry(e, f"{source}: captures[{i}]") for i, e in enumerate(entries)),
+        format_version=version,
+    )
+
+
+def _check_entry(root: Path, entry: CaptureEntry, *, check_sums: bool) -> FileProblem | None:
+    path = root / entry.path
+    if not path.is_file():
+        return FileProblem(entry.path, "listed in bundle.json but missing")
+    size = path.stat().st_size
+    if size != entry.size:
+        return FileProblem(
+            entry.path, f"size {size} bytes, bundle.json says {entry.size}: damaged, read anyway"
+        )
+    if check_sums and file_sha256(path) != entry.sha256:
+        return FileProblem(entry.path, "sha256 differs from bundle.json: damaged, read anyway")
+    return None
+
+
+def _snapshot(root: Path) -> Path:
+    for candidate in (root / SNAPSHOT_FILE, root / SNAPSHOT_FOLDER):
+        if candidate.exists():
+            return candidate
+    raise BundleError(
+        f"{root}: no {SNAPSHOT_FILE} (or {SNAPSHOT_FOLDER}/ folder): the analyser needs the "
+        f"cluster's objects to tell who an address is; write one with "
+        f"`kubectl get namespaces,nodes,pods,services,endpointslices,deployments,replicasets,"
+        f"statefulsets,daemonsets,jobs,cronjobs -A -o json > {root / SNAPSHOT_FILE}`"
+    )
+
+
+def open_bundle(path: Path, *, check_sums: bool = True) -> Bundle:
+    """A bundle directory (or a plain folder with a ``snapshot.json`` and capture files) →
+    :class:`Bundle`. ``check_sums=False`` skips hashing the captures (sizes are still checked)."""
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle directory")
+    if not path.is_dir():
+        raise BundleError(
+            f"{path}: not a directory (a bundle is a directory with {SNAPSHOT_FILE} and captures)"
+        )
+    root = path.resolve()
+    manifest_path = root / MANIFEST
+    manifest = None
+    problems: list[FileProblem] = []
+    if manifest_path.is_file():
+        try:
+            text = manifest_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise BundleError(f"{manifest_path}: cannot read: {error}") from error
+        manifest = parse_manifest(text, source=str(manifest_path))
+    snapshot = _snapshot(root)
+    search = root / CAPTURES if (root / CAPTURES).is_dir() else root
+    found = set(find_captures(search))
+    if manifest is not None:
+        for entry in manifest.captures:
+            problem = _check_entry(root, entry, check_sums=check_sums)
+            if problem is not None:
+                problems.append(problem)
+            if (root / entry.path).is_file():
+                found.add(root / entry.path)
+    if not found:
+        missing = f" ({len(problems)} listed in {MANIFEST} but missing)" if problems else ""
+        raise BundleError(
+            f"{root}: no capture files found{missing}: expected *.pcap, *.pcapng or *.cap "
+            f"(optionally .gz) under {search}"
+        )
+    pod_ips = root / POD_IPS
+    return Bundle(
+        root=root,
+        manifest=manifest,
+        snapshot=snapshot,
+        pod_ips=pod_ips if pod_ips.is_file() else None,
+        capture_metas=tuple(sorted(search.rglob(CAPTURE_META))),
+        captures=tuple(sorted(found)),
+        problems=tuple(problems),
+    )
+
+
+# -- writing (for collect and lab) ------------------------------------------------------------
+
+
+def capture_entry(root: Path, path: Path, *, namespace: str, pod: str) -> CaptureEntry:
+    """The manifest entry for a capture file already in the bundle (hashes the file)."""
+    return CaptureEntry(
+        path=path.relative_to(root).as_posix(),
+        namespace=namespace,
+        pod=pod,
+        sha256=file_sha256(path),
+        size=path.stat().st_size,
+    )
+
+
+def write_manifest(root: Path, manifest: Manifest) -> Path:
+    target = root / MANIFEST
+    target.write_text(manifest.to_json(), encoding="utf-8")
+    return target
+
+
+def entries_for_layout(root: Path) -> Iterable[CaptureEntry]:
+    """Entries for every capture under ``root/captures/NAMESPACE/POD/`` (the bundle layout)."""
+    for path in find_captures(root / CAPTURES):
+        parts = path.relative_to(root / CAPTURES).parts
+        if len(parts) >= 3:
+            yield capture_entry(root, path, namespace=parts[0], pod=parts[1])
