@@ -11,7 +11,7 @@ an error too: which one wins would depend on the order ``kubectl apply`` sees th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,19 +48,23 @@ def _files(root: Path) -> list[Path]:
     )
 
 
-def _documents(path: Path) -> list[Any]:
+def _parse(name: str, text: str) -> list[Any]:
+    """The documents of one file's text; JSON for ``.json`` names, YAML otherwise."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise PolicyError(f"{path}: cannot read: {error}") from None
-    try:
-        if path.suffix == ".json":
+        if name.endswith(".json"):
             return [json.loads(text)]
         return list(yaml.safe_load_all(text))
     except json.JSONDecodeError as error:
-        raise PolicyError(f"{path}: not valid JSON: {error}") from None
+        raise PolicyError(f"{name}: not valid JSON: {error}") from None
     except yaml.YAMLError as error:
-        raise PolicyError(f"{path}: not valid YAML: {error}") from None
+        raise PolicyError(f"{name}: not valid YAML: {error}") from None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise PolicyError(f"{path}: cannot read: {error}") from None
 
 
 def _objects(document: Any, where: str) -> Iterator[tuple[Mapping[str, Any], str]]:
@@ -80,17 +84,15 @@ def _objects(document: Any, where: str) -> Iterator[tuple[Mapping[str, Any], str
     yield document, where
 
 
-def load_policies(path: str | Path) -> LoadedPolicies:
-    """Every NetworkPolicy under ``path``, compiled; raises PolicyError on anything unusable."""
-    root = Path(path)
+def _policy_set(
+    root: str, sources: Iterable[tuple[str, list[Any]]], notes: list[str]
+) -> LoadedPolicies:
+    """Policies from (source name, parsed documents) pairs; raises PolicyError on anything bad."""
     documents: list[Mapping[str, Any]] = []
     compiled: dict[tuple[str, str], CompiledPolicy] = {}
-    notes: list[str] = []
-    files = _files(root)
-    for file in files:
-        shown = file.as_posix() if file == root else file.relative_to(root).as_posix()
-        for number, document in enumerate(_documents(file), start=1):
-            for obj, where in _objects(document, f"{shown} (document {number})"):
+    for source, parsed in sources:
+        for number, document in enumerate(parsed, start=1):
+            for obj, where in _objects(document, f"{source} (document {number})"):
                 if obj.get("kind") != "NetworkPolicy":
                     notes.append(f"{where}: skipped {obj.get('kind') or 'an object without kind'}")
                     continue
@@ -103,11 +105,29 @@ def load_policies(path: str | Path) -> LoadedPolicies:
                     )
                 compiled[key] = policy
                 documents.append(obj)
-    if not files:
-        notes.append(f"{root}: no .yaml, .yml or .json files")
     return LoadedPolicies(
-        root=str(root),
+        root=root,
         documents=tuple(documents),
         policies=PolicySet.of(compiled.values()),
         notes=tuple(notes),
+    )
+
+
+def load_policies(path: str | Path) -> LoadedPolicies:
+    """Every NetworkPolicy under ``path``, compiled; raises PolicyError on anything unusable."""
+    root = Path(path)
+    files = _files(root)
+    notes = [] if files else [f"{root}: no .yaml, .yml or .json files"]
+
+    def shown(file: Path) -> str:
+        return file.as_posix() if file == root else file.relative_to(root).as_posix()
+
+    return _policy_set(str(root), ((shown(f), _parse(shown(f), _read(f))) for f in files), notes)
+
+
+def parse_policy_texts(files: Mapping[str, str]) -> LoadedPolicies:
+    """Policies from rendered texts keyed by file name (e.g. ``rendering.render_policy_files``'s
+    output), read exactly as :func:`load_policies` would read them from disk."""
+    return _policy_set(
+        "(rendered)", ((name, _parse(name, text)) for name, text in sorted(files.items())), []
     )

@@ -10,7 +10,7 @@ import pytest
 from analyser.errors import PolicyError
 from analyser.evaluation import pod
 from analyser.flows import Protocol
-from analyser.policysets import load_policies
+from analyser.policysets import load_policies, parse_policy_texts
 
 DENY_ALL = """\
 apiVersion: networking.k8s.io/v1
@@ -124,3 +124,16 @@ def test_missing_folder_and_empty_folder(tmp_path: Path) -> None:
     empty = load_policies(tmp_path)
     assert not empty.policies.policies
     assert empty.notes == (f"{tmp_path}: no .yaml, .yml or .json files",)
+
+
+def test_rendered_texts_are_read_like_files() -> None:
+    loaded = parse_policy_texts(
+        {
+            "shop/web.yaml": ALLOW_WEB,
+            "kustomization.yaml": "kind: Kustomization\nresources: [shop/web.yaml]\n",
+        }
+    )
+    assert [str(p) for p in loaded.policies.policies] == ["shop/web"]
+    assert loaded.notes == ("kustomization.yaml (document 1): skipped Kustomization",)
+    with pytest.raises(PolicyError, match=r"shop/x\.yaml: not valid YAML"):
+        parse_policy_texts({"shop/x.yaml": "a: [b\n"})
