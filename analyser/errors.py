@@ -13,6 +13,7 @@ yaml's errors) are translated into this tree in the one module that imports that
      ├── PolicyError             a policy file cannot be parsed or is not a NetworkPolicy
      │    └── UnsafePolicies     generated policies would deny an observed flow
      ├── RenderError             a template failed or rendered something invalid
+     ├── OutputError             the output directory holds other files, or cannot be written
      ├── CollectError            talking to the cluster failed
      │    ├── AccessDenied       RBAC refuses a verb; names the missing permission
      │    └── ExecFailed         a command run in a pod through the exec API failed
@@ -60,6 +61,10 @@ class UnsafePolicies(PolicyError):
 
 class RenderError(NetpolSnifferError):
     """A template failed, or rendered output that does not validate."""
+
+
+class OutputError(NetpolSnifferError):
+    """The output directory holds files netpol-sniffer did not write, or cannot be written."""
 
 
 class CollectError(NetpolSnifferError):
