@@ -65,13 +65,20 @@ class Block:
 
 @dataclass(frozen=True, slots=True)
 class Universe:
-    """The workloads and address blocks a report pairs up."""
+    """The workloads and address blocks a report pairs up.
+
+    With ``focus`` (workload names), only pairs with at least one focused end are considered:
+    verify focuses on the captured workloads, where the absence of a flow means something.
+    """
 
     pods: tuple[Pod, ...]
     blocks: tuple[Block, ...]
+    focus: frozenset[str] | None = None
 
     @classmethod
-    def of(cls, pods: Iterable[Pod], blocks: Iterable[IpBlock]) -> Universe:
+    def of(
+        cls, pods: Iterable[Pod], blocks: Iterable[IpBlock], *, focus: Iterable[str] | None = None
+    ) -> Universe:
         """Pods sorted by name; blocks deduplicated, "anywhere" added, empty blocks dropped."""
         unique: dict[IpBlock, None] = dict.fromkeys((*blocks, *ANYWHERE))
         chosen = []
@@ -79,14 +86,23 @@ class Universe:
             address = block.representative()
             if address is not None:
                 chosen.append(Block(block, Address(address, name=f"ip:{block}")))
-        return cls(tuple(sorted(pods, key=str)), tuple(chosen))
+        return cls(
+            tuple(sorted(pods, key=str)),
+            tuple(chosen),
+            None if focus is None else frozenset(focus),
+        )
+
+    def _focused(self, *peers: Peer) -> bool:
+        return self.focus is None or any(str(p) in self.focus for p in peers)
 
     def pairs(self) -> list[tuple[str, Peer, str, Peer]]:
         """(client name, client, server name, server) for every pair the report considers."""
         result: list[tuple[str, Peer, str, Peer]] = [
-            (str(a), a, str(b), b) for a in self.pods for b in self.pods
+            (str(a), a, str(b), b) for a in self.pods for b in self.pods if self._focused(a, b)
         ]
         for pod in self.pods:
+            if not self._focused(pod):
+                continue
             for block in self.blocks:
                 result.append((str(pod), pod, block.name, block.address))
                 result.append((block.name, block.address, str(pod), pod))

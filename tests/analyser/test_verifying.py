@@ -189,3 +189,15 @@ def test_diff_reports_newly_allowed_and_denied_ports() -> None:
 def test_diff_of_identical_sets_is_empty() -> None:
     policies = PolicySet.from_documents([WEB_POLICY, API_POLICY])
     assert diff(policies, policies, universe(policies)) == []
+
+
+def test_focus_keeps_only_pairs_with_a_captured_end() -> None:
+    db = pod(namespace="shop", labels={"app": "db"}, name="shop/Deployment/db")
+    focused = Universe.of([WEB, API, db], [], focus=["shop/Deployment/web"])
+    pairs = {(c, s) for c, _, s, _ in focused.pairs()}
+    assert ("shop/Deployment/api", "shop/Deployment/db") not in pairs
+    assert ("ip:0.0.0.0/0", "shop/Deployment/api") not in pairs
+    assert ("shop/Deployment/db", "shop/Deployment/web") in pairs
+    assert ("shop/Deployment/web", "ip:::/0") in pairs
+    # 3 pairs from web, 2 more to web, 2 blocks × 2 directions for web alone
+    assert len(pairs) == 3 + 2 + 4
