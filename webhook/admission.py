@@ -41,6 +41,28 @@ class Admission:
     message: str
 
 
+def request_uid(body: bytes) -> str | None:
+    """The ``request.uid`` of a body, if one can be read at all."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    request = data.get("request") if isinstance(data, dict) else None
+    uid = request.get("uid") if isinstance(request, dict) else None
+    return uid if isinstance(uid, str) and uid else None
+
+
+def allowed_without_patch(uid: str, message: str) -> AdmissionReviewResponse:
+    """The answer when something went wrong: allow the pod as it is, and say why."""
+    return _review(
+        {
+            "uid": uid,
+            "allowed": True,
+            "warnings": [f"{WARNING_PREFIX}no capture sidecar: {message}"],
+        }
+    )
+
+
 def admit(body: bytes, settings: WebhookSettings) -> Admission:
     """The answer to one AdmissionReview request body.
 
@@ -120,10 +142,9 @@ def _injected(uid: str, injection: Injection) -> Admission:
 
 
 def _answer(uid: str, outcome: Outcome, reason: str, message: str, *, warn: bool) -> Admission:
-    response: AdmissionResponse = {"uid": uid, "allowed": True}
     if warn:
-        response["warnings"] = [f"{WARNING_PREFIX}no capture sidecar: {message}"]
-    return Admission(_review(response), outcome, reason, message)
+        return Admission(allowed_without_patch(uid, message), outcome, reason, message)
+    return Admission(_review({"uid": uid, "allowed": True}), outcome, reason, message)
 
 
 def _invalid(uid: str, reason: str, message: str) -> Admission:

@@ -1,0 +1,1 @@
+"""Local certificates for the webhook: a CA and a serving certificate (see make_certs)."""
