@@ -1,0 +1,239 @@
+"""Loading snapshots, pod IP history and meta.json: shapes accepted, indices, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from analyser.errors import SnapshotError
+from analyser.snapshot import (
+    Snapshot,
+    load_capture_meta,
+    load_pod_ip_history,
+    load_snapshot,
+    parse_snapshot_documents,
+    parse_timestamp,
+)
+
+DATA = Path(__file__).parent.parent / "data" / "snapshots"
+CLUSTER = DATA / "cluster.json"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Snapshot:
+    return load_snapshot(CLUSTER)
+
+
+def _pod(name: str, ip: str, **labels: str) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "uid": f"uid-{name}", "labels": labels},
+        "spec": {"containers": [{"name": "main"}]},
+        "status": {"podIP": ip, "podIPs": [{"ip": ip}]},
+    }
+
+
+def test_a_kubectl_list_is_indexed(cluster: Snapshot) -> None:
+    assert len(cluster.pods) == 18
+    assert {p["metadata"]["name"] for p in cluster.pods} >= {"db-0", "cache", "debug"}
+    # Unknown kinds (the ConfigMap) are ignored; existing NetworkPolicies are kept.
+    assert cluster.of_kind("ConfigMap") == []
+    assert [n["metadata"]["name"] for n in cluster.network_policies] == ["existing-allow-web"]
+    assert cluster.get("StatefulSet", "shop", "db") is not None
+    assert cluster.by_uid(cluster.pods[0]["metadata"]["uid"]) is cluster.pods[0]
+
+
+def test_dual_stack_cluster_ips_both_name_the_service(cluster: Snapshot) -> None:
+    v4 = cluster.services_by_cluster_ip["10.96.20.1"]
+    v6 = cluster.services_by_cluster_ip["fd00:10:96::20"]
+    assert v4 is v6
+    assert v4["metadata"]["name"] == "web"
+
+
+def test_headless_services_have_no_cluster_ip(cluster: Snapshot) -> None:
+    names = {s["metadata"]["name"] for s in cluster.services_by_cluster_ip.values()}
+    assert "db" not in names
+    assert "None" not in cluster.services_by_cluster_ip
+
+
+def test_nodes_by_address_and_host_network_pods_are_not_pod_ips(cluster: Snapshot) -> None:
+    assert cluster.node_by_address == {"192.168.49.2": "node-a", "192.168.49.3": "node-b"}
+    assert "192.168.49.2" not in cluster.pods_by_ip  # node-exporter is hostNetwork
+    # Two pods held 10.244.0.30 at different times (a finished Job pod, then a bare pod).
+    assert sorted(p["metadata"]["name"] for p in cluster.pods_by_ip["10.244.0.30"]) == [
+        "cache",
+        "report-29400000-z9x8c",
+    ]
+    assert cluster.pod_cidrs == ("10.244.0.0/24", "10.244.1.0/24")
+
+
+def test_endpoint_slices_are_found_by_service_name(cluster: Snapshot) -> None:
+    slices = cluster.slices_for("bookinfo", "reviews")
+    assert [s["metadata"]["name"] for s in slices] == ["reviews-m2x8c"]
+    assert cluster.endpoints_for("default", "kubernetes") is not None
+
+
+def test_typed_api_lists_single_objects_and_lists_of_lists() -> None:
+    pod_list = {
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "items": [{k: v for k, v in _pod("a", "10.0.0.1").items() if k != "kind"}],
+    }
+    nested = {"kind": "List", "items": [pod_list, _pod("b", "10.0.0.2")]}
+    objects = parse_snapshot_documents([nested, _pod("c", "10.0.0.3")], source="t.json")
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("Pod", "a"),
+        ("Pod", "b"),
+        ("Pod", "c"),
+    ]
+
+
+def test_a_missing_namespace_means_default() -> None:
+    pod = _pod("a", "10.0.0.1")
+    del pod["metadata"]["namespace"]  # type: ignore[attr-defined]
+    [obj] = parse_snapshot_documents([pod], source="t.json")
+    assert obj["metadata"]["namespace"] == "default"
+
+
+def test_a_folder_of_json_and_yaml_files(tmp_path: Path) -> None:
+    (tmp_path / "pods.json").write_text(
+        json.dumps({"kind": "List", "items": [_pod("a", "10.0.0.1")]})
+    )
+    # kubectl quotes timestamps, hand-written YAML may not: both must load.
+    (tmp_path / "more.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n  namespace: shop\n"
+        "  creationTimestamp: 2026-11-26T09:00:00Z\nstatus:\n  podIP: 10.0.0.2\n"
+        "---\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\n"
+        "spec: {clusterIP: 10.96.0.5, ports: [{port: 80}]}\n"
+    )
+    (tmp_path / "notes.txt").write_text("ignored")
+    snapshot = load_snapshot(tmp_path)
+    assert sorted(p["metadata"]["name"] for p in snapshot.pods) == ["a", "b"]
+    assert "10.96.0.5" in snapshot.services_by_cluster_ip
+    created = snapshot.get("Pod", "shop", "b")
+    assert created is not None
+    assert parse_timestamp(created["metadata"]["creationTimestamp"]) == parse_timestamp(
+        "2026-11-26T09:00:00+00:00"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"kind": "List", "items": [', "not valid JSON: line 1"),
+        ("", "empty file"),
+        ('{"kind": "List", "items": {}}', "items must be a list"),
+        (
+            '{"kind": "List", "items": [{"kind": "Pod", "metadata": {}}]}',
+            "Pod without metadata.name",
+        ),
+        ('{"kind": "List", "items": [42]}', "items[0]: expected an object"),
+        (
+            json.dumps(
+                {"kind": "List", "items": [{**_pod("a", "10.0.0.1"), "status": {"podIP": "x"}}]}
+            ),
+            "items[0] (Pod shop/a): status.podIP must be an IP address",
+        ),
+        (
+            json.dumps(
+                {
+                    "kind": "List",
+                    "items": [
+                        {
+                            **_pod("a", "10.0.0.1"),
+                            "spec": {"containers": [{"ports": [{"containerPort": "80"}]}]},
+                        }
+                    ],
+                }
+            ),
+            "spec.containers[0].ports[0].containerPort must be a port number",
+        ),
+        (
+            json.dumps(
+                {
+                    "kind": "List",
+                    "items": [{"kind": "Service", "metadata": {"name": "s", "labels": {"a": 1}}}],
+                }
+            ),
+            "metadata.labels must be a map of strings",
+        ),
+    ],
+)
+def test_unusable_snapshots_name_the_file_and_the_problem(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "snapshot.json"
+    path.write_text(content)
+    with pytest.raises(SnapshotError, match=r"snapshot\.json") as caught:
+        load_snapshot(path)
+    assert message in str(caught.value)
+
+
+def test_missing_snapshot_and_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(SnapshotError, match="no such file"):
+        load_snapshot(tmp_path / "nope.json")
+    with pytest.raises(SnapshotError, match=r"no \.json or \.yaml files"):
+        load_snapshot(tmp_path)
+
+
+def test_pod_ip_history_is_sorted_and_typed() -> None:
+    events = load_pod_ip_history(DATA / "pod-ips.jsonl")
+    assert [(e.pod, e.deleted) for e in events] == [
+        ("ratings-v1-b6994bb9-old42", False),
+        ("ratings-v1-b6994bb9-old42", True),
+        ("details-v1-79f774bdb9-d8f5g", False),
+    ]
+    assert events[0].ips == ("10.244.1.20",)
+    assert events[0].owner is not None and events[0].owner.kind == "ReplicaSet"
+    assert events[2].owner is not None and events[2].owner.name == "details-v1-79f774bdb9"
+    assert dict(events[0].labels)["app"] == "ratings"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"time": "yesterday", "namespace": "a", "pod": "p"}', "'time' is not a timestamp"),
+        ('{"time": 1, "pod": "p"}', "'namespace' must be a non-empty string"),
+        (
+            '{"time": 1, "namespace": "a", "pod": "p", "ips": ["10.0.0.999"]}',
+            "ips must be a list of IP",
+        ),
+        ('{"time": 1, "namespace": "a", "pod": "p", "owner": 7}', "owner must be"),
+    ],
+)
+def test_bad_history_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "pod-ips.jsonl"
+    good = '{"time": 1, "namespace": "a", "pod": "p", "ips": ["10.0.0.1"]}'
+    path.write_text(f"{good}\n\n{line}\n")
+    with pytest.raises(SnapshotError, match=r"pod-ips.jsonl:3: ") as caught:
+        load_pod_ip_history(path)
+    assert message in str(caught.value)
+
+
+def test_capture_meta(tmp_path: Path) -> None:
+    path = tmp_path / "meta.json"
+    path.write_text(
+        json.dumps(
+            {
+                "pod": "web-1",
+                "namespace": "shop",
+                "uid": "u1",
+                "ips": ["10.0.0.7", "fd00::7"],
+                "labels": {"app": "web"},
+                "node": "node-a",
+                "start_time": "2026-11-26T09:00:00.250Z",
+            }
+        )
+    )
+    meta = load_capture_meta(path)
+    assert (meta.namespace, meta.pod, meta.node) == ("shop", "web-1", "node-a")
+    assert meta.ips == ("10.0.0.7", "fd00::7")
+    assert meta.start_time == parse_timestamp("2026-11-26T09:00:00Z") + 0.25
+    path.write_text(json.dumps({"pod": "web-1"}))
+    with pytest.raises(SnapshotError, match=r"meta.json: 'namespace' must be"):
+        load_capture_meta(path)
