@@ -259,6 +259,18 @@ class Selector:
             r.matches(present) for r in self.requirements
         )
 
+    def example(self) -> Labels | None:
+        """Labels of one thing the selector matches (None when it can match nothing): its
+        matchLabels, the first value of each In, ``*`` for Exists."""
+        labels = dict(self.match_labels)
+        for requirement in self.requirements:
+            if requirement.operator == "In":
+                labels.setdefault(requirement.key, min(requirement.values))
+            elif requirement.operator == "Exists":
+                labels.setdefault(requirement.key, "*")
+        example = tuple(sorted(labels.items()))
+        return example if self.matches(example) else None
+
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -680,6 +692,43 @@ class PolicySet:
 
     def allows(self, client: Peer, server: Peer, protocol: Protocol, port: int) -> bool:
         return not self.denials(client, server, protocol, port)
+
+    def described_pods(self) -> list[Pod]:
+        """One example pod for every group of pods the policies name, for comparing sets when no
+        snapshot says which pods exist: each policy's subjects, and each selector peer. A peer's
+        namespace is the policy's, the one a ``kubernetes.io/metadata.name`` label names, or a
+        stand-in named after its namespaceSelector. Named ports resolve to nothing here."""
+        found: dict[str, Pod] = {}
+
+        def add(namespace: str, namespace_labels: Labels, selector: Selector | None) -> None:
+            labels = () if selector is None else selector.example()
+            if labels is None:
+                return
+            shown = ",".join(f"{k}={v}" for k, v in labels) or "*"
+            facts = pod(
+                namespace=namespace,
+                labels=dict(labels),
+                namespace_labels=dict(namespace_labels),
+                name=f"{namespace}/pods[{shown}]",
+            )
+            found.setdefault(facts.name, facts)
+
+        for policy in self.policies:
+            add(policy.namespace, (), policy.pod_selector)
+            for rule in (*policy.ingress, *policy.egress):
+                for peer in rule.peers:
+                    if peer.ip_block is not None:
+                        continue
+                    if peer.namespace_selector is None:
+                        add(policy.namespace, (), peer.pod_selector)
+                        continue
+                    ns_labels = peer.namespace_selector.example()
+                    if ns_labels is None:
+                        continue
+                    named = dict(ns_labels).get(NAMESPACE_NAME_LABEL)
+                    shown = ",".join(f"{k}={v}" for k, v in ns_labels) or "*"
+                    add(named or f"namespaces[{shown}]", ns_labels, peer.pod_selector)
+        return [found[name] for name in sorted(found)]
 
     def ip_blocks(self) -> tuple[IpBlock, ...]:
         """Every distinct ipBlock the policies name, sorted (IPv4 first)."""

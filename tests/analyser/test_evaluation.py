@@ -549,3 +549,43 @@ def test_missing_namespace_means_default() -> None:
     document = policy("p", {"podSelector": {}})
     del document["metadata"]["namespace"]
     assert compile_policy(document).namespace == "default"
+
+
+def test_described_pods_stand_for_every_group_the_policies_name() -> None:
+    rules = policies(
+        policy(
+            "api",
+            {
+                "podSelector": {
+                    "matchLabels": {"app": "api"},
+                    "matchExpressions": [{"key": "tier", "operator": "In", "values": ["b", "a"]}],
+                },
+                "ingress": [
+                    {
+                        "from": [
+                            {"podSelector": {"matchLabels": {"app": "web"}}},
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": "ops"}
+                                },
+                                "podSelector": {"matchLabels": {"app": "prometheus"}},
+                            },
+                            {"namespaceSelector": {"matchLabels": {"team": "dev"}}},
+                            {"ipBlock": {"cidr": "10.0.0.0/8"}},
+                        ]
+                    }
+                ],
+            },
+        )
+    )
+    described = {p.name: p for p in rules.described_pods()}
+    assert sorted(described) == [
+        "namespaces[team=dev]/pods[*]",
+        "ops/pods[app=prometheus]",
+        "shop/pods[app=api,tier=a]",
+        "shop/pods[app=web]",
+    ]
+    for name in described:
+        if name != "shop/pods[app=api,tier=a]":
+            assert rules.allows(described[name], described["shop/pods[app=api,tier=a]"], TCP, 1)
+    assert not rules.allows(DB, described["shop/pods[app=api,tier=a]"], TCP, 1)
