@@ -57,7 +57,8 @@ def _parse(name: str, text: str) -> list[Any]:
     except json.JSONDecodeError as error:
         raise PolicyError(f"{name}: not valid JSON: {error}") from None
     except yaml.YAMLError as error:
-        raise PolicyError(f"{name}: not valid YAML: {error}") from None
+        where = str(error).replace('"<unicode string>"', name)  # yaml's name for a str input
+        raise PolicyError(f"{name}: not valid YAML: {where}") from None
 
 
 def _read(path: Path) -> str:

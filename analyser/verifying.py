@@ -258,3 +258,53 @@ def diff(old: PolicySet, new: PolicySet, universe: Universe) -> list[Change]:
                 )
             )
     return changes
+
+
+# --------------------------------------------------------------------------------------------
+# JSON shapes (for ``--json``): plain types, stable order
+
+
+def ports_json(ports: PortSet) -> list[dict[str, object]]:
+    """``[{"protocol": "TCP", "first": 8080, "last": 8090}, ...]``."""
+    return [{"protocol": str(r.protocol), "first": r.first, "last": r.last} for r in ports]
+
+
+def denial_json(denial: Denial) -> dict[str, object]:
+    return {
+        "client": denial.client,
+        "server": denial.server,
+        "protocol": str(denial.protocol),
+        "port": denial.port,
+        "side": str(denial.side),
+        "denied_by": denial.denied_by,
+        "policies": list(denial.policies),
+    }
+
+
+def allowance_json(allowance: Allowance) -> dict[str, object]:
+    return {
+        "client": allowance.client,
+        "server": allowance.server,
+        "unobserved": ports_json(allowance.unobserved),
+        "observed": ports_json(allowance.observed),
+        "all_ports": [str(p) for p in allowance.all_ports],
+    }
+
+
+def score_json(result: Score) -> dict[str, int]:
+    return {
+        "pairs": result.pairs,
+        "ports": result.ports,
+        "all_ports_pairs": result.all_ports_pairs,
+    }
+
+
+def change_json(change: Change) -> dict[str, object]:
+    return {
+        "client": change.client,
+        "server": change.server,
+        "newly_allowed": ports_json(change.newly_allowed),
+        "newly_denied": ports_json(change.newly_denied),
+        "old": ports_json(change.old),
+        "new": ports_json(change.new),
+    }

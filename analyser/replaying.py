@@ -1,0 +1,186 @@
+"""Replaying what a bundle observed against a policy set: the workload graph and the snapshot
+turned into the plain facts :mod:`analyser.evaluation` works on, and the safety check the analyse
+pipeline runs on its own output before writing it.
+
+Pure: takes the graph, the snapshot and the resolver the pipeline already built; no I/O.
+
+Choices (documented in ``docs/verify.md``):
+
+- A workload is evaluated with its pods' non-volatile labels (``Workload.pod_labels``), its
+  namespace's labels, and the containerPorts of all its pods (for named ports).
+- Addresses outside the cluster, unresolved addresses and nodes are :class:`Address` peers. A
+  connection between a node and a workload that has a pod on that node is allowed whatever the
+  policies say (NetworkPolicy never blocks a pod's own node: kubelet probes). hostNetwork
+  workloads are their node's address: policies do not select them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from analyser.errors import UnsafePolicies
+from analyser.evaluation import Address, ContainerPort, Denial, Peer, Pod, PolicySet, pod
+from analyser.flows import Protocol
+from analyser.graphs import NodeRole
+from analyser.identities import Resolver, Workload, WorkloadRef
+from analyser.snapshot import Snapshot, host_ips, meta
+from analyser.verifying import Observed, check_observed
+
+# How many denied flows the UnsafePolicies message lists before summarising the rest.
+MAX_LISTED_DENIALS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterFacts:
+    """What policies can see of the cluster's workloads and nodes."""
+
+    workloads: Mapping[str, Pod]  # "NS/Kind/name" → facts (no node)
+    nodes_of: Mapping[str, frozenset[str]]  # workload → the nodes its pods ran on
+    host_network: Mapping[str, Address]  # hostNetwork workload → its (first) node address
+    node_addresses: Mapping[str, str]  # node name → its first address
+    namespace_labels: Mapping[str, Mapping[str, str]]
+
+    def facts_for(self, workload: Workload) -> Pod:
+        """The facts of a workload, also one the snapshot does not list (known from captures)."""
+        name = str(workload.ref)
+        if name in self.workloads:
+            return self.workloads[name]
+        return pod(
+            namespace=workload.ref.namespace,
+            labels=dict(workload.pod_labels),
+            namespace_labels=self.namespace_labels.get(workload.ref.namespace, {}),
+            name=name,
+        )
+
+
+def _container_ports(pod_json: Mapping[str, Any]) -> set[ContainerPort]:
+    ports = set()
+    spec = pod_json.get("spec", {})
+    for container in (*spec.get("containers", []), *spec.get("initContainers", [])):
+        for port in container.get("ports", []):
+            protocol = str(port.get("protocol", "TCP")).upper()
+            if "containerPort" in port and protocol in ("TCP", "UDP", "SCTP"):
+                ports.add(
+                    ContainerPort(
+                        str(port.get("name", "")), Protocol(protocol), port["containerPort"]
+                    )
+                )
+    return ports
+
+
+def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
+    """Every workload with a pod in the snapshot, and the nodes' addresses."""
+    namespace_labels = {
+        meta(ns)["name"]: dict(meta(ns).get("labels", {})) for ns in snapshot.namespaces
+    }
+    node_addresses: dict[str, str] = {}
+    for address, node_name in sorted(snapshot.node_by_address.items()):
+        node_addresses.setdefault(node_name, address)
+    ports: dict[WorkloadRef, set[ContainerPort]] = defaultdict(set)
+    nodes: dict[WorkloadRef, set[str]] = defaultdict(set)
+    host_network: dict[str, Address] = {}
+    for pod_json in snapshot.pods:
+        pod_meta = meta(pod_json)
+        ref = resolver.workload_of_pod(pod_meta.get("namespace", ""), pod_meta["name"])
+        if ref is None:
+            continue
+        node = pod_json.get("spec", {}).get("nodeName") or ""
+        if node:
+            nodes[ref].add(node)
+        ports[ref] |= _container_ports(pod_json)
+        if resolver.workload(ref).host_network and str(ref) not in host_network:
+            address = next(iter(host_ips(pod_json)), node_addresses.get(node, ""))
+            if address:
+                host_network[str(ref)] = Address(address, node=node or None, name=str(ref))
+    workloads = {
+        str(ref): pod(
+            namespace=ref.namespace,
+            labels=dict(resolver.workload(ref).pod_labels),
+            namespace_labels=namespace_labels.get(ref.namespace, {}),
+            ports=ports[ref],
+            name=str(ref),
+        )
+        for ref in sorted(ports)
+        if str(ref) not in host_network
+    }
+    return ClusterFacts(
+        workloads=workloads,
+        nodes_of={str(ref): frozenset(found) for ref, found in nodes.items()},
+        host_network=host_network,
+        node_addresses=node_addresses,
+        namespace_labels=namespace_labels,
+    )
+
+
+def _peer(graph: Any, node_id: str, cluster: ClusterFacts) -> Peer | None:
+    """The evaluation peer of a graph node; None for a node whose address is unknown."""
+    attributes = graph.nodes[node_id]
+    role = attributes.get("role")
+    if role == NodeRole.WORKLOAD:
+        workload: Workload = attributes["workload"]
+        if node_id in cluster.host_network:
+            return cluster.host_network[node_id]
+        return cluster.facts_for(workload)
+    if role == NodeRole.NODE:
+        name = node_id.removeprefix("node:")
+        address = cluster.node_addresses.get(name)
+        return Address(address, node=name, name=node_id) if address else None
+    return Address(node_id.split(":", 1)[1], name=node_id)  # ip:ADDRESS, unresolved:ADDRESS
+
+
+def _node_local(client: Peer, server: Peer, cluster: ClusterFacts) -> tuple[Peer, Peer]:
+    """Put the node on the workload's facts when the workload has a pod on that node."""
+    if (
+        isinstance(client, Address)
+        and isinstance(server, Pod)
+        and client.node in cluster.nodes_of.get(str(server), ())
+    ):
+        server = replace(server, node=client.node)
+    if (
+        isinstance(server, Address)
+        and isinstance(client, Pod)
+        and server.node in cluster.nodes_of.get(str(client), ())
+    ):
+        client = replace(client, node=server.node)
+    return client, server
+
+
+def observed_from_graph(graph: Any, cluster: ClusterFacts) -> list[Observed]:
+    """One observed connection per graph edge and target port (see ``analyser.graphs``)."""
+    observed = []
+    for client_id, server_id, data in sorted(graph.edges(data=True), key=lambda e: e[:2]):
+        client = _peer(graph, client_id, cluster)
+        server = _peer(graph, server_id, cluster)
+        if client is None or server is None:
+            continue
+        client, server = _node_local(client, server, cluster)
+        for port, stats in sorted(data["ports"].items()):
+            observed.append(Observed(client, server, port.protocol, port.port, flows=stats.flows))
+    return observed
+
+
+def check_policies_allow(policies: PolicySet, graph: Any, cluster: ClusterFacts) -> list[Denial]:
+    """Every observed connection of ``graph`` that ``policies`` deny (empty: all allowed)."""
+    return check_observed(policies, observed_from_graph(graph, cluster))
+
+
+def ensure_policies_allow(policies: PolicySet, graph: Any, cluster: ClusterFacts) -> None:
+    """Raise :class:`UnsafePolicies` listing the denied flows, if ``policies`` deny any."""
+    denials = check_policies_allow(policies, graph, cluster)
+    if denials:
+        listed = "\n".join(f"  {denial}" for denial in denials[:MAX_LISTED_DENIALS])
+        more = len(denials) - MAX_LISTED_DENIALS
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        raise UnsafePolicies(
+            f"the generated policies would deny {len(denials)} observed flow(s); "
+            f"nothing was written:\n{listed}{tail}"
+        )
+
+
+def universe_pods(cluster: ClusterFacts, names: Iterable[str] | None = None) -> list[Pod]:
+    """The workloads' facts (all of them, or those named)."""
+    wanted = set(cluster.workloads) if names is None else set(names)
+    return [facts for name, facts in sorted(cluster.workloads.items()) if name in wanted]
