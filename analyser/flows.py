@@ -6,7 +6,7 @@ No I/O here and no dpkt: packets arrive already decoded (see ``packets``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -53,3 +53,263 @@ class Flow:
 
 # "Does ENDPOINT listen on PROTOCOL at TIME?" — answered from the snapshot by the identity layer.
 ListenerOracle = Callable[[Endpoint, Protocol, float], bool]
+
+
+# --- From captured packets to conversations -------------------------------------------------
+
+# Handshake roles of the sender of a packet (bits, OR-ed over a conversation's packets).
+ROLE_OPENER = 1  # sent a TCP SYN without ACK, or an SCTP INIT: the client
+ROLE_ACCEPTOR = 2  # sent a TCP SYN+ACK, or an SCTP INIT-ACK: the server
+
+_PROTOCOLS = {6: Protocol.TCP, 17: Protocol.UDP, 132: Protocol.SCTP}
+_TCP_SYN = 0x02
+_TCP_ACK = 0x10
+_SCTP_INIT = 1
+_SCTP_INIT_ACK = 2
+
+
+def protocol_named(number: int) -> Protocol:
+    """The :class:`Protocol` for an IP protocol number (6, 17, 132)."""
+    return _PROTOCOLS[number]
+
+
+def handshake_role(protocol_number: int, control: int) -> int:
+    """The handshake role (``ROLE_*`` bits, or 0) of a packet's sender.
+
+    ``control`` is the TCP flags byte or the type of an SCTP packet's first chunk.
+    """
+    if protocol_number == 6:
+        if control & (_TCP_SYN | _TCP_ACK) == _TCP_SYN:
+            return ROLE_OPENER
+        if control & (_TCP_SYN | _TCP_ACK) == _TCP_SYN | _TCP_ACK:
+            return ROLE_ACCEPTOR
+    elif protocol_number == 132:
+        if control == _SCTP_INIT:
+            return ROLE_OPENER
+        if control == _SCTP_INIT_ACK:
+            return ROLE_ACCEPTOR
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class DirectedTraffic:
+    """The packets one capture file saw from ``source`` to ``destination``."""
+
+    protocol: Protocol
+    source: Endpoint
+    destination: Endpoint
+    first_seen: float
+    last_seen: float
+    packets: int
+    bytes: int
+    roles: int  # ROLE_* bits of what ``source`` sent
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """Both directions between two endpoints, merged over every capture; not yet oriented.
+
+    ``a`` is the lower endpoint and ``b`` the higher, so each conversation has one key.
+    """
+
+    protocol: Protocol
+    a: Endpoint
+    b: Endpoint
+    first_seen: float
+    last_seen: float
+    packets: int
+    bytes: int
+    captures: frozenset[str]
+    opened_by: Endpoint | None  # the client according to a captured handshake, if any
+
+
+ConversationKey = tuple[Protocol, Endpoint, Endpoint]
+
+
+class _Aggregate:
+    """Mutable totals of one conversation while captures are merged."""
+
+    __slots__ = ("captures", "first_seen", "last_seen", "roles", "vantages")
+
+    def __init__(self, first_seen: float, last_seen: float) -> None:
+        self.first_seen = first_seen
+        self.last_seen = last_seen
+        # Bits: a opened, b opened, a accepted, b accepted.
+        self.roles = 0
+        self.captures: set[str] = set()
+        # Per vantage point (one tcpdump ring): [packets, bytes].
+        self.vantages: dict[str, list[int]] = {}
+
+    def absorb(self, other: _Aggregate) -> None:
+        self.first_seen = min(self.first_seen, other.first_seen)
+        self.last_seen = max(self.last_seen, other.last_seen)
+        self.roles |= other.roles
+        self.captures |= other.captures
+        for vantage, (packets, size) in other.vantages.items():
+            totals = self.vantages.setdefault(vantage, [0, 0])
+            totals[0] += packets
+            totals[1] += size
+
+
+def _opened_by(key: ConversationKey, roles: int) -> Endpoint | None:
+    _, a, b = key
+    a_opened, b_opened = bool(roles & 1), bool(roles & 2)
+    if a_opened != b_opened:
+        return a if a_opened else b
+    a_accepted, b_accepted = bool(roles & 4), bool(roles & 8)
+    if a_accepted != b_accepted:
+        return b if a_accepted else a
+    return None
+
+
+class ConversationTable:
+    """Conversations merged over capture files; what each reading worker returns.
+
+    A conversation seen from both ends (the client's and the server's capture) is one
+    conversation: packets and bytes are summed within one vantage point (the files of one tcpdump
+    ring, see ``sources.ring_name``) and the largest vantage total is taken, so the same packets
+    are not counted twice. All merging is commutative, so the result does not depend on the order
+    in which files were read.
+    """
+
+    def __init__(self) -> None:
+        self._aggregates: dict[ConversationKey, _Aggregate] = {}
+
+    def add_capture(self, capture: str, vantage: str, traffic: Iterable[DirectedTraffic]) -> None:
+        """Add what one capture file (bundle-relative path) saw from one vantage point."""
+        for directed in traffic:
+            forward = directed.source <= directed.destination
+            a, b = (
+                (directed.source, directed.destination)
+                if forward
+                else (directed.destination, directed.source)
+            )
+            key = (directed.protocol, a, b)
+            aggregate = self._aggregates.get(key)
+            if aggregate is None:
+                aggregate = self._aggregates[key] = _Aggregate(
+                    directed.first_seen, directed.last_seen
+                )
+            else:
+                aggregate.first_seen = min(aggregate.first_seen, directed.first_seen)
+                aggregate.last_seen = max(aggregate.last_seen, directed.last_seen)
+            opened = 1 if forward else 2
+            accepted = 4 if forward else 8
+            if directed.roles & ROLE_OPENER:
+                aggregate.roles |= opened
+            if directed.roles & ROLE_ACCEPTOR:
+                aggregate.roles |= accepted
+            aggregate.captures.add(capture)
+            totals = aggregate.vantages.setdefault(vantage, [0, 0])
+            totals[0] += directed.packets
+            totals[1] += directed.bytes
+
+    def merge(self, other: ConversationTable) -> None:
+        """Fold another table (e.g. a worker's) into this one."""
+        for key, theirs in other._aggregates.items():
+            ours = self._aggregates.get(key)
+            if ours is None:
+                ours = self._aggregates[key] = _Aggregate(theirs.first_seen, theirs.last_seen)
+            ours.absorb(theirs)
+
+    def __len__(self) -> int:
+        return len(self._aggregates)
+
+    def conversations(self) -> list[Conversation]:
+        """Every conversation, sorted by (protocol, a, b)."""
+        result = []
+        for key in sorted(self._aggregates):
+            aggregate = self._aggregates[key]
+            packets, size = max(aggregate.vantages.values())
+            protocol, a, b = key
+            result.append(
+                Conversation(
+                    protocol,
+                    a,
+                    b,
+                    aggregate.first_seen,
+                    aggregate.last_seen,
+                    packets,
+                    size,
+                    frozenset(aggregate.captures),
+                    _opened_by(key, aggregate.roles),
+                )
+            )
+        return result
+
+
+# --- Orientation -----------------------------------------------------------------------------
+
+# Ports above 1023 that are servers' by convention (databases, brokers, HTTP alternates, the
+# Kubernetes API and kubelet, gRPC, ...). Ports below 1024 count as servers' anyway.
+SERVICE_PORTS = frozenset(
+    {
+        1433, 1521, 2049, 2181, 2379, 2380, 3000, 3306, 4222, 4317, 4318, 5000, 5432, 5672,
+        5984, 6379, 6443, 7000, 7001, 8000, 8008, 8080, 8081, 8443, 8888, 9000, 9042, 9090,
+        9092, 9093, 9200, 9300, 9411, 10250, 11211, 15672, 27017, 50051,
+    }
+)  # fmt: skip
+# Linux picks client ports from 32768-60999, IANA from 49152: a port this high is a client's.
+EPHEMERAL_PORTS_START = 32768
+
+
+def _port_rank(port: int) -> int:
+    """0: a service port, 1: unknown, 2: ephemeral (a client's)."""
+    if port < 1024 or port in SERVICE_PORTS:
+        return 0
+    return 2 if port >= EPHEMERAL_PORTS_START else 1
+
+
+def _heuristic_server(a: Endpoint, b: Endpoint) -> Endpoint:
+    rank_a, rank_b = _port_rank(a.port), _port_rank(b.port)
+    if rank_a != rank_b:
+        return a if rank_a < rank_b else b
+    # Same kind of port: the lower port is the server's; equal ports give the lower endpoint.
+    return b if b.port < a.port else a
+
+
+def orient(
+    conversations: Iterable[Conversation], known_listener: ListenerOracle | None
+) -> list[Flow]:
+    """Client → server flows, each with the evidence its direction rests on.
+
+    In order: a captured handshake (:attr:`Conversation.opened_by`); else ``known_listener``
+    (from the snapshot: does this endpoint listen on this protocol at the conversation's first
+    packet?) when it says yes for exactly one side; else port heuristics (a port below 1024 or in
+    ``SERVICE_PORTS`` is the server's, an ephemeral port is the client's, else the lower port is
+    the server's). Sorted by (protocol, client, server, first_seen).
+    """
+    flows = []
+    for conversation in conversations:
+        a, b = conversation.a, conversation.b
+        if conversation.opened_by is not None:
+            client = conversation.opened_by
+            evidence = Evidence.HANDSHAKE
+        else:
+            listens_a = known_listener is not None and known_listener(
+                a, conversation.protocol, conversation.first_seen
+            )
+            listens_b = known_listener is not None and known_listener(
+                b, conversation.protocol, conversation.first_seen
+            )
+            if listens_a != listens_b:
+                client = b if listens_a else a
+                evidence = Evidence.KNOWN_LISTENER
+            else:
+                client = b if _heuristic_server(a, b) == a else a
+                evidence = Evidence.HEURISTIC
+        flows.append(
+            Flow(
+                conversation.protocol,
+                client,
+                b if client == a else a,
+                conversation.first_seen,
+                conversation.last_seen,
+                conversation.packets,
+                conversation.bytes,
+                conversation.captures,
+                evidence,
+            )
+        )
+    flows.sort(key=lambda flow: (flow.protocol, flow.client, flow.server, flow.first_seen))
+    return flows

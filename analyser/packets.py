@@ -1,0 +1,369 @@
+"""Packets: captured bytes → small L3/L4 facts, and DNS messages → answers.
+
+The only place that decodes link, network and transport headers, and (with dpkt.dns) DNS. Pure:
+no I/O. Decoding is best effort and never raises on bad bytes: a packet that is not IP, a
+non-first fragment, a protocol other than TCP/UDP/SCTP or a header cut short by the snap length
+comes back as a :class:`Skip` reason for the caller to count.
+
+The hot path reads fixed offsets with ``struct.unpack_from`` instead of building dpkt objects: it
+runs once per packet, millions of times per capture, and allocating a dpkt object per layer costs
+several microseconds each (see ``bench/analyse_throughput.py``).
+
+Link types (pcap LINKTYPE_* values) understood:
+
+========  ============================================================
+0         BSD loopback NULL (4-byte address family in the writer's byte order)
+1         Ethernet, with 802.1Q / 802.1ad VLAN tags
+12, 14    raw IP (old DLT_RAW values of some systems)
+101       raw IP
+108       OpenBSD loopback LOOP (address family in network byte order)
+113       Linux cooked capture v1 (``tcpdump -i any`` before libpcap 1.10)
+228, 229  raw IPv4, raw IPv6
+276       Linux cooked capture v2 (``tcpdump -i any`` with libpcap ≥ 1.10)
+========  ============================================================
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+
+import dpkt
+
+TCP = 6
+UDP = 17
+SCTP = 132
+DNS_PORT = 53
+
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+# DLT_RAW had other numbers on some BSDs; pcap files from them carry these.
+LINKTYPES_RAW = (12, 14, LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6)
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+ETHERTYPES_VLAN = (0x8100, 0x88A8, 0x9100)
+
+# Address families in NULL/LOOP headers: IPv4 is 2 everywhere, IPv6 differs per system
+# (Linux 10, the BSDs 24, FreeBSD 28, Darwin 30).
+_AF_INET = 2
+_AF_INET6 = (10, 24, 28, 30)
+
+# IPv6 extension headers with the generic "next header, length in 8-byte units" layout.
+_IPV6_GENERIC_EXTENSIONS = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
+_IPV6_FRAGMENT = 44
+_IPV6_AUTH = 51
+
+SCTP_INIT = 1
+SCTP_INIT_ACK = 2
+
+
+class Skip(IntEnum):
+    """Why a packet gave no facts; the caller counts these."""
+
+    NOT_IP = 1  # ARP, LLDP, ... or a link type we do not decode
+    FRAGMENT = 2  # a non-first IP fragment: no transport header
+    OTHER_PROTOCOL = 3  # ICMP, ESP, GRE, ...: not a flow a NetworkPolicy names
+    SHORT = 4  # headers cut short (snap length or a damaged record)
+    UNKNOWN_LINKTYPE = 5
+
+
+# (IP protocol number, addresses and ports as on the wire: source address, destination address,
+# source port, destination port; 12 bytes for IPv4, 36 for IPv6). Kept raw because it is built
+# millions of times; ``split_key`` turns one into text once per distinct key.
+PacketKey = tuple[int, bytes]
+# Facts of one packet, as a plain tuple for the same reason:
+#   key: PacketKey
+#   control: TCP flags byte, SCTP first chunk type, 0 for UDP
+#   length: the IP packet length from the IP header (not the captured length)
+#   dns: the transport payload of a TCP/UDP packet to or from port 53, else None
+PacketFacts = tuple[PacketKey, int, int, bytes | None]
+Decoded = PacketFacts | Skip
+Decoder = Callable[[bytes], Decoded]
+
+# IPv4 with a 20-byte header (nearly every packet): total length, flags/fragment offset,
+# protocol, then addresses and ports in one piece.
+_IPV4_PLAIN = struct.Struct("!2xH2xHxB2x12s")
+# Any IPv4 header: version/IHL, total length, flags/fragment offset, protocol, addresses.
+_IPV4 = struct.Struct("!BxHxxHxB2x8s")
+# IPv6: payload length, next header, addresses.
+_IPV6 = struct.Struct("!4xHB1x32s")
+_PORTS = struct.Struct("!HH")
+_U16 = struct.Struct("!H")
+_U32_LE = struct.Struct("<I")
+_U32_BE = struct.Struct("!I")
+
+
+def address_text(raw: bytes) -> str:
+    """4 or 16 address bytes as compressed text (``10.0.0.1``, ``fd00::1``)."""
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+def split_key(key: PacketKey) -> tuple[int, str, int, str, int]:
+    """(protocol number, source IP text, source port, destination IP text, destination port)."""
+    protocol, raw = key
+    size = (len(raw) - 4) // 2
+    source_port, destination_port = _PORTS.unpack_from(raw, 2 * size)
+    return (
+        protocol,
+        address_text(raw[:size]),
+        source_port,
+        address_text(raw[size : 2 * size]),
+        destination_port,
+    )
+
+
+def _transport(buf: bytes, offset: int, protocol: int, key: bytes, length: int) -> Decoded:
+    """The transport header at ``offset``; ``key`` already ends with its two ports."""
+    if protocol == TCP:
+        if len(buf) < offset + 14:
+            return Skip.SHORT
+        control = buf[offset + 13]
+        payload = offset + (buf[offset + 12] >> 4) * 4
+    elif protocol == UDP:
+        control = 0
+        payload = offset + 8
+    elif protocol == SCTP:
+        if len(buf) < offset + 13:
+            return Skip.SHORT
+        return (SCTP, key), buf[offset + 12], length, None
+    else:
+        return Skip.OTHER_PROTOCOL
+    # Port 53 (0x0035) as source or destination: the last four bytes of the key are the ports.
+    if (key[-3] == DNS_PORT and key[-4] == 0) or (key[-1] == DNS_PORT and key[-2] == 0):
+        return (protocol, key), control, length, buf[payload:]
+    return (protocol, key), control, length, None
+
+
+def _ipv4(buf: bytes, offset: int) -> Decoded:
+    if len(buf) >= offset + 24 and buf[offset] == 0x45:
+        length, fragment, protocol, key = _IPV4_PLAIN.unpack_from(buf, offset)
+        if fragment & 0x1FFF:
+            return Skip.FRAGMENT
+        return _transport(buf, offset + 20, protocol, key, length)
+    if len(buf) < offset + 20:
+        return Skip.SHORT
+    version_ihl, length, fragment, protocol, addresses = _IPV4.unpack_from(buf, offset)
+    if version_ihl >> 4 != 4:
+        return Skip.NOT_IP
+    if fragment & 0x1FFF:
+        return Skip.FRAGMENT
+    transport = offset + (version_ihl & 0x0F) * 4
+    if len(buf) < transport + 4:
+        return Skip.SHORT
+    return _transport(buf, transport, protocol, addresses + buf[transport : transport + 4], length)
+
+
+def _ipv6(buf: bytes, offset: int) -> Decoded:
+    if len(buf) < offset + 44:
+        return Skip.SHORT
+    payload_length, header, addresses = _IPV6.unpack_from(buf, offset)
+    position = offset + 40
+    if header in (TCP, UDP, SCTP):
+        return _transport(buf, position, header, buf[offset + 8 : offset + 44], payload_length + 40)
+    while True:
+        if header in _IPV6_GENERIC_EXTENSIONS:
+            if len(buf) < position + 2:
+                return Skip.SHORT
+            header, size = buf[position], (buf[position + 1] + 1) * 8
+            position += size
+        elif header == _IPV6_FRAGMENT:
+            if len(buf) < position + 4:
+                return Skip.SHORT
+            if _U16.unpack_from(buf, position + 2)[0] & 0xFFF8:
+                return Skip.FRAGMENT
+            header = buf[position]
+            position += 8
+        elif header == _IPV6_AUTH:
+            if len(buf) < position + 2:
+                return Skip.SHORT
+            header, size = buf[position], (buf[position + 1] + 2) * 4
+            position += size
+        else:
+            if len(buf) < position + 4:
+                return Skip.SHORT
+            ports = buf[position : position + 4]
+            return _transport(buf, position, header, addresses + ports, payload_length + 40)
+
+
+def _ip(buf: bytes, offset: int) -> Decoded:
+    """IP of either version, told apart by the version nibble."""
+    if len(buf) <= offset:
+        return Skip.SHORT
+    version = buf[offset] >> 4
+    if version == 4:
+        return _ipv4(buf, offset)
+    if version == 6:
+        return _ipv6(buf, offset)
+    return Skip.NOT_IP
+
+
+def _by_ethertype(buf: bytes, at: int, offset: int) -> Decoded:
+    """IP after the two-byte EtherType at ``at``; the header starts at ``offset``."""
+    high, low = buf[at], buf[at + 1]
+    if high == 0x08 and low == 0x00:
+        return _ipv4(buf, offset)
+    if high == 0x86 and low == 0xDD:
+        return _ipv6(buf, offset)
+    return Skip.NOT_IP
+
+
+def decode_ethernet(buf: bytes) -> Decoded:
+    if len(buf) < 14:
+        return Skip.SHORT
+    offset = 14
+    while _U16.unpack_from(buf, offset - 2)[0] in ETHERTYPES_VLAN:
+        if len(buf) < offset + 4:
+            return Skip.SHORT
+        offset += 4
+    return _by_ethertype(buf, offset - 2, offset)
+
+
+def decode_linux_sll(buf: bytes) -> Decoded:
+    if len(buf) < 16:
+        return Skip.SHORT
+    return _by_ethertype(buf, 14, 16)
+
+
+def decode_linux_sll2(buf: bytes) -> Decoded:
+    if len(buf) < 20:
+        return Skip.SHORT
+    return _by_ethertype(buf, 0, 20)
+
+
+def decode_raw(buf: bytes) -> Decoded:
+    return _ip(buf, 0)
+
+
+def _by_family(buf: bytes, family: int) -> Decoded:
+    if family == _AF_INET:
+        return _ipv4(buf, 4)
+    if family in _AF_INET6:
+        return _ipv6(buf, 4)
+    return Skip.NOT_IP
+
+
+def decode_null(buf: bytes) -> Decoded:
+    if len(buf) < 4:
+        return Skip.SHORT
+    # The family is in the byte order of the machine that wrote the file: small values only.
+    family = _U32_LE.unpack_from(buf, 0)[0]
+    if family > 0xFFFF:
+        family = _U32_BE.unpack_from(buf, 0)[0]
+    return _by_family(buf, family)
+
+
+def decode_loop(buf: bytes) -> Decoded:
+    if len(buf) < 4:
+        return Skip.SHORT
+    return _by_family(buf, _U32_BE.unpack_from(buf, 0)[0])
+
+
+def _unknown_linktype(buf: bytes) -> Decoded:
+    return Skip.UNKNOWN_LINKTYPE
+
+
+_DECODERS: dict[int, Decoder] = {
+    LINKTYPE_NULL: decode_null,
+    LINKTYPE_ETHERNET: decode_ethernet,
+    LINKTYPE_LOOP: decode_loop,
+    LINKTYPE_LINUX_SLL: decode_linux_sll,
+    LINKTYPE_LINUX_SLL2: decode_linux_sll2,
+    **dict.fromkeys(LINKTYPES_RAW, decode_raw),
+}
+
+
+def decoder_for(linktype: int) -> Decoder:
+    """The decoder for a link type: ``decoder(bytes) -> PacketFacts | Skip``; never raises."""
+    return _DECODERS.get(linktype, _unknown_linktype)
+
+
+def decode(linktype: int, buf: bytes) -> Decoded:
+    """Facts of one captured packet, or why there are none."""
+    return decoder_for(linktype)(buf)
+
+
+# --- DNS -------------------------------------------------------------------------------------
+
+
+class DnsFault(StrEnum):
+    """Why a DNS payload gave no answers (counted, never fatal)."""
+
+    TRUNCATED = "truncated"  # cut by the snap length, or a TCP message split over segments
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class DnsResponse:
+    """What one successful DNS response says. Names are lower case without the final dot."""
+
+    question: str
+    addresses: tuple[tuple[str, str], ...]  # (owner name, IP text) of A and AAAA records
+    aliases: tuple[tuple[str, str], ...]  # (owner name, target name) of CNAME records
+
+
+def _name(raw: str) -> str:
+    return raw.rstrip(".").lower()
+
+
+def _response(message: bytes) -> DnsResponse | None:
+    """One DNS message → its answers; None for queries and failed lookups. dpkt errors pass."""
+    parsed = dpkt.dns.DNS(message)
+    if parsed.qr != dpkt.dns.DNS_R or parsed.rcode != dpkt.dns.DNS_RCODE_NOERR:
+        return None
+    addresses: list[tuple[str, str]] = []
+    aliases: list[tuple[str, str]] = []
+    for answer in parsed.an:
+        if answer.type in (dpkt.dns.DNS_A, dpkt.dns.DNS_AAAA) and len(answer.rdata) in (4, 16):
+            addresses.append((_name(answer.name), address_text(answer.rdata)))
+        elif answer.type == dpkt.dns.DNS_CNAME:
+            aliases.append((_name(answer.name), _name(answer.cname)))
+    question = _name(parsed.qd[0].name) if parsed.qd else ""
+    return DnsResponse(question, tuple(addresses), tuple(aliases))
+
+
+def _tcp_messages(payload: bytes) -> list[bytes] | DnsFault:
+    """DNS over TCP: each message has a 2-byte length prefix; a segment may carry several."""
+    messages = []
+    position = 0
+    while position < len(payload):
+        if position + 2 > len(payload):
+            return DnsFault.TRUNCATED
+        size = _U16.unpack_from(payload, position)[0]
+        end = position + 2 + size
+        if end > len(payload):
+            return DnsFault.TRUNCATED
+        messages.append(payload[position + 2 : end])
+        position = end
+    return messages
+
+
+def decode_dns(payload: bytes, *, over_tcp: bool) -> list[DnsResponse] | DnsFault:
+    """The successful responses in a port-53 payload (queries and errors give an empty list).
+
+    dpkt's ``NeedData`` (the message is cut short) becomes ``DnsFault.TRUNCATED`` and its
+    ``UnpackError`` or nonsense inside a record becomes ``DnsFault.MALFORMED``.
+    """
+    messages = _tcp_messages(payload) if over_tcp else [payload]
+    if isinstance(messages, DnsFault):
+        return messages
+    responses = []
+    for message in messages:
+        try:
+            response = _response(message)
+        except dpkt.NeedData:
+            return DnsFault.TRUNCATED
+        except (dpkt.UnpackError, struct.error, IndexError, ValueError, UnicodeDecodeError):
+            return DnsFault.MALFORMED
+        if response is not None:
+            responses.append(response)
+    return responses

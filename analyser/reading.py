@@ -1,0 +1,187 @@
+"""Reading: capture files → :class:`Traffic` (conversations, DNS names, what each file gave).
+
+The shell that puts ``sources`` (files → records), ``packets`` (records → facts), ``flows``
+(facts → conversations) and ``dns`` together, one file per task, on every core. Each worker
+returns partial aggregates that are merged in the order of the input, and every merge is
+commutative, so the result does not depend on the number of workers.
+
+Usage::
+
+    traffic = read_captures(find_captures(bundle / "captures"), root=bundle)
+    flows = orient(traffic.conversations, oracle)
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analyser.dns import DnsTable
+from analyser.flows import (
+    Conversation,
+    ConversationTable,
+    DirectedTraffic,
+    Endpoint,
+    handshake_role,
+    protocol_named,
+)
+from analyser.packets import TCP, PacketKey, Skip, decoder_for, split_key
+from analyser.sources import CaptureFile, CaptureReport, ring_name
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """Everything the captures say, before identities: see :func:`read_captures`."""
+
+    conversations: tuple[Conversation, ...]  # sorted by (protocol, a, b)
+    dns: DnsTable
+    reports: tuple[CaptureReport, ...]  # one per file, in input order
+    packets: int  # records read from all files
+    counted: int  # packets that went into conversations
+    skipped: dict[str, int] = field(default_factory=dict)  # packets without facts, by reason
+    dns_faults: dict[str, int] = field(default_factory=dict)  # DNS payloads not understood
+
+
+@dataclass(slots=True)
+class _Partial:
+    """What one file gave; merged by the parent."""
+
+    conversations: ConversationTable
+    dns: DnsTable
+    report: CaptureReport
+    counted: int
+    skipped: Counter[str]
+    dns_faults: Counter[str]
+
+
+def _read_one(path: Path, name: str) -> _Partial:
+    capture = CaptureFile(path, name=name)
+    # PacketKey → [first seen, last seen, packets, bytes, handshake roles of the sender]
+    tally: dict[PacketKey, list[float]] = {}
+    skipped: Counter[str] = Counter()
+    dns = DnsTable()
+    dns_faults: Counter[str] = Counter()
+    counted = 0
+    current_linktype = -1
+    decode = decoder_for(current_linktype)
+    # The hot loop: one iteration per packet, so everything is a local and plain tuples/lists.
+    for timestamp, linktype, data in capture.records():
+        if linktype != current_linktype:
+            current_linktype = linktype
+            decode = decoder_for(linktype)
+        facts = decode(data)
+        if isinstance(facts, Skip):
+            skipped[facts.name.lower()] += 1
+            continue
+        key, control, length, payload = facts
+        counted += 1
+        entry = tally.get(key)
+        if entry is None:
+            tally[key] = [timestamp, timestamp, 1, length, handshake_role(key[0], control)]
+        else:
+            if timestamp < entry[0]:
+                entry[0] = timestamp
+            elif timestamp > entry[1]:
+                entry[1] = timestamp
+            entry[2] += 1
+            entry[3] += length
+            # SYN and FIN (TCP), INIT and INIT-ACK (SCTP) have one of the low bits set.
+            if control & 3:
+                entry[4] = int(entry[4]) | handshake_role(key[0], control)
+        if payload:
+            fault = dns.add_payload(payload, over_tcp=key[0] == TCP, at=timestamp)
+            if fault is not None:
+                dns_faults[fault.value] += 1
+    conversations = ConversationTable()
+    conversations.add_capture(name, ring_name(name), _directed(tally))
+    return _Partial(conversations, dns, capture.report, counted, skipped, dns_faults)
+
+
+def _directed(tally: dict[PacketKey, list[float]]) -> Iterable[DirectedTraffic]:
+    for key, (first, last, packets, size, roles) in tally.items():
+        number, source, source_port, destination, destination_port = split_key(key)
+        yield DirectedTraffic(
+            protocol_named(number),
+            Endpoint(source, source_port),
+            Endpoint(destination, destination_port),
+            first,
+            last,
+            int(packets),
+            int(size),
+            int(roles),
+        )
+
+
+def _name_under(path: Path, root: Path) -> str:
+    """The path relative to ``root`` in POSIX form, or as given when it is not under root."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def read_captures(
+    paths: Sequence[Path],
+    *,
+    root: Path,
+    workers: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Traffic:
+    """Read every capture file into one :class:`Traffic`.
+
+    ``paths`` are capture files (see ``sources.find_captures``); they are named in reports and
+    ``Conversation.captures`` relative to ``root`` (the bundle directory). ``workers`` processes
+    read files in parallel (default: one per core, at most one per file); ``workers=1`` reads
+    in this process. ``on_progress`` is called in this process with the on-disk size in bytes of
+    each file once it is read, so a progress bar can use the sum of the sizes as its total.
+
+    A damaged file never raises: its :class:`~analyser.sources.CaptureReport` says what went
+    wrong and the packets before the damage count. The result is the same for any ``workers``.
+    """
+    names = [_name_under(path, root) for path in paths]
+    count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
+    partials: list[_Partial] = []
+    if count <= 1:
+        for path, name in zip(paths, names, strict=True):
+            partials.append(_read_one(path, name))
+            if on_progress is not None:
+                on_progress(_size(path))
+    else:
+        with ProcessPoolExecutor(max_workers=count) as pool:
+            for path, partial in zip(paths, pool.map(_read_one, paths, names), strict=True):
+                partials.append(partial)
+                if on_progress is not None:
+                    on_progress(_size(path))
+    return _merge(partials)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _merge(partials: Sequence[_Partial]) -> Traffic:
+    conversations = ConversationTable()
+    dns = DnsTable()
+    skipped: Counter[str] = Counter()
+    dns_faults: Counter[str] = Counter()
+    for partial in partials:
+        conversations.merge(partial.conversations)
+        dns.merge(partial.dns)
+        skipped.update(partial.skipped)
+        dns_faults.update(partial.dns_faults)
+    return Traffic(
+        conversations=tuple(conversations.conversations()),
+        dns=dns,
+        reports=tuple(partial.report for partial in partials),
+        packets=sum(partial.report.packets for partial in partials),
+        counted=sum(partial.counted for partial in partials),
+        skipped=dict(sorted(skipped.items())),
+        dns_faults=dict(sorted(dns_faults.items())),
+    )

@@ -1,0 +1,349 @@
+"""Sources: capture files → records ``(timestamp, linktype, bytes)``; nothing is decoded here.
+
+Reads pcap (either byte order, micro- or nanosecond timestamps) and pcapng (any number of
+sections and interfaces, each with its own link type, ``if_tsresol`` and ``if_tsoffset``), each
+optionally gzip-compressed; the format is told by magic bytes, never by the file name. Streaming:
+the file is read in chunks of ``CHUNK_SIZE`` bytes, so memory does not grow with the file.
+
+Damage is translated into :mod:`analyser.errors`: a file that ends mid-record (or a gzip stream
+without its end marker) is a :class:`~analyser.errors.TruncatedCapture`; bytes that are not a
+capture, a record that makes no sense, or a corrupt gzip stream are a
+:class:`~analyser.errors.MalformedCapture`. The records before the damage are still yielded;
+:class:`CaptureFile` turns the outcome into a :class:`CaptureReport` instead of raising, so one
+bad file never stops a run.
+
+The record parsers use ``struct`` on large chunks rather than ``dpkt.pcap.Reader`` (one file read
+and one object per record, about 2× slower, see ``docs/captures.md``) or ``dpkt.pcapng.Reader``
+(it knows only the first interface of a file, but ``tcpdump -i any`` pcapng files have several
+with different link types).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+from analyser.errors import CaptureError, MalformedCapture, TruncatedCapture
+
+CHUNK_SIZE = 1 << 20
+# Records larger than this and the snap length are damage, not packets (libpcap's ceiling).
+MAX_RECORD = 1 << 18
+# A pcapng block this large is damage (blocks hold one packet plus options).
+MAX_BLOCK = 1 << 24
+# pcap global header magics → (struct byte order, timestamp fraction divisor)
+_PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1e6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e9),
+}
+_PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+_GZIP_MAGIC = b"\x1f\x8b"
+_PCAPNG_BYTE_ORDER_MAGIC = 0x1A2B3C4D
+# pcapng block types
+_IDB = 1
+_OBSOLETE_PB = 2
+_SPB = 3
+_EPB = 6
+_SHB = 0x0A0D0D0A
+# pcapng interface options
+_IF_TSRESOL = 9
+_IF_TSOFFSET = 14
+
+# Capture file names: *.pcap, *.pcapng, *.cap, tcpdump's ring names (capture.pcap0,
+# capture.pcap01, ...), each optionally .gz.
+_CAPTURE_NAME = re.compile(r".+\.(pcap|pcapng|cap)[0-9]*(\.gz)?", re.IGNORECASE)
+# A ring member's name without its number: "capture.pcap07" → "capture.pcap".
+_RING_MEMBER = re.compile(r"(.+\.(?:pcapng|pcap|cap))[0-9]+", re.IGNORECASE)
+
+Record = tuple[float, int, bytes]
+"""(timestamp in UTC epoch seconds, pcap LINKTYPE_* value, captured bytes)"""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureReport:
+    """What reading one capture file gave: counts, and the damage if there was any."""
+
+    path: str  # as the caller named it (bundle-relative in a bundle)
+    packets: int  # records read (before the damage, if any)
+    bytes: int  # captured bytes in those records
+    error: str | None = None  # "TruncatedCapture", "MalformedCapture" or "CaptureError"
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def find_captures(directory: Path) -> list[Path]:
+    """Every capture file under ``directory`` (recursively), sorted by path.
+
+    Names: ``*.pcap``, ``*.pcapng``, ``*.cap``, tcpdump's ring names (``capture.pcap0``,
+    ``capture.pcap01``, ... as written by ``tcpdump -C -W -w capture.pcap``), each optionally
+    ending in ``.gz``.
+    """
+    return sorted(
+        path
+        for path in directory.rglob("*")
+        if _CAPTURE_NAME.fullmatch(path.name) and path.is_file()
+    )
+
+
+def ring_name(name: str) -> str:
+    """The ring a capture file belongs to: ``ns/pod/capture.pcap07.gz`` → ``ns/pod/capture.pcap``.
+
+    Files with the same ring name come from one tcpdump at one place (one vantage point).
+    """
+    stem = name[:-3] if name.lower().endswith(".gz") else name
+    member = _RING_MEMBER.fullmatch(stem)
+    return member.group(1) if member else stem
+
+
+def _plain_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            yield chunk
+
+
+def _gzip_chunks(path: Path) -> Iterator[bytes]:
+    """Decompressed chunks of a gzip file (several members allowed), bounded in size.
+
+    zlib is driven directly rather than through ``gzip.GzipFile`` so that everything decompressed
+    before a truncation or corruption is still handed out.
+    """
+    decompressor = zlib.decompressobj(wbits=31)
+    member_open = False  # bytes of a gzip member were fed and its end marker is not yet seen
+    try:
+        for compressed in _plain_chunks(path):
+            data = compressed
+            while data:
+                member_open = True
+                chunk = decompressor.decompress(data, CHUNK_SIZE)
+                if chunk:
+                    yield chunk
+                if decompressor.eof:
+                    # The next gzip member, if any, starts in the unused data.
+                    data = decompressor.unused_data
+                    decompressor = zlib.decompressobj(wbits=31)
+                    member_open = False
+                else:
+                    data = decompressor.unconsumed_tail
+        if member_open:
+            if tail := decompressor.flush():
+                yield tail
+            raise TruncatedCapture("the gzip stream ends before its end marker")
+    except zlib.error as error:
+        raise MalformedCapture(f"corrupt gzip stream: {error}") from error
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as stream:
+        magic = stream.read(2)
+    return _gzip_chunks(path) if magic == _GZIP_MAGIC else _plain_chunks(path)
+
+
+class _Stream:
+    """A byte buffer over a chunk iterator, for the block-structured pcapng parser."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self.buffer = b""
+        self.offset = 0
+
+    def rest(self) -> Iterator[bytes]:
+        """The chunks not yet in the buffer."""
+        return self._chunks
+
+    def fill(self, size: int) -> bool:
+        """Make ``size`` bytes available from ``offset``; False when the data ends first."""
+        while len(self.buffer) - self.offset < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return False
+            self.buffer = self.buffer[self.offset :] + chunk
+            self.offset = 0
+        return True
+
+    @property
+    def exhausted(self) -> bool:
+        return self.offset == len(self.buffer) and not self.fill(1)
+
+
+def records(path: Path) -> Iterator[Record]:
+    """The records of a capture file, in file order.
+
+    Raises :class:`~analyser.errors.TruncatedCapture` or :class:`~analyser.errors.MalformedCapture`
+    after yielding every record before the damage; an unreadable file raises
+    :class:`~analyser.errors.CaptureError`.
+    """
+    try:
+        chunks = _chunks(path)
+        stream = _Stream(chunks)
+        if not stream.fill(4):
+            if stream.buffer[stream.offset :]:
+                raise TruncatedCapture("the file ends inside the file header")
+            raise TruncatedCapture("the file is empty")
+        magic = stream.buffer[stream.offset : stream.offset + 4]
+        if magic in _PCAP_MAGICS:
+            yield from _pcap_records(stream, *_PCAP_MAGICS[magic])
+        elif magic == _PCAPNG_SHB:
+            yield from _pcapng_records(stream)
+        else:
+            raise MalformedCapture(f"not a pcap or pcapng file (starts with {magic.hex()})")
+    except OSError as error:
+        raise CaptureError(f"cannot read: {error.strerror or error}") from error
+
+
+def _pcap_records(stream: _Stream, order: str, divisor: float) -> Iterator[Record]:
+    if not stream.fill(24):
+        raise TruncatedCapture("the file ends inside the pcap file header")
+    header = struct.Struct(order + "IIII")
+    _, _, snaplen, linktype_field = header.unpack_from(stream.buffer, stream.offset + 8)
+    # The upper bits of the link type field carry FCS information.
+    linktype = linktype_field & 0xFFFF
+    limit = max(snaplen, MAX_RECORD)
+    first = stream.buffer[stream.offset + 24 :]
+    buffer = b""
+    offset = 0
+    number = 0
+    unpack = header.unpack_from
+    # The hot loop: walk the record headers of a chunk at fixed offsets; a record cut by the end
+    # of a chunk is carried over to the next.
+    for chunk in chain((first,), stream.rest()):
+        buffer = buffer[offset:] + chunk
+        offset = 0
+        end = len(buffer)
+        while offset + 16 <= end:
+            seconds, fraction, captured, _ = unpack(buffer, offset)
+            if captured > limit:
+                raise MalformedCapture(
+                    f"record {number + 1} claims {captured} bytes (snap length {snaplen})"
+                )
+            record_end = offset + 16 + captured
+            if record_end > end:
+                break
+            yield seconds + fraction / divisor, linktype, buffer[offset + 16 : record_end]
+            offset = record_end
+            number += 1
+    if offset < len(buffer):
+        raise TruncatedCapture(
+            f"the file ends inside record {number + 1} ({len(buffer) - offset} bytes left over)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Interface:
+    linktype: int
+    divisor: float  # timestamp units per second
+    offset: int  # seconds added to every timestamp
+
+
+def _interface(block: bytes, order: str) -> _Interface:
+    linktype = struct.unpack_from(order + "H", block, 8)[0]
+    divisor = 1e6
+    offset = 0
+    position = 16
+    while position + 4 <= len(block) - 4:
+        code, size = struct.unpack_from(order + "HH", block, position)
+        value = block[position + 4 : position + 4 + size]
+        if code == 0:
+            break
+        if code == _IF_TSRESOL and size >= 1:
+            # Top bit set: a negative power of 2, else a negative power of 10.
+            base = 2 if value[0] & 0x80 else 10
+            divisor = float(base ** (value[0] & 0x7F))
+        elif code == _IF_TSOFFSET and size >= 8:
+            offset = struct.unpack_from(order + "q", value)[0]
+        position += 4 + (size + 3) // 4 * 4
+    return _Interface(linktype, divisor, offset)
+
+
+def _pcapng_records(stream: _Stream) -> Iterator[Record]:
+    order = "<"
+    interfaces: list[_Interface] = []
+    last_timestamp = 0.0
+    number = 0
+    while not stream.exhausted:
+        number += 1
+        if not stream.fill(12):
+            raise TruncatedCapture(f"the file ends inside the header of block {number}")
+        buffer, start = stream.buffer, stream.offset
+        block_type = struct.unpack_from(order + "I", buffer, start)[0]
+        if buffer[start : start + 4] == _PCAPNG_SHB:
+            byte_order_magic = buffer[start + 8 : start + 12]
+            if byte_order_magic == b"\x4d\x3c\x2b\x1a":
+                order = "<"
+            elif byte_order_magic == b"\x1a\x2b\x3c\x4d":
+                order = ">"
+            else:
+                raise MalformedCapture(
+                    f"block {number}: section header with a bad byte-order magic"
+                )
+            block_type = _SHB
+            interfaces = []
+        length = struct.unpack_from(order + "I", buffer, start + 4)[0]
+        if length < 12 or length % 4 or length > MAX_BLOCK:
+            raise MalformedCapture(f"block {number} has an impossible length {length}")
+        if not stream.fill(length):
+            raise TruncatedCapture(f"the file ends inside block {number}")
+        block = stream.buffer[stream.offset : stream.offset + length]
+        stream.offset += length
+        if block_type == _IDB:
+            interfaces.append(_interface(block, order))
+        elif block_type in (_EPB, _OBSOLETE_PB):
+            if block_type == _EPB:
+                interface_id, high, low, captured = struct.unpack_from(order + "IIII", block, 8)
+            else:
+                interface_id, high, low, captured = struct.unpack_from(order + "H2xIII", block, 8)
+            if interface_id >= len(interfaces):
+                raise MalformedCapture(
+                    f"block {number}: packet on undeclared interface {interface_id}"
+                )
+            if 28 + captured > length - 4:
+                raise MalformedCapture(f"block {number}: packet longer than its block")
+            interface = interfaces[interface_id]
+            last_timestamp = ((high << 32) | low) / interface.divisor + interface.offset
+            yield last_timestamp, interface.linktype, block[28 : 28 + captured]
+        elif block_type == _SPB:
+            if not interfaces:
+                raise MalformedCapture(f"block {number}: packet before any interface")
+            original = struct.unpack_from(order + "I", block, 8)[0]
+            # Simple packets carry no timestamp: they get the last one seen in the file.
+            yield last_timestamp, interfaces[0].linktype, block[12 : min(12 + original, length - 4)]
+
+
+class CaptureFile:
+    """One capture file read to the end without raising; ``report`` says how it went.
+
+    ``for timestamp, linktype, data in capture.records(): ...`` then ``capture.report``.
+    """
+
+    def __init__(self, path: Path, *, name: str | None = None) -> None:
+        self.path = path
+        self.name = name if name is not None else str(path)
+        self.report = CaptureReport(self.name, 0, 0)
+
+    def records(self) -> Iterator[Record]:
+        packets = 0
+        size = 0
+        error: CaptureError | None = None
+        try:
+            for record in records(self.path):
+                packets += 1
+                size += len(record[2])
+                yield record
+        except CaptureError as caught:
+            error = caught
+        finally:
+            self.report = CaptureReport(
+                self.name,
+                packets,
+                size,
+                type(error).__name__ if error else None,
+                str(error) if error else None,
+            )
