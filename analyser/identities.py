@@ -6,10 +6,50 @@ that fills them from a ``snapshot.Snapshot`` (and pod IP history) lives here too
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
+import contextlib
+import ipaddress
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from enum import IntEnum, StrEnum
+from typing import cast
 
-from analyser.policies import LabelSelector
+from analyser.flows import Endpoint, Protocol
+from analyser.policies import (
+    DNS_PORTS,
+    VOLATILE_LABELS,
+    ClusterDns,
+    LabelRequirement,
+    LabelSelector,
+    PodPeer,
+    PortSpec,
+)
+from analyser.snapshot import (
+    CaptureMeta,
+    Controller,
+    ControllerSpec,
+    CronJob,
+    EndpointPort,
+    KubeObject,
+    LabelSelectorJson,
+    ObjectReference,
+    OwnerHint,
+    OwnerReference,
+    Pod,
+    PodIpEvent,
+    PodSpec,
+    Service,
+    ServicePort,
+    SlicePort,
+    Snapshot,
+    meta,
+    normalize_ip,
+    parse_timestamp,
+    pod_ips,
+)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class EndpointKind(StrEnum):
@@ -39,6 +79,7 @@ class Workload:
     ref: WorkloadRef
     selector: LabelSelector
     pod_labels: tuple[tuple[str, str], ...] = ()
+    host_network: bool = False  # its pods use the node's addresses (peers see the node IP)
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -58,3 +99,695 @@ class Identity:
     pod: PodRef | None = None
     service: tuple[str, str] | None = None  # (namespace, name) for EndpointKind.SERVICE
     node: str | None = None  # node name for EndpointKind.NODE
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceBackend:
+    """A pod (or address) behind a Service port at one instant, and the port it receives on."""
+
+    identity: Identity
+    port: int  # the target port after DNAT, named ports resolved
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The workloads whose pods were captured (they get policies), and the captured pods that
+    could not be placed in a workload."""
+
+    workloads: frozenset[WorkloadRef]
+    unknown_pods: tuple[tuple[str, str], ...] = ()  # (namespace, pod)
+
+
+@dataclass(frozen=True, slots=True)
+class PodRecord:
+    """What is known about one pod from the snapshot, the IP history and meta.json, merged."""
+
+    namespace: str
+    name: str
+    uid: str
+    labels: tuple[tuple[str, str], ...]
+    owner: OwnerHint | None
+    node: str
+    host_network: bool
+    # containerPorts as (name, port, protocol); for hostNetwork pods they are node ports.
+    ports: tuple[tuple[str, int, Protocol], ...]
+
+    @property
+    def key(self) -> str:
+        return self.uid or f"{self.namespace}/{self.name}"
+
+    def port_named(self, name: str, protocol: Protocol) -> int | None:
+        return next((p for n, p, proto in self.ports if n == name and proto is protocol), None)
+
+    def listens(self, port: int, protocol: Protocol) -> bool:
+        return any(p == port and proto is protocol for _, p, proto in self.ports)
+
+
+class _Source(IntEnum):
+    """Where an IP claim comes from; lower wins when two claims cover the same instant."""
+
+    HISTORY = 0
+    META = 1
+    SNAPSHOT = 2
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class _Claim:
+    """Pod ``key`` held ``ip`` from ``start`` until ``end`` (exclusive), per ``source``."""
+
+    start: float
+    end: float
+    source: _Source
+    key: str
+    ip: str
+
+
+# Port on which every kubelet listens on its node's addresses (probes and logs go the other way,
+# but an API server → kubelet flow must not make the node look like the internet).
+KUBELET_PORT = 10250
+DNS_NAMESPACE = "kube-system"
+DNS_SERVICE = "kube-dns"
+DNS_POD_LABEL = ("k8s-app", "kube-dns")
+# The smallest prefix accepted for a network inferred to cover the pods' or Services' addresses;
+# anything wider would swallow the internet, so each address then gets a /16 (/64) of its own.
+_MIN_INFERRED_PREFIX = {4: 8, 6: 32}
+_FALLBACK_PREFIX = {4: 16, 6: 64}
+
+
+def _protocol(text: str | None) -> Protocol | None:
+    try:
+        return Protocol((text or "TCP").upper())
+    except ValueError:
+        return None
+
+
+def _without_volatile(labels: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in labels if k not in VOLATILE_LABELS))
+
+
+def selector_from_json(selector: LabelSelectorJson | None) -> LabelSelector:
+    """A ``metav1.LabelSelector`` dict → :class:`LabelSelector`, minus volatile labels."""
+    if not selector:
+        return LabelSelector()
+    expressions = tuple(
+        sorted(
+            LabelRequirement(
+                key=expr.get("key", ""),
+                operator=expr.get("operator", ""),
+                values=tuple(sorted(set(expr.get("values", [])))),
+            )
+            for expr in selector.get("matchExpressions", [])
+            if expr.get("key") not in VOLATILE_LABELS
+        )
+    )
+    return LabelSelector(
+        match_labels=_without_volatile(selector.get("matchLabels", {}).items()),
+        match_expressions=expressions,
+    )
+
+
+def _container_ports(spec: PodSpec) -> tuple[tuple[str, int, Protocol], ...]:
+    ports: set[tuple[str, int, Protocol]] = set()
+    for container in (*spec.get("containers", []), *spec.get("initContainers", [])):
+        for port in container.get("ports", []):
+            protocol = _protocol(port.get("protocol"))
+            if protocol is not None and "containerPort" in port:
+                ports.add((port.get("name", ""), port["containerPort"], protocol))
+    return tuple(sorted(ports))
+
+
+def _pod_lifetime(pod: Pod) -> tuple[float, float]:
+    """When the pod could hold its IPs: creation (or start) until deletion, or until its
+    containers finished for a completed pod (its IP is free for reuse from then on)."""
+    meta_ = meta(pod)
+    status = pod.get("status", {})
+    created = meta_.get("creationTimestamp") or status.get("startTime")
+    start = parse_timestamp(created) if created else -math.inf
+    end = math.inf
+    if meta_.get("deletionTimestamp"):
+        end = parse_timestamp(meta_["deletionTimestamp"])
+    if status.get("phase") in ("Succeeded", "Failed"):
+        finished = [
+            parse_timestamp(s["state"]["terminated"]["finishedAt"])
+            for s in status.get("containerStatuses", [])
+            if s.get("state", {}).get("terminated", {}).get("finishedAt")
+        ]
+        if finished:
+            end = min(end, max(finished))
+    return start, end
+
+
+def _controller_hint(refs: Iterable[OwnerReference]) -> OwnerHint | None:
+    refs = [r for r in refs if r.get("kind") and r.get("name")]
+    chosen = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+    if chosen is None:
+        return None
+    return OwnerHint(kind=chosen["kind"], name=chosen["name"], uid=chosen.get("uid", ""))
+
+
+def _covering_networks(ips: Iterable[str]) -> set[IPNetwork]:
+    """The smallest network holding all of ``ips``, per address family (or, when that would be
+    implausibly wide, a /16 or /64 per address)."""
+    by_family: dict[int, list[int]] = defaultdict(list)
+    for text in ips:
+        address = ipaddress.ip_address(text)
+        by_family[address.version].append(int(address))
+    networks: set[IPNetwork] = set()
+    for version, values in by_family.items():
+        bits = 32 if version == 4 else 128
+        spread = max(v ^ values[0] for v in values).bit_length()
+        prefix = bits - spread
+        if prefix >= _MIN_INFERRED_PREFIX[version]:
+            networks.add(ipaddress.ip_network((values[0] >> spread << spread, prefix)))
+        else:
+            prefix = _FALLBACK_PREFIX[version]
+            networks |= {ipaddress.ip_network((v, prefix), strict=False) for v in values}
+    return networks
+
+
+class Resolver:
+    """Answers "who was this address at that time?" from a snapshot, the pod IP history
+    (``pod-ips.jsonl``) and the captures' ``meta.json``.
+
+    For pods, the IP history wins over meta.json, which wins over the snapshot's own times
+    (creation/deletion). When no claim covers the instant, the latest claim that started
+    before it is used (a pod's last packets after its deletion), else the earliest one.
+    """
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        ip_history: Sequence[PodIpEvent] = (),
+        captures: Sequence[CaptureMeta] = (),
+    ) -> None:
+        self._snapshot = snapshot
+        self._records: dict[str, PodRecord] = {}
+        self._by_name: dict[tuple[str, str], list[str]] = defaultdict(list)
+        self._claims: dict[str, list[_Claim]] = defaultdict(list)
+        self._workloads: dict[WorkloadRef, Workload] = {}
+        self._workload_of_key: dict[str, WorkloadRef] = {}
+        self._node_of_address = dict(snapshot.node_by_address)
+        self._add_snapshot_pods()
+        self._add_captures(captures)
+        self._add_history(ip_history)
+        self._claims_of: dict[str, list[_Claim]] = defaultdict(list)
+        for claims in self._claims.values():
+            claims.sort()
+            for claim in claims:
+                self._claims_of[claim.key].append(claim)
+        self._host_network: dict[str, list[PodRecord]] = defaultdict(list)
+        for record in sorted(self._records.values(), key=lambda r: r.key):
+            if record.host_network and record.node:
+                self._host_network[record.node].append(record)
+        self._ranges = self._cluster_ranges()
+
+    # -- building -------------------------------------------------------------------------
+
+    def _register(self, record: PodRecord) -> None:
+        if record.key not in self._records:
+            self._by_name[(record.namespace, record.name)].append(record.key)
+        self._records[record.key] = record
+
+    def _find_record(self, namespace: str, name: str, uid: str) -> PodRecord | None:
+        if uid and uid in self._records:
+            return self._records[uid]
+        keys = self._by_name.get((namespace, name), [])
+        # Without a uid, a name reused by a later pod is ambiguous: the last one registered wins.
+        return self._records[keys[-1]] if keys and not uid else None
+
+    def _claim(
+        self, record: PodRecord, ips: Iterable[str], span: tuple[float, float], source: _Source
+    ) -> None:
+        if record.host_network:
+            return
+        for ip in ips:
+            if ip in self._node_of_address:
+                continue  # a node's address: a hostNetwork pod the snapshot did not mark
+            self._claims[ip].append(_Claim(span[0], span[1], source, record.key, ip))
+
+    def _add_snapshot_pods(self) -> None:
+        for pod in self._snapshot.pods:
+            meta_ = meta(pod)
+            spec = pod.get("spec", {})
+            record = PodRecord(
+                namespace=meta_.get("namespace", ""),
+                name=meta_["name"],
+                uid=meta_.get("uid", ""),
+                labels=tuple(sorted(meta_.get("labels", {}).items())),
+                owner=_controller_hint(meta_.get("ownerReferences", [])),
+                node=spec.get("nodeName", ""),
+                host_network=bool(spec.get("hostNetwork")),
+                ports=_container_ports(spec),
+            )
+            self._register(record)
+            self._claim(record, pod_ips(pod), _pod_lifetime(pod), _Source.SNAPSHOT)
+
+    def _merged(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        *,
+        labels: tuple[tuple[str, str], ...],
+        owner: OwnerHint | None,
+        node: str = "",
+    ) -> PodRecord:
+        """The known record for this pod with what a history line or meta.json adds to it,
+        or a new record."""
+        known = self._find_record(namespace, name, uid)
+        if known is None:
+            record = PodRecord(namespace, name, uid, labels, owner, node, False, ())
+        else:
+            record = replace(
+                known,
+                uid=known.uid or uid,
+                labels=known.labels or labels,
+                owner=known.owner or owner,
+                node=known.node or node,
+            )
+        self._register(record)
+        return record
+
+    def _add_captures(self, captures: Sequence[CaptureMeta]) -> None:
+        for capture in captures:
+            record = self._merged(
+                capture.namespace,
+                capture.pod,
+                capture.uid,
+                labels=capture.labels,
+                owner=capture.owner,
+                node=capture.node,
+            )
+            start = -math.inf if capture.start_time is None else capture.start_time
+            self._claim(record, capture.ips, (start, math.inf), _Source.META)
+
+    def _add_history(self, events: Sequence[PodIpEvent]) -> None:
+        by_pod: dict[str, list[PodIpEvent]] = defaultdict(list)
+        for event in sorted(events, key=lambda e: e.time):
+            record = self._merged(
+                event.namespace, event.pod, event.uid, labels=event.labels, owner=event.owner
+            )
+            by_pod[record.key].append(event)
+        for key, pod_events in by_pod.items():
+            record = self._records[key]
+            for event, following in zip(pod_events, [*pod_events[1:], None], strict=True):
+                if event.deleted:
+                    continue
+                end = following.time if following is not None else math.inf
+                self._claim(record, event.ips, (event.time, end), _Source.HISTORY)
+
+    def _cluster_ranges(self) -> tuple[IPNetwork, ...]:
+        ranges: set[IPNetwork] = set()
+        for cidr in self._snapshot.pod_cidrs:
+            with contextlib.suppress(ValueError):
+                ranges.add(ipaddress.ip_network(cidr, strict=False))
+        # Pod addresses outside every node's podCIDR (or all of them, without podCIDRs).
+        outside = [
+            ip for ip in self._claims if not any(ipaddress.ip_address(ip) in r for r in ranges)
+        ]
+        ranges |= _covering_networks(outside)
+        ranges |= _covering_networks(self._snapshot.services_by_cluster_ip)
+        return tuple(sorted(ranges, key=lambda n: (n.version, str(n))))
+
+    # -- pods and workloads -----------------------------------------------------------------
+
+    def _record_at(self, ip: str, at: float) -> PodRecord | None:
+        claims = self._claims.get(ip)
+        if not claims:
+            return None
+        covering = [c for c in claims if c.start <= at < c.end]
+        if covering:
+            best = min(covering, key=lambda c: (c.source, -c.start))
+        else:
+            earlier = [c for c in claims if c.start <= at]
+            best = max(earlier, key=lambda c: (c.start, -c.source)) if earlier else claims[0]
+        return self._records[best.key]
+
+    def _ip_of(self, record: PodRecord, at: float, version: int | None = None) -> str:
+        """The pod's address at ``at``, of IP ``version`` when it has one (dual-stack pods)."""
+        claims = self._claims_of.get(record.key, [])
+        if version is not None:
+            claims = [c for c in claims if ipaddress.ip_address(c.ip).version == version] or claims
+        covering = [c for c in claims if c.start <= at < c.end]
+        earlier = covering or [c for c in claims if c.start <= at]
+        if earlier:
+            return max(earlier, key=lambda c: c.start).ip
+        return claims[0].ip if claims else ""
+
+    def _lifetime(self, record: PodRecord) -> tuple[float, float] | None:
+        claims = self._claims_of.get(record.key)
+        if not claims:
+            return None
+        return min(c.start for c in claims), max(c.end for c in claims)
+
+    def _object(self, kind: str, namespace: str, hint: OwnerHint) -> KubeObject | None:
+        found = self._snapshot.by_uid(hint.uid)
+        if found is not None and found.get("kind") == kind:
+            return found
+        return self._snapshot.get(kind, namespace, hint.name)
+
+    def _walk_owners(self, record: PodRecord) -> tuple[str, str, KubeObject | None]:
+        """The workload's kind and name, and the object whose selector describes its pods."""
+        owner = record.owner
+        if owner is None or owner.kind == "Node":  # bare or static (mirror) pod
+            return "Pod", record.name, None
+        namespace = record.namespace
+        obj = self._object(owner.kind, namespace, owner)
+        if owner.kind == "ReplicaSet":
+            labels = dict(record.labels)
+            parent = _controller_hint(meta(obj).get("ownerReferences", [])) if obj else None
+            if parent is not None and parent.kind == "Deployment":
+                return (
+                    "Deployment",
+                    parent.name,
+                    self._object("Deployment", namespace, parent) or obj,
+                )
+            template_hash = labels.get("pod-template-hash", "")
+            if obj is None and template_hash and owner.name.endswith(f"-{template_hash}"):
+                name = owner.name.removesuffix(f"-{template_hash}")
+                return "Deployment", name, self._snapshot.get("Deployment", namespace, name)
+        if owner.kind == "Job":
+            parent = _controller_hint(meta(obj).get("ownerReferences", [])) if obj else None
+            if parent is not None and parent.kind == "CronJob":
+                return "CronJob", parent.name, self._object("CronJob", namespace, parent) or obj
+            # A CronJob names its Jobs "<cronjob>-<scheduled time in minutes>".
+            prefix, _, suffix = owner.name.rpartition("-")
+            if obj is None and suffix.isdigit():
+                cron = self._snapshot.get("CronJob", namespace, prefix)
+                if cron is not None:
+                    return "CronJob", prefix, cron
+        return owner.kind, owner.name, obj
+
+    def _workload_for(self, record: PodRecord) -> WorkloadRef:
+        if record.key in self._workload_of_key:
+            return self._workload_of_key[record.key]
+        kind, name, obj = self._walk_owners(record)
+        ref = WorkloadRef(record.namespace, kind, name)
+        if ref not in self._workloads:
+            self._workloads[ref] = _describe_workload(ref, obj, record)
+        self._workload_of_key[record.key] = ref
+        return ref
+
+    def _pod_ref(self, record: PodRecord) -> PodRef:
+        return PodRef(record.namespace, record.name, record.uid, self._workload_for(record))
+
+    def workload(self, ref: WorkloadRef) -> Workload:
+        """The workload behind a ref this resolver handed out."""
+        return self._workloads[ref]
+
+    def workload_of_pod(self, namespace: str, pod: str) -> WorkloadRef | None:
+        keys = self._by_name.get((namespace, pod))
+        return self._workload_for(self._records[keys[-1]]) if keys else None
+
+    def scope_of(self, pods: Iterable[tuple[str, str]]) -> Scope:
+        """The workloads of the captured pods (``(namespace, pod)``, from capture paths or
+        meta.json)."""
+        workloads: set[WorkloadRef] = set()
+        unknown: set[tuple[str, str]] = set()
+        for namespace, pod in pods:
+            ref = self.workload_of_pod(namespace, pod)
+            if ref is None:
+                unknown.add((namespace, pod))
+            else:
+                workloads.add(ref)
+        return Scope(frozenset(workloads), tuple(sorted(unknown)))
+
+    # -- addresses --------------------------------------------------------------------------
+
+    def resolve(
+        self, ip: str, at: float, *, port: int | None = None, protocol: Protocol | None = None
+    ) -> Identity:
+        """What ``ip`` was at ``at``. With ``port``/``protocol`` (the side that listens), a node
+        address resolves to the hostNetwork pod that declares that port, if any."""
+        ip = normalize_ip(ip)
+        service = self._snapshot.services_by_cluster_ip.get(ip)
+        if service is not None:
+            return Identity(
+                EndpointKind.SERVICE,
+                ip,
+                service=(meta(service)["namespace"], meta(service)["name"]),
+            )
+        record = self._record_at(ip, at)
+        if record is not None:
+            return Identity(EndpointKind.POD, ip, pod=self._pod_ref(record))
+        node = self._node_of_address.get(ip)
+        if node is not None:
+            if port is not None:
+                listener = self._host_listener(node, port, protocol or Protocol.TCP)
+                if listener is not None:
+                    return Identity(EndpointKind.POD, ip, pod=self._pod_ref(listener), node=node)
+            return Identity(EndpointKind.NODE, ip, node=node)
+        address = ipaddress.ip_address(ip)
+        if any(address in network for network in self._ranges):
+            return Identity(EndpointKind.UNRESOLVED, ip)
+        return Identity(EndpointKind.EXTERNAL, ip)
+
+    def _host_listener(self, node: str, port: int, protocol: Protocol) -> PodRecord | None:
+        return next(
+            (r for r in self._host_network.get(node, []) if r.listens(port, protocol)), None
+        )
+
+    @property
+    def cluster_ranges(self) -> tuple[IPNetwork, ...]:
+        """The networks treated as inside the cluster (node podCIDRs, else inferred from pod
+        addresses; Service addresses): an unknown address in them is UNRESOLVED, not EXTERNAL."""
+        return self._ranges
+
+    def known_listener(self, endpoint: Endpoint, protocol: Protocol, at: float) -> bool:
+        """Whether the snapshot says ``endpoint`` listens on ``protocol`` at ``at``
+        (a :data:`~analyser.flows.ListenerOracle`)."""
+        ip = normalize_ip(endpoint.ip)
+        service = self._snapshot.services_by_cluster_ip.get(ip)
+        if service is not None:
+            return _service_port(service, endpoint.port, protocol) is not None
+        record = self._record_at(ip, at)
+        if record is not None:
+            return record.listens(endpoint.port, protocol) or self._is_target_port(
+                record, endpoint.port, protocol
+            )
+        node = self._node_of_address.get(ip)
+        if node is None:
+            return False
+        if protocol is Protocol.TCP and endpoint.port == KUBELET_PORT:
+            return True
+        node_ports = {
+            p.get("nodePort")
+            for s in self._snapshot.services
+            for p in s.get("spec", {}).get("ports", [])
+            if _protocol(p.get("protocol")) is protocol
+        }
+        return endpoint.port in node_ports or (
+            self._host_listener(node, endpoint.port, protocol) is not None
+        )
+
+    def _is_target_port(self, record: PodRecord, port: int, protocol: Protocol) -> bool:
+        labels = dict(record.labels)
+        for service in self._snapshot.services:
+            spec = service.get("spec", {})
+            selector = spec.get("selector")
+            if meta(service).get("namespace") != record.namespace or not selector:
+                continue
+            if all(labels.get(k) == v for k, v in selector.items()) and any(
+                _protocol(p.get("protocol")) is protocol
+                and _target_port(p, record, protocol) == port
+                for p in spec.get("ports", [])
+            ):
+                return True
+        return False
+
+    # -- Services -----------------------------------------------------------------------------
+
+    def service_backends(
+        self,
+        service: tuple[str, str],
+        port: int,
+        protocol: Protocol,
+        at: float,
+        *,
+        family: int | None = None,
+    ) -> tuple[ServiceBackend, ...]:
+        """The pods behind ``service`` (namespace, name) on its port ``port`` at ``at``, each with
+        its target port: from EndpointSlices when the snapshot has them, else legacy Endpoints,
+        else the Service's selector over the pods known at that time. ``family`` (4 or 6, the
+        ClusterIP's) picks which address of a dual-stack pod to report."""
+        found = self._snapshot.service(*service)
+        service_port = _service_port(found, port, protocol) if found is not None else None
+        if found is None or service_port is None:
+            return ()
+        backends: set[tuple[str, int, str]] = set()
+        port_name = service_port.get("name", "")
+        slices = self._snapshot.slices_for(*service)
+        endpoints = self._snapshot.endpoints_for(*service)
+        if slices:
+            # Dual-stack Services have one set of slices per family.
+            same_family = [s for s in slices if s.get("addressType") == f"IPv{family}"]
+            for slice_ in same_family or slices:
+                target = _matching_port(slice_.get("ports", []), port_name, protocol)
+                if target is None or slice_.get("addressType") == "FQDN":
+                    continue
+                for endpoint in slice_.get("endpoints", []):
+                    key = _pod_key(endpoint.get("targetRef"))
+                    backends |= {(ip, target, key) for ip in endpoint.get("addresses", [])}
+        elif endpoints is not None:
+            for subset in endpoints.get("subsets", []):
+                target = _matching_port(subset.get("ports", []), port_name, protocol)
+                if target is None:
+                    continue
+                for entry in (*subset.get("addresses", []), *subset.get("notReadyAddresses", [])):
+                    backends.add((entry.get("ip", ""), target, _pod_key(entry.get("targetRef"))))
+        else:
+            for record in self._selected_pods(found, at):
+                target = _target_port(service_port, record, protocol)
+                if target is not None:
+                    backends.add((self._ip_of(record, at, family), target, record.key))
+        result = [
+            ServiceBackend(self._backend_identity(ip, uid, target, protocol, at), target)
+            for ip, target, uid in sorted(backends)
+            if _is_ip(ip)
+        ]
+        return tuple(result)
+
+    def _backend_identity(
+        self, ip: str, key: str, port: int, protocol: Protocol, at: float
+    ) -> Identity:
+        record = self._records.get(key) if key else None
+        if record is not None and not record.host_network:
+            return Identity(EndpointKind.POD, normalize_ip(ip), pod=self._pod_ref(record))
+        return self.resolve(ip, at, port=port, protocol=protocol)
+
+    def _selected_pods(self, service: Service, at: float) -> list[PodRecord]:
+        selector = service.get("spec", {}).get("selector")
+        if not selector:
+            return []
+        namespace = meta(service).get("namespace", "")
+        matching = [
+            r
+            for r in sorted(self._records.values(), key=lambda r: r.key)
+            if r.namespace == namespace
+            and all(dict(r.labels).get(k) == v for k, v in selector.items())
+        ]
+        alive = []
+        for record in matching:
+            lifetime = self._lifetime(record)
+            if lifetime is None or lifetime[0] <= at < lifetime[1]:
+                alive.append(record)
+        return alive or matching
+
+    # -- cluster DNS ---------------------------------------------------------------------------
+
+    def cluster_dns(self) -> ClusterDns:
+        """The cluster DNS workloads (kube-system pods labelled ``k8s-app=kube-dns`` and the
+        pods behind Service kube-system/kube-dns) and the ports they receive DNS on. Falls back to
+        the conventional ``k8s-app=kube-dns`` selector in kube-system when the snapshot has none."""
+        records = [
+            r
+            for r in self._records.values()
+            if r.namespace == DNS_NAMESPACE and DNS_POD_LABEL in r.labels
+        ]
+        service = self._snapshot.service(DNS_NAMESPACE, DNS_SERVICE)
+        ports: set[PortSpec] = set()
+        if service is not None:
+            for protocol in (Protocol.UDP, Protocol.TCP):
+                for backend in self.service_backends(
+                    (DNS_NAMESPACE, DNS_SERVICE), 53, protocol, math.inf
+                ):
+                    ports.add(PortSpec(protocol, backend.port))
+                    if backend.identity.pod is not None:
+                        key = backend.identity.pod.uid or (
+                            f"{backend.identity.pod.namespace}/{backend.identity.pod.name}"
+                        )
+                        if key in self._records:
+                            records.append(self._records[key])
+        refs = sorted({self._workload_for(r) for r in records})
+        if not refs:
+            return ClusterDns()
+        peers = tuple(
+            sorted(
+                {
+                    PodPeer(self._workloads[ref].selector, ref.namespace, str(ref))
+                    for ref in refs
+                    if not self._workloads[ref].selector.is_empty
+                }
+            )
+        )
+        return ClusterDns(
+            peers=peers or ClusterDns().peers,
+            workloads=frozenset(str(ref) for ref in refs),
+            ports=tuple(sorted(ports)) if ports else DNS_PORTS,
+        )
+
+
+def _pod_key(ref: ObjectReference | None) -> str:
+    """The :attr:`PodRecord.key` an endpoint's targetRef points to ("" when not a pod)."""
+    if not ref or ref.get("kind", "Pod") != "Pod":
+        return ""
+    return ref.get("uid") or f"{ref.get('namespace', '')}/{ref.get('name', '')}"
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _service_port(service: Service, port: int, protocol: Protocol) -> ServicePort | None:
+    return next(
+        (
+            p
+            for p in service.get("spec", {}).get("ports", [])
+            if p.get("port") == port and _protocol(p.get("protocol")) is protocol
+        ),
+        None,
+    )
+
+
+def _target_port(service_port: ServicePort, record: PodRecord, protocol: Protocol) -> int | None:
+    """The pod's port for a Service port: a number, a name looked up in the pod's containerPorts
+    (None when the pod has no such port: kube-proxy sends it nothing), or the Service port."""
+    target = service_port.get("targetPort", service_port.get("port"))
+    if isinstance(target, str):
+        if target.isdigit():
+            return int(target)
+        return record.port_named(target, protocol)
+    return target
+
+
+def _matching_port(
+    ports: Iterable[SlicePort | EndpointPort], name: str, protocol: Protocol
+) -> int | None:
+    """The port an EndpointSlice (or Endpoints subset) lists for the Service port ``name``."""
+    return next(
+        (
+            p["port"]
+            for p in ports
+            if "port" in p
+            and p.get("name", "") == name
+            and _protocol(p.get("protocol")) is protocol
+        ),
+        None,
+    )
+
+
+def _describe_workload(ref: WorkloadRef, obj: KubeObject | None, record: PodRecord) -> Workload:
+    """The workload's selector: its own (minus volatile labels); when that leaves nothing (Jobs
+    select by controller-uid), its pod template's labels; without the object, the pod's labels."""
+    selector = LabelSelector()
+    template_labels: tuple[tuple[str, str], ...] = ()
+    host_network = record.host_network
+    if obj is not None:
+        spec: ControllerSpec
+        if obj.get("kind") == "CronJob":
+            spec = cast(CronJob, obj).get("spec", {}).get("jobTemplate", {}).get("spec", {})
+        else:
+            spec = cast(Controller, obj).get("spec", {})
+        selector = selector_from_json(spec.get("selector"))
+        template = spec.get("template", {})
+        template_labels = _without_volatile(template.get("metadata", {}).get("labels", {}).items())
+        host_network = host_network or bool(template.get("spec", {}).get("hostNetwork"))
+    pod_labels = template_labels or _without_volatile(record.labels)
+    if selector.is_empty:
+        selector = LabelSelector(match_labels=pod_labels)
+    return Workload(ref=ref, selector=selector, pod_labels=pod_labels, host_network=host_network)

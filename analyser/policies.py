@@ -103,3 +103,23 @@ class DefaultDeny:
 
     namespace: str
     name: str = "default-deny-all"
+
+
+# The ports cluster DNS answers on when the snapshot does not say otherwise.
+DNS_PORTS: tuple[PortSpec, ...] = (PortSpec(Protocol.TCP, 53), PortSpec(Protocol.UDP, 53))
+DEFAULT_DNS_PEER = PodPeer(
+    pod_selector=LabelSelector(match_labels=(("k8s-app", "kube-dns"),)),
+    namespace="kube-system",
+    description="cluster DNS (k8s-app=kube-dns)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterDns:
+    """Where pods send DNS queries: the peers every policy's DNS egress allows, the graph node
+    ids of the DNS workloads (their DNS flows are not repeated as ordinary egress) and the
+    target ports they answer on."""
+
+    peers: tuple[PodPeer, ...] = (DEFAULT_DNS_PEER,)
+    workloads: frozenset[str] = frozenset()
+    ports: tuple[PortSpec, ...] = DNS_PORTS

@@ -1,0 +1,361 @@
+"""Resolving addresses at the time of the packet, owner walks and Service backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from analyser.flows import Endpoint, Protocol
+from analyser.identities import EndpointKind, Resolver, WorkloadRef
+from analyser.policies import DNS_PORTS, LabelRequirement, LabelSelector
+from analyser.snapshot import (
+    Snapshot,
+    load_pod_ip_history,
+    load_snapshot,
+    parse_capture_meta,
+    parse_snapshot_documents,
+    parse_timestamp,
+)
+
+DATA = Path(__file__).parent.parent / "data" / "snapshots"
+
+
+def at(clock: str) -> float:
+    return parse_timestamp(f"2026-11-26T{clock}Z")
+
+
+@pytest.fixture(scope="module")
+def snapshot() -> Snapshot:
+    return load_snapshot(DATA / "cluster.json")
+
+
+@pytest.fixture(scope="module")
+def resolver(snapshot: Snapshot) -> Resolver:
+    return Resolver(snapshot, ip_history=load_pod_ip_history(DATA / "pod-ips.jsonl"))
+
+
+def workload_at(resolver: Resolver, ip: str, clock: str) -> str:
+    identity = resolver.resolve(ip, at(clock))
+    assert identity.kind is EndpointKind.POD, identity
+    assert identity.pod is not None
+    return str(identity.pod.workload)
+
+
+# -- owner walks -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "workload", "selector"),
+    [
+        (
+            "10.244.0.10",
+            "bookinfo/Deployment/productpage-v1",
+            {"app": "productpage", "version": "v1"},
+        ),
+        # Its ReplicaSet is missing from the snapshot: derived from the name and pod-template-hash.
+        ("10.244.1.11", "bookinfo/Deployment/reviews-v3", {"app": "reviews", "version": "v3"}),
+        ("10.244.1.50", "shop/StatefulSet/db", {"app": "db"}),
+        ("10.244.1.31", "shop/CronJob/nightly", {"app": "nightly"}),  # Job missing, CronJob found
+        ("10.244.0.99", "shop/Pod/debug", {}),
+        ("10.244.0.2", "kube-system/Deployment/coredns", {"k8s-app": "kube-dns"}),
+    ],
+)
+def test_owner_walk_to_the_workload(
+    resolver: Resolver, ip: str, workload: str, selector: dict[str, str]
+) -> None:
+    name = workload_at(resolver, ip, "09:45:00")
+    assert name == workload
+    ref = WorkloadRef(*name.split("/"))
+    assert dict(resolver.workload(ref).selector.match_labels) == selector
+
+
+def test_cron_job_via_its_job_and_volatile_job_labels_dropped(resolver: Resolver) -> None:
+    assert workload_at(resolver, "10.244.0.30", "09:05:00") == "shop/CronJob/report"
+    report = resolver.workload(WorkloadRef("shop", "CronJob", "report"))
+    # The Job's own selector is controller-uid only (volatile): the template labels are used.
+    assert report.selector == LabelSelector(match_labels=(("app", "report"),))
+    assert report.pod_labels == (("app", "report"),)
+
+
+def test_stateful_set_pod_labels_lose_volatile_labels(resolver: Resolver) -> None:
+    resolver.resolve("10.244.1.50", at("09:00:00"))
+    db = resolver.workload(WorkloadRef("shop", "StatefulSet", "db"))
+    assert db.pod_labels == (("app", "db"),)
+
+
+def test_daemon_set_on_host_network_listens_on_the_node_address(resolver: Resolver) -> None:
+    node = resolver.resolve("192.168.49.2", at("09:00:00"))
+    assert (node.kind, node.node) == (EndpointKind.NODE, "node-a")
+    exporter = resolver.resolve("192.168.49.2", at("09:00:00"), port=9100, protocol=Protocol.TCP)
+    assert exporter.kind is EndpointKind.POD and exporter.pod is not None
+    assert str(exporter.pod.workload) == "kube-system/DaemonSet/node-exporter"
+    assert resolver.workload(exporter.pod.workload).host_network
+    # A port nobody declared on that node stays the node (kubelet, SNAT), not the internet.
+    other = resolver.resolve("192.168.49.2", at("09:00:00"), port=9101, protocol=Protocol.TCP)
+    assert other.kind is EndpointKind.NODE
+
+
+def _objects(*pods: dict[str, object], extra: tuple[dict[str, object], ...] = ()) -> Snapshot:
+    return Snapshot(
+        parse_snapshot_documents([{"kind": "List", "items": [*pods, *extra]}], source="t")
+    )
+
+
+def _pod(
+    name: str, ip: str, labels: dict[str, str], owner: tuple[str, str] | None = None
+) -> dict[str, object]:
+    metadata: dict[str, object] = {
+        "name": name,
+        "namespace": "app",
+        "uid": f"uid-{name}",
+        "labels": labels,
+    }
+    if owner:
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": "apps/v1",
+                "kind": owner[0],
+                "name": owner[1],
+                "uid": f"uid-{owner[1]}",
+                "controller": True,
+            }
+        ]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "status": {"podIP": ip}}
+
+
+def test_deployment_derived_when_neither_replica_set_nor_deployment_is_in_the_snapshot() -> None:
+    labels = {"app": "cart", "pod-template-hash": "6d9c7f5b8"}
+    resolver = Resolver(
+        _objects(_pod("cart-6d9c7f5b8-x1", "10.1.0.5", labels, ("ReplicaSet", "cart-6d9c7f5b8")))
+    )
+    identity = resolver.resolve("10.1.0.5", 0.0)
+    assert identity.pod is not None
+    assert identity.pod.workload == WorkloadRef("app", "Deployment", "cart")
+    assert resolver.workload(identity.pod.workload).selector.match_labels == (("app", "cart"),)
+
+
+def test_match_expressions_are_kept_and_volatile_keys_dropped() -> None:
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "cart", "namespace": "app", "uid": "uid-cart"},
+        "spec": {
+            "selector": {
+                "matchLabels": {"app": "cart"},
+                "matchExpressions": [
+                    {"key": "tier", "operator": "In", "values": ["web", "api"]},
+                    {"key": "pod-template-hash", "operator": "Exists"},
+                ],
+            }
+        },
+    }
+    replica_set = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": "cart-abc",
+            "namespace": "app",
+            "uid": "uid-cart-abc",
+            "ownerReferences": [
+                {"kind": "Deployment", "name": "cart", "uid": "uid-cart", "controller": True}
+            ],
+        },
+    }
+    pod = _pod("cart-abc-1", "10.1.0.6", {"app": "cart", "tier": "web"}, ("ReplicaSet", "cart-abc"))
+    resolver = Resolver(_objects(pod, extra=(deployment, replica_set)))
+    ref = resolver.workload_of_pod("app", "cart-abc-1")
+    assert ref == WorkloadRef("app", "Deployment", "cart")
+    assert resolver.workload(ref).selector == LabelSelector(
+        match_labels=(("app", "cart"),),
+        match_expressions=(LabelRequirement("tier", "In", ("api", "web")),),
+    )
+
+
+# -- addresses over time -----------------------------------------------------------------------
+
+
+def test_an_ip_reused_by_a_second_pod_resolves_to_each_in_turn(resolver: Resolver) -> None:
+    # pod-ips.jsonl: ratings' old pod held 10.244.1.20 until 09:20; details got it at 09:30.
+    # The snapshot's details pod was created at 09:05 (it was Pending until then): the history,
+    # which knows when the IP really changed hands, wins over the creation time.
+    assert workload_at(resolver, "10.244.1.20", "09:10:00") == "bookinfo/Deployment/ratings-v1"
+    assert workload_at(resolver, "10.244.1.20", "09:31:00") == "bookinfo/Deployment/details-v1"
+
+
+def test_after_the_last_claim_ends_the_last_holder_keeps_the_address(snapshot: Snapshot) -> None:
+    history = [e for e in load_pod_ip_history(DATA / "pod-ips.jsonl") if "ratings" in e.pod]
+    # Without the details pod in the snapshot, nobody claims the IP after 09:20: packets
+    # then are the deleted pod's last ones.
+    no_details = Snapshot(
+        [o for o in snapshot.pods if not o["metadata"]["name"].startswith("details")]
+    )
+    resolver = Resolver(no_details, ip_history=history)
+    assert workload_at(resolver, "10.244.1.20", "09:25:00") == "bookinfo/Deployment/ratings-v1"
+
+
+def test_ip_reuse_from_snapshot_times_alone(snapshot: Snapshot) -> None:
+    resolver = Resolver(snapshot)  # no history: creation times and a finished Job pod
+    assert workload_at(resolver, "10.244.0.30", "09:05:00") == "shop/CronJob/report"
+    assert workload_at(resolver, "10.244.0.30", "09:20:00") == "shop/Pod/cache"
+
+
+def test_history_wins_over_snapshot_times(snapshot: Snapshot) -> None:
+    # Without the history, the deleted ratings pod is unknown: its old IP is still in-cluster.
+    plain = Resolver(snapshot)
+    assert workload_at(plain, "10.244.1.20", "09:10:00") == "bookinfo/Deployment/details-v1"
+    history = Resolver(snapshot, ip_history=load_pod_ip_history(DATA / "pod-ips.jsonl"))
+    assert workload_at(history, "10.244.1.20", "09:10:00") == "bookinfo/Deployment/ratings-v1"
+
+
+def test_meta_json_places_a_pod_the_snapshot_no_longer_has(snapshot: Snapshot) -> None:
+    meta = parse_capture_meta(
+        {
+            "pod": "checkout-5b7f9c6d4-zz9k1",
+            "namespace": "shop",
+            "uid": "uid-checkout",
+            "ips": ["10.244.1.77"],
+            "labels": {"app": "checkout", "pod-template-hash": "5b7f9c6d4"},
+            "owner": {"kind": "ReplicaSet", "name": "checkout-5b7f9c6d4"},
+            "node": "node-b",
+            "start_time": "2026-11-26T09:00:00Z",
+        },
+        source="captures/shop/checkout-5b7f9c6d4-zz9k1/meta.json",
+    )
+    without = Resolver(snapshot)
+    assert without.resolve("10.244.1.77", at("09:05:00")).kind is EndpointKind.UNRESOLVED
+    resolver = Resolver(snapshot, captures=[meta])
+    assert workload_at(resolver, "10.244.1.77", "09:05:00") == "shop/Deployment/checkout"
+    scope = resolver.scope_of([("shop", "checkout-5b7f9c6d4-zz9k1"), ("shop", "gone")])
+    assert scope.workloads == {WorkloadRef("shop", "Deployment", "checkout")}
+    assert scope.unknown_pods == (("shop", "gone"),)
+
+
+@pytest.mark.parametrize(
+    ("ip", "kind"),
+    [
+        ("10.96.20.1", EndpointKind.SERVICE),
+        ("fd00:10:96::20", EndpointKind.SERVICE),  # the dual-stack Service's second ClusterIP
+        ("fd00:10:96:0::20", EndpointKind.SERVICE),  # any spelling of it
+        ("fd00:10:244::40", EndpointKind.POD),  # a dual-stack pod's IPv6 address
+        ("192.168.49.3", EndpointKind.NODE),
+        ("10.244.1.200", EndpointKind.UNRESOLVED),  # inside node-b's podCIDR, nobody there
+        ("10.96.0.200", EndpointKind.UNRESOLVED),  # among the ClusterIPs, no Service
+        ("93.184.216.34", EndpointKind.EXTERNAL),
+        ("2606:4700::6810:84e5", EndpointKind.EXTERNAL),
+    ],
+)
+def test_address_kinds(resolver: Resolver, ip: str, kind: EndpointKind) -> None:
+    assert resolver.resolve(ip, at("09:40:00")).kind is kind
+
+
+def test_dual_stack_service_is_one_service(resolver: Resolver) -> None:
+    v4 = resolver.resolve("10.96.20.1", 0.0)
+    v6 = resolver.resolve("fd00:10:96::20", 0.0)
+    assert v4.service == v6.service == ("shop", "web")
+
+
+# -- Services ---------------------------------------------------------------------------------
+
+
+def _backends(
+    resolver: Resolver, service: tuple[str, str], port: int, **kw: int
+) -> set[tuple[str, int]]:
+    return {
+        (
+            str(b.identity.pod.workload)
+            if b.identity.pod
+            else f"{b.identity.kind}:{b.identity.ip}",
+            b.port,
+        )
+        for b in resolver.service_backends(service, port, Protocol.TCP, at("09:40:00"), **kw)
+    }
+
+
+def test_named_target_port_resolves_per_pod(resolver: Resolver) -> None:
+    # Service api :80 → targetPort "api": 8080 on the blue pods, 9090 on the green ones.
+    assert _backends(resolver, ("shop", "api"), 80) == {
+        ("shop/Deployment/api-blue", 8080),
+        ("shop/Deployment/api-green", 9090),
+    }
+
+
+def test_selector_backends_and_dual_stack_family(resolver: Resolver) -> None:
+    backends = resolver.service_backends(
+        ("shop", "web"), 80, Protocol.TCP, at("09:40:00"), family=6
+    )
+    assert {(b.identity.ip, b.port) for b in backends} == {
+        ("fd00:10:244::40", 8080),
+        ("fd00:10:244:1::40", 8080),
+    }
+    backends = resolver.service_backends(
+        ("shop", "web"), 80, Protocol.TCP, at("09:40:00"), family=4
+    )
+    assert {b.identity.ip for b in backends} == {"10.244.0.40", "10.244.1.40"}
+
+
+def test_endpoint_slices_give_two_deployments_behind_one_service(resolver: Resolver) -> None:
+    assert _backends(resolver, ("bookinfo", "reviews"), 9080) == {
+        ("bookinfo/Deployment/reviews-v1", 9080),
+        ("bookinfo/Deployment/reviews-v3", 9080),
+    }
+
+
+def test_legacy_endpoints_to_a_node_and_unknown_ports(resolver: Resolver) -> None:
+    assert _backends(resolver, ("default", "kubernetes"), 443) == {("node:192.168.49.2", 6443)}
+    assert _backends(resolver, ("default", "kubernetes"), 80) == set()
+    assert _backends(resolver, ("default", "nope"), 80) == set()
+
+
+def test_cluster_dns_is_found(resolver: Resolver) -> None:
+    dns = resolver.cluster_dns()
+    assert dns.workloads == {"kube-system/Deployment/coredns"}
+    assert [(p.namespace, p.pod_selector.match_labels) for p in dns.peers] == [
+        ("kube-system", (("k8s-app", "kube-dns"),))
+    ]
+    assert dns.ports == DNS_PORTS
+
+
+def test_cluster_dns_defaults_when_the_snapshot_has_none() -> None:
+    dns = Resolver(_objects(_pod("a", "10.1.0.5", {"app": "a"}))).cluster_dns()
+    assert dns.workloads == frozenset()
+    assert dns.peers[0].namespace == "kube-system"
+
+
+@pytest.mark.parametrize(
+    ("ip", "port", "protocol", "listens"),
+    [
+        ("10.244.0.40", 8080, Protocol.TCP, True),  # containerPort
+        ("10.244.0.40", 8081, Protocol.TCP, False),
+        ("10.244.0.2", 53, Protocol.UDP, True),
+        ("10.244.0.2", 53, Protocol.SCTP, False),
+        ("10.96.20.1", 80, Protocol.TCP, True),  # a Service port on its ClusterIP
+        ("fd00:10:96::20", 80, Protocol.TCP, True),
+        ("10.96.20.1", 8080, Protocol.TCP, False),
+        ("192.168.49.2", 9100, Protocol.TCP, True),  # hostNetwork DaemonSet
+        ("192.168.49.2", 10250, Protocol.TCP, True),  # kubelet
+        ("192.168.49.2", 22, Protocol.TCP, False),
+        ("93.184.216.34", 443, Protocol.TCP, False),
+    ],
+)
+def test_known_listener(
+    resolver: Resolver, ip: str, port: int, protocol: Protocol, listens: bool
+) -> None:
+    assert resolver.known_listener(Endpoint(ip, port), protocol, at("09:40:00")) is listens
+
+
+def test_a_service_target_port_counts_as_listening_without_container_ports() -> None:
+    pod = _pod("w", "10.1.0.5", {"app": "w"})
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "w", "namespace": "app"},
+        "spec": {
+            "clusterIP": "10.96.0.9",
+            "selector": {"app": "w"},
+            "ports": [{"port": 80, "targetPort": 8000}],
+        },
+    }
+    resolver = Resolver(_objects(pod, extra=(service,)))
+    assert resolver.known_listener(Endpoint("10.1.0.5", 8000), Protocol.TCP, 0.0)
+    assert not resolver.known_listener(Endpoint("10.1.0.5", 80), Protocol.TCP, 0.0)
