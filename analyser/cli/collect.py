@@ -1,0 +1,110 @@
+"""Pull captures, a cluster snapshot and the pod IP history into a bundle.
+
+For the window (--duration seconds) it watches pods in all namespaces and appends every pod IP
+change to BUNDLE/pod-ips.jsonl; then it lists Namespaces, Nodes, Pods, Services, EndpointSlices,
+Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs, CronJobs and NetworkPolicies in all
+namespaces into BUNDLE/snapshot.json; then it pulls the capture files of every pod of the chosen
+namespaces through the exec API (sha256-checked, resumed when a stream breaks) into
+BUNDLE/captures/NAMESPACE/POD/ and writes BUNDLE/bundle.json, which also lists the pods that
+could not be pulled and why. Running it again into the same BUNDLE fetches only what is missing.
+
+Access: the kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config) and --context, or the
+in-cluster service account. The permissions it needs are in manifests/collector-rbac/.
+Exit status 0 when everything was pulled, 1 on an error or when some pod or file was skipped.
+See docs/collect.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analyser.cli.main import PROG, ExitStatus
+from analyser.cli.progress import Progress
+
+SUMMARY = "pull captures and a cluster snapshot into a bundle"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds ≥ 0, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--namespace",
+        "-n",
+        nargs="+",
+        metavar="NS",
+        help="namespaces to pull captures from (each must be opted in)",
+    )
+    which.add_argument(
+        "--all-labelled",
+        action="store_true",
+        help="every namespace labelled netpol-sniffer.io/capture=enabled",
+    )
+    parser.add_argument(
+        "--out", "-o", type=Path, required=True, metavar="BUNDLE", help="the bundle directory"
+    )
+    parser.add_argument(
+        "--duration",
+        type=_seconds,
+        default=0.0,
+        metavar="S",
+        help="watch pod IP changes this long before the snapshot (default: 0, snapshot now)",
+    )
+    parser.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file to use")
+    parser.add_argument("--context", metavar="NAME", help="kubeconfig context to use")
+    parser.add_argument(
+        "--parallel",
+        type=_positive,
+        default=4,
+        metavar="N",
+        help="pods pulled at the same time (default: 4)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from analyser.collecting import CollectOptions, collect, connect
+
+    cluster = connect(args.kubeconfig, args.context)
+    options = CollectOptions(
+        out=args.out,
+        namespaces=tuple(args.namespace or ()),
+        all_labelled=args.all_labelled,
+        duration=args.duration,
+        parallel=args.parallel,
+    )
+    with Progress("watching pods (events)") as watching, Progress("pulling pods") as pulling:
+        result = collect(
+            cluster,
+            options,
+            on_watch_event=lambda: watching.advance(),
+            on_pod_done=lambda outcome: pulling.advance(),
+        )
+    print(
+        f"{args.out}: {result.pods_pulled} pods pulled from {', '.join(result.namespaces)}, "
+        f"{result.files_fetched} files ({result.bytes_fetched} bytes) fetched, "
+        f"{result.ip_changes} pod IP changes recorded"
+    )
+    for skipped in result.skipped:
+        where = f"{skipped.namespace}/{skipped.pod}" + (f" {skipped.file}" if skipped.file else "")
+        print(f"{PROG} collect: skipped {where}: {skipped.reason}", file=sys.stderr)
+    return ExitStatus.ERROR if result.skipped else ExitStatus.OK

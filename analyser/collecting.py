@@ -1,0 +1,896 @@
+"""Collecting from a cluster into a bundle: the only module that talks to the API server and the
+only ``kubernetes`` import. kubernetes' and websocket's exceptions become ``CollectError`` /
+``AccessDenied`` here, the latter naming the verb and resource the caller lacks.
+
+The cluster is injectable (:class:`Cluster`: list, get, watch, patch, exec), like httpx's
+``MockTransport``: :class:`KubernetesCluster` is the real one; tests pass recorded or local ones.
+
+``collect`` runs in three steps:
+
+1. **Watch** pods in all namespaces for the window and append every pod IP change to
+   ``pod-ips.jsonl`` (an expired watch is resumed by listing again and diffing).
+2. **Snapshot**: list the snapshot kinds in *all* namespaces, so every peer (kube-system's DNS,
+   a database in another namespace) resolves; ``apiVersion``/``kind`` are set on each item and
+   ``managedFields`` dropped, as ``kubectl get -o json`` prints them.
+3. **Pull** each opted-in pod's captures through the exec API (``analyser.pulling``) in a bounded
+   pool, then write ``bundle.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+from urllib.parse import quote
+
+import urllib3
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.stream import ws_client
+from kubernetes.watch.watch import iter_resp_lines
+from websocket import WebSocketBadStatusException, WebSocketException
+
+from analyser.errors import AccessDenied, BundleError, CollectError, ExecFailed
+from analyser.pulling import (
+    Frame,
+    PodPuller,
+    PullReport,
+    PullTarget,
+    file_sha256,
+)
+from webhook.capture import DEFAULT_DIRECTORY, CaptureMode, capture_filter
+
+log = logging.getLogger(__name__)
+
+CAPTURE_LABEL = "netpol-sniffer.io/capture"
+CAPTURE_ENABLED = "enabled"
+SIDECAR_CONTAINER = "netpol-sniffer-capture"
+CAPTURES_VOLUME = "netpol-sniffer-captures"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+BUNDLE_FORMAT_VERSION = 1
+META_FILE = "meta.json"
+
+DEFAULT_PARALLEL = 4
+DEFAULT_DURATION_S = 0.0
+# A stream that delivers nothing for this long is treated as broken (and resumed).
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+_WATCH_CHUNK_S = 300  # the longest single watch request; the API server may end it sooner
+_REQUEST_TIMEOUT_S = 60.0
+
+KubeObject = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A resource kind the collector reads: where it lives in the API."""
+
+    kind: str
+    api_version: str  # "v1" or "group/version"
+    plural: str
+    namespaced: bool
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def resource(self) -> str:
+        """As RBAC names it: ``deployments.apps``, ``pods``."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        if namespace is not None and self.namespaced:
+            prefix += f"/namespaces/{quote(namespace, safe='')}"
+        path = f"{prefix}/{self.plural}"
+        return f"{path}/{quote(name, safe='')}" if name is not None else path
+
+
+NAMESPACES = Kind("Namespace", "v1", "namespaces", namespaced=False)
+NODES = Kind("Node", "v1", "nodes", namespaced=False)
+PODS = Kind("Pod", "v1", "pods", namespaced=True)
+SERVICES = Kind("Service", "v1", "services", namespaced=True)
+ENDPOINT_SLICES = Kind("EndpointSlice", "discovery.k8s.io/v1", "endpointslices", namespaced=True)
+DEPLOYMENTS = Kind("Deployment", "apps/v1", "deployments", namespaced=True)
+REPLICA_SETS = Kind("ReplicaSet", "apps/v1", "replicasets", namespaced=True)
+STATEFUL_SETS = Kind("StatefulSet", "apps/v1", "statefulsets", namespaced=True)
+DAEMON_SETS = Kind("DaemonSet", "apps/v1", "daemonsets", namespaced=True)
+JOBS = Kind("Job", "batch/v1", "jobs", namespaced=True)
+CRON_JOBS = Kind("CronJob", "batch/v1", "cronjobs", namespaced=True)
+NETWORK_POLICIES = Kind("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", namespaced=True)
+# In ARCHITECTURE.md's order; snapshot.json lists items in this order.
+SNAPSHOT_KINDS = (
+    NAMESPACES,
+    NODES,
+    PODS,
+    SERVICES,
+    ENDPOINT_SLICES,
+    DEPLOYMENTS,
+    REPLICA_SETS,
+    STATEFUL_SETS,
+    DAEMON_SETS,
+    JOBS,
+    CRON_JOBS,
+    NETWORK_POLICIES,
+)
+# What a rollout restart can roll; the rest is listed for the user.
+ROLLABLE_KINDS = {kind.kind: kind for kind in (DEPLOYMENTS, STATEFUL_SETS, DAEMON_SETS)}
+
+
+class Cluster(Protocol):
+    """What collect and uninstall-sidecars need from a cluster. Objects are plain JSON dicts."""
+
+    def list(
+        self, kind: Kind, *, namespace: str | None = None, label_selector: str | None = None
+    ) -> KubeObject:
+        """A List (``items``, ``metadata.resourceVersion``), cluster-wide without namespace."""
+        ...
+
+    def get(self, kind: Kind, name: str, *, namespace: str | None = None) -> KubeObject: ...
+
+    def watch(
+        self, kind: Kind, *, resource_version: str, timeout_seconds: int
+    ) -> Iterator[KubeObject]:
+        """Watch events ``{"type", "object"}`` cluster-wide; an expired resourceVersion comes as
+        an ``ERROR`` event whose object is a Status with ``code`` 410."""
+        ...
+
+    def patch(
+        self, kind: Kind, name: str, patch: Mapping[str, Any], *, namespace: str | None = None
+    ) -> None:
+        """A JSON merge patch."""
+        ...
+
+    def exec(
+        self, *, namespace: str, pod: str, container: str, command: Sequence[str]
+    ) -> AbstractContextManager[Iterable[Frame]]: ...
+
+
+# --- the real cluster -------------------------------------------------------------------------
+
+
+def _scope(namespace: str | None) -> str:
+    return f"in namespace {namespace}" if namespace else "cluster-wide"
+
+
+def _server_message(body: bytes | str | None) -> str:
+    """The ``message`` of a Status body, or the body itself, shortened."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not body:
+        return ""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return body.strip()[:300]
+    if isinstance(status, dict) and isinstance(status.get("message"), str):
+        return str(status["message"])
+    return body.strip()[:300]
+
+
+def translate_status(
+    status: int,
+    body: bytes | str | None,
+    *,
+    verb: str,
+    resource: str,
+    namespace: str | None,
+    name: str | None = None,
+) -> CollectError:
+    """An HTTP status from the API server → the error users see, naming what was attempted."""
+    what = f"{verb} {resource}" + (f" {name}" if name else "") + f" {_scope(namespace)}"
+    detail = _server_message(body)
+    suffix = f" (API server: {detail})" if detail else ""
+    if status == 403:
+        return AccessDenied(
+            f"cannot {what}: needs '{verb}' on '{resource}' {_scope(namespace)}{suffix}; "
+            "see manifests/collector-rbac/"
+        )
+    if status == 401:
+        return CollectError(
+            f"cannot {what}: the API server rejected the credentials; "
+            f"check --kubeconfig/--context{suffix}"
+        )
+    if status == 404:
+        return CollectError(f"cannot {what}: not found{suffix}")
+    return CollectError(f"cannot {what}: HTTP {status}{suffix}")
+
+
+def load_configuration(
+    kubeconfig: str | None = None, context: str | None = None
+) -> k8s_client.Configuration:
+    """The user's kubeconfig (``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``) and context,
+    or the in-cluster service account when there is no kubeconfig at all."""
+    configuration = k8s_client.Configuration()
+    default_path = Path(os.path.expanduser(k8s_config.KUBE_CONFIG_DEFAULT_LOCATION))
+    use_kubeconfig = bool(kubeconfig or context or os.environ.get("KUBECONFIG"))
+    try:
+        if use_kubeconfig or default_path.exists():
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig,
+                context=context,
+                client_configuration=configuration,
+                persist_config=False,
+            )
+        else:
+            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+    except (k8s_config.ConfigException, OSError, ValueError) as error:
+        where = kubeconfig or os.environ.get("KUBECONFIG") or str(default_path)
+        raise CollectError(
+            f"no usable cluster access ({where}, context {context or 'current'}): {error}; "
+            "pass --kubeconfig/--context, or run in a pod with a service account"
+        ) from error
+    return configuration
+
+
+class KubernetesCluster:
+    """:class:`Cluster` over the kubernetes client. JSON stays JSON (no model round trips)."""
+
+    def __init__(
+        self,
+        configuration: k8s_client.Configuration,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+    ) -> None:
+        self.configuration = configuration
+        self.api = k8s_client.ApiClient(configuration)
+        self.idle_timeout = idle_timeout
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Mapping[str, Any] | None = None,
+        timeout: float | tuple[float, float] = _REQUEST_TIMEOUT_S,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/merge-patch+json"
+        serialized = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list(query),
+            header_params=headers,
+            body=dict(body) if body is not None else None,
+            auth_settings=["BearerToken"],
+        )
+        method, url, headers, request_body, _ = serialized
+        try:
+            return self.api.call_api(
+                method, url, header_params=headers, body=request_body, _request_timeout=timeout
+            )
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
+            reason = getattr(error, "reason", None) or error
+            raise CollectError(
+                f"cannot reach the API server at {self.configuration.host}: {reason}"
+            ) from error
+
+    def _json(
+        self,
+        method: str,
+        kind: Kind,
+        *,
+        verb: str,
+        namespace: str | None,
+        name: str | None = None,
+        query: Sequence[tuple[str, str]] = (),
+        body: Mapping[str, Any] | None = None,
+    ) -> KubeObject:
+        response = self._request(method, kind.path(namespace, name), query=query, body=body)
+        response.read()
+        if not 200 <= response.status <= 299:
+            raise translate_status(
+                response.status,
+                response.data,
+                verb=verb,
+                resource=kind.resource,
+                namespace=namespace,
+                name=name,
+            )
+        document: KubeObject = json.loads(response.data)
+        return document
+
+    def list(
+        self, kind: Kind, *, namespace: str | None = None, label_selector: str | None = None
+    ) -> KubeObject:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        return self._json("GET", kind, verb="list", namespace=namespace, query=query)
+
+    def get(self, kind: Kind, name: str, *, namespace: str | None = None) -> KubeObject:
+        return self._json("GET", kind, verb="get", namespace=namespace, name=name)
+
+    def patch(
+        self, kind: Kind, name: str, patch: Mapping[str, Any], *, namespace: str | None = None
+    ) -> None:
+        self._json("PATCH", kind, verb="patch", namespace=namespace, name=name, body=patch)
+
+    def watch(
+        self, kind: Kind, *, resource_version: str, timeout_seconds: int
+    ) -> Iterator[KubeObject]:
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout_seconds)),
+        ]
+        response = self._request(
+            "GET", kind.path(), query=query, timeout=(_REQUEST_TIMEOUT_S, timeout_seconds + 30)
+        )
+        try:
+            if response.status == 410:
+                yield {"type": "ERROR", "object": {"kind": "Status", "code": 410}}
+                return
+            if not 200 <= response.status <= 299:
+                response.read()
+                raise translate_status(
+                    response.status,
+                    response.data,
+                    verb="watch",
+                    resource=kind.resource,
+                    namespace=None,
+                )
+            try:
+                for line in iter_resp_lines(response.response):  # type: ignore[no-untyped-call]
+                    yield json.loads(line)
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                # a watch that breaks is resumed by the caller from the last resourceVersion
+                log.info("watch of %s broke: %s", kind.resource, error)
+        finally:
+            response.response.release_conn()
+
+    @contextmanager
+    def exec(
+        self, *, namespace: str, pod: str, container: str, command: Sequence[str]
+    ) -> Iterator[Iterator[Frame]]:
+        """Open an exec websocket (v5/v4 channel protocol, binary frames) and yield its frames.
+
+        ``WSClient`` is used directly rather than through ``kubernetes.stream.stream``, which
+        swaps ``call_api`` on a shared ApiClient and so cannot run from several threads.
+        """
+        path = PODS.path(namespace, pod) + "/exec"
+        _, url, headers, _, _ = self.api.param_serialize(
+            method="GET", resource_path=path, header_params={}, auth_settings=["BearerToken"]
+        )
+        query: list[tuple[str, Any]] = [
+            ("container", container),
+            ("stdin", "false"),
+            ("stdout", "true"),
+            ("stderr", "true"),
+            ("tty", "false"),
+            ("command", list(command)),
+        ]
+        websocket_url = ws_client.get_websocket_url(url, query)  # type: ignore[no-untyped-call]
+        try:
+            stream = ws_client.WSClient(  # type: ignore[no-untyped-call]
+                self.configuration, websocket_url, headers, False, binary=True
+            )
+        except WebSocketBadStatusException as error:
+            raise translate_status(
+                error.status_code,
+                error.resp_body,
+                verb="create",
+                resource="pods/exec",
+                namespace=namespace,
+                name=pod,
+            ) from error
+        except (WebSocketException, OSError) as error:
+            raise ExecFailed(f"{namespace}/{pod}: cannot open an exec stream: {error}") from error
+        try:
+            yield self._frames(stream)
+        finally:
+            stream.close()  # type: ignore[no-untyped-call]
+
+    def _frames(self, stream: Any) -> Iterator[Frame]:
+        """Frames as they arrive. A broken or silent stream just ends, after what it delivered:
+        with no Status seen the caller knows it was cut."""
+        channels = (ws_client.STDOUT_CHANNEL, ws_client.STDERR_CHANNEL, ws_client.ERROR_CHANNEL)
+        last_data = time.monotonic()
+        while True:
+            try:
+                stream.update(timeout=1)
+            except (WebSocketException, OSError) as error:
+                log.info("exec stream broke: %s", error)
+                stream.close()  # what arrived before the break is still buffered: read it below
+            received = False
+            for channel in channels:
+                if data := _take(stream, channel):
+                    received = True
+                    yield channel, bytes(data)
+            if received:
+                last_data = time.monotonic()
+            elif not stream.is_open():
+                return
+            elif time.monotonic() - last_data > self.idle_timeout:
+                log.info("exec stream silent for %.0f s: treating it as broken", self.idle_timeout)
+                return
+
+
+def _take(stream: Any, channel: int) -> bytes:
+    """A channel's buffered bytes; reading may poll the socket, which may find it broken."""
+    try:
+        data: bytes = stream.read_channel(channel)
+    except (WebSocketException, OSError) as error:
+        log.info("exec stream broke: %s", error)
+        stream.close()  # closed: read_channel no longer touches the socket
+        data = stream.read_channel(channel)
+    return data
+
+
+def connect(kubeconfig: str | None = None, context: str | None = None) -> KubernetesCluster:
+    return KubernetesCluster(load_configuration(kubeconfig, context))
+
+
+# --- pod IP history ---------------------------------------------------------------------------
+
+
+def utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def pod_ips(pod: KubeObject) -> list[str]:
+    status = pod.get("status") or {}
+    ips = [entry["ip"] for entry in status.get("podIPs") or [] if entry.get("ip")]
+    if not ips and status.get("podIP"):
+        ips = [status["podIP"]]
+    return ips
+
+
+def controller_of(obj: KubeObject) -> dict[str, str] | None:
+    for reference in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if reference.get("controller"):
+            return {"kind": reference["kind"], "name": reference["name"]}
+    return None
+
+
+@dataclass
+class PodIPHistory:
+    """Turns pod lists and watch events into ``pod-ips.jsonl`` lines: one per change of a pod's
+    IPs (first seen with IPs: ``ADDED``; changed: ``MODIFIED``; gone: ``DELETED`` with the IPs it
+    released). A pod first seen in a list is dated by its ``status.startTime`` (its IPs are that
+    old at most); everything else by when the change was observed."""
+
+    sink: TextIO
+    clock: Callable[[], datetime.datetime] = utc_now
+    known: dict[str, tuple[tuple[str, ...], KubeObject]] = field(default_factory=dict)
+    lines: int = 0
+
+    def _write(self, event: str, pod: KubeObject, ips: Sequence[str], moment: str) -> None:
+        metadata = pod.get("metadata") or {}
+        line = {
+            "time": moment,
+            "event": event,
+            "namespace": metadata.get("namespace"),
+            "pod": metadata.get("name"),
+            "uid": metadata.get("uid"),
+            "ips": list(ips),
+            "labels": metadata.get("labels") or {},
+            "owner": controller_of(pod),
+        }
+        self.sink.write(json.dumps(line, sort_keys=True) + "\n")
+        self.lines += 1
+
+    def observe(self, event: str, pod: KubeObject, *, from_list: bool = False) -> None:
+        uid = (pod.get("metadata") or {}).get("uid", "")
+        now = rfc3339(self.clock())
+        previous = self.known.get(uid)
+        if event == "DELETED":
+            self.known.pop(uid, None)
+            if previous is not None and previous[0]:
+                self._write("DELETED", pod, previous[0], now)
+            return
+        ips = tuple(pod_ips(pod))
+        self.known[uid] = (ips, pod)
+        if previous is None:
+            if ips:
+                started = (pod.get("status") or {}).get("startTime")
+                self._write("ADDED", pod, ips, started if from_list and started else now)
+        elif ips != previous[0]:
+            self._write("MODIFIED", pod, ips, now)
+
+    def resync(self, pods: Iterable[KubeObject]) -> None:
+        """A fresh list (start, or after the watch expired): report what changed meanwhile."""
+        seen = set()
+        for pod in pods:
+            seen.add((pod.get("metadata") or {}).get("uid", ""))
+            self.observe("MODIFIED", pod, from_list=True)
+        for uid in sorted(set(self.known) - seen):
+            self.observe("DELETED", self.known[uid][1])
+
+
+def record_pod_ips(
+    cluster: Cluster, history: PodIPHistory, *, duration: float, progress: Callable[[], None]
+) -> None:
+    """List pods, then watch them until ``duration`` seconds have passed, resuming on expiry."""
+    deadline = time.monotonic() + duration
+    listed = cluster.list(PODS)
+    history.resync(listed.get("items") or [])
+    resource_version = (listed.get("metadata") or {}).get("resourceVersion", "")
+    while (remaining := deadline - time.monotonic()) >= 1:
+        timeout = int(min(remaining, _WATCH_CHUNK_S))
+        events = cluster.watch(PODS, resource_version=resource_version, timeout_seconds=timeout)
+        for event in events:
+            kind = event.get("type")
+            obj = event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") != 410:
+                    raise CollectError(f"watching pods failed: {_server_message(json.dumps(obj))}")
+                log.info("pod watch expired; listing again")
+                listed = cluster.list(PODS)
+                history.resync(listed.get("items") or [])
+                resource_version = (listed.get("metadata") or {}).get("resourceVersion", "")
+                break
+            resource_version = (obj.get("metadata") or {}).get("resourceVersion", resource_version)
+            if kind in {"ADDED", "MODIFIED", "DELETED"}:
+                history.observe(str(kind), obj)
+            progress()
+            if time.monotonic() >= deadline:
+                break
+
+
+# --- snapshot ---------------------------------------------------------------------------------
+
+
+def snapshot_item(kind: Kind, item: KubeObject) -> KubeObject:
+    """An item as ``kubectl get -o json`` prints it inside a List."""
+    cleaned: KubeObject = {"apiVersion": kind.api_version, "kind": kind.kind}
+    cleaned.update((key, value) for key, value in item.items() if key not in cleaned)
+    metadata: KubeObject = dict(cleaned.get("metadata") or {})
+    metadata.pop("managedFields", None)
+    cleaned["metadata"] = metadata
+    return cleaned
+
+
+def _item_key(item: KubeObject) -> tuple[str, str]:
+    metadata = item.get("metadata") or {}
+    return (metadata.get("namespace", ""), metadata.get("name", ""))
+
+
+def take_snapshot(cluster: Cluster) -> KubeObject:
+    """A v1 List of every snapshot kind in all namespaces, in a stable order."""
+    items = []
+    for kind in SNAPSHOT_KINDS:
+        listed = cluster.list(kind).get("items") or []
+        items += [snapshot_item(kind, item) for item in sorted(listed, key=_item_key)]
+    return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items}
+
+
+# --- which pods to pull -----------------------------------------------------------------------
+
+
+def resolve_namespaces(
+    cluster: Cluster, namespaces: Sequence[str], *, all_labelled: bool
+) -> list[str]:
+    """The namespaces to pull from; each must carry the opt-in label."""
+    selector = f"{CAPTURE_LABEL}={CAPTURE_ENABLED}"
+    if all_labelled:
+        listed = cluster.list(NAMESPACES, label_selector=selector)
+        names = sorted(item["metadata"]["name"] for item in listed.get("items") or [])
+        if not names:
+            raise CollectError(f"no namespace is opted in (label {selector})")
+        return names
+    for name in namespaces:
+        labels = cluster.get(NAMESPACES, name)["metadata"].get("labels") or {}
+        if labels.get(CAPTURE_LABEL) != CAPTURE_ENABLED:
+            raise CollectError(
+                f"namespace {name} is not opted in: it lacks the label {selector} "
+                f"(kubectl label namespace {name} {selector}, then restart its workloads)"
+            )
+    return sorted(set(namespaces))
+
+
+def _sidecar(pod: KubeObject) -> KubeObject | None:
+    spec = pod.get("spec") or {}
+    for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        if container.get("name") == SIDECAR_CONTAINER:
+            found: KubeObject = container
+            return found
+    return None
+
+
+def _sidecar_state(pod: KubeObject) -> KubeObject:
+    status = pod.get("status") or {}
+    for entry in (status.get("initContainerStatuses") or []) + (
+        status.get("containerStatuses") or []
+    ):
+        if entry.get("name") == SIDECAR_CONTAINER:
+            state: KubeObject = entry.get("state") or {}
+            return state
+    return {}
+
+
+def pull_target(pod: KubeObject) -> PullTarget | str:
+    """Where to pull this pod's captures from, or why it cannot be pulled."""
+    metadata = pod["metadata"]
+    sidecar = _sidecar(pod)
+    if sidecar is None:
+        return (
+            f"no {SIDECAR_CONTAINER} sidecar (created before its namespace was opted in, "
+            "opted out, or not injectable)"
+        )
+    phase = (pod.get("status") or {}).get("phase", "Unknown")
+    state = _sidecar_state(pod)
+    if "running" not in state:
+        if phase in {"Succeeded", "Failed"}:
+            return f"pod has ended (phase {phase}); its sidecar no longer runs"
+        for condition in ("waiting", "terminated"):
+            if condition in state:
+                reason = state[condition].get("reason") or "no reason given"
+                return f"sidecar not running: {condition} ({reason})"
+        return f"sidecar not running yet (pod phase {phase})"
+    directory = DEFAULT_DIRECTORY
+    for mount in sidecar.get("volumeMounts") or []:
+        if mount.get("name") == CAPTURES_VOLUME:
+            directory = mount["mountPath"]
+    return PullTarget(
+        namespace=metadata["namespace"],
+        pod=metadata["name"],
+        container=SIDECAR_CONTAINER,
+        directory=directory,
+    )
+
+
+def capture_mode(pod: KubeObject) -> str | None:
+    """The sidecar's capture mode, read back from its tcpdump filter."""
+    sidecar = _sidecar(pod)
+    if sidecar is None:
+        return None
+    argv = (sidecar.get("command") or []) + (sidecar.get("args") or [])
+    for mode in CaptureMode:
+        if argv and argv[-1] == capture_filter(mode):
+            return mode.value
+    return None
+
+
+# --- the bundle -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    namespace: str
+    pod: str
+    reason: str
+    file: str | None = None
+
+    def as_json(self) -> dict[str, str]:
+        entry = {"namespace": self.namespace, "pod": self.pod, "reason": self.reason}
+        if self.file is not None:
+            entry["file"] = self.file
+        return entry
+
+
+def capture_entries(bundle: Path) -> list[dict[str, Any]]:
+    """One entry per verified capture file under ``captures/NS/POD/`` (meta.json and partial
+    files excluded), checksummed from disk so entries of earlier runs stay right."""
+    entries = []
+    for path in sorted((bundle / "captures").glob("*/*/*")):
+        if not path.is_file() or path.name == META_FILE or path.name.startswith("."):
+            continue
+        entries.append(
+            {
+                "path": path.relative_to(bundle).as_posix(),
+                "namespace": path.parent.parent.name,
+                "pod": path.parent.name,
+                "sha256": file_sha256(path),
+                "size": path.stat().st_size,
+            }
+        )
+    return entries
+
+
+def read_previous_bundle(bundle: Path) -> KubeObject | None:
+    path = bundle / "bundle.json"
+    if not path.exists():
+        return None
+    try:
+        previous: KubeObject = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise BundleError(f"{path}: cannot read the previous bundle.json: {error}") from error
+    if previous.get("producer") != "collect":
+        raise BundleError(
+            f"{path}: this bundle was made by {previous.get('producer')!r}; collect into a new "
+            "directory"
+        )
+    return previous
+
+
+def write_json(path: Path, document: Any) -> None:
+    """Atomically: a crash leaves the old file or the new one, never half of one."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectOptions:
+    out: Path
+    namespaces: tuple[str, ...] = ()
+    all_labelled: bool = False
+    duration: float = DEFAULT_DURATION_S
+    parallel: int = DEFAULT_PARALLEL
+
+
+@dataclass(frozen=True, slots=True)
+class CollectResult:
+    namespaces: tuple[str, ...]
+    pods_pulled: int
+    files_fetched: int
+    bytes_fetched: int
+    ip_changes: int
+    skipped: tuple[Skipped, ...]
+
+
+def pull_all(
+    cluster: Cluster,
+    targets: Sequence[PullTarget],
+    bundle: Path,
+    *,
+    parallel: int,
+    on_done: Callable[[PullReport | Skipped], None],
+) -> list[PullReport | Skipped]:
+    """Pull every target in a bounded pool; a pod that fails is reported, the rest go on."""
+
+    def pull_one(target: PullTarget) -> PullReport | Skipped:
+        destination = bundle / "captures" / target.namespace / target.pod
+        try:
+            report = PodPuller(cluster.exec, target, destination).pull()
+        except CollectError as error:
+            if isinstance(error, AccessDenied):
+                raise
+            outcome: PullReport | Skipped = Skipped(target.namespace, target.pod, str(error))
+        else:
+            outcome = report
+        on_done(outcome)
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        return list(pool.map(pull_one, targets))
+
+
+def collect(
+    cluster: Cluster,
+    options: CollectOptions,
+    *,
+    on_watch_event: Callable[[], None] = lambda: None,
+    on_pod_done: Callable[[PullReport | Skipped], None] = lambda outcome: None,
+) -> CollectResult:
+    """Watch, snapshot, pull, write ``bundle.json``; a second run into the same bundle fetches
+    only what is missing."""
+    bundle = options.out
+    previous = read_previous_bundle(bundle)
+    namespaces = resolve_namespaces(cluster, options.namespaces, all_labelled=options.all_labelled)
+    bundle.mkdir(parents=True, exist_ok=True)
+    start = rfc3339(utc_now())
+    with (bundle / "pod-ips.jsonl").open("a") as sink:
+        history = PodIPHistory(sink)
+        record_pod_ips(cluster, history, duration=options.duration, progress=on_watch_event)
+    snapshot = take_snapshot(cluster)
+    write_json(bundle / "snapshot.json", snapshot)
+    end = rfc3339(utc_now())
+
+    pods = [
+        item
+        for item in snapshot["items"]
+        if item["kind"] == "Pod" and item["metadata"]["namespace"] in namespaces
+    ]
+    targets: list[PullTarget] = []
+    skipped: list[Skipped] = []
+    for pod in pods:
+        target = pull_target(pod)
+        if isinstance(target, PullTarget):
+            targets.append(target)
+        else:
+            skipped.append(Skipped(pod["metadata"]["namespace"], pod["metadata"]["name"], target))
+    outcomes = pull_all(cluster, targets, bundle, parallel=options.parallel, on_done=on_pod_done)
+    reports = [outcome for outcome in outcomes if isinstance(outcome, PullReport)]
+    skipped += [outcome for outcome in outcomes if isinstance(outcome, Skipped)]
+    for report in reports:
+        skipped += [
+            Skipped(report.target.namespace, report.target.pod, reason, file=name)
+            for name, reason in report.failures
+        ]
+    modes = sorted({mode for pod in pods if (mode := capture_mode(pod)) is not None})
+    window_start = (previous or {}).get("window", {}).get("start", start)
+    write_json(
+        bundle / "bundle.json",
+        {
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "producer": "collect",
+            "window": {"start": window_start, "end": end},
+            "capture_mode": modes[0] if len(modes) == 1 else ("mixed" if modes else None),
+            "namespaces": namespaces,
+            "captures": capture_entries(bundle),
+            "skipped": [
+                entry.as_json()
+                for entry in sorted(skipped, key=lambda s: (s.namespace, s.pod, s.file or ""))
+            ],
+        },
+    )
+    return CollectResult(
+        namespaces=tuple(namespaces),
+        pods_pulled=len(reports),
+        files_fetched=sum(len(report.fetched) for report in reports),
+        bytes_fetched=sum(report.bytes_fetched for report in reports),
+        ip_changes=history.lines,
+        skipped=tuple(skipped),
+    )
+
+
+# --- uninstall-sidecars -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UninstallPlan:
+    """What removing the sidecars from one namespace takes."""
+
+    namespace: str
+    unlabel: bool  # the opt-in label is still there
+    restarts: tuple[tuple[str, str], ...]  # (kind, name) of workloads to roll
+    manual: tuple[tuple[str, str], ...]  # (pod, what the user must do)
+
+
+def _workload_of(cluster: Cluster, pod: KubeObject) -> tuple[str, str] | str:
+    """The rollable workload owning ``pod``, or what the user must do instead."""
+    namespace = pod["metadata"]["namespace"]
+    owner = controller_of(pod)
+    if owner is None:
+        return "a bare pod: delete it and create it again"
+    if owner["kind"] == "ReplicaSet":
+        replica_set = cluster.get(REPLICA_SETS, owner["name"], namespace=namespace)
+        parent = controller_of(replica_set)
+        if parent is None or parent["kind"] != "Deployment":
+            return f"owned by ReplicaSet {owner['name']} without a Deployment: delete the pod"
+        owner = parent
+    if owner["kind"] in ROLLABLE_KINDS:
+        return (owner["kind"], owner["name"])
+    if owner["kind"] == "Job":
+        return f"a pod of Job {owner['name']}: it ends on its own; later Jobs come without it"
+    return f"owned by {owner['kind']} {owner['name']}: restart that owner"
+
+
+def plan_uninstall(cluster: Cluster, namespace: str) -> UninstallPlan:
+    labels = cluster.get(NAMESPACES, namespace)["metadata"].get("labels") or {}
+    restarts: set[tuple[str, str]] = set()
+    manual: list[tuple[str, str]] = []
+    for pod in cluster.list(PODS, namespace=namespace).get("items") or []:
+        if _sidecar(pod) is None:
+            continue
+        workload = _workload_of(cluster, pod)
+        if isinstance(workload, tuple):
+            restarts.add(workload)
+        else:
+            manual.append((pod["metadata"]["name"], workload))
+    return UninstallPlan(
+        namespace=namespace,
+        unlabel=CAPTURE_LABEL in labels,
+        restarts=tuple(sorted(restarts)),
+        manual=tuple(sorted(manual)),
+    )
+
+
+def apply_uninstall(
+    cluster: Cluster, plan: UninstallPlan, *, now: datetime.datetime | None = None
+) -> None:
+    """Unlabel first (so restarted pods are not injected again), then roll the workloads."""
+    if plan.unlabel:
+        cluster.patch(NAMESPACES, plan.namespace, {"metadata": {"labels": {CAPTURE_LABEL: None}}})
+    stamp = (now or utc_now()).astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    restart = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
+    for kind, name in plan.restarts:
+        cluster.patch(ROLLABLE_KINDS[kind], name, restart, namespace=plan.namespace)
