@@ -21,13 +21,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from analyser.errors import UnsafePolicies
+from analyser.errors import SnapshotError, UnsafePolicies
 from analyser.evaluation import Address, ContainerPort, Denial, Peer, Pod, PolicySet, pod
 from analyser.flows import Protocol
 from analyser.graphs import NodeRole
 from analyser.identities import Resolver, Workload, WorkloadRef
 from analyser.snapshot import Snapshot, host_ips, meta
-from analyser.verifying import Observed, check_observed
+from analyser.verifying import Observed, Universe, Verification, block_for, check_observed, verify
 
 # How many denied flows the UnsafePolicies message lists before summarising the rest.
 MAX_LISTED_DENIALS = 20
@@ -180,7 +180,67 @@ def ensure_policies_allow(policies: PolicySet, graph: Any, cluster: ClusterFacts
         )
 
 
-def universe_pods(cluster: ClusterFacts, names: Iterable[str] | None = None) -> list[Pod]:
-    """The workloads' facts (all of them, or those named)."""
-    wanted = set(cluster.workloads) if names is None else set(names)
-    return [facts for name, facts in sorted(cluster.workloads.items()) if name in wanted]
+def _workload_peers(graph: Any, cluster: ClusterFacts) -> dict[str, Pod]:
+    """Facts of every workload: the snapshot's and those only the captures know."""
+    pods = dict(cluster.workloads)
+    for node_id, attributes in graph.nodes(data=True):
+        workload = attributes.get("workload")
+        is_pod = attributes.get("role") == NodeRole.WORKLOAD and workload is not None
+        if is_pod and node_id not in cluster.host_network:
+            pods.setdefault(node_id, cluster.facts_for(workload))
+    return pods
+
+
+def verification_inputs(
+    graph: Any, cluster: ClusterFacts, policies: PolicySet
+) -> tuple[list[Observed], Universe]:
+    """The observed connections of ``graph``, and the universe verify reports on: every
+    workload, focused on the captured ones (``in_scope``), with the ipBlocks ``policies`` name
+    and the observed addresses outside the cluster as address blocks."""
+    observed = observed_from_graph(graph, cluster)
+    focus = [
+        node_id
+        for node_id, attributes in graph.nodes(data=True)
+        if attributes.get("role") == NodeRole.WORKLOAD and attributes.get("in_scope")
+    ]
+    external = [
+        block_for(node_id.removeprefix("ip:"))
+        for node_id, attributes in graph.nodes(data=True)
+        if attributes.get("role") == NodeRole.EXTERNAL
+    ]
+    universe = Universe.of(
+        _workload_peers(graph, cluster).values(), [*policies.ip_blocks(), *external], focus=focus
+    )
+    return observed, universe
+
+
+def verify_graph(policies: PolicySet, graph: Any, cluster: ClusterFacts) -> Verification:
+    """``verify`` on an analysed bundle: denied observed flows, unobserved allowances, score."""
+    observed, universe = verification_inputs(graph, cluster, policies)
+    return verify(policies, observed, universe)
+
+
+def observed_from_records(
+    records: Iterable[Mapping[str, Any]], cluster: ClusterFacts
+) -> list[Observed]:
+    """Connections named the way graph nodes are (``NS/Kind/name`` or ``ip:ADDRESS``), e.g. the
+    lab's ``truth.json``: ``{"client", "server", "protocol", "port"}`` each."""
+
+    def peer(name: str) -> Peer:
+        if name.startswith("ip:"):
+            return Address(name.removeprefix("ip:"), name=name)
+        if name in cluster.host_network:
+            return cluster.host_network[name]
+        if name not in cluster.workloads:
+            raise SnapshotError(f"{name}: no such workload in the snapshot")
+        return cluster.workloads[name]
+
+    observed = []
+    for record in records:
+        client, server = _node_local(
+            peer(str(record["client"])), peer(str(record["server"])), cluster
+        )
+        observed.append(
+            Observed(client, server, Protocol(str(record["protocol"])), int(record["port"]))
+        )
+    return observed
