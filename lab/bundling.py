@@ -366,7 +366,8 @@ def snapshot(layout: Layout) -> JsonObject:
 
 
 def pod_ip_event(pod: LabPod, event: str, at: float) -> JsonObject:
-    """One line of pod-ips.jsonl."""
+    """One line of pod-ips.jsonl, as ``collect`` writes it: ``ADDED`` with the pod's IPs, or
+    ``DELETED`` with the IPs it released."""
     return {
         "time": timestamp(at, precise=True),
         "event": event,
@@ -388,7 +389,8 @@ def meta_json(pod: LabPod, *, started: float) -> JsonObject:
         "ips": list(pod.ips),
         "labels": dict(pod.labels),
         "node": NODE_NAME,
-        "start": timestamp(started, precise=True),
+        "start_time": timestamp(started, precise=True),
+        "owner": None if pod.owner is None else {"kind": pod.owner.kind, "name": pod.owner.name},
     }
 
 

@@ -285,7 +285,7 @@ class _Run:
             agent.capture = await asyncio.to_thread(pending)
         self.window_start = time.time()
         for pod in layout.pods:
-            self.pod_events.append(bundling.pod_ip_event(pod, "added", pod.created))
+            self.pod_events.append(bundling.pod_ip_event(pod, "ADDED", pod.created))
         self.log(f"capturing ({self.options.capture_mode}) for {self.duration:g}s")
         for agent in self.agents:
             await agent.send("start", duration=self.duration)
@@ -406,7 +406,7 @@ class _Run:
         self.agents.remove(agent)
         self.finished.append(agent)
         self.network.detach(self._host(pod))
-        self.pod_events.append(bundling.pod_ip_event(pod, "deleted", time.time()))
+        self.pod_events.append(bundling.pod_ip_event(pod, "DELETED", time.time()))
 
     async def _create(self, ref: str, *, reuse_index: int | None) -> LabPod:
         workload = self.layout.cluster.workload(ref)
@@ -420,7 +420,7 @@ class _Run:
         await agent.send("open")
         await agent.expect("opened", READY_TIMEOUT)
         await self._publish()
-        self.pod_events.append(bundling.pod_ip_event(pod, "added", time.time()))
+        self.pod_events.append(bundling.pod_ip_event(pod, "ADDED", pod.created))
         remaining = self.window_start + self.duration - time.time()
         await agent.send("start", duration=max(remaining, 0.0))
         return pod
