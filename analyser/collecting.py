@@ -39,14 +39,9 @@ from kubernetes.stream import ws_client
 from kubernetes.watch.watch import iter_resp_lines
 from websocket import WebSocketBadStatusException, WebSocketException
 
+from analyser.bundles import CAPTURES, MANIFEST, POD_IPS, SNAPSHOT_FILE, entries_for_layout
 from analyser.errors import AccessDenied, BundleError, CollectError, ExecFailed
-from analyser.pulling import (
-    Frame,
-    PodPuller,
-    PullReport,
-    PullTarget,
-    file_sha256,
-)
+from analyser.pulling import Frame, PodPuller, PullReport, PullTarget
 from webhook.capture import DEFAULT_DIRECTORY, CaptureMode, capture_filter
 
 log = logging.getLogger(__name__)
@@ -57,7 +52,8 @@ SIDECAR_CONTAINER = "netpol-sniffer-capture"
 CAPTURES_VOLUME = "netpol-sniffer-captures"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 BUNDLE_FORMAT_VERSION = 1
-META_FILE = "meta.json"
+# Files being fetched, per NAMESPACE/POD; outside captures/ so no reader sees half a file.
+PARTIALS = ".partial"
 
 DEFAULT_PARALLEL = 4
 DEFAULT_DURATION_S = 0.0
@@ -676,26 +672,32 @@ class Skipped:
 
 
 def capture_entries(bundle: Path) -> list[dict[str, Any]]:
-    """One entry per verified capture file under ``captures/NS/POD/`` (meta.json and partial
-    files excluded), checksummed from disk so entries of earlier runs stay right."""
-    entries = []
-    for path in sorted((bundle / "captures").glob("*/*/*")):
-        if not path.is_file() or path.name == META_FILE or path.name.startswith("."):
-            continue
-        entries.append(
-            {
-                "path": path.relative_to(bundle).as_posix(),
-                "namespace": path.parent.parent.name,
-                "pod": path.parent.name,
-                "sha256": file_sha256(path),
-                "size": path.stat().st_size,
-            }
-        )
-    return entries
+    """One entry per capture file under ``captures/NS/POD/``, checksummed from disk so entries
+    of earlier runs stay right."""
+    return [
+        {
+            "path": entry.path,
+            "namespace": entry.namespace,
+            "pod": entry.pod,
+            "sha256": entry.sha256,
+            "size": entry.size,
+        }
+        for entry in sorted(entries_for_layout(bundle))
+    ]
+
+
+def remove_empty_directories(root: Path) -> None:
+    if not root.is_dir():
+        return
+    for directory in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        if not any(directory.iterdir()):
+            directory.rmdir()
+    if not any(root.iterdir()):
+        root.rmdir()
 
 
 def read_previous_bundle(bundle: Path) -> KubeObject | None:
-    path = bundle / "bundle.json"
+    path = bundle / MANIFEST
     if not path.exists():
         return None
     try:
@@ -747,9 +749,10 @@ def pull_all(
     """Pull every target in a bounded pool; a pod that fails is reported, the rest go on."""
 
     def pull_one(target: PullTarget) -> PullReport | Skipped:
-        destination = bundle / "captures" / target.namespace / target.pod
+        destination = bundle / CAPTURES / target.namespace / target.pod
+        partials = bundle / PARTIALS / target.namespace / target.pod
         try:
-            report = PodPuller(cluster.exec, target, destination).pull()
+            report = PodPuller(cluster.exec, target, destination, partial_directory=partials).pull()
         except CollectError as error:
             if isinstance(error, AccessDenied):
                 raise
@@ -777,11 +780,11 @@ def collect(
     namespaces = resolve_namespaces(cluster, options.namespaces, all_labelled=options.all_labelled)
     bundle.mkdir(parents=True, exist_ok=True)
     start = rfc3339(utc_now())
-    with (bundle / "pod-ips.jsonl").open("a") as sink:
+    with (bundle / POD_IPS).open("a") as sink:
         history = PodIPHistory(sink)
         record_pod_ips(cluster, history, duration=options.duration, progress=on_watch_event)
     snapshot = take_snapshot(cluster)
-    write_json(bundle / "snapshot.json", snapshot)
+    write_json(bundle / SNAPSHOT_FILE, snapshot)
     end = rfc3339(utc_now())
 
     pods = [
@@ -798,6 +801,7 @@ def collect(
         else:
             skipped.append(Skipped(pod["metadata"]["namespace"], pod["metadata"]["name"], target))
     outcomes = pull_all(cluster, targets, bundle, parallel=options.parallel, on_done=on_pod_done)
+    remove_empty_directories(bundle / PARTIALS)
     reports = [outcome for outcome in outcomes if isinstance(outcome, PullReport)]
     skipped += [outcome for outcome in outcomes if isinstance(outcome, Skipped)]
     for report in reports:
@@ -808,7 +812,7 @@ def collect(
     modes = sorted({mode for pod in pods if (mode := capture_mode(pod)) is not None})
     window_start = (previous or {}).get("window", {}).get("start", start)
     write_json(
-        bundle / "bundle.json",
+        bundle / MANIFEST,
         {
             "format_version": BUNDLE_FORMAT_VERSION,
             "producer": "collect",

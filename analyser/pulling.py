@@ -15,8 +15,10 @@ The protocol, all of it run in the capture sidecar (Debian, coreutils):
 3. The error channel (3) carries the command's Status; a stream that ends without one was cut:
    the bytes received so far are kept and the next attempt resumes after them.
 4. The whole local file is checked against the pod's sha256; a mismatch discards it and a fresh
-   listing (next round) fetches it again. Verified files move from ``.partial/`` to their final
-   name, so a second run into the same bundle fetches only what is missing.
+   listing (next round) fetches it again. Files are fetched into a partial directory outside the
+   captures and renamed into place once verified, so a second run into the same bundle fetches
+   only what is missing. Local files keep the sidecar's names (``capture.pcap3``), which the
+   reader groups into one ring (one vantage point).
 
 tcpdump's ring reuses names (``capture.pcap0`` … ``capture.pcapN``). A local file whose remote
 namesake has changed is either the same file grown (its bytes are a prefix of the remote one, as
@@ -26,7 +28,6 @@ local file is kept under a name carrying its checksum, so nothing pulled before 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from analyser.bundles import file_sha256
 from analyser.errors import ChecksumMismatch, CollectError, ExecFailed, StreamCut
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,6 @@ DEFAULT_ATTEMPTS = 3
 STDERR_LIMIT = 4096
 # In-pod work directory (beside the captures, on the same emptyDir) for the frozen current file.
 WORK_DIRECTORY = ".netpol-sniffer-pull"
-# Local directory (per pod) for files being fetched; verified ones are renamed out of it.
-PARTIAL_DIRECTORY = ".partial"
-_HASH_CHUNK = 1 << 20
 
 # $1 = the captures directory. The file tcpdump is writing is the newest capture file; it is
 # copied so its bytes cannot change while they are hashed and fetched.
@@ -85,7 +84,6 @@ _CLEANUP_SCRIPT = 'cd "$1" && rm -rf -- "$2"'
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_RING_NAME = re.compile(r"(?P<stem>.+)\.(?P<ext>pcap|pcapng)(?P<number>\d+)")
 
 Frame = tuple[int, bytes]
 
@@ -193,26 +191,10 @@ def parse_listing(text: str, *, target: PullTarget) -> list[RemoteFile]:
     return files
 
 
-def local_name(remote_name: str) -> str:
-    """tcpdump's ring names end in a number (``capture.pcap3``); locally they end in ``.pcap``
-    (``capture-3.pcap``) so the bundle's ``*.pcap`` convention finds them."""
-    match = _RING_NAME.fullmatch(remote_name)
-    if match is None:
-        return remote_name
-    return f"{match['stem']}-{match['number']}.{match['ext']}"
-
-
 def generation_name(path: Path, sha256: str) -> Path:
-    """Where an older generation of a ring file is kept: its checksum goes into the name."""
+    """Where an older generation of a ring file is kept, beside the current one:
+    ``capture.pcap3`` → ``capture.0123456789ab.pcap3`` (its checksum in the name)."""
     return path.with_name(f"{path.stem}.{sha256[:12]}{path.suffix}")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def listing_command(target: PullTarget) -> list[str]:
@@ -232,7 +214,9 @@ def cleanup_command(target: PullTarget) -> list[str]:
 
 
 class PodPuller:
-    """Pulls one pod's captures into ``destination`` (``captures/NS/POD`` of the bundle)."""
+    """Pulls one pod's captures into ``destination`` (``captures/NS/POD`` of the bundle),
+    fetching into ``partial_directory`` (outside the captures, so readers never see half a file).
+    """
 
     def __init__(
         self,
@@ -240,13 +224,14 @@ class PodPuller:
         target: PullTarget,
         destination: Path,
         *,
+        partial_directory: Path,
         attempts: int = DEFAULT_ATTEMPTS,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.exec_opener = exec_opener
         self.target = target
         self.destination = destination
-        self.partial_directory = destination / PARTIAL_DIRECTORY
+        self.partial_directory = partial_directory
         self.attempts = attempts
         self.on_bytes = on_bytes
 
@@ -265,7 +250,7 @@ class PodPuller:
                     failures[remote.name] = str(error)
                     continue
                 if count is not None:
-                    fetched.append(local_name(remote.name))
+                    fetched.append(remote.name)
                     moved += count
             if not failures:
                 break
@@ -305,7 +290,7 @@ class PodPuller:
 
     def fetch(self, remote: RemoteFile) -> int | None:
         """Bring one file up to date; the bytes fetched, or None when it already was."""
-        final = self.destination / local_name(remote.name)
+        final = self.destination / remote.name
         partial = self.partial_directory / final.name
         if final.exists():
             local_sha = file_sha256(final)
@@ -313,6 +298,7 @@ class PodPuller:
                 return None
             self.reuse_or_retire(remote, final, partial, local_sha)
         self.partial_directory.mkdir(parents=True, exist_ok=True)
+        self.destination.mkdir(parents=True, exist_ok=True)
         fetched = self.fetch_rest(remote, partial)
         if file_sha256(partial) != remote.sha256:
             partial.unlink()

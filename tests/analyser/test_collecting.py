@@ -18,11 +18,13 @@ from fakeapiserver import FakeAPIServer, cut_connection_after, status_body
 from kubernetes import client as k8s_client
 from localexec import LocalExec, flip_first_byte
 
+from analyser.bundles import open_bundle
 from analyser.cli.main import main
 from analyser.collecting import (
     CAPTURE_LABEL,
     DEPLOYMENTS,
     NAMESPACES,
+    PARTIALS,
     PODS,
     SNAPSHOT_KINDS,
     CollectOptions,
@@ -36,6 +38,7 @@ from analyser.collecting import (
 )
 from analyser.errors import AccessDenied, BundleError, CollectError
 from analyser.pulling import PodPuller, PullTarget, drain, fetch_command
+from analyser.snapshot import load_pod_ip_history, load_snapshot
 from webhook.capture import CaptureMode, CaptureOptions, tcpdump_argv
 
 EXEC_DATA = Path(__file__).parent.parent / "data" / "exec"
@@ -252,10 +255,10 @@ def test_collect_writes_a_complete_bundle(shop: MemoryCluster, tmp_path: Path) -
     assert bundle["capture_mode"] == "handshake"
     assert bundle["window"]["start"] <= bundle["window"]["end"]
     assert [(e["path"], e["size"]) for e in bundle["captures"]] == [
-        ("captures/shop/db-0/capture-0.pcap", 1998),
-        ("captures/shop/web-1/capture-0.pcap", 10240),
+        ("captures/shop/db-0/capture.pcap0", 1998),
+        ("captures/shop/web-1/capture.pcap0", 10240),
     ]
-    assert (out / "captures/shop/web-1/capture-0.pcap").read_bytes() == bytes(range(256)) * 40
+    assert (out / "captures/shop/web-1/capture.pcap0").read_bytes() == bytes(range(256)) * 40
     assert (out / "captures/shop/web-1/meta.json").exists()
     reasons = {entry["pod"]: entry["reason"] for entry in bundle["skipped"]}
     assert set(reasons) == {"old", "new"}
@@ -277,6 +280,21 @@ def test_collect_writes_a_complete_bundle(shop: MemoryCluster, tmp_path: Path) -
         }
     ]
     assert "new" not in {line["pod"] for line in lines}  # no IP, nothing to record
+
+
+def test_the_bundle_opens_with_the_analysers_loaders(shop: MemoryCluster, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    collect(shop, CollectOptions(out=out, namespaces=("shop",)))
+    bundle = open_bundle(out)
+    assert bundle.problems == ()
+    assert bundle.manifest is not None and bundle.manifest.producer == "collect"
+    assert [path.name for path in bundle.captures] == ["capture.pcap0", "capture.pcap0"]
+    assert not (out / PARTIALS).exists()
+    snapshot = load_snapshot(bundle.snapshot)
+    assert {pod["metadata"]["name"] for pod in snapshot.pods} >= {"web-1", "db-0", "coredns-1"}
+    assert bundle.pod_ips is not None
+    history = load_pod_ip_history(bundle.pod_ips)
+    assert {(event.pod, event.ips) for event in history} >= {("db-0", ("10.0.0.6", "fd00::6"))}
 
 
 def test_second_collect_fetches_nothing_new_and_keeps_the_window_start(
@@ -432,7 +450,9 @@ def test_pull_through_the_websocket_survives_a_dropped_connection(tmp_path: Path
     with FakeAPIServer(
         faults=[("capture.pcap0", cut_connection_after(7_000))], protocol="v5.channel.k8s.io"
     ) as api:
-        report = PodPuller(real_cluster(api).exec, target, tmp_path / "out").pull()
+        report = PodPuller(
+            real_cluster(api).exec, target, tmp_path / "out", partial_directory=tmp_path / "p"
+        ).pull()
         fetch_offsets = [
             int(command[5])
             for command in api.exec_commands
@@ -440,18 +460,20 @@ def test_pull_through_the_websocket_survives_a_dropped_connection(tmp_path: Path
         ]
     assert report.failures == ()
     assert fetch_offsets == [0, 7_000]
-    for name, local in (("capture.pcap0", "capture-0.pcap"), ("capture.pcap1", "capture-1.pcap")):
-        assert (tmp_path / "out" / local).read_bytes() == (pod_dir / name).read_bytes()
+    for name in ("capture.pcap0", "capture.pcap1"):
+        assert (tmp_path / "out" / name).read_bytes() == (pod_dir / name).read_bytes()
 
 
 def test_corruption_on_the_wire_is_caught_by_the_pods_checksum(tmp_path: Path) -> None:
     pod_dir = sidecar_dir(tmp_path, "web", {"capture.pcap0": bytes(range(256)) * 64})
     target = PullTarget(namespace="shop", pod="web-1", container=SIDECAR, directory=str(pod_dir))
     with FakeAPIServer(faults=[("exec dd", flip_first_byte)]) as api:
-        report = PodPuller(real_cluster(api).exec, target, tmp_path / "out").pull()
+        report = PodPuller(
+            real_cluster(api).exec, target, tmp_path / "out", partial_directory=tmp_path / "p"
+        ).pull()
         fetches = [c for c in api.exec_commands if "exec dd" in c[2]]
     assert report.failures == () and len(fetches) == 2
-    assert (tmp_path / "out" / "capture-0.pcap").read_bytes() == bytes(range(256)) * 64
+    assert (tmp_path / "out" / "capture.pcap0").read_bytes() == bytes(range(256)) * 64
 
 
 def test_exec_refused_by_rbac_names_the_permission(tmp_path: Path) -> None:
@@ -465,7 +487,7 @@ def test_exec_refused_by_rbac_names_the_permission(tmp_path: Path) -> None:
     )
     with FakeAPIServer(exec_refusal=refusal) as api, pytest.raises(AccessDenied) as caught:
         target = PullTarget(namespace="shop", pod="web-1", container=SIDECAR, directory="/c")
-        PodPuller(real_cluster(api).exec, target, tmp_path).pull()
+        PodPuller(real_cluster(api).exec, target, tmp_path, partial_directory=tmp_path).pull()
     message = str(caught.value)
     assert "cannot create pods/exec web-1 in namespace shop" in message
     assert "needs 'create' on 'pods/exec' in namespace shop" in message

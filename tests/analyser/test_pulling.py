@@ -18,7 +18,6 @@ from localexec import LocalExec, cut_after, flip_first_byte
 
 from analyser.errors import CollectError, ExecFailed, StreamCut
 from analyser.pulling import (
-    PARTIAL_DIRECTORY,
     WORK_DIRECTORY,
     PodPuller,
     PullReport,
@@ -26,7 +25,6 @@ from analyser.pulling import (
     drain,
     exec_failure,
     generation_name,
-    local_name,
     parse_listing,
 )
 
@@ -64,13 +62,14 @@ def target_for(pod_dir: Path) -> PullTarget:
 
 
 def pull(pod_dir: Path, dest: Path, exec_opener: LocalExec) -> PullReport:
-    return PodPuller(exec_opener, target_for(pod_dir), dest).pull()
+    partials = dest.parent / "partial"
+    return PodPuller(exec_opener, target_for(pod_dir), dest, partial_directory=partials).pull()
 
 
 def assert_same_files(pod_dir: Path, dest: Path) -> None:
     for remote in pod_dir.iterdir():
         if remote.is_file():
-            assert (dest / local_name(remote.name)).read_bytes() == remote.read_bytes(), remote
+            assert (dest / remote.name).read_bytes() == remote.read_bytes(), remote
 
 
 # --- frames ---------------------------------------------------------------------------------
@@ -130,19 +129,6 @@ def test_parse_listing_rejects_unexpected_lines() -> None:
         parse_listing("a" * 64 + " 10 ../etc/passwd x", target=target)
 
 
-@pytest.mark.parametrize(
-    ("remote", "local"),
-    [
-        ("capture.pcap3", "capture-3.pcap"),
-        ("capture.pcap", "capture.pcap"),
-        ("x.pcapng12", "x-12.pcapng"),
-        ("meta.json", "meta.json"),
-    ],
-)
-def test_ring_names_end_in_pcap_locally(remote: str, local: str) -> None:
-    assert local_name(remote) == local
-
-
 # --- whole pulls ----------------------------------------------------------------------------
 
 
@@ -152,14 +138,14 @@ def test_pull_fetches_every_file_verified_and_cleans_up(pod_dir: Path, tmp_path:
     report = pull(pod_dir, dest, exec_opener)
     assert_same_files(pod_dir, dest)
     assert sorted(report.fetched) == sorted(
-        ["capture-0.pcap", "capture-1.pcap", "capture-2.pcap", "meta.json"]
+        ["capture.pcap0", "capture.pcap1", "capture.pcap2", "meta.json"]
     )
     assert report.failures == ()
     # the file tcpdump is writing was read from a frozen copy, which is gone afterwards
     assert "capture.pcap2" not in {source for source, _, _ in exec_opener.fetches()}
     assert f"{WORK_DIRECTORY}/capture.pcap2" in {source for source, _, _ in exec_opener.fetches()}
     assert not (pod_dir / WORK_DIRECTORY).exists()
-    assert not (dest / PARTIAL_DIRECTORY).exists()
+    assert not (tmp_path / "bundle" / "captures" / "shop" / "partial").exists()
 
 
 def test_cut_stream_resumes_after_the_bytes_received(pod_dir: Path, tmp_path: Path) -> None:
@@ -195,8 +181,8 @@ def test_persistent_corruption_is_reported_and_the_rest_still_pulled(
     failures = dict(report.failures)
     assert list(failures) == ["capture.pcap1"]
     assert "sha256" in failures["capture.pcap1"]
-    assert not (dest / "capture-1.pcap").exists()
-    assert (dest / "capture-0.pcap").read_bytes() == (pod_dir / "capture.pcap0").read_bytes()
+    assert not (dest / "capture.pcap1").exists()
+    assert (dest / "capture.pcap0").read_bytes() == (pod_dir / "capture.pcap0").read_bytes()
 
 
 def test_stream_cut_on_every_attempt_is_reported(pod_dir: Path, tmp_path: Path) -> None:
@@ -205,7 +191,7 @@ def test_stream_cut_on_every_attempt_is_reported(pod_dir: Path, tmp_path: Path) 
     report = pull(pod_dir, dest, exec_opener)
     assert "broke after" in dict(report.failures)["capture.pcap0"]
     # the bytes already received were kept for the next run
-    assert (dest / PARTIAL_DIRECTORY / "capture-0.pcap").stat().st_size == 90
+    assert (tmp_path / "partial" / "capture.pcap0").stat().st_size == 90
 
 
 def test_second_run_fetches_only_what_is_missing(pod_dir: Path, tmp_path: Path) -> None:
@@ -229,18 +215,19 @@ def test_second_run_fetches_only_what_is_missing(pod_dir: Path, tmp_path: Path) 
 def test_ring_reuse_keeps_the_older_generation(pod_dir: Path, tmp_path: Path) -> None:
     dest = tmp_path / "out"
     pull(pod_dir, dest, LocalExec())
-    old = (dest / "capture-0.pcap").read_bytes()
+    old = (dest / "capture.pcap0").read_bytes()
     (pod_dir / "capture.pcap0").write_bytes(binary_blob(60_000, 1000))  # the ring wrapped
     os.utime(pod_dir / "capture.pcap0", (2_000, 2_000))
     pull(pod_dir, dest, LocalExec())
     assert_same_files(pod_dir, dest)
-    kept = generation_name(dest / "capture-0.pcap", hashlib.sha256(old).hexdigest())
+    kept = generation_name(dest / "capture.pcap0", hashlib.sha256(old).hexdigest())
+    assert kept.name == f"capture.{hashlib.sha256(old).hexdigest()[:12]}.pcap0"
     assert kept.read_bytes() == old
 
 
 def test_interrupted_run_resumes_from_the_partial_file(pod_dir: Path, tmp_path: Path) -> None:
     dest = tmp_path / "out"
-    partial = dest / PARTIAL_DIRECTORY / "capture-1.pcap"
+    partial = tmp_path / "partial" / "capture.pcap1"
     partial.parent.mkdir(parents=True)
     partial.write_bytes((pod_dir / "capture.pcap1").read_bytes()[:20_000])
     exec_opener = LocalExec()
@@ -250,6 +237,8 @@ def test_interrupted_run_resumes_from_the_partial_file(pod_dir: Path, tmp_path: 
 
 
 def test_a_missing_captures_directory_fails_the_pod_with_the_reason(tmp_path: Path) -> None:
-    puller = PodPuller(LocalExec(), target_for(tmp_path / "absent"), tmp_path / "out")
+    puller = PodPuller(
+        LocalExec(), target_for(tmp_path / "absent"), tmp_path / "out", partial_directory=tmp_path
+    )
     with pytest.raises(ExecFailed, match=r"shop/web-1: listing the captures: .*exit code"):
         puller.pull()
