@@ -621,6 +621,10 @@ class PolicySet:
     _by_namespace: Mapping[str, tuple[CompiledPolicy, ...]] = field(
         init=False, compare=False, repr=False
     )
+    # Which policies select a pod, per (pod, direction): reports ask for each pod many times.
+    _selecting: dict[tuple[Pod, Direction], tuple[CompiledPolicy, ...]] = field(
+        init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         index: dict[str, list[CompiledPolicy]] = {}
@@ -628,6 +632,20 @@ class PolicySet:
             index.setdefault(policy.namespace, []).append(policy)
         # Frozen: the index is derived once, here.
         object.__setattr__(self, "_by_namespace", {ns: tuple(items) for ns, items in index.items()})
+        object.__setattr__(self, "_selecting", {})
+
+    def selecting(self, subject: Pod, direction: Direction) -> tuple[CompiledPolicy, ...]:
+        """The policies that isolate ``subject`` for ``direction``."""
+        key = (subject, direction)
+        found = self._selecting.get(key)
+        if found is None:
+            found = tuple(
+                p
+                for p in self._by_namespace.get(subject.namespace, ())
+                if p.selects(subject, direction)
+            )
+            self._selecting[key] = found
+        return found
 
     @classmethod
     def of(cls, policies: Iterable[CompiledPolicy]) -> PolicySet:
@@ -639,11 +657,7 @@ class PolicySet:
 
     def side(self, subject: Pod, peer: Peer, direction: Direction) -> SideVerdict:
         """Ports ``subject`` allows to (egress) or from (ingress) ``peer``."""
-        selecting = [
-            p
-            for p in self._by_namespace.get(subject.namespace, ())
-            if p.selects(subject, direction)
-        ]
+        selecting = self.selecting(subject, direction)
         names = tuple(str(p) for p in selecting)
         node_local = (
             isinstance(peer, Address) and peer.node is not None and peer.node == subject.node
