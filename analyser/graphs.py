@@ -9,16 +9,43 @@ Schema (a contract for policies, rendering, verify and the report):
   in-cluster address that matched nothing known at the time.
 - Node attributes: ``role`` (a :class:`NodeRole`), ``label`` (display text), ``workload``
   (:class:`~analyser.identities.Workload` or None), ``names`` (tuple of DNS names seen for the
-  address, sorted), ``in_scope`` (bool: its pods were captured, so it gets a policy).
+  address, sorted), ``in_scope`` (bool: its pods were captured, so it gets a policy),
+  ``addresses`` (tuple of the addresses seen for a node, an outside or unresolved address, or a
+  hostNetwork workload — the addresses peers saw — sorted; empty for other workloads).
 - Edge attribute ``ports``: ``dict[PortSpec, EdgeStats]``, keyed by the *target* port.
+- Graph attributes: ``graph.graph["unresolved"]`` (sorted tuple of unresolved addresses) and
+  ``graph.graph["attributions"]`` (tuple of :class:`FlowAttribution`: which flow made which edge),
+  read through :func:`unresolved_addresses`, :func:`edge_rows` and :func:`flows_on_edge`.
+
+How flows become edges (details in ``docs/semantics.md``):
+
+- Both ends are resolved at the flow's first packet. A workload's pods are one node; traffic
+  between two pods of one workload is a self loop.
+- A flow to a Service ClusterIP is joined to the server side's own capture of the same connection
+  (same client address and port, same protocol, first packets within :data:`TWIN_WINDOW` seconds):
+  one edge to the pod that really answered, on the port it answered on, counted once. Without such
+  a twin, the flow goes to every backend of the Service at that time, each on its target port
+  (``EdgeStats.assumed``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Protocol
 
-from analyser.flows import Evidence
+import networkx as nx
+
+from analyser.flows import Evidence, Flow
+from analyser.identities import EndpointKind, Identity, Resolver, Scope, Workload, WorkloadRef
+from analyser.policies import PortSpec
+
+# Two captures of one connection (client side to the ClusterIP, server side from the client) see
+# its first packets within this many seconds of each other: latency plus clock skew between nodes.
+TWIN_WINDOW = 5.0
 
 
 class NodeRole(StrEnum):
@@ -38,3 +65,330 @@ class EdgeStats:
     first_seen: float
     last_seen: float
     evidence: frozenset[Evidence]
+    services: frozenset[str] = frozenset()  # "NS/name" of Services the traffic went through
+    # True when no capture saw this server answer: it was taken from the Service's backends.
+    assumed: bool = False
+
+    def merged(self, other: EdgeStats) -> EdgeStats:
+        return EdgeStats(
+            flows=self.flows + other.flows,
+            packets=self.packets + other.packets,
+            bytes=self.bytes + other.bytes,
+            first_seen=min(self.first_seen, other.first_seen),
+            last_seen=max(self.last_seen, other.last_seen),
+            evidence=self.evidence | other.evidence,
+            services=self.services | other.services,
+            assumed=self.assumed and other.assumed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowAttribution:
+    """One captured flow and the edge (and target port) it was counted on."""
+
+    flow: Flow  # as the client side captured it (to the ClusterIP, for Service traffic)
+    client: str  # graph node ids
+    server: str
+    port: PortSpec
+    service: str | None = None  # "NS/name" when the client addressed a Service
+    twin: Flow | None = None  # the server side's capture of the same connection
+    assumed: bool = False  # the server was taken from the Service's backends
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeRow:
+    """One line of the report's table: an edge and one of its target ports."""
+
+    client: str
+    server: str
+    client_label: str
+    server_label: str
+    port: PortSpec
+    stats: EdgeStats
+
+
+class NameTable(Protocol):
+    """DNS names seen for an address (``dns.DnsTable``)."""
+
+    def names_for(self, ip: str, at: float) -> Iterable[str]: ...
+
+
+@dataclass(slots=True)
+class _Node:
+    role: NodeRole
+    label: str
+    workload: Workload | None = None
+    in_scope: bool = False
+    names: set[str] = field(default_factory=set)
+    addresses: set[str] = field(default_factory=set)
+
+
+def _address_key(address: str) -> tuple[int, int]:
+    parsed = ipaddress.ip_address(address)
+    return parsed.version, int(parsed)
+
+
+class _Builder:
+    def __init__(self, resolver: Resolver, dns: NameTable | None, scope: frozenset[WorkloadRef]):
+        self.resolver = resolver
+        self.dns = dns
+        self.scope = scope
+        self.nodes: dict[str, _Node] = {}
+        self.edges: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
+        self.attributions: list[FlowAttribution] = []
+
+    def workload_node(self, workload: Workload) -> str:
+        node_id = str(workload.ref)
+        if node_id not in self.nodes:
+            ref = workload.ref
+            self.nodes[node_id] = _Node(
+                NodeRole.WORKLOAD,
+                f"{ref.namespace}/{ref.name} ({ref.kind})",
+                workload=workload,
+                in_scope=ref in self.scope,
+            )
+        return node_id
+
+    def node_for(self, identity: Identity, at: float) -> str:
+        ip = identity.ip
+        if identity.kind is EndpointKind.POD and identity.pod is not None:
+            workload = self.resolver.workload(identity.pod.workload)
+            node_id = self.workload_node(workload)
+            if workload.host_network:
+                self.nodes[node_id].addresses.add(ip)
+            return node_id
+        if identity.kind is EndpointKind.NODE and identity.node is not None:
+            node_id = f"node:{identity.node}"
+            node = self.nodes.setdefault(node_id, _Node(NodeRole.NODE, f"node {identity.node}"))
+        elif identity.kind is EndpointKind.EXTERNAL:
+            node_id = f"ip:{ip}"
+            node = self.nodes.setdefault(node_id, _Node(NodeRole.EXTERNAL, ip))
+            if self.dns is not None:
+                node.names.update(self.dns.names_for(ip, at))
+        else:  # unresolved, or a Service address on the client side (a direction mistake)
+            node_id = f"unresolved:{ip}"
+            node = self.nodes.setdefault(node_id, _Node(NodeRole.UNRESOLVED, ip))
+        node.addresses.add(ip)
+        return node_id
+
+    def count(self, attribution: FlowAttribution, stats: EdgeStats) -> None:
+        ports = self.edges[(attribution.client, attribution.server)]
+        known = ports.get(attribution.port)
+        ports[attribution.port] = stats if known is None else known.merged(stats)
+        self.attributions.append(attribution)
+
+    def graph(self) -> Any:
+        graph = nx.DiGraph()
+        for node_id in sorted(self.nodes):
+            node = self.nodes[node_id]
+            names = tuple(sorted(node.names))
+            label = node.label
+            if node.role is NodeRole.EXTERNAL and names:
+                label = f"{names[0]} ({node.label})"
+            graph.add_node(
+                node_id,
+                role=node.role,
+                label=label,
+                workload=node.workload,
+                names=names,
+                in_scope=node.in_scope,
+                addresses=tuple(sorted(node.addresses, key=_address_key)),
+            )
+        for (client, server), ports in sorted(self.edges.items()):
+            graph.add_edge(client, server, ports=dict(sorted(ports.items())))
+        graph.graph["unresolved"] = tuple(
+            sorted(
+                (
+                    a
+                    for n in self.nodes.values()
+                    if n.role is NodeRole.UNRESOLVED
+                    for a in n.addresses
+                ),
+                key=_address_key,
+            )
+        )
+        graph.graph["attributions"] = tuple(sorted(self.attributions, key=_attribution_key))
+        return graph
+
+
+def _flow_key(flow: Flow) -> tuple[float, str, str, str, float, int, int]:
+    return (
+        flow.first_seen,
+        str(flow.protocol),
+        str(flow.client),
+        str(flow.server),
+        flow.last_seen,
+        flow.packets,
+        flow.bytes,
+    )
+
+
+def _attribution_key(a: FlowAttribution) -> tuple[str, str, PortSpec, tuple[Any, ...]]:
+    return (a.client, a.server, a.port, _flow_key(a.flow))
+
+
+def _stats(
+    flows: Sequence[Flow], *, service: str | None = None, assumed: bool = False
+) -> EdgeStats:
+    """One connection seen by one or two captures: counted once, the larger count of packets."""
+    return EdgeStats(
+        flows=1,
+        packets=max(f.packets for f in flows),
+        bytes=max(f.bytes for f in flows),
+        first_seen=min(f.first_seen for f in flows),
+        last_seen=max(f.last_seen for f in flows),
+        evidence=frozenset(f.evidence for f in flows),
+        services=frozenset({service}) if service else frozenset(),
+        assumed=assumed,
+    )
+
+
+def build_graph(
+    flows: Iterable[Flow],
+    resolver: Resolver,
+    dns: NameTable | None = None,
+    *,
+    scope: Scope | Collection[WorkloadRef],
+) -> Any:
+    """The workload graph (schema above) of ``flows``. ``scope``: the workloads whose pods were
+    captured (``Resolver.scope_of``); they are marked ``in_scope`` and present even when silent.
+    ``dns`` gives the names seen for outside addresses."""
+    scope_refs = scope.workloads if isinstance(scope, Scope) else frozenset(scope)
+    builder = _Builder(resolver, dns, frozenset(scope_refs))
+    for ref in sorted(scope_refs):
+        try:
+            builder.workload_node(resolver.workload(ref))
+        except KeyError:
+            continue  # a workload this resolver never placed a pod in: nothing to draw
+    ordered = sorted(flows, key=_flow_key)
+    resolved = [
+        (
+            flow,
+            resolver.resolve(flow.client.ip, flow.first_seen),
+            resolver.resolve(
+                flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
+            ),
+        )
+        for flow in ordered
+    ]
+    # Server-side captures of Service connections, by the client address they saw.
+    direct: dict[tuple[str, str, int], list[int]] = defaultdict(list)
+    for index, (flow, _, server) in enumerate(resolved):
+        if server.kind is not EndpointKind.SERVICE:
+            direct[(str(flow.protocol), flow.client.ip, flow.client.port)].append(index)
+    consumed: set[int] = set()
+    for flow, client, server in resolved:
+        if server.kind is EndpointKind.SERVICE:
+            _service_flow(builder, resolved, direct, consumed, flow, client, server)
+    for index, (flow, client, server) in enumerate(resolved):
+        if server.kind is EndpointKind.SERVICE or index in consumed:
+            continue
+        attribution = FlowAttribution(
+            flow,
+            builder.node_for(client, flow.first_seen),
+            builder.node_for(server, flow.first_seen),
+            PortSpec(flow.protocol, flow.server.port),
+        )
+        builder.count(attribution, _stats([flow]))
+    return builder.graph()
+
+
+def _service_flow(
+    builder: _Builder,
+    resolved: Sequence[tuple[Flow, Identity, Identity]],
+    direct: dict[tuple[str, str, int], list[int]],
+    consumed: set[int],
+    flow: Flow,
+    client: Identity,
+    server: Identity,
+) -> None:
+    assert server.service is not None
+    service = "/".join(server.service)
+    version = ipaddress.ip_address(server.ip).version
+    backends = builder.resolver.service_backends(
+        server.service, flow.server.port, flow.protocol, flow.first_seen, family=version
+    )
+    client_node = builder.node_for(client, flow.first_seen)
+    candidates = [
+        i
+        for i in direct.get((str(flow.protocol), flow.client.ip, flow.client.port), [])
+        if i not in consumed and abs(resolved[i][0].first_seen - flow.first_seen) <= TWIN_WINDOW
+    ]
+    if candidates:
+        backend_ips = {b.identity.ip for b in backends}
+        # Prefer a twin that went to a known backend, then the closest in time.
+        index = min(
+            candidates,
+            key=lambda i: (
+                resolved[i][0].server.ip not in backend_ips,
+                abs(resolved[i][0].first_seen - flow.first_seen),
+                i,
+            ),
+        )
+        consumed.add(index)
+        twin, _, twin_server = resolved[index]
+        attribution = FlowAttribution(
+            flow,
+            client_node,
+            builder.node_for(twin_server, twin.first_seen),
+            PortSpec(flow.protocol, twin.server.port),
+            service=service,
+            twin=twin,
+        )
+        builder.count(attribution, _stats([flow, twin], service=service))
+        return
+    if not backends:
+        # A Service with nothing behind it (or not on this port): keep the address visible.
+        unbacked = Identity(EndpointKind.UNRESOLVED, server.ip)
+        attribution = FlowAttribution(
+            flow,
+            client_node,
+            builder.node_for(unbacked, flow.first_seen),
+            PortSpec(flow.protocol, flow.server.port),
+            service=service,
+        )
+        builder.count(attribution, _stats([flow], service=service))
+        return
+    # Several pods of one workload on one port are one edge, and the flow counts once on it.
+    targets = {
+        (builder.node_for(b.identity, flow.first_seen), PortSpec(flow.protocol, b.port))
+        for b in backends
+    }
+    for server_node, port in sorted(targets):
+        attribution = FlowAttribution(
+            flow, client_node, server_node, port, service=service, assumed=True
+        )
+        builder.count(attribution, _stats([flow], service=service, assumed=True))
+
+
+# -- reading a built graph -------------------------------------------------------------------
+
+
+def unresolved_addresses(graph: Any) -> tuple[str, ...]:
+    """In-cluster addresses that matched nothing known at the time, sorted."""
+    return tuple(graph.graph.get("unresolved", ()))
+
+
+def edge_rows(graph: Any) -> list[EdgeRow]:
+    """The report's table: one row per edge and target port, sorted by client, server, port."""
+    rows = []
+    for client, server, data in sorted(graph.edges(data=True), key=lambda e: (e[0], e[1])):
+        for port, stats in sorted(data["ports"].items()):
+            rows.append(
+                EdgeRow(
+                    client,
+                    server,
+                    graph.nodes[client]["label"],
+                    graph.nodes[server]["label"],
+                    port,
+                    stats,
+                )
+            )
+    return rows
+
+
+def flows_on_edge(graph: Any, client: str, server: str) -> tuple[FlowAttribution, ...]:
+    """The flows counted on the edge ``client`` → ``server``, sorted by port and time."""
+    return tuple(
+        a for a in graph.graph.get("attributions", ()) if a.client == client and a.server == server
+    )

@@ -493,7 +493,10 @@ class Resolver:
         return PodRef(record.namespace, record.name, record.uid, self._workload_for(record))
 
     def workload(self, ref: WorkloadRef) -> Workload:
-        """The workload behind a ref this resolver handed out."""
+        """The workload ``ref`` names (KeyError when no known pod belongs to it)."""
+        if ref not in self._workloads:
+            for record in self._records.values():
+                self._workload_for(record)
         return self._workloads[ref]
 
     def workload_of_pod(self, namespace: str, pod: str) -> WorkloadRef | None:

@@ -1,0 +1,215 @@
+"""Flows + identities → the workload graph: Service joins, target ports, scope, nodes, DNS names."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from analyser.flows import Evidence, Protocol
+from analyser.graphs import (
+    NodeRole,
+    build_graph,
+    edge_rows,
+    flows_on_edge,
+    unresolved_addresses,
+)
+from analyser.identities import WorkloadRef
+from analyser.policies import PortSpec
+from tests.analyser.flow_builders import (
+    API_BLUE,
+    API_SVC,
+    COREDNS_A,
+    KUBE_DNS,
+    NODE_A,
+    PRODUCTPAGE,
+    PRODUCTPAGE_SVC,
+    REUSED,
+    REVIEWS_SVC,
+    REVIEWS_V1,
+    REVIEWS_V3,
+    WEB_A,
+    WEB_A6,
+    WEB_B,
+    WEB_SVC,
+    WEB_SVC6,
+    FakeDns,
+    flow,
+    resolver,
+)
+
+TCP, UDP = Protocol.TCP, Protocol.UDP
+WEB, API_BLUE_W = "shop/Deployment/web", "shop/Deployment/api-blue"
+SCOPE = {
+    WorkloadRef("shop", "Deployment", "web"),
+    WorkloadRef("shop", "Deployment", "api-blue"),
+}
+
+
+def ports(graph: Any, client: str, server: str) -> dict[PortSpec, Any]:
+    return dict(graph.edges[client, server]["ports"])
+
+
+def test_service_flow_joined_to_the_server_side_capture() -> None:
+    client_side = flow(f"{API_BLUE}:41000", f"{WEB_SVC}:80", capture="captures/shop/api/c.pcap")
+    server_side = flow(
+        f"{API_BLUE}:41000",
+        f"{WEB_B}:8080",
+        clock="09:40:01",
+        packets=12,
+        capture="captures/shop/web/c.pcap",
+    )
+    graph = build_graph([client_side, server_side], resolver(), scope=SCOPE)
+    assert list(graph.edges) == [(API_BLUE_W, WEB)]
+    [(spec, stats)] = ports(graph, API_BLUE_W, WEB).items()
+    assert spec == PortSpec(TCP, 8080)  # the target port, never the Service port 80
+    assert (stats.flows, stats.packets, stats.assumed) == (1, 12, False)
+    assert stats.services == {"shop/web"}
+    [attribution] = flows_on_edge(graph, API_BLUE_W, WEB)
+    assert attribution.flow == client_side and attribution.twin == server_side
+
+
+def test_service_flow_without_server_capture_goes_to_the_backends_target_port() -> None:
+    graph = build_graph([flow(f"{API_BLUE}:41000", f"{WEB_SVC}:80")], resolver(), scope=SCOPE)
+    [(spec, stats)] = ports(graph, API_BLUE_W, WEB).items()
+    assert spec == PortSpec(TCP, 8080)
+    assert stats.assumed and stats.flows == 1
+
+
+def test_dual_stack_cluster_ip_is_the_same_service() -> None:
+    graph = build_graph([flow(f"[{WEB_A6}]:41000", f"[{WEB_SVC6}]:80")], resolver(), scope=SCOPE)
+    assert ports(graph, WEB, WEB) == {
+        PortSpec(TCP, 8080): graph.edges[WEB, WEB]["ports"][PortSpec(TCP, 8080)]
+    }
+
+
+def test_named_target_port_differs_per_backend() -> None:
+    graph = build_graph([flow(f"{WEB_A}:41000", f"{API_SVC}:80")], resolver(), scope=SCOPE)
+    assert set(ports(graph, WEB, API_BLUE_W)) == {PortSpec(TCP, 8080)}
+    assert set(ports(graph, WEB, "shop/Deployment/api-green")) == {PortSpec(TCP, 9090)}
+
+
+def test_a_twin_to_one_of_two_deployments_only_makes_that_edge() -> None:
+    flows = [
+        flow(f"{PRODUCTPAGE}:50000", f"{REVIEWS_SVC}:9080"),
+        flow(f"{PRODUCTPAGE}:50000", f"{REVIEWS_V3}:9080", clock="09:40:00"),
+    ]
+    graph = build_graph(flows, resolver(), scope=set())
+    assert list(graph.edges) == [
+        ("bookinfo/Deployment/productpage-v1", "bookinfo/Deployment/reviews-v3")
+    ]
+
+
+def test_twins_are_matched_by_client_port_and_time() -> None:
+    flows = [
+        flow(f"{PRODUCTPAGE}:50000", f"{REVIEWS_SVC}:9080", clock="09:40:00"),
+        flow(f"{PRODUCTPAGE}:50001", f"{REVIEWS_SVC}:9080", clock="09:40:00"),
+        # The same client port an hour later is another connection, not a twin.
+        flow(f"{PRODUCTPAGE}:50000", f"{REVIEWS_V3}:9080", clock="08:40:00"),
+        flow(f"{PRODUCTPAGE}:50001", f"{REVIEWS_V1}:9080", clock="09:40:02"),
+    ]
+    graph = build_graph(flows, resolver(), scope=set())
+    page = "bookinfo/Deployment/productpage-v1"
+    v1, v3 = "bookinfo/Deployment/reviews-v1", "bookinfo/Deployment/reviews-v3"
+    # :50000 had no twin → both backends (assumed); :50001 → v1; the 08:40 flow → v3 directly.
+    assert ports(graph, page, v1)[PortSpec(TCP, 9080)].flows == 2
+    v3_stats = ports(graph, page, v3)[PortSpec(TCP, 9080)]
+    assert v3_stats.flows == 2 and not v3_stats.assumed
+    assert len(graph.graph["attributions"]) == 4
+
+
+def test_flows_between_pods_of_one_workload_are_a_self_loop() -> None:
+    graph = build_graph([flow(f"{WEB_A}:41000", f"{WEB_B}:8080")], resolver(), scope=SCOPE)
+    assert list(graph.edges) == [(WEB, WEB)]
+
+
+def test_external_address_gets_dns_names_and_nodes_are_not_the_internet() -> None:
+    dns = FakeDns({"93.184.216.34": ["example.com", "www.example.com"]})
+    flows = [
+        flow(f"{WEB_A}:41000", "93.184.216.34:443"),
+        flow(f"{NODE_A}:52000", f"{WEB_A}:8080", evidence=Evidence.KNOWN_LISTENER),  # kubelet probe
+        flow(f"{WEB_A}:41001", f"{NODE_A}:9100"),  # node-exporter, hostNetwork
+        flow(f"{WEB_A}:41002", f"{NODE_A}:22"),  # nothing declared there: the node
+    ]
+    graph = build_graph(flows, resolver(), dns, scope=SCOPE)
+    external = graph.nodes["ip:93.184.216.34"]
+    assert external["role"] is NodeRole.EXTERNAL
+    assert external["names"] == ("example.com", "www.example.com")
+    assert external["label"] == "example.com (93.184.216.34)"
+    node = graph.nodes["node:node-a"]
+    assert (node["role"], node["addresses"]) == (NodeRole.NODE, (NODE_A,))
+    assert set(ports(graph, "node:node-a", WEB)) == {PortSpec(TCP, 8080)}
+    assert set(ports(graph, WEB, "node:node-a")) == {PortSpec(TCP, 22)}
+    exporter = graph.nodes["kube-system/DaemonSet/node-exporter"]
+    assert exporter["role"] is NodeRole.WORKLOAD and exporter["addresses"] == (NODE_A,)
+    assert ports(graph, WEB, "kube-system/DaemonSet/node-exporter")[
+        PortSpec(TCP, 9100)
+    ].evidence == {Evidence.HANDSHAKE}
+
+
+def test_ip_reuse_gives_each_pod_its_own_edge() -> None:
+    flows = [
+        flow(f"{REUSED}:40000", f"{PRODUCTPAGE}:9080", clock="09:10:00"),
+        flow(f"{REUSED}:40000", f"{PRODUCTPAGE}:9080", clock="09:35:00"),
+    ]
+    graph = build_graph(flows, resolver(), scope=set())
+    page = "bookinfo/Deployment/productpage-v1"
+    assert sorted(graph.predecessors(page)) == [
+        "bookinfo/Deployment/details-v1",
+        "bookinfo/Deployment/ratings-v1",
+    ]
+
+
+def test_scope_marks_captured_workloads_and_keeps_silent_ones() -> None:
+    graph = build_graph([flow(f"{WEB_A}:41000", "93.184.216.34:443")], resolver(), scope=SCOPE)
+    assert graph.nodes[WEB]["in_scope"]
+    assert graph.nodes[API_BLUE_W]["in_scope"]  # captured, said nothing: still gets a policy
+    assert not graph.nodes["ip:93.184.216.34"]["in_scope"]
+
+
+def test_unresolved_addresses_and_services_without_backends() -> None:
+    flows = [
+        flow(f"{WEB_A}:41000", "10.244.1.200:8080"),
+        flow(f"{WEB_A}:41001", "10.96.0.200:80"),  # a ClusterIP-range address, no Service
+        flow(f"{WEB_A}:41002", f"{PRODUCTPAGE_SVC}:81"),  # a Service port that does not exist
+    ]
+    graph = build_graph(flows, resolver(), scope=SCOPE)
+    assert unresolved_addresses(graph) == ("10.96.0.200", "10.96.10.1", "10.244.1.200")
+    assert graph.nodes["unresolved:10.244.1.200"]["role"] is NodeRole.UNRESOLVED
+
+
+def test_dns_through_the_service_is_an_edge_to_the_dns_workload() -> None:
+    flows = [
+        flow(f"{WEB_A}:33333", f"{KUBE_DNS}:53", protocol=UDP, evidence=Evidence.KNOWN_LISTENER),
+        flow(f"{WEB_A}:33333", f"{COREDNS_A}:53", protocol=UDP, evidence=Evidence.KNOWN_LISTENER),
+    ]
+    graph = build_graph(flows, resolver(), scope=SCOPE)
+    assert set(ports(graph, WEB, "kube-system/Deployment/coredns")) == {PortSpec(UDP, 53)}
+
+
+def test_edge_rows_and_determinism() -> None:
+    flows = [
+        flow(f"{API_BLUE}:41000", f"{WEB_SVC}:80"),
+        flow(f"{API_BLUE}:41000", f"{WEB_B}:8080"),
+        flow(f"{WEB_A}:41000", f"{API_SVC}:80", clock="09:41:00"),
+        flow(f"{WEB_A}:41001", "93.184.216.34:443", clock="09:42:00"),
+        flow(f"{NODE_A}:52000", f"{WEB_A}:8080", clock="09:43:00"),
+    ]
+    first = build_graph(flows, resolver(), scope=SCOPE)
+    shuffled = flows[:]
+    random.Random(7).shuffle(shuffled)
+    second = build_graph(shuffled, resolver(), scope=SCOPE)
+    assert edge_rows(first) == edge_rows(second)
+    assert first.graph == second.graph
+    assert list(first.nodes(data=True)) == list(second.nodes(data=True))
+    rows = edge_rows(first)
+    assert [(r.client, r.server, r.port.port) for r in rows] == [
+        ("node:node-a", WEB, 8080),
+        (API_BLUE_W, WEB, 8080),
+        (WEB, "ip:93.184.216.34", 443),
+        (WEB, API_BLUE_W, 8080),
+        (WEB, "shop/Deployment/api-green", 9090),
+    ]
+    assert (rows[0].client_label, rows[1].client_label) == (
+        "node node-a",
+        "shop/api-blue (Deployment)",
+    )
