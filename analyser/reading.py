@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from analyser.dns import DnsTable
 from analyser.flows import (
@@ -59,61 +60,59 @@ class _Partial:
 
 
 def _read_one(path: Path, name: str) -> _Partial:
+    """One file → partial aggregates."""
     capture = CaptureFile(path, name=name)
-    # PacketKey → [first seen, last seen, packets, bytes, handshake roles of the sender]
-    tally: dict[PacketKey, list[float]] = {}
-    skipped: Counter[str] = Counter()
+    # Per key: [first seen, last seen, packets, bytes, handshake roles of the sender]. Skipped
+    # packets land here too, under their Skip reason (with length 0), which spares a branch.
+    tally: dict[PacketKey | Skip, list[Any]] = {}
     dns = DnsTable()
     dns_faults: Counter[str] = Counter()
+    # The hot loop, once per packet: locals, plain tuples and lists, one dict lookup.
+    for linktype, timestamps, packets in capture.batches():
+        decoded = map(decoder_for(linktype), packets)
+        for timestamp, (key, control, length, payload) in zip(timestamps, decoded, strict=True):
+            entry = tally.get(key)
+            if entry is None:
+                role = handshake_role(key[0], control) if control else 0  # type: ignore[index]
+                tally[key] = [timestamp, timestamp, 1, length, role]
+            else:
+                if timestamp > entry[1]:
+                    entry[1] = timestamp
+                elif timestamp < entry[0]:
+                    entry[0] = timestamp
+                entry[2] += 1
+                entry[3] += length
+                # SYN and FIN (TCP), INIT and INIT-ACK (SCTP) have a low bit set; ACKs do not.
+                if control & 3:
+                    entry[4] |= handshake_role(key[0], control)  # type: ignore[index]
+            if payload is not None and isinstance(key, tuple):
+                fault = dns.add_payload(payload, over_tcp=key[0] == TCP, at=timestamp)
+                if fault is not None:
+                    dns_faults[fault.value] += 1
+    skipped: Counter[str] = Counter()
+    directed = []
     counted = 0
-    current_linktype = -1
-    decode = decoder_for(current_linktype)
-    # The hot loop: one iteration per packet, so everything is a local and plain tuples/lists.
-    for timestamp, linktype, data in capture.records():
-        if linktype != current_linktype:
-            current_linktype = linktype
-            decode = decoder_for(linktype)
-        facts = decode(data)
-        if isinstance(facts, Skip):
-            skipped[facts.name.lower()] += 1
+    for key, (first, last, packets_seen, size, roles) in tally.items():
+        if isinstance(key, Skip):
+            skipped[key.name.lower()] += packets_seen
             continue
-        key, control, length, payload = facts
-        counted += 1
-        entry = tally.get(key)
-        if entry is None:
-            tally[key] = [timestamp, timestamp, 1, length, handshake_role(key[0], control)]
-        else:
-            if timestamp < entry[0]:
-                entry[0] = timestamp
-            elif timestamp > entry[1]:
-                entry[1] = timestamp
-            entry[2] += 1
-            entry[3] += length
-            # SYN and FIN (TCP), INIT and INIT-ACK (SCTP) have one of the low bits set.
-            if control & 3:
-                entry[4] = int(entry[4]) | handshake_role(key[0], control)
-        if payload:
-            fault = dns.add_payload(payload, over_tcp=key[0] == TCP, at=timestamp)
-            if fault is not None:
-                dns_faults[fault.value] += 1
-    conversations = ConversationTable()
-    conversations.add_capture(name, ring_name(name), _directed(tally))
-    return _Partial(conversations, dns, capture.report, counted, skipped, dns_faults)
-
-
-def _directed(tally: dict[PacketKey, list[float]]) -> Iterable[DirectedTraffic]:
-    for key, (first, last, packets, size, roles) in tally.items():
+        counted += packets_seen
         number, source, source_port, destination, destination_port = split_key(key)
-        yield DirectedTraffic(
-            protocol_named(number),
-            Endpoint(source, source_port),
-            Endpoint(destination, destination_port),
-            first,
-            last,
-            int(packets),
-            int(size),
-            int(roles),
+        directed.append(
+            DirectedTraffic(
+                protocol_named(number),
+                Endpoint(source, source_port),
+                Endpoint(destination, destination_port),
+                first,
+                last,
+                packets_seen,
+                size,
+                roles,
+            )
         )
+    conversations = ConversationTable()
+    conversations.add_capture(name, ring_name(name), directed)
+    return _Partial(conversations, dns, capture.report, counted, skipped, dns_faults)
 
 
 def _name_under(path: Path, root: Path) -> str:

@@ -63,6 +63,9 @@ _RING_MEMBER = re.compile(r"(.+\.(?:pcapng|pcap|cap))[0-9]+", re.IGNORECASE)
 
 Record = tuple[float, int, bytes]
 """(timestamp in UTC epoch seconds, pcap LINKTYPE_* value, captured bytes)"""
+Batch = tuple[int, list[float], list[bytes]]
+"""(LINKTYPE_* value, timestamps, captured bytes): consecutive records of one link type."""
+BATCH_SIZE = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,32 +177,38 @@ class _Stream:
         return self.offset == len(self.buffer) and not self.fill(1)
 
 
-def records(path: Path) -> Iterator[Record]:
-    """The records of a capture file, in file order.
+def batches(path: Path) -> Iterator[Batch]:
+    """The records of a capture file in file order, in batches that share a link type.
 
     Raises :class:`~analyser.errors.TruncatedCapture` or :class:`~analyser.errors.MalformedCapture`
     after yielding every record before the damage; an unreadable file raises
     :class:`~analyser.errors.CaptureError`.
     """
     try:
-        chunks = _chunks(path)
-        stream = _Stream(chunks)
+        stream = _Stream(_chunks(path))
         if not stream.fill(4):
             if stream.buffer[stream.offset :]:
                 raise TruncatedCapture("the file ends inside the file header")
             raise TruncatedCapture("the file is empty")
         magic = stream.buffer[stream.offset : stream.offset + 4]
         if magic in _PCAP_MAGICS:
-            yield from _pcap_records(stream, *_PCAP_MAGICS[magic])
+            yield from _pcap_batches(stream, *_PCAP_MAGICS[magic])
         elif magic == _PCAPNG_SHB:
-            yield from _pcapng_records(stream)
+            yield from _pcapng_batches(stream)
         else:
             raise MalformedCapture(f"not a pcap or pcapng file (starts with {magic.hex()})")
     except OSError as error:
         raise CaptureError(f"cannot read: {error.strerror or error}") from error
 
 
-def _pcap_records(stream: _Stream, order: str, divisor: float) -> Iterator[Record]:
+def records(path: Path) -> Iterator[Record]:
+    """The records of a capture file one by one, in file order; raises like :func:`batches`."""
+    for linktype, timestamps, packets in batches(path):
+        for timestamp, packet in zip(timestamps, packets, strict=True):
+            yield timestamp, linktype, packet
+
+
+def _pcap_batches(stream: _Stream, order: str, divisor: float) -> Iterator[Batch]:
     if not stream.fill(24):
         raise TruncatedCapture("the file ends inside the pcap file header")
     header = struct.Struct(order + "IIII")
@@ -213,23 +222,28 @@ def _pcap_records(stream: _Stream, order: str, divisor: float) -> Iterator[Recor
     number = 0
     unpack = header.unpack_from
     # The hot loop: walk the record headers of a chunk at fixed offsets; a record cut by the end
-    # of a chunk is carried over to the next.
+    # of a chunk is carried over to the next. One batch per chunk.
     for chunk in chain((first,), stream.rest()):
         buffer = buffer[offset:] + chunk
         offset = 0
         end = len(buffer)
+        timestamps: list[float] = []
+        packets: list[bytes] = []
         while offset + 16 <= end:
             seconds, fraction, captured, _ = unpack(buffer, offset)
-            if captured > limit:
-                raise MalformedCapture(
-                    f"record {number + 1} claims {captured} bytes (snap length {snaplen})"
-                )
             record_end = offset + 16 + captured
-            if record_end > end:
+            if record_end > end or captured > limit:
                 break
-            yield seconds + fraction / divisor, linktype, buffer[offset + 16 : record_end]
+            timestamps.append(seconds + fraction / divisor)
+            packets.append(buffer[offset + 16 : record_end])
             offset = record_end
-            number += 1
+        number += len(packets)
+        if packets:
+            yield linktype, timestamps, packets
+        if offset + 16 <= end and captured > limit:
+            raise MalformedCapture(
+                f"record {number + 1} claims {captured} bytes (snap length {snaplen})"
+            )
     if offset < len(buffer):
         raise TruncatedCapture(
             f"the file ends inside record {number + 1} ({len(buffer) - offset} bytes left over)"
@@ -261,6 +275,27 @@ def _interface(block: bytes, order: str) -> _Interface:
             offset = struct.unpack_from(order + "q", value)[0]
         position += 4 + (size + 3) // 4 * 4
     return _Interface(linktype, divisor, offset)
+
+
+def _pcapng_batches(stream: _Stream) -> Iterator[Batch]:
+    """Blocks are parsed one by one (pcapng is rarer and block-structured); consecutive packets
+    of one link type are batched."""
+    batch: Batch = (-1, [], [])
+    try:
+        for timestamp, linktype, packet in _pcapng_records(stream):
+            if linktype != batch[0] or len(batch[2]) >= BATCH_SIZE:
+                if batch[2]:
+                    yield batch
+                batch = (linktype, [], [])
+            batch[1].append(timestamp)
+            batch[2].append(packet)
+    except CaptureError:
+        # The packets before the damage count.
+        if batch[2]:
+            yield batch
+        raise
+    if batch[2]:
+        yield batch
 
 
 def _pcapng_records(stream: _Stream) -> Iterator[Record]:
@@ -320,7 +355,7 @@ def _pcapng_records(stream: _Stream) -> Iterator[Record]:
 class CaptureFile:
     """One capture file read to the end without raising; ``report`` says how it went.
 
-    ``for timestamp, linktype, data in capture.records(): ...`` then ``capture.report``.
+    ``for linktype, timestamps, packets in capture.batches(): ...`` then ``capture.report``.
     """
 
     def __init__(self, path: Path, *, name: str | None = None) -> None:
@@ -328,15 +363,15 @@ class CaptureFile:
         self.name = name if name is not None else str(path)
         self.report = CaptureReport(self.name, 0, 0)
 
-    def records(self) -> Iterator[Record]:
+    def batches(self) -> Iterator[Batch]:
         packets = 0
         size = 0
         error: CaptureError | None = None
         try:
-            for record in records(self.path):
-                packets += 1
-                size += len(record[2])
-                yield record
+            for batch in batches(self.path):
+                packets += len(batch[2])
+                size += sum(map(len, batch[2]))
+                yield batch
         except CaptureError as caught:
             error = caught
         finally:
