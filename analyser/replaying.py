@@ -24,8 +24,9 @@ from typing import Any
 from analyser.errors import SnapshotError, UnsafePolicies
 from analyser.evaluation import Address, ContainerPort, Denial, Peer, Pod, PolicySet, pod
 from analyser.flows import Protocol
-from analyser.graphs import NodeRole
+from analyser.graphs import NodeRole, flows_on_edge
 from analyser.identities import Resolver, Workload, WorkloadRef
+from analyser.policies import PortSpec
 from analyser.snapshot import Snapshot, host_ips, meta
 from analyser.verifying import Observed, Universe, Verification, block_for, check_observed, verify
 
@@ -37,10 +38,10 @@ MAX_LISTED_DENIALS = 20
 class ClusterFacts:
     """What policies can see of the cluster's workloads and nodes."""
 
-    workloads: Mapping[str, Pod]  # "NS/Kind/name" → facts (no node)
+    workloads: Mapping[str, Pod]  # "NS/Kind/name" → facts (no node); hostNetwork ones excluded
     nodes_of: Mapping[str, frozenset[str]]  # workload → the nodes its pods ran on
-    host_network: Mapping[str, Address]  # hostNetwork workload → its (first) node address
-    node_addresses: Mapping[str, str]  # node name → its first address
+    host_network: Mapping[str, tuple[str, ...]]  # hostNetwork workload → its nodes' addresses
+    node_of_address: Mapping[str, str]  # a node's address → the node's name
     namespace_labels: Mapping[str, Mapping[str, str]]
 
     def facts_for(self, workload: Workload) -> Pod:
@@ -54,6 +55,10 @@ class ClusterFacts:
             namespace_labels=self.namespace_labels.get(workload.ref.namespace, {}),
             name=name,
         )
+
+    def address(self, ip: str, name: str) -> Address:
+        """An address peer, marked with its node when it is one's."""
+        return Address(ip, node=self.node_of_address.get(ip), name=name)
 
 
 def _container_ports(pod_json: Mapping[str, Any]) -> set[ContainerPort]:
@@ -76,12 +81,9 @@ def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
     namespace_labels = {
         meta(ns)["name"]: dict(meta(ns).get("labels", {})) for ns in snapshot.namespaces
     }
-    node_addresses: dict[str, str] = {}
-    for address, node_name in sorted(snapshot.node_by_address.items()):
-        node_addresses.setdefault(node_name, address)
     ports: dict[WorkloadRef, set[ContainerPort]] = defaultdict(set)
     nodes: dict[WorkloadRef, set[str]] = defaultdict(set)
-    host_network: dict[str, Address] = {}
+    host_addresses: dict[str, set[str]] = defaultdict(set)
     for pod_json in snapshot.pods:
         pod_meta = meta(pod_json)
         ref = resolver.workload_of_pod(pod_meta.get("namespace", ""), pod_meta["name"])
@@ -91,10 +93,8 @@ def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
         if node:
             nodes[ref].add(node)
         ports[ref] |= _container_ports(pod_json)
-        if resolver.workload(ref).host_network and str(ref) not in host_network:
-            address = next(iter(host_ips(pod_json)), node_addresses.get(node, ""))
-            if address:
-                host_network[str(ref)] = Address(address, node=node or None, name=str(ref))
+        if resolver.workload(ref).host_network:
+            host_addresses[str(ref)] |= set(host_ips(pod_json))
     workloads = {
         str(ref): pod(
             namespace=ref.namespace,
@@ -104,31 +104,71 @@ def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
             name=str(ref),
         )
         for ref in sorted(ports)
-        if str(ref) not in host_network
+        if not resolver.workload(ref).host_network
     }
     return ClusterFacts(
         workloads=workloads,
         nodes_of={str(ref): frozenset(found) for ref, found in nodes.items()},
-        host_network=host_network,
-        node_addresses=node_addresses,
+        host_network={name: tuple(sorted(found)) for name, found in host_addresses.items()},
+        node_of_address=dict(snapshot.node_by_address),
         namespace_labels=namespace_labels,
     )
 
 
-def _peer(graph: Any, node_id: str, cluster: ClusterFacts) -> Peer | None:
-    """The evaluation peer of a graph node; None for a node whose address is unknown."""
+def _pod_workload(graph: Any, node_id: str, cluster: ClusterFacts) -> Workload | None:
+    """The workload a graph node stands for, unless it is none or uses its node's network."""
     attributes = graph.nodes[node_id]
-    role = attributes.get("role")
-    if role == NodeRole.WORKLOAD:
-        workload: Workload = attributes["workload"]
-        if node_id in cluster.host_network:
-            return cluster.host_network[node_id]
-        return cluster.facts_for(workload)
-    if role == NodeRole.NODE:
+    workload: Workload | None = attributes.get("workload")
+    if attributes.get("role") != NodeRole.WORKLOAD or workload is None:
+        return None
+    return None if workload.host_network or node_id in cluster.host_network else workload
+
+
+def _addresses(graph: Any, node_id: str, cluster: ClusterFacts) -> tuple[str, ...]:
+    """The addresses of a graph node that is not a pod workload (see the graph schema)."""
+    attributes = graph.nodes[node_id]
+    found = tuple(attributes.get("addresses", ()))
+    if found:
+        return found
+    if attributes.get("role") == NodeRole.WORKLOAD:
+        return cluster.host_network.get(node_id, ())
+    if attributes.get("role") == NodeRole.NODE:
         name = node_id.removeprefix("node:")
-        address = cluster.node_addresses.get(name)
-        return Address(address, node=name, name=node_id) if address else None
-    return Address(node_id.split(":", 1)[1], name=node_id)  # ip:ADDRESS, unresolved:ADDRESS
+        return tuple(sorted(a for a, n in cluster.node_of_address.items() if n == name))
+    return (node_id.split(":", 1)[1],)  # ip:ADDRESS, unresolved:ADDRESS
+
+
+def _seen(graph: Any, client: str, server: str, port: PortSpec, *, client_side: bool) -> set[str]:
+    """The addresses one end of an edge really used on ``port``, from the flows behind it."""
+    seen = set()
+    for attribution in flows_on_edge(graph, client, server):
+        if attribution.port != port:
+            continue
+        if client_side:
+            seen.add(attribution.flow.client.ip)
+        elif attribution.twin is not None:
+            seen.add(attribution.twin.server.ip)
+        elif attribution.service is None:
+            seen.add(attribution.flow.server.ip)
+    return seen
+
+
+def _ends(
+    graph: Any, ends: tuple[str, str], port: PortSpec, cluster: ClusterFacts, *, client_side: bool
+) -> list[Peer]:
+    """The peers standing for one end of an edge: a workload's facts, or each address that end
+    used (all of the node's addresses when the flows do not say)."""
+    node_id = ends[0] if client_side else ends[1]
+    workload = _pod_workload(graph, node_id, cluster)
+    if workload is not None:
+        return [cluster.facts_for(workload)]
+    addresses = _addresses(graph, node_id, cluster)
+    if len(addresses) > 1:
+        seen = _seen(graph, *ends, port, client_side=client_side)
+        addresses = tuple(a for a in addresses if a in seen) or addresses
+    if len(addresses) == 1:
+        return [cluster.address(addresses[0], node_id)]
+    return [cluster.address(a, f"{node_id} ({a})") for a in addresses]
 
 
 def _node_local(client: Peer, server: Peer, cluster: ClusterFacts) -> tuple[Peer, Peer]:
@@ -149,16 +189,17 @@ def _node_local(client: Peer, server: Peer, cluster: ClusterFacts) -> tuple[Peer
 
 
 def observed_from_graph(graph: Any, cluster: ClusterFacts) -> list[Observed]:
-    """One observed connection per graph edge and target port (see ``analyser.graphs``)."""
+    """One observed connection per graph edge and target port (see ``analyser.graphs``), per
+    address for ends that are addresses."""
     observed = []
-    for client_id, server_id, data in sorted(graph.edges(data=True), key=lambda e: e[:2]):
-        client = _peer(graph, client_id, cluster)
-        server = _peer(graph, server_id, cluster)
-        if client is None or server is None:
-            continue
-        client, server = _node_local(client, server, cluster)
-        for port, stats in sorted(data["ports"].items()):
-            observed.append(Observed(client, server, port.protocol, port.port, flows=stats.flows))
+    for ends in sorted(graph.edges()):
+        for port, stats in sorted(graph.edges[ends]["ports"].items()):
+            for client in _ends(graph, ends, port, cluster, client_side=True):
+                for server in _ends(graph, ends, port, cluster, client_side=False):
+                    local_client, local_server = _node_local(client, server, cluster)
+                    observed.append(
+                        Observed(local_client, local_server, port.protocol, port.port, stats.flows)
+                    )
     return observed
 
 
@@ -183,10 +224,9 @@ def ensure_policies_allow(policies: PolicySet, graph: Any, cluster: ClusterFacts
 def _workload_peers(graph: Any, cluster: ClusterFacts) -> dict[str, Pod]:
     """Facts of every workload: the snapshot's and those only the captures know."""
     pods = dict(cluster.workloads)
-    for node_id, attributes in graph.nodes(data=True):
-        workload = attributes.get("workload")
-        is_pod = attributes.get("role") == NodeRole.WORKLOAD and workload is not None
-        if is_pod and node_id not in cluster.host_network:
+    for node_id in graph.nodes:
+        workload = _pod_workload(graph, node_id, cluster)
+        if workload is not None:
             pods.setdefault(node_id, cluster.facts_for(workload))
     return pods
 
@@ -229,8 +269,8 @@ def observed_from_records(
     def peer(name: str) -> Peer:
         if name.startswith("ip:"):
             return Address(name.removeprefix("ip:"), name=name)
-        if name in cluster.host_network:
-            return cluster.host_network[name]
+        if cluster.host_network.get(name):
+            return cluster.address(cluster.host_network[name][0], name)
         if name not in cluster.workloads:
             raise SnapshotError(f"{name}: no such workload in the snapshot")
         return cluster.workloads[name]

@@ -10,8 +10,8 @@ import pytest
 
 from analyser.errors import SnapshotError, UnsafePolicies
 from analyser.evaluation import ContainerPort, Direction, PolicySet, PortRange, PortSet
-from analyser.flows import Evidence, Protocol
-from analyser.graphs import EdgeStats, NodeRole
+from analyser.flows import Endpoint, Evidence, Flow, Protocol
+from analyser.graphs import EdgeStats, FlowAttribution, NodeRole
 from analyser.identities import Resolver
 from analyser.policies import PortSpec
 from analyser.replaying import (
@@ -126,7 +126,8 @@ def test_cluster_facts_from_the_snapshot() -> None:
     assert ("kubernetes.io/metadata.name", "shop") in cart.namespace_labels
     assert cart.ports == (ContainerPort("http", TCP, 8080),)
     assert facts.nodes_of[CART] == frozenset({"node-1"})
-    assert facts.node_addresses == {"node-1": "192.168.49.2"}
+    assert facts.node_of_address == {"192.168.49.2": "node-1"}
+    assert facts.host_network == {}
 
 
 def test_policies_that_allow_every_observed_flow_pass_the_safety_check() -> None:
@@ -206,3 +207,41 @@ def test_truth_records_are_replayed_by_name() -> None:
     )
     with pytest.raises(SnapshotError, match="shop/Deployment/nope"):
         observed_from_records([{**truth[0], "server": "shop/Deployment/nope"}], facts)
+
+
+def test_an_address_end_is_checked_with_the_addresses_its_flows_used() -> None:
+    # A node with two addresses reached cart from 172.18.0.6 only; node-2 hosts no cart pod.
+    result = graph()
+    result.add_node(
+        "node:node-2",
+        role=NodeRole.NODE,
+        label="node-2",
+        workload=None,
+        addresses=("172.18.0.5", "172.18.0.6"),
+    )
+    stats = EdgeStats(1, 3, 180, 0.0, 1.0, frozenset({Evidence.HANDSHAKE}))
+    result.add_edge("node:node-2", CART, ports={PortSpec(TCP, 8080): stats})
+    flow = Flow(
+        Protocol.TCP,
+        Endpoint("172.18.0.6", 41000),
+        Endpoint("10.244.2.7", 8080),
+        0.0,
+        1.0,
+        3,
+        180,
+        frozenset({"captures/shop/cart/capture.pcap0"}),
+        Evidence.HANDSHAKE,
+    )
+    result.graph["attributions"] = (
+        FlowAttribution(flow, "node:node-2", CART, PortSpec(TCP, 8080)),
+    )
+
+    def cart_allowing(cidr: str) -> PolicySet:
+        from_node = {"from": [{"ipBlock": {"cidr": cidr}}], "ports": [{"port": 8080}]}
+        spec = {**CART_POLICY["spec"], "ingress": [CART_INGRESS, from_node]}
+        return PolicySet.from_documents([FRONTEND_POLICY, netpol("shop", "cart", spec)])
+
+    facts = cluster_facts(*cluster())
+    assert check_policies_allow(cart_allowing("172.18.0.6/32"), result, facts) == []
+    [denial] = check_policies_allow(cart_allowing("172.18.0.5/32"), result, facts)
+    assert (denial.client, denial.side) == ("node:node-2", Direction.INGRESS)
