@@ -7,7 +7,11 @@ policies live in ``evaluation``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from analyser.flows import Protocol
 
@@ -123,3 +127,156 @@ class ClusterDns:
     peers: tuple[PodPeer, ...] = (DEFAULT_DNS_PEER,)
     workloads: frozenset[str] = frozenset()
     ports: tuple[PortSpec, ...] = DNS_PORTS
+
+
+# -- synthesis from the workload graph -------------------------------------------------------
+
+# Graph roles (``graphs.NodeRole`` values; graphs imports this module, so not imported here).
+_WORKLOAD, _NODE, _EXTERNAL, _UNRESOLVED = "workload", "node", "external", "unresolved"
+MAX_NAME_LENGTH = 253  # a NetworkPolicy name is a DNS-1123 subdomain
+
+
+def _single_address(address: str) -> str:
+    parsed = ipaddress.ip_address(address)
+    return f"{parsed.compressed}/{parsed.max_prefixlen}"
+
+
+def _peers(graph: Any, node_id: str, own_namespace: str) -> tuple[Peer, ...]:
+    """How a policy in ``own_namespace`` names the graph node ``node_id``."""
+    attrs = graph.nodes[node_id]
+    role = attrs["role"]
+    addresses: tuple[str, ...] = attrs.get("addresses", ())
+    if role == _WORKLOAD:
+        workload = attrs["workload"]
+        if workload.host_network:
+            # Its pods use their node's addresses; selectors never match them.
+            return tuple(IpPeer(_single_address(a)) for a in addresses)
+        namespace = workload.ref.namespace
+        return (
+            PodPeer(
+                pod_selector=workload.selector,
+                namespace=None if namespace == own_namespace else namespace,
+                description=str(workload.ref),
+            ),
+        )
+    names = tuple(attrs.get("names", ())) if role == _EXTERNAL else ()
+    return tuple(IpPeer(_single_address(a), names) for a in addresses)
+
+
+def _local(peer: PodPeer, namespace: str) -> PodPeer:
+    return replace(peer, namespace=None) if peer.namespace == namespace else peer
+
+
+def rule_sort_key(rule: Rule) -> tuple[int, str, tuple[Any, ...]]:
+    """Pod peers first (by namespace, selector), then addresses (by family and value)."""
+    peer = rule.peer
+    if isinstance(peer, PodPeer):
+        return (0, peer.namespace or "", (peer.pod_selector, peer.description, rule.ports))
+    network = ipaddress.ip_network(peer.cidr, strict=False)
+    return (1, "", (network.version, int(network.network_address), network.prefixlen, rule.ports))
+
+
+def _rules(ports_by_peer: dict[Peer, set[PortSpec]]) -> tuple[Rule, ...]:
+    rules = [Rule(peer, tuple(sorted(ports))) for peer, ports in ports_by_peer.items() if ports]
+    return tuple(sorted(rules, key=rule_sort_key))
+
+
+def policy_names(workloads: Iterable[Any], *, reserved: Iterable[str] = ()) -> dict[str, str]:
+    """Workload node id → policy name: the workload's name; when two workloads of different
+    kinds share a name in one namespace (or the name is reserved), ``<name>-<kind>``; a name still
+    taken gets ``-2``, ``-3``... Names are cut to 253 characters."""
+    refs = sorted(w.ref for w in workloads)
+    taken_names: dict[tuple[str, str], int] = defaultdict(int)
+    for ref in refs:
+        taken_names[(ref.namespace, ref.name)] += 1
+    reserved_names = set(reserved)
+    names: dict[str, str] = {}
+    used: set[tuple[str, str]] = set()
+    for ref in refs:
+        name = ref.name
+        if taken_names[(ref.namespace, name)] > 1 or name in reserved_names:
+            name = f"{name}-{ref.kind.lower()}"
+        name = name[:MAX_NAME_LENGTH].rstrip("-.")
+        candidate, counter = name, 1
+        while (ref.namespace, candidate) in used:
+            counter += 1
+            suffix = f"-{counter}"
+            candidate = name[: MAX_NAME_LENGTH - len(suffix)].rstrip("-.") + suffix
+        used.add((ref.namespace, candidate))
+        names[str(ref)] = candidate
+    return names
+
+
+def unselectable_workloads(graph: Any) -> tuple[str, ...]:
+    """In-scope workloads without any stable label: a policy for them would select every pod of
+    their namespace, so none is written (the report should say so)."""
+    return tuple(
+        sorted(
+            node_id
+            for node_id, attrs in graph.nodes(data=True)
+            if attrs.get("in_scope")
+            and attrs["role"] == _WORKLOAD
+            and attrs["workload"] is not None
+            and attrs["workload"].selector.is_empty
+        )
+    )
+
+
+def synthesize(
+    graph: Any, *, cluster_dns: ClusterDns | None = None, default_deny: bool = False
+) -> list[Policy | DefaultDeny]:
+    """One :class:`Policy` per in-scope workload of ``graph`` (schema: ``analyser.graphs``),
+    allowing what was observed and DNS to the cluster DNS pods, plus, with ``default_deny``, a
+    :class:`DefaultDeny` per namespace in scope and a policy for every other workload of those
+    namespaces seen in the graph. Workloads without a stable label get none
+    (:func:`unselectable_workloads`). Sorted by namespace, then default-deny first, then name."""
+    dns = cluster_dns if cluster_dns is not None else ClusterDns()
+    dns_ports = set(dns.ports)
+    workloads = [
+        (node_id, attrs["workload"], bool(attrs.get("in_scope")))
+        for node_id, attrs in sorted(graph.nodes(data=True))
+        if attrs["role"] == _WORKLOAD and attrs["workload"] is not None
+    ]
+    namespaces = sorted({w.ref.namespace for _, w, in_scope in workloads if in_scope})
+    # A default-deny isolates every pod of its namespace, also those that were not captured;
+    # those seen talking to captured pods get a policy too, so what was observed keeps working.
+    chosen = [
+        (node_id, workload)
+        for node_id, workload, in_scope in workloads
+        if in_scope
+        or (default_deny and workload.ref.namespace in namespaces and not workload.host_network)
+    ]
+    reserved = {DefaultDeny("").name} if default_deny else set()
+    names = policy_names((w for _, w in chosen), reserved=reserved)
+    unselectable = {node_id for node_id, w in chosen if w.selector.is_empty}
+    result: list[Policy | DefaultDeny] = []
+    for node_id, workload in chosen:
+        if node_id in unselectable:
+            continue
+        namespace = workload.ref.namespace
+        ingress: dict[Peer, set[PortSpec]] = defaultdict(set)
+        egress: dict[Peer, set[PortSpec]] = defaultdict(set)
+        for client in graph.predecessors(node_id):
+            for peer in _peers(graph, client, namespace):
+                ingress[peer] |= set(graph.edges[client, node_id]["ports"])
+        for server in graph.successors(node_id):
+            ports = set(graph.edges[node_id, server]["ports"])
+            if server in dns.workloads:
+                ports -= dns_ports  # allowed by the DNS rule below, to every DNS pod
+            for peer in _peers(graph, server, namespace):
+                egress[peer] |= ports
+        for dns_peer in dns.peers:
+            egress[_local(dns_peer, namespace)] |= dns_ports
+        result.append(
+            Policy(
+                namespace=namespace,
+                name=names[node_id],
+                workload=node_id,
+                pod_selector=workload.selector,
+                ingress=_rules(ingress),
+                egress=_rules(egress),
+            )
+        )
+    if default_deny:
+        result += [DefaultDeny(namespace) for namespace in namespaces]
+    return sorted(result, key=lambda p: (p.namespace, isinstance(p, Policy), p.name))

@@ -1,0 +1,298 @@
+"""Policy synthesis from the workload graph: selectors, peers, target ports, DNS, names, and
+the generated set allowing every observed flow (checked with the evaluator)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from analyser.flows import Evidence, Protocol
+from analyser.graphs import build_graph
+from analyser.identities import Resolver, Workload, WorkloadRef
+from analyser.policies import (
+    DNS_PORTS,
+    ClusterDns,
+    DefaultDeny,
+    IpPeer,
+    LabelSelector,
+    PodPeer,
+    Policy,
+    PortSpec,
+    Rule,
+    policy_names,
+    synthesize,
+    unselectable_workloads,
+)
+from analyser.policysets import parse_policy_texts
+from analyser.rendering import Provenance, render_policy_files
+from analyser.replaying import cluster_facts, ensure_policies_allow
+from tests.analyser.flow_builders import (
+    API_BLUE,
+    API_SVC,
+    COREDNS_A,
+    DB,
+    DEBUG,
+    KUBE_DNS,
+    NODE_A,
+    NODE_B,
+    PRODUCTPAGE,
+    RATINGS,
+    RATINGS_SVC,
+    REVIEWS_SVC,
+    REVIEWS_V1,
+    REVIEWS_V3,
+    WEB_A,
+    WEB_B,
+    WEB_SVC,
+    FakeDns,
+    cluster,
+    flow,
+    resolver,
+)
+
+TCP, UDP = Protocol.TCP, Protocol.UDP
+WEB = WorkloadRef("shop", "Deployment", "web")
+API_BLUE_W = WorkloadRef("shop", "Deployment", "api-blue")
+DB_W = WorkloadRef("shop", "StatefulSet", "db")
+PAGE = WorkloadRef("bookinfo", "Deployment", "productpage-v1")
+V1 = WorkloadRef("bookinfo", "Deployment", "reviews-v1")
+V3 = WorkloadRef("bookinfo", "Deployment", "reviews-v3")
+RATINGS_W = WorkloadRef("bookinfo", "Deployment", "ratings-v1")
+COREDNS = WorkloadRef("kube-system", "Deployment", "coredns")
+EXAMPLE = "93.184.216.34"
+
+
+def by_workload(result: list[Policy | DefaultDeny]) -> dict[str, Policy]:
+    return {p.workload: p for p in result if isinstance(p, Policy)}
+
+
+def rules_to(rules: tuple[Rule, ...]) -> dict[str, tuple[tuple[str, int], ...]]:
+    """description or CIDR → ports, for readable assertions."""
+    out = {}
+    for rule in rules:
+        key = rule.peer.description if isinstance(rule.peer, PodPeer) else rule.peer.cidr
+        out[key] = tuple((str(p.protocol), p.port) for p in rule.ports)
+    return out
+
+
+def synthesized(
+    flows: list[Any], scope: set[WorkloadRef], *, dns: FakeDns | None = None, **kw: Any
+) -> tuple[Any, Resolver, list[Policy | DefaultDeny]]:
+    names = resolver()
+    graph = build_graph(flows, names, dns, scope=scope)
+    return graph, names, synthesize(graph, cluster_dns=names.cluster_dns(), **kw)
+
+
+def bookinfo_flows() -> list[Any]:
+    return [
+        # productpage → reviews (Service), the server side shows reviews-v1 and then v3
+        flow(f"{PRODUCTPAGE}:50000", f"{REVIEWS_SVC}:9080"),
+        flow(f"{PRODUCTPAGE}:50000", f"{REVIEWS_V1}:9080"),
+        flow(f"{PRODUCTPAGE}:50001", f"{REVIEWS_SVC}:9080", clock="09:41:00"),
+        flow(f"{PRODUCTPAGE}:50001", f"{REVIEWS_V3}:9080", clock="09:41:00"),
+        # only reviews-v3 calls ratings
+        flow(f"{REVIEWS_V3}:51000", f"{RATINGS_SVC}:9080", clock="09:41:01"),
+        flow(f"{REVIEWS_V3}:51000", f"{RATINGS}:9080", clock="09:41:01"),
+    ]
+
+
+def test_two_deployments_behind_one_service_keep_separate_policies() -> None:
+    _, _, result = synthesized(bookinfo_flows(), {PAGE, V1, V3, RATINGS_W})
+    policies = by_workload(result)
+    v1, v3 = policies[str(V1)], policies[str(V3)]
+    assert v1.pod_selector == LabelSelector((("app", "reviews"), ("version", "v1")))
+    assert v3.pod_selector == LabelSelector((("app", "reviews"), ("version", "v3")))
+    assert str(RATINGS_W) in rules_to(v3.egress)
+    assert str(RATINGS_W) not in rules_to(v1.egress)
+    assert rules_to(v1.ingress) == rules_to(v3.ingress) == {str(PAGE): (("TCP", 9080),)}
+    assert rules_to(policies[str(RATINGS_W)].ingress) == {str(V3): (("TCP", 9080),)}
+    page_egress = rules_to(policies[str(PAGE)].egress)
+    assert page_egress[str(V1)] == page_egress[str(V3)] == (("TCP", 9080),)
+
+
+def test_service_port_is_never_used_only_the_target_port() -> None:
+    for flows in (
+        [flow(f"{API_BLUE}:41000", f"{WEB_SVC}:80"), flow(f"{API_BLUE}:41000", f"{WEB_B}:8080")],
+        [flow(f"{API_BLUE}:41000", f"{WEB_SVC}:80")],  # only the client side was captured
+    ):
+        _, _, result = synthesized(flows, {WEB, API_BLUE_W})
+        policies = by_workload(result)
+        assert rules_to(policies[str(API_BLUE_W)].egress)[str(WEB)] == (("TCP", 8080),)
+        assert rules_to(policies[str(WEB)].ingress) == {str(API_BLUE_W): (("TCP", 8080),)}
+
+
+def test_named_target_ports_per_backend() -> None:
+    _, _, result = synthesized([flow(f"{WEB_A}:41000", f"{API_SVC}:80")], {WEB})
+    egress = rules_to(by_workload(result)[str(WEB)].egress)
+    assert egress["shop/Deployment/api-blue"] == (("TCP", 8080),)
+    assert egress["shop/Deployment/api-green"] == (("TCP", 9090),)
+
+
+def test_cross_namespace_peers_name_their_namespace() -> None:
+    flows = [flow(f"{WEB_A}:41000", f"{PRODUCTPAGE}:9080")]
+    _, _, result = synthesized(flows, {WEB, PAGE})
+    policies = by_workload(result)
+    [to_page] = policies[str(WEB)].egress[:1]
+    assert isinstance(to_page.peer, PodPeer)
+    assert to_page.peer.namespace == "bookinfo"
+    assert to_page.peer.pod_selector == LabelSelector((("app", "productpage"), ("version", "v1")))
+    [from_web] = policies[str(PAGE)].ingress
+    assert isinstance(from_web.peer, PodPeer) and from_web.peer.namespace == "shop"
+
+
+def test_same_namespace_peers_have_no_namespace_and_self_loops_allow_both_ways() -> None:
+    _, _, result = synthesized([flow(f"{WEB_A}:41000", f"{WEB_B}:8080")], {WEB})
+    web = by_workload(result)[str(WEB)]
+    [self_in] = web.ingress
+    assert self_in == Rule(
+        PodPeer(LabelSelector((("app", "web"), ("tier", "frontend"))), None, str(WEB)),
+        (PortSpec(TCP, 8080),),
+    )
+    assert self_in in web.egress
+
+
+def test_external_addresses_become_single_address_blocks_with_their_names() -> None:
+    flows = [
+        flow(f"{WEB_A}:41000", f"{EXAMPLE}:443"),
+        flow(f"{WEB_A}:41001", f"{EXAMPLE}:80"),
+        flow("[fd00:10:244::40]:41002", "[2606:4700::6810:84e5]:443"),
+    ]
+    dns = FakeDns({EXAMPLE: ["example.com"]})
+    _, _, result = synthesized(flows, {WEB}, dns=dns)
+    web = by_workload(result)[str(WEB)]
+    ip_rules = [r for r in web.egress if isinstance(r.peer, IpPeer)]
+    assert ip_rules == [
+        Rule(IpPeer(f"{EXAMPLE}/32", ("example.com",)), (PortSpec(TCP, 80), PortSpec(TCP, 443))),
+        Rule(IpPeer("2606:4700::6810:84e5/128"), (PortSpec(TCP, 443),)),
+    ]
+
+
+def test_node_addresses_and_host_network_listeners() -> None:
+    flows = [
+        flow(f"{NODE_B}:52000", f"{WEB_A}:8080", evidence=Evidence.KNOWN_LISTENER),
+        flow(f"{WEB_A}:41000", f"{NODE_A}:9100"),
+    ]
+    _, _, result = synthesized(flows, {WEB})
+    web = by_workload(result)[str(WEB)]
+    assert rules_to(web.ingress) == {f"{NODE_B}/32": (("TCP", 8080),)}
+    assert rules_to(web.egress)[f"{NODE_A}/32"] == (("TCP", 9100),)
+
+
+def test_dns_goes_to_the_dns_pods_only_and_is_not_repeated() -> None:
+    flows = [
+        flow(f"{WEB_A}:33333", f"{KUBE_DNS}:53", protocol=UDP, evidence=Evidence.KNOWN_LISTENER),
+        flow(f"{WEB_A}:33333", f"{COREDNS_A}:53", protocol=UDP, evidence=Evidence.KNOWN_LISTENER),
+        flow(f"{WEB_A}:41000", f"{COREDNS_A}:9153"),  # metrics: ordinary traffic
+    ]
+    _, _, result = synthesized(flows, {WEB, DB_W, COREDNS})
+    policies = by_workload(result)
+    dns_rule = Rule(
+        PodPeer(LabelSelector((("k8s-app", "kube-dns"),)), "kube-system", str(COREDNS)),
+        (PortSpec(TCP, 53), PortSpec(TCP, 9153), PortSpec(UDP, 53)),
+    )
+    assert dns_rule in policies[str(WEB)].egress
+    assert len(policies[str(WEB)].egress) == 1  # 53/UDP is not repeated, nothing to "any"
+    # db made no flow at all: it still may resolve names.
+    assert [r.ports for r in policies[str(DB_W)].egress] == [DNS_PORTS]
+    # The DNS workload is in scope: its policy admits the clients that were seen.
+    coredns = policies[str(COREDNS)]
+    assert rules_to(coredns.ingress) == {str(WEB): (("TCP", 9153), ("UDP", 53))}
+    [own_dns] = coredns.egress
+    assert isinstance(own_dns.peer, PodPeer) and own_dns.peer.namespace is None
+
+
+def test_default_dns_peer_without_dns_in_the_snapshot() -> None:
+    graph = build_graph([], resolver(), scope={DB_W})
+    [policy] = synthesize(graph, cluster_dns=ClusterDns())
+    assert isinstance(policy, Policy)
+    [rule] = policy.egress
+    assert isinstance(rule.peer, PodPeer)
+    assert (rule.peer.namespace, rule.ports) == ("kube-system", DNS_PORTS)
+
+
+def test_volatile_labels_are_not_in_selectors() -> None:
+    _, _, result = synthesized([flow(f"{WEB_A}:41000", f"{DB}:5432")], {WEB, DB_W})
+    policies = by_workload(result)
+    assert policies[str(DB_W)].pod_selector == LabelSelector((("app", "db"),))
+    assert rules_to(policies[str(WEB)].egress)[str(DB_W)] == (("TCP", 5432),)
+    for policy in policies.values():
+        for label, _ in policy.pod_selector.match_labels:
+            assert label not in ("pod-template-hash", "controller-revision-hash")
+
+
+def test_a_workload_without_stable_labels_gets_no_policy() -> None:
+    debug = WorkloadRef("shop", "Pod", "debug")
+    graph, _, result = synthesized([flow(f"{DEBUG}:41000", f"{WEB_A}:8080")], {WEB, debug})
+    assert unselectable_workloads(graph) == (str(debug),)
+    assert set(by_workload(result)) == {str(WEB)}
+
+
+def test_default_deny_per_namespace_in_scope_and_order() -> None:
+    _, _, result = synthesized([], {WEB, DB_W, PAGE}, default_deny=True)
+    assert [(type(p).__name__, p.namespace, p.name) for p in result] == [
+        ("DefaultDeny", "bookinfo", "default-deny-all"),
+        ("Policy", "bookinfo", "productpage-v1"),
+        ("DefaultDeny", "shop", "default-deny-all"),
+        ("Policy", "shop", "db"),
+        ("Policy", "shop", "web"),
+    ]
+
+
+def test_policy_names_avoid_clashes_between_kinds() -> None:
+    workloads = [
+        Workload(WorkloadRef("shop", "Deployment", "web"), LabelSelector()),
+        Workload(WorkloadRef("shop", "StatefulSet", "web"), LabelSelector()),
+        Workload(WorkloadRef("shop", "Deployment", "web-statefulset"), LabelSelector()),
+        Workload(WorkloadRef("other", "Deployment", "web"), LabelSelector()),
+        Workload(WorkloadRef("shop", "Pod", "default-deny-all"), LabelSelector()),
+    ]
+    assert policy_names(workloads, reserved={"default-deny-all"}) == {
+        "other/Deployment/web": "web",
+        "shop/Deployment/web": "web-deployment",
+        "shop/Deployment/web-statefulset": "web-statefulset",
+        "shop/StatefulSet/web": "web-statefulset-2",
+        "shop/Pod/default-deny-all": "default-deny-all-pod",
+    }
+
+
+def everything() -> list[Any]:
+    return [
+        *bookinfo_flows(),
+        flow(f"{API_BLUE}:41000", f"{WEB_SVC}:80"),
+        flow(f"{WEB_A}:41000", f"{API_SVC}:80", clock="09:42:00"),
+        flow(f"{WEB_A}:41001", f"{EXAMPLE}:443", clock="09:42:00"),
+        flow(f"{WEB_A}:41002", f"{PRODUCTPAGE}:9080", clock="09:42:00"),
+        flow(f"{WEB_A}:41003", f"{DB}:5432", clock="09:42:00"),
+        flow(f"{NODE_B}:52000", f"{WEB_A}:8080", clock="09:42:00"),
+        flow(f"{WEB_A}:33333", f"{KUBE_DNS}:53", protocol=UDP, clock="09:42:00"),
+        flow(f"{WEB_A}:33333", f"{COREDNS_A}:53", protocol=UDP, clock="09:42:00"),
+        flow(f"{WEB_A}:41004", "10.244.1.200:8080", clock="09:42:00"),  # unresolved
+    ]
+
+
+SCOPE_ALL = {WEB, API_BLUE_W, DB_W, PAGE, V1, V3, RATINGS_W, COREDNS}
+
+
+def test_synthesis_is_deterministic() -> None:
+    first = synthesized(everything(), SCOPE_ALL, default_deny=True)[2]
+    second = synthesized(list(reversed(everything())), SCOPE_ALL, default_deny=True)[2]
+    assert first == second
+    # api-green was not captured, but web was seen calling it and shop gets a default-deny.
+    api_green = "shop/Deployment/api-green"
+    assert set(by_workload(first)) == {str(ref) for ref in SCOPE_ALL} | {api_green}
+    assert rules_to(by_workload(first)[api_green].ingress) == {str(WEB): (("TCP", 9090),)}
+    without = synthesized(everything(), SCOPE_ALL)[2]
+    assert set(by_workload(without)) == {str(ref) for ref in SCOPE_ALL}
+
+
+@pytest.mark.parametrize("default_deny", [False, True])
+def test_rendered_policies_allow_every_observed_flow(default_deny: bool) -> None:
+    graph, names, result = synthesized(
+        everything(), SCOPE_ALL, dns=FakeDns({EXAMPLE: ["example.com"]}), default_deny=default_deny
+    )
+    policies = [p for p in result if isinstance(p, Policy)]
+    denies = [p for p in result if isinstance(p, DefaultDeny)]
+    files = render_policy_files(policies, default_denies=denies, provenance=Provenance())
+    loaded = parse_policy_texts(files)
+    ensure_policies_allow(loaded.policies, graph, cluster_facts(cluster(), names))
