@@ -280,3 +280,14 @@ def synthesize(
     if default_deny:
         result += [DefaultDeny(namespace) for namespace in namespaces]
     return sorted(result, key=lambda p: (p.namespace, isinstance(p, Policy), p.name))
+
+
+def partition_policies(
+    synthesized: Iterable[Policy | DefaultDeny],
+) -> tuple[list[Policy], list[DefaultDeny]]:
+    """:func:`synthesize`'s result as (workload policies, default-denies), order kept."""
+    items = list(synthesized)
+    return (
+        [p for p in items if isinstance(p, Policy)],
+        [p for p in items if isinstance(p, DefaultDeny)],
+    )

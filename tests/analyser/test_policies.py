@@ -20,6 +20,7 @@ from analyser.policies import (
     Policy,
     PortSpec,
     Rule,
+    partition_policies,
     policy_names,
     synthesize,
     unselectable_workloads,
@@ -291,8 +292,10 @@ def test_rendered_policies_allow_every_observed_flow(default_deny: bool) -> None
     graph, names, result = synthesized(
         everything(), SCOPE_ALL, dns=FakeDns({EXAMPLE: ["example.com"]}), default_deny=default_deny
     )
-    policies = [p for p in result if isinstance(p, Policy)]
-    denies = [p for p in result if isinstance(p, DefaultDeny)]
+    policies, denies = partition_policies(result)
+    assert [d.namespace for d in denies] == (
+        ["bookinfo", "kube-system", "shop"] if default_deny else []
+    )
     files = render_policy_files(policies, default_denies=denies, provenance=Provenance())
     loaded = parse_policy_texts(files)
     ensure_policies_allow(loaded.policies, graph, cluster_facts(cluster(), names))
