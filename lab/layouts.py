@@ -277,6 +277,9 @@ def _check_plan(cluster: ClusterSpec, plan: TrafficPlan) -> None:
                 raise LabError(f"restart: {ref} is not a workload with a running pod")
         if restart.ip_to == restart.workload:
             raise LabError(f"restart: ip-to names {restart.workload} itself")
+        for ref in filter(None, (restart.workload, restart.ip_to)):
+            if refs[ref].kind == "Pod":
+                raise LabError(f"restart: {ref} is a bare Pod: no controller recreates it")
         if refs[restart.workload].kind == "StatefulSet":
             raise LabError(
                 f"restart: {restart.workload}: StatefulSet pods keep their names; "

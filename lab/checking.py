@@ -1,0 +1,149 @@
+"""Judge generated policies against the lab's ``truth.json``: is every flow that really happened
+allowed, and is anything else allowed beyond cluster DNS?
+
+Pure: the snapshot (Kubernetes JSON), the truth list and a compiled
+:class:`~analyser.evaluation.PolicySet` in, a :class:`TruthCheck` out. The questions are asked of
+the project's own NetworkPolicy semantics (``analyser.evaluation``).
+
+"Anything else" is every ordered pair of the snapshot's workloads (one representative pod each,
+with its labels, namespace labels and containerPorts) plus, both ways, every outside address the
+truth names and one address nobody uses, on every port of every protocol; pairs where neither end
+is in a namespace labelled for capture are left out (nothing there gets policies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from analyser.evaluation import (
+    Address,
+    ContainerPort,
+    Peer,
+    Pod,
+    PolicySet,
+    PortRange,
+    PortSet,
+    pod,
+)
+from analyser.flows import Protocol
+from lab.bundling import CAPTURE_LABEL
+from lab.layouts import DNS_WORKLOAD
+
+# An outside address no plan uses (TEST-NET-2): what "the rest of the internet" may reach.
+UNUSED_OUTSIDE = ("198.51.100.254", "2001:db8:ffff::1")
+DNS_PORTS = PortSet.of([PortRange(Protocol.UDP, 53, 53), PortRange(Protocol.TCP, 53, 53)])
+
+
+@dataclass(frozen=True, slots=True)
+class TruthCheck:
+    flows: int  # truth flows checked
+    denied: tuple[str, ...]  # truth flows the policies deny
+    extra: tuple[str, ...]  # "client → server: ports" allowed beyond truth and DNS
+
+    @property
+    def passed(self) -> bool:
+        return not self.denied and not self.extra
+
+
+def _owner(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    for reference in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if reference.get("controller"):
+            return str(reference["kind"]), str(reference["name"])
+    return None
+
+
+def captured_namespaces(snapshot: Mapping[str, Any]) -> set[str]:
+    return {
+        o["metadata"]["name"]
+        for o in snapshot.get("items") or []
+        if o.get("kind") == "Namespace"
+        and (o["metadata"].get("labels") or {}).get(CAPTURE_LABEL[0]) == CAPTURE_LABEL[1]
+    }
+
+
+def workload_pods(snapshot: Mapping[str, Any]) -> dict[str, Pod]:
+    """``NS/Kind/name`` → the policy-relevant facts of one of its pods."""
+    items = snapshot.get("items") or []
+    namespace_labels = {
+        o["metadata"]["name"]: (o["metadata"].get("labels") or {})
+        for o in items
+        if o.get("kind") == "Namespace"
+    }
+    owners = {
+        (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): _owner(o)
+        for o in items
+        if o.get("kind") in ("ReplicaSet", "Job")
+    }
+    result: dict[str, Pod] = {}
+    for item in sorted(
+        (o for o in items if o.get("kind") == "Pod"), key=lambda o: o["metadata"]["name"]
+    ):
+        metadata = item["metadata"]
+        namespace = metadata["namespace"]
+        kind, name = _owner(item) or ("Pod", metadata["name"])
+        parent = owners.get((kind, namespace, name))
+        if parent is not None and parent[0] in ("Deployment", "CronJob"):
+            kind, name = parent
+        ref = f"{namespace}/{kind}/{name}"
+        ports = [
+            ContainerPort(
+                entry.get("name", ""),
+                Protocol(entry.get("protocol", "TCP")),
+                entry["containerPort"],
+            )
+            for container in (item.get("spec") or {}).get("containers") or []
+            for entry in container.get("ports") or []
+        ]
+        result.setdefault(
+            ref,
+            pod(
+                namespace=namespace,
+                labels=metadata.get("labels") or {},
+                namespace_labels=namespace_labels.get(namespace, {}),
+                ports=ports,
+                name=ref,
+            ),
+        )
+    return result
+
+
+def _peer(name: str, pods: Mapping[str, Pod]) -> Peer:
+    if name.startswith("ip:"):
+        return Address(name[3:], name=name)
+    if name not in pods:
+        raise KeyError(f"{name} is not a workload of the snapshot")
+    return pods[name]
+
+
+def check_truth(
+    snapshot: Mapping[str, Any], truth: Iterable[Mapping[str, Any]], policies: PolicySet
+) -> TruthCheck:
+    pods = workload_pods(snapshot)
+    expected: dict[tuple[str, str], list[PortRange]] = {}
+    denied = []
+    flows = list(truth)
+    for flow in flows:
+        protocol = Protocol(flow["protocol"])
+        port = int(flow["port"])
+        client, server = str(flow["client"]), str(flow["server"])
+        expected.setdefault((client, server), []).append(PortRange(protocol, port, port))
+        allowed = policies.allowed_ports(_peer(client, pods), _peer(server, pods))
+        if not allowed.contains(protocol, port):
+            denied.append(f"{client} → {server} {port}/{protocol}")
+    outside = sorted({n for f in flows for n in (f["client"], f["server"]) if n.startswith("ip:")})
+    outside += [f"ip:{address}" for address in UNUSED_OUTSIDE]
+    captured = captured_namespaces(snapshot)
+    scoped = [w for w in pods if pods[w].namespace in captured]
+    pairs = [(a, b) for a in pods for b in pods if a in scoped or b in scoped]
+    pairs += [(w, o) for w in scoped for o in outside] + [(o, w) for w in scoped for o in outside]
+    extra = []
+    for client, server in pairs:
+        allowed = policies.allowed_ports(_peer(client, pods), _peer(server, pods))
+        beyond = allowed.difference(PortSet.of(expected.get((client, server), [])))
+        if server == DNS_WORKLOAD:
+            beyond = beyond.difference(DNS_PORTS)
+        if beyond:
+            extra.append(f"{client} → {server}: {beyond}")
+    return TruthCheck(len(flows), tuple(denied), tuple(extra))
