@@ -143,7 +143,7 @@ class _Builder:
             ref = workload.ref
             self.nodes[node_id] = _Node(
                 NodeRole.WORKLOAD,
-                f"{ref.namespace}/{ref.name} ({ref.kind})",
+                node_id,
                 workload=workload,
                 in_scope=ref in self.scope,
             )
@@ -159,7 +159,7 @@ class _Builder:
             return node_id
         if identity.kind is EndpointKind.NODE and identity.node is not None:
             node_id = f"node:{identity.node}"
-            node = self.nodes.setdefault(node_id, _Node(NodeRole.NODE, f"node {identity.node}"))
+            node = self.nodes.setdefault(node_id, _Node(NodeRole.NODE, identity.node))
         elif identity.kind is EndpointKind.EXTERNAL:
             node_id = f"ip:{ip}"
             node = self.nodes.setdefault(node_id, _Node(NodeRole.EXTERNAL, ip))
@@ -181,18 +181,18 @@ class _Builder:
         graph = nx.DiGraph()
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
-            names = tuple(sorted(node.names))
+            addresses = tuple(sorted(node.addresses, key=_address_key))
             label = node.label
-            if node.role is NodeRole.EXTERNAL and names:
-                label = f"{names[0]} ({node.label})"
+            if node.role is NodeRole.NODE:
+                label = f"{node.label} ({', '.join(addresses)})"
             graph.add_node(
                 node_id,
                 role=node.role,
                 label=label,
                 workload=node.workload,
-                names=names,
+                names=tuple(sorted(node.names)),
                 in_scope=node.in_scope,
-                addresses=tuple(sorted(node.addresses, key=_address_key)),
+                addresses=addresses,
             )
         for (client, server), ports in sorted(self.edges.items()):
             graph.add_edge(client, server, ports=dict(sorted(ports.items())))

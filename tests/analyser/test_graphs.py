@@ -134,7 +134,7 @@ def test_external_address_gets_dns_names_and_nodes_are_not_the_internet() -> Non
     external = graph.nodes["ip:93.184.216.34"]
     assert external["role"] is NodeRole.EXTERNAL
     assert external["names"] == ("example.com", "www.example.com")
-    assert external["label"] == "example.com (93.184.216.34)"
+    assert external["label"] == "93.184.216.34"
     node = graph.nodes["node:node-a"]
     assert (node["role"], node["addresses"]) == (NodeRole.NODE, (NODE_A,))
     assert set(ports(graph, "node:node-a", WEB)) == {PortSpec(TCP, 8080)}
@@ -210,6 +210,6 @@ def test_edge_rows_and_determinism() -> None:
         (WEB, "shop/Deployment/api-green", 9090),
     ]
     assert (rows[0].client_label, rows[1].client_label) == (
-        "node node-a",
-        "shop/api-blue (Deployment)",
+        f"node-a ({NODE_A})",
+        API_BLUE_W,
     )
