@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from analyser.packets import DnsFault, DnsResponse, decode_dns
 
+# Seconds by which clocks of two captures (two nodes) may disagree.
+CLOCK_SKEW = 1.0
+
 
 @dataclass(frozen=True, order=True, slots=True)
 class DnsName:
@@ -79,12 +82,14 @@ class DnsTable:
     def names_for(self, ip: str, at: float | None = None) -> tuple[str, ...]:
         """The names seen for ``ip`` (compressed text), sorted.
 
-        With ``at``, only names from answers captured at or before that time: an address used
-        before anyone looked it up does not take a name from a later answer.
+        With ``at``, only names from answers captured at or before that time (give or take
+        ``CLOCK_SKEW`` seconds, as the answer and the flow may come from captures on different
+        nodes): an address used before anyone looked it up does not take a later answer's name.
         """
         names = self._seen.get(ip, {})
+        latest = None if at is None else at + CLOCK_SKEW
         return tuple(
-            sorted(name for name, (first, _) in names.items() if at is None or first <= at)
+            sorted(name for name, (first, _) in names.items() if latest is None or first <= latest)
         )
 
     def __iter__(self) -> Iterator[DnsName]:

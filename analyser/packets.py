@@ -346,12 +346,16 @@ def _response(message_after_id: bytes) -> DnsResponse | DnsFault | None:
     over and dpkt takes tens of microseconds per message.
     """
     try:
-        parsed = dpkt.dns.DNS(b"\x00\x00" + message_after_id)
+        # Authority and additional records are not needed: zero their counts so that a message
+        # cut by the snap length in those sections still gives its answers.
+        parsed = dpkt.dns.DNS(b"\x00\x00" + message_after_id[:6] + bytes(4) + message_after_id[10:])
         if parsed.rcode != dpkt.dns.DNS_RCODE_NOERR:
             return None
         addresses: list[tuple[str, str]] = []
         aliases: list[tuple[str, str]] = []
         for answer in parsed.an:
+            if len(answer.rdata) < answer.rlen:
+                return DnsFault.TRUNCATED
             if answer.type in (dpkt.dns.DNS_A, dpkt.dns.DNS_AAAA) and len(answer.rdata) in (4, 16):
                 addresses.append((_name(answer.name), address_text(answer.rdata)))
             elif answer.type == dpkt.dns.DNS_CNAME:

@@ -1,0 +1,185 @@
+"""packets: every link type × IP version × transport decodes to the right facts; damage and
+non-IP are skipped with a reason; DNS messages decode to their answers."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from analyser.packets import (
+    DnsFault,
+    DnsResponse,
+    Skip,
+    decode,
+    decode_dns,
+    split_key,
+)
+from tests.analyser.packet_builders import (
+    ARP,
+    FRAMERS,
+    TCP_ACK,
+    TCP_SYN,
+    dns_query,
+    dns_response,
+    ethernet,
+    ip_packet,
+    linux_sll,
+)
+
+ADDRESSES = {4: ("10.0.0.1", "10.0.0.2"), 6: ("fd00::1", "fd00:0:0:1::2")}
+NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
+
+
+@pytest.mark.parametrize("linktype", sorted(FRAMERS))
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("protocol", ["tcp", "udp", "sctp"])
+def test_every_link_type_ip_version_and_transport(
+    linktype: int, version: int, protocol: str
+) -> None:
+    src, dst = ADDRESSES[version]
+    packet = ip_packet(src, dst, protocol, 40000, 8080, flags=TCP_SYN, chunk=1, payload=b"abc")
+    key, control, length, dns = decode(linktype, FRAMERS[linktype](packet))
+    assert isinstance(key, tuple)
+    assert split_key(key) == (NUMBERS[protocol], src, 40000, dst, 8080)
+    assert control == {"tcp": TCP_SYN, "udp": 0, "sctp": 1}[protocol]
+    assert length == len(packet)
+    assert dns is None
+
+
+def test_vlan_tagged_ethernet() -> None:
+    frame = ethernet(ip_packet("10.0.0.1", "10.0.0.2", "udp", 1000, 2000), vlan=42)
+    key, _, _, _ = decode(1, frame)
+    assert isinstance(key, tuple)
+    assert split_key(key) == (17, "10.0.0.1", 1000, "10.0.0.2", 2000)
+
+
+def test_ipv4_with_options_finds_the_transport_header() -> None:
+    packet = bytearray(ip_packet("10.0.0.1", "10.0.0.2", "tcp", 1234, 443, flags=TCP_SYN | TCP_ACK))
+    # Insert 4 bytes of options (NOP ×4): IHL 6.
+    with_options = bytes([0x46]) + bytes(packet[1:20]) + b"\x01" * 4 + bytes(packet[20:])
+    with_options = with_options[:2] + struct.pack("!H", len(with_options)) + with_options[4:]
+    key, control, length, _ = decode(101, with_options)
+    assert isinstance(key, tuple)
+    assert split_key(key) == (6, "10.0.0.1", 1234, "10.0.0.2", 443)
+    assert control == TCP_SYN | TCP_ACK
+    assert length == len(with_options)
+
+
+def _ipv6_with_extensions(*, fragment_offset: int) -> bytes:
+    """IPv6 → hop-by-hop options → fragment header → UDP."""
+    packet = ip_packet("fd00::1", "fd00::2", "udp", 5000, 6000, payload=b"data")
+    udp = packet[40:]
+    hop_by_hop = bytes([44, 0]) + b"\x01\x04\x00\x00\x00\x00"  # next: fragment, 8 bytes of PadN
+    fragment = bytes([17, 0]) + struct.pack("!HI", fragment_offset << 3, 99)
+    payload = hop_by_hop + fragment + udp
+    header = packet[:4] + struct.pack("!HBB", len(payload), 0, 64) + packet[8:40]
+    return header + payload
+
+
+def test_ipv6_extension_headers_are_walked() -> None:
+    key, _, length, _ = decode(101, _ipv6_with_extensions(fragment_offset=0))
+    assert isinstance(key, tuple)
+    assert split_key(key) == (17, "fd00::1", 5000, "fd00::2", 6000)
+    assert length == 40 + 16 + 12
+
+
+@pytest.mark.parametrize(
+    ("frame", "linktype", "reason"),
+    [
+        (ARP, 1, Skip.NOT_IP),
+        (_ipv6_with_extensions(fragment_offset=185), 101, Skip.FRAGMENT),
+        (ip_packet("10.0.0.1", "10.0.0.2", "tcp", 1, 2)[:30], 101, Skip.SHORT),
+        (b"\x45\x00", 101, Skip.SHORT),
+        (b"", 276, Skip.SHORT),
+        (b"\x00" * 60, 101, Skip.NOT_IP),
+        (ethernet(ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2)), 147, Skip.UNKNOWN_LINKTYPE),
+    ],
+)
+def test_packets_without_facts_say_why(frame: bytes, linktype: int, reason: Skip) -> None:
+    assert decode(linktype, frame)[0] is reason
+
+
+def test_non_first_ipv4_fragment_and_icmp_are_skipped() -> None:
+    packet = bytearray(ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2, payload=b"x" * 20))
+    packet[6:8] = struct.pack("!H", 100)  # fragment offset 800 bytes
+    assert decode(101, bytes(packet))[0] is Skip.FRAGMENT
+    packet[6:8] = b"\x00\x00"
+    packet[9] = 1  # ICMP
+    assert decode(101, bytes(packet))[0] is Skip.OTHER_PROTOCOL
+
+
+def test_null_loopback_in_either_byte_order() -> None:
+    packet = ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2)
+    big_endian = struct.pack("!I", 2) + packet
+    little_endian = struct.pack("<I", 2) + packet
+    assert decode(0, big_endian)[0] == decode(0, little_endian)[0]
+    assert decode(0, big_endian)[0] != Skip.NOT_IP
+
+
+def test_port_53_payload_is_handed_over_for_tcp_and_udp() -> None:
+    answer = dns_response("a.example", [("a.example", "A", "192.0.2.1")])
+    udp = decode(
+        113, linux_sll(ip_packet("10.0.0.53", "10.0.0.1", "udp", 53, 40000, payload=answer))
+    )
+    assert udp[3] == answer
+    framed = struct.pack("!H", len(answer)) + answer
+    tcp = decode(
+        113,
+        linux_sll(
+            ip_packet("10.0.0.53", "10.0.0.1", "tcp", 53, 40000, payload=framed, flags=TCP_ACK)
+        ),
+    )
+    assert tcp[3] == framed
+    v6 = decode(113, linux_sll(ip_packet("fd00::53", "fd00::1", "udp", 40000, 53, payload=b"q")))
+    assert v6[3] == b"q"
+
+
+def test_dns_cname_chain_over_udp() -> None:
+    answer = dns_response(
+        "Shop.Example",
+        [
+            ("shop.example", "CNAME", "edge.cdn.example"),
+            ("edge.cdn.example", "A", "192.0.2.7"),
+            ("edge.cdn.example", "AAAA", "2001:db8::7"),
+        ],
+    )
+    assert decode_dns(answer, over_tcp=False) == [
+        DnsResponse(
+            "shop.example",
+            (("edge.cdn.example", "192.0.2.7"), ("edge.cdn.example", "2001:db8::7")),
+            (("shop.example", "edge.cdn.example"),),
+        )
+    ]
+
+
+def test_dns_over_tcp_with_two_messages_in_one_segment() -> None:
+    first = dns_response("a.example", [("a.example", "A", "192.0.2.1")], ident=1)
+    second = dns_response("b.example", [("b.example", "A", "192.0.2.2")], ident=2)
+    payload = b"".join(struct.pack("!H", len(m)) + m for m in (first, second))
+    responses = decode_dns(payload, over_tcp=True)
+    assert isinstance(responses, list)
+    assert [r.addresses for r in responses] == [
+        (("a.example", "192.0.2.1"),),
+        (("b.example", "192.0.2.2"),),
+    ]
+    # The second message continues in the next segment: reported, not guessed.
+    assert decode_dns(payload[:-5], over_tcp=True) is DnsFault.TRUNCATED
+
+
+def test_dns_queries_give_nothing_and_damage_is_a_fault() -> None:
+    answer = dns_response("a.example", [("a.example", "A", "192.0.2.1")])
+    assert decode_dns(dns_query("a.example"), over_tcp=False) == []
+    assert decode_dns(answer[:-3], over_tcp=False) is DnsFault.TRUNCATED
+    assert decode_dns(answer[:5], over_tcp=False) is DnsFault.TRUNCATED
+    # A response whose question name points at itself (a compression loop): malformed.
+    looping = answer[:12] + b"\xc0\x0c" + answer[12 + len(b"\x01a\x07example\x00") :]
+    assert decode_dns(looping, over_tcp=False) in (DnsFault.MALFORMED, DnsFault.TRUNCATED)
+
+
+def test_dns_answers_survive_a_snap_length_cut_in_the_additional_section() -> None:
+    answer = bytearray(dns_response("a.example", [("a.example", "A", "192.0.2.1")]))
+    answer[10:12] = struct.pack("!H", 1)  # one additional record, of which only 3 bytes arrived
+    responses = decode_dns(bytes(answer) + b"\x00\x00\x29", over_tcp=False)
+    assert isinstance(responses, list)
+    assert responses[0].addresses == (("a.example", "192.0.2.1"),)

@@ -1,0 +1,198 @@
+"""sources: pcap in both byte orders and resolutions, pcapng with several interfaces, gzip by
+magic bytes, damage reported with the records before it, and finding capture files."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from analyser.errors import MalformedCapture, TruncatedCapture
+from analyser.sources import CaptureFile, find_captures, records, ring_name
+from tests.analyser.packet_builders import (
+    START,
+    ethernet,
+    ip_packet,
+    linux_sll2,
+    two_pods_frames,
+    write_fixtures,
+    write_pcap,
+    write_pcapng,
+)
+
+DATA = Path(__file__).parent.parent / "data"
+FRAMES = [
+    (START + 0.000001, ethernet(ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2))),
+    (START + 2.5, ethernet(ip_packet("fd00::1", "fd00::2", "tcp", 3, 4))),
+]
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize("nano", [False, True])
+def test_pcap_byte_orders_and_resolutions(tmp_path: Path, big_endian: bool, nano: bool) -> None:
+    path = write_pcap(tmp_path / "a.pcap", FRAMES, linktype=1, big_endian=big_endian, nano=nano)
+    read = list(records(path))
+    assert [(linktype, data) for _, linktype, data in read] == [(1, frame) for _, frame in FRAMES]
+    assert [timestamp for timestamp, _, _ in read] == pytest.approx(
+        [timestamp for timestamp, _ in FRAMES], abs=1e-6
+    )
+
+
+def test_pcapng_interfaces_keep_their_link_types_and_resolutions(tmp_path: Path) -> None:
+    udp = ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2)
+    path = write_pcapng(
+        tmp_path / "a.pcapng",
+        [(1, 6), (276, 9), (101, 3)],
+        [
+            (0, START + 0.25, ethernet(udp)),
+            (1, START + 0.5, linux_sll2(udp)),
+            (1, START + 0.75, linux_sll2(udp)),
+            (2, START + 1.0, udp),
+            (0, START + 1.25, ethernet(udp)),
+        ],
+    )
+    read = list(records(path))
+    assert [linktype for _, linktype, _ in read] == [1, 276, 276, 101, 1]
+    assert [timestamp - START for timestamp, _, _ in read] == pytest.approx(
+        [0.25, 0.5, 0.75, 1.0, 1.25], abs=1e-6
+    )
+    assert read[3][2] == udp
+
+
+def test_gzip_is_told_by_magic_not_by_name(tmp_path: Path) -> None:
+    plain = write_pcap(tmp_path / "plain.pcap", FRAMES)
+    disguised = tmp_path / "compressed.pcap"  # gzip inside, no .gz
+    disguised.write_bytes(gzip.compress(plain.read_bytes()))
+    assert list(records(disguised)) == list(records(plain))
+    # Two gzip members in one file (e.g. appended by a rotating collector) read as one stream.
+    body = plain.read_bytes()
+    members = tmp_path / "members.pcap.gz"
+    members.write_bytes(gzip.compress(body[:100]) + gzip.compress(body[100:]))
+    assert list(records(members)) == list(records(plain))
+
+
+def test_truncated_file_keeps_the_records_before_the_damage() -> None:
+    capture = CaptureFile(DATA / "truncated.pcap", name="truncated.pcap")
+    packets = [packet for _, _, batch in capture.batches() for packet in batch]
+    assert len(packets) == len(two_pods_frames()) - 1
+    assert capture.report.packets == 7
+    assert capture.report.error == "TruncatedCapture"
+    assert capture.report.reason is not None and "record 8" in capture.report.reason
+    assert not capture.report.ok
+
+
+def test_truncated_gzip_keeps_what_was_decompressed(tmp_path: Path) -> None:
+    body = (DATA / "two-pods.pcap.gz").read_bytes()
+    cut = tmp_path / "cut.pcap.gz"
+    cut.write_bytes(body[: len(body) - 12])  # loses the gzip trailer and a little data
+    capture = CaptureFile(cut)
+    read = [packet for _, _, batch in capture.batches() for packet in batch]
+    assert capture.report.error == "TruncatedCapture"
+    assert 0 < len(read) <= 8
+    assert read == [frame for _, frame in two_pods_frames()][: len(read)]
+
+
+def test_garbage_is_malformed() -> None:
+    capture = CaptureFile(DATA / "garbage.pcap")
+    assert list(capture.batches()) == []
+    assert capture.report.error == "MalformedCapture"
+    assert capture.report.reason is not None and "not a pcap or pcapng" in capture.report.reason
+
+
+def test_corrupt_gzip_is_malformed(tmp_path: Path) -> None:
+    body = bytearray((DATA / "two-pods.pcap.gz").read_bytes())
+    body[40:60] = b"\xff" * 20
+    path = tmp_path / "corrupt.pcap.gz"
+    path.write_bytes(bytes(body))
+    capture = CaptureFile(path)
+    list(capture.batches())
+    assert capture.report.error in ("MalformedCapture", "TruncatedCapture")
+
+
+def test_an_impossible_record_length_is_malformed_after_the_good_records(tmp_path: Path) -> None:
+    good = write_pcap(tmp_path / "good.pcap", FRAMES).read_bytes()
+    # A third record header that claims 100 MB.
+    bad = good + (1).to_bytes(4, "little") * 2 + (100_000_000).to_bytes(4, "little") * 2 + b"x" * 64
+    path = tmp_path / "bad.pcap"
+    path.write_bytes(bad)
+    with pytest.raises(MalformedCapture, match="record 3 claims 100000000 bytes"):
+        for _ in records(path):
+            pass
+    capture = CaptureFile(path)
+    assert sum(len(batch) for _, _, batch in capture.batches()) == 2
+    assert capture.report.packets == 2
+
+
+def test_empty_and_header_only_files(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(b"")
+    with pytest.raises(TruncatedCapture, match="empty"):
+        list(records(empty))
+    header_only = write_pcap(tmp_path / "header.pcap", [])
+    assert list(records(header_only)) == []
+    capture = CaptureFile(header_only)
+    list(capture.batches())
+    assert capture.report.ok and capture.report.packets == 0
+
+
+def test_pcapng_cut_inside_a_block_keeps_earlier_packets(tmp_path: Path) -> None:
+    udp = ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2)
+    path = write_pcapng(tmp_path / "a.pcapng", [(101, 6)], [(0, START, udp), (0, START + 1, udp)])
+    path.write_bytes(path.read_bytes()[:-8])
+    capture = CaptureFile(path)
+    assert [len(batch) for _, _, batch in capture.batches()] == [1]
+    assert capture.report.error == "TruncatedCapture"
+
+
+def test_unreadable_file_is_reported(tmp_path: Path) -> None:
+    capture = CaptureFile(tmp_path / "missing.pcap")
+    assert list(capture.batches()) == []
+    assert capture.report.error == "CaptureError"
+
+
+def test_find_captures_knows_tcpdump_ring_names(tmp_path: Path) -> None:
+    names = [
+        "ns/pod/capture.pcap",
+        "ns/pod/capture.pcap0",
+        "ns/pod/capture.pcap01",
+        "ns/pod/capture.pcap1.gz",
+        "ns/pod/meta.json",
+        "b.pcapng",
+        "a.cap",
+        "c.pcapng.gz",
+        "notes.txt",
+        "capture.pcap.bak",
+    ]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = [path.relative_to(tmp_path).as_posix() for path in find_captures(tmp_path)]
+    assert found == [
+        "a.cap",
+        "b.pcapng",
+        "c.pcapng.gz",
+        "ns/pod/capture.pcap",
+        "ns/pod/capture.pcap0",
+        "ns/pod/capture.pcap01",
+        "ns/pod/capture.pcap1.gz",
+    ]
+
+
+def test_ring_name_groups_the_files_of_one_tcpdump() -> None:
+    assert ring_name("ns/pod/capture.pcap07.gz") == "ns/pod/capture.pcap"
+    assert ring_name("ns/pod/capture.pcap") == "ns/pod/capture.pcap"
+    assert ring_name("x/trace.pcapng3") == "x/trace.pcapng"
+    assert ring_name("other.pcap") == "other.pcap"
+
+
+def test_committed_fixtures_are_what_the_builders_write(tmp_path: Path) -> None:
+    write_fixtures(tmp_path)
+    for path in sorted(tmp_path.iterdir()):
+        assert path.read_bytes() == (DATA / path.name).read_bytes(), path.name
+
+
+def test_real_tcpdump_any_capture_is_linux_cooked_v2() -> None:
+    read = list(records(DATA / "tcpdump-any-loopback.pcap"))
+    assert {linktype for _, linktype, _ in read} == {276}
+    assert len(read) == 25
