@@ -1,0 +1,177 @@
+"""The lab and the analyser on microservices-demo (Online Boutique), with a summary.
+
+Runs the lab on examples/microservices-demo (its manifest and traffic plan) for a short window,
+analyses the bundle, prints who talks to whom and where the policies, the graph and the report
+are, and checks the policies against the lab's truth (every flow that happened is allowed,
+nothing else is, cluster DNS aside).
+
+Written to DIR (default demo-output):
+  DIR/bundle/     the lab's bundle (captures, snapshot.json, truth.json, ...)
+  DIR/policies/   NetworkPolicies per namespace, kustomization.yaml, graph.dot/svg, report.md
+
+Without root (the lab needs network namespaces) it analyses the bundle recorded in
+examples/microservices-demo/bundle/ instead, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from analyser.cli.main import PROG, ExitStatus
+from analyser.errors import LabError
+
+SUMMARY = "lab + analyse on microservices-demo, with a summary"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "microservices-demo"
+DEFAULT_OUT = Path("demo-output")
+DEFAULT_DURATION = 8.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help=f"where to write bundle/ and policies/ (default: {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=DEFAULT_DURATION,
+        metavar="S",
+        help=f"the lab's capture window in seconds (default: {DEFAULT_DURATION:g})",
+    )
+    parser.add_argument(
+        "--capture-mode",
+        choices=("handshake", "full"),
+        default="handshake",
+        help="the sidecar's capture mode in the lab (default: handshake)",
+    )
+    parser.add_argument(
+        "--recorded",
+        action="store_true",
+        help="analyse the recorded bundle in examples/ even when the lab could run",
+    )
+
+
+def _say(message: str) -> None:
+    print(f"{PROG} demo: {message}", file=sys.stderr)
+
+
+def _replace_bundle(path: Path) -> None:
+    """A bundle an earlier demo wrote is replaced; anything else is left alone."""
+    if not path.exists():
+        return
+    if not (path / "bundle.json").is_file():
+        raise LabError(f"{path} exists and is not a bundle: choose another --out")
+    shutil.rmtree(path)
+
+
+def _record(bundle: Path, args: argparse.Namespace) -> Path:
+    """Run the lab into ``bundle``; without root, fall back to the recorded bundle."""
+    from lab.running import LabOptions, run_lab
+    from webhook.capture import CaptureMode
+
+    recorded = EXAMPLE / "bundle"
+    if args.recorded or os.geteuid() != 0:
+        reason = "as asked" if args.recorded else "not root, so the lab cannot run"
+        _say(f"{reason}: analysing the recorded bundle {recorded}")
+        if not (recorded / "bundle.json").is_file():
+            raise LabError(f"no recorded bundle in {recorded} (is this a checkout of the repo?)")
+        return recorded
+    _replace_bundle(bundle)
+    _say(f"running the lab on microservices-demo for {args.duration:g}s")
+    result = run_lab(
+        LabOptions(
+            manifests=(EXAMPLE / "kubernetes-manifests.yaml",),
+            plan=EXAMPLE / "traffic.yaml",
+            out=bundle,
+            capture_mode=CaptureMode(args.capture_mode),
+            duration=args.duration,
+        ),
+        log=_say,
+    )
+    _say(f"lab done in {result.seconds:.1f}s: bundle in {bundle}")
+    return bundle
+
+
+def _edge_rows(graph: Any) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for client, server, attrs in graph.edges(data=True):
+        ports = attrs.get("ports") or {}
+        for spec, stats in sorted(ports.items()):
+            rows.append(
+                (
+                    str(graph.nodes[client].get("label") or client),
+                    str(graph.nodes[server].get("label") or server),
+                    f"{spec.port}/{spec.protocol}",
+                    str(stats.flows),
+                    ",".join(sorted(str(e) for e in stats.evidence)),
+                )
+            )
+    return sorted(rows)
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+def run(args: argparse.Namespace) -> int:
+    from analyser.analysing import GRAPH_DOT, GRAPH_SVG, REPORT, analyse, write_output
+    from analyser.bundles import open_bundle
+    from analyser.policysets import parse_policy_texts
+    from lab.checking import check_truth
+
+    out: Path = args.out
+    bundle_path = _record(out / "bundle", args)
+    bundle = open_bundle(bundle_path)
+    analysis = analyse(bundle)
+    policies_dir = out / "policies"
+    write_output(analysis.files, policies_dir)
+    for problem in analysis.problems:
+        _say(f"warning: {problem.path}: {problem.problem}")
+    print(
+        _table(("CLIENT", "SERVER", "PORT", "FLOWS", "DIRECTION FROM"), _edge_rows(analysis.graph))
+    )
+    print()
+    print(
+        f"{len(analysis.policy_files)} NetworkPolicies from {len(analysis.flows)} flows "
+        f"({analysis.traffic.packets} packets in {len(bundle.captures)} capture files)"
+    )
+    passed = True
+    truth_path = bundle_path / "truth.json"
+    if truth_path.is_file():
+        snapshot = json.loads(bundle.snapshot.read_text(encoding="utf-8"))
+        truth = json.loads(truth_path.read_text(encoding="utf-8"))
+        loaded = parse_policy_texts({p: analysis.files[p] for p in analysis.policy_files})
+        verdict = check_truth(snapshot, truth, loaded.policies)
+        print(
+            f"against the lab's truth: {verdict.flows - len(verdict.denied)}/{verdict.flows} "
+            f"flows that happened are allowed; "
+            f"{len(verdict.extra) or 'nothing'} allowed beyond them (cluster DNS aside)"
+        )
+        for line in [*verdict.denied, *verdict.extra]:
+            print(f"  {line}")
+        passed = verdict.passed
+    graph = policies_dir / (GRAPH_SVG if GRAPH_SVG in analysis.files else GRAPH_DOT)
+    print(f"policies: {policies_dir}/ (kubectl apply -k {policies_dir})")
+    print(f"graph:    {graph}")
+    print(f"report:   {policies_dir / REPORT}")
+    print(f"bundle:   {bundle_path}")
+    if not passed:
+        _say("the policies do not match what happened in the lab (see above)")
+        return ExitStatus.ERROR
+    return ExitStatus.OK
