@@ -1,0 +1,78 @@
+"""Fixtures for tests against a real control plane (etcd, kube-apiserver, kube-controller-manager).
+
+``control_plane`` is session-scoped and importable by any test under ``tests/e2e/``: it gives the
+kubeconfig path (``.kubeconfig``), the server URL (``.server``), an environment for kubectl and
+clients (``.env``), and ``.kubectl(...)`` / ``.kubectl_json(...)`` running the kubectl built
+with it.
+``namespace_factory`` makes namespaces (optionally labelled) that are deleted after the test.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import pytest
+from controlplane import ControlPlane, ControlPlaneError, NamespaceFactory, build
+
+
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # A CI timeout or `kill` ends the run like Ctrl-C does, so session finalizers still run.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def control_plane_binaries(pytestconfig: pytest.Config) -> Path:
+    """The built binaries (built now if the cache lacks them; prints how long that took)."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    try:
+        with capture.global_and_fixture_disabled():
+            return build()
+    except ControlPlaneError as error:
+        pytest.fail(f"cannot build the control plane: {error}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def control_plane(control_plane_binaries: Path) -> Iterator[ControlPlane]:
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    plane = ControlPlane(bin_dir=control_plane_binaries)
+    # Backstop for exits that skip fixture teardown; stop() is idempotent.
+    atexit.register(plane.stop)
+    try:
+        plane.start()
+    except ControlPlaneError as error:
+        pytest.fail(f"cannot start the control plane: {error}", pytrace=False)
+    try:
+        yield plane
+    finally:
+        plane.stop()
+        atexit.unregister(plane.stop)
+        signal.signal(signal.SIGTERM, previous)
+
+
+_namespace_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def namespace_factory(control_plane: ControlPlane) -> Iterator[NamespaceFactory]:
+    """``make(prefix, labels={...})`` → the name of a new namespace whose default
+    ServiceAccount exists (pods are admitted only then); all are deleted after the test."""
+    made: list[str] = []
+
+    def make(prefix: str, *, labels: dict[str, str] | None = None) -> str:
+        name = f"{prefix}-{next(_namespace_numbers)}"
+        control_plane.kubectl("create", "namespace", name)
+        made.append(name)
+        if labels:
+            pairs = [f"{key}={value}" for key, value in labels.items()]
+            control_plane.kubectl("label", "namespace", name, *pairs)
+        control_plane.wait_for_default_service_account(name)
+        return name
+
+    yield make
+    for name in made:
+        control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
