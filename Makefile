@@ -10,7 +10,7 @@ APT_PACKAGES := tcpdump iproute2 iptables graphviz procps kmod
 APT_COMMANDS := tcpdump ip iptables dot
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv lint test unit lab-test e2e demo bench clean
+.PHONY: help system-deps venv lint test unit lab-test e2e control-plane demo bench clean
 
 help:
 	@echo "make demo    set up and run the lab + analyser on microservices-demo"
@@ -45,7 +45,7 @@ define run_pytest
 	if [ $$status -eq 5 ]; then echo "pytest ran no test: failing" >&2; exit 1; fi; exit $$status
 endef
 
-test: system-deps venv lint
+test: system-deps venv lint control-plane
 	$(call run_pytest,)
 
 unit: venv
@@ -54,8 +54,13 @@ unit: venv
 lab-test: system-deps venv
 	$(call run_pytest,-m lab)
 
-e2e: system-deps venv
+e2e: system-deps venv control-plane
 	$(call run_pytest,-m e2e)
+
+# etcd, kube-apiserver, kube-controller-manager and kubectl for the e2e tests: built from source once
+# per machine into /var/cache/netpol-sniffer (Go needed), reused after; prints the build time.
+control-plane: venv
+	$(BIN)/python tests/e2e/controlplane.py build
 
 demo: system-deps venv
 	$(BIN)/netpol-sniffer demo

@@ -43,7 +43,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 KUBERNETES_VERSION = "v1.34.4"
 # The etcd release that this Kubernetes release pins in its own go.mod.
 ETCD_VERSION = "v3.6.4"
-CACHE_ROOT = Path(os.environ.get("NETPOL_SNIFFER_CACHE", "/var/cache/netpol-sniffer"))
+CACHE_ROOT = Path(
+    os.environ.get("NETPOL_SNIFFER_CACHE")
+    or ("/var/cache/netpol-sniffer" if os.geteuid() == 0 else "~/.cache/netpol-sniffer")
+).expanduser()
+# Where the Go toolchain lives when it is not on PATH (as installed on the project's machines).
+GO_FALLBACK = Path("/usr/local/go/bin/go")
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 _PACKAGES = {
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
@@ -136,10 +141,16 @@ def build(version: str = KUBERNETES_VERSION, root: Path = CACHE_ROOT) -> Path:
     if all((target / name).is_file() for name in BINARIES):
         print(f"control plane {version} (etcd {ETCD_VERSION}): cached in {target}", flush=True)
         return target
-    if shutil.which("go") is None:
+    go = shutil.which("go") or (str(GO_FALLBACK) if GO_FALLBACK.is_file() else None)
+    if go is None:
         raise ControlPlaneError("building the control plane needs the Go toolchain (`go`)")
     started = time.monotonic()
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": f"-p={GO_PARALLEL} -mod=mod"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(go).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "CGO_ENABLED": "0",
+        "GOFLAGS": f"-p={GO_PARALLEL} -mod=mod",
+    }
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="netpol-sniffer-k8s-build-") as work_name:
         work = Path(work_name)
