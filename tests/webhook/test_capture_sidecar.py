@@ -8,13 +8,13 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import dpkt
 import pytest
 
 from analyser.snapshot import parse_capture_meta
@@ -109,6 +109,19 @@ def test_no_command_is_an_error(tmp_path: Path) -> None:
     assert "no command" in result.stderr
 
 
+def pcap_records(data: bytes) -> int:
+    """How many whole records a classic pcap file holds (its 24-byte header, then records of a
+    16-byte header and incl_len bytes)."""
+    assert data[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4"), "not a pcap file"
+    order = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+    offset, count = 24, 0
+    while offset + 16 <= len(data):
+        (captured,) = struct.unpack_from(f"{order}I", data, offset + 8)
+        offset += 16 + captured
+        count += offset <= len(data)
+    return count
+
+
 def _capture_with(capabilities: list[str], tmp_path: Path) -> tuple[int, str, Path]:
     """Run the sidecar's entrypoint + tcpdump argv on loopback with only these capabilities (as
     root, no_new_privs), make a TCP handshake, stop it; → (exit status, stderr, captures dir)."""
@@ -171,9 +184,7 @@ def test_tcpdump_runs_with_exactly_the_sidecars_capabilities(tmp_path: Path) -> 
     _, stderr, captures = _capture_with(security["capabilities"]["add"], tmp_path)
     files = sorted(captures.glob("capture.pcap*"))
     assert files, stderr
-    with files[0].open("rb") as handle:
-        records = list(dpkt.pcap.Reader(handle))
-    assert records, stderr  # at least the SYN of the handshake
+    assert pcap_records(files[0].read_bytes()) >= 1, stderr  # at least the SYN
     assert json.loads((captures / "meta.json").read_text())["capture_mode"] == "handshake"
 
 
