@@ -1,0 +1,74 @@
+"""dns: answers → IP ↔ names with times; CNAME chains give every name; tables merge."""
+
+from __future__ import annotations
+
+import struct
+
+from analyser.dns import CLOCK_SKEW, DnsName, DnsTable
+from analyser.packets import DnsFault, DnsResponse
+from tests.analyser.packet_builders import dns_response
+
+CHAIN = DnsResponse(
+    "www.shop.example",
+    (("edge.cdn.example", "192.0.2.7"), ("edge.cdn.example", "2001:db8::7")),
+    (("www.shop.example", "shop.example"), ("shop.example", "edge.cdn.example")),
+)
+
+
+def test_a_cname_chain_names_the_address_with_every_name_on_it() -> None:
+    table = DnsTable()
+    table.add(CHAIN, at=100.0)
+    expected = ("edge.cdn.example", "shop.example", "www.shop.example")
+    assert table.names_for("192.0.2.7") == expected
+    assert table.names_for("2001:db8::7") == expected
+    assert table.names_for("192.0.2.8") == ()
+
+
+def test_unrelated_aliases_do_not_leak_onto_an_address() -> None:
+    response = DnsResponse(
+        "a.example",
+        (("a.example", "192.0.2.1"),),
+        (("other.example", "elsewhere.example"),),
+    )
+    table = DnsTable()
+    table.add(response, at=1.0)
+    assert table.names_for("192.0.2.1") == ("a.example",)
+
+
+def test_names_for_a_time_only_uses_answers_seen_by_then() -> None:
+    table = DnsTable()
+    table.add(DnsResponse("old.example", (("old.example", "192.0.2.1"),), ()), at=100.0)
+    table.add(DnsResponse("new.example", (("new.example", "192.0.2.1"),), ()), at=200.0)
+    assert table.names_for("192.0.2.1", at=150.0) == ("old.example",)
+    assert table.names_for("192.0.2.1", at=200.0 - CLOCK_SKEW / 2) == ("new.example", "old.example")
+    assert table.names_for("192.0.2.1", at=50.0) == ()
+    assert table.names_for("192.0.2.1") == ("new.example", "old.example")
+
+
+def test_merge_keeps_first_and_last_and_iteration_is_sorted() -> None:
+    early, late = DnsTable(), DnsTable()
+    early.add(CHAIN, at=100.0)
+    late.add(CHAIN, at=300.0)
+    late.add(DnsResponse("a.example", (("a.example", "10.0.0.1"),), ()), at=250.0)
+    merged = DnsTable()
+    merged.merge(late)
+    merged.merge(early)
+    entries = list(merged)
+    assert entries[0] == DnsName("10.0.0.1", "a.example", 250.0, 250.0)
+    assert DnsName("192.0.2.7", "shop.example", 100.0, 300.0) in entries
+    assert entries == sorted(entries)
+    assert len(merged) == 3
+
+
+def test_payloads_over_udp_and_tcp_and_faults() -> None:
+    answer = dns_response("a.example", [("a.example", "A", "192.0.2.1")])
+    table = DnsTable()
+    assert table.add_payload(answer, over_tcp=False, at=1.0) is None
+    framed = struct.pack("!H", len(answer)) + answer
+    assert table.add_payload(framed, over_tcp=True, at=2.0) is None
+    assert list(table) == [DnsName("192.0.2.1", "a.example", 1.0, 2.0)]
+    assert table.add_payload(answer[:20], over_tcp=False, at=3.0) is DnsFault.TRUNCATED
+    assert table.add_payload(b"\x00\x01\x81\x80" + b"\xff" * 30, over_tcp=False, at=3.0) in (
+        DnsFault.MALFORMED,
+        DnsFault.TRUNCATED,
+    )

@@ -1,0 +1,181 @@
+"""flows: conversations merged over captures without double counting, and oriented by handshake,
+then by a known listener, then by port heuristics."""
+
+from __future__ import annotations
+
+from analyser.flows import (
+    ROLE_ACCEPTOR,
+    ROLE_OPENER,
+    Conversation,
+    ConversationTable,
+    DirectedTraffic,
+    Endpoint,
+    Evidence,
+    Protocol,
+    handshake_role,
+    orient,
+)
+
+CLIENT = Endpoint("10.1.0.5", 40002)
+SERVER = Endpoint("10.1.0.9", 8080)
+
+
+def _directed(
+    source: Endpoint,
+    destination: Endpoint,
+    *,
+    packets: int = 3,
+    size: int = 300,
+    roles: int = 0,
+    first: float = 10.0,
+    last: float = 11.0,
+    protocol: Protocol = Protocol.TCP,
+) -> DirectedTraffic:
+    return DirectedTraffic(protocol, source, destination, first, last, packets, size, roles)
+
+
+def _conversation(
+    a: Endpoint,
+    b: Endpoint,
+    *,
+    protocol: Protocol = Protocol.TCP,
+    opened_by: Endpoint | None = None,
+) -> Conversation:
+    low, high = sorted((a, b))
+    return Conversation(protocol, low, high, 1.0, 2.0, 4, 400, frozenset({"x.pcap"}), opened_by)
+
+
+def test_handshake_roles_of_tcp_and_sctp() -> None:
+    assert handshake_role(6, 0x02) == ROLE_OPENER
+    assert handshake_role(6, 0x12) == ROLE_ACCEPTOR
+    assert handshake_role(6, 0x10) == 0
+    assert handshake_role(6, 0x11) == 0  # FIN+ACK
+    assert handshake_role(132, 1) == ROLE_OPENER
+    assert handshake_role(132, 2) == ROLE_ACCEPTOR
+    assert handshake_role(17, 2) == 0
+
+
+def test_both_ends_captures_make_one_conversation_counted_once() -> None:
+    table = ConversationTable()
+    # The client's capture and the server's capture saw the same 5 packets each way.
+    for capture in ("ns/client/capture.pcap", "ns/server/capture.pcap"):
+        table.add_capture(
+            capture,
+            capture,
+            [
+                _directed(CLIENT, SERVER, packets=5, size=500, roles=ROLE_OPENER, first=10.0),
+                _directed(SERVER, CLIENT, packets=4, size=4000, roles=ROLE_ACCEPTOR, last=12.0),
+            ],
+        )
+    (conversation,) = table.conversations()
+    assert conversation.packets == 9
+    assert conversation.bytes == 4500
+    assert conversation.captures == {"ns/client/capture.pcap", "ns/server/capture.pcap"}
+    assert (conversation.first_seen, conversation.last_seen) == (10.0, 12.0)
+    assert conversation.opened_by == CLIENT
+
+
+def test_files_of_one_ring_are_summed() -> None:
+    table = ConversationTable()
+    table.add_capture("p/capture.pcap0", "p/capture.pcap", [_directed(CLIENT, SERVER, packets=2)])
+    table.add_capture("p/capture.pcap1", "p/capture.pcap", [_directed(CLIENT, SERVER, packets=3)])
+    table.add_capture("q/capture.pcap", "q/capture.pcap", [_directed(SERVER, CLIENT, packets=4)])
+    (conversation,) = table.conversations()
+    assert conversation.packets == 5  # the ring saw 2 + 3, more than the other capture's 4
+
+
+def test_merging_tables_is_order_independent() -> None:
+    parts = []
+    for index in range(3):
+        part = ConversationTable()
+        part.add_capture(
+            f"c{index}.pcap",
+            "ring",
+            [_directed(CLIENT, SERVER, packets=index + 1, first=10.0 - index, last=11.0 + index)],
+        )
+        parts.append(part)
+    forward, backward = ConversationTable(), ConversationTable()
+    for part in parts:
+        forward.merge(part)
+    for part in reversed(parts):
+        backward.merge(part)
+    assert forward.conversations() == backward.conversations()
+    (conversation,) = forward.conversations()
+    assert (conversation.packets, conversation.first_seen, conversation.last_seen) == (6, 8.0, 13.0)
+
+
+def test_syn_ack_alone_names_the_client() -> None:
+    table = ConversationTable()
+    table.add_capture("s.pcap", "s.pcap", [_directed(SERVER, CLIENT, roles=ROLE_ACCEPTOR)])
+    assert table.conversations()[0].opened_by == CLIENT
+
+
+def test_service_case_keeps_both_five_tuples() -> None:
+    cluster_ip = Endpoint("10.96.0.20", 80)
+    table = ConversationTable()
+    table.add_capture("c.pcap", "c.pcap", [_directed(CLIENT, cluster_ip, roles=ROLE_OPENER)])
+    table.add_capture("s.pcap", "s.pcap", [_directed(CLIENT, SERVER, roles=ROLE_OPENER)])
+    flows = orient(table.conversations(), None)
+    assert [(flow.client, flow.server) for flow in flows] == [
+        (CLIENT, SERVER),
+        (CLIENT, cluster_ip),
+    ]
+
+
+def test_orientation_by_handshake_beats_the_oracle_and_ports() -> None:
+    # The "client" uses port 80 and the "server" an ephemeral port: only the SYN tells the truth.
+    odd_client, odd_server = Endpoint("10.0.0.1", 80), Endpoint("10.0.0.2", 50000)
+    (flow,) = orient([_conversation(odd_client, odd_server, opened_by=odd_client)], lambda *_: True)
+    assert (flow.client, flow.server, flow.evidence) == (odd_client, odd_server, Evidence.HANDSHAKE)
+
+
+def test_orientation_by_known_listener() -> None:
+    # Neither port is well known; the snapshot says 10.1.0.9 listens on 31000/UDP.
+    a, b = Endpoint("10.1.0.5", 30000), Endpoint("10.1.0.9", 31000)
+    asked: list[tuple[Endpoint, Protocol, float]] = []
+
+    def listens(endpoint: Endpoint, protocol: Protocol, at: float) -> bool:
+        asked.append((endpoint, protocol, at))
+        return endpoint == b
+
+    (flow,) = orient([_conversation(a, b, protocol=Protocol.UDP)], listens)
+    assert (flow.client, flow.server, flow.evidence) == (a, b, Evidence.KNOWN_LISTENER)
+    assert (b, Protocol.UDP, 1.0) in asked
+
+
+def test_an_oracle_that_says_yes_to_both_falls_back_to_heuristics() -> None:
+    a, b = Endpoint("10.0.0.1", 5432), Endpoint("10.0.0.2", 41000)
+    (flow,) = orient([_conversation(a, b)], lambda *_: True)
+    assert (flow.server, flow.evidence) == (a, Evidence.HEURISTIC)
+
+
+def test_heuristics() -> None:
+    cases = [
+        # (one end, other end, expected server)
+        (Endpoint("10.0.0.1", 53), Endpoint("10.0.0.2", 40000), Endpoint("10.0.0.1", 53)),
+        (Endpoint("10.0.0.1", 45000), Endpoint("10.0.0.2", 6379), Endpoint("10.0.0.2", 6379)),
+        (Endpoint("10.0.0.1", 12000), Endpoint("10.0.0.2", 50000), Endpoint("10.0.0.1", 12000)),
+        (Endpoint("10.0.0.1", 20000), Endpoint("10.0.0.2", 15000), Endpoint("10.0.0.2", 15000)),
+        (Endpoint("10.0.0.1", 443), Endpoint("10.0.0.2", 8080), Endpoint("10.0.0.1", 443)),
+        (Endpoint("10.0.0.2", 123), Endpoint("10.0.0.1", 123), Endpoint("10.0.0.1", 123)),
+    ]
+    for one, other, server in cases:
+        (flow,) = orient([_conversation(one, other, protocol=Protocol.UDP)], None)
+        assert (flow.server, flow.evidence) == (server, Evidence.HEURISTIC), (one, other)
+        assert flow.client == (other if server == one else one)
+
+
+def test_flows_are_sorted_and_keep_the_counts() -> None:
+    conversations = [
+        _conversation(Endpoint("10.0.0.9", 40000), Endpoint("10.0.0.1", 80)),
+        _conversation(Endpoint("10.0.0.2", 40000), Endpoint("10.0.0.1", 53), protocol=Protocol.UDP),
+        _conversation(Endpoint("10.0.0.3", 40000), Endpoint("10.0.0.1", 80)),
+    ]
+    flows = orient(conversations, None)
+    assert [(flow.protocol, flow.client.ip) for flow in flows] == [
+        (Protocol.TCP, "10.0.0.3"),
+        (Protocol.TCP, "10.0.0.9"),
+        (Protocol.UDP, "10.0.0.2"),
+    ]
+    assert all((flow.packets, flow.bytes) == (4, 400) for flow in flows)
+    assert flows == orient(list(reversed(conversations)), None)

@@ -1,0 +1,188 @@
+"""reading: files → Traffic, damaged files reported without stopping the run, the same result
+for any number of workers, and a real ``tcpdump -i any`` capture (root)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from analyser.flows import Endpoint, Evidence, Protocol, orient
+from analyser.reading import read_captures
+from analyser.sources import find_captures
+from tests.analyser.packet_builders import (
+    CLIENT,
+    DNS_SERVER,
+    EXTERNAL,
+    FRAMERS,
+    PEER,
+    TCP_ACK,
+    TCP_SYN,
+    dns_response,
+    gzip_file,
+    ip_packet,
+    write_pcap,
+    write_pcapng,
+)
+from webhook.capture import CaptureOptions, tcpdump_argv
+
+DATA = Path(__file__).parent.parent / "data"
+# two-pods.pcap itself is left out: its gzip copy has the same ring name (one vantage point),
+# so the two would be summed like the files of one tcpdump ring.
+FIXTURES = ["garbage.pcap", "truncated.pcap", "two-interfaces.pcapng", "two-pods.pcap.gz"]
+
+
+def test_fixtures_end_to_end() -> None:
+    traffic = read_captures([DATA / name for name in FIXTURES], root=DATA, workers=1)
+    assert [(report.path, report.error, report.packets) for report in traffic.reports] == [
+        ("garbage.pcap", "MalformedCapture", 0),
+        ("truncated.pcap", "TruncatedCapture", 7),
+        ("two-interfaces.pcapng", None, 2),
+        ("two-pods.pcap.gz", None, 8),
+    ]
+    assert traffic.packets == 17
+    assert traffic.skipped == {"not_ip": 1}  # the ARP frame
+    flows = orient(traffic.conversations, None)
+    summary = [(f.protocol, str(f.client), str(f.server), f.evidence, f.packets) for f in flows]
+    assert summary == [
+        (Protocol.TCP, f"{CLIENT}:40002", f"{EXTERNAL}:443", Evidence.HANDSHAKE, 4),
+        (Protocol.TCP, f"{CLIENT}:40010", f"{PEER}:8080", Evidence.HANDSHAKE, 2),
+        (Protocol.UDP, f"{CLIENT}:40001", f"{DNS_SERVER}:53", Evidence.HEURISTIC, 2),
+        (Protocol.UDP, f"{CLIENT}:40003", f"{PEER}:8125", Evidence.HEURISTIC, 1),
+    ]
+    # Seen by two files (the truncated copy lost only the ARP frame), counted once.
+    assert flows[0].captures == {"truncated.pcap", "two-pods.pcap.gz"}
+    assert flows[1].first_seen == pytest.approx(1_700_000_001.0)
+    assert flows[1].last_seen == pytest.approx(1_700_000_001.5)
+    names = ("api.example.com", "edge.example.net")
+    assert traffic.dns.names_for(EXTERNAL) == names
+    assert traffic.dns.names_for("2001:db8::7", at=1_700_000_000.001) == names
+
+
+def test_dns_over_tcp_in_a_capture(tmp_path: Path) -> None:
+    answer = dns_response("db.example", [("db.example", "A", "192.0.2.44")])
+    framed = len(answer).to_bytes(2, "big") + answer
+    frames = [
+        (5.0, ip_packet("10.0.0.53", "10.0.0.1", "tcp", 53, 41000, flags=TCP_ACK, payload=framed)),
+        (6.0, ip_packet("10.0.0.53", "10.0.0.1", "tcp", 53, 41000, flags=TCP_ACK, payload=b"\x00")),
+    ]
+    path = write_pcap(tmp_path / "tcp-dns.pcap", frames, linktype=101)
+    traffic = read_captures([path], root=tmp_path, workers=1)
+    assert traffic.dns.names_for("192.0.2.44") == ("db.example",)
+    assert traffic.dns_faults == {"truncated": 1}
+
+
+def _random_captures(directory: Path, count: int) -> list[Path]:
+    """Files of every link type with overlapping random traffic, pcap, pcapng and gzip."""
+    rng = random.Random(1)
+    paths = []
+    hosts = [f"10.2.0.{index}" for index in range(1, 6)] + ["fd00::a", "fd00::b"]
+    for index in range(count):
+        linktype = sorted(FRAMERS)[index % len(FRAMERS)]
+        frames = []
+        for number in range(300):
+            v6 = rng.random() < 0.3
+            src, dst = rng.sample(hosts[5:] if v6 else hosts[:5], 2)
+            protocol = rng.choice(["tcp", "udp", "sctp"])
+            packet = ip_packet(
+                src,
+                dst,
+                protocol,
+                rng.choice([80, 53, 5432, 40000 + rng.randrange(5)]),
+                rng.choice([80, 53, 5432, 40000 + rng.randrange(5)]),
+                flags=rng.choice([TCP_SYN, TCP_SYN | TCP_ACK, TCP_ACK]),
+                chunk=rng.choice([0, 1, 2]),
+            )
+            frames.append((1000.0 + number * 0.01 + index, FRAMERS[linktype](packet)))
+        pod = directory / f"pod{index}"
+        pod.mkdir()
+        if index % 3 == 1:
+            records = [(0, timestamp, frame) for timestamp, frame in frames]
+            path = write_pcapng(pod / "capture.pcapng", [(linktype, 6)], records)
+        else:
+            path = write_pcap(pod / "capture.pcap0", frames, linktype=linktype)
+            if index % 3 == 2:
+                path = gzip_file(path, pod / "capture.pcap0.gz")
+        paths.append(path)
+    return paths
+
+
+def test_parallel_and_serial_reads_agree(tmp_path: Path) -> None:
+    paths = _random_captures(tmp_path, 6)
+    progress: list[int] = []
+    serial = read_captures(paths, root=tmp_path, workers=1, on_progress=progress.append)
+    parallel = read_captures(paths, root=tmp_path, workers=2)
+    assert serial.conversations == parallel.conversations
+    assert list(serial.dns) == list(parallel.dns)
+    assert serial.reports == parallel.reports
+    assert (serial.packets, serial.counted, serial.skipped) == (
+        parallel.packets,
+        parallel.counted,
+        parallel.skipped,
+    )
+    assert serial.packets == 1800
+    assert len(serial.conversations) > 20
+    assert sum(progress) == sum(path.stat().st_size for path in paths)
+    assert orient(serial.conversations, None) == orient(parallel.conversations, None)
+
+
+def test_no_files_give_empty_traffic(tmp_path: Path) -> None:
+    traffic = read_captures([], root=tmp_path)
+    assert (traffic.conversations, traffic.reports, traffic.packets) == ((), (), 0)
+
+
+def _free_port(kind: socket.SocketKind) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.root
+def test_real_tcpdump_any_on_loopback(tmp_path: Path) -> None:
+    """The sidecar's own tcpdump command line, on the host's loopback: Linux cooked v2, ring
+    file names, and flows with the right direction."""
+    if shutil.which("tcpdump") is None:
+        pytest.fail("tcpdump is not installed (make test installs it)")
+    argv = tcpdump_argv(CaptureOptions(directory=str(tmp_path), rotate_files=3))
+    tcp_port, udp_port = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
+    # Only our own ports: the machine's other traffic is none of this test's business.
+    argv[-1] = f"({argv[-1]}) and (port {tcp_port} or port {udp_port})"
+    tcpdump = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    try:
+        assert tcpdump.stderr is not None
+        greeting = [tcpdump.stderr.readline() for _ in range(2)]
+        assert any("listening on" in line for line in greeting), greeting
+        time.sleep(0.5)
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", tcp_port))
+            server.listen()
+            accepted = threading.Thread(target=lambda: server.accept()[0].close())
+            accepted.start()
+            with socket.create_connection(("127.0.0.1", tcp_port)) as client:
+                client_port = client.getsockname()[1]
+                client.sendall(b"hello")
+            accepted.join(timeout=5)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"ping", ("127.0.0.1", udp_port))
+            udp_client_port = sender.getsockname()[1]
+        time.sleep(1)
+    finally:
+        tcpdump.terminate()
+        tcpdump.wait(timeout=10)
+    paths = find_captures(tmp_path)
+    assert [path.name for path in paths] == ["capture.pcap0"]
+    traffic = read_captures(paths, root=tmp_path, workers=1)
+    assert traffic.reports[0].ok, traffic.reports[0]
+    udp_server = Endpoint("127.0.0.1", udp_port)
+    flows = orient(traffic.conversations, lambda endpoint, *_: endpoint == udp_server)
+    found = {(flow.protocol, str(flow.client), str(flow.server), flow.evidence) for flow in flows}
+    assert found == {
+        (Protocol.TCP, f"127.0.0.1:{client_port}", f"127.0.0.1:{tcp_port}", Evidence.HANDSHAKE),
+        (Protocol.UDP, f"127.0.0.1:{udp_client_port}", str(udp_server), Evidence.KNOWN_LISTENER),
+    }
