@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from tests.webhook.podchecks import DATA
 from webhook.admission import admit
 from webhook.app import main
 from webhook.settings import WebhookSettings
+from webhook.tls import TlsReloader
 
 HOST = "127.0.0.1"
 
@@ -218,3 +220,18 @@ def test_bad_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[
     }
     assert main(argv, environ=environ) == 2
     assert f"{config}: captureMode must be one of handshake, full" in capsys.readouterr().err
+
+
+def test_reloader_polls_and_reports_expiry(tmp_path: Path) -> None:
+    make_certs(tmp_path, names=["localhost"], days=1)
+    reloaded: list[int] = []
+    reloader = TlsReloader(
+        tmp_path / "tls.crt", tmp_path / "tls.key", on_reload=lambda i: reloaded.append(i.serial)
+    )
+    assert reloader.poll() is False  # nothing changed
+    now = datetime.now(UTC)
+    assert reloader.is_valid(now) and not reloader.is_valid(now + timedelta(days=2))
+    make_certs(tmp_path, names=["localhost"], reuse_ca=True)
+    assert reloader.poll() is True
+    assert reloaded == [reloader.info.serial]
+    assert reloader.is_valid(now + timedelta(days=2))
