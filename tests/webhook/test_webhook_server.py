@@ -4,6 +4,7 @@ Each server is the real ``netpol-sniffer-webhook`` process (``python -m webhook.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -23,7 +24,8 @@ from cryptography import x509
 from certs.make_certs import LOOPBACK_NAMES, make_certs
 from tests.webhook.podchecks import DATA
 from webhook.admission import admit
-from webhook.app import main
+from webhook.app import create_app, main
+from webhook.metrics import create_metrics
 from webhook.settings import WebhookSettings
 from webhook.tls import TlsReloader
 
@@ -235,3 +237,27 @@ def test_reloader_polls_and_reports_expiry(tmp_path: Path) -> None:
     assert reloader.poll() is True
     assert reloaded == [reloader.info.serial]
     assert reloader.is_valid(now + timedelta(days=2))
+
+
+def test_a_bug_in_admission_still_allows_the_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(body: bytes, settings: WebhookSettings) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("webhook.app.admit", broken)
+    metrics = create_metrics()
+    app = create_app(WebhookSettings(), metrics=metrics)
+    review = (DATA / "deployment-pod.json").read_bytes()
+
+    async def post(body: bytes) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://webhook") as client:
+            return await client.post("/mutate", content=body)
+
+    answer = asyncio.run(post(review))
+    assert answer.status_code == 200
+    response = answer.json()["response"]
+    assert response["allowed"] is True and "patch" not in response
+    assert response["uid"] == json.loads(review)["request"]["uid"]
+    assert asyncio.run(post(b"{}")).status_code == 400
+    errors = metrics.registry.get_sample_value("netpol_sniffer_errors_total", {"kind": "internal"})
+    assert errors == 2
