@@ -1,0 +1,265 @@
+"""How fast captures are read, against the seed's tshark method and tcpdump (the C limit).
+
+Builds a Linux cooked v2 capture (what the sidecar's ``tcpdump -i any`` writes) of at least
+1,000,000 packets: many TCP and UDP flows, IPv4 and some IPv6, handshakes and data, 512-byte
+snap length. Then, in the same run, prints packets per second for:
+
+- ``read_captures`` + ``orient`` with one worker, and with all workers over several files;
+- the seed's method: ``tshark -r FILE -T fields -e ip.src -e ip.dst ...`` (skipped, with a
+  message, when tshark is absent: ``make bench`` installs it);
+- ``tcpdump -r FILE -n 'tcp or udp' > /dev/null``, and ``tcpdump -r FILE -w /dev/null 'tcp or udp'``
+  (reading and BPF filtering without printing: the C limit);
+
+and the peak RSS of a process that reads 1× and 4× the capture (each in a fresh subprocess).
+Prints figures, asserts nothing.
+
+    python bench/analyse_throughput.py [--packets 1000000] [--files 4] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from analyser.flows import orient
+from analyser.reading import read_captures
+
+LINKTYPE_LINUX_SLL2 = 276
+SNAPLEN = 512
+
+
+def _sll2(ethertype: int) -> bytes:
+    return struct.pack("!HHIHBB8s", ethertype, 0, 2, 1, 0, 6, b"\x02\x42\xac\x11\x00\x02\x00\x00")
+
+
+def _ipv4(src: bytes, dst: bytes, protocol: int, segment: bytes, length: int) -> bytes:
+    return (
+        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 1, 0x4000, 64, protocol, 0, src, dst)
+        + segment
+    )
+
+
+def _ipv6(src: bytes, dst: bytes, protocol: int, segment: bytes, length: int) -> bytes:
+    return struct.pack("!IHBB16s16s", 6 << 28, length, protocol, 64, src, dst) + segment
+
+
+def _tcp(sport: int, dport: int, flags: int, payload: int) -> tuple[bytes, int]:
+    header = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65535, 0, 0)
+    return header + b"\x00" * min(payload, 64), 20 + payload
+
+
+def _udp(sport: int, dport: int, payload: int | bytes) -> tuple[bytes, int]:
+    """A UDP header with ``payload`` (bytes, or a size: zeros, at most 64 captured)."""
+    if isinstance(payload, bytes):
+        return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload, 8 + len(payload)
+    header = struct.pack("!HHHH", sport, dport, 8 + payload, 0)
+    return header + b"\x00" * min(payload, 64), 8 + payload
+
+
+def _dns(ident: int, name: str, address: bytes, *, response: bool) -> bytes:
+    """A DNS query for ``name`` or its response with one A record."""
+    question = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+    question += struct.pack("!HH", 1, 1)
+    if not response:
+        return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question
+    answer = struct.pack("!HHHIH", 0xC00C, 1, 1, 30, 4) + address
+    return struct.pack("!HHHHHH", ident, 0x8180, 1, 1, 0, 0) + question + answer
+
+
+def _frames(flows: int, rng: random.Random) -> list[bytes]:
+    """For each flow: its packets in order (handshake, data both ways), as captured frames."""
+    servers = [(80, 6), (443, 6), (8080, 6), (5432, 6), (6379, 6), (53, 17), (9000, 17)]
+    frames: list[bytes] = []
+    for index in range(flows):
+        v6 = index % 10 == 0
+        client_ip = (
+            socket.inet_pton(socket.AF_INET6, f"fd00::{index // 65536:x}:{index % 65536:x}")
+            if v6
+            else socket.inet_aton(f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}")
+        )
+        server_ip = (
+            socket.inet_pton(socket.AF_INET6, "fd00::1:1")
+            if v6
+            else socket.inet_aton(f"10.96.{index % 16}.1")
+        )
+        port, protocol = servers[index % len(servers)]
+        client_port = 32768 + rng.randrange(28000)
+        ip = _ipv6 if v6 else _ipv4
+        ethertype = 0x86DD if v6 else 0x0800
+        link = _sll2(ethertype)
+        if protocol == 6:
+            packets = [
+                (True, _tcp(client_port, port, 0x02, 0)),
+                (False, _tcp(port, client_port, 0x12, 0)),
+                (True, _tcp(client_port, port, 0x10, 0)),
+                (True, _tcp(client_port, port, 0x18, 300)),
+                (False, _tcp(port, client_port, 0x18, 1200)),
+                (True, _tcp(client_port, port, 0x11, 0)),
+            ]
+        elif port == 53:
+            name = f"service-{index % 50}.example.com"
+            address = socket.inet_aton(f"192.0.2.{index % 50}")
+            query, answer = (_dns(index % 65536, name, address, response=r) for r in (False, True))
+            packets = [(True, _udp(client_port, 53, query)), (False, _udp(53, client_port, answer))]
+        else:
+            packets = [(True, _udp(client_port, port, 60)), (False, _udp(port, client_port, 200))]
+        for forward, (segment, length) in packets:
+            src, dst = (client_ip, server_ip) if forward else (server_ip, client_ip)
+            frames.append(link + ip(src, dst, protocol, segment, length))
+    return frames
+
+
+def build_capture(path: Path, packets: int, *, flows: int, seed: int = 7) -> int:
+    """A pcap of ``packets`` packets, 1 ms apart: the packets of ``flows`` flows, repeated as
+    often as needed (long-lived traffic); returns the count."""
+    frames = _frames(flows, random.Random(seed))
+    header = struct.Struct("<IIII")
+    written = 0
+    with path.open("wb") as stream:
+        stream.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, LINKTYPE_LINUX_SLL2))
+        buffer = bytearray()
+        while written < packets:
+            for frame in frames[: packets - written]:
+                moment = 1_700_000_000_000 + written  # milliseconds
+                buffer += header.pack(moment // 1000, moment % 1000 * 1000, len(frame), len(frame))
+                buffer += frame
+                written += 1
+                if len(buffer) > 1 << 22:
+                    stream.write(buffer)
+                    buffer.clear()
+        stream.write(buffer)
+    return written
+
+
+def _ours(paths: list[Path], workers: int) -> tuple[float, int]:
+    start = time.perf_counter()
+    traffic = read_captures(paths, root=paths[0].parent, workers=workers)
+    flows = orient(traffic.conversations, None)
+    elapsed = time.perf_counter() - start
+    print(f"    {len(flows)} flows from {traffic.packets} packets", flush=True)
+    return elapsed, traffic.packets
+
+
+def _command(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+_TSHARK_FIELDS = [
+    "ip.src",
+    "ip.dst",
+    "ipv6.src",
+    "ipv6.dst",
+    "ip.proto",
+    "tcp.srcport",
+    "tcp.dstport",
+    "udp.srcport",
+    "udp.dstport",
+    "tcp.flags",
+    "frame.time_epoch",
+]
+
+
+def _peak_rss(path: Path) -> int:
+    """Peak RSS (KiB) of a fresh interpreter that reads ``path`` in-process."""
+    code = (
+        "import resource, sys; from pathlib import Path;"
+        "from analyser.reading import read_captures; from analyser.flows import orient;"
+        "p = Path(sys.argv[1]); t = read_captures([p], root=p.parent, workers=1);"
+        "orient(t.conversations, None);"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True
+    )
+    return int(result.stdout.strip())
+
+
+def _rate(packets: int, seconds: float) -> str:
+    return f"{packets / seconds:>12,.0f} packets/s ({seconds:.2f} s)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=1_000_000)
+    parser.add_argument("--flows", type=int, default=20_000, help="distinct flows per file")
+    parser.add_argument("--files", type=int, default=4, help="files for the all-workers run")
+    parser.add_argument("--keep", type=Path, help="build the captures here and keep them")
+    options = parser.parse_args()
+    directory = options.keep or Path(tempfile.mkdtemp(prefix="netpol-bench-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        capture = directory / "bench.pcap"
+        packets = build_capture(capture, options.packets, flows=options.flows)
+        size = capture.stat().st_size
+        print(f"capture: {packets:,} packets, {size / 1e6:.0f} MB, {capture}")
+        print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+
+        print("netpol-sniffer read_captures + orient, 1 worker, 1 file:")
+        seconds, counted = _ours([capture], workers=1)
+        ours = counted / seconds
+        print(f"  {_rate(counted, seconds)}")
+
+        parts = []
+        for index in range(options.files):
+            part = directory / f"part{index}.pcap"
+            build_capture(part, options.packets // options.files, flows=options.flows, seed=index)
+            parts.append(part)
+        workers = os.cpu_count() or 1
+        each = packets // options.files
+        print(f"netpol-sniffer, {workers} workers, {options.files} files of {each:,} packets:")
+        seconds, counted = _ours(parts, workers=workers)
+        parallel = counted / seconds
+        print(f"  {_rate(counted, seconds)}")
+
+        tcpdump = shutil.which("tcpdump")
+        if tcpdump:
+            seconds = _command([tcpdump, "-r", str(capture), "-n", "tcp or udp"])
+            print(f"tcpdump -r FILE -n 'tcp or udp' > /dev/null:\n  {_rate(packets, seconds)}")
+            print(f"  ours / tcpdump: {ours / (packets / seconds):.2f}×")
+            # Printing costs tcpdump most of its time (for cooked v2 it also looks up each
+            # packet's interface name); reading and filtering alone is the real C limit.
+            seconds = _command([tcpdump, "-r", str(capture), "-w", "/dev/null", "tcp or udp"])
+            print("tcpdump -r FILE -w /dev/null 'tcp or udp' (no printing):")
+            print(f"  {_rate(packets, seconds)}")
+            print(f"  ours / tcpdump without printing: {ours / (packets / seconds):.2f}×")
+        else:
+            print("tcpdump: not installed, skipped")
+
+        tshark = shutil.which("tshark")
+        if tshark:
+            argv = [tshark, "-r", str(capture), "-T", "fields"]
+            for name in _TSHARK_FIELDS:
+                argv += ["-e", name]
+            seconds = _command(argv)
+            rate = packets / seconds
+            print(f"seed's method, tshark -T fields:\n  {_rate(packets, seconds)}")
+            print(f"  ours (1 worker) / tshark: {ours / rate:.1f}×")
+            print(f"  ours ({workers} workers) / tshark: {parallel / rate:.1f}×")
+        else:
+            print("tshark: not installed, skipped (make bench installs it)")
+
+        big = directory / "bench-4x.pcap"
+        build_capture(big, packets * 4, flows=options.flows)
+        single, quadruple = _peak_rss(capture), _peak_rss(big)
+        print(f"peak RSS reading one file in a fresh process (same {options.flows:,} flows):")
+        print(f"  1× ({packets:,} packets): {single / 1024:.0f} MiB")
+        print(f"  4× ({packets * 4:,} packets): {quadruple / 1024:.0f} MiB")
+        print(f"  ratio 4×/1×: {quadruple / single:.2f}")
+    finally:
+        if options.keep is None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
