@@ -30,6 +30,7 @@ How flows become edges (details in ``docs/semantics.md``):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
@@ -123,6 +124,7 @@ class _Node:
     addresses: set[str] = field(default_factory=set)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _address_key(address: str) -> tuple[int, int]:
     parsed = ipaddress.ip_address(address)
     return parsed.version, int(parsed)
@@ -304,7 +306,7 @@ def _service_flow(
 ) -> None:
     assert server.service is not None
     service = "/".join(server.service)
-    version = ipaddress.ip_address(server.ip).version
+    version = _address_key(server.ip)[0]
     backends = builder.resolver.service_backends(
         server.service, flow.server.port, flow.protocol, flow.first_seen, family=version
     )

@@ -7,6 +7,7 @@ that fills them from a ``snapshot.Snapshot`` (and pod IP history) lives here too
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import math
 from collections import defaultdict
@@ -174,6 +175,11 @@ _MIN_INFERRED_PREFIX = {4: 8, 6: 32}
 _FALLBACK_PREFIX = {4: 16, 6: 64}
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
 def _protocol(text: str | None) -> Protocol | None:
     try:
         return Protocol((text or "TCP").upper())
@@ -301,6 +307,16 @@ class Resolver:
             if record.host_network and record.node:
                 self._host_network[record.node].append(record)
         self._ranges = self._cluster_ranges()
+        self._node_ports = {
+            (port["nodePort"], protocol)
+            for service in snapshot.services
+            for port in service.get("spec", {}).get("ports", [])
+            if "nodePort" in port and (protocol := _protocol(port.get("protocol"))) is not None
+        }
+        # Caches: what Services send each pod, and the pods each Service selects.
+        self._target_ports: dict[str, frozenset[tuple[int, Protocol]]] = {}
+        self._selected: dict[tuple[str, str], list[PodRecord]] = {}
+        self._timeless: dict[tuple[str, int | None, Protocol | None], Identity] = {}
 
     # -- building -------------------------------------------------------------------------
 
@@ -428,7 +444,7 @@ class Resolver:
         """The pod's address at ``at``, of IP ``version`` when it has one (dual-stack pods)."""
         claims = self._claims_of.get(record.key, [])
         if version is not None:
-            claims = [c for c in claims if ipaddress.ip_address(c.ip).version == version] or claims
+            claims = [c for c in claims if _address(c.ip).version == version] or claims
         covering = [c for c in claims if c.start <= at < c.end]
         earlier = covering or [c for c in claims if c.start <= at]
         if earlier:
@@ -524,6 +540,17 @@ class Resolver:
         """What ``ip`` was at ``at``. With ``port``/``protocol`` (the side that listens), a node
         address resolves to the hostNetwork pod that declares that port, if any."""
         ip = normalize_ip(ip)
+        key = (ip, port, protocol)
+        known = self._timeless.get(key)
+        if known is not None:
+            return known
+        identity = self._resolve(ip, at, port, protocol)
+        # With at most one pod ever at this address, the answer does not depend on the time.
+        if len(self._claims.get(ip, ())) <= 1:
+            self._timeless[key] = identity
+        return identity
+
+    def _resolve(self, ip: str, at: float, port: int | None, protocol: Protocol | None) -> Identity:
         service = self._snapshot.services_by_cluster_ip.get(ip)
         if service is not None:
             return Identity(
@@ -541,7 +568,7 @@ class Resolver:
                 if listener is not None:
                     return Identity(EndpointKind.POD, ip, pod=self._pod_ref(listener), node=node)
             return Identity(EndpointKind.NODE, ip, node=node)
-        address = ipaddress.ip_address(ip)
+        address = _address(ip)
         if any(address in network for network in self._ranges):
             return Identity(EndpointKind.UNRESOLVED, ip)
         return Identity(EndpointKind.EXTERNAL, ip)
@@ -574,30 +601,23 @@ class Resolver:
             return False
         if protocol is Protocol.TCP and endpoint.port == KUBELET_PORT:
             return True
-        node_ports = {
-            p.get("nodePort")
-            for s in self._snapshot.services
-            for p in s.get("spec", {}).get("ports", [])
-            if _protocol(p.get("protocol")) is protocol
-        }
-        return endpoint.port in node_ports or (
+        return (endpoint.port, protocol) in self._node_ports or (
             self._host_listener(node, endpoint.port, protocol) is not None
         )
 
     def _is_target_port(self, record: PodRecord, port: int, protocol: Protocol) -> bool:
-        labels = dict(record.labels)
-        for service in self._snapshot.services:
-            spec = service.get("spec", {})
-            selector = spec.get("selector")
-            if meta(service).get("namespace") != record.namespace or not selector:
-                continue
-            if all(labels.get(k) == v for k, v in selector.items()) and any(
-                _protocol(p.get("protocol")) is protocol
-                and _target_port(p, record, protocol) == port
-                for p in spec.get("ports", [])
-            ):
-                return True
-        return False
+        """Whether a Service selecting the pod sends it traffic on ``port``."""
+        if record.key not in self._target_ports:
+            self._target_ports[record.key] = frozenset(
+                (target, proto)
+                for service in self._snapshot.services
+                if meta(service).get("namespace") == record.namespace
+                and _selects(service.get("spec", {}).get("selector"), record)
+                for service_port in service.get("spec", {}).get("ports", [])
+                if (proto := _protocol(service_port.get("protocol"))) is not None
+                and (target := _target_port(service_port, record, proto)) is not None
+            )
+        return (port, protocol) in self._target_ports[record.key]
 
     # -- Services -----------------------------------------------------------------------------
 
@@ -664,12 +684,14 @@ class Resolver:
         if not selector:
             return []
         namespace = meta(service).get("namespace", "")
-        matching = [
-            r
-            for r in sorted(self._records.values(), key=lambda r: r.key)
-            if r.namespace == namespace
-            and all(dict(r.labels).get(k) == v for k, v in selector.items())
-        ]
+        key = (namespace, meta(service)["name"])
+        if key not in self._selected:
+            self._selected[key] = [
+                r
+                for r in sorted(self._records.values(), key=lambda r: r.key)
+                if r.namespace == namespace and _selects(selector, r)
+            ]
+        matching = self._selected[key]
         alive = []
         for record in matching:
             lifetime = self._lifetime(record)
@@ -721,6 +743,15 @@ class Resolver:
         )
 
 
+def _selects(selector: dict[str, str] | None, record: PodRecord) -> bool:
+    """A Service's ``spec.selector`` (equality only) against the pod's labels; none selects
+    nothing."""
+    if not selector:
+        return False
+    labels = dict(record.labels)
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
 def _pod_key(ref: ObjectReference | None) -> str:
     """The :attr:`PodRecord.key` an endpoint's targetRef points to ("" when not a pod)."""
     if not ref or ref.get("kind", "Pod") != "Pod":
@@ -730,7 +761,7 @@ def _pod_key(ref: ObjectReference | None) -> str:
 
 def _is_ip(text: str) -> bool:
     try:
-        ipaddress.ip_address(text)
+        _address(text)
     except ValueError:
         return False
     return True

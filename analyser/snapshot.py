@@ -17,6 +17,7 @@ line, for JSON Lines), the object and what is wrong.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import json
 from collections import defaultdict
@@ -513,8 +514,10 @@ def parse_timestamp(value: object) -> float:
     return when.timestamp()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def normalize_ip(text: str) -> str:
-    """The compressed text form :class:`~analyser.flows.Endpoint` uses."""
+    """The compressed text form :class:`~analyser.flows.Endpoint` uses (cached: the same few
+    addresses come back for every flow)."""
     return ipaddress.ip_address(text).compressed
 
 
