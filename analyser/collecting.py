@@ -458,8 +458,8 @@ def controller_of(obj: KubeObject) -> dict[str, str] | None:
 @dataclass
 class PodIPHistory:
     """Turns pod lists and watch events into ``pod-ips.jsonl`` lines: one per change of a pod's
-    IPs (first seen with IPs: ``ADDED``; changed: ``MODIFIED``; gone: ``DELETED`` with the IPs it
-    released). A pod first seen in a list is dated by its ``status.startTime`` (its IPs are that
+    IPs (first seen with IPs, or given its first IPs: ``ADDED``; changed: ``MODIFIED``; gone:
+    ``DELETED`` with the IPs it released). A pod first seen in a list is dated by its ``status.startTime`` (its IPs are that
     old at most); everything else by when the change was observed."""
 
     sink: TextIO
@@ -493,7 +493,7 @@ class PodIPHistory:
             return
         ips = tuple(pod_ips(pod))
         self.known[uid] = (ips, pod)
-        if previous is None:
+        if not (previous and previous[0]):
             if ips:
                 started = (pod.get("status") or {}).get("startTime")
                 self._write("ADDED", pod, ips, started if from_list and started else now)
