@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,19 +143,25 @@ def read_captures(
     """
     names = [_name_under(path, root) for path in paths]
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
-    partials: list[_Partial] = []
-    if count <= 1:
-        for path, name in zip(paths, names, strict=True):
-            partials.append(_read_one(path, name))
-            if on_progress is not None:
-                on_progress(_size(path))
-    else:
-        with ProcessPoolExecutor(max_workers=count) as pool:
-            for path, partial in zip(paths, pool.map(_read_one, paths, names), strict=True):
-                partials.append(partial)
-                if on_progress is not None:
-                    on_progress(_size(path))
-    return _merge(partials)
+    return _merge(_progress(zip(paths, _read_all(paths, names, count), strict=True), on_progress))
+
+
+def _read_all(paths: Sequence[Path], names: Sequence[str], workers: int) -> Iterator[_Partial]:
+    """Each file's partial aggregates, in input order, as they are ready."""
+    if workers <= 1:
+        yield from map(_read_one, paths, names)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(_read_one, paths, names)
+
+
+def _progress(
+    partials: Iterable[tuple[Path, _Partial]], on_progress: Callable[[int], None] | None
+) -> Iterator[_Partial]:
+    for path, partial in partials:
+        if on_progress is not None:
+            on_progress(_size(path))
+        yield partial
 
 
 def _size(path: Path) -> int:
@@ -165,22 +171,27 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _merge(partials: Sequence[_Partial]) -> Traffic:
+def _merge(partials: Iterable[_Partial]) -> Traffic:
+    """Fold partial aggregates one by one (in input order), so only the merged total is kept."""
     conversations = ConversationTable()
     dns = DnsTable()
+    reports = []
+    counted = 0
     skipped: Counter[str] = Counter()
     dns_faults: Counter[str] = Counter()
     for partial in partials:
         conversations.merge(partial.conversations)
         dns.merge(partial.dns)
+        reports.append(partial.report)
+        counted += partial.counted
         skipped.update(partial.skipped)
         dns_faults.update(partial.dns_faults)
     return Traffic(
         conversations=tuple(conversations.conversations()),
         dns=dns,
-        reports=tuple(partial.report for partial in partials),
-        packets=sum(partial.report.packets for partial in partials),
-        counted=sum(partial.counted for partial in partials),
+        reports=tuple(reports),
+        packets=sum(report.packets for report in reports),
+        counted=counted,
         skipped=dict(sorted(skipped.items())),
         dns_faults=dict(sorted(dns_faults.items())),
     )
