@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fakeapiserver import FakeAPIServer, cut_connection_after, status_body
 from kubernetes import client as k8s_client
 from localexec import LocalExec, flip_first_byte
@@ -26,6 +27,7 @@ from analyser.collecting import (
     NAMESPACES,
     PARTIALS,
     PODS,
+    ROLLABLE_KINDS,
     SNAPSHOT_KINDS,
     CollectOptions,
     Kind,
@@ -598,3 +600,44 @@ def test_fetch_command_runs_in_a_debian_shell(tmp_path: Path) -> None:
     ) as frames:
         drain(frames, sink, what="fetch")
     assert sink.getvalue() == b"3456"
+
+
+# --- the RBAC manifests match what the code asks for ------------------------------------------
+
+RBAC = Path(__file__).resolve().parents[2] / "manifests" / "collector-rbac"
+
+
+def granted(path: Path) -> set[tuple[str, str]]:
+    """(verb, resource as RBAC names it) pairs a Role/ClusterRole file grants."""
+    role = yaml.safe_load(path.read_text())
+    return {
+        (verb, f"{resource}.{group}" if group else resource)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_reader_role_grants_list_and_watch_of_every_snapshot_kind() -> None:
+    rules = granted(RBAC / "clusterrole-reader.yaml")
+    for kind in SNAPSHOT_KINDS:
+        assert ("list", kind.resource) in rules, kind
+    assert ("watch", "pods") in rules and ("get", "namespaces") in rules
+    assert not {verb for verb, _ in rules} - {"get", "list", "watch"}  # read-only
+
+
+def test_exec_role_is_namespaced_and_only_exec() -> None:
+    role = yaml.safe_load((RBAC / "namespace" / "role.yaml").read_text())
+    assert role["kind"] == "Role" and "namespace" not in role["metadata"]
+    assert granted(RBAC / "namespace" / "role.yaml") == {
+        ("get", "pods/exec"),
+        ("create", "pods/exec"),
+    }
+
+
+def test_uninstaller_role_covers_what_uninstall_sidecars_patches() -> None:
+    rules = granted(RBAC / "clusterrole-uninstaller.yaml")
+    assert ("patch", "namespaces") in rules and ("list", "pods") in rules
+    for kind in ROLLABLE_KINDS.values():
+        assert ("patch", kind.resource) in rules, kind
