@@ -551,7 +551,7 @@ class Resolver:
         return identity
 
     def _resolve(self, ip: str, at: float, port: int | None, protocol: Protocol | None) -> Identity:
-        service = self._snapshot.services_by_cluster_ip.get(ip)
+        service = self._snapshot.services_by_address.get(ip)
         if service is not None:
             return Identity(
                 EndpointKind.SERVICE,
@@ -588,7 +588,7 @@ class Resolver:
         """Whether the snapshot says ``endpoint`` listens on ``protocol`` at ``at``
         (a :data:`~analyser.flows.ListenerOracle`)."""
         ip = normalize_ip(endpoint.ip)
-        service = self._snapshot.services_by_cluster_ip.get(ip)
+        service = self._snapshot.services_by_address.get(ip)
         if service is not None:
             return _service_port(service, endpoint.port, protocol) is not None
         record = self._record_at(ip, at)

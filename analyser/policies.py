@@ -207,9 +207,16 @@ def policy_names(workloads: Iterable[Any], *, reserved: Iterable[str] = ()) -> d
     return names
 
 
+def _unselectable(workload: Any) -> bool:
+    # No stable label: a policy would select the whole namespace. hostNetwork: NetworkPolicy
+    # does not apply to such pods at all.
+    return bool(workload.selector.is_empty or workload.host_network)
+
+
 def unselectable_workloads(graph: Any) -> tuple[str, ...]:
-    """In-scope workloads without any stable label: a policy for them would select every pod of
-    their namespace, so none is written (the report should say so)."""
+    """In-scope workloads no policy can be written for: without any stable label (a policy would
+    select every pod of their namespace) or on the host network (NetworkPolicy does not apply to
+    them). The report should say so."""
     return tuple(
         sorted(
             node_id
@@ -217,7 +224,7 @@ def unselectable_workloads(graph: Any) -> tuple[str, ...]:
             if attrs.get("in_scope")
             and attrs["role"] == _WORKLOAD
             and attrs["workload"] is not None
-            and attrs["workload"].selector.is_empty
+            and _unselectable(attrs["workload"])
         )
     )
 
@@ -248,7 +255,7 @@ def synthesize(
     ]
     reserved = {DefaultDeny("").name} if default_deny else set()
     names = policy_names((w for _, w in chosen), reserved=reserved)
-    unselectable = {node_id for node_id, w in chosen if w.selector.is_empty}
+    unselectable = {node_id for node_id, w in chosen if _unselectable(w)}
     result: list[Policy | DefaultDeny] = []
     for node_id, workload in chosen:
         if node_id in unselectable:

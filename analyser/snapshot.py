@@ -129,8 +129,22 @@ class ServiceSpec(TypedDict, total=False):
     type: str
     clusterIP: str
     clusterIPs: list[str]
+    externalIPs: list[str]
     selector: dict[str, str]
     ports: list[ServicePort]
+
+
+class LoadBalancerIngress(TypedDict, total=False):
+    ip: str
+    hostname: str
+
+
+class LoadBalancerStatus(TypedDict, total=False):
+    ingress: list[LoadBalancerIngress]
+
+
+class ServiceStatus(TypedDict, total=False):
+    loadBalancer: LoadBalancerStatus
 
 
 class Service(TypedDict, total=False):
@@ -138,6 +152,7 @@ class Service(TypedDict, total=False):
     kind: str
     metadata: ObjectMeta
     spec: ServiceSpec
+    status: ServiceStatus
 
 
 class ObjectReference(TypedDict, total=False):
@@ -355,6 +370,13 @@ _CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
         ("spec.clusterIP", _STR),
         ("spec.clusterIPs", _LIST),
         ("spec.clusterIPs[]", _STR),
+        ("spec.externalIPs", _LIST),
+        ("spec.externalIPs[]", _IP),
+        ("status", _DICT),
+        ("status.loadBalancer", _DICT),
+        ("status.loadBalancer.ingress", _LIST),
+        ("status.loadBalancer.ingress[]", _DICT),
+        ("status.loadBalancer.ingress[].ip", _IP),
         ("spec.selector", _LABELS),
         ("spec.ports", _LIST),
         ("spec.ports[]", _DICT),
@@ -827,6 +849,15 @@ def host_ips(pod: Pod) -> tuple[str, ...]:
     return tuple(dict.fromkeys(normalize_ip(ip) for ip in ips))
 
 
+def service_addresses(service: Service) -> tuple[str, ...]:
+    """Every address kube-proxy rewrites to the Service's pods for traffic from inside the
+    cluster: its ClusterIPs, ``spec.externalIPs`` and load-balancer ingress IPs."""
+    spec = service.get("spec", {})
+    balancers = service.get("status", {}).get("loadBalancer", {}).get("ingress", [])
+    extra = [*spec.get("externalIPs", []), *(b["ip"] for b in balancers if "ip" in b)]
+    return tuple(dict.fromkeys([*cluster_ips(service), *(normalize_ip(ip) for ip in extra)]))
+
+
 def cluster_ips(service: Service) -> tuple[str, ...]:
     """``spec.clusterIPs`` (dual-stack), else ``spec.clusterIP``; headless ("None") has none."""
     spec = service.get("spec", {})
@@ -862,6 +893,10 @@ class Snapshot:
         self.services_by_cluster_ip: dict[str, Service] = {
             ip: service for service in self.services for ip in cluster_ips(service)
         }
+        # ClusterIPs first: an external or load-balancer IP never hides a ClusterIP.
+        self.services_by_address: dict[str, Service] = {
+            ip: service for service in self.services for ip in service_addresses(service)
+        } | self.services_by_cluster_ip
         self.node_by_address: dict[str, str] = {}
         for node in self.nodes:
             for address in node.get("status", {}).get("addresses", []):

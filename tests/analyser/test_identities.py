@@ -359,3 +359,26 @@ def test_a_service_target_port_counts_as_listening_without_container_ports() -> 
     resolver = Resolver(_objects(pod, extra=(service,)))
     assert resolver.known_listener(Endpoint("10.1.0.5", 8000), Protocol.TCP, 0.0)
     assert not resolver.known_listener(Endpoint("10.1.0.5", 80), Protocol.TCP, 0.0)
+
+
+def test_load_balancer_and_external_ips_are_the_service() -> None:
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "w", "namespace": "app"},
+        "spec": {
+            "type": "LoadBalancer",
+            "clusterIP": "10.96.0.9",
+            "externalIPs": ["198.51.100.4"],
+            "selector": {"app": "w"},
+            "ports": [{"port": 80, "targetPort": 8000, "nodePort": 30080}],
+        },
+        "status": {
+            "loadBalancer": {"ingress": [{"ip": "203.0.113.50"}, {"hostname": "lb.example"}]}
+        },
+    }
+    resolver = Resolver(_objects(_pod("w", "10.1.0.5", {"app": "w"}), extra=(service,)))
+    for address in ("10.96.0.9", "198.51.100.4", "203.0.113.50"):
+        identity = resolver.resolve(address, 0.0)
+        assert (identity.kind, identity.service) == (EndpointKind.SERVICE, ("app", "w"))
+        assert resolver.known_listener(Endpoint(address, 80), Protocol.TCP, 0.0)

@@ -229,6 +229,13 @@ def test_a_workload_without_stable_labels_gets_no_policy() -> None:
     assert set(by_workload(result)) == {str(WEB)}
 
 
+def test_host_network_workloads_get_no_policy_but_are_reached_by_address() -> None:
+    exporter = WorkloadRef("kube-system", "DaemonSet", "node-exporter")
+    graph, _, result = synthesized([flow(f"{WEB_A}:41000", f"{NODE_A}:9100")], {WEB, exporter})
+    assert unselectable_workloads(graph) == (str(exporter),)
+    assert set(by_workload(result)) == {str(WEB)}
+
+
 def test_default_deny_per_namespace_in_scope_and_order() -> None:
     _, _, result = synthesized([], {WEB, DB_W, PAGE}, default_deny=True)
     assert [(type(p).__name__, p.namespace, p.name) for p in result] == [
