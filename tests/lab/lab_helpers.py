@@ -1,0 +1,78 @@
+"""Helpers for the lab's end-to-end tests: a run's bundle and captures, the analyser's policies
+judged against truth.json, and the lab namespaces this process owns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab import netns
+from lab.checking import TruthCheck
+
+LAB_SECONDS: list[float] = []
+
+
+def own_namespaces() -> list[str]:
+    prefix = f"{netns.PREFIX}{os.getpid()}-"
+    return [name for name in netns.list_namespaces() if name.startswith(prefix)]
+
+
+@dataclass
+class LabRun:
+    bundle: Path
+    truth: list[dict[str, object]]
+    report: dict[str, object]
+
+    def pod_dirs(self, namespace: str, prefix: str) -> list[Path]:
+        return sorted((self.bundle / "captures" / namespace).glob(f"{prefix}*"))
+
+    def packets(self, namespace: str, prefix: str, bpf: str) -> list[str]:
+        """tcpdump's one-line view of the pod's captured packets matching ``bpf``."""
+        lines: list[str] = []
+        for directory in self.pod_dirs(namespace, prefix):
+            for capture in sorted(directory.glob("capture.pcap*")):
+                done = subprocess.run(
+                    ["tcpdump", "-nr", str(capture), bpf],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                lines += done.stdout.splitlines()
+        return lines
+
+
+LabRunner = Callable[..., LabRun]
+
+
+@dataclass
+class Judged:
+    files: dict[str, str]  # the rendered output, by relative path
+    check: TruthCheck
+
+    def policy(self, namespace: str, workload: str) -> str:
+        """The YAML text of the policy whose file name starts with ``workload``."""
+        found = [
+            text
+            for path, text in self.files.items()
+            if path.startswith(f"{namespace}/{workload}") and path.endswith(".yaml")
+        ]
+        assert len(found) == 1, f"no single policy for {namespace}/{workload} in {list(self.files)}"
+        return found[0]
+
+
+def analyse_and_judge(bundle: Path) -> Judged:
+    """The analyser's pipeline on ``bundle``, its policies judged against truth.json."""
+    from analyser.analysing import analyse
+    from analyser.bundles import open_bundle
+    from analyser.policysets import parse_policy_texts
+    from lab.checking import check_truth
+
+    analysis = analyse(open_bundle(bundle))
+    loaded = parse_policy_texts({p: analysis.files[p] for p in analysis.policy_files})
+    snapshot = json.loads((bundle / "snapshot.json").read_text())
+    truth = json.loads((bundle / "truth.json").read_text())
+    return Judged(dict(analysis.files), check_truth(snapshot, truth, loaded.policies))
