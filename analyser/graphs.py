@@ -311,13 +311,18 @@ def _service_flow(
         server.service, flow.server.port, flow.protocol, flow.first_seen, family=version
     )
     client_node = builder.node_for(client, flow.first_seen)
+    backend_ips = {b.identity.ip for b in backends}
+    # The server side's view of this connection: same client address, port and protocol, first
+    # seen within TWIN_WINDOW, to one of the Service's backends (or to a pod the snapshot did not
+    # list behind it: EndpointSlices are from the end of the window).
     candidates = [
         i
         for i in direct.get((str(flow.protocol), flow.client.ip, flow.client.port), [])
-        if i not in consumed and abs(resolved[i][0].first_seen - flow.first_seen) <= TWIN_WINDOW
+        if i not in consumed
+        and abs(resolved[i][0].first_seen - flow.first_seen) <= TWIN_WINDOW
+        and (resolved[i][0].server.ip in backend_ips or resolved[i][2].kind is EndpointKind.POD)
     ]
     if candidates:
-        backend_ips = {b.identity.ip for b in backends}
         # Prefer a twin that went to a known backend, then the closest in time.
         index = min(
             candidates,

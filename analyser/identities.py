@@ -375,9 +375,9 @@ class Resolver:
         if known is None:
             record = PodRecord(namespace, name, uid, labels, owner, node, False, ())
         else:
+            # The uid stays as it was: it is the record's key, which claims refer to.
             record = replace(
                 known,
-                uid=known.uid or uid,
                 labels=known.labels or labels,
                 owner=known.owner or owner,
                 node=known.node or node,

@@ -117,6 +117,16 @@ def test_twins_are_matched_by_client_port_and_time() -> None:
     assert len(graph.graph["attributions"]) == 4
 
 
+def test_a_flow_elsewhere_from_the_same_client_port_is_not_a_twin() -> None:
+    flows = [
+        flow(f"{API_BLUE}:41000", f"{WEB_SVC}:80"),
+        flow(f"{API_BLUE}:41000", "93.184.216.34:443"),
+    ]
+    graph = build_graph(flows, resolver(), scope=SCOPE)
+    assert ports(graph, API_BLUE_W, WEB)[PortSpec(TCP, 8080)].assumed
+    assert set(ports(graph, API_BLUE_W, "ip:93.184.216.34")) == {PortSpec(TCP, 443)}
+
+
 def test_flows_between_pods_of_one_workload_are_a_self_loop() -> None:
     graph = build_graph([flow(f"{WEB_A}:41000", f"{WEB_B}:8080")], resolver(), scope=SCOPE)
     assert list(graph.edges) == [(WEB, WEB)]
