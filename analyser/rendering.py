@@ -33,6 +33,7 @@ from analyser.policies import (
     Policy,
     PortSpec,
     Rule,
+    rule_sort_key,
 )
 
 # What every generated object carries, so users (and a later run) can tell it apart.
@@ -75,6 +76,7 @@ class ReportFacts:
     file_problems: tuple[FileProblem, ...]
     policy_files: tuple[str, ...]  # paths relative to the output directory
     workload_policies: Mapping[str, str]  # workload node id ("NS/Kind/name") → its policy file
+    unselectable: tuple[str, ...] = ()  # captured workloads without a stable label: no policy
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------
@@ -183,13 +185,6 @@ class _RuleView:
     ports: tuple[_PortView, ...]
 
 
-def _rule_key(rule: Rule) -> tuple[int, str, str]:
-    # Pod peers before addresses; within each, by namespace/selector or by address.
-    if isinstance(rule.peer, PodPeer):
-        return (0, rule.peer.namespace or "", repr(rule.peer.pod_selector))
-    return (1, rule.peer.cidr, "")
-
-
 def _cidr(peer: IpPeer, policy: Policy) -> str:
     try:
         return str(ipaddress.ip_network(peer.cidr, strict=True))
@@ -200,8 +195,12 @@ def _cidr(peer: IpPeer, policy: Policy) -> str:
 
 
 def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
+    rules = tuple(rules)
+    for rule in rules:  # every address checked before sorting parses them
+        if isinstance(rule.peer, IpPeer):
+            _cidr(rule.peer, policy)
     views = []
-    for rule in sorted(rules, key=_rule_key):
+    for rule in sorted(rules, key=rule_sort_key):
         peer = rule.peer
         if isinstance(peer, PodPeer):
             other_namespace = (

@@ -158,7 +158,7 @@ def test_ip_blocks_are_single_addresses_with_their_dns_names() -> None:
         for rule in document["spec"]["egress"]
         if "ipBlock" in rule["to"][0]
     ]
-    assert blocks == ["2001:db8::7/128", "203.0.113.7/32"]
+    assert blocks == ["203.0.113.7/32", "2001:db8::7/128"]  # IPv4 first, then by value
     names = json.loads(document["metadata"]["annotations"]["netpol-sniffer.io/dns-names"])
     assert names == {
         "203.0.113.7/32": ["api.example.com", "cdn.example.com"],
@@ -458,7 +458,7 @@ def test_report_lists_workloads_flows_names_problems_and_evidence() -> None:
     assert report.startswith("# netpol-sniffer report: bundle-2026\n")
     assert "| shop/Deployment/cart | yes | shop/cart.yaml |" in report
     assert (
-        "| shop/Deployment/cart | 203.0.113.7 | UDP/443 | 2 | 4 | 400 | 2026-01-01T10:00:00Z | "
+        "| shop/Deployment/cart | 203.0.113.7 | UDP/443 | — | 2 | 4 | 400 | 2026-01-01T10:00:00Z | "
         "2026-01-01T10:00:02Z | heuristic, known-listener |" in report
     )
     assert "| 203.0.113.7 | api.example.com, odd\\|name\\\\x |" in report

@@ -1,0 +1,384 @@
+"""Analysing: the whole pipeline as functions, shared by the ``analyse`` CLI, ``verify``,
+``lab`` and ``demo``.
+
+    bundle = open_bundle(path)                      # bundles: what there is, what is damaged
+    analysis = analyse(bundle, default_deny=True)   # captures → flows → graph → policies → text
+    write_output(analysis.files, out)               # the only place files are written
+
+:func:`observe` stops at the graph (what ``verify`` needs); :func:`analyse` goes on to the
+policies and the rendered files; the rendered files live in memory in ``Analysis.files``, and
+the safety check (every observed flow allowed by the rendered policies) runs on them before
+anyone can write them. :func:`write_output` owns the output directory: it refuses one that holds
+other files (unless forced) and removes what an earlier run wrote and this one does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from analyser.bundles import CAPTURES, Bundle, FileProblem
+from analyser.errors import OutputError, RenderError, SnapshotError
+from analyser.flows import Evidence, Flow, orient
+from analyser.graphs import NodeRole, build_graph
+from analyser.identities import Resolver, Scope
+from analyser.policies import (
+    DefaultDeny,
+    Policy,
+    partition_policies,
+    synthesize,
+    unselectable_workloads,
+)
+from analyser.policysets import parse_policy_texts
+from analyser.reading import Traffic, read_captures
+from analyser.rendering import (
+    KUSTOMIZATION,
+    Provenance,
+    ReportFacts,
+    policy_path,
+    render_dot,
+    render_policy_files,
+    render_report,
+)
+from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.snapshot import (
+    CaptureMeta,
+    PodIpEvent,
+    Snapshot,
+    load_capture_meta,
+    load_pod_ip_history,
+    load_snapshot,
+)
+
+GRAPH_DOT = "graph.dot"
+GRAPH_SVG = "graph.svg"
+REPORT = "report.md"
+# Marks a directory as analyse output and lists what it wrote, so a later run may replace it.
+OUTPUT_MARKER = ".netpol-sniffer-output.json"
+DOT_TIMEOUT = 300.0  # seconds; Graphviz on a graph of a few thousand edges takes a few
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What a bundle shows, before any policy: the facts at every stage of reading it."""
+
+    bundle: Bundle
+    snapshot: Snapshot
+    resolver: Resolver
+    scope: Scope  # the captured workloads: they get policies
+    traffic: Traffic
+    flows: tuple[Flow, ...]
+    graph: Any  # networkx.DiGraph, schema in analyser.graphs
+    problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
+
+    @property
+    def evidence_counts(self) -> dict[Evidence, int]:
+        counts = Counter(flow.evidence for flow in self.flows)
+        return {evidence: counts.get(evidence, 0) for evidence in Evidence}
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis(Observation):
+    """An observation plus the policies made from it and every rendered file (not yet written)."""
+
+    policies: tuple[Policy, ...]
+    default_denies: tuple[DefaultDeny, ...]
+    unselectable: tuple[str, ...]  # captured workloads without a stable label: no policy
+    files: Mapping[str, str]  # output path (relative, POSIX) → text, sorted
+
+    @property
+    def policy_files(self) -> tuple[str, ...]:
+        return tuple(p for p in self.files if p.endswith(".yaml") and p != KUSTOMIZATION)
+
+    def summary(self) -> dict[str, object]:
+        """The machine-readable summary (``analyse --json``): plain JSON types, stable order."""
+        roles = Counter(str(attrs.get("role")) for _, attrs in self.graph.nodes(data=True))
+        manifest = self.bundle.manifest
+        window = manifest.window if manifest is not None else None
+        return {
+            "bundle": self.bundle.name,
+            "window": None
+            if window is None
+            else {"start": window.start_text, "end": window.end_text},
+            "producer": manifest.producer if manifest is not None else None,
+            "captures": len(self.traffic.reports),
+            "packets": self.traffic.packets,
+            "flows": len(self.flows),
+            "evidence": {str(e): n for e, n in self.evidence_counts.items()},
+            "workloads": roles.get(NodeRole.WORKLOAD, 0),
+            "external_addresses": roles.get(NodeRole.EXTERNAL, 0),
+            "unresolved_addresses": sorted(
+                str(attrs.get("label") or node)
+                for node, attrs in self.graph.nodes(data=True)
+                if attrs.get("role") == NodeRole.UNRESOLVED
+            ),
+            "policies": list(self.policy_files),
+            "without_policy": list(self.unselectable),
+            "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
+            "files": list(self.files),
+        }
+
+
+# -- inputs ----------------------------------------------------------------------------------
+
+
+def _optional_inputs(
+    bundle: Bundle,
+) -> tuple[list[PodIpEvent], list[CaptureMeta], list[FileProblem]]:
+    """Pod IP history and meta.json files improve resolution; a bad one is a warning."""
+    problems: list[FileProblem] = []
+    history: list[PodIpEvent] = []
+    if bundle.pod_ips is not None:
+        try:
+            history = load_pod_ip_history(bundle.pod_ips)
+        except SnapshotError as error:
+            problems.append(FileProblem(bundle.relative(bundle.pod_ips), f"not used: {error}"))
+    metas: list[CaptureMeta] = []
+    for path in bundle.capture_metas:
+        try:
+            metas.append(load_capture_meta(path))
+        except SnapshotError as error:
+            problems.append(FileProblem(bundle.relative(path), f"not used: {error}"))
+    return history, metas, problems
+
+
+def _captured_pods(bundle: Bundle, metas: Iterable[CaptureMeta]) -> set[tuple[str, str]]:
+    """(namespace, pod) of every captured pod: from the manifest, meta.json and the
+    ``captures/NAMESPACE/POD/`` layout."""
+    pods = {(m.namespace, m.pod) for m in metas}
+    if bundle.manifest is not None:
+        pods |= {(e.namespace, e.pod) for e in bundle.manifest.captures}
+    for path in bundle.captures:
+        parts = PurePosixPath(bundle.relative(path)).parts
+        if len(parts) >= 4 and parts[0] == CAPTURES:
+            pods.add((parts[1], parts[2]))
+    return pods
+
+
+def _capture_problems(traffic: Traffic) -> list[FileProblem]:
+    return [
+        FileProblem(
+            report.path,
+            f"{report.reason or report.error}; the {report.packets} packets before the damage "
+            "were used",
+        )
+        for report in traffic.reports
+        if not report.ok
+    ]
+
+
+# -- the safety check ------------------------------------------------------------------------
+
+
+def check_safety(
+    policy_files: Mapping[str, str], graph: Any, snapshot: Snapshot, resolver: Resolver
+) -> None:
+    """THE place generated policies are checked before anything can be written: the rendered
+    files, read back as ``verify`` reads files and evaluated with NetworkPolicy semantics, must
+    allow every observed connection of the graph; else :class:`UnsafePolicies` (nothing written).
+    """
+    loaded = parse_policy_texts(policy_files)
+    ensure_policies_allow(loaded.policies, graph, cluster_facts(snapshot, resolver))
+
+
+# -- the pipeline ----------------------------------------------------------------------------
+
+
+def observe(
+    bundle: Bundle,
+    *,
+    workers: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Observation:
+    """Read ``bundle``: snapshot and history → resolver; captures → flows → workload graph.
+
+    ``workers`` processes read capture files (default: one per core). ``on_progress`` gets the
+    size in bytes of each capture file once it is read (total: the sum of ``bundle.captures``'
+    sizes). Raises :class:`~analyser.errors.SnapshotError` for an unusable snapshot; damaged
+    captures, history or meta.json files become ``problems``.
+    """
+    snapshot = load_snapshot(bundle.snapshot)
+    history, metas, problems = _optional_inputs(bundle)
+    resolver = Resolver(snapshot, ip_history=history, captures=metas)
+    scope = resolver.scope_of(_captured_pods(bundle, metas))
+    traffic = read_captures(
+        bundle.captures, root=bundle.root, workers=workers, on_progress=on_progress
+    )
+    flows = tuple(orient(traffic.conversations, resolver.known_listener))
+    graph = build_graph(flows, resolver, traffic.dns, scope=scope)
+    problems = [*bundle.problems, *problems, *_capture_problems(traffic)]
+    problems += [
+        FileProblem(f"{CAPTURES}/{namespace}/{pod}", "captured pod not in the snapshot: no policy")
+        for namespace, pod in scope.unknown_pods
+    ]
+    return Observation(
+        bundle=bundle,
+        snapshot=snapshot,
+        resolver=resolver,
+        scope=scope,
+        traffic=traffic,
+        flows=flows,
+        graph=graph,
+        problems=tuple(problems),
+    )
+
+
+def analyse(
+    bundle: Bundle,
+    *,
+    default_deny: bool = False,
+    workers: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Analysis:
+    """:func:`observe` ``bundle``, then make its policies and render every output file (in
+    memory; :func:`write_output` writes them).
+
+    Raises what :func:`observe` raises, :class:`~analyser.errors.RenderError` if output fails
+    to render, and :class:`~analyser.errors.UnsafePolicies` if the policies would deny an
+    observed flow (see :func:`check_safety`).
+    """
+    seen = observe(bundle, workers=workers, on_progress=on_progress)
+    policies, default_denies = partition_policies(
+        synthesize(seen.graph, cluster_dns=seen.resolver.cluster_dns(), default_deny=default_deny)
+    )
+    unselectable = unselectable_workloads(seen.graph)
+    manifest = bundle.manifest
+    window = manifest.window if manifest is not None else None
+    provenance = (
+        Provenance(window.start_text, window.end_text) if window is not None else Provenance()
+    )
+    files = render_policy_files(policies, default_denies=default_denies, provenance=provenance)
+    check_safety(files, seen.graph, seen.snapshot, seen.resolver)
+    facts = ReportFacts(
+        source=bundle.name,
+        provenance=provenance,
+        producer=manifest.producer if manifest is not None else None,
+        capture_mode=manifest.capture_mode if manifest is not None else None,
+        captures_read=len(seen.traffic.reports),
+        packets=seen.traffic.packets,
+        flows=len(seen.flows),
+        evidence_counts=seen.evidence_counts,
+        file_problems=seen.problems,
+        policy_files=tuple(p for p in files if p != KUSTOMIZATION),
+        workload_policies={p.workload: policy_path(p.namespace, p.name) for p in policies},
+        unselectable=unselectable,
+    )
+    files[GRAPH_DOT] = render_dot(seen.graph)
+    svg = render_svg(files[GRAPH_DOT])
+    if svg is not None:
+        files[GRAPH_SVG] = svg
+    files[REPORT] = render_report(facts, seen.graph)
+    return Analysis(
+        **{f.name: getattr(seen, f.name) for f in fields(Observation)},
+        policies=tuple(policies),
+        default_denies=tuple(default_denies),
+        unselectable=unselectable,
+        files=dict(sorted(files.items())),
+    )
+
+
+def render_svg(dot: str) -> str | None:
+    """``dot -Tsvg`` of a DOT text, or None when Graphviz is not installed."""
+    binary = shutil.which("dot")
+    if binary is None:
+        return None
+    try:
+        result = subprocess.run(
+            [binary, "-Tsvg"],
+            input=dot,
+            capture_output=True,
+            text=True,
+            timeout=DOT_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise RenderError(f"Graphviz took longer than {DOT_TIMEOUT:.0f}s on {GRAPH_DOT}") from error
+    if result.returncode != 0:
+        raise RenderError(f"Graphviz could not render {GRAPH_DOT}: {result.stderr.strip()}")
+    return result.stdout
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def _earlier_output(out: Path) -> set[str]:
+    """What an earlier run wrote into ``out`` (from its marker), or nothing."""
+    marker = out / OUTPUT_MARKER
+    if not marker.is_file():
+        return set()
+    try:
+        listed = json.loads(marker.read_text(encoding="utf-8")).get("files", [])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise OutputError(f"{marker}: unreadable ({error}); remove it or pass --force") from error
+    return {str(path) for path in listed if isinstance(path, str)}
+
+
+def _present(out: Path) -> set[str]:
+    return {
+        path.relative_to(out).as_posix()
+        for path in out.rglob("*")
+        if not path.is_dir() and path.name != OUTPUT_MARKER
+    }
+
+
+def _safe_relative(path: str) -> PurePosixPath:
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+        raise OutputError(f"refusing to write {path!r}: not a path inside the output directory")
+    return pure
+
+
+def write_output(files: Mapping[str, str], out: Path, *, force: bool = False) -> tuple[Path, ...]:
+    """Write ``files`` under ``out`` and return their paths.
+
+    ``out`` may be missing, empty, or hold an earlier run's output (files that run wrote and no
+    longer needed are removed, so ``kustomization.yaml`` stays true). Anything else in it is
+    refused with :class:`OutputError` unless ``force``; forced, other files are left alone.
+    """
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a directory")
+    earlier = _earlier_output(out) if out.is_dir() else set()
+    present = _present(out) if out.is_dir() else set()
+    foreign = sorted(present - earlier)
+    if foreign and not force:
+        shown = ", ".join(foreign[:3]) + (
+            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        )
+        raise OutputError(
+            f"{out}: holds files netpol-sniffer did not write ({shown}); choose an empty or new "
+            "directory, or pass --force to write beside them"
+        )
+    targets = {path: _safe_relative(path) for path in files}
+    written: list[Path] = []
+    try:
+        for stale in sorted(earlier - set(files)):
+            _remove(out, _safe_relative(stale))
+        for path, text in files.items():
+            target = out.joinpath(*targets[path].parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.name}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, target)
+            written.append(target)
+        marker = {"generated_by": "netpol-sniffer", "files": sorted(files)}
+        (out / OUTPUT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise OutputError(f"{out}: cannot write: {error}") from error
+    return tuple(written)
+
+
+def _remove(out: Path, relative: PurePosixPath) -> None:
+    """Remove a file an earlier run wrote, and the folders it leaves empty."""
+    target = out.joinpath(*relative.parts)
+    target.unlink(missing_ok=True)
+    parent = target.parent
+    while parent != out and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent

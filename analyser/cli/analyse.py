@@ -1,0 +1,93 @@
+"""Turn a bundle into least-privilege NetworkPolicies, a graph and a report.
+
+BUNDLE is a directory written by `netpol-sniffer collect` or `netpol-sniffer lab` (bundle.json,
+snapshot.json, pod-ips.jsonl, captures/NAMESPACE/POD/*.pcap), or a plain folder holding a
+snapshot.json (`kubectl get ... -A -o json`) and capture files.
+
+Written to DIR:
+  NAMESPACE/WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress)
+  NAMESPACE/default-deny-all.yaml   with --default-deny
+  kustomization.yaml        lists them all: `kubectl apply -k DIR`
+  graph.dot, graph.svg      who talks to whom (graph.svg when Graphviz is installed)
+  report.md                 flows per edge, external names, unresolved addresses, damaged files
+
+Damaged capture files are warnings: the packets before the damage are used. Exit status 0 on
+success, 1 on unusable input (no bundle, no snapshot, no capture) or an output problem.
+See docs/analyse.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from analyser.cli.main import PROG, ExitStatus
+from analyser.cli.progress import Progress
+
+SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle directory")
+    parser.add_argument(
+        "--out", "-o", type=Path, required=True, metavar="DIR", help="where to write the output"
+    )
+    parser.add_argument(
+        "--default-deny",
+        action="store_true",
+        help="also write a default-deny policy for every namespace that gets policies",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="processes reading capture files (default: one per core)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print a machine-readable summary on stdout"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into DIR even if it holds files an earlier analyse did not write",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so `analyse --help` stays quick.
+    from analyser.analysing import analyse, write_output
+    from analyser.bundles import open_bundle
+
+    bundle = open_bundle(args.bundle)
+    total = sum(path.stat().st_size for path in bundle.captures)
+    with Progress("reading captures (bytes)", total=total) as bar:
+        analysis = analyse(
+            bundle, default_deny=args.default_deny, workers=args.workers, on_progress=bar.advance
+        )
+    for problem in analysis.problems:
+        print(f"{PROG} analyse: warning: {problem.path}: {problem.problem}", file=sys.stderr)
+    out: Path = args.out
+    write_output(analysis.files, out, force=args.force)
+    if args.json:
+        print(json.dumps({**analysis.summary(), "output": str(out)}, indent=2))
+    else:
+        policies = len(analysis.policy_files)
+        print(
+            f"{policies} policies from {len(analysis.flows)} flows in {len(bundle.captures)} "
+            f"capture files written to {out}/ (apply: kubectl apply -k {out}); "
+            f"report: {out / 'report.md'}"
+            + (f"; {len(analysis.problems)} warnings" if analysis.problems else "")
+        )
+    return ExitStatus.OK

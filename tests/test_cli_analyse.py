@@ -1,0 +1,154 @@
+"""`netpol-sniffer analyse` end to end on a bundle built here, and its errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from bundle_builders import CART_POD, make_bundle
+
+from analyser.cli.main import ExitStatus, main
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle"), damaged=True)
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    status = main(["analyse", *args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_analyse_writes_policies_graph_and_report(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(bundle), "--out", str(out), "--workers", "1"], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert "2 policies from" in stdout and f"kubectl apply -k {out}" in stdout
+    assert (out / "shop" / "cart.yaml").is_file()
+    assert (out / "web" / "frontend.yaml").is_file()
+    assert (out / "graph.dot").is_file() and (out / "report.md").is_file()
+    kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["shop/cart.yaml", "web/frontend.yaml"]
+    # the truncated ring file is a warning naming the file, not a failure
+    assert f"warning: captures/shop/{CART_POD}/capture.pcap1:" in stderr
+    # stderr is not a terminal here: no progress bar
+    assert "reading captures" not in stderr
+
+
+def test_json_summary_on_stdout(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    status, stdout, _ = run([str(bundle), "-o", str(out), "--json", "--default-deny"], capsys)
+    assert status == ExitStatus.OK
+    summary = json.loads(stdout)
+    assert summary["output"] == str(out)
+    assert summary["policies"] == [
+        "shop/cart.yaml",
+        "shop/default-deny-all.yaml",
+        "web/default-deny-all.yaml",
+        "web/frontend.yaml",
+    ]
+    assert summary["flows"] >= 3
+    assert [p["path"] for p in summary["problems"]] == [f"captures/shop/{CART_POD}/capture.pcap1"]
+
+
+def test_a_second_run_into_the_same_directory_replaces_the_first(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert run([str(bundle), "-o", str(out), "--default-deny"], capsys)[0] == ExitStatus.OK
+    assert (out / "shop" / "default-deny-all.yaml").is_file()
+    assert run([str(bundle), "-o", str(out)], capsys)[0] == ExitStatus.OK
+    assert not (out / "shop" / "default-deny-all.yaml").exists()
+
+
+def test_a_directory_with_other_files_needs_force(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "precious.txt").write_text("mine")
+    status, _, stderr = run([str(bundle), "-o", str(tmp_path)], capsys)
+    assert status == ExitStatus.ERROR
+    assert "precious.txt" in stderr and "--force" in stderr
+    assert not (tmp_path / "kustomization.yaml").exists()
+    status, _, _ = run([str(bundle), "-o", str(tmp_path), "--force"], capsys)
+    assert status == ExitStatus.OK
+    assert (tmp_path / "precious.txt").read_text() == "mine"
+    assert (tmp_path / "kustomization.yaml").is_file()
+
+
+def test_a_missing_bundle_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _, stderr = run([str(tmp_path / "nope"), "-o", str(tmp_path / "out")], capsys)
+    assert status == ExitStatus.ERROR
+    assert f"netpol-sniffer analyse: error: {tmp_path / 'nope'}: no such bundle directory" in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bundle_without_a_snapshot_is_a_clear_error(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = Path(shutil.copytree(bundle, tmp_path / "copy"))
+    (copy / "snapshot.json").unlink()
+    status, _, stderr = run([str(copy), "-o", str(tmp_path / "out")], capsys)
+    assert status == ExitStatus.ERROR
+    assert "no snapshot.json" in stderr
+
+
+def test_a_bundle_without_captures_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "snapshot.json").write_text('{"apiVersion": "v1", "kind": "List", "items": []}')
+    status, _, stderr = run([str(tmp_path), "-o", str(tmp_path / "out")], capsys)
+    assert status == ExitStatus.ERROR
+    assert "no capture files found" in stderr
+
+
+def test_an_unusable_snapshot_is_a_clear_error(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = Path(shutil.copytree(bundle, tmp_path / "copy"))
+    (copy / "snapshot.json").write_text("{not json")
+    status, _, stderr = run([str(copy), "-o", str(tmp_path / "out")], capsys)
+    assert status == ExitStatus.ERROR
+    assert "snapshot.json" in stderr and "not valid" in stderr
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "many"])
+def test_bad_worker_counts_are_usage_errors(
+    bundle: Path, tmp_path: Path, workers: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyse", str(bundle), "-o", str(tmp_path), "--workers", workers])
+    assert exit_info.value.code == ExitStatus.USAGE
+    assert "--workers" in capsys.readouterr().err
+
+
+def test_the_installed_command_runs(bundle: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analyser.cli.main",
+            "analyse",
+            str(bundle),
+            "-o",
+            str(tmp_path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
