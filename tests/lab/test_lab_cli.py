@@ -1,0 +1,81 @@
+"""The lab and demo subcommands as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from analyser.cli.main import ExitStatus, main
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "microservices-demo"
+
+
+def test_lab_without_root_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    status = main(
+        [
+            "lab",
+            "run",
+            "--manifests",
+            str(EXAMPLE / "kubernetes-manifests.yaml"),
+            "--traffic",
+            str(EXAMPLE / "traffic.yaml"),
+            "--out",
+            str(tmp_path / "bundle"),
+        ]
+    )
+    assert status == ExitStatus.ERROR
+    assert "the lab needs root" in capsys.readouterr().err
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_a_bad_plan_is_named_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("calls: [{from: default/Deployment/frontend, to: cartservice}]\n")
+    status = main(
+        [
+            "lab",
+            "run",
+            "--manifests",
+            str(EXAMPLE / "kubernetes-manifests.yaml"),
+            "--traffic",
+            str(plan),
+            "--out",
+            str(tmp_path / "bundle"),
+        ]
+    )
+    assert status == ExitStatus.ERROR
+    err = capsys.readouterr().err
+    assert str(plan) in err and "HOST:PORT" in err
+
+
+def test_demo_without_the_lab_analyses_the_recorded_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--recorded", "--out", str(tmp_path)]) == ExitStatus.OK
+    captured = capsys.readouterr()
+    assert "analysing the recorded bundle" in captured.err
+    out = captured.out
+    assert re.search(r"(\d+)/\1 flows that happened are allowed; nothing allowed beyond", out), out
+    assert "emailservice" in out and "8080/TCP" in out
+    assert (tmp_path / "policies" / "kustomization.yaml").is_file()
+    assert (tmp_path / "policies" / "report.md").is_file()
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.lab
+def test_demo_runs_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--duration", "3"]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert re.search(r"(\d+)/\1 flows that happened are allowed; nothing allowed beyond", out), out
+    assert (tmp_path / "bundle" / "truth.json").is_file()
+    assert (tmp_path / "policies" / "default").is_dir()
+    # a second demo into the same folder replaces its own bundle
+    assert main(["demo", "--out", str(tmp_path), "--duration", "2"]) == ExitStatus.OK
