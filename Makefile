@@ -71,6 +71,7 @@ bench: system-deps venv
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark)
 	$(BIN)/python bench/analyse_throughput.py
 	$(BIN)/python bench/admission_latency.py
+	$(BIN)/python bench/graph_throughput.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,118 @@
+"""How fast flows become a workload graph and policies, and whether that scales linearly.
+
+Uses the test cluster snapshot (``tests/data/snapshots/cluster.json`` with its pod IP history)
+and generates N flows between its pods, Services (half without a server-side capture, half
+joined to one), nodes and outside addresses. Prints flows per second for ``build_graph`` and
+the time of ``synthesize``, for 1× and 4× N in the same run (the ratio shows linearity).
+Prints figures, asserts nothing.
+
+    python bench/graph_throughput.py [--flows 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+from analyser.flows import Endpoint, Evidence, Flow, Protocol
+from analyser.graphs import build_graph
+from analyser.identities import Resolver
+from analyser.policies import synthesize
+from analyser.snapshot import load_pod_ip_history, load_snapshot, parse_timestamp
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "snapshots"
+START = parse_timestamp("2026-11-26T09:00:00Z")
+PODS = [
+    "10.244.0.10",
+    "10.244.0.11",
+    "10.244.1.11",
+    "10.244.1.12",
+    "10.244.0.40",
+    "10.244.1.40",
+    "10.244.0.60",
+    "10.244.1.60",
+    "10.244.1.50",
+]
+# (Service address:port, a backend address:target port the server side may show)
+SERVICES = [
+    ("10.96.20.1", 80, "10.244.1.40", 8080),
+    ("10.96.20.2", 80, "10.244.1.60", 9090),
+    ("10.96.10.2", 9080, "10.244.1.11", 9080),
+    ("10.96.0.10", 53, "10.244.0.2", 53),
+]
+DIRECT = [
+    ("10.244.1.50", 5432),
+    ("93.184.216.34", 443),
+    ("192.168.49.2", 9100),
+    ("10.244.0.10", 9080),
+]
+
+
+def make_flows(count: int, seed: int = 1) -> list[Flow]:
+    rng = random.Random(seed)
+    flows: list[Flow] = []
+
+    def add(client: Endpoint, server: Endpoint, protocol: Protocol, at: float) -> None:
+        flows.append(
+            Flow(
+                protocol,
+                client,
+                server,
+                at,
+                at + 1.0,
+                6,
+                600,
+                frozenset({"captures/x/y/capture.pcap"}),
+                Evidence.HANDSHAKE,
+            )
+        )
+
+    while len(flows) < count:
+        at = START + len(flows) * 3600.0 / count
+        client = Endpoint(rng.choice(PODS), 10000 + len(flows) % 50000)
+        if rng.random() < 0.5:
+            address, port, backend, target = rng.choice(SERVICES)
+            protocol = Protocol.UDP if port == 53 else Protocol.TCP
+            add(client, Endpoint(address, port), protocol, at)
+            if rng.random() < 0.5:  # the server side was captured too
+                add(client, Endpoint(backend, target), protocol, at + 0.001)
+        else:
+            address, port = rng.choice(DIRECT)
+            add(client, Endpoint(address, port), Protocol.TCP, at)
+    return flows[:count]
+
+
+def run(count: int) -> float:
+    snapshot = load_snapshot(DATA / "cluster.json")
+    resolver = Resolver(snapshot, ip_history=load_pod_ip_history(DATA / "pod-ips.jsonl"))
+    flows = make_flows(count)
+    scope = resolver.scope_of(
+        [("shop", "web-7c5d8f9b4-aaaaa"), ("bookinfo", "productpage-v1-6b746f74dc-x7vq2")]
+    )
+    began = time.perf_counter()
+    graph = build_graph(flows, resolver, scope=scope)
+    built = time.perf_counter()
+    policies = synthesize(graph, cluster_dns=resolver.cluster_dns(), default_deny=True)
+    done = time.perf_counter()
+    rate = count / (built - began)
+    print(
+        f"{count:>9} flows: build_graph {built - began:6.2f}s = {rate:9.0f} flows/s; "
+        f"synthesize {done - built:.3f}s ({len(policies)} objects, "
+        f"{graph.number_of_edges()} edges)"
+    )
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flows", type=int, default=50_000)
+    args = parser.parse_args()
+    one = run(args.flows)
+    four = run(4 * args.flows)
+    print(f"flows/s at 4× the flows relative to 1×: {four / one:.2f} (1.00 = linear)")
+
+
+if __name__ == "__main__":
+    main()
