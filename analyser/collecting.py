@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -459,8 +459,9 @@ def controller_of(obj: KubeObject) -> dict[str, str] | None:
 class PodIPHistory:
     """Turns pod lists and watch events into ``pod-ips.jsonl`` lines: one per change of a pod's
     IPs (first seen with IPs, or given its first IPs: ``ADDED``; changed: ``MODIFIED``; gone:
-    ``DELETED`` with the IPs it released). A pod first seen in a list is dated by its ``status.startTime`` (its IPs are that
-    old at most); everything else by when the change was observed."""
+    ``DELETED`` with the IPs it released). A pod first seen in a list is dated by its
+    ``status.startTime`` (its IPs are that old at most); everything else by when the change
+    was observed."""
 
     sink: TextIO
     clock: Callable[[], datetime.datetime] = utc_now
@@ -746,24 +747,32 @@ def pull_all(
     parallel: int,
     on_done: Callable[[PullReport | Skipped], None],
 ) -> list[PullReport | Skipped]:
-    """Pull every target in a bounded pool; a pod that fails is reported, the rest go on."""
+    """Pull every target in a bounded pool; a pod that fails is reported, the rest go on.
+    Missing RBAC stops everything (every other pod would fail the same way). ``on_done`` runs
+    in the calling thread, in completion order; the result is in ``targets`` order."""
 
     def pull_one(target: PullTarget) -> PullReport | Skipped:
         destination = bundle / CAPTURES / target.namespace / target.pod
         partials = bundle / PARTIALS / target.namespace / target.pod
         try:
-            report = PodPuller(cluster.exec, target, destination, partial_directory=partials).pull()
+            return PodPuller(cluster.exec, target, destination, partial_directory=partials).pull()
+        except AccessDenied:
+            raise
         except CollectError as error:
-            if isinstance(error, AccessDenied):
-                raise
-            outcome: PullReport | Skipped = Skipped(target.namespace, target.pod, str(error))
-        else:
-            outcome = report
-        on_done(outcome)
-        return outcome
+            return Skipped(target.namespace, target.pod, str(error))
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        return list(pool.map(pull_one, targets))
+        futures = {pool.submit(pull_one, target): index for index, target in enumerate(targets)}
+        outcomes: dict[int, PullReport | Skipped] = {}
+        try:
+            for future in as_completed(futures):
+                outcomes[futures[future]] = future.result()
+                on_done(outcomes[futures[future]])
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return [outcomes[index] for index in range(len(targets))]
 
 
 def collect(
@@ -771,6 +780,7 @@ def collect(
     options: CollectOptions,
     *,
     on_watch_event: Callable[[], None] = lambda: None,
+    on_pull_start: Callable[[int], None] = lambda pods: None,
     on_pod_done: Callable[[PullReport | Skipped], None] = lambda outcome: None,
 ) -> CollectResult:
     """Watch, snapshot, pull, write ``bundle.json``; a second run into the same bundle fetches
@@ -800,6 +810,7 @@ def collect(
             targets.append(target)
         else:
             skipped.append(Skipped(pod["metadata"]["namespace"], pod["metadata"]["name"], target))
+    on_pull_start(len(targets))
     outcomes = pull_all(cluster, targets, bundle, parallel=options.parallel, on_done=on_pod_done)
     remove_empty_directories(bundle / PARTIALS)
     reports = [outcome for outcome in outcomes if isinstance(outcome, PullReport)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from analyser.cli.main import PROG, ExitStatus
@@ -92,12 +93,21 @@ def run(args: argparse.Namespace) -> int:
         duration=args.duration,
         parallel=args.parallel,
     )
-    with Progress("watching pods (events)") as watching, Progress("pulling pods") as pulling:
+    with ExitStack() as bars:
+        # one bar at a time on stderr: the watch's events, then the pods pulled
+        bar = bars.enter_context(Progress("watching pods: events"))
+
+        def start_pulling(pods: int) -> None:
+            nonlocal bar
+            bars.close()
+            bar = bars.enter_context(Progress("pulling pods", total=pods))
+
         result = collect(
             cluster,
             options,
-            on_watch_event=lambda: watching.advance(),
-            on_pod_done=lambda outcome: pulling.advance(),
+            on_watch_event=lambda: bar.advance(),
+            on_pull_start=start_pulling,
+            on_pod_done=lambda outcome: bar.advance(),
         )
     print(
         f"{args.out}: {result.pods_pulled} pods pulled from {', '.join(result.namespaces)}, "
