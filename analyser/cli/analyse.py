@@ -88,6 +88,6 @@ def run(args: argparse.Namespace) -> int:
             f"{policies} policies from {len(analysis.flows)} flows in {len(bundle.captures)} "
             f"capture files written to {out}/ (apply: kubectl apply -k {out}); "
             f"report: {out / 'report.md'}"
-            + (f"; {len(analysis.problems)} warnings" if analysis.problems else "")
+            + (f"; warnings: {len(analysis.problems)}" if analysis.problems else "")
         )
     return ExitStatus.OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -470,6 +471,33 @@ def test_report_lists_workloads_flows_names_problems_and_evidence() -> None:
     assert "| heuristic | 3 |" in report
     # a line break in a label cannot start a new table row
     assert '| shop/Deployment/web "v2" line two | yes | — |' in report
+
+
+def test_report_names_services_assumed_backends_and_workloads_without_a_policy() -> None:
+    graph = example_graph()
+    graph.add_node(
+        "shop/Pod/debug", role=NodeRole.WORKLOAD, label="shop/Pod/debug", names=(), in_scope=True
+    )
+    stats = EdgeStats(
+        4,
+        8,
+        800,
+        1_767_261_600.0,
+        1_767_261_601.0,
+        frozenset({Evidence.KNOWN_LISTENER}),
+        services=frozenset({"shop/cart"}),
+        assumed=True,
+    )
+    graph.add_edge("shop/Pod/debug", "shop/Deployment/cart", ports={PortSpec(TCP, 8080): stats})
+    facts = dataclasses.replace(report_facts(), unselectable=("shop/Pod/debug",))
+    report = render_report(facts, graph)
+    assert (
+        "| shop/Pod/debug | shop/Deployment/cart | TCP/8080 | shop/cart (backend assumed: not "
+        "captured) | 4 |" in report
+    )
+    assert "| shop/Pod/debug | yes | none: its pods have no stable label to select them by |" in (
+        report
+    )
 
 
 def test_report_of_an_empty_analysis_says_so() -> None:
