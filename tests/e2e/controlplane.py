@@ -151,6 +151,10 @@ def build(version: str = KUBERNETES_VERSION, root: Path = CACHE_ROOT) -> Path:
         "CGO_ENABLED": "0",
         "GOFLAGS": f"-p={GO_PARALLEL} -mod=mod",
     }
+    if not env.get("HOME"):
+        # Go keeps its module and build caches under $HOME; CI may run without one.
+        env.setdefault("GOPATH", str(root / "gopath"))
+        env.setdefault("GOCACHE", str(root / "go-build"))
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="netpol-sniffer-k8s-build-") as work_name:
         work = Path(work_name)
