@@ -41,21 +41,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `verify --help` stays quick.
-    from analyser.analysing import analyse
+    from analyser.analysing import observe
     from analyser.bundles import open_bundle
     from analyser.policysets import load_policies
     from analyser.replaying import cluster_facts, verify_graph
-    from analyser.snapshot import load_snapshot
     from analyser.verifying import allowance_json, denial_json, score_json
 
     loaded = load_policies(args.policies)
     bundle = open_bundle(args.bundle)
     total = sum(path.stat().st_size for path in bundle.captures)
     with Progress("reading captures (bytes)", total=total) as bar:
-        analysis = analyse(bundle, on_progress=bar.advance)
-    cluster = cluster_facts(load_snapshot(bundle.snapshot), analysis.resolver)
-    result = verify_graph(loaded.policies, analysis.graph, cluster)
-    notes = [*loaded.notes, *(f"{p.path}: {p.problem}" for p in analysis.problems)]
+        observation = observe(bundle, on_progress=bar.advance)
+    cluster = cluster_facts(observation.snapshot, observation.resolver)
+    result = verify_graph(loaded.policies, observation.graph, cluster)
+    notes = [*loaded.notes, *(f"{p.path}: {p.problem}" for p in observation.problems)]
     status = ExitStatus.OK if result.passed else ExitStatus.DENIED
     if args.json:
         document = {

@@ -1,0 +1,136 @@
+"""verify and diff from the command line, on a real bundle (dpkt-written pcaps + a snapshot):
+the generated policies pass, removing a rule names the denied flow, diff shows the change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from analyser.cli.main import ExitStatus, main
+from tests.bundle_builders import API_IP, make_bundle
+
+FRONTEND, CART = "web/Deployment/frontend", "shop/Deployment/cart"
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(bundle, the policies analyse wrote for it)."""
+    root = tmp_path_factory.mktemp("verify")
+    bundle = make_bundle(root / "bundle")
+    out = root / "policies"
+    assert main(["analyse", str(bundle), "--out", str(out)]) == ExitStatus.OK
+    return bundle, out
+
+
+def policy_files(folder: Path) -> dict[Path, dict[str, Any]]:
+    return {
+        path: yaml.safe_load(path.read_text())
+        for path in sorted(folder.rglob("*.yaml"))
+        if path.name != "kustomization.yaml"
+    }
+
+
+def copy_without_cart_ingress(source: Path, target: Path) -> Path:
+    """The generated set with the cart policy's ingress rules removed."""
+    for path, document in policy_files(source).items():
+        if document["spec"]["podSelector"].get("matchLabels") == {"app": "cart"}:
+            document["spec"]["ingress"] = []
+        destination = target / path.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_text(yaml.safe_dump(document))
+    return target
+
+
+def test_generated_policies_pass(
+    generated: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle, policies = generated
+    assert main(["verify", str(bundle), str(policies)]) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert "OK: every observed connection is allowed" in out
+    assert "least-privilege score" in out
+
+
+def test_generated_policies_pass_as_json(
+    generated: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle, policies = generated
+    assert main(["verify", str(bundle), str(policies), "--json"]) == ExitStatus.OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] is True
+    assert report["denied"] == []
+    assert report["observed"] >= 2  # frontend → cart, cart → the API (and DNS)
+    # The generated policies allow nothing between captured workloads beyond what was seen,
+    # apart from DNS to the cluster DNS pods.
+    for allowance in report["allowed_unobserved"]:
+        assert allowance["server"] == "kube-system/Deployment/coredns", allowance
+        assert {r["first"] for r in allowance["unobserved"]} == {53}
+    assert set(report["score"]) == {"pairs", "ports", "all_ports_pairs"}
+
+
+def test_removed_rule_is_denied_and_named(
+    generated: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle, policies = generated
+    broken = copy_without_cart_ingress(policies, tmp_path / "broken")
+    assert main(["verify", str(bundle), str(broken)]) == ExitStatus.DENIED
+    out = capsys.readouterr().out
+    assert f"{FRONTEND} → {CART} 8080/TCP: denied by ingress at {CART}" in out
+    assert main(["verify", str(bundle), str(broken), "--json"]) == ExitStatus.DENIED
+    [denial] = json.loads(capsys.readouterr().out)["denied"]
+    assert denial == {
+        "client": FRONTEND,
+        "server": CART,
+        "protocol": "TCP",
+        "port": 8080,
+        "side": "ingress",
+        "denied_by": CART,
+        "policies": denial["policies"],
+    }
+    assert denial["policies"] and denial["policies"][0].startswith("shop/")
+
+
+def test_no_policies_allow_everything_and_score_worse(
+    generated: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle, policies = generated
+    assert main(["verify", str(bundle), str(policies), "--json"]) == ExitStatus.OK
+    tight = json.loads(capsys.readouterr().out)["score"]
+    (tmp_path / "none").mkdir()
+    assert main(["verify", str(bundle), str(tmp_path / "none"), "--json"]) == ExitStatus.OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["score"]["pairs"] > tight["pairs"]
+    assert report["score"]["all_ports_pairs"] > 0
+    assert any(a["server"] == f"ip:{API_IP}/32" for a in report["allowed_unobserved"])
+
+
+def test_diff_shows_the_removed_rule(
+    generated: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle, policies = generated
+    broken = copy_without_cart_ingress(policies, tmp_path / "broken")
+    args = ["diff", str(policies), str(broken), "--snapshot", str(bundle)]
+    assert main(args) == ExitStatus.OK
+    out = capsys.readouterr().out
+    assert f"- {FRONTEND} → {CART}: 8080/TCP" in out
+    assert "+ " not in out
+    assert main([*args, "--json"]) == ExitStatus.OK
+    changes = json.loads(capsys.readouterr().out)["changes"]
+    assert [(c["client"], c["server"], c["newly_denied"]) for c in changes] == [
+        (FRONTEND, CART, [{"protocol": "TCP", "first": 8080, "last": 8080}])
+    ]
+    assert main(["diff", str(policies), str(policies), "--snapshot", str(bundle)]) == 0
+    assert "no change" in capsys.readouterr().out
+
+
+def test_unparsable_policy_file_is_named(
+    generated: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle, _ = generated
+    (tmp_path / "bad.yaml").write_text("kind: NetworkPolicy\nspec: {podSelector: [\n")
+    assert main(["verify", str(bundle), str(tmp_path)]) == ExitStatus.ERROR
+    assert "bad.yaml: not valid YAML" in capsys.readouterr().err
