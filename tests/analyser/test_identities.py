@@ -382,3 +382,39 @@ def test_load_balancer_and_external_ips_are_the_service() -> None:
         identity = resolver.resolve(address, 0.0)
         assert (identity.kind, identity.service) == (EndpointKind.SERVICE, ("app", "w"))
         assert resolver.known_listener(Endpoint(address, 80), Protocol.TCP, 0.0)
+
+
+def test_a_job_without_cron_job_is_the_workload_and_statics_are_bare_pods() -> None:
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "migrate-20261126", "namespace": "app", "uid": "uid-migrate-20261126"},
+        "spec": {
+            "selector": {
+                "matchLabels": {"batch.kubernetes.io/controller-uid": "uid-migrate-20261126"}
+            },
+            "template": {
+                "metadata": {"labels": {"app": "migrate", "job-name": "migrate-20261126"}}
+            },
+        },
+    }
+    job_pod = _pod(
+        "migrate-20261126-abcde", "10.1.0.7", {"app": "migrate"}, ("Job", "migrate-20261126")
+    )
+    static = _pod("etcd-node-a", "10.1.0.8", {"component": "etcd"}, ("Node", "node-a"))
+    resolver = Resolver(_objects(job_pod, static, extra=(job,)))
+    migrate = resolver.workload_of_pod("app", "migrate-20261126-abcde")
+    assert migrate == WorkloadRef("app", "Job", "migrate-20261126")
+    assert resolver.workload(migrate).selector.match_labels == (("app", "migrate"),)
+    assert resolver.workload_of_pod("app", "etcd-node-a") == WorkloadRef(
+        "app", "Pod", "etcd-node-a"
+    )
+
+
+def test_a_host_network_pods_meta_json_does_not_claim_the_node_address(snapshot: Snapshot) -> None:
+    meta = parse_capture_meta(
+        {"pod": "agent-x", "namespace": "kube-system", "ips": ["192.168.49.3"], "node": "node-b"},
+        source="meta.json",
+    )
+    resolver = Resolver(snapshot, captures=[meta])
+    assert resolver.resolve("192.168.49.3", at("09:40:00")).kind is EndpointKind.NODE
