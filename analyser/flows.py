@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Protocol(StrEnum):
@@ -91,13 +92,15 @@ def handshake_role(protocol_number: int, control: int) -> int:
     return 0
 
 
-@dataclass(frozen=True, slots=True)
-class DirectedTraffic:
-    """The packets one capture file saw from ``source`` to ``destination``."""
+class DirectedTraffic(NamedTuple):
+    """The packets one capture file saw from source to destination (a named tuple: one per
+    direction of every flow in every file, so cheap to build)."""
 
     protocol: Protocol
-    source: Endpoint
-    destination: Endpoint
+    source_ip: str
+    source_port: int
+    destination_ip: str
+    destination_port: int
     first_seen: float
     last_seen: float
     packets: int
@@ -123,7 +126,8 @@ class Conversation:
     opened_by: Endpoint | None  # the client according to a captured handshake, if any
 
 
-ConversationKey = tuple[Protocol, Endpoint, Endpoint]
+# (protocol, IP of a, port of a, IP of b, port of b): plain values hash and compare fast.
+ConversationKey = tuple[Protocol, str, int, str, int]
 
 
 class _Aggregate:
@@ -151,8 +155,7 @@ class _Aggregate:
             totals[1] += size
 
 
-def _opened_by(key: ConversationKey, roles: int) -> Endpoint | None:
-    _, a, b = key
+def _opened_by(a: Endpoint, b: Endpoint, roles: int) -> Endpoint | None:
     a_opened, b_opened = bool(roles & 1), bool(roles & 2)
     if a_opened != b_opened:
         return a if a_opened else b
@@ -177,32 +180,39 @@ class ConversationTable:
 
     def add_capture(self, capture: str, vantage: str, traffic: Iterable[DirectedTraffic]) -> None:
         """Add what one capture file (bundle-relative path) saw from one vantage point."""
-        for directed in traffic:
-            forward = directed.source <= directed.destination
-            a, b = (
-                (directed.source, directed.destination)
+        for (
+            protocol,
+            source_ip,
+            source_port,
+            destination_ip,
+            destination_port,
+            first_seen,
+            last_seen,
+            packets,
+            size,
+            roles,
+        ) in traffic:
+            # a is the lower endpoint: the key is the same whichever direction was seen.
+            forward = (source_ip, source_port) <= (destination_ip, destination_port)
+            key = (
+                (protocol, source_ip, source_port, destination_ip, destination_port)
                 if forward
-                else (directed.destination, directed.source)
+                else (protocol, destination_ip, destination_port, source_ip, source_port)
             )
-            key = (directed.protocol, a, b)
             aggregate = self._aggregates.get(key)
             if aggregate is None:
-                aggregate = self._aggregates[key] = _Aggregate(
-                    directed.first_seen, directed.last_seen
-                )
+                aggregate = self._aggregates[key] = _Aggregate(first_seen, last_seen)
             else:
-                aggregate.first_seen = min(aggregate.first_seen, directed.first_seen)
-                aggregate.last_seen = max(aggregate.last_seen, directed.last_seen)
-            opened = 1 if forward else 2
-            accepted = 4 if forward else 8
-            if directed.roles & ROLE_OPENER:
-                aggregate.roles |= opened
-            if directed.roles & ROLE_ACCEPTOR:
-                aggregate.roles |= accepted
+                aggregate.first_seen = min(aggregate.first_seen, first_seen)
+                aggregate.last_seen = max(aggregate.last_seen, last_seen)
+            if roles & ROLE_OPENER:
+                aggregate.roles |= 1 if forward else 2
+            if roles & ROLE_ACCEPTOR:
+                aggregate.roles |= 4 if forward else 8
             aggregate.captures.add(capture)
             totals = aggregate.vantages.setdefault(vantage, [0, 0])
-            totals[0] += directed.packets
-            totals[1] += directed.bytes
+            totals[0] += packets
+            totals[1] += size
 
     def merge(self, other: ConversationTable) -> None:
         """Fold another table (e.g. a worker's) into this one."""
@@ -221,7 +231,8 @@ class ConversationTable:
         for key in sorted(self._aggregates):
             aggregate = self._aggregates[key]
             packets, size = max(aggregate.vantages.values())
-            protocol, a, b = key
+            protocol, ip_a, port_a, ip_b, port_b = key
+            a, b = Endpoint(ip_a, port_a), Endpoint(ip_b, port_b)
             result.append(
                 Conversation(
                     protocol,
@@ -232,7 +243,7 @@ class ConversationTable:
                     packets,
                     size,
                     frozenset(aggregate.captures),
-                    _opened_by(key, aggregate.roles),
+                    _opened_by(a, b, aggregate.roles),
                 )
             )
         return result

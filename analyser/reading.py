@@ -26,7 +26,6 @@ from analyser.flows import (
     Conversation,
     ConversationTable,
     DirectedTraffic,
-    Endpoint,
     handshake_role,
     protocol_named,
 )
@@ -101,8 +100,10 @@ def _read_one(path: Path, name: str) -> _Partial:
         directed.append(
             DirectedTraffic(
                 protocol_named(number),
-                Endpoint(source, source_port),
-                Endpoint(destination, destination_port),
+                source,
+                source_port,
+                destination,
+                destination_port,
                 first,
                 last,
                 packets_seen,

@@ -31,7 +31,18 @@ def _directed(
     last: float = 11.0,
     protocol: Protocol = Protocol.TCP,
 ) -> DirectedTraffic:
-    return DirectedTraffic(protocol, source, destination, first, last, packets, size, roles)
+    return DirectedTraffic(
+        protocol,
+        source.ip,
+        source.port,
+        destination.ip,
+        destination.port,
+        first,
+        last,
+        packets,
+        size,
+        roles,
+    )
 
 
 def _conversation(
