@@ -155,8 +155,8 @@ class Score:
 
     def __str__(self) -> str:
         return (
-            f"{self.pairs} pairs allowed beyond what was observed, {self.ports} ports in all, "
-            f"{self.all_ports_pairs} of them on all ports"
+            f"{self.pairs} pairs allowed beyond what was observed, {self.ports} ports in all; "
+            f"{self.all_ports_pairs} of the pairs have every port of a protocol open"
         )
 
 
