@@ -306,3 +306,18 @@ def test_rendered_policies_allow_every_observed_flow(default_deny: bool) -> None
     files = render_policy_files(policies, default_denies=denies, provenance=Provenance())
     loaded = parse_policy_texts(files)
     ensure_policies_allow(loaded.policies, graph, cluster_facts(cluster(), names))
+
+
+def test_dns_flows_are_not_repeated_when_the_dns_peer_is_written_differently() -> None:
+    flows = [
+        flow(f"{WEB_A}:33333", f"{COREDNS_A}:53", protocol=UDP, evidence=Evidence.KNOWN_LISTENER),
+        flow(f"{WEB_A}:41000", f"{COREDNS_A}:9153"),
+    ]
+    graph = build_graph(flows, resolver(), scope={WEB})
+    dns = ClusterDns(workloads=frozenset({str(COREDNS)}))  # the conventional selector
+    [web] = synthesize(graph, cluster_dns=dns)
+    assert isinstance(web, Policy)
+    assert rules_to(web.egress) == {
+        str(COREDNS): (("TCP", 9153),),
+        "cluster DNS (k8s-app=kube-dns)": (("TCP", 53), ("UDP", 53)),
+    }
