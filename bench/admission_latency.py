@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import ssl
 import statistics
@@ -46,6 +47,7 @@ class Run:
     errors: int = 0
     started: float = 0.0
     finished: float = 0.0
+    server_cpu: float = 0.0  # CPU seconds the webhook process used during the phase
 
 
 def bodies() -> list[bytes]:
@@ -132,6 +134,12 @@ async def load(
     return run
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def report(name: str, run: Run) -> None:
     count = len(run.latencies)
     rate = count / (run.finished - run.started)
@@ -140,6 +148,11 @@ def report(name: str, run: Run) -> None:
         f"{name:<22} {count:>6} requests  {rate:7.1f} req/s  errors {run.errors:<4} "
         f"p50 {p50:6.2f} ms  p90 {percentile(run.latencies, 0.90) * 1e3:6.2f} ms  "
         f"p99 {p99:6.2f} ms  max {max(run.latencies) * 1e3:6.2f} ms"
+    )
+    per_request = run.server_cpu / count
+    print(
+        f"{'':<22} webhook CPU {per_request * 1e3:.3f} ms/request "
+        f"(one core saturates at ~{1 / per_request:.0f} req/s)"
     )
 
 
@@ -153,7 +166,9 @@ def in_process_baseline(samples: list[bytes]) -> list[float]:
     return latencies
 
 
-async def measure(port: int, context: ssl.SSLContext, args: argparse.Namespace) -> tuple[Run, Run]:
+async def measure(
+    port: int, pid: int, context: ssl.SSLContext, args: argparse.Namespace
+) -> tuple[Run, Run]:
     samples = bodies()
 
     def mutate(index: int) -> bytes:
@@ -175,8 +190,11 @@ async def measure(port: int, context: ssl.SSLContext, args: argparse.Namespace) 
     await load(
         port, context, mutate, allowed, rate=args.rate, seconds=1, connections=args.connections
     )
+    before = cpu_seconds(pid)
     floor = await load(port, context, healthz, lambda status, _: status == 200, **options)
+    middle = cpu_seconds(pid)
     mutations = await load(port, context, mutate, allowed, **options)
+    floor.server_cpu, mutations.server_cpu = middle - before, cpu_seconds(pid) - middle
     return floor, mutations
 
 
@@ -223,7 +241,7 @@ def main() -> int:
                         print("the webhook did not start", file=sys.stderr)
                         return 1
                     time.sleep(0.1)
-            floor, mutations = asyncio.run(measure(port, context, args))
+            floor, mutations = asyncio.run(measure(port, server.pid, context, args))
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -246,7 +246,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    asyncio.run(_serve(config, reloader, poll_seconds))
+    # uvicorn's loop choice (uvloop when installed), as uvicorn.run would make it.
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(_serve(config, reloader, poll_seconds))
     return 0
 
 
