@@ -25,15 +25,34 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+_build_outcome: list[Path | ControlPlaneError] = []
+
+
+def _build_once(config: pytest.Config) -> Path | ControlPlaneError:
+    """Build (or find) the binaries once per run, printing to the terminal, not to a capture."""
+    if not _build_outcome:
+        capture = config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            try:
+                _build_outcome.append(build())
+            except ControlPlaneError as error:
+                _build_outcome.append(error)
+    return _build_outcome[0]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Build before the first test starts, so a cold build does not count against a test's timeout.
+    if any(item.get_closest_marker("e2e") for item in session.items):
+        _build_once(session.config)
+
+
 @pytest.fixture(scope="session")
 def control_plane_binaries(pytestconfig: pytest.Config) -> Path:
-    """The built binaries (built now if the cache lacks them; prints how long that took)."""
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    try:
-        with capture.global_and_fixture_disabled():
-            return build()
-    except ControlPlaneError as error:
-        pytest.fail(f"cannot build the control plane: {error}", pytrace=False)
+    """The directory of the built binaries."""
+    outcome = _build_once(pytestconfig)
+    if isinstance(outcome, ControlPlaneError):
+        pytest.fail(f"cannot build the control plane: {outcome}", pytrace=False)
+    return outcome
 
 
 @pytest.fixture(scope="session")
