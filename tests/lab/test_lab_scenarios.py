@@ -119,9 +119,14 @@ calls:
     assert flow("front/Deployment/web", "back/Deployment/api", 9000) in lab.truth
     assert flow("back/Deployment/api", "front/Deployment/web", 8080) in lab.truth
     files = assert_policies_match_truth(lab.bundle)
-    assert "kubernetes.io/metadata.name: back" in "".join(
-        text for path, text in files.items() if path.startswith("front/")
-    )
+    web = yaml.safe_load(next(t for p, t in files.items() if p.startswith("front/web")))
+    namespaces = [
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for rule in web["spec"]["egress"]
+        for peer in rule.get("to", [])
+        if "namespaceSelector" in peer
+    ]
+    assert "back" in namespaces
 
 
 def test_external_egress_by_name(run_lab: LabRunner) -> None:
