@@ -213,18 +213,31 @@ def _unselectable(workload: Any) -> bool:
     return bool(workload.selector.is_empty or workload.host_network)
 
 
-def unselectable_workloads(graph: Any) -> tuple[str, ...]:
-    """In-scope workloads no policy can be written for: without any stable label (a policy would
-    select every pod of their namespace) or on the host network (NetworkPolicy does not apply to
-    them). The report should say so."""
+def unselectable_workloads(graph: Any, *, default_deny: bool = False) -> tuple[str, ...]:
+    """Workloads no policy can be written for: without any stable label (a policy would select
+    every pod of their namespace) or on the host network (NetworkPolicy does not apply to them).
+    In-scope ones; with ``default_deny``, also those seen in a namespace in scope (which then gets
+    no default-deny: it would cut them off). The report should say so."""
+    in_scope_namespaces = {
+        attrs["workload"].ref.namespace
+        for _, attrs in graph.nodes(data=True)
+        if attrs.get("in_scope") and attrs["role"] == _WORKLOAD and attrs["workload"] is not None
+    }
     return tuple(
         sorted(
             node_id
             for node_id, attrs in graph.nodes(data=True)
-            if attrs.get("in_scope")
-            and attrs["role"] == _WORKLOAD
+            if attrs["role"] == _WORKLOAD
             and attrs["workload"] is not None
             and _unselectable(attrs["workload"])
+            and (
+                attrs.get("in_scope")
+                or (
+                    default_deny
+                    and not attrs["workload"].host_network
+                    and attrs["workload"].ref.namespace in in_scope_namespaces
+                )
+            )
         )
     )
 
@@ -235,7 +248,8 @@ def synthesize(
     """One :class:`Policy` per in-scope workload of ``graph`` (schema: ``analyser.graphs``),
     allowing what was observed and DNS to the cluster DNS pods, plus, with ``default_deny``, a
     :class:`DefaultDeny` per namespace in scope and a policy for every other workload of those
-    namespaces seen in the graph. Workloads without a stable label get none
+    namespaces seen in the graph (a namespace where such a workload has no stable label gets no
+    default-deny). Workloads without a stable label, or on the host network, get no policy
     (:func:`unselectable_workloads`). Sorted by namespace, then default-deny first, then name."""
     dns = cluster_dns if cluster_dns is not None else ClusterDns()
     dns_ports = set(dns.ports)
@@ -285,7 +299,9 @@ def synthesize(
             )
         )
     if default_deny:
-        result += [DefaultDeny(namespace) for namespace in namespaces]
+        # Not where a workload seen there has no label to write its policy with.
+        cut_off = {w.ref.namespace for _, w in chosen if w.selector.is_empty and not w.host_network}
+        result += [DefaultDeny(namespace) for namespace in namespaces if namespace not in cut_off]
     return sorted(result, key=lambda p: (p.namespace, isinstance(p, Policy), p.name))
 
 

@@ -321,3 +321,17 @@ def test_dns_flows_are_not_repeated_when_the_dns_peer_is_written_differently() -
         str(COREDNS): (("TCP", 9153),),
         "cluster DNS (k8s-app=kube-dns)": (("TCP", 53), ("UDP", 53)),
     }
+
+
+def test_no_default_deny_where_a_seen_workload_cannot_be_selected() -> None:
+    # debug (a bare pod without labels, not captured) calls web: a default-deny in shop would
+    # cut debug off, and no policy can name it; bookinfo still gets its default-deny.
+    flows = [flow(f"{DEBUG}:41000", f"{WEB_A}:8080")]
+    graph, _, result = synthesized(flows, {WEB, PAGE}, default_deny=True)
+    assert [(type(p).__name__, p.namespace) for p in result] == [
+        ("DefaultDeny", "bookinfo"),
+        ("Policy", "bookinfo"),
+        ("Policy", "shop"),
+    ]
+    assert unselectable_workloads(graph) == ()
+    assert unselectable_workloads(graph, default_deny=True) == ("shop/Pod/debug",)
