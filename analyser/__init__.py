@@ -10,18 +10,30 @@ from analyser.errors import (
     NetpolSnifferError,
     PolicyError,
     SnapshotError,
+    UnsafePolicies,
 )
+from analyser.evaluation import Address, ContainerPort, Denial, Direction, PolicySet, PortSet, pod
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
+from analyser.policysets import load_policies
 
 __all__ = [
+    "Address",
     "BundleError",
     "CaptureError",
     "CollectError",
+    "ContainerPort",
+    "Denial",
+    "Direction",
     "Endpoint",
     "Evidence",
     "Flow",
     "NetpolSnifferError",
     "PolicyError",
+    "PolicySet",
+    "PortSet",
     "Protocol",
     "SnapshotError",
+    "UnsafePolicies",
+    "load_policies",
+    "pod",
 ]

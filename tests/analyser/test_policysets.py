@@ -137,3 +137,15 @@ def test_rendered_texts_are_read_like_files() -> None:
     assert loaded.notes == ("kustomization.yaml (document 1): skipped Kustomization",)
     with pytest.raises(PolicyError, match=r"shop/x\.yaml: not valid YAML"):
         parse_policy_texts({"shop/x.yaml": "a: [b\n"})
+
+
+def test_the_public_api_checks_a_folder_in_a_few_lines(tmp_path: Path) -> None:
+    import analyser
+
+    (tmp_path / "p.yaml").write_text(f"{DENY_ALL}---\n{ALLOW_WEB}")
+    policies = analyser.load_policies(tmp_path).policies
+    web = analyser.pod(namespace="shop", labels={"app": "web"}, name="shop/web")
+    assert policies.allows(web, analyser.Address("10.9.9.9"), analyser.Protocol.UDP, 53)
+    [denial] = policies.denials(web, analyser.Address("10.9.9.9"), analyser.Protocol.TCP, 443)
+    assert denial.side is analyser.Direction.EGRESS
+    assert {"PolicySet", "load_policies", "pod", "Address", "Denial"} <= set(analyser.__all__)
