@@ -149,17 +149,67 @@ def _optional_inputs(
     return history, metas, problems
 
 
-def _captured_pods(bundle: Bundle, metas: Iterable[CaptureMeta]) -> set[tuple[str, str]]:
-    """(namespace, pod) of every captured pod: from the manifest, meta.json and the
-    ``captures/NAMESPACE/POD/`` layout."""
+def _captured_pods(
+    bundle: Bundle, metas: Iterable[CaptureMeta]
+) -> tuple[set[tuple[str, str]], set[str]]:
+    """(namespace, pod) of every captured pod as the bundle says it (the manifest, meta.json
+    beside the files, the ``captures/NAMESPACE/POD/`` layout), and the capture files (relative
+    paths) that nothing ties to a pod, e.g. loose pcaps in a plain folder."""
     pods = {(m.namespace, m.pod) for m in metas}
+    meta_folders = {Path(m.source).resolve().parent for m in metas}
+    listed = set()
     if bundle.manifest is not None:
         pods |= {(e.namespace, e.pod) for e in bundle.manifest.captures}
+        listed = {e.path for e in bundle.manifest.captures}
+    unplaced = set()
     for path in bundle.captures:
-        parts = PurePosixPath(bundle.relative(path)).parts
+        relative = bundle.relative(path)
+        parts = PurePosixPath(relative).parts
         if len(parts) >= 4 and parts[0] == CAPTURES:
             pods.add((parts[1], parts[2]))
-    return pods
+        elif relative not in listed and path.parent not in meta_folders:
+            unplaced.add(relative)
+    return pods, unplaced
+
+
+def _vantage_pods(
+    flows: Iterable[Flow], resolver: Resolver, unplaced: set[str]
+) -> tuple[set[tuple[str, str]], list[FileProblem]]:
+    """Whose capture an unplaced file is: the one pod whose address is in every flow it saw (a
+    sidecar or ``tcpdump`` in a pod sees only its own traffic)."""
+    common: dict[str, set[str]] = {}
+    first: dict[str, float] = {}
+    for flow in flows:
+        ends = {flow.client.ip, flow.server.ip}
+        for capture in flow.captures & unplaced:
+            common[capture] = common[capture] & ends if capture in common else set(ends)
+            first[capture] = min(first.get(capture, flow.first_seen), flow.first_seen)
+    pods: set[tuple[str, str]] = set()
+    problems = []
+    for capture in sorted(unplaced):
+        found = sorted(
+            {
+                (identity.pod.namespace, identity.pod.name)
+                for ip in common.get(capture, set())
+                if (identity := resolver.resolve(ip, first[capture])).pod is not None
+            }
+        )
+        if len(found) == 1:
+            pods.add(found[0])
+            continue
+        why = (
+            f"several pods ({', '.join('/'.join(p) for p in found)}) are in every flow"
+            if found
+            else "no pod is in every flow it saw"
+        )
+        problems.append(
+            FileProblem(
+                capture,
+                f"not tied to a pod (no bundle.json entry, meta.json or captures/NS/POD/ "
+                f"folder) and {why}: its flows count, but it makes no workload get a policy",
+            )
+        )
+    return pods, problems
 
 
 def _capture_problems(traffic: Traffic) -> list[FileProblem]:
@@ -207,13 +257,15 @@ def observe(
     snapshot = load_snapshot(bundle.snapshot)
     history, metas, problems = _optional_inputs(bundle)
     resolver = Resolver(snapshot, ip_history=history, captures=metas)
-    scope = resolver.scope_of(_captured_pods(bundle, metas))
+    captured, unplaced = _captured_pods(bundle, metas)
     traffic = read_captures(
         bundle.captures, root=bundle.root, workers=workers, on_progress=on_progress
     )
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
+    vantage, vantage_problems = _vantage_pods(flows, resolver, unplaced)
+    scope = resolver.scope_of(captured | vantage)
     graph = build_graph(flows, resolver, traffic.dns, scope=scope)
-    problems = [*bundle.problems, *problems, *_capture_problems(traffic)]
+    problems = [*bundle.problems, *problems, *_capture_problems(traffic), *vantage_problems]
     problems += [
         FileProblem(f"{CAPTURES}/{namespace}/{pod}", "captured pod not in the snapshot: no policy")
         for namespace, pod in scope.unknown_pods

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bundle_builders import CART_POD, make_bundle
+from bundle_builders import (
+    CART_IP,
+    CART_POD,
+    FRONTEND_IP,
+    T0,
+    handshake,
+    make_bundle,
+    write_pcap,
+)
 
 from analyser.cli.main import ExitStatus, main
 
@@ -152,3 +160,25 @@ def test_the_installed_command_runs(bundle: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
+
+
+def test_a_plain_folder_of_loose_pcaps_and_a_snapshot(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    shutil.copy(bundle / "snapshot.json", folder / "snapshot.json")
+    for index, pcap in enumerate(sorted(bundle.glob("captures/*/*/capture.pcap0"))):
+        shutil.copy(pcap, folder / f"trace-{index}.pcap")
+    # one conversation between two pods: it cannot tell whose capture it is
+    write_pcap(folder / "pair.pcap", handshake(FRONTEND_IP, 41000, CART_IP, 8080, T0 + 9))
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    summary = json.loads(stdout)
+    # each loose file is tied to the one pod in all its flows
+    assert summary["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
+    assert [p["path"] for p in summary["problems"]] == ["pair.pcap"]
+    assert "several pods (shop/cart-7f9b8-bbbbb, web/frontend-6c4d9-aaaaa)" in stderr
+    cart = yaml.safe_load((out / "shop" / "cart.yaml").read_text())
+    assert cart["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]

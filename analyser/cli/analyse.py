@@ -78,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
         )
     for problem in analysis.problems:
         print(f"{PROG} analyse: warning: {problem.path}: {problem.problem}", file=sys.stderr)
+    for workload in analysis.unselectable:
+        print(
+            f"{PROG} analyse: warning: {workload}: its pods have no stable label to select them "
+            "by: no policy written",
+            file=sys.stderr,
+        )
     out: Path = args.out
     write_output(analysis.files, out, force=args.force)
     if args.json:
