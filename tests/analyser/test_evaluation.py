@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -589,3 +590,33 @@ def test_described_pods_stand_for_every_group_the_policies_name() -> None:
         if name != "shop/pods[app=api,tier=a]":
             assert rules.allows(described[name], described["shop/pods[app=api,tier=a]"], TCP, 1)
     assert not rules.allows(DB, described["shop/pods[app=api,tier=a]"], TCP, 1)
+
+
+def test_port_set_algebra_agrees_with_plain_sets() -> None:
+
+    generator = random.Random(5)
+
+    def random_set() -> tuple[PortSet, set[tuple[Protocol, int]]]:
+        ranges = []
+        for _ in range(generator.randint(0, 4)):
+            first = generator.randint(1, 40)
+            ranges.append(
+                PortRange(generator.choice([TCP, UDP]), first, first + generator.randint(0, 9))
+            )
+        plain = {(r.protocol, port) for r in ranges for port in range(r.first, r.last + 1)}
+        return PortSet.of(ranges), plain
+
+    for _ in range(300):
+        (a, plain_a), (b, plain_b) = random_set(), random_set()
+        for result, expected in (
+            (a.union(b), plain_a | plain_b),
+            (a.intersection(b), plain_a & plain_b),
+            (a.difference(b), plain_a - plain_b),
+        ):
+            assert {(r.protocol, p) for r in result for p in range(r.first, r.last + 1)} == expected
+            assert result.count == len(expected)
+            assert all(
+                x.last + 1 < y.first
+                for x, y in zip(result.ranges[:-1], result.ranges[1:], strict=True)
+                if x.protocol == y.protocol
+            )
