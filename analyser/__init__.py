@@ -14,7 +14,10 @@ from analyser.errors import (
 )
 from analyser.evaluation import Address, ContainerPort, Denial, Direction, PolicySet, PortSet, pod
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
+from analyser.identities import Resolver, Workload, WorkloadRef
+from analyser.policies import DefaultDeny, Policy, synthesize
 from analyser.policysets import load_policies
+from analyser.snapshot import Snapshot, load_snapshot
 
 __all__ = [
     "Address",
@@ -22,18 +25,26 @@ __all__ = [
     "CaptureError",
     "CollectError",
     "ContainerPort",
+    "DefaultDeny",
     "Denial",
     "Direction",
     "Endpoint",
     "Evidence",
     "Flow",
     "NetpolSnifferError",
+    "Policy",
     "PolicyError",
     "PolicySet",
     "PortSet",
     "Protocol",
+    "Resolver",
+    "Snapshot",
     "SnapshotError",
     "UnsafePolicies",
+    "Workload",
+    "WorkloadRef",
     "load_policies",
+    "load_snapshot",
     "pod",
+    "synthesize",
 ]

@@ -237,3 +237,18 @@ def test_capture_meta(tmp_path: Path) -> None:
     path.write_text(json.dumps({"pod": "web-1"}))
     with pytest.raises(SnapshotError, match=r"meta.json: 'namespace' must be"):
         load_capture_meta(path)
+
+
+def test_public_surface_without_networkx() -> None:
+    import subprocess
+    import sys
+
+    import analyser
+
+    assert {"load_snapshot", "Snapshot", "Resolver", "WorkloadRef", "synthesize"} <= set(
+        analyser.__all__
+    )
+    assert all(hasattr(analyser, name) for name in analyser.__all__)
+    # The graph library loads only where graphs are built (not for --help or verify's loading).
+    check = "import sys, analyser; sys.exit('networkx' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
