@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -182,3 +183,20 @@ def test_a_plain_folder_of_loose_pcaps_and_a_snapshot(
     assert "several pods (shop/cart-7f9b8-bbbbb, web/frontend-6c4d9-aaaaa)" in stderr
     cart = yaml.safe_load((out / "shop" / "cart.yaml").read_text())
     assert cart["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_progress_bar_on_a_terminal_counts_every_capture_byte(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["analyse", str(bundle), "-o", str(tmp_path), "--workers", "1"]) == ExitStatus.OK
+    total = sum(p.stat().st_size for p in bundle.glob("captures/*/*/capture.pcap*"))
+    drawn = terminal.getvalue()
+    assert "\rreading captures (bytes) [" in drawn
+    assert f"] {total}/{total}\n" in drawn
