@@ -98,8 +98,9 @@ _OTHER_PROTOCOL: PacketFacts = (Skip.OTHER_PROTOCOL, 0, 0, None)
 _SHORT: PacketFacts = (Skip.SHORT, 0, 0, None)
 _UNKNOWN_LINKTYPE: PacketFacts = (Skip.UNKNOWN_LINKTYPE, 0, 0, None)
 
-# IPv4 with a 20-byte header and TCP (nearly every packet): version/IHL, total length,
-# flags/fragment offset, protocol, addresses and ports in one piece, TCP data offset and flags.
+# IPv4 with a 20-byte header and TCP or UDP (nearly every packet): version/IHL, total length,
+# flags/fragment offset, protocol, addresses and ports in one piece, TCP data offset and flags
+# (meaningless for UDP).
 _IPV4_PLAIN = struct.Struct("!BxHxxHxB2x12s8xBB")
 # Any IPv4 header: version/IHL, total length, flags/fragment offset, protocol, addresses.
 _IPV4 = struct.Struct("!BxHxxHxB2x8s")
@@ -153,20 +154,6 @@ def _transport(buf: bytes, offset: int, protocol: int, key: bytes, length: int) 
 
 
 def _ipv4(buf: bytes, offset: int) -> PacketFacts:
-    # Fast path, one unpack for nearly every packet: a 20-byte header, not a fragment, TCP or UDP
-    # with at least 14 bytes of transport header captured.
-    if len(buf) >= offset + 34:
-        version_ihl, length, fragment, protocol, key, data_offset, flags = _IPV4_PLAIN.unpack_from(
-            buf, offset
-        )
-        if version_ihl == 0x45 and not fragment & 0x1FFF:
-            dns = (key[9] == DNS_PORT and key[8] == 0) or (key[11] == DNS_PORT and key[10] == 0)
-            if protocol == TCP:
-                if dns:
-                    return (TCP, key), flags, length, buf[offset + 20 + (data_offset >> 4) * 4 :]
-                return (TCP, key), flags, length, None
-            if protocol == UDP:
-                return (UDP, key), 0, length, buf[offset + 28 :] if dns else None
     if len(buf) < offset + 20:
         return _SHORT
     version_ihl, length, fragment, protocol, addresses = _IPV4.unpack_from(buf, offset)
@@ -292,12 +279,39 @@ def _unknown_linktype(buf: bytes) -> PacketFacts:
     return _UNKNOWN_LINKTYPE
 
 
+def _with_fast_path(ethertype_at: int, ip_at: int, general: Decoder) -> Decoder:
+    """``general``, preceded by a fast path for nearly every packet: the IPv4 EtherType at
+    ``ethertype_at``, and at ``ip_at`` a 20-byte IPv4 header, not a fragment, carrying TCP or UDP
+    with at least 14 bytes captured. One call and one unpack instead of one per layer (about a
+    fifth of the decoding time); anything else, and any doubt, goes to ``general``."""
+    unpack = _IPV4_PLAIN.unpack_from
+    minimum = ip_at + 34
+    tcp_at, udp_payload_at = ip_at + 20, ip_at + 28
+    low_at = ethertype_at + 1
+
+    def decoder(buf: bytes) -> PacketFacts:
+        if len(buf) >= minimum and buf[ethertype_at] == 0x08 and buf[low_at] == 0x00:
+            version_ihl, length, fragment, protocol, key, data_offset, flags = unpack(buf, ip_at)
+            if version_ihl == 0x45 and not fragment & 0x1FFF:
+                # Port 53 (0x0035) at either end: the last four bytes of the key are the ports.
+                dns = (key[9] == DNS_PORT and key[8] == 0) or (key[11] == DNS_PORT and key[10] == 0)
+                if protocol == TCP:
+                    if dns:
+                        return (TCP, key), flags, length, buf[tcp_at + (data_offset >> 4) * 4 :]
+                    return (TCP, key), flags, length, None
+                if protocol == UDP:
+                    return (UDP, key), 0, length, buf[udp_payload_at:] if dns else None
+        return general(buf)
+
+    return decoder
+
+
 _DECODERS: dict[int, Decoder] = {
     LINKTYPE_NULL: decode_null,
-    LINKTYPE_ETHERNET: decode_ethernet,
+    LINKTYPE_ETHERNET: _with_fast_path(12, 14, decode_ethernet),
     LINKTYPE_LOOP: decode_loop,
-    LINKTYPE_LINUX_SLL: decode_linux_sll,
-    LINKTYPE_LINUX_SLL2: decode_linux_sll2,
+    LINKTYPE_LINUX_SLL: _with_fast_path(14, 16, decode_linux_sll),
+    LINKTYPE_LINUX_SLL2: _with_fast_path(0, 20, decode_linux_sll2),
     **dict.fromkeys(LINKTYPES_RAW, decode_raw),
 }
 

@@ -3,16 +3,23 @@ non-IP are skipped with a reason; DNS messages decode to their answers."""
 
 from __future__ import annotations
 
+import random
 import struct
+from collections.abc import Callable
 
 import pytest
 
 from analyser.packets import (
     DnsFault,
     DnsResponse,
+    PacketFacts,
     Skip,
     decode,
     decode_dns,
+    decode_ethernet,
+    decode_linux_sll,
+    decode_linux_sll2,
+    decoder_for,
     split_key,
 )
 from tests.analyser.packet_builders import (
@@ -183,3 +190,30 @@ def test_dns_answers_survive_a_snap_length_cut_in_the_additional_section() -> No
     responses = decode_dns(bytes(answer) + b"\x00\x00\x29", over_tcp=False)
     assert isinstance(responses, list)
     assert responses[0].addresses == (("a.example", "192.0.2.1"),)
+
+
+@pytest.mark.parametrize(
+    ("linktype", "general"),
+    [(1, decode_ethernet), (113, decode_linux_sll), (276, decode_linux_sll2)],
+)
+def test_fast_path_agrees_with_the_general_decoders(
+    linktype: int, general: Callable[[bytes], PacketFacts]
+) -> None:
+    rng = random.Random(linktype)
+    frame_of = FRAMERS[linktype]
+    for _ in range(300):
+        version = rng.choice([4, 6])
+        packet = bytearray(
+            ip_packet(
+                *ADDRESSES[version],
+                rng.choice(["tcp", "udp", "sctp"]),
+                rng.choice([53, 80, 40000]),
+                rng.choice([53, 443, 50000]),
+                flags=rng.randrange(256),
+                payload=bytes(rng.randrange(40)),
+            )
+        )
+        if version == 4 and rng.random() < 0.2:
+            packet[6:8] = struct.pack("!H", rng.choice([0x2000, 0x0010, 0x4000]))  # fragments
+        frame = frame_of(bytes(packet))[: rng.choice([200, 60, 40, 30])]  # snap lengths
+        assert decoder_for(linktype)(frame) == general(frame), frame.hex()
