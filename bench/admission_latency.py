@@ -50,6 +50,7 @@ class Run:
     started: float = 0.0
     finished: float = 0.0
     server_cpu: float = 0.0  # CPU seconds the webhook process used during the phase
+    client_cpu: float = 0.0  # and this load generator
 
 
 def bodies() -> list[bytes]:
@@ -154,7 +155,8 @@ def report(name: str, run: Run) -> None:
     per_request = run.server_cpu / count
     print(
         f"{'':<22} webhook CPU {per_request * 1e3:.3f} ms/request "
-        f"(one core saturates at ~{1 / per_request:.0f} req/s)"
+        f"(one core saturates at ~{1 / per_request:.0f} req/s); "
+        f"load generator CPU {run.client_cpu / count * 1e3:.3f} ms/request"
     )
 
 
@@ -192,11 +194,13 @@ async def measure(
     await load(
         port, context, mutate, allowed, rate=args.rate, seconds=1, connections=args.connections
     )
-    before = cpu_seconds(pid)
+    before, client_before = cpu_seconds(pid), time.process_time()
     floor = await load(port, context, healthz, lambda status, _: status == 200, **options)
-    middle = cpu_seconds(pid)
+    middle, client_middle = cpu_seconds(pid), time.process_time()
     mutations = await load(port, context, mutate, allowed, **options)
     floor.server_cpu, mutations.server_cpu = middle - before, cpu_seconds(pid) - middle
+    floor.client_cpu = client_middle - client_before
+    mutations.client_cpu = time.process_time() - client_middle
     return floor, mutations
 
 
