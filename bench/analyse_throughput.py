@@ -2,7 +2,8 @@
 
 Builds a Linux cooked v2 capture (what the sidecar's ``tcpdump -i any`` writes) of at least
 1,000,000 packets: many TCP and UDP flows, IPv4 and some IPv6, handshakes and data, 512-byte
-snap length. Then, in the same run, prints packets per second for:
+snap length. Then, in the same run, prints packets per second (per wall-clock second, and per
+CPU-second of the command and its children, which is what counts on a shared machine) for:
 
 - ``read_captures`` + ``orient`` with one worker, and with all workers over several files;
 - the seed's method: ``tshark -r FILE -T fields -e ip.src -e ip.dst ...`` (skipped, with a
@@ -10,17 +11,20 @@ snap length. Then, in the same run, prints packets per second for:
 - ``tcpdump -r FILE -n 'tcp or udp' > /dev/null``, and ``tcpdump -r FILE -w /dev/null 'tcp or udp'``
   (reading and BPF filtering without printing: the C limit);
 
-and the peak RSS of a process that reads 1× and 4× the capture (each in a fresh subprocess).
+and the peak RSS of one worker reading 1× and 4× the capture (the same flows, four times as
+long; each in a fresh interpreter).
 Prints figures, asserts nothing.
 
-    python bench/analyse_throughput.py [--packets 1000000] [--files 4] [--keep DIR]
+    python bench/analyse_throughput.py [--packets 1000000] [--flows 20000] [--files 4] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import resource
 import shutil
 import socket
 import struct
@@ -28,10 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-from analyser.flows import orient
-from analyser.reading import read_captures
 
 LINKTYPE_LINUX_SLL2 = 276
 SNAPLEN = 512
@@ -140,20 +142,18 @@ def build_capture(path: Path, packets: int, *, flows: int, seed: int = 7) -> int
     return written
 
 
-def _ours(paths: list[Path], workers: int) -> tuple[float, int]:
-    start = time.perf_counter()
-    traffic = read_captures(paths, root=paths[0].parent, workers=workers)
-    flows = orient(traffic.conversations, None)
-    elapsed = time.perf_counter() - start
-    print(f"    {len(flows)} flows from {traffic.packets} packets", flush=True)
-    return elapsed, traffic.packets
-
-
-def _command(argv: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
+# Our reading, in a fresh interpreter: prints packets, flows and its own peak RSS (KiB).
+_OURS = """
+import json, resource, sys
+from pathlib import Path
+from analyser.flows import orient
+from analyser.reading import read_captures
+workers, paths = int(sys.argv[1]), [Path(name) for name in sys.argv[2:]]
+traffic = read_captures(paths, root=paths[0].parent, workers=workers)
+flows = orient(traffic.conversations, None)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"packets": traffic.packets, "flows": len(flows), "rss": peak}))
+"""
 
 _TSHARK_FIELDS = [
     "ip.src",
@@ -170,23 +170,41 @@ _TSHARK_FIELDS = [
 ]
 
 
-def _peak_rss(path: Path) -> int:
-    """Peak RSS (KiB) of a fresh interpreter that reads ``path`` in-process."""
-    code = (
-        "import resource, sys; from pathlib import Path;"
-        "from analyser.reading import read_captures; from analyser.flows import orient;"
-        "p = Path(sys.argv[1]); t = read_captures([p], root=p.parent, workers=1);"
-        "orient(t.conversations, None);"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
+@dataclass(frozen=True)
+class Run:
+    """One measured command: wall time, and CPU time of it and all its children (user + system),
+    which is what counts on a machine shared with other work."""
+
+    label: str
+    packets: int
+    wall: float
+    cpu: float
+    output: str
+
+    def line(self) -> str:
+        rates = f"{self.packets / self.wall:>12,.0f} {self.packets / self.cpu:>12,.0f}"
+        return f"  {self.label:<48} {rates} {self.wall:>8.2f} {self.cpu:>8.2f}"
+
+
+def _run(label: str, packets: int, argv: list[str], *, keep_output: bool = False) -> Run:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True
+        argv,
+        check=True,
+        stdout=subprocess.PIPE if keep_output else subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
-    return int(result.stdout.strip())
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return Run(label, packets, wall, cpu, result.stdout or "")
 
 
-def _rate(packets: int, seconds: float) -> str:
-    return f"{packets / seconds:>12,.0f} packets/s ({seconds:.2f} s)"
+def _ours(label: str, packets: int, paths: list[Path], workers: int) -> Run:
+    argv = [sys.executable, "-c", _OURS, str(workers), *map(str, paths)]
+    return _run(label, packets, argv, keep_output=True)
 
 
 def main() -> None:
@@ -199,66 +217,86 @@ def main() -> None:
     directory = options.keep or Path(tempfile.mkdtemp(prefix="netpol-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        capture = directory / "bench.pcap"
-        packets = build_capture(capture, options.packets, flows=options.flows)
-        size = capture.stat().st_size
-        print(f"capture: {packets:,} packets, {size / 1e6:.0f} MB, {capture}")
-        print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
-
-        print("netpol-sniffer read_captures + orient, 1 worker, 1 file:")
-        seconds, counted = _ours([capture], workers=1)
-        ours = counted / seconds
-        print(f"  {_rate(counted, seconds)}")
-
-        parts = []
-        for index in range(options.files):
-            part = directory / f"part{index}.pcap"
-            build_capture(part, options.packets // options.files, flows=options.flows, seed=index)
-            parts.append(part)
-        workers = os.cpu_count() or 1
-        each = packets // options.files
-        print(f"netpol-sniffer, {workers} workers, {options.files} files of {each:,} packets:")
-        seconds, counted = _ours(parts, workers=workers)
-        parallel = counted / seconds
-        print(f"  {_rate(counted, seconds)}")
-
-        tcpdump = shutil.which("tcpdump")
-        if tcpdump:
-            seconds = _command([tcpdump, "-r", str(capture), "-n", "tcp or udp"])
-            print(f"tcpdump -r FILE -n 'tcp or udp' > /dev/null:\n  {_rate(packets, seconds)}")
-            print(f"  ours / tcpdump: {ours / (packets / seconds):.2f}×")
-            # Printing costs tcpdump most of its time (for cooked v2 it also looks up each
-            # packet's interface name); reading and filtering alone is the real C limit.
-            seconds = _command([tcpdump, "-r", str(capture), "-w", "/dev/null", "tcp or udp"])
-            print("tcpdump -r FILE -w /dev/null 'tcp or udp' (no printing):")
-            print(f"  {_rate(packets, seconds)}")
-            print(f"  ours / tcpdump without printing: {ours / (packets / seconds):.2f}×")
-        else:
-            print("tcpdump: not installed, skipped")
-
-        tshark = shutil.which("tshark")
-        if tshark:
-            argv = [tshark, "-r", str(capture), "-T", "fields"]
-            for name in _TSHARK_FIELDS:
-                argv += ["-e", name]
-            seconds = _command(argv)
-            rate = packets / seconds
-            print(f"seed's method, tshark -T fields:\n  {_rate(packets, seconds)}")
-            print(f"  ours (1 worker) / tshark: {ours / rate:.1f}×")
-            print(f"  ours ({workers} workers) / tshark: {parallel / rate:.1f}×")
-        else:
-            print("tshark: not installed, skipped (make bench installs it)")
-
-        big = directory / "bench-4x.pcap"
-        build_capture(big, packets * 4, flows=options.flows)
-        single, quadruple = _peak_rss(capture), _peak_rss(big)
-        print(f"peak RSS reading one file in a fresh process (same {options.flows:,} flows):")
-        print(f"  1× ({packets:,} packets): {single / 1024:.0f} MiB")
-        print(f"  4× ({packets * 4:,} packets): {quadruple / 1024:.0f} MiB")
-        print(f"  ratio 4×/1×: {quadruple / single:.2f}")
+        _measure(directory, options.packets, options.flows, options.files)
     finally:
         if options.keep is None:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _measure(directory: Path, wanted: int, flows: int, files: int) -> None:
+    capture = directory / "bench.pcap"
+    packets = build_capture(capture, wanted, flows=flows)
+    parts = []
+    for index in range(files):
+        part = directory / f"part{index}.pcap"
+        build_capture(part, packets // files, flows=flows, seed=index)
+        parts.append(part)
+    workers = os.cpu_count() or 1
+    print(f"capture: {packets:,} packets, {flows:,} flows, {capture.stat().st_size / 1e6:.0f} MB")
+    print(
+        f"machine: {workers} cores, Python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f}"
+    )
+    print(f"  {'method':<48} {'packets/s':>12} {'per CPU-s':>12} {'wall s':>8} {'CPU s':>8}")
+
+    single = _ours("netpol-sniffer, 1 worker", packets, [capture], 1)
+    print(single.line(), flush=True)
+    label = f"netpol-sniffer, {workers} workers, {files} files"
+    parallel = _ours(label, packets // files * files, parts, workers)
+    print(parallel.line(), flush=True)
+
+    tcpdump = shutil.which("tcpdump")
+    if tcpdump:
+        printing = _run(
+            "tcpdump -r FILE -n 'tcp or udp' > /dev/null",
+            packets,
+            [tcpdump, "-r", str(capture), "-n", "tcp or udp"],
+        )
+        print(printing.line(), flush=True)
+        # Printing costs tcpdump most of its time (for cooked v2 it also looks up each packet's
+        # interface name); reading and BPF filtering alone is the C limit.
+        filtering = _run(
+            "tcpdump -r FILE -w /dev/null 'tcp or udp'",
+            packets,
+            [tcpdump, "-r", str(capture), "-w", "/dev/null", "tcp or udp"],
+        )
+        print(filtering.line(), flush=True)
+    else:
+        print("  tcpdump: not installed, skipped")
+
+    tshark = shutil.which("tshark")
+    seed = None
+    if tshark:
+        argv = [tshark, "-r", str(capture), "-T", "fields"]
+        for name in _TSHARK_FIELDS:
+            argv += ["-e", name]
+        seed = _run("seed's method: tshark -T fields (11 fields)", packets, argv)
+        print(seed.line(), flush=True)
+    else:
+        print("  tshark: not installed, skipped (make bench installs it)")
+
+    print("ratios:")
+    if seed is not None:
+        for run in (single, parallel):
+            wall = (run.packets / run.wall) / (seed.packets / seed.wall)
+            cpu = (run.packets / run.cpu) / (seed.packets / seed.cpu)
+            print(f"  {run.label} / tshark: {wall:.1f}× (wall), {cpu:.1f}× (per CPU-second)")
+    if tcpdump:
+        print(
+            f"  tcpdump -w /dev/null / netpol-sniffer, 1 worker (per CPU-second): "
+            f"{(filtering.packets / filtering.cpu) / (single.packets / single.cpu):.1f}×"
+        )
+
+    big = directory / "bench-4x.pcap"
+    build_capture(big, packets * 4, flows=flows)
+    quadruple = _ours("4×", packets * 4, [big], 1)
+    single_rss, quadruple_rss = (json.loads(run.output)["rss"] for run in (single, quadruple))
+    print(f"peak RSS of one worker reading one file (the same {flows:,} flows, longer):")
+    print(f"  1× ({packets:,} packets): {single_rss / 1024:.0f} MiB")
+    print(
+        f"  4× ({packets * 4:,} packets): {quadruple_rss / 1024:.0f} MiB"
+        f" (read at {quadruple.packets / quadruple.cpu:,.0f} packets per CPU-second)"
+    )
+    print(f"  ratio 4×/1×: {quadruple_rss / single_rss:.2f}")
 
 
 if __name__ == "__main__":
