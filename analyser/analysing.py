@@ -175,25 +175,24 @@ def _captured_pods(
 def _vantage_pods(
     flows: Iterable[Flow], resolver: Resolver, unplaced: set[str]
 ) -> tuple[set[tuple[str, str]], list[FileProblem]]:
-    """Whose capture an unplaced file is: the one pod whose address is in every flow it saw (a
-    sidecar or ``tcpdump`` in a pod sees only its own traffic)."""
-    common: dict[str, set[str]] = {}
-    first: dict[str, float] = {}
+    """Whose capture an unplaced file is: the one pod that is an end of every flow it saw (a
+    sidecar or ``tcpdump`` in a pod sees only its own traffic, on any of its addresses)."""
+    common: dict[str, set[tuple[str, str]]] = {}
     for flow in flows:
-        ends = {flow.client.ip, flow.server.ip}
-        for capture in flow.captures & unplaced:
-            common[capture] = common[capture] & ends if capture in common else set(ends)
-            first[capture] = min(first.get(capture, flow.first_seen), flow.first_seen)
+        captures = flow.captures & unplaced
+        if not captures:
+            continue
+        ends = {
+            (identity.pod.namespace, identity.pod.name)
+            for ip in (flow.client.ip, flow.server.ip)
+            if (identity := resolver.resolve(ip, flow.first_seen)).pod is not None
+        }
+        for capture in captures:
+            common[capture] = common[capture] & ends if capture in common else ends
     pods: set[tuple[str, str]] = set()
     problems = []
     for capture in sorted(unplaced):
-        found = sorted(
-            {
-                (identity.pod.namespace, identity.pod.name)
-                for ip in common.get(capture, set())
-                if (identity := resolver.resolve(ip, first[capture])).pod is not None
-            }
-        )
+        found = sorted(common.get(capture, set()))
         if len(found) == 1:
             pods.add(found[0])
             continue

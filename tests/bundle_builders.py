@@ -4,7 +4,8 @@ built as a dict, bundle.json written by ``analyser.bundles``.
 The cluster: ``web/frontend`` calls Service ``shop/cart`` (ClusterIP 10.96.0.20:80, targetPort
 named ``http`` = 8080); ``shop/cart`` calls ``api.example.com`` (203.0.113.7:443) after a DNS
 lookup; both look names up through ``kube-system/kube-dns`` (10.96.0.10 → pod 10.244.0.2).
-The frontend's capture sees ``ClusterIP:80``, the cart's sees ``podIP:8080``.
+The frontend's capture sees ``ClusterIP:80``, the cart's sees ``podIP:8080``. The cart pod is
+dual-stack and also reaches ``api.example.com`` over IPv6 (2001:db8::443, from an AAAA answer).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ CREATED = "2025-12-31T00:00:00Z"
 NODE_IP = "192.168.49.2"
 DNS_SERVICE_IP, DNS_POD_IP = "10.96.0.10", "10.244.0.2"
 FRONTEND_IP, CART_IP, CART_SERVICE_IP = "10.244.1.5", "10.244.2.7", "10.96.0.20"
-API_IP, API_NAME = "203.0.113.7", "api.example.com"
+CART_IP6 = "fd00:10:244::7"  # the cart pod is dual-stack
+API_IP, API_IP6, API_NAME = "203.0.113.7", "2001:db8::443", "api.example.com"
 FRONTEND_POD, CART_POD = "frontend-6c4d9-aaaaa", "cart-7f9b8-bbbbb"
 
 SYN, ACK, PSH = 0x02, 0x10, 0x08
@@ -49,6 +51,8 @@ def _workload(
     ip: str,
     labels: dict[str, str],
     ports: list[dict[str, object]],
+    *,
+    ip6: str | None = None,
 ) -> list[dict[str, object]]:
     """A Deployment, its ReplicaSet and one running pod."""
     template_hash = pod.split("-")[-2]
@@ -99,7 +103,7 @@ def _workload(
                 "phase": "Running",
                 "hostIP": NODE_IP,
                 "podIP": ip,
-                "podIPs": [{"ip": ip}],
+                "podIPs": [{"ip": ip}, *([{"ip": ip6}] if ip6 else [])],
                 "startTime": CREATED,
             },
         },
@@ -179,6 +183,7 @@ def snapshot() -> dict[str, object]:
             CART_IP,
             {"app": "cart"},
             [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+            ip6=CART_IP6,
         ),
         _service(
             "shop",
@@ -195,11 +200,24 @@ def snapshot() -> dict[str, object]:
 
 
 def _ip(src: str, dst: str, segment: dpkt.Packet, protocol: int) -> bytes:
-    packet = dpkt.ip.IP(
-        src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=protocol, ttl=64, data=segment
-    )
-    packet.len = 20 + len(bytes(segment))
-    frame = dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=packet)
+    """An Ethernet frame with an IPv4 or IPv6 packet (by the address form)."""
+    if ":" in src:
+        packet = dpkt.ip6.IP6(
+            src=socket.inet_pton(socket.AF_INET6, src),
+            dst=socket.inet_pton(socket.AF_INET6, dst),
+            nxt=protocol,
+            hlim=64,
+            data=segment,
+            plen=len(bytes(segment)),
+        )
+        ethertype = 0x86DD
+    else:
+        packet = dpkt.ip.IP(
+            src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=protocol, ttl=64, data=segment
+        )
+        packet.len = 20 + len(bytes(segment))
+        ethertype = 0x0800
+    frame = dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=ethertype, data=packet)
     return bytes(frame)
 
 
@@ -212,7 +230,9 @@ def udp(src: str, sport: int, dst: str, dport: int, data: bytes) -> bytes:
 
 
 def dns_exchange(client: str, server: str, name: str, answer: str, at: float) -> list[Frame]:
-    query = dpkt.dns.DNS(id=7, qd=[dpkt.dns.DNS.Q(name=name, type=dpkt.dns.DNS_A)])
+    """A query and its answer: an A record, or AAAA for an IPv6 answer."""
+    kind = dpkt.dns.DNS_AAAA if ":" in answer else dpkt.dns.DNS_A
+    query = dpkt.dns.DNS(id=7, qd=[dpkt.dns.DNS.Q(name=name, type=kind)])
     response = dpkt.dns.DNS(
         id=7,
         qr=dpkt.dns.DNS_R,
@@ -220,10 +240,14 @@ def dns_exchange(client: str, server: str, name: str, answer: str, at: float) ->
         an=[
             dpkt.dns.DNS.RR(
                 name=name,
-                type=dpkt.dns.DNS_A,
+                type=kind,
                 cls=dpkt.dns.DNS_IN,
                 ttl=30,
-                ip=socket.inet_aton(answer),
+                **(
+                    {"ip6": socket.inet_pton(socket.AF_INET6, answer)}
+                    if ":" in answer
+                    else {"ip": socket.inet_aton(answer)}
+                ),
             )
         ],
     )
@@ -274,6 +298,8 @@ def make_bundle(root: Path, *, damaged: bool = False) -> Path:
             *handshake(FRONTEND_IP, 40000, CART_IP, 8080, T0 + 2.0005),
             *dns_exchange(CART_IP, DNS_SERVICE_IP, API_NAME, API_IP, T0 + 3),
             *handshake(CART_IP, 50000, API_IP, 443, T0 + 4),
+            *dns_exchange(CART_IP, DNS_SERVICE_IP, API_NAME, API_IP6, T0 + 6),
+            *handshake(CART_IP6, 50200, API_IP6, 443, T0 + 7),
         ],
     )
     if damaged:

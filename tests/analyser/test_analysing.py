@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from bundle_builders import API_IP, API_NAME, CART_POD, make_bundle
+from bundle_builders import API_IP, API_IP6, API_NAME, CART_POD, make_bundle
 
 from analyser import analysing
 from analyser.analysing import OUTPUT_MARKER, Analysis, analyse, write_output
@@ -148,13 +148,14 @@ def test_selectors_drop_volatile_labels(analysis: Analysis) -> None:
     }
 
 
-def test_an_external_address_is_one_ip_block_with_its_dns_name(analysis: Analysis) -> None:
+def test_external_addresses_are_single_ip_blocks_with_their_dns_names(analysis: Analysis) -> None:
     cart = policy(analysis, "shop/cart.yaml")
-    assert ([{"ipBlock": {"cidr": f"{API_IP}/32"}}], [{"protocol": "TCP", "port": 443}]) in (
-        peers_and_ports(cart["spec"]["egress"], "to")
-    )
+    egress = peers_and_ports(cart["spec"]["egress"], "to")
+    for cidr in (f"{API_IP}/32", f"{API_IP6}/128"):
+        assert ([{"ipBlock": {"cidr": cidr}}], [{"protocol": "TCP", "port": 443}]) in egress
     names = json.loads(cart["metadata"]["annotations"]["netpol-sniffer.io/dns-names"])
-    assert names == {f"{API_IP}/32": [API_NAME]}
+    assert names == {f"{API_IP}/32": [API_NAME], f"{API_IP6}/128": [API_NAME]}
+    assert f"# {API_IP6}/128: {API_NAME}\n" in analysis.files["shop/cart.yaml"]
 
 
 def test_dns_egress_goes_to_the_cluster_dns_pods_only(analysis: Analysis) -> None:
