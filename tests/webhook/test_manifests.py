@@ -23,12 +23,28 @@ VERSIONS = ("1.30.0", "1.37.0")
 NAMESPACE = "netpol-sniffer"
 SERVICE = "netpol-sniffer-webhook"
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+
+def find_kubectl() -> str | None:
+    """kubectl on PATH, else the one `make control-plane` builds for the e2e tests."""
+    on_path = shutil.which("kubectl")
+    if on_path:
+        return on_path
+    from tests.e2e.controlplane import binary_dir
+
+    built = binary_dir() / "kubectl"
+    return str(built) if built.is_file() else None
+
+
+KUBECTL = find_kubectl()
+pytestmark = pytest.mark.skipif(
+    KUBECTL is None, reason="no kubectl on PATH and none built yet (make control-plane)"
+)
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
+    assert KUBECTL is not None
     result = subprocess.run(
-        ["kubectl", "kustomize", str(directory)], capture_output=True, text=True, check=False
+        [KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
