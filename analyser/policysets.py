@@ -119,11 +119,10 @@ def load_policies(path: str | Path) -> LoadedPolicies:
     root = Path(path)
     files = _files(root)
     notes = [] if files else [f"{root}: no .yaml, .yml or .json files"]
-
-    def shown(file: Path) -> str:
-        return file.as_posix() if file == root else file.relative_to(root).as_posix()
-
-    return _policy_set(str(root), ((shown(f), _parse(shown(f), _read(f))) for f in files), notes)
+    # Files are named as found under the path the user gave, so messages point at them.
+    return _policy_set(
+        str(root), ((f.as_posix(), _parse(f.as_posix(), _read(f))) for f in files), notes
+    )
 
 
 def parse_policy_texts(files: Mapping[str, str]) -> LoadedPolicies:

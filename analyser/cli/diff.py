@@ -40,10 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the changes as JSON")
 
 
-def _pairs(count: int) -> str:
-    return f"{count} pair" if count == 1 else f"{count} pairs"
-
-
 def run(args: argparse.Namespace) -> int:
     from analyser.bundles import SNAPSHOT_FILE, SNAPSHOT_FOLDER
     from analyser.identities import Resolver
@@ -100,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     gained = sum(1 for c in changes if c.newly_allowed)
     lost = sum(1 for c in changes if c.newly_denied)
     print(
-        f"{_pairs(gained)} gain ports, {_pairs(lost)} lose ports"
+        f"pairs gaining ports: {gained}, pairs losing ports: {lost}"
         if changes
         else "no change: both sets allow exactly the same connections"
     )
