@@ -72,6 +72,7 @@ bench: system-deps venv
 	$(BIN)/python bench/analyse_throughput.py
 	$(BIN)/python bench/admission_latency.py
 	$(BIN)/python bench/graph_throughput.py
+	$(BIN)/python bench/pull_throughput.py
 	$(BIN)/python bench/verify_universe.py
 
 clean:

@@ -37,7 +37,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import ws_client
 from kubernetes.watch.watch import iter_resp_lines
-from websocket import WebSocketBadStatusException, WebSocketException
+from websocket import ABNF, WebSocketBadStatusException, WebSocketException
 
 from analyser.bundles import CAPTURES, MANIFEST, POD_IPS, SNAPSHOT_FILE, entries_for_layout
 from analyser.errors import AccessDenied, BundleError, CollectError, ExecFailed
@@ -353,8 +353,12 @@ class KubernetesCluster:
     ) -> Iterator[Iterator[Frame]]:
         """Open an exec websocket (v5/v4 channel protocol, binary frames) and yield its frames.
 
-        ``WSClient`` is used directly rather than through ``kubernetes.stream.stream``, which
-        swaps ``call_api`` on a shared ApiClient and so cannot run from several threads.
+        The websocket is opened by the client's own ``create_websocket`` (TLS, client
+        certificates, proxies, the ``v5``/``v4`` subprotocols), but frames are read one at a
+        time here: ``WSClient.update`` reads every frame already available into one growing
+        buffer, which for a file streaming faster than it is read means the whole file in
+        memory (and quadratic copying). ``kubernetes.stream.stream`` also swaps ``call_api`` on
+        a shared ApiClient, so it cannot run from several threads.
         """
         path = PODS.path(namespace, pod) + "/exec"
         _, url, headers, _, _ = self.api.param_serialize(
@@ -370,8 +374,8 @@ class KubernetesCluster:
         ]
         websocket_url = ws_client.get_websocket_url(url, query)  # type: ignore[no-untyped-call]
         try:
-            stream = ws_client.WSClient(  # type: ignore[no-untyped-call]
-                self.configuration, websocket_url, headers, False, binary=True
+            websocket = ws_client.create_websocket(  # type: ignore[no-untyped-call]
+                self.configuration, websocket_url, headers
             )
         except WebSocketBadStatusException as error:
             raise translate_status(
@@ -385,44 +389,31 @@ class KubernetesCluster:
         except (WebSocketException, OSError) as error:
             raise ExecFailed(f"{namespace}/{pod}: cannot open an exec stream: {error}") from error
         try:
-            yield self._frames(stream)
+            websocket.settimeout(self.idle_timeout)
+            yield self._frames(websocket)
         finally:
-            stream.close()  # type: ignore[no-untyped-call]
+            websocket.close()
 
-    def _frames(self, stream: Any) -> Iterator[Frame]:
-        """Frames as they arrive. A broken or silent stream just ends, after what it delivered:
-        with no Status seen the caller knows it was cut."""
-        channels = (ws_client.STDOUT_CHANNEL, ws_client.STDERR_CHANNEL, ws_client.ERROR_CHANNEL)
-        last_data = time.monotonic()
+    def _frames(self, websocket: Any) -> Iterator[Frame]:
+        """Frames as they arrive, one at a time. A broken or silent stream (no frame for
+        ``idle_timeout`` seconds) just ends: with no Status seen the caller knows it was cut."""
         while True:
             try:
-                stream.update(timeout=1)
+                # pings are answered inside; only data frames and the close frame come out
+                opcode, frame = websocket.recv_data_frame(False)
             except (WebSocketException, OSError) as error:
                 log.info("exec stream broke: %s", error)
-                stream.close()  # what arrived before the break is still buffered: read it below
-            received = False
-            for channel in channels:
-                if data := _take(stream, channel):
-                    received = True
-                    yield channel, bytes(data)
-            if received:
-                last_data = time.monotonic()
-            elif not stream.is_open():
                 return
-            elif time.monotonic() - last_data > self.idle_timeout:
-                log.info("exec stream silent for %.0f s: treating it as broken", self.idle_timeout)
+            if opcode == ABNF.OPCODE_CLOSE:
                 return
-
-
-def _take(stream: Any, channel: int) -> bytes:
-    """A channel's buffered bytes; reading may poll the socket, which may find it broken."""
-    try:
-        data: bytes = stream.read_channel(channel)
-    except (WebSocketException, OSError) as error:
-        log.info("exec stream broke: %s", error)
-        stream.close()  # closed: read_channel no longer touches the socket
-        data = stream.read_channel(channel)
-    return data
+            if not frame.data:
+                continue
+            data = frame.data if isinstance(frame.data, bytes) else frame.data.encode()
+            channel = data[0]
+            if channel == ws_client.CLOSE_CHANNEL:  # v5: the server closed one of its channels
+                continue
+            if len(data) > 1:
+                yield channel, data[1:]
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> KubernetesCluster:

@@ -92,6 +92,11 @@ class FakeAPIServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                # as Go's servers do: without it Nagle's algorithm holds back small frames
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def do_GET(self) -> None:
                 self.handle_request("GET")
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from fakeapiserver import FakeAPIServer, cut_connection_after, status_body
 from kubernetes import client as k8s_client
-from localexec import LocalExec, flip_first_byte
+from localexec import FRAME_BYTES, LocalExec, flip_first_byte
 
 from analyser.bundles import open_bundle
 from analyser.cli.main import main
@@ -464,6 +464,22 @@ def test_pull_through_the_websocket_survives_a_dropped_connection(tmp_path: Path
     assert fetch_offsets == [0, 7_000]
     for name in ("capture.pcap0", "capture.pcap1"):
         assert (tmp_path / "out" / name).read_bytes() == (pod_dir / name).read_bytes()
+
+
+def test_exec_frames_are_handed_on_one_by_one(tmp_path: Path) -> None:
+    """Streaming: nothing accumulates between the socket and the file (a client that gathers
+    every frame already available would hand over one big chunk)."""
+    (tmp_path / "big").write_bytes(bytes(range(256)) * 8192)  # 2 MiB
+    target = PullTarget(namespace="shop", pod="web-1", container=SIDECAR, directory=str(tmp_path))
+    with FakeAPIServer() as api:
+        cluster = real_cluster(api)
+        command = fetch_command(target, "big", offset=0, count=2 << 20)
+        with cluster.exec(
+            namespace="shop", pod="web-1", container=SIDECAR, command=command
+        ) as frames:
+            sizes = [len(data) for channel, data in frames if channel == 1]
+    assert sum(sizes) == 2 << 20
+    assert max(sizes) <= FRAME_BYTES
 
 
 def test_corruption_on_the_wire_is_caught_by_the_pods_checksum(tmp_path: Path) -> None:
