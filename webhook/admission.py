@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -39,6 +39,8 @@ class Admission:
     # The skip reason (a SkipReason value or NOT_A_POD_CREATE) or what was invalid; "" if injected.
     reason: str
     message: str
+    # "namespace/name", or "namespace/generateName*" before the name exists; for logs.
+    pod: str = ""
 
 
 def request_uid(body: bytes) -> str | None:
@@ -95,8 +97,10 @@ def admit(body: bytes, settings: WebhookSettings) -> Admission:
     except MalformedPod as error:
         return _invalid(uid, "malformed-pod", str(error))
     if isinstance(plan, Injection):
-        return _injected(uid, plan)
-    return _answer(uid, Outcome.SKIPPED, str(plan.reason), plan.message, warn=True)
+        admission = _injected(uid, plan)
+    else:
+        admission = _answer(uid, Outcome.SKIPPED, str(plan.reason), plan.message, warn=True)
+    return replace(admission, pod=_pod_name(namespace, pod))
 
 
 def _is_pod_create(request: Mapping[str, Any]) -> bool:
@@ -122,6 +126,16 @@ def _namespace(request: Mapping[str, Any], pod: Mapping[str, Any]) -> str:
     if isinstance(metadata, dict) and isinstance(metadata.get("namespace"), str):
         return str(metadata["namespace"])
     return ""
+
+
+def _pod_name(namespace: str, pod: Mapping[str, Any]) -> str:
+    metadata = pod.get("metadata")
+    if not isinstance(metadata, dict):
+        return f"{namespace}/?"
+    name, generate_name = metadata.get("name"), metadata.get("generateName")
+    if isinstance(name, str) and name:
+        return f"{namespace}/{name}"
+    return f"{namespace}/{generate_name}*" if isinstance(generate_name, str) else f"{namespace}/?"
 
 
 def _review(response: AdmissionResponse) -> AdmissionReviewResponse:

@@ -65,11 +65,7 @@ def create_app(
     metrics = metrics or create_metrics()
     app = FastAPI(title=PROG, docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.post("/mutate")
-    async def mutate(request: Request) -> Response:
-        started = time.perf_counter()
-        metrics.requests.inc()
-        body = await request.body()
+    def answer(body: bytes) -> Response:
         try:
             admission = admit(body, settings)
         except UnreadableReview as error:
@@ -86,14 +82,26 @@ def create_app(
         uid = admission.review["response"]["uid"]
         if admission.outcome is Outcome.INJECTED:
             metrics.injected.inc()
-            log.info("uid=%s injected", uid)
+            log.info("%s uid=%s: injected", admission.pod, uid)
         elif admission.outcome is Outcome.SKIPPED:
             metrics.skipped.labels(reason=admission.reason).inc()
-            log.info("uid=%s skipped (%s): %s", uid, admission.reason, admission.message)
+            log.info(
+                "%s uid=%s: skipped (%s) %s",
+                admission.pod,
+                uid,
+                admission.reason,
+                admission.message,
+            )
         else:
             metrics.errors.labels(kind=admission.reason).inc()
-            log.warning("uid=%s not understood (%s): %s", uid, admission.reason, admission.message)
-        response = _json(admission.review)
+            log.warning("uid=%s: not understood (%s) %s", uid, admission.reason, admission.message)
+        return _json(admission.review)
+
+    @app.post("/mutate")
+    async def mutate(request: Request) -> Response:
+        started = time.perf_counter()
+        metrics.requests.inc()
+        response = answer(await request.body())
         metrics.latency.observe(time.perf_counter() - started)
         return response
 

@@ -119,7 +119,9 @@ def test_skipped_pods_get_no_patch_and_a_warning(name: str, reason: str) -> None
 def test_deployment_pod_learns_its_identity_from_the_downward_api() -> None:
     review = load_review("deployment-pod.json")
     assert "name" not in review["request"]["object"]["metadata"]  # generateName only
-    pod = apply(review["request"]["object"], decoded_patch(admit_review(review).review["response"]))
+    admission = admit_review(review)
+    assert admission.pod == "shop/frontend-7c9d8b6f5d-*"
+    pod = apply(review["request"]["object"], decoded_patch(admission.review["response"]))
     sidecar = pod["spec"]["initContainers"][0]
     fields = {
         e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
