@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
+
 from lab.layouts import (
     DNS_WORKLOAD,
     NODE_IPV4,
@@ -30,6 +32,9 @@ from lab.layouts import (
     make_uid,
 )
 from lab.manifests import WorkloadSpec
+from webhook.capture import CaptureMode, CaptureOptions
+from webhook.mutations import Skip, plan_injection
+from webhook.settings import WebhookSettings
 
 JsonObject = dict[str, Any]
 FORMAT_VERSION = 1
@@ -304,8 +309,21 @@ def captured_namespaces(layout: Layout) -> list[str]:
     return sorted({w.namespace for w in layout.cluster.workloads} - {"kube-system"})
 
 
-def snapshot(layout: Layout) -> JsonObject:
-    """A ``kubectl get ... -A -o json`` List of the cluster as it is now."""
+def injected(pod: JsonObject, *, capture_mode: str) -> JsonObject:
+    """The pod as the webhook admits it: its own injection patch applied (sidecar, volumes,
+    status annotation)."""
+    namespace = pod["metadata"]["namespace"]
+    settings = WebhookSettings(capture=CaptureOptions(mode=CaptureMode(capture_mode)))
+    plan = plan_injection(pod, namespace=namespace, settings=settings)
+    if isinstance(plan, Skip):
+        return pod
+    patched: JsonObject = jsonpatch.apply_patch(pod, list(plan.patch))
+    return patched
+
+
+def snapshot(layout: Layout, *, capture_mode: str = "handshake") -> JsonObject:
+    """A ``kubectl get ... -A -o json`` List of the cluster as it is now; pods of the captured
+    namespaces carry the webhook's sidecar."""
     captured = set(captured_namespaces(layout))
     labels_of = dict(layout.cluster.namespaces)
     items: list[JsonObject] = []
@@ -347,10 +365,11 @@ def snapshot(layout: Layout) -> JsonObject:
             "status": {"addresses": [*addresses, {"type": "Hostname", "address": NODE_NAME}]},
         }
     )
-    items += [
-        pod_object(pod, ready_since=pod.created)
-        for pod in sorted(layout.pods, key=lambda p: (p.namespace, p.name))
-    ]
+    for pod in sorted(layout.pods, key=lambda p: (p.namespace, p.name)):
+        item = pod_object(pod, ready_since=pod.created)
+        items.append(
+            injected(item, capture_mode=capture_mode) if pod.namespace in captured else item
+        )
     node_port = 30080
     for service in layout.services:
         items.append(_service_object(layout, service, node_port))
@@ -467,7 +486,7 @@ def write_bundle(
             "captures": captures,
         },
     )
-    _dump(out / "snapshot.json", snapshot(layout))
+    _dump(out / "snapshot.json", snapshot(layout, capture_mode=capture_mode))
     (out / "pod-ips.jsonl").write_text(
         "".join(json.dumps(e, sort_keys=True) + "\n" for e in pod_events), encoding="utf-8"
     )

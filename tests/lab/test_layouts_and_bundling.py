@@ -191,6 +191,12 @@ def test_snapshot_is_an_api_server_list(layout: Layout) -> None:
         == web_pod["metadata"]["labels"]["pod-template-hash"]
     )
     assert web_pod["status"]["podIP"] == web_pod["status"]["podIPs"][0]["ip"]
+    # pods of captured namespaces are as the webhook admitted them
+    assert "netpol-sniffer.io/status" in web_pod["metadata"]["annotations"]
+    sidecar = web_pod["spec"]["initContainers"][0]
+    assert sidecar["name"] == "netpol-sniffer-capture" and "tcpdump" in sidecar["args"]
+    dns_pod = next(p for p in by_kind["Pod"] if p["metadata"]["namespace"] == "kube-system")
+    assert "initContainers" not in dns_pod["spec"]
     assert len(web_pod["status"]["podIPs"]) == 2
     job_pod = next(p for p in by_kind["Pod"] if p["metadata"]["namespace"] == "ops")
     assert job_pod["metadata"]["ownerReferences"][0]["kind"] == "Job"
