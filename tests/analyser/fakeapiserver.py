@@ -81,6 +81,7 @@ class FakeAPIServer:
     faults: list[tuple[str, Fault]] = field(default_factory=list)
     protocol: str = "v4.channel.k8s.io"
     requests: list[tuple[str, str]] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
     exec_commands: list[list[str]] = field(default_factory=list)
 
     def __enter__(self) -> FakeAPIServer:
@@ -106,6 +107,7 @@ class FakeAPIServer:
             def handle_request(self, method: str) -> None:
                 url = urlparse(self.path)
                 server.requests.append((method, self.path))
+                server.authorizations.append(self.headers.get("Authorization"))
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)

@@ -35,6 +35,7 @@ from analyser.collecting import (
     PodIPHistory,
     apply_uninstall,
     collect,
+    load_configuration,
     plan_uninstall,
     translate_status,
 )
@@ -584,6 +585,30 @@ def test_cli_reports_a_missing_permission(
         assert ("GET", "/api/v1/namespaces/shop") in api.requests
     assert status == 1
     assert "needs 'get' on 'namespaces' cluster-wide" in capsys.readouterr().err
+
+
+def test_the_kubeconfigs_token_reaches_rest_and_exec(tmp_path: Path) -> None:
+    routes = {("GET", "/api/v1/namespaces/shop"): (200, namespace("shop"))}
+    with FakeAPIServer(routes=routes) as api:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.host)
+        cluster = KubernetesCluster(load_configuration(str(kubeconfig), "local"))
+        cluster.get(NAMESPACES, "shop")
+        with cluster.exec(namespace="shop", pod="p", container="c", command=["true"]) as frames:
+            drain(frames, io.BytesIO(), what="true")
+    assert api.authorizations == ["Bearer t", "Bearer t"]
+
+
+def test_no_kubeconfig_and_not_in_a_pod_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(
+        "kubernetes.config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / ".kube" / "config")
+    )
+    with pytest.raises(CollectError, match=r"no usable cluster access.*run in a pod"):
+        load_configuration()
 
 
 def test_cli_names_an_unusable_kubeconfig(
