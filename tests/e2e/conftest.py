@@ -21,7 +21,9 @@ from controlplane import ControlPlane, ControlPlaneError, NamespaceFactory, buil
 
 
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # A CI timeout or `kill` ends the run like Ctrl-C does, so session finalizers still run.
+    # A CI timeout or `kill` ends the run like Ctrl-C does, so session finalizers still run;
+    # a second SIGTERM must not cut that cleanup short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -61,10 +63,13 @@ def control_plane(control_plane_binaries: Path) -> Iterator[ControlPlane]:
     plane = ControlPlane(bin_dir=control_plane_binaries)
     # Backstop for exits that skip fixture teardown; stop() is idempotent.
     atexit.register(plane.stop)
+    failure: ControlPlaneError | None = None
     try:
         plane.start()
     except ControlPlaneError as error:
-        pytest.fail(f"cannot start the control plane: {error}", pytrace=False)
+        failure = error
+    if failure is not None:
+        pytest.fail(f"cannot start the control plane: {failure}", pytrace=False)
     try:
         yield plane
     finally:

@@ -20,6 +20,7 @@ import datetime
 import ipaddress
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -59,6 +60,9 @@ _PACKAGES = {
 # Go's parallelism: the machine has two cores that other work shares.
 GO_PARALLEL = os.environ.get("NETPOL_SNIFFER_GO_PARALLEL", "2")
 READY_TIMEOUT_S = 120.0
+# Concurrent runs (or other programs) may take a chosen port first: start again on new ports.
+START_ATTEMPTS = 3
+_LISTEN_PORTS = (20000, 32000)
 # namespace_factory's product: ``make(prefix, labels={...})`` → a ready namespace's name.
 NamespaceFactory = Callable[..., str]
 
@@ -316,14 +320,27 @@ def _kubeconfig(*, server: str, ca: bytes, cert: bytes, key: bytes) -> str:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    Chosen below Linux's ephemeral range (32768-60999), where the kernel's own pick for port 0
+    would land: outgoing connections take ports from there and could grab it before we listen.
+    """
+    for _ in range(200):
+        port = random.randint(*_LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ControlPlaneError(f"no free port on 127.0.0.1 in {_LISTEN_PORTS}")
 
 
-def _die_with_parent() -> None:
+class _AddressInUse(ControlPlaneError):
+    """A component lost the race for its port (another program took it first)."""
+
+
+def die_with_parent() -> None:
     # Children get SIGTERM when the test process dies, even from SIGKILL.
     import ctypes
 
@@ -397,22 +414,36 @@ class ControlPlane:
         return document
 
     def start(self) -> ControlPlane:
-        self.apiserver_port = free_port()
-        try:
-            self._write_credentials()
-            self._start_etcd()
-            self._start_apiserver()
-            self._start_controller_manager()
-            self._wait_for_default_service_account("default")
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.apiserver_port = free_port()
+            try:
+                self._write_credentials()
+                self._start_etcd()
+                self._start_apiserver()
+                self._start_controller_manager()
+                self._wait_for_default_service_account("default")
+                return self
+            except _AddressInUse:
+                if attempt == START_ATTEMPTS:
+                    self.stop()
+                    raise
+                self._end_processes()
+                shutil.rmtree(self.workdir)
+                self.workdir.mkdir()
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
+        # Marked stopped only at the end: a stop cut short by a signal is redone by atexit.
         if self._stopped:
             return
+        self._end_processes()
+        shutil.rmtree(self.workdir, ignore_errors=True)
         self._stopped = True
+
+    def _end_processes(self) -> None:
         for process in reversed(self._processes):
             if process.popen.poll() is None:
                 process.popen.terminate()
@@ -422,7 +453,7 @@ class ControlPlane:
             except subprocess.TimeoutExpired:
                 process.popen.kill()
                 process.popen.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._processes.clear()
 
     # -- pieces
 
@@ -484,7 +515,7 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         process = _Process(name=name, popen=popen, log=log)
         self._processes.append(process)
@@ -566,9 +597,9 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.popen.poll() is not None:
-                raise ControlPlaneError(
-                    f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}"
-                )
+                tail = process.log_tail()
+                failure = _AddressInUse if "address already in use" in tail else ControlPlaneError
+                raise failure(f"{process.name} exited with {process.popen.returncode}:\n{tail}")
             if ready():
                 return
             time.sleep(0.25)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from controlplane import ControlPlane, NamespaceFactory, free_port
+from controlplane import ControlPlane, NamespaceFactory, die_with_parent, free_port
 
 from certs.make_certs import LOOPBACK_NAMES, make_certs
 
@@ -79,6 +79,7 @@ class LocalWebhook:
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
             )
         context = ssl.create_default_context(cafile=str(self.ca))
         deadline = time.monotonic() + WAIT_S
