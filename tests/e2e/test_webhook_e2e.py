@@ -390,15 +390,27 @@ def test_host_network_pod_is_not_injected(
     assert_not_injected(create(control_plane, namespace, bare_pod("node-agent", host_network=True)))
 
 
-def test_kube_system_is_not_injected_even_when_labelled(
-    control_plane: ControlPlane, webhook: LocalWebhook
+# kube-system and friends, and the webhook's own namespace (its pods must start without it).
+@pytest.mark.parametrize("namespace", ["kube-system", "kube-public", "netpol-sniffer"])
+def test_excluded_namespaces_are_not_injected_even_when_labelled(
+    control_plane: ControlPlane, webhook: LocalWebhook, namespace: str
 ) -> None:
-    control_plane.kubectl("label", "namespace", "kube-system", "netpol-sniffer.io/capture=enabled")
+    existed = bool(
+        control_plane.kubectl(
+            "get", "namespace", namespace, "--ignore-not-found", "-o", "name"
+        ).stdout.strip()
+    )
+    if not existed:
+        control_plane.kubectl("create", "namespace", namespace)
+    control_plane.kubectl("label", "namespace", namespace, "netpol-sniffer.io/capture=enabled")
     try:
-        control_plane.wait_for_default_service_account("kube-system")
-        assert_not_injected(dry_run_pod(control_plane, "kube-system", bare_pod("system-pod")))
+        control_plane.wait_for_default_service_account(namespace)
+        assert_not_injected(dry_run_pod(control_plane, namespace, bare_pod("system-pod")))
     finally:
-        control_plane.kubectl("label", "namespace", "kube-system", "netpol-sniffer.io/capture-")
+        if existed:
+            control_plane.kubectl("label", "namespace", namespace, "netpol-sniffer.io/capture-")
+        else:
+            control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 def test_pods_are_still_created_while_the_webhook_is_down(
