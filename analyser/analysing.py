@@ -27,7 +27,7 @@ from typing import Any
 from analyser.bundles import CAPTURES, Bundle, FileProblem
 from analyser.errors import OutputError, RenderError, SnapshotError
 from analyser.flows import Evidence, Flow, orient
-from analyser.graphs import NodeRole, build_graph
+from analyser.graphs import NodeRole, build_graph, unresolved_addresses
 from analyser.identities import Resolver, Scope
 from analyser.policies import (
     DefaultDeny,
@@ -114,11 +114,7 @@ class Analysis(Observation):
             "evidence": {str(e): n for e, n in self.evidence_counts.items()},
             "workloads": roles.get(NodeRole.WORKLOAD, 0),
             "external_addresses": roles.get(NodeRole.EXTERNAL, 0),
-            "unresolved_addresses": sorted(
-                str(attrs.get("label") or node)
-                for node, attrs in self.graph.nodes(data=True)
-                if attrs.get("role") == NodeRole.UNRESOLVED
-            ),
+            "unresolved_addresses": list(unresolved_addresses(self.graph)),
             "policies": list(self.policy_files),
             "without_policy": list(self.unselectable),
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
