@@ -251,6 +251,25 @@ def _controller_hint(refs: Iterable[OwnerReference]) -> OwnerHint | None:
     return OwnerHint(kind=chosen["kind"], name=chosen["name"], uid=chosen.get("uid", ""))
 
 
+class _Networks:
+    """A set of networks that answers "is this address in one of them?" with one set lookup per
+    prefix length in use (a thousand nodes' podCIDRs have one or two), not one test per network."""
+
+    def __init__(self, networks: Iterable[IPNetwork]) -> None:
+        self.networks = frozenset(networks)
+        self._lengths = {
+            version: sorted({n.prefixlen for n in self.networks if n.version == version})
+            for version in (4, 6)
+        }
+
+    def __contains__(self, ip: str) -> bool:
+        address = _address(ip)
+        return any(
+            ipaddress.ip_network((address, length), strict=False) in self.networks
+            for length in self._lengths[address.version]
+        )
+
+
 def _covering_networks(ips: Iterable[str]) -> set[IPNetwork]:
     """The smallest network holding all of ``ips``, per address family (or, when that would be
     implausibly wide, a /16 or /64 per address)."""
@@ -307,6 +326,7 @@ class Resolver:
             if record.host_network and record.node:
                 self._host_network[record.node].append(record)
         self._ranges = self._cluster_ranges()
+        self._range_set = _Networks(self._ranges)
         self._node_ports = {
             (port["nodePort"], protocol)
             for service in snapshot.services
@@ -316,6 +336,7 @@ class Resolver:
         # Caches: what Services send each pod, and the pods each Service selects.
         self._target_ports: dict[str, frozenset[tuple[int, Protocol]]] = {}
         self._selected: dict[tuple[str, str], list[PodRecord]] = {}
+        self._by_label: dict[tuple[str, str, str], list[PodRecord]] = defaultdict(list)
         self._timeless: dict[tuple[str, int | None, Protocol | None], Identity] = {}
 
     # -- building -------------------------------------------------------------------------
@@ -419,9 +440,8 @@ class Resolver:
             with contextlib.suppress(ValueError):
                 ranges.add(ipaddress.ip_network(cidr, strict=False))
         # Pod addresses outside every node's podCIDR (or all of them, without podCIDRs).
-        outside = [
-            ip for ip in self._claims if not any(ipaddress.ip_address(ip) in r for r in ranges)
-        ]
+        node_ranges = _Networks(ranges)
+        outside = [ip for ip in self._claims if ip not in node_ranges]
         ranges |= _covering_networks(outside)
         ranges |= _covering_networks(self._snapshot.services_by_cluster_ip)
         return tuple(sorted(ranges, key=lambda n: (n.version, str(n))))
@@ -568,8 +588,7 @@ class Resolver:
                 if listener is not None:
                     return Identity(EndpointKind.POD, ip, pod=self._pod_ref(listener), node=node)
             return Identity(EndpointKind.NODE, ip, node=node)
-        address = _address(ip)
-        if any(address in network for network in self._ranges):
+        if ip in self._range_set:
             return Identity(EndpointKind.UNRESOLVED, ip)
         return Identity(EndpointKind.EXTERNAL, ip)
 
@@ -686,11 +705,15 @@ class Resolver:
         namespace = meta(service).get("namespace", "")
         key = (namespace, meta(service)["name"])
         if key not in self._selected:
-            self._selected[key] = [
-                r
-                for r in sorted(self._records.values(), key=lambda r: r.key)
-                if r.namespace == namespace and _selects(selector, r)
-            ]
+            if not self._by_label:
+                for record in sorted(self._records.values(), key=lambda r: r.key):
+                    for label in record.labels:
+                        self._by_label[(record.namespace, *label)].append(record)
+            # The pods carrying the selector's rarest label, checked for the others.
+            fewest = min(
+                (self._by_label.get((namespace, k, v), []) for k, v in selector.items()), key=len
+            )
+            self._selected[key] = [r for r in fewest if _selects(selector, r)]
         matching = self._selected[key]
         alive = []
         for record in matching:

@@ -21,8 +21,8 @@ import functools
 import ipaddress
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
@@ -486,32 +486,50 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _walk(value: object, segments: Sequence[str], where: str) -> Iterator[tuple[str, object]]:
-    """Every value at a path (missing fields yield nothing; lists are checked on the way)."""
-    if not segments:
-        yield where, value
-        return
-    head, rest = segments[0], segments[1:]
-    is_list = head.endswith("[]")
-    name = head.removesuffix("[]")
-    if not isinstance(value, dict) or name not in value:
-        return
-    child = value[name]
-    path = f"{where}.{name}" if where else name
-    if not is_list:
-        yield from _walk(child, rest, path)
-    elif isinstance(child, list):
-        for index, element in enumerate(child):
-            yield from _walk(element, rest, f"{path}[{index}]")
+@dataclass(slots=True)
+class _FieldChecks:
+    """The checks of one field (``expected``), of each element when it is a list (``element``)
+    and of its own fields when it is an object (``fields``): the paths above, as a tree, so each
+    field of an object is visited once."""
+
+    expected: list[str] = field(default_factory=list)
+    element: _FieldChecks | None = None
+    fields: dict[str, _FieldChecks] = field(default_factory=dict)
+
+
+@functools.cache
+def _check_tree(kind: str) -> _FieldChecks:
+    root = _FieldChecks()
+    for path, expected in _CHECKS["*"] + _CHECKS.get(kind, ()):
+        node = root
+        for segment in path.split("."):
+            name = segment.removesuffix("[]")
+            node = node.fields.setdefault(name, _FieldChecks())
+            if segment.endswith("[]"):
+                node.element = node.element or _FieldChecks()
+                node = node.element
+        node.expected.append(expected)
+    return root
+
+
+def _check_value(value: object, checks: _FieldChecks, path: str, fail: Callable[..., None]) -> None:
+    for expected in checks.expected:
+        if not _is(value, expected):
+            fail(path, expected, value)
+    if checks.element is not None and isinstance(value, list):
+        for index, element in enumerate(value):
+            _check_value(element, checks.element, f"{path}[{index}]", fail)
+    if checks.fields and isinstance(value, dict):
+        for name, child in checks.fields.items():
+            if name in value:
+                _check_value(value[name], child, f"{path}.{name}" if path else name, fail)
 
 
 def _check(obj: Mapping[str, object], kind: str, *, source: str, where: str) -> None:
-    for path, expected in _CHECKS["*"] + _CHECKS.get(kind, ()):
-        for at, value in _walk(obj, path.split("."), ""):
-            if not _is(value, expected):
-                raise SnapshotError(
-                    f"{source}: {where}: {at} must be {expected}, got {value!r:.60}"
-                )
+    def fail(path: str, expected: str, value: object) -> None:
+        raise SnapshotError(f"{source}: {where}: {path} must be {expected}, got {value!r:.60}")
+
+    _check_value(obj, _check_tree(kind), "", fail)
 
 
 # ---------------------------------------------------------------------------------------------
