@@ -6,6 +6,7 @@ named ``http`` = 8080); ``shop/cart`` calls ``api.example.com`` (203.0.113.7:443
 lookup; both look names up through ``kube-system/kube-dns`` (10.96.0.10 → pod 10.244.0.2).
 The frontend's capture sees ``ClusterIP:80``, the cart's sees ``podIP:8080``. The cart pod is
 dual-stack and also reaches ``api.example.com`` over IPv6 (2001:db8::443, from an AAAA answer).
+The frontend also calls 10.244.9.9:9000, a pod address no pod had: unresolved.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ DNS_SERVICE_IP, DNS_POD_IP = "10.96.0.10", "10.244.0.2"
 FRONTEND_IP, CART_IP, CART_SERVICE_IP = "10.244.1.5", "10.244.2.7", "10.96.0.20"
 CART_IP6 = "fd00:10:244::7"  # the cart pod is dual-stack
 API_IP, API_IP6, API_NAME = "203.0.113.7", "2001:db8::443", "api.example.com"
+GHOST_IP = "10.244.9.9"  # in the pod network, but no pod had it: unresolved
 FRONTEND_POD, CART_POD = "frontend-6c4d9-aaaaa", "cart-7f9b8-bbbbb"
 
 SYN, ACK, PSH = 0x02, 0x10, 0x08
@@ -290,6 +292,7 @@ def make_bundle(root: Path, *, damaged: bool = False) -> Path:
                 FRONTEND_IP, DNS_SERVICE_IP, "cart.shop.svc.cluster.local", CART_SERVICE_IP, T0 + 1
             ),
             *handshake(FRONTEND_IP, 40000, CART_SERVICE_IP, 80, T0 + 2),
+            *handshake(FRONTEND_IP, 40100, GHOST_IP, 9000, T0 + 8),
         ],
     )
     write_pcap(

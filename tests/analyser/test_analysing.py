@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from bundle_builders import API_IP, API_IP6, API_NAME, CART_POD, make_bundle
+from bundle_builders import API_IP, API_IP6, API_NAME, CART_POD, GHOST_IP, make_bundle
 
 from analyser import analysing
 from analyser.analysing import OUTPUT_MARKER, Analysis, analyse, write_output
@@ -204,6 +204,12 @@ def test_the_report_counts_directions_by_evidence(analysis: Analysis) -> None:
     assert handshakes >= 2
     assert f"| handshake | {handshakes} |" in report
     assert f"| {API_IP} | {API_NAME} |" in report
+
+
+def test_an_address_no_pod_had_is_reported_as_unresolved(analysis: Analysis) -> None:
+    assert analysis.summary()["unresolved_addresses"] == [GHOST_IP]
+    report = analysis.files["report.md"]
+    assert f"the time of the packet:\n\n- {GHOST_IP}\n" in report
 
 
 def test_the_summary_is_json(analysis: Analysis) -> None:
