@@ -4,9 +4,12 @@ Uses the test cluster snapshot (``tests/data/snapshots/cluster.json`` with its p
 and generates N flows between its pods, Services (half without a server-side capture, half
 joined to one), nodes and outside addresses. Prints flows per second for ``build_graph`` and
 the time of ``synthesize``, for 1× and 4× N in the same run (the ratio shows linearity).
+
+Then a synthetic large cluster (``--pods`` pods on a node per 20 pods, a Service per 10 pods):
+the time to check and index its snapshot and build a ``Resolver``, and lookups per second.
 Prints figures, asserts nothing.
 
-    python bench/graph_throughput.py [--flows 50000]
+    python bench/graph_throughput.py [--flows 50000] [--pods 20000]
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ from analyser.flows import Endpoint, Evidence, Flow, Protocol
 from analyser.graphs import build_graph
 from analyser.identities import Resolver
 from analyser.policies import synthesize
-from analyser.snapshot import load_pod_ip_history, load_snapshot, parse_timestamp
+from analyser.snapshot import (
+    Snapshot,
+    load_pod_ip_history,
+    load_snapshot,
+    parse_snapshot_documents,
+    parse_timestamp,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "snapshots"
 START = parse_timestamp("2026-11-26T09:00:00Z")
@@ -105,13 +114,90 @@ def run(count: int) -> float:
     return rate
 
 
+def large_cluster(pods: int) -> dict[str, object]:
+    nodes, services = max(1, pods // 20), max(1, pods // 10)
+    items: list[dict[str, object]] = []
+    for n in range(nodes):
+        items.append(
+            {
+                "kind": "Node",
+                "metadata": {"name": f"node-{n}"},
+                "spec": {"podCIDR": f"10.{64 + n // 256}.{n % 256}.0/24"},
+                "status": {
+                    "addresses": [{"type": "InternalIP", "address": f"172.16.{n // 256}.{n % 256}"}]
+                },
+            }
+        )
+    for p in range(pods):
+        n, app = p % nodes, f"app-{p % services}"
+        items.append(
+            {
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{app}-5d9c7-{p}",
+                    "namespace": f"ns-{p % 20}",
+                    "uid": f"uid-{p}",
+                    "labels": {"app": app, "pod-template-hash": "5d9c7"},
+                    "ownerReferences": [
+                        {"kind": "ReplicaSet", "name": f"{app}-5d9c7", "controller": True}
+                    ],
+                },
+                "spec": {
+                    "nodeName": f"node-{n}",
+                    "containers": [
+                        {"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}
+                    ],
+                },
+                "status": {"podIP": f"10.{64 + n // 256}.{n % 256}.{p // nodes + 2}"},
+            }
+        )
+    for v in range(services):
+        items.append(
+            {
+                "kind": "Service",
+                "metadata": {"name": f"app-{v}", "namespace": f"ns-{v % 20}"},
+                "spec": {
+                    "clusterIP": f"10.96.{v // 256}.{v % 256}",
+                    "selector": {"app": f"app-{v}"},
+                    "ports": [{"port": 80, "targetPort": "http"}],
+                },
+            }
+        )
+    return {"kind": "List", "items": items}
+
+
+def run_cluster(pods: int) -> None:
+    document = large_cluster(pods)
+    began = time.perf_counter()
+    snapshot = Snapshot(parse_snapshot_documents([document], source="bench"))
+    loaded = time.perf_counter()
+    resolver = Resolver(snapshot)
+    ready = time.perf_counter()
+    addresses = [p["status"]["podIP"] for p in snapshot.pods]
+    for address in addresses:
+        resolver.resolve(address, START)
+    resolved = time.perf_counter()
+    services = [(s["metadata"]["namespace"], s["metadata"]["name"]) for s in snapshot.services]
+    for service in services:
+        resolver.service_backends(service, 80, Protocol.TCP, START)
+    backed = time.perf_counter()
+    print(
+        f"{pods} pods, {len(snapshot.nodes)} nodes, {len(services)} Services: check+index "
+        f"{loaded - began:.2f}s, Resolver {ready - loaded:.2f}s, "
+        f"resolve {len(addresses) / (resolved - ready):.0f}/s, "
+        f"service_backends (first, uncached) {len(services) / (backed - resolved):.0f}/s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flows", type=int, default=50_000)
+    parser.add_argument("--pods", type=int, default=20_000)
     args = parser.parse_args()
     one = run(args.flows)
     four = run(4 * args.flows)
     print(f"flows/s at 4× the flows relative to 1×: {four / one:.2f} (1.00 = linear)")
+    run_cluster(args.pods)
 
 
 if __name__ == "__main__":
