@@ -59,6 +59,9 @@ DEFAULT_PARALLEL = 4
 DEFAULT_DURATION_S = 0.0
 # A stream that delivers nothing for this long is treated as broken (and resumed).
 DEFAULT_IDLE_TIMEOUT_S = 60.0
+# Offered in this order, as kubectl does. The API server translates v5 to SPDY towards the
+# kubelet itself (1.30+) and proxies v4 to the kubelet's own websocket endpoint.
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 _WATCH_CHUNK_S = 300  # the longest single watch request; the API server may end it sooner
 _REQUEST_TIMEOUT_S = 60.0
 
@@ -238,10 +241,12 @@ class KubernetesCluster:
         configuration: k8s_client.Configuration,
         *,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+        exec_protocols: Sequence[str] = EXEC_PROTOCOLS,
     ) -> None:
         self.configuration = configuration
         self.api = k8s_client.ApiClient(configuration)
         self.idle_timeout = idle_timeout
+        self.exec_protocols = tuple(exec_protocols)
 
     def _request(
         self,
@@ -373,6 +378,7 @@ class KubernetesCluster:
             ("command", list(command)),
         ]
         websocket_url = ws_client.get_websocket_url(url, query)  # type: ignore[no-untyped-call]
+        headers = {**headers, "sec-websocket-protocol": ",".join(self.exec_protocols)}
         try:
             websocket = ws_client.create_websocket(  # type: ignore[no-untyped-call]
                 self.configuration, websocket_url, headers

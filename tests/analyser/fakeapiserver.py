@@ -13,10 +13,12 @@ import base64
 import hashlib
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -83,6 +85,8 @@ class FakeAPIServer:
     requests: list[tuple[str, str]] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
     exec_commands: list[list[str]] = field(default_factory=list)
+    # (certificate, key): serve HTTPS, e.g. as a kubelet behind a real API server
+    tls: tuple[Path, Path] | None = None
 
     def __enter__(self) -> FakeAPIServer:
         server = self
@@ -111,7 +115,8 @@ class FakeAPIServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                if url.path.endswith("/exec"):
+                # the API server's path, or the kubelet's (/exec/NS/POD/CONTAINER)
+                if url.path.endswith("/exec") or url.path.startswith("/exec/"):
                     self.handle_exec(parse_qs(url.query))
                     return
                 status, body = server.routes.get(
@@ -161,13 +166,22 @@ class FakeAPIServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
 
     @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
     def host(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()

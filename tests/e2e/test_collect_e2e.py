@@ -1,13 +1,16 @@
 """collect, its RBAC and uninstall-sidecars against a real kube-apiserver and controller manager.
 
-There is no kubelet: pods are stored (a Deployment's by the controller manager) but never run, so
-a test plays the kubelet's part in the status it writes (IPs, phase). The pull path needs a
-running sidecar and is tested in tests/analyser/ through the real client and a local exec server.
+There is no real kubelet: pods are stored (a Deployment's by the controller manager) but never
+run, so a test plays the kubelet's part in the status it writes (IPs, phase, running containers).
+For exec, a Node points the API server at a local kubelet (tests/analyser/fakeapiserver.py over
+HTTPS) that runs the sidecar's commands on this machine: pulls go through the API server's own
+authorization and exec proxy (v4.channel.k8s.io; v5 the API server would translate to SPDY).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,19 +21,26 @@ import pytest
 import yaml
 from controlplane import ControlPlane
 
-from analyser.bundles import parse_manifest
+from analyser.bundles import open_bundle, parse_manifest
 from analyser.cli.main import main
 from analyser.collecting import (
     CollectOptions,
     KubernetesCluster,
     collect,
     connect,
+    load_configuration,
 )
+from analyser.errors import AccessDenied
 from analyser.snapshot import load_pod_ip_history, load_snapshot
+from certs.make_certs import LOOPBACK_NAMES, make_certs
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "analyser"))
+
+from fakeapiserver import FakeAPIServer  # noqa: E402
+
 OPT_IN = {"netpol-sniffer.io/capture": "enabled"}
 SIDECAR = "netpol-sniffer-capture"
 COLLECTOR = "system:serviceaccount:netpol-sniffer:netpol-sniffer-collector"
@@ -312,3 +322,168 @@ def test_uninstall_sidecars_unlabels_and_rolls(
     assert "kubectl.kubernetes.io/restartedAt" in annotations
     plain = control_plane.kubectl_json("get", "deployment", "plain", "-n", shop)
     assert "annotations" not in plain["spec"]["template"]["metadata"]  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------------------------------
+# Exec through the real API server, with a kubelet that runs the pod's commands on this machine
+
+
+@pytest.fixture
+def local_kubelet(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A Node whose kubelet is ``FakeAPIServer`` over HTTPS on 127.0.0.1: the API server proxies
+    exec to it (v4 websocket) and it runs the commands here. Yields the node's name."""
+    certificates = tmp_path_factory.mktemp("kubelet-certs")
+    make_certs(certificates, names=list(LOOPBACK_NAMES))
+    node = "local-kubelet"
+    with FakeAPIServer(tls=(certificates / "tls.crt", certificates / "tls.key")) as kubelet:
+        apply(control_plane, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+        status = {
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.port}},
+            }
+        }
+        control_plane.kubectl(
+            "patch",
+            "node",
+            node,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps(status),
+        )
+        try:
+            yield node
+        finally:
+            control_plane.kubectl("delete", "node", node, "--ignore-not-found", check=False)
+
+
+def running_sidecar_pod(
+    plane: ControlPlane, namespace: str, name: str, *, node: str, captures: Path
+) -> None:
+    """A pod on ``node`` whose sidecar runs and keeps its captures in ``captures``."""
+    manifest = pod_manifest(name, sidecar=True)
+    manifest["spec"]["nodeName"] = node
+    manifest["spec"]["containers"][1]["volumeMounts"] = [
+        {"name": "netpol-sniffer-captures", "mountPath": str(captures)}
+    ]
+    manifest["spec"]["volumes"] = [{"name": "netpol-sniffer-captures", "emptyDir": {}}]
+    apply(plane, manifest, namespace)
+    started = "2026-01-01T00:00:00Z"
+    statuses = [
+        {
+            "name": container,
+            "ready": True,
+            "started": True,
+            "restartCount": 0,
+            "image": image,
+            "imageID": f"docker.io/library/{image}@sha256:{'0' * 64}",
+            "containerID": f"containerd://{container}",
+            "state": {"running": {"startedAt": started}},
+        }
+        for container, image in (("app", "app:1"), (SIDECAR, "capture:1"))
+    ]
+    status = {
+        "status": {
+            "phase": "Running",
+            "podIP": "10.244.2.9",
+            "podIPs": [{"ip": "10.244.2.9"}],
+            "startTime": started,
+            "containerStatuses": statuses,
+        }
+    }
+    plane.kubectl(
+        "patch",
+        "pod",
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )
+
+
+def v4_cluster(kubeconfig: Path) -> KubernetesCluster:
+    """The API server proxies v4 exec to the kubelet as it is; v5 it would translate to SPDY,
+    which the local kubelet does not speak."""
+    return KubernetesCluster(
+        load_configuration(str(kubeconfig)), exec_protocols=("v4.channel.k8s.io",)
+    )
+
+
+def test_collect_pulls_through_a_real_api_servers_exec(
+    control_plane: ControlPlane,
+    namespace_factory: NamespaceFactory,
+    local_kubelet: str,
+    tmp_path: Path,
+) -> None:
+    shop = namespace_factory("shop", labels=OPT_IN)
+    captures = tmp_path / "pod-captures"
+    captures.mkdir()
+    sample = (REPO / "tests/data/exec/sample.pcap").read_bytes()
+    (captures / "capture.pcap0").write_bytes(sample)
+    (captures / "capture.pcap1").write_bytes(sample[:24] + bytes(range(256)) * 200)
+    (captures / "meta.json").write_text(json.dumps({"pod": "web-1", "namespace": shop}))
+    running_sidecar_pod(control_plane, shop, "web-1", node=local_kubelet, captures=captures)
+
+    out = tmp_path / "bundle"
+    result = collect(
+        v4_cluster(control_plane.kubeconfig), CollectOptions(out=out, namespaces=(shop,))
+    )
+    assert result.pods_pulled == 1 and result.skipped == ()
+    for name in ("capture.pcap0", "capture.pcap1", "meta.json"):
+        assert (out / "captures" / shop / "web-1" / name).read_bytes() == (
+            captures / name
+        ).read_bytes()
+    bundle = open_bundle(out)
+    assert bundle.problems == ()
+    assert [path.name for path in bundle.captures] == ["capture.pcap0", "capture.pcap1"]
+    assert not (captures / ".netpol-sniffer-pull").exists()
+
+    # a second run fetches only what tcpdump wrote since
+    with (captures / "capture.pcap1").open("ab") as current:
+        current.write(b"\x01" * 1000)
+    again = collect(
+        v4_cluster(control_plane.kubeconfig), CollectOptions(out=out, namespaces=(shop,))
+    )
+    assert (again.files_fetched, again.bytes_fetched) == (1, 1000)
+
+
+def test_exec_without_the_namespace_role_is_named(
+    control_plane: ControlPlane,
+    namespace_factory: NamespaceFactory,
+    local_kubelet: str,
+    collector_identity: Path,
+    tmp_path: Path,
+) -> None:
+    shop = namespace_factory("shop", labels=OPT_IN)
+    captures = tmp_path / "pod-captures"
+    captures.mkdir()
+    (captures / "capture.pcap0").write_bytes(b"\xd4\xc3\xb2\xa1" + bytes(20))
+    running_sidecar_pod(control_plane, shop, "web-1", node=local_kubelet, captures=captures)
+    control_plane.kubectl("apply", "-k", str(REPO / "manifests/collector-rbac"))
+    wait_for("the reader role", lambda: can_i(control_plane, "watch", "pods", "--all-namespaces"))
+
+    with pytest.raises(AccessDenied) as denied:
+        collect(
+            v4_cluster(collector_identity), CollectOptions(out=tmp_path / "b", namespaces=(shop,))
+        )
+    message = str(denied.value)
+    assert f"needs 'create' on 'pods/exec' in namespace {shop}" in message
+    assert COLLECTOR in message
+
+    control_plane.kubectl(
+        "apply", "-n", shop, "-k", str(REPO / "manifests/collector-rbac/namespace")
+    )
+    wait_for(
+        "the exec role",
+        lambda: can_i(control_plane, "create", "pods", "--subresource=exec", "-n", shop),
+    )
+    result = collect(
+        v4_cluster(collector_identity), CollectOptions(out=tmp_path / "b", namespaces=(shop,))
+    )
+    assert result.pods_pulled == 1 and result.skipped == ()
