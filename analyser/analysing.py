@@ -110,6 +110,7 @@ class Analysis(Observation):
             "producer": manifest.producer if manifest is not None else None,
             "captures": len(self.traffic.reports),
             "packets": self.traffic.packets,
+            "packets_without_flow": dict(self.traffic.skipped),
             "flows": len(self.flows),
             "evidence": {str(e): n for e, n in self.evidence_counts.items()},
             "workloads": roles.get(NodeRole.WORKLOAD, 0),
@@ -316,6 +317,7 @@ def analyse(
         policy_files=tuple(p for p in files if p != KUSTOMIZATION),
         workload_policies={p.workload: policy_path(p.namespace, p.name) for p in policies},
         unselectable=unselectable,
+        skipped_packets=seen.traffic.skipped,
     )
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg = render_svg(files[GRAPH_DOT])

@@ -13,7 +13,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ class ReportFacts:
     policy_files: tuple[str, ...]  # paths relative to the output directory
     workload_policies: Mapping[str, str]  # workload node id ("NS/Kind/name") → its policy file
     unselectable: tuple[str, ...] = ()  # captured workloads without a stable label: no policy
+    skipped_packets: Mapping[str, int] = field(default_factory=dict)  # reason → packets unused
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------

@@ -451,6 +451,7 @@ def report_facts() -> ReportFacts:
         file_problems=(FileProblem("captures/shop/cart-1/a.pcap", "truncated after 7 packets"),),
         policy_files=("shop/cart.yaml",),
         workload_policies={"shop/Deployment/cart": "shop/cart.yaml"},
+        skipped_packets={"other_protocol": 4, "not_ip": 2},
     )
 
 
@@ -469,6 +470,7 @@ def test_report_lists_workloads_flows_names_problems_and_evidence() -> None:
     assert "| handshake | 8 |" in report
     assert "| known-listener | 0 |" in report
     assert "| heuristic | 3 |" in report
+    assert "| not_ip | 2 |\n| other_protocol | 4 |\n" in report
     # a line break in a label cannot start a new table row
     assert '| shop/Deployment/web "v2" line two | yes | — |' in report
 
