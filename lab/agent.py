@@ -8,6 +8,7 @@ commands, one JSON object per line on stdin, and reports on stdout:
     ← {"cmd": "start", "duration": S}  → {"event": "done", "results": [...]}  after S seconds
     ← {"cmd": "stop"}                         end the calls early (the pod is being deleted)
     ← {"cmd": "records", "records": {...}}   the DNS pod's new table
+    ← {"cmd": "probes", "targets": [[ip, port], ...]}   the kubelet's new probe targets
     ← {"cmd": "exit"} or end of stdin         close everything and exit
 """
 
@@ -43,15 +44,24 @@ async def run(config: dict[str, Any]) -> None:
     resolver = traffic.Resolver(config["resolver"]["nameserver"], config["resolver"]["search"])
     calls = [traffic.CallSpec.from_json(entry) for entry in config["calls"]]
     client = traffic.Client(config["pod"], resolver, calls)
+    prober = None
+    probing: asyncio.Task[None] | None = None
+    if config.get("probes") is not None:
+        prober = traffic.Prober([(a, p) for a, p in config["probes"]])
+        probing = asyncio.create_task(prober.run())
     commands = await _commands()
     running: asyncio.Task[None] | None = None
+
+    def report() -> None:
+        extra = {} if prober is None else {"probes": {"ok": prober.ok, "failed": prober.failed}}
+        _say("done", results=[r.to_json() for r in client.results.values()], **extra)
 
     async def window(duration: float) -> None:
         try:
             await client.run(duration)
         finally:
             await client.close_long_lived()
-            _say("done", results=[r.to_json() for r in client.results.values()])
+            report()
 
     _say("ready")
     try:
@@ -68,15 +78,19 @@ async def run(config: dict[str, Any]) -> None:
                         running.cancel()
                         await asyncio.gather(running, return_exceptions=True)
                     else:
-                        _say("done", results=[r.to_json() for r in client.results.values()])
+                        report()
                 case "records":
                     if dns_server is not None:
                         dns_server.update(command["records"])
+                case "probes":
+                    if prober is not None:
+                        prober.targets = [(a, p) for a, p in command["targets"]]
                 case "exit":
                     break
     finally:
-        if running is not None and not running.done():
-            running.cancel()
+        for task in (running, probing):
+            if task is not None and not task.done():
+                task.cancel()
         for closer in closers:
             closer.close()
         if dns_server is not None:

@@ -41,6 +41,7 @@ class WorkloadSpec:
     template_labels: tuple[tuple[str, str], ...]
     ports: tuple[ContainerPort, ...]
     manifest: JsonObject = field(compare=False, hash=False, repr=False)
+    probe_ports: tuple[int, ...] = ()  # TCP ports the kubelet probes (httpGet, tcpSocket, grpc)
 
     @property
     def ref(self) -> str:
@@ -198,6 +199,7 @@ def _workload(
         template_labels=labels,
         ports=tuple(_container_ports(containers, where)),
         manifest=manifest,
+        probe_ports=tuple(sorted(set(_probe_ports(containers, where)))),
     )
 
 
@@ -221,6 +223,25 @@ def _container_ports(containers: list[Any], where: str) -> Iterable[ContainerPor
             if protocol not in PROTOCOLS:
                 raise LabError(f"{where}: containerPort {port} has protocol {protocol!r}")
             yield ContainerPort(port=port, protocol=protocol, name=entry.get("name"))
+
+
+def _probe_ports(containers: list[Any], where: str) -> Iterable[int]:
+    """The ports of network probes; a named port is looked up in the same container."""
+    for container in containers:
+        named = {
+            entry.get("name"): entry.get("containerPort")
+            for entry in (container or {}).get("ports") or []
+        }
+        for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+            probe = (container or {}).get(kind) or {}
+            for action in ("httpGet", "tcpSocket", "grpc"):
+                if action not in probe:
+                    continue
+                port = (probe[action] or {}).get("port")
+                number = named.get(port) if isinstance(port, str) else port
+                if not isinstance(number, int) or not 0 < number < 65536:
+                    raise LabError(f"{where}: {kind} port {port!r} is not a port of the container")
+                yield number
 
 
 def _service(document: JsonObject, name: str, namespace: str, where: str) -> ServiceSpec:

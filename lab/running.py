@@ -158,7 +158,8 @@ def _counts(totals: dict[str, Any]) -> str:
 
 @dataclass
 class _Agent:
-    pod: LabPod | None  # None: the outside world
+    pod: LabPod | None  # None: the outside world or the kubelet
+    label: str
     netns: str
     process: asyncio.subprocess.Process
     log_path: Path
@@ -192,7 +193,7 @@ class _Agent:
 
     @property
     def name(self) -> str:
-        return self.pod.key if self.pod is not None else "the outside world"
+        return self.pod.key if self.pod is not None else self.label
 
     def _stderr(self) -> str:
         try:
@@ -227,6 +228,7 @@ class _Run:
     truth: list[dict[str, Any]] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
     window_start: float = 0.0
+    kubelet: _Agent | None = None
 
     @property
     def capture_options(self) -> CaptureOptions:
@@ -242,7 +244,7 @@ class _Run:
         try:
             await self._play()
         finally:
-            for agent in self.agents:
+            for agent in [*self.agents, *filter(None, [self.kubelet])]:
                 if agent.capture is not None:
                     agent.capture.stop()
                 await agent.finish()
@@ -273,6 +275,8 @@ class _Run:
             self.agents.append(await self._spawn_outside())
         for agent in self.agents:
             await agent.expect("ready", READY_TIMEOUT)
+        self.kubelet = await self._spawn_kubelet()  # once the servers listen
+        await self.kubelet.expect("ready", READY_TIMEOUT)
         for agent in self.agents:
             await agent.send("open")
             await agent.expect("opened", READY_TIMEOUT)
@@ -294,10 +298,13 @@ class _Run:
         for agent in self.agents:
             if agent.results is None:
                 await agent.expect("done", self.duration + READY_TIMEOUT)
+        await self.kubelet.send("stop")
+        probes = (await self.kubelet.expect("done", READY_TIMEOUT)).get("probes", {})
         await asyncio.sleep(SETTLE_SECONDS)
         for agent in self.agents:
             if agent.capture is not None:
                 agent.capture.stop()
+        self.report["probes"] = probes
         window_end = time.time()
         self._conclude(window_end)
 
@@ -365,7 +372,7 @@ class _Run:
         }
         host = self._host(pod)
         process, log_path = await self._launch(f"p{pod.index}-{pod.name}", host.netns, config)
-        return _Agent(pod, host.netns, process, log_path)
+        return _Agent(pod, pod.key, host.netns, process, log_path)
 
     async def _spawn_outside(self) -> _Agent:
         listen = [
@@ -384,11 +391,30 @@ class _Run:
         }
         netns_name = self.network.name("ext")
         process, log_path = await self._launch("outside", netns_name, config)
-        return _Agent(None, netns_name, process, log_path)
+        return _Agent(None, "the outside world", netns_name, process, log_path)
+
+    def _probe_targets(self) -> list[tuple[str, int]]:
+        return [(pod.ips[0], port) for pod in self.layout.pods for port in pod.workload.probe_ports]
+
+    async def _spawn_kubelet(self) -> _Agent:
+        """The node's kubelet, probing every pod's probe ports from the node's address."""
+        config = {
+            "pod": "kubelet",
+            "identity": None,
+            "listen": [],
+            "resolver": {"nameserver": DNS_SERVICE_V4, "search": []},
+            "calls": [],
+            "dns_records": None,
+            "probes": self._probe_targets(),
+        }
+        process, log_path = await self._launch("kubelet", self.network.node, config)
+        return _Agent(None, "the kubelet", self.network.node, process, log_path)
 
     async def _publish(self) -> None:
-        """Endpoints changed: reload the Service rules and the DNS table."""
+        """Pods changed: reload the Service rules, the DNS table and the kubelet's probes."""
         services.apply(self.network, self.layout)
+        if self.kubelet is not None:
+            await self.kubelet.send("probes", targets=self._probe_targets())
         for agent in self.agents:
             if agent.pod is not None and agent.pod.workload.ref == DNS_WORKLOAD:
                 await agent.send("records", records=dns_records(self.layout))
@@ -469,8 +495,6 @@ class _Run:
         ]
         outcomes = []
         for agent in [*self.finished, *self.agents]:
-            if agent.pod is None:
-                continue
             for result in agent.results or []:
                 call = plan.calls[result["id"]]
                 entry = totals[result["id"]]
@@ -490,7 +514,7 @@ class _Run:
         for entry in totals:
             entry["servers"] = sorted(entry["servers"])
         self.truth = bundling.truth_flows(outcomes)
-        self.report = {
+        self.report |= {
             "duration": self.duration,
             "capture_mode": str(self.options.capture_mode),
             "calls": totals,

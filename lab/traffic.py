@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from lab import dns
 
+PROBE_PERIOD = 2.0  # kubelet probes, in the lab's compressed time
 CONNECT_TIMEOUT = 2.0
 REPLY_TIMEOUT = 2.0
 DNS_TIMEOUT = 1.0
@@ -231,3 +232,35 @@ class Client:
                 at += call.every
 
         await asyncio.gather(*(repeat(n, call) for n, call in enumerate(self.calls)))
+
+
+class Prober:
+    """The kubelet's network probes (httpGet, tcpSocket, grpc): from the node, a TCP connection
+    to every target every ``PROBE_PERIOD`` seconds; ``targets`` can be replaced as pods change."""
+
+    def __init__(self, targets: list[tuple[str, int]]) -> None:
+        self.targets = targets
+        self.ok = 0
+        self.failed = 0
+
+    async def _probe(self, address: str, port: int) -> None:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address, port), CONNECT_TIMEOUT
+            )
+            try:
+                writer.write(b"probe\n")
+                await writer.drain()
+                if not await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT):
+                    raise ConnectionResetError("closed without a reply")
+            finally:
+                writer.close()
+        except (OSError, TimeoutError):
+            self.failed += 1
+        else:
+            self.ok += 1
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.gather(*(self._probe(a, p) for a, p in self.targets))
+            await asyncio.sleep(PROBE_PERIOD)
