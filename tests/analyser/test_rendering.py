@@ -14,6 +14,7 @@ import networkx as nx
 import pytest
 import yaml
 
+from analyser import rendering
 from analyser.bundles import FileProblem
 from analyser.errors import RenderError
 from analyser.flows import Evidence, Protocol
@@ -509,3 +510,9 @@ def test_report_of_an_empty_analysis_says_so() -> None:
     assert "No flow was observed." in report
     assert "Every file was read in full." in report
     assert "| capture window | unknown |" in report
+
+
+def test_a_template_missing_a_value_is_a_render_error_not_an_empty_field() -> None:
+    # StrictUndefined: a typo or a missing context value fails loudly, naming the template
+    with pytest.raises(RenderError, match=r"template networkpolicy\.yaml\.j2 failed: .*undefined"):
+        rendering._render("networkpolicy.yaml.j2", policy=cart_policy())
