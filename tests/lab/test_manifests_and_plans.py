@@ -30,6 +30,9 @@ spec:
       containers:
         - name: db
           ports: [{containerPort: 5432, name: pg}, {containerPort: 9999, protocol: UDP}]
+          readinessProbe: {tcpSocket: {port: pg}}
+          livenessProbe: {exec: {command: [true]}}
+          startupProbe: {httpGet: {path: /, port: 8081}}
 ---
 apiVersion: v1
 kind: List
@@ -54,6 +57,7 @@ def test_reads_workloads_services_and_namespaces() -> None:
     assert db.replicas == 2
     assert db.ports == (ContainerPort(5432, "TCP", "pg"), ContainerPort(9999, "UDP", None))
     assert db.named_port("pg", "TCP") == 5432
+    assert db.probe_ports == (5432, 8081)  # named ports resolved, exec probes have none
     (service,) = cluster.services
     assert service.headless
     assert service.ports == (ServicePort(5432, "pg", "TCP", None),)
