@@ -342,3 +342,66 @@ def test_ctrl_c_removes_everything(tmp_path: Path) -> None:
     time.sleep(0.1)
     assert [n for n in netns.list_namespaces() if n.startswith(prefix)] == []
     assert os.path.exists(tmp_path / "bundle")
+
+
+KINDS = """
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: data}
+spec:
+  serviceName: db
+  replicas: 2
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: db, ports: [{containerPort: 5432, name: pg}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: data}
+spec: {clusterIP: None, selector: {app: db}, ports: [{port: 5432, targetPort: pg}]}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: data}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec: {containers: [{name: agent}]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: backup, namespace: data}
+spec:
+  template:
+    metadata: {labels: {app: backup}}
+    spec: {restartPolicy: Never, containers: [{name: backup}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: debug, namespace: data, labels: {app: debug}}
+spec: {containers: [{name: debug}]}
+"""
+
+
+def test_workload_kinds_and_a_headless_service(run_lab: LabRunner) -> None:
+    lab = run_lab(
+        KINDS,
+        """
+calls:
+  - {from: data/DaemonSet/agent, to: db:5432, every: 0.5}
+  - {from: data/Job/backup, to: db-1.db:5432, every: 0.5}
+  - {from: data/Pod/debug, to: db-0.db.data.svc.cluster.local:5432, every: 0.5}
+""",
+        duration=2,
+    )
+    for client in ("data/DaemonSet/agent", "data/Job/backup", "data/Pod/debug"):
+        assert flow(client, "data/StatefulSet/db", 5432) in lab.truth
+    # a headless name resolves to the pods themselves: the client connects to a pod IP
+    snapshot = json.loads((lab.bundle / "snapshot.json").read_text())
+    db1 = next(
+        o for o in snapshot["items"] if o["kind"] == "Pod" and o["metadata"]["name"] == "db-1"
+    )
+    assert lab.packets("data", "backup", f"dst host {db1['status']['podIP']} and dst port 5432")
+    assert_policies_match_truth(lab.bundle)
