@@ -6,19 +6,23 @@ No kubernetes import: an exec is anything that opens a stream of channel frames
 
 The protocol, all of it run in the capture sidecar (Debian, coreutils):
 
-1. ``LISTING_SCRIPT`` freezes a copy of the file tcpdump is writing (``cp`` to a work directory;
-   the closed ring files are left where they are) and prints one ``SHA256 SIZE NAME SOURCE`` line
-   per file, the checksum taken over exactly ``SIZE`` bytes of ``SOURCE``.
-2. Each missing file is fetched with ``dd skip=OFFSET count=COUNT`` (bytes, GNU dd): raw bytes on
-   the stdout channel. The v4/v5 channel protocols carry them in binary websocket frames, so no
-   encoding is needed and the bytes are written to disk frame by frame, never held whole.
+1. ``LISTING_SCRIPT`` prints one ``SHA256 SIZE NAME`` line per file, the checksum taken over
+   exactly the first ``SIZE`` bytes. tcpdump only appends to the file it is writing, so those
+   bytes are a consistent copy of it that cannot change while they are read; no copy is made in
+   the pod, whose captures volume has a size limit the webhook sets to what the ring needs
+   (exceeding it would get the pod evicted).
+2. Each missing file is fetched with ``dd skip=OFFSET count=COUNT`` (bytes, GNU dd): exactly the
+   listed bytes, raw on the stdout channel. The v4/v5 channel protocols carry them in binary
+   websocket frames, so no encoding is needed, and the bytes are written to disk frame by frame,
+   never held whole.
 3. The error channel (3) carries the command's Status; a stream that ends without one was cut:
    the bytes received so far are kept and the next attempt resumes after them.
 4. The whole local file is checked against the pod's sha256; a mismatch discards it and a fresh
-   listing (next round) fetches it again. Files are fetched into a partial directory outside the
-   captures and renamed into place once verified, so a second run into the same bundle fetches
-   only what is missing. Local files keep the sidecar's names (``capture.pcap3``), which the
-   reader groups into one ring (one vantage point).
+   listing (next round) fetches it again (tcpdump's ring may have reused the name meanwhile).
+   Files are fetched into a partial directory outside the captures and renamed into place once
+   verified, so a second run into the same bundle fetches only what is missing. Local files keep
+   the sidecar's names (``capture.pcap3``), which the reader groups into one ring (one vantage
+   point).
 
 tcpdump's ring reuses names (``capture.pcap0`` … ``capture.pcapN``). A local file whose remote
 namesake has changed is either the same file grown (its bytes are a prefix of the remote one, as
@@ -33,7 +37,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from io import BytesIO
@@ -52,26 +56,16 @@ ERROR_CHANNEL = 3
 DEFAULT_ATTEMPTS = 3
 # Kept from a failing command's stderr for the error message.
 STDERR_LIMIT = 4096
-# In-pod work directory (beside the captures, on the same emptyDir) for the frozen current file.
-WORK_DIRECTORY = ".netpol-sniffer-pull"
 
-# $1 = the captures directory. The file tcpdump is writing is the newest capture file; it is
-# copied so its bytes cannot change while they are hashed and fetched.
+# $1 = the captures directory. head -c: the checksum covers exactly the bytes listed, however
+# much tcpdump appends meanwhile.
 LISTING_SCRIPT = r"""set -eu
 cd "$1"
-rm -rf "$2"
-mkdir "$2"
-current=$(ls -1t | grep '\.pcap' | head -n 1 || true)
 for name in *; do
   [ -f "$name" ] || continue
-  source=$name
-  if [ "$name" = "$current" ]; then
-    cp -- "$name" "$2/$name"
-    source=$2/$name
-  fi
-  size=$(stat -c %s -- "$source")
-  sum=$(head -c "$size" -- "$source" | sha256sum | cut -d ' ' -f 1)
-  printf '%s %s %s %s\n' "$sum" "$size" "$name" "$source"
+  size=$(stat -c %s -- "$name")
+  sum=$(head -c "$size" -- "$name" | sha256sum | cut -d ' ' -f 1)
+  printf '%s %s %s\n' "$sum" "$size" "$name"
 done
 """
 # One process (no pipe), so a failure to read reaches the exit status.
@@ -80,7 +74,6 @@ _FETCH_SCRIPT = (
     "iflag=skip_bytes,count_bytes status=none"
 )
 _PREFIX_SCRIPT = 'cd "$1" && test -f "$3" && head -c "$2" -- "$3" | sha256sum | cut -d " " -f 1'
-_CLEANUP_SCRIPT = 'cd "$1" && rm -rf -- "$2"'
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -114,7 +107,6 @@ class RemoteFile:
     """One file in the pod's captures directory, as the listing saw it."""
 
     name: str  # as the sidecar named it, e.g. capture.pcap3
-    source: str  # what to read, relative to the captures directory (a frozen copy if current)
     size: int
     sha256: str
 
@@ -182,12 +174,12 @@ def parse_listing(text: str, *, target: PullTarget) -> list[RemoteFile]:
     files = []
     for line in text.splitlines():
         parts = line.split(" ")
-        if len(parts) != 4 or not _SHA256.fullmatch(parts[0]) or not parts[1].isdigit():
+        if len(parts) != 3 or not _SHA256.fullmatch(parts[0]) or not parts[1].isdigit():
             raise CollectError(f"{target}: unexpected line from the capture listing: {line!r}")
-        sha256, size, name, source = parts
-        if not _SAFE_NAME.fullmatch(name) or source not in {name, f"{WORK_DIRECTORY}/{name}"}:
+        sha256, size, name = parts
+        if not _SAFE_NAME.fullmatch(name):
             raise CollectError(f"{target}: unexpected file name in the capture listing: {line!r}")
-        files.append(RemoteFile(name=name, source=source, size=int(size), sha256=sha256))
+        files.append(RemoteFile(name=name, size=int(size), sha256=sha256))
     return files
 
 
@@ -198,19 +190,15 @@ def generation_name(path: Path, sha256: str) -> Path:
 
 
 def listing_command(target: PullTarget) -> list[str]:
-    return ["sh", "-c", LISTING_SCRIPT, "sh", target.directory, WORK_DIRECTORY]
+    return ["sh", "-c", LISTING_SCRIPT, "sh", target.directory]
 
 
-def fetch_command(target: PullTarget, source: str, *, offset: int, count: int) -> list[str]:
-    return ["sh", "-c", _FETCH_SCRIPT, "sh", target.directory, str(offset), source, str(count)]
+def fetch_command(target: PullTarget, name: str, *, offset: int, count: int) -> list[str]:
+    return ["sh", "-c", _FETCH_SCRIPT, "sh", target.directory, str(offset), name, str(count)]
 
 
-def prefix_command(target: PullTarget, source: str, *, size: int) -> list[str]:
-    return ["sh", "-c", _PREFIX_SCRIPT, "sh", target.directory, str(size), source]
-
-
-def cleanup_command(target: PullTarget) -> list[str]:
-    return ["sh", "-c", _CLEANUP_SCRIPT, "sh", target.directory, WORK_DIRECTORY]
+def prefix_command(target: PullTarget, name: str, *, size: int) -> list[str]:
+    return ["sh", "-c", _PREFIX_SCRIPT, "sh", target.directory, str(size), name]
 
 
 class PodPuller:
@@ -226,14 +214,12 @@ class PodPuller:
         *,
         partial_directory: Path,
         attempts: int = DEFAULT_ATTEMPTS,
-        on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.exec_opener = exec_opener
         self.target = target
         self.destination = destination
         self.partial_directory = partial_directory
         self.attempts = attempts
-        self.on_bytes = on_bytes
 
     def pull(self) -> PullReport:
         """List and fetch; rounds with failures list again (tcpdump may have rotated meanwhile)."""
@@ -254,7 +240,8 @@ class PodPuller:
                     moved += count
             if not failures:
                 break
-        self.cleanup()
+        if self.partial_directory.is_dir() and not any(self.partial_directory.iterdir()):
+            self.partial_directory.rmdir()
         return PullReport(
             target=self.target,
             fetched=tuple(fetched),
@@ -317,7 +304,7 @@ class PodPuller:
         local_size = final.stat().st_size
         if local_size < remote.size:
             remote_prefix = self.run_text(
-                prefix_command(self.target, remote.source, size=local_size),
+                prefix_command(self.target, remote.name, size=local_size),
                 what=f"checksumming the first {local_size} bytes of {remote.name}",
             ).strip()
             if remote_prefix == local_sha:
@@ -339,7 +326,7 @@ class PodPuller:
             if offset == remote.size:
                 break
             command = fetch_command(
-                self.target, remote.source, offset=offset, count=remote.size - offset
+                self.target, remote.name, offset=offset, count=remote.size - offset
             )
             try:
                 with partial.open("ab") as sink:
@@ -351,18 +338,6 @@ class PodPuller:
                 continue
             finally:
                 # bytes received before a cut count too: they are kept and not fetched again
-                received = partial.stat().st_size - offset
-                fetched += received
-                if self.on_bytes is not None:
-                    self.on_bytes(received)
+                fetched += partial.stat().st_size - offset
             break
         return fetched
-
-    def cleanup(self) -> None:
-        """Remove the frozen copy in the pod; a failure here loses nothing, so it only logs."""
-        try:
-            self.run(cleanup_command(self.target), BytesIO(), what="removing the work directory")
-        except ExecFailed as error:
-            log.warning("%s", error)
-        if self.partial_directory.exists() and not any(self.partial_directory.iterdir()):
-            self.partial_directory.rmdir()

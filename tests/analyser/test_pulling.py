@@ -10,15 +10,15 @@ import base64
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
 import pytest
-from localexec import LocalExec, cut_after, flip_first_byte
+from localexec import Frame, LocalExec, cut_after, flip_first_byte
 
 from analyser.errors import CollectError, ExecFailed, StreamCut
 from analyser.pulling import (
-    WORK_DIRECTORY,
     PodPuller,
     PullReport,
     PullTarget,
@@ -121,12 +121,12 @@ def test_exec_failure_reads_v4_status_and_older_text(payload: bytes, failure: st
 
 def test_parse_listing_rejects_unexpected_lines() -> None:
     target = PullTarget(namespace="shop", pod="web-1", container="c", directory="/captures")
-    good = "a" * 64 + " 10 capture.pcap0 capture.pcap0"
+    good = "a" * 64 + " 10 capture.pcap0"
     assert parse_listing(good, target=target)[0].size == 10
     with pytest.raises(CollectError, match="shop/web-1: unexpected line"):
         parse_listing("sha256sum: cannot read", target=target)
     with pytest.raises(CollectError, match="unexpected file name"):
-        parse_listing("a" * 64 + " 10 ../etc/passwd x", target=target)
+        parse_listing("a" * 64 + " 10 ../etc/passwd", target=target)
 
 
 # --- whole pulls ----------------------------------------------------------------------------
@@ -141,11 +141,27 @@ def test_pull_fetches_every_file_verified_and_cleans_up(pod_dir: Path, tmp_path:
         ["capture.pcap0", "capture.pcap1", "capture.pcap2", "meta.json"]
     )
     assert report.failures == ()
-    # the file tcpdump is writing was read from a frozen copy, which is gone afterwards
-    assert "capture.pcap2" not in {source for source, _, _ in exec_opener.fetches()}
-    assert f"{WORK_DIRECTORY}/capture.pcap2" in {source for source, _, _ in exec_opener.fetches()}
-    assert not (pod_dir / WORK_DIRECTORY).exists()
     assert not (tmp_path / "bundle" / "captures" / "shop" / "partial").exists()
+
+
+def test_the_file_being_written_is_pulled_as_listed(pod_dir: Path, tmp_path: Path) -> None:
+    """tcpdump appends between the listing and the fetch: the pulled copy is exactly the
+    listed prefix, checksum and all, and the next run fetches the rest."""
+    listed = (pod_dir / "capture.pcap2").read_bytes()
+
+    def tcpdump_appends(frames: Iterator[Frame]) -> Iterator[Frame]:
+        with (pod_dir / "capture.pcap2").open("ab") as current:
+            current.write(binary_blob(3_000, 7))
+        yield from frames
+
+    exec_opener = LocalExec(faults=[("capture.pcap2", tcpdump_appends)])
+    report = pull(pod_dir, tmp_path / "out", exec_opener)
+    assert report.failures == ()
+    assert (tmp_path / "out" / "capture.pcap2").read_bytes() == listed
+    again = LocalExec()
+    pull(pod_dir, tmp_path / "out", again)
+    assert again.fetches() == [("capture.pcap2", len(listed), 3_000)]
+    assert_same_files(pod_dir, tmp_path / "out")
 
 
 def test_cut_stream_resumes_after_the_bytes_received(pod_dir: Path, tmp_path: Path) -> None:
@@ -164,7 +180,7 @@ def test_corrupted_stream_is_refetched_after_a_fresh_listing(pod_dir: Path, tmp_
     report = pull(pod_dir, dest, exec_opener)
     assert_same_files(pod_dir, dest)
     assert report.failures == ()
-    listings = [c for c in exec_opener.commands if "sha256sum" in c[2] and "cp --" in c[2]]
+    listings = [c for c in exec_opener.commands if "for name in" in c[2]]
     assert len(listings) == 2
     assert [f for f in exec_opener.fetches() if f[0] == "capture.pcap0"] == [
         ("capture.pcap0", 0, 50_000),
@@ -206,8 +222,8 @@ def test_second_run_fetches_only_what_is_missing(pod_dir: Path, tmp_path: Path) 
     report = pull(pod_dir, dest, exec_opener)
     assert_same_files(pod_dir, dest)
     assert sorted(exec_opener.fetches()) == [
-        (f"{WORK_DIRECTORY}/capture.pcap3", 0, 777),
         ("capture.pcap2", 12_345, 5_000),
+        ("capture.pcap3", 0, 777),
     ]
     assert report.bytes_fetched == 5_777
 

@@ -442,7 +442,11 @@ def test_collect_pulls_through_a_real_api_servers_exec(
     bundle = open_bundle(out)
     assert bundle.problems == ()
     assert [path.name for path in bundle.captures] == ["capture.pcap0", "capture.pcap1"]
-    assert not (captures / ".netpol-sniffer-pull").exists()
+    assert sorted(p.name for p in captures.iterdir()) == [  # nothing written in the pod
+        "capture.pcap0",
+        "capture.pcap1",
+        "meta.json",
+    ]
 
     # a second run fetches only what tcpdump wrote since
     with (captures / "capture.pcap1").open("ab") as current:
