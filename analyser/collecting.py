@@ -39,19 +39,29 @@ from kubernetes.stream import ws_client
 from kubernetes.watch.watch import iter_resp_lines
 from websocket import ABNF, WebSocketBadStatusException, WebSocketException
 
-from analyser.bundles import CAPTURES, MANIFEST, POD_IPS, SNAPSHOT_FILE, entries_for_layout
+from analyser.bundles import (
+    CAPTURES,
+    FORMAT_VERSION,
+    MANIFEST,
+    POD_IPS,
+    SNAPSHOT_FILE,
+    entries_for_layout,
+)
 from analyser.errors import AccessDenied, BundleError, CollectError, ExecFailed
 from analyser.pulling import Frame, PodPuller, PullReport, PullTarget
-from webhook.capture import DEFAULT_DIRECTORY, CaptureMode, capture_filter
+from webhook.capture import (
+    CAPTURES_VOLUME,
+    DEFAULT_DIRECTORY,
+    CaptureMode,
+    capture_filter,
+)
+from webhook.capture import CONTAINER_NAME as SIDECAR_CONTAINER
+from webhook.mutations import CAPTURE_LABEL
 
 log = logging.getLogger(__name__)
 
-CAPTURE_LABEL = "netpol-sniffer.io/capture"
 CAPTURE_ENABLED = "enabled"
-SIDECAR_CONTAINER = "netpol-sniffer-capture"
-CAPTURES_VOLUME = "netpol-sniffer-captures"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-BUNDLE_FORMAT_VERSION = 1
 # Files being fetched, per NAMESPACE/POD; outside captures/ so no reader sees half a file.
 PARTIALS = ".partial"
 
@@ -822,7 +832,7 @@ def collect(
     write_json(
         bundle / MANIFEST,
         {
-            "format_version": BUNDLE_FORMAT_VERSION,
+            "format_version": FORMAT_VERSION,
             "producer": "collect",
             "window": {"start": window_start, "end": end},
             "capture_mode": modes[0] if len(modes) == 1 else ("mixed" if modes else None),

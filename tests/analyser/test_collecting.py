@@ -22,7 +22,6 @@ from localexec import FRAME_BYTES, LocalExec, flip_first_byte
 from analyser.bundles import open_bundle
 from analyser.cli.main import main
 from analyser.collecting import (
-    CAPTURE_LABEL,
     DEPLOYMENTS,
     NAMESPACES,
     PARTIALS,
@@ -43,6 +42,7 @@ from analyser.errors import AccessDenied, BundleError, CollectError
 from analyser.pulling import PodPuller, PullTarget, drain, fetch_command
 from analyser.snapshot import load_pod_ip_history, load_snapshot
 from webhook.capture import CaptureMode, CaptureOptions, tcpdump_argv
+from webhook.mutations import CAPTURE_LABEL
 
 EXEC_DATA = Path(__file__).parent.parent / "data" / "exec"
 SIDECAR = "netpol-sniffer-capture"
