@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Protocol(StrEnum):
@@ -130,56 +130,20 @@ class Conversation:
 ConversationKey = tuple[Protocol, str, int, str, int]
 
 
-class _Aggregate:
-    """Mutable totals of one conversation while captures are merged."""
+class CaptureConversations:
+    """What one capture file saw, folded into conversations: what a reading worker returns, so
+    it is plain data that pickles and merges cheaply.
 
-    __slots__ = ("captures", "first_seen", "last_seen", "roles", "vantages")
-
-    def __init__(self, first_seen: float, last_seen: float) -> None:
-        self.first_seen = first_seen
-        self.last_seen = last_seen
-        # Bits: a opened, b opened, a accepted, b accepted.
-        self.roles = 0
-        self.captures: set[str] = set()
-        # Per vantage point (one tcpdump ring): [packets, bytes].
-        self.vantages: dict[str, list[int]] = {}
-
-    def absorb(self, other: _Aggregate) -> None:
-        self.first_seen = min(self.first_seen, other.first_seen)
-        self.last_seen = max(self.last_seen, other.last_seen)
-        self.roles |= other.roles
-        self.captures |= other.captures
-        for vantage, (packets, size) in other.vantages.items():
-            totals = self.vantages.setdefault(vantage, [0, 0])
-            totals[0] += packets
-            totals[1] += size
-
-
-def _opened_by(a: Endpoint, b: Endpoint, roles: int) -> Endpoint | None:
-    a_opened, b_opened = bool(roles & 1), bool(roles & 2)
-    if a_opened != b_opened:
-        return a if a_opened else b
-    a_accepted, b_accepted = bool(roles & 4), bool(roles & 8)
-    if a_accepted != b_accepted:
-        return b if a_accepted else a
-    return None
-
-
-class ConversationTable:
-    """Conversations merged over capture files; what each reading worker returns.
-
-    A conversation seen from both ends (the client's and the server's capture) is one
-    conversation: packets and bytes are summed within one vantage point (the files of one tcpdump
-    ring, see ``sources.ring_name``) and the largest vantage total is taken, so the same packets
-    are not counted twice. All merging is commutative, so the result does not depend on the order
-    in which files were read.
+    ``entries`` maps each conversation key to ``[first seen, last seen, handshake bits, packets,
+    bytes]``; the bits are: a opened, b opened, a accepted, b accepted (1, 2, 4, 8).
     """
 
-    def __init__(self) -> None:
-        self._aggregates: dict[ConversationKey, _Aggregate] = {}
+    __slots__ = ("capture", "entries", "vantage")
 
-    def add_capture(self, capture: str, vantage: str, traffic: Iterable[DirectedTraffic]) -> None:
-        """Add what one capture file (bundle-relative path) saw from one vantage point."""
+    def __init__(self, capture: str, vantage: str, traffic: Iterable[DirectedTraffic]) -> None:
+        self.capture = capture  # the file, relative to the bundle
+        self.vantage = vantage  # the tcpdump ring it belongs to (see ``sources.ring_name``)
+        self.entries: dict[ConversationKey, list[Any]] = {}
         for (
             protocol,
             source_ip,
@@ -199,28 +163,78 @@ class ConversationTable:
                 if forward
                 else (protocol, destination_ip, destination_port, source_ip, source_port)
             )
-            aggregate = self._aggregates.get(key)
+            bits = 0
+            if roles & ROLE_OPENER:
+                bits |= 1 if forward else 2
+            if roles & ROLE_ACCEPTOR:
+                bits |= 4 if forward else 8
+            entry = self.entries.get(key)
+            if entry is None:
+                self.entries[key] = [first_seen, last_seen, bits, packets, size]
+            else:
+                entry[0] = min(entry[0], first_seen)
+                entry[1] = max(entry[1], last_seen)
+                entry[2] |= bits
+                entry[3] += packets
+                entry[4] += size
+
+
+class _Aggregate:
+    """Mutable totals of one conversation while captures are merged."""
+
+    __slots__ = ("captures", "first_seen", "last_seen", "roles", "vantages")
+
+    def __init__(self, first_seen: float, last_seen: float) -> None:
+        self.first_seen = first_seen
+        self.last_seen = last_seen
+        self.roles = 0  # CaptureConversations' handshake bits
+        self.captures: set[str] = set()
+        # Per vantage point (one tcpdump ring): [packets, bytes].
+        self.vantages: dict[str, list[int]] = {}
+
+
+def _opened_by(a: Endpoint, b: Endpoint, roles: int) -> Endpoint | None:
+    a_opened, b_opened = bool(roles & 1), bool(roles & 2)
+    if a_opened != b_opened:
+        return a if a_opened else b
+    a_accepted, b_accepted = bool(roles & 4), bool(roles & 8)
+    if a_accepted != b_accepted:
+        return b if a_accepted else a
+    return None
+
+
+class ConversationTable:
+    """Conversations merged over capture files.
+
+    A conversation seen from both ends (the client's and the server's capture) is one
+    conversation: packets and bytes are summed within one vantage point (the files of one tcpdump
+    ring, see ``sources.ring_name``) and the largest vantage total is taken, so the same packets
+    are not counted twice. Adding is commutative, so the result does not depend on the order in
+    which files were read.
+    """
+
+    def __init__(self) -> None:
+        self._aggregates: dict[ConversationKey, _Aggregate] = {}
+
+    def add(self, seen: CaptureConversations) -> None:
+        """Fold in what one capture file saw."""
+        aggregates = self._aggregates
+        for key, (first_seen, last_seen, roles, packets, size) in seen.entries.items():
+            aggregate = aggregates.get(key)
             if aggregate is None:
-                aggregate = self._aggregates[key] = _Aggregate(first_seen, last_seen)
+                aggregate = aggregates[key] = _Aggregate(first_seen, last_seen)
             else:
                 aggregate.first_seen = min(aggregate.first_seen, first_seen)
                 aggregate.last_seen = max(aggregate.last_seen, last_seen)
-            if roles & ROLE_OPENER:
-                aggregate.roles |= 1 if forward else 2
-            if roles & ROLE_ACCEPTOR:
-                aggregate.roles |= 4 if forward else 8
-            aggregate.captures.add(capture)
-            totals = aggregate.vantages.setdefault(vantage, [0, 0])
+            aggregate.roles |= roles
+            aggregate.captures.add(seen.capture)
+            totals = aggregate.vantages.setdefault(seen.vantage, [0, 0])
             totals[0] += packets
             totals[1] += size
 
-    def merge(self, other: ConversationTable) -> None:
-        """Fold another table (e.g. a worker's) into this one."""
-        for key, theirs in other._aggregates.items():
-            ours = self._aggregates.get(key)
-            if ours is None:
-                ours = self._aggregates[key] = _Aggregate(theirs.first_seen, theirs.last_seen)
-            ours.absorb(theirs)
+    def add_capture(self, capture: str, vantage: str, traffic: Iterable[DirectedTraffic]) -> None:
+        """Add what one capture file (bundle-relative path) saw from one vantage point."""
+        self.add(CaptureConversations(capture, vantage, traffic))
 
     def __len__(self) -> int:
         return len(self._aggregates)
@@ -307,13 +321,13 @@ def orient(
                 client = b if listens_a else a
                 evidence = Evidence.KNOWN_LISTENER
             else:
-                client = b if _heuristic_server(a, b) == a else a
+                client = b if _heuristic_server(a, b) is a else a
                 evidence = Evidence.HEURISTIC
         flows.append(
             Flow(
                 conversation.protocol,
                 client,
-                b if client == a else a,
+                b if client is a or client == a else a,
                 conversation.first_seen,
                 conversation.last_seen,
                 conversation.packets,
@@ -322,5 +336,15 @@ def orient(
                 evidence,
             )
         )
-    flows.sort(key=lambda flow: (flow.protocol, flow.client, flow.server, flow.first_seen))
+    # Plain values compare in C; the order is the one Endpoint's (ip, port) ordering gives.
+    flows.sort(
+        key=lambda flow: (
+            flow.protocol,
+            flow.client.ip,
+            flow.client.port,
+            flow.server.ip,
+            flow.server.port,
+            flow.first_seen,
+        )
+    )
     return flows

@@ -23,6 +23,7 @@ from typing import Any
 
 from analyser.dns import DnsTable
 from analyser.flows import (
+    CaptureConversations,
     Conversation,
     ConversationTable,
     DirectedTraffic,
@@ -50,7 +51,7 @@ class Traffic:
 class _Partial:
     """What one file gave; merged by the parent."""
 
-    conversations: ConversationTable
+    conversations: CaptureConversations
     dns: DnsTable
     report: CaptureReport
     counted: int
@@ -111,8 +112,7 @@ def _read_one(path: Path, name: str) -> _Partial:
                 roles,
             )
         )
-    conversations = ConversationTable()
-    conversations.add_capture(name, ring_name(name), directed)
+    conversations = CaptureConversations(name, ring_name(name), directed)
     return _Partial(conversations, dns, capture.report, counted, skipped, dns_faults)
 
 
@@ -181,7 +181,7 @@ def _merge(partials: Iterable[_Partial]) -> Traffic:
     skipped: Counter[str] = Counter()
     dns_faults: Counter[str] = Counter()
     for partial in partials:
-        conversations.merge(partial.conversations)
+        conversations.add(partial.conversations)
         dns.merge(partial.dns)
         reports.append(partial.report)
         counted += partial.counted

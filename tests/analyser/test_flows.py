@@ -6,6 +6,7 @@ from __future__ import annotations
 from analyser.flows import (
     ROLE_ACCEPTOR,
     ROLE_OPENER,
+    CaptureConversations,
     Conversation,
     ConversationTable,
     DirectedTraffic,
@@ -95,21 +96,20 @@ def test_files_of_one_ring_are_summed() -> None:
     assert conversation.packets == 5  # the ring saw 2 + 3, more than the other capture's 4
 
 
-def test_merging_tables_is_order_independent() -> None:
-    parts = []
-    for index in range(3):
-        part = ConversationTable()
-        part.add_capture(
+def test_adding_captures_is_order_independent() -> None:
+    seen = [
+        CaptureConversations(
             f"c{index}.pcap",
             "ring",
             [_directed(CLIENT, SERVER, packets=index + 1, first=10.0 - index, last=11.0 + index)],
         )
-        parts.append(part)
+        for index in range(3)
+    ]
     forward, backward = ConversationTable(), ConversationTable()
-    for part in parts:
-        forward.merge(part)
-    for part in reversed(parts):
-        backward.merge(part)
+    for part in seen:
+        forward.add(part)
+    for part in reversed(seen):
+        backward.add(part)
     assert forward.conversations() == backward.conversations()
     (conversation,) = forward.conversations()
     assert (conversation.packets, conversation.first_seen, conversation.last_seen) == (6, 8.0, 13.0)
