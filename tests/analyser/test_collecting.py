@@ -8,8 +8,10 @@ import copy
 import datetime
 import io
 import json
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,11 @@ from analyser.collecting import (
     KubernetesCluster,
     PodIPHistory,
     apply_uninstall,
+    capture_mode,
     collect,
     load_configuration,
     plan_uninstall,
+    pull_target,
     translate_status,
 )
 from analyser.errors import AccessDenied, BundleError, CollectError
@@ -682,3 +686,62 @@ def test_uninstaller_role_covers_what_uninstall_sidecars_patches() -> None:
     assert ("patch", "namespaces") in rules and ("list", "pods") in rules
     for kind in ROLLABLE_KINDS.values():
         assert ("patch", kind.resource) in rules, kind
+
+
+# --- which pods can be pulled -----------------------------------------------------------------
+
+
+def test_a_native_sidecar_is_found_among_init_containers(tmp_path: Path) -> None:
+    native = pod("shop", "job-x", captures=tmp_path, owner=("Job", "backup"))
+    sidecar = native["spec"]["containers"].pop()
+    native["spec"]["initContainers"] = [{**sidecar, "restartPolicy": "Always"}]
+    native["status"]["initContainerStatuses"] = [native["status"]["containerStatuses"].pop()]
+    target = pull_target(native)
+    assert isinstance(target, PullTarget) and target.directory == str(tmp_path)
+    assert capture_mode(native) == "handshake"
+
+
+@pytest.mark.parametrize(
+    ("phase", "state", "reason"),
+    [
+        ("Succeeded", "Completed", "pod has ended (phase Succeeded); its sidecar no longer runs"),
+        ("Running", "CrashLoopBackOff", "sidecar not running: waiting (CrashLoopBackOff)"),
+    ],
+)
+def test_pods_that_cannot_be_pulled_say_why(
+    tmp_path: Path, phase: str, state: str, reason: str
+) -> None:
+    assert pull_target(pod("a", "p", captures=tmp_path, sidecar_state=state, phase=phase)) == reason
+
+
+def test_pulls_run_in_parallel_but_bounded(tmp_path: Path) -> None:
+    pods = []
+    for number in range(6):
+        directory = sidecar_dir(tmp_path, f"p{number}", {"capture.pcap0": b"x" * 100})
+        pods.append(pod("shop", f"p{number}", ips=[f"10.0.1.{number}"], captures=directory))
+    cluster = MemoryCluster({"Namespace": [namespace("shop")], "Pod": pods})
+    running, peak, lock = [0], [0], threading.Lock()
+    local_exec = cluster.local_exec
+
+    @contextmanager
+    def slow_exec(**kwargs: Any) -> Iterator[Iterable[tuple[int, bytes]]]:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        try:
+            with local_exec(**kwargs) as frames:
+                yield frames
+        finally:
+            with lock:
+                running[0] -= 1
+
+    cluster.exec = slow_exec  # type: ignore[method-assign]
+    done: list[object] = []
+    result = collect(
+        cluster,
+        CollectOptions(out=tmp_path / "b", namespaces=("shop",), parallel=2),
+        on_pod_done=done.append,
+    )
+    assert result.pods_pulled == 6 and len(done) == 6
+    assert peak[0] == 2
