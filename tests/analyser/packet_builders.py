@@ -146,27 +146,38 @@ def write_pcap(
     return path
 
 
-def _block(block_type: int, body: bytes) -> bytes:
+def _block(order: str, block_type: int, body: bytes) -> bytes:
     body += b"\x00" * (-len(body) % 4)
     length = 12 + len(body)
-    return struct.pack("<II", block_type, length) + body + struct.pack("<I", length)
+    return struct.pack(order + "II", block_type, length) + body + struct.pack(order + "I", length)
 
 
 def write_pcapng(
-    path: Path, interfaces: Sequence[tuple[int, int]], packets: Iterable[tuple[int, float, bytes]]
+    path: Path,
+    interfaces: Sequence[tuple[int, int]],
+    packets: Iterable[tuple[int, float, bytes]],
+    *,
+    big_endian: bool = False,
+    offsets: Sequence[int] = (),
 ) -> Path:
-    """A little-endian pcapng file: ``interfaces`` are (link type, if_tsresol as a negative
-    power of ten), ``packets`` are (interface index, timestamp, frame)."""
-    out = bytearray(_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)))
-    for linktype, resolution in interfaces:
-        options = struct.pack("<HHB3x", 9, 1, resolution) + struct.pack("<HH", 0, 0)
-        out += _block(1, struct.pack("<HHI", linktype, 0, 65535) + options)
+    """A pcapng file: ``interfaces`` are (link type, if_tsresol as a negative power of ten),
+    ``packets`` are (interface index, timestamp, frame); ``offsets`` are the interfaces'
+    if_tsoffset seconds (the timestamps given include them)."""
+    order = ">" if big_endian else "<"
+    out = bytearray(_block(order, 0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1)))
+    for index, (linktype, resolution) in enumerate(interfaces):
+        options = struct.pack(order + "HHB3x", 9, 1, resolution)
+        if index < len(offsets):
+            options += struct.pack(order + "HHq", 14, 8, offsets[index])
+        options += struct.pack(order + "HH", 0, 0)
+        out += _block(order, 1, struct.pack(order + "HHI", linktype, 0, 65535) + options)
     for index, timestamp, frame in packets:
-        units = round(timestamp * 10 ** interfaces[index][1])
+        offset = offsets[index] if index < len(offsets) else 0
+        units = round((timestamp - offset) * 10 ** interfaces[index][1])
         header = struct.pack(
-            "<IIIII", index, units >> 32, units & 0xFFFFFFFF, len(frame), len(frame)
+            order + "IIIII", index, units >> 32, units & 0xFFFFFFFF, len(frame), len(frame)
         )
-        out += _block(6, header + frame)
+        out += _block(order, 6, header + frame)
     path.write_bytes(bytes(out))
     return path
 

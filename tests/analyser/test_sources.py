@@ -196,3 +196,17 @@ def test_real_tcpdump_any_capture_is_linux_cooked_v2() -> None:
     read = list(records(DATA / "tcpdump-any-loopback.pcap"))
     assert {linktype for _, linktype, _ in read} == {276}
     assert len(read) == 25
+
+
+def test_big_endian_pcapng_with_a_timestamp_offset(tmp_path: Path) -> None:
+    udp = ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2)
+    path = write_pcapng(
+        tmp_path / "be.pcapng",
+        [(101, 6), (1, 9)],
+        [(0, START + 0.5, udp), (1, START + 0.75, ethernet(udp))],
+        big_endian=True,
+        offsets=[1_000_000_000],
+    )
+    read = list(records(path))
+    assert [(linktype, data) for _, linktype, data in read] == [(101, udp), (1, ethernet(udp))]
+    assert [timestamp - START for timestamp, _, _ in read] == pytest.approx([0.5, 0.75], abs=1e-6)
