@@ -529,7 +529,9 @@ def record_pod_ips(
     while (remaining := deadline - time.monotonic()) >= 1:
         timeout = int(min(remaining, _WATCH_CHUNK_S))
         events = cluster.watch(PODS, resource_version=resource_version, timeout_seconds=timeout)
+        quiet = True
         for event in events:
+            quiet = False
             kind = event.get("type")
             obj = event.get("object") or {}
             if kind == "ERROR":
@@ -546,6 +548,8 @@ def record_pod_ips(
             progress()
             if time.monotonic() >= deadline:
                 break
+        if quiet:  # a watch that ends at once, again and again, must not spin
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 # --- snapshot ---------------------------------------------------------------------------------
