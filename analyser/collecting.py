@@ -72,6 +72,7 @@ DEFAULT_IDLE_TIMEOUT_S = 60.0
 # Offered in this order, as kubectl does. The API server translates v5 to SPDY towards the
 # kubelet itself (1.30+) and proxies v4 to the kubelet's own websocket endpoint.
 EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+DEFAULT_LIST_PAGE_SIZE = 500  # kubectl's --chunk-size
 _WATCH_CHUNK_S = 300  # the longest single watch request; the API server may end it sooner
 _REQUEST_TIMEOUT_S = 60.0
 
@@ -252,11 +253,13 @@ class KubernetesCluster:
         *,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
         exec_protocols: Sequence[str] = EXEC_PROTOCOLS,
+        list_page_size: int = DEFAULT_LIST_PAGE_SIZE,
     ) -> None:
         self.configuration = configuration
         self.api = k8s_client.ApiClient(configuration)
         self.idle_timeout = idle_timeout
         self.exec_protocols = tuple(exec_protocols)
+        self.list_page_size = list_page_size
 
     def _request(
         self,
@@ -317,8 +320,25 @@ class KubernetesCluster:
     def list(
         self, kind: Kind, *, namespace: str | None = None, label_selector: str | None = None
     ) -> KubeObject:
+        """In pages of ``list_page_size`` (as kubectl does), so a big cluster is never one
+        response; the pages form one consistent list at the first page's resourceVersion."""
         query = [("labelSelector", label_selector)] if label_selector else []
-        return self._json("GET", kind, verb="list", namespace=namespace, query=query)
+        query.append(("limit", str(self.list_page_size)))
+        items: list[KubeObject] = []
+        token = ""
+        while True:
+            page = self._json(
+                "GET",
+                kind,
+                verb="list",
+                namespace=namespace,
+                query=query + ([("continue", token)] if token else []),
+            )
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                page["items"] = items
+                return page
 
     def get(self, kind: Kind, name: str, *, namespace: str | None = None) -> KubeObject:
         return self._json("GET", kind, verb="get", namespace=namespace, name=name)

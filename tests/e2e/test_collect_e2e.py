@@ -27,7 +27,6 @@ from analyser.collecting import (
     CollectOptions,
     KubernetesCluster,
     collect,
-    connect,
     load_configuration,
 )
 from analyser.errors import AccessDenied
@@ -152,7 +151,9 @@ def test_snapshot_and_ip_history_from_a_real_api_server(
     )
     set_pod_ips(control_plane, shop, "first", ["10.244.1.7", "fd00:10:244::7"])
 
-    cluster = WatchStarted(connect(str(control_plane.kubeconfig)))
+    # pages of 2 objects: every list of the snapshot goes through continue tokens
+    paged = KubernetesCluster(load_configuration(str(control_plane.kubeconfig)), list_page_size=2)
+    cluster = WatchStarted(paged)
     out = tmp_path / "bundle"
     outcome: list[Any] = []
 
@@ -189,22 +190,6 @@ def test_snapshot_and_ip_history_from_a_real_api_server(
     history = load_pod_ip_history(out / "pod-ips.jsonl")
     assert [e.pod for e in history if e.namespace == shop][-1] == "second"
 
-    snapshot_path = out / "snapshot.json"
-    snapshot = load_snapshot(snapshot_path)
-    document = json.loads(snapshot_path.read_text())
-    kinds = {item["kind"] for item in document["items"]}
-    assert {"Namespace", "Pod", "Service", "EndpointSlice", "Deployment", "ReplicaSet"} <= kinds
-    assert {ns["metadata"]["name"] for ns in snapshot.namespaces} >= {shop, "kube-system"}
-    web = [p for p in snapshot.pods if p["metadata"]["labels"].get("app") == "web"]
-    assert web and web[0]["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
-    # items are what `kubectl get -o json` prints
-    ours = next(
-        item
-        for item in document["items"]
-        if item["kind"] == "Service" and item["metadata"]["namespace"] == shop
-    )
-    assert ours == control_plane.kubectl_json("get", "service", "web", "-n", shop)
-
     manifest = parse_manifest((out / "bundle.json").read_text(), source="bundle.json")
     assert manifest.producer == "collect" and manifest.captures == ()
     reasons = {
@@ -214,6 +199,36 @@ def test_snapshot_and_ip_history_from_a_real_api_server(
     assert any(
         "no netpol-sniffer-capture sidecar" in r for p, r in reasons.items() if p != "second"
     )
+
+    snapshot_path = out / "snapshot.json"
+    document = json.loads(snapshot_path.read_text())
+    kinds = {item["kind"] for item in document["items"]}
+    assert {"Namespace", "Pod", "Service", "EndpointSlice", "Deployment", "ReplicaSet"} <= kinds
+    # every page of every list is there
+    for kind, resource in (("Namespace", "namespaces"), ("Service", "services")):
+        ours = sorted(
+            (i["metadata"].get("namespace", ""), i["metadata"]["name"])
+            for i in document["items"]
+            if i["kind"] == kind
+        )
+        theirs = control_plane.kubectl_json("get", resource, "-A")["items"]
+        assert ours == sorted(
+            (i["metadata"].get("namespace", ""), i["metadata"]["name"])
+            for i in theirs  # type: ignore[attr-defined]
+        )
+    # items are what `kubectl get -o json` prints
+    service = next(
+        item
+        for item in document["items"]
+        if item["kind"] == "Service" and item["metadata"]["namespace"] == shop
+    )
+    assert service == control_plane.kubectl_json("get", "service", "web", "-n", shop)
+
+    # and the analyser loads it
+    snapshot = load_snapshot(snapshot_path)
+    assert {ns["metadata"]["name"] for ns in snapshot.namespaces} >= {shop, "kube-system"}
+    web = [p for p in snapshot.pods if p["metadata"]["labels"].get("app") == "web"]
+    assert web and web[0]["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
 
 
 @pytest.fixture
