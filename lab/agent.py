@@ -41,7 +41,11 @@ async def run(config: dict[str, Any]) -> None:
     if config.get("dns_records") is not None:
         dns_server = dns.DnsServer(config["dns_records"])
         await dns_server.start()
-    resolver = traffic.Resolver(config["resolver"]["nameserver"], config["resolver"]["search"])
+    resolver = traffic.Resolver(
+        config["resolver"]["nameserver"],
+        config["resolver"]["search"],
+        config["resolver"].get("hosts"),
+    )
     calls = [traffic.CallSpec.from_json(entry) for entry in config["calls"]]
     client = traffic.Client(config["pod"], resolver, calls)
     prober = None

@@ -231,7 +231,10 @@ def _service_object(layout: Layout, service: LabService, node_port: int) -> Json
             entry["nodePort"] = node_port + number
         ports.append(entry)
     spec["ports"] = ports
-    manifest["status"] = {"loadBalancer": {}}
+    if service.spec.type in ("NodePort", "LoadBalancer"):
+        spec["externalTrafficPolicy"] = service.external_policy
+    ingress = [{"ip": ip, "ipMode": "VIP"} for ip in service.load_balancer_ips]
+    manifest["status"] = {"loadBalancer": {"ingress": ingress} if ingress else {}}
     return manifest
 
 
@@ -417,23 +420,25 @@ def meta_json(pod: LabPod, *, started: float) -> JsonObject:
 class CallOutcome:
     """What one pod's agent reported for one call of the plan."""
 
-    client: str  # the workload NS/Kind/name
+    client: str  # the workload NS/Kind/name, or ip:ADDRESS for a client outside
     protocol: str
     ok: int
     dns_answered: bool
-    servers: tuple[tuple[str, int], ...]
+    servers: tuple[tuple[str, int, str], ...]  # (server, target port, client address it saw)
 
 
 def truth_flows(outcomes: Iterable[CallOutcome]) -> list[JsonObject]:
     """The flows that really happened, one entry per (client, server, protocol, target port),
-    DNS lookups to the cluster DNS included; sorted."""
+    DNS lookups to the cluster DNS included; sorted. A client outside the cluster is the address
+    the server saw (the node's, when a LoadBalancer with externalTrafficPolicy Cluster hid it)."""
     flows: set[tuple[str, str, str, int]] = set()
     for outcome in outcomes:
         if outcome.dns_answered:
             flows.add((outcome.client, DNS_WORKLOAD, "UDP", 53))
         if outcome.ok:
-            for server, port in outcome.servers:
-                flows.add((outcome.client, server, outcome.protocol, port))
+            for server, port, peer in outcome.servers:
+                client = f"ip:{peer}" if outcome.client.startswith("ip:") else outcome.client
+                flows.add((client, server, outcome.protocol, port))
     return [{"client": c, "server": s, "protocol": p, "port": n} for c, s, p, n in sorted(flows)]
 
 

@@ -8,7 +8,8 @@ the project's own NetworkPolicy semantics (``analyser.evaluation``).
 "Anything else" is every ordered pair of the snapshot's workloads (one representative pod each,
 with its labels, namespace labels and containerPorts) plus, both ways, every outside address the
 truth names and one address nobody uses, on every port of every protocol; pairs where neither end
-is in a namespace labelled for capture are left out (nothing there gets policies).
+is in a namespace labelled for capture are left out (nothing there gets policies), and so are
+node addresses (traffic between a pod and its node is always allowed).
 """
 
 from __future__ import annotations
@@ -63,6 +64,17 @@ def captured_namespaces(snapshot: Mapping[str, Any]) -> set[str]:
     }
 
 
+def node_addresses(snapshot: Mapping[str, Any]) -> dict[str, str]:
+    """Address → node name, for every address of every Node."""
+    return {
+        entry["address"]: o["metadata"]["name"]
+        for o in snapshot.get("items") or []
+        if o.get("kind") == "Node"
+        for entry in (o.get("status") or {}).get("addresses") or []
+        if entry.get("type") in ("InternalIP", "ExternalIP")
+    }
+
+
 def workload_pods(snapshot: Mapping[str, Any]) -> dict[str, Pod]:
     """``NS/Kind/name`` → the policy-relevant facts of one of its pods."""
     items = snapshot.get("items") or []
@@ -104,14 +116,15 @@ def workload_pods(snapshot: Mapping[str, Any]) -> dict[str, Pod]:
                 namespace_labels=namespace_labels.get(namespace, {}),
                 ports=ports,
                 name=ref,
+                node=(item.get("spec") or {}).get("nodeName"),
             ),
         )
     return result
 
 
-def _peer(name: str, pods: Mapping[str, Pod]) -> Peer:
+def _peer(name: str, pods: Mapping[str, Pod], nodes: Mapping[str, str]) -> Peer:
     if name.startswith("ip:"):
-        return Address(name[3:], name=name)
+        return Address(name[3:], node=nodes.get(name[3:]), name=name)
     if name not in pods:
         raise KeyError(f"{name} is not a workload of the snapshot")
     return pods[name]
@@ -121,6 +134,7 @@ def check_truth(
     snapshot: Mapping[str, Any], truth: Iterable[Mapping[str, Any]], policies: PolicySet
 ) -> TruthCheck:
     pods = workload_pods(snapshot)
+    nodes = node_addresses(snapshot)
     expected: dict[tuple[str, str], list[PortRange]] = {}
     denied = []
     flows = list(truth)
@@ -129,10 +143,17 @@ def check_truth(
         port = int(flow["port"])
         client, server = str(flow["client"]), str(flow["server"])
         expected.setdefault((client, server), []).append(PortRange(protocol, port, port))
-        allowed = policies.allowed_ports(_peer(client, pods), _peer(server, pods))
+        allowed = policies.allowed_ports(_peer(client, pods, nodes), _peer(server, pods, nodes))
         if not allowed.contains(protocol, port):
             denied.append(f"{client} → {server} {port}/{protocol}")
-    outside = sorted({n for f in flows for n in (f["client"], f["server"]) if n.startswith("ip:")})
+    outside = sorted(
+        {
+            n
+            for f in flows
+            for n in (f["client"], f["server"])
+            if n.startswith("ip:") and n[3:] not in nodes
+        }
+    )
     outside += [f"ip:{address}" for address in UNUSED_OUTSIDE]
     captured = captured_namespaces(snapshot)
     scoped = [w for w in pods if pods[w].namespace in captured]
@@ -140,7 +161,7 @@ def check_truth(
     pairs += [(w, o) for w in scoped for o in outside] + [(o, w) for w in scoped for o in outside]
     extra = []
     for client, server in pairs:
-        allowed = policies.allowed_ports(_peer(client, pods), _peer(server, pods))
+        allowed = policies.allowed_ports(_peer(client, pods, nodes), _peer(server, pods, nodes))
         beyond = allowed.difference(PortSet.of(expected.get((client, server), [])))
         if server == DNS_WORKLOAD:
             beyond = beyond.difference(DNS_PORTS)

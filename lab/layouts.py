@@ -27,6 +27,9 @@ SERVICE_CIDR_V6 = ipaddress.ip_network("fd00:10:96::/112")
 # Documentation ranges: they exist only inside the lab's namespaces.
 EXTERNAL_CIDR_V4 = ipaddress.ip_network("203.0.113.0/24")
 EXTERNAL_CIDR_V6 = ipaddress.ip_network("2001:db8::/64")
+# LoadBalancer addresses, seen from the outside world (documentation ranges as well).
+LOAD_BALANCER_CIDR_V4 = ipaddress.ip_network("198.51.100.0/25")
+LOAD_BALANCER_CIDR_V6 = ipaddress.ip_network("2001:db8:100::/64")
 DNS_SERVICE_V4 = "10.96.0.10"
 DNS_SERVICE_V6 = "fd00:10:96::a"
 DNS_WORKLOAD = "kube-system/Deployment/coredns"
@@ -115,6 +118,12 @@ class LabPod:
 class LabService:
     spec: ServiceSpec
     cluster_ips: tuple[str, ...]  # empty for headless Services
+    load_balancer_ips: tuple[str, ...] = ()  # type LoadBalancer: its ingress addresses
+
+    @property
+    def external_policy(self) -> str:
+        """externalTrafficPolicy: Cluster (the default) hides the client behind the node."""
+        return str((self.spec.manifest.get("spec") or {}).get("externalTrafficPolicy", "Cluster"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +238,18 @@ class Layout:
     def remove_pod(self, pod: LabPod) -> None:
         self.pods.remove(pod)
 
+    def outside_clients(self) -> tuple[str, ...]:
+        """The addresses of the plan's clients in the outside world."""
+        return tuple(sorted({c.outside_address for c in self.plan.calls if c.outside_address}))
+
+    def load_balancer(self, host: str) -> LabService | None:
+        """The LoadBalancer Service an outside client names as ``NAME`` or ``NAME.NAMESPACE``."""
+        name, _, namespace = host.partition(".")
+        for service in self.services:
+            if (service.spec.name, service.spec.namespace) == (name, namespace or "default"):
+                return service if service.load_balancer_ips else None
+        return None
+
     def service(self, namespace: str, name: str) -> LabService:
         for service in self.services:
             if (service.spec.namespace, service.spec.name) == (namespace, name):
@@ -266,6 +287,19 @@ def build_layout(cluster: ClusterSpec, plan: TrafficPlan, *, now: float) -> Layo
 def _check_plan(cluster: ClusterSpec, plan: TrafficPlan) -> None:
     refs = {w.ref: w for w in cluster.workloads}
     for call in plan.calls:
+        if call.outside_address is not None:
+            if _inside_lab(call.outside_address):
+                raise LabError(f"{call.client} is inside the cluster's ranges")
+            name, _, namespace = call.host.partition(".")
+            if not any(
+                (s.name, s.namespace, s.type) == (name, namespace or "default", "LoadBalancer")
+                for s in cluster.services
+            ):
+                raise LabError(
+                    f"{call.client} calls {call.host}: outside clients call a "
+                    "LoadBalancer Service, named NAME or NAME.NAMESPACE"
+                )
+            continue
         workload = refs.get(call.client)
         if workload is None:
             cluster.workload(call.client)  # raises, listing the known workloads
@@ -290,19 +324,30 @@ def _check_plan(cluster: ClusterSpec, plan: TrafficPlan) -> None:
 def _assign_cluster_ips(
     services: Iterable[ServiceSpec], *, dual_stack: bool
 ) -> Iterable[LabService]:
+    """ClusterIPs from the Service range (kube-dns: the conventional .10), and an ingress
+    address for every LoadBalancer."""
+
+    def pair(v4: object, v6: object) -> tuple[str, ...]:
+        return (str(v4), str(v6)) if dual_stack else (str(v4),)
+
     next_host = 100
+    balancers = 0
     for spec in services:
         if spec.headless:
             yield LabService(spec, ())
-        elif (spec.namespace, spec.name) == ("kube-system", "kube-dns"):
-            yield LabService(
-                spec, (DNS_SERVICE_V4, DNS_SERVICE_V6) if dual_stack else (DNS_SERVICE_V4,)
-            )
+            continue
+        if (spec.namespace, spec.name) == ("kube-system", "kube-dns"):
+            cluster_ips = pair(DNS_SERVICE_V4, DNS_SERVICE_V6)
         else:
-            v4 = str(SERVICE_CIDR_V4[next_host])
-            v6 = str(SERVICE_CIDR_V6[next_host])
+            cluster_ips = pair(SERVICE_CIDR_V4[next_host], SERVICE_CIDR_V6[next_host])
             next_host += 1
-            yield LabService(spec, (v4, v6) if dual_stack else (v4,))
+        balancer_ips: tuple[str, ...] = ()
+        if spec.type == "LoadBalancer":
+            balancers += 1
+            balancer_ips = pair(
+                LOAD_BALANCER_CIDR_V4[100 + balancers], LOAD_BALANCER_CIDR_V6[100 + balancers]
+            )
+        yield LabService(spec, cluster_ips, balancer_ips)
 
 
 def _assign_external_ips(

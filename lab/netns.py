@@ -27,6 +27,7 @@ from analyser.errors import LabError, NeedsRoot
 PREFIX = "nps-"
 GATEWAY_V4 = "169.254.1.1"
 GATEWAY_V6 = "fe80::1"
+OUTSIDE_VETH = "vext"  # the node's side of the outside world's veth
 REQUIRED_TOOLS = ("ip", "iptables-restore", "ip6tables-restore", "tcpdump")
 
 
@@ -146,7 +147,7 @@ def _mac(slot: int, side: int) -> str:
     return f"02:6e:{(slot >> 16) & 0xFF:02x}:{(slot >> 8) & 0xFF:02x}:{slot & 0xFF:02x}:{side:02x}"
 
 
-def _prefix(address: str) -> str:
+def host_prefix(address: str) -> str:
     return f"{address}/128" if ":" in address else f"{address}/32"
 
 
@@ -190,7 +191,10 @@ class Network:
             [
                 "link set lo up",
                 # the node's own addresses sit on lo (no dummy interfaces without kernel modules)
-                *(f"addr add {_prefix(a)} dev lo{' nodad' if ':' in a else ''}" for a in addresses),
+                *(
+                    f"addr add {host_prefix(a)} dev lo{' nodad' if ':' in a else ''}"
+                    for a in addresses
+                ),
             ],
         )
 
@@ -218,11 +222,11 @@ class Network:
             ]
         for address in host.addresses:
             node_side += [
-                f"route replace {_prefix(address)} dev {host.veth}",
+                f"route replace {host_prefix(address)} dev {host.veth}",
                 f"neigh replace {address} lladdr {host_mac} dev {host.veth} nud permanent",
             ]
             host_side.insert(
-                2, f"addr add {_prefix(address)} dev eth0{' nodad' if ':' in address else ''}"
+                2, f"addr add {host_prefix(address)} dev eth0{' nodad' if ':' in address else ''}"
             )
         batch(self.node, node_side)
         batch(host.netns, host_side)

@@ -38,7 +38,7 @@ class Call:
     exactly like a pod would: a Service name, ``svc.ns``, a headless pod name or an outside name.
     """
 
-    client: str
+    client: str  # NS/Kind/name, or ip:ADDRESS for a client in the outside world
     host: str
     port: int
     protocol: str = "TCP"
@@ -46,6 +46,11 @@ class Call:
     family: Family = Family.IPV4
     long_lived: bool = False  # opened before capture starts, used during the window, then closed
     expect: Expect = Expect.OK
+
+    @property
+    def outside_address(self) -> str | None:
+        """The outside client's address, for a call from the outside world."""
+        return self.client[3:] if self.client.startswith("ip:") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,14 @@ def read_plan(source: str, text: str) -> TrafficPlan:
         raise LabError(f"{source}: seed must be an integer")
     if not dual_stack and any(c.family is Family.IPV6 for c in calls):
         raise LabError(f"{source}: IPv6 calls need 'dual-stack: true'")
+    for call in calls:
+        address = call.outside_address
+        if address is None:
+            continue
+        if (":" in address) != (call.family is Family.IPV6):
+            raise LabError(f"{source}: {call.client} calls over {call.family}")
+        if call.long_lived or call.expect is Expect.NXDOMAIN:
+            raise LabError(f"{source}: calls from outside are short and name a LoadBalancer")
     return TrafficPlan(calls, external, restarts, duration, dual_stack, seed)
 
 
@@ -140,6 +153,16 @@ def _workload_ref(value: Any, where: str) -> str:
     if not isinstance(value, str) or value.count("/") != 2 or not all(value.split("/")):
         raise LabError(f"{where}: {value!r} is not a workload NAMESPACE/Kind/name")
     return value
+
+
+def _client(value: Any, where: str) -> str:
+    """A workload, or ``ip:ADDRESS``: a client in the outside world at that address."""
+    if isinstance(value, str) and value.startswith("ip:"):
+        try:
+            return f"ip:{ipaddress.ip_address(value[3:])}"
+        except ValueError as error:
+            raise LabError(f"{where}: {error}") from error
+    return _workload_ref(value, where)
 
 
 def _protocol(value: Any, where: str) -> str:
@@ -178,7 +201,7 @@ def _call(entry: Any, where: str) -> Call:
     except ValueError as error:
         raise LabError(f"{where}: {error}") from error
     return Call(
-        client=_workload_ref(fields.get("from"), f"{where}: from"),
+        client=_client(fields.get("from"), f"{where}: from"),
         host=host.lower().rstrip("."),
         port=_port(int(port_text), where),
         protocol=protocol,

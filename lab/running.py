@@ -255,13 +255,13 @@ class _Run:
         self.network.create_node(node_ips, ipv6=layout.dual_stack)
         for pod in layout.pods:
             self.network.attach(self._host(pod))
-        if layout.externals:
+        if self._outside_addresses():
             self.network.attach(
                 netns.Host(
                     self.network.name("ext"),
-                    "vext",
+                    netns.OUTSIDE_VETH,
                     OUTSIDE_SLOT,
-                    tuple(ip for external in layout.externals for ip in external.ips),
+                    self._outside_addresses(),
                 )
             )
         services.apply(self.network, layout)
@@ -271,7 +271,7 @@ class _Run:
         )
         for pod in layout.pods:
             self.agents.append(await self._spawn(pod))
-        if layout.externals:
+        if self._outside_addresses():
             self.agents.append(await self._spawn_outside())
         for agent in self.agents:
             await agent.expect("ready", READY_TIMEOUT)
@@ -341,9 +341,13 @@ class _Run:
             )
         return process, log_path
 
-    async def _spawn(self, pod: LabPod) -> _Agent:
-        plan = self.layout.plan
-        calls = [
+    def _outside_addresses(self) -> tuple[str, ...]:
+        """The outside world's own addresses: its servers' and its clients'."""
+        served = [ip for external in self.layout.externals for ip in external.ips]
+        return (*served, *self.layout.outside_clients())
+
+    def _calls(self, client: str) -> list[dict[str, Any]]:
+        return [
             {
                 "id": number,
                 "host": call.host,
@@ -352,10 +356,14 @@ class _Run:
                 "every": call.every,
                 "ipv6": call.family is Family.IPV6,
                 "long_lived": call.long_lived,
+                "source": call.outside_address,
             }
-            for number, call in enumerate(plan.calls)
-            if call.client == pod.workload.ref
+            for number, call in enumerate(self.layout.plan.calls)
+            if call.client == client
         ]
+
+    async def _spawn(self, pod: LabPod) -> _Agent:
+        calls = self._calls(pod.workload.ref)
         is_dns = pod.workload.ref == DNS_WORKLOAD
         config: dict[str, Any] = {
             "pod": pod.key,
@@ -381,12 +389,18 @@ class _Run:
             for ip in external.ips
             for port, protocol in external.host.ports
         ]
+        # outside clients know the LoadBalancers' addresses by the names the plan uses
+        hosts = {}
+        for call in self.layout.plan.calls:
+            balancer = self.layout.load_balancer(call.host)
+            if call.outside_address is not None and balancer is not None:
+                hosts[call.host] = list(balancer.load_balancer_ips)
         config = {
             "pod": "outside",
             "identity": None,
             "listen": listen,
-            "resolver": {"nameserver": DNS_SERVICE_V4, "search": []},
-            "calls": [],
+            "resolver": {"nameserver": DNS_SERVICE_V4, "search": [], "hosts": hosts},
+            "calls": [c for a in self.layout.outside_clients() for c in self._calls(f"ip:{a}")],
             "dns_records": None,
         }
         netns_name = self.network.name("ext")
@@ -500,8 +514,8 @@ class _Run:
                 entry = totals[result["id"]]
                 for key in ("attempts", "ok", "refused", "nxdomain", "failed"):
                     entry[key] += result[key]
-                servers = tuple((str(s), int(p)) for s, p in result["servers"])
-                entry["servers"].update(f"{s}:{p}" for s, p in servers)
+                servers = tuple((str(s), int(p), str(peer)) for s, p, peer in result["servers"])
+                entry["servers"].update(f"{s}:{p}" for s, p, _ in servers)
                 outcomes.append(
                     bundling.CallOutcome(
                         client=call.client,

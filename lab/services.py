@@ -4,7 +4,9 @@
 family at a time); ``apply`` loads them atomically into the node namespace, replacing the
 previous set, which is how endpoint changes (a restarted pod) take effect. Like kube-proxy:
 random load balancing across endpoints, masquerade for a pod reaching itself through its Service
-(hairpin), and REJECT for a Service port without endpoints (the client sees "connection refused").
+(hairpin) and for outside traffic to a LoadBalancer with ``externalTrafficPolicy: Cluster`` (the pod
+sees the node), and REJECT for a Service port without endpoints (the client sees "connection
+refused").
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from lab import netns
 from lab.layouts import Layout, endpoints
 
 CHAIN_PREFIX = "NPS-"
+MASQUERADE_MARK = "0x4000"  # as kube-proxy's KUBE-MARK-MASQ
 
 
 def _is_v6(address: str) -> bool:
@@ -26,14 +29,15 @@ def nat_rules(layout: Layout, *, ipv6: bool) -> str:
     reject: list[str] = []
     hairpins: set[str] = set()
     services = f"{CHAIN_PREFIX}SERVICES"
-    number = 0
     for service in layout.services:
-        cluster_ips = [ip for ip in service.cluster_ips if _is_v6(ip) == ipv6]
-        if not cluster_ips:
-            continue
+        addresses = [
+            (ip, ip in service.load_balancer_ips)
+            for ip in (*service.cluster_ips, *service.load_balancer_ips)
+            if _is_v6(ip) == ipv6
+        ]
         backends = endpoints(service, layout.pods)
         for port in service.spec.ports:
-            if port.protocol == "SCTP":
+            if port.protocol == "SCTP" or not addresses:
                 continue
             proto = port.protocol.lower()
             targets = [
@@ -43,30 +47,35 @@ def nat_rules(layout: Layout, *, ipv6: bool) -> str:
                 for ip in e.pod.ips
                 if _is_v6(ip) == ipv6
             ]
-            for cluster_ip in cluster_ips:
-                match = f"-d {netns._prefix(cluster_ip)} -p {proto} -m {proto} --dport {port.port}"
+            chain = f"{CHAIN_PREFIX}SVC-{len(chains) + 1}"
+            for address, balancer in addresses:
+                match = f"-d {netns.host_prefix(address)} -p {proto} -m {proto} --dport {port.port}"
                 if not targets:
                     kind = "icmp6-port-unreachable" if ipv6 else "icmp-port-unreachable"
                     reject.append(
                         f"-A {CHAIN_PREFIX}NO-ENDPOINTS {match} -j REJECT --reject-with {kind}"
                     )
                     continue
-                number += 1
-                chain = f"{CHAIN_PREFIX}SVC-{number}"
-                chains.append(chain)
-                nat.append(f"-A {services} {match} -j {chain}")
-                for position, (ip, target_port) in enumerate(targets):
-                    destination = f"[{ip}]:{target_port}" if ipv6 else f"{ip}:{target_port}"
-                    remaining = len(targets) - position
-                    pick = (
-                        f"-m statistic --mode random --probability {1 / remaining:.5f} "
-                        if remaining > 1
-                        else ""
-                    )
+                if balancer and service.external_policy != "Local":
+                    # Cluster policy: traffic from outside reaches the pod from the node
                     nat.append(
-                        f"-A {chain} -p {proto} {pick}-j DNAT --to-destination {destination}"
+                        f"-A {services} -i {netns.OUTSIDE_VETH} {match} -j MARK "
+                        f"--set-xmark {MASQUERADE_MARK}/{MASQUERADE_MARK}"
                     )
-                    hairpins.add(ip)
+                nat.append(f"-A {services} {match} -j {chain}")
+            if not targets:
+                continue
+            chains.append(chain)
+            for position, (ip, target_port) in enumerate(targets):
+                destination = f"[{ip}]:{target_port}" if ipv6 else f"{ip}:{target_port}"
+                remaining = len(targets) - position
+                pick = (
+                    f"-m statistic --mode random --probability {1 / remaining:.5f} "
+                    if remaining > 1
+                    else ""
+                )
+                nat.append(f"-A {chain} -p {proto} {pick}-j DNAT --to-destination {destination}")
+                hairpins.add(ip)
     lines = [
         "*nat",
         ":PREROUTING ACCEPT [0:0]",
@@ -79,9 +88,10 @@ def nat_rules(layout: Layout, *, ipv6: bool) -> str:
     lines += [f"-A PREROUTING -j {services}", f"-A OUTPUT -j {services}"]
     lines += nat
     lines += [
-        f"-A POSTROUTING -s {netns._prefix(ip)} -d {netns._prefix(ip)} -j MASQUERADE"
+        f"-A POSTROUTING -s {netns.host_prefix(ip)} -d {netns.host_prefix(ip)} -j MASQUERADE"
         for ip in sorted(hairpins)
     ]
+    lines.append(f"-A POSTROUTING -m mark --mark {MASQUERADE_MARK}/{MASQUERADE_MARK} -j MASQUERADE")
     lines += [
         "COMMIT",
         "*filter",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import json
 import socket
@@ -32,6 +33,7 @@ class CallSpec:
     every: float
     ipv6: bool
     long_lived: bool
+    source: str | None = None  # bind to this address (an outside client's own)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CallSpec:
@@ -47,7 +49,7 @@ class CallResult:
     nxdomain: int = 0
     failed: int = 0
     dns_answered: bool = False
-    servers: set[tuple[str, int]] = field(default_factory=set)
+    servers: set[tuple[str, int, str]] = field(default_factory=set)  # server, port, peer seen
     last_error: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -59,7 +61,7 @@ class CallResult:
             "nxdomain": self.nxdomain,
             "failed": self.failed,
             "dns_answered": self.dns_answered,
-            "servers": sorted([s, p] for s, p in self.servers),
+            "servers": sorted(list(server) for server in self.servers),
             "last_error": self.last_error,
         }
 
@@ -69,11 +71,16 @@ class NameNotFound(Exception):
 
 
 class Resolver:
-    """A pod's resolv.conf: one nameserver, a search list, ndots:5; UDP queries."""
+    """A pod's resolv.conf: one nameserver, a search list, ndots:5; UDP queries. ``hosts`` is
+    an /etc/hosts (the outside world's own names for the cluster's LoadBalancers); addresses
+    need no lookup."""
 
-    def __init__(self, nameserver: str, search: list[str]) -> None:
+    def __init__(
+        self, nameserver: str, search: list[str], hosts: dict[str, list[str]] | None = None
+    ) -> None:
         self.nameserver = nameserver
         self.search = search
+        self.hosts = hosts or {}
         self._ids = itertools.count(1)
 
     def candidates(self, name: str) -> list[str]:
@@ -81,6 +88,11 @@ class Resolver:
         return [*expanded, name] if name.count(".") < NDOTS else [name, *expanded]
 
     async def resolve(self, name: str, *, ipv6: bool, result: CallResult) -> list[str]:
+        fixed = [a for a in self.hosts.get(name, []) if (":" in a) == ipv6]
+        if fixed:
+            return fixed
+        with contextlib.suppress(ValueError):
+            return [str(ipaddress.ip_address(name))]
         qtype = dns.TYPE_AAAA if ipv6 else dns.TYPE_A
         for candidate in self.candidates(name):
             reply = await self._query(candidate, qtype)
@@ -119,11 +131,16 @@ class _OneReply(asyncio.DatagramProtocol):
             self.reply.set_exception(exc)
 
 
-async def _udp_exchange(address: str, port: int, payload: bytes, timeout: float) -> bytes:
+async def _udp_exchange(
+    address: str, port: int, payload: bytes, timeout: float, source: str | None = None
+) -> bytes:
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     transport, protocol = await loop.create_datagram_endpoint(
-        lambda: _OneReply(payload), remote_addr=(address, port), family=family
+        lambda: _OneReply(payload),
+        remote_addr=(address, port),
+        family=family,
+        local_addr=None if source is None else (source, 0),
     )
     try:
         return await asyncio.wait_for(protocol.reply, timeout)
@@ -131,9 +148,9 @@ async def _udp_exchange(address: str, port: int, payload: bytes, timeout: float)
         transport.close()
 
 
-def _parse_reply(line: bytes) -> tuple[str, int]:
+def _parse_reply(line: bytes) -> tuple[str, int, str]:
     data = json.loads(line)
-    return str(data["server"]), int(data["port"])
+    return str(data["server"]), int(data["port"]), str(data["peer"])
 
 
 class Client:
@@ -149,13 +166,14 @@ class Client:
     async def _connect(self, call: CallSpec) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         result = self.results[call.id]
         addresses = await self.resolver.resolve(call.host, ipv6=call.ipv6, result=result)
+        local = None if call.source is None else (call.source, 0)
         return await asyncio.wait_for(
-            asyncio.open_connection(addresses[0], call.port), CONNECT_TIMEOUT
+            asyncio.open_connection(addresses[0], call.port, local_addr=local), CONNECT_TIMEOUT
         )
 
     async def _exchange(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[str, int]:
+    ) -> tuple[str, int, str]:
         writer.write(self.greeting)
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
@@ -169,7 +187,7 @@ class Client:
             if call.long_lived:
                 await self._attempt(call, self._open_one)
 
-    async def _open_one(self, call: CallSpec) -> tuple[str, int] | None:
+    async def _open_one(self, call: CallSpec) -> tuple[str, int, str] | None:
         self._open[call.id] = await self._connect(call)
         return None
 
@@ -181,7 +199,7 @@ class Client:
                 await writer.wait_closed()
         self._open.clear()
 
-    async def _once(self, call: CallSpec) -> tuple[str, int] | None:
+    async def _once(self, call: CallSpec) -> tuple[str, int, str] | None:
         if call.long_lived:
             if call.id not in self._open:
                 raise ConnectionResetError("the long-lived connection is gone")
@@ -191,7 +209,9 @@ class Client:
                 call.host, ipv6=call.ipv6, result=self.results[call.id]
             )
             return _parse_reply(
-                await _udp_exchange(addresses[0], call.port, self.greeting, REPLY_TIMEOUT)
+                await _udp_exchange(
+                    addresses[0], call.port, self.greeting, REPLY_TIMEOUT, call.source
+                )
             )
         reader, writer = await self._connect(call)
         try:

@@ -405,3 +405,52 @@ calls:
     )
     assert lab.packets("data", "backup", f"dst host {db1['status']['podIP']} and dst port 5432")
     assert_policies_match_truth(lab.bundle)
+
+
+def test_outside_clients_through_load_balancers(run_lab: LabRunner) -> None:
+    manifests = (
+        WEB_API
+        + """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-public, namespace: front}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api-public, namespace: back}
+spec:
+  type: LoadBalancer
+  selector: {app: api}
+  ports: [{port: 443, targetPort: 9000}]
+"""
+    )
+    lab = run_lab(
+        manifests,
+        """
+calls:
+  - {from: "ip:198.51.100.200", to: web-public.front:80, every: 0.5}
+  - {from: "ip:198.51.100.200", to: api-public.back:443, every: 0.5}
+""",
+        duration=2,
+    )
+    # Local keeps the client's address; Cluster (the default) shows the pod the node instead
+    assert flow("ip:198.51.100.200", "front/Deployment/web", 8080) in lab.truth
+    assert flow("ip:172.18.0.2", "back/Deployment/api", 9000) in lab.truth
+    assert lab.packets("front", "web", "src host 198.51.100.200 and dst port 8080")
+    assert lab.packets("back", "api", "src host 172.18.0.2 and dst port 9000")
+    snapshot = json.loads((lab.bundle / "snapshot.json").read_text())
+    public = next(
+        o
+        for o in snapshot["items"]
+        if o["kind"] == "Service" and o["metadata"]["name"] == "web-public"
+    )
+    assert public["status"]["loadBalancer"]["ingress"][0]["ip"].startswith("198.51.100.")
+    files = assert_policies_match_truth(lab.bundle)
+    web = "".join(text for path, text in files.items() if path.startswith("front/web"))
+    assert "198.51.100.200/32" in web

@@ -231,14 +231,33 @@ def test_truth_lists_real_flows_and_dns_once() -> None:
             "TCP",
             ok=3,
             dns_answered=True,
-            servers=(("a/Deployment/api", 8080),),
+            servers=(("a/Deployment/api", 8080, "10.244.0.5"),),
         ),
         bundling.CallOutcome(
-            "a/Deployment/web", "TCP", ok=1, dns_answered=True, servers=(("ip:203.0.113.10", 443),)
+            "a/Deployment/web",
+            "TCP",
+            ok=1,
+            dns_answered=True,
+            servers=(("ip:203.0.113.10", 443, "10.244.0.5"),),
         ),
         bundling.CallOutcome("a/Deployment/web", "TCP", ok=0, dns_answered=True, servers=()),
         bundling.CallOutcome(
-            "a/Job/batch", "UDP", ok=0, dns_answered=False, servers=(("a/Deployment/api", 53),)
+            "a/Job/batch",
+            "UDP",
+            ok=0,
+            dns_answered=False,
+            servers=(("a/Deployment/api", 53, "10.244.0.6"),),
+        ),
+        # outside clients are what the server saw: themselves, or the node behind SNAT
+        bundling.CallOutcome(
+            "ip:198.51.100.20",
+            "TCP",
+            ok=2,
+            dns_answered=False,
+            servers=(
+                ("a/Deployment/web", 8080, "198.51.100.20"),
+                ("a/Deployment/web", 8080, "172.18.0.2"),
+            ),
         ),
     ]
     assert bundling.truth_flows(outcomes) == [
@@ -250,6 +269,13 @@ def test_truth_lists_real_flows_and_dns_once() -> None:
         },
         {"client": "a/Deployment/web", "server": "ip:203.0.113.10", "protocol": "TCP", "port": 443},
         {"client": "a/Deployment/web", "server": DNS_WORKLOAD, "protocol": "UDP", "port": 53},
+        {"client": "ip:172.18.0.2", "server": "a/Deployment/web", "protocol": "TCP", "port": 8080},
+        {
+            "client": "ip:198.51.100.20",
+            "server": "a/Deployment/web",
+            "protocol": "TCP",
+            "port": 8080,
+        },
     ]
 
 
