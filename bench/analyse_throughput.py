@@ -226,10 +226,12 @@ def main() -> None:
 def _measure(directory: Path, wanted: int, flows: int, files: int) -> None:
     capture = directory / "bench.pcap"
     packets = build_capture(capture, wanted, flows=flows)
+    # The same amount of traffic spread over several files (several pods): as many packets and
+    # flows in all as in the single file.
     parts = []
     for index in range(files):
         part = directory / f"part{index}.pcap"
-        build_capture(part, packets // files, flows=flows, seed=index)
+        build_capture(part, packets // files, flows=flows // files, seed=index)
         parts.append(part)
     workers = os.cpu_count() or 1
     print(f"capture: {packets:,} packets, {flows:,} flows, {capture.stat().st_size / 1e6:.0f} MB")
