@@ -31,7 +31,7 @@ from lab.layouts import (
     endpoints,
     make_uid,
 )
-from lab.manifests import WorkloadSpec
+from lab.manifests import WorkloadSpec, pod_template
 from webhook.capture import CaptureMode, CaptureOptions
 from webhook.mutations import Skip, plan_injection
 from webhook.settings import WebhookSettings
@@ -67,7 +67,7 @@ def _metadata(
 
 
 def _owner_reference(kind: str, name: str, uid: str) -> JsonObject:
-    api = "v1" if kind == "Service" else "batch/v1" if kind == "Job" else "apps/v1"
+    api = "v1" if kind == "Service" else "batch/v1" if kind in ("Job", "CronJob") else "apps/v1"
     return {
         "apiVersion": api,
         "kind": kind,
@@ -81,9 +81,7 @@ def _owner_reference(kind: str, name: str, uid: str) -> JsonObject:
 def _template_spec(workload: WorkloadSpec) -> JsonObject:
     if workload.kind == "Pod":
         return copy.deepcopy(workload.manifest.get("spec") or {})
-    return copy.deepcopy(
-        ((workload.manifest.get("spec") or {}).get("template") or {}).get("spec") or {}
-    )
+    return copy.deepcopy(pod_template(workload.kind, workload.manifest).get("spec") or {})
 
 
 def pod_object(pod: LabPod, *, ready_since: float) -> JsonObject:
@@ -98,16 +96,12 @@ def pod_object(pod: LabPod, *, ready_since: float) -> JsonObject:
         extra["ownerReferences"] = [_owner_reference(pod.owner.kind, pod.owner.name, pod.owner.uid)]
         if pod.workload.kind != "StatefulSet":
             extra["generateName"] = pod.name[: pod.name.rfind("-") + 1]
-    annotations = (
-        (
-            pod.workload.manifest.get("spec", {})
-            .get("template", {})
-            .get("metadata", {})
-            .get("annotations")
-        )
-        if pod.workload.kind != "Pod"
-        else (pod.workload.manifest.get("metadata", {}).get("annotations"))
+    source = (
+        pod.workload.manifest
+        if pod.workload.kind == "Pod"
+        else pod_template(pod.workload.kind, pod.workload.manifest)
     )
+    annotations = (source.get("metadata") or {}).get("annotations")
     if annotations:
         extra["annotations"] = dict(annotations)
     node_ips = [NODE_IPV4, NODE_IPV6] if len(pod.ips) > 1 else [NODE_IPV4]
@@ -131,6 +125,23 @@ def pod_object(pod: LabPod, *, ready_since: float) -> JsonObject:
     }
 
 
+def _job(layout: Layout, workload: WorkloadSpec, manifest: JsonObject, running: int) -> JsonObject:
+    """A Job as the API server shows it: its generated selector and the labels it gives pods."""
+    uid = manifest["metadata"]["uid"]
+    name = manifest["metadata"]["name"]
+    labels = dict(workload.template_labels) | {
+        "batch.kubernetes.io/controller-uid": uid,
+        "controller-uid": uid,
+        "batch.kubernetes.io/job-name": name,
+        "job-name": name,
+    }
+    spec = manifest.setdefault("spec", {})
+    spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+    spec.setdefault("template", {}).setdefault("metadata", {})["labels"] = labels
+    manifest["status"] = {"active": running, "startTime": timestamp(layout.created)}
+    return manifest
+
+
 def _workload_objects(layout: Layout, workload: WorkloadSpec) -> list[JsonObject]:
     if workload.kind == "Pod":
         return []
@@ -151,16 +162,36 @@ def _workload_objects(layout: Layout, workload: WorkloadSpec) -> list[JsonObject
         manifest["metadata"]["annotations"] = metadata["annotations"]
     spec = manifest.setdefault("spec", {})
     if workload.kind == "Job":
-        labels = dict(workload.template_labels) | {
-            "batch.kubernetes.io/controller-uid": uid,
-            "controller-uid": uid,
-            "batch.kubernetes.io/job-name": workload.name,
-            "job-name": workload.name,
+        return [_job(layout, workload, manifest, running)]
+    if workload.kind == "CronJob":
+        job = layout.scheduled_job(workload)
+        template = copy.deepcopy(spec.get("jobTemplate") or {})
+        job_manifest = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": _metadata(
+                job.name,
+                workload.namespace,
+                job.uid,
+                layout.created,
+                sorted(((template.get("metadata") or {}).get("labels") or {}).items()),
+                ownerReferences=[_owner_reference("CronJob", workload.name, uid)],
+            ),
+            "spec": template.get("spec") or {},
         }
-        spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
-        spec.setdefault("template", {}).setdefault("metadata", {})["labels"] = labels
-        manifest["status"] = {"active": running, "startTime": timestamp(layout.created)}
-        return [manifest]
+        manifest["status"] = {
+            "active": [
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "name": job.name,
+                    "namespace": workload.namespace,
+                    "uid": job.uid,
+                }
+            ],
+            "lastScheduleTime": timestamp(layout.created),
+        }
+        return [manifest, _job(layout, workload, job_manifest, running)]
     if workload.kind != "DaemonSet":
         spec["replicas"] = workload.replicas
     status_key = "numberReady" if workload.kind == "DaemonSet" else "readyReplicas"
@@ -379,11 +410,9 @@ def snapshot(layout: Layout, *, capture_mode: str = "handshake") -> JsonObject:
         node_port += len(service.spec.ports)
     for service in layout.services:
         items += _endpoint_slices(layout, service)
-    for kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
-        objects = [o for w in layout.cluster.workloads for o in _workload_objects(layout, w)]
+    objects = [o for w in layout.cluster.workloads for o in _workload_objects(layout, w)]
+    for kind in ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob"):
         items += [o for o in objects if o["kind"] == kind]
-        if kind == "Deployment":
-            items += [o for o in objects if o["kind"] == "ReplicaSet"]
     return {"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items}
 
 

@@ -170,7 +170,14 @@ class Layout:
         if workload.kind == "Deployment":
             name = f"{workload.name}-{self.replica_set_hashes[workload.ref]}"
             return Owner("ReplicaSet", name, make_uid(self.plan.seed, workload.ref, "rs"))
+        if workload.kind == "CronJob":
+            return self.scheduled_job(workload)
         return Owner(workload.kind, workload.name, self.workload_uid(workload))
+
+    def scheduled_job(self, workload: WorkloadSpec) -> Owner:
+        """The Job a CronJob started for this window, named after its scheduled minute."""
+        name = f"{workload.name}-{int(self.created // 60)}"
+        return Owner("Job", name, make_uid(self.plan.seed, workload.ref, "job"))
 
     def pods_of(self, ref: str) -> list[LabPod]:
         return [pod for pod in self.pods if pod.workload.ref == ref]
@@ -207,15 +214,17 @@ class Layout:
             name = f"{workload.name}-{_suffix(5, seed, workload.ref, generation)}"
             labels["controller-revision-hash"] = _suffix(10, seed, workload.ref, "rev")
             labels["pod-template-generation"] = "1"
-        elif workload.kind == "Job":
-            name = f"{workload.name}-{_suffix(5, seed, workload.ref, generation)}"
-            uid = self.workload_uid(workload)
+        elif workload.kind in ("Job", "CronJob"):
+            job = self.owner_of(workload)
+            assert job is not None
+            name = f"{job.name}-{_suffix(5, seed, workload.ref, generation)}"
+            uid = job.uid
             labels.update(
                 {
                     "batch.kubernetes.io/controller-uid": uid,
                     "controller-uid": uid,
-                    "batch.kubernetes.io/job-name": workload.name,
-                    "job-name": workload.name,
+                    "batch.kubernetes.io/job-name": job.name,
+                    "job-name": job.name,
                 }
             )
         else:

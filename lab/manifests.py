@@ -19,7 +19,7 @@ from analyser.errors import LabError
 JsonObject = dict[str, Any]
 
 DEFAULT_NAMESPACE = "default"
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "Pod")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
@@ -28,6 +28,14 @@ class ContainerPort:
     port: int
     protocol: str = "TCP"
     name: str | None = None
+
+
+def pod_template(kind: str, manifest: JsonObject) -> JsonObject:
+    """The pod template of a workload manifest (a CronJob's sits in its jobTemplate)."""
+    spec = manifest.get("spec") or {}
+    if kind == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    return dict(spec.get("template") or {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +185,14 @@ def _workload(
         replicas = 1
     else:
         spec = manifest.get("spec") or {}
-        template = spec.get("template") or {}
+        template = pod_template(kind, manifest)
         labels = _sorted_labels((template.get("metadata") or {}).get("labels"), where)
         pod_spec = template.get("spec") or {}
-        replicas = _replicas(kind, spec, where)
+        job_spec = ((spec.get("jobTemplate") or {}).get("spec") or {}) if kind == "CronJob" else {}
+        replicas = _replicas(kind, job_spec or spec, where)
         selector = (spec.get("selector") or {}).get("matchLabels")
         if (
-            kind != "Job"
+            kind not in ("Job", "CronJob")
             and not selector
             and not (spec.get("selector") or {}).get("matchExpressions")
         ):
@@ -206,7 +215,7 @@ def _workload(
 def _replicas(kind: str, spec: JsonObject, where: str) -> int:
     if kind == "DaemonSet":
         return 1  # one node in the lab
-    key = "parallelism" if kind == "Job" else "replicas"
+    key = "parallelism" if kind in ("Job", "CronJob") else "replicas"
     value = spec.get(key, 1)
     if not isinstance(value, int) or value < 0:
         raise LabError(f"{where}: spec.{key} must be a non-negative integer, not {value!r}")

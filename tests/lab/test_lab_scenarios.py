@@ -378,6 +378,17 @@ spec:
     metadata: {labels: {app: backup}}
     spec: {restartPolicy: Never, containers: [{name: backup}]}
 ---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: vacuum, namespace: data}
+spec:
+  schedule: "*/5 * * * *"
+  jobTemplate:
+    spec:
+      template:
+        metadata: {labels: {app: vacuum}}
+        spec: {restartPolicy: OnFailure, containers: [{name: vacuum}]}
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: debug, namespace: data, labels: {app: debug}}

@@ -305,3 +305,41 @@ def test_plan_must_name_known_workloads() -> None:
     )
     with pytest.raises(LabError, match="StatefulSet pods keep their names"):
         build_layout(cluster, restart, now=0.0)
+
+
+def test_a_cron_job_runs_through_a_job() -> None:
+    cluster = read_manifests(
+        [
+            (
+                "c.yaml",
+                """
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly, namespace: ops}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        metadata: {labels: {app: nightly}}
+        spec: {restartPolicy: OnFailure, containers: [{name: n}]}
+""",
+            )
+        ]
+    )
+    layout = build_layout(
+        cluster,
+        read_plan("p.yaml", PLAN.replace("ops/Job/report", "ops/CronJob/nightly")),
+        now=1_700_000_000.0,
+    )
+    (pod,) = layout.pods_of("ops/CronJob/nightly")
+    assert pod.owner is not None and pod.owner.kind == "Job"
+    assert pod.name.startswith(f"{pod.owner.name}-")
+    items = bundling.snapshot(layout)["items"]
+    job = next(o for o in items if o["kind"] == "Job")
+    cron = next(o for o in items if o["kind"] == "CronJob")
+    assert job["metadata"]["name"] == pod.owner.name
+    assert job["metadata"]["ownerReferences"][0]["uid"] == cron["metadata"]["uid"]
+    assert cron["status"]["active"][0]["uid"] == job["metadata"]["uid"]
+    pod_item = next(o for o in items if o["kind"] == "Pod" and o["metadata"]["namespace"] == "ops")
+    assert pod_item["metadata"]["labels"]["job-name"] == job["metadata"]["name"]
