@@ -40,6 +40,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from websocket import ABNF, WebSocketBadStatusException, WebSocketException
 
 from analyser.bundles import (
+    CAPTURE_META,
     CAPTURES,
     FORMAT_VERSION,
     MANIFEST,
@@ -47,8 +48,9 @@ from analyser.bundles import (
     SNAPSHOT_FILE,
     entries_for_layout,
 )
-from analyser.errors import AccessDenied, BundleError, CollectError, ExecFailed
+from analyser.errors import AccessDenied, BundleError, CollectError, ExecFailed, SnapshotError
 from analyser.pulling import Frame, PodPuller, PullReport, PullTarget
+from analyser.snapshot import load_capture_meta
 from webhook.capture import (
     CAPTURES_VOLUME,
     DEFAULT_DIRECTORY,
@@ -728,6 +730,21 @@ def remove_empty_directories(root: Path) -> None:
         root.rmdir()
 
 
+def window_start(bundle: Path, earlier: Iterable[str]) -> str:
+    """When the captures begin: the earliest of ``earlier`` (RFC 3339) and the sidecars' start
+    times in their ``meta.json`` files (a capture holds packets from then on)."""
+    moments = [datetime.datetime.fromisoformat(moment) for moment in earlier]
+    for meta in sorted((bundle / CAPTURES).glob(f"*/*/{CAPTURE_META}")):
+        try:
+            started = load_capture_meta(meta).start_time
+        except SnapshotError as error:
+            log.warning("%s", error)
+            continue
+        if started is not None:
+            moments.append(datetime.datetime.fromtimestamp(started, datetime.UTC))
+    return rfc3339(min(moments))
+
+
 def read_previous_bundle(bundle: Path) -> KubeObject | None:
     path = bundle / MANIFEST
     if not path.exists():
@@ -826,7 +843,6 @@ def collect(
         record_pod_ips(cluster, history, duration=options.duration, progress=on_watch_event)
     snapshot = take_snapshot(cluster)
     write_json(bundle / SNAPSHOT_FILE, snapshot)
-    end = rfc3339(utc_now())
 
     pods = [
         item
@@ -852,13 +868,13 @@ def collect(
             for name, reason in report.failures
         ]
     modes = sorted({mode for pod in pods if (mode := capture_mode(pod)) is not None})
-    window_start = (previous or {}).get("window", {}).get("start", start)
+    earlier = [(previous or {}).get("window", {}).get("start", start), start]
     write_json(
         bundle / MANIFEST,
         {
             "format_version": FORMAT_VERSION,
             "producer": "collect",
-            "window": {"start": window_start, "end": end},
+            "window": {"start": window_start(bundle, earlier), "end": rfc3339(utc_now())},
             "capture_mode": modes[0] if len(modes) == 1 else ("mixed" if modes else None),
             "namespaces": namespaces,
             "captures": capture_entries(bundle),

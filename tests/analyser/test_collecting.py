@@ -180,6 +180,9 @@ class MemoryCluster:
         return self.local_exec(namespace=namespace, pod=pod, container=container, command=command)
 
 
+META = b'{"pod": "web-1", "namespace": "shop", "start_time": "2026-01-01T08:00:00Z"}'
+
+
 def sidecar_dir(root: Path, name: str, files: Mapping[str, bytes]) -> Path:
     directory = root / "pods" / name
     directory.mkdir(parents=True)
@@ -190,9 +193,7 @@ def sidecar_dir(root: Path, name: str, files: Mapping[str, bytes]) -> Path:
 
 @pytest.fixture
 def shop(tmp_path: Path) -> MemoryCluster:
-    web = sidecar_dir(
-        tmp_path, "web", {"capture.pcap0": bytes(range(256)) * 40, "meta.json": b'{"pod": "web-1"}'}
-    )
+    web = sidecar_dir(tmp_path, "web", {"capture.pcap0": bytes(range(256)) * 40, "meta.json": META})
     db = sidecar_dir(tmp_path, "db", {"capture.pcap0": b"\x00\xff" * 999})
     return MemoryCluster(
         {
@@ -260,7 +261,9 @@ def test_collect_writes_a_complete_bundle(shop: MemoryCluster, tmp_path: Path) -
     bundle = json.loads((out / "bundle.json").read_text())
     assert bundle["producer"] == "collect" and bundle["format_version"] == 1
     assert bundle["capture_mode"] == "handshake"
-    assert bundle["window"]["start"] <= bundle["window"]["end"]
+    # the captures go back to when the sidecar started, as its meta.json says
+    assert bundle["window"]["start"] == "2026-01-01T08:00:00.000000Z"
+    assert bundle["window"]["start"] < bundle["window"]["end"]
     assert [(e["path"], e["size"]) for e in bundle["captures"]] == [
         ("captures/shop/db-0/capture.pcap0", 1998),
         ("captures/shop/web-1/capture.pcap0", 10240),
