@@ -72,6 +72,7 @@ def _read_one(path: Path, name: str) -> _Partial:
         decoded = map(decoder_for(linktype), packets)
         for timestamp, (key, control, length, payload) in zip(timestamps, decoded, strict=True):
             entry = tally.get(key)
+            # (A Skip key always comes with control 0, so key[0] below is a protocol number.)
             if entry is None:
                 role = handshake_role(key[0], control) if control else 0  # type: ignore[index]
                 tally[key] = [timestamp, timestamp, 1, length, role]
