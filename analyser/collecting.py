@@ -836,7 +836,8 @@ def collect(
     bundle = options.out
     previous = read_previous_bundle(bundle)
     namespaces = resolve_namespaces(cluster, options.namespaces, all_labelled=options.all_labelled)
-    bundle.mkdir(parents=True, exist_ok=True)
+    # captures/ exists from the start, so readers never look for captures in .partial/
+    (bundle / CAPTURES).mkdir(parents=True, exist_ok=True)
     start = rfc3339(utc_now())
     with (bundle / POD_IPS).open("a") as sink:
         history = PodIPHistory(sink)
