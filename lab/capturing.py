@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import subprocess
@@ -70,7 +71,7 @@ def start(netns_name: str, directory: Path, options: CaptureOptions) -> Capture:
             )
         ready, _, _ = select.select([process.stderr], [], [], remaining)
         if ready:
-            chunk = process.stderr.read1(4096)  # type: ignore[attr-defined]
+            chunk = os.read(process.stderr.fileno(), 4096)
             if not chunk:
                 continue
             said += chunk

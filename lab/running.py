@@ -38,7 +38,7 @@ from lab.layouts import (
     dns_records,
     search_path,
 )
-from lab.manifests import read_manifests
+from lab.manifests import ClusterSpec, read_manifests
 from lab.plans import Expect, Family, Restart, TrafficPlan, read_plan
 from webhook.capture import CaptureMode, CaptureOptions
 
@@ -66,7 +66,7 @@ class LabResult:
     seconds: float  # wall time of the whole run, setup and teardown included
 
 
-def load(options: LabOptions) -> tuple[Any, TrafficPlan]:
+def load(options: LabOptions) -> tuple[ClusterSpec, TrafficPlan]:
     """Read and check the inputs (no root needed)."""
     sources = []
     for path in options.manifests:

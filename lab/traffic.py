@@ -10,6 +10,7 @@ import itertools
 import json
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -219,7 +220,9 @@ class Client:
         finally:
             writer.close()
 
-    async def _attempt(self, call: CallSpec, action: Any) -> None:
+    async def _attempt(
+        self, call: CallSpec, action: Callable[[CallSpec], Awaitable[tuple[str, int, str] | None]]
+    ) -> None:
         result = self.results[call.id]
         result.attempts += 1
         try:

@@ -1,11 +1,12 @@
 """Run the pipeline's input side on a simulated cluster made of network namespaces.
 
   lab run --manifests FILE... --traffic PLAN --out BUNDLE [--capture-mode MODE] [--duration S]
-      Reads ordinary Kubernetes manifests (Deployments, StatefulSets, DaemonSets, Jobs, Pods,
-      Services), gives every pod replica its own network namespace and IP behind a routing
-      "node" namespace, Services ClusterIPs with kube-proxy-like DNAT, a cluster DNS and an
-      outside world, then plays the traffic plan with real servers and clients while the
-      webhook's own tcpdump command records each pod. The result is a bundle for
+      Reads ordinary Kubernetes manifests (Deployments, StatefulSets, DaemonSets, Jobs,
+      CronJobs, Pods, Services), gives every pod replica its own network namespace and IP
+      behind a routing "node" namespace, Services ClusterIPs with kube-proxy-like DNAT, a
+      cluster DNS, a kubelet probing the pods and an outside world, then plays the traffic
+      plan with real servers and clients while the webhook's own tcpdump command records
+      each pod. The result is a bundle for
       `netpol-sniffer analyse`, plus truth.json: the flows that really happened.
   lab clean
       Removes the namespaces a killed run left behind (a new run does this too).
