@@ -56,11 +56,23 @@ def test_a_bad_plan_is_named_before_anything_runs(
     assert str(plan) in err and "HOST:PORT" in err
 
 
+@pytest.mark.parametrize(
+    ("flags", "root", "reason"),
+    [(["--recorded"], True, "as asked"), ([], False, "not root, so the lab cannot run")],
+)
 def test_demo_without_the_lab_analyses_the_recorded_bundle(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    flags: list[str],
+    root: bool,
+    reason: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["demo", "--recorded", "--out", str(tmp_path)]) == ExitStatus.OK
+    if not root:
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["demo", *flags, "--out", str(tmp_path)]) == ExitStatus.OK
     captured = capsys.readouterr()
+    assert reason in captured.err
     assert "analysing the recorded bundle" in captured.err
     out = captured.out
     assert re.search(r"(\d+)/\1 flows that happened are allowed; nothing allowed beyond", out), out
