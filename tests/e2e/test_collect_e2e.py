@@ -234,7 +234,10 @@ def test_snapshot_and_ip_history_from_a_real_api_server(
 @pytest.fixture
 def collector_identity(control_plane: ControlPlane, tmp_path: Path) -> Iterator[Path]:
     """A kubeconfig for the collector's ServiceAccount (its RBAC not applied yet)."""
-    if control_plane.kubectl("get", "namespace", "netpol-sniffer", check=False).returncode:
+    made_namespace = bool(
+        control_plane.kubectl("get", "namespace", "netpol-sniffer", check=False).returncode
+    )
+    if made_namespace:
         control_plane.kubectl("create", "namespace", "netpol-sniffer")
     control_plane.kubectl("apply", "-f", str(REPO / "manifests/collector-rbac/serviceaccount.yaml"))
     token = control_plane.kubectl(
@@ -255,6 +258,8 @@ def collector_identity(control_plane: ControlPlane, tmp_path: Path) -> Iterator[
             "--ignore-not-found",
             check=False,
         )
+        if made_namespace:
+            control_plane.kubectl("delete", "namespace", "netpol-sniffer", "--wait=false")
 
 
 def can_i(plane: ControlPlane, *args: str) -> bool:
