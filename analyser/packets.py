@@ -64,10 +64,6 @@ _IPV6_GENERIC_EXTENSIONS = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
 _IPV6_FRAGMENT = 44
 _IPV6_AUTH = 51
 
-SCTP_INIT = 1
-SCTP_INIT_ACK = 2
-
-
 class Skip(IntEnum):
     """Why a packet gave no facts; the caller counts these."""
 
@@ -87,8 +83,8 @@ PacketKey = tuple[int, bytes]
 #   control: TCP flags byte, SCTP first chunk type, 0 for UDP
 #   length: the IP packet length from the IP header (not the captured length)
 #   dns: the transport payload of a TCP/UDP packet to or from port 53, else None
-# Skipped packets have the same shape, ``(reason, 0, 0, None)``, so that a batch of results can
-# be counted and split with C-level tools (Counter, itemgetter, compress) without a Python loop.
+# Skipped packets have the same shape, ``(reason, 0, 0, None)``, so that the caller handles every
+# result alike (and counts skips under their reason like any other key).
 PacketFacts = tuple[PacketKey | Skip, int, int, bytes | None]
 Decoder = Callable[[bytes], PacketFacts]
 
