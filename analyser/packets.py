@@ -64,6 +64,7 @@ _IPV6_GENERIC_EXTENSIONS = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
 _IPV6_FRAGMENT = 44
 _IPV6_AUTH = 51
 
+
 class Skip(IntEnum):
     """Why a packet gave no facts; the caller counts these."""
 
