@@ -186,3 +186,30 @@ def test_real_tcpdump_any_on_loopback(tmp_path: Path) -> None:
         (Protocol.TCP, f"127.0.0.1:{client_port}", f"127.0.0.1:{tcp_port}", Evidence.HANDSHAKE),
         (Protocol.UDP, f"127.0.0.1:{udp_client_port}", str(udp_server), Evidence.KNOWN_LISTENER),
     }
+
+
+def test_damaged_bytes_never_crash_the_reading(tmp_path: Path) -> None:
+    """Random damage to real captures (flipped bytes, cuts): every file is read or reported."""
+    rng = random.Random(5)
+    originals = [
+        (DATA / name).read_bytes()
+        for name in ("two-pods.pcap", "two-interfaces.pcapng", "tcpdump-any-loopback.pcap")
+    ]
+    paths = []
+    for index in range(150):
+        body = bytearray(rng.choice(originals))
+        for _ in range(rng.randrange(1, 8)):
+            body[rng.randrange(len(body))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            del body[rng.randrange(len(body)) :]
+        path = tmp_path / f"damaged{index}.pcap"
+        path.write_bytes(bytes(body))
+        paths.append(path)
+    traffic = read_captures(paths, root=tmp_path, workers=1)
+    assert len(traffic.reports) == 150
+    assert all(
+        report.error in (None, "TruncatedCapture", "MalformedCapture") for report in traffic.reports
+    )
+    assert traffic.packets == sum(report.packets for report in traffic.reports)
+    assert traffic.counted + sum(traffic.skipped.values()) == traffic.packets
+    orient(traffic.conversations, None)
