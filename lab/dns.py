@@ -1,5 +1,5 @@
-"""The lab's cluster DNS: a tiny wire-format codec (A and AAAA, enough for pods and the outside
-world) and an asyncio server over UDP and TCP answering from a name → addresses table.
+"""The lab's cluster DNS: a tiny wire-format codec (A, AAAA and CNAME chains, enough for pods and
+the outside world) and an asyncio server over UDP and TCP answering from a name → records table.
 
 The codec is pure; the server is started by the DNS pod's agent (``lab.agent``).
 """
@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import cast
 
 TYPE_A = 1
+TYPE_CNAME = 5
 TYPE_AAAA = 28
+MAX_CHAIN = 8  # CNAME hops followed when answering
 CLASS_IN = 1
 RCODE_OK = 0
 RCODE_FORMERR = 1
@@ -22,7 +24,8 @@ RCODE_NXDOMAIN = 3
 TTL = 30
 _TYPES = {"A": TYPE_A, "AAAA": TYPE_AAAA}
 
-Records = dict[str, dict[str, list[str]]]  # name → {"A": [...], "AAAA": [...]}
+# name → {"A": [...], "AAAA": [...]} or {"CNAME": [target]}
+Records = dict[str, dict[str, list[str]]]
 
 
 class DnsFormatError(ValueError):
@@ -121,9 +124,15 @@ def decode_message(data: bytes) -> Message:
     return Message(query_id, flags, tuple(questions), tuple(answers))
 
 
+def _owner(name: str, question: Question) -> bytes:
+    """A record's owner name: a pointer to the question's name (offset 12) when it is that."""
+    return b"\xc0\x0c" if name == question.name else _encode_name(name)
+
+
 def answer(query: bytes, records: Records) -> bytes:
-    """The response to ``query``: the addresses known for its name, NXDOMAIN for unknown names,
-    an empty NOERROR answer when the name exists without that record type."""
+    """The response to ``query``: the addresses known for its name (after the CNAME chain that
+    leads to them, each hop an answer record), NXDOMAIN for unknown names, an empty NOERROR
+    answer when the name exists without that record type."""
     try:
         message = decode_message(query)
     except DnsFormatError:
@@ -138,16 +147,30 @@ def answer(query: bytes, records: Records) -> bytes:
     rcode = RCODE_OK
     for question in message.questions[:1]:
         body += _encode_name(question.name) + struct.pack("!HH", question.qtype, question.qclass)
-        entry = records.get(question.name)
+        name = question.name
+        entry = records.get(name)
         if entry is None:
             rcode = RCODE_NXDOMAIN
             continue
+        for _ in range(MAX_CHAIN):
+            if not entry.get("CNAME"):
+                break
+            target = entry["CNAME"][0]
+            rdata = _encode_name(target)
+            body += _owner(name, question) + struct.pack(
+                "!HHIH", TYPE_CNAME, CLASS_IN, TTL, len(rdata)
+            )
+            body += rdata
+            answers += 1
+            name, entry = target, records.get(target, {})
         for kind, qtype in _TYPES.items():
             if qtype != question.qtype:
                 continue
             for address in entry.get(kind, []):
                 packed = ipaddress.ip_address(address).packed
-                body += b"\xc0\x0c" + struct.pack("!HHIH", qtype, CLASS_IN, TTL, len(packed))
+                body += _owner(name, question) + struct.pack(
+                    "!HHIH", qtype, CLASS_IN, TTL, len(packed)
+                )
                 body += packed
                 answers += 1
     header = struct.pack(

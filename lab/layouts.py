@@ -433,7 +433,11 @@ def dns_records(layout: Layout) -> dict[str, dict[str, list[str]]]:
         if pod.hostname and pod.subdomain:
             add(_dns_name(pod.hostname, pod.subdomain, pod.namespace, "svc"), pod.ips)
     for external in layout.externals:
-        add(external.host.name, external.ips)
+        if external.host.cname is None:
+            add(external.host.name, external.ips)
+        else:
+            records[external.host.name] = {"CNAME": [external.host.cname]}
+            add(external.host.cname, external.ips)
     return {name: records[name] for name in sorted(records)}
 
 

@@ -61,6 +61,7 @@ class ExternalHost:
     ports: tuple[tuple[int, str], ...]  # (port, protocol)
     ipv4: str | None = None  # chosen by the lab when not given
     ipv6: str | None = None
+    cname: str | None = None  # the name is an alias: DNS answers a CNAME to this, then addresses
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +214,11 @@ def _call(entry: Any, where: str) -> Call:
 
 
 def _external(entry: Any, where: str) -> ExternalHost:
-    fields = _mapping(entry, where, {"name", "ports", "ipv4", "ipv6"})
-    name = fields.get("name")
-    if not isinstance(name, str) or "." not in name or name.endswith("cluster.local"):
-        raise LabError(f"{where}: name must be a dotted outside name, not {name!r}")
+    fields = _mapping(entry, where, {"name", "ports", "ipv4", "ipv6", "cname"})
+    name = _outside_name(fields.get("name"), f"{where}: name")
+    cname = fields.get("cname")
+    if cname is not None:
+        cname = _outside_name(cname, f"{where}: cname")
     ports = []
     for value in fields.get("ports") or []:
         text = str(value)
@@ -238,7 +240,13 @@ def _external(entry: Any, where: str) -> ExternalHost:
         if address.version != version:
             raise LabError(f"{where}: {key} {value!r} is not an IPv{version} address")
         addresses[key] = str(address)
-    return ExternalHost(name.lower(), tuple(sorted(set(ports))), **addresses)
+    return ExternalHost(name, tuple(sorted(set(ports))), cname=cname, **addresses)
+
+
+def _outside_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or "." not in value or value.endswith("cluster.local"):
+        raise LabError(f"{where}: must be a dotted outside name, not {value!r}")
+    return value.lower().rstrip(".")
 
 
 def _restart(entry: Any, where: str) -> Restart:

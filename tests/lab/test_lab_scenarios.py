@@ -136,20 +136,26 @@ def test_external_egress_by_name(run_lab: LabRunner) -> None:
     lab = run_lab(
         WEB_API,
         """
-external: [{name: api.payments.example.com, ports: [443]}]
+external:
+  - {name: api.payments.example.com, ports: [443]}
+  - {name: www.shipping.example.org, cname: edge-7.cdn.example.net, ports: [443]}
 calls:
   - {from: back/Deployment/api, to: api.payments.example.com:443, every: 0.5}
+  - {from: back/Deployment/api, to: www.shipping.example.org:443, every: 0.5}
 """,
         duration=2,
     )
-    (external,) = [f for f in lab.truth if str(f["server"]).startswith("ip:")]
-    address = str(external["server"])[3:]
-    assert address.startswith("203.0.113.")
+    outside = sorted(str(f["server"])[3:] for f in lab.truth if str(f["server"]).startswith("ip:"))
+    assert len(outside) == 2 and all(a.startswith("203.0.113.") for a in outside)
     answers = lab.packets("back", "api", "udp port 53")
-    assert any(f"A {address}" in line for line in answers), answers
+    for address in outside:
+        assert any(f"A {address}" in line for line in answers), answers
+    assert any("CNAME edge-7.cdn.example.net" in line for line in answers)
     files = assert_policies_match_truth(lab.bundle)
     policy = "".join(text for path, text in files.items() if path.startswith("back/api"))
-    assert f"{address}/32" in policy and "api.payments.example.com" in policy
+    for address in outside:
+        assert f"{address}/32" in policy
+    assert "api.payments.example.com" in policy and "www.shipping.example.org" in policy
 
 
 def test_udp(run_lab: LabRunner) -> None:

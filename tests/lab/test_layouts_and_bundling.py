@@ -139,6 +139,14 @@ def test_dns_codec_follows_compression_pointers_and_rejects_garbage() -> None:
     reply = dns.answer(query, {"a.b": {"A": ["192.0.2.1", "192.0.2.2"], "AAAA": []}})
     assert b"\xc0\x0c" in reply  # answers point back at the question's name
     assert [a for _, _, a in dns.decode_message(reply).answers] == ["192.0.2.1", "192.0.2.2"]
+    chain = {
+        "www.example.com": {"CNAME": ["edge.cdn.example.net"]},
+        "edge.cdn.example.net": {"A": ["192.0.2.9"], "AAAA": []},
+    }
+    aliased = dns.decode_message(
+        dns.answer(dns.encode_query(2, "www.example.com", dns.TYPE_A), chain)
+    )
+    assert aliased.answers == (("edge.cdn.example.net", dns.TYPE_A, "192.0.2.9"),)
     with pytest.raises(dns.DnsFormatError):
         dns.decode_message(b"\x00\x01")
     loop = b"\x00\x01\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01"
