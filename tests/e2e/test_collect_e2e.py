@@ -259,7 +259,7 @@ def collector_identity(control_plane: ControlPlane, tmp_path: Path) -> Iterator[
             check=False,
         )
         if made_namespace:
-            control_plane.kubectl("delete", "namespace", "netpol-sniffer", "--wait=false")
+            control_plane.kubectl("delete", "namespace", "netpol-sniffer", "--timeout=60s")
 
 
 def can_i(plane: ControlPlane, *args: str) -> bool:
