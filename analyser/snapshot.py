@@ -576,6 +576,16 @@ def _yaml_plain(value: object) -> object:
     return value
 
 
+def _without_nulls(value: Any) -> Any:
+    """The API server (and ``kubectl get -o json``) writes ``null`` for empty Go slices and
+    maps, e.g. an EndpointSlice without endpoints: null means absent, so drop those keys."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def _flatten(
     document: object, *, source: str, where: str, item_kind: str | None
 ) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -610,6 +620,7 @@ def parse_snapshot_documents(documents: Iterable[object], *, source: str) -> lis
             kind = obj["kind"]
             if kind not in KINDS:
                 continue
+            obj = _without_nulls(obj)
             meta = obj.get("metadata")
             name = meta.get("name") if isinstance(meta, dict) else None
             if not isinstance(name, str) or not name:

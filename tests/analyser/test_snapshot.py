@@ -252,3 +252,26 @@ def test_public_surface_without_networkx() -> None:
     # The graph library loads only where graphs are built (not for --help or verify's loading).
     check = "import sys, analyser; sys.exit('networkx' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
+
+
+def test_null_fields_as_the_api_server_writes_them_mean_absent() -> None:
+    # A Service without ready pods: the real API server prints "endpoints": null, "ports": null.
+    empty_slice = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "web-abcde",
+            "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": "web"},
+            "annotations": None,
+        },
+        "addressType": "IPv4",
+        "endpoints": None,
+        "ports": None,
+    }
+    pod = _pod("a", "10.0.0.1")
+    pod["spec"] = {"containers": [{"name": "main", "ports": None}], "volumes": None}
+    snapshot = Snapshot(parse_snapshot_documents([empty_slice, pod], source="null.json"))
+    (loaded,) = snapshot.slices_for("shop", "web")
+    assert "endpoints" not in loaded and "ports" not in loaded
+    assert [p["metadata"]["name"] for p in snapshot.of_kind("Pod")] == ["a"]
