@@ -59,9 +59,9 @@ class _Partial:
     dns_faults: Counter[str]
 
 
-def _read_one(path: Path, name: str) -> _Partial:
-    """One file → partial aggregates."""
-    capture = CaptureFile(path, name=name)
+def _read_one(path: Path, name: str, on_read: Callable[[int], None] | None = None) -> _Partial:
+    """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read."""
+    capture = CaptureFile(path, name=name, on_read=on_read)
     # Per key: [first seen, last seen, packets, bytes, handshake roles of the sender]. Skipped
     # packets land here too, under their Skip reason (with length 0), which spares a branch.
     tally: dict[PacketKey | Skip, list[Any]] = {}
@@ -137,33 +137,54 @@ def read_captures(
     ``paths`` are capture files (see ``sources.find_captures``); they are named in reports and
     ``Conversation.captures`` relative to ``root`` (the bundle directory). ``workers`` processes
     read files in parallel (default: one per core, at most one per file); ``workers=1`` reads
-    in this process. ``on_progress`` is called in this process with the on-disk size in bytes of
-    each file once it is read, so a progress bar can use the sum of the sizes as its total.
+    in this process. ``on_progress`` is called in this process with numbers of on-disk bytes
+    read (per megabyte when reading in this process, per file with workers), adding up to the
+    sum of the files' sizes, which a progress bar can use as its total.
 
     A damaged file never raises: its :class:`~analyser.sources.CaptureReport` says what went
     wrong and the packets before the damage count. The result is the same for any ``workers``.
     """
     names = [_name_under(path, root) for path in paths]
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
-    return _merge(_progress(zip(paths, _read_all(paths, names, count), strict=True), on_progress))
+    report = on_progress if on_progress is not None else _ignore
+    if count <= 1:
+        return _merge(_read_here(paths, names, report))
+    return _merge(_read_in_processes(paths, names, count, report))
 
 
-def _read_all(paths: Sequence[Path], names: Sequence[str], workers: int) -> Iterator[_Partial]:
-    """Each file's partial aggregates, in input order, as they are ready."""
-    if workers <= 1:
-        yield from map(_read_one, paths, names)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_read_one, paths, names)
+def _ignore(size: int) -> None:
+    """The progress callback when nobody listens."""
 
 
-def _progress(
-    partials: Iterable[tuple[Path, _Partial]], on_progress: Callable[[int], None] | None
+def _read_here(
+    paths: Sequence[Path], names: Sequence[str], on_progress: Callable[[int], None]
 ) -> Iterator[_Partial]:
-    for path, partial in partials:
-        if on_progress is not None:
+    """Files read in this process; progress as each megabyte is read."""
+    for path, name in zip(paths, names, strict=True):
+        done = 0
+
+        def advance(size: int) -> None:
+            nonlocal done
+            done += size
+            on_progress(size)
+
+        yield _read_one(path, name, on_read=advance)
+        # A damaged file is not read to its end: report the rest too, so the sizes add up.
+        if (rest := _size(path) - done) > 0:
+            on_progress(rest)
+
+
+def _read_in_processes(
+    paths: Sequence[Path],
+    names: Sequence[str],
+    workers: int,
+    on_progress: Callable[[int], None],
+) -> Iterator[_Partial]:
+    """Files read by a pool of processes, in input order as they are ready; progress per file."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for path, partial in zip(paths, pool.map(_read_one, paths, names), strict=True):
             on_progress(_size(path))
-        yield partial
+            yield partial
 
 
 def _size(path: Path) -> int:

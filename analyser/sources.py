@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -107,13 +107,19 @@ def ring_name(name: str) -> str:
     return member.group(1) if member else stem
 
 
-def _plain_chunks(path: Path) -> Iterator[bytes]:
+OnRead = Callable[[int], None] | None
+"""Told the number of on-disk bytes each time some are read (for progress bars)."""
+
+
+def _plain_chunks(path: Path, on_read: OnRead) -> Iterator[bytes]:
     with path.open("rb") as stream:
         while chunk := stream.read(CHUNK_SIZE):
+            if on_read is not None:
+                on_read(len(chunk))
             yield chunk
 
 
-def _gzip_chunks(path: Path) -> Iterator[bytes]:
+def _gzip_chunks(path: Path, on_read: OnRead) -> Iterator[bytes]:
     """Decompressed chunks of a gzip file (several members allowed), bounded in size.
 
     zlib is driven directly rather than through ``gzip.GzipFile`` so that everything decompressed
@@ -122,7 +128,7 @@ def _gzip_chunks(path: Path) -> Iterator[bytes]:
     decompressor = zlib.decompressobj(wbits=31)
     member_open = False  # bytes of a gzip member were fed and its end marker is not yet seen
     try:
-        for compressed in _plain_chunks(path):
+        for compressed in _plain_chunks(path, on_read):
             data = compressed
             while data:
                 member_open = True
@@ -144,10 +150,10 @@ def _gzip_chunks(path: Path) -> Iterator[bytes]:
         raise MalformedCapture(f"corrupt gzip stream: {error}") from error
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
+def _chunks(path: Path, on_read: OnRead) -> Iterator[bytes]:
     with path.open("rb") as stream:
         magic = stream.read(2)
-    return _gzip_chunks(path) if magic == _GZIP_MAGIC else _plain_chunks(path)
+    return _gzip_chunks(path, on_read) if magic == _GZIP_MAGIC else _plain_chunks(path, on_read)
 
 
 class _Stream:
@@ -177,7 +183,7 @@ class _Stream:
         return self.offset == len(self.buffer) and not self.fill(1)
 
 
-def batches(path: Path) -> Iterator[Batch]:
+def batches(path: Path, *, on_read: OnRead = None) -> Iterator[Batch]:
     """The records of a capture file in file order, in batches that share a link type.
 
     Raises :class:`~analyser.errors.TruncatedCapture` or :class:`~analyser.errors.MalformedCapture`
@@ -185,7 +191,7 @@ def batches(path: Path) -> Iterator[Batch]:
     :class:`~analyser.errors.CaptureError`.
     """
     try:
-        stream = _Stream(_chunks(path))
+        stream = _Stream(_chunks(path, on_read))
         if not stream.fill(4):
             if stream.buffer[stream.offset :]:
                 raise TruncatedCapture("the file ends inside the file header")
@@ -358,9 +364,10 @@ class CaptureFile:
     ``for linktype, timestamps, packets in capture.batches(): ...`` then ``capture.report``.
     """
 
-    def __init__(self, path: Path, *, name: str | None = None) -> None:
+    def __init__(self, path: Path, *, name: str | None = None, on_read: OnRead = None) -> None:
         self.path = path
         self.name = name if name is not None else str(path)
+        self.on_read = on_read
         self.report = CaptureReport(self.name, 0, 0)
 
     def batches(self) -> Iterator[Batch]:
@@ -368,7 +375,7 @@ class CaptureFile:
         size = 0
         error: CaptureError | None = None
         try:
-            for batch in batches(self.path):
+            for batch in batches(self.path, on_read=self.on_read):
                 packets += len(batch[2])
                 size += sum(map(len, batch[2]))
                 yield batch

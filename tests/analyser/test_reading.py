@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from analyser import sources
 from analyser.flows import Endpoint, Evidence, Protocol, orient
 from analyser.reading import read_captures
 from analyser.sources import find_captures
@@ -213,3 +214,12 @@ def test_damaged_bytes_never_crash_the_reading(tmp_path: Path) -> None:
     assert traffic.packets == sum(report.packets for report in traffic.reports)
     assert traffic.counted + sum(traffic.skipped.values()) == traffic.packets
     orient(traffic.conversations, None)
+
+
+def test_progress_in_process_comes_as_the_file_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "CHUNK_SIZE", 256)
+    paths = [DATA / "two-pods.pcap", DATA / "truncated.pcap", DATA / "garbage.pcap"]
+    progress: list[int] = []
+    read_captures(paths, root=DATA, workers=1, on_progress=progress.append)
+    assert len(progress) > len(paths)
+    assert sum(progress) == sum(path.stat().st_size for path in paths)
