@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from analyser.cli.main import main as main_cli
 from analyser.errors import LabError
 from lab import netns
 from lab.layouts import DNS_WORKLOAD
@@ -315,7 +316,8 @@ def test_leftovers_of_a_killed_run_are_removed(run_lab: LabRunner) -> None:
             netns.delete_namespace(dead)
 
 
-def test_ctrl_c_removes_everything(tmp_path: Path) -> None:
+def _start_cli_run(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """``netpol-sniffer lab run`` in a child process, returned once its window is open."""
     (tmp_path / "m.yaml").write_text(WEB_API)
     (tmp_path / "p.yaml").write_text("calls: [{from: front/Deployment/web, to: api.back:9000}]")
     process = subprocess.Popen(
@@ -338,10 +340,29 @@ def test_ctrl_c_removes_everything(tmp_path: Path) -> None:
         text=True,
     )
     assert process.stderr is not None
-    prefix = f"{netns.PREFIX}{process.pid}-"
-    for line in process.stderr:  # wait until the window is open
+    for line in process.stderr:
         if "capturing" in line:
             break
+    return process, f"{netns.PREFIX}{process.pid}-"
+
+
+def test_a_killed_run_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
+    process, prefix = _start_cli_run(tmp_path)
+    process.kill()  # SIGKILL: no clean-up of its own
+    process.wait(timeout=10)
+    left = [n for n in netns.list_namespaces() if n.startswith(prefix)]
+    assert left, "a killed run leaves its namespaces"
+    try:
+        assert main_cli(["lab", "clean"]) == 0
+        assert [n for n in netns.list_namespaces() if n.startswith(prefix)] == []
+    finally:
+        for name in netns.list_namespaces():
+            if name.startswith(prefix):
+                netns.delete_namespace(name)
+
+
+def test_ctrl_c_removes_everything(tmp_path: Path) -> None:
+    process, prefix = _start_cli_run(tmp_path)
     assert any(n.startswith(prefix) for n in netns.list_namespaces())
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 130
