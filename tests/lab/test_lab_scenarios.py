@@ -361,10 +361,11 @@ def test_a_killed_run_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
                 netns.delete_namespace(name)
 
 
-def test_ctrl_c_removes_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_remove_everything(tmp_path: Path, sig: signal.Signals) -> None:
     process, prefix = _start_cli_run(tmp_path)
     assert any(n.startswith(prefix) for n in netns.list_namespaces())
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     assert process.wait(timeout=30) == 130
     time.sleep(0.1)
     assert [n for n in netns.list_namespaces() if n.startswith(prefix)] == []
