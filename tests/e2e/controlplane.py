@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ctypes
 import datetime
 import ipaddress
 import json
@@ -342,8 +343,6 @@ class _AddressInUse(ControlPlaneError):
 
 def die_with_parent() -> None:
     # Children get SIGTERM when the test process dies, even from SIGKILL.
-    import ctypes
-
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
@@ -372,8 +371,12 @@ class ControlPlane:
         default_factory=lambda: Path(tempfile.mkdtemp(prefix="netpol-sniffer-e2e-"))
     )
     service_cluster_ip_range: str = "10.96.0.0/16"
-    _processes: list[_Process] = field(default_factory=list)
-    _stopped: bool = False
+    # Chosen by start().
+    apiserver_port: int = field(default=0, init=False)
+    etcd_url: str = field(default="", init=False)
+    _admin_pem: tuple[bytes, bytes] = field(default=(b"", b""), init=False)
+    _processes: list[_Process] = field(default_factory=list, init=False)
+    _stopped: bool = field(default=False, init=False)
 
     @property
     def kubeconfig(self) -> Path:
@@ -421,7 +424,7 @@ class ControlPlane:
                 self._start_etcd()
                 self._start_apiserver()
                 self._start_controller_manager()
-                self._wait_for_default_service_account("default")
+                self.wait_for_default_service_account("default")
                 return self
             except _AddressInUse:
                 if attempt == START_ATTEMPTS:
@@ -607,7 +610,9 @@ class ControlPlane:
             f"{process.name} not ready after {timeout:.0f} s:\n{process.log_tail()}"
         )
 
-    def _wait_for_default_service_account(self, namespace: str) -> None:
+    def wait_for_default_service_account(self, namespace: str) -> None:
+        """Pods are admitted only once the namespace's ``default`` ServiceAccount exists (the
+        controller manager makes it)."""
         controller_manager = next(p for p in self._processes if p.name == "kube-controller-manager")
 
         def exists() -> bool:
@@ -625,10 +630,6 @@ class ControlPlane:
             return found.stdout.strip() != ""
 
         self._wait(controller_manager, exists)
-
-    def wait_for_default_service_account(self, namespace: str) -> None:
-        """Pods are admitted only once the namespace's ``default`` ServiceAccount exists."""
-        self._wait_for_default_service_account(namespace)
 
 
 def _http_ok(url: str, *, context: ssl.SSLContext | None = None) -> bool:
