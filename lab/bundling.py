@@ -431,20 +431,6 @@ def pod_ip_event(pod: LabPod, event: str, at: float) -> JsonObject:
     }
 
 
-def meta_json(pod: LabPod, *, started: float) -> JsonObject:
-    """What the sidecar writes beside its captures (from the downward API)."""
-    return {
-        "pod": pod.name,
-        "namespace": pod.namespace,
-        "uid": pod.uid,
-        "ips": list(pod.ips),
-        "labels": dict(pod.labels),
-        "node": NODE_NAME,
-        "start_time": timestamp(started, precise=True),
-        "owner": None if pod.owner is None else {"kind": pod.owner.kind, "name": pod.owner.name},
-    }
-
-
 @dataclass(frozen=True, slots=True)
 class CallOutcome:
     """What one pod's agent reported for one call of the plan."""

@@ -1,10 +1,10 @@
-"""tcpdump inside each simulated pod, with the very argv the webhook's sidecar runs
-(``webhook.capture.tcpdump_argv``), writing where a bundle keeps captures, plus the sidecar's
-``meta.json`` beside them."""
+"""The capture sidecar inside each simulated pod: the capture image's own entrypoint (which
+writes ``meta.json``) running the very tcpdump argv the webhook injects
+(``webhook.capture.tcpdump_argv``), with the environment the downward API would give it, writing
+where a bundle keeps captures."""
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -12,23 +12,73 @@ import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
+import webhook
 from analyser.errors import LabError
 from lab import netns
-from webhook.capture import CaptureOptions, tcpdump_argv
+from webhook.capture import (
+    ENV_CAPTURE_DIRECTORY,
+    ENV_CAPTURE_MODE,
+    ENV_LABELS_FILE,
+    ENV_NODE_NAME,
+    ENV_POD_IPS,
+    ENV_POD_NAME,
+    ENV_POD_NAMESPACE,
+    ENV_POD_UID,
+    CaptureOptions,
+    tcpdump_argv,
+)
 
 READY_TIMEOUT = 10.0
+# The capture image's entrypoint, as the image ships it: writes meta.json, then execs tcpdump.
+SIDECAR_ENTRYPOINT = Path(webhook.__file__).parent / "capture-image" / "netpol-sniffer-capture"
 
 
-def capture_argv(options: CaptureOptions, directory: Path) -> list[str]:
-    """The sidecar's tcpdump command, pointed at ``directory``."""
-    return tcpdump_argv(replace(options, directory=str(directory)))
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    """What the downward API tells the sidecar about its pod."""
+
+    name: str
+    namespace: str
+    uid: str
+    ips: tuple[str, ...]
+    node: str
+    labels: tuple[tuple[str, str], ...]
 
 
-def write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+def labels_file(labels: tuple[tuple[str, str], ...]) -> str:
+    """The downward API's labels file: ``key="value"`` lines, sorted, as the kubelet writes it."""
+    return "".join(f'{key}="{value}"\n' for key, value in sorted(labels))
+
+
+def sidecar_environment(
+    pod: PodInfo, options: CaptureOptions, *, directory: Path, labels_path: Path
+) -> dict[str, str]:
+    """The sidecar container's environment for ``pod``: downward API values and settings."""
+    return {
+        ENV_POD_NAME: pod.name,
+        ENV_POD_NAMESPACE: pod.namespace,
+        ENV_POD_UID: pod.uid,
+        ENV_POD_IPS: ",".join(pod.ips),
+        ENV_NODE_NAME: pod.node,
+        ENV_CAPTURE_MODE: str(options.mode),
+        ENV_CAPTURE_DIRECTORY: str(directory),
+        ENV_LABELS_FILE: str(labels_path),
+    }
+
+
+def capture_argv(
+    options: CaptureOptions, directory: Path, environment: dict[str, str]
+) -> list[str]:
+    """The sidecar's command: its entrypoint with its environment, then tcpdump's argv pointed
+    at ``directory``."""
+    return [
+        "env",
+        *(f"{key}={value}" for key, value in sorted(environment.items())),
+        "sh",
+        str(SIDECAR_ENTRYPOINT),
+        *tcpdump_argv(replace(options, directory=str(directory))),
+    ]
 
 
 @dataclass
@@ -50,10 +100,17 @@ class Capture:
             self.process.stderr.close()
 
 
-def start(netns_name: str, directory: Path, options: CaptureOptions) -> Capture:
-    """Start tcpdump in ``netns_name``; return once it listens (it says so on stderr)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    argv = netns.in_namespace(netns_name, capture_argv(options, directory))
+def start(
+    netns_name: str, directory: Path, options: CaptureOptions, *, pod: PodInfo, scratch: Path
+) -> Capture:
+    """Start the sidecar in ``netns_name``; return once tcpdump listens (it says so on stderr).
+    ``scratch`` holds what the downward API volume would (the labels file)."""
+    if not SIDECAR_ENTRYPOINT.is_file():
+        raise LabError(f"the capture image's entrypoint {SIDECAR_ENTRYPOINT} is missing")
+    labels_path = scratch / f"{pod.namespace}.{pod.name}.labels"
+    labels_path.write_text(labels_file(pod.labels))
+    environment = sidecar_environment(pod, options, directory=directory, labels_path=labels_path)
+    argv = netns.in_namespace(netns_name, capture_argv(options, directory, environment))
     process = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

@@ -32,6 +32,7 @@ from lab.layouts import (
     DNS_WORKLOAD,
     NODE_IPV4,
     NODE_IPV6,
+    NODE_NAME,
     LabPod,
     Layout,
     build_layout,
@@ -313,9 +314,12 @@ class _Run:
         assert pod is not None
         directory = self.options.out / "captures" / pod.namespace / pod.name
 
+        info = capturing.PodInfo(pod.name, pod.namespace, pod.uid, pod.ips, NODE_NAME, pod.labels)
+
         def start() -> capturing.Capture:
-            capturing.write_meta(directory, bundling.meta_json(pod, started=time.time()))
-            return capturing.start(agent.netns, directory, self.capture_options)
+            return capturing.start(
+                agent.netns, directory, self.capture_options, pod=info, scratch=self.workdir
+            )
 
         return start
 

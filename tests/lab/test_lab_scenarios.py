@@ -206,6 +206,10 @@ events:
         duration=3,
     )
     (restart,) = lab.report["restarts"]  # type: ignore[misc]
+    # the sidecar of the pod that took the IP wrote it into its meta.json
+    metas = [json.loads((d / "meta.json").read_text()) for d in lab.pod_dirs("back", "worker-")]
+    takers = [m["pod"] for m in metas if restart["old_ips"][0] in m["ips"]]
+    assert takers == [restart["ip_reused_by"].split("/")[1]]
     events = [json.loads(line) for line in (lab.bundle / "pod-ips.jsonl").read_text().splitlines()]
     old_ip = restart["old_ips"][0]
     holders = [(e["event"], e["namespace"], e["pod"]) for e in events if old_ip in e["ips"]]
