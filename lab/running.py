@@ -106,6 +106,23 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """A second Ctrl-C (or SIGTERM) during the clean-up must not cut it short."""
+    try:
+        previous = {
+            sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_lab(options: LabOptions, *, log: Log = lambda _: None) -> LabResult:
     """Run the lab and write the bundle to ``options.out``."""
     started = time.monotonic()
@@ -128,8 +145,9 @@ def run_lab(options: LabOptions, *, log: Log = lambda _: None) -> LabResult:
         try:
             asyncio.run(run.main())
         finally:
-            network.close()
-            shutil.rmtree(workdir, ignore_errors=True)
+            with _uninterrupted():
+                network.close()
+                shutil.rmtree(workdir, ignore_errors=True)
     unmet = _unmet_expectations(plan, run.report["calls"])
     if unmet:
         raise LabError(
@@ -152,9 +170,10 @@ def _unmet_expectations(plan: TrafficPlan, calls: list[dict[str, Any]]) -> list[
 
 
 def _counts(totals: dict[str, Any]) -> str:
-    return ", ".join(
+    counts = ", ".join(
         f"{k} {totals[k]}" for k in ("attempts", "ok", "refused", "nxdomain", "failed")
     )
+    return counts + "".join(f"; {error}" for error in totals["errors"])
 
 
 @dataclass
@@ -508,6 +527,7 @@ class _Run:
                 "nxdomain": 0,
                 "failed": 0,
                 "servers": set(),
+                "errors": set(),
             }
             for c in plan.calls
         ]
@@ -520,6 +540,8 @@ class _Run:
                     entry[key] += result[key]
                 servers = tuple((str(s), int(p), str(peer)) for s, p, peer in result["servers"])
                 entry["servers"].update(f"{s}:{p}" for s, p, _ in servers)
+                if result["last_error"]:
+                    entry["errors"].add(result["last_error"])
                 outcomes.append(
                     bundling.CallOutcome(
                         client=call.client,
@@ -531,6 +553,7 @@ class _Run:
                 )
         for entry in totals:
             entry["servers"] = sorted(entry["servers"])
+            entry["errors"] = sorted(entry["errors"])
         self.truth = bundling.truth_flows(outcomes)
         self.report |= {
             "duration": self.duration,
