@@ -1,4 +1,5 @@
-"""Packets: captured bytes → small L3/L4 facts, and DNS messages → answers.
+"""Packets: captured bytes → small L3/L4 facts (one by one with ``decode``, or counted per
+5-tuple key with ``count_batch``), and DNS messages → answers.
 
 The only place that decodes link, network and transport headers, and (with dpkt.dns) DNS. Pure:
 no I/O. Decoding is best effort and never raises on bad bytes: a packet that is not IP, a
@@ -6,8 +7,8 @@ non-first fragment, a protocol other than TCP/UDP/SCTP or a header cut short by 
 comes back with a :class:`Skip` reason for the caller to count.
 
 The hot path reads fixed offsets with ``struct.unpack_from`` instead of building dpkt objects: it
-runs once per packet, millions of times per capture, and allocating a dpkt object per layer costs
-several microseconds each (see ``bench/analyse_throughput.py``).
+runs once per packet, millions of times per capture, and a dpkt object per layer costs
+microseconds each (see ``bench/analyse_throughput.py`` and ``docs/captures.md``).
 
 Link types (pcap LINKTYPE_* values) understood:
 
@@ -27,12 +28,15 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from functools import lru_cache
+from typing import Any
 
 import dpkt
+
+from analyser.flows import handshake_role
 
 TCP = 6
 UDP = 17
@@ -276,39 +280,12 @@ def _unknown_linktype(buf: bytes) -> PacketFacts:
     return _UNKNOWN_LINKTYPE
 
 
-def _with_fast_path(ethertype_at: int, ip_at: int, general: Decoder) -> Decoder:
-    """``general``, preceded by a fast path for nearly every packet: the IPv4 EtherType at
-    ``ethertype_at``, and at ``ip_at`` a 20-byte IPv4 header, not a fragment, carrying TCP or UDP
-    with at least 14 bytes captured. One call and one unpack instead of one per layer (about a
-    fifth of the decoding time); anything else, and any doubt, goes to ``general``."""
-    unpack = _IPV4_PLAIN.unpack_from
-    minimum = ip_at + 34
-    tcp_at, udp_payload_at = ip_at + 20, ip_at + 28
-    low_at = ethertype_at + 1
-
-    def decoder(buf: bytes) -> PacketFacts:
-        if len(buf) >= minimum and buf[ethertype_at] == 0x08 and buf[low_at] == 0x00:
-            version_ihl, length, fragment, protocol, key, data_offset, flags = unpack(buf, ip_at)
-            if version_ihl == 0x45 and not fragment & 0x1FFF:
-                # Port 53 (0x0035) at either end: the last four bytes of the key are the ports.
-                dns = (key[9] == DNS_PORT and key[8] == 0) or (key[11] == DNS_PORT and key[10] == 0)
-                if protocol == TCP:
-                    if dns:
-                        return (TCP, key), flags, length, buf[tcp_at + (data_offset >> 4) * 4 :]
-                    return (TCP, key), flags, length, None
-                if protocol == UDP:
-                    return (UDP, key), 0, length, buf[udp_payload_at:] if dns else None
-        return general(buf)
-
-    return decoder
-
-
 _DECODERS: dict[int, Decoder] = {
     LINKTYPE_NULL: decode_null,
-    LINKTYPE_ETHERNET: _with_fast_path(12, 14, decode_ethernet),
+    LINKTYPE_ETHERNET: decode_ethernet,
     LINKTYPE_LOOP: decode_loop,
-    LINKTYPE_LINUX_SLL: _with_fast_path(14, 16, decode_linux_sll),
-    LINKTYPE_LINUX_SLL2: _with_fast_path(0, 20, decode_linux_sll2),
+    LINKTYPE_LINUX_SLL: decode_linux_sll,
+    LINKTYPE_LINUX_SLL2: decode_linux_sll2,
     **dict.fromkeys(LINKTYPES_RAW, decode_raw),
 }
 
@@ -321,6 +298,80 @@ def decoder_for(linktype: int) -> Decoder:
 def decode(linktype: int, buf: bytes) -> PacketFacts:
     """Facts of one captured packet, or (in the key's place) why there are none."""
     return decoder_for(linktype)(buf)
+
+
+# --- Counting ------------------------------------------------------------------------------
+
+# Link types whose header has a fixed size: where the EtherType and the IP header are, for the
+# inline decoding in ``count_batch``.
+_INLINE_LAYOUTS: dict[int, tuple[int, int]] = {
+    LINKTYPE_ETHERNET: (12, 14),
+    LINKTYPE_LINUX_SLL: (14, 16),
+    LINKTYPE_LINUX_SLL2: (0, 20),
+}
+
+Tally = dict[PacketKey | Skip, list[Any]]
+"""Per key (or Skip reason): ``[first seen, last seen, packets, bytes, handshake roles]``, the
+roles being the ``flows.ROLE_*`` bits of what the key's source sent."""
+DnsPayload = tuple[float, PacketKey | Skip, bytes]
+"""(timestamp, key, port-53 payload)"""
+
+
+def count_batch(
+    linktype: int,
+    timestamps: Sequence[float],
+    packets: Sequence[bytes],
+    tally: Tally,
+    dns_payloads: list[DnsPayload],
+) -> None:
+    """Count a batch of records (one link type) into ``tally`` and collect port-53 payloads.
+
+    The result is what decoding every packet with :func:`decode` and counting its facts gives;
+    but the common case (the IPv4 EtherType behind Ethernet or Linux cooked v1/v2, a 20-byte IPv4
+    header, not a fragment, TCP or UDP with 14 bytes of transport header captured) is decoded
+    inline with one unpack at fixed offsets: a decoder call and a facts tuple per packet would
+    double the time of this loop, which runs once per packet of every capture. Everything else
+    goes through the link type's decoder. ``test_packets`` checks that the two agree.
+    """
+    general = decoder_for(linktype)
+    ethertype_at, ip_at = _INLINE_LAYOUTS.get(linktype, (0, -1))
+    # Without a layout, no packet is long enough for the inline case.
+    minimum = ip_at + 34 if ip_at >= 0 else 1 << 62
+    low_at, tcp_at, udp_payload_at = ethertype_at + 1, ip_at + 20, ip_at + 28
+    unpack = _IPV4_PLAIN.unpack_from
+    lookup = tally.get
+    for timestamp, data in zip(timestamps, packets, strict=True):
+        inline = False
+        if len(data) >= minimum and data[ethertype_at] == 0x08 and data[low_at] == 0x00:
+            version_ihl, length, fragment, protocol, raw, data_offset, control = unpack(data, ip_at)
+            inline = version_ihl == 0x45 and not fragment & 0x1FFF and protocol in (TCP, UDP)
+        if inline:
+            key: PacketKey | Skip = (protocol, raw)
+            if protocol == UDP:
+                control = 0
+            # Port 53 (0x0035) at either end: the last four bytes of the key are the ports.
+            if (raw[9] == DNS_PORT and raw[8] == 0) or (raw[11] == DNS_PORT and raw[10] == 0):
+                at = tcp_at + (data_offset >> 4) * 4 if protocol == TCP else udp_payload_at
+                dns_payloads.append((timestamp, key, data[at:]))
+        else:
+            key, control, length, payload = general(data)
+            if payload is not None:
+                dns_payloads.append((timestamp, key, payload))
+        entry = lookup(key)
+        if entry is None:
+            # A Skip key always comes with control 0, so key[0] is a protocol number here.
+            role = handshake_role(key[0], control) if control else 0  # type: ignore[index]
+            tally[key] = [timestamp, timestamp, 1, length, role]
+        else:
+            if timestamp > entry[1]:
+                entry[1] = timestamp
+            elif timestamp < entry[0]:
+                entry[0] = timestamp
+            entry[2] += 1
+            entry[3] += length
+            # SYN and FIN (TCP), INIT and INIT-ACK (SCTP) have a low bit set; ACKs do not.
+            if control & 3:
+                entry[4] |= handshake_role(key[0], control)  # type: ignore[index]
 
 
 # --- DNS -------------------------------------------------------------------------------------

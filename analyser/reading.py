@@ -1,7 +1,8 @@
 """Reading: capture files → :class:`Traffic` (conversations, DNS names, what each file gave).
 
-The shell that puts ``sources`` (files → records), ``packets`` (records → facts), ``flows``
-(facts → conversations) and ``dns`` together, one file per task, on every core. Each worker
+The shell that puts ``sources`` (files → records), ``packets`` (records → facts counted per
+5-tuple), ``flows`` (counts → conversations) and ``dns`` together, one file per task, on every
+core. Each worker
 returns partial aggregates that are merged in the order of the input, and every merge is
 commutative, so the result does not depend on the number of workers.
 
@@ -19,7 +20,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from analyser.dns import DnsTable
 from analyser.flows import (
@@ -27,10 +27,9 @@ from analyser.flows import (
     Conversation,
     ConversationTable,
     DirectedTraffic,
-    handshake_role,
     protocol_named,
 )
-from analyser.packets import TCP, PacketKey, Skip, decoder_for, split_key
+from analyser.packets import TCP, DnsPayload, Skip, Tally, count_batch, split_key
 from analyser.sources import CaptureFile, CaptureReport, ring_name
 
 
@@ -62,34 +61,18 @@ class _Partial:
 def _read_one(path: Path, name: str, on_read: Callable[[int], None] | None = None) -> _Partial:
     """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read."""
     capture = CaptureFile(path, name=name, on_read=on_read)
-    # Per key: [first seen, last seen, packets, bytes, handshake roles of the sender]. Skipped
-    # packets land here too, under their Skip reason (with length 0), which spares a branch.
-    tally: dict[PacketKey | Skip, list[Any]] = {}
+    tally: Tally = {}
+    dns_payloads: list[DnsPayload] = []
     dns = DnsTable()
     dns_faults: Counter[str] = Counter()
-    # The hot loop, once per packet: locals, plain tuples and lists, one dict lookup.
     for linktype, timestamps, packets in capture.batches():
-        decoded = map(decoder_for(linktype), packets)
-        for timestamp, (key, control, length, payload) in zip(timestamps, decoded, strict=True):
-            entry = tally.get(key)
-            # (A Skip key always comes with control 0, so key[0] below is a protocol number.)
-            if entry is None:
-                role = handshake_role(key[0], control) if control else 0  # type: ignore[index]
-                tally[key] = [timestamp, timestamp, 1, length, role]
-            else:
-                if timestamp > entry[1]:
-                    entry[1] = timestamp
-                elif timestamp < entry[0]:
-                    entry[0] = timestamp
-                entry[2] += 1
-                entry[3] += length
-                # SYN and FIN (TCP), INIT and INIT-ACK (SCTP) have a low bit set; ACKs do not.
-                if control & 3:
-                    entry[4] |= handshake_role(key[0], control)  # type: ignore[index]
-            if payload is not None and isinstance(key, tuple):
+        count_batch(linktype, timestamps, packets, tally, dns_payloads)
+        for timestamp, key, payload in dns_payloads:
+            if isinstance(key, tuple):
                 fault = dns.add_payload(payload, over_tcp=key[0] == TCP, at=timestamp)
                 if fault is not None:
                     dns_faults[fault.value] += 1
+        dns_payloads.clear()
     skipped: Counter[str] = Counter()
     directed = []
     counted = 0
