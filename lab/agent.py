@@ -9,6 +9,7 @@ commands, one JSON object per line on stdin, and reports on stdout:
     ← {"cmd": "stop"}                         end the calls early (the pod is being deleted)
     ← {"cmd": "records", "records": {...}}   the DNS pod's new table
     ← {"cmd": "probes", "targets": [[ip, port], ...]}   the kubelet's new probe targets
+    ← {"cmd": "reset"}                        the kubelet counts probes from now on (the window)
     ← {"cmd": "exit"} or end of stdin         close everything and exit
 """
 
@@ -57,7 +58,7 @@ async def run(config: dict[str, Any]) -> None:
     running: asyncio.Task[None] | None = None
 
     def report() -> None:
-        extra = {} if prober is None else {"probes": {"ok": prober.ok, "failed": prober.failed}}
+        extra = {} if prober is None else {"probes": prober.to_json()}
         _say("done", results=[r.to_json() for r in client.results.values()], **extra)
 
     async def window(duration: float) -> None:
@@ -89,6 +90,9 @@ async def run(config: dict[str, Any]) -> None:
                 case "probes":
                     if prober is not None:
                         prober.targets = [(a, p) for a, p in command["targets"]]
+                case "reset":
+                    if prober is not None:
+                        prober.reset()
                 case "exit":
                     break
     finally:

@@ -249,6 +249,7 @@ class _Run:
     report: dict[str, Any] = field(default_factory=dict)
     window_start: float = 0.0
     kubelet: _Agent | None = None
+    probed: list[tuple[str, int, str]] = field(default_factory=list)  # (server, port, peer)
 
     @property
     def capture_options(self) -> CaptureOptions:
@@ -313,18 +314,20 @@ class _Run:
         self.log(f"capturing ({self.options.capture_mode}) for {self.duration:g}s")
         for agent in self.agents:
             await agent.send("start", duration=self.duration)
+        await self.kubelet.send("reset")
         restarts = [asyncio.create_task(self._restart(r)) for r in layout.plan.restarts]
         await asyncio.gather(*restarts)
         for agent in self.agents:
             if agent.results is None:
                 await agent.expect("done", self.duration + READY_TIMEOUT)
         await self.kubelet.send("stop")
-        probes = (await self.kubelet.expect("done", READY_TIMEOUT)).get("probes", {})
+        probes = (await self.kubelet.expect("done", READY_TIMEOUT))["probes"]
         await asyncio.sleep(SETTLE_SECONDS)
         for agent in self.agents:
             if agent.capture is not None:
                 agent.capture.stop()
-        self.report["probes"] = probes
+        self.report["probes"] = {"ok": probes["ok"], "failed": probes["failed"]}
+        self.probed = [(str(s), int(p), str(peer)) for s, p, peer in probes["servers"]]
         window_end = time.time()
         self._conclude(window_end)
 
@@ -551,6 +554,16 @@ class _Run:
                         servers=servers,
                     )
                 )
+        # the kubelet's probes happened too: from the node's address to the probed pods
+        outcomes.append(
+            bundling.CallOutcome(
+                client=f"ip:{NODE_IPV4}",
+                protocol="TCP",
+                ok=len(self.probed),
+                dns_answered=False,
+                servers=tuple(self.probed),
+            )
+        )
         for entry in totals:
             entry["servers"] = sorted(entry["servers"])
             entry["errors"] = sorted(entry["errors"])

@@ -259,12 +259,21 @@ class Client:
 
 class Prober:
     """The kubelet's network probes (httpGet, tcpSocket, grpc): from the node, a TCP connection
-    to every target every ``PROBE_PERIOD`` seconds; ``targets`` can be replaced as pods change."""
+    to every target every ``PROBE_PERIOD`` seconds; ``targets`` can be replaced as pods change.
+    Counts, and who answered, cover the time since the last ``reset`` (the capture window)."""
 
     def __init__(self, targets: list[tuple[str, int]]) -> None:
         self.targets = targets
         self.ok = 0
         self.failed = 0
+        self.servers: set[tuple[str, int, str]] = set()
+
+    def reset(self) -> None:
+        self.ok = self.failed = 0
+        self.servers.clear()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "failed": self.failed, "servers": sorted(map(list, self.servers))}
 
     async def _probe(self, address: str, port: int) -> None:
         try:
@@ -274,14 +283,17 @@ class Prober:
             try:
                 writer.write(b"probe\n")
                 await writer.drain()
-                if not await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT):
+                line = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
+                if not line:
                     raise ConnectionResetError("closed without a reply")
             finally:
                 writer.close()
-        except (OSError, TimeoutError):
+            server = _parse_reply(line)
+        except (OSError, TimeoutError, ValueError, KeyError):
             self.failed += 1
         else:
             self.ok += 1
+            self.servers.add(server)
 
     async def run(self) -> None:
         while True:

@@ -94,9 +94,10 @@ def test_microservices_demo(run_lab: LabRunner) -> None:
         == []
     )
     assert lab.packets("default", "cartservice", "tcp port 6379 and tcp[tcpflags] & tcp-fin != 0")
-    # the kubelet probes every pod from the node's address
+    # the kubelet probes every pod from the node's address, and truth says so
     assert lab.report["probes"]["ok"] > 0  # type: ignore[index]
     assert lab.packets("default", "frontend", "src host 172.18.0.2 and dst port 8080")
+    assert flow("ip:172.18.0.2", "default/Deployment/emailservice", 8080) in truth
     files = assert_policies_match_truth(lab.bundle)
     judged = analyse_and_judge(lab.bundle)
     for workload in ("emailservice", "frontend"):
