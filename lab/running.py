@@ -148,7 +148,7 @@ def run_lab(options: LabOptions, *, log: Log = lambda _: None) -> LabResult:
             with _uninterrupted():
                 network.close()
                 shutil.rmtree(workdir, ignore_errors=True)
-    unmet = _unmet_expectations(plan, run.report["calls"])
+    unmet = unmet_expectations(plan, run.report["calls"])
     if unmet:
         raise LabError(
             f"the lab did not behave as planned (bundle kept in {options.out}): " + "; ".join(unmet)
@@ -156,7 +156,7 @@ def run_lab(options: LabOptions, *, log: Log = lambda _: None) -> LabResult:
     return LabResult(options.out, run.truth, run.report, time.monotonic() - started)
 
 
-def _unmet_expectations(plan: TrafficPlan, calls: list[dict[str, Any]]) -> list[str]:
+def unmet_expectations(plan: TrafficPlan, calls: list[dict[str, Any]]) -> list[str]:
     unmet = []
     for call, totals in zip(plan.calls, calls, strict=True):
         what = f"{call.client} → {call.host}:{call.port}/{call.protocol}"
