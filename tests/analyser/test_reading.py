@@ -145,12 +145,16 @@ def _free_port(kind: socket.SocketKind) -> int:
 
 
 @pytest.mark.root
-def test_real_tcpdump_any_on_loopback(tmp_path: Path) -> None:
-    """The sidecar's own tcpdump command line, on the host's loopback: Linux cooked v2, ring
-    file names, and flows with the right direction."""
+@pytest.mark.parametrize(("link", "linktype"), [(None, 276), ("LINUX_SLL", 113)])
+def test_real_tcpdump_any_on_loopback(tmp_path: Path, link: str | None, linktype: int) -> None:
+    """The sidecar's own tcpdump command line, on the host's loopback: Linux cooked v2 (what it
+    writes by default) or v1 (``-y LINUX_SLL``, what older libpcap writes), ring file names, and
+    flows with the right direction."""
     if shutil.which("tcpdump") is None:
         pytest.fail("tcpdump is not installed (make test installs it)")
     argv = tcpdump_argv(CaptureOptions(directory=str(tmp_path), rotate_files=3))
+    if link is not None:
+        argv[1:1] = ["-y", link]
     tcp_port, udp_port = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
     # Only our own ports: the machine's other traffic is none of this test's business.
     argv[-1] = f"({argv[-1]}) and (port {tcp_port} or port {udp_port})"
@@ -178,6 +182,7 @@ def test_real_tcpdump_any_on_loopback(tmp_path: Path) -> None:
         tcpdump.wait(timeout=10)
     paths = find_captures(tmp_path)
     assert [path.name for path in paths] == ["capture.pcap0"]
+    assert {record[1] for record in sources.records(paths[0])} == {linktype}
     traffic = read_captures(paths, root=tmp_path, workers=1)
     assert traffic.reports[0].ok, traffic.reports[0]
     udp_server = Endpoint("127.0.0.1", udp_port)
