@@ -208,24 +208,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m certs.make_certs",
         description="Make a CA and a serving certificate for the webhook; print the caBundle.",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory (%(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, metavar="DIR", help="directory (%(default)s)"
+    )
     parser.add_argument("--service", default=DEFAULT_SERVICE, help="Service name (%(default)s)")
     parser.add_argument(
         "--namespace", default=DEFAULT_NAMESPACE, help="its namespace (%(default)s)"
     )
     parser.add_argument(
-        "--san", action="append", default=[], help="another DNS name or IP address (repeatable)"
+        "--san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another DNS name or IP address (repeatable)",
     )
     parser.add_argument(
         "--no-loopback", action="store_true", help="leave out localhost, 127.0.0.1 and ::1"
     )
-    parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help="validity (%(default)s)")
+    parser.add_argument(
+        "--days", type=int, default=DEFAULT_DAYS, metavar="N", help="validity in days (%(default)s)"
+    )
     parser.add_argument(
         "--reuse-ca", action="store_true", help="keep the CA already in --out (same caBundle)"
     )
     parser.add_argument(
         "--overlay",
         type=Path,
+        metavar="DIR",
         help="also write the self-signed overlay's generated/ inputs into this directory",
     )
     args = parser.parse_args(argv)

@@ -128,6 +128,8 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         description="The netpol-sniffer mutating admission webhook: injects the tcpdump capture "
         "sidecar into new pods of namespaces labelled netpol-sniffer.io/capture=enabled. Every "
         "option can also be set with the environment variable named in its help.",
+        epilog="What is injected (image, capture mode, ring size, resources, namespaces to skip) "
+        "comes from --config and NETPOL_SNIFFER_<SETTING> variables: see docs/webhook.md.",
     )
 
     def option(
@@ -145,20 +147,29 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--host",
         "NETPOL_SNIFFER_HOST",
         f"address to listen on [{DEFAULT_HOST}]",
+        metavar="H",
         default=DEFAULT_HOST,
     )
-    option("--port", "NETPOL_SNIFFER_PORT", f"port [{DEFAULT_PORT}]", default=str(DEFAULT_PORT))
+    option(
+        "--port",
+        "NETPOL_SNIFFER_PORT",
+        f"port [{DEFAULT_PORT}]",
+        metavar="N",
+        default=str(DEFAULT_PORT),
+    )
     option("--config", "NETPOL_SNIFFER_CONFIG", "settings file, YAML or JSON", metavar="FILE")
     option(
         "--tls-poll-seconds",
         "NETPOL_SNIFFER_TLS_POLL_SECONDS",
         f"how often to look for a renewed certificate [{DEFAULT_POLL_SECONDS:g}]",
+        metavar="S",
         default=str(DEFAULT_POLL_SECONDS),
     )
     option(
         "--log-level",
         "NETPOL_SNIFFER_LOG_LEVEL",
         "debug, info, warning or error [info]",
+        metavar="LEVEL",
         default="info",
     )
     return parser
