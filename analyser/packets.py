@@ -103,6 +103,9 @@ _UNKNOWN_LINKTYPE: PacketFacts = (Skip.UNKNOWN_LINKTYPE, 0, 0, None)
 # flags/fragment offset, protocol, addresses and ports in one piece, TCP data offset and flags
 # (meaningless for UDP).
 _IPV4_PLAIN = struct.Struct("!BxHxxHxB2x12s8xBB")
+# IPv6 without extension headers and TCP or UDP: payload length, next header, addresses and
+# ports in one piece, TCP data offset and flags (meaningless for UDP).
+_IPV6_PLAIN = struct.Struct("!4xHBx36s8xBB")
 # Any IPv4 header: version/IHL, total length, flags/fragment offset, protocol, addresses.
 _IPV4 = struct.Struct("!BxHxxHxB2x8s")
 # IPv6: payload length, next header, addresses.
@@ -327,31 +330,42 @@ def count_batch(
     """Count a batch of records (one link type) into ``tally`` and collect port-53 payloads.
 
     The result is what decoding every packet with :func:`decode` and counting its facts gives;
-    but the common case (the IPv4 EtherType behind Ethernet or Linux cooked v1/v2, a 20-byte IPv4
-    header, not a fragment, TCP or UDP with 14 bytes of transport header captured) is decoded
-    inline with one unpack at fixed offsets: a decoder call and a facts tuple per packet would
-    double the time of this loop, which runs once per packet of every capture. Everything else
-    goes through the link type's decoder. ``test_packets`` checks that the two agree.
+    but the common case (behind Ethernet or Linux cooked v1/v2: IPv4 with a 20-byte header, not a
+    fragment, or IPv6 without extension headers, carrying TCP or UDP with 14 bytes of transport
+    header captured) is decoded inline with one unpack at fixed offsets: a decoder call and a
+    facts tuple per packet would cost more than the rest of this loop, which runs once per packet
+    of every capture. Everything else goes through the link type's decoder. ``test_packets``
+    checks that the two agree.
     """
     general = decoder_for(linktype)
     ethertype_at, ip_at = _INLINE_LAYOUTS.get(linktype, (0, -1))
     # Without a layout, no packet is long enough for the inline case.
     minimum = ip_at + 34 if ip_at >= 0 else 1 << 62
-    low_at, tcp_at, udp_payload_at = ethertype_at + 1, ip_at + 20, ip_at + 28
-    unpack = _IPV4_PLAIN.unpack_from
+    minimum_v6 = minimum + 20
+    low_at = ethertype_at + 1
+    unpack_v4, unpack_v6 = _IPV4_PLAIN.unpack_from, _IPV6_PLAIN.unpack_from
     lookup = tally.get
     for timestamp, data in zip(timestamps, packets, strict=True):
         inline = False
-        if len(data) >= minimum and data[ethertype_at] == 0x08 and data[low_at] == 0x00:
-            version_ihl, length, fragment, protocol, raw, data_offset, control = unpack(data, ip_at)
-            inline = version_ihl == 0x45 and not fragment & 0x1FFF and protocol in (TCP, UDP)
+        if len(data) >= minimum:
+            if data[ethertype_at] == 0x08 and data[low_at] == 0x00:
+                version_ihl, length, fragment, protocol, raw, data_offset, control = unpack_v4(
+                    data, ip_at
+                )
+                inline = version_ihl == 0x45 and not fragment & 0x1FFF and protocol in (TCP, UDP)
+                transport_at = ip_at + 20
+            elif data[ethertype_at] == 0x86 and data[low_at] == 0xDD and len(data) >= minimum_v6:
+                length, protocol, raw, data_offset, control = unpack_v6(data, ip_at)
+                length += 40
+                inline = protocol in (TCP, UDP)
+                transport_at = ip_at + 40
         if inline:
             key: PacketKey | Skip = (protocol, raw)
             if protocol == UDP:
                 control = 0
             # Port 53 (0x0035) at either end: the last four bytes of the key are the ports.
-            if (raw[9] == DNS_PORT and raw[8] == 0) or (raw[11] == DNS_PORT and raw[10] == 0):
-                at = tcp_at + (data_offset >> 4) * 4 if protocol == TCP else udp_payload_at
+            if (raw[-3] == DNS_PORT and raw[-4] == 0) or (raw[-1] == DNS_PORT and raw[-2] == 0):
+                at = transport_at + ((data_offset >> 4) * 4 if protocol == TCP else 8)
                 dns_payloads.append((timestamp, key, data[at:]))
         else:
             key, control, length, payload = general(data)
