@@ -142,12 +142,16 @@ def run_lab(options: LabOptions, *, log: Log = lambda _: None) -> LabResult:
         network = netns.Network()
         workdir = Path(tempfile.mkdtemp(prefix="nps-lab-"))
         run = _Run(layout, network, workdir, options, duration, log)
+        written = False
         try:
             asyncio.run(run.main())
+            written = True
         finally:
             with _uninterrupted():
                 network.close()
                 shutil.rmtree(workdir, ignore_errors=True)
+                if not written:  # half a bundle is no bundle: the next run may use --out again
+                    shutil.rmtree(options.out, ignore_errors=True)
     unmet = unmet_expectations(plan, run.report["calls"])
     if unmet:
         raise LabError(

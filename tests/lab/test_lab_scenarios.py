@@ -378,7 +378,7 @@ def test_ctrl_c_and_sigterm_remove_everything(tmp_path: Path, sig: signal.Signal
     assert process.wait(timeout=30) == 130
     time.sleep(0.1)
     assert [n for n in netns.list_namespaces() if n.startswith(prefix)] == []
-    assert os.path.exists(tmp_path / "bundle")
+    assert not os.path.exists(tmp_path / "bundle")  # no half bundle left
 
 
 KINDS = """
