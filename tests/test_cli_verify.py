@@ -195,6 +195,8 @@ def test_lab_bundle_missing_email_rule_is_named(
     )
     assert main(["diff", str(example_policies), str(broken), "--snapshot", str(EXAMPLE)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line[:2] in ("+ ", "- ")]
+    # The recorded bundle has the kubelet's readiness probes from the node's address too.
     assert lines == [
-        "- default/Deployment/checkoutservice → default/Deployment/emailservice: 8080/TCP"
+        "- default/Deployment/checkoutservice → default/Deployment/emailservice: 8080/TCP",
+        "- ip:172.18.0.2/32 → default/Deployment/emailservice: 8080/TCP",
     ]
