@@ -14,10 +14,12 @@ Usage::
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +60,28 @@ class _Partial:
     dns_faults: Counter[str]
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector. Reading allocates millions of small tuples and lists
+    and keeps hundreds of thousands alive, so the collector runs again and again over the same
+    live objects (about a tenth of the time) and finds nothing: these structures hold no
+    reference cycles. Reference counting still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _read_one(path: Path, name: str, on_read: Callable[[int], None] | None = None) -> _Partial:
     """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read."""
+    with _no_cyclic_gc():
+        return _count_file(path, name, on_read)
+
+
+def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) -> _Partial:
     capture = CaptureFile(path, name=name, on_read=on_read)
     tally: Tally = {}
     dns_payloads: list[DnsPayload] = []
@@ -179,6 +201,11 @@ def _size(path: Path) -> int:
 
 def _merge(partials: Iterable[_Partial]) -> Traffic:
     """Fold partial aggregates one by one (in input order), so only the merged total is kept."""
+    with _no_cyclic_gc():
+        return _merge_all(partials)
+
+
+def _merge_all(partials: Iterable[_Partial]) -> Traffic:
     conversations = ConversationTable()
     dns = DnsTable()
     reports = []
