@@ -2,9 +2,8 @@
 
 The shell that puts ``sources`` (files → records), ``packets`` (records → facts counted per
 5-tuple), ``flows`` (counts → conversations) and ``dns`` together, one file per task, on every
-core. Each worker
-returns partial aggregates that are merged in the order of the input, and every merge is
-commutative, so the result does not depend on the number of workers.
+core. Each worker returns partial aggregates that are merged in the order of the input, and
+every merge is commutative, so the result does not depend on the number of workers.
 
 Usage::
 
