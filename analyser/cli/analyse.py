@@ -23,20 +23,11 @@ import json
 import sys
 from pathlib import Path
 
+from analyser.cli.arguments import positive_int
 from analyser.cli.main import PROG, ExitStatus
 from analyser.cli.progress import Progress
 
 SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
-
-
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=_workers,
+        type=positive_int,
         metavar="N",
         help="processes reading capture files (default: one per core)",
     )

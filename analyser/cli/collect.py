@@ -21,30 +21,11 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+from analyser.cli.arguments import positive_int, seconds
 from analyser.cli.main import PROG, ExitStatus
 from analyser.cli.progress import Progress
 
 SUMMARY = "pull captures and a cluster snapshot into a bundle"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds ≥ 0, got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=_seconds,
+        type=seconds,
         default=0.0,
         metavar="S",
         help="watch pod IP changes this long before the snapshot (default: 0, snapshot now)",
@@ -75,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", metavar="NAME", help="kubeconfig context to use")
     parser.add_argument(
         "--parallel",
-        type=_positive,
+        type=positive_int,
         default=4,
         metavar="N",
         help="pods pulled at the same time (default: 4)",

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from analyser.cli.arguments import add_capture_mode, positive_seconds
 from analyser.cli.main import PROG, ExitStatus
 from analyser.errors import LabError
 
@@ -44,17 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=float,
+        type=positive_seconds,
         default=DEFAULT_DURATION,
         metavar="S",
         help=f"the lab's capture window in seconds (default: {DEFAULT_DURATION:g})",
     )
-    parser.add_argument(
-        "--capture-mode",
-        choices=("handshake", "full"),
-        default="handshake",
-        help="the sidecar's capture mode in the lab (default: handshake)",
-    )
+    add_capture_mode(parser, help_prefix="the sidecar's capture mode in the lab")
     parser.add_argument(
         "--recorded",
         action="store_true",

@@ -21,19 +21,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from analyser.cli.arguments import add_capture_mode, positive_seconds
 from analyser.cli.main import PROG, ExitStatus
 
 SUMMARY = "run the pipeline on a simulated cluster of network namespaces"
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,15 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BUNDLE",
         help="the bundle directory to write (must not exist or be empty)",
     )
-    run_parser.add_argument(
-        "--capture-mode",
-        choices=("handshake", "full"),
-        default="handshake",
-        help="the sidecar's capture mode (default: handshake)",
-    )
+    add_capture_mode(run_parser, help_prefix="the sidecar's capture mode")
     run_parser.add_argument(
         "--duration",
-        type=_seconds,
+        type=positive_seconds,
         metavar="S",
         help="capture window in seconds (default: the plan's 'duration')",
     )

@@ -1,0 +1,54 @@
+"""Argument types and options that several subcommands share, so they read and fail alike.
+
+Pure argparse: no I/O and no imports beyond the standard library, so ``--help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# webhook.capture.CaptureMode's values, repeated so that parsing options imports no webhook code.
+CAPTURE_MODES = ("handshake", "full")
+
+
+def positive_int(text: str) -> int:
+    """A whole number ≥ 1 (worker and parallelism counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A number of seconds ≥ 0 (0: do not wait)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds ≥ 0, got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """A number of seconds > 0 (a capture window)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def add_capture_mode(parser: argparse.ArgumentParser, *, help_prefix: str) -> None:
+    """``--capture-mode``: the sidecar's capture mode in a lab run (default: handshake)."""
+    parser.add_argument(
+        "--capture-mode",
+        choices=CAPTURE_MODES,
+        default=CAPTURE_MODES[0],
+        help=f"{help_prefix} (default: {CAPTURE_MODES[0]})",
+    )

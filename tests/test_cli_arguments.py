@@ -1,0 +1,77 @@
+"""The argument types and options the subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from analyser.cli.arguments import (
+    CAPTURE_MODES,
+    add_capture_mode,
+    positive_int,
+    positive_seconds,
+    seconds,
+)
+from webhook.capture import CaptureMode
+
+
+def test_positive_int() -> None:
+    assert positive_int("4") == 4
+    for text in ("0", "-1", "1.5", "many"):
+        with pytest.raises(argparse.ArgumentTypeError, match="at least 1"):
+            positive_int(text)
+
+
+def test_seconds_allows_zero_but_not_negative() -> None:
+    assert seconds("0") == 0.0
+    assert seconds("2.5") == 2.5
+    for text in ("-1", "soon"):
+        with pytest.raises(argparse.ArgumentTypeError, match="≥ 0"):
+            seconds(text)
+
+
+def test_positive_seconds_rejects_zero() -> None:
+    assert positive_seconds("0.5") == 0.5
+    for text in ("0", "-3", "soon"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive number of seconds"):
+            positive_seconds(text)
+
+
+def test_capture_modes_are_the_webhooks() -> None:
+    assert tuple(mode.value for mode in CaptureMode) == CAPTURE_MODES
+    parser = argparse.ArgumentParser()
+    add_capture_mode(parser, help_prefix="mode")
+    assert parser.parse_args([]).capture_mode == CaptureMode.HANDSHAKE
+    assert parser.parse_args(["--capture-mode", "full"]).capture_mode == CaptureMode.FULL
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["analyse", "b", "--out", "o", "--workers", "0"], "--workers: must be a whole number"),
+        (
+            ["collect", "--all-labelled", "-o", "b", "--parallel", "0"],
+            "--parallel: must be a whole",
+        ),
+        (
+            ["collect", "--all-labelled", "-o", "b", "--duration", "-1"],
+            "--duration: must be a number",
+        ),
+        (
+            ["lab", "run", "--manifests", "m", "--traffic", "t", "-o", "b", "--duration", "0"],
+            "--duration: must be a positive number",
+        ),
+        (["demo", "--duration", "0"], "--duration: must be a positive number"),
+        (["demo", "--capture-mode", "some"], "--capture-mode: invalid choice"),
+    ],
+)
+def test_subcommands_reject_bad_values(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from analyser.cli.main import ExitStatus, main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == ExitStatus.USAGE
+    assert message in capsys.readouterr().err
