@@ -14,14 +14,13 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
 
-from analyser.bundles import FileProblem
+from analyser.bundles import FileProblem, Window
 from analyser.errors import RenderError
 from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, NodeRole
@@ -134,10 +133,6 @@ def nest(text: str, width: int) -> str:
     return "\n".join([first, *(" " * width + line if line else line for line in rest)])
 
 
-def utc_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -148,7 +143,12 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(
-        q=yaml_quoted, nest=nest, one_line=one_line, dot=dot_quoted, md=markdown_cell, utc=utc_time
+        q=yaml_quoted,
+        nest=nest,
+        one_line=one_line,
+        dot=dot_quoted,
+        md=markdown_cell,
+        utc=Window.text,
     )
     return env
 
