@@ -100,20 +100,18 @@ def _record(bundle: Path, args: argparse.Namespace) -> Path:
 
 
 def _edge_rows(graph: Any) -> list[tuple[str, str, str, str, str]]:
-    rows = []
-    for client, server, attrs in graph.edges(data=True):
-        ports = attrs.get("ports") or {}
-        for spec, stats in sorted(ports.items()):
-            rows.append(
-                (
-                    str(graph.nodes[client].get("label") or client),
-                    str(graph.nodes[server].get("label") or server),
-                    f"{spec.port}/{spec.protocol}",
-                    str(stats.flows),
-                    ",".join(sorted(str(e) for e in stats.evidence)),
-                )
-            )
-    return sorted(rows)
+    from analyser.graphs import edge_rows
+
+    return sorted(
+        (
+            row.client_label,
+            row.server_label,
+            f"{row.port.port}/{row.port.protocol}",
+            str(row.stats.flows),
+            ",".join(sorted(str(e) for e in row.stats.evidence)),
+        )
+        for row in edge_rows(graph)
+    )
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
