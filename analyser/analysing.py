@@ -169,29 +169,77 @@ def _captured_pods(
     return pods, unplaced
 
 
+@dataclass(slots=True)
+class _LooseCapture:
+    """What one unplaced capture file saw: the pods and addresses in every one of its flows, the
+    nodes one of whose pods (or addresses) is in every flow, and every pod seen with its node."""
+
+    pods_in_all: set[tuple[str, str]]
+    addresses_in_all: set[str]
+    nodes_in_all: set[str]
+    pods_seen: dict[tuple[str, str], str | None]
+
+
 def _vantage_pods(
-    flows: Iterable[Flow], resolver: Resolver, unplaced: set[str]
+    flows: Iterable[Flow], resolver: Resolver, unplaced: set[str], *, damaged: set[str]
 ) -> tuple[set[tuple[str, str]], list[FileProblem]]:
     """Whose capture an unplaced file is: the one pod that is an end of every flow it saw (a
-    sidecar or ``tcpdump`` in a pod sees only its own traffic, on any of its addresses)."""
-    common: dict[str, set[tuple[str, str]]] = {}
+    sidecar or ``tcpdump`` in a pod sees only its own traffic, on any of its addresses). Failing
+    that, a node's: when no pod and no address is in every flow but every flow has an end on one
+    node (``tcpdump -i any`` on the node sees all its pods' traffic), that node's pods seen in it
+    are captured. ``damaged`` files already have a warning of their own when they gave no flow."""
+    seen: dict[str, _LooseCapture] = {}
     for flow in flows:
         captures = flow.captures & unplaced
         if not captures:
             continue
+        identities = (
+            resolver.resolve(flow.client.ip, flow.first_seen),
+            resolver.resolve(
+                flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
+            ),
+        )
         ends = {
-            (identity.pod.namespace, identity.pod.name)
-            for ip in (flow.client.ip, flow.server.ip)
-            if (identity := resolver.resolve(ip, flow.first_seen)).pod is not None
+            (identity.pod.namespace, identity.pod.name): resolver.node_of(identity)
+            for identity in identities
+            if identity.pod is not None
         }
+        nodes = {node for identity in identities if (node := resolver.node_of(identity))}
+        addresses = {flow.client.ip, flow.server.ip}
         for capture in captures:
-            common[capture] = common[capture] & ends if capture in common else ends
+            loose = seen.get(capture)
+            if loose is None:
+                seen[capture] = _LooseCapture(set(ends), addresses, nodes, dict(ends))
+                continue
+            loose.pods_in_all &= ends.keys()
+            loose.addresses_in_all &= addresses
+            loose.nodes_in_all &= nodes
+            loose.pods_seen.update(ends)
     pods: set[tuple[str, str]] = set()
     problems = []
     for capture in sorted(unplaced):
-        found = sorted(common.get(capture, set()))
+        loose = seen.get(capture)
+        if loose is None:
+            if capture not in damaged:
+                problems.append(
+                    FileProblem(capture, "holds no TCP, UDP or SCTP traffic: nothing to analyse")
+                )
+            continue
+        found = sorted(loose.pods_in_all)
         if len(found) == 1:
             pods.add(found[0])
+            continue
+        if not found and not loose.addresses_in_all and len(loose.nodes_in_all) == 1:
+            (node,) = loose.nodes_in_all
+            on_node = sorted(p for p, n in loose.pods_seen.items() if n == node)
+            pods.update(on_node)
+            problems.append(
+                FileProblem(
+                    capture,
+                    f"not tied to a pod, but every flow has an end on node {node}: read as that "
+                    f"node's capture; its {len(on_node)} pods seen in it get policies",
+                )
+            )
             continue
         why = (
             f"several pods ({', '.join('/'.join(p) for p in found)}) are in every flow"
@@ -212,8 +260,12 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
     return [
         FileProblem(
             report.path,
-            f"{report.reason or report.error}; the {report.packets} packets before the damage "
-            "were used",
+            f"{report.reason or report.error}; "
+            + (
+                f"the {report.packets} packets before the damage were used"
+                if report.packets
+                else "nothing in it could be used"
+            ),
         )
         for report in traffic.reports
         if not report.ok
@@ -258,7 +310,8 @@ def observe(
         bundle.captures, root=bundle.root, workers=workers, on_progress=on_progress
     )
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
-    vantage, vantage_problems = _vantage_pods(flows, resolver, unplaced)
+    damaged = {report.path for report in traffic.reports if not report.ok}
+    vantage, vantage_problems = _vantage_pods(flows, resolver, unplaced, damaged=damaged)
     scope = resolver.scope_of(captured | vantage)
     graph = build_graph(flows, resolver, traffic.dns, scope=scope)
     problems = [*bundle.problems, *problems, *_capture_problems(traffic), *vantage_problems]

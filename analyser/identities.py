@@ -539,6 +539,17 @@ class Resolver:
         keys = self._by_name.get((namespace, pod))
         return self._workload_for(self._records[keys[-1]]) if keys else None
 
+    def node_of(self, identity: Identity) -> str | None:
+        """The node an identity is on: a node address's node, a pod's ``spec.nodeName`` (or
+        meta.json's ``node``); None when unknown or outside the cluster."""
+        if identity.node:
+            return identity.node
+        if identity.pod is None:
+            return None
+        pod = identity.pod
+        record = self._records.get(pod.uid or f"{pod.namespace}/{pod.name}")
+        return record.node if record is not None and record.node else None
+
     def scope_of(self, pods: Iterable[tuple[str, str]]) -> Scope:
         """The workloads of the captured pods (``(namespace, pod)``, from capture paths or
         meta.json)."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dpkt
 import pytest
 import yaml
 from bundle_builders import (
@@ -200,3 +201,45 @@ def test_a_progress_bar_on_a_terminal_counts_every_capture_byte(
     drawn = terminal.getvalue()
     assert "\rreading captures (bytes) [" in drawn
     assert f"] {total}/{total}\n" in drawn
+
+
+def test_a_loose_node_wide_capture_gives_the_nodes_pods_policies(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `tcpdump -i any` on node-1: both pods' traffic in one file, no pod in every flow
+    folder = tmp_path / "node"
+    folder.mkdir()
+    shutil.copy(bundle / "snapshot.json", folder / "snapshot.json")
+    frames = [
+        frame
+        for pcap in sorted(bundle.glob("captures/*/*/capture.pcap0"))
+        for frame in dpkt.pcap.Reader(pcap.open("rb"))
+    ]
+    write_pcap(folder / "node-1.pcap", frames)
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert json.loads(stdout)["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
+    assert "node-1.pcap: not tied to a pod, but every flow has an end on node node-1" in stderr
+    cart = yaml.safe_load((out / "shop" / "cart.yaml").read_text())
+    assert cart["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
+
+
+def test_empty_and_flowless_loose_files_get_one_clear_warning_each(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    shutil.copy(bundle / "snapshot.json", folder / "snapshot.json")
+    shutil.copy(bundle / "captures" / "shop" / CART_POD / "capture.pcap0", folder / "cart.pcap")
+    (folder / "empty.pcap").write_bytes(b"")
+    write_pcap(folder / "no-packets.pcap", [])
+    status, _, stderr = run([str(folder), "-o", str(tmp_path / "out")], capsys)
+    assert status == ExitStatus.OK, stderr
+    warnings = sorted(line for line in stderr.splitlines() if "warning:" in line)
+    assert warnings == [
+        "netpol-sniffer analyse: warning: empty.pcap: the file is empty; nothing in it could be "
+        "used",
+        "netpol-sniffer analyse: warning: no-packets.pcap: holds no TCP, UDP or SCTP traffic: "
+        "nothing to analyse",
+    ]
