@@ -416,14 +416,6 @@ def _string_values(value: Any, where: str) -> Labels:
     return tuple(sorted(pairs.items()))
 
 
-def compile_selector(value: Any, where: str = "selector") -> Selector:
-    """A LabelSelector dict → :class:`Selector`; raises PolicyError on a malformed one."""
-    try:
-        return _selector(value, where)
-    except _Invalid as error:
-        raise PolicyError(str(error)) from None
-
-
 def _selector(value: Any, where: str) -> Selector:
     spec = _mapping(value, where)
     requirements = []
@@ -588,10 +580,6 @@ class SideVerdict:
     subject: Pod
     policies: tuple[str, ...]  # "ns/name" of the policies isolating it; empty: not isolated
     ports: PortSet
-
-    @property
-    def isolated(self) -> bool:
-        return bool(self.policies)
 
 
 @dataclass(frozen=True, slots=True)
