@@ -43,15 +43,27 @@ class Admission:
     pod: str = ""
 
 
+def _read_request(body: bytes) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The review, its ``request`` and ``request.uid``; UnreadableReview when one is missing."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UnreadableReview(f"the body is not JSON: {error}") from None
+    request = data.get("request") if isinstance(data, dict) else None
+    if not isinstance(request, dict):
+        raise UnreadableReview("the body has no request object")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise UnreadableReview("the body has no request.uid")
+    return data, request, uid
+
+
 def request_uid(body: bytes) -> str | None:
     """The ``request.uid`` of a body, if one can be read at all."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return _read_request(body)[2]
+    except UnreadableReview:
         return None
-    request = data.get("request") if isinstance(data, dict) else None
-    uid = request.get("uid") if isinstance(request, dict) else None
-    return uid if isinstance(uid, str) and uid else None
 
 
 def allowed_without_patch(uid: str, message: str) -> AdmissionReviewResponse:
@@ -70,16 +82,7 @@ def admit(body: bytes, settings: WebhookSettings) -> Admission:
 
     Raises UnreadableReview when the body is not JSON or carries no ``request.uid``.
     """
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UnreadableReview(f"the body is not JSON: {error}") from None
-    request = data.get("request") if isinstance(data, dict) else None
-    if not isinstance(request, dict):
-        raise UnreadableReview("the body has no request object")
-    uid = request.get("uid")
-    if not isinstance(uid, str) or not uid:
-        raise UnreadableReview("the body has no request.uid")
+    data, request, uid = _read_request(body)
     if data.get("apiVersion") != API_VERSION or data.get("kind") != KIND:
         return _invalid(
             uid,
