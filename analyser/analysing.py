@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from analyser.bundles import CAPTURES, Bundle, FileProblem
+from analyser.bundles import CAPTURES, SNAPSHOT_KINDS, Bundle, FileProblem
 from analyser.errors import OutputError, RenderError, SnapshotError
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import NodeRole, build_graph, unresolved_addresses
@@ -304,6 +304,13 @@ def observe(
     """
     snapshot = load_snapshot(bundle.snapshot)
     history, metas, problems = _optional_inputs(bundle)
+    problems += [
+        FileProblem(
+            bundle.relative(bundle.snapshot),
+            f"{gap}; a complete snapshot: kubectl get {SNAPSHOT_KINDS} -A -o json",
+        )
+        for gap in snapshot.gaps()
+    ]
     resolver = Resolver(snapshot, ip_history=history, captures=metas)
     captured, unplaced = _captured_pods(bundle, metas)
     traffic = read_captures(

@@ -40,6 +40,11 @@ POD_IPS = "pod-ips.jsonl"
 CAPTURES = "captures"
 CAPTURE_META = "meta.json"
 PRODUCERS = ("collect", "lab")
+# What a snapshot should hold, as ``kubectl get`` takes it.
+SNAPSHOT_KINDS = (
+    "namespaces,nodes,pods,services,endpointslices,deployments,replicasets,statefulsets,"
+    "daemonsets,jobs,cronjobs"
+)
 
 _HASH_CHUNK = 1 << 20
 
@@ -253,8 +258,7 @@ def _snapshot(root: Path) -> Path:
     raise BundleError(
         f"{root}: no {SNAPSHOT_FILE} (or {SNAPSHOT_FOLDER}/ folder): the analyser needs the "
         f"cluster's objects to tell who an address is; write one with "
-        f"`kubectl get namespaces,nodes,pods,services,endpointslices,deployments,replicasets,"
-        f"statefulsets,daemonsets,jobs,cronjobs -A -o json > {root / SNAPSHOT_FILE}`"
+        f"`kubectl get {SNAPSHOT_KINDS} -A -o json > {root / SNAPSHOT_FILE}`"
     )
 
 

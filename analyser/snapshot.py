@@ -977,3 +977,32 @@ class Snapshot:
             spec = node.get("spec", {})
             cidrs += spec.get("podCIDRs", []) or ([spec["podCIDR"]] if "podCIDR" in spec else [])
         return tuple(dict.fromkeys(cidrs))
+
+    def gaps(self) -> tuple[str, ...]:
+        """What the analyser must guess because a kind is missing (``kubectl get all`` leaves
+        out Nodes and EndpointSlices; ``kubectl get pods`` everything else), one line each."""
+        found: list[str] = []
+        if not self.pods:
+            found.append("no Pods: no address can be tied to a workload")
+        if not self.services:
+            found.append(
+                "no Services: traffic to a ClusterIP cannot be followed to the pods behind it "
+                "(it becomes an ipBlock of the ClusterIP, which NetworkPolicy never matches)"
+            )
+        if not self.nodes:
+            found.append(
+                "no Nodes: node addresses are taken from the pods' hostIP and the pod network is "
+                "guessed from the pods' addresses"
+            )
+        selectorless = sorted(
+            _display_name(service)
+            for service in self.services
+            if cluster_ips(service) and not service.get("spec", {}).get("selector")
+        )
+        if selectorless and not self.endpoint_slices and not self.endpoints:
+            shown = ", ".join(selectorless[:3]) + (", ..." if len(selectorless) > 3 else "")
+            found.append(
+                f"no EndpointSlices, and {len(selectorless)} Services have no selector "
+                f"({shown}): traffic to them cannot be followed to their endpoints"
+            )
+        return tuple(found)

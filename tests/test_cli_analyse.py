@@ -243,3 +243,20 @@ def test_empty_and_flowless_loose_files_get_one_clear_warning_each(
         "netpol-sniffer analyse: warning: no-packets.pcap: holds no TCP, UDP or SCTP traffic: "
         "nothing to analyse",
     ]
+
+
+def test_a_kubectl_get_all_snapshot_works_and_warns_what_is_guessed(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "get-all"
+    shutil.copytree(bundle, folder)
+    snapshot = json.loads((folder / "snapshot.json").read_text())
+    snapshot["items"] = [o for o in snapshot["items"] if o["kind"] not in ("Node", "Namespace")]
+    (folder / "snapshot.json").write_text(json.dumps(snapshot))
+    status, stdout, stderr = run([str(folder), "-o", str(tmp_path / "out"), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert json.loads(stdout)["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
+    assert "warning: snapshot.json: no Nodes: node addresses are taken from the pods' hostIP" in (
+        stderr
+    )
+    assert "kubectl get namespaces,nodes,pods," in stderr

@@ -275,3 +275,25 @@ def test_null_fields_as_the_api_server_writes_them_mean_absent() -> None:
     (loaded,) = snapshot.slices_for("shop", "web")
     assert "endpoints" not in loaded and "ports" not in loaded
     assert [p["metadata"]["name"] for p in snapshot.of_kind("Pod")] == ["a"]
+
+
+def test_gaps_name_what_kubectl_get_all_and_get_pods_leave_out(cluster: Snapshot) -> None:
+    assert cluster.gaps() == ()
+    # `kubectl get all -A -o json`: no Nodes, no EndpointSlices (a Service without selector)
+    everything = json.loads(CLUSTER.read_text())["items"]
+    get_all = [o for o in everything if o["kind"] not in ("Node", "EndpointSlice", "Endpoints")]
+    selectorless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "legacy-db", "namespace": "shop"},
+        "spec": {"clusterIP": "10.96.99.1", "ports": [{"port": 5432}]},
+    }
+    gaps = Snapshot(parse_snapshot_documents([*get_all, selectorless], source="all.json")).gaps()
+    assert [gap.split(":")[0] for gap in gaps] == [
+        "no Nodes",
+        "no EndpointSlices, and 2 Services have no selector (default/kubernetes, shop/legacy-db)",
+    ]
+    # `kubectl get pods -o yaml`: no Services either
+    pods_only = Snapshot(parse_snapshot_documents([_pod("a", "10.0.0.1")], source="pods.yaml"))
+    assert [gap.split(":")[0] for gap in pods_only.gaps()] == ["no Services", "no Nodes"]
+    assert Snapshot([]).gaps()[0].startswith("no Pods")
