@@ -10,6 +10,12 @@ with its labels, namespace labels and containerPorts) plus, both ways, every out
 truth names and one address nobody uses, on every port of every protocol; pairs where neither end
 is in a namespace labelled for capture are left out (nothing there gets policies), and so are
 node addresses (traffic between a pod and its node is always allowed).
+
+The pods are read here from the snapshot's JSON, not through ``analyser.replaying``'s
+``cluster_facts``/``observed_from_records``: the judge sees a pod as the cluster does (all its
+labels, its own containerPorts, its node), where the analyser sees a workload through its own
+resolver (non-volatile labels, ports of all its pods). A mistake in that view would otherwise be
+in both the policies and their judge, and pass.
 """
 
 from __future__ import annotations
