@@ -493,11 +493,13 @@ class Resolver:
         if owner.kind == "ReplicaSet":
             labels = dict(record.labels)
             parent = _controller_hint(meta(obj).get("ownerReferences", [])) if obj else None
-            if parent is not None and parent.kind == "Deployment":
+            if parent is not None:
+                # A Deployment, or another controller that rolls out through ReplicaSets (an
+                # Argo Rollout): the ReplicaSet is one revision of it, not the workload.
                 return (
-                    "Deployment",
+                    parent.kind,
                     parent.name,
-                    self._object("Deployment", namespace, parent) or obj,
+                    self._object(parent.kind, namespace, parent) or obj,
                 )
             template_hash = labels.get("pod-template-hash", "")
             if obj is None and template_hash and owner.name.endswith(f"-{template_hash}"):

@@ -25,8 +25,10 @@ VOLATILE_LABELS: frozenset[str] = frozenset(
         "apps.kubernetes.io/pod-index",
         "batch.kubernetes.io/controller-uid",
         "batch.kubernetes.io/job-name",
+        "batch.kubernetes.io/job-completion-index",  # one value per pod of an Indexed Job
         "controller-uid",
         "job-name",
+        "rollouts-pod-template-hash",  # Argo Rollouts' pod-template-hash
     }
 )
 

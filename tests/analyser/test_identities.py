@@ -418,3 +418,36 @@ def test_a_host_network_pods_meta_json_does_not_claim_the_node_address(snapshot:
     )
     resolver = Resolver(snapshot, captures=[meta])
     assert resolver.resolve("192.168.49.3", at("09:40:00")).kind is EndpointKind.NODE
+
+
+def test_a_replica_set_of_another_controller_is_one_revision_of_it() -> None:
+    # Argo Rollouts: Rollout → ReplicaSet → Pod, with its own template-hash label
+    labels = {"app": "cart", "rollouts-pod-template-hash": "6d9c7f5b8"}
+    replica_set = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": "cart-6d9c7f5b8",
+            "namespace": "app",
+            "uid": "uid-cart-6d9c7f5b8",
+            "labels": labels,
+            "ownerReferences": [
+                {"kind": "Rollout", "name": "cart", "uid": "uid-rollout", "controller": True}
+            ],
+        },
+        "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}}},
+    }
+    pod = _pod("cart-6d9c7f5b8-x1", "10.1.0.5", labels, ("ReplicaSet", "cart-6d9c7f5b8"))
+    resolver = Resolver(_objects(pod, extra=(replica_set,)))
+    identity = resolver.resolve("10.1.0.5", 0.0)
+    assert identity.pod is not None
+    assert identity.pod.workload == WorkloadRef("app", "Rollout", "cart")
+    assert resolver.workload(identity.pod.workload).selector.match_labels == (("app", "cart"),)
+
+
+def test_an_indexed_jobs_completion_index_is_not_in_its_selector() -> None:
+    labels = {"app": "batch", "batch.kubernetes.io/job-completion-index": "3", "job-name": "j"}
+    resolver = Resolver(_objects(_pod("j-3-abcde", "10.1.0.6", labels, ("Job", "j"))))
+    identity = resolver.resolve("10.1.0.6", 0.0)
+    assert identity.pod is not None
+    assert resolver.workload(identity.pod.workload).selector.match_labels == (("app", "batch"),)
