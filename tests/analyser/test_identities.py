@@ -150,7 +150,7 @@ def test_match_expressions_are_kept_and_volatile_keys_dropped() -> None:
             }
         },
     }
-    replica_set = {
+    replica_set: dict[str, object] = {
         "apiVersion": "apps/v1",
         "kind": "ReplicaSet",
         "metadata": {
@@ -423,7 +423,7 @@ def test_a_host_network_pods_meta_json_does_not_claim_the_node_address(snapshot:
 def test_a_replica_set_of_another_controller_is_one_revision_of_it() -> None:
     # Argo Rollouts: Rollout → ReplicaSet → Pod, with its own template-hash label
     labels = {"app": "cart", "rollouts-pod-template-hash": "6d9c7f5b8"}
-    replica_set = {
+    replica_set: dict[str, object] = {
         "apiVersion": "apps/v1",
         "kind": "ReplicaSet",
         "metadata": {
