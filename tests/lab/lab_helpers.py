@@ -12,8 +12,22 @@ from pathlib import Path
 
 from lab import netns
 from lab.checking import TruthCheck
+from lab.layouts import Layout, build_layout
+from lab.manifests import read_manifests
+from lab.plans import read_plan
 
+EXAMPLE = Path(__file__).parents[2] / "examples" / "microservices-demo"
 LAB_SECONDS: list[float] = []
+
+
+def layout_from(manifests: str, plan: str, *, now: float = 1_700_000_000.0) -> Layout:
+    """The lab's layout of manifests and a plan given as YAML text."""
+    return build_layout(read_manifests([("m.yaml", manifests)]), read_plan("p.yaml", plan), now=now)
+
+
+def lab_run_argv(manifests: Path, plan: Path, out: Path) -> list[str]:
+    """``lab run``'s arguments for one manifest file and a plan."""
+    return ["lab", "run", "--manifests", str(manifests), "--traffic", str(plan), "--out", str(out)]
 
 
 def own_namespaces() -> list[str]:

@@ -6,9 +6,8 @@ import yaml
 
 from analyser.evaluation import PolicySet
 from lab import bundling, checking
-from lab.layouts import DNS_WORKLOAD, build_layout
-from lab.manifests import read_manifests
-from lab.plans import read_plan
+from lab.layouts import DNS_WORKLOAD
+from tests.lab.lab_helpers import layout_from
 
 MANIFESTS = """
 apiVersion: apps/v1
@@ -68,9 +67,8 @@ spec:
 
 
 def _snapshot() -> dict[str, object]:
-    cluster = read_manifests([("m.yaml", MANIFESTS)])
-    plan = read_plan("p.yaml", "calls: [{from: ops/Job/report, to: web.shop:8080}]")
-    return bundling.snapshot(build_layout(cluster, plan, now=1_700_000_000.0))
+    plan = "calls: [{from: ops/Job/report, to: web.shop:8080}]"
+    return bundling.snapshot(layout_from(MANIFESTS, plan))
 
 
 def _policies(*texts: str) -> PolicySet:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from analyser.cli.main import ExitStatus, main
-
-EXAMPLE = Path(__file__).parents[2] / "examples" / "microservices-demo"
+from tests.lab.lab_helpers import EXAMPLE, lab_run_argv
 
 
 def test_lab_without_root_says_so(
@@ -18,16 +17,9 @@ def test_lab_without_root_says_so(
 ) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     status = main(
-        [
-            "lab",
-            "run",
-            "--manifests",
-            str(EXAMPLE / "kubernetes-manifests.yaml"),
-            "--traffic",
-            str(EXAMPLE / "traffic.yaml"),
-            "--out",
-            str(tmp_path / "bundle"),
-        ]
+        lab_run_argv(
+            EXAMPLE / "kubernetes-manifests.yaml", EXAMPLE / "traffic.yaml", tmp_path / "bundle"
+        )
     )
     assert status == ExitStatus.ERROR
     assert "the lab needs root" in capsys.readouterr().err
@@ -39,18 +31,7 @@ def test_a_bad_plan_is_named_before_anything_runs(
 ) -> None:
     plan = tmp_path / "plan.yaml"
     plan.write_text("calls: [{from: default/Deployment/frontend, to: cartservice}]\n")
-    status = main(
-        [
-            "lab",
-            "run",
-            "--manifests",
-            str(EXAMPLE / "kubernetes-manifests.yaml"),
-            "--traffic",
-            str(plan),
-            "--out",
-            str(tmp_path / "bundle"),
-        ]
-    )
+    status = main(lab_run_argv(EXAMPLE / "kubernetes-manifests.yaml", plan, tmp_path / "bundle"))
     assert status == ExitStatus.ERROR
     err = capsys.readouterr().err
     assert str(plan) in err and "HOST:PORT" in err

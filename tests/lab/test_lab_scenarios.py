@@ -21,11 +21,15 @@ from analyser.cli.main import main as main_cli
 from analyser.errors import LabError
 from lab import netns
 from lab.layouts import DNS_WORKLOAD
-from tests.lab.lab_helpers import LabRunner, analyse_and_judge, own_namespaces
+from tests.lab.lab_helpers import (
+    EXAMPLE,
+    LabRunner,
+    analyse_and_judge,
+    lab_run_argv,
+    own_namespaces,
+)
 
 pytestmark = pytest.mark.lab
-
-EXAMPLE = Path(__file__).parents[2] / "examples" / "microservices-demo"
 
 
 def deployment(namespace: str, name: str, ports: str = "[]", replicas: int = 1) -> str:
@@ -334,14 +338,7 @@ def _start_cli_run(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
             sys.executable,
             "-m",
             "analyser.cli.main",
-            "lab",
-            "run",
-            "--manifests",
-            str(tmp_path / "m.yaml"),
-            "--traffic",
-            str(tmp_path / "p.yaml"),
-            "--out",
-            str(tmp_path / "bundle"),
+            *lab_run_argv(tmp_path / "m.yaml", tmp_path / "p.yaml", tmp_path / "bundle"),
             "--duration",
             "30",
         ],

@@ -17,6 +17,7 @@ from lab.layouts import (
 )
 from lab.manifests import read_manifests
 from lab.plans import read_plan
+from tests.lab.lab_helpers import layout_from
 
 MANIFESTS = """
 apiVersion: apps/v1
@@ -72,8 +73,7 @@ calls:
 
 @pytest.fixture
 def layout() -> Layout:
-    cluster = read_manifests([("m.yaml", MANIFESTS)])
-    return build_layout(cluster, read_plan("p.yaml", PLAN), now=1_700_000_000.0)
+    return layout_from(MANIFESTS, PLAN)
 
 
 def test_every_replica_gets_a_pod_and_the_cluster_dns_is_added(layout: Layout) -> None:

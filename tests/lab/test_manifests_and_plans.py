@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from analyser.errors import LabError
 from lab.manifests import ContainerPort, ServicePort, read_manifests
 from lab.plans import Expect, Family, read_plan
-
-EXAMPLE = Path(__file__).parents[2] / "examples" / "microservices-demo"
+from tests.lab.lab_helpers import EXAMPLE
 
 MANIFESTS = """
 apiVersion: v1

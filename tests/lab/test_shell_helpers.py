@@ -28,7 +28,7 @@ def test_resolver_tries_the_search_path_first_for_short_names() -> None:
     assert resolver.candidates(many_dots)[0] == many_dots
 
 
-def testunmet_expectations_name_the_call_and_what_happened() -> None:
+def test_unmet_expectations_name_the_call_and_what_happened() -> None:
     plan = read_plan(
         "p.yaml",
         """
