@@ -232,7 +232,7 @@ def _workload_peers(graph: Any, cluster: ClusterFacts) -> dict[str, Pod]:
 
 
 def verification_inputs(
-    graph: Any, cluster: ClusterFacts, policies: PolicySet
+    policies: PolicySet, graph: Any, cluster: ClusterFacts
 ) -> tuple[list[Observed], Universe]:
     """The observed connections of ``graph``, and the universe verify reports on: every
     workload, focused on the captured ones (``in_scope``), with the ipBlocks ``policies`` name
@@ -256,7 +256,7 @@ def verification_inputs(
 
 def verify_graph(policies: PolicySet, graph: Any, cluster: ClusterFacts) -> Verification:
     """``verify`` on an analysed bundle: denied observed flows, unobserved allowances, score."""
-    observed, universe = verification_inputs(graph, cluster, policies)
+    observed, universe = verification_inputs(policies, graph, cluster)
     return verify(policies, observed, universe)
 
 

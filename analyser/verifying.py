@@ -179,7 +179,7 @@ def _observed_ports(
 
 
 def unobserved_allowances(
-    policies: PolicySet, universe: Universe, observed: Iterable[Observed]
+    policies: PolicySet, observed: Iterable[Observed], universe: Universe
 ) -> list[Allowance]:
     """Per pair of the universe, the ports allowed without evidence (pairs without any omitted)."""
     seen = _observed_ports(universe, observed)
@@ -215,7 +215,7 @@ class Verification:
 
 
 def verify(policies: PolicySet, observed: Sequence[Observed], universe: Universe) -> Verification:
-    allowances = unobserved_allowances(policies, universe, observed)
+    allowances = unobserved_allowances(policies, observed, universe)
     return Verification(
         checked=len(observed),
         denials=tuple(check_observed(policies, observed)),

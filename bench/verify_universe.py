@@ -76,7 +76,7 @@ def main() -> None:
         universe = Universe.of(pods, policies.ip_blocks())
         pairs = universe.pairs()
         start = time.perf_counter()
-        unobserved_allowances(policies, universe, [])
+        unobserved_allowances(policies, [], universe)
         elapsed = time.perf_counter() - start
         start = time.perf_counter()
         for _, client, _, server in pairs[:SAMPLE_PAIRS]:

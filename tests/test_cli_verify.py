@@ -167,7 +167,7 @@ def test_lab_bundle_generated_policies_allow_truth_and_nothing_but_dns(
     cluster = cluster_facts(seen.snapshot, seen.resolver)
     policies = load_policies(example_policies).policies
     truth = observed_from_records(json.loads((EXAMPLE / "truth.json").read_text()), cluster)
-    _, universe = verification_inputs(seen.graph, cluster, policies)
+    _, universe = verification_inputs(policies, seen.graph, cluster)
     result = verify(policies, truth, universe)
     assert result.passed
     assert {(a.server, str(a.unobserved)) for a in result.allowances} <= {
