@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from analyser.cli.arguments import positive_int
-from analyser.cli.main import PROG, ExitStatus
+from analyser.cli.main import ExitStatus, say
 from analyser.cli.progress import Progress
 
 SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
@@ -68,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
             bundle, default_deny=args.default_deny, workers=args.workers, on_progress=bar.advance
         )
     for problem in analysis.problems:
-        print(f"{PROG} analyse: warning: {problem.path}: {problem.problem}", file=sys.stderr)
+        say("analyse", f"warning: {problem.path}: {problem.problem}")
     for workload in analysis.unselectable:
-        print(
-            f"{PROG} analyse: warning: {workload}: its pods have no stable label to select them "
-            "by: no policy written",
-            file=sys.stderr,
+        say(
+            "analyse",
+            f"warning: {workload}: its pods have no stable label to select them by: "
+            "no policy written",
         )
     out: Path = args.out
     write_output(analysis.files, out, force=args.force)

@@ -17,12 +17,11 @@ See docs/collect.md.
 from __future__ import annotations
 
 import argparse
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 from analyser.cli.arguments import positive_int, seconds
-from analyser.cli.main import PROG, ExitStatus
+from analyser.cli.main import ExitStatus, say
 from analyser.cli.progress import Progress
 
 SUMMARY = "pull captures and a cluster snapshot into a bundle"
@@ -97,5 +96,5 @@ def run(args: argparse.Namespace) -> int:
     )
     for skipped in result.skipped:
         where = f"{skipped.namespace}/{skipped.pod}" + (f" {skipped.file}" if skipped.file else "")
-        print(f"{PROG} collect: skipped {where}: {skipped.reason}", file=sys.stderr)
+        say("collect", f"skipped {where}: {skipped.reason}")
     return ExitStatus.ERROR if result.skipped else ExitStatus.OK

@@ -19,13 +19,12 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from analyser.cli.arguments import add_capture_mode, positive_seconds
-from analyser.cli.main import PROG, ExitStatus
+from analyser.cli.main import ExitStatus, say
 from analyser.errors import LabError
 
 SUMMARY = "lab + analyse on microservices-demo, with a summary"
@@ -59,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _say(message: str) -> None:
-    print(f"{PROG} demo: {message}", file=sys.stderr)
+    say("demo", message)
 
 
 def _replace_bundle(path: Path) -> None:

@@ -18,11 +18,10 @@ on failure. The traffic plan format is in docs/lab.md.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from analyser.cli.arguments import add_capture_mode, positive_seconds
-from analyser.cli.main import PROG, ExitStatus
+from analyser.cli.main import PROG, ExitStatus, say
 
 SUMMARY = "run the pipeline on a simulated cluster of network namespaces"
 
@@ -60,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _say(message: str) -> None:
-    print(f"{PROG} lab: {message}", file=sys.stderr)
+    say("lab", message)
 
 
 def run(args: argparse.Namespace) -> int:

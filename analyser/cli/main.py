@@ -58,6 +58,11 @@ def _top_level_help() -> str:
     return "\n".join(lines)
 
 
+def say(command: str, message: str) -> None:
+    """A line on stderr in the command's voice: ``netpol-sniffer COMMAND: MESSAGE``."""
+    print(f"{PROG} {command}: {message}", file=sys.stderr)
+
+
 def load_command(name: str) -> ModuleType:
     return importlib.import_module(COMMANDS[name][0])
 
@@ -109,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NetpolSnifferError as error:
         if debug:
             raise
-        print(f"{PROG} {name}: error: {error}", file=sys.stderr)
+        say(name, f"error: {error}")
         return ExitStatus.ERROR
 
 
