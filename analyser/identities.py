@@ -212,7 +212,8 @@ def selector_from_json(selector: LabelSelectorJson | None) -> LabelSelector:
     )
 
 
-def _container_ports(spec: PodSpec) -> tuple[tuple[str, int, Protocol], ...]:
+def container_ports(spec: PodSpec) -> tuple[tuple[str, int, Protocol], ...]:
+    """(name, port, protocol) of every containerPort of a pod spec, init containers included."""
     ports: set[tuple[str, int, Protocol]] = set()
     for container in (*spec.get("containers", []), *spec.get("initContainers", [])):
         for port in container.get("ports", []):
@@ -375,7 +376,7 @@ class Resolver:
                 owner=_controller_hint(meta_.get("ownerReferences", [])),
                 node=spec.get("nodeName", ""),
                 host_network=bool(spec.get("hostNetwork")),
-                ports=_container_ports(spec),
+                ports=container_ports(spec),
             )
             self._register(record)
             self._claim(record, pod_ips(pod), _pod_lifetime(pod), _Source.SNAPSHOT)

@@ -25,7 +25,7 @@ from analyser.errors import SnapshotError, UnsafePolicies
 from analyser.evaluation import Address, ContainerPort, Denial, Peer, Pod, PolicySet, pod
 from analyser.flows import Protocol
 from analyser.graphs import NodeRole, flows_on_edge
-from analyser.identities import Resolver, Workload, WorkloadRef
+from analyser.identities import Resolver, Workload, WorkloadRef, container_ports
 from analyser.policies import PortSpec
 from analyser.snapshot import Snapshot, host_ips, meta
 from analyser.verifying import Observed, Universe, Verification, block_for, check_observed, verify
@@ -62,18 +62,10 @@ class ClusterFacts:
 
 
 def _container_ports(pod_json: Mapping[str, Any]) -> set[ContainerPort]:
-    ports = set()
-    spec = pod_json.get("spec", {})
-    for container in (*spec.get("containers", []), *spec.get("initContainers", [])):
-        for port in container.get("ports", []):
-            protocol = str(port.get("protocol", "TCP")).upper()
-            if "containerPort" in port and protocol in ("TCP", "UDP", "SCTP"):
-                ports.add(
-                    ContainerPort(
-                        str(port.get("name", "")), Protocol(protocol), port["containerPort"]
-                    )
-                )
-    return ports
+    return {
+        ContainerPort(name, protocol, port)
+        for name, port, protocol in container_ports(pod_json.get("spec", {}))
+    }
 
 
 def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
