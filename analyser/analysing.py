@@ -27,7 +27,7 @@ from typing import Any
 from analyser.bundles import CAPTURES, SNAPSHOT_KINDS, Bundle, FileProblem
 from analyser.errors import OutputError, RenderError, SnapshotError
 from analyser.flows import Evidence, Flow, orient
-from analyser.graphs import NodeRole, build_graph, unresolved_addresses
+from analyser.graphs import NodeRole, attempts, build_graph, unresolved_addresses
 from analyser.identities import Resolver, Scope
 from analyser.policies import (
     DefaultDeny,
@@ -112,6 +112,7 @@ class Analysis(Observation):
             "packets": self.traffic.packets,
             "packets_without_flow": dict(self.traffic.skipped),
             "flows": len(self.flows),
+            "never_established": len(attempts(self.graph)),
             "evidence": {str(e): n for e, n in self.evidence_counts.items()},
             "workloads": roles.get(NodeRole.WORKLOAD, 0),
             "external_addresses": roles.get(NodeRole.EXTERNAL, 0),

@@ -50,6 +50,9 @@ class Flow:
     bytes: int
     captures: frozenset[str]  # bundle-relative paths of the capture files that saw it
     evidence: Evidence
+    # False for a TCP connection that never got going: its SYN was answered by nothing (filtered,
+    # or the server was gone) or by a RST (nothing listens), see Conversation.established.
+    established: bool = True
 
 
 # "Does ENDPOINT listen on PROTOCOL at TIME?" — answered from the snapshot by the identity layer.
@@ -61,8 +64,10 @@ ListenerOracle = Callable[[Endpoint, Protocol, float], bool]
 # Handshake roles of the sender of a packet (bits, OR-ed over a conversation's packets).
 ROLE_OPENER = 1  # sent a TCP SYN without ACK, or an SCTP INIT: the client
 ROLE_ACCEPTOR = 2  # sent a TCP SYN+ACK, or an SCTP INIT-ACK: the server
+ROLE_CLOSER = 4  # sent a TCP FIN: only an established connection is closed that way
 
 _PROTOCOLS = {6: Protocol.TCP, 17: Protocol.UDP, 132: Protocol.SCTP}
+_TCP_FIN = 0x01
 _TCP_SYN = 0x02
 _TCP_ACK = 0x10
 _SCTP_INIT = 1
@@ -84,6 +89,8 @@ def handshake_role(protocol_number: int, control: int) -> int:
             return ROLE_OPENER
         if control & (_TCP_SYN | _TCP_ACK) == _TCP_SYN | _TCP_ACK:
             return ROLE_ACCEPTOR
+        if control & _TCP_FIN:
+            return ROLE_CLOSER
     elif protocol_number == 132:
         if control == _SCTP_INIT:
             return ROLE_OPENER
@@ -124,6 +131,9 @@ class Conversation:
     bytes: int
     captures: frozenset[str]
     opened_by: Endpoint | None  # the client according to a captured handshake, if any
+    # False when a TCP SYN was captured but no SYN+ACK and no FIN from either end: the
+    # connection was refused (RST) or never answered.
+    established: bool = True
 
 
 # (protocol, IP of a, port of a, IP of b, port of b): plain values hash and compare fast.
@@ -135,7 +145,8 @@ class CaptureConversations:
     it is plain data that pickles and merges cheaply.
 
     ``entries`` maps each conversation key to ``[first seen, last seen, handshake bits, packets,
-    bytes]``; the bits are: a opened, b opened, a accepted, b accepted (1, 2, 4, 8).
+    bytes]``; the bits are: a opened, b opened, a accepted, b accepted (1, 2, 4, 8), and either
+    closed (16).
     """
 
     __slots__ = ("capture", "entries", "vantage")
@@ -168,6 +179,8 @@ class CaptureConversations:
                 bits |= 1 if forward else 2
             if roles & ROLE_ACCEPTOR:
                 bits |= 4 if forward else 8
+            if roles & ROLE_CLOSER:
+                bits |= _CLOSED
             entry = self.entries.get(key)
             if entry is None:
                 self.entries[key] = [first_seen, last_seen, bits, packets, size]
@@ -191,6 +204,17 @@ class _Aggregate:
         self.captures: set[str] = set()
         # Per vantage point (one tcpdump ring): [packets, bytes].
         self.vantages: dict[str, list[int]] = {}
+
+
+_OPENED, _ACCEPTED, _CLOSED = 1 | 2, 4 | 8, 16  # CaptureConversations' handshake bits
+
+
+def _established(protocol: Protocol, roles: int) -> bool:
+    """A TCP connection whose SYN was seen is established once a SYN+ACK or a FIN is seen (a FIN
+    too: a capture may miss the SYN+ACK of a connection that then worked)."""
+    return (
+        protocol is not Protocol.TCP or not roles & _OPENED or bool(roles & (_ACCEPTED | _CLOSED))
+    )
 
 
 def _opened_by(a: Endpoint, b: Endpoint, roles: int) -> Endpoint | None:
@@ -258,6 +282,7 @@ class ConversationTable:
                     size,
                     frozenset(aggregate.captures),
                     _opened_by(a, b, aggregate.roles),
+                    _established(protocol, aggregate.roles),
                 )
             )
         return result
@@ -334,6 +359,7 @@ def orient(
                 conversation.bytes,
                 conversation.captures,
                 evidence,
+                conversation.established,
             )
         )
     # Plain values compare in C; the order is the one Endpoint's (ip, port) ordering gives.

@@ -14,11 +14,16 @@ Schema (a contract for policies, rendering, verify and the report):
   hostNetwork workload — the addresses peers saw — sorted; empty for other workloads).
 - Edge attribute ``ports``: ``dict[PortSpec, EdgeStats]``, keyed by the *target* port.
 - Graph attributes: ``graph.graph["unresolved"]`` (sorted tuple of unresolved addresses) and
-  ``graph.graph["attributions"]`` (tuple of :class:`FlowAttribution`: which flow made which edge),
-  read through :func:`unresolved_addresses`, :func:`edge_rows` and :func:`flows_on_edge`.
+  ``graph.graph["attributions"]`` (tuple of :class:`FlowAttribution`: which flow made which edge)
+  and ``graph.graph["attempts"]`` (tuple of :class:`Attempt`: TCP connections that were refused or
+  never answered), read through :func:`unresolved_addresses`, :func:`edge_rows`,
+  :func:`flows_on_edge` and :func:`attempts`.
 
 How flows become edges (details in ``docs/semantics.md``):
 
+- A TCP connection that was never established (``Flow.established``: refused with a RST, or its
+  SYN never answered) makes no edge: nothing listened, or something already dropped it, so a rule
+  would only widen what works today. It is kept as an :class:`Attempt` for the report.
 - Both ends are resolved at the flow's first packet. A workload's pods are one node; traffic
   between two pods of one workload is a self loop.
 - A flow to a Service ClusterIP is joined to the server side's own capture of the same connection
@@ -97,6 +102,16 @@ class FlowAttribution:
 
 
 @dataclass(frozen=True, slots=True)
+class Attempt:
+    """A TCP connection tried but never established, and who its ends were (``NS/Kind/name``,
+    ``service:NS/name``, ``node:NAME``, ``ip:ADDRESS`` or ``unresolved:ADDRESS``)."""
+
+    flow: Flow
+    client: str
+    server: str
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeRow:
     """One line of the report's table: an edge and one of its target ports."""
 
@@ -138,6 +153,7 @@ class _Builder:
         self.nodes: dict[str, _Node] = {}
         self.edges: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
         self.attributions: list[FlowAttribution] = []
+        self.attempts: list[Attempt] = []
 
     def workload_node(self, workload: Workload) -> str:
         node_id = str(workload.ref)
@@ -210,7 +226,20 @@ class _Builder:
             )
         )
         graph.graph["attributions"] = tuple(sorted(self.attributions, key=_attribution_key))
+        graph.graph["attempts"] = tuple(self.attempts)
         return graph
+
+
+def _describe(identity: Identity) -> str:
+    """Who an address was, for an :class:`Attempt` (no graph node is made for it)."""
+    if identity.pod is not None:
+        return str(identity.pod.workload)
+    if identity.service is not None:
+        return "service:" + "/".join(identity.service)
+    if identity.kind is EndpointKind.NODE and identity.node is not None:
+        return f"node:{identity.node}"
+    prefix = "ip" if identity.kind is EndpointKind.EXTERNAL else "unresolved"
+    return f"{prefix}:{identity.ip}"
 
 
 def _flow_key(flow: Flow) -> tuple[float, str, str, str, float, int, int]:
@@ -263,6 +292,14 @@ def build_graph(
         except KeyError:
             continue  # a workload this resolver never placed a pod in: nothing to draw
     ordered = sorted(flows, key=_flow_key)
+    for flow in ordered:
+        if not flow.established:
+            client = resolver.resolve(flow.client.ip, flow.first_seen)
+            server = resolver.resolve(
+                flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
+            )
+            builder.attempts.append(Attempt(flow, _describe(client), _describe(server)))
+    ordered = [flow for flow in ordered if flow.established]
     resolved = [
         (
             flow,
@@ -374,6 +411,11 @@ def _service_flow(
 def unresolved_addresses(graph: Any) -> tuple[str, ...]:
     """In-cluster addresses that matched nothing known at the time, sorted."""
     return tuple(graph.graph.get("unresolved", ()))
+
+
+def attempts(graph: Any) -> tuple[Attempt, ...]:
+    """TCP connections that were refused or never answered (no edge, no rule), by time."""
+    return tuple(graph.graph.get("attempts", ()))
 
 
 def edge_rows(graph: Any) -> list[EdgeRow]:

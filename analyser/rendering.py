@@ -23,7 +23,7 @@ import yaml
 from analyser.bundles import FileProblem, Window
 from analyser.errors import RenderError
 from analyser.flows import Evidence
-from analyser.graphs import EdgeStats, NodeRole
+from analyser.graphs import EdgeStats, NodeRole, attempts
 from analyser.policies import (
     DefaultDeny,
     IpPeer,
@@ -400,4 +400,11 @@ def render_report(facts: ReportFacts, graph: Any) -> str:
     damaged files and how each flow's direction was decided."""
     nodes, edges = _graph_views(graph)
     evidence = [(str(e), facts.evidence_counts.get(e, 0)) for e in Evidence]
-    return _render("report.md.j2", facts=facts, nodes=nodes, edges=edges, evidence=evidence)
+    return _render(
+        "report.md.j2",
+        facts=facts,
+        nodes=nodes,
+        edges=edges,
+        evidence=evidence,
+        attempts=attempts(graph),
+    )

@@ -16,9 +16,12 @@ from bundle_builders import (
     CART_IP,
     CART_POD,
     FRONTEND_IP,
+    FRONTEND_POD,
+    SYN,
     T0,
     handshake,
     make_bundle,
+    tcp,
     write_pcap,
 )
 
@@ -260,3 +263,29 @@ def test_a_kubectl_get_all_snapshot_works_and_warns_what_is_guessed(
         stderr
     )
     assert "kubectl get namespaces,nodes,pods," in stderr
+
+
+def test_a_refused_or_unanswered_connection_gets_no_rule_and_is_reported(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "refused"
+    shutil.copytree(bundle, folder)
+    rst_ack = 0x14
+    refused = [
+        (T0 + 30, tcp(FRONTEND_IP, 41001, CART_IP, 7777, SYN)),
+        (T0 + 30.001, tcp(CART_IP, 7777, FRONTEND_IP, 41001, rst_ack)),
+    ]
+    unanswered = [(T0 + 40 + n, tcp(FRONTEND_IP, 41002, CART_IP, 9999, SYN)) for n in range(3)]
+    write_pcap(folder / "captures" / "web" / FRONTEND_POD / "capture.pcap1", refused + unanswered)
+    write_pcap(folder / "captures" / "shop" / CART_POD / "capture.pcap2", refused + unanswered)
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert json.loads(stdout)["never_established"] == 2
+    cart = yaml.safe_load((out / "shop" / "cart.yaml").read_text())
+    assert cart["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
+    frontend = (out / "web" / "frontend.yaml").read_text()
+    assert "7777" not in frontend and "9999" not in frontend
+    report = (out / "report.md").read_text()
+    assert "## Connections that were never established" in report
+    assert "| web/Deployment/frontend (10.244.1.5:41001) | shop/Deployment/cart " in report

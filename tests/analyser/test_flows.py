@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from analyser.flows import (
     ROLE_ACCEPTOR,
+    ROLE_CLOSER,
     ROLE_OPENER,
     CaptureConversations,
     Conversation,
@@ -61,7 +62,8 @@ def test_handshake_roles_of_tcp_and_sctp() -> None:
     assert handshake_role(6, 0x02) == ROLE_OPENER
     assert handshake_role(6, 0x12) == ROLE_ACCEPTOR
     assert handshake_role(6, 0x10) == 0
-    assert handshake_role(6, 0x11) == 0  # FIN+ACK
+    assert handshake_role(6, 0x11) == ROLE_CLOSER  # FIN+ACK
+    assert handshake_role(6, 0x14) == 0  # RST+ACK
     assert handshake_role(132, 1) == ROLE_OPENER
     assert handshake_role(132, 2) == ROLE_ACCEPTOR
     assert handshake_role(17, 2) == 0
@@ -190,3 +192,30 @@ def test_flows_are_sorted_and_keep_the_counts() -> None:
     ]
     assert all((flow.packets, flow.bytes) == (4, 400) for flow in flows)
     assert flows == orient(list(reversed(conversations)), None)
+
+
+def test_a_tcp_connection_without_syn_ack_or_fin_is_not_established() -> None:
+    other = Endpoint("10.1.0.5", 40003)
+    table = ConversationTable()
+    table.add_capture(
+        "ns/client/capture.pcap",
+        "ns/client/capture.pcap",
+        [
+            # refused: SYN, RST+ACK
+            _directed(CLIENT, SERVER, packets=1, roles=ROLE_OPENER),
+            _directed(SERVER, CLIENT, packets=1),
+            # never answered: three SYNs
+            _directed(other, Endpoint("10.1.0.9", 9999), packets=3, roles=ROLE_OPENER),
+            # its SYN+ACK was not captured, but it was closed: it worked
+            _directed(other, SERVER, roles=ROLE_OPENER | ROLE_CLOSER),
+            # UDP has no handshake: always established
+            _directed(CLIENT, Endpoint("10.1.0.9", 53), protocol=Protocol.UDP),
+        ],
+    )
+    flows = orient(table.conversations(), None)
+    assert [(f.protocol, f.server.port, f.established) for f in flows] == [
+        (Protocol.TCP, 8080, False),
+        (Protocol.TCP, 8080, True),
+        (Protocol.TCP, 9999, False),
+        (Protocol.UDP, 53, True),
+    ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import (
     NodeRole,
+    attempts,
     build_graph,
     edge_rows,
     flows_on_edge,
@@ -223,3 +225,18 @@ def test_edge_rows_and_determinism() -> None:
         f"node-a ({NODE_A})",
         API_BLUE_W,
     )
+
+
+def test_connections_never_established_make_no_edge_but_are_kept() -> None:
+    flows = [
+        flow(f"{WEB_A}:41000", f"{API_BLUE}:9090"),  # it worked
+        replace(flow(f"{WEB_A}:41001", f"{API_BLUE}:7777"), established=False),  # refused
+        replace(flow(f"{WEB_A}:41002", "10.96.0.200:80"), established=False),  # unanswered
+    ]
+    graph = build_graph(flows, resolver(), scope=SCOPE)
+    assert set(ports(graph, WEB, API_BLUE_W)) == {PortSpec(TCP, 9090)}
+    assert unresolved_addresses(graph) == ()
+    assert [(a.client, a.server, a.flow.server.port) for a in attempts(graph)] == [
+        (WEB, API_BLUE_W, 7777),
+        (WEB, "unresolved:10.96.0.200", 80),
+    ]
