@@ -35,6 +35,7 @@ from analyser.sources import find_captures
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
 SNAPSHOT_FILE = "snapshot.json"
+SNAPSHOT_FILES = (SNAPSHOT_FILE, "snapshot.yaml", "snapshot.yml")  # looked for in this order
 SNAPSHOT_FOLDER = "snapshot"
 POD_IPS = "pod-ips.jsonl"
 CAPTURES = "captures"
@@ -251,12 +252,22 @@ def _check_entry(root: Path, entry: CaptureEntry, *, check_sums: bool) -> FilePr
     return None
 
 
+def find_snapshot(root: Path) -> Path | None:
+    """A bundle's snapshot: ``snapshot.json`` (or ``.yaml``, ``.yml``), else the ``snapshot/``
+    folder; None when there is none."""
+    for name in (*SNAPSHOT_FILES, SNAPSHOT_FOLDER):
+        if (root / name).exists():
+            return root / name
+    return None
+
+
 def _snapshot(root: Path) -> Path:
-    for candidate in (root / SNAPSHOT_FILE, root / SNAPSHOT_FOLDER):
-        if candidate.exists():
-            return candidate
+    found = find_snapshot(root)
+    if found is not None:
+        return found
     raise BundleError(
-        f"{root}: no {SNAPSHOT_FILE} (or {SNAPSHOT_FOLDER}/ folder): the analyser needs the "
+        f"{root}: no {SNAPSHOT_FILE} (nor snapshot.yaml, nor a {SNAPSHOT_FOLDER}/ folder): the "
+        "analyser needs the "
         f"cluster's objects to tell who an address is; write one with "
         f"`kubectl get {SNAPSHOT_KINDS} -A -o json > {root / SNAPSHOT_FILE}`"
     )

@@ -16,6 +16,7 @@ line, for JSON Lines), the object and what is wrong.
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import functools
 import ipaddress
@@ -639,20 +640,44 @@ def _display_name(obj: Mapping[str, Any]) -> str:
     return f"{namespace}/{meta.get('name')}" if namespace else str(meta.get("name"))
 
 
+def _decode(data: bytes) -> str:
+    """UTF-8 (with or without a byte-order mark), or UTF-16 with one (what PowerShell's ``>``
+    writes)."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    return data.decode("utf-8-sig")
+
+
+def _json_documents(text: str) -> list[object]:
+    """One JSON document, or several one after the other (``kubectl get pods -o json >> f``
+    appended to a ``kubectl get svc -o json > f``)."""
+    decoder = json.JSONDecoder()
+    documents = []
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            return documents
+        document, position = decoder.raw_decode(text, position)
+        documents.append(document)
+
+
 def _read_documents(path: Path) -> list[object]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _decode(path.read_bytes())
     except (OSError, UnicodeDecodeError) as error:
         raise SnapshotError(f"{path}: cannot read: {error}") from error
     if not text.strip():
         raise SnapshotError(f"{path}: empty file")
-    if path.suffix.lower() in (".yaml", ".yml"):
+    # `kubectl get -o yaml` saved as snapshot.json is YAML all the same: JSON starts with { or [.
+    if path.suffix.lower() in (".yaml", ".yml") or text.lstrip()[0] not in "{[":
         try:
             return [_yaml_plain(d) for d in yaml.safe_load_all(text)]
         except yaml.YAMLError as error:
-            raise SnapshotError(f"{path}: not valid YAML: {error}") from error
+            raise SnapshotError(f"{path}: not valid YAML (nor JSON): {error}") from error
     try:
-        return [json.loads(text)]
+        return _json_documents(text)
     except json.JSONDecodeError as error:
         raise SnapshotError(
             f"{path}: not valid JSON: line {error.lineno} column {error.colno}: {error.msg}"

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analyser.bundles import SNAPSHOT_FILE, SNAPSHOT_FOLDER
+    from analyser.bundles import find_snapshot
     from analyser.identities import Resolver
     from analyser.policysets import load_policies
     from analyser.replaying import cluster_facts
@@ -55,10 +55,7 @@ def run(args: argparse.Namespace) -> int:
     source: Path | None = args.snapshot
     if source is not None:
         if source.is_dir():
-            source = next(
-                (p for p in (source / SNAPSHOT_FILE, source / SNAPSHOT_FOLDER) if p.exists()),
-                source,
-            )
+            source = find_snapshot(source) or source
         snapshot = load_snapshot(source)
         pods = list(cluster_facts(snapshot, Resolver(snapshot)).workloads.values())
     else:

@@ -162,6 +162,12 @@ def test_a_snapshot_folder_is_accepted(tmp_path: Path) -> None:
     assert open_bundle(tmp_path).snapshot == tmp_path.resolve() / "snapshot"
 
 
+def test_a_yaml_snapshot_is_accepted(tmp_path: Path) -> None:
+    write(tmp_path / "snapshot.yaml", b"kind: List\nitems: []\n")
+    write(tmp_path / "a.pcap", b"a")
+    assert open_bundle(tmp_path).snapshot == tmp_path.resolve() / "snapshot.yaml"
+
+
 def test_no_snapshot_is_an_error_that_says_how_to_make_one(tmp_path: Path) -> None:
     write(tmp_path / "a.pcap", b"a")
     with pytest.raises(BundleError, match=r"no snapshot\.json .*kubectl get"):

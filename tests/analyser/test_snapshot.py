@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from analyser.errors import SnapshotError
 from analyser.snapshot import (
@@ -297,3 +298,25 @@ def test_gaps_name_what_kubectl_get_all_and_get_pods_leave_out(cluster: Snapshot
     pods_only = Snapshot(parse_snapshot_documents([_pod("a", "10.0.0.1")], source="pods.yaml"))
     assert [gap.split(":")[0] for gap in pods_only.gaps()] == ["no Services", "no Nodes"]
     assert Snapshot([]).gaps()[0].startswith("no Pods")
+
+
+def test_snapshot_files_as_shells_write_them(tmp_path: Path) -> None:
+    pods = {"apiVersion": "v1", "kind": "List", "items": [_pod("a", "10.0.0.1")]}
+    services = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [{"kind": "Service", "metadata": {"name": "s", "namespace": "shop"}}],
+    }
+    text = json.dumps(pods, indent=2)
+    variants = {
+        # `kubectl get pods -o json > f; kubectl get svc -o json >> f`
+        "appended.json": (text + "\n" + json.dumps(services, indent=2) + "\n").encode(),
+        "bom.json": b"\xef\xbb\xbf" + text.encode(),
+        "powershell.json": text.encode("utf-16"),  # PowerShell's `>`: UTF-16 with a BOM
+        "yaml-named.json": yaml.safe_dump(pods).encode(),  # `kubectl get -o yaml > x.json`
+    }
+    for name, data in variants.items():
+        (tmp_path / name).write_bytes(data)
+        snapshot = load_snapshot(tmp_path / name)
+        assert [p["metadata"]["name"] for p in snapshot.pods] == ["a"], name
+    assert len(load_snapshot(tmp_path / "appended.json").services) == 1
