@@ -652,7 +652,7 @@ def _json_documents(text: str) -> list[object]:
     """One JSON document, or several one after the other (``kubectl get pods -o json >> f``
     appended to a ``kubectl get svc -o json > f``)."""
     decoder = json.JSONDecoder()
-    documents = []
+    documents: list[object] = []
     position = 0
     while True:
         while position < len(text) and text[position].isspace():
