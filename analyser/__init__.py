@@ -1,6 +1,32 @@
 """netpol-sniffer's analyser: captures + a cluster snapshot → least-privilege NetworkPolicies.
 
-The public surface is listed in ``__all__``; everything else is internal.
+Pure (data in, data out, no I/O):
+    packets     bytes → L3/L4 facts and DNS answers (the only dpkt import)
+    flows       the flow types, and conversations → client → server flows
+    dns         DNS answers → the names an address had, and when
+    identities  (IP, time) → pod, workload, Service, node or outside
+    graphs      flows + identities → the workload graph (the only networkx import)
+    policies    the policy model, synthesised from the graph
+    evaluation  NetworkPolicy semantics: what does a set of policies allow?
+    verifying   observed connections and a policy set → verify's and diff's reports
+    replaying   the graph and the snapshot → the facts evaluation works on
+    rendering   policies, graph and facts → YAML, DOT, Markdown (the only jinja2 import)
+
+Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functions read files):
+    sources     capture files → (timestamp, linktype, bytes) records
+    reading     capture files → traffic, on every core
+    bundles     a bundle directory → manifest, snapshot, captures, damaged files
+    snapshot    snapshot.json, pod IP history and meta.json → indexed Kubernetes JSON
+    policysets  policy files → a policy set
+    pulling     the exec-API pull protocol: frames → files, checksums, resume
+    analysing   the whole pipeline; ``write_output`` is the only writer of analyse's output
+
+Shells:
+    collecting  the only module that talks to a cluster (the only kubernetes import)
+    cli         one module per subcommand; ``cli.main`` is the error boundary
+
+Errors are one tree, in ``errors``. The public surface is listed in ``__all__``; everything else
+is internal.
 """
 
 from analyser.errors import (

@@ -1,7 +1,7 @@
 """NetworkPolicy semantics (``networking.k8s.io/v1``): what does a set of policies allow?
 
 Pure: Kubernetes JSON policies (dicts) and plain facts about pods and addresses in, answers out.
-No I/O, no YAML; loading files is ``policysets``' job, replaying a bundle is ``verifying``'s.
+No I/O, no YAML; loading files is ``policysets``' job, replaying a bundle is ``replaying``'s.
 
 The rules implemented, as the API documents them:
 
