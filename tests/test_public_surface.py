@@ -1,22 +1,26 @@
-"""The analyser package's public surface is exactly its ``__all__`` (the webhook's is checked in
-tests/webhook/test_mutations.py), and its docstring says where every module stands."""
+"""The public surface of the analyser and webhook packages is exactly their ``__all__``, and the
+analyser's docstring says where every module stands."""
 
 from __future__ import annotations
 
 import pkgutil
 from types import ModuleType
 
+import pytest
+
 import analyser
+import webhook
 
 
-def test_analyser_all_lists_every_public_name_and_only_those() -> None:
+@pytest.mark.parametrize("package", [analyser, webhook], ids=lambda p: p.__name__)
+def test_all_lists_every_public_name_and_only_those(package: ModuleType) -> None:
     public = {
         name
-        for name, value in vars(analyser).items()
+        for name, value in vars(package).items()
         if not name.startswith("_") and not isinstance(value, ModuleType)
     }
-    assert sorted(analyser.__all__) == sorted(public)
-    assert analyser.__all__ == sorted(analyser.__all__)
+    assert sorted(package.__all__) == sorted(public)
+    assert package.__all__ == sorted(package.__all__)
 
 
 def test_the_package_docstring_places_every_module() -> None:
