@@ -22,26 +22,25 @@ def positive_int(text: str) -> int:
     return value
 
 
-def seconds(text: str) -> float:
-    """A number of seconds ≥ 0 (0: do not wait)."""
+def _seconds(text: str, *, zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         value = -1.0
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds ≥ 0, got {text!r}")
+    if value < 0 or (value == 0 and not zero):
+        wanted = "a number of seconds ≥ 0" if zero else "a positive number of seconds"
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
     return value
+
+
+def seconds(text: str) -> float:
+    """A number of seconds ≥ 0 (0: do not wait)."""
+    return _seconds(text, zero=True)
 
 
 def positive_seconds(text: str) -> float:
     """A number of seconds > 0 (a capture window)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
+    return _seconds(text, zero=False)
 
 
 def add_capture_mode(parser: argparse.ArgumentParser, *, help_prefix: str) -> None:
