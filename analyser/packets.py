@@ -26,17 +26,19 @@ Link types (pcap LINKTYPE_* values) understood:
 
 from __future__ import annotations
 
+import functools
+import operator
 import socket
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import dpkt
 
 from analyser.flows import handshake_role
+from analyser.sources import RECORD_HEADER, RECORD_SLACK, RecordChunk, repacked
 
 TCP = 6
 UDP = 17
@@ -306,12 +308,15 @@ def decode(linktype: int, buf: bytes) -> PacketFacts:
 # --- Counting ------------------------------------------------------------------------------
 
 # Link types whose header has a fixed size: where the EtherType and the IP header are, for the
-# inline decoding in ``count_batch``.
+# inline decoding in ``count_records``.
 _INLINE_LAYOUTS: dict[int, tuple[int, int]] = {
     LINKTYPE_ETHERNET: (12, 14),
     LINKTYPE_LINUX_SLL: (14, 16),
     LINKTYPE_LINUX_SLL2: (0, 20),
 }
+# For other link types: a layout that no record is long enough for (so nothing is inline).
+_NO_LAYOUT = (0, 2)
+_NEVER = 1 << 62
 
 Tally = dict[PacketKey | Skip, list[Any]]
 """Per key (or Skip reason): ``[first seen, last seen, packets, bytes, handshake roles]``, the
@@ -319,73 +324,213 @@ roles being the ``flows.ROLE_*`` bits of what the key's source sent."""
 DnsPayload = tuple[float, PacketKey | Skip, bytes]
 """(timestamp, key, port-53 payload)"""
 
+# Handshake role of a TCP packet's sender by its flags byte, and the flag bits of which a packet
+# needs one to have a role (SYN and FIN): the lowest set bit of every flags byte that has one.
+_TCP_ROLES = bytes(handshake_role(TCP, flags) for flags in range(256))
+_TCP_ROLE_FLAGS = functools.reduce(
+    operator.or_, (flags & -flags for flags in range(256) if _TCP_ROLES[flags]), 0
+)
+
+
+class _Inline(NamedTuple):
+    """How ``count_records`` reads the common case for one record header and link type."""
+
+    ipv4: Callable[[bytes, int], tuple[Any, ...]]  # unpack_from at a record's start
+    ipv6: Callable[[bytes, int], tuple[Any, ...]]
+    ethertype_ipv4: int  # the EtherTypes and the fragment mask as read in the header's byte order
+    ethertype_ipv6: int
+    fragment_mask: int
+    minimum_ipv4: int  # captured bytes needed
+    minimum_ipv6: int
+    ip_at: int  # where the IP header starts in the captured bytes
+
+
+@functools.lru_cache(maxsize=64)
+def _inline(header: str, linktype: int) -> _Inline:
+    ethertype_at, ip_at = _INLINE_LAYOUTS.get(linktype, _NO_LAYOUT)
+    link = f"{ethertype_at}xH{ip_at - ethertype_at - 2}x"
+    # After the record header (seconds, fraction, captured length) and the EtherType: for IPv4
+    # version/IHL, the total length as two bytes, flags/fragment offset, protocol, addresses and
+    # ports in one piece, TCP data offset and flags (meaningless for UDP); for IPv6 the payload
+    # length as two bytes, next header, addresses and ports, TCP data offset and flags. The
+    # numbers are read in the record header's byte order (one struct), so the EtherTypes and the
+    # fragment mask are compared in that order too; lengths are put together from their bytes.
+    ipv4 = struct.Struct(header + link + "BxBB2xHxB2x12s8xBB")
+    ipv6 = struct.Struct(header + link + "4xBBBx36s8xBB")
+    assert max(ipv4.size, ipv6.size) <= RECORD_HEADER + RECORD_SLACK
+    swap = header[0] in "<@="
+    known = linktype in _INLINE_LAYOUTS
+    return _Inline(
+        ipv4.unpack_from,
+        ipv6.unpack_from,
+        0x0008 if swap else ETHERTYPE_IPV4,
+        0xDD86 if swap else ETHERTYPE_IPV6,
+        0xFF1F if swap else 0x1FFF,
+        ip_at + 34 if known else _NEVER,
+        ip_at + 54 if known else _NEVER,
+        ip_at,
+    )
+
+
+def count_records(
+    chunk: RecordChunk, tally: Tally, dns_tally: Tally, dns_payloads: list[DnsPayload]
+) -> tuple[int, int]:
+    """Walk the records of a chunk (a ``sources.RecordWalker``) and count them per key.
+
+    Keys of TCP and UDP to or from port 53 are counted in ``dns_tally`` (and their payloads
+    appended to ``dns_payloads``), every other key and Skip reason in ``tally``. The result is
+    what decoding every packet with :func:`decode` and counting its facts gives; but the common
+    case (behind Ethernet or Linux cooked v1/v2: IPv4 with a 20-byte header, not a fragment, or
+    IPv6 without extension headers, carrying TCP or UDP with 14 bytes of transport header
+    captured) is decoded inline, with one unpack at fixed offsets that also reads the record
+    header: this loop runs once per packet of every capture, and a bytes object, a decoder call
+    or a facts tuple per packet would cost more than the rest of it. Port-53 keys are kept apart
+    so that the per-packet path needs no port test: they always take the slow path. Everything
+    else goes through the link type's decoder. ``test_packets`` checks that the two agree.
+
+    Returns (the offset of the first record not walked, records walked).
+    """
+    linktype, header, divisor, limit, buffer, offset, end = chunk
+    (
+        unpack_ipv4,
+        unpack_ipv6,
+        ethertype_ipv4,
+        ethertype_ipv6,
+        fragment_mask,
+        minimum_ipv4,
+        minimum_ipv6,
+        ip_at,
+    ) = _inline(header, linktype)
+    general = decoder_for(linktype)
+    lookup = tally.get
+    roles, role_flags = _TCP_ROLES, _TCP_ROLE_FLAGS
+    flow_protocols = (TCP, UDP)
+    last = end - RECORD_HEADER
+    walked = 0
+    while offset <= last:
+        (
+            seconds,
+            fraction,
+            captured,
+            ethertype,
+            version_ihl,
+            high,
+            low,
+            fragment,
+            protocol,
+            raw,
+            data_offset,
+            control,
+        ) = unpack_ipv4(buffer, offset)
+        start = offset + RECORD_HEADER
+        if captured > limit or start + captured > end:
+            break
+        offset = start + captured
+        walked += 1
+        if (
+            ethertype == ethertype_ipv4
+            and version_ihl == 0x45
+            and not fragment & fragment_mask
+            and captured >= minimum_ipv4
+            and protocol in flow_protocols
+        ):
+            key: PacketKey | Skip = (protocol, raw)
+            length = high << 8 | low
+        elif ethertype == ethertype_ipv6 and captured >= minimum_ipv6:
+            _, _, _, _, high, low, protocol, raw, data_offset, control = unpack_ipv6(
+                buffer, start - RECORD_HEADER
+            )
+            if protocol not in flow_protocols:
+                _count(
+                    *general(buffer[start:offset]),
+                    seconds + fraction / divisor,
+                    tally,
+                    dns_tally,
+                    dns_payloads,
+                )
+                continue
+            key = (protocol, raw)
+            length = (high << 8 | low) + 40
+        else:
+            _count(
+                *general(buffer[start:offset]),
+                seconds + fraction / divisor,
+                tally,
+                dns_tally,
+                dns_payloads,
+            )
+            continue
+        entry = lookup(key)
+        if entry is None:
+            # A new key, or port 53.
+            if protocol == UDP:
+                control = 0
+            payload = None
+            # Port 53 (0x0035) at either end: the last four bytes of the key are the ports.
+            if (raw[-3] == DNS_PORT and raw[-4] == 0) or (raw[-1] == DNS_PORT and raw[-2] == 0):
+                at = start + ip_at + (20 if len(raw) == 12 else 40)
+                at += (data_offset >> 4) * 4 if protocol == TCP else 8
+                payload = buffer[at:offset]
+            _count(
+                key,
+                control,
+                length,
+                payload,
+                seconds + fraction / divisor,
+                tally,
+                dns_tally,
+                dns_payloads,
+            )
+            continue
+        timestamp = seconds + fraction / divisor
+        if timestamp > entry[1]:
+            entry[1] = timestamp
+        elif timestamp < entry[0]:
+            entry[0] = timestamp
+        entry[2] += 1
+        entry[3] += length
+        if control & role_flags and protocol == TCP:
+            entry[4] |= roles[control]
+    return offset, walked
+
+
+def _count(
+    key: PacketKey | Skip,
+    control: int,
+    length: int,
+    payload: bytes | None,
+    timestamp: float,
+    tally: Tally,
+    dns_tally: Tally,
+    dns_payloads: list[DnsPayload],
+) -> None:
+    """Count one packet's facts the slow way (see :func:`count_records`)."""
+    if payload is not None:
+        dns_payloads.append((timestamp, key, payload))
+        tally = dns_tally
+    # A Skip key always comes with control 0, so key[0] is a protocol number here.
+    role = handshake_role(key[0], control) if control else 0  # type: ignore[index]
+    entry = tally.get(key)
+    if entry is None:
+        tally[key] = [timestamp, timestamp, 1, length, role]
+    else:
+        entry[0] = min(entry[0], timestamp)
+        entry[1] = max(entry[1], timestamp)
+        entry[2] += 1
+        entry[3] += length
+        entry[4] |= role
+
 
 def count_batch(
     linktype: int,
     timestamps: Sequence[float],
     packets: Sequence[bytes],
     tally: Tally,
+    dns_tally: Tally,
     dns_payloads: list[DnsPayload],
 ) -> None:
-    """Count a batch of records (one link type) into ``tally`` and collect port-53 payloads.
-
-    The result is what decoding every packet with :func:`decode` and counting its facts gives;
-    but the common case (behind Ethernet or Linux cooked v1/v2: IPv4 with a 20-byte header, not a
-    fragment, or IPv6 without extension headers, carrying TCP or UDP with 14 bytes of transport
-    header captured) is decoded inline with one unpack at fixed offsets: a decoder call and a
-    facts tuple per packet would cost more than the rest of this loop, which runs once per packet
-    of every capture. Everything else goes through the link type's decoder. ``test_packets``
-    checks that the two agree.
-    """
-    general = decoder_for(linktype)
-    ethertype_at, ip_at = _INLINE_LAYOUTS.get(linktype, (0, -1))
-    # Without a layout, no packet is long enough for the inline case.
-    minimum = ip_at + 34 if ip_at >= 0 else 1 << 62
-    minimum_v6 = minimum + 20
-    low_at = ethertype_at + 1
-    unpack_v4, unpack_v6 = _IPV4_PLAIN.unpack_from, _IPV6_PLAIN.unpack_from
-    lookup = tally.get
-    for timestamp, data in zip(timestamps, packets, strict=True):
-        inline = False
-        if len(data) >= minimum:
-            if data[ethertype_at] == 0x08 and data[low_at] == 0x00:
-                version_ihl, length, fragment, protocol, raw, data_offset, control = unpack_v4(
-                    data, ip_at
-                )
-                inline = version_ihl == 0x45 and not fragment & 0x1FFF and protocol in (TCP, UDP)
-                transport_at = ip_at + 20
-            elif data[ethertype_at] == 0x86 and data[low_at] == 0xDD and len(data) >= minimum_v6:
-                length, protocol, raw, data_offset, control = unpack_v6(data, ip_at)
-                length += 40
-                inline = protocol in (TCP, UDP)
-                transport_at = ip_at + 40
-        if inline:
-            key: PacketKey | Skip = (protocol, raw)
-            if protocol == UDP:
-                control = 0
-            # Port 53 (0x0035) at either end: the last four bytes of the key are the ports.
-            if (raw[-3] == DNS_PORT and raw[-4] == 0) or (raw[-1] == DNS_PORT and raw[-2] == 0):
-                at = transport_at + ((data_offset >> 4) * 4 if protocol == TCP else 8)
-                dns_payloads.append((timestamp, key, data[at:]))
-        else:
-            key, control, length, payload = general(data)
-            if payload is not None:
-                dns_payloads.append((timestamp, key, payload))
-        entry = lookup(key)
-        if entry is None:
-            # A Skip key always comes with control 0, so key[0] is a protocol number here.
-            role = handshake_role(key[0], control) if control else 0  # type: ignore[index]
-            tally[key] = [timestamp, timestamp, 1, length, role]
-        else:
-            if timestamp > entry[1]:
-                entry[1] = timestamp
-            elif timestamp < entry[0]:
-                entry[0] = timestamp
-            entry[2] += 1
-            entry[3] += length
-            # SYN and FIN (TCP), INIT and INIT-ACK (SCTP) have a low bit set; ACKs do not.
-            if control & 3:
-                entry[4] |= handshake_role(key[0], control)  # type: ignore[index]
+    """:func:`count_records` for records given one by one (one link type)."""
+    count_records(repacked(linktype, timestamps, packets), tally, dns_tally, dns_payloads)
 
 
 # --- DNS -------------------------------------------------------------------------------------
@@ -414,7 +559,7 @@ def _name(raw: str) -> str:
     return raw.rstrip(".").lower()
 
 
-@lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _response(message_after_id: bytes) -> DnsResponse | DnsFault | None:
     """One DNS response → its answers; None for a failed lookup.
 

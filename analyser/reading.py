@@ -30,8 +30,8 @@ from analyser.flows import (
     DirectedTraffic,
     protocol_named,
 )
-from analyser.packets import TCP, DnsPayload, Skip, Tally, count_batch, split_key
-from analyser.sources import CaptureFile, CaptureReport, ring_name
+from analyser.packets import TCP, DnsPayload, Skip, Tally, count_records, split_key
+from analyser.sources import CaptureFile, CaptureReport, RecordChunk, ring_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,17 +83,23 @@ def _read_one(path: Path, name: str, on_read: Callable[[int], None] | None = Non
 def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) -> _Partial:
     capture = CaptureFile(path, name=name, on_read=on_read)
     tally: Tally = {}
+    dns_tally: Tally = {}
     dns_payloads: list[DnsPayload] = []
     dns = DnsTable()
     dns_faults: Counter[str] = Counter()
-    for linktype, timestamps, packets in capture.batches():
-        count_batch(linktype, timestamps, packets, tally, dns_payloads)
+
+    def count(chunk: RecordChunk) -> tuple[int, int]:
+        walked = count_records(chunk, tally, dns_tally, dns_payloads)
         for timestamp, key, payload in dns_payloads:
             if isinstance(key, tuple):
                 fault = dns.add_payload(payload, over_tcp=key[0] == TCP, at=timestamp)
                 if fault is not None:
                     dns_faults[fault.value] += 1
         dns_payloads.clear()
+        return walked
+
+    report = capture.walk(count)
+    tally.update(dns_tally)
     skipped: Counter[str] = Counter()
     directed = []
     counted = 0
@@ -118,7 +124,7 @@ def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) ->
             )
         )
     conversations = CaptureConversations(name, ring_name(name), directed)
-    return _Partial(conversations, dns, capture.report, counted, skipped, dns_faults)
+    return _Partial(conversations, dns, report, counted, skipped, dns_faults)
 
 
 def _name_under(path: Path, root: Path) -> str:

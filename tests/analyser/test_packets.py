@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import random
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from analyser import sources
 from analyser.flows import handshake_role
 from analyser.packets import (
     DnsFault,
@@ -17,6 +19,7 @@ from analyser.packets import (
     Skip,
     Tally,
     count_batch,
+    count_records,
     decode,
     decode_dns,
     split_key,
@@ -31,6 +34,7 @@ from tests.analyser.packet_builders import (
     ethernet,
     ip_packet,
     linux_sll,
+    write_pcap,
 )
 
 ADDRESSES = {4: ("10.0.0.1", "10.0.0.2"), 6: ("fd00::1", "fd00:0:0:1::2")}
@@ -208,8 +212,9 @@ def _reference_count(linktype: int, frames: list[tuple[float, bytes]]) -> tuple[
     return tally, payloads
 
 
-@pytest.mark.parametrize("linktype", sorted(FRAMERS))
-def test_count_batch_agrees_with_decoding_every_packet(linktype: int) -> None:
+def _random_frames(linktype: int) -> list[tuple[float, bytes]]:
+    """600 frames of every kind, some fragments and ICMP, cut at various snap lengths, out of
+    time order."""
     rng = random.Random(linktype)
     frames = []
     for _ in range(600):
@@ -231,12 +236,61 @@ def test_count_batch_agrees_with_decoding_every_packet(linktype: int) -> None:
             packet[9] = 1  # ICMP
         frame = FRAMERS[linktype](bytes(packet))[: rng.choice([200, 60, 40, 30])]  # snap lengths
         frames.append((1000.0 + rng.random(), frame))
+    return frames
+
+
+def _check_counts(
+    frames: list[tuple[float, bytes]],
+    linktype: int,
+    tally: Tally,
+    dns_tally: Tally,
+    payloads: list[DnsPayload],
+) -> None:
+    expected_tally, expected_payloads = _reference_count(linktype, frames)
+    assert tally | dns_tally == expected_tally
+    # Port-53 keys (and only they) are counted apart.
+    assert set(dns_tally) == {key for _, key, _ in expected_payloads}
+    assert not set(tally) & set(dns_tally)
+    assert payloads == expected_payloads
+    assert len(tally) > 20 and dns_tally
+
+
+@pytest.mark.parametrize("linktype", sorted(FRAMERS))
+def test_count_batch_agrees_with_decoding_every_packet(linktype: int) -> None:
+    frames = _random_frames(linktype)
     tally: Tally = {}
+    dns_tally: Tally = {}
     payloads: list[DnsPayload] = []
     for start in range(0, len(frames), 100):
         batch = frames[start : start + 100]
-        count_batch(linktype, [t for t, _ in batch], [f for _, f in batch], tally, payloads)
-    expected_tally, expected_payloads = _reference_count(linktype, frames)
-    assert tally == expected_tally
-    assert payloads == expected_payloads
-    assert len(tally) > 20
+        count_batch(
+            linktype, [t for t, _ in batch], [f for _, f in batch], tally, dns_tally, payloads
+        )
+    _check_counts(frames, linktype, tally, dns_tally, payloads)
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize("linktype", sorted(FRAMERS))
+def test_counting_pcap_records_agrees_with_decoding_every_packet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linktype: int, big_endian: bool
+) -> None:
+    """The pcap file's own records, in either byte order, walked in small chunks (records cut
+    by a chunk's end are carried over)."""
+    monkeypatch.setattr(sources, "CHUNK_SIZE", 1000)
+    path = write_pcap(
+        tmp_path / "a.pcap",
+        _random_frames(linktype),
+        linktype=linktype,
+        big_endian=big_endian,
+        nano=big_endian,
+    )
+    frames = [(timestamp, frame) for timestamp, _, frame in sources.records(path)]
+    tally: Tally = {}
+    dns_tally: Tally = {}
+    payloads: list[DnsPayload] = []
+    report = sources.CaptureFile(path).walk(
+        lambda chunk: count_records(chunk, tally, dns_tally, payloads)
+    )
+    assert (report.ok, report.packets) == (True, 600)
+    assert report.bytes == sum(len(frame) for _, frame in frames)
+    _check_counts(frames, linktype, tally, dns_tally, payloads)
