@@ -27,7 +27,14 @@ from typing import Any
 from analyser.bundles import CAPTURES, SNAPSHOT_KINDS, Bundle, FileProblem
 from analyser.errors import OutputError, RenderError, SnapshotError
 from analyser.flows import Evidence, Flow, orient
-from analyser.graphs import NodeRole, attempts, build_graph, unresolved_addresses
+from analyser.graphs import (
+    NodeRole,
+    attempts,
+    build_graph,
+    is_loopback,
+    loopback_flows,
+    unresolved_addresses,
+)
 from analyser.identities import Resolver, Scope
 from analyser.policies import (
     DefaultDeny,
@@ -113,6 +120,7 @@ class Analysis(Observation):
             "packets_without_flow": dict(self.traffic.skipped),
             "flows": len(self.flows),
             "never_established": len(attempts(self.graph)),
+            "loopback_flows": loopback_flows(self.graph),
             "evidence": {str(e): n for e, n in self.evidence_counts.items()},
             "workloads": roles.get(NodeRole.WORKLOAD, 0),
             "external_addresses": roles.get(NodeRole.EXTERNAL, 0),
@@ -192,7 +200,7 @@ def _vantage_pods(
     seen: dict[str, _LooseCapture] = {}
     for flow in flows:
         captures = flow.captures & unplaced
-        if not captures:
+        if not captures or is_loopback(flow):
             continue
         identities = (
             resolver.resolve(flow.client.ip, flow.first_seen),

@@ -13,17 +13,21 @@ Schema (a contract for policies, rendering, verify and the report):
   ``addresses`` (tuple of the addresses seen for a node, an outside or unresolved address, or a
   hostNetwork workload — the addresses peers saw — sorted; empty for other workloads).
 - Edge attribute ``ports``: ``dict[PortSpec, EdgeStats]``, keyed by the *target* port.
-- Graph attributes: ``graph.graph["unresolved"]`` (sorted tuple of unresolved addresses) and
-  ``graph.graph["attributions"]`` (tuple of :class:`FlowAttribution`: which flow made which edge)
-  and ``graph.graph["attempts"]`` (tuple of :class:`Attempt`: TCP connections that were refused or
-  never answered), read through :func:`unresolved_addresses`, :func:`edge_rows`,
-  :func:`flows_on_edge` and :func:`attempts`.
+- Graph attributes: ``graph.graph["unresolved"]`` (sorted tuple of unresolved addresses),
+  ``graph.graph["attributions"]`` (tuple of :class:`FlowAttribution`: which flow made which
+  edge), ``graph.graph["attempts"]`` (tuple of :class:`Attempt`: TCP connections that were refused
+  or never answered) and ``graph.graph["loopback"]`` (how many flows were on a loopback address),
+  read through :func:`unresolved_addresses`, :func:`edge_rows`, :func:`flows_on_edge`,
+  :func:`attempts` and :func:`loopback_flows`.
 
 How flows become edges (details in ``docs/semantics.md``):
 
 - A TCP connection that was never established (``Flow.established``: refused with a RST, or its
   SYN never answered) makes no edge: nothing listened, or something already dropped it, so a rule
   would only widen what works today. It is kept as an :class:`Attempt` for the report.
+- A flow on a loopback address (``127.0.0.0/8``, ``::1``: ``tcpdump -i any`` in a pod sees its
+  containers talking to each other over ``lo``) makes no edge: it never leaves the pod, and no
+  NetworkPolicy applies to it. Only their number is kept.
 - Both ends are resolved at the flow's first packet. A workload's pods are one node; traffic
   between two pods of one workload is a self loop.
 - A flow to a Service ClusterIP is joined to the server side's own capture of the same connection
@@ -154,6 +158,7 @@ class _Builder:
         self.edges: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
         self.attributions: list[FlowAttribution] = []
         self.attempts: list[Attempt] = []
+        self.loopback = 0
 
     def workload_node(self, workload: Workload) -> str:
         node_id = str(workload.ref)
@@ -227,7 +232,19 @@ class _Builder:
         )
         graph.graph["attributions"] = tuple(sorted(self.attributions, key=_attribution_key))
         graph.graph["attempts"] = tuple(self.attempts)
+        graph.graph["loopback"] = self.loopback
         return graph
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _is_loopback_address(address: str) -> bool:
+    return ipaddress.ip_address(address).is_loopback
+
+
+def is_loopback(flow: Flow) -> bool:
+    """Whether ``flow`` is on a loopback address: between containers of one pod (or processes of
+    one node), never on the pod network, so no NetworkPolicy sees it."""
+    return _is_loopback_address(flow.client.ip) or _is_loopback_address(flow.server.ip)
 
 
 def _describe(identity: Identity) -> str:
@@ -292,6 +309,8 @@ def build_graph(
         except KeyError:
             continue  # a workload this resolver never placed a pod in: nothing to draw
     ordered = sorted(flows, key=_flow_key)
+    builder.loopback = sum(1 for flow in ordered if is_loopback(flow))
+    ordered = [flow for flow in ordered if not is_loopback(flow)]
     for flow in ordered:
         if not flow.established:
             client = resolver.resolve(flow.client.ip, flow.first_seen)
@@ -411,6 +430,11 @@ def _service_flow(
 def unresolved_addresses(graph: Any) -> tuple[str, ...]:
     """In-cluster addresses that matched nothing known at the time, sorted."""
     return tuple(graph.graph.get("unresolved", ()))
+
+
+def loopback_flows(graph: Any) -> int:
+    """How many flows were on a loopback address (no edge)."""
+    return int(graph.graph.get("loopback", 0))
 
 
 def attempts(graph: Any) -> tuple[Attempt, ...]:

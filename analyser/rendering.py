@@ -23,7 +23,7 @@ import yaml
 from analyser.bundles import FileProblem, Window
 from analyser.errors import RenderError
 from analyser.flows import Evidence
-from analyser.graphs import EdgeStats, NodeRole, attempts
+from analyser.graphs import EdgeStats, NodeRole, attempts, loopback_flows
 from analyser.policies import (
     DefaultDeny,
     IpPeer,
@@ -407,4 +407,5 @@ def render_report(facts: ReportFacts, graph: Any) -> str:
         edges=edges,
         evidence=evidence,
         attempts=attempts(graph),
+        loopback=loopback_flows(graph),
     )

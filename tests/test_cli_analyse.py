@@ -289,3 +289,23 @@ def test_a_refused_or_unanswered_connection_gets_no_rule_and_is_reported(
     report = (out / "report.md").read_text()
     assert "## Connections that were never established" in report
     assert "| web/Deployment/frontend (10.244.1.5:41001) | shop/Deployment/cart " in report
+
+
+def test_loopback_traffic_in_a_loose_pod_capture_does_not_hide_whose_it_is(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `tcpdump -i any` in the cart pod also sees its containers talk over lo
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    shutil.copy(bundle / "snapshot.json", folder / "snapshot.json")
+    cart = bundle / "captures" / "shop" / CART_POD / "capture.pcap0"
+    frames = list(dpkt.pcap.Reader(cart.open("rb")))
+    frames += handshake("127.0.0.1", 45000, "127.0.0.1", 5432, T0 + 9)
+    write_pcap(folder / "cart.pcap", frames)
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    summary = json.loads(stdout)
+    assert summary["policies"] == ["shop/cart.yaml"]
+    assert summary["loopback_flows"] == 1
+    assert "127.0.0.1" not in (out / "shop" / "cart.yaml").read_text()

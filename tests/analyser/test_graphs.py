@@ -13,6 +13,7 @@ from analyser.graphs import (
     build_graph,
     edge_rows,
     flows_on_edge,
+    loopback_flows,
     unresolved_addresses,
 )
 from analyser.identities import WorkloadRef
@@ -240,3 +241,14 @@ def test_connections_never_established_make_no_edge_but_are_kept() -> None:
         (WEB, API_BLUE_W, 7777),
         (WEB, "unresolved:10.96.0.200", 80),
     ]
+
+
+def test_loopback_flows_inside_a_pod_make_no_edge_and_no_node() -> None:
+    flows = [
+        flow(f"{WEB_A}:41000", f"{API_BLUE}:9090"),
+        flow("127.0.0.1:45000", "127.0.0.1:5432"),  # the app and its proxy container, over lo
+        flow("[::1]:45001", "[::1]:15000"),
+    ]
+    graph = build_graph(flows, resolver(), scope=SCOPE)
+    assert sorted(graph.nodes) == [API_BLUE_W, WEB]
+    assert loopback_flows(graph) == 2
