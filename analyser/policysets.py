@@ -11,6 +11,7 @@ an error too: which one wins would depend on the order ``kubectl apply`` sees th
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,17 +86,30 @@ def _objects(document: Any, where: str) -> Iterator[tuple[Mapping[str, Any], str
     yield document, where
 
 
+def _skipped_notes(source: str, skipped: list[tuple[str, str]]) -> list[str]:
+    """One note per skipped object, or one per file when it holds several (a folder of manifests
+    must not bury the verdict under a line per Deployment)."""
+    if len(skipped) <= 1:
+        return [f"{where}: skipped {kind}" for where, kind in skipped]
+    kinds = Counter(kind for _, kind in skipped)
+    listed = ", ".join(f"{kind} ×{count}" for kind, count in sorted(kinds.items()))
+    return [f"{source}: skipped {len(skipped)} objects that are not NetworkPolicies ({listed})"]
+
+
 def _policy_set(
     root: str, sources: Iterable[tuple[str, list[Any]]], notes: list[str]
 ) -> LoadedPolicies:
     """Policies from (source name, parsed documents) pairs; raises PolicyError on anything bad."""
     documents: list[Mapping[str, Any]] = []
     compiled: dict[tuple[str, str], CompiledPolicy] = {}
+    sources_seen = 0
     for source, parsed in sources:
+        sources_seen += 1
+        skipped: list[tuple[str, str]] = []  # (where, kind) of what is not a NetworkPolicy
         for number, document in enumerate(parsed, start=1):
             for obj, where in _objects(document, f"{source} (document {number})"):
                 if obj.get("kind") != "NetworkPolicy":
-                    notes.append(f"{where}: skipped {obj.get('kind') or 'an object without kind'}")
+                    skipped.append((where, str(obj.get("kind") or "an object without kind")))
                     continue
                 policy = compile_policy(obj, source=where)
                 key = (policy.namespace, policy.name)
@@ -106,6 +120,11 @@ def _policy_set(
                     )
                 compiled[key] = policy
                 documents.append(obj)
+        notes += _skipped_notes(source, skipped)
+    if sources_seen and not compiled:
+        notes.append(
+            f"{root}: no NetworkPolicy found: without policies every connection is allowed"
+        )
     return LoadedPolicies(
         root=root,
         documents=tuple(documents),

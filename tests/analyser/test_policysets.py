@@ -151,3 +151,18 @@ def test_the_public_api_checks_a_folder_in_a_few_lines(tmp_path: Path) -> None:
     [denial] = policies.denials(web, analyser.Address("10.9.9.9"), analyser.Protocol.TCP, 443)
     assert denial.side is analyser.Direction.EGRESS
     assert {"PolicySet", "load_policies", "pod", "Address", "Denial"} <= set(analyser.__all__)
+
+
+def test_a_folder_of_other_manifests_gets_one_note_per_file_and_a_verdict(tmp_path: Path) -> None:
+    manifests = "".join(
+        f"---\nkind: {kind}\nmetadata: {{name: x{index}}}\n"
+        for index, kind in enumerate(["Deployment", "Service", "Deployment"])
+    )
+    (tmp_path / "app.yaml").write_text(manifests)
+    loaded = load_policies(tmp_path)
+    assert not loaded.policies.policies
+    assert loaded.notes == (
+        f"{tmp_path}/app.yaml: skipped 3 objects that are not NetworkPolicies "
+        "(Deployment ×2, Service ×1)",
+        f"{tmp_path}: no NetworkPolicy found: without policies every connection is allowed",
+    )
