@@ -154,6 +154,18 @@ def _parse_reply(line: bytes) -> tuple[str, int, str]:
     return str(data["server"]), int(data["port"]), str(data["peer"])
 
 
+async def _tcp_exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: bytes
+) -> tuple[str, int, str]:
+    """Send ``message`` on an open connection; the server's one-line reply, parsed."""
+    writer.write(message)
+    await writer.drain()
+    line = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
+    if not line:
+        raise ConnectionResetError("closed without a reply")
+    return _parse_reply(line)
+
+
 class Client:
     """Runs the calls of one pod and keeps their results."""
 
@@ -171,16 +183,6 @@ class Client:
         return await asyncio.wait_for(
             asyncio.open_connection(addresses[0], call.port, local_addr=local), CONNECT_TIMEOUT
         )
-
-    async def _exchange(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[str, int, str]:
-        writer.write(self.greeting)
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
-        if not line:
-            raise ConnectionResetError("closed without a reply")
-        return _parse_reply(line)
 
     async def open_long_lived(self) -> None:
         """Connect the long-lived calls (before the capture starts)."""
@@ -204,7 +206,7 @@ class Client:
         if call.long_lived:
             if call.id not in self._open:
                 raise ConnectionResetError("the long-lived connection is gone")
-            return await self._exchange(*self._open[call.id])
+            return await _tcp_exchange(*self._open[call.id], self.greeting)
         if call.protocol == "UDP":
             addresses = await self.resolver.resolve(
                 call.host, ipv6=call.ipv6, result=self.results[call.id]
@@ -216,7 +218,7 @@ class Client:
             )
         reader, writer = await self._connect(call)
         try:
-            return await self._exchange(reader, writer)
+            return await _tcp_exchange(reader, writer, self.greeting)
         finally:
             writer.close()
 
@@ -281,14 +283,9 @@ class Prober:
                 asyncio.open_connection(address, port), CONNECT_TIMEOUT
             )
             try:
-                writer.write(b"probe\n")
-                await writer.drain()
-                line = await asyncio.wait_for(reader.readline(), REPLY_TIMEOUT)
-                if not line:
-                    raise ConnectionResetError("closed without a reply")
+                server = await _tcp_exchange(reader, writer, b"probe\n")
             finally:
                 writer.close()
-            server = _parse_reply(line)
         except (OSError, TimeoutError, ValueError, KeyError):
             self.failed += 1
         else:
