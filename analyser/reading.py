@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from analyser.dns import DnsTable
 from analyser.flows import (
@@ -80,25 +81,63 @@ def _read_one(path: Path, name: str, on_read: Callable[[int], None] | None = Non
         return _count_file(path, name, on_read)
 
 
+class _DnsAnswers:
+    """Port-53 payloads → a :class:`DnsTable`, each distinct payload decoded once.
+
+    The same answers come again and again (every client asks, over and over), and the table
+    keeps only the first and last time of each name, so per distinct payload the first and last
+    time it was seen and how often are enough. UDP messages are told apart without their 2-byte
+    ID, which decoding ignores. Flushed every ``LIMIT`` distinct payloads: memory stays bounded.
+    """
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self.table = DnsTable()
+        self.faults: Counter[str] = Counter()
+        # (over TCP, message) → [first seen, last seen, times]
+        self._pending: dict[tuple[bool, bytes], list[Any]] = {}
+
+    def add(self, payloads: Iterable[DnsPayload]) -> None:
+        pending = self._pending
+        for timestamp, key, payload in payloads:
+            over_tcp = key[0] == TCP  # type: ignore[index]  # DNS payloads have flow keys
+            seen = pending.get((over_tcp, payload if over_tcp else payload[2:]))
+            if seen is None:
+                pending[over_tcp, payload if over_tcp else payload[2:]] = [timestamp, timestamp, 1]
+            else:
+                seen[0] = min(seen[0], timestamp)
+                seen[1] = max(seen[1], timestamp)
+                seen[2] += 1
+        if len(pending) > self.LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        for (over_tcp, message), (first, last, times) in self._pending.items():
+            payload = message if over_tcp else b"\0\0" + message
+            fault = self.table.add_payload(payload, over_tcp=over_tcp, at=first)
+            if fault is not None:
+                self.faults[fault.value] += times
+            elif last != first:
+                self.table.add_payload(payload, over_tcp=over_tcp, at=last)
+        self._pending.clear()
+
+
 def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) -> _Partial:
     capture = CaptureFile(path, name=name, on_read=on_read)
     tally: Tally = {}
     dns_tally: Tally = {}
     dns_payloads: list[DnsPayload] = []
-    dns = DnsTable()
-    dns_faults: Counter[str] = Counter()
+    answers = _DnsAnswers()
 
     def count(chunk: RecordChunk) -> tuple[int, int]:
         walked = count_records(chunk, tally, dns_tally, dns_payloads)
-        for timestamp, key, payload in dns_payloads:
-            if isinstance(key, tuple):
-                fault = dns.add_payload(payload, over_tcp=key[0] == TCP, at=timestamp)
-                if fault is not None:
-                    dns_faults[fault.value] += 1
+        answers.add(dns_payloads)
         dns_payloads.clear()
         return walked
 
     report = capture.walk(count)
+    answers.flush()
     tally.update(dns_tally)
     skipped: Counter[str] = Counter()
     directed = []
@@ -124,7 +163,7 @@ def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) ->
             )
         )
     conversations = CaptureConversations(name, ring_name(name), directed)
-    return _Partial(conversations, dns, report, counted, skipped, dns_faults)
+    return _Partial(conversations, answers.table, report, counted, skipped, answers.faults)
 
 
 def _name_under(path: Path, root: Path) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from analyser import sources
+from analyser import reading, sources
 from analyser.flows import Endpoint, Evidence, Protocol, orient
 from analyser.reading import read_captures
 from analyser.sources import find_captures
@@ -77,6 +77,32 @@ def test_dns_over_tcp_in_a_capture(tmp_path: Path) -> None:
     traffic = read_captures([path], root=tmp_path, workers=1)
     assert traffic.dns.names_for("192.0.2.44") == ("db.example",)
     assert traffic.dns_faults == {"truncated": 1}
+
+
+@pytest.mark.parametrize("limit", [1, 4096])
+def test_repeated_dns_answers_keep_their_times_and_faults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """Each distinct answer is decoded once (with ``limit`` distinct ones pending at most): the
+    names keep the first and last time any copy was seen, every damaged copy is a fault."""
+    monkeypatch.setattr(reading._DnsAnswers, "LIMIT", limit)
+    frames = []
+    for index, at in enumerate([7.0, 3.0, 9.0, 5.0]):  # out of order, other IDs
+        answer = dns_response("a.example", [("a.example", "A", "192.0.2.1")], ident=index)
+        frames.append((at, ip_packet("10.0.0.53", "10.0.0.1", "udp", 53, 41000, payload=answer)))
+    other = dns_response("b.example", [("b.example", "A", "192.0.2.2")])
+    frames.append((4.0, ip_packet("10.0.0.53", "10.0.0.1", "udp", 53, 41000, payload=other)))
+    for index, at in enumerate([1.0, 2.0, 8.0]):
+        answer = dns_response("c.example", [("c.example", "A", "192.0.2.3")], ident=index)
+        cut = ip_packet("10.0.0.53", "10.0.0.1", "udp", 53, 41001, payload=answer[:-3])
+        frames.append((at, cut))
+    path = write_pcap(tmp_path / "dns.pcap", frames, linktype=101)
+    traffic = read_captures([path], root=tmp_path, workers=1)
+    assert [(n.ip, n.name, n.first_seen, n.last_seen) for n in traffic.dns] == [
+        ("192.0.2.1", "a.example", 3.0, 9.0),
+        ("192.0.2.2", "b.example", 4.0, 4.0),
+    ]
+    assert traffic.dns_faults == {"truncated": 3}
 
 
 def _random_captures(directory: Path, count: int) -> list[Path]:
