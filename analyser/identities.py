@@ -173,6 +173,10 @@ DNS_POD_LABEL = ("k8s-app", "kube-dns")
 # anything wider would swallow the internet, so each address then gets a /16 (/64) of its own.
 _MIN_INFERRED_PREFIX = {4: 8, 6: 32}
 _FALLBACK_PREFIX = {4: 16, 6: 64}
+# A pod cannot have sent a packet long before it existed: an address seen this many seconds (clock
+# skew between nodes and the API server, a watcher noticing an IP late) or more before the first
+# claim on it belonged to someone the snapshot no longer knows.
+CLAIM_SKEW = 60.0
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -458,7 +462,12 @@ class Resolver:
             best = min(covering, key=lambda c: (c.source, -c.start))
         else:
             earlier = [c for c in claims if c.start <= at]
-            best = max(earlier, key=lambda c: (c.start, -c.source)) if earlier else claims[0]
+            if earlier:
+                best = max(earlier, key=lambda c: (c.start, -c.source))
+            elif claims[0].start - at <= CLAIM_SKEW:
+                best = claims[0]
+            else:
+                return None  # before any pod the snapshot knows had it: a pod deleted since
         return self._records[best.key]
 
     def _ip_of(self, record: PodRecord, at: float, version: int | None = None) -> str:
@@ -575,12 +584,16 @@ class Resolver:
         address resolves to the hostNetwork pod that declares that port, if any."""
         ip = normalize_ip(ip)
         key = (ip, port, protocol)
-        known = self._timeless.get(key)
-        if known is not None:
-            return known
+        claims = self._claims.get(ip, ())
+        # With at most one pod ever at this address, the answer does not depend on the time
+        # (from shortly before that pod's claim on it on).
+        timeless = not claims or (len(claims) == 1 and claims[0].start - at <= CLAIM_SKEW)
+        if timeless:
+            known = self._timeless.get(key)
+            if known is not None:
+                return known
         identity = self._resolve(ip, at, port, protocol)
-        # With at most one pod ever at this address, the answer does not depend on the time.
-        if len(self._claims.get(ip, ())) <= 1:
+        if timeless:
             self._timeless[key] = identity
         return identity
 

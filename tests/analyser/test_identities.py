@@ -451,3 +451,20 @@ def test_an_indexed_jobs_completion_index_is_not_in_its_selector() -> None:
     identity = resolver.resolve("10.1.0.6", 0.0)
     assert identity.pod is not None
     assert resolver.workload(identity.pod.workload).selector.match_labels == (("app", "batch"),)
+
+
+def test_an_address_long_before_its_only_pod_existed_is_not_that_pod() -> None:
+    # The snapshot was taken the next day: its pod got the address after the capture, so the
+    # packets came from a pod deleted since, which the snapshot does not know.
+    pod = _pod("late-1", "10.1.0.7", {"app": "late"})
+    pod["metadata"]["creationTimestamp"] = "2026-11-27T09:00:00Z"  # type: ignore[index]
+    resolver = Resolver(_objects(pod, extra=(_node_with_pod_cidr(),)))
+    captured = parse_timestamp("2026-11-26T09:00:00Z")
+    assert resolver.resolve("10.1.0.7", captured).kind is EndpointKind.UNRESOLVED
+    # its own packets, also a few seconds before the API server's clock said it was created
+    assert resolver.resolve("10.1.0.7", captured + 86_400 - 5).pod is not None
+    assert resolver.resolve("10.1.0.7", captured + 86_400 + 5).pod is not None
+
+
+def _node_with_pod_cidr() -> dict[str, object]:
+    return {"kind": "Node", "metadata": {"name": "n"}, "spec": {"podCIDR": "10.1.0.0/16"}}
