@@ -42,8 +42,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -247,6 +247,27 @@ def is_loopback(flow: Flow) -> bool:
     return _is_loopback_address(flow.client.ip) or _is_loopback_address(flow.server.ip)
 
 
+def _split_at_handovers(flows: Iterable[Flow], resolver: Resolver) -> Iterator[Flow]:
+    """Each flow, plus a copy starting at its last packet when an end was someone else by then.
+
+    A flow is one 5-tuple over the whole capture: when an address passes from one pod to another
+    and the new pod happens to reuse the old one's port towards the same server, both
+    connections are one flow. Resolved at its first packet only, the second pod's traffic would
+    be the first pod's, and its policy would miss it.
+    """
+    for flow in flows:
+        yield flow
+        if flow.last_seen > flow.first_seen and any(
+            resolver.resolve(ip, flow.first_seen, port=port, protocol=protocol)
+            != resolver.resolve(ip, flow.last_seen, port=port, protocol=protocol)
+            for ip, port, protocol in (
+                (flow.client.ip, None, None),
+                (flow.server.ip, flow.server.port, flow.protocol),
+            )
+        ):
+            yield replace(flow, first_seen=flow.last_seen)
+
+
 def _describe(identity: Identity) -> str:
     """Who an address was, for an :class:`Attempt` (no graph node is made for it)."""
     if identity.pod is not None:
@@ -308,7 +329,7 @@ def build_graph(
             builder.workload_node(resolver.workload(ref))
         except KeyError:
             continue  # a workload this resolver never placed a pod in: nothing to draw
-    ordered = sorted(flows, key=_flow_key)
+    ordered = sorted(_split_at_handovers(flows, resolver), key=_flow_key)
     builder.loopback = sum(1 for flow in ordered if is_loopback(flow))
     ordered = [flow for flow in ordered if not is_loopback(flow)]
     for flow in ordered:

@@ -36,6 +36,7 @@ from tests.analyser.flow_builders import (
     WEB_SVC,
     WEB_SVC6,
     FakeDns,
+    at,
     flow,
     resolver,
 )
@@ -252,3 +253,18 @@ def test_loopback_flows_inside_a_pod_make_no_edge_and_no_node() -> None:
     graph = build_graph(flows, resolver(), scope=SCOPE)
     assert sorted(graph.nodes) == [API_BLUE_W, WEB]
     assert loopback_flows(graph) == 2
+
+
+def test_one_five_tuple_used_by_two_pods_in_turn_gives_each_its_edge() -> None:
+    # The conversation table merges both connections (same 5-tuple) into one flow that spans
+    # the hand-over of the address from ratings' old pod to details.
+    merged = replace(
+        flow(f"{REUSED}:40000", f"{PRODUCTPAGE}:9080", clock="09:10:00"),
+        last_seen=at("09:35:00"),
+    )
+    graph = build_graph([merged], resolver(), scope=set())
+    page = "bookinfo/Deployment/productpage-v1"
+    assert sorted(graph.predecessors(page)) == [
+        "bookinfo/Deployment/details-v1",
+        "bookinfo/Deployment/ratings-v1",
+    ]
