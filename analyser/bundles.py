@@ -88,6 +88,16 @@ class CaptureEntry:
     sha256: str
     size: int
 
+    def as_json(self) -> dict[str, object]:
+        """The entry as ``bundle.json`` lists it."""
+        return {
+            "path": self.path,
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "sha256": self.sha256,
+            "size": self.size,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
@@ -108,16 +118,7 @@ class Manifest:
         }
         if self.window is not None:
             document["window"] = {"start": self.window.start_text, "end": self.window.end_text}
-        document["captures"] = [
-            {
-                "path": e.path,
-                "namespace": e.namespace,
-                "pod": e.pod,
-                "sha256": e.sha256,
-                "size": e.size,
-            }
-            for e in sorted(self.captures)
-        ]
+        document["captures"] = [entry.as_json() for entry in sorted(self.captures)]
         return json.dumps(document, indent=2) + "\n"
 
 

@@ -708,16 +708,7 @@ class Skipped:
 def capture_entries(bundle: Path) -> list[dict[str, Any]]:
     """One entry per capture file under ``captures/NS/POD/``, checksummed from disk so entries
     of earlier runs stay right."""
-    return [
-        {
-            "path": entry.path,
-            "namespace": entry.namespace,
-            "pod": entry.pod,
-            "sha256": entry.sha256,
-            "size": entry.size,
-        }
-        for entry in sorted(entries_for_layout(bundle))
-    ]
+    return [entry.as_json() for entry in sorted(entries_for_layout(bundle))]
 
 
 def remove_empty_directories(root: Path) -> None:

@@ -8,7 +8,6 @@ Object and truth construction is pure (``snapshot``, ``truth_flows``, ``pod_ip_e
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 import jsonpatch
 
+from analyser.bundles import entries_for_layout
 from lab.layouts import (
     DNS_WORKLOAD,
     NODE_IPV4,
@@ -457,14 +457,6 @@ def truth_flows(outcomes: Iterable[CallOutcome]) -> list[JsonObject]:
     return [{"client": c, "server": s, "protocol": p, "port": n} for c, s, p, n in sorted(flows)]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _dump(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -480,19 +472,7 @@ def write_bundle(
     report: JsonObject,
 ) -> None:
     """Everything but the captures themselves (already under ``out/captures``)."""
-    captures = []
-    for path in sorted((out / "captures").glob("*/*/*")):
-        if path.name == "meta.json" or not path.is_file():
-            continue
-        captures.append(
-            {
-                "path": path.relative_to(out).as_posix(),
-                "namespace": path.parent.parent.name,
-                "pod": path.parent.name,
-                "sha256": _sha256(path),
-                "size": path.stat().st_size,
-            }
-        )
+    captures = [entry.as_json() for entry in sorted(entries_for_layout(out))]
     _dump(
         out / "bundle.json",
         {
