@@ -14,6 +14,7 @@ other files (unless forced) and removes what an earlier run wrote and this one d
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -178,6 +179,18 @@ def _captured_pods(
     return pods, unplaced
 
 
+def _to_everyone(flow: Flow) -> bool:
+    """Broadcast or multicast, or from an address not yet configured (DHCP): a node's noise that
+    says nothing about whose capture a file is."""
+    return any(
+        address.is_multicast or address.is_unspecified or address == _BROADCAST
+        for address in map(ipaddress.ip_address, (flow.client.ip, flow.server.ip))
+    )
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
 @dataclass(slots=True)
 class _LooseCapture:
     """What one unplaced capture file saw: the pods and addresses in every one of its flows, the
@@ -200,7 +213,7 @@ def _vantage_pods(
     seen: dict[str, _LooseCapture] = {}
     for flow in flows:
         captures = flow.captures & unplaced
-        if not captures or is_loopback(flow):
+        if not captures or is_loopback(flow) or _to_everyone(flow):
             continue
         identities = (
             resolver.resolve(flow.client.ip, flow.first_seen),

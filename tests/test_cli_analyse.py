@@ -17,11 +17,13 @@ from bundle_builders import (
     CART_POD,
     FRONTEND_IP,
     FRONTEND_POD,
+    NODE_IP,
     SYN,
     T0,
     handshake,
     make_bundle,
     tcp,
+    udp,
     write_pcap,
 )
 
@@ -217,6 +219,11 @@ def test_a_loose_node_wide_capture_gives_the_nodes_pods_policies(
         frame
         for pcap in sorted(bundle.glob("captures/*/*/capture.pcap0"))
         for frame in dpkt.pcap.Reader(pcap.open("rb"))
+    ]
+    # the node's own noise: a DHCP request and mDNS, from no pod to no one in particular
+    frames += [
+        (T0 + 11, udp("0.0.0.0", 68, "255.255.255.255", 67, b"\x01" * 40)),
+        (T0 + 12, udp(NODE_IP, 5353, "224.0.0.251", 5353, b"\x00" * 20)),
     ]
     write_pcap(folder / "node-1.pcap", frames)
     out = tmp_path / "out"
