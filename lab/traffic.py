@@ -106,7 +106,7 @@ class Resolver:
     async def _query(self, name: str, qtype: int) -> dns.Message:
         query_id = next(self._ids) & 0xFFFF
         reply = await _udp_exchange(
-            self.nameserver, 53, dns.encode_query(query_id, name, qtype), DNS_TIMEOUT
+            self.nameserver, 53, dns.encode_query(query_id, name, qtype), timeout=DNS_TIMEOUT
         )
         message = dns.decode_message(reply)
         if message.id != query_id:
@@ -133,7 +133,7 @@ class _OneReply(asyncio.DatagramProtocol):
 
 
 async def _udp_exchange(
-    address: str, port: int, payload: bytes, timeout: float, source: str | None = None
+    address: str, port: int, payload: bytes, *, timeout: float, source: str | None = None
 ) -> bytes:
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -213,7 +213,11 @@ class Client:
             )
             return _parse_reply(
                 await _udp_exchange(
-                    addresses[0], call.port, self.greeting, REPLY_TIMEOUT, call.source
+                    addresses[0],
+                    call.port,
+                    self.greeting,
+                    timeout=REPLY_TIMEOUT,
+                    source=call.source,
                 )
             )
         reader, writer = await self._connect(call)
