@@ -50,6 +50,7 @@ def timestamp(epoch: float, *, precise: bool = False) -> str:
 
 def _metadata(
     name: str,
+    *,
     namespace: str | None,
     uid: str,
     created: float,
@@ -108,7 +109,14 @@ def pod_object(pod: LabPod, *, ready_since: float) -> JsonObject:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _metadata(pod.name, pod.namespace, pod.uid, pod.created, pod.labels, **extra),
+        "metadata": _metadata(
+            pod.name,
+            namespace=pod.namespace,
+            uid=pod.uid,
+            created=pod.created,
+            labels=pod.labels,
+            **extra,
+        ),
         "spec": spec,
         "status": {
             "phase": "Running",
@@ -152,10 +160,10 @@ def _workload_objects(layout: Layout, workload: WorkloadSpec) -> list[JsonObject
     metadata = manifest.get("metadata") or {}
     manifest["metadata"] = _metadata(
         workload.name,
-        workload.namespace,
-        uid,
-        layout.created,
-        sorted((metadata.get("labels") or {}).items()),
+        namespace=workload.namespace,
+        uid=uid,
+        created=layout.created,
+        labels=sorted((metadata.get("labels") or {}).items()),
         generation=1,
     )
     if metadata.get("annotations"):
@@ -171,10 +179,10 @@ def _workload_objects(layout: Layout, workload: WorkloadSpec) -> list[JsonObject
             "kind": "Job",
             "metadata": _metadata(
                 job.name,
-                workload.namespace,
-                job.uid,
-                layout.created,
-                sorted(((template.get("metadata") or {}).get("labels") or {}).items()),
+                namespace=workload.namespace,
+                uid=job.uid,
+                created=layout.created,
+                labels=sorted(((template.get("metadata") or {}).get("labels") or {}).items()),
                 ownerReferences=[_owner_reference("CronJob", workload.name, uid)],
             ),
             "spec": template.get("spec") or {},
@@ -218,10 +226,12 @@ def _workload_objects(layout: Layout, workload: WorkloadSpec) -> list[JsonObject
         "kind": "ReplicaSet",
         "metadata": _metadata(
             owner.name,
-            workload.namespace,
-            owner.uid,
-            layout.created,
-            sorted(dict(workload.template_labels, **{"pod-template-hash": pod_hash}).items()),
+            namespace=workload.namespace,
+            uid=owner.uid,
+            created=layout.created,
+            labels=sorted(
+                dict(workload.template_labels, **{"pod-template-hash": pod_hash}).items()
+            ),
             annotations={"deployment.kubernetes.io/revision": "1"},
             ownerReferences=[_owner_reference("Deployment", workload.name, uid)],
         ),
@@ -236,10 +246,10 @@ def _service_object(layout: Layout, service: LabService, node_port: int) -> Json
     metadata = manifest.get("metadata") or {}
     manifest["metadata"] = _metadata(
         service.spec.name,
-        service.spec.namespace,
-        make_uid(layout.plan.seed, "svc", service.spec.namespace, service.spec.name),
-        layout.created,
-        sorted((metadata.get("labels") or {}).items()),
+        namespace=service.spec.namespace,
+        uid=make_uid(layout.plan.seed, "svc", service.spec.namespace, service.spec.name),
+        created=layout.created,
+        labels=sorted((metadata.get("labels") or {}).items()),
     )
     spec = manifest.setdefault("spec", {})
     spec["type"] = service.spec.type
@@ -298,10 +308,10 @@ def _endpoint_slices(layout: Layout, service: LabService) -> list[JsonObject]:
                     "kind": "EndpointSlice",
                     "metadata": _metadata(
                         name,
-                        spec.namespace,
-                        make_uid("slice", spec.namespace, name),
-                        layout.created,
-                        [
+                        namespace=spec.namespace,
+                        uid=make_uid("slice", spec.namespace, name),
+                        created=layout.created,
+                        labels=[
                             (
                                 "endpointslice.kubernetes.io/managed-by",
                                 "endpointslice-controller.k8s.io",
@@ -370,7 +380,11 @@ def snapshot(layout: Layout, *, capture_mode: str = "handshake") -> JsonObject:
                 "apiVersion": "v1",
                 "kind": "Namespace",
                 "metadata": _metadata(
-                    name, None, make_uid("ns", name), layout.created, sorted(labels.items())
+                    name,
+                    namespace=None,
+                    uid=make_uid("ns", name),
+                    created=layout.created,
+                    labels=sorted(labels.items()),
                 ),
                 "spec": {"finalizers": ["kubernetes"]},
                 "status": {"phase": "Active"},
@@ -386,10 +400,10 @@ def snapshot(layout: Layout, *, capture_mode: str = "handshake") -> JsonObject:
             "kind": "Node",
             "metadata": _metadata(
                 NODE_NAME,
-                None,
-                make_uid("node", NODE_NAME),
-                layout.created,
-                [
+                namespace=None,
+                uid=make_uid("node", NODE_NAME),
+                created=layout.created,
+                labels=[
                     ("kubernetes.io/arch", "amd64"),
                     ("kubernetes.io/hostname", NODE_NAME),
                     ("kubernetes.io/os", "linux"),
