@@ -359,6 +359,9 @@ def build_graph(
     for flow, client, server in resolved:
         if server.kind is EndpointKind.SERVICE:
             _service_flow(builder, resolved, direct, consumed, flow, client, server)
+    for index, (_, _, server) in enumerate(resolved):
+        if server.kind in _UNKNOWN and index not in consumed:
+            _unknown_service_flow(builder, resolved, direct, consumed, index)
     for index, (flow, client, server) in enumerate(resolved):
         if server.kind is EndpointKind.SERVICE or index in consumed:
             continue
@@ -370,6 +373,48 @@ def build_graph(
         )
         builder.count(attribution, _stats([flow]))
     return builder.graph()
+
+
+_UNKNOWN = (EndpointKind.UNRESOLVED, EndpointKind.EXTERNAL)
+
+
+def _unknown_service_flow(
+    builder: _Builder,
+    resolved: Sequence[tuple[Flow, Identity, Identity]],
+    direct: dict[tuple[str, str, int], list[int]],
+    consumed: set[int],
+    index: int,
+) -> None:
+    """A flow to an address that is no pod and no Service the snapshot knows, joined to the server
+    side's capture of the same connection: the same client address and port to a pod, within
+    TWIN_WINDOW, seen by other captures than this flow (the client's capture saw the address it
+    called, the server's the pod it reached: DNAT by a Service missing from the snapshot). Two
+    real connections from one client port to two places would both be in the client's capture."""
+    flow, client, _ = resolved[index]
+    candidates = [
+        i
+        for i in direct.get((str(flow.protocol), flow.client.ip, flow.client.port), [])
+        if i != index
+        and i not in consumed
+        and resolved[i][2].kind is EndpointKind.POD
+        and abs(resolved[i][0].first_seen - flow.first_seen) <= TWIN_WINDOW
+        and resolved[i][0].captures.isdisjoint(flow.captures)
+    ]
+    if not candidates:
+        return
+    twin_index = min(
+        candidates, key=lambda i: (abs(resolved[i][0].first_seen - flow.first_seen), i)
+    )
+    consumed.update((index, twin_index))
+    twin, _, twin_server = resolved[twin_index]
+    attribution = FlowAttribution(
+        flow,
+        builder.node_for(client, flow.first_seen),
+        builder.node_for(twin_server, twin.first_seen),
+        PortSpec(flow.protocol, twin.server.port),
+        twin=twin,
+    )
+    builder.count(attribution, _stats([flow, twin]))
 
 
 def _service_flow(

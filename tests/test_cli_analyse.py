@@ -15,6 +15,7 @@ import yaml
 from bundle_builders import (
     CART_IP,
     CART_POD,
+    CART_SERVICE_IP,
     FRONTEND_IP,
     FRONTEND_POD,
     NODE_IP,
@@ -316,3 +317,21 @@ def test_loopback_traffic_in_a_loose_pod_capture_does_not_hide_whose_it_is(
     assert summary["policies"] == ["shop/cart.yaml"]
     assert summary["loopback_flows"] == 1
     assert "127.0.0.1" not in (out / "shop" / "cart.yaml").read_text()
+
+
+def test_without_services_in_the_snapshot_both_captures_still_give_the_target_port(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "pods-only"
+    shutil.copytree(bundle, folder)
+    snapshot = json.loads((folder / "snapshot.json").read_text())
+    snapshot["items"] = [o for o in snapshot["items"] if o["kind"] != "Service"]
+    (folder / "snapshot.json").write_text(json.dumps(snapshot))
+    out = tmp_path / "out"
+    status, _, stderr = run([str(folder), "-o", str(out)], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert "warning: snapshot.json: no Services" in stderr
+    frontend = yaml.safe_load((out / "web" / "frontend.yaml").read_text())
+    to_cart = [r for r in frontend["spec"]["egress"] if "8080" in json.dumps(r)]
+    assert to_cart[0]["to"][0]["podSelector"] == {"matchLabels": {"app": "cart"}}
+    assert CART_SERVICE_IP not in json.dumps(frontend)

@@ -268,3 +268,20 @@ def test_one_five_tuple_used_by_two_pods_in_turn_gives_each_its_edge() -> None:
         "bookinfo/Deployment/details-v1",
         "bookinfo/Deployment/ratings-v1",
     ]
+
+
+def test_a_service_the_snapshot_lacks_is_joined_to_the_server_sides_capture() -> None:
+    # web's capture saw 10.96.0.200:80 (a ClusterIP of no Service in the snapshot), api-blue's
+    # saw the same client address and port reach it on 9090: one connection, DNAT'd
+    client_side = flow(f"{WEB_A}:41000", "10.96.0.200:80", capture="captures/shop/web/c.pcap")
+    server_side = flow(
+        f"{WEB_A}:41000", f"{API_BLUE}:9090", clock="09:40:01", capture="captures/shop/api/c.pcap"
+    )
+    graph = build_graph([client_side, server_side], resolver(), scope=SCOPE)
+    assert set(ports(graph, WEB, API_BLUE_W)) == {PortSpec(TCP, 9090)}
+    assert unresolved_addresses(graph) == ()
+    # one capture that saw both: two connections from one client port, both kept
+    both = [replace(f, captures=frozenset({"node.pcap"})) for f in (client_side, server_side)]
+    graph = build_graph(both, resolver(), scope=SCOPE)
+    assert unresolved_addresses(graph) == ("10.96.0.200",)
+    assert set(ports(graph, WEB, API_BLUE_W)) == {PortSpec(TCP, 9090)}
