@@ -326,6 +326,11 @@ class Resolver:
             claims.sort()
             for claim in claims:
                 self._claims_of[claim.key].append(claim)
+        # Before every pod the inputs know existed, the capture's clock and the snapshot's do not
+        # tell who was who: then a claim starting later is still the best guess.
+        self._known_since = min(
+            (claims[0].start for claims in self._claims.values()), default=-math.inf
+        )
         self._host_network: dict[str, list[PodRecord]] = defaultdict(list)
         for record in sorted(self._records.values(), key=lambda r: r.key):
             if record.host_network and record.node:
@@ -464,11 +469,16 @@ class Resolver:
             earlier = [c for c in claims if c.start <= at]
             if earlier:
                 best = max(earlier, key=lambda c: (c.start, -c.source))
-            elif claims[0].start - at <= CLAIM_SKEW:
+            elif self._may_precede(claims[0], at):
                 best = claims[0]
             else:
                 return None  # before any pod the snapshot knows had it: a pod deleted since
         return self._records[best.key]
+
+    def _may_precede(self, claim: _Claim, at: float) -> bool:
+        """Whether a packet at ``at`` may still be the claim's pod although the claim starts
+        later: clock skew, or a capture older than everything the inputs know."""
+        return claim.start - at <= CLAIM_SKEW or at < self._known_since
 
     def _ip_of(self, record: PodRecord, at: float, version: int | None = None) -> str:
         """The pod's address at ``at``, of IP ``version`` when it has one (dual-stack pods)."""
@@ -587,7 +597,7 @@ class Resolver:
         claims = self._claims.get(ip, ())
         # With at most one pod ever at this address, the answer does not depend on the time
         # (from shortly before that pod's claim on it on).
-        timeless = not claims or (len(claims) == 1 and claims[0].start - at <= CLAIM_SKEW)
+        timeless = not claims or (len(claims) == 1 and self._may_precede(claims[0], at))
         if timeless:
             known = self._timeless.get(key)
             if known is not None:

@@ -458,12 +458,18 @@ def test_an_address_long_before_its_only_pod_existed_is_not_that_pod() -> None:
     # packets came from a pod deleted since, which the snapshot does not know.
     pod = _pod("late-1", "10.1.0.7", {"app": "late"})
     pod["metadata"]["creationTimestamp"] = "2026-11-27T09:00:00Z"  # type: ignore[index]
-    resolver = Resolver(_objects(pod, extra=(_node_with_pod_cidr(),)))
+    old = _pod("old-1", "10.1.0.8", {"app": "old"})
+    old["metadata"]["creationTimestamp"] = "2026-11-01T09:00:00Z"  # type: ignore[index]
+    resolver = Resolver(_objects(pod, old, extra=(_node_with_pod_cidr(),)))
     captured = parse_timestamp("2026-11-26T09:00:00Z")
     assert resolver.resolve("10.1.0.7", captured).kind is EndpointKind.UNRESOLVED
     # its own packets, also a few seconds before the API server's clock said it was created
     assert resolver.resolve("10.1.0.7", captured + 86_400 - 5).pod is not None
     assert resolver.resolve("10.1.0.7", captured + 86_400 + 5).pod is not None
+    # a capture older than every pod the snapshot knows: the clocks do not tell, so the pod
+    # that has the address is still the best guess
+    alone = Resolver(_objects(pod, extra=(_node_with_pod_cidr(),)))
+    assert alone.resolve("10.1.0.7", captured).pod is not None
 
 
 def _node_with_pod_cidr() -> dict[str, object]:
