@@ -58,11 +58,10 @@ from webhook.capture import (
     capture_filter,
 )
 from webhook.capture import CONTAINER_NAME as SIDECAR_CONTAINER
-from webhook.mutations import CAPTURE_LABEL
+from webhook.mutations import CAPTURE_ENABLED, CAPTURE_LABEL
 
 log = logging.getLogger(__name__)
 
-CAPTURE_ENABLED = "enabled"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 # Files being fetched, per NAMESPACE/POD; outside captures/ so no reader sees half a file.
 PARTIALS = ".partial"

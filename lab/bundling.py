@@ -32,13 +32,14 @@ from lab.layouts import (
     make_uid,
 )
 from lab.manifests import WorkloadSpec, pod_template
+from webhook import mutations
 from webhook.capture import CaptureMode, CaptureOptions
 from webhook.mutations import Skip, plan_injection
 from webhook.settings import WebhookSettings
 
 JsonObject = dict[str, Any]
 FORMAT_VERSION = 1
-CAPTURE_LABEL = ("netpol-sniffer.io/capture", "enabled")
+CAPTURE_LABEL = (mutations.CAPTURE_LABEL, mutations.CAPTURE_ENABLED)
 SYSTEM_NAMESPACES = ("default", "kube-system")
 
 

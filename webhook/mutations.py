@@ -29,6 +29,9 @@ from webhook.reviews import PatchOperation
 from webhook.settings import WebhookSettings, resources_problem
 
 CAPTURE_LABEL = "netpol-sniffer.io/capture"
+# A namespace opts in with CAPTURE_LABEL=CAPTURE_ENABLED (the webhook configuration's
+# namespaceSelector); a pod opts out with CAPTURE_LABEL=OPTED_OUT.
+CAPTURE_ENABLED = "enabled"
 OPTED_OUT = "disabled"
 STATUS_ANNOTATION = "netpol-sniffer.io/status"
 # Per-pod overrides. A bad value gets a warning and the configured default, never a blocked pod.

@@ -15,6 +15,7 @@ from cryptography import x509
 from certs.make_certs import LOOPBACK_NAMES, make_certs, service_names
 from tests.webhook.podchecks import schema_problems
 from webhook.app import DEFAULT_PORT
+from webhook.mutations import CAPTURE_ENABLED, CAPTURE_LABEL
 from webhook.settings import WebhookSettings, build_settings, parse_config_text
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
@@ -122,7 +123,7 @@ def test_webhook_configuration(base: list[dict[str, Any]]) -> None:
         "port": 443,
     }
     assert webhook["namespaceSelector"]["matchExpressions"] == [
-        {"key": "netpol-sniffer.io/capture", "operator": "In", "values": ["enabled"]},
+        {"key": CAPTURE_LABEL, "operator": "In", "values": [CAPTURE_ENABLED]},
         {
             "key": "kubernetes.io/metadata.name",
             "operator": "NotIn",
