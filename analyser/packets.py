@@ -402,7 +402,7 @@ def count_records(
         ip_at,
     ) = _inline(header, linktype)
     general = decoder_for(linktype)
-    lookup = tally.get
+    lookup, dns_lookup = tally.get, dns_tally.get
     roles, role_flags = _TCP_ROLES, _TCP_ROLE_FLAGS
     flow_protocols = (TCP, UDP)
     last = end - RECORD_HEADER
@@ -462,26 +462,19 @@ def count_records(
             continue
         entry = lookup(key)
         if entry is None:
-            # A new key, or port 53.
-            if protocol == UDP:
-                control = 0
-            payload = None
+            table = tally
             # Port 53 (0x0035) at either end: the last four bytes of the key are the ports.
             if (raw[-3] == DNS_PORT and raw[-4] == 0) or (raw[-1] == DNS_PORT and raw[-2] == 0):
                 at = start + ip_at + (20 if len(raw) == 12 else 40)
                 at += (data_offset >> 4) * 4 if protocol == TCP else 8
-                payload = buffer[at:offset]
-            _count(
-                key,
-                control,
-                length,
-                payload,
-                seconds + fraction / divisor,
-                tally,
-                dns_tally,
-                dns_payloads,
-            )
-            continue
+                dns_payloads.append((seconds + fraction / divisor, key, buffer[at:offset]))
+                table = dns_tally
+                entry = dns_lookup(key)
+            if entry is None:
+                timestamp = seconds + fraction / divisor
+                role = roles[control] if protocol == TCP else 0
+                table[key] = [timestamp, timestamp, 1, length, role]
+                continue
         timestamp = seconds + fraction / divisor
         if timestamp > entry[1]:
             entry[1] = timestamp
