@@ -17,7 +17,6 @@ import gc
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +229,10 @@ def _read_in_processes(
     on_progress: Callable[[int], None],
 ) -> Iterator[_Partial]:
     """Files read by a pool of processes, in input order as they are ready; progress per file."""
+    # Imported here: it pulls in multiprocessing, a sixtieth of a second that one-worker reads
+    # (and every short-lived command) need not pay.
+    from concurrent.futures import ProcessPoolExecutor
+
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for path, partial in zip(paths, pool.map(_read_one, paths, names), strict=True):
             on_progress(_size(path))
