@@ -17,7 +17,7 @@ from typing import Any
 
 import jsonpatch
 
-from analyser.bundles import entries_for_layout
+from analyser.bundles import FORMAT_VERSION, MANIFEST, POD_IPS, SNAPSHOT_FILE, entries_for_layout
 from lab.layouts import (
     DNS_WORKLOAD,
     NODE_IPV4,
@@ -38,7 +38,6 @@ from webhook.mutations import Skip, plan_injection
 from webhook.settings import WebhookSettings
 
 JsonObject = dict[str, Any]
-FORMAT_VERSION = 1
 CAPTURE_LABEL = (mutations.CAPTURE_LABEL, mutations.CAPTURE_ENABLED)
 SYSTEM_NAMESPACES = ("default", "kube-system")
 
@@ -489,7 +488,7 @@ def write_bundle(
     """Everything but the captures themselves (already under ``out/captures``)."""
     captures = [entry.as_json() for entry in sorted(entries_for_layout(out))]
     _dump(
-        out / "bundle.json",
+        out / MANIFEST,
         {
             "format_version": FORMAT_VERSION,
             "producer": "lab",
@@ -501,8 +500,8 @@ def write_bundle(
             "captures": captures,
         },
     )
-    _dump(out / "snapshot.json", snapshot(layout, capture_mode=capture_mode))
-    (out / "pod-ips.jsonl").write_text(
+    _dump(out / SNAPSHOT_FILE, snapshot(layout, capture_mode=capture_mode))
+    (out / POD_IPS).write_text(
         "".join(json.dumps(e, sort_keys=True) + "\n" for e in pod_events), encoding="utf-8"
     )
     _dump(out / "truth.json", truth)

@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 import lab
+from analyser.bundles import CAPTURES
 from analyser.errors import LabError
 from lab import bundling, capturing, netns, services
 from lab.layouts import (
@@ -338,7 +339,7 @@ class _Run:
     def _start_capture(self, agent: _Agent) -> Callable[[], capturing.Capture]:
         pod = agent.pod
         assert pod is not None
-        directory = self.options.out / "captures" / pod.namespace / pod.name
+        directory = self.options.out / CAPTURES / pod.namespace / pod.name
 
         info = capturing.PodInfo(pod.name, pod.namespace, pod.uid, pod.ips, NODE_NAME, pod.labels)
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from analyser.bundles import MANIFEST
 from analyser.cli.arguments import add_capture_mode, positive_seconds
 from analyser.cli.main import ExitStatus, say
 from analyser.errors import LabError
@@ -65,7 +66,7 @@ def _replace_bundle(path: Path) -> None:
     """A bundle an earlier demo wrote is replaced; anything else is left alone."""
     if not path.exists():
         return
-    if not (path / "bundle.json").is_file():
+    if not (path / MANIFEST).is_file():
         raise LabError(f"{path} exists and is not a bundle: choose another --out")
     shutil.rmtree(path)
 
@@ -79,7 +80,7 @@ def _record(bundle: Path, args: argparse.Namespace) -> Path:
     if args.recorded or os.geteuid() != 0:
         reason = "as asked" if args.recorded else "not root, so the lab cannot run"
         _say(f"{reason}: analysing the recorded bundle {recorded}")
-        if not (recorded / "bundle.json").is_file():
+        if not (recorded / MANIFEST).is_file():
             raise LabError(f"no recorded bundle in {recorded} (is this a checkout of the repo?)")
         return recorded
     _replace_bundle(bundle)
