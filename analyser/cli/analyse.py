@@ -24,7 +24,7 @@ from pathlib import Path
 
 from analyser.cli.arguments import positive_int
 from analyser.cli.main import ExitStatus, say
-from analyser.cli.progress import Progress
+from analyser.cli.progress import reading_captures
 
 SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
 
@@ -61,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from analyser.bundles import open_bundle
 
     bundle = open_bundle(args.bundle)
-    total = sum(path.stat().st_size for path in bundle.captures)
-    with Progress("reading captures (bytes)", total=total) as bar:
+    with reading_captures(bundle.captures) as bar:
         analysis = analyse(
             bundle, default_deny=args.default_deny, workers=args.workers, on_progress=bar.advance
         )

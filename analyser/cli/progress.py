@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
@@ -56,3 +58,8 @@ class Progress:
             text = f"\r{self.label} {self.done}"
         self.stream.write(text)
         self.stream.flush()
+
+
+def reading_captures(captures: Iterable[Path]) -> Progress:
+    """The bar ``analyse`` and ``verify`` show while reading ``captures``: bytes read of all."""
+    return Progress("reading captures (bytes)", total=sum(path.stat().st_size for path in captures))

@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 
 from analyser.cli.main import ExitStatus
-from analyser.cli.progress import Progress
+from analyser.cli.progress import reading_captures
 
 SUMMARY = "prove policies allow every observed flow, show the rest"
 
@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_policies(args.policies)
     bundle = open_bundle(args.bundle)
-    total = sum(path.stat().st_size for path in bundle.captures)
-    with Progress("reading captures (bytes)", total=total) as bar:
+    with reading_captures(bundle.captures) as bar:
         observation = observe(bundle, on_progress=bar.advance)
     cluster = cluster_facts(observation.snapshot, observation.resolver)
     result = verify_graph(loaded.policies, observation.graph, cluster)
