@@ -145,17 +145,26 @@ def build_capture(path: Path, packets: int, *, flows: int, seed: int = 7) -> int
     return written
 
 
-# Our reading, in a fresh interpreter: prints packets, flows and its own peak RSS (KiB).
+# Our reading, in a fresh interpreter: prints packets, flows, its own peak RSS (KiB) and the CPU
+# seconds (its own and its workers') of reading and orienting alone, after Python has started
+# and the analyser is imported.
 _OURS = """
 import json, resource, sys
 from pathlib import Path
 from analyser.flows import orient
 from analyser.reading import read_captures
+def cpu():
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
 workers, paths = int(sys.argv[1]), [Path(name) for name in sys.argv[2:]]
+start = cpu()
 traffic = read_captures(paths, root=paths[0].parent, workers=workers)
 flows = orient(traffic.conversations, None)
+inside = cpu() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"packets": traffic.packets, "flows": len(flows), "rss": peak}))
+print(json.dumps({"packets": traffic.packets, "flows": len(flows), "rss": peak, "cpu": inside}))
 """
 
 _TSHARK_FIELDS = [
@@ -182,7 +191,12 @@ class Run:
     packets: int
     wall: float
     cpu: float
-    output: str
+    outputs: list[str]
+
+    @property
+    def output(self) -> str:
+        """The standard output of the last run."""
+        return self.outputs[-1]
 
     def line(self) -> str:
         rates = f"{self.packets / self.wall:>12,.0f} {self.packets / self.cpu:>12,.0f}"
@@ -194,7 +208,7 @@ def _run(
 ) -> Run:
     """Run ``argv`` ``repeat`` times; keep the best wall time and the best CPU time (the machine is
     shared: the best run is the one least disturbed)."""
-    walls, cpus, output = [], [], ""
+    walls, cpus, outputs = [], [], []
     for _ in range(repeat):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
@@ -208,13 +222,18 @@ def _run(
         walls.append(time.perf_counter() - start)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-        output = result.stdout or ""
-    return Run(label, packets, min(walls), min(cpus), output)
+        outputs.append(result.stdout or "")
+    return Run(label, packets, min(walls), min(cpus), outputs)
 
 
 def _ours(label: str, packets: int, paths: list[Path], workers: int, *, repeat: int) -> Run:
     argv = [sys.executable, "-c", _OURS, str(workers), *map(str, paths)]
     return _run(label, packets, argv, repeat=repeat, keep_output=True)
+
+
+def _inside(run: Run) -> float:
+    """The best CPU seconds of reading and orienting alone (without starting and importing)."""
+    return min(float(json.loads(output)["cpu"]) for output in run.outputs)
 
 
 def main() -> None:
@@ -290,6 +309,13 @@ def _measure(directory: Path, wanted: int, flows: int, files: int, repeat: int) 
     else:
         print("  tshark: not installed, skipped (make bench installs it)")
 
+    print("reading + orienting alone (without starting Python and importing the analyser):")
+    for run in (single, parallel):
+        inside = _inside(run)
+        print(
+            f"  {run.label:<48} {run.packets / inside:>12,.0f} per CPU-s"
+            f" ({inside:.2f} of {run.cpu:.2f} CPU s)"
+        )
     print("ratios:")
     if seed is not None:
         for run in (single, parallel):
