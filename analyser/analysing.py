@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
@@ -158,25 +158,50 @@ def _optional_inputs(
 
 def _captured_pods(
     bundle: Bundle, metas: Iterable[CaptureMeta]
-) -> tuple[set[tuple[str, str]], set[str]]:
+) -> tuple[dict[tuple[str, str], set[str]], set[str]]:
     """(namespace, pod) of every captured pod as the bundle says it (the manifest, meta.json
-    beside the files, the ``captures/NAMESPACE/POD/`` layout), and the capture files (relative
-    paths) that nothing ties to a pod, e.g. loose pcaps in a plain folder."""
-    pods = {(m.namespace, m.pod) for m in metas}
-    meta_folders = {Path(m.source).resolve().parent for m in metas}
+    beside the files, the ``captures/NAMESPACE/POD/`` layout) with its capture files (relative
+    paths, also those listed but missing), and the capture files that nothing ties to a pod, e.g.
+    loose pcaps in a plain folder."""
+    pods: dict[tuple[str, str], set[str]] = defaultdict(set)
+    meta_pods = {Path(m.source).resolve().parent: (m.namespace, m.pod) for m in metas}
+    for pod in meta_pods.values():
+        pods[pod] |= set()
     listed = set()
     if bundle.manifest is not None:
-        pods |= {(e.namespace, e.pod) for e in bundle.manifest.captures}
+        for entry in bundle.manifest.captures:
+            pods[(entry.namespace, entry.pod)].add(entry.path)
         listed = {e.path for e in bundle.manifest.captures}
     unplaced = set()
     for path in bundle.captures:
         relative = bundle.relative(path)
         parts = PurePosixPath(relative).parts
         if len(parts) >= 4 and parts[0] == CAPTURES:
-            pods.add((parts[1], parts[2]))
-        elif relative not in listed and path.parent not in meta_folders:
+            pods[(parts[1], parts[2])].add(relative)
+        elif path.parent in meta_pods:
+            pods[meta_pods[path.parent]].add(relative)
+        elif relative not in listed:
             unplaced.add(relative)
-    return pods, unplaced
+    return dict(pods), unplaced
+
+
+def _readable_pods(
+    pods: Mapping[tuple[str, str], set[str]], traffic: Traffic
+) -> tuple[set[tuple[str, str]], list[FileProblem]]:
+    """The captured pods with at least one capture that could be read (a valid capture without
+    packets counts: the pod was silent). A pod whose captures are all missing or unreadable is
+    not silent but unknown: a policy from nothing would deny it everything."""
+    usable = {report.path for report in traffic.reports if report.ok or report.packets}
+    readable = {pod for pod, files in pods.items() if files & usable}
+    problems = [
+        FileProblem(
+            f"{CAPTURES}/{namespace}/{pod}",
+            "no capture of this pod could be read: no policy (one made from nothing would deny "
+            "it everything)",
+        )
+        for namespace, pod in sorted(pods.keys() - readable)
+    ]
+    return readable, problems
 
 
 def _to_everyone(flow: Flow) -> bool:
@@ -341,9 +366,16 @@ def observe(
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
     damaged = {report.path for report in traffic.reports if not report.ok}
     vantage, vantage_problems = _vantage_pods(flows, resolver, unplaced, damaged=damaged)
-    scope = resolver.scope_of(captured | vantage)
+    readable, unread_problems = _readable_pods(captured, traffic)
+    scope = resolver.scope_of(readable | vantage)
     graph = build_graph(flows, resolver, traffic.dns, scope=scope)
-    problems = [*bundle.problems, *problems, *_capture_problems(traffic), *vantage_problems]
+    problems = [
+        *bundle.problems,
+        *problems,
+        *_capture_problems(traffic),
+        *vantage_problems,
+        *unread_problems,
+    ]
     problems += [
         FileProblem(f"{CAPTURES}/{namespace}/{pod}", "captured pod not in the snapshot: no policy")
         for namespace, pod in scope.unknown_pods

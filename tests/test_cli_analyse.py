@@ -335,3 +335,19 @@ def test_without_services_in_the_snapshot_both_captures_still_give_the_target_po
     to_cart = [r for r in frontend["spec"]["egress"] if "8080" in json.dumps(r)]
     assert to_cart[0]["to"][0]["podSelector"] == {"matchLabels": {"app": "cart"}}
     assert CART_SERVICE_IP not in json.dumps(frontend)
+
+
+def test_a_pod_whose_captures_are_all_unreadable_gets_no_deny_all_policy(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "garbage"
+    shutil.copytree(bundle, folder)
+    (folder / "captures" / "web" / FRONTEND_POD / "capture.pcap0").write_bytes(b"\x00" * 300)
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    # the cart's captures are fine: it keeps its policy; nothing is known of the frontend
+    assert json.loads(stdout)["policies"] == ["shop/cart.yaml"]
+    assert f"captures/web/{FRONTEND_POD}: no capture of this pod could be read: no policy" in (
+        stderr
+    )
