@@ -16,7 +16,17 @@ from analyser.cli.main import ExitStatus, main
 from analyser.policysets import load_policies
 from analyser.replaying import cluster_facts, observed_from_records, verification_inputs
 from analyser.verifying import verify
-from tests.bundle_builders import API_IP, make_bundle
+from tests.bundle_builders import (
+    API_IP,
+    CART_IP,
+    FRONTEND_IP,
+    FRONTEND_POD,
+    SYN,
+    T0,
+    make_bundle,
+    tcp,
+    write_pcap,
+)
 
 FRONTEND, CART = "web/Deployment/frontend", "shop/Deployment/cart"
 
@@ -200,3 +210,22 @@ def test_lab_bundle_missing_email_rule_is_named(
         "- default/Deployment/checkoutservice → default/Deployment/emailservice: 8080/TCP",
         "- ip:172.18.0.2/32 → default/Deployment/emailservice: 8080/TCP",
     ]
+
+
+def test_connections_never_established_are_named_as_not_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = make_bundle(tmp_path / "bundle")
+    refused = [
+        (T0 + 30, tcp(FRONTEND_IP, 41001, CART_IP, 7777, SYN)),
+        (T0 + 30.001, tcp(CART_IP, 7777, FRONTEND_IP, 41001, 0x14)),  # RST+ACK
+    ]
+    write_pcap(bundle / "captures" / "web" / FRONTEND_POD / "capture.pcap1", refused)
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert main(["verify", str(bundle), str(empty), "--json"]) == ExitStatus.OK
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert (
+        f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7777"
+        in notes
+    )

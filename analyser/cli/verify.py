@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so `verify --help` stays quick.
     from analyser.analysing import observe
     from analyser.bundles import open_bundle
+    from analyser.graphs import attempts
     from analyser.policysets import load_policies
     from analyser.replaying import cluster_facts, verify_graph
     from analyser.verifying import allowance_json, denial_json, score_json
@@ -54,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     cluster = cluster_facts(observation.snapshot, observation.resolver)
     result = verify_graph(loaded.policies, observation.graph, cluster)
     notes = [*loaded.notes, *(f"{p.path}: {p.problem}" for p in observation.problems)]
+    notes += [
+        f"not checked, never established (refused or unanswered): {a.client} → {a.server} "
+        f"{a.flow.protocol}/{a.flow.server.port}"
+        for a in attempts(observation.graph)
+    ]
     status = ExitStatus.OK if result.passed else ExitStatus.DENIED
     if args.json:
         document = {
