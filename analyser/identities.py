@@ -184,6 +184,11 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(text)
 
 
+def _address_key(text: str) -> tuple[int, int]:
+    address = _address(text)
+    return address.version, int(address)
+
+
 def _protocol(text: str | None) -> Protocol | None:
     try:
         return Protocol((text or "TCP").upper())
@@ -318,6 +323,9 @@ class Resolver:
         self._workloads: dict[WorkloadRef, Workload] = {}
         self._workload_of_key: dict[str, WorkloadRef] = {}
         self._node_of_address = dict(snapshot.node_by_address)
+        self._addresses_of_node: dict[str, list[str]] = defaultdict(list)
+        for ip, node in sorted(self._node_of_address.items(), key=lambda a: _address_key(a[0])):
+            self._addresses_of_node[node].append(ip)
         self._add_snapshot_pods()
         self._add_captures(captures)
         self._add_history(ip_history)
@@ -490,6 +498,12 @@ class Resolver:
         if earlier:
             return max(earlier, key=lambda c: c.start).ip
         return claims[0].ip if claims else ""
+
+    def _node_address(self, node: str, version: int | None) -> str:
+        """An address of ``node``, of IP ``version`` when it has one ("" for an unknown node)."""
+        addresses = self._addresses_of_node.get(node, [])
+        same = [ip for ip in addresses if _address(ip).version == version]
+        return (same or addresses or [""])[0]
 
     def _lifetime(self, record: PodRecord) -> tuple[float, float] | None:
         claims = self._claims_of.get(record.key)
@@ -718,8 +732,13 @@ class Resolver:
         else:
             for record in self._selected_pods(found, at):
                 target = _target_port(service_port, record, protocol)
-                if target is not None:
-                    backends.add((self._ip_of(record, at, family), target, record.key))
+                if target is None:
+                    continue
+                if record.host_network:  # it receives on its node's address
+                    ip = self._node_address(record.node, family)
+                else:
+                    ip = self._ip_of(record, at, family)
+                backends.add((ip, target, record.key))
         result = [
             ServiceBackend(self._backend_identity(ip, uid, target, protocol, at), target)
             for ip, target, uid in sorted(backends)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -474,3 +475,30 @@ def test_an_address_long_before_its_only_pod_existed_is_not_that_pod() -> None:
 
 def _node_with_pod_cidr() -> dict[str, object]:
     return {"kind": "Node", "metadata": {"name": "n"}, "spec": {"podCIDR": "10.1.0.0/16"}}
+
+
+def test_host_network_pods_selected_by_a_service_receive_on_their_node_address() -> None:
+    # `kubectl get all`: no EndpointSlices, so the backends come from the selector
+    items = [
+        o
+        for o in json.loads((DATA / "cluster.json").read_text())["items"]
+        if o["kind"] not in ("EndpointSlice", "Endpoints")
+    ]
+    items.append(
+        {
+            "kind": "Service",
+            "metadata": {"name": "node-exporter", "namespace": "kube-system"},
+            "spec": {
+                "clusterIP": "10.96.0.50",
+                "selector": {"app": "node-exporter"},
+                "ports": [{"port": 9100, "targetPort": "metrics"}],
+            },
+        }
+    )
+    resolver = Resolver(Snapshot(parse_snapshot_documents(items, source="all.json")))
+    (backend,) = resolver.service_backends(
+        ("kube-system", "node-exporter"), 9100, Protocol.TCP, at("09:40:00"), family=4
+    )
+    assert (backend.identity.ip, backend.port) == ("192.168.49.2", 9100)
+    assert backend.identity.pod is not None
+    assert backend.identity.pod.workload == WorkloadRef("kube-system", "DaemonSet", "node-exporter")
