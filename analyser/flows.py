@@ -131,8 +131,8 @@ class Conversation:
     bytes: int
     captures: frozenset[str]
     opened_by: Endpoint | None  # the client according to a captured handshake, if any
-    # False when a TCP SYN was captured but no SYN+ACK and no FIN from either end: the
-    # connection was refused (RST) or never answered.
+    # False when a TCP SYN was captured but no SYN+ACK and no FIN from either end, in no more
+    # packets than a failed attempt makes: the connection was refused (RST) or never answered.
     established: bool = True
 
 
@@ -207,13 +207,20 @@ class _Aggregate:
 
 
 _OPENED, _ACCEPTED, _CLOSED = 1 | 2, 4 | 8, 16  # CaptureConversations' handshake bits
+# What a connection that never got going can amount to: Linux sends a SYN and 6 retries
+# (net.ipv4.tcp_syn_retries), each perhaps answered by a RST. More packets mean data flowed.
+MAX_UNESTABLISHED_PACKETS = 14
 
 
-def _established(protocol: Protocol, roles: int) -> bool:
-    """A TCP connection whose SYN was seen is established once a SYN+ACK or a FIN is seen (a FIN
-    too: a capture may miss the SYN+ACK of a connection that then worked)."""
+def _established(protocol: Protocol, roles: int, packets: int) -> bool:
+    """A TCP connection whose SYN was seen is established once a SYN+ACK or a FIN is seen, or
+    more packets than a failed attempt makes (a capture that dropped packets may miss the SYN+ACK
+    and the FIN of a connection that worked)."""
     return (
-        protocol is not Protocol.TCP or not roles & _OPENED or bool(roles & (_ACCEPTED | _CLOSED))
+        protocol is not Protocol.TCP
+        or not roles & _OPENED
+        or bool(roles & (_ACCEPTED | _CLOSED))
+        or packets > MAX_UNESTABLISHED_PACKETS
     )
 
 
@@ -282,7 +289,7 @@ class ConversationTable:
                     size,
                     frozenset(aggregate.captures),
                     _opened_by(a, b, aggregate.roles),
-                    _established(protocol, aggregate.roles),
+                    _established(protocol, aggregate.roles, packets),
                 )
             )
         return result

@@ -208,6 +208,8 @@ def test_a_tcp_connection_without_syn_ack_or_fin_is_not_established() -> None:
             _directed(other, Endpoint("10.1.0.9", 9999), packets=3, roles=ROLE_OPENER),
             # its SYN+ACK was not captured, but it was closed: it worked
             _directed(other, SERVER, roles=ROLE_OPENER | ROLE_CLOSER),
+            # neither SYN+ACK nor FIN captured (a capture that dropped packets), but data flowed
+            _directed(other, Endpoint("10.1.0.9", 5432), packets=40, roles=ROLE_OPENER),
             # UDP has no handshake: always established
             _directed(CLIENT, Endpoint("10.1.0.9", 53), protocol=Protocol.UDP),
         ],
@@ -215,6 +217,7 @@ def test_a_tcp_connection_without_syn_ack_or_fin_is_not_established() -> None:
     flows = orient(table.conversations(), None)
     assert [(f.protocol, f.server.port, f.established) for f in flows] == [
         (Protocol.TCP, 8080, False),
+        (Protocol.TCP, 5432, True),
         (Protocol.TCP, 8080, True),
         (Protocol.TCP, 9999, False),
         (Protocol.UDP, 53, True),
