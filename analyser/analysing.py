@@ -296,7 +296,7 @@ def _vantage_pods(
         problems.append(
             FileProblem(
                 capture,
-                f"not tied to a pod (no bundle.json entry, meta.json or captures/NS/POD/ "
+                f"not tied to a known pod (by bundle.json, meta.json or its captures/NS/POD/ "
                 f"folder) and {why}: its flows count, but it makes no workload get a policy",
             )
         )
@@ -360,6 +360,20 @@ def observe(
     ]
     resolver = Resolver(snapshot, ip_history=history, captures=metas)
     captured, unplaced = _captured_pods(bundle, metas)
+    # A folder or bundle.json entry naming a pod nobody knows (a Deployment's name, a typo):
+    # its files are tied by their traffic instead, like loose files.
+    present = {bundle.relative(path) for path in bundle.captures}
+    misnamed = sorted(pod for pod in captured if resolver.workload_of_pod(*pod) is None)
+    for pod in misnamed:
+        unplaced |= captured.pop(pod) & present
+    problems += [
+        FileProblem(
+            f"{CAPTURES}/{namespace}/{pod}",
+            f"pod {namespace}/{pod} is not in the snapshot: its captures are tied to pods by "
+            "their traffic instead",
+        )
+        for namespace, pod in misnamed
+    ]
     traffic = read_captures(
         bundle.captures, root=bundle.root, workers=workers, on_progress=on_progress
     )
@@ -375,10 +389,6 @@ def observe(
         *_capture_problems(traffic),
         *vantage_problems,
         *unread_problems,
-    ]
-    problems += [
-        FileProblem(f"{CAPTURES}/{namespace}/{pod}", "captured pod not in the snapshot: no policy")
-        for namespace, pod in scope.unknown_pods
     ]
     return Observation(
         bundle=bundle,

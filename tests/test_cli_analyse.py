@@ -351,3 +351,22 @@ def test_a_pod_whose_captures_are_all_unreadable_gets_no_deny_all_policy(
     assert f"captures/web/{FRONTEND_POD}: no capture of this pod could be read: no policy" in (
         stderr
     )
+
+
+def test_a_capture_folder_named_after_the_deployment_is_tied_by_its_traffic(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # hand-made: captures/shop/cart/ (not the pod's name), no bundle.json, no meta.json
+    folder = tmp_path / "hand-made"
+    folder.mkdir()
+    shutil.copy(bundle / "snapshot.json", folder / "snapshot.json")
+    cart = folder / "captures" / "shop" / "cart"
+    cart.mkdir(parents=True)
+    shutil.copy(bundle / "captures" / "shop" / CART_POD / "capture.pcap0", cart / "cart.pcap")
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert json.loads(stdout)["policies"] == ["shop/cart.yaml"]
+    assert "captures/shop/cart: pod shop/cart is not in the snapshot: its captures are tied" in (
+        stderr
+    )
