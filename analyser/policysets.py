@@ -133,6 +133,32 @@ def _policy_set(
     )
 
 
+def namespace_label_keys(documents: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The label keys the policies' namespaceSelectors look at (matchLabels and
+    matchExpressions), to tell whether the Namespaces' own labels matter."""
+    keys: set[str] = set()
+
+    def visit(value: Any) -> None:
+        if isinstance(value, Mapping):
+            selector = value.get("namespaceSelector")
+            if isinstance(selector, Mapping):
+                keys.update(str(k) for k in (selector.get("matchLabels") or {}))
+                keys.update(
+                    str(e.get("key"))
+                    for e in selector.get("matchExpressions") or []
+                    if isinstance(e, Mapping)
+                )
+            for child in value.values():
+                visit(child)
+        elif isinstance(value, list):
+            for child in value:
+                visit(child)
+
+    for document in documents:
+        visit(document.get("spec"))
+    return keys
+
+
 def load_policies(path: str | Path) -> LoadedPolicies:
     """Every NetworkPolicy under ``path``, compiled; raises PolicyError on anything unusable."""
     root = Path(path)

@@ -229,3 +229,35 @@ def test_connections_never_established_are_named_as_not_checked(
         f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7777"
         in notes
     )
+
+
+def test_namespace_selectors_on_labels_a_snapshot_without_namespaces_lacks_are_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = make_bundle(tmp_path / "bundle")
+    snapshot = json.loads((bundle / "snapshot.json").read_text())
+    snapshot["items"] = [o for o in snapshot["items"] if o["kind"] != "Namespace"]
+    (bundle / "snapshot.json").write_text(json.dumps(snapshot))
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "cart.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": "cart", "namespace": "shop"},
+                "spec": {
+                    "podSelector": {"matchLabels": {"app": "cart"}},
+                    "ingress": [
+                        {"from": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]}
+                    ],
+                },
+            }
+        )
+    )
+    assert main(["verify", str(bundle), str(policies), "--json"]) == ExitStatus.DENIED
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert any(
+        note.startswith("the snapshot has no Namespaces") and "namespaceSelectors on team" in note
+        for note in notes
+    ), notes

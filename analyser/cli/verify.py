@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from analyser.analysing import observe
     from analyser.bundles import open_bundle
     from analyser.graphs import attempts
-    from analyser.policysets import load_policies
+    from analyser.policysets import load_policies, namespace_label_keys
     from analyser.replaying import cluster_facts, verify_graph
     from analyser.verifying import allowance_json, denial_json, score_json
 
@@ -55,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
     cluster = cluster_facts(observation.snapshot, observation.resolver)
     result = verify_graph(loaded.policies, observation.graph, cluster)
     notes = [*loaded.notes, *(f"{p.path}: {p.problem}" for p in observation.problems)]
+    looked_at = namespace_label_keys(loaded.documents) - {"kubernetes.io/metadata.name"}
+    if looked_at and not observation.snapshot.namespaces:
+        notes.append(
+            f"the snapshot has no Namespaces, so their labels are unknown: namespaceSelectors on "
+            f"{', '.join(sorted(looked_at))} match nothing (add `kubectl get namespaces -o json`)"
+        )
     notes += [
         f"not checked, never established (refused or unanswered): {a.client} → {a.server} "
         f"{a.flow.protocol}/{a.flow.server.port}"
