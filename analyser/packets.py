@@ -314,7 +314,8 @@ _INLINE_LAYOUTS: dict[int, tuple[int, int]] = {
     LINKTYPE_LINUX_SLL: (14, 16),
     LINKTYPE_LINUX_SLL2: (0, 20),
 }
-# For other link types: a layout that no record is long enough for (so nothing is inline).
+# Other link types decode nothing inline: their minimum lengths are never met (this layout only
+# has to give valid structs).
 _NO_LAYOUT = (0, 2)
 _NEVER = 1 << 62
 
@@ -358,7 +359,7 @@ def _inline(header: str, linktype: int) -> _Inline:
     ipv4 = struct.Struct(header + link + "BxBB2xHxB2x12s8xBB")
     ipv6 = struct.Struct(header + link + "4xBBBx36s8xBB")
     assert max(ipv4.size, ipv6.size) <= RECORD_HEADER + RECORD_SLACK
-    swap = header[0] in "<@="
+    swap = header[0] == "<"  # the record header is "<..." or ">..."
     known = linktype in _INLINE_LAYOUTS
     return _Inline(
         ipv4.unpack_from,

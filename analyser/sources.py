@@ -240,20 +240,14 @@ class _Stream:
         return self.offset == len(self.buffer) and not self.fill(1)
 
 
-def walk(path: Path, walker: RecordWalker, *, on_read: OnRead = None) -> Iterator[int]:
-    """Hand the records of a capture file to ``walker``, chunk by chunk in file order; yields the
-    number of records walked so far after each chunk.
+def _walk(path: Path, walker: RecordWalker, progress: _Progress, on_read: OnRead) -> Iterator[None]:
+    """Hand the records of a capture file to ``walker``, chunk by chunk in file order; yields
+    after each chunk.
 
     Raises :class:`~analyser.errors.TruncatedCapture` or :class:`~analyser.errors.MalformedCapture`
     after walking every record before the damage; an unreadable file raises
     :class:`~analyser.errors.CaptureError`.
     """
-    progress = _Progress()
-    for _ in _walk(path, walker, progress, on_read):
-        yield progress.records
-
-
-def _walk(path: Path, walker: RecordWalker, progress: _Progress, on_read: OnRead) -> Iterator[None]:
     try:
         stream = _Stream(_chunks(path, on_read))
         if not stream.fill(4):
@@ -274,12 +268,11 @@ def _walk(path: Path, walker: RecordWalker, progress: _Progress, on_read: OnRead
 def batches(path: Path, *, on_read: OnRead = None) -> Iterator[Batch]:
     """The records of a capture file in file order, in batches that share a link type.
 
-    Raises like :func:`walk`, after yielding every record before the damage.
+    Raises :class:`~analyser.errors.TruncatedCapture` or :class:`~analyser.errors.MalformedCapture`
+    after yielding every record before the damage; an unreadable file raises
+    :class:`~analyser.errors.CaptureError`.
     """
-    sliced: list[Batch] = []
-    for _ in _walk(path, _slicer(sliced), _Progress(), on_read):
-        yield from sliced
-        sliced.clear()
+    return _sliced(lambda walker: _walk(path, walker, _Progress(), on_read))
 
 
 def records(path: Path) -> Iterator[Record]:
@@ -292,6 +285,14 @@ def records(path: Path) -> Iterator[Record]:
 @lru_cache(maxsize=16)
 def _header(header: str) -> struct.Struct:
     return struct.Struct(header)
+
+
+def _sliced(walking: Callable[[RecordWalker], Iterator[None]]) -> Iterator[Batch]:
+    """The batches of a walk with a walker that slices every record out."""
+    sliced: list[Batch] = []
+    for _ in walking(_slicer(sliced)):
+        yield from sliced
+        sliced.clear()
 
 
 def _slicer(batches: list[Batch]) -> RecordWalker:
@@ -485,16 +486,13 @@ class CaptureFile:
         self.report = CaptureReport(self.name, 0, 0)
 
     def walk(self, walker: RecordWalker) -> CaptureReport:
-        """Hand every record to ``walker`` (see :func:`walk`); the report."""
+        """Hand every record to ``walker``, chunk by chunk in file order; the report."""
         for _ in self._walked(walker):
             pass
         return self.report
 
     def batches(self) -> Iterator[Batch]:
-        sliced: list[Batch] = []
-        for _ in self._walked(_slicer(sliced)):
-            yield from sliced
-            sliced.clear()
+        return _sliced(self._walked)
 
     def _walked(self, walker: RecordWalker) -> Iterator[None]:
         progress = _Progress()
