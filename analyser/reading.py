@@ -101,12 +101,15 @@ class _DnsAnswers:
         pending = self._pending
         for timestamp, key, payload in payloads:
             over_tcp = key[0] == TCP  # type: ignore[index]  # DNS payloads have flow keys
-            seen = pending.get((over_tcp, payload if over_tcp else payload[2:]))
+            message = (over_tcp, payload if over_tcp else payload[2:])
+            seen = pending.get(message)
             if seen is None:
-                pending[over_tcp, payload if over_tcp else payload[2:]] = [timestamp, timestamp, 1]
+                pending[message] = [timestamp, timestamp, 1]
             else:
-                seen[0] = min(seen[0], timestamp)
-                seen[1] = max(seen[1], timestamp)
+                if timestamp < seen[0]:
+                    seen[0] = timestamp
+                elif timestamp > seen[1]:
+                    seen[1] = timestamp
                 seen[2] += 1
         if len(pending) > self.LIMIT:
             self.flush()
