@@ -176,7 +176,7 @@ _FALLBACK_PREFIX = {4: 16, 6: 64}
 # A pod cannot have sent a packet long before it existed: an address seen this many seconds (clock
 # skew between nodes and the API server, a watcher noticing an IP late) or more before the first
 # claim on it belonged to someone the snapshot no longer knows.
-CLAIM_SKEW = 60.0
+CLAIM_SKEW = 300.0
 
 
 @functools.lru_cache(maxsize=1 << 16)
