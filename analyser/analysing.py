@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections import Counter, defaultdict
@@ -204,6 +205,14 @@ def _readable_pods(
     return readable, problems
 
 
+def _names_pod(capture: str, pod: tuple[str, str], resolver: Resolver) -> bool:
+    """Whether a capture's path names the pod, or its workload (``web.pcap``, ``web-7d9f/``)."""
+    words = set(re.split(r"[^a-z0-9-]+|\.pcap|\.cap", capture.lower()))
+    workload = resolver.workload_of_pod(*pod)
+    names = {pod[1], workload.name if workload is not None else pod[1]}
+    return any(word == name or word.startswith(f"{name}-") for word in words for name in names)
+
+
 def _to_everyone(flow: Flow) -> bool:
     """Broadcast or multicast, or from an address not yet configured (DHCP): a node's noise that
     says nothing about whose capture a file is."""
@@ -273,6 +282,10 @@ def _vantage_pods(
                 )
             continue
         found = sorted(loose.pods_in_all)
+        if len(found) > 1:
+            # One conversation between pods: the file's name may say whose capture it is.
+            named = [pod for pod in found if _names_pod(capture, pod, resolver)]
+            found = named if len(named) == 1 else found
         if len(found) == 1:
             pods.add(found[0])
             continue

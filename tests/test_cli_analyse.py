@@ -370,3 +370,18 @@ def test_a_capture_folder_named_after_the_deployment_is_tied_by_its_traffic(
     assert "captures/shop/cart: pod shop/cart is not in the snapshot: its captures are tied" in (
         stderr
     )
+
+
+def test_a_loose_file_of_one_conversation_is_tied_by_the_pod_its_name_gives(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "named"
+    folder.mkdir()
+    shutil.copy(bundle / "snapshot.json", folder / "snapshot.json")
+    # both pods are in its only flow; the name says it is the frontend's
+    write_pcap(folder / "frontend.pcap", handshake(FRONTEND_IP, 41000, CART_IP, 8080, T0 + 9))
+    status, stdout, stderr = run([str(folder), "-o", str(tmp_path / "out"), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    summary = json.loads(stdout)
+    assert summary["policies"] == ["web/frontend.yaml"]
+    assert summary["problems"] == []
