@@ -101,40 +101,34 @@ _OTHER_PROTOCOL: PacketFacts = (Skip.OTHER_PROTOCOL, 0, 0, None)
 _SHORT: PacketFacts = (Skip.SHORT, 0, 0, None)
 _UNKNOWN_LINKTYPE: PacketFacts = (Skip.UNKNOWN_LINKTYPE, 0, 0, None)
 
-# IPv4 with a 20-byte header and TCP or UDP (nearly every packet): version/IHL, total length,
-# flags/fragment offset, protocol, addresses and ports in one piece, TCP data offset and flags
-# (meaningless for UDP).
-_IPV4_PLAIN = struct.Struct("!BxHxxHxB2x12s8xBB")
-# IPv6 without extension headers and TCP or UDP: payload length, next header, addresses and
-# ports in one piece, TCP data offset and flags (meaningless for UDP).
-_IPV6_PLAIN = struct.Struct("!4xHBx36s8xBB")
 # Any IPv4 header: version/IHL, total length, flags/fragment offset, protocol, addresses.
 _IPV4 = struct.Struct("!BxHxxHxB2x8s")
 # IPv6: payload length, next header, addresses.
 _IPV6 = struct.Struct("!4xHB1x32s")
-_PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 _U32_LE = struct.Struct("<I")
 _U32_BE = struct.Struct("!I")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def address_text(raw: bytes) -> str:
-    """4 or 16 address bytes as compressed text (``10.0.0.1``, ``fd00::1``)."""
+    """4 or 16 address bytes as compressed text (``10.0.0.1``, ``fd00::1``).
+
+    Cached: every flow has two keys (one per direction) and servers have many flows, so the
+    same addresses come again and again when a capture's keys are turned into text.
+    """
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
+
+
+# A key's bytes by their length (IPv4, IPv6): source, destination address, source, destination port.
+_KEY_LAYOUTS = {12: struct.Struct("!4s4sHH"), 36: struct.Struct("!16s16sHH")}
 
 
 def split_key(key: PacketKey) -> tuple[int, str, int, str, int]:
     """(protocol number, source IP text, source port, destination IP text, destination port)."""
     protocol, raw = key
-    size = (len(raw) - 4) // 2
-    source_port, destination_port = _PORTS.unpack_from(raw, 2 * size)
-    return (
-        protocol,
-        address_text(raw[:size]),
-        source_port,
-        address_text(raw[size : 2 * size]),
-        destination_port,
-    )
+    source, destination, source_port, destination_port = _KEY_LAYOUTS[len(raw)].unpack(raw)
+    return protocol, address_text(source), source_port, address_text(destination), destination_port
 
 
 def _transport(buf: bytes, offset: int, protocol: int, key: bytes, length: int) -> PacketFacts:
