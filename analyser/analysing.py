@@ -43,6 +43,7 @@ from analyser.policies import (
     Policy,
     partition_policies,
     synthesize,
+    unselectable_reasons,
     unselectable_workloads,
 )
 from analyser.policysets import parse_policy_texts
@@ -101,6 +102,11 @@ class Analysis(Observation):
     default_denies: tuple[DefaultDeny, ...]
     unselectable: tuple[str, ...]  # captured workloads without a stable label: no policy
     files: Mapping[str, str]  # output path (relative, POSIX) → text, sorted
+
+    @property
+    def unselectable_reasons(self) -> dict[str, str]:
+        """Why each workload of :attr:`unselectable` got no policy."""
+        return unselectable_reasons(self.graph, self.unselectable)
 
     @property
     def policy_files(self) -> tuple[str, ...]:
@@ -454,6 +460,7 @@ def analyse(
         policy_files=tuple(p for p in files if p != KUSTOMIZATION),
         workload_policies={p.workload: policy_path(p.namespace, p.name) for p in policies},
         unselectable=unselectable,
+        unselectable_reasons=unselectable_reasons(seen.graph, unselectable),
         skipped_packets=seen.traffic.skipped,
     )
     files[GRAPH_DOT] = render_dot(seen.graph)

@@ -209,6 +209,17 @@ def policy_names(workloads: Iterable[Any], *, reserved: Iterable[str] = ()) -> d
     return names
 
 
+def unselectable_reasons(graph: Any, node_ids: Iterable[str]) -> dict[str, str]:
+    """Why no policy can be written for each of these unselectable workloads (graph node ids, as
+    :func:`unselectable_workloads` gives them)."""
+    return {
+        node_id: "its pods use the host network, where NetworkPolicy does not apply"
+        if graph.nodes[node_id]["workload"].host_network
+        else "its pods have no stable label to select them by"
+        for node_id in node_ids
+    }
+
+
 def _unselectable(workload: Any) -> bool:
     # No stable label: a policy would select the whole namespace. hostNetwork: NetworkPolicy
     # does not apply to such pods at all.

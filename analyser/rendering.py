@@ -76,6 +76,7 @@ class ReportFacts:
     policy_files: tuple[str, ...]  # paths relative to the output directory
     workload_policies: Mapping[str, str]  # workload node id ("NS/Kind/name") → its policy file
     unselectable: tuple[str, ...] = ()  # captured workloads without a stable label: no policy
+    unselectable_reasons: Mapping[str, str] = field(default_factory=dict)  # node id → why
     skipped_packets: Mapping[str, int] = field(default_factory=dict)  # reason → packets unused
 
 

@@ -385,3 +385,23 @@ def test_a_loose_file_of_one_conversation_is_tied_by_the_pod_its_name_gives(
     summary = json.loads(stdout)
     assert summary["policies"] == ["web/frontend.yaml"]
     assert summary["problems"] == []
+
+
+def test_a_captured_host_network_workload_is_named_for_what_it_is(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "host-network"
+    shutil.copytree(bundle, folder)
+    snapshot = json.loads((folder / "snapshot.json").read_text())
+    for item in snapshot["items"]:
+        if item["kind"] == "Pod" and item["metadata"]["name"] == CART_POD:
+            item["spec"]["hostNetwork"] = True
+    (folder / "snapshot.json").write_text(json.dumps(snapshot))
+    out = tmp_path / "out"
+    status, _, stderr = run([str(folder), "-o", str(out)], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert (
+        "warning: shop/Deployment/cart: its pods use the host network, where NetworkPolicy does "
+        "not apply: no policy written" in stderr
+    )
+    assert "no stable label" not in (out / "report.md").read_text()

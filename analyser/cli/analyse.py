@@ -67,12 +67,8 @@ def run(args: argparse.Namespace) -> int:
         )
     for problem in analysis.problems:
         say("analyse", f"warning: {problem.path}: {problem.problem}")
-    for workload in analysis.unselectable:
-        say(
-            "analyse",
-            f"warning: {workload}: its pods have no stable label to select them by: "
-            "no policy written",
-        )
+    for workload, reason in analysis.unselectable_reasons.items():
+        say("analyse", f"warning: {workload}: {reason}: no policy written")
     out: Path = args.out
     write_output(analysis.files, out, force=args.force)
     if args.json:
