@@ -289,7 +289,7 @@ def open_bundle(path: Path, *, check_sums: bool = True) -> Bundle:
     problems: list[FileProblem] = []
     if manifest_path.is_file():
         try:
-            text = manifest_path.read_text(encoding="utf-8")
+            text = manifest_path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as error:
             raise BundleError(f"{manifest_path}: cannot read: {error}") from error
         manifest = parse_manifest(text, source=str(manifest_path))

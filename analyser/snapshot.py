@@ -837,7 +837,7 @@ def parse_pod_ip_history(lines: Iterable[str], *, source: str) -> list[PodIpEven
 
 def load_pod_ip_history(path: Path) -> list[PodIpEvent]:
     try:
-        with path.open(encoding="utf-8") as lines:
+        with path.open(encoding="utf-8-sig") as lines:
             return parse_pod_ip_history(lines, source=str(path))
     except (OSError, UnicodeDecodeError) as error:
         raise SnapshotError(f"{path}: cannot read: {error}") from error
@@ -867,7 +867,7 @@ def parse_capture_meta(record: object, *, source: str) -> CaptureMeta:
 
 def load_capture_meta(path: Path) -> CaptureMeta:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
         record = json.loads(text)
     except (OSError, UnicodeDecodeError) as error:
         raise SnapshotError(f"{path}: cannot read: {error}") from error

@@ -234,3 +234,10 @@ def test_written_manifests_read_back_and_match_the_files(tmp_path: Path) -> None
         ("web", "front-1"),
     ]
     assert parse_manifest(manifest.to_json(), source="x").to_json() == manifest.to_json()
+
+
+def test_a_manifest_written_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    root = make_bundle(tmp_path / "b")
+    manifest = root / "bundle.json"
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
+    assert open_bundle(root).manifest is not None

@@ -320,3 +320,12 @@ def test_snapshot_files_as_shells_write_them(tmp_path: Path) -> None:
         snapshot = load_snapshot(tmp_path / name)
         assert [p["metadata"]["name"] for p in snapshot.pods] == ["a"], name
     assert len(load_snapshot(tmp_path / "appended.json").services) == 1
+
+
+def test_history_and_meta_written_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:
+    history = tmp_path / "pod-ips.jsonl"
+    history.write_bytes(b"\xef\xbb\xbf" + (DATA / "pod-ips.jsonl").read_bytes())
+    assert len(load_pod_ip_history(history)) == 3
+    meta = tmp_path / "meta.json"
+    meta.write_bytes(b"\xef\xbb\xbf" + json.dumps({"pod": "a", "namespace": "shop"}).encode())
+    assert load_capture_meta(meta).pod == "a"
