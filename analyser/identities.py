@@ -280,6 +280,42 @@ class _Networks:
         )
 
 
+# Node annotations naming the node's own address on the pod network (Cilium's router, Calico's
+# tunnel ends): the source of what the node itself sends to its pods.
+_GATEWAY_ANNOTATIONS = (
+    "network.cilium.io/ipv4-cilium-host",
+    "network.cilium.io/ipv6-cilium-host",
+    "io.cilium.network.ipv4-cilium-host",
+    "io.cilium.network.ipv6-cilium-host",
+    "projectcalico.org/IPv4IPIPTunnelAddr",
+    "projectcalico.org/IPv4VXLANTunnelAddr",
+    "projectcalico.org/IPv6VXLANTunnelAddr",
+)
+
+
+def _pod_network_gateways(snapshot: Snapshot) -> dict[str, str]:
+    """Address → node, for the addresses a node has on the pod network: the first address of its
+    podCIDRs (the bridge or gateway of flannel, k3s, the bridge plugin) and the addresses its
+    annotations name. Kubelet probes and other host traffic to pods come from them. Consulted
+    after pods: a pod that holds such an address is that pod."""
+    gateways: dict[str, str] = {}
+    for node in snapshot.nodes:
+        name = meta(node)["name"]
+        spec = node.get("spec", {})
+        for cidr in spec.get("podCIDRs", []) or ([spec["podCIDR"]] if "podCIDR" in spec else []):
+            with contextlib.suppress(ValueError):
+                network = ipaddress.ip_network(cidr, strict=False)
+                if network.num_addresses > 2:
+                    gateways.setdefault(str(network.network_address + 1), name)
+        annotations = cast(dict[str, object], node.get("metadata", {})).get("annotations")
+        if isinstance(annotations, dict):
+            for key in _GATEWAY_ANNOTATIONS:
+                value = annotations.get(key)
+                if isinstance(value, str) and _is_ip(value):
+                    gateways.setdefault(normalize_ip(value), name)
+    return gateways
+
+
 def _covering_networks(ips: Iterable[str]) -> set[IPNetwork]:
     """The smallest network holding all of ``ips``, per address family (or, when that would be
     implausibly wide, a /16 or /64 per address)."""
@@ -344,6 +380,7 @@ class Resolver:
             if record.host_network and record.node:
                 self._host_network[record.node].append(record)
         self._ranges = self._cluster_ranges()
+        self._gateways = _pod_network_gateways(snapshot)
         self._range_set = _Networks(self._ranges)
         self._node_ports = {
             (port["nodePort"], protocol)
@@ -639,6 +676,9 @@ class Resolver:
                 if listener is not None:
                     return Identity(EndpointKind.POD, ip, pod=self._pod_ref(listener), node=node)
             return Identity(EndpointKind.NODE, ip, node=node)
+        gateway = self._gateways.get(ip)
+        if gateway is not None:
+            return Identity(EndpointKind.NODE, ip, node=gateway)
         if ip in self._range_set:
             return Identity(EndpointKind.UNRESOLVED, ip)
         return Identity(EndpointKind.EXTERNAL, ip)

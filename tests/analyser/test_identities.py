@@ -241,6 +241,7 @@ def test_meta_json_places_a_pod_the_snapshot_no_longer_has(snapshot: Snapshot) -
         ("fd00:10:244::40", EndpointKind.POD),  # a dual-stack pod's IPv6 address
         ("192.168.49.3", EndpointKind.NODE),
         ("10.244.1.200", EndpointKind.UNRESOLVED),  # inside node-b's podCIDR, nobody there
+        ("10.244.1.1", EndpointKind.NODE),  # node-b's bridge on its podCIDR: kubelet probes
         ("10.96.0.200", EndpointKind.UNRESOLVED),  # among the ClusterIPs, no Service
         ("93.184.216.34", EndpointKind.EXTERNAL),
         ("2606:4700::6810:84e5", EndpointKind.EXTERNAL),
@@ -502,3 +503,20 @@ def test_host_network_pods_selected_by_a_service_receive_on_their_node_address()
     assert (backend.identity.ip, backend.port) == ("192.168.49.2", 9100)
     assert backend.identity.pod is not None
     assert backend.identity.pod.workload == WorkloadRef("kube-system", "DaemonSet", "node-exporter")
+
+
+def test_a_nodes_router_address_named_by_its_cni_is_the_node() -> None:
+    node = {
+        "kind": "Node",
+        "metadata": {
+            "name": "n1",
+            "annotations": {"network.cilium.io/ipv4-cilium-host": "10.1.0.77"},
+        },
+        "spec": {"podCIDR": "10.1.0.0/16"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.5"}]},
+    }
+    resolver = Resolver(_objects(_pod("a-1", "10.1.0.1", {"app": "a"}), extra=(node,)))
+    probe = resolver.resolve("10.1.0.77", 0.0)
+    assert (probe.kind, probe.node) == (EndpointKind.NODE, "n1")
+    # a pod holding the podCIDR's first address (an IPAM that does not keep it) is that pod
+    assert resolver.resolve("10.1.0.1", 0.0).kind is EndpointKind.POD
