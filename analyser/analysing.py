@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from analyser.bundles import CAPTURES, SNAPSHOT_KINDS, Bundle, FileProblem
+from analyser.bundles import CAPTURES, SNAPSHOT_KINDS, Bundle, FileProblem, Window
 from analyser.errors import OutputError, RenderError, SnapshotError
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import (
@@ -89,6 +89,19 @@ class Observation:
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
 
     @property
+    def window(self) -> Window | None:
+        """The capture window: bundle.json's, else (a plain folder) from the first to the last
+        packet of any flow; None without either."""
+        if self.bundle.manifest is not None and self.bundle.manifest.window is not None:
+            return self.bundle.manifest.window
+        if self.bundle.manifest is None and self.flows:
+            return Window(
+                min(flow.first_seen for flow in self.flows),
+                max(flow.last_seen for flow in self.flows),
+            )
+        return None
+
+    @property
     def evidence_counts(self) -> dict[Evidence, int]:
         counts = Counter(flow.evidence for flow in self.flows)
         return {evidence: counts.get(evidence, 0) for evidence in Evidence}
@@ -116,7 +129,7 @@ class Analysis(Observation):
         """The machine-readable summary (``analyse --json``): plain JSON types, stable order."""
         roles = Counter(str(attrs.get("role")) for _, attrs in self.graph.nodes(data=True))
         manifest = self.bundle.manifest
-        window = manifest.window if manifest is not None else None
+        window = self.window
         return {
             "bundle": self.bundle.name,
             "window": None
@@ -441,7 +454,7 @@ def analyse(
     )
     unselectable = unselectable_workloads(seen.graph)
     manifest = bundle.manifest
-    window = manifest.window if manifest is not None else None
+    window = seen.window
     provenance = (
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )

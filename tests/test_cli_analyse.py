@@ -230,8 +230,11 @@ def test_a_loose_node_wide_capture_gives_the_nodes_pods_policies(
     out = tmp_path / "out"
     status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
     assert status == ExitStatus.OK, stderr
-    assert json.loads(stdout)["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
+    summary = json.loads(stdout)
+    assert summary["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
     assert "node-1.pcap: not tied to a pod, but every flow has an end on node node-1" in stderr
+    # no bundle.json: the window is the packets' span
+    assert summary["window"] == {"start": "2026-01-01T10:00:01Z", "end": "2026-01-01T10:00:12Z"}
     cart = yaml.safe_load((out / "shop" / "cart.yaml").read_text())
     assert cart["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
 
