@@ -186,7 +186,7 @@ def _captured_pods(
     pods: dict[tuple[str, str], set[str]] = defaultdict(set)
     meta_pods = {Path(m.source).resolve().parent: (m.namespace, m.pod) for m in metas}
     for pod in meta_pods.values():
-        pods[pod] |= set()
+        pods.setdefault(pod, set())
     listed = set()
     if bundle.manifest is not None:
         for entry in bundle.manifest.captures:
@@ -264,8 +264,10 @@ def _vantage_pods(
     node (``tcpdump -i any`` on the node sees all its pods' traffic), that node's pods seen in it
     are captured. ``damaged`` files already have a warning of their own when they gave no flow."""
     seen: dict[str, _LooseCapture] = {}
+    with_flows: set[str] = set()
     for flow in flows:
         captures = flow.captures & unplaced
+        with_flows |= captures
         if not captures or is_loopback(flow) or _to_everyone(flow):
             continue
         identities = (
@@ -295,7 +297,10 @@ def _vantage_pods(
     for capture in sorted(unplaced):
         loose = seen.get(capture)
         if loose is None:
-            if capture not in damaged:
+            if capture in with_flows:
+                why = "its only flows are on loopback, broadcast or multicast addresses"
+                problems.append(FileProblem(capture, f"{why}: nothing ties it to a pod"))
+            elif capture not in damaged:
                 problems.append(
                     FileProblem(capture, "holds no TCP, UDP or SCTP traffic: nothing to analyse")
                 )

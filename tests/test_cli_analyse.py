@@ -248,12 +248,15 @@ def test_empty_and_flowless_loose_files_get_one_clear_warning_each(
     shutil.copy(bundle / "captures" / "shop" / CART_POD / "capture.pcap0", folder / "cart.pcap")
     (folder / "empty.pcap").write_bytes(b"")
     write_pcap(folder / "no-packets.pcap", [])
+    write_pcap(folder / "lo.pcap", handshake("127.0.0.1", 45000, "127.0.0.1", 5432, T0 + 9))
     status, _, stderr = run([str(folder), "-o", str(tmp_path / "out")], capsys)
     assert status == ExitStatus.OK, stderr
     warnings = sorted(line for line in stderr.splitlines() if "warning:" in line)
     assert warnings == [
         "netpol-sniffer analyse: warning: empty.pcap: the file is empty; nothing in it could be "
         "used",
+        "netpol-sniffer analyse: warning: lo.pcap: its only flows are on loopback, broadcast or "
+        "multicast addresses: nothing ties it to a pod",
         "netpol-sniffer analyse: warning: no-packets.pcap: holds no TCP, UDP or SCTP traffic: "
         "nothing to analyse",
     ]
