@@ -336,7 +336,8 @@ def _measure(directory: Path, wanted: int, flows: int, files: int, repeat: int) 
     print(f"  1× ({packets:,} packets): {single_rss / 1024:.0f} MiB")
     print(
         f"  4× ({packets * 4:,} packets): {quadruple_rss / 1024:.0f} MiB"
-        f" (read at {quadruple.packets / quadruple.cpu:,.0f} packets per CPU-second)"
+        f" (read at {quadruple.packets / quadruple.cpu:,.0f} packets per CPU-second,"
+        f" {quadruple.packets / _inside(quadruple):,.0f} for reading + orienting alone)"
     )
     print(f"  ratio 4×/1×: {quadruple_rss / single_rss:.2f}")
 
