@@ -110,12 +110,13 @@ _U32_LE = struct.Struct("<I")
 _U32_BE = struct.Struct("!I")
 
 
-@functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=4096)
 def address_text(raw: bytes) -> str:
     """4 or 16 address bytes as compressed text (``10.0.0.1``, ``fd00::1``).
 
-    Cached: every flow has two keys (one per direction) and servers have many flows, so the
-    same addresses come again and again when a capture's keys are turned into text.
+    Cached: every flow has two keys (one per direction, next to each other in a tally) and
+    servers have many flows, so the same addresses come again and again when a capture's keys
+    are turned into text; the last 4,096 are enough for that and stay small.
     """
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
