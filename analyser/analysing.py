@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -443,11 +443,13 @@ def analyse(
     bundle: Bundle,
     *,
     default_deny: bool = False,
+    node_cidrs: Sequence[str] = (),
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Analysis:
     """:func:`observe` ``bundle``, then make its policies and render every output file (in
-    memory; :func:`write_output` writes them).
+    memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
+    snapshot knows, or with ``node_cidrs`` when given (``policies.node_blocks``).
 
     Raises what :func:`observe` raises, :class:`~analyser.errors.RenderError` if output fails
     to render, and :class:`~analyser.errors.UnsafePolicies` if the policies would deny an
@@ -455,7 +457,13 @@ def analyse(
     """
     seen = observe(bundle, workers=workers, on_progress=on_progress)
     policies, default_denies = partition_policies(
-        synthesize(seen.graph, cluster_dns=seen.resolver.cluster_dns(), default_deny=default_deny)
+        synthesize(
+            seen.graph,
+            cluster_dns=seen.resolver.cluster_dns(),
+            default_deny=default_deny,
+            node_addresses=seen.snapshot.node_by_address,
+            node_cidrs=node_cidrs,
+        )
     )
     unselectable = unselectable_workloads(seen.graph)
     manifest = bundle.manifest

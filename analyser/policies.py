@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -73,10 +73,12 @@ class PodPeer:
 
 @dataclass(frozen=True, order=True, slots=True)
 class IpPeer:
-    """An address outside the cluster: a /32 or /128 ``ipBlock``."""
+    """An address block: an address outside the cluster (a /32 or /128 ``ipBlock``), or the
+    cluster's nodes (``description`` says so)."""
 
     cidr: str
     names: tuple[str, ...] = ()  # DNS names seen resolving to it, for the annotation
+    description: str = ""  # what the block stands for ("cluster nodes"), for the comment
 
 
 Peer = PodPeer | IpPeer
@@ -163,6 +165,37 @@ def _peers(graph: Any, node_id: str, own_namespace: str) -> tuple[Peer, ...]:
         )
     names = tuple(attrs.get("names", ())) if role == _EXTERNAL else ()
     return tuple(IpPeer(_single_address(a), names) for a in addresses)
+
+
+NODE_BLOCK_DESCRIPTION = "cluster nodes"
+
+
+def node_blocks(
+    graph: Any, node_addresses: Iterable[str] = (), node_cidrs: Sequence[str] = ()
+) -> tuple[IpPeer, ...]:
+    """The ipBlocks standing for every node of the cluster: ``node_cidrs`` when given, else each
+    of ``node_addresses`` (the snapshot's) as /32 or /128; plus the node addresses ``graph`` saw
+    (a node missing from the snapshot, a node's address on the pod network) that these do not
+    cover. Collapsed where exactly adjacent or contained, sorted by family and address.
+
+    Traffic SNAT'd to a node address (``externalTrafficPolicy: Cluster``) can come from any node,
+    and a rescheduled pod meets other nodes: one node's address alone would break it."""
+    seen = {
+        address
+        for _, attrs in graph.nodes(data=True)
+        if attrs["role"] == _NODE
+        for address in attrs.get("addresses", ())
+    }
+    listed = node_cidrs or tuple(node_addresses)
+    networks = [ipaddress.ip_network(text, strict=False) for text in (*listed, *seen)]
+    blocks: list[IpPeer] = []
+    for version in (4, 6):
+        family = [n for n in networks if n.version == version]
+        blocks += [
+            IpPeer(str(n), description=NODE_BLOCK_DESCRIPTION)
+            for n in ipaddress.collapse_addresses(family)  # type: ignore[type-var]
+        ]
+    return tuple(blocks)
 
 
 def _local(peer: PodPeer, namespace: str) -> PodPeer:
@@ -256,15 +289,25 @@ def unselectable_workloads(graph: Any, *, default_deny: bool = False) -> tuple[s
 
 
 def synthesize(
-    graph: Any, *, cluster_dns: ClusterDns | None = None, default_deny: bool = False
+    graph: Any,
+    *,
+    cluster_dns: ClusterDns | None = None,
+    default_deny: bool = False,
+    node_addresses: Iterable[str] = (),
+    node_cidrs: Sequence[str] = (),
 ) -> list[Policy | DefaultDeny]:
     """One :class:`Policy` per in-scope workload of ``graph`` (schema: ``analyser.graphs``),
     allowing what was observed and DNS to the cluster DNS pods, plus, with ``default_deny``, a
     :class:`DefaultDeny` per namespace in scope and a policy for every other workload of those
     namespaces seen in the graph (a namespace where such a workload has no stable label gets no
     default-deny). Workloads without a stable label, or on the host network, get no policy
-    (:func:`unselectable_workloads`). Sorted by namespace, then default-deny first, then name."""
+    (:func:`unselectable_workloads`). Sorted by namespace, then default-deny first, then name.
+
+    Traffic with a node (from or to a node address) is allowed on its ports with every node:
+    :func:`node_blocks` of ``node_addresses`` (every node address the snapshot knows) or, when
+    given, ``node_cidrs`` (the networks the nodes' addresses lie in)."""
     dns = cluster_dns if cluster_dns is not None else ClusterDns()
+    nodes = node_blocks(graph, node_addresses, node_cidrs)
     dns_ports = set(dns.ports)
     workloads = [
         (node_id, attrs["workload"], bool(attrs.get("in_scope")))
@@ -290,15 +333,27 @@ def synthesize(
         namespace = workload.ref.namespace
         ingress: dict[Peer, set[PortSpec]] = defaultdict(set)
         egress: dict[Peer, set[PortSpec]] = defaultdict(set)
+        node_ingress: set[PortSpec] = set()
+        node_egress: set[PortSpec] = set()
         for client in graph.predecessors(node_id):
+            ports = set(graph.edges[client, node_id]["ports"])
+            if graph.nodes[client]["role"] == _NODE:
+                node_ingress |= ports
+                continue
             for peer in _peers(graph, client, namespace):
-                ingress[peer] |= set(graph.edges[client, node_id]["ports"])
+                ingress[peer] |= ports
         for server in graph.successors(node_id):
             ports = set(graph.edges[node_id, server]["ports"])
+            if graph.nodes[server]["role"] == _NODE:
+                node_egress |= ports
+                continue
             if server in dns.workloads:
                 ports -= dns_ports  # allowed by the DNS rule below, to every DNS pod
             for peer in _peers(graph, server, namespace):
                 egress[peer] |= ports
+        for block in nodes:
+            ingress[block] |= node_ingress
+            egress[block] |= node_egress
         for dns_peer in dns.peers:
             egress[_local(dns_peer, namespace)] |= dns_ports
         result.append(

@@ -179,6 +179,7 @@ class _PeerView:
     pod_selector: LabelSelector | None
     cidr: str | None
     names: tuple[str, ...]
+    description: str  # what an ipBlock stands for ("cluster nodes"), for the comment
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +209,15 @@ def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
             other_namespace = (
                 peer.namespace if peer.namespace not in (None, policy.namespace) else None
             )
-            peer_view = _PeerView(other_namespace, peer.pod_selector, None, ())
+            peer_view = _PeerView(other_namespace, peer.pod_selector, None, (), "")
         else:
-            peer_view = _PeerView(None, None, _cidr(peer, policy), tuple(sorted(set(peer.names))))
+            peer_view = _PeerView(
+                None,
+                None,
+                _cidr(peer, policy),
+                tuple(sorted(set(peer.names))),
+                peer.description,
+            )
         ports = tuple(_PortView(str(p.protocol), p.port) for p in sorted(set(rule.ports)))
         views.append(_RuleView(peer_view, ports))
     return tuple(views)

@@ -228,7 +228,8 @@ def verification_inputs(
 ) -> tuple[list[Observed], Universe]:
     """The observed connections of ``graph``, and the universe verify reports on: every
     workload, focused on the captured ones (``in_scope``), with the ipBlocks ``policies`` name
-    and the observed addresses outside the cluster as address blocks."""
+    and the observed addresses outside the cluster as address blocks (those made only of node
+    addresses folded into one, "cluster nodes")."""
     observed = observed_from_graph(graph, cluster)
     focus = [
         node_id
@@ -241,7 +242,10 @@ def verification_inputs(
         if attributes.get("role") == NodeRole.EXTERNAL
     ]
     universe = Universe.of(
-        _workload_peers(graph, cluster).values(), [*policies.ip_blocks(), *external], focus=focus
+        _workload_peers(graph, cluster).values(),
+        [*policies.ip_blocks(), *external],
+        focus=focus,
+        nodes=cluster.node_of_address,
     )
     return observed, universe
 
@@ -260,7 +264,9 @@ def observed_from_records(
 
     def peer(name: str) -> Peer:
         if name.startswith("ip:"):
-            return Address(name.removeprefix("ip:"), name=name)
+            # A node's address is marked with its node, so a pod on that node gets the
+            # exemption ``_node_local`` gives (kubelet probes), as the graph's flows do.
+            return cluster.address(name.removeprefix("ip:"), name)
         if cluster.host_network.get(name):
             return cluster.address(cluster.host_network[name][0], name)
         if name not in cluster.workloads:

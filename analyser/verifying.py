@@ -9,7 +9,8 @@ The universe of connections a report considers (see ``docs/verify.md``):
 - every ordered pair of workloads (a workload with itself included: replicas talk to each other),
 - every workload with every *address block*, both directions: the ipBlocks the policies name, the
   addresses outside the cluster that were observed (as /32 or /128), and "anywhere"
-  (``0.0.0.0/0`` and ``::/0``), each evaluated at its lowest matching address,
+  (``0.0.0.0/0`` and ``::/0``), each evaluated at its lowest matching address; blocks made only
+  of node addresses are one block, "cluster nodes" (:data:`NODES`), when the nodes are known,
 - every port of every protocol: allowed ports are exact :class:`PortSet` values, so a rule on a
   port no pod declares, or a range, is counted like any other.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from analyser.evaluation import (
@@ -51,16 +52,35 @@ class Observed:
     flows: int = 1
 
 
+# The universe's name for the cluster's nodes, when node blocks are folded into one.
+NODES = "cluster nodes"
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
-    """An address block of the universe, evaluated at ``address``."""
+    """An address block of the universe, evaluated at ``address``; or, with ``members``, the
+    cluster's nodes (the addresses it stands for)."""
 
     block: IpBlock
     address: Address
+    members: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
-        return f"ip:{self.block}"
+        return NODES if self.members else f"ip:{self.block}"
+
+    def matches(self, ip: str) -> bool:
+        return ip in self.members if self.members else self.block.matches(ip)
+
+
+def _only_nodes(block: IpBlock, nodes: Mapping[str, str]) -> bool:
+    """Whether every address of ``block`` is a node's (a /32, or nodes exactly adjacent)."""
+    network = block.network
+    return (
+        not block.excepted
+        and network.num_addresses <= len(nodes)
+        and all(str(address) in nodes for address in network)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +97,31 @@ class Universe:
 
     @classmethod
     def of(
-        cls, pods: Iterable[Pod], blocks: Iterable[IpBlock], *, focus: Iterable[str] | None = None
+        cls,
+        pods: Iterable[Pod],
+        blocks: Iterable[IpBlock],
+        *,
+        focus: Iterable[str] | None = None,
+        nodes: Mapping[str, str] | None = None,
     ) -> Universe:
-        """Pods sorted by name; blocks deduplicated, "anywhere" added, empty blocks dropped."""
+        """Pods sorted by name; blocks deduplicated, "anywhere" added, empty blocks dropped.
+
+        With ``nodes`` (node address → node name), blocks made only of node addresses (the
+        generated policies name every node, one block each) are folded into one block named
+        :data:`NODES`, evaluated at the lowest of their addresses: one pair per workload rather
+        than one per node."""
         unique: dict[IpBlock, None] = dict.fromkeys((*blocks, *ANYWHERE))
+        node_blocks = [b for b in unique if nodes and _only_nodes(b, nodes)]
         chosen = []
         for block in sorted(unique, key=lambda b: (b.network.version, b.network, b.excepted)):
             address = block.representative()
-            if address is not None:
+            if address is not None and block not in node_blocks:
                 chosen.append(Block(block, Address(address, name=f"ip:{block}")))
+        if nodes and node_blocks:
+            lowest = min(node_blocks, key=lambda b: (b.network.version, b.network))
+            at = str(lowest.network.network_address)
+            members = frozenset(str(a) for b in node_blocks for a in b.network)
+            chosen.append(Block(lowest, Address(at, node=nodes[at], name=NODES), members))
         return cls(
             tuple(sorted(pods, key=str)),
             tuple(chosen),
@@ -168,7 +204,7 @@ def _observed_ports(
     def names(peer: Peer) -> list[str]:
         if isinstance(peer, Pod):
             return [str(peer)]
-        return [b.name for b in universe.blocks if b.block.matches(peer.ip)]
+        return [b.name for b in universe.blocks if b.matches(peer.ip)]
 
     ranges: dict[tuple[str, str], list[PortRange]] = defaultdict(list)
     for item in observed:

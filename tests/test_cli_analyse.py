@@ -28,6 +28,7 @@ from bundle_builders import (
     write_pcap,
 )
 
+from analyser.bundles import Manifest, Window, entries_for_layout, write_manifest
 from analyser.cli.main import ExitStatus, main
 
 
@@ -411,3 +412,97 @@ def test_a_captured_host_network_workload_is_named_for_what_it_is(
         "not apply: no policy written" in stderr
     )
     assert "no stable label" not in (out / "report.md").read_text()
+
+
+NODE_2_IP, NODE_3_IP, NODE_3_IP6 = "192.168.49.5", "192.168.49.7", "2001:db8::7"
+
+
+@pytest.fixture(scope="module")
+def three_node_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundle on three nodes; cart also received LoadBalancer traffic that kube-proxy SNAT'd
+    to node-2's address (``externalTrafficPolicy: Cluster``)."""
+    root = make_bundle(tmp_path_factory.mktemp("three-nodes"))
+    snapshot = json.loads((root / "snapshot.json").read_text())
+    for name, addresses in (
+        ("node-3", [("InternalIP", NODE_3_IP), ("ExternalIP", NODE_3_IP6), ("Hostname", "n3")]),
+        ("node-2", [("InternalIP", NODE_2_IP)]),
+    ):
+        snapshot["items"].append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name},
+                "status": {"addresses": [{"type": t, "address": a} for t, a in addresses]},
+            }
+        )
+    (root / "snapshot.json").write_text(json.dumps(snapshot))
+    write_pcap(
+        root / "captures" / "shop" / CART_POD / "capture.pcap1",
+        handshake(NODE_2_IP, 31000, CART_IP, 8080, T0 + 9),
+    )
+    write_manifest(
+        root,
+        Manifest(
+            producer="lab",
+            capture_mode="sidecar",
+            window=Window(T0, T0 + 60),
+            captures=tuple(entries_for_layout(root)),
+        ),
+    )
+    return root
+
+
+def _ingress_blocks(out: Path) -> list[tuple[str, list[dict[str, object]]]]:
+    cart = yaml.safe_load((out / "shop" / "cart.yaml").read_text())
+    return [
+        (peer["ipBlock"]["cidr"], rule["ports"])
+        for rule in cart["spec"]["ingress"]
+        for peer in rule["from"]
+        if "ipBlock" in peer
+    ]
+
+
+def test_traffic_from_one_node_is_allowed_from_every_node(
+    three_node_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    status, _, stderr = run([str(three_node_bundle), "-o", str(out)], capsys)
+    assert status == ExitStatus.OK, stderr
+    port = [{"protocol": "TCP", "port": 8080}]
+    assert _ingress_blocks(out) == [
+        (f"{NODE_IP}/32", port),
+        (f"{NODE_2_IP}/32", port),
+        (f"{NODE_3_IP}/32", port),
+        (f"{NODE_3_IP6}/128", port),
+    ]
+    text = (out / "shop" / "cart.yaml").read_text()
+    assert f"# {NODE_3_IP}/32: cluster nodes" in text
+    # frontend sent nothing to a node: no node block in its policy
+    assert "cluster nodes" not in (out / "web" / "frontend.yaml").read_text()
+    # the same bundle gives the same bytes
+    again = tmp_path / "again"
+    assert run([str(three_node_bundle), "-o", str(again)], capsys)[0] == ExitStatus.OK
+    for path in sorted(out.rglob("*.yaml")):
+        assert (again / path.relative_to(out)).read_bytes() == path.read_bytes()
+
+
+def test_node_cidr_replaces_the_per_node_blocks(
+    three_node_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    args = [str(three_node_bundle), "-o", str(out), "--node-cidr", "192.168.49.0/24"]
+    status, _, stderr = run([*args, "--node-cidr", "2001:db8::/64"], capsys)
+    assert status == ExitStatus.OK, stderr
+    port = [{"protocol": "TCP", "port": 8080}]
+    assert _ingress_blocks(out) == [("192.168.49.0/24", port), ("2001:db8::/64", port)]
+
+
+@pytest.mark.parametrize("cidr", ["192.168.49.1/24", "10.0.0.0/33", "nodes"])
+def test_a_bad_node_cidr_is_a_usage_error(
+    three_node_bundle: Path, tmp_path: Path, cidr: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyse", str(three_node_bundle), "-o", str(tmp_path), "--node-cidr", cidr])
+    assert exit_info.value.code == ExitStatus.USAGE
+    err = capsys.readouterr().err
+    assert "--node-cidr" in err and repr(cidr) in err

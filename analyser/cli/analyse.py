@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from analyser.cli.arguments import positive_int
+from analyser.cli.arguments import network, positive_int
 from analyser.cli.main import ExitStatus, say
 from analyser.cli.progress import reading_captures
 
@@ -38,6 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--default-deny",
         action="store_true",
         help="also write a default-deny policy for every namespace that gets policies",
+    )
+    parser.add_argument(
+        "--node-cidr",
+        type=network,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="allow traffic with nodes as this network instead of one ipBlock per node address "
+        "(repeatable; for clusters whose nodes share a subnet)",
     )
     parser.add_argument(
         "--workers",
@@ -63,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
     bundle = open_bundle(args.bundle)
     with reading_captures(bundle.captures) as bar:
         analysis = analyse(
-            bundle, default_deny=args.default_deny, workers=args.workers, on_progress=bar.advance
+            bundle,
+            default_deny=args.default_deny,
+            node_cidrs=args.node_cidr,
+            workers=args.workers,
+            on_progress=bar.advance,
         )
     for problem in analysis.problems:
         say("analyse", f"warning: {problem.path}: {problem.problem}")

@@ -6,6 +6,7 @@ Pure argparse: no I/O and no imports beyond the standard library, so ``--help`` 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 
 # webhook.capture.CaptureMode's values, repeated so that parsing options imports no webhook code.
 CAPTURE_MODES = ("handshake", "full")
@@ -20,6 +21,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
     return value
+
+
+def network(text: str) -> str:
+    """An IPv4 or IPv6 network in CIDR notation without host bits (``10.0.0.0/24``)."""
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=True))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"must be a network such as 10.0.0.0/24 or fd00::/64, got {text!r}: {error}"
+        ) from error
 
 
 def _seconds(text: str, *, zero: bool) -> float:

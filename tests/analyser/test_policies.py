@@ -82,6 +82,7 @@ def synthesized(
 ) -> tuple[Any, Resolver, list[Policy | DefaultDeny]]:
     names = resolver()
     graph = build_graph(flows, names, dns, scope=scope)
+    kw.setdefault("node_addresses", cluster().node_by_address)  # as analyse gives them
     return graph, names, synthesize(graph, cluster_dns=names.cluster_dns(), **kw)
 
 
@@ -176,8 +177,40 @@ def test_node_addresses_and_host_network_listeners() -> None:
     ]
     _, _, result = synthesized(flows, {WEB})
     web = by_workload(result)[str(WEB)]
-    assert rules_to(web.ingress) == {f"{NODE_B}/32": (("TCP", 8080),)}
+    # node-b's traffic is allowed from both nodes: 192.168.49.2 and .3, exactly adjacent
+    assert rules_to(web.ingress) == {"192.168.49.2/31": (("TCP", 8080),)}
+    assert web.ingress[0].peer == IpPeer("192.168.49.2/31", description="cluster nodes")
+    # a hostNetwork listener (node-exporter on node-a) is that workload, not the nodes
     assert rules_to(web.egress)[f"{NODE_A}/32"] == (("TCP", 9100),)
+
+
+def test_traffic_with_one_node_is_allowed_with_every_node_on_its_ports() -> None:
+    flows = [
+        flow(f"{NODE_B}:52000", f"{WEB_A}:8080", evidence=Evidence.KNOWN_LISTENER),
+        flow(f"{NODE_A}:52001", f"{WEB_A}:8081", evidence=Evidence.KNOWN_LISTENER),
+        flow(f"{WEB_A}:41000", f"{NODE_B}:10250"),  # web calls a kubelet
+    ]
+    nodes = ["192.168.49.9", "fd00::3", NODE_A, "fd00::2", "192.168.49.7"]  # node-b missing
+    _, _, result = synthesized(flows, {WEB}, node_addresses=nodes)
+    web = by_workload(result)[str(WEB)]
+    both = (("TCP", 8080), ("TCP", 8081))
+    # sorted by family and address; .2 and .3 (seen, not in the list) and fd00::2, ::3 collapse
+    expected = ["192.168.49.2/31", "192.168.49.7/32", "192.168.49.9/32", "fd00::2/127"]
+    assert rules_to(web.ingress) == dict.fromkeys(expected, both)
+    assert [r.peer.cidr for r in web.ingress if isinstance(r.peer, IpPeer)] == expected
+    assert {k: v for k, v in rules_to(web.egress).items() if k in expected} == dict.fromkeys(
+        expected, (("TCP", 10250),)
+    )
+    # --node-cidr: the given networks instead; seen addresses outside them are kept
+    _, _, result = synthesized(flows, {WEB}, node_cidrs=("192.168.49.0/31",))
+    web = by_workload(result)[str(WEB)]
+    assert rules_to(web.ingress) == dict.fromkeys(("192.168.49.0/30",), both)
+
+
+def test_a_workload_that_never_talked_to_a_node_gets_no_node_block() -> None:
+    _, _, result = synthesized([flow(f"{WEB_A}:41000", f"{DB}:5432")], {WEB})
+    web = by_workload(result)[str(WEB)]
+    assert not [r for r in (*web.ingress, *web.egress) if isinstance(r.peer, IpPeer)]
 
 
 def test_dns_goes_to_the_dns_pods_only_and_is_not_repeated() -> None:
@@ -294,10 +327,19 @@ def test_synthesis_is_deterministic() -> None:
     assert set(by_workload(without)) == {str(ref) for ref in SCOPE_ALL}
 
 
-@pytest.mark.parametrize("default_deny", [False, True])
-def test_rendered_policies_allow_every_observed_flow(default_deny: bool) -> None:
+@pytest.mark.parametrize(
+    ("default_deny", "node_cidrs"),
+    [(False, ()), (True, ()), (False, ("192.168.49.0/24",))],
+)
+def test_rendered_policies_allow_every_observed_flow(
+    default_deny: bool, node_cidrs: tuple[str, ...]
+) -> None:
     graph, names, result = synthesized(
-        everything(), SCOPE_ALL, dns=FakeDns({EXAMPLE: ["example.com"]}), default_deny=default_deny
+        everything(),
+        SCOPE_ALL,
+        dns=FakeDns({EXAMPLE: ["example.com"]}),
+        default_deny=default_deny,
+        node_cidrs=node_cidrs,
     )
     policies, denies = partition_policies(result)
     assert [d.namespace for d in denies] == (

@@ -23,7 +23,7 @@ from analyser.replaying import (
 )
 from analyser.snapshot import Snapshot, parse_snapshot_documents
 from analyser.verifying import check_observed
-from tests.bundle_builders import API_IP, CART_POD, FRONTEND_POD, snapshot
+from tests.bundle_builders import API_IP, CART_POD, FRONTEND_POD, NODE_IP, snapshot
 
 FRONTEND, CART, COREDNS = (
     "web/Deployment/frontend",
@@ -207,6 +207,19 @@ def test_truth_records_are_replayed_by_name() -> None:
     )
     with pytest.raises(SnapshotError, match="shop/Deployment/nope"):
         observed_from_records([{**truth[0], "server": "shop/Deployment/nope"}], facts)
+
+
+def test_a_truth_record_from_a_pods_own_node_is_exempt_as_in_the_graph() -> None:
+    # A kubelet probe from node-1's address to cart, which runs on node-1: cart's policy admits
+    # only frontend, yet traffic between a pod and its own node is always allowed.
+    facts = cluster_facts(*cluster())
+    probe = {"client": f"ip:{NODE_IP}", "server": CART, "protocol": "TCP", "port": 8080}
+    policies = PolicySet.from_documents([FRONTEND_POLICY, CART_POLICY])
+    assert check_observed(policies, observed_from_records([probe], facts)) == []
+    # The same probe from an address that is no node's is denied.
+    stranger = {**probe, "client": "ip:192.168.49.99"}
+    [denial] = check_observed(policies, observed_from_records([stranger], facts))
+    assert (denial.server, denial.side) == (CART, Direction.INGRESS)
 
 
 def test_an_address_end_is_checked_with_the_addresses_its_flows_used() -> None:

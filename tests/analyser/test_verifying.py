@@ -17,6 +17,7 @@ from analyser.evaluation import (
 )
 from analyser.flows import Protocol
 from analyser.verifying import (
+    NODES,
     Observed,
     Universe,
     block_for,
@@ -155,6 +156,46 @@ def test_universe_blocks_are_evaluated_at_a_matching_address() -> None:
         "ip:::/0",
     ]
     assert [b.address.ip for b in u.blocks] == ["0.0.0.0", "10.1.0.0", "::"]
+
+
+def test_blocks_of_node_addresses_are_one_cluster_nodes_block() -> None:
+    # api admits every node on 8080 (node-2's SNAT'd traffic was seen) and 10.0.0.4/31 on 9090:
+    # 10.0.0.4 is node-3's, 10.0.0.5 no node's, so that block stays a block of its own.
+    nodes = {"10.0.0.1": "node-1", "10.0.0.2": "node-2", "10.0.0.3": "node-3", "10.0.0.4": "node-3"}
+    node_blocks = [{"ipBlock": {"cidr": cidr}} for cidr in ("10.0.0.1/32", "10.0.0.2/31")]
+    api_from_nodes = dict(
+        API_POLICY,
+        spec=dict(
+            API_POLICY["spec"],
+            ingress=[
+                *API_POLICY["spec"]["ingress"],
+                {"from": node_blocks, "ports": [{"port": 8080}]},
+                {"from": [{"ipBlock": {"cidr": "10.0.0.4/31"}}], "ports": [{"port": 9090}]},
+            ],
+        ),
+    )
+    policies = PolicySet.from_documents([WEB_POLICY, api_from_nodes])
+    node_2 = Address("10.0.0.2", node="node-2", name="node:node-2")
+    observed = [*OBSERVED, Observed(node_2, API, TCP, 8080)]
+    blocks = [*policies.ip_blocks(), block_for(EXAMPLE.ip)]
+    folded = Universe.of([WEB, API], blocks, nodes=nodes)
+    assert [b.name for b in folded.blocks] == [
+        "ip:0.0.0.0/0",
+        "ip:10.0.0.4/31",
+        "ip:93.184.216.34/32",
+        "ip:::/0",
+        NODES,
+    ]
+    assert verify(policies, observed, folded).passed
+    extra = {(a.client, a.server) for a in verify(policies, observed, folded).allowances}
+    # node-2 was seen on 8080, which stands for every node: nothing unobserved from the nodes
+    assert (NODES, str(API)) not in extra
+    assert ("ip:10.0.0.4/31", str(API)) in extra
+    # without the nodes, one pair per block, each unobserved but the one holding node-2
+    unfolded = verify(policies, observed, Universe.of([WEB, API], blocks))
+    pairs = {(a.client, a.server) for a in unfolded.allowances}
+    assert ("ip:10.0.0.1/32", str(API)) in pairs
+    assert ("ip:10.0.0.2/31", str(API)) not in pairs
 
 
 def test_diff_reports_newly_allowed_and_denied_ports() -> None:
