@@ -169,6 +169,27 @@ KUBELET_PORT = 10250
 DNS_NAMESPACE = "kube-system"
 DNS_SERVICE = "kube-dns"
 DNS_POD_LABEL = ("k8s-app", "kube-dns")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConvention:
+    """Where a distribution runs its cluster DNS: a Service and, optionally, the label of its pods
+    (found even when the Service or its endpoints are missing from the snapshot)."""
+
+    namespace: str
+    service: str
+    pod_label: tuple[str, str] | None = None
+
+
+# kubeadm, EKS, GKE, AKS and k3s: kube-system/kube-dns; RKE2 names its CoreDNS Service after the
+# Helm chart; OpenShift's DNS operator runs a DaemonSet behind openshift-dns/dns-default.
+DNS_CONVENTIONS = (
+    DnsConvention(DNS_NAMESPACE, DNS_SERVICE, DNS_POD_LABEL),
+    DnsConvention(DNS_NAMESPACE, "rke2-coredns-rke2-coredns"),
+    DnsConvention(
+        "openshift-dns", "dns-default", ("dns.operator.openshift.io/daemonset-dns", "default")
+    ),
+)
 # The smallest prefix accepted for a network inferred to cover the pods' or Services' addresses;
 # anything wider would swallow the internet, so each address then gets a /16 (/64) of its own.
 _MIN_INFERRED_PREFIX = {4: 8, 6: 32}
@@ -821,21 +842,21 @@ class Resolver:
     # -- cluster DNS ---------------------------------------------------------------------------
 
     def cluster_dns(self) -> ClusterDns:
-        """The cluster DNS workloads (kube-system pods labelled ``k8s-app=kube-dns`` and the
-        pods behind Service kube-system/kube-dns) and the ports they receive DNS on. Falls back to
-        the conventional ``k8s-app=kube-dns`` selector in kube-system when the snapshot has none."""
+        """The cluster DNS workloads and the ports they receive DNS on: for every convention in
+        :data:`DNS_CONVENTIONS`, the pods carrying its label in its namespace and the pods behind
+        its Service (all conventions together: a cluster follows one). Falls back to the
+        conventional ``k8s-app=kube-dns`` selector in kube-system when the snapshot has none."""
         records = [
             r
             for r in self._records.values()
-            if r.namespace == DNS_NAMESPACE and DNS_POD_LABEL in r.labels
+            for convention in DNS_CONVENTIONS
+            if r.namespace == convention.namespace and convention.pod_label in r.labels
         ]
-        service = self._snapshot.service(DNS_NAMESPACE, DNS_SERVICE)
         ports: set[PortSpec] = set()
-        if service is not None:
+        for convention in DNS_CONVENTIONS:
+            service = (convention.namespace, convention.service)
             for protocol in (Protocol.UDP, Protocol.TCP):
-                for backend in self.service_backends(
-                    (DNS_NAMESPACE, DNS_SERVICE), 53, protocol, math.inf
-                ):
+                for backend in self.service_backends(service, 53, protocol, math.inf):
                     ports.add(PortSpec(protocol, backend.port))
                     if backend.identity.pod is not None:
                         key = backend.identity.pod.uid or (

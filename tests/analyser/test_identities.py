@@ -324,6 +324,76 @@ def test_cluster_dns_defaults_when_the_snapshot_has_none() -> None:
     assert dns.peers[0].namespace == "kube-system"
 
 
+def _dns_pod(namespace: str, name: str, ip: str, labels: dict[str, str]) -> dict[str, object]:
+    owner = {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "dns", "uid": "uid-dns"}
+    metadata = {"name": name, "namespace": namespace, "uid": f"uid-{name}", "labels": labels}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {**metadata, "ownerReferences": [{**owner, "controller": True}]},
+        "status": {"podIP": ip},
+    }
+
+
+def _dns_service(namespace: str, name: str, selector: dict[str, str]) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "clusterIP": "172.30.0.10",
+            "selector": selector,
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 5353},
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("namespace", "service", "pod_labels", "service_selector"),
+    [
+        # OpenShift: found by the pods' label alone, and by the Service.
+        ("openshift-dns", None, {"dns.operator.openshift.io/daemonset-dns": "default"}, None),
+        (
+            "openshift-dns",
+            "dns-default",
+            {"dns.operator.openshift.io/daemonset-dns": "default"},
+            {"dns.operator.openshift.io/daemonset-dns": "default"},
+        ),
+        # RKE2: only its Service names it.
+        (
+            "kube-system",
+            "rke2-coredns-rke2-coredns",
+            {"app.kubernetes.io/name": "rke2-coredns"},
+            {"app.kubernetes.io/name": "rke2-coredns"},
+        ),
+    ],
+)
+def test_cluster_dns_of_other_distributions(
+    namespace: str,
+    service: str | None,
+    pod_labels: dict[str, str],
+    service_selector: dict[str, str] | None,
+) -> None:
+    extra = () if service is None else (_dns_service(namespace, service, service_selector or {}),)
+    resolver = Resolver(
+        _objects(
+            _dns_pod(namespace, "dns-1", "10.128.0.5", pod_labels),
+            _pod("a", "10.128.0.9", {"app": "a"}),
+            extra=extra,
+        )
+    )
+    dns = resolver.cluster_dns()
+    assert dns.workloads == {f"{namespace}/DaemonSet/dns"}
+    assert [(p.namespace, dict(p.pod_selector.match_labels)) for p in dns.peers] == [
+        (namespace, pod_labels)
+    ]
+    if service is not None:
+        assert {(p.protocol.value, p.port) for p in dns.ports} == {("TCP", 5353), ("UDP", 5353)}
+
+
 @pytest.mark.parametrize(
     ("ip", "port", "protocol", "listens"),
     [
