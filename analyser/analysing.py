@@ -459,7 +459,7 @@ def analyse(
     policies, default_denies = partition_policies(
         synthesize(
             seen.graph,
-            cluster_dns=seen.resolver.cluster_dns(),
+            cluster_dns=seen.resolver.cluster_dns(seen.flows),
             default_deny=default_deny,
             node_addresses=seen.snapshot.node_by_address,
             node_cidrs=node_cidrs,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum, StrEnum
 from typing import cast
 
-from analyser.flows import Endpoint, Protocol
+from analyser.flows import Endpoint, Flow, Protocol
 from analyser.policies import (
     DNS_PORTS,
     VOLATILE_LABELS,
@@ -841,11 +841,14 @@ class Resolver:
 
     # -- cluster DNS ---------------------------------------------------------------------------
 
-    def cluster_dns(self) -> ClusterDns:
-        """The cluster DNS workloads and the ports they receive DNS on: for every convention in
-        :data:`DNS_CONVENTIONS`, the pods carrying its label in its namespace and the pods behind
-        its Service (all conventions together: a cluster follows one). Falls back to the
-        conventional ``k8s-app=kube-dns`` selector in kube-system when the snapshot has none."""
+    def cluster_dns(self, flows: Iterable[Flow] = ()) -> ClusterDns:
+        """The cluster DNS workloads and the ports they receive DNS on.
+
+        First by the conventions in :data:`DNS_CONVENTIONS`: the pods carrying a convention's
+        label in its namespace and the pods behind its Service (all conventions together: a
+        cluster follows one). When none of them finds a pod, by the traffic in ``flows``: the
+        pods behind :meth:`busiest_dns_service`. Without either, the conventional
+        ``k8s-app=kube-dns`` selector in kube-system."""
         records = [
             r
             for r in self._records.values()
@@ -854,16 +857,11 @@ class Resolver:
         ]
         ports: set[PortSpec] = set()
         for convention in DNS_CONVENTIONS:
-            service = (convention.namespace, convention.service)
-            for protocol in (Protocol.UDP, Protocol.TCP):
-                for backend in self.service_backends(service, 53, protocol, math.inf):
-                    ports.add(PortSpec(protocol, backend.port))
-                    if backend.identity.pod is not None:
-                        key = backend.identity.pod.uid or (
-                            f"{backend.identity.pod.namespace}/{backend.identity.pod.name}"
-                        )
-                        if key in self._records:
-                            records.append(self._records[key])
+            self._dns_backends((convention.namespace, convention.service), records, ports)
+        if not records:
+            busiest = self.busiest_dns_service(flows)
+            if busiest is not None:
+                self._dns_backends(busiest, records, ports)
         refs = sorted({self._workload_for(r) for r in records})
         if not refs:
             return ClusterDns()
@@ -881,6 +879,33 @@ class Resolver:
             workloads=frozenset(str(ref) for ref in refs),
             ports=tuple(sorted(ports)) if ports else DNS_PORTS,
         )
+
+    def _dns_backends(
+        self, service: tuple[str, str], records: list[PodRecord], ports: set[PortSpec]
+    ) -> None:
+        """Add the pods behind ``service``'s port 53 to ``records`` and their ports to ``ports``."""
+        for protocol in (Protocol.UDP, Protocol.TCP):
+            for backend in self.service_backends(service, 53, protocol, math.inf):
+                ports.add(PortSpec(protocol, backend.port))
+                if backend.identity.pod is not None:
+                    key = backend.identity.pod.uid or (
+                        f"{backend.identity.pod.namespace}/{backend.identity.pod.name}"
+                    )
+                    if key in self._records:
+                        records.append(self._records[key])
+
+    def busiest_dns_service(self, flows: Iterable[Flow]) -> tuple[str, str] | None:
+        """The Service (namespace, name), in any namespace, whose address received the most
+        packets of 53/UDP flows, counted in both directions; ties go to the first by namespace
+        and name. None when no 53/UDP flow went to a Service."""
+        packets: dict[tuple[str, str], int] = defaultdict(int)
+        for flow in flows:
+            if flow.protocol is not Protocol.UDP or flow.server.port != 53:
+                continue
+            identity = self.resolve(flow.server.ip, flow.first_seen)
+            if identity.kind is EndpointKind.SERVICE and identity.service is not None:
+                packets[identity.service] += flow.packets
+        return min(packets, key=lambda s: (-packets[s], s), default=None)
 
 
 def _selects(selector: dict[str, str] | None, record: PodRecord) -> bool:

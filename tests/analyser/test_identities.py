@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from analyser.flows import Endpoint, Protocol
+from analyser.flows import Endpoint, Evidence, Flow, Protocol
 from analyser.identities import EndpointKind, Resolver, WorkloadRef
 from analyser.policies import DNS_PORTS, LabelRequirement, LabelSelector
 from analyser.snapshot import (
@@ -324,8 +324,10 @@ def test_cluster_dns_defaults_when_the_snapshot_has_none() -> None:
     assert dns.peers[0].namespace == "kube-system"
 
 
-def _dns_pod(namespace: str, name: str, ip: str, labels: dict[str, str]) -> dict[str, object]:
-    owner = {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "dns", "uid": "uid-dns"}
+def _dns_pod(
+    namespace: str, name: str, ip: str, labels: dict[str, str], owner_name: str = "dns"
+) -> dict[str, object]:
+    owner = {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": owner_name, "uid": owner_name}
     metadata = {"name": name, "namespace": namespace, "uid": f"uid-{name}", "labels": labels}
     return {
         "apiVersion": "v1",
@@ -392,6 +394,47 @@ def test_cluster_dns_of_other_distributions(
     ]
     if service is not None:
         assert {(p.protocol.value, p.port) for p in dns.ports} == {("TCP", 5353), ("UDP", 5353)}
+
+
+def _dns_flow(client: str, server: str, packets: int, protocol: Protocol = Protocol.UDP) -> Flow:
+    return Flow(
+        protocol,
+        Endpoint(client, 40000),
+        Endpoint(server, 53),
+        0.0,
+        1.0,
+        packets,
+        packets * 80,
+        frozenset({"c.pcap"}),
+        Evidence.KNOWN_LISTENER,
+    )
+
+
+def test_cluster_dns_without_conventions_is_the_service_receiving_most_dns() -> None:
+    resolver_service = _dns_service("infra", "resolver", {"app": "resolver"})
+    other = _dns_service("infra", "other", {"app": "other"})
+    other["spec"] = {**other["spec"], "clusterIP": "172.30.0.20"}  # type: ignore[dict-item]
+    snapshot = _objects(
+        _dns_pod("infra", "resolver-1", "10.128.0.5", {"app": "resolver"}, "resolver"),
+        _dns_pod("infra", "other-1", "10.128.0.6", {"app": "other"}, "other"),
+        _pod("a", "10.128.0.9", {"app": "a"}),
+        extra=(resolver_service, other),
+    )
+    flows = [
+        _dns_flow("10.128.0.9", "172.30.0.10", 40),  # infra/resolver
+        _dns_flow("10.128.0.9", "172.30.0.20", 30),  # infra/other
+        _dns_flow("10.128.0.9", "172.30.0.20", 30, Protocol.TCP),  # not 53/UDP
+        _dns_flow("10.128.0.9", "10.128.0.6", 90),  # to a pod, not a Service
+    ]
+    resolver = Resolver(snapshot)
+    assert resolver.busiest_dns_service(flows) == ("infra", "resolver")
+    dns = resolver.cluster_dns(flows)
+    assert dns.workloads == {"infra/DaemonSet/resolver"}
+    assert [dict(p.pod_selector.match_labels) for p in dns.peers] == [{"app": "resolver"}]
+    # A tie goes to the first by namespace and name; no DNS traffic: the default.
+    tie = [_dns_flow("10.128.0.9", "172.30.0.10", 5), _dns_flow("10.128.0.9", "172.30.0.20", 5)]
+    assert resolver.busiest_dns_service(tie) == ("infra", "other")
+    assert resolver.cluster_dns().workloads == frozenset()
 
 
 @pytest.mark.parametrize(
