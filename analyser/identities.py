@@ -21,10 +21,12 @@ from analyser.policies import (
     DNS_PORTS,
     VOLATILE_LABELS,
     ClusterDns,
+    IpPeer,
     LabelRequirement,
     LabelSelector,
     PodPeer,
     PortSpec,
+    node_local_dns_peer,
 )
 from analyser.snapshot import (
     CaptureMeta,
@@ -848,7 +850,8 @@ class Resolver:
         label in its namespace and the pods behind its Service (all conventions together: a
         cluster follows one). When none of them finds a pod, by the traffic in ``flows``: the
         pods behind :meth:`busiest_dns_service`. Without either, the conventional
-        ``k8s-app=kube-dns`` selector in kube-system."""
+        ``k8s-app=kube-dns`` selector in kube-system. Plus the node-local DNS cache addresses
+        ``flows`` went to (:func:`node_local_dns`)."""
         records = [
             r
             for r in self._records.values()
@@ -862,9 +865,10 @@ class Resolver:
             busiest = self.busiest_dns_service(flows)
             if busiest is not None:
                 self._dns_backends(busiest, records, ports)
+        node_local = node_local_dns(flows)
         refs = sorted({self._workload_for(r) for r in records})
         if not refs:
-            return ClusterDns()
+            return ClusterDns(node_local=node_local)
         peers = tuple(
             sorted(
                 {
@@ -878,6 +882,7 @@ class Resolver:
             peers=peers or ClusterDns().peers,
             workloads=frozenset(str(ref) for ref in refs),
             ports=tuple(sorted(ports)) if ports else DNS_PORTS,
+            node_local=node_local,
         )
 
     def _dns_backends(
@@ -906,6 +911,22 @@ class Resolver:
             if identity.kind is EndpointKind.SERVICE and identity.service is not None:
                 packets[identity.service] += flow.packets
         return min(packets, key=lambda s: (-packets[s], s), default=None)
+
+
+def node_local_dns(flows: Iterable[Flow]) -> tuple[IpPeer, ...]:
+    """The NodeLocal DNSCache addresses in ``flows``: link-local addresses (169.254.0.0/16,
+    fe80::/10; the cache listens on one on every node, 169.254.20.10 by default) that received
+    TCP or UDP on port 53. Sorted by family and address."""
+    addresses = {
+        _address(flow.server.ip)
+        for flow in flows
+        if flow.server.port == 53
+        and flow.protocol in (Protocol.UDP, Protocol.TCP)
+        and _address(flow.server.ip).is_link_local
+    }
+    return tuple(
+        node_local_dns_peer(str(a)) for a in sorted(addresses, key=lambda a: (a.version, int(a)))
+    )
 
 
 def _selects(selector: dict[str, str] | None, record: PodRecord) -> bool:

@@ -122,15 +122,25 @@ DEFAULT_DNS_PEER = PodPeer(
 )
 
 
+NODE_LOCAL_DNS_DESCRIPTION = "node-local DNS cache"
+
+
+def node_local_dns_peer(address: str) -> IpPeer:
+    """The ipBlock of a NodeLocal DNSCache address (a link-local address on every node)."""
+    return IpPeer(_single_address(address), description=NODE_LOCAL_DNS_DESCRIPTION)
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterDns:
     """Where pods send DNS queries: the peers every policy's DNS egress allows, the graph node
-    ids of the DNS workloads (their DNS flows are not repeated as ordinary egress) and the
-    target ports they answer on."""
+    ids of the DNS workloads (their DNS flows are not repeated as ordinary egress), the target
+    ports they answer on, and the node-local DNS cache addresses seen (``node_local_dns_peer``;
+    allowed on 53/UDP and 53/TCP, also not repeated as ordinary egress)."""
 
     peers: tuple[PodPeer, ...] = (DEFAULT_DNS_PEER,)
     workloads: frozenset[str] = frozenset()
     ports: tuple[PortSpec, ...] = DNS_PORTS
+    node_local: tuple[IpPeer, ...] = ()
 
 
 # -- synthesis from the workload graph -------------------------------------------------------
@@ -309,6 +319,7 @@ def synthesize(
     dns = cluster_dns if cluster_dns is not None else ClusterDns()
     nodes = node_blocks(graph, node_addresses, node_cidrs)
     dns_ports = set(dns.ports)
+    node_local_cidrs = {cache.cidr for cache in dns.node_local}
     workloads = [
         (node_id, attrs["workload"], bool(attrs.get("in_scope")))
         for node_id, attrs in sorted(graph.nodes(data=True))
@@ -350,12 +361,18 @@ def synthesize(
             if server in dns.workloads:
                 ports -= dns_ports  # allowed by the DNS rule below, to every DNS pod
             for peer in _peers(graph, server, namespace):
-                egress[peer] |= ports
+                if isinstance(peer, IpPeer) and peer.cidr in node_local_cidrs:
+                    # Allowed by the node-local cache rule below, on both protocols.
+                    egress[peer] |= ports - set(DNS_PORTS)
+                else:
+                    egress[peer] |= ports
         for block in nodes:
             ingress[block] |= node_ingress
             egress[block] |= node_egress
         for dns_peer in dns.peers:
             egress[_local(dns_peer, namespace)] |= dns_ports
+        for cache in dns.node_local:
+            egress[cache] |= set(DNS_PORTS)
         result.append(
             Policy(
                 namespace=namespace,

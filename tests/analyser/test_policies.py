@@ -377,3 +377,31 @@ def test_no_default_deny_where_a_seen_workload_cannot_be_selected() -> None:
     ]
     assert unselectable_workloads(graph) == ()
     assert unselectable_workloads(graph, default_deny=True) == ("shop/Pod/debug",)
+
+
+def test_dns_to_a_node_local_cache_is_one_rule_for_its_address_on_both_protocols() -> None:
+    flows = [
+        flow(f"{WEB_A}:33333", "169.254.20.10:53", protocol=UDP, evidence=Evidence.HEURISTIC),
+        flow(f"{WEB_A}:41000", f"{EXAMPLE}:443"),
+    ]
+    names = resolver()
+    graph = build_graph(flows, names, scope={WEB})
+    dns = names.cluster_dns(flows)
+    assert dns.node_local == (IpPeer("169.254.20.10/32", description="node-local DNS cache"),)
+    policies, _ = partition_policies(
+        synthesize(graph, cluster_dns=dns, node_addresses=cluster().node_by_address)
+    )
+    [web] = policies
+    assert len(web.egress) == 3
+    assert rules_to(web.egress) == {
+        "kube-system/Deployment/coredns": (("TCP", 53), ("UDP", 53)),
+        "169.254.20.10/32": (("TCP", 53), ("UDP", 53)),
+        f"{EXAMPLE}/32": (("TCP", 443),),
+    }
+    files = render_policy_files(policies, default_denies=[], provenance=Provenance())
+    assert "# 169.254.20.10/32: node-local DNS cache" in "".join(files.values())
+    ensure_policies_allow(
+        parse_policy_texts(files).policies, graph, cluster_facts(cluster(), names)
+    )
+    # Only link-local addresses on port 53 are a node-local cache.
+    assert names.cluster_dns([flows[1]]).node_local == ()
