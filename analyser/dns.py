@@ -1,4 +1,5 @@
-"""DNS: captured answers → which names an IP address had, and when.
+"""DNS: captured answers → which names an IP address had, and when; DNS over TCP split across
+segments → whole messages (:class:`TcpDnsStreams`).
 
 A response for ``shop.example`` that says ``shop.example CNAME edge.cdn.example`` and
 ``edge.cdn.example A 192.0.2.7`` gives 192.0.2.7 both names: the one the client asked for and
@@ -7,7 +8,8 @@ every name on the CNAME chain. Pure: decoding is ``packets.decode_dns``'s job, n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 
 from analyser.packets import DnsFault, DnsResponse, decode_dns
@@ -101,3 +103,130 @@ class DnsTable:
     def __len__(self) -> int:
         """The number of addresses with at least one name."""
         return len(self._seen)
+
+
+# A DNS message over TCP is at most 65,535 bytes after its 2-byte length prefix.
+_LARGEST_TCP_MESSAGE = 2 + 0xFFFF
+_TCP_SYN = 0x02
+_SEQ_MODULO = 1 << 32
+
+
+def _whole_messages(data: bytearray) -> int:
+    """How many bytes at the start of ``data`` are whole length-prefixed DNS messages."""
+    position = 0
+    while position + 2 <= len(data):
+        end = position + 2 + (data[position] << 8 | data[position + 1])
+        if end > len(data):
+            break
+        position = end
+    return position
+
+
+class _Stream:
+    """One direction of one TCP connection: the bytes of a message not yet whole, from its
+    length prefix on, and the segments that arrived ahead of them."""
+
+    __slots__ = ("ahead", "ahead_bytes", "data", "expected")
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected  # sequence number of the next byte wanted
+        self.data = bytearray()
+        self.ahead: dict[int, bytes] = {}  # sequence number → payload, beyond ``expected``
+        self.ahead_bytes = 0
+
+
+class TcpDnsStreams:
+    """Port-53 TCP segments → whole DNS messages, per direction of each connection.
+
+    Segments are put in order by sequence number (bytes already had are dropped, segments that
+    arrive early are held) and whole length-prefixed messages come out as soon as they are
+    complete: a long answer split over two or three segments is read like one in a single
+    segment. A stream starts at its SYN, or else at its first segment with data (a capture that
+    begins mid-connection). Memory stays flat: a stream holds at most ``STREAM_BYTES`` bytes and
+    ``STREAM_SEGMENTS`` early segments, and at most ``STREAMS`` streams are kept (the oldest is
+    given up first). What never completes is counted in ``faults``: ``truncated`` for a message
+    cut short (by the snap length, as a segment with fewer bytes captured than sent ends its
+    stream's reassembly, or by the end of the capture), ``gap`` for data held after a hole that
+    was never filled (a segment the capture missed).
+    """
+
+    STREAMS = 1024
+    STREAM_BYTES = 2 * _LARGEST_TCP_MESSAGE
+    STREAM_SEGMENTS = 64
+
+    def __init__(self) -> None:
+        self.faults: Counter[str] = Counter()
+        self._streams: dict[Hashable, _Stream] = {}
+
+    def add(self, key: Hashable, seq: int, flags: int, payload: bytes, cut: bool) -> bytes:
+        """One segment of the direction ``key`` (``seq``: its sequence number, ``flags``: its TCP
+        flags, ``cut``: fewer bytes captured than sent) → the whole messages it completes, with
+        their length prefixes (empty when none)."""
+        if flags & _TCP_SYN:
+            self._close(key)
+            self._open(key, (seq + 1) % _SEQ_MODULO)
+            return b""
+        if not payload:
+            return b""
+        if cut:
+            # The rest of the segment was not captured: its message can never be whole.
+            self._close(key)
+            self.faults[DnsFault.TRUNCATED.value] += 1
+            return b""
+        stream = self._streams.get(key) or self._open(key, seq)
+        offset = (seq - stream.expected) % _SEQ_MODULO
+        if offset >= _SEQ_MODULO // 2:  # starts before ``expected``: sent again
+            behind = _SEQ_MODULO - offset
+            if behind >= len(payload):
+                return b""
+            payload, offset = payload[behind:], 0
+        if offset:
+            return self._hold(key, stream, seq, payload)
+        stream.data += payload
+        stream.expected = (stream.expected + len(payload)) % _SEQ_MODULO
+        while stream.expected in stream.ahead:
+            early = stream.ahead.pop(stream.expected)
+            stream.ahead_bytes -= len(early)
+            stream.data += early
+            stream.expected = (stream.expected + len(early)) % _SEQ_MODULO
+        whole = _whole_messages(stream.data)
+        messages = bytes(stream.data[:whole])
+        del stream.data[:whole]
+        if len(stream.data) + stream.ahead_bytes > self.STREAM_BYTES:
+            self._close(key)
+        return messages
+
+    def _hold(self, key: Hashable, stream: _Stream, seq: int, payload: bytes) -> bytes:
+        """Keep a segment that arrived ahead of the bytes before it, within the limits."""
+        if seq in stream.ahead:
+            return b""
+        if (
+            len(stream.ahead) >= self.STREAM_SEGMENTS
+            or len(stream.data) + stream.ahead_bytes + len(payload) > self.STREAM_BYTES
+        ):
+            self._close(key)
+            return b""
+        stream.ahead[seq] = payload
+        stream.ahead_bytes += len(payload)
+        return b""
+
+    def _open(self, key: Hashable, expected: int) -> _Stream:
+        if len(self._streams) >= self.STREAMS:
+            self._close(next(iter(self._streams)))
+        stream = self._streams[key] = _Stream(expected)
+        return stream
+
+    def _close(self, key: Hashable) -> None:
+        """Give a stream up, counting what it still held."""
+        stream = self._streams.pop(key, None)
+        if stream is None:
+            return
+        if stream.ahead:
+            self.faults[DnsFault.GAP.value] += 1
+        elif stream.data:
+            self.faults[DnsFault.TRUNCATED.value] += 1
+
+    def close(self) -> None:
+        """The end of the capture: give up every stream still waiting for bytes."""
+        for key in list(self._streams):
+            self._close(key)

@@ -89,10 +89,13 @@ PacketKey = tuple[int, bytes]
 #   key: PacketKey, or the Skip reason when the packet gives no facts
 #   control: TCP flags byte, SCTP first chunk type, 0 for UDP
 #   length: the IP packet length from the IP header (not the captured length)
-#   dns: the transport payload of a TCP/UDP packet to or from port 53, else None
+#   dns: a DnsSegment for a TCP/UDP packet to or from port 53, else None
 # Skipped packets have the same shape, ``(reason, 0, 0, None)``, so that the caller handles every
 # result alike (and counts skips under their reason like any other key).
-PacketFacts = tuple[PacketKey | Skip, int, int, bytes | None]
+DnsSegment = tuple[bytes, int, int, bool]
+"""(transport payload as captured, without link-layer padding; TCP sequence number, 0 for UDP;
+TCP flags byte, 0 for UDP; whether fewer bytes were captured than the IP header says were sent)"""
+PacketFacts = tuple[PacketKey | Skip, int, int, DnsSegment | None]
 Decoder = Callable[[bytes], PacketFacts]
 
 _NOT_IP: PacketFacts = (Skip.NOT_IP, 0, 0, None)
@@ -132,8 +135,11 @@ def split_key(key: PacketKey) -> tuple[int, str, int, str, int]:
     return protocol, address_text(source), source_port, address_text(destination), destination_port
 
 
-def _transport(buf: bytes, offset: int, protocol: int, key: bytes, length: int) -> PacketFacts:
-    """The transport header at ``offset``; ``key`` already ends with its two ports."""
+def _transport(
+    buf: bytes, offset: int, protocol: int, key: bytes, length: int, end: int
+) -> PacketFacts:
+    """The transport header at ``offset``; ``key`` already ends with its two ports; ``end``: where
+    the IP packet ends in ``buf`` by its header."""
     if protocol == TCP:
         if len(buf) < offset + 14:
             return _SHORT
@@ -150,7 +156,9 @@ def _transport(buf: bytes, offset: int, protocol: int, key: bytes, length: int) 
         return _OTHER_PROTOCOL
     # Port 53 (0x0035) as source or destination: the last four bytes of the key are the ports.
     if (key[-3] == DNS_PORT and key[-4] == 0) or (key[-1] == DNS_PORT and key[-2] == 0):
-        return (protocol, key), control, length, buf[payload:]
+        seq = _U32_BE.unpack_from(buf, offset + 4)[0] if protocol == TCP else 0
+        segment = (buf[payload:end], seq, control, len(buf) < end)
+        return (protocol, key), control, length, segment
     return (protocol, key), control, length, None
 
 
@@ -165,7 +173,8 @@ def _ipv4(buf: bytes, offset: int) -> PacketFacts:
     transport = offset + (version_ihl & 0x0F) * 4
     if len(buf) < transport + 4:
         return _SHORT
-    return _transport(buf, transport, protocol, addresses + buf[transport : transport + 4], length)
+    ports = buf[transport : transport + 4]
+    return _transport(buf, transport, protocol, addresses + ports, length, offset + length)
 
 
 def _ipv6(buf: bytes, offset: int) -> PacketFacts:
@@ -173,8 +182,10 @@ def _ipv6(buf: bytes, offset: int) -> PacketFacts:
         return _SHORT
     payload_length, header, addresses = _IPV6.unpack_from(buf, offset)
     position = offset + 40
+    end = position + payload_length
     if header in (TCP, UDP, SCTP):
-        return _transport(buf, position, header, buf[offset + 8 : offset + 44], payload_length + 40)
+        key = buf[offset + 8 : offset + 44]
+        return _transport(buf, position, header, key, payload_length + 40, end)
     while True:
         if header in _IPV6_GENERIC_EXTENSIONS:
             if len(buf) < position + 2:
@@ -197,7 +208,7 @@ def _ipv6(buf: bytes, offset: int) -> PacketFacts:
             if len(buf) < position + 4:
                 return _SHORT
             ports = buf[position : position + 4]
-            return _transport(buf, position, header, addresses + ports, payload_length + 40)
+            return _transport(buf, position, header, addresses + ports, payload_length + 40, end)
 
 
 def _ip(buf: bytes, offset: int) -> PacketFacts:
@@ -317,8 +328,9 @@ _NEVER = 1 << 62
 Tally = dict[PacketKey | Skip, list[Any]]
 """Per key (or Skip reason): ``[first seen, last seen, packets, bytes, handshake roles]``, the
 roles being the ``flows.ROLE_*`` bits of what the key's source sent."""
-DnsPayload = tuple[float, PacketKey | Skip, bytes]
-"""(timestamp, key, port-53 payload)"""
+DnsPayload = tuple[float, PacketKey | Skip, bytes, int, int, bool]
+"""(timestamp, key, then the packet's :data:`DnsSegment`: port-53 payload, TCP sequence number,
+TCP flags, cut short by the snap length)"""
 
 # Handshake role of a TCP packet's sender by its flags byte, and the flag bits of which a packet
 # needs one to have a role (SYN and FIN): the lowest set bit of every flags byte that has one.
@@ -461,9 +473,23 @@ def count_records(
             table = tally
             # Port 53 (0x0035) at either end: the last four bytes of the key are the ports.
             if (raw[-3] == DNS_PORT and raw[-4] == 0) or (raw[-1] == DNS_PORT and raw[-2] == 0):
-                at = start + ip_at + (20 if len(raw) == 12 else 40)
-                at += (data_offset >> 4) * 4 if protocol == TCP else 8
-                dns_payloads.append((seconds + fraction / divisor, key, buffer[at:offset]))
+                transport = start + ip_at + (20 if len(raw) == 12 else 40)
+                declared = start + ip_at + length
+                if protocol == TCP:
+                    at = transport + (data_offset >> 4) * 4
+                    seq = _U32_BE.unpack_from(buffer, transport + 4)[0]
+                else:
+                    at, seq, control = transport + 8, 0, 0
+                dns_payloads.append(
+                    (
+                        seconds + fraction / divisor,
+                        key,
+                        buffer[at : min(offset, declared)],
+                        seq,
+                        control,
+                        offset < declared,
+                    )
+                )
                 table = dns_tally
                 entry = dns_lookup(key)
             if entry is None:
@@ -487,15 +513,16 @@ def _count(
     key: PacketKey | Skip,
     control: int,
     length: int,
-    payload: bytes | None,
+    segment: DnsSegment | None,
     timestamp: float,
     tally: Tally,
     dns_tally: Tally,
     dns_payloads: list[DnsPayload],
 ) -> None:
     """Count one packet's facts the slow way (see :func:`count_records`)."""
-    if payload is not None:
-        dns_payloads.append((timestamp, key, payload))
+    if segment is not None:
+        payload, seq, flags, cut = segment
+        dns_payloads.append((timestamp, key, payload, seq, flags, cut))
         tally = dns_tally
     # A Skip key always comes with control 0, so key[0] is a protocol number here.
     role = handshake_role(key[0], control) if control else 0  # type: ignore[index]
@@ -531,8 +558,9 @@ _DNS_HEADER = 12
 class DnsFault(StrEnum):
     """Why a DNS payload gave no answers (counted, never fatal)."""
 
-    TRUNCATED = "truncated"  # cut by the snap length, or a TCP message split over segments
+    TRUNCATED = "truncated"  # cut by the snap length, or its TCP segments not all captured
     MALFORMED = "malformed"
+    GAP = "gap"  # TCP: a message's later segments captured, an earlier one never
 
 
 @dataclass(frozen=True, slots=True)

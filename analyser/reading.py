@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analyser.dns import DnsTable
+from analyser.dns import DnsTable, TcpDnsStreams
 from analyser.flows import (
     CaptureConversations,
     Conversation,
@@ -86,7 +86,9 @@ class _DnsAnswers:
     The same answers come again and again (every client asks, over and over), and the table
     keeps only the first and last time of each name, so per distinct payload the first and last
     time it was seen and how often are enough. UDP messages are told apart without their 2-byte
-    ID, which decoding ignores. Flushed every ``LIMIT`` distinct payloads: memory stays bounded.
+    ID, which decoding ignores. TCP segments go through :class:`TcpDnsStreams` first, so that
+    a message split across segments is decoded whole. Flushed every ``LIMIT`` distinct payloads:
+    memory stays bounded.
     """
 
     LIMIT = 4096
@@ -94,13 +96,19 @@ class _DnsAnswers:
     def __init__(self) -> None:
         self.table = DnsTable()
         self.faults: Counter[str] = Counter()
+        self.streams = TcpDnsStreams()
         # (over TCP, message) → [first seen, last seen, times]
         self._pending: dict[tuple[bool, bytes], list[Any]] = {}
 
     def add(self, payloads: Iterable[DnsPayload]) -> None:
         pending = self._pending
-        for timestamp, key, payload in payloads:
+        streams = self.streams
+        for timestamp, key, payload, seq, flags, cut in payloads:
             over_tcp = key[0] == TCP  # type: ignore[index]  # DNS payloads have flow keys
+            if over_tcp:
+                payload = streams.add(key, seq, flags, payload, cut)
+                if not payload:
+                    continue
             message = (over_tcp, payload if over_tcp else payload[2:])
             seen = pending.get(message)
             if seen is None:
@@ -113,6 +121,12 @@ class _DnsAnswers:
                 seen[2] += 1
         if len(pending) > self.LIMIT:
             self.flush()
+
+    def close(self) -> None:
+        """The end of the file: count what TCP streams left incomplete, decode what is left."""
+        self.streams.close()
+        self.faults.update(self.streams.faults)
+        self.flush()
 
     def flush(self) -> None:
         for (over_tcp, message), (first, last, times) in self._pending.items():
@@ -139,7 +153,7 @@ def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) ->
         return walked
 
     report = capture.walk(count)
-    answers.flush()
+    answers.close()
     tally.update(dns_tally)
     skipped: Counter[str] = Counter()
     directed = []

@@ -32,10 +32,12 @@ def transport(
     flags: int = TCP_ACK,
     payload: bytes = b"",
     chunk: int = 0,
+    seq: int = 0xDEADBEEF,
 ) -> dpkt.Packet:
-    """A TCP, UDP or SCTP header (+ payload); ``chunk`` is the SCTP chunk type."""
+    """A TCP, UDP or SCTP header (+ payload); ``chunk`` is the SCTP chunk type, ``seq`` the TCP
+    sequence number (dpkt's default unless given)."""
     if protocol == "tcp":
-        return dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, data=payload)
+        return dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, data=payload, seq=seq)
     if protocol == "udp":
         return dpkt.udp.UDP(sport=sport, dport=dport, data=payload, ulen=8 + len(payload))
     if protocol == "sctp":

@@ -132,7 +132,7 @@ def test_port_53_payload_is_handed_over_for_tcp_and_udp() -> None:
     udp = decode(
         113, linux_sll(ip_packet("10.0.0.53", "10.0.0.1", "udp", 53, 40000, payload=answer))
     )
-    assert udp[3] == answer
+    assert udp[3] == (answer, 0, 0, False)
     framed = struct.pack("!H", len(answer)) + answer
     tcp = decode(
         113,
@@ -140,9 +140,9 @@ def test_port_53_payload_is_handed_over_for_tcp_and_udp() -> None:
             ip_packet("10.0.0.53", "10.0.0.1", "tcp", 53, 40000, payload=framed, flags=TCP_ACK)
         ),
     )
-    assert tcp[3] == framed
+    assert tcp[3] is not None and tcp[3][0] == framed and tcp[3][3] is False
     v6 = decode(113, linux_sll(ip_packet("fd00::53", "fd00::1", "udp", 40000, 53, payload=b"q")))
-    assert v6[3] == b"q"
+    assert v6[3] is not None and v6[3][0] == b"q"
 
 
 def test_dns_cname_chain_over_udp() -> None:
@@ -208,7 +208,7 @@ def _reference_count(linktype: int, frames: list[tuple[float, bytes]]) -> tuple[
         entry[3] += length
         entry[4] |= role
         if payload is not None:
-            payloads.append((timestamp, key, payload))
+            payloads.append((timestamp, key, *payload))
     return tally, payloads
 
 
@@ -249,7 +249,7 @@ def _check_counts(
     expected_tally, expected_payloads = _reference_count(linktype, frames)
     assert tally | dns_tally == expected_tally
     # Port-53 keys (and only they) are counted apart.
-    assert set(dns_tally) == {key for _, key, _ in expected_payloads}
+    assert set(dns_tally) == {payload[1] for payload in expected_payloads}
     assert not set(tally) & set(dns_tally)
     assert payloads == expected_payloads
     assert len(tally) > 20 and dns_tally

@@ -3,6 +3,7 @@ for any number of workers, and a real ``tcpdump -i any`` capture (root)."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import shutil
 import socket
@@ -66,17 +67,84 @@ def test_fixtures_end_to_end() -> None:
     assert traffic.dns.names_for("2001:db8::7", at=1_700_000_000.001) == names
 
 
+def _tcp_dns(seq: int, payload: bytes, *, flags: int = TCP_ACK, sport: int = 53) -> bytes:
+    return ip_packet(
+        "10.0.0.53", "10.0.0.1", "tcp", sport, 41000, flags=flags, payload=payload, seq=seq
+    )
+
+
 def test_dns_over_tcp_in_a_capture(tmp_path: Path) -> None:
     answer = dns_response("db.example", [("db.example", "A", "192.0.2.44")])
     framed = len(answer).to_bytes(2, "big") + answer
-    frames = [
-        (5.0, ip_packet("10.0.0.53", "10.0.0.1", "tcp", 53, 41000, flags=TCP_ACK, payload=framed)),
-        (6.0, ip_packet("10.0.0.53", "10.0.0.1", "tcp", 53, 41000, flags=TCP_ACK, payload=b"\x00")),
-    ]
+    # The second segment starts a message the capture ends in: truncated.
+    frames = [(5.0, _tcp_dns(100, framed)), (6.0, _tcp_dns(100 + len(framed), b"\x00"))]
     path = write_pcap(tmp_path / "tcp-dns.pcap", frames, linktype=101)
     traffic = read_captures([path], root=tmp_path, workers=1)
     assert traffic.dns.names_for("192.0.2.44") == ("db.example",)
     assert traffic.dns_faults == {"truncated": 1}
+
+
+def _long_tcp_answer() -> bytes:
+    """A length-prefixed answer of 671 bytes (40 addresses): more than one segment under
+    ``-s 512``."""
+    records = [("big.example", "A", f"192.0.2.{n}") for n in range(1, 41)]
+    answer = dns_response("big.example", records)
+    return len(answer).to_bytes(2, "big") + answer
+
+
+def _read_segments(
+    tmp_path: Path, pieces: list[tuple[int, bytes]], *, syn: int | None = None, snap: int = 0
+) -> reading.Traffic:
+    """Segments (sequence number, payload) captured in this order, after an optional SYN+ACK,
+    cut to ``snap`` bytes when given."""
+    frames = [] if syn is None else [(1.0, _tcp_dns(syn, b"", flags=TCP_SYN | TCP_ACK))]
+    frames += [(2.0 + i, _tcp_dns(seq, piece)) for i, (seq, piece) in enumerate(pieces)]
+    if snap:
+        frames = [(at, frame[:snap]) for at, frame in frames]
+    path = write_pcap(tmp_path / "split.pcap", frames, linktype=101)
+    return read_captures([path], root=tmp_path, workers=1)
+
+
+def _split(message: bytes, start: int, *cuts: int) -> list[tuple[int, bytes]]:
+    bounds = [0, *cuts, len(message)]
+    return [(start + a, message[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+@pytest.mark.parametrize(
+    ("order", "syn"),
+    [
+        ([0, 1], None),  # two segments
+        ([0, 1, 2], None),  # three
+        ([0, 2, 1], None),  # the last before the middle
+        ([1, 0, 2], 999),  # the first after the second: the SYN+ACK says where data starts
+        ([0, 0, 1, 2, 1], None),  # sent again
+    ],
+)
+def test_dns_over_tcp_split_across_segments_is_reassembled(
+    tmp_path: Path, order: list[int], syn: int | None
+) -> None:
+    message = _long_tcp_answer()
+    pieces = _split(message, 1000, 300) if max(order) == 1 else _split(message, 1000, 200, 450)
+    traffic = _read_segments(tmp_path, [pieces[i] for i in order], syn=syn)
+    assert traffic.dns.names_for("192.0.2.40") == ("big.example",)
+    assert len(traffic.dns) == 40
+    assert traffic.dns_faults == {}
+
+
+def test_dns_over_tcp_with_a_segment_missing_is_counted(tmp_path: Path) -> None:
+    message = _long_tcp_answer()
+    first, _, last = _split(message, 1000, 200, 450)
+    traffic = _read_segments(tmp_path, [first, last])
+    assert len(traffic.dns) == 0
+    assert traffic.dns_faults == {"gap": 1}
+
+
+def test_dns_over_tcp_cut_by_the_snap_length_is_truncated(tmp_path: Path) -> None:
+    message = _long_tcp_answer()
+    # 512 bytes captured of each: the first segment loses its end, which ends the reassembly.
+    traffic = _read_segments(tmp_path, _split(message, 1000, 600), snap=512)
+    assert len(traffic.dns) == 0
+    assert traffic.dns_faults["truncated"] >= 1
 
 
 @pytest.mark.parametrize("limit", [1, 4096])
