@@ -189,11 +189,10 @@ class TcpDnsStreams:
             stream.ahead_bytes -= len(early)
             stream.data += early
             stream.expected = (stream.expected + len(early)) % _SEQ_MODULO
+        # What is left is part of one message: less than _LARGEST_TCP_MESSAGE bytes.
         whole = _whole_messages(stream.data)
         messages = bytes(stream.data[:whole])
         del stream.data[:whole]
-        if len(stream.data) + stream.ahead_bytes > self.STREAM_BYTES:
-            self._close(key)
         return messages
 
     def _hold(self, key: Hashable, stream: _Stream, seq: int, payload: bytes) -> bytes:
@@ -204,7 +203,9 @@ class TcpDnsStreams:
             len(stream.ahead) >= self.STREAM_SEGMENTS
             or len(stream.data) + stream.ahead_bytes + len(payload) > self.STREAM_BYTES
         ):
-            self._close(key)
+            # Too much waiting for a hole to be filled: give the stream up.
+            del self._streams[key]
+            self.faults[DnsFault.GAP.value] += 1
             return b""
         stream.ahead[seq] = payload
         stream.ahead_bytes += len(payload)

@@ -1,10 +1,11 @@
-"""dns: answers → IP ↔ names with times; CNAME chains give every name; tables merge."""
+"""dns: answers → IP ↔ names with times; CNAME chains give every name; tables merge; TCP
+segments → whole messages within fixed limits."""
 
 from __future__ import annotations
 
 import struct
 
-from analyser.dns import CLOCK_SKEW, DnsName, DnsTable
+from analyser.dns import CLOCK_SKEW, DnsName, DnsTable, TcpDnsStreams
 from analyser.packets import DnsFault, DnsResponse
 from tests.analyser.packet_builders import dns_response
 
@@ -72,3 +73,34 @@ def test_payloads_over_udp_and_tcp_and_faults() -> None:
         DnsFault.MALFORMED,
         DnsFault.TRUNCATED,
     )
+
+
+ACK, SYN = 0x10, 0x02
+
+
+def test_tcp_streams_wrap_around_the_sequence_space_and_keep_messages_apart() -> None:
+    first, second = b"\x00\x03abc", b"\x00\x02de"
+    streams = TcpDnsStreams()
+    assert streams.add("k", 0xFFFFFFFF, SYN, b"", False) == b""  # data starts at 0
+    assert streams.add("k", 0, ACK, first[:3], False) == b""
+    assert streams.add("k", 3, ACK, first[3:] + second, False) == first + second
+    assert streams.add("o", 5, ACK, second, False) == second  # another direction, no SYN
+    streams.close()
+    assert streams.faults == {}
+
+
+def test_tcp_streams_stay_within_their_limits() -> None:
+    streams = TcpDnsStreams()
+    streams.add("k", 0, ACK, b"\x00\xffa", False)
+    for index in range(TcpDnsStreams.STREAM_SEGMENTS + 1):  # early segments, never filled in
+        streams.add("k", 100 + index, ACK, b"x", False)
+    assert streams.faults == {"gap": 1}  # given up at the limit, not grown
+    assert "k" not in streams._streams
+    for index in range(TcpDnsStreams.STREAMS + 1):
+        streams.add(index, 0, ACK, b"\x00\x09a", False)  # each waits for the rest
+    assert len(streams._streams) == TcpDnsStreams.STREAMS
+    assert streams.faults == {"gap": 1, "truncated": 1}  # stream 0, the oldest, given up
+    big = TcpDnsStreams()
+    big.add("k", 0, ACK, b"\x00\x01", False)
+    big.add("k", 10, ACK, bytes(TcpDnsStreams.STREAM_BYTES), False)
+    assert big.faults == {"gap": 1}
