@@ -513,6 +513,8 @@ class Resolver:
                 self._claim(record, event.ips, (event.time, end), _Source.HISTORY)
 
     def _cluster_ranges(self) -> tuple[IPNetwork, ...]:
+        """The networks treated as inside the cluster (node podCIDRs, else inferred from pod
+        addresses; Service addresses): an unknown address in them is UNRESOLVED, not EXTERNAL."""
         ranges: set[IPNetwork] = set()
         for cidr in self._snapshot.pod_cidrs:
             with contextlib.suppress(ValueError):
@@ -710,12 +712,6 @@ class Resolver:
         return next(
             (r for r in self._host_network.get(node, []) if r.listens(port, protocol)), None
         )
-
-    @property
-    def cluster_ranges(self) -> tuple[IPNetwork, ...]:
-        """The networks treated as inside the cluster (node podCIDRs, else inferred from pod
-        addresses; Service addresses): an unknown address in them is UNRESOLVED, not EXTERNAL."""
-        return self._ranges
 
     def known_listener(self, endpoint: Endpoint, protocol: Protocol, at: float) -> bool:
         """Whether the snapshot says ``endpoint`` listens on ``protocol`` at ``at``
