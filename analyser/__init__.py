@@ -29,21 +29,65 @@ Errors are one tree, in ``errors``. The public surface is listed in ``__all__``;
 is internal.
 """
 
-from analyser.errors import (
-    BundleError,
-    CaptureError,
-    CollectError,
-    NetpolSnifferError,
-    PolicyError,
-    SnapshotError,
-    UnsafePolicies,
-)
-from analyser.evaluation import Address, ContainerPort, Denial, Direction, PolicySet, PortSet, pod
-from analyser.flows import Endpoint, Evidence, Flow, Protocol
-from analyser.identities import Resolver, Workload, WorkloadRef
-from analyser.policies import DefaultDeny, Policy, synthesize
-from analyser.policysets import load_policies
-from analyser.snapshot import Snapshot, load_snapshot
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from analyser.errors import (
+        BundleError,
+        CaptureError,
+        CollectError,
+        NetpolSnifferError,
+        PolicyError,
+        SnapshotError,
+        UnsafePolicies,
+    )
+    from analyser.evaluation import (
+        Address,
+        ContainerPort,
+        Denial,
+        Direction,
+        PolicySet,
+        PortSet,
+        pod,
+    )
+    from analyser.flows import Endpoint, Evidence, Flow, Protocol
+    from analyser.identities import Resolver, Workload, WorkloadRef
+    from analyser.policies import DefaultDeny, Policy, synthesize
+    from analyser.policysets import load_policies
+    from analyser.snapshot import Snapshot, load_snapshot
+
+# Where each public name lives. They are imported on first use (PEP 562): a reader process, the
+# webhook and short commands import only the modules they need, not evaluation, identities,
+# policies and YAML with them (0.07 CPU-seconds per process, see docs/captures.md).
+_EXPORTS = {
+    "errors": (
+        "BundleError",
+        "CaptureError",
+        "CollectError",
+        "NetpolSnifferError",
+        "PolicyError",
+        "SnapshotError",
+        "UnsafePolicies",
+    ),
+    "evaluation": (
+        "Address",
+        "ContainerPort",
+        "Denial",
+        "Direction",
+        "PolicySet",
+        "PortSet",
+        "pod",
+    ),
+    "flows": ("Endpoint", "Evidence", "Flow", "Protocol"),
+    "identities": ("Resolver", "Workload", "WorkloadRef"),
+    "policies": ("DefaultDeny", "Policy", "synthesize"),
+    "policysets": ("load_policies",),
+    "snapshot": ("Snapshot", "load_snapshot"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [
     "Address",
@@ -74,3 +118,16 @@ __all__ = [
     "pod",
     "synthesize",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'analyser' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"analyser.{module}"), name)
+    globals()[name] = value  # later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
