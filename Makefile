@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the lab, the tests and the graph rendering need.
-APT_PACKAGES := tcpdump iproute2 iptables graphviz procps kmod
+COMPILED := $(VENV)/.compiled
+# Debian packages the lab, the tests, the graph rendering and compiling the packet loop need.
+APT_PACKAGES := tcpdump iproute2 iptables graphviz procps kmod gcc libc6-dev python3-dev
 # The commands that tell whether they are there.
-APT_COMMANDS := tcpdump ip iptables dot
+APT_COMMANDS := tcpdump ip iptables dot gcc
 PYTEST_ARGS ?=
 
 .PHONY: help system-deps venv lint test unit lab-test e2e control-plane demo bench clean
@@ -28,11 +29,21 @@ system-deps:
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --upgrade pip 'setuptools>=77' wheel
+	NETPOL_SNIFFER_COMPILE=0 $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-venv: $(STAMP)
+# analyser/packets.py (the per-packet loop) compiled in place with mypyc, again whenever it changes:
+# Python imports the compiled module before the source. No C compiler: the source runs as it is.
+$(COMPILED): $(STAMP) setup.py analyser/packets.py
+	$(BIN)/python setup.py -q build_ext --inplace
+	@# The copy keeps the build's time, older than the source when the C code came out the same.
+	find analyser -maxdepth 1 -name "*.so" -exec touch {} +
+	@$(BIN)/python -c 'import analyser.packets as m; print("analyser.packets:", \
+		"compiled" if m.__file__.endswith(".so") else "interpreted (not compiled: see the warnings above)")'
+	touch $@
+
+venv: $(COMPILED)
 
 lint: venv
 	$(BIN)/ruff check .
@@ -77,4 +88,4 @@ bench: system-deps venv
 	$(BIN)/python bench/render_throughput.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache build analyser/*.so

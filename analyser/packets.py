@@ -8,7 +8,9 @@ comes back with a :class:`Skip` reason for the caller to count.
 
 The hot path reads fixed offsets with ``struct.unpack_from`` instead of building dpkt objects: it
 runs once per packet, millions of times per capture, and a dpkt object per layer costs
-microseconds each (see ``bench/analyse_throughput.py`` and ``docs/captures.md``).
+microseconds each (see ``bench/analyse_throughput.py`` and ``docs/captures.md``). For the same
+reason this module is compiled with mypyc where the install can (``setup.py``): it must stay
+within what mypyc compiles, and the interpreted source gives the same results.
 
 Link types (pcap LINKTYPE_* values) understood:
 
@@ -33,17 +35,18 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import dpkt
 
 from analyser.flows import handshake_role
 from analyser.sources import RECORD_HEADER, RECORD_SLACK, RecordChunk, repacked
 
-TCP = 6
-UDP = 17
-SCTP = 132
-DNS_PORT = 53
+# Final: compiled, these are constants in the code rather than lookups of module globals.
+TCP: Final = 6
+UDP: Final = 17
+SCTP: Final = 132
+DNS_PORT: Final = 53
 
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
@@ -323,20 +326,49 @@ _INLINE_LAYOUTS: dict[int, tuple[int, int]] = {
 # Other link types decode nothing inline: their minimum lengths are never met (this layout only
 # has to give valid structs).
 _NO_LAYOUT = (0, 2)
-_NEVER = 1 << 62
+_NEVER = 1 << 32  # more than any record holds (sources.MAX_BLOCK)
 
-Tally = dict[PacketKey | Skip, list[Any]]
-"""Per key (or Skip reason): ``[first seen, last seen, packets, bytes, handshake roles]``, the
-roles being the ``flows.ROLE_*`` bits of what the key's source sent."""
+
+class Counts:
+    """What the packets of one key (or Skip reason) in one file add up to.
+
+    A class rather than a list: compiled (see ``setup.py``), its fields are plain C fields.
+    """
+
+    __slots__ = ("first", "last", "packets", "roles", "size")
+
+    def __init__(self, timestamp: float, size: int, roles: int) -> None:
+        self.first = timestamp  # first seen, UTC epoch seconds
+        self.last = timestamp  # last seen
+        self.packets = 1
+        self.size = size  # IP bytes, as the IP headers give them
+        self.roles = roles  # flows.ROLE_* bits of what the key's source sent
+
+    def add(self, timestamp: float, size: int, roles: int) -> None:
+        """One more packet (any time order)."""
+        if timestamp > self.last:
+            self.last = timestamp
+        elif timestamp < self.first:
+            self.first = timestamp
+        self.packets += 1
+        self.size += size
+        self.roles |= roles
+
+    def fields(self) -> tuple[float, float, int, int, int]:
+        """(first, last, packets, size, roles)"""
+        return self.first, self.last, self.packets, self.size, self.roles
+
+
+Tally = dict[PacketKey | Skip, Counts]
 DnsPayload = tuple[float, PacketKey | Skip, bytes, int, int, bool]
 """(timestamp, key, then the packet's :data:`DnsSegment`: port-53 payload, TCP sequence number,
 TCP flags, cut short by the snap length)"""
 
 # Handshake role of a TCP packet's sender by its flags byte, and the flag bits of which a packet
 # needs one to have a role (SYN and FIN): the lowest set bit of every flags byte that has one.
-_TCP_ROLES = bytes(handshake_role(TCP, flags) for flags in range(256))
+_TCP_ROLES = bytes([handshake_role(TCP, flags) for flags in range(256)])
 _TCP_ROLE_FLAGS = functools.reduce(
-    operator.or_, (flags & -flags for flags in range(256) if _TCP_ROLES[flags]), 0
+    operator.or_, [flags & -flags for flags in range(256) if _TCP_ROLES[flags]], 0
 )
 
 
@@ -396,26 +428,41 @@ def count_records(
     so that the per-packet path needs no port test: they always take the slow path. Everything
     else goes through the link type's decoder. ``test_packets`` checks that the two agree.
 
+    Written for mypyc as much as for the interpreter (``setup.py`` compiles this module when it
+    can): the locals are typed, so that compiled they are C integers and floats, and the
+    unpacked fields are taken by index, each checked once.
+
     Returns (the offset of the first record not walked, records walked).
     """
     linktype, header, divisor, limit, buffer, offset, end = chunk
-    (
-        unpack_ipv4,
-        unpack_ipv6,
-        ethertype_ipv4,
-        ethertype_ipv6,
-        fragment_mask,
-        minimum_ipv4,
-        minimum_ipv6,
-        ip_at,
-    ) = _inline(header, linktype)
+    layout = _inline(header, linktype)
+    unpack_ipv4 = layout.ipv4
+    unpack_ipv6 = layout.ipv6
+    ethertype_ipv4: int = layout.ethertype_ipv4
+    ethertype_ipv6: int = layout.ethertype_ipv6
+    fragment_mask: int = layout.fragment_mask
+    minimum_ipv4: int = layout.minimum_ipv4
+    minimum_ipv6: int = layout.minimum_ipv6
+    ip_at: int = layout.ip_at
     general = decoder_for(linktype)
-    lookup, dns_lookup = tally.get, dns_tally.get
-    roles, role_flags = _TCP_ROLES, _TCP_ROLE_FLAGS
-    flow_protocols = (TCP, UDP)
-    last = end - RECORD_HEADER
+    roles = _TCP_ROLES
+    role_flags = _TCP_ROLE_FLAGS
+    record_header: int = RECORD_HEADER
+    last_start = end - record_header
     walked = 0
-    while offset <= last:
+    seconds: float  # an int in pcap files; repacked pcapng records give a float
+    fraction: int
+    captured: int
+    ethertype: int
+    version_ihl: int
+    high: int  # the IP length's bytes
+    low: int
+    fragment: int
+    protocol: int
+    raw: bytes
+    data_offset: int
+    control: int
+    while offset <= last_start:
         (
             seconds,
             fraction,
@@ -430,82 +477,60 @@ def count_records(
             data_offset,
             control,
         ) = unpack_ipv4(buffer, offset)
-        start = offset + RECORD_HEADER
+        start = offset + record_header
         if captured > limit or start + captured > end:
             break
         offset = start + captured
         walked += 1
+        timestamp = seconds + fraction / divisor
         if (
             ethertype == ethertype_ipv4
             and version_ihl == 0x45
             and not fragment & fragment_mask
             and captured >= minimum_ipv4
-            and protocol in flow_protocols
+            and protocol in (TCP, UDP)
         ):
-            key: PacketKey | Skip = (protocol, raw)
             length = high << 8 | low
         elif ethertype == ethertype_ipv6 and captured >= minimum_ipv6:
             _, _, _, _, high, low, protocol, raw, data_offset, control = unpack_ipv6(
-                buffer, start - RECORD_HEADER
+                buffer, start - record_header
             )
-            if protocol not in flow_protocols:
-                _count(
-                    *general(buffer[start:offset]),
-                    seconds + fraction / divisor,
-                    tally,
-                    dns_tally,
-                    dns_payloads,
-                )
+            if protocol != TCP and protocol != UDP:
+                _count(*general(buffer[start:offset]), timestamp, tally, dns_tally, dns_payloads)
                 continue
-            key = (protocol, raw)
             length = (high << 8 | low) + 40
         else:
-            _count(
-                *general(buffer[start:offset]),
-                seconds + fraction / divisor,
-                tally,
-                dns_tally,
-                dns_payloads,
-            )
+            _count(*general(buffer[start:offset]), timestamp, tally, dns_tally, dns_payloads)
             continue
-        entry = lookup(key)
+        key: PacketKey = (protocol, raw)
+        entry = tally.get(key)
         if entry is None:
             table = tally
             # Port 53 (0x0035) at either end: the last four bytes of the key are the ports.
             if (raw[-3] == DNS_PORT and raw[-4] == 0) or (raw[-1] == DNS_PORT and raw[-2] == 0):
                 transport = start + ip_at + (20 if len(raw) == 12 else 40)
                 declared = start + ip_at + length
+                seq = 0
                 if protocol == TCP:
                     at = transport + (data_offset >> 4) * 4
                     seq = _U32_BE.unpack_from(buffer, transport + 4)[0]
                 else:
-                    at, seq, control = transport + 8, 0, 0
-                dns_payloads.append(
-                    (
-                        seconds + fraction / divisor,
-                        key,
-                        buffer[at : min(offset, declared)],
-                        seq,
-                        control,
-                        offset < declared,
-                    )
-                )
+                    at, control = transport + 8, 0
+                payload = buffer[at : min(offset, declared)]
+                dns_payloads.append((timestamp, key, payload, seq, control, offset < declared))
                 table = dns_tally
-                entry = dns_lookup(key)
+                entry = dns_tally.get(key)
             if entry is None:
-                timestamp = seconds + fraction / divisor
-                role = roles[control] if protocol == TCP else 0
-                table[key] = [timestamp, timestamp, 1, length, role]
+                table[key] = Counts(timestamp, length, roles[control] if protocol == TCP else 0)
                 continue
-        timestamp = seconds + fraction / divisor
-        if timestamp > entry[1]:
-            entry[1] = timestamp
-        elif timestamp < entry[0]:
-            entry[0] = timestamp
-        entry[2] += 1
-        entry[3] += length
+        if timestamp > entry.last:
+            entry.last = timestamp
+        elif timestamp < entry.first:
+            entry.first = timestamp
+        entry.packets += 1
+        entry.size += length
         if control & role_flags and protocol == TCP:
-            entry[4] |= roles[control]
+            entry.roles |= roles[control]
     return offset, walked
 
 
@@ -528,13 +553,9 @@ def _count(
     role = handshake_role(key[0], control) if control else 0  # type: ignore[index]
     entry = tally.get(key)
     if entry is None:
-        tally[key] = [timestamp, timestamp, 1, length, role]
+        tally[key] = Counts(timestamp, length, role)
     else:
-        entry[0] = min(entry[0], timestamp)
-        entry[1] = max(entry[1], timestamp)
-        entry[2] += 1
-        entry[3] += length
-        entry[4] |= role
+        entry.add(timestamp, length, role)
 
 
 def count_batch(

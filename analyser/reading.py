@@ -158,11 +158,11 @@ def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) ->
     skipped: Counter[str] = Counter()
     directed = []
     counted = 0
-    for key, (first, last, packets_seen, size, roles) in tally.items():
+    for key, counts in tally.items():
         if isinstance(key, Skip):
-            skipped[key.name.lower()] += packets_seen
+            skipped[key.name.lower()] += counts.packets
             continue
-        counted += packets_seen
+        counted += counts.packets
         number, source, source_port, destination, destination_port = split_key(key)
         directed.append(
             DirectedTraffic(
@@ -171,11 +171,7 @@ def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) ->
                 source_port,
                 destination,
                 destination_port,
-                first,
-                last,
-                packets_seen,
-                size,
-                roles,
+                *counts.fields(),
             )
         )
     conversations = CaptureConversations(name, ring_name(name), directed)

@@ -6,7 +6,9 @@ snap length. Then, in the same run, each in a fresh process and the best of ``--
 prints packets per second (per wall-clock second, and per CPU-second of the command and its
 children, which is what counts on a shared machine) for:
 
-- ``read_captures`` + ``orient`` with one worker, and with all workers over several files;
+- ``read_captures`` + ``orient`` with one worker, and with all workers over several files, as
+  installed (``analyser/packets.py`` compiled by mypyc, see ``setup.py``), and with one worker
+  running the same source interpreted;
 - the seed's method: ``tshark -r FILE -T fields -e ip.src -e ip.dst ...`` (skipped, with a
   message, when tshark is absent: ``make bench`` installs it);
 - ``tcpdump -r FILE -n 'tcp or udp' > /dev/null``, and ``tcpdump -r FILE -w /dev/null 'tcp or udp'``
@@ -37,6 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+REPOSITORY = Path(__file__).resolve().parent.parent
 LINKTYPE_LINUX_SLL2 = 276
 SNAPLEN = 512
 DEFAULT_REPEAT = 3
@@ -164,7 +167,10 @@ traffic = read_captures(paths, root=paths[0].parent, workers=workers)
 flows = orient(traffic.conversations, None)
 inside = cpu() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"packets": traffic.packets, "flows": len(flows), "rss": peak, "cpu": inside}))
+import analyser.packets
+compiled = analyser.packets.__file__.endswith(".so")
+summary = {"packets": traffic.packets, "flows": len(flows), "rss": peak, "cpu": inside}
+print(json.dumps({**summary, "compiled": compiled}))
 """
 
 _TSHARK_FIELDS = [
@@ -204,7 +210,13 @@ class Run:
 
 
 def _run(
-    label: str, packets: int, argv: list[str], *, repeat: int, keep_output: bool = False
+    label: str,
+    packets: int,
+    argv: list[str],
+    *,
+    repeat: int,
+    keep_output: bool = False,
+    cwd: Path | None = None,
 ) -> Run:
     """Run ``argv`` ``repeat`` times; keep the best wall time and the best CPU time (the machine is
     shared: the best run is the one least disturbed)."""
@@ -214,6 +226,7 @@ def _run(
         start = time.perf_counter()
         result = subprocess.run(
             argv,
+            cwd=cwd,
             check=True,
             stdout=subprocess.PIPE if keep_output else subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -226,9 +239,26 @@ def _run(
     return Run(label, packets, min(walls), min(cpus), outputs)
 
 
-def _ours(label: str, packets: int, paths: list[Path], workers: int, *, repeat: int) -> Run:
+def _ours(
+    label: str,
+    packets: int,
+    paths: list[Path],
+    workers: int,
+    *,
+    repeat: int,
+    source: Path = REPOSITORY,
+) -> Run:
+    """Our reading in a fresh interpreter that imports the analyser from ``source``."""
     argv = [sys.executable, "-c", _OURS, str(workers), *map(str, paths)]
-    return _run(label, packets, argv, repeat=repeat, keep_output=True)
+    return _run(label, packets, argv, repeat=repeat, keep_output=True, cwd=source)
+
+
+def _interpreted_copy(directory: Path) -> Path:
+    """The analyser's source without its compiled modules: the interpreter runs it all."""
+    copy = directory / "interpreted"
+    ignore = shutil.ignore_patterns("*.so", "__pycache__")
+    shutil.copytree(REPOSITORY / "analyser", copy / "analyser", ignore=ignore)
+    return copy
 
 
 def _inside(run: Run) -> float:
@@ -272,10 +302,15 @@ def _measure(directory: Path, wanted: int, flows: int, files: int, repeat: int) 
     print(f"  {'method':<48} {'packets/s':>12} {'per CPU-s':>12} {'wall s':>8} {'CPU s':>8}")
 
     single = _ours("netpol-sniffer, 1 worker", packets, [capture], 1, repeat=repeat)
+    compiled = bool(json.loads(single.output)["compiled"])
     print(single.line(), flush=True)
     label = f"netpol-sniffer, {workers} workers, {files} files"
     parallel = _ours(label, packets // files * files, parts, workers, repeat=repeat)
     print(parallel.line(), flush=True)
+    source = _interpreted_copy(directory)
+    label = "netpol-sniffer, 1 worker, interpreted"
+    interpreted = _ours(label, packets, [capture], 1, repeat=repeat, source=source)
+    print(interpreted.line(), flush=True)
 
     tcpdump = shutil.which("tcpdump")
     if tcpdump:
@@ -309,16 +344,24 @@ def _measure(directory: Path, wanted: int, flows: int, files: int, repeat: int) 
     else:
         print("  tshark: not installed, skipped (make bench installs it)")
 
+    print(
+        "analyser.packets as installed: "
+        + ("compiled by mypyc" if compiled else "NOT compiled (no C compiler at install?)")
+    )
     print("reading + orienting alone (without starting Python and importing the analyser):")
-    for run in (single, parallel):
+    for run in (single, parallel, interpreted):
         inside = _inside(run)
         print(
             f"  {run.label:<48} {run.packets / inside:>12,.0f} per CPU-s"
             f" ({inside:.2f} of {run.cpu:.2f} CPU s)"
         )
     print("ratios:")
+    print(
+        f"  netpol-sniffer, 1 worker, as installed / interpreted (per CPU-second): "
+        f"{interpreted.cpu / single.cpu:.2f}×"
+    )
     if seed is not None:
-        for run in (single, parallel):
+        for run in (single, parallel, interpreted):
             wall = (run.packets / run.wall) / (seed.packets / seed.wall)
             cpu = (run.packets / run.cpu) / (seed.packets / seed.cpu)
             print(f"  {run.label} / tshark: {wall:.1f}× (wall), {cpu:.1f}× (per CPU-second)")

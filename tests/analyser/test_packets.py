@@ -3,14 +3,17 @@ non-IP are skipped with a reason; DNS messages decode to their answers."""
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import struct
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
-from analyser import sources
+from analyser import packets, sources
 from analyser.flows import handshake_role
 from analyser.packets import (
     DnsFault,
@@ -18,8 +21,6 @@ from analyser.packets import (
     DnsResponse,
     Skip,
     Tally,
-    count_batch,
-    count_records,
     decode,
     decode_dns,
     split_key,
@@ -195,9 +196,11 @@ def test_dns_answers_survive_a_snap_length_cut_in_the_additional_section() -> No
     assert responses[0].addresses == (("a.example", "192.0.2.1"),)
 
 
-def _reference_count(linktype: int, frames: list[tuple[float, bytes]]) -> tuple[Tally, list[Any]]:
+def _reference_count(
+    linktype: int, frames: list[tuple[float, bytes]]
+) -> tuple[dict[Any, list[Any]], list[Any]]:
     """Counting by decoding every packet with ``decode``: what ``count_batch`` must give."""
-    tally: Tally = {}
+    tally: dict[Any, list[Any]] = {}
     payloads = []
     for timestamp, frame in frames:
         key, control, length, payload = decode(linktype, frame)
@@ -247,7 +250,8 @@ def _check_counts(
     payloads: list[DnsPayload],
 ) -> None:
     expected_tally, expected_payloads = _reference_count(linktype, frames)
-    assert tally | dns_tally == expected_tally
+    counted = {key: list(counts.fields()) for key, counts in (tally | dns_tally).items()}
+    assert counted == expected_tally
     # Port-53 keys (and only they) are counted apart.
     assert set(dns_tally) == {payload[1] for payload in expected_payloads}
     assert not set(tally) & set(dns_tally)
@@ -255,8 +259,38 @@ def _check_counts(
     assert len(tally) > 20 and dns_tally
 
 
+def _interpreted_packets() -> ModuleType:
+    """analyser/packets.py run by the interpreter, even where ``make venv`` compiled it."""
+    source = Path(packets.__file__).with_name("packets.py")
+    spec = importlib.util.spec_from_file_location("analyser_packets_interpreted", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+# The module as imported (compiled by mypyc where the build could) and its source interpreted:
+# both must count alike.
+IMPLEMENTATIONS = {"imported": packets, "interpreted": _interpreted_packets()}
+
+
+def test_the_compiled_module_is_not_older_than_its_source() -> None:
+    """Python imports a compiled analyser/packets before its source: a stale build would run
+    old code. ``make venv`` compiles again whenever the source changes."""
+    if not packets.__file__.endswith(".so"):
+        pytest.skip("analyser.packets is not compiled here")
+    compiled = Path(packets.__file__)
+    source = compiled.with_name("packets.py")
+    assert compiled.stat().st_mtime >= source.stat().st_mtime, (
+        f"{compiled.name} is older than packets.py: run `make venv` to compile it again"
+    )
+
+
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
 @pytest.mark.parametrize("linktype", sorted(FRAMERS))
-def test_count_batch_agrees_with_decoding_every_packet(linktype: int) -> None:
+def test_count_batch_agrees_with_decoding_every_packet(linktype: int, implementation: str) -> None:
+    count_batch = IMPLEMENTATIONS[implementation].count_batch
     frames = _random_frames(linktype)
     tally: Tally = {}
     dns_tally: Tally = {}
@@ -269,13 +303,19 @@ def test_count_batch_agrees_with_decoding_every_packet(linktype: int) -> None:
     _check_counts(frames, linktype, tally, dns_tally, payloads)
 
 
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
 @pytest.mark.parametrize("big_endian", [False, True])
 @pytest.mark.parametrize("linktype", sorted(FRAMERS))
 def test_counting_pcap_records_agrees_with_decoding_every_packet(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, linktype: int, big_endian: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    linktype: int,
+    big_endian: bool,
+    implementation: str,
 ) -> None:
     """The pcap file's own records, in either byte order, walked in small chunks (records cut
     by a chunk's end are carried over)."""
+    count_records = IMPLEMENTATIONS[implementation].count_records
     monkeypatch.setattr(sources, "CHUNK_SIZE", 1000)
     path = write_pcap(
         tmp_path / "a.pcap",
