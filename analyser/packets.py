@@ -68,6 +68,18 @@ ETHERTYPES_VLAN = (0x8100, 0x88A8, 0x9100)
 _AF_INET = 2
 _AF_INET6 = (10, 24, 28, 30)
 
+# Overlay networks, seen in captures taken on a node's own interface: IP in IP (Calico's default),
+# VXLAN (flannel, Calico, Cilium; on the IANA port or Linux's old default) and Geneve (OVN-
+# Kubernetes, Cilium). The packet inside is the flow; the tunnel between nodes is not.
+IPIP: Final = 4
+IPV6_IN_IP: Final = 41
+VXLAN_PORT: Final = 4789
+VXLAN_LINUX_PORT: Final = 8472
+GENEVE_PORT: Final = 6081
+_TRANSPARENT_ETHERNET = 0x6558  # Geneve's protocol type for an Ethernet frame inside
+# Encapsulations opened one inside another at most (a crafted packet must not recurse deeply).
+_MAX_TUNNELS = 2
+
 # IPv6 extension headers with the generic "next header, length in 8-byte units" layout.
 _IPV6_GENERIC_EXTENSIONS = frozenset((0, 43, 60, 135, 139, 140, 253, 254))
 _IPV6_FRAGMENT = 44
@@ -139,10 +151,11 @@ def split_key(key: PacketKey) -> tuple[int, str, int, str, int]:
 
 
 def _transport(
-    buf: bytes, offset: int, protocol: int, key: bytes, length: int, end: int
+    buf: bytes, offset: int, protocol: int, key: bytes, length: int, end: int, tunnels: int
 ) -> PacketFacts:
     """The transport header at ``offset``; ``key`` already ends with its two ports; ``end``: where
-    the IP packet ends in ``buf`` by its header."""
+    the IP packet ends in ``buf`` by its header; ``tunnels``: how many more encapsulations may be
+    opened."""
     if protocol == TCP:
         if len(buf) < offset + 14:
             return _SHORT
@@ -151,6 +164,12 @@ def _transport(
     elif protocol == UDP:
         control = 0
         payload = offset + 8
+        if tunnels and is_tunnel_port(key[-2] << 8 | key[-1]):
+            inner = _overlay(buf, payload, key[-2] << 8 | key[-1], tunnels - 1)
+            if inner is not None:
+                return inner
+    elif protocol in (IPIP, IPV6_IN_IP) and tunnels:
+        return (_ipv4 if protocol == IPIP else _ipv6)(buf, offset, tunnels - 1)
     elif protocol == SCTP:
         if len(buf) < offset + 13:
             return _SHORT
@@ -165,7 +184,33 @@ def _transport(
     return (protocol, key), control, length, None
 
 
-def _ipv4(buf: bytes, offset: int) -> PacketFacts:
+def is_tunnel_port(port: int) -> bool:
+    """Whether UDP to ``port`` is taken for an overlay's encapsulation (if its header fits)."""
+    return port in (VXLAN_PORT, VXLAN_LINUX_PORT, GENEVE_PORT)
+
+
+def _overlay(buf: bytes, offset: int, port: int, tunnels: int) -> PacketFacts | None:
+    """The packet inside a VXLAN or Geneve header at ``offset``; None when the bytes there are not
+    such a header (then it is plain UDP to that port)."""
+    if len(buf) < offset + 8:
+        return None
+    if port == GENEVE_PORT:
+        # Version 0; options length in 4-byte words; protocol type: an EtherType.
+        if buf[offset] >> 6:
+            return None
+        inner = offset + 8 + (buf[offset] & 0x3F) * 4
+        kind = _U16.unpack_from(buf, offset + 2)[0]
+        if kind == _TRANSPARENT_ETHERNET:
+            return _ethernet(buf, inner, tunnels)
+        decoder = _BY_ETHERTYPE.get(kind)
+        return None if decoder is None else decoder(buf, inner, tunnels)
+    # VXLAN: the I flag (a valid network identifier) and nothing else in the flags byte.
+    if buf[offset] != 0x08:
+        return None
+    return _ethernet(buf, offset + 8, tunnels)
+
+
+def _ipv4(buf: bytes, offset: int, tunnels: int = _MAX_TUNNELS) -> PacketFacts:
     if len(buf) < offset + 20:
         return _SHORT
     version_ihl, length, fragment, protocol, addresses = _IPV4.unpack_from(buf, offset)
@@ -177,10 +222,10 @@ def _ipv4(buf: bytes, offset: int) -> PacketFacts:
     if len(buf) < transport + 4:
         return _SHORT
     ports = buf[transport : transport + 4]
-    return _transport(buf, transport, protocol, addresses + ports, length, offset + length)
+    return _transport(buf, transport, protocol, addresses + ports, length, offset + length, tunnels)
 
 
-def _ipv6(buf: bytes, offset: int) -> PacketFacts:
+def _ipv6(buf: bytes, offset: int, tunnels: int = _MAX_TUNNELS) -> PacketFacts:
     if len(buf) < offset + 44:
         return _SHORT
     payload_length, header, addresses = _IPV6.unpack_from(buf, offset)
@@ -188,7 +233,7 @@ def _ipv6(buf: bytes, offset: int) -> PacketFacts:
     end = position + payload_length
     if header in (TCP, UDP, SCTP):
         key = buf[offset + 8 : offset + 44]
-        return _transport(buf, position, header, key, payload_length + 40, end)
+        return _transport(buf, position, header, key, payload_length + 40, end, tunnels)
     while True:
         if header in _IPV6_GENERIC_EXTENSIONS:
             if len(buf) < position + 2:
@@ -211,7 +256,8 @@ def _ipv6(buf: bytes, offset: int) -> PacketFacts:
             if len(buf) < position + 4:
                 return _SHORT
             ports = buf[position : position + 4]
-            return _transport(buf, position, header, addresses + ports, payload_length + 40, end)
+            facts = addresses + ports, payload_length + 40, end, tunnels
+            return _transport(buf, position, header, *facts)
 
 
 def _ip(buf: bytes, offset: int) -> PacketFacts:
@@ -226,40 +272,45 @@ def _ip(buf: bytes, offset: int) -> PacketFacts:
     return _NOT_IP
 
 
-def _not_ip(buf: bytes, offset: int) -> PacketFacts:
+def _not_ip(buf: bytes, offset: int, tunnels: int = 0) -> PacketFacts:
     return _NOT_IP
 
 
-# EtherType → decoder of the header that follows it.
-_BY_ETHERTYPE: dict[int, Callable[[bytes, int], PacketFacts]] = {
+# EtherType → decoder of the header that follows it: (bytes, offset, tunnels) → facts.
+_BY_ETHERTYPE: dict[int, Callable[[bytes, int, int], PacketFacts]] = {
     ETHERTYPE_IPV4: _ipv4,
     ETHERTYPE_IPV6: _ipv6,
 }
 
 
-def decode_ethernet(buf: bytes) -> PacketFacts:
-    if len(buf) < 14:
+def _ethernet(buf: bytes, offset: int, tunnels: int) -> PacketFacts:
+    """An Ethernet frame starting at ``offset`` (also inside a VXLAN or Geneve header)."""
+    if len(buf) < offset + 14:
         return _SHORT
-    offset = 14
-    ethertype = buf[12] << 8 | buf[13]
+    ethertype = buf[offset + 12] << 8 | buf[offset + 13]
+    offset += 14
     while ethertype in ETHERTYPES_VLAN:
         if len(buf) < offset + 4:
             return _SHORT
         ethertype = buf[offset + 2] << 8 | buf[offset + 3]
         offset += 4
-    return _BY_ETHERTYPE.get(ethertype, _not_ip)(buf, offset)
+    return _BY_ETHERTYPE.get(ethertype, _not_ip)(buf, offset, tunnels)
+
+
+def decode_ethernet(buf: bytes) -> PacketFacts:
+    return _ethernet(buf, 0, _MAX_TUNNELS)
 
 
 def decode_linux_sll(buf: bytes) -> PacketFacts:
     if len(buf) < 16:
         return _SHORT
-    return _BY_ETHERTYPE.get(buf[14] << 8 | buf[15], _not_ip)(buf, 16)
+    return _BY_ETHERTYPE.get(buf[14] << 8 | buf[15], _not_ip)(buf, 16, _MAX_TUNNELS)
 
 
 def decode_linux_sll2(buf: bytes) -> PacketFacts:
     if len(buf) < 20:
         return _SHORT
-    return _BY_ETHERTYPE.get(buf[0] << 8 | buf[1], _not_ip)(buf, 20)
+    return _BY_ETHERTYPE.get(buf[0] << 8 | buf[1], _not_ip)(buf, 20, _MAX_TUNNELS)
 
 
 def decode_raw(buf: bytes) -> PacketFacts:
@@ -500,6 +551,10 @@ def count_records(
                 continue
             length = (high << 8 | low) + 40
         else:
+            _count(*general(buffer[start:offset]), timestamp, tally, dns_tally, dns_payloads)
+            continue
+        if protocol == UDP and is_tunnel_port(raw[-2] << 8 | raw[-1]):
+            # An overlay's tunnel (node-wide captures): the packet inside is the flow.
             _count(*general(buffer[start:offset]), timestamp, tally, dns_tally, dns_payloads)
             continue
         key: PacketKey = (protocol, raw)

@@ -75,6 +75,29 @@ def ip_packet(src: str, dst: str, protocol: str, sport: int, dport: int, **kwarg
     return bytes(packet6)
 
 
+def ip_in_ip(src: str, dst: str, inner: bytes) -> bytes:
+    """IPv4 carrying an IPv4 (protocol 4, Calico's IPIP) or IPv6 packet (protocol 41)."""
+    outer = dpkt.ip.IP(
+        src=_address(src)[1], dst=_address(dst)[1], p=4 if inner[0] >> 4 == 4 else 41, ttl=64
+    )
+    outer.data = inner
+    outer.len = 20 + len(inner)
+    return bytes(outer)
+
+
+def vxlan(src: str, dst: str, frame: bytes, *, port: int = 4789, vni: int = 1) -> bytes:
+    """An Ethernet frame in VXLAN (flags: I) in UDP between two nodes."""
+    header = struct.pack("!B3xI", 0x08, vni << 8)
+    return ip_packet(src, dst, "udp", 51234, port, payload=header + frame)
+
+
+def geneve(src: str, dst: str, inner: bytes, *, kind: int = 0x6558, options: int = 2) -> bytes:
+    """``inner`` (an Ethernet frame for 0x6558, else a packet of that EtherType) in Geneve, with
+    ``options`` 4-byte words of options, in UDP between two nodes."""
+    header = struct.pack("!BBHI", options, 0, kind, 7 << 8) + b"\x01" * 4 * options
+    return ip_packet(src, dst, "udp", 40123, 6081, payload=header + inner)
+
+
 def _ethertype(packet: bytes) -> int:
     return 0x0800 if packet[0] >> 4 == 4 else 0x86DD
 

@@ -7,6 +7,7 @@ import importlib.util
 import random
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,8 +34,12 @@ from tests.analyser.packet_builders import (
     dns_query,
     dns_response,
     ethernet,
+    geneve,
+    ip_in_ip,
     ip_packet,
     linux_sll,
+    linux_sll2,
+    vxlan,
     write_pcap,
 )
 
@@ -75,6 +80,101 @@ def test_ipv4_with_options_finds_the_transport_header() -> None:
     assert split_key(key) == (6, "10.0.0.1", 1234, "10.0.0.2", 443)
     assert control == TCP_SYN | TCP_ACK
     assert length == len(with_options)
+
+
+POD_PACKET = ("10.244.1.5", "10.244.2.7", "tcp", 40000, 8080)
+
+
+@pytest.mark.parametrize(
+    "outer",
+    [
+        pytest.param(lambda inner: ip_in_ip("192.168.0.1", "192.168.0.2", inner), id="ipip"),
+        pytest.param(
+            lambda inner: vxlan("192.168.0.1", "192.168.0.2", ethernet(inner)), id="vxlan"
+        ),
+        pytest.param(
+            lambda inner: vxlan("192.168.0.1", "192.168.0.2", ethernet(inner), port=8472),
+            id="vxlan-linux-port",
+        ),
+        pytest.param(
+            lambda inner: geneve("192.168.0.1", "192.168.0.2", ethernet(inner)), id="geneve"
+        ),
+        pytest.param(
+            lambda inner: geneve("192.168.0.1", "192.168.0.2", inner, kind=0x0800, options=0),
+            id="geneve-ip",
+        ),
+        pytest.param(
+            lambda inner: vxlan("fd00::1", "fd00::2", ethernet(inner)), id="vxlan-over-ipv6"
+        ),
+    ],
+)
+@pytest.mark.parametrize("linktype", [1, 113, 276])
+def test_overlay_tunnels_give_the_packet_inside(
+    outer: Callable[[bytes], bytes], linktype: int
+) -> None:
+    """Captures on a node's own interface see pod traffic between nodes encapsulated."""
+    inner = ip_packet(*POD_PACKET, flags=TCP_SYN)
+    key, control, length, _ = decode(linktype, FRAMERS[linktype](outer(inner)))
+    assert isinstance(key, tuple)
+    assert split_key(key) == (6, "10.244.1.5", 40000, "10.244.2.7", 8080)
+    assert (control, length) == (TCP_SYN, len(inner))
+
+
+def test_dns_inside_a_tunnel_is_read() -> None:
+    answer = dns_response("db.example", [("db.example", "A", "192.0.2.9")])
+    inner = ip_packet("10.96.0.10", "10.244.1.5", "udp", 53, 40000, payload=answer)
+    key, _, _, segment = decode(1, ethernet(vxlan("192.168.0.1", "192.168.0.2", ethernet(inner))))
+    assert isinstance(key, tuple) and split_key(key)[1] == "10.96.0.10"
+    assert segment is not None and segment[0] == answer
+
+
+def test_udp_to_a_tunnel_port_without_a_tunnel_header_is_plain_udp() -> None:
+    packet = ip_packet("10.0.0.1", "10.0.0.2", "udp", 1000, 4789, payload=b"\x00" * 20)
+    key, _, _, _ = decode(101, packet)
+    assert isinstance(key, tuple)
+    assert split_key(key) == (17, "10.0.0.1", 1000, "10.0.0.2", 4789)
+
+
+def test_nested_tunnels_stop_at_the_limit() -> None:
+    """A crafted packet of tunnels inside tunnels is not followed without end."""
+    packet = ip_packet(*POD_PACKET)
+    for _ in range(2):
+        packet = ip_in_ip("192.168.0.1", "192.168.0.2", packet)
+    key, _, _, _ = decode(101, packet)
+    assert isinstance(key, tuple) and split_key(key)[1] == "10.244.1.5"
+    key, _, _, _ = decode(101, ip_in_ip("192.168.0.1", "192.168.0.2", packet))
+    assert key is Skip.OTHER_PROTOCOL
+    deep = ip_packet(*POD_PACKET)
+    for _ in range(3000):
+        deep = ip_in_ip("192.168.0.1", "192.168.0.2", deep)[:20] + deep
+    assert decode(101, deep)[0] is Skip.OTHER_PROTOCOL
+
+
+@pytest.mark.parametrize("implementation", ["imported", "interpreted"])
+def test_counting_tunnelled_packets_agrees_with_decoding_them(implementation: str) -> None:
+    module = IMPLEMENTATIONS[implementation]
+    frames = []
+    for index in range(40):
+        inner = ip_packet("10.244.1.5", "10.244.2.7", "tcp", 40000 + index % 4, 8080)
+        wrapped = [
+            vxlan("192.168.0.1", "192.168.0.2", ethernet(inner)),
+            ip_in_ip("192.168.0.1", "192.168.0.2", inner),
+            geneve("192.168.0.1", "192.168.0.2", ethernet(inner)),
+            ip_packet("192.168.0.1", "192.168.0.2", "udp", 51234, 4789, payload=bytes(30)),
+        ][index % 4]
+        frames.append((1000.0 + index, linux_sll2(wrapped)))
+    tally: Tally = {}
+    dns_tally: Tally = {}
+    payloads: list[DnsPayload] = []
+    module.count_batch(
+        276, [t for t, _ in frames], [f for _, f in frames], tally, dns_tally, payloads
+    )
+    expected, _ = _reference_count(276, frames)
+    assert {key: list(counts.fields()) for key, counts in tally.items()} == expected
+    # The pod flows (3 source ports: the fourth frame of each four is no tunnel) and the one UDP
+    # flow to 4789 that is no tunnel either.
+    ports = sorted(split_key(key)[4] for key in tally if isinstance(key, tuple))
+    assert ports == [4789] + [8080] * 3
 
 
 def _ipv6_with_extensions(*, fragment_offset: int) -> bytes:
