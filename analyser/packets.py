@@ -4,7 +4,8 @@
 The only place that decodes link, network and transport headers, and (with dpkt.dns) DNS. Pure:
 no I/O. Decoding is best effort and never raises on bad bytes: a packet that is not IP, a
 non-first fragment, a protocol other than TCP/UDP/SCTP or a header cut short by the snap length
-comes back with a :class:`Skip` reason for the caller to count.
+comes back with a :class:`Skip` reason for the caller to count. Overlay encapsulations (IP in IP,
+VXLAN, Geneve: node-wide captures) are opened, and the packet inside gives the facts.
 
 The hot path reads fixed offsets with ``struct.unpack_from`` instead of building dpkt objects: it
 runs once per packet, millions of times per capture, and a dpkt object per layer costs
