@@ -155,16 +155,21 @@ def _single_address(address: str) -> str:
     return f"{parsed.compressed}/{parsed.max_prefixlen}"
 
 
-def _peers(graph: Any, node_id: str, own_namespace: str) -> tuple[Peer, ...]:
-    """How a policy in ``own_namespace`` names the graph node ``node_id``."""
+def _peers(
+    graph: Any, node_id: str, own_namespace: str, nodes: tuple[IpPeer, ...]
+) -> tuple[Peer, ...]:
+    """How a policy in ``own_namespace`` names the graph node ``node_id``; ``nodes``: the
+    :func:`node_blocks`."""
     attrs = graph.nodes[node_id]
     role = attrs["role"]
     addresses: tuple[str, ...] = attrs.get("addresses", ())
     if role == _WORKLOAD:
         workload = attrs["workload"]
         if workload.host_network:
-            # Its pods use their node's addresses; selectors never match them.
-            return tuple(IpPeer(_single_address(a)) for a in addresses)
+            # Its pods use their node's addresses, and selectors never match them. Like traffic
+            # with a node, every node: a DaemonSet runs on all of them, and any other workload
+            # can be scheduled onto another node.
+            return nodes
         namespace = workload.ref.namespace
         return (
             PodPeer(
@@ -185,8 +190,9 @@ def node_blocks(
 ) -> tuple[IpPeer, ...]:
     """The ipBlocks standing for every node of the cluster: ``node_cidrs`` when given, else each
     of ``node_addresses`` (the snapshot's) as /32 or /128; plus the node addresses ``graph`` saw
-    (a node missing from the snapshot, a node's address on the pod network) that these do not
-    cover. Collapsed where exactly adjacent or contained, sorted by family and address.
+    (a node missing from the snapshot, a node's address on the pod network, a hostNetwork
+    workload's) that these do not cover. Collapsed where exactly adjacent or contained, sorted by
+    family and address.
 
     Traffic SNAT'd to a node address (``externalTrafficPolicy: Cluster``) can come from any node,
     and a rescheduled pod meets other nodes: one node's address alone would break it."""
@@ -194,6 +200,7 @@ def node_blocks(
         address
         for _, attrs in graph.nodes(data=True)
         if attrs["role"] == _NODE
+        or (attrs["role"] == _WORKLOAD and attrs["workload"] and attrs["workload"].host_network)
         for address in attrs.get("addresses", ())
     }
     listed = node_cidrs or tuple(node_addresses)
@@ -351,7 +358,7 @@ def synthesize(
             if graph.nodes[client]["role"] == _NODE:
                 node_ingress |= ports
                 continue
-            for peer in _peers(graph, client, namespace):
+            for peer in _peers(graph, client, namespace, nodes):
                 ingress[peer] |= ports
         for server in graph.successors(node_id):
             ports = set(graph.edges[node_id, server]["ports"])
@@ -360,7 +367,7 @@ def synthesize(
                 continue
             if server in dns.workloads:
                 ports -= dns_ports  # allowed by the DNS rule below, to every DNS pod
-            for peer in _peers(graph, server, namespace):
+            for peer in _peers(graph, server, namespace, nodes):
                 if isinstance(peer, IpPeer) and peer.cidr in node_local_cidrs:
                     # Allowed by the node-local cache rule below, on both protocols.
                     egress[peer] |= ports - set(DNS_PORTS)
