@@ -456,10 +456,11 @@ def analyse(
     observed flow (see :func:`check_safety`).
     """
     seen = observe(bundle, workers=workers, on_progress=on_progress)
+    cluster_dns = seen.resolver.cluster_dns(seen.flows)
     policies, default_denies = partition_policies(
         synthesize(
             seen.graph,
-            cluster_dns=seen.resolver.cluster_dns(seen.flows),
+            cluster_dns=cluster_dns,
             default_deny=default_deny,
             node_addresses=seen.snapshot.node_by_address,
             node_cidrs=node_cidrs,
@@ -488,6 +489,7 @@ def analyse(
         unselectable=unselectable,
         unselectable_reasons=unselectable_reasons(seen.graph, unselectable),
         skipped_packets=seen.traffic.skipped,
+        node_local_dns=tuple(cache.cidr.partition("/")[0] for cache in cluster_dns.node_local),
     )
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg = render_svg(files[GRAPH_DOT])

@@ -78,6 +78,8 @@ class ReportFacts:
     unselectable: tuple[str, ...] = ()  # captured workloads without a stable label: no policy
     unselectable_reasons: Mapping[str, str] = field(default_factory=dict)  # node id → why
     skipped_packets: Mapping[str, int] = field(default_factory=dict)  # reason → packets unused
+    # NodeLocal DNSCache addresses (policies.ClusterDns.node_local): cluster DNS, not the outside
+    node_local_dns: tuple[str, ...] = ()
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------

@@ -503,6 +503,19 @@ def test_report_names_services_assumed_backends_and_workloads_without_a_policy()
     )
 
 
+def test_report_lists_a_node_local_dns_cache_with_the_nodes_not_the_outside() -> None:
+    graph = example_graph()
+    graph.add_node(
+        "ip:169.254.20.10", role=NodeRole.EXTERNAL, label="169.254.20.10", names=(), in_scope=False
+    )
+    facts = dataclasses.replace(report_facts(), node_local_dns=("169.254.20.10",))
+    report = render_report(facts, graph)
+    external, _, nodes = report.partition("## Node addresses")
+    assert "169.254.20.10" not in external.partition("## External names")[2]
+    assert "| 203.0.113.7 |" in external  # the other external address is still listed
+    assert "- 169.254.20.10: NodeLocal DNSCache on every node" in nodes
+
+
 def test_report_of_an_empty_analysis_says_so() -> None:
     facts = report_facts()
     empty = ReportFacts(facts.source, Provenance(), None, None, 0, 0, 0, {}, (), (), {})
