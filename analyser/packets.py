@@ -30,7 +30,6 @@ Link types (pcap LINKTYPE_* values) understood:
 from __future__ import annotations
 
 import functools
-import operator
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -416,12 +415,8 @@ DnsPayload = tuple[float, PacketKey | Skip, bytes, int, int, bool]
 """(timestamp, key, then the packet's :data:`DnsSegment`: port-53 payload, TCP sequence number,
 TCP flags, cut short by the snap length)"""
 
-# Handshake role of a TCP packet's sender by its flags byte, and the flag bits of which a packet
-# needs one to have a role (SYN and FIN): the lowest set bit of every flags byte that has one.
+# Handshake role of a TCP packet's sender by its flags byte.
 _TCP_ROLES = bytes([handshake_role(TCP, flags) for flags in range(256)])
-_TCP_ROLE_FLAGS = functools.reduce(
-    operator.or_, [flags & -flags for flags in range(256) if _TCP_ROLES[flags]], 0
-)
 
 
 class _Inline(NamedTuple):
@@ -498,7 +493,6 @@ def count_records(
     ip_at: int = layout.ip_at
     general = decoder_for(linktype)
     roles = _TCP_ROLES
-    role_flags = _TCP_ROLE_FLAGS
     record_header: int = RECORD_HEADER
     last_start = end - record_header
     walked = 0
@@ -579,14 +573,7 @@ def count_records(
             if entry is None:
                 table[key] = Counts(timestamp, length, roles[control] if protocol == TCP else 0)
                 continue
-        if timestamp > entry.last:
-            entry.last = timestamp
-        elif timestamp < entry.first:
-            entry.first = timestamp
-        entry.packets += 1
-        entry.size += length
-        if control & role_flags and protocol == TCP:
-            entry.roles |= roles[control]
+        entry.add(timestamp, length, roles[control] if protocol == TCP else 0)
     return offset, walked
 
 
