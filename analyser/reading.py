@@ -179,9 +179,12 @@ def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) ->
 
 
 def _name_under(path: Path, root: Path) -> str:
-    """The path relative to ``root`` in POSIX form, or as given when it is not under root."""
+    """The path relative to ``root`` in POSIX form, or as given when it is not under root.
+
+    By the names, not where symbolic links lead: a bundle may link a capture kept elsewhere, and
+    the file's place in the bundle is what ties it to its pod."""
     try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix()
     except ValueError:
         return path.as_posix()
 

@@ -29,6 +29,7 @@ from tests.analyser.packet_builders import (
     dns_response,
     gzip_file,
     ip_packet,
+    two_pods_frames,
     write_pcap,
     write_pcapng,
 )
@@ -82,6 +83,21 @@ def test_dns_over_tcp_in_a_capture(tmp_path: Path) -> None:
     traffic = read_captures([path], root=tmp_path, workers=1)
     assert traffic.dns.names_for("192.0.2.44") == ("db.example",)
     assert traffic.dns_faults == {"truncated": 1}
+
+
+def test_a_symlinked_capture_keeps_its_name_in_the_bundle(tmp_path: Path) -> None:
+    """A bundle may link big captures kept elsewhere: the link's place names the file."""
+    (tmp_path / "store").mkdir()
+    elsewhere = write_pcap(tmp_path / "store" / "big.pcap", two_pods_frames(), linktype=1)
+    bundle = tmp_path / "bundle"
+    link = bundle / "captures" / "shop" / "cart-1" / "capture.pcap"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(elsewhere)
+    traffic = read_captures([link], root=bundle, workers=1)
+    assert [report.path for report in traffic.reports] == ["captures/shop/cart-1/capture.pcap"]
+    assert {c for conversation in traffic.conversations for c in conversation.captures} == {
+        "captures/shop/cart-1/capture.pcap"
+    }
 
 
 def _long_tcp_answer() -> bytes:
