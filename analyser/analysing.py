@@ -72,7 +72,12 @@ GRAPH_SVG = "graph.svg"
 REPORT = "report.md"
 # Marks a directory as analyse output and lists what it wrote, so a later run may replace it.
 OUTPUT_MARKER = ".netpol-sniffer-output.json"
-DOT_TIMEOUT = 300.0  # seconds; Graphviz on a graph of a few thousand edges takes a few
+# graph.svg is drawn up to this size: Graphviz's dot took 0.5 s on 200 workloads and 400 edges,
+# 14 s on 500 and 1,000, more than 2 minutes on 1,000 and 2,000 (and a bigger picture cannot be
+# read anyway). graph.dot is always written.
+MAX_SVG_NODES = 400
+MAX_SVG_EDGES = 1000
+DOT_TIMEOUT = 120.0  # seconds; past it graph.svg is left out, with a note
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +120,7 @@ class Analysis(Observation):
     default_denies: tuple[DefaultDeny, ...]
     unselectable: tuple[str, ...]  # captured workloads without a stable label: no policy
     files: Mapping[str, str]  # output path (relative, POSIX) → text, sorted
+    notes: tuple[str, ...] = ()  # what the output leaves out, and why (graph.svg too big to draw)
 
     @property
     def unselectable_reasons(self) -> dict[str, str]:
@@ -149,6 +155,7 @@ class Analysis(Observation):
             "policies": list(self.policy_files),
             "without_policy": list(self.unselectable),
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
+            "notes": list(self.notes),
             "files": list(self.files),
         }
 
@@ -474,6 +481,11 @@ def analyse(
     )
     files = render_policy_files(policies, default_denies=default_denies, provenance=provenance)
     check_safety(files, seen.graph, seen.snapshot, seen.resolver)
+    files[GRAPH_DOT] = render_dot(seen.graph)
+    svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
+    if svg is not None:
+        files[GRAPH_SVG] = svg
+    notes = (svg_note,) if svg_note is not None else ()
     facts = ReportFacts(
         source=bundle.name,
         provenance=provenance,
@@ -490,11 +502,8 @@ def analyse(
         unselectable_reasons=unselectable_reasons(seen.graph, unselectable),
         skipped_packets=seen.traffic.skipped,
         node_local_dns=tuple(cache.cidr.partition("/")[0] for cache in cluster_dns.node_local),
+        notes=notes,
     )
-    files[GRAPH_DOT] = render_dot(seen.graph)
-    svg = render_svg(files[GRAPH_DOT])
-    if svg is not None:
-        files[GRAPH_SVG] = svg
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(
         **{f.name: getattr(seen, f.name) for f in fields(Observation)},
@@ -502,14 +511,34 @@ def analyse(
         default_denies=tuple(default_denies),
         unselectable=unselectable,
         files=dict(sorted(files.items())),
+        notes=notes,
     )
 
 
-def render_svg(dot: str) -> str | None:
-    """``dot -Tsvg`` of a DOT text, or None when Graphviz is not installed."""
+def graph_svg(graph: Any, dot: str) -> tuple[str | None, str | None]:
+    """(graph.svg, None), or (None, why it was left out): the picture is a convenience, so a graph
+    too big to draw or Graphviz failing never costs the policies. No note when Graphviz is not
+    installed (the CLI's help says graph.svg needs it)."""
+    if shutil.which("dot") is None:
+        return None, None
+    nodes, edges = graph.number_of_nodes(), graph.number_of_edges()
+    if nodes > MAX_SVG_NODES or edges > MAX_SVG_EDGES:
+        return None, (
+            f"{GRAPH_SVG} not drawn: the graph has {nodes:,} nodes and {edges:,} edges (drawn up "
+            f"to {MAX_SVG_NODES:,} and {MAX_SVG_EDGES:,}); {GRAPH_DOT} is written"
+        )
+    try:
+        return render_svg(dot), None
+    except RenderError as error:
+        return None, f"{GRAPH_SVG} not drawn: {error}; {GRAPH_DOT} is written"
+
+
+def render_svg(dot: str) -> str:
+    """``dot -Tsvg`` of a DOT text; RenderError when Graphviz is missing, fails or takes longer
+    than ``DOT_TIMEOUT``."""
     binary = shutil.which("dot")
     if binary is None:
-        return None
+        raise RenderError("Graphviz (dot) is not installed")
     try:
         result = subprocess.run(
             [binary, "-Tsvg"],

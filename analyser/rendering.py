@@ -80,6 +80,7 @@ class ReportFacts:
     skipped_packets: Mapping[str, int] = field(default_factory=dict)  # reason → packets unused
     # NodeLocal DNSCache addresses (policies.ClusterDns.node_local): cluster DNS, not the outside
     node_local_dns: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the output leaves out, and why
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------

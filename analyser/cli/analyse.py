@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         say("analyse", f"warning: {problem.path}: {problem.problem}")
     for workload, reason in analysis.unselectable_reasons.items():
         say("analyse", f"warning: {workload}: {reason}: no policy written")
+    for note in analysis.notes:
+        say("analyse", f"note: {note}")
     out: Path = args.out
     write_output(analysis.files, out, force=args.force)
     if args.json:

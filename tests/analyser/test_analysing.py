@@ -18,7 +18,7 @@ from bundle_builders import API_IP, API_IP6, API_NAME, CART_POD, GHOST_IP, make_
 from analyser import analysing
 from analyser.analysing import OUTPUT_MARKER, Analysis, analyse, write_output
 from analyser.bundles import open_bundle
-from analyser.errors import OutputError, UnsafePolicies
+from analyser.errors import OutputError, RenderError, UnsafePolicies
 from analyser.flows import Evidence
 from analyser.policies import Policy
 
@@ -225,6 +225,35 @@ def test_the_summary_is_json(analysis: Analysis) -> None:
 def test_the_graph_renders(analysis: Analysis) -> None:
     assert analysis.files["graph.svg"].lstrip().startswith("<?xml")
     assert "web/Deployment/frontend" in analysis.files["graph.svg"]
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
+def test_a_graph_too_big_to_draw_costs_only_the_svg_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(analysing, "MAX_SVG_NODES", 2)
+    big = analyse(open_bundle(make_bundle(tmp_path / "bundle")), workers=1)
+    assert "graph.svg" not in big.files and "graph.dot" in big.files
+    assert big.policy_files == ("shop/cart.yaml", "web/frontend.yaml")
+    (note,) = big.notes
+    assert note.startswith("graph.svg not drawn: the graph has ") and "graph.dot is written" in note
+    assert f"Note: {note}" in big.files["report.md"]
+    assert big.summary()["notes"] == [note]
+
+
+def test_graphviz_failing_costs_only_the_svg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def too_slow(dot: str) -> str:
+        raise RenderError("Graphviz took longer than 120s on graph.dot")
+
+    monkeypatch.setattr(analysing, "render_svg", too_slow)
+    monkeypatch.setattr(analysing.shutil, "which", lambda name: f"/usr/bin/{name}")
+    result = analyse(open_bundle(make_bundle(tmp_path / "bundle")), workers=1)
+    assert "graph.svg" not in result.files
+    assert result.notes == (
+        "graph.svg not drawn: Graphviz took longer than 120s on graph.dot; graph.dot is written",
+    )
 
 
 def test_output_is_byte_identical_across_runs_and_worker_counts(
