@@ -8,7 +8,8 @@ Written to DIR:
   NAMESPACE/WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress)
   NAMESPACE/default-deny-all.yaml   with --default-deny
   kustomization.yaml        lists them all: `kubectl apply -k DIR`
-  graph.dot, graph.svg      who talks to whom (graph.svg when Graphviz is installed)
+  graph.dot, graph.svg      who talks to whom (graph.svg when Graphviz is installed and the
+                            graph is small enough to draw: at most 400 nodes, 1,000 edges)
   report.md                 flows per edge, external names, unresolved addresses, damaged files
 
 Damaged capture files are warnings: the packets before the damage are used. Exit status 0 on
