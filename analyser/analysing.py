@@ -39,6 +39,7 @@ from analyser.graphs import (
 )
 from analyser.identities import Resolver, Scope
 from analyser.policies import (
+    MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
     Policy,
     partition_policies,
@@ -451,12 +452,15 @@ def analyse(
     *,
     default_deny: bool = False,
     node_cidrs: Sequence[str] = (),
+    max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Analysis:
     """:func:`observe` ``bundle``, then make its policies and render every output file (in
     memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
-    snapshot knows, or with ``node_cidrs`` when given (``policies.node_blocks``).
+    snapshot knows, or with ``node_cidrs`` when given (``policies.node_blocks``). More than
+    ``max_outside_addresses`` outside addresses on one port of a policy side become one rule
+    from or to anywhere on that port.
 
     Raises what :func:`observe` raises, :class:`~analyser.errors.RenderError` if output fails
     to render, and :class:`~analyser.errors.UnsafePolicies` if the policies would deny an
@@ -471,6 +475,7 @@ def analyse(
             default_deny=default_deny,
             node_addresses=seen.snapshot.node_by_address,
             node_cidrs=node_cidrs,
+            max_outside_addresses=max_outside_addresses,
         )
     )
     unselectable = unselectable_workloads(seen.graph)

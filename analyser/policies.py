@@ -305,6 +305,32 @@ def unselectable_workloads(graph: Any, *, default_deny: bool = False) -> tuple[s
     )
 
 
+# More distinct outside addresses than this on one port of one policy side (the clients of a
+# public ingress, the rotating addresses of a cloud API) become one rule from or to anywhere on
+# that port: the next client or address would not be on a list of the ones seen.
+MAX_OUTSIDE_ADDRESSES = 32
+
+
+def _widen_outside(
+    ports_by_peer: dict[Peer, set[PortSpec]], outside: set[IpPeer], limit: int
+) -> None:
+    """Replace, per port, more than ``limit`` of the ``outside`` peers by 0.0.0.0/0 (and ::/0
+    when IPv6 addresses were among them), in place."""
+    by_port: dict[PortSpec, set[IpPeer]] = defaultdict(set)
+    for peer in outside:
+        for port in ports_by_peer.get(peer, ()):
+            by_port[port].add(peer)
+    for port, peers in by_port.items():
+        if len(peers) <= limit:
+            continue
+        for peer in peers:
+            ports_by_peer[peer].discard(port)
+        for version in {ipaddress.ip_network(peer.cidr).version for peer in peers}:
+            anywhere = "0.0.0.0/0" if version == 4 else "::/0"
+            why = f"anywhere: more than {limit} outside addresses were seen on these ports"
+            ports_by_peer[IpPeer(anywhere, description=why)].add(port)
+
+
 def synthesize(
     graph: Any,
     *,
@@ -312,6 +338,7 @@ def synthesize(
     default_deny: bool = False,
     node_addresses: Iterable[str] = (),
     node_cidrs: Sequence[str] = (),
+    max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
 ) -> list[Policy | DefaultDeny]:
     """One :class:`Policy` per in-scope workload of ``graph`` (schema: ``analyser.graphs``),
     allowing what was observed and DNS to the cluster DNS pods, plus, with ``default_deny``, a
@@ -322,7 +349,10 @@ def synthesize(
 
     Traffic with a node (from or to a node address) is allowed on its ports with every node:
     :func:`node_blocks` of ``node_addresses`` (every node address the snapshot knows) or, when
-    given, ``node_cidrs`` (the networks the nodes' addresses lie in)."""
+    given, ``node_cidrs`` (the networks the nodes' addresses lie in).
+
+    More than ``max_outside_addresses`` addresses outside the cluster on one port of a policy's
+    ingress or egress become one rule from or to anywhere on that port (:func:`_widen_outside`)."""
     dns = cluster_dns if cluster_dns is not None else ClusterDns()
     nodes = node_blocks(graph, node_addresses, node_cidrs)
     dns_ports = set(dns.ports)
@@ -353,6 +383,8 @@ def synthesize(
         egress: dict[Peer, set[PortSpec]] = defaultdict(set)
         node_ingress: set[PortSpec] = set()
         node_egress: set[PortSpec] = set()
+        outside_clients: set[IpPeer] = set()
+        outside_servers: set[IpPeer] = set()
         for client in graph.predecessors(node_id):
             ports = set(graph.edges[client, node_id]["ports"])
             if graph.nodes[client]["role"] == _NODE:
@@ -360,6 +392,8 @@ def synthesize(
                 continue
             for peer in _peers(graph, client, namespace, nodes):
                 ingress[peer] |= ports
+                if graph.nodes[client]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
+                    outside_clients.add(peer)
         for server in graph.successors(node_id):
             ports = set(graph.edges[node_id, server]["ports"])
             if graph.nodes[server]["role"] == _NODE:
@@ -373,6 +407,10 @@ def synthesize(
                     egress[peer] |= ports - set(DNS_PORTS)
                 else:
                     egress[peer] |= ports
+                    if graph.nodes[server]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
+                        outside_servers.add(peer)
+        _widen_outside(ingress, outside_clients, max_outside_addresses)
+        _widen_outside(egress, outside_servers, max_outside_addresses)
         for block in nodes:
             ingress[block] |= node_ingress
             egress[block] |= node_egress

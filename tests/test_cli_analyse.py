@@ -506,3 +506,33 @@ def test_a_bad_node_cidr_is_a_usage_error(
     assert exit_info.value.code == ExitStatus.USAGE
     err = capsys.readouterr().err
     assert "--node-cidr" in err and repr(cidr) in err
+
+
+def test_max_outside_addresses_is_passed_on_and_its_help_gives_the_default(
+    bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from analyser import analysing
+    from analyser.policies import MAX_OUTSIDE_ADDRESSES
+
+    given = []
+    real = analysing.analyse
+
+    def spy(*args: object, **kwargs: object) -> analysing.Analysis:
+        given.append(kwargs["max_outside_addresses"])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(analysing, "analyse", spy)
+    for extra in ([], ["--max-outside-addresses", "5"]):
+        status, _, _ = run([str(bundle), "--out", str(tmp_path / "out"), "--force", *extra], capsys)
+        assert status == ExitStatus.OK
+    assert given == [MAX_OUTSIDE_ADDRESSES, 5]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyse", str(bundle), "-o", str(tmp_path), "--max-outside-addresses", "0"])
+    assert exit_info.value.code == ExitStatus.USAGE
+    assert "--max-outside-addresses" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["analyse", "--help"])
+    assert f"(default: {MAX_OUTSIDE_ADDRESSES})" in capsys.readouterr().out.replace("\n ", "")

@@ -50,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(repeatable; for clusters whose nodes share a subnet)",
     )
     parser.add_argument(
+        "--max-outside-addresses",
+        type=positive_int,
+        metavar="N",
+        help="more addresses outside the cluster than N on one port of a policy's ingress or "
+        "egress (a public ingress's clients, a cloud API's rotating addresses) become one rule "
+        "from or to anywhere on that port (default: 32)",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         metavar="N",
@@ -69,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so `analyse --help` stays quick.
     from analyser.analysing import analyse, write_output
     from analyser.bundles import open_bundle
+    from analyser.policies import MAX_OUTSIDE_ADDRESSES
 
     bundle = open_bundle(args.bundle)
     with reading_captures(bundle.captures) as bar:
@@ -76,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             bundle,
             default_deny=args.default_deny,
             node_cidrs=args.node_cidr,
+            max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
             workers=args.workers,
             on_progress=bar.advance,
         )

@@ -417,3 +417,44 @@ def test_dns_to_a_node_local_cache_is_one_rule_for_its_address_on_both_protocols
     )
     # Only link-local addresses on port 53 are a node-local cache.
     assert names.cluster_dns([flows[1]]).node_local == ()
+
+
+def _public_traffic() -> list[Any]:
+    """web serves 40 outside clients on 8080 (IPv4 and IPv6) and one on 9090; it calls 40
+    addresses of a cloud API on 443 and one partner on 8443."""
+    flows = []
+    for index in range(40):
+        client = f"203.0.113.{index + 1}" if index % 4 else f"[2001:db8::{index + 1:x}]"
+        flows.append(flow(f"{client}:{40000 + index}", f"{WEB_A}:8080"))
+        flows.append(flow(f"{WEB_A}:{41000 + index}", f"198.51.100.{index + 1}:443"))
+    flows.append(flow("192.0.2.77:40999", f"{WEB_A}:9090"))
+    flows.append(flow(f"{WEB_A}:42000", "192.0.2.88:8443"))
+    return flows
+
+
+def test_many_outside_addresses_on_a_port_become_anywhere_on_that_port() -> None:
+    graph, names, result = synthesized(_public_traffic(), {WEB}, max_outside_addresses=32)
+    web = by_workload(result)[str(WEB)]
+    anywhere = "anywhere: more than 32 outside addresses were seen on these ports"
+    blocks = {k: v for k, v in rules_to(web.ingress).items() if k[0].isdigit() or ":" in k}
+    assert blocks == {
+        "0.0.0.0/0": (("TCP", 8080),),
+        "::/0": (("TCP", 8080),),
+        "192.0.2.77/32": (("TCP", 9090),),  # one client on its port: still itself only
+    }
+    assert IpPeer("0.0.0.0/0", description=anywhere) in [r.peer for r in web.ingress]
+    outside = {k: v for k, v in rules_to(web.egress).items() if k[0].isdigit()}
+    assert outside == {"0.0.0.0/0": (("TCP", 443),), "192.0.2.88/32": (("TCP", 8443),)}
+    # What was observed is still allowed, by the rendered and parsed-back policies.
+    policies, denies = partition_policies(result)
+    files = render_policy_files(policies, default_denies=denies, provenance=Provenance())
+    assert f"# 0.0.0.0/0: {anywhere}" in "".join(files.values())
+    loaded = parse_policy_texts(files)
+    ensure_policies_allow(loaded.policies, graph, cluster_facts(cluster(), names))
+
+
+def test_outside_addresses_up_to_the_limit_stay_single_blocks() -> None:
+    _, _, result = synthesized(_public_traffic(), {WEB}, max_outside_addresses=40)
+    web = by_workload(result)[str(WEB)]
+    cidrs = [r.peer.cidr for r in web.ingress if isinstance(r.peer, IpPeer)]
+    assert len(cidrs) == 41 and "0.0.0.0/0" not in cidrs
