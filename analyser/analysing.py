@@ -14,6 +14,7 @@ other files (unless forced) and removes what an earlier run wrote and this one d
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -243,10 +244,13 @@ def _names_pod(capture: str, pod: tuple[str, str], resolver: Resolver) -> bool:
 def _to_everyone(flow: Flow) -> bool:
     """Broadcast or multicast, or from an address not yet configured (DHCP): a node's noise that
     says nothing about whose capture a file is."""
-    return any(
-        address.is_multicast or address.is_unspecified or address == _BROADCAST
-        for address in map(ipaddress.ip_address, (flow.client.ip, flow.server.ip))
-    )
+    return _is_for_everyone(flow.client.ip) or _is_for_everyone(flow.server.ip)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _is_for_everyone(text: str) -> bool:
+    address = ipaddress.ip_address(text)
+    return address.is_multicast or address.is_unspecified or address == _BROADCAST
 
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")

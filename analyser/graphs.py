@@ -237,7 +237,9 @@ class _Builder:
 
 
 @functools.lru_cache(maxsize=1 << 16)
+@functools.lru_cache(maxsize=1 << 16)
 def _is_loopback_address(address: str) -> bool:
+    # Cached: asked for both ends of every flow, several times per analysis.
     return ipaddress.ip_address(address).is_loopback
 
 

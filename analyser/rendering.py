@@ -86,9 +86,9 @@ class ReportFacts:
 # -- filters: every scalar leaves a template through one of these -------------------------------
 
 # Characters PyYAML accepts literally in a double-quoted scalar; anything else is escaped.
-_YAML_PRINTABLE = re.compile(
-    "[\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
-)
+_PRINTABLE_RANGES = "\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff"
+_YAML_PRINTABLE = re.compile(f"[{_PRINTABLE_RANGES}]")
+_NOT_PRINTABLE = re.compile(f"[^{_PRINTABLE_RANGES}]")
 
 
 def yaml_quoted(value: object) -> str:
@@ -114,7 +114,8 @@ def yaml_quoted(value: object) -> str:
 
 def one_line(value: object) -> str:
     """Text for a comment or a Markdown line: printable, no line breaks."""
-    return "".join(char if _YAML_PRINTABLE.fullmatch(char) else " " for char in str(value)).strip()
+    # One regex pass: a report or graph has a line per flow edge and address.
+    return _NOT_PRINTABLE.sub(" ", str(value)).strip()
 
 
 def dot_quoted(value: object) -> str:
