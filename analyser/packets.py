@@ -472,12 +472,13 @@ def count_records(
     captured) is decoded inline, with one unpack at fixed offsets that also reads the record
     header: this loop runs once per packet of every capture, and a bytes object, a decoder call
     or a facts tuple per packet would cost more than the rest of it. Port-53 keys are kept apart
-    so that the per-packet path needs no port test: they always take the slow path. Everything
-    else goes through the link type's decoder. ``test_packets`` checks that the two agree.
+    so that a known key needs no port test: they always take the slow path. UDP to an overlay's
+    tunnel port (one test per UDP packet) and everything else go through the link type's
+    decoder. ``test_packets`` checks that the two agree.
 
     Written for mypyc as much as for the interpreter (``setup.py`` compiles this module when it
-    can): the locals are typed, so that compiled they are C integers and floats, and the
-    unpacked fields are taken by index, each checked once.
+    can): the unpacked fields go into typed locals, so that compiled they are C integers and
+    floats, each checked once.
 
     Returns (the offset of the first record not walked, records walked).
     """
@@ -541,7 +542,7 @@ def count_records(
             _, _, _, _, high, low, protocol, raw, data_offset, control = unpack_ipv6(
                 buffer, start - record_header
             )
-            if protocol != TCP and protocol != UDP:
+            if protocol not in (TCP, UDP):
                 _count(*general(buffer[start:offset]), timestamp, tally, dns_tally, dns_payloads)
                 continue
             length = (high << 8 | low) + 40
