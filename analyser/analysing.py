@@ -14,7 +14,6 @@ other files (unless forced) and removes what an earlier run wrote and this one d
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
 import os
@@ -38,7 +37,7 @@ from analyser.graphs import (
     loopback_flows,
     unresolved_addresses,
 )
-from analyser.identities import Resolver, Scope
+from analyser.identities import Resolver, Scope, parse_address
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
@@ -244,13 +243,10 @@ def _names_pod(capture: str, pod: tuple[str, str], resolver: Resolver) -> bool:
 def _to_everyone(flow: Flow) -> bool:
     """Broadcast or multicast, or from an address not yet configured (DHCP): a node's noise that
     says nothing about whose capture a file is."""
-    return _is_for_everyone(flow.client.ip) or _is_for_everyone(flow.server.ip)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _is_for_everyone(text: str) -> bool:
-    address = ipaddress.ip_address(text)
-    return address.is_multicast or address.is_unspecified or address == _BROADCAST
+    return any(
+        address.is_multicast or address.is_unspecified or address == _BROADCAST
+        for address in map(parse_address, (flow.client.ip, flow.server.ip))
+    )
 
 
 _BROADCAST = ipaddress.IPv4Address("255.255.255.255")

@@ -39,8 +39,6 @@ How flows become edges (details in ``docs/semantics.md``):
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -50,7 +48,16 @@ from typing import Any, Protocol
 import networkx as nx
 
 from analyser.flows import Evidence, Flow
-from analyser.identities import EndpointKind, Identity, Resolver, Scope, Workload, WorkloadRef
+from analyser.identities import (
+    EndpointKind,
+    Identity,
+    Resolver,
+    Scope,
+    Workload,
+    WorkloadRef,
+    address_key,
+    parse_address,
+)
 from analyser.policies import PortSpec
 
 # Two captures of one connection (client side to the ClusterIP, server side from the client) see
@@ -143,12 +150,6 @@ class _Node:
     addresses: set[str] = field(default_factory=set)
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _address_key(address: str) -> tuple[int, int]:
-    parsed = ipaddress.ip_address(address)
-    return parsed.version, int(parsed)
-
-
 class _Builder:
     def __init__(self, resolver: Resolver, dns: NameTable | None, scope: frozenset[WorkloadRef]):
         self.resolver = resolver
@@ -204,7 +205,7 @@ class _Builder:
         graph = nx.DiGraph()
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
-            addresses = tuple(sorted(node.addresses, key=_address_key))
+            addresses = tuple(sorted(node.addresses, key=address_key))
             label = node.label
             if node.role is NodeRole.NODE:
                 label = f"{node.label} ({', '.join(addresses)})"
@@ -227,7 +228,7 @@ class _Builder:
                     if n.role is NodeRole.UNRESOLVED
                     for a in n.addresses
                 ),
-                key=_address_key,
+                key=address_key,
             )
         )
         graph.graph["attributions"] = tuple(sorted(self.attributions, key=_attribution_key))
@@ -236,11 +237,8 @@ class _Builder:
         return graph
 
 
-@functools.lru_cache(maxsize=1 << 16)
-@functools.lru_cache(maxsize=1 << 16)
 def _is_loopback_address(address: str) -> bool:
-    # Cached: asked for both ends of every flow, several times per analysis.
-    return ipaddress.ip_address(address).is_loopback
+    return parse_address(address).is_loopback
 
 
 def is_loopback(flow: Flow) -> bool:
@@ -430,7 +428,7 @@ def _service_flow(
 ) -> None:
     assert server.service is not None
     service = "/".join(server.service)
-    version = _address_key(server.ip)[0]
+    version = address_key(server.ip)[0]
     backends = builder.resolver.service_backends(
         server.service, flow.server.port, flow.protocol, flow.first_seen, family=version
     )

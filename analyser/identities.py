@@ -203,12 +203,15 @@ CLAIM_SKEW = 300.0
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address's text parsed, cached: the analysis asks about the same addresses, both ends
+    of every flow, again and again (here, in graphs and in analysing)."""
     return ipaddress.ip_address(text)
 
 
-def _address_key(text: str) -> tuple[int, int]:
-    address = _address(text)
+def address_key(text: str) -> tuple[int, int]:
+    """Sort key of an IP address's text: IPv4 first, then numerically."""
+    address = parse_address(text)
     return address.version, int(address)
 
 
@@ -296,7 +299,7 @@ class _Networks:
         }
 
     def __contains__(self, ip: str) -> bool:
-        address = _address(ip)
+        address = parse_address(ip)
         return any(
             ipaddress.ip_network((address, length), strict=False) in self.networks
             for length in self._lengths[address.version]
@@ -383,7 +386,7 @@ class Resolver:
         self._workload_of_key: dict[str, WorkloadRef] = {}
         self._node_of_address = dict(snapshot.node_by_address)
         self._addresses_of_node: dict[str, list[str]] = defaultdict(list)
-        for ip, node in sorted(self._node_of_address.items(), key=lambda a: _address_key(a[0])):
+        for ip, node in sorted(self._node_of_address.items(), key=lambda a: address_key(a[0])):
             self._addresses_of_node[node].append(ip)
         self._add_snapshot_pods()
         self._add_captures(captures)
@@ -554,7 +557,7 @@ class Resolver:
         """The pod's address at ``at``, of IP ``version`` when it has one (dual-stack pods)."""
         claims = self._claims_of.get(record.key, [])
         if version is not None:
-            claims = [c for c in claims if _address(c.ip).version == version] or claims
+            claims = [c for c in claims if parse_address(c.ip).version == version] or claims
         covering = [c for c in claims if c.start <= at < c.end]
         earlier = covering or [c for c in claims if c.start <= at]
         if earlier:
@@ -564,7 +567,7 @@ class Resolver:
     def _node_address(self, node: str, version: int | None) -> str:
         """An address of ``node``, of IP ``version`` when it has one ("" for an unknown node)."""
         addresses = self._addresses_of_node.get(node, [])
-        same = [ip for ip in addresses if _address(ip).version == version]
+        same = [ip for ip in addresses if parse_address(ip).version == version]
         return (same or addresses or [""])[0]
 
     def _lifetime(self, record: PodRecord) -> tuple[float, float] | None:
@@ -914,11 +917,11 @@ def node_local_dns(flows: Iterable[Flow]) -> tuple[IpPeer, ...]:
     fe80::/10; the cache listens on one on every node, 169.254.20.10 by default) that received
     TCP or UDP on port 53. Sorted by family and address."""
     addresses = {
-        _address(flow.server.ip)
+        parse_address(flow.server.ip)
         for flow in flows
         if flow.server.port == 53
         and flow.protocol in (Protocol.UDP, Protocol.TCP)
-        and _address(flow.server.ip).is_link_local
+        and parse_address(flow.server.ip).is_link_local
     }
     return tuple(
         node_local_dns_peer(str(a)) for a in sorted(addresses, key=lambda a: (a.version, int(a)))
@@ -943,7 +946,7 @@ def _pod_key(ref: ObjectReference | None) -> str:
 
 def _is_ip(text: str) -> bool:
     try:
-        _address(text)
+        parse_address(text)
     except ValueError:
         return False
     return True
