@@ -554,6 +554,7 @@ def count_records(
             _count(*general(buffer[start:offset]), timestamp, tally, dns_tally, dns_payloads)
             continue
         key: PacketKey = (protocol, raw)
+        role = roles[control] if protocol == TCP else 0
         entry = tally.get(key)
         if entry is None:
             table = tally
@@ -572,9 +573,9 @@ def count_records(
                 table = dns_tally
                 entry = dns_tally.get(key)
             if entry is None:
-                table[key] = Counts(timestamp, length, roles[control] if protocol == TCP else 0)
+                table[key] = Counts(timestamp, length, role)
                 continue
-        entry.add(timestamp, length, roles[control] if protocol == TCP else 0)
+        entry.add(timestamp, length, role)
     return offset, walked
 
 
