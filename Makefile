@@ -11,13 +11,14 @@ APT_PACKAGES := tcpdump iproute2 iptables graphviz procps kmod gcc libc6-dev pyt
 APT_COMMANDS := tcpdump ip iptables dot gcc
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv lint test unit lab-test e2e control-plane demo bench clean
+.PHONY: help system-deps venv lint test unit lab-test e2e fuzz control-plane demo bench clean
 
 help:
 	@echo "make demo    set up and run the lab + analyser on microservices-demo"
 	@echo "make test    set up everything (Debian and Python packages) and run lint + all tests"
 	@echo "make unit    fast tests only (no root, no lab, no control plane)"
 	@echo "make e2e     end-to-end tests against a real kube-apiserver"
+	@echo "make fuzz    fuzz the input parsers longer (FUZZ_EXAMPLES=5000 per target)"
 	@echo "make bench   benchmarks (prints figures, asserts nothing)"
 
 system-deps:
@@ -60,13 +61,17 @@ test: system-deps venv lint control-plane
 	$(call run_pytest,)
 
 unit: venv
-	$(call run_pytest,-m "not lab and not e2e and not root")
+	$(call run_pytest,-m "not lab and not e2e and not root and not fuzz")
 
 lab-test: system-deps venv
 	$(call run_pytest,-m lab)
 
 e2e: system-deps venv control-plane
 	$(call run_pytest,-m e2e)
+
+# The fuzz targets run in `make test` with 150 examples each; this runs them longer.
+fuzz: venv
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(call run_pytest,-m fuzz)
 
 # etcd, kube-apiserver, kube-controller-manager and kubectl for the e2e tests: built from source once
 # per machine into /var/cache/netpol-sniffer (Go needed), reused after; prints the build time.
