@@ -29,18 +29,48 @@ DEFAULT_RESOURCES = SidecarResources(
 DEFAULT_OWN_NAMESPACE = "netpol-sniffer"
 DEFAULT_EXCLUDED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 DEFAULT_POD_SECURITY_NAMESPACES: frozenset[str] = frozenset()
+# Per worker process. See ServingLimits and docs/webhook.md ("Under load") for how they were chosen.
+DEFAULT_MAX_IN_FLIGHT = 16
+DEFAULT_MAX_WAIT_MILLISECONDS = 50
+DEFAULT_LISTEN_BACKLOG = 128
+AUTO_WORKERS = "auto"
 
 ENV_PREFIX = "NETPOL_SNIFFER_"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 SNAPLEN_RANGE = (96, 262_144)
 ROTATE_MEGABYTES_RANGE = (1, 1_000)
 ROTATE_FILES_RANGE = (1, 1_000)
+WORKERS_RANGE = (1, 64)
+MAX_IN_FLIGHT_RANGE = (1, 10_000)
+# The API server waits at most timeoutSeconds (1-30 s) for an answer.
+MAX_WAIT_MILLISECONDS_RANGE = (1, 30_000)
+LISTEN_BACKLOG_RANGE = (1, 65_535)
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
+class ServingLimits:
+    """How much one worker process takes on before it answers at once, without a sidecar.
+
+    A request is shed (allowed unmodified, with a warning) when more than ``max_in_flight``
+    requests are in its worker, counting itself, or when it waited longer than
+    ``max_wait_seconds`` between arriving and its turn. The kernel queues at most
+    ``listen_backlog`` connections not yet accepted.
+    """
+
+    # None: one worker per whole CPU of the container's CPU limit (webhook.workers).
+    workers: int | None = None
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_wait_seconds: float = DEFAULT_MAX_WAIT_MILLISECONDS / 1000
+    listen_backlog: int = DEFAULT_LISTEN_BACKLOG
+
+
+DEFAULT_SERVING = ServingLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookSettings:
-    """What the webhook injects and where it refuses to."""
+    """What the webhook injects, where it refuses to, and how much load a worker takes on."""
 
     capture: CaptureOptions = DEFAULT_CAPTURE
     capture_image: str = DEFAULT_CAPTURE_IMAGE
@@ -54,6 +84,7 @@ class WebhookSettings:
     # Namespaces that enforce Pod Security baseline or restricted: a sidecar with NET_RAW would be
     # rejected there. AdmissionReview carries no namespace labels, so they are listed here.
     pod_security_namespaces: frozenset[str] = field(default=DEFAULT_POD_SECURITY_NAMESPACES)
+    serving: ServingLimits = DEFAULT_SERVING
 
 
 # config key → kind of value; the order is the documented one.
@@ -72,7 +103,15 @@ _KEYS: dict[str, str] = {
     "ownNamespace": "string",
     "excludedNamespaces": "list",
     "podSecurityNamespaces": "list",
+    "workers": "workers",
+    "maxInFlight": "integer",
+    "maxWaitMilliseconds": "integer",
+    "listenBacklog": "integer",
 }
+
+
+# The keys of a config file, in the documented order.
+SETTING_KEYS = tuple(_KEYS)
 
 
 def env_name(key: str) -> str:
@@ -133,14 +172,17 @@ def _coerce(raw: object, kind: str, where: str) -> object:
         if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
             return raw.strip().lower() == "true"
         raise ConfigError(f"{where}: must be true or false, got {raw!r}")
-    if kind == "integer":
+    if kind == "workers" and isinstance(raw, str) and raw.strip() == AUTO_WORKERS:
+        return None
+    if kind in ("integer", "workers"):
         if isinstance(raw, bool):
             raise ConfigError(f"{where}: must be an integer, got {raw!r}")
         if isinstance(raw, int):
             return raw
         if isinstance(raw, str) and raw.strip().isdigit():
             return int(raw)
-        raise ConfigError(f"{where}: must be an integer, got {raw!r}")
+        expected = f"{AUTO_WORKERS} or an integer" if kind == "workers" else "an integer"
+        raise ConfigError(f"{where}: must be {expected}, got {raw!r}")
     if kind == "list":
         if isinstance(raw, str):
             return tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -216,6 +258,29 @@ def _settings(values: Mapping[str, Any], source: str) -> WebhookSettings:
     problem = resources_problem(resources)
     if problem:
         raise ConfigError(f"{source}: {problem}")
+    workers = values.get("workers", DEFAULT_SERVING.workers)
+    serving = ServingLimits(
+        workers=None if workers is None else _in_range(workers, WORKERS_RANGE, "workers", source),
+        max_in_flight=_in_range(
+            values.get("maxInFlight", DEFAULT_SERVING.max_in_flight),
+            MAX_IN_FLIGHT_RANGE,
+            "maxInFlight",
+            source,
+        ),
+        max_wait_seconds=_in_range(
+            values.get("maxWaitMilliseconds", DEFAULT_MAX_WAIT_MILLISECONDS),
+            MAX_WAIT_MILLISECONDS_RANGE,
+            "maxWaitMilliseconds",
+            source,
+        )
+        / 1000,
+        listen_backlog=_in_range(
+            values.get("listenBacklog", DEFAULT_SERVING.listen_backlog),
+            LISTEN_BACKLOG_RANGE,
+            "listenBacklog",
+            source,
+        ),
+    )
     own_namespace = values.get("ownNamespace", DEFAULT_OWN_NAMESPACE)
     _namespaces((own_namespace,), "ownNamespace", source)
     return WebhookSettings(
@@ -233,6 +298,7 @@ def _settings(values: Mapping[str, Any], source: str) -> WebhookSettings:
         pod_security_namespaces=_namespaces(
             values.get("podSecurityNamespaces", ()), "podSecurityNamespaces", source
         ),
+        serving=serving,
     )
 
 

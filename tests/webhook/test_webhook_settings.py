@@ -11,6 +11,7 @@ from webhook.capture import CaptureMode, volume_size_limit
 from webhook.quantities import parse_quantity
 from webhook.settings import (
     DEFAULT_EXCLUDED_NAMESPACES,
+    ServingLimits,
     WebhookSettings,
     build_settings,
     env_name,
@@ -113,3 +114,40 @@ def test_volume_size_limit_is_above_the_ring() -> None:
     ):
         limit = parse_quantity(volume_size_limit(settings.capture))
         assert limit > settings.capture.max_bytes + settings.capture.rotate_megabytes * 1_000_000
+
+
+def test_serving_limits_from_file_and_environment() -> None:
+    file_config = parse_config_text(
+        "workers: 4\nmaxInFlight: 32\nmaxWaitMilliseconds: 20\nlistenBacklog: 64\n",
+        source="config.yaml",
+    )
+    settings = build_settings(file_config, environment_config({"NETPOL_SNIFFER_WORKERS": "auto"}))
+    assert settings.serving == ServingLimits(
+        workers=None, max_in_flight=32, max_wait_seconds=0.02, listen_backlog=64
+    )
+    environ = environment_config(
+        {"NETPOL_SNIFFER_MAX_IN_FLIGHT": "8", "NETPOL_SNIFFER_WORKERS": "2"}
+    )
+    assert build_settings({}, environ).serving == ServingLimits(workers=2, max_in_flight=8)
+    assert WebhookSettings().serving == ServingLimits()
+
+
+@pytest.mark.parametrize(
+    ("file_config", "environ", "message"),
+    [
+        ({"workers": "many"}, {}, "config.yaml: workers: must be auto or an integer, got 'many'"),
+        ({"workers": 0}, {}, "workers must be between 1 and 64, got 0"),
+        ({}, {"workers": "-2"}, "NETPOL_SNIFFER_WORKERS: must be auto or an integer"),
+        ({"maxInFlight": 0}, {}, "maxInFlight must be between 1 and 10000, got 0"),
+        ({"maxInFlight": True}, {}, "maxInFlight: must be an integer, got True"),
+        ({}, {"maxWaitMilliseconds": "0.5"}, "NETPOL_SNIFFER_MAX_WAIT_MILLISECONDS: must be an"),
+        ({"maxWaitMilliseconds": 60_000}, {}, "maxWaitMilliseconds must be between 1 and 30000"),
+        ({"listenBacklog": 70_000}, {}, "listenBacklog must be between 1 and 65535, got 70000"),
+    ],
+)
+def test_bad_serving_limits_are_named(
+    file_config: dict[str, object], environ: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_settings(file_config, environ, source="config.yaml")
+    assert message in str(caught.value)
