@@ -1,8 +1,10 @@
-"""The HTTP shell: FastAPI routes around :func:`webhook.admission.admit`, and ``main()`` for
-``netpol-sniffer-webhook``.
+"""The HTTP shell: FastAPI routes around :func:`webhook.admission.admit`, the overload gate in
+front of them, and ``main()`` for ``netpol-sniffer-webhook``.
 
 ``POST /mutate`` never answers 500 and never refuses a pod: whatever goes wrong, a request with a
-readable uid is allowed without a patch (HTTP 200); only a body without one gets 400.
+readable uid is allowed without a patch (HTTP 200); only a body without one gets 400. When its
+worker is overloaded (webhook.shedding), the gate answers it at once, before FastAPI and without
+admitting, allowed without a patch and with a warning.
 ``GET /healthz`` (the process answers), ``GET /readyz`` (a certificate is loaded and unexpired),
 ``GET /metrics`` (Prometheus).
 """
@@ -14,15 +16,17 @@ import asyncio
 import json
 import logging
 import os
-import ssl
+import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from analyser.errors import ConfigError
 from webhook.admission import (
@@ -31,28 +35,161 @@ from webhook.admission import (
     admit,
     allowed_without_patch,
     request_uid,
+    skip_overloaded,
 )
 from webhook.metrics import WebhookMetrics, create_metrics
+from webhook.serving import ARRIVED, GRACEFUL_SHUTDOWN_SECONDS, InFlight, listen, serve
 from webhook.settings import (
+    ServingLimits,
     WebhookSettings,
     build_settings,
     environment_config,
     parse_config_text,
 )
-from webhook.tls import DEFAULT_POLL_SECONDS, CertificateInfo, TlsReloader
+from webhook.shedding import OverloadCause, overload_cause, shed_summary
+from webhook.tls import DEFAULT_POLL_SECONDS, CertificateInfo, TlsReloader, load_context
+from webhook.workers import supervise, worker_count
 
 PROG = "netpol-sniffer-webhook"
 DEFAULT_HOST = "0.0.0.0"  # inside a pod; use --host 127.0.0.1 on a workstation
 DEFAULT_PORT = 8443
-# Requests still in flight when SIGTERM arrives get this long to finish.
-GRACEFUL_SHUTDOWN_SECONDS = 20
+MUTATE_PATH = "/mutate"
+JSON_TYPE = "application/json"
+# Shed pods are logged together, in one line per this many seconds.
+SHED_LOG_SECONDS = 1.0
 
 log = logging.getLogger("webhook")
 
 
-def _json(data: object, status_code: int = 200) -> Response:
-    body = json.dumps(data, separators=(",", ":")).encode()
-    return Response(content=body, status_code=status_code, media_type="application/json")
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes  # JSON
+
+
+def _json(data: object, status: int = 200) -> Answer:
+    return Answer(status, json.dumps(data, separators=(",", ":")).encode())
+
+
+def _unreadable(body: bytes, error: UnreadableReview, metrics: WebhookMetrics) -> Answer:
+    metrics.errors.labels(kind="unreadable").inc()
+    log.warning("unreadable AdmissionReview (%d bytes): %s", len(body), error)
+    return _json({"error": f"unreadable AdmissionReview: {error}"}, status=400)
+
+
+def _answer(body: bytes, settings: WebhookSettings, metrics: WebhookMetrics) -> Answer:
+    """admit()'s answer to a request body, counted and logged."""
+    try:
+        admission = admit(body, settings)
+    except UnreadableReview as error:
+        return _unreadable(body, error, metrics)
+    except Exception:  # the safety net: a bug here must not refuse or delay pods
+        metrics.errors.labels(kind="internal").inc()
+        log.exception("internal error while admitting a pod")
+        uid = request_uid(body)
+        if uid is None:
+            return _json({"error": "unreadable AdmissionReview"}, status=400)
+        return _json(allowed_without_patch(uid, "internal error in the webhook"))
+    uid = admission.review["response"]["uid"]
+    if admission.outcome is Outcome.INJECTED:
+        metrics.injected.inc()
+        log.info("%s uid=%s: injected", admission.pod, uid)
+    elif admission.outcome is Outcome.SKIPPED:
+        metrics.skipped.labels(reason=admission.reason).inc()
+        log.info(
+            "%s uid=%s: skipped (%s) %s", admission.pod, uid, admission.reason, admission.message
+        )
+    else:
+        metrics.errors.labels(kind=admission.reason).inc()
+        log.warning("uid=%s: not understood (%s) %s", uid, admission.reason, admission.message)
+    return _json(admission.review)
+
+
+class ShedLog:
+    """The pods a worker shed, logged as one warning a second that names them (a line per
+    pod would cost a shed request a third more, at the moment it must be cheapest)."""
+
+    def __init__(self, seconds: float = SHED_LOG_SECONDS) -> None:
+        self._seconds = seconds
+        self._pods: Counter[str] = Counter()
+        self._causes: Counter[OverloadCause] = Counter()
+
+    def add(self, pod: str, cause: OverloadCause) -> None:
+        if not self._pods:
+            asyncio.get_running_loop().call_later(self._seconds, self.flush)
+        self._pods[pod] += 1
+        self._causes[cause] += 1
+
+    def flush(self) -> None:
+        if self._pods:
+            log.warning(shed_summary(self._pods, self._causes, seconds=self._seconds))
+        self._pods.clear()
+        self._causes.clear()
+
+
+class OverloadGate:
+    """The ASGI layer in front of the routes. A ``POST /mutate`` that arrives while its worker is
+    overloaded (webhook.shedding) is answered here, at once: allowed, no patch, a warning. That
+    costs reading the body and a JSON parse for the uid and the pod's name, and none of FastAPI's
+    or admit()'s time."""
+
+    def __init__(
+        self,
+        routes: ASGIApp,
+        *,
+        limits: ServingLimits,
+        metrics: WebhookMetrics,
+        in_flight: InFlight,
+    ) -> None:
+        self._routes = routes
+        self._limits = limits
+        self._metrics = metrics
+        self._in_flight = in_flight
+        self._shed_log = ShedLog()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == MUTATE_PATH and scope["method"] == "POST":
+            started = time.perf_counter()
+            waited = started - ARRIVED.get(started)
+            self._metrics.wait.observe(waited)
+            cause = overload_cause(
+                in_flight=self._in_flight(), waited_seconds=waited, limits=self._limits
+            )
+            if cause is not None:
+                await self._shed(cause, started, receive, send)
+                return
+        await self._routes(scope, receive, send)
+
+    async def _shed(
+        self, cause: OverloadCause, started: float, receive: Receive, send: Send
+    ) -> None:
+        self._metrics.requests.inc()
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client has gone: nobody to answer
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        try:
+            admission = skip_overloaded(bytes(body))
+        except UnreadableReview as error:
+            answer = _unreadable(bytes(body), error, self._metrics)
+        else:
+            self._metrics.skipped.labels(reason=admission.reason).inc()
+            self._shed_log.add(admission.pod, cause)
+            log.debug(
+                "%s uid=%s: shed (%s)", admission.pod, admission.review["response"]["uid"], cause
+            )
+            answer = _json(admission.review)
+        self._metrics.latency.observe(time.perf_counter() - started)
+        headers = [
+            (b"content-type", JSON_TYPE.encode()),
+            (b"content-length", b"%d" % len(answer.body)),
+        ]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
 
 
 def create_app(
@@ -60,66 +197,39 @@ def create_app(
     *,
     metrics: WebhookMetrics | None = None,
     ready: Callable[[], bool] = lambda: True,
-) -> FastAPI:
-    """The webhook's routes. ``ready`` tells /readyz whether a usable certificate is loaded."""
+    in_flight: InFlight = lambda: 1,
+) -> ASGIApp:
+    """The webhook's routes behind the overload gate. ``ready`` tells /readyz whether a usable
+    certificate is loaded; ``in_flight`` counts the worker's requests (webhook.serving)."""
     metrics = metrics or create_metrics()
-    app = FastAPI(title=PROG, docs_url=None, redoc_url=None, openapi_url=None)
+    routes = FastAPI(title=PROG, docs_url=None, redoc_url=None, openapi_url=None)
 
-    def answer(body: bytes) -> Response:
-        try:
-            admission = admit(body, settings)
-        except UnreadableReview as error:
-            metrics.errors.labels(kind="unreadable").inc()
-            log.warning("unreadable AdmissionReview (%d bytes): %s", len(body), error)
-            return _json({"error": f"unreadable AdmissionReview: {error}"}, status_code=400)
-        except Exception:  # the safety net: a bug here must not refuse or delay pods
-            metrics.errors.labels(kind="internal").inc()
-            log.exception("internal error while admitting a pod")
-            uid = request_uid(body)
-            if uid is None:
-                return _json({"error": "unreadable AdmissionReview"}, status_code=400)
-            return _json(allowed_without_patch(uid, "internal error in the webhook"))
-        uid = admission.review["response"]["uid"]
-        if admission.outcome is Outcome.INJECTED:
-            metrics.injected.inc()
-            log.info("%s uid=%s: injected", admission.pod, uid)
-        elif admission.outcome is Outcome.SKIPPED:
-            metrics.skipped.labels(reason=admission.reason).inc()
-            log.info(
-                "%s uid=%s: skipped (%s) %s",
-                admission.pod,
-                uid,
-                admission.reason,
-                admission.message,
-            )
-        else:
-            metrics.errors.labels(kind=admission.reason).inc()
-            log.warning("uid=%s: not understood (%s) %s", uid, admission.reason, admission.message)
-        return _json(admission.review)
+    def respond(answer: Answer) -> Response:
+        return Response(content=answer.body, status_code=answer.status, media_type=JSON_TYPE)
 
-    @app.post("/mutate")
+    @routes.post(MUTATE_PATH)
     async def mutate(request: Request) -> Response:
         started = time.perf_counter()
         metrics.requests.inc()
-        response = answer(await request.body())
+        answer = _answer(await request.body(), settings, metrics)
         metrics.latency.observe(time.perf_counter() - started)
-        return response
+        return respond(answer)
 
-    @app.get("/healthz")
+    @routes.get("/healthz")
     async def healthz() -> Response:
-        return _json({"status": "ok"})
+        return respond(_json({"status": "ok"}))
 
-    @app.get("/readyz")
+    @routes.get("/readyz")
     async def readyz() -> Response:
         if ready():
-            return _json({"status": "ready"})
-        return _json({"status": "no usable TLS certificate"}, status_code=503)
+            return respond(_json({"status": "ready"}))
+        return respond(_json({"status": "no usable TLS certificate"}, status=503))
 
-    @app.get("/metrics")
+    @routes.get("/metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return OverloadGate(routes, limits=settings.serving, metrics=metrics, in_flight=in_flight)
 
 
 def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -197,13 +307,54 @@ def _number(text: str, name: str, *, minimum: float) -> float:
     return value
 
 
-async def _serve(config: uvicorn.Config, reloader: TlsReloader, poll_seconds: float) -> None:
-    server = uvicorn.Server(config)
-    watcher = asyncio.create_task(reloader.watch(poll_seconds))
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# With several workers, each line says which one wrote it.
+WORKERS_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(processName)s: %(message)s"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What one worker needs; pickled into each spawned worker process (webhook.workers)."""
+
+    settings: WebhookSettings
+    tls_cert: Path
+    tls_key: Path
+    tls_poll_seconds: float
+    log_level: int
+    log_format: str
+    listener: socket.socket
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """Serve on the spec's socket until SIGTERM or SIGINT: the whole webhook with one worker, one
+    of the supervisor's processes with more."""
+    logging.basicConfig(level=spec.log_level, format=spec.log_format)  # a spawned worker's own
+    metrics = create_metrics()
+
+    def reloaded(info: CertificateInfo) -> None:
+        metrics.tls_reloads.inc()
+        metrics.certificate_expiry.set(info.not_after.timestamp())
+
     try:
-        await server.serve()
-    finally:
-        watcher.cancel()
+        reloader = TlsReloader(
+            spec.tls_cert,
+            spec.tls_key,
+            on_reload=reloaded,
+            on_error=lambda _: metrics.errors.labels(kind="tls-reload").inc(),
+        )
+    except ConfigError as error:  # the files went away after main() read them
+        log.error("%s", error)
+        sys.exit(2)
+    metrics.certificate_expiry.set(reloader.info.not_after.timestamp())
+    serve(
+        lambda in_flight: create_app(
+            spec.settings, metrics=metrics, ready=reloader.is_valid, in_flight=in_flight
+        ),
+        listener=spec.listener,
+        limits=spec.settings.serving,
+        reloader=reloader,
+        poll_seconds=spec.tls_poll_seconds,
+    )
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -213,7 +364,6 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if not isinstance(level, int):
         print(f"{PROG}: error: unknown log level {args.log_level!r}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if not args.tls_cert or not args.tls_key:
             raise ConfigError(
@@ -224,51 +374,44 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             raise ConfigError(f"--port must be a port number, got {args.port!r}")
         poll_seconds = _number(args.tls_poll_seconds, "--tls-poll-seconds", minimum=0.05)
         settings = load_settings(args.config, environ)
-        metrics = create_metrics()
-
-        def reloaded(info: CertificateInfo) -> None:
-            metrics.tls_reloads.inc()
-            metrics.certificate_expiry.set(info.not_after.timestamp())
-
-        reloader = TlsReloader(
-            Path(args.tls_cert),
-            Path(args.tls_key),
-            on_reload=reloaded,
-            on_error=lambda _: metrics.errors.labels(kind="tls-reload").inc(),
-        )
+        _, certificate = load_context(Path(args.tls_cert), Path(args.tls_key))
+        count = worker_count(settings.serving)
+        listener = listen(args.host, port, settings.serving.listen_backlog)
     except ConfigError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
-    metrics.certificate_expiry.set(reloader.info.not_after.timestamp())
+    log_format = LOG_FORMAT if count.workers == 1 else WORKERS_LOG_FORMAT
+    logging.basicConfig(level=level, format=log_format)
+    limits = settings.serving
     log.info(
-        "serving %s (serial %x, valid until %s); capture image %s, mode %s, %s sidecar",
-        reloader.info.subject,
-        reloader.info.serial,
-        reloader.info.not_after,
+        "serving %s (serial %x, valid until %s); capture image %s, mode %s, %s sidecar; "
+        "%d worker(s) (%s), each shedding past %d requests in flight or %g ms of waiting",
+        certificate.subject,
+        certificate.serial,
+        certificate.not_after,
         settings.capture_image,
         settings.capture.mode,
         "native" if settings.native_sidecar else "plain",
+        count.workers,
+        count.why,
+        limits.max_in_flight,
+        limits.max_wait_seconds * 1000,
     )
-
-    def context_factory(
-        _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]
-    ) -> ssl.SSLContext:
-        return reloader.context
-
-    config = uvicorn.Config(
-        create_app(settings, metrics=metrics, ready=reloader.is_valid),
-        host=args.host,
-        port=port,
-        ssl_context_factory=context_factory,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    spec = WorkerSpec(
+        settings=settings,
+        tls_cert=Path(args.tls_cert),
+        tls_key=Path(args.tls_key),
+        tls_poll_seconds=poll_seconds,
+        log_level=level,
+        log_format=log_format,
+        listener=listener,
     )
-    # uvicorn's loop choice (uvloop when installed), as uvicorn.run would make it.
-    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-        runner.run(_serve(config, reloader, poll_seconds))
-    return 0
+    with listener:
+        if count.workers == 1:
+            run_worker(spec)
+            return 0
+        # Each worker gets the full grace period, and a little more to close down.
+        return supervise(run_worker, spec, count.workers, grace=GRACEFUL_SHUTDOWN_SECONDS + 5)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,8 @@ Each server is the real ``netpol-sniffer-webhook`` process (``python -m webhook.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
-import socket
-import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,98 +16,24 @@ from cryptography import x509
 
 from certs.make_certs import LOOPBACK_NAMES, make_certs
 from tests.webhook.podchecks import DATA
-from webhook.admission import admit
+from tests.webhook.servers import (
+    Server,
+    post_start,
+    read_response,
+    running_webhook,
+    wait_until,
+)
+from webhook.admission import OVERLOADED_MESSAGE, admit
 from webhook.app import create_app, main
 from webhook.metrics import create_metrics
 from webhook.settings import WebhookSettings
 from webhook.tls import TlsReloader
 
-HOST = "127.0.0.1"
-
-
-@dataclass
-class Server:
-    port: int
-    certs: Path
-    process: subprocess.Popen[bytes]
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.certs / "ca.crt")
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=f"https://{HOST}:{self.port}", verify=self.ssl_context())
-
-    def connect(self) -> ssl.SSLSocket:
-        raw = socket.create_connection((HOST, self.port), timeout=5)
-        return self.ssl_context().wrap_socket(raw, server_hostname=HOST)
-
-    def served_serial(self) -> int:
-        with self.connect() as connection:
-            der = connection.getpeercert(binary_form=True)
-        assert der is not None
-        return x509.load_der_x509_certificate(der).serial_number
-
-    def metric(self, line_start: str) -> float:
-        with self.client() as client:
-            text = client.get("/metrics").text
-        values = [
-            float(line.split()[-1]) for line in text.splitlines() if line.startswith(line_start)
-        ]
-        return sum(values)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    certs = tmp_path / "certs"
-    make_certs(certs, names=list(LOOPBACK_NAMES))
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "webhook.app",
-            "--tls-cert",
-            str(certs / "tls.crt"),
-            "--tls-key",
-            str(certs / "tls.key"),
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--tls-poll-seconds",
-            "0.1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    running = Server(port, certs, process)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, process.communicate()[0].decode()
-            try:
-                with running.client() as client:
-                    if client.get("/healthz").status_code == 200:
-                        break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with running_webhook(tmp_path) as running:
         yield running
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_mutate_answers_like_the_pure_core(server: Server) -> None:
@@ -150,11 +69,8 @@ def test_garbage_is_400_without_uid_and_allowed_with_one(server: Server) -> None
 
 
 def _wait_for_serial(server: Server, old: int) -> int:
-    deadline = time.monotonic() + 10
-    while (serial := server.served_serial()) == old:
-        assert time.monotonic() < deadline, "the new certificate was never served"
-        time.sleep(0.05)
-    return serial
+    wait_until(lambda: server.served_serial() != old, "the new certificate served")
+    return server.served_serial()
 
 
 def test_swapped_certificate_is_served_without_restart_or_dropped_requests(
@@ -164,18 +80,13 @@ def test_swapped_certificate_is_served_without_restart_or_dropped_requests(
     body = (DATA / "deployment-pod.json").read_bytes()
     # A request in flight across the swap: headers and half the body before, the rest after.
     in_flight = server.connect()
-    in_flight.sendall(
-        f"POST /mutate HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body[: len(body) // 2]
-    )
+    post_start(in_flight, body, sent=len(body) // 2)
     make_certs(server.certs, names=list(LOOPBACK_NAMES), reuse_ca=True)
     new_serial = _wait_for_serial(server, old_serial)
     expected = x509.load_pem_x509_certificate((server.certs / "tls.crt").read_bytes())
     assert new_serial == expected.serial_number
     in_flight.sendall(body[len(body) // 2 :])
-    response = http.client.HTTPResponse(in_flight)  # type: ignore[arg-type]
-    response.begin()
+    response = read_response(in_flight)
     assert response.status == 200
     assert json.loads(response.read())["response"]["patchType"] == "JSONPatch"
     in_flight.close()
@@ -186,10 +97,10 @@ def test_swapped_certificate_is_served_without_restart_or_dropped_requests(
 def test_unloadable_certificate_keeps_the_old_one(server: Server) -> None:
     serial = server.served_serial()
     (server.certs / "tls.crt").write_text("not a certificate\n")
-    deadline = time.monotonic() + 10
-    while server.metric('netpol_sniffer_errors_total{kind="tls-reload"}') < 1:
-        assert time.monotonic() < deadline, "the broken certificate was never noticed"
-        time.sleep(0.05)
+    wait_until(
+        lambda: server.metric('netpol_sniffer_errors_total{kind="tls-reload"}') >= 1,
+        "the broken certificate noticed",
+    )
     assert server.served_serial() == serial
     with server.client() as client:
         assert client.get("/readyz").status_code == 200
@@ -261,3 +172,67 @@ def test_a_bug_in_admission_still_allows_the_pod(monkeypatch: pytest.MonkeyPatch
     assert asyncio.run(post(b"{}")).status_code == 400
     errors = metrics.registry.get_sample_value("netpol_sniffer_errors_total", {"kind": "internal"})
     assert errors == 2
+
+
+BURST = 12
+
+
+def test_a_burst_past_max_in_flight_is_answered_at_once_without_sidecars(tmp_path: Path) -> None:
+    """Every request of a burst is answered. With maxInFlight 1, every request that reaches the
+    gate while another is unfinished is shed: allowed unmodified, with the overload warning,
+    counted in /metrics and named in the log."""
+    review = json.loads((DATA / "deployment-pod.json").read_text())
+    bodies = []
+    for index in range(BURST):
+        review["request"]["uid"] = f"burst-{index}"
+        bodies.append(json.dumps(review).encode())
+    with running_webhook(tmp_path, {"NETPOL_SNIFFER_MAX_IN_FLIGHT": "1"}) as server:
+        connections = [server.connect() for _ in bodies]
+        for connection, body in zip(connections, bodies, strict=True):
+            post_start(connection, body, sent=len(body) // 2)
+        # Every request is in the gate, and none can finish: their bodies are incomplete.
+        wait_until(
+            lambda: server.metric("netpol_sniffer_admission_wait_seconds_count") == BURST,
+            "the whole burst in the webhook",
+        )
+        for connection, body in zip(connections, bodies, strict=True):
+            connection.sendall(body[len(body) // 2 :])
+        responses = []
+        for connection in connections:
+            answer = read_response(connection)
+            assert answer.status == 200
+            responses.append(json.loads(answer.read())["response"])
+            connection.close()
+        assert [r["uid"] for r in responses] == [f"burst-{i}" for i in range(BURST)]
+        assert all(r["allowed"] is True for r in responses)
+        warning = f"netpol-sniffer: no capture sidecar: {OVERLOADED_MESSAGE}"
+        shed = [r for r in responses if r.get("warnings") == [warning]]
+        assert len(shed) >= BURST - 1  # the first to arrive may be admitted
+        assert not [r for r in shed if "patch" in r]
+        assert all("patch" in r for r in responses if r not in shed)
+        assert server.metric('netpol_sniffer_skipped_total{reason="overloaded"}') == len(shed)
+        assert server.metric("netpol_sniffer_injected_total") == BURST - len(shed)
+        assert server.metric("netpol_sniffer_admission_requests_total") == BURST
+        wait_until(lambda: "overloaded: " in server.output(), "the shed pods logged")
+        summary = next(line for line in server.lines if "overloaded: " in line)
+        assert f"{len(shed)} pod(s) admitted without the capture sidecar" in summary
+        assert f"shop/frontend-7c9d8b6f5d-* ×{len(shed)}" in summary
+
+
+def test_a_full_worker_still_takes_new_connections_now_and_then(tmp_path: Path) -> None:
+    """A worker without room leaves new connections in the accept queue, but not for ever: a
+    probe on a new connection is answered while the one request it may hold never finishes."""
+    body = (DATA / "deployment-pod.json").read_bytes()
+    with running_webhook(tmp_path, {"NETPOL_SNIFFER_MAX_IN_FLIGHT": "1"}) as server:
+        held = server.connect()
+        post_start(held, body, sent=len(body) // 2)
+        wait_until(
+            lambda: server.metric("netpol_sniffer_admission_wait_seconds_count") == 1,
+            "the held request in the webhook",
+        )
+        for _ in range(3):
+            with server.client() as client:  # a new connection each time
+                assert client.get("/healthz").status_code == 200
+        held.sendall(body[len(body) // 2 :])
+        assert read_response(held).status == 200
+        held.close()

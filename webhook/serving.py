@@ -1,0 +1,195 @@
+"""One worker's server: uvicorn over TLS on a listening socket bound beforehand, taking
+connections only while it has room (:class:`GatedServer`), and stamping every request with the
+time it arrived.
+
+The socket is bound by the caller (:func:`listen`), once, so that several worker processes can
+share it (webhook.workers). uvicorn creates one asyncio task per request as soon as its headers
+are parsed; :func:`stamp_arrival`, the loop's task factory, records that moment in
+:data:`ARRIVED`, so the overload gate (webhook.app) can tell how long a request waited for its
+turn in a busy event loop. How many requests are in flight is uvicorn's own count of those tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from analyser.errors import ConfigError
+from webhook.settings import ServingLimits
+from webhook.tls import TlsReloader
+
+# Requests still in flight when SIGTERM arrives get this long to finish.
+GRACEFUL_SHUTDOWN_SECONDS = 20
+# TLS handshakes a worker runs at once (GatedServer), and how long one may take: the API server
+# gives up on a request after timeoutSeconds (5 in the shipped configuration) anyway.
+MAX_HANDSHAKES = 8
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
+# While it has no room, a worker looks again this often, and takes a connection anyway after
+# ACCEPT_AT_LEAST_EVERY (kubelet probes open a new connection each time).
+ACCEPT_PAUSE_SECONDS = 0.001
+ACCEPT_AT_LEAST_EVERY = 0.1
+
+log = logging.getLogger(__name__)
+
+# time.perf_counter() when the task running this request was created (its headers parsed).
+ARRIVED: contextvars.ContextVar[float] = contextvars.ContextVar("arrived")
+
+# The number of requests a worker has received and not yet answered.
+InFlight = Callable[[], int]
+
+
+def stamp_arrival(
+    loop: asyncio.AbstractEventLoop, coro: Any, /, **options: Any
+) -> asyncio.Future[Any]:
+    """A task factory: every task starts with :data:`ARRIVED` set to its creation time."""
+    context = options.pop("context", None) or contextvars.copy_context()
+    context.run(ARRIVED.set, time.perf_counter())
+    return asyncio.Task(coro, loop=loop, context=context, **options)
+
+
+def listen(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket that worker processes can inherit; ConfigError if it cannot bind.
+
+    ``backlog`` bounds the connections the kernel queues before a worker accepts them.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as error:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host} port {port}: {error}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class GatedServer(uvicorn.Server):
+    """uvicorn, taking connections from the listening socket itself: only while the worker has
+    room for more requests, and a few TLS handshakes at a time.
+
+    A handshake costs a worker about twice a whole admission. When it falls behind, an API server
+    opens a new connection for each request it cannot send on an idle one (it keeps 25 idle), so
+    handshakes pile on a worker that is already late. Left in the kernel's accept queue (at most
+    ``listen_backlog``), those connections cost nothing; the requests behind them go out on the
+    connections that the overload gate frees at once; another worker with room takes them. At
+    least one connection is taken every ``ACCEPT_AT_LEAST_EVERY`` seconds, so that probes get in
+    during a long overload.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        listener: socket.socket,
+        has_room: Callable[[], bool],
+    ) -> None:
+        super().__init__(config)
+        self._listener = listener
+        self._has_room = has_room
+        self._acceptor: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # uvicorn itself listens on nothing
+        self._listener.setblocking(False)
+        self._acceptor = asyncio.create_task(self._accept())
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+        await super().shutdown(sockets=[self._listener])
+
+    def _protocol(self) -> asyncio.Protocol:
+        # What uvicorn's own server creates for each connection.
+        protocol: asyncio.Protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+        )
+        return protocol
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        handshakes: set[asyncio.Task[None]] = set()
+        last_accept = loop.time()
+        while True:
+            while (
+                len(handshakes) >= MAX_HANDSHAKES or not self._has_room()
+            ) and loop.time() - last_accept < ACCEPT_AT_LEAST_EVERY:
+                await asyncio.sleep(ACCEPT_PAUSE_SECONDS)
+            try:
+                connection, _ = await loop.sock_accept(self._listener)
+            except OSError as error:  # out of file descriptors or memory: try again later
+                log.error("cannot accept a connection: %s", error)
+                await asyncio.sleep(ACCEPT_AT_LEAST_EVERY)
+                continue
+            last_accept = loop.time()
+            handshake = loop.create_task(self._handshake(connection))
+            handshakes.add(handshake)
+            handshake.add_done_callback(handshakes.discard)
+
+    async def _handshake(self, connection: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self._protocol,
+                connection,
+                ssl=self.config.ssl,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS,
+            )
+        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
+            log.debug("TLS handshake failed: %s", error)
+
+
+def serve(
+    build_app: Callable[[InFlight], ASGIApp],
+    *,
+    listener: socket.socket,
+    limits: ServingLimits,
+    reloader: TlsReloader,
+    poll_seconds: float,
+) -> None:
+    """Serve HTTPS on ``listener`` until SIGTERM or SIGINT, then let requests in flight finish.
+
+    ``build_app`` gets the worker's count of requests in flight and returns the ASGI app.
+    """
+    server: GatedServer | None = None
+
+    def in_flight() -> int:
+        return len(server.server_state.tasks) if server else 0
+
+    def context_factory(
+        _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        return reloader.context
+
+    config = uvicorn.Config(
+        build_app(in_flight),
+        ssl_context_factory=context_factory,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    server = GatedServer(
+        config, listener=listener, has_room=lambda: in_flight() < limits.max_in_flight
+    )
+
+    async def run(server: uvicorn.Server) -> None:
+        asyncio.get_running_loop().set_task_factory(stamp_arrival)
+        watcher = asyncio.create_task(reloader.watch(poll_seconds))
+        try:
+            await server.serve()
+        finally:
+            watcher.cancel()
+
+    # uvicorn's loop choice (uvloop when installed), as uvicorn.run would make it.
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(run(server))
