@@ -26,7 +26,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from analyser.errors import ConfigError
 from webhook.admission import (
@@ -109,7 +109,7 @@ class ShedLog:
     """The pods a worker shed, logged as one warning a second that names them (a line per
     pod would cost a shed request a third more, at the moment it must be cheapest)."""
 
-    def __init__(self, seconds: float = SHED_LOG_SECONDS) -> None:
+    def __init__(self, seconds: float) -> None:
         self._seconds = seconds
         self._pods: Counter[str] = Counter()
         self._causes: Counter[OverloadCause] = Counter()
@@ -140,14 +140,18 @@ class OverloadGate:
         limits: ServingLimits,
         metrics: WebhookMetrics,
         in_flight: InFlight,
+        shed_log: ShedLog | None = None,
     ) -> None:
         self._routes = routes
         self._limits = limits
         self._metrics = metrics
         self._in_flight = in_flight
-        self._shed_log = ShedLog()
+        self._shed_log = shed_log or ShedLog(SHED_LOG_SECONDS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._routes(scope, self._flushing_at_shutdown(receive), send)
+            return
         if scope["type"] == "http" and scope["path"] == MUTATE_PATH and scope["method"] == "POST":
             started = time.perf_counter()
             waited = started - ARRIVED.get(started)
@@ -159,6 +163,18 @@ class OverloadGate:
                 await self._shed(cause, started, receive, send)
                 return
         await self._routes(scope, receive, send)
+
+    def _flushing_at_shutdown(self, receive: Receive) -> Receive:
+        """``receive`` for the lifespan: the pods shed in the last second are logged before the
+        worker stops."""
+
+        async def receiving() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                self._shed_log.flush()
+            return message
+
+        return receiving
 
     async def _shed(
         self, cause: OverloadCause, started: float, receive: Receive, send: Send

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,9 +25,9 @@ from tests.webhook.servers import (
     wait_until,
 )
 from webhook.admission import OVERLOADED_MESSAGE, admit
-from webhook.app import create_app, main
+from webhook.app import OverloadGate, ShedLog, create_app, main
 from webhook.metrics import create_metrics
-from webhook.settings import WebhookSettings
+from webhook.settings import ServingLimits, WebhookSettings
 from webhook.tls import TlsReloader
 
 
@@ -236,3 +237,44 @@ def test_a_full_worker_still_takes_new_connections_now_and_then(tmp_path: Path) 
         held.sendall(body[len(body) // 2 :])
         assert read_response(held).status == 200
         held.close()
+
+
+def test_pods_shed_just_before_a_stop_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """The summary of shed pods is written when the worker stops, not lost with its timer."""
+    metrics = create_metrics()
+    limits = ServingLimits(max_in_flight=1)
+    routes = create_app(WebhookSettings(serving=limits), metrics=metrics)
+    gate = OverloadGate(
+        routes, limits=limits, metrics=metrics, in_flight=lambda: 2, shed_log=ShedLog(3600)
+    )
+    review = (DATA / "deployment-pod.json").read_bytes()
+
+    async def shed_then_stop() -> list[str]:
+        transport = httpx.ASGITransport(app=gate)
+        async with httpx.AsyncClient(transport=transport, base_url="http://webhook") as client:
+            answer = await client.post("/mutate", content=review)
+        assert answer.json()["response"]["warnings"] == [
+            f"netpol-sniffer: no capture sidecar: {OVERLOADED_MESSAGE}"
+        ]
+        assert "overloaded: " not in caplog.text  # the timer is an hour away
+        events = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        sent: list[str] = []
+
+        async def receive() -> dict[str, str]:
+            return next(events)
+
+        async def send(message: dict[str, str]) -> None:
+            sent.append(message["type"])
+
+        await gate({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+        return sent
+
+    with caplog.at_level(logging.WARNING, logger="webhook"):
+        sent = asyncio.run(shed_then_stop())
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert "overloaded: 1 pod(s) admitted without the capture sidecar" in caplog.text
+    assert "shop/frontend-7c9d8b6f5d-*" in caplog.text
+    assert (
+        metrics.registry.get_sample_value("netpol_sniffer_skipped_total", {"reason": "overloaded"})
+        == 1
+    )
