@@ -400,8 +400,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     logging.basicConfig(level=level, format=log_format)
     limits = settings.serving
     log.info(
-        "serving %s (serial %x, valid until %s); capture image %s, mode %s, %s sidecar; "
-        "%d worker(s) (%s), each shedding past %d requests in flight or %g ms of waiting",
+        "serving https://%s:%d/ as %s (serial %x, valid until %s); capture image %s, mode %s, "
+        "%s sidecar; %d worker(s) (%s), each shedding past %d requests in flight or %g ms of "
+        "waiting",
+        args.host,
+        port,
         certificate.subject,
         certificate.serial,
         certificate.not_after,
