@@ -403,7 +403,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         "serving https://%s:%d/ as %s (serial %x, valid until %s); capture image %s, mode %s, "
         "%s sidecar; %d worker(s) (%s), each shedding past %d requests in flight or %g ms of "
         "waiting",
-        args.host,
+        f"[{args.host}]" if ":" in args.host else args.host,
         port,
         certificate.subject,
         certificate.serial,
