@@ -2,10 +2,14 @@
 // prints what came back as JSON on stdout. It is bench/admission_latency.py's load generator: a
 // Python client on the same small machine runs out of CPU before the webhook does.
 //
-// Like the API server's webhook client (k8s.io/apiserver/pkg/util/webhook): HTTP/1.1 only (ALPN
-// http/1.1), keep-alive with 25 idle connections per host, no limit on open connections, a
-// deadline of -timeout per request, announced in ?timeout=. Each request that finds no idle
-// connection opens a new one, so a slow webhook sees more and more connections and handshakes.
+// Its connections behave like the API server's webhook client (k8s.io/apiserver/pkg/util/webhook
+// over net/http's Transport): HTTP/1.1 only (ALPN http/1.1), keep-alive, at most 25 idle
+// connections kept; a request that finds none idle dials a new one and takes whichever comes
+// first, its own dial or a connection another request frees (the dial's connection then goes to
+// the idle pool, or is closed if the pool is full); no limit on open connections; a deadline of
+// -timeout per request, announced in ?timeout=, after which its connection is closed. It speaks
+// HTTP/1.1 itself rather than through net/http, which costs twice the CPU per request: this
+// process shares the machine with the webhook it measures.
 //
 // Modes:
 //   - open: request i is due at start + i/rate whatever happened before (open loop); its latency
@@ -28,9 +32,9 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
+	"net/url"
 	"os"
-	"strings"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -44,6 +48,13 @@ const (
 	status    = "status"  // any other HTTP status (the webhook answered, but not with a review)
 	timeout   = "timeout" // no answer within -timeout: the API server gives up and fails open
 	connError = "conn"    // connection refused, reset or closed without an answer
+)
+
+// The API server's webhook transport (k8s.io/client-go/transport): 25 idle connections per host,
+// a 30 s TCP dial timeout, a 10 s TLS handshake timeout.
+const (
+	dialTimeout      = 30 * time.Second
+	handshakeTimeout = 10 * time.Second
 )
 
 type result struct {
@@ -60,16 +71,92 @@ type report struct {
 	FirstErrorsSeen []string `json:"first_errors"`
 }
 
+type conn struct {
+	tls    *tls.Conn
+	reader *bufio.Reader
+}
+
+type dialed struct {
+	conn *conn
+	err  error
+}
+
+// pool keeps idle connections the way net/http's Transport does for one host.
+type pool struct {
+	address string
+	config  *tls.Config
+	idle    chan *conn
+	dials   atomic.Int64
+}
+
+func (p *pool) dial() (*conn, error) {
+	p.dials.Add(1)
+	raw, err := net.DialTimeout("tcp", p.address, dialTimeout)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	defer cancel()
+	secure := tls.Client(raw, p.config)
+	if err := secure.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return &conn{tls: secure, reader: bufio.NewReaderSize(secure, 16<<10)}, nil
+}
+
+// put keeps a connection for the next request, or closes it when enough are idle.
+func (p *pool) put(c *conn) {
+	select {
+	case p.idle <- c:
+	default:
+		c.tls.Close()
+	}
+}
+
+// get returns an idle connection, or the first of a new one and one that another request frees.
+func (p *pool) get(deadline time.Time) (*conn, error) {
+	select {
+	case c := <-p.idle:
+		return c, nil
+	default:
+	}
+	mine := make(chan dialed, 1)
+	go func() {
+		c, err := p.dial()
+		mine <- dialed{c, err}
+	}()
+	// The dial outlives this request if something else comes first; its connection is pooled.
+	keepForOthers := func() {
+		go func() {
+			if d := <-mine; d.err == nil {
+				p.put(d.conn)
+			}
+		}()
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case c := <-p.idle:
+		keepForOthers()
+		return c, nil
+	case d := <-mine:
+		return d.conn, d.err
+	case <-timer.C:
+		keepForOthers()
+		return nil, os.ErrDeadlineExceeded
+	}
+}
+
 type loader struct {
-	client      *http.Client
-	url         string
-	method      string
-	bodies      [][]byte
-	timeout     time.Duration
-	shedMarker  []byte
-	connections atomic.Int64
-	errMu       sync.Mutex
-	errs        []string
+	pool       *pool
+	requests   [][]byte // whole HTTP requests, headers and body
+	post       bool     // AdmissionReviews (else GET: any 200 will do)
+	timeout    time.Duration
+	shedMarker []byte
+	lateSends  atomic.Int64
+	errMu      sync.Mutex
+	errs       []string
 }
 
 func (l *loader) noteError(err error) {
@@ -81,47 +168,92 @@ func (l *loader) noteError(err error) {
 }
 
 func (l *loader) one(index int, due time.Time) result {
-	ctx, cancel := context.WithDeadline(context.Background(), due.Add(l.timeout))
-	defer cancel()
-	var body io.Reader
-	if l.method == http.MethodPost {
-		body = bytes.NewReader(l.bodies[index%len(l.bodies)])
-	}
-	request, err := http.NewRequestWithContext(ctx, l.method, l.url, body)
+	deadline := due.Add(l.timeout)
+	c, err := l.pool.get(deadline)
 	if err != nil {
-		panic(err)
+		return l.failed(due, err)
 	}
-	request.Header.Set("Content-Type", "application/json")
-	request.Header.Set("Accept", "application/json")
-	answer, err := l.client.Do(request)
-	var data []byte
-	if err == nil {
-		data, err = io.ReadAll(answer.Body)
-		answer.Body.Close()
+	c.tls.SetDeadline(deadline)
+	if _, err := c.tls.Write(l.requests[index%len(l.requests)]); err != nil {
+		c.tls.Close()
+		return l.failed(due, err)
 	}
+	code, body, keepAlive, err := readResponse(c.reader)
 	latency := time.Since(due).Seconds()
+	if err != nil {
+		c.tls.Close()
+		return l.failed(due, err)
+	}
+	if keepAlive {
+		c.tls.SetDeadline(time.Time{})
+		l.pool.put(c)
+	} else {
+		c.tls.Close()
+	}
 	switch {
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return result{latency, timeout}
-	case err != nil:
-		l.noteError(err)
-		return result{latency, connError}
-	case answer.StatusCode != http.StatusOK:
+	case code != 200:
 		return result{latency, status}
-	case l.method == http.MethodPost && !allowed(data):
-		l.noteError(fmt.Errorf("200 without allowed: true: %.200s", data))
+	case !l.post:
+		return result{latency, full}
+	case !bytes.Contains(body, []byte(`"allowed":true`)):
+		// The webhook writes compact JSON: a byte search is enough, at a fraction of a decode.
+		l.noteError(fmt.Errorf("200 without allowed: true: %.200s", body))
 		return result{latency, status}
-	case len(l.shedMarker) > 0 && bytes.Contains(data, l.shedMarker):
+	case len(l.shedMarker) > 0 && bytes.Contains(body, l.shedMarker):
 		return result{latency, shed}
 	}
 	return result{latency, full}
 }
 
-// allowed tells whether an answer allows the pod. The webhook writes compact JSON, so a byte
-// search does, at a fraction of a JSON decode's CPU: this process shares the machine with the
-// webhook it measures.
-func allowed(data []byte) bool {
-	return bytes.Contains(data, []byte(`"allowed":true`))
+func (l *loader) failed(due time.Time, err error) result {
+	latency := time.Since(due).Seconds()
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return result{latency, timeout}
+	}
+	l.noteError(err)
+	return result{latency, connError}
+}
+
+// readResponse reads one HTTP/1.1 response with a Content-Length (what uvicorn sends).
+func readResponse(reader *bufio.Reader) (code int, body []byte, keepAlive bool, err error) {
+	line, err := reader.ReadSlice('\n')
+	if err != nil {
+		return 0, nil, false, err
+	}
+	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.1 ")) {
+		return 0, nil, false, fmt.Errorf("not an HTTP/1.1 status line: %q", line)
+	}
+	code, err = strconv.Atoi(string(line[9:12]))
+	if err != nil {
+		return 0, nil, false, fmt.Errorf("bad status line %q", line)
+	}
+	length, keepAlive := -1, true
+	for {
+		line, err = reader.ReadSlice('\n')
+		if err != nil {
+			return 0, nil, false, err
+		}
+		header := bytes.TrimRight(line, "\r\n")
+		if len(header) == 0 {
+			break
+		}
+		name, value, _ := bytes.Cut(header, []byte(":"))
+		value = bytes.TrimSpace(value)
+		switch {
+		case bytes.EqualFold(name, []byte("content-length")):
+			if length, err = strconv.Atoi(string(value)); err != nil {
+				return 0, nil, false, fmt.Errorf("bad content-length %q", value)
+			}
+		case bytes.EqualFold(name, []byte("connection")) && bytes.EqualFold(value, []byte("close")):
+			keepAlive = false
+		}
+	}
+	if length < 0 {
+		return 0, nil, false, errors.New("response without content-length")
+	}
+	body = make([]byte, length)
+	_, err = io.ReadFull(reader, body)
+	return code, body, keepAlive, err
 }
 
 func (l *loader) open(rate float64, seconds float64) []result {
@@ -134,7 +266,7 @@ func (l *loader) open(rate float64, seconds float64) []result {
 		if delay := time.Until(due); delay > 0 {
 			time.Sleep(delay)
 		} else if -delay > time.Millisecond {
-			lateSends.Add(1)
+			l.lateSends.Add(1)
 		}
 		wait.Add(1)
 		go func(index int, due time.Time) {
@@ -169,8 +301,6 @@ func (l *loader) closed(workers int, seconds float64) []result {
 	return results
 }
 
-var lateSends atomic.Int64
-
 func readBodies(path string) [][]byte {
 	file, err := os.Open(path)
 	if err != nil {
@@ -192,6 +322,24 @@ func readBodies(path string) [][]byte {
 		fail(fmt.Errorf("%s: no request bodies (one JSON document a line)", path))
 	}
 	return bodies
+}
+
+// httpRequests are the requests to send, in turn: a POST for each body, or one GET.
+func httpRequests(target *url.URL, bodies [][]byte) [][]byte {
+	path := target.RequestURI()
+	if len(bodies) == 0 {
+		return [][]byte{[]byte(fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, target.Host))}
+	}
+	requests := make([][]byte, len(bodies))
+	for index, body := range bodies {
+		head := fmt.Sprintf(
+			"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"+
+				"Accept: application/json\r\nContent-Length: %d\r\n\r\n",
+			path, target.Host, len(body),
+		)
+		requests[index] = append([]byte(head), body...)
+	}
+	return requests
 }
 
 func cpuSeconds() float64 {
@@ -217,43 +365,46 @@ func main() {
 	bodiesFile := flag.String("bodies", "", "POST these bodies (one JSON document a line), else GET")
 	requestTimeout := flag.Duration("timeout", 5*time.Second, "the webhook's timeoutSeconds")
 	idle := flag.Int("idle-connections", 25, "idle keep-alive connections kept (the API server's 25)")
-	shedMarker := flag.String("shed-marker", "", "a 200 whose body contains this was shed")
-	keepAlive := flag.Bool("keepalive", true, "false: a new TLS connection for every request")
+	shedMarker := flag.String("shed-marker", "", "POST: a 200 whose body contains this was shed")
 	flag.Parse()
 	if *target == "" || *caFile == "" {
 		fail(errors.New("-url and -ca are required"))
+	}
+	parsed, err := url.Parse(*target)
+	if err != nil || parsed.Scheme != "https" {
+		fail(fmt.Errorf("-url must be https://HOST:PORT/PATH, got %q", *target))
 	}
 	pem, err := os.ReadFile(*caFile)
 	if err != nil {
 		fail(err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
 		fail(fmt.Errorf("%s: no certificate", *caFile))
 	}
-	l := &loader{method: http.MethodGet, timeout: *requestTimeout, shedMarker: []byte(*shedMarker)}
+	// The API server announces its deadline in whole seconds, rounded up (dispatcher.go).
+	query := parsed.Query()
+	query.Set("timeout", fmt.Sprintf("%ds", int((*requestTimeout+time.Second-1)/time.Second)))
+	parsed.RawQuery = query.Encode()
+	var bodies [][]byte
 	if *bodiesFile != "" {
-		l.method = http.MethodPost
-		l.bodies = readBodies(*bodiesFile)
+		bodies = readBodies(*bodiesFile)
 	}
-	// The API server announces its deadline; whole seconds, rounded up (dispatcher.go).
-	sep := "?"
-	if strings.Contains(*target, "?") {
-		sep = "&"
-	}
-	l.url = fmt.Sprintf("%s%stimeout=%ds", *target, sep, int((*requestTimeout+time.Second-1)/time.Second))
-	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
-	l.client = &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, address string) (net.Conn, error) {
-			l.connections.Add(1)
-			return dialer.DialContext(ctx, network, address)
+	l := &loader{
+		pool: &pool{
+			address: parsed.Host,
+			config: &tls.Config{
+				RootCAs:    roots,
+				ServerName: parsed.Hostname(),
+				NextProtos: []string{"http/1.1"},
+			},
+			idle: make(chan *conn, *idle),
 		},
-		TLSClientConfig:     &tls.Config{RootCAs: pool, NextProtos: []string{"http/1.1"}},
-		TLSHandshakeTimeout: 10 * time.Second,
-		MaxIdleConnsPerHost: *idle,
-		IdleConnTimeout:     90 * time.Second,
-		DisableKeepAlives:   !*keepAlive,
-	}}
+		requests:   httpRequests(parsed, bodies),
+		post:       len(bodies) > 0,
+		timeout:    *requestTimeout,
+		shedMarker: []byte(*shedMarker),
+	}
 	cpuBefore := cpuSeconds()
 	started := time.Now()
 	var results []result
@@ -268,9 +419,9 @@ func main() {
 	out := report{
 		Requests:        results,
 		Seconds:         time.Since(started).Seconds(),
-		Connections:     l.connections.Load(),
+		Connections:     l.pool.dials.Load(),
 		ClientCPU:       cpuSeconds() - cpuBefore,
-		LateSends:       lateSends.Load(),
+		LateSends:       l.lateSends.Load(),
 		FirstErrorsSeen: l.errs,
 	}
 	if out.FirstErrorsSeen == nil {
