@@ -38,7 +38,15 @@ from webhook.admission import (
     skip_overloaded,
 )
 from webhook.metrics import WebhookMetrics, create_metrics
-from webhook.serving import ARRIVED, GRACEFUL_SHUTDOWN_SECONDS, InFlight, listen, serve
+from webhook.serving import (
+    ARRIVED,
+    GRACEFUL_SHUTDOWN_SECONDS,
+    MUTATE_PATH,
+    Answer,
+    InFlight,
+    listen,
+    serve,
+)
 from webhook.settings import (
     ServingLimits,
     WebhookSettings,
@@ -53,18 +61,11 @@ from webhook.workers import supervise, worker_count
 PROG = "netpol-sniffer-webhook"
 DEFAULT_HOST = "0.0.0.0"  # inside a pod; use --host 127.0.0.1 on a workstation
 DEFAULT_PORT = 8443
-MUTATE_PATH = "/mutate"
 JSON_TYPE = "application/json"
 # Shed pods are logged together, in one line per this many seconds.
 SHED_LOG_SECONDS = 1.0
 
 log = logging.getLogger("webhook")
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    body: bytes  # JSON
 
 
 def _json(data: object, status: int = 200) -> Answer:
@@ -127,11 +128,42 @@ class ShedLog:
         self._causes.clear()
 
 
+class Shedder:
+    """A request its worker will not admit, wherever that was decided (the HTTP protocol when the
+    worker is full, the gate when the request waited too long): the answer (allowed, no patch,
+    the overload warning), the counts, and the pod for the summary log line."""
+
+    def __init__(self, metrics: WebhookMetrics, shed_log: ShedLog) -> None:
+        self._metrics = metrics
+        self.shed_log = shed_log
+
+    def answer(self, body: bytes, cause: OverloadCause, started: float) -> Answer:
+        """``started``: when the decision was made (perf_counter), for the latency histogram."""
+        self._metrics.requests.inc()
+        try:
+            admission = skip_overloaded(body)
+        except UnreadableReview as error:
+            answer = _unreadable(body, error, self._metrics)
+        else:
+            self._metrics.skipped.labels(reason=admission.reason).inc()
+            self.shed_log.add(admission.pod, cause)
+            uid = admission.review["response"]["uid"]
+            log.debug("%s uid=%s: shed (%s)", admission.pod, uid, cause)
+            answer = _json(admission.review)
+        self._metrics.latency.observe(time.perf_counter() - started)
+        return answer
+
+    def when_full(self, body: bytes) -> Answer:
+        """The answer for the HTTP protocol, which sheds only when the worker is full."""
+        return self.answer(body, OverloadCause.IN_FLIGHT, time.perf_counter())
+
+
 class OverloadGate:
-    """The ASGI layer in front of the routes. A ``POST /mutate`` that arrives while its worker is
-    overloaded (webhook.shedding) is answered here, at once: allowed, no patch, a warning. That
-    costs reading the body and a JSON parse for the uid and the pod's name, and none of FastAPI's
-    or admit()'s time."""
+    """The ASGI layer in front of the routes. A ``POST /mutate`` that gets its turn after waiting
+    too long, or while its worker is over ``maxInFlight`` (webhook.shedding), is answered here,
+    at once: allowed, no patch, a warning. That costs reading the body and a JSON parse for the
+    uid and the pod's name, and none of FastAPI's or admit()'s time. (Most sheds happen before:
+    webhook.serving.SheddingProtocol answers a request that arrives while the worker is full.)"""
 
     def __init__(
         self,
@@ -140,13 +172,13 @@ class OverloadGate:
         limits: ServingLimits,
         metrics: WebhookMetrics,
         in_flight: InFlight,
-        shed_log: ShedLog | None = None,
+        shedder: Shedder,
     ) -> None:
         self._routes = routes
         self._limits = limits
         self._metrics = metrics
         self._in_flight = in_flight
-        self._shed_log = shed_log or ShedLog(SHED_LOG_SECONDS)
+        self._shedder = shedder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -171,7 +203,7 @@ class OverloadGate:
         async def receiving() -> Message:
             message = await receive()
             if message["type"] == "lifespan.shutdown":
-                self._shed_log.flush()
+                self._shedder.shed_log.flush()
             return message
 
         return receiving
@@ -179,7 +211,6 @@ class OverloadGate:
     async def _shed(
         self, cause: OverloadCause, started: float, receive: Receive, send: Send
     ) -> None:
-        self._metrics.requests.inc()
         body = bytearray()
         while True:
             message = await receive()
@@ -188,18 +219,7 @@ class OverloadGate:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        try:
-            admission = skip_overloaded(bytes(body))
-        except UnreadableReview as error:
-            answer = _unreadable(bytes(body), error, self._metrics)
-        else:
-            self._metrics.skipped.labels(reason=admission.reason).inc()
-            self._shed_log.add(admission.pod, cause)
-            log.debug(
-                "%s uid=%s: shed (%s)", admission.pod, admission.review["response"]["uid"], cause
-            )
-            answer = _json(admission.review)
-        self._metrics.latency.observe(time.perf_counter() - started)
+        answer = self._shedder.answer(bytes(body), cause, started)
         headers = [
             (b"content-type", JSON_TYPE.encode()),
             (b"content-length", b"%d" % len(answer.body)),
@@ -214,10 +234,13 @@ def create_app(
     metrics: WebhookMetrics | None = None,
     ready: Callable[[], bool] = lambda: True,
     in_flight: InFlight = lambda: 1,
+    shedder: Shedder | None = None,
 ) -> ASGIApp:
     """The webhook's routes behind the overload gate. ``ready`` tells /readyz whether a usable
-    certificate is loaded; ``in_flight`` counts the worker's requests (webhook.serving)."""
+    certificate is loaded; ``in_flight`` counts the worker's requests (webhook.serving);
+    ``shedder`` is the worker's, shared with its HTTP protocol."""
     metrics = metrics or create_metrics()
+    shedder = shedder or Shedder(metrics, ShedLog(SHED_LOG_SECONDS))
     routes = FastAPI(title=PROG, docs_url=None, redoc_url=None, openapi_url=None)
 
     def respond(answer: Answer) -> Response:
@@ -245,7 +268,9 @@ def create_app(
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    return OverloadGate(routes, limits=settings.serving, metrics=metrics, in_flight=in_flight)
+    return OverloadGate(
+        routes, limits=settings.serving, metrics=metrics, in_flight=in_flight, shedder=shedder
+    )
 
 
 def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -362,12 +387,18 @@ def run_worker(spec: WorkerSpec) -> None:
         log.error("%s", error)
         sys.exit(2)
     metrics.certificate_expiry.set(reloader.info.not_after.timestamp())
+    shedder = Shedder(metrics, ShedLog(SHED_LOG_SECONDS))
     serve(
         lambda in_flight: create_app(
-            spec.settings, metrics=metrics, ready=reloader.is_valid, in_flight=in_flight
+            spec.settings,
+            metrics=metrics,
+            ready=reloader.is_valid,
+            in_flight=in_flight,
+            shedder=shedder,
         ),
         listener=spec.listener,
         limits=spec.settings.serving,
+        shed=shedder.when_full,
         reloader=reloader,
         poll_seconds=spec.tls_poll_seconds,
     )

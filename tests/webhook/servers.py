@@ -70,7 +70,7 @@ def post_start(connection: ssl.SSLSocket, body: bytes, *, sent: int) -> None:
 
 
 def read_response(connection: ssl.SSLSocket) -> http.client.HTTPResponse:
-    response = http.client.HTTPResponse(connection)  # type: ignore[arg-type]
+    response = http.client.HTTPResponse(connection)
     response.begin()
     return response
 

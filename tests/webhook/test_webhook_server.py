@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,10 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
+from starlette.types import Message
 
 from certs.make_certs import LOOPBACK_NAMES, make_certs
 from tests.webhook.podchecks import DATA
 from tests.webhook.servers import (
+    HOST,
     Server,
     post_start,
     read_response,
@@ -25,8 +29,9 @@ from tests.webhook.servers import (
     wait_until,
 )
 from webhook.admission import OVERLOADED_MESSAGE, admit
-from webhook.app import OverloadGate, ShedLog, create_app, main
+from webhook.app import OverloadGate, Shedder, ShedLog, create_app, main
 from webhook.metrics import create_metrics
+from webhook.serving import ARRIVED
 from webhook.settings import ServingLimits, WebhookSettings
 from webhook.tls import TlsReloader
 
@@ -176,48 +181,97 @@ def test_a_bug_in_admission_still_allows_the_pod(monkeypatch: pytest.MonkeyPatch
 
 
 BURST = 12
+OVERLOAD_WARNING = f"netpol-sniffer: no capture sidecar: {OVERLOADED_MESSAGE}"
+
+
+def reviews(count: int, prefix: str) -> list[bytes]:
+    """The Deployment pod's review, ``count`` times, with uids ``prefix-0``, ``prefix-1``…"""
+    review = json.loads((DATA / "deployment-pod.json").read_text())
+    bodies = []
+    for index in range(count):
+        review["request"]["uid"] = f"{prefix}-{index}"
+        bodies.append(json.dumps(review).encode())
+    return bodies
+
+
+def hold_the_only_place(server: Server, body: bytes, *, admitted_before: int = 0) -> ssl.SSLSocket:
+    """With maxInFlight 1: a request that takes the worker's one place and keeps it (half its
+    body sent), once it is in: the gate has then seen ``admitted_before`` + 1 requests."""
+    held = server.connect()
+    post_start(held, body, sent=len(body) // 2)
+    wait_until(
+        lambda: server.metric("netpol_sniffer_admission_wait_seconds_count") == admitted_before + 1,
+        "the held request in the webhook",
+    )
+    return held
 
 
 def test_a_burst_past_max_in_flight_is_answered_at_once_without_sidecars(tmp_path: Path) -> None:
-    """Every request of a burst is answered. With maxInFlight 1, every request that reaches the
-    gate while another is unfinished is shed: allowed unmodified, with the overload warning,
-    counted in /metrics and named in the log."""
-    review = json.loads((DATA / "deployment-pod.json").read_text())
-    bodies = []
-    for index in range(BURST):
-        review["request"]["uid"] = f"burst-{index}"
-        bodies.append(json.dumps(review).encode())
+    """While the worker is full, every request of a burst is answered at once: allowed
+    unmodified, with the overload warning, counted in /metrics and named in the log. The
+    request that filled the worker is admitted when it completes."""
+    held_body, *bodies = reviews(BURST, "burst")
     with running_webhook(tmp_path, {"NETPOL_SNIFFER_MAX_IN_FLIGHT": "1"}) as server:
+        held = hold_the_only_place(server, held_body)
         connections = [server.connect() for _ in bodies]
         for connection, body in zip(connections, bodies, strict=True):
-            post_start(connection, body, sent=len(body) // 2)
-        # Every request is in the gate, and none can finish: their bodies are incomplete.
-        wait_until(
-            lambda: server.metric("netpol_sniffer_admission_wait_seconds_count") == BURST,
-            "the whole burst in the webhook",
-        )
-        for connection, body in zip(connections, bodies, strict=True):
-            connection.sendall(body[len(body) // 2 :])
+            post_start(connection, body, sent=len(body))
         responses = []
         for connection in connections:
             answer = read_response(connection)
             assert answer.status == 200
             responses.append(json.loads(answer.read())["response"])
             connection.close()
-        assert [r["uid"] for r in responses] == [f"burst-{i}" for i in range(BURST)]
-        assert all(r["allowed"] is True for r in responses)
-        warning = f"netpol-sniffer: no capture sidecar: {OVERLOADED_MESSAGE}"
-        shed = [r for r in responses if r.get("warnings") == [warning]]
-        assert len(shed) >= BURST - 1  # the first to arrive may be admitted
-        assert not [r for r in shed if "patch" in r]
-        assert all("patch" in r for r in responses if r not in shed)
-        assert server.metric('netpol_sniffer_skipped_total{reason="overloaded"}') == len(shed)
-        assert server.metric("netpol_sniffer_injected_total") == BURST - len(shed)
+        assert [r["uid"] for r in responses] == [f"burst-{i}" for i in range(1, BURST)]
+        for response in responses:
+            assert response["allowed"] is True and "patch" not in response
+            assert response["warnings"] == [OVERLOAD_WARNING]
+        held.sendall(held_body[len(held_body) // 2 :])
+        admitted = read_response(held)
+        assert json.loads(admitted.read())["response"]["patchType"] == "JSONPatch"
+        held.close()
+        shed = BURST - 1
+        assert server.metric('netpol_sniffer_skipped_total{reason="overloaded"}') == shed
+        assert server.metric("netpol_sniffer_injected_total") == 1
         assert server.metric("netpol_sniffer_admission_requests_total") == BURST
         wait_until(lambda: "overloaded: " in server.output(), "the shed pods logged")
         summary = next(line for line in server.lines if "overloaded: " in line)
-        assert f"{len(shed)} pod(s) admitted without the capture sidecar" in summary
-        assert f"shop/frontend-7c9d8b6f5d-* ×{len(shed)}" in summary
+        assert f"{shed} pod(s) admitted without the capture sidecar" in summary
+        assert f"({shed} over maxInFlight)" in summary
+        assert f"shop/frontend-7c9d8b6f5d-* ×{shed}" in summary
+
+
+def test_a_connection_carries_on_after_shed_answers(tmp_path: Path) -> None:
+    """Shed answers keep the connection alive like any other: the next request on it is shed
+    again while the worker is full and admitted once it is not; ``Connection: close`` closes."""
+    held_body, first, second, third, last = reviews(5, "kept")
+    with running_webhook(tmp_path, {"NETPOL_SNIFFER_MAX_IN_FLIGHT": "1"}) as server:
+        held = hold_the_only_place(server, held_body)
+        kept = server.connect()
+        for body in (first, second):
+            post_start(kept, body, sent=len(body))
+            response = json.loads(read_response(kept).read())["response"]
+            assert response["warnings"] == [OVERLOAD_WARNING]
+        held.sendall(held_body[len(held_body) // 2 :])
+        assert read_response(held).status == 200
+        held.close()
+        post_start(kept, third, sent=len(third))
+        assert json.loads(read_response(kept).read())["response"]["patchType"] == "JSONPatch"
+        kept.close()
+        # Full again, and a client that wants the connection closed after the answer.
+        held = hold_the_only_place(server, held_body, admitted_before=2)
+        closing = server.connect()
+        closing.sendall(
+            f"POST /mutate HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n"
+            f"Content-Length: {len(last)}\r\n\r\n".encode()
+            + last
+        )
+        answer = read_response(closing)
+        assert json.loads(answer.read())["response"]["warnings"] == [OVERLOAD_WARNING]
+        assert answer.getheader("connection") == "close"
+        assert closing.recv(1) == b""  # closed by the webhook
+        closing.close()
+        held.close()
 
 
 def test_a_full_worker_still_takes_new_connections_now_and_then(tmp_path: Path) -> None:
@@ -225,12 +279,7 @@ def test_a_full_worker_still_takes_new_connections_now_and_then(tmp_path: Path) 
     probe on a new connection is answered while the one request it may hold never finishes."""
     body = (DATA / "deployment-pod.json").read_bytes()
     with running_webhook(tmp_path, {"NETPOL_SNIFFER_MAX_IN_FLIGHT": "1"}) as server:
-        held = server.connect()
-        post_start(held, body, sent=len(body) // 2)
-        wait_until(
-            lambda: server.metric("netpol_sniffer_admission_wait_seconds_count") == 1,
-            "the held request in the webhook",
-        )
+        held = hold_the_only_place(server, body)
         for _ in range(3):
             with server.client() as client:  # a new connection each time
                 assert client.get("/healthz").status_code == 200
@@ -245,7 +294,11 @@ def test_pods_shed_just_before_a_stop_are_logged(caplog: pytest.LogCaptureFixtur
     limits = ServingLimits(max_in_flight=1)
     routes = create_app(WebhookSettings(serving=limits), metrics=metrics)
     gate = OverloadGate(
-        routes, limits=limits, metrics=metrics, in_flight=lambda: 2, shed_log=ShedLog(3600)
+        routes,
+        limits=limits,
+        metrics=metrics,
+        in_flight=lambda: 2,
+        shedder=Shedder(metrics, ShedLog(3600)),
     )
     review = (DATA / "deployment-pod.json").read_bytes()
 
@@ -260,10 +313,10 @@ def test_pods_shed_just_before_a_stop_are_logged(caplog: pytest.LogCaptureFixtur
         events = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
         sent: list[str] = []
 
-        async def receive() -> dict[str, str]:
+        async def receive() -> Message:
             return next(events)
 
-        async def send(message: dict[str, str]) -> None:
+        async def send(message: Message) -> None:
             sent.append(message["type"])
 
         await gate({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
@@ -278,3 +331,30 @@ def test_pods_shed_just_before_a_stop_are_logged(caplog: pytest.LogCaptureFixtur
         metrics.registry.get_sample_value("netpol_sniffer_skipped_total", {"reason": "overloaded"})
         == 1
     )
+
+
+def test_a_request_that_waited_too_long_is_shed_by_the_gate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request whose turn comes after maxWaitMilliseconds is shed even with room to spare."""
+    metrics = create_metrics()
+    shed_log = ShedLog(3600)
+    app = create_app(WebhookSettings(), metrics=metrics, shedder=Shedder(metrics, shed_log))
+    late, on_time = reviews(2, "waited")
+
+    async def post(body: bytes, waited: float) -> dict[str, object]:
+        ARRIVED.set(time.perf_counter() - waited)  # as the worker's task factory would
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://webhook") as client:
+            response: dict[str, object] = (await client.post("/mutate", content=body)).json()
+        return response
+
+    assert asyncio.run(post(late, 1.0))["response"] == {
+        "uid": "waited-0",
+        "allowed": True,
+        "warnings": [OVERLOAD_WARNING],
+    }
+    assert "patch" in asyncio.run(post(on_time, 0.0))["response"]  # type: ignore[operator]
+    with caplog.at_level(logging.WARNING, logger="webhook"):
+        shed_log.flush()
+    assert "(1 over maxWaitMilliseconds): shop/frontend-7c9d8b6f5d-*" in caplog.text
