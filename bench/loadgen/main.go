@@ -14,6 +14,7 @@
 // Modes:
 //   - open: request i is due at start + i/rate whatever happened before (open loop); its latency
 //     is counted from when it was due, so queueing anywhere counts (no coordinated omission).
+//     -ramp first raises the rate from nothing, uncounted.
 //   - closed: -workers goroutines each send the next request as soon as the last one is
 //     answered, for -seconds: the most the webhook answers in a second.
 //
@@ -31,9 +32,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/url"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -64,7 +67,7 @@ type result struct {
 
 type report struct {
 	Requests        []result `json:"requests"`
-	Seconds         float64  `json:"seconds"` // from the first request due to the last answer
+	Seconds         float64  `json:"seconds"` // from the first counted request due to the last answer
 	Connections     int64    `json:"connections"`
 	ClientCPU       float64  `json:"client_cpu_seconds"`
 	LateSends       int64    `json:"late_sends"` // requests sent more than 1 ms after they were due
@@ -256,22 +259,33 @@ func readResponse(reader *bufio.Reader) (code int, body []byte, keepAlive bool, 
 	return code, body, keepAlive, err
 }
 
-func (l *loader) open(rate float64, seconds float64) []result {
+// open sends at a fixed rate for seconds, after a ramp from nothing to that rate (not counted):
+// an API server under a burst opens its connections as the requests grow, as a ReplicaSet's
+// batches of 1, 2, 4... pods make them grow, rather than all in the first millisecond.
+func (l *loader) open(rate, seconds, ramp float64) []result {
+	warmUp := int(rate * ramp / 2) // the i-th is due at sqrt(2 * ramp * i / rate)
 	total := int(rate * seconds)
 	results := make([]result, total)
 	var wait sync.WaitGroup
 	start := time.Now()
-	for index := 0; index < total; index++ {
-		due := start.Add(time.Duration(float64(index) / rate * float64(time.Second)))
+	for index := 0; index < warmUp+total; index++ {
+		at := ramp + float64(index-warmUp)/rate
+		if index < warmUp {
+			at = math.Sqrt(2 * ramp * float64(index) / rate)
+		}
+		due := start.Add(time.Duration(at * float64(time.Second)))
 		if delay := time.Until(due); delay > 0 {
 			time.Sleep(delay)
-		} else if -delay > time.Millisecond {
+		} else if -delay > time.Millisecond && index >= warmUp {
 			l.lateSends.Add(1)
 		}
 		wait.Add(1)
 		go func(index int, due time.Time) {
 			defer wait.Done()
-			results[index] = l.one(index, due)
+			answer := l.one(index, due)
+			if index >= warmUp {
+				results[index-warmUp] = answer
+			}
 		}(index, due)
 	}
 	wait.Wait()
@@ -361,12 +375,24 @@ func main() {
 	mode := flag.String("mode", "open", "open (fixed rate) or closed (back-to-back workers)")
 	rate := flag.Float64("rate", 1000, "open: requests per second")
 	seconds := flag.Float64("seconds", 10, "how long to send")
+	ramp := flag.Float64("ramp", 0, "open: seconds to reach -rate from nothing first (not counted)")
 	workers := flag.Int("workers", 4, "closed: concurrent workers")
 	bodiesFile := flag.String("bodies", "", "POST these bodies (one JSON document a line), else GET")
 	requestTimeout := flag.Duration("timeout", 5*time.Second, "the webhook's timeoutSeconds")
 	idle := flag.Int("idle-connections", 25, "idle keep-alive connections kept (the API server's 25)")
 	shedMarker := flag.String("shed-marker", "", "POST: a 200 whose body contains this was shed")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the load generator here")
 	flag.Parse()
+	if *cpuProfile != "" {
+		out, err := os.Create(*cpuProfile)
+		if err != nil {
+			fail(err)
+		}
+		if err := pprof.StartCPUProfile(out); err != nil {
+			fail(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if *target == "" || *caFile == "" {
 		fail(errors.New("-url and -ca are required"))
 	}
@@ -397,6 +423,10 @@ func main() {
 				RootCAs:    roots,
 				ServerName: parsed.Hostname(),
 				NextProtos: []string{"http/1.1"},
+				// A request in one TLS record, one write: Go would otherwise start each connection
+				// with 1 kB records, and on this machine a starved load generator's requests then
+				// reach the webhook in pieces.
+				DynamicRecordSizingDisabled: true,
 			},
 			idle: make(chan *conn, *idle),
 		},
@@ -410,7 +440,8 @@ func main() {
 	var results []result
 	switch *mode {
 	case "open":
-		results = l.open(*rate, *seconds)
+		results = l.open(*rate, *seconds, *ramp)
+		started = started.Add(time.Duration(*ramp * float64(time.Second)))
 	case "closed":
 		results = l.closed(*workers, *seconds)
 	default:
