@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -54,7 +55,14 @@ from webhook.settings import (
     environment_config,
     parse_config_text,
 )
-from webhook.shedding import OverloadCause, overload_cause, shed_summary
+from webhook.shedding import (
+    SHEDDING_MEMORY_SECONDS,
+    OverloadCause,
+    in_flight_limit,
+    overload_cause,
+    shed_summary,
+    worker_limits,
+)
 from webhook.tls import DEFAULT_POLL_SECONDS, CertificateInfo, TlsReloader, load_context
 from webhook.workers import supervise, worker_count
 
@@ -129,16 +137,34 @@ class ShedLog:
 
 
 class Shedder:
-    """A request its worker will not admit, wherever that was decided (the HTTP protocol when the
-    worker is full, the gate when the request waited too long): the answer (allowed, no patch,
-    the overload warning), the counts, and the pod for the summary log line."""
+    """A worker's requests it will not admit: whether to shed one (webhook.shedding, with the
+    time of the last shed), and the answer (allowed, no patch, the overload warning), the counts
+    and the pod for the summary log line, wherever it is shed (the HTTP protocol when the worker
+    is full, the gate when a request waited too long)."""
 
-    def __init__(self, metrics: WebhookMetrics, shed_log: ShedLog) -> None:
+    def __init__(self, metrics: WebhookMetrics, shed_log: ShedLog, limits: ServingLimits) -> None:
         self._metrics = metrics
         self.shed_log = shed_log
+        self._limits = limits  # the worker's (shedding.worker_limits)
+        self._last_shed = -math.inf
+
+    def cause(self, *, in_flight: int, waited: float) -> OverloadCause | None:
+        """Why a request must be shed, or None; ``in_flight`` counts it too."""
+        shed_recently = time.perf_counter() - self._last_shed < SHEDDING_MEMORY_SECONDS
+        return overload_cause(
+            in_flight=in_flight,
+            waited_seconds=waited,
+            shed_recently=shed_recently,
+            limits=self._limits,
+        )
+
+    def full(self, in_flight: int) -> bool:
+        """For the HTTP protocol, which sheds a request that arrives when the worker is full."""
+        return self.cause(in_flight=in_flight, waited=0.0) is not None
 
     def answer(self, body: bytes, cause: OverloadCause, started: float) -> Answer:
         """``started``: when the decision was made (perf_counter), for the latency histogram."""
+        self._last_shed = time.perf_counter()
         self._metrics.requests.inc()
         try:
             admission = skip_overloaded(body)
@@ -154,7 +180,7 @@ class Shedder:
         return answer
 
     def when_full(self, body: bytes) -> Answer:
-        """The answer for the HTTP protocol, which sheds only when the worker is full."""
+        """The answer for the HTTP protocol's sheds."""
         return self.answer(body, OverloadCause.IN_FLIGHT, time.perf_counter())
 
 
@@ -169,13 +195,11 @@ class OverloadGate:
         self,
         routes: ASGIApp,
         *,
-        limits: ServingLimits,
         metrics: WebhookMetrics,
         in_flight: InFlight,
         shedder: Shedder,
     ) -> None:
         self._routes = routes
-        self._limits = limits
         self._metrics = metrics
         self._in_flight = in_flight
         self._shedder = shedder
@@ -188,9 +212,7 @@ class OverloadGate:
             started = time.perf_counter()
             waited = started - ARRIVED.get(started)
             self._metrics.wait.observe(waited)
-            cause = overload_cause(
-                in_flight=self._in_flight(), waited_seconds=waited, limits=self._limits
-            )
+            cause = self._shedder.cause(in_flight=self._in_flight(), waited=waited)
             if cause is not None:
                 await self._shed(cause, started, receive, send)
                 return
@@ -240,7 +262,7 @@ def create_app(
     certificate is loaded; ``in_flight`` counts the worker's requests (webhook.serving);
     ``shedder`` is the worker's, shared with its HTTP protocol."""
     metrics = metrics or create_metrics()
-    shedder = shedder or Shedder(metrics, ShedLog(SHED_LOG_SECONDS))
+    shedder = shedder or Shedder(metrics, ShedLog(SHED_LOG_SECONDS), settings.serving)
     routes = FastAPI(title=PROG, docs_url=None, redoc_url=None, openapi_url=None)
 
     def respond(answer: Answer) -> Response:
@@ -268,9 +290,7 @@ def create_app(
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    return OverloadGate(
-        routes, limits=settings.serving, metrics=metrics, in_flight=in_flight, shedder=shedder
-    )
+    return OverloadGate(routes, metrics=metrics, in_flight=in_flight, shedder=shedder)
 
 
 def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -364,6 +384,7 @@ class WorkerSpec:
     log_level: int
     log_format: str
     listener: socket.socket
+    workers: int  # how many share the listener and the settings' maxInFlight
 
 
 def run_worker(spec: WorkerSpec) -> None:
@@ -387,7 +408,8 @@ def run_worker(spec: WorkerSpec) -> None:
         log.error("%s", error)
         sys.exit(2)
     metrics.certificate_expiry.set(reloader.info.not_after.timestamp())
-    shedder = Shedder(metrics, ShedLog(SHED_LOG_SECONDS))
+    limits = worker_limits(spec.settings.serving, spec.workers)
+    shedder = Shedder(metrics, ShedLog(SHED_LOG_SECONDS), limits)
     serve(
         lambda in_flight: create_app(
             spec.settings,
@@ -397,7 +419,8 @@ def run_worker(spec: WorkerSpec) -> None:
             shedder=shedder,
         ),
         listener=spec.listener,
-        limits=spec.settings.serving,
+        limits=limits,
+        full=shedder.full,
         shed=shedder.when_full,
         reloader=reloader,
         poll_seconds=spec.tls_poll_seconds,
@@ -429,11 +452,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     log_format = LOG_FORMAT if count.workers == 1 else WORKERS_LOG_FORMAT
     logging.basicConfig(level=level, format=log_format)
-    limits = settings.serving
+    limits = worker_limits(settings.serving, count.workers)
     log.info(
         "serving https://%s:%d/ as %s (serial %x, valid until %s); capture image %s, mode %s, "
-        "%s sidecar; %d worker(s) (%s), each shedding past %d requests in flight or %g ms of "
-        "waiting",
+        "%s sidecar; %d worker(s) (%s), each shedding past %d requests in flight (%d once it "
+        "has shed) or %g ms of waiting",
         f"[{args.host}]" if ":" in args.host else args.host,
         port,
         certificate.subject,
@@ -445,6 +468,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         count.workers,
         count.why,
         limits.max_in_flight,
+        in_flight_limit(limits, shed_recently=True),
         limits.max_wait_seconds * 1000,
     )
     spec = WorkerSpec(
@@ -455,6 +479,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         log_level=level,
         log_format=log_format,
         listener=listener,
+        workers=count.workers,
     )
     with listener:
         if count.workers == 1:

@@ -58,6 +58,8 @@ class Answer:
     body: bytes  # JSON
 
 
+# Given the requests in flight, the new one included: whether the worker is too full for it.
+Full = Callable[[int], bool]
 # A request body → the answer for a request the worker will not admit (webhook.app.Shedder).
 Shed = Callable[[bytes], Answer]
 
@@ -90,11 +92,12 @@ def listen(host: str, port: int, backlog: int) -> socket.socket:
 
 
 class SheddingProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol, shedding a ``POST /mutate`` itself when the worker already has
-    ``max_in_flight`` requests: it reads the body and writes the answer in one go, with no task,
-    no ASGI call and no FastAPI, for about half of what shedding in the app costs (uvicorn's
-    request cycle and the answer's two writes are most of that). Requests it does not shed, and
-    every request while one is in progress on the connection, go through uvicorn as usual.
+    """uvicorn's HTTP/1.1 protocol, shedding a ``POST /mutate`` itself when the worker is too full
+    for it (``full``): it reads the body and writes the answer in one go, with no task,
+    no ASGI call and no FastAPI, for less than half of what shedding in the ASGI app costs
+    (uvicorn's request cycle and the answer's two writes are most of that; docs/webhook.md,
+    "Under load"). Requests it does not shed, and every request while one is in progress on the
+    connection, go through uvicorn as usual.
 
     It works on uvicorn's parser callbacks, so it follows uvicorn's own code (httptools_impl) and
     the version range pinned in pyproject.toml.
@@ -106,18 +109,18 @@ class SheddingProtocol(HttpToolsProtocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         *,
-        max_in_flight: int,
+        full: Full,
         shed: Shed,
     ) -> None:
         super().__init__(config=config, server_state=server_state, app_state=app_state)
         self._mutate_path = MUTATE_PATH.encode()
-        self._max_in_flight = max_in_flight
+        self._full = full
         self._shed = shed
         self._shed_body: bytearray | None = None  # the body of the request being shed
 
     def on_headers_complete(self) -> None:
         if (
-            len(self.tasks) >= self._max_in_flight
+            self._full(len(self.tasks) + 1)
             and (self.cycle is None or self.cycle.response_complete)
             and not self.expect_100_continue
             and self.parser.get_method() == b"POST"
@@ -171,11 +174,13 @@ class GatedServer(uvicorn.Server):
         *,
         listener: socket.socket,
         max_in_flight: int,
+        full: Full,
         shed: Shed,
     ) -> None:
         super().__init__(config)
         self._listener = listener
         self._max_in_flight = max_in_flight
+        self._full = full
         self._shed = shed
         self._acceptor: asyncio.Task[None] | None = None
 
@@ -197,7 +202,7 @@ class GatedServer(uvicorn.Server):
             self.config,
             self.server_state,
             self.lifespan.state,
-            max_in_flight=self._max_in_flight,
+            full=self._full,
             shed=self._shed,
         )
 
@@ -238,6 +243,7 @@ def serve(
     *,
     listener: socket.socket,
     limits: ServingLimits,
+    full: Full,
     shed: Shed,
     reloader: TlsReloader,
     poll_seconds: float,
@@ -245,7 +251,8 @@ def serve(
     """Serve HTTPS on ``listener`` until SIGTERM or SIGINT, then let requests in flight finish.
 
     ``build_app`` gets the worker's count of requests in flight and returns the ASGI app;
-    ``shed`` answers the requests the protocol sheds itself (:class:`SheddingProtocol`).
+    ``limits`` are the worker's; ``full`` and ``shed`` decide and answer for the requests the
+    protocol sheds itself (:class:`SheddingProtocol`).
     """
     server: GatedServer | None = None
 
@@ -265,7 +272,9 @@ def serve(
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    server = GatedServer(config, listener=listener, max_in_flight=limits.max_in_flight, shed=shed)
+    server = GatedServer(
+        config, listener=listener, max_in_flight=limits.max_in_flight, full=full, shed=shed
+    )
 
     async def run(server: uvicorn.Server) -> None:
         asyncio.get_running_loop().set_task_factory(stamp_arrival)

@@ -3,11 +3,18 @@
 A shed request is answered like any other skip: allowed, no patch, a warning, counted under
 ``netpol_sniffer_skipped_total{reason="overloaded"}`` (docs/webhook.md, "Under load", says why
 this and not a 503 or a refused connection).
+
+``maxInFlight`` is a replica's: its workers share it. A worker admits a burst up to its share;
+once it has had to shed (in the last ``SHEDDING_MEMORY_SECONDS``), only half of it. A burst is
+then served whole, while under a sustained overload the queue stays short, and with it the time
+the API server's requests are outstanding: it keeps 25 idle connections, and each request that
+finds none opens a new one, with a TLS handshake that costs the worker twice an admission.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from enum import StrEnum
 
 from webhook.settings import ServingLimits
@@ -16,15 +23,30 @@ from webhook.settings import ServingLimits
 class OverloadCause(StrEnum):
     """Which limit a shed request hit; for the log line."""
 
-    IN_FLIGHT = "over maxInFlight"  # more than max_in_flight requests in the worker, itself too
+    IN_FLIGHT = "over maxInFlight"  # more requests in the worker than in_flight_limit, itself too
     WAITED = "over maxWaitMilliseconds"  # it waited longer than max_wait_seconds for its turn
 
 
+# A worker that shed a request this recently is still overloaded (see the module docstring).
+SHEDDING_MEMORY_SECONDS = 1.0
+
+
+def worker_limits(limits: ServingLimits, workers: int) -> ServingLimits:
+    """One worker's limits: an even share of the replica's ``max_in_flight``, at least 1."""
+    return replace(limits, max_in_flight=max(1, limits.max_in_flight // workers))
+
+
+def in_flight_limit(limits: ServingLimits, *, shed_recently: bool) -> int:
+    """How many requests a worker may hold: its share, or half of it while it is overloaded."""
+    return max(1, limits.max_in_flight // 2) if shed_recently else limits.max_in_flight
+
+
 def overload_cause(
-    *, in_flight: int, waited_seconds: float, limits: ServingLimits
+    *, in_flight: int, waited_seconds: float, shed_recently: bool, limits: ServingLimits
 ) -> OverloadCause | None:
-    """Why this request must be shed, or None to admit it."""
-    if in_flight > limits.max_in_flight:
+    """Why this request must be shed, or None to admit it. ``in_flight`` counts it too; ``limits``
+    are the worker's (:func:`worker_limits`)."""
+    if in_flight > in_flight_limit(limits, shed_recently=shed_recently):
         return OverloadCause.IN_FLIGHT
     if waited_seconds > limits.max_wait_seconds:
         return OverloadCause.WAITED

@@ -11,23 +11,50 @@ from tests.webhook.podchecks import DATA, load_review
 from webhook.admission import OVERLOADED_MESSAGE, Outcome, UnreadableReview, skip_overloaded
 from webhook.mutations import SkipReason
 from webhook.settings import ServingLimits
-from webhook.shedding import SUMMARY_NAMES, OverloadCause, overload_cause, shed_summary
+from webhook.shedding import (
+    SUMMARY_NAMES,
+    OverloadCause,
+    in_flight_limit,
+    overload_cause,
+    shed_summary,
+    worker_limits,
+)
 
 LIMITS = ServingLimits(max_in_flight=4, max_wait_seconds=0.05)
 
 
 @pytest.mark.parametrize(
-    ("in_flight", "waited", "cause"),
+    ("in_flight", "waited", "shed_recently", "cause"),
     [
-        (1, 0.0, None),
-        (4, 0.05, None),  # at the limits is still admitted
-        (5, 0.0, OverloadCause.IN_FLIGHT),
-        (1, 0.051, OverloadCause.WAITED),
-        (9, 1.0, OverloadCause.IN_FLIGHT),  # both: the count is named
+        (1, 0.0, False, None),
+        (4, 0.05, False, None),  # at the limits is still admitted
+        (5, 0.0, False, OverloadCause.IN_FLIGHT),
+        (1, 0.051, False, OverloadCause.WAITED),
+        (9, 1.0, False, OverloadCause.IN_FLIGHT),  # both: the count is named
+        (2, 0.0, True, None),  # overloaded: half the place
+        (3, 0.0, True, OverloadCause.IN_FLIGHT),
     ],
 )
-def test_overload_cause(in_flight: int, waited: float, cause: OverloadCause | None) -> None:
-    assert overload_cause(in_flight=in_flight, waited_seconds=waited, limits=LIMITS) is cause
+def test_overload_cause(
+    in_flight: int, waited: float, shed_recently: bool, cause: OverloadCause | None
+) -> None:
+    found = overload_cause(
+        in_flight=in_flight, waited_seconds=waited, shed_recently=shed_recently, limits=LIMITS
+    )
+    assert found is cause
+
+
+@pytest.mark.parametrize(
+    ("replica", "workers", "each", "overloaded"),
+    [(16, 1, 16, 8), (16, 2, 8, 4), (16, 3, 5, 2), (16, 64, 1, 1), (1, 1, 1, 1), (3, 1, 3, 1)],
+)
+def test_workers_share_the_replicas_places_and_halve_them_when_overloaded(
+    replica: int, workers: int, each: int, overloaded: int
+) -> None:
+    mine = worker_limits(ServingLimits(max_in_flight=replica, max_wait_seconds=0.02), workers)
+    assert mine == ServingLimits(max_in_flight=each, max_wait_seconds=0.02)
+    assert in_flight_limit(mine, shed_recently=False) == each
+    assert in_flight_limit(mine, shed_recently=True) == overloaded
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in DATA.glob("*.json")))

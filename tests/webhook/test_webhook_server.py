@@ -295,10 +295,9 @@ def test_pods_shed_just_before_a_stop_are_logged(caplog: pytest.LogCaptureFixtur
     routes = create_app(WebhookSettings(serving=limits), metrics=metrics)
     gate = OverloadGate(
         routes,
-        limits=limits,
         metrics=metrics,
         in_flight=lambda: 2,
-        shedder=Shedder(metrics, ShedLog(3600)),
+        shedder=Shedder(metrics, ShedLog(3600), limits),
     )
     review = (DATA / "deployment-pod.json").read_bytes()
 
@@ -339,7 +338,9 @@ def test_a_request_that_waited_too_long_is_shed_by_the_gate(
     """A request whose turn comes after maxWaitMilliseconds is shed even with room to spare."""
     metrics = create_metrics()
     shed_log = ShedLog(3600)
-    app = create_app(WebhookSettings(), metrics=metrics, shedder=Shedder(metrics, shed_log))
+    settings = WebhookSettings()
+    shedder = Shedder(metrics, shed_log, settings.serving)
+    app = create_app(settings, metrics=metrics, shedder=shedder)
     late, on_time = reviews(2, "waited")
 
     async def post(body: bytes, waited: float) -> dict[str, object]:
@@ -358,3 +359,18 @@ def test_a_request_that_waited_too_long_is_shed_by_the_gate(
     with caplog.at_level(logging.WARNING, logger="webhook"):
         shed_log.flush()
     assert "(1 over maxWaitMilliseconds): shop/frontend-7c9d8b6f5d-*" in caplog.text
+
+
+def test_a_worker_that_has_shed_keeps_half_its_places() -> None:
+    """A burst fills a worker's share of maxInFlight; once it has shed, the next second it keeps
+    only half, so that a sustained overload leaves a short queue."""
+    metrics = create_metrics()
+    shedder = Shedder(metrics, ShedLog(3600), ServingLimits(max_in_flight=4))
+    assert not shedder.full(4) and shedder.full(5)
+    assert not shedder.full(3)
+
+    async def shed_one() -> None:
+        shedder.when_full((DATA / "deployment-pod.json").read_bytes())
+
+    asyncio.run(shed_one())  # the summary log needs a running loop
+    assert not shedder.full(2) and shedder.full(3)
