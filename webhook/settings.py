@@ -29,7 +29,7 @@ DEFAULT_RESOURCES = SidecarResources(
 DEFAULT_OWN_NAMESPACE = "netpol-sniffer"
 DEFAULT_EXCLUDED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 DEFAULT_POD_SECURITY_NAMESPACES: frozenset[str] = frozenset()
-# Per worker process. See ServingLimits and docs/webhook.md ("Under load") for how they were chosen.
+# See ServingLimits and docs/webhook.md ("Under load") for what they bound and how they were chosen.
 DEFAULT_MAX_IN_FLIGHT = 16
 DEFAULT_MAX_WAIT_MILLISECONDS = 50
 DEFAULT_LISTEN_BACKLOG = 128
@@ -50,10 +50,10 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 @dataclass(frozen=True, slots=True)
 class ServingLimits:
-    """How much one worker process takes on before it answers at once, without a sidecar.
+    """How much a replica takes on before it answers at once, without a sidecar.
 
-    A request is shed (allowed unmodified, with a warning) when more than ``max_in_flight``
-    requests are in its worker, counting itself, or when it waited longer than
+    A request is shed (allowed unmodified, with a warning) when its worker holds its share of
+    ``max_in_flight`` (half of it after a shed; webhook.shedding), or when it waited longer than
     ``max_wait_seconds`` between arriving and its turn. The kernel queues at most
     ``listen_backlog`` connections not yet accepted.
     """
