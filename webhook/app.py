@@ -56,9 +56,10 @@ from webhook.settings import (
     parse_config_text,
 )
 from webhook.shedding import (
-    SHEDDING_MEMORY_SECONDS,
+    OVERFLOW_MEMORY_SECONDS,
     OverloadCause,
     in_flight_limit,
+    overflows,
     overload_cause,
     shed_summary,
     worker_limits,
@@ -146,15 +147,17 @@ class Shedder:
         self._metrics = metrics
         self.shed_log = shed_log
         self._limits = limits  # the worker's (shedding.worker_limits)
-        self._last_shed = -math.inf
+        self._overflowed_at = -math.inf
 
     def cause(self, *, in_flight: int, waited: float) -> OverloadCause | None:
         """Why a request must be shed, or None; ``in_flight`` counts it too."""
-        shed_recently = time.perf_counter() - self._last_shed < SHEDDING_MEMORY_SECONDS
+        now = time.perf_counter()
+        if overflows(in_flight, self._limits):
+            self._overflowed_at = now
         return overload_cause(
             in_flight=in_flight,
             waited_seconds=waited,
-            shed_recently=shed_recently,
+            overflowed_recently=now - self._overflowed_at < OVERFLOW_MEMORY_SECONDS,
             limits=self._limits,
         )
 
@@ -164,7 +167,6 @@ class Shedder:
 
     def answer(self, body: bytes, cause: OverloadCause, started: float) -> Answer:
         """``started``: when the decision was made (perf_counter), for the latency histogram."""
-        self._last_shed = time.perf_counter()
         self._metrics.requests.inc()
         try:
             admission = skip_overloaded(body)
@@ -455,8 +457,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     limits = worker_limits(settings.serving, count.workers)
     log.info(
         "serving https://%s:%d/ as %s (serial %x, valid until %s); capture image %s, mode %s, "
-        "%s sidecar; %d worker(s) (%s), each shedding past %d requests in flight (%d once it "
-        "has shed) or %g ms of waiting",
+        "%s sidecar; %d worker(s) (%s), each shedding past %d requests in flight (%d for a "
+        "second after more came) or %g ms of waiting",
         f"[{args.host}]" if ":" in args.host else args.host,
         port,
         certificate.subject,
@@ -468,7 +470,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         count.workers,
         count.why,
         limits.max_in_flight,
-        in_flight_limit(limits, shed_recently=True),
+        in_flight_limit(limits, overflowed_recently=True),
         limits.max_wait_seconds * 1000,
     )
     spec = WorkerSpec(

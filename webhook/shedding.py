@@ -5,10 +5,12 @@ A shed request is answered like any other skip: allowed, no patch, a warning, co
 this and not a 503 or a refused connection).
 
 ``maxInFlight`` is a replica's: its workers share it. A worker admits a burst up to its share;
-once it has had to shed (in the last ``SHEDDING_MEMORY_SECONDS``), only half of it. A burst is
-then served whole, while under a sustained overload the queue stays short, and with it the time
-the API server's requests are outstanding: it keeps 25 idle connections, and each request that
-finds none opens a new one, with a TLS handshake that costs the worker twice an admission.
+for ``OVERFLOW_MEMORY_SECONDS`` after more arrived than that, only half of it. A burst is then
+served whole, while under a sustained overload the queue stays short, and with it the time the
+API server's requests are outstanding: it keeps 25 idle connections, and each request that finds
+none opens a new one, with a TLS handshake that costs the worker twice an admission. Only an
+overflow of the whole share renews the half measure, so a worker that is merely busy goes back
+to its whole share a second after a burst.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ class OverloadCause(StrEnum):
     WAITED = "over maxWaitMilliseconds"  # it waited longer than max_wait_seconds for its turn
 
 
-# A worker that shed a request this recently is still overloaded (see the module docstring).
-SHEDDING_MEMORY_SECONDS = 1.0
+# A worker whose share overflowed this recently is still overloaded (see the module docstring).
+OVERFLOW_MEMORY_SECONDS = 1.0
 
 
 def worker_limits(limits: ServingLimits, workers: int) -> ServingLimits:
@@ -36,17 +38,22 @@ def worker_limits(limits: ServingLimits, workers: int) -> ServingLimits:
     return replace(limits, max_in_flight=max(1, limits.max_in_flight // workers))
 
 
-def in_flight_limit(limits: ServingLimits, *, shed_recently: bool) -> int:
+def overflows(in_flight: int, limits: ServingLimits) -> bool:
+    """Whether ``in_flight`` requests (the new one included) are more than the worker's share."""
+    return in_flight > limits.max_in_flight
+
+
+def in_flight_limit(limits: ServingLimits, *, overflowed_recently: bool) -> int:
     """How many requests a worker may hold: its share, or half of it while it is overloaded."""
-    return max(1, limits.max_in_flight // 2) if shed_recently else limits.max_in_flight
+    return max(1, limits.max_in_flight // 2) if overflowed_recently else limits.max_in_flight
 
 
 def overload_cause(
-    *, in_flight: int, waited_seconds: float, shed_recently: bool, limits: ServingLimits
+    *, in_flight: int, waited_seconds: float, overflowed_recently: bool, limits: ServingLimits
 ) -> OverloadCause | None:
     """Why this request must be shed, or None to admit it. ``in_flight`` counts it too; ``limits``
     are the worker's (:func:`worker_limits`)."""
-    if in_flight > in_flight_limit(limits, shed_recently=shed_recently):
+    if in_flight > in_flight_limit(limits, overflowed_recently=overflowed_recently):
         return OverloadCause.IN_FLIGHT
     if waited_seconds > limits.max_wait_seconds:
         return OverloadCause.WAITED

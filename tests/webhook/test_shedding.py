@@ -15,6 +15,7 @@ from webhook.shedding import (
     SUMMARY_NAMES,
     OverloadCause,
     in_flight_limit,
+    overflows,
     overload_cause,
     shed_summary,
     worker_limits,
@@ -24,7 +25,7 @@ LIMITS = ServingLimits(max_in_flight=4, max_wait_seconds=0.05)
 
 
 @pytest.mark.parametrize(
-    ("in_flight", "waited", "shed_recently", "cause"),
+    ("in_flight", "waited", "overflowed_recently", "cause"),
     [
         (1, 0.0, False, None),
         (4, 0.05, False, None),  # at the limits is still admitted
@@ -36,10 +37,13 @@ LIMITS = ServingLimits(max_in_flight=4, max_wait_seconds=0.05)
     ],
 )
 def test_overload_cause(
-    in_flight: int, waited: float, shed_recently: bool, cause: OverloadCause | None
+    in_flight: int, waited: float, overflowed_recently: bool, cause: OverloadCause | None
 ) -> None:
     found = overload_cause(
-        in_flight=in_flight, waited_seconds=waited, shed_recently=shed_recently, limits=LIMITS
+        in_flight=in_flight,
+        waited_seconds=waited,
+        overflowed_recently=overflowed_recently,
+        limits=LIMITS,
     )
     assert found is cause
 
@@ -48,13 +52,14 @@ def test_overload_cause(
     ("replica", "workers", "each", "overloaded"),
     [(16, 1, 16, 8), (16, 2, 8, 4), (16, 3, 5, 2), (16, 64, 1, 1), (1, 1, 1, 1), (3, 1, 3, 1)],
 )
-def test_workers_share_the_replicas_places_and_halve_them_when_overloaded(
+def test_workers_share_the_replicas_places_and_halve_them_after_an_overflow(
     replica: int, workers: int, each: int, overloaded: int
 ) -> None:
     mine = worker_limits(ServingLimits(max_in_flight=replica, max_wait_seconds=0.02), workers)
     assert mine == ServingLimits(max_in_flight=each, max_wait_seconds=0.02)
-    assert in_flight_limit(mine, shed_recently=False) == each
-    assert in_flight_limit(mine, shed_recently=True) == overloaded
+    assert in_flight_limit(mine, overflowed_recently=False) == each
+    assert in_flight_limit(mine, overflowed_recently=True) == overloaded
+    assert not overflows(each, mine) and overflows(each + 1, mine)
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in DATA.glob("*.json")))

@@ -255,6 +255,9 @@ def test_a_connection_carries_on_after_shed_answers(tmp_path: Path) -> None:
         held.sendall(held_body[len(held_body) // 2 :])
         assert read_response(held).status == 200
         held.close()
+        # Its task may still be finishing after the answer; a round trip on a new connection
+        # takes the worker through enough turns of its loop for that.
+        assert server.metric("netpol_sniffer_injected_total") == 1
         post_start(kept, third, sent=len(third))
         assert json.loads(read_response(kept).read())["response"]["patchType"] == "JSONPatch"
         kept.close()
@@ -361,16 +364,12 @@ def test_a_request_that_waited_too_long_is_shed_by_the_gate(
     assert "(1 over maxWaitMilliseconds): shop/frontend-7c9d8b6f5d-*" in caplog.text
 
 
-def test_a_worker_that_has_shed_keeps_half_its_places() -> None:
-    """A burst fills a worker's share of maxInFlight; once it has shed, the next second it keeps
-    only half, so that a sustained overload leaves a short queue."""
+def test_a_worker_that_overflowed_keeps_half_its_places() -> None:
+    """A burst past a worker's share of maxInFlight makes it keep only half of it for a second, so
+    that a sustained overload leaves a short queue; shedding under the half alone does not renew
+    that (a merely busy worker gets its whole share back)."""
     metrics = create_metrics()
     shedder = Shedder(metrics, ShedLog(3600), ServingLimits(max_in_flight=4))
-    assert not shedder.full(4) and shedder.full(5)
-    assert not shedder.full(3)
-
-    async def shed_one() -> None:
-        shedder.when_full((DATA / "deployment-pod.json").read_bytes())
-
-    asyncio.run(shed_one())  # the summary log needs a running loop
-    assert not shedder.full(2) and shedder.full(3)
+    assert not shedder.full(4) and not shedder.full(3)
+    assert shedder.full(5)  # an overflow
+    assert not shedder.full(2) and shedder.full(3)  # half, for a second
