@@ -6,7 +6,8 @@ The socket is bound by the caller (:func:`listen`), once, so that several worker
 share it (webhook.workers). uvicorn creates one asyncio task per request as soon as its headers
 are parsed; :func:`stamp_arrival`, the loop's task factory, records that moment in
 :data:`ARRIVED`, so the overload gate (webhook.app) can tell how long a request waited for its
-turn in a busy event loop. How many requests are in flight is uvicorn's own count of those tasks.
+turn in a busy event loop. How many requests are in flight is counted by the protocol
+(:class:`Unanswered`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ class Answer:
 
 # Given the requests in flight, the new one included: whether the worker is too full for it.
 Full = Callable[[int], bool]
+
+
+@dataclass(slots=True)
+class Unanswered:
+    """The requests a worker has taken in (handed to its app) and not yet answered: its requests in
+    flight. Counted by :class:`SheddingProtocol` from the request's headers to the end of its
+    answer, not by uvicorn's tasks, which outlive the answer by a turn of the loop: a client that
+    sends the next request as soon as it has the answer would find the worker fuller than it is.
+    """
+
+    count: int = 0
+
+
 # A request body → the answer for a request the worker will not admit (webhook.app.Shedder).
 Shed = Callable[[bytes], Answer]
 
@@ -109,18 +123,20 @@ class SheddingProtocol(HttpToolsProtocol):
         server_state: ServerState,
         app_state: dict[str, Any],
         *,
+        unanswered: Unanswered,
         full: Full,
         shed: Shed,
     ) -> None:
         super().__init__(config=config, server_state=server_state, app_state=app_state)
         self._mutate_path = MUTATE_PATH.encode()
+        self._unanswered = unanswered
         self._full = full
         self._shed = shed
         self._shed_body: bytearray | None = None  # the body of the request being shed
 
     def on_headers_complete(self) -> None:
         if (
-            self._full(len(self.tasks) + 1)
+            self._full(self._unanswered.count + 1)
             and (self.cycle is None or self.cycle.response_complete)
             and not self.expect_100_continue
             and self.parser.get_method() == b"POST"
@@ -128,7 +144,22 @@ class SheddingProtocol(HttpToolsProtocol):
         ):
             self._shed_body = bytearray()
             return
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:  # a request for the app (not a refused upgrade)
+            self._unanswered.count += 1
+
+    def on_response_complete(self) -> None:
+        # uvicorn's callback when the app's answer is complete (the shed path skips this method).
+        self._unanswered.count -= 1
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        unfinished = len(self.pipeline)  # pipelined requests that never got their turn
+        if self.cycle is not None and not self.cycle.response_complete:
+            unfinished += 1
+        self._unanswered.count -= unfinished
+        super().connection_lost(exc)
 
     def on_body(self, body: bytes) -> None:
         if self._shed_body is None:
@@ -152,7 +183,7 @@ class SheddingProtocol(HttpToolsProtocol):
         self.transport.write(b"".join([*head, b"\r\n", answer.body]))
         if not keep_alive:
             self.transport.close()
-        self.on_response_complete()
+        super().on_response_complete()  # keep-alive and the next request, as uvicorn does
 
 
 class GatedServer(uvicorn.Server):
@@ -182,10 +213,11 @@ class GatedServer(uvicorn.Server):
         self._max_in_flight = max_in_flight
         self._full = full
         self._shed = shed
+        self.unanswered = Unanswered()
         self._acceptor: asyncio.Task[None] | None = None
 
     def _has_room(self) -> bool:
-        return len(self.server_state.tasks) < self._max_in_flight
+        return self.unanswered.count < self._max_in_flight
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])  # uvicorn itself listens on nothing
@@ -202,6 +234,7 @@ class GatedServer(uvicorn.Server):
             self.config,
             self.server_state,
             self.lifespan.state,
+            unanswered=self.unanswered,
             full=self._full,
             shed=self._shed,
         )
@@ -257,7 +290,7 @@ def serve(
     server: GatedServer | None = None
 
     def in_flight() -> int:
-        return len(server.server_state.tasks) if server else 0
+        return server.unanswered.count if server else 0
 
     def context_factory(
         _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]
