@@ -38,7 +38,10 @@ from analyser.policies import (
 # What every generated object carries, so users (and a later run) can tell it apart.
 MANAGED_BY_LABEL = ("app.kubernetes.io/managed-by", "netpol-sniffer")
 ANNOTATION_PREFIX = "netpol-sniffer.io/"
-KUSTOMIZATION = "kustomization.yaml"
+# Kustomize's extension-less file name: `kubectl apply -k DIR` reads it, while `kubectl apply -f
+# DIR` (and Argo CD, kubeconform, anything reading a folder of manifests) skips files without a
+# .yaml, .yml or .json suffix, so it is never sent to the cluster as a resource.
+KUSTOMIZATION = "Kustomization"
 
 # Kubernetes object names: a namespace is a DNS-1123 label, a NetworkPolicy a DNS-1123 subdomain.
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -309,8 +312,10 @@ def render_kustomization(resources: Iterable[str]) -> str:
 
 
 def policy_path(namespace: str, name: str) -> str:
-    """Where a policy goes, relative to the output directory."""
-    return f"{namespace}/{name}.yaml"
+    """Where a policy goes, relative to the output directory: ``NAMESPACE.NAME.yaml`` at the top,
+    so ``kubectl apply -f DIR`` applies every policy without ``-R`` (a namespace is a DNS label,
+    without dots: the first dot ends it)."""
+    return f"{namespace}.{name}.yaml"
 
 
 def render_policy_files(
@@ -319,7 +324,7 @@ def render_policy_files(
     default_denies: Iterable[DefaultDeny] = (),
     provenance: Provenance,
 ) -> dict[str, str]:
-    """Every policy file plus the ``kustomization.yaml`` that lists them, keyed by path relative
+    """Every policy file plus the ``Kustomization`` that lists them, keyed by path relative
     to the output directory (sorted)."""
     files: dict[str, str] = {}
 

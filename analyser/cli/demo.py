@@ -7,7 +7,7 @@ nothing else is, cluster DNS aside).
 
 Written to DIR (default demo-output):
   DIR/bundle/     the lab's bundle (captures, snapshot.json, truth.json, ...)
-  DIR/policies/   NetworkPolicies per namespace, kustomization.yaml, graph.dot/svg, report.md
+  DIR/policies/   NetworkPolicies (NAMESPACE.NAME.yaml), Kustomization, graph.dot/svg, report.md
 
 Without root (the lab needs network namespaces) it analyses the bundle recorded in
 examples/microservices-demo/bundle/ instead, and says so.
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}")
         passed = verdict.passed
     graph = policies_dir / (GRAPH_SVG if GRAPH_SVG in analysis.files else GRAPH_DOT)
-    print(f"policies: {policies_dir}/ (kubectl apply -k {policies_dir})")
+    print(f"policies: {policies_dir}/ (kubectl apply -f {policies_dir})")
     print(f"graph:    {graph}")
     print(f"report:   {policies_dir / REPORT}")
     print(f"bundle:   {bundle_path}")

@@ -58,7 +58,7 @@ def test_demo_without_the_lab_analyses_the_recorded_bundle(
     out = captured.out
     assert re.search(r"(\d+)/\1 flows that happened are allowed; nothing allowed beyond", out), out
     assert "emailservice" in out and "8080/TCP" in out
-    assert (tmp_path / "policies" / "kustomization.yaml").is_file()
+    assert (tmp_path / "policies" / "Kustomization").is_file()
     assert (tmp_path / "policies" / "report.md").is_file()
     assert not (tmp_path / "bundle").exists()
 
