@@ -115,7 +115,8 @@ def test_a_hand_edited_file_is_not_overwritten_unless_forced(tmp_path: Path) -> 
     out = tmp_path / "out"
     write_output(FIRST, out)
     (out / "a.x.yaml").write_text("x, edited by hand\n")
-    with pytest.raises(OutputError, match=r"a\.x\.yaml changed since netpol-sniffer wrote it.*--force"):
+    edited = r"a\.x\.yaml changed since netpol-sniffer wrote it.*--force"
+    with pytest.raises(OutputError, match=edited):
         write_output(FIRST, out)
     assert (out / "a.x.yaml").read_text() == "x, edited by hand\n"
     (out / "b" / "y.yaml").unlink()  # a deleted file is no edit to keep
