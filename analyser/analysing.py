@@ -23,7 +23,7 @@ import shutil
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -42,6 +42,7 @@ from analyser.identities import Resolver, Scope, parse_address
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
+    Exposure,
     Policy,
     partition_policies,
     synthesize,
@@ -126,6 +127,10 @@ class Analysis(Observation):
     unselectable: tuple[str, ...]  # captured workloads without a stable label: no policy
     files: Mapping[str, str]  # output path (relative, POSIX) → text, sorted
     notes: tuple[str, ...] = ()  # what the output leaves out, and why (graph.svg too big to draw)
+    # Workloads with a policy that the snapshot shows exposed outside the cluster (node id →
+    # how), and whether their exposed ports were allowed from anywhere (or the clients seen only).
+    exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
+    exposed_anywhere: bool = True
 
     @property
     def unselectable_reasons(self) -> dict[str, str]:
@@ -161,6 +166,17 @@ class Analysis(Observation):
             "without_policy": list(self.unselectable),
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
             "notes": list(self.notes),
+            "exposed": [
+                {
+                    "workload": workload,
+                    "protocol": str(exposure.port.protocol),
+                    "port": exposure.port.port,
+                    "by": exposure.by,
+                    "from": "anywhere" if self.exposed_anywhere else "observed clients",
+                }
+                for workload, items in self.exposures.items()
+                for exposure in items
+            ],
             "files": list(self.files),
         }
 
@@ -457,6 +473,7 @@ def analyse(
     default_deny: bool = False,
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
+    expose_anywhere: bool = True,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Analysis:
@@ -464,7 +481,9 @@ def analyse(
     memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
     snapshot knows, or with ``node_cidrs`` when given (``policies.node_blocks``). More than
     ``max_outside_addresses`` outside addresses on one port of a policy side become one rule
-    from or to anywhere on that port.
+    from or to anywhere on that port. Workloads the snapshot shows exposed outside the cluster
+    (``Resolver.exposures``) get ingress from anywhere on their exposed ports, unless
+    ``expose_anywhere`` is False (then only from the outside addresses seen).
 
     Raises what :func:`observe` raises, :class:`~analyser.errors.RenderError` if output fails
     to render, and :class:`~analyser.errors.UnsafePolicies` if the policies would deny an
@@ -472,6 +491,7 @@ def analyse(
     """
     seen = observe(bundle, workers=workers, on_progress=on_progress)
     cluster_dns = seen.resolver.cluster_dns(seen.flows)
+    exposures = seen.resolver.exposures()
     policies, default_denies = partition_policies(
         synthesize(
             seen.graph,
@@ -480,6 +500,7 @@ def analyse(
             node_addresses=seen.snapshot.node_by_address,
             node_cidrs=node_cidrs,
             max_outside_addresses=max_outside_addresses,
+            exposures=exposures if expose_anywhere else None,
         )
     )
     unselectable = unselectable_workloads(seen.graph)
@@ -488,6 +509,7 @@ def analyse(
     provenance = (
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
+    exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
     files = render_policy_files(policies, default_denies=default_denies, provenance=provenance)
     check_safety(files, seen.graph, seen.snapshot, seen.resolver)
     files[GRAPH_DOT] = render_dot(seen.graph)
@@ -512,6 +534,8 @@ def analyse(
         skipped_packets=seen.traffic.skipped,
         node_local_dns=tuple(cache.cidr.partition("/")[0] for cache in cluster_dns.node_local),
         notes=notes,
+        exposures=exposed,
+        exposed_anywhere=expose_anywhere,
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(
@@ -521,6 +545,8 @@ def analyse(
         unselectable=unselectable,
         files=dict(sorted(files.items())),
         notes=notes,
+        exposures=exposed,
+        exposed_anywhere=expose_anywhere,
     )
 
 

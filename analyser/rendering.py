@@ -26,6 +26,7 @@ from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, NodeRole, attempts, loopback_flows
 from analyser.policies import (
     DefaultDeny,
+    Exposure,
     IpPeer,
     LabelSelector,
     PodPeer,
@@ -84,6 +85,10 @@ class ReportFacts:
     # NodeLocal DNSCache addresses (policies.ClusterDns.node_local): cluster DNS, not the outside
     node_local_dns: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what the output leaves out, and why
+    # Workloads with a policy that are exposed outside the cluster (node id → how), and whether
+    # their exposed ports were allowed from anywhere.
+    exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
+    exposed_anywhere: bool = True
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------

@@ -309,6 +309,7 @@ _CONTAINER = (
     ("[].ports[]", _DICT),
     ("[].ports[].name", _STR),
     ("[].ports[].containerPort", _PORT),
+    ("[].ports[].hostPort", _PORT),
     ("[].ports[].protocol", _STR),
 )
 _POD_SPEC = (

@@ -536,3 +536,41 @@ def test_max_outside_addresses_is_passed_on_and_its_help_gives_the_default(
     with pytest.raises(SystemExit):
         main(["analyse", "--help"])
     assert f"(default: {MAX_OUTSIDE_ADDRESSES})" in capsys.readouterr().out.replace("\n ", "")
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "microservices-demo" / "bundle"
+
+
+@pytest.mark.parametrize("observed_only", [False, True])
+def test_a_load_balanced_workload_is_open_to_anywhere_on_its_target_port_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], observed_only: bool
+) -> None:
+    """Online Boutique's frontend is behind the LoadBalancer frontend-external (80 → 8080): its
+    users are the internet, not the one address the capture saw."""
+    out = tmp_path / "out"
+    flags = ["--observed-clients-only"] if observed_only else []
+    status, stdout, stderr = run([str(EXAMPLE), "--out", str(out), "--json", *flags], capsys)
+    assert status == ExitStatus.OK, stderr
+    by = "Service default/frontend-external (LoadBalancer)"
+    assert json.loads(stdout)["exposed"] == [
+        {
+            "workload": "default/Deployment/frontend",
+            "protocol": "TCP",
+            "port": 8080,
+            "by": by,
+            "from": "observed clients" if observed_only else "anywhere",
+        }
+    ]
+    frontend = (out / "default.frontend.yaml").read_text()
+    ingress = yaml.safe_load(frontend)["spec"]["ingress"]
+    anywhere = {
+        "from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+        "ports": [{"protocol": "TCP", "port": 8080}],
+    }
+    assert (anywhere in ingress) is not observed_only
+    assert (f"# 0.0.0.0/0: anywhere: exposed by {by}" in frontend) is not observed_only
+    assert "## Exposed workloads" in (out / "report.md").read_text()
+    # Nothing else is opened: no other policy allows anything from anywhere.
+    for path in out.glob("*.yaml"):
+        if path.name != "default.frontend.yaml":
+            assert "0.0.0.0/0" not in path.read_text()

@@ -58,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "from or to anywhere on that port (default: 32)",
     )
     parser.add_argument(
+        "--observed-clients-only",
+        action="store_true",
+        help="workloads the snapshot shows exposed outside the cluster (behind a LoadBalancer or "
+        "NodePort Service, externalIPs or a hostPort) get ingress on the exposed ports only from "
+        "the outside addresses seen, not from anywhere (the default: their users are not only "
+        "those a capture saw)",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         metavar="N",
@@ -87,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             default_deny=args.default_deny,
             node_cidrs=args.node_cidr,
             max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
+            expose_anywhere=not args.observed_clients_only,
             workers=args.workers,
             on_progress=bar.advance,
         )
