@@ -3,7 +3,7 @@
 Runs the lab on examples/microservices-demo (its manifest and traffic plan) for a short window,
 analyses the bundle, prints who talks to whom and where the policies, the graph and the report
 are, and checks the policies against the lab's truth (every flow that happened is allowed,
-nothing else is, cluster DNS aside).
+nothing else is, cluster DNS and what the snapshot exposes to the world aside).
 
 Written to DIR (default demo-output):
   DIR/bundle/     the lab's bundle (captures, snapshot.json, truth.json, ...)
@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"against the lab's truth: {verdict.flows - len(verdict.denied)}/{verdict.flows} "
             f"flows that happened are allowed; "
-            f"{len(verdict.extra) or 'nothing'} allowed beyond them (cluster DNS aside)"
+            f"{len(verdict.extra) or 'nothing'} allowed beyond them "
+            "(cluster DNS and exposed ports aside)"
         )
         for line in [*verdict.denied, *verdict.extra]:
             print(f"  {line}")
