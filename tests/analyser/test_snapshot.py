@@ -160,7 +160,7 @@ def test_a_folder_of_json_and_yaml_files(tmp_path: Path) -> None:
                     "items": [{"kind": "Service", "metadata": {"name": "s", "labels": {"a": 1}}}],
                 }
             ),
-            "metadata.labels must be a map of strings",
+            "metadata.labels['a'] must be a label value",
         ),
     ],
 )
