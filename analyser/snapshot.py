@@ -31,6 +31,7 @@ import yaml
 
 from analyser.errors import SnapshotError
 from analyser.texts import (
+    inert,
     is_dns1123_label,
     is_dns1123_subdomain,
     is_kind,
@@ -676,7 +677,7 @@ def parse_snapshot_documents(documents: Iterable[object], *, source: str) -> lis
             name = meta.get("name") if isinstance(meta, dict) else None
             if not isinstance(name, str) or not name:
                 raise SnapshotError(f"{source}: {where}: {kind} without metadata.name")
-            label = f"{where} ({kind} {_display_name(obj)})"
+            label = f"{where} ({kind} {inert(_display_name(obj))})"  # not checked yet
             _check(obj, kind, source=source, where=label)
             if kind not in CLUSTER_SCOPED_KINDS and "namespace" not in obj["metadata"]:
                 obj = {**obj, "metadata": {**obj["metadata"], "namespace": "default"}}
