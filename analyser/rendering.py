@@ -364,33 +364,44 @@ def kustomization_object(resources: Iterable[str]) -> dict[str, Any]:
 _FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 
 
-def _field_path(path: str, key: object) -> str:
-    if isinstance(key, str) and _FIELD_NAME.fullmatch(key):
-        return f"{path}.{key}" if path else key
-    return f"{path}[{key!r}]"
-
-
-def first_difference(actual: object, expected: object, path: str = "") -> str | None:
-    """Where ``actual`` (parsed YAML) first differs from ``expected``: a path such as
-    ``spec.egress[3]`` or ``metadata.labels['app']`` ("" for the whole), None when they are
-    equal, types included (``"80"`` is not ``80``, ``true`` not ``1``)."""
+def _difference(actual: object, expected: object) -> list[object] | None:
+    """The keys and indices (innermost first) down to where ``actual`` first differs from
+    ``expected``, or None. Paths are built only for a difference: this runs on every file."""
+    if type(actual) is not type(expected):
+        return []
     if isinstance(actual, dict) and isinstance(expected, dict):
-        for key in sorted(actual.keys() | expected.keys(), key=repr):
-            if key not in actual or key not in expected:
-                return _field_path(path, key)
-            found = first_difference(actual[key], expected[key], _field_path(path, key))
+        if actual.keys() != expected.keys():
+            return [min(actual.keys() ^ expected.keys(), key=repr)]
+        for key, value in expected.items():
+            found = _difference(actual[key], value)
             if found is not None:
-                return found
+                return [*found, key]
         return None
     if isinstance(actual, list) and isinstance(expected, list):
-        for index in range(max(len(actual), len(expected))):
-            if index >= len(actual) or index >= len(expected):
-                return f"{path}[{index}]"
-            found = first_difference(actual[index], expected[index], f"{path}[{index}]")
+        for index, (item, wanted) in enumerate(zip(actual, expected, strict=False)):
+            found = _difference(item, wanted)
             if found is not None:
-                return found
+                return [*found, index]
+        return None if len(actual) == len(expected) else [min(len(actual), len(expected))]
+    return None if actual == expected else []
+
+
+def first_difference(actual: object, expected: object) -> str | None:
+    """Where ``actual`` (parsed YAML) first differs from ``expected``: a path such as
+    ``spec.egress[3]`` or ``metadata.labels['app.kubernetes.io/name']`` ("" for the whole),
+    None when they are equal, types included (``"80"`` is not ``80``, ``true`` not ``1``)."""
+    found = _difference(actual, expected)
+    if found is None:
         return None
-    return None if type(actual) is type(expected) and actual == expected else path
+    path = ""
+    for step in reversed(found):
+        if isinstance(step, int):
+            path += f"[{step}]"
+        elif isinstance(step, str) and _FIELD_NAME.fullmatch(step):
+            path += f".{step}" if path else step
+        else:
+            path += f"[{step!r}]"
+    return path
 
 
 # libyaml's safe loader when PyYAML was built with it (fifty times faster), else the Python one.
