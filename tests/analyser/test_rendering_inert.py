@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from analyser.rendering import (
     render_dot,
     render_kustomization,
     render_policy,
+    render_policy_files,
     render_report,
     yaml_quoted,
 )
@@ -347,3 +349,26 @@ def test_first_difference_names_the_path_and_minds_types() -> None:
     assert first_difference({"spec": expected["spec"]}, expected) == "['a.b']"
     assert first_difference([], {}) == ""
     assert first_difference({"k\u2028": 1}, {}) == "['k\\u2028']"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_reads_exactly_the_model_from_hostile_policies(tmp_path: Path) -> None:
+    # go-yaml (kubectl, kustomize) also reads U+2028, U+2029 and NEL as line breaks. Only the
+    # DNS names are hostile here: go-yaml refuses to write a label value holding a control
+    # character (no such label passes the snapshot's checks).
+    hostile = [
+        dataclasses.replace(
+            hostile_policy(text), name=f"p{index}", workload="shop/Deployment/a", labels=()
+        )
+        for index, text in enumerate(HOSTILE.values())
+    ]
+    files = render_policy_files(hostile, provenance=PROVENANCE)
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text, encoding="utf-8")
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert built.returncode == 0, built.stderr
+    objects = {o["metadata"]["name"]: o for o in yaml.safe_load_all(built.stdout) if o}
+    assert objects == {p.name: policy_object(p, provenance=PROVENANCE) for p in hostile}

@@ -14,7 +14,7 @@ import yaml
 
 from analyser.analysing import REPORT, Analysis
 from analyser.cli.main import ExitStatus, main
-from analyser.rendering import KUSTOMIZATION
+from analyser.rendering import KUSTOMIZATION, Provenance, policy_object, policy_path
 from tests.bundle_builders import Frame, dns_exchange, handshake
 from tests.hostile.hostile_helpers import (
     NAMESPACE,
@@ -42,6 +42,7 @@ HOSTILE_NAMES = (
 )
 # What YAML reads as a line break; only "\n" may end a line we write.
 YAML_BREAKS = {"\r", "\x85", "\u2028", "\u2029"}
+LOADERS = [yaml.SafeLoader, *([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else [])]
 
 
 def frontend_calls_outside(bundle: Path, names: tuple[str, ...]) -> list[Frame]:
@@ -85,6 +86,16 @@ def test_forged_dns_names_add_no_rule_and_rewrite_nothing(bundle: Path, tmp_path
     add_capture(bundle, "frontend", frontend_calls_outside(bundle, HOSTILE_NAMES))
     expected, hostile = run(plain), run(bundle)
 
+    # PyYAML sees exactly the objects of the model
+    window = hostile.window
+    assert window is not None
+    provenance = Provenance(window.start_text, window.end_text)
+    for policy in hostile.policies:
+        for loader in LOADERS:
+            text = hostile.files[policy_path(policy.namespace, policy.name)]
+            assert [d for d in yaml.load_all(text, Loader=loader) if d is not None] == [
+                policy_object(policy, provenance=provenance)
+            ]
     # the same objects as the same traffic without the DNS answers, name annotation aside
     assert list(policy_files(hostile)) == list(policy_files(expected))
     assert without_dns_names(objects(hostile)) == without_dns_names(objects(expected))
