@@ -408,7 +408,7 @@ def first_difference(actual: object, expected: object) -> str | None:
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _parse_back(text: str, what: str, expected: Mapping[str, Any]) -> None:
+def _parse_back(text: str, what: str, expected: dict[str, Any]) -> None:
     """``text`` must parse to exactly one document, ``expected``; else RenderError naming
     ``what`` (the file) and where they differ."""
     try:
@@ -419,7 +419,7 @@ def _parse_back(text: str, what: str, expected: Mapping[str, Any]) -> None:
         raise RenderError(
             f"rendered {what} differs from the policy model: {len(documents)} YAML documents, not 1"
         )
-    difference = first_difference(documents[0], dict(expected))
+    difference = first_difference(documents[0], expected)
     if difference is not None:
         raise RenderError(
             f"rendered {what} differs from the policy model at {difference or 'the top level'}"
