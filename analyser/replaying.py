@@ -204,12 +204,13 @@ def ensure_policies_allow(policies: PolicySet, graph: Any, cluster: ClusterFacts
     """Raise :class:`UnsafePolicies` listing the denied flows, if ``policies`` deny any."""
     denials = check_policies_allow(policies, graph, cluster)
     if denials:
-        listed = "\n".join(f"  {denial}" for denial in denials[:MAX_LISTED_DENIALS])
+        # One line: the terminal shows an error's line breaks as escapes (cli.main.say).
+        listed = "; ".join(str(denial) for denial in denials[:MAX_LISTED_DENIALS])
         more = len(denials) - MAX_LISTED_DENIALS
-        tail = f"\n  ... and {more} more" if more > 0 else ""
+        tail = f"; ... and {more} more" if more > 0 else ""
         raise UnsafePolicies(
             f"the generated policies would deny {len(denials)} observed flow(s); "
-            f"nothing was written:\n{listed}{tail}"
+            f"nothing was written: {listed}{tail}"
         )
 
 

@@ -30,6 +30,14 @@ from typing import Any, TypedDict, cast
 import yaml
 
 from analyser.errors import SnapshotError
+from analyser.texts import (
+    inert,
+    is_dns1123_label,
+    is_dns1123_subdomain,
+    is_kind,
+    is_label_key,
+    is_label_value,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The JSON shapes (only the fields the analyser reads; everything else is kept, untouched).
@@ -288,26 +296,36 @@ CLUSTER_SCOPED_KINDS: frozenset[str] = frozenset({"Namespace", "Node"})
 # ---------------------------------------------------------------------------------------------
 # Checking the fields we read. A path names a field; ``x[]`` walks every element of list ``x``.
 # Missing fields are fine (everything is optional in practice); present ones must have the type.
+# Names, namespaces, labels and kinds must also be what the API server would have stored: one
+# that is not comes from a tampered snapshot, and is refused rather than carried into an output.
 
 _STR, _INT, _BOOL, _LIST, _DICT = "a string", "an integer", "a boolean", "a list", "an object"
-_LABELS, _TIME, _IP, _PORT = "a map of strings", "a timestamp", "an IP address", "a port number"
+_TIME, _IP, _PORT = "a timestamp", "an IP address", "a port number"
 _INT_OR_STR = "an integer or a string"
+_NAME = "an object name (a DNS-1123 subdomain: a-z, 0-9, '-' and '.', at most 253)"
+_NAMESPACE = "a namespace name (a DNS-1123 label: a-z, 0-9 and '-', at most 63)"
+_KIND = "a kind (letters, digits and '-', starting with a letter)"
+_LABELS = "a map of label keys to label values"
+_LABEL_KEY = "a label key ([prefix/]name: a-z, A-Z, 0-9, '-', '_' and '.', at most 63)"
+_LABEL_VALUE = "a label value (empty, or a-z, A-Z, 0-9, '-', '_' and '.', at most 63)"
+_OPERATOR = "In, NotIn, Exists or DoesNotExist"
+_PORT_NAME = "a port name (empty, or a DNS-1123 label)"
 
 _SELECTOR = (
     ("matchLabels", _LABELS),
     ("matchExpressions", _LIST),
     ("matchExpressions[]", _DICT),
-    ("matchExpressions[].key", _STR),
-    ("matchExpressions[].operator", _STR),
+    ("matchExpressions[].key", _LABEL_KEY),
+    ("matchExpressions[].operator", _OPERATOR),
     ("matchExpressions[].values", _LIST),
-    ("matchExpressions[].values[]", _STR),
+    ("matchExpressions[].values[]", _LABEL_VALUE),
 )
 _CONTAINER = (
     ("", _LIST),
     ("[]", _DICT),
     ("[].ports", _LIST),
     ("[].ports[]", _DICT),
-    ("[].ports[].name", _STR),
+    ("[].ports[].name", _PORT_NAME),
     ("[].ports[].containerPort", _PORT),
     ("[].ports[].hostPort", _PORT),
     ("[].ports[].protocol", _STR),
@@ -318,7 +336,7 @@ _POD_SPEC = (
         for field in ("containers", "initContainers")
         for path, kind in _CONTAINER
     ),
-    ("nodeName", _STR),
+    ("nodeName", _NAME),
     ("hostNetwork", _BOOL),
 )
 _CONTROLLER = (
@@ -333,16 +351,16 @@ _CONTROLLER = (
 _CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
     "*": (
         ("metadata", _DICT),
-        ("metadata.name", _STR),
-        ("metadata.namespace", _STR),
+        ("metadata.name", _NAME),
+        ("metadata.namespace", _NAMESPACE),
         ("metadata.uid", _STR),
         ("metadata.labels", _LABELS),
         ("metadata.creationTimestamp", _TIME),
         ("metadata.deletionTimestamp", _TIME),
         ("metadata.ownerReferences", _LIST),
         ("metadata.ownerReferences[]", _DICT),
-        ("metadata.ownerReferences[].kind", _STR),
-        ("metadata.ownerReferences[].name", _STR),
+        ("metadata.ownerReferences[].kind", _KIND),
+        ("metadata.ownerReferences[].name", _NAME),
         ("metadata.ownerReferences[].uid", _STR),
         ("metadata.ownerReferences[].controller", _BOOL),
     ),
@@ -382,7 +400,7 @@ _CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
         ("spec.selector", _LABELS),
         ("spec.ports", _LIST),
         ("spec.ports[]", _DICT),
-        ("spec.ports[].name", _STR),
+        ("spec.ports[].name", _PORT_NAME),
         ("spec.ports[].port", _PORT),
         ("spec.ports[].targetPort", _INT_OR_STR),
         ("spec.ports[].protocol", _STR),
@@ -395,13 +413,13 @@ _CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
         ("endpoints[].addresses", _LIST),
         ("endpoints[].addresses[]", _STR),
         ("endpoints[].targetRef", _DICT),
-        ("endpoints[].targetRef.kind", _STR),
-        ("endpoints[].targetRef.name", _STR),
-        ("endpoints[].targetRef.namespace", _STR),
+        ("endpoints[].targetRef.kind", _KIND),
+        ("endpoints[].targetRef.name", _NAME),
+        ("endpoints[].targetRef.namespace", _NAMESPACE),
         ("endpoints[].targetRef.uid", _STR),
         ("ports", _LIST),
         ("ports[]", _DICT),
-        ("ports[].name", _STR),
+        ("ports[].name", _PORT_NAME),
         ("ports[].port", _PORT),
         ("ports[].protocol", _STR),
     ),
@@ -412,7 +430,7 @@ _CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
             ("[]", _DICT),
             ("[].ports", _LIST),
             ("[].ports[]", _DICT),
-            ("[].ports[].name", _STR),
+            ("[].ports[].name", _PORT_NAME),
             ("[].ports[].port", _PORT),
             ("[].ports[].protocol", _STR),
         )
@@ -425,12 +443,13 @@ _CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
             ("[]", _DICT),
             ("[].ip", _IP),
             ("[].targetRef", _DICT),
-            ("[].targetRef.kind", _STR),
-            ("[].targetRef.name", _STR),
-            ("[].targetRef.namespace", _STR),
+            ("[].targetRef.kind", _KIND),
+            ("[].targetRef.name", _NAME),
+            ("[].targetRef.namespace", _NAMESPACE),
             ("[].targetRef.uid", _STR),
         )
     ),
+    "Namespace": (("metadata.name", _NAMESPACE),),
     "Node": (
         ("spec", _DICT),
         ("spec.podCIDR", _STR),
@@ -451,9 +470,23 @@ _CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
+# The checks of text: a string that follows the rule.
+_TEXT_RULES: dict[str, Callable[[str], bool]] = {
+    _STR: lambda text: True,
+    _NAME: is_dns1123_subdomain,
+    _NAMESPACE: is_dns1123_label,
+    _KIND: is_kind,
+    _LABEL_KEY: is_label_key,
+    _LABEL_VALUE: is_label_value,
+    _OPERATOR: lambda text: text in ("In", "NotIn", "Exists", "DoesNotExist"),
+    _PORT_NAME: lambda text: text == "" or is_dns1123_label(text),
+}
+
+
 def _is(value: object, expected: str) -> bool:
-    if expected == _STR:
-        return isinstance(value, str)
+    rule = _TEXT_RULES.get(expected)
+    if rule is not None:
+        return isinstance(value, str) and rule(value)
     if expected in (_INT, _PORT):
         ok = isinstance(value, int) and not isinstance(value, bool)
         return ok and (expected == _INT or 0 <= cast(int, value) <= 65535)
@@ -464,9 +497,7 @@ def _is(value: object, expected: str) -> bool:
     if expected == _DICT:
         return isinstance(value, dict)
     if expected == _LABELS:
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        )
+        return isinstance(value, dict) and _bad_label(value) is None
     if expected == _INT_OR_STR:
         return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
     if expected == _TIME:
@@ -478,6 +509,24 @@ def _is(value: object, expected: str) -> bool:
     if expected == _IP:
         return isinstance(value, str) and _is_ip(value)
     raise AssertionError(expected)
+
+
+@dataclass(frozen=True, slots=True)
+class _BadLabel:
+    """The first entry of a label map that is not a label: its key, what is wrong, the text."""
+
+    key: object
+    expected: str
+    value: object
+
+
+def _bad_label(labels: Mapping[object, object]) -> _BadLabel | None:
+    for key, value in labels.items():
+        if not _is(key, _LABEL_KEY):
+            return _BadLabel(key, _LABEL_KEY, key)
+        if not _is(value, _LABEL_VALUE):
+            return _BadLabel(key, _LABEL_VALUE, value)
+    return None
 
 
 def _is_ip(text: str) -> bool:
@@ -516,6 +565,8 @@ def _check_tree(kind: str) -> _FieldChecks:
 
 def _check_value(value: object, checks: _FieldChecks, path: str, fail: Callable[..., None]) -> None:
     for expected in checks.expected:
+        if expected == _LABELS and isinstance(value, dict) and (bad := _bad_label(value)):
+            fail(f"{path}[{bad.key!r:.60}]", bad.expected, bad.value)
         if not _is(value, expected):
             fail(path, expected, value)
     if checks.element is not None and isinstance(value, list):
@@ -627,7 +678,7 @@ def parse_snapshot_documents(documents: Iterable[object], *, source: str) -> lis
             name = meta.get("name") if isinstance(meta, dict) else None
             if not isinstance(name, str) or not name:
                 raise SnapshotError(f"{source}: {where}: {kind} without metadata.name")
-            label = f"{where} ({kind} {_display_name(obj)})"
+            label = f"{where} ({kind} {inert(_display_name(obj))})"  # not checked yet
             _check(obj, kind, source=source, where=label)
             if kind not in CLUSTER_SCOPED_KINDS and "namespace" not in obj["metadata"]:
                 obj = {**obj, "metadata": {**obj["metadata"], "namespace": "default"}}
@@ -758,22 +809,36 @@ def _owner_hint(value: object, *, where: str) -> OwnerHint | None:
         refs = [v for v in value if isinstance(v, dict)]
         chosen = next((r for r in refs if r.get("controller") is True), refs[0] if refs else None)
         return _owner_hint(chosen, where=where)
+    kind: object
+    name: object
+    uid: object
     if isinstance(value, str) and value.count("/") == 1:
-        kind_text, name_text = value.split("/")
-        if kind_text and name_text:
-            return OwnerHint(kind=kind_text, name=name_text)
-    if isinstance(value, dict):
+        kind, name = value.split("/")
+        uid = ""
+    elif isinstance(value, dict):
         kind, name, uid = value.get("kind"), value.get("name"), value.get("uid", "")
-        if isinstance(kind, str) and isinstance(name, str) and isinstance(uid, str):
-            return OwnerHint(kind=kind, name=name, uid=uid)
-    raise SnapshotError(f"{where}: owner must be an ownerReference or 'Kind/name', got {value!r}")
+    else:
+        raise SnapshotError(
+            f"{where}: owner must be an ownerReference or 'Kind/name', got {value!r:.60}"
+        )
+    for field_name, text, expected in (("kind", kind, _KIND), ("name", name, _NAME)):
+        if not _is(text, expected):
+            raise SnapshotError(f"{where}: owner {field_name} must be {expected}, got {text!r:.60}")
+    if not isinstance(uid, str):
+        raise SnapshotError(f"{where}: owner uid must be a string")
+    return OwnerHint(kind=str(kind), name=str(name), uid=uid)
 
 
 def _labels(value: object, *, where: str) -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
-    if not _is(value, _LABELS):
-        raise SnapshotError(f"{where}: labels must be a map of strings")
+    if not isinstance(value, dict):
+        raise SnapshotError(f"{where}: labels must be {_LABELS}")
+    bad = _bad_label(value)
+    if bad is not None:
+        raise SnapshotError(
+            f"{where}: labels[{bad.key!r:.60}] must be {bad.expected}, got {bad.value!r:.60}"
+        )
     return tuple(sorted(cast(dict[str, str], value).items()))
 
 
@@ -787,10 +852,13 @@ def _ips(value: object, *, where: str) -> tuple[str, ...]:
     return tuple(normalize_ip(v) for v in value)
 
 
-def _required_str(record: Mapping[str, object], key: str, *, where: str) -> str:
+def _required_name(record: Mapping[str, object], key: str, expected: str, *, where: str) -> str:
+    """``record[key]``, which must be ``expected`` (``_NAME`` or ``_NAMESPACE``)."""
     value = record.get(key)
     if not isinstance(value, str) or not value:
         raise SnapshotError(f"{where}: {key!r} must be a non-empty string")
+    if not _is(value, expected):
+        raise SnapshotError(f"{where}: {key!r} must be {expected}, got {value!r:.60}")
     return value
 
 
@@ -824,8 +892,8 @@ def parse_pod_ip_history(lines: Iterable[str], *, source: str) -> list[PodIpEven
             PodIpEvent(
                 time=_time(record.get("time"), where=where, key="time"),
                 event=event,
-                namespace=_required_str(record, "namespace", where=where),
-                pod=_required_str(record, "pod", where=where),
+                namespace=_required_name(record, "namespace", _NAMESPACE, where=where),
+                pod=_required_name(record, "pod", _NAME, where=where),
                 uid=uid,
                 ips=_ips(record.get("ips"), where=where),
                 labels=_labels(record.get("labels"), where=where),
@@ -853,9 +921,11 @@ def parse_capture_meta(record: object, *, source: str) -> CaptureMeta:
     uid, node = record.get("uid") or "", record.get("node") or ""
     if not isinstance(uid, str) or not isinstance(node, str):
         raise SnapshotError(f"{source}: 'uid' and 'node' must be strings")
+    if node and not _is(node, _NAME):
+        raise SnapshotError(f"{source}: 'node' must be {_NAME}, got {node!r:.60}")
     return CaptureMeta(
-        namespace=_required_str(record, "namespace", where=source),
-        pod=_required_str(record, "pod", where=source),
+        namespace=_required_name(record, "namespace", _NAMESPACE, where=source),
+        pod=_required_name(record, "pod", _NAME, where=source),
         uid=uid,
         ips=_ips(record.get("ips"), where=source),
         labels=_labels(record.get("labels"), where=source),

@@ -66,9 +66,10 @@ _IF_TSOFFSET = 14
 
 # Capture file names: *.pcap, *.pcapng, *.cap, tcpdump's ring names (capture.pcap0,
 # capture.pcap01, ...), each optionally .gz.
-_CAPTURE_NAME = re.compile(r".+\.(pcap|pcapng|cap)[0-9]*(\.gz)?", re.IGNORECASE)
+# DOTALL: a name holding a line break is a capture all the same (shown escaped), not skipped.
+_CAPTURE_NAME = re.compile(r".+\.(pcap|pcapng|cap)[0-9]*(\.gz)?", re.IGNORECASE | re.DOTALL)
 # A ring member's name without its number: "capture.pcap07" → "capture.pcap".
-_RING_MEMBER = re.compile(r"(.+\.(?:pcapng|pcap|cap))[0-9]+", re.IGNORECASE)
+_RING_MEMBER = re.compile(r"(.+\.(?:pcapng|pcap|cap))[0-9]+", re.IGNORECASE | re.DOTALL)
 
 Record = tuple[float, int, bytes]
 """(timestamp in UTC epoch seconds, pcap LINKTYPE_* value, captured bytes)"""

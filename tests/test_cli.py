@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from analyser.cli.main import COMMANDS, ExitStatus, main
+from analyser.cli import main as cli_main
+from analyser.cli.main import COMMANDS, ExitStatus, echo, main, say
 
 
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,3 +57,30 @@ def test_analyse_help_does_not_import_the_webhook_or_kubernetes() -> None:
     )
     # the help text comes first; the last line is the marker (empty: nothing heavy was imported)
     assert result.stdout.strip().splitlines()[-1] == "heavy imports:"
+
+
+HOSTILE = "pod\x1b[2J\nnetpol-sniffer analyse: fake line\u2028\u202e\x85"
+SHOWN = "pod\\x1b[2J\\nnetpol-sniffer analyse: fake line\\u2028\\u202e\\x85"
+
+
+def test_every_terminal_line_shows_input_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    say("analyse", f"warning: {HOSTILE}")
+    echo(f"result: {HOSTILE}")
+    captured = capsys.readouterr()
+    assert captured.err == f"netpol-sniffer analyse: warning: {SHOWN}\n"
+    assert captured.out == f"result: {SHOWN}\n"
+
+
+def test_log_lines_show_input_escaped() -> None:
+    formatter = cli_main._InertFormatter("%(levelname)s: %(message)s")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "pulled %s", (HOSTILE,), None)
+    assert formatter.format(record) == f"INFO: pulled {SHOWN}"
+
+
+def test_an_error_message_holding_input_is_one_escaped_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = tmp_path / "bundle\x1b[31m\nx"
+    assert main(["analyse", str(bundle), "--out", str(tmp_path / "out")]) == ExitStatus.ERROR
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.isprintable() and "bundle\\x1b[31m\\nx" in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -139,6 +140,29 @@ def test_an_unusable_snapshot_is_a_clear_error(
     status, _, stderr = run([str(copy), "-o", str(tmp_path / "out")], capsys)
     assert status == ExitStatus.ERROR
     assert "snapshot.json" in stderr and "not valid" in stderr
+
+
+def test_a_rendered_file_that_differs_from_the_model_is_not_written(
+    bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from analyser import rendering
+
+    # a quoting filter gone wrong: every value comes out one character short
+    monkeypatch.setitem(
+        rendering._ENV.filters, "q", lambda value: rendering.yaml_quoted(str(value)[:-1])
+    )
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(bundle), "-o", str(out), "--workers", "1"], capsys)
+    assert status == ExitStatus.ERROR and not stdout
+    assert not out.exists()
+    assert re.fullmatch(
+        r"netpol-sniffer analyse: error: rendered shop\.cart\.yaml differs from the policy model "
+        r"at \S+",
+        stderr.splitlines()[-1],
+    )
 
 
 @pytest.mark.parametrize("workers", ["0", "-1", "many"])

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from analyser.cli.arguments import network, positive_int
-from analyser.cli.main import ExitStatus, say
+from analyser.cli.main import ExitStatus, echo, say
 from analyser.cli.progress import reading_captures
 
 SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
@@ -108,10 +108,11 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     write_output(analysis.files, out, force=args.force)
     if args.json:
+        # JSON escapes every control and non-ASCII character: inert as it is
         print(json.dumps({**analysis.summary(), "output": str(out)}, indent=2))
     else:
         policies = len(analysis.policy_files)
-        print(
+        echo(
             f"{policies} policies from {len(analysis.flows)} flows in {len(bundle.captures)} "
             f"capture files written to {out}/ (apply: kubectl apply -f {out}); "
             f"report: {out / 'report.md'}"

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from analyser.cli.arguments import positive_int, seconds
-from analyser.cli.main import ExitStatus, say
+from analyser.cli.main import ExitStatus, echo, say
 from analyser.cli.progress import Progress
 
 SUMMARY = "pull captures and a cluster snapshot into a bundle"
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             on_pull_start=start_pulling,
             on_pod_done=lambda outcome: bar.advance(),
         )
-    print(
+    echo(
         f"{args.out}: {result.pods_pulled} pods pulled from {', '.join(result.namespaces)}, "
         f"{result.files_fetched} files ({result.bytes_fetched} bytes) fetched, "
         f"{result.ip_changes} pod IP changes recorded"

@@ -25,8 +25,9 @@ from typing import Any
 
 from analyser.bundles import MANIFEST
 from analyser.cli.arguments import add_capture_mode, positive_seconds
-from analyser.cli.main import ExitStatus, say
+from analyser.cli.main import ExitStatus, echo, say
 from analyser.errors import LabError
+from analyser.texts import inert
 
 SUMMARY = "lab + analyse on microservices-demo, with a summary"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "microservices-demo"
@@ -114,13 +115,14 @@ def _edge_rows(graph: Any) -> list[tuple[str, str, str, str, str]]:
     )
 
 
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """The lines of a table, columns aligned; cells are made inert first, so they align as shown."""
+    cells = [header, *(tuple(inert(cell) for cell in row) for row in rows)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = [
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
-        for row in [header, *rows]
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells
     ]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    return [lines[0], "  ".join("-" * w for w in widths), *lines[1:]]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,11 +139,12 @@ def run(args: argparse.Namespace) -> int:
     write_output(analysis.files, policies_dir)
     for problem in analysis.problems:
         _say(f"warning: {problem.path}: {problem.problem}")
-    print(
-        _table(("CLIENT", "SERVER", "PORT", "FLOWS", "DIRECTION FROM"), _edge_rows(analysis.graph))
-    )
+    for line in _table(
+        ("CLIENT", "SERVER", "PORT", "FLOWS", "DIRECTION FROM"), _edge_rows(analysis.graph)
+    ):
+        echo(line)
     print()
-    print(
+    echo(
         f"{len(analysis.policy_files)} NetworkPolicies from {len(analysis.flows)} flows "
         f"({analysis.traffic.packets} packets in {len(bundle.captures)} capture files)"
     )
@@ -152,20 +155,20 @@ def run(args: argparse.Namespace) -> int:
         truth = json.loads(truth_path.read_text(encoding="utf-8"))
         loaded = parse_policy_texts({p: analysis.files[p] for p in analysis.policy_files})
         verdict = check_truth(snapshot, truth, loaded.policies)
-        print(
+        echo(
             f"against the lab's truth: {verdict.flows - len(verdict.denied)}/{verdict.flows} "
             f"flows that happened are allowed; "
             f"{len(verdict.extra) or 'nothing'} allowed beyond them "
             "(cluster DNS and exposed ports aside)"
         )
         for line in [*verdict.denied, *verdict.extra]:
-            print(f"  {line}")
+            echo(f"  {line}")
         passed = verdict.passed
     graph = policies_dir / (GRAPH_SVG if GRAPH_SVG in analysis.files else GRAPH_DOT)
-    print(f"policies: {policies_dir}/ (kubectl apply -f {policies_dir})")
-    print(f"graph:    {graph}")
-    print(f"report:   {policies_dir / REPORT}")
-    print(f"bundle:   {bundle_path}")
+    echo(f"policies: {policies_dir}/ (kubectl apply -f {policies_dir})")
+    echo(f"graph:    {graph}")
+    echo(f"report:   {policies_dir / REPORT}")
+    echo(f"bundle:   {bundle_path}")
     if not passed:
         _say("the policies do not match what happened in the lab (see above)")
         return ExitStatus.ERROR

@@ -23,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from analyser.cli.main import ExitStatus
+from analyser.cli.main import ExitStatus, echo
 
 SUMMARY = "what changes between two policy folders, per workload pair"
 
@@ -80,23 +80,23 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(document, indent=2))
         return ExitStatus.OK
-    print(
+    echo(
         f"{args.old} → {args.new}: {len(universe.pods)} workloads and "
         f"{len(universe.blocks)} address blocks compared on every port"
     )
     for change in changes:
         pair = f"{change.client} → {change.server}"
         if change.newly_allowed:
-            print(f"+ {pair}: {change.newly_allowed}")
+            echo(f"+ {pair}: {change.newly_allowed}")
         if change.newly_denied:
-            print(f"- {pair}: {change.newly_denied}")
+            echo(f"- {pair}: {change.newly_denied}")
     gained = sum(1 for c in changes if c.newly_allowed)
     lost = sum(1 for c in changes if c.newly_denied)
-    print(
+    echo(
         f"pairs gaining ports: {gained}, pairs losing ports: {lost}"
         if changes
         else "no change: both sets allow exactly the same connections"
     )
     for note in notes:
-        print(f"note: {note}")
+        echo(f"note: {note}")
     return ExitStatus.OK

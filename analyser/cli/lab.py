@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 
 from analyser.cli.arguments import add_capture_mode, positive_seconds
-from analyser.cli.main import PROG, ExitStatus, say
+from analyser.cli.main import PROG, ExitStatus, echo, say
 
 SUMMARY = "run the pipeline on a simulated cluster of network namespaces"
 
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "clean":
         netns.require_root()
         removed = netns.remove_leftovers()
-        print(f"removed {len(removed)} namespaces" + (f": {', '.join(removed)}" if removed else ""))
+        echo(f"removed {len(removed)} namespaces" + (f": {', '.join(removed)}" if removed else ""))
         return ExitStatus.OK
     result = run_lab(
         LabOptions(
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         log=_say,
     )
     calls = result.report["calls"]
-    print(
+    echo(
         f"bundle written to {result.out}/ ({len(result.truth)} flows in truth.json, "
         f"{sum(c['ok'] for c in calls)} successful calls of {sum(c['attempts'] for c in calls)}) "
         f"in {result.seconds:.1f}s; analyse it: {PROG} analyse {result.out} --out POLICIES"

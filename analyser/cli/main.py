@@ -3,6 +3,11 @@
 Subcommands are listed in ``COMMANDS`` and imported only when they run, so ``--help`` of one never
 loads another's heavy libraries. Exceptions become a message and an exit status here, and only
 here; ``--debug`` re-raises them with a traceback.
+
+Every line the commands write to the terminal goes through :func:`say` (stderr), :func:`echo`
+(stdout) or the logging format set here, and so through ``texts.inert``: names, file names and
+messages that come from input reach the terminal escaped (``\x1b``, ``\u2028``), one line each,
+never as escape sequences or line breaks of their own.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from enum import IntEnum
 from types import ModuleType
 
 from analyser.errors import NetpolSnifferError
+from analyser.texts import inert
 
 PROG = "netpol-sniffer"
 
@@ -59,8 +65,20 @@ def _top_level_help() -> str:
 
 
 def say(command: str, message: str) -> None:
-    """A line on stderr in the command's voice: ``netpol-sniffer COMMAND: MESSAGE``."""
-    print(f"{PROG} {command}: {message}", file=sys.stderr)
+    """A line on stderr in the command's voice: ``netpol-sniffer COMMAND: MESSAGE`` (inert)."""
+    print(f"{PROG} {command}: {inert(message)}", file=sys.stderr)
+
+
+def echo(line: str) -> None:
+    """A line on stdout (inert): a command's result."""
+    print(inert(line))
+
+
+class _InertFormatter(logging.Formatter):
+    """Log lines made inert like :func:`say`'s (a traceback under ``--debug`` stays as it is)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return inert(super().formatMessage(record))
 
 
 def load_command(name: str) -> ModuleType:
@@ -95,10 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"{PROG}: unknown command {name!r}\n\n{_top_level_help()}", file=sys.stderr)
         return ExitStatus.USAGE
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format=f"{PROG}: %(levelname)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_InertFormatter(f"{PROG}: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
     module = load_command(name)
     args = build_parser(name, module).parse_args(rest)
     args.debug = debug

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from analyser.cli.main import ExitStatus
+from analyser.cli.main import ExitStatus, echo
 
 SUMMARY = "unlabel namespaces and roll their workloads so the sidecars go away"
 
@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.dry_run:
             apply_uninstall(cluster, plan)
         if plan.unlabel:
-            print(f"namespace {plan.namespace}: {prefix}remove label {CAPTURE_LABEL}")
+            echo(f"namespace {plan.namespace}: {prefix}remove label {CAPTURE_LABEL}")
         for kind, name in plan.restarts:
-            print(f"namespace {plan.namespace}: {prefix}restart {kind.lower()}/{name}")
+            echo(f"namespace {plan.namespace}: {prefix}restart {kind.lower()}/{name}")
         for pod, action in plan.manual:
-            print(f"namespace {plan.namespace}: pod {pod} keeps its sidecar: {action}")
+            echo(f"namespace {plan.namespace}: pod {pod} keeps its sidecar: {action}")
     return ExitStatus.OK

@@ -25,7 +25,7 @@ import argparse
 import json
 from pathlib import Path
 
-from analyser.cli.main import ExitStatus
+from analyser.cli.main import ExitStatus, echo
 from analyser.cli.progress import reading_captures
 
 SUMMARY = "prove policies allow every observed flow, show the rest"
@@ -81,24 +81,24 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(document, indent=2))
         return status
-    print(
+    echo(
         f"{args.policies} ({len(loaded.policies.policies)} NetworkPolicies) against "
         f"{result.checked} observed connections of {args.bundle}"
     )
     if result.denials:
-        print(f"DENIED: {len(result.denials)} observed connection(s) would be blocked:")
+        echo(f"DENIED: {len(result.denials)} observed connection(s) would be blocked:")
         for denial in result.denials:
-            print(f"  {denial}")
+            echo(f"  {denial}")
     else:
-        print("OK: every observed connection is allowed")
+        echo("OK: every observed connection is allowed")
     if result.allowances:
-        print(f"allowed but never observed ({len(result.allowances)} pairs):")
+        echo(f"allowed but never observed ({len(result.allowances)} pairs):")
         for allowance in result.allowances:
             seen = f" (observed: {allowance.observed})" if allowance.observed else ""
-            print(f"  {allowance.client} → {allowance.server}: {allowance.unobserved}{seen}")
+            echo(f"  {allowance.client} → {allowance.server}: {allowance.unobserved}{seen}")
     else:
-        print("nothing is allowed beyond what was observed")
-    print(f"least-privilege score (lower is better): {result.score}")
+        echo("nothing is allowed beyond what was observed")
+    echo(f"least-privilege score (lower is better): {result.score}")
     for note in notes:
-        print(f"note: {note}")
+        echo(f"note: {note}")
     return status

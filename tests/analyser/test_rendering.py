@@ -415,13 +415,14 @@ def test_dot_with_quotes_and_line_breaks_renders_and_keeps_the_labels() -> None:
     assert "Warning" not in result.stderr and "syntax error" not in result.stderr
     rendered = json.loads(result.stdout)
     labels = sorted(o["label"] for o in rendered["objects"])
-    # Graphviz keeps the escString as written: \n is its line break, \\ a backslash.
+    # Graphviz keeps the escString as written: \n is its line break, \\ a backslash. A line
+    # break in the data is shown as its escape, not drawn.
     assert labels == sorted(
         [
             "10.0.0.9",
             "203.0.113.7\\napi.example.com\\nodd|name\\\\x",
             "shop/Deployment/cart",
-            'shop/Deployment/web "v2"\\nline two',
+            'shop/Deployment/web "v2"\\\\nline two',
             "worker-1 (10.1.0.1)",
         ]
     )
@@ -472,8 +473,8 @@ def test_report_lists_workloads_flows_names_problems_and_evidence() -> None:
     assert "| known-listener | 0 |" in report
     assert "| heuristic | 3 |" in report
     assert "| not_ip | 2 |\n| other_protocol | 4 |\n" in report
-    # a line break in a label cannot start a new table row
-    assert '| shop/Deployment/web "v2" line two | yes | — |' in report
+    # a line break in a label cannot start a new table row: it shows as its escape
+    assert '| shop/Deployment/web "v2"\\\\nline two | yes | — |' in report
 
 
 def test_report_names_services_assumed_backends_and_workloads_without_a_policy() -> None:

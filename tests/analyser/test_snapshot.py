@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -160,7 +161,7 @@ def test_a_folder_of_json_and_yaml_files(tmp_path: Path) -> None:
                     "items": [{"kind": "Service", "metadata": {"name": "s", "labels": {"a": 1}}}],
                 }
             ),
-            "metadata.labels must be a map of strings",
+            "metadata.labels['a'] must be a label value",
         ),
     ],
 )
@@ -329,3 +330,154 @@ def test_history_and_meta_written_with_a_byte_order_mark_are_read(tmp_path: Path
     meta = tmp_path / "meta.json"
     meta.write_bytes(b"\xef\xbb\xbf" + json.dumps({"pod": "a", "namespace": "shop"}).encode())
     assert load_capture_meta(meta).pod == "a"
+
+
+# -- names, labels and kinds an API server would never have stored: a tampered snapshot ---------
+
+
+def _tampered(path: str, value: object) -> dict[str, object]:
+    """A ReplicaSet (it has a selector, a template and an owner) with ``value`` at ``path``."""
+    replica_set: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": "web-7d9f",
+            "namespace": "shop",
+            "labels": {"app": "web"},
+            "ownerReferences": [{"kind": "Deployment", "name": "web", "uid": "u1"}],
+        },
+        "spec": {
+            "selector": {
+                "matchLabels": {"app": "web"},
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]}],
+            },
+            "template": {"metadata": {"labels": {"app": "web"}}},
+        },
+    }
+    *parents, last = path.split(".")
+    target: Any = replica_set
+    for part in parents:
+        target = target[int(part)] if part.isdigit() else target[part]
+    if isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
+    return replica_set
+
+
+HOSTILE_NAME = "web\u2028metadata: {name: other}"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "rule"),
+    [
+        ("metadata.name", HOSTILE_NAME, "metadata.name", "an object name"),
+        ("metadata.name", "Web", "metadata.name", "an object name"),
+        ("metadata.namespace", "shop.a", "metadata.namespace", "a namespace name"),
+        ("metadata.namespace", "\x1b[31mshop", "metadata.namespace", "a namespace name"),
+        (
+            "metadata.ownerReferences.0.kind",
+            "Deployment\u2028spec: {}",
+            "metadata.ownerReferences[0].kind",
+            "a kind",
+        ),
+        (
+            "metadata.ownerReferences.0.name",
+            "web\u202e",
+            "metadata.ownerReferences[0].name",
+            "an object name",
+        ),
+        ("metadata.labels", {"app": "web\x85- {}"}, "metadata.labels['app']", "a label value"),
+        ("metadata.labels", {"app\u2029": "web"}, "metadata.labels['app\\u2029']", "a label key"),
+        (
+            "spec.selector.matchLabels",
+            {"app": "<script>"},
+            "spec.selector.matchLabels['app']",
+            "a label value",
+        ),
+        (
+            "spec.selector.matchExpressions.0",
+            {"key": "tier\n", "operator": "In"},
+            "spec.selector.matchExpressions[0].key",
+            "a label key",
+        ),
+        (
+            "spec.selector.matchExpressions.0",
+            {"key": "tier", "operator": "Matches"},
+            "spec.selector.matchExpressions[0].operator",
+            "In, NotIn, Exists or DoesNotExist",
+        ),
+        (
+            "spec.selector.matchExpressions.0",
+            {"key": "tier", "operator": "In", "values": ["a\u200b"]},
+            "spec.selector.matchExpressions[0].values[0]",
+            "a label value",
+        ),
+        (
+            "spec.template.metadata.labels",
+            {"app": "x" * 64},
+            "spec.template.metadata.labels['app']",
+            "a label value",
+        ),
+    ],
+)
+def test_a_name_label_or_kind_no_api_server_stores_is_refused(
+    tmp_path: Path, path: str, value: object, field: str, rule: str
+) -> None:
+    snapshot = tmp_path / "snapshot.json"
+    snapshot.write_text(json.dumps({"kind": "List", "items": [_tampered(path, value)]}))
+    with pytest.raises(SnapshotError) as caught:
+        load_snapshot(snapshot)
+    message = str(caught.value)
+    # the file, the object, the field and the rule; the bad text only escaped
+    assert message.startswith(f"{snapshot}: items[0] (ReplicaSet ")
+    assert f"{field} must be {rule}" in message
+    assert message.isprintable()
+
+
+def test_names_labels_and_kinds_as_real_clusters_have_them_load() -> None:
+    labels = {
+        "app.kubernetes.io/name": "web",
+        "pod-template-hash": "7d9f5b",
+        "example.com/Flag_1.x": "",
+        "tier": "A-b_c.d",
+    }
+    labelled, custom_owner = parse_snapshot_documents(
+        [
+            _tampered("metadata.labels", labels),
+            _tampered("metadata.ownerReferences.0.kind", "MyCustom-App2"),
+        ],
+        source="s",
+    )
+    assert labelled["metadata"]["labels"] == labels
+    assert custom_owner["metadata"]["ownerReferences"][0]["kind"] == "MyCustom-App2"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("namespace", "Shop", "'namespace' must be a namespace name"),
+        ("pod", "web\u2028x", "'pod' must be an object name"),
+        ("labels", {"app": "\x1b[2J"}, "labels['app'] must be a label value"),
+        ("labels", {"a b": "x"}, "labels['a b'] must be a label key"),
+        ("owner", {"kind": "Deploy\u202ement", "name": "web"}, "owner kind must be a kind"),
+        ("owner", "Deployment/web\u2029", "owner name must be an object name"),
+        ("node", "node\x85a", "'node' must be an object name"),
+    ],
+)
+def test_history_and_meta_with_names_no_api_server_stores_are_refused(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    record = {"pod": "web-1", "namespace": "shop", "ips": ["10.0.0.7"], field: value}
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps(record))
+    with pytest.raises(SnapshotError, match=r"meta\.json: ") as caught:
+        load_capture_meta(meta)
+    assert message in str(caught.value) and str(caught.value).isprintable()
+    if field == "node":
+        return  # meta.json only
+    history = tmp_path / "pod-ips.jsonl"
+    history.write_text(json.dumps({"time": 1, **record}) + "\n")
+    with pytest.raises(SnapshotError, match=r"pod-ips\.jsonl:1: ") as caught:
+        load_pod_ip_history(history)
+    assert message in str(caught.value) and str(caught.value).isprintable()
