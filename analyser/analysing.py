@@ -14,6 +14,7 @@ other files (unless forced) and removes what an earlier run wrote and this one d
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -22,7 +23,7 @@ import shutil
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,6 +42,7 @@ from analyser.identities import Resolver, Scope, parse_address
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
+    Exposure,
     Policy,
     partition_policies,
     synthesize,
@@ -71,8 +73,11 @@ from analyser.snapshot import (
 GRAPH_DOT = "graph.dot"
 GRAPH_SVG = "graph.svg"
 REPORT = "report.md"
-# Marks a directory as analyse output and lists what it wrote, so a later run may replace it.
-OUTPUT_MARKER = ".netpol-sniffer-output.json"
+# Marks a directory as analyse output and lists what it wrote (with sha256s), so a later run may
+# replace it and can tell hand edits. No .json suffix: tools reading the folder as manifests
+# (kubectl apply -f DIR, Argo CD) would try to decode it. Earlier versions wrote the legacy one.
+OUTPUT_MARKER = ".netpol-sniffer-output"
+LEGACY_OUTPUT_MARKER = ".netpol-sniffer-output.json"
 # graph.svg is drawn up to this size: Graphviz's dot took 0.5 s on 200 workloads and 400 edges,
 # 14 s on 500 and 1,000, more than 2 minutes on 1,000 and 2,000 (and a bigger picture cannot be
 # read anyway). graph.dot is always written.
@@ -122,6 +127,10 @@ class Analysis(Observation):
     unselectable: tuple[str, ...]  # captured workloads without a stable label: no policy
     files: Mapping[str, str]  # output path (relative, POSIX) → text, sorted
     notes: tuple[str, ...] = ()  # what the output leaves out, and why (graph.svg too big to draw)
+    # Workloads with a policy that the snapshot shows exposed outside the cluster (node id →
+    # how), and whether their exposed ports were allowed from anywhere (or the clients seen only).
+    exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
+    exposed_anywhere: bool = True
 
     @property
     def unselectable_reasons(self) -> dict[str, str]:
@@ -157,6 +166,17 @@ class Analysis(Observation):
             "without_policy": list(self.unselectable),
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
             "notes": list(self.notes),
+            "exposed": [
+                {
+                    "workload": workload,
+                    "protocol": str(exposure.port.protocol),
+                    "port": exposure.port.port,
+                    "by": exposure.by,
+                    "from": "anywhere" if self.exposed_anywhere else "observed clients",
+                }
+                for workload, items in self.exposures.items()
+                for exposure in items
+            ],
             "files": list(self.files),
         }
 
@@ -453,6 +473,7 @@ def analyse(
     default_deny: bool = False,
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
+    expose_anywhere: bool = True,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Analysis:
@@ -460,7 +481,9 @@ def analyse(
     memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
     snapshot knows, or with ``node_cidrs`` when given (``policies.node_blocks``). More than
     ``max_outside_addresses`` outside addresses on one port of a policy side become one rule
-    from or to anywhere on that port.
+    from or to anywhere on that port. Workloads the snapshot shows exposed outside the cluster
+    (``Resolver.exposures``) get ingress from anywhere on their exposed ports, unless
+    ``expose_anywhere`` is False (then only from the outside addresses seen).
 
     Raises what :func:`observe` raises, :class:`~analyser.errors.RenderError` if output fails
     to render, and :class:`~analyser.errors.UnsafePolicies` if the policies would deny an
@@ -468,6 +491,7 @@ def analyse(
     """
     seen = observe(bundle, workers=workers, on_progress=on_progress)
     cluster_dns = seen.resolver.cluster_dns(seen.flows)
+    exposures = seen.resolver.exposures()
     policies, default_denies = partition_policies(
         synthesize(
             seen.graph,
@@ -476,6 +500,7 @@ def analyse(
             node_addresses=seen.snapshot.node_by_address,
             node_cidrs=node_cidrs,
             max_outside_addresses=max_outside_addresses,
+            exposures=exposures if expose_anywhere else None,
         )
     )
     unselectable = unselectable_workloads(seen.graph)
@@ -484,6 +509,7 @@ def analyse(
     provenance = (
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
+    exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
     files = render_policy_files(policies, default_denies=default_denies, provenance=provenance)
     check_safety(files, seen.graph, seen.snapshot, seen.resolver)
     files[GRAPH_DOT] = render_dot(seen.graph)
@@ -508,6 +534,8 @@ def analyse(
         skipped_packets=seen.traffic.skipped,
         node_local_dns=tuple(cache.cidr.partition("/")[0] for cache in cluster_dns.node_local),
         notes=notes,
+        exposures=exposed,
+        exposed_anywhere=expose_anywhere,
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(
@@ -517,6 +545,8 @@ def analyse(
         unselectable=unselectable,
         files=dict(sorted(files.items())),
         notes=notes,
+        exposures=exposed,
+        exposed_anywhere=expose_anywhere,
     )
 
 
@@ -563,24 +593,69 @@ def render_svg(dot: str) -> str:
 # -- writing ---------------------------------------------------------------------------------
 
 
-def _earlier_output(out: Path) -> set[str]:
-    """What an earlier run wrote into ``out`` (from its marker), or nothing."""
-    marker = out / OUTPUT_MARKER
-    if not marker.is_file():
-        return set()
-    try:
-        listed = json.loads(marker.read_text(encoding="utf-8")).get("files", [])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
-        raise OutputError(f"{marker}: unreadable ({error}); remove it or pass --force") from error
-    return {str(path) for path in listed if isinstance(path, str)}
+@dataclass(frozen=True, slots=True)
+class EarlierOutput:
+    """What an earlier run wrote into a directory, from its marker: each file with the sha256 of
+    what was written (None for files listed by an earlier version's marker, which kept no
+    hashes), and the marker files found."""
+
+    files: Mapping[str, str | None]
+    markers: tuple[Path, ...]
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _earlier_output(out: Path) -> EarlierOutput:
+    """What an earlier run wrote into ``out``, from its marker (or an older version's)."""
+    files: dict[str, str | None] = {}
+    markers = []
+    for marker in (out / LEGACY_OUTPUT_MARKER, out / OUTPUT_MARKER):
+        if not marker.is_file():
+            continue
+        markers.append(marker)
+        try:
+            listed = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+            raise OutputError(
+                f"{marker}: unreadable ({error!r}); remove it or pass --force"
+            ) from error
+        if isinstance(listed, list):  # the legacy marker: names only
+            files.update((path, None) for path in listed if isinstance(path, str))
+        elif isinstance(listed, dict):
+            files.update(
+                (path, digest)
+                for path, digest in listed.items()
+                if isinstance(path, str) and isinstance(digest, str)
+            )
+    return EarlierOutput(files, tuple(markers))
 
 
 def _present(out: Path) -> set[str]:
     return {
         path.relative_to(out).as_posix()
         for path in out.rglob("*")
-        if not path.is_dir() and path.name != OUTPUT_MARKER
+        if not path.is_dir() and path.name not in (OUTPUT_MARKER, LEGACY_OUTPUT_MARKER)
     }
+
+
+def _edited(out: Path, earlier: EarlierOutput, present: set[str]) -> list[str]:
+    """The files an earlier run wrote that have been changed since (by hand, most likely)."""
+    edited = []
+    for path, digest in sorted(earlier.files.items()):
+        if digest is None or path not in present:
+            continue
+        try:
+            if _digest((out / path).read_text(encoding="utf-8")) != digest:
+                edited.append(path)
+        except (OSError, UnicodeDecodeError):
+            edited.append(path)
+    return edited
+
+
+def _listed(paths: Sequence[str]) -> str:
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def _safe_relative(path: str) -> PurePosixPath:
@@ -594,26 +669,34 @@ def write_output(files: Mapping[str, str], out: Path, *, force: bool = False) ->
     """Write ``files`` under ``out`` and return their paths.
 
     ``out`` may be missing, empty, or hold an earlier run's output (files that run wrote and no
-    longer needed are removed, so ``kustomization.yaml`` stays true). Anything else in it is
-    refused with :class:`OutputError` unless ``force``; forced, other files are left alone.
+    longer needed are removed, so the ``Kustomization`` stays true). Anything else in it, or a
+    file of the earlier output changed since it was written (a hand edit), is refused with
+    :class:`OutputError` unless ``force``; forced, other files are left alone and edited ones
+    are overwritten. What was written is recorded, with each file's sha256, in
+    ``OUTPUT_MARKER``: a file without a manifest's suffix, so that no tool reading the folder
+    as manifests (``kubectl apply -f``/``-R``, Argo CD, kubeconform) trips over it.
     """
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a directory")
-    earlier = _earlier_output(out) if out.is_dir() else set()
+    earlier = _earlier_output(out) if out.is_dir() else EarlierOutput({}, ())
     present = _present(out) if out.is_dir() else set()
-    foreign = sorted(present - earlier)
+    foreign = sorted(present - earlier.files.keys())
     if foreign and not force:
-        shown = ", ".join(foreign[:3]) + (
-            f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        )
         raise OutputError(
-            f"{out}: holds files netpol-sniffer did not write ({shown}); choose an empty or new "
-            "directory, or pass --force to write beside them"
+            f"{out}: holds files netpol-sniffer did not write ({_listed(foreign)}); choose an "
+            "empty or new directory, or pass --force to write beside them"
+        )
+    edited = _edited(out, earlier, present)
+    if edited and not force:
+        raise OutputError(
+            f"{out}: {_listed(edited)} changed since netpol-sniffer wrote "
+            f"{'it' if len(edited) == 1 else 'them'}; keep the edits elsewhere (this run would "
+            "overwrite them) or pass --force to overwrite"
         )
     targets = {path: _safe_relative(path) for path in files}
     written: list[Path] = []
     try:
-        for stale in sorted(earlier - set(files)):
+        for stale in sorted(earlier.files.keys() - set(files)):
             _remove(out, _safe_relative(stale))
         for path, text in files.items():
             target = out.joinpath(*targets[path].parts)
@@ -622,8 +705,14 @@ def write_output(files: Mapping[str, str], out: Path, *, force: bool = False) ->
             temporary.write_text(text, encoding="utf-8")
             os.replace(temporary, target)
             written.append(target)
-        marker = {"generated_by": "netpol-sniffer", "files": sorted(files)}
+        marker = {
+            "generated_by": "netpol-sniffer",
+            "files": {path: _digest(text) for path, text in sorted(files.items())},
+        }
         (out / OUTPUT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        for legacy in earlier.markers:
+            if legacy.name != OUTPUT_MARKER:
+                legacy.unlink()
     except OSError as error:
         raise OutputError(f"{out}: cannot write: {error}") from error
     return tuple(written)

@@ -21,6 +21,7 @@ from analyser.policies import (
     DNS_PORTS,
     VOLATILE_LABELS,
     ClusterDns,
+    Exposure,
     IpPeer,
     LabelRequirement,
     LabelSelector,
@@ -46,6 +47,7 @@ from analyser.snapshot import (
     ServicePort,
     SlicePort,
     Snapshot,
+    cluster_ips,
     meta,
     normalize_ip,
     parse_timestamp,
@@ -134,6 +136,8 @@ class PodRecord:
     host_network: bool
     # containerPorts as (name, port, protocol); for hostNetwork pods they are node ports.
     ports: tuple[tuple[str, int, Protocol], ...]
+    # containerPorts published on the node with hostPort, as (containerPort, protocol, hostPort).
+    published: tuple[tuple[int, Protocol, int], ...] = ()
 
     @property
     def key(self) -> str:
@@ -168,6 +172,8 @@ class _Claim:
 # Port on which every kubelet listens on its node's addresses (probes and logs go the other way,
 # but an API server → kubelet flow must not make the node look like the internet).
 KUBELET_PORT = 10250
+# Service types whose backends are reached from outside the cluster.
+_EXPOSING_TYPES = ("LoadBalancer", "NodePort")
 DNS_NAMESPACE = "kube-system"
 DNS_SERVICE = "kube-dns"
 DNS_POD_LABEL = ("k8s-app", "kube-dns")
@@ -256,6 +262,17 @@ def container_ports(spec: PodSpec) -> tuple[tuple[str, int, Protocol], ...]:
             if protocol is not None and "containerPort" in port:
                 ports.add((port.get("name", ""), port["containerPort"], protocol))
     return tuple(sorted(ports))
+
+
+def published_ports(spec: PodSpec) -> tuple[tuple[int, Protocol, int], ...]:
+    """(containerPort, protocol, hostPort) of every containerPort published on the pod's node."""
+    published: set[tuple[int, Protocol, int]] = set()
+    for container in (*spec.get("containers", []), *spec.get("initContainers", [])):
+        for port in container.get("ports", []):
+            protocol = _protocol(port.get("protocol"))
+            if protocol is not None and "containerPort" in port and port.get("hostPort"):
+                published.add((port["containerPort"], protocol, port["hostPort"]))
+    return tuple(sorted(published))
 
 
 def _pod_lifetime(pod: Pod) -> tuple[float, float]:
@@ -457,6 +474,7 @@ class Resolver:
                 node=spec.get("nodeName", ""),
                 host_network=bool(spec.get("hostNetwork")),
                 ports=container_ports(spec),
+                published=published_ports(spec),
             )
             self._register(record)
             self._claim(record, pod_ips(pod), _pod_lifetime(pod), _Source.SNAPSHOT)
@@ -839,6 +857,51 @@ class Resolver:
             if lifetime is None or lifetime[0] <= at < lifetime[1]:
                 alive.append(record)
         return alive or matching
+
+    # -- exposure --------------------------------------------------------------------------------
+
+    def exposures(self) -> dict[str, tuple[Exposure, ...]]:
+        """Graph node id (``NS/Kind/name``) of each workload the snapshot shows reachable from
+        outside the cluster → its exposed target ports and what exposes them: the backends of
+        LoadBalancer and NodePort Services and of Services with ``externalIPs`` (each on its
+        target port, per IP version of the Service's ClusterIPs), and containerPorts published
+        with ``hostPort``. Sorted."""
+        found: dict[tuple[str, PortSpec, str], set[int]] = defaultdict(set)
+        for service in self._snapshot.services:
+            spec = service.get("spec", {})
+            kind = spec.get("type", "ClusterIP")
+            how = kind if kind in _EXPOSING_TYPES else "externalIPs"
+            if kind not in _EXPOSING_TYPES and not spec.get("externalIPs"):
+                continue
+            namespace, name = meta(service)["namespace"], meta(service)["name"]
+            by = f"Service {namespace}/{name} ({how})"
+            versions: set[int] = {parse_address(ip).version for ip in cluster_ips(service)} or {4}
+            for service_port in spec.get("ports", []):
+                protocol = _protocol(service_port.get("protocol"))
+                if protocol is None or "port" not in service_port:
+                    continue
+                for version in sorted(versions):
+                    for backend in self.service_backends(
+                        (namespace, name), service_port["port"], protocol, math.inf, family=version
+                    ):
+                        if backend.identity.pod is not None:
+                            workload = str(backend.identity.pod.workload)
+                            found[(workload, PortSpec(protocol, backend.port), by)].add(version)
+        for record in self._records.values():
+            if not record.published or record.host_network:
+                continue  # a hostNetwork pod gets no policy: NetworkPolicy does not apply to it
+            versions = {parse_address(c.ip).version for c in self._claims_of.get(record.key, [])}
+            for container_port, protocol, host_port in record.published:
+                key = (
+                    str(self._workload_for(record)),
+                    PortSpec(protocol, container_port),
+                    f"hostPort {host_port}",
+                )
+                found[key] |= versions or {4}
+        exposures: dict[str, list[Exposure]] = defaultdict(list)
+        for (workload, port, by), versions in sorted(found.items()):
+            exposures[workload].append(Exposure(port, by, tuple(sorted(versions))))
+        return {workload: tuple(items) for workload, items in sorted(exposures.items())}
 
     # -- cluster DNS ---------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -141,6 +141,22 @@ class ClusterDns:
     workloads: frozenset[str] = frozenset()
     ports: tuple[PortSpec, ...] = DNS_PORTS
     node_local: tuple[IpPeer, ...] = ()
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Exposure:
+    """A target port that the snapshot shows reachable from outside the cluster, and what makes
+    it so (``by``): a LoadBalancer or NodePort Service, a Service with externalIPs, or a
+    containerPort published on its node with ``hostPort``. Its clients are whoever reaches the
+    load balancer or node, not only the addresses a capture happened to see."""
+
+    port: PortSpec
+    by: str  # "Service default/frontend-external (LoadBalancer)", "hostPort 8443"
+    families: tuple[int, ...] = (4,)  # the IP versions it is reached over
+
+
+# An ipBlock of every address of one IP version.
+ANYWHERE = {4: "0.0.0.0/0", 6: "::/0"}
 
 
 # -- synthesis from the workload graph -------------------------------------------------------
@@ -326,9 +342,23 @@ def _widen_outside(
         for peer in peers:
             ports_by_peer[peer].discard(port)
         for version in {ipaddress.ip_network(peer.cidr).version for peer in peers}:
-            anywhere = "0.0.0.0/0" if version == 4 else "::/0"
             why = f"anywhere: more than {limit} outside addresses were seen on these ports"
-            ports_by_peer[IpPeer(anywhere, description=why)].add(port)
+            ports_by_peer[IpPeer(ANYWHERE[version], description=why)].add(port)
+
+
+def _expose(
+    ports_by_peer: dict[Peer, set[PortSpec]],
+    outside: set[IpPeer],
+    exposures: Iterable[Exposure],
+) -> None:
+    """Allow each exposed port from anywhere (one rule per IP version and what exposes it), in
+    place; the ``outside`` clients seen on those ports are then covered and lose them."""
+    for exposure in exposures:
+        for peer in outside:
+            ports_by_peer.get(peer, set()).discard(exposure.port)
+        for version in exposure.families:
+            why = f"anywhere: exposed by {exposure.by}"
+            ports_by_peer[IpPeer(ANYWHERE[version], description=why)].add(exposure.port)
 
 
 def synthesize(
@@ -339,6 +369,7 @@ def synthesize(
     node_addresses: Iterable[str] = (),
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
+    exposures: Mapping[str, Iterable[Exposure]] | None = None,
 ) -> list[Policy | DefaultDeny]:
     """One :class:`Policy` per in-scope workload of ``graph`` (schema: ``analyser.graphs``),
     allowing what was observed and DNS to the cluster DNS pods, plus, with ``default_deny``, a
@@ -352,7 +383,11 @@ def synthesize(
     given, ``node_cidrs`` (the networks the nodes' addresses lie in).
 
     More than ``max_outside_addresses`` addresses outside the cluster on one port of a policy's
-    ingress or egress become one rule from or to anywhere on that port (:func:`_widen_outside`)."""
+    ingress or egress become one rule from or to anywhere on that port (:func:`_widen_outside`).
+
+    ``exposures`` (workload node id → :class:`Exposure`) are allowed from anywhere on their ports
+    (:func:`_expose`): a public Service's users are not the few a capture saw. Traffic inside the
+    cluster stays as exact as ever."""
     dns = cluster_dns if cluster_dns is not None else ClusterDns()
     nodes = node_blocks(graph, node_addresses, node_cidrs)
     dns_ports = set(dns.ports)
@@ -409,6 +444,7 @@ def synthesize(
                     egress[peer] |= ports
                     if graph.nodes[server]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
                         outside_servers.add(peer)
+        _expose(ingress, outside_clients, (exposures or {}).get(node_id, ()))
         _widen_outside(ingress, outside_clients, max_outside_addresses)
         _widen_outside(egress, outside_servers, max_outside_addresses)
         for block in nodes:

@@ -30,6 +30,7 @@ from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, NodeRole, attempts, loopback_flows
 from analyser.policies import (
     DefaultDeny,
+    Exposure,
     IpPeer,
     LabelSelector,
     PodPeer,
@@ -43,7 +44,10 @@ from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
 # What every generated object carries, so users (and a later run) can tell it apart.
 MANAGED_BY_LABEL = ("app.kubernetes.io/managed-by", "netpol-sniffer")
 ANNOTATION_PREFIX = "netpol-sniffer.io/"
-KUSTOMIZATION = "kustomization.yaml"
+# Kustomize's extension-less file name: `kubectl apply -k DIR` reads it, while `kubectl apply -f
+# DIR` (and Argo CD, kubeconform, anything reading a folder of manifests) skips files without a
+# .yaml, .yml or .json suffix, so it is never sent to the cluster as a resource.
+KUSTOMIZATION = "Kustomization"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,10 @@ class ReportFacts:
     # NodeLocal DNSCache addresses (policies.ClusterDns.node_local): cluster DNS, not the outside
     node_local_dns: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what the output leaves out, and why
+    # Workloads with a policy that are exposed outside the cluster (node id → how), and whether
+    # their exposed ports were allowed from anywhere.
+    exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
+    exposed_anywhere: bool = True
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------
@@ -466,8 +474,10 @@ def render_kustomization(resources: Iterable[str]) -> str:
 
 
 def policy_path(namespace: str, name: str) -> str:
-    """Where a policy goes, relative to the output directory."""
-    return f"{namespace}/{name}.yaml"
+    """Where a policy goes, relative to the output directory: ``NAMESPACE.NAME.yaml`` at the top,
+    so ``kubectl apply -f DIR`` applies every policy without ``-R`` (a namespace is a DNS label,
+    without dots: the first dot ends it)."""
+    return f"{namespace}.{name}.yaml"
 
 
 def render_policy_files(
@@ -476,7 +486,7 @@ def render_policy_files(
     default_denies: Iterable[DefaultDeny] = (),
     provenance: Provenance,
 ) -> dict[str, str]:
-    """Every policy file plus the ``kustomization.yaml`` that lists them, keyed by path relative
+    """Every policy file plus the ``Kustomization`` that lists them, keyed by path relative
     to the output directory (sorted)."""
     files: dict[str, str] = {}
 

@@ -327,6 +327,7 @@ _CONTAINER = (
     ("[].ports[]", _DICT),
     ("[].ports[].name", _PORT_NAME),
     ("[].ports[].containerPort", _PORT),
+    ("[].ports[].hostPort", _PORT),
     ("[].ports[].protocol", _STR),
 )
 _POD_SPEC = (

@@ -42,11 +42,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def policy_files(folder: Path) -> dict[Path, dict[str, Any]]:
-    return {
-        path: yaml.safe_load(path.read_text())
-        for path in sorted(folder.rglob("*.yaml"))
-        if path.name != "kustomization.yaml"
-    }
+    return {path: yaml.safe_load(path.read_text()) for path in sorted(folder.rglob("*.yaml"))}
 
 
 def copy_without_cart_ingress(source: Path, target: Path) -> Path:

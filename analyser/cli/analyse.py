@@ -4,10 +4,10 @@ BUNDLE is a directory written by `netpol-sniffer collect` or `netpol-sniffer lab
 snapshot.json, pod-ips.jsonl, captures/NAMESPACE/POD/*.pcap), or a plain folder holding a
 snapshot.json (`kubectl get ... -A -o json`) and capture files.
 
-Written to DIR:
-  NAMESPACE/WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress)
-  NAMESPACE/default-deny-all.yaml   with --default-deny
-  kustomization.yaml        lists them all: `kubectl apply -k DIR`
+Written to DIR (apply with `kubectl apply -f DIR`, `-R -f DIR` or `-k DIR`):
+  NAMESPACE.WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress)
+  NAMESPACE.default-deny-all.yaml   with --default-deny
+  Kustomization             lists them all, for `kubectl apply -k DIR`
   graph.dot, graph.svg      who talks to whom (graph.svg when Graphviz is installed and the
                             graph is small enough to draw: at most 400 nodes, 1,000 edges)
   report.md                 flows per edge, external names, unresolved addresses, damaged files
@@ -58,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "from or to anywhere on that port (default: 32)",
     )
     parser.add_argument(
+        "--observed-clients-only",
+        action="store_true",
+        help="workloads the snapshot shows exposed outside the cluster (behind a LoadBalancer or "
+        "NodePort Service, externalIPs or a hostPort) get ingress on the exposed ports only from "
+        "the outside addresses seen, not from anywhere (the default: their users are not only "
+        "those a capture saw)",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         metavar="N",
@@ -69,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="write into DIR even if it holds files an earlier analyse did not write",
+        help="write into DIR even if it holds files an earlier analyse did not write (left "
+        "alone) or files it wrote that were edited since (overwritten)",
     )
 
 
@@ -86,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             default_deny=args.default_deny,
             node_cidrs=args.node_cidr,
             max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
+            expose_anywhere=not args.observed_clients_only,
             workers=args.workers,
             on_progress=bar.advance,
         )
@@ -104,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         policies = len(analysis.policy_files)
         echo(
             f"{policies} policies from {len(analysis.flows)} flows in {len(bundle.captures)} "
-            f"capture files written to {out}/ (apply: kubectl apply -k {out}); "
+            f"capture files written to {out}/ (apply: kubectl apply -f {out}); "
             f"report: {out / 'report.md'}"
             + (f"; warnings: {len(analysis.problems)}" if analysis.problems else "")
         )

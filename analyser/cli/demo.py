@@ -3,11 +3,11 @@
 Runs the lab on examples/microservices-demo (its manifest and traffic plan) for a short window,
 analyses the bundle, prints who talks to whom and where the policies, the graph and the report
 are, and checks the policies against the lab's truth (every flow that happened is allowed,
-nothing else is, cluster DNS aside).
+nothing else is, cluster DNS and what the snapshot exposes to the world aside).
 
 Written to DIR (default demo-output):
   DIR/bundle/     the lab's bundle (captures, snapshot.json, truth.json, ...)
-  DIR/policies/   NetworkPolicies per namespace, kustomization.yaml, graph.dot/svg, report.md
+  DIR/policies/   NetworkPolicies (NAMESPACE.NAME.yaml), Kustomization, graph.dot/svg, report.md
 
 Without root (the lab needs network namespaces) it analyses the bundle recorded in
 examples/microservices-demo/bundle/ instead, and says so.
@@ -158,13 +158,14 @@ def run(args: argparse.Namespace) -> int:
         echo(
             f"against the lab's truth: {verdict.flows - len(verdict.denied)}/{verdict.flows} "
             f"flows that happened are allowed; "
-            f"{len(verdict.extra) or 'nothing'} allowed beyond them (cluster DNS aside)"
+            f"{len(verdict.extra) or 'nothing'} allowed beyond them "
+            "(cluster DNS and exposed ports aside)"
         )
         for line in [*verdict.denied, *verdict.extra]:
             echo(f"  {line}")
         passed = verdict.passed
     graph = policies_dir / (GRAPH_SVG if GRAPH_SVG in analysis.files else GRAPH_DOT)
-    echo(f"policies: {policies_dir}/ (kubectl apply -k {policies_dir})")
+    echo(f"policies: {policies_dir}/ (kubectl apply -f {policies_dir})")
     echo(f"graph:    {graph}")
     echo(f"report:   {policies_dir / REPORT}")
     echo(f"bundle:   {bundle_path}")

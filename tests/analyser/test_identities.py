@@ -9,7 +9,7 @@ import pytest
 
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
 from analyser.identities import EndpointKind, Resolver, WorkloadRef
-from analyser.policies import DNS_PORTS, LabelRequirement, LabelSelector
+from analyser.policies import DNS_PORTS, Exposure, LabelRequirement, LabelSelector, PortSpec
 from analyser.snapshot import (
     Snapshot,
     load_pod_ip_history,
@@ -633,3 +633,68 @@ def test_a_nodes_router_address_named_by_its_cni_is_the_node() -> None:
     assert (probe.kind, probe.node) == (EndpointKind.NODE, "n1")
     # a pod holding the podCIDR's first address (an IPAM that does not keep it) is that pod
     assert resolver.resolve("10.1.0.1", 0.0).kind is EndpointKind.POD
+
+
+def _service(name: str, spec: dict[str, object]) -> dict[str, object]:
+    metadata = {"name": name, "namespace": "app"}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
+
+
+def _with_ports(pod: dict[str, object], *ports: dict[str, object]) -> dict[str, object]:
+    return {**pod, "spec": {"containers": [{"name": "main", "ports": list(ports)}]}}
+
+
+def test_exposures_are_what_the_snapshot_opens_to_the_outside() -> None:
+    web = _with_ports(
+        _pod("web", "10.1.0.5", {"app": "web"}, owner=("StatefulSet", "web")),
+        {"name": "http", "containerPort": 8080},
+        {"name": "admin", "containerPort": 9000},
+    )
+    agent = _with_ports(
+        _pod("agent", "10.1.0.6", {"app": "agent"}),
+        {"containerPort": 5000, "protocol": "UDP", "hostPort": 5514},
+    )
+    internal = _pod("db", "10.1.0.7", {"app": "db"})
+    services = (
+        _service(
+            "web-public",
+            {
+                "type": "LoadBalancer",
+                "clusterIPs": ["10.96.0.9", "fd00::9"],
+                "selector": {"app": "web"},
+                "ports": [{"port": 80, "targetPort": "http", "nodePort": 30080}],
+            },
+        ),
+        _service(
+            "web-ops",
+            {
+                "type": "NodePort",
+                "clusterIP": "10.96.0.10",
+                "selector": {"app": "web"},
+                "ports": [{"port": 9000, "targetPort": 9000, "nodePort": 30900}],
+            },
+        ),
+        _service(
+            "db-legacy",
+            {
+                "clusterIP": "10.96.0.11",
+                "externalIPs": ["198.51.100.4"],
+                "selector": {"app": "db"},
+                "ports": [{"port": 5432}],
+            },
+        ),
+        _service(
+            "web-internal",
+            {"clusterIP": "10.96.0.12", "selector": {"app": "web"}, "ports": [{"port": 81}]},
+        ),
+    )
+    resolver = Resolver(_objects(web, agent, internal, extra=services))
+    tcp = Protocol.TCP
+    assert resolver.exposures() == {
+        "app/Pod/agent": (Exposure(PortSpec(Protocol.UDP, 5000), "hostPort 5514", (4,)),),
+        "app/Pod/db": (Exposure(PortSpec(tcp, 5432), "Service app/db-legacy (externalIPs)", (4,)),),
+        "app/StatefulSet/web": (
+            Exposure(PortSpec(tcp, 8080), "Service app/web-public (LoadBalancer)", (4, 6)),
+            Exposure(PortSpec(tcp, 9000), "Service app/web-ops (NodePort)", (4,)),
+        ),
+    }

@@ -14,6 +14,7 @@ from analyser.policies import (
     DNS_PORTS,
     ClusterDns,
     DefaultDeny,
+    Exposure,
     IpPeer,
     LabelSelector,
     PodPeer,
@@ -458,3 +459,40 @@ def test_outside_addresses_up_to_the_limit_stay_single_blocks() -> None:
     web = by_workload(result)[str(WEB)]
     cidrs = [r.peer.cidr for r in web.ingress if isinstance(r.peer, IpPeer)]
     assert len(cidrs) == 41 and "0.0.0.0/0" not in cidrs
+
+
+def test_an_exposed_port_is_allowed_from_anywhere_and_covers_the_clients_seen_on_it() -> None:
+    """A LoadBalancer with externalTrafficPolicy Local keeps client addresses: the few seen
+    during the capture are not its users. Clients on other ports stay exact."""
+    exposure = Exposure(PortSpec(Protocol.TCP, 8080), "Service shop/web (LoadBalancer)", (4, 6))
+    graph, names, result = synthesized(
+        _public_traffic(), {WEB}, max_outside_addresses=100, exposures={str(WEB): [exposure]}
+    )
+    web = by_workload(result)[str(WEB)]
+    outside = {k: v for k, v in rules_to(web.ingress).items() if k[0].isdigit() or ":" in k}
+    assert outside == {
+        "0.0.0.0/0": (("TCP", 8080),),
+        "::/0": (("TCP", 8080),),
+        "192.0.2.77/32": (("TCP", 9090),),  # not exposed: the client seen, nothing more
+    }
+    why = "anywhere: exposed by Service shop/web (LoadBalancer)"
+    assert {r.peer for r in web.ingress if isinstance(r.peer, IpPeer)} >= {
+        IpPeer("0.0.0.0/0", description=why),
+        IpPeer("::/0", description=why),
+    }
+    # Egress (the 40 cloud API addresses) is not touched by an exposure.
+    assert sum(1 for r in web.egress if isinstance(r.peer, IpPeer)) == 41
+    policies, denies = partition_policies(result)
+    files = render_policy_files(policies, default_denies=denies, provenance=Provenance())
+    assert f"# 0.0.0.0/0: {why}" in "".join(files.values())
+    ensure_policies_allow(
+        parse_policy_texts(files).policies, graph, cluster_facts(cluster(), names)
+    )
+
+
+def test_without_exposures_the_clients_seen_are_all_that_is_allowed() -> None:
+    _, _, exposed = synthesized(_public_traffic(), {WEB}, max_outside_addresses=100)
+    cidrs = [
+        r.peer.cidr for r in by_workload(exposed)[str(WEB)].ingress if isinstance(r.peer, IpPeer)
+    ]
+    assert "0.0.0.0/0" not in cidrs and len(cidrs) == 41

@@ -286,22 +286,22 @@ def test_policy_files_come_with_a_kustomization_listing_each_of_them() -> None:
         provenance=PROVENANCE,
     )
     assert list(files) == [
-        "kustomization.yaml",
-        "shop/cart.yaml",
-        "shop/default-deny-all.yaml",
-        "web/default-deny-all.yaml",
-        "web/front.yaml",
+        "Kustomization",
+        "shop.cart.yaml",
+        "shop.default-deny-all.yaml",
+        "web.default-deny-all.yaml",
+        "web.front.yaml",
     ]
-    kustomization = parse_one(files["kustomization.yaml"])
-    assert kustomization["resources"] == sorted(set(files) - {"kustomization.yaml"})
+    kustomization = parse_one(files["Kustomization"])
+    assert kustomization["resources"] == sorted(set(files) - {"Kustomization"})
     for path, text in files.items():
-        if path != "kustomization.yaml":
+        if path != "Kustomization":
             validate(parse_one(text))
 
 
 def test_two_policies_for_one_file_are_refused() -> None:
     twice = [cart_policy(), cart_policy()]
-    with pytest.raises(RenderError, match=r"shop/cart\.yaml"):
+    with pytest.raises(RenderError, match=r"shop\.cart\.yaml"):
         render_policy_files(twice, provenance=PROVENANCE)
 
 
@@ -451,8 +451,8 @@ def report_facts() -> ReportFacts:
         flows=11,
         evidence_counts={Evidence.HANDSHAKE: 8, Evidence.HEURISTIC: 3},
         file_problems=(FileProblem("captures/shop/cart-1/a.pcap", "truncated after 7 packets"),),
-        policy_files=("shop/cart.yaml",),
-        workload_policies={"shop/Deployment/cart": "shop/cart.yaml"},
+        policy_files=("shop.cart.yaml",),
+        workload_policies={"shop/Deployment/cart": "shop.cart.yaml"},
         skipped_packets={"other_protocol": 4, "not_ip": 2},
     )
 
@@ -460,7 +460,7 @@ def report_facts() -> ReportFacts:
 def test_report_lists_workloads_flows_names_problems_and_evidence() -> None:
     report = render_report(report_facts(), example_graph())
     assert report.startswith("# netpol-sniffer report: bundle-2026\n")
-    assert "| shop/Deployment/cart | yes | shop/cart.yaml |" in report
+    assert "| shop/Deployment/cart | yes | shop.cart.yaml |" in report
     assert (
         "| shop/Deployment/cart | 203.0.113.7 | UDP/443 | — | 2 | 4 | 400 | 2026-01-01T10:00:00Z | "
         "2026-01-01T10:00:02Z | heuristic, known-listener |" in report

@@ -105,7 +105,7 @@ def test_the_line_separator_break_out_is_shown_escaped_in_the_comment() -> None:
 
 
 def test_a_value_yaml_cannot_hold_is_a_render_error_not_a_file() -> None:
-    with pytest.raises(RenderError, match=r"rendered shop/a\.yaml is not valid YAML"):
+    with pytest.raises(RenderError, match=r"rendered shop\.a\.yaml is not valid YAML"):
         render_policy(hostile_policy("bad-\udc9b"), provenance=PROVENANCE)
 
 
@@ -274,7 +274,7 @@ def test_a_filter_that_lets_a_line_separator_through_is_caught(
     # the break-out works on YAML parsers: an allow-all rule comes first
     assert yaml.safe_load(leaked)["spec"]["egress"][0] == {}
     with pytest.raises(
-        RenderError, match=r"rendered shop/a\.yaml differs from the policy model at spec\.egress"
+        RenderError, match=r"rendered shop\.a\.yaml differs from the policy model at spec\.egress"
     ):
         render_policy(policy, provenance=PROVENANCE)
 
@@ -286,7 +286,7 @@ def test_an_owner_kind_that_rewrites_metadata_through_a_leaky_filter_is_caught(
     policy = dataclasses.replace(
         cart_policy(), workload="shop/Evil\u2029metadata: {name: other}/cart"
     )
-    with pytest.raises(RenderError, match=r"rendered shop/cart\.yaml (is not valid YAML|differs)"):
+    with pytest.raises(RenderError, match=r"rendered shop\.cart\.yaml (is not valid YAML|differs)"):
         render_policy(policy, provenance=PROVENANCE)
 
 
@@ -310,7 +310,7 @@ def test_a_template_mistake_is_a_render_error_naming_the_file_and_the_field(
 
     monkeypatch.setattr(rendering, "_render", mistaken)
     with pytest.raises(
-        RenderError, match=rf"^rendered shop/cart\.yaml differs from the policy model at {where}$"
+        RenderError, match=rf"^rendered shop\.cart\.yaml differs from the policy model at {where}$"
     ):
         render_policy(cart_policy(), provenance=PROVENANCE)
 
@@ -322,7 +322,7 @@ def test_a_second_document_or_a_changed_resource_list_is_refused(
     monkeypatch.setattr(
         rendering, "_render", lambda template, **context: real(template, **context) + "---\n{}\n"
     )
-    with pytest.raises(RenderError, match=r"rendered shop/a\.yaml differs .*: 2 YAML documents"):
+    with pytest.raises(RenderError, match=r"rendered shop\.a\.yaml differs .*: 2 YAML documents"):
         render_policy(hostile_policy("x"), provenance=PROVENANCE)
     monkeypatch.setattr(
         rendering,
@@ -330,7 +330,7 @@ def test_a_second_document_or_a_changed_resource_list_is_refused(
         lambda template, **context: real(template, **context) + '  - "../secret.yaml"\n',
     )
     with pytest.raises(
-        RenderError, match=r"rendered kustomization\.yaml differs .* resources\[1\]"
+        RenderError, match=r"rendered Kustomization differs .* resources\[1\]"
     ):
         render_kustomization(["shop/a.yaml"])
 

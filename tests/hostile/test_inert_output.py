@@ -99,14 +99,14 @@ def test_forged_dns_names_add_no_rule_and_rewrite_nothing(bundle: Path, tmp_path
     # the same objects as the same traffic without the DNS answers, name annotation aside
     assert list(policy_files(hostile)) == list(policy_files(expected))
     assert without_dns_names(objects(hostile)) == without_dns_names(objects(expected))
-    egress = objects(hostile)[f"{NAMESPACE}/frontend.yaml"][0]["spec"]["egress"]
+    egress = objects(hostile)[f"{NAMESPACE}.frontend.yaml"][0]["spec"]["egress"]
     assert [rule for rule in egress if rule == {} or "ipBlock" in rule["to"][0]] == [
         {
             "to": [{"ipBlock": {"cidr": f"{OUTSIDE}/32"}}],
             "ports": [{"protocol": "TCP", "port": 443}],
         }
     ]
-    annotations = objects(hostile)[f"{NAMESPACE}/frontend.yaml"][0]["metadata"]["annotations"]
+    annotations = objects(hostile)[f"{NAMESPACE}.frontend.yaml"][0]["metadata"]["annotations"]
     if "netpol-sniffer.io/dns-names" in annotations:  # unless the decoder refused such names
         names = json.loads(annotations["netpol-sniffer.io/dns-names"])
         assert set(names) == {f"{OUTSIDE}/32"}

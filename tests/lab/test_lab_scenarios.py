@@ -128,7 +128,7 @@ calls:
     assert flow("front/Deployment/web", "back/Deployment/api", 9000) in lab.truth
     assert flow("back/Deployment/api", "front/Deployment/web", 8080) in lab.truth
     files = assert_policies_match_truth(lab.bundle)
-    web = yaml.safe_load(next(t for p, t in files.items() if p.startswith("front/web")))
+    web = yaml.safe_load(next(t for p, t in files.items() if p.startswith("front.web")))
     namespaces = [
         peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
         for rule in web["spec"]["egress"]
@@ -158,7 +158,7 @@ calls:
         assert any(f"A {address}" in line for line in answers), answers
     assert any("CNAME edge-7.cdn.example.net" in line for line in answers)
     files = assert_policies_match_truth(lab.bundle)
-    policy = "".join(text for path, text in files.items() if path.startswith("back/api"))
+    policy = "".join(text for path, text in files.items() if path.startswith("back.api"))
     for address in outside:
         assert f"{address}/32" in policy
     assert "api.payments.example.com" in policy and "www.shipping.example.org" in policy
@@ -497,5 +497,7 @@ calls:
     )
     assert public["status"]["loadBalancer"]["ingress"][0]["ip"].startswith("198.51.100.")
     files = assert_policies_match_truth(lab.bundle)
-    web = "".join(text for path, text in files.items() if path.startswith("front/web"))
-    assert "198.51.100.200/32" in web
+    web = "".join(text for path, text in files.items() if path.startswith("front.web"))
+    # The LoadBalancer exposes web: its users are everybody, not the one client seen.
+    assert "# 0.0.0.0/0: anywhere: exposed by Service front/web-public (LoadBalancer)" in web
+    assert "198.51.100.200/32" not in web
