@@ -57,13 +57,15 @@ class DnsTable:
                 self._note(names, name, at, at)
 
     def add_payload(self, payload: bytes, *, over_tcp: bool, at: float) -> DnsFault | None:
-        """Decode a port-53 payload and record its answers; the fault if it could not be read."""
+        """Decode a port-53 payload and record its answers; the fault if it could not be read,
+        or ``BAD_NAME`` when records with names that are not valid DNS names were left out (the
+        rest is recorded)."""
         responses = decode_dns(payload, over_tcp=over_tcp)
         if isinstance(responses, DnsFault):
             return responses
         for response in responses:
             self.add(response, at)
-        return None
+        return DnsFault.BAD_NAME if any(r.bad_names for r in responses) else None
 
     @staticmethod
     def _note(names: dict[str, list[float]], name: str, first: float, last: float) -> None:

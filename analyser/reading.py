@@ -30,7 +30,15 @@ from analyser.flows import (
     DirectedTraffic,
     protocol_named,
 )
-from analyser.packets import TCP, DnsPayload, Skip, Tally, count_records, split_key
+from analyser.packets import (
+    TCP,
+    DnsFault,
+    DnsPayload,
+    Skip,
+    Tally,
+    count_records,
+    split_key,
+)
 from analyser.sources import CaptureFile, CaptureReport, RecordChunk, ring_name
 
 
@@ -134,7 +142,7 @@ class _DnsAnswers:
             fault = self.table.add_payload(payload, over_tcp=over_tcp, at=first)
             if fault is not None:
                 self.faults[fault.value] += times
-            elif last != first:
+            if fault in (None, DnsFault.BAD_NAME) and last != first:
                 self.table.add_payload(payload, over_tcp=over_tcp, at=last)
         self._pending.clear()
 

@@ -75,6 +75,15 @@ def test_payloads_over_udp_and_tcp_and_faults() -> None:
     )
 
 
+def test_a_payload_with_invalid_names_records_the_rest_and_says_so() -> None:
+    answer = dns_response(
+        "a.example", [("a.example", "A", "192.0.2.1"), ("evil\u2028x.example", "A", "192.0.2.2")]
+    )
+    table = DnsTable()
+    assert table.add_payload(answer, over_tcp=False, at=1.0) is DnsFault.BAD_NAME
+    assert list(table) == [DnsName("192.0.2.1", "a.example", 1.0, 1.0)]
+
+
 ACK, SYN = 0x10, 0x02
 
 

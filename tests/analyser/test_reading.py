@@ -189,6 +189,30 @@ def test_repeated_dns_answers_keep_their_times_and_faults(
     assert traffic.dns_faults == {"truncated": 3}
 
 
+def test_answers_with_invalid_names_count_as_bad_name_and_keep_the_rest(tmp_path: Path) -> None:
+    records = [("a.example", "A", "192.0.2.1"), ("a\u2028b.example", "A", "192.0.2.2")]
+    frames = [
+        (
+            at,
+            ip_packet(
+                "10.0.0.53",
+                "10.0.0.1",
+                "udp",
+                53,
+                41000,
+                payload=dns_response("a.example", records, ident=index),
+            ),
+        )
+        for index, at in enumerate([3.0, 9.0])
+    ]
+    path = write_pcap(tmp_path / "dns.pcap", frames, linktype=101)
+    traffic = read_captures([path], root=tmp_path, workers=1)
+    assert [(n.ip, n.name, n.first_seen, n.last_seen) for n in traffic.dns] == [
+        ("192.0.2.1", "a.example", 3.0, 9.0)
+    ]
+    assert traffic.dns_faults == {"bad_name": 2}
+
+
 def _random_captures(directory: Path, count: int) -> list[Path]:
     """Files of every link type with overlapping random traffic, pcap, pcapng and gzip."""
     rng = random.Random(1)
