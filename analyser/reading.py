@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analyser.dns import DnsTable, TcpDnsStreams
+from analyser.dns import DnsNames, DnsTable, TcpDnsStreams
 from analyser.flows import (
     CaptureConversations,
     Conversation,
@@ -31,11 +31,12 @@ from analyser.flows import (
     protocol_named,
 )
 from analyser.packets import (
+    DNS_PORT,
     TCP,
-    DnsFault,
     DnsPayload,
     Skip,
     Tally,
+    address_text,
     count_records,
     split_key,
 )
@@ -47,7 +48,7 @@ class Traffic:
     """Everything the captures say, before identities: see :func:`read_captures`."""
 
     conversations: tuple[Conversation, ...]  # sorted by (protocol, a, b)
-    dns: DnsTable
+    dns: DnsNames
     reports: tuple[CaptureReport, ...]  # one per file, in input order
     packets: int  # records read from all files
     counted: int  # packets that went into conversations
@@ -88,15 +89,25 @@ def _read_one(path: Path, name: str, on_read: Callable[[int], None] | None = Non
         return _count_file(path, name, on_read)
 
 
+def _answered_client(raw: bytes) -> bytes:
+    """The destination address (4 or 16 bytes) of a packet sent from port 53, by its key's bytes:
+    the client an answer went to; empty for any other packet (a query), whose answers would name
+    nothing."""
+    if raw[-4] != 0 or raw[-3] != DNS_PORT:
+        return b""
+    half = (len(raw) - 4) // 2
+    return raw[half : 2 * half]
+
+
 class _DnsAnswers:
-    """Port-53 payloads → a :class:`DnsTable`, each distinct payload decoded once.
+    """Port-53 payloads → a :class:`DnsTable`, each distinct payload decoded once per client.
 
     The same answers come again and again (every client asks, over and over), and the table
-    keeps only the first and last time of each name, so per distinct payload the first and last
-    time it was seen and how often are enough. UDP messages are told apart without their 2-byte
-    ID, which decoding ignores. TCP segments go through :class:`TcpDnsStreams` first, so that
-    a message split across segments is decoded whole. Flushed every ``LIMIT`` distinct payloads:
-    memory stays bounded.
+    keeps only the first and last time of each name, so per distinct payload and client (the
+    address it was sent to, from port 53) the first and last time it was seen and how often are
+    enough. UDP messages are told apart without their 2-byte ID, which decoding ignores. TCP
+    segments go through :class:`TcpDnsStreams` first, so that a message split across segments is
+    decoded whole. Flushed every ``LIMIT`` distinct payloads: memory stays bounded.
     """
 
     LIMIT = 4096
@@ -105,19 +116,20 @@ class _DnsAnswers:
         self.table = DnsTable()
         self.faults: Counter[str] = Counter()
         self.streams = TcpDnsStreams()
-        # (over TCP, message) → [first seen, last seen, times]
-        self._pending: dict[tuple[bool, bytes], list[Any]] = {}
+        # (over TCP, client, message) → [first seen, last seen, times]
+        self._pending: dict[tuple[bool, bytes, bytes], list[Any]] = {}
 
     def add(self, payloads: Iterable[DnsPayload]) -> None:
         pending = self._pending
         streams = self.streams
         for timestamp, key, payload, seq, flags, cut in payloads:
-            over_tcp = key[0] == TCP  # type: ignore[index]  # DNS payloads have flow keys
+            protocol, raw = key  # type: ignore[misc]  # DNS payloads have flow keys
+            over_tcp = protocol == TCP
             if over_tcp:
                 payload = streams.add(key, seq, flags, payload, cut)
                 if not payload:
                     continue
-            message = (over_tcp, payload if over_tcp else payload[2:])
+            message = (over_tcp, _answered_client(raw), payload if over_tcp else payload[2:])
             seen = pending.get(message)
             if seen is None:
                 pending[message] = [timestamp, timestamp, 1]
@@ -137,13 +149,17 @@ class _DnsAnswers:
         self.flush()
 
     def flush(self) -> None:
-        for (over_tcp, message), (first, last, times) in self._pending.items():
+        for (over_tcp, client, message), (first, last, times) in self._pending.items():
             payload = message if over_tcp else b"\0\0" + message
-            fault = self.table.add_payload(payload, over_tcp=over_tcp, at=first)
+            fault = self.table.add_payload(
+                payload,
+                over_tcp=over_tcp,
+                at=first,
+                until=last,
+                client=address_text(client) if client else None,
+            )
             if fault is not None:
                 self.faults[fault.value] += times
-            if fault in (None, DnsFault.BAD_NAME) and last != first:
-                self.table.add_payload(payload, over_tcp=over_tcp, at=last)
         self._pending.clear()
 
 
@@ -213,6 +229,8 @@ def read_captures(
     read (per megabyte when reading in this process, per file with workers), adding up to the
     sum of the files' sizes, which a progress bar can use as its total.
 
+    The DNS answers a file holds name only flows seen at its vantage point (its tcpdump ring).
+
     A damaged file never raises: its :class:`~analyser.sources.CaptureReport` says what went
     wrong and the packets before the damage count. The result is the same for any ``workers``.
     """
@@ -278,14 +296,14 @@ def _merge(partials: Iterable[_Partial]) -> Traffic:
 
 def _merge_all(partials: Iterable[_Partial]) -> Traffic:
     conversations = ConversationTable()
-    dns = DnsTable()
+    dns = DnsNames()
     reports = []
     counted = 0
     skipped: Counter[str] = Counter()
     dns_faults: Counter[str] = Counter()
     for partial in partials:
         conversations.add(partial.conversations)
-        dns.merge(partial.dns)
+        dns.add(partial.conversations.capture, partial.conversations.vantage, partial.dns)
         reports.append(partial.report)
         counted += partial.counted
         skipped.update(partial.skipped)

@@ -64,8 +64,31 @@ def test_fixtures_end_to_end() -> None:
     assert flows[1].first_seen == pytest.approx(1_700_000_001.0)
     assert flows[1].last_seen == pytest.approx(1_700_000_001.5)
     names = ("api.example.com", "edge.example.net")
-    assert traffic.dns.names_for(EXTERNAL) == names
-    assert traffic.dns.names_for("2001:db8::7", at=1_700_000_000.001) == names
+    assert traffic.dns.names_for_flow(flows[0]) == names
+    answers = traffic.dns.seen_at("two-pods.pcap")  # the ring of two-pods.pcap.gz
+    assert answers.names_for("2001:db8::7", at=1_700_000_000.001) == names
+
+
+def test_a_flow_takes_only_names_sent_to_its_client_from_port_53(tmp_path: Path) -> None:
+    """Answers sent to the client from port 53 name its flow; an answer sent to another address,
+    or sent towards port 53 (a client cannot answer itself), names nothing."""
+
+    def answer(name: str) -> bytes:
+        return dns_response(name, [(name, "A", EXTERNAL)])
+
+    packets = [
+        ip_packet(DNS_SERVER, CLIENT, "udp", 53, 40001, payload=answer("asked.example")),
+        ip_packet(DNS_SERVER, PEER, "udp", 53, 40001, payload=answer("peer.example")),
+        ip_packet(CLIENT, DNS_SERVER, "udp", 40001, 53, payload=answer("upside.example")),
+        ip_packet(CLIENT, EXTERNAL, "tcp", 40002, 443, flags=TCP_SYN),
+        ip_packet(PEER, EXTERNAL, "tcp", 40003, 443, flags=TCP_SYN),
+    ]
+    frames = [(1_000.0 + index, packet) for index, packet in enumerate(packets)]
+    path = write_pcap(tmp_path / "node.pcap", frames, linktype=101)
+    traffic = read_captures([path], root=tmp_path, workers=1)
+    flows = {f.client.ip: f for f in orient(traffic.conversations, None) if f.server.port == 443}
+    assert traffic.dns.names_for_flow(flows[CLIENT]) == ("asked.example",)
+    assert traffic.dns.names_for_flow(flows[PEER]) == ("peer.example",)
 
 
 def _tcp_dns(seq: int, payload: bytes, *, flags: int = TCP_ACK, sport: int = 53) -> bytes:
@@ -81,7 +104,7 @@ def test_dns_over_tcp_in_a_capture(tmp_path: Path) -> None:
     frames = [(5.0, _tcp_dns(100, framed)), (6.0, _tcp_dns(100 + len(framed), b"\x00"))]
     path = write_pcap(tmp_path / "tcp-dns.pcap", frames, linktype=101)
     traffic = read_captures([path], root=tmp_path, workers=1)
-    assert traffic.dns.names_for("192.0.2.44") == ("db.example",)
+    assert traffic.dns.seen_at("tcp-dns.pcap").names_for("192.0.2.44") == ("db.example",)
     assert traffic.dns_faults == {"truncated": 1}
 
 
@@ -142,8 +165,9 @@ def test_dns_over_tcp_split_across_segments_is_reassembled(
     message = _long_tcp_answer()
     pieces = _split(message, 1000, 300) if max(order) == 1 else _split(message, 1000, 200, 450)
     traffic = _read_segments(tmp_path, [pieces[i] for i in order], syn=syn)
-    assert traffic.dns.names_for("192.0.2.40") == ("big.example",)
-    assert len(traffic.dns) == 40
+    answers = traffic.dns.seen_at("split.pcap")
+    assert answers.names_for("192.0.2.40") == ("big.example",)
+    assert len(answers) == 40
     assert traffic.dns_faults == {}
 
 
@@ -151,7 +175,7 @@ def test_dns_over_tcp_with_a_segment_missing_is_counted(tmp_path: Path) -> None:
     message = _long_tcp_answer()
     first, _, last = _split(message, 1000, 200, 450)
     traffic = _read_segments(tmp_path, [first, last])
-    assert len(traffic.dns) == 0
+    assert len(traffic.dns.seen_at("split.pcap")) == 0
     assert traffic.dns_faults == {"gap": 1}
 
 
@@ -159,7 +183,7 @@ def test_dns_over_tcp_cut_by_the_snap_length_is_truncated(tmp_path: Path) -> Non
     message = _long_tcp_answer()
     # 512 bytes captured of each: the first segment loses its end, which ends the reassembly.
     traffic = _read_segments(tmp_path, _split(message, 1000, 600), snap=512)
-    assert len(traffic.dns) == 0
+    assert len(traffic.dns.seen_at("split.pcap")) == 0
     assert traffic.dns_faults["truncated"] >= 1
 
 
@@ -182,7 +206,8 @@ def test_repeated_dns_answers_keep_their_times_and_faults(
         frames.append((at, cut))
     path = write_pcap(tmp_path / "dns.pcap", frames, linktype=101)
     traffic = read_captures([path], root=tmp_path, workers=1)
-    assert [(n.ip, n.name, n.first_seen, n.last_seen) for n in traffic.dns] == [
+    answers = traffic.dns.seen_at("dns.pcap")
+    assert [(n.ip, n.name, n.first_seen, n.last_seen) for n in answers] == [
         ("192.0.2.1", "a.example", 3.0, 9.0),
         ("192.0.2.2", "b.example", 4.0, 4.0),
     ]
@@ -207,7 +232,8 @@ def test_answers_with_invalid_names_count_as_bad_name_and_keep_the_rest(tmp_path
     ]
     path = write_pcap(tmp_path / "dns.pcap", frames, linktype=101)
     traffic = read_captures([path], root=tmp_path, workers=1)
-    assert [(n.ip, n.name, n.first_seen, n.last_seen) for n in traffic.dns] == [
+    answers = traffic.dns.seen_at("dns.pcap")
+    assert [(n.ip, n.name, n.first_seen, n.last_seen) for n in answers] == [
         ("192.0.2.1", "a.example", 3.0, 9.0)
     ]
     assert traffic.dns_faults == {"bad_name": 2}
@@ -254,7 +280,9 @@ def test_parallel_and_serial_reads_agree(tmp_path: Path) -> None:
     serial = read_captures(paths, root=tmp_path, workers=1, on_progress=progress.append)
     parallel = read_captures(paths, root=tmp_path, workers=2)
     assert serial.conversations == parallel.conversations
-    assert list(serial.dns) == list(parallel.dns)
+    assert serial.dns.vantages == parallel.dns.vantages
+    for vantage in serial.dns.vantages:
+        assert list(serial.dns.seen_at(vantage)) == list(parallel.dns.seen_at(vantage))
     assert serial.reports == parallel.reports
     assert (serial.packets, serial.counted, serial.skipped) == (
         parallel.packets,
