@@ -3,7 +3,9 @@
 The shell that puts ``sources`` (files → records), ``packets`` (records → facts counted per
 5-tuple), ``flows`` (counts → conversations) and ``dns`` together, one file per task, on every
 core. Each worker returns partial aggregates that are merged in the order of the input, and
-every merge is commutative, so the result does not depend on the number of workers.
+every merge is commutative, so the result does not depend on the number of workers. A file taken
+at a known vantage point (a pod's own capture) loses its foreign conversations in the merge,
+before they meet other files' (see :func:`read_captures`).
 
 Usage::
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import gc
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 from analyser.dns import DnsNames, DnsTable, TcpDnsStreams
 from analyser.flows import (
     CaptureConversations,
+    CaptureVantage,
     Conversation,
     ConversationTable,
     DirectedTraffic,
@@ -54,6 +57,8 @@ class Traffic:
     counted: int  # packets that went into conversations
     skipped: dict[str, int] = field(default_factory=dict)  # packets without facts, by reason
     dns_faults: dict[str, int] = field(default_factory=dict)  # DNS payloads not understood
+    # Conversations dropped from a capture because its vantage point was neither end, by file.
+    foreign: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -219,6 +224,7 @@ def read_captures(
     root: Path,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    vantages: Mapping[str, CaptureVantage] | None = None,
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`.
 
@@ -229,7 +235,11 @@ def read_captures(
     read (per megabyte when reading in this process, per file with workers), adding up to the
     sum of the files' sizes, which a progress bar can use as its total.
 
-    The DNS answers a file holds name only flows seen at its vantage point (its tcpdump ring).
+    ``vantages`` says where files (by their names) were taken, e.g. in a pod: of what such a
+    file saw, only the conversations with an end that was the vantage point's own address are
+    kept; the rest are dropped as foreign before they merge with other files' and counted in
+    :attr:`Traffic.foreign`. The DNS answers a file holds name only flows seen at its vantage
+    point (a file without one is a vantage point of its own: its tcpdump ring).
 
     A damaged file never raises: its :class:`~analyser.sources.CaptureReport` says what went
     wrong and the packets before the damage count. The result is the same for any ``workers``.
@@ -237,9 +247,10 @@ def read_captures(
     names = [_name_under(path, root) for path in paths]
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
     report = on_progress if on_progress is not None else _ignore
+    placed = vantages if vantages is not None else {}
     if count <= 1:
-        return _merge(_read_here(paths, names, report))
-    return _merge(_read_in_processes(paths, names, count, report))
+        return _merge(_read_here(paths, names, report), placed)
+    return _merge(_read_in_processes(paths, names, count, report), placed)
 
 
 def _ignore(size: int) -> None:
@@ -288,22 +299,27 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _merge(partials: Iterable[_Partial]) -> Traffic:
+def _merge(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
     """Fold partial aggregates one by one (in input order), so only the merged total is kept."""
     with _no_cyclic_gc():
-        return _merge_all(partials)
+        return _merge_all(partials, vantages)
 
 
-def _merge_all(partials: Iterable[_Partial]) -> Traffic:
+def _merge_all(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
     conversations = ConversationTable()
     dns = DnsNames()
     reports = []
     counted = 0
     skipped: Counter[str] = Counter()
     dns_faults: Counter[str] = Counter()
+    foreign: dict[str, int] = {}
     for partial in partials:
-        conversations.add(partial.conversations)
-        dns.add(partial.conversations.capture, partial.conversations.vantage, partial.dns)
+        seen = partial.conversations
+        vantage = vantages.get(seen.capture)
+        if vantage is not None and (dropped := seen.drop_foreign(vantage)):
+            foreign[seen.capture] = dropped
+        conversations.add(seen)
+        dns.add(seen.capture, seen.vantage if vantage is None else str(vantage), partial.dns)
         reports.append(partial.report)
         counted += partial.counted
         skipped.update(partial.skipped)
@@ -316,4 +332,5 @@ def _merge_all(partials: Iterable[_Partial]) -> Traffic:
         counted=counted,
         skipped=dict(sorted(skipped.items())),
         dns_faults=dict(sorted(dns_faults.items())),
+        foreign=foreign,
     )

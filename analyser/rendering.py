@@ -81,6 +81,7 @@ class ReportFacts:
     # NodeLocal DNSCache addresses (policies.ClusterDns.node_local): cluster DNS, not the outside
     node_local_dns: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what the output leaves out, and why
+    foreign_flows: int = 0  # flows dropped from a pod's capture: that pod was neither end
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------

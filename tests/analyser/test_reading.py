@@ -295,6 +295,42 @@ def test_parallel_and_serial_reads_agree(tmp_path: Path) -> None:
     assert orient(serial.conversations, None) == orient(parallel.conversations, None)
 
 
+class _Holding:
+    """A vantage point holding some addresses."""
+
+    def __init__(self, *ips: str) -> None:
+        self.ips = set(ips)
+
+    def __str__(self) -> str:
+        return "pod " + ",".join(sorted(self.ips))
+
+    def holds(self, ip: str, first: float, last: float) -> bool:
+        return ip in self.ips
+
+
+def test_foreign_conversations_are_dropped_the_same_for_any_number_of_workers(
+    tmp_path: Path,
+) -> None:
+    paths = _random_captures(tmp_path, 6)
+    placed = {
+        "pod0/capture.pcap0": _Holding("10.2.0.1"),
+        "pod1/capture.pcapng": _Holding("fd00::a"),
+    }
+    serial = read_captures(paths, root=tmp_path, workers=1, vantages=placed)
+    parallel = read_captures(paths, root=tmp_path, workers=2, vantages=placed)
+    assert serial.conversations == parallel.conversations
+    assert serial.foreign == parallel.foreign
+    assert set(serial.foreign) == set(placed)
+    for conversation in serial.conversations:
+        for capture, vantage in placed.items():
+            if capture in conversation.captures:
+                assert vantage.ips & {conversation.a.ip, conversation.b.ip}
+    everything = read_captures(paths, root=tmp_path, workers=1)
+    assert len(everything.conversations) - len(serial.conversations) <= sum(serial.foreign.values())
+    assert serial.dns.vantages == parallel.dns.vantages
+    assert "pod 10.2.0.1" in serial.dns.vantages  # the placed file's answers are its pod's
+
+
 def test_no_files_give_empty_traffic(tmp_path: Path) -> None:
     traffic = read_captures([], root=tmp_path)
     assert (traffic.conversations, traffic.reports, traffic.packets) == ((), (), 0)
