@@ -391,12 +391,14 @@ def _foreign_problems(traffic: Traffic, placed: Mapping[str, _PlacedCapture]) ->
             if len(vantage.vantages) == 1
             else f"neither end is one of the pods it is tied to ({vantage})"
         )
-        problems.append(
-            FileProblem(
-                capture,
-                f"{flows} in which {which} {were} dropped as foreign: a pod's capture speaks "
-                "only for that pod",
+        why = "a pod's capture speaks only for that pod"
+        if not any(vantage.resolver.knows_addresses(v) for v in vantage.vantages):
+            why = (
+                "no address of it is known (not in the snapshot's Pod, meta.json or "
+                "pod-ips.jsonl), so no flow can be told to be its own"
             )
+        problems.append(
+            FileProblem(capture, f"{flows} in which {which} {were} dropped as foreign: {why}")
         )
     return problems
 

@@ -696,6 +696,20 @@ class Resolver:
             for key in self._by_name.get((vantage.namespace, vantage.pod), ())
         )
 
+    def knows_addresses(self, vantage: Vantage) -> bool:
+        """Whether any address of ``vantage`` is known at all (a pod's from a claim, a hostNetwork
+        pod's or a node's from its node): without one, :meth:`holds` is never true."""
+        if not vantage.pod:
+            return bool(self._addresses_of_node.get(vantage.node))
+        return any(
+            self._claims_of.get(key)
+            or (
+                self._records[key].host_network
+                and self._addresses_of_node.get(self._records[key].node)
+            )
+            for key in self._by_name.get((vantage.namespace, vantage.pod), ())
+        )
+
     def resolve(
         self, ip: str, at: float, *, port: int | None = None, protocol: Protocol | None = None
     ) -> Identity:

@@ -208,6 +208,10 @@ def test_what_a_vantage_point_holds(resolver: Resolver) -> None:
     assert not resolver.holds(node_a, "203.0.113.7", at("09:31:00"))
     assert str(details) == "pod bookinfo/details-v1-79f774bdb9-d8f5g"
     assert str(node_a) == "node node-a"
+    assert resolver.knows_addresses(details) and resolver.knows_addresses(exporter)
+    assert resolver.knows_addresses(node_a)
+    assert not resolver.knows_addresses(Vantage(node="node-z"))
+    assert not resolver.knows_addresses(Vantage("shop", "nobody"))
 
 
 def test_after_the_last_claim_ends_the_last_holder_keeps_the_address(snapshot: Snapshot) -> None:

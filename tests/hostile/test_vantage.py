@@ -18,7 +18,9 @@ from tests.hostile.hostile_helpers import (
     pod_ip,
     policy_files,
     run,
+    snapshot,
     window_start,
+    write_snapshot,
 )
 
 DNS_SERVICE = "10.96.0.10"  # kube-system/kube-dns in the recorded bundle
@@ -147,6 +149,33 @@ def test_a_pod_s_word_about_its_own_flows_is_kept(
     assert changed == {f"{NAMESPACE}/frontend.yaml", f"{NAMESPACE}/paymentservice.yaml"}
     payment_policy = policy_files(analysis)[f"{NAMESPACE}/paymentservice.yaml"]
     assert '"app": "frontend"' in payment_policy
+
+
+def test_a_pod_whose_address_nobody_knows_speaks_for_nothing(bundle: Path) -> None:
+    """paymentservice's address is in no input (snapshot, meta.json, pod-ips.jsonl): none of its
+    capture's flows can be told to be its own, and the warning says why."""
+    payment = pod_ip(bundle, "paymentservice")
+    document = snapshot(bundle)
+    for item in document["items"]:  # type: ignore[attr-defined]
+        if item["kind"] == "Pod" and item["metadata"]["name"].startswith("paymentservice-"):
+            item["status"].pop("podIP", None)
+            item["status"].pop("podIPs", None)
+    write_snapshot(bundle, document)
+    meta_path = pod_folder(bundle, "paymentservice") / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["ips"] = []
+    meta_path.write_text(json.dumps(meta))
+    history = bundle / "pod-ips.jsonl"
+    lines = history.read_text().splitlines()
+    history.write_text("".join(f"{line}\n" for line in lines if payment not in line))
+
+    analysis = run(bundle)
+
+    [problem] = _foreign_problems(analysis).values()
+    assert problem.endswith(
+        "dropped as foreign: no address of it is known (not in the snapshot's Pod, meta.json or "
+        "pod-ips.jsonl), so no flow can be told to be its own"
+    )
 
 
 def _with_outside_service(bundle: Path) -> Path:
