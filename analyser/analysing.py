@@ -38,7 +38,7 @@ from analyser.graphs import (
     loopback_flows,
     unresolved_addresses,
 )
-from analyser.identities import Resolver, Scope, parse_address
+from analyser.identities import Resolver, Scope, Vantage, parse_address
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
@@ -158,6 +158,7 @@ class Analysis(Observation):
             "flows": len(self.flows),
             "never_established": len(attempts(self.graph)),
             "loopback_flows": loopback_flows(self.graph),
+            "foreign_flows": sum(self.traffic.foreign.values()),
             "evidence": {str(e): n for e, n in self.evidence_counts.items()},
             "workloads": roles.get(NodeRole.WORKLOAD, 0),
             "external_addresses": roles.get(NodeRole.EXTERNAL, 0),
@@ -368,6 +369,60 @@ def _vantage_pods(
     return pods, problems
 
 
+@dataclass(frozen=True, slots=True)
+class _PlacedCapture:
+    """Where the bundle says a capture file was taken (one pod, unless bundle.json and its
+    folder disagree): what it speaks for, as ``read_captures`` asks (``flows.CaptureVantage``)."""
+
+    vantages: tuple[Vantage, ...]
+    resolver: Resolver
+
+    def __str__(self) -> str:
+        return ", ".join(map(str, self.vantages))
+
+    def holds(self, ip: str, first: float, last: float) -> bool:
+        return any(
+            self.resolver.holds(vantage, ip, at)
+            for vantage in self.vantages
+            for at in (first, last)
+        )
+
+
+def _placed_captures(
+    pods: Mapping[tuple[str, str], set[str]], resolver: Resolver
+) -> dict[str, _PlacedCapture]:
+    """Each capture file tied to pods (``_captured_pods``) → where it was taken."""
+    vantages: dict[str, list[Vantage]] = defaultdict(list)
+    for (namespace, pod), files in sorted(pods.items()):
+        for capture in files:
+            vantages[capture].append(Vantage(namespace, pod))
+    return {capture: _PlacedCapture(tuple(found), resolver) for capture, found in vantages.items()}
+
+
+def _foreign_problems(traffic: Traffic, placed: Mapping[str, _PlacedCapture]) -> list[FileProblem]:
+    """A warning for each capture whose foreign conversations were dropped."""
+    problems = []
+    for capture, count in traffic.foreign.items():
+        flows = f"{count} flow{'s' if count != 1 else ''}"
+        were = "were" if count != 1 else "was"
+        vantage = placed[capture]
+        which = (
+            "this pod is neither end"
+            if len(vantage.vantages) == 1
+            else f"neither end is one of the pods it is tied to ({vantage})"
+        )
+        why = "a pod's capture speaks only for that pod"
+        if not any(vantage.resolver.knows_addresses(v) for v in vantage.vantages):
+            why = (
+                "no address of it is known (not in the snapshot's Pod, meta.json or "
+                "pod-ips.jsonl), so no flow can be told to be its own"
+            )
+        problems.append(
+            FileProblem(capture, f"{flows} in which {which} {were} dropped as foreign: {why}")
+        )
+    return problems
+
+
 def _capture_problems(traffic: Traffic) -> list[FileProblem]:
     return [
         FileProblem(
@@ -439,8 +494,13 @@ def observe(
         )
         for namespace, pod in misnamed
     ]
+    placed = _placed_captures(captured, resolver)
     traffic = read_captures(
-        bundle.captures, root=bundle.root, workers=workers, on_progress=on_progress
+        bundle.captures,
+        root=bundle.root,
+        workers=workers,
+        on_progress=on_progress,
+        vantages=placed,
     )
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
     damaged = {report.path for report in traffic.reports if not report.ok}
@@ -452,6 +512,7 @@ def observe(
         *bundle.problems,
         *problems,
         *_capture_problems(traffic),
+        *_foreign_problems(traffic, placed),
         *vantage_problems,
         *unread_problems,
     ]
@@ -525,6 +586,7 @@ def analyse(
         captures_read=len(seen.traffic.reports),
         packets=seen.traffic.packets,
         flows=len(seen.flows),
+        foreign_flows=sum(seen.traffic.foreign.values()),
         evidence_counts=seen.evidence_counts,
         file_problems=seen.problems,
         policy_files=tuple(p for p in files if p != KUSTOMIZATION),

@@ -6,6 +6,7 @@ No I/O here and no dpkt: packets arrive already decoded (see ``packets``).
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -140,6 +141,16 @@ class Conversation:
 ConversationKey = tuple[Protocol, str, int, str, int]
 
 
+class CaptureVantage(typing.Protocol):
+    """Where a capture file was taken, as reading it needs: ``str()`` names the vantage point,
+    and :meth:`holds` says which addresses the capture speaks for."""
+
+    def holds(self, ip: str, first: float, last: float) -> bool:
+        """Whether ``ip`` was the vantage point's own address (or a loopback one) at ``first`` or
+        at ``last``."""
+        ...
+
+
 class CaptureConversations:
     """What one capture file saw, folded into conversations: what a reading worker returns, so
     it is plain data that pickles and merges cheaply.
@@ -190,6 +201,19 @@ class CaptureConversations:
                 entry[2] |= bits
                 entry[3] += packets
                 entry[4] += size
+
+    def drop_foreign(self, vantage: CaptureVantage) -> int:
+        """Remove the conversations in which neither end was ``vantage``'s own address at the
+        conversation's first or last packet in this file, and return how many: a pod controls
+        every byte of its capture, so the capture speaks only for that pod's own traffic."""
+        foreign = [
+            key
+            for key, (first, last, *_) in self.entries.items()
+            if not vantage.holds(key[1], first, last) and not vantage.holds(key[3], first, last)
+        ]
+        for key in foreign:
+            del self.entries[key]
+        return len(foreign)
 
 
 class _Aggregate:

@@ -8,11 +8,15 @@ Schema (a contract for policies, rendering, verify and the report):
   for an address outside the cluster, ``"node:NAME"`` for a node, ``"unresolved:ADDRESS"`` for an
   in-cluster address that matched nothing known at the time.
 - Node attributes: ``role`` (a :class:`NodeRole`), ``label`` (display text), ``workload``
-  (:class:`~analyser.identities.Workload` or None), ``names`` (tuple of DNS names seen for the
-  address, sorted), ``in_scope`` (bool: its pods were captured, so it gets a policy),
+  (:class:`~analyser.identities.Workload` or None), ``names`` (tuple of the DNS names of its
+  edges ``names``, sorted: every name some client was told for the address), ``in_scope`` (bool:
+  its pods were captured, so it gets a policy),
   ``addresses`` (tuple of the addresses seen for a node, an outside or unresolved address, or a
   hostNetwork workload — the addresses peers saw — sorted; empty for other workloads).
-- Edge attribute ``ports``: ``dict[PortSpec, EdgeStats]``, keyed by the *target* port.
+- Edge attributes: ``ports``: ``dict[PortSpec, EdgeStats]``, keyed by the *target* port;
+  ``names``: the DNS names (sorted tuple) of an outside server's address that the client side's
+  own captures saw it told (``dns.DnsNames.names_for_flow``): a policy takes a peer's names from
+  its own edges only, so one pod's capture cannot name another pod's peers.
 - Graph attributes: ``graph.graph["unresolved"]`` (sorted tuple of unresolved addresses),
   ``graph.graph["attributions"]`` (tuple of :class:`FlowAttribution`: which flow made which
   edge), ``graph.graph["attempts"]`` (tuple of :class:`Attempt`: TCP connections that were refused
@@ -40,7 +44,7 @@ How flows become edges (details in ``docs/semantics.md``):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
@@ -135,9 +139,11 @@ class EdgeRow:
 
 
 class NameTable(Protocol):
-    """DNS names seen for an address (``dns.DnsTable``)."""
+    """DNS names a flow's client was told for its server's address (``dns.DnsNames``)."""
 
-    def names_for(self, ip: str, at: float) -> Iterable[str]: ...
+    def names_for_flow(
+        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None
+    ) -> Iterable[str]: ...
 
 
 @dataclass(slots=True)
@@ -157,6 +163,7 @@ class _Builder:
         self.scope = scope
         self.nodes: dict[str, _Node] = {}
         self.edges: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
+        self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.attributions: list[FlowAttribution] = []
         self.attempts: list[Attempt] = []
         self.loopback = 0
@@ -173,7 +180,7 @@ class _Builder:
             )
         return node_id
 
-    def node_for(self, identity: Identity, at: float) -> str:
+    def node_for(self, identity: Identity) -> str:
         ip = identity.ip
         if identity.kind is EndpointKind.POD and identity.pod is not None:
             workload = self.resolver.workload(identity.pod.workload)
@@ -187,19 +194,39 @@ class _Builder:
         elif identity.kind is EndpointKind.EXTERNAL:
             node_id = f"ip:{ip}"
             node = self.nodes.setdefault(node_id, _Node(NodeRole.EXTERNAL, ip))
-            if self.dns is not None:
-                node.names.update(self.dns.names_for(ip, at))
         else:  # unresolved, or a Service address on the client side (a direction mistake)
             node_id = f"unresolved:{ip}"
             node = self.nodes.setdefault(node_id, _Node(NodeRole.UNRESOLVED, ip))
         node.addresses.add(ip)
         return node_id
 
-    def count(self, attribution: FlowAttribution, stats: EdgeStats) -> None:
-        ports = self.edges[(attribution.client, attribution.server)]
+    def names_for(self, flow: Flow, client: Identity, server: Identity) -> Iterable[str]:
+        """The DNS names of an outside server for this flow (none for anything else): from
+        answers sent to the flow's client, on this address or another its pod (or node) had."""
+        if self.dns is None or server.kind is not EndpointKind.EXTERNAL:
+            return ()
+
+        def asked_by(ip: str) -> bool:
+            if ip == client.ip:
+                return True
+            asker = self.resolver.resolve(ip, flow.first_seen)
+            if client.pod is not None:
+                return asker.pod == client.pod
+            return client.kind is EndpointKind.NODE and asker.node == client.node
+
+        return self.dns.names_for_flow(flow, asked_by=asked_by)
+
+    def count(
+        self, attribution: FlowAttribution, stats: EdgeStats, names: Iterable[str] = ()
+    ) -> None:
+        edge = (attribution.client, attribution.server)
+        ports = self.edges[edge]
         known = ports.get(attribution.port)
         ports[attribution.port] = stats if known is None else known.merged(stats)
         self.attributions.append(attribution)
+        if names:
+            self.names[edge].update(names)
+            self.nodes[attribution.server].names.update(names)
 
     def graph(self) -> Any:
         graph = nx.DiGraph()
@@ -219,7 +246,8 @@ class _Builder:
                 addresses=addresses,
             )
         for (client, server), ports in sorted(self.edges.items()):
-            graph.add_edge(client, server, ports=dict(sorted(ports.items())))
+            names = tuple(sorted(self.names.get((client, server), ())))
+            graph.add_edge(client, server, ports=dict(sorted(ports.items())), names=names)
         graph.graph["unresolved"] = tuple(
             sorted(
                 (
@@ -321,7 +349,7 @@ def build_graph(
 ) -> Any:
     """The workload graph (schema above) of ``flows``. ``scope``: the workloads whose pods were
     captured (``Resolver.scope_of``); they are marked ``in_scope`` and present even when silent.
-    ``dns`` gives the names seen for outside addresses."""
+    ``dns`` gives the names each flow's client was told for an outside server."""
     scope_refs = scope.workloads if isinstance(scope, Scope) else frozenset(scope)
     builder = _Builder(resolver, dns, frozenset(scope_refs))
     for ref in sorted(scope_refs):
@@ -367,11 +395,11 @@ def build_graph(
             continue
         attribution = FlowAttribution(
             flow,
-            builder.node_for(client, flow.first_seen),
-            builder.node_for(server, flow.first_seen),
+            builder.node_for(client),
+            builder.node_for(server),
             PortSpec(flow.protocol, flow.server.port),
         )
-        builder.count(attribution, _stats([flow]))
+        builder.count(attribution, _stats([flow]), builder.names_for(flow, client, server))
     return builder.graph()
 
 
@@ -409,8 +437,8 @@ def _unknown_service_flow(
     twin, _, twin_server = resolved[twin_index]
     attribution = FlowAttribution(
         flow,
-        builder.node_for(client, flow.first_seen),
-        builder.node_for(twin_server, twin.first_seen),
+        builder.node_for(client),
+        builder.node_for(twin_server),
         PortSpec(flow.protocol, twin.server.port),
         twin=twin,
     )
@@ -432,7 +460,7 @@ def _service_flow(
     backends = builder.resolver.service_backends(
         server.service, flow.server.port, flow.protocol, flow.first_seen, family=version
     )
-    client_node = builder.node_for(client, flow.first_seen)
+    client_node = builder.node_for(client)
     backend_ips = {b.identity.ip for b in backends}
     # The server side's view of this connection: same client address, port and protocol, first
     # seen within TWIN_WINDOW, to one of the Service's backends (or to a pod the snapshot did not
@@ -459,7 +487,7 @@ def _service_flow(
         attribution = FlowAttribution(
             flow,
             client_node,
-            builder.node_for(twin_server, twin.first_seen),
+            builder.node_for(twin_server),
             PortSpec(flow.protocol, twin.server.port),
             service=service,
             twin=twin,
@@ -472,17 +500,14 @@ def _service_flow(
         attribution = FlowAttribution(
             flow,
             client_node,
-            builder.node_for(unbacked, flow.first_seen),
+            builder.node_for(unbacked),
             PortSpec(flow.protocol, flow.server.port),
             service=service,
         )
         builder.count(attribution, _stats([flow], service=service))
         return
     # Several pods of one workload on one port are one edge, and the flow counts once on it.
-    targets = {
-        (builder.node_for(b.identity, flow.first_seen), PortSpec(flow.protocol, b.port))
-        for b in backends
-    }
+    targets = {(builder.node_for(b.identity), PortSpec(flow.protocol, b.port)) for b in backends}
     for server_node, port in sorted(targets):
         attribution = FlowAttribution(
             flow, client_node, server_node, port, service=service, assumed=True

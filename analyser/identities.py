@@ -123,6 +123,19 @@ class Scope:
     unknown_pods: tuple[tuple[str, str], ...] = ()  # (namespace, pod)
 
 
+@dataclass(frozen=True, order=True, slots=True)
+class Vantage:
+    """Where a capture was taken, so what it speaks for: a pod (``namespace``, ``pod``) or a node
+    (``node``). See :meth:`Resolver.holds`."""
+
+    namespace: str = ""
+    pod: str = ""
+    node: str = ""
+
+    def __str__(self) -> str:
+        return f"pod {self.namespace}/{self.pod}" if self.pod else f"node {self.node}"
+
+
 @dataclass(frozen=True, slots=True)
 class PodRecord:
     """What is known about one pod from the snapshot, the IP history and meta.json, merged."""
@@ -683,6 +696,37 @@ class Resolver:
         return Scope(frozenset(workloads), tuple(sorted(unknown)))
 
     # -- addresses --------------------------------------------------------------------------
+
+    def holds(self, vantage: Vantage, ip: str, at: float) -> bool:
+        """Whether ``ip`` was ``vantage``'s own address at ``at``, as :meth:`resolve` tells who it
+        was (with its tolerance for clock skew): a pod's own address (a hostNetwork pod's: an
+        address of its node), or a node's address or one of its pods'. Loopback addresses are
+        everyone's own."""
+        if parse_address(ip).is_loopback:
+            return True
+        identity = self.resolve(ip, at)
+        if not vantage.pod:
+            return self.node_of(identity) == vantage.node
+        if identity.pod is not None:
+            return (identity.pod.namespace, identity.pod.name) == (vantage.namespace, vantage.pod)
+        return identity.kind is EndpointKind.NODE and any(
+            self._records[key].host_network and self._records[key].node == identity.node
+            for key in self._by_name.get((vantage.namespace, vantage.pod), ())
+        )
+
+    def knows_addresses(self, vantage: Vantage) -> bool:
+        """Whether any address of ``vantage`` is known at all (a pod's from a claim, a hostNetwork
+        pod's or a node's from its node): without one, :meth:`holds` is never true."""
+        if not vantage.pod:
+            return bool(self._addresses_of_node.get(vantage.node))
+        return any(
+            self._claims_of.get(key)
+            or (
+                self._records[key].host_network
+                and self._addresses_of_node.get(self._records[key].node)
+            )
+            for key in self._by_name.get((vantage.namespace, vantage.pod), ())
+        )
 
     def resolve(
         self, ip: str, at: float, *, port: int | None = None, protocol: Protocol | None = None

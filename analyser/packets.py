@@ -30,6 +30,7 @@ Link types (pcap LINKTYPE_* values) understood:
 from __future__ import annotations
 
 import functools
+import re
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -627,19 +628,33 @@ class DnsFault(StrEnum):
     TRUNCATED = "truncated"  # cut by the snap length, or its TCP segments not all captured
     MALFORMED = "malformed"
     GAP = "gap"  # TCP: a message's later segments captured, an earlier one never
+    # A record whose name is no valid DNS name (non-ASCII, spaces, control characters, line
+    # separators, empty or overlong labels) was dropped; the rest of the response counts.
+    BAD_NAME = "bad_name"
 
 
 @dataclass(frozen=True, slots=True)
 class DnsResponse:
     """What one successful DNS response says. Names are lower case without the final dot."""
 
-    question: str
+    question: str  # "" when it was no valid DNS name
     addresses: tuple[tuple[str, str], ...]  # (owner name, IP text) of A and AAAA records
     aliases: tuple[tuple[str, str], ...]  # (owner name, target name) of CNAME records
+    bad_names: int = 0  # records (and question) left out because a name in them is not valid
 
 
-def _name(raw: str) -> str:
-    return raw.rstrip(".").lower()
+# A DNS name as it may be printed: labels of 1 to 63 letters, digits, hyphens and underscores
+# (SRV and DKIM names have underscores), at most 253 characters without the final dot. Anything
+# else (non-ASCII, spaces, control characters, U+2028) is an attacker's text, not a name.
+_VALID_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\Z")
+
+
+def _name(raw: str) -> str | None:
+    """A name as decoded by dpkt (UTF-8) → lower case without the final dot; None when it is not a
+    valid DNS name. Checked before lowering: ``str.lower`` turns some non-ASCII letters (the
+    Kelvin sign) into ASCII ones."""
+    name = raw[:-1] if raw.endswith(".") else raw
+    return name.lower() if _VALID_NAME.match(name) else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -657,19 +672,33 @@ def _response(message_after_id: bytes) -> DnsResponse | DnsFault | None:
             return None
         addresses: list[tuple[str, str]] = []
         aliases: list[tuple[str, str]] = []
+        bad_names = 0
         for answer in parsed.an:
             if len(answer.rdata) < answer.rlen:
                 return DnsFault.TRUNCATED
             if answer.type in (dpkt.dns.DNS_A, dpkt.dns.DNS_AAAA) and len(answer.rdata) in (4, 16):
-                addresses.append((_name(answer.name), address_text(answer.rdata)))
+                owner = _name(answer.name)
+                if owner is None:
+                    bad_names += 1
+                else:
+                    addresses.append((owner, address_text(answer.rdata)))
             elif answer.type == dpkt.dns.DNS_CNAME:
-                aliases.append((_name(answer.name), _name(answer.cname)))
-        question = _name(parsed.qd[0].name) if parsed.qd else ""
+                alias, target = _name(answer.name), _name(answer.cname)
+                # Left out, the record breaks the chain there: names beyond it name nothing.
+                if alias is None or target is None:
+                    bad_names += 1
+                else:
+                    aliases.append((alias, target))
+        asked = parsed.qd[0].name if parsed.qd else ""  # "": none, or the root
+        question = _name(asked) if asked else ""
+        if question is None:
+            question = ""
+            bad_names += 1
     except dpkt.NeedData:
         return DnsFault.TRUNCATED
     except (dpkt.UnpackError, struct.error, IndexError, ValueError, UnicodeDecodeError):
         return DnsFault.MALFORMED
-    return DnsResponse(question, tuple(addresses), tuple(aliases))
+    return DnsResponse(question, tuple(addresses), tuple(aliases), bad_names)
 
 
 def _tcp_messages(payload: bytes) -> list[bytes] | DnsFault:
@@ -692,7 +721,8 @@ def decode_dns(payload: bytes, *, over_tcp: bool) -> list[DnsResponse] | DnsFaul
     """The successful responses in a port-53 payload (queries and errors give an empty list).
 
     dpkt's ``NeedData`` (the message is cut short) becomes ``DnsFault.TRUNCATED`` and its
-    ``UnpackError`` or nonsense inside a record becomes ``DnsFault.MALFORMED``.
+    ``UnpackError`` or nonsense inside a record becomes ``DnsFault.MALFORMED``. Records whose
+    names are not valid DNS names are left out and counted in ``DnsResponse.bad_names``.
     """
     messages = _tcp_messages(payload) if over_tcp else [payload]
     if isinstance(messages, DnsFault):

@@ -172,10 +172,12 @@ def _single_address(address: str) -> str:
 
 
 def _peers(
-    graph: Any, node_id: str, own_namespace: str, nodes: tuple[IpPeer, ...]
+    graph: Any, node_id: str, own_namespace: str, nodes: tuple[IpPeer, ...], edge: tuple[str, str]
 ) -> tuple[Peer, ...]:
-    """How a policy in ``own_namespace`` names the graph node ``node_id``; ``nodes``: the
-    :func:`node_blocks`."""
+    """How a policy in ``own_namespace`` names the graph node ``node_id``, a peer on the policy's
+    graph ``edge``; ``nodes``: the :func:`node_blocks`. An outside address's DNS names come from
+    that edge only: what this workload's own captures saw it told, never what another pod's
+    capture says about the address."""
     attrs = graph.nodes[node_id]
     role = attrs["role"]
     addresses: tuple[str, ...] = attrs.get("addresses", ())
@@ -194,7 +196,7 @@ def _peers(
                 description=str(workload.ref),
             ),
         )
-    names = tuple(attrs.get("names", ())) if role == _EXTERNAL else ()
+    names = tuple(graph.edges[edge].get("names", ())) if role == _EXTERNAL else ()
     return tuple(IpPeer(_single_address(a), names) for a in addresses)
 
 
@@ -425,7 +427,7 @@ def synthesize(
             if graph.nodes[client]["role"] == _NODE:
                 node_ingress |= ports
                 continue
-            for peer in _peers(graph, client, namespace, nodes):
+            for peer in _peers(graph, client, namespace, nodes, (client, node_id)):
                 ingress[peer] |= ports
                 if graph.nodes[client]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
                     outside_clients.add(peer)
@@ -436,7 +438,7 @@ def synthesize(
                 continue
             if server in dns.workloads:
                 ports -= dns_ports  # allowed by the DNS rule below, to every DNS pod
-            for peer in _peers(graph, server, namespace, nodes):
+            for peer in _peers(graph, server, namespace, nodes, (node_id, server)):
                 if isinstance(peer, IpPeer) and peer.cidr in node_local_cidrs:
                     # Allowed by the node-local cache rule below, on both protocols.
                     egress[peer] |= ports - set(DNS_PORTS)

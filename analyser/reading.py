@@ -3,7 +3,9 @@
 The shell that puts ``sources`` (files → records), ``packets`` (records → facts counted per
 5-tuple), ``flows`` (counts → conversations) and ``dns`` together, one file per task, on every
 core. Each worker returns partial aggregates that are merged in the order of the input, and
-every merge is commutative, so the result does not depend on the number of workers.
+every merge is commutative, so the result does not depend on the number of workers. A file taken
+at a known vantage point (a pod's own capture) loses its foreign conversations in the merge,
+before they meet other files' (see :func:`read_captures`).
 
 Usage::
 
@@ -16,21 +18,31 @@ from __future__ import annotations
 import gc
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analyser.dns import DnsTable, TcpDnsStreams
+from analyser.dns import DnsNames, DnsTable, TcpDnsStreams
 from analyser.flows import (
     CaptureConversations,
+    CaptureVantage,
     Conversation,
     ConversationTable,
     DirectedTraffic,
     protocol_named,
 )
-from analyser.packets import TCP, DnsPayload, Skip, Tally, count_records, split_key
+from analyser.packets import (
+    DNS_PORT,
+    TCP,
+    DnsPayload,
+    Skip,
+    Tally,
+    address_text,
+    count_records,
+    split_key,
+)
 from analyser.sources import CaptureFile, CaptureReport, RecordChunk, ring_name
 
 
@@ -39,12 +51,14 @@ class Traffic:
     """Everything the captures say, before identities: see :func:`read_captures`."""
 
     conversations: tuple[Conversation, ...]  # sorted by (protocol, a, b)
-    dns: DnsTable
+    dns: DnsNames
     reports: tuple[CaptureReport, ...]  # one per file, in input order
     packets: int  # records read from all files
     counted: int  # packets that went into conversations
     skipped: dict[str, int] = field(default_factory=dict)  # packets without facts, by reason
     dns_faults: dict[str, int] = field(default_factory=dict)  # DNS payloads not understood
+    # Conversations dropped from a capture because its vantage point was neither end, by file.
+    foreign: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -80,15 +94,25 @@ def _read_one(path: Path, name: str, on_read: Callable[[int], None] | None = Non
         return _count_file(path, name, on_read)
 
 
+def _answered_client(raw: bytes) -> bytes:
+    """The destination address (4 or 16 bytes) of a packet sent from port 53, by its key's bytes:
+    the client an answer went to; empty for any other packet (a query), whose answers would name
+    nothing."""
+    if raw[-4] != 0 or raw[-3] != DNS_PORT:
+        return b""
+    half = (len(raw) - 4) // 2
+    return raw[half : 2 * half]
+
+
 class _DnsAnswers:
-    """Port-53 payloads → a :class:`DnsTable`, each distinct payload decoded once.
+    """Port-53 payloads → a :class:`DnsTable`, each distinct payload decoded once per client.
 
     The same answers come again and again (every client asks, over and over), and the table
-    keeps only the first and last time of each name, so per distinct payload the first and last
-    time it was seen and how often are enough. UDP messages are told apart without their 2-byte
-    ID, which decoding ignores. TCP segments go through :class:`TcpDnsStreams` first, so that
-    a message split across segments is decoded whole. Flushed every ``LIMIT`` distinct payloads:
-    memory stays bounded.
+    keeps only the first and last time of each name, so per distinct payload and client (the
+    address it was sent to, from port 53) the first and last time it was seen and how often are
+    enough. UDP messages are told apart without their 2-byte ID, which decoding ignores. TCP
+    segments go through :class:`TcpDnsStreams` first, so that a message split across segments is
+    decoded whole. Flushed every ``LIMIT`` distinct payloads: memory stays bounded.
     """
 
     LIMIT = 4096
@@ -97,19 +121,20 @@ class _DnsAnswers:
         self.table = DnsTable()
         self.faults: Counter[str] = Counter()
         self.streams = TcpDnsStreams()
-        # (over TCP, message) → [first seen, last seen, times]
-        self._pending: dict[tuple[bool, bytes], list[Any]] = {}
+        # (over TCP, client, message) → [first seen, last seen, times]
+        self._pending: dict[tuple[bool, bytes, bytes], list[Any]] = {}
 
     def add(self, payloads: Iterable[DnsPayload]) -> None:
         pending = self._pending
         streams = self.streams
         for timestamp, key, payload, seq, flags, cut in payloads:
-            over_tcp = key[0] == TCP  # type: ignore[index]  # DNS payloads have flow keys
+            protocol, raw = key  # type: ignore[misc]  # DNS payloads have flow keys
+            over_tcp = protocol == TCP
             if over_tcp:
                 payload = streams.add(key, seq, flags, payload, cut)
                 if not payload:
                     continue
-            message = (over_tcp, payload if over_tcp else payload[2:])
+            message = (over_tcp, _answered_client(raw), payload if over_tcp else payload[2:])
             seen = pending.get(message)
             if seen is None:
                 pending[message] = [timestamp, timestamp, 1]
@@ -129,13 +154,17 @@ class _DnsAnswers:
         self.flush()
 
     def flush(self) -> None:
-        for (over_tcp, message), (first, last, times) in self._pending.items():
+        for (over_tcp, client, message), (first, last, times) in self._pending.items():
             payload = message if over_tcp else b"\0\0" + message
-            fault = self.table.add_payload(payload, over_tcp=over_tcp, at=first)
+            fault = self.table.add_payload(
+                payload,
+                over_tcp=over_tcp,
+                at=first,
+                until=last,
+                client=address_text(client) if client else None,
+            )
             if fault is not None:
                 self.faults[fault.value] += times
-            elif last != first:
-                self.table.add_payload(payload, over_tcp=over_tcp, at=last)
         self._pending.clear()
 
 
@@ -195,6 +224,7 @@ def read_captures(
     root: Path,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    vantages: Mapping[str, CaptureVantage] | None = None,
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`.
 
@@ -205,15 +235,22 @@ def read_captures(
     read (per megabyte when reading in this process, per file with workers), adding up to the
     sum of the files' sizes, which a progress bar can use as its total.
 
+    ``vantages`` says where files (by their names) were taken, e.g. in a pod: of what such a
+    file saw, only the conversations with an end that was the vantage point's own address are
+    kept; the rest are dropped as foreign before they merge with other files' and counted in
+    :attr:`Traffic.foreign`. The DNS answers a file holds name only flows seen at its vantage
+    point (a file without one is a vantage point of its own: its tcpdump ring).
+
     A damaged file never raises: its :class:`~analyser.sources.CaptureReport` says what went
     wrong and the packets before the damage count. The result is the same for any ``workers``.
     """
     names = [_name_under(path, root) for path in paths]
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
     report = on_progress if on_progress is not None else _ignore
+    placed = vantages if vantages is not None else {}
     if count <= 1:
-        return _merge(_read_here(paths, names, report))
-    return _merge(_read_in_processes(paths, names, count, report))
+        return _merge(_read_here(paths, names, report), placed)
+    return _merge(_read_in_processes(paths, names, count, report), placed)
 
 
 def _ignore(size: int) -> None:
@@ -262,22 +299,27 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _merge(partials: Iterable[_Partial]) -> Traffic:
+def _merge(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
     """Fold partial aggregates one by one (in input order), so only the merged total is kept."""
     with _no_cyclic_gc():
-        return _merge_all(partials)
+        return _merge_all(partials, vantages)
 
 
-def _merge_all(partials: Iterable[_Partial]) -> Traffic:
+def _merge_all(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
     conversations = ConversationTable()
-    dns = DnsTable()
+    dns = DnsNames()
     reports = []
     counted = 0
     skipped: Counter[str] = Counter()
     dns_faults: Counter[str] = Counter()
+    foreign: dict[str, int] = {}
     for partial in partials:
-        conversations.add(partial.conversations)
-        dns.merge(partial.dns)
+        seen = partial.conversations
+        vantage = vantages.get(seen.capture)
+        if vantage is not None and (dropped := seen.drop_foreign(vantage)):
+            foreign[seen.capture] = dropped
+        conversations.add(seen)
+        dns.add(seen.capture, seen.vantage if vantage is None else str(vantage), partial.dns)
         reports.append(partial.report)
         counted += partial.counted
         skipped.update(partial.skipped)
@@ -290,4 +332,5 @@ def _merge_all(partials: Iterable[_Partial]) -> Traffic:
         counted=counted,
         skipped=dict(sorted(skipped.items())),
         dns_faults=dict(sorted(dns_faults.items())),
+        foreign=foreign,
     )

@@ -90,6 +90,7 @@ class ReportFacts:
     # their exposed ports were allowed from anywhere.
     exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
     exposed_anywhere: bool = True
+    foreign_flows: int = 0  # flows dropped from a pod's capture: that pod was neither end
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------

@@ -117,6 +117,33 @@ def test_adding_captures_is_order_independent() -> None:
     assert (conversation.packets, conversation.first_seen, conversation.last_seen) == (6, 8.0, 13.0)
 
 
+class _Holding:
+    """A vantage point that held ``ip`` from ``since`` on."""
+
+    def __init__(self, ip: str, since: float) -> None:
+        self.ip, self.since = ip, since
+
+    def holds(self, ip: str, first: float, last: float) -> bool:
+        return ip == self.ip and last >= self.since
+
+
+def test_conversations_without_an_end_of_the_vantage_point_are_dropped() -> None:
+    outside = Endpoint("198.51.100.1", 45000)
+    seen = CaptureConversations(
+        "p/capture.pcap",
+        "p/capture.pcap",
+        [
+            _directed(CLIENT, SERVER),  # the vantage point is the client
+            _directed(SERVER, outside),  # neither end is
+            _directed(outside, CLIENT, first=1.0, last=2.0),  # before it held its address
+        ],
+    )
+    assert seen.drop_foreign(_Holding(CLIENT.ip, since=5.0)) == 2
+    table = ConversationTable()
+    table.add(seen)
+    assert [(c.a, c.b) for c in table.conversations()] == [(CLIENT, SERVER)]
+
+
 def test_syn_ack_alone_names_the_client() -> None:
     table = ConversationTable()
     table.add_capture("s.pcap", "s.pcap", [_directed(SERVER, CLIENT, roles=ROLE_ACCEPTOR)])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
-from analyser.identities import EndpointKind, Resolver, WorkloadRef
+from analyser.identities import EndpointKind, Resolver, Vantage, WorkloadRef
 from analyser.policies import DNS_PORTS, Exposure, LabelRequirement, LabelSelector, PortSpec
 from analyser.snapshot import (
     Snapshot,
@@ -182,6 +182,36 @@ def test_an_ip_reused_by_a_second_pod_resolves_to_each_in_turn(resolver: Resolve
     # which knows when the IP really changed hands, wins over the creation time.
     assert workload_at(resolver, "10.244.1.20", "09:10:00") == "bookinfo/Deployment/ratings-v1"
     assert workload_at(resolver, "10.244.1.20", "09:31:00") == "bookinfo/Deployment/details-v1"
+
+
+def test_what_a_vantage_point_holds(resolver: Resolver) -> None:
+    """A pod holds its own address while the resolver says the address is that pod, and its
+    loopback; a hostNetwork pod its node's addresses; a node its addresses and its pods'."""
+    details = Vantage("bookinfo", "details-v1-79f774bdb9-d8f5g")
+    ratings_old = Vantage("bookinfo", "ratings-v1-b6994bb9-old42")
+    # 10.244.1.20 passed from the old ratings pod (until 09:20) to details (from 09:30).
+    assert resolver.holds(ratings_old, "10.244.1.20", at("09:10:00"))
+    assert not resolver.holds(details, "10.244.1.20", at("09:10:00"))
+    assert resolver.holds(details, "10.244.1.20", at("09:31:00"))
+    assert not resolver.holds(ratings_old, "10.244.1.20", at("09:31:00"))
+    assert not resolver.holds(details, "10.244.1.12", at("09:31:00"))  # ratings' other pod
+    assert resolver.holds(details, "127.0.0.1", at("09:31:00"))
+    assert resolver.holds(details, "::1", at("09:31:00"))
+    exporter = Vantage("kube-system", "node-exporter-7xk2p")  # hostNetwork on node-a
+    assert resolver.holds(exporter, "192.168.49.2", at("09:31:00"))
+    assert not resolver.holds(exporter, "192.168.49.3", at("09:31:00"))
+    assert not resolver.holds(exporter, "10.244.0.40", at("09:31:00"))  # a pod on its node
+    node_a = Vantage(node="node-a")
+    assert resolver.holds(node_a, "192.168.49.2", at("09:31:00"))
+    assert resolver.holds(node_a, "10.244.0.40", at("09:31:00"))  # web on node-a
+    assert not resolver.holds(node_a, "10.244.1.40", at("09:31:00"))  # web on node-b
+    assert not resolver.holds(node_a, "203.0.113.7", at("09:31:00"))
+    assert str(details) == "pod bookinfo/details-v1-79f774bdb9-d8f5g"
+    assert str(node_a) == "node node-a"
+    assert resolver.knows_addresses(details) and resolver.knows_addresses(exporter)
+    assert resolver.knows_addresses(node_a)
+    assert not resolver.knows_addresses(Vantage(node="node-z"))
+    assert not resolver.knows_addresses(Vantage("shop", "nobody"))
 
 
 def test_after_the_last_claim_ends_the_last_holder_keeps_the_address(snapshot: Snapshot) -> None:

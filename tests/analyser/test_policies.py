@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
+from analyser.dns import DnsNames, DnsTable
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import build_graph
 from analyser.identities import Resolver, Workload, WorkloadRef
+from analyser.packets import DnsResponse
 from analyser.policies import (
     DNS_PORTS,
     ClusterDns,
@@ -45,9 +47,11 @@ from tests.analyser.flow_builders import (
     REVIEWS_V1,
     REVIEWS_V3,
     WEB_A,
+    WEB_A6,
     WEB_B,
     WEB_SVC,
     FakeDns,
+    at,
     cluster,
     flow,
     resolver,
@@ -169,6 +173,40 @@ def test_external_addresses_become_single_address_blocks_with_their_names() -> N
         Rule(IpPeer(f"{EXAMPLE}/32", ("example.com",)), (PortSpec(TCP, 80), PortSpec(TCP, 443))),
         Rule(IpPeer("2606:4700::6810:84e5/128"), (PortSpec(TCP, 443),)),
     ]
+
+
+def test_each_policy_takes_an_outside_address_s_names_from_its_own_captures_only() -> None:
+    """web's capture holds an answer (forged or not) naming the address api-blue also calls:
+    the name annotates web's rule, never api-blue's. web's answer went to its IPv4 address and
+    it called over IPv6: the same pod asked."""
+    web_capture, api_capture = "captures/shop/web-a/capture.pcap0", "captures/shop/api-1/c.pcap0"
+    web_answers, api_answers = DnsTable(), DnsTable()
+    early = at("09:39:00")
+    web_answers.add(
+        DnsResponse("evil.example", (("evil.example", EXAMPLE),), ()), early, client=WEB_A
+    )
+    api_answers.add(
+        DnsResponse("api.example", (("api.example", EXAMPLE),), ()), early, client=API_BLUE
+    )
+    dns = DnsNames()
+    dns.add(web_capture, "pod shop/web-a", web_answers)
+    dns.add(api_capture, "pod shop/api-1", api_answers)
+    flows = [
+        flow(f"[{WEB_A6}]:41000", f"{EXAMPLE}:443", capture=web_capture),
+        flow(f"{API_BLUE}:41000", f"{EXAMPLE}:443", capture=api_capture),
+        flow(f"{EXAMPLE}:41000", f"{API_BLUE}:8080", capture=api_capture),
+    ]
+    names = resolver()
+    graph = build_graph(flows, names, dns, scope={WEB, API_BLUE_W})
+    assert graph.nodes[f"ip:{EXAMPLE}"]["names"] == ("api.example", "evil.example")
+    policies = by_workload(synthesize(graph, cluster_dns=names.cluster_dns()))
+    [web_rule] = [r for r in policies[str(WEB)].egress if isinstance(r.peer, IpPeer)]
+    assert web_rule.peer == IpPeer(f"{EXAMPLE}/32", ("evil.example",))
+    [api_rule] = [r for r in policies[str(API_BLUE_W)].egress if isinstance(r.peer, IpPeer)]
+    assert api_rule.peer == IpPeer(f"{EXAMPLE}/32", ("api.example",))
+    # The address as a client: a name is what a client asked for about its server.
+    [api_in] = [r for r in policies[str(API_BLUE_W)].ingress if isinstance(r.peer, IpPeer)]
+    assert api_in.peer == IpPeer(f"{EXAMPLE}/32")
 
 
 def test_node_addresses_and_host_network_listeners() -> None:
