@@ -478,6 +478,10 @@ def observe(
         )
         for gap in snapshot.gaps()
     ]
+    problems += [
+        FileProblem(bundle.relative(bundle.snapshot), problem)
+        for problem in snapshot.owner_problems()
+    ]
     resolver = Resolver(snapshot, ip_history=history, captures=metas)
     captured, unplaced = _captured_pods(bundle, metas)
     # A folder or bundle.json entry naming a pod nobody knows (a Deployment's name, a typo):

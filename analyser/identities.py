@@ -48,6 +48,7 @@ from analyser.snapshot import (
     SlicePort,
     Snapshot,
     cluster_ips,
+    is_owner,
     meta,
     normalize_ip,
     parse_timestamp,
@@ -310,7 +311,7 @@ def _pod_lifetime(pod: Pod) -> tuple[float, float]:
 
 
 def _controller_hint(refs: Iterable[OwnerReference]) -> OwnerHint | None:
-    refs = [r for r in refs if r.get("kind") and r.get("name")]
+    refs = [r for r in refs if is_owner(r)]  # Snapshot.owner_problems lists the others
     chosen = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
     if chosen is None:
         return None

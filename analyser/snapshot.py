@@ -359,8 +359,11 @@ _CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
         ("metadata.deletionTimestamp", _TIME),
         ("metadata.ownerReferences", _LIST),
         ("metadata.ownerReferences[]", _DICT),
-        ("metadata.ownerReferences[].kind", _KIND),
-        ("metadata.ownerReferences[].name", _NAME),
+        # Text only: the API server does not check an ownerReference's kind and name, so whoever
+        # may create a pod may give it any owner. Invalid ones are ignored (``owner_problems``),
+        # not fatal: one pod must not make the whole snapshot unusable.
+        ("metadata.ownerReferences[].kind", _STR),
+        ("metadata.ownerReferences[].name", _STR),
         ("metadata.ownerReferences[].uid", _STR),
         ("metadata.ownerReferences[].controller", _BOOL),
     ),
@@ -684,6 +687,13 @@ def parse_snapshot_documents(documents: Iterable[object], *, source: str) -> lis
                 obj = {**obj, "metadata": {**obj["metadata"], "namespace": "default"}}
             objects.append(cast(KubeObject, obj))
     return objects
+
+
+def is_owner(reference: OwnerReference) -> bool:
+    """Whether an ownerReference names an object: a kind and an object name (the API server
+    stores any text there)."""
+    kind, name = reference.get("kind", ""), reference.get("name", "")
+    return is_kind(kind) and is_dns1123_subdomain(name)
 
 
 def _display_name(obj: Mapping[str, Any]) -> str:
@@ -1073,6 +1083,18 @@ class Snapshot:
             spec = node.get("spec", {})
             cidrs += spec.get("podCIDRs", []) or ([spec["podCIDR"]] if "podCIDR" in spec else [])
         return tuple(dict.fromkeys(cidrs))
+
+    def owner_problems(self) -> tuple[str, ...]:
+        """One line per ownerReference that names no object (its kind or name is not what an
+        object can have): the owner walk ignores it, so its pod or controller stands alone."""
+        return tuple(
+            f"{obj['kind']} {_display_name(obj)}: ownerReference {inert(ref.get('kind', ''))}/"
+            f"{inert(ref.get('name', ''))} names no object (not a kind and an object name): "
+            "ignored"
+            for obj in self._by_key.values()
+            for ref in meta(obj).get("ownerReferences", [])
+            if not is_owner(ref)
+        )
 
     def gaps(self) -> tuple[str, ...]:
         """What the analyser must guess because a kind is missing (``kubectl get all`` leaves

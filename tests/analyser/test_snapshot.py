@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from analyser.errors import SnapshotError
+from analyser.identities import Resolver, WorkloadRef
 from analyser.snapshot import (
     Snapshot,
     load_capture_meta,
@@ -375,18 +376,6 @@ HOSTILE_NAME = "web\u2028metadata: {name: other}"
         ("metadata.name", "Web", "metadata.name", "an object name"),
         ("metadata.namespace", "shop.a", "metadata.namespace", "a namespace name"),
         ("metadata.namespace", "\x1b[31mshop", "metadata.namespace", "a namespace name"),
-        (
-            "metadata.ownerReferences.0.kind",
-            "Deployment\u2028spec: {}",
-            "metadata.ownerReferences[0].kind",
-            "a kind",
-        ),
-        (
-            "metadata.ownerReferences.0.name",
-            "web\u202e",
-            "metadata.ownerReferences[0].name",
-            "an object name",
-        ),
         ("metadata.labels", {"app": "web\x85- {}"}, "metadata.labels['app']", "a label value"),
         ("metadata.labels", {"app\u2029": "web"}, "metadata.labels['app\\u2029']", "a label key"),
         (
@@ -433,6 +422,37 @@ def test_a_name_label_or_kind_no_api_server_stores_is_refused(
     assert message.startswith(f"{snapshot}: items[0] (ReplicaSet ")
     assert f"{field} must be {rule}" in message
     assert message.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("metadata.ownerReferences.0.kind", "Deployment\u2028spec: {}"),
+        ("metadata.ownerReferences.0.name", "web\u202e"),
+    ],
+)
+def test_an_owner_reference_naming_no_object_is_ignored_and_said(path: str, value: str) -> None:
+    """The API server stores any text as an ownerReference's kind and name, so whoever can create
+    a pod can write one: it must not make the whole snapshot unusable, nor reach an output."""
+    replica_set = _tampered(path, value)
+    pod = {
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-7d9f-a",
+            "namespace": "shop",
+            "labels": {"app": "web"},
+            "ownerReferences": [{"kind": "ReplicaSet", "name": "web-7d9f", "controller": True}],
+        },
+        "status": {"podIP": "10.1.0.5"},
+    }
+    snapshot = Snapshot(parse_snapshot_documents([replica_set, pod], source="s"))
+    (problem,) = snapshot.owner_problems()
+    assert problem.startswith("ReplicaSet shop/web-7d9f: ownerReference ")
+    assert problem.endswith("names no object (not a kind and an object name): ignored")
+    assert problem.isprintable() and ("\\u2028" in problem or "\\u202e" in problem)
+    # The owner walk stops at the ReplicaSet: no workload is named after the bad text.
+    ref = Resolver(snapshot).workload_of_pod("shop", "web-7d9f-a")
+    assert ref == WorkloadRef("shop", "ReplicaSet", "web-7d9f")
 
 
 def test_names_labels_and_kinds_as_real_clusters_have_them_load() -> None:
