@@ -312,16 +312,23 @@ MAX_OUTSIDE_ADDRESSES = 32
 
 
 def _widen_outside(
-    ports_by_peer: dict[Peer, set[PortSpec]], outside: set[IpPeer], limit: int
+    ports_by_peer: dict[Peer, set[PortSpec]],
+    outside: set[IpPeer],
+    answered: set[tuple[IpPeer, PortSpec]],
+    limit: int,
 ) -> None:
-    """Replace, per port, more than ``limit`` of the ``outside`` peers by 0.0.0.0/0 (and ::/0
-    when IPv6 addresses were among them), in place."""
+    """Replace, per port, the ``outside`` peers by 0.0.0.0/0 (and ::/0 when IPv6 addresses were
+    among them) when more than ``limit`` of them were ``answered`` on that port, in place.
+
+    Only conversations in which both ends sent packets count: anyone can send datagrams to (or,
+    spoofing, seem to send them from) any number of addresses, and one-way traffic shows no more
+    than that. Unanswered addresses keep their own rules."""
     by_port: dict[PortSpec, set[IpPeer]] = defaultdict(set)
     for peer in outside:
         for port in ports_by_peer.get(peer, ()):
             by_port[port].add(peer)
     for port, peers in by_port.items():
-        if len(peers) <= limit:
+        if sum((peer, port) in answered for peer in peers) <= limit:
             continue
         for peer in peers:
             ports_by_peer[peer].discard(port)
@@ -329,6 +336,11 @@ def _widen_outside(
             anywhere = "0.0.0.0/0" if version == 4 else "::/0"
             why = f"anywhere: more than {limit} outside addresses were seen on these ports"
             ports_by_peer[IpPeer(anywhere, description=why)].add(port)
+
+
+def _answered(peer: IpPeer, stats: dict[PortSpec, Any]) -> set[tuple[IpPeer, PortSpec]]:
+    """``(peer, port)`` for the ports of an edge's ``EdgeStats`` on which something came back."""
+    return {(peer, port) for port, seen in stats.items() if seen.answered}
 
 
 def synthesize(
@@ -351,8 +363,9 @@ def synthesize(
     :func:`node_blocks` of ``node_addresses`` (every node address the snapshot knows) or, when
     given, ``node_cidrs`` (the networks the nodes' addresses lie in).
 
-    More than ``max_outside_addresses`` addresses outside the cluster on one port of a policy's
-    ingress or egress become one rule from or to anywhere on that port (:func:`_widen_outside`)."""
+    More than ``max_outside_addresses`` addresses outside the cluster that answered (or were
+    answered) on one port of a policy's ingress or egress become one rule from or to anywhere on
+    that port (:func:`_widen_outside`)."""
     dns = cluster_dns if cluster_dns is not None else ClusterDns()
     nodes = node_blocks(graph, node_addresses, node_cidrs)
     dns_ports = set(dns.ports)
@@ -385,6 +398,8 @@ def synthesize(
         node_egress: set[PortSpec] = set()
         outside_clients: set[IpPeer] = set()
         outside_servers: set[IpPeer] = set()
+        answered_clients: set[tuple[IpPeer, PortSpec]] = set()
+        answered_servers: set[tuple[IpPeer, PortSpec]] = set()
         for client in graph.predecessors(node_id):
             ports = set(graph.edges[client, node_id]["ports"])
             if graph.nodes[client]["role"] == _NODE:
@@ -394,6 +409,7 @@ def synthesize(
                 ingress[peer] |= ports
                 if graph.nodes[client]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
                     outside_clients.add(peer)
+                    answered_clients |= _answered(peer, graph.edges[client, node_id]["ports"])
         for server in graph.successors(node_id):
             ports = set(graph.edges[node_id, server]["ports"])
             if graph.nodes[server]["role"] == _NODE:
@@ -409,8 +425,9 @@ def synthesize(
                     egress[peer] |= ports
                     if graph.nodes[server]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
                         outside_servers.add(peer)
-        _widen_outside(ingress, outside_clients, max_outside_addresses)
-        _widen_outside(egress, outside_servers, max_outside_addresses)
+                        answered_servers |= _answered(peer, graph.edges[node_id, server]["ports"])
+        _widen_outside(ingress, outside_clients, answered_clients, max_outside_addresses)
+        _widen_outside(egress, outside_servers, answered_servers, max_outside_addresses)
         for block in nodes:
             ingress[block] |= node_ingress
             egress[block] |= node_egress

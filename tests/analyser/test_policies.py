@@ -3,6 +3,7 @@ the generated set allowing every observed flow (checked with the evaluator)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -458,3 +459,34 @@ def test_outside_addresses_up_to_the_limit_stay_single_blocks() -> None:
     web = by_workload(result)[str(WEB)]
     cidrs = [r.peer.cidr for r in web.ingress if isinstance(r.peer, IpPeer)]
     assert len(cidrs) == 41 and "0.0.0.0/0" not in cidrs
+
+
+def test_one_way_traffic_to_many_outside_addresses_does_not_widen() -> None:
+    """40 addresses sent UDP on 8125 (statsd: nothing comes back) and 40 more sent web UDP on
+    5353 that it never answered: each keeps its own rule, none becomes anywhere. Answered
+    addresses widen as before, and unanswered ones on such a port are then covered too."""
+    flows = []
+    for index in range(40):
+        one_way = dict(protocol=UDP, evidence=Evidence.HEURISTIC)
+        flows.append(
+            replace(
+                flow(f"{WEB_A}:{41000 + index}", f"198.51.100.{index + 1}:8125", **one_way),
+                answered=False,
+            )
+        )
+        flows.append(
+            replace(
+                flow(f"203.0.113.{index + 1}:40000", f"{WEB_A}:5353", **one_way), answered=False
+            )
+        )
+        flows.append(flow(f"{WEB_A}:{42000 + index}", f"192.0.2.{index + 1}:443"))
+    flows.append(replace(flow(f"{WEB_A}:43000", "192.0.2.200:443"), answered=False))
+    _, _, result = synthesized(flows, {WEB}, max_outside_addresses=32)
+    web = by_workload(result)[str(WEB)]
+    egress = {k: v for k, v in rules_to(web.egress).items() if k[0].isdigit()}
+    ingress = {k: v for k, v in rules_to(web.ingress).items() if k[0].isdigit()}
+    assert len([k for k, v in egress.items() if v == (("UDP", 8125),)]) == 40
+    assert len([k for k, v in ingress.items() if v == (("UDP", 5353),)]) == 40
+    assert egress["0.0.0.0/0"] == (("TCP", 443),)
+    assert "192.0.2.200/32" not in egress  # covered by anywhere on 443
+    assert "0.0.0.0/0" not in ingress
