@@ -21,7 +21,7 @@ import re
 import shutil
 import subprocess
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -41,7 +41,9 @@ from analyser.identities import Resolver, Scope, parse_address
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
+    LeftOut,
     Policy,
+    SpecialAddress,
     partition_policies,
     synthesize,
     unselectable_reasons,
@@ -132,6 +134,11 @@ class Analysis(Observation):
     def policy_files(self) -> tuple[str, ...]:
         return tuple(p for p in self.files if p.endswith(".yaml") and p != KUSTOMIZATION)
 
+    @property
+    def left_out(self) -> tuple[LeftOut, ...]:
+        """Observed traffic with special addresses that the policies leave out on purpose."""
+        return left_out_of(self.policies)
+
     def summary(self) -> dict[str, object]:
         """The machine-readable summary (``analyse --json``): plain JSON types, stable order."""
         roles = Counter(str(attrs.get("role")) for _, attrs in self.graph.nodes(data=True))
@@ -155,6 +162,17 @@ class Analysis(Observation):
             "unresolved_addresses": list(unresolved_addresses(self.graph)),
             "policies": list(self.policy_files),
             "without_policy": list(self.unselectable),
+            "left_out": [
+                {
+                    "workload": item.workload,
+                    "direction": item.direction,
+                    "address": item.address,
+                    "protocol": str(item.port.protocol),
+                    "port": item.port.port,
+                    "class": str(item.kind),
+                }
+                for item in self.left_out
+            ],
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
             "notes": list(self.notes),
             "files": list(self.files),
@@ -367,15 +385,31 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
 # -- the safety check ------------------------------------------------------------------------
 
 
+def left_out_of(policies: Iterable[Policy]) -> tuple[LeftOut, ...]:
+    """What the policies leave out on purpose (``Policy.left_out``), sorted."""
+    return tuple(sorted(item for policy in policies for item in policy.left_out))
+
+
 def check_safety(
-    policy_files: Mapping[str, str], graph: Any, snapshot: Snapshot, resolver: Resolver
+    policy_files: Mapping[str, str],
+    graph: Any,
+    snapshot: Snapshot,
+    resolver: Resolver,
+    *,
+    left_out: Iterable[LeftOut] = (),
 ) -> None:
     """THE place generated policies are checked before anything can be written: the rendered
     files, read back as ``verify`` reads files and evaluated with NetworkPolicy semantics, must
-    allow every observed connection of the graph; else :class:`UnsafePolicies` (nothing written).
+    allow every observed connection of the graph, but the traffic with special addresses they
+    leave out on purpose (``left_out``, reported); else :class:`UnsafePolicies` (nothing written).
     """
     loaded = parse_policy_texts(policy_files)
-    ensure_policies_allow(loaded.policies, graph, cluster_facts(snapshot, resolver))
+    ensure_policies_allow(
+        loaded.policies,
+        graph,
+        cluster_facts(snapshot, resolver),
+        left_out={(item.address, item.port) for item in left_out},
+    )
 
 
 # -- the pipeline ----------------------------------------------------------------------------
@@ -453,6 +487,7 @@ def analyse(
     default_deny: bool = False,
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
+    allowed_special: Collection[SpecialAddress] = (),
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> Analysis:
@@ -460,7 +495,9 @@ def analyse(
     memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
     snapshot knows, or with ``node_cidrs`` when given (``policies.node_blocks``). More than
     ``max_outside_addresses`` outside addresses on one port of a policy side become one rule
-    from or to anywhere on that port.
+    from or to anywhere on that port. Traffic with special addresses (cloud metadata endpoints,
+    link-local, multicast, ...: ``policies.SpecialAddress``) is left out of the policies and
+    reported, unless its class is in ``allowed_special``.
 
     Raises what :func:`observe` raises, :class:`~analyser.errors.RenderError` if output fails
     to render, and :class:`~analyser.errors.UnsafePolicies` if the policies would deny an
@@ -476,8 +513,10 @@ def analyse(
             node_addresses=seen.snapshot.node_by_address,
             node_cidrs=node_cidrs,
             max_outside_addresses=max_outside_addresses,
+            allowed_special=allowed_special,
         )
     )
+    left_out = left_out_of(policies)
     unselectable = unselectable_workloads(seen.graph)
     manifest = bundle.manifest
     window = seen.window
@@ -485,7 +524,7 @@ def analyse(
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
     files = render_policy_files(policies, default_denies=default_denies, provenance=provenance)
-    check_safety(files, seen.graph, seen.snapshot, seen.resolver)
+    check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=left_out)
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
     if svg is not None:
@@ -508,6 +547,7 @@ def analyse(
         skipped_packets=seen.traffic.skipped,
         node_local_dns=tuple(cache.cidr.partition("/")[0] for cache in cluster_dns.node_local),
         notes=notes,
+        left_out=left_out,
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(

@@ -7,10 +7,12 @@ policies live in ``evaluation``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from analyser.flows import Protocol
@@ -73,12 +75,13 @@ class PodPeer:
 
 @dataclass(frozen=True, order=True, slots=True)
 class IpPeer:
-    """An address block: an address outside the cluster (a /32 or /128 ``ipBlock``), or the
-    cluster's nodes (``description`` says so)."""
+    """An address block: an address outside the cluster (a /32 or /128 ``ipBlock``), the
+    cluster's nodes (``description`` says so), or anywhere (``0.0.0.0/0`` but ``excluded``)."""
 
     cidr: str
     names: tuple[str, ...] = ()  # DNS names seen resolving to it, for the annotation
     description: str = ""  # what the block stands for ("cluster nodes"), for the comment
+    excluded: tuple[str, ...] = ()  # the ipBlock's ``except`` networks, inside ``cidr``
 
 
 Peer = PodPeer | IpPeer
@@ -92,6 +95,117 @@ class Rule:
     ports: tuple[PortSpec, ...]
 
 
+class SpecialAddress(StrEnum):
+    """Addresses no policy allows by accident: observed traffic with them is left out of the
+    policies (:class:`LeftOut`) unless their class is allowed on purpose."""
+
+    METADATA = "metadata"
+    LINK_LOCAL = "link-local"
+    UNSPECIFIED = "unspecified"
+    BROADCAST = "broadcast"
+    MULTICAST = "multicast"
+    LOOPBACK = "loopback"  # never allowed: it never leaves the host
+
+
+# The networks of each class, looked up in this order (an address is of the first that holds it).
+SPECIAL_NETWORKS: dict[SpecialAddress, tuple[str, ...]] = {
+    SpecialAddress.METADATA: (
+        "169.254.169.254/32",  # AWS, GCP (metadata.google.internal), Azure, Oracle, OpenStack...
+        "169.254.170.23/32",  # EKS Pod Identity Agent
+        "169.254.0.23/32",  # Tencent Cloud
+        "169.254.42.42/32",  # Scaleway
+        "100.100.100.200/32",  # Alibaba Cloud
+        "168.63.129.16/32",  # Azure WireServer
+        "192.0.0.192/32",  # Oracle Cloud (classic)
+        "fd00:ec2::254/128",  # AWS, over IPv6
+        "fd00:ec2::23/128",  # EKS Pod Identity Agent, over IPv6
+    ),
+    SpecialAddress.LOOPBACK: ("127.0.0.0/8", "::1/128"),
+    SpecialAddress.UNSPECIFIED: ("0.0.0.0/32", "::/128"),
+    SpecialAddress.BROADCAST: ("255.255.255.255/32",),
+    SpecialAddress.MULTICAST: ("224.0.0.0/4", "ff00::/8"),
+    SpecialAddress.LINK_LOCAL: ("169.254.0.0/16", "fe80::/10"),
+}
+SPECIAL_REASONS: dict[SpecialAddress, str] = {
+    SpecialAddress.METADATA: "a cloud metadata endpoint (it hands out the cloud credentials of "
+    "the node or the pod)",
+    SpecialAddress.LINK_LOCAL: "a link-local address (the node's own services and agents, not a "
+    "peer on the network)",
+    SpecialAddress.UNSPECIFIED: "the unspecified address (never a real peer)",
+    SpecialAddress.BROADCAST: "the broadcast address (every host on the network)",
+    SpecialAddress.MULTICAST: "a multicast group (every host that joins it)",
+    SpecialAddress.LOOPBACK: "a loopback address (it never leaves the host, and no NetworkPolicy "
+    "applies to it)",
+}
+# The classes ``analyse --allow-special`` can keep.
+ALLOWABLE_SPECIAL = tuple(kind for kind in SpecialAddress if kind is not SpecialAddress.LOOPBACK)
+
+_SPECIAL_NETWORKS = {
+    kind: tuple(ipaddress.ip_network(text) for text in texts)
+    for kind, texts in SPECIAL_NETWORKS.items()
+}
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+@functools.lru_cache(maxsize=4096)
+def special_address(address: str) -> SpecialAddress | None:
+    """The class of special address ``address`` belongs to, None for an ordinary one. An IPv4
+    address inside an IPv6 one (``::ffff:169.254.169.254``, NAT64's ``64:ff9b::/96``) is of the
+    class of that IPv4 address: traffic to it reaches that address."""
+    parsed: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            parsed = parsed.ipv4_mapped
+        elif parsed in _NAT64:
+            parsed = ipaddress.IPv4Address(int(parsed) & 0xFFFFFFFF)
+    return next(
+        (
+            kind
+            for kind, networks in _SPECIAL_NETWORKS.items()
+            if any(parsed in network for network in networks)
+        ),
+        None,
+    )
+
+
+def _networks_left_out(allowed: Collection[SpecialAddress]) -> dict[int, tuple[str, ...]]:
+    """Per IP version, the networks of the special classes not ``allowed`` (loopback aside: it
+    never reaches a NetworkPolicy), collapsed: what a rule from or to anywhere excepts."""
+    networks = [
+        network
+        for kind, found in _SPECIAL_NETWORKS.items()
+        if kind not in allowed and kind is not SpecialAddress.LOOPBACK
+        for network in found
+    ]
+    return {
+        version: tuple(
+            str(n)
+            for n in ipaddress.collapse_addresses(  # type: ignore[type-var]
+                n for n in networks if n.version == version
+            )
+        )
+        for version in (4, 6)
+    }
+
+
+INGRESS, EGRESS = "ingress", "egress"
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class LeftOut:
+    """Observed traffic of a workload with a special address that its policy does not allow."""
+
+    workload: str  # graph node id, "NS/Kind/name"
+    direction: str  # INGRESS (from the address) or EGRESS (to it)
+    address: str
+    port: PortSpec
+    kind: SpecialAddress
+
+    @property
+    def why(self) -> str:
+        return SPECIAL_REASONS[self.kind]
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """One NetworkPolicy for one workload, isolating both directions."""
@@ -103,6 +217,8 @@ class Policy:
     ingress: tuple[Rule, ...] = ()
     egress: tuple[Rule, ...] = ()
     labels: tuple[tuple[str, str], ...] = field(default=())
+    # Observed traffic with special addresses that the rules leave out on purpose (not rendered).
+    left_out: tuple[LeftOut, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +271,30 @@ def _single_address(address: str) -> str:
     return f"{parsed.compressed}/{parsed.max_prefixlen}"
 
 
+def _special(
+    graph: Any, node_id: str, allowed: Collection[SpecialAddress]
+) -> list[tuple[str, SpecialAddress]]:
+    """The addresses of the graph node ``node_id`` (outside or unresolved) that are special and
+    not ``allowed``, with their class; none for a workload or a node."""
+    attrs = graph.nodes[node_id]
+    if attrs["role"] not in (_EXTERNAL, _UNRESOLVED):
+        return []
+    return [
+        (address, kind)
+        for address in attrs.get("addresses", ())
+        if (kind := special_address(address)) is not None and kind not in allowed
+    ]
+
+
 def _peers(
-    graph: Any, node_id: str, own_namespace: str, nodes: tuple[IpPeer, ...]
+    graph: Any,
+    node_id: str,
+    own_namespace: str,
+    nodes: tuple[IpPeer, ...],
+    left_out: Collection[str] = (),
 ) -> tuple[Peer, ...]:
     """How a policy in ``own_namespace`` names the graph node ``node_id``; ``nodes``: the
-    :func:`node_blocks`."""
+    :func:`node_blocks`; ``left_out``: addresses it is not to name (:func:`_special`)."""
     attrs = graph.nodes[node_id]
     role = attrs["role"]
     addresses: tuple[str, ...] = attrs.get("addresses", ())
@@ -179,7 +314,7 @@ def _peers(
             ),
         )
     names = tuple(attrs.get("names", ())) if role == _EXTERNAL else ()
-    return tuple(IpPeer(_single_address(a), names) for a in addresses)
+    return tuple(IpPeer(_single_address(a), names) for a in addresses if a not in left_out)
 
 
 NODE_BLOCK_DESCRIPTION = "cluster nodes"
@@ -316,9 +451,11 @@ def _widen_outside(
     outside: set[IpPeer],
     answered: set[tuple[IpPeer, PortSpec]],
     limit: int,
+    excluded: Mapping[int, tuple[str, ...]],
 ) -> None:
     """Replace, per port, the ``outside`` peers by 0.0.0.0/0 (and ::/0 when IPv6 addresses were
-    among them) when more than ``limit`` of them were ``answered`` on that port, in place.
+    among them) when more than ``limit`` of them were ``answered`` on that port, in place; the
+    anywhere rules except the ``excluded`` networks (per IP version: :func:`_networks_left_out`).
 
     Only conversations in which both ends sent packets count: anyone can send datagrams to (or,
     spoofing, seem to send them from) any number of addresses, and one-way traffic shows no more
@@ -335,7 +472,18 @@ def _widen_outside(
         for version in {ipaddress.ip_network(peer.cidr).version for peer in peers}:
             anywhere = "0.0.0.0/0" if version == 4 else "::/0"
             why = f"anywhere: more than {limit} outside addresses were seen on these ports"
-            ports_by_peer[IpPeer(anywhere, description=why)].add(port)
+            block = IpPeer(anywhere, description=why, excluded=excluded[version])
+            ports_by_peer[block].add(port)
+
+
+def _is_outside(graph: Any, node_id: str, peer: IpPeer) -> bool:
+    """Whether ``peer`` (naming the graph node ``node_id``) is an ordinary address outside the
+    cluster: one that counts towards widening to anywhere. A special address allowed on purpose
+    keeps a rule of its own instead."""
+    return (
+        graph.nodes[node_id]["role"] == _EXTERNAL
+        and special_address(peer.cidr.partition("/")[0]) is None
+    )
 
 
 def _answered(peer: IpPeer, stats: dict[PortSpec, Any]) -> set[tuple[IpPeer, PortSpec]]:
@@ -351,6 +499,7 @@ def synthesize(
     node_addresses: Iterable[str] = (),
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
+    allowed_special: Collection[SpecialAddress] = (),
 ) -> list[Policy | DefaultDeny]:
     """One :class:`Policy` per in-scope workload of ``graph`` (schema: ``analyser.graphs``),
     allowing what was observed and DNS to the cluster DNS pods, plus, with ``default_deny``, a
@@ -365,11 +514,17 @@ def synthesize(
 
     More than ``max_outside_addresses`` addresses outside the cluster that answered (or were
     answered) on one port of a policy's ingress or egress become one rule from or to anywhere on
-    that port (:func:`_widen_outside`)."""
+    that port (:func:`_widen_outside`).
+
+    Traffic with a special address (:func:`special_address`) whose class is not in
+    ``allowed_special`` gets no rule: it is listed in :attr:`Policy.left_out` instead, and rules
+    from or to anywhere except those classes' networks. The NodeLocal DNSCache rule stays: DNS
+    to a cache's link-local address is allowed by it."""
     dns = cluster_dns if cluster_dns is not None else ClusterDns()
     nodes = node_blocks(graph, node_addresses, node_cidrs)
     dns_ports = set(dns.ports)
     node_local_cidrs = {cache.cidr for cache in dns.node_local}
+    excluded = _networks_left_out(allowed_special)
     workloads = [
         (node_id, attrs["workload"], bool(attrs.get("in_scope")))
         for node_id, attrs in sorted(graph.nodes(data=True))
@@ -400,34 +555,52 @@ def synthesize(
         outside_servers: set[IpPeer] = set()
         answered_clients: set[tuple[IpPeer, PortSpec]] = set()
         answered_servers: set[tuple[IpPeer, PortSpec]] = set()
+        left_out: set[LeftOut] = set()
         for client in graph.predecessors(node_id):
-            ports = set(graph.edges[client, node_id]["ports"])
+            stats = graph.edges[client, node_id]["ports"]
+            ports = set(stats)
             if graph.nodes[client]["role"] == _NODE:
                 node_ingress |= ports
                 continue
-            for peer in _peers(graph, client, namespace, nodes):
+            special = _special(graph, client, allowed_special)
+            left_out |= {
+                LeftOut(node_id, INGRESS, address, port, kind)
+                for address, kind in special
+                for port in ports
+            }
+            for peer in _peers(graph, client, namespace, nodes, {a for a, _ in special}):
                 ingress[peer] |= ports
-                if graph.nodes[client]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
+                if isinstance(peer, IpPeer) and _is_outside(graph, client, peer):
                     outside_clients.add(peer)
-                    answered_clients |= _answered(peer, graph.edges[client, node_id]["ports"])
+                    answered_clients |= _answered(peer, stats)
         for server in graph.successors(node_id):
-            ports = set(graph.edges[node_id, server]["ports"])
+            stats = graph.edges[node_id, server]["ports"]
+            ports = set(stats)
             if graph.nodes[server]["role"] == _NODE:
                 node_egress |= ports
                 continue
             if server in dns.workloads:
                 ports -= dns_ports  # allowed by the DNS rule below, to every DNS pod
-            for peer in _peers(graph, server, namespace, nodes):
+            special = _special(graph, server, allowed_special)
+            for address, kind in special:
+                # DNS to a node-local cache is allowed by the cache rule below.
+                to_cache = _single_address(address) in node_local_cidrs
+                left_out |= {
+                    LeftOut(node_id, EGRESS, address, port, kind)
+                    for port in ports
+                    if not (to_cache and port in DNS_PORTS)
+                }
+            for peer in _peers(graph, server, namespace, nodes, {a for a, _ in special}):
                 if isinstance(peer, IpPeer) and peer.cidr in node_local_cidrs:
                     # Allowed by the node-local cache rule below, on both protocols.
                     egress[peer] |= ports - set(DNS_PORTS)
                 else:
                     egress[peer] |= ports
-                    if graph.nodes[server]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
+                    if isinstance(peer, IpPeer) and _is_outside(graph, server, peer):
                         outside_servers.add(peer)
-                        answered_servers |= _answered(peer, graph.edges[node_id, server]["ports"])
-        _widen_outside(ingress, outside_clients, answered_clients, max_outside_addresses)
-        _widen_outside(egress, outside_servers, answered_servers, max_outside_addresses)
+                        answered_servers |= _answered(peer, stats)
+        _widen_outside(ingress, outside_clients, answered_clients, max_outside_addresses, excluded)
+        _widen_outside(egress, outside_servers, answered_servers, max_outside_addresses, excluded)
         for block in nodes:
             ingress[block] |= node_ingress
             egress[block] |= node_egress
@@ -443,6 +616,7 @@ def synthesize(
                 pod_selector=workload.selector,
                 ingress=_rules(ingress),
                 egress=_rules(egress),
+                left_out=tuple(sorted(left_out)),
             )
         )
     if default_deny:

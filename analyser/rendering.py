@@ -28,6 +28,7 @@ from analyser.policies import (
     DefaultDeny,
     IpPeer,
     LabelSelector,
+    LeftOut,
     PodPeer,
     Policy,
     PortSpec,
@@ -81,6 +82,7 @@ class ReportFacts:
     # NodeLocal DNSCache addresses (policies.ClusterDns.node_local): cluster DNS, not the outside
     node_local_dns: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what the output leaves out, and why
+    left_out: tuple[LeftOut, ...] = ()  # traffic with special addresses given no rule
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------
@@ -184,6 +186,7 @@ class _PeerView:
     cidr: str | None
     names: tuple[str, ...]
     description: str  # what an ipBlock stands for ("cluster nodes"), for the comment
+    excluded: tuple[str, ...] = ()  # the ipBlock's except list
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,12 +195,12 @@ class _RuleView:
     ports: tuple[_PortView, ...]
 
 
-def _cidr(peer: IpPeer, policy: Policy) -> str:
+def _cidr(cidr: str, policy: Policy) -> str:
     try:
-        return str(ipaddress.ip_network(peer.cidr, strict=True))
+        return str(ipaddress.ip_network(cidr, strict=True))
     except ValueError as error:
         raise RenderError(
-            f"policy {policy.namespace}/{policy.name}: bad ipBlock {peer.cidr!r}: {error}"
+            f"policy {policy.namespace}/{policy.name}: bad ipBlock {cidr!r}: {error}"
         ) from error
 
 
@@ -205,7 +208,7 @@ def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
     rules = tuple(rules)
     for rule in rules:  # every address checked before sorting parses them
         if isinstance(rule.peer, IpPeer):
-            _cidr(rule.peer, policy)
+            _cidr(rule.peer.cidr, policy)
     views = []
     for rule in sorted(rules, key=rule_sort_key):
         peer = rule.peer
@@ -218,9 +221,10 @@ def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
             peer_view = _PeerView(
                 None,
                 None,
-                _cidr(peer, policy),
+                _cidr(peer.cidr, policy),
                 tuple(sorted(set(peer.names))),
                 peer.description,
+                tuple(_cidr(hole, policy) for hole in peer.excluded),
             )
         ports = tuple(_PortView(str(p.protocol), p.port) for p in sorted(set(rule.ports)))
         views.append(_RuleView(peer_view, ports))

@@ -536,3 +536,37 @@ def test_max_outside_addresses_is_passed_on_and_its_help_gives_the_default(
     with pytest.raises(SystemExit):
         main(["analyse", "--help"])
     assert f"(default: {MAX_OUTSIDE_ADDRESSES})" in capsys.readouterr().out.replace("\n ", "")
+
+
+def test_traffic_with_a_metadata_endpoint_is_a_warning_unless_allowed(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "metadata"
+    shutil.copytree(bundle, folder)
+    frames = handshake(FRONTEND_IP, 41005, "169.254.169.254", 80, T0 + 30)
+    write_pcap(folder / "captures" / "web" / FRONTEND_POD / "capture.pcap1", frames)
+    status, stdout, stderr = run([str(folder), "-o", str(tmp_path / "out"), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert (
+        "netpol-sniffer analyse: warning: web/Deployment/frontend: egress to 169.254.169.254 "
+        "(TCP/80) left out of its policy: a cloud metadata endpoint (it hands out the cloud "
+        "credentials of the node or the pod); --allow-special metadata writes it"
+    ) in stderr.splitlines()
+    assert [item["class"] for item in json.loads(stdout)["left_out"]] == ["metadata"]
+    assert "169.254.169.254" not in (tmp_path / "out" / "web" / "frontend.yaml").read_text()
+    out = tmp_path / "allowed"
+    status, stdout, stderr = run(
+        [str(folder), "-o", str(out), "--json", "--allow-special", "metadata"], capsys
+    )
+    assert status == ExitStatus.OK, stderr
+    assert "left out" not in stderr and json.loads(stdout)["left_out"] == []
+    assert 'cidr: "169.254.169.254/32"' in (out / "web" / "frontend.yaml").read_text()
+
+
+def test_an_unknown_special_address_class_is_a_usage_error(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyse", str(bundle), "-o", str(tmp_path), "--allow-special", "all"])
+    assert exit_info.value.code == ExitStatus.USAGE
+    assert "--allow-special: invalid choice: 'all'" in capsys.readouterr().err

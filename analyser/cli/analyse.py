@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from itertools import groupby
 from pathlib import Path
 
-from analyser.cli.arguments import network, positive_int
+from analyser.cli.arguments import SPECIAL_CLASSES, network, positive_int
 from analyser.cli.main import ExitStatus, say
 from analyser.cli.progress import reading_captures
 
@@ -58,6 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "from or to anywhere on that port (default: 32)",
     )
     parser.add_argument(
+        "--allow-special",
+        choices=SPECIAL_CLASSES,
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="write rules for observed traffic with this class of special addresses, which is "
+        f"otherwise left out and reported: {', '.join(SPECIAL_CLASSES)} (repeatable)",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         metavar="N",
@@ -77,7 +87,12 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so `analyse --help` stays quick.
     from analyser.analysing import analyse, write_output
     from analyser.bundles import open_bundle
-    from analyser.policies import MAX_OUTSIDE_ADDRESSES
+    from analyser.policies import (
+        INGRESS,
+        MAX_OUTSIDE_ADDRESSES,
+        SPECIAL_REASONS,
+        SpecialAddress,
+    )
 
     bundle = open_bundle(args.bundle)
     with reading_captures(bundle.captures) as bar:
@@ -86,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             default_deny=args.default_deny,
             node_cidrs=args.node_cidr,
             max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
+            allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
             workers=args.workers,
             on_progress=bar.advance,
         )
@@ -93,6 +109,16 @@ def run(args: argparse.Namespace) -> int:
         say("analyse", f"warning: {problem.path}: {problem.problem}")
     for workload, reason in analysis.unselectable_reasons.items():
         say("analyse", f"warning: {workload}: {reason}: no policy written")
+    for (workload, direction, address, kind), items in groupby(
+        analysis.left_out, key=lambda i: (i.workload, i.direction, i.address, i.kind)
+    ):
+        ports = ", ".join(f"{i.port.protocol}/{i.port.port}" for i in items)
+        way = "from" if direction == INGRESS else "to"
+        say(
+            "analyse",
+            f"warning: {workload}: {direction} {way} {address} ({ports}) left out of its policy: "
+            f"{SPECIAL_REASONS[kind]}; --allow-special {kind} writes it",
+        )
     for note in analysis.notes:
         say("analyse", f"note: {note}")
     out: Path = args.out

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from analyser.errors import UnsafePolicies
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import build_graph
 from analyser.identities import Resolver, Workload, WorkloadRef
@@ -17,12 +18,15 @@ from analyser.policies import (
     DefaultDeny,
     IpPeer,
     LabelSelector,
+    LeftOut,
     PodPeer,
     Policy,
     PortSpec,
     Rule,
+    SpecialAddress,
     partition_policies,
     policy_names,
+    special_address,
     synthesize,
     unselectable_workloads,
 )
@@ -443,13 +447,32 @@ def test_many_outside_addresses_on_a_port_become_anywhere_on_that_port() -> None
         "::/0": (("TCP", 8080),),
         "192.0.2.77/32": (("TCP", 9090),),  # one client on its port: still itself only
     }
-    assert IpPeer("0.0.0.0/0", description=anywhere) in [r.peer for r in web.ingress]
+    # Anywhere but the special addresses (metadata endpoints, link-local, multicast...).
+    v4_except = (
+        "0.0.0.0/32",
+        "100.100.100.200/32",
+        "168.63.129.16/32",
+        "169.254.0.0/16",
+        "192.0.0.192/32",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+    )
+    v6_except = ("::/128", "fd00:ec2::23/128", "fd00:ec2::254/128", "fe80::/10", "ff00::/8")
+    assert IpPeer("0.0.0.0/0", description=anywhere, excluded=v4_except) in [
+        r.peer for r in web.ingress
+    ]
+    assert IpPeer("::/0", description=anywhere, excluded=v6_except) in [r.peer for r in web.ingress]
     outside = {k: v for k, v in rules_to(web.egress).items() if k[0].isdigit()}
     assert outside == {"0.0.0.0/0": (("TCP", 443),), "192.0.2.88/32": (("TCP", 8443),)}
     # What was observed is still allowed, by the rendered and parsed-back policies.
     policies, denies = partition_policies(result)
     files = render_policy_files(policies, default_denies=denies, provenance=Provenance())
     assert f"# 0.0.0.0/0: {anywhere}" in "".join(files.values())
+    assert """cidr: "0.0.0.0/0"
+            except:
+              - "0.0.0.0/32"
+              - "100.100.100.200/32"
+""" in files["shop/web.yaml"]
     loaded = parse_policy_texts(files)
     ensure_policies_allow(loaded.policies, graph, cluster_facts(cluster(), names))
 
@@ -490,3 +513,141 @@ def test_one_way_traffic_to_many_outside_addresses_does_not_widen() -> None:
     assert egress["0.0.0.0/0"] == (("TCP", 443),)
     assert "192.0.2.200/32" not in egress  # covered by anywhere on 443
     assert "0.0.0.0/0" not in ingress
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("169.254.169.254", SpecialAddress.METADATA),
+        ("fd00:ec2::254", SpecialAddress.METADATA),
+        ("100.100.100.200", SpecialAddress.METADATA),
+        ("168.63.129.16", SpecialAddress.METADATA),
+        ("::ffff:169.254.169.254", SpecialAddress.METADATA),  # IPv4-mapped: the same endpoint
+        ("64:ff9b::a9fe:a9fe", SpecialAddress.METADATA),  # NAT64 of 169.254.169.254
+        ("169.254.20.10", SpecialAddress.LINK_LOCAL),
+        ("fe80::1", SpecialAddress.LINK_LOCAL),
+        ("0.0.0.0", SpecialAddress.UNSPECIFIED),
+        ("::", SpecialAddress.UNSPECIFIED),
+        ("255.255.255.255", SpecialAddress.BROADCAST),
+        ("239.255.255.250", SpecialAddress.MULTICAST),
+        ("ff02::fb", SpecialAddress.MULTICAST),
+        ("127.0.0.53", SpecialAddress.LOOPBACK),
+        ("::ffff:127.0.0.1", SpecialAddress.LOOPBACK),
+        ("93.184.216.34", None),
+        ("10.0.0.1", None),
+        ("2001:db8::1", None),
+        ("64:ff9b::808:808", None),  # NAT64 of 8.8.8.8
+    ],
+)
+def test_special_addresses(address: str, kind: SpecialAddress | None) -> None:
+    assert special_address(address) is kind
+
+
+def _special_traffic() -> list[Any]:
+    """web calls the metadata endpoint, SSDP multicast, a broadcast and a node-local DNS cache
+    (also on a port that is not DNS), and gets a packet from 0.0.0.0 (DHCP)."""
+    udp = dict(protocol=UDP, evidence=Evidence.HEURISTIC)
+    return [
+        flow(f"{WEB_A}:41000", "169.254.169.254:80"),
+        flow(f"{WEB_A}:41001", "[fd00:ec2::254]:80"),
+        flow(f"{WEB_A}:41002", "239.255.255.250:1900", **udp),
+        flow(f"{WEB_A}:41003", "255.255.255.255:67", **udp),
+        flow(f"{WEB_A}:41004", "169.254.20.10:53", **udp),
+        flow(f"{WEB_A}:41005", "169.254.20.10:9253"),
+        flow("0.0.0.0:68", f"{WEB_A}:67", **udp),
+        flow(f"{WEB_A}:41006", f"{EXAMPLE}:443"),
+    ]
+
+
+def test_traffic_with_special_addresses_is_left_out_and_listed() -> None:
+    flows = _special_traffic()
+    names = resolver()
+    graph = build_graph(flows, names, scope={WEB})
+    dns = names.cluster_dns(flows)
+    policies, _ = partition_policies(
+        synthesize(graph, cluster_dns=dns, node_addresses=cluster().node_by_address)
+    )
+    [web] = policies
+    assert rules_to(web.egress) == {
+        "kube-system/Deployment/coredns": (("TCP", 53), ("UDP", 53)),
+        "169.254.20.10/32": (("TCP", 53), ("UDP", 53)),  # the node-local cache rule stays
+        f"{EXAMPLE}/32": (("TCP", 443),),
+    }
+    assert all(not isinstance(rule.peer, IpPeer) for rule in web.ingress)
+    w = str(WEB)
+    assert web.left_out == tuple(
+        sorted(
+            [
+                LeftOut(w, "egress", "169.254.169.254", PortSpec(TCP, 80), SpecialAddress.METADATA),
+                LeftOut(w, "egress", "fd00:ec2::254", PortSpec(TCP, 80), SpecialAddress.METADATA),
+                LeftOut(
+                    w, "egress", "239.255.255.250", PortSpec(UDP, 1900), SpecialAddress.MULTICAST
+                ),
+                LeftOut(
+                    w, "egress", "255.255.255.255", PortSpec(UDP, 67), SpecialAddress.BROADCAST
+                ),
+                LeftOut(
+                    w, "egress", "169.254.20.10", PortSpec(TCP, 9253), SpecialAddress.LINK_LOCAL
+                ),
+                LeftOut(w, "ingress", "0.0.0.0", PortSpec(UDP, 67), SpecialAddress.UNSPECIFIED),
+            ]
+        )
+    )
+    files = render_policy_files(policies, default_denies=[], provenance=Provenance())
+    loaded = parse_policy_texts(files).policies
+    facts = cluster_facts(cluster(), names)
+    # Without the list, the safety check sees what was left out; with it, the rest is allowed.
+    with pytest.raises(UnsafePolicies, match=r"169\.254\.169\.254"):
+        ensure_policies_allow(loaded, graph, facts)
+    ensure_policies_allow(
+        loaded, graph, facts, left_out={(i.address, i.port) for i in web.left_out}
+    )
+
+
+def test_a_class_of_special_addresses_allowed_on_purpose_gets_its_rules() -> None:
+    flows = _special_traffic()
+    names = resolver()
+    graph = build_graph(flows, names, scope={WEB})
+    allowed = {SpecialAddress.METADATA, SpecialAddress.LINK_LOCAL}
+    [web] = synthesize(graph, cluster_dns=names.cluster_dns(flows), allowed_special=allowed)
+    assert isinstance(web, Policy)
+    egress = rules_to(web.egress)
+    assert egress["169.254.169.254/32"] == (("TCP", 80),)
+    assert egress["fd00:ec2::254/128"] == (("TCP", 80),)
+    cache_rules = [
+        [(str(p.protocol), p.port) for p in r.ports]
+        for r in web.egress
+        if isinstance(r.peer, IpPeer) and r.peer.cidr == "169.254.20.10/32"
+    ]
+    assert cache_rules == [[("TCP", 53), ("UDP", 53)], [("TCP", 9253)]]
+    assert {i.kind for i in web.left_out} == {
+        SpecialAddress.MULTICAST,
+        SpecialAddress.BROADCAST,
+        SpecialAddress.UNSPECIFIED,
+    }
+
+
+def test_anywhere_excepts_the_special_addresses_not_allowed_and_never_absorbs_those_allowed() -> (
+    None
+):
+    flows = [
+        *[flow(f"{WEB_A}:{41000 + i}", f"198.51.100.{i + 1}:80") for i in range(40)],
+        flow(f"{WEB_A}:42000", "169.254.169.254:80"),
+    ]
+    names = resolver()
+    graph = build_graph(flows, names, scope={WEB})
+    [web] = synthesize(
+        graph,
+        cluster_dns=names.cluster_dns(flows),
+        max_outside_addresses=32,
+        allowed_special={SpecialAddress.METADATA, SpecialAddress.MULTICAST},
+    )
+    assert isinstance(web, Policy)
+    blocks = {r.peer.cidr: r.peer for r in web.egress if isinstance(r.peer, IpPeer)}
+    assert blocks["0.0.0.0/0"].excluded == (
+        "0.0.0.0/32",
+        "169.254.0.0/16",  # link-local is not allowed: the metadata endpoint has its own rule
+        "255.255.255.255/32",
+    )
+    assert rules_to(web.egress)["169.254.169.254/32"] == (("TCP", 80),)
+    assert web.left_out == ()

@@ -1,0 +1,130 @@
+"""Hostile input against what the policies allow: special addresses (cloud metadata endpoints,
+multicast, broadcast, 0.0.0.0), one-way traffic to or from many outside addresses, spoofed TCP
+handshakes, selectors that select more than their workload, captures linked out of the bundle.
+
+Each attack is placed where a hostile workload can put it (its own capture, or a tampered
+snapshot), and the policies must come out as the clean run's, with the attack reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from analyser.graphs import attempts
+from analyser.policies import SpecialAddress
+from tests.bundle_builders import ACK, SYN, Frame, handshake, tcp, udp
+from tests.hostile.hostile_helpers import (
+    NAMESPACE,
+    add_capture,
+    pod_ip,
+    policy_files,
+    run,
+    window_start,
+)
+
+RST = 0x04
+FRONTEND_POLICY = f"{NAMESPACE}/frontend.yaml"
+
+
+def _special_traffic(frontend: str, at: float) -> list[Frame]:
+    return [
+        *handshake(frontend, 41000, "169.254.169.254", 80, at),
+        (at + 2, udp(frontend, 41002, "239.255.255.250", 1900, b"M-SEARCH * HTTP/1.1\r\n")),
+        (at + 3, udp(frontend, 68, "255.255.255.255", 67, b"\x01" * 240)),
+        (at + 4, udp("0.0.0.0", 68, frontend, 67, b"\x01" * 240)),
+    ]
+
+
+def test_traffic_with_metadata_endpoints_and_multicast_is_left_out_and_reported(
+    bundle: Path, clean_policies: dict[str, str]
+) -> None:
+    frontend = pod_ip(bundle, "frontend")
+    add_capture(bundle, "frontend", _special_traffic(frontend, window_start(bundle) + 10))
+    analysis = run(bundle)
+    assert policy_files(analysis) == clean_policies
+    left_out = analysis.summary()["left_out"]
+    assert isinstance(left_out, list)
+    assert {(item["address"], item["port"], item["class"]) for item in left_out} == {
+        ("169.254.169.254", 80, "metadata"),
+        ("239.255.255.250", 1900, "multicast"),
+        ("255.255.255.255", 67, "broadcast"),
+        ("0.0.0.0", 67, "unspecified"),
+    }
+    assert {item["workload"] for item in left_out} == {f"{NAMESPACE}/Deployment/frontend"}
+    report = analysis.files["report.md"]
+    assert "## Addresses left out of the policies" in report
+    assert (
+        f"| {NAMESPACE}/Deployment/frontend | egress | 169.254.169.254 | TCP/80 | a cloud metadata "
+        "endpoint" in report
+    )
+
+
+def test_a_class_allowed_on_purpose_gets_its_rule_and_only_that_class(bundle: Path) -> None:
+    frontend = pod_ip(bundle, "frontend")
+    add_capture(bundle, "frontend", _special_traffic(frontend, window_start(bundle) + 10))
+    analysis = run(bundle, allowed_special=frozenset({SpecialAddress.METADATA}))
+    policy = policy_files(analysis)[FRONTEND_POLICY]
+    assert 'cidr: "169.254.169.254/32"' in policy
+    assert "239.255.255.250" not in policy and "255.255.255.255" not in policy
+    assert {item.kind for item in analysis.left_out} == {
+        SpecialAddress.MULTICAST,
+        SpecialAddress.BROADCAST,
+        SpecialAddress.UNSPECIFIED,
+    }
+
+
+def test_one_way_udp_to_or_from_many_outside_addresses_does_not_become_anywhere(
+    bundle: Path, clean_policies: dict[str, str]
+) -> None:
+    """40 addresses sent to, 40 forged sources received from: nothing answered. Each address
+    keeps a rule of its own in the frontend's policy (one-way protocols exist); none of it
+    widens to 0.0.0.0/0, and no other policy changes."""
+    frontend = pod_ip(bundle, "frontend")
+    at = window_start(bundle) + 10
+    frames = [
+        (at + n / 100, udp(frontend, 42000 + n, f"198.51.100.{n + 1}", 8125, b"x:1|c"))
+        for n in range(40)
+    ] + [(at + n / 100, udp(f"203.0.113.{n + 1}", 40000, frontend, 8080, b"x")) for n in range(40)]
+    add_capture(bundle, "frontend", frames)
+    analysis = run(bundle)
+    files = policy_files(analysis)
+    assert all("0.0.0.0/0" not in text for text in files.values())
+    assert {path: text for path, text in files.items() if path != FRONTEND_POLICY} == {
+        path: text for path, text in clean_policies.items() if path != FRONTEND_POLICY
+    }
+    assert files[FRONTEND_POLICY].count("/32") - clean_policies[FRONTEND_POLICY].count("/32") == 80
+
+
+def _spoofed_syn(source: str, port: int, server: str, at: float, *, times: int) -> list[Frame]:
+    """A SYN forged in ``source``'s name, the server's SYN+ACK, and the RST (no ACK) with which
+    the real ``source`` disowns it, ``times`` over."""
+    frames: list[Frame] = []
+    for attempt in range(times):
+        moment = at + attempt
+        frames += [
+            (moment, tcp(source, port, server, 8080, SYN)),
+            (moment + 0.001, tcp(server, 8080, source, port, SYN | ACK)),
+            (moment + 0.002, tcp(source, port, server, 8080, RST)),
+        ]
+    return frames
+
+
+def test_spoofed_syns_answered_by_a_rst_are_not_established(
+    bundle: Path, clean_policies: dict[str, str]
+) -> None:
+    """40 spoofed sources (more than --max-outside-addresses) and one repeated 8 times: the
+    frontend answered with a SYN+ACK each time, the real hosts with a RST. No rule, no 0.0.0.0/0;
+    every attempt is listed as never established."""
+    frontend = pod_ip(bundle, "frontend")
+    at = window_start(bundle) + 10
+    frames = [
+        frame
+        for n in range(40)
+        for frame in _spoofed_syn(f"203.0.113.{n + 1}", 40000 + n, frontend, at + n, times=1)
+    ]
+    frames += _spoofed_syn("192.0.2.99", 39999, frontend, at, times=8)
+    add_capture(bundle, "frontend", frames)
+    analysis = run(bundle)
+    assert policy_files(analysis) == clean_policies
+    spoofed = {a.flow.client.ip for a in attempts(analysis.graph) if a.flow.server.ip == frontend}
+    assert spoofed == {f"203.0.113.{n + 1}" for n in range(40)} | {"192.0.2.99"}
