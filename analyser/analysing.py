@@ -43,8 +43,10 @@ from analyser.policies import (
     DefaultDeny,
     LeftOut,
     Policy,
+    SelectorWarning,
     SpecialAddress,
     partition_policies,
+    selector_warnings,
     synthesize,
     unselectable_reasons,
     unselectable_workloads,
@@ -135,6 +137,11 @@ class Analysis(Observation):
         return tuple(p for p in self.files if p.endswith(".yaml") and p != KUSTOMIZATION)
 
     @property
+    def selector_warnings(self) -> tuple[SelectorWarning, ...]:
+        """Workloads whose selector from the snapshot selected more than their pods."""
+        return selector_warnings(self.graph)
+
+    @property
     def left_out(self) -> tuple[LeftOut, ...]:
         """Observed traffic with special addresses that the policies leave out on purpose."""
         return left_out_of(self.policies)
@@ -162,6 +169,10 @@ class Analysis(Observation):
             "unresolved_addresses": list(unresolved_addresses(self.graph)),
             "policies": list(self.policy_files),
             "without_policy": list(self.unselectable),
+            "selector_warnings": [
+                {"workload": item.workload, "warning": item.warning}
+                for item in self.selector_warnings
+            ],
             "left_out": [
                 {
                     "workload": item.workload,
@@ -548,6 +559,7 @@ def analyse(
         node_local_dns=tuple(cache.cidr.partition("/")[0] for cache in cluster_dns.node_local),
         notes=notes,
         left_out=left_out,
+        selector_warnings=selector_warnings(seen.graph),
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(

@@ -43,6 +43,29 @@ class LabelRequirement:
     operator: str  # In, NotIn, Exists, DoesNotExist
     values: tuple[str, ...] = ()
 
+    @property
+    def valid(self) -> bool:
+        """Whether the API server would accept it: a known operator, values exactly for In and
+        NotIn."""
+        if self.operator in ("In", "NotIn"):
+            return bool(self.key and self.values)
+        return bool(self.key) and self.operator in ("Exists", "DoesNotExist") and not self.values
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether a pod with ``labels`` meets it (a :attr:`valid` requirement)."""
+        if self.operator == "In":
+            return labels.get(self.key) in self.values
+        if self.operator == "NotIn":
+            return labels.get(self.key) not in self.values
+        return (self.key in labels) == (self.operator == "Exists")
+
+    def __str__(self) -> str:
+        """As ``kubectl get -l`` writes it: ``tier in (a,b)``, ``env notin (dev)``, ``track``,
+        ``!legacy``."""
+        if self.operator in ("In", "NotIn"):
+            return f"{self.key} {self.operator.lower()} ({','.join(self.values)})"
+        return self.key if self.operator == "Exists" else f"!{self.key}"
+
 
 @dataclass(frozen=True, order=True, slots=True)
 class LabelSelector:
@@ -54,6 +77,24 @@ class LabelSelector:
     @property
     def is_empty(self) -> bool:
         return not self.match_labels and not self.match_expressions
+
+    @property
+    def pins_a_value(self) -> bool:
+        """Whether it names at least one label value (a matchLabels entry, or ``In``): a selector
+        of keys and exclusions only (``app`` Exists) also selects every future pod with the key."""
+        return bool(self.match_labels) or any(r.operator == "In" for r in self.match_expressions)
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether it selects a pod with ``labels`` (every requirement :attr:`valid`)."""
+        return all(labels.get(k) == v for k, v in self.match_labels) and all(
+            r.matches(labels) for r in self.match_expressions
+        )
+
+    def __str__(self) -> str:
+        """As ``kubectl get -l`` writes it: ``app=web,tier in (a,b)``; ``{}`` when empty."""
+        parts = [f"{k}={v}" for k, v in self.match_labels]
+        parts += [str(r) for r in self.match_expressions]
+        return ",".join(parts) or "{}"
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -394,21 +435,65 @@ def policy_names(workloads: Iterable[Any], *, reserved: Iterable[str] = ()) -> d
     return names
 
 
+def _unselectable_reason(workload: Any) -> str:
+    if workload.host_network:
+        return "its pods use the host network, where NetworkPolicy does not apply"
+    if workload.also_selects:
+        return (
+            f"its selector {workload.selector} also selects pods of "
+            f"{', '.join(workload.also_selects)}, and no stable label selects only its pods"
+        )
+    return "its pods have no stable label to select them by"
+
+
 def unselectable_reasons(graph: Any, node_ids: Iterable[str]) -> dict[str, str]:
     """Why no policy can be written for each of these unselectable workloads (graph node ids, as
     :func:`unselectable_workloads` gives them)."""
-    return {
-        node_id: "its pods use the host network, where NetworkPolicy does not apply"
-        if graph.nodes[node_id]["workload"].host_network
-        else "its pods have no stable label to select them by"
-        for node_id in node_ids
-    }
+    return {node_id: _unselectable_reason(graph.nodes[node_id]["workload"]) for node_id in node_ids}
 
 
 def _unselectable(workload: Any) -> bool:
-    # No stable label: a policy would select the whole namespace. hostNetwork: NetworkPolicy
-    # does not apply to such pods at all.
-    return bool(workload.selector.is_empty or workload.host_network)
+    # No stable label: a policy would select the whole namespace. A selector that also selects
+    # other workloads' pods: their policy would apply to them. hostNetwork: NetworkPolicy does
+    # not apply to such pods at all.
+    return bool(workload.selector.is_empty or workload.also_selects or workload.host_network)
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class SelectorWarning:
+    """A workload whose selector from the snapshot selected more than its pods."""
+
+    workload: str  # graph node id, "NS/Kind/name"
+    warning: str
+
+
+def selector_warnings(graph: Any) -> tuple[SelectorWarning, ...]:
+    """For every workload of ``graph`` whose selector was narrowed, or still selects other
+    workloads' pods (``identities.exclusive_selector``): what that means for the policies."""
+    warnings = []
+    for node_id, attrs in sorted(graph.nodes(data=True)):
+        workload = attrs.get("workload")
+        if attrs["role"] != _WORKLOAD or workload is None or workload.host_network:
+            continue
+        if workload.narrowed_from is not None and not workload.also_selects:
+            own = workload.narrowed_from
+            why = (
+                "is not valid"
+                if not all(r.valid for r in own.match_expressions)
+                else "names no label value (it would select every pod with those keys)"
+                if not own.pins_a_value
+                else "also selects other workloads' pods"
+            )
+            text = f"its selector {own} {why}: narrowed to its pod labels {workload.selector}"
+            warnings.append(SelectorWarning(node_id, text))
+        elif workload.also_selects:
+            text = (
+                f"no stable label selects only its pods: where another policy names it as a "
+                f"peer, its selector {workload.selector} admits the pods of "
+                f"{', '.join(workload.also_selects)} too"
+            )
+            warnings.append(SelectorWarning(node_id, text))
+    return tuple(warnings)
 
 
 def unselectable_workloads(graph: Any, *, default_deny: bool = False) -> tuple[str, ...]:
@@ -620,8 +705,8 @@ def synthesize(
             )
         )
     if default_deny:
-        # Not where a workload seen there has no label to write its policy with.
-        cut_off = {w.ref.namespace for _, w in chosen if w.selector.is_empty and not w.host_network}
+        # Not where a workload seen there has no label (or selector) to write its policy with.
+        cut_off = {w.ref.namespace for _, w in chosen if _unselectable(w) and not w.host_network}
         result += [DefaultDeny(namespace) for namespace in namespaces if namespace not in cut_off]
     return sorted(result, key=lambda p: (p.namespace, isinstance(p, Policy), p.name))
 

@@ -33,6 +33,7 @@ from analyser.policies import (
     Policy,
     PortSpec,
     Rule,
+    SelectorWarning,
     rule_sort_key,
 )
 
@@ -83,6 +84,7 @@ class ReportFacts:
     node_local_dns: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what the output leaves out, and why
     left_out: tuple[LeftOut, ...] = ()  # traffic with special addresses given no rule
+    selector_warnings: tuple[SelectorWarning, ...] = ()  # selectors narrowed or too wide
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------

@@ -109,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         say("analyse", f"warning: {problem.path}: {problem.problem}")
     for workload, reason in analysis.unselectable_reasons.items():
         say("analyse", f"warning: {workload}: {reason}: no policy written")
+    for item in analysis.selector_warnings:
+        say("analyse", f"warning: {item.workload}: {item.warning}")
     for (workload, direction, address, kind), items in groupby(
         analysis.left_out, key=lambda i: (i.workload, i.direction, i.address, i.kind)
     ):

@@ -23,16 +23,20 @@ from analyser.policies import (
     Policy,
     PortSpec,
     Rule,
+    SelectorWarning,
     SpecialAddress,
     partition_policies,
     policy_names,
+    selector_warnings,
     special_address,
     synthesize,
+    unselectable_reasons,
     unselectable_workloads,
 )
 from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, render_policy_files
 from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.snapshot import Snapshot, parse_snapshot_documents
 from tests.analyser.flow_builders import (
     API_BLUE,
     API_SVC,
@@ -651,3 +655,61 @@ def test_anywhere_excepts_the_special_addresses_not_allowed_and_never_absorbs_th
     )
     assert rules_to(web.egress)["169.254.169.254/32"] == (("TCP", 80),)
     assert web.left_out == ()
+
+
+def _twins_snapshot() -> Snapshot:
+    """Namespace app: Deployments web and web2 whose pods both carry only app=web, and api."""
+    objects: list[dict[str, Any]] = []
+    for name, ip, labels in (
+        ("web", "10.1.0.5", {"app": "web"}),
+        ("web2", "10.1.0.6", {"app": "web"}),
+        ("api", "10.1.0.7", {"app": "api"}),
+    ):
+        objects.append(
+            {
+                "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "app", "uid": f"uid-{name}"},
+                "spec": {
+                    "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels}},
+                },
+            }
+        )
+        objects.append(
+            {
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{name}-5d8f9-x1",
+                    "namespace": "app",
+                    "uid": f"uid-{name}-pod",
+                    "labels": {**labels, "pod-template-hash": "5d8f9"},
+                    "ownerReferences": [
+                        {"kind": "ReplicaSet", "name": f"{name}-5d8f9", "controller": True}
+                    ],
+                },
+                "status": {"podIP": ip},
+            }
+        )
+    return Snapshot(parse_snapshot_documents(objects, source="twins.json"))
+
+
+def test_a_workload_whose_selector_selects_another_gets_no_policy_and_a_warning() -> None:
+    names = Resolver(_twins_snapshot())
+    web, api = WorkloadRef("app", "Deployment", "web"), WorkloadRef("app", "Deployment", "api")
+    graph = build_graph([flow("10.1.0.7:41000", "10.1.0.5:8080")], names, scope={web, api})
+    result = synthesize(graph, cluster_dns=ClusterDns(), default_deny=True)
+    assert unselectable_workloads(graph) == (str(web),)
+    assert unselectable_reasons(graph, [str(web)]) == {
+        str(web): "its selector app=web also selects pods of app/Deployment/web2, and no stable "
+        "label selects only its pods"
+    }
+    # api gets its policy; its rule to web admits web2's pods too, and a warning says so.
+    assert [type(p).__name__ for p in result] == ["Policy"]  # no default-deny: it cuts web off
+    assert rules_to(by_workload(result)[str(api)].egress)[str(web)] == (("TCP", 8080),)
+    assert selector_warnings(graph) == (
+        SelectorWarning(
+            str(web),
+            "no stable label selects only its pods: where another policy names it as a peer, "
+            "its selector app=web admits the pods of app/Deployment/web2 too",
+        ),
+    )

@@ -9,6 +9,7 @@ snapshot), and the policies must come out as the clean run's, with the attack re
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from analyser.graphs import attempts
 from analyser.policies import SpecialAddress
@@ -19,7 +20,9 @@ from tests.hostile.hostile_helpers import (
     pod_ip,
     policy_files,
     run,
+    snapshot,
     window_start,
+    write_snapshot,
 )
 
 RST = 0x04
@@ -128,3 +131,109 @@ def test_spoofed_syns_answered_by_a_rst_are_not_established(
     assert policy_files(analysis) == clean_policies
     spoofed = {a.flow.client.ip for a in attempts(analysis.graph) if a.flow.server.ip == frontend}
     assert spoofed == {f"203.0.113.{n + 1}" for n in range(40)} | {"192.0.2.99"}
+
+
+def _deployment(document: dict[str, object], name: str) -> dict[str, Any]:
+    items = document["items"]
+    assert isinstance(items, list)
+    (found,) = (i for i in items if i["kind"] == "Deployment" and i["metadata"]["name"] == name)
+    return found  # type: ignore[no-any-return]
+
+
+def _add_deployment(document: dict[str, object], name: str, labels: dict[str, str]) -> None:
+    """A Deployment scaled to 0 (no pod yet) whose pods would carry ``labels``."""
+    items = document["items"]
+    assert isinstance(items, list)
+    items.append(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}"},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}},
+            },
+        }
+    )
+
+
+def test_a_selector_by_key_only_is_narrowed_to_the_pod_labels(
+    bundle: Path, clean_policies: dict[str, str]
+) -> None:
+    """frontend's Deployment selects `app` Exists (every pod of the namespace): its policy
+    would apply to all of them. It is narrowed to its pod template's labels, app=frontend, as
+    the clean run has it, with a warning."""
+    document = snapshot(bundle)
+    _deployment(document, "frontend")["spec"]["selector"] = {
+        "matchExpressions": [{"key": "app", "operator": "Exists"}]
+    }
+    write_snapshot(bundle, document)
+    analysis = run(bundle)
+    assert policy_files(analysis) == clean_policies
+    assert analysis.summary()["selector_warnings"] == [
+        {
+            "workload": f"{NAMESPACE}/Deployment/frontend",
+            "warning": "its selector app names no label value (it would select every pod with "
+            "those keys): narrowed to its pod labels app=frontend",
+        }
+    ]
+    assert "## Selectors narrowed or too wide" in analysis.files["report.md"]
+
+
+def test_a_selector_that_would_select_another_workloads_pods_excludes_them(
+    bundle: Path, clean_policies: dict[str, str]
+) -> None:
+    """A Deployment 'lookalike' (no pods yet) whose pods would carry app=frontend plus a label of
+    its own: frontend's policy and every rule naming frontend must not cover them."""
+    document = snapshot(bundle)
+    _add_deployment(document, "lookalike", {"app": "frontend", "role": "shadow"})
+    write_snapshot(bundle, document)
+    analysis = run(bundle)
+    narrowed = (
+        '"app": "frontend"\n'
+        "    matchExpressions:\n"
+        '      - key: "role"\n'
+        '        operator: "DoesNotExist"'
+    )
+    files = policy_files(analysis)
+    assert narrowed in files[FRONTEND_POLICY]
+    naming_frontend = [path for path, text in clean_policies.items() if '"app": "frontend"' in text]
+    assert len(naming_frontend) > 1  # frontend's own policy and its peers'
+    for path in naming_frontend:
+        assert files[path].count('operator: "DoesNotExist"') == clean_policies[path].count(
+            '"app": "frontend"'
+        ), path
+    assert [w["workload"] for w in analysis.summary()["selector_warnings"]] == [  # type: ignore[index]
+        f"{NAMESPACE}/Deployment/frontend"
+    ]
+
+
+def test_a_workload_no_selector_tells_apart_gets_no_policy(
+    bundle: Path, clean_policies: dict[str, str]
+) -> None:
+    """A Deployment 'twin' whose pods would carry exactly frontend's labels: no selector selects
+    frontend's pods alone, so frontend gets no policy (the reason is given), and the rules
+    naming it as a peer are flagged as admitting twin's pods too."""
+    document = snapshot(bundle)
+    _add_deployment(document, "twin", {"app": "frontend"})
+    write_snapshot(bundle, document)
+    analysis = run(bundle)
+    files = policy_files(analysis)
+    assert FRONTEND_POLICY not in files
+    assert {p: t for p, t in files.items() if p != "kustomization.yaml"} == {
+        p: t for p, t in clean_policies.items() if p not in (FRONTEND_POLICY, "kustomization.yaml")
+    }
+    frontend = f"{NAMESPACE}/Deployment/frontend"
+    assert analysis.unselectable_reasons == {
+        frontend: f"its selector app=frontend also selects pods of {NAMESPACE}/Deployment/twin, "
+        "and no stable label selects only its pods"
+    }
+    assert analysis.summary()["selector_warnings"] == [
+        {
+            "workload": frontend,
+            "warning": "no stable label selects only its pods: where another policy names it "
+            f"as a peer, its selector app=frontend admits the pods of {NAMESPACE}/Deployment/twin "
+            "too",
+        }
+    ]
