@@ -11,12 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from analyser.cli.main import ExitStatus, main
 from analyser.graphs import attempts
 from analyser.policies import SpecialAddress
 from tests.bundle_builders import ACK, SYN, Frame, handshake, tcp, udp
 from tests.hostile.hostile_helpers import (
     NAMESPACE,
     add_capture,
+    pod_folder,
     pod_ip,
     policy_files,
     run,
@@ -237,3 +241,22 @@ def test_a_workload_no_selector_tells_apart_gets_no_policy(
             "too",
         }
     ]
+
+
+def test_a_capture_linked_out_of_the_bundle_is_not_read_and_its_bytes_go_nowhere(
+    bundle: Path, tmp_path: Path, clean_policies: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"SECRET-SHADOW-LINE:$6$salt$hash\n" * 4)
+    link = pod_folder(bundle, "frontend") / "capture.pcap1"
+    link.symlink_to(secret)
+    out = tmp_path / "out"
+    status = main(["analyse", str(bundle), "-o", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert status == ExitStatus.OK, captured.err
+    report = (out / "report.md").read_text()
+    for text in (captured.out, captured.err, report):
+        assert "SECRET" not in text and secret.read_bytes()[:4].hex() not in text
+    relative = link.relative_to(bundle).as_posix()
+    assert f"warning: {relative}: a symbolic link to outside the bundle: not read" in captured.err
+    assert policy_files(run(bundle)) == clean_policies
