@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from analyser.bundles import CAPTURES, SNAPSHOT_KINDS, Bundle, FileProblem, Window
-from analyser.errors import OutputError, RenderError, SnapshotError
+from analyser.errors import CaptureError, OutputError, RenderError, SnapshotError
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import (
     NodeRole,
@@ -377,6 +377,28 @@ def _vantage_pods(
     return pods, problems
 
 
+# How many unreadable files the error for a bundle without any readable capture names.
+MAX_LISTED_UNREADABLE = 3
+
+
+def _ensure_something_read(traffic: Traffic) -> None:
+    """:class:`CaptureError` when no capture file could be read at all (not one valid file, not
+    one packet before damage): nothing is known, and policies made from nothing would deny every
+    captured workload everything. Some readable files leave the others as warnings."""
+    if any(report.ok or report.packets for report in traffic.reports):
+        return
+    listed = [
+        f"{report.path}: {report.reason or report.error}"
+        for report in traffic.reports[:MAX_LISTED_UNREADABLE]
+    ]
+    more = len(traffic.reports) - len(listed)
+    raise CaptureError(
+        f"none of the {len(traffic.reports)} capture files could be read, nothing to analyse: "
+        + "; ".join(listed)
+        + (f"; and {more} more" if more > 0 else "")
+    )
+
+
 def _capture_problems(traffic: Traffic) -> list[FileProblem]:
     return [
         FileProblem(
@@ -436,7 +458,8 @@ def observe(
 
     ``workers`` processes read capture files (default: one per core). ``on_progress`` gets the
     size in bytes of each capture file once it is read (total: the sum of ``bundle.captures``'
-    sizes). Raises :class:`~analyser.errors.SnapshotError` for an unusable snapshot; damaged
+    sizes). Raises :class:`~analyser.errors.SnapshotError` for an unusable snapshot and
+    :class:`~analyser.errors.CaptureError` when not one capture file could be read; damaged
     captures, history or meta.json files become ``problems``.
     """
     snapshot = load_snapshot(bundle.snapshot)
@@ -467,6 +490,7 @@ def observe(
     traffic = read_captures(
         bundle.captures, root=bundle.root, workers=workers, on_progress=on_progress
     )
+    _ensure_something_read(traffic)
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
     damaged = {report.path for report in traffic.reports if not report.ok}
     vantage, vantage_problems = _vantage_pods(flows, resolver, unplaced, damaged=damaged)

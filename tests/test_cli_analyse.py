@@ -570,3 +570,19 @@ def test_an_unknown_special_address_class_is_a_usage_error(
         main(["analyse", str(bundle), "-o", str(tmp_path), "--allow-special", "all"])
     assert exit_info.value.code == ExitStatus.USAGE
     assert "--allow-special: invalid choice: 'all'" in capsys.readouterr().err
+
+
+def test_a_bundle_whose_every_capture_is_unreadable_is_an_error(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "garbage"
+    shutil.copytree(bundle, folder)
+    for capture in (folder / "captures").rglob("capture.pcap*"):
+        capture.write_bytes(b"\x00" * 300)
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out)], capsys)
+    assert status == ExitStatus.ERROR
+    assert stdout == "" and not out.exists()
+    assert "none of the 3 capture files could be read, nothing to analyse: " in stderr
+    assert f"captures/shop/{CART_POD}/capture.pcap0: not a pcap or pcapng file" in stderr
+    assert "Traceback" not in stderr

@@ -13,7 +13,8 @@ Written to DIR:
   report.md                 flows per edge, external names, unresolved addresses, damaged files
 
 Damaged capture files are warnings: the packets before the damage are used. Exit status 0 on
-success, 1 on unusable input (no bundle, no snapshot, no capture) or an output problem.
+success, 1 on unusable input (no bundle, no snapshot, no capture that could be read) or an output
+problem.
 See docs/analyse.md.
 """
 
