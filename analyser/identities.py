@@ -1122,10 +1122,6 @@ def exclusive_selector(
     template = LabelSelector(match_labels=pod_labels)
     if pod_labels and template != own:
         candidates.append(template)
-    if pod_labels:
-        excluding = _excluding(template, own_pods, selected_elsewhere(template))
-        if excluding is not None:
-            candidates.append(excluding)
     # What the workload was selected by before this check: a change from it is said.
     usual = own if not own.is_empty else template
 
@@ -1133,13 +1129,21 @@ def exclusive_selector(
         narrowed = selector != usual and not usual.is_empty
         return SelectorChoice(selector, usual if narrowed else None, also_selects)
 
-    theirs = [c for c in candidates if all(c.matches(labels) for labels in own_pods)]
-    if not theirs:
-        return choice(LabelSelector())
+    def selects_its_pods(selector: LabelSelector) -> bool:
+        return all(selector.matches(labels) for labels in own_pods)
+
+    theirs = [c for c in candidates if selects_its_pods(c)]
     for candidate in theirs:
         if not selected_elsewhere(candidate):
             return choice(candidate)
-    narrowest = [c for c in theirs if c in (own, template)][-1]
+    if pod_labels:
+        # Selects nothing of what the template selects elsewhere, by construction.
+        excluding = _excluding(template, own_pods, selected_elsewhere(template))
+        if excluding is not None and selects_its_pods(excluding):
+            return choice(excluding)
+    if not theirs:
+        return choice(LabelSelector())
+    narrowest = theirs[-1]
     return choice(narrowest, tuple(sorted({name for name, _ in selected_elsewhere(narrowest)})))
 
 

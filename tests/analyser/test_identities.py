@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
-from analyser.identities import EndpointKind, Resolver, Workload, WorkloadRef
+from analyser.identities import (
+    EndpointKind,
+    Resolver,
+    SelectorChoice,
+    Workload,
+    WorkloadRef,
+    exclusive_selector,
+)
 from analyser.policies import DNS_PORTS, LabelRequirement, LabelSelector
 from analyser.snapshot import (
     Snapshot,
@@ -773,3 +780,9 @@ def test_the_replica_sets_and_jobs_of_a_workload_are_its_own() -> None:
         workload = _workload(resolver, ip)
         assert workload.ref.name == name
         assert (workload.narrowed_from, workload.also_selects) == (None, ()), name
+
+
+def test_an_invalid_own_selector_is_replaced_by_the_pod_labels() -> None:
+    own = LabelSelector(match_expressions=(LabelRequirement("app", "Bogus", ("web",)),))
+    choice = exclusive_selector(own, (("app", "web"),), [{"app": "web"}], lambda _: ())
+    assert choice == SelectorChoice(LabelSelector(match_labels=(("app", "web"),)), own, ())
