@@ -27,6 +27,7 @@ from analyser.policies import (
     PodPeer,
     PortSpec,
     node_local_dns_peer,
+    special_address,
 )
 from analyser.snapshot import (
     CaptureMeta,
@@ -348,6 +349,11 @@ def _pod_network_gateways(snapshot: Snapshot) -> dict[str, str]:
     return gateways
 
 
+def _ordinary(node_of_address: Mapping[str, str]) -> dict[str, str]:
+    """Address → node, without the special addresses (``policies.special_address``)."""
+    return {ip: node for ip, node in node_of_address.items() if special_address(ip) is None}
+
+
 def _covering_networks(ips: Iterable[str]) -> set[IPNetwork]:
     """The smallest network holding all of ``ips``, per address family (or, when that would be
     implausibly wide, a /16 or /64 per address)."""
@@ -425,7 +431,10 @@ class Resolver:
         self._claims: dict[str, list[_Claim]] = defaultdict(list)
         self._workloads: dict[WorkloadRef, Workload] = {}
         self._workload_of_key: dict[str, WorkloadRef] = {}
-        self._node_of_address = dict(snapshot.node_by_address)
+        # A special address (a metadata endpoint, link-local, ...: policies.special_address) is
+        # never taken for a node's, whatever the snapshot says: every policy naming the nodes
+        # would allow it.
+        self._node_of_address = _ordinary(snapshot.node_by_address)
         self._addresses_of_node: dict[str, list[str]] = defaultdict(list)
         for ip, node in sorted(self._node_of_address.items(), key=lambda a: address_key(a[0])):
             self._addresses_of_node[node].append(ip)
@@ -447,7 +456,7 @@ class Resolver:
             if record.host_network and record.node:
                 self._host_network[record.node].append(record)
         self._ranges = self._cluster_ranges()
-        self._gateways = _pod_network_gateways(snapshot)
+        self._gateways = _ordinary(_pod_network_gateways(snapshot))
         self._range_set = _Networks(self._ranges)
         self._node_ports = {
             (port["nodePort"], protocol)

@@ -371,7 +371,8 @@ def node_blocks(
     family and address.
 
     Traffic SNAT'd to a node address (``externalTrafficPolicy: Cluster``) can come from any node,
-    and a rescheduled pod meets other nodes: one node's address alone would break it."""
+    and a rescheduled pod meets other nodes: one node's address alone would break it. A special
+    address (:func:`special_address`) is never taken for a node's, whatever the snapshot says."""
     seen = {
         address
         for _, attrs in graph.nodes(data=True)
@@ -379,7 +380,7 @@ def node_blocks(
         or (attrs["role"] == _WORKLOAD and attrs["workload"] and attrs["workload"].host_network)
         for address in attrs.get("addresses", ())
     }
-    listed = node_cidrs or tuple(node_addresses)
+    listed = node_cidrs or tuple(a for a in node_addresses if special_address(a) is None)
     networks = [ipaddress.ip_network(text, strict=False) for text in (*listed, *seen)]
     blocks: list[IpPeer] = []
     for version in (4, 6):

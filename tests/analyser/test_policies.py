@@ -25,6 +25,7 @@ from analyser.policies import (
     Rule,
     SelectorWarning,
     SpecialAddress,
+    node_blocks,
     partition_policies,
     policy_names,
     selector_warnings,
@@ -713,3 +714,9 @@ def test_a_workload_whose_selector_selects_another_gets_no_policy_and_a_warning(
             "its selector app=web admits the pods of app/Deployment/web2 too",
         ),
     )
+
+
+def test_special_addresses_are_never_node_blocks() -> None:
+    graph = build_graph([], resolver(), scope=set())
+    blocks = node_blocks(graph, ["192.168.49.2", "169.254.169.254", "fe80::1", "0.0.0.0"])
+    assert [block.cidr for block in blocks] == ["192.168.49.2/32"]

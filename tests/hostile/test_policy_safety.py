@@ -260,3 +260,21 @@ def test_a_capture_linked_out_of_the_bundle_is_not_read_and_its_bytes_go_nowhere
     relative = link.relative_to(bundle).as_posix()
     assert f"warning: {relative}: a symbolic link to outside the bundle: not read" in captured.err
     assert policy_files(run(bundle)) == clean_policies
+
+
+def test_a_metadata_endpoint_listed_as_a_node_address_is_not_a_node(
+    bundle: Path, clean_policies: dict[str, str]
+) -> None:
+    """A tampered snapshot gives the node the address 169.254.169.254 (and a pod's hostIP the
+    broadcast address): the rules for 'every node' must not carry them."""
+    document = snapshot(bundle)
+    items = document["items"]
+    assert isinstance(items, list)
+    (node,) = (i for i in items if i["kind"] == "Node")
+    node["status"]["addresses"].append({"type": "InternalIP", "address": "169.254.169.254"})
+    pod = next(i for i in items if i["kind"] == "Pod")
+    pod["status"]["hostIPs"] = [{"ip": pod["status"]["hostIP"]}, {"ip": "255.255.255.255"}]
+    write_snapshot(bundle, document)
+    analysis = run(bundle)
+    assert "cluster nodes" in "".join(clean_policies.values())
+    assert policy_files(analysis) == clean_policies
