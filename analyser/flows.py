@@ -23,6 +23,7 @@ class Evidence(StrEnum):
 
     HANDSHAKE = "handshake"  # TCP SYN without ACK, or SCTP INIT, was captured
     KNOWN_LISTENER = "known-listener"  # the server side listens on that port per the snapshot
+    ONE_WAY = "one-way"  # only one end sent packets: it is the client
     HEURISTIC = "heuristic"  # port heuristics (well-known / lower port is the server)
 
 
@@ -145,7 +146,7 @@ class Conversation:
     # packets than a failed attempt makes: the connection was refused (RST) or never answered;
     # or when its opener disowned it (see _established).
     established: bool = True
-    two_way: bool = True  # both ends sent packets (in any capture)
+    sender: Endpoint | None = None  # the only end that sent packets; None when both did
 
 
 # (protocol, IP of a, port of a, IP of b, port of b): plain values hash and compare fast.
@@ -250,6 +251,11 @@ def _established(protocol: Protocol, roles: int, packets: int) -> bool:
     return bool(roles & _ACCEPTED) or packets > MAX_UNESTABLISHED_PACKETS
 
 
+def _sender(a: Endpoint, b: Endpoint, roles: int) -> Endpoint | None:
+    sent = roles & (_A_SENT | _B_SENT)
+    return None if sent == _A_SENT | _B_SENT else a if sent == _A_SENT else b
+
+
 def _opened_by(a: Endpoint, b: Endpoint, roles: int) -> Endpoint | None:
     a_opened, b_opened = bool(roles & 1), bool(roles & 2)
     if a_opened != b_opened:
@@ -316,7 +322,7 @@ class ConversationTable:
                     frozenset(aggregate.captures),
                     _opened_by(a, b, aggregate.roles),
                     _established(protocol, aggregate.roles, packets),
-                    aggregate.roles & (_A_SENT | _B_SENT) == _A_SENT | _B_SENT,
+                    _sender(a, b, aggregate.roles),
                 )
             )
         return result
@@ -359,9 +365,12 @@ def orient(
 
     In order: a captured handshake (:attr:`Conversation.opened_by`); else ``known_listener``
     (from the snapshot: does this endpoint listen on this protocol at the conversation's first
-    packet?) when it says yes for exactly one side; else port heuristics (a port below 1024 or in
-    ``SERVICE_PORTS`` is the server's, an ephemeral port is the client's, else the lower port is
-    the server's). Sorted by (protocol, client, server, first_seen).
+    packet?) when it says yes for exactly one side; else, when only one end sent packets
+    (:attr:`Conversation.sender`), that end: whoever sent datagrams nobody answered started
+    the exchange (a datagram with a low source port to a high one, say from port 53, forged or
+    not, must not give the receiver an egress rule to its sender); else port heuristics (a port
+    below 1024 or in ``SERVICE_PORTS`` is the server's, an ephemeral port is the client's, else
+    the lower port is the server's). Sorted by (protocol, client, server, first_seen).
     """
     flows = []
     for conversation in conversations:
@@ -379,6 +388,9 @@ def orient(
             if listens_a != listens_b:
                 client = b if listens_a else a
                 evidence = Evidence.KNOWN_LISTENER
+            elif conversation.sender is not None:
+                client = conversation.sender
+                evidence = Evidence.ONE_WAY
             else:
                 client = b if _heuristic_server(a, b) is a else a
                 evidence = Evidence.HEURISTIC
@@ -394,7 +406,7 @@ def orient(
                 conversation.captures,
                 evidence,
                 conversation.established,
-                conversation.two_way,
+                conversation.sender is None,
             )
         )
     # Plain values compare in C; the order is the one Endpoint's (ip, port) ordering gives.

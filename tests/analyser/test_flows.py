@@ -299,3 +299,17 @@ def test_a_flow_knows_whether_both_ends_sent_packets() -> None:
     )
     flows = orient(table.conversations(), None)
     assert {(f.server, f.answered) for f in flows} == {(outside, False), (answering, True)}
+
+
+def test_the_only_end_that_sent_packets_is_the_client() -> None:
+    """Datagrams from port 53 to a high port that nothing answered: the port heuristics would
+    make the receiver the client (an egress rule to the sender); it only received."""
+    sender, receiver = Endpoint("203.0.113.9", 53), Endpoint("10.1.0.5", 40000)
+    table = ConversationTable()
+    table.add_capture("r.pcap", "r.pcap", [_directed(sender, receiver, protocol=Protocol.UDP)])
+    (flow,) = orient(table.conversations(), None)
+    assert (flow.client, flow.server, flow.evidence) == (sender, receiver, Evidence.ONE_WAY)
+    assert not flow.answered
+    # The snapshot knowing who listens still comes first.
+    (flow,) = orient(table.conversations(), lambda endpoint, *_: endpoint == sender)
+    assert (flow.client, flow.evidence) == (receiver, Evidence.KNOWN_LISTENER)

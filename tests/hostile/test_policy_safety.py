@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from analyser.cli.main import ExitStatus, main
 from analyser.graphs import attempts
@@ -278,3 +279,20 @@ def test_a_metadata_endpoint_listed_as_a_node_address_is_not_a_node(
     analysis = run(bundle)
     assert "cluster nodes" in "".join(clean_policies.values())
     assert policy_files(analysis) == clean_policies
+
+
+def test_a_datagram_from_a_low_port_gives_the_receiver_no_egress_rule(
+    bundle: Path, clean_policies: dict[str, str]
+) -> None:
+    """A datagram forged from 203.0.113.9:123 to frontend:40000, never answered: port heuristics
+    would make frontend the client of 203.0.113.9:123 (an egress rule to wherever the sender
+    likes). The one end that sent is the client: at most an ingress rule for what arrived."""
+    frontend = pod_ip(bundle, "frontend")
+    at = window_start(bundle) + 10
+    add_capture(bundle, "frontend", [(at, udp("203.0.113.9", 123, frontend, 40000, b"x" * 48))])
+    analysis = run(bundle)
+    policy = yaml.safe_load(policy_files(analysis)[FRONTEND_POLICY])
+    clean = yaml.safe_load(clean_policies[FRONTEND_POLICY])
+    assert policy["spec"]["egress"] == clean["spec"]["egress"]
+    (flow,) = (f for f in analysis.flows if f.client.ip == "203.0.113.9")
+    assert (flow.server.ip, flow.server.port) == (frontend, 40000)
