@@ -381,27 +381,36 @@ _TEMPLATE_KINDS = ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job"
 class _NamespaceLabels:
     """The label sets of a namespace's pods and pod templates, each with its workload, indexed
     by label: "which other workloads does this selector select?" then reads only the entries
-    that carry its rarest matchLabels pair."""
+    that carry one of the values it pins."""
 
     def __init__(self, entries: Iterable[tuple[WorkloadRef, Mapping[str, str], bool]]) -> None:
         self._entries = list(entries)  # (workload, labels, is a pod rather than a template)
         self._by_label: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for index, (_, labels, _) in enumerate(self._entries):
+        self._pods: dict[WorkloadRef, list[Mapping[str, str]]] = defaultdict(list)
+        for index, (owner, labels, pod) in enumerate(self._entries):
             for pair in labels.items():
                 self._by_label[pair].append(index)
+            if pod:
+                self._pods[owner].append(labels)
 
     def pods_of(self, ref: WorkloadRef) -> list[Mapping[str, str]]:
         """The labels of the workload's pods."""
-        return [labels for owner, labels, pod in self._entries if pod and owner == ref]
+        return self._pods.get(ref, [])
 
     def selected_elsewhere(
         self, selector: LabelSelector, ref: WorkloadRef
     ) -> list[tuple[str, Mapping[str, str]]]:
         """The pods and pod templates of workloads other than ``ref`` that ``selector`` selects:
         (``NS/Kind/name``, labels) each."""
-        indexes: Sequence[int] = range(len(self._entries))
-        if selector.match_labels:
-            indexes = min((self._by_label.get(p, []) for p in selector.match_labels), key=len)
+        # Only entries with one of its pinned values can match: its rarest matchLabels pair or
+        # In requirement, else (keys and exclusions only) every entry.
+        pinned: list[Sequence[int]] = [self._by_label.get(p, []) for p in selector.match_labels]
+        pinned += [
+            [i for value in r.values for i in self._by_label.get((r.key, value), [])]
+            for r in selector.match_expressions
+            if r.operator == "In"
+        ]
+        indexes = min(pinned, key=len) if pinned else range(len(self._entries))
         return [
             (str(owner), labels)
             for owner, labels, _ in (self._entries[index] for index in indexes)

@@ -786,3 +786,23 @@ def test_an_invalid_own_selector_is_replaced_by_the_pod_labels() -> None:
     own = LabelSelector(match_expressions=(LabelRequirement("app", "Bogus", ("web",)),))
     choice = exclusive_selector(own, (("app", "web"),), [{"app": "web"}], lambda _: ())
     assert choice == SelectorChoice(LabelSelector(match_labels=(("app", "web"),)), own, ())
+
+
+def test_a_selector_by_in_that_takes_in_another_workload_is_narrowed() -> None:
+    web = _deployment(
+        "web",
+        {"app": "web"},
+        expressions=[{"key": "app", "operator": "In", "values": ["web", "api"]}],
+    )
+    resolver = Resolver(
+        _objects(
+            _deployed("web", "10.1.0.5", {"app": "web"}),
+            _deployed("api", "10.1.0.6", {"app": "api"}),
+            extra=(web,),
+        )
+    )
+    workload = _workload(resolver, "10.1.0.5")
+    assert workload.selector == LabelSelector(match_labels=(("app", "web"),))
+    assert workload.narrowed_from == LabelSelector(
+        match_expressions=(LabelRequirement("app", "In", ("api", "web")),)
+    )
