@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     )
     from analyser.flows import Endpoint, Evidence, Flow, Protocol
     from analyser.identities import Resolver, Workload, WorkloadRef
-    from analyser.policies import DefaultDeny, Policy, synthesize
+    from analyser.policies import DefaultDeny, Policy, SpecialAddress, synthesize
     from analyser.policysets import load_policies
     from analyser.snapshot import Snapshot, load_snapshot
 
@@ -84,7 +84,7 @@ _EXPORTS = {
     ),
     "flows": ("Endpoint", "Evidence", "Flow", "Protocol"),
     "identities": ("Resolver", "Workload", "WorkloadRef"),
-    "policies": ("DefaultDeny", "Policy", "synthesize"),
+    "policies": ("DefaultDeny", "Policy", "SpecialAddress", "synthesize"),
     "policysets": ("load_policies",),
     "snapshot": ("Snapshot", "load_snapshot"),
 }
@@ -111,6 +111,7 @@ __all__ = [
     "Resolver",
     "Snapshot",
     "SnapshotError",
+    "SpecialAddress",
     "UnsafePolicies",
     "Workload",
     "WorkloadRef",

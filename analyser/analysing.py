@@ -22,13 +22,13 @@ import re
 import shutil
 import subprocess
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from analyser.bundles import CAPTURES, SNAPSHOT_KINDS, Bundle, FileProblem, Window
-from analyser.errors import OutputError, RenderError, SnapshotError
+from analyser.errors import CaptureError, OutputError, RenderError, SnapshotError
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import (
     NodeRole,
@@ -43,8 +43,12 @@ from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
     Exposure,
+    LeftOut,
     Policy,
+    SelectorWarning,
+    SpecialAddress,
     partition_policies,
+    selector_warnings,
     synthesize,
     unselectable_reasons,
     unselectable_workloads,
@@ -141,6 +145,16 @@ class Analysis(Observation):
     def policy_files(self) -> tuple[str, ...]:
         return tuple(p for p in self.files if p.endswith(".yaml") and p != KUSTOMIZATION)
 
+    @property
+    def selector_warnings(self) -> tuple[SelectorWarning, ...]:
+        """Workloads whose selector from the snapshot selected more than their pods."""
+        return selector_warnings(self.graph)
+
+    @property
+    def left_out(self) -> tuple[LeftOut, ...]:
+        """Observed traffic with special addresses that the policies leave out on purpose."""
+        return left_out_of(self.policies)
+
     def summary(self) -> dict[str, object]:
         """The machine-readable summary (``analyse --json``): plain JSON types, stable order."""
         roles = Counter(str(attrs.get("role")) for _, attrs in self.graph.nodes(data=True))
@@ -165,6 +179,21 @@ class Analysis(Observation):
             "unresolved_addresses": list(unresolved_addresses(self.graph)),
             "policies": list(self.policy_files),
             "without_policy": list(self.unselectable),
+            "selector_warnings": [
+                {"workload": item.workload, "warning": item.warning}
+                for item in self.selector_warnings
+            ],
+            "left_out": [
+                {
+                    "workload": item.workload,
+                    "direction": item.direction,
+                    "address": item.address,
+                    "protocol": str(item.port.protocol),
+                    "port": item.port.port,
+                    "class": str(item.kind),
+                }
+                for item in self.left_out
+            ],
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
             "notes": list(self.notes),
             "exposed": [
@@ -421,6 +450,26 @@ def _foreign_problems(traffic: Traffic, placed: Mapping[str, _PlacedCapture]) ->
             FileProblem(capture, f"{flows} in which {which} {were} dropped as foreign: {why}")
         )
     return problems
+# How many unreadable files the error for a bundle without any readable capture names.
+MAX_LISTED_UNREADABLE = 3
+
+
+def _ensure_something_read(traffic: Traffic) -> None:
+    """:class:`CaptureError` when no capture file could be read at all (not one valid file, not
+    one packet before damage): nothing is known, and policies made from nothing would deny every
+    captured workload everything. Some readable files leave the others as warnings."""
+    if any(report.ok or report.packets for report in traffic.reports):
+        return
+    listed = [
+        f"{report.path}: {report.reason or report.error}"
+        for report in traffic.reports[:MAX_LISTED_UNREADABLE]
+    ]
+    more = len(traffic.reports) - len(listed)
+    raise CaptureError(
+        f"none of the {len(traffic.reports)} capture files could be read, nothing to analyse: "
+        + "; ".join(listed)
+        + (f"; and {more} more" if more > 0 else "")
+    )
 
 
 def _capture_problems(traffic: Traffic) -> list[FileProblem]:
@@ -442,15 +491,31 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
 # -- the safety check ------------------------------------------------------------------------
 
 
+def left_out_of(policies: Iterable[Policy]) -> tuple[LeftOut, ...]:
+    """What the policies leave out on purpose (``Policy.left_out``), sorted."""
+    return tuple(sorted(item for policy in policies for item in policy.left_out))
+
+
 def check_safety(
-    policy_files: Mapping[str, str], graph: Any, snapshot: Snapshot, resolver: Resolver
+    policy_files: Mapping[str, str],
+    graph: Any,
+    snapshot: Snapshot,
+    resolver: Resolver,
+    *,
+    left_out: Iterable[LeftOut] = (),
 ) -> None:
     """THE place generated policies are checked before anything can be written: the rendered
     files, read back as ``verify`` reads files and evaluated with NetworkPolicy semantics, must
-    allow every observed connection of the graph; else :class:`UnsafePolicies` (nothing written).
+    allow every observed connection of the graph, but the traffic with special addresses they
+    leave out on purpose (``left_out``, reported); else :class:`UnsafePolicies` (nothing written).
     """
     loaded = parse_policy_texts(policy_files)
-    ensure_policies_allow(loaded.policies, graph, cluster_facts(snapshot, resolver))
+    ensure_policies_allow(
+        loaded.policies,
+        graph,
+        cluster_facts(snapshot, resolver),
+        left_out={(item.address, item.port) for item in left_out},
+    )
 
 
 # -- the pipeline ----------------------------------------------------------------------------
@@ -466,7 +531,8 @@ def observe(
 
     ``workers`` processes read capture files (default: one per core). ``on_progress`` gets the
     size in bytes of each capture file once it is read (total: the sum of ``bundle.captures``'
-    sizes). Raises :class:`~analyser.errors.SnapshotError` for an unusable snapshot; damaged
+    sizes). Raises :class:`~analyser.errors.SnapshotError` for an unusable snapshot and
+    :class:`~analyser.errors.CaptureError` when not one capture file could be read; damaged
     captures, history or meta.json files become ``problems``.
     """
     snapshot = load_snapshot(bundle.snapshot)
@@ -506,6 +572,7 @@ def observe(
         on_progress=on_progress,
         vantages=placed,
     )
+    _ensure_something_read(traffic)
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
     damaged = {report.path for report in traffic.reports if not report.ok}
     vantage, vantage_problems = _vantage_pods(flows, resolver, unplaced, damaged=damaged)
@@ -538,6 +605,7 @@ def analyse(
     default_deny: bool = False,
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
+    allowed_special: Collection[SpecialAddress] = (),
     expose_anywhere: bool = True,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -546,9 +614,11 @@ def analyse(
     memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
     snapshot knows, or with ``node_cidrs`` when given (``policies.node_blocks``). More than
     ``max_outside_addresses`` outside addresses on one port of a policy side become one rule
-    from or to anywhere on that port. Workloads the snapshot shows exposed outside the cluster
-    (``Resolver.exposures``) get ingress from anywhere on their exposed ports, unless
-    ``expose_anywhere`` is False (then only from the outside addresses seen).
+    from or to anywhere on that port. Traffic with special addresses (cloud metadata endpoints,
+    link-local, multicast, ...: ``policies.SpecialAddress``) is left out of the policies and
+    reported, unless its class is in ``allowed_special``. Workloads the snapshot shows exposed
+    outside the cluster (``Resolver.exposures``) get ingress from anywhere on their exposed ports,
+    unless ``expose_anywhere`` is False (then only from the outside addresses seen).
 
     Raises what :func:`observe` raises, :class:`~analyser.errors.RenderError` if output fails
     to render, and :class:`~analyser.errors.UnsafePolicies` if the policies would deny an
@@ -565,9 +635,11 @@ def analyse(
             node_addresses=seen.snapshot.node_by_address,
             node_cidrs=node_cidrs,
             max_outside_addresses=max_outside_addresses,
+            allowed_special=allowed_special,
             exposures=exposures if expose_anywhere else None,
         )
     )
+    left_out = left_out_of(policies)
     unselectable = unselectable_workloads(seen.graph)
     manifest = bundle.manifest
     window = seen.window
@@ -576,7 +648,7 @@ def analyse(
     )
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
     files = render_policy_files(policies, default_denies=default_denies, provenance=provenance)
-    check_safety(files, seen.graph, seen.snapshot, seen.resolver)
+    check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=left_out)
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
     if svg is not None:
@@ -602,6 +674,8 @@ def analyse(
         notes=notes,
         exposures=exposed,
         exposed_anywhere=expose_anywhere,
+        left_out=left_out,
+        selector_warnings=selector_warnings(seen.graph),
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(

@@ -8,8 +8,11 @@ they are not required.
 
 Damage that still leaves something to analyse (a capture listed but missing, a size or sha256
 that differs from the manifest) is collected as :class:`FileProblem`; input that leaves nothing
-to analyse raises :class:`~analyser.errors.BundleError` naming what is missing. File I/O only;
-no heavy library.
+to analyse raises :class:`~analyser.errors.BundleError` naming what is missing. A file that is a
+symbolic link to outside the bundle is never read (a tampered bundle could point at any file of
+the machine that analyses it, and error messages quote what they read): a capture, meta.json or
+pod-ips.jsonl is skipped with a :class:`FileProblem`, a snapshot is a :class:`BundleError`. File
+I/O only; no heavy library.
 
     BUNDLE/
       bundle.json     {"format_version": 1, "producer": "collect"|"lab", "capture_mode": ...,
@@ -253,6 +256,26 @@ def _check_entry(root: Path, entry: CaptureEntry, *, check_sums: bool) -> FilePr
     return None
 
 
+OUTSIDE = "a symbolic link to outside the bundle: not read (copy the file into the bundle)"
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """Whether ``path`` is inside ``root`` (a resolved path) once every symbolic link on the way
+    is followed."""
+    return path.resolve().is_relative_to(root)
+
+
+def _inside_only(root: Path, paths: Iterable[Path], problems: list[FileProblem]) -> list[Path]:
+    """``paths`` that are inside ``root``; the others become problems (:data:`OUTSIDE`)."""
+    inside = []
+    for path in paths:
+        if _inside(root, path):
+            inside.append(path)
+        else:
+            problems.append(FileProblem(path.relative_to(root).as_posix(), OUTSIDE))
+    return inside
+
+
 def find_snapshot(root: Path) -> Path | None:
     """A bundle's snapshot: ``snapshot.json`` (or ``.yaml``, ``.yml``), else the ``snapshot/``
     folder; None when there is none."""
@@ -265,6 +288,12 @@ def find_snapshot(root: Path) -> Path | None:
 def _snapshot(root: Path) -> Path:
     found = find_snapshot(root)
     if found is not None:
+        files = sorted(found.iterdir()) if found.is_dir() else [found]
+        for path in (found, *files):
+            if not _inside(root, path):
+                raise BundleError(
+                    f"{path}: {OUTSIDE}; the snapshot must be a file (or folder) of the bundle"
+                )
         return found
     raise BundleError(
         f"{root}: no {SNAPSHOT_FILE} (nor snapshot.yaml, nor a {SNAPSHOT_FOLDER}/ folder): the "
@@ -288,6 +317,8 @@ def open_bundle(path: Path, *, check_sums: bool = True) -> Bundle:
     manifest = None
     problems: list[FileProblem] = []
     if manifest_path.is_file():
+        if not _inside(root, manifest_path):
+            raise BundleError(f"{manifest_path}: {OUTSIDE}")
         try:
             text = manifest_path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as error:
@@ -298,24 +329,34 @@ def open_bundle(path: Path, *, check_sums: bool = True) -> Bundle:
     found = set(find_captures(search))
     if manifest is not None:
         for entry in manifest.captures:
+            path = root / entry.path
+            if path.is_file() and not _inside(root, path):
+                found.add(path)  # reported and left out below: never hashed
+                continue
             problem = _check_entry(root, entry, check_sums=check_sums)
             if problem is not None:
                 problems.append(problem)
-            if (root / entry.path).is_file():
-                found.add(root / entry.path)
+            if path.is_file():
+                found.add(path)
+    missing = len(problems)
+    found = set(_inside_only(root, sorted(found), problems))
     if not found:
-        missing = f" ({len(problems)} listed in {MANIFEST} but missing)" if problems else ""
+        why = [f"{missing} listed in {MANIFEST} but missing"] if missing else []
+        if len(problems) > missing:
+            why.append(f"{len(problems) - missing} symbolic links to outside the bundle")
+        detail = f" ({'; '.join(why)})" if why else ""
         raise BundleError(
-            f"{root}: no capture files found{missing}: expected *.pcap, *.pcapng or *.cap "
+            f"{root}: no capture files found{detail}: expected *.pcap, *.pcapng or *.cap "
             f"(optionally .gz) under {search}"
         )
     pod_ips = root / POD_IPS
+    history = _inside_only(root, [pod_ips] if pod_ips.is_file() else [], problems)
     return Bundle(
         root=root,
         manifest=manifest,
         snapshot=snapshot,
-        pod_ips=pod_ips if pod_ips.is_file() else None,
-        capture_metas=tuple(sorted(search.rglob(CAPTURE_META))),
+        pod_ips=history[0] if history else None,
+        capture_metas=tuple(_inside_only(root, sorted(search.rglob(CAPTURE_META)), problems)),
         captures=tuple(sorted(found)),
         problems=tuple(problems),
     )

@@ -89,6 +89,8 @@ class EdgeStats:
     services: frozenset[str] = frozenset()  # "NS/name" of Services the traffic went through
     # True when no capture saw this server answer: it was taken from the Service's backends.
     assumed: bool = False
+    # False when every flow went one way only (``Flow.answered``): nothing came back.
+    answered: bool = True
 
     def merged(self, other: EdgeStats) -> EdgeStats:
         return EdgeStats(
@@ -100,6 +102,7 @@ class EdgeStats:
             evidence=self.evidence | other.evidence,
             services=self.services | other.services,
             assumed=self.assumed and other.assumed,
+            answered=self.answered or other.answered,
         )
 
 
@@ -337,6 +340,7 @@ def _stats(
         evidence=frozenset(f.evidence for f in flows),
         services=frozenset({service}) if service else frozenset(),
         assumed=assumed,
+        answered=any(f.answered for f in flows),
     )
 
 

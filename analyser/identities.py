@@ -11,7 +11,7 @@ import functools
 import ipaddress
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum, StrEnum
 from typing import cast
@@ -28,6 +28,7 @@ from analyser.policies import (
     PodPeer,
     PortSpec,
     node_local_dns_peer,
+    special_address,
 )
 from analyser.snapshot import (
     CaptureMeta,
@@ -80,12 +81,18 @@ class WorkloadRef:
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """A workload and the selector its policy uses (its own selector minus volatile labels)."""
+    """A workload and the selector its policy uses (its own selector minus volatile labels, or
+    narrower: see :func:`exclusive_selector`)."""
 
     ref: WorkloadRef
     selector: LabelSelector
     pod_labels: tuple[tuple[str, str], ...] = ()
     host_network: bool = False  # its pods use the node's addresses (peers see the node IP)
+    # Its own selector, when that selected more than its pods and ``selector`` is narrower.
+    narrowed_from: LabelSelector | None = None
+    # Other workloads (``NS/Kind/name``) whose pods ``selector`` selects too: no selector selects
+    # only its pods, so it gets no policy (and as a peer, admits those pods too).
+    also_selects: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -373,6 +380,11 @@ def _pod_network_gateways(snapshot: Snapshot) -> dict[str, str]:
     return gateways
 
 
+def _ordinary(node_of_address: Mapping[str, str]) -> dict[str, str]:
+    """Address → node, without the special addresses (``policies.special_address``)."""
+    return {ip: node for ip, node in node_of_address.items() if special_address(ip) is None}
+
+
 def _covering_networks(ips: Iterable[str]) -> set[IPNetwork]:
     """The smallest network holding all of ``ips``, per address family (or, when that would be
     implausibly wide, a /16 or /64 per address)."""
@@ -391,6 +403,50 @@ def _covering_networks(ips: Iterable[str]) -> set[IPNetwork]:
             prefix = _FALLBACK_PREFIX[version]
             networks |= {ipaddress.ip_network((v, prefix), strict=False) for v in values}
     return networks
+
+
+# Controllers with a pod template: the pods they would make count as theirs even before they exist.
+_TEMPLATE_KINDS = ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob")
+
+
+class _NamespaceLabels:
+    """The label sets of a namespace's pods and pod templates, each with its workload, indexed
+    by label: "which other workloads does this selector select?" then reads only the entries
+    that carry one of the values it pins."""
+
+    def __init__(self, entries: Iterable[tuple[WorkloadRef, Mapping[str, str], bool]]) -> None:
+        self._entries = list(entries)  # (workload, labels, is a pod rather than a template)
+        self._by_label: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self._pods: dict[WorkloadRef, list[Mapping[str, str]]] = defaultdict(list)
+        for index, (owner, labels, pod) in enumerate(self._entries):
+            for pair in labels.items():
+                self._by_label[pair].append(index)
+            if pod:
+                self._pods[owner].append(labels)
+
+    def pods_of(self, ref: WorkloadRef) -> list[Mapping[str, str]]:
+        """The labels of the workload's pods."""
+        return self._pods.get(ref, [])
+
+    def selected_elsewhere(
+        self, selector: LabelSelector, ref: WorkloadRef
+    ) -> list[tuple[str, Mapping[str, str]]]:
+        """The pods and pod templates of workloads other than ``ref`` that ``selector`` selects:
+        (``NS/Kind/name``, labels) each."""
+        # Only entries with one of its pinned values can match: its rarest matchLabels pair or
+        # In requirement, else (keys and exclusions only) every entry.
+        pinned: list[Sequence[int]] = [self._by_label.get(p, []) for p in selector.match_labels]
+        pinned += [
+            [i for value in r.values for i in self._by_label.get((r.key, value), [])]
+            for r in selector.match_expressions
+            if r.operator == "In"
+        ]
+        indexes = min(pinned, key=len) if pinned else range(len(self._entries))
+        return [
+            (str(owner), labels)
+            for owner, labels, _ in (self._entries[index] for index in indexes)
+            if owner != ref and selector.matches(labels)
+        ]
 
 
 class Resolver:
@@ -415,7 +471,10 @@ class Resolver:
         self._claims: dict[str, list[_Claim]] = defaultdict(list)
         self._workloads: dict[WorkloadRef, Workload] = {}
         self._workload_of_key: dict[str, WorkloadRef] = {}
-        self._node_of_address = dict(snapshot.node_by_address)
+        # A special address (a metadata endpoint, link-local, ...: policies.special_address) is
+        # never taken for a node's, whatever the snapshot says: every policy naming the nodes
+        # would allow it.
+        self._node_of_address = _ordinary(snapshot.node_by_address)
         self._addresses_of_node: dict[str, list[str]] = defaultdict(list)
         for ip, node in sorted(self._node_of_address.items(), key=lambda a: address_key(a[0])):
             self._addresses_of_node[node].append(ip)
@@ -437,7 +496,7 @@ class Resolver:
             if record.host_network and record.node:
                 self._host_network[record.node].append(record)
         self._ranges = self._cluster_ranges()
-        self._gateways = _pod_network_gateways(snapshot)
+        self._gateways = _ordinary(_pod_network_gateways(snapshot))
         self._range_set = _Networks(self._ranges)
         self._node_ports = {
             (port["nodePort"], protocol)
@@ -450,6 +509,8 @@ class Resolver:
         self._selected: dict[tuple[str, str], list[PodRecord]] = {}
         self._by_label: dict[tuple[str, str, str], list[PodRecord]] = defaultdict(list)
         self._timeless: dict[tuple[str, int | None, Protocol | None], Identity] = {}
+        self._walked: dict[str, tuple[WorkloadRef, KubeObject | None]] = {}
+        self._namespace_labels: dict[str, _NamespaceLabels] | None = None
 
     # -- building -------------------------------------------------------------------------
 
@@ -648,13 +709,52 @@ class Resolver:
                     return "CronJob", prefix, cron
         return owner.kind, owner.name, obj
 
+    def _owners(self, record: PodRecord) -> tuple[WorkloadRef, KubeObject | None]:
+        """The pod's workload and the object whose selector describes its pods, without
+        describing the workload (:meth:`_workload_for` does)."""
+        found = self._walked.get(record.key)
+        if found is None:
+            kind, name, obj = self._walk_owners(record)
+            found = self._walked[record.key] = (WorkloadRef(record.namespace, kind, name), obj)
+        return found
+
+    def _labels_of(self, namespace: str) -> _NamespaceLabels:
+        """The labels of every pod and pod template of ``namespace``, with their workloads."""
+        if self._namespace_labels is None:
+            entries: dict[str, list[tuple[WorkloadRef, Mapping[str, str], bool]]] = defaultdict(
+                list
+            )
+            for record in sorted(self._records.values(), key=lambda r: r.key):
+                entries[record.namespace].append(
+                    (self._owners(record)[0], dict(record.labels), True)
+                )
+            for kind in _TEMPLATE_KINDS:
+                for obj in self._snapshot.of_kind(kind):
+                    object_meta = meta(obj)
+                    namespace_ = object_meta.get("namespace", "")
+                    template = _controller_spec(obj).get("template", {})
+                    labels = template.get("metadata", {}).get("labels", {})
+                    # Whose pods these would be: as if a pod of this object.
+                    owner = OwnerHint(kind, object_meta["name"], object_meta.get("uid", ""))
+                    pod = PodRecord(namespace_, "", "", tuple(labels.items()), owner, "", False, ())
+                    ref = WorkloadRef(namespace_, *self._walk_owners(pod)[:2])
+                    entries[namespace_].append((ref, dict(labels), False))
+            self._namespace_labels = {ns: _NamespaceLabels(found) for ns, found in entries.items()}
+        return self._namespace_labels.get(namespace) or _NamespaceLabels(())
+
     def _workload_for(self, record: PodRecord) -> WorkloadRef:
         if record.key in self._workload_of_key:
             return self._workload_of_key[record.key]
-        kind, name, obj = self._walk_owners(record)
-        ref = WorkloadRef(record.namespace, kind, name)
+        ref, obj = self._owners(record)
         if ref not in self._workloads:
-            self._workloads[ref] = _describe_workload(ref, obj, record)
+            labels = self._labels_of(record.namespace)
+            self._workloads[ref] = _describe_workload(
+                ref,
+                obj,
+                record,
+                own_pods=labels.pods_of(ref),
+                selected_elsewhere=lambda selector: labels.selected_elsewhere(selector, ref),
+            )
         self._workload_of_key[record.key] = ref
         return ref
 
@@ -1098,23 +1198,132 @@ def _matching_port(
     )
 
 
-def _describe_workload(ref: WorkloadRef, obj: KubeObject | None, record: PodRecord) -> Workload:
+def _controller_spec(obj: KubeObject) -> ControllerSpec:
+    """A controller's spec with its selector and pod template (a CronJob's Job template's)."""
+    if obj.get("kind") == "CronJob":
+        return cast(CronJob, obj).get("spec", {}).get("jobTemplate", {}).get("spec", {})
+    return cast(Controller, obj).get("spec", {})
+
+
+@dataclass(frozen=True, slots=True)
+class SelectorChoice:
+    """The selector a workload's policy (and every rule naming it) uses; see
+    :func:`exclusive_selector`."""
+
+    selector: LabelSelector
+    narrowed_from: LabelSelector | None = None
+    also_selects: tuple[str, ...] = ()
+
+
+# Pods and pod templates of other workloads a selector selects: (``NS/Kind/name``, labels) each.
+SelectedElsewhere = Callable[[LabelSelector], Sequence[tuple[str, Mapping[str, str]]]]
+
+
+def exclusive_selector(
+    own: LabelSelector,
+    pod_labels: tuple[tuple[str, str], ...],
+    own_pods: Sequence[Mapping[str, str]],
+    selected_elsewhere: SelectedElsewhere,
+) -> SelectorChoice:
+    """The selector that selects the workload's pods and nothing else, the first of:
+
+    1. its ``own`` (the snapshot's, minus volatile labels), when it is valid, names a label value
+       (not ``app`` Exists alone: every future pod with the key) and selects no pod or pod
+       template of another workload of its namespace (``selected_elsewhere``);
+    2. its pod template's labels (``pod_labels``, minus volatile ones), when those select no other
+       workload's pod or template;
+    3. those labels plus ``KEY DoesNotExist`` for a key that each other workload's pod or template
+       they select carries and the workload's pods do not (a stable ``app=web`` beside a canary
+       ``app=web,track=canary`` becomes ``app=web,!track``).
+
+    Each must also select the workload's pods (``own_pods``: their labels). A workload whose own
+    selector is empty (a Job selecting by controller-uid, a bare pod) starts from its pod
+    template's labels. ``narrowed_from`` is set when the result differs from where it started.
+
+    When none selects only its pods, the narrowest of 1 and 2 is returned with the workloads it
+    ``also_selects``: the caller gives it no policy, and as a peer it admits those pods too."""
+    candidates = []
+    if own.pins_a_value and all(r.valid for r in own.match_expressions):
+        candidates.append(own)
+    template = LabelSelector(match_labels=pod_labels)
+    if pod_labels and template != own:
+        candidates.append(template)
+    # What the workload was selected by before this check: a change from it is said.
+    usual = own if not own.is_empty else template
+
+    def choice(selector: LabelSelector, also_selects: tuple[str, ...] = ()) -> SelectorChoice:
+        narrowed = selector != usual and not usual.is_empty
+        return SelectorChoice(selector, usual if narrowed else None, also_selects)
+
+    def selects_its_pods(selector: LabelSelector) -> bool:
+        return all(selector.matches(labels) for labels in own_pods)
+
+    theirs = [c for c in candidates if selects_its_pods(c)]
+    for candidate in theirs:
+        if not selected_elsewhere(candidate):
+            return choice(candidate)
+    if pod_labels:
+        # Selects nothing of what the template selects elsewhere, by construction.
+        excluding = _excluding(template, own_pods, selected_elsewhere(template))
+        if excluding is not None and selects_its_pods(excluding):
+            return choice(excluding)
+    if not theirs:
+        return choice(LabelSelector())
+    narrowest = theirs[-1]
+    return choice(narrowest, tuple(sorted({name for name, _ in selected_elsewhere(narrowest)})))
+
+
+def _excluding(
+    template: LabelSelector,
+    own_pods: Sequence[Mapping[str, str]],
+    selected: Sequence[tuple[str, Mapping[str, str]]],
+) -> LabelSelector | None:
+    """``template`` plus ``KEY DoesNotExist`` for a (stable) label key of each of the ``selected``
+    pods and templates of other workloads that none of the workload's pods carries; None when
+    nothing is selected, or something selected has no such key."""
+    if not selected:
+        return None
+    own_keys = {key for labels in own_pods for key in labels}
+    own_keys |= {key for key, _ in template.match_labels}
+    keys: set[str] = set()
+    for _, labels in sorted(selected, key=lambda entry: (entry[0], sorted(entry[1].items()))):
+        if keys & labels.keys():
+            continue
+        extra = sorted(k for k in labels if k not in own_keys and k not in VOLATILE_LABELS)
+        if not extra:
+            return None
+        keys.add(extra[0])
+    absent = tuple(LabelRequirement(key, "DoesNotExist") for key in sorted(keys))
+    return LabelSelector(template.match_labels, absent)
+
+
+def _describe_workload(
+    ref: WorkloadRef,
+    obj: KubeObject | None,
+    record: PodRecord,
+    *,
+    own_pods: Sequence[Mapping[str, str]] = (),
+    selected_elsewhere: SelectedElsewhere = lambda _: (),
+) -> Workload:
     """The workload's selector: its own (minus volatile labels); when that leaves nothing (Jobs
-    select by controller-uid), its pod template's labels; without the object, the pod's labels."""
-    selector = LabelSelector()
+    select by controller-uid), its pod template's labels; without the object, the pod's labels;
+    narrowed when it selects more than the workload (:func:`exclusive_selector`)."""
+    own = LabelSelector()
     template_labels: tuple[tuple[str, str], ...] = ()
     host_network = record.host_network
     if obj is not None:
-        spec: ControllerSpec
-        if obj.get("kind") == "CronJob":
-            spec = cast(CronJob, obj).get("spec", {}).get("jobTemplate", {}).get("spec", {})
-        else:
-            spec = cast(Controller, obj).get("spec", {})
-        selector = selector_from_json(spec.get("selector"))
+        spec = _controller_spec(obj)
+        own = selector_from_json(spec.get("selector"))
         template = spec.get("template", {})
         template_labels = _without_volatile(template.get("metadata", {}).get("labels", {}).items())
         host_network = host_network or bool(template.get("spec", {}).get("hostNetwork"))
     pod_labels = template_labels or _without_volatile(record.labels)
-    if selector.is_empty:
-        selector = LabelSelector(match_labels=pod_labels)
-    return Workload(ref=ref, selector=selector, pod_labels=pod_labels, host_network=host_network)
+    choice = exclusive_selector(own, pod_labels, own_pods, selected_elsewhere)
+    return Workload(
+        ref=ref,
+        selector=choice.selector,
+        pod_labels=pod_labels,
+        host_network=host_network,
+        narrowed_from=choice.narrowed_from,
+        also_selects=choice.also_selects,
+    )

@@ -7,10 +7,12 @@ policies live in ``evaluation``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from analyser.flows import Protocol
@@ -41,6 +43,29 @@ class LabelRequirement:
     operator: str  # In, NotIn, Exists, DoesNotExist
     values: tuple[str, ...] = ()
 
+    @property
+    def valid(self) -> bool:
+        """Whether the API server would accept it: a known operator, values exactly for In and
+        NotIn."""
+        if self.operator in ("In", "NotIn"):
+            return bool(self.key and self.values)
+        return bool(self.key) and self.operator in ("Exists", "DoesNotExist") and not self.values
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether a pod with ``labels`` meets it (a :attr:`valid` requirement)."""
+        if self.operator == "In":
+            return labels.get(self.key) in self.values
+        if self.operator == "NotIn":
+            return labels.get(self.key) not in self.values
+        return (self.key in labels) == (self.operator == "Exists")
+
+    def __str__(self) -> str:
+        """As ``kubectl get -l`` writes it: ``tier in (a,b)``, ``env notin (dev)``, ``track``,
+        ``!legacy``."""
+        if self.operator in ("In", "NotIn"):
+            return f"{self.key} {self.operator.lower()} ({','.join(self.values)})"
+        return self.key if self.operator == "Exists" else f"!{self.key}"
+
 
 @dataclass(frozen=True, order=True, slots=True)
 class LabelSelector:
@@ -52,6 +77,24 @@ class LabelSelector:
     @property
     def is_empty(self) -> bool:
         return not self.match_labels and not self.match_expressions
+
+    @property
+    def pins_a_value(self) -> bool:
+        """Whether it names at least one label value (a matchLabels entry, or ``In``): a selector
+        of keys and exclusions only (``app`` Exists) also selects every future pod with the key."""
+        return bool(self.match_labels) or any(r.operator == "In" for r in self.match_expressions)
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether it selects a pod with ``labels`` (every requirement :attr:`valid`)."""
+        return all(labels.get(k) == v for k, v in self.match_labels) and all(
+            r.matches(labels) for r in self.match_expressions
+        )
+
+    def __str__(self) -> str:
+        """As ``kubectl get -l`` writes it: ``app=web,tier in (a,b)``; ``{}`` when empty."""
+        parts = [f"{k}={v}" for k, v in self.match_labels]
+        parts += [str(r) for r in self.match_expressions]
+        return ",".join(parts) or "{}"
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -73,12 +116,13 @@ class PodPeer:
 
 @dataclass(frozen=True, order=True, slots=True)
 class IpPeer:
-    """An address block: an address outside the cluster (a /32 or /128 ``ipBlock``), or the
-    cluster's nodes (``description`` says so)."""
+    """An address block: an address outside the cluster (a /32 or /128 ``ipBlock``), the
+    cluster's nodes (``description`` says so), or anywhere (``0.0.0.0/0`` but ``excluded``)."""
 
     cidr: str
     names: tuple[str, ...] = ()  # DNS names seen resolving to it, for the annotation
     description: str = ""  # what the block stands for ("cluster nodes"), for the comment
+    excluded: tuple[str, ...] = ()  # the ipBlock's ``except`` networks, inside ``cidr``
 
 
 Peer = PodPeer | IpPeer
@@ -92,6 +136,117 @@ class Rule:
     ports: tuple[PortSpec, ...]
 
 
+class SpecialAddress(StrEnum):
+    """Addresses no policy allows by accident: observed traffic with them is left out of the
+    policies (:class:`LeftOut`) unless their class is allowed on purpose."""
+
+    METADATA = "metadata"
+    LINK_LOCAL = "link-local"
+    UNSPECIFIED = "unspecified"
+    BROADCAST = "broadcast"
+    MULTICAST = "multicast"
+    LOOPBACK = "loopback"  # never allowed: it never leaves the host
+
+
+# The networks of each class, looked up in this order (an address is of the first that holds it).
+SPECIAL_NETWORKS: dict[SpecialAddress, tuple[str, ...]] = {
+    SpecialAddress.METADATA: (
+        "169.254.169.254/32",  # AWS, GCP (metadata.google.internal), Azure, Oracle, OpenStack...
+        "169.254.170.23/32",  # EKS Pod Identity Agent
+        "169.254.0.23/32",  # Tencent Cloud
+        "169.254.42.42/32",  # Scaleway
+        "100.100.100.200/32",  # Alibaba Cloud
+        "168.63.129.16/32",  # Azure WireServer
+        "192.0.0.192/32",  # Oracle Cloud (classic)
+        "fd00:ec2::254/128",  # AWS, over IPv6
+        "fd00:ec2::23/128",  # EKS Pod Identity Agent, over IPv6
+    ),
+    SpecialAddress.LOOPBACK: ("127.0.0.0/8", "::1/128"),
+    SpecialAddress.UNSPECIFIED: ("0.0.0.0/32", "::/128"),
+    SpecialAddress.BROADCAST: ("255.255.255.255/32",),
+    SpecialAddress.MULTICAST: ("224.0.0.0/4", "ff00::/8"),
+    SpecialAddress.LINK_LOCAL: ("169.254.0.0/16", "fe80::/10"),
+}
+SPECIAL_REASONS: dict[SpecialAddress, str] = {
+    SpecialAddress.METADATA: "a cloud metadata endpoint (it hands out the cloud credentials of "
+    "the node or the pod)",
+    SpecialAddress.LINK_LOCAL: "a link-local address (the node's own services and agents, not a "
+    "peer on the network)",
+    SpecialAddress.UNSPECIFIED: "the unspecified address (never a real peer)",
+    SpecialAddress.BROADCAST: "the broadcast address (every host on the network)",
+    SpecialAddress.MULTICAST: "a multicast group (every host that joins it)",
+    SpecialAddress.LOOPBACK: "a loopback address (it never leaves the host, and no NetworkPolicy "
+    "applies to it)",
+}
+# The classes ``analyse --allow-special`` can keep.
+ALLOWABLE_SPECIAL = tuple(kind for kind in SpecialAddress if kind is not SpecialAddress.LOOPBACK)
+
+_SPECIAL_NETWORKS = {
+    kind: tuple(ipaddress.ip_network(text) for text in texts)
+    for kind, texts in SPECIAL_NETWORKS.items()
+}
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+@functools.lru_cache(maxsize=4096)
+def special_address(address: str) -> SpecialAddress | None:
+    """The class of special address ``address`` belongs to, None for an ordinary one. An IPv4
+    address inside an IPv6 one (``::ffff:169.254.169.254``, NAT64's ``64:ff9b::/96``) is of the
+    class of that IPv4 address: traffic to it reaches that address."""
+    parsed: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            parsed = parsed.ipv4_mapped
+        elif parsed in _NAT64:
+            parsed = ipaddress.IPv4Address(int(parsed) & 0xFFFFFFFF)
+    return next(
+        (
+            kind
+            for kind, networks in _SPECIAL_NETWORKS.items()
+            if any(parsed in network for network in networks)
+        ),
+        None,
+    )
+
+
+def _networks_left_out(allowed: Collection[SpecialAddress]) -> dict[int, tuple[str, ...]]:
+    """Per IP version, the networks of the special classes not ``allowed`` (loopback aside: it
+    never reaches a NetworkPolicy), collapsed: what a rule from or to anywhere excepts."""
+    networks = [
+        network
+        for kind, found in _SPECIAL_NETWORKS.items()
+        if kind not in allowed and kind is not SpecialAddress.LOOPBACK
+        for network in found
+    ]
+    return {
+        version: tuple(
+            str(n)
+            for n in ipaddress.collapse_addresses(  # type: ignore[type-var]
+                n for n in networks if n.version == version
+            )
+        )
+        for version in (4, 6)
+    }
+
+
+INGRESS, EGRESS = "ingress", "egress"
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class LeftOut:
+    """Observed traffic of a workload with a special address that its policy does not allow."""
+
+    workload: str  # graph node id, "NS/Kind/name"
+    direction: str  # INGRESS (from the address) or EGRESS (to it)
+    address: str
+    port: PortSpec
+    kind: SpecialAddress
+
+    @property
+    def why(self) -> str:
+        return SPECIAL_REASONS[self.kind]
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """One NetworkPolicy for one workload, isolating both directions."""
@@ -103,6 +258,8 @@ class Policy:
     ingress: tuple[Rule, ...] = ()
     egress: tuple[Rule, ...] = ()
     labels: tuple[tuple[str, str], ...] = field(default=())
+    # Observed traffic with special addresses that the rules leave out on purpose (not rendered).
+    left_out: tuple[LeftOut, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,13 +328,34 @@ def _single_address(address: str) -> str:
     return f"{parsed.compressed}/{parsed.max_prefixlen}"
 
 
+def _special(
+    graph: Any, node_id: str, allowed: Collection[SpecialAddress]
+) -> list[tuple[str, SpecialAddress]]:
+    """The addresses of the graph node ``node_id`` (outside or unresolved) that are special and
+    not ``allowed``, with their class; none for a workload or a node."""
+    attrs = graph.nodes[node_id]
+    if attrs["role"] not in (_EXTERNAL, _UNRESOLVED):
+        return []
+    return [
+        (address, kind)
+        for address in attrs.get("addresses", ())
+        if (kind := special_address(address)) is not None and kind not in allowed
+    ]
+
+
 def _peers(
-    graph: Any, node_id: str, own_namespace: str, nodes: tuple[IpPeer, ...], edge: tuple[str, str]
+    graph: Any,
+    node_id: str,
+    own_namespace: str,
+    nodes: tuple[IpPeer, ...],
+    edge: tuple[str, str],
+    left_out: Collection[str] = (),
 ) -> tuple[Peer, ...]:
     """How a policy in ``own_namespace`` names the graph node ``node_id``, a peer on the policy's
-    graph ``edge``; ``nodes``: the :func:`node_blocks`. An outside address's DNS names come from
-    that edge only: what this workload's own captures saw it told, never what another pod's
-    capture says about the address."""
+    graph ``edge``; ``nodes``: the :func:`node_blocks`; ``left_out``: addresses it is not to name
+    (:func:`_special`). An outside address's DNS names come from that edge only: what this
+    workload's own captures saw it told, never what another pod's capture says about the
+    address."""
     attrs = graph.nodes[node_id]
     role = attrs["role"]
     addresses: tuple[str, ...] = attrs.get("addresses", ())
@@ -197,7 +375,7 @@ def _peers(
             ),
         )
     names = tuple(graph.edges[edge].get("names", ())) if role == _EXTERNAL else ()
-    return tuple(IpPeer(_single_address(a), names) for a in addresses)
+    return tuple(IpPeer(_single_address(a), names) for a in addresses if a not in left_out)
 
 
 NODE_BLOCK_DESCRIPTION = "cluster nodes"
@@ -213,7 +391,8 @@ def node_blocks(
     family and address.
 
     Traffic SNAT'd to a node address (``externalTrafficPolicy: Cluster``) can come from any node,
-    and a rescheduled pod meets other nodes: one node's address alone would break it."""
+    and a rescheduled pod meets other nodes: one node's address alone would break it. A special
+    address (:func:`special_address`) is never taken for a node's, whatever the snapshot says."""
     seen = {
         address
         for _, attrs in graph.nodes(data=True)
@@ -221,7 +400,7 @@ def node_blocks(
         or (attrs["role"] == _WORKLOAD and attrs["workload"] and attrs["workload"].host_network)
         for address in attrs.get("addresses", ())
     }
-    listed = node_cidrs or tuple(node_addresses)
+    listed = node_cidrs or tuple(a for a in node_addresses if special_address(a) is None)
     networks = [ipaddress.ip_network(text, strict=False) for text in (*listed, *seen)]
     blocks: list[IpPeer] = []
     for version in (4, 6):
@@ -277,21 +456,65 @@ def policy_names(workloads: Iterable[Any], *, reserved: Iterable[str] = ()) -> d
     return names
 
 
+def _unselectable_reason(workload: Any) -> str:
+    if workload.host_network:
+        return "its pods use the host network, where NetworkPolicy does not apply"
+    if workload.also_selects:
+        return (
+            f"its selector {workload.selector} also selects pods of "
+            f"{', '.join(workload.also_selects)}, and no stable label selects only its pods"
+        )
+    return "its pods have no stable label to select them by"
+
+
 def unselectable_reasons(graph: Any, node_ids: Iterable[str]) -> dict[str, str]:
     """Why no policy can be written for each of these unselectable workloads (graph node ids, as
     :func:`unselectable_workloads` gives them)."""
-    return {
-        node_id: "its pods use the host network, where NetworkPolicy does not apply"
-        if graph.nodes[node_id]["workload"].host_network
-        else "its pods have no stable label to select them by"
-        for node_id in node_ids
-    }
+    return {node_id: _unselectable_reason(graph.nodes[node_id]["workload"]) for node_id in node_ids}
 
 
 def _unselectable(workload: Any) -> bool:
-    # No stable label: a policy would select the whole namespace. hostNetwork: NetworkPolicy
-    # does not apply to such pods at all.
-    return bool(workload.selector.is_empty or workload.host_network)
+    # No stable label: a policy would select the whole namespace. A selector that also selects
+    # other workloads' pods: their policy would apply to them. hostNetwork: NetworkPolicy does
+    # not apply to such pods at all.
+    return bool(workload.selector.is_empty or workload.also_selects or workload.host_network)
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class SelectorWarning:
+    """A workload whose selector from the snapshot selected more than its pods."""
+
+    workload: str  # graph node id, "NS/Kind/name"
+    warning: str
+
+
+def selector_warnings(graph: Any) -> tuple[SelectorWarning, ...]:
+    """For every workload of ``graph`` whose selector was narrowed, or still selects other
+    workloads' pods (``identities.exclusive_selector``): what that means for the policies."""
+    warnings = []
+    for node_id, attrs in sorted(graph.nodes(data=True)):
+        workload = attrs.get("workload")
+        if attrs["role"] != _WORKLOAD or workload is None or workload.host_network:
+            continue
+        if workload.narrowed_from is not None and not workload.also_selects:
+            own = workload.narrowed_from
+            why = (
+                "is not valid"
+                if not all(r.valid for r in own.match_expressions)
+                else "names no label value (it would select every pod with those keys)"
+                if not own.pins_a_value
+                else "also selects other workloads' pods"
+            )
+            text = f"its selector {own} {why}: narrowed to its pod labels {workload.selector}"
+            warnings.append(SelectorWarning(node_id, text))
+        elif workload.also_selects:
+            text = (
+                f"no stable label selects only its pods: where another policy names it as a "
+                f"peer, its selector {workload.selector} admits the pods of "
+                f"{', '.join(workload.also_selects)} too"
+            )
+            warnings.append(SelectorWarning(node_id, text))
+    return tuple(warnings)
 
 
 def unselectable_workloads(graph: Any, *, default_deny: bool = False) -> tuple[str, ...]:
@@ -330,37 +553,65 @@ MAX_OUTSIDE_ADDRESSES = 32
 
 
 def _widen_outside(
-    ports_by_peer: dict[Peer, set[PortSpec]], outside: set[IpPeer], limit: int
+    ports_by_peer: dict[Peer, set[PortSpec]],
+    outside: set[IpPeer],
+    answered: set[tuple[IpPeer, PortSpec]],
+    limit: int,
+    excluded: Mapping[int, tuple[str, ...]],
 ) -> None:
-    """Replace, per port, more than ``limit`` of the ``outside`` peers by 0.0.0.0/0 (and ::/0
-    when IPv6 addresses were among them), in place."""
+    """Replace, per port, the ``outside`` peers by 0.0.0.0/0 (and ::/0 when IPv6 addresses were
+    among them) when more than ``limit`` of them were ``answered`` on that port, in place; the
+    anywhere rules except the ``excluded`` networks (per IP version: :func:`_networks_left_out`).
+
+    Only conversations in which both ends sent packets count: anyone can send datagrams to (or,
+    spoofing, seem to send them from) any number of addresses, and one-way traffic shows no more
+    than that. Unanswered addresses keep their own rules."""
     by_port: dict[PortSpec, set[IpPeer]] = defaultdict(set)
     for peer in outside:
         for port in ports_by_peer.get(peer, ()):
             by_port[port].add(peer)
     for port, peers in by_port.items():
-        if len(peers) <= limit:
+        if sum((peer, port) in answered for peer in peers) <= limit:
             continue
         for peer in peers:
             ports_by_peer[peer].discard(port)
         for version in {ipaddress.ip_network(peer.cidr).version for peer in peers}:
             why = f"anywhere: more than {limit} outside addresses were seen on these ports"
-            ports_by_peer[IpPeer(ANYWHERE[version], description=why)].add(port)
+            block = IpPeer(ANYWHERE[version], description=why, excluded=excluded[version])
+            ports_by_peer[block].add(port)
 
 
 def _expose(
     ports_by_peer: dict[Peer, set[PortSpec]],
     outside: set[IpPeer],
     exposures: Iterable[Exposure],
+    excluded: Mapping[int, tuple[str, ...]],
 ) -> None:
-    """Allow each exposed port from anywhere (one rule per IP version and what exposes it), in
-    place; the ``outside`` clients seen on those ports are then covered and lose them."""
+    """Allow each exposed port from anywhere (one rule per IP version and what exposes it) except
+    the ``excluded`` networks, in place; the ``outside`` clients seen on those ports are then
+    covered and lose them."""
     for exposure in exposures:
         for peer in outside:
             ports_by_peer.get(peer, set()).discard(exposure.port)
         for version in exposure.families:
             why = f"anywhere: exposed by {exposure.by}"
-            ports_by_peer[IpPeer(ANYWHERE[version], description=why)].add(exposure.port)
+            block = IpPeer(ANYWHERE[version], description=why, excluded=excluded[version])
+            ports_by_peer[block].add(exposure.port)
+
+
+def _is_outside(graph: Any, node_id: str, peer: IpPeer) -> bool:
+    """Whether ``peer`` (naming the graph node ``node_id``) is an ordinary address outside the
+    cluster: one that counts towards widening to anywhere. A special address allowed on purpose
+    keeps a rule of its own instead."""
+    return (
+        graph.nodes[node_id]["role"] == _EXTERNAL
+        and special_address(peer.cidr.partition("/")[0]) is None
+    )
+
+
+def _answered(peer: IpPeer, stats: dict[PortSpec, Any]) -> set[tuple[IpPeer, PortSpec]]:
+    """``(peer, port)`` for the ports of an edge's ``EdgeStats`` on which something came back."""
+    return {(peer, port) for port, seen in stats.items() if seen.answered}
 
 
 def synthesize(
@@ -371,6 +622,7 @@ def synthesize(
     node_addresses: Iterable[str] = (),
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
+    allowed_special: Collection[SpecialAddress] = (),
     exposures: Mapping[str, Iterable[Exposure]] | None = None,
 ) -> list[Policy | DefaultDeny]:
     """One :class:`Policy` per in-scope workload of ``graph`` (schema: ``analyser.graphs``),
@@ -384,8 +636,14 @@ def synthesize(
     :func:`node_blocks` of ``node_addresses`` (every node address the snapshot knows) or, when
     given, ``node_cidrs`` (the networks the nodes' addresses lie in).
 
-    More than ``max_outside_addresses`` addresses outside the cluster on one port of a policy's
-    ingress or egress become one rule from or to anywhere on that port (:func:`_widen_outside`).
+    More than ``max_outside_addresses`` addresses outside the cluster that answered (or were
+    answered) on one port of a policy's ingress or egress become one rule from or to anywhere on
+    that port (:func:`_widen_outside`).
+
+    Traffic with a special address (:func:`special_address`) whose class is not in
+    ``allowed_special`` gets no rule: it is listed in :attr:`Policy.left_out` instead, and rules
+    from or to anywhere except those classes' networks. The NodeLocal DNSCache rule stays: DNS
+    to a cache's link-local address is allowed by it.
 
     ``exposures`` (workload node id → :class:`Exposure`) are allowed from anywhere on their ports
     (:func:`_expose`): a public Service's users are not the few a capture saw. Traffic inside the
@@ -394,6 +652,7 @@ def synthesize(
     nodes = node_blocks(graph, node_addresses, node_cidrs)
     dns_ports = set(dns.ports)
     node_local_cidrs = {cache.cidr for cache in dns.node_local}
+    excluded = _networks_left_out(allowed_special)
     workloads = [
         (node_id, attrs["workload"], bool(attrs.get("in_scope")))
         for node_id, attrs in sorted(graph.nodes(data=True))
@@ -422,33 +681,58 @@ def synthesize(
         node_egress: set[PortSpec] = set()
         outside_clients: set[IpPeer] = set()
         outside_servers: set[IpPeer] = set()
+        answered_clients: set[tuple[IpPeer, PortSpec]] = set()
+        answered_servers: set[tuple[IpPeer, PortSpec]] = set()
+        left_out: set[LeftOut] = set()
         for client in graph.predecessors(node_id):
-            ports = set(graph.edges[client, node_id]["ports"])
+            stats = graph.edges[client, node_id]["ports"]
+            ports = set(stats)
             if graph.nodes[client]["role"] == _NODE:
                 node_ingress |= ports
                 continue
-            for peer in _peers(graph, client, namespace, nodes, (client, node_id)):
+            special = _special(graph, client, allowed_special)
+            left_out |= {
+                LeftOut(node_id, INGRESS, address, port, kind)
+                for address, kind in special
+                for port in ports
+            }
+            left = {a for a, _ in special}
+            for peer in _peers(graph, client, namespace, nodes, (client, node_id), left):
                 ingress[peer] |= ports
-                if graph.nodes[client]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
+                if isinstance(peer, IpPeer) and _is_outside(graph, client, peer):
                     outside_clients.add(peer)
+                    answered_clients |= _answered(peer, stats)
         for server in graph.successors(node_id):
-            ports = set(graph.edges[node_id, server]["ports"])
+            stats = graph.edges[node_id, server]["ports"]
+            ports = set(stats)
             if graph.nodes[server]["role"] == _NODE:
                 node_egress |= ports
                 continue
             if server in dns.workloads:
                 ports -= dns_ports  # allowed by the DNS rule below, to every DNS pod
-            for peer in _peers(graph, server, namespace, nodes, (node_id, server)):
+            special = _special(graph, server, allowed_special)
+            for address, kind in special:
+                # DNS to a node-local cache is allowed by the cache rule below.
+                to_cache = _single_address(address) in node_local_cidrs
+                left_out |= {
+                    LeftOut(node_id, EGRESS, address, port, kind)
+                    for port in ports
+                    if not (to_cache and port in DNS_PORTS)
+                }
+            left = {a for a, _ in special}
+            for peer in _peers(graph, server, namespace, nodes, (node_id, server), left):
                 if isinstance(peer, IpPeer) and peer.cidr in node_local_cidrs:
                     # Allowed by the node-local cache rule below, on both protocols.
                     egress[peer] |= ports - set(DNS_PORTS)
                 else:
                     egress[peer] |= ports
-                    if graph.nodes[server]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
+                    if isinstance(peer, IpPeer) and _is_outside(graph, server, peer):
                         outside_servers.add(peer)
-        _expose(ingress, outside_clients, (exposures or {}).get(node_id, ()))
-        _widen_outside(ingress, outside_clients, max_outside_addresses)
-        _widen_outside(egress, outside_servers, max_outside_addresses)
+                        answered_servers |= _answered(peer, stats)
+        exposed = (exposures or {}).get(node_id, ())
+        _expose(ingress, outside_clients, exposed, excluded)
+        _widen_outside(ingress, outside_clients, answered_clients, max_outside_addresses, excluded)
+        _widen_outside(egress, outside_servers, answered_servers, max_outside_addresses, excluded)
         for block in nodes:
             ingress[block] |= node_ingress
             egress[block] |= node_egress
@@ -464,11 +748,12 @@ def synthesize(
                 pod_selector=workload.selector,
                 ingress=_rules(ingress),
                 egress=_rules(egress),
+                left_out=tuple(sorted(left_out)),
             )
         )
     if default_deny:
-        # Not where a workload seen there has no label to write its policy with.
-        cut_off = {w.ref.namespace for _, w in chosen if w.selector.is_empty and not w.host_network}
+        # Not where a workload seen there has no label (or selector) to write its policy with.
+        cut_off = {w.ref.namespace for _, w in chosen if _unselectable(w) and not w.host_network}
         result += [DefaultDeny(namespace) for namespace in namespaces if namespace not in cut_off]
     return sorted(result, key=lambda p: (p.namespace, isinstance(p, Policy), p.name))
 

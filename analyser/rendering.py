@@ -33,10 +33,12 @@ from analyser.policies import (
     Exposure,
     IpPeer,
     LabelSelector,
+    LeftOut,
     PodPeer,
     Policy,
     PortSpec,
     Rule,
+    SelectorWarning,
     rule_sort_key,
 )
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
@@ -91,6 +93,8 @@ class ReportFacts:
     exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
     exposed_anywhere: bool = True
     foreign_flows: int = 0  # flows dropped from a pod's capture: that pod was neither end
+    left_out: tuple[LeftOut, ...] = ()  # traffic with special addresses given no rule
+    selector_warnings: tuple[SelectorWarning, ...] = ()  # selectors narrowed or too wide
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------
@@ -188,6 +192,7 @@ class _PeerView:
     cidr: str | None
     names: tuple[str, ...]
     description: str  # what an ipBlock stands for ("cluster nodes"), for the comment
+    excluded: tuple[str, ...] = ()  # the ipBlock's except list
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,12 +201,12 @@ class _RuleView:
     ports: tuple[_PortView, ...]
 
 
-def _cidr(peer: IpPeer, policy: Policy) -> str:
+def _cidr(cidr: str, policy: Policy) -> str:
     try:
-        return str(ipaddress.ip_network(peer.cidr, strict=True))
+        return str(ipaddress.ip_network(cidr, strict=True))
     except ValueError as error:
         raise RenderError(
-            f"policy {policy.namespace}/{policy.name}: bad ipBlock {peer.cidr!r}: {error}"
+            f"policy {policy.namespace}/{policy.name}: bad ipBlock {cidr!r}: {error}"
         ) from error
 
 
@@ -209,7 +214,7 @@ def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
     rules = tuple(rules)
     for rule in rules:  # every address checked before sorting parses them
         if isinstance(rule.peer, IpPeer):
-            _cidr(rule.peer, policy)
+            _cidr(rule.peer.cidr, policy)
     views = []
     for rule in sorted(rules, key=rule_sort_key):
         peer = rule.peer
@@ -222,9 +227,10 @@ def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
             peer_view = _PeerView(
                 None,
                 None,
-                _cidr(peer, policy),
+                _cidr(peer.cidr, policy),
                 tuple(sorted(set(peer.names))),
                 peer.description,
+                tuple(_cidr(hole, policy) for hole in peer.excluded),
             )
         ports = tuple(_PortView(str(p.protocol), p.port) for p in sorted(set(rule.ports)))
         views.append(_RuleView(peer_view, ports))
@@ -314,7 +320,10 @@ def _selector_object(selector: LabelSelector) -> dict[str, Any]:
 
 def _peer_object(peer: _PeerView) -> dict[str, Any]:
     if peer.pod_selector is None:
-        return {"ipBlock": {"cidr": peer.cidr}}
+        block: dict[str, Any] = {"cidr": peer.cidr}
+        if peer.excluded:
+            block["except"] = list(peer.excluded)
+        return {"ipBlock": block}
     pods = {"podSelector": _selector_object(peer.pod_selector)}
     if peer.namespace is None:
         return pods

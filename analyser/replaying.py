@@ -17,7 +17,7 @@ Choices (documented in ``docs/verify.md``):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -195,14 +195,38 @@ def observed_from_graph(graph: Any, cluster: ClusterFacts) -> list[Observed]:
     return observed
 
 
-def check_policies_allow(policies: PolicySet, graph: Any, cluster: ClusterFacts) -> list[Denial]:
-    """Every observed connection of ``graph`` that ``policies`` deny (empty: all allowed)."""
-    return check_observed(policies, observed_from_graph(graph, cluster))
+def _left_out(observed: Observed, left_out: Collection[tuple[str, PortSpec]]) -> bool:
+    port = PortSpec(observed.protocol, observed.port)
+    return any(
+        isinstance(end, Address) and (end.ip, port) in left_out
+        for end in (observed.client, observed.server)
+    )
 
 
-def ensure_policies_allow(policies: PolicySet, graph: Any, cluster: ClusterFacts) -> None:
-    """Raise :class:`UnsafePolicies` listing the denied flows, if ``policies`` deny any."""
-    denials = check_policies_allow(policies, graph, cluster)
+def check_policies_allow(
+    policies: PolicySet,
+    graph: Any,
+    cluster: ClusterFacts,
+    *,
+    left_out: Collection[tuple[str, PortSpec]] = (),
+) -> list[Denial]:
+    """Every observed connection of ``graph`` that ``policies`` deny (empty: all allowed), but
+    those with an (address, target port) of ``left_out``: traffic the policies leave out on
+    purpose (``policies.Policy.left_out``)."""
+    observed = [o for o in observed_from_graph(graph, cluster) if not _left_out(o, left_out)]
+    return check_observed(policies, observed)
+
+
+def ensure_policies_allow(
+    policies: PolicySet,
+    graph: Any,
+    cluster: ClusterFacts,
+    *,
+    left_out: Collection[tuple[str, PortSpec]] = (),
+) -> None:
+    """Raise :class:`UnsafePolicies` listing the denied flows, if ``policies`` deny any (but
+    those ``left_out``, see :func:`check_policies_allow`)."""
+    denials = check_policies_allow(policies, graph, cluster, left_out=left_out)
     if denials:
         # One line: the terminal shows an error's line breaks as escapes (cli.main.say).
         listed = "; ".join(str(denial) for denial in denials[:MAX_LISTED_DENIALS])

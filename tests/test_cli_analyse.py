@@ -587,14 +587,63 @@ def test_a_load_balanced_workload_is_open_to_anywhere_on_its_target_port_by_defa
     ]
     frontend = (out / "default.frontend.yaml").read_text()
     ingress = yaml.safe_load(frontend)["spec"]["ingress"]
-    anywhere = {
-        "from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
-        "ports": [{"protocol": "TCP", "port": 8080}],
-    }
-    assert (anywhere in ingress) is not observed_only
+    anywhere = [
+        rule["ports"]
+        for rule in ingress
+        if rule["from"][0].get("ipBlock", {}).get("cidr") == "0.0.0.0/0"
+    ]
+    assert anywhere == ([] if observed_only else [[{"protocol": "TCP", "port": 8080}]])
     assert (f"# 0.0.0.0/0: anywhere: exposed by {by}" in frontend) is not observed_only
     assert "## Exposed workloads" in (out / "report.md").read_text()
     # Nothing else is opened: no other policy allows anything from anywhere.
     for path in out.glob("*.yaml"):
         if path.name != "default.frontend.yaml":
             assert "0.0.0.0/0" not in path.read_text()
+def test_traffic_with_a_metadata_endpoint_is_a_warning_unless_allowed(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "metadata"
+    shutil.copytree(bundle, folder)
+    frames = handshake(FRONTEND_IP, 41005, "169.254.169.254", 80, T0 + 30)
+    write_pcap(folder / "captures" / "web" / FRONTEND_POD / "capture.pcap1", frames)
+    status, stdout, stderr = run([str(folder), "-o", str(tmp_path / "out"), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert (
+        "netpol-sniffer analyse: warning: web/Deployment/frontend: egress to 169.254.169.254 "
+        "(TCP/80) left out of its policy: a cloud metadata endpoint (it hands out the cloud "
+        "credentials of the node or the pod); --allow-special metadata writes it"
+    ) in stderr.splitlines()
+    assert [item["class"] for item in json.loads(stdout)["left_out"]] == ["metadata"]
+    assert "169.254.169.254" not in (tmp_path / "out" / "web.frontend.yaml").read_text()
+    out = tmp_path / "allowed"
+    status, stdout, stderr = run(
+        [str(folder), "-o", str(out), "--json", "--allow-special", "metadata"], capsys
+    )
+    assert status == ExitStatus.OK, stderr
+    assert "left out" not in stderr and json.loads(stdout)["left_out"] == []
+    assert 'cidr: "169.254.169.254/32"' in (out / "web.frontend.yaml").read_text()
+
+
+def test_an_unknown_special_address_class_is_a_usage_error(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyse", str(bundle), "-o", str(tmp_path), "--allow-special", "all"])
+    assert exit_info.value.code == ExitStatus.USAGE
+    assert "--allow-special: invalid choice: 'all'" in capsys.readouterr().err
+
+
+def test_a_bundle_whose_every_capture_is_unreadable_is_an_error(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "garbage"
+    shutil.copytree(bundle, folder)
+    for capture in (folder / "captures").rglob("capture.pcap*"):
+        capture.write_bytes(b"\x00" * 300)
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out)], capsys)
+    assert status == ExitStatus.ERROR
+    assert stdout == "" and not out.exists()
+    assert "none of the 3 capture files could be read, nothing to analyse: " in stderr
+    assert f"captures/shop/{CART_POD}/capture.pcap0: not a pcap or pcapng file" in stderr
+    assert "Traceback" not in stderr

@@ -8,11 +8,13 @@ import pytest
 
 from analyser.cli.arguments import (
     CAPTURE_MODES,
+    SPECIAL_CLASSES,
     add_capture_mode,
     positive_int,
     positive_seconds,
     seconds,
 )
+from analyser.policies import ALLOWABLE_SPECIAL
 from webhook.capture import CaptureMode
 
 
@@ -44,6 +46,10 @@ def test_capture_modes_are_the_webhooks() -> None:
     add_capture_mode(parser, help_prefix="mode")
     assert parser.parse_args([]).capture_mode == CaptureMode.HANDSHAKE
     assert parser.parse_args(["--capture-mode", "full"]).capture_mode == CaptureMode.FULL
+
+
+def test_special_address_classes_are_the_analysers() -> None:
+    assert tuple(kind.value for kind in ALLOWABLE_SPECIAL) == SPECIAL_CLASSES
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ Written to DIR (apply with `kubectl apply -f DIR`, `-R -f DIR` or `-k DIR`):
   report.md                 flows per edge, external names, unresolved addresses, damaged files
 
 Damaged capture files are warnings: the packets before the damage are used. Exit status 0 on
-success, 1 on unusable input (no bundle, no snapshot, no capture) or an output problem.
+success, 1 on unusable input (no bundle, no snapshot, no capture that could be read) or an output
+problem.
 See docs/analyse.md.
 """
 
@@ -21,9 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from itertools import groupby
 from pathlib import Path
 
-from analyser.cli.arguments import network, positive_int
+from analyser.cli.arguments import SPECIAL_CLASSES, network, positive_int
 from analyser.cli.main import ExitStatus, echo, say
 from analyser.cli.progress import reading_captures
 
@@ -66,6 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "those a capture saw)",
     )
     parser.add_argument(
+        "--allow-special",
+        choices=SPECIAL_CLASSES,
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="write rules for observed traffic with this class of special addresses, which is "
+        f"otherwise left out and reported: {', '.join(SPECIAL_CLASSES)} (repeatable)",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         metavar="N",
@@ -86,7 +97,12 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so `analyse --help` stays quick.
     from analyser.analysing import analyse, write_output
     from analyser.bundles import open_bundle
-    from analyser.policies import MAX_OUTSIDE_ADDRESSES
+    from analyser.policies import (
+        INGRESS,
+        MAX_OUTSIDE_ADDRESSES,
+        SPECIAL_REASONS,
+        SpecialAddress,
+    )
 
     bundle = open_bundle(args.bundle)
     with reading_captures(bundle.captures) as bar:
@@ -96,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             node_cidrs=args.node_cidr,
             max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
             expose_anywhere=not args.observed_clients_only,
+            allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
             workers=args.workers,
             on_progress=bar.advance,
         )
@@ -103,6 +120,18 @@ def run(args: argparse.Namespace) -> int:
         say("analyse", f"warning: {problem.path}: {problem.problem}")
     for workload, reason in analysis.unselectable_reasons.items():
         say("analyse", f"warning: {workload}: {reason}: no policy written")
+    for item in analysis.selector_warnings:
+        say("analyse", f"warning: {item.workload}: {item.warning}")
+    for (workload, direction, address, kind), items in groupby(
+        analysis.left_out, key=lambda i: (i.workload, i.direction, i.address, i.kind)
+    ):
+        ports = ", ".join(f"{i.port.protocol}/{i.port.port}" for i in items)
+        way = "from" if direction == INGRESS else "to"
+        say(
+            "analyse",
+            f"warning: {workload}: {direction} {way} {address} ({ports}) left out of its policy: "
+            f"{SPECIAL_REASONS[kind]}; --allow-special {kind} writes it",
+        )
     for note in analysis.notes:
         say("analyse", f"note: {note}")
     out: Path = args.out

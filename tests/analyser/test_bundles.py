@@ -241,3 +241,70 @@ def test_a_manifest_written_with_a_byte_order_mark_is_read(tmp_path: Path) -> No
     manifest = root / "bundle.json"
     manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
     assert open_bundle(root).manifest is not None
+
+
+SECRET = b"root:SECRET-FROM-OUTSIDE:0:0\n"
+
+
+def test_files_linked_out_of_the_bundle_are_not_read(tmp_path: Path) -> None:
+    """A tampered bundle links its files to files of the machine that analyses it: none is read,
+    and each is named as such."""
+    root = make_bundle(tmp_path / "bundle")
+    secret = write(tmp_path / "elsewhere" / "secret", SECRET)
+    (root / "captures/web/front-1/other.pcap").symlink_to(secret)
+    (root / "captures/web/front-1/meta.json").unlink()
+    (root / "captures/web/front-1/meta.json").symlink_to(secret)
+    (root / "pod-ips.jsonl").unlink()
+    (root / "pod-ips.jsonl").symlink_to(secret)
+    # A link that stays inside the bundle is followed as before.
+    (root / "captures/web/front-1/again.pcap").symlink_to(
+        root / "captures/web/front-1/capture.pcapng"
+    )
+    bundle = open_bundle(root)
+    names = [bundle.relative(p) for p in bundle.captures]
+    assert "captures/web/front-1/other.pcap" not in names
+    assert "captures/web/front-1/again.pcap" in names
+    assert bundle.pod_ips is None
+    assert root / "captures/web/front-1/meta.json" not in bundle.capture_metas
+    outside = "a symbolic link to outside the bundle: not read (copy the file into the bundle)"
+    assert {p for p in bundle.problems if p.problem == outside} == {
+        FileProblem("captures/web/front-1/other.pcap", outside),
+        FileProblem("captures/web/front-1/meta.json", outside),
+        FileProblem("pod-ips.jsonl", outside),
+    }
+
+
+def test_a_capture_listed_in_the_manifest_but_linked_out_is_not_hashed_nor_read(
+    tmp_path: Path,
+) -> None:
+    root = make_bundle(tmp_path / "bundle")
+    secret = write(tmp_path / "elsewhere" / "secret", SECRET)
+    capture = root / "captures/web/front-1/capture.pcapng"
+    capture.unlink()
+    capture.symlink_to(secret)
+    bundle = open_bundle(root)
+    assert capture not in bundle.captures
+    assert [p.path for p in bundle.problems] == ["captures/web/front-1/capture.pcapng"]
+
+
+def test_a_bundle_whose_only_captures_are_linked_out_has_no_capture(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    write(root / "snapshot.json", b'{"kind": "List", "items": []}')
+    (root / "a.pcap").symlink_to(write(tmp_path / "elsewhere" / "a.pcap", SECRET))
+    with pytest.raises(BundleError, match="1 symbolic links to outside the bundle"):
+        open_bundle(root)
+
+
+def test_a_snapshot_linked_out_of_the_bundle_is_an_error(tmp_path: Path) -> None:
+    root = make_bundle(tmp_path / "bundle")
+    (root / "snapshot.json").unlink()
+    (root / "snapshot.json").symlink_to(write(tmp_path / "elsewhere" / "secret", SECRET))
+    with pytest.raises(BundleError, match="symbolic link to outside the bundle") as error:
+        open_bundle(root)
+    assert "SECRET" not in str(error.value)
+    (root / "snapshot.json").unlink()
+    folder = root / "snapshot"
+    write(folder / "a.json", b'{"kind": "List", "items": []}')
+    (folder / "b.yaml").symlink_to(tmp_path / "elsewhere" / "secret")
+    with pytest.raises(BundleError, match=r"b\.yaml: a symbolic link to outside the bundle"):
+        open_bundle(root)

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
-from analyser.identities import EndpointKind, Resolver, Vantage, WorkloadRef
+from analyser.identities import (
+    EndpointKind,
+    Resolver,
+    SelectorChoice,
+    Vantage,
+    Workload,
+    WorkloadRef,
+    exclusive_selector,
+)
 from analyser.policies import DNS_PORTS, Exposure, LabelRequirement, LabelSelector, PortSpec
 from analyser.snapshot import (
     Snapshot,
@@ -728,3 +736,167 @@ def test_exposures_are_what_the_snapshot_opens_to_the_outside() -> None:
             Exposure(PortSpec(tcp, 9000), "Service app/web-ops (NodePort)", (4,)),
         ),
     }
+# -- selectors that select more than their workload --------------------------------------------
+
+
+def _deployment(
+    name: str,
+    template: dict[str, str],
+    *,
+    match_labels: dict[str, str] | None = None,
+    expressions: list[dict[str, object]] | None = None,
+) -> dict[str, object]:
+    selector: dict[str, object] = {}
+    if match_labels is not None:
+        selector["matchLabels"] = match_labels
+    if expressions is not None:
+        selector["matchExpressions"] = expressions
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "app", "uid": f"uid-{name}"},
+        "spec": {"selector": selector, "template": {"metadata": {"labels": template}}},
+    }
+
+
+def _deployed(name: str, ip: str, labels: dict[str, str]) -> dict[str, object]:
+    """A pod of Deployment ``name`` (its ReplicaSet missing: derived by pod-template-hash)."""
+    return _pod(
+        f"{name}-5d8f9-x1",
+        ip,
+        {**labels, "pod-template-hash": "5d8f9"},
+        ("ReplicaSet", f"{name}-5d8f9"),
+    )
+
+
+def _workload(resolver: Resolver, ip: str) -> Workload:
+    identity = resolver.resolve(ip, 0.0)
+    assert identity.pod is not None
+    return resolver.workload(identity.pod.workload)
+
+
+def test_a_selector_by_key_only_is_narrowed_to_the_pod_template_labels() -> None:
+    web = _deployment(
+        "web", {"app": "web", "tier": "front"}, expressions=[{"key": "app", "operator": "Exists"}]
+    )
+    resolver = Resolver(
+        _objects(_deployed("web", "10.1.0.5", {"app": "web", "tier": "front"}), extra=(web,))
+    )
+    workload = _workload(resolver, "10.1.0.5")
+    assert workload.selector == LabelSelector(match_labels=(("app", "web"), ("tier", "front")))
+    assert workload.narrowed_from == LabelSelector(
+        match_expressions=(LabelRequirement("app", "Exists"),)
+    )
+    assert workload.also_selects == ()
+
+
+def test_a_selector_matching_another_workloads_pods_is_narrowed() -> None:
+    """web selects tier=front; so do the pods of api (and the template of admin, scaled to 0)."""
+    web = _deployment("web", {"tier": "front", "app": "web"}, match_labels={"tier": "front"})
+    api = _deployment("api", {"tier": "front", "app": "api"}, match_labels={"app": "api"})
+    admin = _deployment("admin", {"tier": "front", "app": "admin"}, match_labels={"app": "admin"})
+    resolver = Resolver(
+        _objects(
+            _deployed("web", "10.1.0.5", {"tier": "front", "app": "web"}),
+            _deployed("api", "10.1.0.6", {"tier": "front", "app": "api"}),
+            extra=(web, api, admin),
+        )
+    )
+    workload = _workload(resolver, "10.1.0.5")
+    assert workload.selector == LabelSelector(match_labels=(("app", "web"), ("tier", "front")))
+    assert workload.narrowed_from == LabelSelector(match_labels=(("tier", "front"),))
+    # api's own selector selects only its pods: kept as it is
+    api_workload = _workload(resolver, "10.1.0.6")
+    assert api_workload.selector == LabelSelector(match_labels=(("app", "api"),))
+    assert api_workload.narrowed_from is None
+
+
+def test_a_stable_workload_beside_its_canary_excludes_the_canarys_own_label() -> None:
+    """web's pod labels are a subset of canary's: web's selector becomes app=web,!track."""
+    web = _deployment("web", {"app": "web"}, match_labels={"app": "web"})
+    canary = _deployment(
+        "canary", {"app": "web", "track": "canary"}, match_labels={"app": "web", "track": "canary"}
+    )
+    resolver = Resolver(
+        _objects(
+            _deployed("web", "10.1.0.5", {"app": "web"}),
+            _deployed("canary", "10.1.0.6", {"app": "web", "track": "canary"}),
+            extra=(web, canary),
+        )
+    )
+    workload = _workload(resolver, "10.1.0.5")
+    assert workload.selector == LabelSelector(
+        match_labels=(("app", "web"),),
+        match_expressions=(LabelRequirement("track", "DoesNotExist"),),
+    )
+    assert str(workload.selector) == "app=web,!track"
+    assert (workload.narrowed_from, workload.also_selects) == (
+        LabelSelector(match_labels=(("app", "web"),)),
+        (),
+    )
+    assert _workload(resolver, "10.1.0.6").narrowed_from is None
+
+
+def test_a_workload_no_selector_can_tell_from_another_selects_it_too() -> None:
+    """Two Deployments with the same pod labels: neither can be selected alone."""
+    labels = {"app": "web"}
+    resolver = Resolver(
+        _objects(
+            _deployed("web", "10.1.0.5", labels),
+            _deployed("web2", "10.1.0.6", labels),
+            extra=(
+                _deployment("web", labels, match_labels=labels),
+                _deployment("web2", labels, match_labels=labels),
+            ),
+        )
+    )
+    workload = _workload(resolver, "10.1.0.5")
+    assert workload.selector == LabelSelector(match_labels=(("app", "web"),))
+    assert workload.also_selects == ("app/Deployment/web2",)
+    assert _workload(resolver, "10.1.0.6").also_selects == ("app/Deployment/web",)
+
+
+def test_two_bare_pods_with_the_same_labels_select_each_other() -> None:
+    resolver = Resolver(
+        _objects(
+            _pod("debug-a", "10.1.0.5", {"run": "debug"}),
+            _pod("debug-b", "10.1.0.6", {"run": "debug"}),
+        )
+    )
+    assert _workload(resolver, "10.1.0.5").also_selects == ("app/Pod/debug-b",)
+    assert _workload(resolver, "10.1.0.6").also_selects == ("app/Pod/debug-a",)
+
+
+def test_the_replica_sets_and_jobs_of_a_workload_are_its_own() -> None:
+    """A Deployment's ReplicaSets and a CronJob's Jobs carry its template: not other workloads."""
+    resolver = Resolver(load_snapshot(DATA / "cluster.json"))
+    for ip, name in (("10.244.0.10", "productpage-v1"), ("10.244.0.30", "report")):
+        workload = _workload(resolver, ip)
+        assert workload.ref.name == name
+        assert (workload.narrowed_from, workload.also_selects) == (None, ()), name
+
+
+def test_an_invalid_own_selector_is_replaced_by_the_pod_labels() -> None:
+    own = LabelSelector(match_expressions=(LabelRequirement("app", "Bogus", ("web",)),))
+    choice = exclusive_selector(own, (("app", "web"),), [{"app": "web"}], lambda _: ())
+    assert choice == SelectorChoice(LabelSelector(match_labels=(("app", "web"),)), own, ())
+
+
+def test_a_selector_by_in_that_takes_in_another_workload_is_narrowed() -> None:
+    web = _deployment(
+        "web",
+        {"app": "web"},
+        expressions=[{"key": "app", "operator": "In", "values": ["web", "api"]}],
+    )
+    resolver = Resolver(
+        _objects(
+            _deployed("web", "10.1.0.5", {"app": "web"}),
+            _deployed("api", "10.1.0.6", {"app": "api"}),
+            extra=(web,),
+        )
+    )
+    workload = _workload(resolver, "10.1.0.5")
+    assert workload.selector == LabelSelector(match_labels=(("app", "web"),))
+    assert workload.narrowed_from == LabelSelector(
+        match_expressions=(LabelRequirement("app", "In", ("api", "web")),)
+    )

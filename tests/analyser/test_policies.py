@@ -3,11 +3,13 @@ the generated set allowing every observed flow (checked with the evaluator)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from analyser.dns import DnsNames, DnsTable
+from analyser.errors import UnsafePolicies
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import build_graph
 from analyser.identities import Resolver, Workload, WorkloadRef
@@ -19,18 +21,26 @@ from analyser.policies import (
     Exposure,
     IpPeer,
     LabelSelector,
+    LeftOut,
     PodPeer,
     Policy,
     PortSpec,
     Rule,
+    SelectorWarning,
+    SpecialAddress,
+    node_blocks,
     partition_policies,
     policy_names,
+    selector_warnings,
+    special_address,
     synthesize,
+    unselectable_reasons,
     unselectable_workloads,
 )
 from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, render_policy_files
 from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.snapshot import Snapshot, parse_snapshot_documents
 from tests.analyser.flow_builders import (
     API_BLUE,
     API_SVC,
@@ -481,13 +491,32 @@ def test_many_outside_addresses_on_a_port_become_anywhere_on_that_port() -> None
         "::/0": (("TCP", 8080),),
         "192.0.2.77/32": (("TCP", 9090),),  # one client on its port: still itself only
     }
-    assert IpPeer("0.0.0.0/0", description=anywhere) in [r.peer for r in web.ingress]
+    # Anywhere but the special addresses (metadata endpoints, link-local, multicast...).
+    v4_except = (
+        "0.0.0.0/32",
+        "100.100.100.200/32",
+        "168.63.129.16/32",
+        "169.254.0.0/16",
+        "192.0.0.192/32",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+    )
+    v6_except = ("::/128", "fd00:ec2::23/128", "fd00:ec2::254/128", "fe80::/10", "ff00::/8")
+    assert IpPeer("0.0.0.0/0", description=anywhere, excluded=v4_except) in [
+        r.peer for r in web.ingress
+    ]
+    assert IpPeer("::/0", description=anywhere, excluded=v6_except) in [r.peer for r in web.ingress]
     outside = {k: v for k, v in rules_to(web.egress).items() if k[0].isdigit()}
     assert outside == {"0.0.0.0/0": (("TCP", 443),), "192.0.2.88/32": (("TCP", 8443),)}
     # What was observed is still allowed, by the rendered and parsed-back policies.
     policies, denies = partition_policies(result)
     files = render_policy_files(policies, default_denies=denies, provenance=Provenance())
     assert f"# 0.0.0.0/0: {anywhere}" in "".join(files.values())
+    assert """cidr: "0.0.0.0/0"
+            except:
+              - "0.0.0.0/32"
+              - "100.100.100.200/32"
+""" in files["shop.web.yaml"]
     loaded = parse_policy_texts(files)
     ensure_policies_allow(loaded.policies, graph, cluster_facts(cluster(), names))
 
@@ -514,10 +543,10 @@ def test_an_exposed_port_is_allowed_from_anywhere_and_covers_the_clients_seen_on
         "192.0.2.77/32": (("TCP", 9090),),  # not exposed: the client seen, nothing more
     }
     why = "anywhere: exposed by Service shop/web (LoadBalancer)"
-    assert {r.peer for r in web.ingress if isinstance(r.peer, IpPeer)} >= {
-        IpPeer("0.0.0.0/0", description=why),
-        IpPeer("::/0", description=why),
-    }
+    anywhere = {r.peer.cidr: r.peer for r in web.ingress if isinstance(r.peer, IpPeer)}
+    assert anywhere["0.0.0.0/0"].description == anywhere["::/0"].description == why
+    # Never from a special address (a forged metadata or broadcast source)
+    assert "169.254.0.0/16" in anywhere["0.0.0.0/0"].excluded
     # Egress (the 40 cloud API addresses) is not touched by an exposure.
     assert sum(1 for r in web.egress if isinstance(r.peer, IpPeer)) == 41
     policies, denies = partition_policies(result)
@@ -534,3 +563,234 @@ def test_without_exposures_the_clients_seen_are_all_that_is_allowed() -> None:
         r.peer.cidr for r in by_workload(exposed)[str(WEB)].ingress if isinstance(r.peer, IpPeer)
     ]
     assert "0.0.0.0/0" not in cidrs and len(cidrs) == 41
+def test_one_way_traffic_to_many_outside_addresses_does_not_widen() -> None:
+    """40 addresses sent UDP on 8125 (statsd: nothing comes back) and 40 more sent web UDP on
+    5353 that it never answered: each keeps its own rule, none becomes anywhere. Answered
+    addresses widen as before, and unanswered ones on such a port are then covered too."""
+    flows = []
+    for index in range(40):
+        one_way = dict(protocol=UDP, evidence=Evidence.HEURISTIC)
+        flows.append(
+            replace(
+                flow(f"{WEB_A}:{41000 + index}", f"198.51.100.{index + 1}:8125", **one_way),
+                answered=False,
+            )
+        )
+        flows.append(
+            replace(
+                flow(f"203.0.113.{index + 1}:40000", f"{WEB_A}:5353", **one_way), answered=False
+            )
+        )
+        flows.append(flow(f"{WEB_A}:{42000 + index}", f"192.0.2.{index + 1}:443"))
+    flows.append(replace(flow(f"{WEB_A}:43000", "192.0.2.200:443"), answered=False))
+    _, _, result = synthesized(flows, {WEB}, max_outside_addresses=32)
+    web = by_workload(result)[str(WEB)]
+    egress = {k: v for k, v in rules_to(web.egress).items() if k[0].isdigit()}
+    ingress = {k: v for k, v in rules_to(web.ingress).items() if k[0].isdigit()}
+    assert len([k for k, v in egress.items() if v == (("UDP", 8125),)]) == 40
+    assert len([k for k, v in ingress.items() if v == (("UDP", 5353),)]) == 40
+    assert egress["0.0.0.0/0"] == (("TCP", 443),)
+    assert "192.0.2.200/32" not in egress  # covered by anywhere on 443
+    assert "0.0.0.0/0" not in ingress
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("169.254.169.254", SpecialAddress.METADATA),
+        ("fd00:ec2::254", SpecialAddress.METADATA),
+        ("100.100.100.200", SpecialAddress.METADATA),
+        ("168.63.129.16", SpecialAddress.METADATA),
+        ("::ffff:169.254.169.254", SpecialAddress.METADATA),  # IPv4-mapped: the same endpoint
+        ("64:ff9b::a9fe:a9fe", SpecialAddress.METADATA),  # NAT64 of 169.254.169.254
+        ("169.254.20.10", SpecialAddress.LINK_LOCAL),
+        ("fe80::1", SpecialAddress.LINK_LOCAL),
+        ("0.0.0.0", SpecialAddress.UNSPECIFIED),
+        ("::", SpecialAddress.UNSPECIFIED),
+        ("255.255.255.255", SpecialAddress.BROADCAST),
+        ("239.255.255.250", SpecialAddress.MULTICAST),
+        ("ff02::fb", SpecialAddress.MULTICAST),
+        ("127.0.0.53", SpecialAddress.LOOPBACK),
+        ("::ffff:127.0.0.1", SpecialAddress.LOOPBACK),
+        ("93.184.216.34", None),
+        ("10.0.0.1", None),
+        ("2001:db8::1", None),
+        ("64:ff9b::808:808", None),  # NAT64 of 8.8.8.8
+    ],
+)
+def test_special_addresses(address: str, kind: SpecialAddress | None) -> None:
+    assert special_address(address) is kind
+
+
+def _special_traffic() -> list[Any]:
+    """web calls the metadata endpoint, SSDP multicast, a broadcast and a node-local DNS cache
+    (also on a port that is not DNS), and gets a packet from 0.0.0.0 (DHCP)."""
+    udp = dict(protocol=UDP, evidence=Evidence.HEURISTIC)
+    return [
+        flow(f"{WEB_A}:41000", "169.254.169.254:80"),
+        flow(f"{WEB_A}:41001", "[fd00:ec2::254]:80"),
+        flow(f"{WEB_A}:41002", "239.255.255.250:1900", **udp),
+        flow(f"{WEB_A}:41003", "255.255.255.255:67", **udp),
+        flow(f"{WEB_A}:41004", "169.254.20.10:53", **udp),
+        flow(f"{WEB_A}:41005", "169.254.20.10:9253"),
+        flow("0.0.0.0:68", f"{WEB_A}:67", **udp),
+        flow(f"{WEB_A}:41006", f"{EXAMPLE}:443"),
+    ]
+
+
+def test_traffic_with_special_addresses_is_left_out_and_listed() -> None:
+    flows = _special_traffic()
+    names = resolver()
+    graph = build_graph(flows, names, scope={WEB})
+    dns = names.cluster_dns(flows)
+    policies, _ = partition_policies(
+        synthesize(graph, cluster_dns=dns, node_addresses=cluster().node_by_address)
+    )
+    [web] = policies
+    assert rules_to(web.egress) == {
+        "kube-system/Deployment/coredns": (("TCP", 53), ("UDP", 53)),
+        "169.254.20.10/32": (("TCP", 53), ("UDP", 53)),  # the node-local cache rule stays
+        f"{EXAMPLE}/32": (("TCP", 443),),
+    }
+    assert all(not isinstance(rule.peer, IpPeer) for rule in web.ingress)
+    w = str(WEB)
+    assert web.left_out == tuple(
+        sorted(
+            [
+                LeftOut(w, "egress", "169.254.169.254", PortSpec(TCP, 80), SpecialAddress.METADATA),
+                LeftOut(w, "egress", "fd00:ec2::254", PortSpec(TCP, 80), SpecialAddress.METADATA),
+                LeftOut(
+                    w, "egress", "239.255.255.250", PortSpec(UDP, 1900), SpecialAddress.MULTICAST
+                ),
+                LeftOut(
+                    w, "egress", "255.255.255.255", PortSpec(UDP, 67), SpecialAddress.BROADCAST
+                ),
+                LeftOut(
+                    w, "egress", "169.254.20.10", PortSpec(TCP, 9253), SpecialAddress.LINK_LOCAL
+                ),
+                LeftOut(w, "ingress", "0.0.0.0", PortSpec(UDP, 67), SpecialAddress.UNSPECIFIED),
+            ]
+        )
+    )
+    files = render_policy_files(policies, default_denies=[], provenance=Provenance())
+    loaded = parse_policy_texts(files).policies
+    facts = cluster_facts(cluster(), names)
+    # Without the list, the safety check sees what was left out; with it, the rest is allowed.
+    with pytest.raises(UnsafePolicies, match=r"169\.254\.169\.254"):
+        ensure_policies_allow(loaded, graph, facts)
+    ensure_policies_allow(
+        loaded, graph, facts, left_out={(i.address, i.port) for i in web.left_out}
+    )
+
+
+def test_a_class_of_special_addresses_allowed_on_purpose_gets_its_rules() -> None:
+    flows = _special_traffic()
+    names = resolver()
+    graph = build_graph(flows, names, scope={WEB})
+    allowed = {SpecialAddress.METADATA, SpecialAddress.LINK_LOCAL}
+    [web] = synthesize(graph, cluster_dns=names.cluster_dns(flows), allowed_special=allowed)
+    assert isinstance(web, Policy)
+    egress = rules_to(web.egress)
+    assert egress["169.254.169.254/32"] == (("TCP", 80),)
+    assert egress["fd00:ec2::254/128"] == (("TCP", 80),)
+    cache_rules = [
+        [(str(p.protocol), p.port) for p in r.ports]
+        for r in web.egress
+        if isinstance(r.peer, IpPeer) and r.peer.cidr == "169.254.20.10/32"
+    ]
+    assert cache_rules == [[("TCP", 53), ("UDP", 53)], [("TCP", 9253)]]
+    assert {i.kind for i in web.left_out} == {
+        SpecialAddress.MULTICAST,
+        SpecialAddress.BROADCAST,
+        SpecialAddress.UNSPECIFIED,
+    }
+
+
+def test_anywhere_excepts_the_special_addresses_not_allowed_and_never_absorbs_those_allowed() -> (
+    None
+):
+    flows = [
+        *[flow(f"{WEB_A}:{41000 + i}", f"198.51.100.{i + 1}:80") for i in range(40)],
+        flow(f"{WEB_A}:42000", "169.254.169.254:80"),
+    ]
+    names = resolver()
+    graph = build_graph(flows, names, scope={WEB})
+    [web] = synthesize(
+        graph,
+        cluster_dns=names.cluster_dns(flows),
+        max_outside_addresses=32,
+        allowed_special={SpecialAddress.METADATA, SpecialAddress.MULTICAST},
+    )
+    assert isinstance(web, Policy)
+    blocks = {r.peer.cidr: r.peer for r in web.egress if isinstance(r.peer, IpPeer)}
+    assert blocks["0.0.0.0/0"].excluded == (
+        "0.0.0.0/32",
+        "169.254.0.0/16",  # link-local is not allowed: the metadata endpoint has its own rule
+        "255.255.255.255/32",
+    )
+    assert rules_to(web.egress)["169.254.169.254/32"] == (("TCP", 80),)
+    assert web.left_out == ()
+
+
+def _twins_snapshot() -> Snapshot:
+    """Namespace app: Deployments web and web2 whose pods both carry only app=web, and api."""
+    objects: list[dict[str, Any]] = []
+    for name, ip, labels in (
+        ("web", "10.1.0.5", {"app": "web"}),
+        ("web2", "10.1.0.6", {"app": "web"}),
+        ("api", "10.1.0.7", {"app": "api"}),
+    ):
+        objects.append(
+            {
+                "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "app", "uid": f"uid-{name}"},
+                "spec": {
+                    "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels}},
+                },
+            }
+        )
+        objects.append(
+            {
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{name}-5d8f9-x1",
+                    "namespace": "app",
+                    "uid": f"uid-{name}-pod",
+                    "labels": {**labels, "pod-template-hash": "5d8f9"},
+                    "ownerReferences": [
+                        {"kind": "ReplicaSet", "name": f"{name}-5d8f9", "controller": True}
+                    ],
+                },
+                "status": {"podIP": ip},
+            }
+        )
+    return Snapshot(parse_snapshot_documents(objects, source="twins.json"))
+
+
+def test_a_workload_whose_selector_selects_another_gets_no_policy_and_a_warning() -> None:
+    names = Resolver(_twins_snapshot())
+    web, api = WorkloadRef("app", "Deployment", "web"), WorkloadRef("app", "Deployment", "api")
+    graph = build_graph([flow("10.1.0.7:41000", "10.1.0.5:8080")], names, scope={web, api})
+    result = synthesize(graph, cluster_dns=ClusterDns(), default_deny=True)
+    assert unselectable_workloads(graph) == (str(web),)
+    assert unselectable_reasons(graph, [str(web)]) == {
+        str(web): "its selector app=web also selects pods of app/Deployment/web2, and no stable "
+        "label selects only its pods"
+    }
+    # api gets its policy; its rule to web admits web2's pods too, and a warning says so.
+    assert [type(p).__name__ for p in result] == ["Policy"]  # no default-deny: it cuts web off
+    assert rules_to(by_workload(result)[str(api)].egress)[str(web)] == (("TCP", 8080),)
+    assert selector_warnings(graph) == (
+        SelectorWarning(
+            str(web),
+            "no stable label selects only its pods: where another policy names it as a peer, "
+            "its selector app=web admits the pods of app/Deployment/web2 too",
+        ),
+    )
+
+
+def test_special_addresses_are_never_node_blocks() -> None:
+    graph = build_graph([], resolver(), scope=set())
+    blocks = node_blocks(graph, ["192.168.49.2", "169.254.169.254", "fe80::1", "0.0.0.0"])
+    assert [block.cidr for block in blocks] == ["192.168.49.2/32"]

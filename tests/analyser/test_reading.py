@@ -57,7 +57,7 @@ def test_fixtures_end_to_end() -> None:
         (Protocol.TCP, f"{CLIENT}:40002", f"{EXTERNAL}:443", Evidence.HANDSHAKE, 4),
         (Protocol.TCP, f"{CLIENT}:40010", f"{PEER}:8080", Evidence.HANDSHAKE, 2),
         (Protocol.UDP, f"{CLIENT}:40001", f"{DNS_SERVER}:53", Evidence.HEURISTIC, 2),
-        (Protocol.UDP, f"{CLIENT}:40003", f"{PEER}:8125", Evidence.HEURISTIC, 1),
+        (Protocol.UDP, f"{CLIENT}:40003", f"{PEER}:8125", Evidence.ONE_WAY, 1),
     ]
     # Seen by two files (the truncated copy lost only the ARP frame), counted once.
     assert flows[0].captures == {"truncated.pcap", "two-pods.pcap.gz"}
