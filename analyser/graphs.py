@@ -15,10 +15,10 @@ Schema (a contract for policies, rendering, verify and the report):
 - Edge attribute ``ports``: ``dict[PortSpec, EdgeStats]``, keyed by the *target* port.
 - Graph attributes: ``graph.graph["unresolved"]`` (sorted tuple of unresolved addresses),
   ``graph.graph["attributions"]`` (tuple of :class:`FlowAttribution`: which flow made which
-  edge), ``graph.graph["attempts"]`` (tuple of :class:`Attempt`: TCP connections that were refused
-  or never answered) and ``graph.graph["loopback"]`` (how many flows were on a loopback address),
-  read through :func:`unresolved_addresses`, :func:`edge_rows`, :func:`flows_on_edge`,
-  :func:`attempts` and :func:`loopback_flows`.
+  edge, sorted by edge, port and time), ``graph.graph["attempts"]`` (tuple of :class:`Attempt`:
+  TCP connections that were refused or never answered) and ``graph.graph["loopback"]`` (how
+  many flows were on a loopback address), read through :func:`unresolved_addresses`,
+  :func:`edge_rows`, :func:`flows_on_edge`, :func:`attempts` and :func:`loopback_flows`.
 
 How flows become edges (details in ``docs/semantics.md``):
 
@@ -39,7 +39,7 @@ How flows become edges (details in ``docs/semantics.md``):
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -618,8 +618,17 @@ def edge_rows(graph: Any) -> list[EdgeRow]:
     return rows
 
 
-def flows_on_edge(graph: Any, client: str, server: str) -> tuple[FlowAttribution, ...]:
-    """The flows counted on the edge ``client`` → ``server``, sorted by port and time."""
+def flows_on_edge(
+    graph: Any, client: str, server: str, port: PortSpec | None = None
+) -> tuple[FlowAttribution, ...]:
+    """The flows counted on the edge ``client`` → ``server`` (on ``port`` only, when given),
+    sorted by port and time. Found by bisection: the attributions are sorted by edge."""
+    found: Sequence[FlowAttribution] = graph.graph.get("attributions", ())
+    wanted: tuple[Any, ...] = (client, server) if port is None else (client, server, port)
+
+    def place(a: FlowAttribution) -> tuple[Any, ...]:
+        return (a.client, a.server) if port is None else (a.client, a.server, a.port)
+
     return tuple(
-        a for a in graph.graph.get("attributions", ()) if a.client == client and a.server == server
+        found[bisect_left(found, wanted, key=place) : bisect_right(found, wanted, key=place)]
     )
