@@ -16,6 +16,7 @@ Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functi
     sources     capture files → (timestamp, linktype, bytes) records
     reading     capture files → traffic, on every core
     bundles     a bundle directory → manifest, snapshot, captures, damaged files
+    documents   JSON and YAML text → values, with bounded work (no YAML aliases, nesting capped)
     snapshot    snapshot.json, pod IP history and meta.json → indexed Kubernetes JSON
     policysets  policy files → a policy set
     pulling     the exec-API pull protocol: frames → files, checksums, resume

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
+from analyser.documents import DocumentError, json_value
 from analyser.errors import BundleError
 from analyser.sources import find_captures
 
@@ -202,9 +203,9 @@ def _entry(record: object, where: str) -> CaptureEntry:
 def parse_manifest(text: str, *, source: str) -> Manifest:
     """``bundle.json`` text → :class:`Manifest`; :class:`BundleError` naming the bad field."""
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{source}: not valid JSON: line {error.lineno}: {error.msg}") from error
+        document = json_value(text)
+    except DocumentError as error:
+        raise BundleError(f"{source}: {error}") from None
     if not isinstance(document, dict):
         raise BundleError(f"{source}: expected a JSON object")
     version = _count(document, "format_version", source)
