@@ -94,7 +94,7 @@ def test_deep_json_is_one_error_line(depth: int) -> None:
     for text in (nested(depth), '{"a": ' * depth + "1" + "}" * depth):
         with pytest.raises(DocumentError, match=f"nested more than {MAX_DEPTH} lists and objects"):
             json_value(text)
-    with pytest.raises(DocumentError, match=r"^line 3: nested more than"):
+    with pytest.raises(DocumentError, match=r"^nested more than"):
         json_values("{}\n\n" + nested(100_000))
     with pytest.raises(DocumentError, match="nested more than"):
         json_values("{}\n\n" + nested(MAX_DEPTH + 1))
