@@ -40,10 +40,15 @@ from typing import NamedTuple
 from analyser.errors import CaptureError, MalformedCapture, TruncatedCapture
 
 CHUNK_SIZE = 1 << 20
-# Records larger than this and the snap length are damage, not packets (libpcap's ceiling).
+# A record larger than this is damage, not a packet, whatever snap length the file claims:
+# libpcap's own ceiling (MAXIMUM_SNAPLEN), so nothing a real capture holds is refused, and no
+# record claiming 4 GB is ever buffered.
 MAX_RECORD = 1 << 18
-# A pcapng block this large is damage (blocks hold one packet plus options).
-MAX_BLOCK = 1 << 24
+# A pcapng block that is parsed (an interface description or a packet) larger than this is
+# damage: one packet of at most MAX_RECORD bytes, its header and trailer (32 bytes), and room for
+# its options (a comment, flags, hashes). Other blocks (name resolution, statistics, secrets) are
+# skipped without being held in memory, whatever their size.
+MAX_PARSED_BLOCK = MAX_RECORD + (1 << 16)
 # pcap global header magics → (struct byte order, timestamp fraction divisor)
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e6),
@@ -60,6 +65,8 @@ _OBSOLETE_PB = 2
 _SPB = 3
 _EPB = 6
 _SHB = 0x0A0D0D0A
+# The blocks that are read; others are skipped.
+_PARSED_BLOCKS = frozenset({_IDB, _OBSOLETE_PB, _SPB, _EPB})
 # pcapng interface options
 _IF_TSRESOL = 9
 _IF_TSOFFSET = 14
@@ -226,13 +233,29 @@ class _Stream:
         return self._chunks
 
     def fill(self, size: int) -> bool:
-        """Make ``size`` bytes available from ``offset``; False when the data ends first."""
+        """Make ``size`` bytes available from ``offset``; False when the data ends first. The
+        chunks needed are joined once (callers bound ``size``), not one by one."""
+        missing = size - (len(self.buffer) - self.offset)
+        if missing <= 0:
+            return True
+        parts = [self.buffer[self.offset :]]
+        while missing > 0 and (chunk := next(self._chunks, None)) is not None:
+            parts.append(chunk)
+            missing -= len(chunk)
+        self.buffer = b"".join(parts)
+        self.offset = 0
+        return missing <= 0
+
+    def skip(self, size: int) -> bool:
+        """Move ``offset`` on by ``size`` bytes without holding them; False when the data ends
+        first."""
         while len(self.buffer) - self.offset < size:
+            size -= len(self.buffer) - self.offset
             chunk = next(self._chunks, None)
+            self.buffer, self.offset = chunk or b"", 0
             if chunk is None:
                 return False
-            self.buffer = self.buffer[self.offset :] + chunk
-            self.offset = 0
+        self.offset += size
         return True
 
     @property
@@ -328,7 +351,7 @@ def repacked(linktype: int, timestamps: Sequence[float], packets: Sequence[bytes
             for part in (pack(timestamp, 0, len(packet)), packet)
         ]
     )
-    return RecordChunk(linktype, _REPACKED_HEADER, 1.0, MAX_BLOCK, buffer + _SLACK, 0, len(buffer))
+    return RecordChunk(linktype, _REPACKED_HEADER, 1.0, MAX_RECORD, buffer + _SLACK, 0, len(buffer))
 
 
 def _walk_pcap(
@@ -341,7 +364,9 @@ def _walk_pcap(
     )
     # The upper bits of the link type field carry FCS information.
     linktype = linktype_field & 0xFFFF
-    limit = max(snaplen, MAX_RECORD)
+    # Not the snap length the header claims (up to 4 GB): a record cut by the end of a chunk is
+    # held whole until the next chunk completes it.
+    limit = MAX_RECORD
     header = order + "III4x"
     captured_length = struct.Struct(order + "8xI")
     first = stream.buffer[stream.offset + 24 :]
@@ -356,7 +381,8 @@ def _walk_pcap(
             captured = captured_length.unpack_from(buffer, stop)[0]
             if captured > limit:
                 raise MalformedCapture(
-                    f"record {progress.records + 1} claims {captured} bytes (snap length {snaplen})"
+                    f"record {progress.records + 1} claims {captured} bytes, more than a packet "
+                    f"can hold ({MAX_RECORD}; the file's snap length is {snaplen})"
                 )
         left_over = buffer[stop:end]
     if left_over:
@@ -442,8 +468,17 @@ def _pcapng_records(stream: _Stream) -> Iterator[Record]:
             block_type = _SHB
             interfaces = []
         length = struct.unpack_from(order + "I", buffer, start + 4)[0]
-        if length < 12 or length % 4 or length > MAX_BLOCK:
+        if length < 12 or length % 4:
             raise MalformedCapture(f"block {number} has an impossible length {length}")
+        if block_type not in _PARSED_BLOCKS:
+            if not stream.skip(length):
+                raise TruncatedCapture(f"the file ends inside block {number}")
+            continue
+        if length > MAX_PARSED_BLOCK:
+            raise MalformedCapture(
+                f"block {number} claims {length} bytes, more than an interface or packet block "
+                f"can hold ({MAX_PARSED_BLOCK})"
+            )
         if not stream.fill(length):
             raise TruncatedCapture(f"the file ends inside block {number}")
         block = stream.buffer[stream.offset : stream.offset + length]
@@ -461,6 +496,11 @@ def _pcapng_records(stream: _Stream) -> Iterator[Record]:
                 )
             if 28 + captured > length - 4:
                 raise MalformedCapture(f"block {number}: packet longer than its block")
+            if captured > MAX_RECORD:
+                raise MalformedCapture(
+                    f"block {number}: a packet of {captured} bytes, more than a packet can hold "
+                    f"({MAX_RECORD})"
+                )
             interface = interfaces[interface_id]
             last_timestamp = ((high << 32) | low) / interface.divisor + interface.offset
             yield last_timestamp, interface.linktype, block[28 : 28 + captured]
@@ -468,8 +508,14 @@ def _pcapng_records(stream: _Stream) -> Iterator[Record]:
             if not interfaces:
                 raise MalformedCapture(f"block {number}: packet before any interface")
             original = struct.unpack_from(order + "I", block, 8)[0]
+            packet = block[12 : min(12 + original, length - 4)]
+            if len(packet) > MAX_RECORD:
+                raise MalformedCapture(
+                    f"block {number}: a packet of {len(packet)} bytes, more than a packet can "
+                    f"hold ({MAX_RECORD})"
+                )
             # Simple packets carry no timestamp: they get the last one seen in the file.
-            yield last_timestamp, interfaces[0].linktype, block[12 : min(12 + original, length - 4)]
+            yield last_timestamp, interfaces[0].linktype, packet
 
 
 class CaptureFile:
