@@ -4,6 +4,7 @@ Pure (data in, data out, no I/O):
     packets     bytes → L3/L4 facts and DNS answers (the only dpkt import)
     flows       the flow types, and conversations → client → server flows
     dns         DNS answers → the names an address had, and when
+    times       the range of times the analyser takes, and their RFC 3339 text
     identities  (IP, time) → pod, workload, Service, node or outside
     graphs      flows + identities → the workload graph (the only networkx import)
     policies    the policy model, synthesised from the graph

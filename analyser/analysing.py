@@ -349,19 +349,25 @@ def _vantage_pods(
 
 
 def _capture_problems(traffic: Traffic) -> list[FileProblem]:
-    return [
-        FileProblem(
-            report.path,
-            f"{report.reason or report.error}; "
-            + (
-                f"the {report.packets} packets before the damage were used"
-                if report.packets
-                else "nothing in it could be used"
-            ),
+    problems = []
+    for report in traffic.reports:
+        if report.impossible_times:
+            problems.append(
+                FileProblem(
+                    report.path,
+                    f"{report.impossible_times} packets with a time before 1970 or after 9999 "
+                    "were skipped",
+                )
+            )
+        if report.ok:
+            continue
+        used = (
+            f"the {report.packets} packets before the damage were used"
+            if report.packets
+            else "nothing in it could be used"
         )
-        for report in traffic.reports
-        if not report.ok
-    ]
+        problems.append(FileProblem(report.path, f"{report.reason or report.error}; {used}"))
+    return problems
 
 
 # -- the safety check ------------------------------------------------------------------------

@@ -156,6 +156,8 @@ def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) ->
     answers.close()
     tally.update(dns_tally)
     skipped: Counter[str] = Counter()
+    if report.impossible_times:
+        skipped["impossible_time"] = report.impossible_times
     directed = []
     counted = 0
     for key, counts in tally.items():

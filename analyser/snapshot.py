@@ -21,6 +21,7 @@ import codecs
 import datetime as dt
 import functools
 import ipaddress
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any, TypedDict, cast
 
 from analyser.documents import DocumentError, json_value, json_values, yaml_values
 from analyser.errors import SnapshotError
+from analyser.times import possible
 
 # ---------------------------------------------------------------------------------------------
 # The JSON shapes (only the fields the analyser reads; everything else is kept, untouched).
@@ -538,20 +540,27 @@ def _check(obj: Mapping[str, object], kind: str, *, source: str, where: str) -> 
 
 def parse_timestamp(value: object) -> float:
     """RFC 3339 text (``2024-05-01T10:00:00Z``, fractions and offsets allowed) or epoch
-    seconds → UTC epoch seconds. Raises ValueError."""
+    seconds → UTC epoch seconds, from 1970 to 9999 (:mod:`analyser.times`). Raises ValueError."""
     if isinstance(value, bool):
         raise ValueError(f"not a timestamp: {value!r}")
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, dt.datetime):
-        when = value
-    elif isinstance(value, str):
-        when = dt.datetime.fromisoformat(value.strip())
+        epoch = float(value)
     else:
-        raise ValueError(f"not a timestamp: {value!r}")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
+        if isinstance(value, dt.datetime):
+            when = value
+        elif isinstance(value, str):
+            when = dt.datetime.fromisoformat(value.strip())
+        else:
+            raise ValueError(f"not a timestamp: {value!r}")
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        try:
+            epoch = when.timestamp()
+        except OverflowError:
+            epoch = math.nan
+    if not possible(epoch):
+        raise ValueError(f"not a time from 1970 to 9999: {value!r}")
+    return epoch
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from analyser.errors import CaptureError, MalformedCapture, TruncatedCapture
+from analyser.times import possible
 
 CHUNK_SIZE = 1 << 20
 # A record larger than this is damage, not a packet, whatever snap length the file claims:
@@ -116,13 +117,15 @@ is cut off or longer than the limit; returns (the offset where it stopped, recor
 
 
 class _Progress:
-    """Records and captured bytes walked so far in one file."""
+    """Records and captured bytes walked so far in one file, and records skipped for a time
+    out of range (:func:`analyser.times.possible`)."""
 
-    __slots__ = ("bytes", "records")
+    __slots__ = ("bytes", "impossible_times", "records")
 
     def __init__(self) -> None:
         self.records = 0
         self.bytes = 0
+        self.impossible_times = 0
 
     def walk(self, walker: RecordWalker, chunk: RecordChunk) -> int:
         """Walk ``chunk``; the offset where the walker stopped."""
@@ -137,10 +140,11 @@ class CaptureReport:
     """What reading one capture file gave: counts, and the damage if there was any."""
 
     path: str  # as the caller named it (bundle-relative in a bundle)
-    packets: int  # records read (before the damage, if any)
+    packets: int  # records read (before the damage, if any), those skipped included
     bytes: int  # captured bytes in those records
     error: str | None = None  # "TruncatedCapture", "MalformedCapture" or "CaptureError"
     reason: str | None = None
+    impossible_times: int = 0  # records skipped: a time before 1970 or after 9999 (pcapng)
 
     @property
     def ok(self) -> bool:
@@ -425,7 +429,7 @@ def _walk_pcapng(stream: _Stream, walker: RecordWalker, progress: _Progress) -> 
     timestamps: list[float] = []
     packets: list[bytes] = []
     try:
-        for timestamp, record_linktype, packet in _pcapng_records(stream):
+        for timestamp, record_linktype, packet in _pcapng_records(stream, progress):
             if record_linktype != linktype or len(packets) >= BATCH_SIZE:
                 if packets:
                     progress.walk(walker, repacked(linktype, timestamps, packets))
@@ -444,7 +448,9 @@ def _walk_pcapng(stream: _Stream, walker: RecordWalker, progress: _Progress) -> 
         yield
 
 
-def _pcapng_records(stream: _Stream) -> Iterator[Record]:
+def _pcapng_records(stream: _Stream, progress: _Progress) -> Iterator[Record]:
+    """The packets of a pcapng file; those with a time out of range are counted in ``progress``
+    and skipped."""
     order = "<"
     interfaces: list[_Interface] = []
     last_timestamp = 0.0
@@ -502,7 +508,11 @@ def _pcapng_records(stream: _Stream) -> Iterator[Record]:
                     f"({MAX_RECORD})"
                 )
             interface = interfaces[interface_id]
-            last_timestamp = ((high << 32) | low) / interface.divisor + interface.offset
+            timestamp = ((high << 32) | low) / interface.divisor + interface.offset
+            if not possible(timestamp):
+                progress.impossible_times += 1
+                continue
+            last_timestamp = timestamp
             yield last_timestamp, interface.linktype, block[28 : 28 + captured]
         elif block_type == _SPB:
             if not interfaces:
@@ -550,8 +560,9 @@ class CaptureFile:
         finally:
             self.report = CaptureReport(
                 self.name,
-                progress.records,
+                progress.records + progress.impossible_times,
                 progress.bytes,
                 type(error).__name__ if error else None,
                 str(error) if error else None,
+                progress.impossible_times,
             )

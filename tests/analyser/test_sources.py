@@ -308,3 +308,19 @@ def test_an_oversized_pcapng_packet_is_damage_after_the_good_ones(
     assert sum(len(batch) for _, _, batch in capture.batches()) == 1
     assert capture.report.error == "MalformedCapture"
     assert capture.report.reason is not None and message in capture.report.reason
+
+
+@pytest.mark.parametrize("offset", [1 << 62, -(1 << 62)])
+def test_packets_with_impossible_times_are_skipped_and_counted(tmp_path: Path, offset: int) -> None:
+    # if_tsoffset of ±2^62 seconds: the second interface's packets are in no year datetime knows.
+    udp = ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2)
+    path = write_pcapng(
+        tmp_path / "a.pcapng",
+        [(101, 6), (101, 6)],
+        [(0, START, udp), (1, offset + START, udp), (1, offset + START + 1, udp), (0, START, udp)],
+        offsets=[0, offset],
+    )
+    capture = CaptureFile(path)
+    assert sum(len(batch) for _, _, batch in capture.batches()) == 2
+    assert capture.report.ok
+    assert (capture.report.packets, capture.report.impossible_times) == (4, 2)
