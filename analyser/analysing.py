@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from analyser.bundles import CAPTURES, SNAPSHOT_KINDS, Bundle, FileProblem, Window
-from analyser.errors import OutputError, RenderError, SnapshotError
+from analyser.errors import CaptureTooLarge, OutputError, RenderError, SnapshotError
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import (
     NodeRole,
@@ -67,6 +67,7 @@ from analyser.snapshot import (
     load_pod_ip_history,
     load_snapshot,
 )
+from analyser.sources import DEFAULT_MAX_BYTES
 
 GRAPH_DOT = "graph.dot"
 GRAPH_SVG = "graph.svg"
@@ -361,8 +362,9 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
             )
         if report.ok:
             continue
+        cut = "the cap" if report.error == CaptureTooLarge.__name__ else "the damage"
         used = (
-            f"the {report.packets} packets before the damage were used"
+            f"the {report.packets} packets before {cut} were used"
             if report.packets
             else "nothing in it could be used"
         )
@@ -392,13 +394,16 @@ def observe(
     *,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    max_capture_size: int = DEFAULT_MAX_BYTES,
 ) -> Observation:
     """Read ``bundle``: snapshot and history → resolver; captures → flows → workload graph.
 
     ``workers`` processes read capture files (default: one per core). ``on_progress`` gets the
     size in bytes of each capture file once it is read (total: the sum of ``bundle.captures``'
-    sizes). Raises :class:`~analyser.errors.SnapshotError` for an unusable snapshot; damaged
-    captures, history or meta.json files become ``problems``.
+    sizes). At most ``max_capture_size`` bytes of each capture file (decompressed) are read; a
+    file with more is a problem, and the packets before the cap count. Raises
+    :class:`~analyser.errors.SnapshotError` for an unusable snapshot; damaged captures, history
+    or meta.json files become ``problems``.
     """
     snapshot = load_snapshot(bundle.snapshot)
     history, metas, problems = _optional_inputs(bundle)
@@ -426,7 +431,11 @@ def observe(
         for namespace, pod in misnamed
     ]
     traffic = read_captures(
-        bundle.captures, root=bundle.root, workers=workers, on_progress=on_progress
+        bundle.captures,
+        root=bundle.root,
+        workers=workers,
+        on_progress=on_progress,
+        max_bytes=max_capture_size,
     )
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
     damaged = {report.path for report in traffic.reports if not report.ok}
@@ -461,18 +470,21 @@ def analyse(
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    max_capture_size: int = DEFAULT_MAX_BYTES,
 ) -> Analysis:
     """:func:`observe` ``bundle``, then make its policies and render every output file (in
     memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
     snapshot knows, or with ``node_cidrs`` when given (``policies.node_blocks``). More than
     ``max_outside_addresses`` outside addresses on one port of a policy side become one rule
-    from or to anywhere on that port.
+    from or to anywhere on that port. ``max_capture_size``: see :func:`observe`.
 
     Raises what :func:`observe` raises, :class:`~analyser.errors.RenderError` if output fails
     to render, and :class:`~analyser.errors.UnsafePolicies` if the policies would deny an
     observed flow (see :func:`check_safety`).
     """
-    seen = observe(bundle, workers=workers, on_progress=on_progress)
+    seen = observe(
+        bundle, workers=workers, on_progress=on_progress, max_capture_size=max_capture_size
+    )
     cluster_dns = seen.resolver.cluster_dns(seen.flows)
     policies, default_denies = partition_policies(
         synthesize(

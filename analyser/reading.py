@@ -31,7 +31,13 @@ from analyser.flows import (
     protocol_named,
 )
 from analyser.packets import TCP, DnsPayload, Skip, Tally, count_records, split_key
-from analyser.sources import CaptureFile, CaptureReport, RecordChunk, ring_name
+from analyser.sources import (
+    DEFAULT_MAX_BYTES,
+    CaptureFile,
+    CaptureReport,
+    RecordChunk,
+    ring_name,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +80,15 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _read_one(path: Path, name: str, on_read: Callable[[int], None] | None = None) -> _Partial:
+def _read_one(
+    path: Path,
+    name: str,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    on_read: Callable[[int], None] | None = None,
+) -> _Partial:
     """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read."""
     with _no_cyclic_gc():
-        return _count_file(path, name, on_read)
+        return _count_file(path, name, max_bytes, on_read)
 
 
 class _DnsAnswers:
@@ -139,8 +150,10 @@ class _DnsAnswers:
         self._pending.clear()
 
 
-def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) -> _Partial:
-    capture = CaptureFile(path, name=name, on_read=on_read)
+def _count_file(
+    path: Path, name: str, max_bytes: int, on_read: Callable[[int], None] | None
+) -> _Partial:
+    capture = CaptureFile(path, name=name, on_read=on_read, max_bytes=max_bytes)
     tally: Tally = {}
     dns_tally: Tally = {}
     dns_payloads: list[DnsPayload] = []
@@ -197,6 +210,7 @@ def read_captures(
     root: Path,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`.
 
@@ -208,14 +222,16 @@ def read_captures(
     sum of the files' sizes, which a progress bar can use as its total.
 
     A damaged file never raises: its :class:`~analyser.sources.CaptureReport` says what went
-    wrong and the packets before the damage count. The result is the same for any ``workers``.
+    wrong and the packets before the damage count. At most ``max_bytes`` bytes of each file
+    (decompressed) are read: past them, the report says so (``CaptureTooLarge``) and the packets
+    before count. The result is the same for any ``workers``.
     """
     names = [_name_under(path, root) for path in paths]
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
     report = on_progress if on_progress is not None else _ignore
     if count <= 1:
-        return _merge(_read_here(paths, names, report))
-    return _merge(_read_in_processes(paths, names, count, report))
+        return _merge(_read_here(paths, names, max_bytes, report))
+    return _merge(_read_in_processes(paths, names, max_bytes, count, report))
 
 
 def _ignore(size: int) -> None:
@@ -223,7 +239,10 @@ def _ignore(size: int) -> None:
 
 
 def _read_here(
-    paths: Sequence[Path], names: Sequence[str], on_progress: Callable[[int], None]
+    paths: Sequence[Path],
+    names: Sequence[str],
+    max_bytes: int,
+    on_progress: Callable[[int], None],
 ) -> Iterator[_Partial]:
     """Files read in this process; progress as each megabyte is read."""
     for path, name in zip(paths, names, strict=True):
@@ -234,7 +253,7 @@ def _read_here(
             done += size
             on_progress(size)
 
-        yield _read_one(path, name, on_read=advance)
+        yield _read_one(path, name, max_bytes, on_read=advance)
         # A damaged file is not read to its end: report the rest too, so the sizes add up.
         if (rest := _size(path) - done) > 0:
             on_progress(rest)
@@ -243,6 +262,7 @@ def _read_here(
 def _read_in_processes(
     paths: Sequence[Path],
     names: Sequence[str],
+    max_bytes: int,
     workers: int,
     on_progress: Callable[[int], None],
 ) -> Iterator[_Partial]:
@@ -252,7 +272,8 @@ def _read_in_processes(
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for path, partial in zip(paths, pool.map(_read_one, paths, names), strict=True):
+        limits = [max_bytes] * len(paths)
+        for path, partial in zip(paths, pool.map(_read_one, paths, names, limits), strict=True):
             on_progress(_size(path))
             yield partial
 

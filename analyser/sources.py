@@ -37,7 +37,7 @@ from itertools import chain
 from pathlib import Path
 from typing import NamedTuple
 
-from analyser.errors import CaptureError, MalformedCapture, TruncatedCapture
+from analyser.errors import CaptureError, CaptureTooLarge, MalformedCapture, TruncatedCapture
 from analyser.times import possible
 
 CHUNK_SIZE = 1 << 20
@@ -50,6 +50,9 @@ MAX_RECORD = 1 << 18
 # its options (a comment, flags, hashes). Other blocks (name resolution, statistics, secrets) are
 # skipped without being held in memory, whatever their size.
 MAX_PARSED_BLOCK = MAX_RECORD + (1 << 16)
+# Bytes read from one capture file (after decompression) by default: far beyond a real ring's
+# files (the sidecar rotates at 10 MB), well short of a gzip bomb's gigabytes.
+DEFAULT_MAX_BYTES = 1 << 30
 # pcap global header magics → (struct byte order, timestamp fraction divisor)
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e6),
@@ -142,7 +145,8 @@ class CaptureReport:
     path: str  # as the caller named it (bundle-relative in a bundle)
     packets: int  # records read (before the damage, if any), those skipped included
     bytes: int  # captured bytes in those records
-    error: str | None = None  # "TruncatedCapture", "MalformedCapture" or "CaptureError"
+    # "TruncatedCapture", "MalformedCapture", "CaptureTooLarge" or "CaptureError"
+    error: str | None = None
     reason: str | None = None
     impossible_times: int = 0  # records skipped: a time before 1970 or after 9999 (pcapng)
 
@@ -218,10 +222,34 @@ def _gzip_chunks(path: Path, on_read: OnRead) -> Iterator[bytes]:
         raise MalformedCapture(f"corrupt gzip stream: {error}") from error
 
 
-def _chunks(path: Path, on_read: OnRead) -> Iterator[bytes]:
+def _capped(chunks: Iterator[bytes], max_bytes: int) -> Iterator[bytes]:
+    """``chunks`` up to ``max_bytes`` bytes in all; then :class:`CaptureTooLarge`."""
+    left = max_bytes
+    for chunk in chunks:
+        if len(chunk) > left:
+            if left:
+                yield chunk[:left]
+            raise CaptureTooLarge(
+                f"more than {_size_text(max_bytes)} once decompressed (--max-capture-size): the "
+                "rest of the file was not read"
+            )
+        left -= len(chunk)
+        yield chunk
+
+
+def _size_text(size: int) -> str:
+    """``1 GiB``, ``512 MiB``, ``1,500 bytes``: a byte count as ``--max-capture-size`` takes it."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift:,} {unit}"
+    return f"{size:,} bytes"
+
+
+def _chunks(path: Path, on_read: OnRead, max_bytes: int) -> Iterator[bytes]:
     with path.open("rb") as stream:
         magic = stream.read(2)
-    return _gzip_chunks(path, on_read) if magic == _GZIP_MAGIC else _plain_chunks(path, on_read)
+    chunks = _gzip_chunks(path, on_read) if magic == _GZIP_MAGIC else _plain_chunks(path, on_read)
+    return _capped(chunks, max_bytes)
 
 
 class _Stream:
@@ -267,16 +295,19 @@ class _Stream:
         return self.offset == len(self.buffer) and not self.fill(1)
 
 
-def _walk(path: Path, walker: RecordWalker, progress: _Progress, on_read: OnRead) -> Iterator[None]:
+def _walk(
+    path: Path, walker: RecordWalker, progress: _Progress, on_read: OnRead, max_bytes: int
+) -> Iterator[None]:
     """Hand the records of a capture file to ``walker``, chunk by chunk in file order; yields
-    after each chunk.
+    after each chunk. At most ``max_bytes`` bytes of the file (decompressed) are read.
 
     Raises :class:`~analyser.errors.TruncatedCapture` or :class:`~analyser.errors.MalformedCapture`
-    after walking every record before the damage; an unreadable file raises
+    after walking every record before the damage, :class:`~analyser.errors.CaptureTooLarge` after
+    walking every record before the cap; an unreadable file raises
     :class:`~analyser.errors.CaptureError`.
     """
     try:
-        stream = _Stream(_chunks(path, on_read))
+        stream = _Stream(_chunks(path, on_read, max_bytes))
         if not stream.fill(4):
             if stream.buffer[stream.offset :]:
                 raise TruncatedCapture("the file ends inside the file header")
@@ -292,14 +323,17 @@ def _walk(path: Path, walker: RecordWalker, progress: _Progress, on_read: OnRead
         raise CaptureError(f"cannot read: {error.strerror or error}") from error
 
 
-def batches(path: Path, *, on_read: OnRead = None) -> Iterator[Batch]:
+def batches(
+    path: Path, *, on_read: OnRead = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[Batch]:
     """The records of a capture file in file order, in batches that share a link type.
 
     Raises :class:`~analyser.errors.TruncatedCapture` or :class:`~analyser.errors.MalformedCapture`
-    after yielding every record before the damage; an unreadable file raises
+    after yielding every record before the damage, :class:`~analyser.errors.CaptureTooLarge` past
+    ``max_bytes`` bytes (decompressed); an unreadable file raises
     :class:`~analyser.errors.CaptureError`.
     """
-    return _sliced(lambda walker: _walk(path, walker, _Progress(), on_read))
+    return _sliced(lambda walker: _walk(path, walker, _Progress(), on_read, max_bytes))
 
 
 def records(path: Path) -> Iterator[Record]:
@@ -535,10 +569,18 @@ class CaptureFile:
     then ``capture.report``.
     """
 
-    def __init__(self, path: Path, *, name: str | None = None, on_read: OnRead = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        on_read: OnRead = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.path = path
         self.name = name if name is not None else str(path)
         self.on_read = on_read
+        self.max_bytes = max_bytes
         self.report = CaptureReport(self.name, 0, 0)
 
     def walk(self, walker: RecordWalker) -> CaptureReport:
@@ -554,7 +596,7 @@ class CaptureFile:
         progress = _Progress()
         error: CaptureError | None = None
         try:
-            yield from _walk(self.path, walker, progress, self.on_read)
+            yield from _walk(self.path, walker, progress, self.on_read, self.max_bytes)
         except CaptureError as caught:
             error = caught
         finally:

@@ -12,9 +12,9 @@ Written to DIR:
                             graph is small enough to draw: at most 400 nodes, 1,000 edges)
   report.md                 flows per edge, external names, unresolved addresses, damaged files
 
-Damaged capture files are warnings: the packets before the damage are used. Exit status 0 on
-success, 1 on unusable input (no bundle, no snapshot, no capture) or an output problem.
-See docs/analyse.md.
+Damaged capture files, and files past --max-capture-size, are warnings: the packets before the
+damage or the cap are used. Exit status 0 on success, 1 on unusable input (no bundle, no
+snapshot, no capture) or an output problem. See docs/analyse.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from analyser.cli.arguments import network, positive_int
+from analyser.cli.arguments import byte_size, network, positive_int
 from analyser.cli.main import ExitStatus, say
 from analyser.cli.progress import reading_captures
 
@@ -58,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "from or to anywhere on that port (default: 32)",
     )
     parser.add_argument(
+        "--max-capture-size",
+        type=byte_size,
+        metavar="SIZE",
+        help="read at most SIZE bytes of each capture file, once decompressed (512M, 1G, 2G: "
+        "K, M, G, T are powers of 1,024; default: 1G); a file with more is a warning, and the "
+        "packets before the cap are used",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         metavar="N",
@@ -78,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from analyser.analysing import analyse, write_output
     from analyser.bundles import open_bundle
     from analyser.policies import MAX_OUTSIDE_ADDRESSES
+    from analyser.sources import DEFAULT_MAX_BYTES
 
     bundle = open_bundle(args.bundle)
     with reading_captures(bundle.captures) as bar:
@@ -88,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
             workers=args.workers,
             on_progress=bar.advance,
+            max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
         )
     for problem in analysis.problems:
         say("analyse", f"warning: {problem.path}: {problem.problem}")

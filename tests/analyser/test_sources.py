@@ -324,3 +324,30 @@ def test_packets_with_impossible_times_are_skipped_and_counted(tmp_path: Path, o
     assert sum(len(batch) for _, _, batch in capture.batches()) == 2
     assert capture.report.ok
     assert (capture.report.packets, capture.report.impossible_times) == (4, 2)
+
+
+def test_reading_stops_at_the_cap_on_decompressed_bytes(tmp_path: Path) -> None:
+    # A gzip bomb: 1 MB of records compressed to a kilobyte, repeated as gzip members.
+    frame = ethernet(ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2))
+    record = struct.pack("<IIII", int(START), 0, len(frame), len(frame)) + frame
+    pcap = write_pcap(tmp_path / "one.pcap", []).read_bytes()
+    member = gzip.compress(record * ((1 << 20) // len(record)), mtime=0)
+    path = tmp_path / "bomb.pcap.gz"
+    path.write_bytes(gzip.compress(pcap, mtime=0) + member * 1024)  # 1 GiB inside
+    read_from_disk: list[int] = []
+    capture = CaptureFile(path, on_read=read_from_disk.append, max_bytes=4 << 20)
+    count = sum(len(batch) for _, _, batch in capture.batches())
+    assert (capture.report.error, capture.report.packets) == ("CaptureTooLarge", count)
+    assert count == ((4 << 20) - len(pcap)) // len(record)
+    assert capture.report.reason == (
+        "more than 4 MiB once decompressed (--max-capture-size): the rest of the file was not read"
+    )
+    assert sum(read_from_disk) == CHUNK_SIZE  # of the 3 MB file: stopped at the cap
+    plain = tmp_path / "plain.pcap"
+    plain.write_bytes(pcap + record * 100)
+    capped = CaptureFile(plain, max_bytes=len(pcap) + 10 * len(record) + 5)
+    assert sum(len(batch) for _, _, batch in capped.batches()) == 10
+    assert capped.report.error == "CaptureTooLarge"
+    whole = CaptureFile(plain, max_bytes=plain.stat().st_size)
+    assert sum(len(batch) for _, _, batch in whole.batches()) == 100
+    assert whole.report.ok
