@@ -91,6 +91,7 @@ bench: system-deps venv
 	$(BIN)/python bench/pull_throughput.py
 	$(BIN)/python bench/verify_universe.py
 	$(BIN)/python bench/render_throughput.py
+	$(BIN)/python bench/hostile_inputs.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache build analyser/*.so

@@ -4,6 +4,7 @@ Pure (data in, data out, no I/O):
     packets     bytes → L3/L4 facts and DNS answers (the only dpkt import)
     flows       the flow types, and conversations → client → server flows
     dns         DNS answers → the names an address had, and when
+    times       the range of times the analyser takes, and their RFC 3339 text
     identities  (IP, time) → pod, workload, Service, node or outside
     graphs      flows + identities → the workload graph (the only networkx import)
     policies    the policy model, synthesised from the graph
@@ -17,6 +18,7 @@ Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functi
     sources     capture files → (timestamp, linktype, bytes) records
     reading     capture files → traffic, on every core
     bundles     a bundle directory → manifest, snapshot, captures, damaged files
+    documents   JSON and YAML text → values, with bounded work (no YAML aliases, nesting capped)
     snapshot    snapshot.json, pod IP history and meta.json → indexed Kubernetes JSON
     policysets  policy files → a policy set
     pulling     the exec-API pull protocol: frames → files, checksums, resume

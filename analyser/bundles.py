@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
+from analyser.documents import DocumentError, json_value
 from analyser.errors import BundleError
 from analyser.sources import find_captures
+from analyser.times import possible, utc_text
 
 FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
@@ -70,7 +73,7 @@ class Window:
 
     @staticmethod
     def text(epoch: float) -> str:
-        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return utc_text(epoch)
 
     @property
     def start_text(self) -> str:
@@ -183,7 +186,13 @@ def _time(value: object, where: str) -> float:
         raise BundleError(f"{where}: {value!r} is not an RFC 3339 time") from error
     if moment.tzinfo is None:
         raise BundleError(f"{where}: {value!r} has no time zone (use Z for UTC)")
-    return moment.timestamp()
+    try:
+        epoch = moment.timestamp()
+    except OverflowError:
+        epoch = math.nan
+    if not possible(epoch):
+        raise BundleError(f"{where}: {value!r} is not a time from 1970 to 9999")
+    return epoch
 
 
 def _entry(record: object, where: str) -> CaptureEntry:
@@ -205,9 +214,9 @@ def _entry(record: object, where: str) -> CaptureEntry:
 def parse_manifest(text: str, *, source: str) -> Manifest:
     """``bundle.json`` text → :class:`Manifest`; :class:`BundleError` naming the bad field."""
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{source}: not valid JSON: line {error.lineno}: {error.msg}") from error
+        document = json_value(text)
+    except DocumentError as error:
+        raise BundleError(f"{source}: {error}") from None
     if not isinstance(document, dict):
         raise BundleError(f"{source}: expected a JSON object")
     version = _count(document, "format_version", source)

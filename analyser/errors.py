@@ -7,7 +7,8 @@ yaml's errors) are translated into this tree in the one module that imports that
     NetpolSnifferError
      ├── CaptureError            a capture file cannot be (fully) read
      │    ├── TruncatedCapture   the file ends mid-record; packets before the damage still count
-     │    └── MalformedCapture   bytes that are not a capture, or a record that makes no sense
+     │    ├── MalformedCapture   bytes that are not a capture, or a record that makes no sense
+     │    └── CaptureTooLarge    more bytes than the cap on one file; packets before it still count
      ├── BundleError             a bundle directory is missing pieces or is inconsistent
      ├── SnapshotError           snapshot.json (or a folder of lists) is unusable
      ├── PolicyError             a policy file cannot be parsed or is not a NetworkPolicy
@@ -41,6 +42,11 @@ class TruncatedCapture(CaptureError):
 
 class MalformedCapture(CaptureError):
     """The bytes are not a capture, or a record is nonsensical."""
+
+
+class CaptureTooLarge(CaptureError):
+    """The capture holds more bytes (decompressed) than the cap on one file; the packets before
+    the cap still count."""
 
 
 class BundleError(NetpolSnifferError):

@@ -355,12 +355,63 @@ class _Rule:
     def allowed(self, peer: Peer, destination: Peer, policy_namespace: str) -> PortSet:
         if self.peers and not any(p.matches(peer, policy_namespace) for p in self.peers):
             return NO_PORTS
+        return self.ports_to(destination)
+
+    def ports_to(self, destination: Peer) -> PortSet:
+        """The ports the rule allows to ``destination``, once a peer matched."""
         if not self.ports:
             return PortSet.everything()
         result = NO_PORTS
         for port in self.ports:
             result = result.union(port.resolve(destination))
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class _AddressRules:
+    """The rules of one direction of a policy that can match an address: those without peers
+    (every peer matches), and those naming an ipBlock, found through the address's prefixes (one
+    dict look-up per prefix length in use) instead of testing every ipBlock, so a policy naming
+    thousands of addresses costs as much to ask as one naming a few."""
+
+    rules: tuple[_Rule, ...]
+    everyone: tuple[int, ...]  # indices into ``rules``
+    # (IP version, prefix length) → network address as an integer → (block, rule index)
+    by_prefix: Mapping[tuple[int, int], Mapping[int, tuple[tuple[IpBlock, int], ...]]]
+
+    @classmethod
+    def of(cls, rules: tuple[_Rule, ...]) -> _AddressRules:
+        everyone = tuple(index for index, rule in enumerate(rules) if not rule.peers)
+        by_prefix: dict[tuple[int, int], dict[int, list[tuple[IpBlock, int]]]] = {}
+        for index, rule in enumerate(rules):
+            for peer in rule.peers:
+                if peer.ip_block is not None:
+                    network = peer.ip_block.network
+                    networks = by_prefix.setdefault((network.version, network.prefixlen), {})
+                    networks.setdefault(int(network.network_address), []).append(
+                        (peer.ip_block, index)
+                    )
+        return cls(
+            rules,
+            everyone,
+            {
+                prefix: {key: tuple(found) for key, found in networks.items()}
+                for prefix, networks in by_prefix.items()
+            },
+        )
+
+    def matching(self, ip: str) -> list[_Rule]:
+        """The rules one of whose peers matches the address ``ip``, in rule order."""
+        address = ipaddress.ip_address(ip)
+        value, bits = int(address), address.max_prefixlen
+        found = set(self.everyone)
+        for (version, length), networks in self.by_prefix.items():
+            if version != address.version:
+                continue
+            for block, index in networks.get(value >> (bits - length) << (bits - length), ()):
+                if not any(address in hole for hole in block.excepted):
+                    found.add(index)
+        return [self.rules[index] for index in sorted(found)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,9 +423,34 @@ class CompiledPolicy:
     directions: frozenset[Direction]
     ingress: tuple[_Rule, ...]
     egress: tuple[_Rule, ...]
+    _for_addresses: Mapping[Direction, _AddressRules] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Frozen: the index is derived once, here.
+        object.__setattr__(
+            self,
+            "_for_addresses",
+            {
+                Direction.INGRESS: _AddressRules.of(self.ingress),
+                Direction.EGRESS: _AddressRules.of(self.egress),
+            },
+        )
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def allowed(self, peer: Peer, destination: Peer, direction: Direction) -> PortSet:
+        """The ports this policy's rules of ``direction`` allow with ``peer``, to
+        ``destination`` (the server of the connection)."""
+        allowed = NO_PORTS
+        if isinstance(peer, Address):
+            for rule in self._for_addresses[direction].matching(peer.ip):
+                allowed = allowed.union(rule.ports_to(destination))
+            return allowed
+        rules = self.ingress if direction is Direction.INGRESS else self.egress
+        for rule in rules:
+            allowed = allowed.union(rule.allowed(peer, destination, self.namespace))
+        return allowed
 
     def selects(self, subject: Pod, direction: Direction) -> bool:
         return (
@@ -655,9 +731,7 @@ class PolicySet:
         destination = subject if direction is Direction.INGRESS else peer
         allowed = NO_PORTS
         for policy in selecting:
-            rules = policy.ingress if direction is Direction.INGRESS else policy.egress
-            for rule in rules:
-                allowed = allowed.union(rule.allowed(peer, destination, policy.namespace))
+            allowed = allowed.union(policy.allowed(peer, destination, direction))
         return SideVerdict(direction, subject, names, allowed)
 
     def sides(self, client: Peer, server: Peer) -> tuple[SideVerdict | None, SideVerdict | None]:

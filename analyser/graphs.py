@@ -19,10 +19,10 @@ Schema (a contract for policies, rendering, verify and the report):
   its own edges only, so one pod's capture cannot name another pod's peers.
 - Graph attributes: ``graph.graph["unresolved"]`` (sorted tuple of unresolved addresses),
   ``graph.graph["attributions"]`` (tuple of :class:`FlowAttribution`: which flow made which
-  edge), ``graph.graph["attempts"]`` (tuple of :class:`Attempt`: TCP connections that were refused
-  or never answered) and ``graph.graph["loopback"]`` (how many flows were on a loopback address),
-  read through :func:`unresolved_addresses`, :func:`edge_rows`, :func:`flows_on_edge`,
-  :func:`attempts` and :func:`loopback_flows`.
+  edge, sorted by edge, port and time), ``graph.graph["attempts"]`` (tuple of :class:`Attempt`:
+  TCP connections that were refused or never answered) and ``graph.graph["loopback"]`` (how
+  many flows were on a loopback address), read through :func:`unresolved_addresses`,
+  :func:`edge_rows`, :func:`flows_on_edge`, :func:`attempts` and :func:`loopback_flows`.
 
 How flows become edges (details in ``docs/semantics.md``):
 
@@ -43,11 +43,12 @@ How flows become edges (details in ``docs/semantics.md``):
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import networkx as nx
 
@@ -382,20 +383,15 @@ def build_graph(
         )
         for flow in ordered
     ]
-    # Server-side captures of Service connections, by the client address they saw.
-    direct: dict[tuple[str, str, int], list[int]] = defaultdict(list)
-    for index, (flow, _, server) in enumerate(resolved):
-        if server.kind is not EndpointKind.SERVICE:
-            direct[(str(flow.protocol), flow.client.ip, flow.client.port)].append(index)
-    consumed: set[int] = set()
+    twins = _Twins(resolved)
     for flow, client, server in resolved:
         if server.kind is EndpointKind.SERVICE:
-            _service_flow(builder, resolved, direct, consumed, flow, client, server)
+            _service_flow(builder, resolved, twins, flow, client, server)
     for index, (_, _, server) in enumerate(resolved):
-        if server.kind in _UNKNOWN and index not in consumed:
-            _unknown_service_flow(builder, resolved, direct, consumed, index)
+        if server.kind in _UNKNOWN and index not in twins.consumed:
+            _unknown_service_flow(builder, resolved, twins, index)
     for index, (flow, client, server) in enumerate(resolved):
-        if server.kind is EndpointKind.SERVICE or index in consumed:
+        if server.kind is EndpointKind.SERVICE or index in twins.consumed:
             continue
         attribution = FlowAttribution(
             flow,
@@ -410,11 +406,134 @@ def build_graph(
 _UNKNOWN = (EndpointKind.UNRESOLVED, EndpointKind.EXTERNAL)
 
 
+class _Near(NamedTuple):
+    """A flow found near a moment: how far apart in time, and its index (lower wins a tie)."""
+
+    apart: float
+    flow_index: int
+
+
+class _ByTime:
+    """Flows (their indices) sorted by first packet, then index, for the nearest one in time not
+    yet taken. Taken flows are jumped over through links that path compression keeps short, so
+    finding twins for every flow costs about n log n, not n² when thousands of flows share a
+    client address and port (one UDP source port to many servers)."""
+
+    def __init__(self, entries: list[tuple[float, int]]) -> None:
+        entries.sort()
+        self.times = [first_seen for first_seen, _ in entries]
+        self.indices = [index for _, index in entries]
+        # Per position, where to look on for a flow not taken: itself, until it is taken.
+        self._forward = list(range(len(entries)))
+        self._backward = list(range(len(entries)))
+
+    def _untaken(self, position: int, step: int, taken: Collection[int]) -> int:
+        """The first position from ``position`` on (moving by ``step``, 1 or -1) whose flow is
+        not taken; -1 or the length when there is none."""
+        links = self._forward if step > 0 else self._backward
+        passed = []
+        while 0 <= position < len(links):
+            if links[position] != position:
+                passed.append(position)
+                position = links[position]
+            elif self.indices[position] in taken:
+                passed.append(position)
+                position += step
+            else:
+                break
+        for skipped in passed:
+            links[skipped] = position
+        return position
+
+    def nearest(self, at: float, taken: Collection[int]) -> _Near | None:
+        """The flow not taken that is nearest ``at`` and within TWIN_WINDOW, the lowest index
+        among equally near ones; None when there is none."""
+        start = bisect_left(self.times, at)
+        found = []
+        after = self._untaken(start, 1, taken)
+        if after < len(self.times):
+            found.append(_Near(abs(self.times[after] - at), self.indices[after]))
+        before = self._untaken(start - 1, -1, taken)
+        if before >= 0:
+            # The first of the flows not taken at that moment: the lowest index.
+            first = self._untaken(bisect_left(self.times, self.times[before]), 1, taken)
+            found.append(_Near(abs(self.times[first] - at), self.indices[first]))
+        return min((near for near in found if near.apart <= TWIN_WINDOW), default=None)
+
+
+class _Twins:
+    """Where the server side's capture of a connection is looked for: the flows not to a Service
+    address (``resolved``' indices), by the client address and port they saw (with the protocol),
+    then by the server address they went to, and those to a pod also by the captures that saw
+    them. ``consumed``: flows already counted with a twin."""
+
+    def __init__(self, resolved: Sequence[tuple[Flow, Identity, Identity]]) -> None:
+        by_server: dict[_ClientKey, dict[str, list[tuple[float, int]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        to_pods: dict[_ClientKey, dict[frozenset[str], list[tuple[float, int]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        for index, (flow, _, server) in enumerate(resolved):
+            if server.kind is EndpointKind.SERVICE:
+                continue
+            key = _client_key(flow)
+            by_server[key][flow.server.ip].append((flow.first_seen, index))
+            if server.kind is EndpointKind.POD:
+                to_pods[key][flow.captures].append((flow.first_seen, index))
+        self.by_server = {
+            key: {ip: _ByTime(entries) for ip, entries in servers.items()}
+            for key, servers in by_server.items()
+        }
+        self.to_pods = {
+            key: {captures: _ByTime(entries) for captures, entries in groups.items()}
+            for key, groups in to_pods.items()
+        }
+        self.consumed: set[int] = set()
+
+    def of_service_flow(self, flow: Flow, backend_ips: Collection[str]) -> int | None:
+        """The twin of a flow to a Service: to one of its backends (``backend_ips``) if any,
+        else to any pod; the nearest in time, then the lowest index."""
+        key = _client_key(flow)
+        servers = self.by_server.get(key, {})
+        to_backend = (
+            servers[ip].nearest(flow.first_seen, self.consumed)
+            for ip in backend_ips
+            if ip in servers
+        )
+        found = min((hit for hit in to_backend if hit is not None), default=None)
+        if found is None:
+            to_pod = (
+                by_time.nearest(flow.first_seen, self.consumed)
+                for by_time in self.to_pods.get(key, {}).values()
+            )
+            found = min((hit for hit in to_pod if hit is not None), default=None)
+        return None if found is None else found.flow_index
+
+    def of_unknown_flow(self, flow: Flow) -> int | None:
+        """The twin of a flow to an unknown address: to a pod, seen by other captures than
+        ``flow``; the nearest in time, then the lowest index."""
+        to_pod = (
+            by_time.nearest(flow.first_seen, self.consumed)
+            for captures, by_time in self.to_pods.get(_client_key(flow), {}).items()
+            if captures.isdisjoint(flow.captures)
+        )
+        found = min((hit for hit in to_pod if hit is not None), default=None)
+        return None if found is None else found.flow_index
+
+
+_ClientKey = tuple[str, str, int]
+
+
+def _client_key(flow: Flow) -> _ClientKey:
+    """What both captures of one connection agree on: protocol, client address and port."""
+    return (str(flow.protocol), flow.client.ip, flow.client.port)
+
+
 def _unknown_service_flow(
     builder: _Builder,
     resolved: Sequence[tuple[Flow, Identity, Identity]],
-    direct: dict[tuple[str, str, int], list[int]],
-    consumed: set[int],
+    twins: _Twins,
     index: int,
 ) -> None:
     """A flow to an address that is no pod and no Service the snapshot knows, joined to the server
@@ -423,21 +542,10 @@ def _unknown_service_flow(
     called, the server's the pod it reached: DNAT by a Service missing from the snapshot). Two
     real connections from one client port to two places would both be in the client's capture."""
     flow, client, _ = resolved[index]
-    candidates = [
-        i
-        for i in direct.get((str(flow.protocol), flow.client.ip, flow.client.port), [])
-        if i != index
-        and i not in consumed
-        and resolved[i][2].kind is EndpointKind.POD
-        and abs(resolved[i][0].first_seen - flow.first_seen) <= TWIN_WINDOW
-        and resolved[i][0].captures.isdisjoint(flow.captures)
-    ]
-    if not candidates:
+    twin_index = twins.of_unknown_flow(flow)
+    if twin_index is None:
         return
-    twin_index = min(
-        candidates, key=lambda i: (abs(resolved[i][0].first_seen - flow.first_seen), i)
-    )
-    consumed.update((index, twin_index))
+    twins.consumed.update((index, twin_index))
     twin, _, twin_server = resolved[twin_index]
     attribution = FlowAttribution(
         flow,
@@ -452,8 +560,7 @@ def _unknown_service_flow(
 def _service_flow(
     builder: _Builder,
     resolved: Sequence[tuple[Flow, Identity, Identity]],
-    direct: dict[tuple[str, str, int], list[int]],
-    consumed: set[int],
+    twins: _Twins,
     flow: Flow,
     client: Identity,
     server: Identity,
@@ -469,24 +576,9 @@ def _service_flow(
     # The server side's view of this connection: same client address, port and protocol, first
     # seen within TWIN_WINDOW, to one of the Service's backends (or to a pod the snapshot did not
     # list behind it: EndpointSlices are from the end of the window).
-    candidates = [
-        i
-        for i in direct.get((str(flow.protocol), flow.client.ip, flow.client.port), [])
-        if i not in consumed
-        and abs(resolved[i][0].first_seen - flow.first_seen) <= TWIN_WINDOW
-        and (resolved[i][0].server.ip in backend_ips or resolved[i][2].kind is EndpointKind.POD)
-    ]
-    if candidates:
-        # Prefer a twin that went to a known backend, then the closest in time.
-        index = min(
-            candidates,
-            key=lambda i: (
-                resolved[i][0].server.ip not in backend_ips,
-                abs(resolved[i][0].first_seen - flow.first_seen),
-                i,
-            ),
-        )
-        consumed.add(index)
+    index = twins.of_service_flow(flow, backend_ips)
+    if index is not None:
+        twins.consumed.add(index)
         twin, _, twin_server = resolved[index]
         attribution = FlowAttribution(
             flow,
@@ -555,8 +647,17 @@ def edge_rows(graph: Any) -> list[EdgeRow]:
     return rows
 
 
-def flows_on_edge(graph: Any, client: str, server: str) -> tuple[FlowAttribution, ...]:
-    """The flows counted on the edge ``client`` → ``server``, sorted by port and time."""
+def flows_on_edge(
+    graph: Any, client: str, server: str, port: PortSpec | None = None
+) -> tuple[FlowAttribution, ...]:
+    """The flows counted on the edge ``client`` → ``server`` (on ``port`` only, when given),
+    sorted by port and time. Found by bisection: the attributions are sorted by edge."""
+    found: Sequence[FlowAttribution] = graph.graph.get("attributions", ())
+    wanted: tuple[Any, ...] = (client, server) if port is None else (client, server, port)
+
+    def place(a: FlowAttribution) -> tuple[Any, ...]:
+        return (a.client, a.server) if port is None else (a.client, a.server, a.port)
+
     return tuple(
-        a for a in graph.graph.get("attributions", ()) if a.client == client and a.server == server
+        found[bisect_left(found, wanted, key=place) : bisect_right(found, wanted, key=place)]
     )

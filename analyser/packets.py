@@ -378,7 +378,7 @@ _INLINE_LAYOUTS: dict[int, tuple[int, int]] = {
 # Other link types decode nothing inline: their minimum lengths are never met (this layout only
 # has to give valid structs).
 _NO_LAYOUT = (0, 2)
-_NEVER = 1 << 32  # more than any record holds (sources.MAX_BLOCK)
+_NEVER = 1 << 32  # more than any record holds (sources.MAX_RECORD)
 
 
 class Counts:

@@ -43,7 +43,13 @@ from analyser.packets import (
     count_records,
     split_key,
 )
-from analyser.sources import CaptureFile, CaptureReport, RecordChunk, ring_name
+from analyser.sources import (
+    DEFAULT_MAX_BYTES,
+    CaptureFile,
+    CaptureReport,
+    RecordChunk,
+    ring_name,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +80,12 @@ class _Partial:
 
 
 @contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
+def no_cyclic_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector. Reading allocates millions of small tuples and lists
     and keeps hundreds of thousands alive, so the collector runs again and again over the same
     live objects (about a tenth of the time) and finds nothing: these structures hold no
-    reference cycles. Reference counting still frees everything."""
+    reference cycles. Reference counting still frees everything. Also a decorator
+    (``analysing.analyse``: the rest of the analysis is the same)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -88,10 +95,15 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _read_one(path: Path, name: str, on_read: Callable[[int], None] | None = None) -> _Partial:
+def _read_one(
+    path: Path,
+    name: str,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    on_read: Callable[[int], None] | None = None,
+) -> _Partial:
     """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read."""
-    with _no_cyclic_gc():
-        return _count_file(path, name, on_read)
+    with no_cyclic_gc():
+        return _count_file(path, name, max_bytes, on_read)
 
 
 def _answered_client(raw: bytes) -> bytes:
@@ -168,8 +180,10 @@ class _DnsAnswers:
         self._pending.clear()
 
 
-def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) -> _Partial:
-    capture = CaptureFile(path, name=name, on_read=on_read)
+def _count_file(
+    path: Path, name: str, max_bytes: int, on_read: Callable[[int], None] | None
+) -> _Partial:
+    capture = CaptureFile(path, name=name, on_read=on_read, max_bytes=max_bytes)
     tally: Tally = {}
     dns_tally: Tally = {}
     dns_payloads: list[DnsPayload] = []
@@ -185,6 +199,8 @@ def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) ->
     answers.close()
     tally.update(dns_tally)
     skipped: Counter[str] = Counter()
+    if report.impossible_times:
+        skipped["impossible_time"] = report.impossible_times
     directed = []
     counted = 0
     for key, counts in tally.items():
@@ -225,6 +241,7 @@ def read_captures(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     vantages: Mapping[str, CaptureVantage] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`.
 
@@ -242,15 +259,17 @@ def read_captures(
     point (a file without one is a vantage point of its own: its tcpdump ring).
 
     A damaged file never raises: its :class:`~analyser.sources.CaptureReport` says what went
-    wrong and the packets before the damage count. The result is the same for any ``workers``.
+    wrong and the packets before the damage count. At most ``max_bytes`` bytes of each file
+    (decompressed) are read: past them, the report says so (``CaptureTooLarge``) and the packets
+    before count. The result is the same for any ``workers``.
     """
     names = [_name_under(path, root) for path in paths]
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
     report = on_progress if on_progress is not None else _ignore
     placed = vantages if vantages is not None else {}
     if count <= 1:
-        return _merge(_read_here(paths, names, report), placed)
-    return _merge(_read_in_processes(paths, names, count, report), placed)
+        return _merge(_read_here(paths, names, max_bytes, report), placed)
+    return _merge(_read_in_processes(paths, names, max_bytes, count, report), placed)
 
 
 def _ignore(size: int) -> None:
@@ -258,7 +277,10 @@ def _ignore(size: int) -> None:
 
 
 def _read_here(
-    paths: Sequence[Path], names: Sequence[str], on_progress: Callable[[int], None]
+    paths: Sequence[Path],
+    names: Sequence[str],
+    max_bytes: int,
+    on_progress: Callable[[int], None],
 ) -> Iterator[_Partial]:
     """Files read in this process; progress as each megabyte is read."""
     for path, name in zip(paths, names, strict=True):
@@ -269,7 +291,7 @@ def _read_here(
             done += size
             on_progress(size)
 
-        yield _read_one(path, name, on_read=advance)
+        yield _read_one(path, name, max_bytes, on_read=advance)
         # A damaged file is not read to its end: report the rest too, so the sizes add up.
         if (rest := _size(path) - done) > 0:
             on_progress(rest)
@@ -278,6 +300,7 @@ def _read_here(
 def _read_in_processes(
     paths: Sequence[Path],
     names: Sequence[str],
+    max_bytes: int,
     workers: int,
     on_progress: Callable[[int], None],
 ) -> Iterator[_Partial]:
@@ -287,7 +310,8 @@ def _read_in_processes(
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for path, partial in zip(paths, pool.map(_read_one, paths, names), strict=True):
+        limits = [max_bytes] * len(paths)
+        for path, partial in zip(paths, pool.map(_read_one, paths, names, limits), strict=True):
             on_progress(_size(path))
             yield partial
 
@@ -301,7 +325,7 @@ def _size(path: Path) -> int:
 
 def _merge(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
     """Fold partial aggregates one by one (in input order), so only the merged total is kept."""
-    with _no_cyclic_gc():
+    with no_cyclic_gc():
         return _merge_all(partials, vantages)
 
 

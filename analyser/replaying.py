@@ -133,9 +133,7 @@ def _addresses(graph: Any, node_id: str, cluster: ClusterFacts) -> tuple[str, ..
 def _seen(graph: Any, client: str, server: str, port: PortSpec, *, client_side: bool) -> set[str]:
     """The addresses one end of an edge really used on ``port``, from the flows behind it."""
     seen = set()
-    for attribution in flows_on_edge(graph, client, server):
-        if attribution.port != port:
-            continue
+    for attribution in flows_on_edge(graph, client, server, port):
         if client_side:
             seen.add(attribution.flow.client.ip)
         elif attribution.twin is not None:

@@ -11,7 +11,8 @@ Accepted snapshot shapes: a ``v1 List`` (``kubectl get ... -o json``), a typed l
 (``PodList``, whose items carry no ``kind``), a single object, a List of Lists, YAML of the same,
 or a folder of such ``.json``/``.yaml``/``.yml`` files. Kinds the analyser does not use are
 ignored. Anything unusable raises :class:`~analyser.errors.SnapshotError` naming the file (and
-line, for JSON Lines), the object and what is wrong.
+line, for JSON Lines), the object and what is wrong. Files are parsed with bounded work
+(:mod:`analyser.documents`): YAML aliases are refused and nesting is capped.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ import codecs
 import datetime as dt
 import functools
 import ipaddress
-import json
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
-import yaml
-
+from analyser.documents import DocumentError, json_value, json_values, yaml_values
 from analyser.errors import SnapshotError
 from analyser.texts import (
     inert,
@@ -38,6 +38,7 @@ from analyser.texts import (
     is_label_key,
     is_label_value,
 )
+from analyser.times import possible
 
 # ---------------------------------------------------------------------------------------------
 # The JSON shapes (only the fields the analyser reads; everything else is kept, untouched).
@@ -594,20 +595,27 @@ def _check(obj: Mapping[str, object], kind: str, *, source: str, where: str) -> 
 
 def parse_timestamp(value: object) -> float:
     """RFC 3339 text (``2024-05-01T10:00:00Z``, fractions and offsets allowed) or epoch
-    seconds → UTC epoch seconds. Raises ValueError."""
+    seconds → UTC epoch seconds, from 1970 to 9999 (:mod:`analyser.times`). Raises ValueError."""
     if isinstance(value, bool):
         raise ValueError(f"not a timestamp: {value!r}")
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, dt.datetime):
-        when = value
-    elif isinstance(value, str):
-        when = dt.datetime.fromisoformat(value.strip())
+        epoch = float(value)
     else:
-        raise ValueError(f"not a timestamp: {value!r}")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
+        if isinstance(value, dt.datetime):
+            when = value
+        elif isinstance(value, str):
+            when = dt.datetime.fromisoformat(value.strip())
+        else:
+            raise ValueError(f"not a timestamp: {value!r}")
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        try:
+            epoch = when.timestamp()
+        except OverflowError:
+            epoch = math.nan
+    if not possible(epoch):
+        raise ValueError(f"not a time from 1970 to 9999: {value!r}")
+    return epoch
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -710,40 +718,24 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8-sig")
 
 
-def _json_documents(text: str) -> list[object]:
-    """One JSON document, or several one after the other (``kubectl get pods -o json >> f``
-    appended to a ``kubectl get svc -o json > f``)."""
-    decoder = json.JSONDecoder()
-    documents: list[object] = []
-    position = 0
-    while True:
-        while position < len(text) and text[position].isspace():
-            position += 1
-        if position == len(text):
-            return documents
-        document, position = decoder.raw_decode(text, position)
-        documents.append(document)
-
-
 def _read_documents(path: Path) -> list[object]:
+    """The documents of one snapshot file: JSON (several one after the other allowed, as
+    ``kubectl get pods -o json >> f`` appends them) or YAML, parsed with bounded work
+    (:mod:`analyser.documents`: no YAML aliases, nesting capped)."""
     try:
         text = _decode(path.read_bytes())
     except (OSError, UnicodeDecodeError) as error:
         raise SnapshotError(f"{path}: cannot read: {error}") from error
     if not text.strip():
         raise SnapshotError(f"{path}: empty file")
-    # `kubectl get -o yaml` saved as snapshot.json is YAML all the same: JSON starts with { or [.
-    if path.suffix.lower() in (".yaml", ".yml") or text.lstrip()[0] not in "{[":
-        try:
-            return [_yaml_plain(d) for d in yaml.safe_load_all(text)]
-        except yaml.YAMLError as error:
-            raise SnapshotError(f"{path}: not valid YAML (nor JSON): {error}") from error
     try:
-        return _json_documents(text)
-    except json.JSONDecodeError as error:
-        raise SnapshotError(
-            f"{path}: not valid JSON: line {error.lineno} column {error.colno}: {error.msg}"
-        ) from error
+        # `kubectl get -o yaml` saved as snapshot.json is YAML all the same: JSON starts with {
+        # or [.
+        if path.suffix.lower() in (".yaml", ".yml") or text.lstrip()[0] not in "{[":
+            return [_yaml_plain(d) for d in yaml_values(text)]
+        return json_values(text)
+    except DocumentError as error:
+        raise SnapshotError(f"{path}: {error}") from None
 
 
 SNAPSHOT_SUFFIXES = (".json", ".yaml", ".yml")
@@ -887,9 +879,9 @@ def parse_pod_ip_history(lines: Iterable[str], *, source: str) -> list[PodIpEven
             continue
         where = f"{source}:{number}"
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SnapshotError(f"{where}: not valid JSON: {error.msg}") from error
+            record = json_value(line)
+        except DocumentError as error:
+            raise SnapshotError(f"{where}: {error}") from None
         if not isinstance(record, dict):
             raise SnapshotError(f"{where}: expected an object")
         uid = record.get("uid") or ""
@@ -948,12 +940,11 @@ def parse_capture_meta(record: object, *, source: str) -> CaptureMeta:
 
 def load_capture_meta(path: Path) -> CaptureMeta:
     try:
-        text = path.read_text(encoding="utf-8-sig")
-        record = json.loads(text)
+        record = json_value(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as error:
         raise SnapshotError(f"{path}: cannot read: {error}") from error
-    except json.JSONDecodeError as error:
-        raise SnapshotError(f"{path}: not valid JSON: line {error.lineno}: {error.msg}") from error
+    except DocumentError as error:
+        raise SnapshotError(f"{path}: {error}") from None
     return parse_capture_meta(record, source=str(path))
 
 

@@ -10,6 +10,7 @@ from analyser.cli.arguments import (
     CAPTURE_MODES,
     SPECIAL_CLASSES,
     add_capture_mode,
+    byte_size,
     positive_int,
     positive_seconds,
     seconds,
@@ -40,6 +41,20 @@ def test_positive_seconds_rejects_zero() -> None:
             positive_seconds(text)
 
 
+def test_byte_size_takes_binary_units() -> None:
+    assert [byte_size(text) for text in ("1", "512M", "1G", "2GiB", "3 kb", "1T")] == [
+        1,
+        512 << 20,
+        1 << 30,
+        2 << 30,
+        3 << 10,
+        1 << 40,
+    ]
+    for text in ("0", "-1G", "1.5G", "1P", "big", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be a size such as 1G"):
+            byte_size(text)
+
+
 def test_capture_modes_are_the_webhooks() -> None:
     assert tuple(mode.value for mode in CaptureMode) == CAPTURE_MODES
     parser = argparse.ArgumentParser()
@@ -56,6 +71,10 @@ def test_special_address_classes_are_the_analysers() -> None:
     ("argv", "message"),
     [
         (["analyse", "b", "--out", "o", "--workers", "0"], "--workers: must be a whole number"),
+        (
+            ["analyse", "b", "--out", "o", "--max-capture-size", "lots"],
+            "--max-capture-size: must be a size",
+        ),
         (
             ["collect", "--all-labelled", "-o", "b", "--parallel", "0"],
             "--parallel: must be a whole",

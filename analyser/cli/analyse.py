@@ -12,10 +12,9 @@ Written to DIR (apply with `kubectl apply -f DIR`, `-R -f DIR` or `-k DIR`):
                             graph is small enough to draw: at most 400 nodes, 1,000 edges)
   report.md                 flows per edge, external names, unresolved addresses, damaged files
 
-Damaged capture files are warnings: the packets before the damage are used. Exit status 0 on
-success, 1 on unusable input (no bundle, no snapshot, no capture that could be read) or an output
-problem.
-See docs/analyse.md.
+Damaged capture files, and files past --max-capture-size, are warnings: the packets before the
+damage or the cap are used. Exit status 0 on success, 1 on unusable input (no bundle, no
+snapshot, no capture that could be read) or an output problem. See docs/analyse.md.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import json
 from itertools import groupby
 from pathlib import Path
 
-from analyser.cli.arguments import SPECIAL_CLASSES, network, positive_int
+from analyser.cli.arguments import SPECIAL_CLASSES, byte_size, network, positive_int
 from analyser.cli.main import ExitStatus, echo, say
 from analyser.cli.progress import reading_captures
 
@@ -77,6 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"otherwise left out and reported: {', '.join(SPECIAL_CLASSES)} (repeatable)",
     )
     parser.add_argument(
+        "--max-capture-size",
+        type=byte_size,
+        metavar="SIZE",
+        help="read at most SIZE bytes of each capture file, once decompressed (512M, 1G, 2G: "
+        "K, M, G, T are powers of 1,024; default: 1G); a file with more is a warning, and the "
+        "packets before the cap are used",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         metavar="N",
@@ -103,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         SPECIAL_REASONS,
         SpecialAddress,
     )
+    from analyser.sources import DEFAULT_MAX_BYTES
 
     bundle = open_bundle(args.bundle)
     with reading_captures(bundle.captures) as bar:
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
             workers=args.workers,
             on_progress=bar.advance,
+            max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
         )
     for problem in analysis.problems:
         say("analyse", f"warning: {problem.path}: {problem.problem}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 
 # webhook.capture.CaptureMode's values, repeated so that parsing options imports no webhook code.
 CAPTURE_MODES = ("handshake", "full")
@@ -34,6 +35,23 @@ def network(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"must be a network such as 10.0.0.0/24 or fd00::/64, got {text!r}: {error}"
         ) from error
+
+
+# Units of byte_size: powers of 1,024.
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"\s*([0-9]+)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
+
+
+def byte_size(text: str) -> int:
+    """A number of bytes ≥ 1, optionally with a unit: ``1073741824``, ``512M``, ``1G``,
+    ``2GiB`` (K, M, G and T are powers of 1,024)."""
+    match = _SIZE.fullmatch(text)
+    value = int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()] if match else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a size such as 1G, 512M or a number of bytes, got {text!r}"
+        )
+    return value
 
 
 def _seconds(text: str, *, zero: bool) -> float:

@@ -215,6 +215,13 @@ def test_a_manifest_that_is_not_json(tmp_path: Path) -> None:
         parse_manifest("{nope", source="b/bundle.json")
 
 
+def test_a_manifest_nested_too_deep_is_one_error_line() -> None:
+    deep = '{"format_version": 1, "producer": "lab", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(BundleError, match=r"^b/bundle\.json: nested more than 100 lists") as caught:
+        parse_manifest(deep, source="b/bundle.json")
+    assert "\n" not in str(caught.value)
+
+
 def test_written_manifests_read_back_and_match_the_files(tmp_path: Path) -> None:
     root = make_bundle(tmp_path / "b")
     (root / "bundle.json").unlink()

@@ -6,7 +6,8 @@ import random
 from dataclasses import replace
 from typing import Any
 
-from analyser.flows import Evidence, Protocol
+from analyser import graphs
+from analyser.flows import Evidence, Flow, Protocol
 from analyser.graphs import (
     NodeRole,
     attempts,
@@ -40,6 +41,7 @@ from tests.analyser.flow_builders import (
     flow,
     resolver,
 )
+from tests.work_counting import executed_lines, growth
 
 TCP, UDP = Protocol.TCP, Protocol.UDP
 WEB, API_BLUE_W = "shop/Deployment/web", "shop/Deployment/api-blue"
@@ -285,3 +287,46 @@ def test_a_service_the_snapshot_lacks_is_joined_to_the_server_sides_capture() ->
     graph = build_graph(both, resolver(), scope=SCOPE)
     assert unresolved_addresses(graph) == ("10.96.0.200",)
     assert set(ports(graph, WEB, API_BLUE_W)) == {PortSpec(TCP, 9090)}
+
+
+def _client_port_shared_by(count: int) -> list[Flow]:
+    """``count`` connections from one client address and port to outside addresses, seen by the
+    client's capture, and ``count`` to pods seen by another capture, all within TWIN_WINDOW: each
+    outside flow looks for its server-side twin among the pod flows."""
+    flows = []
+    for index in range(count):
+        moment = f"09:40:0{index % 4}"
+        outside = f"198.18.{index // 250}.{index % 250 + 1}:443"
+        flows.append(flow(f"{API_BLUE}:41000", outside, clock=moment, capture="api.pcap"))
+        pod = (WEB_A, WEB_B, PRODUCTPAGE)[index % 3]
+        flows.append(flow(f"{API_BLUE}:41000", f"{pod}:{1000 + index}", clock=moment, capture="p"))
+    return flows
+
+
+def test_twins_are_found_in_near_linear_work_when_thousands_share_a_client_port() -> None:
+    # Every candidate list of a twin used to be every flow from that client address and port.
+    def work(count: int) -> int:
+        flows = _client_port_shared_by(count)
+        return executed_lines(
+            lambda: build_graph(flows, resolver(), scope=SCOPE), modules=(graphs,)
+        )
+
+    assert growth(work, 150) < 1.6
+
+
+def test_twins_found_through_the_time_index_are_the_nearest_ones() -> None:
+    # Ties in time go to the lowest index; taken twins are skipped; the window bounds the search.
+    flows = [
+        flow(f"{API_BLUE}:41000", "198.18.0.1:443", clock="09:40:05", capture="a"),
+        flow(f"{API_BLUE}:41000", "198.18.0.2:443", clock="09:40:05", capture="a"),
+        flow(f"{API_BLUE}:41000", "198.18.0.3:443", clock="09:40:20", capture="a"),
+        flow(f"{API_BLUE}:41000", f"{WEB_A}:8080", clock="09:40:03", capture="b"),
+        flow(f"{API_BLUE}:41000", f"{WEB_B}:8080", clock="09:40:07", capture="b"),
+        flow(f"{API_BLUE}:41000", f"{PRODUCTPAGE}:9080", clock="09:40:26", capture="b"),
+    ]
+    twins = {
+        (a.flow.server.ip, a.twin.server.ip)
+        for a in build_graph(flows, resolver(), scope=SCOPE).graph["attributions"]
+        if a.twin is not None
+    }
+    assert twins == {("198.18.0.1", WEB_A), ("198.18.0.2", WEB_B)}

@@ -8,6 +8,7 @@ from typing import Any
 import networkx as nx
 import pytest
 
+from analyser import graphs
 from analyser.errors import SnapshotError, UnsafePolicies
 from analyser.evaluation import ContainerPort, Direction, PolicySet, PortRange, PortSet
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
@@ -18,12 +19,14 @@ from analyser.replaying import (
     check_policies_allow,
     cluster_facts,
     ensure_policies_allow,
+    observed_from_graph,
     observed_from_records,
     verify_graph,
 )
 from analyser.snapshot import Snapshot, parse_snapshot_documents
 from analyser.verifying import check_observed
 from tests.bundle_builders import API_IP, CART_POD, FRONTEND_POD, NODE_IP, snapshot
+from tests.work_counting import executed_lines, growth
 
 FRONTEND, CART, COREDNS = (
     "web/Deployment/frontend",
@@ -220,6 +223,57 @@ def test_a_truth_record_from_a_pods_own_node_is_exempt_as_in_the_graph() -> None
     stranger = {**probe, "client": "ip:192.168.49.99"}
     [denial] = check_observed(policies, observed_from_records([stranger], facts))
     assert (denial.server, denial.side) == (CART, Direction.INGRESS)
+
+
+def _node_on_many_ports(count: int) -> Any:
+    """A node with two addresses reaching cart on ``count`` ports, one flow each."""
+    result = graph()
+    result.add_node(
+        "node:node-2",
+        role=NodeRole.NODE,
+        label="node-2",
+        workload=None,
+        addresses=("172.18.0.5", "172.18.0.6"),
+    )
+    stats = EdgeStats(1, 3, 180, 0.0, 1.0, frozenset({Evidence.HANDSHAKE}))
+    ports = [PortSpec(TCP, 10000 + n) for n in range(count)]
+    result.add_edge("node:node-2", CART, ports=dict.fromkeys(ports, stats))
+    result.graph["attributions"] = tuple(
+        FlowAttribution(
+            Flow(
+                TCP,
+                Endpoint("172.18.0.6", 41000 + n),
+                Endpoint("10.244.2.7", port.port),
+                0.0,
+                1.0,
+                3,
+                180,
+                frozenset({"captures/shop/cart/capture.pcap0"}),
+                Evidence.HANDSHAKE,
+            ),
+            "node:node-2",
+            CART,
+            port,
+        )
+        for n, port in enumerate(ports)
+    )
+    return result
+
+
+def test_the_flows_of_an_edge_and_port_are_found_without_scanning_every_flow() -> None:
+    # An end with several addresses is checked with those its flows used on each port; looking
+    # them up went through every flow of the graph, for every edge and port.
+    facts = cluster_facts(*cluster())
+
+    def work(count: int) -> int:
+        bigger = _node_on_many_ports(count)
+        return executed_lines(lambda: observed_from_graph(bigger, facts), modules=(graphs,))
+
+    assert growth(work, 200) < 1.5
+    observed = observed_from_graph(_node_on_many_ports(3), facts)
+    assert {(str(o.client), o.port) for o in observed if o.port >= 10000} == {
+        ("node:node-2", 10000 + n) for n in range(3)
+    }
 
 
 def test_an_address_end_is_checked_with_the_addresses_its_flows_used() -> None:

@@ -128,6 +128,7 @@ def test_a_folder_of_json_and_yaml_files(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ('{"kind": "List", "items": [', "not valid JSON: line 1"),
+        ('{"kind": "List", "items": ' + "[" * 100_000, "nested more than 100 lists and objects"),
         ("", "empty file"),
         ('{"kind": "List", "items": {}}', "items must be a list"),
         (
@@ -176,6 +177,18 @@ def test_unusable_snapshots_name_the_file_and_the_problem(
     assert message in str(caught.value)
 
 
+def test_a_yaml_snapshot_with_aliases_is_refused_naming_file_and_line(tmp_path: Path) -> None:
+    # Nested aliases: 10**8 pods' worth of labels in a few hundred bytes, were they expanded.
+    bomb = ["l0: &l0 {app: web}"] + [
+        f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]" for n in range(1, 9)
+    ]
+    path = tmp_path / "snapshot.yaml"
+    path.write_text("kind: List\nitems: []\nbomb:\n" + "".join(f"  {line}\n" for line in bomb))
+    with pytest.raises(SnapshotError) as caught:
+        load_snapshot(path)
+    assert str(caught.value).startswith(f"{path}: line 5: a YAML alias (*l0): aliases are not")
+
+
 def test_missing_snapshot_and_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError, match="no such file"):
         load_snapshot(tmp_path / "nope.json")
@@ -200,6 +213,7 @@ def test_pod_ip_history_is_sorted_and_typed() -> None:
     ("line", "message"),
     [
         ("{not json", "not valid JSON"),
+        ('{"time": 1, "namespace": "a", "pod": "p", "labels": ' + "[" * 5000, "nested more than"),
         ('{"time": "yesterday", "namespace": "a", "pod": "p"}', "'time' is not a timestamp"),
         ('{"time": 1, "pod": "p"}', "'namespace' must be a non-empty string"),
         (
@@ -239,6 +253,9 @@ def test_capture_meta(tmp_path: Path) -> None:
     assert meta.start_time == parse_timestamp("2026-11-26T09:00:00Z") + 0.25
     path.write_text(json.dumps({"pod": "web-1"}))
     with pytest.raises(SnapshotError, match=r"meta.json: 'namespace' must be"):
+        load_capture_meta(path)
+    path.write_text('{"pod": "web-1", "labels": ' + '{"a": ' * 100_000)
+    with pytest.raises(SnapshotError, match=r"meta.json: nested more than 100 lists"):
         load_capture_meta(path)
 
 

@@ -1,0 +1,28 @@
+"""Times: UTC epoch seconds as the analyser uses them, the range an input may name, and their
+RFC 3339 text.
+
+A capture (pcapng's 64-bit timestamps shifted by ``if_tsoffset``) or an input file can name any
+moment; the analyser takes those from 1970 to the end of year 9999 (what RFC 3339 and Python's
+``datetime`` can write). A time out of that range is damage: a packet is skipped and counted, a
+time in an input file is an error naming the field.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+EARLIEST = 0.0  # 1970-01-01T00:00:00Z
+LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z
+
+
+def possible(epoch: float) -> bool:
+    """Whether ``epoch`` (UTC epoch seconds) is in the range the analyser takes (NaN is not)."""
+    return EARLIEST <= epoch <= LATEST
+
+
+def utc_text(epoch: float) -> str:
+    """``2026-01-01T10:00:00Z`` (whole seconds); a time out of range is written as the number it
+    is, never raised on."""
+    if not possible(epoch):
+        return f"{epoch!r} (not a time from 1970 to 9999)"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
