@@ -6,6 +6,7 @@ Pure (data in, data out, no I/O):
     dns         DNS answers → the names an address had, and when
     times       the range of times the analyser takes, and their RFC 3339 text
     identities  (IP, time) → pod, workload, Service, node or outside
+    vouching    which side of a flow its captures speak for (a pod's capture: its own side)
     graphs      flows + identities → the workload graph (the only networkx import)
     policies    the policy model, synthesised from the graph
     evaluation  NetworkPolicy semantics: what does a set of policies allow?
