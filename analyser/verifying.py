@@ -26,6 +26,7 @@ from analyser.evaluation import (
     NO_PORTS,
     Address,
     Denial,
+    Direction,
     IpBlock,
     Peer,
     Pod,
@@ -41,15 +42,29 @@ ANYWHERE = (
 )
 
 
+BOTH_DIRECTIONS = frozenset(Direction)
+
+
 @dataclass(frozen=True, slots=True)
 class Observed:
-    """A connection that was seen: client → server on the server's (target) port."""
+    """A connection that was seen: client → server on the server's (target) port.
+
+    ``vouched``: the sides it is checked at, the client's egress and the server's ingress: those
+    whose own captures saw it or could not have (``analyser.vouching``). A side that a pod's
+    capture ran for and did not see is not held to it: one pod's capture (forged, perhaps) must
+    not make the other side's policies look wrong."""
 
     client: Peer
     server: Peer
     protocol: Protocol
     port: int
     flows: int = 1
+    vouched: frozenset[Direction] = BOTH_DIRECTIONS
+
+    @property
+    def unchecked(self) -> tuple[Direction, ...]:
+        """The sides it is not checked at, egress first."""
+        return tuple(d for d in (Direction.EGRESS, Direction.INGRESS) if d not in self.vouched)
 
 
 # The universe's name for the cluster's nodes, when node blocks are folded into one.
@@ -155,11 +170,13 @@ def block_for(address: str) -> IpBlock:
 
 
 def check_observed(policies: PolicySet, observed: Iterable[Observed]) -> list[Denial]:
-    """Every denial of an observed connection (both sides, when both deny), in a stable order."""
+    """Every denial of an observed connection (both sides, when both deny) at a side it is
+    checked at (``Observed.vouched``), in a stable order."""
     denials = {
         denial
         for item in observed
         for denial in policies.denials(item.client, item.server, item.protocol, item.port)
+        if denial.side in item.vouched
     }
     return sorted(denials, key=lambda d: (d.client, d.server, d.protocol, d.port, d.side))
 
@@ -208,6 +225,8 @@ def _observed_ports(
 
     ranges: dict[tuple[str, str], list[PortRange]] = defaultdict(list)
     for item in observed:
+        if item.unchecked:
+            continue  # one side's word: no evidence that the pair needs the port
         for client in names(item.client):
             for server in names(item.server):
                 ranges[(client, server)].append(PortRange(item.protocol, item.port, item.port))
@@ -244,6 +263,8 @@ class Verification:
     denials: tuple[Denial, ...]
     allowances: tuple[Allowance, ...]
     score: Score
+    # Observed connections not checked at a side whose own captures did not vouch for them.
+    unvouched: tuple[Observed, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -257,6 +278,7 @@ def verify(policies: PolicySet, observed: Sequence[Observed], universe: Universe
         denials=tuple(check_observed(policies, observed)),
         allowances=tuple(allowances),
         score=score(allowances),
+        unvouched=tuple(item for item in observed if item.unchecked),
     )
 
 
@@ -314,6 +336,16 @@ def denial_json(denial: Denial) -> dict[str, object]:
         "side": str(denial.side),
         "denied_by": denial.denied_by,
         "policies": list(denial.policies),
+    }
+
+
+def unvouched_json(observed: Observed) -> dict[str, object]:
+    return {
+        "client": str(observed.client),
+        "server": str(observed.server),
+        "protocol": str(observed.protocol),
+        "port": observed.port,
+        "unchecked": [str(side) for side in observed.unchecked],
     }
 
 
