@@ -5,8 +5,12 @@ never a flow claimed before the pod existed."""
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 from typing import Any
 
+from analyser.analysing import analyse
+from analyser.bundles import open_bundle
 from analyser.evaluation import Direction
 from analyser.flows import Flow, Protocol
 from analyser.graphs import Sides, build_graph, unvouched_pairs
@@ -29,6 +33,7 @@ from tests.analyser.flow_builders import (
     flow,
     resolver,
 )
+from tests.bundle_builders import CART_IP, FRONTEND_IP, T0, handshake, make_bundle, write_pcap
 
 WEB_A_POD = Vantage("shop", "web-7c5d8f9b4-aaaaa")  # on node-a; web-…bbbbb (node-b) uncaptured
 API_POD = Vantage("shop", "api-blue-5f6d7c8b9-q1w2e")
@@ -254,3 +259,31 @@ def test_the_safety_check_and_verify_hold_each_side_to_what_it_vouched_for() -> 
     assert result.passed
     [allowance] = [a for a in result.allowances if (a.client, a.server) == (API_BLUE_W, WEB)]
     assert not allowance.observed and allowance.unobserved.covers_all_of(Protocol.TCP)
+
+
+def test_a_loose_file_tied_to_a_pod_vouches_for_that_pod_only(tmp_path: Path) -> None:
+    """A plain folder: each pod's capture is a loose file, tied to its pod by its flows, and
+    ``frontend.pcap`` (one conversation, named after frontend) claims frontend called cart on
+    9999 while cart's file covered that time and did not see it. frontend's egress gets it,
+    cart's ingress does not."""
+    bundle = make_bundle(tmp_path / "bundle")
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    shutil.copy(bundle / "snapshot.json", folder / "snapshot.json")
+    for index, pcap in enumerate(sorted(bundle.glob("captures/*/*/capture.pcap0"))):
+        shutil.copy(pcap, folder / f"trace-{index}.pcap")
+    write_pcap(folder / "frontend.pcap", handshake(FRONTEND_IP, 41000, CART_IP, 9999, T0 + 9))
+
+    analysis = analyse(open_bundle(folder), workers=1)
+
+    policies = {p.workload: p for p in analysis.policies}
+    frontend, cart = "web/Deployment/frontend", "shop/Deployment/cart"
+    assert [r.ports for r in policies[frontend].egress if r.peer.description == cart] == [
+        (PortSpec(Protocol.TCP, 8080), PortSpec(Protocol.TCP, 9999))
+    ]
+    assert [r.ports for r in policies[cart].ingress if r.peer.description == frontend] == [
+        (PortSpec(Protocol.TCP, 8080),)
+    ]
+    assert [(p.client, p.server, p.ports_text) for p in analysis.unvouched] == [
+        (frontend, cart, "TCP/9999")
+    ]
