@@ -20,11 +20,12 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from analyser.evaluation import (
     NO_PORTS,
     Address,
+    BlockIndex,
     Denial,
     Direction,
     IpBlock,
@@ -79,10 +80,11 @@ class Block:
     block: IpBlock
     address: Address
     members: frozenset[str] = frozenset()
+    # What reports call it (asked for every pair it is in: written once).
+    name: str = field(init=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return NODES if self.members else f"ip:{self.block}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", NODES if self.members else f"ip:{self.block}")
 
     def matches(self, ip: str) -> bool:
         return ip in self.members if self.members else self.block.matches(ip)
@@ -109,6 +111,24 @@ class Universe:
     pods: tuple[Pod, ...]
     blocks: tuple[Block, ...]
     focus: frozenset[str] | None = None
+    # The blocks by prefix, and the node block's members: which blocks hold an address.
+    _index: BlockIndex[Block] = field(init=False, compare=False, repr=False)
+    _nodes: Mapping[str, Block] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Frozen: the indexes are derived once, here.
+        object.__setattr__(
+            self, "_index", BlockIndex((b.block, b) for b in self.blocks if not b.members)
+        )
+        object.__setattr__(
+            self, "_nodes", {ip: b for b in self.blocks if b.members for ip in b.members}
+        )
+
+    def holding(self, ip: str) -> list[Block]:
+        """The blocks that hold the address ``ip`` (:meth:`Block.matches`), found by index."""
+        found = list(self._index.matching(ip))
+        node = self._nodes.get(ip)
+        return [*found, node] if node is not None else found
 
     @classmethod
     def of(
@@ -221,7 +241,7 @@ def _observed_ports(
     def names(peer: Peer) -> list[str]:
         if isinstance(peer, Pod):
             return [str(peer)]
-        return [b.name for b in universe.blocks if b.matches(peer.ip)]
+        return [b.name for b in universe.holding(peer.ip)]
 
     ranges: dict[tuple[str, str], list[PortRange]] = defaultdict(list)
     for item in observed:
