@@ -43,6 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from analyser.reading import no_cyclic_gc
+
+    # A report on every pair keeps millions of small objects alive and makes no reference
+    # cycles: the collector's passes over them were a third of the time with 20,000 addresses.
+    with no_cyclic_gc():
+        return _verify(args)
+
+
+def _verify(args: argparse.Namespace) -> int:
     # Imported here so `verify --help` stays quick.
     from analyser.analysing import observe
     from analyser.bundles import open_bundle
