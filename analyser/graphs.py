@@ -744,11 +744,11 @@ class UnvouchedPair:
     @property
     def why(self) -> str:
         if not self.vouched.client and not self.vouched.server:
-            return "seen by neither side's own capture, though both covered that time: no rule"
+            return "seen by neither side's own capture while it ran: no rule for it"
         side, rule = (self.server, "ingress") if self.vouched.client else (self.client, "egress")
         return (
-            f"not seen by the capture of {side}, which covered that time (only the other "
-            f"side's captures claim it): no {rule} rule for it at {side}"
+            f"not seen by the capture of {side} while it ran (or dated before that pod existed): "
+            f"no {rule} rule for it at {side}; only the other side's captures claim it"
         )
 
 

@@ -189,8 +189,8 @@ def test_a_flow_only_the_client_claims_makes_no_ingress_rule_at_a_captured_serve
         1,
     )
     assert pair.why == (
-        f"not seen by the capture of {WEB}, which covered that time (only the other side's "
-        f"captures claim it): no ingress rule for it at {WEB}"
+        f"not seen by the capture of {WEB} while it ran (or dated before that pod existed): no "
+        f"ingress rule for it at {WEB}; only the other side's captures claim it"
     )
     policies = {p.workload: p for p in synthesize(graph) if isinstance(p, Policy)}
     assert [r.ports for r in policies[API_BLUE_W].egress if r.peer.description == WEB] == [
