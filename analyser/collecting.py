@@ -39,26 +39,25 @@ from kubernetes.stream import ws_client
 from kubernetes.watch.watch import iter_resp_lines
 from websocket import ABNF, WebSocketBadStatusException, WebSocketException
 
-from analyser.bundles import (
+from analyser.pulling import Frame, PodPuller, PullReport, PullTarget
+from analyser.snapshot import load_capture_meta
+from kernel.bundles import (
     CAPTURE_META,
     CAPTURES,
-    FORMAT_VERSION,
     MANIFEST,
     POD_IPS,
     SNAPSHOT_FILE,
+    Manifest,
+    SkippedCapture,
+    Window,
     entries_for_layout,
+    write_json,
+    write_manifest,
 )
-from analyser.errors import AccessDenied, BundleError, CollectError, ExecFailed, SnapshotError
-from analyser.pulling import Frame, PodPuller, PullReport, PullTarget
-from analyser.snapshot import load_capture_meta
-from webhook.capture import (
-    CAPTURES_VOLUME,
-    DEFAULT_DIRECTORY,
-    CaptureMode,
-    capture_filter,
-)
-from webhook.capture import CONTAINER_NAME as SIDECAR_CONTAINER
-from webhook.mutations import CAPTURE_ENABLED, CAPTURE_LABEL
+from kernel.capture import CaptureMode, capture_filter
+from kernel.errors import AccessDenied, BundleError, CollectError, ExecFailed, SnapshotError
+from kernel.names import CAPTURE_ENABLED, CAPTURE_LABEL, CAPTURES_DIRECTORY, CAPTURES_VOLUME
+from kernel.names import CONTAINER_NAME as SIDECAR_CONTAINER
 
 log = logging.getLogger(__name__)
 
@@ -663,7 +662,7 @@ def pull_target(pod: KubeObject) -> PullTarget | str:
                 reason = state[condition].get("reason") or "no reason given"
                 return f"sidecar not running: {condition} ({reason})"
         return f"sidecar not running yet (pod phase {phase})"
-    directory = DEFAULT_DIRECTORY
+    directory = CAPTURES_DIRECTORY
     for mount in sidecar.get("volumeMounts") or []:
         if mount.get("name") == CAPTURES_VOLUME:
             directory = mount["mountPath"]
@@ -690,26 +689,6 @@ def capture_mode(pod: KubeObject) -> str | None:
 # --- the bundle -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Skipped:
-    namespace: str
-    pod: str
-    reason: str
-    file: str | None = None
-
-    def as_json(self) -> dict[str, str]:
-        entry = {"namespace": self.namespace, "pod": self.pod, "reason": self.reason}
-        if self.file is not None:
-            entry["file"] = self.file
-        return entry
-
-
-def capture_entries(bundle: Path) -> list[dict[str, Any]]:
-    """One entry per capture file under ``captures/NS/POD/``, checksummed from disk so entries
-    of earlier runs stay right."""
-    return [entry.as_json() for entry in sorted(entries_for_layout(bundle))]
-
-
 def remove_empty_directories(root: Path) -> None:
     if not root.is_dir():
         return
@@ -720,7 +699,7 @@ def remove_empty_directories(root: Path) -> None:
         root.rmdir()
 
 
-def window_start(bundle: Path, earlier: Iterable[str]) -> str:
+def window_start(bundle: Path, earlier: Iterable[str]) -> float:
     """When the captures begin: the earliest of ``earlier`` (RFC 3339) and the sidecars' start
     times in their ``meta.json`` files (a capture holds packets from then on)."""
     moments = [datetime.datetime.fromisoformat(moment) for moment in earlier]
@@ -732,7 +711,7 @@ def window_start(bundle: Path, earlier: Iterable[str]) -> str:
             continue
         if started is not None:
             moments.append(datetime.datetime.fromtimestamp(started, datetime.UTC))
-    return rfc3339(min(moments))
+    return min(moments).timestamp()
 
 
 def read_previous_bundle(bundle: Path) -> KubeObject | None:
@@ -751,13 +730,6 @@ def read_previous_bundle(bundle: Path) -> KubeObject | None:
     return previous
 
 
-def write_json(path: Path, document: Any) -> None:
-    """Atomically: a crash leaves the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
-
-
 @dataclass(frozen=True, slots=True)
 class CollectOptions:
     out: Path
@@ -774,7 +746,7 @@ class CollectResult:
     files_fetched: int
     bytes_fetched: int
     ip_changes: int
-    skipped: tuple[Skipped, ...]
+    skipped: tuple[SkippedCapture, ...]
 
 
 def pull_all(
@@ -783,13 +755,13 @@ def pull_all(
     bundle: Path,
     *,
     parallel: int,
-    on_done: Callable[[PullReport | Skipped], None],
-) -> list[PullReport | Skipped]:
+    on_done: Callable[[PullReport | SkippedCapture], None],
+) -> list[PullReport | SkippedCapture]:
     """Pull every target in a bounded pool; a pod that fails is reported, the rest go on.
     Missing RBAC stops everything (every other pod would fail the same way). ``on_done`` runs
     in the calling thread, in completion order; the result is in ``targets`` order."""
 
-    def pull_one(target: PullTarget) -> PullReport | Skipped:
+    def pull_one(target: PullTarget) -> PullReport | SkippedCapture:
         destination = bundle / CAPTURES / target.namespace / target.pod
         partials = bundle / PARTIALS / target.namespace / target.pod
         try:
@@ -797,11 +769,11 @@ def pull_all(
         except AccessDenied:
             raise
         except CollectError as error:
-            return Skipped(target.namespace, target.pod, str(error))
+            return SkippedCapture(target.namespace, target.pod, str(error))
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         futures = {pool.submit(pull_one, target): index for index, target in enumerate(targets)}
-        outcomes: dict[int, PullReport | Skipped] = {}
+        outcomes: dict[int, PullReport | SkippedCapture] = {}
         try:
             for future in as_completed(futures):
                 outcomes[futures[future]] = future.result()
@@ -819,7 +791,7 @@ def collect(
     *,
     on_watch_event: Callable[[], None] = lambda: None,
     on_pull_start: Callable[[int], None] = lambda pods: None,
-    on_pod_done: Callable[[PullReport | Skipped], None] = lambda outcome: None,
+    on_pod_done: Callable[[PullReport | SkippedCapture], None] = lambda outcome: None,
 ) -> CollectResult:
     """Watch, snapshot, pull, write ``bundle.json``; a second run into the same bundle fetches
     only what is missing."""
@@ -841,39 +813,36 @@ def collect(
         if item["kind"] == "Pod" and item["metadata"]["namespace"] in namespaces
     ]
     targets: list[PullTarget] = []
-    skipped: list[Skipped] = []
+    skipped: list[SkippedCapture] = []
     for pod in pods:
         target = pull_target(pod)
         if isinstance(target, PullTarget):
             targets.append(target)
         else:
-            skipped.append(Skipped(pod["metadata"]["namespace"], pod["metadata"]["name"], target))
+            metadata = pod["metadata"]
+            skipped.append(SkippedCapture(metadata["namespace"], metadata["name"], target))
     on_pull_start(len(targets))
     outcomes = pull_all(cluster, targets, bundle, parallel=options.parallel, on_done=on_pod_done)
     remove_empty_directories(bundle / PARTIALS)
     reports = [outcome for outcome in outcomes if isinstance(outcome, PullReport)]
-    skipped += [outcome for outcome in outcomes if isinstance(outcome, Skipped)]
+    skipped += [outcome for outcome in outcomes if isinstance(outcome, SkippedCapture)]
     for report in reports:
         skipped += [
-            Skipped(report.target.namespace, report.target.pod, reason, file=name)
+            SkippedCapture(report.target.namespace, report.target.pod, reason, file=name)
             for name, reason in report.failures
         ]
     modes = sorted({mode for pod in pods if (mode := capture_mode(pod)) is not None})
     earlier = [(previous or {}).get("window", {}).get("start", start), start]
-    write_json(
-        bundle / MANIFEST,
-        {
-            "format_version": FORMAT_VERSION,
-            "producer": "collect",
-            "window": {"start": window_start(bundle, earlier), "end": rfc3339(utc_now())},
-            "capture_mode": modes[0] if len(modes) == 1 else ("mixed" if modes else None),
-            "namespaces": namespaces,
-            "captures": capture_entries(bundle),
-            "skipped": [
-                entry.as_json()
-                for entry in sorted(skipped, key=lambda s: (s.namespace, s.pod, s.file or ""))
-            ],
-        },
+    write_manifest(
+        bundle,
+        Manifest(
+            producer="collect",
+            capture_mode=modes[0] if len(modes) == 1 else ("mixed" if modes else None),
+            window=Window(window_start(bundle, earlier), utc_now().timestamp()),
+            captures=tuple(entries_for_layout(bundle)),
+            namespaces=tuple(namespaces),
+            skipped=tuple(skipped),
+        ),
     )
     return CollectResult(
         namespaces=tuple(namespaces),

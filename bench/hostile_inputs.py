@@ -46,7 +46,7 @@ import json, resource, sys
 from pathlib import Path
 from analyser.analysing import analyse
 from analyser.bundles import open_bundle
-from analyser.errors import NetpolSnifferError
+from kernel.errors import NetpolSnifferError
 options = json.loads(sys.argv[2])
 try:
     analysis = analyse(open_bundle(Path(sys.argv[1])), workers=1, **options)

@@ -29,8 +29,8 @@ from bundle_builders import (
     write_pcap,
 )
 
-from analyser.bundles import Manifest, Window, entries_for_layout, write_manifest
 from analyser.cli.main import ExitStatus, main
+from kernel.bundles import Manifest, Window, entries_for_layout, write_manifest
 
 
 @pytest.fixture(scope="module")

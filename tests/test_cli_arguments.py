@@ -16,7 +16,7 @@ from analyser.cli.arguments import (
     seconds,
 )
 from analyser.policies import ALLOWABLE_SPECIAL
-from webhook.capture import CaptureMode
+from kernel.capture import CaptureMode
 
 
 def test_positive_int() -> None:

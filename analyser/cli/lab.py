@@ -63,9 +63,9 @@ def _say(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kernel.capture import CaptureMode
     from lab import netns
     from lab.running import LabOptions, run_lab
-    from webhook.capture import CaptureMode
 
     if args.action == "clean":
         netns.require_root()

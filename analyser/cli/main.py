@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from enum import IntEnum
 from types import ModuleType
 
-from analyser.errors import NetpolSnifferError
 from analyser.texts import inert
+from kernel.errors import NetpolSnifferError
 
 PROG = "netpol-sniffer"
 

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from analyser.collecting import apply_uninstall, connect, plan_uninstall
-    from webhook.mutations import CAPTURE_LABEL
+    from kernel.names import CAPTURE_LABEL
 
     cluster = connect(args.kubeconfig, args.context)
     plans = [plan_uninstall(cluster, namespace) for namespace in dict.fromkeys(args.namespace)]

@@ -25,9 +25,9 @@ from analyser.analysing import (
     write_output,
 )
 from analyser.bundles import open_bundle
-from analyser.errors import OutputError, RenderError, UnsafePolicies
 from analyser.flows import Evidence
 from analyser.policies import Policy
+from kernel.errors import OutputError, RenderError, UnsafePolicies
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -42,11 +42,12 @@ from analyser.collecting import (
     pull_target,
     translate_status,
 )
-from analyser.errors import AccessDenied, BundleError, CollectError
 from analyser.pulling import PodPuller, PullTarget, drain, fetch_command
 from analyser.snapshot import load_pod_ip_history, load_snapshot
-from webhook.capture import CaptureMode, CaptureOptions, tcpdump_argv
-from webhook.mutations import CAPTURE_LABEL
+from kernel.capture import CaptureMode
+from kernel.errors import AccessDenied, BundleError, CollectError
+from kernel.names import CAPTURE_LABEL
+from webhook.capture import CaptureOptions, tcpdump_argv
 
 EXEC_DATA = Path(__file__).parent.parent / "data" / "exec"
 SIDECAR = "netpol-sniffer-capture"

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from analyser import evaluation
-from analyser.errors import PolicyError
 from analyser.evaluation import (
     Address,
     ContainerPort,
@@ -22,6 +21,7 @@ from analyser.evaluation import (
     pod,
 )
 from analyser.flows import Protocol
+from kernel.errors import PolicyError
 from tests.work_counting import executed_lines, growth
 
 TCP, UDP, SCTP = Protocol.TCP, Protocol.UDP, Protocol.SCTP

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from analyser.dns import DnsNames, DnsTable
-from analyser.errors import UnsafePolicies
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import build_graph
 from analyser.identities import Resolver, Workload, WorkloadRef
@@ -41,6 +40,7 @@ from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, render_policy_files
 from analyser.replaying import cluster_facts, ensure_policies_allow
 from analyser.snapshot import Snapshot, parse_snapshot_documents
+from kernel.errors import UnsafePolicies
 from tests.analyser.flow_builders import (
     API_BLUE,
     API_SVC,

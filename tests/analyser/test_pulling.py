@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from localexec import Frame, LocalExec, cut_after, flip_first_byte
 
-from analyser.errors import CollectError, ExecFailed, StreamCut
 from analyser.pulling import (
     PodPuller,
     PullReport,
@@ -27,6 +26,7 @@ from analyser.pulling import (
     generation_name,
     parse_listing,
 )
+from kernel.errors import CollectError, ExecFailed, StreamCut
 
 EXEC_DATA = Path(__file__).parent.parent / "data" / "exec"
 

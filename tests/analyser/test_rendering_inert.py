@@ -16,7 +16,6 @@ import yaml
 
 from analyser import rendering
 from analyser.bundles import FileProblem
-from analyser.errors import RenderError
 from analyser.graphs import NodeRole
 from analyser.policies import DefaultDeny, IpPeer, Policy, PortSpec, Rule
 from analyser.rendering import (
@@ -36,6 +35,7 @@ from analyser.rendering import (
     yaml_quoted,
 )
 from analyser.texts import inert
+from kernel.errors import RenderError
 from tests.analyser.test_rendering import (
     PROVENANCE,
     TCP,

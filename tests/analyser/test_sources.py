@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from analyser.errors import MalformedCapture, TruncatedCapture
-from analyser.sources import (
-    CHUNK_SIZE,
-    MAX_PARSED_BLOCK,
-    MAX_RECORD,
-    CaptureFile,
-    find_captures,
-    records,
-    ring_name,
-)
+from analyser.sources import CHUNK_SIZE, MAX_PARSED_BLOCK, MAX_RECORD, CaptureFile, records
+from kernel.bundles import find_captures, ring_name
+from kernel.errors import MalformedCapture, TruncatedCapture
 from tests.analyser.packet_builders import (
     START,
     ethernet,

@@ -29,9 +29,9 @@ from analyser.collecting import (
     collect,
     load_configuration,
 )
-from analyser.errors import AccessDenied
 from analyser.snapshot import load_pod_ip_history, load_snapshot
 from certs.make_certs import LOOPBACK_NAMES, make_certs
+from kernel.errors import AccessDenied
 
 pytestmark = pytest.mark.e2e
 

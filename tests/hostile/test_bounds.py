@@ -26,8 +26,8 @@ import pytest
 from analyser.analysing import GRAPH_SVG, analyse
 from analyser.bundles import open_bundle
 from analyser.cli.main import ExitStatus, main
-from analyser.errors import BundleError, SnapshotError
 from analyser.sources import DEFAULT_MAX_BYTES
+from kernel.errors import BundleError, SnapshotError
 from tests.analyser.packet_builders import write_pcapng
 from tests.bundle_builders import handshake
 from tests.hostile.hostile_helpers import (
@@ -55,7 +55,7 @@ from pathlib import Path
 from analyser.analysing import analyse
 from analyser.bundles import open_bundle
 from analyser.cli.main import ExitStatus, main
-from analyser.errors import NetpolSnifferError
+from kernel.errors import NetpolSnifferError
 from tests.hostile.hostile_helpers import policy_files
 try:
     analysis = analyse(open_bundle(Path(sys.argv[1])), workers=1, **json.loads(sys.argv[2]))

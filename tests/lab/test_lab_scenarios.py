@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from analyser.cli.main import main as main_cli
-from analyser.errors import LabError
+from kernel.errors import LabError
 from lab import netns
 from lab.layouts import DNS_WORKLOAD
 from tests.lab.lab_helpers import (
