@@ -3,7 +3,7 @@
     .venv/bin/python bench/pull_throughput.py
 
 One pod's ring of 4 capture files (1× = 8 MB each, 4× = 32 MB each) is pulled by
-``analyser.pulling.PodPuller`` two ways, each in its own process so peak RSS is its own:
+``collector.pulling.PodPuller`` two ways, each in its own process so peak RSS is its own:
 
 - ``websocket``: the real path: the kubernetes client's exec websocket (``KubernetesCluster.exec``)
   against a local API server speaking v4.channel.k8s.io whose exec runs the pod's commands on this
@@ -38,8 +38,8 @@ def pull_once(mode: str, file_mb: int) -> dict[str, float]:
     from kubernetes import client as k8s_client
     from localexec import LocalExec
 
-    from analyser.collecting import KubernetesCluster
-    from analyser.pulling import PodPuller, PullTarget
+    from collector.kube import KubernetesCluster
+    from collector.pulling import PodPuller, PullTarget
 
     with tempfile.TemporaryDirectory(prefix="pull-bench-") as scratch:
         pod_dir = Path(scratch) / "captures"

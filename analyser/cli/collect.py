@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analyser.collecting import CollectOptions, collect, connect
+    from collector.collecting import CollectOptions, collect
+    from collector.kube import connect
 
     cluster = connect(args.kubeconfig, args.context)
     options = CollectOptions(

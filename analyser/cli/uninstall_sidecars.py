@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analyser.collecting import apply_uninstall, connect, plan_uninstall
+    from collector.kube import connect
+    from collector.uninstalling import apply_uninstall, plan_uninstall
     from kernel.names import CAPTURE_LABEL
 
     cluster = connect(args.kubeconfig, args.context)
