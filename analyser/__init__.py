@@ -20,12 +20,9 @@ Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functi
     documents   JSON and YAML text → values, with bounded work (no YAML aliases, nesting capped)
     snapshot    snapshot.json, pod IP history and meta.json → indexed Kubernetes JSON
     policysets  policy files → a policy set
-    pulling     the exec-API pull protocol: frames → files, checksums, resume
     analysing   the whole pipeline; ``write_output`` is the only writer of analyse's output
 
-Shells:
-    collecting  the only module that talks to a cluster (the only kubernetes import)
-    cli         one module per subcommand; ``cli.main`` is the error boundary
+The cluster is the ``collector`` package's business, the command line the ``cli`` package's.
 
 Errors are one tree, in ``kernel.errors`` (shared by every package), re-exported here. The public
 surface is listed in ``__all__``; everything else is internal.

@@ -29,7 +29,7 @@ from bundle_builders import (
     write_pcap,
 )
 
-from analyser.cli.main import ExitStatus, main
+from cli.main import ExitStatus, main
 from kernel.bundles import Manifest, Window, entries_for_layout, write_manifest
 
 
@@ -180,7 +180,7 @@ def test_the_installed_command_runs(bundle: Path, tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "analyser.cli.main",
+            "cli.main",
             "analyse",
             str(bundle),
             "-o",

@@ -19,8 +19,8 @@ import yaml
 from kubernetes import client as k8s_client
 
 from analyser.bundles import open_bundle
-from analyser.cli.main import main
 from analyser.snapshot import load_pod_ip_history, load_snapshot
+from cli.main import main
 from collector.collecting import PARTIALS, CollectOptions, capture_mode, collect, pull_target
 from collector.history import PodIPHistory
 from collector.kinds import DEPLOYMENTS, NAMESPACES, PODS, ROLLABLE_KINDS, SNAPSHOT_KINDS

@@ -21,9 +21,9 @@ import yaml
 from controlplane import ControlPlane
 
 from analyser.bundles import open_bundle, parse_manifest
-from analyser.cli.main import main
 from analyser.snapshot import load_pod_ip_history, load_snapshot
 from certs.make_certs import LOOPBACK_NAMES, make_certs
+from cli.main import main
 from collector.collecting import CollectOptions, collect
 from collector.kube import KubernetesCluster, load_configuration
 from kernel.errors import AccessDenied

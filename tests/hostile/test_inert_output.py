@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from analyser.analysing import REPORT, Analysis
-from analyser.cli.main import ExitStatus, main
 from analyser.rendering import KUSTOMIZATION, Provenance, policy_object, policy_path
+from cli.main import ExitStatus, main
 from tests.bundle_builders import Frame, dns_exchange, handshake
 from tests.hostile.hostile_helpers import (
     NAMESPACE,

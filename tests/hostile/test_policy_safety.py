@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from analyser.cli.main import ExitStatus, main
 from analyser.graphs import attempts
 from analyser.policies import SpecialAddress
 from analyser.rendering import KUSTOMIZATION
+from cli.main import ExitStatus, main
 from tests.bundle_builders import ACK, SYN, Frame, handshake, tcp, udp
 from tests.hostile.hostile_helpers import (
     NAMESPACE,

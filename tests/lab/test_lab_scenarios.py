@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from analyser.cli.main import main as main_cli
+from cli.main import main as main_cli
 from kernel.errors import LabError
 from lab import netns
 from lab.layouts import DNS_WORKLOAD
@@ -337,7 +337,7 @@ def _start_cli_run(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
         [
             sys.executable,
             "-m",
-            "analyser.cli.main",
+            "cli.main",
             *lab_run_argv(tmp_path / "m.yaml", tmp_path / "p.yaml", tmp_path / "bundle"),
             "--duration",
             "30",

@@ -23,14 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from analyser.cli.arguments import add_capture_mode, positive_seconds
-from analyser.cli.main import ExitStatus, echo, say
 from analyser.texts import inert
+from cli.arguments import add_capture_mode, positive_seconds
+from cli.main import ExitStatus, echo, say
 from kernel.bundles import MANIFEST
 from kernel.errors import LabError
 
 SUMMARY = "lab + analyse on microservices-demo, with a summary"
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "microservices-demo"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "microservices-demo"
 DEFAULT_OUT = Path("demo-output")
 DEFAULT_DURATION = 8.0
 

@@ -20,9 +20,9 @@ import argparse
 from contextlib import ExitStack
 from pathlib import Path
 
-from analyser.cli.arguments import positive_int, seconds
-from analyser.cli.main import ExitStatus, echo, say
-from analyser.cli.progress import Progress
+from cli.arguments import positive_int, seconds
+from cli.main import ExitStatus, echo, say
+from cli.progress import Progress
 
 SUMMARY = "pull captures and a cluster snapshot into a bundle"
 

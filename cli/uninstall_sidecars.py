@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from analyser.cli.main import ExitStatus, echo
+from cli.main import ExitStatus, echo
 
 SUMMARY = "unlabel namespaces and roll their workloads so the sidecars go away"
 
