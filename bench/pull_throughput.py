@@ -27,19 +27,19 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "analyser"))
+sys.path.insert(0, str(REPO))
 
 FILES = 4
 FILE_MB_1X = 8
 
 
 def pull_once(mode: str, file_mb: int) -> dict[str, float]:
-    from fakeapiserver import FakeAPIServer
     from kubernetes import client as k8s_client
-    from localexec import LocalExec
 
     from collector.kube import KubernetesCluster
     from collector.pulling import PodPuller, PullTarget
+    from tests.collector.fakeapiserver import FakeAPIServer
+    from tests.collector.localexec import LocalExec
 
     with tempfile.TemporaryDirectory(prefix="pull-bench-") as scratch:
         pod_dir = Path(scratch) / "captures"

@@ -13,7 +13,10 @@ from pathlib import Path
 import dpkt
 import pytest
 import yaml
-from bundle_builders import (
+
+from cli.main import ExitStatus, main
+from kernel.bundles import Manifest, Window, entries_for_layout, write_manifest
+from tests.bundle_builders import (
     CART_IP,
     CART_POD,
     CART_SERVICE_IP,
@@ -28,9 +31,6 @@ from bundle_builders import (
     udp,
     write_pcap,
 )
-
-from cli.main import ExitStatus, main
-from kernel.bundles import Manifest, Window, entries_for_layout, write_manifest
 
 
 @pytest.fixture(scope="module")

@@ -381,7 +381,7 @@ def test_addresses_are_matched_through_the_blocks_prefixes_as_one_by_one() -> No
     # Overlapping blocks of every prefix length, holes, both families, rules without peers, a
     # rule with several blocks: the index answers as matching each ipBlock in turn would.
     rng = random.Random(18)
-    blocks = [
+    blocks: list[dict[str, Any]] = [
         {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "10.2.3.0/24"]},
         {"cidr": "10.1.2.0/24"},
         {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]},

@@ -53,7 +53,10 @@ IN_YAML_VALUES = {
 }
 # What YAML (PyYAML, libyaml, go-yaml) reads as a line break; only "\n" may end a line we write.
 YAML_BREAKS = {"\r", "\x85", "\u2028", "\u2029"}
-LOADERS = [yaml.SafeLoader, *([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else [])]
+LOADERS: list[type[yaml.SafeLoader] | type[yaml.CSafeLoader]] = [
+    yaml.SafeLoader,
+    *([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else []),
+]
 
 
 def hostile_policy(text: str) -> Policy:

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import yaml
-from controlplane import ControlPlane
 
 from analyser.bundles import open_bundle, parse_manifest
 from analyser.snapshot import load_pod_ip_history, load_snapshot
@@ -28,6 +27,7 @@ from collector.collecting import CollectOptions, collect
 from collector.kube import KubernetesCluster, load_configuration
 from kernel.errors import AccessDenied
 from tests.collector.fakeapiserver import FakeAPIServer
+from tests.e2e.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
 

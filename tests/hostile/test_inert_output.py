@@ -42,7 +42,10 @@ HOSTILE_NAMES = (
 )
 # What YAML reads as a line break; only "\n" may end a line we write.
 YAML_BREAKS = {"\r", "\x85", "\u2028", "\u2029"}
-LOADERS = [yaml.SafeLoader, *([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else [])]
+LOADERS: list[type[yaml.SafeLoader] | type[yaml.CSafeLoader]] = [
+    yaml.SafeLoader,
+    *([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else []),
+]
 
 
 def frontend_calls_outside(bundle: Path, names: tuple[str, ...]) -> list[Frame]:
@@ -65,7 +68,7 @@ def objects(analysis: Analysis) -> dict[str, list[Any]]:
 
 
 def without_dns_names(documents: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    stripped = json.loads(json.dumps(documents))
+    stripped: dict[str, list[Any]] = json.loads(json.dumps(documents))
     for path, docs in stripped.items():
         if path != KUSTOMIZATION:
             for doc in docs:

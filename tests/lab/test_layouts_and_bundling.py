@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from kernel.errors import LabError
@@ -188,7 +190,7 @@ def test_snapshot_is_an_api_server_list(layout: Layout) -> None:
         "Job",
     ):
         assert kind in kinds
-    by_kind = {}
+    by_kind: dict[str, list[dict[str, Any]]] = {}
     for item in snapshot["items"]:
         by_kind.setdefault(item["kind"], []).append(item)
     web_pod = next(p for p in by_kind["Pod"] if p["metadata"]["name"].startswith("web-"))
