@@ -7,9 +7,9 @@ One pod's ring of 4 capture files (1× = 8 MB each, 4× = 32 MB each) is pulled 
 
 - ``websocket``: the real path: the kubernetes client's exec websocket (``KubernetesCluster.exec``)
   against a local API server speaking v4.channel.k8s.io whose exec runs the pod's commands on this
-  machine (tests/analyser/fakeapiserver.py);
+  machine (tests/collector/fakeapiserver.py);
 - ``local``: the baseline: the same commands and checksums without any websocket
-  (tests/analyser/localexec.py), i.e. what dd, sha256sum and the disk cost by themselves.
+  (tests/collector/localexec.py), i.e. what dd, sha256sum and the disk cost by themselves.
 
 Prints MB/s, the websocket path as a fraction of the baseline, and peak RSS for 1× and 4×.
 Asserts nothing.
