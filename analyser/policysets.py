@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from analyser.errors import PolicyError
 from analyser.evaluation import CompiledPolicy, PolicySet, compile_policy
+from kernel.errors import PolicyError
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 # libyaml's safe loader when PyYAML was built with it: the safety check reads back every policy

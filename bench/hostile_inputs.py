@@ -46,7 +46,7 @@ import json, resource, sys
 from pathlib import Path
 from analyser.analysing import analyse
 from analyser.bundles import open_bundle
-from analyser.errors import NetpolSnifferError
+from kernel.errors import NetpolSnifferError
 options = json.loads(sys.argv[2])
 try:
     analysis = analyse(open_bundle(Path(sys.argv[1])), workers=1, **options)
@@ -169,7 +169,7 @@ def outside_addresses(bundle: Path, count: int) -> Path:
     addresses (the last two from one client port each: every flow looks for a twin)."""
     frontend = pod_ip(bundle, FRONTEND)
     start = window_start(bundle) + 10
-    records = []
+    records: list[bytes] = []
     for index in range(count):
         at = start + index * 1e-4  # all within the twin window of each other
         records += handshake(address("198.18", index), 40000 + index % 20000, frontend, 8080, at)

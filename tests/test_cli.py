@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from analyser.cli import main as cli_main
-from analyser.cli.main import COMMANDS, ExitStatus, echo, main, say
+from cli import main as cli_main
+from cli.main import COMMANDS, ExitStatus, echo, main, say
 
 
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -36,7 +36,7 @@ def test_every_command_has_help_and_a_matching_summary(name: str) -> None:
     expected_summary = COMMANDS[name][1]
     assert getattr(module, "SUMMARY", None) == expected_summary
     result = subprocess.run(
-        [sys.executable, "-m", "analyser.cli.main", name, "--help"],
+        [sys.executable, "-m", "cli.main", name, "--help"],
         capture_output=True,
         text=True,
         check=False,
@@ -47,7 +47,7 @@ def test_every_command_has_help_and_a_matching_summary(name: str) -> None:
 
 def test_analyse_help_does_not_import_the_webhook_or_kubernetes() -> None:
     code = (
-        "import sys; from analyser.cli.main import main\n"
+        "import sys; from cli.main import main\n"
         "try:\n    main(['analyse', '--help'])\nexcept SystemExit:\n    pass\n"
         "bad = [m for m in ('fastapi', 'uvicorn', 'kubernetes') if m in sys.modules]\n"
         "print('heavy imports: ' + ','.join(bad))"

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from analyser.dns import DnsNames, DnsTable
-from analyser.errors import UnsafePolicies
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import build_graph
 from analyser.identities import Resolver, Workload, WorkloadRef
@@ -41,6 +40,7 @@ from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, render_policy_files
 from analyser.replaying import cluster_facts, ensure_policies_allow
 from analyser.snapshot import Snapshot, parse_snapshot_documents
+from kernel.errors import UnsafePolicies
 from tests.analyser.flow_builders import (
     API_BLUE,
     API_SVC,
@@ -569,7 +569,7 @@ def test_one_way_traffic_to_many_outside_addresses_does_not_widen() -> None:
     addresses widen as before, and unanswered ones on such a port are then covered too."""
     flows = []
     for index in range(40):
-        one_way = dict(protocol=UDP, evidence=Evidence.HEURISTIC)
+        one_way: dict[str, Any] = {"protocol": UDP, "evidence": Evidence.HEURISTIC}
         flows.append(
             replace(
                 flow(f"{WEB_A}:{41000 + index}", f"198.51.100.{index + 1}:8125", **one_way),
@@ -625,7 +625,7 @@ def test_special_addresses(address: str, kind: SpecialAddress | None) -> None:
 def _special_traffic() -> list[Any]:
     """web calls the metadata endpoint, SSDP multicast, a broadcast and a node-local DNS cache
     (also on a port that is not DNS), and gets a packet from 0.0.0.0 (DHCP)."""
-    udp = dict(protocol=UDP, evidence=Evidence.HEURISTIC)
+    udp: dict[str, Any] = {"protocol": UDP, "evidence": Evidence.HEURISTIC}
     return [
         flow(f"{WEB_A}:41000", "169.254.169.254:80"),
         flow(f"{WEB_A}:41001", "[fd00:ec2::254]:80"),

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from enum import IntEnum
 from types import ModuleType
 
-from analyser.errors import NetpolSnifferError
 from analyser.texts import inert
+from kernel.errors import NetpolSnifferError
 
 PROG = "netpol-sniffer"
 
@@ -37,14 +37,14 @@ class ExitStatus(IntEnum):
 # name → (module, one-line summary). The summary is repeated here so the top-level --help needs
 # no imports; a test checks it matches the module's SUMMARY.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "collect": ("analyser.cli.collect", "pull captures and a cluster snapshot into a bundle"),
-    "analyse": ("analyser.cli.analyse", "turn a bundle into NetworkPolicies, a graph and a report"),
-    "verify": ("analyser.cli.verify", "prove policies allow every observed flow, show the rest"),
-    "diff": ("analyser.cli.diff", "what changes between two policy folders, per workload pair"),
-    "lab": ("analyser.cli.lab", "run the pipeline on a simulated cluster of network namespaces"),
-    "demo": ("analyser.cli.demo", "lab + analyse on microservices-demo, with a summary"),
+    "collect": ("cli.collect", "pull captures and a cluster snapshot into a bundle"),
+    "analyse": ("cli.analyse", "turn a bundle into NetworkPolicies, a graph and a report"),
+    "verify": ("cli.verify", "prove policies allow every observed flow, show the rest"),
+    "diff": ("cli.diff", "what changes between two policy folders, per workload pair"),
+    "lab": ("cli.lab", "run the pipeline on a simulated cluster of network namespaces"),
+    "demo": ("cli.demo", "lab + analyse on microservices-demo, with a summary"),
     "uninstall-sidecars": (
-        "analyser.cli.uninstall_sidecars",
+        "cli.uninstall_sidecars",
         "unlabel namespaces and roll their workloads so the sidecars go away",
     ),
 }
