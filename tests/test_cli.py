@@ -30,6 +30,24 @@ def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
+def test_a_misspelt_command_gets_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "bundle"]) == ExitStatus.USAGE
+    assert "unknown command 'analyze'; did you mean 'analyse'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["analyse", "--help"], ["--version"]])
+def test_a_reader_that_stops_reading_gets_no_traceback(argv: list[str]) -> None:
+    """``netpol-sniffer ... | head``: the pipe closes before the command writes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the first write
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_command_has_help_and_a_matching_summary(name: str) -> None:
     module = importlib.import_module(COMMANDS[name][0])
