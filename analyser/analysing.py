@@ -657,6 +657,7 @@ def analyse(
             max_outside_addresses=max_outside_addresses,
             allowed_special=allowed_special,
             exposures=exposures if expose_anywhere else None,
+            internal_networks=seen.resolver.cluster_networks,
         )
     )
     left_out = left_out_of(policies)

@@ -563,6 +563,8 @@ def test_without_exposures_the_clients_seen_are_all_that_is_allowed() -> None:
         r.peer.cidr for r in by_workload(exposed)[str(WEB)].ingress if isinstance(r.peer, IpPeer)
     ]
     assert "0.0.0.0/0" not in cidrs and len(cidrs) == 41
+
+
 def test_one_way_traffic_to_many_outside_addresses_does_not_widen() -> None:
     """40 addresses sent UDP on 8125 (statsd: nothing comes back) and 40 more sent web UDP on
     5353 that it never answered: each keeps its own rule, none becomes anywhere. Answered
@@ -794,3 +796,27 @@ def test_special_addresses_are_never_node_blocks() -> None:
     graph = build_graph([], resolver(), scope=set())
     blocks = node_blocks(graph, ["192.168.49.2", "169.254.169.254", "fe80::1", "0.0.0.0"])
     assert [block.cidr for block in blocks] == ["192.168.49.2/32"]
+
+
+def test_anywhere_never_opens_the_cluster_itself() -> None:
+    """Calico and kube-router match ipBlocks against pod addresses too: a rule from anywhere
+    (an exposure, or widening) excepts the cluster's pod and Service networks, so inside the
+    cluster only the exact rules allow anything."""
+    exposure = Exposure(PortSpec(Protocol.TCP, 8080), "Service shop/web (LoadBalancer)", (4, 6))
+    _, _, result = synthesized(
+        _public_traffic(),
+        {WEB},
+        max_outside_addresses=32,
+        exposures={str(WEB): [exposure]},
+        internal_networks=("10.244.0.0/16", "10.96.0.0/12", "fd00:10:244::/56"),
+    )
+    web = by_workload(result)[str(WEB)]
+    anywhere = [
+        r.peer
+        for r in (*web.ingress, *web.egress)
+        if isinstance(r.peer, IpPeer) and r.peer.excluded
+    ]
+    assert {peer.cidr for peer in anywhere} == {"0.0.0.0/0", "::/0"}
+    for peer in anywhere:
+        internal = {"0.0.0.0/0": {"10.244.0.0/16", "10.96.0.0/12"}, "::/0": {"fd00:10:244::/56"}}
+        assert internal[peer.cidr] <= set(peer.excluded), peer
