@@ -11,11 +11,12 @@ APT_PACKAGES := tcpdump iproute2 iptables graphviz procps kmod gcc libc6-dev pyt
 APT_COMMANDS := tcpdump ip iptables dot gcc
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv lint test unit lab-test e2e fuzz control-plane demo bench clean
+.PHONY: help system-deps venv lint check test unit lab-test e2e fuzz control-plane demo bench clean
 
 help:
 	@echo "make demo    set up and run the lab + analyser on microservices-demo"
 	@echo "make test    set up everything (Debian and Python packages) and run lint + all tests"
+	@echo "make check   lint, types, import layers and the fast tests (CI's first stage)"
 	@echo "make unit    fast tests only (no root, no lab, no control plane)"
 	@echo "make e2e     end-to-end tests against a real kube-apiserver"
 	@echo "make fuzz    fuzz the input parsers longer (FUZZ_EXAMPLES=5000 per target)"
@@ -57,11 +58,22 @@ define run_pytest
 	if [ $$status -eq 5 ]; then echo "pytest ran no test: failing" >&2; exit 1; fi; exit $$status
 endef
 
-test: system-deps venv lint control-plane
-	$(call run_pytest,)
+# The tests that need root, network namespaces or a real control plane; the rest are fast.
+SLOW_MARKERS := lab or e2e or root
+
+# CI's two stages: `check` (lint and every fast test, no root needed, a couple of minutes) runs
+# first and stops the run on the first failure; then the root, lab and end-to-end tests.
+test: system-deps venv check control-plane
+	@echo "== stage 2: root, lab and end-to-end tests"
+	$(call run_pytest,-m "$(SLOW_MARKERS)")
+
+check: venv
+	@echo "== stage 1: lint, types, import layers and the fast tests"
+	$(MAKE) --no-print-directory lint
+	$(call run_pytest,-m "not ($(SLOW_MARKERS))")
 
 unit: venv
-	$(call run_pytest,-m "not lab and not e2e and not root and not fuzz")
+	$(call run_pytest,-m "not ($(SLOW_MARKERS)) and not fuzz")
 
 lab-test: system-deps venv
 	$(call run_pytest,-m lab)

@@ -4,7 +4,6 @@ Pure (data in, data out, no I/O):
     packets     bytes → L3/L4 facts and DNS answers (the only dpkt import)
     flows       the flow types, and conversations → client → server flows
     dns         DNS answers → the names an address had, and when
-    times       the range of times the analyser takes, and their RFC 3339 text
     identities  (IP, time) → pod, workload, Service, node or outside
     vouching    which side of a flow its captures speak for (a pod's capture: its own side)
     graphs      flows + identities → the workload graph (the only networkx import)
@@ -18,19 +17,16 @@ Pure (data in, data out, no I/O):
 Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functions read files):
     sources     capture files → (timestamp, linktype, bytes) records
     reading     capture files → traffic, on every core
-    bundles     a bundle directory → manifest, snapshot, captures, damaged files
+    bundles     a bundle directory (kernel.bundles' format) → manifest, snapshot, captures, damage
     documents   JSON and YAML text → values, with bounded work (no YAML aliases, nesting capped)
     snapshot    snapshot.json, pod IP history and meta.json → indexed Kubernetes JSON
     policysets  policy files → a policy set
-    pulling     the exec-API pull protocol: frames → files, checksums, resume
     analysing   the whole pipeline; ``write_output`` is the only writer of analyse's output
 
-Shells:
-    collecting  the only module that talks to a cluster (the only kubernetes import)
-    cli         one module per subcommand; ``cli.main`` is the error boundary
+The cluster is the ``collector`` package's business, the command line the ``cli`` package's.
 
-Errors are one tree, in ``errors``. The public surface is listed in ``__all__``; everything else
-is internal.
+Errors are one tree, in ``kernel.errors`` (shared by every package), re-exported here. The public
+surface is listed in ``__all__``; everything else is internal.
 """
 
 from __future__ import annotations
@@ -39,15 +35,6 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from analyser.errors import (
-        BundleError,
-        CaptureError,
-        CollectError,
-        NetpolSnifferError,
-        PolicyError,
-        SnapshotError,
-        UnsafePolicies,
-    )
     from analyser.evaluation import (
         Address,
         ContainerPort,
@@ -62,12 +49,21 @@ if TYPE_CHECKING:
     from analyser.policies import DefaultDeny, Policy, SpecialAddress, synthesize
     from analyser.policysets import load_policies
     from analyser.snapshot import Snapshot, load_snapshot
+    from kernel.errors import (
+        BundleError,
+        CaptureError,
+        CollectError,
+        NetpolSnifferError,
+        PolicyError,
+        SnapshotError,
+        UnsafePolicies,
+    )
 
 # Where each public name lives. They are imported on first use (PEP 562): a reader process, the
 # webhook and short commands import only the modules they need, not evaluation, identities,
 # policies and YAML with them (0.07 CPU-seconds per process, see docs/captures.md).
 _EXPORTS = {
-    "errors": (
+    "kernel.errors": (
         "BundleError",
         "CaptureError",
         "CollectError",
@@ -76,7 +72,7 @@ _EXPORTS = {
         "SnapshotError",
         "UnsafePolicies",
     ),
-    "evaluation": (
+    "analyser.evaluation": (
         "Address",
         "ContainerPort",
         "Denial",
@@ -85,11 +81,11 @@ _EXPORTS = {
         "PortSet",
         "pod",
     ),
-    "flows": ("Endpoint", "Evidence", "Flow", "Protocol"),
-    "identities": ("Resolver", "Workload", "WorkloadRef"),
-    "policies": ("DefaultDeny", "Policy", "SpecialAddress", "synthesize"),
-    "policysets": ("load_policies",),
-    "snapshot": ("Snapshot", "load_snapshot"),
+    "analyser.flows": ("Endpoint", "Evidence", "Flow", "Protocol"),
+    "analyser.identities": ("Resolver", "Workload", "WorkloadRef"),
+    "analyser.policies": ("DefaultDeny", "Policy", "SpecialAddress", "synthesize"),
+    "analyser.policysets": ("load_policies",),
+    "analyser.snapshot": ("Snapshot", "load_snapshot"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -129,7 +125,7 @@ def __getattr__(name: str) -> object:
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'analyser' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"analyser.{module}"), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups do not come here
     return value
 

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from analyser.bundles import CAPTURES, SNAPSHOT_KINDS, Bundle, FileProblem, Window
-from analyser.errors import CaptureError, CaptureTooLarge, OutputError, RenderError, SnapshotError
+from analyser.bundles import Bundle, FileProblem
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import (
     NodeRole,
@@ -77,6 +76,8 @@ from analyser.snapshot import (
 )
 from analyser.sources import DEFAULT_MAX_BYTES
 from analyser.vouching import Witnesses
+from kernel.bundles import CAPTURES, SNAPSHOT_KINDS, Window
+from kernel.errors import CaptureError, CaptureTooLarge, OutputError, RenderError, SnapshotError
 
 GRAPH_DOT = "graph.dot"
 GRAPH_SVG = "graph.svg"
@@ -566,8 +567,8 @@ def observe(
     size in bytes of each capture file once it is read (total: the sum of ``bundle.captures``'
     sizes). At most ``max_capture_size`` bytes of each capture file (decompressed) are read; a
     file with more is a problem, and the packets before the cap count. Raises
-    :class:`~analyser.errors.SnapshotError` for an unusable snapshot and
-    :class:`~analyser.errors.CaptureError` when not one capture file could be read; damaged
+    :class:`~kernel.errors.SnapshotError` for an unusable snapshot and
+    :class:`~kernel.errors.CaptureError` when not one capture file could be read; damaged
     captures, history or meta.json files become ``problems``.
     """
     snapshot = load_snapshot(bundle.snapshot)
@@ -666,8 +667,8 @@ def analyse(
     unless ``expose_anywhere`` is False (then only from the outside addresses seen).
     ``max_capture_size``: see :func:`observe`.
 
-    Raises what :func:`observe` raises, :class:`~analyser.errors.RenderError` if output fails
-    to render, and :class:`~analyser.errors.UnsafePolicies` if the policies would deny an
+    Raises what :func:`observe` raises, :class:`~kernel.errors.RenderError` if output fails
+    to render, and :class:`~kernel.errors.UnsafePolicies` if the policies would deny an
     observed flow (see :func:`check_safety`).
     """
     seen = observe(
@@ -685,6 +686,7 @@ def analyse(
             max_outside_addresses=max_outside_addresses,
             allowed_special=allowed_special,
             exposures=exposures if expose_anywhere else None,
+            internal_networks=seen.resolver.cluster_networks,
         )
     )
     left_out = left_out_of(policies)

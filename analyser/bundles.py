@@ -1,4 +1,5 @@
-"""Bundles: the one format between ``collect``, ``lab`` and ``analyse`` (see docs/analyse.md).
+"""Opening a bundle: the format between ``collect``, ``lab`` and ``analyse`` (``kernel.bundles``,
+see docs/analyse.md), read and checked.
 
 A bundle directory is turned into its parts here: the manifest (``bundle.json``), where the
 snapshot, the pod IP history and the sidecars' ``meta.json`` files are, and which capture files
@@ -8,7 +9,7 @@ they are not required.
 
 Damage that still leaves something to analyse (a capture listed but missing, a size or sha256
 that differs from the manifest) is collected as :class:`FileProblem`; input that leaves nothing
-to analyse raises :class:`~analyser.errors.BundleError` naming what is missing. A file that is a
+to analyse raises :class:`~kernel.errors.BundleError` naming what is missing. A file that is a
 symbolic link to outside the bundle is never read (a tampered bundle could point at any file of
 the machine that analyses it, and error messages quote what they read): a capture, meta.json or
 pod-ips.jsonl is skipped with a :class:`FileProblem`, a snapshot is a :class:`BundleError`. File
@@ -25,8 +26,6 @@ I/O only; no heavy library.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -34,26 +33,25 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from analyser.documents import DocumentError, json_value
-from analyser.errors import BundleError
-from analyser.sources import find_captures
-from analyser.times import possible, utc_text
-
-FORMAT_VERSION = 1
-MANIFEST = "bundle.json"
-SNAPSHOT_FILE = "snapshot.json"
-SNAPSHOT_FILES = (SNAPSHOT_FILE, "snapshot.yaml", "snapshot.yml")  # looked for in this order
-SNAPSHOT_FOLDER = "snapshot"
-POD_IPS = "pod-ips.jsonl"
-CAPTURES = "captures"
-CAPTURE_META = "meta.json"
-PRODUCERS = ("collect", "lab")
-# What a snapshot should hold, as ``kubectl get`` takes it.
-SNAPSHOT_KINDS = (
-    "namespaces,nodes,pods,services,endpointslices,deployments,replicasets,statefulsets,"
-    "daemonsets,jobs,cronjobs"
+from kernel.bundles import (
+    CAPTURE_META,
+    CAPTURES,
+    FORMAT_VERSION,
+    MANIFEST,
+    POD_IPS,
+    PRODUCERS,
+    SNAPSHOT_FILE,
+    SNAPSHOT_FILES,
+    SNAPSHOT_FOLDER,
+    SNAPSHOT_KINDS,
+    CaptureEntry,
+    Manifest,
+    Window,
+    file_sha256,
+    find_captures,
 )
-
-_HASH_CHUNK = 1 << 20
+from kernel.errors import BundleError
+from kernel.times import possible
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,70 +60,6 @@ class FileProblem:
 
     path: str  # relative to the bundle
     problem: str
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """The capture window, UTC epoch seconds."""
-
-    start: float
-    end: float
-
-    @staticmethod
-    def text(epoch: float) -> str:
-        return utc_text(epoch)
-
-    @property
-    def start_text(self) -> str:
-        return self.text(self.start)
-
-    @property
-    def end_text(self) -> str:
-        return self.text(self.end)
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class CaptureEntry:
-    """One capture file as the manifest lists it."""
-
-    path: str  # relative to the bundle, POSIX form
-    namespace: str
-    pod: str
-    sha256: str
-    size: int
-
-    def as_json(self) -> dict[str, object]:
-        """The entry as ``bundle.json`` lists it."""
-        return {
-            "path": self.path,
-            "namespace": self.namespace,
-            "pod": self.pod,
-            "sha256": self.sha256,
-            "size": self.size,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """The contents of ``bundle.json``."""
-
-    producer: str
-    capture_mode: str
-    window: Window | None
-    captures: tuple[CaptureEntry, ...]
-    format_version: int = FORMAT_VERSION
-
-    def to_json(self) -> str:
-        """``bundle.json``'s text: stable key order, one trailing newline."""
-        document: dict[str, object] = {
-            "format_version": self.format_version,
-            "producer": self.producer,
-            "capture_mode": self.capture_mode,
-        }
-        if self.window is not None:
-            document["window"] = {"start": self.window.start_text, "end": self.window.end_text}
-        document["captures"] = [entry.as_json() for entry in sorted(self.captures)]
-        return json.dumps(document, indent=2) + "\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,14 +87,6 @@ class Bundle:
 
 
 # -- reading ----------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _text(record: Mapping[str, object], key: str, where: str) -> str:
@@ -369,31 +295,3 @@ def open_bundle(path: Path, *, check_sums: bool = True) -> Bundle:
         captures=tuple(sorted(found)),
         problems=tuple(problems),
     )
-
-
-# -- writing (for collect and lab) ------------------------------------------------------------
-
-
-def capture_entry(root: Path, path: Path, *, namespace: str, pod: str) -> CaptureEntry:
-    """The manifest entry for a capture file already in the bundle (hashes the file)."""
-    return CaptureEntry(
-        path=path.relative_to(root).as_posix(),
-        namespace=namespace,
-        pod=pod,
-        sha256=file_sha256(path),
-        size=path.stat().st_size,
-    )
-
-
-def write_manifest(root: Path, manifest: Manifest) -> Path:
-    target = root / MANIFEST
-    target.write_text(manifest.to_json(), encoding="utf-8")
-    return target
-
-
-def entries_for_layout(root: Path) -> Iterable[CaptureEntry]:
-    """Entries for every capture under ``root/captures/NAMESPACE/POD/`` (the bundle layout)."""
-    for path in find_captures(root / CAPTURES):
-        parts = path.relative_to(root / CAPTURES).parts
-        if len(parts) >= 3:
-            yield capture_entry(root, path, namespace=parts[0], pod=parts[1])

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
-from analyser.errors import PolicyError
 from analyser.flows import Protocol
+from kernel.errors import PolicyError
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 MAX_PORT = 65535

@@ -608,6 +608,12 @@ class Resolver:
                 end = following.time if following is not None else math.inf
                 self._claim(record, event.ips, (event.time, end), _Source.HISTORY)
 
+    @property
+    def cluster_networks(self) -> tuple[str, ...]:
+        """The networks inside the cluster (node podCIDRs, else inferred from pod addresses;
+        the Services' addresses), as CIDR text: an address in them is never the outside."""
+        return tuple(str(network) for network in self._ranges)
+
     def _cluster_ranges(self) -> tuple[IPNetwork, ...]:
         """The networks treated as inside the cluster (node podCIDRs, else inferred from pod
         addresses; Service addresses): an unknown address in them is UNRESOLVED, not EXTERNAL."""

@@ -209,15 +209,18 @@ def special_address(address: str) -> SpecialAddress | None:
     )
 
 
-def _networks_left_out(allowed: Collection[SpecialAddress]) -> dict[int, tuple[str, ...]]:
-    """Per IP version, the networks of the special classes not ``allowed`` (loopback aside: it
-    never reaches a NetworkPolicy), collapsed: what a rule from or to anywhere excepts."""
+def _networks_left_out(
+    allowed: Collection[SpecialAddress], internal: Iterable[str] = ()
+) -> dict[int, tuple[str, ...]]:
+    """Per IP version, what a rule from or to anywhere excepts, collapsed: the networks of the
+    special classes not ``allowed`` (loopback aside: it never reaches a NetworkPolicy) and the
+    cluster's ``internal`` networks (its pods' and Services' ranges)."""
     networks = [
         network
         for kind, found in _SPECIAL_NETWORKS.items()
         if kind not in allowed and kind is not SpecialAddress.LOOPBACK
         for network in found
-    ]
+    ] + [ipaddress.ip_network(cidr, strict=False) for cidr in internal]
     return {
         version: tuple(
             str(n)
@@ -635,6 +638,7 @@ def synthesize(
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
     allowed_special: Collection[SpecialAddress] = (),
     exposures: Mapping[str, Iterable[Exposure]] | None = None,
+    internal_networks: Iterable[str] = (),
 ) -> list[Policy | DefaultDeny]:
     """One :class:`Policy` per in-scope workload of ``graph`` (schema: ``analyser.graphs``),
     allowing what was observed and DNS to the cluster DNS pods, plus, with ``default_deny``, a
@@ -657,8 +661,11 @@ def synthesize(
     to a cache's link-local address is allowed by it.
 
     ``exposures`` (workload node id → :class:`Exposure`) are allowed from anywhere on their ports
-    (:func:`_expose`): a public Service's users are not the few a capture saw. Traffic inside the
-    cluster stays as exact as ever.
+    (:func:`_expose`): a public Service's users are not the few a capture saw.
+
+    Every rule from or to anywhere excepts ``internal_networks`` (the cluster's pod and Service
+    ranges): enforcers whose ipBlocks also match pod addresses (Calico, kube-router) would
+    otherwise open it to every pod, and traffic inside the cluster stays as exact as ever.
 
     An ingress rule comes only from flows whose server side was vouched for, an egress rule only
     from flows whose client side was (``EdgeStats.vouched``, see ``analyser.vouching``): one
@@ -667,7 +674,7 @@ def synthesize(
     nodes = node_blocks(graph, node_addresses, node_cidrs)
     dns_ports = set(dns.ports)
     node_local_cidrs = {cache.cidr for cache in dns.node_local}
-    excluded = _networks_left_out(allowed_special)
+    excluded = _networks_left_out(allowed_special, internal_networks)
     workloads = [
         (node_id, attrs["workload"], bool(attrs.get("in_scope")))
         for node_id, attrs in sorted(graph.nodes(data=True))

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from analyser.documents import DocumentError, json_value, yaml_values
-from analyser.errors import PolicyError
 from analyser.evaluation import CompiledPolicy, PolicySet, compile_policy
+from kernel.errors import PolicyError
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 # YAML aliases in one policy file may stand for this many nodes in all, expanded. People write

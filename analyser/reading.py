@@ -43,13 +43,8 @@ from analyser.packets import (
     count_records,
     split_key,
 )
-from analyser.sources import (
-    DEFAULT_MAX_BYTES,
-    CaptureFile,
-    CaptureReport,
-    RecordChunk,
-    ring_name,
-)
+from analyser.sources import DEFAULT_MAX_BYTES, CaptureFile, CaptureReport, RecordChunk
+from kernel.bundles import ring_name
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from analyser.bundles import FileProblem, Window
-from analyser.errors import RenderError
+from analyser.bundles import FileProblem
 from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, NodeRole, UnvouchedPair, attempts, loopback_flows
 from analyser.policies import (
@@ -42,6 +41,8 @@ from analyser.policies import (
     rule_sort_key,
 )
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
+from kernel.bundles import Window
+from kernel.errors import RenderError
 
 # What every generated object carries, so users (and a later run) can tell it apart.
 MANAGED_BY_LABEL = ("app.kubernetes.io/managed-by", "netpol-sniffer")

@@ -24,7 +24,6 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from analyser.errors import SnapshotError, UnsafePolicies
 from analyser.evaluation import (
     Address,
     ContainerPort,
@@ -41,6 +40,7 @@ from analyser.identities import Resolver, Workload, WorkloadRef, container_ports
 from analyser.policies import PortSpec
 from analyser.snapshot import Snapshot, host_ips, meta
 from analyser.verifying import Observed, Universe, Verification, block_for, check_observed, verify
+from kernel.errors import SnapshotError, UnsafePolicies
 
 # How many denied flows the UnsafePolicies message lists before summarising the rest.
 MAX_LISTED_DENIALS = 20

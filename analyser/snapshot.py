@@ -10,7 +10,7 @@ by ClusterIP, nodes by address). The ``load_*`` functions are the only file I/O 
 Accepted snapshot shapes: a ``v1 List`` (``kubectl get ... -o json``), a typed list from the API
 (``PodList``, whose items carry no ``kind``), a single object, a List of Lists, YAML of the same,
 or a folder of such ``.json``/``.yaml``/``.yml`` files. Kinds the analyser does not use are
-ignored. Anything unusable raises :class:`~analyser.errors.SnapshotError` naming the file (and
+ignored. Anything unusable raises :class:`~kernel.errors.SnapshotError` naming the file (and
 line, for JSON Lines), the object and what is wrong. Files are parsed with bounded work
 (:mod:`analyser.documents`): YAML aliases are refused and nesting is capped.
 """
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, TypedDict, cast
 
 from analyser.documents import DocumentError, json_value, json_values, yaml_values
-from analyser.errors import SnapshotError
 from analyser.texts import (
     inert,
     is_dns1123_label,
@@ -38,7 +37,8 @@ from analyser.texts import (
     is_label_key,
     is_label_value,
 )
-from analyser.times import possible
+from kernel.errors import SnapshotError
+from kernel.times import possible
 
 # ---------------------------------------------------------------------------------------------
 # The JSON shapes (only the fields the analyser reads; everything else is kept, untouched).
@@ -595,7 +595,7 @@ def _check(obj: Mapping[str, object], kind: str, *, source: str, where: str) -> 
 
 def parse_timestamp(value: object) -> float:
     """RFC 3339 text (``2024-05-01T10:00:00Z``, fractions and offsets allowed) or epoch
-    seconds → UTC epoch seconds, from 1970 to 9999 (:mod:`analyser.times`). Raises ValueError."""
+    seconds → UTC epoch seconds, from 1970 to 9999 (:mod:`kernel.times`). Raises ValueError."""
     if isinstance(value, bool):
         raise ValueError(f"not a timestamp: {value!r}")
     if isinstance(value, int | float):

@@ -5,10 +5,10 @@ sections and interfaces, each with its own link type, ``if_tsresol`` and ``if_ts
 optionally gzip-compressed; the format is told by magic bytes, never by the file name. Streaming:
 the file is read in chunks of ``CHUNK_SIZE`` bytes, so memory does not grow with the file.
 
-Damage is translated into :mod:`analyser.errors`: a file that ends mid-record (or a gzip stream
-without its end marker) is a :class:`~analyser.errors.TruncatedCapture`; bytes that are not a
+Damage is translated into :mod:`kernel.errors`: a file that ends mid-record (or a gzip stream
+without its end marker) is a :class:`~kernel.errors.TruncatedCapture`; bytes that are not a
 capture, a record that makes no sense, or a corrupt gzip stream are a
-:class:`~analyser.errors.MalformedCapture`. The records before the damage are still yielded;
+:class:`~kernel.errors.MalformedCapture`. The records before the damage are still yielded;
 :class:`CaptureFile` turns the outcome into a :class:`CaptureReport` instead of raising, so one
 bad file never stops a run.
 
@@ -27,7 +27,6 @@ or ``dpkt.pcapng.Reader`` (it knows only the first interface of a file, but pcap
 
 from __future__ import annotations
 
-import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -37,8 +36,8 @@ from itertools import chain
 from pathlib import Path
 from typing import NamedTuple
 
-from analyser.errors import CaptureError, CaptureTooLarge, MalformedCapture, TruncatedCapture
-from analyser.times import possible
+from kernel.errors import CaptureError, CaptureTooLarge, MalformedCapture, TruncatedCapture
+from kernel.times import possible
 
 CHUNK_SIZE = 1 << 20
 # A record larger than this is damage, not a packet, whatever snap length the file claims:
@@ -74,13 +73,6 @@ _PARSED_BLOCKS = frozenset({_IDB, _OBSOLETE_PB, _SPB, _EPB})
 # pcapng interface options
 _IF_TSRESOL = 9
 _IF_TSOFFSET = 14
-
-# Capture file names: *.pcap, *.pcapng, *.cap, tcpdump's ring names (capture.pcap0,
-# capture.pcap01, ...), each optionally .gz.
-# DOTALL: a name holding a line break is a capture all the same (shown escaped), not skipped.
-_CAPTURE_NAME = re.compile(r".+\.(pcap|pcapng|cap)[0-9]*(\.gz)?", re.IGNORECASE | re.DOTALL)
-# A ring member's name without its number: "capture.pcap07" → "capture.pcap".
-_RING_MEMBER = re.compile(r"(.+\.(?:pcapng|pcap|cap))[0-9]+", re.IGNORECASE | re.DOTALL)
 
 Record = tuple[float, int, bytes]
 """(timestamp in UTC epoch seconds, pcap LINKTYPE_* value, captured bytes)"""
@@ -122,7 +114,7 @@ is cut off or longer than the limit; returns (the offset where it stopped, recor
 
 class _Progress:
     """Records and captured bytes walked so far in one file, and records skipped for a time
-    out of range (:func:`analyser.times.possible`)."""
+    out of range (:func:`kernel.times.possible`)."""
 
     __slots__ = ("bytes", "impossible_times", "records")
 
@@ -157,30 +149,6 @@ class CaptureReport:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def find_captures(directory: Path) -> list[Path]:
-    """Every capture file under ``directory`` (recursively), sorted by path.
-
-    Names: ``*.pcap``, ``*.pcapng``, ``*.cap``, tcpdump's ring names (``capture.pcap0``,
-    ``capture.pcap01``, ... as written by ``tcpdump -C -W -w capture.pcap``), each optionally
-    ending in ``.gz``.
-    """
-    return sorted(
-        path
-        for path in directory.rglob("*")
-        if _CAPTURE_NAME.fullmatch(path.name) and path.is_file()
-    )
-
-
-def ring_name(name: str) -> str:
-    """The ring a capture file belongs to: ``ns/pod/capture.pcap07.gz`` → ``ns/pod/capture.pcap``.
-
-    Files with the same ring name come from one tcpdump at one place (one vantage point).
-    """
-    stem = name[:-3] if name.lower().endswith(".gz") else name
-    member = _RING_MEMBER.fullmatch(stem)
-    return member.group(1) if member else stem
 
 
 OnRead = Callable[[int], None] | None
@@ -305,10 +273,10 @@ def _walk(
     """Hand the records of a capture file to ``walker``, chunk by chunk in file order; yields
     after each chunk. At most ``max_bytes`` bytes of the file (decompressed) are read.
 
-    Raises :class:`~analyser.errors.TruncatedCapture` or :class:`~analyser.errors.MalformedCapture`
-    after walking every record before the damage, :class:`~analyser.errors.CaptureTooLarge` after
+    Raises :class:`~kernel.errors.TruncatedCapture` or :class:`~kernel.errors.MalformedCapture`
+    after walking every record before the damage, :class:`~kernel.errors.CaptureTooLarge` after
     walking every record before the cap; an unreadable file raises
-    :class:`~analyser.errors.CaptureError`.
+    :class:`~kernel.errors.CaptureError`.
     """
     try:
         stream = _Stream(_chunks(path, on_read, max_bytes))
@@ -332,10 +300,10 @@ def batches(
 ) -> Iterator[Batch]:
     """The records of a capture file in file order, in batches that share a link type.
 
-    Raises :class:`~analyser.errors.TruncatedCapture` or :class:`~analyser.errors.MalformedCapture`
-    after yielding every record before the damage, :class:`~analyser.errors.CaptureTooLarge` past
+    Raises :class:`~kernel.errors.TruncatedCapture` or :class:`~kernel.errors.MalformedCapture`
+    after yielding every record before the damage, :class:`~kernel.errors.CaptureTooLarge` past
     ``max_bytes`` bytes (decompressed); an unreadable file raises
-    :class:`~analyser.errors.CaptureError`.
+    :class:`~kernel.errors.CaptureError`.
     """
     return _sliced(lambda walker: _walk(path, walker, _Progress(), on_read, max_bytes))
 

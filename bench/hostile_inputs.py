@@ -49,7 +49,7 @@ import json, resource, sys
 from pathlib import Path
 from analyser.analysing import analyse
 from analyser.bundles import open_bundle
-from analyser.errors import NetpolSnifferError
+from kernel.errors import NetpolSnifferError
 options = json.loads(sys.argv[2])
 try:
     analysis = analyse(open_bundle(Path(sys.argv[1])), workers=1, **options)
@@ -68,7 +68,7 @@ print(json.dumps({"cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss
 # A netpol-sniffer command in a fresh interpreter: prints its CPU seconds, peak RSS and status.
 _CLI_CHILD = """
 import contextlib, io, json, resource, sys
-from analyser.cli.main import main
+from cli.main import main
 with contextlib.redirect_stdout(io.StringIO()):
     status = main(sys.argv[1:])
 usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -193,7 +193,7 @@ def outside_addresses(bundle: Path, count: int) -> Path:
     addresses (the last two from one client port each: every flow looks for a twin)."""
     frontend = pod_ip(bundle, FRONTEND)
     start = window_start(bundle) + 10
-    records = []
+    records: list[bytes] = []
     for index in range(count):
         at = start + index * 1e-4  # all within the twin window of each other
         records += handshake(address("198.18", index), 40000 + index % 20000, frontend, 8080, at)
@@ -329,7 +329,7 @@ def _arguments(command: str, bundle: Path) -> list[str]:
     if not policies.exists():
         # In a child of its own: a child's peak RSS counts this process's size when it forked.
         subprocess.run(
-            [sys.executable, "-m", "analyser.cli.main", "analyse", str(bundle), "--out",
+            [sys.executable, "-m", "cli.main", "analyse", str(bundle), "--out",
              str(policies), "--workers", "1"],
             cwd=REPOSITORY,
             capture_output=True,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import webhook
-from analyser.errors import LabError
+from kernel.errors import LabError
 from lab import netns
 from webhook.capture import (
     ENV_CAPTURE_DIRECTORY,

@@ -37,7 +37,7 @@ from analyser.evaluation import (
     pod,
 )
 from analyser.flows import Protocol
-from lab.bundling import CAPTURE_LABEL
+from kernel.names import CAPTURE_ENABLED, CAPTURE_LABEL
 from lab.layouts import DNS_WORKLOAD
 
 # An outside address no plan uses (TEST-NET-2): what "the rest of the internet" may reach.
@@ -68,7 +68,7 @@ def captured_namespaces(snapshot: Mapping[str, Any]) -> set[str]:
         o["metadata"]["name"]
         for o in snapshot.get("items") or []
         if o.get("kind") == "Namespace"
-        and (o["metadata"].get("labels") or {}).get(CAPTURE_LABEL[0]) == CAPTURE_LABEL[1]
+        and (o["metadata"].get("labels") or {}).get(CAPTURE_LABEL) == CAPTURE_ENABLED
     }
 
 

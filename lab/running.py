@@ -25,8 +25,9 @@ from types import FrameType
 from typing import Any
 
 import lab
-from analyser.bundles import CAPTURES
-from analyser.errors import LabError
+from kernel.bundles import CAPTURES
+from kernel.capture import CaptureMode
+from kernel.errors import LabError
 from lab import bundling, capturing, netns, services
 from lab.layouts import (
     DNS_SERVICE_V4,
@@ -42,7 +43,7 @@ from lab.layouts import (
 )
 from lab.manifests import ClusterSpec, read_manifests
 from lab.plans import Expect, Family, Restart, TrafficPlan, read_plan
-from webhook.capture import CaptureMode, CaptureOptions
+from webhook.capture import CaptureOptions
 
 READY_TIMEOUT = 30.0
 SETTLE_SECONDS = 0.5  # after the last call, before the captures stop

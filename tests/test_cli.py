@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from analyser.cli import main as cli_main
-from analyser.cli.main import COMMANDS, ExitStatus, echo, main, say
+from cli import main as cli_main
+from cli.main import COMMANDS, ExitStatus, echo, main, say
 
 
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -30,13 +30,31 @@ def test_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
 
 
+def test_a_misspelt_command_gets_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", "bundle"]) == ExitStatus.USAGE
+    assert "unknown command 'analyze'; did you mean 'analyse'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["analyse", "--help"], ["--version"]])
+def test_a_reader_that_stops_reading_gets_no_traceback(argv: list[str]) -> None:
+    """``netpol-sniffer ... | head``: the pipe closes before the command writes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the first write
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_command_has_help_and_a_matching_summary(name: str) -> None:
     module = importlib.import_module(COMMANDS[name][0])
     expected_summary = COMMANDS[name][1]
     assert getattr(module, "SUMMARY", None) == expected_summary
     result = subprocess.run(
-        [sys.executable, "-m", "analyser.cli.main", name, "--help"],
+        [sys.executable, "-m", "cli.main", name, "--help"],
         capture_output=True,
         text=True,
         check=False,
@@ -47,7 +65,7 @@ def test_every_command_has_help_and_a_matching_summary(name: str) -> None:
 
 def test_analyse_help_does_not_import_the_webhook_or_kubernetes() -> None:
     code = (
-        "import sys; from analyser.cli.main import main\n"
+        "import sys; from cli.main import main\n"
         "try:\n    main(['analyse', '--help'])\nexcept SystemExit:\n    pass\n"
         "bad = [m for m in ('fastapi', 'uvicorn', 'kubernetes') if m in sys.modules]\n"
         "print('heavy imports: ' + ','.join(bad))"

@@ -13,7 +13,10 @@ from pathlib import Path
 import dpkt
 import pytest
 import yaml
-from bundle_builders import (
+
+from cli.main import ExitStatus, main
+from kernel.bundles import Manifest, Window, entries_for_layout, write_manifest
+from tests.bundle_builders import (
     CART_IP,
     CART_POD,
     CART_SERVICE_IP,
@@ -28,9 +31,6 @@ from bundle_builders import (
     udp,
     write_pcap,
 )
-
-from analyser.bundles import Manifest, Window, entries_for_layout, write_manifest
-from analyser.cli.main import ExitStatus, main
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_the_installed_command_runs(bundle: Path, tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "analyser.cli.main",
+            "cli.main",
             "analyse",
             str(bundle),
             "-o",

@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from analyser.cli.arguments import (
+from analyser.policies import ALLOWABLE_SPECIAL
+from cli.arguments import (
     CAPTURE_MODES,
     SPECIAL_CLASSES,
     add_capture_mode,
@@ -15,8 +16,7 @@ from analyser.cli.arguments import (
     positive_seconds,
     seconds,
 )
-from analyser.policies import ALLOWABLE_SPECIAL
-from webhook.capture import CaptureMode
+from kernel.capture import CaptureMode
 
 
 def test_positive_int() -> None:
@@ -94,7 +94,7 @@ def test_special_address_classes_are_the_analysers() -> None:
 def test_subcommands_reject_bad_values(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from analyser.cli.main import ExitStatus, main
+    from cli.main import ExitStatus, main
 
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

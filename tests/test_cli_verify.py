@@ -12,10 +12,10 @@ import yaml
 
 from analyser.analysing import observe
 from analyser.bundles import open_bundle
-from analyser.cli.main import ExitStatus, main
 from analyser.policysets import load_policies
 from analyser.replaying import cluster_facts, observed_from_records, verification_inputs
 from analyser.verifying import verify
+from cli.main import ExitStatus, main
 from tests.bundle_builders import (
     API_IP,
     CART_IP,

@@ -6,8 +6,9 @@ are the shell around it (``app`` is the only module that imports FastAPI and uvi
 surface is listed in ``__all__``.
 """
 
+from kernel.capture import CaptureMode
 from webhook.admission import Admission, Outcome, UnreadableReview, admit
-from webhook.capture import CaptureMode, CaptureOptions, sidecar_container, tcpdump_argv
+from webhook.capture import CaptureOptions, sidecar_container, tcpdump_argv
 from webhook.mutations import Injection, Skip, SkipReason, plan_injection
 from webhook.settings import WebhookSettings, build_settings
 

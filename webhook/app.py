@@ -24,7 +24,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from analyser.errors import ConfigError
+from kernel.errors import ConfigError
 from webhook.admission import (
     Outcome,
     UnreadableReview,

@@ -14,7 +14,6 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from bundle_builders import API_IP, API_IP6, API_NAME, CART_POD, GHOST_IP, make_bundle
 
 from analyser import analysing
 from analyser.analysing import (
@@ -25,9 +24,10 @@ from analyser.analysing import (
     write_output,
 )
 from analyser.bundles import open_bundle
-from analyser.errors import OutputError, RenderError, UnsafePolicies
 from analyser.flows import Evidence
-from analyser.policies import Policy
+from analyser.policies import Policy, synthesize
+from kernel.errors import OutputError, RenderError, UnsafePolicies
+from tests.bundle_builders import API_IP, API_IP6, API_NAME, CART_POD, GHOST_IP, make_bundle
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -293,7 +293,7 @@ def test_graphviz_failing_costs_only_the_svg(
         raise RenderError("Graphviz took longer than 120s on graph.dot")
 
     monkeypatch.setattr(analysing, "render_svg", too_slow)
-    monkeypatch.setattr(analysing.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     result = analyse(open_bundle(make_bundle(tmp_path / "bundle")), workers=1)
     assert "graph.svg" not in result.files
     assert result.notes == (
@@ -337,7 +337,7 @@ def test_kustomize_builds_the_written_directory(analysis: Analysis, tmp_path: Pa
 def test_policies_that_would_deny_an_observed_flow_are_refused(
     analysis: Analysis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = analysing.synthesize
+    real = synthesize
 
     def forgetful(*args: Any, **kwargs: Any) -> Any:
         return [

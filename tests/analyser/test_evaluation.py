@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from analyser import evaluation
-from analyser.errors import PolicyError
 from analyser.evaluation import (
     Address,
     ContainerPort,
@@ -22,6 +21,7 @@ from analyser.evaluation import (
     pod,
 )
 from analyser.flows import Protocol
+from kernel.errors import PolicyError
 from tests.work_counting import executed_lines, growth
 
 TCP, UDP, SCTP = Protocol.TCP, Protocol.UDP, Protocol.SCTP
@@ -381,7 +381,7 @@ def test_addresses_are_matched_through_the_blocks_prefixes_as_one_by_one() -> No
     # Overlapping blocks of every prefix length, holes, both families, rules without peers, a
     # rule with several blocks: the index answers as matching each ipBlock in turn would.
     rng = random.Random(18)
-    blocks = [
+    blocks: list[dict[str, Any]] = [
         {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "10.2.3.0/24"]},
         {"cidr": "10.1.2.0/24"},
         {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,7 +106,7 @@ def test_daemon_set_on_host_network_listens_on_the_node_address(resolver: Resolv
     assert other.kind is EndpointKind.NODE
 
 
-def _objects(*pods: dict[str, object], extra: tuple[dict[str, object], ...] = ()) -> Snapshot:
+def _objects(*pods: dict[str, object], extra: tuple[dict[str, Any], ...] = ()) -> Snapshot:
     return Snapshot(
         parse_snapshot_documents([{"kind": "List", "items": [*pods, *extra]}], source="t")
     )

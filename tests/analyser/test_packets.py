@@ -335,7 +335,9 @@ def test_valid_dns_names_pass() -> None:
     longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])  # 253 characters
     names = [longest, "_sip._tcp.example", "x-1.Example.COM", "a"]
     answer = dns_response("q.example", [(name, "A", "192.0.2.1") for name in names])
-    [response] = decode_dns(answer, over_tcp=False)  # type: ignore[misc]
+    responses = decode_dns(answer, over_tcp=False)
+    assert isinstance(responses, list)
+    [response] = responses
     assert [owner for owner, _ in response.addresses] == [name.lower() for name in names]
     assert response.bad_names == 0
 

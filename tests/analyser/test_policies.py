@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from analyser.dns import DnsNames, DnsTable
-from analyser.errors import UnsafePolicies
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import build_graph
 from analyser.identities import Resolver, Workload, WorkloadRef
@@ -41,6 +40,7 @@ from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, render_policy_files
 from analyser.replaying import cluster_facts, ensure_policies_allow
 from analyser.snapshot import Snapshot, parse_snapshot_documents
+from kernel.errors import UnsafePolicies
 from tests.analyser.flow_builders import (
     API_BLUE,
     API_SVC,
@@ -563,13 +563,15 @@ def test_without_exposures_the_clients_seen_are_all_that_is_allowed() -> None:
         r.peer.cidr for r in by_workload(exposed)[str(WEB)].ingress if isinstance(r.peer, IpPeer)
     ]
     assert "0.0.0.0/0" not in cidrs and len(cidrs) == 41
+
+
 def test_one_way_traffic_to_many_outside_addresses_does_not_widen() -> None:
     """40 addresses sent UDP on 8125 (statsd: nothing comes back) and 40 more sent web UDP on
     5353 that it never answered: each keeps its own rule, none becomes anywhere. Answered
     addresses widen as before, and unanswered ones on such a port are then covered too."""
     flows = []
     for index in range(40):
-        one_way = dict(protocol=UDP, evidence=Evidence.HEURISTIC)
+        one_way: dict[str, Any] = {"protocol": UDP, "evidence": Evidence.HEURISTIC}
         flows.append(
             replace(
                 flow(f"{WEB_A}:{41000 + index}", f"198.51.100.{index + 1}:8125", **one_way),
@@ -625,7 +627,7 @@ def test_special_addresses(address: str, kind: SpecialAddress | None) -> None:
 def _special_traffic() -> list[Any]:
     """web calls the metadata endpoint, SSDP multicast, a broadcast and a node-local DNS cache
     (also on a port that is not DNS), and gets a packet from 0.0.0.0 (DHCP)."""
-    udp = dict(protocol=UDP, evidence=Evidence.HEURISTIC)
+    udp: dict[str, Any] = {"protocol": UDP, "evidence": Evidence.HEURISTIC}
     return [
         flow(f"{WEB_A}:41000", "169.254.169.254:80"),
         flow(f"{WEB_A}:41001", "[fd00:ec2::254]:80"),
@@ -794,3 +796,27 @@ def test_special_addresses_are_never_node_blocks() -> None:
     graph = build_graph([], resolver(), scope=set())
     blocks = node_blocks(graph, ["192.168.49.2", "169.254.169.254", "fe80::1", "0.0.0.0"])
     assert [block.cidr for block in blocks] == ["192.168.49.2/32"]
+
+
+def test_anywhere_never_opens_the_cluster_itself() -> None:
+    """Calico and kube-router match ipBlocks against pod addresses too: a rule from anywhere
+    (an exposure, or widening) excepts the cluster's pod and Service networks, so inside the
+    cluster only the exact rules allow anything."""
+    exposure = Exposure(PortSpec(Protocol.TCP, 8080), "Service shop/web (LoadBalancer)", (4, 6))
+    _, _, result = synthesized(
+        _public_traffic(),
+        {WEB},
+        max_outside_addresses=32,
+        exposures={str(WEB): [exposure]},
+        internal_networks=("10.244.0.0/16", "10.96.0.0/12", "fd00:10:244::/56"),
+    )
+    web = by_workload(result)[str(WEB)]
+    anywhere = [
+        r.peer
+        for r in (*web.ingress, *web.egress)
+        if isinstance(r.peer, IpPeer) and r.peer.excluded
+    ]
+    assert {peer.cidr for peer in anywhere} == {"0.0.0.0/0", "::/0"}
+    for peer in anywhere:
+        internal = {"0.0.0.0/0": {"10.244.0.0/16", "10.96.0.0/12"}, "::/0": {"fd00:10:244::/56"}}
+        assert internal[peer.cidr] <= set(peer.excluded), peer

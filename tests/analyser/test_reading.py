@@ -17,7 +17,7 @@ import pytest
 from analyser import reading, sources
 from analyser.flows import Endpoint, Evidence, Protocol, orient
 from analyser.reading import read_captures
-from analyser.sources import find_captures
+from kernel.bundles import find_captures
 from tests.analyser.packet_builders import (
     CLIENT,
     DNS_SERVER,

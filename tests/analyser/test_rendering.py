@@ -16,7 +16,6 @@ import yaml
 
 from analyser import rendering
 from analyser.bundles import FileProblem
-from analyser.errors import RenderError
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import EdgeStats, NodeRole
 from analyser.policies import (
@@ -39,6 +38,7 @@ from analyser.rendering import (
     render_report,
     yaml_quoted,
 )
+from kernel.errors import RenderError
 
 KUBERNETES_VERSION = "1.30.0"
 PROVENANCE = Provenance("2026-01-01T10:00:00Z", "2026-01-01T11:00:00Z")

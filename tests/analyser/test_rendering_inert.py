@@ -16,7 +16,6 @@ import yaml
 
 from analyser import rendering
 from analyser.bundles import FileProblem
-from analyser.errors import RenderError
 from analyser.graphs import NodeRole
 from analyser.policies import DefaultDeny, IpPeer, Policy, PortSpec, Rule
 from analyser.rendering import (
@@ -36,6 +35,7 @@ from analyser.rendering import (
     yaml_quoted,
 )
 from analyser.texts import inert
+from kernel.errors import RenderError
 from tests.analyser.test_rendering import (
     PROVENANCE,
     TCP,
@@ -53,7 +53,10 @@ IN_YAML_VALUES = {
 }
 # What YAML (PyYAML, libyaml, go-yaml) reads as a line break; only "\n" may end a line we write.
 YAML_BREAKS = {"\r", "\x85", "\u2028", "\u2029"}
-LOADERS = [yaml.SafeLoader, *([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else [])]
+LOADERS: list[type[yaml.SafeLoader] | type[yaml.CSafeLoader]] = [
+    yaml.SafeLoader,
+    *([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else []),
+]
 
 
 def hostile_policy(text: str) -> Policy:

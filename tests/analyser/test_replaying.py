@@ -9,7 +9,6 @@ import networkx as nx
 import pytest
 
 from analyser import graphs
-from analyser.errors import SnapshotError, UnsafePolicies
 from analyser.evaluation import ContainerPort, Direction, PolicySet, PortRange, PortSet
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
 from analyser.graphs import EdgeStats, FlowAttribution, NodeRole
@@ -25,6 +24,7 @@ from analyser.replaying import (
 )
 from analyser.snapshot import Snapshot, parse_snapshot_documents
 from analyser.verifying import check_observed
+from kernel.errors import SnapshotError, UnsafePolicies
 from tests.bundle_builders import API_IP, CART_POD, FRONTEND_POD, NODE_IP, snapshot
 from tests.work_counting import executed_lines, growth
 

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import yaml
 
-from analyser.errors import SnapshotError
 from analyser.identities import Resolver, WorkloadRef
 from analyser.snapshot import (
     Snapshot,
@@ -19,6 +18,7 @@ from analyser.snapshot import (
     parse_snapshot_documents,
     parse_timestamp,
 )
+from kernel.errors import SnapshotError
 
 DATA = Path(__file__).parent.parent / "data" / "snapshots"
 CLUSTER = DATA / "cluster.json"

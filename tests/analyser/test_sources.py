@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from analyser.errors import MalformedCapture, TruncatedCapture
-from analyser.sources import (
-    CHUNK_SIZE,
-    MAX_PARSED_BLOCK,
-    MAX_RECORD,
-    CaptureFile,
-    find_captures,
-    records,
-    ring_name,
-)
+from analyser.sources import CHUNK_SIZE, MAX_PARSED_BLOCK, MAX_RECORD, CaptureFile, records
+from kernel.bundles import find_captures, ring_name
+from kernel.errors import MalformedCapture, TruncatedCapture
 from tests.analyser.packet_builders import (
     START,
     ethernet,
@@ -239,7 +232,7 @@ def test_a_record_claiming_4_gb_is_damage_whatever_the_snap_length(tmp_path: Pat
     claim = (1).to_bytes(4, "little") * 2 + (0xFFFFFFFF).to_bytes(4, "little") * 2
     path = tmp_path / "claim.pcap.gz"
     path.write_bytes(gzip.compress(good + claim + bytes(40 << 20), compresslevel=1))
-    read_from_disk = []
+    read_from_disk: list[int] = []
     capture = CaptureFile(path, on_read=read_from_disk.append)
     count, peak = _read_with_peak(capture)
     assert (count, capture.report.packets, capture.report.error) == (2, 2, "MalformedCapture")

@@ -17,7 +17,8 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-from controlplane import ControlPlane, ControlPlaneError, NamespaceFactory, build
+
+from tests.e2e.controlplane import ControlPlane, ControlPlaneError, NamespaceFactory, build
 
 
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -2,7 +2,7 @@
 
 There is no real kubelet: pods are stored (a Deployment's by the controller manager) but never
 run, so a test plays the kubelet's part in the status it writes (IPs, phase, running containers).
-For exec, a Node points the API server at a local kubelet (tests/analyser/fakeapiserver.py over
+For exec, a Node points the API server at a local kubelet (tests/collector/fakeapiserver.py over
 HTTPS) that runs the sidecar's commands on this machine: pulls go through the API server's own
 authorization and exec proxy (v4.channel.k8s.io; v5 the API server would translate to SPDY).
 """
@@ -10,7 +10,6 @@ authorization and exec proxy (v4.channel.k8s.io; v5 the API server would transla
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,26 +18,20 @@ from typing import Any
 
 import pytest
 import yaml
-from controlplane import ControlPlane
 
 from analyser.bundles import open_bundle, parse_manifest
-from analyser.cli.main import main
-from analyser.collecting import (
-    CollectOptions,
-    KubernetesCluster,
-    collect,
-    load_configuration,
-)
-from analyser.errors import AccessDenied
 from analyser.snapshot import load_pod_ip_history, load_snapshot
 from certs.make_certs import LOOPBACK_NAMES, make_certs
+from cli.main import main
+from collector.collecting import CollectOptions, collect
+from collector.kube import KubernetesCluster, load_configuration
+from kernel.errors import AccessDenied
+from tests.collector.fakeapiserver import FakeAPIServer
+from tests.e2e.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "analyser"))
-
-from fakeapiserver import FakeAPIServer  # noqa: E402
 
 OPT_IN = {"netpol-sniffer.io/capture": "enabled"}
 SIDECAR = "netpol-sniffer-capture"

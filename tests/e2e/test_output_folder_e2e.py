@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from controlplane import ControlPlane
 
 from analyser.analysing import analyse, write_output
 from analyser.bundles import open_bundle
+from tests.e2e.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
 

@@ -30,7 +30,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analyser.bundles import parse_manifest
-from analyser.errors import BundleError, SnapshotError
 from analyser.identities import Resolver
 from analyser.packets import DnsFault, DnsResponse, decode_dns
 from analyser.reading import read_captures
@@ -41,6 +40,7 @@ from analyser.snapshot import (
     parse_pod_ip_history,
     parse_snapshot_documents,
 )
+from kernel.errors import BundleError, SnapshotError
 from tests.analyser.packet_builders import (
     FRAMERS,
     TCP_ACK,

@@ -25,9 +25,9 @@ import pytest
 
 from analyser.analysing import GRAPH_SVG, analyse
 from analyser.bundles import open_bundle
-from analyser.cli.main import ExitStatus, main
-from analyser.errors import BundleError, SnapshotError
 from analyser.sources import DEFAULT_MAX_BYTES
+from cli.main import ExitStatus, main
+from kernel.errors import BundleError, SnapshotError
 from tests.analyser.packet_builders import write_pcapng
 from tests.bundle_builders import handshake
 from tests.hostile.hostile_helpers import (
@@ -54,8 +54,8 @@ import json, resource, sys
 from pathlib import Path
 from analyser.analysing import analyse
 from analyser.bundles import open_bundle
-from analyser.cli.main import ExitStatus, main
-from analyser.errors import NetpolSnifferError
+from cli.main import ExitStatus, main
+from kernel.errors import NetpolSnifferError
 from tests.hostile.hostile_helpers import policy_files
 try:
     analysis = analyse(open_bundle(Path(sys.argv[1])), workers=1, **json.loads(sys.argv[2]))
@@ -101,7 +101,7 @@ def analyse_in_child(bundle: Path, **options: object) -> ChildRun:
 
 _CLI_CHILD = """
 import resource, sys
-from analyser.cli.main import main
+from cli.main import main
 status = main(sys.argv[1:])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 sys.exit(status)

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from analyser.analysing import REPORT, Analysis
-from analyser.cli.main import ExitStatus, main
 from analyser.rendering import KUSTOMIZATION, Provenance, policy_object, policy_path
+from cli.main import ExitStatus, main
 from tests.bundle_builders import Frame, dns_exchange, handshake
 from tests.hostile.hostile_helpers import (
     NAMESPACE,
@@ -42,7 +42,10 @@ HOSTILE_NAMES = (
 )
 # What YAML reads as a line break; only "\n" may end a line we write.
 YAML_BREAKS = {"\r", "\x85", "\u2028", "\u2029"}
-LOADERS = [yaml.SafeLoader, *([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else [])]
+LOADERS: list[type[yaml.SafeLoader] | type[yaml.CSafeLoader]] = [
+    yaml.SafeLoader,
+    *([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else []),
+]
 
 
 def frontend_calls_outside(bundle: Path, names: tuple[str, ...]) -> list[Frame]:
@@ -65,7 +68,7 @@ def objects(analysis: Analysis) -> dict[str, list[Any]]:
 
 
 def without_dns_names(documents: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    stripped = json.loads(json.dumps(documents))
+    stripped: dict[str, list[Any]] = json.loads(json.dumps(documents))
     for path, docs in stripped.items():
         if path != KUSTOMIZATION:
             for doc in docs:

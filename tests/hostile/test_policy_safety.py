@@ -9,15 +9,15 @@ snapshot), and the policies must come out as the clean run's, with the attack re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
 
-from analyser.cli.main import ExitStatus, main
 from analyser.graphs import attempts
 from analyser.policies import SpecialAddress
 from analyser.rendering import KUSTOMIZATION
+from cli.main import ExitStatus, main
 from tests.bundle_builders import ACK, SYN, Frame, handshake, tcp, udp
 from tests.hostile.hostile_helpers import (
     NAMESPACE,
@@ -221,7 +221,8 @@ def test_a_selector_that_would_select_another_workloads_pods_excludes_them(
         assert files[path].count('operator: "DoesNotExist"') == clean_policies[path].count(
             '"app": "frontend"'
         ), path
-    assert [w["workload"] for w in analysis.summary()["selector_warnings"]] == [  # type: ignore[index]
+    warnings = cast(list[dict[str, str]], analysis.summary()["selector_warnings"])
+    assert [w["workload"] for w in warnings] == [
         f"{NAMESPACE}/Deployment/frontend"
     ]
 

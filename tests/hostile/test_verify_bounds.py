@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from analyser import evaluation, verifying
-from analyser.cli.main import ExitStatus, main
-from analyser.errors import PolicyError
 from analyser.evaluation import Address, IpBlock, PolicySet, pod
 from analyser.flows import Protocol
 from analyser.policysets import MAX_ALIAS_NODES, parse_policy_texts
 from analyser.verifying import Observed, Universe, block_for, diff, verify
+from cli.main import ExitStatus, main
+from kernel.errors import PolicyError
 from tests.hostile.test_bounds import PEAK_RSS, alias_bomb, cli_in_child
 from tests.work_counting import executed_lines, growth
 

@@ -21,7 +21,7 @@ import dpkt
 import pytest
 import yaml
 
-from analyser.cli.main import ExitStatus, main
+from cli.main import ExitStatus, main
 from tests.bundle_builders import handshake
 from tests.hostile.hostile_helpers import (
     NAMESPACE,

@@ -16,9 +16,9 @@ from tests.lab.lab_helpers import LAB_SECONDS, LabRun, LabRunner, own_namespaces
 @pytest.fixture
 def run_lab(tmp_path: Path) -> Iterator[LabRunner]:
     """``run_lab(manifests_yaml, plan_yaml, capture_mode=..., duration=...)`` → LabRun."""
+    from kernel.capture import CaptureMode
     from lab.running import LabOptions
     from lab.running import run_lab as run
-    from webhook.capture import CaptureMode
 
     count = 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analyser.cli.main import ExitStatus, main
+from cli.main import ExitStatus, main
 from tests.lab.lab_helpers import EXAMPLE, lab_run_argv
 
 

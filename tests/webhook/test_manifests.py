@@ -13,9 +13,9 @@ import yaml
 from cryptography import x509
 
 from certs.make_certs import LOOPBACK_NAMES, make_certs, service_names
+from kernel.names import CAPTURE_ENABLED, CAPTURE_LABEL
 from tests.webhook.podchecks import schema_problems
 from webhook.app import DEFAULT_PORT
-from webhook.mutations import CAPTURE_ENABLED, CAPTURE_LABEL
 from webhook.settings import WebhookSettings, build_settings, parse_config_text
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"

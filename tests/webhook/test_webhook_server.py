@@ -174,7 +174,7 @@ def test_swapped_certificate_is_served_without_restart_or_dropped_requests(
     expected = x509.load_pem_x509_certificate((server.certs / "tls.crt").read_bytes())
     assert new_serial == expected.serial_number
     in_flight.sendall(body[len(body) // 2 :])
-    response = http.client.HTTPResponse(in_flight)  # type: ignore[arg-type]
+    response = http.client.HTTPResponse(in_flight)
     response.begin()
     assert response.status == 200
     assert json.loads(response.read())["response"]["patchType"] == "JSONPatch"

@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from analyser.cli.arguments import add_capture_mode, positive_seconds
-from analyser.cli.main import PROG, ExitStatus, echo, say
+from cli.arguments import add_capture_mode, positive_seconds
+from cli.main import PROG, ExitStatus, echo, say
 
 SUMMARY = "run the pipeline on a simulated cluster of network namespaces"
 
@@ -63,9 +63,9 @@ def _say(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kernel.capture import CaptureMode
     from lab import netns
     from lab.running import LabOptions, run_lab
-    from webhook.capture import CaptureMode
 
     if args.action == "clean":
         netns.require_root()

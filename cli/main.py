@@ -13,15 +13,17 @@ never as escape sequences or line breaks of their own.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from enum import IntEnum
 from types import ModuleType
 
-from analyser.errors import NetpolSnifferError
 from analyser.texts import inert
+from kernel.errors import NetpolSnifferError
 
 PROG = "netpol-sniffer"
 
@@ -37,14 +39,14 @@ class ExitStatus(IntEnum):
 # name → (module, one-line summary). The summary is repeated here so the top-level --help needs
 # no imports; a test checks it matches the module's SUMMARY.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "collect": ("analyser.cli.collect", "pull captures and a cluster snapshot into a bundle"),
-    "analyse": ("analyser.cli.analyse", "turn a bundle into NetworkPolicies, a graph and a report"),
-    "verify": ("analyser.cli.verify", "prove policies allow every observed flow, show the rest"),
-    "diff": ("analyser.cli.diff", "what changes between two policy folders, per workload pair"),
-    "lab": ("analyser.cli.lab", "run the pipeline on a simulated cluster of network namespaces"),
-    "demo": ("analyser.cli.demo", "lab + analyse on microservices-demo, with a summary"),
+    "collect": ("cli.collect", "pull captures and a cluster snapshot into a bundle"),
+    "analyse": ("cli.analyse", "turn a bundle into NetworkPolicies, a graph and a report"),
+    "verify": ("cli.verify", "prove policies allow every observed flow, show the rest"),
+    "diff": ("cli.diff", "what changes between two policy folders, per workload pair"),
+    "lab": ("cli.lab", "run the pipeline on a simulated cluster of network namespaces"),
+    "demo": ("cli.demo", "lab + analyse on microservices-demo, with a summary"),
     "uninstall-sidecars": (
-        "analyser.cli.uninstall_sidecars",
+        "cli.uninstall_sidecars",
         "unlabel namespaces and roll their workloads so the sidecars go away",
     ),
 }
@@ -101,6 +103,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args_in
     if debug:
         args_in.remove("--debug")
+    try:
+        return _run(args_in, debug=debug)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return ExitStatus.INTERRUPTED
+    except BrokenPipeError:
+        # stdout closed early (`netpol-sniffer analyse --help | head`): not an error worth a
+        # traceback. Later writes (and the flush at exit) go nowhere instead of raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitStatus.OK
+
+
+def _run(args_in: list[str], *, debug: bool) -> int:
     if not args_in or args_in[0] in {"-h", "--help", "help"}:
         print(_top_level_help())
         return ExitStatus.OK if args_in else ExitStatus.USAGE
@@ -111,7 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitStatus.OK
     name, rest = args_in[0], args_in[1:]
     if name not in COMMANDS:
-        print(f"{PROG}: unknown command {name!r}\n\n{_top_level_help()}", file=sys.stderr)
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(
+            f"{PROG}: unknown command {inert(name)!r}{hint}\n\n{_top_level_help()}",
+            file=sys.stderr,
+        )
         return ExitStatus.USAGE
     handler = logging.StreamHandler()
     handler.setFormatter(_InertFormatter(f"{PROG}: %(levelname)s: %(message)s"))
@@ -121,13 +142,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.debug = debug
     try:
         return int(module.run(args))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return ExitStatus.INTERRUPTED
-    except BrokenPipeError:
-        # stdout closed early (e.g. piped into head): not an error worth a traceback
-        sys.stderr.close()
-        return ExitStatus.OK
     except NetpolSnifferError as error:
         if debug:
             raise

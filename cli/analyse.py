@@ -24,9 +24,9 @@ import json
 from itertools import groupby
 from pathlib import Path
 
-from analyser.cli.arguments import SPECIAL_CLASSES, byte_size, network, positive_int
-from analyser.cli.main import ExitStatus, echo, say
-from analyser.cli.progress import reading_captures
+from cli.arguments import SPECIAL_CLASSES, byte_size, network, positive_int
+from cli.main import ExitStatus, echo, say
+from cli.progress import reading_captures
 
 SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
 

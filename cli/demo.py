@@ -23,14 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from analyser.bundles import MANIFEST
-from analyser.cli.arguments import add_capture_mode, positive_seconds
-from analyser.cli.main import ExitStatus, echo, say
-from analyser.errors import LabError
 from analyser.texts import inert
+from cli.arguments import add_capture_mode, positive_seconds
+from cli.main import ExitStatus, echo, say
+from kernel.bundles import MANIFEST
+from kernel.errors import LabError
 
 SUMMARY = "lab + analyse on microservices-demo, with a summary"
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "microservices-demo"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "microservices-demo"
 DEFAULT_OUT = Path("demo-output")
 DEFAULT_DURATION = 8.0
 
@@ -74,8 +74,8 @@ def _replace_bundle(path: Path) -> None:
 
 def _record(bundle: Path, args: argparse.Namespace) -> Path:
     """Run the lab into ``bundle``; without root, fall back to the recorded bundle."""
+    from kernel.capture import CaptureMode
     from lab.running import LabOptions, run_lab
-    from webhook.capture import CaptureMode
 
     recorded = EXAMPLE / "bundle"
     if args.recorded or os.geteuid() != 0:
@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from analyser.analysing import GRAPH_DOT, GRAPH_SVG, REPORT, analyse, write_output
     from analyser.bundles import open_bundle
     from analyser.policysets import parse_policy_texts
+    from lab.bundling import TRUTH
     from lab.checking import check_truth
 
     out: Path = args.out
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         f"({analysis.traffic.packets} packets in {len(bundle.captures)} capture files)"
     )
     passed = True
-    truth_path = bundle_path / "truth.json"
+    truth_path = bundle_path / TRUTH
     if truth_path.is_file():
         snapshot = json.loads(bundle.snapshot.read_text(encoding="utf-8"))
         truth = json.loads(truth_path.read_text(encoding="utf-8"))

@@ -44,8 +44,8 @@ from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from analyser.bundles import file_sha256
-from analyser.errors import ChecksumMismatch, CollectError, ExecFailed, StreamCut
+from kernel.bundles import file_sha256
+from kernel.errors import ChecksumMismatch, CollectError, ExecFailed, StreamCut
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import argparse
 from contextlib import ExitStack
 from pathlib import Path
 
-from analyser.cli.arguments import positive_int, seconds
-from analyser.cli.main import ExitStatus, echo, say
-from analyser.cli.progress import Progress
+from cli.arguments import positive_int, seconds
+from cli.main import ExitStatus, echo, say
+from cli.progress import Progress
 
 SUMMARY = "pull captures and a cluster snapshot into a bundle"
 
@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analyser.collecting import CollectOptions, collect, connect
+    from collector.collecting import CollectOptions, collect
+    from collector.kube import connect
 
     cluster = connect(args.kubeconfig, args.context)
     options = CollectOptions(

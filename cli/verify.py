@@ -28,8 +28,8 @@ import argparse
 import json
 from pathlib import Path
 
-from analyser.cli.main import ExitStatus, echo
-from analyser.cli.progress import reading_captures
+from cli.main import ExitStatus, echo
+from cli.progress import reading_captures
 
 SUMMARY = "prove policies allow every observed flow, show the rest"
 

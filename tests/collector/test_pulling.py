@@ -15,10 +15,8 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from localexec import Frame, LocalExec, cut_after, flip_first_byte
 
-from analyser.errors import CollectError, ExecFailed, StreamCut
-from analyser.pulling import (
+from collector.pulling import (
     PodPuller,
     PullReport,
     PullTarget,
@@ -27,6 +25,8 @@ from analyser.pulling import (
     generation_name,
     parse_listing,
 )
+from kernel.errors import CollectError, ExecFailed, StreamCut
+from tests.collector.localexec import Frame, LocalExec, cut_after, flip_first_byte
 
 EXEC_DATA = Path(__file__).parent.parent / "data" / "exec"
 

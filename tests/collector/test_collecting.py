@@ -4,49 +4,36 @@ code paths (REST errors, the exec websocket) against a local API server (fakeapi
 from __future__ import annotations
 
 import base64
-import copy
 import datetime
 import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from fakeapiserver import FakeAPIServer, cut_connection_after, status_body
 from kubernetes import client as k8s_client
-from localexec import FRAME_BYTES, LocalExec, flip_first_byte
 
 from analyser.bundles import open_bundle
-from analyser.cli.main import main
-from analyser.collecting import (
-    DEPLOYMENTS,
-    NAMESPACES,
-    PARTIALS,
-    PODS,
-    ROLLABLE_KINDS,
-    SNAPSHOT_KINDS,
-    CollectOptions,
-    Kind,
-    KubernetesCluster,
-    PodIPHistory,
-    apply_uninstall,
-    capture_mode,
-    collect,
-    load_configuration,
-    plan_uninstall,
-    pull_target,
-    translate_status,
-)
-from analyser.errors import AccessDenied, BundleError, CollectError
-from analyser.pulling import PodPuller, PullTarget, drain, fetch_command
 from analyser.snapshot import load_pod_ip_history, load_snapshot
-from webhook.capture import CaptureMode, CaptureOptions, tcpdump_argv
-from webhook.mutations import CAPTURE_LABEL
+from cli.main import main
+from collector.collecting import PARTIALS, CollectOptions, capture_mode, collect, pull_target
+from collector.history import PodIPHistory
+from collector.kinds import DEPLOYMENTS, NAMESPACES, PODS, ROLLABLE_KINDS, SNAPSHOT_KINDS
+from collector.kube import KubernetesCluster, load_configuration
+from collector.memory import MemoryCluster
+from collector.pulling import PodPuller, PullTarget, drain, fetch_command
+from collector.uninstalling import apply_uninstall, plan_uninstall
+from kernel.capture import CaptureMode
+from kernel.errors import AccessDenied, BundleError, CollectError
+from kernel.names import CAPTURE_LABEL
+from tests.collector.fakeapiserver import FakeAPIServer, cut_connection_after, status_body
+from tests.collector.localexec import FRAME_BYTES, LocalExec, flip_first_byte
+from webhook.capture import CaptureOptions, tcpdump_argv
 
 EXEC_DATA = Path(__file__).parent.parent / "data" / "exec"
 SIDECAR = "netpol-sniffer-capture"
@@ -108,76 +95,10 @@ def pod(
     return {"metadata": metadata, "spec": {"containers": containers}, "status": status}
 
 
-class MemoryCluster:
-    """A Cluster holding objects in dicts; watches replay scripted events; exec runs locally."""
-
-    def __init__(self, objects: Mapping[str, list[dict[str, Any]]]) -> None:
-        self.objects = {kind: copy.deepcopy(items) for kind, items in objects.items()}
-        self.watch_scripts: list[list[dict[str, Any]]] = []
-        self.patches: list[tuple[str, str, str | None, Mapping[str, Any]]] = []
-        self.local_exec = LocalExec()
-        self.denied: set[tuple[str, str]] = set()  # (verb, resource)
-        self.on_expiry: Callable[[], None] | None = None  # what changes while a watch is expired
-
-    def _check(self, verb: str, kind: Kind, ns: str | None) -> None:
-        if (verb, kind.resource) in self.denied:
-            raise translate_status(403, None, verb=verb, resource=kind.resource, namespace=ns)
-
-    def list(
-        self, kind: Kind, *, namespace: str | None = None, label_selector: str | None = None
-    ) -> dict[str, Any]:
-        self._check("list", kind, namespace)
-        items = [
-            item
-            for item in self.objects.get(kind.kind, [])
-            if namespace is None or item["metadata"].get("namespace") == namespace
-        ]
-        if label_selector:
-            key, _, value = label_selector.partition("=")
-            items = [i for i in items if (i["metadata"].get("labels") or {}).get(key) == value]
-        return {"metadata": {"resourceVersion": "100"}, "items": copy.deepcopy(items)}
-
-    def get(self, kind: Kind, name: str, *, namespace: str | None = None) -> dict[str, Any]:
-        self._check("get", kind, namespace)
-        for item in self.objects.get(kind.kind, []):
-            if item["metadata"]["name"] == name and item["metadata"].get("namespace") == namespace:
-                return copy.deepcopy(item)
-        raise translate_status(
-            404, None, verb="get", resource=kind.resource, namespace=namespace, name=name
-        )
-
-    def watch(
-        self, kind: Kind, *, resource_version: str, timeout_seconds: int
-    ) -> Iterator[dict[str, Any]]:
-        script = self.watch_scripts.pop(0) if self.watch_scripts else []
-        for event in script:
-            if event["type"] in {"ADDED", "MODIFIED", "DELETED"}:
-                self._apply(event)
-            elif event["type"] == "ERROR" and self.on_expiry is not None:
-                self.on_expiry()
-            yield event
-
-    def _apply(self, event: dict[str, Any]) -> None:
-        obj = event["object"]
-        pods = self.objects.setdefault("Pod", [])
-        pods[:] = [p for p in pods if p["metadata"]["uid"] != obj["metadata"]["uid"]]
-        if event["type"] != "DELETED":
-            pods.append(obj)
-
-    def patch(
-        self, kind: Kind, name: str, patch: Mapping[str, Any], *, namespace: str | None = None
-    ) -> None:
-        self._check("patch", kind, namespace)
-        self.patches.append((kind.kind, name, namespace, patch))
-
-    def exec(
-        self, *, namespace: str, pod: str, container: str, command: Sequence[str]
-    ) -> AbstractContextManager[Iterable[tuple[int, bytes]]]:
-        if ("create", "pods/exec") in self.denied:
-            raise translate_status(
-                403, None, verb="create", resource="pods/exec", namespace=namespace, name=pod
-            )
-        return self.local_exec(namespace=namespace, pod=pod, container=container, command=command)
+def local_exec(cluster: MemoryCluster) -> LocalExec:
+    """The local exec a test cluster runs its pods' commands with."""
+    assert isinstance(cluster.exec_handler, LocalExec)
+    return cluster.exec_handler
 
 
 META = b'{"pod": "web-1", "namespace": "shop", "start_time": "2026-01-01T08:00:00Z"}'
@@ -231,7 +152,8 @@ def shop(tmp_path: Path) -> MemoryCluster:
                 }
             ],
             "NetworkPolicy": [{"metadata": {"name": "deny", "namespace": "other"}}],
-        }
+        },
+        exec_handler=LocalExec(),
     )
 
 
@@ -313,10 +235,10 @@ def test_second_collect_fetches_nothing_new_and_keeps_the_window_start(
     out = tmp_path / "bundle"
     collect(shop, CollectOptions(out=out, namespaces=("shop",)))
     first = json.loads((out / "bundle.json").read_text())
-    shop.local_exec.commands.clear()
+    local_exec(shop).commands.clear()
     result = collect(shop, CollectOptions(out=out, namespaces=("shop",)))
     assert result.files_fetched == 0 and result.bytes_fetched == 0
-    assert shop.local_exec.fetches() == []
+    assert local_exec(shop).fetches() == []
     second = json.loads((out / "bundle.json").read_text())
     assert second["window"]["start"] == first["window"]["start"]
     assert second["captures"] == first["captures"]
@@ -722,9 +644,11 @@ def test_pulls_run_in_parallel_but_bounded(tmp_path: Path) -> None:
     for number in range(6):
         directory = sidecar_dir(tmp_path, f"p{number}", {"capture.pcap0": b"x" * 100})
         pods.append(pod("shop", f"p{number}", ips=[f"10.0.1.{number}"], captures=directory))
-    cluster = MemoryCluster({"Namespace": [namespace("shop")], "Pod": pods})
+    cluster = MemoryCluster(
+        {"Namespace": [namespace("shop")], "Pod": pods}, exec_handler=LocalExec()
+    )
     running, peak, lock = [0], [0], threading.Lock()
-    local_exec = cluster.local_exec
+    run_locally = local_exec(cluster)
 
     @contextmanager
     def slow_exec(**kwargs: Any) -> Iterator[Iterable[tuple[int, bytes]]]:
@@ -733,7 +657,7 @@ def test_pulls_run_in_parallel_but_bounded(tmp_path: Path) -> None:
             peak[0] = max(peak[0], running[0])
         time.sleep(0.05)
         try:
-            with local_exec(**kwargs) as frames:
+            with run_locally(**kwargs) as frames:
                 yield frames
         finally:
             with lock:

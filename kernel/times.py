@@ -1,4 +1,4 @@
-"""Times: UTC epoch seconds as the analyser uses them, the range an input may name, and their
+"""Times: UTC epoch seconds as netpol-sniffer uses them, the range an input may name, and their
 RFC 3339 text.
 
 A capture (pcapng's 64-bit timestamps shifted by ``if_tsoffset``) or an input file can name any
@@ -26,3 +26,11 @@ def utc_text(epoch: float) -> str:
     if not possible(epoch):
         return f"{epoch!r} (not a time from 1970 to 9999)"
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339(epoch: float) -> str:
+    """RFC 3339 to the microsecond, for a file to keep (``2026-01-01T10:00:00.250000Z``); a time
+    out of range as :func:`utc_text` writes it."""
+    if not possible(epoch):
+        return utc_text(epoch)
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

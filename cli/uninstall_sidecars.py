@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from analyser.cli.main import ExitStatus, echo
+from cli.main import ExitStatus, echo
 
 SUMMARY = "unlabel namespaces and roll their workloads so the sidecars go away"
 
@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analyser.collecting import apply_uninstall, connect, plan_uninstall
-    from webhook.mutations import CAPTURE_LABEL
+    from collector.kube import connect
+    from collector.uninstalling import apply_uninstall, plan_uninstall
+    from kernel.names import CAPTURE_LABEL
 
     cluster = connect(args.kubeconfig, args.context)
     plans = [plan_uninstall(cluster, namespace) for namespace in dict.fromkeys(args.namespace)]

@@ -23,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from analyser.cli.main import ExitStatus, echo
+from cli.main import ExitStatus, echo
 
 SUMMARY = "what changes between two policy folders, per workload pair"
 
