@@ -5,6 +5,7 @@ Pure (data in, data out, no I/O):
     flows       the flow types, and conversations → client → server flows
     dns         DNS answers → the names an address had, and when
     identities  (IP, time) → pod, workload, Service, node or outside
+    vouching    which side of a flow its captures speak for (a pod's capture: its own side)
     graphs      flows + identities → the workload graph (the only networkx import)
     policies    the policy model, synthesised from the graph
     evaluation  NetworkPolicy semantics: what does a set of policies allow?

@@ -31,11 +31,13 @@ from analyser.bundles import Bundle, FileProblem
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import (
     NodeRole,
+    UnvouchedPair,
     attempts,
     build_graph,
     is_loopback,
     loopback_flows,
     unresolved_addresses,
+    unvouched_pairs,
 )
 from analyser.identities import Resolver, Scope, Vantage, parse_address
 from analyser.policies import (
@@ -73,6 +75,7 @@ from analyser.snapshot import (
     load_snapshot,
 )
 from analyser.sources import DEFAULT_MAX_BYTES
+from analyser.vouching import Witnesses
 from kernel.bundles import CAPTURES, SNAPSHOT_KINDS, Window
 from kernel.errors import CaptureError, CaptureTooLarge, OutputError, RenderError, SnapshotError
 
@@ -157,6 +160,11 @@ class Analysis(Observation):
         """Observed traffic with special addresses that the policies leave out on purpose."""
         return left_out_of(self.policies)
 
+    @property
+    def unvouched(self) -> tuple[UnvouchedPair, ...]:
+        """Traffic a side's own captures did not vouch for: no rule on that side."""
+        return unvouched_pairs(self.graph)
+
     def summary(self) -> dict[str, object]:
         """The machine-readable summary (``analyse --json``): plain JSON types, stable order."""
         roles = Counter(str(attrs.get("role")) for _, attrs in self.graph.nodes(data=True))
@@ -175,6 +183,7 @@ class Analysis(Observation):
             "never_established": len(attempts(self.graph)),
             "loopback_flows": loopback_flows(self.graph),
             "foreign_flows": sum(self.traffic.foreign.values()),
+            "unvouched_sides": sum(pair.sides for pair in self.unvouched),
             "evidence": {str(e): n for e, n in self.evidence_counts.items()},
             "workloads": roles.get(NodeRole.WORKLOAD, 0),
             "external_addresses": roles.get(NodeRole.EXTERNAL, 0),
@@ -315,9 +324,19 @@ class _LooseCapture:
     pods_seen: dict[tuple[str, str], str | None]
 
 
+@dataclass(frozen=True, slots=True)
+class _LooseVantages:
+    """What unplaced capture files turned out to be: the pods they make captured, where each
+    file tied to a pod or a node was taken, and a warning for each file that is neither."""
+
+    pods: set[tuple[str, str]]
+    vantages: dict[str, tuple[Vantage, ...]]
+    problems: list[FileProblem]
+
+
 def _vantage_pods(
     flows: Iterable[Flow], resolver: Resolver, unplaced: set[str], *, damaged: set[str]
-) -> tuple[set[tuple[str, str]], list[FileProblem]]:
+) -> _LooseVantages:
     """Whose capture an unplaced file is: the one pod that is an end of every flow it saw (a
     sidecar or ``tcpdump`` in a pod sees only its own traffic, on any of its addresses). Failing
     that, a node's: when no pod and no address is in every flow but every flow has an end on one
@@ -353,6 +372,7 @@ def _vantage_pods(
             loose.nodes_in_all &= nodes
             loose.pods_seen.update(ends)
     pods: set[tuple[str, str]] = set()
+    vantages: dict[str, tuple[Vantage, ...]] = {}
     problems = []
     for capture in sorted(unplaced):
         loose = seen.get(capture)
@@ -372,11 +392,13 @@ def _vantage_pods(
             found = named if len(named) == 1 else found
         if len(found) == 1:
             pods.add(found[0])
+            vantages[capture] = (Vantage(*found[0]),)
             continue
         if not found and not loose.addresses_in_all and len(loose.nodes_in_all) == 1:
             (node,) = loose.nodes_in_all
             on_node = sorted(p for p, n in loose.pods_seen.items() if n == node)
             pods.update(on_node)
+            vantages[capture] = (Vantage(node=node),)
             problems.append(
                 FileProblem(
                     capture,
@@ -397,7 +419,7 @@ def _vantage_pods(
                 f"folder) and {why}: its flows count, but it makes no workload get a policy",
             )
         )
-    return pods, problems
+    return _LooseVantages(pods, vantages, problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,6 +474,8 @@ def _foreign_problems(traffic: Traffic, placed: Mapping[str, _PlacedCapture]) ->
             FileProblem(capture, f"{flows} in which {which} {were} dropped as foreign: {why}")
         )
     return problems
+
+
 # How many unreadable files the error for a bundle without any readable capture names.
 MAX_LISTED_UNREADABLE = 3
 
@@ -588,16 +612,21 @@ def observe(
     _ensure_something_read(traffic)
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
     damaged = {report.path for report in traffic.reports if not report.ok}
-    vantage, vantage_problems = _vantage_pods(flows, resolver, unplaced, damaged=damaged)
+    loose = _vantage_pods(flows, resolver, unplaced, damaged=damaged)
     readable, unread_problems = _readable_pods(captured, traffic)
-    scope = resolver.scope_of(readable | vantage)
-    graph = build_graph(flows, resolver, traffic.dns, scope=scope)
+    scope = resolver.scope_of(readable | loose.pods)
+    witnesses = Witnesses(
+        {**{c: p.vantages for c, p in placed.items()}, **loose.vantages},
+        traffic.reports,
+        resolver,
+    )
+    graph = build_graph(flows, resolver, traffic.dns, scope=scope, witness=witnesses)
     problems = [
         *bundle.problems,
         *problems,
         *_capture_problems(traffic),
         *_foreign_problems(traffic, placed),
-        *vantage_problems,
+        *loose.problems,
         *unread_problems,
     ]
     return Observation(
@@ -697,6 +726,7 @@ def analyse(
         exposed_anywhere=expose_anywhere,
         left_out=left_out,
         selector_warnings=selector_warnings(seen.graph),
+        unvouched=unvouched_pairs(seen.graph),
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(

@@ -6,7 +6,11 @@ them must cost in proportion to their size and fail with one line saying where a
 
 - YAML aliases (``*name``, also in merge keys ``<<: *name``) are refused: each one stands for a
   whole node again, so nested aliases make a 128 KB file stand for gigabytes once it is walked as
-  a tree (the "billion laughs"). ``kubectl`` never writes them.
+  a tree (the "billion laughs"). ``kubectl`` never writes them. Where people write YAML by hand
+  (policy files ``verify`` and ``diff`` read), a caller may allow them with a budget instead:
+  every alias costs the nodes it stands for, all of them expanded, and past the budget (or in
+  the node it names: a recursive structure, or nesting past :data:`MAX_DEPTH` once expanded)
+  the text is refused, before anything is walked.
 - Nesting deeper than :data:`MAX_DEPTH` lists and objects is refused: a Kubernetes object is about
   ten levels deep, and 100,000 nested ``[`` would otherwise end in a ``RecursionError``.
 - Whatever else the parsers raise on bad text (a timestamp with month 13, an integer of 5,000
@@ -27,7 +31,7 @@ import yaml
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.events import AliasEvent, MappingStartEvent, SequenceStartEvent
-from yaml.nodes import Node
+from yaml.nodes import MappingNode, Node, SequenceNode
 from yaml.parser import Parser
 from yaml.reader import Reader
 from yaml.resolver import Resolver
@@ -110,27 +114,101 @@ def json_values(text: str) -> list[Any]:
 
 
 class _BoundedComposer(Composer):
-    """PyYAML's composer, refusing aliases and nesting deeper than :data:`MAX_DEPTH`."""
+    """PyYAML's composer, refusing nesting deeper than :data:`MAX_DEPTH` and aliases, or, with
+    an ``alias_nodes`` budget, aliases that stand for more nodes in all (or that nest too deep
+    once expanded, or sit in the node they name)."""
 
     depth = 0
+
+    def __init__(self, alias_nodes: int) -> None:
+        Composer.__init__(self)
+        self.alias_nodes = alias_nodes  # nodes all the aliases may stand for; 0: no alias
+        self.expanded = 0  # nodes the aliases seen so far stand for
+        self.open_anchors: set[str] = set()  # anchors of the collections being composed
+        self.measured: dict[int, tuple[int, int]] = {}  # id(node) → (nodes, depth), expanded
+
+    def compose_document(self) -> Node | None:
+        try:
+            return super().compose_document()
+        finally:
+            self.measured.clear()  # the document's nodes may go: their ids may come again
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         event = self.peek_event()  # type: ignore[attr-defined]
         line = event.start_mark.line + 1
         if isinstance(event, AliasEvent):
-            raise DocumentError(
-                f"line {line}: a YAML alias (*{event.anchor}): aliases are not accepted (kubectl "
-                "never writes them, and nested ones blow a small file up into gigabytes)"
-            )
+            self._spend(str(event.anchor), line)
+            return super().compose_node(parent, index)
         if not isinstance(event, SequenceStartEvent | MappingStartEvent):
             return super().compose_node(parent, index)
         if self.depth >= MAX_DEPTH:
             raise _too_deep(line)
+        anchor = event.anchor
         self.depth += 1
+        if anchor is not None:
+            self.open_anchors.add(anchor)
         try:
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+            self.open_anchors.discard(anchor)
+
+    def _spend(self, anchor: str, line: int) -> None:
+        """Account for an alias of ``anchor`` at ``line``, or refuse it."""
+        if not self.alias_nodes:
+            raise DocumentError(
+                f"line {line}: a YAML alias (*{anchor}): aliases are not accepted (kubectl "
+                "never writes them, and nested ones blow a small file up into gigabytes)"
+            )
+        if anchor in self.open_anchors:
+            raise DocumentError(
+                f"line {line}: the YAML alias *{anchor} is inside the node it names: a "
+                "structure that contains itself has no end"
+            )
+        node = self.anchors.get(anchor)
+        if node is None:
+            return  # the composer says it is undefined
+        nodes, depth = self._measure(node)
+        self.expanded += nodes
+        if self.expanded > self.alias_nodes:
+            raise DocumentError(
+                f"line {line}: the YAML alias *{anchor}: the aliases stand for more than "
+                f"{self.alias_nodes:,} nodes in all, expanded"
+            )
+        if self.depth + depth > MAX_DEPTH:
+            raise _too_deep(line)
+
+    def _measure(self, node: Node) -> tuple[int, int]:
+        """How many nodes ``node`` stands for, aliases in it expanded, and how many lists and
+        objects deep it goes; each node walked once (without recursion)."""
+        measured = self.measured
+        pending: list[tuple[Node, bool]] = [(node, False)]
+        while pending:
+            item, children_done = pending.pop()
+            if id(item) in measured:
+                continue
+            children = _children(item)
+            if not children_done:
+                pending.append((item, True))
+                pending.extend((child, False) for child in children if id(child) not in measured)
+                continue
+            if not isinstance(item, SequenceNode | MappingNode):
+                measured[id(item)] = (1, 0)
+                continue
+            found = [measured[id(child)] for child in children]
+            measured[id(item)] = (
+                1 + sum(nodes for nodes, _ in found),
+                1 + max((depth for _, depth in found), default=0),
+            )
+        return measured[id(node)]
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [child for pair in node.value for child in pair]
+    return []
 
 
 try:
@@ -138,29 +216,35 @@ try:
 except ImportError:  # PyYAML built without libyaml
 
     class _Loader(_BoundedComposer, Reader, Scanner, Parser, SafeConstructor, Resolver):
-        def __init__(self, text: str) -> None:
+        def __init__(self, text: str, alias_nodes: int = 0) -> None:
             Reader.__init__(self, text)
             Scanner.__init__(self)
             Parser.__init__(self)
-            _BoundedComposer.__init__(self)
+            _BoundedComposer.__init__(self, alias_nodes)
             SafeConstructor.__init__(self)
             Resolver.__init__(self)
 
 else:
 
     class _Loader(_BoundedComposer, CParser, SafeConstructor, Resolver):  # type: ignore[no-redef]
-        def __init__(self, text: str) -> None:
+        def __init__(self, text: str, alias_nodes: int = 0) -> None:
             CParser.__init__(self, text)
-            _BoundedComposer.__init__(self)
+            _BoundedComposer.__init__(self, alias_nodes)
             SafeConstructor.__init__(self)
             Resolver.__init__(self)
 
 
-def yaml_values(text: str) -> list[Any]:
+def yaml_values(text: str, *, alias_nodes: int = 0) -> list[Any]:
     """The documents of a YAML stream (an empty document is None); :class:`DocumentError` when
-    the text is not YAML, holds an alias or nests too deep."""
+    the text is not YAML, nests too deep or holds an alias. With ``alias_nodes``, aliases are
+    allowed as long as all of them together stand for at most that many nodes, expanded, and
+    none is inside the node it names."""
+    loader = _Loader(text, alias_nodes)
     try:
-        return list(yaml.load_all(text, Loader=_Loader))  # type: ignore[arg-type]
+        documents = []
+        while loader.check_data():  # type: ignore[no-untyped-call]
+            documents.append(loader.get_data())
+        return documents
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
@@ -172,3 +256,5 @@ def yaml_values(text: str) -> list[Any]:
             raise
         # A scalar the constructor cannot make (a timestamp with month 13, too many digits).
         raise DocumentError(f"not valid YAML: {error}") from None
+    finally:
+        loader.dispose()

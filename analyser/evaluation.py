@@ -35,7 +35,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from analyser.flows import Protocol
 from kernel.errors import PolicyError
@@ -44,6 +44,7 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 MAX_PORT = 65535
 
 Labels = tuple[tuple[str, str], ...]
+T = TypeVar("T")
 
 
 class Direction(StrEnum):
@@ -94,7 +95,7 @@ class PortSet:
 
     @classmethod
     def everything(cls) -> PortSet:
-        return cls(tuple(PortRange(protocol, 1, MAX_PORT) for protocol in sorted(Protocol)))
+        return EVERY_PORT
 
     @classmethod
     def single(cls, protocol: Protocol, port: int) -> PortSet:
@@ -115,6 +116,10 @@ class PortSet:
         return any(r.protocol == protocol and r.first <= port <= r.last for r in self.ranges)
 
     def union(self, other: PortSet) -> PortSet:
+        if not other.ranges or self is EVERY_PORT:
+            return self
+        if not self.ranges or other is EVERY_PORT:
+            return other
         return PortSet.of((*self.ranges, *other.ranges))
 
     def intersection(self, other: PortSet) -> PortSet:
@@ -156,6 +161,7 @@ class PortSet:
 
 
 NO_PORTS = PortSet()
+EVERY_PORT = PortSet(tuple(PortRange(protocol, 1, MAX_PORT) for protocol in sorted(Protocol)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +195,9 @@ class Pod:
         return self.name or f"{self.namespace}/pod{dict(self.labels)}"
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """An address that is not a pod: outside the cluster, or a node (``node`` set)."""
@@ -196,6 +205,11 @@ class Address:
     ip: str
     node: str | None = None
     name: str = ""
+    # ``ip`` parsed once: a report asks about one address against every pod.
+    parsed: IPAddress = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parsed", ipaddress.ip_address(self.ip))
 
     def __str__(self) -> str:
         return self.name or self.ip
@@ -286,8 +300,8 @@ class IpBlock:
         holes = ", ".join(str(hole) for hole in self.excepted)
         return f"{self.network} except {holes}" if holes else str(self.network)
 
-    def matches(self, ip: str) -> bool:
-        address = ipaddress.ip_address(ip)
+    def matches(self, ip: str | IPAddress) -> bool:
+        address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
         if address.version != self.network.version or address not in self.network:
             return False
         return not any(address in hole for hole in self.excepted)
@@ -316,7 +330,7 @@ class _PeerRule:
 
     def matches(self, peer: Peer, policy_namespace: str) -> bool:
         if self.ip_block is not None:
-            return isinstance(peer, Address) and self.ip_block.matches(peer.ip)
+            return isinstance(peer, Address) and self.ip_block.matches(peer.parsed)
         if not isinstance(peer, Pod):
             return False
         if self.namespace_selector is None:
@@ -367,50 +381,59 @@ class _Rule:
         return result
 
 
+class BlockIndex(Generic[T]):
+    """Items keyed by an :class:`IpBlock`, found by address: one dict look-up per prefix length
+    in use instead of testing every block, so asking which of 20,000 blocks hold an address
+    costs about as much as asking one."""
+
+    __slots__ = ("_by_prefix",)
+
+    def __init__(self, entries: Iterable[tuple[IpBlock, T]]) -> None:
+        # (IP version, prefix length) → network address as an integer → (block, item)
+        by_prefix: dict[tuple[int, int], dict[int, list[tuple[IpBlock, T]]]] = {}
+        for block, item in entries:
+            network = block.network
+            networks = by_prefix.setdefault((network.version, network.prefixlen), {})
+            networks.setdefault(int(network.network_address), []).append((block, item))
+        self._by_prefix = by_prefix
+
+    def matching(self, ip: str | IPAddress) -> Iterator[T]:
+        """The items whose block matches the address ``ip`` (its ``except`` networks left out),
+        by prefix length, then in the order they were given."""
+        address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+        value, bits = int(address), address.max_prefixlen
+        for (version, length), networks in self._by_prefix.items():
+            if version != address.version:
+                continue
+            for block, item in networks.get(value >> (bits - length) << (bits - length), ()):
+                if not any(address in hole for hole in block.excepted):
+                    yield item
+
+
 @dataclass(frozen=True, slots=True)
 class _AddressRules:
     """The rules of one direction of a policy that can match an address: those without peers
-    (every peer matches), and those naming an ipBlock, found through the address's prefixes (one
-    dict look-up per prefix length in use) instead of testing every ipBlock, so a policy naming
-    thousands of addresses costs as much to ask as one naming a few."""
+    (every peer matches), and those naming an ipBlock, found through a :class:`BlockIndex`, so
+    a policy naming thousands of addresses costs as much to ask as one naming a few."""
 
     rules: tuple[_Rule, ...]
     everyone: tuple[int, ...]  # indices into ``rules``
-    # (IP version, prefix length) → network address as an integer → (block, rule index)
-    by_prefix: Mapping[tuple[int, int], Mapping[int, tuple[tuple[IpBlock, int], ...]]]
+    blocks: BlockIndex[int]  # → indices into ``rules``
 
     @classmethod
     def of(cls, rules: tuple[_Rule, ...]) -> _AddressRules:
         everyone = tuple(index for index, rule in enumerate(rules) if not rule.peers)
-        by_prefix: dict[tuple[int, int], dict[int, list[tuple[IpBlock, int]]]] = {}
-        for index, rule in enumerate(rules):
-            for peer in rule.peers:
-                if peer.ip_block is not None:
-                    network = peer.ip_block.network
-                    networks = by_prefix.setdefault((network.version, network.prefixlen), {})
-                    networks.setdefault(int(network.network_address), []).append(
-                        (peer.ip_block, index)
-                    )
-        return cls(
-            rules,
-            everyone,
-            {
-                prefix: {key: tuple(found) for key, found in networks.items()}
-                for prefix, networks in by_prefix.items()
-            },
+        blocks = BlockIndex(
+            (peer.ip_block, index)
+            for index, rule in enumerate(rules)
+            for peer in rule.peers
+            if peer.ip_block is not None
         )
+        return cls(rules, everyone, blocks)
 
-    def matching(self, ip: str) -> list[_Rule]:
+    def matching(self, ip: str | IPAddress) -> list[_Rule]:
         """The rules one of whose peers matches the address ``ip``, in rule order."""
-        address = ipaddress.ip_address(ip)
-        value, bits = int(address), address.max_prefixlen
-        found = set(self.everyone)
-        for (version, length), networks in self.by_prefix.items():
-            if version != address.version:
-                continue
-            for block, index in networks.get(value >> (bits - length) << (bits - length), ()):
-                if not any(address in hole for hole in block.excepted):
-                    found.add(index)
+        found = {*self.everyone, *self.blocks.matching(ip)}
         return [self.rules[index] for index in sorted(found)]
 
 
@@ -444,7 +467,7 @@ class CompiledPolicy:
         ``destination`` (the server of the connection)."""
         allowed = NO_PORTS
         if isinstance(peer, Address):
-            for rule in self._for_addresses[direction].matching(peer.ip):
+            for rule in self._for_addresses[direction].matching(peer.parsed):
                 allowed = allowed.union(rule.ports_to(destination))
             return allowed
         rules = self.ingress if direction is Direction.INGRESS else self.egress

@@ -13,7 +13,8 @@ Schema (a contract for policies, rendering, verify and the report):
   its pods were captured, so it gets a policy),
   ``addresses`` (tuple of the addresses seen for a node, an outside or unresolved address, or a
   hostNetwork workload — the addresses peers saw — sorted; empty for other workloads).
-- Edge attributes: ``ports``: ``dict[PortSpec, EdgeStats]``, keyed by the *target* port;
+- Edge attributes: ``ports``: ``dict[PortSpec, EdgeStats]``, keyed by the *target* port (with
+  ``EdgeStats.vouched``: the sides some flow on it was vouched for at, see below);
   ``names``: the DNS names (sorted tuple) of an outside server's address that the client side's
   own captures saw it told (``dns.DnsNames.names_for_flow``): a policy takes a peer's names from
   its own edges only, so one pod's capture cannot name another pod's peers.
@@ -39,6 +40,11 @@ How flows become edges (details in ``docs/semantics.md``):
   one edge to the pod that really answered, on the port it answered on, counted once. Without such
   a twin, the flow goes to every backend of the Service at that time, each on its target port
   (``EdgeStats.assumed``).
+- Each side of a flow is vouched for by the captures at that side (``analyser.vouching``, given
+  as ``witness``): a pod's capture speaks for its own side only. ``EdgeStats.vouched`` and
+  ``FlowAttribution.vouched`` say which sides were; policies write the client's egress rule
+  only for a vouched client side and the server's ingress rule only for a vouched server side
+  (:func:`unvouched_pairs` lists the rest).
 """
 
 from __future__ import annotations
@@ -77,6 +83,31 @@ class NodeRole(StrEnum):
     UNRESOLVED = "unresolved"
 
 
+@dataclass(frozen=True, order=True, slots=True)
+class Sides:
+    """Which ends of a flow (or of an edge on one port) the captures vouch for: the client's
+    side makes its egress rule, the server's its ingress rule (``analyser.vouching``)."""
+
+    client: bool = True
+    server: bool = True
+
+    def __or__(self, other: Sides) -> Sides:
+        return Sides(self.client or other.client, self.server or other.server)
+
+    @property
+    def both(self) -> bool:
+        return self.client and self.server
+
+
+BOTH_SIDES = Sides()
+
+
+class Witness(Protocol):
+    """Whether a side of a flow is vouched for (``vouching.Witnesses``)."""
+
+    def vouches(self, identity: Identity, at: float, captures: Collection[str]) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeStats:
     """What was observed on one edge for one target port."""
@@ -92,6 +123,8 @@ class EdgeStats:
     assumed: bool = False
     # False when every flow went one way only (``Flow.answered``): nothing came back.
     answered: bool = True
+    # The sides some flow on it was vouched for at (``analyser.vouching``): only those get rules.
+    vouched: Sides = BOTH_SIDES
 
     def merged(self, other: EdgeStats) -> EdgeStats:
         return EdgeStats(
@@ -104,6 +137,7 @@ class EdgeStats:
             services=self.services | other.services,
             assumed=self.assumed and other.assumed,
             answered=self.answered or other.answered,
+            vouched=self.vouched | other.vouched,
         )
 
 
@@ -118,6 +152,7 @@ class FlowAttribution:
     service: str | None = None  # "NS/name" when the client addressed a Service
     twin: Flow | None = None  # the server side's capture of the same connection
     assumed: bool = False  # the server was taken from the Service's backends
+    vouched: Sides = BOTH_SIDES  # see analyser.vouching
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,10 +196,17 @@ class _Node:
 
 
 class _Builder:
-    def __init__(self, resolver: Resolver, dns: NameTable | None, scope: frozenset[WorkloadRef]):
+    def __init__(
+        self,
+        resolver: Resolver,
+        dns: NameTable | None,
+        scope: frozenset[WorkloadRef],
+        witness: Witness | None,
+    ):
         self.resolver = resolver
         self.dns = dns
         self.scope = scope
+        self.witness = witness
         self.nodes: dict[str, _Node] = {}
         self.edges: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
         self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
@@ -219,6 +261,14 @@ class _Builder:
             return client.kind is EndpointKind.NODE and asker.node == client.node
 
         return self.dns.names_for_flow(flow, asked_by=asked_by)
+
+    def vouches(self, identity: Identity, at: float, *flows: Flow) -> bool:
+        """Whether the side of a connection that was ``identity`` at ``at`` is vouched for by
+        the captures of ``flows`` (its captures: one flow, or a flow and its twin)."""
+        if self.witness is None:
+            return True
+        captures = frozenset().union(*(flow.captures for flow in flows))
+        return self.witness.vouches(identity, at, captures)
 
     def count(
         self, attribution: FlowAttribution, stats: EdgeStats, names: Iterable[str] = ()
@@ -329,7 +379,11 @@ def _attribution_key(a: FlowAttribution) -> tuple[str, str, PortSpec, tuple[Any,
 
 
 def _stats(
-    flows: Sequence[Flow], *, service: str | None = None, assumed: bool = False
+    flows: Sequence[Flow],
+    *,
+    service: str | None = None,
+    assumed: bool = False,
+    vouched: Sides = BOTH_SIDES,
 ) -> EdgeStats:
     """One connection seen by one or two captures: counted once, the larger count of packets."""
     return EdgeStats(
@@ -342,6 +396,7 @@ def _stats(
         services=frozenset({service}) if service else frozenset(),
         assumed=assumed,
         answered=any(f.answered for f in flows),
+        vouched=vouched,
     )
 
 
@@ -351,12 +406,15 @@ def build_graph(
     dns: NameTable | None = None,
     *,
     scope: Scope | Collection[WorkloadRef],
+    witness: Witness | None = None,
 ) -> Any:
     """The workload graph (schema above) of ``flows``. ``scope``: the workloads whose pods were
     captured (``Resolver.scope_of``); they are marked ``in_scope`` and present even when silent.
-    ``dns`` gives the names each flow's client was told for an outside server."""
+    ``dns`` gives the names each flow's client was told for an outside server. ``witness`` says
+    which sides of each flow its captures vouch for (``vouching.Witnesses``); without one, every
+    side is."""
     scope_refs = scope.workloads if isinstance(scope, Scope) else frozenset(scope)
-    builder = _Builder(resolver, dns, frozenset(scope_refs))
+    builder = _Builder(resolver, dns, frozenset(scope_refs), witness)
     for ref in sorted(scope_refs):
         try:
             builder.workload_node(resolver.workload(ref))
@@ -393,13 +451,20 @@ def build_graph(
     for index, (flow, client, server) in enumerate(resolved):
         if server.kind is EndpointKind.SERVICE or index in twins.consumed:
             continue
+        vouched = Sides(
+            builder.vouches(client, flow.first_seen, flow),
+            builder.vouches(server, flow.first_seen, flow),
+        )
         attribution = FlowAttribution(
             flow,
             builder.node_for(client),
             builder.node_for(server),
             PortSpec(flow.protocol, flow.server.port),
+            vouched=vouched,
         )
-        builder.count(attribution, _stats([flow]), builder.names_for(flow, client, server))
+        builder.count(
+            attribution, _stats([flow], vouched=vouched), builder.names_for(flow, client, server)
+        )
     return builder.graph()
 
 
@@ -547,14 +612,28 @@ def _unknown_service_flow(
         return
     twins.consumed.update((index, twin_index))
     twin, _, twin_server = resolved[twin_index]
+    vouched = _twin_sides(builder, flow, client, twin, twin_server)
     attribution = FlowAttribution(
         flow,
         builder.node_for(client),
         builder.node_for(twin_server),
         PortSpec(flow.protocol, twin.server.port),
         twin=twin,
+        vouched=vouched,
     )
-    builder.count(attribution, _stats([flow, twin]))
+    builder.count(attribution, _stats([flow, twin], vouched=vouched))
+
+
+def _twin_sides(
+    builder: _Builder, flow: Flow, client: Identity, twin: Flow, server: Identity
+) -> Sides:
+    """The sides vouched for of a connection seen as ``flow`` (by the client's capture, to the
+    address it called) and as ``twin`` (by the server's, from the pod that answered): each side
+    at the time its own view was resolved, by the captures of both."""
+    return Sides(
+        builder.vouches(client, flow.first_seen, flow, twin),
+        builder.vouches(server, twin.first_seen, flow, twin),
+    )
 
 
 def _service_flow(
@@ -580,6 +659,7 @@ def _service_flow(
     if index is not None:
         twins.consumed.add(index)
         twin, _, twin_server = resolved[index]
+        vouched = _twin_sides(builder, flow, client, twin, twin_server)
         attribution = FlowAttribution(
             flow,
             client_node,
@@ -587,28 +667,40 @@ def _service_flow(
             PortSpec(flow.protocol, twin.server.port),
             service=service,
             twin=twin,
+            vouched=vouched,
         )
-        builder.count(attribution, _stats([flow, twin], service=service))
+        builder.count(attribution, _stats([flow, twin], service=service, vouched=vouched))
         return
     if not backends:
         # A Service with nothing behind it (or not on this port): keep the address visible.
         unbacked = Identity(EndpointKind.UNRESOLVED, server.ip)
+        vouched = Sides(client=builder.vouches(client, flow.first_seen, flow))
         attribution = FlowAttribution(
             flow,
             client_node,
             builder.node_for(unbacked),
             PortSpec(flow.protocol, flow.server.port),
             service=service,
+            vouched=vouched,
         )
-        builder.count(attribution, _stats([flow], service=service))
+        builder.count(attribution, _stats([flow], service=service, vouched=vouched))
         return
     # Several pods of one workload on one port are one edge, and the flow counts once on it.
-    targets = {(builder.node_for(b.identity), PortSpec(flow.protocol, b.port)) for b in backends}
-    for server_node, port in sorted(targets):
-        attribution = FlowAttribution(
-            flow, client_node, server_node, port, service=service, assumed=True
+    # Its server side is vouched for when one of those pods could not have seen it (no capture
+    # of it ran then): a captured backend whose capture did not see it was not the one.
+    client_vouched = builder.vouches(client, flow.first_seen, flow)
+    targets: dict[tuple[str, PortSpec], bool] = {}
+    for backend in backends:
+        target = (builder.node_for(backend.identity), PortSpec(flow.protocol, backend.port))
+        targets[target] = targets.get(target, False) or builder.vouches(
+            backend.identity, flow.first_seen, flow
         )
-        builder.count(attribution, _stats([flow], service=service, assumed=True))
+    for (server_node, port), server_vouched in sorted(targets.items()):
+        vouched = Sides(client_vouched, server_vouched)
+        attribution = FlowAttribution(
+            flow, client_node, server_node, port, service=service, assumed=True, vouched=vouched
+        )
+        builder.count(attribution, _stats([flow], service=service, assumed=True, vouched=vouched))
 
 
 # -- reading a built graph -------------------------------------------------------------------
@@ -627,6 +719,50 @@ def loopback_flows(graph: Any) -> int:
 def attempts(graph: Any) -> tuple[Attempt, ...]:
     """TCP connections that were refused or never answered (no edge, no rule), by time."""
     return tuple(graph.graph.get("attempts", ()))
+
+
+@dataclass(frozen=True, slots=True)
+class UnvouchedPair:
+    """Traffic from ``client`` to ``server`` (graph node ids) on ``ports`` that the captures at a
+    side did not vouch for: that side's policy has no rule for it (``analyser.vouching``)."""
+
+    client: str
+    server: str
+    ports: tuple[PortSpec, ...]
+    vouched: Sides  # never both
+
+    @property
+    def ports_text(self) -> str:
+        """``TCP/9090, UDP/53``."""
+        return ", ".join(f"{port.protocol}/{port.port}" for port in self.ports)
+
+    @property
+    def sides(self) -> int:
+        """How many rules (egress at the client, ingress at the server) were not written."""
+        return len(self.ports) * ((not self.vouched.client) + (not self.vouched.server))
+
+    @property
+    def why(self) -> str:
+        if not self.vouched.client and not self.vouched.server:
+            return "seen by neither side's own capture while it ran: no rule for it"
+        side, rule = (self.server, "ingress") if self.vouched.client else (self.client, "egress")
+        return (
+            f"not seen by the capture of {side} while it ran (or dated before that pod existed): "
+            f"no {rule} rule for it at {side}; only the other side's captures claim it"
+        )
+
+
+def unvouched_pairs(graph: Any) -> tuple[UnvouchedPair, ...]:
+    """Per pair of graph nodes, the ports with a side no flow was vouched for at, by the sides
+    that were; sorted by client, server and sides."""
+    grouped: dict[tuple[str, str, Sides], list[PortSpec]] = defaultdict(list)
+    for row in edge_rows(graph):
+        if not row.stats.vouched.both:
+            grouped[(row.client, row.server, row.stats.vouched)].append(row.port)
+    return tuple(
+        UnvouchedPair(client, server, tuple(ports), vouched)
+        for (client, server, vouched), ports in sorted(grouped.items())
+    )
 
 
 def edge_rows(graph: Any) -> list[EdgeRow]:

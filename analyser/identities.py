@@ -835,6 +835,15 @@ class Resolver:
             for key in self._by_name.get((vantage.namespace, vantage.pod), ())
         )
 
+    def existed(self, pod: PodRef, at: float) -> bool:
+        """Whether ``pod`` had an address by ``at`` (with :meth:`resolve`'s tolerance for clock
+        skew). A packet older than every pod the inputs know still resolves to the earliest
+        claim on its address, as the best guess; this tells such a guess from a pod that was
+        there. True when nothing says when the pod started (a hostNetwork pod)."""
+        record = self._records.get(pod.uid or f"{pod.namespace}/{pod.name}")
+        lifetime = self._lifetime(record) if record is not None else None
+        return lifetime is None or lifetime[0] - at <= CLAIM_SKEW
+
     def resolve(
         self, ip: str, at: float, *, port: int | None = None, protocol: Protocol | None = None
     ) -> Identity:

@@ -617,6 +617,17 @@ def _answered(peer: IpPeer, stats: dict[PortSpec, Any]) -> set[tuple[IpPeer, Por
     return {(peer, port) for port, seen in stats.items() if seen.answered}
 
 
+def _vouched(stats: Mapping[PortSpec, Any], *, server: bool) -> dict[PortSpec, Any]:
+    """The ports of an edge's ``EdgeStats`` whose server side (``server``) or client side some
+    flow was vouched for at: a policy's rules come only from flows its own side's captures saw,
+    or that no capture of it could have seen (``analyser.vouching``)."""
+    return {
+        port: seen
+        for port, seen in stats.items()
+        if (seen.vouched.server if server else seen.vouched.client)
+    }
+
+
 def synthesize(
     graph: Any,
     *,
@@ -654,7 +665,11 @@ def synthesize(
 
     Every rule from or to anywhere excepts ``internal_networks`` (the cluster's pod and Service
     ranges): enforcers whose ipBlocks also match pod addresses (Calico, kube-router) would
-    otherwise open it to every pod, and traffic inside the cluster stays as exact as ever."""
+    otherwise open it to every pod, and traffic inside the cluster stays as exact as ever.
+
+    An ingress rule comes only from flows whose server side was vouched for, an egress rule only
+    from flows whose client side was (``EdgeStats.vouched``, see ``analyser.vouching``): one
+    pod's capture never opens another workload's policy."""
     dns = cluster_dns if cluster_dns is not None else ClusterDns()
     nodes = node_blocks(graph, node_addresses, node_cidrs)
     dns_ports = set(dns.ports)
@@ -692,8 +707,10 @@ def synthesize(
         answered_servers: set[tuple[IpPeer, PortSpec]] = set()
         left_out: set[LeftOut] = set()
         for client in graph.predecessors(node_id):
-            stats = graph.edges[client, node_id]["ports"]
+            stats = _vouched(graph.edges[client, node_id]["ports"], server=True)
             ports = set(stats)
+            if not ports:
+                continue
             if graph.nodes[client]["role"] == _NODE:
                 node_ingress |= ports
                 continue
@@ -710,8 +727,10 @@ def synthesize(
                     outside_clients.add(peer)
                     answered_clients |= _answered(peer, stats)
         for server in graph.successors(node_id):
-            stats = graph.edges[node_id, server]["ports"]
+            stats = _vouched(graph.edges[node_id, server]["ports"], server=False)
             ports = set(stats)
+            if not ports:
+                continue
             if graph.nodes[server]["role"] == _NODE:
                 node_egress |= ports
                 continue

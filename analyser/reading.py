@@ -20,7 +20,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +215,15 @@ def _count_file(
             )
         )
     conversations = CaptureConversations(name, ring_name(name), directed)
-    return _Partial(conversations, answers.table, report, counted, skipped, answers.faults)
+    first_seen = min((traffic.first_seen for traffic in directed), default=None)
+    return _Partial(
+        conversations,
+        answers.table,
+        replace(report, first_seen=first_seen),
+        counted,
+        skipped,
+        answers.faults,
+    )
 
 
 def _name_under(path: Path, root: Path) -> str:

@@ -26,7 +26,7 @@ import yaml
 
 from analyser.bundles import FileProblem
 from analyser.flows import Evidence
-from analyser.graphs import EdgeStats, NodeRole, attempts, loopback_flows
+from analyser.graphs import EdgeStats, NodeRole, UnvouchedPair, attempts, loopback_flows
 from analyser.policies import (
     DefaultDeny,
     Exposure,
@@ -96,6 +96,8 @@ class ReportFacts:
     foreign_flows: int = 0  # flows dropped from a pod's capture: that pod was neither end
     left_out: tuple[LeftOut, ...] = ()  # traffic with special addresses given no rule
     selector_warnings: tuple[SelectorWarning, ...] = ()  # selectors narrowed or too wide
+    # Traffic a side's own captures did not vouch for: no rule on that side (graphs).
+    unvouched: tuple[UnvouchedPair, ...] = ()
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------

@@ -8,6 +8,9 @@ Choices (documented in ``docs/verify.md``):
 
 - A workload is evaluated with its pods' non-volatile labels (``Workload.pod_labels``), its
   namespace's labels, and the containerPorts of all its pods (for named ports).
+- An observed connection is checked at the sides its flows were vouched for at (the client's
+  egress, the server's ingress: ``analyser.vouching``), as the policies are written: a side
+  whose own capture ran and did not see it is not held to it.
 - Addresses outside the cluster, unresolved addresses and nodes are :class:`Address` peers. A
   connection between a node and a workload that has a pod on that node is allowed whatever the
   policies say (NetworkPolicy never blocks a pod's own node: kubelet probes). hostNetwork
@@ -21,9 +24,18 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from analyser.evaluation import Address, ContainerPort, Denial, Peer, Pod, PolicySet, pod
+from analyser.evaluation import (
+    Address,
+    ContainerPort,
+    Denial,
+    Direction,
+    Peer,
+    Pod,
+    PolicySet,
+    pod,
+)
 from analyser.flows import Protocol
-from analyser.graphs import NodeRole, flows_on_edge
+from analyser.graphs import NodeRole, Sides, flows_on_edge
 from analyser.identities import Resolver, Workload, WorkloadRef, container_ports
 from analyser.policies import PortSpec
 from analyser.snapshot import Snapshot, host_ips, meta
@@ -178,17 +190,38 @@ def _node_local(client: Peer, server: Peer, cluster: ClusterFacts) -> tuple[Peer
     return client, server
 
 
+def _checked_at(vouched: Sides) -> frozenset[Direction]:
+    """The sides an observed connection is checked at: the client's egress and the server's
+    ingress, each when its side was vouched for (``analyser.vouching``)."""
+    return frozenset(
+        side
+        for side, vouches in (
+            (Direction.EGRESS, vouched.client),
+            (Direction.INGRESS, vouched.server),
+        )
+        if vouches
+    )
+
+
 def observed_from_graph(graph: Any, cluster: ClusterFacts) -> list[Observed]:
     """One observed connection per graph edge and target port (see ``analyser.graphs``), per
-    address for ends that are addresses."""
+    address for ends that are addresses; checked at the sides its flows were vouched for at."""
     observed = []
     for ends in sorted(graph.edges()):
         for port, stats in sorted(graph.edges[ends]["ports"].items()):
+            vouched = _checked_at(stats.vouched)
             for client in _ends(graph, ends, port, cluster, client_side=True):
                 for server in _ends(graph, ends, port, cluster, client_side=False):
                     local_client, local_server = _node_local(client, server, cluster)
                     observed.append(
-                        Observed(local_client, local_server, port.protocol, port.port, stats.flows)
+                        Observed(
+                            local_client,
+                            local_server,
+                            port.protocol,
+                            port.port,
+                            stats.flows,
+                            vouched,
+                        )
                     )
     return observed
 
@@ -208,9 +241,9 @@ def check_policies_allow(
     *,
     left_out: Collection[tuple[str, PortSpec]] = (),
 ) -> list[Denial]:
-    """Every observed connection of ``graph`` that ``policies`` deny (empty: all allowed), but
-    those with an (address, target port) of ``left_out``: traffic the policies leave out on
-    purpose (``policies.Policy.left_out``)."""
+    """Every observed connection of ``graph`` that ``policies`` deny (empty: all allowed) at a
+    side it was vouched for at, but those with an (address, target port) of ``left_out``:
+    traffic the policies leave out on purpose (``policies.Policy.left_out``)."""
     observed = [o for o in observed_from_graph(graph, cluster) if not _left_out(o, left_out)]
     return check_observed(policies, observed)
 

@@ -142,6 +142,9 @@ class CaptureReport:
     error: str | None = None
     reason: str | None = None
     impossible_times: int = 0  # records skipped: a time before 1970 or after 9999 (pcapng)
+    # Its first packet of a TCP, UDP or SCTP conversation (UTC epoch seconds; None without one):
+    # from then on the capture ran (``reading`` fills it in; see ``vouching``).
+    first_seen: float | None = None
 
     @property
     def ok(self) -> bool:

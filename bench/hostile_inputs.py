@@ -14,6 +14,9 @@ Builds, from the recorded example bundle (examples/microservices-demo/bundle):
 
 Each runs ``analyse`` (one worker) in a fresh interpreter; the clean bundle is the baseline
 measured in the same run, and the 2,000 → 20,000 ratio is taken over it (near 10: linear).
+Then ``verify`` replays each of those bundles against the policies analyse wrote for it, and
+``diff`` compares those policies with themselves on the bundle's snapshot (every workload with
+every address block), each in a fresh interpreter, with the same ratio over the clean bundle's.
 Prints figures, asserts nothing; the last line is a one-line summary.
 
     python bench/hostile_inputs.py [--small N] [--large N] [--keep DIR]
@@ -62,6 +65,18 @@ print(json.dumps({"cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss
 """
 
 
+# A netpol-sniffer command in a fresh interpreter: prints its CPU seconds, peak RSS and status.
+_CLI_CHILD = """
+import contextlib, io, json, resource, sys
+from cli.main import main
+with contextlib.redirect_stdout(io.StringIO()):
+    status = main(sys.argv[1:])
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss,
+                  "outcome": f"exit status {status}"}))
+"""
+
+
 @dataclass(frozen=True)
 class Measured:
     label: str
@@ -80,9 +95,18 @@ class Measured:
 
 
 def measure(label: str, bundle: Path, **options: object) -> Measured:
+    return _measured(label, [_CHILD, str(bundle), json.dumps(options)])
+
+
+def measure_command(label: str, *args: str) -> Measured:
+    """``netpol-sniffer ARGS`` in a fresh interpreter (its stdout discarded)."""
+    return _measured(label, [_CLI_CHILD, *args])
+
+
+def _measured(label: str, child: list[str]) -> Measured:
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(bundle), json.dumps(options)],
+        [sys.executable, "-c", *child],
         cwd=REPOSITORY,
         capture_output=True,
         text=True,
@@ -272,23 +296,65 @@ def run(work: Path, small: int, large: int) -> None:
         bundle = outside_addresses(copy_example(work / f"outside-{count}"), count)
         sizes.append(measure(f"{count:,} outside clients, servers, unresolved", bundle))
         print(sizes[-1].line())
-    (low, high), factor = sizes, large / small
-    wall_ratio = (high.wall - baseline.wall) / max(low.wall - baseline.wall, 1e-9)
-    cpu_ratio = (high.cpu - baseline.cpu) / max(low.cpu - baseline.cpu, 1e-9)
-    print(
-        f"ratio {large:,} / {small:,} addresses, over the baseline: wall {wall_ratio:.1f}×, "
-        f"CPU {cpu_ratio:.1f}× (input {factor:.0f}×: {factor:.0f} is linear, "
-        f"{factor * factor:.0f} quadratic)"
-    )
+    factor = large / small
+    cpu_ratio = print_ratio("analyse", baseline, sizes, small, large)
+    commands = {}
+    for command in ("verify", "diff"):
+        runs = [
+            measure_command(f"{command}, {label}", *_arguments(command, work / name))
+            for label, name in [
+                ("clean example bundle", "clean"),
+                *((f"{count:,} outside addresses", f"outside-{count}") for count in (small, large)),
+            ]
+        ]
+        for row in runs:
+            print(row.line())
+        commands[command] = print_ratio(command, runs[0], runs[1:], small, large)
     attacks = [*rows, *sizes]
     worst_rss = max(attacks, key=lambda m: m.rss)
     crashed = [m.label for m in attacks if m.outcome.startswith("crashed")]
     print(
         f"summary: {len(attacks)} hostile inputs, {len(crashed)} crashed; slowest "
         f"{max(m.cpu for m in attacks):.1f} CPU s; peak RSS {worst_rss.rss / 1024:.0f} MiB "
-        f"({worst_rss.label}); {large:,}/{small:,} addresses CPU ratio {cpu_ratio:.1f}× "
+        f"({worst_rss.label}); {large:,}/{small:,} addresses CPU ratio: analyse "
+        f"{cpu_ratio:.1f}×, verify {commands['verify']:.1f}×, diff {commands['diff']:.1f}× "
         f"(linear {factor:.0f}×)"
     )
+
+
+def _arguments(command: str, bundle: Path) -> list[str]:
+    """verify BUNDLE POLICIES, or diff POLICIES POLICIES --snapshot BUNDLE, with the policies
+    analyse writes for the bundle (written once, next to it)."""
+    policies = bundle.with_name(f"{bundle.name}-policies")
+    if not policies.exists():
+        # In a child of its own: a child's peak RSS counts this process's size when it forked.
+        subprocess.run(
+            [sys.executable, "-m", "cli.main", "analyse", str(bundle), "--out",
+             str(policies), "--workers", "1"],
+            cwd=REPOSITORY,
+            capture_output=True,
+            check=True,
+        )  # fmt: skip
+    if command == "verify":
+        return ["verify", str(bundle), str(policies)]
+    return ["diff", str(policies), str(policies), "--snapshot", str(bundle)]
+
+
+def print_ratio(
+    what: str, baseline: Measured, sizes: list[Measured], small: int, large: int
+) -> float:
+    """Print how ``what``'s cost grew from ``small`` to ``large`` addresses, over the baseline;
+    returns the CPU ratio."""
+    low, high = sizes
+    factor = large / small
+    wall_ratio = (high.wall - baseline.wall) / max(low.wall - baseline.wall, 1e-9)
+    cpu_ratio = (high.cpu - baseline.cpu) / max(low.cpu - baseline.cpu, 1e-9)
+    print(
+        f"{what}: ratio {large:,} / {small:,} addresses, over the baseline: wall "
+        f"{wall_ratio:.1f}×, CPU {cpu_ratio:.1f}× (input {factor:.0f}×: {factor:.0f} is linear, "
+        f"{factor * factor:.0f} quadratic)"
+    )
+    return cpu_ratio
 
 
 if __name__ == "__main__":

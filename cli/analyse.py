@@ -141,6 +141,11 @@ def run(args: argparse.Namespace) -> int:
             f"warning: {workload}: {direction} {way} {address} ({ports}) left out of its policy: "
             f"{SPECIAL_REASONS[kind]}; --allow-special {kind} writes it",
         )
+    for pair in analysis.unvouched:
+        say(
+            "analyse",
+            f"warning: {pair.client} → {pair.server} ({pair.ports_text}): {pair.why}",
+        )
     for note in analysis.notes:
         say("analyse", f"note: {note}")
     out: Path = args.out

@@ -41,6 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from analyser.reading import no_cyclic_gc
+
+    # A report on every pair keeps millions of small objects alive and makes no reference
+    # cycles: the collector's passes over them were a third of the time with 20,000 addresses.
+    with no_cyclic_gc():
+        return _diff(args)
+
+
+def _diff(args: argparse.Namespace) -> int:
     from analyser.bundles import find_snapshot
     from analyser.identities import Resolver
     from analyser.policysets import load_policies

@@ -50,6 +50,17 @@ def test_an_anchor_without_alias_is_harmless() -> None:
     assert yaml_values("a: &x [1]\n") == [{"a": [1]}]
 
 
+def test_with_a_budget_aliases_cost_the_nodes_they_stand_for_expanded() -> None:
+    """``[1, 2]`` is three nodes: two aliases of it cost six; the billion laughs is refused at
+    the alias that passes the budget, its line named."""
+    text = "a: &x [1, 2]\nb: *x\nc: {<<: {k: *x}}\n"
+    assert yaml_values(text, alias_nodes=6) == [{"a": [1, 2], "b": [1, 2], "c": {"k": [1, 2]}}]
+    with pytest.raises(DocumentError, match=r"^line 3: the YAML alias \*x: the aliases stand"):
+        yaml_values(text, alias_nodes=5)
+    with pytest.raises(DocumentError, match=r"^line 4: the YAML alias \*l2: .* 1,000 nodes"):
+        yaml_values(alias_bomb(), alias_nodes=1000)
+
+
 @pytest.mark.parametrize(
     "text",
     [
