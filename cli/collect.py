@@ -10,7 +10,8 @@ could not be pulled and why. Running it again into the same BUNDLE fetches only 
 
 Access: the kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config) and --context, or the
 in-cluster service account. The permissions it needs are in manifests/collector-rbac/.
-Exit status 0 when everything was pulled, 1 on an error or when some pod or file was skipped.
+Exit status 0 when everything was pulled, 1 on an error or when some pod or file was skipped;
+pods that had ended (a Job's, a CronJob's: their sidecar went with them) are noted, not failures.
 See docs/collect.md.
 """
 
@@ -97,5 +98,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for skipped in result.skipped:
         where = f"{skipped.namespace}/{skipped.pod}" + (f" {skipped.file}" if skipped.file else "")
-        say("collect", f"skipped {where}: {skipped.reason}")
-    return ExitStatus.ERROR if result.skipped else ExitStatus.OK
+        kind = "note: not pulled" if skipped.finished else "skipped"
+        say("collect", f"{kind} {where}: {skipped.reason}")
+    failed = [skipped for skipped in result.skipped if not skipped.finished]
+    return ExitStatus.ERROR if failed else ExitStatus.OK

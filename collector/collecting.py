@@ -92,12 +92,16 @@ def _sidecar_state(pod: KubeObject) -> KubeObject:
     return {}
 
 
-def pull_target(pod: KubeObject) -> PullTarget | str:
+def pull_target(pod: KubeObject) -> PullTarget | SkippedCapture:
     """Where to pull this pod's captures from, or why it cannot be pulled."""
     metadata = pod["metadata"]
+
+    def skipped(reason: str, *, finished: bool = False) -> SkippedCapture:
+        return SkippedCapture(metadata["namespace"], metadata["name"], reason, finished=finished)
+
     sidecar = sidecar_of(pod)
     if sidecar is None:
-        return (
+        return skipped(
             f"no {SIDECAR_CONTAINER} sidecar (created before its namespace was opted in, "
             "opted out, or not injectable)"
         )
@@ -105,12 +109,14 @@ def pull_target(pod: KubeObject) -> PullTarget | str:
     state = _sidecar_state(pod)
     if "running" not in state:
         if phase in {"Succeeded", "Failed"}:
-            return f"pod has ended (phase {phase}); its sidecar no longer runs"
+            return skipped(
+                f"pod has ended (phase {phase}); its sidecar no longer runs", finished=True
+            )
         for condition in ("waiting", "terminated"):
             if condition in state:
                 reason = state[condition].get("reason") or "no reason given"
-                return f"sidecar not running: {condition} ({reason})"
-        return f"sidecar not running yet (pod phase {phase})"
+                return skipped(f"sidecar not running: {condition} ({reason})")
+        return skipped(f"sidecar not running yet (pod phase {phase})")
     directory = CAPTURES_DIRECTORY
     for mount in sidecar.get("volumeMounts") or []:
         if mount.get("name") == CAPTURES_VOLUME:
@@ -268,8 +274,7 @@ def collect(
         if isinstance(target, PullTarget):
             targets.append(target)
         else:
-            metadata = pod["metadata"]
-            skipped.append(SkippedCapture(metadata["namespace"], metadata["name"], target))
+            skipped.append(target)
     on_pull_start(len(targets))
     outcomes = pull_all(cluster, targets, bundle, parallel=options.parallel, on_done=on_pod_done)
     remove_empty_directories(bundle / PARTIALS)

@@ -292,6 +292,10 @@ class KubernetesCluster:
         except (WebSocketException, OSError) as error:
             raise ExecFailed(f"{namespace}/{pod}: cannot open an exec stream: {error}") from error
         try:
+            # which of the offered protocols the API server chose (--debug shows it); the
+            # protocols were offered as a header, so the client did not parse the answer
+            chosen = (websocket.getheaders() or {}).get("sec-websocket-protocol", "none")
+            log.debug("exec %s/%s: protocol %s", namespace, pod, chosen)
             websocket.settimeout(self.idle_timeout)
             yield self._frames(websocket)
         finally:

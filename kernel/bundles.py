@@ -121,17 +121,25 @@ class CaptureEntry:
 
 @dataclass(frozen=True, order=True, slots=True)
 class SkippedCapture:
-    """A pod (or one of its files) that ``collect`` could not pull, and why."""
+    """A pod (or one of its files) that ``collect`` could not pull, and why. ``finished``: the pod
+    had ended (a Job's, a CronJob's), so its sidecar was gone: expected, not a failure."""
 
     namespace: str
     pod: str
     reason: str
     file: str | None = None
+    finished: bool = False
 
-    def as_json(self) -> dict[str, str]:
-        entry = {"namespace": self.namespace, "pod": self.pod, "reason": self.reason}
+    def as_json(self) -> dict[str, object]:
+        entry: dict[str, object] = {
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "reason": self.reason,
+        }
         if self.file is not None:
             entry["file"] = self.file
+        if self.finished:
+            entry["finished"] = True
         return entry
 
 

@@ -7,6 +7,7 @@ import base64
 import datetime
 import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,6 +29,7 @@ from collector.kube import KubernetesCluster, load_configuration
 from collector.memory import MemoryCluster
 from collector.pulling import PodPuller, PullTarget, drain, fetch_command
 from collector.uninstalling import apply_uninstall, plan_uninstall
+from kernel.bundles import SkippedCapture
 from kernel.capture import CaptureMode
 from kernel.errors import AccessDenied, BundleError, CollectError
 from kernel.names import CAPTURE_LABEL
@@ -396,6 +398,22 @@ def test_pull_through_the_websocket_survives_a_dropped_connection(tmp_path: Path
         assert (tmp_path / "out" / name).read_bytes() == (pod_dir / name).read_bytes()
 
 
+@pytest.mark.parametrize("protocol", ["v5.channel.k8s.io", "v4.channel.k8s.io"])
+def test_the_negotiated_exec_protocol_is_logged_for_debug(
+    protocol: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--debug`` says which of the offered protocols the API server chose."""
+    (tmp_path / "f").write_bytes(b"x")
+    target = PullTarget(namespace="shop", pod="web-1", container=SIDECAR, directory=str(tmp_path))
+    with FakeAPIServer(protocol=protocol) as api, caplog.at_level(logging.DEBUG, "collector"):
+        command = fetch_command(target, "f", offset=0, count=1)
+        with real_cluster(api).exec(
+            namespace="shop", pod="web-1", container=SIDECAR, command=command
+        ) as frames:
+            list(frames)
+    assert f"exec shop/web-1: protocol {protocol}" in caplog.messages
+
+
 def test_exec_frames_are_handed_on_one_by_one(tmp_path: Path) -> None:
     """Streaming: nothing accumulates between the socket and the file (a client that gathers
     every frame already available would hand over one big chunk)."""
@@ -636,7 +654,11 @@ def test_a_native_sidecar_is_found_among_init_containers(tmp_path: Path) -> None
 def test_pods_that_cannot_be_pulled_say_why(
     tmp_path: Path, phase: str, state: str, reason: str
 ) -> None:
-    assert pull_target(pod("a", "p", captures=tmp_path, sidecar_state=state, phase=phase)) == reason
+    skipped = pull_target(pod("a", "p", captures=tmp_path, sidecar_state=state, phase=phase))
+    assert isinstance(skipped, SkippedCapture)
+    assert skipped.reason == reason
+    # A Job's pod that ended took its captures with it: expected, not a failure of collect.
+    assert skipped.finished is (phase == "Succeeded")
 
 
 def test_pulls_run_in_parallel_but_bounded(tmp_path: Path) -> None:
