@@ -7,6 +7,9 @@ Pure (data in, data out, no I/O):
     identities  (IP, time) → pod, workload, Service, node or outside
     graphs      flows + identities → the workload graph (the only networkx import)
     policies    the policy model, synthesised from the graph
+    selectors   label selectors, and the volatile labels that never belong in one
+    peers       target ports, pod and address peers, special addresses, cluster DNS, exposures
+    addresses   IP addresses as text: checked, normalized, parsed, sorted
     evaluation  NetworkPolicy semantics: what does a set of policies allow?
     verifying   observed connections and a policy set → verify's and diff's reports
     replaying   the graph and the snapshot → the facts evaluation works on
@@ -45,7 +48,8 @@ if TYPE_CHECKING:
     )
     from analyser.flows import Endpoint, Evidence, Flow, Protocol
     from analyser.identities import Resolver, Workload, WorkloadRef
-    from analyser.policies import DefaultDeny, Policy, SpecialAddress, synthesize
+    from analyser.peers import SpecialAddress
+    from analyser.policies import DefaultDeny, Policy, synthesize
     from analyser.policysets import load_policies
     from analyser.snapshot import Snapshot, load_snapshot
     from kernel.errors import (
@@ -82,7 +86,8 @@ _EXPORTS = {
     ),
     "analyser.flows": ("Endpoint", "Evidence", "Flow", "Protocol"),
     "analyser.identities": ("Resolver", "Workload", "WorkloadRef"),
-    "analyser.policies": ("DefaultDeny", "Policy", "SpecialAddress", "synthesize"),
+    "analyser.peers": ("SpecialAddress",),
+    "analyser.policies": ("DefaultDeny", "Policy", "synthesize"),
     "analyser.policysets": ("load_policies",),
     "analyser.snapshot": ("Snapshot", "load_snapshot"),
 }

@@ -52,18 +52,10 @@ from typing import Any, NamedTuple, Protocol
 
 import networkx as nx
 
+from analyser.addresses import address_key, parse_address
 from analyser.flows import Evidence, Flow
-from analyser.identities import (
-    EndpointKind,
-    Identity,
-    Resolver,
-    Scope,
-    Workload,
-    WorkloadRef,
-    address_key,
-    parse_address,
-)
-from analyser.policies import PortSpec
+from analyser.identities import EndpointKind, Identity, Resolver, Scope, Workload, WorkloadRef
+from analyser.peers import PortSpec
 
 # Two captures of one connection (client side to the ClusterIP, server side from the client) see
 # its first packets within this many seconds of each other: latency plus clock skew between nodes.

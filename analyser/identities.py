@@ -7,7 +7,6 @@ that fills them from a ``snapshot.Snapshot`` (and pod IP history) lives here too
 from __future__ import annotations
 
 import contextlib
-import functools
 import ipaddress
 import math
 from collections import defaultdict
@@ -16,20 +15,19 @@ from dataclasses import dataclass, replace
 from enum import IntEnum, StrEnum
 from typing import cast
 
+from analyser.addresses import address_key, is_ip, normalize_ip, parse_address
 from analyser.flows import Endpoint, Flow, Protocol
-from analyser.policies import (
+from analyser.peers import (
     DNS_PORTS,
-    VOLATILE_LABELS,
     ClusterDns,
     Exposure,
     IpPeer,
-    LabelRequirement,
-    LabelSelector,
     PodPeer,
     PortSpec,
     node_local_dns_peer,
     special_address,
 )
+from analyser.selectors import VOLATILE_LABELS, LabelRequirement, LabelSelector
 from analyser.snapshot import (
     CaptureMeta,
     Controller,
@@ -51,10 +49,9 @@ from analyser.snapshot import (
     cluster_ips,
     is_owner,
     meta,
-    normalize_ip,
-    parse_timestamp,
     pod_ips,
 )
+from kernel.times import parse_timestamp
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -229,19 +226,6 @@ _FALLBACK_PREFIX = {4: 16, 6: 64}
 CLAIM_SKEW = 300.0
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An IP address's text parsed, cached: the analysis asks about the same addresses, both ends
-    of every flow, again and again (here, in graphs and in analysing)."""
-    return ipaddress.ip_address(text)
-
-
-def address_key(text: str) -> tuple[int, int]:
-    """Sort key of an IP address's text: IPv4 first, then numerically."""
-    address = parse_address(text)
-    return address.version, int(address)
-
-
 def _protocol(text: str | None) -> Protocol | None:
     try:
         return Protocol((text or "TCP").upper())
@@ -375,7 +359,7 @@ def _pod_network_gateways(snapshot: Snapshot) -> dict[str, str]:
         if isinstance(annotations, dict):
             for key in _GATEWAY_ANNOTATIONS:
                 value = annotations.get(key)
-                if isinstance(value, str) and _is_ip(value):
+                if isinstance(value, str) and is_ip(value):
                     gateways.setdefault(normalize_ip(value), name)
     return gateways
 
@@ -967,7 +951,7 @@ class Resolver:
         result = [
             ServiceBackend(self._backend_identity(ip, uid, target, protocol, at), target)
             for ip, target, uid in sorted(backends)
-            if _is_ip(ip)
+            if is_ip(ip)
         ]
         return tuple(result)
 
@@ -1150,14 +1134,6 @@ def _pod_key(ref: ObjectReference | None) -> str:
     if not ref or ref.get("kind", "Pod") != "Pod":
         return ""
     return ref.get("uid") or f"{ref.get('namespace', '')}/{ref.get('name', '')}"
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        parse_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _service_port(service: Service, port: int, protocol: Protocol) -> ServicePort | None:

@@ -27,19 +27,9 @@ import yaml
 from analyser.bundles import FileProblem
 from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, NodeRole, attempts, loopback_flows
-from analyser.policies import (
-    DefaultDeny,
-    Exposure,
-    IpPeer,
-    LabelSelector,
-    LeftOut,
-    PodPeer,
-    Policy,
-    PortSpec,
-    Rule,
-    SelectorWarning,
-    rule_sort_key,
-)
+from analyser.peers import Exposure, IpPeer, PodPeer, PortSpec
+from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
+from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
 from kernel.bundles import Window
 from kernel.errors import RenderError

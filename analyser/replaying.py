@@ -25,7 +25,7 @@ from analyser.evaluation import Address, ContainerPort, Denial, Peer, Pod, Polic
 from analyser.flows import Protocol
 from analyser.graphs import NodeRole, flows_on_edge
 from analyser.identities import Resolver, Workload, WorkloadRef, container_ports
-from analyser.policies import PortSpec
+from analyser.peers import PortSpec
 from analyser.snapshot import Snapshot, host_ips, meta
 from analyser.verifying import Observed, Universe, Verification, block_for, check_observed, verify
 from kernel.errors import SnapshotError, UnsafePolicies

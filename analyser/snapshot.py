@@ -20,14 +20,13 @@ from __future__ import annotations
 import codecs
 import datetime as dt
 import functools
-import ipaddress
-import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
 
+from analyser.addresses import is_ip, normalize_ip
 from analyser.documents import DocumentError, json_value, json_values, yaml_values
 from analyser.texts import (
     inert,
@@ -38,7 +37,7 @@ from analyser.texts import (
     is_label_value,
 )
 from kernel.errors import SnapshotError
-from kernel.times import possible
+from kernel.times import parse_timestamp
 
 # ---------------------------------------------------------------------------------------------
 # The JSON shapes (only the fields the analyser reads; everything else is kept, untouched).
@@ -511,7 +510,7 @@ def _is(value: object, expected: str) -> bool:
             return False
         return True
     if expected == _IP:
-        return isinstance(value, str) and _is_ip(value)
+        return isinstance(value, str) and is_ip(value)
     raise AssertionError(expected)
 
 
@@ -531,14 +530,6 @@ def _bad_label(labels: Mapping[object, object]) -> _BadLabel | None:
         if not _is(value, _LABEL_VALUE):
             return _BadLabel(key, _LABEL_VALUE, value)
     return None
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(slots=True)
@@ -587,42 +578,6 @@ def _check(obj: Mapping[str, object], kind: str, *, source: str, where: str) -> 
         raise SnapshotError(f"{source}: {where}: {path} must be {expected}, got {value!r:.60}")
 
     _check_value(obj, _check_tree(kind), "", fail)
-
-
-# ---------------------------------------------------------------------------------------------
-# Time.
-
-
-def parse_timestamp(value: object) -> float:
-    """RFC 3339 text (``2024-05-01T10:00:00Z``, fractions and offsets allowed) or epoch
-    seconds → UTC epoch seconds, from 1970 to 9999 (:mod:`kernel.times`). Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a timestamp: {value!r}")
-    if isinstance(value, int | float):
-        epoch = float(value)
-    else:
-        if isinstance(value, dt.datetime):
-            when = value
-        elif isinstance(value, str):
-            when = dt.datetime.fromisoformat(value.strip())
-        else:
-            raise ValueError(f"not a timestamp: {value!r}")
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        try:
-            epoch = when.timestamp()
-        except OverflowError:
-            epoch = math.nan
-    if not possible(epoch):
-        raise ValueError(f"not a time from 1970 to 9999: {value!r}")
-    return epoch
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def normalize_ip(text: str) -> str:
-    """The compressed text form :class:`~analyser.flows.Endpoint` uses (cached: the same few
-    addresses come back for every flow)."""
-    return ipaddress.ip_address(text).compressed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -849,7 +804,7 @@ def _ips(value: object, *, where: str) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and _is_ip(v) for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and is_ip(v) for v in value):
         raise SnapshotError(f"{where}: ips must be a list of IP addresses, got {value!r:.80}")
     return tuple(normalize_ip(v) for v in value)
 
@@ -988,7 +943,7 @@ def cluster_ips(service: Service) -> tuple[str, ...]:
     """``spec.clusterIPs`` (dual-stack), else ``spec.clusterIP``; headless ("None") has none."""
     spec = service.get("spec", {})
     ips = list(spec.get("clusterIPs", [])) or ([spec["clusterIP"]] if "clusterIP" in spec else [])
-    return tuple(dict.fromkeys(normalize_ip(ip) for ip in ips if _is_ip(ip)))
+    return tuple(dict.fromkeys(normalize_ip(ip) for ip in ips if is_ip(ip)))
 
 
 class Snapshot:
@@ -1026,7 +981,7 @@ class Snapshot:
         self.node_by_address: dict[str, str] = {}
         for node in self.nodes:
             for address in node.get("status", {}).get("addresses", []):
-                if address.get("type") != "Hostname" and _is_ip(address.get("address", "")):
+                if address.get("type") != "Hostname" and is_ip(address.get("address", "")):
                     self.node_by_address[normalize_ip(address["address"])] = meta(node)["name"]
         for pod in self.pods:
             node_name = pod.get("spec", {}).get("nodeName")

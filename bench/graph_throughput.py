@@ -23,13 +23,8 @@ from analyser.flows import Endpoint, Evidence, Flow, Protocol
 from analyser.graphs import build_graph
 from analyser.identities import Resolver
 from analyser.policies import synthesize
-from analyser.snapshot import (
-    Snapshot,
-    load_pod_ip_history,
-    load_snapshot,
-    parse_snapshot_documents,
-    parse_timestamp,
-)
+from analyser.snapshot import Snapshot, load_pod_ip_history, load_snapshot, parse_snapshot_documents
+from kernel.times import parse_timestamp
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "snapshots"
 START = parse_timestamp("2026-11-26T09:00:00Z")

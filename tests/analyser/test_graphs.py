@@ -18,7 +18,7 @@ from analyser.graphs import (
     unresolved_addresses,
 )
 from analyser.identities import WorkloadRef
-from analyser.policies import PortSpec
+from analyser.peers import PortSpec
 from tests.analyser.flow_builders import (
     API_BLUE,
     API_SVC,

@@ -18,15 +18,16 @@ from analyser.identities import (
     WorkloadRef,
     exclusive_selector,
 )
-from analyser.policies import DNS_PORTS, Exposure, LabelRequirement, LabelSelector, PortSpec
+from analyser.peers import DNS_PORTS, Exposure, PortSpec
+from analyser.selectors import LabelRequirement, LabelSelector
 from analyser.snapshot import (
     Snapshot,
     load_pod_ip_history,
     load_snapshot,
     parse_capture_meta,
     parse_snapshot_documents,
-    parse_timestamp,
 )
+from kernel.times import parse_timestamp
 
 DATA = Path(__file__).parent.parent / "data" / "snapshots"
 

@@ -16,9 +16,9 @@ from analyser.snapshot import (
     load_pod_ip_history,
     load_snapshot,
     parse_snapshot_documents,
-    parse_timestamp,
 )
 from kernel.errors import SnapshotError
+from kernel.times import parse_timestamp
 
 DATA = Path(__file__).parent.parent / "data" / "snapshots"
 CLUSTER = DATA / "cluster.json"

@@ -7,9 +7,8 @@ import math
 
 import pytest
 
-from analyser.snapshot import parse_timestamp
 from kernel.bundles import Window
-from kernel.times import EARLIEST, LATEST, possible, utc_text
+from kernel.times import EARLIEST, LATEST, parse_timestamp, possible, utc_text
 
 
 def test_the_range_is_1970_to_the_end_of_9999() -> None:
