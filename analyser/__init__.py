@@ -4,6 +4,7 @@ Pure (data in, data out, no I/O):
     packets     bytes → L3/L4 facts and DNS answers (the only dpkt import)
     flows       the flow types, and conversations → client → server flows
     dns         DNS answers → the names an address had, and when
+    objects     the snapshot's objects as typed views, each read (and so checked) once: the schema
     identities  (IP, time) → pod, workload, Service, node or outside
     graphs      flows + identities → the workload graph (the only networkx import)
     policies    the policy model, synthesised from the graph
@@ -21,7 +22,7 @@ Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functi
     reading     capture files → traffic, on every core
     bundles     a bundle directory (kernel.bundles' format) → manifest, snapshot, captures, damage
     documents   JSON and YAML text → values, with bounded work (no YAML aliases, nesting capped)
-    snapshot    snapshot.json, pod IP history and meta.json → indexed Kubernetes JSON
+    snapshot    snapshot.json, pod IP history and meta.json → the views, indexed
     policysets  policy files → a policy set
     analysing   the whole pipeline; ``write_output`` is the only writer of analyse's output
 

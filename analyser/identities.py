@@ -13,10 +13,19 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum, StrEnum
-from typing import cast
 
 from analyser.addresses import address_key, is_ip, normalize_ip, parse_address
 from analyser.flows import Endpoint, Flow, Protocol
+from analyser.objects import (
+    Controller,
+    KubeObject,
+    OwnerReference,
+    Pod,
+    PodPort,
+    PublishedPort,
+    Service,
+    ServicePort,
+)
 from analyser.peers import (
     DNS_PORTS,
     ClusterDns,
@@ -28,30 +37,7 @@ from analyser.peers import (
     special_address,
 )
 from analyser.selectors import VOLATILE_LABELS, LabelRequirement, LabelSelector
-from analyser.snapshot import (
-    CaptureMeta,
-    Controller,
-    ControllerSpec,
-    CronJob,
-    EndpointPort,
-    KubeObject,
-    LabelSelectorJson,
-    ObjectReference,
-    OwnerHint,
-    OwnerReference,
-    Pod,
-    PodIpEvent,
-    PodSpec,
-    Service,
-    ServicePort,
-    SlicePort,
-    Snapshot,
-    cluster_ips,
-    is_owner,
-    meta,
-    pod_ips,
-)
-from kernel.times import parse_timestamp
+from analyser.snapshot import CaptureMeta, PodIpEvent, Snapshot
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -149,23 +135,25 @@ class PodRecord:
     name: str
     uid: str
     labels: tuple[tuple[str, str], ...]
-    owner: OwnerHint | None
+    owner: OwnerReference | None
     node: str
     host_network: bool
-    # containerPorts as (name, port, protocol); for hostNetwork pods they are node ports.
-    ports: tuple[tuple[str, int, Protocol], ...]
-    # containerPorts published on the node with hostPort, as (containerPort, protocol, hostPort).
-    published: tuple[tuple[int, Protocol, int], ...] = ()
+    # containerPorts; for hostNetwork pods they are node ports.
+    ports: tuple[PodPort, ...]
+    # containerPorts published on the node with hostPort.
+    published: tuple[PublishedPort, ...] = ()
 
     @property
     def key(self) -> str:
         return self.uid or f"{self.namespace}/{self.name}"
 
     def port_named(self, name: str, protocol: Protocol) -> int | None:
-        return next((p for n, p, proto in self.ports if n == name and proto is protocol), None)
+        return next(
+            (p.port for p in self.ports if p.name == name and p.protocol is protocol), None
+        )
 
     def listens(self, port: int, protocol: Protocol) -> bool:
-        return any(p == port and proto is protocol for _, p, proto in self.ports)
+        return any(p.port == port and p.protocol is protocol for p in self.ports)
 
 
 class _Source(IntEnum):
@@ -226,87 +214,23 @@ _FALLBACK_PREFIX = {4: 16, 6: 64}
 CLAIM_SKEW = 300.0
 
 
-def _protocol(text: str | None) -> Protocol | None:
-    try:
-        return Protocol((text or "TCP").upper())
-    except ValueError:
-        return None
-
-
 def _without_volatile(labels: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in labels if k not in VOLATILE_LABELS))
-
-
-def selector_from_json(selector: LabelSelectorJson | None) -> LabelSelector:
-    """A ``metav1.LabelSelector`` dict → :class:`LabelSelector`, minus volatile labels."""
-    if not selector:
-        return LabelSelector()
-    expressions = tuple(
-        sorted(
-            LabelRequirement(
-                key=expr.get("key", ""),
-                operator=expr.get("operator", ""),
-                values=tuple(sorted(set(expr.get("values", [])))),
-            )
-            for expr in selector.get("matchExpressions", [])
-            if expr.get("key") not in VOLATILE_LABELS
-        )
-    )
-    return LabelSelector(
-        match_labels=_without_volatile(selector.get("matchLabels", {}).items()),
-        match_expressions=expressions,
-    )
-
-
-def container_ports(spec: PodSpec) -> tuple[tuple[str, int, Protocol], ...]:
-    """(name, port, protocol) of every containerPort of a pod spec, init containers included."""
-    ports: set[tuple[str, int, Protocol]] = set()
-    for container in (*spec.get("containers", []), *spec.get("initContainers", [])):
-        for port in container.get("ports", []):
-            protocol = _protocol(port.get("protocol"))
-            if protocol is not None and "containerPort" in port:
-                ports.add((port.get("name", ""), port["containerPort"], protocol))
-    return tuple(sorted(ports))
-
-
-def published_ports(spec: PodSpec) -> tuple[tuple[int, Protocol, int], ...]:
-    """(containerPort, protocol, hostPort) of every containerPort published on the pod's node."""
-    published: set[tuple[int, Protocol, int]] = set()
-    for container in (*spec.get("containers", []), *spec.get("initContainers", [])):
-        for port in container.get("ports", []):
-            protocol = _protocol(port.get("protocol"))
-            if protocol is not None and "containerPort" in port and port.get("hostPort"):
-                published.add((port["containerPort"], protocol, port["hostPort"]))
-    return tuple(sorted(published))
 
 
 def _pod_lifetime(pod: Pod) -> tuple[float, float]:
     """When the pod could hold its IPs: creation (or start) until deletion, or until its
     containers finished for a completed pod (its IP is free for reuse from then on)."""
-    meta_ = meta(pod)
-    status = pod.get("status", {})
-    created = meta_.get("creationTimestamp") or status.get("startTime")
-    start = parse_timestamp(created) if created else -math.inf
+    created = pod.meta.created or pod.started
+    start = created if created else -math.inf
     end = math.inf
-    if meta_.get("deletionTimestamp"):
-        end = parse_timestamp(meta_["deletionTimestamp"])
-    if status.get("phase") in ("Succeeded", "Failed"):
-        finished = [
-            parse_timestamp(s["state"]["terminated"]["finishedAt"])
-            for s in status.get("containerStatuses", [])
-            if s.get("state", {}).get("terminated", {}).get("finishedAt")
-        ]
+    if pod.meta.deleted:
+        end = pod.meta.deleted
+    if pod.phase in ("Succeeded", "Failed"):
+        finished = [time for time in pod.finished if time]
         if finished:
             end = min(end, max(finished))
     return start, end
-
-
-def _controller_hint(refs: Iterable[OwnerReference]) -> OwnerHint | None:
-    refs = [r for r in refs if is_owner(r)]  # Snapshot.owner_problems lists the others
-    chosen = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
-    if chosen is None:
-        return None
-    return OwnerHint(kind=chosen["kind"], name=chosen["name"], uid=chosen.get("uid", ""))
 
 
 class _Networks:
@@ -328,39 +252,20 @@ class _Networks:
         )
 
 
-# Node annotations naming the node's own address on the pod network (Cilium's router, Calico's
-# tunnel ends): the source of what the node itself sends to its pods.
-_GATEWAY_ANNOTATIONS = (
-    "network.cilium.io/ipv4-cilium-host",
-    "network.cilium.io/ipv6-cilium-host",
-    "io.cilium.network.ipv4-cilium-host",
-    "io.cilium.network.ipv6-cilium-host",
-    "projectcalico.org/IPv4IPIPTunnelAddr",
-    "projectcalico.org/IPv4VXLANTunnelAddr",
-    "projectcalico.org/IPv6VXLANTunnelAddr",
-)
-
-
 def _pod_network_gateways(snapshot: Snapshot) -> dict[str, str]:
     """Address → node, for the addresses a node has on the pod network: the first address of its
     podCIDRs (the bridge or gateway of flannel, k3s, the bridge plugin) and the addresses its
-    annotations name. Kubelet probes and other host traffic to pods come from them. Consulted
-    after pods: a pod that holds such an address is that pod."""
+    annotations name (``objects.GATEWAY_ANNOTATIONS``). Kubelet probes and other host traffic to
+    pods come from them. Consulted after pods: a pod that holds such an address is that pod."""
     gateways: dict[str, str] = {}
     for node in snapshot.nodes:
-        name = meta(node)["name"]
-        spec = node.get("spec", {})
-        for cidr in spec.get("podCIDRs", []) or ([spec["podCIDR"]] if "podCIDR" in spec else []):
+        for cidr in node.pod_cidrs:
             with contextlib.suppress(ValueError):
                 network = ipaddress.ip_network(cidr, strict=False)
                 if network.num_addresses > 2:
-                    gateways.setdefault(str(network.network_address + 1), name)
-        annotations = cast(dict[str, object], node.get("metadata", {})).get("annotations")
-        if isinstance(annotations, dict):
-            for key in _GATEWAY_ANNOTATIONS:
-                value = annotations.get(key)
-                if isinstance(value, str) and is_ip(value):
-                    gateways.setdefault(normalize_ip(value), name)
+                    gateways.setdefault(str(network.network_address + 1), node.name)
+        for address in node.gateway_addresses:
+            gateways.setdefault(address, node.name)
     return gateways
 
 
@@ -483,17 +388,17 @@ class Resolver:
         self._gateways = _ordinary(_pod_network_gateways(snapshot))
         self._range_set = _Networks(self._ranges)
         self._node_ports = {
-            (port["nodePort"], protocol)
+            (port.node_port, port.protocol)
             for service in snapshot.services
-            for port in service.get("spec", {}).get("ports", [])
-            if "nodePort" in port and (protocol := _protocol(port.get("protocol"))) is not None
+            for port in service.ports
+            if port.node_port is not None and port.protocol is not None
         }
         # Caches: what Services send each pod, and the pods each Service selects.
         self._target_ports: dict[str, frozenset[tuple[int, Protocol]]] = {}
         self._selected: dict[tuple[str, str], list[PodRecord]] = {}
         self._by_label: dict[tuple[str, str, str], list[PodRecord]] = defaultdict(list)
         self._timeless: dict[tuple[str, int | None, Protocol | None], Identity] = {}
-        self._walked: dict[str, tuple[WorkloadRef, KubeObject | None]] = {}
+        self._walked: dict[str, tuple[WorkloadRef, Controller | None]] = {}
         self._namespace_labels: dict[str, _NamespaceLabels] | None = None
 
     # -- building -------------------------------------------------------------------------
@@ -522,21 +427,19 @@ class Resolver:
 
     def _add_snapshot_pods(self) -> None:
         for pod in self._snapshot.pods:
-            meta_ = meta(pod)
-            spec = pod.get("spec", {})
             record = PodRecord(
-                namespace=meta_.get("namespace", ""),
-                name=meta_["name"],
-                uid=meta_.get("uid", ""),
-                labels=tuple(sorted(meta_.get("labels", {}).items())),
-                owner=_controller_hint(meta_.get("ownerReferences", [])),
-                node=spec.get("nodeName", ""),
-                host_network=bool(spec.get("hostNetwork")),
-                ports=container_ports(spec),
-                published=published_ports(spec),
+                namespace=pod.namespace,
+                name=pod.name,
+                uid=pod.uid,
+                labels=tuple(sorted(pod.labels.items())),
+                owner=pod.owner,
+                node=pod.node_name,
+                host_network=pod.host_network,
+                ports=pod.spec.ports,
+                published=pod.spec.published,
             )
             self._register(record)
-            self._claim(record, pod_ips(pod), _pod_lifetime(pod), _Source.SNAPSHOT)
+            self._claim(record, pod.ips, _pod_lifetime(pod), _Source.SNAPSHOT)
 
     def _merged(
         self,
@@ -545,7 +448,7 @@ class Resolver:
         uid: str,
         *,
         labels: tuple[tuple[str, str], ...],
-        owner: OwnerHint | None,
+        owner: OwnerReference | None,
         node: str = "",
     ) -> PodRecord:
         """The known record for this pod with what a history line or meta.json adds to it,
@@ -653,9 +556,9 @@ class Resolver:
             return None
         return min(c.start for c in claims), max(c.end for c in claims)
 
-    def _object(self, kind: str, namespace: str, hint: OwnerHint) -> KubeObject | None:
+    def _object(self, kind: str, namespace: str, hint: OwnerReference) -> KubeObject | None:
         found = self._snapshot.by_uid(hint.uid)
-        if found is not None and found.get("kind") == kind:
+        if found is not None and found.kind == kind:
             return found
         return self._snapshot.get(kind, namespace, hint.name)
 
@@ -668,7 +571,7 @@ class Resolver:
         obj = self._object(owner.kind, namespace, owner)
         if owner.kind == "ReplicaSet":
             labels = dict(record.labels)
-            parent = _controller_hint(meta(obj).get("ownerReferences", [])) if obj else None
+            parent = obj.owner if obj else None
             if parent is not None:
                 # A Deployment, or another controller that rolls out through ReplicaSets (an
                 # Argo Rollout): the ReplicaSet is one revision of it, not the workload.
@@ -682,7 +585,7 @@ class Resolver:
                 name = owner.name.removesuffix(f"-{template_hash}")
                 return "Deployment", name, self._snapshot.get("Deployment", namespace, name)
         if owner.kind == "Job":
-            parent = _controller_hint(meta(obj).get("ownerReferences", [])) if obj else None
+            parent = obj.owner if obj else None
             if parent is not None and parent.kind == "CronJob":
                 return "CronJob", parent.name, self._object("CronJob", namespace, parent) or obj
             # A CronJob names its Jobs "<cronjob>-<scheduled time in minutes>".
@@ -693,13 +596,15 @@ class Resolver:
                     return "CronJob", prefix, cron
         return owner.kind, owner.name, obj
 
-    def _owners(self, record: PodRecord) -> tuple[WorkloadRef, KubeObject | None]:
+    def _owners(self, record: PodRecord) -> tuple[WorkloadRef, Controller | None]:
         """The pod's workload and the object whose selector describes its pods, without
         describing the workload (:meth:`_workload_for` does)."""
         found = self._walked.get(record.key)
         if found is None:
             kind, name, obj = self._walk_owners(record)
-            found = self._walked[record.key] = (WorkloadRef(record.namespace, kind, name), obj)
+            controller = obj if isinstance(obj, Controller) else None
+            found = (WorkloadRef(record.namespace, kind, name), controller)
+            self._walked[record.key] = found
         return found
 
     def _labels_of(self, namespace: str) -> _NamespaceLabels:
@@ -713,16 +618,14 @@ class Resolver:
                     (self._owners(record)[0], dict(record.labels), True)
                 )
             for kind in _TEMPLATE_KINDS:
-                for obj in self._snapshot.of_kind(kind):
-                    object_meta = meta(obj)
-                    namespace_ = object_meta.get("namespace", "")
-                    template = _controller_spec(obj).get("template", {})
-                    labels = template.get("metadata", {}).get("labels", {})
+                for obj in self._snapshot.controllers(kind):
+                    labels = obj.template_labels
                     # Whose pods these would be: as if a pod of this object.
-                    owner = OwnerHint(kind, object_meta["name"], object_meta.get("uid", ""))
-                    pod = PodRecord(namespace_, "", "", tuple(labels.items()), owner, "", False, ())
-                    ref = WorkloadRef(namespace_, *self._walk_owners(pod)[:2])
-                    entries[namespace_].append((ref, dict(labels), False))
+                    owner = OwnerReference(kind, obj.name, obj.uid)
+                    labelled = tuple(labels.items())
+                    pod = PodRecord(obj.namespace, "", "", labelled, owner, "", False, ())
+                    ref = WorkloadRef(obj.namespace, *self._walk_owners(pod)[:2])
+                    entries[obj.namespace].append((ref, dict(labels), False))
             self._namespace_labels = {ns: _NamespaceLabels(found) for ns, found in entries.items()}
         return self._namespace_labels.get(namespace) or _NamespaceLabels(())
 
@@ -836,11 +739,7 @@ class Resolver:
     def _resolve(self, ip: str, at: float, port: int | None, protocol: Protocol | None) -> Identity:
         service = self._snapshot.services_by_address.get(ip)
         if service is not None:
-            return Identity(
-                EndpointKind.SERVICE,
-                ip,
-                service=(meta(service)["namespace"], meta(service)["name"]),
-            )
+            return Identity(EndpointKind.SERVICE, ip, service=(service.namespace, service.name))
         record = self._record_at(ip, at)
         if record is not None:
             return Identity(EndpointKind.POD, ip, pod=self._pod_ref(record))
@@ -869,7 +768,7 @@ class Resolver:
         ip = normalize_ip(endpoint.ip)
         service = self._snapshot.services_by_address.get(ip)
         if service is not None:
-            return _service_port(service, endpoint.port, protocol) is not None
+            return service.port(endpoint.port, protocol) is not None
         record = self._record_at(ip, at)
         if record is not None:
             return record.listens(endpoint.port, protocol) or self._is_target_port(
@@ -890,10 +789,9 @@ class Resolver:
             self._target_ports[record.key] = frozenset(
                 (target, proto)
                 for service in self._snapshot.services
-                if meta(service).get("namespace") == record.namespace
-                and _selects(service.get("spec", {}).get("selector"), record)
-                for service_port in service.get("spec", {}).get("ports", [])
-                if (proto := _protocol(service_port.get("protocol"))) is not None
+                if service.namespace == record.namespace and _selects(service.selector, record)
+                for service_port in service.ports
+                if (proto := service_port.protocol) is not None
                 and (target := _target_port(service_port, record, proto)) is not None
             )
         return (port, protocol) in self._target_ports[record.key]
@@ -914,31 +812,28 @@ class Resolver:
         else the Service's selector over the pods known at that time. ``family`` (4 or 6, the
         ClusterIP's) picks which address of a dual-stack pod to report."""
         found = self._snapshot.service(*service)
-        service_port = _service_port(found, port, protocol) if found is not None else None
+        service_port = found.port(port, protocol) if found is not None else None
         if found is None or service_port is None:
             return ()
         backends: set[tuple[str, int, str]] = set()
-        port_name = service_port.get("name", "")
         slices = self._snapshot.slices_for(*service)
         endpoints = self._snapshot.endpoints_for(*service)
         if slices:
             # Dual-stack Services have one set of slices per family.
-            same_family = [s for s in slices if s.get("addressType") == f"IPv{family}"]
-            for slice_ in same_family or slices:
-                target = _matching_port(slice_.get("ports", []), port_name, protocol)
-                if target is None or slice_.get("addressType") == "FQDN":
-                    continue
-                for endpoint in slice_.get("endpoints", []):
-                    key = _pod_key(endpoint.get("targetRef"))
-                    backends |= {(ip, target, key) for ip in endpoint.get("addresses", [])}
+            same_family = [s for s in slices if s.address_type == f"IPv{family}"]
+            sets = [s.endpoints for s in same_family or slices if s.address_type != "FQDN"]
         elif endpoints is not None:
-            for subset in endpoints.get("subsets", []):
-                target = _matching_port(subset.get("ports", []), port_name, protocol)
-                if target is None:
-                    continue
-                for entry in (*subset.get("addresses", []), *subset.get("notReadyAddresses", [])):
-                    backends.add((entry.get("ip", ""), target, _pod_key(entry.get("targetRef"))))
+            sets = list(endpoints.subsets)
         else:
+            sets = []
+        for endpoint_set in sets:
+            target = endpoint_set.port_for(service_port.name, protocol)
+            if target is None:
+                continue
+            for endpoint in endpoint_set.endpoints:
+                key = endpoint.target.pod_key if endpoint.target is not None else ""
+                backends |= {(ip, target, key) for ip in endpoint.addresses}
+        if not slices and endpoints is None:
             for record in self._selected_pods(found, at):
                 target = _target_port(service_port, record, protocol)
                 if target is None:
@@ -964,11 +859,11 @@ class Resolver:
         return self.resolve(ip, at, port=port, protocol=protocol)
 
     def _selected_pods(self, service: Service, at: float) -> list[PodRecord]:
-        selector = service.get("spec", {}).get("selector")
+        selector = service.selector
         if not selector:
             return []
-        namespace = meta(service).get("namespace", "")
-        key = (namespace, meta(service)["name"])
+        namespace = service.namespace
+        key = (namespace, service.name)
         if key not in self._selected:
             if not self._by_label:
                 for record in sorted(self._records.values(), key=lambda r: r.key):
@@ -997,21 +892,20 @@ class Resolver:
         with ``hostPort``. Sorted."""
         found: dict[tuple[str, PortSpec, str], set[int]] = defaultdict(set)
         for service in self._snapshot.services:
-            spec = service.get("spec", {})
-            kind = spec.get("type", "ClusterIP")
+            kind = service.type
             how = kind if kind in _EXPOSING_TYPES else "externalIPs"
-            if kind not in _EXPOSING_TYPES and not spec.get("externalIPs"):
+            if kind not in _EXPOSING_TYPES and not service.external_ips:
                 continue
-            namespace, name = meta(service)["namespace"], meta(service)["name"]
+            namespace, name = service.namespace, service.name
             by = f"Service {namespace}/{name} ({how})"
-            versions: set[int] = {parse_address(ip).version for ip in cluster_ips(service)} or {4}
-            for service_port in spec.get("ports", []):
-                protocol = _protocol(service_port.get("protocol"))
-                if protocol is None or "port" not in service_port:
+            versions: set[int] = {parse_address(ip).version for ip in service.cluster_ips} or {4}
+            for service_port in service.ports:
+                protocol = service_port.protocol
+                if protocol is None or service_port.port is None:
                     continue
                 for version in sorted(versions):
                     for backend in self.service_backends(
-                        (namespace, name), service_port["port"], protocol, math.inf, family=version
+                        (namespace, name), service_port.port, protocol, math.inf, family=version
                     ):
                         if backend.identity.pod is not None:
                             workload = str(backend.identity.pod.workload)
@@ -1020,11 +914,11 @@ class Resolver:
             if not record.published or record.host_network:
                 continue  # a hostNetwork pod gets no policy: NetworkPolicy does not apply to it
             versions = {parse_address(c.ip).version for c in self._claims_of.get(record.key, [])}
-            for container_port, protocol, host_port in record.published:
+            for published in record.published:
                 key = (
                     str(self._workload_for(record)),
-                    PortSpec(protocol, container_port),
-                    f"hostPort {host_port}",
+                    PortSpec(published.protocol, published.container_port),
+                    f"hostPort {published.host_port}",
                 )
                 found[key] |= versions or {4}
         exposures: dict[str, list[Exposure]] = defaultdict(list)
@@ -1120,7 +1014,7 @@ def node_local_dns(flows: Iterable[Flow]) -> tuple[IpPeer, ...]:
     )
 
 
-def _selects(selector: dict[str, str] | None, record: PodRecord) -> bool:
+def _selects(selector: Mapping[str, str] | None, record: PodRecord) -> bool:
     """A Service's ``spec.selector`` (equality only) against the pod's labels; none selects
     nothing."""
     if not selector:
@@ -1129,56 +1023,13 @@ def _selects(selector: dict[str, str] | None, record: PodRecord) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def _pod_key(ref: ObjectReference | None) -> str:
-    """The :attr:`PodRecord.key` an endpoint's targetRef points to ("" when not a pod)."""
-    if not ref or ref.get("kind", "Pod") != "Pod":
-        return ""
-    return ref.get("uid") or f"{ref.get('namespace', '')}/{ref.get('name', '')}"
-
-
-def _service_port(service: Service, port: int, protocol: Protocol) -> ServicePort | None:
-    return next(
-        (
-            p
-            for p in service.get("spec", {}).get("ports", [])
-            if p.get("port") == port and _protocol(p.get("protocol")) is protocol
-        ),
-        None,
-    )
-
-
 def _target_port(service_port: ServicePort, record: PodRecord, protocol: Protocol) -> int | None:
     """The pod's port for a Service port: a number, a name looked up in the pod's containerPorts
     (None when the pod has no such port: kube-proxy sends it nothing), or the Service port."""
-    target = service_port.get("targetPort", service_port.get("port"))
+    target = service_port.target
     if isinstance(target, str):
-        if target.isdigit():
-            return int(target)
         return record.port_named(target, protocol)
     return target
-
-
-def _matching_port(
-    ports: Iterable[SlicePort | EndpointPort], name: str, protocol: Protocol
-) -> int | None:
-    """The port an EndpointSlice (or Endpoints subset) lists for the Service port ``name``."""
-    return next(
-        (
-            p["port"]
-            for p in ports
-            if "port" in p
-            and p.get("name", "") == name
-            and _protocol(p.get("protocol")) is protocol
-        ),
-        None,
-    )
-
-
-def _controller_spec(obj: KubeObject) -> ControllerSpec:
-    """A controller's spec with its selector and pod template (a CronJob's Job template's)."""
-    if obj.get("kind") == "CronJob":
-        return cast(CronJob, obj).get("spec", {}).get("jobTemplate", {}).get("spec", {})
-    return cast(Controller, obj).get("spec", {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -1275,7 +1126,7 @@ def _excluding(
 
 def _describe_workload(
     ref: WorkloadRef,
-    obj: KubeObject | None,
+    obj: Controller | None,
     record: PodRecord,
     *,
     own_pods: Sequence[Mapping[str, str]] = (),
@@ -1288,11 +1139,9 @@ def _describe_workload(
     template_labels: tuple[tuple[str, str], ...] = ()
     host_network = record.host_network
     if obj is not None:
-        spec = _controller_spec(obj)
-        own = selector_from_json(spec.get("selector"))
-        template = spec.get("template", {})
-        template_labels = _without_volatile(template.get("metadata", {}).get("labels", {}).items())
-        host_network = host_network or bool(template.get("spec", {}).get("hostNetwork"))
+        own = obj.selector.without_volatile()
+        template_labels = _without_volatile(obj.template_labels.items())
+        host_network = host_network or obj.host_network
     pod_labels = template_labels or _without_volatile(record.labels)
     choice = exclusive_selector(own, pod_labels, own_pods, selected_elsewhere)
     return Workload(

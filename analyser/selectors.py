@@ -78,6 +78,13 @@ class LabelSelector:
         of keys and exclusions only (``app`` Exists) also selects every future pod with the key."""
         return bool(self.match_labels) or any(r.operator == "In" for r in self.match_expressions)
 
+    def without_volatile(self) -> LabelSelector:
+        """Itself without the entries that name a :data:`VOLATILE_LABELS` key."""
+        return LabelSelector(
+            tuple((k, v) for k, v in self.match_labels if k not in VOLATILE_LABELS),
+            tuple(r for r in self.match_expressions if r.key not in VOLATILE_LABELS),
+        )
+
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether it selects a pod with ``labels`` (every requirement :attr:`valid`)."""
         return all(labels.get(k) == v for k, v in self.match_labels) and all(

@@ -168,11 +168,11 @@ def run_cluster(pods: int) -> None:
     loaded = time.perf_counter()
     resolver = Resolver(snapshot)
     ready = time.perf_counter()
-    addresses = [p["status"]["podIP"] for p in snapshot.pods]
+    addresses = [p.ips[0] for p in snapshot.pods]
     for address in addresses:
         resolver.resolve(address, START)
     resolved = time.perf_counter()
-    services = [(s["metadata"]["namespace"], s["metadata"]["name"]) for s in snapshot.services]
+    services = [(s.namespace, s.name) for s in snapshot.services]
     for service in services:
         resolver.service_backends(service, 80, Protocol.TCP, START)
     backed = time.perf_counter()

@@ -229,7 +229,7 @@ def test_after_the_last_claim_ends_the_last_holder_keeps_the_address(snapshot: S
     # Without the details pod in the snapshot, nobody claims the IP after 09:20: packets
     # then are the deleted pod's last ones.
     no_details = Snapshot(
-        [o for o in snapshot.pods if not o["metadata"]["name"].startswith("details")]
+        [o for o in snapshot.pods if not o.name.startswith("details")]
     )
     resolver = Resolver(no_details, ip_history=history)
     assert workload_at(resolver, "10.244.1.20", "09:25:00") == "bookinfo/Deployment/ratings-v1"
