@@ -5,7 +5,12 @@ Pure (data in, data out, no I/O):
     flows       the flow types, and conversations → client → server flows
     dns         DNS answers → the names an address had, and when
     objects     the snapshot's objects as typed views, each read (and so checked) once: the schema
-    identities  (IP, time) → pod, workload, Service, node or outside
+    identities  (IP, time) → pod, workload, Service, node or outside: ``Resolver``, a thin facade
+    clusterdns  where cluster DNS answers (conventions, the busiest Service), node-local caches
+    services    a Service's backends and target ports (``target_port``), listeners, exposures
+    workloads   a pod's workload (the owner walk) and the selector its policy uses
+    claims      which pod held which address when (IP history, meta.json, snapshot lifetimes)
+    networks    the nodes' addresses, theirs on the pod network, the cluster's ranges
     graphs      flows + identities → the workload graph (the only networkx import)
     policies    the policy model, synthesised from the graph
     selectors   label selectors, and the volatile labels that never belong in one
@@ -25,6 +30,8 @@ Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functi
     snapshot    snapshot.json, pod IP history and meta.json → the views, indexed
     policysets  policy files → a policy set
     analysing   the whole pipeline; ``write_output`` is the only writer of analyse's output
+
+Each module imports only those below it in the layers of ``pyproject.toml`` (import-linter).
 
 The cluster is the ``collector`` package's business, the command line the ``cli`` package's.
 
@@ -48,11 +55,12 @@ if TYPE_CHECKING:
         pod,
     )
     from analyser.flows import Endpoint, Evidence, Flow, Protocol
-    from analyser.identities import Resolver, Workload, WorkloadRef
+    from analyser.identities import Resolver
     from analyser.peers import SpecialAddress
     from analyser.policies import DefaultDeny, Policy, synthesize
     from analyser.policysets import load_policies
     from analyser.snapshot import Snapshot, load_snapshot
+    from analyser.workloads import Workload, WorkloadRef
     from kernel.errors import (
         BundleError,
         CaptureError,
@@ -86,7 +94,8 @@ _EXPORTS = {
         "pod",
     ),
     "analyser.flows": ("Endpoint", "Evidence", "Flow", "Protocol"),
-    "analyser.identities": ("Resolver", "Workload", "WorkloadRef"),
+    "analyser.identities": ("Resolver",),
+    "analyser.workloads": ("Workload", "WorkloadRef"),
     "analyser.peers": ("SpecialAddress",),
     "analyser.policies": ("DefaultDeny", "Policy", "synthesize"),
     "analyser.policysets": ("load_policies",),

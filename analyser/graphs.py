@@ -54,8 +54,9 @@ import networkx as nx
 
 from analyser.addresses import address_key, parse_address
 from analyser.flows import Evidence, Flow
-from analyser.identities import EndpointKind, Identity, Resolver, Scope, Workload, WorkloadRef
+from analyser.identities import EndpointKind, Identity, Resolver, Scope
 from analyser.peers import PortSpec
+from analyser.workloads import Workload, WorkloadRef
 
 # Two captures of one connection (client side to the ClusterIP, server side from the client) see
 # its first packets within this many seconds of each other: latency plus clock skew between nodes.

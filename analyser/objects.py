@@ -471,8 +471,7 @@ def _pod(kind: str, meta: ObjectMeta, raw: Mapping[str, Any], fields: _Fields) -
     finished = tuple(
         time
         for container in status.objects("containerStatuses")
-        if (time := container.object("state").object("terminated").time("finishedAt"))
-        is not None
+        if (time := container.object("state").object("terminated").time("finishedAt")) is not None
     )
     return Pod(kind, meta, raw, spec, phase, ips, host_ips, started, finished)
 

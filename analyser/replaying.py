@@ -24,10 +24,11 @@ from typing import Any
 from analyser.evaluation import Address, ContainerPort, Denial, Peer, Pod, PolicySet, pod
 from analyser.flows import Protocol
 from analyser.graphs import NodeRole, flows_on_edge
-from analyser.identities import Resolver, Workload, WorkloadRef
+from analyser.identities import Resolver
 from analyser.peers import PortSpec
 from analyser.snapshot import Snapshot
 from analyser.verifying import Observed, Universe, Verification, block_for, check_observed, verify
+from analyser.workloads import Workload, WorkloadRef
 from kernel.errors import SnapshotError, UnsafePolicies
 
 # How many denied flows the UnsafePolicies message lists before summarising the rest.

@@ -8,18 +8,13 @@ from typing import Any
 
 import pytest
 
+from analyser.claims import PodRecord
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
-from analyser.identities import (
-    EndpointKind,
-    Resolver,
-    SelectorChoice,
-    Vantage,
-    Workload,
-    WorkloadRef,
-    exclusive_selector,
-)
+from analyser.identities import EndpointKind, Resolver, Vantage
+from analyser.objects import PodPort, ServicePort
 from analyser.peers import DNS_PORTS, Exposure, PortSpec
 from analyser.selectors import LabelRequirement, LabelSelector
+from analyser.services import target_port
 from analyser.snapshot import (
     Snapshot,
     load_pod_ip_history,
@@ -27,6 +22,7 @@ from analyser.snapshot import (
     parse_capture_meta,
     parse_snapshot_documents,
 )
+from analyser.workloads import SelectorChoice, Workload, WorkloadRef, exclusive_selector
 from kernel.times import parse_timestamp
 
 DATA = Path(__file__).parent.parent / "data" / "snapshots"
@@ -320,6 +316,30 @@ def test_named_target_port_resolves_per_pod(resolver: Resolver) -> None:
         ("shop/Deployment/api-blue", 8080),
         ("shop/Deployment/api-green", 9090),
     }
+
+
+@pytest.mark.parametrize(
+    ("target", "port"),
+    [
+        (8443, 8443),  # a number (``targetPort: "8443"`` is read as one)
+        ("https", 9443),  # a name, looked up in the pod's containerPorts
+        ("metrics", None),  # a name the pod does not have: kube-proxy sends it nothing
+        (None, None),  # no targetPort and no port
+    ],
+)
+def test_the_target_port_rule(target: int | str | None, port: int | None) -> None:
+    record = PodRecord(
+        "shop",
+        "web-1",
+        "u1",
+        (),
+        None,
+        "",
+        False,
+        (PodPort("https", 9443, Protocol.TCP), PodPort("metrics", 9100, Protocol.UDP)),
+    )
+    service_port = ServicePort("web", 443, Protocol.TCP, target, None)
+    assert target_port(service_port, record, Protocol.TCP) == port
 
 
 def test_selector_backends_and_dual_stack_family(resolver: Resolver) -> None:

@@ -11,7 +11,7 @@ import pytest
 from analyser.dns import DnsNames, DnsTable
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import build_graph
-from analyser.identities import Resolver, Workload, WorkloadRef
+from analyser.identities import Resolver
 from analyser.packets import DnsResponse
 from analyser.peers import (
     DNS_PORTS,
@@ -42,6 +42,7 @@ from analyser.rendering import Provenance, render_policy_files
 from analyser.replaying import cluster_facts, ensure_policies_allow
 from analyser.selectors import LabelSelector
 from analyser.snapshot import Snapshot, parse_snapshot_documents
+from analyser.workloads import Workload, WorkloadRef
 from kernel.errors import UnsafePolicies
 from tests.analyser.flow_builders import (
     API_BLUE,

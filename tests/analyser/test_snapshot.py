@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from analyser.flows import Protocol
-from analyser.identities import Resolver, WorkloadRef
+from analyser.identities import Resolver
 from analyser.objects import (
     Controller,
     Endpoints,
@@ -34,6 +34,7 @@ from analyser.snapshot import (
     load_snapshot,
     parse_snapshot_documents,
 )
+from analyser.workloads import WorkloadRef
 from kernel.errors import SnapshotError
 from kernel.times import parse_timestamp
 
