@@ -44,7 +44,10 @@ def parse_timestamp(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"not a timestamp: {value!r}")
     if isinstance(value, int | float):
-        epoch = float(value)
+        try:
+            epoch = float(value)
+        except OverflowError:  # a whole number beyond any float (JSON writes any)
+            epoch = math.nan
     else:
         if isinstance(value, datetime):
             when = value
