@@ -8,7 +8,7 @@ Schema (a contract for policies, rendering, verify and the report):
   for an address outside the cluster, ``"node:NAME"`` for a node, ``"unresolved:ADDRESS"`` for an
   in-cluster address that matched nothing known at the time.
 - Node attributes: ``role`` (a :class:`NodeRole`), ``label`` (display text), ``workload``
-  (:class:`~analyser.identities.Workload` or None), ``names`` (tuple of the DNS names of its
+  (:class:`~analyser.workloads.Workload` or None), ``names`` (tuple of the DNS names of its
   edges ``names``, sorted: every name some client was told for the address), ``in_scope`` (bool:
   its pods were captured, so it gets a policy),
   ``addresses`` (tuple of the addresses seen for a node, an outside or unresolved address, or a

@@ -144,9 +144,7 @@ class _Fields:
 
     def port_or_name(self, key: str) -> int | str | None:
         value = self._value.get(key)
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
+        if value is None or (isinstance(value, str | int) and not isinstance(value, bool)):
             return value
         self._wrong(key, _PORT_OR_NAME, value)
 

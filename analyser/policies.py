@@ -252,7 +252,7 @@ class SelectorWarning:
 
 def selector_warnings(graph: Any) -> tuple[SelectorWarning, ...]:
     """For every workload of ``graph`` whose selector was narrowed, or still selects other
-    workloads' pods (``identities.exclusive_selector``): what that means for the policies."""
+    workloads' pods (``workloads.exclusive_selector``): what that means for the policies."""
     warnings = []
     for node_id, attrs in sorted(graph.nodes(data=True)):
         workload = attrs.get("workload")

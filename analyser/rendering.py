@@ -76,7 +76,7 @@ class ReportFacts:
     unselectable: tuple[str, ...] = ()  # captured workloads without a stable label: no policy
     unselectable_reasons: Mapping[str, str] = field(default_factory=dict)  # node id → why
     skipped_packets: Mapping[str, int] = field(default_factory=dict)  # reason → packets unused
-    # NodeLocal DNSCache addresses (policies.ClusterDns.node_local): cluster DNS, not the outside
+    # NodeLocal DNSCache addresses (peers.ClusterDns.node_local): cluster DNS, not the outside
     node_local_dns: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what the output leaves out, and why
     # Workloads with a policy that are exposed outside the cluster (node id → how), and whether
