@@ -4,10 +4,19 @@ Pure (data in, data out, no I/O):
     packets     bytes → L3/L4 facts and DNS answers (the only dpkt import)
     flows       the flow types, and conversations → client → server flows
     dns         DNS answers → the names an address had, and when
-    identities  (IP, time) → pod, workload, Service, node or outside
+    objects     the snapshot's objects as typed views, each read (and so checked) once: the schema
+    identities  (IP, time) → pod, workload, Service, node or outside: ``Resolver``, a thin facade
+    clusterdns  where cluster DNS answers (conventions, the busiest Service), node-local caches
+    services    a Service's backends and target ports (``target_port``), listeners, exposures
+    workloads   a pod's workload (the owner walk) and the selector its policy uses
+    claims      which pod held which address when (IP history, meta.json, snapshot lifetimes)
+    networks    the nodes' addresses, theirs on the pod network, the cluster's ranges
     vouching    which side of a flow its captures speak for (a pod's capture: its own side)
     graphs      flows + identities → the workload graph (the only networkx import)
     policies    the policy model, synthesised from the graph
+    selectors   label selectors, and the volatile labels that never belong in one
+    peers       target ports, pod and address peers, special addresses, cluster DNS, exposures
+    addresses   IP addresses as text: checked, normalized, parsed, sorted
     evaluation  NetworkPolicy semantics: what does a set of policies allow?
     verifying   observed connections and a policy set → verify's and diff's reports
     replaying   the graph and the snapshot → the facts evaluation works on
@@ -19,9 +28,11 @@ Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functi
     reading     capture files → traffic, on every core
     bundles     a bundle directory (kernel.bundles' format) → manifest, snapshot, captures, damage
     documents   JSON and YAML text → values, with bounded work (no YAML aliases, nesting capped)
-    snapshot    snapshot.json, pod IP history and meta.json → indexed Kubernetes JSON
+    snapshot    snapshot.json, pod IP history and meta.json → the views, indexed
     policysets  policy files → a policy set
     analysing   the whole pipeline; ``write_output`` is the only writer of analyse's output
+
+Each module imports only those below it in the layers of ``pyproject.toml`` (import-linter).
 
 The cluster is the ``collector`` package's business, the command line the ``cli`` package's.
 
@@ -45,10 +56,12 @@ if TYPE_CHECKING:
         pod,
     )
     from analyser.flows import Endpoint, Evidence, Flow, Protocol
-    from analyser.identities import Resolver, Workload, WorkloadRef
-    from analyser.policies import DefaultDeny, Policy, SpecialAddress, synthesize
+    from analyser.identities import Resolver
+    from analyser.peers import SpecialAddress
+    from analyser.policies import DefaultDeny, Policy, synthesize
     from analyser.policysets import load_policies
     from analyser.snapshot import Snapshot, load_snapshot
+    from analyser.workloads import Workload, WorkloadRef
     from kernel.errors import (
         BundleError,
         CaptureError,
@@ -82,8 +95,10 @@ _EXPORTS = {
         "pod",
     ),
     "analyser.flows": ("Endpoint", "Evidence", "Flow", "Protocol"),
-    "analyser.identities": ("Resolver", "Workload", "WorkloadRef"),
-    "analyser.policies": ("DefaultDeny", "Policy", "SpecialAddress", "synthesize"),
+    "analyser.identities": ("Resolver",),
+    "analyser.workloads": ("Workload", "WorkloadRef"),
+    "analyser.peers": ("SpecialAddress",),
+    "analyser.policies": ("DefaultDeny", "Policy", "synthesize"),
     "analyser.policysets": ("load_policies",),
     "analyser.snapshot": ("Snapshot", "load_snapshot"),
 }

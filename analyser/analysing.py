@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from analyser.addresses import parse_address
 from analyser.bundles import Bundle, FileProblem
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import (
@@ -39,15 +40,14 @@ from analyser.graphs import (
     unresolved_addresses,
     unvouched_pairs,
 )
-from analyser.identities import Resolver, Scope, Vantage, parse_address
+from analyser.identities import Resolver, Scope, Vantage
+from analyser.peers import Exposure, SpecialAddress
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
-    Exposure,
     LeftOut,
     Policy,
     SelectorWarning,
-    SpecialAddress,
     partition_policies,
     selector_warnings,
     synthesize,

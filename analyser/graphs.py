@@ -8,7 +8,7 @@ Schema (a contract for policies, rendering, verify and the report):
   for an address outside the cluster, ``"node:NAME"`` for a node, ``"unresolved:ADDRESS"`` for an
   in-cluster address that matched nothing known at the time.
 - Node attributes: ``role`` (a :class:`NodeRole`), ``label`` (display text), ``workload``
-  (:class:`~analyser.identities.Workload` or None), ``names`` (tuple of the DNS names of its
+  (:class:`~analyser.workloads.Workload` or None), ``names`` (tuple of the DNS names of its
   edges ``names``, sorted: every name some client was told for the address), ``in_scope`` (bool:
   its pods were captured, so it gets a policy),
   ``addresses`` (tuple of the addresses seen for a node, an outside or unresolved address, or a
@@ -58,18 +58,11 @@ from typing import Any, NamedTuple, Protocol
 
 import networkx as nx
 
+from analyser.addresses import address_key, parse_address
 from analyser.flows import Evidence, Flow
-from analyser.identities import (
-    EndpointKind,
-    Identity,
-    Resolver,
-    Scope,
-    Workload,
-    WorkloadRef,
-    address_key,
-    parse_address,
-)
-from analyser.policies import PortSpec
+from analyser.identities import EndpointKind, Identity, Resolver, Scope
+from analyser.peers import PortSpec
+from analyser.workloads import Workload, WorkloadRef
 
 # Two captures of one connection (client side to the ClusterIP, server side from the client) see
 # its first packets within this many seconds of each other: latency plus clock skew between nodes.

@@ -7,125 +7,27 @@ policies live in ``evaluation``.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
-from analyser.flows import Protocol
-
-# Labels that change with every rollout or pod and must never appear in a selector.
-VOLATILE_LABELS: frozenset[str] = frozenset(
-    {
-        "pod-template-hash",
-        "controller-revision-hash",
-        "pod-template-generation",
-        "statefulset.kubernetes.io/pod-name",
-        "apps.kubernetes.io/pod-index",
-        "batch.kubernetes.io/controller-uid",
-        "batch.kubernetes.io/job-name",
-        "batch.kubernetes.io/job-completion-index",  # one value per pod of an Indexed Job
-        "controller-uid",
-        "job-name",
-        "rollouts-pod-template-hash",  # Argo Rollouts' pod-template-hash
-    }
+from analyser.peers import (
+    DNS_PORTS,
+    SPECIAL_REASONS,
+    ClusterDns,
+    Exposure,
+    IpPeer,
+    Peer,
+    PodPeer,
+    PortSpec,
+    SpecialAddress,
+    single_address,
+    special_address,
+    special_networks_left_out,
 )
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class LabelRequirement:
-    """One ``matchExpressions`` entry."""
-
-    key: str
-    operator: str  # In, NotIn, Exists, DoesNotExist
-    values: tuple[str, ...] = ()
-
-    @property
-    def valid(self) -> bool:
-        """Whether the API server would accept it: a known operator, values exactly for In and
-        NotIn."""
-        if self.operator in ("In", "NotIn"):
-            return bool(self.key and self.values)
-        return bool(self.key) and self.operator in ("Exists", "DoesNotExist") and not self.values
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """Whether a pod with ``labels`` meets it (a :attr:`valid` requirement)."""
-        if self.operator == "In":
-            return labels.get(self.key) in self.values
-        if self.operator == "NotIn":
-            return labels.get(self.key) not in self.values
-        return (self.key in labels) == (self.operator == "Exists")
-
-    def __str__(self) -> str:
-        """As ``kubectl get -l`` writes it: ``tier in (a,b)``, ``env notin (dev)``, ``track``,
-        ``!legacy``."""
-        if self.operator in ("In", "NotIn"):
-            return f"{self.key} {self.operator.lower()} ({','.join(self.values)})"
-        return self.key if self.operator == "Exists" else f"!{self.key}"
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class LabelSelector:
-    """A ``metav1.LabelSelector``; sorted tuples keep it hashable and the output stable."""
-
-    match_labels: tuple[tuple[str, str], ...] = ()
-    match_expressions: tuple[LabelRequirement, ...] = ()
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.match_labels and not self.match_expressions
-
-    @property
-    def pins_a_value(self) -> bool:
-        """Whether it names at least one label value (a matchLabels entry, or ``In``): a selector
-        of keys and exclusions only (``app`` Exists) also selects every future pod with the key."""
-        return bool(self.match_labels) or any(r.operator == "In" for r in self.match_expressions)
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """Whether it selects a pod with ``labels`` (every requirement :attr:`valid`)."""
-        return all(labels.get(k) == v for k, v in self.match_labels) and all(
-            r.matches(labels) for r in self.match_expressions
-        )
-
-    def __str__(self) -> str:
-        """As ``kubectl get -l`` writes it: ``app=web,tier in (a,b)``; ``{}`` when empty."""
-        parts = [f"{k}={v}" for k, v in self.match_labels]
-        parts += [str(r) for r in self.match_expressions]
-        return ",".join(parts) or "{}"
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class PortSpec:
-    """A target port (never a Service port) and its protocol."""
-
-    protocol: Protocol
-    port: int
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class PodPeer:
-    """Pods selected by ``pod_selector`` in ``namespace`` (None: the policy's own namespace)."""
-
-    pod_selector: LabelSelector
-    namespace: str | None = None
-    description: str = ""  # the workload it stands for, e.g. "shop/Deployment/cart"
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class IpPeer:
-    """An address block: an address outside the cluster (a /32 or /128 ``ipBlock``), the
-    cluster's nodes (``description`` says so), or anywhere (``0.0.0.0/0`` but ``excluded``)."""
-
-    cidr: str
-    names: tuple[str, ...] = ()  # DNS names seen resolving to it, for the annotation
-    description: str = ""  # what the block stands for ("cluster nodes"), for the comment
-    excluded: tuple[str, ...] = ()  # the ipBlock's ``except`` networks, inside ``cidr``
-
-
-Peer = PodPeer | IpPeer
+from analyser.selectors import LabelSelector
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -134,102 +36,6 @@ class Rule:
 
     peer: Peer
     ports: tuple[PortSpec, ...]
-
-
-class SpecialAddress(StrEnum):
-    """Addresses no policy allows by accident: observed traffic with them is left out of the
-    policies (:class:`LeftOut`) unless their class is allowed on purpose."""
-
-    METADATA = "metadata"
-    LINK_LOCAL = "link-local"
-    UNSPECIFIED = "unspecified"
-    BROADCAST = "broadcast"
-    MULTICAST = "multicast"
-    LOOPBACK = "loopback"  # never allowed: it never leaves the host
-
-
-# The networks of each class, looked up in this order (an address is of the first that holds it).
-SPECIAL_NETWORKS: dict[SpecialAddress, tuple[str, ...]] = {
-    SpecialAddress.METADATA: (
-        "169.254.169.254/32",  # AWS, GCP (metadata.google.internal), Azure, Oracle, OpenStack...
-        "169.254.170.23/32",  # EKS Pod Identity Agent
-        "169.254.0.23/32",  # Tencent Cloud
-        "169.254.42.42/32",  # Scaleway
-        "100.100.100.200/32",  # Alibaba Cloud
-        "168.63.129.16/32",  # Azure WireServer
-        "192.0.0.192/32",  # Oracle Cloud (classic)
-        "fd00:ec2::254/128",  # AWS, over IPv6
-        "fd00:ec2::23/128",  # EKS Pod Identity Agent, over IPv6
-    ),
-    SpecialAddress.LOOPBACK: ("127.0.0.0/8", "::1/128"),
-    SpecialAddress.UNSPECIFIED: ("0.0.0.0/32", "::/128"),
-    SpecialAddress.BROADCAST: ("255.255.255.255/32",),
-    SpecialAddress.MULTICAST: ("224.0.0.0/4", "ff00::/8"),
-    SpecialAddress.LINK_LOCAL: ("169.254.0.0/16", "fe80::/10"),
-}
-SPECIAL_REASONS: dict[SpecialAddress, str] = {
-    SpecialAddress.METADATA: "a cloud metadata endpoint (it hands out the cloud credentials of "
-    "the node or the pod)",
-    SpecialAddress.LINK_LOCAL: "a link-local address (the node's own services and agents, not a "
-    "peer on the network)",
-    SpecialAddress.UNSPECIFIED: "the unspecified address (never a real peer)",
-    SpecialAddress.BROADCAST: "the broadcast address (every host on the network)",
-    SpecialAddress.MULTICAST: "a multicast group (every host that joins it)",
-    SpecialAddress.LOOPBACK: "a loopback address (it never leaves the host, and no NetworkPolicy "
-    "applies to it)",
-}
-# The classes ``analyse --allow-special`` can keep.
-ALLOWABLE_SPECIAL = tuple(kind for kind in SpecialAddress if kind is not SpecialAddress.LOOPBACK)
-
-_SPECIAL_NETWORKS = {
-    kind: tuple(ipaddress.ip_network(text) for text in texts)
-    for kind, texts in SPECIAL_NETWORKS.items()
-}
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-@functools.lru_cache(maxsize=4096)
-def special_address(address: str) -> SpecialAddress | None:
-    """The class of special address ``address`` belongs to, None for an ordinary one. An IPv4
-    address inside an IPv6 one (``::ffff:169.254.169.254``, NAT64's ``64:ff9b::/96``) is of the
-    class of that IPv4 address: traffic to it reaches that address."""
-    parsed: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address)
-    if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            parsed = parsed.ipv4_mapped
-        elif parsed in _NAT64:
-            parsed = ipaddress.IPv4Address(int(parsed) & 0xFFFFFFFF)
-    return next(
-        (
-            kind
-            for kind, networks in _SPECIAL_NETWORKS.items()
-            if any(parsed in network for network in networks)
-        ),
-        None,
-    )
-
-
-def _networks_left_out(
-    allowed: Collection[SpecialAddress], internal: Iterable[str] = ()
-) -> dict[int, tuple[str, ...]]:
-    """Per IP version, what a rule from or to anywhere excepts, collapsed: the networks of the
-    special classes not ``allowed`` (loopback aside: it never reaches a NetworkPolicy) and the
-    cluster's ``internal`` networks (its pods' and Services' ranges)."""
-    networks = [
-        network
-        for kind, found in _SPECIAL_NETWORKS.items()
-        if kind not in allowed and kind is not SpecialAddress.LOOPBACK
-        for network in found
-    ] + [ipaddress.ip_network(cidr, strict=False) for cidr in internal]
-    return {
-        version: tuple(
-            str(n)
-            for n in ipaddress.collapse_addresses(  # type: ignore[type-var]
-                n for n in networks if n.version == version
-            )
-        )
-        for version in (4, 6)
-    }
 
 
 INGRESS, EGRESS = "ingress", "egress"
@@ -273,48 +79,6 @@ class DefaultDeny:
     name: str = "default-deny-all"
 
 
-# The ports cluster DNS answers on when the snapshot does not say otherwise.
-DNS_PORTS: tuple[PortSpec, ...] = (PortSpec(Protocol.TCP, 53), PortSpec(Protocol.UDP, 53))
-DEFAULT_DNS_PEER = PodPeer(
-    pod_selector=LabelSelector(match_labels=(("k8s-app", "kube-dns"),)),
-    namespace="kube-system",
-    description="cluster DNS (k8s-app=kube-dns)",
-)
-
-
-NODE_LOCAL_DNS_DESCRIPTION = "node-local DNS cache"
-
-
-def node_local_dns_peer(address: str) -> IpPeer:
-    """The ipBlock of a NodeLocal DNSCache address (a link-local address on every node)."""
-    return IpPeer(_single_address(address), description=NODE_LOCAL_DNS_DESCRIPTION)
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterDns:
-    """Where pods send DNS queries: the peers every policy's DNS egress allows, the graph node
-    ids of the DNS workloads (their DNS flows are not repeated as ordinary egress), the target
-    ports they answer on, and the node-local DNS cache addresses seen (``node_local_dns_peer``;
-    allowed on 53/UDP and 53/TCP, also not repeated as ordinary egress)."""
-
-    peers: tuple[PodPeer, ...] = (DEFAULT_DNS_PEER,)
-    workloads: frozenset[str] = frozenset()
-    ports: tuple[PortSpec, ...] = DNS_PORTS
-    node_local: tuple[IpPeer, ...] = ()
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class Exposure:
-    """A target port that the snapshot shows reachable from outside the cluster, and what makes
-    it so (``by``): a LoadBalancer or NodePort Service, a Service with externalIPs, or a
-    containerPort published on its node with ``hostPort``. Its clients are whoever reaches the
-    load balancer or node, not only the addresses a capture happened to see."""
-
-    port: PortSpec
-    by: str  # "Service default/frontend-external (LoadBalancer)", "hostPort 8443"
-    families: tuple[int, ...] = (4,)  # the IP versions it is reached over
-
-
 # An ipBlock of every address of one IP version.
 ANYWHERE = {4: "0.0.0.0/0", 6: "::/0"}
 
@@ -324,11 +88,6 @@ ANYWHERE = {4: "0.0.0.0/0", 6: "::/0"}
 # Graph roles (``graphs.NodeRole`` values; graphs imports this module, so not imported here).
 _WORKLOAD, _NODE, _EXTERNAL, _UNRESOLVED = "workload", "node", "external", "unresolved"
 MAX_NAME_LENGTH = 253  # a NetworkPolicy name is a DNS-1123 subdomain
-
-
-def _single_address(address: str) -> str:
-    parsed = ipaddress.ip_address(address)
-    return f"{parsed.compressed}/{parsed.max_prefixlen}"
 
 
 def _special(
@@ -378,7 +137,7 @@ def _peers(
             ),
         )
     names = tuple(graph.edges[edge].get("names", ())) if role == _EXTERNAL else ()
-    return tuple(IpPeer(_single_address(a), names) for a in addresses if a not in left_out)
+    return tuple(IpPeer(single_address(a), names) for a in addresses if a not in left_out)
 
 
 NODE_BLOCK_DESCRIPTION = "cluster nodes"
@@ -493,7 +252,7 @@ class SelectorWarning:
 
 def selector_warnings(graph: Any) -> tuple[SelectorWarning, ...]:
     """For every workload of ``graph`` whose selector was narrowed, or still selects other
-    workloads' pods (``identities.exclusive_selector``): what that means for the policies."""
+    workloads' pods (``workloads.exclusive_selector``): what that means for the policies."""
     warnings = []
     for node_id, attrs in sorted(graph.nodes(data=True)):
         workload = attrs.get("workload")
@@ -564,7 +323,8 @@ def _widen_outside(
 ) -> None:
     """Replace, per port, the ``outside`` peers by 0.0.0.0/0 (and ::/0 when IPv6 addresses were
     among them) when more than ``limit`` of them were ``answered`` on that port, in place; the
-    anywhere rules except the ``excluded`` networks (per IP version: :func:`_networks_left_out`).
+    anywhere rules except the ``excluded`` networks (per IP version:
+    :func:`~analyser.peers.special_networks_left_out`).
 
     Only conversations in which both ends sent packets count: anyone can send datagrams to (or,
     spoofing, seem to send them from) any number of addresses, and one-way traffic shows no more
@@ -674,7 +434,7 @@ def synthesize(
     nodes = node_blocks(graph, node_addresses, node_cidrs)
     dns_ports = set(dns.ports)
     node_local_cidrs = {cache.cidr for cache in dns.node_local}
-    excluded = _networks_left_out(allowed_special, internal_networks)
+    excluded = special_networks_left_out(allowed_special, internal_networks)
     workloads = [
         (node_id, attrs["workload"], bool(attrs.get("in_scope")))
         for node_id, attrs in sorted(graph.nodes(data=True))
@@ -739,7 +499,7 @@ def synthesize(
             special = _special(graph, server, allowed_special)
             for address, kind in special:
                 # DNS to a node-local cache is allowed by the cache rule below.
-                to_cache = _single_address(address) in node_local_cidrs
+                to_cache = single_address(address) in node_local_cidrs
                 left_out |= {
                     LeftOut(node_id, EGRESS, address, port, kind)
                     for port in ports

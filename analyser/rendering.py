@@ -27,19 +27,9 @@ import yaml
 from analyser.bundles import FileProblem
 from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, NodeRole, UnvouchedPair, attempts, loopback_flows
-from analyser.policies import (
-    DefaultDeny,
-    Exposure,
-    IpPeer,
-    LabelSelector,
-    LeftOut,
-    PodPeer,
-    Policy,
-    PortSpec,
-    Rule,
-    SelectorWarning,
-    rule_sort_key,
-)
+from analyser.peers import Exposure, IpPeer, PodPeer, PortSpec
+from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
+from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
 from kernel.bundles import Window
 from kernel.errors import RenderError
@@ -86,7 +76,7 @@ class ReportFacts:
     unselectable: tuple[str, ...] = ()  # captured workloads without a stable label: no policy
     unselectable_reasons: Mapping[str, str] = field(default_factory=dict)  # node id → why
     skipped_packets: Mapping[str, int] = field(default_factory=dict)  # reason → packets unused
-    # NodeLocal DNSCache addresses (policies.ClusterDns.node_local): cluster DNS, not the outside
+    # NodeLocal DNSCache addresses (peers.ClusterDns.node_local): cluster DNS, not the outside
     node_local_dns: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what the output leaves out, and why
     # Workloads with a policy that are exposed outside the cluster (node id → how), and whether

@@ -36,10 +36,11 @@ from analyser.evaluation import (
 )
 from analyser.flows import Protocol
 from analyser.graphs import NodeRole, Sides, flows_on_edge
-from analyser.identities import Resolver, Workload, WorkloadRef, container_ports
-from analyser.policies import PortSpec
-from analyser.snapshot import Snapshot, host_ips, meta
+from analyser.identities import Resolver
+from analyser.peers import PortSpec
+from analyser.snapshot import Snapshot
 from analyser.verifying import Observed, Universe, Verification, block_for, check_observed, verify
+from analyser.workloads import Workload, WorkloadRef
 from kernel.errors import SnapshotError, UnsafePolicies
 
 # How many denied flows the UnsafePolicies message lists before summarising the rest.
@@ -73,32 +74,21 @@ class ClusterFacts:
         return Address(ip, node=self.node_of_address.get(ip), name=name)
 
 
-def _container_ports(pod_json: Mapping[str, Any]) -> set[ContainerPort]:
-    return {
-        ContainerPort(name, protocol, port)
-        for name, port, protocol in container_ports(pod_json.get("spec", {}))
-    }
-
-
 def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
     """Every workload with a pod in the snapshot, and the nodes' addresses."""
-    namespace_labels = {
-        meta(ns)["name"]: dict(meta(ns).get("labels", {})) for ns in snapshot.namespaces
-    }
+    namespace_labels = {ns.name: dict(ns.labels) for ns in snapshot.namespaces}
     ports: dict[WorkloadRef, set[ContainerPort]] = defaultdict(set)
     nodes: dict[WorkloadRef, set[str]] = defaultdict(set)
     host_addresses: dict[str, set[str]] = defaultdict(set)
-    for pod_json in snapshot.pods:
-        pod_meta = meta(pod_json)
-        ref = resolver.workload_of_pod(pod_meta.get("namespace", ""), pod_meta["name"])
+    for pod_view in snapshot.pods:
+        ref = resolver.workload_of_pod(pod_view.namespace, pod_view.name)
         if ref is None:
             continue
-        node = pod_json.get("spec", {}).get("nodeName") or ""
-        if node:
-            nodes[ref].add(node)
-        ports[ref] |= _container_ports(pod_json)
+        if pod_view.node_name:
+            nodes[ref].add(pod_view.node_name)
+        ports[ref] |= {ContainerPort(p.name, p.protocol, p.port) for p in pod_view.spec.ports}
         if resolver.workload(ref).host_network:
-            host_addresses[str(ref)] |= set(host_ips(pod_json))
+            host_addresses[str(ref)] |= set(pod_view.host_ips)
     workloads = {
         str(ref): pod(
             namespace=ref.namespace,

@@ -23,13 +23,8 @@ from analyser.flows import Endpoint, Evidence, Flow, Protocol
 from analyser.graphs import build_graph
 from analyser.identities import Resolver
 from analyser.policies import synthesize
-from analyser.snapshot import (
-    Snapshot,
-    load_pod_ip_history,
-    load_snapshot,
-    parse_snapshot_documents,
-    parse_timestamp,
-)
+from analyser.snapshot import Snapshot, load_pod_ip_history, load_snapshot, parse_snapshot_documents
+from kernel.times import parse_timestamp
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "snapshots"
 START = parse_timestamp("2026-11-26T09:00:00Z")
@@ -173,11 +168,11 @@ def run_cluster(pods: int) -> None:
     loaded = time.perf_counter()
     resolver = Resolver(snapshot)
     ready = time.perf_counter()
-    addresses = [p["status"]["podIP"] for p in snapshot.pods]
+    addresses = [p.ips[0] for p in snapshot.pods]
     for address in addresses:
         resolver.resolve(address, START)
     resolved = time.perf_counter()
-    services = [(s["metadata"]["namespace"], s["metadata"]["name"]) for s in snapshot.services]
+    services = [(s.namespace, s.name) for s in snapshot.services]
     for service in services:
         resolver.service_backends(service, 80, Protocol.TCP, START)
     backed = time.perf_counter()

@@ -104,12 +104,8 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so `analyse --help` stays quick.
     from analyser.analysing import analyse, write_output
     from analyser.bundles import open_bundle
-    from analyser.policies import (
-        INGRESS,
-        MAX_OUTSIDE_ADDRESSES,
-        SPECIAL_REASONS,
-        SpecialAddress,
-    )
+    from analyser.peers import SPECIAL_REASONS, SpecialAddress
+    from analyser.policies import INGRESS, MAX_OUTSIDE_ADDRESSES
     from analyser.sources import DEFAULT_MAX_BYTES
 
     bundle = open_bundle(args.bundle)

@@ -11,7 +11,7 @@ import re
 
 # webhook.capture.CaptureMode's values, repeated so that parsing options imports no webhook code.
 CAPTURE_MODES = ("handshake", "full")
-# analyser.policies.ALLOWABLE_SPECIAL's values, repeated for the same reason (a test keeps them in
+# analyser.peers.ALLOWABLE_SPECIAL's values, repeated for the same reason (a test keeps them in
 # step).
 SPECIAL_CLASSES = ("metadata", "link-local", "unspecified", "broadcast", "multicast")
 

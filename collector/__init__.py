@@ -10,6 +10,7 @@
     collecting    watch, snapshot, pull, bundle.json (kernel.bundles' writer)
     uninstalling  unlabel a namespace and roll the workloads that carry the sidecar
 
-It writes the bundle format of ``kernel.bundles`` and reads a sidecar's meta.json with
-``analyser.snapshot``; nothing else of the analyser.
+It writes the bundle format of ``kernel.bundles``, reads a sidecar's meta.json with
+``analyser.snapshot`` and a pod's addresses and controller with ``analyser.objects`` (the rules the
+analyser reads them by); nothing else of the analyser.
 """

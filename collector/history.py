@@ -9,9 +9,9 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TextIO, cast
+from typing import TextIO
 
-from analyser.snapshot import Pod, pod_ips
+from analyser.objects import OwnerReference, controller_of, owner_references, pod_ips
 from collector.kinds import PODS, Cluster, KubeObject
 from collector.kube import server_message
 from kernel.errors import CollectError
@@ -25,11 +25,9 @@ def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def controller_of(obj: KubeObject) -> dict[str, str] | None:
-    for reference in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if reference.get("controller"):
-            return {"kind": reference["kind"], "name": reference["name"]}
-    return None
+def controller(obj: KubeObject) -> OwnerReference | None:
+    """The object's controller (``analyser.objects.controller_of``)."""
+    return controller_of(owner_references(obj))
 
 
 @dataclass
@@ -47,6 +45,7 @@ class PodIPHistory:
 
     def _write(self, event: str, pod: KubeObject, ips: Sequence[str], moment: str) -> None:
         metadata = pod.get("metadata") or {}
+        owner = controller(pod)
         line = {
             "time": moment,
             "event": event,
@@ -55,7 +54,7 @@ class PodIPHistory:
             "uid": metadata.get("uid"),
             "ips": list(ips),
             "labels": metadata.get("labels") or {},
-            "owner": controller_of(pod),
+            "owner": None if owner is None else {"kind": owner.kind, "name": owner.name},
         }
         self.sink.write(json.dumps(line, sort_keys=True) + "\n")
         self.lines += 1
@@ -69,7 +68,7 @@ class PodIPHistory:
             if previous is not None and previous[0]:
                 self._write("DELETED", pod, previous[0], now)
             return
-        ips = pod_ips(cast(Pod, pod))
+        ips = pod_ips(pod)
         self.known[uid] = (ips, pod)
         if not (previous and previous[0]):
             if ips:

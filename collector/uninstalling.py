@@ -7,7 +7,7 @@ import datetime
 from dataclasses import dataclass
 
 from collector.collecting import sidecar_of
-from collector.history import controller_of, utc_now
+from collector.history import controller, utc_now
 from collector.kinds import NAMESPACES, PODS, REPLICA_SETS, ROLLABLE_KINDS, Cluster, KubeObject
 from kernel.names import CAPTURE_LABEL
 
@@ -27,20 +27,20 @@ class UninstallPlan:
 def _workload_of(cluster: Cluster, pod: KubeObject) -> tuple[str, str] | str:
     """The rollable workload owning ``pod``, or what the user must do instead."""
     namespace = pod["metadata"]["namespace"]
-    owner = controller_of(pod)
+    owner = controller(pod)
     if owner is None:
         return "a bare pod: delete it and create it again"
-    if owner["kind"] == "ReplicaSet":
-        replica_set = cluster.get(REPLICA_SETS, owner["name"], namespace=namespace)
-        parent = controller_of(replica_set)
-        if parent is None or parent["kind"] != "Deployment":
-            return f"owned by ReplicaSet {owner['name']} without a Deployment: delete the pod"
+    if owner.kind == "ReplicaSet":
+        replica_set = cluster.get(REPLICA_SETS, owner.name, namespace=namespace)
+        parent = controller(replica_set)
+        if parent is None or parent.kind != "Deployment":
+            return f"owned by ReplicaSet {owner.name} without a Deployment: delete the pod"
         owner = parent
-    if owner["kind"] in ROLLABLE_KINDS:
-        return (owner["kind"], owner["name"])
-    if owner["kind"] == "Job":
-        return f"a pod of Job {owner['name']}: it ends on its own; later Jobs come without it"
-    return f"owned by {owner['kind']} {owner['name']}: restart that owner"
+    if owner.kind in ROLLABLE_KINDS:
+        return (owner.kind, owner.name)
+    if owner.kind == "Job":
+        return f"a pod of Job {owner.name}: it ends on its own; later Jobs come without it"
+    return f"owned by {owner.kind} {owner.name}: restart that owner"
 
 
 def plan_uninstall(cluster: Cluster, namespace: str) -> UninstallPlan:

@@ -3,7 +3,7 @@
     errors    the one error tree (every package raises from it)
     names     the labels, annotations, container and volume names users and clusters see
     capture   the capture sidecar's modes and what each records (its BPF filter)
-    times     the range of times inputs may name, and their RFC 3339 text
+    times     the range of times inputs may name, their RFC 3339 text, and reading one
     bundles   the bundle format between collect, the lab and analyse: names, bundle.json, its
               one writer
 

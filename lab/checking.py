@@ -17,7 +17,9 @@ The pods are read here from the snapshot's JSON, not through ``analyser.replayin
 ``cluster_facts``/``observed_from_records``: the judge sees a pod as the cluster does (all its
 labels, its own containerPorts, its node), where the analyser sees a workload through its own
 resolver (non-volatile labels, ports of all its pods). A mistake in that view would otherwise be
-in both the policies and their judge, and pass.
+in both the policies and their judge, and pass. It shares one reading with the analyser, which
+ownerReference names an object's controller (``analyser.objects.controller_of``), not the walk
+from a pod to its workload.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from analyser.evaluation import (
     pod,
 )
 from analyser.flows import Protocol
+from analyser.objects import controller_of, owner_references
 from kernel.names import CAPTURE_ENABLED, CAPTURE_LABEL
 from lab.layouts import DNS_WORKLOAD
 
@@ -57,10 +60,8 @@ class TruthCheck:
 
 
 def _owner(obj: Mapping[str, Any]) -> tuple[str, str] | None:
-    for reference in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if reference.get("controller"):
-            return str(reference["kind"]), str(reference["name"])
-    return None
+    owner = controller_of(owner_references(obj))
+    return None if owner is None else (owner.kind, owner.name)
 
 
 def captured_namespaces(snapshot: Mapping[str, Any]) -> set[str]:

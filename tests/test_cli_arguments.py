@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from analyser.policies import ALLOWABLE_SPECIAL
+from analyser.peers import ALLOWABLE_SPECIAL
 from cli.arguments import (
     CAPTURE_MODES,
     SPECIAL_CLASSES,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
 from analyser.identities import Resolver
-from analyser.snapshot import Snapshot, load_pod_ip_history, load_snapshot, parse_timestamp
+from analyser.snapshot import Snapshot, load_pod_ip_history, load_snapshot
+from kernel.times import parse_timestamp
 
 DATA = Path(__file__).parent.parent / "data" / "snapshots"
 

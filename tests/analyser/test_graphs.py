@@ -17,8 +17,8 @@ from analyser.graphs import (
     loopback_flows,
     unresolved_addresses,
 )
-from analyser.identities import WorkloadRef
-from analyser.policies import PortSpec
+from analyser.peers import PortSpec
+from analyser.workloads import WorkloadRef
 from tests.analyser.flow_builders import (
     API_BLUE,
     API_SVC,

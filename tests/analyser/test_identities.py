@@ -8,25 +8,22 @@ from typing import Any
 
 import pytest
 
+from analyser.claims import PodRecord
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
-from analyser.identities import (
-    EndpointKind,
-    Resolver,
-    SelectorChoice,
-    Vantage,
-    Workload,
-    WorkloadRef,
-    exclusive_selector,
-)
-from analyser.policies import DNS_PORTS, Exposure, LabelRequirement, LabelSelector, PortSpec
+from analyser.identities import EndpointKind, Resolver, Vantage
+from analyser.objects import PodPort, ServicePort
+from analyser.peers import DNS_PORTS, Exposure, PortSpec
+from analyser.selectors import LabelRequirement, LabelSelector
+from analyser.services import target_port
 from analyser.snapshot import (
     Snapshot,
     load_pod_ip_history,
     load_snapshot,
     parse_capture_meta,
     parse_snapshot_documents,
-    parse_timestamp,
 )
+from analyser.workloads import SelectorChoice, Workload, WorkloadRef, exclusive_selector
+from kernel.times import parse_timestamp
 
 DATA = Path(__file__).parent.parent / "data" / "snapshots"
 
@@ -228,7 +225,7 @@ def test_after_the_last_claim_ends_the_last_holder_keeps_the_address(snapshot: S
     # Without the details pod in the snapshot, nobody claims the IP after 09:20: packets
     # then are the deleted pod's last ones.
     no_details = Snapshot(
-        [o for o in snapshot.pods if not o["metadata"]["name"].startswith("details")]
+        [o for o in snapshot.pods if not o.name.startswith("details")]
     )
     resolver = Resolver(no_details, ip_history=history)
     assert workload_at(resolver, "10.244.1.20", "09:25:00") == "bookinfo/Deployment/ratings-v1"
@@ -319,6 +316,30 @@ def test_named_target_port_resolves_per_pod(resolver: Resolver) -> None:
         ("shop/Deployment/api-blue", 8080),
         ("shop/Deployment/api-green", 9090),
     }
+
+
+@pytest.mark.parametrize(
+    ("target", "port"),
+    [
+        (8443, 8443),  # a number (``targetPort: "8443"`` is read as one)
+        ("https", 9443),  # a name, looked up in the pod's containerPorts
+        ("metrics", None),  # a name the pod does not have: kube-proxy sends it nothing
+        (None, None),  # no targetPort and no port
+    ],
+)
+def test_the_target_port_rule(target: int | str | None, port: int | None) -> None:
+    record = PodRecord(
+        "shop",
+        "web-1",
+        "u1",
+        (),
+        None,
+        "",
+        False,
+        (PodPort("https", 9443, Protocol.TCP), PodPort("metrics", 9100, Protocol.UDP)),
+    )
+    service_port = ServicePort("web", 443, Protocol.TCP, target, None)
+    assert target_port(service_port, record, Protocol.TCP) == port
 
 
 def test_selector_backends_and_dual_stack_family(resolver: Resolver) -> None:

@@ -11,27 +11,28 @@ import pytest
 from analyser.dns import DnsNames, DnsTable
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import build_graph
-from analyser.identities import Resolver, Workload, WorkloadRef
+from analyser.identities import Resolver
 from analyser.packets import DnsResponse
-from analyser.policies import (
+from analyser.peers import (
     DNS_PORTS,
     ClusterDns,
-    DefaultDeny,
     Exposure,
     IpPeer,
-    LabelSelector,
-    LeftOut,
     PodPeer,
-    Policy,
     PortSpec,
+    SpecialAddress,
+    special_address,
+)
+from analyser.policies import (
+    DefaultDeny,
+    LeftOut,
+    Policy,
     Rule,
     SelectorWarning,
-    SpecialAddress,
     node_blocks,
     partition_policies,
     policy_names,
     selector_warnings,
-    special_address,
     synthesize,
     unselectable_reasons,
     unselectable_workloads,
@@ -39,7 +40,9 @@ from analyser.policies import (
 from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, render_policy_files
 from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.selectors import LabelSelector
 from analyser.snapshot import Snapshot, parse_snapshot_documents
+from analyser.workloads import Workload, WorkloadRef
 from kernel.errors import UnsafePolicies
 from tests.analyser.flow_builders import (
     API_BLUE,

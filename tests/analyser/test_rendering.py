@@ -18,16 +18,8 @@ from analyser import rendering
 from analyser.bundles import FileProblem
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import EdgeStats, NodeRole
-from analyser.policies import (
-    DefaultDeny,
-    IpPeer,
-    LabelRequirement,
-    LabelSelector,
-    PodPeer,
-    Policy,
-    PortSpec,
-    Rule,
-)
+from analyser.peers import IpPeer, PodPeer, PortSpec
+from analyser.policies import DefaultDeny, Policy, Rule
 from analyser.rendering import (
     Provenance,
     ReportFacts,
@@ -38,6 +30,7 @@ from analyser.rendering import (
     render_report,
     yaml_quoted,
 )
+from analyser.selectors import LabelRequirement, LabelSelector
 from kernel.errors import RenderError
 
 KUBERNETES_VERSION = "1.30.0"

@@ -17,7 +17,8 @@ import yaml
 from analyser import rendering
 from analyser.bundles import FileProblem
 from analyser.graphs import NodeRole
-from analyser.policies import DefaultDeny, IpPeer, Policy, PortSpec, Rule
+from analyser.peers import IpPeer, PortSpec
+from analyser.policies import DefaultDeny, Policy, Rule
 from analyser.rendering import (
     default_deny_object,
     dot_quoted,

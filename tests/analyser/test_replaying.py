@@ -13,7 +13,7 @@ from analyser.evaluation import ContainerPort, Direction, PolicySet, PortRange, 
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
 from analyser.graphs import EdgeStats, FlowAttribution, NodeRole
 from analyser.identities import Resolver
-from analyser.policies import PortSpec
+from analyser.peers import PortSpec
 from analyser.replaying import (
     check_policies_allow,
     cluster_facts,

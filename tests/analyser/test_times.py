@@ -4,12 +4,14 @@ number."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from analyser.snapshot import parse_timestamp
+from analyser.snapshot import load_pod_ip_history
 from kernel.bundles import Window
-from kernel.times import EARLIEST, LATEST, possible, utc_text
+from kernel.errors import SnapshotError
+from kernel.times import EARLIEST, LATEST, parse_timestamp, possible, utc_text
 
 
 def test_the_range_is_1970_to_the_end_of_9999() -> None:
@@ -37,3 +39,15 @@ def test_a_time_out_of_range_is_written_as_the_number_it_is(epoch: float) -> Non
 def test_rfc3339_text_that_leaves_the_range_once_in_utc_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a time from 1970 to 9999"):
         parse_timestamp(text)
+
+
+def test_a_whole_number_too_large_for_a_float_is_out_of_range_not_an_overflow(
+    tmp_path: Path,
+) -> None:
+    """JSON writes any whole number: 10**400 seconds must be refused like 1e300, not crash."""
+    with pytest.raises(ValueError, match="not a time from 1970 to 9999"):
+        parse_timestamp(10**400)
+    history = tmp_path / "pod-ips.jsonl"
+    history.write_text('{"time": 1' + "0" * 400 + ', "namespace": "a", "pod": "p"}\n')
+    with pytest.raises(SnapshotError, match="'time' is not a timestamp"):
+        load_pod_ip_history(history)

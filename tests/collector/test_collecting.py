@@ -225,7 +225,7 @@ def test_the_bundle_opens_with_the_analysers_loaders(shop: MemoryCluster, tmp_pa
     assert [path.name for path in bundle.captures] == ["capture.pcap0", "capture.pcap0"]
     assert not (out / PARTIALS).exists()
     snapshot = load_snapshot(bundle.snapshot)
-    assert {pod["metadata"]["name"] for pod in snapshot.pods} >= {"web-1", "db-0", "coredns-1"}
+    assert {pod.name for pod in snapshot.pods} >= {"web-1", "db-0", "coredns-1"}
     assert bundle.pod_ips is not None
     history = load_pod_ip_history(bundle.pod_ips)
     assert {(event.pod, event.ips) for event in history} >= {("db-0", ("10.0.0.6", "fd00::6"))}

@@ -219,9 +219,9 @@ def test_snapshot_and_ip_history_from_a_real_api_server(
 
     # and the analyser loads it
     snapshot = load_snapshot(snapshot_path)
-    assert {ns["metadata"]["name"] for ns in snapshot.namespaces} >= {shop, "kube-system"}
-    web = [p for p in snapshot.pods if p["metadata"]["labels"].get("app") == "web"]
-    assert web and web[0]["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+    assert {ns.name for ns in snapshot.namespaces} >= {shop, "kube-system"}
+    web = [p for p in snapshot.pods if p.labels.get("app") == "web"]
+    assert web and web[0].meta.owner_references[0].kind == "ReplicaSet"
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from analyser.graphs import attempts
-from analyser.policies import SpecialAddress
+from analyser.peers import SpecialAddress
 from analyser.rendering import KUSTOMIZATION
 from cli.main import ExitStatus, main
 from tests.bundle_builders import ACK, SYN, Frame, handshake, tcp, udp
