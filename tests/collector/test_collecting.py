@@ -9,6 +9,8 @@ import io
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -513,23 +515,22 @@ def write_kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
-def test_cli_says_once_that_the_api_server_is_unreachable(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """One error line naming the server, not the HTTP library's warning for every retry."""
+def test_cli_says_once_that_the_api_server_is_unreachable(tmp_path: Path) -> None:
+    """One error line naming the server, not the HTTP library's warning for every retry (run as a
+    process: its logging is set up as a user's is, not as pytest's)."""
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{port}")
-    status = main(
-        ["collect", "-n", "shop", "-o", str(tmp_path / "b"), "--kubeconfig", str(kubeconfig)]
+    argv = ["collect", "-n", "shop", "-o", str(tmp_path / "b"), "--kubeconfig", str(kubeconfig)]
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", *argv], capture_output=True, text=True, check=False
     )
-    assert status == ExitStatus.ERROR
-    lines = capsys.readouterr().err.splitlines()
-    assert lines == [
-        line for line in lines if line.startswith("netpol-sniffer collect: error: ")
-    ], lines
-    assert len(lines) == 1 and f"https://127.0.0.1:{port}" in lines[0]
+    assert result.returncode == ExitStatus.ERROR
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("netpol-sniffer collect: error: ")
+    assert f"https://127.0.0.1:{port}" in lines[0]
 
 
 def test_cli_reports_a_missing_permission(
