@@ -14,6 +14,7 @@ from cryptography import x509
 
 from certs.make_certs import LOOPBACK_NAMES, make_certs, service_names
 from kernel.names import CAPTURE_ENABLED, CAPTURE_LABEL
+from tests.kubectl import kubectl
 from tests.webhook.podchecks import schema_problems
 from webhook.app import DEFAULT_PORT
 from webhook.settings import WebhookSettings, build_settings, parse_config_text
@@ -25,27 +26,12 @@ NAMESPACE = "netpol-sniffer"
 SERVICE = "netpol-sniffer-webhook"
 
 
-def find_kubectl() -> str | None:
-    """kubectl on PATH, else the one `make control-plane` builds for the e2e tests."""
-    on_path = shutil.which("kubectl")
-    if on_path:
-        return on_path
-    from tests.e2e.controlplane import binary_dir
-
-    built = binary_dir() / "kubectl"
-    return str(built) if built.is_file() else None
-
-
-KUBECTL = find_kubectl()
-pytestmark = pytest.mark.skipif(
-    KUBECTL is None, reason="no kubectl on PATH and none built yet (make control-plane)"
-)
+pytestmark = pytest.mark.kubectl
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
-    assert KUBECTL is not None
     result = subprocess.run(
-        [KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, check=False
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
