@@ -17,7 +17,12 @@ from kernel.names import CAPTURE_ENABLED, CAPTURE_LABEL
 from tests.kubectl import kubectl
 from tests.webhook.podchecks import schema_problems
 from webhook.app import DEFAULT_PORT
-from webhook.settings import WebhookSettings, build_settings, parse_config_text
+from webhook.settings import (
+    WebhookSettings,
+    build_settings,
+    environment_config,
+    parse_config_text,
+)
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 # matchConditions are GA from 1.30; the newest schema the validator ships.
@@ -194,3 +199,22 @@ def test_cert_manager_overlay_is_wired(cert_manager: list[dict[str, Any]]) -> No
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == certificate["spec"]["secretName"]
     assert not [o for o in cert_manager if o["kind"] == "Secret"]
+
+
+def test_the_registry_example_sets_both_images() -> None:
+    """The overlay README's journey copies: the webhook's image by kustomize's ``images:``, the
+    sidecar's by the setting the webhook reads from its environment."""
+    objects = render(MANIFESTS / "overlays" / "registry-example")
+    registry = "registry.example.com/platform"
+    deployment = one(objects, "Deployment", "netpol-sniffer-webhook")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"{registry}/netpol-sniffer-webhook:0.1.0"
+    environ = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    config_map = one(objects, "ConfigMap", "netpol-sniffer-webhook-config")
+    settings = build_settings(
+        parse_config_text(config_map["data"]["config.yaml"], source="configmap"),
+        environment_config(environ),
+    )
+    assert settings.capture_image == f"{registry}/netpol-sniffer-capture:0.1.0"
+    for obj in builtin(objects):
+        assert schema_problems(obj, VERSIONS[-1]) is None, obj["kind"]
