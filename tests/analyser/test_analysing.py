@@ -230,6 +230,8 @@ def test_only_captured_workloads_get_policies(analysis: Analysis) -> None:
         "shop.cart.yaml",
         "web.frontend.yaml",
     ]
+    # The report counts the policies, not the graph's files beside them.
+    assert "| policy files | 2 |" in analysis.files["report.md"]
 
 
 def test_every_policy_validates_against_the_openapi_schema(analysis: Analysis) -> None:
