@@ -47,8 +47,8 @@ from analyser.policies import (
     DefaultDeny,
     LeftOut,
     Policy,
+    PolicyPlan,
     SelectorWarning,
-    partition_policies,
     selector_warnings,
     synthesize,
     unselectable_reasons,
@@ -131,8 +131,7 @@ class Observation:
 class Analysis(Observation):
     """An observation plus the policies made from it and every rendered file (not yet written)."""
 
-    policies: tuple[Policy, ...]
-    default_denies: tuple[DefaultDeny, ...]
+    plan: PolicyPlan  # the policies, the default-denies and what they leave out (synthesize)
     unselectable: tuple[str, ...]  # captured workloads without a stable label: no policy
     files: Mapping[str, str]  # output path (relative, POSIX) → text, sorted
     notes: tuple[str, ...] = ()  # what the output leaves out, and why (graph.svg too big to draw)
@@ -140,6 +139,16 @@ class Analysis(Observation):
     # how), and whether their exposed ports were allowed from anywhere (or the clients seen only).
     exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
     exposed_anywhere: bool = True
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        """One per workload that got a policy (``plan.policies``)."""
+        return self.plan.policies
+
+    @property
+    def default_denies(self) -> tuple[DefaultDeny, ...]:
+        """One per namespace that got a default-deny (``plan.default_denies``)."""
+        return self.plan.default_denies
 
     @property
     def unselectable_reasons(self) -> dict[str, str]:
@@ -158,7 +167,7 @@ class Analysis(Observation):
     @property
     def left_out(self) -> tuple[LeftOut, ...]:
         """Observed traffic with special addresses that the policies leave out on purpose."""
-        return left_out_of(self.policies)
+        return self.plan.left_out
 
     @property
     def unvouched(self) -> tuple[UnvouchedPair, ...]:
@@ -524,11 +533,6 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
 # -- the safety check ------------------------------------------------------------------------
 
 
-def left_out_of(policies: Iterable[Policy]) -> tuple[LeftOut, ...]:
-    """What the policies leave out on purpose (``Policy.left_out``), sorted."""
-    return tuple(sorted(item for policy in policies for item in policy.left_out))
-
-
 def check_safety(
     policy_files: Mapping[str, str],
     graph: Any,
@@ -676,20 +680,18 @@ def analyse(
     )
     cluster_dns = seen.resolver.cluster_dns(seen.flows)
     exposures = seen.resolver.exposures()
-    policies, default_denies = partition_policies(
-        synthesize(
-            seen.graph,
-            cluster_dns=cluster_dns,
-            default_deny=default_deny,
-            node_addresses=seen.snapshot.node_by_address,
-            node_cidrs=node_cidrs,
-            max_outside_addresses=max_outside_addresses,
-            allowed_special=allowed_special,
-            exposures=exposures if expose_anywhere else None,
-            internal_networks=seen.resolver.cluster_networks,
-        )
+    plan = synthesize(
+        seen.graph,
+        cluster_dns=cluster_dns,
+        default_deny=default_deny,
+        node_addresses=seen.snapshot.node_by_address,
+        node_cidrs=node_cidrs,
+        max_outside_addresses=max_outside_addresses,
+        allowed_special=allowed_special,
+        exposures=exposures if expose_anywhere else None,
+        internal_networks=seen.resolver.cluster_networks,
     )
-    left_out = left_out_of(policies)
+    policies = plan.policies
     unselectable = unselectable_workloads(seen.graph)
     manifest = bundle.manifest
     window = seen.window
@@ -697,8 +699,8 @@ def analyse(
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
-    files = render_policy_files(policies, default_denies=default_denies, provenance=provenance)
-    check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=left_out)
+    files = render_policy_files(policies, default_denies=plan.default_denies, provenance=provenance)
+    check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
     if svg is not None:
@@ -724,15 +726,14 @@ def analyse(
         notes=notes,
         exposures=exposed,
         exposed_anywhere=expose_anywhere,
-        left_out=left_out,
+        left_out=plan.left_out,
         selector_warnings=selector_warnings(seen.graph),
         unvouched=unvouched_pairs(seen.graph),
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(
         **{f.name: getattr(seen, f.name) for f in fields(Observation)},
-        policies=tuple(policies),
-        default_denies=tuple(default_denies),
+        plan=plan,
         unselectable=unselectable,
         files=dict(sorted(files.items())),
         notes=notes,

@@ -1,5 +1,5 @@
 """The policy model: frozen dataclasses describing the NetworkPolicies to write, and their
-synthesis from the workload graph.
+synthesis from the workload graph into a :class:`PolicyPlan`.
 
 Data only, no I/O: rendering to YAML lives in ``rendering``; the semantics used to check a set of
 policies live in ``evaluation``.
@@ -77,6 +77,21 @@ class DefaultDeny:
 
     namespace: str
     name: str = "default-deny-all"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPlan:
+    """What :func:`synthesize` decided: a policy per workload, the default-denies, and (from the
+    policies) the traffic they leave out on purpose."""
+
+    policies: tuple[Policy, ...] = ()  # by namespace, then name
+    default_denies: tuple[DefaultDeny, ...] = ()  # by namespace
+
+    @property
+    def left_out(self) -> tuple[LeftOut, ...]:
+        """Observed traffic with special addresses that the policies do not allow (every
+        :attr:`Policy.left_out`), sorted."""
+        return tuple(sorted(item for policy in self.policies for item in policy.left_out))
 
 
 # An ipBlock of every address of one IP version.
@@ -399,13 +414,13 @@ def synthesize(
     allowed_special: Collection[SpecialAddress] = (),
     exposures: Mapping[str, Iterable[Exposure]] | None = None,
     internal_networks: Iterable[str] = (),
-) -> list[Policy | DefaultDeny]:
+) -> PolicyPlan:
     """One :class:`Policy` per in-scope workload of ``graph`` (schema: ``analyser.graphs``),
     allowing what was observed and DNS to the cluster DNS pods, plus, with ``default_deny``, a
     :class:`DefaultDeny` per namespace in scope and a policy for every other workload of those
     namespaces seen in the graph (a namespace where such a workload has no stable label gets no
     default-deny). Workloads without a stable label, or on the host network, get no policy
-    (:func:`unselectable_workloads`). Sorted by namespace, then default-deny first, then name.
+    (:func:`unselectable_workloads`).
 
     Traffic with a node (from or to a node address) is allowed on its ports with every node:
     :func:`node_blocks` of ``node_addresses`` (every node address the snapshot knows) or, when
@@ -452,7 +467,7 @@ def synthesize(
     reserved = {DefaultDeny("").name} if default_deny else set()
     names = policy_names((w for _, w in chosen), reserved=reserved)
     unselectable = {node_id for node_id, w in chosen if _unselectable(w)}
-    result: list[Policy | DefaultDeny] = []
+    policies: list[Policy] = []
     for node_id, workload in chosen:
         if node_id in unselectable:
             continue
@@ -526,7 +541,7 @@ def synthesize(
             egress[_local(dns_peer, namespace)] |= dns_ports
         for cache in dns.node_local:
             egress[cache] |= set(DNS_PORTS)
-        result.append(
+        policies.append(
             Policy(
                 namespace=namespace,
                 name=names[node_id],
@@ -537,19 +552,12 @@ def synthesize(
                 left_out=tuple(sorted(left_out)),
             )
         )
+    default_denies = []
     if default_deny:
         # Not where a workload seen there has no label (or selector) to write its policy with.
         cut_off = {w.ref.namespace for _, w in chosen if _unselectable(w) and not w.host_network}
-        result += [DefaultDeny(namespace) for namespace in namespaces if namespace not in cut_off]
-    return sorted(result, key=lambda p: (p.namespace, isinstance(p, Policy), p.name))
-
-
-def partition_policies(
-    synthesized: Iterable[Policy | DefaultDeny],
-) -> tuple[list[Policy], list[DefaultDeny]]:
-    """:func:`synthesize`'s result as (workload policies, default-denies), order kept."""
-    items = list(synthesized)
-    return (
-        [p for p in items if isinstance(p, Policy)],
-        [p for p in items if isinstance(p, DefaultDeny)],
+        default_denies = [DefaultDeny(ns) for ns in namespaces if ns not in cut_off]
+    return PolicyPlan(
+        policies=tuple(sorted(policies, key=lambda p: (p.namespace, p.name))),
+        default_denies=tuple(default_denies),
     )

@@ -98,12 +98,13 @@ def run(count: int) -> float:
     began = time.perf_counter()
     graph = build_graph(flows, resolver, scope=scope)
     built = time.perf_counter()
-    policies = synthesize(graph, cluster_dns=resolver.cluster_dns(), default_deny=True)
+    plan = synthesize(graph, cluster_dns=resolver.cluster_dns(), default_deny=True)
     done = time.perf_counter()
     rate = count / (built - began)
     print(
         f"{count:>9} flows: build_graph {built - began:6.2f}s = {rate:9.0f} flows/s; "
-        f"synthesize {done - built:.3f}s ({len(policies)} objects, "
+        f"synthesize {done - built:.3f}s ({len(plan.policies) + len(plan.default_denies)} "
+        f"objects, "
         f"{graph.number_of_edges()} edges)"
     )
     return rate

@@ -14,13 +14,15 @@ from analyser.bundles import open_bundle
 from analyser.evaluation import Direction
 from analyser.flows import Flow, Protocol
 from analyser.graphs import Sides, build_graph, unvouched_pairs
-from analyser.identities import Vantage, WorkloadRef
-from analyser.policies import Policy, PortSpec, synthesize
+from analyser.identities import Vantage
+from analyser.peers import PortSpec
+from analyser.policies import synthesize
 from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, render_policy_files
 from analyser.replaying import check_policies_allow, cluster_facts, verify_graph
 from analyser.sources import CaptureReport
 from analyser.vouching import Witnesses
+from analyser.workloads import WorkloadRef
 from tests.analyser.flow_builders import (
     API_BLUE,
     API_SVC,
@@ -192,7 +194,7 @@ def test_a_flow_only_the_client_claims_makes_no_ingress_rule_at_a_captured_serve
         f"not seen by the capture of {WEB} while it ran (or dated before that pod existed): no "
         f"ingress rule for it at {WEB}; only the other side's captures claim it"
     )
-    policies = {p.workload: p for p in synthesize(graph) if isinstance(p, Policy)}
+    policies = {p.workload: p for p in synthesize(graph).policies}
     assert [r.ports for r in policies[API_BLUE_W].egress if r.peer.description == WEB] == [
         (PortSpec(Protocol.TCP, 9999),)
     ]
@@ -203,7 +205,7 @@ def test_a_flow_only_the_server_claims_makes_no_egress_rule_at_a_captured_client
     graph = _graph([flow(f"{WEB_A}:41000", f"{API_BLUE}:9999", capture=API_CAPTURE)])
 
     assert _stats(graph, WEB, API_BLUE_W, 9999).vouched == Sides(client=False, server=True)
-    policies = {p.workload: p for p in synthesize(graph) if isinstance(p, Policy)}
+    policies = {p.workload: p for p in synthesize(graph).policies}
     assert not [r for r in policies[WEB].egress if r.peer.description == API_BLUE_W]
     assert [r.ports for r in policies[API_BLUE_W].ingress if r.peer.description == WEB] == [
         (PortSpec(Protocol.TCP, 9999),)
@@ -232,7 +234,7 @@ def test_the_safety_check_and_verify_hold_each_side_to_what_it_vouched_for() -> 
     what only api's capture claims; verify lists that connection as unchecked at web's ingress,
     and does not count it as observed for the pair."""
     graph = _graph([flow(f"{API_BLUE}:41000", f"{WEB_A}:9999", capture=API_CAPTURE)])
-    policies = [p for p in synthesize(graph) if isinstance(p, Policy)]
+    policies = synthesize(graph).policies
     loaded = parse_policy_texts(render_policy_files(policies, provenance=Provenance()))
     facts = cluster_facts(cluster(), resolver())
 
