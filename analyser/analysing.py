@@ -25,21 +25,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from analyser.addresses import parse_address
 from analyser.bundles import Bundle, FileProblem
 from analyser.flows import Evidence, Flow, orient
-from analyser.graphs import (
-    NodeRole,
-    UnvouchedPair,
-    attempts,
-    build_graph,
-    is_loopback,
-    loopback_flows,
-    unresolved_addresses,
-    unvouched_pairs,
-)
+from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
 from analyser.peers import Exposure, SpecialAddress
 from analyser.policies import (
@@ -105,7 +95,7 @@ class Observation:
     scope: Scope  # the captured workloads: they get policies
     traffic: Traffic
     flows: tuple[Flow, ...]
-    graph: Any  # networkx.DiGraph, schema in analyser.graphs
+    graph: WorkloadGraph
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
 
     @property
@@ -172,11 +162,10 @@ class Analysis(Observation):
     @property
     def unvouched(self) -> tuple[UnvouchedPair, ...]:
         """Traffic a side's own captures did not vouch for: no rule on that side."""
-        return unvouched_pairs(self.graph)
+        return self.graph.unvouched_pairs()
 
     def summary(self) -> dict[str, object]:
         """The machine-readable summary (``analyse --json``): plain JSON types, stable order."""
-        roles = Counter(str(attrs.get("role")) for _, attrs in self.graph.nodes(data=True))
         manifest = self.bundle.manifest
         window = self.window
         return {
@@ -189,14 +178,14 @@ class Analysis(Observation):
             "packets": self.traffic.packets,
             "packets_without_flow": dict(self.traffic.skipped),
             "flows": len(self.flows),
-            "never_established": len(attempts(self.graph)),
-            "loopback_flows": loopback_flows(self.graph),
+            "never_established": len(self.graph.attempts),
+            "loopback_flows": self.graph.loopback,
             "foreign_flows": sum(self.traffic.foreign.values()),
             "unvouched_sides": sum(pair.sides for pair in self.unvouched),
             "evidence": {str(e): n for e, n in self.evidence_counts.items()},
-            "workloads": roles.get(NodeRole.WORKLOAD, 0),
-            "external_addresses": roles.get(NodeRole.EXTERNAL, 0),
-            "unresolved_addresses": list(unresolved_addresses(self.graph)),
+            "workloads": len(self.graph.with_role(NodeRole.WORKLOAD)),
+            "external_addresses": len(self.graph.with_role(NodeRole.EXTERNAL)),
+            "unresolved_addresses": list(self.graph.unresolved),
             "policies": list(self.policy_files),
             "without_policy": list(self.unselectable),
             "selector_warnings": [
@@ -535,7 +524,7 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
 
 def check_safety(
     policy_files: Mapping[str, str],
-    graph: Any,
+    graph: WorkloadGraph,
     snapshot: Snapshot,
     resolver: Resolver,
     *,
@@ -728,7 +717,7 @@ def analyse(
         exposed_anywhere=expose_anywhere,
         left_out=plan.left_out,
         selector_warnings=selector_warnings(seen.graph),
-        unvouched=unvouched_pairs(seen.graph),
+        unvouched=seen.graph.unvouched_pairs(),
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(
@@ -742,13 +731,13 @@ def analyse(
     )
 
 
-def graph_svg(graph: Any, dot: str) -> tuple[str | None, str | None]:
+def graph_svg(graph: WorkloadGraph, dot: str) -> tuple[str | None, str | None]:
     """(graph.svg, None), or (None, why it was left out): the picture is a convenience, so a graph
     too big to draw or Graphviz failing never costs the policies. No note when Graphviz is not
     installed (the CLI's help says graph.svg needs it)."""
     if shutil.which("dot") is None:
         return None, None
-    nodes, edges = graph.number_of_nodes(), graph.number_of_edges()
+    nodes, edges = len(graph.nodes), len(graph.edges)
     if nodes > MAX_SVG_NODES or edges > MAX_SVG_EDGES:
         return None, (
             f"{GRAPH_SVG} not drawn: the graph has {nodes:,} nodes and {edges:,} edges (drawn up "

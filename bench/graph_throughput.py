@@ -104,8 +104,7 @@ def run(count: int) -> float:
     print(
         f"{count:>9} flows: build_graph {built - began:6.2f}s = {rate:9.0f} flows/s; "
         f"synthesize {done - built:.3f}s ({len(plan.policies) + len(plan.default_denies)} "
-        f"objects, "
-        f"{graph.number_of_edges()} edges)"
+        f"objects, {len(graph.edges)} edges)"
     )
     return rate
 

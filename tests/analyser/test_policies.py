@@ -10,7 +10,7 @@ import pytest
 
 from analyser.dns import DnsNames, DnsTable
 from analyser.flows import Evidence, Protocol
-from analyser.graphs import build_graph
+from analyser.graphs import WorkloadGraph, build_graph
 from analyser.identities import Resolver
 from analyser.packets import DnsResponse
 from analyser.peers import (
@@ -96,7 +96,7 @@ def rules_to(rules: tuple[Rule, ...]) -> dict[str, tuple[tuple[str, int], ...]]:
 
 def synthesized(
     flows: list[Any], scope: set[WorkloadRef], *, dns: FakeDns | None = None, **kw: Any
-) -> tuple[Any, Resolver, PolicyPlan]:
+) -> tuple[WorkloadGraph, Resolver, PolicyPlan]:
     names = resolver()
     graph = build_graph(flows, names, dns, scope=scope)
     kw.setdefault("node_addresses", cluster().node_by_address)  # as analyse gives them
@@ -210,7 +210,7 @@ def test_each_policy_takes_an_outside_address_s_names_from_its_own_captures_only
     ]
     names = resolver()
     graph = build_graph(flows, names, dns, scope={WEB, API_BLUE_W})
-    assert graph.nodes[f"ip:{EXAMPLE}"]["names"] == ("api.example", "evil.example")
+    assert graph.node(f"ip:{EXAMPLE}").names == ("api.example", "evil.example")
     policies = by_workload(synthesize(graph, cluster_dns=names.cluster_dns()))
     [web_rule] = [r for r in policies[str(WEB)].egress if isinstance(r.peer, IpPeer)]
     assert web_rule.peer == IpPeer(f"{EXAMPLE}/32", ("evil.example",))
