@@ -25,21 +25,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from analyser.addresses import parse_address
 from analyser.bundles import Bundle, FileProblem
 from analyser.flows import Evidence, Flow, orient
-from analyser.graphs import (
-    NodeRole,
-    UnvouchedPair,
-    attempts,
-    build_graph,
-    is_loopback,
-    loopback_flows,
-    unresolved_addresses,
-    unvouched_pairs,
-)
+from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
 from analyser.peers import Exposure, SpecialAddress
 from analyser.policies import (
@@ -47,8 +37,8 @@ from analyser.policies import (
     DefaultDeny,
     LeftOut,
     Policy,
+    PolicyPlan,
     SelectorWarning,
-    partition_policies,
     selector_warnings,
     synthesize,
     unselectable_reasons,
@@ -105,7 +95,7 @@ class Observation:
     scope: Scope  # the captured workloads: they get policies
     traffic: Traffic
     flows: tuple[Flow, ...]
-    graph: Any  # networkx.DiGraph, schema in analyser.graphs
+    graph: WorkloadGraph
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
 
     @property
@@ -131,8 +121,7 @@ class Observation:
 class Analysis(Observation):
     """An observation plus the policies made from it and every rendered file (not yet written)."""
 
-    policies: tuple[Policy, ...]
-    default_denies: tuple[DefaultDeny, ...]
+    plan: PolicyPlan  # the policies, the default-denies and what they leave out (synthesize)
     unselectable: tuple[str, ...]  # captured workloads without a stable label: no policy
     files: Mapping[str, str]  # output path (relative, POSIX) → text, sorted
     notes: tuple[str, ...] = ()  # what the output leaves out, and why (graph.svg too big to draw)
@@ -140,6 +129,16 @@ class Analysis(Observation):
     # how), and whether their exposed ports were allowed from anywhere (or the clients seen only).
     exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
     exposed_anywhere: bool = True
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        """One per workload that got a policy (``plan.policies``)."""
+        return self.plan.policies
+
+    @property
+    def default_denies(self) -> tuple[DefaultDeny, ...]:
+        """One per namespace that got a default-deny (``plan.default_denies``)."""
+        return self.plan.default_denies
 
     @property
     def unselectable_reasons(self) -> dict[str, str]:
@@ -158,16 +157,15 @@ class Analysis(Observation):
     @property
     def left_out(self) -> tuple[LeftOut, ...]:
         """Observed traffic with special addresses that the policies leave out on purpose."""
-        return left_out_of(self.policies)
+        return self.plan.left_out
 
     @property
     def unvouched(self) -> tuple[UnvouchedPair, ...]:
         """Traffic a side's own captures did not vouch for: no rule on that side."""
-        return unvouched_pairs(self.graph)
+        return self.graph.unvouched_pairs()
 
     def summary(self) -> dict[str, object]:
         """The machine-readable summary (``analyse --json``): plain JSON types, stable order."""
-        roles = Counter(str(attrs.get("role")) for _, attrs in self.graph.nodes(data=True))
         manifest = self.bundle.manifest
         window = self.window
         return {
@@ -180,14 +178,14 @@ class Analysis(Observation):
             "packets": self.traffic.packets,
             "packets_without_flow": dict(self.traffic.skipped),
             "flows": len(self.flows),
-            "never_established": len(attempts(self.graph)),
-            "loopback_flows": loopback_flows(self.graph),
+            "never_established": len(self.graph.attempts),
+            "loopback_flows": self.graph.loopback,
             "foreign_flows": sum(self.traffic.foreign.values()),
             "unvouched_sides": sum(pair.sides for pair in self.unvouched),
             "evidence": {str(e): n for e, n in self.evidence_counts.items()},
-            "workloads": roles.get(NodeRole.WORKLOAD, 0),
-            "external_addresses": roles.get(NodeRole.EXTERNAL, 0),
-            "unresolved_addresses": list(unresolved_addresses(self.graph)),
+            "workloads": len(self.graph.with_role(NodeRole.WORKLOAD)),
+            "external_addresses": len(self.graph.with_role(NodeRole.EXTERNAL)),
+            "unresolved_addresses": list(self.graph.unresolved),
             "policies": list(self.policy_files),
             "without_policy": list(self.unselectable),
             "selector_warnings": [
@@ -524,14 +522,9 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
 # -- the safety check ------------------------------------------------------------------------
 
 
-def left_out_of(policies: Iterable[Policy]) -> tuple[LeftOut, ...]:
-    """What the policies leave out on purpose (``Policy.left_out``), sorted."""
-    return tuple(sorted(item for policy in policies for item in policy.left_out))
-
-
 def check_safety(
     policy_files: Mapping[str, str],
-    graph: Any,
+    graph: WorkloadGraph,
     snapshot: Snapshot,
     resolver: Resolver,
     *,
@@ -676,20 +669,18 @@ def analyse(
     )
     cluster_dns = seen.resolver.cluster_dns(seen.flows)
     exposures = seen.resolver.exposures()
-    policies, default_denies = partition_policies(
-        synthesize(
-            seen.graph,
-            cluster_dns=cluster_dns,
-            default_deny=default_deny,
-            node_addresses=seen.snapshot.node_by_address,
-            node_cidrs=node_cidrs,
-            max_outside_addresses=max_outside_addresses,
-            allowed_special=allowed_special,
-            exposures=exposures if expose_anywhere else None,
-            internal_networks=seen.resolver.cluster_networks,
-        )
+    plan = synthesize(
+        seen.graph,
+        cluster_dns=cluster_dns,
+        default_deny=default_deny,
+        node_addresses=seen.snapshot.node_by_address,
+        node_cidrs=node_cidrs,
+        max_outside_addresses=max_outside_addresses,
+        allowed_special=allowed_special,
+        exposures=exposures if expose_anywhere else None,
+        internal_networks=seen.resolver.cluster_networks,
     )
-    left_out = left_out_of(policies)
+    policies = plan.policies
     unselectable = unselectable_workloads(seen.graph)
     manifest = bundle.manifest
     window = seen.window
@@ -697,8 +688,8 @@ def analyse(
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
-    files = render_policy_files(policies, default_denies=default_denies, provenance=provenance)
-    check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=left_out)
+    files = render_policy_files(policies, default_denies=plan.default_denies, provenance=provenance)
+    check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
     if svg is not None:
@@ -724,15 +715,14 @@ def analyse(
         notes=notes,
         exposures=exposed,
         exposed_anywhere=expose_anywhere,
-        left_out=left_out,
+        left_out=plan.left_out,
         selector_warnings=selector_warnings(seen.graph),
-        unvouched=unvouched_pairs(seen.graph),
+        unvouched=seen.graph.unvouched_pairs(),
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(
         **{f.name: getattr(seen, f.name) for f in fields(Observation)},
-        policies=tuple(policies),
-        default_denies=tuple(default_denies),
+        plan=plan,
         unselectable=unselectable,
         files=dict(sorted(files.items())),
         notes=notes,
@@ -741,13 +731,13 @@ def analyse(
     )
 
 
-def graph_svg(graph: Any, dot: str) -> tuple[str | None, str | None]:
+def graph_svg(graph: WorkloadGraph, dot: str) -> tuple[str | None, str | None]:
     """(graph.svg, None), or (None, why it was left out): the picture is a convenience, so a graph
     too big to draw or Graphviz failing never costs the policies. No note when Graphviz is not
     installed (the CLI's help says graph.svg needs it)."""
     if shutil.which("dot") is None:
         return None, None
-    nodes, edges = graph.number_of_nodes(), graph.number_of_edges()
+    nodes, edges = len(graph.nodes), len(graph.edges)
     if nodes > MAX_SVG_NODES or edges > MAX_SVG_EDGES:
         return None, (
             f"{GRAPH_SVG} not drawn: the graph has {nodes:,} nodes and {edges:,} edges (drawn up "

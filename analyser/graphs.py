@@ -1,29 +1,25 @@
-"""The who-talks-to-whom graph: flows + identities → a networkx DiGraph of workloads and
-endpoints outside the cluster. The only module that imports networkx.
+"""The who-talks-to-whom graph: flows + identities → a :class:`WorkloadGraph` of workloads, the
+cluster's nodes and addresses outside the cluster (or in it, matching nothing known).
 
-Schema (a contract for policies, rendering, verify and the report):
+The schema is the records below, a contract for policies, rendering, verify and the report:
 
-- Edges point from client to server.
-- Node ids (str): ``"NS/Kind/name"`` for a workload (``WorkloadRef.__str__``), ``"ip:ADDRESS"``
-  for an address outside the cluster, ``"node:NAME"`` for a node, ``"unresolved:ADDRESS"`` for an
-  in-cluster address that matched nothing known at the time.
-- Node attributes: ``role`` (a :class:`NodeRole`), ``label`` (display text), ``workload``
-  (:class:`~analyser.workloads.Workload` or None), ``names`` (tuple of the DNS names of its
-  edges ``names``, sorted: every name some client was told for the address), ``in_scope`` (bool:
-  its pods were captured, so it gets a policy),
-  ``addresses`` (tuple of the addresses seen for a node, an outside or unresolved address, or a
-  hostNetwork workload — the addresses peers saw — sorted; empty for other workloads).
-- Edge attributes: ``ports``: ``dict[PortSpec, EdgeStats]``, keyed by the *target* port (with
-  ``EdgeStats.vouched``: the sides some flow on it was vouched for at, see below);
-  ``names``: the DNS names (sorted tuple) of an outside server's address that the client side's
-  own captures saw it told (``dns.DnsNames.names_for_flow``): a policy takes a peer's names from
-  its own edges only, so one pod's capture cannot name another pod's peers.
-- Graph attributes: ``graph.graph["unresolved"]`` (sorted tuple of unresolved addresses),
-  ``graph.graph["attributions"]`` (tuple of :class:`FlowAttribution`: which flow made which
-  edge, sorted by edge, port and time), ``graph.graph["attempts"]`` (tuple of :class:`Attempt`:
-  TCP connections that were refused or never answered) and ``graph.graph["loopback"]`` (how
-  many flows were on a loopback address), read through :func:`unresolved_addresses`,
-  :func:`edge_rows`, :func:`flows_on_edge`, :func:`attempts` and :func:`loopback_flows`.
+- :class:`GraphNode`: one per workload (all its pods), node, outside or unresolved address; its
+  ``id`` says which (``NS/Kind/name``, ``node:NAME``, ``ip:ADDRESS``, ``unresolved:ADDRESS``:
+  checked on construction), with its ``role``, display ``label``, ``workload``, DNS ``names``,
+  whether it is ``in_scope`` (captured: it gets a policy) and the ``addresses`` peers saw.
+- :class:`GraphEdge`: from client to server, with :class:`EdgeStats` per *target* port (which
+  sides some flow on it was vouched for at: ``EdgeStats.vouched``), and the DNS ``names`` the
+  client side's own captures saw an outside server's address told (a policy takes a peer's names
+  from its own edges only, so one pod's capture cannot name another pod's peers).
+- :class:`WorkloadGraph`: the nodes and edges, plus which flow made which edge
+  (:class:`FlowAttribution`, :meth:`WorkloadGraph.flows_on_edge`), the TCP connections never
+  established (:class:`Attempt`), how many flows were on a loopback address, the unresolved
+  addresses and the traffic a side's captures did not vouch for
+  (:meth:`WorkloadGraph.unvouched_pairs`). Immutable, sorted on construction, so the same flows
+  give the same graph whatever their order.
+
+No graph library: nothing here needs one (no graph algorithm runs on it, only lookups by node and
+by edge), and ``networkx`` cost a tenth of a second to import in every process that analyses.
 
 How flows become edges (details in ``docs/semantics.md``):
 
@@ -44,19 +40,17 @@ How flows become edges (details in ``docs/semantics.md``):
   as ``witness``): a pod's capture speaks for its own side only. ``EdgeStats.vouched`` and
   ``FlowAttribution.vouched`` say which sides were; policies write the client's egress rule
   only for a vouched client side and the server's ingress rule only for a vouched server side
-  (:func:`unvouched_pairs` lists the rest).
+  (:meth:`WorkloadGraph.unvouched_pairs` lists the rest).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
-
-import networkx as nx
 
 from analyser.addresses import address_key, parse_address
 from analyser.flows import Evidence, Flow
@@ -74,6 +68,10 @@ class NodeRole(StrEnum):
     EXTERNAL = "external"
     NODE = "node"
     UNRESOLVED = "unresolved"
+
+
+# How the id of a node that is no workload starts (a workload's is ``str(WorkloadRef)``).
+ID_PREFIXES = {NodeRole.EXTERNAL: "ip:", NodeRole.NODE: "node:", NodeRole.UNRESOLVED: "unresolved:"}
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -168,6 +166,205 @@ class EdgeRow:
     server_label: str
     port: PortSpec
     stats: EdgeStats
+
+
+@dataclass(frozen=True, slots=True)
+class UnvouchedPair:
+    """Traffic from ``client`` to ``server`` (graph node ids) on ``ports`` that the captures at a
+    side did not vouch for: that side's policy has no rule for it (``analyser.vouching``)."""
+
+    client: str
+    server: str
+    ports: tuple[PortSpec, ...]
+    vouched: Sides  # never both
+
+    @property
+    def ports_text(self) -> str:
+        """``TCP/9090, UDP/53``."""
+        return ", ".join(f"{port.protocol}/{port.port}" for port in self.ports)
+
+    @property
+    def sides(self) -> int:
+        """How many rules (egress at the client, ingress at the server) were not written."""
+        return len(self.ports) * ((not self.vouched.client) + (not self.vouched.server))
+
+    @property
+    def why(self) -> str:
+        if not self.vouched.client and not self.vouched.server:
+            return "seen by neither side's own capture while it ran: no rule for it"
+        side, rule = (self.server, "ingress") if self.vouched.client else (self.client, "egress")
+        return (
+            f"not seen by the capture of {side} while it ran (or dated before that pod existed): "
+            f"no {rule} rule for it at {side}; only the other side's captures claim it"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GraphNode:
+    """A workload (all its pods), a node of the cluster, an address outside the cluster, or an
+    address in it that matched nothing known at the time."""
+
+    # ``str(workload.ref)`` for a workload, else its ID_PREFIXES prefix and its name or address.
+    id: str
+    role: NodeRole
+    label: str  # display text: the id, a node's name with its addresses, the address
+    workload: Workload | None = None  # a workload node's, and only theirs
+    # Every DNS name some client was told for an outside address (the ``names`` of its edges).
+    names: tuple[str, ...] = ()
+    in_scope: bool = False  # a workload whose pods were captured: it gets a policy
+    # The addresses seen for a node, an outside or unresolved address, or a hostNetwork workload
+    # (the addresses peers saw), by ``address_key``; none for other workloads.
+    addresses: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.role is NodeRole.WORKLOAD:
+            if self.workload is None or self.id != str(self.workload.ref):
+                raise ValueError(
+                    f"graph node {self.id!r}: a workload node has its workload, and its id is "
+                    "the workload's NS/Kind/name"
+                )
+        elif self.workload is not None or not self.id.startswith(ID_PREFIXES[self.role]):
+            raise ValueError(
+                f"graph node {self.id!r}: a {self.role} node has no workload and an id "
+                f"starting with {ID_PREFIXES[self.role]!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class GraphEdge:
+    """What ``client`` sent ``server`` (graph node ids), per target port."""
+
+    client: str
+    server: str
+    ports: Mapping[PortSpec, EdgeStats] = field(hash=False)  # by port, never empty
+    # The DNS names of an outside server's address that the client side's own captures saw it
+    # told (``dns.DnsNames.names_for_flow``), sorted; none for any other server.
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.ports:
+            raise ValueError(f"graph edge {self.client} → {self.server}: no port")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadGraph:
+    """Who talked to whom (the schema: this module's docstring), as :func:`build_graph` makes it.
+    Sorted on construction (nodes by id, edges by client and server, attributions by edge, port
+    and flow); every edge's ends are nodes."""
+
+    nodes: tuple[GraphNode, ...] = ()
+    edges: tuple[GraphEdge, ...] = ()
+    attributions: tuple[FlowAttribution, ...] = ()  # which flow made which edge
+    attempts: tuple[Attempt, ...] = ()  # connections never established (no edge), by time
+    loopback: int = 0  # how many flows were on a loopback address (no edge)
+    # In-cluster addresses that matched nothing known at the time (UNRESOLVED nodes), sorted.
+    unresolved: tuple[str, ...] = field(init=False)
+    _node: dict[str, GraphNode] = field(init=False, repr=False, compare=False)
+    _by_role: dict[NodeRole, tuple[GraphNode, ...]] = field(init=False, repr=False, compare=False)
+    _edge: dict[tuple[str, str], GraphEdge] = field(init=False, repr=False, compare=False)
+    _to: dict[str, tuple[GraphEdge, ...]] = field(init=False, repr=False, compare=False)
+    _from: dict[str, tuple[GraphEdge, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        def set_field(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        nodes = tuple(sorted(self.nodes, key=_node_id))
+        edges = tuple(sorted(self.edges, key=_edge_ends))
+        by_id = {node.id: node for node in nodes}
+        by_ends = {(edge.client, edge.server): edge for edge in edges}
+        if len(by_id) != len(nodes) or len(by_ends) != len(edges):
+            raise ValueError("a workload graph has each node and each edge once")
+        to: dict[str, list[GraphEdge]] = defaultdict(list)
+        from_: dict[str, list[GraphEdge]] = defaultdict(list)
+        for edge in edges:
+            if edge.client not in by_id or edge.server not in by_id:
+                raise ValueError(f"graph edge {edge.client} → {edge.server}: an end is no node")
+            to[edge.server].append(edge)
+            from_[edge.client].append(edge)
+        by_role: dict[NodeRole, list[GraphNode]] = defaultdict(list)
+        for node in nodes:
+            by_role[node.role].append(node)
+        set_field("nodes", nodes)
+        set_field("edges", edges)
+        set_field("attributions", tuple(sorted(self.attributions, key=_attribution_key)))
+        set_field("attempts", tuple(self.attempts))
+        set_field("_node", by_id)
+        set_field("_by_role", {role: tuple(found) for role, found in by_role.items()})
+        set_field("_edge", by_ends)
+        set_field("_to", {node_id: tuple(found) for node_id, found in to.items()})
+        set_field("_from", {node_id: tuple(found) for node_id, found in from_.items()})
+        unresolved = (a for n in by_role[NodeRole.UNRESOLVED] for a in n.addresses)
+        set_field("unresolved", tuple(sorted(unresolved, key=address_key)))
+
+    def node(self, node_id: str) -> GraphNode:
+        """The node ``node_id`` (KeyError when there is none)."""
+        return self._node[node_id]
+
+    def with_role(self, role: NodeRole) -> tuple[GraphNode, ...]:
+        """The nodes of ``role``, by id."""
+        return self._by_role.get(role, ())
+
+    def edge(self, client: str, server: str) -> GraphEdge:
+        """The edge ``client`` → ``server`` (KeyError when there is none)."""
+        return self._edge[(client, server)]
+
+    def edges_to(self, node_id: str) -> tuple[GraphEdge, ...]:
+        """The edges whose server is ``node_id`` (from its clients), by client."""
+        return self._to.get(node_id, ())
+
+    def edges_from(self, node_id: str) -> tuple[GraphEdge, ...]:
+        """The edges whose client is ``node_id`` (to its servers), by server."""
+        return self._from.get(node_id, ())
+
+    def edge_rows(self) -> tuple[EdgeRow, ...]:
+        """The report's table: one row per edge and target port, by client, server and port."""
+        return tuple(
+            EdgeRow(
+                edge.client,
+                edge.server,
+                self._node[edge.client].label,
+                self._node[edge.server].label,
+                port,
+                stats,
+            )
+            for edge in self.edges
+            for port, stats in sorted(edge.ports.items())
+        )
+
+    def flows_on_edge(
+        self, client: str, server: str, port: PortSpec | None = None
+    ) -> tuple[FlowAttribution, ...]:
+        """The flows counted on the edge ``client`` → ``server`` (on ``port`` only, when given),
+        sorted by port and time. Found by bisection: the attributions are sorted by edge."""
+        found = self.attributions
+        wanted: tuple[Any, ...] = (client, server) if port is None else (client, server, port)
+
+        def place(a: FlowAttribution) -> tuple[Any, ...]:
+            return (a.client, a.server) if port is None else (a.client, a.server, a.port)
+
+        return found[bisect_left(found, wanted, key=place) : bisect_right(found, wanted, key=place)]
+
+    def unvouched_pairs(self) -> tuple[UnvouchedPair, ...]:
+        """Per pair of nodes, the ports with a side no flow was vouched for at, by the sides
+        that were; sorted by client, server and sides."""
+        grouped: dict[tuple[str, str, Sides], list[PortSpec]] = defaultdict(list)
+        for edge in self.edges:
+            for port, stats in sorted(edge.ports.items()):
+                if not stats.vouched.both:
+                    grouped[(edge.client, edge.server, stats.vouched)].append(port)
+        return tuple(
+            UnvouchedPair(client, server, tuple(ports), vouched)
+            for (client, server, vouched), ports in sorted(grouped.items())
+        )
+
+
+def _node_id(node: GraphNode) -> str:
+    return node.id
+
+
+def _edge_ends(edge: GraphEdge) -> tuple[str, str]:
+    return (edge.client, edge.server)
 
 
 class NameTable(Protocol):
@@ -275,41 +472,40 @@ class _Builder:
             self.names[edge].update(names)
             self.nodes[attribution.server].names.update(names)
 
-    def graph(self) -> Any:
-        graph = nx.DiGraph()
-        for node_id in sorted(self.nodes):
-            node = self.nodes[node_id]
+    def graph(self) -> WorkloadGraph:
+        nodes = []
+        for node_id, node in self.nodes.items():
             addresses = tuple(sorted(node.addresses, key=address_key))
             label = node.label
             if node.role is NodeRole.NODE:
                 label = f"{node.label} ({', '.join(addresses)})"
-            graph.add_node(
-                node_id,
-                role=node.role,
-                label=label,
-                workload=node.workload,
-                names=tuple(sorted(node.names)),
-                in_scope=node.in_scope,
-                addresses=addresses,
+            nodes.append(
+                GraphNode(
+                    node_id,
+                    node.role,
+                    label,
+                    workload=node.workload,
+                    names=tuple(sorted(node.names)),
+                    in_scope=node.in_scope,
+                    addresses=addresses,
+                )
             )
-        for (client, server), ports in sorted(self.edges.items()):
-            names = tuple(sorted(self.names.get((client, server), ())))
-            graph.add_edge(client, server, ports=dict(sorted(ports.items())), names=names)
-        graph.graph["unresolved"] = tuple(
-            sorted(
-                (
-                    a
-                    for n in self.nodes.values()
-                    if n.role is NodeRole.UNRESOLVED
-                    for a in n.addresses
-                ),
-                key=address_key,
+        edges = [
+            GraphEdge(
+                client,
+                server,
+                dict(sorted(ports.items())),
+                tuple(sorted(self.names.get((client, server), ()))),
             )
+            for (client, server), ports in self.edges.items()
+        ]
+        return WorkloadGraph(
+            tuple(nodes),
+            tuple(edges),
+            tuple(self.attributions),
+            tuple(self.attempts),
+            self.loopback,
         )
-        graph.graph["attributions"] = tuple(sorted(self.attributions, key=_attribution_key))
-        graph.graph["attempts"] = tuple(self.attempts)
-        graph.graph["loopback"] = self.loopback
-        return graph
 
 
 def _is_loopback_address(address: str) -> bool:
@@ -400,12 +596,12 @@ def build_graph(
     *,
     scope: Scope | Collection[WorkloadRef],
     witness: Witness | None = None,
-) -> Any:
-    """The workload graph (schema above) of ``flows``. ``scope``: the workloads whose pods were
-    captured (``Resolver.scope_of``); they are marked ``in_scope`` and present even when silent.
-    ``dns`` gives the names each flow's client was told for an outside server. ``witness`` says
-    which sides of each flow its captures vouch for (``vouching.Witnesses``); without one, every
-    side is."""
+) -> WorkloadGraph:
+    """The workload graph of ``flows``. ``scope``: the workloads whose pods were captured
+    (``Resolver.scope_of``); they are marked ``in_scope`` and present even when silent. ``dns``
+    gives the names each flow's client was told for an outside server. ``witness`` says which
+    sides of each flow its captures vouch for (``vouching.Witnesses``); without one, every side
+    is."""
     scope_refs = scope.workloads if isinstance(scope, Scope) else frozenset(scope)
     builder = _Builder(resolver, dns, frozenset(scope_refs), witness)
     for ref in sorted(scope_refs):
@@ -694,99 +890,3 @@ def _service_flow(
             flow, client_node, server_node, port, service=service, assumed=True, vouched=vouched
         )
         builder.count(attribution, _stats([flow], service=service, assumed=True, vouched=vouched))
-
-
-# -- reading a built graph -------------------------------------------------------------------
-
-
-def unresolved_addresses(graph: Any) -> tuple[str, ...]:
-    """In-cluster addresses that matched nothing known at the time, sorted."""
-    return tuple(graph.graph.get("unresolved", ()))
-
-
-def loopback_flows(graph: Any) -> int:
-    """How many flows were on a loopback address (no edge)."""
-    return int(graph.graph.get("loopback", 0))
-
-
-def attempts(graph: Any) -> tuple[Attempt, ...]:
-    """TCP connections that were refused or never answered (no edge, no rule), by time."""
-    return tuple(graph.graph.get("attempts", ()))
-
-
-@dataclass(frozen=True, slots=True)
-class UnvouchedPair:
-    """Traffic from ``client`` to ``server`` (graph node ids) on ``ports`` that the captures at a
-    side did not vouch for: that side's policy has no rule for it (``analyser.vouching``)."""
-
-    client: str
-    server: str
-    ports: tuple[PortSpec, ...]
-    vouched: Sides  # never both
-
-    @property
-    def ports_text(self) -> str:
-        """``TCP/9090, UDP/53``."""
-        return ", ".join(f"{port.protocol}/{port.port}" for port in self.ports)
-
-    @property
-    def sides(self) -> int:
-        """How many rules (egress at the client, ingress at the server) were not written."""
-        return len(self.ports) * ((not self.vouched.client) + (not self.vouched.server))
-
-    @property
-    def why(self) -> str:
-        if not self.vouched.client and not self.vouched.server:
-            return "seen by neither side's own capture while it ran: no rule for it"
-        side, rule = (self.server, "ingress") if self.vouched.client else (self.client, "egress")
-        return (
-            f"not seen by the capture of {side} while it ran (or dated before that pod existed): "
-            f"no {rule} rule for it at {side}; only the other side's captures claim it"
-        )
-
-
-def unvouched_pairs(graph: Any) -> tuple[UnvouchedPair, ...]:
-    """Per pair of graph nodes, the ports with a side no flow was vouched for at, by the sides
-    that were; sorted by client, server and sides."""
-    grouped: dict[tuple[str, str, Sides], list[PortSpec]] = defaultdict(list)
-    for row in edge_rows(graph):
-        if not row.stats.vouched.both:
-            grouped[(row.client, row.server, row.stats.vouched)].append(row.port)
-    return tuple(
-        UnvouchedPair(client, server, tuple(ports), vouched)
-        for (client, server, vouched), ports in sorted(grouped.items())
-    )
-
-
-def edge_rows(graph: Any) -> list[EdgeRow]:
-    """The report's table: one row per edge and target port, sorted by client, server, port."""
-    rows = []
-    for client, server, data in sorted(graph.edges(data=True), key=lambda e: (e[0], e[1])):
-        for port, stats in sorted(data["ports"].items()):
-            rows.append(
-                EdgeRow(
-                    client,
-                    server,
-                    graph.nodes[client]["label"],
-                    graph.nodes[server]["label"],
-                    port,
-                    stats,
-                )
-            )
-    return rows
-
-
-def flows_on_edge(
-    graph: Any, client: str, server: str, port: PortSpec | None = None
-) -> tuple[FlowAttribution, ...]:
-    """The flows counted on the edge ``client`` → ``server`` (on ``port`` only, when given),
-    sorted by port and time. Found by bisection: the attributions are sorted by edge."""
-    found: Sequence[FlowAttribution] = graph.graph.get("attributions", ())
-    wanted: tuple[Any, ...] = (client, server) if port is None else (client, server, port)
-
-    def place(a: FlowAttribution) -> tuple[Any, ...]:
-        return (a.client, a.server) if port is None else (a.client, a.server, a.port)
-
-    return tuple(
-        found[bisect_left(found, wanted, key=place) : bisect_right(found, wanted, key=place)]
-    )

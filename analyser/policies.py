@@ -1,5 +1,5 @@
 """The policy model: frozen dataclasses describing the NetworkPolicies to write, and their
-synthesis from the workload graph.
+synthesis from the workload graph (``graphs.WorkloadGraph``) into a :class:`PolicyPlan`.
 
 Data only, no I/O: rendering to YAML lives in ``rendering``; the semantics used to check a set of
 policies live in ``evaluation``.
@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from analyser.graphs import EdgeStats, GraphEdge, GraphNode, NodeRole, WorkloadGraph
 from analyser.peers import (
     DNS_PORTS,
     SPECIAL_REASONS,
@@ -28,6 +29,7 @@ from analyser.peers import (
     special_networks_left_out,
 )
 from analyser.selectors import LabelSelector
+from analyser.workloads import Workload
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -79,50 +81,58 @@ class DefaultDeny:
     name: str = "default-deny-all"
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyPlan:
+    """What :func:`synthesize` decided: a policy per workload, the default-denies, and (from the
+    policies) the traffic they leave out on purpose."""
+
+    policies: tuple[Policy, ...] = ()  # by namespace, then name
+    default_denies: tuple[DefaultDeny, ...] = ()  # by namespace
+
+    @property
+    def left_out(self) -> tuple[LeftOut, ...]:
+        """Observed traffic with special addresses that the policies do not allow (every
+        :attr:`Policy.left_out`), sorted."""
+        return tuple(sorted(item for policy in self.policies for item in policy.left_out))
+
+
 # An ipBlock of every address of one IP version.
 ANYWHERE = {4: "0.0.0.0/0", 6: "::/0"}
 
 
 # -- synthesis from the workload graph -------------------------------------------------------
 
-# Graph roles (``graphs.NodeRole`` values; graphs imports this module, so not imported here).
-_WORKLOAD, _NODE, _EXTERNAL, _UNRESOLVED = "workload", "node", "external", "unresolved"
 MAX_NAME_LENGTH = 253  # a NetworkPolicy name is a DNS-1123 subdomain
 
 
 def _special(
-    graph: Any, node_id: str, allowed: Collection[SpecialAddress]
+    node: GraphNode, allowed: Collection[SpecialAddress]
 ) -> list[tuple[str, SpecialAddress]]:
-    """The addresses of the graph node ``node_id`` (outside or unresolved) that are special and
-    not ``allowed``, with their class; none for a workload or a node."""
-    attrs = graph.nodes[node_id]
-    if attrs["role"] not in (_EXTERNAL, _UNRESOLVED):
+    """The addresses of the graph ``node`` (outside or unresolved) that are special and not
+    ``allowed``, with their class; none for a workload or a node."""
+    if node.role not in (NodeRole.EXTERNAL, NodeRole.UNRESOLVED):
         return []
     return [
         (address, kind)
-        for address in attrs.get("addresses", ())
+        for address in node.addresses
         if (kind := special_address(address)) is not None and kind not in allowed
     ]
 
 
 def _peers(
-    graph: Any,
-    node_id: str,
+    node: GraphNode,
     own_namespace: str,
     nodes: tuple[IpPeer, ...],
-    edge: tuple[str, str],
+    edge: GraphEdge,
     left_out: Collection[str] = (),
 ) -> tuple[Peer, ...]:
-    """How a policy in ``own_namespace`` names the graph node ``node_id``, a peer on the policy's
-    graph ``edge``; ``nodes``: the :func:`node_blocks`; ``left_out``: addresses it is not to name
+    """How a policy in ``own_namespace`` names the graph ``node``, a peer on the policy's graph
+    ``edge``; ``nodes``: the :func:`node_blocks`; ``left_out``: addresses it is not to name
     (:func:`_special`). An outside address's DNS names come from that edge only: what this
     workload's own captures saw it told, never what another pod's capture says about the
     address."""
-    attrs = graph.nodes[node_id]
-    role = attrs["role"]
-    addresses: tuple[str, ...] = attrs.get("addresses", ())
-    if role == _WORKLOAD:
-        workload = attrs["workload"]
+    workload = node.workload
+    if workload is not None:
         if workload.host_network:
             # Its pods use their node's addresses, and selectors never match them. Like traffic
             # with a node, every node: a DaemonSet runs on all of them, and any other workload
@@ -136,15 +146,15 @@ def _peers(
                 description=str(workload.ref),
             ),
         )
-    names = tuple(graph.edges[edge].get("names", ())) if role == _EXTERNAL else ()
-    return tuple(IpPeer(single_address(a), names) for a in addresses if a not in left_out)
+    names = edge.names if node.role is NodeRole.EXTERNAL else ()
+    return tuple(IpPeer(single_address(a), names) for a in node.addresses if a not in left_out)
 
 
 NODE_BLOCK_DESCRIPTION = "cluster nodes"
 
 
 def node_blocks(
-    graph: Any, node_addresses: Iterable[str] = (), node_cidrs: Sequence[str] = ()
+    graph: WorkloadGraph, node_addresses: Iterable[str] = (), node_cidrs: Sequence[str] = ()
 ) -> tuple[IpPeer, ...]:
     """The ipBlocks standing for every node of the cluster: ``node_cidrs`` when given, else each
     of ``node_addresses`` (the snapshot's) as /32 or /128; plus the node addresses ``graph`` saw
@@ -157,10 +167,9 @@ def node_blocks(
     address (:func:`special_address`) is never taken for a node's, whatever the snapshot says."""
     seen = {
         address
-        for _, attrs in graph.nodes(data=True)
-        if attrs["role"] == _NODE
-        or (attrs["role"] == _WORKLOAD and attrs["workload"] and attrs["workload"].host_network)
-        for address in attrs.get("addresses", ())
+        for node in graph.nodes
+        if node.role is NodeRole.NODE or (node.workload is not None and node.workload.host_network)
+        for address in node.addresses
     }
     listed = node_cidrs or tuple(a for a in node_addresses if special_address(a) is None)
     networks = [ipaddress.ip_network(text, strict=False) for text in (*listed, *seen)]
@@ -192,7 +201,7 @@ def _rules(ports_by_peer: dict[Peer, set[PortSpec]]) -> tuple[Rule, ...]:
     return tuple(sorted(rules, key=rule_sort_key))
 
 
-def policy_names(workloads: Iterable[Any], *, reserved: Iterable[str] = ()) -> dict[str, str]:
+def policy_names(workloads: Iterable[Workload], *, reserved: Iterable[str] = ()) -> dict[str, str]:
     """Workload node id → policy name: the workload's name; when two workloads of different
     kinds share a name in one namespace (or the name is reserved), ``<name>-<kind>``; a name still
     taken gets ``-2``, ``-3``... Names are cut to 253 characters."""
@@ -218,7 +227,7 @@ def policy_names(workloads: Iterable[Any], *, reserved: Iterable[str] = ()) -> d
     return names
 
 
-def _unselectable_reason(workload: Any) -> str:
+def _unselectable_reason(workload: Workload) -> str:
     if workload.host_network:
         return "its pods use the host network, where NetworkPolicy does not apply"
     if workload.also_selects:
@@ -229,13 +238,19 @@ def _unselectable_reason(workload: Any) -> str:
     return "its pods have no stable label to select them by"
 
 
-def unselectable_reasons(graph: Any, node_ids: Iterable[str]) -> dict[str, str]:
+def unselectable_reasons(graph: WorkloadGraph, node_ids: Iterable[str]) -> dict[str, str]:
     """Why no policy can be written for each of these unselectable workloads (graph node ids, as
     :func:`unselectable_workloads` gives them)."""
-    return {node_id: _unselectable_reason(graph.nodes[node_id]["workload"]) for node_id in node_ids}
+    reasons = {}
+    for node_id in node_ids:
+        workload = graph.node(node_id).workload
+        if workload is None:
+            raise KeyError(f"{node_id}: no workload node of the graph")
+        reasons[node_id] = _unselectable_reason(workload)
+    return reasons
 
 
-def _unselectable(workload: Any) -> bool:
+def _unselectable(workload: Workload) -> bool:
     # No stable label: a policy would select the whole namespace. A selector that also selects
     # other workloads' pods: their policy would apply to them. hostNetwork: NetworkPolicy does
     # not apply to such pods at all.
@@ -250,13 +265,13 @@ class SelectorWarning:
     warning: str
 
 
-def selector_warnings(graph: Any) -> tuple[SelectorWarning, ...]:
+def selector_warnings(graph: WorkloadGraph) -> tuple[SelectorWarning, ...]:
     """For every workload of ``graph`` whose selector was narrowed, or still selects other
     workloads' pods (``workloads.exclusive_selector``): what that means for the policies."""
     warnings = []
-    for node_id, attrs in sorted(graph.nodes(data=True)):
-        workload = attrs.get("workload")
-        if attrs["role"] != _WORKLOAD or workload is None or workload.host_network:
+    for node in graph.nodes:
+        workload = node.workload
+        if workload is None or workload.host_network:
             continue
         if workload.narrowed_from is not None and not workload.also_selects:
             own = workload.narrowed_from
@@ -268,41 +283,34 @@ def selector_warnings(graph: Any) -> tuple[SelectorWarning, ...]:
                 else "also selects other workloads' pods"
             )
             text = f"its selector {own} {why}: narrowed to its pod labels {workload.selector}"
-            warnings.append(SelectorWarning(node_id, text))
+            warnings.append(SelectorWarning(node.id, text))
         elif workload.also_selects:
             text = (
                 f"no stable label selects only its pods: where another policy names it as a "
                 f"peer, its selector {workload.selector} admits the pods of "
                 f"{', '.join(workload.also_selects)} too"
             )
-            warnings.append(SelectorWarning(node_id, text))
+            warnings.append(SelectorWarning(node.id, text))
     return tuple(warnings)
 
 
-def unselectable_workloads(graph: Any, *, default_deny: bool = False) -> tuple[str, ...]:
+def unselectable_workloads(graph: WorkloadGraph, *, default_deny: bool = False) -> tuple[str, ...]:
     """Workloads no policy can be written for: without any stable label (a policy would select
     every pod of their namespace) or on the host network (NetworkPolicy does not apply to them).
     In-scope ones; with ``default_deny``, also those seen in a namespace in scope (which then gets
     no default-deny: it would cut them off). The report should say so."""
-    in_scope_namespaces = {
-        attrs["workload"].ref.namespace
-        for _, attrs in graph.nodes(data=True)
-        if attrs.get("in_scope") and attrs["role"] == _WORKLOAD and attrs["workload"] is not None
-    }
+    workloads = [(node, node.workload) for node in graph.nodes if node.workload is not None]
+    in_scope_namespaces = {workload.ref.namespace for node, workload in workloads if node.in_scope}
     return tuple(
-        sorted(
-            node_id
-            for node_id, attrs in graph.nodes(data=True)
-            if attrs["role"] == _WORKLOAD
-            and attrs["workload"] is not None
-            and _unselectable(attrs["workload"])
-            and (
-                attrs.get("in_scope")
-                or (
-                    default_deny
-                    and not attrs["workload"].host_network
-                    and attrs["workload"].ref.namespace in in_scope_namespaces
-                )
+        node.id
+        for node, workload in workloads
+        if _unselectable(workload)
+        and (
+            node.in_scope
+            or (
+                default_deny
+                and not workload.host_network
+                and workload.ref.namespace in in_scope_namespaces
             )
         )
     )
@@ -362,22 +370,19 @@ def _expose(
             ports_by_peer[block].add(exposure.port)
 
 
-def _is_outside(graph: Any, node_id: str, peer: IpPeer) -> bool:
-    """Whether ``peer`` (naming the graph node ``node_id``) is an ordinary address outside the
-    cluster: one that counts towards widening to anywhere. A special address allowed on purpose
-    keeps a rule of its own instead."""
-    return (
-        graph.nodes[node_id]["role"] == _EXTERNAL
-        and special_address(peer.cidr.partition("/")[0]) is None
-    )
+def _is_outside(node: GraphNode, peer: IpPeer) -> bool:
+    """Whether ``peer`` (naming the graph ``node``) is an ordinary address outside the cluster:
+    one that counts towards widening to anywhere. A special address allowed on purpose keeps a
+    rule of its own instead."""
+    return node.role is NodeRole.EXTERNAL and special_address(peer.cidr.partition("/")[0]) is None
 
 
-def _answered(peer: IpPeer, stats: dict[PortSpec, Any]) -> set[tuple[IpPeer, PortSpec]]:
+def _answered(peer: IpPeer, stats: Mapping[PortSpec, EdgeStats]) -> set[tuple[IpPeer, PortSpec]]:
     """``(peer, port)`` for the ports of an edge's ``EdgeStats`` on which something came back."""
     return {(peer, port) for port, seen in stats.items() if seen.answered}
 
 
-def _vouched(stats: Mapping[PortSpec, Any], *, server: bool) -> dict[PortSpec, Any]:
+def _vouched(stats: Mapping[PortSpec, EdgeStats], *, server: bool) -> dict[PortSpec, EdgeStats]:
     """The ports of an edge's ``EdgeStats`` whose server side (``server``) or client side some
     flow was vouched for at: a policy's rules come only from flows its own side's captures saw,
     or that no capture of it could have seen (``analyser.vouching``)."""
@@ -389,7 +394,7 @@ def _vouched(stats: Mapping[PortSpec, Any], *, server: bool) -> dict[PortSpec, A
 
 
 def synthesize(
-    graph: Any,
+    graph: WorkloadGraph,
     *,
     cluster_dns: ClusterDns | None = None,
     default_deny: bool = False,
@@ -399,13 +404,12 @@ def synthesize(
     allowed_special: Collection[SpecialAddress] = (),
     exposures: Mapping[str, Iterable[Exposure]] | None = None,
     internal_networks: Iterable[str] = (),
-) -> list[Policy | DefaultDeny]:
-    """One :class:`Policy` per in-scope workload of ``graph`` (schema: ``analyser.graphs``),
-    allowing what was observed and DNS to the cluster DNS pods, plus, with ``default_deny``, a
-    :class:`DefaultDeny` per namespace in scope and a policy for every other workload of those
-    namespaces seen in the graph (a namespace where such a workload has no stable label gets no
-    default-deny). Workloads without a stable label, or on the host network, get no policy
-    (:func:`unselectable_workloads`). Sorted by namespace, then default-deny first, then name.
+) -> PolicyPlan:
+    """One :class:`Policy` per in-scope workload of ``graph``, allowing what was observed and DNS
+    to the cluster DNS pods, plus, with ``default_deny``, a :class:`DefaultDeny` per namespace in
+    scope and a policy for every other workload of those namespaces seen in the graph (a
+    namespace where such a workload has no stable label gets no default-deny). Workloads without
+    a stable label, or on the host network, get no policy (:func:`unselectable_workloads`).
 
     Traffic with a node (from or to a node address) is allowed on its ports with every node:
     :func:`node_blocks` of ``node_addresses`` (every node address the snapshot knows) or, when
@@ -436,9 +440,7 @@ def synthesize(
     node_local_cidrs = {cache.cidr for cache in dns.node_local}
     excluded = special_networks_left_out(allowed_special, internal_networks)
     workloads = [
-        (node_id, attrs["workload"], bool(attrs.get("in_scope")))
-        for node_id, attrs in sorted(graph.nodes(data=True))
-        if attrs["role"] == _WORKLOAD and attrs["workload"] is not None
+        (node.id, node.workload, node.in_scope) for node in graph.nodes if node.workload is not None
     ]
     namespaces = sorted({w.ref.namespace for _, w, in_scope in workloads if in_scope})
     # A default-deny isolates every pod of its namespace, also those that were not captured;
@@ -452,7 +454,7 @@ def synthesize(
     reserved = {DefaultDeny("").name} if default_deny else set()
     names = policy_names((w for _, w in chosen), reserved=reserved)
     unselectable = {node_id for node_id, w in chosen if _unselectable(w)}
-    result: list[Policy | DefaultDeny] = []
+    policies: list[Policy] = []
     for node_id, workload in chosen:
         if node_id in unselectable:
             continue
@@ -466,37 +468,39 @@ def synthesize(
         answered_clients: set[tuple[IpPeer, PortSpec]] = set()
         answered_servers: set[tuple[IpPeer, PortSpec]] = set()
         left_out: set[LeftOut] = set()
-        for client in graph.predecessors(node_id):
-            stats = _vouched(graph.edges[client, node_id]["ports"], server=True)
+        for edge in graph.edges_to(node_id):
+            client = graph.node(edge.client)
+            stats = _vouched(edge.ports, server=True)
             ports = set(stats)
             if not ports:
                 continue
-            if graph.nodes[client]["role"] == _NODE:
+            if client.role is NodeRole.NODE:
                 node_ingress |= ports
                 continue
-            special = _special(graph, client, allowed_special)
+            special = _special(client, allowed_special)
             left_out |= {
                 LeftOut(node_id, INGRESS, address, port, kind)
                 for address, kind in special
                 for port in ports
             }
             left = {a for a, _ in special}
-            for peer in _peers(graph, client, namespace, nodes, (client, node_id), left):
+            for peer in _peers(client, namespace, nodes, edge, left):
                 ingress[peer] |= ports
-                if isinstance(peer, IpPeer) and _is_outside(graph, client, peer):
+                if isinstance(peer, IpPeer) and _is_outside(client, peer):
                     outside_clients.add(peer)
                     answered_clients |= _answered(peer, stats)
-        for server in graph.successors(node_id):
-            stats = _vouched(graph.edges[node_id, server]["ports"], server=False)
+        for edge in graph.edges_from(node_id):
+            server = graph.node(edge.server)
+            stats = _vouched(edge.ports, server=False)
             ports = set(stats)
             if not ports:
                 continue
-            if graph.nodes[server]["role"] == _NODE:
+            if server.role is NodeRole.NODE:
                 node_egress |= ports
                 continue
-            if server in dns.workloads:
+            if server.id in dns.workloads:
                 ports -= dns_ports  # allowed by the DNS rule below, to every DNS pod
-            special = _special(graph, server, allowed_special)
+            special = _special(server, allowed_special)
             for address, kind in special:
                 # DNS to a node-local cache is allowed by the cache rule below.
                 to_cache = single_address(address) in node_local_cidrs
@@ -506,13 +510,13 @@ def synthesize(
                     if not (to_cache and port in DNS_PORTS)
                 }
             left = {a for a, _ in special}
-            for peer in _peers(graph, server, namespace, nodes, (node_id, server), left):
+            for peer in _peers(server, namespace, nodes, edge, left):
                 if isinstance(peer, IpPeer) and peer.cidr in node_local_cidrs:
                     # Allowed by the node-local cache rule below, on both protocols.
                     egress[peer] |= ports - set(DNS_PORTS)
                 else:
                     egress[peer] |= ports
-                    if isinstance(peer, IpPeer) and _is_outside(graph, server, peer):
+                    if isinstance(peer, IpPeer) and _is_outside(server, peer):
                         outside_servers.add(peer)
                         answered_servers |= _answered(peer, stats)
         exposed = (exposures or {}).get(node_id, ())
@@ -526,7 +530,7 @@ def synthesize(
             egress[_local(dns_peer, namespace)] |= dns_ports
         for cache in dns.node_local:
             egress[cache] |= set(DNS_PORTS)
-        result.append(
+        policies.append(
             Policy(
                 namespace=namespace,
                 name=names[node_id],
@@ -537,19 +541,12 @@ def synthesize(
                 left_out=tuple(sorted(left_out)),
             )
         )
+    default_denies = []
     if default_deny:
         # Not where a workload seen there has no label (or selector) to write its policy with.
         cut_off = {w.ref.namespace for _, w in chosen if _unselectable(w) and not w.host_network}
-        result += [DefaultDeny(namespace) for namespace in namespaces if namespace not in cut_off]
-    return sorted(result, key=lambda p: (p.namespace, isinstance(p, Policy), p.name))
-
-
-def partition_policies(
-    synthesized: Iterable[Policy | DefaultDeny],
-) -> tuple[list[Policy], list[DefaultDeny]]:
-    """:func:`synthesize`'s result as (workload policies, default-denies), order kept."""
-    items = list(synthesized)
-    return (
-        [p for p in items if isinstance(p, Policy)],
-        [p for p in items if isinstance(p, DefaultDeny)],
+        default_denies = [DefaultDeny(ns) for ns in namespaces if ns not in cut_off]
+    return PolicyPlan(
+        policies=tuple(sorted(policies, key=lambda p: (p.namespace, p.name))),
+        default_denies=tuple(default_denies),
     )

@@ -26,8 +26,8 @@ import yaml
 
 from analyser.bundles import FileProblem
 from analyser.flows import Evidence
-from analyser.graphs import EdgeStats, NodeRole, UnvouchedPair, attempts, loopback_flows
-from analyser.peers import Exposure, IpPeer, PodPeer, PortSpec
+from analyser.graphs import EdgeStats, UnvouchedPair, WorkloadGraph
+from analyser.peers import Exposure, IpPeer, PodPeer
 from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
 from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
@@ -542,42 +542,37 @@ class _EdgeView:
         return sum(p.stats.flows for p in self.ports)
 
 
-def _graph_views(graph: Any) -> tuple[tuple[_NodeView, ...], tuple[_EdgeView, ...]]:
-    """The graph (schema in ``analyser.graphs``) as sorted plain records for the templates."""
+def _graph_views(graph: WorkloadGraph) -> tuple[tuple[_NodeView, ...], tuple[_EdgeView, ...]]:
+    """The graph as plain records for the templates, in its order (nodes by id, edges by ends)."""
     nodes: dict[str, _NodeView] = {}
-    for index, (node_id, attrs) in enumerate(
-        sorted(graph.nodes(data=True), key=lambda n: str(n[0]))
-    ):
-        nodes[node_id] = _NodeView(
-            node_id=str(node_id),
+    for index, node in enumerate(graph.nodes):
+        nodes[node.id] = _NodeView(
+            node_id=node.id,
             dot_id=f"n{index}",
-            role=str(attrs.get("role", NodeRole.UNRESOLVED)),
-            label=str(attrs.get("label") or node_id),
-            names=tuple(sorted(attrs.get("names") or ())),
-            in_scope=bool(attrs.get("in_scope", False)),
+            role=str(node.role),
+            label=node.label,
+            names=tuple(sorted(node.names)),
+            in_scope=node.in_scope,
         )
     edges = []
-    for client, server, attrs in sorted(
-        graph.edges(data=True), key=lambda e: (str(e[0]), str(e[1]))
-    ):
-        port_map: Mapping[PortSpec, EdgeStats] = attrs.get("ports") or {}
+    for edge in graph.edges:
         ports = tuple(
             _PortStatsView(
                 str(spec.protocol), spec.port, stats, tuple(sorted(str(e) for e in stats.evidence))
             )
-            for spec, stats in sorted(port_map.items())
+            for spec, stats in sorted(edge.ports.items())
         )
-        edges.append(_EdgeView(nodes[client], nodes[server], ports))
+        edges.append(_EdgeView(nodes[edge.client], nodes[edge.server], ports))
     return tuple(nodes.values()), tuple(edges)
 
 
-def render_dot(graph: Any) -> str:
-    """Graphviz DOT for the workload graph (a networkx DiGraph following ``analyser.graphs``)."""
+def render_dot(graph: WorkloadGraph) -> str:
+    """Graphviz DOT for the workload graph."""
     nodes, edges = _graph_views(graph)
     return _render("graph.dot.j2", nodes=nodes, edges=edges)
 
 
-def render_report(facts: ReportFacts, graph: Any) -> str:
+def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
     """The Markdown report: workloads, flows per edge, external names, unresolved addresses,
     damaged files and how each flow's direction was decided."""
     nodes, edges = _graph_views(graph)
@@ -588,6 +583,6 @@ def render_report(facts: ReportFacts, graph: Any) -> str:
         nodes=nodes,
         edges=edges,
         evidence=evidence,
-        attempts=attempts(graph),
-        loopback=loopback_flows(graph),
+        attempts=graph.attempts,
+        loopback=graph.loopback,
     )

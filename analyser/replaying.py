@@ -35,7 +35,7 @@ from analyser.evaluation import (
     pod,
 )
 from analyser.flows import Protocol
-from analyser.graphs import NodeRole, Sides, flows_on_edge
+from analyser.graphs import ID_PREFIXES, NodeRole, Sides, WorkloadGraph
 from analyser.identities import Resolver
 from analyser.peers import PortSpec
 from analyser.snapshot import Snapshot
@@ -109,33 +109,33 @@ def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
     )
 
 
-def _pod_workload(graph: Any, node_id: str, cluster: ClusterFacts) -> Workload | None:
+def _pod_workload(graph: WorkloadGraph, node_id: str, cluster: ClusterFacts) -> Workload | None:
     """The workload a graph node stands for, unless it is none or uses its node's network."""
-    attributes = graph.nodes[node_id]
-    workload: Workload | None = attributes.get("workload")
-    if attributes.get("role") != NodeRole.WORKLOAD or workload is None:
+    workload = graph.node(node_id).workload
+    if workload is None:
         return None
     return None if workload.host_network or node_id in cluster.host_network else workload
 
 
-def _addresses(graph: Any, node_id: str, cluster: ClusterFacts) -> tuple[str, ...]:
-    """The addresses of a graph node that is not a pod workload (see the graph schema)."""
-    attributes = graph.nodes[node_id]
-    found = tuple(attributes.get("addresses", ()))
-    if found:
-        return found
-    if attributes.get("role") == NodeRole.WORKLOAD:
+def _addresses(graph: WorkloadGraph, node_id: str, cluster: ClusterFacts) -> tuple[str, ...]:
+    """The addresses of a graph node that is not a pod workload (``graphs.GraphNode``)."""
+    node = graph.node(node_id)
+    if node.addresses:
+        return node.addresses
+    if node.role is NodeRole.WORKLOAD:
         return cluster.host_network.get(node_id, ())
-    if attributes.get("role") == NodeRole.NODE:
-        name = node_id.removeprefix("node:")
+    name = node_id.removeprefix(ID_PREFIXES[node.role])  # the node's name, or the address
+    if node.role is NodeRole.NODE:
         return tuple(sorted(a for a, n in cluster.node_of_address.items() if n == name))
-    return (node_id.split(":", 1)[1],)  # ip:ADDRESS, unresolved:ADDRESS
+    return (name,)
 
 
-def _seen(graph: Any, client: str, server: str, port: PortSpec, *, client_side: bool) -> set[str]:
+def _seen(
+    graph: WorkloadGraph, client: str, server: str, port: PortSpec, *, client_side: bool
+) -> set[str]:
     """The addresses one end of an edge really used on ``port``, from the flows behind it."""
     seen = set()
-    for attribution in flows_on_edge(graph, client, server, port):
+    for attribution in graph.flows_on_edge(client, server, port):
         if client_side:
             seen.add(attribution.flow.client.ip)
         elif attribution.twin is not None:
@@ -146,7 +146,12 @@ def _seen(graph: Any, client: str, server: str, port: PortSpec, *, client_side: 
 
 
 def _ends(
-    graph: Any, ends: tuple[str, str], port: PortSpec, cluster: ClusterFacts, *, client_side: bool
+    graph: WorkloadGraph,
+    ends: tuple[str, str],
+    port: PortSpec,
+    cluster: ClusterFacts,
+    *,
+    client_side: bool,
 ) -> list[Peer]:
     """The peers standing for one end of an edge: a workload's facts, or each address that end
     used (all of the node's addresses when the flows do not say)."""
@@ -193,12 +198,13 @@ def _checked_at(vouched: Sides) -> frozenset[Direction]:
     )
 
 
-def observed_from_graph(graph: Any, cluster: ClusterFacts) -> list[Observed]:
+def observed_from_graph(graph: WorkloadGraph, cluster: ClusterFacts) -> list[Observed]:
     """One observed connection per graph edge and target port (see ``analyser.graphs``), per
     address for ends that are addresses; checked at the sides its flows were vouched for at."""
     observed = []
-    for ends in sorted(graph.edges()):
-        for port, stats in sorted(graph.edges[ends]["ports"].items()):
+    for edge in graph.edges:
+        ends = (edge.client, edge.server)
+        for port, stats in sorted(edge.ports.items()):
             vouched = _checked_at(stats.vouched)
             for client in _ends(graph, ends, port, cluster, client_side=True):
                 for server in _ends(graph, ends, port, cluster, client_side=False):
@@ -226,7 +232,7 @@ def _left_out(observed: Observed, left_out: Collection[tuple[str, PortSpec]]) ->
 
 def check_policies_allow(
     policies: PolicySet,
-    graph: Any,
+    graph: WorkloadGraph,
     cluster: ClusterFacts,
     *,
     left_out: Collection[tuple[str, PortSpec]] = (),
@@ -240,7 +246,7 @@ def check_policies_allow(
 
 def ensure_policies_allow(
     policies: PolicySet,
-    graph: Any,
+    graph: WorkloadGraph,
     cluster: ClusterFacts,
     *,
     left_out: Collection[tuple[str, PortSpec]] = (),
@@ -259,33 +265,28 @@ def ensure_policies_allow(
         )
 
 
-def _workload_peers(graph: Any, cluster: ClusterFacts) -> dict[str, Pod]:
+def _workload_peers(graph: WorkloadGraph, cluster: ClusterFacts) -> dict[str, Pod]:
     """Facts of every workload: the snapshot's and those only the captures know."""
     pods = dict(cluster.workloads)
-    for node_id in graph.nodes:
-        workload = _pod_workload(graph, node_id, cluster)
+    for node in graph.nodes:
+        workload = _pod_workload(graph, node.id, cluster)
         if workload is not None:
-            pods.setdefault(node_id, cluster.facts_for(workload))
+            pods.setdefault(node.id, cluster.facts_for(workload))
     return pods
 
 
 def verification_inputs(
-    policies: PolicySet, graph: Any, cluster: ClusterFacts
+    policies: PolicySet, graph: WorkloadGraph, cluster: ClusterFacts
 ) -> tuple[list[Observed], Universe]:
     """The observed connections of ``graph``, and the universe verify reports on: every
     workload, focused on the captured ones (``in_scope``), with the ipBlocks ``policies`` name
     and the observed addresses outside the cluster as address blocks (those made only of node
     addresses folded into one, "cluster nodes")."""
     observed = observed_from_graph(graph, cluster)
-    focus = [
-        node_id
-        for node_id, attributes in graph.nodes(data=True)
-        if attributes.get("role") == NodeRole.WORKLOAD and attributes.get("in_scope")
-    ]
+    focus = [node.id for node in graph.with_role(NodeRole.WORKLOAD) if node.in_scope]
     external = [
-        block_for(node_id.removeprefix("ip:"))
-        for node_id, attributes in graph.nodes(data=True)
-        if attributes.get("role") == NodeRole.EXTERNAL
+        block_for(node.id.removeprefix(ID_PREFIXES[NodeRole.EXTERNAL]))
+        for node in graph.with_role(NodeRole.EXTERNAL)
     ]
     universe = Universe.of(
         _workload_peers(graph, cluster).values(),
@@ -296,7 +297,7 @@ def verification_inputs(
     return observed, universe
 
 
-def verify_graph(policies: PolicySet, graph: Any, cluster: ClusterFacts) -> Verification:
+def verify_graph(policies: PolicySet, graph: WorkloadGraph, cluster: ClusterFacts) -> Verification:
     """``verify`` on an analysed bundle: denied observed flows, unobserved allowances, score."""
     observed, universe = verification_inputs(policies, graph, cluster)
     return verify(policies, observed, universe)

@@ -21,13 +21,16 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from analyser.texts import inert
 from cli.arguments import add_capture_mode, positive_seconds
 from cli.main import ExitStatus, echo, say
 from kernel.bundles import MANIFEST
 from kernel.errors import LabError
+
+if TYPE_CHECKING:
+    from analyser.graphs import WorkloadGraph
 
 SUMMARY = "lab + analyse on microservices-demo, with a summary"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "microservices-demo"
@@ -100,9 +103,7 @@ def _record(bundle: Path, args: argparse.Namespace) -> Path:
     return bundle
 
 
-def _edge_rows(graph: Any) -> list[tuple[str, str, str, str, str]]:
-    from analyser.graphs import edge_rows
-
+def _edge_rows(graph: WorkloadGraph) -> list[tuple[str, str, str, str, str]]:
     return sorted(
         (
             row.client_label,
@@ -111,7 +112,7 @@ def _edge_rows(graph: Any) -> list[tuple[str, str, str, str, str]]:
             str(row.stats.flows),
             ",".join(sorted(str(e) for e in row.stats.evidence)),
         )
-        for row in edge_rows(graph)
+        for row in graph.edge_rows()
     )
 
 

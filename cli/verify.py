@@ -58,7 +58,6 @@ def _verify(args: argparse.Namespace) -> int:
     from analyser.analysing import observe
     from analyser.bundles import find_snapshot, open_bundle
     from analyser.evaluation import Direction
-    from analyser.graphs import attempts
     from analyser.policysets import load_policies, namespace_label_keys
     from analyser.replaying import cluster_facts, verify_graph
     from analyser.verifying import allowance_json, denial_json, score_json, unvouched_json
@@ -90,7 +89,7 @@ def _verify(args: argparse.Namespace) -> int:
     notes += [
         f"not checked, never established (refused or unanswered): {a.client} → {a.server} "
         f"{a.flow.protocol}/{a.flow.server.port}"
-        for a in attempts(observation.graph)
+        for a in observation.graph.attempts
     ]
     status = ExitStatus.OK if result.passed else ExitStatus.DENIED
     if args.json:

@@ -25,7 +25,7 @@ from analyser.analysing import (
 )
 from analyser.bundles import open_bundle
 from analyser.flows import Evidence
-from analyser.policies import Policy, synthesize
+from analyser.policies import PolicyPlan, synthesize
 from kernel.errors import OutputError, RenderError, UnsafePolicies
 from tests.bundle_builders import API_IP, API_IP6, API_NAME, CART_POD, GHOST_IP, make_bundle
 from tests.kubectl import kubectl
@@ -342,11 +342,10 @@ def test_policies_that_would_deny_an_observed_flow_are_refused(
 ) -> None:
     real = synthesize
 
-    def forgetful(*args: Any, **kwargs: Any) -> Any:
-        return [
-            dataclasses.replace(p, ingress=()) if isinstance(p, Policy) else p
-            for p in real(*args, **kwargs)
-        ]
+    def forgetful(*args: Any, **kwargs: Any) -> PolicyPlan:
+        plan = real(*args, **kwargs)
+        without_ingress = tuple(dataclasses.replace(p, ingress=()) for p in plan.policies)
+        return dataclasses.replace(plan, policies=without_ingress)
 
     monkeypatch.setattr(analysing, "synthesize", forgetful)
     with pytest.raises(

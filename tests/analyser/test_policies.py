@@ -10,7 +10,7 @@ import pytest
 
 from analyser.dns import DnsNames, DnsTable
 from analyser.flows import Evidence, Protocol
-from analyser.graphs import build_graph
+from analyser.graphs import WorkloadGraph, build_graph
 from analyser.identities import Resolver
 from analyser.packets import DnsResponse
 from analyser.peers import (
@@ -24,13 +24,12 @@ from analyser.peers import (
     special_address,
 )
 from analyser.policies import (
-    DefaultDeny,
     LeftOut,
     Policy,
+    PolicyPlan,
     Rule,
     SelectorWarning,
     node_blocks,
-    partition_policies,
     policy_names,
     selector_warnings,
     synthesize,
@@ -82,8 +81,8 @@ COREDNS = WorkloadRef("kube-system", "Deployment", "coredns")
 EXAMPLE = "93.184.216.34"
 
 
-def by_workload(result: list[Policy | DefaultDeny]) -> dict[str, Policy]:
-    return {p.workload: p for p in result if isinstance(p, Policy)}
+def by_workload(result: PolicyPlan) -> dict[str, Policy]:
+    return {p.workload: p for p in result.policies}
 
 
 def rules_to(rules: tuple[Rule, ...]) -> dict[str, tuple[tuple[str, int], ...]]:
@@ -97,7 +96,7 @@ def rules_to(rules: tuple[Rule, ...]) -> dict[str, tuple[tuple[str, int], ...]]:
 
 def synthesized(
     flows: list[Any], scope: set[WorkloadRef], *, dns: FakeDns | None = None, **kw: Any
-) -> tuple[Any, Resolver, list[Policy | DefaultDeny]]:
+) -> tuple[WorkloadGraph, Resolver, PolicyPlan]:
     names = resolver()
     graph = build_graph(flows, names, dns, scope=scope)
     kw.setdefault("node_addresses", cluster().node_by_address)  # as analyse gives them
@@ -211,7 +210,7 @@ def test_each_policy_takes_an_outside_address_s_names_from_its_own_captures_only
     ]
     names = resolver()
     graph = build_graph(flows, names, dns, scope={WEB, API_BLUE_W})
-    assert graph.nodes[f"ip:{EXAMPLE}"]["names"] == ("api.example", "evil.example")
+    assert graph.node(f"ip:{EXAMPLE}").names == ("api.example", "evil.example")
     policies = by_workload(synthesize(graph, cluster_dns=names.cluster_dns()))
     [web_rule] = [r for r in policies[str(WEB)].egress if isinstance(r.peer, IpPeer)]
     assert web_rule.peer == IpPeer(f"{EXAMPLE}/32", ("evil.example",))
@@ -302,8 +301,9 @@ def test_dns_goes_to_the_dns_pods_only_and_is_not_repeated() -> None:
 
 def test_default_dns_peer_without_dns_in_the_snapshot() -> None:
     graph = build_graph([], resolver(), scope={DB_W})
-    [policy] = synthesize(graph, cluster_dns=ClusterDns())
-    assert isinstance(policy, Policy)
+    plan = synthesize(graph, cluster_dns=ClusterDns())
+    [policy] = plan.policies
+    assert plan.default_denies == ()
     [rule] = policy.egress
     assert isinstance(rule.peer, PodPeer)
     assert (rule.peer.namespace, rule.ports) == ("kube-system", DNS_PORTS)
@@ -335,12 +335,14 @@ def test_host_network_workloads_get_no_policy_but_are_reached_by_address() -> No
 
 def test_default_deny_per_namespace_in_scope_and_order() -> None:
     _, _, result = synthesized([], {WEB, DB_W, PAGE}, default_deny=True)
-    assert [(type(p).__name__, p.namespace, p.name) for p in result] == [
-        ("DefaultDeny", "bookinfo", "default-deny-all"),
-        ("Policy", "bookinfo", "productpage-v1"),
-        ("DefaultDeny", "shop", "default-deny-all"),
-        ("Policy", "shop", "db"),
-        ("Policy", "shop", "web"),
+    assert [(p.namespace, p.name) for p in result.default_denies] == [
+        ("bookinfo", "default-deny-all"),
+        ("shop", "default-deny-all"),
+    ]
+    assert [(p.namespace, p.name) for p in result.policies] == [
+        ("bookinfo", "productpage-v1"),
+        ("shop", "db"),
+        ("shop", "web"),
     ]
 
 
@@ -405,7 +407,7 @@ def test_rendered_policies_allow_every_observed_flow(
         default_deny=default_deny,
         node_cidrs=node_cidrs,
     )
-    policies, denies = partition_policies(result)
+    policies, denies = result.policies, result.default_denies
     assert [d.namespace for d in denies] == (
         ["bookinfo", "kube-system", "shop"] if default_deny else []
     )
@@ -421,8 +423,7 @@ def test_dns_flows_are_not_repeated_when_the_dns_peer_is_written_differently() -
     ]
     graph = build_graph(flows, resolver(), scope={WEB})
     dns = ClusterDns(workloads=frozenset({str(COREDNS)}))  # the conventional selector
-    [web] = synthesize(graph, cluster_dns=dns)
-    assert isinstance(web, Policy)
+    [web] = synthesize(graph, cluster_dns=dns).policies
     assert rules_to(web.egress) == {
         str(COREDNS): (("TCP", 9153),),
         "cluster DNS (k8s-app=kube-dns)": (("TCP", 53), ("UDP", 53)),
@@ -434,11 +435,8 @@ def test_no_default_deny_where_a_seen_workload_cannot_be_selected() -> None:
     # cut debug off, and no policy can name it; bookinfo still gets its default-deny.
     flows = [flow(f"{DEBUG}:41000", f"{WEB_A}:8080")]
     graph, _, result = synthesized(flows, {WEB, PAGE}, default_deny=True)
-    assert [(type(p).__name__, p.namespace) for p in result] == [
-        ("DefaultDeny", "bookinfo"),
-        ("Policy", "bookinfo"),
-        ("Policy", "shop"),
-    ]
+    assert [p.namespace for p in result.default_denies] == ["bookinfo"]
+    assert [p.namespace for p in result.policies] == ["bookinfo", "shop"]
     assert unselectable_workloads(graph) == ()
     assert unselectable_workloads(graph, default_deny=True) == ("shop/Pod/debug",)
 
@@ -452,9 +450,7 @@ def test_dns_to_a_node_local_cache_is_one_rule_for_its_address_on_both_protocols
     graph = build_graph(flows, names, scope={WEB})
     dns = names.cluster_dns(flows)
     assert dns.node_local == (IpPeer("169.254.20.10/32", description="node-local DNS cache"),)
-    policies, _ = partition_policies(
-        synthesize(graph, cluster_dns=dns, node_addresses=cluster().node_by_address)
-    )
+    policies = synthesize(graph, cluster_dns=dns, node_addresses=cluster().node_by_address).policies
     [web] = policies
     assert len(web.egress) == 3
     assert rules_to(web.egress) == {
@@ -512,7 +508,7 @@ def test_many_outside_addresses_on_a_port_become_anywhere_on_that_port() -> None
     outside = {k: v for k, v in rules_to(web.egress).items() if k[0].isdigit()}
     assert outside == {"0.0.0.0/0": (("TCP", 443),), "192.0.2.88/32": (("TCP", 8443),)}
     # What was observed is still allowed, by the rendered and parsed-back policies.
-    policies, denies = partition_policies(result)
+    policies, denies = result.policies, result.default_denies
     files = render_policy_files(policies, default_denies=denies, provenance=Provenance())
     assert f"# 0.0.0.0/0: {anywhere}" in "".join(files.values())
     assert """cidr: "0.0.0.0/0"
@@ -552,7 +548,7 @@ def test_an_exposed_port_is_allowed_from_anywhere_and_covers_the_clients_seen_on
     assert "169.254.0.0/16" in anywhere["0.0.0.0/0"].excluded
     # Egress (the 40 cloud API addresses) is not touched by an exposure.
     assert sum(1 for r in web.egress if isinstance(r.peer, IpPeer)) == 41
-    policies, denies = partition_policies(result)
+    policies, denies = result.policies, result.default_denies
     files = render_policy_files(policies, default_denies=denies, provenance=Provenance())
     assert f"# 0.0.0.0/0: {why}" in "".join(files.values())
     ensure_policies_allow(
@@ -648,9 +644,7 @@ def test_traffic_with_special_addresses_is_left_out_and_listed() -> None:
     names = resolver()
     graph = build_graph(flows, names, scope={WEB})
     dns = names.cluster_dns(flows)
-    policies, _ = partition_policies(
-        synthesize(graph, cluster_dns=dns, node_addresses=cluster().node_by_address)
-    )
+    policies = synthesize(graph, cluster_dns=dns, node_addresses=cluster().node_by_address).policies
     [web] = policies
     assert rules_to(web.egress) == {
         "kube-system/Deployment/coredns": (("TCP", 53), ("UDP", 53)),
@@ -693,8 +687,9 @@ def test_a_class_of_special_addresses_allowed_on_purpose_gets_its_rules() -> Non
     names = resolver()
     graph = build_graph(flows, names, scope={WEB})
     allowed = {SpecialAddress.METADATA, SpecialAddress.LINK_LOCAL}
-    [web] = synthesize(graph, cluster_dns=names.cluster_dns(flows), allowed_special=allowed)
-    assert isinstance(web, Policy)
+    [web] = synthesize(
+        graph, cluster_dns=names.cluster_dns(flows), allowed_special=allowed
+    ).policies
     egress = rules_to(web.egress)
     assert egress["169.254.169.254/32"] == (("TCP", 80),)
     assert egress["fd00:ec2::254/128"] == (("TCP", 80),)
@@ -725,8 +720,7 @@ def test_anywhere_excepts_the_special_addresses_not_allowed_and_never_absorbs_th
         cluster_dns=names.cluster_dns(flows),
         max_outside_addresses=32,
         allowed_special={SpecialAddress.METADATA, SpecialAddress.MULTICAST},
-    )
-    assert isinstance(web, Policy)
+    ).policies
     blocks = {r.peer.cidr: r.peer for r in web.egress if isinstance(r.peer, IpPeer)}
     assert blocks["0.0.0.0/0"].excluded == (
         "0.0.0.0/32",
@@ -784,7 +778,8 @@ def test_a_workload_whose_selector_selects_another_gets_no_policy_and_a_warning(
         "label selects only its pods"
     }
     # api gets its policy; its rule to web admits web2's pods too, and a warning says so.
-    assert [type(p).__name__ for p in result] == ["Policy"]  # no default-deny: it cuts web off
+    assert len(result.policies) == 1
+    assert result.default_denies == ()  # it would cut web off
     assert rules_to(by_workload(result)[str(api)].egress)[str(web)] == (("TCP", 8080),)
     assert selector_warnings(graph) == (
         SelectorWarning(

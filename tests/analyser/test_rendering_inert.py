@@ -16,7 +16,7 @@ import yaml
 
 from analyser import rendering
 from analyser.bundles import FileProblem
-from analyser.graphs import NodeRole
+from analyser.graphs import GraphNode, NodeRole, WorkloadGraph
 from analyser.peers import IpPeer, PortSpec
 from analyser.policies import DefaultDeny, Policy, Rule
 from analyser.rendering import (
@@ -44,6 +44,7 @@ from tests.analyser.test_rendering import (
     example_graph,
     report_facts,
     selector,
+    workload_node,
 )
 from tests.analyser.text_payloads import BREAK_OUTS, DANGEROUS
 from tests.kubectl import kubectl
@@ -158,29 +159,22 @@ def test_dot_strings_hold_one_line_of_printable_text(text: str) -> None:
     assert not re.search(r'(?<!\\)(\\\\)*"', quoted[1:-1])
 
 
-def hostile_graph(text: str) -> Any:
+def hostile_graph(text: str) -> WorkloadGraph:
     """The example graph with ``text`` in a workload's label and an outside address's names."""
     graph = example_graph()
-    graph.add_node(
+    outside = GraphNode(
         "ip:198.51.100.1",
-        role=NodeRole.EXTERNAL,
-        label=f"198.51.100.1 {text}",
+        NodeRole.EXTERNAL,
+        f"198.51.100.1 {text}",
         names=(text, "ok.example.com"),
-        in_scope=False,
     )
-    graph.add_node(
-        "shop/Deployment/x",
-        role=NodeRole.WORKLOAD,
-        label=f"shop/Deployment/{text}",
-        names=(),
-        in_scope=True,
+    client = workload_node("shop/Deployment/x", f"shop/Deployment/{text}")
+    like_cart = graph.edge("shop/Deployment/cart", "ip:203.0.113.7")
+    return dataclasses.replace(
+        graph,
+        nodes=(*graph.nodes, outside, client),
+        edges=(*graph.edges, dataclasses.replace(like_cart, client=client.id, server=outside.id)),
     )
-    graph.add_edge(
-        "shop/Deployment/x",
-        "ip:198.51.100.1",
-        **graph.edges["shop/Deployment/cart", "ip:203.0.113.7"],
-    )
-    return graph
 
 
 def hostile_facts(text: str) -> rendering.ReportFacts:
@@ -231,7 +225,7 @@ def test_a_hostile_name_in_the_graph_is_one_escaped_label_line(text: str) -> Non
     )
     assert result.returncode == 0 and not result.stderr, result.stderr
     objects = json.loads(result.stdout)["objects"]
-    assert len(objects) == hostile_graph(text).number_of_nodes()
+    assert len(objects) == len(hostile_graph(text).nodes)
     (label,) = (o["label"] for o in objects if o["label"].startswith("198.51.100.1 "))
     # Graphviz keeps escStrings as written: three lines, the name's escapes shown, not obeyed
     assert dot_lines(label)[1:] == [
@@ -334,9 +328,7 @@ def test_a_second_document_or_a_changed_resource_list_is_refused(
         "_render",
         lambda template, **context: real(template, **context) + '  - "../secret.yaml"\n',
     )
-    with pytest.raises(
-        RenderError, match=r"rendered Kustomization differs .* resources\[1\]"
-    ):
+    with pytest.raises(RenderError, match=r"rendered Kustomization differs .* resources\[1\]"):
         render_kustomization(["shop/a.yaml"])
 
 

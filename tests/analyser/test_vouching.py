@@ -7,16 +7,15 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import Any
 
 from analyser.analysing import analyse
 from analyser.bundles import open_bundle
 from analyser.evaluation import Direction
 from analyser.flows import Flow, Protocol
-from analyser.graphs import Sides, build_graph, unvouched_pairs
+from analyser.graphs import EdgeStats, Sides, WorkloadGraph, build_graph
 from analyser.identities import Vantage
 from analyser.peers import PortSpec
-from analyser.policies import Policy, synthesize
+from analyser.policies import synthesize
 from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, render_policy_files
 from analyser.replaying import check_policies_allow, cluster_facts, verify_graph
@@ -154,14 +153,14 @@ API_BLUE_W, API_GREEN_W = "shop/Deployment/api-blue", "shop/Deployment/api-green
 SCOPE = {WorkloadRef("shop", "Deployment", "web"), WorkloadRef("shop", "Deployment", "api-blue")}
 
 
-def _graph(flows: list[Flow]) -> Any:
+def _graph(flows: list[Flow]) -> WorkloadGraph:
     witnesses = _witnesses(_report(WEB_CAPTURE, "09:30:00"), _report(API_CAPTURE, "09:30:00"))
     names = resolver()
     return build_graph(flows, names, scope=SCOPE, witness=witnesses)
 
 
-def _stats(graph: Any, client: str, server: str, port: int) -> Any:
-    return graph.edges[client, server]["ports"][PortSpec(Protocol.TCP, port)]
+def _stats(graph: WorkloadGraph, client: str, server: str, port: int) -> EdgeStats:
+    return graph.edge(client, server).ports[PortSpec(Protocol.TCP, port)]
 
 
 def test_a_service_flow_and_its_twin_vouch_for_both_sides() -> None:
@@ -174,7 +173,7 @@ def test_a_service_flow_and_its_twin_vouch_for_both_sides() -> None:
     )
 
     assert _stats(graph, API_BLUE_W, WEB, 8080).vouched == Sides(client=True, server=True)
-    assert not unvouched_pairs(graph)
+    assert not graph.unvouched_pairs()
 
 
 def test_a_flow_only_the_client_claims_makes_no_ingress_rule_at_a_captured_server() -> None:
@@ -183,7 +182,7 @@ def test_a_flow_only_the_client_claims_makes_no_ingress_rule_at_a_captured_serve
     graph = _graph([flow(f"{API_BLUE}:41000", f"{WEB_A}:9999", capture=API_CAPTURE)])
 
     assert _stats(graph, API_BLUE_W, WEB, 9999).vouched == Sides(client=True, server=False)
-    [pair] = unvouched_pairs(graph)
+    [pair] = graph.unvouched_pairs()
     assert (pair.client, pair.server, pair.ports_text, pair.sides) == (
         API_BLUE_W,
         WEB,
@@ -194,7 +193,7 @@ def test_a_flow_only_the_client_claims_makes_no_ingress_rule_at_a_captured_serve
         f"not seen by the capture of {WEB} while it ran (or dated before that pod existed): no "
         f"ingress rule for it at {WEB}; only the other side's captures claim it"
     )
-    policies = {p.workload: p for p in synthesize(graph) if isinstance(p, Policy)}
+    policies = {p.workload: p for p in synthesize(graph).policies}
     assert [r.ports for r in policies[API_BLUE_W].egress if r.peer.description == WEB] == [
         (PortSpec(Protocol.TCP, 9999),)
     ]
@@ -205,7 +204,7 @@ def test_a_flow_only_the_server_claims_makes_no_egress_rule_at_a_captured_client
     graph = _graph([flow(f"{WEB_A}:41000", f"{API_BLUE}:9999", capture=API_CAPTURE)])
 
     assert _stats(graph, WEB, API_BLUE_W, 9999).vouched == Sides(client=False, server=True)
-    policies = {p.workload: p for p in synthesize(graph) if isinstance(p, Policy)}
+    policies = {p.workload: p for p in synthesize(graph).policies}
     assert not [r for r in policies[WEB].egress if r.peer.description == API_BLUE_W]
     assert [r.ports for r in policies[API_BLUE_W].ingress if r.peer.description == WEB] == [
         (PortSpec(Protocol.TCP, 9999),)
@@ -234,7 +233,7 @@ def test_the_safety_check_and_verify_hold_each_side_to_what_it_vouched_for() -> 
     what only api's capture claims; verify lists that connection as unchecked at web's ingress,
     and does not count it as observed for the pair."""
     graph = _graph([flow(f"{API_BLUE}:41000", f"{WEB_A}:9999", capture=API_CAPTURE)])
-    policies = [p for p in synthesize(graph) if isinstance(p, Policy)]
+    policies = synthesize(graph).policies
     loaded = parse_policy_texts(render_policy_files(policies, provenance=Provenance()))
     facts = cluster_facts(cluster(), resolver())
 

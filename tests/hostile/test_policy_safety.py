@@ -14,7 +14,6 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from analyser.graphs import attempts
 from analyser.peers import SpecialAddress
 from analyser.rendering import KUSTOMIZATION
 from cli.main import ExitStatus, main
@@ -146,7 +145,7 @@ def test_spoofed_syns_answered_by_a_rst_are_not_established(
     add_capture(bundle, "frontend", frames)
     analysis = run(bundle)
     assert policy_files(analysis) == clean_policies
-    spoofed = {a.flow.client.ip for a in attempts(analysis.graph) if a.flow.server.ip == frontend}
+    spoofed = {a.flow.client.ip for a in analysis.graph.attempts if a.flow.server.ip == frontend}
     assert spoofed == {f"203.0.113.{n + 1}" for n in range(40)} | {"192.0.2.99"}
 
 
