@@ -56,6 +56,9 @@ class PodIPHistory:
             "labels": metadata.get("labels") or {},
             "owner": None if owner is None else {"kind": owner.kind, "name": owner.name},
         }
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node:  # which node's capture saw the pod, once it is gone from the snapshot
+            line["node"] = node
         self.sink.write(json.dumps(line, sort_keys=True) + "\n")
         self.lines += 1
 

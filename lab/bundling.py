@@ -453,6 +453,7 @@ def pod_ip_event(pod: LabPod, event: str, at: float) -> JsonObject:
         "ips": list(pod.ips),
         "labels": dict(pod.labels),
         "owner": None if pod.owner is None else {"kind": pod.owner.kind, "name": pod.owner.name},
+        "node": NODE_NAME,
     }
 
 
