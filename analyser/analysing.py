@@ -747,7 +747,7 @@ def analyse(
         foreign_flows=sum(seen.traffic.foreign.values()),
         evidence_counts=seen.evidence_counts,
         file_problems=seen.problems,
-        policy_files=tuple(p for p in files if p != KUSTOMIZATION),
+        policy_files=tuple(p for p in files if p.endswith(".yaml")),
         workload_policies={p.workload: policy_path(p.namespace, p.name) for p in policies},
         unselectable=unselectable,
         unselectable_reasons=unselectable_reasons(seen.graph, unselectable),

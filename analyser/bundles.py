@@ -259,6 +259,16 @@ def _snapshot(root: Path) -> Path:
                     f"{path}: {OUTSIDE}; the snapshot must be a file (or folder) of the bundle"
                 )
         return found
+    below = sorted(
+        child
+        for child in root.iterdir()
+        if child.is_dir() and ((child / MANIFEST).is_file() or find_snapshot(child) is not None)
+    )
+    if below:
+        raise BundleError(
+            f"{root}: no {SNAPSHOT_FILE} here, but {', '.join(map(str, below))} "
+            f"{'is a bundle' if len(below) == 1 else 'are bundles'}: give that folder instead"
+        )
     raise BundleError(
         f"{root}: no {SNAPSHOT_FILE} (nor snapshot.yaml, nor a {SNAPSHOT_FOLDER}/ folder): the "
         "analyser needs the "

@@ -24,11 +24,28 @@ from cli.arguments import add_capture_mode, positive_seconds
 from cli.main import PROG, ExitStatus, echo, say
 
 SUMMARY = "run the pipeline on a simulated cluster of network namespaces"
+RUN_DESCRIPTION = """\
+Build a simulated cluster from ordinary Kubernetes manifests, play a traffic plan on it with real
+servers and clients, capture every pod with the sidecar's own tcpdump command, and write a bundle
+(plus truth.json, the flows that really happened). Needs root; nothing outside the lab's network
+namespaces is touched, and everything is removed on exit, Ctrl-C and failure.
+
+example:
+  sudo netpol-sniffer lab run --manifests examples/microservices-demo/kubernetes-manifests.yaml \\
+      --traffic examples/microservices-demo/traffic.yaml --out bundle/
+  netpol-sniffer analyse bundle/ --out policies/
+
+The traffic plan's format: docs/lab.md."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    run_parser = actions.add_parser("run", help="play a traffic plan and write a bundle")
+    run_parser = actions.add_parser(
+        "run",
+        help="play a traffic plan and write a bundle",
+        description=RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run_parser.add_argument(
         "--manifests",
         type=Path,
@@ -55,7 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="capture window in seconds (default: the plan's 'duration')",
     )
-    actions.add_parser("clean", help="remove what a killed run left behind")
+    actions.add_parser(
+        "clean",
+        help="remove what a killed run left behind",
+        description="Remove the network namespaces, processes and files of lab runs whose process "
+        "is gone (a new run does this too). Needs root.",
+    )
 
 
 def _say(message: str) -> None:

@@ -19,7 +19,8 @@ listed ("all ports" where a whole protocol is open), with a least-privilege scor
 ports allowed beyond what was observed; lower is better) to compare policy sets.
 
 Exit status: 0 when every observed flow is allowed, 3 when at least one is denied, 1 on unusable
-input. See docs/verify.md.
+input (POLICIES without any NetworkPolicy among them too: a gate must not pass on a mistyped
+folder). See docs/verify.md.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from cli.main import ExitStatus, echo
 from cli.progress import reading_captures
+from kernel.errors import BundleError, PolicyError
 
 SUMMARY = "prove policies allow every observed flow, show the rest"
 
@@ -54,14 +56,25 @@ def run(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     # Imported here so `verify --help` stays quick.
     from analyser.analysing import observe
-    from analyser.bundles import open_bundle
+    from analyser.bundles import find_snapshot, open_bundle
     from analyser.evaluation import Direction
     from analyser.graphs import attempts
     from analyser.policysets import load_policies, namespace_label_keys
     from analyser.replaying import cluster_facts, verify_graph
     from analyser.verifying import allowance_json, denial_json, score_json, unvouched_json
 
+    if find_snapshot(args.policies) is not None and find_snapshot(args.bundle) is None:
+        raise BundleError(
+            f"{args.bundle} is no bundle but {args.policies} looks like one: the arguments are "
+            "the other way round (netpol-sniffer verify BUNDLE POLICIES)"
+        )
     loaded = load_policies(args.policies)
+    if not loaded.documents:
+        # A gate that passes on a mistyped folder would let anything through.
+        raise PolicyError(
+            f"{args.policies}: no NetworkPolicy found there, nothing to verify"
+            + (f" ({'; '.join(loaded.notes)})" if loaded.notes else "")
+        )
     bundle = open_bundle(args.bundle)
     with reading_captures(bundle.captures) as bar:
         observation = observe(bundle, on_progress=bar.advance)

@@ -103,10 +103,16 @@ def load_configuration(
                 client_configuration=configuration
             )
     except (k8s_config.ConfigException, OSError, ValueError) as error:
+        if not (use_kubeconfig or default_path.exists()):
+            raise CollectError(
+                f"no usable cluster access: no kubeconfig ($KUBECONFIG is not set and "
+                f"{default_path} does not exist) and not in a pod (no service account): pass "
+                "--kubeconfig FILE (and --context NAME), or run in a pod with a service account"
+            ) from error
         where = kubeconfig or os.environ.get("KUBECONFIG") or str(default_path)
+        which = f"context {context}" if context else "its current context"
         raise CollectError(
-            f"no usable cluster access ({where}, context {context or 'current'}): {error}; "
-            "pass --kubeconfig/--context, or run in a pod with a service account"
+            f"no usable cluster access: {where}, {which}: {error}; pass --kubeconfig/--context"
         ) from error
     return configuration
 
@@ -324,4 +330,8 @@ class KubernetesCluster:
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> KubernetesCluster:
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # urllib3 warns on every retry of a failed connection; when all fail, the error says so
+        # once, naming the server. --debug keeps them.
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     return KubernetesCluster(load_configuration(kubeconfig, context))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli import main as cli_main
-from cli.main import COMMANDS, ExitStatus, echo, main, say
+from cli.main import COMMANDS, ExitStatus, build_parser, echo, load_command, main, say
 
 
 def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,6 +62,21 @@ def test_every_command_has_help_and_a_matching_summary(name: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert f"netpol-sniffer {name}" in result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_action_of_a_command_says_what_it_does(name: str) -> None:
+    """``lab run --help`` and the like: an action's help opens with a description, not only the
+    usage line and the options."""
+    parser = build_parser(name, load_command(name))
+    actions = [
+        action
+        for action in parser._actions  # argparse offers no public way to list subparsers
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    for action in actions:
+        for sub_name, sub_parser in action.choices.items():
+            assert sub_parser.description, f"{name} {sub_name} has no description"
 
 
 def test_analyse_help_does_not_import_the_webhook_or_kubernetes() -> None:

@@ -28,6 +28,7 @@ from analyser.flows import Evidence
 from analyser.policies import Policy, synthesize
 from kernel.errors import OutputError, RenderError, UnsafePolicies
 from tests.bundle_builders import API_IP, API_IP6, API_NAME, CART_POD, GHOST_IP, make_bundle
+from tests.kubectl import kubectl
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -229,6 +230,8 @@ def test_only_captured_workloads_get_policies(analysis: Analysis) -> None:
         "shop.cart.yaml",
         "web.frontend.yaml",
     ]
+    # The report counts the policies, not the graph's files beside them.
+    assert "| policy files | 2 |" in analysis.files["report.md"]
 
 
 def test_every_policy_validates_against_the_openapi_schema(analysis: Analysis) -> None:
@@ -323,11 +326,11 @@ def test_default_deny_adds_one_policy_per_namespace(analysis: Analysis) -> None:
     assert kustomization["resources"] == list(with_deny.policy_files)
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.kubectl
 def test_kustomize_builds_the_written_directory(analysis: Analysis, tmp_path: Path) -> None:
     write_output(analysis.files, tmp_path)
     built = subprocess.run(
-        ["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
+        [kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert built.returncode == 0, built.stderr
     names = sorted(d["metadata"]["name"] for d in yaml.safe_load_all(built.stdout) if d)

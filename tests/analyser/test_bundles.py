@@ -160,6 +160,14 @@ def test_a_yaml_snapshot_is_accepted(tmp_path: Path) -> None:
     assert open_bundle(tmp_path).snapshot == tmp_path.resolve() / "snapshot.yaml"
 
 
+def test_a_bundle_one_level_down_is_pointed_at(tmp_path: Path) -> None:
+    """``analyse examples/microservices-demo`` names the bundle inside instead of asking for a
+    snapshot."""
+    make_bundle(tmp_path / "demo" / "bundle")
+    with pytest.raises(BundleError, match=r"but .*demo/bundle is a bundle: give that folder"):
+        open_bundle(tmp_path / "demo")
+
+
 def test_no_snapshot_is_an_error_that_says_how_to_make_one(tmp_path: Path) -> None:
     write(tmp_path / "a.pcap", b"a")
     with pytest.raises(BundleError, match=r"no snapshot\.json .*kubectl get"):

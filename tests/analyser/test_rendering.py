@@ -32,6 +32,7 @@ from analyser.rendering import (
 )
 from analyser.selectors import LabelRequirement, LabelSelector
 from kernel.errors import RenderError
+from tests.kubectl import kubectl
 
 KUBERNETES_VERSION = "1.30.0"
 PROVENANCE = Provenance("2026-01-01T10:00:00Z", "2026-01-01T11:00:00Z")
@@ -314,7 +315,7 @@ def test_output_is_byte_identical_whatever_the_order_of_rules() -> None:
     assert first == again
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.kubectl
 def test_kustomize_builds_the_directory(tmp_path: Path) -> None:
     files = render_policy_files(
         [cart_policy(), Policy("web", "front", "web/Deployment/front", selector(app="front"))],
@@ -325,7 +326,7 @@ def test_kustomize_builds_the_directory(tmp_path: Path) -> None:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text)
     built = subprocess.run(
-        ["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
+        [kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert built.returncode == 0, built.stderr
     objects = [d for d in yaml.safe_load_all(built.stdout) if d]

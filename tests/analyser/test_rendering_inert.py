@@ -46,6 +46,7 @@ from tests.analyser.test_rendering import (
     selector,
 )
 from tests.analyser.text_payloads import BREAK_OUTS, DANGEROUS
+from tests.kubectl import kubectl
 
 HOSTILE = {**DANGEROUS, **BREAK_OUTS}
 # YAML has no way to write a lone surrogate (an undecodable byte of a file name) in a value.
@@ -355,7 +356,7 @@ def test_first_difference_names_the_path_and_minds_types() -> None:
     assert first_difference({"k\u2028": 1}, {}) == "['k\\u2028']"
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.kubectl
 def test_kustomize_reads_exactly_the_model_from_hostile_policies(tmp_path: Path) -> None:
     # go-yaml (kubectl, kustomize) also reads U+2028, U+2029 and NEL as line breaks. Only the
     # DNS names are hostile here: go-yaml refuses to write a label value holding a control
@@ -371,7 +372,7 @@ def test_kustomize_reads_exactly_the_model_from_hostile_policies(tmp_path: Path)
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text, encoding="utf-8")
     built = subprocess.run(
-        ["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
+        [kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert built.returncode == 0, built.stderr
     objects = {o["metadata"]["name"]: o for o in yaml.safe_load_all(built.stdout) if o}

@@ -14,13 +14,15 @@ from analyser.bundles import open_bundle
 from analyser.evaluation import Direction
 from analyser.flows import Flow, Protocol
 from analyser.graphs import Sides, build_graph, unvouched_pairs
-from analyser.identities import Vantage, WorkloadRef
-from analyser.policies import Policy, PortSpec, synthesize
+from analyser.identities import Vantage
+from analyser.peers import PortSpec
+from analyser.policies import Policy, synthesize
 from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, render_policy_files
 from analyser.replaying import check_policies_allow, cluster_facts, verify_graph
 from analyser.sources import CaptureReport
 from analyser.vouching import Witnesses
+from analyser.workloads import WorkloadRef
 from tests.analyser.flow_builders import (
     API_BLUE,
     API_SVC,

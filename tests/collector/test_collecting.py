@@ -8,6 +8,9 @@ import datetime
 import io
 import json
 import logging
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -21,7 +24,7 @@ from kubernetes import client as k8s_client
 
 from analyser.bundles import open_bundle
 from analyser.snapshot import load_pod_ip_history, load_snapshot
-from cli.main import main
+from cli.main import ExitStatus, main
 from collector.collecting import PARTIALS, CollectOptions, capture_mode, collect, pull_target
 from collector.history import PodIPHistory
 from collector.kinds import DEPLOYMENTS, NAMESPACES, PODS, ROLLABLE_KINDS, SNAPSHOT_KINDS
@@ -512,6 +515,24 @@ def write_kubeconfig(path: Path, server: str) -> Path:
     return path
 
 
+def test_cli_says_once_that_the_api_server_is_unreachable(tmp_path: Path) -> None:
+    """One error line naming the server, not the HTTP library's warning for every retry (run as a
+    process: its logging is set up as a user's is, not as pytest's)."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{port}")
+    argv = ["collect", "-n", "shop", "-o", str(tmp_path / "b"), "--kubeconfig", str(kubeconfig)]
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", *argv], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == ExitStatus.ERROR
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("netpol-sniffer collect: error: ")
+    assert f"https://127.0.0.1:{port}" in lines[0]
+
+
 def test_cli_reports_a_missing_permission(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -554,8 +575,12 @@ def test_no_kubeconfig_and_not_in_a_pod_is_a_clear_error(
     monkeypatch.setattr(
         "kubernetes.config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / ".kube" / "config")
     )
-    with pytest.raises(CollectError, match=r"no usable cluster access.*run in a pod"):
+    with pytest.raises(CollectError) as caught:
         load_configuration()
+    message = str(caught.value)
+    assert "no kubeconfig ($KUBECONFIG is not set and" in message
+    assert "not in a pod (no service account)" in message
+    assert "context current" not in message  # no kubeconfig: no context to speak of
 
 
 def test_cli_names_an_unusable_kubeconfig(
