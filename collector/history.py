@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 _WATCH_CHUNK_S = 300  # the longest single watch request; the API server may end it sooner
 
+
 def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
