@@ -9,16 +9,23 @@ COMPILED := $(VENV)/.compiled
 APT_PACKAGES := tcpdump iproute2 iptables graphviz procps kmod gcc libc6-dev python3-dev
 # The commands that tell whether they are there.
 APT_COMMANDS := tcpdump ip iptables dot gcc
+# What the real node of `make node-e2e` runs on (tests/e2e/node.py).
+NODE_APT_PACKAGES := containerd runc containernetworking-plugins buildah debootstrap ipset conntrack
+NODE_APT_COMMANDS := containerd runc buildah debootstrap ipset conntrack
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv lint test unit lab-test e2e fuzz control-plane demo bench clean
+.PHONY: help system-deps node-deps venv lint check test unit lab-test e2e fuzz control-plane \
+	node-e2e node-build node-up node-down demo bench clean
 
 help:
 	@echo "make demo    set up and run the lab + analyser on microservices-demo"
 	@echo "make test    set up everything (Debian and Python packages) and run lint + all tests"
+	@echo "make check   lint, types, import layers and the fast tests (CI's first stage)"
 	@echo "make unit    fast tests only (no root, no lab, no control plane)"
 	@echo "make e2e     end-to-end tests against a real kube-apiserver"
 	@echo "make fuzz    fuzz the input parsers longer (FUZZ_EXAMPLES=5000 per target)"
+	@echo "make node-e2e  the README's journey on a real node under kube-router (root)"
+	@echo "make node-up   start that node by hand (Ctrl-C or make node-down stops it)"
 	@echo "make bench   benchmarks (prints figures, asserts nothing)"
 
 system-deps:
@@ -27,6 +34,14 @@ system-deps:
 	if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing (install as root: apt-get install $(APT_PACKAGES))" >&2; exit 0; fi; \
 	echo "installing Debian packages for:$$missing"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES)
+
+node-deps:
+	@missing=""; for cmd in $(NODE_APT_COMMANDS); do command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$cmd"; done; \
+	[ -x /usr/lib/cni/bridge ] || missing="$$missing cni-plugins"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing:$$missing (install as root: apt-get install $(NODE_APT_PACKAGES))" >&2; exit 0; fi; \
+	echo "installing Debian packages for:$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(NODE_APT_PACKAGES)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,11 +72,24 @@ define run_pytest
 	if [ $$status -eq 5 ]; then echo "pytest ran no test: failing" >&2; exit 1; fi; exit $$status
 endef
 
-test: system-deps venv lint control-plane
-	$(call run_pytest,)
+# The tests that need root, network namespaces, a real control plane, a real node or the kubectl
+# the control plane's build makes; the rest are fast.
+SLOW_MARKERS := lab or e2e or root or node or kubectl
+
+# CI's two stages: `check` (lint and every fast test, no root needed, a couple of minutes) runs
+# first and stops the run on the first failure; then the root, lab and end-to-end tests, the
+# real node's among them.
+test: system-deps node-deps venv check control-plane node-build
+	@echo "== stage 2: root, lab and end-to-end tests"
+	$(call run_pytest,-m "$(SLOW_MARKERS)")
+
+check: venv
+	@echo "== stage 1: lint, types, import layers and the fast tests"
+	$(MAKE) --no-print-directory lint
+	$(call run_pytest,-m "not ($(SLOW_MARKERS))")
 
 unit: venv
-	$(call run_pytest,-m "not lab and not e2e and not root and not fuzz")
+	$(call run_pytest,-m "not ($(SLOW_MARKERS)) and not fuzz")
 
 lab-test: system-deps venv
 	$(call run_pytest,-m lab)
@@ -78,6 +106,21 @@ fuzz: venv
 control-plane: venv
 	$(BIN)/python tests/e2e/controlplane.py build
 
+# The real node: kubelet, kube-proxy, kube-scheduler (with the control plane's build), kube-router and
+# CoreDNS from their Go modules, the images made with debootstrap and buildah; cached like the
+# control plane. node-e2e writes node-e2e-output/ and prints one summary line.
+node-build: node-deps venv
+	$(BIN)/python -m tests.e2e.node build
+
+node-e2e: system-deps node-deps venv node-build
+	$(call run_pytest,-m node)
+
+node-up: node-deps venv node-build
+	$(BIN)/python -m tests.e2e.node up
+
+node-down: venv
+	$(BIN)/python -m tests.e2e.node down
+
 demo: system-deps venv
 	$(BIN)/netpol-sniffer demo
 
@@ -91,6 +134,7 @@ bench: system-deps venv
 	$(BIN)/python bench/pull_throughput.py
 	$(BIN)/python bench/verify_universe.py
 	$(BIN)/python bench/render_throughput.py
+	$(BIN)/python bench/hostile_inputs.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache build analyser/*.so
+	rm -rf $(VENV) demo-output node-e2e-output .pytest_cache .mypy_cache .ruff_cache build analyser/*.so

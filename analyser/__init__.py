@@ -4,29 +4,41 @@ Pure (data in, data out, no I/O):
     packets     bytes → L3/L4 facts and DNS answers (the only dpkt import)
     flows       the flow types, and conversations → client → server flows
     dns         DNS answers → the names an address had, and when
-    identities  (IP, time) → pod, workload, Service, node or outside
-    graphs      flows + identities → the workload graph (the only networkx import)
-    policies    the policy model, synthesised from the graph
+    objects     the snapshot's objects as typed views, each read (and so checked) once: the schema
+    identities  (IP, time) → pod, workload, Service, node or outside: ``Resolver``, a thin facade
+    clusterdns  where cluster DNS answers (conventions, the busiest Service), node-local caches
+    services    a Service's backends and target ports (``target_port``), listeners, exposures
+    workloads   a pod's workload (the owner walk) and the selector its policy uses
+    claims      which pod held which address when (IP history, meta.json, snapshot lifetimes)
+    networks    the nodes' addresses, theirs on the pod network, the cluster's ranges
+    vouching    which side of a flow its captures speak for (a pod's capture: its own side)
+    vantages    where each capture was taken (a pod, a node) and which pods each covered
+    graphs      flows + identities → the workload graph: typed nodes and edges, its schema
+    policies    the policy model, and the plan (policies, default-denies) made from the graph
+    selectors   label selectors, and the volatile labels that never belong in one
+    peers       target ports, pod and address peers, special addresses, cluster DNS, exposures
+    addresses   IP addresses as text: checked, normalized, parsed, sorted
     evaluation  NetworkPolicy semantics: what does a set of policies allow?
     verifying   observed connections and a policy set → verify's and diff's reports
     replaying   the graph and the snapshot → the facts evaluation works on
     rendering   policies, graph and facts → YAML, DOT, Markdown (the only jinja2 import)
+    texts       Kubernetes name rules, and any text from input made inert for an output
 
 Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functions read files):
     sources     capture files → (timestamp, linktype, bytes) records
     reading     capture files → traffic, on every core
-    bundles     a bundle directory → manifest, snapshot, captures, damaged files
-    snapshot    snapshot.json, pod IP history and meta.json → indexed Kubernetes JSON
+    bundles     a bundle directory (kernel.bundles' format) → manifest, snapshot, captures, damage
+    documents   JSON and YAML text → values, with bounded work (no YAML aliases, nesting capped)
+    snapshot    snapshot.json, pod IP history and meta.json → the views, indexed
     policysets  policy files → a policy set
-    pulling     the exec-API pull protocol: frames → files, checksums, resume
     analysing   the whole pipeline; ``write_output`` is the only writer of analyse's output
 
-Shells:
-    collecting  the only module that talks to a cluster (the only kubernetes import)
-    cli         one module per subcommand; ``cli.main`` is the error boundary
+Each module imports only those below it in the layers of ``pyproject.toml`` (import-linter).
 
-Errors are one tree, in ``errors``. The public surface is listed in ``__all__``; everything else
-is internal.
+The cluster is the ``collector`` package's business, the command line the ``cli`` package's.
+
+Errors are one tree, in ``kernel.errors`` (shared by every package), re-exported here. The public
+surface is listed in ``__all__``; everything else is internal.
 """
 
 from __future__ import annotations
@@ -35,15 +47,6 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from analyser.errors import (
-        BundleError,
-        CaptureError,
-        CollectError,
-        NetpolSnifferError,
-        PolicyError,
-        SnapshotError,
-        UnsafePolicies,
-    )
     from analyser.evaluation import (
         Address,
         ContainerPort,
@@ -54,16 +57,27 @@ if TYPE_CHECKING:
         pod,
     )
     from analyser.flows import Endpoint, Evidence, Flow, Protocol
-    from analyser.identities import Resolver, Workload, WorkloadRef
+    from analyser.identities import Resolver
+    from analyser.peers import SpecialAddress
     from analyser.policies import DefaultDeny, Policy, synthesize
     from analyser.policysets import load_policies
     from analyser.snapshot import Snapshot, load_snapshot
+    from analyser.workloads import Workload, WorkloadRef
+    from kernel.errors import (
+        BundleError,
+        CaptureError,
+        CollectError,
+        NetpolSnifferError,
+        PolicyError,
+        SnapshotError,
+        UnsafePolicies,
+    )
 
 # Where each public name lives. They are imported on first use (PEP 562): a reader process, the
 # webhook and short commands import only the modules they need, not evaluation, identities,
 # policies and YAML with them (0.07 CPU-seconds per process, see docs/captures.md).
 _EXPORTS = {
-    "errors": (
+    "kernel.errors": (
         "BundleError",
         "CaptureError",
         "CollectError",
@@ -72,7 +86,7 @@ _EXPORTS = {
         "SnapshotError",
         "UnsafePolicies",
     ),
-    "evaluation": (
+    "analyser.evaluation": (
         "Address",
         "ContainerPort",
         "Denial",
@@ -81,11 +95,13 @@ _EXPORTS = {
         "PortSet",
         "pod",
     ),
-    "flows": ("Endpoint", "Evidence", "Flow", "Protocol"),
-    "identities": ("Resolver", "Workload", "WorkloadRef"),
-    "policies": ("DefaultDeny", "Policy", "synthesize"),
-    "policysets": ("load_policies",),
-    "snapshot": ("Snapshot", "load_snapshot"),
+    "analyser.flows": ("Endpoint", "Evidence", "Flow", "Protocol"),
+    "analyser.identities": ("Resolver",),
+    "analyser.workloads": ("Workload", "WorkloadRef"),
+    "analyser.peers": ("SpecialAddress",),
+    "analyser.policies": ("DefaultDeny", "Policy", "synthesize"),
+    "analyser.policysets": ("load_policies",),
+    "analyser.snapshot": ("Snapshot", "load_snapshot"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -110,6 +126,7 @@ __all__ = [
     "Resolver",
     "Snapshot",
     "SnapshotError",
+    "SpecialAddress",
     "UnsafePolicies",
     "Workload",
     "WorkloadRef",
@@ -124,7 +141,7 @@ def __getattr__(name: str) -> object:
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'analyser' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"analyser.{module}"), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups do not come here
     return value
 

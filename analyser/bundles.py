@@ -1,4 +1,5 @@
-"""Bundles: the one format between ``collect``, ``lab`` and ``analyse`` (see docs/analyse.md).
+"""Opening a bundle: the format between ``collect``, ``lab`` and ``analyse`` (``kernel.bundles``,
+see docs/analyse.md), read and checked.
 
 A bundle directory is turned into its parts here: the manifest (``bundle.json``), where the
 snapshot, the pod IP history and the sidecars' ``meta.json`` files are, and which capture files
@@ -8,46 +9,53 @@ they are not required.
 
 Damage that still leaves something to analyse (a capture listed but missing, a size or sha256
 that differs from the manifest) is collected as :class:`FileProblem`; input that leaves nothing
-to analyse raises :class:`~analyser.errors.BundleError` naming what is missing. File I/O only;
-no heavy library.
+to analyse raises :class:`~kernel.errors.BundleError` naming what is missing. A file that is a
+symbolic link to outside the bundle is never read (a tampered bundle could point at any file of
+the machine that analyses it, and error messages quote what they read): a capture, meta.json or
+pod-ips.jsonl is skipped with a :class:`FileProblem`, a snapshot is a :class:`BundleError`. File
+I/O only; no heavy library.
 
     BUNDLE/
-      bundle.json     {"format_version": 1, "producer": "collect"|"lab", "capture_mode": ...,
+      bundle.json     {"format_version": 1 or 2, "producer": "collect"|"lab", "capture_mode": ...,
                        "window": {"start": RFC 3339, "end": RFC 3339},
-                       "captures": [{"path", "namespace", "pod", "sha256", "size"}, ...]}
+                       "captures": [{"path", "namespace", "pod", "sha256", "size"}
+                                    or {"path", "node", "sha256", "size"}, ...]}
       snapshot.json   (or snapshot/, a folder of such files)
       pod-ips.jsonl   optional
-      captures/NAMESPACE/POD/*.pcap[ng][.gz] with meta.json beside them
+      captures/NAMESPACE/POD/*.pcap[ng][.gz] with meta.json beside them (a pod's sidecar)
+      captures/_node/NODE/*.pcap[ng][.gz] with meta.json beside them (a node's capture)
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from analyser.errors import BundleError
-from analyser.sources import find_captures
-
-FORMAT_VERSION = 1
-MANIFEST = "bundle.json"
-SNAPSHOT_FILE = "snapshot.json"
-SNAPSHOT_FILES = (SNAPSHOT_FILE, "snapshot.yaml", "snapshot.yml")  # looked for in this order
-SNAPSHOT_FOLDER = "snapshot"
-POD_IPS = "pod-ips.jsonl"
-CAPTURES = "captures"
-CAPTURE_META = "meta.json"
-PRODUCERS = ("collect", "lab")
-# What a snapshot should hold, as ``kubectl get`` takes it.
-SNAPSHOT_KINDS = (
-    "namespaces,nodes,pods,services,endpointslices,deployments,replicasets,statefulsets,"
-    "daemonsets,jobs,cronjobs"
+from analyser.documents import DocumentError, json_value
+from analyser.objects import NAMESPACE_NAME, OBJECT_NAME, TextRule
+from kernel.bundles import (
+    CAPTURE_META,
+    CAPTURES,
+    FORMAT_VERSION,
+    FORMAT_VERSIONS,
+    MANIFEST,
+    POD_IPS,
+    PRODUCERS,
+    SNAPSHOT_FILE,
+    SNAPSHOT_FILES,
+    SNAPSHOT_FOLDER,
+    SNAPSHOT_KINDS,
+    CaptureEntry,
+    Manifest,
+    Window,
+    file_sha256,
+    find_captures,
 )
-
-_HASH_CHUNK = 1 << 20
+from kernel.errors import BundleError
+from kernel.times import possible
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,70 +64,6 @@ class FileProblem:
 
     path: str  # relative to the bundle
     problem: str
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """The capture window, UTC epoch seconds."""
-
-    start: float
-    end: float
-
-    @staticmethod
-    def text(epoch: float) -> str:
-        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-    @property
-    def start_text(self) -> str:
-        return self.text(self.start)
-
-    @property
-    def end_text(self) -> str:
-        return self.text(self.end)
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class CaptureEntry:
-    """One capture file as the manifest lists it."""
-
-    path: str  # relative to the bundle, POSIX form
-    namespace: str
-    pod: str
-    sha256: str
-    size: int
-
-    def as_json(self) -> dict[str, object]:
-        """The entry as ``bundle.json`` lists it."""
-        return {
-            "path": self.path,
-            "namespace": self.namespace,
-            "pod": self.pod,
-            "sha256": self.sha256,
-            "size": self.size,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """The contents of ``bundle.json``."""
-
-    producer: str
-    capture_mode: str
-    window: Window | None
-    captures: tuple[CaptureEntry, ...]
-    format_version: int = FORMAT_VERSION
-
-    def to_json(self) -> str:
-        """``bundle.json``'s text: stable key order, one trailing newline."""
-        document: dict[str, object] = {
-            "format_version": self.format_version,
-            "producer": self.producer,
-            "capture_mode": self.capture_mode,
-        }
-        if self.window is not None:
-            document["window"] = {"start": self.window.start_text, "end": self.window.end_text}
-        document["captures"] = [entry.as_json() for entry in sorted(self.captures)]
-        return json.dumps(document, indent=2) + "\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,18 +93,18 @@ class Bundle:
 # -- reading ----------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _text(record: Mapping[str, object], key: str, where: str) -> str:
     value = record.get(key)
     if not isinstance(value, str) or not value:
         raise BundleError(f"{where}: '{key}' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _name(record: Mapping[str, object], key: str, rule: TextRule, where: str) -> str:
+    """``record[key]``, a name that follows ``rule`` (it reaches reports and file names)."""
+    value = _text(record, key, where)
+    if not rule.holds(value):
+        raise BundleError(f"{where}: '{key}' must be {rule.says}, got {value!r:.60}")
     return value
 
 
@@ -180,7 +124,13 @@ def _time(value: object, where: str) -> float:
         raise BundleError(f"{where}: {value!r} is not an RFC 3339 time") from error
     if moment.tzinfo is None:
         raise BundleError(f"{where}: {value!r} has no time zone (use Z for UTC)")
-    return moment.timestamp()
+    try:
+        epoch = moment.timestamp()
+    except OverflowError:
+        epoch = math.nan
+    if not possible(epoch):
+        raise BundleError(f"{where}: {value!r} is not a time from 1970 to 9999")
+    return epoch
 
 
 def _entry(record: object, where: str) -> CaptureEntry:
@@ -190,28 +140,34 @@ def _entry(record: object, where: str) -> CaptureEntry:
     pure = PurePosixPath(path)
     if pure.is_absolute() or ".." in pure.parts:
         raise BundleError(f"{where}: path {path!r} must be relative and stay inside the bundle")
+    sha256, size = _text(record, "sha256", where).lower(), _count(record, "size", where)
+    if "node" in record:
+        if "namespace" in record or "pod" in record:
+            raise BundleError(f"{where}: a capture is a node's or a pod's, not both")
+        node = _name(record, "node", OBJECT_NAME, where)
+        return CaptureEntry(pure.as_posix(), "", "", sha256, size, node=node)
     return CaptureEntry(
         path=pure.as_posix(),
         namespace=_text(record, "namespace", where),
         pod=_text(record, "pod", where),
-        sha256=_text(record, "sha256", where).lower(),
-        size=_count(record, "size", where),
+        sha256=sha256,
+        size=size,
     )
 
 
 def parse_manifest(text: str, *, source: str) -> Manifest:
     """``bundle.json`` text → :class:`Manifest`; :class:`BundleError` naming the bad field."""
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{source}: not valid JSON: line {error.lineno}: {error.msg}") from error
+        document = json_value(text)
+    except DocumentError as error:
+        raise BundleError(f"{source}: {error}") from None
     if not isinstance(document, dict):
         raise BundleError(f"{source}: expected a JSON object")
     version = _count(document, "format_version", source)
-    if version != FORMAT_VERSION:
+    if version not in FORMAT_VERSIONS:
         raise BundleError(
             f"{source}: format_version {version} is not supported (this netpol-sniffer reads "
-            f"version {FORMAT_VERSION})"
+            f"versions {FORMAT_VERSIONS[0]} to {FORMAT_VERSION})"
         )
     producer = _text(document, "producer", source)
     if producer not in PRODUCERS:
@@ -230,12 +186,23 @@ def parse_manifest(text: str, *, source: str) -> Manifest:
     entries = document.get("captures", [])
     if not isinstance(entries, list):
         raise BundleError(f"{source}: 'captures' must be a list")
+    captures = tuple(_entry(e, f"{source}: captures[{i}]") for i, e in enumerate(entries))
+    if version < FORMAT_VERSION and any(entry.node for entry in captures):
+        raise BundleError(
+            f"{source}: a node's capture needs format_version {FORMAT_VERSION}, got {version}"
+        )
+    namespaces = document.get("namespaces", [])
+    if not isinstance(namespaces, list):
+        raise BundleError(f"{source}: 'namespaces' must be a list of namespace names")
     return Manifest(
         producer=producer,
         capture_mode=str(document.get("capture_mode") or "unknown"),
         window=window,
-        captures=tuple(_entry(e, f"{source}: captures[{i}]") for i, e in enumerate(entries)),
-        format_version=version,
+        captures=captures,
+        namespaces=tuple(
+            _name({"namespace": name}, "namespace", NAMESPACE_NAME, f"{source}: namespaces[{i}]")
+            for i, name in enumerate(namespaces)
+        ),
     )
 
 
@@ -253,6 +220,26 @@ def _check_entry(root: Path, entry: CaptureEntry, *, check_sums: bool) -> FilePr
     return None
 
 
+OUTSIDE = "a symbolic link to outside the bundle: not read (copy the file into the bundle)"
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """Whether ``path`` is inside ``root`` (a resolved path) once every symbolic link on the way
+    is followed."""
+    return path.resolve().is_relative_to(root)
+
+
+def _inside_only(root: Path, paths: Iterable[Path], problems: list[FileProblem]) -> list[Path]:
+    """``paths`` that are inside ``root``; the others become problems (:data:`OUTSIDE`)."""
+    inside = []
+    for path in paths:
+        if _inside(root, path):
+            inside.append(path)
+        else:
+            problems.append(FileProblem(path.relative_to(root).as_posix(), OUTSIDE))
+    return inside
+
+
 def find_snapshot(root: Path) -> Path | None:
     """A bundle's snapshot: ``snapshot.json`` (or ``.yaml``, ``.yml``), else the ``snapshot/``
     folder; None when there is none."""
@@ -265,7 +252,23 @@ def find_snapshot(root: Path) -> Path | None:
 def _snapshot(root: Path) -> Path:
     found = find_snapshot(root)
     if found is not None:
+        files = sorted(found.iterdir()) if found.is_dir() else [found]
+        for path in (found, *files):
+            if not _inside(root, path):
+                raise BundleError(
+                    f"{path}: {OUTSIDE}; the snapshot must be a file (or folder) of the bundle"
+                )
         return found
+    below = sorted(
+        child
+        for child in root.iterdir()
+        if child.is_dir() and ((child / MANIFEST).is_file() or find_snapshot(child) is not None)
+    )
+    if below:
+        raise BundleError(
+            f"{root}: no {SNAPSHOT_FILE} here, but {', '.join(map(str, below))} "
+            f"{'is a bundle' if len(below) == 1 else 'are bundles'}: give that folder instead"
+        )
     raise BundleError(
         f"{root}: no {SNAPSHOT_FILE} (nor snapshot.yaml, nor a {SNAPSHOT_FOLDER}/ folder): the "
         "analyser needs the "
@@ -288,6 +291,8 @@ def open_bundle(path: Path, *, check_sums: bool = True) -> Bundle:
     manifest = None
     problems: list[FileProblem] = []
     if manifest_path.is_file():
+        if not _inside(root, manifest_path):
+            raise BundleError(f"{manifest_path}: {OUTSIDE}")
         try:
             text = manifest_path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as error:
@@ -298,52 +303,34 @@ def open_bundle(path: Path, *, check_sums: bool = True) -> Bundle:
     found = set(find_captures(search))
     if manifest is not None:
         for entry in manifest.captures:
+            path = root / entry.path
+            if path.is_file() and not _inside(root, path):
+                found.add(path)  # reported and left out below: never hashed
+                continue
             problem = _check_entry(root, entry, check_sums=check_sums)
             if problem is not None:
                 problems.append(problem)
-            if (root / entry.path).is_file():
-                found.add(root / entry.path)
+            if path.is_file():
+                found.add(path)
+    missing = len(problems)
+    found = set(_inside_only(root, sorted(found), problems))
     if not found:
-        missing = f" ({len(problems)} listed in {MANIFEST} but missing)" if problems else ""
+        why = [f"{missing} listed in {MANIFEST} but missing"] if missing else []
+        if len(problems) > missing:
+            why.append(f"{len(problems) - missing} symbolic links to outside the bundle")
+        detail = f" ({'; '.join(why)})" if why else ""
         raise BundleError(
-            f"{root}: no capture files found{missing}: expected *.pcap, *.pcapng or *.cap "
+            f"{root}: no capture files found{detail}: expected *.pcap, *.pcapng or *.cap "
             f"(optionally .gz) under {search}"
         )
     pod_ips = root / POD_IPS
+    history = _inside_only(root, [pod_ips] if pod_ips.is_file() else [], problems)
     return Bundle(
         root=root,
         manifest=manifest,
         snapshot=snapshot,
-        pod_ips=pod_ips if pod_ips.is_file() else None,
-        capture_metas=tuple(sorted(search.rglob(CAPTURE_META))),
+        pod_ips=history[0] if history else None,
+        capture_metas=tuple(_inside_only(root, sorted(search.rglob(CAPTURE_META)), problems)),
         captures=tuple(sorted(found)),
         problems=tuple(problems),
     )
-
-
-# -- writing (for collect and lab) ------------------------------------------------------------
-
-
-def capture_entry(root: Path, path: Path, *, namespace: str, pod: str) -> CaptureEntry:
-    """The manifest entry for a capture file already in the bundle (hashes the file)."""
-    return CaptureEntry(
-        path=path.relative_to(root).as_posix(),
-        namespace=namespace,
-        pod=pod,
-        sha256=file_sha256(path),
-        size=path.stat().st_size,
-    )
-
-
-def write_manifest(root: Path, manifest: Manifest) -> Path:
-    target = root / MANIFEST
-    target.write_text(manifest.to_json(), encoding="utf-8")
-    return target
-
-
-def entries_for_layout(root: Path) -> Iterable[CaptureEntry]:
-    """Entries for every capture under ``root/captures/NAMESPACE/POD/`` (the bundle layout)."""
-    for path in find_captures(root / CAPTURES):
-        parts = path.relative_to(root / CAPTURES).parts
-        if len(parts) >= 3:
-            yield capture_entry(root, path, namespace=parts[0], pod=parts[1])

@@ -1,17 +1,24 @@
-"""DNS: captured answers → which names an IP address had, and when; DNS over TCP split across
-segments → whole messages (:class:`TcpDnsStreams`).
+"""DNS: captured answers → which names an IP address had, and when, as told to which client at
+which vantage point; DNS over TCP split across segments → whole messages (:class:`TcpDnsStreams`).
 
 A response for ``shop.example`` that says ``shop.example CNAME edge.cdn.example`` and
 ``edge.cdn.example A 192.0.2.7`` gives 192.0.2.7 both names: the one the client asked for and
-every name on the CNAME chain. Pure: decoding is ``packets.decode_dns``'s job, no I/O here.
+every name on the CNAME chain that leads to it.
+
+Names are bound to where they were captured: a capture comes from one pod, which controls every
+byte of it, so an answer in it may name only that pod's own flows. :class:`DnsNames` gives a flow
+the names its client was told for its server's address (the answer went to the flow's client
+address) by answers captured at a vantage point that saw the flow. Pure: decoding is
+``packets.decode_dns``'s job, no I/O here.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
+from analyser.flows import Flow
 from analyser.packets import DnsFault, DnsResponse, decode_dns
 
 # Seconds by which clocks of two captures (two nodes) may disagree.
@@ -43,30 +50,51 @@ def _chain_names(owner: str, aliases: tuple[tuple[str, str], ...]) -> set[str]:
     return names
 
 
+# name → [first answer, last answer]
+_Times = dict[str, list[float]]
+
+
 class DnsTable:
-    """IP address (compressed text) → names, each with the times of the first and last answer."""
+    """What the DNS answers captured at one vantage point say: IP address (compressed text) →
+    the clients (the addresses answers were sent to) → names, each with the times of the first
+    and last answer."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, dict[str, list[float]]] = {}
+        self._seen: dict[str, dict[str, _Times]] = {}  # address → client → names
 
-    def add(self, response: DnsResponse, at: float) -> None:
-        """Record the addresses of one response, captured at ``at`` (UTC epoch seconds)."""
+    def add(
+        self, response: DnsResponse, at: float, *, client: str, until: float | None = None
+    ) -> None:
+        """Record the addresses of one response sent to ``client``, captured at ``at`` (UTC epoch
+        seconds) and, when given, again up to ``until``."""
         for owner, ip in response.addresses:
-            names = self._seen.setdefault(ip, {})
+            names = self._seen.setdefault(ip, {}).setdefault(client, {})
             for name in _chain_names(owner, response.aliases):
-                self._note(names, name, at, at)
+                self._note(names, name, at, at if until is None else until)
 
-    def add_payload(self, payload: bytes, *, over_tcp: bool, at: float) -> DnsFault | None:
-        """Decode a port-53 payload and record its answers; the fault if it could not be read."""
+    def add_payload(
+        self,
+        payload: bytes,
+        *,
+        over_tcp: bool,
+        at: float,
+        client: str | None,
+        until: float | None = None,
+    ) -> DnsFault | None:
+        """Decode a port-53 payload and record its answers as sent to ``client`` (None: not from
+        port 53, so it names nothing; only its faults count); the fault if it could not be read,
+        or ``BAD_NAME`` when records with names that are not valid DNS names were left out (the
+        rest is recorded)."""
         responses = decode_dns(payload, over_tcp=over_tcp)
         if isinstance(responses, DnsFault):
             return responses
         for response in responses:
-            self.add(response, at)
-        return None
+            if client is not None:
+                self.add(response, at, client=client, until=until)
+        return DnsFault.BAD_NAME if any(r.bad_names for r in responses) else None
 
     @staticmethod
-    def _note(names: dict[str, list[float]], name: str, first: float, last: float) -> None:
+    def _note(names: _Times, name: str, first: float, last: float) -> None:
         seen = names.get(name)
         if seen is None:
             names[name] = [first, last]
@@ -76,33 +104,93 @@ class DnsTable:
 
     def merge(self, other: DnsTable) -> None:
         """Fold another table into this one (the result does not depend on the order)."""
-        for ip, their_names in other._seen.items():
-            names = self._seen.setdefault(ip, {})
-            for name, (first, last) in their_names.items():
-                self._note(names, name, first, last)
+        for ip, their_clients in other._seen.items():
+            clients = self._seen.setdefault(ip, {})
+            for client, their_names in their_clients.items():
+                names = clients.setdefault(client, {})
+                for name, (first, last) in their_names.items():
+                    self._note(names, name, first, last)
 
-    def names_for(self, ip: str, at: float | None = None) -> tuple[str, ...]:
-        """The names seen for ``ip`` (compressed text), sorted.
+    def names_for(
+        self, ip: str, at: float | None = None, *, asked_by: Callable[[str], bool] | None = None
+    ) -> tuple[str, ...]:
+        """The names seen for ``ip`` (compressed text), sorted; with ``asked_by``, only in
+        answers sent to a client address it accepts.
 
         With ``at``, only names from answers captured at or before that time (give or take
         ``CLOCK_SKEW`` seconds, as the answer and the flow may come from captures on different
         nodes): an address used before anyone looked it up does not take a later answer's name.
         """
-        names = self._seen.get(ip, {})
         latest = None if at is None else at + CLOCK_SKEW
         return tuple(
-            sorted(name for name, (first, _) in names.items() if latest is None or first <= latest)
+            sorted(
+                {
+                    name
+                    for client, names in self._seen.get(ip, {}).items()
+                    if asked_by is None or asked_by(client)
+                    for name, (first, _) in names.items()
+                    if latest is None or first <= latest
+                }
+            )
         )
 
     def __iter__(self) -> Iterator[DnsName]:
-        """Every (address, name) pair, sorted by address text then name."""
+        """Every (address, name) pair, over all clients, sorted by address text then name."""
         for ip in sorted(self._seen):
-            for name, (first, last) in sorted(self._seen[ip].items()):
+            merged: _Times = {}
+            for names in self._seen[ip].values():
+                for name, (first, last) in names.items():
+                    self._note(merged, name, first, last)
+            for name, (first, last) in sorted(merged.items()):
                 yield DnsName(ip, name, first, last)
 
     def __len__(self) -> int:
         """The number of addresses with at least one name."""
         return len(self._seen)
+
+
+class DnsNames:
+    """The :class:`DnsTable` of every vantage point, and where each capture file was taken: which
+    names a flow's client was told for the flow's server."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, DnsTable] = {}  # vantage → its answers
+        self._vantage_of: dict[str, str] = {}  # capture file → vantage
+
+    def add(self, capture: str, vantage: str, table: DnsTable) -> None:
+        """The answers one capture file (bundle-relative path) holds, captured at ``vantage``
+        (a pod, a node, or for a capture tied to none, its tcpdump ring)."""
+        self._vantage_of[capture] = vantage
+        self._tables.setdefault(vantage, DnsTable()).merge(table)
+
+    @property
+    def vantages(self) -> tuple[str, ...]:
+        """The vantage points capture files were added for, sorted."""
+        return tuple(sorted(self._tables))
+
+    def seen_at(self, vantage: str) -> DnsTable:
+        """The answers captured at ``vantage`` (empty when none were)."""
+        return self._tables.get(vantage) or DnsTable()
+
+    def names_for_flow(
+        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None
+    ) -> tuple[str, ...]:
+        """The names for ``flow``'s server address in answers that a vantage point whose captures
+        saw the flow captured up to its first packet (:meth:`DnsTable.names_for`), sent to the
+        flow's client: its address, or with ``asked_by`` any address it accepts (the client
+        pod's other addresses). What the client itself asked for: one pod's capture cannot name
+        another pod's peers."""
+        if asked_by is None:
+            asked_by = flow.client.ip.__eq__
+        vantages = {self._vantage_of[c] for c in flow.captures if c in self._vantage_of}
+        names = {
+            name
+            for vantage in vantages
+            for name in self._tables[vantage].names_for(
+                flow.server.ip, flow.first_seen, asked_by=asked_by
+            )
+        }
+        return tuple(sorted(names))
 
 
 # A DNS message over TCP is at most 65,535 bytes after its 2-byte length prefix.

@@ -35,15 +35,16 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from analyser.errors import PolicyError
 from analyser.flows import Protocol
+from kernel.errors import PolicyError
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 MAX_PORT = 65535
 
 Labels = tuple[tuple[str, str], ...]
+T = TypeVar("T")
 
 
 class Direction(StrEnum):
@@ -94,7 +95,7 @@ class PortSet:
 
     @classmethod
     def everything(cls) -> PortSet:
-        return cls(tuple(PortRange(protocol, 1, MAX_PORT) for protocol in sorted(Protocol)))
+        return EVERY_PORT
 
     @classmethod
     def single(cls, protocol: Protocol, port: int) -> PortSet:
@@ -115,6 +116,10 @@ class PortSet:
         return any(r.protocol == protocol and r.first <= port <= r.last for r in self.ranges)
 
     def union(self, other: PortSet) -> PortSet:
+        if not other.ranges or self is EVERY_PORT:
+            return self
+        if not self.ranges or other is EVERY_PORT:
+            return other
         return PortSet.of((*self.ranges, *other.ranges))
 
     def intersection(self, other: PortSet) -> PortSet:
@@ -156,6 +161,7 @@ class PortSet:
 
 
 NO_PORTS = PortSet()
+EVERY_PORT = PortSet(tuple(PortRange(protocol, 1, MAX_PORT) for protocol in sorted(Protocol)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +195,9 @@ class Pod:
         return self.name or f"{self.namespace}/pod{dict(self.labels)}"
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """An address that is not a pod: outside the cluster, or a node (``node`` set)."""
@@ -196,6 +205,11 @@ class Address:
     ip: str
     node: str | None = None
     name: str = ""
+    # ``ip`` parsed once: a report asks about one address against every pod.
+    parsed: IPAddress = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parsed", ipaddress.ip_address(self.ip))
 
     def __str__(self) -> str:
         return self.name or self.ip
@@ -286,8 +300,8 @@ class IpBlock:
         holes = ", ".join(str(hole) for hole in self.excepted)
         return f"{self.network} except {holes}" if holes else str(self.network)
 
-    def matches(self, ip: str) -> bool:
-        address = ipaddress.ip_address(ip)
+    def matches(self, ip: str | IPAddress) -> bool:
+        address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
         if address.version != self.network.version or address not in self.network:
             return False
         return not any(address in hole for hole in self.excepted)
@@ -316,7 +330,7 @@ class _PeerRule:
 
     def matches(self, peer: Peer, policy_namespace: str) -> bool:
         if self.ip_block is not None:
-            return isinstance(peer, Address) and self.ip_block.matches(peer.ip)
+            return isinstance(peer, Address) and self.ip_block.matches(peer.parsed)
         if not isinstance(peer, Pod):
             return False
         if self.namespace_selector is None:
@@ -355,12 +369,72 @@ class _Rule:
     def allowed(self, peer: Peer, destination: Peer, policy_namespace: str) -> PortSet:
         if self.peers and not any(p.matches(peer, policy_namespace) for p in self.peers):
             return NO_PORTS
+        return self.ports_to(destination)
+
+    def ports_to(self, destination: Peer) -> PortSet:
+        """The ports the rule allows to ``destination``, once a peer matched."""
         if not self.ports:
             return PortSet.everything()
         result = NO_PORTS
         for port in self.ports:
             result = result.union(port.resolve(destination))
         return result
+
+
+class BlockIndex(Generic[T]):
+    """Items keyed by an :class:`IpBlock`, found by address: one dict look-up per prefix length
+    in use instead of testing every block, so asking which of 20,000 blocks hold an address
+    costs about as much as asking one."""
+
+    __slots__ = ("_by_prefix",)
+
+    def __init__(self, entries: Iterable[tuple[IpBlock, T]]) -> None:
+        # (IP version, prefix length) → network address as an integer → (block, item)
+        by_prefix: dict[tuple[int, int], dict[int, list[tuple[IpBlock, T]]]] = {}
+        for block, item in entries:
+            network = block.network
+            networks = by_prefix.setdefault((network.version, network.prefixlen), {})
+            networks.setdefault(int(network.network_address), []).append((block, item))
+        self._by_prefix = by_prefix
+
+    def matching(self, ip: str | IPAddress) -> Iterator[T]:
+        """The items whose block matches the address ``ip`` (its ``except`` networks left out),
+        by prefix length, then in the order they were given."""
+        address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+        value, bits = int(address), address.max_prefixlen
+        for (version, length), networks in self._by_prefix.items():
+            if version != address.version:
+                continue
+            for block, item in networks.get(value >> (bits - length) << (bits - length), ()):
+                if not any(address in hole for hole in block.excepted):
+                    yield item
+
+
+@dataclass(frozen=True, slots=True)
+class _AddressRules:
+    """The rules of one direction of a policy that can match an address: those without peers
+    (every peer matches), and those naming an ipBlock, found through a :class:`BlockIndex`, so
+    a policy naming thousands of addresses costs as much to ask as one naming a few."""
+
+    rules: tuple[_Rule, ...]
+    everyone: tuple[int, ...]  # indices into ``rules``
+    blocks: BlockIndex[int]  # → indices into ``rules``
+
+    @classmethod
+    def of(cls, rules: tuple[_Rule, ...]) -> _AddressRules:
+        everyone = tuple(index for index, rule in enumerate(rules) if not rule.peers)
+        blocks = BlockIndex(
+            (peer.ip_block, index)
+            for index, rule in enumerate(rules)
+            for peer in rule.peers
+            if peer.ip_block is not None
+        )
+        return cls(rules, everyone, blocks)
+
+    def matching(self, ip: str | IPAddress) -> list[_Rule]:
+        """The rules one of whose peers matches the address ``ip``, in rule order."""
+        found = {*self.everyone, *self.blocks.matching(ip)}
+        return [self.rules[index] for index in sorted(found)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,9 +446,34 @@ class CompiledPolicy:
     directions: frozenset[Direction]
     ingress: tuple[_Rule, ...]
     egress: tuple[_Rule, ...]
+    _for_addresses: Mapping[Direction, _AddressRules] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Frozen: the index is derived once, here.
+        object.__setattr__(
+            self,
+            "_for_addresses",
+            {
+                Direction.INGRESS: _AddressRules.of(self.ingress),
+                Direction.EGRESS: _AddressRules.of(self.egress),
+            },
+        )
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def allowed(self, peer: Peer, destination: Peer, direction: Direction) -> PortSet:
+        """The ports this policy's rules of ``direction`` allow with ``peer``, to
+        ``destination`` (the server of the connection)."""
+        allowed = NO_PORTS
+        if isinstance(peer, Address):
+            for rule in self._for_addresses[direction].matching(peer.parsed):
+                allowed = allowed.union(rule.ports_to(destination))
+            return allowed
+        rules = self.ingress if direction is Direction.INGRESS else self.egress
+        for rule in rules:
+            allowed = allowed.union(rule.allowed(peer, destination, self.namespace))
+        return allowed
 
     def selects(self, subject: Pod, direction: Direction) -> bool:
         return (
@@ -655,9 +754,7 @@ class PolicySet:
         destination = subject if direction is Direction.INGRESS else peer
         allowed = NO_PORTS
         for policy in selecting:
-            rules = policy.ingress if direction is Direction.INGRESS else policy.egress
-            for rule in rules:
-                allowed = allowed.union(rule.allowed(peer, destination, policy.namespace))
+            allowed = allowed.union(policy.allowed(peer, destination, direction))
         return SideVerdict(direction, subject, names, allowed)
 
     def sides(self, client: Peer, server: Peer) -> tuple[SideVerdict | None, SideVerdict | None]:

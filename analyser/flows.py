@@ -6,6 +6,7 @@ No I/O here and no dpkt: packets arrive already decoded (see ``packets``).
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +24,7 @@ class Evidence(StrEnum):
 
     HANDSHAKE = "handshake"  # TCP SYN without ACK, or SCTP INIT, was captured
     KNOWN_LISTENER = "known-listener"  # the server side listens on that port per the snapshot
+    ONE_WAY = "one-way"  # only one end sent packets: it is the client
     HEURISTIC = "heuristic"  # port heuristics (well-known / lower port is the server)
 
 
@@ -51,8 +53,11 @@ class Flow:
     captures: frozenset[str]  # bundle-relative paths of the capture files that saw it
     evidence: Evidence
     # False for a TCP connection that never got going: its SYN was answered by nothing (filtered,
-    # or the server was gone) or by a RST (nothing listens), see Conversation.established.
+    # or the server was gone) or by a RST (nothing listens), or its opener disowned the SYN+ACK
+    # (a spoofed SYN), see Conversation.established.
     established: bool = True
+    # False when packets went one way only: no capture saw the other end send anything back.
+    answered: bool = True
 
 
 # "Does ENDPOINT listen on PROTOCOL at TIME?" — answered from the snapshot by the identity layer.
@@ -65,10 +70,15 @@ ListenerOracle = Callable[[Endpoint, Protocol, float], bool]
 ROLE_OPENER = 1  # sent a TCP SYN without ACK, or an SCTP INIT: the client
 ROLE_ACCEPTOR = 2  # sent a TCP SYN+ACK, or an SCTP INIT-ACK: the server
 ROLE_CLOSER = 4  # sent a TCP FIN: only an established connection is closed that way
+# Sent a TCP RST without ACK: how a host answers a segment of a connection it does not have, such
+# as a SYN+ACK to a SYN it never sent (a SYN spoofed in its name). Aborting a connection of its
+# own, or refusing a SYN, it sends RST+ACK.
+ROLE_DISOWNER = 8
 
 _PROTOCOLS = {6: Protocol.TCP, 17: Protocol.UDP, 132: Protocol.SCTP}
 _TCP_FIN = 0x01
 _TCP_SYN = 0x02
+_TCP_RST = 0x04
 _TCP_ACK = 0x10
 _SCTP_INIT = 1
 _SCTP_INIT_ACK = 2
@@ -91,6 +101,8 @@ def handshake_role(protocol_number: int, control: int) -> int:
             return ROLE_ACCEPTOR
         if control & _TCP_FIN:
             return ROLE_CLOSER
+        if control & (_TCP_RST | _TCP_ACK) == _TCP_RST:
+            return ROLE_DISOWNER
     elif protocol_number == 132:
         if control == _SCTP_INIT:
             return ROLE_OPENER
@@ -132,12 +144,24 @@ class Conversation:
     captures: frozenset[str]
     opened_by: Endpoint | None  # the client according to a captured handshake, if any
     # False when a TCP SYN was captured but no SYN+ACK and no FIN from either end, in no more
-    # packets than a failed attempt makes: the connection was refused (RST) or never answered.
+    # packets than a failed attempt makes: the connection was refused (RST) or never answered;
+    # or when its opener disowned it (see _established).
     established: bool = True
+    sender: Endpoint | None = None  # the only end that sent packets; None when both did
 
 
 # (protocol, IP of a, port of a, IP of b, port of b): plain values hash and compare fast.
 ConversationKey = tuple[Protocol, str, int, str, int]
+
+
+class CaptureVantage(typing.Protocol):
+    """Where a capture file was taken, as reading it needs: ``str()`` names the vantage point,
+    and :meth:`holds` says which addresses the capture speaks for."""
+
+    def holds(self, ip: str, first: float, last: float) -> bool:
+        """Whether ``ip`` was the vantage point's own address (or a loopback one) at ``first`` or
+        at ``last``."""
+        ...
 
 
 class CaptureConversations:
@@ -145,8 +169,8 @@ class CaptureConversations:
     it is plain data that pickles and merges cheaply.
 
     ``entries`` maps each conversation key to ``[first seen, last seen, handshake bits, packets,
-    bytes]``; the bits are: a opened, b opened, a accepted, b accepted (1, 2, 4, 8), and either
-    closed (16).
+    bytes]``; the bits are: a opened, b opened, a accepted, b accepted (1, 2, 4, 8), either
+    closed (16), a disowned, b disowned (32, 64), a sent, b sent (128, 256).
     """
 
     __slots__ = ("capture", "entries", "vantage")
@@ -174,13 +198,15 @@ class CaptureConversations:
                 if forward
                 else (protocol, destination_ip, destination_port, source_ip, source_port)
             )
-            bits = 0
+            bits = _A_SENT if forward else _B_SENT
             if roles & ROLE_OPENER:
                 bits |= 1 if forward else 2
             if roles & ROLE_ACCEPTOR:
                 bits |= 4 if forward else 8
             if roles & ROLE_CLOSER:
                 bits |= _CLOSED
+            if roles & ROLE_DISOWNER:
+                bits |= 32 if forward else 64
             entry = self.entries.get(key)
             if entry is None:
                 self.entries[key] = [first_seen, last_seen, bits, packets, size]
@@ -190,6 +216,19 @@ class CaptureConversations:
                 entry[2] |= bits
                 entry[3] += packets
                 entry[4] += size
+
+    def drop_foreign(self, vantage: CaptureVantage) -> int:
+        """Remove the conversations in which neither end was ``vantage``'s own address at the
+        conversation's first or last packet in this file, and return how many: a pod controls
+        every byte of its capture, so the capture speaks only for that pod's own traffic."""
+        foreign = [
+            key
+            for key, (first, last, *_) in self.entries.items()
+            if not vantage.holds(key[1], first, last) and not vantage.holds(key[3], first, last)
+        ]
+        for key in foreign:
+            del self.entries[key]
+        return len(foreign)
 
 
 class _Aggregate:
@@ -206,22 +245,39 @@ class _Aggregate:
         self.vantages: dict[str, list[int]] = {}
 
 
-_OPENED, _ACCEPTED, _CLOSED = 1 | 2, 4 | 8, 16  # CaptureConversations' handshake bits
+# CaptureConversations' bits.
+_OPENED, _ACCEPTED, _CLOSED = 1 | 2, 4 | 8, 16
+_A_DISOWNED, _B_DISOWNED = 32, 64
+_A_SENT, _B_SENT = 128, 256
 # What a connection that never got going can amount to: Linux sends a SYN and 6 retries
 # (net.ipv4.tcp_syn_retries), each perhaps answered by a RST. More packets mean data flowed.
 MAX_UNESTABLISHED_PACKETS = 14
 
 
 def _established(protocol: Protocol, roles: int, packets: int) -> bool:
-    """A TCP connection whose SYN was seen is established once a SYN+ACK or a FIN is seen, or
-    more packets than a failed attempt makes (a capture that dropped packets may miss the SYN+ACK
-    and the FIN of a connection that worked)."""
-    return (
-        protocol is not Protocol.TCP
-        or not roles & _OPENED
-        or bool(roles & (_ACCEPTED | _CLOSED))
-        or packets > MAX_UNESTABLISHED_PACKETS
-    )
+    """Whether a TCP connection got going, from its handshake bits (``CaptureConversations``).
+
+    Without a SYN or SYN+ACK captured (the capture started later), it is taken as established.
+    A FIN says it was: only an open connection is closed that way. Its opener (who sent the SYN,
+    or did not send the SYN+ACK) disowning it with a RST without ACK says it was not: that is the
+    answer of a host to a SYN+ACK for a SYN it never sent, spoofed in its name (or a port scanner
+    leaving a half-open probe). Otherwise a SYN+ACK says it was, and so do more packets than a
+    failed attempt makes (a capture that dropped packets may miss the SYN+ACK and the FIN of a
+    connection that worked). The ACK that completes a handshake is no evidence here: the default
+    ``handshake`` capture mode keeps only TCP packets with SYN, FIN or RST.
+    """
+    if protocol is not Protocol.TCP or not roles & (_OPENED | _ACCEPTED) or roles & _CLOSED:
+        return True
+    a_opened = roles & (1 | 8)  # a sent the SYN, or b the SYN+ACK
+    b_opened = roles & (2 | 4)
+    if (a_opened and roles & _A_DISOWNED) or (b_opened and roles & _B_DISOWNED):
+        return False
+    return bool(roles & _ACCEPTED) or packets > MAX_UNESTABLISHED_PACKETS
+
+
+def _sender(a: Endpoint, b: Endpoint, roles: int) -> Endpoint | None:
+    sent = roles & (_A_SENT | _B_SENT)
+    return None if sent == _A_SENT | _B_SENT else a if sent == _A_SENT else b
 
 
 def _opened_by(a: Endpoint, b: Endpoint, roles: int) -> Endpoint | None:
@@ -290,6 +346,7 @@ class ConversationTable:
                     frozenset(aggregate.captures),
                     _opened_by(a, b, aggregate.roles),
                     _established(protocol, aggregate.roles, packets),
+                    _sender(a, b, aggregate.roles),
                 )
             )
         return result
@@ -332,9 +389,12 @@ def orient(
 
     In order: a captured handshake (:attr:`Conversation.opened_by`); else ``known_listener``
     (from the snapshot: does this endpoint listen on this protocol at the conversation's first
-    packet?) when it says yes for exactly one side; else port heuristics (a port below 1024 or in
-    ``SERVICE_PORTS`` is the server's, an ephemeral port is the client's, else the lower port is
-    the server's). Sorted by (protocol, client, server, first_seen).
+    packet?) when it says yes for exactly one side; else, when only one end sent packets
+    (:attr:`Conversation.sender`), that end: whoever sent datagrams nobody answered started
+    the exchange (a datagram with a low source port to a high one, say from port 53, forged or
+    not, must not give the receiver an egress rule to its sender); else port heuristics (a port
+    below 1024 or in ``SERVICE_PORTS`` is the server's, an ephemeral port is the client's, else
+    the lower port is the server's). Sorted by (protocol, client, server, first_seen).
     """
     flows = []
     for conversation in conversations:
@@ -352,6 +412,9 @@ def orient(
             if listens_a != listens_b:
                 client = b if listens_a else a
                 evidence = Evidence.KNOWN_LISTENER
+            elif conversation.sender is not None:
+                client = conversation.sender
+                evidence = Evidence.ONE_WAY
             else:
                 client = b if _heuristic_server(a, b) is a else a
                 evidence = Evidence.HEURISTIC
@@ -367,6 +430,7 @@ def orient(
                 conversation.captures,
                 evidence,
                 conversation.established,
+                conversation.sender is None,
             )
         )
     # Plain values compare in C; the order is the one Endpoint's (ip, port) ordering gives.

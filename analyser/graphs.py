@@ -1,24 +1,25 @@
-"""The who-talks-to-whom graph: flows + identities → a networkx DiGraph of workloads and
-endpoints outside the cluster. The only module that imports networkx.
+"""The who-talks-to-whom graph: flows + identities → a :class:`WorkloadGraph` of workloads, the
+cluster's nodes and addresses outside the cluster (or in it, matching nothing known).
 
-Schema (a contract for policies, rendering, verify and the report):
+The schema is the records below, a contract for policies, rendering, verify and the report:
 
-- Edges point from client to server.
-- Node ids (str): ``"NS/Kind/name"`` for a workload (``WorkloadRef.__str__``), ``"ip:ADDRESS"``
-  for an address outside the cluster, ``"node:NAME"`` for a node, ``"unresolved:ADDRESS"`` for an
-  in-cluster address that matched nothing known at the time.
-- Node attributes: ``role`` (a :class:`NodeRole`), ``label`` (display text), ``workload``
-  (:class:`~analyser.identities.Workload` or None), ``names`` (tuple of DNS names seen for the
-  address, sorted), ``in_scope`` (bool: its pods were captured, so it gets a policy),
-  ``addresses`` (tuple of the addresses seen for a node, an outside or unresolved address, or a
-  hostNetwork workload — the addresses peers saw — sorted; empty for other workloads).
-- Edge attribute ``ports``: ``dict[PortSpec, EdgeStats]``, keyed by the *target* port.
-- Graph attributes: ``graph.graph["unresolved"]`` (sorted tuple of unresolved addresses),
-  ``graph.graph["attributions"]`` (tuple of :class:`FlowAttribution`: which flow made which
-  edge), ``graph.graph["attempts"]`` (tuple of :class:`Attempt`: TCP connections that were refused
-  or never answered) and ``graph.graph["loopback"]`` (how many flows were on a loopback address),
-  read through :func:`unresolved_addresses`, :func:`edge_rows`, :func:`flows_on_edge`,
-  :func:`attempts` and :func:`loopback_flows`.
+- :class:`GraphNode`: one per workload (all its pods), node, outside or unresolved address; its
+  ``id`` says which (``NS/Kind/name``, ``node:NAME``, ``ip:ADDRESS``, ``unresolved:ADDRESS``:
+  checked on construction), with its ``role``, display ``label``, ``workload``, DNS ``names``,
+  whether it is ``in_scope`` (captured: it gets a policy) and the ``addresses`` peers saw.
+- :class:`GraphEdge`: from client to server, with :class:`EdgeStats` per *target* port (which
+  sides some flow on it was vouched for at: ``EdgeStats.vouched``), and the DNS ``names`` the
+  client side's own captures saw an outside server's address told (a policy takes a peer's names
+  from its own edges only, so one pod's capture cannot name another pod's peers).
+- :class:`WorkloadGraph`: the nodes and edges, plus which flow made which edge
+  (:class:`FlowAttribution`, :meth:`WorkloadGraph.flows_on_edge`), the TCP connections never
+  established (:class:`Attempt`), how many flows were on a loopback address, the unresolved
+  addresses and the traffic a side's captures did not vouch for
+  (:meth:`WorkloadGraph.unvouched_pairs`). Immutable, sorted on construction, so the same flows
+  give the same graph whatever their order.
+
+No graph library: nothing here needs one (no graph algorithm runs on it, only lookups by node and
+by edge), and ``networkx`` cost a tenth of a second to import in every process that analyses.
 
 How flows become edges (details in ``docs/semantics.md``):
 
@@ -35,30 +36,27 @@ How flows become edges (details in ``docs/semantics.md``):
   one edge to the pod that really answered, on the port it answered on, counted once. Without such
   a twin, the flow goes to every backend of the Service at that time, each on its target port
   (``EdgeStats.assumed``).
+- Each side of a flow is vouched for by the captures at that side (``analyser.vouching``, given
+  as ``witness``): a pod's capture speaks for its own side only. ``EdgeStats.vouched`` and
+  ``FlowAttribution.vouched`` say which sides were; policies write the client's egress rule
+  only for a vouched client side and the server's ingress rule only for a vouched server side
+  (:meth:`WorkloadGraph.unvouched_pairs` lists the rest).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-import networkx as nx
-
+from analyser.addresses import address_key, parse_address
 from analyser.flows import Evidence, Flow
-from analyser.identities import (
-    EndpointKind,
-    Identity,
-    Resolver,
-    Scope,
-    Workload,
-    WorkloadRef,
-    address_key,
-    parse_address,
-)
-from analyser.policies import PortSpec
+from analyser.identities import EndpointKind, Identity, Resolver, Scope
+from analyser.peers import PortSpec
+from analyser.workloads import Workload, WorkloadRef
 
 # Two captures of one connection (client side to the ClusterIP, server side from the client) see
 # its first packets within this many seconds of each other: latency plus clock skew between nodes.
@@ -70,6 +68,35 @@ class NodeRole(StrEnum):
     EXTERNAL = "external"
     NODE = "node"
     UNRESOLVED = "unresolved"
+
+
+# How the id of a node that is no workload starts (a workload's is ``str(WorkloadRef)``).
+ID_PREFIXES = {NodeRole.EXTERNAL: "ip:", NodeRole.NODE: "node:", NodeRole.UNRESOLVED: "unresolved:"}
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Sides:
+    """Which ends of a flow (or of an edge on one port) the captures vouch for: the client's
+    side makes its egress rule, the server's its ingress rule (``analyser.vouching``)."""
+
+    client: bool = True
+    server: bool = True
+
+    def __or__(self, other: Sides) -> Sides:
+        return Sides(self.client or other.client, self.server or other.server)
+
+    @property
+    def both(self) -> bool:
+        return self.client and self.server
+
+
+BOTH_SIDES = Sides()
+
+
+class Witness(Protocol):
+    """Whether a side of a flow is vouched for (``vouching.Witnesses``)."""
+
+    def vouches(self, identity: Identity, at: float, captures: Collection[str]) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +112,10 @@ class EdgeStats:
     services: frozenset[str] = frozenset()  # "NS/name" of Services the traffic went through
     # True when no capture saw this server answer: it was taken from the Service's backends.
     assumed: bool = False
+    # False when every flow went one way only (``Flow.answered``): nothing came back.
+    answered: bool = True
+    # The sides some flow on it was vouched for at (``analyser.vouching``): only those get rules.
+    vouched: Sides = BOTH_SIDES
 
     def merged(self, other: EdgeStats) -> EdgeStats:
         return EdgeStats(
@@ -96,6 +127,8 @@ class EdgeStats:
             evidence=self.evidence | other.evidence,
             services=self.services | other.services,
             assumed=self.assumed and other.assumed,
+            answered=self.answered or other.answered,
+            vouched=self.vouched | other.vouched,
         )
 
 
@@ -110,6 +143,7 @@ class FlowAttribution:
     service: str | None = None  # "NS/name" when the client addressed a Service
     twin: Flow | None = None  # the server side's capture of the same connection
     assumed: bool = False  # the server was taken from the Service's backends
+    vouched: Sides = BOTH_SIDES  # see analyser.vouching
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +168,211 @@ class EdgeRow:
     stats: EdgeStats
 
 
-class NameTable(Protocol):
-    """DNS names seen for an address (``dns.DnsTable``)."""
+@dataclass(frozen=True, slots=True)
+class UnvouchedPair:
+    """Traffic from ``client`` to ``server`` (graph node ids) on ``ports`` that the captures at a
+    side did not vouch for: that side's policy has no rule for it (``analyser.vouching``)."""
 
-    def names_for(self, ip: str, at: float) -> Iterable[str]: ...
+    client: str
+    server: str
+    ports: tuple[PortSpec, ...]
+    vouched: Sides  # never both
+
+    @property
+    def ports_text(self) -> str:
+        """``TCP/9090, UDP/53``."""
+        return ", ".join(f"{port.protocol}/{port.port}" for port in self.ports)
+
+    @property
+    def sides(self) -> int:
+        """How many rules (egress at the client, ingress at the server) were not written."""
+        return len(self.ports) * ((not self.vouched.client) + (not self.vouched.server))
+
+    @property
+    def why(self) -> str:
+        if not self.vouched.client and not self.vouched.server:
+            return "seen by neither side's own capture while it ran: no rule for it"
+        side, rule = (self.server, "ingress") if self.vouched.client else (self.client, "egress")
+        return (
+            f"not seen by the capture of {side} while it ran (or dated before that pod existed): "
+            f"no {rule} rule for it at {side}; only the other side's captures claim it"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GraphNode:
+    """A workload (all its pods), a node of the cluster, an address outside the cluster, or an
+    address in it that matched nothing known at the time."""
+
+    # ``str(workload.ref)`` for a workload, else its ID_PREFIXES prefix and its name or address.
+    id: str
+    role: NodeRole
+    label: str  # display text: the id, a node's name with its addresses, the address
+    workload: Workload | None = None  # a workload node's, and only theirs
+    # Every DNS name some client was told for an outside address (the ``names`` of its edges).
+    names: tuple[str, ...] = ()
+    in_scope: bool = False  # a workload whose pods were captured: it gets a policy
+    # The addresses seen for a node, an outside or unresolved address, or a hostNetwork workload
+    # (the addresses peers saw), by ``address_key``; none for other workloads.
+    addresses: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.role is NodeRole.WORKLOAD:
+            if self.workload is None or self.id != str(self.workload.ref):
+                raise ValueError(
+                    f"graph node {self.id!r}: a workload node has its workload, and its id is "
+                    "the workload's NS/Kind/name"
+                )
+        elif self.workload is not None or not self.id.startswith(ID_PREFIXES[self.role]):
+            raise ValueError(
+                f"graph node {self.id!r}: a {self.role} node has no workload and an id "
+                f"starting with {ID_PREFIXES[self.role]!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class GraphEdge:
+    """What ``client`` sent ``server`` (graph node ids), per target port."""
+
+    client: str
+    server: str
+    ports: Mapping[PortSpec, EdgeStats] = field(hash=False)  # by port, never empty
+    # The DNS names of an outside server's address that the client side's own captures saw it
+    # told (``dns.DnsNames.names_for_flow``), sorted; none for any other server.
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.ports:
+            raise ValueError(f"graph edge {self.client} → {self.server}: no port")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadGraph:
+    """Who talked to whom (the schema: this module's docstring), as :func:`build_graph` makes it.
+    Sorted on construction (nodes by id, edges by client and server, attributions by edge, port
+    and flow); every edge's ends are nodes."""
+
+    nodes: tuple[GraphNode, ...] = ()
+    edges: tuple[GraphEdge, ...] = ()
+    attributions: tuple[FlowAttribution, ...] = ()  # which flow made which edge
+    attempts: tuple[Attempt, ...] = ()  # connections never established (no edge), by time
+    loopback: int = 0  # how many flows were on a loopback address (no edge)
+    # In-cluster addresses that matched nothing known at the time (UNRESOLVED nodes), sorted.
+    unresolved: tuple[str, ...] = field(init=False)
+    _node: dict[str, GraphNode] = field(init=False, repr=False, compare=False)
+    _by_role: dict[NodeRole, tuple[GraphNode, ...]] = field(init=False, repr=False, compare=False)
+    _edge: dict[tuple[str, str], GraphEdge] = field(init=False, repr=False, compare=False)
+    _to: dict[str, tuple[GraphEdge, ...]] = field(init=False, repr=False, compare=False)
+    _from: dict[str, tuple[GraphEdge, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        def set_field(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        nodes = tuple(sorted(self.nodes, key=_node_id))
+        edges = tuple(sorted(self.edges, key=_edge_ends))
+        by_id = {node.id: node for node in nodes}
+        by_ends = {(edge.client, edge.server): edge for edge in edges}
+        if len(by_id) != len(nodes) or len(by_ends) != len(edges):
+            raise ValueError("a workload graph has each node and each edge once")
+        to: dict[str, list[GraphEdge]] = defaultdict(list)
+        from_: dict[str, list[GraphEdge]] = defaultdict(list)
+        for edge in edges:
+            if edge.client not in by_id or edge.server not in by_id:
+                raise ValueError(f"graph edge {edge.client} → {edge.server}: an end is no node")
+            to[edge.server].append(edge)
+            from_[edge.client].append(edge)
+        by_role: dict[NodeRole, list[GraphNode]] = defaultdict(list)
+        for node in nodes:
+            by_role[node.role].append(node)
+        set_field("nodes", nodes)
+        set_field("edges", edges)
+        set_field("attributions", tuple(sorted(self.attributions, key=_attribution_key)))
+        set_field("attempts", tuple(self.attempts))
+        set_field("_node", by_id)
+        set_field("_by_role", {role: tuple(found) for role, found in by_role.items()})
+        set_field("_edge", by_ends)
+        set_field("_to", {node_id: tuple(found) for node_id, found in to.items()})
+        set_field("_from", {node_id: tuple(found) for node_id, found in from_.items()})
+        unresolved = (a for n in by_role[NodeRole.UNRESOLVED] for a in n.addresses)
+        set_field("unresolved", tuple(sorted(unresolved, key=address_key)))
+
+    def node(self, node_id: str) -> GraphNode:
+        """The node ``node_id`` (KeyError when there is none)."""
+        return self._node[node_id]
+
+    def with_role(self, role: NodeRole) -> tuple[GraphNode, ...]:
+        """The nodes of ``role``, by id."""
+        return self._by_role.get(role, ())
+
+    def edge(self, client: str, server: str) -> GraphEdge:
+        """The edge ``client`` → ``server`` (KeyError when there is none)."""
+        return self._edge[(client, server)]
+
+    def edges_to(self, node_id: str) -> tuple[GraphEdge, ...]:
+        """The edges whose server is ``node_id`` (from its clients), by client."""
+        return self._to.get(node_id, ())
+
+    def edges_from(self, node_id: str) -> tuple[GraphEdge, ...]:
+        """The edges whose client is ``node_id`` (to its servers), by server."""
+        return self._from.get(node_id, ())
+
+    def edge_rows(self) -> tuple[EdgeRow, ...]:
+        """The report's table: one row per edge and target port, by client, server and port."""
+        return tuple(
+            EdgeRow(
+                edge.client,
+                edge.server,
+                self._node[edge.client].label,
+                self._node[edge.server].label,
+                port,
+                stats,
+            )
+            for edge in self.edges
+            for port, stats in sorted(edge.ports.items())
+        )
+
+    def flows_on_edge(
+        self, client: str, server: str, port: PortSpec | None = None
+    ) -> tuple[FlowAttribution, ...]:
+        """The flows counted on the edge ``client`` → ``server`` (on ``port`` only, when given),
+        sorted by port and time. Found by bisection: the attributions are sorted by edge."""
+        found = self.attributions
+        wanted: tuple[Any, ...] = (client, server) if port is None else (client, server, port)
+
+        def place(a: FlowAttribution) -> tuple[Any, ...]:
+            return (a.client, a.server) if port is None else (a.client, a.server, a.port)
+
+        return found[bisect_left(found, wanted, key=place) : bisect_right(found, wanted, key=place)]
+
+    def unvouched_pairs(self) -> tuple[UnvouchedPair, ...]:
+        """Per pair of nodes, the ports with a side no flow was vouched for at, by the sides
+        that were; sorted by client, server and sides."""
+        grouped: dict[tuple[str, str, Sides], list[PortSpec]] = defaultdict(list)
+        for edge in self.edges:
+            for port, stats in sorted(edge.ports.items()):
+                if not stats.vouched.both:
+                    grouped[(edge.client, edge.server, stats.vouched)].append(port)
+        return tuple(
+            UnvouchedPair(client, server, tuple(ports), vouched)
+            for (client, server, vouched), ports in sorted(grouped.items())
+        )
+
+
+def _node_id(node: GraphNode) -> str:
+    return node.id
+
+
+def _edge_ends(edge: GraphEdge) -> tuple[str, str]:
+    return (edge.client, edge.server)
+
+
+class NameTable(Protocol):
+    """DNS names a flow's client was told for its server's address (``dns.DnsNames``)."""
+
+    def names_for_flow(
+        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None
+    ) -> Iterable[str]: ...
 
 
 @dataclass(slots=True)
@@ -151,12 +386,20 @@ class _Node:
 
 
 class _Builder:
-    def __init__(self, resolver: Resolver, dns: NameTable | None, scope: frozenset[WorkloadRef]):
+    def __init__(
+        self,
+        resolver: Resolver,
+        dns: NameTable | None,
+        scope: frozenset[WorkloadRef],
+        witness: Witness | None,
+    ):
         self.resolver = resolver
         self.dns = dns
         self.scope = scope
+        self.witness = witness
         self.nodes: dict[str, _Node] = {}
         self.edges: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
+        self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.attributions: list[FlowAttribution] = []
         self.attempts: list[Attempt] = []
         self.loopback = 0
@@ -173,7 +416,7 @@ class _Builder:
             )
         return node_id
 
-    def node_for(self, identity: Identity, at: float) -> str:
+    def node_for(self, identity: Identity) -> str:
         ip = identity.ip
         if identity.kind is EndpointKind.POD and identity.pod is not None:
             workload = self.resolver.workload(identity.pod.workload)
@@ -187,54 +430,82 @@ class _Builder:
         elif identity.kind is EndpointKind.EXTERNAL:
             node_id = f"ip:{ip}"
             node = self.nodes.setdefault(node_id, _Node(NodeRole.EXTERNAL, ip))
-            if self.dns is not None:
-                node.names.update(self.dns.names_for(ip, at))
         else:  # unresolved, or a Service address on the client side (a direction mistake)
             node_id = f"unresolved:{ip}"
             node = self.nodes.setdefault(node_id, _Node(NodeRole.UNRESOLVED, ip))
         node.addresses.add(ip)
         return node_id
 
-    def count(self, attribution: FlowAttribution, stats: EdgeStats) -> None:
-        ports = self.edges[(attribution.client, attribution.server)]
+    def names_for(self, flow: Flow, client: Identity, server: Identity) -> Iterable[str]:
+        """The DNS names of an outside server for this flow (none for anything else): from
+        answers sent to the flow's client, on this address or another its pod (or node) had."""
+        if self.dns is None or server.kind is not EndpointKind.EXTERNAL:
+            return ()
+
+        def asked_by(ip: str) -> bool:
+            if ip == client.ip:
+                return True
+            asker = self.resolver.resolve(ip, flow.first_seen)
+            if client.pod is not None:
+                return asker.pod == client.pod
+            return client.kind is EndpointKind.NODE and asker.node == client.node
+
+        return self.dns.names_for_flow(flow, asked_by=asked_by)
+
+    def vouches(self, identity: Identity, at: float, *flows: Flow) -> bool:
+        """Whether the side of a connection that was ``identity`` at ``at`` is vouched for by
+        the captures of ``flows`` (its captures: one flow, or a flow and its twin)."""
+        if self.witness is None:
+            return True
+        captures = frozenset().union(*(flow.captures for flow in flows))
+        return self.witness.vouches(identity, at, captures)
+
+    def count(
+        self, attribution: FlowAttribution, stats: EdgeStats, names: Iterable[str] = ()
+    ) -> None:
+        edge = (attribution.client, attribution.server)
+        ports = self.edges[edge]
         known = ports.get(attribution.port)
         ports[attribution.port] = stats if known is None else known.merged(stats)
         self.attributions.append(attribution)
+        if names:
+            self.names[edge].update(names)
+            self.nodes[attribution.server].names.update(names)
 
-    def graph(self) -> Any:
-        graph = nx.DiGraph()
-        for node_id in sorted(self.nodes):
-            node = self.nodes[node_id]
+    def graph(self) -> WorkloadGraph:
+        nodes = []
+        for node_id, node in self.nodes.items():
             addresses = tuple(sorted(node.addresses, key=address_key))
             label = node.label
             if node.role is NodeRole.NODE:
                 label = f"{node.label} ({', '.join(addresses)})"
-            graph.add_node(
-                node_id,
-                role=node.role,
-                label=label,
-                workload=node.workload,
-                names=tuple(sorted(node.names)),
-                in_scope=node.in_scope,
-                addresses=addresses,
+            nodes.append(
+                GraphNode(
+                    node_id,
+                    node.role,
+                    label,
+                    workload=node.workload,
+                    names=tuple(sorted(node.names)),
+                    in_scope=node.in_scope,
+                    addresses=addresses,
+                )
             )
-        for (client, server), ports in sorted(self.edges.items()):
-            graph.add_edge(client, server, ports=dict(sorted(ports.items())))
-        graph.graph["unresolved"] = tuple(
-            sorted(
-                (
-                    a
-                    for n in self.nodes.values()
-                    if n.role is NodeRole.UNRESOLVED
-                    for a in n.addresses
-                ),
-                key=address_key,
+        edges = [
+            GraphEdge(
+                client,
+                server,
+                dict(sorted(ports.items())),
+                tuple(sorted(self.names.get((client, server), ()))),
             )
+            for (client, server), ports in self.edges.items()
+        ]
+        return WorkloadGraph(
+            tuple(nodes),
+            tuple(edges),
+            tuple(self.attributions),
+            tuple(self.attempts),
+            self.loopback,
         )
-        graph.graph["attributions"] = tuple(sorted(self.attributions, key=_attribution_key))
-        graph.graph["attempts"] = tuple(self.attempts)
-        graph.graph["loopback"] = self.loopback
-        return graph
 
 
 def _is_loopback_address(address: str) -> bool:
@@ -297,7 +568,11 @@ def _attribution_key(a: FlowAttribution) -> tuple[str, str, PortSpec, tuple[Any,
 
 
 def _stats(
-    flows: Sequence[Flow], *, service: str | None = None, assumed: bool = False
+    flows: Sequence[Flow],
+    *,
+    service: str | None = None,
+    assumed: bool = False,
+    vouched: Sides = BOTH_SIDES,
 ) -> EdgeStats:
     """One connection seen by one or two captures: counted once, the larger count of packets."""
     return EdgeStats(
@@ -309,6 +584,8 @@ def _stats(
         evidence=frozenset(f.evidence for f in flows),
         services=frozenset({service}) if service else frozenset(),
         assumed=assumed,
+        answered=any(f.answered for f in flows),
+        vouched=vouched,
     )
 
 
@@ -318,12 +595,15 @@ def build_graph(
     dns: NameTable | None = None,
     *,
     scope: Scope | Collection[WorkloadRef],
-) -> Any:
-    """The workload graph (schema above) of ``flows``. ``scope``: the workloads whose pods were
-    captured (``Resolver.scope_of``); they are marked ``in_scope`` and present even when silent.
-    ``dns`` gives the names seen for outside addresses."""
+    witness: Witness | None = None,
+) -> WorkloadGraph:
+    """The workload graph of ``flows``. ``scope``: the workloads whose pods were captured
+    (``Resolver.scope_of``); they are marked ``in_scope`` and present even when silent. ``dns``
+    gives the names each flow's client was told for an outside server. ``witness`` says which
+    sides of each flow its captures vouch for (``vouching.Witnesses``); without one, every side
+    is."""
     scope_refs = scope.workloads if isinstance(scope, Scope) else frozenset(scope)
-    builder = _Builder(resolver, dns, frozenset(scope_refs))
+    builder = _Builder(resolver, dns, frozenset(scope_refs), witness)
     for ref in sorted(scope_refs):
         try:
             builder.workload_node(resolver.workload(ref))
@@ -350,39 +630,164 @@ def build_graph(
         )
         for flow in ordered
     ]
-    # Server-side captures of Service connections, by the client address they saw.
-    direct: dict[tuple[str, str, int], list[int]] = defaultdict(list)
-    for index, (flow, _, server) in enumerate(resolved):
-        if server.kind is not EndpointKind.SERVICE:
-            direct[(str(flow.protocol), flow.client.ip, flow.client.port)].append(index)
-    consumed: set[int] = set()
+    twins = _Twins(resolved)
     for flow, client, server in resolved:
         if server.kind is EndpointKind.SERVICE:
-            _service_flow(builder, resolved, direct, consumed, flow, client, server)
+            _service_flow(builder, resolved, twins, flow, client, server)
     for index, (_, _, server) in enumerate(resolved):
-        if server.kind in _UNKNOWN and index not in consumed:
-            _unknown_service_flow(builder, resolved, direct, consumed, index)
+        if server.kind in _UNKNOWN and index not in twins.consumed:
+            _unknown_service_flow(builder, resolved, twins, index)
     for index, (flow, client, server) in enumerate(resolved):
-        if server.kind is EndpointKind.SERVICE or index in consumed:
+        if server.kind is EndpointKind.SERVICE or index in twins.consumed:
             continue
+        vouched = Sides(
+            builder.vouches(client, flow.first_seen, flow),
+            builder.vouches(server, flow.first_seen, flow),
+        )
         attribution = FlowAttribution(
             flow,
-            builder.node_for(client, flow.first_seen),
-            builder.node_for(server, flow.first_seen),
+            builder.node_for(client),
+            builder.node_for(server),
             PortSpec(flow.protocol, flow.server.port),
+            vouched=vouched,
         )
-        builder.count(attribution, _stats([flow]))
+        builder.count(
+            attribution, _stats([flow], vouched=vouched), builder.names_for(flow, client, server)
+        )
     return builder.graph()
 
 
 _UNKNOWN = (EndpointKind.UNRESOLVED, EndpointKind.EXTERNAL)
 
 
+class _Near(NamedTuple):
+    """A flow found near a moment: how far apart in time, and its index (lower wins a tie)."""
+
+    apart: float
+    flow_index: int
+
+
+class _ByTime:
+    """Flows (their indices) sorted by first packet, then index, for the nearest one in time not
+    yet taken. Taken flows are jumped over through links that path compression keeps short, so
+    finding twins for every flow costs about n log n, not n² when thousands of flows share a
+    client address and port (one UDP source port to many servers)."""
+
+    def __init__(self, entries: list[tuple[float, int]]) -> None:
+        entries.sort()
+        self.times = [first_seen for first_seen, _ in entries]
+        self.indices = [index for _, index in entries]
+        # Per position, where to look on for a flow not taken: itself, until it is taken.
+        self._forward = list(range(len(entries)))
+        self._backward = list(range(len(entries)))
+
+    def _untaken(self, position: int, step: int, taken: Collection[int]) -> int:
+        """The first position from ``position`` on (moving by ``step``, 1 or -1) whose flow is
+        not taken; -1 or the length when there is none."""
+        links = self._forward if step > 0 else self._backward
+        passed = []
+        while 0 <= position < len(links):
+            if links[position] != position:
+                passed.append(position)
+                position = links[position]
+            elif self.indices[position] in taken:
+                passed.append(position)
+                position += step
+            else:
+                break
+        for skipped in passed:
+            links[skipped] = position
+        return position
+
+    def nearest(self, at: float, taken: Collection[int]) -> _Near | None:
+        """The flow not taken that is nearest ``at`` and within TWIN_WINDOW, the lowest index
+        among equally near ones; None when there is none."""
+        start = bisect_left(self.times, at)
+        found = []
+        after = self._untaken(start, 1, taken)
+        if after < len(self.times):
+            found.append(_Near(abs(self.times[after] - at), self.indices[after]))
+        before = self._untaken(start - 1, -1, taken)
+        if before >= 0:
+            # The first of the flows not taken at that moment: the lowest index.
+            first = self._untaken(bisect_left(self.times, self.times[before]), 1, taken)
+            found.append(_Near(abs(self.times[first] - at), self.indices[first]))
+        return min((near for near in found if near.apart <= TWIN_WINDOW), default=None)
+
+
+class _Twins:
+    """Where the server side's capture of a connection is looked for: the flows not to a Service
+    address (``resolved``' indices), by the client address and port they saw (with the protocol),
+    then by the server address they went to, and those to a pod also by the captures that saw
+    them. ``consumed``: flows already counted with a twin."""
+
+    def __init__(self, resolved: Sequence[tuple[Flow, Identity, Identity]]) -> None:
+        by_server: dict[_ClientKey, dict[str, list[tuple[float, int]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        to_pods: dict[_ClientKey, dict[frozenset[str], list[tuple[float, int]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        for index, (flow, _, server) in enumerate(resolved):
+            if server.kind is EndpointKind.SERVICE:
+                continue
+            key = _client_key(flow)
+            by_server[key][flow.server.ip].append((flow.first_seen, index))
+            if server.kind is EndpointKind.POD:
+                to_pods[key][flow.captures].append((flow.first_seen, index))
+        self.by_server = {
+            key: {ip: _ByTime(entries) for ip, entries in servers.items()}
+            for key, servers in by_server.items()
+        }
+        self.to_pods = {
+            key: {captures: _ByTime(entries) for captures, entries in groups.items()}
+            for key, groups in to_pods.items()
+        }
+        self.consumed: set[int] = set()
+
+    def of_service_flow(self, flow: Flow, backend_ips: Collection[str]) -> int | None:
+        """The twin of a flow to a Service: to one of its backends (``backend_ips``) if any,
+        else to any pod; the nearest in time, then the lowest index."""
+        key = _client_key(flow)
+        servers = self.by_server.get(key, {})
+        to_backend = (
+            servers[ip].nearest(flow.first_seen, self.consumed)
+            for ip in backend_ips
+            if ip in servers
+        )
+        found = min((hit for hit in to_backend if hit is not None), default=None)
+        if found is None:
+            to_pod = (
+                by_time.nearest(flow.first_seen, self.consumed)
+                for by_time in self.to_pods.get(key, {}).values()
+            )
+            found = min((hit for hit in to_pod if hit is not None), default=None)
+        return None if found is None else found.flow_index
+
+    def of_unknown_flow(self, flow: Flow) -> int | None:
+        """The twin of a flow to an unknown address: to a pod, seen by other captures than
+        ``flow``; the nearest in time, then the lowest index."""
+        to_pod = (
+            by_time.nearest(flow.first_seen, self.consumed)
+            for captures, by_time in self.to_pods.get(_client_key(flow), {}).items()
+            if captures.isdisjoint(flow.captures)
+        )
+        found = min((hit for hit in to_pod if hit is not None), default=None)
+        return None if found is None else found.flow_index
+
+
+_ClientKey = tuple[str, str, int]
+
+
+def _client_key(flow: Flow) -> _ClientKey:
+    """What both captures of one connection agree on: protocol, client address and port."""
+    return (str(flow.protocol), flow.client.ip, flow.client.port)
+
+
 def _unknown_service_flow(
     builder: _Builder,
     resolved: Sequence[tuple[Flow, Identity, Identity]],
-    direct: dict[tuple[str, str, int], list[int]],
-    consumed: set[int],
+    twins: _Twins,
     index: int,
 ) -> None:
     """A flow to an address that is no pod and no Service the snapshot knows, joined to the server
@@ -391,37 +796,39 @@ def _unknown_service_flow(
     called, the server's the pod it reached: DNAT by a Service missing from the snapshot). Two
     real connections from one client port to two places would both be in the client's capture."""
     flow, client, _ = resolved[index]
-    candidates = [
-        i
-        for i in direct.get((str(flow.protocol), flow.client.ip, flow.client.port), [])
-        if i != index
-        and i not in consumed
-        and resolved[i][2].kind is EndpointKind.POD
-        and abs(resolved[i][0].first_seen - flow.first_seen) <= TWIN_WINDOW
-        and resolved[i][0].captures.isdisjoint(flow.captures)
-    ]
-    if not candidates:
+    twin_index = twins.of_unknown_flow(flow)
+    if twin_index is None:
         return
-    twin_index = min(
-        candidates, key=lambda i: (abs(resolved[i][0].first_seen - flow.first_seen), i)
-    )
-    consumed.update((index, twin_index))
+    twins.consumed.update((index, twin_index))
     twin, _, twin_server = resolved[twin_index]
+    vouched = _twin_sides(builder, flow, client, twin, twin_server)
     attribution = FlowAttribution(
         flow,
-        builder.node_for(client, flow.first_seen),
-        builder.node_for(twin_server, twin.first_seen),
+        builder.node_for(client),
+        builder.node_for(twin_server),
         PortSpec(flow.protocol, twin.server.port),
         twin=twin,
+        vouched=vouched,
     )
-    builder.count(attribution, _stats([flow, twin]))
+    builder.count(attribution, _stats([flow, twin], vouched=vouched))
+
+
+def _twin_sides(
+    builder: _Builder, flow: Flow, client: Identity, twin: Flow, server: Identity
+) -> Sides:
+    """The sides vouched for of a connection seen as ``flow`` (by the client's capture, to the
+    address it called) and as ``twin`` (by the server's, from the pod that answered): each side
+    at the time its own view was resolved, by the captures of both."""
+    return Sides(
+        builder.vouches(client, flow.first_seen, flow, twin),
+        builder.vouches(server, twin.first_seen, flow, twin),
+    )
 
 
 def _service_flow(
     builder: _Builder,
     resolved: Sequence[tuple[Flow, Identity, Identity]],
-    direct: dict[tuple[str, str, int], list[int]],
-    consumed: set[int],
+    twins: _Twins,
     flow: Flow,
     client: Identity,
     server: Identity,
@@ -432,102 +839,54 @@ def _service_flow(
     backends = builder.resolver.service_backends(
         server.service, flow.server.port, flow.protocol, flow.first_seen, family=version
     )
-    client_node = builder.node_for(client, flow.first_seen)
+    client_node = builder.node_for(client)
     backend_ips = {b.identity.ip for b in backends}
     # The server side's view of this connection: same client address, port and protocol, first
     # seen within TWIN_WINDOW, to one of the Service's backends (or to a pod the snapshot did not
     # list behind it: EndpointSlices are from the end of the window).
-    candidates = [
-        i
-        for i in direct.get((str(flow.protocol), flow.client.ip, flow.client.port), [])
-        if i not in consumed
-        and abs(resolved[i][0].first_seen - flow.first_seen) <= TWIN_WINDOW
-        and (resolved[i][0].server.ip in backend_ips or resolved[i][2].kind is EndpointKind.POD)
-    ]
-    if candidates:
-        # Prefer a twin that went to a known backend, then the closest in time.
-        index = min(
-            candidates,
-            key=lambda i: (
-                resolved[i][0].server.ip not in backend_ips,
-                abs(resolved[i][0].first_seen - flow.first_seen),
-                i,
-            ),
-        )
-        consumed.add(index)
+    index = twins.of_service_flow(flow, backend_ips)
+    if index is not None:
+        twins.consumed.add(index)
         twin, _, twin_server = resolved[index]
+        vouched = _twin_sides(builder, flow, client, twin, twin_server)
         attribution = FlowAttribution(
             flow,
             client_node,
-            builder.node_for(twin_server, twin.first_seen),
+            builder.node_for(twin_server),
             PortSpec(flow.protocol, twin.server.port),
             service=service,
             twin=twin,
+            vouched=vouched,
         )
-        builder.count(attribution, _stats([flow, twin], service=service))
+        builder.count(attribution, _stats([flow, twin], service=service, vouched=vouched))
         return
     if not backends:
         # A Service with nothing behind it (or not on this port): keep the address visible.
         unbacked = Identity(EndpointKind.UNRESOLVED, server.ip)
+        vouched = Sides(client=builder.vouches(client, flow.first_seen, flow))
         attribution = FlowAttribution(
             flow,
             client_node,
-            builder.node_for(unbacked, flow.first_seen),
+            builder.node_for(unbacked),
             PortSpec(flow.protocol, flow.server.port),
             service=service,
+            vouched=vouched,
         )
-        builder.count(attribution, _stats([flow], service=service))
+        builder.count(attribution, _stats([flow], service=service, vouched=vouched))
         return
     # Several pods of one workload on one port are one edge, and the flow counts once on it.
-    targets = {
-        (builder.node_for(b.identity, flow.first_seen), PortSpec(flow.protocol, b.port))
-        for b in backends
-    }
-    for server_node, port in sorted(targets):
-        attribution = FlowAttribution(
-            flow, client_node, server_node, port, service=service, assumed=True
+    # Its server side is vouched for when one of those pods could not have seen it (no capture
+    # of it ran then): a captured backend whose capture did not see it was not the one.
+    client_vouched = builder.vouches(client, flow.first_seen, flow)
+    targets: dict[tuple[str, PortSpec], bool] = {}
+    for backend in backends:
+        target = (builder.node_for(backend.identity), PortSpec(flow.protocol, backend.port))
+        targets[target] = targets.get(target, False) or builder.vouches(
+            backend.identity, flow.first_seen, flow
         )
-        builder.count(attribution, _stats([flow], service=service, assumed=True))
-
-
-# -- reading a built graph -------------------------------------------------------------------
-
-
-def unresolved_addresses(graph: Any) -> tuple[str, ...]:
-    """In-cluster addresses that matched nothing known at the time, sorted."""
-    return tuple(graph.graph.get("unresolved", ()))
-
-
-def loopback_flows(graph: Any) -> int:
-    """How many flows were on a loopback address (no edge)."""
-    return int(graph.graph.get("loopback", 0))
-
-
-def attempts(graph: Any) -> tuple[Attempt, ...]:
-    """TCP connections that were refused or never answered (no edge, no rule), by time."""
-    return tuple(graph.graph.get("attempts", ()))
-
-
-def edge_rows(graph: Any) -> list[EdgeRow]:
-    """The report's table: one row per edge and target port, sorted by client, server, port."""
-    rows = []
-    for client, server, data in sorted(graph.edges(data=True), key=lambda e: (e[0], e[1])):
-        for port, stats in sorted(data["ports"].items()):
-            rows.append(
-                EdgeRow(
-                    client,
-                    server,
-                    graph.nodes[client]["label"],
-                    graph.nodes[server]["label"],
-                    port,
-                    stats,
-                )
-            )
-    return rows
-
-
-def flows_on_edge(graph: Any, client: str, server: str) -> tuple[FlowAttribution, ...]:
-    """The flows counted on the edge ``client`` → ``server``, sorted by port and time."""
-    return tuple(
-        a for a in graph.graph.get("attributions", ()) if a.client == client and a.server == server
-    )
+    for (server_node, port), server_vouched in sorted(targets.items()):
+        vouched = Sides(client_vouched, server_vouched)
+        attribution = FlowAttribution(
+            flow, client_node, server_node, port, service=service, assumed=True, vouched=vouched
+        )
+        builder.count(attribution, _stats([flow], service=service, assumed=True, vouched=vouched))

@@ -1,58 +1,33 @@
 """Identities: who an IP address was at a given time (pod → workload, Service, node, outside).
 
-The data classes below are the contract the graph, the policies and verify build on; the resolver
-that fills them from a ``snapshot.Snapshot`` (and pod IP history) lives here too. Pure: no I/O.
+:class:`Resolver` answers it from a snapshot, the pod IP history and the captures' ``meta.json``:
+a thin facade over parts that each know one thing, each importing only those below it:
+
+    clusterdns   where cluster DNS answers, and the node-local caches
+    services     a Service's backends and their target ports, listeners, exposures
+    workloads    a pod's workload (its owners walked up) and the selector its policy uses
+    claims       which pod held which address when
+    networks     the nodes' addresses, theirs on the pod network, the cluster's ranges
+
+The data classes here (:class:`Identity`, :class:`PodRef`, ...) are the contract the graph, the
+policies and verify build on. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import ipaddress
-import math
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from enum import IntEnum, StrEnum
-from typing import cast
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 
+from analyser.addresses import normalize_ip, parse_address
+from analyser.claims import CLAIM_SKEW, Claims, PodRecord
+from analyser.clusterdns import busiest_dns_service, cluster_dns
 from analyser.flows import Endpoint, Flow, Protocol
-from analyser.policies import (
-    DNS_PORTS,
-    VOLATILE_LABELS,
-    ClusterDns,
-    IpPeer,
-    LabelRequirement,
-    LabelSelector,
-    PodPeer,
-    PortSpec,
-    node_local_dns_peer,
-)
-from analyser.snapshot import (
-    CaptureMeta,
-    Controller,
-    ControllerSpec,
-    CronJob,
-    EndpointPort,
-    KubeObject,
-    LabelSelectorJson,
-    ObjectReference,
-    OwnerHint,
-    OwnerReference,
-    Pod,
-    PodIpEvent,
-    PodSpec,
-    Service,
-    ServicePort,
-    SlicePort,
-    Snapshot,
-    meta,
-    normalize_ip,
-    parse_timestamp,
-    pod_ips,
-)
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from analyser.networks import ClusterRanges, NodeAddresses
+from analyser.peers import ClusterDns, Exposure
+from analyser.services import Backend, Services
+from analyser.snapshot import CaptureMeta, PodIpEvent, Snapshot
+from analyser.workloads import Workload, WorkloadRef, Workloads
 
 
 class EndpointKind(StrEnum):
@@ -64,33 +39,16 @@ class EndpointKind(StrEnum):
 
 
 @dataclass(frozen=True, order=True, slots=True)
-class WorkloadRef:
-    """``NS/Kind/name``; Kind is Deployment, StatefulSet, DaemonSet, Job, CronJob or Pod."""
-
-    namespace: str
-    kind: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.kind}/{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class Workload:
-    """A workload and the selector its policy uses (its own selector minus volatile labels)."""
-
-    ref: WorkloadRef
-    selector: LabelSelector
-    pod_labels: tuple[tuple[str, str], ...] = ()
-    host_network: bool = False  # its pods use the node's addresses (peers see the node IP)
-
-
-@dataclass(frozen=True, order=True, slots=True)
 class PodRef:
     namespace: str
     name: str
     uid: str
     workload: WorkloadRef
+
+    @property
+    def key(self) -> str:
+        """Its pod's ``claims.PodRecord.key``."""
+        return self.uid or f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,254 +79,33 @@ class Scope:
     unknown_pods: tuple[tuple[str, str], ...] = ()  # (namespace, pod)
 
 
-@dataclass(frozen=True, slots=True)
-class PodRecord:
-    """What is known about one pod from the snapshot, the IP history and meta.json, merged."""
-
-    namespace: str
-    name: str
-    uid: str
-    labels: tuple[tuple[str, str], ...]
-    owner: OwnerHint | None
-    node: str
-    host_network: bool
-    # containerPorts as (name, port, protocol); for hostNetwork pods they are node ports.
-    ports: tuple[tuple[str, int, Protocol], ...]
-
-    @property
-    def key(self) -> str:
-        return self.uid or f"{self.namespace}/{self.name}"
-
-    def port_named(self, name: str, protocol: Protocol) -> int | None:
-        return next((p for n, p, proto in self.ports if n == name and proto is protocol), None)
-
-    def listens(self, port: int, protocol: Protocol) -> bool:
-        return any(p == port and proto is protocol for _, p, proto in self.ports)
-
-
-class _Source(IntEnum):
-    """Where an IP claim comes from; lower wins when two claims cover the same instant."""
-
-    HISTORY = 0
-    META = 1
-    SNAPSHOT = 2
-
-
 @dataclass(frozen=True, order=True, slots=True)
-class _Claim:
-    """Pod ``key`` held ``ip`` from ``start`` until ``end`` (exclusive), per ``source``."""
+class Vantage:
+    """Where a capture was taken, so what it speaks for: a pod (``namespace``, ``pod``) or a node
+    (``node``). A node's capture placed by the bundle speaks for that node's pods in
+    ``namespaces`` (the ones opted in); a loose file read as a node's capture (no
+    ``namespaces``) for everything on that node. See :meth:`Resolver.holds`."""
 
-    start: float
-    end: float
-    source: _Source
-    key: str
-    ip: str
+    namespace: str = ""
+    pod: str = ""
+    node: str = ""
+    namespaces: tuple[str, ...] = ()
 
+    def __str__(self) -> str:
+        return f"pod {self.namespace}/{self.pod}" if self.pod else f"node {self.node}"
 
-# Port on which every kubelet listens on its node's addresses (probes and logs go the other way,
-# but an API server → kubelet flow must not make the node look like the internet).
-KUBELET_PORT = 10250
-DNS_NAMESPACE = "kube-system"
-DNS_SERVICE = "kube-dns"
-DNS_POD_LABEL = ("k8s-app", "kube-dns")
-
-
-@dataclass(frozen=True, slots=True)
-class DnsConvention:
-    """Where a distribution runs its cluster DNS: a Service and, optionally, the label of its pods
-    (found even when the Service or its endpoints are missing from the snapshot)."""
-
-    namespace: str
-    service: str
-    pod_label: tuple[str, str] | None = None
-
-
-# kubeadm, EKS, GKE, AKS and k3s: kube-system/kube-dns; RKE2 names its CoreDNS Service after the
-# Helm chart; OpenShift's DNS operator runs a DaemonSet behind openshift-dns/dns-default.
-DNS_CONVENTIONS = (
-    DnsConvention(DNS_NAMESPACE, DNS_SERVICE, DNS_POD_LABEL),
-    DnsConvention(DNS_NAMESPACE, "rke2-coredns-rke2-coredns"),
-    DnsConvention(
-        "openshift-dns", "dns-default", ("dns.operator.openshift.io/daemonset-dns", "default")
-    ),
-)
-# The smallest prefix accepted for a network inferred to cover the pods' or Services' addresses;
-# anything wider would swallow the internet, so each address then gets a /16 (/64) of its own.
-_MIN_INFERRED_PREFIX = {4: 8, 6: 32}
-_FALLBACK_PREFIX = {4: 16, 6: 64}
-# A pod cannot have sent a packet long before it existed: an address seen this many seconds (clock
-# skew between nodes and the API server, a watcher noticing an IP late) or more before the first
-# claim on it belonged to someone the snapshot no longer knows.
-CLAIM_SKEW = 300.0
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An IP address's text parsed, cached: the analysis asks about the same addresses, both ends
-    of every flow, again and again (here, in graphs and in analysing)."""
-    return ipaddress.ip_address(text)
-
-
-def address_key(text: str) -> tuple[int, int]:
-    """Sort key of an IP address's text: IPv4 first, then numerically."""
-    address = parse_address(text)
-    return address.version, int(address)
-
-
-def _protocol(text: str | None) -> Protocol | None:
-    try:
-        return Protocol((text or "TCP").upper())
-    except ValueError:
-        return None
-
-
-def _without_volatile(labels: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, v) for k, v in labels if k not in VOLATILE_LABELS))
-
-
-def selector_from_json(selector: LabelSelectorJson | None) -> LabelSelector:
-    """A ``metav1.LabelSelector`` dict → :class:`LabelSelector`, minus volatile labels."""
-    if not selector:
-        return LabelSelector()
-    expressions = tuple(
-        sorted(
-            LabelRequirement(
-                key=expr.get("key", ""),
-                operator=expr.get("operator", ""),
-                values=tuple(sorted(set(expr.get("values", [])))),
-            )
-            for expr in selector.get("matchExpressions", [])
-            if expr.get("key") not in VOLATILE_LABELS
-        )
-    )
-    return LabelSelector(
-        match_labels=_without_volatile(selector.get("matchLabels", {}).items()),
-        match_expressions=expressions,
-    )
-
-
-def container_ports(spec: PodSpec) -> tuple[tuple[str, int, Protocol], ...]:
-    """(name, port, protocol) of every containerPort of a pod spec, init containers included."""
-    ports: set[tuple[str, int, Protocol]] = set()
-    for container in (*spec.get("containers", []), *spec.get("initContainers", [])):
-        for port in container.get("ports", []):
-            protocol = _protocol(port.get("protocol"))
-            if protocol is not None and "containerPort" in port:
-                ports.add((port.get("name", ""), port["containerPort"], protocol))
-    return tuple(sorted(ports))
-
-
-def _pod_lifetime(pod: Pod) -> tuple[float, float]:
-    """When the pod could hold its IPs: creation (or start) until deletion, or until its
-    containers finished for a completed pod (its IP is free for reuse from then on)."""
-    meta_ = meta(pod)
-    status = pod.get("status", {})
-    created = meta_.get("creationTimestamp") or status.get("startTime")
-    start = parse_timestamp(created) if created else -math.inf
-    end = math.inf
-    if meta_.get("deletionTimestamp"):
-        end = parse_timestamp(meta_["deletionTimestamp"])
-    if status.get("phase") in ("Succeeded", "Failed"):
-        finished = [
-            parse_timestamp(s["state"]["terminated"]["finishedAt"])
-            for s in status.get("containerStatuses", [])
-            if s.get("state", {}).get("terminated", {}).get("finishedAt")
-        ]
-        if finished:
-            end = min(end, max(finished))
-    return start, end
-
-
-def _controller_hint(refs: Iterable[OwnerReference]) -> OwnerHint | None:
-    refs = [r for r in refs if r.get("kind") and r.get("name")]
-    chosen = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
-    if chosen is None:
-        return None
-    return OwnerHint(kind=chosen["kind"], name=chosen["name"], uid=chosen.get("uid", ""))
-
-
-class _Networks:
-    """A set of networks that answers "is this address in one of them?" with one set lookup per
-    prefix length in use (a thousand nodes' podCIDRs have one or two), not one test per network."""
-
-    def __init__(self, networks: Iterable[IPNetwork]) -> None:
-        self.networks = frozenset(networks)
-        self._lengths = {
-            version: sorted({n.prefixlen for n in self.networks if n.version == version})
-            for version in (4, 6)
-        }
-
-    def __contains__(self, ip: str) -> bool:
-        address = parse_address(ip)
-        return any(
-            ipaddress.ip_network((address, length), strict=False) in self.networks
-            for length in self._lengths[address.version]
-        )
-
-
-# Node annotations naming the node's own address on the pod network (Cilium's router, Calico's
-# tunnel ends): the source of what the node itself sends to its pods.
-_GATEWAY_ANNOTATIONS = (
-    "network.cilium.io/ipv4-cilium-host",
-    "network.cilium.io/ipv6-cilium-host",
-    "io.cilium.network.ipv4-cilium-host",
-    "io.cilium.network.ipv6-cilium-host",
-    "projectcalico.org/IPv4IPIPTunnelAddr",
-    "projectcalico.org/IPv4VXLANTunnelAddr",
-    "projectcalico.org/IPv6VXLANTunnelAddr",
-)
-
-
-def _pod_network_gateways(snapshot: Snapshot) -> dict[str, str]:
-    """Address → node, for the addresses a node has on the pod network: the first address of its
-    podCIDRs (the bridge or gateway of flannel, k3s, the bridge plugin) and the addresses its
-    annotations name. Kubelet probes and other host traffic to pods come from them. Consulted
-    after pods: a pod that holds such an address is that pod."""
-    gateways: dict[str, str] = {}
-    for node in snapshot.nodes:
-        name = meta(node)["name"]
-        spec = node.get("spec", {})
-        for cidr in spec.get("podCIDRs", []) or ([spec["podCIDR"]] if "podCIDR" in spec else []):
-            with contextlib.suppress(ValueError):
-                network = ipaddress.ip_network(cidr, strict=False)
-                if network.num_addresses > 2:
-                    gateways.setdefault(str(network.network_address + 1), name)
-        annotations = cast(dict[str, object], node.get("metadata", {})).get("annotations")
-        if isinstance(annotations, dict):
-            for key in _GATEWAY_ANNOTATIONS:
-                value = annotations.get(key)
-                if isinstance(value, str) and _is_ip(value):
-                    gateways.setdefault(normalize_ip(value), name)
-    return gateways
-
-
-def _covering_networks(ips: Iterable[str]) -> set[IPNetwork]:
-    """The smallest network holding all of ``ips``, per address family (or, when that would be
-    implausibly wide, a /16 or /64 per address)."""
-    by_family: dict[int, list[int]] = defaultdict(list)
-    for text in ips:
-        address = ipaddress.ip_address(text)
-        by_family[address.version].append(int(address))
-    networks: set[IPNetwork] = set()
-    for version, values in by_family.items():
-        bits = 32 if version == 4 else 128
-        spread = max(v ^ values[0] for v in values).bit_length()
-        prefix = bits - spread
-        if prefix >= _MIN_INFERRED_PREFIX[version]:
-            networks.add(ipaddress.ip_network((values[0] >> spread << spread, prefix)))
-        else:
-            prefix = _FALLBACK_PREFIX[version]
-            networks |= {ipaddress.ip_network((v, prefix), strict=False) for v in values}
-    return networks
+    def speaks_for(self, namespace: str) -> bool:
+        """Whether a node's capture speaks for that node's pods in ``namespace``."""
+        return not self.namespaces or namespace in self.namespaces
 
 
 class Resolver:
     """Answers "who was this address at that time?" from a snapshot, the pod IP history
     (``pod-ips.jsonl``) and the captures' ``meta.json``.
 
-    For pods, the IP history wins over meta.json, which wins over the snapshot's own times
-    (creation/deletion). When no claim covers the instant, the latest claim that started
-    before it is used (a pod's last packets after its deletion), else the earliest one.
+    An address is a Service's first, then the pod's that held it then (``claims``), then a
+    node's (or, with the listening port, the hostNetwork pod's that declares it), then a node's
+    on the pod network; else unresolved inside the cluster's ranges, outside beyond them.
     """
 
     def __init__(
@@ -378,267 +115,26 @@ class Resolver:
         ip_history: Sequence[PodIpEvent] = (),
         captures: Sequence[CaptureMeta] = (),
     ) -> None:
-        self._snapshot = snapshot
-        self._records: dict[str, PodRecord] = {}
-        self._by_name: dict[tuple[str, str], list[str]] = defaultdict(list)
-        self._claims: dict[str, list[_Claim]] = defaultdict(list)
-        self._workloads: dict[WorkloadRef, Workload] = {}
-        self._workload_of_key: dict[str, WorkloadRef] = {}
-        self._node_of_address = dict(snapshot.node_by_address)
-        self._addresses_of_node: dict[str, list[str]] = defaultdict(list)
-        for ip, node in sorted(self._node_of_address.items(), key=lambda a: address_key(a[0])):
-            self._addresses_of_node[node].append(ip)
-        self._add_snapshot_pods()
-        self._add_captures(captures)
-        self._add_history(ip_history)
-        self._claims_of: dict[str, list[_Claim]] = defaultdict(list)
-        for claims in self._claims.values():
-            claims.sort()
-            for claim in claims:
-                self._claims_of[claim.key].append(claim)
-        # Before every pod the inputs know existed, the capture's clock and the snapshot's do not
-        # tell who was who: then a claim starting later is still the best guess.
-        self._known_since = min(
-            (claims[0].start for claims in self._claims.values()), default=-math.inf
+        self._nodes = NodeAddresses(snapshot)
+        self._claims = Claims(
+            snapshot, ip_history=ip_history, captures=captures, node_addresses=self._nodes
         )
-        self._host_network: dict[str, list[PodRecord]] = defaultdict(list)
-        for record in sorted(self._records.values(), key=lambda r: r.key):
-            if record.host_network and record.node:
-                self._host_network[record.node].append(record)
-        self._ranges = self._cluster_ranges()
-        self._gateways = _pod_network_gateways(snapshot)
-        self._range_set = _Networks(self._ranges)
-        self._node_ports = {
-            (port["nodePort"], protocol)
-            for service in snapshot.services
-            for port in service.get("spec", {}).get("ports", [])
-            if "nodePort" in port and (protocol := _protocol(port.get("protocol"))) is not None
-        }
-        # Caches: what Services send each pod, and the pods each Service selects.
-        self._target_ports: dict[str, frozenset[tuple[int, Protocol]]] = {}
-        self._selected: dict[tuple[str, str], list[PodRecord]] = {}
-        self._by_label: dict[tuple[str, str, str], list[PodRecord]] = defaultdict(list)
+        self._ranges = ClusterRanges(snapshot, self._claims.claimed)
+        self._workloads = Workloads(snapshot, self._claims)
+        self._services = Services(snapshot, self._claims, self._nodes)
         self._timeless: dict[tuple[str, int | None, Protocol | None], Identity] = {}
-
-    # -- building -------------------------------------------------------------------------
-
-    def _register(self, record: PodRecord) -> None:
-        if record.key not in self._records:
-            self._by_name[(record.namespace, record.name)].append(record.key)
-        self._records[record.key] = record
-
-    def _find_record(self, namespace: str, name: str, uid: str) -> PodRecord | None:
-        if uid and uid in self._records:
-            return self._records[uid]
-        keys = self._by_name.get((namespace, name), [])
-        # Without a uid, a name reused by a later pod is ambiguous: the last one registered wins.
-        return self._records[keys[-1]] if keys and not uid else None
-
-    def _claim(
-        self, record: PodRecord, ips: Iterable[str], span: tuple[float, float], source: _Source
-    ) -> None:
-        if record.host_network:
-            return
-        for ip in ips:
-            if ip in self._node_of_address:
-                continue  # a node's address: a hostNetwork pod the snapshot did not mark
-            self._claims[ip].append(_Claim(span[0], span[1], source, record.key, ip))
-
-    def _add_snapshot_pods(self) -> None:
-        for pod in self._snapshot.pods:
-            meta_ = meta(pod)
-            spec = pod.get("spec", {})
-            record = PodRecord(
-                namespace=meta_.get("namespace", ""),
-                name=meta_["name"],
-                uid=meta_.get("uid", ""),
-                labels=tuple(sorted(meta_.get("labels", {}).items())),
-                owner=_controller_hint(meta_.get("ownerReferences", [])),
-                node=spec.get("nodeName", ""),
-                host_network=bool(spec.get("hostNetwork")),
-                ports=container_ports(spec),
-            )
-            self._register(record)
-            self._claim(record, pod_ips(pod), _pod_lifetime(pod), _Source.SNAPSHOT)
-
-    def _merged(
-        self,
-        namespace: str,
-        name: str,
-        uid: str,
-        *,
-        labels: tuple[tuple[str, str], ...],
-        owner: OwnerHint | None,
-        node: str = "",
-    ) -> PodRecord:
-        """The known record for this pod with what a history line or meta.json adds to it,
-        or a new record."""
-        known = self._find_record(namespace, name, uid)
-        if known is None:
-            record = PodRecord(namespace, name, uid, labels, owner, node, False, ())
-        else:
-            # The uid stays as it was: it is the record's key, which claims refer to.
-            record = replace(
-                known,
-                labels=known.labels or labels,
-                owner=known.owner or owner,
-                node=known.node or node,
-            )
-        self._register(record)
-        return record
-
-    def _add_captures(self, captures: Sequence[CaptureMeta]) -> None:
-        for capture in captures:
-            record = self._merged(
-                capture.namespace,
-                capture.pod,
-                capture.uid,
-                labels=capture.labels,
-                owner=capture.owner,
-                node=capture.node,
-            )
-            start = -math.inf if capture.start_time is None else capture.start_time
-            self._claim(record, capture.ips, (start, math.inf), _Source.META)
-
-    def _add_history(self, events: Sequence[PodIpEvent]) -> None:
-        by_pod: dict[str, list[PodIpEvent]] = defaultdict(list)
-        for event in sorted(events, key=lambda e: e.time):
-            record = self._merged(
-                event.namespace, event.pod, event.uid, labels=event.labels, owner=event.owner
-            )
-            by_pod[record.key].append(event)
-        for key, pod_events in by_pod.items():
-            record = self._records[key]
-            for event, following in zip(pod_events, [*pod_events[1:], None], strict=True):
-                if event.deleted:
-                    continue
-                end = following.time if following is not None else math.inf
-                self._claim(record, event.ips, (event.time, end), _Source.HISTORY)
-
-    def _cluster_ranges(self) -> tuple[IPNetwork, ...]:
-        """The networks treated as inside the cluster (node podCIDRs, else inferred from pod
-        addresses; Service addresses): an unknown address in them is UNRESOLVED, not EXTERNAL."""
-        ranges: set[IPNetwork] = set()
-        for cidr in self._snapshot.pod_cidrs:
-            with contextlib.suppress(ValueError):
-                ranges.add(ipaddress.ip_network(cidr, strict=False))
-        # Pod addresses outside every node's podCIDR (or all of them, without podCIDRs).
-        node_ranges = _Networks(ranges)
-        outside = [ip for ip in self._claims if ip not in node_ranges]
-        ranges |= _covering_networks(outside)
-        ranges |= _covering_networks(self._snapshot.services_by_cluster_ip)
-        return tuple(sorted(ranges, key=lambda n: (n.version, str(n))))
 
     # -- pods and workloads -----------------------------------------------------------------
 
-    def _record_at(self, ip: str, at: float) -> PodRecord | None:
-        claims = self._claims.get(ip)
-        if not claims:
-            return None
-        covering = [c for c in claims if c.start <= at < c.end]
-        if covering:
-            best = min(covering, key=lambda c: (c.source, -c.start))
-        else:
-            earlier = [c for c in claims if c.start <= at]
-            if earlier:
-                best = max(earlier, key=lambda c: (c.start, -c.source))
-            elif self._may_precede(claims[0], at):
-                best = claims[0]
-            else:
-                return None  # before any pod the snapshot knows had it: a pod deleted since
-        return self._records[best.key]
-
-    def _may_precede(self, claim: _Claim, at: float) -> bool:
-        """Whether a packet at ``at`` may still be the claim's pod although the claim starts
-        later: clock skew, or a capture older than everything the inputs know."""
-        return claim.start - at <= CLAIM_SKEW or at < self._known_since
-
-    def _ip_of(self, record: PodRecord, at: float, version: int | None = None) -> str:
-        """The pod's address at ``at``, of IP ``version`` when it has one (dual-stack pods)."""
-        claims = self._claims_of.get(record.key, [])
-        if version is not None:
-            claims = [c for c in claims if parse_address(c.ip).version == version] or claims
-        covering = [c for c in claims if c.start <= at < c.end]
-        earlier = covering or [c for c in claims if c.start <= at]
-        if earlier:
-            return max(earlier, key=lambda c: c.start).ip
-        return claims[0].ip if claims else ""
-
-    def _node_address(self, node: str, version: int | None) -> str:
-        """An address of ``node``, of IP ``version`` when it has one ("" for an unknown node)."""
-        addresses = self._addresses_of_node.get(node, [])
-        same = [ip for ip in addresses if parse_address(ip).version == version]
-        return (same or addresses or [""])[0]
-
-    def _lifetime(self, record: PodRecord) -> tuple[float, float] | None:
-        claims = self._claims_of.get(record.key)
-        if not claims:
-            return None
-        return min(c.start for c in claims), max(c.end for c in claims)
-
-    def _object(self, kind: str, namespace: str, hint: OwnerHint) -> KubeObject | None:
-        found = self._snapshot.by_uid(hint.uid)
-        if found is not None and found.get("kind") == kind:
-            return found
-        return self._snapshot.get(kind, namespace, hint.name)
-
-    def _walk_owners(self, record: PodRecord) -> tuple[str, str, KubeObject | None]:
-        """The workload's kind and name, and the object whose selector describes its pods."""
-        owner = record.owner
-        if owner is None or owner.kind == "Node":  # bare or static (mirror) pod
-            return "Pod", record.name, None
-        namespace = record.namespace
-        obj = self._object(owner.kind, namespace, owner)
-        if owner.kind == "ReplicaSet":
-            labels = dict(record.labels)
-            parent = _controller_hint(meta(obj).get("ownerReferences", [])) if obj else None
-            if parent is not None:
-                # A Deployment, or another controller that rolls out through ReplicaSets (an
-                # Argo Rollout): the ReplicaSet is one revision of it, not the workload.
-                return (
-                    parent.kind,
-                    parent.name,
-                    self._object(parent.kind, namespace, parent) or obj,
-                )
-            template_hash = labels.get("pod-template-hash", "")
-            if obj is None and template_hash and owner.name.endswith(f"-{template_hash}"):
-                name = owner.name.removesuffix(f"-{template_hash}")
-                return "Deployment", name, self._snapshot.get("Deployment", namespace, name)
-        if owner.kind == "Job":
-            parent = _controller_hint(meta(obj).get("ownerReferences", [])) if obj else None
-            if parent is not None and parent.kind == "CronJob":
-                return "CronJob", parent.name, self._object("CronJob", namespace, parent) or obj
-            # A CronJob names its Jobs "<cronjob>-<scheduled time in minutes>".
-            prefix, _, suffix = owner.name.rpartition("-")
-            if obj is None and suffix.isdigit():
-                cron = self._snapshot.get("CronJob", namespace, prefix)
-                if cron is not None:
-                    return "CronJob", prefix, cron
-        return owner.kind, owner.name, obj
-
-    def _workload_for(self, record: PodRecord) -> WorkloadRef:
-        if record.key in self._workload_of_key:
-            return self._workload_of_key[record.key]
-        kind, name, obj = self._walk_owners(record)
-        ref = WorkloadRef(record.namespace, kind, name)
-        if ref not in self._workloads:
-            self._workloads[ref] = _describe_workload(ref, obj, record)
-        self._workload_of_key[record.key] = ref
-        return ref
-
     def _pod_ref(self, record: PodRecord) -> PodRef:
-        return PodRef(record.namespace, record.name, record.uid, self._workload_for(record))
+        return PodRef(record.namespace, record.name, record.uid, self._workloads.of(record))
 
     def workload(self, ref: WorkloadRef) -> Workload:
         """The workload ``ref`` names (KeyError when no known pod belongs to it)."""
-        if ref not in self._workloads:
-            for record in self._records.values():
-                self._workload_for(record)
-        return self._workloads[ref]
+        return self._workloads.get(ref)
 
     def workload_of_pod(self, namespace: str, pod: str) -> WorkloadRef | None:
-        keys = self._by_name.get((namespace, pod))
-        return self._workload_for(self._records[keys[-1]]) if keys else None
+        return self._workloads.of_pod(namespace, pod)
 
     def node_of(self, identity: Identity) -> str | None:
         """The node an identity is on: a node address's node, a pod's ``spec.nodeName`` (or
@@ -647,9 +143,24 @@ class Resolver:
             return identity.node
         if identity.pod is None:
             return None
-        pod = identity.pod
-        record = self._records.get(pod.uid or f"{pod.namespace}/{pod.name}")
+        record = self._claims.record(identity.pod.key)
         return record.node if record is not None and record.node else None
+
+    def pods_on(self, node: str, namespaces: Collection[str]) -> tuple[tuple[str, str], ...]:
+        """(namespace, pod) of every pod the inputs place on ``node`` (the snapshot's
+        ``spec.nodeName``, a history line's or meta.json's ``node``) in ``namespaces``, sorted;
+        hostNetwork pods are left out: their traffic is the node's own."""
+        return tuple(
+            sorted(
+                {
+                    (record.namespace, record.name)
+                    for record in self._claims.records
+                    if record.node == node
+                    and record.namespace in namespaces
+                    and not record.host_network
+                }
+            )
+        )
 
     def scope_of(self, pods: Iterable[tuple[str, str]]) -> Scope:
         """The workloads of the captured pods (``(namespace, pod)``, from capture paths or
@@ -666,6 +177,57 @@ class Resolver:
 
     # -- addresses --------------------------------------------------------------------------
 
+    def holds(self, vantage: Vantage, ip: str, at: float) -> bool:
+        """Whether ``ip`` was ``vantage``'s own address at ``at``, as :meth:`resolve` tells who it
+        was (with its tolerance for clock skew): a pod's own address (a hostNetwork pod's: an
+        address of its node); for a node, one of its pods' in the vantage's namespaces (or, a
+        loose file's, a node's address or any of its pods'). Loopback addresses are everyone's
+        own."""
+        if parse_address(ip).is_loopback:
+            return True
+        identity = self.resolve(ip, at)
+        if not vantage.pod and vantage.namespaces:
+            # A node's capture placed by the bundle: its pods of the opted-in namespaces only.
+            return (
+                identity.pod is not None
+                and vantage.speaks_for(identity.pod.namespace)
+                and self.node_of(identity) == vantage.node
+            )
+        if not vantage.pod:
+            return self.node_of(identity) == vantage.node
+        if identity.pod is not None:
+            return (identity.pod.namespace, identity.pod.name) == (vantage.namespace, vantage.pod)
+        return identity.kind is EndpointKind.NODE and any(
+            record.host_network and record.node == identity.node
+            for record in self._claims.named(vantage.namespace, vantage.pod)
+        )
+
+    def knows_addresses(self, vantage: Vantage) -> bool:
+        """Whether any address of ``vantage`` is known at all (a pod's from a claim, a hostNetwork
+        pod's or a node's from its node): without one, :meth:`holds` is never true."""
+        if not vantage.pod:
+            return bool(self._nodes.addresses_of(vantage.node))
+        return any(
+            self._claims.addresses_of(record)
+            or (record.host_network and self._nodes.addresses_of(record.node))
+            for record in self._claims.named(vantage.namespace, vantage.pod)
+        )
+
+    def existed(self, pod: PodRef, at: float) -> bool:
+        """Whether ``pod`` had an address by ``at`` (with :meth:`resolve`'s tolerance for clock
+        skew). A packet older than every pod the inputs know still resolves to the earliest
+        claim on its address, as the best guess; this tells such a guess from a pod that was
+        there. True when nothing says when the pod started (a hostNetwork pod)."""
+        record = self._claims.record(pod.key)
+        lifetime = self._claims.lifetime(record) if record is not None else None
+        return lifetime is None or lifetime.start - at <= CLAIM_SKEW
+
+    @property
+    def cluster_networks(self) -> tuple[str, ...]:
+        """The networks inside the cluster (node podCIDRs, else inferred from pod addresses;
+        the Services' addresses), as CIDR text: an address in them is never the outside."""
+        return tuple(str(network) for network in self._ranges.networks)
+
     def resolve(
         self, ip: str, at: float, *, port: int | None = None, protocol: Protocol | None = None
     ) -> Identity:
@@ -673,10 +235,9 @@ class Resolver:
         address resolves to the hostNetwork pod that declares that port, if any."""
         ip = normalize_ip(ip)
         key = (ip, port, protocol)
-        claims = self._claims.get(ip, ())
         # With at most one pod ever at this address, the answer does not depend on the time
         # (from shortly before that pod's claim on it on).
-        timeless = not claims or (len(claims) == 1 and self._may_precede(claims[0], at))
+        timeless = self._claims.timeless(ip, at)
         if timeless:
             known = self._timeless.get(key)
             if known is not None:
@@ -687,71 +248,32 @@ class Resolver:
         return identity
 
     def _resolve(self, ip: str, at: float, port: int | None, protocol: Protocol | None) -> Identity:
-        service = self._snapshot.services_by_address.get(ip)
+        service = self._services.at(ip)
         if service is not None:
-            return Identity(
-                EndpointKind.SERVICE,
-                ip,
-                service=(meta(service)["namespace"], meta(service)["name"]),
-            )
-        record = self._record_at(ip, at)
+            return Identity(EndpointKind.SERVICE, ip, service=(service.namespace, service.name))
+        record = self._claims.holder(ip, at)
         if record is not None:
             return Identity(EndpointKind.POD, ip, pod=self._pod_ref(record))
-        node = self._node_of_address.get(ip)
+        node = self._nodes.node_at(ip)
         if node is not None:
             if port is not None:
-                listener = self._host_listener(node, port, protocol or Protocol.TCP)
+                listener = self._claims.host_listener(node, port, protocol or Protocol.TCP)
                 if listener is not None:
                     return Identity(EndpointKind.POD, ip, pod=self._pod_ref(listener), node=node)
             return Identity(EndpointKind.NODE, ip, node=node)
-        gateway = self._gateways.get(ip)
+        gateway = self._nodes.gateway(ip)
         if gateway is not None:
             return Identity(EndpointKind.NODE, ip, node=gateway)
-        if ip in self._range_set:
+        if ip in self._ranges:
             return Identity(EndpointKind.UNRESOLVED, ip)
         return Identity(EndpointKind.EXTERNAL, ip)
 
-    def _host_listener(self, node: str, port: int, protocol: Protocol) -> PodRecord | None:
-        return next(
-            (r for r in self._host_network.get(node, []) if r.listens(port, protocol)), None
-        )
-
     def known_listener(self, endpoint: Endpoint, protocol: Protocol, at: float) -> bool:
         """Whether the snapshot says ``endpoint`` listens on ``protocol`` at ``at``
-        (a :data:`~analyser.flows.ListenerOracle`)."""
-        ip = normalize_ip(endpoint.ip)
-        service = self._snapshot.services_by_address.get(ip)
-        if service is not None:
-            return _service_port(service, endpoint.port, protocol) is not None
-        record = self._record_at(ip, at)
-        if record is not None:
-            return record.listens(endpoint.port, protocol) or self._is_target_port(
-                record, endpoint.port, protocol
-            )
-        node = self._node_of_address.get(ip)
-        if node is None:
-            return False
-        if protocol is Protocol.TCP and endpoint.port == KUBELET_PORT:
-            return True
-        return (endpoint.port, protocol) in self._node_ports or (
-            self._host_listener(node, endpoint.port, protocol) is not None
-        )
+        (a :data:`~analyser.flows.ListenerOracle`; ``Services.known_listener``)."""
+        return self._services.known_listener(endpoint, protocol, at)
 
-    def _is_target_port(self, record: PodRecord, port: int, protocol: Protocol) -> bool:
-        """Whether a Service selecting the pod sends it traffic on ``port``."""
-        if record.key not in self._target_ports:
-            self._target_ports[record.key] = frozenset(
-                (target, proto)
-                for service in self._snapshot.services
-                if meta(service).get("namespace") == record.namespace
-                and _selects(service.get("spec", {}).get("selector"), record)
-                for service_port in service.get("spec", {}).get("ports", [])
-                if (proto := _protocol(service_port.get("protocol"))) is not None
-                and (target := _target_port(service_port, record, proto)) is not None
-            )
-        return (port, protocol) in self._target_ports[record.key]
-
-    # -- Services -----------------------------------------------------------------------------
+    # -- Services ---------------------------------------------------------------------------
 
     def service_backends(
         self,
@@ -762,251 +284,45 @@ class Resolver:
         *,
         family: int | None = None,
     ) -> tuple[ServiceBackend, ...]:
-        """The pods behind ``service`` (namespace, name) on its port ``port`` at ``at``, each with
-        its target port: from EndpointSlices when the snapshot has them, else legacy Endpoints,
-        else the Service's selector over the pods known at that time. ``family`` (4 or 6, the
-        ClusterIP's) picks which address of a dual-stack pod to report."""
-        found = self._snapshot.service(*service)
-        service_port = _service_port(found, port, protocol) if found is not None else None
-        if found is None or service_port is None:
-            return ()
-        backends: set[tuple[str, int, str]] = set()
-        port_name = service_port.get("name", "")
-        slices = self._snapshot.slices_for(*service)
-        endpoints = self._snapshot.endpoints_for(*service)
-        if slices:
-            # Dual-stack Services have one set of slices per family.
-            same_family = [s for s in slices if s.get("addressType") == f"IPv{family}"]
-            for slice_ in same_family or slices:
-                target = _matching_port(slice_.get("ports", []), port_name, protocol)
-                if target is None or slice_.get("addressType") == "FQDN":
-                    continue
-                for endpoint in slice_.get("endpoints", []):
-                    key = _pod_key(endpoint.get("targetRef"))
-                    backends |= {(ip, target, key) for ip in endpoint.get("addresses", [])}
-        elif endpoints is not None:
-            for subset in endpoints.get("subsets", []):
-                target = _matching_port(subset.get("ports", []), port_name, protocol)
-                if target is None:
-                    continue
-                for entry in (*subset.get("addresses", []), *subset.get("notReadyAddresses", [])):
-                    backends.add((entry.get("ip", ""), target, _pod_key(entry.get("targetRef"))))
-        else:
-            for record in self._selected_pods(found, at):
-                target = _target_port(service_port, record, protocol)
-                if target is None:
-                    continue
-                if record.host_network:  # it receives on its node's address
-                    ip = self._node_address(record.node, family)
-                else:
-                    ip = self._ip_of(record, at, family)
-                backends.add((ip, target, record.key))
-        result = [
-            ServiceBackend(self._backend_identity(ip, uid, target, protocol, at), target)
-            for ip, target, uid in sorted(backends)
-            if _is_ip(ip)
-        ]
-        return tuple(result)
+        """The pods (or addresses) behind ``service`` (namespace, name) on its port ``port`` at
+        ``at``, each with its target port (``Services.backends``)."""
+        return tuple(
+            ServiceBackend(self._backend_identity(backend, protocol, at), backend.port)
+            for backend in self._services.backends(service, port, protocol, at, family=family)
+        )
 
-    def _backend_identity(
-        self, ip: str, key: str, port: int, protocol: Protocol, at: float
-    ) -> Identity:
-        record = self._records.get(key) if key else None
+    def _backend_identity(self, backend: Backend, protocol: Protocol, at: float) -> Identity:
+        """The pod the endpoints name (unless it uses its node's network), else who the address
+        was."""
+        record = self._claims.record(backend.pod_key) if backend.pod_key else None
         if record is not None and not record.host_network:
-            return Identity(EndpointKind.POD, normalize_ip(ip), pod=self._pod_ref(record))
-        return self.resolve(ip, at, port=port, protocol=protocol)
+            return Identity(EndpointKind.POD, normalize_ip(backend.ip), pod=self._pod_ref(record))
+        return self.resolve(backend.ip, at, port=backend.port, protocol=protocol)
 
-    def _selected_pods(self, service: Service, at: float) -> list[PodRecord]:
-        selector = service.get("spec", {}).get("selector")
-        if not selector:
-            return []
-        namespace = meta(service).get("namespace", "")
-        key = (namespace, meta(service)["name"])
-        if key not in self._selected:
-            if not self._by_label:
-                for record in sorted(self._records.values(), key=lambda r: r.key):
-                    for label in record.labels:
-                        self._by_label[(record.namespace, *label)].append(record)
-            # The pods carrying the selector's rarest label, checked for the others.
-            fewest = min(
-                (self._by_label.get((namespace, k, v), []) for k, v in selector.items()), key=len
-            )
-            self._selected[key] = [r for r in fewest if _selects(selector, r)]
-        matching = self._selected[key]
-        alive = []
-        for record in matching:
-            lifetime = self._lifetime(record)
-            if lifetime is None or lifetime[0] <= at < lifetime[1]:
-                alive.append(record)
-        return alive or matching
+    def _pod_behind(self, backend: Backend, protocol: Protocol, at: float) -> PodRecord | None:
+        """The pod a backend's address was at ``at`` (a ``services.PodBehind``)."""
+        pod = self._backend_identity(backend, protocol, at).pod
+        return None if pod is None else self._claims.record(pod.key)
 
-    # -- cluster DNS ---------------------------------------------------------------------------
+    def exposures(self) -> dict[str, tuple[Exposure, ...]]:
+        """Graph node id (``NS/Kind/name``) of each workload the snapshot shows reachable from
+        outside the cluster → its exposed target ports and what exposes them
+        (``Services.exposures``)."""
+        return self._services.exposures(self._workloads, self._pod_behind)
+
+    # -- cluster DNS ------------------------------------------------------------------------
 
     def cluster_dns(self, flows: Iterable[Flow] = ()) -> ClusterDns:
-        """The cluster DNS workloads and the ports they receive DNS on.
-
-        First by the conventions in :data:`DNS_CONVENTIONS`: the pods carrying a convention's
-        label in its namespace and the pods behind its Service (all conventions together: a
-        cluster follows one). When none of them finds a pod, by the traffic in ``flows``: the
-        pods behind :meth:`busiest_dns_service`. Without either, the conventional
-        ``k8s-app=kube-dns`` selector in kube-system. Plus the node-local DNS cache addresses
-        ``flows`` went to (:func:`node_local_dns`)."""
-        records = [
-            r
-            for r in self._records.values()
-            for convention in DNS_CONVENTIONS
-            if r.namespace == convention.namespace and convention.pod_label in r.labels
-        ]
-        ports: set[PortSpec] = set()
-        for convention in DNS_CONVENTIONS:
-            self._dns_backends((convention.namespace, convention.service), records, ports)
-        if not records:
-            busiest = self.busiest_dns_service(flows)
-            if busiest is not None:
-                self._dns_backends(busiest, records, ports)
-        node_local = node_local_dns(flows)
-        refs = sorted({self._workload_for(r) for r in records})
-        if not refs:
-            return ClusterDns(node_local=node_local)
-        peers = tuple(
-            sorted(
-                {
-                    PodPeer(self._workloads[ref].selector, ref.namespace, str(ref))
-                    for ref in refs
-                    if not self._workloads[ref].selector.is_empty
-                }
-            )
+        """The cluster DNS workloads and the ports they receive DNS on
+        (``clusterdns.cluster_dns``)."""
+        return cluster_dns(
+            flows,
+            claims=self._claims,
+            services=self._services,
+            workloads=self._workloads,
+            pod_behind=self._pod_behind,
         )
-        return ClusterDns(
-            peers=peers or ClusterDns().peers,
-            workloads=frozenset(str(ref) for ref in refs),
-            ports=tuple(sorted(ports)) if ports else DNS_PORTS,
-            node_local=node_local,
-        )
-
-    def _dns_backends(
-        self, service: tuple[str, str], records: list[PodRecord], ports: set[PortSpec]
-    ) -> None:
-        """Add the pods behind ``service``'s port 53 to ``records`` and their ports to ``ports``."""
-        for protocol in (Protocol.UDP, Protocol.TCP):
-            for backend in self.service_backends(service, 53, protocol, math.inf):
-                ports.add(PortSpec(protocol, backend.port))
-                if backend.identity.pod is not None:
-                    key = backend.identity.pod.uid or (
-                        f"{backend.identity.pod.namespace}/{backend.identity.pod.name}"
-                    )
-                    if key in self._records:
-                        records.append(self._records[key])
 
     def busiest_dns_service(self, flows: Iterable[Flow]) -> tuple[str, str] | None:
-        """The Service (namespace, name), in any namespace, whose address received the most
-        packets of 53/UDP flows, counted in both directions; ties go to the first by namespace
-        and name. None when no 53/UDP flow went to a Service."""
-        packets: dict[tuple[str, str], int] = defaultdict(int)
-        for flow in flows:
-            if flow.protocol is not Protocol.UDP or flow.server.port != 53:
-                continue
-            identity = self.resolve(flow.server.ip, flow.first_seen)
-            if identity.kind is EndpointKind.SERVICE and identity.service is not None:
-                packets[identity.service] += flow.packets
-        return min(packets, key=lambda s: (-packets[s], s), default=None)
-
-
-def node_local_dns(flows: Iterable[Flow]) -> tuple[IpPeer, ...]:
-    """The NodeLocal DNSCache addresses in ``flows``: link-local addresses (169.254.0.0/16,
-    fe80::/10; the cache listens on one on every node, 169.254.20.10 by default) that received
-    TCP or UDP on port 53. Sorted by family and address."""
-    addresses = {
-        parse_address(flow.server.ip)
-        for flow in flows
-        if flow.server.port == 53
-        and flow.protocol in (Protocol.UDP, Protocol.TCP)
-        and parse_address(flow.server.ip).is_link_local
-    }
-    return tuple(
-        node_local_dns_peer(str(a)) for a in sorted(addresses, key=lambda a: (a.version, int(a)))
-    )
-
-
-def _selects(selector: dict[str, str] | None, record: PodRecord) -> bool:
-    """A Service's ``spec.selector`` (equality only) against the pod's labels; none selects
-    nothing."""
-    if not selector:
-        return False
-    labels = dict(record.labels)
-    return all(labels.get(k) == v for k, v in selector.items())
-
-
-def _pod_key(ref: ObjectReference | None) -> str:
-    """The :attr:`PodRecord.key` an endpoint's targetRef points to ("" when not a pod)."""
-    if not ref or ref.get("kind", "Pod") != "Pod":
-        return ""
-    return ref.get("uid") or f"{ref.get('namespace', '')}/{ref.get('name', '')}"
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        parse_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _service_port(service: Service, port: int, protocol: Protocol) -> ServicePort | None:
-    return next(
-        (
-            p
-            for p in service.get("spec", {}).get("ports", [])
-            if p.get("port") == port and _protocol(p.get("protocol")) is protocol
-        ),
-        None,
-    )
-
-
-def _target_port(service_port: ServicePort, record: PodRecord, protocol: Protocol) -> int | None:
-    """The pod's port for a Service port: a number, a name looked up in the pod's containerPorts
-    (None when the pod has no such port: kube-proxy sends it nothing), or the Service port."""
-    target = service_port.get("targetPort", service_port.get("port"))
-    if isinstance(target, str):
-        if target.isdigit():
-            return int(target)
-        return record.port_named(target, protocol)
-    return target
-
-
-def _matching_port(
-    ports: Iterable[SlicePort | EndpointPort], name: str, protocol: Protocol
-) -> int | None:
-    """The port an EndpointSlice (or Endpoints subset) lists for the Service port ``name``."""
-    return next(
-        (
-            p["port"]
-            for p in ports
-            if "port" in p
-            and p.get("name", "") == name
-            and _protocol(p.get("protocol")) is protocol
-        ),
-        None,
-    )
-
-
-def _describe_workload(ref: WorkloadRef, obj: KubeObject | None, record: PodRecord) -> Workload:
-    """The workload's selector: its own (minus volatile labels); when that leaves nothing (Jobs
-    select by controller-uid), its pod template's labels; without the object, the pod's labels."""
-    selector = LabelSelector()
-    template_labels: tuple[tuple[str, str], ...] = ()
-    host_network = record.host_network
-    if obj is not None:
-        spec: ControllerSpec
-        if obj.get("kind") == "CronJob":
-            spec = cast(CronJob, obj).get("spec", {}).get("jobTemplate", {}).get("spec", {})
-        else:
-            spec = cast(Controller, obj).get("spec", {})
-        selector = selector_from_json(spec.get("selector"))
-        template = spec.get("template", {})
-        template_labels = _without_volatile(template.get("metadata", {}).get("labels", {}).items())
-        host_network = host_network or bool(template.get("spec", {}).get("hostNetwork"))
-    pod_labels = template_labels or _without_volatile(record.labels)
-    if selector.is_empty:
-        selector = LabelSelector(match_labels=pod_labels)
-    return Workload(ref=ref, selector=selector, pod_labels=pod_labels, host_network=host_network)
+        """The Service that received the most DNS (``clusterdns.busiest_dns_service``)."""
+        return busiest_dns_service(flows, self._services)

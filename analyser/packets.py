@@ -30,6 +30,7 @@ Link types (pcap LINKTYPE_* values) understood:
 from __future__ import annotations
 
 import functools
+import re
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -377,7 +378,7 @@ _INLINE_LAYOUTS: dict[int, tuple[int, int]] = {
 # Other link types decode nothing inline: their minimum lengths are never met (this layout only
 # has to give valid structs).
 _NO_LAYOUT = (0, 2)
-_NEVER = 1 << 32  # more than any record holds (sources.MAX_BLOCK)
+_NEVER = 1 << 32  # more than any record holds (sources.MAX_RECORD)
 
 
 class Counts:
@@ -603,6 +604,55 @@ def _count(
         entry.add(timestamp, length, role)
 
 
+class InterfaceChunks(NamedTuple):
+    """A chunk's whole records by the interface they were captured on (:func:`by_interface`)."""
+
+    chunks: dict[int, RecordChunk]  # interface index → its records, in file order
+    stop: int  # the offset of the first record not walked
+    walked: int  # records walked
+
+
+# Where a Linux cooked v2 header holds the interface's index (4 bytes, network order).
+_SLL2_INTERFACE: Final = 4
+_NO_SLACK = bytes(RECORD_SLACK)
+
+
+def by_interface(chunk: RecordChunk) -> InterfaceChunks:
+    """The whole records of a Linux cooked v2 chunk (``tcpdump -i any``) split by the interface
+    each was captured on, so that each can be counted on its own: on a node, one packet passes
+    several interfaces (a pod's veth, a bridge, the node's uplink), and only per interface is a
+    packet counted once. Records of another link type all go to interface 0. Stops like
+    :func:`count_records`: at the first record cut off or longer than the chunk's limit."""
+    linktype, header, divisor, limit, buffer, offset, end = chunk
+    lengths = struct.Struct(header).unpack_from
+    interface_at: int = RECORD_HEADER + _SLL2_INTERFACE
+    per_interface = linktype == LINKTYPE_LINUX_SLL2
+    record_header: int = RECORD_HEADER
+    parts: dict[int, list[bytes]] = {}
+    walked = 0
+    while offset + record_header <= end:
+        captured: int = lengths(buffer, offset)[2]
+        record_end = offset + record_header + captured
+        if record_end > end or captured > limit:
+            break
+        interface = 0
+        if per_interface and captured >= _SLL2_INTERFACE + 4:
+            interface = _U32_BE.unpack_from(buffer, offset + interface_at)[0]
+        part = parts.get(interface)
+        if part is None:
+            part = parts[interface] = []
+        part.append(buffer[offset:record_end])
+        offset = record_end
+        walked += 1
+    chunks = {}
+    for interface, records in parts.items():
+        joined = b"".join(records)
+        chunks[interface] = RecordChunk(
+            linktype, header, divisor, limit, joined + _NO_SLACK, 0, len(joined)
+        )
+    return InterfaceChunks(chunks, offset, walked)
+
+
 def count_batch(
     linktype: int,
     timestamps: Sequence[float],
@@ -627,19 +677,33 @@ class DnsFault(StrEnum):
     TRUNCATED = "truncated"  # cut by the snap length, or its TCP segments not all captured
     MALFORMED = "malformed"
     GAP = "gap"  # TCP: a message's later segments captured, an earlier one never
+    # A record whose name is no valid DNS name (non-ASCII, spaces, control characters, line
+    # separators, empty or overlong labels) was dropped; the rest of the response counts.
+    BAD_NAME = "bad_name"
 
 
 @dataclass(frozen=True, slots=True)
 class DnsResponse:
     """What one successful DNS response says. Names are lower case without the final dot."""
 
-    question: str
+    question: str  # "" when it was no valid DNS name
     addresses: tuple[tuple[str, str], ...]  # (owner name, IP text) of A and AAAA records
     aliases: tuple[tuple[str, str], ...]  # (owner name, target name) of CNAME records
+    bad_names: int = 0  # records (and question) left out because a name in them is not valid
 
 
-def _name(raw: str) -> str:
-    return raw.rstrip(".").lower()
+# A DNS name as it may be printed: labels of 1 to 63 letters, digits, hyphens and underscores
+# (SRV and DKIM names have underscores), at most 253 characters without the final dot. Anything
+# else (non-ASCII, spaces, control characters, U+2028) is an attacker's text, not a name.
+_VALID_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\Z")
+
+
+def _name(raw: str) -> str | None:
+    """A name as decoded by dpkt (UTF-8) → lower case without the final dot; None when it is not a
+    valid DNS name. Checked before lowering: ``str.lower`` turns some non-ASCII letters (the
+    Kelvin sign) into ASCII ones."""
+    name = raw[:-1] if raw.endswith(".") else raw
+    return name.lower() if _VALID_NAME.match(name) else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -657,19 +721,33 @@ def _response(message_after_id: bytes) -> DnsResponse | DnsFault | None:
             return None
         addresses: list[tuple[str, str]] = []
         aliases: list[tuple[str, str]] = []
+        bad_names = 0
         for answer in parsed.an:
             if len(answer.rdata) < answer.rlen:
                 return DnsFault.TRUNCATED
             if answer.type in (dpkt.dns.DNS_A, dpkt.dns.DNS_AAAA) and len(answer.rdata) in (4, 16):
-                addresses.append((_name(answer.name), address_text(answer.rdata)))
+                owner = _name(answer.name)
+                if owner is None:
+                    bad_names += 1
+                else:
+                    addresses.append((owner, address_text(answer.rdata)))
             elif answer.type == dpkt.dns.DNS_CNAME:
-                aliases.append((_name(answer.name), _name(answer.cname)))
-        question = _name(parsed.qd[0].name) if parsed.qd else ""
+                alias, target = _name(answer.name), _name(answer.cname)
+                # Left out, the record breaks the chain there: names beyond it name nothing.
+                if alias is None or target is None:
+                    bad_names += 1
+                else:
+                    aliases.append((alias, target))
+        asked = parsed.qd[0].name if parsed.qd else ""  # "": none, or the root
+        question = _name(asked) if asked else ""
+        if question is None:
+            question = ""
+            bad_names += 1
     except dpkt.NeedData:
         return DnsFault.TRUNCATED
     except (dpkt.UnpackError, struct.error, IndexError, ValueError, UnicodeDecodeError):
         return DnsFault.MALFORMED
-    return DnsResponse(question, tuple(addresses), tuple(aliases))
+    return DnsResponse(question, tuple(addresses), tuple(aliases), bad_names)
 
 
 def _tcp_messages(payload: bytes) -> list[bytes] | DnsFault:
@@ -692,7 +770,8 @@ def decode_dns(payload: bytes, *, over_tcp: bool) -> list[DnsResponse] | DnsFaul
     """The successful responses in a port-53 payload (queries and errors give an empty list).
 
     dpkt's ``NeedData`` (the message is cut short) becomes ``DnsFault.TRUNCATED`` and its
-    ``UnpackError`` or nonsense inside a record becomes ``DnsFault.MALFORMED``.
+    ``UnpackError`` or nonsense inside a record becomes ``DnsFault.MALFORMED``. Records whose
+    names are not valid DNS names are left out and counted in ``DnsResponse.bad_names``.
     """
     messages = _tcp_messages(payload) if over_tcp else [payload]
     if isinstance(messages, DnsFault):

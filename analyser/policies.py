@@ -1,5 +1,5 @@
 """The policy model: frozen dataclasses describing the NetworkPolicies to write, and their
-synthesis from the workload graph.
+synthesis from the workload graph (``graphs.WorkloadGraph``) into a :class:`PolicyPlan`.
 
 Data only, no I/O: rendering to YAML lives in ``rendering``; the semantics used to check a set of
 policies live in ``evaluation``.
@@ -9,79 +9,27 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from analyser.flows import Protocol
-
-# Labels that change with every rollout or pod and must never appear in a selector.
-VOLATILE_LABELS: frozenset[str] = frozenset(
-    {
-        "pod-template-hash",
-        "controller-revision-hash",
-        "pod-template-generation",
-        "statefulset.kubernetes.io/pod-name",
-        "apps.kubernetes.io/pod-index",
-        "batch.kubernetes.io/controller-uid",
-        "batch.kubernetes.io/job-name",
-        "batch.kubernetes.io/job-completion-index",  # one value per pod of an Indexed Job
-        "controller-uid",
-        "job-name",
-        "rollouts-pod-template-hash",  # Argo Rollouts' pod-template-hash
-    }
+from analyser.graphs import EdgeStats, GraphEdge, GraphNode, NodeRole, WorkloadGraph
+from analyser.peers import (
+    DNS_PORTS,
+    SPECIAL_REASONS,
+    ClusterDns,
+    Exposure,
+    IpPeer,
+    Peer,
+    PodPeer,
+    PortSpec,
+    SpecialAddress,
+    single_address,
+    special_address,
+    special_networks_left_out,
 )
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class LabelRequirement:
-    """One ``matchExpressions`` entry."""
-
-    key: str
-    operator: str  # In, NotIn, Exists, DoesNotExist
-    values: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class LabelSelector:
-    """A ``metav1.LabelSelector``; sorted tuples keep it hashable and the output stable."""
-
-    match_labels: tuple[tuple[str, str], ...] = ()
-    match_expressions: tuple[LabelRequirement, ...] = ()
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.match_labels and not self.match_expressions
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class PortSpec:
-    """A target port (never a Service port) and its protocol."""
-
-    protocol: Protocol
-    port: int
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class PodPeer:
-    """Pods selected by ``pod_selector`` in ``namespace`` (None: the policy's own namespace)."""
-
-    pod_selector: LabelSelector
-    namespace: str | None = None
-    description: str = ""  # the workload it stands for, e.g. "shop/Deployment/cart"
-
-
-@dataclass(frozen=True, order=True, slots=True)
-class IpPeer:
-    """An address block: an address outside the cluster (a /32 or /128 ``ipBlock``), or the
-    cluster's nodes (``description`` says so)."""
-
-    cidr: str
-    names: tuple[str, ...] = ()  # DNS names seen resolving to it, for the annotation
-    description: str = ""  # what the block stands for ("cluster nodes"), for the comment
-
-
-Peer = PodPeer | IpPeer
+from analyser.selectors import LabelSelector
+from analyser.workloads import Workload
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -90,6 +38,24 @@ class Rule:
 
     peer: Peer
     ports: tuple[PortSpec, ...]
+
+
+INGRESS, EGRESS = "ingress", "egress"
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class LeftOut:
+    """Observed traffic of a workload with a special address that its policy does not allow."""
+
+    workload: str  # graph node id, "NS/Kind/name"
+    direction: str  # INGRESS (from the address) or EGRESS (to it)
+    address: str
+    port: PortSpec
+    kind: SpecialAddress
+
+    @property
+    def why(self) -> str:
+        return SPECIAL_REASONS[self.kind]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +69,8 @@ class Policy:
     ingress: tuple[Rule, ...] = ()
     egress: tuple[Rule, ...] = ()
     labels: tuple[tuple[str, str], ...] = field(default=())
+    # Observed traffic with special addresses that the rules leave out on purpose (not rendered).
+    left_out: tuple[LeftOut, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,58 +81,58 @@ class DefaultDeny:
     name: str = "default-deny-all"
 
 
-# The ports cluster DNS answers on when the snapshot does not say otherwise.
-DNS_PORTS: tuple[PortSpec, ...] = (PortSpec(Protocol.TCP, 53), PortSpec(Protocol.UDP, 53))
-DEFAULT_DNS_PEER = PodPeer(
-    pod_selector=LabelSelector(match_labels=(("k8s-app", "kube-dns"),)),
-    namespace="kube-system",
-    description="cluster DNS (k8s-app=kube-dns)",
-)
-
-
-NODE_LOCAL_DNS_DESCRIPTION = "node-local DNS cache"
-
-
-def node_local_dns_peer(address: str) -> IpPeer:
-    """The ipBlock of a NodeLocal DNSCache address (a link-local address on every node)."""
-    return IpPeer(_single_address(address), description=NODE_LOCAL_DNS_DESCRIPTION)
-
-
 @dataclass(frozen=True, slots=True)
-class ClusterDns:
-    """Where pods send DNS queries: the peers every policy's DNS egress allows, the graph node
-    ids of the DNS workloads (their DNS flows are not repeated as ordinary egress), the target
-    ports they answer on, and the node-local DNS cache addresses seen (``node_local_dns_peer``;
-    allowed on 53/UDP and 53/TCP, also not repeated as ordinary egress)."""
+class PolicyPlan:
+    """What :func:`synthesize` decided: a policy per workload, the default-denies, and (from the
+    policies) the traffic they leave out on purpose."""
 
-    peers: tuple[PodPeer, ...] = (DEFAULT_DNS_PEER,)
-    workloads: frozenset[str] = frozenset()
-    ports: tuple[PortSpec, ...] = DNS_PORTS
-    node_local: tuple[IpPeer, ...] = ()
+    policies: tuple[Policy, ...] = ()  # by namespace, then name
+    default_denies: tuple[DefaultDeny, ...] = ()  # by namespace
+
+    @property
+    def left_out(self) -> tuple[LeftOut, ...]:
+        """Observed traffic with special addresses that the policies do not allow (every
+        :attr:`Policy.left_out`), sorted."""
+        return tuple(sorted(item for policy in self.policies for item in policy.left_out))
+
+
+# An ipBlock of every address of one IP version.
+ANYWHERE = {4: "0.0.0.0/0", 6: "::/0"}
 
 
 # -- synthesis from the workload graph -------------------------------------------------------
 
-# Graph roles (``graphs.NodeRole`` values; graphs imports this module, so not imported here).
-_WORKLOAD, _NODE, _EXTERNAL, _UNRESOLVED = "workload", "node", "external", "unresolved"
 MAX_NAME_LENGTH = 253  # a NetworkPolicy name is a DNS-1123 subdomain
 
 
-def _single_address(address: str) -> str:
-    parsed = ipaddress.ip_address(address)
-    return f"{parsed.compressed}/{parsed.max_prefixlen}"
+def _special(
+    node: GraphNode, allowed: Collection[SpecialAddress]
+) -> list[tuple[str, SpecialAddress]]:
+    """The addresses of the graph ``node`` (outside or unresolved) that are special and not
+    ``allowed``, with their class; none for a workload or a node."""
+    if node.role not in (NodeRole.EXTERNAL, NodeRole.UNRESOLVED):
+        return []
+    return [
+        (address, kind)
+        for address in node.addresses
+        if (kind := special_address(address)) is not None and kind not in allowed
+    ]
 
 
 def _peers(
-    graph: Any, node_id: str, own_namespace: str, nodes: tuple[IpPeer, ...]
+    node: GraphNode,
+    own_namespace: str,
+    nodes: tuple[IpPeer, ...],
+    edge: GraphEdge,
+    left_out: Collection[str] = (),
 ) -> tuple[Peer, ...]:
-    """How a policy in ``own_namespace`` names the graph node ``node_id``; ``nodes``: the
-    :func:`node_blocks`."""
-    attrs = graph.nodes[node_id]
-    role = attrs["role"]
-    addresses: tuple[str, ...] = attrs.get("addresses", ())
-    if role == _WORKLOAD:
-        workload = attrs["workload"]
+    """How a policy in ``own_namespace`` names the graph ``node``, a peer on the policy's graph
+    ``edge``; ``nodes``: the :func:`node_blocks`; ``left_out``: addresses it is not to name
+    (:func:`_special`). An outside address's DNS names come from that edge only: what this
+    workload's own captures saw it told, never what another pod's capture says about the
+    address."""
+    workload = node.workload
+    if workload is not None:
         if workload.host_network:
             # Its pods use their node's addresses, and selectors never match them. Like traffic
             # with a node, every node: a DaemonSet runs on all of them, and any other workload
@@ -178,15 +146,15 @@ def _peers(
                 description=str(workload.ref),
             ),
         )
-    names = tuple(attrs.get("names", ())) if role == _EXTERNAL else ()
-    return tuple(IpPeer(_single_address(a), names) for a in addresses)
+    names = edge.names if node.role is NodeRole.EXTERNAL else ()
+    return tuple(IpPeer(single_address(a), names) for a in node.addresses if a not in left_out)
 
 
 NODE_BLOCK_DESCRIPTION = "cluster nodes"
 
 
 def node_blocks(
-    graph: Any, node_addresses: Iterable[str] = (), node_cidrs: Sequence[str] = ()
+    graph: WorkloadGraph, node_addresses: Iterable[str] = (), node_cidrs: Sequence[str] = ()
 ) -> tuple[IpPeer, ...]:
     """The ipBlocks standing for every node of the cluster: ``node_cidrs`` when given, else each
     of ``node_addresses`` (the snapshot's) as /32 or /128; plus the node addresses ``graph`` saw
@@ -195,15 +163,15 @@ def node_blocks(
     family and address.
 
     Traffic SNAT'd to a node address (``externalTrafficPolicy: Cluster``) can come from any node,
-    and a rescheduled pod meets other nodes: one node's address alone would break it."""
+    and a rescheduled pod meets other nodes: one node's address alone would break it. A special
+    address (:func:`special_address`) is never taken for a node's, whatever the snapshot says."""
     seen = {
         address
-        for _, attrs in graph.nodes(data=True)
-        if attrs["role"] == _NODE
-        or (attrs["role"] == _WORKLOAD and attrs["workload"] and attrs["workload"].host_network)
-        for address in attrs.get("addresses", ())
+        for node in graph.nodes
+        if node.role is NodeRole.NODE or (node.workload is not None and node.workload.host_network)
+        for address in node.addresses
     }
-    listed = node_cidrs or tuple(node_addresses)
+    listed = node_cidrs or tuple(a for a in node_addresses if special_address(a) is None)
     networks = [ipaddress.ip_network(text, strict=False) for text in (*listed, *seen)]
     blocks: list[IpPeer] = []
     for version in (4, 6):
@@ -233,7 +201,7 @@ def _rules(ports_by_peer: dict[Peer, set[PortSpec]]) -> tuple[Rule, ...]:
     return tuple(sorted(rules, key=rule_sort_key))
 
 
-def policy_names(workloads: Iterable[Any], *, reserved: Iterable[str] = ()) -> dict[str, str]:
+def policy_names(workloads: Iterable[Workload], *, reserved: Iterable[str] = ()) -> dict[str, str]:
     """Workload node id → policy name: the workload's name; when two workloads of different
     kinds share a name in one namespace (or the name is reserved), ``<name>-<kind>``; a name still
     taken gets ``-2``, ``-3``... Names are cut to 253 characters."""
@@ -259,47 +227,90 @@ def policy_names(workloads: Iterable[Any], *, reserved: Iterable[str] = ()) -> d
     return names
 
 
-def unselectable_reasons(graph: Any, node_ids: Iterable[str]) -> dict[str, str]:
+def _unselectable_reason(workload: Workload) -> str:
+    if workload.host_network:
+        return "its pods use the host network, where NetworkPolicy does not apply"
+    if workload.also_selects:
+        return (
+            f"its selector {workload.selector} also selects pods of "
+            f"{', '.join(workload.also_selects)}, and no stable label selects only its pods"
+        )
+    return "its pods have no stable label to select them by"
+
+
+def unselectable_reasons(graph: WorkloadGraph, node_ids: Iterable[str]) -> dict[str, str]:
     """Why no policy can be written for each of these unselectable workloads (graph node ids, as
     :func:`unselectable_workloads` gives them)."""
-    return {
-        node_id: "its pods use the host network, where NetworkPolicy does not apply"
-        if graph.nodes[node_id]["workload"].host_network
-        else "its pods have no stable label to select them by"
-        for node_id in node_ids
-    }
+    reasons = {}
+    for node_id in node_ids:
+        workload = graph.node(node_id).workload
+        if workload is None:
+            raise KeyError(f"{node_id}: no workload node of the graph")
+        reasons[node_id] = _unselectable_reason(workload)
+    return reasons
 
 
-def _unselectable(workload: Any) -> bool:
-    # No stable label: a policy would select the whole namespace. hostNetwork: NetworkPolicy
-    # does not apply to such pods at all.
-    return bool(workload.selector.is_empty or workload.host_network)
+def _unselectable(workload: Workload) -> bool:
+    # No stable label: a policy would select the whole namespace. A selector that also selects
+    # other workloads' pods: their policy would apply to them. hostNetwork: NetworkPolicy does
+    # not apply to such pods at all.
+    return bool(workload.selector.is_empty or workload.also_selects or workload.host_network)
 
 
-def unselectable_workloads(graph: Any, *, default_deny: bool = False) -> tuple[str, ...]:
+@dataclass(frozen=True, order=True, slots=True)
+class SelectorWarning:
+    """A workload whose selector from the snapshot selected more than its pods."""
+
+    workload: str  # graph node id, "NS/Kind/name"
+    warning: str
+
+
+def selector_warnings(graph: WorkloadGraph) -> tuple[SelectorWarning, ...]:
+    """For every workload of ``graph`` whose selector was narrowed, or still selects other
+    workloads' pods (``workloads.exclusive_selector``): what that means for the policies."""
+    warnings = []
+    for node in graph.nodes:
+        workload = node.workload
+        if workload is None or workload.host_network:
+            continue
+        if workload.narrowed_from is not None and not workload.also_selects:
+            own = workload.narrowed_from
+            why = (
+                "is not valid"
+                if not all(r.valid for r in own.match_expressions)
+                else "names no label value (it would select every pod with those keys)"
+                if not own.pins_a_value
+                else "also selects other workloads' pods"
+            )
+            text = f"its selector {own} {why}: narrowed to its pod labels {workload.selector}"
+            warnings.append(SelectorWarning(node.id, text))
+        elif workload.also_selects:
+            text = (
+                f"no stable label selects only its pods: where another policy names it as a "
+                f"peer, its selector {workload.selector} admits the pods of "
+                f"{', '.join(workload.also_selects)} too"
+            )
+            warnings.append(SelectorWarning(node.id, text))
+    return tuple(warnings)
+
+
+def unselectable_workloads(graph: WorkloadGraph, *, default_deny: bool = False) -> tuple[str, ...]:
     """Workloads no policy can be written for: without any stable label (a policy would select
     every pod of their namespace) or on the host network (NetworkPolicy does not apply to them).
     In-scope ones; with ``default_deny``, also those seen in a namespace in scope (which then gets
     no default-deny: it would cut them off). The report should say so."""
-    in_scope_namespaces = {
-        attrs["workload"].ref.namespace
-        for _, attrs in graph.nodes(data=True)
-        if attrs.get("in_scope") and attrs["role"] == _WORKLOAD and attrs["workload"] is not None
-    }
+    workloads = [(node, node.workload) for node in graph.nodes if node.workload is not None]
+    in_scope_namespaces = {workload.ref.namespace for node, workload in workloads if node.in_scope}
     return tuple(
-        sorted(
-            node_id
-            for node_id, attrs in graph.nodes(data=True)
-            if attrs["role"] == _WORKLOAD
-            and attrs["workload"] is not None
-            and _unselectable(attrs["workload"])
-            and (
-                attrs.get("in_scope")
-                or (
-                    default_deny
-                    and not attrs["workload"].host_network
-                    and attrs["workload"].ref.namespace in in_scope_namespaces
-                )
+        node.id
+        for node, workload in workloads
+        if _unselectable(workload)
+        and (
+            node.in_scope
+            or (
+                default_deny
+                and not workload.host_network
+                and workload.ref.namespace in in_scope_namespaces
             )
         )
     )
@@ -312,55 +323,124 @@ MAX_OUTSIDE_ADDRESSES = 32
 
 
 def _widen_outside(
-    ports_by_peer: dict[Peer, set[PortSpec]], outside: set[IpPeer], limit: int
+    ports_by_peer: dict[Peer, set[PortSpec]],
+    outside: set[IpPeer],
+    answered: set[tuple[IpPeer, PortSpec]],
+    limit: int,
+    excluded: Mapping[int, tuple[str, ...]],
 ) -> None:
-    """Replace, per port, more than ``limit`` of the ``outside`` peers by 0.0.0.0/0 (and ::/0
-    when IPv6 addresses were among them), in place."""
+    """Replace, per port, the ``outside`` peers by 0.0.0.0/0 (and ::/0 when IPv6 addresses were
+    among them) when more than ``limit`` of them were ``answered`` on that port, in place; the
+    anywhere rules except the ``excluded`` networks (per IP version:
+    :func:`~analyser.peers.special_networks_left_out`).
+
+    Only conversations in which both ends sent packets count: anyone can send datagrams to (or,
+    spoofing, seem to send them from) any number of addresses, and one-way traffic shows no more
+    than that. Unanswered addresses keep their own rules."""
     by_port: dict[PortSpec, set[IpPeer]] = defaultdict(set)
     for peer in outside:
         for port in ports_by_peer.get(peer, ()):
             by_port[port].add(peer)
     for port, peers in by_port.items():
-        if len(peers) <= limit:
+        if sum((peer, port) in answered for peer in peers) <= limit:
             continue
         for peer in peers:
             ports_by_peer[peer].discard(port)
         for version in {ipaddress.ip_network(peer.cidr).version for peer in peers}:
-            anywhere = "0.0.0.0/0" if version == 4 else "::/0"
             why = f"anywhere: more than {limit} outside addresses were seen on these ports"
-            ports_by_peer[IpPeer(anywhere, description=why)].add(port)
+            block = IpPeer(ANYWHERE[version], description=why, excluded=excluded[version])
+            ports_by_peer[block].add(port)
+
+
+def _expose(
+    ports_by_peer: dict[Peer, set[PortSpec]],
+    outside: set[IpPeer],
+    exposures: Iterable[Exposure],
+    excluded: Mapping[int, tuple[str, ...]],
+) -> None:
+    """Allow each exposed port from anywhere (one rule per IP version and what exposes it) except
+    the ``excluded`` networks, in place; the ``outside`` clients seen on those ports are then
+    covered and lose them."""
+    for exposure in exposures:
+        for peer in outside:
+            ports_by_peer.get(peer, set()).discard(exposure.port)
+        for version in exposure.families:
+            why = f"anywhere: exposed by {exposure.by}"
+            block = IpPeer(ANYWHERE[version], description=why, excluded=excluded[version])
+            ports_by_peer[block].add(exposure.port)
+
+
+def _is_outside(node: GraphNode, peer: IpPeer) -> bool:
+    """Whether ``peer`` (naming the graph ``node``) is an ordinary address outside the cluster:
+    one that counts towards widening to anywhere. A special address allowed on purpose keeps a
+    rule of its own instead."""
+    return node.role is NodeRole.EXTERNAL and special_address(peer.cidr.partition("/")[0]) is None
+
+
+def _answered(peer: IpPeer, stats: Mapping[PortSpec, EdgeStats]) -> set[tuple[IpPeer, PortSpec]]:
+    """``(peer, port)`` for the ports of an edge's ``EdgeStats`` on which something came back."""
+    return {(peer, port) for port, seen in stats.items() if seen.answered}
+
+
+def _vouched(stats: Mapping[PortSpec, EdgeStats], *, server: bool) -> dict[PortSpec, EdgeStats]:
+    """The ports of an edge's ``EdgeStats`` whose server side (``server``) or client side some
+    flow was vouched for at: a policy's rules come only from flows its own side's captures saw,
+    or that no capture of it could have seen (``analyser.vouching``)."""
+    return {
+        port: seen
+        for port, seen in stats.items()
+        if (seen.vouched.server if server else seen.vouched.client)
+    }
 
 
 def synthesize(
-    graph: Any,
+    graph: WorkloadGraph,
     *,
     cluster_dns: ClusterDns | None = None,
     default_deny: bool = False,
     node_addresses: Iterable[str] = (),
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
-) -> list[Policy | DefaultDeny]:
-    """One :class:`Policy` per in-scope workload of ``graph`` (schema: ``analyser.graphs``),
-    allowing what was observed and DNS to the cluster DNS pods, plus, with ``default_deny``, a
-    :class:`DefaultDeny` per namespace in scope and a policy for every other workload of those
-    namespaces seen in the graph (a namespace where such a workload has no stable label gets no
-    default-deny). Workloads without a stable label, or on the host network, get no policy
-    (:func:`unselectable_workloads`). Sorted by namespace, then default-deny first, then name.
+    allowed_special: Collection[SpecialAddress] = (),
+    exposures: Mapping[str, Iterable[Exposure]] | None = None,
+    internal_networks: Iterable[str] = (),
+) -> PolicyPlan:
+    """One :class:`Policy` per in-scope workload of ``graph``, allowing what was observed and DNS
+    to the cluster DNS pods, plus, with ``default_deny``, a :class:`DefaultDeny` per namespace in
+    scope and a policy for every other workload of those namespaces seen in the graph (a
+    namespace where such a workload has no stable label gets no default-deny). Workloads without
+    a stable label, or on the host network, get no policy (:func:`unselectable_workloads`).
 
     Traffic with a node (from or to a node address) is allowed on its ports with every node:
     :func:`node_blocks` of ``node_addresses`` (every node address the snapshot knows) or, when
     given, ``node_cidrs`` (the networks the nodes' addresses lie in).
 
-    More than ``max_outside_addresses`` addresses outside the cluster on one port of a policy's
-    ingress or egress become one rule from or to anywhere on that port (:func:`_widen_outside`)."""
+    More than ``max_outside_addresses`` addresses outside the cluster that answered (or were
+    answered) on one port of a policy's ingress or egress become one rule from or to anywhere on
+    that port (:func:`_widen_outside`).
+
+    Traffic with a special address (:func:`special_address`) whose class is not in
+    ``allowed_special`` gets no rule: it is listed in :attr:`Policy.left_out` instead, and rules
+    from or to anywhere except those classes' networks. The NodeLocal DNSCache rule stays: DNS
+    to a cache's link-local address is allowed by it.
+
+    ``exposures`` (workload node id → :class:`Exposure`) are allowed from anywhere on their ports
+    (:func:`_expose`): a public Service's users are not the few a capture saw.
+
+    Every rule from or to anywhere excepts ``internal_networks`` (the cluster's pod and Service
+    ranges): enforcers whose ipBlocks also match pod addresses (Calico, kube-router) would
+    otherwise open it to every pod, and traffic inside the cluster stays as exact as ever.
+
+    An ingress rule comes only from flows whose server side was vouched for, an egress rule only
+    from flows whose client side was (``EdgeStats.vouched``, see ``analyser.vouching``): one
+    pod's capture never opens another workload's policy."""
     dns = cluster_dns if cluster_dns is not None else ClusterDns()
     nodes = node_blocks(graph, node_addresses, node_cidrs)
     dns_ports = set(dns.ports)
     node_local_cidrs = {cache.cidr for cache in dns.node_local}
+    excluded = special_networks_left_out(allowed_special, internal_networks)
     workloads = [
-        (node_id, attrs["workload"], bool(attrs.get("in_scope")))
-        for node_id, attrs in sorted(graph.nodes(data=True))
-        if attrs["role"] == _WORKLOAD and attrs["workload"] is not None
+        (node.id, node.workload, node.in_scope) for node in graph.nodes if node.workload is not None
     ]
     namespaces = sorted({w.ref.namespace for _, w, in_scope in workloads if in_scope})
     # A default-deny isolates every pod of its namespace, also those that were not captured;
@@ -374,7 +454,7 @@ def synthesize(
     reserved = {DefaultDeny("").name} if default_deny else set()
     names = policy_names((w for _, w in chosen), reserved=reserved)
     unselectable = {node_id for node_id, w in chosen if _unselectable(w)}
-    result: list[Policy | DefaultDeny] = []
+    policies: list[Policy] = []
     for node_id, workload in chosen:
         if node_id in unselectable:
             continue
@@ -385,32 +465,64 @@ def synthesize(
         node_egress: set[PortSpec] = set()
         outside_clients: set[IpPeer] = set()
         outside_servers: set[IpPeer] = set()
-        for client in graph.predecessors(node_id):
-            ports = set(graph.edges[client, node_id]["ports"])
-            if graph.nodes[client]["role"] == _NODE:
+        answered_clients: set[tuple[IpPeer, PortSpec]] = set()
+        answered_servers: set[tuple[IpPeer, PortSpec]] = set()
+        left_out: set[LeftOut] = set()
+        for edge in graph.edges_to(node_id):
+            client = graph.node(edge.client)
+            stats = _vouched(edge.ports, server=True)
+            ports = set(stats)
+            if not ports:
+                continue
+            if client.role is NodeRole.NODE:
                 node_ingress |= ports
                 continue
-            for peer in _peers(graph, client, namespace, nodes):
+            special = _special(client, allowed_special)
+            left_out |= {
+                LeftOut(node_id, INGRESS, address, port, kind)
+                for address, kind in special
+                for port in ports
+            }
+            left = {a for a, _ in special}
+            for peer in _peers(client, namespace, nodes, edge, left):
                 ingress[peer] |= ports
-                if graph.nodes[client]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
+                if isinstance(peer, IpPeer) and _is_outside(client, peer):
                     outside_clients.add(peer)
-        for server in graph.successors(node_id):
-            ports = set(graph.edges[node_id, server]["ports"])
-            if graph.nodes[server]["role"] == _NODE:
+                    answered_clients |= _answered(peer, stats)
+        for edge in graph.edges_from(node_id):
+            server = graph.node(edge.server)
+            stats = _vouched(edge.ports, server=False)
+            ports = set(stats)
+            if not ports:
+                continue
+            if server.role is NodeRole.NODE:
                 node_egress |= ports
                 continue
-            if server in dns.workloads:
+            if server.id in dns.workloads:
                 ports -= dns_ports  # allowed by the DNS rule below, to every DNS pod
-            for peer in _peers(graph, server, namespace, nodes):
+            special = _special(server, allowed_special)
+            for address, kind in special:
+                # DNS to a node-local cache is allowed by the cache rule below.
+                to_cache = single_address(address) in node_local_cidrs
+                left_out |= {
+                    LeftOut(node_id, EGRESS, address, port, kind)
+                    for port in ports
+                    if not (to_cache and port in DNS_PORTS)
+                }
+            left = {a for a, _ in special}
+            for peer in _peers(server, namespace, nodes, edge, left):
                 if isinstance(peer, IpPeer) and peer.cidr in node_local_cidrs:
                     # Allowed by the node-local cache rule below, on both protocols.
                     egress[peer] |= ports - set(DNS_PORTS)
                 else:
                     egress[peer] |= ports
-                    if graph.nodes[server]["role"] == _EXTERNAL and isinstance(peer, IpPeer):
+                    if isinstance(peer, IpPeer) and _is_outside(server, peer):
                         outside_servers.add(peer)
-        _widen_outside(ingress, outside_clients, max_outside_addresses)
-        _widen_outside(egress, outside_servers, max_outside_addresses)
+                        answered_servers |= _answered(peer, stats)
+        exposed = (exposures or {}).get(node_id, ())
+        _expose(ingress, outside_clients, exposed, excluded)
+        _widen_outside(ingress, outside_clients, answered_clients, max_outside_addresses, excluded)
+        _widen_outside(egress, outside_servers, answered_servers, max_outside_addresses, excluded)
         for block in nodes:
             ingress[block] |= node_ingress
             egress[block] |= node_egress
@@ -418,7 +530,7 @@ def synthesize(
             egress[_local(dns_peer, namespace)] |= dns_ports
         for cache in dns.node_local:
             egress[cache] |= set(DNS_PORTS)
-        result.append(
+        policies.append(
             Policy(
                 namespace=namespace,
                 name=names[node_id],
@@ -426,21 +538,15 @@ def synthesize(
                 pod_selector=workload.selector,
                 ingress=_rules(ingress),
                 egress=_rules(egress),
+                left_out=tuple(sorted(left_out)),
             )
         )
+    default_denies = []
     if default_deny:
-        # Not where a workload seen there has no label to write its policy with.
-        cut_off = {w.ref.namespace for _, w in chosen if w.selector.is_empty and not w.host_network}
-        result += [DefaultDeny(namespace) for namespace in namespaces if namespace not in cut_off]
-    return sorted(result, key=lambda p: (p.namespace, isinstance(p, Policy), p.name))
-
-
-def partition_policies(
-    synthesized: Iterable[Policy | DefaultDeny],
-) -> tuple[list[Policy], list[DefaultDeny]]:
-    """:func:`synthesize`'s result as (workload policies, default-denies), order kept."""
-    items = list(synthesized)
-    return (
-        [p for p in items if isinstance(p, Policy)],
-        [p for p in items if isinstance(p, DefaultDeny)],
+        # Not where a workload seen there has no label (or selector) to write its policy with.
+        cut_off = {w.ref.namespace for _, w in chosen if _unselectable(w) and not w.host_network}
+        default_denies = [DefaultDeny(ns) for ns in namespaces if ns not in cut_off]
+    return PolicyPlan(
+        policies=tuple(sorted(policies, key=lambda p: (p.namespace, p.name))),
+        default_denies=tuple(default_denies),
     )

@@ -3,7 +3,9 @@
 The shell that puts ``sources`` (files → records), ``packets`` (records → facts counted per
 5-tuple), ``flows`` (counts → conversations) and ``dns`` together, one file per task, on every
 core. Each worker returns partial aggregates that are merged in the order of the input, and
-every merge is commutative, so the result does not depend on the number of workers.
+every merge is commutative, so the result does not depend on the number of workers. A file taken
+at a known vantage point (a pod's own capture) loses its foreign conversations in the merge,
+before they meet other files' (see :func:`read_captures`).
 
 Usage::
 
@@ -16,22 +18,35 @@ from __future__ import annotations
 import gc
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from analyser.dns import DnsTable, TcpDnsStreams
+from analyser.dns import DnsNames, DnsTable, TcpDnsStreams
 from analyser.flows import (
     CaptureConversations,
+    CaptureVantage,
     Conversation,
     ConversationTable,
     DirectedTraffic,
     protocol_named,
 )
-from analyser.packets import TCP, DnsPayload, Skip, Tally, count_records, split_key
-from analyser.sources import CaptureFile, CaptureReport, RecordChunk, ring_name
+from analyser.packets import (
+    DNS_PORT,
+    TCP,
+    Counts,
+    DnsPayload,
+    Skip,
+    Tally,
+    address_text,
+    by_interface,
+    count_records,
+    split_key,
+)
+from analyser.sources import DEFAULT_MAX_BYTES, CaptureFile, CaptureReport, RecordChunk
+from kernel.bundles import ring_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +54,14 @@ class Traffic:
     """Everything the captures say, before identities: see :func:`read_captures`."""
 
     conversations: tuple[Conversation, ...]  # sorted by (protocol, a, b)
-    dns: DnsTable
+    dns: DnsNames
     reports: tuple[CaptureReport, ...]  # one per file, in input order
     packets: int  # records read from all files
     counted: int  # packets that went into conversations
     skipped: dict[str, int] = field(default_factory=dict)  # packets without facts, by reason
     dns_faults: dict[str, int] = field(default_factory=dict)  # DNS payloads not understood
+    # Conversations dropped from a capture because its vantage point was neither end, by file.
+    foreign: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -60,11 +77,12 @@ class _Partial:
 
 
 @contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
+def no_cyclic_gc() -> Iterator[None]:
     """Pause the cyclic garbage collector. Reading allocates millions of small tuples and lists
     and keeps hundreds of thousands alive, so the collector runs again and again over the same
     live objects (about a tenth of the time) and finds nothing: these structures hold no
-    reference cycles. Reference counting still frees everything."""
+    reference cycles. Reference counting still frees everything. Also a decorator
+    (``analysing.analyse``: the rest of the analysis is the same)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -74,21 +92,38 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _read_one(path: Path, name: str, on_read: Callable[[int], None] | None = None) -> _Partial:
-    """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read."""
-    with _no_cyclic_gc():
-        return _count_file(path, name, on_read)
+def _read_one(
+    path: Path,
+    name: str,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    on_read: Callable[[int], None] | None = None,
+    per_interface: bool = False,
+) -> _Partial:
+    """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read;
+    ``per_interface``: a node's capture (see :func:`read_captures`)."""
+    with no_cyclic_gc():
+        return _count_file(path, name, max_bytes, on_read, per_interface)
+
+
+def _answered_client(raw: bytes) -> bytes:
+    """The destination address (4 or 16 bytes) of a packet sent from port 53, by its key's bytes:
+    the client an answer went to; empty for any other packet (a query), whose answers would name
+    nothing."""
+    if raw[-4] != 0 or raw[-3] != DNS_PORT:
+        return b""
+    half = (len(raw) - 4) // 2
+    return raw[half : 2 * half]
 
 
 class _DnsAnswers:
-    """Port-53 payloads → a :class:`DnsTable`, each distinct payload decoded once.
+    """Port-53 payloads → a :class:`DnsTable`, each distinct payload decoded once per client.
 
     The same answers come again and again (every client asks, over and over), and the table
-    keeps only the first and last time of each name, so per distinct payload the first and last
-    time it was seen and how often are enough. UDP messages are told apart without their 2-byte
-    ID, which decoding ignores. TCP segments go through :class:`TcpDnsStreams` first, so that
-    a message split across segments is decoded whole. Flushed every ``LIMIT`` distinct payloads:
-    memory stays bounded.
+    keeps only the first and last time of each name, so per distinct payload and client (the
+    address it was sent to, from port 53) the first and last time it was seen and how often are
+    enough. UDP messages are told apart without their 2-byte ID, which decoding ignores. TCP
+    segments go through :class:`TcpDnsStreams` first, so that a message split across segments is
+    decoded whole. Flushed every ``LIMIT`` distinct payloads: memory stays bounded.
     """
 
     LIMIT = 4096
@@ -97,19 +132,20 @@ class _DnsAnswers:
         self.table = DnsTable()
         self.faults: Counter[str] = Counter()
         self.streams = TcpDnsStreams()
-        # (over TCP, message) → [first seen, last seen, times]
-        self._pending: dict[tuple[bool, bytes], list[Any]] = {}
+        # (over TCP, client, message) → [first seen, last seen, times]
+        self._pending: dict[tuple[bool, bytes, bytes], list[Any]] = {}
 
     def add(self, payloads: Iterable[DnsPayload]) -> None:
         pending = self._pending
         streams = self.streams
         for timestamp, key, payload, seq, flags, cut in payloads:
-            over_tcp = key[0] == TCP  # type: ignore[index]  # DNS payloads have flow keys
+            protocol, raw = key  # type: ignore[misc]  # DNS payloads have flow keys
+            over_tcp = protocol == TCP
             if over_tcp:
                 payload = streams.add(key, seq, flags, payload, cut)
                 if not payload:
                     continue
-            message = (over_tcp, payload if over_tcp else payload[2:])
+            message = (over_tcp, _answered_client(raw), payload if over_tcp else payload[2:])
             seen = pending.get(message)
             if seen is None:
                 pending[message] = [timestamp, timestamp, 1]
@@ -129,33 +165,94 @@ class _DnsAnswers:
         self.flush()
 
     def flush(self) -> None:
-        for (over_tcp, message), (first, last, times) in self._pending.items():
+        for (over_tcp, client, message), (first, last, times) in self._pending.items():
             payload = message if over_tcp else b"\0\0" + message
-            fault = self.table.add_payload(payload, over_tcp=over_tcp, at=first)
+            fault = self.table.add_payload(
+                payload,
+                over_tcp=over_tcp,
+                at=first,
+                until=last,
+                client=address_text(client) if client else None,
+            )
             if fault is not None:
                 self.faults[fault.value] += times
-            elif last != first:
-                self.table.add_payload(payload, over_tcp=over_tcp, at=last)
         self._pending.clear()
 
 
-def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) -> _Partial:
-    capture = CaptureFile(path, name=name, on_read=on_read)
-    tally: Tally = {}
-    dns_tally: Tally = {}
+class _InterfaceTallies:
+    """Per-interface counts of a node's capture (``packets.by_interface``), and their merge: of
+    the copies of a packet that passed several interfaces of the node, one counts."""
+
+    def __init__(self) -> None:
+        self.tallies: dict[int, tuple[Tally, Tally]] = {}
+
+    def walker(
+        self, count: Callable[[RecordChunk, Tally, Tally], tuple[int, int]]
+    ) -> Callable[[RecordChunk], tuple[int, int]]:
+        def walk(chunk: RecordChunk) -> tuple[int, int]:
+            split = by_interface(chunk)
+            for interface, part in split.chunks.items():
+                tally, dns_tally = self.tallies.setdefault(interface, ({}, {}))
+                count(part, tally, dns_tally)
+            return split.stop, split.walked
+
+        return walk
+
+    def merged(self) -> Tally:
+        """Per key, the interface that counted the most packets (and the most bytes), first and
+        last seen over all, and every role any copy showed."""
+        merged: Tally = {}
+        for tally, dns_tally in self.tallies.values():
+            for part in (tally, dns_tally):
+                for key, counts in part.items():
+                    known = merged.get(key)
+                    if known is None:
+                        merged[key] = _copy(counts)
+                        continue
+                    known.first = min(known.first, counts.first)
+                    known.last = max(known.last, counts.last)
+                    known.packets = max(known.packets, counts.packets)
+                    known.size = max(known.size, counts.size)
+                    known.roles |= counts.roles
+        return merged
+
+
+def _copy(counts: Counts) -> Counts:
+    copy = Counts(counts.first, counts.size, counts.roles)
+    copy.last, copy.packets = counts.last, counts.packets
+    return copy
+
+
+def _count_file(
+    path: Path,
+    name: str,
+    max_bytes: int,
+    on_read: Callable[[int], None] | None,
+    per_interface: bool = False,
+) -> _Partial:
+    capture = CaptureFile(path, name=name, on_read=on_read, max_bytes=max_bytes)
     dns_payloads: list[DnsPayload] = []
     answers = _DnsAnswers()
 
-    def count(chunk: RecordChunk) -> tuple[int, int]:
+    def count_into(chunk: RecordChunk, tally: Tally, dns_tally: Tally) -> tuple[int, int]:
         walked = count_records(chunk, tally, dns_tally, dns_payloads)
         answers.add(dns_payloads)
         dns_payloads.clear()
         return walked
 
-    report = capture.walk(count)
+    tally: Tally = {}
+    if per_interface:
+        interfaces = _InterfaceTallies()
+        report = capture.walk(interfaces.walker(count_into))
+        tally = interfaces.merged()
+    else:
+        dns_tally: Tally = {}
+        report = capture.walk(lambda chunk: count_into(chunk, tally, dns_tally))
+        tally.update(dns_tally)
     answers.close()
-    tally.update(dns_tally)
     skipped: Counter[str] = Counter()
+    if report.impossible_times:
+        skipped["impossible_time"] = report.impossible_times
     directed = []
     counted = 0
     for key, counts in tally.items():
@@ -175,7 +272,15 @@ def _count_file(path: Path, name: str, on_read: Callable[[int], None] | None) ->
             )
         )
     conversations = CaptureConversations(name, ring_name(name), directed)
-    return _Partial(conversations, answers.table, report, counted, skipped, answers.faults)
+    first_seen = min((traffic.first_seen for traffic in directed), default=None)
+    return _Partial(
+        conversations,
+        answers.table,
+        replace(report, first_seen=first_seen),
+        counted,
+        skipped,
+        answers.faults,
+    )
 
 
 def _name_under(path: Path, root: Path) -> str:
@@ -195,6 +300,9 @@ def read_captures(
     root: Path,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
+    vantages: Mapping[str, CaptureVantage] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    node_captures: Collection[str] = (),
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`.
 
@@ -205,15 +313,32 @@ def read_captures(
     read (per megabyte when reading in this process, per file with workers), adding up to the
     sum of the files' sizes, which a progress bar can use as its total.
 
+    ``vantages`` says where files (by their names) were taken, e.g. in a pod: of what such a
+    file saw, only the conversations with an end that was the vantage point's own address are
+    kept; the rest are dropped as foreign before they merge with other files' and counted in
+    :attr:`Traffic.foreign`. The DNS answers a file holds name only flows seen at its vantage
+    point (a file without one is a vantage point of its own: its tcpdump ring).
+
     A damaged file never raises: its :class:`~analyser.sources.CaptureReport` says what went
-    wrong and the packets before the damage count. The result is the same for any ``workers``.
+    wrong and the packets before the damage count. At most ``max_bytes`` bytes of each file
+    (decompressed) are read: past them, the report says so (``CaptureTooLarge``) and the packets
+    before count. The result is the same for any ``workers``.
+
+    ``node_captures`` names files taken on a node, on all its interfaces (``tcpdump -i any`` in
+    the node's network namespace): a packet between two of its pods passes two veths, one to
+    another node passes a veth and the uplink (a bridge adds a copy too), and each copy is
+    recorded. Such a file is counted per interface (Linux cooked v2 records say which), and of
+    each direction of a conversation the interface with the most packets counts: every packet
+    once, as a pod's own capture counts it.
     """
     names = [_name_under(path, root) for path in paths]
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
     report = on_progress if on_progress is not None else _ignore
+    placed = vantages if vantages is not None else {}
+    nodes = [name in node_captures for name in names]
     if count <= 1:
-        return _merge(_read_here(paths, names, report))
-    return _merge(_read_in_processes(paths, names, count, report))
+        return _merge(_read_here(paths, names, max_bytes, report, nodes), placed)
+    return _merge(_read_in_processes(paths, names, max_bytes, count, report, nodes), placed)
 
 
 def _ignore(size: int) -> None:
@@ -221,10 +346,14 @@ def _ignore(size: int) -> None:
 
 
 def _read_here(
-    paths: Sequence[Path], names: Sequence[str], on_progress: Callable[[int], None]
+    paths: Sequence[Path],
+    names: Sequence[str],
+    max_bytes: int,
+    on_progress: Callable[[int], None],
+    per_interface: Sequence[bool],
 ) -> Iterator[_Partial]:
     """Files read in this process; progress as each megabyte is read."""
-    for path, name in zip(paths, names, strict=True):
+    for path, name, node in zip(paths, names, per_interface, strict=True):
         done = 0
 
         def advance(size: int) -> None:
@@ -232,7 +361,7 @@ def _read_here(
             done += size
             on_progress(size)
 
-        yield _read_one(path, name, on_read=advance)
+        yield _read_one(path, name, max_bytes, on_read=advance, per_interface=node)
         # A damaged file is not read to its end: report the rest too, so the sizes add up.
         if (rest := _size(path) - done) > 0:
             on_progress(rest)
@@ -241,8 +370,10 @@ def _read_here(
 def _read_in_processes(
     paths: Sequence[Path],
     names: Sequence[str],
+    max_bytes: int,
     workers: int,
     on_progress: Callable[[int], None],
+    per_interface: Sequence[bool],
 ) -> Iterator[_Partial]:
     """Files read by a pool of processes, in input order as they are ready; progress per file."""
     # Imported here: it pulls in multiprocessing, a sixtieth of a second that one-worker reads
@@ -250,7 +381,10 @@ def _read_in_processes(
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for path, partial in zip(paths, pool.map(_read_one, paths, names), strict=True):
+        limits = [max_bytes] * len(paths)
+        progress = [None] * len(paths)
+        partials = pool.map(_read_one, paths, names, limits, progress, per_interface)
+        for path, partial in zip(paths, partials, strict=True):
             on_progress(_size(path))
             yield partial
 
@@ -262,22 +396,27 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _merge(partials: Iterable[_Partial]) -> Traffic:
+def _merge(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
     """Fold partial aggregates one by one (in input order), so only the merged total is kept."""
-    with _no_cyclic_gc():
-        return _merge_all(partials)
+    with no_cyclic_gc():
+        return _merge_all(partials, vantages)
 
 
-def _merge_all(partials: Iterable[_Partial]) -> Traffic:
+def _merge_all(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
     conversations = ConversationTable()
-    dns = DnsTable()
+    dns = DnsNames()
     reports = []
     counted = 0
     skipped: Counter[str] = Counter()
     dns_faults: Counter[str] = Counter()
+    foreign: dict[str, int] = {}
     for partial in partials:
-        conversations.add(partial.conversations)
-        dns.merge(partial.dns)
+        seen = partial.conversations
+        vantage = vantages.get(seen.capture)
+        if vantage is not None and (dropped := seen.drop_foreign(vantage)):
+            foreign[seen.capture] = dropped
+        conversations.add(seen)
+        dns.add(seen.capture, seen.vantage if vantage is None else str(vantage), partial.dns)
         reports.append(partial.report)
         counted += partial.counted
         skipped.update(partial.skipped)
@@ -290,4 +429,5 @@ def _merge_all(partials: Iterable[_Partial]) -> Traffic:
         counted=counted,
         skipped=dict(sorted(skipped.items())),
         dns_faults=dict(sorted(dns_faults.items())),
+        foreign=foreign,
     )

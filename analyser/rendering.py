@@ -1,10 +1,14 @@
 """Rendering: the policy model, the graph and the analysis facts → YAML, DOT and Markdown text,
 through the Jinja templates in ``analyser/templates/`` (one per format). The only jinja2 import.
 
-Pure: returns text, writes nothing. Every YAML document rendered here is parsed back with
-``yaml.safe_load_all`` before it is returned, so a template mistake raises :class:`RenderError`
-instead of reaching a cluster. Output is deterministic: the same input gives the same bytes (no
-wall-clock times; rules, ports and files are sorted).
+Pure: returns text, writes nothing. Every text from input (names, labels, DNS names, file names,
+problems) leaves a template through a filter that makes it inert for that format (built on
+``texts.inert``; see the filters below). Every YAML file rendered here is parsed back with
+``yaml.safe_load_all`` and compared, field for field, with the object the model says it must be
+(:func:`policy_object`, :func:`default_deny_object`, :func:`kustomization_object`): a template
+mistake, or a character that escaped a filter, raises :class:`RenderError` instead of reaching
+a cluster. Output is deterministic: the same input gives the same bytes (no wall-clock times;
+rules, ports and files are sorted).
 """
 
 from __future__ import annotations
@@ -20,29 +24,24 @@ from typing import Any
 import jinja2
 import yaml
 
-from analyser.bundles import FileProblem, Window
-from analyser.errors import RenderError
+from analyser.bundles import FileProblem
 from analyser.flows import Evidence
-from analyser.graphs import EdgeStats, NodeRole, attempts, loopback_flows
-from analyser.policies import (
-    DefaultDeny,
-    IpPeer,
-    LabelSelector,
-    PodPeer,
-    Policy,
-    PortSpec,
-    Rule,
-    rule_sort_key,
-)
+from analyser.graphs import EdgeStats, UnvouchedPair, WorkloadGraph
+from analyser.peers import Exposure, IpPeer, PodPeer
+from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
+from analyser.selectors import LabelSelector
+from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
+from analyser.vantages import Coverage
+from kernel.bundles import Window
+from kernel.errors import RenderError
 
 # What every generated object carries, so users (and a later run) can tell it apart.
 MANAGED_BY_LABEL = ("app.kubernetes.io/managed-by", "netpol-sniffer")
 ANNOTATION_PREFIX = "netpol-sniffer.io/"
-KUSTOMIZATION = "kustomization.yaml"
-
-# Kubernetes object names: a namespace is a DNS-1123 label, a NetworkPolicy a DNS-1123 subdomain.
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# Kustomize's extension-less file name: `kubectl apply -k DIR` reads it, while `kubectl apply -f
+# DIR` (and Argo CD, kubeconform, anything reading a folder of manifests) skips files without a
+# .yaml, .yml or .json suffix, so it is never sent to the cluster as a resource.
+KUSTOMIZATION = "Kustomization"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,57 +77,62 @@ class ReportFacts:
     unselectable: tuple[str, ...] = ()  # captured workloads without a stable label: no policy
     unselectable_reasons: Mapping[str, str] = field(default_factory=dict)  # node id → why
     skipped_packets: Mapping[str, int] = field(default_factory=dict)  # reason → packets unused
-    # NodeLocal DNSCache addresses (policies.ClusterDns.node_local): cluster DNS, not the outside
+    # NodeLocal DNSCache addresses (peers.ClusterDns.node_local): cluster DNS, not the outside
     node_local_dns: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # what the output leaves out, and why
+    # Workloads with a policy that are exposed outside the cluster (node id → how), and whether
+    # their exposed ports were allowed from anywhere.
+    exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
+    exposed_anywhere: bool = True
+    foreign_flows: int = 0  # flows dropped from a pod's capture: that pod was neither end
+    left_out: tuple[LeftOut, ...] = ()  # traffic with special addresses given no rule
+    selector_warnings: tuple[SelectorWarning, ...] = ()  # selectors narrowed or too wide
+    # Traffic a side's own captures did not vouch for: no rule on that side (graphs).
+    unvouched: tuple[UnvouchedPair, ...] = ()
+    # Per captured pod, the vantage points (its own capture, its node's) that covered it.
+    coverage: tuple[Coverage, ...] = ()
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------
-
-# Characters PyYAML accepts literally in a double-quoted scalar; anything else is escaped.
-_PRINTABLE_RANGES = "\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff"
-_YAML_PRINTABLE = re.compile(f"[{_PRINTABLE_RANGES}]")
-_NOT_PRINTABLE = re.compile(f"[^{_PRINTABLE_RANGES}]")
+# Each starts from texts.inert: no character that is not printable survives (line and paragraph
+# separators, NEL, controls, bidi and zero-width characters); each format then escapes its own.
 
 
 def yaml_quoted(value: object) -> str:
     """A YAML double-quoted scalar for ``str(value)``: never a bool, number or null by accident,
-    and safe whatever characters it holds."""
-    out = ['"']
-    for char in str(value):
-        if char == '"':
-            out.append('\\"')
-        elif char == "\\":
-            out.append("\\\\")
-        elif _YAML_PRINTABLE.fullmatch(char):
-            out.append(char)
-        elif ord(char) <= 0xFF:
-            out.append(f"\\x{ord(char):02x}")
-        elif ord(char) <= 0xFFFF:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(f"\\U{ord(char):08x}")
-    out.append('"')
-    return "".join(out)
+    and safe whatever characters it holds (every character that is not printable as a YAML
+    escape, which parses back to that character)."""
+    text = str(value)
+    if text.isprintable() and '"' not in text and "\\" not in text:  # the common case, in C
+        return f'"{text}"'
+    escaped = ('\\"' if char == '"' else "\\\\" if char == "\\" else inert(char) for char in text)
+    return f'"{"".join(escaped)}"'
 
 
 def one_line(value: object) -> str:
-    """Text for a comment or a Markdown line: printable, no line breaks."""
-    # One regex pass: a report or graph has a line per flow edge and address.
-    return _NOT_PRINTABLE.sub(" ", str(value)).strip()
+    """Text for a YAML comment or a Markdown line: printable, so no line break of any kind."""
+    return inert(value).strip()
 
 
 def dot_quoted(value: object) -> str:
-    """A DOT double-quoted string. Backslashes are doubled so Graphviz's label escapes (``\\N``,
-    ``\\l``) cannot be triggered by data; line breaks become Graphviz's ``\\n``."""
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
-    return f'"{one_line(text)}"'
+    """A DOT double-quoted string of ``value``, or of the lines of a list or tuple joined by
+    Graphviz's ``\\n``. Backslashes are doubled so Graphviz's label escapes (``\\N``, ``\\l``)
+    cannot be triggered by data, and a line break in the data shows as ``\\n``."""
+    lines = value if isinstance(value, list | tuple) else (value,)
+    text = "\\n".join(one_line(line).replace("\\", "\\\\").replace('"', '\\"') for line in lines)
+    return f'"{text}"'
+
+
+# Markdown's inline specials (code, emphasis, strike-through, links and images, table cells) are
+# backslash-escaped, HTML's become entities: no markup, tag or entity passes through. An
+# underscore inside a word (not_ip) cannot emphasise anything and is left as it is.
+_MARKDOWN_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"} | {c: "\\" + c for c in "\\`*_~[]|"}
+_MARKDOWN_SPECIALS = re.compile(r"[&<>\\`*~\[\]|]|(?<![^\W_])_|_(?![^\W_])")
 
 
 def markdown_cell(value: object) -> str:
-    """Text safe inside a Markdown table cell."""
-    return one_line(value).replace("\\", "\\\\").replace("|", "\\|")
+    """Text safe in a Markdown table cell or line: shown as it is, never as markup."""
+    return _MARKDOWN_SPECIALS.sub(lambda match: _MARKDOWN_ESCAPES[match[0]], one_line(value))
 
 
 def nest(text: str, width: int) -> str:
@@ -184,6 +188,7 @@ class _PeerView:
     cidr: str | None
     names: tuple[str, ...]
     description: str  # what an ipBlock stands for ("cluster nodes"), for the comment
+    excluded: tuple[str, ...] = ()  # the ipBlock's except list
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,12 +197,12 @@ class _RuleView:
     ports: tuple[_PortView, ...]
 
 
-def _cidr(peer: IpPeer, policy: Policy) -> str:
+def _cidr(cidr: str, policy: Policy) -> str:
     try:
-        return str(ipaddress.ip_network(peer.cidr, strict=True))
+        return str(ipaddress.ip_network(cidr, strict=True))
     except ValueError as error:
         raise RenderError(
-            f"policy {policy.namespace}/{policy.name}: bad ipBlock {peer.cidr!r}: {error}"
+            f"policy {policy.namespace}/{policy.name}: bad ipBlock {cidr!r}: {error}"
         ) from error
 
 
@@ -205,7 +210,7 @@ def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
     rules = tuple(rules)
     for rule in rules:  # every address checked before sorting parses them
         if isinstance(rule.peer, IpPeer):
-            _cidr(rule.peer, policy)
+            _cidr(rule.peer.cidr, policy)
     views = []
     for rule in sorted(rules, key=rule_sort_key):
         peer = rule.peer
@@ -218,9 +223,10 @@ def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
             peer_view = _PeerView(
                 None,
                 None,
-                _cidr(peer, policy),
+                _cidr(peer.cidr, policy),
                 tuple(sorted(set(peer.names))),
                 peer.description,
+                tuple(_cidr(hole, policy) for hole in peer.excluded),
             )
         ports = tuple(_PortView(str(p.protocol), p.port) for p in sorted(set(rule.ports)))
         views.append(_RuleView(peer_view, ports))
@@ -228,9 +234,9 @@ def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
 
 
 def _check_names(namespace: str, name: str) -> None:
-    if not _DNS1123_LABEL.fullmatch(namespace) or len(namespace) > 63:
+    if not is_dns1123_label(namespace):
         raise RenderError(f"{namespace!r} is not a valid namespace name")
-    if not _DNS1123_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+    if not is_dns1123_subdomain(name):
         raise RenderError(f"{namespace}/{name!r} is not a valid NetworkPolicy name")
 
 
@@ -247,25 +253,17 @@ def _annotations(provenance: Provenance, **extra: str) -> tuple[tuple[str, str],
     return tuple(sorted(annotations.items()))
 
 
-# libyaml's safe loader when PyYAML was built with it (fifty times faster), else the Python one.
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+@dataclass(frozen=True, slots=True)
+class _PolicyView:
+    """What the NetworkPolicy template gets besides the policy itself."""
+
+    labels: tuple[tuple[str, str], ...]
+    annotations: tuple[tuple[str, str], ...]
+    ingress: tuple[_RuleView, ...]
+    egress: tuple[_RuleView, ...]
 
 
-def _parse_back(text: str, what: str, kind: str) -> None:
-    try:
-        documents = [doc for doc in yaml.load_all(text, Loader=_SAFE_LOADER) if doc is not None]
-    except yaml.YAMLError as error:
-        raise RenderError(f"{what} is not valid YAML: {error}") from error
-    if (
-        len(documents) != 1
-        or not isinstance(documents[0], dict)
-        or documents[0].get("kind") != kind
-    ):
-        raise RenderError(f"{what} did not render to one {kind}")
-
-
-def render_policy(policy: Policy, *, provenance: Provenance) -> str:
-    """One NetworkPolicy document for one workload."""
+def _policy_view(policy: Policy, provenance: Provenance) -> _PolicyView:
     _check_names(policy.namespace, policy.name)
     ingress = _rule_views(policy.ingress, policy)
     egress = _rule_views(policy.egress, policy)
@@ -277,15 +275,183 @@ def render_policy(policy: Policy, *, provenance: Provenance) -> str:
     extra = {"workload": policy.workload}
     if dns_names:
         extra["dns_names"] = json.dumps(dns_names, sort_keys=True, separators=(",", ":"))
+    return _PolicyView(_labels(policy.labels), _annotations(provenance, **extra), ingress, egress)
+
+
+# -- the objects the YAML must parse to ----------------------------------------------------------
+# Built from the model in Python, not through the templates: a rendered file that parses to
+# anything else (a rule a comment let in, a field a filter rewrote) is refused, never written.
+
+_API_VERSION = "networking.k8s.io/v1"
+_POLICY_TYPES = ["Ingress", "Egress"]
+_NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def _metadata_object(
+    name: str,
+    namespace: str,
+    labels: tuple[tuple[str, str], ...],
+    annotations: tuple[tuple[str, str], ...],
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        metadata["labels"] = dict(labels)
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return metadata
+
+
+def _selector_object(selector: LabelSelector) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    if selector.match_labels:
+        document["matchLabels"] = dict(selector.match_labels)
+    if selector.match_expressions:
+        document["matchExpressions"] = [
+            {"key": req.key, "operator": req.operator}
+            | ({"values": list(req.values)} if req.values else {})
+            for req in selector.match_expressions
+        ]
+    return document
+
+
+def _peer_object(peer: _PeerView) -> dict[str, Any]:
+    if peer.pod_selector is None:
+        block: dict[str, Any] = {"cidr": peer.cidr}
+        if peer.excluded:
+            block["except"] = list(peer.excluded)
+        return {"ipBlock": block}
+    pods = {"podSelector": _selector_object(peer.pod_selector)}
+    if peer.namespace is None:
+        return pods
+    return {"namespaceSelector": {"matchLabels": {_NAMESPACE_NAME_LABEL: peer.namespace}}} | pods
+
+
+def _rule_object(rule: _RuleView, peer_key: str) -> dict[str, Any]:
+    document: dict[str, Any] = {peer_key: [_peer_object(rule.peer)]}
+    if rule.ports:
+        document["ports"] = [{"protocol": p.protocol, "port": p.port} for p in rule.ports]
+    return document
+
+
+def _policy_document(policy: Policy, view: _PolicyView) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "podSelector": _selector_object(policy.pod_selector),
+        "policyTypes": list(_POLICY_TYPES),
+    }
+    if view.ingress:
+        spec["ingress"] = [_rule_object(rule, "from") for rule in view.ingress]
+    if view.egress:
+        spec["egress"] = [_rule_object(rule, "to") for rule in view.egress]
+    return {
+        "apiVersion": _API_VERSION,
+        "kind": "NetworkPolicy",
+        "metadata": _metadata_object(policy.name, policy.namespace, view.labels, view.annotations),
+        "spec": spec,
+    }
+
+
+def policy_object(policy: Policy, *, provenance: Provenance) -> dict[str, Any]:
+    """The NetworkPolicy object :func:`render_policy`'s YAML parses to."""
+    return _policy_document(policy, _policy_view(policy, provenance))
+
+
+def default_deny_object(deny: DefaultDeny, *, provenance: Provenance) -> dict[str, Any]:
+    """The NetworkPolicy object :func:`render_default_deny`'s YAML parses to."""
+    metadata = _metadata_object(deny.name, deny.namespace, _labels(()), _annotations(provenance))
+    return {
+        "apiVersion": _API_VERSION,
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {"podSelector": {}, "policyTypes": list(_POLICY_TYPES)},
+    }
+
+
+def kustomization_object(resources: Iterable[str]) -> dict[str, Any]:
+    """The Kustomization :func:`render_kustomization`'s YAML parses to."""
+    return {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": sorted(resources),
+    }
+
+
+_FIELD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+
+
+def _difference(actual: object, expected: object) -> list[object] | None:
+    """The keys and indices (innermost first) down to where ``actual`` first differs from
+    ``expected``, or None. Paths are built only for a difference: this runs on every file."""
+    if type(actual) is not type(expected):
+        return []
+    if isinstance(actual, dict) and isinstance(expected, dict):
+        if actual.keys() != expected.keys():
+            return [min(actual.keys() ^ expected.keys(), key=repr)]
+        for key, value in expected.items():
+            found = _difference(actual[key], value)
+            if found is not None:
+                return [*found, key]
+        return None
+    if isinstance(actual, list) and isinstance(expected, list):
+        for index, (item, wanted) in enumerate(zip(actual, expected, strict=False)):
+            found = _difference(item, wanted)
+            if found is not None:
+                return [*found, index]
+        return None if len(actual) == len(expected) else [min(len(actual), len(expected))]
+    return None if actual == expected else []
+
+
+def first_difference(actual: object, expected: object) -> str | None:
+    """Where ``actual`` (parsed YAML) first differs from ``expected``: a path such as
+    ``spec.egress[3]`` or ``metadata.labels['app.kubernetes.io/name']`` ("" for the whole),
+    None when they are equal, types included (``"80"`` is not ``80``, ``true`` not ``1``)."""
+    found = _difference(actual, expected)
+    if found is None:
+        return None
+    path = ""
+    for step in reversed(found):
+        if isinstance(step, int):
+            path += f"[{step}]"
+        elif isinstance(step, str) and _FIELD_NAME.fullmatch(step):
+            path += f".{step}" if path else step
+        else:
+            path += f"[{step!r}]"
+    return path
+
+
+# libyaml's safe loader when PyYAML was built with it (fifty times faster), else the Python one.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parse_back(text: str, what: str, expected: dict[str, Any]) -> None:
+    """``text`` must parse to exactly one document, ``expected``; else RenderError naming
+    ``what`` (the file) and where they differ."""
+    try:
+        documents = [doc for doc in yaml.load_all(text, Loader=_SAFE_LOADER) if doc is not None]
+    except yaml.YAMLError as error:
+        raise RenderError(f"rendered {what} is not valid YAML: {error}") from error
+    if len(documents) != 1:
+        raise RenderError(
+            f"rendered {what} differs from the policy model: {len(documents)} YAML documents, not 1"
+        )
+    difference = first_difference(documents[0], expected)
+    if difference is not None:
+        raise RenderError(
+            f"rendered {what} differs from the policy model at {difference or 'the top level'}"
+        )
+
+
+def render_policy(policy: Policy, *, provenance: Provenance) -> str:
+    """One NetworkPolicy document for one workload."""
+    view = _policy_view(policy, provenance)
     text = _render(
         "networkpolicy.yaml.j2",
         policy=policy,
-        labels=_labels(policy.labels),
-        annotations=_annotations(provenance, **extra),
-        ingress=ingress,
-        egress=egress,
+        labels=view.labels,
+        annotations=view.annotations,
+        ingress=view.ingress,
+        egress=view.egress,
     )
-    _parse_back(text, f"policy {policy.namespace}/{policy.name}", "NetworkPolicy")
+    _parse_back(text, policy_path(policy.namespace, policy.name), _policy_document(policy, view))
     return text
 
 
@@ -298,19 +464,26 @@ def render_default_deny(deny: DefaultDeny, *, provenance: Provenance) -> str:
         labels=_labels(()),
         annotations=_annotations(provenance),
     )
-    _parse_back(text, f"default-deny {deny.namespace}/{deny.name}", "NetworkPolicy")
+    _parse_back(
+        text,
+        policy_path(deny.namespace, deny.name),
+        default_deny_object(deny, provenance=provenance),
+    )
     return text
 
 
 def render_kustomization(resources: Iterable[str]) -> str:
-    text = _render("kustomization.yaml.j2", resources=sorted(resources))
-    _parse_back(text, KUSTOMIZATION, "Kustomization")
+    listed = sorted(resources)
+    text = _render("kustomization.yaml.j2", resources=listed)
+    _parse_back(text, KUSTOMIZATION, kustomization_object(listed))
     return text
 
 
 def policy_path(namespace: str, name: str) -> str:
-    """Where a policy goes, relative to the output directory."""
-    return f"{namespace}/{name}.yaml"
+    """Where a policy goes, relative to the output directory: ``NAMESPACE.NAME.yaml`` at the top,
+    so ``kubectl apply -f DIR`` applies every policy without ``-R`` (a namespace is a DNS label,
+    without dots: the first dot ends it)."""
+    return f"{namespace}.{name}.yaml"
 
 
 def render_policy_files(
@@ -319,7 +492,7 @@ def render_policy_files(
     default_denies: Iterable[DefaultDeny] = (),
     provenance: Provenance,
 ) -> dict[str, str]:
-    """Every policy file plus the ``kustomization.yaml`` that lists them, keyed by path relative
+    """Every policy file plus the ``Kustomization`` that lists them, keyed by path relative
     to the output directory (sorted)."""
     files: dict[str, str] = {}
 
@@ -372,42 +545,37 @@ class _EdgeView:
         return sum(p.stats.flows for p in self.ports)
 
 
-def _graph_views(graph: Any) -> tuple[tuple[_NodeView, ...], tuple[_EdgeView, ...]]:
-    """The graph (schema in ``analyser.graphs``) as sorted plain records for the templates."""
+def _graph_views(graph: WorkloadGraph) -> tuple[tuple[_NodeView, ...], tuple[_EdgeView, ...]]:
+    """The graph as plain records for the templates, in its order (nodes by id, edges by ends)."""
     nodes: dict[str, _NodeView] = {}
-    for index, (node_id, attrs) in enumerate(
-        sorted(graph.nodes(data=True), key=lambda n: str(n[0]))
-    ):
-        nodes[node_id] = _NodeView(
-            node_id=str(node_id),
+    for index, node in enumerate(graph.nodes):
+        nodes[node.id] = _NodeView(
+            node_id=node.id,
             dot_id=f"n{index}",
-            role=str(attrs.get("role", NodeRole.UNRESOLVED)),
-            label=str(attrs.get("label") or node_id),
-            names=tuple(sorted(attrs.get("names") or ())),
-            in_scope=bool(attrs.get("in_scope", False)),
+            role=str(node.role),
+            label=node.label,
+            names=tuple(sorted(node.names)),
+            in_scope=node.in_scope,
         )
     edges = []
-    for client, server, attrs in sorted(
-        graph.edges(data=True), key=lambda e: (str(e[0]), str(e[1]))
-    ):
-        port_map: Mapping[PortSpec, EdgeStats] = attrs.get("ports") or {}
+    for edge in graph.edges:
         ports = tuple(
             _PortStatsView(
                 str(spec.protocol), spec.port, stats, tuple(sorted(str(e) for e in stats.evidence))
             )
-            for spec, stats in sorted(port_map.items())
+            for spec, stats in sorted(edge.ports.items())
         )
-        edges.append(_EdgeView(nodes[client], nodes[server], ports))
+        edges.append(_EdgeView(nodes[edge.client], nodes[edge.server], ports))
     return tuple(nodes.values()), tuple(edges)
 
 
-def render_dot(graph: Any) -> str:
-    """Graphviz DOT for the workload graph (a networkx DiGraph following ``analyser.graphs``)."""
+def render_dot(graph: WorkloadGraph) -> str:
+    """Graphviz DOT for the workload graph."""
     nodes, edges = _graph_views(graph)
     return _render("graph.dot.j2", nodes=nodes, edges=edges)
 
 
-def render_report(facts: ReportFacts, graph: Any) -> str:
+def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
     """The Markdown report: workloads, flows per edge, external names, unresolved addresses,
     damaged files and how each flow's direction was decided."""
     nodes, edges = _graph_views(graph)
@@ -418,6 +586,6 @@ def render_report(facts: ReportFacts, graph: Any) -> str:
         nodes=nodes,
         edges=edges,
         evidence=evidence,
-        attempts=attempts(graph),
-        loopback=loopback_flows(graph),
+        attempts=graph.attempts,
+        loopback=graph.loopback,
     )

@@ -8,6 +8,9 @@ Choices (documented in ``docs/verify.md``):
 
 - A workload is evaluated with its pods' non-volatile labels (``Workload.pod_labels``), its
   namespace's labels, and the containerPorts of all its pods (for named ports).
+- An observed connection is checked at the sides its flows were vouched for at (the client's
+  egress, the server's ingress: ``analyser.vouching``), as the policies are written: a side
+  whose own capture ran and did not see it is not held to it.
 - Addresses outside the cluster, unresolved addresses and nodes are :class:`Address` peers. A
   connection between a node and a workload that has a pod on that node is allowed whatever the
   policies say (NetworkPolicy never blocks a pod's own node: kubelet probes). hostNetwork
@@ -17,18 +20,28 @@ Choices (documented in ``docs/verify.md``):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from analyser.errors import SnapshotError, UnsafePolicies
-from analyser.evaluation import Address, ContainerPort, Denial, Peer, Pod, PolicySet, pod
+from analyser.evaluation import (
+    Address,
+    ContainerPort,
+    Denial,
+    Direction,
+    Peer,
+    Pod,
+    PolicySet,
+    pod,
+)
 from analyser.flows import Protocol
-from analyser.graphs import NodeRole, flows_on_edge
-from analyser.identities import Resolver, Workload, WorkloadRef, container_ports
-from analyser.policies import PortSpec
-from analyser.snapshot import Snapshot, host_ips, meta
+from analyser.graphs import ID_PREFIXES, NodeRole, Sides, WorkloadGraph
+from analyser.identities import Resolver
+from analyser.peers import PortSpec
+from analyser.snapshot import Snapshot
 from analyser.verifying import Observed, Universe, Verification, block_for, check_observed, verify
+from analyser.workloads import Workload, WorkloadRef
+from kernel.errors import SnapshotError, UnsafePolicies
 
 # How many denied flows the UnsafePolicies message lists before summarising the rest.
 MAX_LISTED_DENIALS = 20
@@ -61,32 +74,21 @@ class ClusterFacts:
         return Address(ip, node=self.node_of_address.get(ip), name=name)
 
 
-def _container_ports(pod_json: Mapping[str, Any]) -> set[ContainerPort]:
-    return {
-        ContainerPort(name, protocol, port)
-        for name, port, protocol in container_ports(pod_json.get("spec", {}))
-    }
-
-
 def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
     """Every workload with a pod in the snapshot, and the nodes' addresses."""
-    namespace_labels = {
-        meta(ns)["name"]: dict(meta(ns).get("labels", {})) for ns in snapshot.namespaces
-    }
+    namespace_labels = {ns.name: dict(ns.labels) for ns in snapshot.namespaces}
     ports: dict[WorkloadRef, set[ContainerPort]] = defaultdict(set)
     nodes: dict[WorkloadRef, set[str]] = defaultdict(set)
     host_addresses: dict[str, set[str]] = defaultdict(set)
-    for pod_json in snapshot.pods:
-        pod_meta = meta(pod_json)
-        ref = resolver.workload_of_pod(pod_meta.get("namespace", ""), pod_meta["name"])
+    for pod_view in snapshot.pods:
+        ref = resolver.workload_of_pod(pod_view.namespace, pod_view.name)
         if ref is None:
             continue
-        node = pod_json.get("spec", {}).get("nodeName") or ""
-        if node:
-            nodes[ref].add(node)
-        ports[ref] |= _container_ports(pod_json)
+        if pod_view.node_name:
+            nodes[ref].add(pod_view.node_name)
+        ports[ref] |= {ContainerPort(p.name, p.protocol, p.port) for p in pod_view.spec.ports}
         if resolver.workload(ref).host_network:
-            host_addresses[str(ref)] |= set(host_ips(pod_json))
+            host_addresses[str(ref)] |= set(pod_view.host_ips)
     workloads = {
         str(ref): pod(
             namespace=ref.namespace,
@@ -107,35 +109,33 @@ def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
     )
 
 
-def _pod_workload(graph: Any, node_id: str, cluster: ClusterFacts) -> Workload | None:
+def _pod_workload(graph: WorkloadGraph, node_id: str, cluster: ClusterFacts) -> Workload | None:
     """The workload a graph node stands for, unless it is none or uses its node's network."""
-    attributes = graph.nodes[node_id]
-    workload: Workload | None = attributes.get("workload")
-    if attributes.get("role") != NodeRole.WORKLOAD or workload is None:
+    workload = graph.node(node_id).workload
+    if workload is None:
         return None
     return None if workload.host_network or node_id in cluster.host_network else workload
 
 
-def _addresses(graph: Any, node_id: str, cluster: ClusterFacts) -> tuple[str, ...]:
-    """The addresses of a graph node that is not a pod workload (see the graph schema)."""
-    attributes = graph.nodes[node_id]
-    found = tuple(attributes.get("addresses", ()))
-    if found:
-        return found
-    if attributes.get("role") == NodeRole.WORKLOAD:
+def _addresses(graph: WorkloadGraph, node_id: str, cluster: ClusterFacts) -> tuple[str, ...]:
+    """The addresses of a graph node that is not a pod workload (``graphs.GraphNode``)."""
+    node = graph.node(node_id)
+    if node.addresses:
+        return node.addresses
+    if node.role is NodeRole.WORKLOAD:
         return cluster.host_network.get(node_id, ())
-    if attributes.get("role") == NodeRole.NODE:
-        name = node_id.removeprefix("node:")
+    name = node_id.removeprefix(ID_PREFIXES[node.role])  # the node's name, or the address
+    if node.role is NodeRole.NODE:
         return tuple(sorted(a for a, n in cluster.node_of_address.items() if n == name))
-    return (node_id.split(":", 1)[1],)  # ip:ADDRESS, unresolved:ADDRESS
+    return (name,)
 
 
-def _seen(graph: Any, client: str, server: str, port: PortSpec, *, client_side: bool) -> set[str]:
+def _seen(
+    graph: WorkloadGraph, client: str, server: str, port: PortSpec, *, client_side: bool
+) -> set[str]:
     """The addresses one end of an edge really used on ``port``, from the flows behind it."""
     seen = set()
-    for attribution in flows_on_edge(graph, client, server):
-        if attribution.port != port:
-            continue
+    for attribution in graph.flows_on_edge(client, server, port):
         if client_side:
             seen.add(attribution.flow.client.ip)
         elif attribution.twin is not None:
@@ -146,7 +146,12 @@ def _seen(graph: Any, client: str, server: str, port: PortSpec, *, client_side: 
 
 
 def _ends(
-    graph: Any, ends: tuple[str, str], port: PortSpec, cluster: ClusterFacts, *, client_side: bool
+    graph: WorkloadGraph,
+    ends: tuple[str, str],
+    port: PortSpec,
+    cluster: ClusterFacts,
+    *,
+    client_side: bool,
 ) -> list[Peer]:
     """The peers standing for one end of an edge: a workload's facts, or each address that end
     used (all of the node's addresses when the flows do not say)."""
@@ -180,66 +185,108 @@ def _node_local(client: Peer, server: Peer, cluster: ClusterFacts) -> tuple[Peer
     return client, server
 
 
-def observed_from_graph(graph: Any, cluster: ClusterFacts) -> list[Observed]:
+def _checked_at(vouched: Sides) -> frozenset[Direction]:
+    """The sides an observed connection is checked at: the client's egress and the server's
+    ingress, each when its side was vouched for (``analyser.vouching``)."""
+    return frozenset(
+        side
+        for side, vouches in (
+            (Direction.EGRESS, vouched.client),
+            (Direction.INGRESS, vouched.server),
+        )
+        if vouches
+    )
+
+
+def observed_from_graph(graph: WorkloadGraph, cluster: ClusterFacts) -> list[Observed]:
     """One observed connection per graph edge and target port (see ``analyser.graphs``), per
-    address for ends that are addresses."""
+    address for ends that are addresses; checked at the sides its flows were vouched for at."""
     observed = []
-    for ends in sorted(graph.edges()):
-        for port, stats in sorted(graph.edges[ends]["ports"].items()):
+    for edge in graph.edges:
+        ends = (edge.client, edge.server)
+        for port, stats in sorted(edge.ports.items()):
+            vouched = _checked_at(stats.vouched)
             for client in _ends(graph, ends, port, cluster, client_side=True):
                 for server in _ends(graph, ends, port, cluster, client_side=False):
                     local_client, local_server = _node_local(client, server, cluster)
                     observed.append(
-                        Observed(local_client, local_server, port.protocol, port.port, stats.flows)
+                        Observed(
+                            local_client,
+                            local_server,
+                            port.protocol,
+                            port.port,
+                            stats.flows,
+                            vouched,
+                        )
                     )
     return observed
 
 
-def check_policies_allow(policies: PolicySet, graph: Any, cluster: ClusterFacts) -> list[Denial]:
-    """Every observed connection of ``graph`` that ``policies`` deny (empty: all allowed)."""
-    return check_observed(policies, observed_from_graph(graph, cluster))
+def _left_out(observed: Observed, left_out: Collection[tuple[str, PortSpec]]) -> bool:
+    port = PortSpec(observed.protocol, observed.port)
+    return any(
+        isinstance(end, Address) and (end.ip, port) in left_out
+        for end in (observed.client, observed.server)
+    )
 
 
-def ensure_policies_allow(policies: PolicySet, graph: Any, cluster: ClusterFacts) -> None:
-    """Raise :class:`UnsafePolicies` listing the denied flows, if ``policies`` deny any."""
-    denials = check_policies_allow(policies, graph, cluster)
+def check_policies_allow(
+    policies: PolicySet,
+    graph: WorkloadGraph,
+    cluster: ClusterFacts,
+    *,
+    left_out: Collection[tuple[str, PortSpec]] = (),
+) -> list[Denial]:
+    """Every observed connection of ``graph`` that ``policies`` deny (empty: all allowed) at a
+    side it was vouched for at, but those with an (address, target port) of ``left_out``:
+    traffic the policies leave out on purpose (``policies.Policy.left_out``)."""
+    observed = [o for o in observed_from_graph(graph, cluster) if not _left_out(o, left_out)]
+    return check_observed(policies, observed)
+
+
+def ensure_policies_allow(
+    policies: PolicySet,
+    graph: WorkloadGraph,
+    cluster: ClusterFacts,
+    *,
+    left_out: Collection[tuple[str, PortSpec]] = (),
+) -> None:
+    """Raise :class:`UnsafePolicies` listing the denied flows, if ``policies`` deny any (but
+    those ``left_out``, see :func:`check_policies_allow`)."""
+    denials = check_policies_allow(policies, graph, cluster, left_out=left_out)
     if denials:
-        listed = "\n".join(f"  {denial}" for denial in denials[:MAX_LISTED_DENIALS])
+        # One line: the terminal shows an error's line breaks as escapes (cli.main.say).
+        listed = "; ".join(str(denial) for denial in denials[:MAX_LISTED_DENIALS])
         more = len(denials) - MAX_LISTED_DENIALS
-        tail = f"\n  ... and {more} more" if more > 0 else ""
+        tail = f"; ... and {more} more" if more > 0 else ""
         raise UnsafePolicies(
             f"the generated policies would deny {len(denials)} observed flow(s); "
-            f"nothing was written:\n{listed}{tail}"
+            f"nothing was written: {listed}{tail}"
         )
 
 
-def _workload_peers(graph: Any, cluster: ClusterFacts) -> dict[str, Pod]:
+def _workload_peers(graph: WorkloadGraph, cluster: ClusterFacts) -> dict[str, Pod]:
     """Facts of every workload: the snapshot's and those only the captures know."""
     pods = dict(cluster.workloads)
-    for node_id in graph.nodes:
-        workload = _pod_workload(graph, node_id, cluster)
+    for node in graph.nodes:
+        workload = _pod_workload(graph, node.id, cluster)
         if workload is not None:
-            pods.setdefault(node_id, cluster.facts_for(workload))
+            pods.setdefault(node.id, cluster.facts_for(workload))
     return pods
 
 
 def verification_inputs(
-    policies: PolicySet, graph: Any, cluster: ClusterFacts
+    policies: PolicySet, graph: WorkloadGraph, cluster: ClusterFacts
 ) -> tuple[list[Observed], Universe]:
     """The observed connections of ``graph``, and the universe verify reports on: every
     workload, focused on the captured ones (``in_scope``), with the ipBlocks ``policies`` name
     and the observed addresses outside the cluster as address blocks (those made only of node
     addresses folded into one, "cluster nodes")."""
     observed = observed_from_graph(graph, cluster)
-    focus = [
-        node_id
-        for node_id, attributes in graph.nodes(data=True)
-        if attributes.get("role") == NodeRole.WORKLOAD and attributes.get("in_scope")
-    ]
+    focus = [node.id for node in graph.with_role(NodeRole.WORKLOAD) if node.in_scope]
     external = [
-        block_for(node_id.removeprefix("ip:"))
-        for node_id, attributes in graph.nodes(data=True)
-        if attributes.get("role") == NodeRole.EXTERNAL
+        block_for(node.id.removeprefix(ID_PREFIXES[NodeRole.EXTERNAL]))
+        for node in graph.with_role(NodeRole.EXTERNAL)
     ]
     universe = Universe.of(
         _workload_peers(graph, cluster).values(),
@@ -250,7 +297,7 @@ def verification_inputs(
     return observed, universe
 
 
-def verify_graph(policies: PolicySet, graph: Any, cluster: ClusterFacts) -> Verification:
+def verify_graph(policies: PolicySet, graph: WorkloadGraph, cluster: ClusterFacts) -> Verification:
     """``verify`` on an analysed bundle: denied observed flows, unobserved allowances, score."""
     observed, universe = verification_inputs(policies, graph, cluster)
     return verify(policies, observed, universe)

@@ -1,569 +1,60 @@
 """The cluster snapshot: ``kubectl get -o json`` output, pod IP history and the sidecar's
 ``meta.json`` files, loaded and indexed.
 
-Kubernetes JSON stays JSON: the TypedDicts below describe the fields the analyser reads, the
-objects themselves are the dicts ``kubectl`` printed (checked once, on load, for the fields we
-use). :class:`Snapshot` adds indices on top (objects by kind/name and uid, pods by IP, Services
-by ClusterIP, nodes by address). The ``load_*`` functions are the only file I/O here; the
-``parse_*`` functions do the work on plain data.
+Each object of a kind the analyser uses becomes its typed view (:mod:`analyser.objects`: reading
+it checks it, and it keeps its JSON as ``raw``); :class:`Snapshot` indexes the views (by
+kind/name and uid, pods by IP, Services by address, nodes by address). The ``load_*`` functions
+are the only file I/O here; the ``parse_*`` functions do the work on plain data.
 
 Accepted snapshot shapes: a ``v1 List`` (``kubectl get ... -o json``), a typed list from the API
 (``PodList``, whose items carry no ``kind``), a single object, a List of Lists, YAML of the same,
 or a folder of such ``.json``/``.yaml``/``.yml`` files. Kinds the analyser does not use are
-ignored. Anything unusable raises :class:`~analyser.errors.SnapshotError` naming the file (and
-line, for JSON Lines), the object and what is wrong.
+ignored. Anything unusable raises :class:`~kernel.errors.SnapshotError` naming the file (and
+line, for JSON Lines), the object and what is wrong. Files are parsed with bounded work
+(:mod:`analyser.documents`): YAML aliases are refused and nesting is capped.
 """
 
 from __future__ import annotations
 
 import codecs
 import datetime as dt
-import functools
 import ipaddress
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, cast
-
-import yaml
-
-from analyser.errors import SnapshotError
-
-# ---------------------------------------------------------------------------------------------
-# The JSON shapes (only the fields the analyser reads; everything else is kept, untouched).
-
-
-class OwnerReference(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    name: str
-    uid: str
-    controller: bool
-
-
-class ObjectMeta(TypedDict, total=False):
-    name: str
-    namespace: str
-    uid: str
-    labels: dict[str, str]
-    ownerReferences: list[OwnerReference]
-    creationTimestamp: str
-    deletionTimestamp: str
-
-
-class LabelSelectorRequirementJson(TypedDict, total=False):
-    key: str
-    operator: str
-    values: list[str]
-
-
-class LabelSelectorJson(TypedDict, total=False):
-    matchLabels: dict[str, str]
-    matchExpressions: list[LabelSelectorRequirementJson]
-
-
-class ContainerPort(TypedDict, total=False):
-    name: str
-    containerPort: int
-    hostPort: int
-    protocol: str
-
-
-class Container(TypedDict, total=False):
-    name: str
-    ports: list[ContainerPort]
-
-
-class PodSpec(TypedDict, total=False):
-    nodeName: str
-    hostNetwork: bool
-    containers: list[Container]
-    initContainers: list[Container]
-
-
-class PodIP(TypedDict):
-    ip: str
-
-
-class TerminatedState(TypedDict, total=False):
-    finishedAt: str
-
-
-class ContainerState(TypedDict, total=False):
-    terminated: TerminatedState
-
-
-class ContainerStatus(TypedDict, total=False):
-    name: str
-    state: ContainerState
-
-
-class PodStatus(TypedDict, total=False):
-    phase: str
-    podIP: str
-    podIPs: list[PodIP]
-    hostIP: str
-    hostIPs: list[PodIP]
-    startTime: str
-    containerStatuses: list[ContainerStatus]
-
-
-class Pod(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
-    spec: PodSpec
-    status: PodStatus
-
-
-class ServicePort(TypedDict, total=False):
-    name: str
-    port: int
-    targetPort: int | str
-    protocol: str
-    nodePort: int
-
-
-class ServiceSpec(TypedDict, total=False):
-    type: str
-    clusterIP: str
-    clusterIPs: list[str]
-    externalIPs: list[str]
-    selector: dict[str, str]
-    ports: list[ServicePort]
-
-
-class LoadBalancerIngress(TypedDict, total=False):
-    ip: str
-    hostname: str
-
-
-class LoadBalancerStatus(TypedDict, total=False):
-    ingress: list[LoadBalancerIngress]
-
-
-class ServiceStatus(TypedDict, total=False):
-    loadBalancer: LoadBalancerStatus
-
-
-class Service(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
-    spec: ServiceSpec
-    status: ServiceStatus
-
-
-class ObjectReference(TypedDict, total=False):
-    kind: str
-    namespace: str
-    name: str
-    uid: str
-
-
-class SliceEndpoint(TypedDict, total=False):
-    addresses: list[str]
-    targetRef: ObjectReference
-    nodeName: str
-
-
-class SlicePort(TypedDict, total=False):
-    name: str
-    port: int
-    protocol: str
-
-
-class EndpointSlice(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
-    addressType: str
-    endpoints: list[SliceEndpoint]
-    ports: list[SlicePort]
-
-
-class EndpointAddress(TypedDict, total=False):
-    ip: str
-    targetRef: ObjectReference
-
-
-class EndpointPort(TypedDict, total=False):
-    name: str
-    port: int
-    protocol: str
-
-
-class EndpointSubset(TypedDict, total=False):
-    addresses: list[EndpointAddress]
-    notReadyAddresses: list[EndpointAddress]
-    ports: list[EndpointPort]
-
-
-class Endpoints(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
-    subsets: list[EndpointSubset]
-
-
-class NodeAddress(TypedDict):
-    type: str
-    address: str
-
-
-class NodeSpec(TypedDict, total=False):
-    podCIDR: str
-    podCIDRs: list[str]
-
-
-class NodeStatus(TypedDict, total=False):
-    addresses: list[NodeAddress]
-
-
-class Node(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
-    spec: NodeSpec
-    status: NodeStatus
-
-
-class PodTemplate(TypedDict, total=False):
-    metadata: ObjectMeta
-    spec: PodSpec
-
-
-class ControllerSpec(TypedDict, total=False):
-    selector: LabelSelectorJson
-    template: PodTemplate
-
-
-class JobTemplate(TypedDict, total=False):
-    spec: ControllerSpec
-
-
-class CronJobSpec(TypedDict, total=False):
-    jobTemplate: JobTemplate
-
-
-class Controller(TypedDict, total=False):
-    """Deployment, ReplicaSet, StatefulSet, DaemonSet or Job (CronJob: see :class:`CronJob`)."""
-
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
-    spec: ControllerSpec
-
-
-class CronJob(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
-    spec: CronJobSpec
-
-
-class KubeObject(TypedDict, total=False):
-    apiVersion: str
-    kind: str
-    metadata: ObjectMeta
-
-
-CONTROLLER_KINDS: frozenset[str] = frozenset(
-    {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job"}
+from typing import Any, NoReturn, cast
+
+from analyser.addresses import is_ip, normalize_ip
+from analyser.documents import DocumentError, json_value, json_values, yaml_values
+from analyser.objects import (
+    CLUSTER_SCOPED_KINDS,
+    KIND,
+    KINDS,
+    LABELS,
+    NAMESPACE_NAME,
+    OBJECT_NAME,
+    Controller,
+    Endpoints,
+    EndpointSlice,
+    KubeObject,
+    Node,
+    OwnerReference,
+    Pod,
+    Service,
+    TextRule,
+    bad_label,
+    owner_of,
+    read_object,
 )
-KINDS: frozenset[str] = CONTROLLER_KINDS | {
-    "Namespace",
-    "Node",
-    "Pod",
-    "Service",
-    "EndpointSlice",
-    "Endpoints",
-    "CronJob",
-    "NetworkPolicy",
-}
-CLUSTER_SCOPED_KINDS: frozenset[str] = frozenset({"Namespace", "Node"})
-
-# ---------------------------------------------------------------------------------------------
-# Checking the fields we read. A path names a field; ``x[]`` walks every element of list ``x``.
-# Missing fields are fine (everything is optional in practice); present ones must have the type.
-
-_STR, _INT, _BOOL, _LIST, _DICT = "a string", "an integer", "a boolean", "a list", "an object"
-_LABELS, _TIME, _IP, _PORT = "a map of strings", "a timestamp", "an IP address", "a port number"
-_INT_OR_STR = "an integer or a string"
-
-_SELECTOR = (
-    ("matchLabels", _LABELS),
-    ("matchExpressions", _LIST),
-    ("matchExpressions[]", _DICT),
-    ("matchExpressions[].key", _STR),
-    ("matchExpressions[].operator", _STR),
-    ("matchExpressions[].values", _LIST),
-    ("matchExpressions[].values[]", _STR),
-)
-_CONTAINER = (
-    ("", _LIST),
-    ("[]", _DICT),
-    ("[].ports", _LIST),
-    ("[].ports[]", _DICT),
-    ("[].ports[].name", _STR),
-    ("[].ports[].containerPort", _PORT),
-    ("[].ports[].protocol", _STR),
-)
-_POD_SPEC = (
-    *(
-        (f"{field}{path}", kind)
-        for field in ("containers", "initContainers")
-        for path, kind in _CONTAINER
-    ),
-    ("nodeName", _STR),
-    ("hostNetwork", _BOOL),
-)
-_CONTROLLER = (
-    ("spec", _DICT),
-    ("spec.selector", _DICT),
-    *((f"spec.selector.{p}", k) for p, k in _SELECTOR),
-    ("spec.template", _DICT),
-    ("spec.template.metadata", _DICT),
-    ("spec.template.metadata.labels", _LABELS),
-)
-
-_CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
-    "*": (
-        ("metadata", _DICT),
-        ("metadata.name", _STR),
-        ("metadata.namespace", _STR),
-        ("metadata.uid", _STR),
-        ("metadata.labels", _LABELS),
-        ("metadata.creationTimestamp", _TIME),
-        ("metadata.deletionTimestamp", _TIME),
-        ("metadata.ownerReferences", _LIST),
-        ("metadata.ownerReferences[]", _DICT),
-        ("metadata.ownerReferences[].kind", _STR),
-        ("metadata.ownerReferences[].name", _STR),
-        ("metadata.ownerReferences[].uid", _STR),
-        ("metadata.ownerReferences[].controller", _BOOL),
-    ),
-    "Pod": (
-        ("spec", _DICT),
-        *((f"spec.{p}", k) for p, k in _POD_SPEC),
-        ("status", _DICT),
-        ("status.phase", _STR),
-        ("status.podIP", _IP),
-        ("status.podIPs", _LIST),
-        ("status.podIPs[]", _DICT),
-        ("status.podIPs[].ip", _IP),
-        ("status.hostIP", _IP),
-        ("status.hostIPs", _LIST),
-        ("status.hostIPs[]", _DICT),
-        ("status.hostIPs[].ip", _IP),
-        ("status.startTime", _TIME),
-        ("status.containerStatuses", _LIST),
-        ("status.containerStatuses[]", _DICT),
-        ("status.containerStatuses[].state", _DICT),
-        ("status.containerStatuses[].state.terminated", _DICT),
-        ("status.containerStatuses[].state.terminated.finishedAt", _TIME),
-    ),
-    "Service": (
-        ("spec", _DICT),
-        ("spec.type", _STR),
-        ("spec.clusterIP", _STR),
-        ("spec.clusterIPs", _LIST),
-        ("spec.clusterIPs[]", _STR),
-        ("spec.externalIPs", _LIST),
-        ("spec.externalIPs[]", _IP),
-        ("status", _DICT),
-        ("status.loadBalancer", _DICT),
-        ("status.loadBalancer.ingress", _LIST),
-        ("status.loadBalancer.ingress[]", _DICT),
-        ("status.loadBalancer.ingress[].ip", _IP),
-        ("spec.selector", _LABELS),
-        ("spec.ports", _LIST),
-        ("spec.ports[]", _DICT),
-        ("spec.ports[].name", _STR),
-        ("spec.ports[].port", _PORT),
-        ("spec.ports[].targetPort", _INT_OR_STR),
-        ("spec.ports[].protocol", _STR),
-        ("spec.ports[].nodePort", _PORT),
-    ),
-    "EndpointSlice": (
-        ("addressType", _STR),
-        ("endpoints", _LIST),
-        ("endpoints[]", _DICT),
-        ("endpoints[].addresses", _LIST),
-        ("endpoints[].addresses[]", _STR),
-        ("endpoints[].targetRef", _DICT),
-        ("endpoints[].targetRef.kind", _STR),
-        ("endpoints[].targetRef.name", _STR),
-        ("endpoints[].targetRef.namespace", _STR),
-        ("endpoints[].targetRef.uid", _STR),
-        ("ports", _LIST),
-        ("ports[]", _DICT),
-        ("ports[].name", _STR),
-        ("ports[].port", _PORT),
-        ("ports[].protocol", _STR),
-    ),
-    "Endpoints": tuple(
-        (f"subsets{path}", kind)
-        for path, kind in (
-            ("", _LIST),
-            ("[]", _DICT),
-            ("[].ports", _LIST),
-            ("[].ports[]", _DICT),
-            ("[].ports[].name", _STR),
-            ("[].ports[].port", _PORT),
-            ("[].ports[].protocol", _STR),
-        )
-    )
-    + tuple(
-        (f"subsets[].{field}{path}", kind)
-        for field in ("addresses", "notReadyAddresses")
-        for path, kind in (
-            ("", _LIST),
-            ("[]", _DICT),
-            ("[].ip", _IP),
-            ("[].targetRef", _DICT),
-            ("[].targetRef.kind", _STR),
-            ("[].targetRef.name", _STR),
-            ("[].targetRef.namespace", _STR),
-            ("[].targetRef.uid", _STR),
-        )
-    ),
-    "Node": (
-        ("spec", _DICT),
-        ("spec.podCIDR", _STR),
-        ("spec.podCIDRs", _LIST),
-        ("spec.podCIDRs[]", _STR),
-        ("status", _DICT),
-        ("status.addresses", _LIST),
-        ("status.addresses[]", _DICT),
-        ("status.addresses[].type", _STR),
-        ("status.addresses[].address", _STR),
-    ),
-    "CronJob": (
-        ("spec", _DICT),
-        ("spec.jobTemplate", _DICT),
-        *((f"spec.jobTemplate.{p}", k) for p, k in _CONTROLLER),
-    ),
-    **{kind: _CONTROLLER for kind in CONTROLLER_KINDS},
-}
-
-
-def _is(value: object, expected: str) -> bool:
-    if expected == _STR:
-        return isinstance(value, str)
-    if expected in (_INT, _PORT):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        return ok and (expected == _INT or 0 <= cast(int, value) <= 65535)
-    if expected == _BOOL:
-        return isinstance(value, bool)
-    if expected == _LIST:
-        return isinstance(value, list)
-    if expected == _DICT:
-        return isinstance(value, dict)
-    if expected == _LABELS:
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        )
-    if expected == _INT_OR_STR:
-        return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-    if expected == _TIME:
-        try:
-            parse_timestamp(value)
-        except ValueError:
-            return False
-        return True
-    if expected == _IP:
-        return isinstance(value, str) and _is_ip(value)
-    raise AssertionError(expected)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-@dataclass(slots=True)
-class _FieldChecks:
-    """The checks of one field (``expected``), of each element when it is a list (``element``)
-    and of its own fields when it is an object (``fields``): the paths above, as a tree, so each
-    field of an object is visited once."""
-
-    expected: list[str] = field(default_factory=list)
-    element: _FieldChecks | None = None
-    fields: dict[str, _FieldChecks] = field(default_factory=dict)
-
-
-@functools.cache
-def _check_tree(kind: str) -> _FieldChecks:
-    root = _FieldChecks()
-    for path, expected in _CHECKS["*"] + _CHECKS.get(kind, ()):
-        node = root
-        for segment in path.split("."):
-            name = segment.removesuffix("[]")
-            node = node.fields.setdefault(name, _FieldChecks())
-            if segment.endswith("[]"):
-                node.element = node.element or _FieldChecks()
-                node = node.element
-        node.expected.append(expected)
-    return root
-
-
-def _check_value(value: object, checks: _FieldChecks, path: str, fail: Callable[..., None]) -> None:
-    for expected in checks.expected:
-        if not _is(value, expected):
-            fail(path, expected, value)
-    if checks.element is not None and isinstance(value, list):
-        for index, element in enumerate(value):
-            _check_value(element, checks.element, f"{path}[{index}]", fail)
-    if checks.fields and isinstance(value, dict):
-        for name, child in checks.fields.items():
-            if name in value:
-                _check_value(value[name], child, f"{path}.{name}" if path else name, fail)
-
-
-def _check(obj: Mapping[str, object], kind: str, *, source: str, where: str) -> None:
-    def fail(path: str, expected: str, value: object) -> None:
-        raise SnapshotError(f"{source}: {where}: {path} must be {expected}, got {value!r:.60}")
-
-    _check_value(obj, _check_tree(kind), "", fail)
-
-
-# ---------------------------------------------------------------------------------------------
-# Time.
-
-
-def parse_timestamp(value: object) -> float:
-    """RFC 3339 text (``2024-05-01T10:00:00Z``, fractions and offsets allowed) or epoch
-    seconds → UTC epoch seconds. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a timestamp: {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, dt.datetime):
-        when = value
-    elif isinstance(value, str):
-        when = dt.datetime.fromisoformat(value.strip())
-    else:
-        raise ValueError(f"not a timestamp: {value!r}")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def normalize_ip(text: str) -> str:
-    """The compressed text form :class:`~analyser.flows.Endpoint` uses (cached: the same few
-    addresses come back for every flow)."""
-    return ipaddress.ip_address(text).compressed
-
+from analyser.texts import inert
+from kernel.errors import SnapshotError
+from kernel.times import parse_timestamp
 
 # ---------------------------------------------------------------------------------------------
 # Parsing documents into objects.
+
+_Fail = Callable[[str, str, object], NoReturn]
 
 
 def _yaml_plain(value: object) -> object:
@@ -611,7 +102,7 @@ def _flatten(
 
 
 def parse_snapshot_documents(documents: Iterable[object], *, source: str) -> list[KubeObject]:
-    """Objects of the kinds the analyser uses, checked, in document order."""
+    """The views of the objects of the kinds the analyser uses, in document order."""
     objects: list[KubeObject] = []
     for number, document in enumerate(documents):
         if document is None:  # an empty YAML document
@@ -626,12 +117,18 @@ def parse_snapshot_documents(documents: Iterable[object], *, source: str) -> lis
             name = meta.get("name") if isinstance(meta, dict) else None
             if not isinstance(name, str) or not name:
                 raise SnapshotError(f"{source}: {where}: {kind} without metadata.name")
-            label = f"{where} ({kind} {_display_name(obj)})"
-            _check(obj, kind, source=source, where=label)
+            label = f"{where} ({kind} {inert(_display_name(obj))})"  # not checked yet
             if kind not in CLUSTER_SCOPED_KINDS and "namespace" not in obj["metadata"]:
                 obj = {**obj, "metadata": {**obj["metadata"], "namespace": "default"}}
-            objects.append(cast(KubeObject, obj))
+            objects.append(read_object(obj, fail=_failing(source, label)))
     return objects
+
+
+def _failing(source: str, where: str) -> _Fail:
+    def fail(path: str, expected: str, value: object) -> NoReturn:
+        raise SnapshotError(f"{source}: {where}: {path} must be {expected}, got {value!r:.60}")
+
+    return fail
 
 
 def _display_name(obj: Mapping[str, Any]) -> str:
@@ -648,40 +145,24 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8-sig")
 
 
-def _json_documents(text: str) -> list[object]:
-    """One JSON document, or several one after the other (``kubectl get pods -o json >> f``
-    appended to a ``kubectl get svc -o json > f``)."""
-    decoder = json.JSONDecoder()
-    documents: list[object] = []
-    position = 0
-    while True:
-        while position < len(text) and text[position].isspace():
-            position += 1
-        if position == len(text):
-            return documents
-        document, position = decoder.raw_decode(text, position)
-        documents.append(document)
-
-
 def _read_documents(path: Path) -> list[object]:
+    """The documents of one snapshot file: JSON (several one after the other allowed, as
+    ``kubectl get pods -o json >> f`` appends them) or YAML, parsed with bounded work
+    (:mod:`analyser.documents`: no YAML aliases, nesting capped)."""
     try:
         text = _decode(path.read_bytes())
     except (OSError, UnicodeDecodeError) as error:
         raise SnapshotError(f"{path}: cannot read: {error}") from error
     if not text.strip():
         raise SnapshotError(f"{path}: empty file")
-    # `kubectl get -o yaml` saved as snapshot.json is YAML all the same: JSON starts with { or [.
-    if path.suffix.lower() in (".yaml", ".yml") or text.lstrip()[0] not in "{[":
-        try:
-            return [_yaml_plain(d) for d in yaml.safe_load_all(text)]
-        except yaml.YAMLError as error:
-            raise SnapshotError(f"{path}: not valid YAML (nor JSON): {error}") from error
     try:
-        return _json_documents(text)
-    except json.JSONDecodeError as error:
-        raise SnapshotError(
-            f"{path}: not valid JSON: line {error.lineno} column {error.colno}: {error.msg}"
-        ) from error
+        # `kubectl get -o yaml` saved as snapshot.json is YAML all the same: JSON starts with {
+        # or [.
+        if path.suffix.lower() in (".yaml", ".yml") or text.lstrip()[0] not in "{[":
+            return [_yaml_plain(d) for d in yaml_values(text)]
+        return json_values(text)
+    except DocumentError as error:
+        raise SnapshotError(f"{path}: {error}") from None
 
 
 SNAPSHOT_SUFFIXES = (".json", ".yaml", ".yml")
@@ -708,15 +189,6 @@ def load_snapshot(path: Path) -> Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class OwnerHint:
-    """The pod's controlling owner as a history line or meta.json names it."""
-
-    kind: str
-    name: str
-    uid: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class PodIpEvent:
     """One line of ``pod-ips.jsonl``: from ``time`` on, the pod has ``ips`` (none once deleted)."""
 
@@ -727,7 +199,8 @@ class PodIpEvent:
     uid: str
     ips: tuple[str, ...]
     labels: tuple[tuple[str, str], ...]
-    owner: OwnerHint | None
+    owner: OwnerReference | None
+    node: str = ""  # the node the pod ran on, when the line says it
 
     @property
     def deleted(self) -> bool:
@@ -745,34 +218,63 @@ class CaptureMeta:
     labels: tuple[tuple[str, str], ...]
     node: str
     start_time: float | None
-    owner: OwnerHint | None
+    owner: OwnerReference | None
     source: str  # the meta.json path, for messages
 
 
-def _owner_hint(value: object, *, where: str) -> OwnerHint | None:
-    """``{"kind", "name"[, "uid"]}`` (an ownerReference), a list of them, or ``"Kind/name"``."""
+@dataclass(frozen=True, slots=True)
+class NodeCaptureMeta:
+    """A node capture's ``meta.json`` (``captures/_node/NODE/``): the node, its addresses and
+    the pod networks its capture was filtered to (none: not filtered)."""
+
+    node: str
+    ips: tuple[str, ...]
+    pod_networks: tuple[str, ...]
+    start_time: float | None
+    source: str  # the meta.json path, for messages
+
+
+def _owner_hint(value: object, *, where: str) -> OwnerReference | None:
+    """``{"kind", "name"[, "uid"]}`` (an ownerReference), a list of them (the one
+    :func:`~analyser.objects.owner_of` picks), or ``"Kind/name"``."""
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, list):
-        refs = [v for v in value if isinstance(v, dict)]
-        chosen = next((r for r in refs if r.get("controller") is True), refs[0] if refs else None)
-        return _owner_hint(chosen, where=where)
+        references = [_owner_hint(v, where=where) for v in value if isinstance(v, dict)]
+        return owner_of([reference for reference in references if reference is not None])
+    kind: object
+    name: object
+    uid: object
     if isinstance(value, str) and value.count("/") == 1:
-        kind_text, name_text = value.split("/")
-        if kind_text and name_text:
-            return OwnerHint(kind=kind_text, name=name_text)
-    if isinstance(value, dict):
+        kind, name = value.split("/")
+        uid = ""
+    elif isinstance(value, dict):
         kind, name, uid = value.get("kind"), value.get("name"), value.get("uid", "")
-        if isinstance(kind, str) and isinstance(name, str) and isinstance(uid, str):
-            return OwnerHint(kind=kind, name=name, uid=uid)
-    raise SnapshotError(f"{where}: owner must be an ownerReference or 'Kind/name', got {value!r}")
+    else:
+        raise SnapshotError(
+            f"{where}: owner must be an ownerReference or 'Kind/name', got {value!r:.60}"
+        )
+    for field_name, text, rule in (("kind", kind, KIND), ("name", name, OBJECT_NAME)):
+        if not (isinstance(text, str) and rule.holds(text)):
+            raise SnapshotError(
+                f"{where}: owner {field_name} must be {rule.says}, got {text!r:.60}"
+            )
+    if not isinstance(uid, str):
+        raise SnapshotError(f"{where}: owner uid must be a string")
+    controller = isinstance(value, dict) and value.get("controller") is True
+    return OwnerReference(kind=str(kind), name=str(name), uid=uid, controller=controller)
 
 
 def _labels(value: object, *, where: str) -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
-    if not _is(value, _LABELS):
-        raise SnapshotError(f"{where}: labels must be a map of strings")
+    if not isinstance(value, dict):
+        raise SnapshotError(f"{where}: labels must be {LABELS}")
+    bad = bad_label(value)
+    if bad is not None:
+        raise SnapshotError(
+            f"{where}: labels[{bad.key!r:.60}] must be {bad.expected}, got {bad.value!r:.60}"
+        )
     return tuple(sorted(cast(dict[str, str], value).items()))
 
 
@@ -781,15 +283,18 @@ def _ips(value: object, *, where: str) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and _is_ip(v) for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and is_ip(v) for v in value):
         raise SnapshotError(f"{where}: ips must be a list of IP addresses, got {value!r:.80}")
     return tuple(normalize_ip(v) for v in value)
 
 
-def _required_str(record: Mapping[str, object], key: str, *, where: str) -> str:
+def _required_name(record: Mapping[str, object], key: str, rule: TextRule, *, where: str) -> str:
+    """``record[key]``, which must follow ``rule`` (an object or namespace name)."""
     value = record.get(key)
     if not isinstance(value, str) or not value:
         raise SnapshotError(f"{where}: {key!r} must be a non-empty string")
+    if not rule.holds(value):
+        raise SnapshotError(f"{where}: {key!r} must be {rule.says}, got {value!r:.60}")
     return value
 
 
@@ -808,9 +313,9 @@ def parse_pod_ip_history(lines: Iterable[str], *, source: str) -> list[PodIpEven
             continue
         where = f"{source}:{number}"
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise SnapshotError(f"{where}: not valid JSON: {error.msg}") from error
+            record = json_value(line)
+        except DocumentError as error:
+            raise SnapshotError(f"{where}: {error}") from None
         if not isinstance(record, dict):
             raise SnapshotError(f"{where}: expected an object")
         uid = record.get("uid") or ""
@@ -819,16 +324,20 @@ def parse_pod_ip_history(lines: Iterable[str], *, source: str) -> list[PodIpEven
         event = record.get("event") or "MODIFIED"
         if not isinstance(event, str):
             raise SnapshotError(f"{where}: 'event' must be a string")
+        node = record.get("node") or ""
+        if not isinstance(node, str) or (node and not OBJECT_NAME.holds(node)):
+            raise SnapshotError(f"{where}: 'node' must be {OBJECT_NAME.says}, got {node!r:.60}")
         events.append(
             PodIpEvent(
                 time=_time(record.get("time"), where=where, key="time"),
                 event=event,
-                namespace=_required_str(record, "namespace", where=where),
-                pod=_required_str(record, "pod", where=where),
+                namespace=_required_name(record, "namespace", NAMESPACE_NAME, where=where),
+                pod=_required_name(record, "pod", OBJECT_NAME, where=where),
                 uid=uid,
                 ips=_ips(record.get("ips"), where=where),
                 labels=_labels(record.get("labels"), where=where),
                 owner=_owner_hint(record.get("owner"), where=where),
+                node=node,
             )
         )
     events.sort(key=lambda e: (e.time, e.namespace, e.pod, e.uid))
@@ -852,9 +361,11 @@ def parse_capture_meta(record: object, *, source: str) -> CaptureMeta:
     uid, node = record.get("uid") or "", record.get("node") or ""
     if not isinstance(uid, str) or not isinstance(node, str):
         raise SnapshotError(f"{source}: 'uid' and 'node' must be strings")
+    if node and not OBJECT_NAME.holds(node):
+        raise SnapshotError(f"{source}: 'node' must be {OBJECT_NAME.says}, got {node!r:.60}")
     return CaptureMeta(
-        namespace=_required_str(record, "namespace", where=source),
-        pod=_required_str(record, "pod", where=source),
+        namespace=_required_name(record, "namespace", NAMESPACE_NAME, where=source),
+        pod=_required_name(record, "pod", OBJECT_NAME, where=source),
         uid=uid,
         ips=_ips(record.get("ips"), where=source),
         labels=_labels(record.get("labels"), where=source),
@@ -865,113 +376,112 @@ def parse_capture_meta(record: object, *, source: str) -> CaptureMeta:
     )
 
 
-def load_capture_meta(path: Path) -> CaptureMeta:
+def _networks(value: object, *, where: str) -> tuple[str, ...]:
+    """A list of networks (CIDR text), normalized; a comma-separated string is taken too."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SnapshotError(f"{where}: pod_networks must be a list of networks, got {value!r:.80}")
+    networks = []
+    for text in value:
+        try:
+            networks.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise SnapshotError(f"{where}: {text!r:.60} is not a network (CIDR)") from None
+    return tuple(networks)
+
+
+def parse_node_capture_meta(record: object, *, source: str) -> NodeCaptureMeta:
+    """A node capture's ``meta.json`` document: ``node`` (required), ``ips`` (the node's
+    addresses), ``pod_networks`` (what its capture kept), ``start_time``."""
+    if not isinstance(record, dict):
+        raise SnapshotError(f"{source}: expected an object")
+    start = record.get("start_time")
+    return NodeCaptureMeta(
+        node=_required_name(record, "node", OBJECT_NAME, where=source),
+        ips=_ips(record.get("ips"), where=source),
+        pod_networks=_networks(record.get("pod_networks"), where=source),
+        start_time=None if start is None else _time(start, where=source, key="start_time"),
+        source=source,
+    )
+
+
+def _meta_document(path: Path) -> object:
     try:
-        text = path.read_text(encoding="utf-8-sig")
-        record = json.loads(text)
+        return json_value(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as error:
         raise SnapshotError(f"{path}: cannot read: {error}") from error
-    except json.JSONDecodeError as error:
-        raise SnapshotError(f"{path}: not valid JSON: line {error.lineno}: {error.msg}") from error
-    return parse_capture_meta(record, source=str(path))
+    except DocumentError as error:
+        raise SnapshotError(f"{path}: {error}") from None
+
+
+def load_capture_meta(path: Path) -> CaptureMeta:
+    """A sidecar's ``meta.json``."""
+    return parse_capture_meta(_meta_document(path), source=str(path))
+
+
+def load_node_capture_meta(path: Path) -> NodeCaptureMeta:
+    """A node capture's ``meta.json``."""
+    return parse_node_capture_meta(_meta_document(path), source=str(path))
 
 
 # ---------------------------------------------------------------------------------------------
 # The indexed snapshot.
 
 
-def meta(
-    obj: KubeObject | Pod | Service | Node | Controller | CronJob | EndpointSlice | Endpoints,
-) -> ObjectMeta:
-    return obj.get("metadata", {})
-
-
-def pod_ips(pod: Pod) -> tuple[str, ...]:
-    """``status.podIPs`` (dual-stack), else ``status.podIP``; normalized, in order."""
-    status = pod.get("status", {})
-    ips = [entry["ip"] for entry in status.get("podIPs", []) if "ip" in entry]
-    if not ips and status.get("podIP"):
-        ips = [status["podIP"]]
-    return tuple(dict.fromkeys(normalize_ip(ip) for ip in ips))
-
-
-def host_ips(pod: Pod) -> tuple[str, ...]:
-    status = pod.get("status", {})
-    ips = [entry["ip"] for entry in status.get("hostIPs", []) if "ip" in entry]
-    if not ips and status.get("hostIP"):
-        ips = [status["hostIP"]]
-    return tuple(dict.fromkeys(normalize_ip(ip) for ip in ips))
-
-
-def service_addresses(service: Service) -> tuple[str, ...]:
-    """Every address kube-proxy rewrites to the Service's pods for traffic from inside the
-    cluster: its ClusterIPs, ``spec.externalIPs`` and load-balancer ingress IPs."""
-    spec = service.get("spec", {})
-    balancers = service.get("status", {}).get("loadBalancer", {}).get("ingress", [])
-    extra = [*spec.get("externalIPs", []), *(b["ip"] for b in balancers if "ip" in b)]
-    return tuple(dict.fromkeys([*cluster_ips(service), *(normalize_ip(ip) for ip in extra)]))
-
-
-def cluster_ips(service: Service) -> tuple[str, ...]:
-    """``spec.clusterIPs`` (dual-stack), else ``spec.clusterIP``; headless ("None") has none."""
-    spec = service.get("spec", {})
-    ips = list(spec.get("clusterIPs", [])) or ([spec["clusterIP"]] if "clusterIP" in spec else [])
-    return tuple(dict.fromkeys(normalize_ip(ip) for ip in ips if _is_ip(ip)))
-
-
 class Snapshot:
-    """The snapshot's objects, by kind, with indices. Built once; treat as read-only."""
+    """The snapshot's objects (their views), by kind, with indices. Built once; read-only."""
 
     def __init__(self, objects: Iterable[KubeObject]) -> None:
         by_key: dict[tuple[str, str, str], KubeObject] = {}
         for obj in objects:
             # The first copy wins when a folder holds the same object twice.
-            by_key.setdefault((obj["kind"], meta(obj).get("namespace", ""), meta(obj)["name"]), obj)
+            by_key.setdefault((obj.kind, obj.namespace, obj.name), obj)
         self._by_key = by_key
-        self._by_uid = {meta(o)["uid"]: o for o in by_key.values() if meta(o).get("uid")}
+        self._by_uid = {o.uid: o for o in by_key.values() if o.uid}
         kinds: dict[str, list[KubeObject]] = defaultdict(list)
         for obj in by_key.values():
-            kinds[obj["kind"]].append(obj)
+            kinds[obj.kind].append(obj)
         self._kinds = kinds
 
-        self.pods: list[Pod] = cast(list[Pod], kinds["Pod"])
-        self.services: list[Service] = cast(list[Service], kinds["Service"])
-        self.endpoint_slices: list[EndpointSlice] = cast(
-            list[EndpointSlice], kinds["EndpointSlice"]
-        )
-        self.endpoints: list[Endpoints] = cast(list[Endpoints], kinds["Endpoints"])
-        self.nodes: list[Node] = cast(list[Node], kinds["Node"])
+        self.pods: list[Pod] = [o for o in kinds["Pod"] if isinstance(o, Pod)]
+        self.services: list[Service] = [o for o in kinds["Service"] if isinstance(o, Service)]
+        self.endpoint_slices: list[EndpointSlice] = [
+            o for o in kinds["EndpointSlice"] if isinstance(o, EndpointSlice)
+        ]
+        self.endpoints: list[Endpoints] = [
+            o for o in kinds["Endpoints"] if isinstance(o, Endpoints)
+        ]
+        self.nodes: list[Node] = [o for o in kinds["Node"] if isinstance(o, Node)]
         self.namespaces: list[KubeObject] = kinds["Namespace"]
         self.network_policies: list[KubeObject] = kinds["NetworkPolicy"]
 
         self.services_by_cluster_ip: dict[str, Service] = {
-            ip: service for service in self.services for ip in cluster_ips(service)
+            ip: service for service in self.services for ip in service.cluster_ips
         }
         # ClusterIPs first: an external or load-balancer IP never hides a ClusterIP.
         self.services_by_address: dict[str, Service] = {
-            ip: service for service in self.services for ip in service_addresses(service)
+            ip: service for service in self.services for ip in service.addresses
         } | self.services_by_cluster_ip
-        self.node_by_address: dict[str, str] = {}
-        for node in self.nodes:
-            for address in node.get("status", {}).get("addresses", []):
-                if address.get("type") != "Hostname" and _is_ip(address.get("address", "")):
-                    self.node_by_address[normalize_ip(address["address"])] = meta(node)["name"]
+        self.node_by_address: dict[str, str] = {
+            ip: node.name for node in self.nodes for ip in node.ip_addresses
+        }
         for pod in self.pods:
-            node_name = pod.get("spec", {}).get("nodeName")
-            if node_name:
-                for ip in host_ips(pod):
-                    self.node_by_address.setdefault(ip, node_name)
+            if pod.node_name:
+                for ip in pod.host_ips:
+                    self.node_by_address.setdefault(ip, pod.node_name)
         pods_by_ip: dict[str, list[Pod]] = defaultdict(list)
         for pod in self.pods:
-            if not pod.get("spec", {}).get("hostNetwork"):
-                for ip in pod_ips(pod):
+            if not pod.host_network:
+                for ip in pod.ips:
                     pods_by_ip[ip].append(pod)
         self.pods_by_ip: dict[str, list[Pod]] = dict(pods_by_ip)
         slices: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
         for slice_ in self.endpoint_slices:
-            service_name = meta(slice_).get("labels", {}).get("kubernetes.io/service-name")
-            if service_name:
-                slices[(meta(slice_).get("namespace", ""), service_name)].append(slice_)
+            if slice_.service_name:
+                slices[(slice_.namespace, slice_.service_name)].append(slice_)
         self._slices = dict(slices)
 
     def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
@@ -984,24 +494,37 @@ class Snapshot:
     def of_kind(self, kind: str) -> list[KubeObject]:
         return self._kinds.get(kind, [])
 
+    def controllers(self, kind: str) -> list[Controller]:
+        """The objects of a controller kind (``objects.CONTROLLER_KINDS``)."""
+        return [o for o in self._kinds.get(kind, []) if isinstance(o, Controller)]
+
     def service(self, namespace: str, name: str) -> Service | None:
-        return cast(Service | None, self.get("Service", namespace, name))
+        found = self.get("Service", namespace, name)
+        return found if isinstance(found, Service) else None
 
     def slices_for(self, namespace: str, service: str) -> list[EndpointSlice]:
         """The Service's EndpointSlices (by the ``kubernetes.io/service-name`` label)."""
         return self._slices.get((namespace, service), [])
 
     def endpoints_for(self, namespace: str, service: str) -> Endpoints | None:
-        return cast(Endpoints | None, self.get("Endpoints", namespace, service))
+        found = self.get("Endpoints", namespace, service)
+        return found if isinstance(found, Endpoints) else None
 
     @property
     def pod_cidrs(self) -> tuple[str, ...]:
         """Every node's ``spec.podCIDRs`` (or ``podCIDR``), as given."""
-        cidrs: list[str] = []
-        for node in self.nodes:
-            spec = node.get("spec", {})
-            cidrs += spec.get("podCIDRs", []) or ([spec["podCIDR"]] if "podCIDR" in spec else [])
-        return tuple(dict.fromkeys(cidrs))
+        return tuple(dict.fromkeys(cidr for node in self.nodes for cidr in node.pod_cidrs))
+
+    def owner_problems(self) -> tuple[str, ...]:
+        """One line per ownerReference that names no object (its kind or name is not what an
+        object can have): the owner walk ignores it, so its pod or controller stands alone."""
+        return tuple(
+            f"{obj.kind} {obj.display_name}: ownerReference {inert(ref.kind)}/"
+            f"{inert(ref.name)} names no object (not a kind and an object name): ignored"
+            for obj in self._by_key.values()
+            for ref in obj.meta.owner_references
+            if not ref.names_an_object
+        )
 
     def gaps(self) -> tuple[str, ...]:
         """What the analyser must guess because a kind is missing (``kubectl get all`` leaves
@@ -1020,9 +543,9 @@ class Snapshot:
                 "guessed from the pods' addresses"
             )
         selectorless = sorted(
-            _display_name(service)
+            service.display_name
             for service in self.services
-            if cluster_ips(service) and not service.get("spec", {}).get("selector")
+            if service.cluster_ips and not service.selector
         )
         if selectorless and not self.endpoint_slices and not self.endpoints:
             shown = ", ".join(selectorless[:3]) + (", ..." if len(selectorless) > 3 else "")

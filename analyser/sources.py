@@ -5,10 +5,10 @@ sections and interfaces, each with its own link type, ``if_tsresol`` and ``if_ts
 optionally gzip-compressed; the format is told by magic bytes, never by the file name. Streaming:
 the file is read in chunks of ``CHUNK_SIZE`` bytes, so memory does not grow with the file.
 
-Damage is translated into :mod:`analyser.errors`: a file that ends mid-record (or a gzip stream
-without its end marker) is a :class:`~analyser.errors.TruncatedCapture`; bytes that are not a
+Damage is translated into :mod:`kernel.errors`: a file that ends mid-record (or a gzip stream
+without its end marker) is a :class:`~kernel.errors.TruncatedCapture`; bytes that are not a
 capture, a record that makes no sense, or a corrupt gzip stream are a
-:class:`~analyser.errors.MalformedCapture`. The records before the damage are still yielded;
+:class:`~kernel.errors.MalformedCapture`. The records before the damage are still yielded;
 :class:`CaptureFile` turns the outcome into a :class:`CaptureReport` instead of raising, so one
 bad file never stops a run.
 
@@ -27,7 +27,6 @@ or ``dpkt.pcapng.Reader`` (it knows only the first interface of a file, but pcap
 
 from __future__ import annotations
 
-import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -37,13 +36,22 @@ from itertools import chain
 from pathlib import Path
 from typing import NamedTuple
 
-from analyser.errors import CaptureError, MalformedCapture, TruncatedCapture
+from kernel.errors import CaptureError, CaptureTooLarge, MalformedCapture, TruncatedCapture
+from kernel.times import possible
 
 CHUNK_SIZE = 1 << 20
-# Records larger than this and the snap length are damage, not packets (libpcap's ceiling).
+# A record larger than this is damage, not a packet, whatever snap length the file claims:
+# libpcap's own ceiling (MAXIMUM_SNAPLEN), so nothing a real capture holds is refused, and no
+# record claiming 4 GB is ever buffered.
 MAX_RECORD = 1 << 18
-# A pcapng block this large is damage (blocks hold one packet plus options).
-MAX_BLOCK = 1 << 24
+# A pcapng block that is parsed (an interface description or a packet) larger than this is
+# damage: one packet of at most MAX_RECORD bytes, its header and trailer (32 bytes), and room for
+# its options (a comment, flags, hashes). Other blocks (name resolution, statistics, secrets) are
+# skipped without being held in memory, whatever their size.
+MAX_PARSED_BLOCK = MAX_RECORD + (1 << 16)
+# Bytes read from one capture file (after decompression) by default: far beyond a real ring's
+# files (the sidecar rotates at 10 MB), well short of a gzip bomb's gigabytes.
+DEFAULT_MAX_BYTES = 1 << 30
 # pcap global header magics → (struct byte order, timestamp fraction divisor)
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e6),
@@ -60,15 +68,11 @@ _OBSOLETE_PB = 2
 _SPB = 3
 _EPB = 6
 _SHB = 0x0A0D0D0A
+# The blocks that are read; others are skipped.
+_PARSED_BLOCKS = frozenset({_IDB, _OBSOLETE_PB, _SPB, _EPB})
 # pcapng interface options
 _IF_TSRESOL = 9
 _IF_TSOFFSET = 14
-
-# Capture file names: *.pcap, *.pcapng, *.cap, tcpdump's ring names (capture.pcap0,
-# capture.pcap01, ...), each optionally .gz.
-_CAPTURE_NAME = re.compile(r".+\.(pcap|pcapng|cap)[0-9]*(\.gz)?", re.IGNORECASE)
-# A ring member's name without its number: "capture.pcap07" → "capture.pcap".
-_RING_MEMBER = re.compile(r"(.+\.(?:pcapng|pcap|cap))[0-9]+", re.IGNORECASE)
 
 Record = tuple[float, int, bytes]
 """(timestamp in UTC epoch seconds, pcap LINKTYPE_* value, captured bytes)"""
@@ -109,13 +113,15 @@ is cut off or longer than the limit; returns (the offset where it stopped, recor
 
 
 class _Progress:
-    """Records and captured bytes walked so far in one file."""
+    """Records and captured bytes walked so far in one file, and records skipped for a time
+    out of range (:func:`kernel.times.possible`)."""
 
-    __slots__ = ("bytes", "records")
+    __slots__ = ("bytes", "impossible_times", "records")
 
     def __init__(self) -> None:
         self.records = 0
         self.bytes = 0
+        self.impossible_times = 0
 
     def walk(self, walker: RecordWalker, chunk: RecordChunk) -> int:
         """Walk ``chunk``; the offset where the walker stopped."""
@@ -130,38 +136,19 @@ class CaptureReport:
     """What reading one capture file gave: counts, and the damage if there was any."""
 
     path: str  # as the caller named it (bundle-relative in a bundle)
-    packets: int  # records read (before the damage, if any)
+    packets: int  # records read (before the damage, if any), those skipped included
     bytes: int  # captured bytes in those records
-    error: str | None = None  # "TruncatedCapture", "MalformedCapture" or "CaptureError"
+    # "TruncatedCapture", "MalformedCapture", "CaptureTooLarge" or "CaptureError"
+    error: str | None = None
     reason: str | None = None
+    impossible_times: int = 0  # records skipped: a time before 1970 or after 9999 (pcapng)
+    # Its first packet of a TCP, UDP or SCTP conversation (UTC epoch seconds; None without one):
+    # from then on the capture ran (``reading`` fills it in; see ``vouching``).
+    first_seen: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def find_captures(directory: Path) -> list[Path]:
-    """Every capture file under ``directory`` (recursively), sorted by path.
-
-    Names: ``*.pcap``, ``*.pcapng``, ``*.cap``, tcpdump's ring names (``capture.pcap0``,
-    ``capture.pcap01``, ... as written by ``tcpdump -C -W -w capture.pcap``), each optionally
-    ending in ``.gz``.
-    """
-    return sorted(
-        path
-        for path in directory.rglob("*")
-        if _CAPTURE_NAME.fullmatch(path.name) and path.is_file()
-    )
-
-
-def ring_name(name: str) -> str:
-    """The ring a capture file belongs to: ``ns/pod/capture.pcap07.gz`` → ``ns/pod/capture.pcap``.
-
-    Files with the same ring name come from one tcpdump at one place (one vantage point).
-    """
-    stem = name[:-3] if name.lower().endswith(".gz") else name
-    member = _RING_MEMBER.fullmatch(stem)
-    return member.group(1) if member else stem
 
 
 OnRead = Callable[[int], None] | None
@@ -207,10 +194,34 @@ def _gzip_chunks(path: Path, on_read: OnRead) -> Iterator[bytes]:
         raise MalformedCapture(f"corrupt gzip stream: {error}") from error
 
 
-def _chunks(path: Path, on_read: OnRead) -> Iterator[bytes]:
+def _capped(chunks: Iterator[bytes], max_bytes: int) -> Iterator[bytes]:
+    """``chunks`` up to ``max_bytes`` bytes in all; then :class:`CaptureTooLarge`."""
+    left = max_bytes
+    for chunk in chunks:
+        if len(chunk) > left:
+            if left:
+                yield chunk[:left]
+            raise CaptureTooLarge(
+                f"more than {_size_text(max_bytes)} once decompressed (--max-capture-size): the "
+                "rest of the file was not read"
+            )
+        left -= len(chunk)
+        yield chunk
+
+
+def _size_text(size: int) -> str:
+    """``1 GiB``, ``512 MiB``, ``1,500 bytes``: a byte count as ``--max-capture-size`` takes it."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift:,} {unit}"
+    return f"{size:,} bytes"
+
+
+def _chunks(path: Path, on_read: OnRead, max_bytes: int) -> Iterator[bytes]:
     with path.open("rb") as stream:
         magic = stream.read(2)
-    return _gzip_chunks(path, on_read) if magic == _GZIP_MAGIC else _plain_chunks(path, on_read)
+    chunks = _gzip_chunks(path, on_read) if magic == _GZIP_MAGIC else _plain_chunks(path, on_read)
+    return _capped(chunks, max_bytes)
 
 
 class _Stream:
@@ -226,13 +237,29 @@ class _Stream:
         return self._chunks
 
     def fill(self, size: int) -> bool:
-        """Make ``size`` bytes available from ``offset``; False when the data ends first."""
+        """Make ``size`` bytes available from ``offset``; False when the data ends first. The
+        chunks needed are joined once (callers bound ``size``), not one by one."""
+        missing = size - (len(self.buffer) - self.offset)
+        if missing <= 0:
+            return True
+        parts = [self.buffer[self.offset :]]
+        while missing > 0 and (chunk := next(self._chunks, None)) is not None:
+            parts.append(chunk)
+            missing -= len(chunk)
+        self.buffer = b"".join(parts)
+        self.offset = 0
+        return missing <= 0
+
+    def skip(self, size: int) -> bool:
+        """Move ``offset`` on by ``size`` bytes without holding them; False when the data ends
+        first."""
         while len(self.buffer) - self.offset < size:
+            size -= len(self.buffer) - self.offset
             chunk = next(self._chunks, None)
+            self.buffer, self.offset = chunk or b"", 0
             if chunk is None:
                 return False
-            self.buffer = self.buffer[self.offset :] + chunk
-            self.offset = 0
+        self.offset += size
         return True
 
     @property
@@ -240,16 +267,19 @@ class _Stream:
         return self.offset == len(self.buffer) and not self.fill(1)
 
 
-def _walk(path: Path, walker: RecordWalker, progress: _Progress, on_read: OnRead) -> Iterator[None]:
+def _walk(
+    path: Path, walker: RecordWalker, progress: _Progress, on_read: OnRead, max_bytes: int
+) -> Iterator[None]:
     """Hand the records of a capture file to ``walker``, chunk by chunk in file order; yields
-    after each chunk.
+    after each chunk. At most ``max_bytes`` bytes of the file (decompressed) are read.
 
-    Raises :class:`~analyser.errors.TruncatedCapture` or :class:`~analyser.errors.MalformedCapture`
-    after walking every record before the damage; an unreadable file raises
-    :class:`~analyser.errors.CaptureError`.
+    Raises :class:`~kernel.errors.TruncatedCapture` or :class:`~kernel.errors.MalformedCapture`
+    after walking every record before the damage, :class:`~kernel.errors.CaptureTooLarge` after
+    walking every record before the cap; an unreadable file raises
+    :class:`~kernel.errors.CaptureError`.
     """
     try:
-        stream = _Stream(_chunks(path, on_read))
+        stream = _Stream(_chunks(path, on_read, max_bytes))
         if not stream.fill(4):
             if stream.buffer[stream.offset :]:
                 raise TruncatedCapture("the file ends inside the file header")
@@ -265,14 +295,17 @@ def _walk(path: Path, walker: RecordWalker, progress: _Progress, on_read: OnRead
         raise CaptureError(f"cannot read: {error.strerror or error}") from error
 
 
-def batches(path: Path, *, on_read: OnRead = None) -> Iterator[Batch]:
+def batches(
+    path: Path, *, on_read: OnRead = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[Batch]:
     """The records of a capture file in file order, in batches that share a link type.
 
-    Raises :class:`~analyser.errors.TruncatedCapture` or :class:`~analyser.errors.MalformedCapture`
-    after yielding every record before the damage; an unreadable file raises
-    :class:`~analyser.errors.CaptureError`.
+    Raises :class:`~kernel.errors.TruncatedCapture` or :class:`~kernel.errors.MalformedCapture`
+    after yielding every record before the damage, :class:`~kernel.errors.CaptureTooLarge` past
+    ``max_bytes`` bytes (decompressed); an unreadable file raises
+    :class:`~kernel.errors.CaptureError`.
     """
-    return _sliced(lambda walker: _walk(path, walker, _Progress(), on_read))
+    return _sliced(lambda walker: _walk(path, walker, _Progress(), on_read, max_bytes))
 
 
 def records(path: Path) -> Iterator[Record]:
@@ -328,7 +361,7 @@ def repacked(linktype: int, timestamps: Sequence[float], packets: Sequence[bytes
             for part in (pack(timestamp, 0, len(packet)), packet)
         ]
     )
-    return RecordChunk(linktype, _REPACKED_HEADER, 1.0, MAX_BLOCK, buffer + _SLACK, 0, len(buffer))
+    return RecordChunk(linktype, _REPACKED_HEADER, 1.0, MAX_RECORD, buffer + _SLACK, 0, len(buffer))
 
 
 def _walk_pcap(
@@ -341,7 +374,9 @@ def _walk_pcap(
     )
     # The upper bits of the link type field carry FCS information.
     linktype = linktype_field & 0xFFFF
-    limit = max(snaplen, MAX_RECORD)
+    # Not the snap length the header claims (up to 4 GB): a record cut by the end of a chunk is
+    # held whole until the next chunk completes it.
+    limit = MAX_RECORD
     header = order + "III4x"
     captured_length = struct.Struct(order + "8xI")
     first = stream.buffer[stream.offset + 24 :]
@@ -356,7 +391,8 @@ def _walk_pcap(
             captured = captured_length.unpack_from(buffer, stop)[0]
             if captured > limit:
                 raise MalformedCapture(
-                    f"record {progress.records + 1} claims {captured} bytes (snap length {snaplen})"
+                    f"record {progress.records + 1} claims {captured} bytes, more than a packet "
+                    f"can hold ({MAX_RECORD}; the file's snap length is {snaplen})"
                 )
         left_over = buffer[stop:end]
     if left_over:
@@ -399,7 +435,7 @@ def _walk_pcapng(stream: _Stream, walker: RecordWalker, progress: _Progress) -> 
     timestamps: list[float] = []
     packets: list[bytes] = []
     try:
-        for timestamp, record_linktype, packet in _pcapng_records(stream):
+        for timestamp, record_linktype, packet in _pcapng_records(stream, progress):
             if record_linktype != linktype or len(packets) >= BATCH_SIZE:
                 if packets:
                     progress.walk(walker, repacked(linktype, timestamps, packets))
@@ -418,7 +454,9 @@ def _walk_pcapng(stream: _Stream, walker: RecordWalker, progress: _Progress) -> 
         yield
 
 
-def _pcapng_records(stream: _Stream) -> Iterator[Record]:
+def _pcapng_records(stream: _Stream, progress: _Progress) -> Iterator[Record]:
+    """The packets of a pcapng file; those with a time out of range are counted in ``progress``
+    and skipped."""
     order = "<"
     interfaces: list[_Interface] = []
     last_timestamp = 0.0
@@ -442,8 +480,17 @@ def _pcapng_records(stream: _Stream) -> Iterator[Record]:
             block_type = _SHB
             interfaces = []
         length = struct.unpack_from(order + "I", buffer, start + 4)[0]
-        if length < 12 or length % 4 or length > MAX_BLOCK:
+        if length < 12 or length % 4:
             raise MalformedCapture(f"block {number} has an impossible length {length}")
+        if block_type not in _PARSED_BLOCKS:
+            if not stream.skip(length):
+                raise TruncatedCapture(f"the file ends inside block {number}")
+            continue
+        if length > MAX_PARSED_BLOCK:
+            raise MalformedCapture(
+                f"block {number} claims {length} bytes, more than an interface or packet block "
+                f"can hold ({MAX_PARSED_BLOCK})"
+            )
         if not stream.fill(length):
             raise TruncatedCapture(f"the file ends inside block {number}")
         block = stream.buffer[stream.offset : stream.offset + length]
@@ -461,15 +508,30 @@ def _pcapng_records(stream: _Stream) -> Iterator[Record]:
                 )
             if 28 + captured > length - 4:
                 raise MalformedCapture(f"block {number}: packet longer than its block")
+            if captured > MAX_RECORD:
+                raise MalformedCapture(
+                    f"block {number}: a packet of {captured} bytes, more than a packet can hold "
+                    f"({MAX_RECORD})"
+                )
             interface = interfaces[interface_id]
-            last_timestamp = ((high << 32) | low) / interface.divisor + interface.offset
+            timestamp = ((high << 32) | low) / interface.divisor + interface.offset
+            if not possible(timestamp):
+                progress.impossible_times += 1
+                continue
+            last_timestamp = timestamp
             yield last_timestamp, interface.linktype, block[28 : 28 + captured]
         elif block_type == _SPB:
             if not interfaces:
                 raise MalformedCapture(f"block {number}: packet before any interface")
             original = struct.unpack_from(order + "I", block, 8)[0]
+            packet = block[12 : min(12 + original, length - 4)]
+            if len(packet) > MAX_RECORD:
+                raise MalformedCapture(
+                    f"block {number}: a packet of {len(packet)} bytes, more than a packet can "
+                    f"hold ({MAX_RECORD})"
+                )
             # Simple packets carry no timestamp: they get the last one seen in the file.
-            yield last_timestamp, interfaces[0].linktype, block[12 : min(12 + original, length - 4)]
+            yield last_timestamp, interfaces[0].linktype, packet
 
 
 class CaptureFile:
@@ -479,10 +541,18 @@ class CaptureFile:
     then ``capture.report``.
     """
 
-    def __init__(self, path: Path, *, name: str | None = None, on_read: OnRead = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        on_read: OnRead = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.path = path
         self.name = name if name is not None else str(path)
         self.on_read = on_read
+        self.max_bytes = max_bytes
         self.report = CaptureReport(self.name, 0, 0)
 
     def walk(self, walker: RecordWalker) -> CaptureReport:
@@ -498,14 +568,15 @@ class CaptureFile:
         progress = _Progress()
         error: CaptureError | None = None
         try:
-            yield from _walk(self.path, walker, progress, self.on_read)
+            yield from _walk(self.path, walker, progress, self.on_read, self.max_bytes)
         except CaptureError as caught:
             error = caught
         finally:
             self.report = CaptureReport(
                 self.name,
-                progress.records,
+                progress.records + progress.impossible_times,
                 progress.bytes,
                 type(error).__name__ if error else None,
                 str(error) if error else None,
+                progress.impossible_times,
             )

@@ -20,12 +20,14 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from analyser.evaluation import (
     NO_PORTS,
     Address,
+    BlockIndex,
     Denial,
+    Direction,
     IpBlock,
     Peer,
     Pod,
@@ -41,15 +43,29 @@ ANYWHERE = (
 )
 
 
+BOTH_DIRECTIONS = frozenset(Direction)
+
+
 @dataclass(frozen=True, slots=True)
 class Observed:
-    """A connection that was seen: client → server on the server's (target) port."""
+    """A connection that was seen: client → server on the server's (target) port.
+
+    ``vouched``: the sides it is checked at, the client's egress and the server's ingress: those
+    whose own captures saw it or could not have (``analyser.vouching``). A side that a pod's
+    capture ran for and did not see is not held to it: one pod's capture (forged, perhaps) must
+    not make the other side's policies look wrong."""
 
     client: Peer
     server: Peer
     protocol: Protocol
     port: int
     flows: int = 1
+    vouched: frozenset[Direction] = BOTH_DIRECTIONS
+
+    @property
+    def unchecked(self) -> tuple[Direction, ...]:
+        """The sides it is not checked at, egress first."""
+        return tuple(d for d in (Direction.EGRESS, Direction.INGRESS) if d not in self.vouched)
 
 
 # The universe's name for the cluster's nodes, when node blocks are folded into one.
@@ -64,10 +80,11 @@ class Block:
     block: IpBlock
     address: Address
     members: frozenset[str] = frozenset()
+    # What reports call it (asked for every pair it is in: written once).
+    name: str = field(init=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return NODES if self.members else f"ip:{self.block}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", NODES if self.members else f"ip:{self.block}")
 
     def matches(self, ip: str) -> bool:
         return ip in self.members if self.members else self.block.matches(ip)
@@ -94,6 +111,24 @@ class Universe:
     pods: tuple[Pod, ...]
     blocks: tuple[Block, ...]
     focus: frozenset[str] | None = None
+    # The blocks by prefix, and the node block's members: which blocks hold an address.
+    _index: BlockIndex[Block] = field(init=False, compare=False, repr=False)
+    _nodes: Mapping[str, Block] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Frozen: the indexes are derived once, here.
+        object.__setattr__(
+            self, "_index", BlockIndex((b.block, b) for b in self.blocks if not b.members)
+        )
+        object.__setattr__(
+            self, "_nodes", {ip: b for b in self.blocks if b.members for ip in b.members}
+        )
+
+    def holding(self, ip: str) -> list[Block]:
+        """The blocks that hold the address ``ip`` (:meth:`Block.matches`), found by index."""
+        found = list(self._index.matching(ip))
+        node = self._nodes.get(ip)
+        return [*found, node] if node is not None else found
 
     @classmethod
     def of(
@@ -155,11 +190,13 @@ def block_for(address: str) -> IpBlock:
 
 
 def check_observed(policies: PolicySet, observed: Iterable[Observed]) -> list[Denial]:
-    """Every denial of an observed connection (both sides, when both deny), in a stable order."""
+    """Every denial of an observed connection (both sides, when both deny) at a side it is
+    checked at (``Observed.vouched``), in a stable order."""
     denials = {
         denial
         for item in observed
         for denial in policies.denials(item.client, item.server, item.protocol, item.port)
+        if denial.side in item.vouched
     }
     return sorted(denials, key=lambda d: (d.client, d.server, d.protocol, d.port, d.side))
 
@@ -204,10 +241,12 @@ def _observed_ports(
     def names(peer: Peer) -> list[str]:
         if isinstance(peer, Pod):
             return [str(peer)]
-        return [b.name for b in universe.blocks if b.matches(peer.ip)]
+        return [b.name for b in universe.holding(peer.ip)]
 
     ranges: dict[tuple[str, str], list[PortRange]] = defaultdict(list)
     for item in observed:
+        if item.unchecked:
+            continue  # one side's word: no evidence that the pair needs the port
         for client in names(item.client):
             for server in names(item.server):
                 ranges[(client, server)].append(PortRange(item.protocol, item.port, item.port))
@@ -244,6 +283,8 @@ class Verification:
     denials: tuple[Denial, ...]
     allowances: tuple[Allowance, ...]
     score: Score
+    # Observed connections not checked at a side whose own captures did not vouch for them.
+    unvouched: tuple[Observed, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -257,6 +298,7 @@ def verify(policies: PolicySet, observed: Sequence[Observed], universe: Universe
         denials=tuple(check_observed(policies, observed)),
         allowances=tuple(allowances),
         score=score(allowances),
+        unvouched=tuple(item for item in observed if item.unchecked),
     )
 
 
@@ -314,6 +356,16 @@ def denial_json(denial: Denial) -> dict[str, object]:
         "side": str(denial.side),
         "denied_by": denial.denied_by,
         "policies": list(denial.policies),
+    }
+
+
+def unvouched_json(observed: Observed) -> dict[str, object]:
+    return {
+        "client": str(observed.client),
+        "server": str(observed.server),
+        "protocol": str(observed.protocol),
+        "port": observed.port,
+        "unchecked": [str(side) for side in observed.unchecked],
     }
 
 

@@ -3,13 +3,13 @@
     .venv/bin/python bench/pull_throughput.py
 
 One pod's ring of 4 capture files (1× = 8 MB each, 4× = 32 MB each) is pulled by
-``analyser.pulling.PodPuller`` two ways, each in its own process so peak RSS is its own:
+``collector.pulling.PodPuller`` two ways, each in its own process so peak RSS is its own:
 
 - ``websocket``: the real path: the kubernetes client's exec websocket (``KubernetesCluster.exec``)
   against a local API server speaking v4.channel.k8s.io whose exec runs the pod's commands on this
-  machine (tests/analyser/fakeapiserver.py);
+  machine (tests/collector/fakeapiserver.py);
 - ``local``: the baseline: the same commands and checksums without any websocket
-  (tests/analyser/localexec.py), i.e. what dd, sha256sum and the disk cost by themselves.
+  (tests/collector/localexec.py), i.e. what dd, sha256sum and the disk cost by themselves.
 
 Prints MB/s, the websocket path as a fraction of the baseline, and peak RSS for 1× and 4×.
 Asserts nothing.
@@ -27,19 +27,19 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "analyser"))
+sys.path.insert(0, str(REPO))
 
 FILES = 4
 FILE_MB_1X = 8
 
 
 def pull_once(mode: str, file_mb: int) -> dict[str, float]:
-    from fakeapiserver import FakeAPIServer
     from kubernetes import client as k8s_client
-    from localexec import LocalExec
 
-    from analyser.collecting import KubernetesCluster
-    from analyser.pulling import PodPuller, PullTarget
+    from collector.kube import KubernetesCluster
+    from collector.pulling import PodPuller, PullTarget
+    from tests.collector.fakeapiserver import FakeAPIServer
+    from tests.collector.localexec import LocalExec
 
     with tempfile.TemporaryDirectory(prefix="pull-bench-") as scratch:
         pod_dir = Path(scratch) / "captures"

@@ -17,7 +17,9 @@ import yaml
 
 from analyser import rendering
 from analyser.flows import Protocol
-from analyser.policies import IpPeer, LabelSelector, PodPeer, Policy, PortSpec, Rule
+from analyser.peers import IpPeer, PodPeer, PortSpec
+from analyser.policies import Policy, Rule
+from analyser.selectors import LabelSelector
 
 
 def policies(count: int) -> list[Policy]:

@@ -17,7 +17,17 @@ from typing import Any
 
 import jsonpatch
 
-from analyser.bundles import FORMAT_VERSION, MANIFEST, POD_IPS, SNAPSHOT_FILE, entries_for_layout
+from kernel.bundles import (
+    POD_IPS,
+    SNAPSHOT_FILE,
+    Manifest,
+    Window,
+    entries_for_layout,
+    write_json,
+    write_manifest,
+)
+from kernel.capture import CaptureMode
+from kernel.names import CAPTURE_ENABLED, CAPTURE_LABEL
 from lab.layouts import (
     DNS_WORKLOAD,
     NODE_IPV4,
@@ -32,14 +42,15 @@ from lab.layouts import (
     make_uid,
 )
 from lab.manifests import WorkloadSpec, pod_template
-from webhook import mutations
-from webhook.capture import CaptureMode, CaptureOptions
+from webhook.capture import CaptureOptions
 from webhook.mutations import Skip, plan_injection
 from webhook.settings import WebhookSettings
 
 JsonObject = dict[str, Any]
-CAPTURE_LABEL = (mutations.CAPTURE_LABEL, mutations.CAPTURE_ENABLED)
 SYSTEM_NAMESPACES = ("default", "kube-system")
+# The lab's own files beside the bundle's: what really happened, and how the plan went.
+TRUTH = "truth.json"
+LAB_REPORT = "lab-report.json"
 
 
 def timestamp(epoch: float, *, precise: bool = False) -> str:
@@ -365,16 +376,19 @@ def injected(pod: JsonObject, *, capture_mode: str) -> JsonObject:
     return patched
 
 
-def snapshot(layout: Layout, *, capture_mode: str = "handshake") -> JsonObject:
+def snapshot(
+    layout: Layout, *, capture_mode: str = "handshake", sidecars: bool = True
+) -> JsonObject:
     """A ``kubectl get ... -A -o json`` List of the cluster as it is now; pods of the captured
-    namespaces carry the webhook's sidecar."""
+    namespaces carry the webhook's sidecar (unless ``sidecars`` is False: the node's capture
+    covers them, and no pod was changed)."""
     captured = set(captured_namespaces(layout))
     labels_of = dict(layout.cluster.namespaces)
     items: list[JsonObject] = []
     for name in sorted(set(labels_of) | set(SYSTEM_NAMESPACES)):
         labels = dict(labels_of.get(name, ())) | {"kubernetes.io/metadata.name": name}
         if name in captured:
-            labels[CAPTURE_LABEL[0]] = CAPTURE_LABEL[1]
+            labels[CAPTURE_LABEL] = CAPTURE_ENABLED
         items.append(
             {
                 "apiVersion": "v1",
@@ -415,9 +429,8 @@ def snapshot(layout: Layout, *, capture_mode: str = "handshake") -> JsonObject:
     )
     for pod in sorted(layout.pods, key=lambda p: (p.namespace, p.name)):
         item = pod_object(pod, ready_since=pod.created)
-        items.append(
-            injected(item, capture_mode=capture_mode) if pod.namespace in captured else item
-        )
+        inject = sidecars and pod.namespace in captured
+        items.append(injected(item, capture_mode=capture_mode) if inject else item)
     node_port = 30080
     for service in layout.services:
         items.append(_service_object(layout, service, node_port))
@@ -442,6 +455,7 @@ def pod_ip_event(pod: LabPod, event: str, at: float) -> JsonObject:
         "ips": list(pod.ips),
         "labels": dict(pod.labels),
         "owner": None if pod.owner is None else {"kind": pod.owner.kind, "name": pod.owner.name},
+        "node": NODE_NAME,
     }
 
 
@@ -471,38 +485,31 @@ def truth_flows(outcomes: Iterable[CallOutcome]) -> list[JsonObject]:
     return [{"client": c, "server": s, "protocol": p, "port": n} for c, s, p, n in sorted(flows)]
 
 
-def _dump(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def write_bundle(
     out: Path,
     *,
     layout: Layout,
     window: tuple[float, float],
     capture_mode: str,
+    sidecars: bool = True,
     pod_events: Sequence[JsonObject],
     truth: list[JsonObject],
     report: JsonObject,
 ) -> None:
-    """Everything but the captures themselves (already under ``out/captures``)."""
-    captures = [entry.as_json() for entry in sorted(entries_for_layout(out))]
-    _dump(
-        out / MANIFEST,
-        {
-            "format_version": FORMAT_VERSION,
-            "producer": "lab",
-            "capture_mode": capture_mode,
-            "window": {
-                "start": timestamp(window[0], precise=True),
-                "end": timestamp(window[1], precise=True),
-            },
-            "captures": captures,
-        },
+    """Everything but the captures themselves (already under ``out/captures``). ``sidecars``:
+    whether the pods carry the capture sidecar (False: the node's capture took their traffic)."""
+    write_manifest(
+        out,
+        Manifest(
+            producer="lab",
+            capture_mode=capture_mode,
+            window=Window(*window),
+            captures=tuple(entries_for_layout(out)),
+        ),
     )
-    _dump(out / SNAPSHOT_FILE, snapshot(layout, capture_mode=capture_mode))
+    write_json(out / SNAPSHOT_FILE, snapshot(layout, capture_mode=capture_mode, sidecars=sidecars))
     (out / POD_IPS).write_text(
         "".join(json.dumps(e, sort_keys=True) + "\n" for e in pod_events), encoding="utf-8"
     )
-    _dump(out / "truth.json", truth)
-    _dump(out / "lab-report.json", report)
+    write_json(out / TRUTH, truth)
+    write_json(out / LAB_REPORT, report)

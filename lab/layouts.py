@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from analyser.errors import LabError
+from kernel.errors import LabError
 from lab.manifests import ClusterSpec, ContainerPort, ServiceSpec, WorkloadSpec, read_manifests
 from lab.plans import ExternalHost, TrafficPlan
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from analyser.errors import LabError
+from kernel.errors import LabError
 
 JsonObject = dict[str, Any]
 

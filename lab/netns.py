@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from analyser.errors import LabError, NeedsRoot
+from kernel.errors import LabError, NeedsRoot
 
 PREFIX = "nps-"
 GATEWAY_V4 = "169.254.1.1"

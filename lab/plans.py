@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from analyser.errors import LabError
+from kernel.errors import LabError
 
 DEFAULT_DURATION = 10.0
 DEFAULT_EVERY = 1.0

@@ -105,7 +105,7 @@ class Resolver:
 
     async def _query(self, name: str, qtype: int) -> dns.Message:
         query_id = next(self._ids) & 0xFFFF
-        reply = await _udp_exchange(
+        reply = await udp_exchange(
             self.nameserver, 53, dns.encode_query(query_id, name, qtype), timeout=DNS_TIMEOUT
         )
         message = dns.decode_message(reply)
@@ -132,7 +132,7 @@ class _OneReply(asyncio.DatagramProtocol):
             self.reply.set_exception(exc)
 
 
-async def _udp_exchange(
+async def udp_exchange(
     address: str, port: int, payload: bytes, *, timeout: float, source: str | None = None
 ) -> bytes:
     loop = asyncio.get_running_loop()
@@ -212,7 +212,7 @@ class Client:
                 call.host, ipv6=call.ipv6, result=self.results[call.id]
             )
             return _parse_reply(
-                await _udp_exchange(
+                await udp_exchange(
                     addresses[0],
                     call.port,
                     self.greeting,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import dpkt
 
-from analyser.bundles import Manifest, Window, entries_for_layout, write_manifest
+from kernel.bundles import Manifest, Window, entries_for_layout, write_manifest
 
 T0 = 1_767_261_600.0  # 2026-01-01T10:00:00Z
 CREATED = "2025-12-31T00:00:00Z"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,10 @@ from pathlib import Path
 import dpkt
 import pytest
 import yaml
-from bundle_builders import (
+
+from cli.main import ExitStatus, main
+from kernel.bundles import Manifest, Window, entries_for_layout, write_manifest
+from tests.bundle_builders import (
     CART_IP,
     CART_POD,
     CART_SERVICE_IP,
@@ -27,9 +31,6 @@ from bundle_builders import (
     udp,
     write_pcap,
 )
-
-from analyser.bundles import Manifest, Window, entries_for_layout, write_manifest
-from analyser.cli.main import ExitStatus, main
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +50,12 @@ def test_analyse_writes_policies_graph_and_report(
     out = tmp_path / "out"
     status, stdout, stderr = run([str(bundle), "--out", str(out), "--workers", "1"], capsys)
     assert status == ExitStatus.OK, stderr
-    assert "2 policies from" in stdout and f"kubectl apply -k {out}" in stdout
-    assert (out / "shop" / "cart.yaml").is_file()
-    assert (out / "web" / "frontend.yaml").is_file()
+    assert "2 policies from" in stdout and f"kubectl apply -f {out}" in stdout
+    assert (out / "shop.cart.yaml").is_file()
+    assert (out / "web.frontend.yaml").is_file()
     assert (out / "graph.dot").is_file() and (out / "report.md").is_file()
-    kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
-    assert kustomization["resources"] == ["shop/cart.yaml", "web/frontend.yaml"]
+    kustomization = yaml.safe_load((out / "Kustomization").read_text())
+    assert kustomization["resources"] == ["shop.cart.yaml", "web.frontend.yaml"]
     # the truncated ring file is a warning naming the file, not a failure
     assert f"warning: captures/shop/{CART_POD}/capture.pcap1:" in stderr
     # stderr is not a terminal here: no progress bar
@@ -70,10 +71,10 @@ def test_json_summary_on_stdout(
     summary = json.loads(stdout)
     assert summary["output"] == str(out)
     assert summary["policies"] == [
-        "shop/cart.yaml",
-        "shop/default-deny-all.yaml",
-        "web/default-deny-all.yaml",
-        "web/frontend.yaml",
+        "shop.cart.yaml",
+        "shop.default-deny-all.yaml",
+        "web.default-deny-all.yaml",
+        "web.frontend.yaml",
     ]
     assert summary["flows"] >= 3
     assert [p["path"] for p in summary["problems"]] == [f"captures/shop/{CART_POD}/capture.pcap1"]
@@ -84,9 +85,9 @@ def test_a_second_run_into_the_same_directory_replaces_the_first(
 ) -> None:
     out = tmp_path / "out"
     assert run([str(bundle), "-o", str(out), "--default-deny"], capsys)[0] == ExitStatus.OK
-    assert (out / "shop" / "default-deny-all.yaml").is_file()
+    assert (out / "shop.default-deny-all.yaml").is_file()
     assert run([str(bundle), "-o", str(out)], capsys)[0] == ExitStatus.OK
-    assert not (out / "shop" / "default-deny-all.yaml").exists()
+    assert not (out / "shop.default-deny-all.yaml").exists()
 
 
 def test_a_directory_with_other_files_needs_force(
@@ -96,11 +97,11 @@ def test_a_directory_with_other_files_needs_force(
     status, _, stderr = run([str(bundle), "-o", str(tmp_path)], capsys)
     assert status == ExitStatus.ERROR
     assert "precious.txt" in stderr and "--force" in stderr
-    assert not (tmp_path / "kustomization.yaml").exists()
+    assert not (tmp_path / "Kustomization").exists()
     status, _, _ = run([str(bundle), "-o", str(tmp_path), "--force"], capsys)
     assert status == ExitStatus.OK
     assert (tmp_path / "precious.txt").read_text() == "mine"
-    assert (tmp_path / "kustomization.yaml").is_file()
+    assert (tmp_path / "Kustomization").is_file()
 
 
 def test_a_missing_bundle_is_a_clear_error(
@@ -141,6 +142,29 @@ def test_an_unusable_snapshot_is_a_clear_error(
     assert "snapshot.json" in stderr and "not valid" in stderr
 
 
+def test_a_rendered_file_that_differs_from_the_model_is_not_written(
+    bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from analyser import rendering
+
+    # a quoting filter gone wrong: every value comes out one character short
+    monkeypatch.setitem(
+        rendering._ENV.filters, "q", lambda value: rendering.yaml_quoted(str(value)[:-1])
+    )
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(bundle), "-o", str(out), "--workers", "1"], capsys)
+    assert status == ExitStatus.ERROR and not stdout
+    assert not out.exists()
+    assert re.fullmatch(
+        r"netpol-sniffer analyse: error: rendered shop\.cart\.yaml differs from the policy model "
+        r"at \S+",
+        stderr.splitlines()[-1],
+    )
+
+
 @pytest.mark.parametrize("workers", ["0", "-1", "many"])
 def test_bad_worker_counts_are_usage_errors(
     bundle: Path, tmp_path: Path, workers: str, capsys: pytest.CaptureFixture[str]
@@ -156,7 +180,7 @@ def test_the_installed_command_runs(bundle: Path, tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "analyser.cli.main",
+            "cli.main",
             "analyse",
             str(bundle),
             "-o",
@@ -168,7 +192,7 @@ def test_the_installed_command_runs(bundle: Path, tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
+    assert json.loads(result.stdout)["policies"] == ["shop.cart.yaml", "web.frontend.yaml"]
 
 
 def test_a_plain_folder_of_loose_pcaps_and_a_snapshot(
@@ -186,10 +210,10 @@ def test_a_plain_folder_of_loose_pcaps_and_a_snapshot(
     assert status == ExitStatus.OK, stderr
     summary = json.loads(stdout)
     # each loose file is tied to the one pod in all its flows
-    assert summary["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
+    assert summary["policies"] == ["shop.cart.yaml", "web.frontend.yaml"]
     assert [p["path"] for p in summary["problems"]] == ["pair.pcap"]
     assert "several pods (shop/cart-7f9b8-bbbbb, web/frontend-6c4d9-aaaaa)" in stderr
-    cart = yaml.safe_load((out / "shop" / "cart.yaml").read_text())
+    cart = yaml.safe_load((out / "shop.cart.yaml").read_text())
     assert cart["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
 
 
@@ -232,11 +256,11 @@ def test_a_loose_node_wide_capture_gives_the_nodes_pods_policies(
     status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
     assert status == ExitStatus.OK, stderr
     summary = json.loads(stdout)
-    assert summary["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
+    assert summary["policies"] == ["shop.cart.yaml", "web.frontend.yaml"]
     assert "node-1.pcap: not tied to a pod, but every flow has an end on node node-1" in stderr
     # no bundle.json: the window is the packets' span
     assert summary["window"] == {"start": "2026-01-01T10:00:01Z", "end": "2026-01-01T10:00:12Z"}
-    cart = yaml.safe_load((out / "shop" / "cart.yaml").read_text())
+    cart = yaml.safe_load((out / "shop.cart.yaml").read_text())
     assert cart["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
 
 
@@ -273,7 +297,7 @@ def test_a_kubectl_get_all_snapshot_works_and_warns_what_is_guessed(
     (folder / "snapshot.json").write_text(json.dumps(snapshot))
     status, stdout, stderr = run([str(folder), "-o", str(tmp_path / "out"), "--json"], capsys)
     assert status == ExitStatus.OK, stderr
-    assert json.loads(stdout)["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
+    assert json.loads(stdout)["policies"] == ["shop.cart.yaml", "web.frontend.yaml"]
     assert "warning: snapshot.json: no Nodes: node addresses are taken from the pods' hostIP" in (
         stderr
     )
@@ -297,9 +321,9 @@ def test_a_refused_or_unanswered_connection_gets_no_rule_and_is_reported(
     status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
     assert status == ExitStatus.OK, stderr
     assert json.loads(stdout)["never_established"] == 2
-    cart = yaml.safe_load((out / "shop" / "cart.yaml").read_text())
+    cart = yaml.safe_load((out / "shop.cart.yaml").read_text())
     assert cart["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
-    frontend = (out / "web" / "frontend.yaml").read_text()
+    frontend = (out / "web.frontend.yaml").read_text()
     assert "7777" not in frontend and "9999" not in frontend
     report = (out / "report.md").read_text()
     assert "## Connections that were never established" in report
@@ -321,9 +345,9 @@ def test_loopback_traffic_in_a_loose_pod_capture_does_not_hide_whose_it_is(
     status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
     assert status == ExitStatus.OK, stderr
     summary = json.loads(stdout)
-    assert summary["policies"] == ["shop/cart.yaml"]
+    assert summary["policies"] == ["shop.cart.yaml"]
     assert summary["loopback_flows"] == 1
-    assert "127.0.0.1" not in (out / "shop" / "cart.yaml").read_text()
+    assert "127.0.0.1" not in (out / "shop.cart.yaml").read_text()
 
 
 def test_without_services_in_the_snapshot_both_captures_still_give_the_target_port(
@@ -338,7 +362,7 @@ def test_without_services_in_the_snapshot_both_captures_still_give_the_target_po
     status, _, stderr = run([str(folder), "-o", str(out)], capsys)
     assert status == ExitStatus.OK, stderr
     assert "warning: snapshot.json: no Services" in stderr
-    frontend = yaml.safe_load((out / "web" / "frontend.yaml").read_text())
+    frontend = yaml.safe_load((out / "web.frontend.yaml").read_text())
     to_cart = [r for r in frontend["spec"]["egress"] if "8080" in json.dumps(r)]
     assert to_cart[0]["to"][0]["podSelector"] == {"matchLabels": {"app": "cart"}}
     assert CART_SERVICE_IP not in json.dumps(frontend)
@@ -354,7 +378,7 @@ def test_a_pod_whose_captures_are_all_unreadable_gets_no_deny_all_policy(
     status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
     assert status == ExitStatus.OK, stderr
     # the cart's captures are fine: it keeps its policy; nothing is known of the frontend
-    assert json.loads(stdout)["policies"] == ["shop/cart.yaml"]
+    assert json.loads(stdout)["policies"] == ["shop.cart.yaml"]
     assert f"captures/web/{FRONTEND_POD}: no capture of this pod could be read: no policy" in (
         stderr
     )
@@ -373,7 +397,7 @@ def test_a_capture_folder_named_after_the_deployment_is_tied_by_its_traffic(
     out = tmp_path / "out"
     status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
     assert status == ExitStatus.OK, stderr
-    assert json.loads(stdout)["policies"] == ["shop/cart.yaml"]
+    assert json.loads(stdout)["policies"] == ["shop.cart.yaml"]
     assert "captures/shop/cart: pod shop/cart is not in the snapshot: its captures are tied" in (
         stderr
     )
@@ -390,7 +414,7 @@ def test_a_loose_file_of_one_conversation_is_tied_by_the_pod_its_name_gives(
     status, stdout, stderr = run([str(folder), "-o", str(tmp_path / "out"), "--json"], capsys)
     assert status == ExitStatus.OK, stderr
     summary = json.loads(stdout)
-    assert summary["policies"] == ["web/frontend.yaml"]
+    assert summary["policies"] == ["web.frontend.yaml"]
     assert summary["problems"] == []
 
 
@@ -453,7 +477,7 @@ def three_node_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _ingress_blocks(out: Path) -> list[tuple[str, list[dict[str, object]]]]:
-    cart = yaml.safe_load((out / "shop" / "cart.yaml").read_text())
+    cart = yaml.safe_load((out / "shop.cart.yaml").read_text())
     return [
         (peer["ipBlock"]["cidr"], rule["ports"])
         for rule in cart["spec"]["ingress"]
@@ -475,10 +499,10 @@ def test_traffic_from_one_node_is_allowed_from_every_node(
         (f"{NODE_3_IP}/32", port),
         (f"{NODE_3_IP6}/128", port),
     ]
-    text = (out / "shop" / "cart.yaml").read_text()
+    text = (out / "shop.cart.yaml").read_text()
     assert f"# {NODE_3_IP}/32: cluster nodes" in text
     # frontend sent nothing to a node: no node block in its policy
-    assert "cluster nodes" not in (out / "web" / "frontend.yaml").read_text()
+    assert "cluster nodes" not in (out / "web.frontend.yaml").read_text()
     # the same bundle gives the same bytes
     again = tmp_path / "again"
     assert run([str(three_node_bundle), "-o", str(again)], capsys)[0] == ExitStatus.OK
@@ -536,3 +560,90 @@ def test_max_outside_addresses_is_passed_on_and_its_help_gives_the_default(
     with pytest.raises(SystemExit):
         main(["analyse", "--help"])
     assert f"(default: {MAX_OUTSIDE_ADDRESSES})" in capsys.readouterr().out.replace("\n ", "")
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "microservices-demo" / "bundle"
+
+
+@pytest.mark.parametrize("observed_only", [False, True])
+def test_a_load_balanced_workload_is_open_to_anywhere_on_its_target_port_by_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], observed_only: bool
+) -> None:
+    """Online Boutique's frontend is behind the LoadBalancer frontend-external (80 → 8080): its
+    users are the internet, not the one address the capture saw."""
+    out = tmp_path / "out"
+    flags = ["--observed-clients-only"] if observed_only else []
+    status, stdout, stderr = run([str(EXAMPLE), "--out", str(out), "--json", *flags], capsys)
+    assert status == ExitStatus.OK, stderr
+    by = "Service default/frontend-external (LoadBalancer)"
+    assert json.loads(stdout)["exposed"] == [
+        {
+            "workload": "default/Deployment/frontend",
+            "protocol": "TCP",
+            "port": 8080,
+            "by": by,
+            "from": "observed clients" if observed_only else "anywhere",
+        }
+    ]
+    frontend = (out / "default.frontend.yaml").read_text()
+    ingress = yaml.safe_load(frontend)["spec"]["ingress"]
+    anywhere = [
+        rule["ports"]
+        for rule in ingress
+        if rule["from"][0].get("ipBlock", {}).get("cidr") == "0.0.0.0/0"
+    ]
+    assert anywhere == ([] if observed_only else [[{"protocol": "TCP", "port": 8080}]])
+    assert (f"# 0.0.0.0/0: anywhere: exposed by {by}" in frontend) is not observed_only
+    assert "## Exposed workloads" in (out / "report.md").read_text()
+    # Nothing else is opened: no other policy allows anything from anywhere.
+    for path in out.glob("*.yaml"):
+        if path.name != "default.frontend.yaml":
+            assert "0.0.0.0/0" not in path.read_text()
+def test_traffic_with_a_metadata_endpoint_is_a_warning_unless_allowed(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "metadata"
+    shutil.copytree(bundle, folder)
+    frames = handshake(FRONTEND_IP, 41005, "169.254.169.254", 80, T0 + 30)
+    write_pcap(folder / "captures" / "web" / FRONTEND_POD / "capture.pcap1", frames)
+    status, stdout, stderr = run([str(folder), "-o", str(tmp_path / "out"), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert (
+        "netpol-sniffer analyse: warning: web/Deployment/frontend: egress to 169.254.169.254 "
+        "(TCP/80) left out of its policy: a cloud metadata endpoint (it hands out the cloud "
+        "credentials of the node or the pod); --allow-special metadata writes it"
+    ) in stderr.splitlines()
+    assert [item["class"] for item in json.loads(stdout)["left_out"]] == ["metadata"]
+    assert "169.254.169.254" not in (tmp_path / "out" / "web.frontend.yaml").read_text()
+    out = tmp_path / "allowed"
+    status, stdout, stderr = run(
+        [str(folder), "-o", str(out), "--json", "--allow-special", "metadata"], capsys
+    )
+    assert status == ExitStatus.OK, stderr
+    assert "left out" not in stderr and json.loads(stdout)["left_out"] == []
+    assert 'cidr: "169.254.169.254/32"' in (out / "web.frontend.yaml").read_text()
+
+
+def test_an_unknown_special_address_class_is_a_usage_error(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyse", str(bundle), "-o", str(tmp_path), "--allow-special", "all"])
+    assert exit_info.value.code == ExitStatus.USAGE
+    assert "--allow-special: invalid choice: 'all'" in capsys.readouterr().err
+
+
+def test_a_bundle_whose_every_capture_is_unreadable_is_an_error(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "garbage"
+    shutil.copytree(bundle, folder)
+    for capture in (folder / "captures").rglob("capture.pcap*"):
+        capture.write_bytes(b"\x00" * 300)
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out)], capsys)
+    assert status == ExitStatus.ERROR
+    assert stdout == "" and not out.exists()
+    assert "none of the 3 capture files could be read, nothing to analyse: " in stderr
+    assert f"captures/shop/{CART_POD}/capture.pcap0: not a pcap or pcapng file" in stderr
+    assert "Traceback" not in stderr

@@ -6,14 +6,17 @@ import argparse
 
 import pytest
 
-from analyser.cli.arguments import (
+from analyser.peers import ALLOWABLE_SPECIAL
+from cli.arguments import (
     CAPTURE_MODES,
+    SPECIAL_CLASSES,
     add_capture_mode,
+    byte_size,
     positive_int,
     positive_seconds,
     seconds,
 )
-from webhook.capture import CaptureMode
+from kernel.capture import CaptureMode
 
 
 def test_positive_int() -> None:
@@ -38,6 +41,20 @@ def test_positive_seconds_rejects_zero() -> None:
             positive_seconds(text)
 
 
+def test_byte_size_takes_binary_units() -> None:
+    assert [byte_size(text) for text in ("1", "512M", "1G", "2GiB", "3 kb", "1T")] == [
+        1,
+        512 << 20,
+        1 << 30,
+        2 << 30,
+        3 << 10,
+        1 << 40,
+    ]
+    for text in ("0", "-1G", "1.5G", "1P", "big", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be a size such as 1G"):
+            byte_size(text)
+
+
 def test_capture_modes_are_the_webhooks() -> None:
     assert tuple(mode.value for mode in CaptureMode) == CAPTURE_MODES
     parser = argparse.ArgumentParser()
@@ -46,10 +63,18 @@ def test_capture_modes_are_the_webhooks() -> None:
     assert parser.parse_args(["--capture-mode", "full"]).capture_mode == CaptureMode.FULL
 
 
+def test_special_address_classes_are_the_analysers() -> None:
+    assert tuple(kind.value for kind in ALLOWABLE_SPECIAL) == SPECIAL_CLASSES
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["analyse", "b", "--out", "o", "--workers", "0"], "--workers: must be a whole number"),
+        (
+            ["analyse", "b", "--out", "o", "--max-capture-size", "lots"],
+            "--max-capture-size: must be a size",
+        ),
         (
             ["collect", "--all-labelled", "-o", "b", "--parallel", "0"],
             "--parallel: must be a whole",
@@ -69,7 +94,7 @@ def test_capture_modes_are_the_webhooks() -> None:
 def test_subcommands_reject_bad_values(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from analyser.cli.main import ExitStatus, main
+    from cli.main import ExitStatus, main
 
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

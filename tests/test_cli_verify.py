@@ -12,10 +12,10 @@ import yaml
 
 from analyser.analysing import observe
 from analyser.bundles import open_bundle
-from analyser.cli.main import ExitStatus, main
 from analyser.policysets import load_policies
 from analyser.replaying import cluster_facts, observed_from_records, verification_inputs
 from analyser.verifying import verify
+from cli.main import ExitStatus, main
 from tests.bundle_builders import (
     API_IP,
     CART_IP,
@@ -42,11 +42,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def policy_files(folder: Path) -> dict[Path, dict[str, Any]]:
-    return {
-        path: yaml.safe_load(path.read_text())
-        for path in sorted(folder.rglob("*.yaml"))
-        if path.name != "kustomization.yaml"
-    }
+    return {path: yaml.safe_load(path.read_text()) for path in sorted(folder.rglob("*.yaml"))}
 
 
 def copy_without_cart_ingress(source: Path, target: Path) -> Path:
@@ -109,18 +105,52 @@ def test_removed_rule_is_denied_and_named(
     assert denial["policies"] and denial["policies"][0].startswith("shop/")
 
 
+NOBODY = (
+    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+    "metadata: {name: nobody, namespace: shop}\n"
+    "spec: {podSelector: {matchLabels: {nobody: here}}, policyTypes: [Ingress, Egress]}\n"
+)
+
+
+def no_isolation(folder: Path) -> Path:
+    """A policy set that isolates no pod (its one policy selects none): everything allowed."""
+    folder.mkdir()
+    (folder / "nobody.yaml").write_text(NOBODY)
+    return folder
+
+
 def test_no_policies_allow_everything_and_score_worse(
     generated: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bundle, policies = generated
     assert main(["verify", str(bundle), str(policies), "--json"]) == ExitStatus.OK
     tight = json.loads(capsys.readouterr().out)["score"]
-    (tmp_path / "none").mkdir()
-    assert main(["verify", str(bundle), str(tmp_path / "none"), "--json"]) == ExitStatus.OK
+    none = no_isolation(tmp_path / "none")
+    assert main(["verify", str(bundle), str(none), "--json"]) == ExitStatus.OK
     report = json.loads(capsys.readouterr().out)
     assert report["score"]["pairs"] > tight["pairs"]
     assert report["score"]["all_ports_pairs"] > 0
     assert any(a["server"] == f"ip:{API_IP}/32" for a in report["allowed_unobserved"])
+
+
+def test_a_folder_without_policies_is_an_error_not_a_pass(
+    generated: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CI gate must not pass on a mistyped or empty folder."""
+    bundle, _ = generated
+    (tmp_path / "empty").mkdir()
+    assert main(["verify", str(bundle), str(tmp_path / "empty")]) == ExitStatus.ERROR
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'empty'}: no NetworkPolicy found there, nothing to verify" in err
+    assert "OK" not in err
+
+
+def test_swapped_arguments_get_a_hint(
+    generated: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle, policies = generated
+    assert main(["verify", str(policies), str(bundle)]) == ExitStatus.ERROR
+    assert "the arguments are the other way round" in capsys.readouterr().err
 
 
 def test_diff_shows_the_removed_rule(
@@ -221,9 +251,8 @@ def test_connections_never_established_are_named_as_not_checked(
         (T0 + 30.001, tcp(CART_IP, 7777, FRONTEND_IP, 41001, 0x14)),  # RST+ACK
     ]
     write_pcap(bundle / "captures" / "web" / FRONTEND_POD / "capture.pcap1", refused)
-    empty = tmp_path / "none"
-    empty.mkdir()
-    assert main(["verify", str(bundle), str(empty), "--json"]) == ExitStatus.OK
+    none = no_isolation(tmp_path / "none")
+    assert main(["verify", str(bundle), str(none), "--json"]) == ExitStatus.OK
     notes = json.loads(capsys.readouterr().out)["notes"]
     assert (
         f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7777"

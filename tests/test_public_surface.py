@@ -1,5 +1,5 @@
 """The public surface of the analyser and webhook packages is exactly their ``__all__``, and the
-analyser's docstring says where every module stands."""
+docstrings of the analyser, the collector and the kernel say where every module stands."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from types import ModuleType
 import pytest
 
 import analyser
+import collector
+import kernel
 import webhook
 
 
@@ -27,7 +29,20 @@ def test_all_lists_every_public_name_and_only_those(package: ModuleType) -> None
     } - {"annotations", "importlib", "TYPE_CHECKING"}
     assert sorted(package.__all__) == sorted(public)
     assert package.__all__ == sorted(package.__all__)
-    assert sorted(dir(package)) == sorted(set(dir(package)) | set(package.__all__))
+
+
+def test_the_analysers_dir_lists_its_exports_before_they_are_imported() -> None:
+    """``dir(analyser)`` (what completion and ``help`` show) names every export while none of
+    them has been imported yet: the lazy imports hide nothing."""
+    code = (
+        "import analyser; names = dir(analyser); "
+        "print(all(n in names for n in analyser.__all__), "
+        "any(n in vars(analyser) for n in analyser.__all__))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True", "False"]
 
 
 def test_the_analyser_imports_its_exports_on_first_use() -> None:
@@ -47,12 +62,15 @@ def test_the_analyser_imports_its_exports_on_first_use() -> None:
         analyser.nothing  # noqa: B018
 
 
-def test_the_package_docstring_places_every_module() -> None:
+@pytest.mark.parametrize("package", [analyser, collector, kernel], ids=lambda p: p.__name__)
+def test_the_package_docstring_places_every_module(package: ModuleType) -> None:
     listed = {
-        line.split()[0] for line in (analyser.__doc__ or "").splitlines() if line[:4] == " " * 4
+        line.split()[0]
+        for line in (package.__doc__ or "").splitlines()
+        if line[:4] == " " * 4 and line[4] != " "
     }
     # mypyc's runtime for the compiled packets module (setup.py) is no module of ours.
     modules = {
-        m.name for m in pkgutil.iter_modules(analyser.__path__) if not m.name.endswith("__mypyc")
-    } - {"errors"}
+        m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.endswith("__mypyc")
+    }
     assert sorted(listed) == sorted(modules)

@@ -7,8 +7,9 @@ module that imports FastAPI, ``serving`` the only one that imports uvicorn, ``wo
 processes). The public surface is listed in ``__all__``.
 """
 
+from kernel.capture import CaptureMode
 from webhook.admission import Admission, Outcome, UnreadableReview, admit
-from webhook.capture import CaptureMode, CaptureOptions, sidecar_container, tcpdump_argv
+from webhook.capture import CaptureOptions, sidecar_container, tcpdump_argv
 from webhook.mutations import Injection, Skip, SkipReason, plan_injection
 from webhook.settings import ServingLimits, WebhookSettings, build_settings
 

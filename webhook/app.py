@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from analyser.errors import ConfigError
+from kernel.errors import ConfigError
 from webhook.admission import (
     Outcome,
     UnreadableReview,

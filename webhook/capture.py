@@ -8,9 +8,10 @@ inside its simulated pods. Pure: data only, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
-DEFAULT_DIRECTORY = "/captures"
+from kernel.capture import CaptureMode, capture_filter
+from kernel.names import CAPTURES_DIRECTORY, CAPTURES_VOLUME, CONTAINER_NAME
+
 DEFAULT_INTERFACE = "any"
 # Big enough for the headers of every packet and for whole DNS answers (names → IPs).
 DEFAULT_SNAPLEN = 512
@@ -20,23 +21,10 @@ DEFAULT_ROTATE_FILES = 10
 DEFAULT_FILE_NAME = "capture.pcap"
 
 
-class CaptureMode(StrEnum):
-    HANDSHAKE = "handshake"  # TCP SYN/FIN/RST, SCTP, UDP and DNS: small, enough for policies
-    FULL = "full"  # the headers of every packet: volumes and long-lived flows too
-
-
-# TCP flags at byte 13 of the TCP header; tcp[tcpflags] only works for IPv4, so IPv6 (without
-# extension headers) reads them at offset 40 + 13.
-_TCP_CONTROL_V4 = "(tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0)"
-_TCP_CONTROL_V6 = "(ip6 and tcp and (ip6[53] & 0x07 != 0))"
-_HANDSHAKE_FILTER = f"{_TCP_CONTROL_V4} or {_TCP_CONTROL_V6} or udp or sctp or (tcp port 53)"
-_FULL_FILTER = "ip or ip6"
-
-
 @dataclass(frozen=True, slots=True)
 class CaptureOptions:
     mode: CaptureMode = CaptureMode.HANDSHAKE
-    directory: str = DEFAULT_DIRECTORY
+    directory: str = CAPTURES_DIRECTORY
     interface: str = DEFAULT_INTERFACE
     snaplen: int = DEFAULT_SNAPLEN
     rotate_megabytes: int = DEFAULT_ROTATE_MEGABYTES
@@ -47,11 +35,6 @@ class CaptureOptions:
     def max_bytes(self) -> int:
         """The most the ring of capture files can hold on disk."""
         return self.rotate_megabytes * 1_000_000 * self.rotate_files
-
-
-def capture_filter(mode: CaptureMode) -> str:
-    """The BPF expression for a capture mode."""
-    return _HANDSHAKE_FILTER if mode is CaptureMode.HANDSHAKE else _FULL_FILTER
 
 
 def tcpdump_argv(options: CaptureOptions) -> list[str]:
@@ -79,8 +62,6 @@ def tcpdump_argv(options: CaptureOptions) -> list[str]:
 
 
 # The sidecar: names users see (ARCHITECTURE.md) and where the downward API lands in it.
-CONTAINER_NAME = "netpol-sniffer-capture"
-CAPTURES_VOLUME = "netpol-sniffer-captures"
 PODINFO_VOLUME = "netpol-sniffer-podinfo"
 PODINFO_DIRECTORY = "/etc/netpol-sniffer/pod"
 # The capture image's entrypoint: writes meta.json, then execs its arguments (tcpdump_argv).
@@ -98,6 +79,15 @@ ENV_NODE_NAME = "NETPOL_SNIFFER_NODE_NAME"
 ENV_CAPTURE_MODE = "NETPOL_SNIFFER_CAPTURE_MODE"
 ENV_CAPTURE_DIRECTORY = "NETPOL_SNIFFER_CAPTURE_DIR"
 ENV_LABELS_FILE = "NETPOL_SNIFFER_LABELS_FILE"
+
+# The node capture (manifests/node-capture), besides ENV_NODE_NAME and the capture directory and
+# mode: the entrypoint writes a node's meta.json and keeps only the pod networks (``all``: every
+# packet of the node) by adding them to tcpdump's filter.
+ENV_VANTAGE = "NETPOL_SNIFFER_VANTAGE"
+NODE_VANTAGE = "node"
+ENV_NODE_IPS = "NETPOL_SNIFFER_NODE_IPS"
+ENV_POD_NETWORKS = "NETPOL_SNIFFER_POD_NETWORKS"
+ALL_NETWORKS = "all"
 
 _FIELD_ENV = (
     (ENV_POD_NAME, "metadata.name"),

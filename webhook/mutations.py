@@ -14,11 +14,16 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from webhook.capture import (
+from kernel.capture import CaptureMode
+from kernel.names import (
+    CAPTURE_DISABLED,
+    CAPTURE_LABEL,
     CAPTURES_VOLUME,
     CONTAINER_NAME,
+    STATUS_ANNOTATION,
+)
+from webhook.capture import (
     PODINFO_VOLUME,
-    CaptureMode,
     CaptureOptions,
     SidecarResources,
     sidecar_container,
@@ -28,12 +33,6 @@ from webhook.quantities import parse_quantity
 from webhook.reviews import PatchOperation
 from webhook.settings import WebhookSettings, resources_problem
 
-CAPTURE_LABEL = "netpol-sniffer.io/capture"
-# A namespace opts in with CAPTURE_LABEL=CAPTURE_ENABLED (the webhook configuration's
-# namespaceSelector); a pod opts out with CAPTURE_LABEL=OPTED_OUT.
-CAPTURE_ENABLED = "enabled"
-OPTED_OUT = "disabled"
-STATUS_ANNOTATION = "netpol-sniffer.io/status"
 # Per-pod overrides. A bad value gets a warning and the configured default, never a blocked pod.
 MODE_ANNOTATION = "netpol-sniffer.io/capture-mode"
 RESOURCE_ANNOTATIONS = {
@@ -215,8 +214,10 @@ def _skip(
         return Skip(SkipReason.EXCLUDED_NAMESPACE, f"namespace {namespace} is excluded")
     if spec.get("hostNetwork") is True:
         return Skip(SkipReason.HOST_NETWORK, "hostNetwork pods would capture the node's traffic")
-    if labels.get(CAPTURE_LABEL) == OPTED_OUT:
-        return Skip(SkipReason.OPTED_OUT, f"the pod is labelled {CAPTURE_LABEL}={OPTED_OUT}")
+    if labels.get(CAPTURE_LABEL) == CAPTURE_DISABLED:
+        return Skip(
+            SkipReason.OPTED_OUT, f"the pod is labelled {CAPTURE_LABEL}={CAPTURE_DISABLED}"
+        )
     os_field = spec.get("os")
     if isinstance(os_field, Mapping) and os_field.get("name") == "windows":
         return Skip(SkipReason.WINDOWS, "the capture sidecar is a Linux container")

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from analyser.errors import ConfigError
+from kernel.errors import ConfigError
 from webhook.settings import ServingLimits
 from webhook.tls import TlsReloader
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-from analyser.errors import ConfigError
-from webhook.capture import CaptureMode, CaptureOptions, SidecarResources
+from kernel.capture import CaptureMode
+from kernel.errors import ConfigError
+from webhook.capture import CaptureOptions, SidecarResources
 from webhook.quantities import parse_quantity
 
 DEFAULT_CAPTURE_IMAGE = "netpol-sniffer-capture:0.1.0"

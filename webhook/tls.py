@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from analyser.errors import ConfigError
+from kernel.errors import ConfigError
 
 DEFAULT_POLL_SECONDS = 5.0
 

@@ -3,13 +3,14 @@ its pods, Services and nodes have, and a flow factory, for graph and policy test
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from pathlib import Path
 
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
 from analyser.identities import Resolver
-from analyser.snapshot import Snapshot, load_pod_ip_history, load_snapshot, parse_timestamp
+from analyser.snapshot import Snapshot, load_pod_ip_history, load_snapshot
+from kernel.times import parse_timestamp
 
 DATA = Path(__file__).parent.parent / "data" / "snapshots"
 
@@ -81,10 +82,12 @@ def resolver() -> Resolver:
 
 
 class FakeDns:
-    """A DNS table: address → names, whatever the time."""
+    """DNS names: server address → names, whatever the time, client or capture."""
 
     def __init__(self, names: Mapping[str, Iterable[str]]) -> None:
         self._names = {ip: tuple(sorted(n)) for ip, n in names.items()}
 
-    def names_for(self, ip: str, at: float) -> tuple[str, ...]:
-        return self._names.get(ip, ())
+    def names_for_flow(
+        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None
+    ) -> tuple[str, ...]:
+        return self._names.get(flow.server.ip, ())

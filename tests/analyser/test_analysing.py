@@ -4,6 +4,7 @@ report; and the output directory rules (earlier output replaced, other files pro
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import subprocess
@@ -13,14 +14,21 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from bundle_builders import API_IP, API_IP6, API_NAME, CART_POD, GHOST_IP, make_bundle
 
 from analyser import analysing
-from analyser.analysing import OUTPUT_MARKER, Analysis, analyse, write_output
+from analyser.analysing import (
+    LEGACY_OUTPUT_MARKER,
+    OUTPUT_MARKER,
+    Analysis,
+    analyse,
+    write_output,
+)
 from analyser.bundles import open_bundle
-from analyser.errors import OutputError, RenderError, UnsafePolicies
 from analyser.flows import Evidence
-from analyser.policies import Policy
+from analyser.policies import PolicyPlan, synthesize
+from kernel.errors import OutputError, RenderError, UnsafePolicies
+from tests.bundle_builders import API_IP, API_IP6, API_NAME, CART_POD, GHOST_IP, make_bundle
+from tests.kubectl import kubectl
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -32,11 +40,15 @@ def tree(root: Path) -> dict[str, str]:
 
 
 FIRST = {
-    "kustomization.yaml": "resources: [a/x.yaml, b/y.yaml]\n",
-    "a/x.yaml": "x\n",
+    "Kustomization": "resources: [a.x.yaml, b/y.yaml]\n",
+    "a.x.yaml": "x\n",
     "b/y.yaml": "y\n",
     "report.md": "# one\n",
 }
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_writes_files_and_a_marker_into_a_new_directory(tmp_path: Path) -> None:
@@ -46,13 +58,18 @@ def test_writes_files_and_a_marker_into_a_new_directory(tmp_path: Path) -> None:
     files = tree(out)
     marker = json.loads(files.pop(OUTPUT_MARKER))
     assert files == FIRST
-    assert marker == {"generated_by": "netpol-sniffer", "files": sorted(FIRST)}
+    assert marker == {
+        "generated_by": "netpol-sniffer",
+        "files": {path: sha256(text) for path, text in sorted(FIRST.items())},
+    }
+    # Nothing a manifest reader (kubectl apply -f/-R, Argo CD, kubeconform) would decode.
+    assert not OUTPUT_MARKER.endswith((".json", ".yaml", ".yml"))
 
 
 def test_a_second_run_replaces_the_first_and_removes_its_stale_files(tmp_path: Path) -> None:
     out = tmp_path / "out"
     write_output(FIRST, out)
-    second = {"kustomization.yaml": "resources: [a/z.yaml]\n", "a/z.yaml": "z\n"}
+    second = {"Kustomization": "resources: [a/z.yaml]\n", "a/z.yaml": "z\n"}
     write_output(second, out)
     files = tree(out)
     files.pop(OUTPUT_MARKER)
@@ -71,7 +88,7 @@ def test_other_files_are_protected_unless_forced(tmp_path: Path) -> None:
     write_output(FIRST, out, force=True)
     files = tree(out)
     assert files["a/mine.yaml"] == "keep me\n"
-    assert files["a/x.yaml"] == "x\n"
+    assert files["a.x.yaml"] == "x\n"
     # the forced files stay foreign: a later run without --force still refuses
     with pytest.raises(OutputError):
         write_output(FIRST, out)
@@ -79,7 +96,7 @@ def test_other_files_are_protected_unless_forced(tmp_path: Path) -> None:
 
 def test_an_empty_existing_directory_is_fine(tmp_path: Path) -> None:
     write_output(FIRST, tmp_path)
-    assert (tmp_path / "a" / "x.yaml").read_text() == "x\n"
+    assert (tmp_path / "a.x.yaml").read_text() == "x\n"
 
 
 def test_a_file_in_place_of_the_directory_is_an_error(tmp_path: Path) -> None:
@@ -93,6 +110,35 @@ def test_paths_outside_the_directory_are_refused(tmp_path: Path, path: str) -> N
     with pytest.raises(OutputError, match="not a path inside"):
         write_output({path: "x"}, tmp_path / "out")
     assert not (tmp_path / "escape.yaml").exists()
+
+
+def test_a_hand_edited_file_is_not_overwritten_unless_forced(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_output(FIRST, out)
+    (out / "a.x.yaml").write_text("x, edited by hand\n")
+    edited = r"a\.x\.yaml changed since netpol-sniffer wrote it.*--force"
+    with pytest.raises(OutputError, match=edited):
+        write_output(FIRST, out)
+    assert (out / "a.x.yaml").read_text() == "x, edited by hand\n"
+    (out / "b" / "y.yaml").unlink()  # a deleted file is no edit to keep
+    write_output(FIRST, out, force=True)
+    assert tree(out)["a.x.yaml"] == "x\n"
+    write_output(FIRST, out)  # what --force wrote is the run's own again
+
+
+def test_the_marker_of_an_earlier_version_is_taken_over(tmp_path: Path) -> None:
+    """Output of a version that wrote .netpol-sniffer-output.json and kustomization.yaml, with
+    policies in namespace folders: replaced without --force, the old marker gone."""
+    out = tmp_path / "out"
+    old = {"kustomization.yaml": "resources: [a/x.yaml]\n", "a/x.yaml": "x\n"}
+    for path, text in old.items():
+        (out / path).parent.mkdir(parents=True, exist_ok=True)
+        (out / path).write_text(text)
+    (out / LEGACY_OUTPUT_MARKER).write_text(json.dumps({"files": sorted(old)}))
+    write_output(FIRST, out)
+    files = tree(out)
+    files.pop(OUTPUT_MARKER)
+    assert files == FIRST
 
 
 def test_an_unreadable_marker_is_an_error(tmp_path: Path) -> None:
@@ -123,8 +169,8 @@ def analysis(tmp_path_factory: pytest.TempPathFactory) -> Analysis:
 
 
 def test_the_service_case_allows_the_target_port_not_the_service_port(analysis: Analysis) -> None:
-    frontend = policy(analysis, "web/frontend.yaml")["spec"]
-    cart = policy(analysis, "shop/cart.yaml")["spec"]
+    frontend = policy(analysis, "web.frontend.yaml")["spec"]
+    cart = policy(analysis, "shop.cart.yaml")["spec"]
     cart_pods = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}},
         "podSelector": {"matchLabels": {"app": "cart"}},
@@ -143,23 +189,23 @@ def test_the_service_case_allows_the_target_port_not_the_service_port(analysis: 
 
 
 def test_selectors_drop_volatile_labels(analysis: Analysis) -> None:
-    assert policy(analysis, "shop/cart.yaml")["spec"]["podSelector"] == {
+    assert policy(analysis, "shop.cart.yaml")["spec"]["podSelector"] == {
         "matchLabels": {"app": "cart"}
     }
 
 
 def test_external_addresses_are_single_ip_blocks_with_their_dns_names(analysis: Analysis) -> None:
-    cart = policy(analysis, "shop/cart.yaml")
+    cart = policy(analysis, "shop.cart.yaml")
     egress = peers_and_ports(cart["spec"]["egress"], "to")
     for cidr in (f"{API_IP}/32", f"{API_IP6}/128"):
         assert ([{"ipBlock": {"cidr": cidr}}], [{"protocol": "TCP", "port": 443}]) in egress
     names = json.loads(cart["metadata"]["annotations"]["netpol-sniffer.io/dns-names"])
     assert names == {f"{API_IP}/32": [API_NAME], f"{API_IP6}/128": [API_NAME]}
-    assert f"# {API_IP6}/128: {API_NAME}\n" in analysis.files["shop/cart.yaml"]
+    assert f"# {API_IP6}/128: {API_NAME}\n" in analysis.files["shop.cart.yaml"]
 
 
 def test_dns_egress_goes_to_the_cluster_dns_pods_only(analysis: Analysis) -> None:
-    for path in ("web/frontend.yaml", "shop/cart.yaml"):
+    for path in ("web.frontend.yaml", "shop.cart.yaml"):
         egress = policy(analysis, path)["spec"]["egress"]
         dns = [r for r in egress if any(p.get("port") == 53 for p in r.get("ports", []))]
         assert len(dns) == 1, path
@@ -175,15 +221,17 @@ def test_dns_egress_goes_to_the_cluster_dns_pods_only(analysis: Analysis) -> Non
 
 
 def test_only_captured_workloads_get_policies(analysis: Analysis) -> None:
-    assert analysis.policy_files == ("shop/cart.yaml", "web/frontend.yaml")
+    assert analysis.policy_files == ("shop.cart.yaml", "web.frontend.yaml")
     assert list(analysis.files) == [
+        "Kustomization",
         "graph.dot",
         *(["graph.svg"] if shutil.which("dot") else []),
-        "kustomization.yaml",
         "report.md",
-        "shop/cart.yaml",
-        "web/frontend.yaml",
+        "shop.cart.yaml",
+        "web.frontend.yaml",
     ]
+    # The report counts the policies, not the graph's files beside them.
+    assert "| policy files | 2 |" in analysis.files["report.md"]
 
 
 def test_every_policy_validates_against_the_openapi_schema(analysis: Analysis) -> None:
@@ -216,7 +264,7 @@ def test_the_summary_is_json(analysis: Analysis) -> None:
     summary = json.loads(json.dumps(analysis.summary()))
     assert summary["bundle"] == analysis.bundle.name
     assert summary["window"] == {"start": "2026-01-01T10:00:00Z", "end": "2026-01-01T10:01:00Z"}
-    assert summary["policies"] == ["shop/cart.yaml", "web/frontend.yaml"]
+    assert summary["policies"] == ["shop.cart.yaml", "web.frontend.yaml"]
     assert summary["flows"] == len(analysis.flows)
     assert summary["evidence"]["handshake"] == analysis.evidence_counts[Evidence.HANDSHAKE]
 
@@ -234,7 +282,7 @@ def test_a_graph_too_big_to_draw_costs_only_the_svg_with_a_note(
     monkeypatch.setattr(analysing, "MAX_SVG_NODES", 2)
     big = analyse(open_bundle(make_bundle(tmp_path / "bundle")), workers=1)
     assert "graph.svg" not in big.files and "graph.dot" in big.files
-    assert big.policy_files == ("shop/cart.yaml", "web/frontend.yaml")
+    assert big.policy_files == ("shop.cart.yaml", "web.frontend.yaml")
     (note,) = big.notes
     assert note.startswith("graph.svg not drawn: the graph has ") and "graph.dot is written" in note
     assert f"Note: {note}" in big.files["report.md"]
@@ -248,7 +296,7 @@ def test_graphviz_failing_costs_only_the_svg(
         raise RenderError("Graphviz took longer than 120s on graph.dot")
 
     monkeypatch.setattr(analysing, "render_svg", too_slow)
-    monkeypatch.setattr(analysing.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     result = analyse(open_bundle(make_bundle(tmp_path / "bundle")), workers=1)
     assert "graph.svg" not in result.files
     assert result.notes == (
@@ -269,20 +317,20 @@ def test_output_is_byte_identical_across_runs_and_worker_counts(
 def test_default_deny_adds_one_policy_per_namespace(analysis: Analysis) -> None:
     with_deny = analyse(open_bundle(analysis.bundle.root), default_deny=True, workers=1)
     assert with_deny.policy_files == (
-        "shop/cart.yaml",
-        "shop/default-deny-all.yaml",
-        "web/default-deny-all.yaml",
-        "web/frontend.yaml",
+        "shop.cart.yaml",
+        "shop.default-deny-all.yaml",
+        "web.default-deny-all.yaml",
+        "web.frontend.yaml",
     )
-    kustomization = yaml.safe_load(with_deny.files["kustomization.yaml"])
+    kustomization = yaml.safe_load(with_deny.files["Kustomization"])
     assert kustomization["resources"] == list(with_deny.policy_files)
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.kubectl
 def test_kustomize_builds_the_written_directory(analysis: Analysis, tmp_path: Path) -> None:
     write_output(analysis.files, tmp_path)
     built = subprocess.run(
-        ["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
+        [kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert built.returncode == 0, built.stderr
     names = sorted(d["metadata"]["name"] for d in yaml.safe_load_all(built.stdout) if d)
@@ -292,13 +340,12 @@ def test_kustomize_builds_the_written_directory(analysis: Analysis, tmp_path: Pa
 def test_policies_that_would_deny_an_observed_flow_are_refused(
     analysis: Analysis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = analysing.synthesize
+    real = synthesize
 
-    def forgetful(*args: Any, **kwargs: Any) -> Any:
-        return [
-            dataclasses.replace(p, ingress=()) if isinstance(p, Policy) else p
-            for p in real(*args, **kwargs)
-        ]
+    def forgetful(*args: Any, **kwargs: Any) -> PolicyPlan:
+        plan = real(*args, **kwargs)
+        without_ingress = tuple(dataclasses.replace(p, ingress=()) for p in plan.policies)
+        return dataclasses.replace(plan, policies=without_ingress)
 
     monkeypatch.setattr(analysing, "synthesize", forgetful)
     with pytest.raises(

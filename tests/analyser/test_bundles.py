@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from analyser.bundles import (
-    CaptureEntry,
-    FileProblem,
-    Manifest,
-    Window,
-    entries_for_layout,
-    open_bundle,
-    parse_manifest,
-    write_manifest,
-)
-from analyser.errors import BundleError
+from analyser.bundles import FileProblem, open_bundle, parse_manifest
+from kernel.bundles import CaptureEntry, Manifest, Window, entries_for_layout, write_manifest
+from kernel.errors import BundleError
 
 WINDOW = {"start": "2026-01-01T10:00:00Z", "end": "2026-01-01T11:00:00+00:00"}
 
@@ -168,6 +160,14 @@ def test_a_yaml_snapshot_is_accepted(tmp_path: Path) -> None:
     assert open_bundle(tmp_path).snapshot == tmp_path.resolve() / "snapshot.yaml"
 
 
+def test_a_bundle_one_level_down_is_pointed_at(tmp_path: Path) -> None:
+    """``analyse examples/microservices-demo`` names the bundle inside instead of asking for a
+    snapshot."""
+    make_bundle(tmp_path / "demo" / "bundle")
+    with pytest.raises(BundleError, match=r"but .*demo/bundle is a bundle: give that folder"):
+        open_bundle(tmp_path / "demo")
+
+
 def test_no_snapshot_is_an_error_that_says_how_to_make_one(tmp_path: Path) -> None:
     write(tmp_path / "a.pcap", b"a")
     with pytest.raises(BundleError, match=r"no snapshot\.json .*kubectl get"):
@@ -185,7 +185,7 @@ def test_a_missing_directory_or_a_file_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"format_version": 2}, "format_version 2 is not supported"),
+        ({"format_version": 3}, "format_version 3 is not supported"),
         ({"format_version": "1"}, "'format_version' must be a whole number"),
         ({"producer": "me"}, "producer must be one of collect, lab"),
         ({"window": {"start": "yesterday", "end": WINDOW["end"]}}, "window.start"),
@@ -215,6 +215,13 @@ def test_a_manifest_that_is_not_json(tmp_path: Path) -> None:
         parse_manifest("{nope", source="b/bundle.json")
 
 
+def test_a_manifest_nested_too_deep_is_one_error_line() -> None:
+    deep = '{"format_version": 1, "producer": "lab", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(BundleError, match=r"^b/bundle\.json: nested more than 100 lists") as caught:
+        parse_manifest(deep, source="b/bundle.json")
+    assert "\n" not in str(caught.value)
+
+
 def test_written_manifests_read_back_and_match_the_files(tmp_path: Path) -> None:
     root = make_bundle(tmp_path / "b")
     (root / "bundle.json").unlink()
@@ -233,7 +240,8 @@ def test_written_manifests_read_back_and_match_the_files(tmp_path: Path) -> None
         ("shop", "cart-1"),
         ("web", "front-1"),
     ]
-    assert parse_manifest(manifest.to_json(), source="x").to_json() == manifest.to_json()
+    text = json.dumps(manifest.as_json())
+    assert parse_manifest(text, source="x").as_json() == manifest.as_json()
 
 
 def test_a_manifest_written_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
@@ -241,3 +249,70 @@ def test_a_manifest_written_with_a_byte_order_mark_is_read(tmp_path: Path) -> No
     manifest = root / "bundle.json"
     manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_bytes())
     assert open_bundle(root).manifest is not None
+
+
+SECRET = b"root:SECRET-FROM-OUTSIDE:0:0\n"
+
+
+def test_files_linked_out_of_the_bundle_are_not_read(tmp_path: Path) -> None:
+    """A tampered bundle links its files to files of the machine that analyses it: none is read,
+    and each is named as such."""
+    root = make_bundle(tmp_path / "bundle")
+    secret = write(tmp_path / "elsewhere" / "secret", SECRET)
+    (root / "captures/web/front-1/other.pcap").symlink_to(secret)
+    (root / "captures/web/front-1/meta.json").unlink()
+    (root / "captures/web/front-1/meta.json").symlink_to(secret)
+    (root / "pod-ips.jsonl").unlink()
+    (root / "pod-ips.jsonl").symlink_to(secret)
+    # A link that stays inside the bundle is followed as before.
+    (root / "captures/web/front-1/again.pcap").symlink_to(
+        root / "captures/web/front-1/capture.pcapng"
+    )
+    bundle = open_bundle(root)
+    names = [bundle.relative(p) for p in bundle.captures]
+    assert "captures/web/front-1/other.pcap" not in names
+    assert "captures/web/front-1/again.pcap" in names
+    assert bundle.pod_ips is None
+    assert root / "captures/web/front-1/meta.json" not in bundle.capture_metas
+    outside = "a symbolic link to outside the bundle: not read (copy the file into the bundle)"
+    assert {p for p in bundle.problems if p.problem == outside} == {
+        FileProblem("captures/web/front-1/other.pcap", outside),
+        FileProblem("captures/web/front-1/meta.json", outside),
+        FileProblem("pod-ips.jsonl", outside),
+    }
+
+
+def test_a_capture_listed_in_the_manifest_but_linked_out_is_not_hashed_nor_read(
+    tmp_path: Path,
+) -> None:
+    root = make_bundle(tmp_path / "bundle")
+    secret = write(tmp_path / "elsewhere" / "secret", SECRET)
+    capture = root / "captures/web/front-1/capture.pcapng"
+    capture.unlink()
+    capture.symlink_to(secret)
+    bundle = open_bundle(root)
+    assert capture not in bundle.captures
+    assert [p.path for p in bundle.problems] == ["captures/web/front-1/capture.pcapng"]
+
+
+def test_a_bundle_whose_only_captures_are_linked_out_has_no_capture(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    write(root / "snapshot.json", b'{"kind": "List", "items": []}')
+    (root / "a.pcap").symlink_to(write(tmp_path / "elsewhere" / "a.pcap", SECRET))
+    with pytest.raises(BundleError, match="1 symbolic links to outside the bundle"):
+        open_bundle(root)
+
+
+def test_a_snapshot_linked_out_of_the_bundle_is_an_error(tmp_path: Path) -> None:
+    root = make_bundle(tmp_path / "bundle")
+    (root / "snapshot.json").unlink()
+    (root / "snapshot.json").symlink_to(write(tmp_path / "elsewhere" / "secret", SECRET))
+    with pytest.raises(BundleError, match="symbolic link to outside the bundle") as error:
+        open_bundle(root)
+    assert "SECRET" not in str(error.value)
+    (root / "snapshot.json").unlink()
+    folder = root / "snapshot"
+    write(folder / "a.json", b'{"kind": "List", "items": []}')
+    (folder / "b.yaml").symlink_to(tmp_path / "elsewhere" / "secret")
+    with pytest.raises(BundleError, match=r"b\.yaml: a symbolic link to outside the bundle"):
+        open_bundle(root)

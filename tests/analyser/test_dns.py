@@ -1,13 +1,17 @@
-"""dns: answers → IP ↔ names with times; CNAME chains give every name; tables merge; TCP
-segments → whole messages within fixed limits."""
+"""dns: answers → IP ↔ names with times, per client and vantage point; CNAME chains give every
+name; invalid names are left out; tables merge; TCP segments → whole messages within fixed
+limits."""
 
 from __future__ import annotations
 
 import struct
 
-from analyser.dns import CLOCK_SKEW, DnsName, DnsTable, TcpDnsStreams
+from analyser.dns import CLOCK_SKEW, DnsName, DnsNames, DnsTable, TcpDnsStreams
+from analyser.flows import Endpoint, Evidence, Flow, Protocol
 from analyser.packets import DnsFault, DnsResponse
 from tests.analyser.packet_builders import dns_response
+
+CLIENT = "10.244.0.7"  # the address the answers were sent to
 
 CHAIN = DnsResponse(
     "www.shop.example",
@@ -18,7 +22,7 @@ CHAIN = DnsResponse(
 
 def test_a_cname_chain_names_the_address_with_every_name_on_it() -> None:
     table = DnsTable()
-    table.add(CHAIN, at=100.0)
+    table.add(CHAIN, at=100.0, client=CLIENT)
     expected = ("edge.cdn.example", "shop.example", "www.shop.example")
     assert table.names_for("192.0.2.7") == expected
     assert table.names_for("2001:db8::7") == expected
@@ -32,14 +36,18 @@ def test_unrelated_aliases_do_not_leak_onto_an_address() -> None:
         (("other.example", "elsewhere.example"),),
     )
     table = DnsTable()
-    table.add(response, at=1.0)
+    table.add(response, at=1.0, client=CLIENT)
     assert table.names_for("192.0.2.1") == ("a.example",)
 
 
 def test_names_for_a_time_only_uses_answers_seen_by_then() -> None:
     table = DnsTable()
-    table.add(DnsResponse("old.example", (("old.example", "192.0.2.1"),), ()), at=100.0)
-    table.add(DnsResponse("new.example", (("new.example", "192.0.2.1"),), ()), at=200.0)
+    table.add(
+        DnsResponse("old.example", (("old.example", "192.0.2.1"),), ()), at=100.0, client=CLIENT
+    )
+    table.add(
+        DnsResponse("new.example", (("new.example", "192.0.2.1"),), ()), at=200.0, client=CLIENT
+    )
     assert table.names_for("192.0.2.1", at=150.0) == ("old.example",)
     assert table.names_for("192.0.2.1", at=200.0 - CLOCK_SKEW / 2) == ("new.example", "old.example")
     assert table.names_for("192.0.2.1", at=50.0) == ()
@@ -48,9 +56,9 @@ def test_names_for_a_time_only_uses_answers_seen_by_then() -> None:
 
 def test_merge_keeps_first_and_last_and_iteration_is_sorted() -> None:
     early, late = DnsTable(), DnsTable()
-    early.add(CHAIN, at=100.0)
-    late.add(CHAIN, at=300.0)
-    late.add(DnsResponse("a.example", (("a.example", "10.0.0.1"),), ()), at=250.0)
+    early.add(CHAIN, at=100.0, client=CLIENT)
+    late.add(CHAIN, at=300.0, client=CLIENT)
+    late.add(DnsResponse("a.example", (("a.example", "10.0.0.1"),), ()), at=250.0, client=CLIENT)
     merged = DnsTable()
     merged.merge(late)
     merged.merge(early)
@@ -64,14 +72,102 @@ def test_merge_keeps_first_and_last_and_iteration_is_sorted() -> None:
 def test_payloads_over_udp_and_tcp_and_faults() -> None:
     answer = dns_response("a.example", [("a.example", "A", "192.0.2.1")])
     table = DnsTable()
-    assert table.add_payload(answer, over_tcp=False, at=1.0) is None
+    assert table.add_payload(answer, over_tcp=False, at=1.0, client=CLIENT) is None
     framed = struct.pack("!H", len(answer)) + answer
-    assert table.add_payload(framed, over_tcp=True, at=2.0) is None
+    assert table.add_payload(framed, over_tcp=True, at=2.0, client=CLIENT) is None
     assert list(table) == [DnsName("192.0.2.1", "a.example", 1.0, 2.0)]
-    assert table.add_payload(answer[:20], over_tcp=False, at=3.0) is DnsFault.TRUNCATED
-    assert table.add_payload(b"\x00\x01\x81\x80" + b"\xff" * 30, over_tcp=False, at=3.0) in (
+    assert (
+        table.add_payload(answer[:20], over_tcp=False, at=3.0, client=CLIENT) is DnsFault.TRUNCATED
+    )
+    assert table.add_payload(
+        b"\x00\x01\x81\x80" + b"\xff" * 30, over_tcp=False, at=3.0, client=CLIENT
+    ) in (
         DnsFault.MALFORMED,
         DnsFault.TRUNCATED,
+    )
+
+
+def test_a_payload_with_invalid_names_records_the_rest_and_says_so() -> None:
+    answer = dns_response(
+        "a.example", [("a.example", "A", "192.0.2.1"), ("evil\u2028x.example", "A", "192.0.2.2")]
+    )
+    table = DnsTable()
+    assert table.add_payload(answer, over_tcp=False, at=1.0, client=CLIENT) is DnsFault.BAD_NAME
+    assert list(table) == [DnsName("192.0.2.1", "a.example", 1.0, 1.0)]
+
+
+def test_a_payload_not_sent_from_port_53_names_nothing_but_its_faults_count() -> None:
+    answer = dns_response("a.example", [("a.example", "A", "192.0.2.1")])
+    table = DnsTable()
+    assert table.add_payload(answer, over_tcp=False, at=1.0, client=None) is None
+    assert table.add_payload(answer[:20], over_tcp=False, at=1.0, client=None) is (
+        DnsFault.TRUNCATED
+    )
+    assert len(table) == 0
+
+
+def test_names_are_per_client() -> None:
+    table = DnsTable()
+    table.add(CHAIN, at=1.0, client=CLIENT)
+    table.add(
+        DnsResponse("other.example", (("other.example", "192.0.2.7"),), ()),
+        at=1.0,
+        client="10.244.0.9",
+    )
+    assert table.names_for("192.0.2.7", asked_by=CLIENT.__eq__) == (
+        "edge.cdn.example",
+        "shop.example",
+        "www.shop.example",
+    )
+    assert table.names_for("192.0.2.7", asked_by="10.244.0.9".__eq__) == ("other.example",)
+    assert len(table.names_for("192.0.2.7")) == 4  # anyone's
+
+
+def _flow(client: str, server: str, capture: str, at: float = 10.0) -> Flow:
+    return Flow(
+        Protocol.TCP,
+        Endpoint(client, 40000),
+        Endpoint(server, 443),
+        at,
+        at + 1,
+        4,
+        400,
+        frozenset({capture}),
+        Evidence.HANDSHAKE,
+    )
+
+
+def test_a_flow_takes_names_only_from_its_own_vantage_point_and_client() -> None:
+    frontend, payments = DnsTable(), DnsTable()
+    frontend.add(
+        DnsResponse("evil.example", (("evil.example", "192.0.2.7"),), ()), at=1.0, client=CLIENT
+    )
+    payments.add(
+        DnsResponse("pay.example", (("pay.example", "192.0.2.7"),), ()), at=1.0, client="10.244.0.9"
+    )
+    names = DnsNames()
+    names.add("captures/default/frontend/capture.pcap0", "pod default/frontend", frontend)
+    names.add("captures/default/frontend/capture.pcap1", "pod default/frontend", DnsTable())
+    names.add("captures/default/payments/capture.pcap0", "pod default/payments", payments)
+    assert names.vantages == ("pod default/frontend", "pod default/payments")
+    # The payments pod's own flow, seen by its capture: only its own answer names the address.
+    paying = _flow("10.244.0.9", "192.0.2.7", "captures/default/payments/capture.pcap0")
+    assert names.names_for_flow(paying) == ("pay.example",)
+    # The frontend's flow in another file of its vantage point takes the frontend's answer.
+    shopping = _flow(CLIENT, "192.0.2.7", "captures/default/frontend/capture.pcap1")
+    assert names.names_for_flow(shopping) == ("evil.example",)
+    # An answer sent to another address of the client (a dual-stack pod) counts when accepted.
+    dual = _flow("fd00::7", "192.0.2.7", "captures/default/frontend/capture.pcap1")
+    assert names.names_for_flow(dual) == ()
+    assert names.names_for_flow(dual, asked_by={CLIENT, "fd00::7"}.__contains__) == (
+        "evil.example",
+    )
+    # Answers captured after the flow began do not name it.
+    assert (
+        names.names_for_flow(
+            _flow(CLIENT, "192.0.2.7", "captures/default/frontend/capture.pcap1", at=-5.0)
+        )
+        == ()
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from analyser.flows import (
     ROLE_ACCEPTOR,
     ROLE_CLOSER,
+    ROLE_DISOWNER,
     ROLE_OPENER,
     CaptureConversations,
     Conversation,
@@ -63,7 +64,8 @@ def test_handshake_roles_of_tcp_and_sctp() -> None:
     assert handshake_role(6, 0x12) == ROLE_ACCEPTOR
     assert handshake_role(6, 0x10) == 0
     assert handshake_role(6, 0x11) == ROLE_CLOSER  # FIN+ACK
-    assert handshake_role(6, 0x14) == 0  # RST+ACK
+    assert handshake_role(6, 0x14) == 0  # RST+ACK: refusing a SYN, or aborting its own connection
+    assert handshake_role(6, 0x04) == ROLE_DISOWNER  # RST alone: "not my connection"
     assert handshake_role(132, 1) == ROLE_OPENER
     assert handshake_role(132, 2) == ROLE_ACCEPTOR
     assert handshake_role(17, 2) == 0
@@ -115,6 +117,33 @@ def test_adding_captures_is_order_independent() -> None:
     assert forward.conversations() == backward.conversations()
     (conversation,) = forward.conversations()
     assert (conversation.packets, conversation.first_seen, conversation.last_seen) == (6, 8.0, 13.0)
+
+
+class _Holding:
+    """A vantage point that held ``ip`` from ``since`` on."""
+
+    def __init__(self, ip: str, since: float) -> None:
+        self.ip, self.since = ip, since
+
+    def holds(self, ip: str, first: float, last: float) -> bool:
+        return ip == self.ip and last >= self.since
+
+
+def test_conversations_without_an_end_of_the_vantage_point_are_dropped() -> None:
+    outside = Endpoint("198.51.100.1", 45000)
+    seen = CaptureConversations(
+        "p/capture.pcap",
+        "p/capture.pcap",
+        [
+            _directed(CLIENT, SERVER),  # the vantage point is the client
+            _directed(SERVER, outside),  # neither end is
+            _directed(outside, CLIENT, first=1.0, last=2.0),  # before it held its address
+        ],
+    )
+    assert seen.drop_foreign(_Holding(CLIENT.ip, since=5.0)) == 2
+    table = ConversationTable()
+    table.add(seen)
+    assert [(c.a, c.b) for c in table.conversations()] == [(CLIENT, SERVER)]
 
 
 def test_syn_ack_alone_names_the_client() -> None:
@@ -222,3 +251,92 @@ def test_a_tcp_connection_without_syn_ack_or_fin_is_not_established() -> None:
         (Protocol.TCP, 9999, False),
         (Protocol.UDP, 53, True),
     ]
+
+
+def test_a_syn_ack_its_opener_disowns_with_a_rst_is_not_established() -> None:
+    """A SYN spoofed in the name of another host: the server's SYN+ACK reaches the real host,
+    which answers with a RST without ACK. However often it is repeated, and whichever capture saw
+    which part, it never got going; a connection aborted with RST+ACK (its own) did."""
+    spoofed = Endpoint("203.0.113.9", 40000)
+    scanner = Endpoint("10.1.0.5", 40004)
+    aborted = Endpoint("10.1.0.5", 40005)
+    table = ConversationTable()
+    table.add_capture(
+        "ns/server/capture.pcap",
+        "ns/server/capture.pcap",
+        [
+            # SYN, SYN+ACK, RST (no ACK), 8 times over: more packets than a failed attempt makes
+            _directed(spoofed, SERVER, packets=16, roles=ROLE_OPENER | ROLE_DISOWNER),
+            _directed(SERVER, spoofed, packets=8, roles=ROLE_ACCEPTOR),
+            # a half-open scan seen by the server's capture only from the SYN+ACK on
+            _directed(SERVER, scanner, packets=1, roles=ROLE_ACCEPTOR),
+            _directed(scanner, SERVER, packets=1, roles=ROLE_DISOWNER),
+            # SYN, SYN+ACK, then the client aborts its connection with RST+ACK: it worked
+            _directed(aborted, SERVER, packets=2, roles=ROLE_OPENER),
+            _directed(SERVER, aborted, packets=1, roles=ROLE_ACCEPTOR),
+        ],
+    )
+    # The server disowning a connection (it restarted) says nothing against the client's SYN.
+    table.add_capture(
+        "ns/client/capture.pcap",
+        "ns/client/capture.pcap",
+        [
+            _directed(CLIENT, SERVER, packets=1, roles=ROLE_OPENER),
+            _directed(SERVER, CLIENT, packets=2, roles=ROLE_ACCEPTOR | ROLE_DISOWNER),
+        ],
+    )
+    flows = orient(table.conversations(), None)
+    assert {(f.client, f.established) for f in flows} == {
+        (spoofed, False),
+        (scanner, False),
+        (aborted, True),
+        (CLIENT, True),
+    }
+
+
+def test_a_fin_still_proves_a_connection_its_opener_later_disowned() -> None:
+    table = ConversationTable()
+    table.add_capture(
+        "c.pcap",
+        "c.pcap",
+        [
+            _directed(CLIENT, SERVER, roles=ROLE_OPENER | ROLE_CLOSER | ROLE_DISOWNER),
+            _directed(SERVER, CLIENT, roles=ROLE_ACCEPTOR),
+        ],
+    )
+    (flow,) = orient(table.conversations(), None)
+    assert flow.established
+
+
+def test_a_flow_knows_whether_both_ends_sent_packets() -> None:
+    outside = Endpoint("198.51.100.7", 8125)
+    answering = Endpoint("198.51.100.8", 123)
+    table = ConversationTable()
+    table.add_capture(
+        "c.pcap",
+        "c.pcap",
+        [
+            _directed(CLIENT, outside, protocol=Protocol.UDP),  # statsd: nothing comes back
+            _directed(CLIENT, answering, protocol=Protocol.UDP),
+        ],
+    )
+    # The answer is in another capture (another vantage point): still an answer.
+    table.add_capture(
+        "s.pcap", "s.pcap", [_directed(answering, CLIENT, protocol=Protocol.UDP, packets=1)]
+    )
+    flows = orient(table.conversations(), None)
+    assert {(f.server, f.answered) for f in flows} == {(outside, False), (answering, True)}
+
+
+def test_the_only_end_that_sent_packets_is_the_client() -> None:
+    """Datagrams from port 53 to a high port that nothing answered: the port heuristics would
+    make the receiver the client (an egress rule to the sender); it only received."""
+    sender, receiver = Endpoint("203.0.113.9", 53), Endpoint("10.1.0.5", 40000)
+    table = ConversationTable()
+    table.add_capture("r.pcap", "r.pcap", [_directed(sender, receiver, protocol=Protocol.UDP)])
+    (flow,) = orient(table.conversations(), None)
+    assert (flow.client, flow.server, flow.evidence) == (sender, receiver, Evidence.ONE_WAY)
+    assert not flow.answered
+    # The snapshot knowing who listens still comes first.
+    (flow,) = orient(table.conversations(), lambda endpoint, *_: endpoint == sender)
+    assert (flow.client, flow.evidence) == (receiver, Evidence.KNOWN_LISTENER)

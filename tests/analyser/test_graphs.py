@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from typing import Any
 
-from analyser.flows import Evidence, Protocol
-from analyser.graphs import (
-    NodeRole,
-    attempts,
-    build_graph,
-    edge_rows,
-    flows_on_edge,
-    loopback_flows,
-    unresolved_addresses,
-)
-from analyser.identities import WorkloadRef
-from analyser.policies import PortSpec
+import pytest
+
+from analyser import graphs
+from analyser.flows import Evidence, Flow, Protocol
+from analyser.graphs import EdgeStats, GraphEdge, GraphNode, NodeRole, WorkloadGraph, build_graph
+from analyser.peers import PortSpec
+from analyser.selectors import LabelSelector
+from analyser.workloads import Workload, WorkloadRef
 from tests.analyser.flow_builders import (
     API_BLUE,
     API_SVC,
@@ -40,6 +35,7 @@ from tests.analyser.flow_builders import (
     flow,
     resolver,
 )
+from tests.work_counting import executed_lines, growth
 
 TCP, UDP = Protocol.TCP, Protocol.UDP
 WEB, API_BLUE_W = "shop/Deployment/web", "shop/Deployment/api-blue"
@@ -49,8 +45,12 @@ SCOPE = {
 }
 
 
-def ports(graph: Any, client: str, server: str) -> dict[PortSpec, Any]:
-    return dict(graph.edges[client, server]["ports"])
+def ports(graph: WorkloadGraph, client: str, server: str) -> dict[PortSpec, EdgeStats]:
+    return dict(graph.edge(client, server).ports)
+
+
+def ends(graph: WorkloadGraph) -> list[tuple[str, str]]:
+    return [(edge.client, edge.server) for edge in graph.edges]
 
 
 def test_service_flow_joined_to_the_server_side_capture() -> None:
@@ -63,12 +63,12 @@ def test_service_flow_joined_to_the_server_side_capture() -> None:
         capture="captures/shop/web/c.pcap",
     )
     graph = build_graph([client_side, server_side], resolver(), scope=SCOPE)
-    assert list(graph.edges) == [(API_BLUE_W, WEB)]
+    assert ends(graph) == [(API_BLUE_W, WEB)]
     [(spec, stats)] = ports(graph, API_BLUE_W, WEB).items()
     assert spec == PortSpec(TCP, 8080)  # the target port, never the Service port 80
     assert (stats.flows, stats.packets, stats.assumed) == (1, 12, False)
     assert stats.services == {"shop/web"}
-    [attribution] = flows_on_edge(graph, API_BLUE_W, WEB)
+    [attribution] = graph.flows_on_edge(API_BLUE_W, WEB)
     assert attribution.flow == client_side and attribution.twin == server_side
 
 
@@ -82,7 +82,7 @@ def test_service_flow_without_server_capture_goes_to_the_backends_target_port() 
 def test_dual_stack_cluster_ip_is_the_same_service() -> None:
     graph = build_graph([flow(f"[{WEB_A6}]:41000", f"[{WEB_SVC6}]:80")], resolver(), scope=SCOPE)
     assert ports(graph, WEB, WEB) == {
-        PortSpec(TCP, 8080): graph.edges[WEB, WEB]["ports"][PortSpec(TCP, 8080)]
+        PortSpec(TCP, 8080): graph.edge(WEB, WEB).ports[PortSpec(TCP, 8080)]
     }
 
 
@@ -98,9 +98,7 @@ def test_a_twin_to_one_of_two_deployments_only_makes_that_edge() -> None:
         flow(f"{PRODUCTPAGE}:50000", f"{REVIEWS_V3}:9080", clock="09:40:00"),
     ]
     graph = build_graph(flows, resolver(), scope=set())
-    assert list(graph.edges) == [
-        ("bookinfo/Deployment/productpage-v1", "bookinfo/Deployment/reviews-v3")
-    ]
+    assert ends(graph) == [("bookinfo/Deployment/productpage-v1", "bookinfo/Deployment/reviews-v3")]
 
 
 def test_twins_are_matched_by_client_port_and_time() -> None:
@@ -118,7 +116,7 @@ def test_twins_are_matched_by_client_port_and_time() -> None:
     assert ports(graph, page, v1)[PortSpec(TCP, 9080)].flows == 2
     v3_stats = ports(graph, page, v3)[PortSpec(TCP, 9080)]
     assert v3_stats.flows == 2 and not v3_stats.assumed
-    assert len(graph.graph["attributions"]) == 4
+    assert len(graph.attributions) == 4
 
 
 def test_a_flow_elsewhere_from_the_same_client_port_is_not_a_twin() -> None:
@@ -133,7 +131,7 @@ def test_a_flow_elsewhere_from_the_same_client_port_is_not_a_twin() -> None:
 
 def test_flows_between_pods_of_one_workload_are_a_self_loop() -> None:
     graph = build_graph([flow(f"{WEB_A}:41000", f"{WEB_B}:8080")], resolver(), scope=SCOPE)
-    assert list(graph.edges) == [(WEB, WEB)]
+    assert ends(graph) == [(WEB, WEB)]
 
 
 def test_external_address_gets_dns_names_and_nodes_are_not_the_internet() -> None:
@@ -145,16 +143,16 @@ def test_external_address_gets_dns_names_and_nodes_are_not_the_internet() -> Non
         flow(f"{WEB_A}:41002", f"{NODE_A}:22"),  # nothing declared there: the node
     ]
     graph = build_graph(flows, resolver(), dns, scope=SCOPE)
-    external = graph.nodes["ip:93.184.216.34"]
-    assert external["role"] is NodeRole.EXTERNAL
-    assert external["names"] == ("example.com", "www.example.com")
-    assert external["label"] == "93.184.216.34"
-    node = graph.nodes["node:node-a"]
-    assert (node["role"], node["addresses"]) == (NodeRole.NODE, (NODE_A,))
+    external = graph.node("ip:93.184.216.34")
+    assert external.role is NodeRole.EXTERNAL
+    assert external.names == ("example.com", "www.example.com")
+    assert external.label == "93.184.216.34"
+    node = graph.node("node:node-a")
+    assert (node.role, node.addresses) == (NodeRole.NODE, (NODE_A,))
     assert set(ports(graph, "node:node-a", WEB)) == {PortSpec(TCP, 8080)}
     assert set(ports(graph, WEB, "node:node-a")) == {PortSpec(TCP, 22)}
-    exporter = graph.nodes["kube-system/DaemonSet/node-exporter"]
-    assert exporter["role"] is NodeRole.WORKLOAD and exporter["addresses"] == (NODE_A,)
+    exporter = graph.node("kube-system/DaemonSet/node-exporter")
+    assert exporter.role is NodeRole.WORKLOAD and exporter.addresses == (NODE_A,)
     assert ports(graph, WEB, "kube-system/DaemonSet/node-exporter")[
         PortSpec(TCP, 9100)
     ].evidence == {Evidence.HANDSHAKE}
@@ -167,7 +165,7 @@ def test_ip_reuse_gives_each_pod_its_own_edge() -> None:
     ]
     graph = build_graph(flows, resolver(), scope=set())
     page = "bookinfo/Deployment/productpage-v1"
-    assert sorted(graph.predecessors(page)) == [
+    assert sorted(edge.client for edge in graph.edges_to(page)) == [
         "bookinfo/Deployment/details-v1",
         "bookinfo/Deployment/ratings-v1",
     ]
@@ -175,9 +173,9 @@ def test_ip_reuse_gives_each_pod_its_own_edge() -> None:
 
 def test_scope_marks_captured_workloads_and_keeps_silent_ones() -> None:
     graph = build_graph([flow(f"{WEB_A}:41000", "93.184.216.34:443")], resolver(), scope=SCOPE)
-    assert graph.nodes[WEB]["in_scope"]
-    assert graph.nodes[API_BLUE_W]["in_scope"]  # captured, said nothing: still gets a policy
-    assert not graph.nodes["ip:93.184.216.34"]["in_scope"]
+    assert graph.node(WEB).in_scope
+    assert graph.node(API_BLUE_W).in_scope  # captured, said nothing: still gets a policy
+    assert not graph.node("ip:93.184.216.34").in_scope
 
 
 def test_unresolved_addresses_and_services_without_backends() -> None:
@@ -187,8 +185,8 @@ def test_unresolved_addresses_and_services_without_backends() -> None:
         flow(f"{WEB_A}:41002", f"{PRODUCTPAGE_SVC}:81"),  # a Service port that does not exist
     ]
     graph = build_graph(flows, resolver(), scope=SCOPE)
-    assert unresolved_addresses(graph) == ("10.96.0.200", "10.96.10.1", "10.244.1.200")
-    assert graph.nodes["unresolved:10.244.1.200"]["role"] is NodeRole.UNRESOLVED
+    assert graph.unresolved == ("10.96.0.200", "10.96.10.1", "10.244.1.200")
+    assert graph.node("unresolved:10.244.1.200").role is NodeRole.UNRESOLVED
 
 
 def test_dns_through_the_service_is_an_edge_to_the_dns_workload() -> None:
@@ -212,10 +210,9 @@ def test_edge_rows_and_determinism() -> None:
     shuffled = flows[:]
     random.Random(7).shuffle(shuffled)
     second = build_graph(shuffled, resolver(), scope=SCOPE)
-    assert edge_rows(first) == edge_rows(second)
-    assert first.graph == second.graph
-    assert list(first.nodes(data=True)) == list(second.nodes(data=True))
-    rows = edge_rows(first)
+    assert first.edge_rows() == second.edge_rows()
+    assert first == second  # nodes, edges, attributions, attempts: all of it
+    rows = first.edge_rows()
     assert [(r.client, r.server, r.port.port) for r in rows] == [
         ("node:node-a", WEB, 8080),
         (API_BLUE_W, WEB, 8080),
@@ -237,8 +234,8 @@ def test_connections_never_established_make_no_edge_but_are_kept() -> None:
     ]
     graph = build_graph(flows, resolver(), scope=SCOPE)
     assert set(ports(graph, WEB, API_BLUE_W)) == {PortSpec(TCP, 9090)}
-    assert unresolved_addresses(graph) == ()
-    assert [(a.client, a.server, a.flow.server.port) for a in attempts(graph)] == [
+    assert graph.unresolved == ()
+    assert [(a.client, a.server, a.flow.server.port) for a in graph.attempts] == [
         (WEB, API_BLUE_W, 7777),
         (WEB, "unresolved:10.96.0.200", 80),
     ]
@@ -251,8 +248,8 @@ def test_loopback_flows_inside_a_pod_make_no_edge_and_no_node() -> None:
         flow("[::1]:45001", "[::1]:15000"),
     ]
     graph = build_graph(flows, resolver(), scope=SCOPE)
-    assert sorted(graph.nodes) == [API_BLUE_W, WEB]
-    assert loopback_flows(graph) == 2
+    assert [node.id for node in graph.nodes] == [API_BLUE_W, WEB]
+    assert graph.loopback == 2
 
 
 def test_one_five_tuple_used_by_two_pods_in_turn_gives_each_its_edge() -> None:
@@ -264,7 +261,7 @@ def test_one_five_tuple_used_by_two_pods_in_turn_gives_each_its_edge() -> None:
     )
     graph = build_graph([merged], resolver(), scope=set())
     page = "bookinfo/Deployment/productpage-v1"
-    assert sorted(graph.predecessors(page)) == [
+    assert sorted(edge.client for edge in graph.edges_to(page)) == [
         "bookinfo/Deployment/details-v1",
         "bookinfo/Deployment/ratings-v1",
     ]
@@ -279,9 +276,78 @@ def test_a_service_the_snapshot_lacks_is_joined_to_the_server_sides_capture() ->
     )
     graph = build_graph([client_side, server_side], resolver(), scope=SCOPE)
     assert set(ports(graph, WEB, API_BLUE_W)) == {PortSpec(TCP, 9090)}
-    assert unresolved_addresses(graph) == ()
+    assert graph.unresolved == ()
     # one capture that saw both: two connections from one client port, both kept
     both = [replace(f, captures=frozenset({"node.pcap"})) for f in (client_side, server_side)]
     graph = build_graph(both, resolver(), scope=SCOPE)
-    assert unresolved_addresses(graph) == ("10.96.0.200",)
+    assert graph.unresolved == ("10.96.0.200",)
     assert set(ports(graph, WEB, API_BLUE_W)) == {PortSpec(TCP, 9090)}
+
+
+def _client_port_shared_by(count: int) -> list[Flow]:
+    """``count`` connections from one client address and port to outside addresses, seen by the
+    client's capture, and ``count`` to pods seen by another capture, all within TWIN_WINDOW: each
+    outside flow looks for its server-side twin among the pod flows."""
+    flows = []
+    for index in range(count):
+        moment = f"09:40:0{index % 4}"
+        outside = f"198.18.{index // 250}.{index % 250 + 1}:443"
+        flows.append(flow(f"{API_BLUE}:41000", outside, clock=moment, capture="api.pcap"))
+        pod = (WEB_A, WEB_B, PRODUCTPAGE)[index % 3]
+        flows.append(flow(f"{API_BLUE}:41000", f"{pod}:{1000 + index}", clock=moment, capture="p"))
+    return flows
+
+
+def test_twins_are_found_in_near_linear_work_when_thousands_share_a_client_port() -> None:
+    # Every candidate list of a twin used to be every flow from that client address and port.
+    def work(count: int) -> int:
+        flows = _client_port_shared_by(count)
+        return executed_lines(
+            lambda: build_graph(flows, resolver(), scope=SCOPE), modules=(graphs,)
+        )
+
+    assert growth(work, 150) < 1.6
+
+
+def test_twins_found_through_the_time_index_are_the_nearest_ones() -> None:
+    # Ties in time go to the lowest index; taken twins are skipped; the window bounds the search.
+    flows = [
+        flow(f"{API_BLUE}:41000", "198.18.0.1:443", clock="09:40:05", capture="a"),
+        flow(f"{API_BLUE}:41000", "198.18.0.2:443", clock="09:40:05", capture="a"),
+        flow(f"{API_BLUE}:41000", "198.18.0.3:443", clock="09:40:20", capture="a"),
+        flow(f"{API_BLUE}:41000", f"{WEB_A}:8080", clock="09:40:03", capture="b"),
+        flow(f"{API_BLUE}:41000", f"{WEB_B}:8080", clock="09:40:07", capture="b"),
+        flow(f"{API_BLUE}:41000", f"{PRODUCTPAGE}:9080", clock="09:40:26", capture="b"),
+    ]
+    twins = {
+        (a.flow.server.ip, a.twin.server.ip)
+        for a in build_graph(flows, resolver(), scope=SCOPE).attributions
+        if a.twin is not None
+    }
+    assert twins == {("198.18.0.1", WEB_A), ("198.18.0.2", WEB_B)}
+
+
+def test_the_graph_checks_its_schema_and_sorts_what_it_is_given() -> None:
+    web = Workload(WorkloadRef("shop", "Deployment", "web"), LabelSelector((("app", "web"),)))
+    served = GraphNode(WEB, NodeRole.WORKLOAD, WEB, workload=web, in_scope=True)
+    node = GraphNode("node:node-a", NodeRole.NODE, "node-a", addresses=(NODE_A,))
+    stats = EdgeStats(1, 3, 180, 0.0, 1.0, frozenset({Evidence.HANDSHAKE}))
+    probe = GraphEdge(node.id, WEB, {PortSpec(TCP, 8080): stats})
+    graph = WorkloadGraph((served, node), (probe,))
+    assert [n.id for n in graph.nodes] == ["node:node-a", WEB]
+    assert graph == WorkloadGraph((node, served), (probe,))
+    assert (graph.edges_to(WEB), graph.edges_from(WEB)) == ((probe,), ())
+    assert graph.edge(node.id, WEB) is probe and graph.with_role(NodeRole.NODE) == (node,)
+    # A workload node is its workload's; any other node has none, and its id says what it is.
+    with pytest.raises(ValueError, match="a workload node has its workload"):
+        GraphNode(WEB, NodeRole.WORKLOAD, WEB)
+    with pytest.raises(ValueError, match="starting with 'ip:'"):
+        GraphNode("93.184.216.34", NodeRole.EXTERNAL, "93.184.216.34")
+    with pytest.raises(ValueError, match="has no workload"):
+        GraphNode("node:node-a", NodeRole.NODE, "node-a", workload=web)
+    with pytest.raises(ValueError, match="no port"):
+        GraphEdge(node.id, WEB, {})
+    with pytest.raises(ValueError, match="an end is no node"):
+        WorkloadGraph((served,), (probe,))
+    with pytest.raises(ValueError, match="each node and each edge once"):
+        WorkloadGraph((served, node, node), (probe,))

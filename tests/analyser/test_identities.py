@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from analyser.claims import PodRecord
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
-from analyser.identities import EndpointKind, Resolver, WorkloadRef
-from analyser.policies import DNS_PORTS, LabelRequirement, LabelSelector
+from analyser.identities import EndpointKind, Resolver, Vantage
+from analyser.objects import PodPort, ServicePort
+from analyser.peers import DNS_PORTS, Exposure, PortSpec
+from analyser.selectors import LabelRequirement, LabelSelector
+from analyser.services import target_port
 from analyser.snapshot import (
     Snapshot,
     load_pod_ip_history,
     load_snapshot,
     parse_capture_meta,
     parse_snapshot_documents,
-    parse_timestamp,
 )
+from analyser.workloads import SelectorChoice, Workload, WorkloadRef, exclusive_selector
+from kernel.times import parse_timestamp
 
 DATA = Path(__file__).parent.parent / "data" / "snapshots"
 
@@ -97,7 +103,7 @@ def test_daemon_set_on_host_network_listens_on_the_node_address(resolver: Resolv
     assert other.kind is EndpointKind.NODE
 
 
-def _objects(*pods: dict[str, object], extra: tuple[dict[str, object], ...] = ()) -> Snapshot:
+def _objects(*pods: dict[str, object], extra: tuple[dict[str, Any], ...] = ()) -> Snapshot:
     return Snapshot(
         parse_snapshot_documents([{"kind": "List", "items": [*pods, *extra]}], source="t")
     )
@@ -184,12 +190,42 @@ def test_an_ip_reused_by_a_second_pod_resolves_to_each_in_turn(resolver: Resolve
     assert workload_at(resolver, "10.244.1.20", "09:31:00") == "bookinfo/Deployment/details-v1"
 
 
+def test_what_a_vantage_point_holds(resolver: Resolver) -> None:
+    """A pod holds its own address while the resolver says the address is that pod, and its
+    loopback; a hostNetwork pod its node's addresses; a node its addresses and its pods'."""
+    details = Vantage("bookinfo", "details-v1-79f774bdb9-d8f5g")
+    ratings_old = Vantage("bookinfo", "ratings-v1-b6994bb9-old42")
+    # 10.244.1.20 passed from the old ratings pod (until 09:20) to details (from 09:30).
+    assert resolver.holds(ratings_old, "10.244.1.20", at("09:10:00"))
+    assert not resolver.holds(details, "10.244.1.20", at("09:10:00"))
+    assert resolver.holds(details, "10.244.1.20", at("09:31:00"))
+    assert not resolver.holds(ratings_old, "10.244.1.20", at("09:31:00"))
+    assert not resolver.holds(details, "10.244.1.12", at("09:31:00"))  # ratings' other pod
+    assert resolver.holds(details, "127.0.0.1", at("09:31:00"))
+    assert resolver.holds(details, "::1", at("09:31:00"))
+    exporter = Vantage("kube-system", "node-exporter-7xk2p")  # hostNetwork on node-a
+    assert resolver.holds(exporter, "192.168.49.2", at("09:31:00"))
+    assert not resolver.holds(exporter, "192.168.49.3", at("09:31:00"))
+    assert not resolver.holds(exporter, "10.244.0.40", at("09:31:00"))  # a pod on its node
+    node_a = Vantage(node="node-a")
+    assert resolver.holds(node_a, "192.168.49.2", at("09:31:00"))
+    assert resolver.holds(node_a, "10.244.0.40", at("09:31:00"))  # web on node-a
+    assert not resolver.holds(node_a, "10.244.1.40", at("09:31:00"))  # web on node-b
+    assert not resolver.holds(node_a, "203.0.113.7", at("09:31:00"))
+    assert str(details) == "pod bookinfo/details-v1-79f774bdb9-d8f5g"
+    assert str(node_a) == "node node-a"
+    assert resolver.knows_addresses(details) and resolver.knows_addresses(exporter)
+    assert resolver.knows_addresses(node_a)
+    assert not resolver.knows_addresses(Vantage(node="node-z"))
+    assert not resolver.knows_addresses(Vantage("shop", "nobody"))
+
+
 def test_after_the_last_claim_ends_the_last_holder_keeps_the_address(snapshot: Snapshot) -> None:
     history = [e for e in load_pod_ip_history(DATA / "pod-ips.jsonl") if "ratings" in e.pod]
     # Without the details pod in the snapshot, nobody claims the IP after 09:20: packets
     # then are the deleted pod's last ones.
     no_details = Snapshot(
-        [o for o in snapshot.pods if not o["metadata"]["name"].startswith("details")]
+        [o for o in snapshot.pods if not o.name.startswith("details")]
     )
     resolver = Resolver(no_details, ip_history=history)
     assert workload_at(resolver, "10.244.1.20", "09:25:00") == "bookinfo/Deployment/ratings-v1"
@@ -280,6 +316,30 @@ def test_named_target_port_resolves_per_pod(resolver: Resolver) -> None:
         ("shop/Deployment/api-blue", 8080),
         ("shop/Deployment/api-green", 9090),
     }
+
+
+@pytest.mark.parametrize(
+    ("target", "port"),
+    [
+        (8443, 8443),  # a number (``targetPort: "8443"`` is read as one)
+        ("https", 9443),  # a name, looked up in the pod's containerPorts
+        ("metrics", None),  # a name the pod does not have: kube-proxy sends it nothing
+        (None, None),  # no targetPort and no port
+    ],
+)
+def test_the_target_port_rule(target: int | str | None, port: int | None) -> None:
+    record = PodRecord(
+        "shop",
+        "web-1",
+        "u1",
+        (),
+        None,
+        "",
+        False,
+        (PodPort("https", 9443, Protocol.TCP), PodPort("metrics", 9100, Protocol.UDP)),
+    )
+    service_port = ServicePort("web", 443, Protocol.TCP, target, None)
+    assert target_port(service_port, record, Protocol.TCP) == port
 
 
 def test_selector_backends_and_dual_stack_family(resolver: Resolver) -> None:
@@ -633,3 +693,232 @@ def test_a_nodes_router_address_named_by_its_cni_is_the_node() -> None:
     assert (probe.kind, probe.node) == (EndpointKind.NODE, "n1")
     # a pod holding the podCIDR's first address (an IPAM that does not keep it) is that pod
     assert resolver.resolve("10.1.0.1", 0.0).kind is EndpointKind.POD
+
+
+def _service(name: str, spec: dict[str, object]) -> dict[str, object]:
+    metadata = {"name": name, "namespace": "app"}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
+
+
+def _with_ports(pod: dict[str, object], *ports: dict[str, object]) -> dict[str, object]:
+    return {**pod, "spec": {"containers": [{"name": "main", "ports": list(ports)}]}}
+
+
+def test_exposures_are_what_the_snapshot_opens_to_the_outside() -> None:
+    web = _with_ports(
+        _pod("web", "10.1.0.5", {"app": "web"}, owner=("StatefulSet", "web")),
+        {"name": "http", "containerPort": 8080},
+        {"name": "admin", "containerPort": 9000},
+    )
+    agent = _with_ports(
+        _pod("agent", "10.1.0.6", {"app": "agent"}),
+        {"containerPort": 5000, "protocol": "UDP", "hostPort": 5514},
+    )
+    internal = _pod("db", "10.1.0.7", {"app": "db"})
+    services = (
+        _service(
+            "web-public",
+            {
+                "type": "LoadBalancer",
+                "clusterIPs": ["10.96.0.9", "fd00::9"],
+                "selector": {"app": "web"},
+                "ports": [{"port": 80, "targetPort": "http", "nodePort": 30080}],
+            },
+        ),
+        _service(
+            "web-ops",
+            {
+                "type": "NodePort",
+                "clusterIP": "10.96.0.10",
+                "selector": {"app": "web"},
+                "ports": [{"port": 9000, "targetPort": 9000, "nodePort": 30900}],
+            },
+        ),
+        _service(
+            "db-legacy",
+            {
+                "clusterIP": "10.96.0.11",
+                "externalIPs": ["198.51.100.4"],
+                "selector": {"app": "db"},
+                "ports": [{"port": 5432}],
+            },
+        ),
+        _service(
+            "web-internal",
+            {"clusterIP": "10.96.0.12", "selector": {"app": "web"}, "ports": [{"port": 81}]},
+        ),
+    )
+    resolver = Resolver(_objects(web, agent, internal, extra=services))
+    tcp = Protocol.TCP
+    assert resolver.exposures() == {
+        "app/Pod/agent": (Exposure(PortSpec(Protocol.UDP, 5000), "hostPort 5514", (4,)),),
+        "app/Pod/db": (Exposure(PortSpec(tcp, 5432), "Service app/db-legacy (externalIPs)", (4,)),),
+        "app/StatefulSet/web": (
+            Exposure(PortSpec(tcp, 8080), "Service app/web-public (LoadBalancer)", (4, 6)),
+            Exposure(PortSpec(tcp, 9000), "Service app/web-ops (NodePort)", (4,)),
+        ),
+    }
+# -- selectors that select more than their workload --------------------------------------------
+
+
+def _deployment(
+    name: str,
+    template: dict[str, str],
+    *,
+    match_labels: dict[str, str] | None = None,
+    expressions: list[dict[str, object]] | None = None,
+) -> dict[str, object]:
+    selector: dict[str, object] = {}
+    if match_labels is not None:
+        selector["matchLabels"] = match_labels
+    if expressions is not None:
+        selector["matchExpressions"] = expressions
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "app", "uid": f"uid-{name}"},
+        "spec": {"selector": selector, "template": {"metadata": {"labels": template}}},
+    }
+
+
+def _deployed(name: str, ip: str, labels: dict[str, str]) -> dict[str, object]:
+    """A pod of Deployment ``name`` (its ReplicaSet missing: derived by pod-template-hash)."""
+    return _pod(
+        f"{name}-5d8f9-x1",
+        ip,
+        {**labels, "pod-template-hash": "5d8f9"},
+        ("ReplicaSet", f"{name}-5d8f9"),
+    )
+
+
+def _workload(resolver: Resolver, ip: str) -> Workload:
+    identity = resolver.resolve(ip, 0.0)
+    assert identity.pod is not None
+    return resolver.workload(identity.pod.workload)
+
+
+def test_a_selector_by_key_only_is_narrowed_to_the_pod_template_labels() -> None:
+    web = _deployment(
+        "web", {"app": "web", "tier": "front"}, expressions=[{"key": "app", "operator": "Exists"}]
+    )
+    resolver = Resolver(
+        _objects(_deployed("web", "10.1.0.5", {"app": "web", "tier": "front"}), extra=(web,))
+    )
+    workload = _workload(resolver, "10.1.0.5")
+    assert workload.selector == LabelSelector(match_labels=(("app", "web"), ("tier", "front")))
+    assert workload.narrowed_from == LabelSelector(
+        match_expressions=(LabelRequirement("app", "Exists"),)
+    )
+    assert workload.also_selects == ()
+
+
+def test_a_selector_matching_another_workloads_pods_is_narrowed() -> None:
+    """web selects tier=front; so do the pods of api (and the template of admin, scaled to 0)."""
+    web = _deployment("web", {"tier": "front", "app": "web"}, match_labels={"tier": "front"})
+    api = _deployment("api", {"tier": "front", "app": "api"}, match_labels={"app": "api"})
+    admin = _deployment("admin", {"tier": "front", "app": "admin"}, match_labels={"app": "admin"})
+    resolver = Resolver(
+        _objects(
+            _deployed("web", "10.1.0.5", {"tier": "front", "app": "web"}),
+            _deployed("api", "10.1.0.6", {"tier": "front", "app": "api"}),
+            extra=(web, api, admin),
+        )
+    )
+    workload = _workload(resolver, "10.1.0.5")
+    assert workload.selector == LabelSelector(match_labels=(("app", "web"), ("tier", "front")))
+    assert workload.narrowed_from == LabelSelector(match_labels=(("tier", "front"),))
+    # api's own selector selects only its pods: kept as it is
+    api_workload = _workload(resolver, "10.1.0.6")
+    assert api_workload.selector == LabelSelector(match_labels=(("app", "api"),))
+    assert api_workload.narrowed_from is None
+
+
+def test_a_stable_workload_beside_its_canary_excludes_the_canarys_own_label() -> None:
+    """web's pod labels are a subset of canary's: web's selector becomes app=web,!track."""
+    web = _deployment("web", {"app": "web"}, match_labels={"app": "web"})
+    canary = _deployment(
+        "canary", {"app": "web", "track": "canary"}, match_labels={"app": "web", "track": "canary"}
+    )
+    resolver = Resolver(
+        _objects(
+            _deployed("web", "10.1.0.5", {"app": "web"}),
+            _deployed("canary", "10.1.0.6", {"app": "web", "track": "canary"}),
+            extra=(web, canary),
+        )
+    )
+    workload = _workload(resolver, "10.1.0.5")
+    assert workload.selector == LabelSelector(
+        match_labels=(("app", "web"),),
+        match_expressions=(LabelRequirement("track", "DoesNotExist"),),
+    )
+    assert str(workload.selector) == "app=web,!track"
+    assert (workload.narrowed_from, workload.also_selects) == (
+        LabelSelector(match_labels=(("app", "web"),)),
+        (),
+    )
+    assert _workload(resolver, "10.1.0.6").narrowed_from is None
+
+
+def test_a_workload_no_selector_can_tell_from_another_selects_it_too() -> None:
+    """Two Deployments with the same pod labels: neither can be selected alone."""
+    labels = {"app": "web"}
+    resolver = Resolver(
+        _objects(
+            _deployed("web", "10.1.0.5", labels),
+            _deployed("web2", "10.1.0.6", labels),
+            extra=(
+                _deployment("web", labels, match_labels=labels),
+                _deployment("web2", labels, match_labels=labels),
+            ),
+        )
+    )
+    workload = _workload(resolver, "10.1.0.5")
+    assert workload.selector == LabelSelector(match_labels=(("app", "web"),))
+    assert workload.also_selects == ("app/Deployment/web2",)
+    assert _workload(resolver, "10.1.0.6").also_selects == ("app/Deployment/web",)
+
+
+def test_two_bare_pods_with_the_same_labels_select_each_other() -> None:
+    resolver = Resolver(
+        _objects(
+            _pod("debug-a", "10.1.0.5", {"run": "debug"}),
+            _pod("debug-b", "10.1.0.6", {"run": "debug"}),
+        )
+    )
+    assert _workload(resolver, "10.1.0.5").also_selects == ("app/Pod/debug-b",)
+    assert _workload(resolver, "10.1.0.6").also_selects == ("app/Pod/debug-a",)
+
+
+def test_the_replica_sets_and_jobs_of_a_workload_are_its_own() -> None:
+    """A Deployment's ReplicaSets and a CronJob's Jobs carry its template: not other workloads."""
+    resolver = Resolver(load_snapshot(DATA / "cluster.json"))
+    for ip, name in (("10.244.0.10", "productpage-v1"), ("10.244.0.30", "report")):
+        workload = _workload(resolver, ip)
+        assert workload.ref.name == name
+        assert (workload.narrowed_from, workload.also_selects) == (None, ()), name
+
+
+def test_an_invalid_own_selector_is_replaced_by_the_pod_labels() -> None:
+    own = LabelSelector(match_expressions=(LabelRequirement("app", "Bogus", ("web",)),))
+    choice = exclusive_selector(own, (("app", "web"),), [{"app": "web"}], lambda _: ())
+    assert choice == SelectorChoice(LabelSelector(match_labels=(("app", "web"),)), own, ())
+
+
+def test_a_selector_by_in_that_takes_in_another_workload_is_narrowed() -> None:
+    web = _deployment(
+        "web",
+        {"app": "web"},
+        expressions=[{"key": "app", "operator": "In", "values": ["web", "api"]}],
+    )
+    resolver = Resolver(
+        _objects(
+            _deployed("web", "10.1.0.5", {"app": "web"}),
+            _deployed("api", "10.1.0.6", {"app": "api"}),
+            extra=(web,),
+        )
+    )
+    workload = _workload(resolver, "10.1.0.5")
+    assert workload.selector == LabelSelector(match_labels=(("app", "web"),))
+    assert workload.narrowed_from == LabelSelector(
+        match_expressions=(LabelRequirement("app", "In", ("api", "web")),)
+    )

@@ -288,6 +288,72 @@ def test_dns_queries_give_nothing_and_damage_is_a_fault() -> None:
     assert decode_dns(looping, over_tcp=False) in (DnsFault.MALFORMED, DnsFault.TRUNCATED)
 
 
+# Names a hostile pod can put in an answer it forges: dpkt hands them over decoded as UTF-8.
+BAD_NAMES = [
+    "evil\u2028egress.example",  # a line separator: ends a YAML comment
+    "evil\u2029.example",
+    "evil\u0085.example",  # NEL
+    "caf\u00e9.example",  # non-ASCII
+    "\u212aelvin.example",  # the Kelvin sign, which str.lower() turns into an ASCII "k"
+    "evil\u202e.example",  # a bidi override
+    "two words.example",
+    "tab\there.example",
+    "new\nline.example",
+    "nul\x00.example",
+    "esc\x1b[31m.example",
+    ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 62]),  # 254 characters: one too many
+]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_dns_records_with_invalid_names_are_left_out_and_counted(bad: str) -> None:
+    answer = dns_response(
+        "shop.example",
+        [
+            ("shop.example", "A", "192.0.2.1"),
+            (bad, "A", "192.0.2.66"),
+            ("shop.example", "CNAME", bad),
+            (bad, "CNAME", "edge.example"),
+            ("edge.example", "A", "192.0.2.7"),
+        ],
+    )
+    # The valid record stays; the CNAMEs from and to the bad name break the chain there, so
+    # edge.example's address gets no other name.
+    assert decode_dns(answer, over_tcp=False) == [
+        DnsResponse(
+            "shop.example",
+            (("shop.example", "192.0.2.1"), ("edge.example", "192.0.2.7")),
+            (),
+            bad_names=3,
+        )
+    ]
+    question = decode_dns(dns_response(bad, [("ok.example", "A", "192.0.2.1")]), over_tcp=False)
+    assert question == [DnsResponse("", (("ok.example", "192.0.2.1"),), (), bad_names=1)]
+
+
+def test_valid_dns_names_pass() -> None:
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])  # 253 characters
+    names = [longest, "_sip._tcp.example", "x-1.Example.COM", "a"]
+    answer = dns_response("q.example", [(name, "A", "192.0.2.1") for name in names])
+    responses = decode_dns(answer, over_tcp=False)
+    assert isinstance(responses, list)
+    [response] = responses
+    assert [owner for owner, _ in response.addresses] == [name.lower() for name in names]
+    assert response.bad_names == 0
+
+
+def test_a_dns_label_holding_a_dot_that_makes_an_empty_label_is_a_bad_name() -> None:
+    answer = dns_response("q.example", [("ab.example", "A", "192.0.2.1")])
+    dotted = answer.replace(b"\x02ab", b"\x02a.")  # one label "a.": decoded "a..example"
+    assert decode_dns(dotted, over_tcp=False) == [DnsResponse("q.example", (), (), bad_names=1)]
+
+
+def test_dns_names_that_are_not_utf8_make_the_message_malformed() -> None:
+    answer = dns_response("q.example", [("q.example", "A", "192.0.2.1")])
+    latin1 = answer.replace(b"\x01q", b"\x01\xe9")  # "é" in Latin-1: no UTF-8
+    assert decode_dns(latin1, over_tcp=False) is DnsFault.MALFORMED
+
+
 def test_dns_answers_survive_a_snap_length_cut_in_the_additional_section() -> None:
     answer = bytearray(dns_response("a.example", [("a.example", "A", "192.0.2.1")]))
     answer[10:12] = struct.pack("!H", 1)  # one additional record, of which only 3 bytes arrived

@@ -3,31 +3,46 @@ the generated set allowing every observed flow (checked with the evaluator)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from analyser.dns import DnsNames, DnsTable
 from analyser.flows import Evidence, Protocol
-from analyser.graphs import build_graph
-from analyser.identities import Resolver, Workload, WorkloadRef
-from analyser.policies import (
+from analyser.graphs import WorkloadGraph, build_graph
+from analyser.identities import Resolver
+from analyser.packets import DnsResponse
+from analyser.peers import (
     DNS_PORTS,
     ClusterDns,
-    DefaultDeny,
+    Exposure,
     IpPeer,
-    LabelSelector,
     PodPeer,
-    Policy,
     PortSpec,
+    SpecialAddress,
+    special_address,
+)
+from analyser.policies import (
+    LeftOut,
+    Policy,
+    PolicyPlan,
     Rule,
-    partition_policies,
+    SelectorWarning,
+    node_blocks,
     policy_names,
+    selector_warnings,
     synthesize,
+    unselectable_reasons,
     unselectable_workloads,
 )
 from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, render_policy_files
 from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.selectors import LabelSelector
+from analyser.snapshot import Snapshot, parse_snapshot_documents
+from analyser.workloads import Workload, WorkloadRef
+from kernel.errors import UnsafePolicies
 from tests.analyser.flow_builders import (
     API_BLUE,
     API_SVC,
@@ -44,9 +59,11 @@ from tests.analyser.flow_builders import (
     REVIEWS_V1,
     REVIEWS_V3,
     WEB_A,
+    WEB_A6,
     WEB_B,
     WEB_SVC,
     FakeDns,
+    at,
     cluster,
     flow,
     resolver,
@@ -64,8 +81,8 @@ COREDNS = WorkloadRef("kube-system", "Deployment", "coredns")
 EXAMPLE = "93.184.216.34"
 
 
-def by_workload(result: list[Policy | DefaultDeny]) -> dict[str, Policy]:
-    return {p.workload: p for p in result if isinstance(p, Policy)}
+def by_workload(result: PolicyPlan) -> dict[str, Policy]:
+    return {p.workload: p for p in result.policies}
 
 
 def rules_to(rules: tuple[Rule, ...]) -> dict[str, tuple[tuple[str, int], ...]]:
@@ -79,7 +96,7 @@ def rules_to(rules: tuple[Rule, ...]) -> dict[str, tuple[tuple[str, int], ...]]:
 
 def synthesized(
     flows: list[Any], scope: set[WorkloadRef], *, dns: FakeDns | None = None, **kw: Any
-) -> tuple[Any, Resolver, list[Policy | DefaultDeny]]:
+) -> tuple[WorkloadGraph, Resolver, PolicyPlan]:
     names = resolver()
     graph = build_graph(flows, names, dns, scope=scope)
     kw.setdefault("node_addresses", cluster().node_by_address)  # as analyse gives them
@@ -170,6 +187,40 @@ def test_external_addresses_become_single_address_blocks_with_their_names() -> N
     ]
 
 
+def test_each_policy_takes_an_outside_address_s_names_from_its_own_captures_only() -> None:
+    """web's capture holds an answer (forged or not) naming the address api-blue also calls:
+    the name annotates web's rule, never api-blue's. web's answer went to its IPv4 address and
+    it called over IPv6: the same pod asked."""
+    web_capture, api_capture = "captures/shop/web-a/capture.pcap0", "captures/shop/api-1/c.pcap0"
+    web_answers, api_answers = DnsTable(), DnsTable()
+    early = at("09:39:00")
+    web_answers.add(
+        DnsResponse("evil.example", (("evil.example", EXAMPLE),), ()), early, client=WEB_A
+    )
+    api_answers.add(
+        DnsResponse("api.example", (("api.example", EXAMPLE),), ()), early, client=API_BLUE
+    )
+    dns = DnsNames()
+    dns.add(web_capture, "pod shop/web-a", web_answers)
+    dns.add(api_capture, "pod shop/api-1", api_answers)
+    flows = [
+        flow(f"[{WEB_A6}]:41000", f"{EXAMPLE}:443", capture=web_capture),
+        flow(f"{API_BLUE}:41000", f"{EXAMPLE}:443", capture=api_capture),
+        flow(f"{EXAMPLE}:41000", f"{API_BLUE}:8080", capture=api_capture),
+    ]
+    names = resolver()
+    graph = build_graph(flows, names, dns, scope={WEB, API_BLUE_W})
+    assert graph.node(f"ip:{EXAMPLE}").names == ("api.example", "evil.example")
+    policies = by_workload(synthesize(graph, cluster_dns=names.cluster_dns()))
+    [web_rule] = [r for r in policies[str(WEB)].egress if isinstance(r.peer, IpPeer)]
+    assert web_rule.peer == IpPeer(f"{EXAMPLE}/32", ("evil.example",))
+    [api_rule] = [r for r in policies[str(API_BLUE_W)].egress if isinstance(r.peer, IpPeer)]
+    assert api_rule.peer == IpPeer(f"{EXAMPLE}/32", ("api.example",))
+    # The address as a client: a name is what a client asked for about its server.
+    [api_in] = [r for r in policies[str(API_BLUE_W)].ingress if isinstance(r.peer, IpPeer)]
+    assert api_in.peer == IpPeer(f"{EXAMPLE}/32")
+
+
 def test_node_addresses_and_host_network_listeners() -> None:
     flows = [
         flow(f"{NODE_B}:52000", f"{WEB_A}:8080", evidence=Evidence.KNOWN_LISTENER),
@@ -250,8 +301,9 @@ def test_dns_goes_to_the_dns_pods_only_and_is_not_repeated() -> None:
 
 def test_default_dns_peer_without_dns_in_the_snapshot() -> None:
     graph = build_graph([], resolver(), scope={DB_W})
-    [policy] = synthesize(graph, cluster_dns=ClusterDns())
-    assert isinstance(policy, Policy)
+    plan = synthesize(graph, cluster_dns=ClusterDns())
+    [policy] = plan.policies
+    assert plan.default_denies == ()
     [rule] = policy.egress
     assert isinstance(rule.peer, PodPeer)
     assert (rule.peer.namespace, rule.ports) == ("kube-system", DNS_PORTS)
@@ -283,12 +335,14 @@ def test_host_network_workloads_get_no_policy_but_are_reached_by_address() -> No
 
 def test_default_deny_per_namespace_in_scope_and_order() -> None:
     _, _, result = synthesized([], {WEB, DB_W, PAGE}, default_deny=True)
-    assert [(type(p).__name__, p.namespace, p.name) for p in result] == [
-        ("DefaultDeny", "bookinfo", "default-deny-all"),
-        ("Policy", "bookinfo", "productpage-v1"),
-        ("DefaultDeny", "shop", "default-deny-all"),
-        ("Policy", "shop", "db"),
-        ("Policy", "shop", "web"),
+    assert [(p.namespace, p.name) for p in result.default_denies] == [
+        ("bookinfo", "default-deny-all"),
+        ("shop", "default-deny-all"),
+    ]
+    assert [(p.namespace, p.name) for p in result.policies] == [
+        ("bookinfo", "productpage-v1"),
+        ("shop", "db"),
+        ("shop", "web"),
     ]
 
 
@@ -353,7 +407,7 @@ def test_rendered_policies_allow_every_observed_flow(
         default_deny=default_deny,
         node_cidrs=node_cidrs,
     )
-    policies, denies = partition_policies(result)
+    policies, denies = result.policies, result.default_denies
     assert [d.namespace for d in denies] == (
         ["bookinfo", "kube-system", "shop"] if default_deny else []
     )
@@ -369,8 +423,7 @@ def test_dns_flows_are_not_repeated_when_the_dns_peer_is_written_differently() -
     ]
     graph = build_graph(flows, resolver(), scope={WEB})
     dns = ClusterDns(workloads=frozenset({str(COREDNS)}))  # the conventional selector
-    [web] = synthesize(graph, cluster_dns=dns)
-    assert isinstance(web, Policy)
+    [web] = synthesize(graph, cluster_dns=dns).policies
     assert rules_to(web.egress) == {
         str(COREDNS): (("TCP", 9153),),
         "cluster DNS (k8s-app=kube-dns)": (("TCP", 53), ("UDP", 53)),
@@ -382,11 +435,8 @@ def test_no_default_deny_where_a_seen_workload_cannot_be_selected() -> None:
     # cut debug off, and no policy can name it; bookinfo still gets its default-deny.
     flows = [flow(f"{DEBUG}:41000", f"{WEB_A}:8080")]
     graph, _, result = synthesized(flows, {WEB, PAGE}, default_deny=True)
-    assert [(type(p).__name__, p.namespace) for p in result] == [
-        ("DefaultDeny", "bookinfo"),
-        ("Policy", "bookinfo"),
-        ("Policy", "shop"),
-    ]
+    assert [p.namespace for p in result.default_denies] == ["bookinfo"]
+    assert [p.namespace for p in result.policies] == ["bookinfo", "shop"]
     assert unselectable_workloads(graph) == ()
     assert unselectable_workloads(graph, default_deny=True) == ("shop/Pod/debug",)
 
@@ -400,9 +450,7 @@ def test_dns_to_a_node_local_cache_is_one_rule_for_its_address_on_both_protocols
     graph = build_graph(flows, names, scope={WEB})
     dns = names.cluster_dns(flows)
     assert dns.node_local == (IpPeer("169.254.20.10/32", description="node-local DNS cache"),)
-    policies, _ = partition_policies(
-        synthesize(graph, cluster_dns=dns, node_addresses=cluster().node_by_address)
-    )
+    policies = synthesize(graph, cluster_dns=dns, node_addresses=cluster().node_by_address).policies
     [web] = policies
     assert len(web.egress) == 3
     assert rules_to(web.egress) == {
@@ -442,13 +490,32 @@ def test_many_outside_addresses_on_a_port_become_anywhere_on_that_port() -> None
         "::/0": (("TCP", 8080),),
         "192.0.2.77/32": (("TCP", 9090),),  # one client on its port: still itself only
     }
-    assert IpPeer("0.0.0.0/0", description=anywhere) in [r.peer for r in web.ingress]
+    # Anywhere but the special addresses (metadata endpoints, link-local, multicast...).
+    v4_except = (
+        "0.0.0.0/32",
+        "100.100.100.200/32",
+        "168.63.129.16/32",
+        "169.254.0.0/16",
+        "192.0.0.192/32",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+    )
+    v6_except = ("::/128", "fd00:ec2::23/128", "fd00:ec2::254/128", "fe80::/10", "ff00::/8")
+    assert IpPeer("0.0.0.0/0", description=anywhere, excluded=v4_except) in [
+        r.peer for r in web.ingress
+    ]
+    assert IpPeer("::/0", description=anywhere, excluded=v6_except) in [r.peer for r in web.ingress]
     outside = {k: v for k, v in rules_to(web.egress).items() if k[0].isdigit()}
     assert outside == {"0.0.0.0/0": (("TCP", 443),), "192.0.2.88/32": (("TCP", 8443),)}
     # What was observed is still allowed, by the rendered and parsed-back policies.
-    policies, denies = partition_policies(result)
+    policies, denies = result.policies, result.default_denies
     files = render_policy_files(policies, default_denies=denies, provenance=Provenance())
     assert f"# 0.0.0.0/0: {anywhere}" in "".join(files.values())
+    assert """cidr: "0.0.0.0/0"
+            except:
+              - "0.0.0.0/32"
+              - "100.100.100.200/32"
+""" in files["shop.web.yaml"]
     loaded = parse_policy_texts(files)
     ensure_policies_allow(loaded.policies, graph, cluster_facts(cluster(), names))
 
@@ -458,3 +525,296 @@ def test_outside_addresses_up_to_the_limit_stay_single_blocks() -> None:
     web = by_workload(result)[str(WEB)]
     cidrs = [r.peer.cidr for r in web.ingress if isinstance(r.peer, IpPeer)]
     assert len(cidrs) == 41 and "0.0.0.0/0" not in cidrs
+
+
+def test_an_exposed_port_is_allowed_from_anywhere_and_covers_the_clients_seen_on_it() -> None:
+    """A LoadBalancer with externalTrafficPolicy Local keeps client addresses: the few seen
+    during the capture are not its users. Clients on other ports stay exact."""
+    exposure = Exposure(PortSpec(Protocol.TCP, 8080), "Service shop/web (LoadBalancer)", (4, 6))
+    graph, names, result = synthesized(
+        _public_traffic(), {WEB}, max_outside_addresses=100, exposures={str(WEB): [exposure]}
+    )
+    web = by_workload(result)[str(WEB)]
+    outside = {k: v for k, v in rules_to(web.ingress).items() if k[0].isdigit() or ":" in k}
+    assert outside == {
+        "0.0.0.0/0": (("TCP", 8080),),
+        "::/0": (("TCP", 8080),),
+        "192.0.2.77/32": (("TCP", 9090),),  # not exposed: the client seen, nothing more
+    }
+    why = "anywhere: exposed by Service shop/web (LoadBalancer)"
+    anywhere = {r.peer.cidr: r.peer for r in web.ingress if isinstance(r.peer, IpPeer)}
+    assert anywhere["0.0.0.0/0"].description == anywhere["::/0"].description == why
+    # Never from a special address (a forged metadata or broadcast source)
+    assert "169.254.0.0/16" in anywhere["0.0.0.0/0"].excluded
+    # Egress (the 40 cloud API addresses) is not touched by an exposure.
+    assert sum(1 for r in web.egress if isinstance(r.peer, IpPeer)) == 41
+    policies, denies = result.policies, result.default_denies
+    files = render_policy_files(policies, default_denies=denies, provenance=Provenance())
+    assert f"# 0.0.0.0/0: {why}" in "".join(files.values())
+    ensure_policies_allow(
+        parse_policy_texts(files).policies, graph, cluster_facts(cluster(), names)
+    )
+
+
+def test_without_exposures_the_clients_seen_are_all_that_is_allowed() -> None:
+    _, _, exposed = synthesized(_public_traffic(), {WEB}, max_outside_addresses=100)
+    cidrs = [
+        r.peer.cidr for r in by_workload(exposed)[str(WEB)].ingress if isinstance(r.peer, IpPeer)
+    ]
+    assert "0.0.0.0/0" not in cidrs and len(cidrs) == 41
+
+
+def test_one_way_traffic_to_many_outside_addresses_does_not_widen() -> None:
+    """40 addresses sent UDP on 8125 (statsd: nothing comes back) and 40 more sent web UDP on
+    5353 that it never answered: each keeps its own rule, none becomes anywhere. Answered
+    addresses widen as before, and unanswered ones on such a port are then covered too."""
+    flows = []
+    for index in range(40):
+        one_way: dict[str, Any] = {"protocol": UDP, "evidence": Evidence.HEURISTIC}
+        flows.append(
+            replace(
+                flow(f"{WEB_A}:{41000 + index}", f"198.51.100.{index + 1}:8125", **one_way),
+                answered=False,
+            )
+        )
+        flows.append(
+            replace(
+                flow(f"203.0.113.{index + 1}:40000", f"{WEB_A}:5353", **one_way), answered=False
+            )
+        )
+        flows.append(flow(f"{WEB_A}:{42000 + index}", f"192.0.2.{index + 1}:443"))
+    flows.append(replace(flow(f"{WEB_A}:43000", "192.0.2.200:443"), answered=False))
+    _, _, result = synthesized(flows, {WEB}, max_outside_addresses=32)
+    web = by_workload(result)[str(WEB)]
+    egress = {k: v for k, v in rules_to(web.egress).items() if k[0].isdigit()}
+    ingress = {k: v for k, v in rules_to(web.ingress).items() if k[0].isdigit()}
+    assert len([k for k, v in egress.items() if v == (("UDP", 8125),)]) == 40
+    assert len([k for k, v in ingress.items() if v == (("UDP", 5353),)]) == 40
+    assert egress["0.0.0.0/0"] == (("TCP", 443),)
+    assert "192.0.2.200/32" not in egress  # covered by anywhere on 443
+    assert "0.0.0.0/0" not in ingress
+
+
+@pytest.mark.parametrize(
+    ("address", "kind"),
+    [
+        ("169.254.169.254", SpecialAddress.METADATA),
+        ("fd00:ec2::254", SpecialAddress.METADATA),
+        ("100.100.100.200", SpecialAddress.METADATA),
+        ("168.63.129.16", SpecialAddress.METADATA),
+        ("::ffff:169.254.169.254", SpecialAddress.METADATA),  # IPv4-mapped: the same endpoint
+        ("64:ff9b::a9fe:a9fe", SpecialAddress.METADATA),  # NAT64 of 169.254.169.254
+        ("169.254.20.10", SpecialAddress.LINK_LOCAL),
+        ("fe80::1", SpecialAddress.LINK_LOCAL),
+        ("0.0.0.0", SpecialAddress.UNSPECIFIED),
+        ("::", SpecialAddress.UNSPECIFIED),
+        ("255.255.255.255", SpecialAddress.BROADCAST),
+        ("239.255.255.250", SpecialAddress.MULTICAST),
+        ("ff02::fb", SpecialAddress.MULTICAST),
+        ("127.0.0.53", SpecialAddress.LOOPBACK),
+        ("::ffff:127.0.0.1", SpecialAddress.LOOPBACK),
+        ("93.184.216.34", None),
+        ("10.0.0.1", None),
+        ("2001:db8::1", None),
+        ("64:ff9b::808:808", None),  # NAT64 of 8.8.8.8
+    ],
+)
+def test_special_addresses(address: str, kind: SpecialAddress | None) -> None:
+    assert special_address(address) is kind
+
+
+def _special_traffic() -> list[Any]:
+    """web calls the metadata endpoint, SSDP multicast, a broadcast and a node-local DNS cache
+    (also on a port that is not DNS), and gets a packet from 0.0.0.0 (DHCP)."""
+    udp: dict[str, Any] = {"protocol": UDP, "evidence": Evidence.HEURISTIC}
+    return [
+        flow(f"{WEB_A}:41000", "169.254.169.254:80"),
+        flow(f"{WEB_A}:41001", "[fd00:ec2::254]:80"),
+        flow(f"{WEB_A}:41002", "239.255.255.250:1900", **udp),
+        flow(f"{WEB_A}:41003", "255.255.255.255:67", **udp),
+        flow(f"{WEB_A}:41004", "169.254.20.10:53", **udp),
+        flow(f"{WEB_A}:41005", "169.254.20.10:9253"),
+        flow("0.0.0.0:68", f"{WEB_A}:67", **udp),
+        flow(f"{WEB_A}:41006", f"{EXAMPLE}:443"),
+    ]
+
+
+def test_traffic_with_special_addresses_is_left_out_and_listed() -> None:
+    flows = _special_traffic()
+    names = resolver()
+    graph = build_graph(flows, names, scope={WEB})
+    dns = names.cluster_dns(flows)
+    policies = synthesize(graph, cluster_dns=dns, node_addresses=cluster().node_by_address).policies
+    [web] = policies
+    assert rules_to(web.egress) == {
+        "kube-system/Deployment/coredns": (("TCP", 53), ("UDP", 53)),
+        "169.254.20.10/32": (("TCP", 53), ("UDP", 53)),  # the node-local cache rule stays
+        f"{EXAMPLE}/32": (("TCP", 443),),
+    }
+    assert all(not isinstance(rule.peer, IpPeer) for rule in web.ingress)
+    w = str(WEB)
+    assert web.left_out == tuple(
+        sorted(
+            [
+                LeftOut(w, "egress", "169.254.169.254", PortSpec(TCP, 80), SpecialAddress.METADATA),
+                LeftOut(w, "egress", "fd00:ec2::254", PortSpec(TCP, 80), SpecialAddress.METADATA),
+                LeftOut(
+                    w, "egress", "239.255.255.250", PortSpec(UDP, 1900), SpecialAddress.MULTICAST
+                ),
+                LeftOut(
+                    w, "egress", "255.255.255.255", PortSpec(UDP, 67), SpecialAddress.BROADCAST
+                ),
+                LeftOut(
+                    w, "egress", "169.254.20.10", PortSpec(TCP, 9253), SpecialAddress.LINK_LOCAL
+                ),
+                LeftOut(w, "ingress", "0.0.0.0", PortSpec(UDP, 67), SpecialAddress.UNSPECIFIED),
+            ]
+        )
+    )
+    files = render_policy_files(policies, default_denies=[], provenance=Provenance())
+    loaded = parse_policy_texts(files).policies
+    facts = cluster_facts(cluster(), names)
+    # Without the list, the safety check sees what was left out; with it, the rest is allowed.
+    with pytest.raises(UnsafePolicies, match=r"169\.254\.169\.254"):
+        ensure_policies_allow(loaded, graph, facts)
+    ensure_policies_allow(
+        loaded, graph, facts, left_out={(i.address, i.port) for i in web.left_out}
+    )
+
+
+def test_a_class_of_special_addresses_allowed_on_purpose_gets_its_rules() -> None:
+    flows = _special_traffic()
+    names = resolver()
+    graph = build_graph(flows, names, scope={WEB})
+    allowed = {SpecialAddress.METADATA, SpecialAddress.LINK_LOCAL}
+    [web] = synthesize(
+        graph, cluster_dns=names.cluster_dns(flows), allowed_special=allowed
+    ).policies
+    egress = rules_to(web.egress)
+    assert egress["169.254.169.254/32"] == (("TCP", 80),)
+    assert egress["fd00:ec2::254/128"] == (("TCP", 80),)
+    cache_rules = [
+        [(str(p.protocol), p.port) for p in r.ports]
+        for r in web.egress
+        if isinstance(r.peer, IpPeer) and r.peer.cidr == "169.254.20.10/32"
+    ]
+    assert cache_rules == [[("TCP", 53), ("UDP", 53)], [("TCP", 9253)]]
+    assert {i.kind for i in web.left_out} == {
+        SpecialAddress.MULTICAST,
+        SpecialAddress.BROADCAST,
+        SpecialAddress.UNSPECIFIED,
+    }
+
+
+def test_anywhere_excepts_the_special_addresses_not_allowed_and_never_absorbs_those_allowed() -> (
+    None
+):
+    flows = [
+        *[flow(f"{WEB_A}:{41000 + i}", f"198.51.100.{i + 1}:80") for i in range(40)],
+        flow(f"{WEB_A}:42000", "169.254.169.254:80"),
+    ]
+    names = resolver()
+    graph = build_graph(flows, names, scope={WEB})
+    [web] = synthesize(
+        graph,
+        cluster_dns=names.cluster_dns(flows),
+        max_outside_addresses=32,
+        allowed_special={SpecialAddress.METADATA, SpecialAddress.MULTICAST},
+    ).policies
+    blocks = {r.peer.cidr: r.peer for r in web.egress if isinstance(r.peer, IpPeer)}
+    assert blocks["0.0.0.0/0"].excluded == (
+        "0.0.0.0/32",
+        "169.254.0.0/16",  # link-local is not allowed: the metadata endpoint has its own rule
+        "255.255.255.255/32",
+    )
+    assert rules_to(web.egress)["169.254.169.254/32"] == (("TCP", 80),)
+    assert web.left_out == ()
+
+
+def _twins_snapshot() -> Snapshot:
+    """Namespace app: Deployments web and web2 whose pods both carry only app=web, and api."""
+    objects: list[dict[str, Any]] = []
+    for name, ip, labels in (
+        ("web", "10.1.0.5", {"app": "web"}),
+        ("web2", "10.1.0.6", {"app": "web"}),
+        ("api", "10.1.0.7", {"app": "api"}),
+    ):
+        objects.append(
+            {
+                "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "app", "uid": f"uid-{name}"},
+                "spec": {
+                    "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels}},
+                },
+            }
+        )
+        objects.append(
+            {
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{name}-5d8f9-x1",
+                    "namespace": "app",
+                    "uid": f"uid-{name}-pod",
+                    "labels": {**labels, "pod-template-hash": "5d8f9"},
+                    "ownerReferences": [
+                        {"kind": "ReplicaSet", "name": f"{name}-5d8f9", "controller": True}
+                    ],
+                },
+                "status": {"podIP": ip},
+            }
+        )
+    return Snapshot(parse_snapshot_documents(objects, source="twins.json"))
+
+
+def test_a_workload_whose_selector_selects_another_gets_no_policy_and_a_warning() -> None:
+    names = Resolver(_twins_snapshot())
+    web, api = WorkloadRef("app", "Deployment", "web"), WorkloadRef("app", "Deployment", "api")
+    graph = build_graph([flow("10.1.0.7:41000", "10.1.0.5:8080")], names, scope={web, api})
+    result = synthesize(graph, cluster_dns=ClusterDns(), default_deny=True)
+    assert unselectable_workloads(graph) == (str(web),)
+    assert unselectable_reasons(graph, [str(web)]) == {
+        str(web): "its selector app=web also selects pods of app/Deployment/web2, and no stable "
+        "label selects only its pods"
+    }
+    # api gets its policy; its rule to web admits web2's pods too, and a warning says so.
+    assert len(result.policies) == 1
+    assert result.default_denies == ()  # it would cut web off
+    assert rules_to(by_workload(result)[str(api)].egress)[str(web)] == (("TCP", 8080),)
+    assert selector_warnings(graph) == (
+        SelectorWarning(
+            str(web),
+            "no stable label selects only its pods: where another policy names it as a peer, "
+            "its selector app=web admits the pods of app/Deployment/web2 too",
+        ),
+    )
+
+
+def test_special_addresses_are_never_node_blocks() -> None:
+    graph = build_graph([], resolver(), scope=set())
+    blocks = node_blocks(graph, ["192.168.49.2", "169.254.169.254", "fe80::1", "0.0.0.0"])
+    assert [block.cidr for block in blocks] == ["192.168.49.2/32"]
+
+
+def test_anywhere_never_opens_the_cluster_itself() -> None:
+    """Calico and kube-router match ipBlocks against pod addresses too: a rule from anywhere
+    (an exposure, or widening) excepts the cluster's pod and Service networks, so inside the
+    cluster only the exact rules allow anything."""
+    exposure = Exposure(PortSpec(Protocol.TCP, 8080), "Service shop/web (LoadBalancer)", (4, 6))
+    _, _, result = synthesized(
+        _public_traffic(),
+        {WEB},
+        max_outside_addresses=32,
+        exposures={str(WEB): [exposure]},
+        internal_networks=("10.244.0.0/16", "10.96.0.0/12", "fd00:10:244::/56"),
+    )
+    web = by_workload(result)[str(WEB)]
+    anywhere = [
+        r.peer
+        for r in (*web.ingress, *web.egress)
+        if isinstance(r.peer, IpPeer) and r.peer.excluded
+    ]
+    assert {peer.cidr for peer in anywhere} == {"0.0.0.0/0", "::/0"}
+    for peer in anywhere:
+        internal = {"0.0.0.0/0": {"10.244.0.0/16", "10.96.0.0/12"}, "::/0": {"fd00:10:244::/56"}}
+        assert internal[peer.cidr] <= set(peer.excluded), peer

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from analyser.errors import PolicyError
 from analyser.evaluation import pod
 from analyser.flows import Protocol
 from analyser.policysets import load_policies, parse_policy_texts
+from kernel.errors import PolicyError
 
 DENY_ALL = """\
 apiVersion: networking.k8s.io/v1

@@ -17,7 +17,7 @@ import pytest
 from analyser import reading, sources
 from analyser.flows import Endpoint, Evidence, Protocol, orient
 from analyser.reading import read_captures
-from analyser.sources import find_captures
+from kernel.bundles import find_captures
 from tests.analyser.packet_builders import (
     CLIENT,
     DNS_SERVER,
@@ -57,15 +57,38 @@ def test_fixtures_end_to_end() -> None:
         (Protocol.TCP, f"{CLIENT}:40002", f"{EXTERNAL}:443", Evidence.HANDSHAKE, 4),
         (Protocol.TCP, f"{CLIENT}:40010", f"{PEER}:8080", Evidence.HANDSHAKE, 2),
         (Protocol.UDP, f"{CLIENT}:40001", f"{DNS_SERVER}:53", Evidence.HEURISTIC, 2),
-        (Protocol.UDP, f"{CLIENT}:40003", f"{PEER}:8125", Evidence.HEURISTIC, 1),
+        (Protocol.UDP, f"{CLIENT}:40003", f"{PEER}:8125", Evidence.ONE_WAY, 1),
     ]
     # Seen by two files (the truncated copy lost only the ARP frame), counted once.
     assert flows[0].captures == {"truncated.pcap", "two-pods.pcap.gz"}
     assert flows[1].first_seen == pytest.approx(1_700_000_001.0)
     assert flows[1].last_seen == pytest.approx(1_700_000_001.5)
     names = ("api.example.com", "edge.example.net")
-    assert traffic.dns.names_for(EXTERNAL) == names
-    assert traffic.dns.names_for("2001:db8::7", at=1_700_000_000.001) == names
+    assert traffic.dns.names_for_flow(flows[0]) == names
+    answers = traffic.dns.seen_at("two-pods.pcap")  # the ring of two-pods.pcap.gz
+    assert answers.names_for("2001:db8::7", at=1_700_000_000.001) == names
+
+
+def test_a_flow_takes_only_names_sent_to_its_client_from_port_53(tmp_path: Path) -> None:
+    """Answers sent to the client from port 53 name its flow; an answer sent to another address,
+    or sent towards port 53 (a client cannot answer itself), names nothing."""
+
+    def answer(name: str) -> bytes:
+        return dns_response(name, [(name, "A", EXTERNAL)])
+
+    packets = [
+        ip_packet(DNS_SERVER, CLIENT, "udp", 53, 40001, payload=answer("asked.example")),
+        ip_packet(DNS_SERVER, PEER, "udp", 53, 40001, payload=answer("peer.example")),
+        ip_packet(CLIENT, DNS_SERVER, "udp", 40001, 53, payload=answer("upside.example")),
+        ip_packet(CLIENT, EXTERNAL, "tcp", 40002, 443, flags=TCP_SYN),
+        ip_packet(PEER, EXTERNAL, "tcp", 40003, 443, flags=TCP_SYN),
+    ]
+    frames = [(1_000.0 + index, packet) for index, packet in enumerate(packets)]
+    path = write_pcap(tmp_path / "node.pcap", frames, linktype=101)
+    traffic = read_captures([path], root=tmp_path, workers=1)
+    flows = {f.client.ip: f for f in orient(traffic.conversations, None) if f.server.port == 443}
+    assert traffic.dns.names_for_flow(flows[CLIENT]) == ("asked.example",)
+    assert traffic.dns.names_for_flow(flows[PEER]) == ("peer.example",)
 
 
 def _tcp_dns(seq: int, payload: bytes, *, flags: int = TCP_ACK, sport: int = 53) -> bytes:
@@ -81,7 +104,7 @@ def test_dns_over_tcp_in_a_capture(tmp_path: Path) -> None:
     frames = [(5.0, _tcp_dns(100, framed)), (6.0, _tcp_dns(100 + len(framed), b"\x00"))]
     path = write_pcap(tmp_path / "tcp-dns.pcap", frames, linktype=101)
     traffic = read_captures([path], root=tmp_path, workers=1)
-    assert traffic.dns.names_for("192.0.2.44") == ("db.example",)
+    assert traffic.dns.seen_at("tcp-dns.pcap").names_for("192.0.2.44") == ("db.example",)
     assert traffic.dns_faults == {"truncated": 1}
 
 
@@ -142,8 +165,9 @@ def test_dns_over_tcp_split_across_segments_is_reassembled(
     message = _long_tcp_answer()
     pieces = _split(message, 1000, 300) if max(order) == 1 else _split(message, 1000, 200, 450)
     traffic = _read_segments(tmp_path, [pieces[i] for i in order], syn=syn)
-    assert traffic.dns.names_for("192.0.2.40") == ("big.example",)
-    assert len(traffic.dns) == 40
+    answers = traffic.dns.seen_at("split.pcap")
+    assert answers.names_for("192.0.2.40") == ("big.example",)
+    assert len(answers) == 40
     assert traffic.dns_faults == {}
 
 
@@ -151,7 +175,7 @@ def test_dns_over_tcp_with_a_segment_missing_is_counted(tmp_path: Path) -> None:
     message = _long_tcp_answer()
     first, _, last = _split(message, 1000, 200, 450)
     traffic = _read_segments(tmp_path, [first, last])
-    assert len(traffic.dns) == 0
+    assert len(traffic.dns.seen_at("split.pcap")) == 0
     assert traffic.dns_faults == {"gap": 1}
 
 
@@ -159,7 +183,7 @@ def test_dns_over_tcp_cut_by_the_snap_length_is_truncated(tmp_path: Path) -> Non
     message = _long_tcp_answer()
     # 512 bytes captured of each: the first segment loses its end, which ends the reassembly.
     traffic = _read_segments(tmp_path, _split(message, 1000, 600), snap=512)
-    assert len(traffic.dns) == 0
+    assert len(traffic.dns.seen_at("split.pcap")) == 0
     assert traffic.dns_faults["truncated"] >= 1
 
 
@@ -182,11 +206,37 @@ def test_repeated_dns_answers_keep_their_times_and_faults(
         frames.append((at, cut))
     path = write_pcap(tmp_path / "dns.pcap", frames, linktype=101)
     traffic = read_captures([path], root=tmp_path, workers=1)
-    assert [(n.ip, n.name, n.first_seen, n.last_seen) for n in traffic.dns] == [
+    answers = traffic.dns.seen_at("dns.pcap")
+    assert [(n.ip, n.name, n.first_seen, n.last_seen) for n in answers] == [
         ("192.0.2.1", "a.example", 3.0, 9.0),
         ("192.0.2.2", "b.example", 4.0, 4.0),
     ]
     assert traffic.dns_faults == {"truncated": 3}
+
+
+def test_answers_with_invalid_names_count_as_bad_name_and_keep_the_rest(tmp_path: Path) -> None:
+    records = [("a.example", "A", "192.0.2.1"), ("a\u2028b.example", "A", "192.0.2.2")]
+    frames = [
+        (
+            at,
+            ip_packet(
+                "10.0.0.53",
+                "10.0.0.1",
+                "udp",
+                53,
+                41000,
+                payload=dns_response("a.example", records, ident=index),
+            ),
+        )
+        for index, at in enumerate([3.0, 9.0])
+    ]
+    path = write_pcap(tmp_path / "dns.pcap", frames, linktype=101)
+    traffic = read_captures([path], root=tmp_path, workers=1)
+    answers = traffic.dns.seen_at("dns.pcap")
+    assert [(n.ip, n.name, n.first_seen, n.last_seen) for n in answers] == [
+        ("192.0.2.1", "a.example", 3.0, 9.0)
+    ]
+    assert traffic.dns_faults == {"bad_name": 2}
 
 
 def _random_captures(directory: Path, count: int) -> list[Path]:
@@ -230,7 +280,9 @@ def test_parallel_and_serial_reads_agree(tmp_path: Path) -> None:
     serial = read_captures(paths, root=tmp_path, workers=1, on_progress=progress.append)
     parallel = read_captures(paths, root=tmp_path, workers=2)
     assert serial.conversations == parallel.conversations
-    assert list(serial.dns) == list(parallel.dns)
+    assert serial.dns.vantages == parallel.dns.vantages
+    for vantage in serial.dns.vantages:
+        assert list(serial.dns.seen_at(vantage)) == list(parallel.dns.seen_at(vantage))
     assert serial.reports == parallel.reports
     assert (serial.packets, serial.counted, serial.skipped) == (
         parallel.packets,
@@ -241,6 +293,42 @@ def test_parallel_and_serial_reads_agree(tmp_path: Path) -> None:
     assert len(serial.conversations) > 20
     assert sum(progress) == sum(path.stat().st_size for path in paths)
     assert orient(serial.conversations, None) == orient(parallel.conversations, None)
+
+
+class _Holding:
+    """A vantage point holding some addresses."""
+
+    def __init__(self, *ips: str) -> None:
+        self.ips = set(ips)
+
+    def __str__(self) -> str:
+        return "pod " + ",".join(sorted(self.ips))
+
+    def holds(self, ip: str, first: float, last: float) -> bool:
+        return ip in self.ips
+
+
+def test_foreign_conversations_are_dropped_the_same_for_any_number_of_workers(
+    tmp_path: Path,
+) -> None:
+    paths = _random_captures(tmp_path, 6)
+    placed = {
+        "pod0/capture.pcap0": _Holding("10.2.0.1"),
+        "pod1/capture.pcapng": _Holding("fd00::a"),
+    }
+    serial = read_captures(paths, root=tmp_path, workers=1, vantages=placed)
+    parallel = read_captures(paths, root=tmp_path, workers=2, vantages=placed)
+    assert serial.conversations == parallel.conversations
+    assert serial.foreign == parallel.foreign
+    assert set(serial.foreign) == set(placed)
+    for conversation in serial.conversations:
+        for capture, vantage in placed.items():
+            if capture in conversation.captures:
+                assert vantage.ips & {conversation.a.ip, conversation.b.ip}
+    everything = read_captures(paths, root=tmp_path, workers=1)
+    assert len(everything.conversations) - len(serial.conversations) <= sum(serial.foreign.values())
+    assert serial.dns.vantages == parallel.dns.vantages
+    assert "pod 10.2.0.1" in serial.dns.vantages  # the placed file's answers are its pod's
 
 
 def test_no_files_give_empty_traffic(tmp_path: Path) -> None:

@@ -10,25 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
-import networkx as nx
 import pytest
 import yaml
 
 from analyser import rendering
 from analyser.bundles import FileProblem
-from analyser.errors import RenderError
 from analyser.flows import Evidence, Protocol
-from analyser.graphs import EdgeStats, NodeRole
-from analyser.policies import (
-    DefaultDeny,
-    IpPeer,
-    LabelRequirement,
-    LabelSelector,
-    PodPeer,
-    Policy,
-    PortSpec,
-    Rule,
-)
+from analyser.graphs import EdgeStats, GraphEdge, GraphNode, NodeRole, WorkloadGraph
+from analyser.peers import IpPeer, PodPeer, PortSpec
+from analyser.policies import DefaultDeny, Policy, Rule
 from analyser.rendering import (
     Provenance,
     ReportFacts,
@@ -39,6 +29,10 @@ from analyser.rendering import (
     render_report,
     yaml_quoted,
 )
+from analyser.selectors import LabelRequirement, LabelSelector
+from analyser.workloads import Workload, WorkloadRef
+from kernel.errors import RenderError
+from tests.kubectl import kubectl
 
 KUBERNETES_VERSION = "1.30.0"
 PROVENANCE = Provenance("2026-01-01T10:00:00Z", "2026-01-01T11:00:00Z")
@@ -286,22 +280,22 @@ def test_policy_files_come_with_a_kustomization_listing_each_of_them() -> None:
         provenance=PROVENANCE,
     )
     assert list(files) == [
-        "kustomization.yaml",
-        "shop/cart.yaml",
-        "shop/default-deny-all.yaml",
-        "web/default-deny-all.yaml",
-        "web/front.yaml",
+        "Kustomization",
+        "shop.cart.yaml",
+        "shop.default-deny-all.yaml",
+        "web.default-deny-all.yaml",
+        "web.front.yaml",
     ]
-    kustomization = parse_one(files["kustomization.yaml"])
-    assert kustomization["resources"] == sorted(set(files) - {"kustomization.yaml"})
+    kustomization = parse_one(files["Kustomization"])
+    assert kustomization["resources"] == sorted(set(files) - {"Kustomization"})
     for path, text in files.items():
-        if path != "kustomization.yaml":
+        if path != "Kustomization":
             validate(parse_one(text))
 
 
 def test_two_policies_for_one_file_are_refused() -> None:
     twice = [cart_policy(), cart_policy()]
-    with pytest.raises(RenderError, match=r"shop/cart\.yaml"):
+    with pytest.raises(RenderError, match=r"shop\.cart\.yaml"):
         render_policy_files(twice, provenance=PROVENANCE)
 
 
@@ -321,7 +315,7 @@ def test_output_is_byte_identical_whatever_the_order_of_rules() -> None:
     assert first == again
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.kubectl
 def test_kustomize_builds_the_directory(tmp_path: Path) -> None:
     files = render_policy_files(
         [cart_policy(), Policy("web", "front", "web/Deployment/front", selector(app="front"))],
@@ -332,7 +326,7 @@ def test_kustomize_builds_the_directory(tmp_path: Path) -> None:
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(text)
     built = subprocess.run(
-        ["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
+        [kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert built.returncode == 0, built.stderr
     objects = [d for d in yaml.safe_load_all(built.stdout) if d]
@@ -343,66 +337,65 @@ def test_kustomize_builds_the_directory(tmp_path: Path) -> None:
     ]
 
 
-def example_graph() -> Any:
-    graph = nx.DiGraph()
+def workload_node(node_id: str, label: str | None = None) -> GraphNode:
+    """A captured workload's node (``NS/Kind/name``), shown as ``label``."""
+    namespace, kind, name = node_id.split("/", 2)
+    workload = Workload(WorkloadRef(namespace, kind, name), LabelSelector())
+    return GraphNode(node_id, NodeRole.WORKLOAD, label or node_id, workload, in_scope=True)
+
+
+def example_graph() -> WorkloadGraph:
     web = 'shop/Deployment/web "v2"'
-    graph.add_node(web, role=NodeRole.WORKLOAD, label=f"{web}\nline two", names=(), in_scope=True)
-    graph.add_node(
-        "shop/Deployment/cart",
-        role=NodeRole.WORKLOAD,
-        label="shop/Deployment/cart",
-        names=(),
-        in_scope=True,
+    nodes = (
+        workload_node(web, f"{web}\nline two"),
+        workload_node("shop/Deployment/cart"),
+        GraphNode(
+            "ip:203.0.113.7",
+            NodeRole.EXTERNAL,
+            "203.0.113.7",
+            names=("api.example.com", "odd|name\\x"),
+        ),
+        GraphNode("node:worker-1", NodeRole.NODE, "worker-1 (10.1.0.1)"),
+        GraphNode("unresolved:10.0.0.9", NodeRole.UNRESOLVED, "10.0.0.9"),
     )
-    graph.add_node(
-        "ip:203.0.113.7",
-        role=NodeRole.EXTERNAL,
-        label="203.0.113.7",
-        names=("api.example.com", "odd|name\\x"),
-        in_scope=False,
+    edges = (
+        GraphEdge(
+            web,
+            "shop/Deployment/cart",
+            {
+                PortSpec(TCP, 8080): EdgeStats(
+                    3, 30, 3000, 1_767_261_600.0, 1_767_261_660.0, frozenset({Evidence.HANDSHAKE})
+                ),
+            },
+        ),
+        GraphEdge(
+            "shop/Deployment/cart",
+            "ip:203.0.113.7",
+            {
+                PortSpec(TCP, 443): EdgeStats(
+                    1, 12, 1400, 1_767_261_600.0, 1_767_261_601.0, frozenset({Evidence.HEURISTIC})
+                ),
+                PortSpec(UDP, 443): EdgeStats(
+                    2,
+                    4,
+                    400,
+                    1_767_261_600.0,
+                    1_767_261_602.0,
+                    frozenset({Evidence.HEURISTIC, Evidence.KNOWN_LISTENER}),
+                ),
+            },
+        ),
+        GraphEdge(
+            "node:worker-1",
+            "shop/Deployment/cart",
+            {
+                PortSpec(TCP, 8080): EdgeStats(
+                    5, 20, 800, 1_767_261_600.0, 1_767_261_700.0, frozenset({Evidence.HANDSHAKE})
+                ),
+            },
+        ),
     )
-    graph.add_node(
-        "node:worker-1", role=NodeRole.NODE, label="worker-1 (10.1.0.1)", names=(), in_scope=False
-    )
-    graph.add_node(
-        "unresolved:10.0.0.9", role=NodeRole.UNRESOLVED, label="10.0.0.9", names=(), in_scope=False
-    )
-    graph.add_edge(
-        web,
-        "shop/Deployment/cart",
-        ports={
-            PortSpec(TCP, 8080): EdgeStats(
-                3, 30, 3000, 1_767_261_600.0, 1_767_261_660.0, frozenset({Evidence.HANDSHAKE})
-            ),
-        },
-    )
-    graph.add_edge(
-        "shop/Deployment/cart",
-        "ip:203.0.113.7",
-        ports={
-            PortSpec(TCP, 443): EdgeStats(
-                1, 12, 1400, 1_767_261_600.0, 1_767_261_601.0, frozenset({Evidence.HEURISTIC})
-            ),
-            PortSpec(UDP, 443): EdgeStats(
-                2,
-                4,
-                400,
-                1_767_261_600.0,
-                1_767_261_602.0,
-                frozenset({Evidence.HEURISTIC, Evidence.KNOWN_LISTENER}),
-            ),
-        },
-    )
-    graph.add_edge(
-        "node:worker-1",
-        "shop/Deployment/cart",
-        ports={
-            PortSpec(TCP, 8080): EdgeStats(
-                5, 20, 800, 1_767_261_600.0, 1_767_261_700.0, frozenset({Evidence.HANDSHAKE})
-            ),
-        },
-    )
-    return graph
+    return WorkloadGraph(nodes, edges)
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
@@ -415,13 +408,14 @@ def test_dot_with_quotes_and_line_breaks_renders_and_keeps_the_labels() -> None:
     assert "Warning" not in result.stderr and "syntax error" not in result.stderr
     rendered = json.loads(result.stdout)
     labels = sorted(o["label"] for o in rendered["objects"])
-    # Graphviz keeps the escString as written: \n is its line break, \\ a backslash.
+    # Graphviz keeps the escString as written: \n is its line break, \\ a backslash. A line
+    # break in the data is shown as its escape, not drawn.
     assert labels == sorted(
         [
             "10.0.0.9",
             "203.0.113.7\\napi.example.com\\nodd|name\\\\x",
             "shop/Deployment/cart",
-            'shop/Deployment/web "v2"\\nline two',
+            'shop/Deployment/web "v2"\\\\nline two',
             "worker-1 (10.1.0.1)",
         ]
     )
@@ -433,9 +427,7 @@ def test_dot_with_quotes_and_line_breaks_renders_and_keeps_the_labels() -> None:
 
 def test_dot_is_deterministic_whatever_the_insertion_order() -> None:
     graph = example_graph()
-    reordered = nx.DiGraph()
-    reordered.add_nodes_from(reversed(list(graph.nodes(data=True))))
-    reordered.add_edges_from(reversed(list(graph.edges(data=True))))
+    reordered = WorkloadGraph(graph.nodes[::-1], graph.edges[::-1])
     assert render_dot(graph) == render_dot(reordered)
 
 
@@ -450,8 +442,8 @@ def report_facts() -> ReportFacts:
         flows=11,
         evidence_counts={Evidence.HANDSHAKE: 8, Evidence.HEURISTIC: 3},
         file_problems=(FileProblem("captures/shop/cart-1/a.pcap", "truncated after 7 packets"),),
-        policy_files=("shop/cart.yaml",),
-        workload_policies={"shop/Deployment/cart": "shop/cart.yaml"},
+        policy_files=("shop.cart.yaml",),
+        workload_policies={"shop/Deployment/cart": "shop.cart.yaml"},
         skipped_packets={"other_protocol": 4, "not_ip": 2},
     )
 
@@ -459,7 +451,7 @@ def report_facts() -> ReportFacts:
 def test_report_lists_workloads_flows_names_problems_and_evidence() -> None:
     report = render_report(report_facts(), example_graph())
     assert report.startswith("# netpol-sniffer report: bundle-2026\n")
-    assert "| shop/Deployment/cart | yes | shop/cart.yaml |" in report
+    assert "| shop/Deployment/cart | yes | shop.cart.yaml |" in report
     assert (
         "| shop/Deployment/cart | 203.0.113.7 | UDP/443 | — | 2 | 4 | 400 | 2026-01-01T10:00:00Z | "
         "2026-01-01T10:00:02Z | heuristic, known-listener |" in report
@@ -472,15 +464,12 @@ def test_report_lists_workloads_flows_names_problems_and_evidence() -> None:
     assert "| known-listener | 0 |" in report
     assert "| heuristic | 3 |" in report
     assert "| not_ip | 2 |\n| other_protocol | 4 |\n" in report
-    # a line break in a label cannot start a new table row
-    assert '| shop/Deployment/web "v2" line two | yes | — |' in report
+    # a line break in a label cannot start a new table row: it shows as its escape
+    assert '| shop/Deployment/web "v2"\\\\nline two | yes | — |' in report
 
 
 def test_report_names_services_assumed_backends_and_workloads_without_a_policy() -> None:
     graph = example_graph()
-    graph.add_node(
-        "shop/Pod/debug", role=NodeRole.WORKLOAD, label="shop/Pod/debug", names=(), in_scope=True
-    )
     stats = EdgeStats(
         4,
         8,
@@ -491,7 +480,14 @@ def test_report_names_services_assumed_backends_and_workloads_without_a_policy()
         services=frozenset({"shop/cart"}),
         assumed=True,
     )
-    graph.add_edge("shop/Pod/debug", "shop/Deployment/cart", ports={PortSpec(TCP, 8080): stats})
+    graph = dataclasses.replace(
+        graph,
+        nodes=(*graph.nodes, workload_node("shop/Pod/debug")),
+        edges=(
+            *graph.edges,
+            GraphEdge("shop/Pod/debug", "shop/Deployment/cart", {PortSpec(TCP, 8080): stats}),
+        ),
+    )
     facts = dataclasses.replace(report_facts(), unselectable=("shop/Pod/debug",))
     report = render_report(facts, graph)
     assert (
@@ -505,9 +501,8 @@ def test_report_names_services_assumed_backends_and_workloads_without_a_policy()
 
 def test_report_lists_a_node_local_dns_cache_with_the_nodes_not_the_outside() -> None:
     graph = example_graph()
-    graph.add_node(
-        "ip:169.254.20.10", role=NodeRole.EXTERNAL, label="169.254.20.10", names=(), in_scope=False
-    )
+    cache = GraphNode("ip:169.254.20.10", NodeRole.EXTERNAL, "169.254.20.10")
+    graph = dataclasses.replace(graph, nodes=(*graph.nodes, cache))
     facts = dataclasses.replace(report_facts(), node_local_dns=("169.254.20.10",))
     report = render_report(facts, graph)
     external, _, nodes = report.partition("## Node addresses")
@@ -519,7 +514,7 @@ def test_report_lists_a_node_local_dns_cache_with_the_nodes_not_the_outside() ->
 def test_report_of_an_empty_analysis_says_so() -> None:
     facts = report_facts()
     empty = ReportFacts(facts.source, Provenance(), None, None, 0, 0, 0, {}, (), (), {})
-    report = render_report(empty, nx.DiGraph())
+    report = render_report(empty, WorkloadGraph())
     assert "No flow was observed." in report
     assert "Every file was read in full." in report
     assert "| capture window | unknown |" in report

@@ -3,27 +3,37 @@ the analyse pipeline runs, verify on a graph, truth records."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-import networkx as nx
 import pytest
 
-from analyser.errors import SnapshotError, UnsafePolicies
+from analyser import graphs
 from analyser.evaluation import ContainerPort, Direction, PolicySet, PortRange, PortSet
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
-from analyser.graphs import EdgeStats, FlowAttribution, NodeRole
+from analyser.graphs import (
+    EdgeStats,
+    FlowAttribution,
+    GraphEdge,
+    GraphNode,
+    NodeRole,
+    WorkloadGraph,
+)
 from analyser.identities import Resolver
-from analyser.policies import PortSpec
+from analyser.peers import PortSpec
 from analyser.replaying import (
     check_policies_allow,
     cluster_facts,
     ensure_policies_allow,
+    observed_from_graph,
     observed_from_records,
     verify_graph,
 )
 from analyser.snapshot import Snapshot, parse_snapshot_documents
 from analyser.verifying import check_observed
+from kernel.errors import SnapshotError, UnsafePolicies
 from tests.bundle_builders import API_IP, CART_POD, FRONTEND_POD, NODE_IP, snapshot
+from tests.work_counting import executed_lines, growth
 
 FRONTEND, CART, COREDNS = (
     "web/Deployment/frontend",
@@ -45,28 +55,40 @@ PODS = {
 }
 
 
-def graph() -> Any:
+def graph() -> WorkloadGraph:
     """frontend → cart:8080, cart → 203.0.113.7:443, node-1 → cart:8080 (a kubelet probe)."""
     _, resolver = cluster()
-    result = nx.DiGraph()
+    nodes = []
     for name, scoped in ((FRONTEND, True), (CART, True), (COREDNS, False)):
         ref = resolver.workload_of_pod(*PODS[name])
         assert ref is not None and str(ref) == name
-        result.add_node(
-            name,
-            role=NodeRole.WORKLOAD,
-            label=name,
-            workload=resolver.workload(ref),
-            names=(),
-            in_scope=scoped,
+        nodes.append(
+            GraphNode(name, NodeRole.WORKLOAD, name, resolver.workload(ref), in_scope=scoped)
         )
-    result.add_node(f"ip:{API_IP}", role=NodeRole.EXTERNAL, label=API_IP, workload=None)
-    result.add_node("node:node-1", role=NodeRole.NODE, label="node-1", workload=None)
+    nodes.append(GraphNode(f"ip:{API_IP}", NodeRole.EXTERNAL, API_IP))
+    nodes.append(GraphNode("node:node-1", NodeRole.NODE, "node-1"))
     stats = EdgeStats(1, 3, 180, 0.0, 1.0, frozenset({Evidence.HANDSHAKE}))
-    result.add_edge(FRONTEND, CART, ports={PortSpec(TCP, 8080): stats})
-    result.add_edge(CART, f"ip:{API_IP}", ports={PortSpec(TCP, 443): stats})
-    result.add_edge("node:node-1", CART, ports={PortSpec(TCP, 8080): stats})
-    return result
+    edges = (
+        GraphEdge(FRONTEND, CART, {PortSpec(TCP, 8080): stats}),
+        GraphEdge(CART, f"ip:{API_IP}", {PortSpec(TCP, 443): stats}),
+        GraphEdge("node:node-1", CART, {PortSpec(TCP, 8080): stats}),
+    )
+    return WorkloadGraph(tuple(nodes), edges)
+
+
+def _with_node_2(
+    ports: dict[PortSpec, EdgeStats], attributions: tuple[FlowAttribution, ...]
+) -> WorkloadGraph:
+    """:func:`graph` and node-2, a node with two addresses, reaching cart on ``ports`` by the
+    flows of ``attributions``."""
+    base = graph()
+    node = GraphNode("node:node-2", NodeRole.NODE, "node-2", addresses=("172.18.0.5", "172.18.0.6"))
+    return replace(
+        base,
+        nodes=(*base.nodes, node),
+        edges=(*base.edges, GraphEdge(node.id, CART, ports)),
+        attributions=attributions,
+    )
 
 
 def netpol(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -222,18 +244,51 @@ def test_a_truth_record_from_a_pods_own_node_is_exempt_as_in_the_graph() -> None
     assert (denial.server, denial.side) == (CART, Direction.INGRESS)
 
 
+def _node_on_many_ports(count: int) -> WorkloadGraph:
+    """A node with two addresses reaching cart on ``count`` ports, one flow each."""
+    stats = EdgeStats(1, 3, 180, 0.0, 1.0, frozenset({Evidence.HANDSHAKE}))
+    ports = [PortSpec(TCP, 10000 + n) for n in range(count)]
+    attributions = tuple(
+        FlowAttribution(
+            Flow(
+                TCP,
+                Endpoint("172.18.0.6", 41000 + n),
+                Endpoint("10.244.2.7", port.port),
+                0.0,
+                1.0,
+                3,
+                180,
+                frozenset({"captures/shop/cart/capture.pcap0"}),
+                Evidence.HANDSHAKE,
+            ),
+            "node:node-2",
+            CART,
+            port,
+        )
+        for n, port in enumerate(ports)
+    )
+    return _with_node_2(dict.fromkeys(ports, stats), attributions)
+
+
+def test_the_flows_of_an_edge_and_port_are_found_without_scanning_every_flow() -> None:
+    # An end with several addresses is checked with those its flows used on each port; looking
+    # them up went through every flow of the graph, for every edge and port.
+    facts = cluster_facts(*cluster())
+
+    def work(count: int) -> int:
+        bigger = _node_on_many_ports(count)
+        return executed_lines(lambda: observed_from_graph(bigger, facts), modules=(graphs,))
+
+    assert growth(work, 200) < 1.5
+    observed = observed_from_graph(_node_on_many_ports(3), facts)
+    assert {(str(o.client), o.port) for o in observed if o.port >= 10000} == {
+        ("node:node-2", 10000 + n) for n in range(3)
+    }
+
+
 def test_an_address_end_is_checked_with_the_addresses_its_flows_used() -> None:
     # A node with two addresses reached cart from 172.18.0.6 only; node-2 hosts no cart pod.
-    result = graph()
-    result.add_node(
-        "node:node-2",
-        role=NodeRole.NODE,
-        label="node-2",
-        workload=None,
-        addresses=("172.18.0.5", "172.18.0.6"),
-    )
     stats = EdgeStats(1, 3, 180, 0.0, 1.0, frozenset({Evidence.HANDSHAKE}))
-    result.add_edge("node:node-2", CART, ports={PortSpec(TCP, 8080): stats})
     flow = Flow(
         Protocol.TCP,
         Endpoint("172.18.0.6", 41000),
@@ -245,8 +300,9 @@ def test_an_address_end_is_checked_with_the_addresses_its_flows_used() -> None:
         frozenset({"captures/shop/cart/capture.pcap0"}),
         Evidence.HANDSHAKE,
     )
-    result.graph["attributions"] = (
-        FlowAttribution(flow, "node:node-2", CART, PortSpec(TCP, 8080)),
+    result = _with_node_2(
+        {PortSpec(TCP, 8080): stats},
+        (FlowAttribution(flow, "node:node-2", CART, PortSpec(TCP, 8080)),),
     )
 
     def cart_allowing(cidr: str) -> PolicySet:

@@ -4,12 +4,15 @@ magic bytes, damage reported with the records before it, and finding capture fil
 from __future__ import annotations
 
 import gzip
+import struct
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from analyser.errors import MalformedCapture, TruncatedCapture
-from analyser.sources import CaptureFile, find_captures, records, ring_name
+from analyser.sources import CHUNK_SIZE, MAX_PARSED_BLOCK, MAX_RECORD, CaptureFile, records
+from kernel.bundles import find_captures, ring_name
+from kernel.errors import MalformedCapture, TruncatedCapture
 from tests.analyser.packet_builders import (
     START,
     ethernet,
@@ -210,3 +213,134 @@ def test_big_endian_pcapng_with_a_timestamp_offset(tmp_path: Path) -> None:
     read = list(records(path))
     assert [(linktype, data) for _, linktype, data in read] == [(101, udp), (1, ethernet(udp))]
     assert [timestamp - START for timestamp, _, _ in read] == pytest.approx([0.5, 0.75], abs=1e-6)
+
+
+def _read_with_peak(capture: CaptureFile) -> tuple[int, int]:
+    """(records in the batches, the peak of Python's allocations while reading them)."""
+    tracemalloc.start()
+    try:
+        count = sum(len(batch) for _, _, batch in capture.batches())
+        return count, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_record_claiming_4_gb_is_damage_whatever_the_snap_length(tmp_path: Path) -> None:
+    # The header's snap length used to be the limit: a record claiming 4 GB was carried over
+    # from chunk to chunk until the file ended (a 10 MB .pcap.gz reached 1.2 GB).
+    good = write_pcap(tmp_path / "good.pcap", FRAMES, snaplen=0xFFFFFFFF).read_bytes()
+    claim = (1).to_bytes(4, "little") * 2 + (0xFFFFFFFF).to_bytes(4, "little") * 2
+    path = tmp_path / "claim.pcap.gz"
+    path.write_bytes(gzip.compress(good + claim + bytes(40 << 20), compresslevel=1))
+    read_from_disk: list[int] = []
+    capture = CaptureFile(path, on_read=read_from_disk.append)
+    count, peak = _read_with_peak(capture)
+    assert (count, capture.report.packets, capture.report.error) == (2, 2, "MalformedCapture")
+    assert capture.report.reason is not None
+    assert capture.report.reason.startswith(
+        f"record 3 claims 4294967295 bytes, more than a packet can hold ({MAX_RECORD}; the "
+        "file's snap length is 4294967295)"
+    )
+    assert peak < 8 * CHUNK_SIZE
+    assert sum(read_from_disk) <= 2 * CHUNK_SIZE  # stopped at the claim
+
+
+def test_records_up_to_libpcaps_ceiling_are_packets_beyond_the_snap_length(tmp_path: Path) -> None:
+    frame = (ethernet(ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2)) + bytes(MAX_RECORD))[
+        :MAX_RECORD
+    ]
+    header = write_pcap(tmp_path / "header.pcap", [], snaplen=65535).read_bytes()
+    path = tmp_path / "big.pcap"
+    path.write_bytes(header + struct.pack("<IIII", int(START), 0, MAX_RECORD, MAX_RECORD) + frame)
+    assert [data for _, _, data in records(path)] == [frame]
+
+
+def _pcapng_block(block_type: int, body: bytes) -> bytes:
+    length = 12 + len(body)
+    return struct.pack("<II", block_type, length) + body + struct.pack("<I", length)
+
+
+def test_pcapng_blocks_that_are_not_read_are_skipped_without_being_held(tmp_path: Path) -> None:
+    # A 24 MB name resolution block (more than blocks were allowed to be) between two packets.
+    udp = ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2)
+    one = write_pcapng(tmp_path / "1.pcapng", [(101, 6)], [(0, START, udp)]).read_bytes()
+    two = write_pcapng(tmp_path / "2.pcapng", [(101, 6)], [(0, START, udp)] * 2).read_bytes()
+    path = tmp_path / "names.pcapng"
+    path.write_bytes(one + _pcapng_block(4, bytes(24 << 20)) + two[len(one) :])
+    capture = CaptureFile(path)
+    count, peak = _read_with_peak(capture)
+    assert (count, capture.report.ok) == (2, True)
+    assert peak < 8 * CHUNK_SIZE
+
+
+@pytest.mark.parametrize(
+    ("block_type", "body", "message"),
+    [
+        (
+            6,
+            struct.pack("<IIIII", 0, 0, 0, MAX_RECORD + 1, MAX_RECORD + 1) + bytes(MAX_RECORD + 4),
+            f"a packet of {MAX_RECORD + 1} bytes, more than a packet can hold",
+        ),
+        (6, bytes(MAX_PARSED_BLOCK), "more than an interface or packet block can hold"),
+        (
+            3,
+            struct.pack("<I", MAX_RECORD + 8) + bytes(MAX_RECORD + 8),
+            f"a packet of {MAX_RECORD + 8} bytes, more than a packet can hold",
+        ),
+    ],
+    ids=["enhanced-packet", "huge-block", "simple-packet"],
+)
+def test_an_oversized_pcapng_packet_is_damage_after_the_good_ones(
+    tmp_path: Path, block_type: int, body: bytes, message: str
+) -> None:
+    udp = ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2)
+    good = write_pcapng(tmp_path / "p.pcapng", [(101, 6)], [(0, START, udp)]).read_bytes()
+    path = tmp_path / "big.pcapng"
+    path.write_bytes(good + _pcapng_block(block_type, body))
+    capture = CaptureFile(path)
+    assert sum(len(batch) for _, _, batch in capture.batches()) == 1
+    assert capture.report.error == "MalformedCapture"
+    assert capture.report.reason is not None and message in capture.report.reason
+
+
+@pytest.mark.parametrize("offset", [1 << 62, -(1 << 62)])
+def test_packets_with_impossible_times_are_skipped_and_counted(tmp_path: Path, offset: int) -> None:
+    # if_tsoffset of ±2^62 seconds: the second interface's packets are in no year datetime knows.
+    udp = ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2)
+    path = write_pcapng(
+        tmp_path / "a.pcapng",
+        [(101, 6), (101, 6)],
+        [(0, START, udp), (1, offset + START, udp), (1, offset + START + 1, udp), (0, START, udp)],
+        offsets=[0, offset],
+    )
+    capture = CaptureFile(path)
+    assert sum(len(batch) for _, _, batch in capture.batches()) == 2
+    assert capture.report.ok
+    assert (capture.report.packets, capture.report.impossible_times) == (4, 2)
+
+
+def test_reading_stops_at_the_cap_on_decompressed_bytes(tmp_path: Path) -> None:
+    # A gzip bomb: 1 MB of records compressed to a kilobyte, repeated as gzip members.
+    frame = ethernet(ip_packet("10.0.0.1", "10.0.0.2", "udp", 1, 2))
+    record = struct.pack("<IIII", int(START), 0, len(frame), len(frame)) + frame
+    pcap = write_pcap(tmp_path / "one.pcap", []).read_bytes()
+    member = gzip.compress(record * ((1 << 20) // len(record)), mtime=0)
+    path = tmp_path / "bomb.pcap.gz"
+    path.write_bytes(gzip.compress(pcap, mtime=0) + member * 1024)  # 1 GiB inside
+    read_from_disk: list[int] = []
+    capture = CaptureFile(path, on_read=read_from_disk.append, max_bytes=4 << 20)
+    count = sum(len(batch) for _, _, batch in capture.batches())
+    assert (capture.report.error, capture.report.packets) == ("CaptureTooLarge", count)
+    assert count == ((4 << 20) - len(pcap)) // len(record)
+    assert capture.report.reason == (
+        "more than 4 MiB once decompressed (--max-capture-size): the rest of the file was not read"
+    )
+    assert sum(read_from_disk) == CHUNK_SIZE  # of the 3 MB file: stopped at the cap
+    plain = tmp_path / "plain.pcap"
+    plain.write_bytes(pcap + record * 100)
+    capped = CaptureFile(plain, max_bytes=len(pcap) + 10 * len(record) + 5)
+    assert sum(len(batch) for _, _, batch in capped.batches()) == 10
+    assert capped.report.error == "CaptureTooLarge"
+    whole = CaptureFile(plain, max_bytes=plain.stat().st_size)
+    assert sum(len(batch) for _, _, batch in whole.batches()) == 100
+    assert whole.report.ok

@@ -5,6 +5,8 @@ kubeconfig path (``.kubeconfig``), the server URL (``.server``), an environment 
 clients (``.env``), and ``.kubectl(...)`` / ``.kubectl_json(...)`` running the kubectl built
 with it.
 ``namespace_factory`` makes namespaces (optionally labelled) that are deleted after the test.
+``node`` (marker ``node``) is a whole single-node cluster (``node.py``): kubelet, containerd,
+kube-proxy, CoreDNS and kube-router's NetworkPolicy firewall, in a network namespace of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-from controlplane import ControlPlane, ControlPlaneError, NamespaceFactory, build
+
+from tests.e2e.controlplane import ControlPlane, ControlPlaneError, NamespaceFactory, build
+from tests.e2e.node import SUMMARY_LINES, Built, Node
+from tests.e2e.node import build as build_node
 
 
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -28,6 +33,7 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 _build_outcome: list[Path | ControlPlaneError] = []
+_node_build_outcome: list[Built | ControlPlaneError] = []
 
 
 def _build_once(config: pytest.Config) -> Path | ControlPlaneError:
@@ -42,10 +48,29 @@ def _build_once(config: pytest.Config) -> Path | ControlPlaneError:
     return _build_outcome[0]
 
 
+def _build_node_once(config: pytest.Config) -> Built | ControlPlaneError:
+    """Build (or find) everything a node runs, once per run, printing to the terminal."""
+    if not _node_build_outcome:
+        capture = config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            try:
+                _node_build_outcome.append(build_node())
+            except ControlPlaneError as error:
+                _node_build_outcome.append(error)
+    return _node_build_outcome[0]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in SUMMARY_LINES:
+        terminalreporter.write_line(line)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     # Build before the first test starts, so a cold build does not count against a test's timeout.
     if any(item.get_closest_marker("e2e") for item in session.items):
         _build_once(session.config)
+    if any(item.get_closest_marker("node") for item in session.items):
+        _build_node_once(session.config)
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +125,28 @@ def namespace_factory(control_plane: ControlPlane) -> Iterator[NamespaceFactory]
     yield make
     for name in made:
         control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def node(pytestconfig: pytest.Config) -> Iterator[Node]:
+    """A started single-node cluster; stopped (everything removed) after the module's tests, so
+    it does not weigh on the tests that follow."""
+    outcome = _build_node_once(pytestconfig)
+    if isinstance(outcome, ControlPlaneError):
+        pytest.fail(f"cannot build the node: {outcome}", pytrace=False)
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    started = Node(outcome)
+    atexit.register(started.stop)
+    failure: ControlPlaneError | None = None
+    try:
+        started.start()
+    except ControlPlaneError as error:
+        failure = error
+    if failure is not None:
+        pytest.fail(f"cannot start the node: {failure}", pytrace=False)
+    try:
+        yield started
+    finally:
+        started.stop()
+        atexit.unregister(started.stop)
+        signal.signal(signal.SIGTERM, previous)

@@ -52,18 +52,26 @@ CACHE_ROOT = Path(
 # Where the Go toolchain lives when it is not on PATH (as installed on the project's machines).
 GO_FALLBACK = Path("/usr/local/go/bin/go")
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+# What a node adds (tests/e2e/node.py): pods are scheduled, run and reached through Services.
+NODE_BINARIES = ("kube-scheduler", "kubelet", "kube-proxy")
 _PACKAGES = {
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
     "etcd": "go.etcd.io/etcd/server/v3",
+    "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
 }
 # Go's parallelism: the machine has two cores that other work shares.
 GO_PARALLEL = os.environ.get("NETPOL_SNIFFER_GO_PARALLEL", "2")
 READY_TIMEOUT_S = 120.0
 # Concurrent runs (or other programs) may take a chosen port first: start again on new ports.
 START_ATTEMPTS = 3
-_LISTEN_PORTS = (20000, 32000)
+# Below the NodePort range (30000-32767) too: kube-router lets a pod reach any local port in it
+# whatever its policies (KUBE-ROUTER-INPUT), so an API server listening there answered the real
+# node's probe of the kubernetes Service under policies that allow no such egress.
+_LISTEN_PORTS = (20000, 29999)
 # namespace_factory's product: ``make(prefix, labels={...})`` → a ready namespace's name.
 NamespaceFactory = Callable[..., str]
 
@@ -140,16 +148,11 @@ def _go(args: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> str:
     return result.stdout
 
 
-def build(version: str = KUBERNETES_VERSION, root: Path = CACHE_ROOT) -> Path:
-    """Build the binaries into the cache unless they are there; return their directory."""
-    target = binary_dir(version, root)
-    if all((target / name).is_file() for name in BINARIES):
-        print(f"control plane {version} (etcd {ETCD_VERSION}): cached in {target}", flush=True)
-        return target
+def go_toolchain_env(root: Path = CACHE_ROOT) -> dict[str, str]:
+    """The environment for ``go``: the toolchain on PATH, static binaries, two parallel jobs."""
     go = shutil.which("go") or (str(GO_FALLBACK) if GO_FALLBACK.is_file() else None)
     if go is None:
-        raise ControlPlaneError("building the control plane needs the Go toolchain (`go`)")
-    started = time.monotonic()
+        raise ControlPlaneError("building the test cluster needs the Go toolchain (`go`)")
     env = {
         **os.environ,
         "PATH": f"{Path(go).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -160,7 +163,27 @@ def build(version: str = KUBERNETES_VERSION, root: Path = CACHE_ROOT) -> Path:
         # Go keeps its module and build caches under $HOME; CI may run without one.
         env.setdefault("GOPATH", str(root / "gopath"))
         env.setdefault("GOCACHE", str(root / "go-build"))
-    target.parent.mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def build(
+    version: str = KUBERNETES_VERSION,
+    root: Path = CACHE_ROOT,
+    names: Sequence[str] = BINARIES,
+) -> Path:
+    """Build the binaries ``names`` into the cache unless they are there; return their directory.
+
+    One cache directory serves the control plane and the node: a node run adds its binaries
+    beside the control plane's, built in the same throwaway module.
+    """
+    target = binary_dir(version, root)
+    missing = [name for name in names if not (target / name).is_file()]
+    if not missing:
+        print(f"{', '.join(names)} {version}: cached in {target}", flush=True)
+        return target
+    env = go_toolchain_env(root)
+    started = time.monotonic()
+    target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="netpol-sniffer-k8s-build-") as work_name:
         work = Path(work_name)
         info = json.loads(
@@ -168,15 +191,13 @@ def build(version: str = KUBERNETES_VERSION, root: Path = CACHE_ROOT) -> Path:
         )
         replacements = staging_replacements(Path(info["GoMod"]).read_text(), version)
         (work / "go.mod").write_text(throwaway_go_mod(version, replacements))
-        packages = [_PACKAGES[name] for name in BINARIES]
         pinned = [
-            f"{package}@{ETCD_VERSION if name == 'etcd' else version}"
-            for name, package in zip(BINARIES, packages, strict=True)
+            f"{_PACKAGES[name]}@{ETCD_VERSION if name == 'etcd' else version}" for name in missing
         ]
         _go(["get", *pinned], cwd=work, env=env)
         staged = Path(tempfile.mkdtemp(prefix="bin-", dir=target.parent))
         try:
-            for name, package in zip(BINARIES, packages, strict=True):
+            for name in missing:
                 step = time.monotonic()
                 _go(
                     [
@@ -185,20 +206,20 @@ def build(version: str = KUBERNETES_VERSION, root: Path = CACHE_ROOT) -> Path:
                         f"-ldflags={_version_ldflags(version)}",
                         "-o",
                         str(staged / name),
-                        package,
+                        _PACKAGES[name],
                     ],
                     cwd=work,
                     env=env,
                 )
                 print(f"built {name} in {time.monotonic() - step:.0f} s", flush=True)
-            # Publish all binaries at once so an interrupted build never leaves a partial cache.
-            if target.exists():
-                shutil.rmtree(target)
-            staged.rename(target)
+            # Published only when all are built, each by a rename: an interrupted build never
+            # leaves a partial binary in the cache.
+            for name in missing:
+                (staged / name).rename(target / name)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
     print(
-        f"control plane {version} (etcd {ETCD_VERSION}) built in "
+        f"{', '.join(missing)} {version} (etcd {ETCD_VERSION}) built in "
         f"{time.monotonic() - started:.0f} s into {target}",
         flush=True,
     )
@@ -347,6 +368,32 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def enter_netns(name: str) -> None:
+    """Move the calling process (a child before exec) into the named network namespace.
+
+    Only the network: the mount namespace stays the host's, so the kubelet's volume mounts and
+    containerd's container mounts see each other.
+    """
+    clone_newnet = 0x40000000
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if ctypes.CDLL("libc.so.6", use_errno=True).setns(fd, clone_newnet) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into network namespace {name}")
+    finally:
+        os.close(fd)
+
+
+def child_setup(netns: str | None) -> Callable[[], None]:
+    """A ``preexec_fn``: into ``netns`` (when given), then tied to this process's life."""
+
+    def setup() -> None:
+        if netns is not None:
+            enter_netns(netns)
+        die_with_parent()
+
+    return setup
+
+
 @dataclass
 class _Process:
     name: str
@@ -364,6 +411,9 @@ class ControlPlane:
 
     ``start()`` returns when the API server is ready and the controller manager has created the
     ``default`` ServiceAccount; ``stop()`` (idempotent) ends the processes and removes the data.
+
+    A node's control plane (tests/e2e/node.py) runs in the node's network namespace on the node's
+    address, gives the node a podCIDR and schedules pods.
     """
 
     bin_dir: Path
@@ -371,10 +421,19 @@ class ControlPlane:
         default_factory=lambda: Path(tempfile.mkdtemp(prefix="netpol-sniffer-e2e-"))
     )
     service_cluster_ip_range: str = "10.96.0.0/16"
+    # Where etcd and the API server listen (and what the API server advertises).
+    address: str = "127.0.0.1"
+    # The network namespace every component runs in; None: this process's own.
+    netns: str | None = None
+    # The pod network: when set, the controller manager gives each node a podCIDR from it.
+    cluster_cidr: str | None = None
+    # Pods are scheduled only with kube-scheduler: a control plane without nodes needs none.
+    with_scheduler: bool = False
     # Chosen by start().
     apiserver_port: int = field(default=0, init=False)
     etcd_url: str = field(default="", init=False)
     _admin_pem: tuple[bytes, bytes] = field(default=(b"", b""), init=False)
+    _ca: _Issued | None = field(default=None, init=False)
     _processes: list[_Process] = field(default_factory=list, init=False)
     _stopped: bool = field(default=False, init=False)
 
@@ -388,7 +447,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -424,6 +483,8 @@ class ControlPlane:
                 self._start_etcd()
                 self._start_apiserver()
                 self._start_controller_manager()
+                if self.with_scheduler:
+                    self._start_scheduler()
                 self.wait_for_default_service_account("default")
                 return self
             except _AddressInUse:
@@ -469,7 +530,10 @@ class ControlPlane:
             issuer=ca,
             usage=ExtendedKeyUsageOID.SERVER_AUTH,
             san=[
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                *(
+                    x509.IPAddress(ipaddress.ip_address(address))
+                    for address in sorted({"127.0.0.1", self.address, self.kubernetes_service_ip})
+                ),
                 *(
                     x509.DNSName(name)
                     for name in (
@@ -487,10 +551,18 @@ class ControlPlane:
             issuer=ca,
             usage=ExtendedKeyUsageOID.CLIENT_AUTH,
         )
+        # The API server's identity towards kubelets (exec, logs, port-forward).
+        kubelet_client = _issue(
+            subject=_name("kube-apiserver-kubelet-client", "system:masters"),
+            issuer=ca,
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
         service_accounts = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         _write(pki / "ca.crt", _pem_cert(ca.cert))
         _write(pki / "apiserver.crt", _pem_cert(serving.cert))
         _write(pki / "apiserver.key", _pem_key(serving.key))
+        _write(pki / "apiserver-kubelet-client.crt", _pem_cert(kubelet_client.cert))
+        _write(pki / "apiserver-kubelet-client.key", _pem_key(kubelet_client.key))
         _write(pki / "sa.key", _pem_key(service_accounts))
         _write(
             pki / "sa.pub",
@@ -508,6 +580,31 @@ class ControlPlane:
         )
         self.kubeconfig.chmod(0o600)
         self._admin_pem = (_pem_cert(admin.cert), _pem_key(admin.key))
+        self._ca = ca
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        """The ``kubernetes`` Service's ClusterIP: the first address of the Service range."""
+        network = ipaddress.ip_network(self.service_cluster_ip_range)
+        return str(network.network_address + 1)
+
+    def write_client_kubeconfig(self, path: Path, user: str, group: str | None = None) -> Path:
+        """A kubeconfig for ``user`` (in ``group``) with a client certificate of this cluster's CA:
+        how a kubelet (``system:node:NAME`` in ``system:nodes``) or kube-proxy authenticates."""
+        assert self._ca is not None, "the control plane's credentials are written when it starts"
+        client = _issue(
+            subject=_name(user, group), issuer=self._ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH
+        )
+        path.write_text(
+            _kubeconfig(
+                server=self.server,
+                ca=_pem_cert(self._ca.cert),
+                cert=_pem_cert(client.cert),
+                key=_pem_key(client.key),
+            )
+        )
+        path.chmod(0o600)
+        return path
 
     def _spawn(self, name: str, args: Sequence[str]) -> _Process:
         log = self.workdir / f"{name}.log"
@@ -518,7 +615,7 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
-                preexec_fn=die_with_parent,
+                preexec_fn=child_setup(self.netns),
             )
         process = _Process(name=name, popen=popen, log=log)
         self._processes.append(process)
@@ -526,7 +623,7 @@ class ControlPlane:
 
     def _start_etcd(self) -> None:
         client, peer = free_port(), free_port()
-        self.etcd_url = f"http://127.0.0.1:{client}"
+        self.etcd_url = f"http://{self.address}:{client}"
         process = self._spawn(
             "etcd",
             [
@@ -534,9 +631,9 @@ class ControlPlane:
                 f"--data-dir={self.workdir / 'etcd'}",
                 f"--listen-client-urls={self.etcd_url}",
                 f"--advertise-client-urls={self.etcd_url}",
-                f"--listen-peer-urls=http://127.0.0.1:{peer}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-                f"--initial-cluster=e2e=http://127.0.0.1:{peer}",
+                f"--listen-peer-urls=http://{self.address}:{peer}",
+                f"--initial-advertise-peer-urls=http://{self.address}:{peer}",
+                f"--initial-cluster=e2e=http://{self.address}:{peer}",
                 "--unsafe-no-fsync",
                 "--log-level=warn",
             ],
@@ -549,8 +646,8 @@ class ControlPlane:
             "kube-apiserver",
             [
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -560,7 +657,12 @@ class ControlPlane:
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-cluster-ip-range={self.service_cluster_ip_range}",
-                "--authorization-mode=RBAC",
+                # Node: kubelets (system:node:NAME) may read and write what their pods need.
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
                 # The capture sidecar may ask for privileges; the API server must let it through.
                 "--allow-privileged=true",
                 "--profiling=false",
@@ -570,16 +672,34 @@ class ControlPlane:
 
     def _start_controller_manager(self) -> None:
         pki = self.workdir / "pki"
+        node_cidrs = (
+            []
+            if self.cluster_cidr is None
+            else ["--allocate-node-cidrs=true", f"--cluster-cidr={self.cluster_cidr}"]
+        )
         self._spawn(
             "kube-controller-manager",
             [
                 f"--kubeconfig={self.kubeconfig}",
-                "--bind-address=127.0.0.1",
+                f"--bind-address={self.address}",
                 f"--secure-port={free_port()}",
                 f"--cert-dir={self.workdir / 'controller-manager-certs'}",
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
                 f"--service-cluster-ip-range={self.service_cluster_ip_range}",
+                *node_cidrs,
+                "--leader-elect=false",
+                "--profiling=false",
+            ],
+        )
+
+    def _start_scheduler(self) -> None:
+        self._spawn(
+            "kube-scheduler",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                f"--bind-address={self.address}",
+                f"--secure-port={free_port()}",
                 "--leader-elect=false",
                 "--profiling=false",
             ],

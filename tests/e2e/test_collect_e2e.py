@@ -2,7 +2,7 @@
 
 There is no real kubelet: pods are stored (a Deployment's by the controller manager) but never
 run, so a test plays the kubelet's part in the status it writes (IPs, phase, running containers).
-For exec, a Node points the API server at a local kubelet (tests/analyser/fakeapiserver.py over
+For exec, a Node points the API server at a local kubelet (tests/collector/fakeapiserver.py over
 HTTPS) that runs the sidecar's commands on this machine: pulls go through the API server's own
 authorization and exec proxy (v4.channel.k8s.io; v5 the API server would translate to SPDY).
 """
@@ -10,7 +10,7 @@ authorization and exec proxy (v4.channel.k8s.io; v5 the API server would transla
 from __future__ import annotations
 
 import json
-import sys
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,26 +19,21 @@ from typing import Any
 
 import pytest
 import yaml
-from controlplane import ControlPlane
 
 from analyser.bundles import open_bundle, parse_manifest
-from analyser.cli.main import main
-from analyser.collecting import (
-    CollectOptions,
-    KubernetesCluster,
-    collect,
-    load_configuration,
-)
-from analyser.errors import AccessDenied
 from analyser.snapshot import load_pod_ip_history, load_snapshot
 from certs.make_certs import LOOPBACK_NAMES, make_certs
+from cli.main import main
+from collector.collecting import CollectOptions, collect
+from collector.kube import KubernetesCluster, load_configuration
+from kernel.errors import AccessDenied
+from kernel.names import NODE_CAPTURE_NAMESPACE
+from tests.collector.fakeapiserver import FakeAPIServer
+from tests.e2e.controlplane import ControlPlane
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "analyser"))
-
-from fakeapiserver import FakeAPIServer  # noqa: E402
 
 OPT_IN = {"netpol-sniffer.io/capture": "enabled"}
 SIDECAR = "netpol-sniffer-capture"
@@ -226,9 +221,9 @@ def test_snapshot_and_ip_history_from_a_real_api_server(
 
     # and the analyser loads it
     snapshot = load_snapshot(snapshot_path)
-    assert {ns["metadata"]["name"] for ns in snapshot.namespaces} >= {shop, "kube-system"}
-    web = [p for p in snapshot.pods if p["metadata"]["labels"].get("app") == "web"]
-    assert web and web[0]["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+    assert {ns.name for ns in snapshot.namespaces} >= {shop, "kube-system"}
+    web = [p for p in snapshot.pods if p.labels.get("app") == "web"]
+    assert web and web[0].meta.owner_references[0].kind == "ReplicaSet"
 
 
 @pytest.fixture
@@ -511,3 +506,62 @@ def test_exec_without_the_namespace_role_is_named(
         v4_cluster(collector_identity), CollectOptions(out=tmp_path / "b", namespaces=(shop,))
     )
     assert result.pods_pulled == 1 and result.skipped == ()
+
+
+def test_node_capture_rbac_is_exec_in_its_own_namespace_only(
+    control_plane: ControlPlane,
+    namespace_factory: NamespaceFactory,
+    collector_identity: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """manifests/node-capture applies (its namespace at Pod Security privileged); the collector's
+    namespace role applied there grants exec into the node capture's pods and nowhere else; with
+    no node to run on, collect --node-captures says the capture is not running."""
+    bank = namespace_factory("bank", labels=OPT_IN)
+    # The pod networks a user sets in an overlay: here in a copy of the kustomization.
+    overlay = tmp_path / "node-capture"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(REPO / "manifests/node-capture", overlay)],
+                "configMapGenerator": [
+                    {
+                        "name": "netpol-sniffer-node-capture",
+                        "namespace": NODE_CAPTURE_NAMESPACE,
+                        "behavior": "merge",
+                        "literals": ["NETPOL_SNIFFER_POD_NETWORKS=10.244.0.0/16"],
+                    }
+                ],
+            }
+        )
+    )
+    control_plane.kubectl("apply", "-k", str(overlay))
+    try:
+        labels = json.loads(
+            control_plane.kubectl("get", "namespace", NODE_CAPTURE_NAMESPACE, "-o", "json").stdout
+        )["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+        control_plane.kubectl("apply", "-k", str(REPO / "manifests/collector-rbac"))
+        control_plane.kubectl(
+            "apply",
+            "-n",
+            NODE_CAPTURE_NAMESPACE,
+            "-k",
+            str(REPO / "manifests/collector-rbac/namespace"),
+        )
+        exec_there = ("create", "pods", "--subresource=exec", "-n", NODE_CAPTURE_NAMESPACE)
+        wait_for("the exec role", lambda: can_i(control_plane, *exec_there))
+        assert not can_i(control_plane, "create", "pods", "--subresource=exec", "-n", bank)
+        assert not can_i(control_plane, "get", "secrets", "-n", NODE_CAPTURE_NAMESPACE)
+        assert not can_i(control_plane, "delete", "pods", "-n", NODE_CAPTURE_NAMESPACE)
+        args = ["collect", "-n", bank, "-o", str(tmp_path / "b"), "--node-captures"]
+        assert main([*args, "--kubeconfig", str(collector_identity)]) == 1
+        assert "no node capture runs" in capsys.readouterr().err
+    finally:
+        control_plane.kubectl(
+            "delete", "-k", str(overlay), "--wait=false", "--ignore-not-found", check=False
+        )

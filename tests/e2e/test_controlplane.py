@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from controlplane import (
+
+from tests.e2e.controlplane import (
     KUBERNETES_VERSION,
     ControlPlane,
     ControlPlaneError,

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 import yaml
-from controlplane import ControlPlane, NamespaceFactory, die_with_parent, free_port
 
 from certs.make_certs import LOOPBACK_NAMES, make_certs
+from tests.e2e.controlplane import ControlPlane, NamespaceFactory, die_with_parent, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -29,7 +30,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analyser.bundles import parse_manifest
-from analyser.errors import BundleError, SnapshotError
 from analyser.identities import Resolver
 from analyser.packets import DnsFault, DnsResponse, decode_dns
 from analyser.reading import read_captures
@@ -40,6 +40,7 @@ from analyser.snapshot import (
     parse_pod_ip_history,
     parse_snapshot_documents,
 )
+from kernel.errors import BundleError, SnapshotError
 from tests.analyser.packet_builders import (
     FRAMERS,
     TCP_ACK,
@@ -142,6 +143,14 @@ def capture_bytes(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+# What a name the analyser keeps must look like (lower case: names are compared lowered).
+_DNS_NAME = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*")
+
+
+def is_dns_name(text: str) -> bool:
+    return len(text) <= 253 and _DNS_NAME.fullmatch(text) is not None
+
+
 def _check_address(text: str) -> None:
     assert ipaddress.ip_address(text).compressed == text
 
@@ -169,9 +178,10 @@ def test_capture_reading_never_raises_and_keeps_its_promises(files: list[bytes])
         assert math.isfinite(conversation.first_seen) and math.isfinite(conversation.last_seen)
         assert conversation.first_seen <= conversation.last_seen
         assert conversation.packets >= 1
-    for name in traffic.dns:
-        _check_address(name.ip)
-        assert isinstance(name.name, str)
+    for vantage in traffic.dns.vantages:
+        for name in traffic.dns.seen_at(vantage):
+            _check_address(name.ip)
+            assert is_dns_name(name.name), name
 
 
 # -- DNS ----------------------------------------------------------------------------------------
@@ -214,10 +224,10 @@ def test_dns_decoding_gives_answers_or_a_fault(payload: bytes, over_tcp: bool) -
     for response in result:
         assert isinstance(response, DnsResponse)
         for owner, address in response.addresses:
-            assert isinstance(owner, str)
+            assert is_dns_name(owner), owner
             _check_address(address)
         for alias, target in response.aliases:
-            assert isinstance(alias, str) and isinstance(target, str)
+            assert is_dns_name(alias) and is_dns_name(target), (alias, target)
 
 
 # -- snapshots and the bundle's JSON files ------------------------------------------------------

@@ -72,7 +72,7 @@ class Judged:
         found = [
             text
             for path, text in self.files.items()
-            if path.startswith(f"{namespace}/{workload}") and path.endswith(".yaml")
+            if path.startswith(f"{namespace}.{workload}") and path.endswith(".yaml")
         ]
         assert len(found) == 1, f"no single policy for {namespace}/{workload} in {list(self.files)}"
         return found[0]

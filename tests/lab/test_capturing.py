@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kernel.capture import CaptureMode
 from lab import capturing
-from webhook.capture import CaptureMode, CaptureOptions, tcpdump_argv
+from webhook.capture import CaptureOptions, tcpdump_argv
 
 POD = capturing.PodInfo(
     name="web-abc12-xyz34",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from analyser.evaluation import PolicySet
+from analyser.evaluation import PolicySet, PortRange, PortSet
+from analyser.flows import Protocol
 from lab import bundling, checking
 from lab.layouts import DNS_WORKLOAD
 from tests.lab.lab_helpers import layout_from
@@ -98,3 +99,32 @@ def test_no_policy_for_a_workload_allows_too_much() -> None:
     assert not result.denied
     assert any(line.startswith(f"{DNS_WORKLOAD} → shop/Deployment/web") for line in result.extra)
     assert any("ip:198.51.100.254 → shop/Deployment/web" in line for line in result.extra)
+
+
+PUBLIC = """
+apiVersion: v1
+kind: Service
+metadata: {name: web-public, namespace: shop}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+"""
+
+WEB_FROM_ANYWHERE = WEB + """
+    - from: [{ipBlock: {cidr: 0.0.0.0/0}}]
+      ports: [{port: 8080}]
+"""
+
+
+def test_the_world_may_reach_what_a_load_balancer_exposes_and_nothing_more() -> None:
+    plan = "calls: [{from: ops/Job/report, to: web.shop:8080}]"
+    snapshot = bundling.snapshot(layout_from(MANIFESTS + "---" + PUBLIC, plan))
+    assert checking.exposed_ports(snapshot) == {
+        "shop/Deployment/web": PortSet.of([PortRange(Protocol.TCP, 8080, 8080)])
+    }
+    exposed = checking.check_truth(snapshot, TRUTH, _policies(WEB_FROM_ANYWHERE, REPORT))
+    assert exposed.passed, (exposed.denied, exposed.extra)
+    # The same rule without the LoadBalancer in the snapshot is too much.
+    private = checking.check_truth(_snapshot(), TRUTH, _policies(WEB_FROM_ANYWHERE, REPORT))
+    assert any("ip:198.51.100.254 → shop/Deployment/web: 8080/TCP" in e for e in private.extra)

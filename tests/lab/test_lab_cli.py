@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analyser.cli.main import ExitStatus, main
+from cli.main import ExitStatus, main
 from tests.lab.lab_helpers import EXAMPLE, lab_run_argv
 
 
@@ -58,7 +58,7 @@ def test_demo_without_the_lab_analyses_the_recorded_bundle(
     out = captured.out
     assert re.search(r"(\d+)/\1 flows that happened are allowed; nothing allowed beyond", out), out
     assert "emailservice" in out and "8080/TCP" in out
-    assert (tmp_path / "policies" / "kustomization.yaml").is_file()
+    assert (tmp_path / "policies" / "Kustomization").is_file()
     assert (tmp_path / "policies" / "report.md").is_file()
     assert not (tmp_path / "bundle").exists()
 
@@ -69,6 +69,6 @@ def test_demo_runs_the_lab(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert re.search(r"(\d+)/\1 flows that happened are allowed; nothing allowed beyond", out), out
     assert (tmp_path / "bundle" / "truth.json").is_file()
-    assert (tmp_path / "policies" / "default").is_dir()
+    assert (tmp_path / "policies" / "default.frontend.yaml").is_file()
     # a second demo into the same folder replaces its own bundle
     assert main(["demo", "--out", str(tmp_path), "--duration", "2"]) == ExitStatus.OK

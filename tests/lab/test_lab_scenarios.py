@@ -13,12 +13,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
 
-from analyser.cli.main import main as main_cli
-from analyser.errors import LabError
+from cli.main import main as main_cli
+from kernel.errors import LabError
 from lab import netns
 from lab.layouts import DNS_WORKLOAD
 from tests.lab.lab_helpers import (
@@ -128,7 +129,7 @@ calls:
     assert flow("front/Deployment/web", "back/Deployment/api", 9000) in lab.truth
     assert flow("back/Deployment/api", "front/Deployment/web", 8080) in lab.truth
     files = assert_policies_match_truth(lab.bundle)
-    web = yaml.safe_load(next(t for p, t in files.items() if p.startswith("front/web")))
+    web = yaml.safe_load(next(t for p, t in files.items() if p.startswith("front.web")))
     namespaces = [
         peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
         for rule in web["spec"]["egress"]
@@ -158,7 +159,7 @@ calls:
         assert any(f"A {address}" in line for line in answers), answers
     assert any("CNAME edge-7.cdn.example.net" in line for line in answers)
     files = assert_policies_match_truth(lab.bundle)
-    policy = "".join(text for path, text in files.items() if path.startswith("back/api"))
+    policy = "".join(text for path, text in files.items() if path.startswith("back.api"))
     for address in outside:
         assert f"{address}/32" in policy
     assert "api.payments.example.com" in policy and "www.shipping.example.org" in policy
@@ -210,7 +211,7 @@ events:
 """,
         duration=3,
     )
-    (restart,) = lab.report["restarts"]  # type: ignore[misc]
+    (restart,) = cast(list[dict[str, Any]], lab.report["restarts"])
     # the sidecar of the pod that took the IP wrote it into its meta.json
     metas = [json.loads((d / "meta.json").read_text()) for d in lab.pod_dirs("back", "worker-")]
     takers = [m["pod"] for m in metas if restart["old_ips"][0] in m["ips"]]
@@ -298,7 +299,8 @@ calls:
 """,
         duration=2,
     )
-    refused = next(c for c in lab.report["calls"] if c["expect"] == "refused")  # type: ignore[union-attr]
+    calls = cast(list[dict[str, Any]], lab.report["calls"])
+    refused = next(c for c in calls if c["expect"] == "refused")
     assert refused["refused"] and not refused["ok"]
     assert all(f["port"] != 9999 for f in lab.truth)
     assert lab.packets("back", "api", "tcp port 9999 and tcp[tcpflags] & tcp-rst != 0")
@@ -337,7 +339,7 @@ def _start_cli_run(tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
         [
             sys.executable,
             "-m",
-            "analyser.cli.main",
+            "cli.main",
             *lab_run_argv(tmp_path / "m.yaml", tmp_path / "p.yaml", tmp_path / "bundle"),
             "--duration",
             "30",
@@ -497,5 +499,7 @@ calls:
     )
     assert public["status"]["loadBalancer"]["ingress"][0]["ip"].startswith("198.51.100.")
     files = assert_policies_match_truth(lab.bundle)
-    web = "".join(text for path, text in files.items() if path.startswith("front/web"))
-    assert "198.51.100.200/32" in web
+    web = "".join(text for path, text in files.items() if path.startswith("front.web"))
+    # The LoadBalancer exposes web: its users are everybody, not the one client seen.
+    assert "# 0.0.0.0/0: anywhere: exposed by Service front/web-public (LoadBalancer)" in web
+    assert "198.51.100.200/32" not in web

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from analyser.errors import LabError
+from kernel.errors import LabError
+from kernel.names import CAPTURE_LABEL
 from lab import bundling, dns, services
 from lab.layouts import (
     DNS_SERVICE_V4,
@@ -187,7 +190,7 @@ def test_snapshot_is_an_api_server_list(layout: Layout) -> None:
         "Job",
     ):
         assert kind in kinds
-    by_kind = {}
+    by_kind: dict[str, list[dict[str, Any]]] = {}
     for item in snapshot["items"]:
         by_kind.setdefault(item["kind"], []).append(item)
     web_pod = next(p for p in by_kind["Pod"] if p["metadata"]["name"].startswith("web-"))
@@ -227,8 +230,8 @@ def test_snapshot_is_an_api_server_list(layout: Layout) -> None:
     assert slices[0]["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
     assert len(slices[0]["endpoints"]) == 2
     namespaces = {n["metadata"]["name"]: n["metadata"]["labels"] for n in by_kind["Namespace"]}
-    assert namespaces["shop"][bundling.CAPTURE_LABEL[0]] == "enabled"
-    assert bundling.CAPTURE_LABEL[0] not in namespaces["kube-system"]
+    assert namespaces["shop"][CAPTURE_LABEL] == "enabled"
+    assert CAPTURE_LABEL not in namespaces["kube-system"]
     assert namespaces["ops"]["kubernetes.io/metadata.name"] == "ops"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from analyser.errors import LabError
+from kernel.errors import LabError
 from lab.manifests import ContainerPort, ServicePort, read_manifests
 from lab.plans import Expect, Family, read_plan
 from tests.lab.lab_helpers import EXAMPLE

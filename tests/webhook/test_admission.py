@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from kernel.capture import CaptureMode
+from kernel.names import CONTAINER_NAME, STATUS_ANNOTATION
 from tests.webhook.podchecks import (
     DATA,
     SCHEMA_VERSIONS,
@@ -18,8 +20,7 @@ from tests.webhook.podchecks import (
     schema_problems,
 )
 from webhook.admission import Outcome, UnreadableReview, admit
-from webhook.capture import CONTAINER_NAME, CaptureMode, CaptureOptions, tcpdump_argv
-from webhook.mutations import STATUS_ANNOTATION
+from webhook.capture import CaptureOptions, tcpdump_argv
 from webhook.settings import WebhookSettings
 
 SETTINGS = WebhookSettings()

@@ -13,10 +13,17 @@ import yaml
 from cryptography import x509
 
 from certs.make_certs import LOOPBACK_NAMES, make_certs, service_names
+from kernel.names import CAPTURE_ENABLED, CAPTURE_LABEL
+from tests.kubectl import kubectl
 from tests.webhook.podchecks import schema_problems
 from webhook.app import DEFAULT_PORT
-from webhook.mutations import CAPTURE_ENABLED, CAPTURE_LABEL
-from webhook.settings import SETTING_KEYS, WebhookSettings, build_settings, parse_config_text
+from webhook.settings import (
+    SETTING_KEYS,
+    WebhookSettings,
+    build_settings,
+    environment_config,
+    parse_config_text,
+)
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 # matchConditions are GA from 1.30; the newest schema the validator ships.
@@ -25,27 +32,12 @@ NAMESPACE = "netpol-sniffer"
 SERVICE = "netpol-sniffer-webhook"
 
 
-def find_kubectl() -> str | None:
-    """kubectl on PATH, else the one `make control-plane` builds for the e2e tests."""
-    on_path = shutil.which("kubectl")
-    if on_path:
-        return on_path
-    from tests.e2e.controlplane import binary_dir
-
-    built = binary_dir() / "kubectl"
-    return str(built) if built.is_file() else None
-
-
-KUBECTL = find_kubectl()
-pytestmark = pytest.mark.skipif(
-    KUBECTL is None, reason="no kubectl on PATH and none built yet (make control-plane)"
-)
+pytestmark = pytest.mark.kubectl
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
-    assert KUBECTL is not None
     result = subprocess.run(
-        [KUBECTL, "kustomize", str(directory)], capture_output=True, text=True, check=False
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -213,3 +205,22 @@ def test_cert_manager_overlay_is_wired(cert_manager: list[dict[str, Any]]) -> No
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == certificate["spec"]["secretName"]
     assert not [o for o in cert_manager if o["kind"] == "Secret"]
+
+
+def test_the_registry_example_sets_both_images() -> None:
+    """The overlay README's journey copies: the webhook's image by kustomize's ``images:``, the
+    sidecar's by the setting the webhook reads from its environment."""
+    objects = render(MANIFESTS / "overlays" / "registry-example")
+    registry = "registry.example.com/platform"
+    deployment = one(objects, "Deployment", "netpol-sniffer-webhook")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"{registry}/netpol-sniffer-webhook:0.1.0"
+    environ = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    config_map = one(objects, "ConfigMap", "netpol-sniffer-webhook-config")
+    settings = build_settings(
+        parse_config_text(config_map["data"]["config.yaml"], source="configmap"),
+        environment_config(environ),
+    )
+    assert settings.capture_image == f"{registry}/netpol-sniffer-capture:0.1.0"
+    for obj in builtin(objects):
+        assert schema_problems(obj, VERSIONS[-1]) is None, obj["kind"]

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
+from kernel.names import CAPTURES_VOLUME, CONTAINER_NAME, STATUS_ANNOTATION
 from tests.webhook.podchecks import apply, name_problems, schema_problems
-from webhook.capture import CAPTURES_VOLUME, CONTAINER_NAME
 from webhook.mutations import (
-    STATUS_ANNOTATION,
     Injection,
     MalformedPod,
     Skip,

@@ -3,6 +3,7 @@ check the wiring: paths, ports, entrypoint)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -44,6 +45,40 @@ def test_webhook_image_copies_what_exists_and_is_not_ignored() -> None:
         for source in copy.split()[:-1]:
             assert (ROOT / source).exists(), source
             assert source.rstrip("/") in kept, f"{source} is excluded by the .dockerignore"
+
+
+FIRST_PARTY = {"cli", "lab", "collector", "analyser", "webhook", "kernel", "certs"}
+
+
+def _imported_packages(package: str) -> set[str]:
+    """The project's top-level packages that ``package`` needs, itself included: its modules'
+    imports, followed through the packages they name."""
+    needed, pending = {package}, [package]
+    while pending:
+        for path in (ROOT / pending.pop()).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [alias.name for alias in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and not node.level
+                    else []
+                )
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in FIRST_PARTY and top not in needed:
+                        needed.add(top)
+                        pending.append(top)
+    return needed
+
+
+def test_webhook_image_copies_every_package_the_webhook_imports() -> None:
+    copied = {
+        copy.split()[0].rstrip("/")
+        for copy in instructions(ROOT / "webhook" / "Dockerfile", "COPY")
+        if not copy.startswith("--from=")
+    }
+    assert _imported_packages("webhook") <= copied
 
 
 def test_compose_serves_certs_from_the_certs_tool() -> None:

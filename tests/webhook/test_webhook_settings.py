@@ -6,8 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from analyser.errors import ConfigError
-from webhook.capture import CaptureMode, volume_size_limit
+from kernel.capture import CaptureMode
+from kernel.errors import ConfigError
+from webhook.capture import volume_size_limit
 from webhook.quantities import parse_quantity
 from webhook.settings import (
     DEFAULT_EXCLUDED_NAMESPACES,

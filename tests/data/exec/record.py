@@ -2,8 +2,8 @@
 
     .venv/bin/python tests/data/exec/record.py
 
-The fetch command of ``analyser.pulling`` runs against ``sample.pcap`` (a real tcpdump capture,
-60 UDP packets on loopback) and against a missing file, behind ``tests/analyser/fakeapiserver.py``
+The fetch command of ``collector.pulling`` runs against ``sample.pcap`` (a real tcpdump capture,
+60 UDP packets on loopback) and against a missing file, behind ``tests/collector/fakeapiserver.py``
 speaking ``v4.channel.k8s.io``; a plain websocket client reads each frame and its channel byte.
 """
 
@@ -18,11 +18,10 @@ from urllib.parse import urlencode
 import websocket
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent / "analyser"))
+sys.path.insert(0, str(HERE.parents[2]))
 
-from fakeapiserver import FakeAPIServer  # noqa: E402
-
-from analyser.pulling import PullTarget, fetch_command  # noqa: E402
+from collector.pulling import PullTarget, fetch_command  # noqa: E402
+from tests.collector.fakeapiserver import FakeAPIServer  # noqa: E402
 
 PROTOCOL = "v4.channel.k8s.io"
 

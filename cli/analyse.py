@@ -1,0 +1,160 @@
+"""Turn a bundle into least-privilege NetworkPolicies, a graph and a report.
+
+BUNDLE is a directory written by `netpol-sniffer collect` or `netpol-sniffer lab` (bundle.json,
+snapshot.json, pod-ips.jsonl, captures/NAMESPACE/POD/*.pcap), or a plain folder holding a
+snapshot.json (`kubectl get ... -A -o json`) and capture files.
+
+Written to DIR (apply with `kubectl apply -f DIR`, `-R -f DIR` or `-k DIR`):
+  NAMESPACE.WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress)
+  NAMESPACE.default-deny-all.yaml   with --default-deny
+  Kustomization             lists them all, for `kubectl apply -k DIR`
+  graph.dot, graph.svg      who talks to whom (graph.svg when Graphviz is installed and the
+                            graph is small enough to draw: at most 400 nodes, 1,000 edges)
+  report.md                 flows per edge, external names, unresolved addresses, damaged files
+
+Damaged capture files, and files past --max-capture-size, are warnings: the packets before the
+damage or the cap are used. Exit status 0 on success, 1 on unusable input (no bundle, no
+snapshot, no capture that could be read) or an output problem. See docs/analyse.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from itertools import groupby
+from pathlib import Path
+
+from cli.arguments import SPECIAL_CLASSES, byte_size, network, positive_int
+from cli.main import ExitStatus, echo, say
+from cli.progress import reading_captures
+
+SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle directory")
+    parser.add_argument(
+        "--out", "-o", type=Path, required=True, metavar="DIR", help="where to write the output"
+    )
+    parser.add_argument(
+        "--default-deny",
+        action="store_true",
+        help="also write a default-deny policy for every namespace that gets policies",
+    )
+    parser.add_argument(
+        "--node-cidr",
+        type=network,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="allow traffic with nodes as this network instead of one ipBlock per node address "
+        "(repeatable; for clusters whose nodes share a subnet)",
+    )
+    parser.add_argument(
+        "--max-outside-addresses",
+        type=positive_int,
+        metavar="N",
+        help="more addresses outside the cluster than N on one port of a policy's ingress or "
+        "egress (a public ingress's clients, a cloud API's rotating addresses) become one rule "
+        "from or to anywhere on that port (default: 32)",
+    )
+    parser.add_argument(
+        "--observed-clients-only",
+        action="store_true",
+        help="workloads the snapshot shows exposed outside the cluster (behind a LoadBalancer or "
+        "NodePort Service, externalIPs or a hostPort) get ingress on the exposed ports only from "
+        "the outside addresses seen, not from anywhere (the default: their users are not only "
+        "those a capture saw)",
+    )
+    parser.add_argument(
+        "--allow-special",
+        choices=SPECIAL_CLASSES,
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="write rules for observed traffic with this class of special addresses, which is "
+        f"otherwise left out and reported: {', '.join(SPECIAL_CLASSES)} (repeatable)",
+    )
+    parser.add_argument(
+        "--max-capture-size",
+        type=byte_size,
+        metavar="SIZE",
+        help="read at most SIZE bytes of each capture file, once decompressed (512M, 1G, 2G: "
+        "K, M, G, T are powers of 1,024; default: 1G); a file with more is a warning, and the "
+        "packets before the cap are used",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="processes reading capture files (default: one per core)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print a machine-readable summary on stdout"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into DIR even if it holds files an earlier analyse did not write (left "
+        "alone) or files it wrote that were edited since (overwritten)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so `analyse --help` stays quick.
+    from analyser.analysing import analyse, write_output
+    from analyser.bundles import open_bundle
+    from analyser.peers import SPECIAL_REASONS, SpecialAddress
+    from analyser.policies import INGRESS, MAX_OUTSIDE_ADDRESSES
+    from analyser.sources import DEFAULT_MAX_BYTES
+
+    bundle = open_bundle(args.bundle)
+    with reading_captures(bundle.captures) as bar:
+        analysis = analyse(
+            bundle,
+            default_deny=args.default_deny,
+            node_cidrs=args.node_cidr,
+            max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
+            expose_anywhere=not args.observed_clients_only,
+            allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
+            workers=args.workers,
+            on_progress=bar.advance,
+            max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
+        )
+    for problem in analysis.problems:
+        say("analyse", f"warning: {problem.path}: {problem.problem}")
+    for workload, reason in analysis.unselectable_reasons.items():
+        say("analyse", f"warning: {workload}: {reason}: no policy written")
+    for item in analysis.selector_warnings:
+        say("analyse", f"warning: {item.workload}: {item.warning}")
+    for (workload, direction, address, kind), items in groupby(
+        analysis.left_out, key=lambda i: (i.workload, i.direction, i.address, i.kind)
+    ):
+        ports = ", ".join(f"{i.port.protocol}/{i.port.port}" for i in items)
+        way = "from" if direction == INGRESS else "to"
+        say(
+            "analyse",
+            f"warning: {workload}: {direction} {way} {address} ({ports}) left out of its policy: "
+            f"{SPECIAL_REASONS[kind]}; --allow-special {kind} writes it",
+        )
+    for pair in analysis.unvouched:
+        say(
+            "analyse",
+            f"warning: {pair.client} → {pair.server} ({pair.ports_text}): {pair.why}",
+        )
+    for note in analysis.notes:
+        say("analyse", f"note: {note}")
+    out: Path = args.out
+    write_output(analysis.files, out, force=args.force)
+    if args.json:
+        # JSON escapes every control and non-ASCII character: inert as it is
+        print(json.dumps({**analysis.summary(), "output": str(out)}, indent=2))
+    else:
+        policies = len(analysis.policy_files)
+        echo(
+            f"{policies} policies from {len(analysis.flows)} flows in {len(bundle.captures)} "
+            f"capture files written to {out}/ (apply: kubectl apply -f {out}); "
+            f"report: {out / 'report.md'}"
+            + (f"; warnings: {len(analysis.problems)}" if analysis.problems else "")
+        )
+    return ExitStatus.OK

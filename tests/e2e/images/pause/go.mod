@@ -1,0 +1,3 @@
+module netpol-sniffer.test/pause
+
+go 1.24
