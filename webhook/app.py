@@ -295,7 +295,54 @@ def create_app(
     return OverloadGate(routes, metrics=metrics, in_flight=in_flight, shedder=shedder)
 
 
-def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOption:
+    """A command-line option that an environment variable can set too."""
+
+    flag: str
+    variable: str
+    help_text: str
+    default: str | None = None
+    metavar: str = "FILE"
+
+
+SERVER_OPTIONS = (
+    ServerOption("--tls-cert", "NETPOL_SNIFFER_TLS_CERT", "serving certificate chain, PEM"),
+    ServerOption("--tls-key", "NETPOL_SNIFFER_TLS_KEY", "its private key, PEM"),
+    ServerOption(
+        "--host", "NETPOL_SNIFFER_HOST", f"address to listen on [{DEFAULT_HOST}]", DEFAULT_HOST, "H"
+    ),
+    ServerOption("--port", "NETPOL_SNIFFER_PORT", f"port [{DEFAULT_PORT}]", str(DEFAULT_PORT), "N"),
+    ServerOption("--config", "NETPOL_SNIFFER_CONFIG", "settings file, YAML or JSON"),
+    ServerOption(
+        "--tls-poll-seconds",
+        "NETPOL_SNIFFER_TLS_POLL_SECONDS",
+        f"how often to look for a renewed certificate [{DEFAULT_POLL_SECONDS:g}]",
+        str(DEFAULT_POLL_SECONDS),
+        "S",
+    ),
+    ServerOption(
+        "--log-level",
+        "NETPOL_SNIFFER_LOG_LEVEL",
+        f"{', '.join(LOG_LEVELS)} [info]",
+        "info",
+        "LEVEL",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OptionValue:
+    """A server option's value and where it came from, for an error about it."""
+
+    text: str | None
+    where: str  # "--port", or "environment variable NETPOL_SNIFFER_PORT"
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="The netpol-sniffer mutating admission webhook: injects the tcpdump capture "
@@ -304,48 +351,30 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         epilog="What is injected (image, capture mode, ring size, resources, namespaces to skip) "
         "comes from --config and NETPOL_SNIFFER_<SETTING> variables: see docs/webhook.md.",
     )
-
-    def option(
-        flag: str, env: str, help_text: str, default: str | None = None, metavar: str | None = None
-    ) -> None:
+    for option in SERVER_OPTIONS:
         parser.add_argument(
-            flag, default=environ.get(env, default), metavar=metavar, help=f"{help_text} (${env})"
+            option.flag, metavar=option.metavar, help=f"{option.help_text} (${option.variable})"
         )
-
-    option(
-        "--tls-cert", "NETPOL_SNIFFER_TLS_CERT", "serving certificate chain, PEM", metavar="FILE"
-    )
-    option("--tls-key", "NETPOL_SNIFFER_TLS_KEY", "its private key, PEM", metavar="FILE")
-    option(
-        "--host",
-        "NETPOL_SNIFFER_HOST",
-        f"address to listen on [{DEFAULT_HOST}]",
-        metavar="H",
-        default=DEFAULT_HOST,
-    )
-    option(
-        "--port",
-        "NETPOL_SNIFFER_PORT",
-        f"port [{DEFAULT_PORT}]",
-        metavar="N",
-        default=str(DEFAULT_PORT),
-    )
-    option("--config", "NETPOL_SNIFFER_CONFIG", "settings file, YAML or JSON", metavar="FILE")
-    option(
-        "--tls-poll-seconds",
-        "NETPOL_SNIFFER_TLS_POLL_SECONDS",
-        f"how often to look for a renewed certificate [{DEFAULT_POLL_SECONDS:g}]",
-        metavar="S",
-        default=str(DEFAULT_POLL_SECONDS),
-    )
-    option(
-        "--log-level",
-        "NETPOL_SNIFFER_LOG_LEVEL",
-        "debug, info, warning or error [info]",
-        metavar="LEVEL",
-        default="info",
-    )
     return parser
+
+
+def server_options(
+    argv: Sequence[str] | None, environ: Mapping[str, str]
+) -> dict[str, OptionValue]:
+    """Each server option by its flag: from the command line, else its environment variable, else
+    its default."""
+    args = vars(_parser().parse_args(argv))
+    values = {}
+    for option in SERVER_OPTIONS:
+        given = args[option.flag.removeprefix("--").replace("-", "_")]
+        if given is not None:
+            values[option.flag] = OptionValue(given, option.flag)
+        elif option.variable in environ:
+            where = f"environment variable {option.variable}"
+            values[option.flag] = OptionValue(environ[option.variable], where)
+        else:
+            values[option.flag] = OptionValue(option.default, option.flag)
+    return values
 
 
 def load_settings(config: str | None, environ: Mapping[str, str]) -> WebhookSettings:
@@ -360,14 +389,34 @@ def load_settings(config: str | None, environ: Mapping[str, str]) -> WebhookSett
     return build_settings(file_config, environment_config(environ), source=config or "config")
 
 
-def _number(text: str, name: str, *, minimum: float) -> float:
+def _port(option: OptionValue) -> int:
+    text = (option.text or "").strip()
+    if not text.isdigit() or int(text) > 65535:
+        raise ConfigError(f"{option.where}: must be a port number (0-65535), got {option.text!r}")
+    return int(text)
+
+
+def _seconds(option: OptionValue, *, minimum: float) -> float:
     try:
-        value = float(text)
+        value = float(option.text or "")
     except ValueError:
-        raise ConfigError(f"{name} must be a number, got {text!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum:g}, got {text!r}")
+        value = math.nan
+    if not value >= minimum or math.isinf(value):
+        raise ConfigError(
+            f"{option.where}: must be a number of seconds, at least {minimum:g}, "
+            f"got {option.text!r}"
+        )
     return value
+
+
+def _log_level(option: OptionValue) -> int:
+    text = (option.text or "").strip().lower()
+    if text not in LOG_LEVELS:
+        raise ConfigError(
+            f"{option.where}: must be one of {', '.join(LOG_LEVELS)}, got {option.text!r}"
+        )
+    level: int = getattr(logging, text.upper())
+    return level
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -431,24 +480,21 @@ def run_worker(spec: WorkerSpec) -> None:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
-    args = _parser(environ).parse_args(argv)
-    level = getattr(logging, str(args.log_level).upper(), None)
-    if not isinstance(level, int):
-        print(f"{PROG}: error: unknown log level {args.log_level!r}", file=sys.stderr)
-        return 2
+    options = server_options(argv, environ)
+    tls_cert, tls_key = options["--tls-cert"].text, options["--tls-key"].text
+    host = options["--host"].text or DEFAULT_HOST
     try:
-        if not args.tls_cert or not args.tls_key:
+        level = _log_level(options["--log-level"])
+        if not tls_cert or not tls_key:
             raise ConfigError(
                 "--tls-cert and --tls-key (or NETPOL_SNIFFER_TLS_CERT/_KEY) are required"
             )
-        port = int(_number(args.port, "--port", minimum=0))
-        if port > 65535 or str(port) != str(args.port).strip():
-            raise ConfigError(f"--port must be a port number, got {args.port!r}")
-        poll_seconds = _number(args.tls_poll_seconds, "--tls-poll-seconds", minimum=0.05)
-        settings = load_settings(args.config, environ)
-        _, certificate = load_context(Path(args.tls_cert), Path(args.tls_key))
+        port = _port(options["--port"])
+        poll_seconds = _seconds(options["--tls-poll-seconds"], minimum=0.05)
+        settings = load_settings(options["--config"].text, environ)
+        _, certificate = load_context(Path(tls_cert), Path(tls_key))
         count = worker_count(settings.serving)
-        listener = listen(args.host, port, settings.serving.listen_backlog)
+        listener = listen(host, port, settings.serving.listen_backlog)
     except ConfigError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
@@ -459,7 +505,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         "serving https://%s:%d/ as %s (serial %x, valid until %s); capture image %s, mode %s, "
         "%s sidecar; %d worker(s) (%s), each shedding past %d requests in flight (%d for a "
         "second after more came) or %g ms of waiting",
-        f"[{args.host}]" if ":" in args.host else args.host,
+        f"[{host}]" if ":" in host else host,
         port,
         certificate.subject,
         certificate.serial,
@@ -475,8 +521,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     )
     spec = WorkerSpec(
         settings=settings,
-        tls_cert=Path(args.tls_cert),
-        tls_key=Path(args.tls_key),
+        tls_cert=Path(tls_cert),
+        tls_key=Path(tls_key),
         tls_poll_seconds=poll_seconds,
         log_level=level,
         log_format=log_format,

@@ -117,7 +117,10 @@ def test_unloadable_certificate_keeps_the_old_one(server: Server) -> None:
     [
         ([], "--tls-cert and --tls-key"),
         (["--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"], "/nonexistent.crt"),
-        (["--tls-cert", "c", "--tls-key", "k", "--port", "http"], "--port must be a number"),
+        (
+            ["--tls-cert", "c", "--tls-key", "k", "--port", "http"],
+            "--port: must be a port number (0-65535), got 'http'",
+        ),
     ],
 )
 def test_bad_start_is_a_clear_error(
@@ -125,6 +128,28 @@ def test_bad_start_is_a_clear_error(
 ) -> None:
     assert main(argv, environ={}) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [
+        ("NETPOL_SNIFFER_PORT", "70000", "must be a port number (0-65535)"),
+        ("NETPOL_SNIFFER_PORT", "http", "must be a port number (0-65535)"),
+        ("NETPOL_SNIFFER_TLS_POLL_SECONDS", "0", "must be a number of seconds, at least 0.05"),
+        ("NETPOL_SNIFFER_TLS_POLL_SECONDS", "nan", "must be a number of seconds, at least 0.05"),
+        ("NETPOL_SNIFFER_LOG_LEVEL", "loud", "must be one of debug, info, warning, error"),
+        ("NETPOL_SNIFFER_SNAPLEN", "10", "must be an integer between 96 and 262144"),
+        ("NETPOL_SNIFFER_WORKERS", "0", "must be auto or an integer between 1 and 64"),
+    ],
+)
+def test_bad_environment_variable_is_named_with_its_value(
+    variable: str, value: str, allowed: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    environ = {"NETPOL_SNIFFER_TLS_CERT": "c", "NETPOL_SNIFFER_TLS_KEY": "k", variable: value}
+    assert main([], environ=environ) == 2
+    error = capsys.readouterr().err
+    assert f"error: environment variable {variable}: {allowed}, got {value!r}" in error
+    assert "Traceback" not in error
 
 
 def test_bad_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,7 +163,7 @@ def test_bad_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[
         "NETPOL_SNIFFER_TLS_KEY": str(certs / "tls.key"),
     }
     assert main(argv, environ=environ) == 2
-    assert f"{config}: captureMode must be one of handshake, full" in capsys.readouterr().err
+    assert f"{config}: captureMode: must be one of handshake, full" in capsys.readouterr().err
 
 
 def test_reloader_polls_and_reports_expiry(tmp_path: Path) -> None:
