@@ -182,11 +182,15 @@ class Confinement:
     def __enter__(self) -> Confinement:
         assert self.base is not None and self.group is not None, "no cgroup cpu controller"
         self.group.mkdir()
+        # The largest weight too: on a machine shared with other work the quota, not the others,
+        # limits the webhook, as a pod's CPU request guarantees it its share of a busy node.
         if (self.base / "cpu.cfs_quota_us").is_file():
             (self.group / "cpu.cfs_period_us").write_text(str(self.period))
             (self.group / "cpu.cfs_quota_us").write_text(str(self.quota))
+            (self.group / "cpu.shares").write_text("262144")
         else:
             (self.group / "cpu.max").write_text(f"{self.quota} {self.period}")
+            (self.group / "cpu.weight").write_text("10000")
         return self
 
     @staticmethod
