@@ -36,7 +36,9 @@ full rate dials a connection for nearly every request of the first milliseconds.
                                                 [--overload-cpu 0.5]
 
 Needs Go (``go build`` of bench/loadgen, standard library only). The machine's load (``uptime``)
-is printed before and after: figures taken on a busy machine are not worth quoting.
+is printed before and after: figures taken on a busy machine are not worth quoting. On a shared
+machine run it ahead of the other work, its whole session (autogroup) included: docs/webhook.md,
+"Admission latency", gives the command.
 """
 
 from __future__ import annotations
