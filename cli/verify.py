@@ -68,7 +68,8 @@ def _verify(args: argparse.Namespace) -> int:
             "the other way round (netpol-sniffer verify BUNDLE POLICIES)"
         )
     loaded = load_policies(args.policies)
-    if not loaded.documents:
+    cluster_policies = loaded.policies.cluster_policies
+    if not loaded.documents and not cluster_policies:
         # A gate that passes on a mistyped folder would let anything through.
         raise PolicyError(
             f"{args.policies}: no NetworkPolicy found there, nothing to verify"
@@ -97,6 +98,7 @@ def _verify(args: argparse.Namespace) -> int:
             "bundle": str(args.bundle),
             "policies": str(args.policies),
             "network_policies": [str(p) for p in loaded.policies.policies],
+            "cluster_network_policies": [p.name for p in cluster_policies],
             "passed": result.passed,
             "observed": result.checked,
             "denied": [denial_json(d) for d in result.denials],
@@ -107,8 +109,9 @@ def _verify(args: argparse.Namespace) -> int:
         }
         print(json.dumps(document, indent=2))
         return status
+    also = f", {len(cluster_policies)} ClusterNetworkPolicies" if cluster_policies else ""
     echo(
-        f"{args.policies} ({len(loaded.policies.policies)} NetworkPolicies) against "
+        f"{args.policies} ({len(loaded.policies.policies)} NetworkPolicies{also}) against "
         f"{result.checked} observed connections of {args.bundle}"
     )
     if result.denials:
