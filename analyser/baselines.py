@@ -1,7 +1,8 @@
 """The cluster baseline (``analyse --baseline cluster``): one Baseline-tier ClusterNetworkPolicy
 (``policy.networking.k8s.io/v1beta1``, network-policy-api v0.3.0) that denies everything for the
 captured namespaces, and for every namespace created after the snapshot, except DNS to the cluster
-DNS pods and traffic with the nodes as the NetworkPolicies allow it. A workload's own
+DNS pods (and node-local DNS caches) and egress to the nodes (the address blocks the
+NetworkPolicies name them by). A workload's own
 NetworkPolicy (the NetworkPolicy tier, evaluated before the Baseline tier) decides everything for
 the pods it selects; the baseline decides for the pods no NetworkPolicy selects.
 
@@ -44,38 +45,26 @@ class Baseline:
     """The one Baseline-tier ClusterNetworkPolicy: it covers every namespace but
     ``exempt_namespaces`` (and those labelled exempt); it accepts egress to the ``dns`` pods on
     ``dns_ports``, to the ``node_local_dns`` caches on 53/UDP and 53/TCP and to the ``nodes``
-    (the blocks the policies use for them) on ``node_ports``; it denies every other ingress from
-    pods and egress to anything."""
+    (the blocks the policies use for them) on every port; it denies every other ingress from
+    pods and egress to anything.
+
+    Every port to the nodes: traffic between a pod and its own node is always allowed for
+    NetworkPolicy (kubelet probes, node-local agents; ``evaluation`` counts on it), and a
+    ClusterNetworkPolicy cannot name "its own node", only all of them. The ports are not the
+    ones seen with nodes: this one policy covers the whole cluster, and what one pod's capture
+    claims must never widen it (a capture speaks only for its pod)."""
 
     exempt_namespaces: tuple[str, ...]  # sorted
     dns: tuple[PodPeer, ...]
     dns_ports: tuple[PortSpec, ...]
     node_local_dns: tuple[IpPeer, ...] = ()
     nodes: tuple[IpPeer, ...] = ()
-    node_ports: tuple[PortSpec, ...] = ()  # sorted; none: no rule for the nodes
     name: str = BASELINE_NAME
     priority: int = BASELINE_PRIORITY
 
     @property
     def node_local_ports(self) -> tuple[PortSpec, ...]:
         return DNS_PORTS if self.node_local_dns else ()
-
-
-def node_ports(plan: PolicyPlan, nodes: Iterable[IpPeer]) -> tuple[PortSpec, ...]:
-    """The ports the plan's policies allow egress on to the node blocks ``nodes``: what was seen
-    with any node (and any hostNetwork workload), which every policy treats alike."""
-    blocks = {node.cidr for node in nodes}
-    return tuple(
-        sorted(
-            {
-                port
-                for policy in plan.policies
-                for rule in policy.egress
-                if isinstance(rule.peer, IpPeer) and rule.peer.cidr in blocks
-                for port in rule.ports
-            }
-        )
-    )
 
 
 def baseline_for(
@@ -97,7 +86,6 @@ def baseline_for(
         dns_ports=tuple(sorted(set(cluster_dns.ports))),
         node_local_dns=tuple(sorted(cluster_dns.node_local)),
         nodes=nodes,
-        node_ports=node_ports(plan, nodes),
     )
 
 
@@ -205,12 +193,13 @@ def _chunks(items: Sequence[T], size: int) -> list[tuple[T, ...]]:
 def _accepts(
     name: str, peers: Sequence[BaselinePeer], ports: Iterable[PortSpec]
 ) -> list[BaselineRule]:
-    """Accept rules for ``peers`` on ``ports``, split where the CRD's limits ask for it."""
+    """Accept rules for ``peers`` on ``ports`` (none: every port), split where the CRD's limits
+    ask for it."""
     ranges = port_ranges(ports)
     rules = [
         BaselineRule(name, Action.ACCEPT, peer_chunk, protocol_chunk)
         for peer_chunk in _chunks(peers, MAX_PEERS)
-        for protocol_chunk in _chunks(ranges, MAX_PROTOCOLS)
+        for protocol_chunk in _chunks(ranges, MAX_PROTOCOLS) or [()]
     ]
     if len(rules) == 1:
         return rules
@@ -229,8 +218,8 @@ def ingress_rules(baseline: Baseline) -> tuple[BaselineRule, ...]:
 
 
 def egress_rules(baseline: Baseline) -> tuple[BaselineRule, ...]:
-    """Accept DNS to the DNS pods and node-local caches, traffic with the nodes on the ports the
-    policies allow with them; then deny everything else (every pod, every address). Raises
+    """Accept DNS to the DNS pods and node-local caches, and traffic to the nodes; then deny
+    everything else (every pod, every address). Raises
     :class:`RenderError` past the CRD's :data:`MAX_RULES`."""
     rules: list[BaselineRule] = []
     dns = [PodsPeer(peer.namespace or "", peer.pod_selector) for peer in baseline.dns]
@@ -238,13 +227,13 @@ def egress_rules(baseline: Baseline) -> tuple[BaselineRule, ...]:
     if baseline.node_local_dns:
         caches = _networks(baseline.node_local_dns, "node-local DNS cache")
         rules += _accepts("node-local-dns", caches, baseline.node_local_ports)
-    if baseline.node_ports and baseline.nodes:
-        rules += _accepts("nodes", _networks(baseline.nodes, "cluster nodes"), baseline.node_ports)
+    if baseline.nodes:
+        rules += _accepts("nodes", _networks(baseline.nodes, "cluster nodes"), ())
     rules.append(BaselineRule("deny-all", Action.DENY, (NamespacesPeer(), NetworksPeer(ANYWHERE))))
     if len(rules) > MAX_RULES:
         raise RenderError(
             f"the cluster baseline would need {len(rules)} egress rules, more than the "
-            f"{MAX_RULES} a ClusterNetworkPolicy may have ({len(baseline.nodes)} node blocks, "
-            f"{len(baseline.node_ports)} node ports): give the nodes' networks with --node-cidr"
+            f"{MAX_RULES} a ClusterNetworkPolicy may have ({len(baseline.nodes)} node blocks): "
+            "give the nodes' networks with --node-cidr"
         )
     return tuple(rules)
