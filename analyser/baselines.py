@@ -222,6 +222,7 @@ def egress_rules(baseline: Baseline) -> tuple[BaselineRule, ...]:
     everything else (every pod, every address). Raises
     :class:`RenderError` past the CRD's :data:`MAX_RULES`."""
     rules: list[BaselineRule] = []
+    # A DNS peer always names its namespace (rendering checks it).
     dns = [PodsPeer(peer.namespace or "", peer.pod_selector) for peer in baseline.dns]
     rules += _accepts("dns", dns, baseline.dns_ports)
     if baseline.node_local_dns:

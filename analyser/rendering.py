@@ -387,9 +387,9 @@ def _baseline_rule_object(rule: BaselineRule, peer_key: str) -> dict[str, Any]:
         elif isinstance(peer, NamespacesPeer):
             peers.append({"namespaces": _selector_object(peer.selector)})
         else:
-            namespaces = {"matchLabels": {_NAMESPACE_NAME_LABEL: peer.namespace}}
-            pods = {"namespaceSelector": namespaces} | {
-                "podSelector": _selector_object(peer.pod_selector)
+            pods = {
+                "namespaceSelector": {"matchLabels": {_NAMESPACE_NAME_LABEL: peer.namespace}},
+                "podSelector": _selector_object(peer.pod_selector),
             }
             peers.append({"pods": pods})
     document: dict[str, Any] = {"name": rule.name, "action": str(rule.action), peer_key: peers}
@@ -534,8 +534,8 @@ def render_baseline(baseline: Baseline, *, provenance: Provenance) -> str:
     """The cluster baseline: one Baseline-tier ClusterNetworkPolicy (``analyser.baselines``)."""
     if not is_dns1123_subdomain(baseline.name):
         raise RenderError(f"{baseline.name!r} is not a valid ClusterNetworkPolicy name")
-    for namespace in baseline.exempt_namespaces:
-        if not is_dns1123_label(namespace):
+    for namespace in (*baseline.exempt_namespaces, *(peer.namespace for peer in baseline.dns)):
+        if namespace is None or not is_dns1123_label(namespace):
             raise RenderError(f"{namespace!r} is not a valid namespace name")
     text = _render(
         "clusternetworkpolicy.yaml.j2",

@@ -32,6 +32,7 @@ from analyser.selectors import LabelSelector
 from cli.main import ExitStatus, main
 from kernel.errors import RenderError, UnsafePolicies
 from tests.analyser.test_policies import DB_W, PAGE, WEB, synthesized
+from tests.analyser.test_rendering_inert import IN_YAML_VALUES
 from tests.bundle_builders import make_bundle
 
 CRD = (
@@ -282,3 +283,21 @@ def test_the_schema_check_refuses_a_misspelt_or_out_of_range_field(analysis: Ana
     too_big["spec"]["priority"] = 1001
     with pytest.raises(jsonschema.ValidationError):
         assert_valid(too_big)
+
+
+@pytest.mark.parametrize("text", IN_YAML_VALUES.values(), ids=IN_YAML_VALUES.keys())
+def test_hostile_text_in_the_baseline_parses_back_to_exactly_the_model(text: str) -> None:
+    # Labels are checked where they enter (the snapshot); rendering keeps them inert anyway.
+    dns = PodPeer(LabelSelector((("k8s-app", text),)), "kube-system", text)
+    baseline = Baseline(("kube-system",), (dns,), DNS_PORTS)
+    document = yaml.safe_load(render_baseline(baseline, provenance=Provenance(text, text)))
+    assert document == baseline_object(baseline, provenance=Provenance(text, text))
+
+
+def test_a_namespace_name_no_api_server_stores_is_a_render_error() -> None:
+    for baseline in (
+        Baseline(("evil\u2028- x",), (DEFAULT_DNS_PEER,), DNS_PORTS),
+        Baseline((), (PodPeer(LabelSelector(), None),), DNS_PORTS),
+    ):
+        with pytest.raises(RenderError, match="is not a valid namespace name"):
+            render_baseline(baseline, provenance=PROVENANCE)
