@@ -733,7 +733,8 @@ def analyse(
         internal_networks=seen.resolver.cluster_networks,
     )
     policies = plan.policies
-    unselectable = unselectable_workloads(seen.graph)
+    # With a default-deny or the baseline, also those that keep their namespace from it.
+    unselectable = unselectable_workloads(seen.graph, default_deny=default_deny or baseline)
     manifest = bundle.manifest
     window = seen.window
     provenance = (

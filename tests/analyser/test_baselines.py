@@ -26,14 +26,23 @@ from analyser.bundles import open_bundle
 from analyser.clusterpolicies import compile_cluster_policy
 from analyser.flows import Protocol
 from analyser.peers import DEFAULT_DNS_PEER, DNS_PORTS, ClusterDns, IpPeer, PodPeer, PortSpec
-from analyser.policies import PolicyPlan
+from analyser.policies import PolicyPlan, unselectable_workloads
 from analyser.rendering import Provenance, baseline_object, render_baseline
 from analyser.selectors import LabelSelector
 from cli.main import ExitStatus, main
 from kernel.errors import RenderError, UnsafePolicies
+from tests.analyser.flow_builders import DEBUG, WEB_A, flow
 from tests.analyser.test_policies import DB_W, PAGE, WEB, synthesized
 from tests.analyser.test_rendering_inert import IN_YAML_VALUES
-from tests.bundle_builders import make_bundle
+from tests.bundle_builders import handshake, make_bundle
+from tests.hostile.hostile_helpers import (
+    add_capture,
+    copy_example,
+    pod_ip,
+    snapshot,
+    window_start,
+    write_snapshot,
+)
 
 CRD = (
     Path(__file__).parents[1]
@@ -194,6 +203,20 @@ def test_its_workloads_get_policies_as_with_default_deny_without_the_denies() ->
     assert neither.isolated_namespaces == ()
 
 
+def test_a_namespace_where_a_seen_workload_cannot_be_selected_is_left_out() -> None:
+    # debug (a bare pod without labels, not captured) calls web: the baseline would cut it off.
+    graph, _, plan = synthesized(
+        [flow(f"{DEBUG}:41000", f"{WEB_A}:8080")], {WEB, PAGE}, baseline=True
+    )
+    assert plan.isolated_namespaces == ("bookinfo",)
+    baseline = baseline_for(
+        plan, namespaces=("bookinfo", "kube-system", "shop"), cluster_dns=ClusterDns(), nodes=()
+    )
+    assert baseline is not None and baseline.exempt_namespaces == ("kube-system", "shop")
+    # analyse lists debug as what keeps shop out (it asks as for a default-deny).
+    assert unselectable_workloads(graph, default_deny=True) == ("shop/Pod/debug",)
+
+
 def test_baseline_for_exempts_the_other_known_namespaces() -> None:
     plan = PolicyPlan(isolated_namespaces=("shop",))
     baseline = baseline_for(
@@ -301,3 +324,30 @@ def test_a_namespace_name_no_api_server_stores_is_a_render_error() -> None:
     ):
         with pytest.raises(RenderError, match="is not a valid namespace name"):
             render_baseline(baseline, provenance=PROVENANCE)
+
+
+def test_a_bare_pod_without_labels_keeps_its_namespace_out_and_is_listed(tmp_path: Path) -> None:
+    bundle = copy_example(tmp_path / "bundle")
+    document = snapshot(bundle)
+    items: list[dict[str, Any]] = document["items"]  # type: ignore[assignment]
+    frontend = next(
+        i for i in items if i["kind"] == "Pod" and i["metadata"]["name"].startswith("frontend")
+    )
+    debug = copy.deepcopy(frontend)
+    debug["metadata"] = {
+        "name": "debug",
+        "namespace": "default",
+        "uid": "uid-debug",
+        "creationTimestamp": frontend["metadata"]["creationTimestamp"],
+    }
+    debug["status"]["podIP"], debug["status"]["podIPs"] = "10.244.0.50", [{"ip": "10.244.0.50"}]
+    items.append(debug)
+    write_snapshot(bundle, document)
+    start = window_start(bundle) + 1
+    add_capture(
+        bundle, "frontend", handshake("10.244.0.50", 41000, pod_ip(bundle, "frontend"), 8080, start)
+    )
+    analysis = analyse(open_bundle(bundle), baseline=True, workers=1)
+    assert analysis.baseline is None and BASELINE_FILE not in analysis.files
+    assert "default/Pod/debug" in analysis.unselectable
+    assert any(note.startswith("no cluster baseline") for note in analysis.notes)
