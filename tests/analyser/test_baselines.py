@@ -36,6 +36,7 @@ from tests.analyser.test_policies import DB_W, PAGE, WEB, synthesized
 from tests.analyser.test_rendering_inert import IN_YAML_VALUES
 from tests.bundle_builders import handshake, make_bundle
 from tests.hostile.hostile_helpers import (
+    EXAMPLE,
     add_capture,
     copy_example,
     pod_ip,
@@ -351,3 +352,28 @@ def test_a_bare_pod_without_labels_keeps_its_namespace_out_and_is_listed(tmp_pat
     assert analysis.baseline is None and BASELINE_FILE not in analysis.files
     assert "default/Pod/debug" in analysis.unselectable
     assert any(note.startswith("no cluster baseline") for note in analysis.notes)
+
+
+def test_diff_shows_what_the_baseline_denies_to_a_workload_without_a_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    analysis = analyse(open_bundle(EXAMPLE), baseline=True, workers=1)
+    old, new = tmp_path / "old", tmp_path / "new"
+    # Both without emailservice's own policy; the new set with the baseline.
+    policies = [p for p in analysis.policy_files if p != "default.emailservice.yaml"]
+    for folder, files in ((old, [p for p in policies if p != BASELINE_FILE]), (new, policies)):
+        folder.mkdir()
+        for path in files:
+            (folder / path).write_text(analysis.files[path])
+    assert main(["diff", str(old), str(new), "--snapshot", str(EXAMPLE)]) == ExitStatus.OK
+    lines = capsys.readouterr().out.splitlines()
+    email, dns = "default/Deployment/emailservice", "kube-system/Deployment/coredns"
+    assert f"- default/Deployment/checkoutservice → {email}: 8080/TCP" in lines
+    assert f"- {email} → ip:::/0: all ports" in lines
+    # DNS stays open: everything else to the DNS pods is denied.
+    assert (
+        f"- {email} → {dns}: all SCTP ports, 1-52/TCP, 54-65535/TCP, 1-52/UDP, 54-65535/UDP"
+        in lines
+    )
+    assert not any("172.18.0.2" in line for line in lines)  # the node: accepted
+    assert lines[-1] == "pairs gaining ports: 0, pairs losing ports: 7"
