@@ -295,6 +295,9 @@ def test_the_cli_option(tmp_path: Path) -> None:
     )
     assert (out / BASELINE_FILE).is_file()
     assert not list(out.glob("*default-deny-all.yaml"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyse", str(bundle), "--out", str(out), "--baseline", "namespaces"])
+    assert exit_info.value.code == ExitStatus.USAGE
 
 
 def test_the_schema_check_refuses_a_misspelt_or_out_of_range_field(analysis: Analysis) -> None:
