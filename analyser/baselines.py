@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import TypeVar
 
+from analyser.clusterpolicies import Action
+from analyser.evaluation import NAMESPACE_NAME_LABEL
 from analyser.peers import DNS_PORTS, ClusterDns, IpPeer, PodPeer, PortSpec
-from analyser.policies import PolicyPlan
+from analyser.policies import ANYWHERE, PolicyPlan
 from analyser.selectors import LabelRequirement, LabelSelector
 from kernel.errors import RenderError
 
@@ -33,11 +34,9 @@ BASELINE_PRIORITY = 1000
 # A namespace labelled so is not covered: label a namespace added later while capturing it.
 EXEMPT_LABEL = "netpol-sniffer.io/baseline"
 EXEMPT_VALUE = "exempt"
-NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # The CRD's limits (v1beta1): rules per direction, peers per rule, networks per peer, protocol
 # entries per rule.
 MAX_RULES = MAX_PEERS = MAX_NETWORKS = MAX_PROTOCOLS = 25
-ANYWHERE = ("0.0.0.0/0", "::/0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +109,6 @@ def labelled_exempt(
 EVERY_NAMESPACE = LabelSelector()
 
 
-class Action(StrEnum):
-    ACCEPT = "Accept"
-    DENY = "Deny"
-
-
 @dataclass(frozen=True, slots=True)
 class NamespacesPeer:
     """Every pod of the namespaces ``selector`` selects (empty: of every namespace)."""
@@ -143,7 +137,7 @@ BaselinePeer = NamespacesPeer | PodsPeer | NetworksPeer
 
 
 @dataclass(frozen=True, order=True, slots=True)
-class PortRange:
+class DestinationPorts:
     """``first``..``last`` of one protocol, as a ``protocols`` entry (a number when they are
     equal, else a range)."""
 
@@ -157,7 +151,7 @@ class BaselineRule:
     name: str
     action: Action
     peers: tuple[BaselinePeer, ...]
-    protocols: tuple[PortRange, ...] = ()  # none: every port
+    protocols: tuple[DestinationPorts, ...] = ()  # none: every port
 
 
 def subject(baseline: Baseline) -> LabelSelector:
@@ -170,16 +164,16 @@ def subject(baseline: Baseline) -> LabelSelector:
     return LabelSelector(match_expressions=tuple(requirements))
 
 
-def port_ranges(ports: Iterable[PortSpec]) -> tuple[PortRange, ...]:
+def port_ranges(ports: Iterable[PortSpec]) -> tuple[DestinationPorts, ...]:
     """``ports`` as ranges of consecutive ports per protocol, sorted."""
-    ranges: list[PortRange] = []
+    ranges: list[DestinationPorts] = []
     for spec in sorted(set(ports)):
         protocol = str(spec.protocol).lower()
         last = ranges[-1] if ranges else None
         if last is not None and last.protocol == protocol and spec.port == last.last + 1:
-            ranges[-1] = PortRange(protocol, last.first, spec.port)
+            ranges[-1] = DestinationPorts(protocol, last.first, spec.port)
         else:
-            ranges.append(PortRange(protocol, spec.port, spec.port))
+            ranges.append(DestinationPorts(protocol, spec.port, spec.port))
     return tuple(sorted(ranges))
 
 
@@ -230,7 +224,8 @@ def egress_rules(baseline: Baseline) -> tuple[BaselineRule, ...]:
         rules += _accepts("node-local-dns", caches, baseline.node_local_ports)
     if baseline.nodes:
         rules += _accepts("nodes", _networks(baseline.nodes, "cluster nodes"), ())
-    rules.append(BaselineRule("deny-all", Action.DENY, (NamespacesPeer(), NetworksPeer(ANYWHERE))))
+    anywhere = NetworksPeer(tuple(ANYWHERE[version] for version in sorted(ANYWHERE)))
+    rules.append(BaselineRule("deny-all", Action.DENY, (NamespacesPeer(), anywhere)))
     if len(rules) > MAX_RULES:
         raise RenderError(
             f"the cluster baseline would need {len(rules)} egress rules, more than the "
