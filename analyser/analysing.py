@@ -56,8 +56,10 @@ from analyser.rendering import (
     render_report,
 )
 from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.rings import RingLoss, bundle_ring_losses
 from analyser.snapshot import (
     CaptureMeta,
+    NodeCaptureMeta,
     PodIpEvent,
     Snapshot,
     load_capture_meta,
@@ -110,6 +112,7 @@ class Observation:
     graph: WorkloadGraph
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
     coverage: tuple[Coverage, ...]  # per captured pod, the vantage points that covered it
+    rings: tuple[RingLoss, ...]  # capture rings that wrapped: what they lost (analyser.rings)
 
     @property
     def window(self) -> Window | None:
@@ -218,6 +221,7 @@ class Analysis(Observation):
             ],
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
             "coverage": {item.pod: list(item.vantages) for item in self.coverage},
+            "wrapped_rings": [loss.as_json() for loss in self.rings],
             "notes": list(self.notes),
             "exposed": [
                 {
@@ -237,9 +241,18 @@ class Analysis(Observation):
 # -- inputs ----------------------------------------------------------------------------------
 
 
-def _optional_inputs(
-    bundle: Bundle,
-) -> tuple[list[PodIpEvent], list[CaptureMeta], list[FileProblem]]:
+@dataclass(frozen=True, slots=True)
+class _OptionalInputs:
+    """The pod IP history and the ``meta.json`` files (pods' and nodes'), and what was wrong with
+    any of them."""
+
+    history: list[PodIpEvent]
+    metas: list[CaptureMeta]
+    node_metas: list[NodeCaptureMeta]
+    problems: list[FileProblem]
+
+
+def _optional_inputs(bundle: Bundle) -> _OptionalInputs:
     """Pod IP history and meta.json files improve resolution; a bad one is a warning."""
     problems: list[FileProblem] = []
     history: list[PodIpEvent] = []
@@ -249,15 +262,16 @@ def _optional_inputs(
         except SnapshotError as error:
             problems.append(FileProblem(bundle.relative(bundle.pod_ips), f"not used: {error}"))
     metas: list[CaptureMeta] = []
+    node_metas: list[NodeCaptureMeta] = []
     for path in bundle.capture_metas:
         try:
             if is_node_meta(bundle, path):
-                load_node_capture_meta(path)  # checked; the snapshot says the rest
+                node_metas.append(load_node_capture_meta(path))  # the snapshot says the rest
             else:
                 metas.append(load_capture_meta(path))
         except SnapshotError as error:
             problems.append(FileProblem(bundle.relative(path), f"not used: {error}"))
-    return history, metas, problems
+    return _OptionalInputs(history, metas, node_metas, problems)
 
 
 def _captured_pods(
@@ -588,7 +602,8 @@ def observe(
     captures, history or meta.json files become ``problems``.
     """
     snapshot = load_snapshot(bundle.snapshot)
-    history, metas, problems = _optional_inputs(bundle)
+    inputs = _optional_inputs(bundle)
+    history, metas, problems = inputs.history, inputs.metas, inputs.problems
     problems += [
         FileProblem(
             bundle.relative(bundle.snapshot),
@@ -642,6 +657,13 @@ def observe(
     vantages = {**{c: p.vantages for c, p in placed.items()}, **loose.vantages}
     witnesses = Witnesses(vantages, traffic.reports, resolver)
     graph = build_graph(flows, resolver, traffic.dns, scope=scope, witness=witnesses)
+    rings = bundle_ring_losses(
+        bundle,
+        snapshot,
+        metas=[*inputs.metas, *inputs.node_metas],
+        reports=traffic.reports,
+        flows=flows,
+    )
     problems = [
         *bundle.problems,
         *problems,
@@ -650,6 +672,7 @@ def observe(
         *loose.problems,
         *unread_problems,
         *on_nodes.problems,
+        *(FileProblem(loss.ring, loss.text) for loss in rings),
     ]
     return Observation(
         bundle=bundle,
@@ -663,6 +686,7 @@ def observe(
         coverage=coverage(
             vantages, {**loose_node_pods(loose.vantages, loose.pods, resolver), **node_pods}
         ),
+        rings=rings,
     )
 
 
@@ -751,6 +775,7 @@ def analyse(
         selector_warnings=selector_warnings(seen.graph),
         unvouched=seen.graph.unvouched_pairs(),
         coverage=seen.coverage,
+        rings=seen.rings,
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(

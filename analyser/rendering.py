@@ -29,6 +29,7 @@ from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, UnvouchedPair, WorkloadGraph
 from analyser.peers import Exposure, IpPeer, PodPeer
 from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
+from analyser.rings import RingLoss
 from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
 from analyser.vantages import Coverage
@@ -91,6 +92,8 @@ class ReportFacts:
     unvouched: tuple[UnvouchedPair, ...] = ()
     # Per captured pod, the vantage points (its own capture, its node's) that covered it.
     coverage: tuple[Coverage, ...] = ()
+    # Capture rings that wrapped (or likely did): what each still covers and what it lost.
+    rings: tuple[RingLoss, ...] = ()
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------
