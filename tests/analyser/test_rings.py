@@ -12,7 +12,7 @@ import pytest
 from analyser.analysing import analyse
 from analyser.bundles import open_bundle
 from analyser.flows import Flow
-from analyser.objects import KubeObject
+from analyser.objects import KubeObject, ObjectMeta
 from analyser.rings import (
     RingContext,
     RingVerdict,
@@ -151,7 +151,8 @@ def test_a_ring_that_is_not_full_or_not_late_did_not_wrap(
 
 def test_the_ring_size_comes_from_the_capture_container_s_arguments() -> None:
     def pod(spec: object) -> KubeObject:
-        return KubeObject("Pod", None, {"spec": spec})
+        meta = ObjectMeta("cart-1", "shop", "", {}, None, None, ())
+        return KubeObject("Pod", meta, {"spec": spec})
 
     sidecar = {"name": "netpol-sniffer-capture", "args": ["tcpdump", "-C", "10", "-W", "7"]}
     assert ring_size_of(pod({"initContainers": [sidecar]})) == 7
