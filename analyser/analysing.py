@@ -31,7 +31,15 @@ from analyser.bundles import Bundle, FileProblem
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
-from analyser.peers import Exposure, SpecialAddress
+from analyser.peers import ClusterDns, Exposure, SpecialAddress
+from analyser.periods import (
+    CaptureWindow,
+    CronJobSchedule,
+    UncoveredCronJob,
+    cronjob_schedules,
+    uncovered_cronjobs,
+    within_window,
+)
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
@@ -55,7 +63,7 @@ from analyser.rendering import (
     render_policy_files,
     render_report,
 )
-from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.replaying import ClusterFacts, cluster_facts, ensure_policies_allow
 from analyser.rings import RingLoss, bundle_ring_losses
 from analyser.snapshot import (
     CaptureMeta,
@@ -113,11 +121,28 @@ class Observation:
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
     coverage: tuple[Coverage, ...]  # per captured pod, the vantage points that covered it
     rings: tuple[RingLoss, ...]  # capture rings that wrapped: what they lost (analyser.rings)
+    # Several bundles analysed together (analyser.windows): each one's label and window, oldest
+    # first; empty for one bundle.
+    windows: tuple[CaptureWindow, ...] = field(default=(), kw_only=True)
+
+    @property
+    def source(self) -> str:
+        """What was analysed: the bundle's name, or the labels of the bundles."""
+        return ", ".join(w.label for w in self.windows) if self.windows else self.bundle.name
+
+    @property
+    def capture_windows(self) -> tuple[CaptureWindow, ...]:
+        """The capture windows: the bundles', or this bundle's one."""
+        return self.windows or (CaptureWindow(self.bundle.name, self.window),)
 
     @property
     def window(self) -> Window | None:
         """The capture window: bundle.json's, else (a plain folder) from the first to the last
-        packet of any flow; None without either."""
+        packet of any flow; None without either. For several bundles, from the first start to
+        the last end (:attr:`windows` says which times they covered)."""
+        known = [w.window for w in self.windows if w.window is not None]
+        if known:
+            return Window(min(w.start for w in known), max(w.end for w in known))
         if self.bundle.manifest is not None and self.bundle.manifest.window is not None:
             return self.bundle.manifest.window
         if self.bundle.manifest is None and self.flows:
@@ -145,6 +170,8 @@ class Analysis(Observation):
     # how), and whether their exposed ports were allowed from anywhere (or the clients seen only).
     exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
     exposed_anywhere: bool = True
+    # CronJobs whose runs the capture windows may all have missed (analyser.periods).
+    uncovered_cronjobs: tuple[UncoveredCronJob, ...] = ()
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -185,7 +212,7 @@ class Analysis(Observation):
         manifest = self.bundle.manifest
         window = self.window
         return {
-            "bundle": self.bundle.name,
+            "bundle": self.source,
             "window": None
             if window is None
             else {"start": window.start_text, "end": window.end_text},
@@ -222,6 +249,8 @@ class Analysis(Observation):
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
             "coverage": {item.pod: list(item.vantages) for item in self.coverage},
             "wrapped_rings": [loss.as_json() for loss in self.rings],
+            "windows": [window.as_json() for window in self.capture_windows],
+            "uncovered_cronjobs": [item.as_json() for item in self.uncovered_cronjobs],
             "notes": list(self.notes),
             "exposed": [
                 {
@@ -562,21 +591,21 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
 def check_safety(
     policy_files: Mapping[str, str],
     graph: WorkloadGraph,
-    snapshot: Snapshot,
-    resolver: Resolver,
+    cluster: ClusterFacts,
     *,
     left_out: Iterable[LeftOut] = (),
 ) -> None:
     """THE place generated policies are checked before anything can be written: the rendered
-    files, read back as ``verify`` reads files and evaluated with NetworkPolicy semantics, must
-    allow every observed connection of the graph, but the traffic with special addresses they
-    leave out on purpose (``left_out``, reported); else :class:`UnsafePolicies` (nothing written).
+    files, read back as ``verify`` reads files and evaluated with NetworkPolicy semantics over
+    ``cluster`` (``replaying.cluster_facts``), must allow every observed connection of the
+    graph, but the traffic with special addresses they leave out on purpose (``left_out``,
+    reported); else :class:`UnsafePolicies` (nothing written).
     """
     loaded = parse_policy_texts(policy_files)
     ensure_policies_allow(
         loaded.policies,
         graph,
-        cluster_facts(snapshot, resolver),
+        cluster,
         left_out={(item.address, item.port) for item in left_out},
     )
 
@@ -590,6 +619,7 @@ def observe(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
+    within: Window | None = None,
 ) -> Observation:
     """Read ``bundle``: snapshot and history → resolver; captures → flows → workload graph.
 
@@ -599,7 +629,9 @@ def observe(
     file with more is a problem, and the packets before the cap count. Raises
     :class:`~kernel.errors.SnapshotError` for an unusable snapshot and
     :class:`~kernel.errors.CaptureError` when not one capture file could be read; damaged
-    captures, history or meta.json files become ``problems``.
+    captures, history or meta.json files become ``problems``. With ``within`` (several bundles
+    analysed together: ``analyser.windows``), flows dated outside that window are dropped, and
+    a problem names each file that held some (``periods.within_window``).
     """
     snapshot = load_snapshot(bundle.snapshot)
     inputs = _optional_inputs(bundle)
@@ -648,6 +680,18 @@ def observe(
     )
     _ensure_something_read(traffic)
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
+    if within is not None:
+        inside = within_window(flows, within)
+        flows = inside.kept
+        problems += [
+            FileProblem(
+                capture,
+                f"{count} flow{'s' if count != 1 else ''} dated outside this bundle's capture "
+                f"window ({within.start_text} to {within.end_text}) dropped: with several "
+                "bundles, each speaks only for its own window",
+            )
+            for capture, count in inside.outside.items()
+        ]
     damaged = {report.path for report in traffic.reports if not report.ok}
     loose = _vantage_pods(flows, resolver, unplaced, damaged=damaged)
     readable, unread_problems = _readable_pods(captured, traffic)
@@ -690,6 +734,33 @@ def observe(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterContext:
+    """What the policies need of the cluster besides the graph: the cluster DNS, the workloads
+    exposed outside it, the nodes' addresses, its own networks, the facts policies see of its
+    workloads (for the safety check) and its CronJobs. One bundle's comes from its snapshot
+    (:meth:`of`); several bundles' is merged (``analyser.windows``)."""
+
+    cluster_dns: ClusterDns
+    exposures: Mapping[str, tuple[Exposure, ...]]  # workload node id → how it is exposed
+    node_addresses: Mapping[str, str]  # a node's address → the node's name
+    internal_networks: tuple[str, ...]
+    facts: ClusterFacts
+    cronjobs: tuple[CronJobSchedule, ...] = ()
+
+    @staticmethod
+    def of(seen: Observation) -> ClusterContext:
+        """One bundle's: from its snapshot and resolver."""
+        return ClusterContext(
+            cluster_dns=seen.resolver.cluster_dns(seen.flows),
+            exposures=seen.resolver.exposures(),
+            node_addresses=dict(seen.snapshot.node_by_address),
+            internal_networks=seen.resolver.cluster_networks,
+            facts=cluster_facts(seen.snapshot, seen.resolver),
+            cronjobs=cronjob_schedules(seen.snapshot),
+        )
+
+
 # The analysis keeps millions of objects alive and makes no reference cycles worth collecting:
 # with 20,000 outside addresses the collector's full passes were two fifths of the time.
 @no_cyclic_gc()
@@ -706,53 +777,82 @@ def analyse(
     max_capture_size: int = DEFAULT_MAX_BYTES,
 ) -> Analysis:
     """:func:`observe` ``bundle``, then make its policies and render every output file (in
-    memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
-    snapshot knows, or with ``node_cidrs`` when given (``policies.node_blocks``). More than
+    memory; :func:`write_output` writes them): :func:`conclude` with the bundle's own
+    :class:`ClusterContext`. ``max_capture_size``: see :func:`observe`; the other options: see
+    :func:`conclude`. Raises what :func:`observe` and :func:`conclude` raise."""
+    seen = observe(
+        bundle, workers=workers, on_progress=on_progress, max_capture_size=max_capture_size
+    )
+    return conclude(
+        seen,
+        ClusterContext.of(seen),
+        default_deny=default_deny,
+        node_cidrs=node_cidrs,
+        max_outside_addresses=max_outside_addresses,
+        allowed_special=allowed_special,
+        expose_anywhere=expose_anywhere,
+    )
+
+
+def conclude(
+    seen: Observation,
+    cluster: ClusterContext,
+    *,
+    default_deny: bool = False,
+    node_cidrs: Sequence[str] = (),
+    max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
+    allowed_special: Collection[SpecialAddress] = (),
+    expose_anywhere: bool = True,
+) -> Analysis:
+    """Make the policies of an observation and render every output file (in memory). Traffic
+    with a node (from or to a node address) is allowed with every node the snapshot knows, or
+    with ``node_cidrs`` when given (``policies.node_blocks``). More than
     ``max_outside_addresses`` outside addresses on one port of a policy side become one rule
     from or to anywhere on that port. Traffic with special addresses (cloud metadata endpoints,
     link-local, multicast, ...: ``policies.SpecialAddress``) is left out of the policies and
     reported, unless its class is in ``allowed_special``. Workloads the snapshot shows exposed
     outside the cluster (``Resolver.exposures``) get ingress from anywhere on their exposed ports,
     unless ``expose_anywhere`` is False (then only from the outside addresses seen).
-    ``max_capture_size``: see :func:`observe`.
 
-    Raises what :func:`observe` raises, :class:`~kernel.errors.RenderError` if output fails
-    to render, and :class:`~kernel.errors.UnsafePolicies` if the policies would deny an
-    observed flow (see :func:`check_safety`).
+    Raises :class:`~kernel.errors.RenderError` if output fails to render, and
+    :class:`~kernel.errors.UnsafePolicies` if the policies would deny an observed flow (see
+    :func:`check_safety`).
     """
-    seen = observe(
-        bundle, workers=workers, on_progress=on_progress, max_capture_size=max_capture_size
-    )
-    cluster_dns = seen.resolver.cluster_dns(seen.flows)
-    exposures = seen.resolver.exposures()
+    cluster_dns = cluster.cluster_dns
+    exposures = cluster.exposures
     plan = synthesize(
         seen.graph,
         cluster_dns=cluster_dns,
         default_deny=default_deny,
-        node_addresses=seen.snapshot.node_by_address,
+        node_addresses=cluster.node_addresses,
         node_cidrs=node_cidrs,
         max_outside_addresses=max_outside_addresses,
         allowed_special=allowed_special,
         exposures=exposures if expose_anywhere else None,
-        internal_networks=seen.resolver.cluster_networks,
+        internal_networks=cluster.internal_networks,
     )
     policies = plan.policies
     unselectable = unselectable_workloads(seen.graph)
-    manifest = bundle.manifest
+    manifest = seen.bundle.manifest
     window = seen.window
     provenance = (
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
     files = render_policy_files(policies, default_denies=plan.default_denies, provenance=provenance)
-    check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
+    check_safety(files, seen.graph, cluster.facts, left_out=plan.left_out)
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
     if svg is not None:
         files[GRAPH_SVG] = svg
     notes = (svg_note,) if svg_note is not None else ()
+    uncovered = uncovered_cronjobs(
+        cluster.cronjobs,
+        [w.window for w in seen.capture_windows if w.window is not None],
+        seen={edge_end for edge in seen.graph.edges for edge_end in (edge.client, edge.server)},
+    )
     facts = ReportFacts(
-        source=bundle.name,
+        source=seen.source,
         provenance=provenance,
         producer=manifest.producer if manifest is not None else None,
         capture_mode=manifest.capture_mode if manifest is not None else None,
@@ -776,6 +876,8 @@ def analyse(
         unvouched=seen.graph.unvouched_pairs(),
         coverage=seen.coverage,
         rings=seen.rings,
+        windows=seen.windows,
+        uncovered_cronjobs=uncovered,
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(
@@ -786,6 +888,7 @@ def analyse(
         notes=notes,
         exposures=exposed,
         exposed_anywhere=expose_anywhere,
+        uncovered_cronjobs=uncovered,
     )
 
 

@@ -28,6 +28,7 @@ from analyser.bundles import FileProblem
 from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, UnvouchedPair, WorkloadGraph
 from analyser.peers import Exposure, IpPeer, PodPeer
+from analyser.periods import CaptureWindow, UncoveredCronJob, duration_text
 from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
 from analyser.rings import RingLoss
 from analyser.selectors import LabelSelector
@@ -94,6 +95,10 @@ class ReportFacts:
     coverage: tuple[Coverage, ...] = ()
     # Capture rings that wrapped (or likely did): what each still covers and what it lost.
     rings: tuple[RingLoss, ...] = ()
+    # Several bundles analysed together: each one's window, oldest first (none for one bundle).
+    windows: tuple[CaptureWindow, ...] = ()
+    # CronJobs whose runs the capture windows may all have missed.
+    uncovered_cronjobs: tuple[UncoveredCronJob, ...] = ()
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------
@@ -161,6 +166,7 @@ def _environment() -> jinja2.Environment:
         dot=dot_quoted,
         md=markdown_cell,
         utc=Window.text,
+        duration=duration_text,
     )
     return env
 
