@@ -29,7 +29,7 @@ Pure but for reading the bundles (``observe``); no writing.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from analyser.analysing import (
@@ -52,6 +52,7 @@ from analyser.graphs import (
     GraphEdge,
     GraphNode,
     NodeRole,
+    Sides,
     WorkloadGraph,
     node_label,
 )
@@ -291,7 +292,9 @@ def _merge_graphs(
     edges: dict[tuple[str, str], GraphEdge] = {}
     attributions: list[FlowAttribution] = []
     attempts: list[Attempt] = []
+    captured = {node.id for _, graph in labelled for node in graph.nodes if node.in_scope}
     for label, graph in labelled:
+        sides = _Sides(graph, captured)
         for node in graph.nodes:
             known = nodes.get(node.id)
             if known is not None:
@@ -305,7 +308,11 @@ def _merge_graphs(
             nodes[node.id] = node
         for edge in graph.edges:
             ports = {
-                port: replace(stats, windows=(_window(label, stats),))
+                port: replace(
+                    stats,
+                    windows=(_window(label, stats),),
+                    vouched=sides.vouched(edge.client, edge.server, stats.vouched),
+                )
                 for port, stats in edge.ports.items()
             }
             known_edge = edges.get((edge.client, edge.server))
@@ -324,6 +331,7 @@ def _merge_graphs(
                 flow=renamed.flow(label, attribution.flow),
                 twin=renamed.twin(label, attribution.twin),
                 window=label,
+                vouched=sides.vouched(attribution.client, attribution.server, attribution.vouched),
             )
             for attribution in graph.attributions
         ]
@@ -343,6 +351,26 @@ def _merge_graphs(
         tuple(attempts),
         sum(graph.loopback for _, graph in labelled),
     )
+
+
+class _Sides:
+    """Which sides of one bundle's flows count in the merged graph: a workload's side only where
+    that bundle captured it, when some bundle did. In a bundle that did not capture a workload,
+    nothing could vouch for its side of a flow (``analyser.vouching``), so the bundle took the
+    other side's word for it, which was harmless there (no policy for it comes from that
+    bundle). Merged, the workload gets a policy from the bundles that captured it, and one
+    bundle's capture must not vouch for another bundle's pods."""
+
+    def __init__(self, graph: WorkloadGraph, captured: Collection[str]) -> None:
+        self._uncaptured_here = {
+            node.id for node in graph.nodes if node.id in captured and not node.in_scope
+        }
+
+    def vouched(self, client: str, server: str, sides: Sides) -> Sides:
+        return Sides(
+            sides.client and client not in self._uncaptured_here,
+            sides.server and server not in self._uncaptured_here,
+        )
 
 
 def _window(label: str, stats: EdgeStats) -> EdgeWindow:
