@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import dpkt
 import pytest
 
 from analyser.analysing import analyse
@@ -22,8 +23,15 @@ from analyser.rings import (
 )
 from analyser.sources import CaptureReport
 from cli.main import main
-from kernel.bundles import Manifest, Window, entries_for_layout, write_manifest
+from kernel.bundles import (
+    Manifest,
+    Window,
+    entries_for_layout,
+    node_capture_folder,
+    write_manifest,
+)
 from tests.analyser.flow_builders import flow
+from tests.analyser.test_analyse_node_captures import NODE, as_node_capture
 from tests.bundle_builders import (
     API_IP,
     CART_IP,
@@ -33,6 +41,7 @@ from tests.bundle_builders import (
     make_bundle,
     write_pcap,
 )
+from tests.hostile.hostile_helpers import copy_example, run
 
 POD_RING = "captures/shop/cart-1/capture.pcap"
 NODE_RING = "captures/_node/node-a/capture.pcap"
@@ -217,3 +226,46 @@ def test_analyse_warns_about_a_wrapped_ring_on_stderr_and_in_json(
         "ring wrapped" in captured.err
     )
     assert json.loads(captured.out)["wrapped_rings"][0]["pod"] == f"shop/{CART_POD}"
+
+
+# -- a node's capture ----------------------------------------------------------------------------
+
+
+def node_ring(bundle: Path, *, wrapped: bool) -> Path:
+    """The node capture's one file split into a ring of two: in order (capture.pcap0 the older
+    half), or wrapped (capture.pcap0 overwritten with the newer half)."""
+    folder = bundle / node_capture_folder(NODE)
+    source = folder / "capture.pcap0"
+    with source.open("rb") as stream:
+        reader = dpkt.pcap.Reader(stream)
+        linktype = reader.datalink()
+        records = [(at, bytes(frame)) for at, frame in reader]
+    half = len(records) // 2
+    older, newer = (
+        ("capture.pcap1", "capture.pcap0") if wrapped else ("capture.pcap0", "capture.pcap1")
+    )
+    for name, part in ((older, records[:half]), (newer, records[half:])):
+        with (folder / name).open("wb") as stream:
+            writer = dpkt.pcap.Writer(stream, linktype=linktype)
+            for at, frame in part:
+                writer.writepkt(frame, ts=at)
+    manifest = open_bundle(bundle, check_sums=False).manifest
+    assert manifest is not None
+    write_manifest(bundle, replace(manifest, captures=tuple(entries_for_layout(bundle))))
+    return bundle
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["in-order", "wrapped"])
+def test_a_node_capture_s_ring(tmp_path: Path, wrapped: bool) -> None:
+    bundle = node_ring(as_node_capture(copy_example(tmp_path / "bundle")), wrapped=wrapped)
+    analysis = run(bundle)
+    if not wrapped:
+        assert analysis.rings == ()
+        return
+    (loss,) = analysis.rings
+    assert (loss.node, loss.pod, loss.ring) == (NODE, "", f"captures/_node/{NODE}/capture.pcap")
+    assert loss.oldest.endswith("capture.pcap1") and loss.verdict is RingVerdict.WRAPPED
+    assert (
+        f"| node {NODE} | captures/\\_node/{NODE}/capture.pcap | wrapped |"
+        in (analysis.files["report.md"])
+    )
