@@ -182,3 +182,36 @@ def test_analyse_takes_several_bundles(tmp_path: Path, capsys: pytest.CaptureFix
     assert "of 2 capture windows written to" in captured.out
     assert "warning: CronJob shop/report runs at most 7 d apart" in captured.err
     assert (out / "shop.cart.yaml").is_file()
+
+
+def test_verify_checks_the_flows_of_every_bundle_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monday = make_bundle(tmp_path / "monday")
+    tuesday = cart_became_orders(make_bundle(tmp_path / "tuesday", start=T0 + DAY))
+    both, tuesday_only = tmp_path / "both", tmp_path / "tuesday-only"
+    assert main(["analyse", str(monday), str(tuesday), "-o", str(both), "--workers", "1"]) == 0
+    assert main(["analyse", str(tuesday), "-o", str(tuesday_only), "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(tuesday), str(monday), str(both), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["bundle"] == f"{tuesday}, {monday}"
+    assert [w["bundle"] for w in document["windows"]] == ["monday", "tuesday"]
+    # tuesday's policies alone miss monday's frontend → cart.
+    assert main(["verify", str(monday), str(tuesday), str(tuesday_only)]) == 3
+    denied = capsys.readouterr().out
+    assert "DENIED" in denied and CART in denied
+
+
+def test_diff_takes_the_workloads_of_every_snapshot_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monday = make_bundle(tmp_path / "monday")
+    tuesday = cart_became_orders(make_bundle(tmp_path / "tuesday", start=T0 + DAY))
+    out = tmp_path / "out"
+    assert main(["analyse", str(monday), str(tuesday), "-o", str(out), "--workers", "1"]) == 0
+    capsys.readouterr()
+    args = ["diff", str(out), str(out), "--json"]
+    assert main([*args, "--snapshot", str(monday), "--snapshot", str(tuesday)]) == 0
+    workloads = json.loads(capsys.readouterr().out)["workloads"]
+    assert {CART, ORDERS, FRONTEND} <= set(workloads)
