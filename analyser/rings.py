@@ -15,8 +15,9 @@ How a wrap is told (per ring: the files of one folder with one base name, ``kern
   sidecar's ``-W``, read from its container's arguments in the snapshot) and in order, which is
   also what a ring looks like that wrapped exactly as its last file was being written; it is
   said only when its first packet came later after the capture started than half the time the
-  ring's files span (a pod silent that long and then filling the ring is rare; a quiet pod that
-  never filled the ring is never flagged).
+  ring's files span and at least :data:`MIN_SILENCE` (a pod silent that long and then filling
+  the ring is rare; a quiet pod that never filled the ring is never flagged). A ring that wrapped
+  at its last file within its first minute is therefore not told.
 
 Whatever else a ring shows (fewer files than ``-W``, files in order) is no wrap: no warning.
 
@@ -45,6 +46,10 @@ from kernel.bundles import CAPTURES, NODE_CAPTURES, ring_name
 from kernel.names import CONTAINER_NAME, NODE_CAPTURE_NAMESPACE
 from kernel.times import utc_text
 
+# A ring full and in order is said to have maybe wrapped only when its first packet came at least
+# this long after its capture started (and later than half the time its files span): a pod is
+# rarely silent that long (kubelet probes, DNS), and a short quiet start is no sign of a wrap.
+MIN_SILENCE = 60.0
 # tcpdump writes a ring's files one after the other; packets of one CPU's buffer may come a little
 # out of order across files (tcpdump -i any), never by this much.
 ORDER_SLACK = 1.0
@@ -243,7 +248,7 @@ def _full_and_late(
     if ring_size is None or started is None or last is None or len(members) < max(ring_size, 2):
         return False
     silent = members[0].first_seen - started
-    return silent > 0 and silent > (last - members[0].first_seen) / 2
+    return silent > max(MIN_SILENCE, (last - members[0].first_seen) / 2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,117 @@
+"""A real tcpdump ring, as the sidecar runs it (the capture image's entrypoint and the webhook's
+argv) with a small ring (-C 1 -W 2): filled past its size it wraps, and analyser.rings says so;
+filled less, it does not, and nothing is said."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from analyser.flows import orient
+from analyser.reading import read_captures
+from analyser.rings import RingContext, RingLoss, RingVerdict, ring_losses
+from analyser.snapshot import load_capture_meta
+from kernel.bundles import find_captures
+from lab import capturing, netns
+from webhook.capture import CaptureOptions
+
+pytestmark = pytest.mark.root
+
+POD = capturing.PodInfo(
+    name="web-abc12-xyz34",
+    namespace="shop",
+    uid="0000-1111",
+    ips=("127.0.0.1",),
+    node="lab-node-1",
+    labels=(("app", "web"),),
+)
+# 1,000-byte datagrams cut to the sidecar's 512-byte snap length: 528 bytes a record, so 2,500
+# fill one 1 MB file and a third of the next, 4,500 both files and a third of the first again.
+SENDER = """
+import socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for index in range(int(sys.argv[1])):
+    sock.sendto(b"x" * 1000, ("127.0.0.1", 9999))
+    if index % 20 == 0:
+        time.sleep(0.01)  # let tcpdump keep up: none dropped
+"""
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    netns.require_root()
+    name = f"{netns.PREFIX}{os.getpid()}-ring"
+    netns.run(["ip", "netns", "add", name])
+    try:
+        netns.run(netns.in_namespace(name, ["ip", "link", "set", "lo", "up"]))
+        yield name
+    finally:
+        netns.delete_namespace(name)
+
+
+def capture(namespace: str, root: Path, datagrams: int) -> Path:
+    """Run the sidecar with a ring of two 1 MB files while ``datagrams`` are sent; the bundle
+    folder its files are in."""
+    folder = root / "captures" / POD.namespace / POD.name
+    folder.mkdir(parents=True)
+    options = CaptureOptions(rotate_megabytes=1, rotate_files=2)
+    running = capturing.start(namespace, folder, options, pod=POD, scratch=root)
+    try:
+        subprocess.run(
+            netns.in_namespace(namespace, [sys.executable, "-c", SENDER, str(datagrams)]),
+            check=True,
+            timeout=60,
+        )
+        drained(folder)
+    finally:
+        running.stop()
+    return root
+
+
+def drained(folder: Path) -> None:
+    """Wait until tcpdump wrote what it received (its files stop growing for half a second):
+    packets still in the kernel's buffer when it is stopped are lost."""
+    sizes: list[int] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        sizes.append(sum(path.stat().st_size for path in folder.glob("capture.pcap*")))
+        if len(sizes) > 5 and len(set(sizes[-5:])) == 1:
+            return
+        time.sleep(0.1)
+
+
+def losses(root: Path) -> tuple[RingLoss, ...]:
+    """What analyse says of the ring: its files, when the sidecar's meta.json says it started,
+    and its -W (the snapshot would show it in the sidecar's arguments)."""
+    folder = f"captures/{POD.namespace}/{POD.name}"
+    traffic = read_captures(find_captures(root / "captures"), root=root, workers=1)
+    started = load_capture_meta(root / folder / "meta.json").start_time
+    assert started is not None
+    context = RingContext({folder: started}, {folder: 2})
+    return ring_losses(traffic.reports, orient(traffic.conversations, None), context=context)
+
+
+def test_a_ring_filled_past_its_size_wrapped(namespace: str, tmp_path: Path) -> None:
+    root = capture(namespace, tmp_path, 4500)
+    assert sorted(p.name for p in (root / "captures" / "shop" / POD.name).glob("capture.*")) == [
+        "capture.pcap0",
+        "capture.pcap1",
+    ]
+    (loss,) = losses(root)
+    assert loss.verdict is RingVerdict.WRAPPED
+    assert loss.pod == f"shop/{POD.name}"
+    assert loss.oldest.endswith("capture.pcap1")
+
+
+def test_a_ring_as_full_as_its_size_that_did_not_wrap_says_nothing(
+    namespace: str, tmp_path: Path
+) -> None:
+    root = capture(namespace, tmp_path, 2500)
+    assert len(list((root / "captures" / "shop" / POD.name).glob("capture.pcap*"))) == 2
+    assert losses(root) == ()
