@@ -849,7 +849,10 @@ def conclude(
     uncovered = uncovered_cronjobs(
         cluster.cronjobs,
         [w.window for w in seen.capture_windows if w.window is not None],
-        seen={edge_end for edge in seen.graph.edges for edge_end in (edge.client, edge.server)},
+        seen={
+            *(end for edge in seen.graph.edges for end in (edge.client, edge.server)),
+            *(str(ref) for ref in seen.scope.workloads),
+        },
     )
     facts = ReportFacts(
         source=seen.source,

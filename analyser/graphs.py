@@ -8,7 +8,9 @@ The schema is the records below, a contract for policies, rendering, verify and 
   checked on construction), with its ``role``, display ``label``, ``workload``, DNS ``names``,
   whether it is ``in_scope`` (captured: it gets a policy) and the ``addresses`` peers saw.
 - :class:`GraphEdge`: from client to server, with :class:`EdgeStats` per *target* port (which
-  sides some flow on it was vouched for at: ``EdgeStats.vouched``), and the DNS ``names`` the
+  sides some flow on it was vouched for at: ``EdgeStats.vouched``; when several bundles were
+  analysed together, which capture windows saw it: ``EdgeStats.windows``, one
+  :class:`EdgeWindow` per bundle, and ``FlowAttribution.window``), and the DNS ``names`` the
   client side's own captures saw an outside server's address told (a policy takes a peer's names
   from its own edges only, so one pod's capture cannot name another pod's peers).
 - :class:`WorkloadGraph`: the nodes and edges, plus which flow made which edge

@@ -4,8 +4,8 @@ CronJobs.
 A capture window sees what ran during it. A CronJob that runs nightly, or on Sundays, is seen
 only by a window its run fell into; its policy (and its peers' rules for it) would otherwise miss
 its traffic, and applying them would break its next run. So each CronJob of the snapshot (not
-suspended) whose pods' traffic no window saw, while the windows together cover less time than the
-longest gap between two of its runs, is named (:func:`uncovered_cronjobs`).
+suspended) none of whose pods was captured or seen in a flow, while the windows together cover
+less time than the longest gap between two of its runs, is named (:func:`uncovered_cronjobs`).
 
 The longest gap between runs comes from the schedule's five fields (:func:`cron_period`): the
 syntax the CronJob controller accepts (numbers, names of months and weekdays, ``*``, ``?``,
@@ -271,9 +271,10 @@ def uncovered_cronjobs(
     *,
     seen: Collection[str],
 ) -> tuple[UncoveredCronJob, ...]:
-    """The CronJobs whose runs the ``windows`` may have missed: whose graph node (``seen``: the
-    ids of the workloads with traffic) had none, and whose schedule's longest gap is longer than
-    the windows cover together. A schedule this does not understand is left alone."""
+    """The CronJobs whose runs the ``windows`` may have missed: whose graph node is not in
+    ``seen`` (the ids of the workloads captured or with traffic), and whose schedule's longest
+    gap is longer than the windows cover together. A schedule this does not understand is left
+    alone."""
     covered = covered_seconds(windows)
     found = []
     for cronjob in cronjobs:

@@ -258,6 +258,11 @@ def merged_context(contexts: Sequence[ClusterContext]) -> ClusterContext:
     )
 
 
+def _labelled(label: str, captures: Iterable[str]) -> frozenset[str]:
+    """Capture files (bundle-relative) as the merged analysis names them: ``LABEL/...``."""
+    return frozenset(f"{label}/{capture}" for capture in captures)
+
+
 class _Renamed:
     """Each bundle's flows with their capture files named as in the merged analysis
     (``LABEL/captures/...``), each flow renamed once."""
@@ -268,7 +273,7 @@ class _Renamed:
     def flow(self, label: str, flow: Flow) -> Flow:
         renamed = self._flows.get(id(flow))
         if renamed is None:
-            renamed = replace(flow, captures=frozenset(f"{label}/{c}" for c in flow.captures))
+            renamed = replace(flow, captures=_labelled(label, flow.captures))
             self._flows[id(flow)] = renamed
         return renamed
 
@@ -391,7 +396,11 @@ def _merged_traffic(labelled: Sequence[tuple[str, Observation]]) -> Traffic:
         for reason, count in seen.traffic.dns_faults.items():
             faults[reason] = faults.get(reason, 0) + count
     return Traffic(
-        conversations=tuple(c for _, seen in labelled for c in seen.traffic.conversations),
+        conversations=tuple(
+            replace(conversation, captures=_labelled(label, conversation.captures))
+            for label, seen in labelled
+            for conversation in seen.traffic.conversations
+        ),
         dns=DnsNames.union((label, seen.traffic.dns) for label, seen in labelled),
         reports=tuple(
             replace(report, path=f"{label}/{report.path}")
