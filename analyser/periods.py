@@ -23,7 +23,8 @@ import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
+from functools import lru_cache
 from itertools import pairwise
 from typing import Any
 
@@ -35,6 +36,7 @@ MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
 # 28 years: the calendar repeats its weekdays and leap days (within a century) after that.
 _YEARS = 28
 _FIRST_DAY = date(2001, 1, 1)
+_NEVER = _YEARS * 365.25 * DAY  # the period of a schedule that runs once in that span, at most
 _MONTHS = {name.lower(): number for number, name in enumerate(calendar.month_abbr) if name}
 _WEEKDAYS = {
     name: number for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))
@@ -51,6 +53,8 @@ _MACROS = {
 _GO_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)(h|m|s|ms))+")
 _GO_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 _GO_UNITS = {"h": HOUR, "m": MINUTE, "s": 1.0, "ms": 0.001}
+# A number in a schedule has at most this many digits (cron's are at most 2).
+_MAX_NUMBER = 4
 # A schedule's text is read at most this long (a snapshot is input: no field is unbounded).
 _MAX_SCHEDULE = 200
 
@@ -88,7 +92,7 @@ def _field(text: str, low: int, high: int, names: dict[str, int] | None = None) 
     allowed: set[int] = set()
     for part in text.split(","):
         spread, slash, step_text = part.partition("/")
-        step = int(step_text) if step_text.isdigit() else 0 if slash else 1
+        step = int(step_text) if _is_number(step_text) else 0 if slash else 1
         if step <= 0:
             return None
         if spread in ("*", "?"):
@@ -106,8 +110,13 @@ def _field(text: str, low: int, high: int, names: dict[str, int] | None = None) 
     return allowed
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²`` and other digits ``int`` refuses."""
+    return text.isascii() and text.isdigit() and len(text) <= _MAX_NUMBER
+
+
 def _value(text: str, names: dict[str, int] | None) -> int | None:
-    if text.isdigit():
+    if _is_number(text):
         return int(text)
     return None if names is None else names.get(text.lower())
 
@@ -122,14 +131,39 @@ class _Schedule:
     days_star: bool  # the day-of-month field starts with * or ?: the day of week decides alone
     weekdays_star: bool
 
-    def runs_on(self, day: date) -> bool:
-        if day.month not in self.months:
-            return False
-        by_day = day.day in self.days
-        by_weekday = (day.isoweekday() % 7) in self.weekdays
-        if self.days_star or self.weekdays_star:
-            return by_day and by_weekday
-        return by_day or by_weekday
+    def run_days(self) -> list[int]:
+        """The days it runs on, as days since :data:`_FIRST_DAY`, over :data:`_YEARS` years:
+        per month, the days of month it allows and those whose weekday it allows (one set
+        operation each, not a loop over every day)."""
+        days: list[int] = []
+        offset = 0
+        by_weekdays: dict[tuple[int, int], frozenset[int]] = {}  # 28 kinds of month at most
+        for year in range(_FIRST_DAY.year, _FIRST_DAY.year + _YEARS):
+            for month in range(1, 13):
+                monday_first, length = calendar.monthrange(year, month)
+                if month in self.months:
+                    by_day = self.days & _MONTH_DAYS[length]
+                    kind = ((monday_first + 1) % 7, length)
+                    if kind not in by_weekdays:
+                        by_weekdays[kind] = self._by_weekday(*kind)
+                    by_weekday = by_weekdays[kind]
+                    if self.days_star or self.weekdays_star:
+                        found = by_day & by_weekday
+                    else:
+                        found = by_day | by_weekday
+                    days += sorted(offset + day - 1 for day in found)
+                offset += length
+        return days
+
+    def _by_weekday(self, first: int, length: int) -> frozenset[int]:
+        """The days of a month of ``length`` days whose first is weekday ``first`` (Sunday 0)
+        that fall on an allowed weekday."""
+        return frozenset(
+            day for day in range(1, length + 1) if (first + day - 1) % 7 in self.weekdays
+        )
+
+
+_MONTH_DAYS = {length: frozenset(range(1, length + 1)) for length in (28, 29, 30, 31)}
 
 
 def _parse(schedule: str) -> _Schedule | None:
@@ -161,9 +195,10 @@ def _every(schedule: str) -> float | None:
     if not _GO_DURATION.fullmatch(text):
         return None
     seconds = sum(float(number) * _GO_UNITS[unit] for number, unit in _GO_PART.findall(text))
-    return seconds if seconds > 0 else None
+    return min(seconds, _NEVER) if seconds > 0 else None
 
 
+@lru_cache(maxsize=1024)
 def cron_period(schedule: str) -> float | None:
     """The longest time (seconds) between two runs of a CronJob's ``schedule``; None when it is
     not a schedule this understands, or never runs (``0 0 30 2 *``). A ``CRON_TZ=``/``TZ=``
@@ -178,15 +213,11 @@ def cron_period(schedule: str) -> float | None:
         return None
     times = sorted(h * HOUR + m * MINUTE for h in parsed.hours for m in parsed.minutes)
     within = max((b - a for a, b in pairwise(times)), default=0.0)
-    days = [
-        index
-        for index in range((date(_FIRST_DAY.year + _YEARS, 1, 1) - _FIRST_DAY).days)
-        if parsed.runs_on(_FIRST_DAY + timedelta(days=index))
-    ]
+    days = parsed.run_days()
     if not days:
         return None
     if len(days) == 1:
-        return _YEARS * 365.25 * DAY  # once in the whole span: as good as never
+        return _NEVER  # once in the whole span
     between = max(
         (later - earlier) * DAY - times[-1] + times[0] for earlier, later in pairwise(days)
     )

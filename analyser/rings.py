@@ -139,7 +139,7 @@ def ring_member_number(path: str) -> int | None:
     is no ring member (``capture.pcap``)."""
     name = path[:-3] if path.lower().endswith(".gz") else path
     digits = name[len(ring_name(path)) :]
-    return int(digits) if digits.isdigit() else None
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 def owner_of_ring(ring: str) -> tuple[str, str]:
@@ -150,6 +150,12 @@ def owner_of_ring(ring: str) -> tuple[str, str]:
             return "", parts[2]
         return f"{parts[1]}/{parts[2]}", ""
     return "", ""
+
+
+def _is_count(text: str) -> bool:
+    """A small number in ASCII digits (``str.isdigit`` also takes ``²``, which ``int`` refuses;
+    the snapshot is input)."""
+    return text.isascii() and text.isdigit() and len(text) <= 6
 
 
 def ring_size_of(pod: KubeObject) -> int | None:
@@ -167,7 +173,7 @@ def ring_size_of(pod: KubeObject) -> int | None:
             if not isinstance(args, list):
                 continue
             for flag, value in pairwise(args):
-                if flag == "-W" and isinstance(value, str) and value.isdigit():
+                if flag == "-W" and isinstance(value, str) and _is_count(value):
                     return int(value) or None
     return None
 

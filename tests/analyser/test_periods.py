@@ -85,6 +85,9 @@ def test_the_13th_or_a_friday_is_at_most_a_week_apart() -> None:
         "@every 10x",
         "L * * * *",
         "x" * 10_000,
+        "² * * * *",  # a digit to str.isdigit, not to int
+        "0 0 ٣ * *",  # an Arabic-Indic three: int reads it, cron does not
+        "0 0 1 1 * " + "1" * 5000,
     ],
 )
 def test_what_is_no_schedule_has_no_period(schedule: str) -> None:

@@ -68,6 +68,7 @@ def test_ring_member_numbers() -> None:
     assert ring_member_number("captures/ns/pod/capture.pcap0") == 0
     assert ring_member_number("captures/ns/pod/capture.pcap") is None
     assert ring_member_number("trace.pcapng") is None
+    assert ring_member_number("capture.pcap²") is None
 
 
 def test_a_ring_in_order_did_not_wrap() -> None:
@@ -167,6 +168,8 @@ def test_the_ring_size_comes_from_the_capture_container_s_arguments() -> None:
     assert ring_size_of(pod({"initContainers": [sidecar]})) == 7
     assert ring_size_of(pod({"containers": [{**sidecar, "name": "app"}]})) is None
     assert ring_size_of(pod({"containers": [{**sidecar, "args": ["-W", "x"]}]})) is None
+    assert ring_size_of(pod({"containers": [{**sidecar, "args": ["-W", "²"]}]})) is None
+    assert ring_size_of(pod({"containers": [{**sidecar, "args": ["-W", "9" * 5000]}]})) is None
     assert ring_size_of(pod("not a spec")) is None
 
 
