@@ -186,13 +186,20 @@ def ring_losses(
 ) -> tuple[RingLoss, ...]:
     """The rings among the capture files of ``reports`` that wrapped or likely did, sorted by
     ring. ``context``: when each folder's capture started, and its ``-W`` (:func:`ring_context`).
-    Files without any packet of a flow say nothing about the order."""
+    Files with packets but none of a flow say nothing about the order; a file without any
+    packet before one with packets was just started again (:func:`_ring_loss`)."""
     members: dict[str, list[RingMember]] = defaultdict(list)
+    empty: dict[str, list[int]] = defaultdict(list)
     for report in reports:
         number = ring_member_number(report.path)
-        if number is None or report.first_seen is None or not (report.ok or report.packets):
+        if number is None:
             continue
-        members[ring_name(report.path)].append(RingMember(report.path, number, report.first_seen))
+        if report.ok and not report.packets:
+            empty[ring_name(report.path)].append(number)
+        elif report.first_seen is not None:
+            members[ring_name(report.path)].append(
+                RingMember(report.path, number, report.first_seen)
+            )
     last: dict[str, float] = {}
     for flow in flows:
         for capture in flow.captures:
@@ -205,6 +212,7 @@ def ring_losses(
         loss = _ring_loss(
             ring,
             sorted(found, key=lambda member: member.number),
+            empty=empty.get(ring, []),
             last=last.get(ring),
             started=context.started.get(folder),
             ring_size=context.ring_sizes.get(folder),
@@ -218,13 +226,19 @@ def _ring_loss(
     ring: str,
     members: list[RingMember],
     *,
+    empty: list[int],
     last: float | None,
     started: float | None,
     ring_size: int | None,
 ) -> RingLoss | None:
+    """``members``: the ring's files with a flow's packet, by number; ``empty``: the numbers of
+    its files without any packet. tcpdump fills a file before it opens the next, so an empty
+    file numbered before one with packets was opened again after the ring went round: wrapped,
+    as when the oldest packet is not in the first file."""
     first = members[0]
     oldest = min(members, key=lambda member: (member.first_seen, member.number))
-    if oldest.first_seen < first.first_seen - ORDER_SLACK:
+    restarted = any(number < first.number for number in empty)
+    if restarted or oldest.first_seen < first.first_seen - ORDER_SLACK:
         verdict = RingVerdict.WRAPPED
     elif _full_and_late(members, last=last, started=started, ring_size=ring_size):
         verdict, oldest = RingVerdict.MAY_HAVE_WRAPPED, first
@@ -237,7 +251,7 @@ def _ring_loss(
         pod=pod,
         node=node,
         verdict=verdict,
-        files=len(members),
+        files=len(members) + len(empty),
         ring_size=ring_size,
         oldest=oldest.path,
         covered_start=oldest.first_seen,

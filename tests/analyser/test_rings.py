@@ -105,6 +105,23 @@ def test_a_ring_whose_oldest_packet_is_not_in_its_first_file_wrapped() -> None:
     assert "from 2026-01-01T10:00:00Z to 2026-01-01T10:01:40Z are lost" in loss.text
 
 
+def test_a_ring_whose_first_file_was_just_started_again_wrapped() -> None:
+    # tcpdump just reopened capture.pcap0 (a header, no packet yet): capture.pcap1 is full.
+    found = [
+        CaptureReport(f"{POD_RING}0", packets=0, bytes=0),
+        *reports(POD_RING, {1: T0 + 100}),
+    ]
+    (loss,) = ring_losses(found, [], context=no_context())
+    assert (loss.verdict, loss.files, loss.oldest) == (RingVerdict.WRAPPED, 2, f"{POD_RING}1")
+
+
+def test_an_empty_ring_or_a_ring_with_an_empty_last_file_did_not_wrap() -> None:
+    # The ring's next file opened a moment ago; a capture that saw nothing at all.
+    found = [*reports(POD_RING, {0: T0 + 1}), CaptureReport(f"{POD_RING}1", packets=0, bytes=0)]
+    assert ring_losses(found, [], context=no_context()) == ()
+    assert ring_losses([CaptureReport(f"{NODE_RING}0", 0, 0)], [], context=no_context()) == ()
+
+
 def test_a_node_capture_ring_that_wrapped_is_the_node_s() -> None:
     found = reports(NODE_RING, {0: T0 + 50, 1: T0 + 10})
     (loss,) = ring_losses(found, [], context=no_context())
