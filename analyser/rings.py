@@ -11,6 +11,7 @@ How a wrap is told (per ring: the files of one folder with one base name, ``kern
 - **Certain** (:attr:`RingVerdict.WRAPPED`): the file holding the oldest retained packet is not
   the ring's first. tcpdump fills the files in order, so without a wrap the first file's first
   packet is the oldest of all; after one, the oldest is the file after the one last written.
+  Or a file without any packet comes before one with packets: it was just opened again.
 - **Likely** (:attr:`RingVerdict.MAY_HAVE_WRAPPED`): the ring is full (as many files as the
   sidecar's ``-W``, read from its container's arguments in the snapshot) and in order, which is
   also what a ring looks like that wrapped exactly as its last file was being written; it is
