@@ -908,6 +908,7 @@ def observe_and_enforce(
     assert len(blocked) == len(unplanned), report["unplanned_allowed"]
 
 
+
 RESTRICTED = "bank"
 
 
