@@ -441,16 +441,7 @@ class _Builder:
         answers sent to the flow's client, on this address or another its pod (or node) had."""
         if self.dns is None or server.kind is not EndpointKind.EXTERNAL:
             return ()
-
-        def asked_by(ip: str) -> bool:
-            if ip == client.ip:
-                return True
-            asker = self.resolver.resolve(ip, flow.first_seen)
-            if client.pod is not None:
-                return asker.pod == client.pod
-            return client.kind is EndpointKind.NODE and asker.node == client.node
-
-        return self.dns.names_for_flow(flow, asked_by=asked_by)
+        return self.dns.names_for_flow(flow, asked_by=asked_by(self.resolver, flow, client))
 
     def vouches(self, identity: Identity, at: float, *flows: Flow) -> bool:
         """Whether the side of a connection that was ``identity`` at ``at`` is vouched for by
@@ -506,6 +497,21 @@ class _Builder:
             tuple(self.attempts),
             self.loopback,
         )
+
+
+def asked_by(resolver: Resolver, flow: Flow, client: Identity) -> Callable[[str], bool]:
+    """Whether a DNS answer sent to an address went to ``flow``'s client (``client``, as
+    resolved at the flow's first packet): its address, or another its pod (or node) had then."""
+
+    def accepts(ip: str) -> bool:
+        if ip == client.ip:
+            return True
+        asker = resolver.resolve(ip, flow.first_seen)
+        if client.pod is not None:
+            return asker.pod == client.pod
+        return client.kind is EndpointKind.NODE and asker.node == client.node
+
+    return accepts
 
 
 def _is_loopback_address(address: str) -> bool:
