@@ -211,6 +211,9 @@ class GraphNode:
     workload: Workload | None = None  # a workload node's, and only theirs
     # Every DNS name some client was told for an outside address (the ``names`` of its edges).
     names: tuple[str, ...] = ()
+    # A workload's: every name its pods' own captures saw them look up on port 53 (answered,
+    # NXDOMAIN included), sorted; what a DNS rule listing names must allow.
+    lookups: tuple[str, ...] = ()
     in_scope: bool = False  # a workload whose pods were captured: it gets a policy
     # The addresses seen for a node, an outside or unresolved address, or a hostNetwork workload
     # (the addresses peers saw), by ``address_key``; none for other workloads.
@@ -240,6 +243,9 @@ class GraphEdge:
     # The DNS names of an outside server's address that the client side's own captures saw it
     # told (``dns.DnsNames.names_for_flow``), sorted; none for any other server.
     names: tuple[str, ...] = ()
+    # Of those, the names the client asked for (the question whose CNAME chain led to the
+    # address): what a policy by name must name.
+    asked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.ports:
@@ -371,6 +377,10 @@ class NameTable(Protocol):
     """DNS names a flow's client was told for its server's address (``dns.DnsNames``)."""
 
     def names_for_flow(
+        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None, asked: bool = False
+    ) -> Iterable[str]: ...
+
+    def lookups_for_flow(
         self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None
     ) -> Iterable[str]: ...
 
@@ -383,6 +393,18 @@ class _Node:
     in_scope: bool = False
     names: set[str] = field(default_factory=set)
     addresses: set[str] = field(default_factory=set)
+    lookups: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """The DNS names a flow's client was told for its outside server, and those it asked for."""
+
+    told: frozenset[str] = frozenset()
+    asked: frozenset[str] = frozenset()
+
+
+_DNS_PORT = (53,)
 
 
 class _Builder:
@@ -400,6 +422,7 @@ class _Builder:
         self.nodes: dict[str, _Node] = {}
         self.edges: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
         self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self.asked: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.attributions: list[FlowAttribution] = []
         self.attempts: list[Attempt] = []
         self.loopback = 0
@@ -436,12 +459,32 @@ class _Builder:
         node.addresses.add(ip)
         return node_id
 
-    def names_for(self, flow: Flow, client: Identity, server: Identity) -> Iterable[str]:
-        """The DNS names of an outside server for this flow (none for anything else): from
-        answers sent to the flow's client, on this address or another its pod (or node) had."""
+    def names_for(self, flow: Flow, client: Identity, server: Identity) -> _Names:
+        """The DNS names of an outside server for this flow (none for anything else), and of
+        those the names asked for: from answers sent to the flow's client, on this address or
+        another its pod (or node) had."""
         if self.dns is None or server.kind is not EndpointKind.EXTERNAL:
-            return ()
-        return self.dns.names_for_flow(flow, asked_by=asked_by(self.resolver, flow, client))
+            return _Names()
+        accepts = asked_by(self.resolver, flow, client)
+        return _Names(
+            frozenset(self.dns.names_for_flow(flow, asked_by=accepts)),
+            frozenset(self.dns.names_for_flow(flow, asked_by=accepts, asked=True)),
+        )
+
+    def note_lookups(self, flow: Flow, client: Identity) -> None:
+        """The names a pod looked up in a DNS flow (to port 53) that its own side vouches for,
+        on its workload's node."""
+        if (
+            self.dns is None
+            or flow.server.port not in _DNS_PORT
+            or client.kind is not EndpointKind.POD
+            or client.pod is None
+            or not self.vouches(client, flow.first_seen, flow)
+        ):
+            return
+        looked_up = self.dns.lookups_for_flow(flow, asked_by=asked_by(self.resolver, flow, client))
+        node_id = self.workload_node(self.resolver.workload(client.pod.workload))
+        self.nodes[node_id].lookups.update(looked_up)
 
     def vouches(self, identity: Identity, at: float, *flows: Flow) -> bool:
         """Whether the side of a connection that was ``identity`` at ``at`` is vouched for by
@@ -452,16 +495,17 @@ class _Builder:
         return self.witness.vouches(identity, at, captures)
 
     def count(
-        self, attribution: FlowAttribution, stats: EdgeStats, names: Iterable[str] = ()
+        self, attribution: FlowAttribution, stats: EdgeStats, names: _Names | None = None
     ) -> None:
         edge = (attribution.client, attribution.server)
         ports = self.edges[edge]
         known = ports.get(attribution.port)
         ports[attribution.port] = stats if known is None else known.merged(stats)
         self.attributions.append(attribution)
-        if names:
-            self.names[edge].update(names)
-            self.nodes[attribution.server].names.update(names)
+        if names is not None and names.told:
+            self.names[edge].update(names.told)
+            self.asked[edge].update(names.asked)
+            self.nodes[attribution.server].names.update(names.told)
 
     def graph(self) -> WorkloadGraph:
         nodes = []
@@ -477,6 +521,7 @@ class _Builder:
                     label,
                     workload=node.workload,
                     names=tuple(sorted(node.names)),
+                    lookups=tuple(sorted(node.lookups)),
                     in_scope=node.in_scope,
                     addresses=addresses,
                 )
@@ -487,6 +532,7 @@ class _Builder:
                 server,
                 dict(sorted(ports.items())),
                 tuple(sorted(self.names.get((client, server), ()))),
+                tuple(sorted(self.asked.get((client, server), ()))),
             )
             for (client, server), ports in self.edges.items()
         ]
@@ -636,6 +682,8 @@ def build_graph(
         )
         for flow in ordered
     ]
+    for flow, client, _ in resolved:
+        builder.note_lookups(flow, client)
     twins = _Twins(resolved)
     for flow, client, server in resolved:
         if server.kind is EndpointKind.SERVICE:

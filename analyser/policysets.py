@@ -1,4 +1,5 @@
-"""Loading a set of NetworkPolicies from files: the generated ones or any hand-written set.
+"""Loading a set of NetworkPolicies (and CiliumNetworkPolicies) from files: the generated ones or
+any hand-written set.
 
 A path may be one file or a folder (searched recursively for ``*.yaml``, ``*.yml``, ``*.json``).
 Files may hold several YAML documents, ``kind: List`` (or ``NetworkPolicyList``) objects, or the
@@ -11,11 +12,12 @@ an error too: which one wins would depend on the order ``kubectl apply`` sees th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analyser.ciliumsemantics import compile_cilium_policy
 from analyser.documents import DocumentError, json_value, yaml_values
 from analyser.evaluation import CompiledPolicy, PolicySet, compile_policy
 from kernel.errors import PolicyError
@@ -27,6 +29,11 @@ POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 # each alias costs what it stands for, and past this the file is refused before anything is
 # walked. kubectl and kustomize never write aliases.
 MAX_ALIAS_NODES = 100_000
+# The kinds read, each with its semantics (``evaluation``, ``ciliumsemantics``).
+_COMPILERS: dict[str, Callable[..., CompiledPolicy]] = {
+    "NetworkPolicy": compile_policy,
+    "CiliumNetworkPolicy": compile_cilium_policy,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,22 +110,24 @@ def _policy_set(
 ) -> LoadedPolicies:
     """Policies from (source name, parsed documents) pairs; raises PolicyError on anything bad."""
     documents: list[Mapping[str, Any]] = []
-    compiled: dict[tuple[str, str], CompiledPolicy] = {}
+    compiled: dict[tuple[str, str, str], CompiledPolicy] = {}
     sources_seen = 0
     for source, parsed in sources:
         sources_seen += 1
         skipped: list[tuple[str, str]] = []  # (where, kind) of what is not a NetworkPolicy
         for number, document in enumerate(parsed, start=1):
             for obj, where in _objects(document, f"{source} (document {number})"):
-                if obj.get("kind") != "NetworkPolicy":
+                compile = _COMPILERS.get(str(obj.get("kind")))
+                if compile is None:
                     skipped.append((where, str(obj.get("kind") or "an object without kind")))
                     continue
-                policy = compile_policy(obj, source=where)
-                key = (policy.namespace, policy.name)
+                policy = compile(obj, source=where)
+                key = (policy.kind, policy.namespace, policy.name)
                 if key in compiled:
                     raise PolicyError(
-                        f"NetworkPolicy {policy} is defined twice: in {compiled[key].source} "
-                        f"and in {where} (give one folder per policy set, e.g. kustomize's output)"
+                        f"{policy.kind} {policy.namespace}/{policy.name} is defined twice: in "
+                        f"{compiled[key].source} and in {where} (give one folder per policy set, "
+                        "e.g. kustomize's output)"
                     )
                 compiled[key] = policy
                 documents.append(obj)

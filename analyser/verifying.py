@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from analyser.evaluation import (
@@ -138,20 +138,32 @@ class Universe:
         *,
         focus: Iterable[str] | None = None,
         nodes: Mapping[str, str] | None = None,
+        dns_names: Mapping[str, frozenset[str]] | None = None,
+        apiservers: Collection[str] = (),
     ) -> Universe:
         """Pods sorted by name; blocks deduplicated, "anywhere" added, empty blocks dropped.
 
         With ``nodes`` (node address → node name), blocks made only of node addresses (the
         generated policies name every node, one block each) are folded into one block named
         :data:`NODES`, evaluated at the lowest of their addresses: one pair per workload rather
-        than one per node."""
+        than one per node.
+
+        ``dns_names`` (address → the names the bundle's DNS answers gave it) and ``apiservers``
+        (the API server's addresses) describe the address each block is evaluated at: what a
+        CiliumNetworkPolicy's ``toFQDNs`` and ``kube-apiserver`` entity match."""
         unique: dict[IpBlock, None] = dict.fromkeys((*blocks, *ANYWHERE))
         node_blocks = [b for b in unique if nodes and _only_nodes(b, nodes)]
         chosen = []
         for block in sorted(unique, key=lambda b: (b.network.version, b.network, b.excepted)):
             address = block.representative()
             if address is not None and block not in node_blocks:
-                chosen.append(Block(block, Address(address, name=f"ip:{block}")))
+                facts = Address(
+                    address,
+                    name=f"ip:{block}",
+                    dns_names=(dns_names or {}).get(address, frozenset()),
+                    apiserver=address in apiservers,
+                )
+                chosen.append(Block(block, facts))
         if nodes and node_blocks:
             lowest = min(node_blocks, key=lambda b: (b.network.version, b.network))
             at = str(lowest.network.network_address)
