@@ -24,11 +24,14 @@ import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
 from analyser.addresses import parse_address
 from analyser.bundles import Bundle, FileProblem
+from analyser.cilium import cilium_plan
 from analyser.flows import Evidence, Flow, orient
+from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
 from analyser.peers import Exposure, SpecialAddress
@@ -51,11 +54,13 @@ from analyser.rendering import (
     Provenance,
     ReportFacts,
     policy_path,
+    render_cilium_files,
     render_dot,
     render_policy_files,
     render_report,
 )
 from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.services import apiserver_addresses
 from analyser.snapshot import (
     CaptureMeta,
     PodIpEvent,
@@ -542,6 +547,23 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
     return problems
 
 
+class PolicyFormat(StrEnum):
+    """What ``analyse --format`` writes."""
+
+    NETWORKPOLICY = "networkpolicy"  # networking.k8s.io/v1 NetworkPolicies
+    CILIUM = "cilium"  # cilium.io/v2 CiliumNetworkPolicies
+    ALL = "all"  # both, each set in a folder of its own
+
+
+def _folders(policy_format: PolicyFormat) -> dict[PolicyFormat, str]:
+    """The policy sets a format writes, each with its folder (a path prefix): one set at the
+    top, or with ``all`` every set in a folder named after its format, with its own
+    Kustomization (apply one of them: ``kubectl apply -k OUT/cilium``)."""
+    if policy_format is not PolicyFormat.ALL:
+        return {policy_format: ""}
+    return {f: f"{f}/" for f in (PolicyFormat.NETWORKPOLICY, PolicyFormat.CILIUM)}
+
+
 # -- the safety check ------------------------------------------------------------------------
 
 
@@ -680,6 +702,8 @@ def analyse(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
+    policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY,
+    max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX,
 ) -> Analysis:
     """:func:`observe` ``bundle``, then make its policies and render every output file (in
     memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
@@ -690,7 +714,10 @@ def analyse(
     reported, unless its class is in ``allowed_special``. Workloads the snapshot shows exposed
     outside the cluster (``Resolver.exposures``) get ingress from anywhere on their exposed ports,
     unless ``expose_anywhere`` is False (then only from the outside addresses seen).
-    ``max_capture_size``: see :func:`observe`.
+    ``max_capture_size``: see :func:`observe`. ``policy_format``: NetworkPolicies, Cilium's
+    CiliumNetworkPolicies (``analyser.cilium``; more than ``max_names_per_suffix`` names one
+    label under one suffix become one ``matchPattern``), or both side by side in folders of
+    their own (:func:`_folders`); each set is checked on its own.
 
     Raises what :func:`observe` raises, :class:`~kernel.errors.RenderError` if output fails
     to render, and :class:`~kernel.errors.UnsafePolicies` if the policies would deny an
@@ -720,8 +747,30 @@ def analyse(
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
-    files = render_policy_files(policies, default_denies=plan.default_denies, provenance=provenance)
-    check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
+    files: dict[str, str] = {}
+    folders = _folders(policy_format)
+    if PolicyFormat.NETWORKPOLICY in folders:
+        files |= render_policy_files(
+            policies,
+            default_denies=plan.default_denies,
+            provenance=provenance,
+            folder=folders[PolicyFormat.NETWORKPOLICY],
+        )
+    if PolicyFormat.CILIUM in folders:
+        cilium = cilium_plan(
+            plan,
+            seen.graph,
+            exposures=exposures if expose_anywhere else None,
+            apiservers=apiserver_addresses(seen.snapshot),
+            max_names_per_suffix=max_names_per_suffix,
+        )
+        files |= render_cilium_files(
+            cilium, provenance=provenance, folder=folders[PolicyFormat.CILIUM]
+        )
+    for folder in folders.values():
+        policy_set = {path: text for path, text in files.items() if path.startswith(folder)}
+        check_safety(policy_set, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
+    first_folder = next(iter(folders.values()))
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
     if svg is not None:
@@ -739,7 +788,9 @@ def analyse(
         evidence_counts=seen.evidence_counts,
         file_problems=seen.problems,
         policy_files=tuple(p for p in files if p.endswith(".yaml")),
-        workload_policies={p.workload: policy_path(p.namespace, p.name) for p in policies},
+        workload_policies={
+            p.workload: first_folder + policy_path(p.namespace, p.name) for p in policies
+        },
         unselectable=unselectable,
         unselectable_reasons=unselectable_reasons(seen.graph, unselectable),
         skipped_packets=seen.traffic.skipped,
