@@ -19,6 +19,10 @@ Pure (data in, data out, no I/O):
     peers       target ports, pod and address peers, special addresses, cluster DNS, exposures
     addresses   IP addresses as text: checked, normalized, parsed, sorted
     evaluation  NetworkPolicy semantics: what does a set of policies allow?
+    ciliumsemantics  CiliumNetworkPolicy semantics, compiled into evaluation's policies
+    fqdnselectors  Cilium's DNS name selectors (matchName, matchPattern): matching, and names →
+                selectors
+    cilium      the plan → CiliumNetworkPolicies (``analyse --format cilium``)
     verifying   observed connections and a policy set → verify's and diff's reports
     replaying   the graph and the snapshot → the facts evaluation works on
     rendering   policies, graph and facts → YAML, DOT, Markdown (the only jinja2 import)
