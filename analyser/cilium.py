@@ -10,6 +10,8 @@ content (``policies.PolicyPlan``) said the way Cilium enforces it best.
 - An outside address that a DNS answer named for the workload is ``toFQDNs`` ``matchName`` of
   the name the application asked for (the CNAME chain resolved back to the question), rules by
   name instead of by address: the addresses of cloud APIs and CDNs rotate, their names do not.
+  A rule to anywhere on a port (more outside addresses than ``--max-outside-addresses``) is a
+  rule by name too when every one of those addresses had a name.
   More than a threshold of names one label under one suffix become one ``matchPattern``
   (``fqdnselectors.selectors_for``). Addresses no answer named stay ``toCIDRSet``, rules from or
   to anywhere keep their ``except`` networks.
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from analyser.flows import Protocol
 from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX, FqdnSelector, selectors_for
 from analyser.graphs import NodeRole, WorkloadGraph
-from analyser.peers import Exposure, IpPeer, PodPeer, PortSpec
+from analyser.peers import Exposure, IpPeer, PodPeer, PortSpec, special_address
 from analyser.policies import (
     ANYWHERE,
     NODE_BLOCK_DESCRIPTION,
@@ -109,6 +111,36 @@ def _asked_names(graph: WorkloadGraph, workload: str) -> dict[str, set[str]]:
     return asked
 
 
+@dataclass(slots=True)
+class _PortNames:
+    """The outside servers a workload reached on one port: the names asked for them, and
+    whether each had one."""
+
+    names: set[str]
+    every_one_named: bool = True
+
+
+def _names_by_port(graph: WorkloadGraph, workload: str) -> dict[PortSpec, _PortNames]:
+    """Per port of ``workload``'s egress to ordinary outside addresses (answered, vouched for
+    by its own side, none special): the names it asked for them, and whether every one of them
+    had a name. Where each had, a rule to anywhere on that port (more addresses than
+    ``--max-outside-addresses``: a cloud API's rotating ones) can be a rule by name."""
+    found: dict[PortSpec, _PortNames] = {}
+    for edge in graph.edges_from(workload):
+        server = graph.node(edge.server)
+        if server.role is not NodeRole.EXTERNAL:
+            continue
+        if any(special_address(address) is not None for address in server.addresses):
+            continue
+        for port, stats in edge.ports.items():
+            if not (stats.answered and stats.vouched.client):
+                continue
+            entry = found.setdefault(port, _PortNames(set()))
+            entry.names |= set(edge.asked)
+            entry.every_one_named &= bool(edge.asked)
+    return found
+
+
 def _split_dns(ports: Iterable[PortSpec]) -> tuple[tuple[PortSpec, ...], tuple[PortSpec, ...]]:
     """(port 53 of UDP and TCP, the rest), each sorted."""
     ports = sorted(set(ports))
@@ -151,6 +183,7 @@ def _translate(
     policy: Policy,
     *,
     asked: Mapping[str, set[str]],
+    by_port: Mapping[PortSpec, _PortNames],
     lookups: Collection[str],
     exposed: Collection[PortSpec],
     apiservers: Collection[str],
@@ -169,6 +202,10 @@ def _translate(
         else:
             ingress.rules.append(CiliumRule(rule.ports, cidrs=(peer,), comment=peer.description))
     for rule in policy.egress:
+        if isinstance(rule.peer, IpPeer) and _is_anywhere(rule.peer):
+            rule = _by_name(egress, rule, by_port)
+            if not rule.ports:
+                continue
         _egress(egress, rule, policy.namespace, asked=asked, apiservers=apiservers)
     dns_names = set(lookups) | {name for names in egress.names.values() for name in names}
     dns = selectors_for(dns_names, max_per_suffix=threshold)
@@ -202,6 +239,19 @@ def _egress(
         rules.names[rule.ports] |= asked[address]
     else:
         rules.rules.append(CiliumRule(rule.ports, cidrs=(peer,), comment=peer.description))
+
+
+def _by_name(rules: _Rules, rule: Rule, by_port: Mapping[PortSpec, _PortNames]) -> Rule:
+    """A rule to anywhere with the ports on which every outside server had a name taken out,
+    those names allowed on them instead (in ``rules``)."""
+    kept = []
+    for port in rule.ports:
+        named = by_port.get(port)
+        if named is not None and named.names and named.every_one_named:
+            rules.names[(port,)] |= named.names
+        else:
+            kept.append(port)
+    return Rule(rule.peer, tuple(kept))
 
 
 def _with_dns(rule: CiliumRule, names: tuple[FqdnSelector, ...]) -> list[CiliumRule]:
@@ -259,6 +309,7 @@ def cilium_plan(
             _translate(
                 policy,
                 asked=_asked_names(graph, policy.workload),
+                by_port=_names_by_port(graph, policy.workload),
                 lookups=node.lookups,
                 exposed=exposed,
                 apiservers=apiservers,

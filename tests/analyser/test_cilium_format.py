@@ -18,7 +18,7 @@ from analyser.evaluation import Address, Direction, PolicySet, pod
 from analyser.flows import Protocol
 from analyser.policysets import parse_policy_texts
 from kernel.errors import PolicyError
-from tests.bundle_builders import handshake
+from tests.bundle_builders import Frame, handshake
 from tests.cilium_helpers import lookup, named_egress, schema_errors
 from tests.hostile.hostile_helpers import (
     add_capture,
@@ -252,3 +252,39 @@ def test_a_cilium_cidr_rule_does_not_match_a_node() -> None:
 def test_what_the_evaluation_does_not_know_is_refused_by_name(spec: dict[str, Any]) -> None:
     with pytest.raises(PolicyError, match="CiliumNetworkPolicy shop/web"):
         compile_cilium_policy(_cnp(spec))
+
+
+def _rotating(client: str, at: float, *, unnamed: int = 0) -> list[Frame]:
+    """One lookup of storage.example.com answered with 40 addresses, a connection to each on
+    443; and ``unnamed`` more connections to addresses no answer named."""
+    addresses = [f"203.0.113.{100 + n}" for n in range(40)]
+    records = [("storage.example.com", "A", address) for address in addresses]
+    frames = lookup(client, "storage.example.com", records, at, port=44000)
+    addresses += [f"198.51.100.{100 + n}" for n in range(unnamed)]
+    for index, address in enumerate(addresses):
+        frames += handshake(client, 45000 + index, address, 443, at + 1 + index / 100)
+    return frames
+
+
+def test_a_rule_to_anywhere_is_by_name_when_every_address_had_one(bundle: Path) -> None:
+    frontend = pod_ip(bundle, "frontend")
+    add_capture(bundle, "frontend", _rotating(frontend, window_start(bundle)))
+    analysis = run(bundle, policy_format=PolicyFormat.ALL)
+    https = {"ports": [{"port": "443", "protocol": "TCP"}]}
+    plain = yaml.safe_load(analysis.files["networkpolicy/default.frontend.yaml"])["spec"]
+    assert any(
+        peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0"
+        for rule in plain["egress"]
+        for peer in rule["to"]
+    )
+    egress = _egress(analysis, "cilium/default.frontend.yaml")
+    assert {"toFQDNs": [{"matchName": "storage.example.com"}], "toPorts": [https]} in egress
+    assert "0.0.0.0/0" not in json.dumps(egress)
+
+
+def test_a_rule_to_anywhere_stays_when_an_address_had_no_name(bundle: Path) -> None:
+    frontend = pod_ip(bundle, "frontend")
+    add_capture(bundle, "frontend", _rotating(frontend, window_start(bundle), unnamed=1))
+    egress = _egress(run(bundle, policy_format=PolicyFormat.CILIUM))
+    assert "0.0.0.0/0" in json.dumps(egress)
+    assert "storage.example.com" not in json.dumps([r for r in egress if "toFQDNs" in r])
