@@ -903,6 +903,17 @@ class PolicySet:
                     add(named or f"namespaces[{shown}]", ns_labels, peer.pod_selector)
         return [found[name] for name in sorted(found)]
 
+    def fqdn_selectors(self) -> tuple[FqdnSelector, ...]:
+        """Every distinct DNS name selector (Cilium's ``toFQDNs``) the policies name, sorted."""
+        found = {
+            selector
+            for policy in self.policies
+            for rule in policy.egress
+            for peer in rule.peers
+            for selector in peer.fqdns
+        }
+        return tuple(sorted(found))
+
     def ip_blocks(self) -> tuple[IpBlock, ...]:
         """Every distinct ipBlock the policies name, sorted (IPv4 first)."""
         found = {

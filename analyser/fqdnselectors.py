@@ -50,6 +50,15 @@ class FqdnSelector:
         """Whether this selector matches the DNS name ``name`` (Cilium's rules)."""
         return _compiled(self.text, self.pattern).fullmatch(_canonical(name)) is not None
 
+    def example(self) -> str:
+        """A name it matches: itself, or a pattern with each ``*`` (``**.``) standing for one
+        label ``x``."""
+        if not self.pattern:
+            return _canonical(self.text)
+        if re.fullmatch(r"\*+", self.text):
+            return "x"
+        return re.sub(r"\*+", "x", _canonical(self.text))
+
 
 def _canonical(name: str) -> str:
     return name.strip().lower().rstrip(".")

@@ -2,13 +2,15 @@
 allows.
 
 BUNDLE is what `analyse` reads (a bundle directory, or a folder with snapshot.json and captures).
-POLICIES is a folder (or file) of NetworkPolicies: the generated ones or any hand-written set
-(YAML with one or more documents, Lists, JSON, `kustomize build` output). Objects that are not
-NetworkPolicies are skipped with a note.
+POLICIES is a folder (or file) of NetworkPolicies, CiliumNetworkPolicies or both (`analyse
+--format cilium`): the generated ones or any hand-written set (YAML with one or more documents,
+Lists, JSON, `kustomize build` output). Other objects are skipped with a note.
 
 Every observed connection (client workload → server workload or address, on the target port after
-Service DNAT) is evaluated with networking.k8s.io/v1 semantics: egress at the client and ingress
-at the server must both allow it. Each denied one is listed with the side that denies it. A side
+Service DNAT) is evaluated with networking.k8s.io/v1 semantics (cilium.io/v2 for
+CiliumNetworkPolicies, `toFQDNs` matched against the names the bundle's DNS answers gave each
+address): egress at the client and ingress at the server must both allow it. Each denied one is
+listed with the side that denies it. A side
 is checked only when its own captures vouch for the connection (they saw it, or none of them ran
 then): one pod's capture cannot make another workload's policies fail; such connections are
 listed.
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from cli.main import ExitStatus, echo
@@ -108,7 +112,7 @@ def _verify(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
         return status
     echo(
-        f"{args.policies} ({len(loaded.policies.policies)} NetworkPolicies) against "
+        f"{args.policies} ({_counted(p.kind for p in loaded.policies.policies)}) against "
         f"{result.checked} observed connections of {args.bundle}"
     )
     if result.denials:
@@ -140,3 +144,12 @@ def _verify(args: argparse.Namespace) -> int:
     for note in notes:
         echo(f"note: {note}")
     return status
+
+
+def _counted(kinds: Iterable[str]) -> str:
+    """``12 NetworkPolicies``, ``1 CiliumNetworkPolicy``, or each kind's count."""
+    counts = Counter(kinds)
+    return ", ".join(
+        f"{count} {kind if count == 1 else kind.removesuffix('y') + 'ies'}"
+        for kind, count in sorted(counts.items())
+    )

@@ -51,3 +51,13 @@ def test_only_names_the_crd_admits_are_written() -> None:
     assert not valid_name("x" * 256)
     assert valid_pattern("*.example")
     assert selectors_for(["bad name.example", "ok.example"]) == (FqdnSelector("ok.example"),)
+
+
+def test_an_example_name_is_one_the_selector_matches() -> None:
+    for selector in (
+        FqdnSelector("API.example.com."),
+        FqdnSelector("*.cdn.example", pattern=True),
+        FqdnSelector("**.cdn.example", pattern=True),
+        FqdnSelector("*", pattern=True),
+    ):
+        assert selector.matches(selector.example()), selector
