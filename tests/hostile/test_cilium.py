@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from analyser.analysing import PolicyFormat
+from analyser.cilium import cilium_plan
+from analyser.rendering import Provenance, cilium_policy_object, policy_path
 from tests.bundle_builders import handshake
 from tests.cilium_helpers import lookup, schema_errors
 from tests.hostile.hostile_helpers import (
@@ -22,6 +25,14 @@ from tests.hostile.hostile_helpers import (
     policy_files,
     run,
     window_start,
+)
+from tests.hostile.test_inert_output import (
+    HOSTILE_NAMES,
+    LOADERS,
+    frontend_calls_outside,
+    objects,
+    only_our_lines,
+    without_dns_names,
 )
 
 FRONTEND = "default.frontend.yaml"
@@ -49,6 +60,29 @@ def test_text_that_is_no_dns_name_never_reaches_a_policy(
     assert policy_files(analysis) == clean_cilium
     for text in policy_files(analysis).values():
         assert "ClusterRole" not in text and "a b.example" not in text
+
+
+def test_forged_names_add_no_rule_and_every_line_is_ours(bundle: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    shutil.copytree(bundle, plain)
+    add_capture(plain, "frontend", frontend_calls_outside(plain, ()))
+    add_capture(bundle, "frontend", frontend_calls_outside(bundle, HOSTILE_NAMES))
+    expected = run(plain, policy_format=PolicyFormat.CILIUM)
+    hostile = run(bundle, policy_format=PolicyFormat.CILIUM)
+    window = hostile.window
+    assert window is not None
+    provenance = Provenance(window.start_text, window.end_text)
+    plan = cilium_plan(hostile.plan, hostile.graph, exposures=hostile.exposures)
+    for item in plan.policies:
+        text = hostile.files[policy_path(item.policy.namespace, item.policy.name)]
+        for loader in LOADERS:
+            assert [d for d in yaml.load_all(text, Loader=loader) if d is not None] == [
+                cilium_policy_object(item, provenance=provenance)
+            ]
+    assert without_dns_names(objects(hostile)) == without_dns_names(objects(expected))
+    for path, text in hostile.files.items():
+        if path != "graph.svg":
+            only_our_lines(text)
 
 
 def test_special_addresses_get_no_rule_by_name_or_address(
