@@ -198,7 +198,7 @@ def _translate(
         elif peer.description == NODE_BLOCK_DESCRIPTION:
             ingress.entity(NODES, NODE_BLOCK_DESCRIPTION, rule.ports)
         elif _is_anywhere(peer) and exposed and set(rule.ports) <= set(exposed):
-            ingress.entity((WORLD,), "anywhere outside the cluster: exposed", rule.ports)
+            ingress.entity((WORLD,), peer.description, rule.ports)
         else:
             ingress.rules.append(CiliumRule(rule.ports, cidrs=(peer,), comment=peer.description))
     for rule in policy.egress:
