@@ -31,6 +31,7 @@ node selector) is refused with an error naming it rather than evaluated wrongly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,6 +61,8 @@ API_VERSION = "cilium.io/v2"
 NAMESPACE_KEY = "io.kubernetes.pod.namespace"
 NAMESPACE_LABELS_PREFIX = "io.cilium.k8s.namespace.labels."
 _SOURCES = ("k8s:", "any:")
+_DIGITS = re.compile(r"[0-9]+")  # str.isdigit also takes "²", which int() refuses
+_PORT_NAME = re.compile(r"(?=.*[a-zA-Z])[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?")  # the CRD's
 _ANY_PROTOCOLS = (Protocol.TCP, Protocol.UDP, Protocol.SCTP)
 _SUPPORTED_SPEC = frozenset(
     {"endpointSelector", "ingress", "egress", "enableDefaultDeny", "description", "labels"}
@@ -197,12 +200,14 @@ def _port(value: Any, where: str) -> list[_PortRule]:
         port: int | str | None = None
     elif not isinstance(raw, str):
         raise _Invalid(f"{where}: port must be text (a number or a port name)")
-    elif raw.isdigit():
+    elif _DIGITS.fullmatch(raw):
         port = int(raw)
         if not 1 <= port <= 65535:
             raise _Invalid(f"{where}: port {raw} is outside 1-65535")
+    elif _PORT_NAME.fullmatch(raw):
+        port = raw.lower()
     else:
-        port = raw
+        raise _Invalid(f"{where}: port {raw!r} is neither a number nor a port name")
     if end is not None and end != 0:
         if not isinstance(port, int) or isinstance(end, bool) or not isinstance(end, int):
             raise _Invalid(f"{where}: endPort needs a numeric port and must be a number")

@@ -247,6 +247,7 @@ def test_a_cilium_cidr_rule_does_not_match_a_node() -> None:
         {"egress": [{"toServices": [{"k8sService": {"serviceName": "x"}}]}]},
         {"egress": [{"toEntities": ["health"]}]},
         {"egress": [{"toFQDNs": [{"matchName": "bad name"}]}]},
+        {"egress": [{"toEntities": ["world"], "toPorts": [{"ports": [{"port": "²"}]}]}]},
     ],
 )
 def test_what_the_evaluation_does_not_know_is_refused_by_name(spec: dict[str, Any]) -> None:
