@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import netns
@@ -66,6 +66,7 @@ LabRunner = Callable[..., LabRun]
 class Judged:
     files: dict[str, str]  # the rendered output, by relative path
     check: TruthCheck
+    cilium: dict[str, str] = field(default_factory=dict)  # the Cilium set, by file name
 
     def policy(self, namespace: str, workload: str) -> str:
         """The YAML text of the policy whose file name starts with ``workload``."""
@@ -112,4 +113,9 @@ def analyse_and_judge(bundle: Path) -> Judged:
         for path, text in analysis.files.items()
         if not path.startswith("cilium/")
     }
-    return Judged(files, check)
+    cilium_files = {
+        path.removeprefix("cilium/"): text
+        for path, text in analysis.files.items()
+        if path.startswith("cilium/")
+    }
+    return Judged(files, check, cilium_files)
