@@ -15,10 +15,12 @@ Pure (data in, data out, no I/O):
     vantages    where each capture was taken (a pod, a node) and which pods each covered
     graphs      flows + identities → the workload graph: typed nodes and edges, its schema
     policies    the policy model, and the plan (policies, default-denies) made from the graph
+    baselines   the cluster baseline: one Baseline-tier ClusterNetworkPolicy for the plan
     selectors   label selectors, and the volatile labels that never belong in one
     peers       target ports, pod and address peers, special addresses, cluster DNS, exposures
     addresses   IP addresses as text: checked, normalized, parsed, sorted
     evaluation  NetworkPolicy semantics: what does a set of policies allow?
+    clusterpolicies  ClusterNetworkPolicy semantics and the tiers (Admin, NetworkPolicy, Baseline)
     ciliumsemantics  CiliumNetworkPolicy semantics, compiled into evaluation's policies
     fqdnselectors  Cilium's DNS name selectors (matchName, matchPattern): matching, and names →
                 selectors

@@ -28,6 +28,13 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
 from analyser.addresses import parse_address
+from analyser.baselines import (
+    EXEMPT_LABEL,
+    EXEMPT_VALUE,
+    Baseline,
+    baseline_for,
+    labelled_exempt,
+)
 from analyser.bundles import Bundle, FileProblem
 from analyser.cilium import cilium_plan
 from analyser.flows import Evidence, Flow, orient
@@ -42,6 +49,7 @@ from analyser.policies import (
     Policy,
     PolicyPlan,
     SelectorWarning,
+    node_blocks,
     selector_warnings,
     synthesize,
     unselectable_reasons,
@@ -53,6 +61,7 @@ from analyser.rendering import (
     KUSTOMIZATION,
     Provenance,
     ReportFacts,
+    baseline_path,
     policy_path,
     render_cilium_files,
     render_dot,
@@ -147,6 +156,7 @@ class Analysis(Observation):
     # how), and whether their exposed ports were allowed from anywhere (or the clients seen only).
     exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
     exposed_anywhere: bool = True
+    baseline: Baseline | None = None  # --baseline cluster: the ClusterNetworkPolicy written
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -235,6 +245,12 @@ class Analysis(Observation):
                 for workload, items in self.exposures.items()
                 for exposure in items
             ],
+            "baseline": None
+            if self.baseline is None
+            else {
+                "file": baseline_path(self.baseline),
+                "exempt_namespaces": list(self.baseline.exempt_namespaces),
+            },
             "files": list(self.files),
         }
 
@@ -695,6 +711,7 @@ def analyse(
     bundle: Bundle,
     *,
     default_deny: bool = False,
+    baseline: bool = False,
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
     allowed_special: Collection[SpecialAddress] = (),
@@ -714,10 +731,12 @@ def analyse(
     reported, unless its class is in ``allowed_special``. Workloads the snapshot shows exposed
     outside the cluster (``Resolver.exposures``) get ingress from anywhere on their exposed ports,
     unless ``expose_anywhere`` is False (then only from the outside addresses seen).
-    ``max_capture_size``: see :func:`observe`. ``policy_format``: NetworkPolicies, Cilium's
-    CiliumNetworkPolicies (``analyser.cilium``; more than ``max_names_per_suffix`` names one
-    label under one suffix become one ``matchPattern``), or both side by side in folders of
-    their own (:func:`_folders`); each set is checked on its own.
+    ``baseline`` adds the cluster baseline (``analyser.baselines``): one Baseline-tier
+    ClusterNetworkPolicy instead of (or besides) ``default_deny``'s policy per namespace, with
+    each policy set written. ``max_capture_size``: see :func:`observe`. ``policy_format``:
+    NetworkPolicies, Cilium's CiliumNetworkPolicies (``analyser.cilium``; more than
+    ``max_names_per_suffix`` names one label under one suffix become one ``matchPattern``), or
+    both side by side in folders of their own (:func:`_folders`); each set is checked on its own.
 
     Raises what :func:`observe` raises, :class:`~kernel.errors.RenderError` if output fails
     to render, and :class:`~kernel.errors.UnsafePolicies` if the policies would deny an
@@ -732,6 +751,7 @@ def analyse(
         seen.graph,
         cluster_dns=cluster_dns,
         default_deny=default_deny,
+        baseline=baseline,
         node_addresses=seen.snapshot.node_by_address,
         node_cidrs=node_cidrs,
         max_outside_addresses=max_outside_addresses,
@@ -740,19 +760,31 @@ def analyse(
         internal_networks=seen.resolver.cluster_networks,
     )
     policies = plan.policies
-    unselectable = unselectable_workloads(seen.graph)
+    # With a default-deny or the baseline, also those that keep their namespace from it.
+    unselectable = unselectable_workloads(seen.graph, default_deny=default_deny or baseline)
     manifest = bundle.manifest
     window = seen.window
     provenance = (
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
+    written_baseline = (
+        baseline_for(
+            plan,
+            namespaces=seen.snapshot.namespace_names,
+            cluster_dns=cluster_dns,
+            nodes=node_blocks(seen.graph, seen.snapshot.node_by_address, node_cidrs),
+        )
+        if baseline
+        else None
+    )
     files: dict[str, str] = {}
     folders = _folders(policy_format)
     if PolicyFormat.NETWORKPOLICY in folders:
         files |= render_policy_files(
             policies,
             default_denies=plan.default_denies,
+            baseline=written_baseline,
             provenance=provenance,
             folder=folders[PolicyFormat.NETWORKPOLICY],
         )
@@ -765,7 +797,10 @@ def analyse(
             max_names_per_suffix=max_names_per_suffix,
         )
         files |= render_cilium_files(
-            cilium, provenance=provenance, folder=folders[PolicyFormat.CILIUM]
+            cilium,
+            baseline=written_baseline,
+            provenance=provenance,
+            folder=folders[PolicyFormat.CILIUM],
         )
     for folder in folders.values():
         policy_set = {path: text for path, text in files.items() if path.startswith(folder)}
@@ -775,7 +810,9 @@ def analyse(
     svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
     if svg is not None:
         files[GRAPH_SVG] = svg
-    notes = (svg_note,) if svg_note is not None else ()
+    notes: tuple[str, ...] = (svg_note,) if svg_note is not None else ()
+    if baseline:
+        notes += _baseline_notes(written_baseline, seen.snapshot)
     facts = ReportFacts(
         source=bundle.name,
         provenance=provenance,
@@ -812,7 +849,33 @@ def analyse(
         notes=notes,
         exposures=exposed,
         exposed_anywhere=expose_anywhere,
+        baseline=written_baseline,
     )
+
+
+def _baseline_notes(baseline: Baseline | None, snapshot: Snapshot) -> tuple[str, ...]:
+    """What the user must know about the cluster baseline: that none was written, that the
+    snapshot's namespaces are only those its objects name, that an exempt label keeps a captured
+    namespace out of it."""
+    if baseline is None:
+        return (
+            "no cluster baseline: no namespace could be isolated (see the workloads without "
+            "a policy)",
+        )
+    notes = []
+    if not snapshot.namespaces:
+        notes.append(
+            "the snapshot lists no Namespace objects: the cluster baseline leaves out only the "
+            "namespaces its other objects are in, and covers (denies) any other namespace that "
+            "exists; add the Namespaces (kubectl get namespaces -o json) to the snapshot"
+        )
+    labels = {ns.name: ns.labels for ns in snapshot.namespaces}
+    notes += [
+        f"namespace {namespace} is labelled {EXEMPT_LABEL}={EXEMPT_VALUE}: the cluster baseline "
+        "does not cover it until the label is removed"
+        for namespace in labelled_exempt(baseline, labels)
+    ]
+    return tuple(notes)
 
 
 def graph_svg(graph: WorkloadGraph, dot: str) -> tuple[str | None, str | None]:

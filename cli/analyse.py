@@ -8,6 +8,7 @@ Written to DIR (apply with `kubectl apply -f DIR`, `-R -f DIR` or `-k DIR`):
   NAMESPACE.WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress); with
                             --format cilium a CiliumNetworkPolicy (egress by DNS name)
   NAMESPACE.default-deny-all.yaml   with --default-deny
+  ClusterNetworkPolicy.netpol-sniffer-baseline.yaml   with --baseline cluster
   Kustomization             lists them all, for `kubectl apply -k DIR`
   networkpolicy/, cilium/   with --format all: each set in its own folder, with its own
                             Kustomization (apply one of them)
@@ -43,6 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--default-deny",
         action="store_true",
         help="also write a default-deny policy for every namespace that gets policies",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=["cluster"],
+        metavar="cluster",
+        help="cluster: also write one Baseline-tier ClusterNetworkPolicy "
+        "(policy.networking.k8s.io/v1beta1) denying everything but DNS and node traffic in the "
+        "captured namespaces and every namespace created later; the workloads' NetworkPolicies "
+        "open what was observed (needs the network-policy-api CRDs and an implementation)",
     )
     parser.add_argument(
         "--node-cidr",
@@ -134,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         analysis = analyse(
             bundle,
             default_deny=args.default_deny,
+            baseline=args.baseline == "cluster",
             node_cidrs=args.node_cidr,
             max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
             expose_anywhere=not args.observed_clients_only,

@@ -2,9 +2,10 @@
 `kubectl apply`.
 
 OLD and NEW are folders (or files) of NetworkPolicies, CiliumNetworkPolicies or both: YAML with
-one or more documents, Lists, JSON, `kustomize build` output. Other objects are skipped with a
-note. Comparing the two formats `analyse --format all` writes, give --snapshot: without it node
-addresses are plain addresses, which the Cilium set allows as entities (host, remote-node).
+one or more documents, Lists, JSON, `kustomize build` output; ClusterNetworkPolicies are evaluated
+in their tiers. Other objects are skipped with a note. Comparing the two formats `analyse --format
+all` writes, give --snapshot: without it node addresses are plain addresses, which the Cilium set
+allows as entities (host, remote-node).
 
 Every pair of workloads is compared (a workload with itself too), and every workload with the
 ipBlocks either set names, the DNS names either set allows by name (`fqdn:NAME`, Cilium's

@@ -90,3 +90,21 @@ def test_the_safety_check_refuses_an_unsafe_cilium_set(
     assert main(["analyse", str(bundle), "--out", str(out), "--format", "cilium"]) != ExitStatus.OK
     assert "would deny" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_baseline_is_written_with_each_set_and_judged_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = make_bundle(tmp_path / "bundle")
+    out = tmp_path / "out"
+    arguments = ["analyse", str(bundle), "--out", str(out), "--format", "all"]
+    assert main([*arguments, "--baseline", "cluster"]) == ExitStatus.OK
+    for folder in ("networkpolicy", "cilium"):
+        assert (out / folder / "ClusterNetworkPolicy.netpol-sniffer-baseline.yaml").is_file()
+        assert (
+            "ClusterNetworkPolicy.netpol-sniffer-baseline.yaml"
+            in (out / folder / "Kustomization").read_text()
+        )
+    capsys.readouterr()
+    assert main(["verify", str(bundle), str(out / "cilium")]) == ExitStatus.OK
+    assert ", 1 ClusterNetworkPolicy)" in capsys.readouterr().out
