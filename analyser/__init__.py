@@ -23,6 +23,10 @@ Pure (data in, data out, no I/O):
     addresses   IP addresses as text: checked, normalized, parsed, sorted
     evaluation  NetworkPolicy semantics: what does a set of policies allow?
     clusterpolicies  ClusterNetworkPolicy semantics and the tiers (Admin, NetworkPolicy, Baseline)
+    ciliumsemantics  CiliumNetworkPolicy semantics, compiled into evaluation's policies
+    fqdnselectors  Cilium's DNS name selectors (matchName, matchPattern): matching, and names →
+                selectors
+    cilium      the plan → CiliumNetworkPolicies (``analyse --format cilium``)
     verifying   observed connections and a policy set → verify's and diff's reports
     replaying   the graph and the snapshot → the facts evaluation works on
     rendering   policies, graph and facts → YAML, DOT, Markdown (the only jinja2 import)

@@ -24,6 +24,7 @@ import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
 from analyser.addresses import parse_address
@@ -35,7 +36,9 @@ from analyser.baselines import (
     labelled_exempt,
 )
 from analyser.bundles import Bundle, FileProblem
+from analyser.cilium import cilium_plan
 from analyser.flows import Evidence, Flow, orient
+from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
 from analyser.peers import ClusterDns, Exposure, SpecialAddress
@@ -68,6 +71,7 @@ from analyser.rendering import (
     ReportFacts,
     baseline_path,
     policy_path,
+    render_cilium_files,
     render_dot,
     render_policy_files,
     render_report,
@@ -601,6 +605,23 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
     return problems
 
 
+class PolicyFormat(StrEnum):
+    """What ``analyse --format`` writes."""
+
+    NETWORKPOLICY = "networkpolicy"  # networking.k8s.io/v1 NetworkPolicies
+    CILIUM = "cilium"  # cilium.io/v2 CiliumNetworkPolicies
+    ALL = "all"  # both, each set in a folder of its own
+
+
+def _folders(policy_format: PolicyFormat) -> dict[PolicyFormat, str]:
+    """The policy sets a format writes, each with its folder (a path prefix): one set at the
+    top, or with ``all`` every set in a folder named after its format, with its own
+    Kustomization (apply one of them: ``kubectl apply -k OUT/cilium``)."""
+    if policy_format is not PolicyFormat.ALL:
+        return {policy_format: ""}
+    return {f: f"{f}/" for f in (PolicyFormat.NETWORKPOLICY, PolicyFormat.CILIUM)}
+
+
 # -- the safety check ------------------------------------------------------------------------
 
 
@@ -792,6 +813,8 @@ def analyse(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
+    policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY,
+    max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX,
 ) -> Analysis:
     """:func:`observe` ``bundle``, then make its policies and render every output file (in
     memory; :func:`write_output` writes them): :func:`conclude` with the bundle's own
@@ -809,6 +832,8 @@ def analyse(
         max_outside_addresses=max_outside_addresses,
         allowed_special=allowed_special,
         expose_anywhere=expose_anywhere,
+        policy_format=policy_format,
+        max_names_per_suffix=max_names_per_suffix,
     )
 
 
@@ -822,6 +847,8 @@ def conclude(
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
     allowed_special: Collection[SpecialAddress] = (),
     expose_anywhere: bool = True,
+    policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY,
+    max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX,
 ) -> Analysis:
     """Make the policies of an observation and render every output file (in memory). Traffic
     with a node (from or to a node address) is allowed with every node the snapshot knows, or
@@ -833,7 +860,11 @@ def conclude(
     outside the cluster (``Resolver.exposures``) get ingress from anywhere on their exposed ports,
     unless ``expose_anywhere`` is False (then only from the outside addresses seen).
     ``baseline`` adds the cluster baseline (``analyser.baselines``): one Baseline-tier
-    ClusterNetworkPolicy instead of (or besides) ``default_deny``'s policy per namespace.
+    ClusterNetworkPolicy instead of (or besides) ``default_deny``'s policy per namespace, with
+    each policy set written. ``policy_format``:
+    NetworkPolicies, Cilium's CiliumNetworkPolicies (``analyser.cilium``; more than
+    ``max_names_per_suffix`` names one label under one suffix become one ``matchPattern``), or
+    both side by side in folders of their own (:func:`_folders`); each set is checked on its own.
 
     Raises :class:`~kernel.errors.RenderError` if output fails to render, and
     :class:`~kernel.errors.UnsafePolicies` if the policies would deny an observed flow (see
@@ -872,13 +903,34 @@ def conclude(
         if baseline
         else None
     )
-    files = render_policy_files(
-        policies,
-        default_denies=plan.default_denies,
-        baseline=written_baseline,
-        provenance=provenance,
-    )
-    check_safety(files, seen.graph, cluster.facts, left_out=plan.left_out)
+    files: dict[str, str] = {}
+    folders = _folders(policy_format)
+    if PolicyFormat.NETWORKPOLICY in folders:
+        files |= render_policy_files(
+            policies,
+            default_denies=plan.default_denies,
+            baseline=written_baseline,
+            provenance=provenance,
+            folder=folders[PolicyFormat.NETWORKPOLICY],
+        )
+    if PolicyFormat.CILIUM in folders:
+        cilium = cilium_plan(
+            plan,
+            seen.graph,
+            exposures=exposures if expose_anywhere else None,
+            apiservers=cluster.facts.apiservers,
+            max_names_per_suffix=max_names_per_suffix,
+        )
+        files |= render_cilium_files(
+            cilium,
+            baseline=written_baseline,
+            provenance=provenance,
+            folder=folders[PolicyFormat.CILIUM],
+        )
+    for folder in folders.values():
+        policy_set = {path: text for path, text in files.items() if path.startswith(folder)}
+        check_safety(policy_set, seen.graph, cluster.facts, left_out=plan.left_out)
+    first_folder = next(iter(folders.values()))
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
     if svg is not None:
@@ -906,7 +958,9 @@ def conclude(
         evidence_counts=seen.evidence_counts,
         file_problems=seen.problems,
         policy_files=tuple(p for p in files if p.endswith(".yaml")),
-        workload_policies={p.workload: policy_path(p.namespace, p.name) for p in policies},
+        workload_policies={
+            p.workload: first_folder + policy_path(p.namespace, p.name) for p in policies
+        },
         unselectable=unselectable,
         unselectable_reasons=unselectable_reasons(seen.graph, unselectable),
         skipped_packets=seen.traffic.skipped,

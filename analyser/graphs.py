@@ -248,6 +248,9 @@ class GraphNode:
     workload: Workload | None = None  # a workload node's, and only theirs
     # Every DNS name some client was told for an outside address (the ``names`` of its edges).
     names: tuple[str, ...] = ()
+    # A workload's: every name its pods' own captures saw them look up on port 53 (answered,
+    # NXDOMAIN included), sorted; what a DNS rule listing names must allow.
+    lookups: tuple[str, ...] = ()
     in_scope: bool = False  # a workload whose pods were captured: it gets a policy
     # The addresses seen for a node, an outside or unresolved address, or a hostNetwork workload
     # (the addresses peers saw), by ``address_key``; none for other workloads.
@@ -277,6 +280,9 @@ class GraphEdge:
     # The DNS names of an outside server's address that the client side's own captures saw it
     # told (``dns.DnsNames.names_for_flow``), sorted; none for any other server.
     names: tuple[str, ...] = ()
+    # Of those, the names the client asked for (the question whose CNAME chain led to the
+    # address): what a policy by name must name.
+    asked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.ports:
@@ -408,6 +414,10 @@ class NameTable(Protocol):
     """DNS names a flow's client was told for its server's address (``dns.DnsNames``)."""
 
     def names_for_flow(
+        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None, asked: bool = False
+    ) -> Iterable[str]: ...
+
+    def lookups_for_flow(
         self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None
     ) -> Iterable[str]: ...
 
@@ -420,6 +430,18 @@ class _Node:
     in_scope: bool = False
     names: set[str] = field(default_factory=set)
     addresses: set[str] = field(default_factory=set)
+    lookups: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """The DNS names a flow's client was told for its outside server, and those it asked for."""
+
+    told: frozenset[str] = frozenset()
+    asked: frozenset[str] = frozenset()
+
+
+_DNS_PORT = (53,)
 
 
 class _Builder:
@@ -437,6 +459,7 @@ class _Builder:
         self.nodes: dict[str, _Node] = {}
         self.edges: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
         self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self.asked: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.attributions: list[FlowAttribution] = []
         self.attempts: list[Attempt] = []
         self.loopback = 0
@@ -473,21 +496,32 @@ class _Builder:
         node.addresses.add(ip)
         return node_id
 
-    def names_for(self, flow: Flow, client: Identity, server: Identity) -> Iterable[str]:
-        """The DNS names of an outside server for this flow (none for anything else): from
-        answers sent to the flow's client, on this address or another its pod (or node) had."""
+    def names_for(self, flow: Flow, client: Identity, server: Identity) -> _Names:
+        """The DNS names of an outside server for this flow (none for anything else), and of
+        those the names asked for: from answers sent to the flow's client, on this address or
+        another its pod (or node) had."""
         if self.dns is None or server.kind is not EndpointKind.EXTERNAL:
-            return ()
+            return _Names()
+        accepts = asked_by(self.resolver, flow, client)
+        return _Names(
+            frozenset(self.dns.names_for_flow(flow, asked_by=accepts)),
+            frozenset(self.dns.names_for_flow(flow, asked_by=accepts, asked=True)),
+        )
 
-        def asked_by(ip: str) -> bool:
-            if ip == client.ip:
-                return True
-            asker = self.resolver.resolve(ip, flow.first_seen)
-            if client.pod is not None:
-                return asker.pod == client.pod
-            return client.kind is EndpointKind.NODE and asker.node == client.node
-
-        return self.dns.names_for_flow(flow, asked_by=asked_by)
+    def note_lookups(self, flow: Flow, client: Identity) -> None:
+        """The names a pod looked up in a DNS flow (to port 53) that its own side vouches for,
+        on its workload's node."""
+        if (
+            self.dns is None
+            or flow.server.port not in _DNS_PORT
+            or client.kind is not EndpointKind.POD
+            or client.pod is None
+            or not self.vouches(client, flow.first_seen, flow)
+        ):
+            return
+        looked_up = self.dns.lookups_for_flow(flow, asked_by=asked_by(self.resolver, flow, client))
+        node_id = self.workload_node(self.resolver.workload(client.pod.workload))
+        self.nodes[node_id].lookups.update(looked_up)
 
     def vouches(self, identity: Identity, at: float, *flows: Flow) -> bool:
         """Whether the side of a connection that was ``identity`` at ``at`` is vouched for by
@@ -498,16 +532,17 @@ class _Builder:
         return self.witness.vouches(identity, at, captures)
 
     def count(
-        self, attribution: FlowAttribution, stats: EdgeStats, names: Iterable[str] = ()
+        self, attribution: FlowAttribution, stats: EdgeStats, names: _Names | None = None
     ) -> None:
         edge = (attribution.client, attribution.server)
         ports = self.edges[edge]
         known = ports.get(attribution.port)
         ports[attribution.port] = stats if known is None else known.merged(stats)
         self.attributions.append(attribution)
-        if names:
-            self.names[edge].update(names)
-            self.nodes[attribution.server].names.update(names)
+        if names is not None and names.told:
+            self.names[edge].update(names.told)
+            self.asked[edge].update(names.asked)
+            self.nodes[attribution.server].names.update(names.told)
 
     def graph(self) -> WorkloadGraph:
         nodes = []
@@ -523,6 +558,7 @@ class _Builder:
                     label,
                     workload=node.workload,
                     names=tuple(sorted(node.names)),
+                    lookups=tuple(sorted(node.lookups)),
                     in_scope=node.in_scope,
                     addresses=addresses,
                 )
@@ -533,6 +569,7 @@ class _Builder:
                 server,
                 dict(sorted(ports.items())),
                 tuple(sorted(self.names.get((client, server), ()))),
+                tuple(sorted(self.asked.get((client, server), ()))),
             )
             for (client, server), ports in self.edges.items()
         ]
@@ -548,6 +585,19 @@ class _Builder:
 def node_label(name: str, addresses: Iterable[str]) -> str:
     """A cluster node's label: its name and the addresses seen for it."""
     return f"{name} ({', '.join(addresses)})"
+def asked_by(resolver: Resolver, flow: Flow, client: Identity) -> Callable[[str], bool]:
+    """Whether a DNS answer sent to an address went to ``flow``'s client (``client``, as
+    resolved at the flow's first packet): its address, or another its pod (or node) had then."""
+
+    def accepts(ip: str) -> bool:
+        if ip == client.ip:
+            return True
+        asker = resolver.resolve(ip, flow.first_seen)
+        if client.pod is not None:
+            return asker.pod == client.pod
+        return client.kind is EndpointKind.NODE and asker.node == client.node
+
+    return accepts
 
 
 def _is_loopback_address(address: str) -> bool:
@@ -672,6 +722,8 @@ def build_graph(
         )
         for flow in ordered
     ]
+    for flow, client, _ in resolved:
+        builder.note_lookups(flow, client)
     twins = _Twins(resolved)
     for flow, client, server in resolved:
         if server.kind is EndpointKind.SERVICE:

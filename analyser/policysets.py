@@ -1,5 +1,5 @@
-"""Loading a set of NetworkPolicies (and ClusterNetworkPolicies) from files: the generated ones or
-any hand-written set.
+"""Loading a set of NetworkPolicies (and CiliumNetworkPolicies, ClusterNetworkPolicies) from
+files: the generated ones or any hand-written set.
 
 A path may be one file or a folder (searched recursively for ``*.yaml``, ``*.yml``, ``*.json``).
 Files may hold several YAML documents, ``kind: List`` (or ``NetworkPolicyList``) objects, or the
@@ -12,11 +12,12 @@ an error too: which one wins would depend on the order ``kubectl apply`` sees th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analyser.ciliumsemantics import compile_cilium_policy
 from analyser.clusterpolicies import KIND as CLUSTER_POLICY_KIND
 from analyser.clusterpolicies import (
     CompiledClusterPolicy,
@@ -34,6 +35,11 @@ POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 # each alias costs what it stands for, and past this the file is refused before anything is
 # walked. kubectl and kustomize never write aliases.
 MAX_ALIAS_NODES = 100_000
+# The kinds read, each with its semantics (``evaluation``, ``ciliumsemantics``).
+_COMPILERS: dict[str, Callable[..., CompiledPolicy]] = {
+    "NetworkPolicy": compile_policy,
+    "CiliumNetworkPolicy": compile_cilium_policy,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +116,7 @@ def _policy_set(
 ) -> LoadedPolicies:
     """Policies from (source name, parsed documents) pairs; raises PolicyError on anything bad."""
     documents: list[Mapping[str, Any]] = []
-    compiled: dict[tuple[str, str], CompiledPolicy] = {}
+    compiled: dict[tuple[str, str, str], CompiledPolicy] = {}
     cluster: dict[str, CompiledClusterPolicy] = {}
     sources_seen = 0
     for source, parsed in sources:
@@ -127,15 +133,17 @@ def _policy_set(
                         )
                     cluster[cluster_policy.name] = cluster_policy
                     continue
-                if obj.get("kind") != "NetworkPolicy":
+                compile = _COMPILERS.get(str(obj.get("kind")))
+                if compile is None:
                     skipped.append((where, str(obj.get("kind") or "an object without kind")))
                     continue
-                policy = compile_policy(obj, source=where)
-                key = (policy.namespace, policy.name)
+                policy = compile(obj, source=where)
+                key = (policy.kind, policy.namespace, policy.name)
                 if key in compiled:
                     raise PolicyError(
-                        f"NetworkPolicy {policy} is defined twice: in {compiled[key].source} "
-                        f"and in {where} (give one folder per policy set, e.g. kustomize's output)"
+                        f"{policy.kind} {policy.namespace}/{policy.name} is defined twice: in "
+                        f"{compiled[key].source} and in {where} (give one folder per policy set, "
+                        "e.g. kustomize's output)"
                     )
                 compiled[key] = policy
                 documents.append(obj)
@@ -148,7 +156,7 @@ def _policy_set(
         root=root,
         documents=tuple(documents),
         policies=TieredPolicySet(
-            policies=tuple(sorted(compiled.values(), key=lambda p: (p.namespace, p.name))),
+            policies=tuple(sorted(compiled.values(), key=lambda p: (p.namespace, p.name, p.kind))),
             cluster_policies=tuple(cluster[name] for name in sorted(cluster)),
         ),
         notes=tuple(notes),

@@ -35,7 +35,9 @@ from analyser.baselines import (
     subject,
 )
 from analyser.bundles import FileProblem
+from analyser.cilium import CiliumPlan, CiliumPolicy, CiliumRule
 from analyser.flows import Evidence
+from analyser.fqdnselectors import FqdnSelector, valid_name, valid_pattern
 from analyser.graphs import EdgeStats, UnvouchedPair, WorkloadGraph
 from analyser.peers import Exposure, IpPeer, PodPeer
 from analyser.periods import CaptureWindow, UncoveredCronJob, duration_text
@@ -539,6 +541,116 @@ def render_default_deny(deny: DefaultDeny, *, provenance: Provenance) -> str:
     return text
 
 
+# -- CiliumNetworkPolicy (analyse --format cilium) ------------------------------------------------
+
+_CILIUM_API_VERSION = "cilium.io/v2"
+_CILIUM_KIND = "CiliumNetworkPolicy"
+
+
+def _cilium_names_object(names: Iterable[FqdnSelector]) -> list[dict[str, str]]:
+    return [{"matchPattern" if n.pattern else "matchName": n.text} for n in names]
+
+
+def _cilium_rule_object(rule: CiliumRule, prefix: str, policy: Policy) -> dict[str, Any]:
+    document: dict[str, Any]
+    if rule.endpoints is not None:
+        document = {f"{prefix}Endpoints": [_selector_object(rule.endpoints)]}
+    elif rule.entities:
+        document = {f"{prefix}Entities": list(rule.entities)}
+    elif rule.fqdns:
+        document = {"toFQDNs": _cilium_names_object(rule.fqdns)}
+    else:
+        blocks = []
+        for block in rule.cidrs:
+            entry: dict[str, Any] = {"cidr": _cidr(block.cidr, policy)}
+            if block.excluded:
+                entry["except"] = [_cidr(hole, policy) for hole in block.excluded]
+            blocks.append(entry)
+        document = {f"{prefix}CIDRSet": blocks}
+    ports: dict[str, Any] = {
+        "ports": [{"port": str(p.port), "protocol": str(p.protocol)} for p in rule.ports]
+    }
+    if rule.dns:
+        ports["rules"] = {"dns": _cilium_names_object(rule.dns)}
+    document["toPorts"] = [ports]
+    return document
+
+
+def _cilium_document(cilium: CiliumPolicy, view: _PolicyView) -> dict[str, Any]:
+    policy = cilium.policy
+    spec: dict[str, Any] = {
+        "endpointSelector": _selector_object(policy.pod_selector),
+        "ingress": [_cilium_rule_object(r, "from", policy) for r in cilium.ingress] or [{}],
+        "egress": [_cilium_rule_object(r, "to", policy) for r in cilium.egress] or [{}],
+    }
+    return {
+        "apiVersion": _CILIUM_API_VERSION,
+        "kind": _CILIUM_KIND,
+        "metadata": _metadata_object(policy.name, policy.namespace, view.labels, view.annotations),
+        "spec": spec,
+    }
+
+
+def cilium_policy_object(cilium: CiliumPolicy, *, provenance: Provenance) -> dict[str, Any]:
+    """The CiliumNetworkPolicy object :func:`render_cilium_policy`'s YAML parses to."""
+    return _cilium_document(cilium, _policy_view(cilium.policy, provenance))
+
+
+def cilium_default_deny_object(deny: DefaultDeny, *, provenance: Provenance) -> dict[str, Any]:
+    """The CiliumNetworkPolicy object :func:`render_cilium_default_deny`'s YAML parses to."""
+    metadata = _metadata_object(deny.name, deny.namespace, _labels(()), _annotations(provenance))
+    return {
+        "apiVersion": _CILIUM_API_VERSION,
+        "kind": _CILIUM_KIND,
+        "metadata": metadata,
+        "spec": {"endpointSelector": {}, "ingress": [{}], "egress": [{}]},
+    }
+
+
+def _check_cilium(cilium: CiliumPolicy) -> None:
+    """Names a CiliumNetworkPolicy may hold (``toFQDNs`` and DNS rules: the CRD's pattern)."""
+    policy = cilium.policy
+    for rule in (*cilium.ingress, *cilium.egress):
+        for name in (*rule.fqdns, *rule.dns):
+            valid = valid_pattern(name.text) if name.pattern else valid_name(name.text)
+            if not valid:
+                raise RenderError(
+                    f"policy {policy.namespace}/{policy.name}: {name.text!r} is no DNS name"
+                )
+
+
+def render_cilium_policy(cilium: CiliumPolicy, *, provenance: Provenance) -> str:
+    """One CiliumNetworkPolicy document for one workload."""
+    policy = cilium.policy
+    view = _policy_view(policy, provenance)
+    _check_cilium(cilium)
+    text = _render(
+        "ciliumnetworkpolicy.yaml.j2",
+        policy=cilium,
+        labels=view.labels,
+        annotations=view.annotations,
+    )
+    _parse_back(text, policy_path(policy.namespace, policy.name), _cilium_document(cilium, view))
+    return text
+
+
+def render_cilium_default_deny(deny: DefaultDeny, *, provenance: Provenance) -> str:
+    """A CiliumNetworkPolicy selecting every pod of a namespace and allowing nothing."""
+    _check_names(deny.namespace, deny.name)
+    text = _render(
+        "cilium-default-deny.yaml.j2",
+        deny=deny,
+        labels=_labels(()),
+        annotations=_annotations(provenance),
+    )
+    _parse_back(
+        text,
+        policy_path(deny.namespace, deny.name),
+        cilium_default_deny_object(deny, provenance=provenance),
+    )
+    return text
+
+
 def render_baseline(baseline: Baseline, *, provenance: Provenance) -> str:
     """The cluster baseline: one Baseline-tier ClusterNetworkPolicy (``analyser.baselines``)."""
     if not is_dns1123_subdomain(baseline.name):
@@ -579,34 +691,69 @@ def policy_path(namespace: str, name: str) -> str:
     return f"{namespace}.{name}.yaml"
 
 
+def _baseline_files(baseline: Baseline | None, provenance: Provenance) -> dict[str, str]:
+    if baseline is None:
+        return {}
+    return {baseline_path(baseline): render_baseline(baseline, provenance=provenance)}
+
+
+def _policy_set_files(
+    documents: Iterable[tuple[str, str, str]],
+    folder: str = "",
+    others: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """(namespace, name, text) of every policy, and ``others`` (path → text: the baseline) → the
+    files plus the ``Kustomization`` that lists them, in ``folder`` (a path prefix ending in "/",
+    or "" for the top), sorted."""
+    files: dict[str, str] = dict(others or {})
+    for namespace, name, text in documents:
+        path = policy_path(namespace, name)
+        if path in files:
+            raise RenderError(f"two policies would both be written to {folder}{path}")
+        files[path] = text
+    files[KUSTOMIZATION] = render_kustomization(files)
+    return {folder + path: text for path, text in sorted(files.items())}
+
+
 def render_policy_files(
     policies: Iterable[Policy],
     *,
     default_denies: Iterable[DefaultDeny] = (),
     baseline: Baseline | None = None,
     provenance: Provenance,
+    folder: str = "",
 ) -> dict[str, str]:
     """Every policy file (and the ``baseline``'s, when there is one) plus the ``Kustomization``
-    that lists them, keyed by path relative to the output directory (sorted)."""
-    files: dict[str, str] = {}
-    if baseline is not None:
-        files[baseline_path(baseline)] = render_baseline(baseline, provenance=provenance)
+    that lists them, keyed by path relative to the output directory (in ``folder``: "" or a
+    prefix ending in "/"), sorted."""
+    documents = [
+        (deny.namespace, deny.name, render_default_deny(deny, provenance=provenance))
+        for deny in default_denies
+    ] + [
+        (policy.namespace, policy.name, render_policy(policy, provenance=provenance))
+        for policy in policies
+    ]
+    return _policy_set_files(documents, folder, _baseline_files(baseline, provenance))
 
-    def add(path: str, text: str) -> None:
-        if path in files:
-            raise RenderError(f"two policies would both be written to {path}")
-        files[path] = text
 
-    for deny in default_denies:
-        add(
-            policy_path(deny.namespace, deny.name), render_default_deny(deny, provenance=provenance)
-        )
-    for policy in policies:
-        add(
-            policy_path(policy.namespace, policy.name), render_policy(policy, provenance=provenance)
-        )
-    files[KUSTOMIZATION] = render_kustomization(files)
-    return dict(sorted(files.items()))
+def render_cilium_files(
+    plan: CiliumPlan,
+    *,
+    baseline: Baseline | None = None,
+    provenance: Provenance,
+    folder: str = "",
+) -> dict[str, str]:
+    """Every CiliumNetworkPolicy file of ``plan`` (and the ``baseline``'s, when there is one)
+    plus their ``Kustomization``, keyed by path relative to the output directory (in
+    ``folder``), sorted."""
+    documents = [
+        (deny.namespace, deny.name, render_cilium_default_deny(deny, provenance=provenance))
+        for deny in plan.default_denies
+    ] + [
+        (item.policy.namespace, item.policy.name, render_cilium_policy(item, provenance=provenance))
+        for item in plan.policies
+    ]
+    return _policy_set_files(documents, folder, _baseline_files(baseline, provenance))
 
 
 # -- graph and report ----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from analyser.flows import Protocol
 from analyser.graphs import ID_PREFIXES, NodeRole, Sides, WorkloadGraph
 from analyser.identities import Resolver
 from analyser.peers import PortSpec
+from analyser.services import apiserver_addresses
 from analyser.snapshot import Snapshot
 from analyser.verifying import Observed, Universe, Verification, block_for, check_observed, verify
 from analyser.workloads import Workload, WorkloadRef
@@ -56,6 +57,7 @@ class ClusterFacts:
     host_network: Mapping[str, tuple[str, ...]]  # hostNetwork workload → its nodes' addresses
     node_of_address: Mapping[str, str]  # a node's address → the node's name
     namespace_labels: Mapping[str, Mapping[str, str]]
+    apiservers: frozenset[str] = frozenset()  # the API server's addresses (kube-apiserver)
 
     def facts_for(self, workload: Workload) -> Pod:
         """The facts of a workload, also one the snapshot does not list (known from captures)."""
@@ -69,9 +71,16 @@ class ClusterFacts:
             name=name,
         )
 
-    def address(self, ip: str, name: str) -> Address:
-        """An address peer, marked with its node when it is one's."""
-        return Address(ip, node=self.node_of_address.get(ip), name=name)
+    def address(self, ip: str, name: str, dns_names: Iterable[str] = ()) -> Address:
+        """An address peer, marked with its node when it is one's, with the DNS names the
+        bundle's answers gave it, and whether it serves the cluster's API."""
+        return Address(
+            ip,
+            node=self.node_of_address.get(ip),
+            name=name,
+            dns_names=frozenset(dns_names),
+            apiserver=ip in self.apiservers,
+        )
 
 
 def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
@@ -106,6 +115,7 @@ def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
         host_network={name: tuple(sorted(found)) for name, found in host_addresses.items()},
         node_of_address=dict(snapshot.node_by_address),
         namespace_labels=namespace_labels,
+        apiservers=apiserver_addresses(snapshot),
     )
 
 
@@ -163,9 +173,10 @@ def _ends(
     if len(addresses) > 1:
         seen = _seen(graph, *ends, port, client_side=client_side)
         addresses = tuple(a for a in addresses if a in seen) or addresses
+    names = graph.node(node_id).names
     if len(addresses) == 1:
-        return [cluster.address(addresses[0], node_id)]
-    return [cluster.address(a, f"{node_id} ({a})") for a in addresses]
+        return [cluster.address(addresses[0], node_id, names)]
+    return [cluster.address(a, f"{node_id} ({a})", names) for a in addresses]
 
 
 def _node_local(client: Peer, server: Peer, cluster: ClusterFacts) -> tuple[Peer, Peer]:
@@ -293,6 +304,11 @@ def verification_inputs(
         [*policies.ip_blocks(), *external],
         focus=focus,
         nodes=cluster.node_of_address,
+        dns_names={
+            node.id.removeprefix(ID_PREFIXES[NodeRole.EXTERNAL]): frozenset(node.names)
+            for node in graph.with_role(NodeRole.EXTERNAL)
+        },
+        apiservers=cluster.apiservers,
     )
     return observed, universe
 

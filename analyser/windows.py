@@ -36,6 +36,7 @@ from analyser.analysing import (
     Analysis,
     ClusterContext,
     Observation,
+    PolicyFormat,
     analyse,
     conclude,
     observe,
@@ -44,6 +45,7 @@ from analyser.bundles import Bundle, FileProblem
 from analyser.dns import DnsNames
 from analyser.evaluation import Pod
 from analyser.flows import Flow
+from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
 from analyser.graphs import (
     Attempt,
     EdgeStats,
@@ -178,6 +180,8 @@ def analyse_windows(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
+    policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY,
+    max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX,
 ) -> Analysis:
     """One policy set from several bundles (:func:`observe_windows`, then ``conclude`` with the
     merged cluster context); options as ``analysing.analyse``. One bundle is analysed as
@@ -194,6 +198,8 @@ def analyse_windows(
             workers=workers,
             on_progress=on_progress,
             max_capture_size=max_capture_size,
+            policy_format=policy_format,
+            max_names_per_suffix=max_names_per_suffix,
         )
     found = observe_windows(
         bundles, workers=workers, on_progress=on_progress, max_capture_size=max_capture_size
@@ -207,6 +213,8 @@ def analyse_windows(
         max_outside_addresses=max_outside_addresses,
         allowed_special=tuple(allowed_special),
         expose_anywhere=expose_anywhere,
+        policy_format=policy_format,
+        max_names_per_suffix=max_names_per_suffix,
     )
 
 
@@ -225,6 +233,7 @@ def merged_context(contexts: Sequence[ClusterContext]) -> ClusterContext:
     host_network: dict[str, tuple[str, ...]] = {}
     node_of_address: dict[str, str] = {}
     namespace_labels: dict[str, Mapping[str, str]] = {}
+    apiservers: set[str] = set()
     cronjobs = {}
     for context in contexts:
         exposures.update(context.exposures)
@@ -238,6 +247,7 @@ def merged_context(contexts: Sequence[ClusterContext]) -> ClusterContext:
             host_network[workload] = tuple(sorted({*host_network.get(workload, ()), *addresses}))
         node_of_address.update(facts.node_of_address)
         namespace_labels.update(facts.namespace_labels)
+        apiservers |= facts.apiservers
         cronjobs.update({cronjob.name: cronjob for cronjob in context.cronjobs})
     dns = [context.cluster_dns for context in contexts]
     return ClusterContext(
@@ -256,6 +266,7 @@ def merged_context(contexts: Sequence[ClusterContext]) -> ClusterContext:
             host_network=host_network,
             node_of_address=node_of_address,
             namespace_labels=namespace_labels,
+            apiservers=frozenset(apiservers),
         ),
         cronjobs=tuple(cronjobs[name] for name in sorted(cronjobs)),
     )

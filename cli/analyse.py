@@ -7,10 +7,13 @@ different days: a nightly CronJob, a weekly batch) give one policy set from all 
 bundle's flows resolved with its own snapshot; the report says which window saw which flow.
 
 Written to DIR (apply with `kubectl apply -f DIR`, `-R -f DIR` or `-k DIR`):
-  NAMESPACE.WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress)
+  NAMESPACE.WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress); with
+                            --format cilium a CiliumNetworkPolicy (egress by DNS name)
   NAMESPACE.default-deny-all.yaml   with --default-deny
   ClusterNetworkPolicy.netpol-sniffer-baseline.yaml   with --baseline cluster
   Kustomization             lists them all, for `kubectl apply -k DIR`
+  networkpolicy/, cilium/   with --format all: each set in its own folder, with its own
+                            Kustomization (apply one of them)
   graph.dot, graph.svg      who talks to whom (graph.svg when Graphviz is installed and the
                             graph is small enough to draw: at most 400 nodes, 1,000 edges)
   report.md                 flows per edge, external names, unresolved addresses, damaged files
@@ -95,6 +98,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"otherwise left out and reported: {', '.join(SPECIAL_CLASSES)} (repeatable)",
     )
     parser.add_argument(
+        "--format",
+        choices=("networkpolicy", "cilium", "all"),
+        default="networkpolicy",
+        help="networkpolicy: networking.k8s.io/v1 NetworkPolicies (the default, for every CNI "
+        "that enforces them); cilium: cilium.io/v2 CiliumNetworkPolicies, egress outside the "
+        "cluster by DNS name (toFQDNs) where the captures show the name; all: both, in "
+        "networkpolicy/ and cilium/",
+    )
+    parser.add_argument(
+        "--fqdn-pattern-threshold",
+        type=positive_int,
+        metavar="N",
+        help="with --format cilium: more than N names one label under one suffix "
+        "(a1.cdn.example ... a40.cdn.example) become one matchPattern *.cdn.example, commented "
+        "(default: 10)",
+    )
+    parser.add_argument(
         "--max-capture-size",
         type=byte_size,
         metavar="SIZE",
@@ -121,8 +141,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `analyse --help` stays quick.
-    from analyser.analysing import write_output
+    from analyser.analysing import PolicyFormat, write_output
     from analyser.bundles import open_bundle
+    from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
     from analyser.peers import SPECIAL_REASONS, SpecialAddress
     from analyser.policies import INGRESS, MAX_OUTSIDE_ADDRESSES
     from analyser.sources import DEFAULT_MAX_BYTES
@@ -142,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             on_progress=bar.advance,
             max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
+            policy_format=PolicyFormat(args.format),
+            max_names_per_suffix=args.fqdn_pattern_threshold or MAX_NAMES_PER_SUFFIX,
         )
     for problem in analysis.problems:
         say("analyse", f"warning: {problem.path}: {problem.problem}")
@@ -178,8 +201,14 @@ def run(args: argparse.Namespace) -> int:
         windows = f" of {len(bundles)} capture windows" if len(bundles) > 1 else ""
         echo(
             f"{policies} policies from {len(analysis.flows)} flows in {len(captures)} "
-            f"capture files{windows} written to {out}/ (apply: kubectl apply -f {out}); "
+            f"capture files{windows} written to {out}/ (apply: {_apply_hint(out, args.format)}); "
             f"report: {out / 'report.md'}"
             + (f"; warnings: {len(analysis.problems)}" if analysis.problems else "")
         )
     return ExitStatus.OK
+
+
+def _apply_hint(out: Path, policy_format: str) -> str:
+    if policy_format == "all":
+        return f"kubectl apply -k {out / 'networkpolicy'} or -k {out / 'cilium'}"
+    return f"kubectl apply -f {out}"

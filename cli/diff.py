@@ -1,13 +1,16 @@
 """What changes between two policy folders, per workload pair and port: the review before
 `kubectl apply`.
 
-OLD and NEW are folders (or files) of NetworkPolicies: YAML with one or more documents, Lists,
-JSON, `kustomize build` output; ClusterNetworkPolicies are evaluated in their tiers. Other objects
-are skipped with a note.
+OLD and NEW are folders (or files) of NetworkPolicies, CiliumNetworkPolicies or both: YAML with
+one or more documents, Lists, JSON, `kustomize build` output; ClusterNetworkPolicies are evaluated
+in their tiers. Other objects are skipped with a note. Comparing the two formats `analyse --format
+all` writes, give --snapshot: without it node addresses are plain addresses, which the Cilium set
+allows as entities (host, remote-node).
 
 Every pair of workloads is compared (a workload with itself too), and every workload with the
-ipBlocks either set names and with "anywhere" (0.0.0.0/0, ::/0), in both directions, on every
-port of every protocol. Lines read:
+ipBlocks either set names, the DNS names either set allows by name (`fqdn:NAME`, Cilium's
+toFQDNs: allowed by a rule by address only when it allows anywhere) and with "anywhere"
+(0.0.0.0/0, ::/0), in both directions, on every port of every protocol. Lines read:
 
   + CLIENT → SERVER: PORTS     newly allowed by NEW
   - CLIENT → SERVER: PORTS     allowed by OLD, denied by NEW
@@ -84,7 +87,8 @@ def _diff(args: argparse.Namespace) -> int:
             "no --snapshot: example pods stand for the groups the policies select; "
             "named ports match nothing"
         )
-    universe = Universe.of(pods, blocks)
+    fqdns = sorted({*old.policies.fqdn_selectors(), *new.policies.fqdn_selectors()})
+    universe = Universe.of(pods, blocks, fqdns=fqdns)
     changes = diff(old.policies, new.policies, universe)
     if args.json:
         document = {

@@ -4,15 +4,17 @@ allows.
 BUNDLE is what `analyse` reads (a bundle directory, or a folder with snapshot.json and captures);
 several bundles (capture windows, as `analyse BUNDLE BUNDLE…` takes them) are checked together:
 the observed connections are those of every one, each resolved with its own snapshot.
-POLICIES is a folder (or file) of NetworkPolicies: the generated ones or any hand-written set
-(YAML with one or more documents, Lists, JSON, `kustomize build` output), ClusterNetworkPolicies
-(policy.networking.k8s.io, such as `analyse --baseline cluster` writes) included: they are
-evaluated in their tiers (Admin, then the NetworkPolicies, then Baseline). Other objects are
-skipped with a note.
+POLICIES is a folder (or file) of NetworkPolicies, CiliumNetworkPolicies (`analyse --format
+cilium`) or both: the generated ones or any hand-written set (YAML with one or more documents,
+Lists, JSON, `kustomize build` output), ClusterNetworkPolicies (policy.networking.k8s.io, such as
+`analyse --baseline cluster` writes) included: they are evaluated in their tiers (Admin, then the
+NetworkPolicies, then Baseline). Other objects are skipped with a note.
 
 Every observed connection (client workload → server workload or address, on the target port after
-Service DNAT) is evaluated with networking.k8s.io/v1 semantics: egress at the client and ingress
-at the server must both allow it. Each denied one is listed with the side that denies it. A side
+Service DNAT) is evaluated with networking.k8s.io/v1 semantics (cilium.io/v2 for
+CiliumNetworkPolicies, `toFQDNs` matched against the names the bundle's DNS answers gave each
+address): egress at the client and ingress at the server must both allow it. Each denied one is
+listed with the side that denies it. A side
 is checked only when its own captures vouch for the connection (they saw it, or none of them ran
 then): one pod's capture cannot make another workload's policies fail; such connections are
 listed.
@@ -31,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from cli.main import ExitStatus, echo
@@ -130,9 +134,13 @@ def _verify(args: argparse.Namespace) -> int:
         }
         print(json.dumps(document, indent=2))
         return status
-    also = f", {len(cluster_policies)} ClusterNetworkPolicies" if cluster_policies else ""
+    also = (
+        f", {_counted(['ClusterNetworkPolicy'] * len(cluster_policies))}"
+        if cluster_policies
+        else ""
+    )
     echo(
-        f"{args.policies} ({len(loaded.policies.policies)} NetworkPolicies{also}) against "
+        f"{args.policies} ({_counted(p.kind for p in loaded.policies.policies)}{also}) against "
         f"{result.checked} observed connections of {named}"
     )
     if result.denials:
@@ -164,3 +172,12 @@ def _verify(args: argparse.Namespace) -> int:
     for note in notes:
         echo(f"note: {note}")
     return status
+
+
+def _counted(kinds: Iterable[str]) -> str:
+    """``12 NetworkPolicies``, ``1 CiliumNetworkPolicy``, or each kind's count."""
+    counts = Counter(kinds)
+    return ", ".join(
+        f"{count} {kind if count == 1 else kind.removesuffix('y') + 'ies'}"
+        for kind, count in sorted(counts.items())
+    )

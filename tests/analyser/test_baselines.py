@@ -259,7 +259,7 @@ def test_verify_names_the_cluster_policy(
     (only / BASELINE_FILE).write_text(analysis.files[BASELINE_FILE])
     bundle = str(analysis.bundle.root)
     assert main(["verify", bundle, str(tmp_path / "out")]) == ExitStatus.OK
-    assert "(2 NetworkPolicies, 1 ClusterNetworkPolicies)" in capsys.readouterr().out
+    assert "(2 NetworkPolicies, 1 ClusterNetworkPolicy)" in capsys.readouterr().out
     # The baseline alone is a policy set, not "nothing found": it denies what was observed.
     assert main(["verify", bundle, str(only), "--json"]) == ExitStatus.DENIED
     verdict = json.loads(capsys.readouterr().out)

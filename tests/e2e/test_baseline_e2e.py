@@ -22,20 +22,13 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "microservices-demo" / "bundle"
 CRD = ROOT / "tests" / "data" / "crds" / "network-policy-api-v0.3.0-clusternetworkpolicies.yaml"
-CRD_NAME = (
-    "customresourcedefinition.apiextensions.k8s.io/clusternetworkpolicies.policy.networking.k8s.io"
-)
 BASELINE = "clusternetworkpolicy.policy.networking.k8s.io/netpol-sniffer-baseline"
 
 
 @pytest.fixture(scope="module")
 def with_crd(control_plane: ControlPlane) -> Iterator[ControlPlane]:
-    control_plane.kubectl("apply", "-f", str(CRD))
-    control_plane.kubectl("wait", "--for", "condition=established", "--timeout", "60s", CRD_NAME)
-    try:
+    with control_plane.custom_resources(CRD):
         yield control_plane
-    finally:
-        control_plane.kubectl("delete", "--ignore-not-found", "-f", str(CRD))
 
 
 @pytest.mark.parametrize("how", [["-f"], ["-k"]], ids=["-f", "-k"])
