@@ -32,6 +32,7 @@ from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
 from analyser.peers import Exposure, SpecialAddress
+from analyser.pictures import Picture, infrastructure_ids, namespace_picture, picture_of
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
@@ -690,11 +691,19 @@ def analyse(
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
     files = render_policy_files(policies, default_denies=plan.default_denies, provenance=provenance)
     check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
-    files[GRAPH_DOT] = render_dot(seen.graph)
-    svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
-    if svg is not None:
-        files[GRAPH_SVG] = svg
-    notes = (svg_note,) if svg_note is not None else ()
+    picture = picture_of(
+        seen.graph,
+        infrastructure=infrastructure_ids(
+            seen.graph,
+            dns_workloads=cluster_dns.workloads,
+            node_local_dns=[cache.cidr.partition("/")[0] for cache in cluster_dns.node_local],
+        ),
+    )
+    files[GRAPH_DOT] = render_dot(picture)
+    drawn = graph_svg(picture, files[GRAPH_DOT])
+    if drawn.svg is not None:
+        files[GRAPH_SVG] = drawn.svg
+    notes = (drawn.note,) if drawn.note is not None else ()
     facts = ReportFacts(
         source=bundle.name,
         provenance=provenance,
@@ -731,22 +740,41 @@ def analyse(
     )
 
 
-def graph_svg(graph: WorkloadGraph, dot: str) -> tuple[str | None, str | None]:
-    """(graph.svg, None), or (None, why it was left out): the picture is a convenience, so a graph
-    too big to draw or Graphviz failing never costs the policies. No note when Graphviz is not
-    installed (the CLI's help says graph.svg needs it)."""
+@dataclass(frozen=True, slots=True)
+class DrawnGraph:
+    """graph.svg's text (None: left out), and what the report says about it (None: nothing)."""
+
+    svg: str | None
+    note: str | None = None
+
+
+def graph_svg(picture: Picture, dot: str) -> DrawnGraph:
+    """graph.svg of ``picture`` (its DOT text: ``dot``). A picture too big to draw is drawn one
+    node per namespace (``pictures.namespace_picture``), or left out when even that is too big;
+    Graphviz failing leaves it out too: the picture is a convenience, it never costs the
+    policies. No note when Graphviz is not installed (the CLI's help says graph.svg needs it)."""
     if shutil.which("dot") is None:
-        return None, None
-    nodes, edges = len(graph.nodes), len(graph.edges)
+        return DrawnGraph(None)
+    nodes, edges = len(picture.nodes), len(picture.edges)
+    size = (
+        f"the graph has {nodes:,} nodes and {edges:,} edges to draw (drawn up to "
+        f"{MAX_SVG_NODES:,} and {MAX_SVG_EDGES:,})"
+    )
+    note = None
     if nodes > MAX_SVG_NODES or edges > MAX_SVG_EDGES:
-        return None, (
-            f"{GRAPH_SVG} not drawn: the graph has {nodes:,} nodes and {edges:,} edges (drawn up "
-            f"to {MAX_SVG_NODES:,} and {MAX_SVG_EDGES:,}); {GRAPH_DOT} is written"
-        )
+        summary = namespace_picture(picture)
+        if len(summary.nodes) > MAX_SVG_NODES or len(summary.edges) > MAX_SVG_EDGES:
+            return DrawnGraph(
+                None,
+                f"{GRAPH_SVG} not drawn: {size}, and {len(summary.nodes):,} namespaces and groups "
+                f"are too many too; {GRAPH_DOT} is written",
+            )
+        dot = render_dot(summary)
+        note = f"{GRAPH_SVG} shows one box per namespace: {size}; {GRAPH_DOT} has every workload"
     try:
-        return render_svg(dot), None
+        return DrawnGraph(render_svg(dot), note)
     except RenderError as error:
-        return None, f"{GRAPH_SVG} not drawn: {error}; {GRAPH_DOT} is written"
+        return DrawnGraph(None, f"{GRAPH_SVG} not drawn: {error}; {GRAPH_DOT} is written")
 
 
 def render_svg(dot: str) -> str:
