@@ -325,3 +325,22 @@ def namespace_picture(picture: Picture) -> Picture:
             )
         )
     return Picture(picture.groups, nodes, tuple(edges), summary=True)
+
+
+@dataclass(frozen=True, slots=True)
+class DrawingIds:
+    """The ids a picture's shapes carry in graph.dot and graph.svg (``n0``, ``cluster_0``,
+    ``e0``): generated, never from data, so report.html finds each shape by its id and the data
+    behind it by the picture's ids."""
+
+    nodes: Mapping[str, str]  # picture node id → its shape's id
+    groups: Mapping[str, str]  # group id → its box's id (Graphviz draws cluster_* as boxes)
+    edges: tuple[str, ...]  # in the picture's edge order
+
+
+def drawing_ids(picture: Picture) -> DrawingIds:
+    return DrawingIds(
+        nodes={node.id: f"n{index}" for index, node in enumerate(picture.nodes)},
+        groups={group.id: f"cluster_{index}" for index, group in enumerate(picture.groups)},
+        edges=tuple(f"e{index}" for index in range(len(picture.edges))),
+    )

@@ -29,7 +29,14 @@ from analyser.bundles import FileProblem
 from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, NodeRole, UnvouchedPair, WorkloadGraph
 from analyser.peers import Exposure, IpPeer, PodPeer
-from analyser.pictures import GroupKind, Picture, PictureEdge, PictureGroup, PictureNode
+from analyser.pictures import (
+    GroupKind,
+    Picture,
+    PictureEdge,
+    PictureGroup,
+    PictureNode,
+    drawing_ids,
+)
 from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
 from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
@@ -632,6 +639,7 @@ class _DotGroup:
 
 @dataclass(frozen=True, slots=True)
 class _DotEdge:
+    dot_id: str
     tail: str
     head: str
     ltail: str | None  # the cluster an edge from a whole group starts at
@@ -666,15 +674,15 @@ def _dot_node(dot_id: str, node: PictureNode, summary: bool) -> _DotNode:
 
 def render_dot(picture: Picture) -> str:
     """Graphviz DOT for a picture of the workload graph (``pictures.picture_of``, or
-    ``pictures.namespace_picture``), with a legend."""
-    dot_ids: dict[str, str] = {}
+    ``pictures.namespace_picture``), with a legend; shapes carry ``pictures.drawing_ids``."""
+    ids = drawing_ids(picture)
+    dot_ids = dict(ids.nodes)
     members: dict[str, list[_DotNode]] = {group.id: [] for group in picture.groups}
     loose: list[_DotNode] = []
-    for index, node in enumerate(picture.nodes):
-        dot_ids[node.id] = f"n{index}"
-        item = _dot_node(f"n{index}", node, picture.summary)
+    for node in picture.nodes:
+        item = _dot_node(dot_ids[node.id], node, picture.summary)
         (loose if picture.summary else members[node.group]).append(item)
-    clusters = {group.id: f"cluster_{index}" for index, group in enumerate(picture.groups)}
+    clusters = ids.groups
     drawn = {member: node for node in picture.nodes for member in node.members}
     groups = tuple(
         _DotGroup(
@@ -688,7 +696,7 @@ def render_dot(picture: Picture) -> str:
         if members[group.id]
     )
     edges = []
-    for edge in picture.edges:
+    for edge, edge_id in zip(picture.edges, ids.edges, strict=True):
         # An edge to a whole group (picture_of's gathered infrastructure edges) is drawn to its
         # box: from or to the group's first member in the edge, clipped at the box.
         anchors = {
@@ -703,6 +711,7 @@ def render_dot(picture: Picture) -> str:
         }
         edges.append(
             _DotEdge(
+                edge_id,
                 anchors.get(edge.client, dot_ids.get(edge.client, "")),
                 anchors.get(edge.server, dot_ids.get(edge.server, "")),
                 clusters[edge.client] if edge.client in anchors else None,
