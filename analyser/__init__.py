@@ -22,7 +22,8 @@ Pure (data in, data out, no I/O):
     evaluation  NetworkPolicy semantics: what does a set of policies allow?
     verifying   observed connections and a policy set → verify's and diff's reports
     replaying   the graph and the snapshot → the facts evaluation works on
-    rendering   policies, graph and facts → YAML, DOT, Markdown (the only jinja2 import)
+    reviewing   what report.html shows: each connection's flows and rules, unobserved allowances
+    rendering   policies, graph and facts → YAML, DOT, Markdown, HTML (the only jinja2 import)
     texts       Kubernetes name rules, and any text from input made inert for an output
 
 Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functions read files):

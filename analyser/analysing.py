@@ -55,8 +55,10 @@ from analyser.rendering import (
     render_dot,
     render_policy_files,
     render_report,
+    render_review,
 )
 from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.reviewing import review_of
 from analyser.snapshot import (
     CaptureMeta,
     PodIpEvent,
@@ -85,6 +87,7 @@ from kernel.errors import CaptureError, CaptureTooLarge, OutputError, RenderErro
 GRAPH_DOT = "graph.dot"
 GRAPH_SVG = "graph.svg"
 REPORT = "report.md"
+REPORT_HTML = "report.html"
 # Marks a directory as analyse output and lists what it wrote (with sha256s), so a later run may
 # replace it and can tell hand edits. No .json suffix: tools reading the folder as manifests
 # (kubectl apply -f DIR, Argo CD) would try to decode it. Earlier versions wrote the legacy one.
@@ -762,6 +765,17 @@ def analyse(
         coverage=seen.coverage,
     )
     files[REPORT] = render_report(facts, seen.graph)
+    review = review_of(
+        seen.graph,
+        source=bundle.name,
+        window=provenance.window or "unknown",
+        drawn=drawn.picture,
+        svg=drawn.svg,
+        policy_files={name: text for name, text in files.items() if name.endswith(".yaml")},
+        snapshot=seen.snapshot,
+        resolver=seen.resolver,
+    )
+    files[REPORT_HTML] = render_review(review)
     return Analysis(
         **{f.name: getattr(seen, f.name) for f in fields(Observation)},
         plan=plan,
@@ -779,6 +793,7 @@ class DrawnGraph:
 
     svg: str | None
     note: str | None = None
+    picture: Picture | None = None  # what svg draws: the picture, or its namespace summary
 
 
 def graph_svg(picture: Picture, dot: str) -> DrawnGraph:
@@ -793,9 +808,9 @@ def graph_svg(picture: Picture, dot: str) -> DrawnGraph:
         f"the graph has {nodes:,} nodes and {edges:,} edges to draw (drawn up to "
         f"{MAX_SVG_NODES:,} and {MAX_SVG_EDGES:,})"
     )
-    note = None
+    note, drawing = None, picture
     if nodes > MAX_SVG_NODES or edges > MAX_SVG_EDGES:
-        summary = namespace_picture(picture)
+        summary = drawing = namespace_picture(picture)
         if len(summary.nodes) > MAX_SVG_NODES or len(summary.edges) > MAX_SVG_EDGES:
             return DrawnGraph(
                 None,
@@ -805,7 +820,7 @@ def graph_svg(picture: Picture, dot: str) -> DrawnGraph:
         dot = render_dot(summary)
         note = f"{GRAPH_SVG} shows one box per namespace: {size}; {GRAPH_DOT} has every workload"
     try:
-        return DrawnGraph(render_svg(dot), note)
+        return DrawnGraph(render_svg(dot), note, drawing)
     except RenderError as error:
         return DrawnGraph(None, f"{GRAPH_SVG} not drawn: {error}; {GRAPH_DOT} is written")
 

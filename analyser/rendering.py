@@ -13,6 +13,8 @@ rules, ports and files are sorted).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import json
 import re
@@ -38,6 +40,7 @@ from analyser.pictures import (
     drawing_ids,
 )
 from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
+from analyser.reviewing import Review
 from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
 from analyser.vantages import Coverage
@@ -174,6 +177,7 @@ def _environment() -> jinja2.Environment:
         md=markdown_cell,
         utc=Window.text,
         dot_html=dot_html,
+        html=markupsafe.escape,
     )
     return env
 
@@ -727,4 +731,53 @@ def render_dot(picture: Picture) -> str:
         loose=tuple(loose),
         edges=tuple(edges),
         fills={str(role): fill for role, fill in _FILLS.items()},
+    )
+
+
+# -- report.html --------------------------------------------------------------------------------
+# One self-contained page: its data as JSON in a script element the page's script reads, its
+# script and the vendored svg-pan-zoom (npm, BSD-2-Clause: templates/vendor/) inline, a Content
+# Security Policy that runs only those two scripts (by hash) and fetches nothing.
+
+_PAGE_ASSETS = Path(__file__).parent / "templates"
+# What would end a script element or open an HTML comment in it, and the JavaScript line breaks.
+_SCRIPT_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def script_json(value: object) -> str:
+    """JSON to put inside ``<script type="application/json">``: no ``<``, ``>`` or ``&`` (so no
+    ``</script>`` or ``<!--`` from data), JSON.parse reads it back unchanged."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return re.sub("[<>&\u2028\u2029]", lambda match: _SCRIPT_ESCAPES[match[0]], text)
+
+
+def _csp_hash(script: str) -> str:
+    digest = hashlib.sha256(script.encode()).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+def render_review(review: Review) -> str:
+    """report.html: the picture to click, filter by namespace, each connection's flows and the
+    rules that allow it, each workload's policy and what it allows that was never observed."""
+    scripts = [
+        (_PAGE_ASSETS / "vendor" / "svg-pan-zoom.min.js").read_text(encoding="utf-8"),
+        (_PAGE_ASSETS / "report" / "review.js").read_text(encoding="utf-8"),
+    ]
+    for script in scripts:
+        if re.search(r"</script|<!--", script, re.IGNORECASE):
+            raise RenderError("a page script holds '</script' or '<!--': it would end early")
+    return _render(
+        "report.html.j2",
+        review=review,
+        data=script_json(review.as_json()),
+        scripts=scripts,
+        script_hashes=" ".join(_csp_hash(script) for script in scripts),
+        style=(_PAGE_ASSETS / "report" / "review.css").read_text(encoding="utf-8"),
+        licence=(_PAGE_ASSETS / "vendor" / "svg-pan-zoom.LICENSE").read_text(encoding="utf-8"),
     )
