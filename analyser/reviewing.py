@@ -439,18 +439,44 @@ def review_of(
     snapshot: Snapshot,
     resolver: Resolver,
 ) -> Review:
-    """What report.html shows: ``graph`` with the picture ``drawn`` in ``svg`` (graph.svg; None:
-    none drawn), and ``policy_files`` (the rendered policies, by file name) read back as verify
-    reads them, evaluated against the graph's connections as verify evaluates them."""
-    loaded = parse_policy_texts(policy_files)
-    policies = loaded.policies
+    """What report.html shows for an analysis: ``policy_files`` (the rendered policies, by file
+    name) read back as verify reads them and evaluated against ``graph`` as verify evaluates
+    them (:func:`review`)."""
+    policies = parse_policy_texts(policy_files).policies
     cluster = cluster_facts(snapshot, resolver)
-    allowances = verify_graph(policies, graph, cluster).allowances
+    return review(
+        graph,
+        source=source,
+        window=window,
+        drawn=drawn,
+        svg=svg,
+        policy_files=policy_files,
+        policies=policies,
+        cluster=cluster,
+        allowances=verify_graph(policies, graph, cluster).allowances,
+    )
+
+
+def review(
+    graph: WorkloadGraph,
+    *,
+    source: str,
+    window: str,
+    drawn: Picture | None,
+    svg: str | None,
+    policy_files: Mapping[str, str],
+    policies: PolicySet,
+    cluster: ClusterFacts,
+    allowances: Iterable[Allowance],
+) -> Review:
+    """What report.html shows: ``graph`` with the picture ``drawn`` in ``svg`` (graph.svg; None:
+    none drawn), ``policy_files`` compiled as ``policies``, the cluster's facts (``replaying.
+    cluster_facts``) and verify's ``allowances`` (``verifying.unobserved_allowances``)."""
     files = _PolicyFiles.of(policy_files)
     workloads = _workload_reviews(graph, cluster, policies, files, allowances)
     return Review(
         source=inert(source),
-        window=window,
+        window=inert(window),
         namespaces=tuple(sorted({w.namespace for w in workloads})),
         svg=svg_for_page(svg) if svg is not None else None,
         shapes=_picture_json(drawn, graph) if svg is not None and drawn is not None else {},
