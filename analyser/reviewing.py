@@ -28,15 +28,25 @@ from analyser.identities import Resolver
 from analyser.peers import PortSpec
 from analyser.pictures import GroupKind, Picture, drawing_ids
 from analyser.policysets import parse_policy_texts
-from analyser.replaying import ClusterFacts, cluster_facts, observed_on_edge, verify_graph
+from analyser.replaying import (
+    ClusterFacts,
+    cluster_facts,
+    observed_on_edge,
+    verification_inputs,
+)
 from analyser.snapshot import Snapshot
 from analyser.texts import inert
-from analyser.verifying import Allowance
+from analyser.verifying import Allowance, unobserved_allowances
 from kernel.bundles import Window
 
 # An edge's panel lists this many of its flows per target port, then how many more there were
 # (report.md's table has them all by edge; the capture files each one).
 MAX_LISTED_FLOWS = 20
+
+# verify's allowed-but-never-observed is worked out up to this many pairs of its universe (every
+# ordered pair of workloads with a captured one, each captured workload with each address block,
+# both ways): about 5 s at verify's rate (bench/verify_universe.py); past it the page says so.
+MAX_CHECKED_PAIRS = 250_000
 
 _SVG = "http://www.w3.org/2000/svg"
 _XLINK = "http://www.w3.org/1999/xlink"
@@ -132,6 +142,7 @@ class Review:
     workloads: tuple[WorkloadReview, ...]
     edges: tuple[EdgeReview, ...]
     files: Mapping[str, str]  # the policy files, by name
+    unchecked: str = ""  # why the unobserved allowances were not worked out ("": they were)
 
     def as_json(self) -> dict[str, Any]:
         """The page's data (plain JSON types): rendering embeds it, the page's script reads it."""
@@ -444,6 +455,12 @@ def review_of(
     them (:func:`review`)."""
     policies = parse_policy_texts(policy_files).policies
     cluster = cluster_facts(snapshot, resolver)
+    observed, universe = verification_inputs(policies, graph, cluster)
+    pairs = len(universe.pairs())
+    if pairs > MAX_CHECKED_PAIRS:
+        allowances: list[Allowance] | None = None
+    else:
+        allowances = unobserved_allowances(policies, observed, universe)
     return review(
         graph,
         source=source,
@@ -453,7 +470,13 @@ def review_of(
         policy_files=policy_files,
         policies=policies,
         cluster=cluster,
-        allowances=verify_graph(policies, graph, cluster).allowances,
+        allowances=allowances,
+        unchecked=(
+            f"not worked out here: {pairs:,} pairs of workloads and address blocks to evaluate "
+            f"(up to {MAX_CHECKED_PAIRS:,} are); netpol-sniffer verify BUNDLE POLICIES lists them"
+            if allowances is None
+            else ""
+        ),
     )
 
 
@@ -467,13 +490,15 @@ def review(
     policy_files: Mapping[str, str],
     policies: PolicySet,
     cluster: ClusterFacts,
-    allowances: Iterable[Allowance],
+    allowances: Iterable[Allowance] | None,
+    unchecked: str = "",
 ) -> Review:
     """What report.html shows: ``graph`` with the picture ``drawn`` in ``svg`` (graph.svg; None:
     none drawn), ``policy_files`` compiled as ``policies``, the cluster's facts (``replaying.
-    cluster_facts``) and verify's ``allowances`` (``verifying.unobserved_allowances``)."""
+    cluster_facts``) and verify's ``allowances`` (``verifying.unobserved_allowances``; None:
+    not worked out, ``unchecked`` says why)."""
     files = _PolicyFiles.of(policy_files)
-    workloads = _workload_reviews(graph, cluster, policies, files, allowances)
+    workloads = _workload_reviews(graph, cluster, policies, files, allowances or ())
     return Review(
         source=inert(source),
         window=inert(window),
@@ -483,6 +508,7 @@ def review(
         workloads=workloads,
         edges=_edge_reviews(graph, cluster, policies, files),
         files=dict(sorted(policy_files.items())),
+        unchecked=unchecked if allowances is None else "",
     )
 
 
@@ -562,4 +588,5 @@ def _review_json(review: Review) -> dict[str, Any]:
             for edge in review.edges
         ],
         "files": dict(review.files),
+        "unchecked": review.unchecked,
     }

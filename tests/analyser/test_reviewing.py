@@ -10,6 +10,7 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
+from analyser import reviewing
 from analyser.analysing import Analysis, analyse
 from analyser.bundles import open_bundle
 from analyser.evaluation import Direction, PolicySet, RuleAllowing, compile_policy, pod
@@ -170,3 +171,26 @@ def test_script_json_reads_back_and_cannot_end_its_script() -> None:
     text = script_json(value)
     assert not set(text) & set("<>&\u2028\u2029")
     assert json.loads(text) == value
+
+
+def test_past_the_pairs_limit_the_unobserved_allowances_are_left_to_verify(
+    demo: tuple[Analysis, Review], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    analysis, _ = demo
+    monkeypatch.setattr(reviewing, "MAX_CHECKED_PAIRS", 10)
+    review = review_of(
+        analysis.graph,
+        source="bundle",
+        window="",
+        drawn=None,
+        svg=None,
+        policy_files={n: t for n, t in analysis.files.items() if n.endswith(".yaml")},
+        snapshot=analysis.snapshot,
+        resolver=analysis.resolver,
+    )
+    assert review.unchecked.startswith("not worked out here: ")
+    assert review.unchecked.endswith(
+        "(up to 10 are); netpol-sniffer verify BUNDLE POLICIES lists them"
+    )
+    assert all(workload.unobserved == () for workload in review.workloads)
+    assert review.as_json()["unchecked"] == review.unchecked

@@ -96,6 +96,8 @@
         var peer = data.workloads[item.peer] ? link(item.peer, function () { showWorkload(item.peer); }) : item.peer;
         return [arrow, peer, item.ports, item.observed || "nothing"];
       })));
+    } else if (data.unchecked) {
+      unobserved.appendChild(el("p", "none", data.unchecked));
     } else {
       unobserved.appendChild(el("p", "none", workload.in_scope ? "Nothing: every connection its policies allow was observed." : "Not checked: only captured workloads are (as verify does)."));
     }
@@ -277,7 +279,7 @@
     var workload = data.workloads[id];
     var tr = workloadBody.appendChild(el("tr"));
     [workload.namespace, workload.name, workload.kind, workload.files.join(", ") || (workload.in_scope ? "none" : "none (a peer)"),
-      workload.in_scope ? String(workload.unobserved.length) : "not checked"].forEach(function (text) { tr.appendChild(el("td", "", text)); });
+      workload.in_scope && !data.unchecked ? String(workload.unobserved.length) : "not checked"].forEach(function (text) { tr.appendChild(el("td", "", text)); });
     tr.setAttribute("data-workload", id);
     tr.addEventListener("click", function () { showWorkload(id); });
     workloadRows.push({ tr: tr, namespace: workload.namespace });
