@@ -797,32 +797,40 @@ class DrawnGraph:
 
 
 def graph_svg(picture: Picture, dot: str) -> DrawnGraph:
-    """graph.svg of ``picture`` (its DOT text: ``dot``). A picture too big to draw is drawn one
-    node per namespace (``pictures.namespace_picture``), or left out when even that is too big;
-    Graphviz failing leaves it out too: the picture is a convenience, it never costs the
-    policies. No note when Graphviz is not installed (the CLI's help says graph.svg needs it)."""
+    """graph.svg of ``picture`` (its DOT text: ``dot``). A picture too big to draw, or one
+    Graphviz cannot lay out (its ranking fails on some clusters), is drawn one node per namespace
+    (``pictures.namespace_picture``), or left out when even that is too big or fails: the
+    picture is a convenience, it never costs the policies. No note when Graphviz is not
+    installed (the CLI's help says graph.svg needs it)."""
     if shutil.which("dot") is None:
         return DrawnGraph(None)
     nodes, edges = len(picture.nodes), len(picture.edges)
-    size = (
-        f"the graph has {nodes:,} nodes and {edges:,} edges to draw (drawn up to "
-        f"{MAX_SVG_NODES:,} and {MAX_SVG_EDGES:,})"
-    )
-    note, drawing = None, picture
     if nodes > MAX_SVG_NODES or edges > MAX_SVG_EDGES:
-        summary = drawing = namespace_picture(picture)
-        if len(summary.nodes) > MAX_SVG_NODES or len(summary.edges) > MAX_SVG_EDGES:
-            return DrawnGraph(
-                None,
-                f"{GRAPH_SVG} not drawn: {size}, and {len(summary.nodes):,} namespaces and groups "
-                f"are too many too; {GRAPH_DOT} is written",
-            )
-        dot = render_dot(summary)
-        note = f"{GRAPH_SVG} shows one box per namespace: {size}; {GRAPH_DOT} has every workload"
+        return _drawn_by_namespace(
+            picture,
+            f"the graph has {nodes:,} nodes and {edges:,} edges to draw (drawn up to "
+            f"{MAX_SVG_NODES:,} and {MAX_SVG_EDGES:,})",
+        )
     try:
-        return DrawnGraph(render_svg(dot), note, drawing)
+        return DrawnGraph(render_svg(dot), None, picture)
+    except RenderError as error:
+        return _drawn_by_namespace(picture, f"{error} with every workload")
+
+
+def _drawn_by_namespace(picture: Picture, why: str) -> DrawnGraph:
+    summary = namespace_picture(picture)
+    if len(summary.nodes) > MAX_SVG_NODES or len(summary.edges) > MAX_SVG_EDGES:
+        return DrawnGraph(
+            None,
+            f"{GRAPH_SVG} not drawn: {why}, and {len(summary.nodes):,} namespaces and groups are "
+            f"too many too; {GRAPH_DOT} is written",
+        )
+    try:
+        svg = render_svg(render_dot(summary))
     except RenderError as error:
         return DrawnGraph(None, f"{GRAPH_SVG} not drawn: {error}; {GRAPH_DOT} is written")
+    note = f"{GRAPH_SVG} shows one box per namespace: {why}; {GRAPH_DOT} has every workload"
+    return DrawnGraph(svg, note, summary)
 
 
 def render_svg(dot: str) -> str:
@@ -843,7 +851,9 @@ def render_svg(dot: str) -> str:
     except subprocess.TimeoutExpired as error:
         raise RenderError(f"Graphviz took longer than {DOT_TIMEOUT:.0f}s on {GRAPH_DOT}") from error
     if result.returncode != 0:
-        raise RenderError(f"Graphviz could not render {GRAPH_DOT}: {result.stderr.strip()}")
+        # Its first line says what failed; the rest is its internal state ("%0 7" lines).
+        said = (result.stderr.strip().splitlines() or ["no message"])[0]
+        raise RenderError(f"Graphviz could not render {GRAPH_DOT}: {said}")
     return result.stdout
 
 
