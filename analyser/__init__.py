@@ -16,10 +16,12 @@ Pure (data in, data out, no I/O):
     graphs      flows + identities → the workload graph: typed nodes and edges, its schema
     policies    the policy model, and the plan (policies, default-denies) made from the graph
     pictures    the graph as a reviewer sees it: namespaces, infrastructure apart, outside gathered
+    baselines   the cluster baseline: one Baseline-tier ClusterNetworkPolicy for the plan
     selectors   label selectors, and the volatile labels that never belong in one
     peers       target ports, pod and address peers, special addresses, cluster DNS, exposures
     addresses   IP addresses as text: checked, normalized, parsed, sorted
     evaluation  NetworkPolicy semantics: what does a set of policies allow?
+    clusterpolicies  ClusterNetworkPolicy semantics and the tiers (Admin, NetworkPolicy, Baseline)
     verifying   observed connections and a policy set → verify's and diff's reports
     replaying   the graph and the snapshot → the facts evaluation works on
     reviewing   what report.html shows: each connection's flows and rules, unobserved allowances

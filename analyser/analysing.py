@@ -27,6 +27,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 
 from analyser.addresses import parse_address
+from analyser.baselines import (
+    EXEMPT_LABEL,
+    EXEMPT_VALUE,
+    Baseline,
+    baseline_for,
+    labelled_exempt,
+)
 from analyser.bundles import Bundle, FileProblem
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
@@ -40,6 +47,7 @@ from analyser.policies import (
     Policy,
     PolicyPlan,
     SelectorWarning,
+    node_blocks,
     selector_warnings,
     synthesize,
     unselectable_reasons,
@@ -51,6 +59,7 @@ from analyser.rendering import (
     KUSTOMIZATION,
     Provenance,
     ReportFacts,
+    baseline_path,
     policy_path,
     render_dot,
     render_policy_files,
@@ -146,6 +155,7 @@ class Analysis(Observation):
     # how), and whether their exposed ports were allowed from anywhere (or the clients seen only).
     exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
     exposed_anywhere: bool = True
+    baseline: Baseline | None = None  # --baseline cluster: the ClusterNetworkPolicy written
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -234,6 +244,12 @@ class Analysis(Observation):
                 for workload, items in self.exposures.items()
                 for exposure in items
             ],
+            "baseline": None
+            if self.baseline is None
+            else {
+                "file": baseline_path(self.baseline),
+                "exempt_namespaces": list(self.baseline.exempt_namespaces),
+            },
             "files": list(self.files),
         }
 
@@ -677,6 +693,7 @@ def analyse(
     bundle: Bundle,
     *,
     default_deny: bool = False,
+    baseline: bool = False,
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
     allowed_special: Collection[SpecialAddress] = (),
@@ -694,6 +711,8 @@ def analyse(
     reported, unless its class is in ``allowed_special``. Workloads the snapshot shows exposed
     outside the cluster (``Resolver.exposures``) get ingress from anywhere on their exposed ports,
     unless ``expose_anywhere`` is False (then only from the outside addresses seen).
+    ``baseline`` adds the cluster baseline (``analyser.baselines``): one Baseline-tier
+    ClusterNetworkPolicy instead of (or besides) ``default_deny``'s policy per namespace.
     ``max_capture_size``: see :func:`observe`.
 
     Raises what :func:`observe` raises, :class:`~kernel.errors.RenderError` if output fails
@@ -709,6 +728,7 @@ def analyse(
         seen.graph,
         cluster_dns=cluster_dns,
         default_deny=default_deny,
+        baseline=baseline,
         node_addresses=seen.snapshot.node_by_address,
         node_cidrs=node_cidrs,
         max_outside_addresses=max_outside_addresses,
@@ -717,14 +737,30 @@ def analyse(
         internal_networks=seen.resolver.cluster_networks,
     )
     policies = plan.policies
-    unselectable = unselectable_workloads(seen.graph)
+    # With a default-deny or the baseline, also those that keep their namespace from it.
+    unselectable = unselectable_workloads(seen.graph, default_deny=default_deny or baseline)
     manifest = bundle.manifest
     window = seen.window
     provenance = (
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
-    files = render_policy_files(policies, default_denies=plan.default_denies, provenance=provenance)
+    written_baseline = (
+        baseline_for(
+            plan,
+            namespaces=seen.snapshot.namespace_names,
+            cluster_dns=cluster_dns,
+            nodes=node_blocks(seen.graph, seen.snapshot.node_by_address, node_cidrs),
+        )
+        if baseline
+        else None
+    )
+    files = render_policy_files(
+        policies,
+        default_denies=plan.default_denies,
+        baseline=written_baseline,
+        provenance=provenance,
+    )
     check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
     picture = picture_of(
         seen.graph,
@@ -738,7 +774,9 @@ def analyse(
     drawn = graph_svg(picture, files[GRAPH_DOT])
     if drawn.svg is not None:
         files[GRAPH_SVG] = drawn.svg
-    notes = (drawn.note,) if drawn.note is not None else ()
+    notes: tuple[str, ...] = (drawn.note,) if drawn.note is not None else ()
+    if baseline:
+        notes += _baseline_notes(written_baseline, seen.snapshot)
     facts = ReportFacts(
         source=bundle.name,
         provenance=provenance,
@@ -784,7 +822,33 @@ def analyse(
         notes=notes,
         exposures=exposed,
         exposed_anywhere=expose_anywhere,
+        baseline=written_baseline,
     )
+
+
+def _baseline_notes(baseline: Baseline | None, snapshot: Snapshot) -> tuple[str, ...]:
+    """What the user must know about the cluster baseline: that none was written, that the
+    snapshot's namespaces are only those its objects name, that an exempt label keeps a captured
+    namespace out of it."""
+    if baseline is None:
+        return (
+            "no cluster baseline: no namespace could be isolated (see the workloads without "
+            "a policy)",
+        )
+    notes = []
+    if not snapshot.namespaces:
+        notes.append(
+            "the snapshot lists no Namespace objects: the cluster baseline leaves out only the "
+            "namespaces its other objects are in, and covers (denies) any other namespace that "
+            "exists; add the Namespaces (kubectl get namespaces -o json) to the snapshot"
+        )
+    labels = {ns.name: ns.labels for ns in snapshot.namespaces}
+    notes += [
+        f"namespace {namespace} is labelled {EXEMPT_LABEL}={EXEMPT_VALUE}: the cluster baseline "
+        "does not cover it until the label is removed"
+        for namespace in labelled_exempt(baseline, labels)
+    ]
+    return tuple(notes)
 
 
 @dataclass(frozen=True, slots=True)

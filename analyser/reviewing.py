@@ -22,7 +22,7 @@ from xml.etree import ElementTree
 
 import yaml
 
-from analyser.evaluation import Direction, PolicySet
+from analyser.evaluation import Address, Direction, PolicySet
 from analyser.graphs import NodeRole, WorkloadGraph
 from analyser.identities import Resolver
 from analyser.peers import PortSpec
@@ -167,7 +167,10 @@ def rule_lines(text: str) -> dict[tuple[str, str, Direction, int], tuple[int, in
     lines = text.split("\n")
     found = {}
     for document in yaml.compose_all(text, Loader=yaml.SafeLoader):
-        metadata = _scalar(document, "metadata") if document is not None else None
+        kind = _scalar(document, "kind") if document is not None else None
+        if not isinstance(kind, yaml.ScalarNode) or kind.value != "NetworkPolicy":
+            continue  # a ClusterNetworkPolicy (the baseline) is shown whole, not by rule
+        metadata = _scalar(document, "metadata")
         name, namespace = _scalar(metadata, "name"), _scalar(metadata, "namespace")  # type: ignore[arg-type]
         spec = _scalar(document, "spec") if document is not None else None
         if name is None or spec is None:
@@ -255,13 +258,21 @@ def _port_review(
                 continue
             direction = verdict.direction
             subject = inert(verdict.subject)
+            peer = observed.server if direction is Direction.EGRESS else observed.client
             if not verdict.policies:
                 notes[f"{direction} at {subject}: no policy selects it, nothing is blocked"] = None
-            elif verdict.ports.contains(observed.protocol, observed.port):
+            elif (
+                isinstance(peer, Address)
+                and peer.node is not None
+                and peer.node == verdict.subject.node
+            ):
                 notes[
                     f"{direction} at {subject}: allowed because it is its own node's traffic "
                     "(NetworkPolicy never blocks a pod's own node)"
                 ] = None
+            elif verdict.ports.contains(observed.protocol, observed.port):
+                by = ", ".join(inert(policy) for policy in verdict.policies)
+                notes[f"{direction} at {subject}: allowed by {by}"] = None
             elif direction not in observed.vouched:
                 notes[
                     f"{direction} at {subject}: no rule, on purpose: its own capture did not see "

@@ -7,6 +7,7 @@ snapshot.json (`kubectl get ... -A -o json`) and capture files.
 Written to DIR (apply with `kubectl apply -f DIR`, `-R -f DIR` or `-k DIR`):
   NAMESPACE.WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress)
   NAMESPACE.default-deny-all.yaml   with --default-deny
+  ClusterNetworkPolicy.netpol-sniffer-baseline.yaml   with --baseline cluster
   Kustomization             lists them all, for `kubectl apply -k DIR`
   graph.dot, graph.svg      who talks to whom (graph.svg when Graphviz is installed and the
                             graph is small enough to draw: at most 400 nodes, 1,000 edges)
@@ -40,6 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--default-deny",
         action="store_true",
         help="also write a default-deny policy for every namespace that gets policies",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=["cluster"],
+        metavar="cluster",
+        help="cluster: also write one Baseline-tier ClusterNetworkPolicy "
+        "(policy.networking.k8s.io/v1beta1) denying everything but DNS and node traffic in the "
+        "captured namespaces and every namespace created later; the workloads' NetworkPolicies "
+        "open what was observed (needs the network-policy-api CRDs and an implementation)",
     )
     parser.add_argument(
         "--node-cidr",
@@ -113,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         analysis = analyse(
             bundle,
             default_deny=args.default_deny,
+            baseline=args.baseline == "cluster",
             node_cidrs=args.node_cidr,
             max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
             expose_anywhere=not args.observed_clients_only,

@@ -2,7 +2,8 @@
 `kubectl apply`.
 
 OLD and NEW are folders (or files) of NetworkPolicies: YAML with one or more documents, Lists,
-JSON, `kustomize build` output. Objects that are not NetworkPolicies are skipped with a note.
+JSON, `kustomize build` output; ClusterNetworkPolicies are evaluated in their tiers. Other objects
+are skipped with a note.
 
 Every pair of workloads is compared (a workload with itself too), and every workload with the
 ipBlocks either set names and with "anywhere" (0.0.0.0/0, ::/0), in both directions, on every

@@ -3,8 +3,10 @@ allows.
 
 BUNDLE is what `analyse` reads (a bundle directory, or a folder with snapshot.json and captures).
 POLICIES is a folder (or file) of NetworkPolicies: the generated ones or any hand-written set
-(YAML with one or more documents, Lists, JSON, `kustomize build` output). Objects that are not
-NetworkPolicies are skipped with a note.
+(YAML with one or more documents, Lists, JSON, `kustomize build` output), ClusterNetworkPolicies
+(policy.networking.k8s.io, such as `analyse --baseline cluster` writes) included: they are
+evaluated in their tiers (Admin, then the NetworkPolicies, then Baseline). Other objects are
+skipped with a note.
 
 Every observed connection (client workload → server workload or address, on the target port after
 Service DNAT) is evaluated with networking.k8s.io/v1 semantics: egress at the client and ingress
@@ -19,8 +21,8 @@ listed ("all ports" where a whole protocol is open), with a least-privilege scor
 ports allowed beyond what was observed; lower is better) to compare policy sets.
 
 Exit status: 0 when every observed flow is allowed, 3 when at least one is denied, 1 on unusable
-input (POLICIES without any NetworkPolicy among them too: a gate must not pass on a mistyped
-folder). See docs/verify.md.
+input (POLICIES without any NetworkPolicy or ClusterNetworkPolicy among them too: a gate must
+not pass on a mistyped folder). See docs/verify.md.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ SUMMARY = "prove policies allow every observed flow, show the rest"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle directory")
     parser.add_argument(
-        "policies", type=Path, metavar="POLICIES", help="a folder or file of NetworkPolicies"
+        "policies",
+        type=Path,
+        metavar="POLICIES",
+        help="a folder or file of NetworkPolicies (and ClusterNetworkPolicies)",
     )
     parser.add_argument("--json", action="store_true", help="print the verification as JSON")
 
@@ -68,7 +73,8 @@ def _verify(args: argparse.Namespace) -> int:
             "the other way round (netpol-sniffer verify BUNDLE POLICIES)"
         )
     loaded = load_policies(args.policies)
-    if not loaded.documents:
+    cluster_policies = loaded.policies.cluster_policies
+    if not loaded.documents and not cluster_policies:
         # A gate that passes on a mistyped folder would let anything through.
         raise PolicyError(
             f"{args.policies}: no NetworkPolicy found there, nothing to verify"
@@ -97,6 +103,7 @@ def _verify(args: argparse.Namespace) -> int:
             "bundle": str(args.bundle),
             "policies": str(args.policies),
             "network_policies": [str(p) for p in loaded.policies.policies],
+            "cluster_network_policies": [p.name for p in cluster_policies],
             "passed": result.passed,
             "observed": result.checked,
             "denied": [denial_json(d) for d in result.denials],
@@ -107,8 +114,9 @@ def _verify(args: argparse.Namespace) -> int:
         }
         print(json.dumps(document, indent=2))
         return status
+    also = f", {len(cluster_policies)} ClusterNetworkPolicies" if cluster_policies else ""
     echo(
-        f"{args.policies} ({len(loaded.policies.policies)} NetworkPolicies) against "
+        f"{args.policies} ({len(loaded.policies.policies)} NetworkPolicies{also}) against "
         f"{result.checked} observed connections of {args.bundle}"
     )
     if result.denials:
