@@ -308,3 +308,19 @@ def test_a_bundle_named_with_markup_runs_nothing(browser: Browser, tmp_path: Pat
     opened = open_page(browser, out / REPORT_HTML)
     assert_inert(opened)
     assert opened.page.locator("#source").inner_text() == name
+
+
+def test_every_policy_file_can_be_read_whole(browser: Browser, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    arguments = ["analyse", str(EXAMPLE), "--out", str(out), "--workers", "1"]
+    assert main([*arguments, "--baseline", "cluster"]) == ExitStatus.OK
+    opened = open_page(browser, out / REPORT_HTML)
+    page = opened.page
+    listed = page.locator("#files li").all_inner_texts()
+    assert listed == sorted(path.name for path in out.glob("*.yaml"))
+    baseline = "ClusterNetworkPolicy.netpol-sniffer-baseline.yaml"
+    page.locator("#files button", has_text=baseline).click()
+    assert page.locator("#details h2").inner_text() == baseline
+    shown = page.locator(f'#details pre[data-file="{baseline}"]').inner_text()
+    assert lines_shown(shown) == (out / baseline).read_text().rstrip("\n").split("\n")
+    assert opened.errors == []

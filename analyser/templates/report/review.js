@@ -294,4 +294,8 @@
     tr.addEventListener("click", function () { showEdges([index]); });
     connectionRows.push({ tr: tr, namespaces: edgeNamespaces(edge) });
   });
+  var fileList = document.getElementById("files");
+  Object.keys(data.files).sort().forEach(function (file) {
+    fileList.appendChild(el("li")).appendChild(link(file, function () { show(file, [fileLines(file)]); }));
+  });
 })();
