@@ -39,7 +39,14 @@ from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
 from analyser.peers import Exposure, SpecialAddress
-from analyser.pictures import Picture, infrastructure_ids, namespace_picture, picture_of
+from analyser.pictures import (
+    GroupKind,
+    Picture,
+    infrastructure_ids,
+    namespace_part,
+    namespace_picture,
+    picture_of,
+)
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
@@ -67,7 +74,7 @@ from analyser.rendering import (
     render_review,
 )
 from analyser.replaying import cluster_facts, ensure_policies_allow
-from analyser.reviewing import review_of
+from analyser.reviewing import Drawing, review_of
 from analyser.snapshot import (
     CaptureMeta,
     PodIpEvent,
@@ -107,6 +114,9 @@ LEGACY_OUTPUT_MARKER = ".netpol-sniffer-output.json"
 # read anyway). graph.dot is always written.
 MAX_SVG_NODES = 400
 MAX_SVG_EDGES = 1000
+# report.html has a picture of each namespace of its own up to this many namespaces (a dot run
+# each, most of them small); past it, choosing a namespace fades the rest of graph.svg.
+MAX_NAMESPACE_PICTURES = 50
 DOT_TIMEOUT = 120.0  # seconds; past it graph.svg is left out, with a note
 
 
@@ -762,14 +772,12 @@ def analyse(
         provenance=provenance,
     )
     check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
-    picture = picture_of(
+    infrastructure = infrastructure_ids(
         seen.graph,
-        infrastructure=infrastructure_ids(
-            seen.graph,
-            dns_workloads=cluster_dns.workloads,
-            node_local_dns=[cache.cidr.partition("/")[0] for cache in cluster_dns.node_local],
-        ),
+        dns_workloads=cluster_dns.workloads,
+        node_local_dns=[cache.cidr.partition("/")[0] for cache in cluster_dns.node_local],
     )
+    picture = picture_of(seen.graph, infrastructure=infrastructure)
     files[GRAPH_DOT] = render_dot(picture)
     drawn = graph_svg(picture, files[GRAPH_DOT])
     if drawn.svg is not None:
@@ -803,12 +811,19 @@ def analyse(
         coverage=seen.coverage,
     )
     files[REPORT] = render_report(facts, seen.graph)
+    drawings = (
+        (
+            Drawing(None, drawn.picture, drawn.svg),
+            *draw_namespaces(seen.graph, infrastructure, picture),
+        )
+        if drawn.svg is not None and drawn.picture is not None
+        else ()
+    )
     review = review_of(
         seen.graph,
         source=bundle.name,
         window=provenance.window or "unknown",
-        drawn=drawn.picture,
-        svg=drawn.svg,
+        drawings=drawings,
         policy_files={name: text for name, text in files.items() if name.endswith(".yaml")},
         snapshot=seen.snapshot,
         resolver=seen.resolver,
@@ -895,6 +910,29 @@ def _drawn_by_namespace(picture: Picture, why: str) -> DrawnGraph:
         return DrawnGraph(None, f"{GRAPH_SVG} not drawn: {error}; {GRAPH_DOT} is written")
     note = f"{GRAPH_SVG} shows one box per namespace: {why}; {GRAPH_DOT} has every workload"
     return DrawnGraph(svg, note, summary)
+
+
+def draw_namespaces(
+    graph: WorkloadGraph, infrastructure: Collection[str], picture: Picture
+) -> tuple[Drawing, ...]:
+    """Each namespace of ``picture`` drawn on its own (``pictures.namespace_part``: its
+    workloads and their peers), for report.html to show when the namespace is chosen: when
+    there are 2 to MAX_NAMESPACE_PICTURES namespaces. A namespace too big to draw, or one
+    Graphviz fails on, has none (the page fades the whole picture instead)."""
+    namespaces = [group.label for group in picture.groups if group.kind is GroupKind.NAMESPACE]
+    if shutil.which("dot") is None or not 2 <= len(namespaces) <= MAX_NAMESPACE_PICTURES:
+        return ()
+    drawings = []
+    for index, namespace in enumerate(namespaces, start=1):
+        part = picture_of(namespace_part(graph, namespace), infrastructure=infrastructure)
+        if len(part.nodes) > MAX_SVG_NODES or len(part.edges) > MAX_SVG_EDGES:
+            continue
+        prefix = f"v{index}_"
+        try:
+            drawings.append(Drawing(namespace, part, render_svg(render_dot(part, prefix)), prefix))
+        except RenderError:
+            continue
+    return tuple(drawings)
 
 
 def render_svg(dot: str) -> str:

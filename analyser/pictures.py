@@ -338,9 +338,27 @@ class DrawingIds:
     edges: tuple[str, ...]  # in the picture's edge order
 
 
-def drawing_ids(picture: Picture) -> DrawingIds:
+def drawing_ids(picture: Picture, prefix: str = "") -> DrawingIds:
+    """The ids of ``picture``'s shapes; ``prefix`` (generated too, letters, digits and ``_``:
+    ``v1_``) keeps several pictures' ids apart in one page. A box's id starts with ``cluster``:
+    that is how Graphviz knows a subgraph is drawn as a box."""
     return DrawingIds(
-        nodes={node.id: f"n{index}" for index, node in enumerate(picture.nodes)},
-        groups={group.id: f"cluster_{index}" for index, group in enumerate(picture.groups)},
-        edges=tuple(f"e{index}" for index in range(len(picture.edges))),
+        nodes={node.id: f"{prefix}n{index}" for index, node in enumerate(picture.nodes)},
+        groups={group.id: f"cluster_{prefix}{index}" for index, group in enumerate(picture.groups)},
+        edges=tuple(f"{prefix}e{index}" for index in range(len(picture.edges))),
     )
+
+
+def namespace_part(graph: WorkloadGraph, namespace: str) -> WorkloadGraph:
+    """The part of ``graph`` a namespace's own picture draws: its workloads, every edge with one
+    of them at an end, and the nodes at the other ends (workloads of other namespaces, nodes,
+    the cluster DNS, addresses). report.html shows it when a reviewer chooses the namespace: in
+    a cluster of many namespaces, the whole picture is too wide to read one namespace in."""
+    inside = {
+        node.id
+        for node in graph.with_role(NodeRole.WORKLOAD)
+        if node.workload is not None and node.workload.ref.namespace == namespace
+    }
+    edges = tuple(edge for edge in graph.edges if edge.client in inside or edge.server in inside)
+    ends = inside | {end for edge in edges for end in (edge.client, edge.server)}
+    return WorkloadGraph(tuple(node for node in graph.nodes if node.id in ends), edges)

@@ -763,10 +763,11 @@ def _dot_node(dot_id: str, node: PictureNode, summary: bool) -> _DotNode:
     return _DotNode(dot_id, node, shape, style, _FILLS[node.role], _tooltip(tooltip))
 
 
-def render_dot(picture: Picture) -> str:
+def render_dot(picture: Picture, prefix: str = "") -> str:
     """Graphviz DOT for a picture of the workload graph (``pictures.picture_of``, or
-    ``pictures.namespace_picture``), with a legend; shapes carry ``pictures.drawing_ids``."""
-    ids = drawing_ids(picture)
+    ``pictures.namespace_picture``), with a legend; shapes carry ``pictures.drawing_ids`` (with
+    ``prefix``)."""
+    ids = drawing_ids(picture, prefix)
     dot_ids = dict(ids.nodes)
     members: dict[str, list[_DotNode]] = {group.id: [] for group in picture.groups}
     loose: list[_DotNode] = []

@@ -15,7 +15,7 @@ the document as text, never as markup (see ``templates/report/review.js``).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree
@@ -55,6 +55,28 @@ _SVG_TAGS = frozenset(
     f"{{{_SVG}}}{tag}"
     for tag in ("svg", "g", "title", "polygon", "polyline", "path", "ellipse", "text", "a")
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Drawing:
+    """A picture as Graphviz drew it: graph.svg (``namespace`` None), or one namespace's own
+    (``pictures.namespace_part``), its shapes' ids made with ``prefix``."""
+
+    namespace: str | None
+    picture: Picture
+    svg: str
+    prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A drawing as the page holds it: the SVG made fit for it (:func:`svg_for_page`), and its
+    shapes by SVG id with the edges (indices into ``Review.edges``) and graph nodes behind each:
+    plain JSON."""
+
+    namespace: str | None
+    svg: str
+    shapes: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +157,9 @@ class Review:
     source: str
     window: str
     namespaces: tuple[str, ...]
-    svg: str | None  # graph.svg made fit for the page (:func:`svg_for_page`)
-    # The shapes of the picture drawn in svg (the namespace summary, past the drawing limits) by
-    # SVG id, with the edges (indices into ``edges``) and graph nodes behind each: plain JSON.
-    shapes: Mapping[str, Any]
+    # graph.svg (the namespace summary past the drawing limits), then each namespace's own
+    # picture; none when Graphviz drew nothing.
+    views: tuple[View, ...]
     workloads: tuple[WorkloadReview, ...]
     edges: tuple[EdgeReview, ...]
     files: Mapping[str, str]  # the policy files, by name
@@ -404,10 +425,10 @@ def _namespace_of(graph: WorkloadGraph, node_id: str) -> str | None:
     return node.workload.ref.namespace if node.workload is not None else None
 
 
-def _picture_json(picture: Picture, graph: WorkloadGraph) -> dict[str, Any]:
+def _picture_json(picture: Picture, graph: WorkloadGraph, prefix: str) -> dict[str, Any]:
     """The picture's shapes by SVG id: what each stands for, and the namespaces each touches
     (the page's namespace filter keeps a shape when one of them is chosen)."""
-    ids = drawing_ids(picture)
+    ids = drawing_ids(picture, prefix)
     edge_index = {(edge.client, edge.server): index for index, edge in enumerate(graph.edges)}
     touches: dict[str, set[str]] = defaultdict(set)  # picture node or group id → namespaces
     edges = {}
@@ -444,7 +465,7 @@ def _picture_json(picture: Picture, graph: WorkloadGraph) -> dict[str, Any]:
         }
         for group in picture.groups
     }
-    return {"summary": picture.summary, "nodes": nodes, "groups": groups, "edges": edges}
+    return {"nodes": nodes, "groups": groups, "edges": edges}
 
 
 # -- the review ----------------------------------------------------------------------------------
@@ -455,8 +476,7 @@ def review_of(
     *,
     source: str,
     window: str,
-    drawn: Picture | None,
-    svg: str | None,
+    drawings: Sequence[Drawing],
     policy_files: Mapping[str, str],
     snapshot: Snapshot,
     resolver: Resolver,
@@ -476,8 +496,7 @@ def review_of(
         graph,
         source=source,
         window=window,
-        drawn=drawn,
-        svg=svg,
+        drawings=drawings,
         policy_files=policy_files,
         policies=policies,
         cluster=cluster,
@@ -496,26 +515,31 @@ def review(
     *,
     source: str,
     window: str,
-    drawn: Picture | None,
-    svg: str | None,
+    drawings: Sequence[Drawing],
     policy_files: Mapping[str, str],
     policies: PolicySet,
     cluster: ClusterFacts,
     allowances: Iterable[Allowance] | None,
     unchecked: str = "",
 ) -> Review:
-    """What report.html shows: ``graph`` with the picture ``drawn`` in ``svg`` (graph.svg; None:
-    none drawn), ``policy_files`` compiled as ``policies``, the cluster's facts (``replaying.
-    cluster_facts``) and verify's ``allowances`` (``verifying.unobserved_allowances``; None:
-    not worked out, ``unchecked`` says why)."""
+    """What report.html shows: ``graph`` with its ``drawings`` (graph.svg first, then the
+    namespaces' own; none when Graphviz drew nothing), ``policy_files`` compiled as
+    ``policies``, the cluster's facts (``replaying.cluster_facts``) and verify's ``allowances``
+    (``verifying.unobserved_allowances``; None: not worked out, ``unchecked`` says why)."""
     files = _PolicyFiles.of(policy_files)
     workloads = _workload_reviews(graph, cluster, policies, files, allowances or ())
     return Review(
         source=inert(source),
         window=inert(window),
         namespaces=tuple(sorted({w.namespace for w in workloads})),
-        svg=svg_for_page(svg) if svg is not None else None,
-        shapes=_picture_json(drawn, graph) if svg is not None and drawn is not None else {},
+        views=tuple(
+            View(
+                inert(drawing.namespace) if drawing.namespace is not None else None,
+                svg_for_page(drawing.svg),
+                _picture_json(drawing.picture, graph, drawing.prefix),
+            )
+            for drawing in drawings
+        ),
         workloads=workloads,
         edges=_edge_reviews(graph, cluster, policies, files),
         files=dict(sorted(policy_files.items())),
@@ -568,7 +592,7 @@ def _review_json(review: Review) -> dict[str, Any]:
         "source": review.source,
         "window": review.window,
         "namespaces": list(review.namespaces),
-        "picture": review.shapes,
+        "views": [{"namespace": view.namespace, "shapes": view.shapes} for view in review.views],
         "workloads": {
             workload.id: {
                 "namespace": workload.namespace,

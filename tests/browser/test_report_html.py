@@ -16,15 +16,16 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from analyser.analysing import GRAPH_SVG, REPORT_HTML, render_svg
+from analyser.analysing import GRAPH_SVG, REPORT_HTML, draw_namespaces, render_svg
 from analyser.evaluation import NO_PORTS, PolicySet, PortSet
 from analyser.graphs import GraphNode, NodeRole
-from analyser.pictures import picture_of
+from analyser.pictures import infrastructure_ids, picture_of
 from analyser.rendering import render_dot, render_review
 from analyser.replaying import ClusterFacts
-from analyser.reviewing import review
+from analyser.reviewing import Drawing, review
 from analyser.verifying import Allowance
 from cli.main import ExitStatus, main
+from tests.analyser.test_pictures import DB, DNS, cluster_graph
 from tests.analyser.test_rendering import example_graph, workload_node
 from tests.hostile.hostile_helpers import EXAMPLE
 
@@ -110,7 +111,9 @@ def numbers_shown(text: str) -> list[int]:
 
 def shape_of_workload(data: dict[str, Any], workload: str) -> str:
     (found,) = (
-        shape for shape, node in data["picture"]["nodes"].items() if node["members"] == [workload]
+        shape
+        for shape, node in data["views"][0]["shapes"]["nodes"].items()
+        if node["members"] == [workload]
     )
     return str(found)
 
@@ -118,7 +121,7 @@ def shape_of_workload(data: dict[str, Any], workload: str) -> str:
 def shape_of_edge(data: dict[str, Any], client: str, server: str) -> str:
     (found,) = (
         shape
-        for shape, edge in data["picture"]["edges"].items()
+        for shape, edge in data["views"][0]["shapes"]["edges"].items()
         if [(data["edges"][i]["client"], data["edges"][i]["server"]) for i in edge["edges"]]
         == [(client, server)]
     )
@@ -134,13 +137,13 @@ def test_the_demo_page_opens_from_disk_and_fetches_nothing(browser: Browser, dem
     page = opened.page
     assert opened.requests == [(demo / REPORT_HTML).as_uri()]
     assert opened.errors == [] and opened.dialogs == []
-    assert page.locator("#picture > svg g.node").count() > 12  # the workloads and the legend
+    assert page.locator("#picture svg g.node").count() > 12  # the workloads and the legend
     assert page.locator("#workloads tbody tr").count() == 13  # 12 captured, and coredns
     data = opened.data()
     assert page.locator("#connections tbody tr").count() == len(data["edges"]) == 31
     assert data["namespaces"] == ["default", "kube-system"]
     # the page's picture is graph.svg's
-    assert page.locator("#picture > svg g.edge").count() == (demo / GRAPH_SVG).read_text().count(
+    assert page.locator("#picture svg g.edge").count() == (demo / GRAPH_SVG).read_text().count(
         'class="edge"'
     )
 
@@ -221,7 +224,7 @@ def test_the_namespace_filter_keeps_what_touches_the_namespace(
     # a namespace's box chooses it
     default_box = next(
         shape
-        for shape, group in data["picture"]["groups"].items()
+        for shape, group in data["views"][0]["shapes"]["groups"].items()
         if group["namespace"] == "default"
     )
     page.locator(f"#{default_box} > text").last.click()
@@ -268,8 +271,7 @@ def test_names_holding_markup_are_shown_as_text_and_run_nothing(
             graph,
             source=INJECTIONS[0],
             window=INJECTIONS[1],
-            drawn=picture,
-            svg=render_svg(render_dot(picture)),
+            drawings=(Drawing(None, picture, render_svg(render_dot(picture))),),
             policy_files={"shop.x.yaml": f"# {INJECTIONS[0]}\n"},
             policies=PolicySet(),
             cluster=ClusterFacts({}, {}, {}, {}, {}),
@@ -288,7 +290,7 @@ def test_names_holding_markup_are_shown_as_text_and_run_nothing(
     assert page.locator("header .window").inner_text() == f"capture window {INJECTIONS[1]}"
     listed = page.locator("#connections tbody td:first-child").all_inner_texts()
     assert {f"shop/Deployment/{text}" for text in INJECTIONS} <= set(listed)
-    drawn = page.locator("#picture > svg").text_content() or ""
+    drawn = page.locator("#picture svg").text_content() or ""
     assert all(text in drawn for text in INJECTIONS[1:])  # as titles and DNS names
     # the panels put them in as text too
     for text, peer in zip(INJECTIONS, [*INJECTIONS[1:], INJECTIONS[0]], strict=True):
@@ -323,4 +325,48 @@ def test_every_policy_file_can_be_read_whole(browser: Browser, tmp_path: Path) -
     assert page.locator("#details h2").inner_text() == baseline
     shown = page.locator(f'#details pre[data-file="{baseline}"]').inner_text()
     assert lines_shown(shown) == (out / baseline).read_text().rstrip("\n").split("\n")
+    assert opened.errors == []
+
+
+def test_a_namespace_chosen_is_shown_in_a_picture_of_its_own(
+    browser: Browser, tmp_path: Path
+) -> None:
+    graph = cluster_graph()
+    infrastructure = infrastructure_ids(graph, dns_workloads={DNS}, node_local_dns=())
+    picture = picture_of(graph, infrastructure=infrastructure)
+    drawings = (
+        Drawing(None, picture, render_svg(render_dot(picture))),
+        *draw_namespaces(graph, infrastructure, picture),
+    )
+    assert [drawing.namespace for drawing in drawings] == [None, "data", "shop"]
+    path = tmp_path / REPORT_HTML
+    path.write_text(
+        render_review(
+            review(
+                graph,
+                source="cluster",
+                window="",
+                drawings=drawings,
+                policy_files={},
+                policies=PolicySet(),
+                cluster=ClusterFacts({}, {}, {}, {}, {}),
+                allowances=[],
+            )
+        ),
+        encoding="utf-8",
+    )
+    opened = open_page(browser, path)
+    page = opened.page
+    shown = page.locator("#picture > .view:not([hidden])")
+    assert shown.get_attribute("data-view") == "0"
+    page.select_option("#namespace", "data")
+    assert shown.get_attribute("data-view") == "1"
+    titles = shown.locator("g.node:not([id^=node]) text").all_text_contents()
+    # data's workload, its client in shop, the node that probes it: nothing else
+    assert {"db", "cart", "worker-1"} <= set(titles)
+    assert "web" not in titles and "coredns" not in titles
+    shown.locator("g.node", has_text="db").first.click()
+    assert page.locator("#details h2").inner_text() == DB
+    page.select_option("#namespace", "")
+    assert shown.get_attribute("data-view") == "0"
     assert opened.errors == []

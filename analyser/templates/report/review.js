@@ -4,8 +4,6 @@
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("review-data").textContent);
-  var picture = data.picture || {};
-  var shapes = { nodes: picture.nodes || {}, edges: picture.edges || {}, groups: picture.groups || {} };
   var details = document.getElementById("details");
   var chosenNamespace = "";
 
@@ -194,42 +192,51 @@
     show(indices.length === 1 ? "Connection" : plural(indices.length, "connection"), parts);
   }
 
-  // -- the picture ---------------------------------------------------------------------------
-  var svg = document.querySelector("#picture > svg");
-  function shapeOf(target) {
+  // -- the pictures --------------------------------------------------------------------------
+  // views[0] is graph.svg; the others each draw one namespace with its peers (data.views).
+  var views = (data.views || []).map(function (view, index) {
+    var holder = document.querySelector('#picture > .view[data-view="' + index + '"]');
+    return { namespace: view.namespace, shapes: view.shapes, holder: holder, svg: holder ? holder.querySelector("svg") : null, zoom: null };
+  });
+  var active = views.length ? views[0] : null;
+  function shapesOf(view) { return view ? view.shapes : { nodes: {}, edges: {}, groups: {} }; }
+  function shapeIn(view, target) {
     var g = target.closest ? target.closest("g.node, g.edge, g.cluster") : null;
-    return g && (shapes.nodes[g.id] || shapes.edges[g.id] || shapes.groups[g.id]) ? g : null;
+    var found = shapesOf(view);
+    return g && (found.nodes[g.id] || found.edges[g.id] || found.groups[g.id]) ? g : null;
   }
   function mark(ids) {
-    if (!svg) return;
-    svg.querySelectorAll(".selected").forEach(function (g) { g.classList.remove("selected"); });
+    if (!active || !active.svg) return;
+    active.svg.querySelectorAll(".selected").forEach(function (g) { g.classList.remove("selected"); });
     ids.forEach(function (id) {
-      var g = svg.getElementById ? svg.getElementById(id) : document.getElementById(id);
+      var g = active.svg.querySelector('[id="' + CSS.escape(id) + '"]');
       if (g) g.classList.add("selected");
     });
   }
   function markWorkload(id) {
-    var found = [];
-    Object.keys(shapes.nodes).forEach(function (shapeId) {
-      if (shapes.nodes[shapeId].members.indexOf(id) >= 0) found.push(shapeId);
-    });
-    mark(found);
+    var nodes = shapesOf(active).nodes;
+    mark(Object.keys(nodes).filter(function (shapeId) { return nodes[shapeId].members.indexOf(id) >= 0; }));
   }
-  if (svg) {
-    svg.addEventListener("click", function (event) {
-      var g = shapeOf(event.target);
+  views.forEach(function (view) {
+    if (!view.svg) return;
+    view.svg.addEventListener("click", function (event) {
+      var g = shapeIn(view, event.target);
       if (!g) return;
-      var node = shapes.nodes[g.id], edge = shapes.edges[g.id], group = shapes.groups[g.id];
+      var node = view.shapes.nodes[g.id], edge = view.shapes.edges[g.id], group = view.shapes.groups[g.id];
       if (edge) { showEdges(edge.edges); mark([g.id]); }
       else if (node && node.members.length === 1 && data.workloads[node.members[0]]) showWorkload(node.members[0]);
       else if (node) { showMembers(node.title, node.members); mark([g.id]); }
-      else if (group && group.namespace !== null) choose(group.namespace);
+      else if (group && group.namespace !== null && group.namespace !== chosenNamespace) choose(group.namespace);
     });
+  });
+  function activate(view) {
+    views.forEach(function (other) { if (other.holder) other.holder.hidden = other !== view; });
+    active = view;
+    if (view && view.svg && !view.zoom && typeof svgPanZoom === "function") {
+      view.zoom = svgPanZoom(view.svg, { controlIconsEnabled: true, fit: true, center: true, minZoom: 0.1, maxZoom: 40, dblClickZoomEnabled: false });
+    }
   }
-  var zoom = null;
-  if (svg && typeof svgPanZoom === "function") {
-    zoom = svgPanZoom(svg, { controlIconsEnabled: true, fit: true, center: true, minZoom: 0.1, maxZoom: 40, dblClickZoomEnabled: false });
-  }
+  activate(active);
 
   // -- the namespace filter ------------------------------------------------------------------
   var select = document.getElementById("namespace");
@@ -242,11 +249,15 @@
   function choose(namespace) {
     chosenNamespace = namespace;
     select.value = namespace;
-    if (svg) {
+    // A namespace with a picture of its own shows it; otherwise graph.svg, the rest faded.
+    var own = views.filter(function (view) { return namespace && view.namespace === namespace; })[0];
+    activate(own || views[0] || null);
+    if (!own && active && active.svg) {
       ["nodes", "edges", "groups"].forEach(function (kind) {
-        Object.keys(shapes[kind]).forEach(function (id) {
-          var g = svg.getElementById ? svg.getElementById(id) : document.getElementById(id);
-          if (g) g.classList.toggle("faded", !keeps(shapes[kind][id].namespaces));
+        var found = active.shapes[kind];
+        Object.keys(found).forEach(function (id) {
+          var g = active.svg.querySelector('[id="' + CSS.escape(id) + '"]');
+          if (g) g.classList.toggle("faded", !keeps(found[id].namespaces));
         });
       });
       focusNamespace(namespace);
@@ -255,14 +266,15 @@
     connectionRows.forEach(function (row) { row.tr.classList.toggle("hidden", !keeps(row.namespaces)); });
   }
   function focusNamespace(namespace) {
+    var zoom = active ? active.zoom : null;
     if (!zoom) return;
     zoom.resize(); zoom.fit(); zoom.center();
-    var box = null;
-    Object.keys(shapes.groups).forEach(function (id) {
-      if (shapes.groups[id].namespace === namespace) box = svg.getElementById(id);
+    var box = null, groups = active.shapes.groups;
+    Object.keys(groups).forEach(function (id) {
+      if (groups[id].namespace === namespace) box = active.svg.querySelector('[id="' + CSS.escape(id) + '"]');
     });
     if (!namespace || !box) return;
-    var frame = svg.getBoundingClientRect(), area = box.getBoundingClientRect();
+    var frame = active.svg.getBoundingClientRect(), area = box.getBoundingClientRect();
     zoom.zoomBy(Math.max(1, Math.min(frame.width / area.width, frame.height / area.height) * 0.9));
     area = box.getBoundingClientRect();
     zoom.panBy({
