@@ -41,6 +41,7 @@ from analyser.bundles import FileProblem
 from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, NodeRole, UnvouchedPair, WorkloadGraph
 from analyser.peers import Exposure, IpPeer, PodPeer
+from analyser.periods import CaptureWindow, UncoveredCronJob, duration_text
 from analyser.pictures import (
     GroupKind,
     Picture,
@@ -51,6 +52,7 @@ from analyser.pictures import (
 )
 from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
 from analyser.reviewing import Review
+from analyser.rings import RingLoss
 from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
 from analyser.vantages import Coverage
@@ -113,6 +115,12 @@ class ReportFacts:
     unvouched: tuple[UnvouchedPair, ...] = ()
     # Per captured pod, the vantage points (its own capture, its node's) that covered it.
     coverage: tuple[Coverage, ...] = ()
+    # Capture rings that wrapped (or likely did): what each still covers and what it lost.
+    rings: tuple[RingLoss, ...] = ()
+    # Several bundles analysed together: each one's window, oldest first (none for one bundle).
+    windows: tuple[CaptureWindow, ...] = ()
+    # CronJobs whose runs the capture windows may all have missed.
+    uncovered_cronjobs: tuple[UncoveredCronJob, ...] = ()
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------
@@ -188,6 +196,7 @@ def _environment() -> jinja2.Environment:
         utc=Window.text,
         dot_html=dot_html,
         html=markupsafe.escape,
+        duration=duration_text,
     )
     return env
 

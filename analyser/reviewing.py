@@ -24,17 +24,10 @@ import yaml
 
 from analyser.evaluation import Address, Direction, PolicySet
 from analyser.graphs import NodeRole, WorkloadGraph
-from analyser.identities import Resolver
 from analyser.peers import PortSpec
 from analyser.pictures import GroupKind, Picture, drawing_ids
 from analyser.policysets import parse_policy_texts
-from analyser.replaying import (
-    ClusterFacts,
-    cluster_facts,
-    observed_on_edge,
-    verification_inputs,
-)
-from analyser.snapshot import Snapshot
+from analyser.replaying import ClusterFacts, observed_on_edge, verification_inputs
 from analyser.texts import inert
 from analyser.verifying import Allowance, unobserved_allowances
 from kernel.bundles import Window
@@ -478,14 +471,13 @@ def review_of(
     window: str,
     drawings: Sequence[Drawing],
     policy_files: Mapping[str, str],
-    snapshot: Snapshot,
-    resolver: Resolver,
+    cluster: ClusterFacts,
 ) -> Review:
     """What report.html shows for an analysis: ``policy_files`` (the rendered policies, by file
-    name) read back as verify reads them and evaluated against ``graph`` as verify evaluates
-    them (:func:`review`)."""
+    name) read back as verify reads them and evaluated against ``graph`` over ``cluster``
+    (``replaying.cluster_facts``, merged for several bundles) as verify evaluates them
+    (:func:`review`)."""
     policies = parse_policy_texts(policy_files).policies
-    cluster = cluster_facts(snapshot, resolver)
     observed, universe = verification_inputs(policies, graph, cluster)
     pairs = len(universe.pairs())
     if pairs > MAX_CHECKED_PAIRS:

@@ -28,6 +28,7 @@ from analyser.flows import Protocol
 from analyser.peers import DEFAULT_DNS_PEER, DNS_PORTS, ClusterDns, IpPeer, PodPeer, PortSpec
 from analyser.policies import PolicyPlan, unselectable_workloads
 from analyser.rendering import Provenance, baseline_object, render_baseline
+from analyser.replaying import cluster_facts
 from analyser.selectors import LabelSelector
 from cli.main import ExitStatus, main
 from kernel.errors import RenderError, UnsafePolicies
@@ -237,17 +238,15 @@ def _without(files: dict[str, str], *paths: str) -> dict[str, str]:
 
 def test_the_safety_check_evaluates_the_baseline(analysis: Analysis) -> None:
     files = dict(analysis.files)
+    facts = cluster_facts(analysis.snapshot, analysis.resolver)
     # Without cart's own policy, the baseline decides for cart: frontend's call is denied.
     with pytest.raises(UnsafePolicies, match="ClusterNetworkPolicy netpol-sniffer-baseline"):
-        check_safety(
-            _without(files, "shop.cart.yaml"), analysis.graph, analysis.snapshot, analysis.resolver
-        )
+        check_safety(_without(files, "shop.cart.yaml"), analysis.graph, facts)
     # Without the baseline either, nothing isolates cart: allowed.
     check_safety(
         _without(files, "shop.cart.yaml", BASELINE_FILE),
         analysis.graph,
-        analysis.snapshot,
-        analysis.resolver,
+        facts,
     )
 
 

@@ -17,6 +17,7 @@ from analyser.evaluation import Direction, PolicySet, RuleAllowing, compile_poli
 from analyser.flows import Protocol
 from analyser.peers import PortSpec
 from analyser.rendering import script_json
+from analyser.replaying import cluster_facts
 from analyser.reviewing import PortReview, Review, review_of, rule_lines, svg_for_page
 from tests.hostile.hostile_helpers import EXAMPLE
 
@@ -95,8 +96,7 @@ def demo() -> tuple[Analysis, Review]:
         window="",
         drawings=(),
         policy_files=policy_files,
-        snapshot=analysis.snapshot,
-        resolver=analysis.resolver,
+        cluster=cluster_facts(analysis.snapshot, analysis.resolver),
     )
 
 
@@ -183,8 +183,7 @@ def test_past_the_pairs_limit_the_unobserved_allowances_are_left_to_verify(
         window="",
         drawings=(),
         policy_files={n: t for n, t in analysis.files.items() if n.endswith(".yaml")},
-        snapshot=analysis.snapshot,
-        resolver=analysis.resolver,
+        cluster=cluster_facts(analysis.snapshot, analysis.resolver),
     )
     assert review.unchecked.startswith("not worked out here: ")
     assert review.unchecked.endswith(
