@@ -17,6 +17,7 @@ Pure (data in, data out, no I/O):
     periods     capture windows, CronJob schedules' longest gaps, the CronJobs windows may miss
     graphs      flows + identities → the workload graph: typed nodes and edges, its schema
     policies    the policy model, and the plan (policies, default-denies) made from the graph
+    pictures    the graph as a reviewer sees it: namespaces, infrastructure apart, outside gathered
     baselines   the cluster baseline: one Baseline-tier ClusterNetworkPolicy for the plan
     selectors   label selectors, and the volatile labels that never belong in one
     peers       target ports, pod and address peers, special addresses, cluster DNS, exposures
@@ -29,7 +30,8 @@ Pure (data in, data out, no I/O):
     cilium      the plan → CiliumNetworkPolicies (``analyse --format cilium``)
     verifying   observed connections and a policy set → verify's and diff's reports
     replaying   the graph and the snapshot → the facts evaluation works on
-    rendering   policies, graph and facts → YAML, DOT, Markdown (the only jinja2 import)
+    reviewing   what report.html shows: each connection's flows and rules, unobserved allowances
+    rendering   policies, graph and facts → YAML, DOT, Markdown, HTML (the only jinja2 import)
     texts       Kubernetes name rules, and any text from input made inert for an output
 
 Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functions read files):

@@ -50,6 +50,14 @@ from analyser.periods import (
     uncovered_cronjobs,
     within_window,
 )
+from analyser.pictures import (
+    GroupKind,
+    Picture,
+    infrastructure_ids,
+    namespace_part,
+    namespace_picture,
+    picture_of,
+)
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
@@ -75,8 +83,10 @@ from analyser.rendering import (
     render_dot,
     render_policy_files,
     render_report,
+    render_review,
 )
 from analyser.replaying import ClusterFacts, cluster_facts, ensure_policies_allow
+from analyser.reviewing import Drawing, review_of
 from analyser.rings import RingLoss, bundle_ring_losses
 from analyser.snapshot import (
     CaptureMeta,
@@ -107,6 +117,7 @@ from kernel.errors import CaptureError, CaptureTooLarge, OutputError, RenderErro
 GRAPH_DOT = "graph.dot"
 GRAPH_SVG = "graph.svg"
 REPORT = "report.md"
+REPORT_HTML = "report.html"
 # Marks a directory as analyse output and lists what it wrote (with sha256s), so a later run may
 # replace it and can tell hand edits. No .json suffix: tools reading the folder as manifests
 # (kubectl apply -f DIR, Argo CD) would try to decode it. Earlier versions wrote the legacy one.
@@ -117,6 +128,9 @@ LEGACY_OUTPUT_MARKER = ".netpol-sniffer-output.json"
 # read anyway). graph.dot is always written.
 MAX_SVG_NODES = 400
 MAX_SVG_EDGES = 1000
+# report.html has a picture of each namespace of its own up to this many namespaces (a dot run
+# each, most of them small); past it, choosing a namespace fades the rest of graph.svg.
+MAX_NAMESPACE_PICTURES = 50
 DOT_TIMEOUT = 120.0  # seconds; past it graph.svg is left out, with a note
 
 
@@ -931,11 +945,17 @@ def conclude(
         policy_set = {path: text for path, text in files.items() if path.startswith(folder)}
         check_safety(policy_set, seen.graph, cluster.facts, left_out=plan.left_out)
     first_folder = next(iter(folders.values()))
-    files[GRAPH_DOT] = render_dot(seen.graph)
-    svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
-    if svg is not None:
-        files[GRAPH_SVG] = svg
-    notes: tuple[str, ...] = (svg_note,) if svg_note is not None else ()
+    infrastructure = infrastructure_ids(
+        seen.graph,
+        dns_workloads=cluster_dns.workloads,
+        node_local_dns=[cache.cidr.partition("/")[0] for cache in cluster_dns.node_local],
+    )
+    picture = picture_of(seen.graph, infrastructure=infrastructure)
+    files[GRAPH_DOT] = render_dot(picture)
+    drawn = graph_svg(picture, files[GRAPH_DOT])
+    if drawn.svg is not None:
+        files[GRAPH_SVG] = drawn.svg
+    notes: tuple[str, ...] = (drawn.note,) if drawn.note is not None else ()
     if baseline:
         notes += _baseline_notes(written_baseline, seen.snapshot)
     uncovered = uncovered_cronjobs(
@@ -977,6 +997,28 @@ def conclude(
         uncovered_cronjobs=uncovered,
     )
     files[REPORT] = render_report(facts, seen.graph)
+    drawings = (
+        (
+            Drawing(None, drawn.picture, drawn.svg),
+            *draw_namespaces(seen.graph, infrastructure, picture),
+        )
+        if drawn.svg is not None and drawn.picture is not None
+        else ()
+    )
+    review = review_of(
+        seen.graph,
+        source=seen.source,
+        window=provenance.window or "unknown",
+        drawings=drawings,
+        # One set is reviewed: with both formats, the NetworkPolicies (the first folder).
+        policy_files={
+            name: text
+            for name, text in files.items()
+            if name.endswith(".yaml") and name.startswith(first_folder)
+        },
+        cluster=cluster.facts,
+    )
+    files[REPORT_HTML] = render_review(review)
     return Analysis(
         **{f.name: getattr(seen, f.name) for f in fields(Observation)},
         plan=plan,
@@ -1015,22 +1057,73 @@ def _baseline_notes(baseline: Baseline | None, snapshot: Snapshot) -> tuple[str,
     return tuple(notes)
 
 
-def graph_svg(graph: WorkloadGraph, dot: str) -> tuple[str | None, str | None]:
-    """(graph.svg, None), or (None, why it was left out): the picture is a convenience, so a graph
-    too big to draw or Graphviz failing never costs the policies. No note when Graphviz is not
+@dataclass(frozen=True, slots=True)
+class DrawnGraph:
+    """graph.svg's text (None: left out), and what the report says about it (None: nothing)."""
+
+    svg: str | None
+    note: str | None = None
+    picture: Picture | None = None  # what svg draws: the picture, or its namespace summary
+
+
+def graph_svg(picture: Picture, dot: str) -> DrawnGraph:
+    """graph.svg of ``picture`` (its DOT text: ``dot``). A picture too big to draw, or one
+    Graphviz cannot lay out (its ranking fails on some clusters), is drawn one node per namespace
+    (``pictures.namespace_picture``), or left out when even that is too big or fails: the
+    picture is a convenience, it never costs the policies. No note when Graphviz is not
     installed (the CLI's help says graph.svg needs it)."""
     if shutil.which("dot") is None:
-        return None, None
-    nodes, edges = len(graph.nodes), len(graph.edges)
+        return DrawnGraph(None)
+    nodes, edges = len(picture.nodes), len(picture.edges)
     if nodes > MAX_SVG_NODES or edges > MAX_SVG_EDGES:
-        return None, (
-            f"{GRAPH_SVG} not drawn: the graph has {nodes:,} nodes and {edges:,} edges (drawn up "
-            f"to {MAX_SVG_NODES:,} and {MAX_SVG_EDGES:,}); {GRAPH_DOT} is written"
+        return _drawn_by_namespace(
+            picture,
+            f"the graph has {nodes:,} nodes and {edges:,} edges to draw (drawn up to "
+            f"{MAX_SVG_NODES:,} and {MAX_SVG_EDGES:,})",
         )
     try:
-        return render_svg(dot), None
+        return DrawnGraph(render_svg(dot), None, picture)
     except RenderError as error:
-        return None, f"{GRAPH_SVG} not drawn: {error}; {GRAPH_DOT} is written"
+        return _drawn_by_namespace(picture, f"{error} with every workload")
+
+
+def _drawn_by_namespace(picture: Picture, why: str) -> DrawnGraph:
+    summary = namespace_picture(picture)
+    if len(summary.nodes) > MAX_SVG_NODES or len(summary.edges) > MAX_SVG_EDGES:
+        return DrawnGraph(
+            None,
+            f"{GRAPH_SVG} not drawn: {why}, and {len(summary.nodes):,} namespaces and groups are "
+            f"too many too; {GRAPH_DOT} is written",
+        )
+    try:
+        svg = render_svg(render_dot(summary))
+    except RenderError as error:
+        return DrawnGraph(None, f"{GRAPH_SVG} not drawn: {error}; {GRAPH_DOT} is written")
+    note = f"{GRAPH_SVG} shows one box per namespace: {why}; {GRAPH_DOT} has every workload"
+    return DrawnGraph(svg, note, summary)
+
+
+def draw_namespaces(
+    graph: WorkloadGraph, infrastructure: Collection[str], picture: Picture
+) -> tuple[Drawing, ...]:
+    """Each namespace of ``picture`` drawn on its own (``pictures.namespace_part``: its
+    workloads and their peers), for report.html to show when the namespace is chosen: when
+    there are 2 to MAX_NAMESPACE_PICTURES namespaces. A namespace too big to draw, or one
+    Graphviz fails on, has none (the page fades the whole picture instead)."""
+    namespaces = [group.label for group in picture.groups if group.kind is GroupKind.NAMESPACE]
+    if shutil.which("dot") is None or not 2 <= len(namespaces) <= MAX_NAMESPACE_PICTURES:
+        return ()
+    drawings = []
+    for index, namespace in enumerate(namespaces, start=1):
+        part = picture_of(namespace_part(graph, namespace), infrastructure=infrastructure)
+        if len(part.nodes) > MAX_SVG_NODES or len(part.edges) > MAX_SVG_EDGES:
+            continue
+        prefix = f"v{index}_"
+        try:
+            drawings.append(Drawing(namespace, part, render_svg(render_dot(part, prefix)), prefix))
+        except RenderError:
+            continue
+    return tuple(drawings)
 
 
 def render_svg(dot: str) -> str:
@@ -1051,7 +1144,9 @@ def render_svg(dot: str) -> str:
     except subprocess.TimeoutExpired as error:
         raise RenderError(f"Graphviz took longer than {DOT_TIMEOUT:.0f}s on {GRAPH_DOT}") from error
     if result.returncode != 0:
-        raise RenderError(f"Graphviz could not render {GRAPH_DOT}: {result.stderr.strip()}")
+        # Its first line says what failed; the rest is its internal state ("%0 7" lines).
+        said = (result.stderr.strip().splitlines() or ["no message"])[0]
+        raise RenderError(f"Graphviz could not render {GRAPH_DOT}: {said}")
     return result.stdout
 
 

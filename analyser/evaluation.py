@@ -533,8 +533,7 @@ class CompiledPolicy:
         )
 
     def __str__(self) -> str:
-        where = f"{self.namespace}/{self.name}"
-        return where if self.kind == "NetworkPolicy" else f"{self.kind} {where}"
+        return policy_name(self.kind, self.namespace, self.name)
 
     def allowed(self, peer: Peer, destination: Peer, direction: Direction) -> PortSet:
         """The ports this policy's rules of ``direction`` allow with ``peer``, to
@@ -548,6 +547,18 @@ class CompiledPolicy:
         for rule in rules:
             allowed = allowed.union(rule.allowed(peer, destination, self.namespace))
         return allowed
+
+    def rules_allowing(
+        self, peer: Peer, destination: Peer, direction: Direction, protocol: Protocol, port: int
+    ) -> tuple[int, ...]:
+        """The indices of this policy's ``direction`` rules that allow ``port`` with ``peer``
+        (to ``destination``, the server): the rules an allowed connection owes to."""
+        rules = self.ingress if direction is Direction.INGRESS else self.egress
+        return tuple(
+            index
+            for index, rule in enumerate(rules)
+            if rule.allowed(peer, destination, self.namespace).contains(protocol, port)
+        )
 
     def selects(self, subject: Pod, direction: Direction) -> bool:
         return (
@@ -774,6 +785,24 @@ class Denial:
         )
 
 
+def policy_name(kind: str, namespace: str, name: str) -> str:
+    """How a policy is named to users: "ns/name", with its kind first when it is not a
+    NetworkPolicy ("CiliumNetworkPolicy ns/name")."""
+    where = f"{namespace}/{name}"
+    return where if kind == "NetworkPolicy" else f"{kind} {where}"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleAllowing:
+    """A rule that allows a connection at one side: rule ``index`` of ``direction`` in
+    ``policy`` (:func:`policy_name`)."""
+
+    direction: Direction
+    subject: str  # the pod/workload whose side it is
+    policy: str
+    index: int
+
+
 @dataclass(frozen=True, slots=True)
 class PolicySet:
     """Compiled policies, indexed by namespace; ask it what it allows."""
@@ -862,6 +891,25 @@ class PolicySet:
                     )
                 )
         return found
+
+    def rules_allowing(
+        self, client: Peer, server: Peer, protocol: Protocol, port: int
+    ) -> tuple[RuleAllowing, ...]:
+        """Every rule that allows ``client`` → ``server`` on ``port``: at the client's egress and
+        at the server's ingress, in the order of the policies."""
+        found = []
+        for verdict in self.sides(client, server):
+            if verdict is None:
+                continue
+            peer = server if verdict.direction is Direction.EGRESS else client
+            for policy in self.selecting(verdict.subject, verdict.direction):
+                found += [
+                    RuleAllowing(verdict.direction, str(verdict.subject), str(policy), index)
+                    for index in policy.rules_allowing(
+                        peer, server, verdict.direction, protocol, port
+                    )
+                ]
+        return tuple(found)
 
     def allows(self, client: Peer, server: Peer, protocol: Protocol, port: int) -> bool:
         return not self.denials(client, server, protocol, port)

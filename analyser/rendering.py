@@ -14,6 +14,8 @@ rules, ports and files are sorted).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import json
 import re
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import yaml
 
 from analyser.baselines import (
@@ -38,10 +41,19 @@ from analyser.bundles import FileProblem
 from analyser.cilium import CiliumPlan, CiliumPolicy, CiliumRule
 from analyser.flows import Evidence
 from analyser.fqdnselectors import FqdnSelector, valid_name, valid_pattern
-from analyser.graphs import EdgeStats, UnvouchedPair, WorkloadGraph
+from analyser.graphs import EdgeStats, NodeRole, UnvouchedPair, WorkloadGraph
 from analyser.peers import Exposure, IpPeer, PodPeer
 from analyser.periods import CaptureWindow, UncoveredCronJob, duration_text
+from analyser.pictures import (
+    GroupKind,
+    Picture,
+    PictureEdge,
+    PictureGroup,
+    PictureNode,
+    drawing_ids,
+)
 from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
+from analyser.reviewing import Review
 from analyser.rings import RingLoss
 from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
@@ -155,6 +167,12 @@ def markdown_cell(value: object) -> str:
     return _MARKDOWN_SPECIALS.sub(lambda match: _MARKDOWN_ESCAPES[match[0]], one_line(value))
 
 
+def dot_html(value: object) -> str:
+    """Text inside a Graphviz HTML-like label (``label=<...>``): one printable line, its
+    markup characters as entities, so no tag, entity or end of the label comes from data."""
+    return str(markupsafe.escape(one_line(value)))
+
+
 def nest(text: str, width: int) -> str:
     """A macro's lines placed under a parent: lines after the first indented by ``width``, the
     trailing line break dropped (the template supplies its own)."""
@@ -178,6 +196,8 @@ def _environment() -> jinja2.Environment:
         dot=dot_quoted,
         md=markdown_cell,
         utc=Window.text,
+        dot_html=dot_html,
+        html=markupsafe.escape,
         duration=duration_text,
     )
     return env
@@ -762,7 +782,6 @@ def render_cilium_files(
 @dataclass(frozen=True, slots=True)
 class _NodeView:
     node_id: str
-    dot_id: str
     role: str
     label: str
     names: tuple[str, ...]
@@ -791,10 +810,9 @@ class _EdgeView:
 def _graph_views(graph: WorkloadGraph) -> tuple[tuple[_NodeView, ...], tuple[_EdgeView, ...]]:
     """The graph as plain records for the templates, in its order (nodes by id, edges by ends)."""
     nodes: dict[str, _NodeView] = {}
-    for index, node in enumerate(graph.nodes):
+    for node in graph.nodes:
         nodes[node.id] = _NodeView(
             node_id=node.id,
-            dot_id=f"n{index}",
             role=str(node.role),
             label=node.label,
             names=tuple(sorted(node.names)),
@@ -812,12 +830,6 @@ def _graph_views(graph: WorkloadGraph) -> tuple[tuple[_NodeView, ...], tuple[_Ed
     return tuple(nodes.values()), tuple(edges)
 
 
-def render_dot(graph: WorkloadGraph) -> str:
-    """Graphviz DOT for the workload graph."""
-    nodes, edges = _graph_views(graph)
-    return _render("graph.dot.j2", nodes=nodes, edges=edges)
-
-
 def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
     """The Markdown report: workloads, flows per edge, external names, unresolved addresses,
     damaged files and how each flow's direction was decided."""
@@ -831,4 +843,185 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         evidence=evidence,
         attempts=graph.attempts,
         loopback=graph.loopback,
+    )
+
+
+# -- the picture: graph.dot ------------------------------------------------------------------------
+# Drawn from analyser.pictures (namespaces as boxes, infrastructure apart and faint, outside
+# addresses gathered, a legend); report.html draws the same picture in the browser.
+
+# The colours of a node by its role (the legend uses them too).
+_FILLS = {
+    NodeRole.WORKLOAD: "#e8f0fe",
+    NodeRole.NODE: "#f1f3f4",
+    NodeRole.EXTERNAL: "#fef7e0",
+    NodeRole.UNRESOLVED: "#fce8e6",
+}
+_SHAPES = {
+    NodeRole.WORKLOAD: "box",
+    NodeRole.NODE: "hexagon",
+    NodeRole.EXTERNAL: "ellipse",
+    NodeRole.UNRESOLVED: "octagon",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _DotNode:
+    dot_id: str
+    node: PictureNode
+    shape: str
+    style: str
+    fill: str
+    tooltip: tuple[str, ...]  # the graph nodes it stands for (their ids: NS/Kind/name, ip:...)
+
+
+@dataclass(frozen=True, slots=True)
+class _DotGroup:
+    dot_id: str
+    group: PictureGroup
+    style: str
+    color: str
+    nodes: tuple[_DotNode, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _DotEdge:
+    dot_id: str
+    tail: str
+    head: str
+    ltail: str | None  # the cluster an edge from a whole group starts at
+    lhead: str | None  # the cluster an edge to a whole group ends at
+    edge: PictureEdge
+    tooltip: tuple[str, ...]
+
+
+# A tooltip lists this many graph nodes or edges, then how many more.
+_TOOLTIP_LINES = 12
+
+
+def _tooltip(lines: list[str]) -> tuple[str, ...]:
+    if len(lines) <= _TOOLTIP_LINES:
+        return tuple(lines)
+    return (*lines[: _TOOLTIP_LINES - 1], f"... and {len(lines) - _TOOLTIP_LINES + 1} more")
+
+
+def _dot_node(dot_id: str, node: PictureNode, summary: bool) -> _DotNode:
+    if summary:
+        shape, style = (
+            "box",
+            "rounded,filled" if node.role is NodeRole.WORKLOAD else "rounded,dashed",
+        )
+    else:
+        shape = _SHAPES[node.role]
+        dashed = node.role is NodeRole.WORKLOAD and not node.in_scope
+        style = ("rounded," if shape == "box" else "") + ("dashed" if dashed else "filled")
+    tooltip = [node.title] if summary else list(node.members)
+    return _DotNode(dot_id, node, shape, style, _FILLS[node.role], _tooltip(tooltip))
+
+
+def render_dot(picture: Picture, prefix: str = "") -> str:
+    """Graphviz DOT for a picture of the workload graph (``pictures.picture_of``, or
+    ``pictures.namespace_picture``), with a legend; shapes carry ``pictures.drawing_ids`` (with
+    ``prefix``)."""
+    ids = drawing_ids(picture, prefix)
+    dot_ids = dict(ids.nodes)
+    members: dict[str, list[_DotNode]] = {group.id: [] for group in picture.groups}
+    loose: list[_DotNode] = []
+    for node in picture.nodes:
+        item = _dot_node(dot_ids[node.id], node, picture.summary)
+        (loose if picture.summary else members[node.group]).append(item)
+    clusters = ids.groups
+    drawn = {member: node for node in picture.nodes for member in node.members}
+    groups = tuple(
+        _DotGroup(
+            clusters[group.id],
+            group,
+            "rounded" if group.kind is GroupKind.NAMESPACE else "rounded,dashed",
+            "#5f6368" if group.kind is GroupKind.NAMESPACE else "#9aa0a6",
+            tuple(members[group.id]),
+        )
+        for group in picture.groups
+        if members[group.id]
+    )
+    edges = []
+    for edge, edge_id in zip(picture.edges, ids.edges, strict=True):
+        # An edge to a whole group (picture_of's gathered infrastructure edges) is drawn to its
+        # box: from or to the group's first member in the edge, clipped at the box.
+        anchors = {
+            group: next(
+                dot_ids[drawn[end].id]
+                for member in edge.members
+                for end in member
+                if end in drawn and drawn[end].group == group
+            )
+            for group in (edge.client, edge.server)
+            if group not in dot_ids
+        }
+        edges.append(
+            _DotEdge(
+                edge_id,
+                anchors.get(edge.client, dot_ids.get(edge.client, "")),
+                anchors.get(edge.server, dot_ids.get(edge.server, "")),
+                clusters[edge.client] if edge.client in anchors else None,
+                clusters[edge.server] if edge.server in anchors else None,
+                edge,
+                _tooltip([f"{client} → {server}" for client, server in edge.members]),
+            )
+        )
+    return _render(
+        "graph.dot.j2",
+        picture=picture,
+        groups=groups,
+        loose=tuple(loose),
+        edges=tuple(edges),
+        fills={str(role): fill for role, fill in _FILLS.items()},
+    )
+
+
+# -- report.html --------------------------------------------------------------------------------
+# One self-contained page: its data as JSON in a script element the page's script reads, its
+# script and the vendored svg-pan-zoom (npm, BSD-2-Clause: templates/vendor/) inline, a Content
+# Security Policy that runs only those two scripts (by hash) and fetches nothing.
+
+_PAGE_ASSETS = Path(__file__).parent / "templates"
+# What would end a script element or open an HTML comment in it, and the JavaScript line breaks.
+_SCRIPT_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def script_json(value: object) -> str:
+    """JSON to put inside ``<script type="application/json">``: no ``<``, ``>`` or ``&`` (so no
+    ``</script>`` or ``<!--`` from data), JSON.parse reads it back unchanged."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return re.sub("[<>&\u2028\u2029]", lambda match: _SCRIPT_ESCAPES[match[0]], text)
+
+
+def _csp_hash(script: str) -> str:
+    digest = hashlib.sha256(script.encode()).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+def render_review(review: Review) -> str:
+    """report.html: the picture to click, filter by namespace, each connection's flows and the
+    rules that allow it, each workload's policy and what it allows that was never observed."""
+    scripts = [
+        (_PAGE_ASSETS / "vendor" / "svg-pan-zoom.min.js").read_text(encoding="utf-8"),
+        (_PAGE_ASSETS / "report" / "review.js").read_text(encoding="utf-8"),
+    ]
+    for script in scripts:
+        if re.search(r"</script|<!--", script, re.IGNORECASE):
+            raise RenderError("a page script holds '</script' or '<!--': it would end early")
+    return _render(
+        "report.html.j2",
+        review=review,
+        data=script_json(review.as_json()),
+        scripts=scripts,
+        script_hashes=" ".join(_csp_hash(script) for script in scripts),
+        style=(_PAGE_ASSETS / "report" / "review.css").read_text(encoding="utf-8"),
+        licence=(_PAGE_ASSETS / "vendor" / "svg-pan-zoom.LICENSE").read_text(encoding="utf-8"),
     )

@@ -209,28 +209,34 @@ def _checked_at(vouched: Sides) -> frozenset[Direction]:
     )
 
 
+def observed_on_edge(
+    graph: WorkloadGraph, client: str, server: str, port: PortSpec, cluster: ClusterFacts
+) -> list[Observed]:
+    """The observed connections of the graph edge ``client`` → ``server`` on ``port``: one, or
+    one per address for ends that are addresses; checked at the sides its flows were vouched
+    for at."""
+    ends = (client, server)
+    stats = graph.edge(client, server).ports[port]
+    vouched = _checked_at(stats.vouched)
+    observed = []
+    for client_peer in _ends(graph, ends, port, cluster, client_side=True):
+        for server_peer in _ends(graph, ends, port, cluster, client_side=False):
+            local_client, local_server = _node_local(client_peer, server_peer, cluster)
+            observed.append(
+                Observed(local_client, local_server, port.protocol, port.port, stats.flows, vouched)
+            )
+    return observed
+
+
 def observed_from_graph(graph: WorkloadGraph, cluster: ClusterFacts) -> list[Observed]:
     """One observed connection per graph edge and target port (see ``analyser.graphs``), per
-    address for ends that are addresses; checked at the sides its flows were vouched for at."""
-    observed = []
-    for edge in graph.edges:
-        ends = (edge.client, edge.server)
-        for port, stats in sorted(edge.ports.items()):
-            vouched = _checked_at(stats.vouched)
-            for client in _ends(graph, ends, port, cluster, client_side=True):
-                for server in _ends(graph, ends, port, cluster, client_side=False):
-                    local_client, local_server = _node_local(client, server, cluster)
-                    observed.append(
-                        Observed(
-                            local_client,
-                            local_server,
-                            port.protocol,
-                            port.port,
-                            stats.flows,
-                            vouched,
-                        )
-                    )
-    return observed
+    address for ends that are addresses (:func:`observed_on_edge`)."""
+    return [
+        observed
+        for edge in graph.edges
+        for port in sorted(edge.ports)
+        for observed in observed_on_edge(graph, edge.client, edge.server, port, cluster)
+    ]
 
 
 def _left_out(observed: Observed, left_out: Collection[tuple[str, PortSpec]]) -> bool:
