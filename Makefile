@@ -46,7 +46,7 @@ node-deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 'setuptools>=77' wheel
-	NETPOL_SNIFFER_COMPILE=0 $(BIN)/pip install -q -e '.[dev]'
+	NETPOL_SNIFFER_COMPILE=0 $(BIN)/pip install -q -e '.[dev,dask]'
 	touch $@
 
 # analyser/packets.py (the per-packet loop) compiled in place with mypyc, again whenever it changes:

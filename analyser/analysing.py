@@ -45,7 +45,7 @@ from analyser.policies import (
     unselectable_workloads,
 )
 from analyser.policysets import parse_policy_texts
-from analyser.reading import Traffic, no_cyclic_gc, read_captures
+from analyser.reading import CaptureMap, Traffic, no_cyclic_gc, read_captures
 from analyser.rendering import (
     KUSTOMIZATION,
     Provenance,
@@ -576,10 +576,12 @@ def observe(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
+    capture_map: CaptureMap | None = None,
 ) -> Observation:
     """Read ``bundle``: snapshot and history → resolver; captures → flows → workload graph.
 
-    ``workers`` processes read capture files (default: one per core). ``on_progress`` gets the
+    ``workers`` processes read capture files (default: one per core), or ``capture_map`` does
+    (e.g. a Dask cluster's: ``analyser.distributing``). ``on_progress`` gets the
     size in bytes of each capture file once it is read (total: the sum of ``bundle.captures``'
     sizes). At most ``max_capture_size`` bytes of each capture file (decompressed) are read; a
     file with more is a problem, and the packets before the cap count. Raises
@@ -628,6 +630,7 @@ def observe(
         workers=workers,
         on_progress=on_progress,
         vantages=placed,
+        capture_map=capture_map,
         max_bytes=max_capture_size,
         node_captures=on_nodes.vantages.keys(),
     )
@@ -680,6 +683,7 @@ def analyse(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
+    capture_map: CaptureMap | None = None,
 ) -> Analysis:
     """:func:`observe` ``bundle``, then make its policies and render every output file (in
     memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
@@ -690,14 +694,18 @@ def analyse(
     reported, unless its class is in ``allowed_special``. Workloads the snapshot shows exposed
     outside the cluster (``Resolver.exposures``) get ingress from anywhere on their exposed ports,
     unless ``expose_anywhere`` is False (then only from the outside addresses seen).
-    ``max_capture_size``: see :func:`observe`.
+    ``max_capture_size``, ``workers`` and ``capture_map``: see :func:`observe`.
 
     Raises what :func:`observe` raises, :class:`~kernel.errors.RenderError` if output fails
     to render, and :class:`~kernel.errors.UnsafePolicies` if the policies would deny an
     observed flow (see :func:`check_safety`).
     """
     seen = observe(
-        bundle, workers=workers, on_progress=on_progress, max_capture_size=max_capture_size
+        bundle,
+        workers=workers,
+        on_progress=on_progress,
+        max_capture_size=max_capture_size,
+        capture_map=capture_map,
     )
     cluster_dns = seen.resolver.cluster_dns(seen.flows)
     exposures = seen.resolver.exposures()

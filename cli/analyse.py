@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from contextlib import ExitStack
 from itertools import groupby
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from cli.main import ExitStatus, echo, say
 from cli.progress import reading_captures
 
 SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
+# The Dask scheduler to read captures on when --scheduler is not given (and --workers is not).
+SCHEDULER_VARIABLE = "NETPOL_SNIFFER_SCHEDULER"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +94,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="processes reading capture files (default: one per core)",
     )
     parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="read the capture files on the Dask cluster whose scheduler is at ADDRESS "
+        f"(tcp://HOST:8786; default: ${SCHEDULER_VARIABLE}, unless --workers is given), whose "
+        "workers see the bundle at the same path as this machine; needs "
+        "pip install 'netpol-sniffer[dask]' (see docs/analyse.md)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print a machine-readable summary on stdout"
     )
     parser.add_argument(
@@ -109,18 +121,31 @@ def run(args: argparse.Namespace) -> int:
     from analyser.sources import DEFAULT_MAX_BYTES
 
     bundle = open_bundle(args.bundle)
-    with reading_captures(bundle.captures) as bar:
-        analysis = analyse(
-            bundle,
-            default_deny=args.default_deny,
-            node_cidrs=args.node_cidr,
-            max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
-            expose_anywhere=not args.observed_clients_only,
-            allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
-            workers=args.workers,
-            on_progress=bar.advance,
-            max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
-        )
+    with ExitStack() as cluster:
+        address = _scheduler(args)
+        capture_map = None
+        if address is not None:
+            from analyser.distributing import dask_capture_map
+
+            capture_map = cluster.enter_context(dask_capture_map(address))
+            say(
+                "analyse",
+                f"reading {len(bundle.captures)} capture files on the Dask cluster at {address} "
+                f"({capture_map.workers()} workers now)",
+            )
+        with reading_captures(bundle.captures) as bar:
+            analysis = analyse(
+                bundle,
+                default_deny=args.default_deny,
+                node_cidrs=args.node_cidr,
+                max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
+                expose_anywhere=not args.observed_clients_only,
+                allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
+                workers=args.workers,
+                on_progress=bar.advance,
+                max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
+                capture_map=capture_map,
+            )
     for problem in analysis.problems:
         say("analyse", f"warning: {problem.path}: {problem.problem}")
     for workload, reason in analysis.unselectable_reasons.items():
@@ -158,3 +183,13 @@ def run(args: argparse.Namespace) -> int:
             + (f"; warnings: {len(analysis.problems)}" if analysis.problems else "")
         )
     return ExitStatus.OK
+
+
+def _scheduler(args: argparse.Namespace) -> str | None:
+    """The Dask scheduler's address: --scheduler, else the environment's unless --workers asks
+    for local processes (the command line wins over the environment)."""
+    if args.scheduler:
+        return str(args.scheduler)
+    if args.workers is not None:
+        return None
+    return os.environ.get(SCHEDULER_VARIABLE) or None

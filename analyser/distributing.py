@@ -1,0 +1,125 @@
+"""Distributing: the map step of reading (capture file → partial aggregates) on a Dask cluster.
+
+The only module that imports Dask (``distributed``), an optional extra:
+``pip install 'netpol-sniffer[dask]'``. :func:`dask_capture_map` connects to a running scheduler
+and gives a :class:`~analyser.reading.CaptureMap` that runs ``reading.read_capture`` on its
+workers, one task per file; what that returns comes back unchanged, in input order, and the
+merge, resolution and rendering stay in this process. So the output is the same as a local run's.
+
+The workers open the files at the absolute paths this machine gives them: the bundle must be at
+the same path on every worker (a shared file system mounted at the same place). A worker that
+cannot read a file raises :class:`~kernel.errors.CaptureUnseen` naming the file and the worker:
+it would otherwise count as a damaged file and change the output. A worker that dies with files
+in hand (killed, out of memory, its machine gone) loses nothing: the scheduler gives them to
+another worker (Dask's own retry, at most ``distributed.scheduler.allowed-failures`` deaths per
+file, then :class:`~kernel.errors.ClusterError`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+from analyser.reading import CaptureTask
+from kernel.errors import CaptureUnseen, ClusterError
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+Result = TypeVar("Result")
+
+INSTALL = "pip install 'netpol-sniffer[dask]'"
+SHARED = (
+    "every worker must see the bundle at the path this machine reads it from (a shared file "
+    "system mounted at the same place)"
+)
+
+
+class DaskCaptureMap:
+    """A :class:`~analyser.reading.CaptureMap` on a Dask cluster (see the module's docstring)."""
+
+    def __init__(self, client: Client, address: str) -> None:
+        self._client = client
+        self.address = address
+
+    def workers(self) -> int:
+        """How many workers the scheduler has now."""
+        return len(self._client.scheduler_info().get("workers", {}))
+
+    def map(
+        self, function: Callable[[CaptureTask], Result], tasks: Iterable[CaptureTask], /
+    ) -> Iterator[Result]:
+        from distributed import CancelledError, KilledWorker
+
+        ordered = list(tasks)
+        # pure=False: a file read again (changed since, or by another run) is read, not reused.
+        futures: deque[Future[Result]] = deque(
+            self._client.map(_read_on_worker, ordered, read=function, pure=False)
+        )
+        try:
+            for task in ordered:
+                future = futures.popleft()
+                try:
+                    result: Result = future.result()
+                except KilledWorker as error:
+                    raise ClusterError(
+                        f"{task.name}: the Dask workers that read it died, one after another "
+                        f"({error}); a file that kills its reader: try it alone without "
+                        "--scheduler"
+                    ) from error
+                except CancelledError as error:
+                    raise ClusterError(
+                        f"{task.name}: reading it on the Dask cluster at {self.address} was "
+                        f"cancelled (the scheduler went away?): {error}"
+                    ) from error
+                future.release()
+                yield result
+        finally:
+            # An error, or the caller stopped early: the files not yet read are not read.
+            self._client.cancel(list(futures))
+
+
+def _read_on_worker(task: CaptureTask, *, read: Callable[[CaptureTask], Result]) -> Result:
+    """On a worker: ``read(task)``, once the worker has shown it can open the file."""
+    try:
+        with open(task.path, "rb"):
+            pass
+    except OSError as error:
+        from distributed import get_worker
+
+        raise CaptureUnseen(
+            f"{task.name}: the Dask worker {get_worker().address} cannot read {task.path}: "
+            f"{error.strerror or error}; {SHARED}"
+        ) from None
+    return read(task)
+
+
+@contextmanager
+def dask_capture_map(address: str) -> Iterator[DaskCaptureMap]:
+    """A :class:`DaskCaptureMap` on the scheduler at ``address`` (``tcp://HOST:8786``), closed
+    after. :class:`~kernel.errors.ClusterError` when Dask is not installed, the scheduler cannot
+    be reached (within Dask's ``distributed.comm.timeouts.connect``, 30 s by default) or it has
+    no worker."""
+    try:
+        from distributed import Client
+    except ImportError as error:
+        raise ClusterError(
+            f"reading captures on the Dask cluster at {address} needs Dask, which is not "
+            f"installed: {INSTALL}"
+        ) from error
+    try:
+        client = Client(address, set_as_default=False)
+    except (OSError, ValueError, TypeError) as error:
+        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {error}") from error
+    try:
+        capture_map = DaskCaptureMap(client, address)
+        if not capture_map.workers():
+            raise ClusterError(
+                f"the Dask scheduler at {address} has no worker: start some with "
+                f"`dask worker {address}` where the bundle is shared ({SHARED})"
+            )
+        yield capture_map
+    finally:
+        client.close()
