@@ -87,13 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "K, M, G, T are powers of 1,024; default: 1G); a file with more is a warning, and the "
         "packets before the cap are used",
     )
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--workers",
         type=positive_int,
         metavar="N",
         help="processes reading capture files (default: one per core)",
     )
-    parser.add_argument(
+    where.add_argument(
         "--scheduler",
         metavar="ADDRESS",
         help="read the capture files on the Dask cluster whose scheduler is at ADDRESS "

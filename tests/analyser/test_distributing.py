@@ -1,0 +1,220 @@
+"""``analyse --scheduler``: the map step on a real Dask cluster (``dask scheduler`` and ``dask
+worker`` processes on loopback, started here), the output byte for byte the local run's; a worker
+killed mid-file, an unreachable scheduler, one without workers, a worker that cannot see the
+bundle (root: a mount namespace hides it), and Dask missing."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import dask.config
+import pytest
+
+from analyser.bundles import open_bundle
+from cli.analyse import SCHEDULER_VARIABLE
+from cli.main import ExitStatus, main
+from kernel.bundles import CAPTURES, entries_for_layout, find_captures, write_manifest
+from tests.dask_cluster import START_DEADLINE, DaskCluster, dask_cluster, free_port
+from tests.hostile.hostile_helpers import EXAMPLE, copy_example
+
+STALLING = Path(__file__).with_name("dask_stalling.py")
+NETPOL_SNIFFER = str(Path(sys.executable).parent / "netpol-sniffer")
+_PCAP_MAGIC = b"\xd4\xc3\xb2\xa1"  # little-endian, microseconds: what the lab's tcpdump writes
+_RECORD = struct.Struct("<IIII")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A scheduler and two workers, shared by the tests that only read through it."""
+    with dask_cluster(tmp_path_factory.mktemp("cluster")) as started:
+        started.start_worker("one")
+        started.start_worker("two")
+        started.wait_for_workers(2)
+        yield started
+
+
+@dataclass(frozen=True)
+class Output:
+    files: dict[str, bytes]  # every file analyse wrote, by its path under --out
+    stderr: str
+
+
+def analyse_output(
+    bundle: Path, out: Path, capsys: pytest.CaptureFixture[str], *options: str
+) -> Output:
+    status = main(["analyse", str(bundle), "--out", str(out), *options])
+    stderr = capsys.readouterr().err
+    assert status == ExitStatus.OK, stderr
+    return Output(output_files(out), stderr)
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    return {path.relative_to(out).as_posix(): path.read_bytes() for path in out.rglob("*")}
+
+
+def analyse_error(
+    bundle: Path, out: Path, capsys: pytest.CaptureFixture[str], *options: str
+) -> str:
+    """What analyse says on stderr when it fails, as it must here, writing nothing."""
+    status = main(["analyse", str(bundle), "--out", str(out), *options])
+    stderr = capsys.readouterr().err
+    assert status == ExitStatus.ERROR, stderr
+    assert not out.exists()
+    return stderr
+
+
+def split_into_rings(bundle: Path) -> Path:
+    """Each pod's capture as a ring of three files, the last gzipped, as a tcpdump ring
+    (``-C -W``) and ``collect`` leave them; one pod's middle file cut short mid-record."""
+    manifest = open_bundle(bundle).manifest
+    assert manifest is not None
+    for path in find_captures(bundle / CAPTURES):
+        data = path.read_bytes()
+        assert data[:4] == _PCAP_MAGIC
+        header, records, offset = data[:24], [], 24
+        while offset < len(data):
+            length = _RECORD.unpack_from(data, offset)[2]
+            records.append(data[offset : offset + 16 + length])
+            offset += 16 + length
+        third = len(records) // 3 + 1
+        parts = [header + b"".join(records[i : i + third]) for i in range(0, 3 * third, third)]
+        path.unlink()
+        (path.parent / "capture.pcap0").write_bytes(parts[0])
+        (path.parent / "capture.pcap1").write_bytes(parts[1])
+        (path.parent / "capture.pcap2.gz").write_bytes(gzip.compress(parts[2], mtime=0))
+    cut = find_captures(bundle / CAPTURES)[0].with_name("capture.pcap1")
+    cut.write_bytes(cut.read_bytes()[:-5])
+    write_manifest(bundle, replace(manifest, captures=tuple(entries_for_layout(bundle))))
+    return bundle
+
+
+def test_the_example_bundle_gives_the_local_runs_output_byte_for_byte(
+    cluster: DaskCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = copy_example(tmp_path / "bundle")
+    local = analyse_output(bundle, tmp_path / "local", capsys, "--workers", "1")
+    distributed = analyse_output(bundle, tmp_path / "dask", capsys, "--scheduler", cluster.address)
+    assert distributed.files == local.files
+    assert "policies/" not in local.files and "report.md" in local.files
+    assert f"12 capture files on the Dask cluster at {cluster.address}" in distributed.stderr
+
+
+def test_a_bundle_of_many_files_gives_the_local_runs_output_byte_for_byte(
+    cluster: DaskCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = split_into_rings(copy_example(tmp_path / "bundle"))
+    local = analyse_output(bundle, tmp_path / "local", capsys, "--workers", "1")
+    # The scheduler from the environment, as a deployment would set it.
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv(SCHEDULER_VARIABLE, cluster.address)
+        distributed = analyse_output(bundle, tmp_path / "dask", capsys)
+    assert distributed.files == local.files
+    assert "36 capture files on the Dask cluster" in distributed.stderr
+    # The file cut short is a warning in both, the packets before the damage counted alike.
+    warnings = [line for line in local.stderr.splitlines() if "warning" in line]
+    assert any("capture.pcap1: the file ends inside record" in line for line in warnings), warnings
+    assert [line for line in distributed.stderr.splitlines() if "warning" in line] == warnings
+
+
+def test_a_worker_killed_mid_file_loses_nothing_its_files_are_read_elsewhere(
+    cluster: DaskCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = copy_example(tmp_path / "bundle")
+    local = analyse_output(bundle, tmp_path / "local", capsys, "--workers", "1")
+    stalled = tmp_path / "stalled"  # the file the stalling worker started and never finishes
+    cluster.start_worker(
+        "stalling", preload=STALLING, env={"NETPOL_SNIFFER_TEST_STALLED": str(stalled)}
+    )
+    cluster.wait_for_workers(3)
+    log = tmp_path / "analyse.log"
+    argv = [NETPOL_SNIFFER, "analyse", str(bundle), "-o", str(tmp_path / "dask")]
+    with log.open("wb") as output:
+        command = subprocess.Popen(
+            [*argv, "--scheduler", cluster.address], stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        # Every idle worker gets files at once: the stalling one too.
+        deadline = time.monotonic() + START_DEADLINE
+        while not stalled.exists() and command.poll() is None:
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.05)
+        assert stalled.exists(), log.read_text()
+        cluster.kill("stalling")
+        assert command.wait(timeout=START_DEADLINE) == 0, log.read_text() + cluster.logs()
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+    assert output_files(tmp_path / "dask") == local.files
+    assert stalled.read_text().startswith("captures/default/")
+
+
+def test_an_unreachable_scheduler_is_an_error_naming_its_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        stderr = analyse_error(EXAMPLE, tmp_path / "out", capsys, "--scheduler", address)
+    assert f"error: cannot reach the Dask scheduler at {address}: " in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_scheduler_without_workers_is_an_error_saying_how_to_start_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with dask_cluster(tmp_path / "cluster") as cluster:
+        stderr = analyse_error(EXAMPLE, tmp_path / "out", capsys, "--scheduler", cluster.address)
+    assert f"the Dask scheduler at {cluster.address} has no worker: " in stderr
+    assert f"`dask worker {cluster.address}`" in stderr
+
+
+@pytest.mark.root
+def test_a_worker_that_cannot_see_the_bundle_is_an_error_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = tmp_path / "shared"
+    bundle = copy_example(shared / "bundle")
+    first = find_captures(bundle / CAPTURES)[0]
+    # The worker's own mount namespace, where an empty file system hides the shared folder: a
+    # machine without the share mounted.
+    hidden = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c"]
+    hidden += ['mount -t tmpfs tmpfs "$0" && exec "$@"', str(shared)]
+    with dask_cluster(tmp_path / "cluster") as cluster:
+        cluster.start_worker("blind", wrapper=hidden)
+        cluster.wait_for_workers(1)
+        stderr = analyse_error(bundle, tmp_path / "out", capsys, "--scheduler", cluster.address)
+    name = first.relative_to(bundle).as_posix()
+    assert f"error: {name}: the Dask worker tcp://127.0.0.1:" in stderr
+    assert f"cannot read {first}: No such file or directory; every worker must see" in stderr
+
+
+def test_workers_on_the_command_line_beat_the_scheduler_in_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SCHEDULER_VARIABLE, f"tcp://127.0.0.1:{free_port()}")
+    output = analyse_output(EXAMPLE, tmp_path / "out", capsys, "--workers", "1")
+    assert "Dask" not in output.stderr
+
+
+def test_without_dask_the_scheduler_option_says_how_to_install_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed: ImportError
+    address = "tcp://127.0.0.1:8786"
+    stderr = analyse_error(EXAMPLE, tmp_path / "out", capsys, "--scheduler", address)
+    assert f"the Dask cluster at {address} needs Dask" in stderr
+    assert "pip install 'netpol-sniffer[dask]'" in stderr
+
+
+def test_workers_and_a_scheduler_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["analyse", str(EXAMPLE), "-o", "out", "--workers", "2", "--scheduler", "tcp://a:1"])
+    assert exit_.value.code == ExitStatus.USAGE
+    assert "--scheduler: not allowed with argument --workers" in capsys.readouterr().err
