@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
@@ -46,12 +47,12 @@ class DaskCaptureMap:
 
     def workers(self) -> int:
         """How many workers the scheduler has now."""
-        return len(self._client.scheduler_info().get("workers", {}))
+        return len(self._client.nthreads())
 
     def map(
         self, function: Callable[[CaptureTask], Result], tasks: Iterable[CaptureTask], /
     ) -> Iterator[Result]:
-        from distributed import CancelledError, KilledWorker
+        from distributed import KilledWorker
 
         ordered = list(tasks)
         # pure=False: a file read again (changed since, or by another run) is read, not reused.
@@ -66,8 +67,8 @@ class DaskCaptureMap:
                 except KilledWorker as error:
                     raise ClusterError(
                         f"{task.name}: the Dask workers that read it died, one after another "
-                        f"({error}); a file that kills its reader: try it alone without "
-                        "--scheduler"
+                        f"({error}): a file that kills its reader (out of memory?); analysing "
+                        "it on one machine tells more"
                     ) from error
                 except CancelledError as error:
                     raise ClusterError(
