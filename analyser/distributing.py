@@ -17,6 +17,7 @@ file, then :class:`~kernel.errors.ClusterError`).
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
@@ -71,9 +72,10 @@ class DaskCaptureMap:
                         "it on one machine tells more"
                     ) from error
                 except CancelledError as error:
+                    why = str(error).splitlines()[0] if str(error) else "cancelled"
                     raise ClusterError(
-                        f"{task.name}: reading it on the Dask cluster at {self.address} was "
-                        f"cancelled (the scheduler went away?): {error}"
+                        f"{task.name}: the Dask cluster at {self.address} stopped reading it "
+                        f"(the scheduler went away, or the task was cancelled there: {why})"
                     ) from error
                 future.release()
                 yield result
@@ -110,17 +112,38 @@ def dask_capture_map(address: str) -> Iterator[DaskCaptureMap]:
             f"reading captures on the Dask cluster at {address} needs Dask, which is not "
             f"installed: {INSTALL}"
         ) from error
+    with _dask_logs_quiet():
+        try:
+            client = Client(address, set_as_default=False)
+        except (OSError, ValueError, TypeError) as error:
+            raise ClusterError(f"cannot reach the Dask scheduler at {address}: {error}") from error
+        try:
+            capture_map = DaskCaptureMap(client, address)
+            if not capture_map.workers():
+                raise ClusterError(
+                    f"the Dask scheduler at {address} has no worker: start some with "
+                    f"`dask worker {address}` where the bundle is shared ({SHARED})"
+                )
+            yield capture_map
+        finally:
+            client.close()
+
+
+@contextmanager
+def _dask_logs_quiet() -> Iterator[None]:
+    """Dask's own logs held back (unless the root logger shows debug logs: ``--debug``): it logs
+    what it sees go wrong as it happens, tracebacks and all (a lost scheduler, its reconnection
+    attempts), where the errors raised here say it once, naming the file or the address."""
+    logger = logging.getLogger("distributed")
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        yield
+        return
+    # A handler of its own, so that Python's last-resort handler does not print them either.
+    sink = logging.NullHandler()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(sink)
     try:
-        client = Client(address, set_as_default=False)
-    except (OSError, ValueError, TypeError) as error:
-        raise ClusterError(f"cannot reach the Dask scheduler at {address}: {error}") from error
-    try:
-        capture_map = DaskCaptureMap(client, address)
-        if not capture_map.workers():
-            raise ClusterError(
-                f"the Dask scheduler at {address} has no worker: start some with "
-                f"`dask worker {address}` where the bundle is shared ({SHARED})"
-            )
-        yield capture_map
+        yield
     finally:
-        client.close()
+        logger.removeHandler(sink)
+        logger.propagate = propagate

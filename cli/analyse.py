@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             say(
                 "analyse",
                 f"reading {len(bundle.captures)} capture files on the Dask cluster at {address} "
-                f"({capture_map.workers()} workers now)",
+                f"({_workers_text(capture_map.workers())} now)",
             )
         with reading_captures(bundle.captures) as bar:
             analysis = analyse(
@@ -194,3 +194,7 @@ def _scheduler(args: argparse.Namespace) -> str | None:
     if args.workers is not None:
         return None
     return os.environ.get(SCHEDULER_VARIABLE) or None
+
+
+def _workers_text(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -123,37 +124,79 @@ def test_a_bundle_of_many_files_gives_the_local_runs_output_byte_for_byte(
     assert [line for line in distributed.stderr.splitlines() if "warning" in line] == warnings
 
 
+@dataclass(frozen=True)
+class Background:
+    command: subprocess.Popen[bytes]
+    log: Path
+
+    def wait_for(self, stalled: Path, cluster: DaskCluster) -> str:
+        """Until a stalling worker has started a file (``dask_stalling.py``): its name."""
+        deadline = time.monotonic() + START_DEADLINE
+        while not stalled.exists() and self.command.poll() is None:
+            assert time.monotonic() < deadline, cluster.logs()
+            time.sleep(0.05)
+        assert stalled.exists(), self.log.read_text()
+        return stalled.read_text()
+
+    def finish(self) -> int:
+        return self.command.wait(timeout=START_DEADLINE)
+
+
+@contextmanager
+def analysing_elsewhere(bundle: Path, out: Path, address: str) -> Iterator[Background]:
+    """``netpol-sniffer analyse --scheduler`` in a process of its own, killed after if still
+    running; its output in ``out.log``."""
+    log = out.with_name(f"{out.name}.log")
+    argv = [NETPOL_SNIFFER, "analyse", str(bundle), "-o", str(out), "--scheduler", address]
+    with log.open("wb") as output:
+        command = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        yield Background(command, log)
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+
+
+def start_stalling_worker(cluster: DaskCluster, stalled: Path) -> None:
+    """A worker whose reading of a file starts, writes the file's name to ``stalled`` and never
+    ends (``dask_stalling.py``)."""
+    env = {"NETPOL_SNIFFER_TEST_STALLED": str(stalled)}
+    cluster.start_worker("stalling", preload=STALLING, env=env)
+
+
 def test_a_worker_killed_mid_file_loses_nothing_its_files_are_read_elsewhere(
     cluster: DaskCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bundle = copy_example(tmp_path / "bundle")
     local = analyse_output(bundle, tmp_path / "local", capsys, "--workers", "1")
-    stalled = tmp_path / "stalled"  # the file the stalling worker started and never finishes
-    cluster.start_worker(
-        "stalling", preload=STALLING, env={"NETPOL_SNIFFER_TEST_STALLED": str(stalled)}
-    )
+    stalled = tmp_path / "stalled"
+    start_stalling_worker(cluster, stalled)
     cluster.wait_for_workers(3)
-    log = tmp_path / "analyse.log"
-    argv = [NETPOL_SNIFFER, "analyse", str(bundle), "-o", str(tmp_path / "dask")]
-    with log.open("wb") as output:
-        command = subprocess.Popen(
-            [*argv, "--scheduler", cluster.address], stdout=output, stderr=subprocess.STDOUT
-        )
-    try:
+    with analysing_elsewhere(bundle, tmp_path / "dask", cluster.address) as analysing:
         # Every idle worker gets files at once: the stalling one too.
-        deadline = time.monotonic() + START_DEADLINE
-        while not stalled.exists() and command.poll() is None:
-            assert time.monotonic() < deadline, cluster.logs()
-            time.sleep(0.05)
-        assert stalled.exists(), log.read_text()
+        assert analysing.wait_for(stalled, cluster).startswith("captures/default/")
         cluster.kill("stalling")
-        assert command.wait(timeout=START_DEADLINE) == 0, log.read_text() + cluster.logs()
-    finally:
-        if command.poll() is None:
-            command.kill()
-            command.wait()
+        assert analysing.finish() == 0, analysing.log.read_text() + cluster.logs()
     assert output_files(tmp_path / "dask") == local.files
-    assert stalled.read_text().startswith("captures/default/")
+
+
+def test_a_scheduler_lost_mid_run_is_an_error_naming_the_file_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    bundle = copy_example(tmp_path / "bundle")
+    stalled = tmp_path / "stalled"
+    with dask_cluster(tmp_path / "cluster") as cluster:
+        start_stalling_worker(cluster, stalled)
+        cluster.wait_for_workers(1)
+        with analysing_elsewhere(bundle, tmp_path / "dask", cluster.address) as analysing:
+            name = analysing.wait_for(stalled, cluster)
+            cluster.kill("scheduler")
+            assert analysing.finish() == ExitStatus.ERROR
+    said = analysing.log.read_text()
+    assert f"error: {name}: the Dask cluster at {cluster.address} stopped reading it" in said
+    assert "Traceback" not in said  # Dask's own logs of it are held back (shown with --debug)
+    assert not (tmp_path / "dask").exists()
 
 
 def test_an_unreachable_scheduler_is_an_error_naming_its_address(
