@@ -7,24 +7,31 @@ workers, one task per file; what that returns comes back unchanged, in input ord
 merge, resolution and rendering stay in this process. So the output is the same as a local run's.
 
 The workers open the files at the absolute paths this machine gives them: the bundle must be at
-the same path on every worker (a shared file system mounted at the same place). A worker that
-cannot read a file raises :class:`~kernel.errors.CaptureUnseen` naming the file and the worker:
-it would otherwise count as a damaged file and change the output. A worker that dies with files
-in hand (killed, out of memory, its machine gone) loses nothing: the scheduler gives them to
-another worker (Dask's own retry, at most ``distributed.scheduler.allowed-failures`` deaths per
-file, then :class:`~kernel.errors.ClusterError`).
+the same path on every worker (a shared file system mounted at the same place), and every worker
+must run the same netpol-sniffer code (:func:`code_fingerprint`; else a ClusterError naming the
+worker). A worker that cannot read a file raises :class:`~kernel.errors.CaptureUnseen` naming
+the file and the worker: it would otherwise count as a damaged file and change the output. A
+worker that dies with files in hand (killed, out of memory, its machine gone) loses nothing: the
+scheduler gives them to another worker (Dask's own retry, at most
+``distributed.scheduler.allowed-failures`` deaths per file, then
+:class:`~kernel.errors.ClusterError`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
 from contextlib import contextmanager
+from functools import cache
+from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from analyser.reading import CaptureTask
+from kernel import errors
 from kernel.errors import CaptureUnseen, ClusterError
 
 if TYPE_CHECKING:
@@ -58,7 +65,9 @@ class DaskCaptureMap:
         ordered = list(tasks)
         # pure=False: a file read again (changed since, or by another run) is read, not reused.
         futures: deque[Future[Result]] = deque(
-            self._client.map(_read_on_worker, ordered, read=function, pure=False)
+            self._client.map(
+                _read_on_worker, ordered, read=function, code=code_fingerprint(), pure=False
+            )
         )
         try:
             for task in ordered:
@@ -84,19 +93,42 @@ class DaskCaptureMap:
             self._client.cancel(list(futures))
 
 
-def _read_on_worker(task: CaptureTask, *, read: Callable[[CaptureTask], Result]) -> Result:
-    """On a worker: ``read(task)``, once the worker has shown it can open the file."""
+def _read_on_worker(
+    task: CaptureTask, *, read: Callable[[CaptureTask], Result], code: str
+) -> Result:
+    """On a worker: ``read(task)``, once the worker has shown it runs the ``code`` this machine
+    runs and can open the file."""
+    from distributed import get_worker
+
+    if code_fingerprint() != code:
+        raise ClusterError(
+            f"the Dask worker {get_worker().address} runs other netpol-sniffer code than this "
+            "machine (its analyser or kernel sources, or its dpkt version, differ), so its "
+            f"reading could differ: install the same netpol-sniffer there ({INSTALL})"
+        )
     try:
         with open(task.path, "rb"):
             pass
     except OSError as error:
-        from distributed import get_worker
-
         raise CaptureUnseen(
             f"{task.name}: the Dask worker {get_worker().address} cannot read {task.path}: "
             f"{error.strerror or error}; {SHARED}"
         ) from None
     return read(task)
+
+
+@cache
+def code_fingerprint() -> str:
+    """What decides what reading a file gives, as this process runs it: the sources of the
+    analyser and kernel packages (as imported: an installed copy or a checkout) and dpkt's
+    version. A worker with another fingerprint could give other output."""
+    digest = hashlib.sha256()
+    for package in (Path(__file__).parent, Path(errors.__file__).parent):
+        for source in sorted(package.glob("*.py")):
+            digest.update(f"{package.name}/{source.name}\0".encode())
+            digest.update(source.read_bytes())
+    digest.update(metadata.version("dpkt").encode())
+    return digest.hexdigest()
 
 
 @contextmanager

@@ -6,6 +6,7 @@ bundle (root: a mount namespace hides it), and Dask missing."""
 from __future__ import annotations
 
 import gzip
+import shutil
 import struct
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from kernel.bundles import CAPTURES, entries_for_layout, find_captures, write_ma
 from tests.dask_cluster import START_DEADLINE, DaskCluster, dask_cluster, free_port
 from tests.hostile.hostile_helpers import EXAMPLE, copy_example
 
+REPO = Path(__file__).resolve().parents[2]
 STALLING = Path(__file__).with_name("dask_stalling.py")
 NETPOL_SNIFFER = str(Path(sys.executable).parent / "netpol-sniffer")
 _PCAP_MAGIC = b"\xd4\xc3\xb2\xa1"  # little-endian, microseconds: what the lab's tcpdump writes
@@ -236,6 +238,25 @@ def test_a_worker_that_cannot_see_the_bundle_is_an_error_naming_the_file(
     name = first.relative_to(bundle).as_posix()
     assert f"error: {name}: the Dask worker tcp://127.0.0.1:" in stderr
     assert f"cannot read {first}: No such file or directory; every worker must see" in stderr
+
+
+def test_a_worker_running_other_code_is_an_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A worker importing another copy of netpol-sniffer, one comment apart: an older install.
+    other = tmp_path / "other"
+    for package in ("analyser", "kernel"):
+        shutil.copytree(
+            REPO / package, other / package, ignore=shutil.ignore_patterns("*.so", "__pycache__")
+        )
+    with (other / "analyser" / "reading.py").open("a") as source:
+        source.write("# another version\n")
+    with dask_cluster(tmp_path / "cluster") as cluster:
+        cluster.start_worker("older", env={"PYTHONPATH": str(other)})
+        cluster.wait_for_workers(1)
+        stderr = analyse_error(EXAMPLE, tmp_path / "out", capsys, "--scheduler", cluster.address)
+    assert "error: the Dask worker tcp://127.0.0.1:" in stderr
+    assert "runs other netpol-sniffer code than this machine" in stderr
 
 
 def test_workers_on_the_command_line_beat_the_scheduler_in_the_environment(
