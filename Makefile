@@ -72,8 +72,8 @@ define run_pytest
 	if [ $$status -eq 5 ]; then echo "pytest ran no test: failing" >&2; exit 1; fi; exit $$status
 endef
 
-# The tests that need root, network namespaces, a real control plane, a real node or the kubectl
-# the control plane's build makes; the rest are fast.
+# The tests that need root, network namespaces, a real control plane or Dask cluster, a real node
+# or the kubectl the control plane's build makes; the rest are fast.
 SLOW_MARKERS := lab or e2e or root or node or kubectl
 
 # CI's two stages: `check` (lint and every fast test, no root needed, a couple of minutes) runs

@@ -1,7 +1,11 @@
 """``analyse --scheduler``: the map step on a real Dask cluster (``dask scheduler`` and ``dask
 worker`` processes on loopback, started here), the output byte for byte the local run's; a worker
-killed mid-file, an unreachable scheduler, one without workers, a worker that cannot see the
-bundle (root: a mount namespace hides it), and Dask missing."""
+killed mid-file, a scheduler lost mid-run, an unreachable scheduler, one without workers, a worker
+that cannot see the bundle (root: a mount namespace hides it), a worker running other code, and
+Dask missing.
+
+The tests that start a cluster carry the marker ``e2e`` (CI's second stage, ``make test``): each
+cluster costs seconds of CPU. The rest are fast."""
 
 from __future__ import annotations
 
@@ -98,6 +102,7 @@ def split_into_rings(bundle: Path) -> Path:
     return bundle
 
 
+@pytest.mark.e2e
 def test_the_example_bundle_gives_the_local_runs_output_byte_for_byte(
     cluster: DaskCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -109,6 +114,7 @@ def test_the_example_bundle_gives_the_local_runs_output_byte_for_byte(
     assert f"12 capture files on the Dask cluster at {cluster.address}" in distributed.stderr
 
 
+@pytest.mark.e2e
 def test_a_bundle_of_many_files_gives_the_local_runs_output_byte_for_byte(
     cluster: DaskCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -167,6 +173,7 @@ def start_stalling_worker(cluster: DaskCluster, stalled: Path) -> None:
     cluster.start_worker("stalling", preload=STALLING, env=env)
 
 
+@pytest.mark.e2e
 def test_a_worker_killed_mid_file_loses_nothing_its_files_are_read_elsewhere(
     cluster: DaskCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -183,6 +190,7 @@ def test_a_worker_killed_mid_file_loses_nothing_its_files_are_read_elsewhere(
     assert output_files(tmp_path / "dask") == local.files
 
 
+@pytest.mark.e2e
 def test_a_scheduler_lost_mid_run_is_an_error_naming_the_file_and_writes_nothing(
     tmp_path: Path,
 ) -> None:
@@ -211,6 +219,7 @@ def test_an_unreachable_scheduler_is_an_error_naming_its_address(
     assert "Traceback" not in stderr
 
 
+@pytest.mark.e2e
 def test_a_scheduler_without_workers_is_an_error_saying_how_to_start_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -220,6 +229,7 @@ def test_a_scheduler_without_workers_is_an_error_saying_how_to_start_them(
     assert f"`dask worker {cluster.address}`" in stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.root
 def test_a_worker_that_cannot_see_the_bundle_is_an_error_naming_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -240,6 +250,7 @@ def test_a_worker_that_cannot_see_the_bundle_is_an_error_naming_the_file(
     assert f"cannot read {first}: No such file or directory; every worker must see" in stderr
 
 
+@pytest.mark.e2e
 def test_a_worker_running_other_code_is_an_error_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
