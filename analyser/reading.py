@@ -368,14 +368,10 @@ def read_captures(
     each direction of a conversation the interface with the most packets counts: every packet
     once, as a pod's own capture counts it.
     """
+    names = [_name_under(path, root) for path in paths]
     tasks = [
-        CaptureTask(
-            Path(os.path.abspath(path)),
-            name,
-            max_bytes,
-            per_interface=name in node_captures,
-        )
-        for path, name in ((path, _name_under(path, root)) for path in paths)
+        CaptureTask(Path(os.path.abspath(path)), name, max_bytes, name in node_captures)
+        for path, name in zip(paths, names, strict=True)
     ]
     report = on_progress if on_progress is not None else _ignore
     placed = vantages if vantages is not None else {}
