@@ -175,18 +175,21 @@ def start_stalling_worker(cluster: DaskCluster, stalled: Path) -> None:
 
 @pytest.mark.e2e
 def test_a_worker_killed_mid_file_loses_nothing_its_files_are_read_elsewhere(
-    cluster: DaskCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bundle = copy_example(tmp_path / "bundle")
     local = analyse_output(bundle, tmp_path / "local", capsys, "--workers", "1")
     stalled = tmp_path / "stalled"
-    start_stalling_worker(cluster, stalled)
-    cluster.wait_for_workers(3)
-    with analysing_elsewhere(bundle, tmp_path / "dask", cluster.address) as analysing:
-        # Every idle worker gets files at once: the stalling one too.
-        assert analysing.wait_for(stalled, cluster).startswith("captures/default/")
-        cluster.kill("stalling")
-        assert analysing.finish() == 0, analysing.log.read_text() + cluster.logs()
+    with dask_cluster(tmp_path / "cluster") as cluster:
+        # The stalling worker alone at first, so that it surely has files when it is killed.
+        start_stalling_worker(cluster, stalled)
+        cluster.wait_for_workers(1)
+        with analysing_elsewhere(bundle, tmp_path / "dask", cluster.address) as analysing:
+            assert analysing.wait_for(stalled, cluster).startswith("captures/default/")
+            cluster.start_worker("healthy")
+            cluster.wait_for_workers(2)
+            cluster.kill("stalling")
+            assert analysing.finish() == 0, analysing.log.read_text() + cluster.logs()
     assert output_files(tmp_path / "dask") == local.files
 
 
