@@ -9,11 +9,11 @@ merge, resolution and rendering stay in this process. So the output is the same 
 The workers open the files at the absolute paths this machine gives them: the bundle must be at
 the same path on every worker (a shared file system mounted at the same place), and every worker
 must run the same netpol-sniffer code (:func:`code_fingerprint`; else a ClusterError naming the
-worker). A worker that cannot read a file raises :class:`~kernel.errors.CaptureUnseen` naming
-the file and the worker: it would otherwise count as a damaged file and change the output. A
-worker that dies with files in hand (killed, out of memory, its machine gone) loses nothing: the
-scheduler gives them to another worker (Dask's own retry, at most
-``distributed.scheduler.allowed-failures`` deaths per file, then
+worker). A worker that cannot read a file, or sees one of another size there, raises
+:class:`~kernel.errors.CaptureUnseen` naming the file and the worker: it would otherwise count as
+a damaged file, or another capture, and change the output. A worker that dies with files in hand
+(killed, out of memory, its machine gone) loses nothing: the scheduler gives them to another
+worker (Dask's own retry, at most ``distributed.scheduler.allowed-failures`` deaths per file, then
 :class:`~kernel.errors.ClusterError`).
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
@@ -97,7 +98,7 @@ def _read_on_worker(
     task: CaptureTask, *, read: Callable[[CaptureTask], Result], code: str
 ) -> Result:
     """On a worker: ``read(task)``, once the worker has shown it runs the ``code`` this machine
-    runs and can open the file."""
+    runs and sees the file this machine sees (as big)."""
     from distributed import get_worker
 
     if code_fingerprint() != code:
@@ -107,13 +108,18 @@ def _read_on_worker(
             f"reading could differ: install the same netpol-sniffer there ({INSTALL})"
         )
     try:
-        with open(task.path, "rb"):
-            pass
+        with open(task.path, "rb") as stream:
+            seen = os.fstat(stream.fileno()).st_size
     except OSError as error:
         raise CaptureUnseen(
             f"{task.name}: the Dask worker {get_worker().address} cannot read {task.path}: "
             f"{error.strerror or error}; {SHARED}"
         ) from None
+    if seen != task.size:
+        raise CaptureUnseen(
+            f"{task.name}: the Dask worker {get_worker().address} sees another file at "
+            f"{task.path}: {seen:,} bytes there, {task.size:,} here; {SHARED}"
+        )
     return read(task)
 
 

@@ -87,6 +87,7 @@ class CaptureTask:
 
     path: Path  # absolute: a worker elsewhere opens the same path
     name: str  # as reports name it (bundle-relative)
+    size: int  # on-disk bytes, as this process sees them (0: unknown); for progress
     max_bytes: int
     per_interface: bool  # a node's capture (see :func:`read_captures`)
 
@@ -370,7 +371,9 @@ def read_captures(
     """
     names = [_name_under(path, root) for path in paths]
     tasks = [
-        CaptureTask(Path(os.path.abspath(path)), name, max_bytes, name in node_captures)
+        CaptureTask(
+            Path(os.path.abspath(path)), name, _size(path), max_bytes, name in node_captures
+        )
         for path, name in zip(paths, names, strict=True)
     ]
     report = on_progress if on_progress is not None else _ignore
@@ -408,7 +411,7 @@ def _read_here(
             task.path, task.name, task.max_bytes, on_read=advance, per_interface=task.per_interface
         )
         # A damaged file is not read to its end: report the rest too, so the sizes add up.
-        if (rest := _size(task.path) - done) > 0:
+        if (rest := task.size - done) > 0:
             on_progress(rest)
 
 
@@ -417,7 +420,7 @@ def _read_mapped(
 ) -> Iterator[_Partial]:
     """Files read by ``capture_map``, in input order as they are ready; progress per file."""
     for task, partial in zip(tasks, capture_map.map(read_capture, tasks), strict=True):
-        on_progress(_size(task.path))
+        on_progress(task.size)
         yield partial
 
 

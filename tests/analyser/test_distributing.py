@@ -234,23 +234,36 @@ def test_a_scheduler_without_workers_is_an_error_saying_how_to_start_them(
 
 @pytest.mark.e2e
 @pytest.mark.root
-def test_a_worker_that_cannot_see_the_bundle_is_an_error_naming_the_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("view", ["hidden", "another"])
+def test_a_worker_that_does_not_see_the_bundle_is_an_error_naming_the_file(
+    view: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shared = tmp_path / "shared"
     bundle = copy_example(shared / "bundle")
     first = find_captures(bundle / CAPTURES)[0]
-    # The worker's own mount namespace, where an empty file system hides the shared folder: a
-    # machine without the share mounted.
-    hidden = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c"]
-    hidden += ['mount -t tmpfs tmpfs "$0" && exec "$@"', str(shared)]
+    size = first.stat().st_size
+    # The worker in a mount namespace of its own, where the shared folder is empty (a machine
+    # without the share mounted) or holds another copy of the bundle, its first file shorter (a
+    # stale copy, another bundle at the same path).
+    if view == "hidden":
+        mount = ['mount -t tmpfs tmpfs "$1" && shift && exec "$@"', "sh", str(shared)]
+        said = f"cannot read {first}: No such file or directory; every worker must see"
+    else:
+        elsewhere = tmp_path / "elsewhere"
+        copy_example(elsewhere / "bundle")
+        other = elsewhere / first.relative_to(shared)
+        other.write_bytes(other.read_bytes()[:-100])
+        mount = ['mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(elsewhere)]
+        mount.append(str(shared))
+        said = f"sees another file at {first}: {size - 100:,} bytes there, {size:,} here; every"
+    wrapper = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", *mount]
     with dask_cluster(tmp_path / "cluster") as cluster:
-        cluster.start_worker("blind", wrapper=hidden)
+        cluster.start_worker("elsewhere", wrapper=wrapper)
         cluster.wait_for_workers(1)
         stderr = analyse_error(bundle, tmp_path / "out", capsys, "--scheduler", cluster.address)
     name = first.relative_to(bundle).as_posix()
     assert f"error: {name}: the Dask worker tcp://127.0.0.1:" in stderr
-    assert f"cannot read {first}: No such file or directory; every worker must see" in stderr
+    assert said in stderr
 
 
 @pytest.mark.e2e
