@@ -26,10 +26,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
 from contextlib import contextmanager
+from dataclasses import astuple
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from analyser.reading import CaptureTask
 from kernel import errors
@@ -64,10 +65,16 @@ class DaskCaptureMap:
         from distributed import KilledWorker
 
         ordered = list(tasks)
-        # pure=False: a file read again (changed since, or by another run) is read, not reused.
+        # Plain values travel, not CaptureTask: a worker (or scheduler) with other code could not
+        # even unpickle it, before _read_on_worker can tell. pure=False: a file read again
+        # (changed since, or by another run) is read, not reused.
         futures: deque[Future[Result]] = deque(
             self._client.map(
-                _read_on_worker, ordered, read=function, code=code_fingerprint(), pure=False
+                _read_on_worker,
+                [astuple(task) for task in ordered],
+                read=function,
+                code=code_fingerprint(),
+                pure=False,
             )
         )
         try:
@@ -95,10 +102,10 @@ class DaskCaptureMap:
 
 
 def _read_on_worker(
-    task: CaptureTask, *, read: Callable[[CaptureTask], Result], code: str
+    fields: tuple[Any, ...], *, read: Callable[[CaptureTask], Result], code: str
 ) -> Result:
-    """On a worker: ``read(task)``, once the worker has shown it runs the ``code`` this machine
-    runs and sees the file this machine sees (as big)."""
+    """On a worker: ``read(CaptureTask(*fields))``, once the worker has shown it runs the
+    ``code`` this machine runs and sees the file this machine sees (as big)."""
     from distributed import get_worker
 
     if code_fingerprint() != code:
@@ -107,6 +114,7 @@ def _read_on_worker(
             "machine (its analyser or kernel sources, or its dpkt version, differ), so its "
             f"reading could differ: install the same netpol-sniffer there ({INSTALL})"
         )
+    task = CaptureTask(*fields)
     try:
         with open(task.path, "rb") as stream:
             seen = os.fstat(stream.fileno()).st_size

@@ -11,6 +11,7 @@ Usage::
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -27,6 +28,7 @@ from distributed import Client
 DASK = str(Path(sys.executable).parent / "dask")
 # A guard against a cluster that never comes up, not a measure: it comes up in seconds.
 START_DEADLINE = 120.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def free_port() -> int:
@@ -34,6 +36,12 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process goes away without stopping it (killed, or
+    interrupted before its clean-up ran)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class DaskCluster:
@@ -55,6 +63,7 @@ class DaskCluster:
                 cwd=self.directory,
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
 
     def start_scheduler(self) -> None:
