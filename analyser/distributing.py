@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
@@ -48,12 +49,21 @@ SHARED = (
 )
 
 
+# How long analyse waits for a file while the scheduler has no worker at all (all died, or were
+# stopped) before it gives up, rather than wait for ever: a restarted worker is back in seconds.
+NO_WORKER_GRACE = 60.0
+_POLL = 1.0  # how often a long wait checks that workers are there
+
+
 class DaskCaptureMap:
     """A :class:`~analyser.reading.CaptureMap` on a Dask cluster (see the module's docstring)."""
 
-    def __init__(self, client: Client, address: str) -> None:
+    def __init__(
+        self, client: Client, address: str, *, no_worker_grace: float = NO_WORKER_GRACE
+    ) -> None:
         self._client = client
         self.address = address
+        self.no_worker_grace = no_worker_grace
 
     def workers(self) -> int:
         """How many workers the scheduler has now."""
@@ -81,7 +91,7 @@ class DaskCaptureMap:
             for task in ordered:
                 future = futures.popleft()
                 try:
-                    result: Result = future.result()
+                    result = self._wait_for(future, task)
                 except KilledWorker as error:
                     raise ClusterError(
                         f"{task.name}: the Dask workers that read it died, one after another "
@@ -99,6 +109,28 @@ class DaskCaptureMap:
         finally:
             # An error, or the caller stopped early: the files not yet read are not read.
             self._client.cancel(list(futures))
+
+    def _wait_for(self, future: Future[Result], task: CaptureTask) -> Result:
+        """The future's result; ClusterError once the scheduler has had no worker for
+        ``no_worker_grace`` seconds."""
+        alone_since: float | None = None
+        while True:
+            try:
+                result: Result = future.result(timeout=_POLL)
+                return result
+            except TimeoutError:
+                if self.workers():
+                    alone_since = None
+                    continue
+            now = time.monotonic()
+            alone_since = now if alone_since is None else alone_since
+            if now - alone_since >= self.no_worker_grace:
+                raise ClusterError(
+                    f"{task.name}: the Dask scheduler at {self.address} has had no worker for "
+                    f"{self.no_worker_grace:g} s while this file waits to be read (they died or "
+                    f"were stopped): start workers with `dask worker {self.address}`, or analyse "
+                    "without --scheduler"
+                )
 
 
 def _read_on_worker(
@@ -146,11 +178,13 @@ def code_fingerprint() -> str:
 
 
 @contextmanager
-def dask_capture_map(address: str) -> Iterator[DaskCaptureMap]:
+def dask_capture_map(
+    address: str, *, no_worker_grace: float = NO_WORKER_GRACE
+) -> Iterator[DaskCaptureMap]:
     """A :class:`DaskCaptureMap` on the scheduler at ``address`` (``tcp://HOST:8786``), closed
     after. :class:`~kernel.errors.ClusterError` when Dask is not installed, the scheduler cannot
     be reached (within Dask's ``distributed.comm.timeouts.connect``, 30 s by default) or it has
-    no worker."""
+    no worker, now or for ``no_worker_grace`` seconds while a file waits."""
     try:
         from distributed import Client
     except ImportError as error:
@@ -164,7 +198,7 @@ def dask_capture_map(address: str) -> Iterator[DaskCaptureMap]:
         except (OSError, ValueError, TypeError) as error:
             raise ClusterError(f"cannot reach the Dask scheduler at {address}: {error}") from error
         try:
-            capture_map = DaskCaptureMap(client, address)
+            capture_map = DaskCaptureMap(client, address, no_worker_grace=no_worker_grace)
             if not capture_map.workers():
                 raise ClusterError(
                     f"the Dask scheduler at {address} has no worker: start some with "

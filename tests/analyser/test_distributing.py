@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +25,12 @@ import dask.config
 import pytest
 
 from analyser.bundles import open_bundle
+from analyser.distributing import dask_capture_map
+from analyser.reading import read_captures
 from cli.analyse import SCHEDULER_VARIABLE
 from cli.main import ExitStatus, main
 from kernel.bundles import CAPTURES, entries_for_layout, find_captures, write_manifest
+from kernel.errors import ClusterError
 from tests.dask_cluster import START_DEADLINE, DaskCluster, dask_cluster, free_port
 from tests.hostile.hostile_helpers import EXAMPLE, copy_example
 
@@ -220,6 +224,37 @@ def test_an_unreachable_scheduler_is_an_error_naming_its_address(
         stderr = analyse_error(EXAMPLE, tmp_path / "out", capsys, "--scheduler", address)
     assert f"error: cannot reach the Dask scheduler at {address}: " in stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.e2e
+def test_a_cluster_left_without_workers_mid_run_is_an_error_not_a_wait_for_ever(
+    tmp_path: Path,
+) -> None:
+    bundle = copy_example(tmp_path / "bundle")
+    stalled = tmp_path / "stalled"
+
+    def kill_once_stalled(started: DaskCluster) -> None:
+        deadline = time.monotonic() + START_DEADLINE
+        while not stalled.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started.kill("stalling")
+
+    with dask_cluster(tmp_path / "cluster") as cluster:
+        start_stalling_worker(cluster, stalled)
+        cluster.wait_for_workers(1)
+        killer = threading.Thread(target=kill_once_stalled, args=(cluster,))
+        with dask_capture_map(cluster.address, no_worker_grace=1) as capture_map:
+            killer.start()
+            with pytest.raises(ClusterError) as raised:
+                read_captures(
+                    find_captures(bundle / CAPTURES), root=bundle, capture_map=capture_map
+                )
+        killer.join()
+    name = stalled.read_text()
+    assert str(raised.value).startswith(
+        f"{name}: the Dask scheduler at {cluster.address} has had no worker for 1 s while this "
+        "file waits to be read"
+    )
 
 
 @pytest.mark.e2e
