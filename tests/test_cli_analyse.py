@@ -538,7 +538,7 @@ def test_max_outside_addresses_is_passed_on_and_its_help_gives_the_default(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from analyser import analysing
+    from analyser import analysing, windows
     from analyser.policies import MAX_OUTSIDE_ADDRESSES
 
     given = []
@@ -548,7 +548,7 @@ def test_max_outside_addresses_is_passed_on_and_its_help_gives_the_default(
         given.append(kwargs["max_outside_addresses"])
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(analysing, "analyse", spy)
+    monkeypatch.setattr(windows, "analyse", spy)
     for extra in ([], ["--max-outside-addresses", "5"]):
         status, _, _ = run([str(bundle), "--out", str(tmp_path / "out"), "--force", *extra], capsys)
         assert status == ExitStatus.OK
@@ -599,6 +599,8 @@ def test_a_load_balanced_workload_is_open_to_anywhere_on_its_target_port_by_defa
     for path in out.glob("*.yaml"):
         if path.name != "default.frontend.yaml":
             assert "0.0.0.0/0" not in path.read_text()
+
+
 def test_traffic_with_a_metadata_endpoint_is_a_warning_unless_allowed(
     bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
