@@ -26,11 +26,13 @@ import pytest
 
 from analyser.bundles import open_bundle
 from analyser.distributing import dask_capture_map
+from analyser.periods import DAY
 from analyser.reading import read_captures
 from cli.analyse import SCHEDULER_VARIABLE
 from cli.main import ExitStatus, main
 from kernel.bundles import CAPTURES, entries_for_layout, find_captures, write_manifest
 from kernel.errors import ClusterError
+from tests.bundle_builders import T0, make_bundle
 from tests.dask_cluster import START_DEADLINE, DaskCluster, dask_cluster, free_port
 from tests.hostile.hostile_helpers import EXAMPLE, copy_example
 
@@ -58,9 +60,10 @@ class Output:
 
 
 def analyse_output(
-    bundle: Path, out: Path, capsys: pytest.CaptureFixture[str], *options: str
+    bundle: Path | list[Path], out: Path, capsys: pytest.CaptureFixture[str], *options: str
 ) -> Output:
-    status = main(["analyse", str(bundle), "--out", str(out), *options])
+    bundles = bundle if isinstance(bundle, list) else [bundle]
+    status = main(["analyse", *map(str, bundles), "--out", str(out), *options])
     stderr = capsys.readouterr().err
     assert status == ExitStatus.OK, stderr
     return Output(output_files(out), stderr)
@@ -175,6 +178,20 @@ def start_stalling_worker(cluster: DaskCluster, stalled: Path) -> None:
     ends (``dask_stalling.py``)."""
     env = {"NETPOL_SNIFFER_TEST_STALLED": str(stalled)}
     cluster.start_worker("stalling", preload=STALLING, env=env)
+
+
+@pytest.mark.e2e
+def test_several_capture_windows_give_the_local_runs_output_byte_for_byte(
+    cluster: DaskCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monday = make_bundle(tmp_path / "monday", damaged=True)
+    tuesday = make_bundle(tmp_path / "tuesday", start=T0 + DAY)
+    local = analyse_output([monday, tuesday], tmp_path / "local", capsys, "--workers", "1")
+    distributed = analyse_output(
+        [monday, tuesday], tmp_path / "dask", capsys, "--scheduler", cluster.address
+    )
+    assert distributed.files == local.files
+    assert "reading 5 capture files on the Dask cluster" in distributed.stderr
 
 
 @pytest.mark.e2e
