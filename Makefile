@@ -49,7 +49,7 @@ node-deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 'setuptools>=77' wheel
-	NETPOL_SNIFFER_COMPILE=0 $(BIN)/pip install -q -e '.[dev]'
+	NETPOL_SNIFFER_COMPILE=0 $(BIN)/pip install -q -e '.[dev,dask]'
 	touch $@
 
 # analyser/packets.py (the per-packet loop) compiled in place with mypyc, again whenever it changes:
@@ -75,8 +75,8 @@ define run_pytest
 	if [ $$status -eq 5 ]; then echo "pytest ran no test: failing" >&2; exit 1; fi; exit $$status
 endef
 
-# The tests that need root, network namespaces, a real control plane, a real node, the kubectl
-# the control plane's build makes or Debian's chromium; the rest are fast.
+# The tests that need root, network namespaces, a real control plane or Dask cluster, a real node,
+# the kubectl the control plane's build makes or Debian's chromium; the rest are fast.
 SLOW_MARKERS := lab or e2e or root or node or kubectl or browser
 
 # CI's two stages: `check` (lint and every fast test, no root needed, a couple of minutes) runs

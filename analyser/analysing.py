@@ -72,7 +72,7 @@ from analyser.policies import (
     unselectable_workloads,
 )
 from analyser.policysets import parse_policy_texts
-from analyser.reading import Traffic, no_cyclic_gc, read_captures
+from analyser.reading import CaptureMap, Traffic, no_cyclic_gc, read_captures
 from analyser.rendering import (
     KUSTOMIZATION,
     Provenance,
@@ -671,10 +671,12 @@ def observe(
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
     within: Window | None = None,
+    capture_map: CaptureMap | None = None,
 ) -> Observation:
     """Read ``bundle``: snapshot and history → resolver; captures → flows → workload graph.
 
-    ``workers`` processes read capture files (default: one per core). ``on_progress`` gets the
+    ``workers`` processes read capture files (default: one per core), or ``capture_map`` does
+    (e.g. a Dask cluster's: ``analyser.distributing``). ``on_progress`` gets the
     size in bytes of each capture file once it is read (total: the sum of ``bundle.captures``'
     sizes). At most ``max_capture_size`` bytes of each capture file (decompressed) are read; a
     file with more is a problem, and the packets before the cap count. Raises
@@ -726,6 +728,7 @@ def observe(
         workers=workers,
         on_progress=on_progress,
         vantages=placed,
+        capture_map=capture_map,
         max_bytes=max_capture_size,
         node_captures=on_nodes.vantages.keys(),
     )
@@ -829,13 +832,19 @@ def analyse(
     max_capture_size: int = DEFAULT_MAX_BYTES,
     policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY,
     max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX,
+    capture_map: CaptureMap | None = None,
 ) -> Analysis:
     """:func:`observe` ``bundle``, then make its policies and render every output file (in
     memory; :func:`write_output` writes them): :func:`conclude` with the bundle's own
-    :class:`ClusterContext`. ``max_capture_size``: see :func:`observe`; the other options: see
-    :func:`conclude`. Raises what :func:`observe` and :func:`conclude` raise."""
+    :class:`ClusterContext`. ``max_capture_size``, ``workers`` and ``capture_map``: see
+    :func:`observe`; the other options: see :func:`conclude`. Raises what :func:`observe` and
+    :func:`conclude` raise."""
     seen = observe(
-        bundle, workers=workers, on_progress=on_progress, max_capture_size=max_capture_size
+        bundle,
+        workers=workers,
+        on_progress=on_progress,
+        max_capture_size=max_capture_size,
+        capture_map=capture_map,
     )
     return conclude(
         seen,

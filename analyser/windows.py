@@ -62,7 +62,7 @@ from analyser.identities import Scope
 from analyser.peers import ClusterDns, Exposure, SpecialAddress
 from analyser.periods import CaptureWindow
 from analyser.policies import MAX_OUTSIDE_ADDRESSES
-from analyser.reading import Traffic, no_cyclic_gc
+from analyser.reading import CaptureMap, Traffic, no_cyclic_gc
 from analyser.replaying import ClusterFacts
 from analyser.sources import DEFAULT_MAX_BYTES
 from analyser.vantages import Coverage
@@ -141,6 +141,7 @@ def observe_windows(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
+    capture_map: CaptureMap | None = None,
 ) -> Windows:
     """Observe each bundle on its own (with its own window: ``observe``'s ``within``), then
     merge: see the module's docstring. Raises what ``observe`` raises, naming the bundle, and
@@ -155,6 +156,7 @@ def observe_windows(
                 on_progress=on_progress,
                 max_capture_size=max_capture_size,
                 within=window,
+                capture_map=capture_map,
             )
         )
     _ensure_one_cluster(observations)
@@ -182,6 +184,7 @@ def analyse_windows(
     max_capture_size: int = DEFAULT_MAX_BYTES,
     policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY,
     max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX,
+    capture_map: CaptureMap | None = None,
 ) -> Analysis:
     """One policy set from several bundles (:func:`observe_windows`, then ``conclude`` with the
     merged cluster context); options as ``analysing.analyse``. One bundle is analysed as
@@ -200,9 +203,14 @@ def analyse_windows(
             max_capture_size=max_capture_size,
             policy_format=policy_format,
             max_names_per_suffix=max_names_per_suffix,
+            capture_map=capture_map,
         )
     found = observe_windows(
-        bundles, workers=workers, on_progress=on_progress, max_capture_size=max_capture_size
+        bundles,
+        workers=workers,
+        on_progress=on_progress,
+        max_capture_size=max_capture_size,
+        capture_map=capture_map,
     )
     return conclude(
         found.observation,

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from contextlib import ExitStack
 from itertools import groupby
 from pathlib import Path
 
@@ -35,6 +37,8 @@ from cli.main import ExitStatus, echo, say
 from cli.progress import reading_captures
 
 SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
+# The Dask scheduler to read captures on when --scheduler is not given (and --workers is not).
+SCHEDULER_VARIABLE = "NETPOL_SNIFFER_SCHEDULER"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,11 +126,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "K, M, G, T are powers of 1,024; default: 1G); a file with more is a warning, and the "
         "packets before the cap are used",
     )
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--workers",
         type=positive_int,
         metavar="N",
         help="processes reading capture files (default: one per core)",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="read the capture files on the Dask cluster whose scheduler is at ADDRESS "
+        f"(tcp://HOST:8786; default: ${SCHEDULER_VARIABLE}, unless --workers is given), whose "
+        "workers see the bundle at the same path as this machine; needs "
+        "pip install 'netpol-sniffer[dask]' (see docs/analyse.md)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print a machine-readable summary on stdout"
@@ -151,21 +164,34 @@ def run(args: argparse.Namespace) -> int:
 
     bundles = [open_bundle(path) for path in args.bundles]
     captures = [path for bundle in bundles for path in bundle.captures]
-    with reading_captures(captures) as bar:
-        analysis = analyse_windows(
-            bundles,
-            default_deny=args.default_deny,
-            baseline=args.baseline == "cluster",
-            node_cidrs=args.node_cidr,
-            max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
-            expose_anywhere=not args.observed_clients_only,
-            allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
-            workers=args.workers,
-            on_progress=bar.advance,
-            max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
-            policy_format=PolicyFormat(args.format),
-            max_names_per_suffix=args.fqdn_pattern_threshold or MAX_NAMES_PER_SUFFIX,
-        )
+    with ExitStack() as cluster:
+        address = _scheduler(args)
+        capture_map = None
+        if address is not None:
+            from analyser.distributing import dask_capture_map
+
+            capture_map = cluster.enter_context(dask_capture_map(address))
+            say(
+                "analyse",
+                f"reading {len(captures)} capture files on the Dask cluster at {address} "
+                f"({_workers_text(capture_map.workers())} now)",
+            )
+        with reading_captures(captures) as bar:
+            analysis = analyse_windows(
+                bundles,
+                default_deny=args.default_deny,
+                baseline=args.baseline == "cluster",
+                node_cidrs=args.node_cidr,
+                max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
+                expose_anywhere=not args.observed_clients_only,
+                allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
+                workers=args.workers,
+                on_progress=bar.advance,
+                max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
+                policy_format=PolicyFormat(args.format),
+                max_names_per_suffix=args.fqdn_pattern_threshold or MAX_NAMES_PER_SUFFIX,
+                capture_map=capture_map,
+            )
     for problem in analysis.problems:
         say("analyse", f"warning: {problem.path}: {problem.problem}")
     for workload, reason in analysis.unselectable_reasons.items():
@@ -212,3 +238,17 @@ def _apply_hint(out: Path, policy_format: str) -> str:
     if policy_format == "all":
         return f"kubectl apply -k {out / 'networkpolicy'} or -k {out / 'cilium'}"
     return f"kubectl apply -f {out}"
+
+
+def _scheduler(args: argparse.Namespace) -> str | None:
+    """The Dask scheduler's address: --scheduler, else the environment's unless --workers asks
+    for local processes (the command line wins over the environment)."""
+    if args.scheduler:
+        return str(args.scheduler)
+    if args.workers is not None:
+        return None
+    return os.environ.get(SCHEDULER_VARIABLE) or None
+
+
+def _workers_text(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"
