@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from analyser.addresses import parse_address
 from analyser.bundles import Bundle, FileProblem
+from analyser.explaining import explain
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
@@ -688,7 +689,10 @@ def analyse(
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
-    files = render_policy_files(policies, default_denies=plan.default_denies, provenance=provenance)
+    reasons = explain(plan, seen.graph, cluster_dns=cluster_dns)
+    files = render_policy_files(
+        policies, default_denies=plan.default_denies, provenance=provenance, reasons=reasons
+    )
     check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])

@@ -25,10 +25,20 @@ import jinja2
 import yaml
 
 from analyser.bundles import FileProblem
+from analyser.explaining import RuleReasons
 from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, UnvouchedPair, WorkloadGraph
 from analyser.peers import Exposure, IpPeer, PodPeer
-from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
+from analyser.policies import (
+    EGRESS,
+    INGRESS,
+    DefaultDeny,
+    LeftOut,
+    Policy,
+    Rule,
+    SelectorWarning,
+    rule_sort_key,
+)
 from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
 from kernel.bundles import Window
@@ -192,6 +202,7 @@ class _PeerView:
 class _RuleView:
     peer: _PeerView
     ports: tuple[_PortView, ...]
+    reasons: tuple[str, ...] = ()  # why the rule exists (``explaining``), for the comment
 
 
 def _cidr(cidr: str, policy: Policy) -> str:
@@ -203,7 +214,9 @@ def _cidr(cidr: str, policy: Policy) -> str:
         ) from error
 
 
-def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
+def _rule_views(
+    rules: Iterable[Rule], policy: Policy, reasons: Mapping[Rule, tuple[str, ...]] | None = None
+) -> tuple[_RuleView, ...]:
     rules = tuple(rules)
     for rule in rules:  # every address checked before sorting parses them
         if isinstance(rule.peer, IpPeer):
@@ -226,7 +239,7 @@ def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
                 tuple(_cidr(hole, policy) for hole in peer.excluded),
             )
         ports = tuple(_PortView(str(p.protocol), p.port) for p in sorted(set(rule.ports)))
-        views.append(_RuleView(peer_view, ports))
+        views.append(_RuleView(peer_view, ports, (reasons or {}).get(rule, ())))
     return tuple(views)
 
 
@@ -260,10 +273,17 @@ class _PolicyView:
     egress: tuple[_RuleView, ...]
 
 
-def _policy_view(policy: Policy, provenance: Provenance) -> _PolicyView:
+def _policy_view(
+    policy: Policy, provenance: Provenance, reasons: RuleReasons | None = None
+) -> _PolicyView:
     _check_names(policy.namespace, policy.name)
-    ingress = _rule_views(policy.ingress, policy)
-    egress = _rule_views(policy.egress, policy)
+    found = reasons or {}
+    ingress = _rule_views(
+        policy.ingress, policy, {rule: lines for (d, rule), lines in found.items() if d == INGRESS}
+    )
+    egress = _rule_views(
+        policy.egress, policy, {rule: lines for (d, rule), lines in found.items() if d == EGRESS}
+    )
     dns_names = {
         rule.peer.cidr: list(rule.peer.names)
         for rule in (*ingress, *egress)
@@ -437,9 +457,12 @@ def _parse_back(text: str, what: str, expected: dict[str, Any]) -> None:
         )
 
 
-def render_policy(policy: Policy, *, provenance: Provenance) -> str:
-    """One NetworkPolicy document for one workload."""
-    view = _policy_view(policy, provenance)
+def render_policy(
+    policy: Policy, *, provenance: Provenance, reasons: RuleReasons | None = None
+) -> str:
+    """One NetworkPolicy document for one workload; ``reasons`` (``explaining.explain``) are
+    written as comments above their rules."""
+    view = _policy_view(policy, provenance, reasons)
     text = _render(
         "networkpolicy.yaml.j2",
         policy=policy,
@@ -488,9 +511,11 @@ def render_policy_files(
     *,
     default_denies: Iterable[DefaultDeny] = (),
     provenance: Provenance,
+    reasons: Mapping[str, RuleReasons] | None = None,
 ) -> dict[str, str]:
     """Every policy file plus the ``Kustomization`` that lists them, keyed by path relative
-    to the output directory (sorted)."""
+    to the output directory (sorted). ``reasons``: each policy's rule comments, by the
+    policy's workload (``explaining.explain``)."""
     files: dict[str, str] = {}
 
     def add(path: str, text: str) -> None:
@@ -504,7 +529,10 @@ def render_policy_files(
         )
     for policy in policies:
         add(
-            policy_path(policy.namespace, policy.name), render_policy(policy, provenance=provenance)
+            policy_path(policy.namespace, policy.name),
+            render_policy(
+                policy, provenance=provenance, reasons=(reasons or {}).get(policy.workload)
+            ),
         )
     files[KUSTOMIZATION] = render_kustomization(files)
     return dict(sorted(files.items()))
