@@ -12,6 +12,7 @@ Pure (data in, data out, no I/O):
     claims      which pod held which address when (IP history, meta.json, snapshot lifetimes)
     networks    the nodes' addresses, theirs on the pod network, the cluster's ranges
     vouching    which side of a flow its captures speak for (a pod's capture: its own side)
+    vantages    where each capture was taken (a pod, a node) and which pods each covered
     graphs      flows + identities → the workload graph: typed nodes and edges, its schema
     policies    the policy model, and the plan (policies, default-denies) made from the graph
     explaining  why each rule exists: the flows behind it, or why every policy has it

@@ -62,12 +62,24 @@ from analyser.snapshot import (
     PodIpEvent,
     Snapshot,
     load_capture_meta,
+    load_node_capture_meta,
     load_pod_ip_history,
     load_snapshot,
 )
 from analyser.sources import DEFAULT_MAX_BYTES
+from analyser.vantages import (
+    Coverage,
+    coverage,
+    is_node_meta,
+    loose_node_pods,
+    node_captures,
+    opted_in,
+    place_node_captures,
+    pods_covered,
+    readable_nodes,
+)
 from analyser.vouching import Witnesses
-from kernel.bundles import CAPTURES, SNAPSHOT_KINDS, Window
+from kernel.bundles import CAPTURES, NODE_CAPTURES, SNAPSHOT_KINDS, Window
 from kernel.errors import CaptureError, CaptureTooLarge, OutputError, RenderError, SnapshotError
 
 GRAPH_DOT = "graph.dot"
@@ -98,6 +110,7 @@ class Observation:
     flows: tuple[Flow, ...]
     graph: WorkloadGraph
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
+    coverage: tuple[Coverage, ...]  # per captured pod, the vantage points that covered it
 
     @property
     def window(self) -> Window | None:
@@ -205,6 +218,7 @@ class Analysis(Observation):
                 for item in self.left_out
             ],
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
+            "coverage": {item.pod: list(item.vantages) for item in self.coverage},
             "notes": list(self.notes),
             "exposed": [
                 {
@@ -238,7 +252,10 @@ def _optional_inputs(
     metas: list[CaptureMeta] = []
     for path in bundle.capture_metas:
         try:
-            metas.append(load_capture_meta(path))
+            if is_node_meta(bundle, path):
+                load_node_capture_meta(path)  # checked; the snapshot says the rest
+            else:
+                metas.append(load_capture_meta(path))
         except SnapshotError as error:
             problems.append(FileProblem(bundle.relative(path), f"not used: {error}"))
     return history, metas, problems
@@ -258,12 +275,15 @@ def _captured_pods(
     listed = set()
     if bundle.manifest is not None:
         for entry in bundle.manifest.captures:
-            pods[(entry.namespace, entry.pod)].add(entry.path)
+            if not entry.node:
+                pods[(entry.namespace, entry.pod)].add(entry.path)
         listed = {e.path for e in bundle.manifest.captures}
     unplaced = set()
     for path in bundle.captures:
         relative = bundle.relative(path)
         parts = PurePosixPath(relative).parts
+        if len(parts) >= 4 and parts[:2] == (CAPTURES, NODE_CAPTURES):
+            continue  # a node's capture: vantages.node_captures
         if len(parts) >= 4 and parts[0] == CAPTURES:
             pods[(parts[1], parts[2])].add(relative)
         elif path.parent in meta_pods:
@@ -464,6 +484,9 @@ def _foreign_problems(traffic: Traffic, placed: Mapping[str, _PlacedCapture]) ->
             else f"neither end is one of the pods it is tied to ({vantage})"
         )
         why = "a pod's capture speaks only for that pod"
+        if vantage.vantages[0].node:
+            which = f"no pod of {vantage} in an opted-in namespace is an end"
+            why = "a node's capture speaks only for the pods of the namespaces opted in"
         if not any(vantage.resolver.knows_addresses(v) for v in vantage.vantages):
             why = (
                 "no address of it is known (not in the snapshot's Pod, meta.json or "
@@ -595,25 +618,30 @@ def observe(
         for namespace, pod in misnamed
     ]
     placed = _placed_captures(captured, resolver)
+    nodes = node_captures(bundle)
+    namespaces = opted_in(bundle, snapshot)
+    on_nodes = place_node_captures(nodes, namespaces)
+    placed |= {c: _PlacedCapture((v,), resolver) for c, v in on_nodes.vantages.items()}
+    unread = {file for files in nodes.values() for file in files} - on_nodes.vantages.keys()
     traffic = read_captures(
-        bundle.captures,
+        [path for path in bundle.captures if bundle.relative(path) not in unread],
         root=bundle.root,
         workers=workers,
         on_progress=on_progress,
         vantages=placed,
         max_bytes=max_capture_size,
+        node_captures=on_nodes.vantages.keys(),
     )
     _ensure_something_read(traffic)
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
     damaged = {report.path for report in traffic.reports if not report.ok}
     loose = _vantage_pods(flows, resolver, unplaced, damaged=damaged)
     readable, unread_problems = _readable_pods(captured, traffic)
-    scope = resolver.scope_of(readable | loose.pods)
-    witnesses = Witnesses(
-        {**{c: p.vantages for c, p in placed.items()}, **loose.vantages},
-        traffic.reports,
-        resolver,
-    )
+    usable = {report.path for report in traffic.reports if report.ok or report.packets}
+    node_pods = pods_covered(resolver, readable_nodes(nodes, usable), namespaces)
+    scope = resolver.scope_of(readable | loose.pods | {p for ps in node_pods.values() for p in ps})
+    vantages = {**{c: p.vantages for c, p in placed.items()}, **loose.vantages}
+    witnesses = Witnesses(vantages, traffic.reports, resolver)
     graph = build_graph(flows, resolver, traffic.dns, scope=scope, witness=witnesses)
     problems = [
         *bundle.problems,
@@ -622,6 +650,7 @@ def observe(
         *_foreign_problems(traffic, placed),
         *loose.problems,
         *unread_problems,
+        *on_nodes.problems,
     ]
     return Observation(
         bundle=bundle,
@@ -632,6 +661,9 @@ def observe(
         flows=flows,
         graph=graph,
         problems=tuple(problems),
+        coverage=coverage(
+            vantages, {**loose_node_pods(loose.vantages, loose.pods, resolver), **node_pods}
+        ),
     )
 
 
@@ -722,6 +754,7 @@ def analyse(
         left_out=plan.left_out,
         selector_warnings=selector_warnings(seen.graph),
         unvouched=seen.graph.unvouched_pairs(),
+        coverage=seen.coverage,
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(

@@ -16,12 +16,14 @@ pod-ips.jsonl is skipped with a :class:`FileProblem`, a snapshot is a :class:`Bu
 I/O only; no heavy library.
 
     BUNDLE/
-      bundle.json     {"format_version": 1, "producer": "collect"|"lab", "capture_mode": ...,
+      bundle.json     {"format_version": 1 or 2, "producer": "collect"|"lab", "capture_mode": ...,
                        "window": {"start": RFC 3339, "end": RFC 3339},
-                       "captures": [{"path", "namespace", "pod", "sha256", "size"}, ...]}
+                       "captures": [{"path", "namespace", "pod", "sha256", "size"}
+                                    or {"path", "node", "sha256", "size"}, ...]}
       snapshot.json   (or snapshot/, a folder of such files)
       pod-ips.jsonl   optional
-      captures/NAMESPACE/POD/*.pcap[ng][.gz] with meta.json beside them
+      captures/NAMESPACE/POD/*.pcap[ng][.gz] with meta.json beside them (a pod's sidecar)
+      captures/_node/NODE/*.pcap[ng][.gz] with meta.json beside them (a node's capture)
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from analyser.documents import DocumentError, json_value
+from analyser.objects import NAMESPACE_NAME, OBJECT_NAME, TextRule
 from kernel.bundles import (
     CAPTURE_META,
     CAPTURES,
     FORMAT_VERSION,
+    FORMAT_VERSIONS,
     MANIFEST,
     POD_IPS,
     PRODUCERS,
@@ -96,6 +100,14 @@ def _text(record: Mapping[str, object], key: str, where: str) -> str:
     return value
 
 
+def _name(record: Mapping[str, object], key: str, rule: TextRule, where: str) -> str:
+    """``record[key]``, a name that follows ``rule`` (it reaches reports and file names)."""
+    value = _text(record, key, where)
+    if not rule.holds(value):
+        raise BundleError(f"{where}: '{key}' must be {rule.says}, got {value!r:.60}")
+    return value
+
+
 def _count(record: Mapping[str, object], key: str, where: str) -> int:
     value = record.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -128,12 +140,18 @@ def _entry(record: object, where: str) -> CaptureEntry:
     pure = PurePosixPath(path)
     if pure.is_absolute() or ".." in pure.parts:
         raise BundleError(f"{where}: path {path!r} must be relative and stay inside the bundle")
+    sha256, size = _text(record, "sha256", where).lower(), _count(record, "size", where)
+    if "node" in record:
+        if "namespace" in record or "pod" in record:
+            raise BundleError(f"{where}: a capture is a node's or a pod's, not both")
+        node = _name(record, "node", OBJECT_NAME, where)
+        return CaptureEntry(pure.as_posix(), "", "", sha256, size, node=node)
     return CaptureEntry(
         path=pure.as_posix(),
         namespace=_text(record, "namespace", where),
         pod=_text(record, "pod", where),
-        sha256=_text(record, "sha256", where).lower(),
-        size=_count(record, "size", where),
+        sha256=sha256,
+        size=size,
     )
 
 
@@ -146,10 +164,10 @@ def parse_manifest(text: str, *, source: str) -> Manifest:
     if not isinstance(document, dict):
         raise BundleError(f"{source}: expected a JSON object")
     version = _count(document, "format_version", source)
-    if version != FORMAT_VERSION:
+    if version not in FORMAT_VERSIONS:
         raise BundleError(
             f"{source}: format_version {version} is not supported (this netpol-sniffer reads "
-            f"version {FORMAT_VERSION})"
+            f"versions {FORMAT_VERSIONS[0]} to {FORMAT_VERSION})"
         )
     producer = _text(document, "producer", source)
     if producer not in PRODUCERS:
@@ -168,12 +186,23 @@ def parse_manifest(text: str, *, source: str) -> Manifest:
     entries = document.get("captures", [])
     if not isinstance(entries, list):
         raise BundleError(f"{source}: 'captures' must be a list")
+    captures = tuple(_entry(e, f"{source}: captures[{i}]") for i, e in enumerate(entries))
+    if version < FORMAT_VERSION and any(entry.node for entry in captures):
+        raise BundleError(
+            f"{source}: a node's capture needs format_version {FORMAT_VERSION}, got {version}"
+        )
+    namespaces = document.get("namespaces", [])
+    if not isinstance(namespaces, list):
+        raise BundleError(f"{source}: 'namespaces' must be a list of namespace names")
     return Manifest(
         producer=producer,
         capture_mode=str(document.get("capture_mode") or "unknown"),
         window=window,
-        captures=tuple(_entry(e, f"{source}: captures[{i}]") for i, e in enumerate(entries)),
-        format_version=version,
+        captures=captures,
+        namespaces=tuple(
+            _name({"namespace": name}, "namespace", NAMESPACE_NAME, f"{source}: namespaces[{i}]")
+            for i, name in enumerate(namespaces)
+        ),
     )
 
 

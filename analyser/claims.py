@@ -222,7 +222,12 @@ class Claims:
         by_pod: dict[str, list[PodIpEvent]] = defaultdict(list)
         for event in sorted(events, key=lambda e: e.time):
             record = self._merged(
-                event.namespace, event.pod, event.uid, labels=event.labels, owner=event.owner
+                event.namespace,
+                event.pod,
+                event.uid,
+                labels=event.labels,
+                owner=event.owner,
+                node=event.node,
             )
             by_pod[record.key].append(event)
         for key, pod_events in by_pod.items():

@@ -15,7 +15,7 @@ policies and verify build on. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -82,14 +82,21 @@ class Scope:
 @dataclass(frozen=True, order=True, slots=True)
 class Vantage:
     """Where a capture was taken, so what it speaks for: a pod (``namespace``, ``pod``) or a node
-    (``node``). See :meth:`Resolver.holds`."""
+    (``node``). A node's capture placed by the bundle speaks for that node's pods in
+    ``namespaces`` (the ones opted in); a loose file read as a node's capture (no
+    ``namespaces``) for everything on that node. See :meth:`Resolver.holds`."""
 
     namespace: str = ""
     pod: str = ""
     node: str = ""
+    namespaces: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return f"pod {self.namespace}/{self.pod}" if self.pod else f"node {self.node}"
+
+    def speaks_for(self, namespace: str) -> bool:
+        """Whether a node's capture speaks for that node's pods in ``namespace``."""
+        return not self.namespaces or namespace in self.namespaces
 
 
 class Resolver:
@@ -139,6 +146,22 @@ class Resolver:
         record = self._claims.record(identity.pod.key)
         return record.node if record is not None and record.node else None
 
+    def pods_on(self, node: str, namespaces: Collection[str]) -> tuple[tuple[str, str], ...]:
+        """(namespace, pod) of every pod the inputs place on ``node`` (the snapshot's
+        ``spec.nodeName``, a history line's or meta.json's ``node``) in ``namespaces``, sorted;
+        hostNetwork pods are left out: their traffic is the node's own."""
+        return tuple(
+            sorted(
+                {
+                    (record.namespace, record.name)
+                    for record in self._claims.records
+                    if record.node == node
+                    and record.namespace in namespaces
+                    and not record.host_network
+                }
+            )
+        )
+
     def scope_of(self, pods: Iterable[tuple[str, str]]) -> Scope:
         """The workloads of the captured pods (``(namespace, pod)``, from capture paths or
         meta.json)."""
@@ -157,11 +180,19 @@ class Resolver:
     def holds(self, vantage: Vantage, ip: str, at: float) -> bool:
         """Whether ``ip`` was ``vantage``'s own address at ``at``, as :meth:`resolve` tells who it
         was (with its tolerance for clock skew): a pod's own address (a hostNetwork pod's: an
-        address of its node), or a node's address or one of its pods'. Loopback addresses are
-        everyone's own."""
+        address of its node); for a node, one of its pods' in the vantage's namespaces (or, a
+        loose file's, a node's address or any of its pods'). Loopback addresses are everyone's
+        own."""
         if parse_address(ip).is_loopback:
             return True
         identity = self.resolve(ip, at)
+        if not vantage.pod and vantage.namespaces:
+            # A node's capture placed by the bundle: its pods of the opted-in namespaces only.
+            return (
+                identity.pod is not None
+                and vantage.speaks_for(identity.pod.namespace)
+                and self.node_of(identity) == vantage.node
+            )
         if not vantage.pod:
             return self.node_of(identity) == vantage.node
         if identity.pod is not None:

@@ -604,6 +604,55 @@ def _count(
         entry.add(timestamp, length, role)
 
 
+class InterfaceChunks(NamedTuple):
+    """A chunk's whole records by the interface they were captured on (:func:`by_interface`)."""
+
+    chunks: dict[int, RecordChunk]  # interface index → its records, in file order
+    stop: int  # the offset of the first record not walked
+    walked: int  # records walked
+
+
+# Where a Linux cooked v2 header holds the interface's index (4 bytes, network order).
+_SLL2_INTERFACE: Final = 4
+_NO_SLACK = bytes(RECORD_SLACK)
+
+
+def by_interface(chunk: RecordChunk) -> InterfaceChunks:
+    """The whole records of a Linux cooked v2 chunk (``tcpdump -i any``) split by the interface
+    each was captured on, so that each can be counted on its own: on a node, one packet passes
+    several interfaces (a pod's veth, a bridge, the node's uplink), and only per interface is a
+    packet counted once. Records of another link type all go to interface 0. Stops like
+    :func:`count_records`: at the first record cut off or longer than the chunk's limit."""
+    linktype, header, divisor, limit, buffer, offset, end = chunk
+    lengths = struct.Struct(header).unpack_from
+    interface_at: int = RECORD_HEADER + _SLL2_INTERFACE
+    per_interface = linktype == LINKTYPE_LINUX_SLL2
+    record_header: int = RECORD_HEADER
+    parts: dict[int, list[bytes]] = {}
+    walked = 0
+    while offset + record_header <= end:
+        captured: int = lengths(buffer, offset)[2]
+        record_end = offset + record_header + captured
+        if record_end > end or captured > limit:
+            break
+        interface = 0
+        if per_interface and captured >= _SLL2_INTERFACE + 4:
+            interface = _U32_BE.unpack_from(buffer, offset + interface_at)[0]
+        part = parts.get(interface)
+        if part is None:
+            part = parts[interface] = []
+        part.append(buffer[offset:record_end])
+        offset = record_end
+        walked += 1
+    chunks = {}
+    for interface, records in parts.items():
+        joined = b"".join(records)
+        chunks[interface] = RecordChunk(
+            linktype, header, divisor, limit, joined + _NO_SLACK, 0, len(joined)
+        )
+    return InterfaceChunks(chunks, offset, walked)
+
+
 def count_batch(
     linktype: int,
     timestamps: Sequence[float],

@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,10 +36,12 @@ from analyser.flows import (
 from analyser.packets import (
     DNS_PORT,
     TCP,
+    Counts,
     DnsPayload,
     Skip,
     Tally,
     address_text,
+    by_interface,
     count_records,
     split_key,
 )
@@ -95,10 +97,12 @@ def _read_one(
     name: str,
     max_bytes: int = DEFAULT_MAX_BYTES,
     on_read: Callable[[int], None] | None = None,
+    per_interface: bool = False,
 ) -> _Partial:
-    """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read."""
+    """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read;
+    ``per_interface``: a node's capture (see :func:`read_captures`)."""
     with no_cyclic_gc():
-        return _count_file(path, name, max_bytes, on_read)
+        return _count_file(path, name, max_bytes, on_read, per_interface)
 
 
 def _answered_client(raw: bytes) -> bytes:
@@ -175,24 +179,77 @@ class _DnsAnswers:
         self._pending.clear()
 
 
+class _InterfaceTallies:
+    """Per-interface counts of a node's capture (``packets.by_interface``), and their merge: of
+    the copies of a packet that passed several interfaces of the node, one counts."""
+
+    def __init__(self) -> None:
+        self.tallies: dict[int, tuple[Tally, Tally]] = {}
+
+    def walker(
+        self, count: Callable[[RecordChunk, Tally, Tally], tuple[int, int]]
+    ) -> Callable[[RecordChunk], tuple[int, int]]:
+        def walk(chunk: RecordChunk) -> tuple[int, int]:
+            split = by_interface(chunk)
+            for interface, part in split.chunks.items():
+                tally, dns_tally = self.tallies.setdefault(interface, ({}, {}))
+                count(part, tally, dns_tally)
+            return split.stop, split.walked
+
+        return walk
+
+    def merged(self) -> Tally:
+        """Per key, the interface that counted the most packets (and the most bytes), first and
+        last seen over all, and every role any copy showed."""
+        merged: Tally = {}
+        for tally, dns_tally in self.tallies.values():
+            for part in (tally, dns_tally):
+                for key, counts in part.items():
+                    known = merged.get(key)
+                    if known is None:
+                        merged[key] = _copy(counts)
+                        continue
+                    known.first = min(known.first, counts.first)
+                    known.last = max(known.last, counts.last)
+                    known.packets = max(known.packets, counts.packets)
+                    known.size = max(known.size, counts.size)
+                    known.roles |= counts.roles
+        return merged
+
+
+def _copy(counts: Counts) -> Counts:
+    copy = Counts(counts.first, counts.size, counts.roles)
+    copy.last, copy.packets = counts.last, counts.packets
+    return copy
+
+
 def _count_file(
-    path: Path, name: str, max_bytes: int, on_read: Callable[[int], None] | None
+    path: Path,
+    name: str,
+    max_bytes: int,
+    on_read: Callable[[int], None] | None,
+    per_interface: bool = False,
 ) -> _Partial:
     capture = CaptureFile(path, name=name, on_read=on_read, max_bytes=max_bytes)
-    tally: Tally = {}
-    dns_tally: Tally = {}
     dns_payloads: list[DnsPayload] = []
     answers = _DnsAnswers()
 
-    def count(chunk: RecordChunk) -> tuple[int, int]:
+    def count_into(chunk: RecordChunk, tally: Tally, dns_tally: Tally) -> tuple[int, int]:
         walked = count_records(chunk, tally, dns_tally, dns_payloads)
         answers.add(dns_payloads)
         dns_payloads.clear()
         return walked
 
-    report = capture.walk(count)
+    tally: Tally = {}
+    if per_interface:
+        interfaces = _InterfaceTallies()
+        report = capture.walk(interfaces.walker(count_into))
+        tally = interfaces.merged()
+    else:
+        dns_tally: Tally = {}
+        report = capture.walk(lambda chunk: count_into(chunk, tally, dns_tally))
+        tally.update(dns_tally)
     answers.close()
-    tally.update(dns_tally)
     skipped: Counter[str] = Counter()
     if report.impossible_times:
         skipped["impossible_time"] = report.impossible_times
@@ -245,6 +302,7 @@ def read_captures(
     on_progress: Callable[[int], None] | None = None,
     vantages: Mapping[str, CaptureVantage] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    node_captures: Collection[str] = (),
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`.
 
@@ -265,14 +323,22 @@ def read_captures(
     wrong and the packets before the damage count. At most ``max_bytes`` bytes of each file
     (decompressed) are read: past them, the report says so (``CaptureTooLarge``) and the packets
     before count. The result is the same for any ``workers``.
+
+    ``node_captures`` names files taken on a node, on all its interfaces (``tcpdump -i any`` in
+    the node's network namespace): a packet between two of its pods passes two veths, one to
+    another node passes a veth and the uplink (a bridge adds a copy too), and each copy is
+    recorded. Such a file is counted per interface (Linux cooked v2 records say which), and of
+    each direction of a conversation the interface with the most packets counts: every packet
+    once, as a pod's own capture counts it.
     """
     names = [_name_under(path, root) for path in paths]
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
     report = on_progress if on_progress is not None else _ignore
     placed = vantages if vantages is not None else {}
+    nodes = [name in node_captures for name in names]
     if count <= 1:
-        return _merge(_read_here(paths, names, max_bytes, report), placed)
-    return _merge(_read_in_processes(paths, names, max_bytes, count, report), placed)
+        return _merge(_read_here(paths, names, max_bytes, report, nodes), placed)
+    return _merge(_read_in_processes(paths, names, max_bytes, count, report, nodes), placed)
 
 
 def _ignore(size: int) -> None:
@@ -284,9 +350,10 @@ def _read_here(
     names: Sequence[str],
     max_bytes: int,
     on_progress: Callable[[int], None],
+    per_interface: Sequence[bool],
 ) -> Iterator[_Partial]:
     """Files read in this process; progress as each megabyte is read."""
-    for path, name in zip(paths, names, strict=True):
+    for path, name, node in zip(paths, names, per_interface, strict=True):
         done = 0
 
         def advance(size: int) -> None:
@@ -294,7 +361,7 @@ def _read_here(
             done += size
             on_progress(size)
 
-        yield _read_one(path, name, max_bytes, on_read=advance)
+        yield _read_one(path, name, max_bytes, on_read=advance, per_interface=node)
         # A damaged file is not read to its end: report the rest too, so the sizes add up.
         if (rest := _size(path) - done) > 0:
             on_progress(rest)
@@ -306,6 +373,7 @@ def _read_in_processes(
     max_bytes: int,
     workers: int,
     on_progress: Callable[[int], None],
+    per_interface: Sequence[bool],
 ) -> Iterator[_Partial]:
     """Files read by a pool of processes, in input order as they are ready; progress per file."""
     # Imported here: it pulls in multiprocessing, a sixtieth of a second that one-worker reads
@@ -314,7 +382,9 @@ def _read_in_processes(
 
     with ProcessPoolExecutor(max_workers=workers) as pool:
         limits = [max_bytes] * len(paths)
-        for path, partial in zip(paths, pool.map(_read_one, paths, names, limits), strict=True):
+        progress = [None] * len(paths)
+        partials = pool.map(_read_one, paths, names, limits, progress, per_interface)
+        for path, partial in zip(paths, partials, strict=True):
             on_progress(_size(path))
             yield partial
 

@@ -41,6 +41,7 @@ from analyser.policies import (
 )
 from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
+from analyser.vantages import Coverage
 from kernel.bundles import Window
 from kernel.errors import RenderError
 
@@ -98,6 +99,8 @@ class ReportFacts:
     selector_warnings: tuple[SelectorWarning, ...] = ()  # selectors narrowed or too wide
     # Traffic a side's own captures did not vouch for: no rule on that side (graphs).
     unvouched: tuple[UnvouchedPair, ...] = ()
+    # Per captured pod, the vantage points (its own capture, its node's) that covered it.
+    coverage: tuple[Coverage, ...] = ()
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------

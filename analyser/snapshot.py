@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import datetime as dt
+import ipaddress
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -199,6 +200,7 @@ class PodIpEvent:
     ips: tuple[str, ...]
     labels: tuple[tuple[str, str], ...]
     owner: OwnerReference | None
+    node: str = ""  # the node the pod ran on, when the line says it
 
     @property
     def deleted(self) -> bool:
@@ -217,6 +219,18 @@ class CaptureMeta:
     node: str
     start_time: float | None
     owner: OwnerReference | None
+    source: str  # the meta.json path, for messages
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCaptureMeta:
+    """A node capture's ``meta.json`` (``captures/_node/NODE/``): the node, its addresses and
+    the pod networks its capture was filtered to (none: not filtered)."""
+
+    node: str
+    ips: tuple[str, ...]
+    pod_networks: tuple[str, ...]
+    start_time: float | None
     source: str  # the meta.json path, for messages
 
 
@@ -310,6 +324,9 @@ def parse_pod_ip_history(lines: Iterable[str], *, source: str) -> list[PodIpEven
         event = record.get("event") or "MODIFIED"
         if not isinstance(event, str):
             raise SnapshotError(f"{where}: 'event' must be a string")
+        node = record.get("node") or ""
+        if not isinstance(node, str) or (node and not OBJECT_NAME.holds(node)):
+            raise SnapshotError(f"{where}: 'node' must be {OBJECT_NAME.says}, got {node!r:.60}")
         events.append(
             PodIpEvent(
                 time=_time(record.get("time"), where=where, key="time"),
@@ -320,6 +337,7 @@ def parse_pod_ip_history(lines: Iterable[str], *, source: str) -> list[PodIpEven
                 ips=_ips(record.get("ips"), where=where),
                 labels=_labels(record.get("labels"), where=where),
                 owner=_owner_hint(record.get("owner"), where=where),
+                node=node,
             )
         )
     events.sort(key=lambda e: (e.time, e.namespace, e.pod, e.uid))
@@ -358,14 +376,55 @@ def parse_capture_meta(record: object, *, source: str) -> CaptureMeta:
     )
 
 
-def load_capture_meta(path: Path) -> CaptureMeta:
+def _networks(value: object, *, where: str) -> tuple[str, ...]:
+    """A list of networks (CIDR text), normalized; a comma-separated string is taken too."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SnapshotError(f"{where}: pod_networks must be a list of networks, got {value!r:.80}")
+    networks = []
+    for text in value:
+        try:
+            networks.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise SnapshotError(f"{where}: {text!r:.60} is not a network (CIDR)") from None
+    return tuple(networks)
+
+
+def parse_node_capture_meta(record: object, *, source: str) -> NodeCaptureMeta:
+    """A node capture's ``meta.json`` document: ``node`` (required), ``ips`` (the node's
+    addresses), ``pod_networks`` (what its capture kept), ``start_time``."""
+    if not isinstance(record, dict):
+        raise SnapshotError(f"{source}: expected an object")
+    start = record.get("start_time")
+    return NodeCaptureMeta(
+        node=_required_name(record, "node", OBJECT_NAME, where=source),
+        ips=_ips(record.get("ips"), where=source),
+        pod_networks=_networks(record.get("pod_networks"), where=source),
+        start_time=None if start is None else _time(start, where=source, key="start_time"),
+        source=source,
+    )
+
+
+def _meta_document(path: Path) -> object:
     try:
-        record = json_value(path.read_text(encoding="utf-8-sig"))
+        return json_value(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as error:
         raise SnapshotError(f"{path}: cannot read: {error}") from error
     except DocumentError as error:
         raise SnapshotError(f"{path}: {error}") from None
-    return parse_capture_meta(record, source=str(path))
+
+
+def load_capture_meta(path: Path) -> CaptureMeta:
+    """A sidecar's ``meta.json``."""
+    return parse_capture_meta(_meta_document(path), source=str(path))
+
+
+def load_node_capture_meta(path: Path) -> NodeCaptureMeta:
+    """A node capture's ``meta.json``."""
+    return parse_node_capture_meta(_meta_document(path), source=str(path))
 
 
 # ---------------------------------------------------------------------------------------------

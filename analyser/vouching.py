@@ -45,6 +45,13 @@ class Witnesses:
         ``reports``: what reading each file gave (``CaptureReport.first_seen``)."""
         self._vantages = {capture: frozenset(found) for capture, found in vantages.items()}
         self._resolver = resolver
+        # Each node's captures, by the node: they vouch for its pods (in the namespaces each
+        # speaks for).
+        self._nodes: dict[str, set[Vantage]] = {}
+        for found in self._vantages.values():
+            for vantage in found:
+                if vantage.node:
+                    self._nodes.setdefault(vantage.node, set()).add(vantage)
         first = {
             report.path: report.first_seen for report in reports if report.ok or report.packets
         }
@@ -62,12 +69,14 @@ class Witnesses:
         self._since = {v: -math.inf if at == math.inf else at for v, at in since.items()}
 
     def _own(self, identity: Identity) -> frozenset[Vantage]:
-        """The vantage points that capture ``identity``'s traffic: its pod, and its node."""
-        assert identity.pod is not None
-        own = {Vantage(identity.pod.namespace, identity.pod.name)}
+        """The vantage points that capture ``identity``'s traffic: its pod, and its node's
+        captures that speak for its namespace."""
+        pod = identity.pod
+        assert pod is not None
+        own = {Vantage(pod.namespace, pod.name)}
         node = self._resolver.node_of(identity)
         if node:
-            own.add(Vantage(node=node))
+            own.update(v for v in self._nodes.get(node, ()) if v.speaks_for(pod.namespace))
         return frozenset(own)
 
     def captured_since(self, identity: Identity) -> float:

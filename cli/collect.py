@@ -6,7 +6,10 @@ Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs, CronJobs and NetworkPo
 namespaces into BUNDLE/snapshot.json; then it pulls the capture files of every pod of the chosen
 namespaces through the exec API (sha256-checked, resumed when a stream breaks) into
 BUNDLE/captures/NAMESPACE/POD/ and writes BUNDLE/bundle.json, which also lists the pods that
-could not be pulled and why. Running it again into the same BUNDLE fetches only what is missing.
+could not be pulled and why. With --node-captures it also pulls each node's capture from the
+node-capture DaemonSet (manifests/node-capture) into BUNDLE/captures/_node/NODE/: the pods of
+the namespaces need no sidecar then. Running it again into the same BUNDLE fetches only what is
+missing.
 
 Access: the kubeconfig (--kubeconfig, $KUBECONFIG, ~/.kube/config) and --context, or the
 in-cluster service account. The permissions it needs are in manifests/collector-rbac/.
@@ -55,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file to use")
     parser.add_argument("--context", metavar="NAME", help="kubeconfig context to use")
     parser.add_argument(
+        "--node-captures",
+        action="store_true",
+        help="also pull each node's capture from the node-capture DaemonSet "
+        "(manifests/node-capture): pods of the namespaces without a sidecar are covered by "
+        "their node's capture",
+    )
+    parser.add_argument(
         "--parallel",
         type=positive_int,
         default=4,
@@ -74,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         all_labelled=args.all_labelled,
         duration=args.duration,
         parallel=args.parallel,
+        node_captures=args.node_captures,
     )
     with ExitStack() as bars:
         # one bar at a time on stderr: the watch's events, then the pods pulled
@@ -91,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
             on_pull_start=start_pulling,
             on_pod_done=lambda outcome: bar.advance(),
         )
+    nodes = f"{result.nodes_pulled} nodes' captures, " if args.node_captures else ""
     echo(
         f"{args.out}: {result.pods_pulled} pods pulled from {', '.join(result.namespaces)}, "
-        f"{result.files_fetched} files ({result.bytes_fetched} bytes) fetched, "
+        f"{nodes}{result.files_fetched} files ({result.bytes_fetched} bytes) fetched, "
         f"{result.ip_changes} pod IP changes recorded"
     )
     for skipped in result.skipped:

@@ -1,12 +1,14 @@
 """Run the pipeline's input side on a simulated cluster made of network namespaces.
 
   lab run --manifests FILE... --traffic PLAN --out BUNDLE [--capture-mode MODE] [--duration S]
+          [--vantage pod|node]
       Reads ordinary Kubernetes manifests (Deployments, StatefulSets, DaemonSets, Jobs,
       CronJobs, Pods, Services), gives every pod replica its own network namespace and IP
       behind a routing "node" namespace, Services ClusterIPs with kube-proxy-like DNAT, a
       cluster DNS, a kubelet probing the pods and an outside world, then plays the traffic
       plan with real servers and clients while the webhook's own tcpdump command records
-      each pod. The result is a bundle for
+      each pod (or, with --vantage node, the node-capture DaemonSet's records the node). The
+      result is a bundle for
       `netpol-sniffer analyse`, plus truth.json: the flows that really happened.
   lab clean
       Removes the namespaces a killed run left behind (a new run does this too).
@@ -26,8 +28,9 @@ from cli.main import PROG, ExitStatus, echo, say
 SUMMARY = "run the pipeline on a simulated cluster of network namespaces"
 RUN_DESCRIPTION = """\
 Build a simulated cluster from ordinary Kubernetes manifests, play a traffic plan on it with real
-servers and clients, capture every pod with the sidecar's own tcpdump command, and write a bundle
-(plus truth.json, the flows that really happened). Needs root; nothing outside the lab's network
+servers and clients, capture every pod with the sidecar's own tcpdump command (or, with --vantage
+node, the node with the node-capture DaemonSet's), and write a bundle (plus truth.json, the flows
+that really happened). Needs root; nothing outside the lab's network
 namespaces is touched, and everything is removed on exit, Ctrl-C and failure.
 
 example:
@@ -67,6 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_capture_mode(run_parser, help_prefix="the sidecar's capture mode")
     run_parser.add_argument(
+        "--vantage",
+        choices=("pod", "node"),
+        default="pod",
+        help="where to capture: 'pod', the webhook's sidecar in every pod (default); 'node', "
+        "the node-capture DaemonSet's tcpdump on the node's interfaces, no pod changed",
+    )
+    run_parser.add_argument(
         "--duration",
         type=positive_seconds,
         metavar="S",
@@ -87,6 +97,7 @@ def _say(message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from kernel.capture import CaptureMode
     from lab import netns
+    from lab.capturing import Vantage
     from lab.running import LabOptions, run_lab
 
     if args.action == "clean":
@@ -101,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             capture_mode=CaptureMode(args.capture_mode),
             duration=args.duration,
+            vantage=Vantage(args.vantage),
         ),
         log=_say,
     )

@@ -5,7 +5,10 @@
 2. **Snapshot**: list the snapshot kinds in *all* namespaces (:mod:`collector.snapshotting`), so
    every peer (kube-system's DNS, a database in another namespace) resolves.
 3. **Pull** each opted-in pod's captures through the exec API (:mod:`collector.pulling`) in a
-   bounded pool, then write ``bundle.json`` (``kernel.bundles``' writer).
+   bounded pool, then write ``bundle.json`` (``kernel.bundles``' writer). With node captures,
+   also each node's capture from the node-capture DaemonSet's pod on it (into
+   ``captures/_node/NODE/``); a pod without a sidecar on a node whose capture is pulled is
+   covered by it, not skipped.
 
 A second run into the same bundle fetches only what is missing."""
 
@@ -16,10 +19,10 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from analyser.snapshot import load_capture_meta
+from analyser.snapshot import load_capture_meta, load_node_capture_meta
 from collector.history import PodIPHistory, record_pod_ips, utc_now
 from collector.kinds import NAMESPACES, Cluster, KubeObject
 from collector.pulling import PodPuller, PullReport, PullTarget
@@ -28,6 +31,7 @@ from kernel.bundles import (
     CAPTURE_META,
     CAPTURES,
     MANIFEST,
+    NODE_CAPTURES,
     POD_IPS,
     SNAPSHOT_FILE,
     Manifest,
@@ -39,7 +43,14 @@ from kernel.bundles import (
 )
 from kernel.capture import CaptureMode, capture_filter
 from kernel.errors import AccessDenied, BundleError, CollectError, SnapshotError
-from kernel.names import CAPTURE_ENABLED, CAPTURE_LABEL, CAPTURES_DIRECTORY, CAPTURES_VOLUME
+from kernel.names import (
+    CAPTURE_ENABLED,
+    CAPTURE_LABEL,
+    CAPTURES_DIRECTORY,
+    CAPTURES_VOLUME,
+    NODE_CAPTURE_NAMESPACE,
+    NODE_CAPTURE_SELECTOR,
+)
 from kernel.names import CONTAINER_NAME as SIDECAR_CONTAINER
 from kernel.times import rfc3339
 
@@ -51,10 +62,12 @@ PARTIALS = ".partial"
 DEFAULT_PARALLEL = 4
 DEFAULT_DURATION_S = 0.0
 
+
 def resolve_namespaces(
-    cluster: Cluster, namespaces: Sequence[str], *, all_labelled: bool
+    cluster: Cluster, namespaces: Sequence[str], *, all_labelled: bool, restart: bool = True
 ) -> list[str]:
-    """The namespaces to pull from; each must carry the opt-in label."""
+    """The namespaces to pull from; each must carry the opt-in label. ``restart``: whether the
+    error says to restart the workloads (their sidecars need it; a node's capture does not)."""
     selector = f"{CAPTURE_LABEL}={CAPTURE_ENABLED}"
     if all_labelled:
         listed = cluster.list(NAMESPACES, label_selector=selector)
@@ -65,9 +78,10 @@ def resolve_namespaces(
     for name in namespaces:
         labels = cluster.get(NAMESPACES, name)["metadata"].get("labels") or {}
         if labels.get(CAPTURE_LABEL) != CAPTURE_ENABLED:
+            then = ", then restart its workloads" if restart else ""
             raise CollectError(
                 f"namespace {name} is not opted in: it lacks the label {selector} "
-                f"(kubectl label namespace {name} {selector}, then restart its workloads)"
+                f"(kubectl label namespace {name} {selector}{then})"
             )
     return sorted(set(namespaces))
 
@@ -129,6 +143,31 @@ def pull_target(pod: KubeObject) -> PullTarget | SkippedCapture:
     )
 
 
+def node_capture_pods(items: Iterable[KubeObject]) -> list[KubeObject]:
+    """The node-capture DaemonSet's pods (manifests/node-capture) among a snapshot's items."""
+    labels = dict(pair.split("=", 1) for pair in NODE_CAPTURE_SELECTOR.split(","))
+    return [
+        item
+        for item in items
+        if item["kind"] == "Pod"
+        and item["metadata"]["namespace"] == NODE_CAPTURE_NAMESPACE
+        and labels.items() <= (item["metadata"].get("labels") or {}).items()
+    ]
+
+
+def node_target(pod: KubeObject) -> PullTarget | SkippedCapture:
+    """Where to pull a node's capture from (the node-capture pod on it), or why not."""
+    target = pull_target(pod)
+    node = (pod.get("spec") or {}).get("nodeName") or ""
+    if isinstance(target, SkippedCapture) or not node:
+        return (
+            target
+            if isinstance(target, SkippedCapture)
+            else SkippedCapture(target.namespace, target.pod, "not scheduled on a node yet")
+        )
+    return replace(target, node=node)
+
+
 def capture_mode(pod: KubeObject) -> str | None:
     """The sidecar's capture mode, read back from its tcpdump filter."""
     sidecar = sidecar_of(pod)
@@ -159,8 +198,9 @@ def window_start(bundle: Path, earlier: Iterable[str]) -> float:
     times in their ``meta.json`` files (a capture holds packets from then on)."""
     moments = [datetime.datetime.fromisoformat(moment) for moment in earlier]
     for meta in sorted((bundle / CAPTURES).glob(f"*/*/{CAPTURE_META}")):
+        load = load_node_capture_meta if meta.parent.parent.name == NODE_CAPTURES else None
         try:
-            started = load_capture_meta(meta).start_time
+            started = (load or load_capture_meta)(meta).start_time
         except SnapshotError as error:
             log.warning("%s", error)
             continue
@@ -192,16 +232,18 @@ class CollectOptions:
     all_labelled: bool = False
     duration: float = DEFAULT_DURATION_S
     parallel: int = DEFAULT_PARALLEL
+    node_captures: bool = False  # also the node-capture DaemonSet's captures
 
 
 @dataclass(frozen=True, slots=True)
 class CollectResult:
     namespaces: tuple[str, ...]
-    pods_pulled: int
+    pods_pulled: int  # sidecars
     files_fetched: int
     bytes_fetched: int
     ip_changes: int
     skipped: tuple[SkippedCapture, ...]
+    nodes_pulled: int = 0  # node captures
 
 
 def pull_all(
@@ -217,8 +259,9 @@ def pull_all(
     in the calling thread, in completion order; the result is in ``targets`` order."""
 
     def pull_one(target: PullTarget) -> PullReport | SkippedCapture:
-        destination = bundle / CAPTURES / target.namespace / target.pod
-        partials = bundle / PARTIALS / target.namespace / target.pod
+        where = (NODE_CAPTURES, target.node) if target.node else (target.namespace, target.pod)
+        destination = bundle / CAPTURES / where[0] / where[1]
+        partials = bundle / PARTIALS / where[0] / where[1]
         try:
             return PodPuller(cluster.exec, target, destination, partial_directory=partials).pull()
         except AccessDenied:
@@ -252,7 +295,12 @@ def collect(
     only what is missing."""
     bundle = options.out
     previous = read_previous_bundle(bundle)
-    namespaces = resolve_namespaces(cluster, options.namespaces, all_labelled=options.all_labelled)
+    namespaces = resolve_namespaces(
+        cluster,
+        options.namespaces,
+        all_labelled=options.all_labelled,
+        restart=not options.node_captures,
+    )
     # captures/ exists from the start, so readers never look for captures in .partial/
     (bundle / CAPTURES).mkdir(parents=True, exist_ok=True)
     start = rfc3339(utc_now().timestamp())
@@ -269,12 +317,32 @@ def collect(
     ]
     targets: list[PullTarget] = []
     skipped: list[SkippedCapture] = []
-    for pod in pods:
-        target = pull_target(pod)
+    capturers = node_capture_pods(snapshot["items"]) if options.node_captures else []
+    if options.node_captures and not capturers:
+        raise CollectError(
+            f"--node-captures: no node capture runs (no pod labelled {NODE_CAPTURE_SELECTOR} in "
+            f"namespace {NODE_CAPTURE_NAMESPACE}): kubectl apply -k manifests/node-capture"
+        )
+    for capturer in capturers:
+        target = node_target(capturer)
         if isinstance(target, PullTarget):
             targets.append(target)
         else:
             skipped.append(target)
+    captured_nodes = {target.node for target in targets}
+    for pod in pods:
+        target = pull_target(pod)
+        if isinstance(target, PullTarget):
+            targets.append(target)
+            continue
+        node = (pod.get("spec") or {}).get("nodeName") or ""
+        if sidecar_of(pod) is not None or not options.node_captures:
+            skipped.append(target)
+        elif node not in captured_nodes:
+            where = f"its node {node}" if node else "it (not scheduled yet)"
+            reason = f"no sidecar, and no node capture runs on {where}"
+            skipped.append(replace(target, reason=reason))
+        # else: covered by its node's capture
     on_pull_start(len(targets))
     outcomes = pull_all(cluster, targets, bundle, parallel=options.parallel, on_done=on_pod_done)
     remove_empty_directories(bundle / PARTIALS)
@@ -285,7 +353,7 @@ def collect(
             SkippedCapture(report.target.namespace, report.target.pod, reason, file=name)
             for name, reason in report.failures
         ]
-    modes = sorted({mode for pod in pods if (mode := capture_mode(pod)) is not None})
+    modes = sorted({mode for pod in [*pods, *capturers] if (mode := capture_mode(pod)) is not None})
     earlier = [(previous or {}).get("window", {}).get("start", start), start]
     write_manifest(
         bundle,
@@ -300,7 +368,8 @@ def collect(
     )
     return CollectResult(
         namespaces=tuple(namespaces),
-        pods_pulled=len(reports),
+        pods_pulled=sum(1 for report in reports if not report.target.node),
+        nodes_pulled=sum(1 for report in reports if report.target.node),
         files_fetched=sum(len(report.fetched) for report in reports),
         bytes_fetched=sum(report.bytes_fetched for report in reports),
         ip_changes=history.lines,

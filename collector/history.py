@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 _WATCH_CHUNK_S = 300  # the longest single watch request; the API server may end it sooner
 
+
 def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -56,6 +57,9 @@ class PodIPHistory:
             "labels": metadata.get("labels") or {},
             "owner": None if owner is None else {"kind": owner.kind, "name": owner.name},
         }
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node:  # which node's capture saw the pod, once it is gone from the snapshot
+            line["node"] = node
         self.sink.write(json.dumps(line, sort_keys=True) + "\n")
         self.lines += 1
 

@@ -35,6 +35,7 @@ EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 DEFAULT_LIST_PAGE_SIZE = 500  # kubectl's --chunk-size
 _REQUEST_TIMEOUT_S = 60.0
 
+
 def _scope(namespace: str | None) -> str:
     return f"in namespace {namespace}" if namespace else "cluster-wide"
 

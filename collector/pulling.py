@@ -91,12 +91,13 @@ class ExecOpener(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PullTarget:
-    """Where the captures of one pod live."""
+    """Where the captures of one pod live: a sidecar's, or the node capture's pod on ``node``."""
 
     namespace: str
     pod: str
     container: str
     directory: str  # the captures volume's mount path in the sidecar
+    node: str = ""  # the node whose capture this pod holds (the node-capture DaemonSet's pods)
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.pod}"

@@ -1,14 +1,20 @@
 """The bundle format between ``collect``, the lab and ``analyse``, and its one writer.
 
     BUNDLE/
-      bundle.json     {"format_version": 1, "producer": "collect"|"lab", "capture_mode": ...,
+      bundle.json     {"format_version": 1 or 2, "producer": "collect"|"lab", "capture_mode": ...,
                        "window": {"start": RFC 3339, "end": RFC 3339},
-                       "captures": [{"path", "namespace", "pod", "sha256", "size"}, ...],
+                       "captures": [{"path", "namespace", "pod", "sha256", "size"}
+                                    or {"path", "node", "sha256", "size"}, ...],
                        collect adds "namespaces" and "skipped": [{"namespace", "pod",
                        "reason"[, "file"]}, ...]}
       snapshot.json   (or snapshot/, a folder of such files)
       pod-ips.jsonl   optional
-      captures/NAMESPACE/POD/*.pcap[ng][.gz] with meta.json beside them
+      captures/NAMESPACE/POD/*.pcap[ng][.gz] with meta.json beside them (a pod's sidecar)
+      captures/_node/NODE/*.pcap[ng][.gz] with meta.json beside them (a node's capture)
+
+A bundle holding a node's capture is format version 2: an older reader, which knows only pods'
+captures, refuses it instead of reading the node's capture as a pod's. A bundle without one is
+still written as version 1, which every reader reads.
 
 Here: the names of its parts, how capture files are named, :class:`Manifest` (``bundle.json``)
 and the functions that write a bundle's files: :func:`write_manifest` and :func:`write_json`
@@ -29,13 +35,20 @@ from typing import Any
 
 from kernel.times import rfc3339, utc_text
 
-FORMAT_VERSION = 1
+# The newest format this code reads and writes; a bundle is written with the oldest version
+# that can hold it (:attr:`Manifest.format_version`).
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, FORMAT_VERSION)
+_NODE_CAPTURES_SINCE = 2
 MANIFEST = "bundle.json"
 SNAPSHOT_FILE = "snapshot.json"
 SNAPSHOT_FILES = (SNAPSHOT_FILE, "snapshot.yaml", "snapshot.yml")  # looked for in this order
 SNAPSHOT_FOLDER = "snapshot"
 POD_IPS = "pod-ips.jsonl"
 CAPTURES = "captures"
+# captures/_node/NODE/: a node's capture. No namespace can be called so (an underscore is no
+# letter of a DNS label), so the folder never meets a pod's captures/NAMESPACE/.
+NODE_CAPTURES = "_node"
 CAPTURE_META = "meta.json"
 PRODUCERS = ("collect", "lab")
 # What a snapshot should hold, as ``kubectl get`` takes it.
@@ -100,23 +113,22 @@ class Window:
 
 @dataclass(frozen=True, order=True, slots=True)
 class CaptureEntry:
-    """One capture file as the manifest lists it."""
+    """One capture file as the manifest lists it: a pod's (``namespace``, ``pod``) or a node's
+    (``node``; then ``namespace`` and ``pod`` are empty)."""
 
     path: str  # relative to the bundle, POSIX form
     namespace: str
     pod: str
     sha256: str
     size: int
+    node: str = ""
 
     def as_json(self) -> dict[str, object]:
         """The entry as ``bundle.json`` lists it."""
-        return {
-            "path": self.path,
-            "namespace": self.namespace,
-            "pod": self.pod,
-            "sha256": self.sha256,
-            "size": self.size,
-        }
+        where: dict[str, object] = (
+            {"node": self.node} if self.node else {"namespace": self.namespace, "pod": self.pod}
+        )
+        return {"path": self.path, **where, "sha256": self.sha256, "size": self.size}
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -151,9 +163,13 @@ class Manifest:
     capture_mode: str | None
     window: Window | None
     captures: tuple[CaptureEntry, ...]
-    format_version: int = FORMAT_VERSION
     namespaces: tuple[str, ...] = ()  # collect: the namespaces it pulled from
     skipped: tuple[SkippedCapture, ...] = ()  # collect: what it could not pull
+
+    @property
+    def format_version(self) -> int:
+        """The oldest format that holds this bundle: 2 with a node's capture, else 1."""
+        return _NODE_CAPTURES_SINCE if any(entry.node for entry in self.captures) else 1
 
     def as_json(self) -> dict[str, object]:
         """``bundle.json``'s document. The window to the microsecond: a later ``collect`` into
@@ -184,22 +200,36 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def capture_entry(root: Path, path: Path, *, namespace: str, pod: str) -> CaptureEntry:
-    """The manifest entry for a capture file already in the bundle (hashes the file)."""
+def capture_entry(
+    root: Path, path: Path, *, namespace: str = "", pod: str = "", node: str = ""
+) -> CaptureEntry:
+    """The manifest entry for a capture file already in the bundle (hashes the file): a pod's
+    (``namespace`` and ``pod``) or a node's (``node``)."""
     return CaptureEntry(
         path=path.relative_to(root).as_posix(),
         namespace=namespace,
         pod=pod,
         sha256=file_sha256(path),
         size=path.stat().st_size,
+        node=node,
     )
 
 
+def node_capture_folder(node: str) -> str:
+    """Where a node's capture sits in a bundle, relative to it: ``captures/_node/NODE``."""
+    return f"{CAPTURES}/{NODE_CAPTURES}/{node}"
+
+
 def entries_for_layout(root: Path) -> Iterable[CaptureEntry]:
-    """Entries for every capture under ``root/captures/NAMESPACE/POD/`` (the bundle layout)."""
+    """Entries for every capture under ``root/captures/NAMESPACE/POD/`` and
+    ``root/captures/_node/NODE/`` (the bundle layout)."""
     for path in find_captures(root / CAPTURES):
         parts = path.relative_to(root / CAPTURES).parts
-        if len(parts) >= 3:
+        if len(parts) < 3:
+            continue
+        if parts[0] == NODE_CAPTURES:
+            yield capture_entry(root, path, node=parts[1])
+        else:
             yield capture_entry(root, path, namespace=parts[0], pod=parts[1])
 
 

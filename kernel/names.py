@@ -17,3 +17,9 @@ STATUS_ANNOTATION: Final = "netpol-sniffer.io/status"
 CONTAINER_NAME: Final = "netpol-sniffer-capture"
 CAPTURES_VOLUME: Final = "netpol-sniffer-captures"
 CAPTURES_DIRECTORY: Final = "/captures"
+# The node-capture DaemonSet (manifests/node-capture): its namespace, and the labels collect
+# finds its pods by. Its container and volume have the sidecar's names.
+NODE_CAPTURE_NAMESPACE: Final = "netpol-sniffer-node-capture"
+NODE_CAPTURE_SELECTOR: Final = (
+    "app.kubernetes.io/name=netpol-sniffer,app.kubernetes.io/component=node-capture"
+)

@@ -376,9 +376,12 @@ def injected(pod: JsonObject, *, capture_mode: str) -> JsonObject:
     return patched
 
 
-def snapshot(layout: Layout, *, capture_mode: str = "handshake") -> JsonObject:
+def snapshot(
+    layout: Layout, *, capture_mode: str = "handshake", sidecars: bool = True
+) -> JsonObject:
     """A ``kubectl get ... -A -o json`` List of the cluster as it is now; pods of the captured
-    namespaces carry the webhook's sidecar."""
+    namespaces carry the webhook's sidecar (unless ``sidecars`` is False: the node's capture
+    covers them, and no pod was changed)."""
     captured = set(captured_namespaces(layout))
     labels_of = dict(layout.cluster.namespaces)
     items: list[JsonObject] = []
@@ -426,9 +429,8 @@ def snapshot(layout: Layout, *, capture_mode: str = "handshake") -> JsonObject:
     )
     for pod in sorted(layout.pods, key=lambda p: (p.namespace, p.name)):
         item = pod_object(pod, ready_since=pod.created)
-        items.append(
-            injected(item, capture_mode=capture_mode) if pod.namespace in captured else item
-        )
+        inject = sidecars and pod.namespace in captured
+        items.append(injected(item, capture_mode=capture_mode) if inject else item)
     node_port = 30080
     for service in layout.services:
         items.append(_service_object(layout, service, node_port))
@@ -453,6 +455,7 @@ def pod_ip_event(pod: LabPod, event: str, at: float) -> JsonObject:
         "ips": list(pod.ips),
         "labels": dict(pod.labels),
         "owner": None if pod.owner is None else {"kind": pod.owner.kind, "name": pod.owner.name},
+        "node": NODE_NAME,
     }
 
 
@@ -488,11 +491,13 @@ def write_bundle(
     layout: Layout,
     window: tuple[float, float],
     capture_mode: str,
+    sidecars: bool = True,
     pod_events: Sequence[JsonObject],
     truth: list[JsonObject],
     report: JsonObject,
 ) -> None:
-    """Everything but the captures themselves (already under ``out/captures``)."""
+    """Everything but the captures themselves (already under ``out/captures``). ``sidecars``:
+    whether the pods carry the capture sidecar (False: the node's capture took their traffic)."""
     write_manifest(
         out,
         Manifest(
@@ -502,7 +507,7 @@ def write_bundle(
             captures=tuple(entries_for_layout(out)),
         ),
     )
-    write_json(out / SNAPSHOT_FILE, snapshot(layout, capture_mode=capture_mode))
+    write_json(out / SNAPSHOT_FILE, snapshot(layout, capture_mode=capture_mode, sidecars=sidecars))
     (out / POD_IPS).write_text(
         "".join(json.dumps(e, sort_keys=True) + "\n" for e in pod_events), encoding="utf-8"
     )

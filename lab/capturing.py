@@ -1,7 +1,9 @@
-"""The capture sidecar inside each simulated pod: the capture image's own entrypoint (which
-writes ``meta.json``) running the very tcpdump argv the webhook injects
-(``webhook.capture.tcpdump_argv``), with the environment the downward API would give it, writing
-where a bundle keeps captures."""
+"""The captures of the simulated cluster, as a real one takes them: the capture image's own
+entrypoint (which writes ``meta.json``) running the very tcpdump argv the webhook injects
+(``webhook.capture.tcpdump_argv``), with the environment the kubelet would give it, writing where
+a bundle keeps captures. Either as the sidecar inside each pod (:func:`start`, the downward API's
+values) or as the node-capture DaemonSet on the node's network (:func:`start_on_node`: every
+interface of the node namespace, filtered to the pod networks)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 
 import webhook
@@ -20,14 +23,26 @@ from webhook.capture import (
     ENV_CAPTURE_DIRECTORY,
     ENV_CAPTURE_MODE,
     ENV_LABELS_FILE,
+    ENV_NODE_IPS,
     ENV_NODE_NAME,
     ENV_POD_IPS,
     ENV_POD_NAME,
     ENV_POD_NAMESPACE,
+    ENV_POD_NETWORKS,
     ENV_POD_UID,
+    ENV_VANTAGE,
+    NODE_VANTAGE,
     CaptureOptions,
     tcpdump_argv,
 )
+
+
+class Vantage(StrEnum):
+    """Where the lab captures: a sidecar in every pod, or one capture on the node."""
+
+    POD = "pod"
+    NODE = NODE_VANTAGE
+
 
 READY_TIMEOUT = 10.0
 # The capture image's entrypoint, as the image ships it: writes meta.json, then execs tcpdump.
@@ -105,12 +120,52 @@ def start(
 ) -> Capture:
     """Start the sidecar in ``netns_name``; return once tcpdump listens (it says so on stderr).
     ``scratch`` holds what the downward API volume would (the labels file)."""
-    if not SIDECAR_ENTRYPOINT.is_file():
-        raise LabError(f"the capture image's entrypoint {SIDECAR_ENTRYPOINT} is missing")
     labels_path = scratch / f"{pod.namespace}.{pod.name}.labels"
     labels_path.write_text(labels_file(pod.labels))
     environment = sidecar_environment(pod, options, directory=directory, labels_path=labels_path)
-    argv = netns.in_namespace(netns_name, capture_argv(options, directory, environment))
+    return _started(netns_name, directory, capture_argv(options, directory, environment))
+
+
+def node_environment(
+    node: str,
+    addresses: tuple[str, ...],
+    networks: tuple[str, ...],
+    options: CaptureOptions,
+    *,
+    directory: Path,
+) -> dict[str, str]:
+    """The node-capture container's environment (manifests/node-capture/daemonset.yaml): the
+    node, its addresses (a hostNetwork pod's podIPs), the pod networks (its ConfigMap)."""
+    return {
+        ENV_VANTAGE: NODE_VANTAGE,
+        ENV_NODE_NAME: node,
+        ENV_NODE_IPS: ",".join(addresses),
+        ENV_POD_NETWORKS: ",".join(networks),
+        ENV_CAPTURE_MODE: str(options.mode),
+        ENV_CAPTURE_DIRECTORY: str(directory),
+    }
+
+
+def start_on_node(
+    netns_name: str,
+    directory: Path,
+    options: CaptureOptions,
+    *,
+    node: str,
+    addresses: tuple[str, ...],
+    networks: tuple[str, ...],
+) -> Capture:
+    """Start the node capture on every interface of the node namespace ``netns_name``, kept to
+    ``networks``; return once tcpdump listens."""
+    environment = node_environment(node, addresses, networks, options, directory=directory)
+    return _started(netns_name, directory, capture_argv(options, directory, environment))
+
+
+def _started(netns_name: str, directory: Path, command: list[str]) -> Capture:
+    """Run the capture ``command`` in ``netns_name``; return once tcpdump listens."""
+    if not SIDECAR_ENTRYPOINT.is_file():
+        raise LabError(f"the capture image's entrypoint {SIDECAR_ENTRYPOINT} is missing")
+    argv = netns.in_namespace(netns_name, command)
     process = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )

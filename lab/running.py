@@ -3,8 +3,9 @@ afterwards (on success, failure, Ctrl-C and SIGTERM alike).
 
 Order of a run: remove what killed runs left; build the node, pod and outside-world namespaces;
 load the Service rules; start one agent per pod (servers, DNS, clients) and wait until all listen;
-open the long-lived connections; start tcpdump in every captured pod; start the window; play the
-restarts at their times; collect the agents' results; stop the captures; write the bundle.
+open the long-lived connections; start tcpdump in every captured pod (or once on the node, with
+``vantage`` node); start the window; play the restarts at their times; collect the agents'
+results; stop the captures; write the bundle.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from types import FrameType
 from typing import Any
 
 import lab
-from kernel.bundles import CAPTURES
+from kernel.bundles import CAPTURES, node_capture_folder
 from kernel.capture import CaptureMode
 from kernel.errors import LabError
 from lab import bundling, capturing, netns, services
@@ -35,6 +36,8 @@ from lab.layouts import (
     NODE_IPV4,
     NODE_IPV6,
     NODE_NAME,
+    POD_CIDR_V4,
+    POD_CIDR_V6,
     LabPod,
     Layout,
     build_layout,
@@ -59,6 +62,7 @@ class LabOptions:
     out: Path
     capture_mode: CaptureMode = CaptureMode.HANDSHAKE
     duration: float | None = None  # None: the plan's
+    vantage: capturing.Vantage = capturing.Vantage.POD  # a sidecar per pod, or the node's capture
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +260,7 @@ class _Run:
     window_start: float = 0.0
     kubelet: _Agent | None = None
     probed: list[tuple[str, int, str]] = field(default_factory=list)  # (server, port, peer)
+    node_capture: capturing.Capture | None = None
 
     @property
     def capture_options(self) -> CaptureOptions:
@@ -265,12 +270,17 @@ class _Run:
         return netns.Host(self.network.name(f"p{pod.index}"), f"v{pod.index}", pod.index, pod.ips)
 
     def _captured(self, pod: LabPod) -> bool:
-        return pod.namespace in bundling.captured_namespaces(self.layout)
+        """Whether ``pod`` gets a sidecar (on the node's capture, no pod does)."""
+        return self.options.vantage is capturing.Vantage.POD and pod.namespace in (
+            bundling.captured_namespaces(self.layout)
+        )
 
     async def main(self) -> None:
         try:
             await self._play()
         finally:
+            if self.node_capture is not None:
+                self.node_capture.stop()
             for agent in [*self.agents, *filter(None, [self.kubelet])]:
                 if agent.capture is not None:
                     agent.capture.stop()
@@ -314,6 +324,8 @@ class _Run:
         ]
         for agent, pending in captures:
             agent.capture = await asyncio.to_thread(pending)
+        if self.options.vantage is capturing.Vantage.NODE:
+            self.node_capture = await asyncio.to_thread(self._start_node_capture)
         self.window_start = time.time()
         for pod in layout.pods:
             self.pod_events.append(bundling.pod_ip_event(pod, "ADDED", pod.created))
@@ -332,6 +344,8 @@ class _Run:
         for agent in self.agents:
             if agent.capture is not None:
                 agent.capture.stop()
+        if self.node_capture is not None:
+            self.node_capture.stop()
         self.report["probes"] = {"ok": probes["ok"], "failed": probes["failed"]}
         self.probed = [(str(s), int(p), str(peer)) for s, p, peer in probes["servers"]]
         window_end = time.time()
@@ -350,6 +364,18 @@ class _Run:
             )
 
         return start
+
+    def _start_node_capture(self) -> capturing.Capture:
+        """The node-capture DaemonSet's tcpdump, on every interface of the node namespace."""
+        dual = self.layout.dual_stack
+        return capturing.start_on_node(
+            self.network.node,
+            self.options.out / node_capture_folder(NODE_NAME),
+            self.capture_options,
+            node=NODE_NAME,
+            addresses=(NODE_IPV4, NODE_IPV6) if dual else (NODE_IPV4,),
+            networks=(str(POD_CIDR_V4), str(POD_CIDR_V6)) if dual else (str(POD_CIDR_V4),),
+        )
 
     async def _launch(
         self, name: str, netns_name: str, config: dict[str, Any]
@@ -585,6 +611,7 @@ class _Run:
             layout=self.layout,
             window=(self.window_start, window_end),
             capture_mode=str(self.options.capture_mode),
+            sidecars=self.options.vantage is capturing.Vantage.POD,
             pod_events=self.pod_events,
             truth=self.truth,
             report=self.report,

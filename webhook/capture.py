@@ -80,6 +80,15 @@ ENV_CAPTURE_MODE = "NETPOL_SNIFFER_CAPTURE_MODE"
 ENV_CAPTURE_DIRECTORY = "NETPOL_SNIFFER_CAPTURE_DIR"
 ENV_LABELS_FILE = "NETPOL_SNIFFER_LABELS_FILE"
 
+# The node capture (manifests/node-capture), besides ENV_NODE_NAME and the capture directory and
+# mode: the entrypoint writes a node's meta.json and keeps only the pod networks (``all``: every
+# packet of the node) by adding them to tcpdump's filter.
+ENV_VANTAGE = "NETPOL_SNIFFER_VANTAGE"
+NODE_VANTAGE = "node"
+ENV_NODE_IPS = "NETPOL_SNIFFER_NODE_IPS"
+ENV_POD_NETWORKS = "NETPOL_SNIFFER_POD_NETWORKS"
+ALL_NETWORKS = "all"
+
 _FIELD_ENV = (
     (ENV_POD_NAME, "metadata.name"),
     (ENV_POD_NAMESPACE, "metadata.namespace"),

@@ -185,7 +185,7 @@ def test_a_missing_directory_or_a_file_is_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"format_version": 2}, "format_version 2 is not supported"),
+        ({"format_version": 3}, "format_version 3 is not supported"),
         ({"format_version": "1"}, "'format_version' must be a whole number"),
         ({"producer": "me"}, "producer must be one of collect, lab"),
         ({"window": {"start": "yesterday", "end": WINDOW["end"]}}, "window.start"),

@@ -68,7 +68,10 @@ GO_PARALLEL = os.environ.get("NETPOL_SNIFFER_GO_PARALLEL", "2")
 READY_TIMEOUT_S = 120.0
 # Concurrent runs (or other programs) may take a chosen port first: start again on new ports.
 START_ATTEMPTS = 3
-_LISTEN_PORTS = (20000, 32000)
+# Below the NodePort range (30000-32767) too: kube-router lets a pod reach any local port in it
+# whatever its policies (KUBE-ROUTER-INPUT), so an API server listening there answered the real
+# node's probe of the kubernetes Service under policies that allow no such egress.
+_LISTEN_PORTS = (20000, 29999)
 # namespace_factory's product: ``make(prefix, labels={...})`` → a ready namespace's name.
 NamespaceFactory = Callable[..., str]
 

@@ -10,6 +10,7 @@ authorization and exec proxy (v4.channel.k8s.io; v5 the API server would transla
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from cli.main import main
 from collector.collecting import CollectOptions, collect
 from collector.kube import KubernetesCluster, load_configuration
 from kernel.errors import AccessDenied
+from kernel.names import NODE_CAPTURE_NAMESPACE
 from tests.collector.fakeapiserver import FakeAPIServer
 from tests.e2e.controlplane import ControlPlane
 
@@ -504,3 +506,62 @@ def test_exec_without_the_namespace_role_is_named(
         v4_cluster(collector_identity), CollectOptions(out=tmp_path / "b", namespaces=(shop,))
     )
     assert result.pods_pulled == 1 and result.skipped == ()
+
+
+def test_node_capture_rbac_is_exec_in_its_own_namespace_only(
+    control_plane: ControlPlane,
+    namespace_factory: NamespaceFactory,
+    collector_identity: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """manifests/node-capture applies (its namespace at Pod Security privileged); the collector's
+    namespace role applied there grants exec into the node capture's pods and nowhere else; with
+    no node to run on, collect --node-captures says the capture is not running."""
+    bank = namespace_factory("bank", labels=OPT_IN)
+    # The pod networks a user sets in an overlay: here in a copy of the kustomization.
+    overlay = tmp_path / "node-capture"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(REPO / "manifests/node-capture", overlay)],
+                "configMapGenerator": [
+                    {
+                        "name": "netpol-sniffer-node-capture",
+                        "namespace": NODE_CAPTURE_NAMESPACE,
+                        "behavior": "merge",
+                        "literals": ["NETPOL_SNIFFER_POD_NETWORKS=10.244.0.0/16"],
+                    }
+                ],
+            }
+        )
+    )
+    control_plane.kubectl("apply", "-k", str(overlay))
+    try:
+        labels = json.loads(
+            control_plane.kubectl("get", "namespace", NODE_CAPTURE_NAMESPACE, "-o", "json").stdout
+        )["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+        control_plane.kubectl("apply", "-k", str(REPO / "manifests/collector-rbac"))
+        control_plane.kubectl(
+            "apply",
+            "-n",
+            NODE_CAPTURE_NAMESPACE,
+            "-k",
+            str(REPO / "manifests/collector-rbac/namespace"),
+        )
+        exec_there = ("create", "pods", "--subresource=exec", "-n", NODE_CAPTURE_NAMESPACE)
+        wait_for("the exec role", lambda: can_i(control_plane, *exec_there))
+        assert not can_i(control_plane, "create", "pods", "--subresource=exec", "-n", bank)
+        assert not can_i(control_plane, "get", "secrets", "-n", NODE_CAPTURE_NAMESPACE)
+        assert not can_i(control_plane, "delete", "pods", "-n", NODE_CAPTURE_NAMESPACE)
+        args = ["collect", "-n", bank, "-o", str(tmp_path / "b"), "--node-captures"]
+        assert main([*args, "--kubeconfig", str(collector_identity)]) == 1
+        assert "no node capture runs" in capsys.readouterr().err
+    finally:
+        control_plane.kubectl(
+            "delete", "-k", str(overlay), "--wait=false", "--ignore-not-found", check=False
+        )

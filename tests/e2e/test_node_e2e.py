@@ -34,11 +34,13 @@ from typing import Any, cast
 import pytest
 import yaml
 
+from kernel.names import NODE_CAPTURE_NAMESPACE
 from lab import bundling
 from lab.plans import Expect, TrafficPlan, read_plan
 from tests.e2e.node import (
     AGENT_IMAGE,
     CAPTURE_IMAGE,
+    CLUSTER_CIDR,
     DNS_SERVICE_IP,
     IMAGES_DIR,
     LOAD_BALANCER_RANGE,
@@ -187,8 +189,50 @@ def stand_ins(manifests: str) -> dict[str, tuple[str, str]]:
     return result
 
 
-def deploy_application(cluster: Cluster, work: Path) -> None:
-    """The example's manifests, unchanged, with kustomize swapping in the stand-ins."""
+def restricted_patches(manifests: str) -> list[Json]:
+    """kustomize patches that make every Deployment's pods meet Pod Security ``restricted``
+    (run as a user that is not root, no privilege escalation, every capability dropped, the
+    runtime's seccomp profile), keeping what their securityContexts already say: what a team
+    whose namespaces enforce ``restricted`` has in its own manifests."""
+    patches = []
+    for document in yaml.safe_load_all(manifests):
+        if not document or document.get("kind") != "Deployment":
+            continue
+        spec = document["spec"]["template"]["spec"]
+        pod_context = {
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            **(spec.get("securityContext") or {}),
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        operations = [
+            {"op": "add", "path": "/spec/template/spec/securityContext", "value": pod_context}
+        ]
+        for kind in ("initContainers", "containers"):
+            for index, container in enumerate(spec.get(kind) or []):
+                context = {
+                    **(container.get("securityContext") or {}),
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "runAsNonRoot": True,
+                }
+                path = f"/spec/template/spec/{kind}/{index}/securityContext"
+                operations.append({"op": "add", "path": path, "value": context})
+        patches.append(
+            {
+                "target": {"kind": "Deployment", "name": document["metadata"]["name"]},
+                "patch": yaml.safe_dump(operations),
+            }
+        )
+    return patches
+
+
+def deploy_application(
+    cluster: Cluster, work: Path, *, namespace: str = NAMESPACE, restricted: bool = False
+) -> None:
+    """The example's manifests, unchanged, with kustomize swapping in the stand-ins (into
+    ``namespace``; ``restricted``: patched to meet Pod Security ``restricted``)."""
     manifests = (EXAMPLE / "kubernetes-manifests.yaml").read_text()
     images = cluster.node.built.images
     variants = stand_ins(manifests)
@@ -201,15 +245,18 @@ def deploy_application(cluster: Cluster, work: Path) -> None:
     app = work / "app"
     app.mkdir()
     shutil.copy(EXAMPLE / "kubernetes-manifests.yaml", app)
-    kustomization = {
+    kustomization: Json = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
+        "namespace": namespace,
         "resources": ["kubernetes-manifests.yaml"],
         "images": [
             {"name": _image_repository(image), "newName": AGENT_NAME, "newTag": variant}
             for image, (variant, _) in variants.items()
         ],
     }
+    if restricted:
+        kustomization["patches"] = restricted_patches(manifests)
     (app / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
     cluster.run("kubectl", "apply", "-k", str(app))
 
@@ -353,6 +400,7 @@ class Topology:
     pods: list[Json]
     services: list[Json]
     workloads: dict[str, str]  # pod name → NS/Kind/name
+    namespace: str = NAMESPACE  # the application's: where the plan's outside clients call
 
     def selected(self, service: Json) -> list[Json]:
         """The pods a Service selects."""
@@ -389,7 +437,7 @@ class Topology:
             for protocol in ("UDP", "TCP"):
                 reached[client] |= self.service_targets(dns, 53, protocol)
         for call in plan.calls:
-            namespace = call.client.split("/")[0] if not call.outside_address else NAMESPACE
+            namespace = call.client.split("/")[0] if not call.outside_address else self.namespace
             parts = call.host.split(".")
             service = by_name.get((parts[1] if len(parts) > 1 else namespace, parts[0]))
             if service is not None:
@@ -478,11 +526,12 @@ def assert_native_sidecar_running(pod: Json) -> None:
 
 
 def capture_bytes(cluster: Cluster, pod: Json) -> int:
-    """The size of the pod's capture files, as the sidecar sees them."""
+    """The size of the pod's capture files, as its capture container (the sidecar, or the node
+    capture's) sees them."""
     output = cluster.kubectl(
         "exec",
         "-n",
-        NAMESPACE,
+        pod["metadata"]["namespace"],
         pod["metadata"]["name"],
         "-c",
         SIDECAR,
@@ -661,35 +710,91 @@ def journey(cluster: Cluster, tmp_path: Path) -> None:
     cluster.kubectl("delete", "-n", NAMESPACE, "job/once", "--cascade=foreground")
     steps["job"] = "completed with the native sidecar"
 
-    # 4. The plan's traffic inside collect's window.
+    # 4. and 5. The plan's traffic inside collect's window; analyse, apply, enforce.
+    observe_and_enforce(
+        cluster,
+        plan,
+        pods=pods,
+        capturers=pods,
+        collect_options=[],
+        load_balancer_ip=str(LOAD_BALANCER_RANGE[1]),
+        out=OUT,
+        report=report,
+    )
+
+    # 6. uninstall-sidecars: the namespace unlabelled, every Deployment restarted, and the new
+    # pods, admitted while the webhook still runs, come without the sidecar.
+    cluster.run(
+        str(Path(sys.executable).parent / "netpol-sniffer"),
+        "uninstall-sidecars",
+        "--namespace",
+        NAMESPACE,
+    )
+    labels = json.loads(cluster.kubectl("get", "namespace", NAMESPACE, "-o", "json"))
+    assert "netpol-sniffer.io/capture" not in labels["metadata"].get("labels", {})
+    wait_for("every Deployment's restarted pod", lambda: restarted_pods(cluster) is not None)
+    restarted = restarted_pods(cluster) or []
+    assert restarted and all(sidecar_of(p) is None for p in restarted), [
+        p["metadata"]["name"] for p in restarted if sidecar_of(p) is not None
+    ]
+    # The install step undone (`kubectl delete -k`): on a 2-CPU node the webhook's requests are
+    # what the last surge pods of the rolling restarts need (docs/e2e.md).
+    cluster.run(
+        "kubectl", "delete", "-k", "manifests/overlays/self-signed", "--wait=false", cwd=workspace
+    )
+    rollouts(cluster)
+    wait_for("pods without the sidecar", lambda: all(sidecar_of(p) is None for p in cluster.pods()))
+    steps["uninstall"] = "pods back without the sidecar"
+    (OUT / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def observe_and_enforce(
+    cluster: Cluster,
+    plan: TrafficPlan,
+    *,
+    pods: list[Json],
+    capturers: list[Json],
+    collect_options: Sequence[str],
+    load_balancer_ip: str,
+    out: Path,
+    report: Json,
+    label: str = "node-e2e",
+) -> None:
+    """The plan's traffic inside collect's window (``collect_options`` added to its command
+    line), truth.json, analyse, the probe matrix before the policies, the policies applied and
+    enforced, the plan and the matrix again; the verdict in ``report``, ``out`` and one summary
+    line starting with ``label``. ``pods``: the application's pods (in one namespace);
+    ``capturers``: the pods whose captures must grow (the sidecars', or the node capture's)."""
+    namespace = pods[0]["metadata"]["namespace"]
     replica_sets = {
         f"{rs['metadata']['namespace']}/{rs['metadata']['name']}": rs
         for rs in cluster.get("replicasets", "-A")
     }
     all_pods = [p for p in cluster.get("pods", "-A") if "deletionTimestamp" not in p["metadata"]]
     workloads = {p["metadata"]["name"]: workload_of(p, replica_sets) for p in all_pods}
-    lb_ip = str(LOAD_BALANCER_RANGE[1])
+    lb_ip = load_balancer_ip
     cluster.kubectl(
         "patch",
         "service",
         "frontend-external",
         "-n",
-        NAMESPACE,
+        namespace,
         "--subresource=status",
         "--type=merge",
         "-p",
         json.dumps({"status": {"loadBalancer": {"ingress": [{"ip": lb_ip}]}}}),
     )
     load_balancers = {"frontend-external": lb_ip}
-    before = {p["metadata"]["name"]: capture_bytes(cluster, p) for p in pods}
-    bundle = OUT / "bundle"
+    before = {p["metadata"]["name"]: capture_bytes(cluster, p) for p in capturers}
+    bundle = out / "bundle"
     collect = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "netpol-sniffer"),
             "--debug",
             "collect",
+            *collect_options,
             "--namespace",
-            NAMESPACE,
+            namespace,
             "--out",
             str(bundle),
             "--duration",
@@ -706,14 +811,14 @@ def journey(cluster: Cluster, tmp_path: Path) -> None:
         p["metadata"]["name"]: cluster.exec_json(p, "python", "-m", "node_agent", "seen")
         for p in pods
     }
-    after = {p["metadata"]["name"]: capture_bytes(cluster, p) for p in pods}
+    after = {p["metadata"]["name"]: capture_bytes(cluster, p) for p in capturers}
     collect_out, collect_err = collect.communicate(timeout=900)
-    (OUT / "collect.log").write_text(collect_out + collect_err)
+    (out / "collect.log").write_text(collect_out + collect_err)
     protocols = sorted(set(re.findall(r"exec \S+: protocol (\S+)", collect_err)))
     report["exec_protocol"] = protocols[0] if len(protocols) == 1 else protocols
     report["capture_growth"] = {name: after[name] - before[name] for name in before}
-    steps["collect"] = f"exit {collect.returncode}"
-    (OUT / "plan-run.json").write_text(json.dumps(played.totals, indent=2))
+    report["steps"]["collect"] = f"exit {collect.returncode}"
+    (out / "plan-run.json").write_text(json.dumps(played.totals, indent=2))
 
     # truth.json: the agents' answers, and the non-pod callers the servers answered (the kubelet's
     # probes, the LoadBalancer's masqueraded clients)
@@ -736,7 +841,7 @@ def journey(cluster: Cluster, tmp_path: Path) -> None:
         (bundle / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=True) + "\n")
 
     # 5. analyse, apply, enforce.
-    policies = OUT / "policies"
+    policies = out / "policies"
     analysed = cluster.run(
         str(Path(sys.executable).parent / "netpol-sniffer"),
         "analyse",
@@ -745,9 +850,9 @@ def journey(cluster: Cluster, tmp_path: Path) -> None:
         str(policies),
         check=False,
     )
-    (OUT / "analyse.log").write_text(analysed.stdout + analysed.stderr)
+    (out / "analyse.log").write_text(analysed.stdout + analysed.stderr)
     clients = pods
-    topology = Topology(all_pods, cluster.get("services", "-A"), workloads)
+    topology = Topology(all_pods, cluster.get("services", "-A"), workloads, namespace)
     reached = topology.called(plan)
     targets = {
         p["metadata"]["name"]: topology.probe_targets(p, reached[workloads[p["metadata"]["name"]]])
@@ -757,10 +862,11 @@ def journey(cluster: Cluster, tmp_path: Path) -> None:
     cluster.run("kubectl", "apply", "-k", str(policies))
     addresses = [p["status"]["podIP"] for p in clients]
     wait_for(
-        "kube-router to program the policies", lambda: _policies_programmed(node, addresses)
+        "kube-router to program the policies",
+        lambda: _policies_programmed(cluster.node, addresses),
     )
     enforced = play(cluster, plan, pods, workloads, load_balancers)
-    (OUT / "plan-enforced.json").write_text(json.dumps(enforced.totals, indent=2))
+    (out / "plan-enforced.json").write_text(json.dumps(enforced.totals, indent=2))
     matrix = probe_matrix(cluster, clients, targets)
     planned = enforced.allowed(plan)
     unplanned = []
@@ -787,13 +893,13 @@ def journey(cluster: Cluster, tmp_path: Path) -> None:
     ]
     report["unplanned_allowed"] = [e for e in unplanned if e["outcome"] == "connected"]
     report["unanswered_before_policies"] = unanswered
-    (OUT / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     summary = (
-        f"node-e2e: planned {report['planned']['allowed']}/{report['planned']['total']} allowed, "
+        f"{label}: planned {report['planned']['allowed']}/{report['planned']['total']} allowed, "
         f"unplanned {report['unplanned']['blocked']}/{report['unplanned']['total']} blocked"
     )
     SUMMARY_LINES.append(summary)
-    (OUT / "summary.txt").write_text(summary + "\n")
+    (out / "summary.txt").write_text(summary + "\n")
     assert collect.returncode == 0, collect_err[-3000:]
     assert analysed.returncode == 0, analysed.stderr[-3000:]
     assert all(growth > 0 for growth in report["capture_growth"].values()), report["capture_growth"]
@@ -801,30 +907,123 @@ def journey(cluster: Cluster, tmp_path: Path) -> None:
     assert not denied, report["planned_calls"]
     assert len(blocked) == len(unplanned), report["unplanned_allowed"]
 
-    # 6. uninstall-sidecars: the namespace unlabelled, every Deployment restarted, and the new
-    # pods, admitted while the webhook still runs, come without the sidecar.
-    cluster.run(
-        str(Path(sys.executable).parent / "netpol-sniffer"),
-        "uninstall-sidecars",
-        "--namespace",
-        NAMESPACE,
+
+
+RESTRICTED = "bank"
+
+
+def test_node_captures_in_a_restricted_namespace(node: Node, tmp_path: Path) -> None:
+    cluster = Cluster(node)
+    try:
+        restricted_journey(cluster, tmp_path)
+    except BaseException:
+        diagnose(cluster)
+        raise
+
+
+def restricted_journey(cluster: Cluster, tmp_path: Path) -> None:
+    """The node capture instead of sidecars, for a namespace that enforces Pod Security
+    ``restricted``: the application's pods are admitted as they are (no sidecar, nothing
+    restarted), ``collect --node-captures`` pulls the node's capture, ``analyse`` writes the
+    policies, and under kube-router the planned calls pass and the probe matrix is blocked."""
+    node = cluster.node
+    text = (EXAMPLE / "traffic.yaml").read_text().replace("default/", f"{RESTRICTED}/")
+    plan = read_plan("traffic.yaml", text)
+    out = OUT / "node-captures"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    report: Json = {"versions": versions(), "steps": {}}
+    steps = report["steps"]
+    # The README journey's application, if it ran: a second copy would not fit on two CPUs.
+    cluster.kubectl("delete", "deployments,networkpolicies", "--all", "-n", NAMESPACE)
+    wait_for("the first application's pods to go", lambda: not cluster.pods())
+
+    # A namespace that enforces restricted, opted in: the sidecar would be refused there.
+    cluster.kubectl("create", "namespace", RESTRICTED)
+    cluster.kubectl(
+        "label",
+        "namespace",
+        RESTRICTED,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+        "netpol-sniffer.io/capture=enabled",
     )
-    labels = json.loads(cluster.kubectl("get", "namespace", NAMESPACE, "-o", "json"))
-    assert "netpol-sniffer.io/capture" not in labels["metadata"].get("labels", {})
-    wait_for("every Deployment's restarted pod", lambda: restarted_pods(cluster) is not None)
-    restarted = restarted_pods(cluster) or []
-    assert restarted and all(sidecar_of(p) is None for p in restarted), [
-        p["metadata"]["name"] for p in restarted if sidecar_of(p) is not None
-    ]
-    # The install step undone (`kubectl delete -k`): on a 2-CPU node the webhook's requests are
-    # what the last surge pods of the rolling restarts need (docs/e2e.md).
-    cluster.run(
-        "kubectl", "delete", "-k", "manifests/overlays/self-signed", "--wait=false", cwd=workspace
+    node.control_plane.wait_for_default_service_account(RESTRICTED)  # type: ignore[union-attr]
+    with_net_raw = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "with-net-raw"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "capture",
+                    "image": CAPTURE_IMAGE,
+                    "securityContext": {"capabilities": {"add": ["NET_RAW"]}},
+                }
+            ]
+        },
+    }
+    refused = node.kubectl(
+        "apply", "-n", RESTRICTED, "-f", "-", stdin=json.dumps(with_net_raw), check=False
     )
-    rollouts(cluster)
-    wait_for("pods without the sidecar", lambda: all(sidecar_of(p) is None for p in cluster.pods()))
-    steps["uninstall"] = "pods back without the sidecar"
-    (OUT / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
+    steps["restricted"] = "a pod with NET_RAW is refused"
+
+    # The node capture, its pod networks set by an overlay, as a user sets them.
+    overlay = tmp_path / "node-capture"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(REPO / "manifests" / "node-capture", overlay)],
+                "configMapGenerator": [
+                    {
+                        "name": "netpol-sniffer-node-capture",
+                        "namespace": NODE_CAPTURE_NAMESPACE,
+                        "behavior": "merge",
+                        "literals": [f"NETPOL_SNIFFER_POD_NETWORKS={CLUSTER_CIDR}"],
+                    }
+                ],
+            }
+        )
+    )
+    cluster.run("kubectl", "apply", "-k", str(overlay))
+    node.wait_rollout(NODE_CAPTURE_NAMESPACE, "daemonset/netpol-sniffer-node-capture")
+    capturers = cluster.pods(NODE_CAPTURE_NAMESPACE)
+    assert len(capturers) == 1 and capturers[0]["spec"]["hostNetwork"] is True
+    steps["node capture"] = "running on the node"
+
+    # The application, admitted as it is: no sidecar, every pod running.
+    deploy_application(cluster, tmp_path, namespace=RESTRICTED, restricted=True)
+    rollouts(cluster, RESTRICTED)
+    pods = cluster.pods(RESTRICTED)
+    names = {
+        container["name"]
+        for pod in pods
+        for container in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
+    }
+    assert SIDECAR not in names and all(p["status"]["phase"] == "Running" for p in pods)
+    steps["pods"] = sorted(p["metadata"]["name"] for p in pods)
+
+    observe_and_enforce(
+        cluster,
+        plan,
+        pods=pods,
+        capturers=capturers,
+        collect_options=["--node-captures"],
+        load_balancer_ip=str(LOAD_BALANCER_RANGE[2]),
+        out=out,
+        report=report,
+        label="node-e2e (node capture, restricted namespace)",
+    )
+    node_name = capturers[0]["spec"]["nodeName"]
+    bundle = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert {entry.get("node") for entry in bundle["captures"]} == {node_name}
+    coverage = (out / "policies" / "report.md").read_text()
+    for pod in pods:
+        assert f"| {RESTRICTED}/{pod['metadata']['name']} | node {node_name} |" in coverage
 
 
 def _policies_programmed(node: Node, addresses: Sequence[str]) -> bool:

@@ -15,15 +15,22 @@ from tests.lab.lab_helpers import LAB_SECONDS, LabRun, LabRunner, own_namespaces
 
 @pytest.fixture
 def run_lab(tmp_path: Path) -> Iterator[LabRunner]:
-    """``run_lab(manifests_yaml, plan_yaml, capture_mode=..., duration=...)`` → LabRun."""
+    """``run_lab(manifests_yaml, plan_yaml, capture_mode=..., duration=..., vantage=...)`` →
+    LabRun."""
     from kernel.capture import CaptureMode
+    from lab.capturing import Vantage
     from lab.running import LabOptions
     from lab.running import run_lab as run
 
     count = 0
 
     def runner(
-        manifests: str, plan: str, *, capture_mode: str = "handshake", duration: float | None = None
+        manifests: str,
+        plan: str,
+        *,
+        capture_mode: str = "handshake",
+        duration: float | None = None,
+        vantage: str = "pod",
     ) -> LabRun:
         nonlocal count
         count += 1
@@ -39,6 +46,7 @@ def run_lab(tmp_path: Path) -> Iterator[LabRunner]:
                 out=folder / "bundle",
                 capture_mode=CaptureMode(capture_mode),
                 duration=duration,
+                vantage=Vantage(vantage),
             )
         )
         LAB_SECONDS.append(time.monotonic() - started)
