@@ -16,6 +16,7 @@ Pure (data in, data out, no I/O):
     graphs      flows + identities → the workload graph: typed nodes and edges, its schema
     policies    the policy model, and the plan (policies, default-denies) made from the graph
     explaining  why each rule exists: the flows behind it, or why every policy has it
+    adopting    the generated policies against the cluster's current ones: collisions, combined
     selectors   label selectors, and the volatile labels that never belong in one
     peers       target ports, pod and address peers, special addresses, cluster DNS, exposures
     addresses   IP addresses as text: checked, normalized, parsed, sorted

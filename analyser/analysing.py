@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 
 from analyser.addresses import parse_address
+from analyser.adopting import Adoption, adopt
 from analyser.bundles import Bundle, FileProblem
 from analyser.explaining import explain
 from analyser.flows import Evidence, Flow, orient
@@ -78,6 +79,7 @@ from analyser.vantages import (
     pods_covered,
     readable_nodes,
 )
+from analyser.verifying import change_json
 from analyser.vouching import Witnesses
 from kernel.bundles import CAPTURES, NODE_CAPTURES, SNAPSHOT_KINDS, Window
 from kernel.errors import CaptureError, CaptureTooLarge, OutputError, RenderError, SnapshotError
@@ -143,6 +145,8 @@ class Analysis(Observation):
     # how), and whether their exposed ports were allowed from anywhere (or the clients seen only).
     exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
     exposed_anywhere: bool = True
+    # The policies against the cluster's current ones: collisions, combinations, changes.
+    adoption: Adoption = field(default_factory=Adoption)
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -231,6 +235,18 @@ class Analysis(Observation):
                 for workload, items in self.exposures.items()
                 for exposure in items
             ],
+            "current_policies": {
+                "read": list(self.adoption.current),
+                "collisions": [
+                    {"policy": item.policy, "workload": item.workload, "ours": item.ours}
+                    for item in self.adoption.collisions
+                ],
+                "combined": {
+                    workload: list(names) for workload, names in self.adoption.combined.items()
+                },
+                "changes": [change_json(change) for change in self.adoption.changes],
+                "notes": list(self.adoption.notes),
+            },
             "files": list(self.files),
         }
 
@@ -726,6 +742,15 @@ def analyse(
         policies, default_denies=plan.default_denies, provenance=provenance, reasons=reasons
     )
     check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
+    workload_policies = {p.workload: f"{p.namespace}/{p.name}" for p in policies}
+    current = seen.snapshot.network_policies
+    adoption = adopt(
+        ((f"snapshot: NetworkPolicy {p.display_name}", p.raw) for p in current),
+        parse_policy_texts(files).policies,
+        workload_policies,
+        cluster_facts(seen.snapshot, seen.resolver).workloads,
+        nodes=seen.snapshot.node_by_address,
+    )
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
     if svg is not None:
@@ -755,6 +780,7 @@ def analyse(
         selector_warnings=selector_warnings(seen.graph),
         unvouched=seen.graph.unvouched_pairs(),
         coverage=seen.coverage,
+        adoption=adoption,
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(
@@ -765,6 +791,7 @@ def analyse(
         notes=notes,
         exposures=exposed,
         exposed_anywhere=expose_anywhere,
+        adoption=adoption,
     )
 
 

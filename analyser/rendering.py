@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from analyser.adopting import Adoption
 from analyser.bundles import FileProblem
 from analyser.explaining import RuleReasons
 from analyser.flows import Evidence
@@ -32,6 +34,7 @@ from analyser.peers import Exposure, IpPeer, PodPeer
 from analyser.policies import (
     EGRESS,
     INGRESS,
+    MANAGED_BY_LABEL,
     DefaultDeny,
     LeftOut,
     Policy,
@@ -45,8 +48,6 @@ from analyser.vantages import Coverage
 from kernel.bundles import Window
 from kernel.errors import RenderError
 
-# What every generated object carries, so users (and a later run) can tell it apart.
-MANAGED_BY_LABEL = ("app.kubernetes.io/managed-by", "netpol-sniffer")
 ANNOTATION_PREFIX = "netpol-sniffer.io/"
 # Kustomize's extension-less file name: `kubectl apply -k DIR` reads it, while `kubectl apply -f
 # DIR` (and Argo CD, kubeconform, anything reading a folder of manifests) skips files without a
@@ -101,6 +102,8 @@ class ReportFacts:
     unvouched: tuple[UnvouchedPair, ...] = ()
     # Per captured pod, the vantage points (its own capture, its node's) that covered it.
     coverage: tuple[Coverage, ...] = ()
+    # The policies against the cluster's current ones (the snapshot's).
+    adoption: Adoption = field(default_factory=Adoption)
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------
@@ -603,6 +606,49 @@ def render_dot(graph: WorkloadGraph) -> str:
     return _render("graph.dot.j2", nodes=nodes, edges=edges)
 
 
+# Per workload, the newly allowed pairs listed in report.md; the rest counted.
+MAX_REPORTED_CHANGES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class _AdoptionView:
+    """One workload's row of report.md's comparison with the current policies."""
+
+    workload: str
+    combined: tuple[str, ...]
+    gained: int  # pairs (with it at either end) gaining ports
+    lost: int
+    allowed: tuple[str, ...]  # "CLIENT → SERVER: PORTS" newly allowed, the first ones
+    more: int  # newly allowed pairs not listed
+
+
+def _adoption_views(adoption: Adoption, workloads: Iterable[str]) -> list[_AdoptionView]:
+    """Per workload with a policy: what it combines with, the changes with it at either end
+    counted, the newly allowed ones listed (newly denied is what applying is for)."""
+    allowed: dict[str, list[str]] = defaultdict(list)
+    lost: Counter[str] = Counter()
+    for change in adoption.changes:
+        for end in {change.client, change.server}:
+            if change.newly_allowed:
+                allowed[end].append(f"{change.client} → {change.server}: {change.newly_allowed}")
+            if change.newly_denied:
+                lost[end] += 1
+    views = []
+    for workload in sorted(workloads):
+        lines = allowed.get(workload, [])
+        views.append(
+            _AdoptionView(
+                workload,
+                adoption.combined.get(workload, ()),
+                len(lines),
+                lost[workload],
+                tuple(lines[:MAX_REPORTED_CHANGES]),
+                max(0, len(lines) - MAX_REPORTED_CHANGES),
+            )
+        )
+    return views
+
+
 def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
     """The Markdown report: workloads, flows per edge, external names, unresolved addresses,
     damaged files and how each flow's direction was decided."""
@@ -616,4 +662,5 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         evidence=evidence,
         attempts=graph.attempts,
         loopback=graph.loopback,
+        adoption=_adoption_views(facts.adoption, facts.workload_policies),
     )
