@@ -660,7 +660,7 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         nodes=nodes,
         edges=edges,
         evidence=evidence,
-        attempts=graph.attempts,
+        attempts=graph.attempt_groups(),
         loopback=graph.loopback,
         adoption=_adoption_views(facts.adoption, facts.workload_policies),
     )

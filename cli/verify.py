@@ -61,6 +61,7 @@ def _verify(args: argparse.Namespace) -> int:
     from analyser.policysets import load_policies, namespace_label_keys
     from analyser.replaying import cluster_facts, verify_graph
     from analyser.verifying import allowance_json, denial_json, score_json, unvouched_json
+    from kernel.times import utc_text
 
     if find_snapshot(args.policies) is not None and find_snapshot(args.bundle) is None:
         raise BundleError(
@@ -86,11 +87,17 @@ def _verify(args: argparse.Namespace) -> int:
             f"the snapshot has no Namespaces, so their labels are unknown: namespaceSelectors on "
             f"{', '.join(sorted(looked_at))} match nothing (add `kubectl get namespaces -o json`)"
         )
-    notes += [
-        f"not checked, never established (refused or unanswered): {a.client} → {a.server} "
-        f"{a.flow.protocol}/{a.flow.server.port}"
-        for a in observation.graph.attempts
-    ]
+    for group in observation.graph.attempt_groups():
+        retried = (
+            f" ({group.attempts} attempts, first {utc_text(group.first_seen)}, "
+            f"last {utc_text(group.last_seen)})"
+            if group.attempts > 1
+            else ""
+        )
+        notes.append(
+            f"not checked, never established (refused or unanswered): {group.client} → "
+            f"{group.server} {group.port.protocol}/{group.port.port}{retried}"
+        )
     status = ExitStatus.OK if result.passed else ExitStatus.DENIED
     if args.json:
         document = {
