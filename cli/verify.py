@@ -6,12 +6,12 @@ POLICIES is a folder (or file) of NetworkPolicies: the generated ones or any han
 (YAML with one or more documents, Lists, JSON, `kustomize build` output). Objects that are not
 NetworkPolicies are skipped with a note.
 
-Every observed connection (client workload → server workload or address, on the target port after
-Service DNAT) is evaluated with networking.k8s.io/v1 semantics: egress at the client and ingress
-at the server must both allow it. Each denied one is listed with the side that denies it. A side
-is checked only when its own captures vouch for the connection (they saw it, or none of them ran
-then): one pod's capture cannot make another workload's policies fail; such connections are
-listed.
+The observed flows are checked once per client → server port (client workload → server workload
+or address, on the target port after Service DNAT) with networking.k8s.io/v1 semantics: egress at
+the client and ingress at the server must both allow them. Each denied one is listed with the
+side that denies it. A side is checked only when its own captures vouch for the flows (they saw
+them, or none of them ran then): one pod's capture cannot make another workload's policies fail;
+such flows are listed.
 
 Then, for every pair that involves a captured workload (workloads, ipBlocks the policies name,
 observed outside addresses, and "anywhere"), the ports allowed without any observed flow are
@@ -115,15 +115,16 @@ def _verify(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
         return status
     echo(
-        f"{args.policies} ({len(loaded.policies.policies)} NetworkPolicies) against "
-        f"{result.checked} observed connections of {args.bundle}"
+        f"{args.policies} ({len(loaded.policies.policies)} NetworkPolicies) against the flows "
+        f"observed in {args.bundle}: {result.checked} client → server ports"
     )
     if result.denials:
-        echo(f"DENIED: {len(result.denials)} observed connection(s) would be blocked:")
+        denied = len(result.denials)
+        echo(f"DENIED: the flows of {denied} client → server port(s) would be blocked:")
         for denial in result.denials:
             echo(f"  {denial}")
     else:
-        echo("OK: every observed connection is allowed")
+        echo("OK: every observed flow is allowed")
     if result.unvouched:
         echo(
             f"not checked at a side whose own capture covered the time and did not see them "

@@ -332,7 +332,7 @@ def test_a_refused_or_unanswered_connection_gets_no_rule_and_is_reported(
     frontend = (out / "web.frontend.yaml").read_text()
     assert "7777" not in frontend and "9999" not in frontend
     report = (out / "report.md").read_text()
-    assert "## Connections that were never established" in report
+    assert "## Flows that were never established" in report
     # One row per client, server and port, however many attempts.
     assert (
         "| web/Deployment/frontend | shop/Deployment/cart (10.244.2.7) | TCP/7777 | 5 | 10 | "

@@ -62,7 +62,7 @@ def test_generated_policies_pass(
     bundle, policies = generated
     assert main(["verify", str(bundle), str(policies)]) == ExitStatus.OK
     out = capsys.readouterr().out
-    assert "OK: every observed connection is allowed" in out
+    assert "OK: every observed flow is allowed" in out
     assert "least-privilege score" in out
 
 
