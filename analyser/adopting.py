@@ -56,10 +56,6 @@ class Adoption:
         """Collisions with policies netpol-sniffer did not write: applying would replace them."""
         return tuple(item for item in self.collisions if not item.ours)
 
-    def changes_of(self, workload: str) -> tuple[Change, ...]:
-        """The changes with ``workload`` at either end (ingress: it is the server)."""
-        return tuple(c for c in self.changes if workload in (c.client, c.server))
-
 
 def _compiled(
     documents: Iterable[tuple[str, Mapping[str, Any]]], notes: list[str]
