@@ -14,8 +14,8 @@ So, against the snapshot's policies:
   the set after applying (the current one without the replaced policies, plus the generated
   ones), for every pair with a workload that gets a policy.
 
-A current policy that cannot be read is left out with a note. Pure: documents and pod facts in,
-the comparison out.
+A current policy that cannot be read is left out with a note, and so are the changes past
+:data:`MAX_COMPARED_PAIRS` pairs. Pure: documents and pod facts in, the comparison out.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ from analyser.evaluation import CompiledPolicy, Direction, Pod, PolicySet, compi
 from analyser.policies import MANAGED_BY_LABEL
 from analyser.verifying import Change, Universe, diff
 from kernel.errors import PolicyError
+
+# The pairs compared (each workload that gets a policy with every workload and address block,
+# both ways, on every port) past which the changes are left to `netpol-sniffer diff`, said in a
+# note: a large cluster, or a tampered snapshot naming any number of ipBlocks, would make this
+# the slowest step of analyse. Collisions and combinations are still found.
+MAX_COMPARED_PAIRS = 100_000
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -55,6 +61,28 @@ class Adoption:
     def overwritten(self) -> tuple[Collision, ...]:
         """Collisions with policies netpol-sniffer did not write: applying would replace them."""
         return tuple(item for item in self.collisions if not item.ours)
+
+    def by_workload(self, workloads: Iterable[str]) -> dict[str, WorkloadChanges]:
+        """For each of ``workloads`` (sorted), the changes with it at either end."""
+        wanted = sorted(workloads)
+        gained: dict[str, list[Change]] = {workload: [] for workload in wanted}
+        lost: dict[str, int] = dict.fromkeys(wanted, 0)
+        for change in self.changes:
+            for end in {change.client, change.server} & gained.keys():
+                if change.newly_allowed:
+                    gained[end].append(change)
+                if change.newly_denied:
+                    lost[end] += 1
+        return {w: WorkloadChanges(tuple(gained[w]), lost[w]) for w in wanted}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadChanges:
+    """What applying changes for one workload: the pairs (it at either end) that gain ports,
+    and how many lose some (newly denied: what applying is for)."""
+
+    gained: tuple[Change, ...]
+    lost: int
 
 
 def _compiled(
@@ -103,11 +131,12 @@ def adopt(
     kept = PolicySet.of(policy for policy, _ in compiled if str(policy) not in replaced)
     after = PolicySet.of((*kept.policies, *generated.policies))
     combined = {}
+    generated_by_name = {str(policy): policy for policy in generated.policies}
     for workload, name in sorted(workloads.items()):
         pod = pods.get(workload)
-        if pod is None:
+        if pod is None or name not in generated_by_name:
             continue
-        own = [p for p in generated.policies if str(p) == name]
+        own = [generated_by_name[name]]
         also = {
             str(policy)
             for direction in Direction
@@ -116,12 +145,21 @@ def adopt(
         }
         if also:
             combined[workload] = tuple(sorted(also))
+    changes: tuple[Change, ...] = ()
     blocks = [*before.ip_blocks(), *generated.ip_blocks()]
     universe = Universe.of(pods.values(), blocks, focus=workloads, nodes=nodes)
+    pairs = len(workloads) * (len(universe.pods) + 2 * len(universe.blocks))
+    if pairs > MAX_COMPARED_PAIRS:
+        notes.append(
+            f"what applying changes is not computed here: {pairs} pairs to compare (more than "
+            f"{MAX_COMPARED_PAIRS}); netpol-sniffer diff shows it"
+        )
+    else:
+        changes = tuple(diff(before, after, universe))
     return Adoption(
         current=tuple(sorted(str(policy) for policy, _ in compiled)),
         collisions=collisions,
         combined=combined,
-        changes=tuple(diff(before, after, universe)),
+        changes=changes,
         notes=tuple(notes),
     )

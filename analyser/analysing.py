@@ -244,7 +244,17 @@ class Analysis(Observation):
                 "combined": {
                     workload: list(names) for workload, names in self.adoption.combined.items()
                 },
-                "changes": [change_json(change) for change in self.adoption.changes],
+                "workloads": {
+                    workload: {
+                        "pairs_gaining_ports": len(changes.gained),
+                        "pairs_losing_ports": changes.lost,
+                        "newly_allowed": [change_json(change) for change in changes.gained],
+                    }
+                    for workload, changes in self.adoption.by_workload(
+                        p.workload for p in self.policies
+                    ).items()
+                    if self.adoption.changes  # none: no current policy, or past the cap (notes)
+                },
                 "notes": list(self.adoption.notes),
             },
             "files": list(self.files),

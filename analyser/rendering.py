@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -624,24 +623,19 @@ class _AdoptionView:
 
 def _adoption_views(adoption: Adoption, workloads: Iterable[str]) -> list[_AdoptionView]:
     """Per workload with a policy: what it combines with, the changes with it at either end
-    counted, the newly allowed ones listed (newly denied is what applying is for)."""
-    allowed: dict[str, list[str]] = defaultdict(list)
-    lost: Counter[str] = Counter()
-    for change in adoption.changes:
-        for end in {change.client, change.server}:
-            if change.newly_allowed:
-                allowed[end].append(f"{change.client} → {change.server}: {change.newly_allowed}")
-            if change.newly_denied:
-                lost[end] += 1
+    counted, the newly allowed ones listed (newly denied is what applying is for); none when
+    there is no change (or none was computed: the adoption's notes say why)."""
+    if not adoption.changes:
+        return []
     views = []
-    for workload in sorted(workloads):
-        lines = allowed.get(workload, [])
+    for workload, changes in adoption.by_workload(workloads).items():
+        lines = [f"{c.client} → {c.server}: {c.newly_allowed}" for c in changes.gained]
         views.append(
             _AdoptionView(
                 workload,
                 adoption.combined.get(workload, ()),
                 len(lines),
-                lost[workload],
+                changes.lost,
                 tuple(lines[:MAX_REPORTED_CHANGES]),
                 max(0, len(lines) - MAX_REPORTED_CHANGES),
             )

@@ -118,8 +118,10 @@ def test_differently_named_policies_that_combine_are_named_and_what_they_denied_
     assert current["combined"][REDIS] == ["default/deny-all", "default/redis-open"]
     assert current["combined"][FRONTEND] == ["default/deny-all"]
     # deny-all denied everything: what was observed is newly allowed, e.g. cartservice → redis
-    gained = {(c["client"], c["server"]) for c in current["changes"] if c["newly_allowed"]}
+    redis = current["workloads"][REDIS]
+    gained = {(c["client"], c["server"]) for c in redis["newly_allowed"]}
     assert ("default/Deployment/cartservice", REDIS) in gained
+    assert redis["pairs_gaining_ports"] == len(gained)
     report = (out / "report.md").read_text()
     assert "The snapshot holds 2 NetworkPolicies." in report
     assert f"| {REDIS} | default/deny-all, default/redis-open |" in report
@@ -132,7 +134,8 @@ def test_without_current_policies_the_report_says_applying_isolates(
 ) -> None:
     status, stdout, _ = analyse(bundle, tmp_path / "out", capsys, "--json")
     assert status == ExitStatus.OK
-    assert json.loads(stdout)["current_policies"]["read"] == []
+    current = json.loads(stdout)["current_policies"]
+    assert (current["read"], current["workloads"]) == ([], {})
     assert (
         "The snapshot holds no NetworkPolicy: no pod is isolated now."
         in (tmp_path / "out" / "report.md").read_text()

@@ -110,3 +110,26 @@ def test_a_current_policy_that_cannot_be_read_is_left_out_with_a_note() -> None:
     assert adoption.current == ()
     [note] = adoption.notes
     assert note.startswith("snapshot: broken: left out of the comparison: ")
+
+
+def test_past_the_pair_cap_the_changes_are_left_to_diff_with_a_note() -> None:
+    """Each address block a current policy names is paired with every workload that gets a
+    policy, both ways: a tampered snapshot can name any number."""
+    many = [{"ipBlock": {"cidr": f"198.51.{n // 256}.{n % 256}/32"}} for n in range(25_000)]
+    wide = policy("wide", "db", policyTypes=["Ingress"], ingress=[{"from": many}])
+    adoption = adopt(current(wide), GENERATED, WORKLOADS, PODS)
+    assert adoption.changes == ()
+    assert adoption.combined == {DB: ("shop/wide",)}  # still said
+    [note] = adoption.notes
+    assert note.startswith("what applying changes is not computed here: 100012 pairs to compare")
+
+
+def test_changes_are_counted_per_workload_at_either_end() -> None:
+    deny_all = policy("deny-all", None, policyTypes=["Ingress", "Egress"])
+    adoption = adopt(current(deny_all), GENERATED, WORKLOADS, PODS)
+    counted = adoption.by_workload(WORKLOADS)
+    assert list(counted) == [WEB, DB]
+    # web → db:5432 is newly allowed: both ends count it; nothing else was allowed before.
+    assert [(c.client, c.server) for c in counted[DB].gained] == [(WEB, DB)]
+    assert [(c.client, c.server) for c in counted[WEB].gained] == [(WEB, DB)]
+    assert counted[DB].lost == counted[WEB].lost == 0
