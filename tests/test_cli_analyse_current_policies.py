@@ -140,3 +140,23 @@ def test_without_current_policies_the_report_says_applying_isolates(
         "The snapshot holds no NetworkPolicy: no pod is isolated now."
         in (tmp_path / "out" / "report.md").read_text()
     )
+
+
+def test_past_the_pair_cap_the_report_names_the_combinations_and_says_why_no_changes(
+    bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("analyser.adopting.MAX_COMPARED_PAIRS", 10)
+    redis_open = network_policy("redis-open", "redis-cart", policyTypes=["Ingress"], ingress=[{}])
+    with_policies(bundle, redis_open)
+    out = tmp_path / "out"
+    status, stdout, stderr = analyse(bundle, out, capsys, "--json")
+    assert status == ExitStatus.OK, stderr
+    assert "note: what applying changes is not computed here: " in stderr
+    assert json.loads(stdout)["current_policies"]["workloads"] == {}
+    report = (out / "report.md").read_text()
+    assert f"| {REDIS} | default/redis-open |\n" in report
+    assert "pairs gaining ports" not in report
+    assert "more than 10); netpol-sniffer diff shows it" in report
