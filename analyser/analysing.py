@@ -28,12 +28,27 @@ from pathlib import Path, PurePosixPath
 
 from analyser.addresses import parse_address
 from analyser.adopting import Adoption, adopt
+from analyser.baselines import (
+    EXEMPT_LABEL,
+    EXEMPT_VALUE,
+    Baseline,
+    baseline_for,
+    labelled_exempt,
+)
 from analyser.bundles import Bundle, FileProblem
 from analyser.explaining import explain
 from analyser.flows import Evidence, Flow, orient
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
-from analyser.peers import Exposure, SpecialAddress
+from analyser.peers import ClusterDns, Exposure, SpecialAddress
+from analyser.periods import (
+    CaptureWindow,
+    CronJobSchedule,
+    UncoveredCronJob,
+    cronjob_schedules,
+    uncovered_cronjobs,
+    within_window,
+)
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
@@ -41,6 +56,7 @@ from analyser.policies import (
     Policy,
     PolicyPlan,
     SelectorWarning,
+    node_blocks,
     selector_warnings,
     synthesize,
     unselectable_reasons,
@@ -52,14 +68,17 @@ from analyser.rendering import (
     KUSTOMIZATION,
     Provenance,
     ReportFacts,
+    baseline_path,
     policy_path,
     render_dot,
     render_policy_files,
     render_report,
 )
-from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.replaying import ClusterFacts, cluster_facts, ensure_policies_allow
+from analyser.rings import RingLoss, bundle_ring_losses
 from analyser.snapshot import (
     CaptureMeta,
+    NodeCaptureMeta,
     PodIpEvent,
     Snapshot,
     load_capture_meta,
@@ -113,11 +132,29 @@ class Observation:
     graph: WorkloadGraph
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
     coverage: tuple[Coverage, ...]  # per captured pod, the vantage points that covered it
+    rings: tuple[RingLoss, ...]  # capture rings that wrapped: what they lost (analyser.rings)
+    # Several bundles analysed together (analyser.windows): each one's label and window, oldest
+    # first; empty for one bundle.
+    windows: tuple[CaptureWindow, ...] = field(default=(), kw_only=True)
+
+    @property
+    def source(self) -> str:
+        """What was analysed: the bundle's name, or the labels of the bundles."""
+        return ", ".join(w.label for w in self.windows) if self.windows else self.bundle.name
+
+    @property
+    def capture_windows(self) -> tuple[CaptureWindow, ...]:
+        """The capture windows: the bundles', or this bundle's one."""
+        return self.windows or (CaptureWindow(self.bundle.name, self.window),)
 
     @property
     def window(self) -> Window | None:
         """The capture window: bundle.json's, else (a plain folder) from the first to the last
-        packet of any flow; None without either."""
+        packet of any flow; None without either. For several bundles, from the first start to
+        the last end (:attr:`windows` says which times they covered)."""
+        known = [w.window for w in self.windows if w.window is not None]
+        if known:
+            return Window(min(w.start for w in known), max(w.end for w in known))
         if self.bundle.manifest is not None and self.bundle.manifest.window is not None:
             return self.bundle.manifest.window
         if self.bundle.manifest is None and self.flows:
@@ -147,6 +184,9 @@ class Analysis(Observation):
     exposed_anywhere: bool = True
     # The policies against the cluster's current ones: collisions, combinations, changes.
     adoption: Adoption = field(default_factory=Adoption)
+    baseline: Baseline | None = None  # --baseline cluster: the ClusterNetworkPolicy written
+    # CronJobs whose runs the capture windows may all have missed (analyser.periods).
+    uncovered_cronjobs: tuple[UncoveredCronJob, ...] = ()
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -187,7 +227,7 @@ class Analysis(Observation):
         manifest = self.bundle.manifest
         window = self.window
         return {
-            "bundle": self.bundle.name,
+            "bundle": self.source,
             "window": None
             if window is None
             else {"start": window.start_text, "end": window.end_text},
@@ -223,6 +263,9 @@ class Analysis(Observation):
             ],
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
             "coverage": {item.pod: list(item.vantages) for item in self.coverage},
+            "wrapped_rings": [loss.as_json() for loss in self.rings],
+            "windows": [window.as_json() for window in self.capture_windows],
+            "uncovered_cronjobs": [item.as_json() for item in self.uncovered_cronjobs],
             "notes": list(self.notes),
             "exposed": [
                 {
@@ -257,6 +300,12 @@ class Analysis(Observation):
                 },
                 "notes": list(self.adoption.notes),
             },
+            "baseline": None
+            if self.baseline is None
+            else {
+                "file": baseline_path(self.baseline),
+                "exempt_namespaces": list(self.baseline.exempt_namespaces),
+            },
             "files": list(self.files),
         }
 
@@ -264,9 +313,18 @@ class Analysis(Observation):
 # -- inputs ----------------------------------------------------------------------------------
 
 
-def _optional_inputs(
-    bundle: Bundle,
-) -> tuple[list[PodIpEvent], list[CaptureMeta], list[FileProblem]]:
+@dataclass(frozen=True, slots=True)
+class _OptionalInputs:
+    """The pod IP history and the ``meta.json`` files (pods' and nodes'), and what was wrong with
+    any of them."""
+
+    history: list[PodIpEvent]
+    metas: list[CaptureMeta]
+    node_metas: list[NodeCaptureMeta]
+    problems: list[FileProblem]
+
+
+def _optional_inputs(bundle: Bundle) -> _OptionalInputs:
     """Pod IP history and meta.json files improve resolution; a bad one is a warning."""
     problems: list[FileProblem] = []
     history: list[PodIpEvent] = []
@@ -276,15 +334,16 @@ def _optional_inputs(
         except SnapshotError as error:
             problems.append(FileProblem(bundle.relative(bundle.pod_ips), f"not used: {error}"))
     metas: list[CaptureMeta] = []
+    node_metas: list[NodeCaptureMeta] = []
     for path in bundle.capture_metas:
         try:
             if is_node_meta(bundle, path):
-                load_node_capture_meta(path)  # checked; the snapshot says the rest
+                node_metas.append(load_node_capture_meta(path))  # the snapshot says the rest
             else:
                 metas.append(load_capture_meta(path))
         except SnapshotError as error:
             problems.append(FileProblem(bundle.relative(path), f"not used: {error}"))
-    return history, metas, problems
+    return _OptionalInputs(history, metas, node_metas, problems)
 
 
 def _captured_pods(
@@ -575,21 +634,21 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
 def check_safety(
     policy_files: Mapping[str, str],
     graph: WorkloadGraph,
-    snapshot: Snapshot,
-    resolver: Resolver,
+    cluster: ClusterFacts,
     *,
     left_out: Iterable[LeftOut] = (),
 ) -> None:
     """THE place generated policies are checked before anything can be written: the rendered
-    files, read back as ``verify`` reads files and evaluated with NetworkPolicy semantics, must
-    allow every observed connection of the graph, but the traffic with special addresses they
-    leave out on purpose (``left_out``, reported); else :class:`UnsafePolicies` (nothing written).
+    files, read back as ``verify`` reads files and evaluated with NetworkPolicy semantics over
+    ``cluster`` (``replaying.cluster_facts``), must allow every observed connection of the
+    graph, but the traffic with special addresses they leave out on purpose (``left_out``,
+    reported); else :class:`UnsafePolicies` (nothing written).
     """
     loaded = parse_policy_texts(policy_files)
     ensure_policies_allow(
         loaded.policies,
         graph,
-        cluster_facts(snapshot, resolver),
+        cluster,
         left_out={(item.address, item.port) for item in left_out},
     )
 
@@ -603,6 +662,7 @@ def observe(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
+    within: Window | None = None,
 ) -> Observation:
     """Read ``bundle``: snapshot and history → resolver; captures → flows → workload graph.
 
@@ -612,10 +672,13 @@ def observe(
     file with more is a problem, and the packets before the cap count. Raises
     :class:`~kernel.errors.SnapshotError` for an unusable snapshot and
     :class:`~kernel.errors.CaptureError` when not one capture file could be read; damaged
-    captures, history or meta.json files become ``problems``.
+    captures, history or meta.json files become ``problems``. With ``within`` (several bundles
+    analysed together: ``analyser.windows``), flows dated outside that window are dropped, and
+    a problem names each file that held some (``periods.within_window``).
     """
     snapshot = load_snapshot(bundle.snapshot)
-    history, metas, problems = _optional_inputs(bundle)
+    inputs = _optional_inputs(bundle)
+    history, metas, problems = inputs.history, inputs.metas, inputs.problems
     problems += [
         FileProblem(
             bundle.relative(bundle.snapshot),
@@ -660,6 +723,18 @@ def observe(
     )
     _ensure_something_read(traffic)
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
+    if within is not None:
+        inside = within_window(flows, within)
+        flows = inside.kept
+        problems += [
+            FileProblem(
+                capture,
+                f"{count} flow{'s' if count != 1 else ''} dated outside this bundle's capture "
+                f"window ({within.start_text} to {within.end_text}) dropped: with several "
+                "bundles, each speaks only for its own window",
+            )
+            for capture, count in inside.outside.items()
+        ]
     damaged = {report.path for report in traffic.reports if not report.ok}
     loose = _vantage_pods(flows, resolver, unplaced, damaged=damaged)
     readable, unread_problems = _readable_pods(captured, traffic)
@@ -669,6 +744,13 @@ def observe(
     vantages = {**{c: p.vantages for c, p in placed.items()}, **loose.vantages}
     witnesses = Witnesses(vantages, traffic.reports, resolver)
     graph = build_graph(flows, resolver, traffic.dns, scope=scope, witness=witnesses)
+    rings = bundle_ring_losses(
+        bundle,
+        snapshot,
+        metas=[*inputs.metas, *inputs.node_metas],
+        reports=traffic.reports,
+        flows=flows,
+    )
     problems = [
         *bundle.problems,
         *problems,
@@ -677,6 +759,7 @@ def observe(
         *loose.problems,
         *unread_problems,
         *on_nodes.problems,
+        *(FileProblem(loss.ring, loss.text) for loss in rings),
     ]
     return Observation(
         bundle=bundle,
@@ -690,7 +773,35 @@ def observe(
         coverage=coverage(
             vantages, {**loose_node_pods(loose.vantages, loose.pods, resolver), **node_pods}
         ),
+        rings=rings,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterContext:
+    """What the policies need of the cluster besides the graph: the cluster DNS, the workloads
+    exposed outside it, the nodes' addresses, its own networks, the facts policies see of its
+    workloads (for the safety check) and its CronJobs. One bundle's comes from its snapshot
+    (:meth:`of`); several bundles' is merged (``analyser.windows``)."""
+
+    cluster_dns: ClusterDns
+    exposures: Mapping[str, tuple[Exposure, ...]]  # workload node id → how it is exposed
+    node_addresses: Mapping[str, str]  # a node's address → the node's name
+    internal_networks: tuple[str, ...]
+    facts: ClusterFacts
+    cronjobs: tuple[CronJobSchedule, ...] = ()
+
+    @staticmethod
+    def of(seen: Observation) -> ClusterContext:
+        """One bundle's: from its snapshot and resolver."""
+        return ClusterContext(
+            cluster_dns=seen.resolver.cluster_dns(seen.flows),
+            exposures=seen.resolver.exposures(),
+            node_addresses=dict(seen.snapshot.node_by_address),
+            internal_networks=seen.resolver.cluster_networks,
+            facts=cluster_facts(seen.snapshot, seen.resolver),
+            cronjobs=cronjob_schedules(seen.snapshot),
+        )
 
 
 # The analysis keeps millions of objects alive and makes no reference cycles worth collecting:
@@ -700,6 +811,7 @@ def analyse(
     bundle: Bundle,
     *,
     default_deny: bool = False,
+    baseline: bool = False,
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
     allowed_special: Collection[SpecialAddress] = (),
@@ -709,65 +821,121 @@ def analyse(
     max_capture_size: int = DEFAULT_MAX_BYTES,
 ) -> Analysis:
     """:func:`observe` ``bundle``, then make its policies and render every output file (in
-    memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
-    snapshot knows, or with ``node_cidrs`` when given (``policies.node_blocks``). More than
+    memory; :func:`write_output` writes them): :func:`conclude` with the bundle's own
+    :class:`ClusterContext`. ``max_capture_size``: see :func:`observe`; the other options: see
+    :func:`conclude`. Raises what :func:`observe` and :func:`conclude` raise."""
+    seen = observe(
+        bundle, workers=workers, on_progress=on_progress, max_capture_size=max_capture_size
+    )
+    return conclude(
+        seen,
+        ClusterContext.of(seen),
+        default_deny=default_deny,
+        baseline=baseline,
+        node_cidrs=node_cidrs,
+        max_outside_addresses=max_outside_addresses,
+        allowed_special=allowed_special,
+        expose_anywhere=expose_anywhere,
+    )
+
+
+def conclude(
+    seen: Observation,
+    cluster: ClusterContext,
+    *,
+    default_deny: bool = False,
+    baseline: bool = False,
+    node_cidrs: Sequence[str] = (),
+    max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
+    allowed_special: Collection[SpecialAddress] = (),
+    expose_anywhere: bool = True,
+) -> Analysis:
+    """Make the policies of an observation and render every output file (in memory). Traffic
+    with a node (from or to a node address) is allowed with every node the snapshot knows, or
+    with ``node_cidrs`` when given (``policies.node_blocks``). More than
     ``max_outside_addresses`` outside addresses on one port of a policy side become one rule
     from or to anywhere on that port. Traffic with special addresses (cloud metadata endpoints,
     link-local, multicast, ...: ``policies.SpecialAddress``) is left out of the policies and
     reported, unless its class is in ``allowed_special``. Workloads the snapshot shows exposed
     outside the cluster (``Resolver.exposures``) get ingress from anywhere on their exposed ports,
     unless ``expose_anywhere`` is False (then only from the outside addresses seen).
-    ``max_capture_size``: see :func:`observe`.
+    ``baseline`` adds the cluster baseline (``analyser.baselines``): one Baseline-tier
+    ClusterNetworkPolicy instead of (or besides) ``default_deny``'s policy per namespace.
 
-    Raises what :func:`observe` raises, :class:`~kernel.errors.RenderError` if output fails
-    to render, and :class:`~kernel.errors.UnsafePolicies` if the policies would deny an
-    observed flow (see :func:`check_safety`).
+    Raises :class:`~kernel.errors.RenderError` if output fails to render, and
+    :class:`~kernel.errors.UnsafePolicies` if the policies would deny an observed flow (see
+    :func:`check_safety`).
     """
-    seen = observe(
-        bundle, workers=workers, on_progress=on_progress, max_capture_size=max_capture_size
-    )
-    cluster_dns = seen.resolver.cluster_dns(seen.flows)
-    exposures = seen.resolver.exposures()
+    cluster_dns = cluster.cluster_dns
+    exposures = cluster.exposures
     plan = synthesize(
         seen.graph,
         cluster_dns=cluster_dns,
         default_deny=default_deny,
-        node_addresses=seen.snapshot.node_by_address,
+        baseline=baseline,
+        node_addresses=cluster.node_addresses,
         node_cidrs=node_cidrs,
         max_outside_addresses=max_outside_addresses,
         allowed_special=allowed_special,
         exposures=exposures if expose_anywhere else None,
-        internal_networks=seen.resolver.cluster_networks,
+        internal_networks=cluster.internal_networks,
     )
     policies = plan.policies
-    unselectable = unselectable_workloads(seen.graph)
-    manifest = bundle.manifest
+    # With a default-deny or the baseline, also those that keep their namespace from it.
+    unselectable = unselectable_workloads(seen.graph, default_deny=default_deny or baseline)
+    manifest = seen.bundle.manifest
     window = seen.window
     provenance = (
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
+    written_baseline = (
+        baseline_for(
+            plan,
+            namespaces=seen.snapshot.namespace_names,
+            cluster_dns=cluster_dns,
+            nodes=node_blocks(seen.graph, cluster.node_addresses, node_cidrs),
+        )
+        if baseline
+        else None
+    )
     reasons = explain(plan, seen.graph, cluster_dns=cluster_dns)
     files = render_policy_files(
-        policies, default_denies=plan.default_denies, provenance=provenance, reasons=reasons
+        policies,
+        default_denies=plan.default_denies,
+        baseline=written_baseline,
+        provenance=provenance,
+        reasons=reasons,
     )
-    check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
-    workload_policies = {p.workload: f"{p.namespace}/{p.name}" for p in policies}
-    current = seen.snapshot.network_policies
+    check_safety(files, seen.graph, cluster.facts, left_out=plan.left_out)
+    # The newest snapshot's NetworkPolicies: what the cluster has now.
     adoption = adopt(
-        ((f"snapshot: NetworkPolicy {p.display_name}", p.raw) for p in current),
+        (
+            (f"snapshot: NetworkPolicy {p.display_name}", p.raw)
+            for p in seen.snapshot.network_policies
+        ),
         parse_policy_texts(files).policies,
-        workload_policies,
-        cluster_facts(seen.snapshot, seen.resolver).workloads,
-        nodes=seen.snapshot.node_by_address,
+        {p.workload: f"{p.namespace}/{p.name}" for p in policies},
+        cluster.facts.workloads,
+        nodes=cluster.node_addresses,
     )
     files[GRAPH_DOT] = render_dot(seen.graph)
     svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
     if svg is not None:
         files[GRAPH_SVG] = svg
-    notes = (svg_note,) if svg_note is not None else ()
+    notes: tuple[str, ...] = (svg_note,) if svg_note is not None else ()
+    if baseline:
+        notes += _baseline_notes(written_baseline, seen.snapshot)
+    uncovered = uncovered_cronjobs(
+        cluster.cronjobs,
+        [w.window for w in seen.capture_windows if w.window is not None],
+        seen={
+            *(end for edge in seen.graph.edges for end in (edge.client, edge.server)),
+            *(str(ref) for ref in seen.scope.workloads),
+        },
+    )
     facts = ReportFacts(
-        source=bundle.name,
+        source=seen.source,
         provenance=provenance,
         producer=manifest.producer if manifest is not None else None,
         capture_mode=manifest.capture_mode if manifest is not None else None,
@@ -791,6 +959,9 @@ def analyse(
         unvouched=seen.graph.unvouched_pairs(),
         coverage=seen.coverage,
         adoption=adoption,
+        rings=seen.rings,
+        windows=seen.windows,
+        uncovered_cronjobs=uncovered,
     )
     files[REPORT] = render_report(facts, seen.graph)
     return Analysis(
@@ -802,7 +973,34 @@ def analyse(
         exposures=exposed,
         exposed_anywhere=expose_anywhere,
         adoption=adoption,
+        baseline=written_baseline,
+        uncovered_cronjobs=uncovered,
     )
+
+
+def _baseline_notes(baseline: Baseline | None, snapshot: Snapshot) -> tuple[str, ...]:
+    """What the user must know about the cluster baseline: that none was written, that the
+    snapshot's namespaces are only those its objects name, that an exempt label keeps a captured
+    namespace out of it."""
+    if baseline is None:
+        return (
+            "no cluster baseline: no namespace could be isolated (see the workloads without "
+            "a policy)",
+        )
+    notes = []
+    if not snapshot.namespaces:
+        notes.append(
+            "the snapshot lists no Namespace objects: the cluster baseline leaves out only the "
+            "namespaces its other objects are in, and covers (denies) any other namespace that "
+            "exists; add the Namespaces (kubectl get namespaces -o json) to the snapshot"
+        )
+    labels = {ns.name: ns.labels for ns in snapshot.namespaces}
+    notes += [
+        f"namespace {namespace} is labelled {EXEMPT_LABEL}={EXEMPT_VALUE}: the cluster baseline "
+        "does not cover it until the label is removed"
+        for namespace in labelled_exempt(baseline, labels)
+    ]
+    return tuple(notes)
 
 
 def graph_svg(graph: WorkloadGraph, dot: str) -> tuple[str | None, str | None]:

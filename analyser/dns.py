@@ -15,7 +15,7 @@ address) by answers captured at a vantage point that saw the flow. Pure: decodin
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
 from analyser.flows import Flow
@@ -162,6 +162,19 @@ class DnsNames:
         (a pod, a node, or for a capture tied to none, its tcpdump ring)."""
         self._vantage_of[capture] = vantage
         self._tables.setdefault(vantage, DnsTable()).merge(table)
+
+    @staticmethod
+    def union(labelled: Iterable[tuple[str, DnsNames]]) -> DnsNames:
+        """Several bundles' names as one (``analyser.windows``): each capture file and vantage
+        point named with its bundle's label in front (``LABEL/captures/...``), so no bundle's
+        answers name another bundle's flows."""
+        merged = DnsNames()
+        for label, names in labelled:
+            for capture, vantage in names._vantage_of.items():
+                merged._vantage_of[f"{label}/{capture}"] = f"{label}/{vantage}"
+            for vantage, table in names._tables.items():
+                merged._tables.setdefault(f"{label}/{vantage}", DnsTable()).merge(table)
+        return merged
 
     @property
     def vantages(self) -> tuple[str, ...]:

@@ -8,7 +8,9 @@ The schema is the records below, a contract for policies, rendering, verify and 
   checked on construction), with its ``role``, display ``label``, ``workload``, DNS ``names``,
   whether it is ``in_scope`` (captured: it gets a policy) and the ``addresses`` peers saw.
 - :class:`GraphEdge`: from client to server, with :class:`EdgeStats` per *target* port (which
-  sides some flow on it was vouched for at: ``EdgeStats.vouched``), and the DNS ``names`` the
+  sides some flow on it was vouched for at: ``EdgeStats.vouched``; when several bundles were
+  analysed together, which capture windows saw it: ``EdgeStats.windows``, one
+  :class:`EdgeWindow` per bundle, and ``FlowAttribution.window``), and the DNS ``names`` the
   client side's own captures saw an outside server's address told (a policy takes a peer's names
   from its own edges only, so one pod's capture cannot name another pod's peers).
 - :class:`WorkloadGraph`: the nodes and edges, plus which flow made which edge
@@ -99,6 +101,35 @@ class Witness(Protocol):
     def vouches(self, identity: Identity, at: float, captures: Collection[str]) -> bool: ...
 
 
+@dataclass(frozen=True, order=True, slots=True)
+class EdgeWindow:
+    """One capture window (a bundle, when several were analysed together: ``analyser.windows``)
+    that saw traffic on an edge's port: its flows there, and when."""
+
+    bundle: str  # the bundle's label (``windows.CaptureWindow.label``)
+    flows: int
+    first_seen: float
+    last_seen: float
+
+    def merged(self, other: EdgeWindow) -> EdgeWindow:
+        return EdgeWindow(
+            self.bundle,
+            self.flows + other.flows,
+            min(self.first_seen, other.first_seen),
+            max(self.last_seen, other.last_seen),
+        )
+
+
+def merge_windows(*groups: Iterable[EdgeWindow]) -> tuple[EdgeWindow, ...]:
+    """The windows of several stats as one, a bundle once, sorted by first packet and bundle."""
+    by_bundle: dict[str, EdgeWindow] = {}
+    for group in groups:
+        for window in group:
+            known = by_bundle.get(window.bundle)
+            by_bundle[window.bundle] = window if known is None else known.merged(window)
+    return tuple(sorted(by_bundle.values(), key=lambda w: (w.first_seen, w.bundle)))
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeStats:
     """What was observed on one edge for one target port."""
@@ -116,6 +147,9 @@ class EdgeStats:
     answered: bool = True
     # The sides some flow on it was vouched for at (``analyser.vouching``): only those get rules.
     vouched: Sides = BOTH_SIDES
+    # Which capture windows saw it, when several bundles were analysed together (one entry per
+    # bundle, by first packet); empty for one bundle's analysis: its one window saw everything.
+    windows: tuple[EdgeWindow, ...] = ()
 
     def merged(self, other: EdgeStats) -> EdgeStats:
         return EdgeStats(
@@ -129,6 +163,7 @@ class EdgeStats:
             assumed=self.assumed and other.assumed,
             answered=self.answered or other.answered,
             vouched=self.vouched | other.vouched,
+            windows=merge_windows(self.windows, other.windows),
         )
 
 
@@ -144,6 +179,8 @@ class FlowAttribution:
     twin: Flow | None = None  # the server side's capture of the same connection
     assumed: bool = False  # the server was taken from the Service's backends
     vouched: Sides = BOTH_SIDES  # see analyser.vouching
+    # The label of the bundle whose captures saw it, when several were analysed together.
+    window: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,7 +552,7 @@ class _Builder:
             addresses = tuple(sorted(node.addresses, key=address_key))
             label = node.label
             if node.role is NodeRole.NODE:
-                label = f"{node.label} ({', '.join(addresses)})"
+                label = node_label(node.label, addresses)
             nodes.append(
                 GraphNode(
                     node_id,
@@ -543,6 +580,11 @@ class _Builder:
             tuple(self.attempts),
             self.loopback,
         )
+
+
+def node_label(name: str, addresses: Iterable[str]) -> str:
+    """A cluster node's label: its name and the addresses seen for it."""
+    return f"{name} ({', '.join(addresses)})"
 
 
 def _is_loopback_address(address: str) -> bool:

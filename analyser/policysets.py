@@ -1,4 +1,5 @@
-"""Loading a set of NetworkPolicies from files: the generated ones or any hand-written set.
+"""Loading a set of NetworkPolicies (and ClusterNetworkPolicies) from files: the generated ones or
+any hand-written set.
 
 A path may be one file or a folder (searched recursively for ``*.yaml``, ``*.yml``, ``*.json``).
 Files may hold several YAML documents, ``kind: List`` (or ``NetworkPolicyList``) objects, or the
@@ -16,8 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analyser.clusterpolicies import KIND as CLUSTER_POLICY_KIND
+from analyser.clusterpolicies import (
+    CompiledClusterPolicy,
+    TieredPolicySet,
+    compile_cluster_policy,
+)
 from analyser.documents import DocumentError, json_value, yaml_values
-from analyser.evaluation import CompiledPolicy, PolicySet, compile_policy
+from analyser.evaluation import CompiledPolicy, compile_policy
 from kernel.errors import PolicyError
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
@@ -35,7 +42,7 @@ class LoadedPolicies:
 
     root: str
     documents: tuple[Mapping[str, Any], ...]  # the NetworkPolicy objects, as JSON
-    policies: PolicySet
+    policies: TieredPolicySet  # with the ClusterNetworkPolicies found
     notes: tuple[str, ...]  # objects or files skipped, and why
 
 
@@ -104,12 +111,22 @@ def _policy_set(
     """Policies from (source name, parsed documents) pairs; raises PolicyError on anything bad."""
     documents: list[Mapping[str, Any]] = []
     compiled: dict[tuple[str, str], CompiledPolicy] = {}
+    cluster: dict[str, CompiledClusterPolicy] = {}
     sources_seen = 0
     for source, parsed in sources:
         sources_seen += 1
         skipped: list[tuple[str, str]] = []  # (where, kind) of what is not a NetworkPolicy
         for number, document in enumerate(parsed, start=1):
             for obj, where in _objects(document, f"{source} (document {number})"):
+                if obj.get("kind") == CLUSTER_POLICY_KIND:
+                    cluster_policy = compile_cluster_policy(obj, source=where)
+                    if cluster_policy.name in cluster:
+                        raise PolicyError(
+                            f"{cluster_policy} is defined twice: in "
+                            f"{cluster[cluster_policy.name].source} and in {where}"
+                        )
+                    cluster[cluster_policy.name] = cluster_policy
+                    continue
                 if obj.get("kind") != "NetworkPolicy":
                     skipped.append((where, str(obj.get("kind") or "an object without kind")))
                     continue
@@ -123,14 +140,17 @@ def _policy_set(
                 compiled[key] = policy
                 documents.append(obj)
         notes += _skipped_notes(source, skipped)
-    if sources_seen and not compiled:
+    if sources_seen and not compiled and not cluster:
         notes.append(
             f"{root}: no NetworkPolicy found: without policies every connection is allowed"
         )
     return LoadedPolicies(
         root=root,
         documents=tuple(documents),
-        policies=PolicySet.of(compiled.values()),
+        policies=TieredPolicySet(
+            policies=tuple(sorted(compiled.values(), key=lambda p: (p.namespace, p.name))),
+            cluster_policies=tuple(cluster[name] for name in sorted(cluster)),
+        ),
         notes=tuple(notes),
     )
 

@@ -5,7 +5,8 @@ Pure: returns text, writes nothing. Every text from input (names, labels, DNS na
 problems) leaves a template through a filter that makes it inert for that format (built on
 ``texts.inert``; see the filters below). Every YAML file rendered here is parsed back with
 ``yaml.safe_load_all`` and compared, field for field, with the object the model says it must be
-(:func:`policy_object`, :func:`default_deny_object`, :func:`kustomization_object`): a template
+(:func:`policy_object`, :func:`default_deny_object`, :func:`baseline_object`,
+:func:`kustomization_object`): a template
 mistake, or a character that escaped a filter, raises :class:`RenderError` instead of reaching
 a cluster. Output is deterministic: the same input gives the same bytes (no wall-clock times;
 rules, ports and files are sorted).
@@ -25,11 +26,21 @@ import jinja2
 import yaml
 
 from analyser.adopting import Adoption
+from analyser.baselines import (
+    Baseline,
+    BaselineRule,
+    NamespacesPeer,
+    NetworksPeer,
+    egress_rules,
+    ingress_rules,
+    subject,
+)
 from analyser.bundles import FileProblem
 from analyser.explaining import RuleReasons
 from analyser.flows import Evidence
 from analyser.graphs import EdgeStats, UnvouchedPair, WorkloadGraph
 from analyser.peers import Exposure, IpPeer, PodPeer
+from analyser.periods import CaptureWindow, UncoveredCronJob, duration_text
 from analyser.policies import (
     EGRESS,
     INGRESS,
@@ -41,6 +52,7 @@ from analyser.policies import (
     SelectorWarning,
     rule_sort_key,
 )
+from analyser.rings import RingLoss
 from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
 from analyser.vantages import Coverage
@@ -101,6 +113,12 @@ class ReportFacts:
     unvouched: tuple[UnvouchedPair, ...] = ()
     # Per captured pod, the vantage points (its own capture, its node's) that covered it.
     coverage: tuple[Coverage, ...] = ()
+    # Capture rings that wrapped (or likely did): what each still covers and what it lost.
+    rings: tuple[RingLoss, ...] = ()
+    # Several bundles analysed together: each one's window, oldest first (none for one bundle).
+    windows: tuple[CaptureWindow, ...] = ()
+    # CronJobs whose runs the capture windows may all have missed.
+    uncovered_cronjobs: tuple[UncoveredCronJob, ...] = ()
     # The policies against the cluster's current ones (the snapshot's).
     adoption: Adoption = field(default_factory=Adoption)
 
@@ -170,6 +188,7 @@ def _environment() -> jinja2.Environment:
         dot=dot_quoted,
         md=markdown_cell,
         utc=Window.text,
+        duration=duration_text,
     )
     return env
 
@@ -307,15 +326,18 @@ def _policy_view(
 _API_VERSION = "networking.k8s.io/v1"
 _POLICY_TYPES = ["Ingress", "Egress"]
 _NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+BASELINE_API_VERSION = "policy.networking.k8s.io/v1beta1"
 
 
 def _metadata_object(
     name: str,
-    namespace: str,
+    namespace: str | None,
     labels: tuple[tuple[str, str], ...],
     annotations: tuple[tuple[str, str], ...],
 ) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:  # None: a cluster-scoped object
+        metadata["namespace"] = namespace
     if labels:
         metadata["labels"] = dict(labels)
     if annotations:
@@ -385,6 +407,51 @@ def default_deny_object(deny: DefaultDeny, *, provenance: Provenance) -> dict[st
         "kind": "NetworkPolicy",
         "metadata": metadata,
         "spec": {"podSelector": {}, "policyTypes": list(_POLICY_TYPES)},
+    }
+
+
+def _baseline_rule_object(rule: BaselineRule, peer_key: str) -> dict[str, Any]:
+    peers: list[dict[str, Any]] = []
+    for peer in rule.peers:
+        if isinstance(peer, NetworksPeer):
+            peers.append({"networks": list(peer.cidrs)})
+        elif isinstance(peer, NamespacesPeer):
+            peers.append({"namespaces": _selector_object(peer.selector)})
+        else:
+            pods = {
+                "namespaceSelector": {"matchLabels": {_NAMESPACE_NAME_LABEL: peer.namespace}},
+                "podSelector": _selector_object(peer.pod_selector),
+            }
+            peers.append({"pods": pods})
+    document: dict[str, Any] = {"name": rule.name, "action": str(rule.action), peer_key: peers}
+    if rule.protocols:
+        document["protocols"] = [
+            {
+                ports.protocol: {
+                    "destinationPort": {"number": ports.first}
+                    if ports.first == ports.last
+                    else {"range": {"start": ports.first, "end": ports.last}}
+                }
+            }
+            for ports in rule.protocols
+        ]
+    return document
+
+
+def baseline_object(baseline: Baseline, *, provenance: Provenance) -> dict[str, Any]:
+    """The ClusterNetworkPolicy :func:`render_baseline`'s YAML parses to."""
+    metadata = _metadata_object(baseline.name, None, _labels(()), _annotations(provenance))
+    return {
+        "apiVersion": BASELINE_API_VERSION,
+        "kind": "ClusterNetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "tier": "Baseline",
+            "priority": baseline.priority,
+            "subject": {"namespaces": _selector_object(subject(baseline))},
+            "ingress": [_baseline_rule_object(r, "from") for r in ingress_rules(baseline)],
+            "egress": [_baseline_rule_object(r, "to") for r in egress_rules(baseline)],
+        },
     }
 
 
@@ -497,6 +564,32 @@ def render_default_deny(deny: DefaultDeny, *, provenance: Provenance) -> str:
     return text
 
 
+def render_baseline(baseline: Baseline, *, provenance: Provenance) -> str:
+    """The cluster baseline: one Baseline-tier ClusterNetworkPolicy (``analyser.baselines``)."""
+    if not is_dns1123_subdomain(baseline.name):
+        raise RenderError(f"{baseline.name!r} is not a valid ClusterNetworkPolicy name")
+    for namespace in (*baseline.exempt_namespaces, *(peer.namespace for peer in baseline.dns)):
+        if namespace is None or not is_dns1123_label(namespace):
+            raise RenderError(f"{namespace!r} is not a valid namespace name")
+    text = _render(
+        "clusternetworkpolicy.yaml.j2",
+        baseline=baseline,
+        subject=subject(baseline),
+        ingress=ingress_rules(baseline),
+        egress=egress_rules(baseline),
+        labels=_labels(()),
+        annotations=_annotations(provenance),
+    )
+    _parse_back(text, baseline_path(baseline), baseline_object(baseline, provenance=provenance))
+    return text
+
+
+def baseline_path(baseline: Baseline) -> str:
+    """``ClusterNetworkPolicy.NAME.yaml``, at the top beside the policies: no namespace is
+    called so (a namespace name has no capitals), so it never meets a policy's file."""
+    return f"ClusterNetworkPolicy.{baseline.name}.yaml"
+
+
 def render_kustomization(resources: Iterable[str]) -> str:
     listed = sorted(resources)
     text = _render("kustomization.yaml.j2", resources=listed)
@@ -515,13 +608,16 @@ def render_policy_files(
     policies: Iterable[Policy],
     *,
     default_denies: Iterable[DefaultDeny] = (),
+    baseline: Baseline | None = None,
     provenance: Provenance,
     reasons: Mapping[str, RuleReasons] | None = None,
 ) -> dict[str, str]:
-    """Every policy file plus the ``Kustomization`` that lists them, keyed by path relative
-    to the output directory (sorted). ``reasons``: each policy's rule comments, by the
-    policy's workload (``explaining.explain``)."""
+    """Every policy file (and the ``baseline``'s, when there is one) plus the ``Kustomization``
+    that lists them, keyed by path relative to the output directory (sorted). ``reasons``: each
+    policy's rule comments, by the policy's workload (``explaining.explain``)."""
     files: dict[str, str] = {}
+    if baseline is not None:
+        files[baseline_path(baseline)] = render_baseline(baseline, provenance=provenance)
 
     def add(path: str, text: str) -> None:
         if path in files:

@@ -2,11 +2,14 @@
 
 BUNDLE is a directory written by `netpol-sniffer collect` or `netpol-sniffer lab` (bundle.json,
 snapshot.json, pod-ips.jsonl, captures/NAMESPACE/POD/*.pcap), or a plain folder holding a
-snapshot.json (`kubectl get ... -A -o json`) and capture files.
+snapshot.json (`kubectl get ... -A -o json`) and capture files. Several bundles (collect runs on
+different days: a nightly CronJob, a weekly batch) give one policy set from all of them, each
+bundle's flows resolved with its own snapshot; the report says which window saw which flow.
 
 Written to DIR (apply with `kubectl apply -f DIR`, `-R -f DIR` or `-k DIR`):
   NAMESPACE.WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress)
   NAMESPACE.default-deny-all.yaml   with --default-deny
+  ClusterNetworkPolicy.netpol-sniffer-baseline.yaml   with --baseline cluster
   Kustomization             lists them all, for `kubectl apply -k DIR`
   graph.dot, graph.svg      who talks to whom (graph.svg when Graphviz is installed and the
                             graph is small enough to draw: at most 400 nodes, 1,000 edges)
@@ -36,7 +39,14 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle directory")
+    parser.add_argument(
+        "bundles",
+        type=Path,
+        nargs="+",
+        metavar="BUNDLE",
+        help="the bundle directory; several (collect runs on different days) make one policy "
+        "set from all of them",
+    )
     parser.add_argument(
         "--out", "-o", type=Path, required=True, metavar="DIR", help="where to write the output"
     )
@@ -44,6 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--default-deny",
         action="store_true",
         help="also write a default-deny policy for every namespace that gets policies",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=["cluster"],
+        metavar="cluster",
+        help="cluster: also write one Baseline-tier ClusterNetworkPolicy "
+        "(policy.networking.k8s.io/v1beta1) denying everything but DNS and node traffic in the "
+        "captured namespaces and every namespace created later; the workloads' NetworkPolicies "
+        "open what was observed (needs the network-policy-api CRDs and an implementation)",
     )
     parser.add_argument(
         "--node-cidr",
@@ -108,17 +127,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `analyse --help` stays quick.
-    from analyser.analysing import analyse, write_output
+    from analyser.analysing import write_output
     from analyser.bundles import open_bundle
     from analyser.peers import SPECIAL_REASONS, SpecialAddress
     from analyser.policies import INGRESS, MAX_OUTSIDE_ADDRESSES
     from analyser.sources import DEFAULT_MAX_BYTES
+    from analyser.windows import analyse_windows
 
-    bundle = open_bundle(args.bundle)
-    with reading_captures(bundle.captures) as bar:
-        analysis = analyse(
-            bundle,
+    bundles = [open_bundle(path) for path in args.bundles]
+    captures = [path for bundle in bundles for path in bundle.captures]
+    with reading_captures(captures) as bar:
+        analysis = analyse_windows(
+            bundles,
             default_deny=args.default_deny,
+            baseline=args.baseline == "cluster",
             node_cidrs=args.node_cidr,
             max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
             expose_anywhere=not args.observed_clients_only,
@@ -148,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
             "analyse",
             f"warning: {pair.client} → {pair.server} ({pair.ports_text}): {pair.why}",
         )
+    for cronjob in analysis.uncovered_cronjobs:
+        say("analyse", f"warning: {cronjob.text}")
     for note in (*analysis.notes, *analysis.adoption.notes):
         say("analyse", f"note: {note}")
     out: Path = args.out
@@ -158,9 +182,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**analysis.summary(), "output": str(out)}, indent=2))
     else:
         policies = len(analysis.policy_files)
+        windows = f" of {len(bundles)} capture windows" if len(bundles) > 1 else ""
         echo(
-            f"{policies} policies from {len(analysis.flows)} flows in {len(bundle.captures)} "
-            f"capture files written to {out}/ (apply: kubectl apply -f {out}); "
+            f"{policies} policies from {len(analysis.flows)} flows in {len(captures)} "
+            f"capture files{windows} written to {out}/ (apply: kubectl apply -f {out}); "
             f"report: {out / 'report.md'}"
             + (f"; warnings: {len(analysis.problems)}" if analysis.problems else "")
         )

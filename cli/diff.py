@@ -2,7 +2,8 @@
 `kubectl apply`.
 
 OLD and NEW are folders (or files) of NetworkPolicies: YAML with one or more documents, Lists,
-JSON, `kustomize build` output. Objects that are not NetworkPolicies are skipped with a note.
+JSON, `kustomize build` output; ClusterNetworkPolicies are evaluated in their tiers. Other objects
+are skipped with a note.
 
 Every pair of workloads is compared (a workload with itself too), and every workload with the
 ipBlocks either set names and with "anywhere" (0.0.0.0/0, ::/0), in both directions, on every
@@ -11,8 +12,9 @@ port of every protocol. Lines read:
   + CLIENT → SERVER: PORTS     newly allowed by NEW
   - CLIENT → SERVER: PORTS     allowed by OLD, denied by NEW
 
-The workloads come from --snapshot (a bundle, or `kubectl get ... -A -o json` output): their
-labels, their namespaces' labels and their containerPorts (named ports). Without it, one example
+The workloads come from --snapshot (a bundle, or `kubectl get ... -A -o json` output; repeated,
+the workloads of every one, the last given winning for a workload in several): their labels,
+their namespaces' labels and their containerPorts (named ports). Without it, one example
 pod stands for every group of pods the policies name (named ports then match nothing).
 Exit status 0 (whether or not something changed), 1 on unusable input. See docs/verify.md.
 """
@@ -34,8 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--snapshot",
         type=Path,
+        action="append",
+        default=[],
         metavar="SNAPSHOT_OR_BUNDLE",
-        help="a bundle directory, or a snapshot file/folder (kubectl get ... -A -o json)",
+        help="a bundle directory, or a snapshot file/folder (kubectl get ... -A -o json); "
+        "repeatable (the bundles analyse took together): the workloads of all of them",
     )
     parser.add_argument("--json", action="store_true", help="print the changes as JSON")
 
@@ -51,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _diff(args: argparse.Namespace) -> int:
     from analyser.bundles import find_snapshot
+    from analyser.evaluation import Pod
     from analyser.identities import Resolver
     from analyser.policysets import load_policies
     from analyser.replaying import cluster_facts
@@ -61,12 +67,15 @@ def _diff(args: argparse.Namespace) -> int:
     new = load_policies(args.new)
     blocks = [*old.policies.ip_blocks(), *new.policies.ip_blocks()]
     notes = [*old.notes, *new.notes]
-    source: Path | None = args.snapshot
-    if source is not None:
-        if source.is_dir():
-            source = find_snapshot(source) or source
-        snapshot = load_snapshot(source)
-        pods = list(cluster_facts(snapshot, Resolver(snapshot)).workloads.values())
+    sources: list[Path] = [
+        (find_snapshot(given) or given) if given.is_dir() else given for given in args.snapshot
+    ]
+    if sources:
+        workloads: dict[str, Pod] = {}
+        for source in sources:
+            snapshot = load_snapshot(source)
+            workloads.update(cluster_facts(snapshot, Resolver(snapshot)).workloads)
+        pods = list(workloads.values())
     else:
         described = {p.name: p for p in old.policies.described_pods()}
         described.update({p.name: p for p in new.policies.described_pods()})
@@ -81,7 +90,7 @@ def _diff(args: argparse.Namespace) -> int:
         document = {
             "old": str(args.old),
             "new": str(args.new),
-            "snapshot": None if source is None else str(source),
+            "snapshot": ", ".join(map(str, sources)) if sources else None,
             "workloads": [str(p) for p in universe.pods],
             "address_blocks": [b.name for b in universe.blocks],
             "changes": [change_json(c) for c in changes],
