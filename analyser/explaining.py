@@ -4,7 +4,8 @@ A rule comes from the flows that made it (the graph's edges into or out of the p
 on the rule's ports, at a side vouched for: ``policies.synthesize``), or from a rule every policy
 gets whether or not a flow was seen: DNS to the cluster DNS pods (and a node-local cache), and
 traffic with every node. Each rule gets a few lines saying which: per port, the flows behind it
-(how many, through which Service, first and last seen), or why the port is allowed without one.
+(how many, through which Service, first and last seen, and in which capture windows when several
+bundles were analysed together), or why the port is allowed without one.
 Bounded: at most :data:`MAX_PORT_LINES` port lines per rule and :data:`MAX_LISTED_PEERS` peers
 named per line, the rest summarised (report.md lists every edge); the edges of a policy are
 matched to its rules once, through an index, not once per rule.
@@ -170,7 +171,9 @@ def _listed(names: Sequence[str]) -> str:
 
 def _port_line(port: PortSpec, seen: _Seen, *, named: bool, way: str) -> str:
     """``TCP/8080: 12 flows via Service default/frontend, first ..., last ...``; with ``named``
-    (a rule standing for many peers: nodes, anywhere) the peers are named too."""
+    (a rule standing for many peers: nodes, anywhere) the peers are named too; when several
+    bundles were analysed together, the capture windows that saw them, with their flows
+    (``; in monday (8), tuesday (4)``)."""
     stats = seen.stats
     text = f"{port.protocol}/{port.port}: {_flows(stats.flows)}"
     if named:
@@ -183,6 +186,9 @@ def _port_line(port: PortSpec, seen: _Seen, *, named: bool, way: str) -> str:
         text += ", none answered"
     if stats.assumed:
         text += ", the server side taken from the Service's backends"
+    if stats.windows:  # several bundles analysed together (empty for one)
+        seen_in = [f"{window.bundle} ({window.flows})" for window in stats.windows]
+        text += f"; in {_listed(seen_in)}"
     return text
 
 
