@@ -3,7 +3,7 @@ allows.
 
 BUNDLE is what `analyse` reads (a bundle directory, or a folder with snapshot.json and captures);
 several bundles (capture windows, as `analyse BUNDLE BUNDLE…` takes them) are checked together:
-the observed connections are those of every one, each resolved with its own snapshot.
+the observed flows are those of every one, each resolved with its own snapshot.
 POLICIES is a folder (or file) of NetworkPolicies: the generated ones or any hand-written set
 (YAML with one or more documents, Lists, JSON, `kustomize build` output), ClusterNetworkPolicies
 (policy.networking.k8s.io, such as `analyse --baseline cluster` writes) included: they are
