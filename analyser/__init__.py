@@ -18,6 +18,8 @@ Pure (data in, data out, no I/O):
     graphs      flows + identities → the workload graph: typed nodes and edges, its schema
     policies    the policy model, and the plan (policies, default-denies) made from the graph
     pictures    the graph as a reviewer sees it: namespaces, infrastructure apart, outside gathered
+    explaining  why each rule exists: the flows behind it, or why every policy has it
+    adopting    the generated policies against the cluster's current ones: collisions, combined
     baselines   the cluster baseline: one Baseline-tier ClusterNetworkPolicy for the plan
     selectors   label selectors, and the volatile labels that never belong in one
     peers       target ports, pod and address peers, special addresses, cluster DNS, exposures

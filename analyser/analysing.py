@@ -28,6 +28,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
 from analyser.addresses import parse_address
+from analyser.adopting import Adoption, adopt
 from analyser.baselines import (
     EXEMPT_LABEL,
     EXEMPT_VALUE,
@@ -37,6 +38,8 @@ from analyser.baselines import (
 )
 from analyser.bundles import Bundle, FileProblem
 from analyser.cilium import cilium_plan
+from analyser.evaluation import policy_name
+from analyser.explaining import explain
 from analyser.flows import Evidence, Flow, orient
 from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
@@ -110,6 +113,7 @@ from analyser.vantages import (
     pods_covered,
     readable_nodes,
 )
+from analyser.verifying import change_json
 from analyser.vouching import Witnesses
 from kernel.bundles import CAPTURES, NODE_CAPTURES, SNAPSHOT_KINDS, Window
 from kernel.errors import CaptureError, CaptureTooLarge, OutputError, RenderError, SnapshotError
@@ -197,6 +201,8 @@ class Analysis(Observation):
     # how), and whether their exposed ports were allowed from anywhere (or the clients seen only).
     exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
     exposed_anywhere: bool = True
+    # The policies against the cluster's current ones: collisions, combinations, changes.
+    adoption: Adoption = field(default_factory=Adoption)
     baseline: Baseline | None = None  # --baseline cluster: the ClusterNetworkPolicy written
     # CronJobs whose runs the capture windows may all have missed (analyser.periods).
     uncovered_cronjobs: tuple[UncoveredCronJob, ...] = ()
@@ -291,6 +297,28 @@ class Analysis(Observation):
                 for workload, items in self.exposures.items()
                 for exposure in items
             ],
+            "current_policies": {
+                "read": list(self.adoption.current),
+                "collisions": [
+                    {"policy": item.policy, "workload": item.workload, "ours": item.ours}
+                    for item in self.adoption.collisions
+                ],
+                "combined": {
+                    workload: list(names) for workload, names in self.adoption.combined.items()
+                },
+                "workloads": {
+                    workload: {
+                        "pairs_gaining_ports": len(changes.gained),
+                        "pairs_losing_ports": changes.lost,
+                        "newly_allowed": [change_json(change) for change in changes.gained],
+                    }
+                    for workload, changes in self.adoption.by_workload(
+                        p.workload for p in self.policies
+                    ).items()
+                    if self.adoption.changes  # none: no current policy, or past the cap (notes)
+                },
+                "notes": list(self.adoption.notes),
+            },
             "baseline": None
             if self.baseline is None
             else {
@@ -926,6 +954,7 @@ def conclude(
         if baseline
         else None
     )
+    reasons = explain(plan, seen.graph, cluster_dns=cluster_dns)
     files: dict[str, str] = {}
     folders = _folders(policy_format)
     if PolicyFormat.NETWORKPOLICY in folders:
@@ -935,6 +964,7 @@ def conclude(
             baseline=written_baseline,
             provenance=provenance,
             folder=folders[PolicyFormat.NETWORKPOLICY],
+            reasons=reasons,
         )
     if PolicyFormat.CILIUM in folders:
         cilium = cilium_plan(
@@ -954,6 +984,21 @@ def conclude(
         policy_set = {path: text for path, text in files.items() if path.startswith(folder)}
         check_safety(policy_set, seen.graph, cluster.facts, left_out=plan.left_out)
     first_folder = next(iter(folders.values()))
+    # Against the newest snapshot's NetworkPolicies (what the cluster has now): the first set
+    # written, the NetworkPolicies when there are both.
+    kind = "CiliumNetworkPolicy" if policy_format is PolicyFormat.CILIUM else "NetworkPolicy"
+    adoption = adopt(
+        (
+            (f"snapshot: NetworkPolicy {p.display_name}", p.raw)
+            for p in seen.snapshot.network_policies
+        ),
+        parse_policy_texts(
+            {path: text for path, text in files.items() if path.startswith(first_folder)}
+        ).policies,
+        {p.workload: policy_name(kind, p.namespace, p.name) for p in policies},
+        cluster.facts.workloads,
+        nodes=cluster.node_addresses,
+    )
     infrastructure = infrastructure_ids(
         seen.graph,
         dns_workloads=cluster_dns.workloads,
@@ -1001,6 +1046,7 @@ def conclude(
         selector_warnings=selector_warnings(seen.graph),
         unvouched=seen.graph.unvouched_pairs(),
         coverage=seen.coverage,
+        adoption=adoption,
         rings=seen.rings,
         windows=seen.windows,
         uncovered_cronjobs=uncovered,
@@ -1036,6 +1082,7 @@ def conclude(
         notes=notes,
         exposures=exposed,
         exposed_anywhere=expose_anywhere,
+        adoption=adoption,
         baseline=written_baseline,
         uncovered_cronjobs=uncovered,
     )

@@ -194,6 +194,21 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptGroup:
+    """The attempts of one client at one server and port (a client retrying makes many): how
+    many, and when the first began and the last ended."""
+
+    client: str  # as in Attempt
+    server: str
+    port: PortSpec
+    servers: tuple[str, ...]  # the addresses tried, sorted
+    attempts: int
+    packets: int
+    first_seen: float
+    last_seen: float
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeRow:
     """One line of the report's table: an edge and one of its target ports."""
 
@@ -387,6 +402,28 @@ class WorkloadGraph:
             return (a.client, a.server) if port is None else (a.client, a.server, a.port)
 
         return found[bisect_left(found, wanted, key=place) : bisect_right(found, wanted, key=place)]
+
+    def attempt_groups(self) -> tuple[AttemptGroup, ...]:
+        """The :attr:`attempts`, one group per client, server and port; sorted by them."""
+        grouped: dict[tuple[str, str, PortSpec], list[Flow]] = defaultdict(list)
+        for attempt in self.attempts:
+            flow = attempt.flow
+            grouped[
+                (attempt.client, attempt.server, PortSpec(flow.protocol, flow.server.port))
+            ].append(flow)
+        return tuple(
+            AttemptGroup(
+                client,
+                server,
+                port,
+                tuple(sorted({flow.server.ip for flow in flows}, key=address_key)),
+                len(flows),
+                sum(flow.packets for flow in flows),
+                min(flow.first_seen for flow in flows),
+                max(flow.last_seen for flow in flows),
+            )
+            for (client, server, port), flows in sorted(grouped.items())
+        )
 
     def unvouched_pairs(self) -> tuple[UnvouchedPair, ...]:
         """Per pair of nodes, the ports with a side no flow was vouched for at, by the sides

@@ -42,6 +42,9 @@ class Rule:
 
 INGRESS, EGRESS = "ingress", "egress"
 
+# What every generated object carries, so users (and a later run: ``adopting``) can tell it apart.
+MANAGED_BY_LABEL = ("app.kubernetes.io/managed-by", "netpol-sniffer")
+
 
 @dataclass(frozen=True, order=True, slots=True)
 class LeftOut:

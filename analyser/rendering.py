@@ -28,6 +28,7 @@ import jinja2
 import markupsafe
 import yaml
 
+from analyser.adopting import Adoption
 from analyser.baselines import (
     Baseline,
     BaselineRule,
@@ -39,6 +40,7 @@ from analyser.baselines import (
 )
 from analyser.bundles import FileProblem
 from analyser.cilium import CiliumPlan, CiliumPolicy, CiliumRule
+from analyser.explaining import RuleReasons
 from analyser.flows import Evidence
 from analyser.fqdnselectors import FqdnSelector, valid_name, valid_pattern
 from analyser.graphs import EdgeStats, NodeRole, UnvouchedPair, WorkloadGraph
@@ -52,7 +54,17 @@ from analyser.pictures import (
     PictureNode,
     drawing_ids,
 )
-from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
+from analyser.policies import (
+    EGRESS,
+    INGRESS,
+    MANAGED_BY_LABEL,
+    DefaultDeny,
+    LeftOut,
+    Policy,
+    Rule,
+    SelectorWarning,
+    rule_sort_key,
+)
 from analyser.reviewing import Review
 from analyser.rings import RingLoss
 from analyser.selectors import LabelSelector
@@ -61,8 +73,6 @@ from analyser.vantages import Coverage
 from kernel.bundles import Window
 from kernel.errors import RenderError
 
-# What every generated object carries, so users (and a later run) can tell it apart.
-MANAGED_BY_LABEL = ("app.kubernetes.io/managed-by", "netpol-sniffer")
 ANNOTATION_PREFIX = "netpol-sniffer.io/"
 # Kustomize's extension-less file name: `kubectl apply -k DIR` reads it, while `kubectl apply -f
 # DIR` (and Argo CD, kubeconform, anything reading a folder of manifests) skips files without a
@@ -123,6 +133,8 @@ class ReportFacts:
     windows: tuple[CaptureWindow, ...] = ()
     # CronJobs whose runs the capture windows may all have missed.
     uncovered_cronjobs: tuple[UncoveredCronJob, ...] = ()
+    # The policies against the cluster's current ones (the snapshot's).
+    adoption: Adoption = field(default_factory=Adoption)
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------
@@ -236,6 +248,7 @@ class _PeerView:
 class _RuleView:
     peer: _PeerView
     ports: tuple[_PortView, ...]
+    reasons: tuple[str, ...] = ()  # why the rule exists (``explaining``), for the comment
 
 
 def _cidr(cidr: str, policy: Policy) -> str:
@@ -247,7 +260,9 @@ def _cidr(cidr: str, policy: Policy) -> str:
         ) from error
 
 
-def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
+def _rule_views(
+    rules: Iterable[Rule], policy: Policy, reasons: Mapping[Rule, tuple[str, ...]] | None = None
+) -> tuple[_RuleView, ...]:
     rules = tuple(rules)
     for rule in rules:  # every address checked before sorting parses them
         if isinstance(rule.peer, IpPeer):
@@ -270,7 +285,7 @@ def _rule_views(rules: Iterable[Rule], policy: Policy) -> tuple[_RuleView, ...]:
                 tuple(_cidr(hole, policy) for hole in peer.excluded),
             )
         ports = tuple(_PortView(str(p.protocol), p.port) for p in sorted(set(rule.ports)))
-        views.append(_RuleView(peer_view, ports))
+        views.append(_RuleView(peer_view, ports, (reasons or {}).get(rule, ())))
     return tuple(views)
 
 
@@ -304,10 +319,17 @@ class _PolicyView:
     egress: tuple[_RuleView, ...]
 
 
-def _policy_view(policy: Policy, provenance: Provenance) -> _PolicyView:
+def _policy_view(
+    policy: Policy, provenance: Provenance, reasons: RuleReasons | None = None
+) -> _PolicyView:
     _check_names(policy.namespace, policy.name)
-    ingress = _rule_views(policy.ingress, policy)
-    egress = _rule_views(policy.egress, policy)
+    found = reasons or {}
+    ingress = _rule_views(
+        policy.ingress, policy, {rule: lines for (d, rule), lines in found.items() if d == INGRESS}
+    )
+    egress = _rule_views(
+        policy.egress, policy, {rule: lines for (d, rule), lines in found.items() if d == EGRESS}
+    )
     dns_names = {
         rule.peer.cidr: list(rule.peer.names)
         for rule in (*ingress, *egress)
@@ -529,9 +551,12 @@ def _parse_back(text: str, what: str, expected: dict[str, Any]) -> None:
         )
 
 
-def render_policy(policy: Policy, *, provenance: Provenance) -> str:
-    """One NetworkPolicy document for one workload."""
-    view = _policy_view(policy, provenance)
+def render_policy(
+    policy: Policy, *, provenance: Provenance, reasons: RuleReasons | None = None
+) -> str:
+    """One NetworkPolicy document for one workload; ``reasons`` (``explaining.explain``) are
+    written as comments above their rules."""
+    view = _policy_view(policy, provenance, reasons)
     text = _render(
         "networkpolicy.yaml.j2",
         policy=policy,
@@ -742,15 +767,23 @@ def render_policy_files(
     baseline: Baseline | None = None,
     provenance: Provenance,
     folder: str = "",
+    reasons: Mapping[str, RuleReasons] | None = None,
 ) -> dict[str, str]:
     """Every policy file (and the ``baseline``'s, when there is one) plus the ``Kustomization``
     that lists them, keyed by path relative to the output directory (in ``folder``: "" or a
-    prefix ending in "/"), sorted."""
+    prefix ending in "/"), sorted. ``reasons``: each policy's rule comments, by the policy's
+    workload (``explaining.explain``)."""
     documents = [
         (deny.namespace, deny.name, render_default_deny(deny, provenance=provenance))
         for deny in default_denies
     ] + [
-        (policy.namespace, policy.name, render_policy(policy, provenance=provenance))
+        (
+            policy.namespace,
+            policy.name,
+            render_policy(
+                policy, provenance=provenance, reasons=(reasons or {}).get(policy.workload)
+            ),
+        )
         for policy in policies
     ]
     return _policy_set_files(documents, folder, _baseline_files(baseline, provenance))
@@ -830,6 +863,44 @@ def _graph_views(graph: WorkloadGraph) -> tuple[tuple[_NodeView, ...], tuple[_Ed
     return tuple(nodes.values()), tuple(edges)
 
 
+# Per workload, the newly allowed pairs listed in report.md; the rest counted.
+MAX_REPORTED_CHANGES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class _AdoptionView:
+    """One workload's row of report.md's comparison with the current policies."""
+
+    workload: str
+    combined: tuple[str, ...]
+    gained: int  # pairs (with it at either end) gaining ports
+    lost: int
+    allowed: tuple[str, ...]  # "CLIENT → SERVER: PORTS" newly allowed, the first ones
+    more: int  # newly allowed pairs not listed
+
+
+def _adoption_views(adoption: Adoption, workloads: Iterable[str]) -> list[_AdoptionView]:
+    """Per workload with a policy: what it combines with, the changes with it at either end
+    counted, the newly allowed ones listed (newly denied is what applying is for); none when
+    there is no change (or none was computed: the adoption's notes say why)."""
+    if not adoption.changes:
+        return []
+    views = []
+    for workload, changes in adoption.by_workload(workloads).items():
+        lines = [f"{c.client} → {c.server}: {c.newly_allowed}" for c in changes.gained]
+        views.append(
+            _AdoptionView(
+                workload,
+                adoption.combined.get(workload, ()),
+                len(lines),
+                changes.lost,
+                tuple(lines[:MAX_REPORTED_CHANGES]),
+                max(0, len(lines) - MAX_REPORTED_CHANGES),
+            )
+        )
+    return views
+
+
 def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
     """The Markdown report: workloads, flows per edge, external names, unresolved addresses,
     damaged files and how each flow's direction was decided."""
@@ -841,8 +912,9 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         nodes=nodes,
         edges=edges,
         evidence=evidence,
-        attempts=graph.attempts,
+        attempts=graph.attempt_groups(),
         loopback=graph.loopback,
+        adoption=_adoption_views(facts.adoption, facts.workload_policies),
     )
 
 

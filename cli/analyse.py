@@ -31,6 +31,7 @@ import os
 from contextlib import ExitStack
 from itertools import groupby
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cli.arguments import SPECIAL_CLASSES, byte_size, network, positive_int
 from cli.main import ExitStatus, echo, say
@@ -39,6 +40,9 @@ from cli.progress import reading_captures
 SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
 # The Dask scheduler to read captures on when --scheduler is not given (and --workers is not).
 SCHEDULER_VARIABLE = "NETPOL_SNIFFER_SCHEDULER"
+
+if TYPE_CHECKING:
+    from analyser.adopting import Adoption
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +152,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force",
         action="store_true",
         help="write into DIR even if it holds files an earlier analyse did not write (left "
-        "alone) or files it wrote that were edited since (overwritten)",
+        "alone) or files it wrote that were edited since (overwritten); and write policies "
+        "whose namespace/name a NetworkPolicy in the snapshot that netpol-sniffer did not "
+        "write already has (applying them replaces it)",
     )
 
 
@@ -215,9 +221,10 @@ def run(args: argparse.Namespace) -> int:
         )
     for cronjob in analysis.uncovered_cronjobs:
         say("analyse", f"warning: {cronjob.text}")
-    for note in analysis.notes:
+    for note in (*analysis.notes, *analysis.adoption.notes):
         say("analyse", f"note: {note}")
     out: Path = args.out
+    _check_current_policies(analysis.adoption, out, force=args.force)
     write_output(analysis.files, out, force=args.force)
     if args.json:
         # JSON escapes every control and non-ASCII character: inert as it is
@@ -252,3 +259,29 @@ def _scheduler(args: argparse.Namespace) -> str | None:
 
 def _workers_text(count: int) -> str:
     return f"{count} worker" if count == 1 else f"{count} workers"
+def _check_current_policies(adoption: Adoption, out: Path, *, force: bool) -> None:
+    """Say which of the cluster's current policies the new ones replace or combine with; refuse
+    to replace one netpol-sniffer did not write, unless ``force`` (see docs/analyse.md)."""
+    from kernel.errors import OutputError
+
+    overwritten = adoption.overwritten
+    for item in overwritten:
+        say(
+            "analyse",
+            f"warning: NetworkPolicy {item.policy} is in the cluster and was not written by "
+            f"netpol-sniffer: the policy for {item.workload} has its name, and applying it "
+            "replaces it",
+        )
+    for workload, names in adoption.combined.items():
+        say(
+            "analyse",
+            f"warning: {workload}: its policy combines with {', '.join(names)} in the cluster: "
+            "it will be allowed what any of them allows",
+        )
+    if overwritten and not force:
+        listed = ", ".join(item.policy for item in overwritten)
+        raise OutputError(
+            f"{out}: not written: applying would replace NetworkPolicies netpol-sniffer did not "
+            f"write ({listed}); merge what they allow into the new policies or delete them, and "
+            "pass --force to write"
+        )

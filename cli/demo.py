@@ -10,7 +10,7 @@ Written to DIR (default demo-output):
   DIR/policies/   NetworkPolicies (NAMESPACE.NAME.yaml), Kustomization, graph.dot/svg, report.md
 
 Without root (the lab needs network namespaces) it analyses the bundle recorded in
-examples/microservices-demo/bundle/ instead, and says so.
+examples/microservices-demo/bundle/ instead (an installed package ships it), and says so.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
     from analyser.graphs import WorkloadGraph
 
 SUMMARY = "lab + analyse on microservices-demo, with a summary"
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "microservices-demo"
+# microservices-demo's manifests, traffic plan and recorded bundle, shipped in the lab package
+# (lab/example, a link to examples/microservices-demo in a checkout; a copy in a wheel).
+EXAMPLE = Path(str(resources.files("lab") / "example"))
 DEFAULT_OUT = Path("demo-output")
 DEFAULT_DURATION = 8.0
 
@@ -58,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recorded",
         action="store_true",
-        help="analyse the recorded bundle in examples/ even when the lab could run",
+        help="analyse the recorded bundle shipped with netpol-sniffer even when the lab could run",
     )
 
 
@@ -85,7 +88,7 @@ def _record(bundle: Path, args: argparse.Namespace) -> Path:
         reason = "as asked" if args.recorded else "not root, so the lab cannot run"
         _say(f"{reason}: analysing the recorded bundle {recorded}")
         if not (recorded / MANIFEST).is_file():
-            raise LabError(f"no recorded bundle in {recorded} (is this a checkout of the repo?)")
+            raise LabError(f"no recorded bundle in {recorded}: the installation is incomplete")
         return recorded
     _replace_bundle(bundle)
     _say(f"running the lab on microservices-demo for {args.duration:g}s")

@@ -117,7 +117,7 @@ def _diff(args: argparse.Namespace) -> int:
     echo(
         f"pairs gaining ports: {gained}, pairs losing ports: {lost}"
         if changes
-        else "no change: both sets allow exactly the same connections"
+        else "no change: both sets allow exactly the same traffic"
     )
     for note in notes:
         echo(f"note: {note}")

@@ -3,21 +3,20 @@ allows.
 
 BUNDLE is what `analyse` reads (a bundle directory, or a folder with snapshot.json and captures);
 several bundles (capture windows, as `analyse BUNDLE BUNDLE…` takes them) are checked together:
-the observed connections are those of every one, each resolved with its own snapshot.
+the observed flows are those of every one, each resolved with its own snapshot.
 POLICIES is a folder (or file) of NetworkPolicies, CiliumNetworkPolicies (`analyse --format
 cilium`) or both: the generated ones or any hand-written set (YAML with one or more documents,
 Lists, JSON, `kustomize build` output), ClusterNetworkPolicies (policy.networking.k8s.io, such as
 `analyse --baseline cluster` writes) included: they are evaluated in their tiers (Admin, then the
 NetworkPolicies, then Baseline). Other objects are skipped with a note.
 
-Every observed connection (client workload → server workload or address, on the target port after
-Service DNAT) is evaluated with networking.k8s.io/v1 semantics (cilium.io/v2 for
-CiliumNetworkPolicies, `toFQDNs` matched against the names the bundle's DNS answers gave each
-address): egress at the client and ingress at the server must both allow it. Each denied one is
-listed with the side that denies it. A side
-is checked only when its own captures vouch for the connection (they saw it, or none of them ran
-then): one pod's capture cannot make another workload's policies fail; such connections are
-listed.
+The observed flows are checked once per client → server port (client workload → server workload
+or address, on the target port after Service DNAT) with networking.k8s.io/v1 semantics
+(cilium.io/v2 for CiliumNetworkPolicies, `toFQDNs` matched against the names the bundle's DNS
+answers gave each address): egress at the client and ingress at the server must both allow them.
+Each denied one is listed with the side that denies it. A side is checked only when its own
+captures vouch for the flows (they saw them, or none of them ran then): one pod's capture cannot
+make another workload's policies fail; such flows are listed.
 
 Then, for every pair that involves a captured workload (workloads, ipBlocks the policies name,
 observed outside addresses, and "anywhere"), the ports allowed without any observed flow are
@@ -79,6 +78,7 @@ def _verify(args: argparse.Namespace) -> int:
     from analyser.replaying import cluster_facts, verify_graph
     from analyser.verifying import allowance_json, denial_json, score_json, unvouched_json
     from analyser.windows import observe_windows
+    from kernel.times import utc_text
 
     named = ", ".join(map(str, args.bundles))
     last: Path = args.bundles[-1]
@@ -111,11 +111,17 @@ def _verify(args: argparse.Namespace) -> int:
             f"the snapshot has no Namespaces, so their labels are unknown: namespaceSelectors on "
             f"{', '.join(sorted(looked_at))} match nothing (add `kubectl get namespaces -o json`)"
         )
-    notes += [
-        f"not checked, never established (refused or unanswered): {a.client} → {a.server} "
-        f"{a.flow.protocol}/{a.flow.server.port}"
-        for a in observation.graph.attempts
-    ]
+    for group in observation.graph.attempt_groups():
+        retried = (
+            f" ({group.attempts} attempts, first {utc_text(group.first_seen)}, "
+            f"last {utc_text(group.last_seen)})"
+            if group.attempts > 1
+            else ""
+        )
+        notes.append(
+            f"not checked, never established (refused or unanswered): {group.client} → "
+            f"{group.server} {group.port.protocol}/{group.port.port}{retried}"
+        )
     status = ExitStatus.OK if result.passed else ExitStatus.DENIED
     if args.json:
         document = {
@@ -141,14 +147,15 @@ def _verify(args: argparse.Namespace) -> int:
     )
     echo(
         f"{args.policies} ({_counted(p.kind for p in loaded.policies.policies)}{also}) against "
-        f"{result.checked} observed connections of {named}"
+        f"the flows observed in {named}: {result.checked} client → server ports"
     )
     if result.denials:
-        echo(f"DENIED: {len(result.denials)} observed connection(s) would be blocked:")
+        denied = len(result.denials)
+        echo(f"DENIED: the flows of {denied} client → server port(s) would be blocked:")
         for denial in result.denials:
             echo(f"  {denial}")
     else:
-        echo("OK: every observed connection is allowed")
+        echo("OK: every observed flow is allowed")
     if result.unvouched:
         echo(
             f"not checked at a side whose own capture covered the time and did not see them "

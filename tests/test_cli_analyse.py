@@ -315,19 +315,34 @@ def test_a_refused_or_unanswered_connection_gets_no_rule_and_is_reported(
         (T0 + 30.001, tcp(CART_IP, 7777, FRONTEND_IP, 41001, rst_ack)),
     ]
     unanswered = [(T0 + 40 + n, tcp(FRONTEND_IP, 41002, CART_IP, 9999, SYN)) for n in range(3)]
+    # A client retrying: four more refused attempts on 7777, each from a port of its own.
+    for n in range(4):
+        refused += [
+            (T0 + 31 + n, tcp(FRONTEND_IP, 41010 + n, CART_IP, 7777, SYN)),
+            (T0 + 31.001 + n, tcp(CART_IP, 7777, FRONTEND_IP, 41010 + n, rst_ack)),
+        ]
     write_pcap(folder / "captures" / "web" / FRONTEND_POD / "capture.pcap1", refused + unanswered)
     write_pcap(folder / "captures" / "shop" / CART_POD / "capture.pcap2", refused + unanswered)
     out = tmp_path / "out"
     status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
     assert status == ExitStatus.OK, stderr
-    assert json.loads(stdout)["never_established"] == 2
+    assert json.loads(stdout)["never_established"] == 6
     cart = yaml.safe_load((out / "shop.cart.yaml").read_text())
     assert cart["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 8080}]
     frontend = (out / "web.frontend.yaml").read_text()
     assert "7777" not in frontend and "9999" not in frontend
     report = (out / "report.md").read_text()
-    assert "## Connections that were never established" in report
-    assert "| web/Deployment/frontend (10.244.1.5:41001) | shop/Deployment/cart " in report
+    assert "## Flows that were never established" in report
+    # One row per client, server and port, however many attempts.
+    assert (
+        "| web/Deployment/frontend | shop/Deployment/cart (10.244.2.7) | TCP/7777 | 5 | 10 | "
+        in report
+    )
+    assert (
+        "| web/Deployment/frontend | shop/Deployment/cart (10.244.2.7) | TCP/9999 | 1 | 3 | "
+        in (report)
+    )
+    assert report.count("| web/Deployment/frontend | shop/Deployment/cart (") == 2
 
 
 def test_loopback_traffic_in_a_loose_pod_capture_does_not_hide_whose_it_is(

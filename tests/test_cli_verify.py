@@ -62,7 +62,7 @@ def test_generated_policies_pass(
     bundle, policies = generated
     assert main(["verify", str(bundle), str(policies)]) == ExitStatus.OK
     out = capsys.readouterr().out
-    assert "OK: every observed connection is allowed" in out
+    assert "OK: every observed flow is allowed" in out
     assert "least-privilege score" in out
 
 
@@ -250,14 +250,22 @@ def test_connections_never_established_are_named_as_not_checked(
         (T0 + 30, tcp(FRONTEND_IP, 41001, CART_IP, 7777, SYN)),
         (T0 + 30.001, tcp(CART_IP, 7777, FRONTEND_IP, 41001, 0x14)),  # RST+ACK
     ]
+    # A client retrying on another port, 5 times: one note with the count, not one per attempt.
+    for n in range(5):
+        refused += [
+            (T0 + 31 + n, tcp(FRONTEND_IP, 41010 + n, CART_IP, 7778, SYN)),
+            (T0 + 31.001 + n, tcp(CART_IP, 7778, FRONTEND_IP, 41010 + n, 0x14)),
+        ]
     write_pcap(bundle / "captures" / "web" / FRONTEND_POD / "capture.pcap1", refused)
     none = no_isolation(tmp_path / "none")
     assert main(["verify", str(bundle), str(none), "--json"]) == ExitStatus.OK
     notes = json.loads(capsys.readouterr().out)["notes"]
-    assert (
-        f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7777"
-        in notes
-    )
+    never = [note for note in notes if note.startswith("not checked, never established")]
+    assert never == [
+        f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7777",
+        f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7778 "
+        "(5 attempts, first 2026-01-01T10:00:31Z, last 2026-01-01T10:00:35Z)",
+    ]
 
 
 def test_namespace_selectors_on_labels_a_snapshot_without_namespaces_lacks_are_noted(

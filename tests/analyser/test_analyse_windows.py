@@ -19,6 +19,7 @@ from cli.main import main
 from kernel.bundles import Manifest, entries_for_layout, write_manifest
 from kernel.errors import BundleError
 from tests.bundle_builders import CART_POD, T0, make_bundle
+from tests.hostile.hostile_helpers import without_comments
 
 FRONTEND = "web/Deployment/frontend"
 CART = "shop/Deployment/cart"
@@ -80,13 +81,19 @@ def test_each_bundle_alone_gives_what_its_window_saw(tmp_path: Path) -> None:
     monday, tuesday = two_days(tmp_path)
     merged = analyse_windows([monday, tuesday], workers=1)
     alone = analyse(monday, workers=1)
-    assert alone.files["shop.cart.yaml"].replace(
+    # The same rules; the comments above them differ: with several windows they name them.
+    assert without_comments(alone.files["shop.cart.yaml"]).replace(
         alone.window.start_text + "/" + alone.window.end_text,  # type: ignore[union-attr]
         "WINDOW",
-    ) == merged.files["shop.cart.yaml"].replace(
+    ) == without_comments(merged.files["shop.cart.yaml"]).replace(
         merged.window.start_text + "/" + merged.window.end_text,  # type: ignore[union-attr]
         "WINDOW",
     )
+    assert "; in monday (1)" not in alone.files["shop.cart.yaml"]
+    comments = [line.strip() for line in merged.files["web.frontend.yaml"].split("\n")]
+    to_orders = comments.index(f"# to {ORDERS}") + 1
+    assert comments[to_orders].startswith("# TCP/8080: 1 flow")
+    assert comments[to_orders].endswith("; in tuesday (1)")
 
 
 def test_the_output_does_not_depend_on_the_order_bundles_are_given_in(tmp_path: Path) -> None:

@@ -164,7 +164,11 @@ def test_clicking_a_connection_shows_its_flows_and_the_rules_that_allow_it(
     }
     assert set(rules) == {"egress", "ingress"}
     egress = lines_shown(rules["egress"].inner_text())
+    # the rule's comment lines say why it exists: the flows behind it
     assert egress == [
+        "    # to default/Deployment/cartservice",
+        "    # TCP/7070: 6 flows via Service default/cartservice, first 2026-11-26T10:40:08Z, "
+        "last 2026-11-26T10:40:13Z",
         "    - to:",
         "        - podSelector:",
         "            matchLabels:",

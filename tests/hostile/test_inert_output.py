@@ -24,6 +24,7 @@ from tests.hostile.hostile_helpers import (
     run,
     snapshot,
     window_start,
+    without_comments,
     write_snapshot,
 )
 
@@ -156,7 +157,7 @@ def test_a_hostile_owner_kind_is_ignored_said_and_reaches_no_output(
     assert not (out / f"{NAMESPACE}.frontend.yaml").exists()
     assert not (out / f"{NAMESPACE}.{name}.yaml").exists()
     for path in out.glob("*.yaml"):
-        assert path.read_text() == clean_policies[path.name]
+        assert without_comments(path.read_text()) == clean_policies[path.name]
 
 
 def test_a_hostile_label_is_a_clean_error(
@@ -201,4 +202,5 @@ def test_a_hostile_capture_file_name_is_shown_escaped(
     assert "x\\\\x1b\\[31m\\\\nnetpol-sniffer analyse: all good &lt;b&gt;\\\\u202e.pcap" in report
     assert "<" not in report and ">" not in report
     only_our_lines(report)
-    assert {p: (out / p).read_text(encoding="utf-8") for p in clean_policies} == clean_policies
+    written = {p: without_comments((out / p).read_text(encoding="utf-8")) for p in clean_policies}
+    assert written == clean_policies

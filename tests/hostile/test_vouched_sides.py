@@ -278,7 +278,7 @@ def test_analyse_warns_and_verify_reports_the_claim_without_failing(
 
     assert main(["verify", str(bundle), str(out)]) == ExitStatus.OK
     text = capsys.readouterr().out
-    assert "OK: every observed connection is allowed" in text
+    assert "OK: every observed flow is allowed" in text
     assert f"  {FRONTEND} → {PAYMENT} 9090/TCP: not checked at ingress of {PAYMENT}" in text
     assert main(["verify", str(bundle), str(out), "--json"]) == ExitStatus.OK
     document = json.loads(capsys.readouterr().out)

@@ -1,0 +1,278 @@
+"""Explaining: why each rule of a policy exists, as the comment lines rendering writes above it.
+
+A rule comes from the flows that made it (the graph's edges into or out of the policy's workload,
+on the rule's ports, at a side vouched for: ``policies.synthesize``), or from a rule every policy
+gets whether or not a flow was seen: DNS to the cluster DNS pods (and a node-local cache), and
+traffic with every node. Each rule gets a few lines saying which: per port, the flows behind it
+(how many, through which Service, first and last seen, and in which capture windows when several
+bundles were analysed together), or why the port is allowed without one.
+Bounded: at most :data:`MAX_PORT_LINES` port lines per rule and :data:`MAX_LISTED_PEERS` peers
+named per line, the rest summarised (report.md lists every edge); the edges of a policy are
+matched to its rules once, through an index, not once per rule.
+
+The lines are plain text built from input (workload, node and Service names, addresses):
+rendering writes each through its comment filter (``rendering.one_line``), which makes any
+character that could end a YAML comment inert.
+
+Pure: the policy plan and the graph in, text out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from analyser.graphs import EdgeStats, GraphNode, NodeRole, WorkloadGraph
+from analyser.peers import ClusterDns, IpPeer, PodPeer, PortSpec, single_address, special_address
+from analyser.policies import EGRESS, INGRESS, NODE_BLOCK_DESCRIPTION, Policy, PolicyPlan, Rule
+from kernel.times import utc_text
+
+# Per rule: port lines written before the rest is summarised, and peers named in one line.
+MAX_PORT_LINES = 4
+MAX_LISTED_PEERS = 3
+
+# (direction, rule) → the comment lines above it; directions are policies.INGRESS and EGRESS.
+RuleReasons = Mapping[tuple[str, Rule], tuple[str, ...]]
+
+WHY_DNS = (
+    "DNS is allowed to every workload, lookups seen or not: "
+    "names are looked up at any time, and long answers come over TCP"
+)
+WHY_NODES = (
+    "allowed with every node, also those no flow was seen with: "
+    "probes and SNAT'd traffic come from a pod's node, and pods move"
+)
+
+
+def _is_anywhere(peer: IpPeer) -> bool:
+    return ipaddress.ip_network(peer.cidr, strict=False).prefixlen == 0
+
+
+def _is_node_block(peer: PodPeer | IpPeer) -> bool:
+    return isinstance(peer, IpPeer) and peer.description == NODE_BLOCK_DESCRIPTION
+
+
+def _is_dns(peer: PodPeer | IpPeer, policy: Policy, dns: ClusterDns) -> bool:
+    """Whether ``peer`` is the DNS rule's every policy gets (``synthesize`` names a DNS peer in
+    the policy's own namespace without a namespace), or a node-local cache's."""
+    if isinstance(peer, IpPeer):
+        return peer in dns.node_local
+    namespace = policy.namespace if peer.namespace is None else peer.namespace
+    return any(
+        peer.pod_selector == own.pod_selector and namespace == own.namespace for own in dns.peers
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _WideRule:
+    """A rule for a block wider than one address, its network parsed once."""
+
+    rule: Rule
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    nodes: bool  # a block of the cluster's nodes
+    anywhere: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleIndex:
+    """The rules of one side of a policy, found by what a graph node is: its workload, one of its
+    addresses, or an address inside a wider block (nodes, anywhere)."""
+
+    by_workload: Mapping[str, tuple[Rule, ...]]
+    # Blocks of one address (outside addresses, a node's), by that /32 or /128.
+    by_address: Mapping[str, tuple[Rule, ...]]
+    dns: tuple[Rule, ...]
+    wide: tuple[_WideRule, ...]  # node blocks and anywhere rules: few
+
+    @classmethod
+    def of(cls, rules: Iterable[Rule], policy: Policy, dns: ClusterDns) -> _RuleIndex:
+        by_workload: dict[str, list[Rule]] = defaultdict(list)
+        by_address: dict[str, list[Rule]] = defaultdict(list)
+        dns_rules: list[Rule] = []
+        wide: list[_WideRule] = []
+        for rule in rules:
+            peer = rule.peer
+            if _is_dns(peer, policy, dns):
+                dns_rules.append(rule)
+            if isinstance(peer, PodPeer):
+                by_workload[peer.description].append(rule)
+                continue
+            network = ipaddress.ip_network(peer.cidr, strict=False)
+            if network.num_addresses == 1:
+                by_address[single_address(str(network.network_address))].append(rule)
+            else:
+                wide.append(_WideRule(rule, network, _is_node_block(peer), _is_anywhere(peer)))
+        return cls(
+            {key: tuple(found) for key, found in by_workload.items()},
+            {key: tuple(found) for key, found in by_address.items()},
+            tuple(dns_rules),
+            tuple(wide),
+        )
+
+    def rules_for(self, other: GraphNode, dns: ClusterDns) -> set[Rule]:
+        """The rules that ``synthesize`` made from traffic with the graph node ``other``: its
+        workload's, its addresses', a node block holding one of a node's (or a hostNetwork
+        workload's) addresses, an anywhere rule for an ordinary outside address, the DNS rule
+        for the cluster DNS pods."""
+        found: set[Rule] = set()
+        workload = other.workload
+        if other.id in dns.workloads:
+            found.update(self.dns)
+        if workload is not None and not workload.host_network:
+            found.update(self.by_workload.get(str(workload.ref), ()))
+            return found
+        on_nodes = other.role is NodeRole.NODE or workload is not None
+        outside = other.role in (NodeRole.EXTERNAL, NodeRole.UNRESOLVED)
+        for text in other.addresses:
+            address = ipaddress.ip_address(text)
+            for rule in self.by_address.get(single_address(text), ()):
+                if on_nodes if _is_node_block(rule.peer) else outside:
+                    found.add(rule)
+            for wide in self.wide:
+                if wide.network.version != address.version:
+                    continue
+                if wide.nodes:
+                    matches = on_nodes and address in wide.network
+                elif wide.anywhere:
+                    # What widening to anywhere and exposures stand for: ordinary outside
+                    # addresses.
+                    matches = other.role is NodeRole.EXTERNAL and special_address(text) is None
+                else:
+                    matches = outside and address in wide.network
+                if matches:
+                    found.add(wide.rule)
+        return found
+
+
+@dataclass(slots=True)
+class _Seen:
+    """The flows behind one port of a rule: what was seen on it, and with whom (built up edge
+    by edge)."""
+
+    stats: EdgeStats
+    peers: set[str]  # labels of the other ends
+
+    def add(self, stats: EdgeStats, peer: str) -> None:
+        self.stats = self.stats.merged(stats)
+        self.peers.add(peer)
+
+
+def _flows(count: int) -> str:
+    return f"{count} flow{'s' if count != 1 else ''}"
+
+
+def _listed(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:MAX_LISTED_PEERS])
+    more = len(names) - MAX_LISTED_PEERS
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _port_line(port: PortSpec, seen: _Seen, *, named: bool, way: str) -> str:
+    """``TCP/8080: 12 flows via Service default/frontend, first ..., last ...``; with ``named``
+    (a rule standing for many peers: nodes, anywhere) the peers are named too; when several
+    bundles were analysed together, the capture windows that saw them, with their flows
+    (``; in monday (8), tuesday (4)``)."""
+    stats = seen.stats
+    text = f"{port.protocol}/{port.port}: {_flows(stats.flows)}"
+    if named:
+        text += f" {way} {_listed(sorted(seen.peers))}"
+    if stats.services:
+        text += f" via Service {', '.join(sorted(stats.services))}"
+    first, last = utc_text(stats.first_seen), utc_text(stats.last_seen)
+    text += f", at {first}" if first == last else f", first {first}, last {last}"
+    if not stats.answered:
+        text += ", none answered"
+    if stats.assumed:
+        text += ", the server side taken from the Service's backends"
+    if stats.windows:  # several bundles analysed together (empty for one)
+        seen_in = [f"{window.bundle} ({window.flows})" for window in stats.windows]
+        text += f"; in {_listed(seen_in)}"
+    return text
+
+
+def _unseen_line(port: PortSpec, rule: Rule, *, is_dns: bool, way: str) -> str:
+    """Why a port of a rule is allowed although no flow on it was seen."""
+    where = f"{port.protocol}/{port.port}: no flow seen"
+    peer = rule.peer
+    if is_dns:
+        return f"{where}: DNS"
+    if _is_node_block(peer):
+        return f"{where} {way} these nodes"
+    if isinstance(peer, IpPeer) and _is_anywhere(peer):
+        return f"{where} {way} outside the cluster"
+    return where
+
+
+def _rule_lines(
+    policy: Policy, direction: str, rule: Rule, seen: Mapping[PortSpec, _Seen], dns: ClusterDns
+) -> tuple[str, ...]:
+    way = "from" if direction == INGRESS else "to"
+    peer = rule.peer
+    is_dns = _is_dns(peer, policy, dns)
+    named = _is_node_block(peer) or (isinstance(peer, IpPeer) and _is_anywhere(peer))
+    lines = [f"{way} {peer.description}"] if isinstance(peer, PodPeer) and peer.description else []
+    port_lines: list[str] = []
+    unseen = False
+    for port in sorted(rule.ports):
+        found = seen.get(port)
+        if found is None:
+            unseen = True
+            port_lines.append(_unseen_line(port, rule, is_dns=is_dns, way=way))
+        else:
+            port_lines.append(_port_line(port, found, named=named, way=way))
+    if len(port_lines) > MAX_PORT_LINES:
+        kept = MAX_PORT_LINES - 1
+        rest = sorted(rule.ports)[kept:]
+        flows = sum(seen[port].stats.flows for port in rest if port in seen)
+        port_lines[kept:] = [f"and {len(rest)} more ports: {_flows(flows)}"]
+    lines += port_lines
+    if is_dns and unseen:
+        lines.append(WHY_DNS)
+    if _is_node_block(peer):
+        lines.append(WHY_NODES)
+    return tuple(lines)
+
+
+def _side(
+    policy: Policy, direction: str, graph: WorkloadGraph, dns: ClusterDns
+) -> dict[tuple[str, Rule], tuple[str, ...]]:
+    ingress = direction == INGRESS
+    rules = policy.ingress if ingress else policy.egress
+    index = _RuleIndex.of(rules, policy, dns)
+    seen: dict[Rule, dict[PortSpec, _Seen]] = defaultdict(dict)
+    edges = graph.edges_to(policy.workload) if ingress else graph.edges_from(policy.workload)
+    for edge in edges:
+        other = graph.node(edge.client if ingress else edge.server)
+        for rule in index.rules_for(other, dns):
+            ports = seen[rule]
+            for port, stats in edge.ports.items():
+                vouched = stats.vouched.server if ingress else stats.vouched.client
+                if port not in rule.ports or not vouched:
+                    continue
+                if port in ports:
+                    ports[port].add(stats, other.label)
+                else:
+                    ports[port] = _Seen(stats, {other.label})
+    return {
+        (direction, rule): _rule_lines(policy, direction, rule, seen.get(rule, {}), dns)
+        for rule in rules
+    }
+
+
+def explain(
+    plan: PolicyPlan, graph: WorkloadGraph, *, cluster_dns: ClusterDns | None = None
+) -> dict[str, RuleReasons]:
+    """Per policy (by its workload's graph node id), the comment lines of each rule: the flows
+    behind it per port, or why it is there without one (see the module's docstring).
+    ``cluster_dns``: what ``synthesize`` was given."""
+    dns = cluster_dns if cluster_dns is not None else ClusterDns()
+    return {
+        policy.workload: {
+            **_side(policy, INGRESS, graph, dns),
+            **_side(policy, EGRESS, graph, dns),
+        }
+        for policy in plan.policies
+    }
+
