@@ -189,3 +189,11 @@ def test_pod_networks_must_be_given_as_networks(tmp_path: Path, networks: str, s
     done = run_node_entrypoint(node_env(tmp_path, networks), "true")
     assert done.returncode == 64 and says in done.stderr
     assert not (tmp_path / "captures" / "meta.json").exists()
+
+
+def test_an_unknown_vantage_is_refused(tmp_path: Path) -> None:
+    env = {**node_env(tmp_path, "10.244.0.0/16"), ENV_VANTAGE: "nodes"}
+    done = run_node_entrypoint(env, "true")
+    assert done.returncode == 64
+    assert "NETPOL_SNIFFER_VANTAGE is 'nodes': expected pod" in done.stderr
+    assert not (tmp_path / "captures" / "meta.json").exists()
