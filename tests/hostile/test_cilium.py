@@ -17,8 +17,8 @@ import yaml
 from analyser.analysing import PolicyFormat
 from analyser.bundles import open_bundle
 from analyser.cilium import cilium_plan
-from analyser.windows import analyse_windows
 from analyser.rendering import Provenance, cilium_policy_object, policy_path
+from analyser.windows import analyse_windows
 from kernel.times import utc_text
 from tests.bundle_builders import Frame, dns_exchange, handshake
 from tests.cilium_helpers import lookup, schema_errors
