@@ -378,7 +378,10 @@ def _selector_lines(
         return [prefix + _selector_line(selector, answers) for selector in selectors]
     kept = MAX_NAME_LINES - 1
     lines = [prefix + _selector_line(selector, answers) for selector in selectors[:kept]]
-    return [*lines, f"and {len(selectors) - kept} more names"]
+    rest = selectors[kept:]
+    patterns = sum(selector.pattern for selector in rest)
+    what = "patterns" if patterns == len(rest) else "names and patterns" if patterns else "names"
+    return [*lines, f"{prefix}and {len(rest)} more {what}"]
 
 
 def _answers(graph: WorkloadGraph, workload: str) -> dict[str, set[str]]:
@@ -407,7 +410,7 @@ def _cilium_policy_reasons(
                 direction, rule.sources, rule.ports, name_peers=stands_for_peers
             )
             patterns = [selector for selector in rule.dns if selector.pattern]
-            lines += _selector_lines(patterns, {}, prefix="the DNS rule's ")
+            lines += _selector_lines(patterns, {}, prefix="lookups: ")
             reasons[(direction, rule)] = tuple(lines)
     return reasons
 

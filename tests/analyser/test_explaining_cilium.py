@@ -174,12 +174,12 @@ def test_a_pattern_says_which_names_it_stands_for_and_the_lines_are_bounded() ->
     assert lines[: MAX_NAME_LINES - 1] == tuple(
         f"api{n}.example.org: answered with 192.0.2.{n + 1}" for n in range(MAX_NAME_LINES - 1)
     )
-    assert lines[MAX_NAME_LINES - 1] == "and 3 more names"
+    assert lines[MAX_NAME_LINES - 1] == "and 3 more names and patterns"  # api3, api4, the pattern
     assert lines[MAX_NAME_LINES].startswith("TCP/443: 17 flows to 192.0.2.1, 192.0.2.2, ")
     # The DNS rule's pattern names what it stands for, a few of them.
     (dns_key,) = [key for key in reasons if "kube-dns TCP/53,UDP/53" in key]
     assert reasons[dns_key][-1] == (
-        "the DNS rule's *.cdn.example stands for 12 names seen: "
+        "lookups: *.cdn.example stands for 12 names seen: "
         "s0.cdn.example, s1.cdn.example, s10.cdn.example and 9 more"
     )
 
