@@ -622,8 +622,6 @@ class _Builder:
 def node_label(name: str, addresses: Iterable[str]) -> str:
     """A cluster node's label: its name and the addresses seen for it."""
     return f"{name} ({', '.join(addresses)})"
-
-
 def asked_by(resolver: Resolver, flow: Flow, client: Identity) -> Callable[[str], bool]:
     """Whether a DNS answer sent to an address went to ``flow``'s client (``client``, as
     resolved at the flow's first packet): its address, or another its pod (or node) had then."""
