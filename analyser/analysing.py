@@ -39,7 +39,7 @@ from analyser.baselines import (
 from analyser.bundles import Bundle, FileProblem
 from analyser.cilium import cilium_plan
 from analyser.evaluation import policy_name
-from analyser.explaining import explain
+from analyser.explaining import explain, explain_cilium
 from analyser.flows import Evidence, Flow, orient
 from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
@@ -979,6 +979,7 @@ def conclude(
             baseline=written_baseline,
             provenance=provenance,
             folder=folders[PolicyFormat.CILIUM],
+            reasons=explain_cilium(cilium, seen.graph, cluster_dns=cluster_dns),
         )
     for folder in folders.values():
         policy_set = {path: text for path, text in files.items() if path.startswith(folder)}

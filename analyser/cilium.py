@@ -25,10 +25,11 @@ Pure: the plan, the graph and the cluster's facts in, :class:`CiliumPolicy` reco
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from analyser.flows import Protocol
 from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX, FqdnSelector, selectors_for
@@ -55,7 +56,10 @@ _DNS_PROTOCOLS = (Protocol.UDP, Protocol.TCP)
 @dataclass(frozen=True, order=True, slots=True)
 class CiliumRule:
     """One ingress or egress rule: exactly one kind of peer (``endpoints``, ``entities``,
-    ``cidrs``, ``fqdns``), its ports, and for DNS the names the L7 rule allows (``dns``)."""
+    ``cidrs``, ``fqdns``), its ports, and for DNS the names the L7 rule allows (``dns``);
+    ``sources``: the policy's rules it was made from (on these ports and others), for saying
+    why it exists (``explaining.explain_cilium``); provenance, not content, so left out of
+    equality."""
 
     ports: tuple[PortSpec, ...]
     endpoints: LabelSelector | None = None
@@ -64,6 +68,7 @@ class CiliumRule:
     fqdns: tuple[FqdnSelector, ...] = ()
     dns: tuple[FqdnSelector, ...] = ()
     comment: str = ""  # what the peer stands for
+    sources: tuple[Rule, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +105,7 @@ def _is_anywhere(peer: IpPeer) -> bool:
     return peer.cidr in ANYWHERE.values()
 
 
-def _asked_names(graph: WorkloadGraph, workload: str) -> dict[str, set[str]]:
+def asked_names(graph: WorkloadGraph, workload: str) -> dict[str, set[str]]:
     """Outside address → the names this workload asked for and was answered with it."""
     asked: dict[str, set[str]] = defaultdict(set)
     for edge in graph.edges_from(workload):
@@ -151,30 +156,58 @@ def _split_dns(ports: Iterable[PortSpec]) -> tuple[tuple[PortSpec, ...], tuple[P
 
 
 @dataclass(slots=True)
+class _Merged:
+    """What several of the policy's rules merge into: the ports (of an entity rule) or the
+    names (of a rule by name) gathered, and the rules they came from, in the policy's order."""
+
+    ports: set[PortSpec] = field(default_factory=set)
+    names: set[str] = field(default_factory=set)
+    sources: dict[Rule, None] = field(default_factory=dict)  # an ordered set
+
+    def add(
+        self, source: Rule, *, ports: Iterable[PortSpec] = (), names: Iterable[str] = ()
+    ) -> None:
+        self.ports |= set(ports)
+        self.names |= set(names)
+        self.sources[source] = None
+
+
+@dataclass(slots=True)
 class _Rules:
     """Rules of one direction being gathered: entity and name rules merged per port set."""
 
     rules: list[CiliumRule]
-    entities: dict[tuple[tuple[str, ...], str], set[PortSpec]]
-    names: dict[tuple[PortSpec, ...], set[str]]
+    entities: dict[tuple[tuple[str, ...], str], _Merged]
+    names: dict[tuple[PortSpec, ...], _Merged]
 
     @classmethod
     def empty(cls) -> _Rules:
-        return cls([], defaultdict(set), defaultdict(set))
+        return cls([], defaultdict(_Merged), defaultdict(_Merged))
 
-    def entity(self, entities: tuple[str, ...], comment: str, ports: Iterable[PortSpec]) -> None:
-        self.entities[(entities, comment)] |= set(ports)
+    def entity(
+        self, entities: tuple[str, ...], comment: str, ports: Iterable[PortSpec], source: Rule
+    ) -> None:
+        self.entities[(entities, comment)].add(source, ports=ports)
 
     def done(self, threshold: int) -> list[CiliumRule]:
         rules = list(self.rules)
         rules += [
-            CiliumRule(tuple(sorted(ports)), entities=entities, comment=comment)
-            for (entities, comment), ports in self.entities.items()
-            if ports
+            CiliumRule(
+                tuple(sorted(merged.ports)),
+                entities=entities,
+                comment=comment,
+                sources=tuple(merged.sources),
+            )
+            for (entities, comment), merged in self.entities.items()
+            if merged.ports
         ]
         rules += [
-            CiliumRule(ports, fqdns=selectors_for(names, max_per_suffix=threshold))
-            for ports, names in self.names.items()
+            CiliumRule(
+                ports,
+                fqdns=selectors_for(merged.names, max_per_suffix=threshold),
+                sources=tuple(merged.sources),
+            )
+            for ports, merged in self.names.items()
         ]
         return rules
 
@@ -194,20 +227,23 @@ def _translate(
         peer = rule.peer
         if isinstance(peer, PodPeer):
             selector = endpoint_selector(peer, policy.namespace)
-            ingress.rules.append(CiliumRule(rule.ports, endpoints=selector))
+            ingress.rules.append(CiliumRule(rule.ports, endpoints=selector, sources=(rule,)))
         elif peer.description == NODE_BLOCK_DESCRIPTION:
-            ingress.entity(NODES, NODE_BLOCK_DESCRIPTION, rule.ports)
+            ingress.entity(NODES, NODE_BLOCK_DESCRIPTION, rule.ports, rule)
         elif _is_anywhere(peer) and exposed and set(rule.ports) <= set(exposed):
-            ingress.entity((WORLD,), peer.description, rule.ports)
+            ingress.entity((WORLD,), peer.description, rule.ports, rule)
         else:
-            ingress.rules.append(CiliumRule(rule.ports, cidrs=(peer,), comment=peer.description))
-    for rule in policy.egress:
+            ingress.rules.append(
+                CiliumRule(rule.ports, cidrs=(peer,), comment=peer.description, sources=(rule,))
+            )
+    for source in policy.egress:
+        rule = source
         if isinstance(rule.peer, IpPeer) and _is_anywhere(rule.peer):
             rule = _by_name(egress, rule, by_port)
             if not rule.ports:
                 continue
-        _egress(egress, rule, policy.namespace, asked=asked, apiservers=apiservers)
-    dns_names = set(lookups) | {name for names in egress.names.values() for name in names}
+        _egress(egress, rule, source, policy.namespace, asked=asked, apiservers=apiservers)
+    dns_names = set(lookups) | {name for merged in egress.names.values() for name in merged.names}
     dns = selectors_for(dns_names, max_per_suffix=threshold)
     egress_rules = [piece for rule in egress.done(threshold) for piece in _with_dns(rule, dns)]
     return CiliumPolicy(
@@ -220,25 +256,29 @@ def _translate(
 def _egress(
     rules: _Rules,
     rule: Rule,
+    source: Rule,
     namespace: str,
     *,
     asked: Mapping[str, set[str]],
     apiservers: Collection[str],
 ) -> None:
+    """``rule``: what is left of the policy's rule ``source`` to translate."""
     peer = rule.peer
     if isinstance(peer, PodPeer):
         selector = endpoint_selector(peer, namespace)
-        rules.rules.append(CiliumRule(rule.ports, endpoints=selector))
+        rules.rules.append(CiliumRule(rule.ports, endpoints=selector, sources=(source,)))
         return
     address = _address(peer)
     if peer.description == NODE_BLOCK_DESCRIPTION:
-        rules.entity(NODES, NODE_BLOCK_DESCRIPTION, rule.ports)
+        rules.entity(NODES, NODE_BLOCK_DESCRIPTION, rule.ports, source)
     elif address is not None and address in apiservers:
-        rules.entity((KUBE_APISERVER,), "the cluster's API server", rule.ports)
+        rules.entity((KUBE_APISERVER,), "the cluster's API server", rule.ports, source)
     elif address is not None and asked.get(address) and not peer.description:
-        rules.names[rule.ports] |= asked[address]
+        rules.names[rule.ports].add(source, names=asked[address])
     else:
-        rules.rules.append(CiliumRule(rule.ports, cidrs=(peer,), comment=peer.description))
+        rules.rules.append(
+            CiliumRule(rule.ports, cidrs=(peer,), comment=peer.description, sources=(source,))
+        )
 
 
 def _by_name(rules: _Rules, rule: Rule, by_port: Mapping[PortSpec, _PortNames]) -> Rule:
@@ -248,7 +288,7 @@ def _by_name(rules: _Rules, rule: Rule, by_port: Mapping[PortSpec, _PortNames]) 
     for port in rule.ports:
         named = by_port.get(port)
         if named is not None and named.names and named.every_one_named:
-            rules.names[(port,)] |= named.names
+            rules.names[(port,)].add(rule, names=named.names)
         else:
             kept.append(port)
     return Rule(rule.peer, tuple(kept))
@@ -268,9 +308,7 @@ def _with_dns(rule: CiliumRule, names: tuple[FqdnSelector, ...]) -> list[CiliumR
 def _replace_ports(
     rule: CiliumRule, ports: tuple[PortSpec, ...], dns: tuple[FqdnSelector, ...]
 ) -> CiliumRule:
-    return CiliumRule(
-        ports, rule.endpoints, rule.entities, rule.cidrs, rule.fqdns, dns, rule.comment
-    )
+    return dataclasses.replace(rule, ports=ports, dns=dns)
 
 
 def _rule_key(rule: CiliumRule) -> tuple[object, ...]:
@@ -308,7 +346,7 @@ def cilium_plan(
         policies.append(
             _translate(
                 policy,
-                asked=_asked_names(graph, policy.workload),
+                asked=asked_names(graph, policy.workload),
                 by_port=_names_by_port(graph, policy.workload),
                 lookups=node.lookups,
                 exposed=exposed,

@@ -18,7 +18,7 @@ import functools
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # A name or a pattern as the CRD admits them (``^([-a-zA-Z0-9_]+[.]?)+$``, with ``*`` for a
 # pattern), at most 255 characters.
@@ -37,11 +37,17 @@ MIN_SUFFIX_LABELS = 2
 @dataclass(frozen=True, order=True, slots=True)
 class FqdnSelector:
     """One ``matchName`` (``pattern`` False) or ``matchPattern`` (``pattern`` True) entry;
-    ``folded``: how many names seen a pattern stands for (for its comment)."""
+    ``names``: the names seen that a pattern stands for, sorted (for its comments; what it was
+    made from, not what it matches, so left out of equality)."""
 
     text: str
     pattern: bool = False
-    folded: int = 0
+    names: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def folded(self) -> int:
+        """How many names seen a pattern stands for."""
+        return len(self.names)
 
     def __str__(self) -> str:
         return f"{'matchPattern' if self.pattern else 'matchName'}: {self.text}"
@@ -108,7 +114,7 @@ def selectors_for(
     covered = {name for found in folded.values() for name in found}
     selectors = [FqdnSelector(name) for name in unique if name not in covered]
     selectors += [
-        FqdnSelector(f"*.{suffix}", pattern=True, folded=len(found))
+        FqdnSelector(f"*.{suffix}", pattern=True, names=tuple(found))
         for suffix, found in folded.items()
     ]
     return tuple(sorted(selectors, key=lambda s: (s.text.lstrip("*."), s.pattern, s.text)))

@@ -40,7 +40,7 @@ from analyser.baselines import (
 )
 from analyser.bundles import FileProblem
 from analyser.cilium import CiliumPlan, CiliumPolicy, CiliumRule
-from analyser.explaining import RuleReasons
+from analyser.explaining import CiliumReasons, RuleReasons
 from analyser.flows import Evidence
 from analyser.fqdnselectors import FqdnSelector, valid_name, valid_pattern
 from analyser.graphs import EdgeStats, NodeRole, UnvouchedPair, WorkloadGraph
@@ -664,16 +664,22 @@ def _check_cilium(cilium: CiliumPolicy) -> None:
                 )
 
 
-def render_cilium_policy(cilium: CiliumPolicy, *, provenance: Provenance) -> str:
-    """One CiliumNetworkPolicy document for one workload."""
+def render_cilium_policy(
+    cilium: CiliumPolicy, *, provenance: Provenance, reasons: CiliumReasons | None = None
+) -> str:
+    """One CiliumNetworkPolicy document for one workload; ``reasons``
+    (``explaining.explain_cilium``) are written as comments above their rules."""
     policy = cilium.policy
     view = _policy_view(policy, provenance)
     _check_cilium(cilium)
+    found = reasons or {}
     text = _render(
         "ciliumnetworkpolicy.yaml.j2",
         policy=cilium,
         labels=view.labels,
         annotations=view.annotations,
+        ingress=[(rule, found.get((INGRESS, rule), ())) for rule in cilium.ingress],
+        egress=[(rule, found.get((EGRESS, rule), ())) for rule in cilium.egress],
     )
     _parse_back(text, policy_path(policy.namespace, policy.name), _cilium_document(cilium, view))
     return text
@@ -795,15 +801,23 @@ def render_cilium_files(
     baseline: Baseline | None = None,
     provenance: Provenance,
     folder: str = "",
+    reasons: Mapping[str, CiliumReasons] | None = None,
 ) -> dict[str, str]:
     """Every CiliumNetworkPolicy file of ``plan`` (and the ``baseline``'s, when there is one)
     plus their ``Kustomization``, keyed by path relative to the output directory (in
-    ``folder``), sorted."""
+    ``folder``), sorted. ``reasons``: each policy's rule comments, by the policy's workload
+    (``explaining.explain_cilium``)."""
     documents = [
         (deny.namespace, deny.name, render_cilium_default_deny(deny, provenance=provenance))
         for deny in plan.default_denies
     ] + [
-        (item.policy.namespace, item.policy.name, render_cilium_policy(item, provenance=provenance))
+        (
+            item.policy.namespace,
+            item.policy.name,
+            render_cilium_policy(
+                item, provenance=provenance, reasons=(reasons or {}).get(item.policy.workload)
+            ),
+        )
         for item in plan.policies
     ]
     return _policy_set_files(documents, folder, _baseline_files(baseline, provenance))

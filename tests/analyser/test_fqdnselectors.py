@@ -35,8 +35,11 @@ def test_names_become_match_names_until_a_suffix_has_more_than_the_threshold() -
     folded = selectors_for([*shards, "s4.cdn.example", "api.example.com"], max_per_suffix=4)
     assert folded == (
         FqdnSelector("api.example.com"),
-        FqdnSelector("*.cdn.example", pattern=True, folded=5),
+        FqdnSelector("*.cdn.example", pattern=True),
     )
+    # The pattern keeps the names it stands for, for its comments.
+    assert folded[1].names == tuple(f"s{n}.cdn.example" for n in range(5))
+    assert folded[1].folded == 5
 
 
 def test_a_pattern_never_covers_a_public_suffix_alone() -> None:

@@ -229,3 +229,10 @@ def test_the_page_of_a_cilium_set_points_at_its_rules() -> None:
         written = "\n".join(files[rule.file].split("\n")[rule.first - 1 : rule.last])
         assert "6379" in written
         assert ("toEndpoints" if rule.direction is Direction.EGRESS else "fromEndpoints") in written
+        # The excerpt starts with the comment lines saying why the rule exists.
+        way, other = (
+            ("to", "redis-cart") if rule.direction is Direction.EGRESS else ("from", "cartservice")
+        )
+        excerpt = [line.strip() for line in written.split("\n")]
+        assert excerpt[0].startswith(f"# {way} default/") and excerpt[0].endswith(other)
+        assert excerpt[1].startswith("# TCP/6379: ")

@@ -1,7 +1,8 @@
 """Hostile input against the Cilium format: what a pod's capture can make a CiliumNetworkPolicy
 say. Text in an answer is never a name in a policy unless it is a valid DNS name the pod itself
 was answered with; special addresses get no rule by name or by address; another pod's answers
-name nothing in its policy; anywhere rules except the cluster's and the special networks."""
+name nothing in its policy; anywhere rules except the cluster's and the special networks; the
+comment lines saying why each rule exists name only what the model holds, each one line."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ import pytest
 import yaml
 
 from analyser.analysing import PolicyFormat
+from analyser.bundles import open_bundle
 from analyser.cilium import cilium_plan
 from analyser.rendering import Provenance, cilium_policy_object, policy_path
-from tests.bundle_builders import handshake
+from analyser.windows import analyse_windows
+from kernel.times import utc_text
+from tests.bundle_builders import Frame, dns_exchange, handshake
 from tests.cilium_helpers import lookup, schema_errors
 from tests.hostile.hostile_helpers import (
     add_capture,
@@ -27,6 +31,7 @@ from tests.hostile.hostile_helpers import (
     window_start,
 )
 from tests.hostile.test_inert_output import (
+    CLUSTER_DNS,
     HOSTILE_NAMES,
     LOADERS,
     frontend_calls_outside,
@@ -34,6 +39,7 @@ from tests.hostile.test_inert_output import (
     only_our_lines,
     without_dns_names,
 )
+from tests.hostile.test_rule_reasons import comments
 
 FRONTEND = "default.frontend.yaml"
 
@@ -159,3 +165,48 @@ def test_anywhere_rules_except_the_cluster_and_special_networks(bundle: Path) ->
         "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}],
     } in worlds
     assert not any("0.0.0.0/0" in json.dumps(rule) for rule in spec["ingress"])
+
+
+def test_forged_names_in_rule_comments_stay_in_their_comment_line(
+    bundle: Path, clean_cilium: dict[str, str]
+) -> None:
+    """Forged names and one real name all answered with one address: the rule by name, and the
+    comment lines above it, name the real one alone; every line of every file is ours."""
+    frontend, at = pod_ip(bundle, "frontend"), window_start(bundle) + 1.0
+    outside = "203.0.113.7"
+    frames: list[Frame] = []
+    for index, name in enumerate((*HOSTILE_NAMES, "api.shop.example")):
+        frames += dns_exchange(frontend, CLUSTER_DNS, name, outside, at + index * 0.01)
+    add_capture(bundle, "frontend", frames + handshake(frontend, 40123, outside, 443, at + 0.5))
+    analysis = run(bundle, policy_format=PolicyFormat.CILIUM)
+    text = analysis.files[FRONTEND]
+    for path, written in analysis.files.items():
+        if path != "graph.svg":
+            only_our_lines(written)
+    lines = comments(text)
+    at_rule = lines.index("# api.shop.example: answered with 203.0.113.7")
+    assert lines[at_rule + 1] == f"# TCP/443: 1 flow to {outside}, at {utc_text(at + 0.5)}"
+    # Comments are no fields: the objects are the model's, comments or not.
+    assert [d for d in yaml.safe_load_all(text) if d is not None] == [
+        yaml.safe_load(policy_files(analysis)[FRONTEND])
+    ]
+    for fragment in ("evil.", "a.example.com", "b.example.com", "script", "[31m", "moc."):
+        assert fragment not in "\n".join(lines), fragment
+
+
+def test_a_hostile_bundle_folder_name_stays_in_its_comment_line(
+    tmp_path: Path, clean_cilium: dict[str, str]
+) -> None:
+    """A bundle's folder name is its capture window's label, which the comments name when
+    several bundles are analysed together: any text a folder name may hold."""
+    label = 'monday\u2028    - fromEntities: ["all"]\x85# \x1b[2J'
+    monday, tuesday = copy_example(tmp_path / label), copy_example(tmp_path / "tuesday")
+    analysis = analyse_windows(
+        [open_bundle(monday), open_bundle(tuesday)], workers=1, policy_format=PolicyFormat.CILIUM
+    )
+    assert policy_files(analysis) == clean_cilium
+    for path, text in analysis.files.items():
+        if path != "graph.svg":
+            only_our_lines(text)
+    lines = comments(analysis.files[FRONTEND])
+    assert any("; in monday\\u2028    - fromEntities" in line for line in lines), lines
