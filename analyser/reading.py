@@ -65,8 +65,9 @@ class Traffic:
 
 
 @dataclass(slots=True)
-class _Partial:
-    """What one file gave; merged by the parent."""
+class FileTraffic:
+    """What one capture file gave (:func:`read_capture_file`): plain data that pickles, so a
+    worker process (or another machine) can read the file; merged by the parent in input order."""
 
     conversations: CaptureConversations
     dns: DnsTable
@@ -92,15 +93,19 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _read_one(
+def read_capture_file(
     path: Path,
     name: str,
     max_bytes: int = DEFAULT_MAX_BYTES,
     on_read: Callable[[int], None] | None = None,
     per_interface: bool = False,
-) -> _Partial:
-    """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read;
-    ``per_interface``: a node's capture (see :func:`read_captures`)."""
+) -> FileTraffic:
+    """The map step: one capture file → what it gave (:class:`FileTraffic`), as every reader
+    runs it (this process, a pool of processes). ``name``: the file relative to the bundle
+    (``CaptureReport.path``, ``Conversation.captures``); at most ``max_bytes`` bytes of it
+    (decompressed) are read; ``on_read`` gets the on-disk bytes as they are read;
+    ``per_interface``: a node's capture (see :func:`read_captures`). Never raises for a damaged
+    file: its report says what went wrong."""
     with no_cyclic_gc():
         return _count_file(path, name, max_bytes, on_read, per_interface)
 
@@ -229,7 +234,7 @@ def _count_file(
     max_bytes: int,
     on_read: Callable[[int], None] | None,
     per_interface: bool = False,
-) -> _Partial:
+) -> FileTraffic:
     capture = CaptureFile(path, name=name, on_read=on_read, max_bytes=max_bytes)
     dns_payloads: list[DnsPayload] = []
     answers = _DnsAnswers()
@@ -273,7 +278,7 @@ def _count_file(
         )
     conversations = CaptureConversations(name, ring_name(name), directed)
     first_seen = min((traffic.first_seen for traffic in directed), default=None)
-    return _Partial(
+    return FileTraffic(
         conversations,
         answers.table,
         replace(report, first_seen=first_seen),
@@ -351,7 +356,7 @@ def _read_here(
     max_bytes: int,
     on_progress: Callable[[int], None],
     per_interface: Sequence[bool],
-) -> Iterator[_Partial]:
+) -> Iterator[FileTraffic]:
     """Files read in this process; progress as each megabyte is read."""
     for path, name, node in zip(paths, names, per_interface, strict=True):
         done = 0
@@ -361,7 +366,7 @@ def _read_here(
             done += size
             on_progress(size)
 
-        yield _read_one(path, name, max_bytes, on_read=advance, per_interface=node)
+        yield read_capture_file(path, name, max_bytes, on_read=advance, per_interface=node)
         # A damaged file is not read to its end: report the rest too, so the sizes add up.
         if (rest := _size(path) - done) > 0:
             on_progress(rest)
@@ -374,7 +379,7 @@ def _read_in_processes(
     workers: int,
     on_progress: Callable[[int], None],
     per_interface: Sequence[bool],
-) -> Iterator[_Partial]:
+) -> Iterator[FileTraffic]:
     """Files read by a pool of processes, in input order as they are ready; progress per file."""
     # Imported here: it pulls in multiprocessing, a sixtieth of a second that one-worker reads
     # (and every short-lived command) need not pay.
@@ -383,7 +388,7 @@ def _read_in_processes(
     with ProcessPoolExecutor(max_workers=workers) as pool:
         limits = [max_bytes] * len(paths)
         progress = [None] * len(paths)
-        partials = pool.map(_read_one, paths, names, limits, progress, per_interface)
+        partials = pool.map(read_capture_file, paths, names, limits, progress, per_interface)
         for path, partial in zip(paths, partials, strict=True):
             on_progress(_size(path))
             yield partial
@@ -396,13 +401,13 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _merge(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
+def _merge(partials: Iterable[FileTraffic], vantages: Mapping[str, CaptureVantage]) -> Traffic:
     """Fold partial aggregates one by one (in input order), so only the merged total is kept."""
     with no_cyclic_gc():
         return _merge_all(partials, vantages)
 
 
-def _merge_all(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
+def _merge_all(partials: Iterable[FileTraffic], vantages: Mapping[str, CaptureVantage]) -> Traffic:
     conversations = ConversationTable()
     dns = DnsNames()
     reports = []
