@@ -288,9 +288,13 @@ class Claims:
 
     def timeless(self, ip: str, at: float) -> bool:
         """Whether who held ``ip`` at ``at`` is who held it at any time from then on: at most one
-        pod ever claims it (and ``at`` is not long before that claim)."""
+        pod ever claims it (and ``at`` is not long before its first claim). A pod's claims from
+        several sources (the history, the snapshot, meta.json) are one pod's."""
         claims = self._claims.get(ip, ())
-        return not claims or (len(claims) == 1 and self._may_precede(claims[0], at))
+        if not claims:
+            return True
+        first = claims[0]
+        return all(claim.key == first.key for claim in claims) and self._may_precede(first, at)
 
     def _may_precede(self, claim: _Claim, at: float) -> bool:
         """Whether a packet at ``at`` may still be the claim's pod although the claim starts

@@ -45,16 +45,19 @@ How flows become edges (details in ``docs/semantics.md``):
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from itertools import pairwise
 from typing import Any, NamedTuple, Protocol
 
 from analyser.addresses import address_key, parse_address
 from analyser.flows import Evidence, Flow
-from analyser.identities import EndpointKind, Identity, Resolver, Scope
+from analyser.flows import Protocol as IpProtocol
+from analyser.identities import EndpointKind, Identity, Resolver, Scope, ServiceBackend
 from analyser.peers import PortSpec
 from analyser.workloads import Workload, WorkloadRef
 
@@ -93,10 +96,26 @@ class Sides:
 BOTH_SIDES = Sides()
 
 
+class Span(NamedTuple):
+    """From ``start`` until ``end`` (exclusive), in UTC epoch seconds."""
+
+    start: float
+    end: float
+
+    def __contains__(self, at: object) -> bool:
+        return isinstance(at, float | int) and self.start <= at < self.end
+
+
+ALWAYS = Span(-math.inf, math.inf)
+
+
 class Witness(Protocol):
-    """Whether a side of a flow is vouched for (``vouching.Witnesses``)."""
+    """Whether a side of a flow is vouched for (``vouching.Witnesses``): at one time, or over
+    time (``span``: when it is)."""
 
     def vouches(self, identity: Identity, at: float, captures: Collection[str]) -> bool: ...
+
+    def span(self, identity: Identity, captures: Collection[str]) -> Span: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +163,9 @@ class FlowAttribution:
     twin: Flow | None = None  # the server side's capture of the same connection
     assumed: bool = False  # the server was taken from the Service's backends
     vouched: Sides = BOTH_SIDES  # see analyser.vouching
+    # How many connections it stands for: ``flow`` is the first of a group counted together
+    # (same addresses, server port, captures, identities and vouched sides; see build_graph).
+    connections: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,6 +482,11 @@ class _Builder:
         captures = frozenset().union(*(flow.captures for flow in flows))
         return self.witness.vouches(identity, at, captures)
 
+    def span(self, identity: Identity, captures: Collection[str]) -> Span:
+        """When the side of a connection that was ``identity``, seen by ``captures``, is
+        vouched for (every time without a witness)."""
+        return ALWAYS if self.witness is None else self.witness.span(identity, captures)
+
     def count(
         self, attribution: FlowAttribution, stats: EdgeStats, names: Iterable[str] = ()
     ) -> None:
@@ -528,7 +555,12 @@ def _split_at_handovers(flows: Iterable[Flow], resolver: Resolver) -> Iterator[F
     """
     for flow in flows:
         yield flow
-        if flow.last_seen > flow.first_seen and any(
+        if flow.last_seen <= flow.first_seen or (
+            resolver.timeless(flow.client.ip, flow.first_seen)
+            and resolver.timeless(flow.server.ip, flow.first_seen)
+        ):
+            continue  # nobody else by then
+        if any(
             resolver.resolve(ip, flow.first_seen, port=port, protocol=protocol)
             != resolver.resolve(ip, flow.last_seen, port=port, protocol=protocol)
             for ip, port, protocol in (
@@ -601,7 +633,17 @@ def build_graph(
     (``Resolver.scope_of``); they are marked ``in_scope`` and present even when silent. ``dns``
     gives the names each flow's client was told for an outside server. ``witness`` says which
     sides of each flow its captures vouch for (``vouching.Witnesses``); without one, every side
-    is."""
+    is.
+
+    The cost grows with the distinct endpoint pairs, not the connections: flows with the same
+    protocol, client address, server address and port, seen by the same captures, are a group
+    (a client that opens a connection per request makes thousands), resolved once when its
+    addresses and a Service's backends are the same throughout (``Resolver.timeless``,
+    ``Resolver.steady_backends``) and counted once per stretch of time in which the same sides
+    are vouched for. A group whose client may have twins (a Service or an unknown address
+    called from the same client address, and a flow from it elsewhere) or whose identities
+    change (an address reused) is counted flow by flow, as each flow is, with the same result.
+    """
     scope_refs = scope.workloads if isinstance(scope, Scope) else frozenset(scope)
     builder = _Builder(resolver, dns, frozenset(scope_refs), witness)
     for ref in sorted(scope_refs):
@@ -609,17 +651,207 @@ def build_graph(
             builder.workload_node(resolver.workload(ref))
         except KeyError:
             continue  # a workload this resolver never placed a pod in: nothing to draw
-    ordered = sorted(_split_at_handovers(flows, resolver), key=_flow_key)
-    builder.loopback = sum(1 for flow in ordered if is_loopback(flow))
-    ordered = [flow for flow in ordered if not is_loopback(flow)]
-    for flow in ordered:
-        if not flow.established:
-            client = resolver.resolve(flow.client.ip, flow.first_seen)
-            server = resolver.resolve(
-                flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
+    attempts: list[Flow] = []
+    groups: list[_Group] = []
+    for key, members in _grouped(_split_at_handovers(flows, resolver)).items():
+        if _is_loopback_address(key.client_ip) or _is_loopback_address(key.server_ip):
+            builder.loopback += len(members)
+            continue
+        established = [flow for flow in members if flow.established]
+        if len(established) < len(members):
+            attempts += (flow for flow in members if not flow.established)
+        if established:
+            groups.append(_resolved_group(key, established, resolver))
+    for flow in sorted(attempts, key=_flow_key):
+        client = resolver.resolve(flow.client.ip, flow.first_seen)
+        server = resolver.resolve(
+            flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
+        )
+        builder.attempts.append(Attempt(flow, _describe(client), _describe(server)))
+    twinned = _clients_with_twins(groups)
+    one_by_one: list[Flow] = []
+    for group in groups:
+        if group.steady is None or (group.key.protocol, group.key.client_ip) in twinned:
+            one_by_one += group.members
+        else:
+            _count_group(builder, group.key, group.members, group.steady)
+    _count_flows(builder, sorted(one_by_one, key=_flow_key))
+    return builder.graph()
+
+
+class _GroupKey(NamedTuple):
+    """What the flows of a group share."""
+
+    protocol: IpProtocol
+    client_ip: str
+    server_ip: str
+    server_port: int
+    captures: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Steady:
+    """Who a group's ends were, the same for each of its flows; a Service's backends too."""
+
+    client: Identity
+    server: Identity
+    backends: tuple[ServiceBackend, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    key: _GroupKey
+    members: list[Flow]  # established, by first packet
+    servers: frozenset[EndpointKind]  # what the server address was, over the flows
+    steady: _Steady | None  # None: the identities may differ from flow to flow
+
+
+def _grouped(flows: Iterable[Flow]) -> dict[_GroupKey, list[Flow]]:
+    groups: dict[_GroupKey, list[Flow]] = defaultdict(list)
+    for flow in flows:
+        key = _GroupKey(
+            flow.protocol, flow.client.ip, flow.server.ip, flow.server.port, flow.captures
+        )
+        groups[key].append(flow)
+    return groups
+
+
+def _by_time(flow: Flow) -> tuple[float, int, float, int, int]:
+    """A group's order: the flows differ in client port and counts only."""
+    return (flow.first_seen, flow.client.port, flow.last_seen, flow.packets, flow.bytes)
+
+
+def _resolved_group(key: _GroupKey, members: list[Flow], resolver: Resolver) -> _Group:
+    members.sort(key=_by_time)
+    start = members[0].first_seen
+    if resolver.timeless(key.client_ip, start) and resolver.timeless(key.server_ip, start):
+        client = resolver.resolve(key.client_ip, start)
+        server = resolver.resolve(key.server_ip, start, port=key.server_port, protocol=key.protocol)
+        servers = frozenset({server.kind})
+        if server.service is None:
+            return _Group(key, members, servers, _Steady(client, server))
+        backends = resolver.steady_backends(
+            server.service,
+            key.server_port,
+            key.protocol,
+            start,
+            family=address_key(server.ip)[0],
+        )
+        steady = None if backends is None else _Steady(client, server, backends)
+        return _Group(key, members, servers, steady)
+    servers = frozenset(
+        resolver.resolve(
+            key.server_ip, flow.first_seen, port=key.server_port, protocol=key.protocol
+        ).kind
+        for flow in members
+    )
+    return _Group(key, members, servers, None)
+
+
+def _clients_with_twins(groups: Iterable[_Group]) -> set[tuple[IpProtocol, str]]:
+    """The (protocol, client address) whose flows may be twins of each other: a flow to a
+    Service and one to anything else, or one to an unknown address and one to a pod (see
+    ``_Twins``). Their flows are counted one by one."""
+    servers: dict[tuple[IpProtocol, str], set[EndpointKind]] = defaultdict(set)
+    for group in groups:
+        servers[(group.key.protocol, group.key.client_ip)] |= group.servers
+    return {
+        client
+        for client, kinds in servers.items()
+        if (EndpointKind.SERVICE in kinds and len(kinds) > 1)
+        or (EndpointKind.POD in kinds and not kinds.isdisjoint(_UNKNOWN))
+    }
+
+
+def _pieces(members: Sequence[Flow], spans: Iterable[Span]) -> Iterator[Sequence[Flow]]:
+    """A group's flows (by first packet) cut where a span starts or ends: within a piece, each
+    span holds every flow's first packet or none."""
+    times = [flow.first_seen for flow in members]
+    cuts = {0, len(members)}
+    cuts.update(bisect_left(times, edge) for span in spans for edge in span if math.isfinite(edge))
+    ordered = sorted(cuts)
+    for begin, end in pairwise(ordered):
+        if begin < end:
+            yield members[begin:end]
+
+
+def _count_group(builder: _Builder, key: _GroupKey, members: list[Flow], steady: _Steady) -> None:
+    """A group whose identities stay the same and that has no twins: counted once per piece of
+    time with the same vouched sides (as its flows one by one would be, in sum)."""
+    client, server = steady.client, steady.server
+    client_node = builder.node_for(client)
+    client_span = builder.span(client, key.captures)
+    if server.service is None:
+        server_node = builder.node_for(server)
+        server_span = builder.span(server, key.captures)
+        port = PortSpec(key.protocol, key.server_port)
+        for piece in _pieces(members, (client_span, server_span)):
+            at = piece[0].first_seen
+            vouched = Sides(at in client_span, at in server_span)
+            # DNS names told up to a flow's first packet only add up: the last flow's are all.
+            names = builder.names_for(piece[-1], client, server)
+            attribution = FlowAttribution(
+                piece[0], client_node, server_node, port, vouched=vouched, connections=len(piece)
             )
-            builder.attempts.append(Attempt(flow, _describe(client), _describe(server)))
-    ordered = [flow for flow in ordered if flow.established]
+            builder.count(attribution, _group_stats(piece, vouched=vouched), names)
+        return
+    service = "/".join(server.service)
+    # A Service with nothing behind it (or not on this port) keeps its address visible; else
+    # each target (a workload and port) is vouched for when one of its pods could be.
+    targets: dict[tuple[str, PortSpec], list[Span]] = {}
+    if not steady.backends:
+        unbacked = builder.node_for(Identity(EndpointKind.UNRESOLVED, server.ip))
+        targets[(unbacked, PortSpec(key.protocol, key.server_port))] = [ALWAYS]
+    for backend in steady.backends:
+        target = (builder.node_for(backend.identity), PortSpec(key.protocol, backend.port))
+        targets.setdefault(target, []).append(builder.span(backend.identity, key.captures))
+    spans = [client_span, *(span for found in targets.values() for span in found)]
+    assumed = bool(steady.backends)
+    for piece in _pieces(members, spans):
+        at = piece[0].first_seen
+        for (server_node, port), server_spans in sorted(targets.items()):
+            vouched = Sides(at in client_span, any(at in span for span in server_spans))
+            attribution = FlowAttribution(
+                piece[0],
+                client_node,
+                server_node,
+                port,
+                service=service,
+                assumed=assumed,
+                vouched=vouched,
+                connections=len(piece),
+            )
+            stats = _group_stats(piece, service=service, assumed=assumed, vouched=vouched)
+            builder.count(attribution, stats)
+
+
+def _group_stats(
+    flows: Sequence[Flow],
+    *,
+    service: str | None = None,
+    assumed: bool = False,
+    vouched: Sides = BOTH_SIDES,
+) -> EdgeStats:
+    """Connections each seen by one capture (of one vantage point): each counted once."""
+    return EdgeStats(
+        flows=len(flows),
+        packets=sum(flow.packets for flow in flows),
+        bytes=sum(flow.bytes for flow in flows),
+        first_seen=min(flow.first_seen for flow in flows),
+        last_seen=max(flow.last_seen for flow in flows),
+        evidence=frozenset(flow.evidence for flow in flows),
+        services=frozenset({service}) if service else frozenset(),
+        assumed=assumed,
+        answered=any(flow.answered for flow in flows),
+        vouched=vouched,
+    )
+
+
+def _count_flows(builder: _Builder, ordered: Sequence[Flow]) -> None:
+    """Established flows, by :func:`_flow_key`, counted one by one: a flow to a Service joined
+    to its twin (the server side's capture of the connection), else to the Service's backends;
+    a flow to an unknown address joined to its twin; any other flow as it is."""
+    resolver = builder.resolver
     resolved = [
         (
             flow,
@@ -654,7 +886,6 @@ def build_graph(
         builder.count(
             attribution, _stats([flow], vouched=vouched), builder.names_for(flow, client, server)
         )
-    return builder.graph()
 
 
 _UNKNOWN = (EndpointKind.UNRESOLVED, EndpointKind.EXTERNAL)

@@ -15,6 +15,7 @@ policies and verify build on. Pure: no I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -218,15 +219,24 @@ class Resolver:
         skew). A packet older than every pod the inputs know still resolves to the earliest
         claim on its address, as the best guess; this tells such a guess from a pod that was
         there. True when nothing says when the pod started (a hostNetwork pod)."""
+        return at >= self.existed_since(pod)
+
+    def existed_since(self, pod: PodRef) -> float:
+        """From when on :meth:`existed` says ``pod`` existed (``-inf``: always)."""
         record = self._claims.record(pod.key)
         lifetime = self._claims.lifetime(record) if record is not None else None
-        return lifetime is None or lifetime.start - at <= CLAIM_SKEW
+        return -math.inf if lifetime is None else lifetime.start - CLAIM_SKEW
 
     @property
     def cluster_networks(self) -> tuple[str, ...]:
         """The networks inside the cluster (node podCIDRs, else inferred from pod addresses;
         the Services' addresses), as CIDR text: an address in them is never the outside."""
         return tuple(str(network) for network in self._ranges.networks)
+
+    def timeless(self, ip: str, at: float) -> bool:
+        """Whether :meth:`resolve` tells the same of ``ip`` at any time from ``at`` on: at most
+        one pod ever claims it (a reused address is someone else after a handover)."""
+        return self._claims.timeless(normalize_ip(ip), at)
 
     def resolve(
         self, ip: str, at: float, *, port: int | None = None, protocol: Protocol | None = None
@@ -289,6 +299,30 @@ class Resolver:
         return tuple(
             ServiceBackend(self._backend_identity(backend, protocol, at), backend.port)
             for backend in self._services.backends(service, port, protocol, at, family=family)
+        )
+
+    def steady_backends(
+        self,
+        service: tuple[str, str],
+        port: int,
+        protocol: Protocol,
+        at: float,
+        *,
+        family: int | None = None,
+    ) -> tuple[ServiceBackend, ...] | None:
+        """:meth:`service_backends` at ``at`` when they are the same at any time from ``at`` on
+        (the Service's endpoints are listed, and each names its pod or an address nobody else
+        claims from then on); None when they may change."""
+        if self._services.selects_over_time(service):
+            return None
+        backends = self._services.backends(service, port, protocol, at, family=family)
+        for backend in backends:
+            record = self._claims.record(backend.pod_key) if backend.pod_key else None
+            if (record is None or record.host_network) and not self.timeless(backend.ip, at):
+                return None
+        return tuple(
+            ServiceBackend(self._backend_identity(backend, protocol, at), backend.port)
+            for backend in backends
         )
 
     def _backend_identity(self, backend: Backend, protocol: Protocol, at: float) -> Identity:

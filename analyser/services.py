@@ -135,6 +135,14 @@ class Services:
                 backends.add(Backend(ip, target, record.key))
         return tuple(backend for backend in sorted(backends) if is_ip(backend.ip))
 
+    def selects_over_time(self, service: tuple[str, str]) -> bool:
+        """Whether :meth:`backends` of ``service`` depend on the time: without EndpointSlices or
+        Endpoints in the snapshot, its selector picks the pods known at that time."""
+        return (
+            not self._snapshot.slices_for(*service)
+            and self._snapshot.endpoints_for(*service) is None
+        )
+
     def _selected_pods(self, service: Service, at: float) -> list[PodRecord]:
         selector = service.selector
         if not selector:
