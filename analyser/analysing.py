@@ -458,6 +458,9 @@ class _PlacedCapture:
             for at in (first, last)
         )
 
+    def steady(self, ip: str, at: float) -> bool:
+        return self.resolver.timeless(ip, at)
+
 
 def _placed_captures(
     pods: Mapping[tuple[str, str], set[str]], resolver: Resolver

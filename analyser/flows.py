@@ -163,6 +163,10 @@ class CaptureVantage(typing.Protocol):
         at ``last``."""
         ...
 
+    def steady(self, ip: str, at: float) -> bool:
+        """Whether :meth:`holds` says the same of ``ip`` at any time from ``at`` on."""
+        ...
+
 
 class CaptureConversations:
     """What one capture file saw, folded into conversations: what a reading worker returns, so
@@ -221,10 +225,26 @@ class CaptureConversations:
         """Remove the conversations in which neither end was ``vantage``'s own address at the
         conversation's first or last packet in this file, and return how many: a pod controls
         every byte of its capture, so the capture speaks only for that pod's own traffic."""
+        # Per address, asked once when the answer stays the same from its first conversation on
+        # (a pod calling out thousands of times has a handful of addresses).
+        since: dict[str, float] = {}
+        for (_, ip_a, _, ip_b, _), (first, *_) in self.entries.items():
+            for ip in (ip_a, ip_b):
+                known = since.get(ip)
+                if known is None or first < known:
+                    since[ip] = first
+        steady = {
+            ip: vantage.holds(ip, at, at) for ip, at in since.items() if vantage.steady(ip, at)
+        }
+
+        def own(ip: str, first: float, last: float) -> bool:
+            found = steady.get(ip)
+            return vantage.holds(ip, first, last) if found is None else found
+
         foreign = [
             key
             for key, (first, last, *_) in self.entries.items()
-            if not vantage.holds(key[1], first, last) and not vantage.holds(key[3], first, last)
+            if not own(key[1], first, last) and not own(key[3], first, last)
         ]
         for key in foreign:
             del self.entries[key]

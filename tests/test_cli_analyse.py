@@ -599,6 +599,8 @@ def test_a_load_balanced_workload_is_open_to_anywhere_on_its_target_port_by_defa
     for path in out.glob("*.yaml"):
         if path.name != "default.frontend.yaml":
             assert "0.0.0.0/0" not in path.read_text()
+
+
 def test_traffic_with_a_metadata_endpoint_is_a_warning_unless_allowed(
     bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -224,9 +224,7 @@ def test_after_the_last_claim_ends_the_last_holder_keeps_the_address(snapshot: S
     history = [e for e in load_pod_ip_history(DATA / "pod-ips.jsonl") if "ratings" in e.pod]
     # Without the details pod in the snapshot, nobody claims the IP after 09:20: packets
     # then are the deleted pod's last ones.
-    no_details = Snapshot(
-        [o for o in snapshot.pods if not o.name.startswith("details")]
-    )
+    no_details = Snapshot([o for o in snapshot.pods if not o.name.startswith("details")])
     resolver = Resolver(no_details, ip_history=history)
     assert workload_at(resolver, "10.244.1.20", "09:25:00") == "bookinfo/Deployment/ratings-v1"
 
@@ -758,6 +756,8 @@ def test_exposures_are_what_the_snapshot_opens_to_the_outside() -> None:
             Exposure(PortSpec(tcp, 9000), "Service app/web-ops (NodePort)", (4,)),
         ),
     }
+
+
 # -- selectors that select more than their workload --------------------------------------------
 
 

@@ -908,7 +908,6 @@ def observe_and_enforce(
     assert len(blocked) == len(unplanned), report["unplanned_allowed"]
 
 
-
 RESTRICTED = "bank"
 
 

@@ -221,9 +221,7 @@ def test_a_selector_that_would_select_another_workloads_pods_excludes_them(
             '"app": "frontend"'
         ), path
     warnings = cast(list[dict[str, str]], analysis.summary()["selector_warnings"])
-    assert [w["workload"] for w in warnings] == [
-        f"{NAMESPACE}/Deployment/frontend"
-    ]
+    assert [w["workload"] for w in warnings] == [f"{NAMESPACE}/Deployment/frontend"]
 
 
 def test_a_workload_no_selector_tells_apart_gets_no_policy(

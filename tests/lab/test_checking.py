@@ -111,10 +111,13 @@ spec:
   ports: [{port: 80, targetPort: http}]
 """
 
-WEB_FROM_ANYWHERE = WEB + """
+WEB_FROM_ANYWHERE = (
+    WEB
+    + """
     - from: [{ipBlock: {cidr: 0.0.0.0/0}}]
       ports: [{port: 8080}]
 """
+)
 
 
 def test_the_world_may_reach_what_a_load_balancer_exposes_and_nothing_more() -> None:
