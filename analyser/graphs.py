@@ -653,7 +653,12 @@ def build_graph(
             continue  # a workload this resolver never placed a pod in: nothing to draw
     attempts: list[Flow] = []
     groups: list[_Group] = []
-    for key, members in _grouped(_split_at_handovers(flows, resolver)).items():
+    for key, members in _grouped(flows).items():
+        start = min(flow.first_seen for flow in members)
+        if not (
+            resolver.timeless(key.client_ip, start) and resolver.timeless(key.server_ip, start)
+        ):
+            members = list(_split_at_handovers(members, resolver))
         if _is_loopback_address(key.client_ip) or _is_loopback_address(key.server_ip):
             builder.loopback += len(members)
             continue
