@@ -407,6 +407,28 @@ class _Node:
     addresses: set[str] = field(default_factory=set)
 
 
+class _Bucket:
+    """Connections counted alike (see ``_Builder._add``): their totals so far."""
+
+    __slots__ = (
+        "answered",
+        "attribution",
+        "bytes",
+        "connections",
+        "evidence",
+        "first_seen",
+        "last_seen",
+        "packets",
+    )
+
+    def __init__(self, attribution: FlowAttribution) -> None:
+        self.attribution = attribution
+        self.connections = self.packets = self.bytes = 0
+        self.first_seen, self.last_seen = math.inf, -math.inf
+        self.evidence: set[Evidence] = set()
+        self.answered = False
+
+
 class _Builder:
     def __init__(
         self,
@@ -420,9 +442,9 @@ class _Builder:
         self.scope = scope
         self.witness = witness
         self.nodes: dict[str, _Node] = {}
-        self.edges: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
+        self.buckets: dict[tuple[Any, ...], _Bucket] = {}
         self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
-        self.attributions: list[FlowAttribution] = []
+        self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
         self.attempts: list[Attempt] = []
         self.loopback = 0
 
@@ -479,27 +501,109 @@ class _Builder:
         the captures of ``flows`` (its captures: one flow, or a flow and its twin)."""
         if self.witness is None:
             return True
-        captures = frozenset().union(*(flow.captures for flow in flows))
-        return self.witness.vouches(identity, at, captures)
+        captures = flows[0].captures
+        for flow in flows[1:]:
+            captures |= flow.captures
+        return at in self.span(identity, captures)
 
-    def span(self, identity: Identity, captures: Collection[str]) -> Span:
+    def span(self, identity: Identity, captures: frozenset[str]) -> Span:
         """When the side of a connection that was ``identity``, seen by ``captures``, is
         vouched for (every time without a witness)."""
-        return ALWAYS if self.witness is None else self.witness.span(identity, captures)
+        if self.witness is None:
+            return ALWAYS
+        key = (identity, captures)
+        found = self._spans.get(key)
+        if found is None:
+            found = self._spans[key] = self.witness.span(identity, captures)
+        return found
 
     def count(
-        self, attribution: FlowAttribution, stats: EdgeStats, names: Iterable[str] = ()
+        self, attribution: FlowAttribution, views: Sequence[Flow], names: Iterable[str] = ()
     ) -> None:
-        edge = (attribution.client, attribution.server)
-        ports = self.edges[edge]
-        known = ports.get(attribution.port)
-        ports[attribution.port] = stats if known is None else known.merged(stats)
-        self.attributions.append(attribution)
+        """One connection, seen as ``views`` (one flow, or a flow and its twin): counted once,
+        the larger count of packets."""
+        self._add(
+            attribution,
+            1,
+            max(flow.packets for flow in views),
+            max(flow.bytes for flow in views),
+            views,
+            names,
+        )
+
+    def count_group(
+        self, attribution: FlowAttribution, flows: Sequence[Flow], names: Iterable[str] = ()
+    ) -> None:
+        """Connections each seen by one flow (of one group): each counted."""
+        self._add(
+            attribution,
+            len(flows),
+            sum(flow.packets for flow in flows),
+            sum(flow.bytes for flow in flows),
+            flows,
+            names,
+        )
+
+    def _add(
+        self,
+        attribution: FlowAttribution,
+        connections: int,
+        packets: int,
+        size: int,
+        flows: Sequence[Flow],
+        names: Iterable[str],
+    ) -> None:
+        """Add to the bucket of connections counted alike (same edge, port, Service, sides and
+        addresses seen: what the attributions tell), whose first attribution stands for all."""
+        flow, twin = attribution.flow, attribution.twin
+        key = (
+            attribution.client,
+            attribution.server,
+            attribution.port,
+            attribution.service,
+            attribution.assumed,
+            attribution.vouched,
+            flow.client.ip,
+            flow.server.ip,
+            None if twin is None else twin.server.ip,
+        )
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = _Bucket(attribution)
+        bucket.connections += connections
+        bucket.packets += packets
+        bucket.bytes += size
+        for seen in flows:
+            bucket.first_seen = min(bucket.first_seen, seen.first_seen)
+            bucket.last_seen = max(bucket.last_seen, seen.last_seen)
+            bucket.evidence.add(seen.evidence)
+            bucket.answered = bucket.answered or seen.answered
         if names:
+            edge = (attribution.client, attribution.server)
             self.names[edge].update(names)
             self.nodes[attribution.server].names.update(names)
 
     def graph(self) -> WorkloadGraph:
+        edges_ports: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
+        attributions = []
+        for bucket in self.buckets.values():
+            attribution = replace(bucket.attribution, connections=bucket.connections)
+            attributions.append(attribution)
+            stats = EdgeStats(
+                flows=bucket.connections,
+                packets=bucket.packets,
+                bytes=bucket.bytes,
+                first_seen=bucket.first_seen,
+                last_seen=bucket.last_seen,
+                evidence=frozenset(bucket.evidence),
+                services=frozenset({attribution.service}) if attribution.service else frozenset(),
+                assumed=attribution.assumed,
+                answered=bucket.answered,
+                vouched=attribution.vouched,
+            )
+            ports = edges_ports[(attribution.client, attribution.server)]
+            known = ports.get(attribution.port)
+            ports[attribution.port] = stats if known is None else known.merged(stats)
         nodes = []
         for node_id, node in self.nodes.items():
             addresses = tuple(sorted(node.addresses, key=address_key))
@@ -524,12 +628,12 @@ class _Builder:
                 dict(sorted(ports.items())),
                 tuple(sorted(self.names.get((client, server), ()))),
             )
-            for (client, server), ports in self.edges.items()
+            for (client, server), ports in edges_ports.items()
         ]
         return WorkloadGraph(
             tuple(nodes),
             tuple(edges),
-            tuple(self.attributions),
+            tuple(attributions),
             tuple(self.attempts),
             self.loopback,
         )
@@ -597,28 +701,6 @@ def _flow_key(flow: Flow) -> tuple[float, str, str, str, float, int, int]:
 
 def _attribution_key(a: FlowAttribution) -> tuple[str, str, PortSpec, tuple[Any, ...]]:
     return (a.client, a.server, a.port, _flow_key(a.flow))
-
-
-def _stats(
-    flows: Sequence[Flow],
-    *,
-    service: str | None = None,
-    assumed: bool = False,
-    vouched: Sides = BOTH_SIDES,
-) -> EdgeStats:
-    """One connection seen by one or two captures: counted once, the larger count of packets."""
-    return EdgeStats(
-        flows=1,
-        packets=max(f.packets for f in flows),
-        bytes=max(f.bytes for f in flows),
-        first_seen=min(f.first_seen for f in flows),
-        last_seen=max(f.last_seen for f in flows),
-        evidence=frozenset(f.evidence for f in flows),
-        services=frozenset({service}) if service else frozenset(),
-        assumed=assumed,
-        answered=any(f.answered for f in flows),
-        vouched=vouched,
-    )
 
 
 def build_graph(
@@ -798,7 +880,7 @@ def _count_group(builder: _Builder, key: _GroupKey, members: list[Flow], steady:
             attribution = FlowAttribution(
                 piece[0], client_node, server_node, port, vouched=vouched, connections=len(piece)
             )
-            builder.count(attribution, _group_stats(piece, vouched=vouched), names)
+            builder.count_group(attribution, piece, names)
         return
     service = "/".join(server.service)
     # A Service with nothing behind it (or not on this port) keeps its address visible; else
@@ -826,30 +908,7 @@ def _count_group(builder: _Builder, key: _GroupKey, members: list[Flow], steady:
                 vouched=vouched,
                 connections=len(piece),
             )
-            stats = _group_stats(piece, service=service, assumed=assumed, vouched=vouched)
-            builder.count(attribution, stats)
-
-
-def _group_stats(
-    flows: Sequence[Flow],
-    *,
-    service: str | None = None,
-    assumed: bool = False,
-    vouched: Sides = BOTH_SIDES,
-) -> EdgeStats:
-    """Connections each seen by one capture (of one vantage point): each counted once."""
-    return EdgeStats(
-        flows=len(flows),
-        packets=sum(flow.packets for flow in flows),
-        bytes=sum(flow.bytes for flow in flows),
-        first_seen=min(flow.first_seen for flow in flows),
-        last_seen=max(flow.last_seen for flow in flows),
-        evidence=frozenset(flow.evidence for flow in flows),
-        services=frozenset({service}) if service else frozenset(),
-        assumed=assumed,
-        answered=any(flow.answered for flow in flows),
-        vouched=vouched,
-    )
+            builder.count_group(attribution, piece)
 
 
 def _count_flows(builder: _Builder, ordered: Sequence[Flow]) -> None:
@@ -888,9 +947,7 @@ def _count_flows(builder: _Builder, ordered: Sequence[Flow]) -> None:
             PortSpec(flow.protocol, flow.server.port),
             vouched=vouched,
         )
-        builder.count(
-            attribution, _stats([flow], vouched=vouched), builder.names_for(flow, client, server)
-        )
+        builder.count(attribution, (flow,), builder.names_for(flow, client, server))
 
 
 _UNKNOWN = (EndpointKind.UNRESOLVED, EndpointKind.EXTERNAL)
@@ -1046,7 +1103,7 @@ def _unknown_service_flow(
         twin=twin,
         vouched=vouched,
     )
-    builder.count(attribution, _stats([flow, twin], vouched=vouched))
+    builder.count(attribution, (flow, twin))
 
 
 def _twin_sides(
@@ -1094,7 +1151,7 @@ def _service_flow(
             twin=twin,
             vouched=vouched,
         )
-        builder.count(attribution, _stats([flow, twin], service=service, vouched=vouched))
+        builder.count(attribution, (flow, twin))
         return
     if not backends:
         # A Service with nothing behind it (or not on this port): keep the address visible.
@@ -1108,7 +1165,7 @@ def _service_flow(
             service=service,
             vouched=vouched,
         )
-        builder.count(attribution, _stats([flow], service=service, vouched=vouched))
+        builder.count(attribution, (flow,))
         return
     # Several pods of one workload on one port are one edge, and the flow counts once on it.
     # Its server side is vouched for when one of those pods could not have seen it (no capture
@@ -1125,4 +1182,4 @@ def _service_flow(
         attribution = FlowAttribution(
             flow, client_node, server_node, port, service=service, assumed=True, vouched=vouched
         )
-        builder.count(attribution, _stats([flow], service=service, assumed=True, vouched=vouched))
+        builder.count(attribution, (flow,))

@@ -124,6 +124,11 @@ class Resolver:
         self._workloads = Workloads(snapshot, self._claims)
         self._services = Services(snapshot, self._claims, self._nodes)
         self._timeless: dict[tuple[str, int | None, Protocol | None], Identity] = {}
+        # steady_backends' answers, each with the earliest time it was asked for.
+        self._steady_backends: dict[
+            tuple[tuple[str, str], int, Protocol, int | None],
+            tuple[float, tuple[ServiceBackend, ...]],
+        ] = {}
 
     # -- pods and workloads -----------------------------------------------------------------
 
@@ -313,6 +318,10 @@ class Resolver:
         """:meth:`service_backends` at ``at`` when they are the same at any time from ``at`` on
         (the Service's endpoints are listed, and each names its pod or an address nobody else
         claims from then on); None when they may change."""
+        key = (service, port, protocol, family)
+        known = self._steady_backends.get(key)
+        if known is not None and at >= known[0]:
+            return known[1]
         if self._services.selects_over_time(service):
             return None
         backends = self._services.backends(service, port, protocol, at, family=family)
@@ -320,10 +329,12 @@ class Resolver:
             record = self._claims.record(backend.pod_key) if backend.pod_key else None
             if (record is None or record.host_network) and not self.timeless(backend.ip, at):
                 return None
-        return tuple(
+        steady = tuple(
             ServiceBackend(self._backend_identity(backend, protocol, at), backend.port)
             for backend in backends
         )
+        self._steady_backends[key] = (at, steady)  # the same from ``at`` on
+        return steady
 
     def _backend_identity(self, backend: Backend, protocol: Protocol, at: float) -> Identity:
         """The pod the endpoints name (unless it uses its node's network), else who the address

@@ -117,15 +117,17 @@ def dns_lookup(client: str, client_port: int, server: str, name: str, answer: st
 
 
 class PcapWriter:
-    """A pcap file (microsecond times, Linux cooked v2) written through a buffer."""
+    """A pcap file (microsecond times, Linux cooked v2) written through a buffer of about
+    ``buffer`` bytes (small when many files are open at once)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, buffer: int = 1 << 22) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._stream = path.open("wb")
         self._stream.write(
             struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, LINKTYPE_LINUX_SLL2)
         )
         self._buffer = bytearray()
+        self._limit = buffer
         self.packets = 0
 
     def write(self, at: float, frame: bytes) -> None:
@@ -135,7 +137,7 @@ class PcapWriter:
         )
         self._buffer += frame
         self.packets += 1
-        if len(self._buffer) > 1 << 22:
+        if len(self._buffer) > self._limit:
             self._flush()
 
     def _flush(self) -> None:
