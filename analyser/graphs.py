@@ -1129,9 +1129,11 @@ def _service_flow(
     assert server.service is not None
     service = "/".join(server.service)
     version = address_key(server.ip)[0]
-    backends = builder.resolver.service_backends(
-        server.service, flow.server.port, flow.protocol, flow.first_seen, family=version
-    )
+    resolver = builder.resolver
+    at, called, protocol = flow.first_seen, flow.server.port, flow.protocol
+    backends = resolver.steady_backends(server.service, called, protocol, at, family=version)
+    if backends is None:
+        backends = resolver.service_backends(server.service, called, protocol, at, family=version)
     client_node = builder.node_for(client)
     backend_ips = {b.identity.ip for b in backends}
     # The server side's view of this connection: same client address, port and protocol, first
