@@ -23,7 +23,7 @@ import shutil
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path, PurePosixPath
 
 from analyser.addresses import parse_address
@@ -105,7 +105,7 @@ class Observation:
     snapshot: Snapshot
     resolver: Resolver
     scope: Scope  # the captured workloads: they get policies
-    traffic: Traffic
+    traffic: Traffic  # without its conversations: they are the flows now
     flows: tuple[Flow, ...]
     graph: WorkloadGraph
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
@@ -636,6 +636,8 @@ def observe(
     )
     _ensure_something_read(traffic)
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
+    # The flows are what the conversations became: keep them once (a day holds millions).
+    traffic = replace(traffic, conversations=())
     damaged = {report.path for report in traffic.reports if not report.ok}
     loose = _vantage_pods(flows, resolver, unplaced, damaged=damaged)
     readable, unread_problems = _readable_pods(captured, traffic)

@@ -349,11 +349,16 @@ class ConversationTable:
     def conversations(self) -> list[Conversation]:
         """Every conversation, sorted by (protocol, a, b)."""
         result = []
+        # Most conversations share their set of captures (a pod's ring, a pair of pods'): one
+        # copy of each set, not one per conversation.
+        shared: dict[frozenset[str], frozenset[str]] = {}
         for key in sorted(self._aggregates):
             aggregate = self._aggregates[key]
             packets, size = max(aggregate.vantages.values())
             protocol, ip_a, port_a, ip_b, port_b = key
             a, b = Endpoint(ip_a, port_a), Endpoint(ip_b, port_b)
+            captures = frozenset(aggregate.captures)
+            captures = shared.setdefault(captures, captures)
             result.append(
                 Conversation(
                     protocol,
@@ -363,7 +368,7 @@ class ConversationTable:
                     aggregate.last_seen,
                     packets,
                     size,
-                    frozenset(aggregate.captures),
+                    captures,
                     _opened_by(a, b, aggregate.roles),
                     _established(protocol, aggregate.roles, packets),
                     _sender(a, b, aggregate.roles),
