@@ -756,14 +756,36 @@ def build_graph(
         )
         builder.attempts.append(Attempt(flow, _describe(client), _describe(server)))
     twinned = _clients_with_twins(groups)
-    one_by_one: list[Flow] = []
+    one_by_one: list[_Resolved] = []
     for group in groups:
-        if group.steady is None or (group.key.protocol, group.key.client_ip) in twinned:
-            one_by_one += group.members
+        if group.steady is None:
+            one_by_one += (_resolved_flow(flow, resolver) for flow in group.members)
+        elif (group.key.protocol, group.key.client_ip) in twinned:
+            ends = (group.steady.client, group.steady.server)
+            one_by_one += ((flow, *ends) for flow in group.members)
         else:
             _count_group(builder, group.key, group.members, group.steady)
-    _count_flows(builder, sorted(one_by_one, key=_flow_key))
+    one_by_one.sort(key=_resolved_key)
+    _count_flows(builder, one_by_one)
     return builder.graph()
+
+
+# A flow and who its client and server were at its first packet.
+_Resolved = tuple[Flow, Identity, Identity]
+
+
+def _resolved_flow(flow: Flow, resolver: Resolver) -> _Resolved:
+    return (
+        flow,
+        resolver.resolve(flow.client.ip, flow.first_seen),
+        resolver.resolve(
+            flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
+        ),
+    )
+
+
+def _resolved_key(resolved: _Resolved) -> tuple[float, str, str, str, float, int, int]:
+    return _flow_key(resolved[0])
 
 
 class _GroupKey(NamedTuple):
@@ -911,21 +933,11 @@ def _count_group(builder: _Builder, key: _GroupKey, members: list[Flow], steady:
             builder.count_group(attribution, piece)
 
 
-def _count_flows(builder: _Builder, ordered: Sequence[Flow]) -> None:
-    """Established flows, by :func:`_flow_key`, counted one by one: a flow to a Service joined
-    to its twin (the server side's capture of the connection), else to the Service's backends;
-    a flow to an unknown address joined to its twin; any other flow as it is."""
-    resolver = builder.resolver
-    resolved = [
-        (
-            flow,
-            resolver.resolve(flow.client.ip, flow.first_seen),
-            resolver.resolve(
-                flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
-            ),
-        )
-        for flow in ordered
-    ]
+def _count_flows(builder: _Builder, resolved: Sequence[_Resolved]) -> None:
+    """Established flows with their ends, by :func:`_flow_key`, counted one by one: a flow to a
+    Service joined to its twin (the server side's capture of the connection), else to the
+    Service's backends; a flow to an unknown address joined to its twin; any other flow as it
+    is."""
     twins = _Twins(resolved)
     for flow, client, server in resolved:
         if server.kind is EndpointKind.SERVICE:
