@@ -445,6 +445,7 @@ class _Builder:
         self.buckets: dict[tuple[Any, ...], _Bucket] = {}
         self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
+        self._unions: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
         self.attempts: list[Attempt] = []
         self.loopback = 0
 
@@ -503,8 +504,15 @@ class _Builder:
             return True
         captures = flows[0].captures
         for flow in flows[1:]:
-            captures |= flow.captures
+            captures = self._union(captures, flow.captures)
         return at in self.span(identity, captures)
+
+    def _union(self, one: frozenset[str], other: frozenset[str]) -> frozenset[str]:
+        """The captures of a flow and its twin: one set per pair of sets (few), not per flow."""
+        found = self._unions.get((one, other))
+        if found is None:
+            found = self._unions[(one, other)] = one | other
+        return found
 
     def span(self, identity: Identity, captures: frozenset[str]) -> Span:
         """When the side of a connection that was ``identity``, seen by ``captures``, is
@@ -765,8 +773,7 @@ def build_graph(
             one_by_one += ((flow, *ends) for flow in group.members)
         else:
             _count_group(builder, group.key, group.members, group.steady)
-    one_by_one.sort(key=_resolved_key)
-    _count_flows(builder, one_by_one)
+    _count_flows(builder, _in_flow_order(one_by_one))
     return builder.graph()
 
 
@@ -782,6 +789,26 @@ def _resolved_flow(flow: Flow, resolver: Resolver) -> _Resolved:
             flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
         ),
     )
+
+
+def _in_flow_order(resolved: list[_Resolved]) -> list[_Resolved]:
+    """``resolved`` sorted by :func:`_flow_key` of the flows, which is made only for flows whose
+    first packets are at the same time (the text of their ends takes time to make)."""
+    resolved.sort(key=_first_seen)
+    start = 0
+    while start < len(resolved):
+        end = start + 1
+        at = resolved[start][0].first_seen
+        while end < len(resolved) and resolved[end][0].first_seen == at:
+            end += 1
+        if end - start > 1:
+            resolved[start:end] = sorted(resolved[start:end], key=_resolved_key)
+        start = end
+    return resolved
+
+
+def _first_seen(resolved: _Resolved) -> float:
+    return resolved[0].first_seen
 
 
 def _resolved_key(resolved: _Resolved) -> tuple[float, str, str, str, float, int, int]:
