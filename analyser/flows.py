@@ -352,11 +352,18 @@ class ConversationTable:
         # Most conversations share their set of captures (a pod's ring, a pair of pods'): one
         # copy of each set, not one per conversation.
         shared: dict[frozenset[str], frozenset[str]] = {}
+        # And the servers' endpoints (a Service's address and port, called thousands of times).
+        endpoints: dict[tuple[str, int], Endpoint] = {}
         for key in sorted(self._aggregates):
             aggregate = self._aggregates[key]
             packets, size = max(aggregate.vantages.values())
             protocol, ip_a, port_a, ip_b, port_b = key
-            a, b = Endpoint(ip_a, port_a), Endpoint(ip_b, port_b)
+            a = endpoints.get((ip_a, port_a)) or endpoints.setdefault(
+                (ip_a, port_a), Endpoint(ip_a, port_a)
+            )
+            b = endpoints.get((ip_b, port_b)) or endpoints.setdefault(
+                (ip_b, port_b), Endpoint(ip_b, port_b)
+            )
             captures = frozenset(aggregate.captures)
             captures = shared.setdefault(captures, captures)
             result.append(

@@ -843,13 +843,12 @@ class _Group:
 
 
 def _grouped(flows: Iterable[Flow]) -> dict[_GroupKey, list[Flow]]:
-    groups: dict[_GroupKey, list[Flow]] = defaultdict(list)
+    # Plain tuples while grouping (a named tuple per flow costs), named once per group.
+    groups: dict[tuple[IpProtocol, str, str, int, frozenset[str]], list[Flow]] = defaultdict(list)
     for flow in flows:
-        key = _GroupKey(
-            flow.protocol, flow.client.ip, flow.server.ip, flow.server.port, flow.captures
-        )
+        key = (flow.protocol, flow.client.ip, flow.server.ip, flow.server.port, flow.captures)
         groups[key].append(flow)
-    return groups
+    return {_GroupKey(*key): members for key, members in groups.items()}
 
 
 def _by_time(flow: Flow) -> tuple[float, int, float, int, int]:
