@@ -252,17 +252,48 @@ class CaptureConversations:
 
 
 class _Aggregate:
-    """Mutable totals of one conversation while captures are merged."""
+    """Mutable totals of one conversation while captures are merged (one per conversation of a
+    day of captures, so small: the first vantage point's totals in place, others aside)."""
 
-    __slots__ = ("captures", "first_seen", "last_seen", "roles", "vantages")
+    __slots__ = (
+        "bytes",
+        "captures",
+        "first_seen",
+        "last_seen",
+        "others",
+        "packets",
+        "roles",
+        "vantage",
+    )
 
-    def __init__(self, first_seen: float, last_seen: float) -> None:
+    def __init__(self, first_seen: float, last_seen: float, vantage: str) -> None:
         self.first_seen = first_seen
         self.last_seen = last_seen
         self.roles = 0  # CaptureConversations' handshake bits
-        self.captures: set[str] = set()
-        # Per vantage point (one tcpdump ring): [packets, bytes].
-        self.vantages: dict[str, list[int]] = {}
+        self.captures: frozenset[str] = frozenset()  # shared between conversations
+        # Packets and bytes of the first vantage point (one tcpdump ring) that saw it, and of
+        # any other: [packets, bytes] by vantage point.
+        self.vantage = vantage
+        self.packets = self.bytes = 0
+        self.others: dict[str, list[int]] | None = None
+
+    def add(self, vantage: str, packets: int, size: int) -> None:
+        if vantage == self.vantage:
+            self.packets += packets
+            self.bytes += size
+            return
+        if self.others is None:
+            self.others = {}
+        totals = self.others.setdefault(vantage, [0, 0])
+        totals[0] += packets
+        totals[1] += size
+
+    def largest(self) -> tuple[int, int]:
+        """The (packets, bytes) of the vantage point that saw the most."""
+        largest = (self.packets, self.bytes)
+        for packets, size in (self.others or {}).values():
+            largest = max(largest, (packets, size))
+        return largest
 
 
 # CaptureConversations' bits.
@@ -322,22 +353,29 @@ class ConversationTable:
 
     def __init__(self) -> None:
         self._aggregates: dict[ConversationKey, _Aggregate] = {}
+        # The sets of captures conversations have, each once: (a set, one more) → their union.
+        self._captures: dict[tuple[frozenset[str], str], frozenset[str]] = {}
 
     def add(self, seen: CaptureConversations) -> None:
         """Fold in what one capture file saw."""
         aggregates = self._aggregates
+        capture, vantage = seen.capture, seen.vantage
         for key, (first_seen, last_seen, roles, packets, size) in seen.entries.items():
             aggregate = aggregates.get(key)
             if aggregate is None:
-                aggregate = aggregates[key] = _Aggregate(first_seen, last_seen)
+                aggregate = aggregates[key] = _Aggregate(first_seen, last_seen, vantage)
             else:
                 aggregate.first_seen = min(aggregate.first_seen, first_seen)
                 aggregate.last_seen = max(aggregate.last_seen, last_seen)
             aggregate.roles |= roles
-            aggregate.captures.add(seen.capture)
-            totals = aggregate.vantages.setdefault(seen.vantage, [0, 0])
-            totals[0] += packets
-            totals[1] += size
+            aggregate.captures = self._with(aggregate.captures, capture)
+            aggregate.add(vantage, packets, size)
+
+    def _with(self, captures: frozenset[str], capture: str) -> frozenset[str]:
+        found = self._captures.get((captures, capture))
+        if found is None:
+            found = self._captures[(captures, capture)] = captures | {capture}
+        return found
 
     def add_capture(self, capture: str, vantage: str, traffic: Iterable[DirectedTraffic]) -> None:
         """Add what one capture file (bundle-relative path) saw from one vantage point."""
@@ -349,14 +387,11 @@ class ConversationTable:
     def conversations(self) -> list[Conversation]:
         """Every conversation, sorted by (protocol, a, b)."""
         result = []
-        # Most conversations share their set of captures (a pod's ring, a pair of pods'): one
-        # copy of each set, not one per conversation.
-        shared: dict[frozenset[str], frozenset[str]] = {}
-        # And the servers' endpoints (a Service's address and port, called thousands of times).
+        # The servers' endpoints once (a Service's address and port, called thousands of times).
         endpoints: dict[tuple[str, int], Endpoint] = {}
         for key in sorted(self._aggregates):
             aggregate = self._aggregates[key]
-            packets, size = max(aggregate.vantages.values())
+            packets, size = aggregate.largest()
             protocol, ip_a, port_a, ip_b, port_b = key
             a = endpoints.get((ip_a, port_a)) or endpoints.setdefault(
                 (ip_a, port_a), Endpoint(ip_a, port_a)
@@ -364,8 +399,6 @@ class ConversationTable:
             b = endpoints.get((ip_b, port_b)) or endpoints.setdefault(
                 (ip_b, port_b), Endpoint(ip_b, port_b)
             )
-            captures = frozenset(aggregate.captures)
-            captures = shared.setdefault(captures, captures)
             result.append(
                 Conversation(
                     protocol,
@@ -375,7 +408,7 @@ class ConversationTable:
                     aggregate.last_seen,
                     packets,
                     size,
-                    captures,
+                    aggregate.captures,
                     _opened_by(a, b, aggregate.roles),
                     _established(protocol, aggregate.roles, packets),
                     _sender(a, b, aggregate.roles),

@@ -1046,6 +1046,24 @@ class _ByTime:
         return min((near for near in found if near.apart <= TWIN_WINDOW), default=None)
 
 
+class _One:
+    """One flow, for :class:`_ByTime`'s question (a client port is used once in most windows:
+    no lists for it)."""
+
+    __slots__ = ("index", "time")
+
+    def __init__(self, time: float, index: int) -> None:
+        self.time, self.index = time, index
+
+    def nearest(self, at: float, taken: Collection[int]) -> _Near | None:
+        apart = abs(self.time - at)
+        return None if self.index in taken or apart > TWIN_WINDOW else _Near(apart, self.index)
+
+
+def _time_index(entries: list[tuple[float, int]]) -> _ByTime | _One:
+    return _One(*entries[0]) if len(entries) == 1 else _ByTime(entries)
+
+
 class _Twins:
     """Where the server side's capture of a connection is looked for: the flows not to a Service
     address (``resolved``' indices), by the client address and port they saw (with the protocol),
@@ -1067,11 +1085,11 @@ class _Twins:
             if server.kind is EndpointKind.POD:
                 to_pods[key][flow.captures].append((flow.first_seen, index))
         self.by_server = {
-            key: {ip: _ByTime(entries) for ip, entries in servers.items()}
+            key: {ip: _time_index(entries) for ip, entries in servers.items()}
             for key, servers in by_server.items()
         }
         self.to_pods = {
-            key: {captures: _ByTime(entries) for captures, entries in groups.items()}
+            key: {captures: _time_index(entries) for captures, entries in groups.items()}
             for key, groups in to_pods.items()
         }
         self.consumed: set[int] = set()
