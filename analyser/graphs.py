@@ -1060,8 +1060,22 @@ class _One:
         return None if self.index in taken or apart > TWIN_WINDOW else _Near(apart, self.index)
 
 
-def _time_index(entries: list[tuple[float, int]]) -> _ByTime | _One:
-    return _One(*entries[0]) if len(entries) == 1 else _ByTime(entries)
+# The flows at one place of _Twins while it is made: one (first seen, index), or a list of them.
+_Entries = tuple[float, int] | list[tuple[float, int]]
+
+
+def _collect(table: dict[Any, _Entries], place: Any, entry: tuple[float, int]) -> None:
+    known = table.get(place)
+    if known is None:
+        table[place] = entry
+    elif isinstance(known, tuple):
+        table[place] = [known, entry]
+    else:
+        known.append(entry)
+
+
+def _time_index(found: _Entries) -> _ByTime | _One:
+    return _One(*found) if isinstance(found, tuple) else _ByTime(found)
 
 
 class _Twins:
@@ -1071,25 +1085,21 @@ class _Twins:
     them. ``consumed``: flows already counted with a twin."""
 
     def __init__(self, resolved: Sequence[tuple[Flow, Identity, Identity]]) -> None:
-        by_server: dict[_ClientKey, dict[str, list[tuple[float, int]]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
-        to_pods: dict[_ClientKey, dict[frozenset[str], list[tuple[float, int]]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
+        # One entry per flow of a day's captures, so flat and small: a flow alone at its place
+        # (client port and server address, or captures) is a _One, more make a _ByTime.
+        by_server: dict[tuple[str, str, int, str], _Entries] = {}
+        to_pods: dict[_ClientKey, dict[frozenset[str], _Entries]] = {}
         for index, (flow, _, server) in enumerate(resolved):
             if server.kind is EndpointKind.SERVICE:
                 continue
             key = _client_key(flow)
-            by_server[key][flow.server.ip].append((flow.first_seen, index))
+            entry = (flow.first_seen, index)
+            _collect(by_server, (*key, flow.server.ip), entry)
             if server.kind is EndpointKind.POD:
-                to_pods[key][flow.captures].append((flow.first_seen, index))
-        self.by_server = {
-            key: {ip: _time_index(entries) for ip, entries in servers.items()}
-            for key, servers in by_server.items()
-        }
+                _collect(to_pods.setdefault(key, {}), flow.captures, entry)
+        self.by_server = {place: _time_index(found) for place, found in by_server.items()}
         self.to_pods = {
-            key: {captures: _time_index(entries) for captures, entries in groups.items()}
+            key: {captures: _time_index(found) for captures, found in groups.items()}
             for key, groups in to_pods.items()
         }
         self.consumed: set[int] = set()
@@ -1098,13 +1108,15 @@ class _Twins:
         """The twin of a flow to a Service: to one of its backends (``backend_ips``) if any,
         else to any pod; the nearest in time, then the lowest index."""
         key = _client_key(flow)
-        servers = self.by_server.get(key, {})
-        to_backend = (
-            servers[ip].nearest(flow.first_seen, self.consumed)
-            for ip in backend_ips
-            if ip in servers
+        found = min(
+            (
+                hit
+                for ip in backend_ips
+                if (index := self.by_server.get((*key, ip))) is not None
+                and (hit := index.nearest(flow.first_seen, self.consumed)) is not None
+            ),
+            default=None,
         )
-        found = min((hit for hit in to_backend if hit is not None), default=None)
         if found is None:
             to_pod = (
                 by_time.nearest(flow.first_seen, self.consumed)
