@@ -316,13 +316,13 @@ class Resolver:
         family: int | None = None,
     ) -> tuple[ServiceBackend, ...] | None:
         """:meth:`service_backends` at ``at`` when they are the same at any time from ``at`` on
-        (the Service's endpoints are listed, and each names its pod or an address nobody else
-        claims from then on); None when they may change."""
+        (``Services.steady``: the same pods behind it, each named by its pod or at an address
+        nobody else claims from then on); None when they may change."""
         key = (service, port, protocol, family)
         known = self._steady_backends.get(key)
         if known is not None and at >= known[0]:
             return known[1]
-        if self._services.selects_over_time(service):
+        if not self._services.steady(service, at):
             return None
         backends = self._services.backends(service, port, protocol, at, family=family)
         for backend in backends:
