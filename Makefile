@@ -5,17 +5,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 COMPILED := $(VENV)/.compiled
-# Debian packages the lab, the tests, the graph rendering and compiling the packet loop need.
-APT_PACKAGES := tcpdump iproute2 iptables graphviz procps kmod gcc libc6-dev python3-dev
+# Debian packages the lab, the tests, the graph rendering, compiling the packet loop and the
+# browser that opens report.html in the tests (driven by the playwright package, no browser of
+# its own) need.
+APT_PACKAGES := tcpdump iproute2 iptables graphviz procps kmod gcc libc6-dev python3-dev chromium
 # The commands that tell whether they are there.
-APT_COMMANDS := tcpdump ip iptables dot gcc
+APT_COMMANDS := tcpdump ip iptables dot gcc chromium
 # What the real node of `make node-e2e` runs on (tests/e2e/node.py).
 NODE_APT_PACKAGES := containerd runc containernetworking-plugins buildah debootstrap ipset conntrack
 NODE_APT_COMMANDS := containerd runc buildah debootstrap ipset conntrack
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps node-deps venv lint check test unit lab-test e2e fuzz control-plane \
-	node-e2e node-build node-up node-down demo bench clean
+.PHONY: help system-deps node-deps venv lint check test unit lab-test browser-test e2e fuzz \
+	control-plane node-e2e node-build node-up node-down demo bench clean
 
 help:
 	@echo "make demo    set up and run the lab + analyser on microservices-demo"
@@ -24,6 +26,7 @@ help:
 	@echo "make unit    fast tests only (no root, no lab, no control plane)"
 	@echo "make e2e     end-to-end tests against a real kube-apiserver"
 	@echo "make fuzz    fuzz the input parsers longer (FUZZ_EXAMPLES=5000 per target)"
+	@echo "make browser-test  report.html in Debian's chromium (playwright drives it)"
 	@echo "make node-e2e  the README's journey on a real node under kube-router (root)"
 	@echo "make node-up   start that node by hand (Ctrl-C or make node-down stops it)"
 	@echo "make bench   benchmarks (prints figures, asserts nothing)"
@@ -46,7 +49,7 @@ node-deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 'setuptools>=77' wheel
-	NETPOL_SNIFFER_COMPILE=0 $(BIN)/pip install -q -e '.[dev]'
+	NETPOL_SNIFFER_COMPILE=0 $(BIN)/pip install -q -e '.[dev,dask]'
 	touch $@
 
 # analyser/packets.py (the per-packet loop) compiled in place with mypyc, again whenever it changes:
@@ -72,9 +75,9 @@ define run_pytest
 	if [ $$status -eq 5 ]; then echo "pytest ran no test: failing" >&2; exit 1; fi; exit $$status
 endef
 
-# The tests that need root, network namespaces, a real control plane, a real node or the kubectl
-# the control plane's build makes; the rest are fast.
-SLOW_MARKERS := lab or e2e or root or node or kubectl
+# The tests that need root, network namespaces, a real control plane or Dask cluster, a real node,
+# the kubectl the control plane's build makes or Debian's chromium; the rest are fast.
+SLOW_MARKERS := lab or e2e or root or node or kubectl or browser
 
 # CI's two stages: `check` (lint and every fast test, no root needed, a couple of minutes) runs
 # first and stops the run on the first failure; then the root, lab and end-to-end tests, the
@@ -93,6 +96,9 @@ unit: venv
 
 lab-test: system-deps venv
 	$(call run_pytest,-m lab)
+
+browser-test: system-deps venv
+	$(call run_pytest,-m browser)
 
 e2e: system-deps venv control-plane
 	$(call run_pytest,-m e2e)

@@ -13,25 +13,37 @@ Pure (data in, data out, no I/O):
     networks    the nodes' addresses, theirs on the pod network, the cluster's ranges
     vouching    which side of a flow its captures speak for (a pod's capture: its own side)
     vantages    where each capture was taken (a pod, a node) and which pods each covered
+    rings       capture rings (tcpdump -C -W) that wrapped: what each lost, what it still covers
+    periods     capture windows, CronJob schedules' longest gaps, the CronJobs windows may miss
     graphs      flows + identities → the workload graph: typed nodes and edges, its schema
     policies    the policy model, and the plan (policies, default-denies) made from the graph
+    pictures    the graph as a reviewer sees it: namespaces, infrastructure apart, outside gathered
+    baselines   the cluster baseline: one Baseline-tier ClusterNetworkPolicy for the plan
     selectors   label selectors, and the volatile labels that never belong in one
     peers       target ports, pod and address peers, special addresses, cluster DNS, exposures
     addresses   IP addresses as text: checked, normalized, parsed, sorted
     evaluation  NetworkPolicy semantics: what does a set of policies allow?
+    clusterpolicies  ClusterNetworkPolicy semantics and the tiers (Admin, NetworkPolicy, Baseline)
+    ciliumsemantics  CiliumNetworkPolicy semantics, compiled into evaluation's policies
+    fqdnselectors  Cilium's DNS name selectors (matchName, matchPattern): matching, and names →
+                selectors
+    cilium      the plan → CiliumNetworkPolicies (``analyse --format cilium``)
     verifying   observed connections and a policy set → verify's and diff's reports
     replaying   the graph and the snapshot → the facts evaluation works on
-    rendering   policies, graph and facts → YAML, DOT, Markdown (the only jinja2 import)
+    reviewing   what report.html shows: each connection's flows and rules, unobserved allowances
+    rendering   policies, graph and facts → YAML, DOT, Markdown, HTML (the only jinja2 import)
     texts       Kubernetes name rules, and any text from input made inert for an output
 
 Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functions read files):
     sources     capture files → (timestamp, linktype, bytes) records
-    reading     capture files → traffic, on every core
+    reading     capture files → traffic, on every core (or through a ``CaptureMap``)
+    distributing  the map step of reading on a Dask cluster (the only Dask import; optional)
     bundles     a bundle directory (kernel.bundles' format) → manifest, snapshot, captures, damage
     documents   JSON and YAML text → values, with bounded work (no YAML aliases, nesting capped)
     snapshot    snapshot.json, pod IP history and meta.json → the views, indexed
     policysets  policy files → a policy set
     analysing   the whole pipeline; ``write_output`` is the only writer of analyse's output
+    windows     several bundles (capture windows) → one analysis, each bundle resolved on its own
 
 Each module imports only those below it in the layers of ``pyproject.toml`` (import-linter).
 

@@ -24,14 +24,40 @@ import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
 from analyser.addresses import parse_address
+from analyser.baselines import (
+    EXEMPT_LABEL,
+    EXEMPT_VALUE,
+    Baseline,
+    baseline_for,
+    labelled_exempt,
+)
 from analyser.bundles import Bundle, FileProblem
+from analyser.cilium import cilium_plan
 from analyser.flows import Evidence, Flow, orient
+from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
-from analyser.peers import Exposure, SpecialAddress
+from analyser.peers import ClusterDns, Exposure, SpecialAddress
+from analyser.periods import (
+    CaptureWindow,
+    CronJobSchedule,
+    UncoveredCronJob,
+    cronjob_schedules,
+    uncovered_cronjobs,
+    within_window,
+)
+from analyser.pictures import (
+    GroupKind,
+    Picture,
+    infrastructure_ids,
+    namespace_part,
+    namespace_picture,
+    picture_of,
+)
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
     DefaultDeny,
@@ -39,25 +65,32 @@ from analyser.policies import (
     Policy,
     PolicyPlan,
     SelectorWarning,
+    node_blocks,
     selector_warnings,
     synthesize,
     unselectable_reasons,
     unselectable_workloads,
 )
 from analyser.policysets import parse_policy_texts
-from analyser.reading import Traffic, no_cyclic_gc, read_captures
+from analyser.reading import CaptureMap, Traffic, no_cyclic_gc, read_captures
 from analyser.rendering import (
     KUSTOMIZATION,
     Provenance,
     ReportFacts,
+    baseline_path,
     policy_path,
+    render_cilium_files,
     render_dot,
     render_policy_files,
     render_report,
+    render_review,
 )
-from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.replaying import ClusterFacts, cluster_facts, ensure_policies_allow
+from analyser.reviewing import Drawing, review_of
+from analyser.rings import RingLoss, bundle_ring_losses
 from analyser.snapshot import (
     CaptureMeta,
+    NodeCaptureMeta,
     PodIpEvent,
     Snapshot,
     load_capture_meta,
@@ -84,6 +117,7 @@ from kernel.errors import CaptureError, CaptureTooLarge, OutputError, RenderErro
 GRAPH_DOT = "graph.dot"
 GRAPH_SVG = "graph.svg"
 REPORT = "report.md"
+REPORT_HTML = "report.html"
 # Marks a directory as analyse output and lists what it wrote (with sha256s), so a later run may
 # replace it and can tell hand edits. No .json suffix: tools reading the folder as manifests
 # (kubectl apply -f DIR, Argo CD) would try to decode it. Earlier versions wrote the legacy one.
@@ -94,6 +128,9 @@ LEGACY_OUTPUT_MARKER = ".netpol-sniffer-output.json"
 # read anyway). graph.dot is always written.
 MAX_SVG_NODES = 400
 MAX_SVG_EDGES = 1000
+# report.html has a picture of each namespace of its own up to this many namespaces (a dot run
+# each, most of them small); past it, choosing a namespace fades the rest of graph.svg.
+MAX_NAMESPACE_PICTURES = 50
 DOT_TIMEOUT = 120.0  # seconds; past it graph.svg is left out, with a note
 
 
@@ -110,11 +147,29 @@ class Observation:
     graph: WorkloadGraph
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
     coverage: tuple[Coverage, ...]  # per captured pod, the vantage points that covered it
+    rings: tuple[RingLoss, ...]  # capture rings that wrapped: what they lost (analyser.rings)
+    # Several bundles analysed together (analyser.windows): each one's label and window, oldest
+    # first; empty for one bundle.
+    windows: tuple[CaptureWindow, ...] = field(default=(), kw_only=True)
+
+    @property
+    def source(self) -> str:
+        """What was analysed: the bundle's name, or the labels of the bundles."""
+        return ", ".join(w.label for w in self.windows) if self.windows else self.bundle.name
+
+    @property
+    def capture_windows(self) -> tuple[CaptureWindow, ...]:
+        """The capture windows: the bundles', or this bundle's one."""
+        return self.windows or (CaptureWindow(self.bundle.name, self.window),)
 
     @property
     def window(self) -> Window | None:
         """The capture window: bundle.json's, else (a plain folder) from the first to the last
-        packet of any flow; None without either."""
+        packet of any flow; None without either. For several bundles, from the first start to
+        the last end (:attr:`windows` says which times they covered)."""
+        known = [w.window for w in self.windows if w.window is not None]
+        if known:
+            return Window(min(w.start for w in known), max(w.end for w in known))
         if self.bundle.manifest is not None and self.bundle.manifest.window is not None:
             return self.bundle.manifest.window
         if self.bundle.manifest is None and self.flows:
@@ -142,6 +197,9 @@ class Analysis(Observation):
     # how), and whether their exposed ports were allowed from anywhere (or the clients seen only).
     exposures: Mapping[str, tuple[Exposure, ...]] = field(default_factory=dict)
     exposed_anywhere: bool = True
+    baseline: Baseline | None = None  # --baseline cluster: the ClusterNetworkPolicy written
+    # CronJobs whose runs the capture windows may all have missed (analyser.periods).
+    uncovered_cronjobs: tuple[UncoveredCronJob, ...] = ()
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -182,7 +240,7 @@ class Analysis(Observation):
         manifest = self.bundle.manifest
         window = self.window
         return {
-            "bundle": self.bundle.name,
+            "bundle": self.source,
             "window": None
             if window is None
             else {"start": window.start_text, "end": window.end_text},
@@ -218,6 +276,9 @@ class Analysis(Observation):
             ],
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
             "coverage": {item.pod: list(item.vantages) for item in self.coverage},
+            "wrapped_rings": [loss.as_json() for loss in self.rings],
+            "windows": [window.as_json() for window in self.capture_windows],
+            "uncovered_cronjobs": [item.as_json() for item in self.uncovered_cronjobs],
             "notes": list(self.notes),
             "exposed": [
                 {
@@ -230,6 +291,12 @@ class Analysis(Observation):
                 for workload, items in self.exposures.items()
                 for exposure in items
             ],
+            "baseline": None
+            if self.baseline is None
+            else {
+                "file": baseline_path(self.baseline),
+                "exempt_namespaces": list(self.baseline.exempt_namespaces),
+            },
             "files": list(self.files),
         }
 
@@ -237,9 +304,18 @@ class Analysis(Observation):
 # -- inputs ----------------------------------------------------------------------------------
 
 
-def _optional_inputs(
-    bundle: Bundle,
-) -> tuple[list[PodIpEvent], list[CaptureMeta], list[FileProblem]]:
+@dataclass(frozen=True, slots=True)
+class _OptionalInputs:
+    """The pod IP history and the ``meta.json`` files (pods' and nodes'), and what was wrong with
+    any of them."""
+
+    history: list[PodIpEvent]
+    metas: list[CaptureMeta]
+    node_metas: list[NodeCaptureMeta]
+    problems: list[FileProblem]
+
+
+def _optional_inputs(bundle: Bundle) -> _OptionalInputs:
     """Pod IP history and meta.json files improve resolution; a bad one is a warning."""
     problems: list[FileProblem] = []
     history: list[PodIpEvent] = []
@@ -249,15 +325,16 @@ def _optional_inputs(
         except SnapshotError as error:
             problems.append(FileProblem(bundle.relative(bundle.pod_ips), f"not used: {error}"))
     metas: list[CaptureMeta] = []
+    node_metas: list[NodeCaptureMeta] = []
     for path in bundle.capture_metas:
         try:
             if is_node_meta(bundle, path):
-                load_node_capture_meta(path)  # checked; the snapshot says the rest
+                node_metas.append(load_node_capture_meta(path))  # the snapshot says the rest
             else:
                 metas.append(load_capture_meta(path))
         except SnapshotError as error:
             problems.append(FileProblem(bundle.relative(path), f"not used: {error}"))
-    return history, metas, problems
+    return _OptionalInputs(history, metas, node_metas, problems)
 
 
 def _captured_pods(
@@ -545,27 +622,44 @@ def _capture_problems(traffic: Traffic) -> list[FileProblem]:
     return problems
 
 
+class PolicyFormat(StrEnum):
+    """What ``analyse --format`` writes."""
+
+    NETWORKPOLICY = "networkpolicy"  # networking.k8s.io/v1 NetworkPolicies
+    CILIUM = "cilium"  # cilium.io/v2 CiliumNetworkPolicies
+    ALL = "all"  # both, each set in a folder of its own
+
+
+def _folders(policy_format: PolicyFormat) -> dict[PolicyFormat, str]:
+    """The policy sets a format writes, each with its folder (a path prefix): one set at the
+    top, or with ``all`` every set in a folder named after its format, with its own
+    Kustomization (apply one of them: ``kubectl apply -k OUT/cilium``)."""
+    if policy_format is not PolicyFormat.ALL:
+        return {policy_format: ""}
+    return {f: f"{f}/" for f in (PolicyFormat.NETWORKPOLICY, PolicyFormat.CILIUM)}
+
+
 # -- the safety check ------------------------------------------------------------------------
 
 
 def check_safety(
     policy_files: Mapping[str, str],
     graph: WorkloadGraph,
-    snapshot: Snapshot,
-    resolver: Resolver,
+    cluster: ClusterFacts,
     *,
     left_out: Iterable[LeftOut] = (),
 ) -> None:
     """THE place generated policies are checked before anything can be written: the rendered
-    files, read back as ``verify`` reads files and evaluated with NetworkPolicy semantics, must
-    allow every observed connection of the graph, but the traffic with special addresses they
-    leave out on purpose (``left_out``, reported); else :class:`UnsafePolicies` (nothing written).
+    files, read back as ``verify`` reads files and evaluated with NetworkPolicy semantics over
+    ``cluster`` (``replaying.cluster_facts``), must allow every observed connection of the
+    graph, but the traffic with special addresses they leave out on purpose (``left_out``,
+    reported); else :class:`UnsafePolicies` (nothing written).
     """
     loaded = parse_policy_texts(policy_files)
     ensure_policies_allow(
         loaded.policies,
         graph,
-        cluster_facts(snapshot, resolver),
+        cluster,
         left_out={(item.address, item.port) for item in left_out},
     )
 
@@ -579,19 +673,25 @@ def observe(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
+    within: Window | None = None,
+    capture_map: CaptureMap | None = None,
 ) -> Observation:
     """Read ``bundle``: snapshot and history → resolver; captures → flows → workload graph.
 
-    ``workers`` processes read capture files (default: one per core). ``on_progress`` gets the
+    ``workers`` processes read capture files (default: one per core), or ``capture_map`` does
+    (e.g. a Dask cluster's: ``analyser.distributing``). ``on_progress`` gets the
     size in bytes of each capture file once it is read (total: the sum of ``bundle.captures``'
     sizes). At most ``max_capture_size`` bytes of each capture file (decompressed) are read; a
     file with more is a problem, and the packets before the cap count. Raises
     :class:`~kernel.errors.SnapshotError` for an unusable snapshot and
     :class:`~kernel.errors.CaptureError` when not one capture file could be read; damaged
-    captures, history or meta.json files become ``problems``.
+    captures, history or meta.json files become ``problems``. With ``within`` (several bundles
+    analysed together: ``analyser.windows``), flows dated outside that window are dropped, and
+    a problem names each file that held some (``periods.within_window``).
     """
     snapshot = load_snapshot(bundle.snapshot)
-    history, metas, problems = _optional_inputs(bundle)
+    inputs = _optional_inputs(bundle)
+    history, metas, problems = inputs.history, inputs.metas, inputs.problems
     problems += [
         FileProblem(
             bundle.relative(bundle.snapshot),
@@ -631,6 +731,7 @@ def observe(
         workers=workers,
         on_progress=on_progress,
         vantages=placed,
+        capture_map=capture_map,
         max_bytes=max_capture_size,
         node_captures=on_nodes.vantages.keys(),
     )
@@ -638,6 +739,18 @@ def observe(
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
     # The flows are what the conversations became: keep them once (a day holds millions).
     traffic = replace(traffic, conversations=())
+    if within is not None:
+        inside = within_window(flows, within)
+        flows = inside.kept
+        problems += [
+            FileProblem(
+                capture,
+                f"{count} flow{'s' if count != 1 else ''} dated outside this bundle's capture "
+                f"window ({within.start_text} to {within.end_text}) dropped: with several "
+                "bundles, each speaks only for its own window",
+            )
+            for capture, count in inside.outside.items()
+        ]
     damaged = {report.path for report in traffic.reports if not report.ok}
     loose = _vantage_pods(flows, resolver, unplaced, damaged=damaged)
     readable, unread_problems = _readable_pods(captured, traffic)
@@ -647,6 +760,13 @@ def observe(
     vantages = {**{c: p.vantages for c, p in placed.items()}, **loose.vantages}
     witnesses = Witnesses(vantages, traffic.reports, resolver)
     graph = build_graph(flows, resolver, traffic.dns, scope=scope, witness=witnesses)
+    rings = bundle_ring_losses(
+        bundle,
+        snapshot,
+        metas=[*inputs.metas, *inputs.node_metas],
+        reports=traffic.reports,
+        flows=flows,
+    )
     problems = [
         *bundle.problems,
         *problems,
@@ -655,6 +775,7 @@ def observe(
         *loose.problems,
         *unread_problems,
         *on_nodes.problems,
+        *(FileProblem(loss.ring, loss.text) for loss in rings),
     ]
     return Observation(
         bundle=bundle,
@@ -668,7 +789,35 @@ def observe(
         coverage=coverage(
             vantages, {**loose_node_pods(loose.vantages, loose.pods, resolver), **node_pods}
         ),
+        rings=rings,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterContext:
+    """What the policies need of the cluster besides the graph: the cluster DNS, the workloads
+    exposed outside it, the nodes' addresses, its own networks, the facts policies see of its
+    workloads (for the safety check) and its CronJobs. One bundle's comes from its snapshot
+    (:meth:`of`); several bundles' is merged (``analyser.windows``)."""
+
+    cluster_dns: ClusterDns
+    exposures: Mapping[str, tuple[Exposure, ...]]  # workload node id → how it is exposed
+    node_addresses: Mapping[str, str]  # a node's address → the node's name
+    internal_networks: tuple[str, ...]
+    facts: ClusterFacts
+    cronjobs: tuple[CronJobSchedule, ...] = ()
+
+    @staticmethod
+    def of(seen: Observation) -> ClusterContext:
+        """One bundle's: from its snapshot and resolver."""
+        return ClusterContext(
+            cluster_dns=seen.resolver.cluster_dns(seen.flows),
+            exposures=seen.resolver.exposures(),
+            node_addresses=dict(seen.snapshot.node_by_address),
+            internal_networks=seen.resolver.cluster_networks,
+            facts=cluster_facts(seen.snapshot, seen.resolver),
+            cronjobs=cronjob_schedules(seen.snapshot),
+        )
 
 
 # The analysis keeps millions of objects alive and makes no reference cycles worth collecting:
@@ -678,6 +827,7 @@ def analyse(
     bundle: Bundle,
     *,
     default_deny: bool = False,
+    baseline: bool = False,
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
     allowed_special: Collection[SpecialAddress] = (),
@@ -685,55 +835,153 @@ def analyse(
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
+    policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY,
+    max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX,
+    capture_map: CaptureMap | None = None,
 ) -> Analysis:
     """:func:`observe` ``bundle``, then make its policies and render every output file (in
-    memory; :func:`write_output` writes them). Traffic with a node is allowed with every node the
-    snapshot knows, or with ``node_cidrs`` when given (``policies.node_blocks``). More than
+    memory; :func:`write_output` writes them): :func:`conclude` with the bundle's own
+    :class:`ClusterContext`. ``max_capture_size``, ``workers`` and ``capture_map``: see
+    :func:`observe`; the other options: see :func:`conclude`. Raises what :func:`observe` and
+    :func:`conclude` raise."""
+    seen = observe(
+        bundle,
+        workers=workers,
+        on_progress=on_progress,
+        max_capture_size=max_capture_size,
+        capture_map=capture_map,
+    )
+    return conclude(
+        seen,
+        ClusterContext.of(seen),
+        default_deny=default_deny,
+        baseline=baseline,
+        node_cidrs=node_cidrs,
+        max_outside_addresses=max_outside_addresses,
+        allowed_special=allowed_special,
+        expose_anywhere=expose_anywhere,
+        policy_format=policy_format,
+        max_names_per_suffix=max_names_per_suffix,
+    )
+
+
+def conclude(
+    seen: Observation,
+    cluster: ClusterContext,
+    *,
+    default_deny: bool = False,
+    baseline: bool = False,
+    node_cidrs: Sequence[str] = (),
+    max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
+    allowed_special: Collection[SpecialAddress] = (),
+    expose_anywhere: bool = True,
+    policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY,
+    max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX,
+) -> Analysis:
+    """Make the policies of an observation and render every output file (in memory). Traffic
+    with a node (from or to a node address) is allowed with every node the snapshot knows, or
+    with ``node_cidrs`` when given (``policies.node_blocks``). More than
     ``max_outside_addresses`` outside addresses on one port of a policy side become one rule
     from or to anywhere on that port. Traffic with special addresses (cloud metadata endpoints,
     link-local, multicast, ...: ``policies.SpecialAddress``) is left out of the policies and
     reported, unless its class is in ``allowed_special``. Workloads the snapshot shows exposed
     outside the cluster (``Resolver.exposures``) get ingress from anywhere on their exposed ports,
     unless ``expose_anywhere`` is False (then only from the outside addresses seen).
-    ``max_capture_size``: see :func:`observe`.
+    ``baseline`` adds the cluster baseline (``analyser.baselines``): one Baseline-tier
+    ClusterNetworkPolicy instead of (or besides) ``default_deny``'s policy per namespace, with
+    each policy set written. ``policy_format``:
+    NetworkPolicies, Cilium's CiliumNetworkPolicies (``analyser.cilium``; more than
+    ``max_names_per_suffix`` names one label under one suffix become one ``matchPattern``), or
+    both side by side in folders of their own (:func:`_folders`); each set is checked on its own.
 
-    Raises what :func:`observe` raises, :class:`~kernel.errors.RenderError` if output fails
-    to render, and :class:`~kernel.errors.UnsafePolicies` if the policies would deny an
-    observed flow (see :func:`check_safety`).
+    Raises :class:`~kernel.errors.RenderError` if output fails to render, and
+    :class:`~kernel.errors.UnsafePolicies` if the policies would deny an observed flow (see
+    :func:`check_safety`).
     """
-    seen = observe(
-        bundle, workers=workers, on_progress=on_progress, max_capture_size=max_capture_size
-    )
-    cluster_dns = seen.resolver.cluster_dns(seen.flows)
-    exposures = seen.resolver.exposures()
+    cluster_dns = cluster.cluster_dns
+    exposures = cluster.exposures
     plan = synthesize(
         seen.graph,
         cluster_dns=cluster_dns,
         default_deny=default_deny,
-        node_addresses=seen.snapshot.node_by_address,
+        baseline=baseline,
+        node_addresses=cluster.node_addresses,
         node_cidrs=node_cidrs,
         max_outside_addresses=max_outside_addresses,
         allowed_special=allowed_special,
         exposures=exposures if expose_anywhere else None,
-        internal_networks=seen.resolver.cluster_networks,
+        internal_networks=cluster.internal_networks,
     )
     policies = plan.policies
-    unselectable = unselectable_workloads(seen.graph)
-    manifest = bundle.manifest
+    # With a default-deny or the baseline, also those that keep their namespace from it.
+    unselectable = unselectable_workloads(seen.graph, default_deny=default_deny or baseline)
+    manifest = seen.bundle.manifest
     window = seen.window
     provenance = (
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
-    files = render_policy_files(policies, default_denies=plan.default_denies, provenance=provenance)
-    check_safety(files, seen.graph, seen.snapshot, seen.resolver, left_out=plan.left_out)
-    files[GRAPH_DOT] = render_dot(seen.graph)
-    svg, svg_note = graph_svg(seen.graph, files[GRAPH_DOT])
-    if svg is not None:
-        files[GRAPH_SVG] = svg
-    notes = (svg_note,) if svg_note is not None else ()
+    written_baseline = (
+        baseline_for(
+            plan,
+            namespaces=seen.snapshot.namespace_names,
+            cluster_dns=cluster_dns,
+            nodes=node_blocks(seen.graph, cluster.node_addresses, node_cidrs),
+        )
+        if baseline
+        else None
+    )
+    files: dict[str, str] = {}
+    folders = _folders(policy_format)
+    if PolicyFormat.NETWORKPOLICY in folders:
+        files |= render_policy_files(
+            policies,
+            default_denies=plan.default_denies,
+            baseline=written_baseline,
+            provenance=provenance,
+            folder=folders[PolicyFormat.NETWORKPOLICY],
+        )
+    if PolicyFormat.CILIUM in folders:
+        cilium = cilium_plan(
+            plan,
+            seen.graph,
+            exposures=exposures if expose_anywhere else None,
+            apiservers=cluster.facts.apiservers,
+            max_names_per_suffix=max_names_per_suffix,
+        )
+        files |= render_cilium_files(
+            cilium,
+            baseline=written_baseline,
+            provenance=provenance,
+            folder=folders[PolicyFormat.CILIUM],
+        )
+    for folder in folders.values():
+        policy_set = {path: text for path, text in files.items() if path.startswith(folder)}
+        check_safety(policy_set, seen.graph, cluster.facts, left_out=plan.left_out)
+    first_folder = next(iter(folders.values()))
+    infrastructure = infrastructure_ids(
+        seen.graph,
+        dns_workloads=cluster_dns.workloads,
+        node_local_dns=[cache.cidr.partition("/")[0] for cache in cluster_dns.node_local],
+    )
+    picture = picture_of(seen.graph, infrastructure=infrastructure)
+    files[GRAPH_DOT] = render_dot(picture)
+    drawn = graph_svg(picture, files[GRAPH_DOT])
+    if drawn.svg is not None:
+        files[GRAPH_SVG] = drawn.svg
+    notes: tuple[str, ...] = (drawn.note,) if drawn.note is not None else ()
+    if baseline:
+        notes += _baseline_notes(written_baseline, seen.snapshot)
+    uncovered = uncovered_cronjobs(
+        cluster.cronjobs,
+        [w.window for w in seen.capture_windows if w.window is not None],
+        seen={
+            *(end for edge in seen.graph.edges for end in (edge.client, edge.server)),
+            *(str(ref) for ref in seen.scope.workloads),
+        },
+    )
     facts = ReportFacts(
-        source=bundle.name,
+        source=seen.source,
         provenance=provenance,
         producer=manifest.producer if manifest is not None else None,
         capture_mode=manifest.capture_mode if manifest is not None else None,
@@ -744,7 +992,9 @@ def analyse(
         evidence_counts=seen.evidence_counts,
         file_problems=seen.problems,
         policy_files=tuple(p for p in files if p.endswith(".yaml")),
-        workload_policies={p.workload: policy_path(p.namespace, p.name) for p in policies},
+        workload_policies={
+            p.workload: first_folder + policy_path(p.namespace, p.name) for p in policies
+        },
         unselectable=unselectable,
         unselectable_reasons=unselectable_reasons(seen.graph, unselectable),
         skipped_packets=seen.traffic.skipped,
@@ -756,8 +1006,33 @@ def analyse(
         selector_warnings=selector_warnings(seen.graph),
         unvouched=seen.graph.unvouched_pairs(),
         coverage=seen.coverage,
+        rings=seen.rings,
+        windows=seen.windows,
+        uncovered_cronjobs=uncovered,
     )
     files[REPORT] = render_report(facts, seen.graph)
+    drawings = (
+        (
+            Drawing(None, drawn.picture, drawn.svg),
+            *draw_namespaces(seen.graph, infrastructure, picture),
+        )
+        if drawn.svg is not None and drawn.picture is not None
+        else ()
+    )
+    review = review_of(
+        seen.graph,
+        source=seen.source,
+        window=provenance.window or "unknown",
+        drawings=drawings,
+        # One set is reviewed: with both formats, the NetworkPolicies (the first folder).
+        policy_files={
+            name: text
+            for name, text in files.items()
+            if name.endswith(".yaml") and name.startswith(first_folder)
+        },
+        cluster=cluster.facts,
+    )
+    files[REPORT_HTML] = render_review(review)
     return Analysis(
         **{f.name: getattr(seen, f.name) for f in fields(Observation)},
         plan=plan,
@@ -766,25 +1041,103 @@ def analyse(
         notes=notes,
         exposures=exposed,
         exposed_anywhere=expose_anywhere,
+        baseline=written_baseline,
+        uncovered_cronjobs=uncovered,
     )
 
 
-def graph_svg(graph: WorkloadGraph, dot: str) -> tuple[str | None, str | None]:
-    """(graph.svg, None), or (None, why it was left out): the picture is a convenience, so a graph
-    too big to draw or Graphviz failing never costs the policies. No note when Graphviz is not
+def _baseline_notes(baseline: Baseline | None, snapshot: Snapshot) -> tuple[str, ...]:
+    """What the user must know about the cluster baseline: that none was written, that the
+    snapshot's namespaces are only those its objects name, that an exempt label keeps a captured
+    namespace out of it."""
+    if baseline is None:
+        return (
+            "no cluster baseline: no namespace could be isolated (see the workloads without "
+            "a policy)",
+        )
+    notes = []
+    if not snapshot.namespaces:
+        notes.append(
+            "the snapshot lists no Namespace objects: the cluster baseline leaves out only the "
+            "namespaces its other objects are in, and covers (denies) any other namespace that "
+            "exists; add the Namespaces (kubectl get namespaces -o json) to the snapshot"
+        )
+    labels = {ns.name: ns.labels for ns in snapshot.namespaces}
+    notes += [
+        f"namespace {namespace} is labelled {EXEMPT_LABEL}={EXEMPT_VALUE}: the cluster baseline "
+        "does not cover it until the label is removed"
+        for namespace in labelled_exempt(baseline, labels)
+    ]
+    return tuple(notes)
+
+
+@dataclass(frozen=True, slots=True)
+class DrawnGraph:
+    """graph.svg's text (None: left out), and what the report says about it (None: nothing)."""
+
+    svg: str | None
+    note: str | None = None
+    picture: Picture | None = None  # what svg draws: the picture, or its namespace summary
+
+
+def graph_svg(picture: Picture, dot: str) -> DrawnGraph:
+    """graph.svg of ``picture`` (its DOT text: ``dot``). A picture too big to draw, or one
+    Graphviz cannot lay out (its ranking fails on some clusters), is drawn one node per namespace
+    (``pictures.namespace_picture``), or left out when even that is too big or fails: the
+    picture is a convenience, it never costs the policies. No note when Graphviz is not
     installed (the CLI's help says graph.svg needs it)."""
     if shutil.which("dot") is None:
-        return None, None
-    nodes, edges = len(graph.nodes), len(graph.edges)
+        return DrawnGraph(None)
+    nodes, edges = len(picture.nodes), len(picture.edges)
     if nodes > MAX_SVG_NODES or edges > MAX_SVG_EDGES:
-        return None, (
-            f"{GRAPH_SVG} not drawn: the graph has {nodes:,} nodes and {edges:,} edges (drawn up "
-            f"to {MAX_SVG_NODES:,} and {MAX_SVG_EDGES:,}); {GRAPH_DOT} is written"
+        return _drawn_by_namespace(
+            picture,
+            f"the graph has {nodes:,} nodes and {edges:,} edges to draw (drawn up to "
+            f"{MAX_SVG_NODES:,} and {MAX_SVG_EDGES:,})",
         )
     try:
-        return render_svg(dot), None
+        return DrawnGraph(render_svg(dot), None, picture)
     except RenderError as error:
-        return None, f"{GRAPH_SVG} not drawn: {error}; {GRAPH_DOT} is written"
+        return _drawn_by_namespace(picture, f"{error} with every workload")
+
+
+def _drawn_by_namespace(picture: Picture, why: str) -> DrawnGraph:
+    summary = namespace_picture(picture)
+    if len(summary.nodes) > MAX_SVG_NODES or len(summary.edges) > MAX_SVG_EDGES:
+        return DrawnGraph(
+            None,
+            f"{GRAPH_SVG} not drawn: {why}, and {len(summary.nodes):,} namespaces and groups are "
+            f"too many too; {GRAPH_DOT} is written",
+        )
+    try:
+        svg = render_svg(render_dot(summary))
+    except RenderError as error:
+        return DrawnGraph(None, f"{GRAPH_SVG} not drawn: {error}; {GRAPH_DOT} is written")
+    note = f"{GRAPH_SVG} shows one box per namespace: {why}; {GRAPH_DOT} has every workload"
+    return DrawnGraph(svg, note, summary)
+
+
+def draw_namespaces(
+    graph: WorkloadGraph, infrastructure: Collection[str], picture: Picture
+) -> tuple[Drawing, ...]:
+    """Each namespace of ``picture`` drawn on its own (``pictures.namespace_part``: its
+    workloads and their peers), for report.html to show when the namespace is chosen: when
+    there are 2 to MAX_NAMESPACE_PICTURES namespaces. A namespace too big to draw, or one
+    Graphviz fails on, has none (the page fades the whole picture instead)."""
+    namespaces = [group.label for group in picture.groups if group.kind is GroupKind.NAMESPACE]
+    if shutil.which("dot") is None or not 2 <= len(namespaces) <= MAX_NAMESPACE_PICTURES:
+        return ()
+    drawings = []
+    for index, namespace in enumerate(namespaces, start=1):
+        part = picture_of(namespace_part(graph, namespace), infrastructure=infrastructure)
+        if len(part.nodes) > MAX_SVG_NODES or len(part.edges) > MAX_SVG_EDGES:
+            continue
+        prefix = f"v{index}_"
+        try:
+            drawings.append(Drawing(namespace, part, render_svg(render_dot(part, prefix)), prefix))
+        except RenderError:
+            continue
+    return tuple(drawings)
 
 
 def render_svg(dot: str) -> str:
@@ -805,7 +1158,9 @@ def render_svg(dot: str) -> str:
     except subprocess.TimeoutExpired as error:
         raise RenderError(f"Graphviz took longer than {DOT_TIMEOUT:.0f}s on {GRAPH_DOT}") from error
     if result.returncode != 0:
-        raise RenderError(f"Graphviz could not render {GRAPH_DOT}: {result.stderr.strip()}")
+        # Its first line says what failed; the rest is its internal state ("%0 7" lines).
+        said = (result.stderr.strip().splitlines() or ["no message"])[0]
+        raise RenderError(f"Graphviz could not render {GRAPH_DOT}: {said}")
     return result.stdout
 
 

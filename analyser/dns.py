@@ -3,7 +3,10 @@ which vantage point; DNS over TCP split across segments → whole messages (:cla
 
 A response for ``shop.example`` that says ``shop.example CNAME edge.cdn.example`` and
 ``edge.cdn.example A 192.0.2.7`` gives 192.0.2.7 both names: the one the client asked for and
-every name on the CNAME chain that leads to it.
+every name on the CNAME chain that leads to it. The name asked for (the question, when the chain
+leads from it to the address) is kept apart too: a policy by name (Cilium's ``toFQDNs``) must
+name what the application looks up, not where the chain ends. So is every name a client looked
+up (the questions of its answered lookups): what a DNS rule that lists names must allow.
 
 Names are bound to where they were captured: a capture comes from one pod, which controls every
 byte of it, so an answer in it may name only that pod's own flows. :class:`DnsNames` gives a flow
@@ -15,7 +18,7 @@ address) by answers captured at a vantage point that saw the flow. Pure: decodin
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
 from analyser.flows import Flow
@@ -57,20 +60,31 @@ _Times = dict[str, list[float]]
 class DnsTable:
     """What the DNS answers captured at one vantage point say: IP address (compressed text) →
     the clients (the addresses answers were sent to) → names, each with the times of the first
-    and last answer."""
+    and last answer; the same for the names asked for (:meth:`names_for` with ``asked``); and
+    client → every name it looked up (:meth:`lookups`)."""
 
     def __init__(self) -> None:
         self._seen: dict[str, dict[str, _Times]] = {}  # address → client → names
+        self._asked: dict[str, dict[str, _Times]] = {}  # address → client → questions
+        self._lookups: dict[str, _Times] = {}  # client → questions of its answered lookups
 
     def add(
         self, response: DnsResponse, at: float, *, client: str, until: float | None = None
     ) -> None:
         """Record the addresses of one response sent to ``client``, captured at ``at`` (UTC epoch
         seconds) and, when given, again up to ``until``."""
+        last = at if until is None else until
+        question = response.question
+        if question:
+            self._note(self._lookups.setdefault(client, {}), question, at, last)
         for owner, ip in response.addresses:
             names = self._seen.setdefault(ip, {}).setdefault(client, {})
-            for name in _chain_names(owner, response.aliases):
-                self._note(names, name, at, at if until is None else until)
+            chain = _chain_names(owner, response.aliases)
+            for name in chain:
+                self._note(names, name, at, last)
+            if question in chain:
+                asked = self._asked.setdefault(ip, {}).setdefault(client, {})
+                self._note(asked, question, at, last)
 
     def add_payload(
         self,
@@ -104,29 +118,49 @@ class DnsTable:
 
     def merge(self, other: DnsTable) -> None:
         """Fold another table into this one (the result does not depend on the order)."""
-        for ip, their_clients in other._seen.items():
-            clients = self._seen.setdefault(ip, {})
-            for client, their_names in their_clients.items():
-                names = clients.setdefault(client, {})
-                for name, (first, last) in their_names.items():
-                    self._note(names, name, first, last)
+        for mine, theirs in ((self._seen, other._seen), (self._asked, other._asked)):
+            for ip, their_clients in theirs.items():
+                clients = mine.setdefault(ip, {})
+                for client, their_names in their_clients.items():
+                    self._merge_times(clients.setdefault(client, {}), their_names)
+        for client, their_names in other._lookups.items():
+            self._merge_times(self._lookups.setdefault(client, {}), their_names)
+
+    @classmethod
+    def _merge_times(cls, names: _Times, theirs: _Times) -> None:
+        for name, (first, last) in theirs.items():
+            cls._note(names, name, first, last)
+
+    def lookups(self, *, asked_by: Callable[[str], bool]) -> tuple[str, ...]:
+        """Every name looked up in an answered lookup by a client address ``asked_by`` accepts,
+        sorted."""
+        return tuple(
+            sorted({name for c, names in self._lookups.items() if asked_by(c) for name in names})
+        )
 
     def names_for(
-        self, ip: str, at: float | None = None, *, asked_by: Callable[[str], bool] | None = None
+        self,
+        ip: str,
+        at: float | None = None,
+        *,
+        asked_by: Callable[[str], bool] | None = None,
+        asked: bool = False,
     ) -> tuple[str, ...]:
         """The names seen for ``ip`` (compressed text), sorted; with ``asked_by``, only in
-        answers sent to a client address it accepts.
+        answers sent to a client address it accepts; with ``asked``, only the names asked for
+        (the question of an answer whose CNAME chain leads from it to ``ip``).
 
         With ``at``, only names from answers captured at or before that time (give or take
         ``CLOCK_SKEW`` seconds, as the answer and the flow may come from captures on different
         nodes): an address used before anyone looked it up does not take a later answer's name.
         """
         latest = None if at is None else at + CLOCK_SKEW
+        table = self._asked if asked else self._seen
         return tuple(
             sorted(
                 {
                     name
-                    for client, names in self._seen.get(ip, {}).items()
+                    for client, names in table.get(ip, {}).items()
                     if asked_by is None or asked_by(client)
                     for name, (first, _) in names.items()
                     if latest is None or first <= latest
@@ -163,6 +197,19 @@ class DnsNames:
         self._vantage_of[capture] = vantage
         self._tables.setdefault(vantage, DnsTable()).merge(table)
 
+    @staticmethod
+    def union(labelled: Iterable[tuple[str, DnsNames]]) -> DnsNames:
+        """Several bundles' names as one (``analyser.windows``): each capture file and vantage
+        point named with its bundle's label in front (``LABEL/captures/...``), so no bundle's
+        answers name another bundle's flows."""
+        merged = DnsNames()
+        for label, names in labelled:
+            for capture, vantage in names._vantage_of.items():
+                merged._vantage_of[f"{label}/{capture}"] = f"{label}/{vantage}"
+            for vantage, table in names._tables.items():
+                merged._tables.setdefault(f"{label}/{vantage}", DnsTable()).merge(table)
+        return merged
+
     @property
     def vantages(self) -> tuple[str, ...]:
         """The vantage points capture files were added for, sorted."""
@@ -172,23 +219,40 @@ class DnsNames:
         """The answers captured at ``vantage`` (empty when none were)."""
         return self._tables.get(vantage) or DnsTable()
 
+    def _vantages(self, flow: Flow) -> set[str]:
+        return {self._vantage_of[c] for c in flow.captures if c in self._vantage_of}
+
     def names_for_flow(
-        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None
+        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None, asked: bool = False
     ) -> tuple[str, ...]:
         """The names for ``flow``'s server address in answers that a vantage point whose captures
-        saw the flow captured up to its first packet (:meth:`DnsTable.names_for`), sent to the
-        flow's client: its address, or with ``asked_by`` any address it accepts (the client
-        pod's other addresses). What the client itself asked for: one pod's capture cannot name
-        another pod's peers."""
+        saw the flow captured up to its first packet (:meth:`DnsTable.names_for`; with
+        ``asked``, the names asked for only), sent to the flow's client: its address, or with
+        ``asked_by`` any address it accepts (the client pod's other addresses). What the client
+        itself asked for: one pod's capture cannot name another pod's peers."""
         if asked_by is None:
             asked_by = flow.client.ip.__eq__
-        vantages = {self._vantage_of[c] for c in flow.captures if c in self._vantage_of}
         names = {
             name
-            for vantage in vantages
+            for vantage in self._vantages(flow)
             for name in self._tables[vantage].names_for(
-                flow.server.ip, flow.first_seen, asked_by=asked_by
+                flow.server.ip, flow.first_seen, asked_by=asked_by, asked=asked
             )
+        }
+        return tuple(sorted(names))
+
+    def lookups_for_flow(
+        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None
+    ) -> tuple[str, ...]:
+        """Every name the client of ``flow`` (a DNS query's flow) looked up in answers captured
+        at a vantage point whose captures saw the flow, sent to the flow's client (or any
+        address ``asked_by`` accepts), sorted: vantage-bound like :meth:`names_for_flow`."""
+        if asked_by is None:
+            asked_by = flow.client.ip.__eq__
+        names = {
+            name
+            for vantage in self._vantages(flow)
+            for name in self._tables[vantage].lookups(asked_by=asked_by)
         }
         return tuple(sorted(names))
 

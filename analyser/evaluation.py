@@ -38,6 +38,7 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from analyser.flows import Protocol
+from analyser.fqdnselectors import FqdnSelector
 from kernel.errors import PolicyError
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -200,11 +201,16 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """An address that is not a pod: outside the cluster, or a node (``node`` set)."""
+    """An address that is not a pod: outside the cluster, or a node (``node`` set); with the DNS
+    names the bundle's answers gave it (what a policy by name, Cilium's ``toFQDNs``, matches)
+    and whether it serves the cluster's API (``apiserver``: an endpoint of the ``kubernetes``
+    Service)."""
 
     ip: str
     node: str | None = None
     name: str = ""
+    dns_names: frozenset[str] = frozenset()
+    apiserver: bool = False
     # ``ip`` parsed once: a report asks about one address against every pod.
     parsed: IPAddress = field(init=False, compare=False, repr=False)
 
@@ -320,17 +326,66 @@ class IpBlock:
         return str(min(remaining).network_address) if remaining else None
 
 
+class Entity(StrEnum):
+    """The peers Cilium names by what they are (``toEntities``/``fromEntities``) that this
+    evaluation knows: a node (``host``: the subject's own, ``remote-node``: any other), the
+    cluster's API server, anything outside the cluster (``world``), the cluster, everything."""
+
+    HOST = "host"
+    REMOTE_NODE = "remote-node"
+    KUBE_APISERVER = "kube-apiserver"
+    WORLD = "world"
+    CLUSTER = "cluster"
+    ALL = "all"
+
+
+def entity_matches(entity: Entity, peer: Peer) -> bool:
+    """Whether Cilium's ``entity`` includes ``peer``. The subject's own node and any other are
+    not told apart: the policies name both or neither. The API server's addresses are
+    ``kube-apiserver`` (and, on a node, that node)."""
+    if entity is Entity.ALL:
+        return True
+    if isinstance(peer, Pod):
+        return entity is Entity.CLUSTER
+    if entity in (Entity.HOST, Entity.REMOTE_NODE):
+        return peer.node is not None
+    if entity is Entity.KUBE_APISERVER:
+        return peer.apiserver
+    if entity is Entity.CLUSTER:
+        return peer.node is not None
+    return peer.node is None and not peer.apiserver  # WORLD
+
+
 @dataclass(frozen=True, slots=True)
 class _PeerRule:
-    """One ``from``/``to`` entry: selectors (AND) or an ipBlock."""
+    """One ``from``/``to`` entry: selectors (AND) or an ipBlock; or, in a CiliumNetworkPolicy,
+    entities (``entities``) or DNS names (``fqdns``, matched against the names an address was
+    given). A Cilium CIDR (``outside_only``) never matches a node: Cilium tells nodes by
+    identity, not by address."""
 
     pod_selector: Selector | None
     namespace_selector: Selector | None
     ip_block: IpBlock | None
+    entities: frozenset[Entity] = frozenset()
+    fqdns: tuple[FqdnSelector, ...] = ()
+    outside_only: bool = False
+
+    @property
+    def by_address(self) -> bool:
+        """Whether it matches addresses by what they are, not by where they lie (no index)."""
+        return bool(self.entities or self.fqdns)
 
     def matches(self, peer: Peer, policy_namespace: str) -> bool:
+        if self.entities:
+            return any(entity_matches(entity, peer) for entity in self.entities)
+        if self.fqdns:
+            return isinstance(peer, Address) and any(
+                selector.matches(name) for selector in self.fqdns for name in peer.dns_names
+            )
         if self.ip_block is not None:
-            return isinstance(peer, Address) and self.ip_block.matches(peer.parsed)
+            if not isinstance(peer, Address) or (self.outside_only and peer.node is not None):
+                return False
+            return self.ip_block.matches(peer.parsed)
         if not isinstance(peer, Pod):
             return False
         if self.namespace_selector is None:
@@ -419,6 +474,8 @@ class _AddressRules:
     rules: tuple[_Rule, ...]
     everyone: tuple[int, ...]  # indices into ``rules``
     blocks: BlockIndex[int]  # → indices into ``rules``
+    # Rules with a peer matching addresses by what they are (entities, DNS names): asked each.
+    by_address: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, rules: tuple[_Rule, ...]) -> _AddressRules:
@@ -429,11 +486,26 @@ class _AddressRules:
             for peer in rule.peers
             if peer.ip_block is not None
         )
-        return cls(rules, everyone, blocks)
+        by_address = tuple(
+            index for index, rule in enumerate(rules) if any(p.by_address for p in rule.peers)
+        )
+        return cls(rules, everyone, blocks, by_address)
 
-    def matching(self, ip: str | IPAddress) -> list[_Rule]:
-        """The rules one of whose peers matches the address ``ip``, in rule order."""
-        found = {*self.everyone, *self.blocks.matching(ip)}
+    def matching(self, address: Address) -> list[_Rule]:
+        """The rules one of whose peers matches ``address``, in rule order."""
+        found = {*self.everyone}
+        found.update(
+            index
+            for index in self.blocks.matching(address.parsed)
+            if any(
+                p.matches(address, "") for p in self.rules[index].peers if p.ip_block is not None
+            )
+        )
+        found.update(
+            index
+            for index in self.by_address
+            if any(p.matches(address, "") for p in self.rules[index].peers if p.by_address)
+        )
         return [self.rules[index] for index in sorted(found)]
 
 
@@ -446,6 +518,7 @@ class CompiledPolicy:
     directions: frozenset[Direction]
     ingress: tuple[_Rule, ...]
     egress: tuple[_Rule, ...]
+    kind: str = "NetworkPolicy"  # or CiliumNetworkPolicy (``analyser.ciliumsemantics``)
     _for_addresses: Mapping[Direction, _AddressRules] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -460,20 +533,32 @@ class CompiledPolicy:
         )
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return policy_name(self.kind, self.namespace, self.name)
 
     def allowed(self, peer: Peer, destination: Peer, direction: Direction) -> PortSet:
         """The ports this policy's rules of ``direction`` allow with ``peer``, to
         ``destination`` (the server of the connection)."""
         allowed = NO_PORTS
         if isinstance(peer, Address):
-            for rule in self._for_addresses[direction].matching(peer.parsed):
+            for rule in self._for_addresses[direction].matching(peer):
                 allowed = allowed.union(rule.ports_to(destination))
             return allowed
         rules = self.ingress if direction is Direction.INGRESS else self.egress
         for rule in rules:
             allowed = allowed.union(rule.allowed(peer, destination, self.namespace))
         return allowed
+
+    def rules_allowing(
+        self, peer: Peer, destination: Peer, direction: Direction, protocol: Protocol, port: int
+    ) -> tuple[int, ...]:
+        """The indices of this policy's ``direction`` rules that allow ``port`` with ``peer``
+        (to ``destination``, the server): the rules an allowed connection owes to."""
+        rules = self.ingress if direction is Direction.INGRESS else self.egress
+        return tuple(
+            index
+            for index, rule in enumerate(rules)
+            if rule.allowed(peer, destination, self.namespace).contains(protocol, port)
+        )
 
     def selects(self, subject: Pod, direction: Direction) -> bool:
         return (
@@ -700,6 +785,24 @@ class Denial:
         )
 
 
+def policy_name(kind: str, namespace: str, name: str) -> str:
+    """How a policy is named to users: "ns/name", with its kind first when it is not a
+    NetworkPolicy ("CiliumNetworkPolicy ns/name")."""
+    where = f"{namespace}/{name}"
+    return where if kind == "NetworkPolicy" else f"{kind} {where}"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleAllowing:
+    """A rule that allows a connection at one side: rule ``index`` of ``direction`` in
+    ``policy`` (:func:`policy_name`)."""
+
+    direction: Direction
+    subject: str  # the pod/workload whose side it is
+    policy: str
+    index: int
+
+
 @dataclass(frozen=True, slots=True)
 class PolicySet:
     """Compiled policies, indexed by namespace; ask it what it allows."""
@@ -789,6 +892,25 @@ class PolicySet:
                 )
         return found
 
+    def rules_allowing(
+        self, client: Peer, server: Peer, protocol: Protocol, port: int
+    ) -> tuple[RuleAllowing, ...]:
+        """Every rule that allows ``client`` → ``server`` on ``port``: at the client's egress and
+        at the server's ingress, in the order of the policies."""
+        found = []
+        for verdict in self.sides(client, server):
+            if verdict is None:
+                continue
+            peer = server if verdict.direction is Direction.EGRESS else client
+            for policy in self.selecting(verdict.subject, verdict.direction):
+                found += [
+                    RuleAllowing(verdict.direction, str(verdict.subject), str(policy), index)
+                    for index in policy.rules_allowing(
+                        peer, server, verdict.direction, protocol, port
+                    )
+                ]
+        return tuple(found)
+
     def allows(self, client: Peer, server: Peer, protocol: Protocol, port: int) -> bool:
         return not self.denials(client, server, protocol, port)
 
@@ -828,6 +950,17 @@ class PolicySet:
                     shown = ",".join(f"{k}={v}" for k, v in ns_labels) or "*"
                     add(named or f"namespaces[{shown}]", ns_labels, peer.pod_selector)
         return [found[name] for name in sorted(found)]
+
+    def fqdn_selectors(self) -> tuple[FqdnSelector, ...]:
+        """Every distinct DNS name selector (Cilium's ``toFQDNs``) the policies name, sorted."""
+        found = {
+            selector
+            for policy in self.policies
+            for rule in policy.egress
+            for peer in rule.peers
+            for selector in peer.fqdns
+        }
+        return tuple(sorted(found))
 
     def ip_blocks(self) -> tuple[IpBlock, ...]:
         """Every distinct ipBlock the policies name, sorted (IPv4 first)."""

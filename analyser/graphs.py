@@ -8,7 +8,9 @@ The schema is the records below, a contract for policies, rendering, verify and 
   checked on construction), with its ``role``, display ``label``, ``workload``, DNS ``names``,
   whether it is ``in_scope`` (captured: it gets a policy) and the ``addresses`` peers saw.
 - :class:`GraphEdge`: from client to server, with :class:`EdgeStats` per *target* port (which
-  sides some flow on it was vouched for at: ``EdgeStats.vouched``), and the DNS ``names`` the
+  sides some flow on it was vouched for at: ``EdgeStats.vouched``; when several bundles were
+  analysed together, which capture windows saw it: ``EdgeStats.windows``, one
+  :class:`EdgeWindow` per bundle, and ``FlowAttribution.window``), and the DNS ``names`` the
   client side's own captures saw an outside server's address told (a policy takes a peer's names
   from its own edges only, so one pod's capture cannot name another pod's peers).
 - :class:`WorkloadGraph`: the nodes and edges, plus which flow made which edge
@@ -118,6 +120,35 @@ class Witness(Protocol):
     def span(self, identity: Identity, captures: Collection[str]) -> Span: ...
 
 
+@dataclass(frozen=True, order=True, slots=True)
+class EdgeWindow:
+    """One capture window (a bundle, when several were analysed together: ``analyser.windows``)
+    that saw traffic on an edge's port: its flows there, and when."""
+
+    bundle: str  # the bundle's label (``windows.CaptureWindow.label``)
+    flows: int
+    first_seen: float
+    last_seen: float
+
+    def merged(self, other: EdgeWindow) -> EdgeWindow:
+        return EdgeWindow(
+            self.bundle,
+            self.flows + other.flows,
+            min(self.first_seen, other.first_seen),
+            max(self.last_seen, other.last_seen),
+        )
+
+
+def merge_windows(*groups: Iterable[EdgeWindow]) -> tuple[EdgeWindow, ...]:
+    """The windows of several stats as one, a bundle once, sorted by first packet and bundle."""
+    by_bundle: dict[str, EdgeWindow] = {}
+    for group in groups:
+        for window in group:
+            known = by_bundle.get(window.bundle)
+            by_bundle[window.bundle] = window if known is None else known.merged(window)
+    return tuple(sorted(by_bundle.values(), key=lambda w: (w.first_seen, w.bundle)))
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeStats:
     """What was observed on one edge for one target port."""
@@ -135,6 +166,9 @@ class EdgeStats:
     answered: bool = True
     # The sides some flow on it was vouched for at (``analyser.vouching``): only those get rules.
     vouched: Sides = BOTH_SIDES
+    # Which capture windows saw it, when several bundles were analysed together (one entry per
+    # bundle, by first packet); empty for one bundle's analysis: its one window saw everything.
+    windows: tuple[EdgeWindow, ...] = ()
 
     def merged(self, other: EdgeStats) -> EdgeStats:
         return EdgeStats(
@@ -148,6 +182,7 @@ class EdgeStats:
             assumed=self.assumed and other.assumed,
             answered=self.answered or other.answered,
             vouched=self.vouched | other.vouched,
+            windows=merge_windows(self.windows, other.windows),
         )
 
 
@@ -163,8 +198,11 @@ class FlowAttribution:
     twin: Flow | None = None  # the server side's capture of the same connection
     assumed: bool = False  # the server was taken from the Service's backends
     vouched: Sides = BOTH_SIDES  # see analyser.vouching
-    # How many connections it stands for: ``flow`` is the first of a group counted together
-    # (same addresses, server port, captures, identities and vouched sides; see build_graph).
+    # The label of the bundle whose captures saw it, when several were analysed together.
+    window: str = ""
+    # How many connections it stands for: 1 for ``flow`` alone; more past the first
+    # ``LISTED_FLOWS`` of connections counted alike (same addresses, Service, twin's address and
+    # vouched sides), ``flow`` the first of them (see build_graph).
     connections: int = 1
 
 
@@ -233,6 +271,9 @@ class GraphNode:
     workload: Workload | None = None  # a workload node's, and only theirs
     # Every DNS name some client was told for an outside address (the ``names`` of its edges).
     names: tuple[str, ...] = ()
+    # A workload's: every name its pods' own captures saw them look up on port 53 (answered,
+    # NXDOMAIN included), sorted; what a DNS rule listing names must allow.
+    lookups: tuple[str, ...] = ()
     in_scope: bool = False  # a workload whose pods were captured: it gets a policy
     # The addresses seen for a node, an outside or unresolved address, or a hostNetwork workload
     # (the addresses peers saw), by ``address_key``; none for other workloads.
@@ -262,6 +303,9 @@ class GraphEdge:
     # The DNS names of an outside server's address that the client side's own captures saw it
     # told (``dns.DnsNames.names_for_flow``), sorted; none for any other server.
     names: tuple[str, ...] = ()
+    # Of those, the names the client asked for (the question whose CNAME chain led to the
+    # address): what a policy by name must name.
+    asked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.ports:
@@ -393,6 +437,10 @@ class NameTable(Protocol):
     """DNS names a flow's client was told for its server's address (``dns.DnsNames``)."""
 
     def names_for_flow(
+        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None, asked: bool = False
+    ) -> Iterable[str]: ...
+
+    def lookups_for_flow(
         self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None
     ) -> Iterable[str]: ...
 
@@ -405,10 +453,29 @@ class _Node:
     in_scope: bool = False
     names: set[str] = field(default_factory=set)
     addresses: set[str] = field(default_factory=set)
+    lookups: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """The DNS names a flow's client was told for its outside server, and those it asked for."""
+
+    told: frozenset[str] = frozenset()
+    asked: frozenset[str] = frozenset()
+
+
+_DNS_PORT = (53,)
+
+
+# How many connections of an edge and port are kept one by one, the first by time: what
+# report.html lists (the rest it counts).
+LISTED_FLOWS = 20
 
 
 class _Bucket:
-    """Connections counted alike (see ``_Builder._add``): their totals so far."""
+    """Connections counted alike (see ``_Builder._add``): their totals so far, and the first
+    ``LISTED_FLOWS`` + 1 of them by :func:`_flow_key` (each with its twin): the ones listed one
+    by one, and the first of the rest."""
 
     __slots__ = (
         "answered",
@@ -416,6 +483,7 @@ class _Bucket:
         "bytes",
         "connections",
         "evidence",
+        "first",
         "first_seen",
         "last_seen",
         "packets",
@@ -427,6 +495,33 @@ class _Bucket:
         self.first_seen, self.last_seen = math.inf, -math.inf
         self.evidence: set[Evidence] = set()
         self.answered = False
+        self.first: list[tuple[Flow, Flow | None]] = []
+
+    def keep(self, flows: Sequence[Flow], twin: Flow | None) -> None:
+        """Keep the first connections among ``flows`` (by first packet) with the ones kept."""
+        kept = LISTED_FLOWS + 1
+        bound = self.first[-1][0].first_seen if len(self.first) == kept else math.inf
+        if len(flows) > kept:
+            bound = min(bound, flows[kept - 1].first_seen)
+        candidates = [(flow, twin) for flow in flows if flow.first_seen <= bound]
+        if candidates:
+            self.first = sorted([*self.first, *candidates], key=_kept_key)[:kept]
+
+    def attributions(self) -> list[FlowAttribution]:
+        """One per connection kept, and one for the rest (``connections``: how many)."""
+        listed = [
+            replace(self.attribution, flow=flow, twin=twin, connections=1)
+            for flow, twin in self.first[:LISTED_FLOWS]
+        ]
+        if self.connections > LISTED_FLOWS:
+            flow, twin = self.first[LISTED_FLOWS]
+            rest = self.connections - LISTED_FLOWS
+            listed.append(replace(self.attribution, flow=flow, twin=twin, connections=rest))
+        return listed
+
+
+def _kept_key(kept: tuple[Flow, Flow | None]) -> tuple[float, str, str, str, float, int, int]:
+    return _flow_key(kept[0])
 
 
 class _Builder:
@@ -444,6 +539,7 @@ class _Builder:
         self.nodes: dict[str, _Node] = {}
         self.buckets: dict[tuple[Any, ...], _Bucket] = {}
         self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
+        self.asked: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
         self._unions: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
         self.attempts: list[Attempt] = []
@@ -481,21 +577,32 @@ class _Builder:
         node.addresses.add(ip)
         return node_id
 
-    def names_for(self, flow: Flow, client: Identity, server: Identity) -> Iterable[str]:
-        """The DNS names of an outside server for this flow (none for anything else): from
-        answers sent to the flow's client, on this address or another its pod (or node) had."""
+    def names_for(self, flow: Flow, client: Identity, server: Identity) -> _Names:
+        """The DNS names of an outside server for this flow (none for anything else), and of
+        those the names asked for: from answers sent to the flow's client, on this address or
+        another its pod (or node) had."""
         if self.dns is None or server.kind is not EndpointKind.EXTERNAL:
-            return ()
+            return _Names()
+        accepts = asked_by(self.resolver, flow, client)
+        return _Names(
+            frozenset(self.dns.names_for_flow(flow, asked_by=accepts)),
+            frozenset(self.dns.names_for_flow(flow, asked_by=accepts, asked=True)),
+        )
 
-        def asked_by(ip: str) -> bool:
-            if ip == client.ip:
-                return True
-            asker = self.resolver.resolve(ip, flow.first_seen)
-            if client.pod is not None:
-                return asker.pod == client.pod
-            return client.kind is EndpointKind.NODE and asker.node == client.node
-
-        return self.dns.names_for_flow(flow, asked_by=asked_by)
+    def note_lookups(self, flow: Flow, client: Identity) -> None:
+        """The names a pod looked up in a DNS flow (to port 53) that its own side vouches for,
+        on its workload's node."""
+        if (
+            self.dns is None
+            or flow.server.port not in _DNS_PORT
+            or client.kind is not EndpointKind.POD
+            or client.pod is None
+            or not self.vouches(client, flow.first_seen, flow)
+        ):
+            return
+        looked_up = self.dns.lookups_for_flow(flow, asked_by=asked_by(self.resolver, flow, client))
+        node_id = self.workload_node(self.resolver.workload(client.pod.workload))
+        self.nodes[node_id].lookups.update(looked_up)
 
     def vouches(self, identity: Identity, at: float, *flows: Flow) -> bool:
         """Whether the side of a connection that was ``identity`` at ``at`` is vouched for by
@@ -526,7 +633,7 @@ class _Builder:
         return found
 
     def count(
-        self, attribution: FlowAttribution, views: Sequence[Flow], names: Iterable[str] = ()
+        self, attribution: FlowAttribution, views: Sequence[Flow], names: _Names | None = None
     ) -> None:
         """One connection, seen as ``views`` (one flow, or a flow and its twin): counted once,
         the larger count of packets."""
@@ -540,7 +647,7 @@ class _Builder:
         )
 
     def count_group(
-        self, attribution: FlowAttribution, flows: Sequence[Flow], names: Iterable[str] = ()
+        self, attribution: FlowAttribution, flows: Sequence[Flow], names: _Names | None = None
     ) -> None:
         """Connections each seen by one flow (of one group): each counted."""
         self._add(
@@ -559,7 +666,7 @@ class _Builder:
         packets: int,
         size: int,
         flows: Sequence[Flow],
-        names: Iterable[str],
+        names: _Names | None,
     ) -> None:
         """Add to the bucket of connections counted alike (same edge, port, Service, sides and
         addresses seen: what the attributions tell), whose first attribution stands for all."""
@@ -581,22 +688,24 @@ class _Builder:
         bucket.connections += connections
         bucket.packets += packets
         bucket.bytes += size
+        bucket.keep(flows if connections > 1 else (flow,), twin)
         for seen in flows:
             bucket.first_seen = min(bucket.first_seen, seen.first_seen)
             bucket.last_seen = max(bucket.last_seen, seen.last_seen)
             bucket.evidence.add(seen.evidence)
             bucket.answered = bucket.answered or seen.answered
-        if names:
+        if names is not None and names.told:
             edge = (attribution.client, attribution.server)
-            self.names[edge].update(names)
-            self.nodes[attribution.server].names.update(names)
+            self.names[edge].update(names.told)
+            self.asked[edge].update(names.asked)
+            self.nodes[attribution.server].names.update(names.told)
 
     def graph(self) -> WorkloadGraph:
         edges_ports: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
         attributions = []
         for bucket in self.buckets.values():
-            attribution = replace(bucket.attribution, connections=bucket.connections)
-            attributions.append(attribution)
+            attribution = bucket.attribution
+            attributions += bucket.attributions()
             stats = EdgeStats(
                 flows=bucket.connections,
                 packets=bucket.packets,
@@ -617,7 +726,7 @@ class _Builder:
             addresses = tuple(sorted(node.addresses, key=address_key))
             label = node.label
             if node.role is NodeRole.NODE:
-                label = f"{node.label} ({', '.join(addresses)})"
+                label = node_label(node.label, addresses)
             nodes.append(
                 GraphNode(
                     node_id,
@@ -625,6 +734,7 @@ class _Builder:
                     label,
                     workload=node.workload,
                     names=tuple(sorted(node.names)),
+                    lookups=tuple(sorted(node.lookups)),
                     in_scope=node.in_scope,
                     addresses=addresses,
                 )
@@ -635,6 +745,7 @@ class _Builder:
                 server,
                 dict(sorted(ports.items())),
                 tuple(sorted(self.names.get((client, server), ()))),
+                tuple(sorted(self.asked.get((client, server), ()))),
             )
             for (client, server), ports in edges_ports.items()
         ]
@@ -645,6 +756,26 @@ class _Builder:
             tuple(self.attempts),
             self.loopback,
         )
+
+
+def node_label(name: str, addresses: Iterable[str]) -> str:
+    """A cluster node's label: its name and the addresses seen for it."""
+    return f"{name} ({', '.join(addresses)})"
+
+
+def asked_by(resolver: Resolver, flow: Flow, client: Identity) -> Callable[[str], bool]:
+    """Whether a DNS answer sent to an address went to ``flow``'s client (``client``, as
+    resolved at the flow's first packet): its address, or another its pod (or node) had then."""
+
+    def accepts(ip: str) -> bool:
+        if ip == client.ip:
+            return True
+        asker = resolver.resolve(ip, flow.first_seen)
+        if client.pod is not None:
+            return asker.pod == client.pod
+        return client.kind is EndpointKind.NODE and asker.node == client.node
+
+    return accepts
 
 
 def _is_loopback_address(address: str) -> bool:
@@ -921,6 +1052,7 @@ def _count_group(builder: _Builder, key: _GroupKey, members: list[Flow], steady:
         server_span = builder.span(server, key.captures)
         port = PortSpec(key.protocol, key.server_port)
         for piece in _pieces(members, (client_span, server_span)):
+            builder.note_lookups(piece[0], client)  # the same for each flow of a piece
             at = piece[0].first_seen
             vouched = Sides(at in client_span, at in server_span)
             # DNS names told up to a flow's first packet only add up: the last flow's are all.
@@ -943,6 +1075,7 @@ def _count_group(builder: _Builder, key: _GroupKey, members: list[Flow], steady:
     spans = [client_span, *(span for found in targets.values() for span in found)]
     assumed = bool(steady.backends)
     for piece in _pieces(members, spans):
+        builder.note_lookups(piece[0], client)  # the same for each flow of a piece
         at = piece[0].first_seen
         for (server_node, port), server_spans in sorted(targets.items()):
             vouched = Sides(at in client_span, any(at in span for span in server_spans))
@@ -964,6 +1097,8 @@ def _count_flows(builder: _Builder, resolved: Sequence[_Resolved]) -> None:
     Service joined to its twin (the server side's capture of the connection), else to the
     Service's backends; a flow to an unknown address joined to its twin; any other flow as it
     is."""
+    for flow, client, _ in resolved:
+        builder.note_lookups(flow, client)
     twins = _Twins(resolved)
     for flow, client, server in resolved:
         if server.kind is EndpointKind.SERVICE:

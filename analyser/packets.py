@@ -684,7 +684,8 @@ class DnsFault(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DnsResponse:
-    """What one successful DNS response says. Names are lower case without the final dot."""
+    """What one answered DNS lookup says (an NXDOMAIN answer: its question only). Names are
+    lower case without the final dot."""
 
     question: str  # "" when it was no valid DNS name
     addresses: tuple[tuple[str, str], ...]  # (owner name, IP text) of A and AAAA records
@@ -708,7 +709,8 @@ def _name(raw: str) -> str | None:
 
 @functools.lru_cache(maxsize=4096)
 def _response(message_after_id: bytes) -> DnsResponse | DnsFault | None:
-    """One DNS response → its answers; None for a failed lookup.
+    """One DNS response → its answers (none for a name that does not exist); None for a lookup
+    that failed otherwise (SERVFAIL, REFUSED).
 
     Cached, and keyed without the 2-byte message ID, because clients ask the same names over and
     over and dpkt takes tens of microseconds per message.
@@ -717,12 +719,16 @@ def _response(message_after_id: bytes) -> DnsResponse | DnsFault | None:
         # Authority and additional records are not needed: zero their counts so that a message
         # cut by the snap length in those sections still gives its answers.
         parsed = dpkt.dns.DNS(b"\x00\x00" + message_after_id[:6] + bytes(4) + message_after_id[10:])
-        if parsed.rcode != dpkt.dns.DNS_RCODE_NOERR:
+        if parsed.rcode not in (dpkt.dns.DNS_RCODE_NOERR, dpkt.dns.DNS_RCODE_NXDOMAIN):
             return None
+        # An answer that the name does not exist names no address, but it was a lookup: the
+        # search list's expansions (``api.example.default.svc.cluster.local``) come back so, and
+        # a DNS rule that lists names must allow them or the resolver stops searching.
+        nothing = parsed.rcode == dpkt.dns.DNS_RCODE_NXDOMAIN
         addresses: list[tuple[str, str]] = []
         aliases: list[tuple[str, str]] = []
         bad_names = 0
-        for answer in parsed.an:
+        for answer in () if nothing else parsed.an:
             if len(answer.rdata) < answer.rlen:
                 return DnsFault.TRUNCATED
             if answer.type in (dpkt.dns.DNS_A, dpkt.dns.DNS_AAAA) and len(answer.rdata) in (4, 16):

@@ -88,6 +88,9 @@ class PolicyPlan:
 
     policies: tuple[Policy, ...] = ()  # by namespace, then name
     default_denies: tuple[DefaultDeny, ...] = ()  # by namespace
+    # With default_deny or baseline: the namespaces in scope whose every workload seen got a
+    # policy, which a default-deny or the cluster baseline may therefore isolate (sorted).
+    isolated_namespaces: tuple[str, ...] = ()
 
     @property
     def left_out(self) -> tuple[LeftOut, ...]:
@@ -398,6 +401,7 @@ def synthesize(
     *,
     cluster_dns: ClusterDns | None = None,
     default_deny: bool = False,
+    baseline: bool = False,
     node_addresses: Iterable[str] = (),
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
@@ -408,7 +412,10 @@ def synthesize(
     """One :class:`Policy` per in-scope workload of ``graph``, allowing what was observed and DNS
     to the cluster DNS pods, plus, with ``default_deny``, a :class:`DefaultDeny` per namespace in
     scope and a policy for every other workload of those namespaces seen in the graph (a
-    namespace where such a workload has no stable label gets no default-deny). Workloads without
+    namespace where such a workload has no stable label gets no default-deny). ``baseline`` (the
+    cluster baseline, ``analyser.baselines``) isolates those namespaces the same way, so it gets
+    those policies too; either way :attr:`PolicyPlan.isolated_namespaces` lists the namespaces
+    that may be isolated. Workloads without
     a stable label, or on the host network, get no policy (:func:`unselectable_workloads`).
 
     Traffic with a node (from or to a node address) is allowed on its ports with every node:
@@ -443,13 +450,15 @@ def synthesize(
         (node.id, node.workload, node.in_scope) for node in graph.nodes if node.workload is not None
     ]
     namespaces = sorted({w.ref.namespace for _, w, in_scope in workloads if in_scope})
-    # A default-deny isolates every pod of its namespace, also those that were not captured;
-    # those seen talking to captured pods get a policy too, so what was observed keeps working.
+    # A default-deny (or the baseline) isolates every pod of its namespace, also those that were
+    # not captured; those seen talking to captured pods get a policy too, so what was observed
+    # keeps working.
+    isolating = default_deny or baseline
     chosen = [
         (node_id, workload)
         for node_id, workload, in_scope in workloads
         if in_scope
-        or (default_deny and workload.ref.namespace in namespaces and not workload.host_network)
+        or (isolating and workload.ref.namespace in namespaces and not workload.host_network)
     ]
     reserved = {DefaultDeny("").name} if default_deny else set()
     names = policy_names((w for _, w in chosen), reserved=reserved)
@@ -541,12 +550,13 @@ def synthesize(
                 left_out=tuple(sorted(left_out)),
             )
         )
-    default_denies = []
-    if default_deny:
+    isolated: list[str] = []
+    if isolating:
         # Not where a workload seen there has no label (or selector) to write its policy with.
         cut_off = {w.ref.namespace for _, w in chosen if _unselectable(w) and not w.host_network}
-        default_denies = [DefaultDeny(ns) for ns in namespaces if ns not in cut_off]
+        isolated = [ns for ns in namespaces if ns not in cut_off]
     return PolicyPlan(
         policies=tuple(sorted(policies, key=lambda p: (p.namespace, p.name))),
-        default_denies=tuple(default_denies),
+        default_denies=tuple(DefaultDeny(ns) for ns in isolated) if default_deny else (),
+        isolated_namespaces=tuple(isolated),
     )

@@ -1,4 +1,5 @@
-"""Loading a set of NetworkPolicies from files: the generated ones or any hand-written set.
+"""Loading a set of NetworkPolicies (and CiliumNetworkPolicies, ClusterNetworkPolicies) from
+files: the generated ones or any hand-written set.
 
 A path may be one file or a folder (searched recursively for ``*.yaml``, ``*.yml``, ``*.json``).
 Files may hold several YAML documents, ``kind: List`` (or ``NetworkPolicyList``) objects, or the
@@ -11,13 +12,20 @@ an error too: which one wins would depend on the order ``kubectl apply`` sees th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analyser.ciliumsemantics import compile_cilium_policy
+from analyser.clusterpolicies import KIND as CLUSTER_POLICY_KIND
+from analyser.clusterpolicies import (
+    CompiledClusterPolicy,
+    TieredPolicySet,
+    compile_cluster_policy,
+)
 from analyser.documents import DocumentError, json_value, yaml_values
-from analyser.evaluation import CompiledPolicy, PolicySet, compile_policy
+from analyser.evaluation import CompiledPolicy, compile_policy
 from kernel.errors import PolicyError
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
@@ -27,6 +35,11 @@ POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 # each alias costs what it stands for, and past this the file is refused before anything is
 # walked. kubectl and kustomize never write aliases.
 MAX_ALIAS_NODES = 100_000
+# The kinds read, each with its semantics (``evaluation``, ``ciliumsemantics``).
+_COMPILERS: dict[str, Callable[..., CompiledPolicy]] = {
+    "NetworkPolicy": compile_policy,
+    "CiliumNetworkPolicy": compile_cilium_policy,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +48,7 @@ class LoadedPolicies:
 
     root: str
     documents: tuple[Mapping[str, Any], ...]  # the NetworkPolicy objects, as JSON
-    policies: PolicySet
+    policies: TieredPolicySet  # with the ClusterNetworkPolicies found
     notes: tuple[str, ...]  # objects or files skipped, and why
 
 
@@ -103,34 +116,49 @@ def _policy_set(
 ) -> LoadedPolicies:
     """Policies from (source name, parsed documents) pairs; raises PolicyError on anything bad."""
     documents: list[Mapping[str, Any]] = []
-    compiled: dict[tuple[str, str], CompiledPolicy] = {}
+    compiled: dict[tuple[str, str, str], CompiledPolicy] = {}
+    cluster: dict[str, CompiledClusterPolicy] = {}
     sources_seen = 0
     for source, parsed in sources:
         sources_seen += 1
         skipped: list[tuple[str, str]] = []  # (where, kind) of what is not a NetworkPolicy
         for number, document in enumerate(parsed, start=1):
             for obj, where in _objects(document, f"{source} (document {number})"):
-                if obj.get("kind") != "NetworkPolicy":
+                if obj.get("kind") == CLUSTER_POLICY_KIND:
+                    cluster_policy = compile_cluster_policy(obj, source=where)
+                    if cluster_policy.name in cluster:
+                        raise PolicyError(
+                            f"{cluster_policy} is defined twice: in "
+                            f"{cluster[cluster_policy.name].source} and in {where}"
+                        )
+                    cluster[cluster_policy.name] = cluster_policy
+                    continue
+                compile = _COMPILERS.get(str(obj.get("kind")))
+                if compile is None:
                     skipped.append((where, str(obj.get("kind") or "an object without kind")))
                     continue
-                policy = compile_policy(obj, source=where)
-                key = (policy.namespace, policy.name)
+                policy = compile(obj, source=where)
+                key = (policy.kind, policy.namespace, policy.name)
                 if key in compiled:
                     raise PolicyError(
-                        f"NetworkPolicy {policy} is defined twice: in {compiled[key].source} "
-                        f"and in {where} (give one folder per policy set, e.g. kustomize's output)"
+                        f"{policy.kind} {policy.namespace}/{policy.name} is defined twice: in "
+                        f"{compiled[key].source} and in {where} (give one folder per policy set, "
+                        "e.g. kustomize's output)"
                     )
                 compiled[key] = policy
                 documents.append(obj)
         notes += _skipped_notes(source, skipped)
-    if sources_seen and not compiled:
+    if sources_seen and not compiled and not cluster:
         notes.append(
             f"{root}: no NetworkPolicy found: without policies every connection is allowed"
         )
     return LoadedPolicies(
         root=root,
         documents=tuple(documents),
-        policies=PolicySet.of(compiled.values()),
+        policies=TieredPolicySet(
+            policies=tuple(sorted(compiled.values(), key=lambda p: (p.namespace, p.name, p.kind))),
+            cluster_policies=tuple(cluster[name] for name in sorted(cluster)),
+        ),
         notes=tuple(notes),
     )
 

@@ -7,6 +7,11 @@ every merge is commutative, so the result does not depend on the number of worke
 at a known vantage point (a pod's own capture) loses its foreign conversations in the merge,
 before they meet other files' (see :func:`read_captures`).
 
+The map step (one file → its partial aggregates) runs behind one seam, :class:`CaptureMap`: an
+executor that maps :func:`read_capture` over :class:`CaptureTask` s and gives the results back in
+input order. A local ``ProcessPoolExecutor`` is one; ``analyser.distributing`` holds a Dask
+cluster's. What :func:`read_capture` returns travels unchanged, whichever runs it.
+
 Usage::
 
     traffic = read_captures(find_captures(bundle / "captures"), root=bundle)
@@ -23,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from sys import intern
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from analyser.dns import DnsNames, DnsTable, TcpDnsStreams
 from analyser.flows import (
@@ -66,9 +71,8 @@ class Traffic:
 
 
 @dataclass(slots=True)
-class FileTraffic:
-    """What one capture file gave (:func:`read_capture_file`): plain data that pickles, so a
-    worker process (or another machine) can read the file; merged by the parent in input order."""
+class _Partial:
+    """What one file gave; merged by the parent."""
 
     conversations: CaptureConversations
     dns: DnsTable
@@ -76,6 +80,36 @@ class FileTraffic:
     counted: int
     skipped: Counter[str]
     dns_faults: Counter[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureTask:
+    """One capture file to read and how: what the map step sends to wherever it runs."""
+
+    path: Path  # absolute: a worker elsewhere opens the same path
+    name: str  # as reports name it (bundle-relative)
+    size: int  # on-disk bytes, as this process sees them (0: unknown); for progress
+    max_bytes: int
+    per_interface: bool  # a node's capture (see :func:`read_captures`)
+
+
+Result = TypeVar("Result")
+
+
+class CaptureMap(Protocol):
+    """Where the map step runs: ``map(read_capture, tasks)`` runs the top-level function on each
+    task, anywhere, and yields the results in the order of ``tasks``, as
+    ``concurrent.futures.Executor.map`` does (a ``ProcessPoolExecutor`` is one)."""
+
+    def map(
+        self, function: Callable[[CaptureTask], Result], tasks: Iterable[CaptureTask], /
+    ) -> Iterator[Result]: ...
+
+
+def read_capture(task: CaptureTask) -> _Partial:
+    """The map step: one capture file → its partial aggregates (merged by :func:`read_captures`).
+    Top level, so that a process pool or a Dask worker can run it by name."""
+    return _read_one(task.path, task.name, task.max_bytes, per_interface=task.per_interface)
 
 
 @contextmanager
@@ -94,19 +128,15 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def read_capture_file(
+def _read_one(
     path: Path,
     name: str,
     max_bytes: int = DEFAULT_MAX_BYTES,
     on_read: Callable[[int], None] | None = None,
     per_interface: bool = False,
-) -> FileTraffic:
-    """The map step: one capture file → what it gave (:class:`FileTraffic`), as every reader
-    runs it (this process, a pool of processes). ``name``: the file relative to the bundle
-    (``CaptureReport.path``, ``Conversation.captures``); at most ``max_bytes`` bytes of it
-    (decompressed) are read; ``on_read`` gets the on-disk bytes as they are read;
-    ``per_interface``: a node's capture (see :func:`read_captures`). Never raises for a damaged
-    file: its report says what went wrong."""
+) -> _Partial:
+    """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read;
+    ``per_interface``: a node's capture (see :func:`read_captures`)."""
     with no_cyclic_gc():
         return _count_file(path, name, max_bytes, on_read, per_interface)
 
@@ -235,7 +265,7 @@ def _count_file(
     max_bytes: int,
     on_read: Callable[[int], None] | None,
     per_interface: bool = False,
-) -> FileTraffic:
+) -> _Partial:
     capture = CaptureFile(path, name=name, on_read=on_read, max_bytes=max_bytes)
     dns_payloads: list[DnsPayload] = []
     answers = _DnsAnswers()
@@ -280,7 +310,7 @@ def _count_file(
         )
     conversations = CaptureConversations(name, ring_name(name), directed)
     first_seen = min((traffic.first_seen for traffic in directed), default=None)
-    return FileTraffic(
+    return _Partial(
         conversations,
         answers.table,
         replace(report, first_seen=first_seen),
@@ -310,15 +340,18 @@ def read_captures(
     vantages: Mapping[str, CaptureVantage] | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     node_captures: Collection[str] = (),
+    capture_map: CaptureMap | None = None,
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`.
 
     ``paths`` are capture files (see ``sources.find_captures``); they are named in reports and
     ``Conversation.captures`` relative to ``root`` (the bundle directory). ``workers`` processes
     read files in parallel (default: one per core, at most one per file); ``workers=1`` reads
-    in this process. ``on_progress`` is called in this process with numbers of on-disk bytes
-    read (per megabyte when reading in this process, per file with workers), adding up to the
-    sum of the files' sizes, which a progress bar can use as its total.
+    in this process. ``capture_map``, when given, runs the reading instead (e.g. on a Dask
+    cluster: ``analyser.distributing``), and ``workers`` is not used. ``on_progress`` is called in
+    this process with numbers of on-disk bytes read (per megabyte when reading in this process,
+    per file otherwise), adding up to the sum of the files' sizes, which a progress bar can use
+    as its total.
 
     ``vantages`` says where files (by their names) were taken, e.g. in a pod: of what such a
     file saw, only the conversations with an end that was the vantage point's own address are
@@ -329,7 +362,7 @@ def read_captures(
     A damaged file never raises: its :class:`~analyser.sources.CaptureReport` says what went
     wrong and the packets before the damage count. At most ``max_bytes`` bytes of each file
     (decompressed) are read: past them, the report says so (``CaptureTooLarge``) and the packets
-    before count. The result is the same for any ``workers``.
+    before count. The result is the same for any ``workers`` and any ``capture_map``.
 
     ``node_captures`` names files taken on a node, on all its interfaces (``tcpdump -i any`` in
     the node's network namespace): a packet between two of its pods passes two veths, one to
@@ -339,13 +372,25 @@ def read_captures(
     once, as a pod's own capture counts it.
     """
     names = [_name_under(path, root) for path in paths]
-    count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
+    tasks = [
+        CaptureTask(
+            Path(os.path.abspath(path)), name, _size(path), max_bytes, name in node_captures
+        )
+        for path, name in zip(paths, names, strict=True)
+    ]
     report = on_progress if on_progress is not None else _ignore
     placed = vantages if vantages is not None else {}
-    nodes = [name in node_captures for name in names]
+    if capture_map is not None:
+        return _merge(_read_mapped(capture_map, tasks, report), placed)
+    count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
     if count <= 1:
-        return _merge(_read_here(paths, names, max_bytes, report, nodes), placed)
-    return _merge(_read_in_processes(paths, names, max_bytes, count, report, nodes), placed)
+        return _merge(_read_here(tasks, report), placed)
+    # Imported here: it pulls in multiprocessing, a sixtieth of a second that one-worker reads
+    # (and every short-lived command) need not pay.
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=count) as pool:
+        return _merge(_read_mapped(pool, tasks, report), placed)
 
 
 def _ignore(size: int) -> None:
@@ -353,14 +398,10 @@ def _ignore(size: int) -> None:
 
 
 def _read_here(
-    paths: Sequence[Path],
-    names: Sequence[str],
-    max_bytes: int,
-    on_progress: Callable[[int], None],
-    per_interface: Sequence[bool],
-) -> Iterator[FileTraffic]:
+    tasks: Sequence[CaptureTask], on_progress: Callable[[int], None]
+) -> Iterator[_Partial]:
     """Files read in this process; progress as each megabyte is read."""
-    for path, name, node in zip(paths, names, per_interface, strict=True):
+    for task in tasks:
         done = 0
 
         def advance(size: int) -> None:
@@ -368,32 +409,21 @@ def _read_here(
             done += size
             on_progress(size)
 
-        yield read_capture_file(path, name, max_bytes, on_read=advance, per_interface=node)
+        yield _read_one(
+            task.path, task.name, task.max_bytes, on_read=advance, per_interface=task.per_interface
+        )
         # A damaged file is not read to its end: report the rest too, so the sizes add up.
-        if (rest := _size(path) - done) > 0:
+        if (rest := task.size - done) > 0:
             on_progress(rest)
 
 
-def _read_in_processes(
-    paths: Sequence[Path],
-    names: Sequence[str],
-    max_bytes: int,
-    workers: int,
-    on_progress: Callable[[int], None],
-    per_interface: Sequence[bool],
-) -> Iterator[FileTraffic]:
-    """Files read by a pool of processes, in input order as they are ready; progress per file."""
-    # Imported here: it pulls in multiprocessing, a sixtieth of a second that one-worker reads
-    # (and every short-lived command) need not pay.
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        limits = [max_bytes] * len(paths)
-        progress = [None] * len(paths)
-        partials = pool.map(read_capture_file, paths, names, limits, progress, per_interface)
-        for path, partial in zip(paths, partials, strict=True):
-            on_progress(_size(path))
-            yield partial
+def _read_mapped(
+    capture_map: CaptureMap, tasks: Sequence[CaptureTask], on_progress: Callable[[int], None]
+) -> Iterator[_Partial]:
+    """Files read by ``capture_map``, in input order as they are ready; progress per file."""
+    for task, partial in zip(tasks, capture_map.map(read_capture, tasks), strict=True):
+        on_progress(task.size)
+        yield partial
 
 
 def _size(path: Path) -> int:
@@ -403,13 +433,13 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _merge(partials: Iterable[FileTraffic], vantages: Mapping[str, CaptureVantage]) -> Traffic:
+def _merge(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
     """Fold partial aggregates one by one (in input order), so only the merged total is kept."""
     with no_cyclic_gc():
         return _merge_all(partials, vantages)
 
 
-def _merge_all(partials: Iterable[FileTraffic], vantages: Mapping[str, CaptureVantage]) -> Traffic:
+def _merge_all(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
     conversations = ConversationTable()
     dns = DnsNames()
     reports = []

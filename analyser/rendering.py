@@ -5,7 +5,8 @@ Pure: returns text, writes nothing. Every text from input (names, labels, DNS na
 problems) leaves a template through a filter that makes it inert for that format (built on
 ``texts.inert``; see the filters below). Every YAML file rendered here is parsed back with
 ``yaml.safe_load_all`` and compared, field for field, with the object the model says it must be
-(:func:`policy_object`, :func:`default_deny_object`, :func:`kustomization_object`): a template
+(:func:`policy_object`, :func:`default_deny_object`, :func:`baseline_object`,
+:func:`kustomization_object`): a template
 mistake, or a character that escaped a filter, raises :class:`RenderError` instead of reaching
 a cluster. Output is deterministic: the same input gives the same bytes (no wall-clock times;
 rules, ports and files are sorted).
@@ -13,6 +14,8 @@ rules, ports and files are sorted).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import json
 import re
@@ -22,13 +25,36 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import yaml
 
+from analyser.baselines import (
+    Baseline,
+    BaselineRule,
+    NamespacesPeer,
+    NetworksPeer,
+    egress_rules,
+    ingress_rules,
+    subject,
+)
 from analyser.bundles import FileProblem
+from analyser.cilium import CiliumPlan, CiliumPolicy, CiliumRule
 from analyser.flows import Evidence
-from analyser.graphs import EdgeStats, UnvouchedPair, WorkloadGraph
+from analyser.fqdnselectors import FqdnSelector, valid_name, valid_pattern
+from analyser.graphs import EdgeStats, NodeRole, UnvouchedPair, WorkloadGraph
 from analyser.peers import Exposure, IpPeer, PodPeer
+from analyser.periods import CaptureWindow, UncoveredCronJob, duration_text
+from analyser.pictures import (
+    GroupKind,
+    Picture,
+    PictureEdge,
+    PictureGroup,
+    PictureNode,
+    drawing_ids,
+)
 from analyser.policies import DefaultDeny, LeftOut, Policy, Rule, SelectorWarning, rule_sort_key
+from analyser.reviewing import Review
+from analyser.rings import RingLoss
 from analyser.selectors import LabelSelector
 from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
 from analyser.vantages import Coverage
@@ -91,6 +117,12 @@ class ReportFacts:
     unvouched: tuple[UnvouchedPair, ...] = ()
     # Per captured pod, the vantage points (its own capture, its node's) that covered it.
     coverage: tuple[Coverage, ...] = ()
+    # Capture rings that wrapped (or likely did): what each still covers and what it lost.
+    rings: tuple[RingLoss, ...] = ()
+    # Several bundles analysed together: each one's window, oldest first (none for one bundle).
+    windows: tuple[CaptureWindow, ...] = ()
+    # CronJobs whose runs the capture windows may all have missed.
+    uncovered_cronjobs: tuple[UncoveredCronJob, ...] = ()
 
 
 # -- filters: every scalar leaves a template through one of these -------------------------------
@@ -135,6 +167,12 @@ def markdown_cell(value: object) -> str:
     return _MARKDOWN_SPECIALS.sub(lambda match: _MARKDOWN_ESCAPES[match[0]], one_line(value))
 
 
+def dot_html(value: object) -> str:
+    """Text inside a Graphviz HTML-like label (``label=<...>``): one printable line, its
+    markup characters as entities, so no tag, entity or end of the label comes from data."""
+    return str(markupsafe.escape(one_line(value)))
+
+
 def nest(text: str, width: int) -> str:
     """A macro's lines placed under a parent: lines after the first indented by ``width``, the
     trailing line break dropped (the template supplies its own)."""
@@ -158,6 +196,9 @@ def _environment() -> jinja2.Environment:
         dot=dot_quoted,
         md=markdown_cell,
         utc=Window.text,
+        dot_html=dot_html,
+        html=markupsafe.escape,
+        duration=duration_text,
     )
     return env
 
@@ -285,15 +326,18 @@ def _policy_view(policy: Policy, provenance: Provenance) -> _PolicyView:
 _API_VERSION = "networking.k8s.io/v1"
 _POLICY_TYPES = ["Ingress", "Egress"]
 _NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+BASELINE_API_VERSION = "policy.networking.k8s.io/v1beta1"
 
 
 def _metadata_object(
     name: str,
-    namespace: str,
+    namespace: str | None,
     labels: tuple[tuple[str, str], ...],
     annotations: tuple[tuple[str, str], ...],
 ) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:  # None: a cluster-scoped object
+        metadata["namespace"] = namespace
     if labels:
         metadata["labels"] = dict(labels)
     if annotations:
@@ -363,6 +407,51 @@ def default_deny_object(deny: DefaultDeny, *, provenance: Provenance) -> dict[st
         "kind": "NetworkPolicy",
         "metadata": metadata,
         "spec": {"podSelector": {}, "policyTypes": list(_POLICY_TYPES)},
+    }
+
+
+def _baseline_rule_object(rule: BaselineRule, peer_key: str) -> dict[str, Any]:
+    peers: list[dict[str, Any]] = []
+    for peer in rule.peers:
+        if isinstance(peer, NetworksPeer):
+            peers.append({"networks": list(peer.cidrs)})
+        elif isinstance(peer, NamespacesPeer):
+            peers.append({"namespaces": _selector_object(peer.selector)})
+        else:
+            pods = {
+                "namespaceSelector": {"matchLabels": {_NAMESPACE_NAME_LABEL: peer.namespace}},
+                "podSelector": _selector_object(peer.pod_selector),
+            }
+            peers.append({"pods": pods})
+    document: dict[str, Any] = {"name": rule.name, "action": str(rule.action), peer_key: peers}
+    if rule.protocols:
+        document["protocols"] = [
+            {
+                ports.protocol: {
+                    "destinationPort": {"number": ports.first}
+                    if ports.first == ports.last
+                    else {"range": {"start": ports.first, "end": ports.last}}
+                }
+            }
+            for ports in rule.protocols
+        ]
+    return document
+
+
+def baseline_object(baseline: Baseline, *, provenance: Provenance) -> dict[str, Any]:
+    """The ClusterNetworkPolicy :func:`render_baseline`'s YAML parses to."""
+    metadata = _metadata_object(baseline.name, None, _labels(()), _annotations(provenance))
+    return {
+        "apiVersion": BASELINE_API_VERSION,
+        "kind": "ClusterNetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "tier": "Baseline",
+            "priority": baseline.priority,
+            "subject": {"namespaces": _selector_object(subject(baseline))},
+            "ingress": [_baseline_rule_object(r, "from") for r in ingress_rules(baseline)],
+            "egress": [_baseline_rule_object(r, "to") for r in egress_rules(baseline)],
+        },
     }
 
 
@@ -472,6 +561,142 @@ def render_default_deny(deny: DefaultDeny, *, provenance: Provenance) -> str:
     return text
 
 
+# -- CiliumNetworkPolicy (analyse --format cilium) ------------------------------------------------
+
+_CILIUM_API_VERSION = "cilium.io/v2"
+_CILIUM_KIND = "CiliumNetworkPolicy"
+
+
+def _cilium_names_object(names: Iterable[FqdnSelector]) -> list[dict[str, str]]:
+    return [{"matchPattern" if n.pattern else "matchName": n.text} for n in names]
+
+
+def _cilium_rule_object(rule: CiliumRule, prefix: str, policy: Policy) -> dict[str, Any]:
+    document: dict[str, Any]
+    if rule.endpoints is not None:
+        document = {f"{prefix}Endpoints": [_selector_object(rule.endpoints)]}
+    elif rule.entities:
+        document = {f"{prefix}Entities": list(rule.entities)}
+    elif rule.fqdns:
+        document = {"toFQDNs": _cilium_names_object(rule.fqdns)}
+    else:
+        blocks = []
+        for block in rule.cidrs:
+            entry: dict[str, Any] = {"cidr": _cidr(block.cidr, policy)}
+            if block.excluded:
+                entry["except"] = [_cidr(hole, policy) for hole in block.excluded]
+            blocks.append(entry)
+        document = {f"{prefix}CIDRSet": blocks}
+    ports: dict[str, Any] = {
+        "ports": [{"port": str(p.port), "protocol": str(p.protocol)} for p in rule.ports]
+    }
+    if rule.dns:
+        ports["rules"] = {"dns": _cilium_names_object(rule.dns)}
+    document["toPorts"] = [ports]
+    return document
+
+
+def _cilium_document(cilium: CiliumPolicy, view: _PolicyView) -> dict[str, Any]:
+    policy = cilium.policy
+    spec: dict[str, Any] = {
+        "endpointSelector": _selector_object(policy.pod_selector),
+        "ingress": [_cilium_rule_object(r, "from", policy) for r in cilium.ingress] or [{}],
+        "egress": [_cilium_rule_object(r, "to", policy) for r in cilium.egress] or [{}],
+    }
+    return {
+        "apiVersion": _CILIUM_API_VERSION,
+        "kind": _CILIUM_KIND,
+        "metadata": _metadata_object(policy.name, policy.namespace, view.labels, view.annotations),
+        "spec": spec,
+    }
+
+
+def cilium_policy_object(cilium: CiliumPolicy, *, provenance: Provenance) -> dict[str, Any]:
+    """The CiliumNetworkPolicy object :func:`render_cilium_policy`'s YAML parses to."""
+    return _cilium_document(cilium, _policy_view(cilium.policy, provenance))
+
+
+def cilium_default_deny_object(deny: DefaultDeny, *, provenance: Provenance) -> dict[str, Any]:
+    """The CiliumNetworkPolicy object :func:`render_cilium_default_deny`'s YAML parses to."""
+    metadata = _metadata_object(deny.name, deny.namespace, _labels(()), _annotations(provenance))
+    return {
+        "apiVersion": _CILIUM_API_VERSION,
+        "kind": _CILIUM_KIND,
+        "metadata": metadata,
+        "spec": {"endpointSelector": {}, "ingress": [{}], "egress": [{}]},
+    }
+
+
+def _check_cilium(cilium: CiliumPolicy) -> None:
+    """Names a CiliumNetworkPolicy may hold (``toFQDNs`` and DNS rules: the CRD's pattern)."""
+    policy = cilium.policy
+    for rule in (*cilium.ingress, *cilium.egress):
+        for name in (*rule.fqdns, *rule.dns):
+            valid = valid_pattern(name.text) if name.pattern else valid_name(name.text)
+            if not valid:
+                raise RenderError(
+                    f"policy {policy.namespace}/{policy.name}: {name.text!r} is no DNS name"
+                )
+
+
+def render_cilium_policy(cilium: CiliumPolicy, *, provenance: Provenance) -> str:
+    """One CiliumNetworkPolicy document for one workload."""
+    policy = cilium.policy
+    view = _policy_view(policy, provenance)
+    _check_cilium(cilium)
+    text = _render(
+        "ciliumnetworkpolicy.yaml.j2",
+        policy=cilium,
+        labels=view.labels,
+        annotations=view.annotations,
+    )
+    _parse_back(text, policy_path(policy.namespace, policy.name), _cilium_document(cilium, view))
+    return text
+
+
+def render_cilium_default_deny(deny: DefaultDeny, *, provenance: Provenance) -> str:
+    """A CiliumNetworkPolicy selecting every pod of a namespace and allowing nothing."""
+    _check_names(deny.namespace, deny.name)
+    text = _render(
+        "cilium-default-deny.yaml.j2",
+        deny=deny,
+        labels=_labels(()),
+        annotations=_annotations(provenance),
+    )
+    _parse_back(
+        text,
+        policy_path(deny.namespace, deny.name),
+        cilium_default_deny_object(deny, provenance=provenance),
+    )
+    return text
+
+
+def render_baseline(baseline: Baseline, *, provenance: Provenance) -> str:
+    """The cluster baseline: one Baseline-tier ClusterNetworkPolicy (``analyser.baselines``)."""
+    if not is_dns1123_subdomain(baseline.name):
+        raise RenderError(f"{baseline.name!r} is not a valid ClusterNetworkPolicy name")
+    for namespace in (*baseline.exempt_namespaces, *(peer.namespace for peer in baseline.dns)):
+        if namespace is None or not is_dns1123_label(namespace):
+            raise RenderError(f"{namespace!r} is not a valid namespace name")
+    text = _render(
+        "clusternetworkpolicy.yaml.j2",
+        baseline=baseline,
+        subject=subject(baseline),
+        ingress=ingress_rules(baseline),
+        egress=egress_rules(baseline),
+        labels=_labels(()),
+        annotations=_annotations(provenance),
+    )
+    _parse_back(text, baseline_path(baseline), baseline_object(baseline, provenance=provenance))
+    return text
+
+
+def baseline_path(baseline: Baseline) -> str:
+    """``ClusterNetworkPolicy.NAME.yaml``, at the top beside the policies: no namespace is
+    called so (a namespace name has no capitals), so it never meets a policy's file."""
+    return f"ClusterNetworkPolicy.{baseline.name}.yaml"
+
+
 def render_kustomization(resources: Iterable[str]) -> str:
     listed = sorted(resources)
     text = _render("kustomization.yaml.j2", resources=listed)
@@ -486,31 +711,69 @@ def policy_path(namespace: str, name: str) -> str:
     return f"{namespace}.{name}.yaml"
 
 
+def _baseline_files(baseline: Baseline | None, provenance: Provenance) -> dict[str, str]:
+    if baseline is None:
+        return {}
+    return {baseline_path(baseline): render_baseline(baseline, provenance=provenance)}
+
+
+def _policy_set_files(
+    documents: Iterable[tuple[str, str, str]],
+    folder: str = "",
+    others: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """(namespace, name, text) of every policy, and ``others`` (path → text: the baseline) → the
+    files plus the ``Kustomization`` that lists them, in ``folder`` (a path prefix ending in "/",
+    or "" for the top), sorted."""
+    files: dict[str, str] = dict(others or {})
+    for namespace, name, text in documents:
+        path = policy_path(namespace, name)
+        if path in files:
+            raise RenderError(f"two policies would both be written to {folder}{path}")
+        files[path] = text
+    files[KUSTOMIZATION] = render_kustomization(files)
+    return {folder + path: text for path, text in sorted(files.items())}
+
+
 def render_policy_files(
     policies: Iterable[Policy],
     *,
     default_denies: Iterable[DefaultDeny] = (),
+    baseline: Baseline | None = None,
     provenance: Provenance,
+    folder: str = "",
 ) -> dict[str, str]:
-    """Every policy file plus the ``Kustomization`` that lists them, keyed by path relative
-    to the output directory (sorted)."""
-    files: dict[str, str] = {}
+    """Every policy file (and the ``baseline``'s, when there is one) plus the ``Kustomization``
+    that lists them, keyed by path relative to the output directory (in ``folder``: "" or a
+    prefix ending in "/"), sorted."""
+    documents = [
+        (deny.namespace, deny.name, render_default_deny(deny, provenance=provenance))
+        for deny in default_denies
+    ] + [
+        (policy.namespace, policy.name, render_policy(policy, provenance=provenance))
+        for policy in policies
+    ]
+    return _policy_set_files(documents, folder, _baseline_files(baseline, provenance))
 
-    def add(path: str, text: str) -> None:
-        if path in files:
-            raise RenderError(f"two policies would both be written to {path}")
-        files[path] = text
 
-    for deny in default_denies:
-        add(
-            policy_path(deny.namespace, deny.name), render_default_deny(deny, provenance=provenance)
-        )
-    for policy in policies:
-        add(
-            policy_path(policy.namespace, policy.name), render_policy(policy, provenance=provenance)
-        )
-    files[KUSTOMIZATION] = render_kustomization(files)
-    return dict(sorted(files.items()))
+def render_cilium_files(
+    plan: CiliumPlan,
+    *,
+    baseline: Baseline | None = None,
+    provenance: Provenance,
+    folder: str = "",
+) -> dict[str, str]:
+    """Every CiliumNetworkPolicy file of ``plan`` (and the ``baseline``'s, when there is one)
+    plus their ``Kustomization``, keyed by path relative to the output directory (in
+    ``folder``), sorted."""
+    documents = [
+        (deny.namespace, deny.name, render_cilium_default_deny(deny, provenance=provenance))
+        for deny in plan.default_denies
+    ] + [
+        (item.policy.namespace, item.policy.name, render_cilium_policy(item, provenance=provenance))
+        for item in plan.policies
+    ]
+    return _policy_set_files(documents, folder, _baseline_files(baseline, provenance))
 
 
 # -- graph and report ----------------------------------------------------------------------------
@@ -519,7 +782,6 @@ def render_policy_files(
 @dataclass(frozen=True, slots=True)
 class _NodeView:
     node_id: str
-    dot_id: str
     role: str
     label: str
     names: tuple[str, ...]
@@ -548,10 +810,9 @@ class _EdgeView:
 def _graph_views(graph: WorkloadGraph) -> tuple[tuple[_NodeView, ...], tuple[_EdgeView, ...]]:
     """The graph as plain records for the templates, in its order (nodes by id, edges by ends)."""
     nodes: dict[str, _NodeView] = {}
-    for index, node in enumerate(graph.nodes):
+    for node in graph.nodes:
         nodes[node.id] = _NodeView(
             node_id=node.id,
-            dot_id=f"n{index}",
             role=str(node.role),
             label=node.label,
             names=tuple(sorted(node.names)),
@@ -569,12 +830,6 @@ def _graph_views(graph: WorkloadGraph) -> tuple[tuple[_NodeView, ...], tuple[_Ed
     return tuple(nodes.values()), tuple(edges)
 
 
-def render_dot(graph: WorkloadGraph) -> str:
-    """Graphviz DOT for the workload graph."""
-    nodes, edges = _graph_views(graph)
-    return _render("graph.dot.j2", nodes=nodes, edges=edges)
-
-
 def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
     """The Markdown report: workloads, flows per edge, external names, unresolved addresses,
     damaged files and how each flow's direction was decided."""
@@ -588,4 +843,185 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         evidence=evidence,
         attempts=graph.attempts,
         loopback=graph.loopback,
+    )
+
+
+# -- the picture: graph.dot ------------------------------------------------------------------------
+# Drawn from analyser.pictures (namespaces as boxes, infrastructure apart and faint, outside
+# addresses gathered, a legend); report.html draws the same picture in the browser.
+
+# The colours of a node by its role (the legend uses them too).
+_FILLS = {
+    NodeRole.WORKLOAD: "#e8f0fe",
+    NodeRole.NODE: "#f1f3f4",
+    NodeRole.EXTERNAL: "#fef7e0",
+    NodeRole.UNRESOLVED: "#fce8e6",
+}
+_SHAPES = {
+    NodeRole.WORKLOAD: "box",
+    NodeRole.NODE: "hexagon",
+    NodeRole.EXTERNAL: "ellipse",
+    NodeRole.UNRESOLVED: "octagon",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _DotNode:
+    dot_id: str
+    node: PictureNode
+    shape: str
+    style: str
+    fill: str
+    tooltip: tuple[str, ...]  # the graph nodes it stands for (their ids: NS/Kind/name, ip:...)
+
+
+@dataclass(frozen=True, slots=True)
+class _DotGroup:
+    dot_id: str
+    group: PictureGroup
+    style: str
+    color: str
+    nodes: tuple[_DotNode, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _DotEdge:
+    dot_id: str
+    tail: str
+    head: str
+    ltail: str | None  # the cluster an edge from a whole group starts at
+    lhead: str | None  # the cluster an edge to a whole group ends at
+    edge: PictureEdge
+    tooltip: tuple[str, ...]
+
+
+# A tooltip lists this many graph nodes or edges, then how many more.
+_TOOLTIP_LINES = 12
+
+
+def _tooltip(lines: list[str]) -> tuple[str, ...]:
+    if len(lines) <= _TOOLTIP_LINES:
+        return tuple(lines)
+    return (*lines[: _TOOLTIP_LINES - 1], f"... and {len(lines) - _TOOLTIP_LINES + 1} more")
+
+
+def _dot_node(dot_id: str, node: PictureNode, summary: bool) -> _DotNode:
+    if summary:
+        shape, style = (
+            "box",
+            "rounded,filled" if node.role is NodeRole.WORKLOAD else "rounded,dashed",
+        )
+    else:
+        shape = _SHAPES[node.role]
+        dashed = node.role is NodeRole.WORKLOAD and not node.in_scope
+        style = ("rounded," if shape == "box" else "") + ("dashed" if dashed else "filled")
+    tooltip = [node.title] if summary else list(node.members)
+    return _DotNode(dot_id, node, shape, style, _FILLS[node.role], _tooltip(tooltip))
+
+
+def render_dot(picture: Picture, prefix: str = "") -> str:
+    """Graphviz DOT for a picture of the workload graph (``pictures.picture_of``, or
+    ``pictures.namespace_picture``), with a legend; shapes carry ``pictures.drawing_ids`` (with
+    ``prefix``)."""
+    ids = drawing_ids(picture, prefix)
+    dot_ids = dict(ids.nodes)
+    members: dict[str, list[_DotNode]] = {group.id: [] for group in picture.groups}
+    loose: list[_DotNode] = []
+    for node in picture.nodes:
+        item = _dot_node(dot_ids[node.id], node, picture.summary)
+        (loose if picture.summary else members[node.group]).append(item)
+    clusters = ids.groups
+    drawn = {member: node for node in picture.nodes for member in node.members}
+    groups = tuple(
+        _DotGroup(
+            clusters[group.id],
+            group,
+            "rounded" if group.kind is GroupKind.NAMESPACE else "rounded,dashed",
+            "#5f6368" if group.kind is GroupKind.NAMESPACE else "#9aa0a6",
+            tuple(members[group.id]),
+        )
+        for group in picture.groups
+        if members[group.id]
+    )
+    edges = []
+    for edge, edge_id in zip(picture.edges, ids.edges, strict=True):
+        # An edge to a whole group (picture_of's gathered infrastructure edges) is drawn to its
+        # box: from or to the group's first member in the edge, clipped at the box.
+        anchors = {
+            group: next(
+                dot_ids[drawn[end].id]
+                for member in edge.members
+                for end in member
+                if end in drawn and drawn[end].group == group
+            )
+            for group in (edge.client, edge.server)
+            if group not in dot_ids
+        }
+        edges.append(
+            _DotEdge(
+                edge_id,
+                anchors.get(edge.client, dot_ids.get(edge.client, "")),
+                anchors.get(edge.server, dot_ids.get(edge.server, "")),
+                clusters[edge.client] if edge.client in anchors else None,
+                clusters[edge.server] if edge.server in anchors else None,
+                edge,
+                _tooltip([f"{client} → {server}" for client, server in edge.members]),
+            )
+        )
+    return _render(
+        "graph.dot.j2",
+        picture=picture,
+        groups=groups,
+        loose=tuple(loose),
+        edges=tuple(edges),
+        fills={str(role): fill for role, fill in _FILLS.items()},
+    )
+
+
+# -- report.html --------------------------------------------------------------------------------
+# One self-contained page: its data as JSON in a script element the page's script reads, its
+# script and the vendored svg-pan-zoom (npm, BSD-2-Clause: templates/vendor/) inline, a Content
+# Security Policy that runs only those two scripts (by hash) and fetches nothing.
+
+_PAGE_ASSETS = Path(__file__).parent / "templates"
+# What would end a script element or open an HTML comment in it, and the JavaScript line breaks.
+_SCRIPT_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def script_json(value: object) -> str:
+    """JSON to put inside ``<script type="application/json">``: no ``<``, ``>`` or ``&`` (so no
+    ``</script>`` or ``<!--`` from data), JSON.parse reads it back unchanged."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return re.sub("[<>&\u2028\u2029]", lambda match: _SCRIPT_ESCAPES[match[0]], text)
+
+
+def _csp_hash(script: str) -> str:
+    digest = hashlib.sha256(script.encode()).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+def render_review(review: Review) -> str:
+    """report.html: the picture to click, filter by namespace, each connection's flows and the
+    rules that allow it, each workload's policy and what it allows that was never observed."""
+    scripts = [
+        (_PAGE_ASSETS / "vendor" / "svg-pan-zoom.min.js").read_text(encoding="utf-8"),
+        (_PAGE_ASSETS / "report" / "review.js").read_text(encoding="utf-8"),
+    ]
+    for script in scripts:
+        if re.search(r"</script|<!--", script, re.IGNORECASE):
+            raise RenderError("a page script holds '</script' or '<!--': it would end early")
+    return _render(
+        "report.html.j2",
+        review=review,
+        data=script_json(review.as_json()),
+        scripts=scripts,
+        script_hashes=" ".join(_csp_hash(script) for script in scripts),
+        style=(_PAGE_ASSETS / "report" / "review.css").read_text(encoding="utf-8"),
+        licence=(_PAGE_ASSETS / "vendor" / "svg-pan-zoom.LICENSE").read_text(encoding="utf-8"),
     )

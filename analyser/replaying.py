@@ -38,6 +38,7 @@ from analyser.flows import Protocol
 from analyser.graphs import ID_PREFIXES, NodeRole, Sides, WorkloadGraph
 from analyser.identities import Resolver
 from analyser.peers import PortSpec
+from analyser.services import apiserver_addresses
 from analyser.snapshot import Snapshot
 from analyser.verifying import Observed, Universe, Verification, block_for, check_observed, verify
 from analyser.workloads import Workload, WorkloadRef
@@ -56,6 +57,7 @@ class ClusterFacts:
     host_network: Mapping[str, tuple[str, ...]]  # hostNetwork workload → its nodes' addresses
     node_of_address: Mapping[str, str]  # a node's address → the node's name
     namespace_labels: Mapping[str, Mapping[str, str]]
+    apiservers: frozenset[str] = frozenset()  # the API server's addresses (kube-apiserver)
 
     def facts_for(self, workload: Workload) -> Pod:
         """The facts of a workload, also one the snapshot does not list (known from captures)."""
@@ -69,9 +71,16 @@ class ClusterFacts:
             name=name,
         )
 
-    def address(self, ip: str, name: str) -> Address:
-        """An address peer, marked with its node when it is one's."""
-        return Address(ip, node=self.node_of_address.get(ip), name=name)
+    def address(self, ip: str, name: str, dns_names: Iterable[str] = ()) -> Address:
+        """An address peer, marked with its node when it is one's, with the DNS names the
+        bundle's answers gave it, and whether it serves the cluster's API."""
+        return Address(
+            ip,
+            node=self.node_of_address.get(ip),
+            name=name,
+            dns_names=frozenset(dns_names),
+            apiserver=ip in self.apiservers,
+        )
 
 
 def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
@@ -106,6 +115,7 @@ def cluster_facts(snapshot: Snapshot, resolver: Resolver) -> ClusterFacts:
         host_network={name: tuple(sorted(found)) for name, found in host_addresses.items()},
         node_of_address=dict(snapshot.node_by_address),
         namespace_labels=namespace_labels,
+        apiservers=apiserver_addresses(snapshot),
     )
 
 
@@ -163,9 +173,10 @@ def _ends(
     if len(addresses) > 1:
         seen = _seen(graph, *ends, port, client_side=client_side)
         addresses = tuple(a for a in addresses if a in seen) or addresses
+    names = graph.node(node_id).names
     if len(addresses) == 1:
-        return [cluster.address(addresses[0], node_id)]
-    return [cluster.address(a, f"{node_id} ({a})") for a in addresses]
+        return [cluster.address(addresses[0], node_id, names)]
+    return [cluster.address(a, f"{node_id} ({a})", names) for a in addresses]
 
 
 def _node_local(client: Peer, server: Peer, cluster: ClusterFacts) -> tuple[Peer, Peer]:
@@ -198,28 +209,34 @@ def _checked_at(vouched: Sides) -> frozenset[Direction]:
     )
 
 
+def observed_on_edge(
+    graph: WorkloadGraph, client: str, server: str, port: PortSpec, cluster: ClusterFacts
+) -> list[Observed]:
+    """The observed connections of the graph edge ``client`` → ``server`` on ``port``: one, or
+    one per address for ends that are addresses; checked at the sides its flows were vouched
+    for at."""
+    ends = (client, server)
+    stats = graph.edge(client, server).ports[port]
+    vouched = _checked_at(stats.vouched)
+    observed = []
+    for client_peer in _ends(graph, ends, port, cluster, client_side=True):
+        for server_peer in _ends(graph, ends, port, cluster, client_side=False):
+            local_client, local_server = _node_local(client_peer, server_peer, cluster)
+            observed.append(
+                Observed(local_client, local_server, port.protocol, port.port, stats.flows, vouched)
+            )
+    return observed
+
+
 def observed_from_graph(graph: WorkloadGraph, cluster: ClusterFacts) -> list[Observed]:
     """One observed connection per graph edge and target port (see ``analyser.graphs``), per
-    address for ends that are addresses; checked at the sides its flows were vouched for at."""
-    observed = []
-    for edge in graph.edges:
-        ends = (edge.client, edge.server)
-        for port, stats in sorted(edge.ports.items()):
-            vouched = _checked_at(stats.vouched)
-            for client in _ends(graph, ends, port, cluster, client_side=True):
-                for server in _ends(graph, ends, port, cluster, client_side=False):
-                    local_client, local_server = _node_local(client, server, cluster)
-                    observed.append(
-                        Observed(
-                            local_client,
-                            local_server,
-                            port.protocol,
-                            port.port,
-                            stats.flows,
-                            vouched,
-                        )
-                    )
-    return observed
+    address for ends that are addresses (:func:`observed_on_edge`)."""
+    return [
+        observed
+        for edge in graph.edges
+        for port in sorted(edge.ports)
+        for observed in observed_on_edge(graph, edge.client, edge.server, port, cluster)
+    ]
 
 
 def _left_out(observed: Observed, left_out: Collection[tuple[str, PortSpec]]) -> bool:
@@ -293,6 +310,11 @@ def verification_inputs(
         [*policies.ip_blocks(), *external],
         focus=focus,
         nodes=cluster.node_of_address,
+        dns_names={
+            node.id.removeprefix(ID_PREFIXES[NodeRole.EXTERNAL]): frozenset(node.names)
+            for node in graph.with_role(NodeRole.EXTERNAL)
+        },
+        apiservers=cluster.apiservers,
     )
     return observed, universe
 

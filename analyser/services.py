@@ -268,3 +268,20 @@ class Services:
         for (workload, port, by), versions in sorted(found.items()):
             exposures[workload].append(Exposure(port, by, tuple(sorted(versions))))
         return {workload: tuple(items) for workload, items in sorted(exposures.items())}
+
+
+def apiserver_addresses(snapshot: Snapshot) -> frozenset[str]:
+    """The addresses serving the cluster's API: the endpoints of the ``default/kubernetes``
+    Service (the API server writes them itself), from its EndpointSlices or its Endpoints; empty
+    when the snapshot holds neither. What Cilium calls the ``kube-apiserver`` entity."""
+    sets = [found.endpoints for found in snapshot.slices_for("default", "kubernetes")]
+    endpoints = snapshot.endpoints_for("default", "kubernetes")
+    if endpoints is not None:
+        sets += endpoints.subsets
+    return frozenset(
+        address
+        for found in sets
+        for endpoint in found.endpoints
+        for address in endpoint.addresses
+        if is_ip(address)
+    )

@@ -511,6 +511,14 @@ class Snapshot:
         return found if isinstance(found, Endpoints) else None
 
     @property
+    def namespace_names(self) -> tuple[str, ...]:
+        """Every namespace the snapshot knows, sorted: its Namespace objects and the namespaces
+        its other objects are in."""
+        named = {ns.name for ns in self.namespaces}
+        in_objects = {obj.namespace for obj in self._by_key.values() if obj.namespace}
+        return tuple(sorted(named | in_objects))
+
+    @property
     def pod_cidrs(self) -> tuple[str, ...]:
         """Every node's ``spec.podCIDRs`` (or ``podCIDR``), as given."""
         return tuple(dict.fromkeys(cidr for node in self.nodes for cidr in node.pod_cidrs))

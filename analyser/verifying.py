@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from analyser.evaluation import (
@@ -36,6 +36,7 @@ from analyser.evaluation import (
     PortSet,
 )
 from analyser.flows import Protocol
+from analyser.fqdnselectors import FqdnSelector
 
 ANYWHERE = (
     IpBlock(ipaddress.ip_network("0.0.0.0/0")),
@@ -70,6 +71,10 @@ class Observed:
 
 # The universe's name for the cluster's nodes, when node blocks are folded into one.
 NODES = "cluster nodes"
+# Where a DNS name selector's block is evaluated: an address outside the cluster that no peer
+# has (the network address of TEST-NET-1), carrying a name the selector matches. A rule by
+# address allows it only when it allows anywhere (or that documentation network).
+FQDN_ADDRESS = "192.0.2.0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +85,13 @@ class Block:
     block: IpBlock
     address: Address
     members: frozenset[str] = frozenset()
+    fqdn: str = ""  # a DNS name selector it stands for (FQDN_ADDRESS, named so)
     # What reports call it (asked for every pair it is in: written once).
     name: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "name", NODES if self.members else f"ip:{self.block}")
+        name = f"fqdn:{self.fqdn}" if self.fqdn else NODES if self.members else f"ip:{self.block}"
+        object.__setattr__(self, "name", name)
 
     def matches(self, ip: str) -> bool:
         return ip in self.members if self.members else self.block.matches(ip)
@@ -138,20 +145,39 @@ class Universe:
         *,
         focus: Iterable[str] | None = None,
         nodes: Mapping[str, str] | None = None,
+        dns_names: Mapping[str, frozenset[str]] | None = None,
+        apiservers: Collection[str] = (),
+        fqdns: Iterable[FqdnSelector] = (),
     ) -> Universe:
         """Pods sorted by name; blocks deduplicated, "anywhere" added, empty blocks dropped.
 
         With ``nodes`` (node address → node name), blocks made only of node addresses (the
         generated policies name every node, one block each) are folded into one block named
         :data:`NODES`, evaluated at the lowest of their addresses: one pair per workload rather
-        than one per node."""
+        than one per node.
+
+        ``dns_names`` (address → the names the bundle's DNS answers gave it) and ``apiservers``
+        (the API server's addresses) describe the address each block is evaluated at: what a
+        CiliumNetworkPolicy's ``toFQDNs`` and ``kube-apiserver`` entity match. ``fqdns`` (the
+        DNS name selectors the policies name, for ``diff``, which has no DNS answers) add a
+        block each, evaluated at :data:`FQDN_ADDRESS` with a name the selector matches."""
         unique: dict[IpBlock, None] = dict.fromkeys((*blocks, *ANYWHERE))
         node_blocks = [b for b in unique if nodes and _only_nodes(b, nodes)]
         chosen = []
         for block in sorted(unique, key=lambda b: (b.network.version, b.network, b.excepted)):
             address = block.representative()
             if address is not None and block not in node_blocks:
-                chosen.append(Block(block, Address(address, name=f"ip:{block}")))
+                facts = Address(
+                    address,
+                    name=f"ip:{block}",
+                    dns_names=(dns_names or {}).get(address, frozenset()),
+                    apiserver=address in apiservers,
+                )
+                chosen.append(Block(block, facts))
+        for selector in fqdns:
+            names = frozenset({selector.example()})
+            facts = Address(FQDN_ADDRESS, name=f"fqdn:{selector.text}", dns_names=names)
+            chosen.append(Block(block_for(FQDN_ADDRESS), facts, fqdn=selector.text))
         if nodes and node_blocks:
             lowest = min(node_blocks, key=lambda b: (b.network.version, b.network))
             at = str(lowest.network.network_address)

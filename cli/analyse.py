@@ -2,12 +2,18 @@
 
 BUNDLE is a directory written by `netpol-sniffer collect` or `netpol-sniffer lab` (bundle.json,
 snapshot.json, pod-ips.jsonl, captures/NAMESPACE/POD/*.pcap), or a plain folder holding a
-snapshot.json (`kubectl get ... -A -o json`) and capture files.
+snapshot.json (`kubectl get ... -A -o json`) and capture files. Several bundles (collect runs on
+different days: a nightly CronJob, a weekly batch) give one policy set from all of them, each
+bundle's flows resolved with its own snapshot; the report says which window saw which flow.
 
 Written to DIR (apply with `kubectl apply -f DIR`, `-R -f DIR` or `-k DIR`):
-  NAMESPACE.WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress)
+  NAMESPACE.WORKLOAD.yaml   one NetworkPolicy per captured workload (ingress and egress); with
+                            --format cilium a CiliumNetworkPolicy (egress by DNS name)
   NAMESPACE.default-deny-all.yaml   with --default-deny
+  ClusterNetworkPolicy.netpol-sniffer-baseline.yaml   with --baseline cluster
   Kustomization             lists them all, for `kubectl apply -k DIR`
+  networkpolicy/, cilium/   with --format all: each set in its own folder, with its own
+                            Kustomization (apply one of them)
   graph.dot, graph.svg      who talks to whom (graph.svg when Graphviz is installed and the
                             graph is small enough to draw: at most 400 nodes, 1,000 edges)
   report.md                 flows per edge, external names, unresolved addresses, damaged files
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from contextlib import ExitStack
 from itertools import groupby
 from pathlib import Path
 
@@ -29,10 +37,19 @@ from cli.main import ExitStatus, echo, say
 from cli.progress import reading_captures
 
 SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
+# The Dask scheduler to read captures on when --scheduler is not given (and --workers is not).
+SCHEDULER_VARIABLE = "NETPOL_SNIFFER_SCHEDULER"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle directory")
+    parser.add_argument(
+        "bundles",
+        type=Path,
+        nargs="+",
+        metavar="BUNDLE",
+        help="the bundle directory; several (collect runs on different days) make one policy "
+        "set from all of them",
+    )
     parser.add_argument(
         "--out", "-o", type=Path, required=True, metavar="DIR", help="where to write the output"
     )
@@ -40,6 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--default-deny",
         action="store_true",
         help="also write a default-deny policy for every namespace that gets policies",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=["cluster"],
+        metavar="cluster",
+        help="cluster: also write one Baseline-tier ClusterNetworkPolicy "
+        "(policy.networking.k8s.io/v1beta1) denying everything but DNS and node traffic in the "
+        "captured namespaces and every namespace created later; the workloads' NetworkPolicies "
+        "open what was observed (needs the network-policy-api CRDs and an implementation)",
     )
     parser.add_argument(
         "--node-cidr",
@@ -76,6 +102,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"otherwise left out and reported: {', '.join(SPECIAL_CLASSES)} (repeatable)",
     )
     parser.add_argument(
+        "--format",
+        choices=("networkpolicy", "cilium", "all"),
+        default="networkpolicy",
+        help="networkpolicy: networking.k8s.io/v1 NetworkPolicies (the default, for every CNI "
+        "that enforces them); cilium: cilium.io/v2 CiliumNetworkPolicies, egress outside the "
+        "cluster by DNS name (toFQDNs) where the captures show the name; all: both, in "
+        "networkpolicy/ and cilium/",
+    )
+    parser.add_argument(
+        "--fqdn-pattern-threshold",
+        type=positive_int,
+        metavar="N",
+        help="with --format cilium: more than N names one label under one suffix "
+        "(a1.cdn.example ... a40.cdn.example) become one matchPattern *.cdn.example, commented "
+        "(default: 10)",
+    )
+    parser.add_argument(
         "--max-capture-size",
         type=byte_size,
         metavar="SIZE",
@@ -83,11 +126,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "K, M, G, T are powers of 1,024; default: 1G); a file with more is a warning, and the "
         "packets before the cap are used",
     )
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--workers",
         type=positive_int,
         metavar="N",
         help="processes reading capture files (default: one per core)",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="read the capture files on the Dask cluster whose scheduler is at ADDRESS "
+        f"(tcp://HOST:8786; default: ${SCHEDULER_VARIABLE}, unless --workers is given), whose "
+        "workers see the bundle at the same path as this machine; needs "
+        "pip install 'netpol-sniffer[dask]' (see docs/analyse.md)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print a machine-readable summary on stdout"
@@ -102,25 +154,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `analyse --help` stays quick.
-    from analyser.analysing import analyse, write_output
+    from analyser.analysing import PolicyFormat, write_output
     from analyser.bundles import open_bundle
+    from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
     from analyser.peers import SPECIAL_REASONS, SpecialAddress
     from analyser.policies import INGRESS, MAX_OUTSIDE_ADDRESSES
     from analyser.sources import DEFAULT_MAX_BYTES
+    from analyser.windows import analyse_windows
 
-    bundle = open_bundle(args.bundle)
-    with reading_captures(bundle.captures) as bar:
-        analysis = analyse(
-            bundle,
-            default_deny=args.default_deny,
-            node_cidrs=args.node_cidr,
-            max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
-            expose_anywhere=not args.observed_clients_only,
-            allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
-            workers=args.workers,
-            on_progress=bar.advance,
-            max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
-        )
+    bundles = [open_bundle(path) for path in args.bundles]
+    captures = [path for bundle in bundles for path in bundle.captures]
+    with ExitStack() as cluster:
+        address = _scheduler(args)
+        capture_map = None
+        if address is not None:
+            from analyser.distributing import dask_capture_map
+
+            capture_map = cluster.enter_context(dask_capture_map(address))
+            say(
+                "analyse",
+                f"reading {len(captures)} capture files on the Dask cluster at {address} "
+                f"({_workers_text(capture_map.workers())} now)",
+            )
+        with reading_captures(captures) as bar:
+            analysis = analyse_windows(
+                bundles,
+                default_deny=args.default_deny,
+                baseline=args.baseline == "cluster",
+                node_cidrs=args.node_cidr,
+                max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
+                expose_anywhere=not args.observed_clients_only,
+                allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
+                workers=args.workers,
+                on_progress=bar.advance,
+                max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
+                policy_format=PolicyFormat(args.format),
+                max_names_per_suffix=args.fqdn_pattern_threshold or MAX_NAMES_PER_SUFFIX,
+                capture_map=capture_map,
+            )
     for problem in analysis.problems:
         say("analyse", f"warning: {problem.path}: {problem.problem}")
     for workload, reason in analysis.unselectable_reasons.items():
@@ -142,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
             "analyse",
             f"warning: {pair.client} → {pair.server} ({pair.ports_text}): {pair.why}",
         )
+    for cronjob in analysis.uncovered_cronjobs:
+        say("analyse", f"warning: {cronjob.text}")
     for note in analysis.notes:
         say("analyse", f"note: {note}")
     out: Path = args.out
@@ -151,10 +224,31 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({**analysis.summary(), "output": str(out)}, indent=2))
     else:
         policies = len(analysis.policy_files)
+        windows = f" of {len(bundles)} capture windows" if len(bundles) > 1 else ""
         echo(
-            f"{policies} policies from {len(analysis.flows)} flows in {len(bundle.captures)} "
-            f"capture files written to {out}/ (apply: kubectl apply -f {out}); "
+            f"{policies} policies from {len(analysis.flows)} flows in {len(captures)} "
+            f"capture files{windows} written to {out}/ (apply: {_apply_hint(out, args.format)}); "
             f"report: {out / 'report.md'}"
             + (f"; warnings: {len(analysis.problems)}" if analysis.problems else "")
         )
     return ExitStatus.OK
+
+
+def _apply_hint(out: Path, policy_format: str) -> str:
+    if policy_format == "all":
+        return f"kubectl apply -k {out / 'networkpolicy'} or -k {out / 'cilium'}"
+    return f"kubectl apply -f {out}"
+
+
+def _scheduler(args: argparse.Namespace) -> str | None:
+    """The Dask scheduler's address: --scheduler, else the environment's unless --workers asks
+    for local processes (the command line wins over the environment)."""
+    if args.scheduler:
+        return str(args.scheduler)
+    if args.workers is not None:
+        return None
+    return os.environ.get(SCHEDULER_VARIABLE) or None
+
+
+def _workers_text(count: int) -> str:
+    return f"{count} worker" if count == 1 else f"{count} workers"

@@ -1,14 +1,20 @@
 """Prove that a set of NetworkPolicies allows every flow a bundle observed, and show what else it
 allows.
 
-BUNDLE is what `analyse` reads (a bundle directory, or a folder with snapshot.json and captures).
-POLICIES is a folder (or file) of NetworkPolicies: the generated ones or any hand-written set
-(YAML with one or more documents, Lists, JSON, `kustomize build` output). Objects that are not
-NetworkPolicies are skipped with a note.
+BUNDLE is what `analyse` reads (a bundle directory, or a folder with snapshot.json and captures);
+several bundles (capture windows, as `analyse BUNDLE BUNDLE…` takes them) are checked together:
+the observed connections are those of every one, each resolved with its own snapshot.
+POLICIES is a folder (or file) of NetworkPolicies, CiliumNetworkPolicies (`analyse --format
+cilium`) or both: the generated ones or any hand-written set (YAML with one or more documents,
+Lists, JSON, `kustomize build` output), ClusterNetworkPolicies (policy.networking.k8s.io, such as
+`analyse --baseline cluster` writes) included: they are evaluated in their tiers (Admin, then the
+NetworkPolicies, then Baseline). Other objects are skipped with a note.
 
 Every observed connection (client workload → server workload or address, on the target port after
-Service DNAT) is evaluated with networking.k8s.io/v1 semantics: egress at the client and ingress
-at the server must both allow it. Each denied one is listed with the side that denies it. A side
+Service DNAT) is evaluated with networking.k8s.io/v1 semantics (cilium.io/v2 for
+CiliumNetworkPolicies, `toFQDNs` matched against the names the bundle's DNS answers gave each
+address): egress at the client and ingress at the server must both allow it. Each denied one is
+listed with the side that denies it. A side
 is checked only when its own captures vouch for the connection (they saw it, or none of them ran
 then): one pod's capture cannot make another workload's policies fail; such connections are
 listed.
@@ -19,14 +25,16 @@ listed ("all ports" where a whole protocol is open), with a least-privilege scor
 ports allowed beyond what was observed; lower is better) to compare policy sets.
 
 Exit status: 0 when every observed flow is allowed, 3 when at least one is denied, 1 on unusable
-input (POLICIES without any NetworkPolicy among them too: a gate must not pass on a mistyped
-folder). See docs/verify.md.
+input (POLICIES without any NetworkPolicy or ClusterNetworkPolicy among them too: a gate must
+not pass on a mistyped folder). See docs/verify.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from cli.main import ExitStatus, echo
@@ -37,9 +45,18 @@ SUMMARY = "prove policies allow every observed flow, show the rest"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bundle", type=Path, metavar="BUNDLE", help="the bundle directory")
     parser.add_argument(
-        "policies", type=Path, metavar="POLICIES", help="a folder or file of NetworkPolicies"
+        "bundles",
+        type=Path,
+        nargs="+",
+        metavar="BUNDLE",
+        help="the bundle directory; several (as analyse takes them): the flows of all of them",
+    )
+    parser.add_argument(
+        "policies",
+        type=Path,
+        metavar="POLICIES",
+        help="a folder or file of NetworkPolicies (and ClusterNetworkPolicies)",
     )
     parser.add_argument("--json", action="store_true", help="print the verification as JSON")
 
@@ -61,23 +78,31 @@ def _verify(args: argparse.Namespace) -> int:
     from analyser.policysets import load_policies, namespace_label_keys
     from analyser.replaying import cluster_facts, verify_graph
     from analyser.verifying import allowance_json, denial_json, score_json, unvouched_json
+    from analyser.windows import observe_windows
 
-    if find_snapshot(args.policies) is not None and find_snapshot(args.bundle) is None:
+    named = ", ".join(map(str, args.bundles))
+    last: Path = args.bundles[-1]
+    if find_snapshot(args.policies) is not None and find_snapshot(last) is None:
         raise BundleError(
-            f"{args.bundle} is no bundle but {args.policies} looks like one: the arguments are "
+            f"{last} is no bundle but {args.policies} looks like one: the arguments are "
             "the other way round (netpol-sniffer verify BUNDLE POLICIES)"
         )
     loaded = load_policies(args.policies)
-    if not loaded.documents:
+    cluster_policies = loaded.policies.cluster_policies
+    if not loaded.documents and not cluster_policies:
         # A gate that passes on a mistyped folder would let anything through.
         raise PolicyError(
             f"{args.policies}: no NetworkPolicy found there, nothing to verify"
             + (f" ({'; '.join(loaded.notes)})" if loaded.notes else "")
         )
-    bundle = open_bundle(args.bundle)
-    with reading_captures(bundle.captures) as bar:
-        observation = observe(bundle, on_progress=bar.advance)
-    cluster = cluster_facts(observation.snapshot, observation.resolver)
+    bundles = [open_bundle(path) for path in args.bundles]
+    with reading_captures([path for bundle in bundles for path in bundle.captures]) as bar:
+        if len(bundles) == 1:
+            observation = observe(bundles[0], on_progress=bar.advance)
+            cluster = cluster_facts(observation.snapshot, observation.resolver)
+        else:
+            windows = observe_windows(bundles, on_progress=bar.advance)
+            observation, cluster = windows.observation, windows.cluster.facts
     result = verify_graph(loaded.policies, observation.graph, cluster)
     notes = [*loaded.notes, *(f"{p.path}: {p.problem}" for p in observation.problems)]
     looked_at = namespace_label_keys(loaded.documents) - {"kubernetes.io/metadata.name"}
@@ -94,9 +119,11 @@ def _verify(args: argparse.Namespace) -> int:
     status = ExitStatus.OK if result.passed else ExitStatus.DENIED
     if args.json:
         document = {
-            "bundle": str(args.bundle),
+            "bundle": named,
+            "windows": [window.as_json() for window in observation.capture_windows],
             "policies": str(args.policies),
             "network_policies": [str(p) for p in loaded.policies.policies],
+            "cluster_network_policies": [p.name for p in cluster_policies],
             "passed": result.passed,
             "observed": result.checked,
             "denied": [denial_json(d) for d in result.denials],
@@ -107,9 +134,14 @@ def _verify(args: argparse.Namespace) -> int:
         }
         print(json.dumps(document, indent=2))
         return status
+    also = (
+        f", {_counted(['ClusterNetworkPolicy'] * len(cluster_policies))}"
+        if cluster_policies
+        else ""
+    )
     echo(
-        f"{args.policies} ({len(loaded.policies.policies)} NetworkPolicies) against "
-        f"{result.checked} observed connections of {args.bundle}"
+        f"{args.policies} ({_counted(p.kind for p in loaded.policies.policies)}{also}) against "
+        f"{result.checked} observed connections of {named}"
     )
     if result.denials:
         echo(f"DENIED: {len(result.denials)} observed connection(s) would be blocked:")
@@ -140,3 +172,12 @@ def _verify(args: argparse.Namespace) -> int:
     for note in notes:
         echo(f"note: {note}")
     return status
+
+
+def _counted(kinds: Iterable[str]) -> str:
+    """``12 NetworkPolicies``, ``1 CiliumNetworkPolicy``, or each kind's count."""
+    counts = Counter(kinds)
+    return ", ".join(
+        f"{count} {kind if count == 1 else kind.removesuffix('y') + 'ies'}"
+        for kind, count in sorted(counts.items())
+    )

@@ -22,7 +22,9 @@ yaml's errors) are translated into this tree in the one module that imports that
      │         └── ChecksumMismatch  pulled bytes differ from the sha256 computed in the pod
      ├── LabError                the simulated cluster could not be built or run
      │    └── NeedsRoot          the lab needs root (network namespaces, iptables, tcpdump)
-     └── ConfigError             a configuration file, setting or TLS file is unusable (webhook)
+     ├── ConfigError             a configuration file, setting or TLS file is unusable (webhook)
+     └── ClusterError            analyse --scheduler: Dask missing, its scheduler unreachable
+          └── CaptureUnseen      a Dask worker cannot read a capture file at the shared path
 """
 
 from __future__ import annotations
@@ -103,3 +105,13 @@ class NeedsRoot(LabError):
 
 class ConfigError(NetpolSnifferError):
     """A configuration file, a setting or a TLS file is unusable; the message names it."""
+
+
+class ClusterError(NetpolSnifferError):
+    """``analyse --scheduler``: Dask is not installed, or its scheduler cannot be reached or
+    used; the message names the address."""
+
+
+class CaptureUnseen(ClusterError):
+    """A Dask worker cannot read a capture file at the path this machine gave it (the bundle is
+    not shared with it at the same path); the message names the file and the worker."""

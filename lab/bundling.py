@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from lab.layouts import (
     make_uid,
 )
 from lab.manifests import WorkloadSpec, pod_template
+from lab.plans import TrafficPlan
 from webhook.capture import CaptureOptions
 from webhook.mutations import Skip, plan_injection
 from webhook.settings import WebhookSettings
@@ -468,6 +469,59 @@ class CallOutcome:
     ok: int
     dns_answered: bool
     servers: tuple[tuple[str, int, str], ...]  # (server, target port, client address it saw)
+
+
+def tally_calls(
+    plan: TrafficPlan,
+    results: Iterable[Mapping[str, Any]],
+    *,
+    server_name: Callable[[str], str] = str,
+) -> tuple[list[JsonObject], list[CallOutcome]]:
+    """The agents' results summed per call of the plan (the totals a run reports, servers and
+    errors sorted) and one CallOutcome per result (what ``truth_flows`` reads); ``server_name``
+    turns the server an agent saw into the name the truth uses."""
+    totals: list[dict[str, Any]] = [
+        {
+            "from": call.client,
+            "to": f"{call.host}:{call.port}",
+            "protocol": call.protocol,
+            "expect": str(call.expect),
+            "attempts": 0,
+            "ok": 0,
+            "refused": 0,
+            "nxdomain": 0,
+            "failed": 0,
+            "servers": set(),
+            "errors": set(),
+        }
+        for call in plan.calls
+    ]
+    outcomes = []
+    for result in results:
+        call = plan.calls[result["id"]]
+        total = totals[result["id"]]
+        for key in ("attempts", "ok", "refused", "nxdomain", "failed"):
+            total[key] += result[key]
+        servers = tuple(
+            (server_name(str(server)), int(port), str(peer))
+            for server, port, peer in result["servers"]
+        )
+        total["servers"].update(f"{s}:{p}" for s, p, _ in servers)
+        if result["last_error"]:
+            total["errors"].add(result["last_error"])
+        outcomes.append(
+            CallOutcome(
+                client=call.client,
+                protocol=call.protocol,
+                ok=result["ok"],
+                dns_answered=result["dns_answered"],
+                servers=servers,
+            )
+        )
+    for total in totals:
+        total["servers"] = sorted(total["servers"])
+        total["errors"] = sorted(total["errors"])
+    return totals, outcomes
 
 
 def truth_flows(outcomes: Iterable[CallOutcome]) -> list[JsonObject]:

@@ -24,7 +24,7 @@ from a pod to its workload.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,19 +199,38 @@ def exposed_ports(snapshot: Mapping[str, Any]) -> dict[str, PortSet]:
     return result
 
 
-def _peer(name: str, pods: Mapping[str, Pod], nodes: Mapping[str, str]) -> Peer:
+def _peer(
+    name: str,
+    pods: Mapping[str, Pod],
+    nodes: Mapping[str, str],
+    dns_names: Mapping[str, Collection[str]],
+) -> Peer:
     if name.startswith("ip:"):
-        return Address(name[3:], node=nodes.get(name[3:]), name=name)
+        address = name[3:]
+        names = frozenset(dns_names.get(address, ()))
+        return Address(address, node=nodes.get(address), name=name, dns_names=names)
     if name not in pods:
         raise KeyError(f"{name} is not a workload of the snapshot")
     return pods[name]
 
 
 def check_truth(
-    snapshot: Mapping[str, Any], truth: Iterable[Mapping[str, Any]], policies: PolicySet
+    snapshot: Mapping[str, Any],
+    truth: Iterable[Mapping[str, Any]],
+    policies: PolicySet,
+    *,
+    dns_names: Mapping[str, Collection[str]] | None = None,
 ) -> TruthCheck:
+    """Judge ``policies`` (NetworkPolicies, CiliumNetworkPolicies or both) against the truth.
+    ``dns_names``: outside address → the names the bundle's DNS answers gave it, what a
+    CiliumNetworkPolicy's ``toFQDNs`` matches (Cilium's DNS proxy learns them the same way)."""
+    names = dns_names or {}
     pods = workload_pods(snapshot)
     nodes = node_addresses(snapshot)
+
+    def peer(name: str) -> Peer:
+        return _peer(name, pods, nodes, names)
+
     expected: dict[tuple[str, str], list[PortRange]] = {}
     denied = []
     flows = list(truth)
@@ -220,7 +239,9 @@ def check_truth(
         port = int(flow["port"])
         client, server = str(flow["client"]), str(flow["server"])
         expected.setdefault((client, server), []).append(PortRange(protocol, port, port))
-        allowed = policies.allowed_ports(_peer(client, pods, nodes), _peer(server, pods, nodes))
+        allowed = policies.allowed_ports(
+            _peer(client, pods, nodes, names), _peer(server, pods, nodes, names)
+        )
         if not allowed.contains(protocol, port):
             denied.append(f"{client} → {server} {port}/{protocol}")
     outside = sorted(
@@ -239,7 +260,9 @@ def check_truth(
     pairs += [(w, o) for w in scoped for o in outside] + [(o, w) for w in scoped for o in outside]
     extra = []
     for client, server in pairs:
-        allowed = policies.allowed_ports(_peer(client, pods, nodes), _peer(server, pods, nodes))
+        allowed = policies.allowed_ports(
+            _peer(client, pods, nodes, names), _peer(server, pods, nodes, names)
+        )
         beyond = allowed.difference(PortSet.of(expected.get((client, server), [])))
         if server == DNS_WORKLOAD:
             beyond = beyond.difference(DNS_PORTS)

@@ -113,7 +113,8 @@ def delete_namespace(netns: str) -> None:
             raise
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this pid exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -130,7 +131,7 @@ def leftovers(names: Iterable[str], *, own_pid: int) -> list[str]:
         if not name.startswith(PREFIX):
             continue
         owner = name[len(PREFIX) :].split("-", 1)[0]
-        if not owner.isdigit() or int(owner) == own_pid or not _alive(int(owner)):
+        if not owner.isdigit() or int(owner) == own_pid or not process_alive(int(owner)):
             result.append(name)
     return result
 

@@ -550,42 +550,10 @@ class _Run:
 
     def _conclude(self, window_end: float) -> None:
         plan = self.layout.plan
-        totals: list[dict[str, Any]] = [
-            {
-                "from": c.client,
-                "to": f"{c.host}:{c.port}",
-                "protocol": c.protocol,
-                "expect": str(c.expect),
-                "attempts": 0,
-                "ok": 0,
-                "refused": 0,
-                "nxdomain": 0,
-                "failed": 0,
-                "servers": set(),
-                "errors": set(),
-            }
-            for c in plan.calls
-        ]
-        outcomes = []
-        for agent in [*self.finished, *self.agents]:
-            for result in agent.results or []:
-                call = plan.calls[result["id"]]
-                entry = totals[result["id"]]
-                for key in ("attempts", "ok", "refused", "nxdomain", "failed"):
-                    entry[key] += result[key]
-                servers = tuple((str(s), int(p), str(peer)) for s, p, peer in result["servers"])
-                entry["servers"].update(f"{s}:{p}" for s, p, _ in servers)
-                if result["last_error"]:
-                    entry["errors"].add(result["last_error"])
-                outcomes.append(
-                    bundling.CallOutcome(
-                        client=call.client,
-                        protocol=call.protocol,
-                        ok=result["ok"],
-                        dns_answered=result["dns_answered"],
-                        servers=servers,
-                    )
-                )
+        totals, outcomes = bundling.tally_calls(
+            plan,
+            (result for agent in [*self.finished, *self.agents] for result in agent.results or []),
+        )
         # the kubelet's probes happened too: from the node's address to the probed pods
         outcomes.append(
             bundling.CallOutcome(
@@ -596,9 +564,6 @@ class _Run:
                 servers=tuple(self.probed),
             )
         )
-        for entry in totals:
-            entry["servers"] = sorted(entry["servers"])
-            entry["errors"] = sorted(entry["errors"])
         self.truth = bundling.truth_flows(outcomes)
         self.report |= {
             "duration": self.duration,

@@ -281,33 +281,38 @@ def write_pcap(path: Path, frames: Iterable[Frame]) -> Path:
 # -- the bundle -------------------------------------------------------------------------------
 
 
-def make_bundle(root: Path, *, damaged: bool = False) -> Path:
-    """The bundle described above. ``damaged`` adds a truncated second ring file to the cart."""
+def make_bundle(root: Path, *, damaged: bool = False, start: float = T0) -> Path:
+    """The bundle described above. ``damaged`` adds a truncated second ring file to the cart;
+    ``start`` moves its window (and every packet) to start then."""
     frontend_dir = root / "captures" / "web" / FRONTEND_POD
     cart_dir = root / "captures" / "shop" / CART_POD
     write_pcap(
         frontend_dir / "capture.pcap0",
         [
             *dns_exchange(
-                FRONTEND_IP, DNS_SERVICE_IP, "cart.shop.svc.cluster.local", CART_SERVICE_IP, T0 + 1
+                FRONTEND_IP,
+                DNS_SERVICE_IP,
+                "cart.shop.svc.cluster.local",
+                CART_SERVICE_IP,
+                start + 1,
             ),
-            *handshake(FRONTEND_IP, 40000, CART_SERVICE_IP, 80, T0 + 2),
-            *handshake(FRONTEND_IP, 40100, GHOST_IP, 9000, T0 + 8),
+            *handshake(FRONTEND_IP, 40000, CART_SERVICE_IP, 80, start + 2),
+            *handshake(FRONTEND_IP, 40100, GHOST_IP, 9000, start + 8),
         ],
     )
     write_pcap(
         cart_dir / "capture.pcap0",
         [
-            *handshake(FRONTEND_IP, 40000, CART_IP, 8080, T0 + 2.0005),
-            *dns_exchange(CART_IP, DNS_SERVICE_IP, API_NAME, API_IP, T0 + 3),
-            *handshake(CART_IP, 50000, API_IP, 443, T0 + 4),
-            *dns_exchange(CART_IP, DNS_SERVICE_IP, API_NAME, API_IP6, T0 + 6),
-            *handshake(CART_IP6, 50200, API_IP6, 443, T0 + 7),
+            *handshake(FRONTEND_IP, 40000, CART_IP, 8080, start + 2.0005),
+            *dns_exchange(CART_IP, DNS_SERVICE_IP, API_NAME, API_IP, start + 3),
+            *handshake(CART_IP, 50000, API_IP, 443, start + 4),
+            *dns_exchange(CART_IP, DNS_SERVICE_IP, API_NAME, API_IP6, start + 6),
+            *handshake(CART_IP6, 50200, API_IP6, 443, start + 7),
         ],
     )
     if damaged:
         ring = write_pcap(
-            cart_dir / "capture.pcap1", handshake(CART_IP, 50001, API_IP, 443, T0 + 5)
+            cart_dir / "capture.pcap1", handshake(CART_IP, 50001, API_IP, 443, start + 5)
         )
         ring.write_bytes(ring.read_bytes()[:-7])
     for directory, namespace, pod, ip in (
@@ -331,7 +336,7 @@ def make_bundle(root: Path, *, damaged: bool = False) -> Path:
         Manifest(
             producer="lab",
             capture_mode="sidecar",
-            window=Window(T0, T0 + 60),
+            window=Window(start, start + 60),
             captures=tuple(entries_for_layout(root)),
         ),
     )

@@ -538,7 +538,7 @@ def test_max_outside_addresses_is_passed_on_and_its_help_gives_the_default(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from analyser import analysing
+    from analyser import analysing, windows
     from analyser.policies import MAX_OUTSIDE_ADDRESSES
 
     given = []
@@ -548,7 +548,7 @@ def test_max_outside_addresses_is_passed_on_and_its_help_gives_the_default(
         given.append(kwargs["max_outside_addresses"])
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(analysing, "analyse", spy)
+    monkeypatch.setattr(windows, "analyse", spy)
     for extra in ([], ["--max-outside-addresses", "5"]):
         status, _, _ = run([str(bundle), "--out", str(tmp_path / "out"), "--force", *extra], capsys)
         assert status == ExitStatus.OK

@@ -15,11 +15,18 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from webhook.mutations import WARNING_PREFIX, Injection, MalformedPod, plan_injection
+from webhook.mutations import (
+    WARNING_PREFIX,
+    Injection,
+    MalformedPod,
+    SkipReason,
+    plan_injection,
+)
 from webhook.reviews import API_VERSION, KIND, AdmissionResponse, AdmissionReviewResponse
 from webhook.settings import WebhookSettings
 
 NOT_A_POD_CREATE = "not-a-pod-create"
+OVERLOADED_MESSAGE = "the webhook is overloaded"
 
 
 class Outcome(StrEnum):
@@ -104,6 +111,19 @@ def admit(body: bytes, settings: WebhookSettings) -> Admission:
     else:
         admission = _answer(uid, Outcome.SKIPPED, str(plan.reason), plan.message, warn=True)
     return replace(admission, pod=_pod_name(namespace, pod))
+
+
+def skip_overloaded(body: bytes) -> Admission:
+    """The answer when the worker is overloaded (webhook.shedding): the pod allowed as it is, with
+    a warning, whatever the request holds. Only the uid and the pod's name are read.
+
+    Raises UnreadableReview when the body is not JSON or carries no ``request.uid``.
+    """
+    _, request, uid = _read_request(body)
+    pod = request.get("object")
+    pod = pod if isinstance(pod, dict) else {}
+    admission = _answer(uid, Outcome.SKIPPED, SkipReason.OVERLOADED, OVERLOADED_MESSAGE, warn=True)
+    return replace(admission, pod=_pod_name(_namespace(request, pod), pod))
 
 
 def _is_pod_create(request: Mapping[str, Any]) -> bool:

@@ -57,6 +57,9 @@ class SkipReason(StrEnum):
     NAME_CONFLICT = "name-conflict"
     # A plain (non-native) sidecar never exits: a Job's pod would never complete.
     RUNS_TO_COMPLETION = "runs-to-completion"
+    # Not a property of the pod: the worker was overloaded and answered without looking
+    # (webhook.shedding).
+    OVERLOADED = "overloaded"
 
 
 class MalformedPod(ValueError):

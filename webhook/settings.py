@@ -30,18 +30,58 @@ DEFAULT_RESOURCES = SidecarResources(
 DEFAULT_OWN_NAMESPACE = "netpol-sniffer"
 DEFAULT_EXCLUDED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 DEFAULT_POD_SECURITY_NAMESPACES: frozenset[str] = frozenset()
+# See ServingLimits and docs/webhook.md ("Under load") for what they bound and how they were chosen.
+DEFAULT_MAX_IN_FLIGHT = 16
+DEFAULT_MAX_WAIT_MILLISECONDS = 50
+DEFAULT_LISTEN_BACKLOG = 128
+AUTO_WORKERS = "auto"
 
 ENV_PREFIX = "NETPOL_SNIFFER_"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 SNAPLEN_RANGE = (96, 262_144)
 ROTATE_MEGABYTES_RANGE = (1, 1_000)
 ROTATE_FILES_RANGE = (1, 1_000)
+WORKERS_RANGE = (1, 64)
+MAX_IN_FLIGHT_RANGE = (1, 10_000)
+# The API server waits at most timeoutSeconds (1-30 s) for an answer.
+MAX_WAIT_MILLISECONDS_RANGE = (1, 30_000)
+LISTEN_BACKLOG_RANGE = (1, 65_535)
+# The integer settings' bounds, checked where the value is read so an error names its origin.
+_RANGES: dict[str, tuple[int, int]] = {
+    "snaplen": SNAPLEN_RANGE,
+    "rotateMegabytes": ROTATE_MEGABYTES_RANGE,
+    "rotateFiles": ROTATE_FILES_RANGE,
+    "workers": WORKERS_RANGE,
+    "maxInFlight": MAX_IN_FLIGHT_RANGE,
+    "maxWaitMilliseconds": MAX_WAIT_MILLISECONDS_RANGE,
+    "listenBacklog": LISTEN_BACKLOG_RANGE,
+}
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
+class ServingLimits:
+    """How much a replica takes on before it answers at once, without a sidecar.
+
+    A request is shed (allowed unmodified, with a warning) when its worker holds its share of
+    ``max_in_flight`` (half of it after a shed; webhook.shedding), or when it waited longer than
+    ``max_wait_seconds`` between arriving and its turn. The kernel queues at most
+    ``listen_backlog`` connections not yet accepted.
+    """
+
+    # None: one worker per whole CPU of the container's CPU limit (webhook.workers).
+    workers: int | None = None
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_wait_seconds: float = DEFAULT_MAX_WAIT_MILLISECONDS / 1000
+    listen_backlog: int = DEFAULT_LISTEN_BACKLOG
+
+
+DEFAULT_SERVING = ServingLimits()
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookSettings:
-    """What the webhook injects and where it refuses to."""
+    """What the webhook injects, where it refuses to, and how much load a worker takes on."""
 
     capture: CaptureOptions = DEFAULT_CAPTURE
     capture_image: str = DEFAULT_CAPTURE_IMAGE
@@ -55,6 +95,7 @@ class WebhookSettings:
     # Namespaces that enforce Pod Security baseline or restricted: a sidecar with NET_RAW would be
     # rejected there. AdmissionReview carries no namespace labels, so they are listed here.
     pod_security_namespaces: frozenset[str] = field(default=DEFAULT_POD_SECURITY_NAMESPACES)
+    serving: ServingLimits = DEFAULT_SERVING
 
 
 # config key → kind of value; the order is the documented one.
@@ -73,7 +114,17 @@ _KEYS: dict[str, str] = {
     "ownNamespace": "string",
     "excludedNamespaces": "list",
     "podSecurityNamespaces": "list",
+    "workers": "workers",
+    "maxInFlight": "integer",
+    "maxWaitMilliseconds": "integer",
+    "listenBacklog": "integer",
 }
+
+
+_RESOURCE_KEYS = ("cpuRequest", "memoryRequest", "cpuLimit", "memoryLimit")
+
+# The keys of a config file, in the documented order.
+SETTING_KEYS = tuple(_KEYS)
 
 
 def env_name(key: str) -> str:
@@ -107,7 +158,8 @@ def build_settings(
 ) -> WebhookSettings:
     """Validated settings from a config file's mapping and the environment's (which wins).
 
-    Raises ConfigError naming the source, the key and what is wrong.
+    Raises ConfigError naming where the value came from (the file and key, or the environment
+    variable), the value and what is allowed.
     """
     unknown = sorted(set(file_config) - set(_KEYS))
     if unknown:
@@ -115,18 +167,19 @@ def build_settings(
             f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(_KEYS)}"
         )
     values: dict[str, Any] = {}
+    origins = {key: f"{source}: {key}" for key in _KEYS}
     for key, kind in _KEYS.items():
         if key in environ_config:
-            where, raw = f"environment variable {env_name(key)}", environ_config[key]
+            origins[key], raw = f"environment variable {env_name(key)}", environ_config[key]
         elif key in file_config:
-            where, raw = f"{source}: {key}", file_config[key]
+            raw = file_config[key]
         else:
             continue
-        values[key] = _coerce(raw, kind, where)
-    return _settings(values, source)
+        values[key] = _coerce(key, raw, kind, origins[key])
+    return _settings(values, origins)
 
 
-def _coerce(raw: object, kind: str, where: str) -> object:
+def _coerce(key: str, raw: object, kind: str, where: str) -> object:
     # Environment values are strings; the file may already hold typed values.
     if kind == "boolean":
         if isinstance(raw, bool):
@@ -134,14 +187,22 @@ def _coerce(raw: object, kind: str, where: str) -> object:
         if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
             return raw.strip().lower() == "true"
         raise ConfigError(f"{where}: must be true or false, got {raw!r}")
-    if kind == "integer":
-        if isinstance(raw, bool):
-            raise ConfigError(f"{where}: must be an integer, got {raw!r}")
-        if isinstance(raw, int):
-            return raw
-        if isinstance(raw, str) and raw.strip().isdigit():
-            return int(raw)
-        raise ConfigError(f"{where}: must be an integer, got {raw!r}")
+    if kind == "workers" and isinstance(raw, str) and raw.strip() == AUTO_WORKERS:
+        return None
+    if kind in ("integer", "workers"):
+        low, high = _RANGES[key]
+        expected = f"an integer between {low} and {high}"
+        if kind == "workers":
+            expected = f"{AUTO_WORKERS} or {expected}"
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str) and raw.strip().isdigit():
+            value = int(raw)
+        else:
+            raise ConfigError(f"{where}: must be {expected}, got {raw!r}")
+        if not low <= value <= high:
+            raise ConfigError(f"{where}: must be {expected}, got {raw!r}")
+        return value
     if kind == "list":
         if isinstance(raw, str):
             return tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -157,55 +218,39 @@ def _coerce(raw: object, kind: str, where: str) -> object:
         except ValueError as error:
             raise ConfigError(f"{where}: {error}") from None
     elif not text:
-        raise ConfigError(f"{where}: must not be empty")
+        raise ConfigError(f"{where}: must not be empty, got {raw!r}")
     return text
 
 
-def _in_range(value: int, bounds: tuple[int, int], key: str, source: str) -> int:
-    low, high = bounds
-    if not low <= value <= high:
-        raise ConfigError(f"{source}: {key} must be between {low} and {high}, got {value}")
-    return value
-
-
-def _namespaces(names: tuple[str, ...], key: str, source: str) -> frozenset[str]:
+def _namespaces(names: tuple[str, ...], where: str) -> frozenset[str]:
     for name in names:
         if not _DNS_LABEL.fullmatch(name):
-            raise ConfigError(f"{source}: {key}: {name!r} is not a namespace name")
+            raise ConfigError(
+                f"{where}: {name!r} is not a namespace name (a DNS label: lower-case letters, "
+                "digits and '-', at most 63)"
+            )
     return frozenset(names)
 
 
-def _settings(values: Mapping[str, Any], source: str) -> WebhookSettings:
+def _settings(values: Mapping[str, Any], origins: Mapping[str, str]) -> WebhookSettings:
     mode_text = values.get("captureMode", str(DEFAULT_CAPTURE.mode))
     try:
         mode = CaptureMode(mode_text)
     except ValueError:
         choices = ", ".join(m.value for m in CaptureMode)
         raise ConfigError(
-            f"{source}: captureMode must be one of {choices}, got {mode_text!r}"
+            f"{origins['captureMode']}: must be one of {choices}, got {mode_text!r}"
         ) from None
     capture = CaptureOptions(
         mode=mode,
-        snaplen=_in_range(
-            values.get("snaplen", DEFAULT_CAPTURE.snaplen), SNAPLEN_RANGE, "snaplen", source
-        ),
-        rotate_megabytes=_in_range(
-            values.get("rotateMegabytes", DEFAULT_CAPTURE.rotate_megabytes),
-            ROTATE_MEGABYTES_RANGE,
-            "rotateMegabytes",
-            source,
-        ),
-        rotate_files=_in_range(
-            values.get("rotateFiles", DEFAULT_CAPTURE.rotate_files),
-            ROTATE_FILES_RANGE,
-            "rotateFiles",
-            source,
-        ),
+        snaplen=values.get("snaplen", DEFAULT_CAPTURE.snaplen),
+        rotate_megabytes=values.get("rotateMegabytes", DEFAULT_CAPTURE.rotate_megabytes),
+        rotate_files=values.get("rotateFiles", DEFAULT_CAPTURE.rotate_files),
     )
     pull_policy = values.get("imagePullPolicy", DEFAULT_IMAGE_PULL_POLICY)
     if pull_policy not in PULL_POLICIES:
         raise ConfigError(
-            f"{source}: imagePullPolicy must be one of {', '.join(PULL_POLICIES)}, "
+            f"{origins['imagePullPolicy']}: must be one of {', '.join(PULL_POLICIES)}, "
             f"got {pull_policy!r}"
         )
     resources = SidecarResources(
@@ -216,9 +261,17 @@ def _settings(values: Mapping[str, Any], source: str) -> WebhookSettings:
     )
     problem = resources_problem(resources)
     if problem:
-        raise ConfigError(f"{source}: {problem}")
+        # Only a request above its limit gets here: each quantity was checked as it was read.
+        given = [origins[key] for key in _RESOURCE_KEYS if key in values]
+        raise ConfigError(f"{problem} (from {'; '.join(given) or 'the defaults'})")
+    serving = ServingLimits(
+        workers=values.get("workers", DEFAULT_SERVING.workers),
+        max_in_flight=values.get("maxInFlight", DEFAULT_SERVING.max_in_flight),
+        max_wait_seconds=values.get("maxWaitMilliseconds", DEFAULT_MAX_WAIT_MILLISECONDS) / 1000,
+        listen_backlog=values.get("listenBacklog", DEFAULT_SERVING.listen_backlog),
+    )
     own_namespace = values.get("ownNamespace", DEFAULT_OWN_NAMESPACE)
-    _namespaces((own_namespace,), "ownNamespace", source)
+    _namespaces((own_namespace,), origins["ownNamespace"])
     return WebhookSettings(
         capture=capture,
         capture_image=values.get("captureImage", DEFAULT_CAPTURE_IMAGE),
@@ -228,12 +281,12 @@ def _settings(values: Mapping[str, Any], source: str) -> WebhookSettings:
         own_namespace=own_namespace,
         excluded_namespaces=_namespaces(
             values.get("excludedNamespaces", tuple(sorted(DEFAULT_EXCLUDED_NAMESPACES))),
-            "excludedNamespaces",
-            source,
+            origins["excludedNamespaces"],
         ),
         pod_security_namespaces=_namespaces(
-            values.get("podSecurityNamespaces", ()), "podSecurityNamespaces", source
+            values.get("podSecurityNamespaces", ()), origins["podSecurityNamespaces"]
         ),
+        serving=serving,
     )
 
 

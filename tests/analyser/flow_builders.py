@@ -82,12 +82,23 @@ def resolver() -> Resolver:
 
 
 class FakeDns:
-    """DNS names: server address → names, whatever the time, client or capture."""
+    """DNS names: server address → names (all of them asked for), whatever the time, client or
+    capture; with ``lookups``, client address → the names it looked up."""
 
-    def __init__(self, names: Mapping[str, Iterable[str]]) -> None:
+    def __init__(
+        self,
+        names: Mapping[str, Iterable[str]],
+        lookups: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
         self._names = {ip: tuple(sorted(n)) for ip, n in names.items()}
+        self._lookups = {ip: tuple(sorted(n)) for ip, n in (lookups or {}).items()}
 
     def names_for_flow(
-        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None
+        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None, asked: bool = False
     ) -> tuple[str, ...]:
         return self._names.get(flow.server.ip, ())
+
+    def lookups_for_flow(
+        self, flow: Flow, *, asked_by: Callable[[str], bool] | None = None
+    ) -> tuple[str, ...]:
+        return self._lookups.get(flow.client.ip, ())

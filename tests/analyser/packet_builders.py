@@ -222,9 +222,14 @@ def dns_query(question: str, *, ident: int = 1) -> bytes:
 
 
 def dns_response(
-    question: str, answers: Sequence[tuple[str, str, str]], *, ident: int = 1
+    question: str,
+    answers: Sequence[tuple[str, str, str]],
+    *,
+    ident: int = 1,
+    rcode: int = dpkt.dns.DNS_RCODE_NOERR,
 ) -> bytes:
-    """A DNS response: answers are (owner, type "A"/"AAAA"/"CNAME", value)."""
+    """A DNS response: answers are (owner, type "A"/"AAAA"/"CNAME", value); ``rcode``, its
+    response code (NXDOMAIN: the name does not exist)."""
     records = []
     for owner, kind, value in answers:
         record = dpkt.dns.DNS.RR(name=owner, cls=dpkt.dns.DNS_IN, ttl=30)
@@ -240,7 +245,7 @@ def dns_response(
         id=ident,
         qr=dpkt.dns.DNS_R,
         opcode=dpkt.dns.DNS_QUERY,
-        rcode=dpkt.dns.DNS_RCODE_NOERR,
+        rcode=rcode,
         qd=[query],
         an=records,
     )

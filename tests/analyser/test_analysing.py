@@ -226,6 +226,7 @@ def test_only_captured_workloads_get_policies(analysis: Analysis) -> None:
         "Kustomization",
         "graph.dot",
         *(["graph.svg"] if shutil.which("dot") else []),
+        "report.html",
         "report.md",
         "shop.cart.yaml",
         "web.frontend.yaml",

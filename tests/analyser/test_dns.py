@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import struct
 
+import dpkt
+
 from analyser.dns import CLOCK_SKEW, DnsName, DnsNames, DnsTable, TcpDnsStreams
 from analyser.flows import Endpoint, Evidence, Flow, Protocol
 from analyser.packets import DnsFault, DnsResponse
@@ -200,3 +202,44 @@ def test_tcp_streams_stay_within_their_limits() -> None:
     big.add("k", 0, ACK, b"\x00\x01", False)
     big.add("k", 10, ACK, bytes(TcpDnsStreams.STREAM_BYTES), False)
     assert big.faults == {"gap": 1}
+
+
+def test_the_name_asked_for_is_kept_apart_from_the_chain() -> None:
+    table = DnsTable()
+    table.add(CHAIN, at=100.0, client=CLIENT)
+    assert table.names_for("192.0.2.7", asked=True) == ("www.shop.example",)
+    # An answer whose chain does not lead from the question to the address asks for nothing.
+    stray = DnsResponse("a.example", (("b.example", "192.0.2.9"),), ())
+    table.add(stray, at=100.0, client=CLIENT)
+    assert table.names_for("192.0.2.9", asked=True) == ()
+    assert table.names_for("192.0.2.9") == ("b.example",)
+
+
+def test_lookups_are_every_question_a_client_had_answered_nxdomain_included() -> None:
+    table = DnsTable()
+    table.add(CHAIN, at=100.0, client=CLIENT)
+    nxdomain = dns_response(
+        "api.example.default.svc.cluster.local", [], rcode=dpkt.dns.DNS_RCODE_NXDOMAIN
+    )
+    refused = dns_response("refused.example", [], rcode=dpkt.dns.DNS_RCODE_REFUSED)
+    for payload in (nxdomain, refused):
+        assert table.add_payload(payload, over_tcp=False, at=100.0, client=CLIENT) is None
+    table.add_payload(
+        dns_response("other.example", [("other.example", "A", "192.0.2.8")]),
+        over_tcp=False,
+        at=100.0,
+        client="10.244.0.8",
+    )
+    assert table.lookups(asked_by=CLIENT.__eq__) == (
+        "api.example.default.svc.cluster.local",
+        "www.shop.example",
+    )
+    # The answer that the name does not exist names no address.
+    assert table.names_for("192.0.2.7") == ("edge.cdn.example", "shop.example", "www.shop.example")
+    merged = DnsTable()
+    merged.merge(table)
+    assert merged.lookups(asked_by=lambda ip: True) == (
+        "api.example.default.svc.cluster.local",
+        "other.example",
+        "www.shop.example",
+    )

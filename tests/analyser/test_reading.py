@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -428,4 +429,50 @@ def test_progress_in_process_comes_as_the_file_is_read(monkeypatch: pytest.Monke
     progress: list[int] = []
     read_captures(paths, root=DATA, workers=1, on_progress=progress.append)
     assert len(progress) > len(paths)
+    assert sum(progress) == sum(path.stat().st_size for path in paths)
+
+
+class _ReversedMap:
+    """A CaptureMap that runs the tasks last to first (as workers elsewhere finish in any order)
+    and hands the results back in the tasks' order, as the seam asks; it records the tasks."""
+
+    def __init__(self) -> None:
+        self.tasks: list[reading.CaptureTask] = []
+
+    def map(
+        self,
+        function: Callable[[reading.CaptureTask], reading.Result],
+        tasks: Iterable[reading.CaptureTask],
+        /,
+    ) -> Iterator[reading.Result]:
+        self.tasks = list(tasks)
+        results = [function(task) for task in reversed(self.tasks)]
+        return iter(results[::-1])
+
+
+def test_a_capture_map_reads_what_workers_read_and_gets_self_contained_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _random_captures(tmp_path, 4)
+    serial = read_captures(paths, root=tmp_path, workers=1)
+    elsewhere = _ReversedMap()
+    progress: list[int] = []
+    monkeypatch.chdir(tmp_path / "..")  # relative paths in, absolute paths out
+    relative = [path.relative_to(Path.cwd()) for path in paths]
+    mapped = read_captures(
+        relative, root=tmp_path, capture_map=elsewhere, on_progress=progress.append
+    )
+    assert mapped.conversations == serial.conversations
+    assert mapped.reports == serial.reports
+    assert mapped.dns.vantages == serial.dns.vantages
+    for vantage in serial.dns.vantages:
+        assert list(mapped.dns.seen_at(vantage)) == list(serial.dns.seen_at(vantage))
+    assert (mapped.packets, mapped.counted, mapped.skipped) == (
+        serial.packets,
+        serial.counted,
+        serial.skipped,
+    )
+    assert [task.path for task in elsewhere.tasks] == paths
+    assert all(task.path.is_absolute() for task in elsewhere.tasks)
+    assert [task.name for task in elsewhere.tasks] == [r.path for r in serial.reports]
     assert sum(progress) == sum(path.stat().st_size for path in paths)

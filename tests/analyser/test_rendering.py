@@ -18,6 +18,7 @@ from analyser.bundles import FileProblem
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import EdgeStats, GraphEdge, GraphNode, NodeRole, WorkloadGraph
 from analyser.peers import IpPeer, PodPeer, PortSpec
+from analyser.pictures import picture_of
 from analyser.policies import DefaultDeny, Policy, Rule
 from analyser.rendering import (
     Provenance,
@@ -400,35 +401,30 @@ def example_graph() -> WorkloadGraph:
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
 def test_dot_with_quotes_and_line_breaks_renders_and_keeps_the_labels() -> None:
-    dot = render_dot(example_graph())
+    dot = render_dot(picture_of(example_graph(), infrastructure={"node:worker-1"}))
     result = subprocess.run(
         ["dot", "-Tjson"], input=dot, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr and "syntax error" not in result.stderr
     rendered = json.loads(result.stdout)
-    labels = sorted(o["label"] for o in rendered["objects"])
-    # Graphviz keeps the escString as written: \n is its line break, \\ a backslash. A line
-    # break in the data is shown as its escape, not drawn.
-    assert labels == sorted(
-        [
-            "10.0.0.9",
-            "203.0.113.7\\napi.example.com\\nodd|name\\\\x",
-            "shop/Deployment/cart",
-            'shop/Deployment/web "v2"\\\\nline two',
-            "worker-1 (10.1.0.1)",
-        ]
-    )
-    edge_labels = sorted(e["label"] for e in rendered["edges"])
-    assert edge_labels == ["TCP/443 ×1\\nUDP/443 ×2", "TCP/8080 ×3", "TCP/8080 ×5"]
+    labels = {o["name"]: o["label"] for o in rendered["objects"]}
+    small = '<BR/><FONT POINT-SIZE="8" COLOR="#5f6368">{}</FONT>'
+    # a workload: its name, its kind small; the quote an entity inside the HTML-like label
+    assert labels["n1"] == "<B>web &#34;v2&#34;</B>" + small.format("Deployment")
+    assert labels["n3"] == "<B>api.example.com</B>" + small.format("+1 name · 203.0.113.7")
+    assert labels["cluster_0"].endswith("<B>shop</B>")
+    legend = {o["_gvid"] for o in rendered["objects"] if o["name"].startswith("legend_")}
+    edge_labels = sorted(e["label"] for e in rendered["edges"] if e["tail"] not in legend)
+    assert edge_labels == ["1 workload\\nTCP/8080 ×5", "TCP/443 ×1\\nUDP/443 ×2", "TCP/8080 ×3"]
     svg = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True, check=True)
-    assert "shop/Deployment/web &quot;v2&quot;" in svg.stdout
+    assert "web &quot;v2&quot;" in svg.stdout
 
 
 def test_dot_is_deterministic_whatever_the_insertion_order() -> None:
     graph = example_graph()
     reordered = WorkloadGraph(graph.nodes[::-1], graph.edges[::-1])
-    assert render_dot(graph) == render_dot(reordered)
+    assert render_dot(picture_of(graph)) == render_dot(picture_of(reordered))
 
 
 def report_facts() -> ReportFacts:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -18,9 +19,11 @@ from analyser import rendering
 from analyser.bundles import FileProblem
 from analyser.graphs import GraphNode, NodeRole, WorkloadGraph
 from analyser.peers import IpPeer, PortSpec
+from analyser.pictures import picture_of
 from analyser.policies import DefaultDeny, Policy, Rule
 from analyser.rendering import (
     default_deny_object,
+    dot_html,
     dot_quoted,
     first_difference,
     kustomization_object,
@@ -160,15 +163,16 @@ def test_dot_strings_hold_one_line_of_printable_text(text: str) -> None:
 
 
 def hostile_graph(text: str) -> WorkloadGraph:
-    """The example graph with ``text`` in a workload's label and an outside address's names."""
+    """The example graph with ``text`` in a workload's name and label and in an outside
+    address's label and names."""
     graph = example_graph()
     outside = GraphNode(
         "ip:198.51.100.1",
         NodeRole.EXTERNAL,
         f"198.51.100.1 {text}",
-        names=(text, "ok.example.com"),
+        names=tuple(sorted((text, "ok.example.com"))),
     )
-    client = workload_node("shop/Deployment/x", f"shop/Deployment/{text}")
+    client = workload_node(f"shop/Deployment/{text}", f"shop/Deployment/{text}")
     like_cart = graph.edge("shop/Deployment/cart", "ip:203.0.113.7")
     return dataclasses.replace(
         graph,
@@ -203,35 +207,45 @@ def test_a_hostile_name_in_the_report_adds_no_line_cell_or_markup(text: str) -> 
         assert unescaped_pipes(line) == unescaped_pipes(clean_line), line
 
 
-def dot_lines(label: str) -> list[str]:
-    """A DOT escString's lines: split at each ``\\n`` escape, other escapes kept as written."""
-    lines, current = [], ""
-    for token in re.findall(r"\\.|[^\\]", label):
-        if token == "\\n":
-            lines.append(current)
-            current = ""
-        else:
-            current += token
-    return [*lines, current]
+@pytest.mark.parametrize("text", HOSTILE.values(), ids=HOSTILE.keys())
+def test_dot_html_is_one_line_without_markup(text: str) -> None:
+    escaped = dot_html(text)
+    assert escaped.isprintable()
+    assert not set(escaped) & set("<>\"'")
+    assert re.fullmatch(r"([^&]|&(amp|lt|gt|#34|#39);)*", escaped)
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
 @pytest.mark.parametrize("text", BREAK_OUTS.values(), ids=BREAK_OUTS.keys())
-def test_a_hostile_name_in_the_graph_is_one_escaped_label_line(text: str) -> None:
-    dot = render_dot(hostile_graph(text))
+def test_a_hostile_name_in_the_graph_is_shown_as_text(text: str) -> None:
+    clean = render_dot(picture_of(hostile_graph("x")))
+    dot = render_dot(picture_of(hostile_graph(text)))
     only_our_lines(dot)
+    assert dot.count("\n") == clean.count("\n")  # no line, node or edge added
     result = subprocess.run(
         ["dot", "-Tjson"], input=dot, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0 and not result.stderr, result.stderr
-    objects = json.loads(result.stdout)["objects"]
-    assert len(objects) == len(hostile_graph(text).nodes)
-    (label,) = (o["label"] for o in objects if o["label"].startswith("198.51.100.1 "))
-    # Graphviz keeps escStrings as written: three lines, the name's escapes shown, not obeyed
-    assert dot_lines(label)[1:] == [
-        inert(text).replace("\\", "\\\\").replace('"', '\\"'),
-        "ok.example.com",
-    ]
+    objects = {o["name"]: o for o in json.loads(result.stdout)["objects"]}
+    assert len(objects) == len(json.loads(graphviz_json(clean))["objects"])
+    labels = [o["label"] for o in objects.values()]
+    small = '<BR/><FONT POINT-SIZE="8" COLOR="#5f6368">{}</FONT>'
+    # the workload's name as its title, the outside address's label as its detail: escaped
+    assert f"<B>{dot_html(text)}</B>" + small.format("Deployment") in labels
+    assert any(
+        label.endswith(small.format(dot_html(f"+1 name · 198.51.100.1 {text}"))) for label in labels
+    )
+    svg = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True, check=True)
+    drawn = ElementTree.fromstring(svg.stdout)  # well-formed: nothing broke out of a text
+    assert not [e.tag for e in drawn.iter() if e.tag.split("}")[-1] in ("script", "img")]
+    texts = [e.text.replace("\xa0", " ") for e in drawn.iter() if e.text]  # Graphviz: nbsp
+    assert inert(text) in texts
+
+
+def graphviz_json(dot: str) -> str:
+    return subprocess.run(
+        ["dot", "-Tjson"], input=dot, capture_output=True, text=True, check=True
+    ).stdout
 
 
 # -- the parse-back comparison -------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import ctypes
 import datetime
 import ipaddress
@@ -33,7 +34,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -729,6 +730,30 @@ class ControlPlane:
         raise ControlPlaneError(
             f"{process.name} not ready after {timeout:.0f} s:\n{process.log_tail()}"
         )
+
+    @contextlib.contextmanager
+    def custom_resources(self, crd: Path) -> Iterator[None]:
+        """The CustomResourceDefinition in ``crd`` installed and established for the block, then
+        deleted. Polled rather than `kubectl wait`: right after the create, the object has no
+        status.conditions yet and `kubectl wait --for condition=established` fails on that."""
+        name = self.kubectl("apply", "-o", "name", "-f", str(crd)).stdout.strip()
+        apiserver = next(p for p in self._processes if p.name == "kube-apiserver")
+
+        def established() -> bool:
+            found = self.kubectl(
+                "get",
+                name,
+                "-o",
+                'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+                check=False,
+            )
+            return found.stdout.strip() == "True"
+
+        self._wait(apiserver, established)
+        try:
+            yield
+        finally:
+            self.kubectl("delete", "--ignore-not-found", "-f", str(crd))
 
     def wait_for_default_service_account(self, namespace: str) -> None:
         """Pods are admitted only once the namespace's ``default`` ServiceAccount exists (the

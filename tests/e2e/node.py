@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from lab.netns import process_alive
 from tests.e2e import controlplane
 from tests.e2e.controlplane import (
     BINARIES,
@@ -1290,16 +1291,6 @@ def _remove_node(workdir: Path, cgroup_root: str, mount_ns_id: str) -> None:
     _remove_cgroup_tree(cgroup_root)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_leftovers() -> list[str]:
     """Remove what runs whose process is gone left behind: their containers and shims, cgroups,
     network namespaces and directories. Returns what was removed."""
@@ -1309,7 +1300,7 @@ def clean_leftovers() -> list[str]:
             owner = json.loads(owner_file.read_text())
         except (OSError, ValueError):
             continue
-        if _alive(int(owner["pid"])):
+        if process_alive(int(owner["pid"])):
             continue
         _remove_node(owner_file.parent, owner["cgroup_root"], owner.get("mount_ns", ""))
         for name in owner["netns"]:
@@ -1319,7 +1310,7 @@ def clean_leftovers() -> list[str]:
     names = _run(["ip", "netns", "list"], check=False).stdout.split()
     for name in names:
         match = re.fullmatch(rf"{NETNS_PREFIX}(\d+)-\d+(-out)?", name)
-        if match and not _alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             _run(["ip", "netns", "delete", name], check=False)
             removed.append(name)
     return removed
@@ -1337,7 +1328,7 @@ def stop_started_by_hand(timeout: float = 60) -> list[int]:
                 os.kill(pid, signal.SIGTERM)
                 stopped.append(pid)
     deadline = time.monotonic() + timeout
-    while any(_alive(pid) for pid in stopped) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in stopped) and time.monotonic() < deadline:
         time.sleep(0.5)
     return stopped
 

@@ -25,9 +25,10 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -309,64 +310,25 @@ def play(
 ) -> Played:
     """Every pod of every calling workload makes its calls for the plan's duration (through
     ``kubectl exec``), the outside client too; all at once."""
-    totals: list[Json] = [
-        {
-            "from": c.client,
-            "to": f"{c.host}:{c.port}",
-            "protocol": c.protocol,
-            "expect": str(c.expect),
-            "attempts": 0,
-            "ok": 0,
-            "refused": 0,
-            "nxdomain": 0,
-            "failed": 0,
-            "servers": set(),
-            "errors": set(),
-        }
-        for c in plan.calls
-    ]
-    jobs: list[tuple[str, Any]] = []
+    jobs: list[Callable[[], Any]] = []
     for pod in pods:
         client = workloads[pod["metadata"]["name"]]
         calls = call_specs(plan, client)
         if calls:
             config = {"calls": calls, "duration": plan.duration}
-            jobs.append(
-                (client, lambda pod=pod, config=config: cluster.agent(pod, "calls", config))
-            )
+            jobs.append(partial(cluster.agent, pod, "calls", config))
     for client in sorted({c.client for c in plan.calls if c.outside_address}):
         calls = call_specs(plan, client)
         hosts = {c["host"]: [load_balancers[c["host"]]] for c in calls}
         config = {"calls": calls, "duration": plan.duration, "hosts": hosts}
-        jobs.append((client, lambda config=config: cluster.outside_agent("calls", config)))
+        jobs.append(partial(cluster.outside_agent, "calls", config))
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        answers = list(pool.map(lambda job: job[1](), jobs))
-    results = list(zip([client for client, _ in jobs], answers, strict=True))
-    outcomes = []
-    for client, agent_results in results:
-        for result in agent_results:
-            total = totals[result["id"]]
-            for key in ("attempts", "ok", "refused", "nxdomain", "failed"):
-                total[key] += result[key]
-            servers = tuple(
-                (workloads.get(server, server), int(port), str(peer))
-                for server, port, peer in result["servers"]
-            )
-            total["servers"].update(f"{s}:{p}" for s, p, _ in servers)
-            if result["last_error"]:
-                total["errors"].add(result["last_error"])
-            outcomes.append(
-                bundling.CallOutcome(
-                    client=client,
-                    protocol=plan.calls[result["id"]].protocol,
-                    ok=result["ok"],
-                    dns_answered=result["dns_answered"],
-                    servers=servers,
-                )
-            )
-    for total in totals:
-        total["servers"] = sorted(total["servers"])
-        total["errors"] = sorted(total["errors"])
+        answers = list(pool.map(lambda job: job(), jobs))
+    totals, outcomes = bundling.tally_calls(
+        plan,
+        (result for agent_results in answers for result in agent_results),
+        server_name=lambda server: workloads.get(server, server),
+    )
     return Played(totals, outcomes)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -55,6 +57,8 @@ class LocalWebhook:
     port: int = field(default_factory=free_port)
     log: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    # Settings for the next start (NETPOL_SNIFFER_* variables).
+    environ: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -80,6 +84,7 @@ class LocalWebhook:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent,
+                env={**os.environ, **self.environ},
             )
         context = ssl.create_default_context(cafile=str(self.ca))
         deadline = time.monotonic() + WAIT_S
@@ -413,14 +418,23 @@ def test_excluded_namespaces_are_not_injected_even_when_labelled(
             control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
+def fail_open_count(control_plane: ControlPlane) -> float:
+    """How often the API server admitted a pod after failing to call the capture webhook."""
+    metrics = control_plane.kubectl("get", "--raw", "/metrics").stdout
+    prefix = 'apiserver_admission_webhook_fail_open_count{name="capture.netpol-sniffer.io"'
+    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
 def test_pods_are_still_created_while_the_webhook_is_down(
     control_plane: ControlPlane, webhook: LocalWebhook, namespace_factory: NamespaceFactory
 ) -> None:
     namespace = namespace_factory("e2e-down", labels=OPT_IN)
     webhook.stop()
     try:
-        # failurePolicy Ignore: the API server admits the pod unchanged.
+        failed_open = fail_open_count(control_plane)
+        # failurePolicy Ignore: the API server admits the pod unchanged, and counts an error.
         assert_not_injected(create(control_plane, namespace, bare_pod("unwatched")))
+        assert fail_open_count(control_plane) == failed_open + 1
         deployment = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -435,4 +449,59 @@ def test_pods_are_still_created_while_the_webhook_is_down(
         [pod] = controller_pods(control_plane, namespace, "app=web", 1)
         assert_not_injected(pod)
     finally:
+        webhook.start()
+
+
+def test_an_overloaded_webhook_answers_and_the_api_server_does_not_fail_open(
+    control_plane: ControlPlane, webhook: LocalWebhook, namespace_factory: NamespaceFactory
+) -> None:
+    """Under overload the webhook answers (allowed, no patch, a warning) instead of failing: the
+    pod is stored without the sidecar, kubectl shows the warning, and the API server counts a
+    successful call, not a fail-open (docs/webhook.md, "Under load")."""
+    namespace = namespace_factory("e2e-overload", labels=OPT_IN)
+    webhook.stop()
+    webhook.environ = {"NETPOL_SNIFFER_MAX_IN_FLIGHT": "1"}
+    webhook.start()
+    context = ssl.create_default_context(cafile=str(webhook.ca))
+    # A request of our own holds the worker's one place: headers and half the body.
+    held = context.wrap_socket(
+        socket.create_connection(("127.0.0.1", webhook.port), timeout=10),
+        server_hostname="127.0.0.1",
+    )
+    body = json.dumps({"request": {"uid": "held"}}).encode()
+    held.sendall(
+        f"POST /mutate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body[:5]
+    )
+
+    def webhook_metric(name: str) -> float:
+        with urllib.request.urlopen(f"{webhook.url}/metrics", context=context, timeout=10) as r:
+            lines = r.read().decode().splitlines()
+        return sum(float(line.split()[-1]) for line in lines if line.startswith(name))
+
+    try:
+        wait_for(
+            "the held request in the webhook",
+            lambda: webhook_metric("netpol_sniffer_admission_wait_seconds_count") == 1,
+        )
+        failed_open = fail_open_count(control_plane)
+        created = control_plane.kubectl(
+            "create",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            "-o",
+            "json",
+            stdin=json.dumps(bare_pod("crowded")),
+        )
+        assert_not_injected(json.loads(created.stdout))
+        warning = "Warning: netpol-sniffer: no capture sidecar: the webhook is overloaded"
+        assert warning in created.stderr
+        assert fail_open_count(control_plane) == failed_open
+        assert webhook_metric('netpol_sniffer_skipped_total{reason="overloaded"}') == 1
+    finally:
+        held.close()
+        webhook.stop()
+        webhook.environ = {}
         webhook.start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import resource
 import struct
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from analyser.analysing import GRAPH_SVG, analyse
+from analyser.analysing import GRAPH_SVG, REPORT_HTML, analyse
 from analyser.bundles import open_bundle
 from analyser.sources import DEFAULT_MAX_BYTES
 from cli.main import ExitStatus, main
@@ -352,9 +353,16 @@ def test_packets_with_impossible_times_are_skipped_counted_and_reported(
 
 
 def example_output() -> dict[str, str]:
-    """Every file analyse writes for the example bundle, but graph.svg (Graphviz's own)."""
+    """Every file analyse writes for the example bundle, but graph.svg (Graphviz's own), and of
+    report.html (which holds graph.svg) its data."""
     files = analyse(open_bundle(EXAMPLE), workers=1).files
-    return {path: text for path, text in files.items() if path != GRAPH_SVG}
+    output = {path: text for path, text in files.items() if path not in (GRAPH_SVG, REPORT_HTML)}
+    data = re.search(
+        r'<script type="application/json" id="review-data">(.*?)</script>', files[REPORT_HTML]
+    )
+    assert data is not None
+    output[f"{REPORT_HTML} (data)"] = data[1]
+    return output
 
 
 def test_the_example_bundle_gives_the_recorded_output() -> None:

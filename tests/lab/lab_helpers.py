@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import netns
@@ -66,6 +66,7 @@ LabRunner = Callable[..., LabRun]
 class Judged:
     files: dict[str, str]  # the rendered output, by relative path
     check: TruthCheck
+    cilium: dict[str, str] = field(default_factory=dict)  # the Cilium set, by file name
 
     def policy(self, namespace: str, workload: str) -> str:
         """The YAML text of the policy whose file name starts with ``workload``."""
@@ -79,14 +80,42 @@ class Judged:
 
 
 def analyse_and_judge(bundle: Path) -> Judged:
-    """The analyser's pipeline on ``bundle``, its policies judged against truth.json."""
-    from analyser.analysing import analyse
+    """The analyser's pipeline on ``bundle``, both formats judged against the same truth.json:
+    ``check`` holds the NetworkPolicies' verdict and the CiliumNetworkPolicies' (each line of
+    theirs marked ``cilium:``); ``files`` the NetworkPolicy output as ``--format networkpolicy``
+    writes it."""
+    from analyser.analysing import PolicyFormat, analyse
     from analyser.bundles import open_bundle
+    from analyser.graphs import ID_PREFIXES, NodeRole
     from analyser.policysets import parse_policy_texts
-    from lab.checking import check_truth
+    from lab.checking import TruthCheck, check_truth
 
-    analysis = analyse(open_bundle(bundle))
-    loaded = parse_policy_texts({p: analysis.files[p] for p in analysis.policy_files})
+    analysis = analyse(open_bundle(bundle), policy_format=PolicyFormat.ALL)
     snapshot = json.loads((bundle / "snapshot.json").read_text())
     truth = json.loads((bundle / "truth.json").read_text())
-    return Judged(dict(analysis.files), check_truth(snapshot, truth, loaded.policies))
+    names = {
+        node.id.removeprefix(ID_PREFIXES[NodeRole.EXTERNAL]): node.names
+        for node in analysis.graph.with_role(NodeRole.EXTERNAL)
+    }
+    checks = {}
+    for folder in ("networkpolicy/", "cilium/"):
+        texts = {p: t for p, t in analysis.files.items() if p.startswith(folder)}
+        loaded = parse_policy_texts({p: t for p, t in texts.items() if p.endswith(".yaml")})
+        checks[folder] = check_truth(snapshot, truth, loaded.policies, dns_names=names)
+    plain, cilium = checks["networkpolicy/"], checks["cilium/"]
+    check = TruthCheck(
+        plain.flows,
+        (*plain.denied, *(f"cilium: {line}" for line in cilium.denied)),
+        (*plain.extra, *(f"cilium: {line}" for line in cilium.extra)),
+    )
+    files = {
+        path.removeprefix("networkpolicy/"): text
+        for path, text in analysis.files.items()
+        if not path.startswith("cilium/")
+    }
+    cilium_files = {
+        path.removeprefix("cilium/"): text
+        for path, text in analysis.files.items()
+        if path.startswith("cilium/")
+    }
+    return Judged(files, check, cilium_files)

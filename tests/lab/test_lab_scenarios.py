@@ -158,11 +158,19 @@ calls:
     for address in outside:
         assert any(f"A {address}" in line for line in answers), answers
     assert any("CNAME edge-7.cdn.example.net" in line for line in answers)
-    files = assert_policies_match_truth(lab.bundle)
-    policy = "".join(text for path, text in files.items() if path.startswith("back.api"))
+    judged = analyse_and_judge(lab.bundle)
+    assert judged.check.denied == () and judged.check.extra == ()
+    policy = "".join(text for path, text in judged.files.items() if path.startswith("back.api"))
     for address in outside:
         assert f"{address}/32" in policy
     assert "api.payments.example.com" in policy and "www.shipping.example.org" in policy
+    # The Cilium set allows them by the names asked for, not by address or by the CNAME target.
+    cilium = yaml.safe_load(judged.cilium["back.api.yaml"])["spec"]["egress"]
+    by_name = [rule["toFQDNs"] for rule in cilium if "toFQDNs" in rule]
+    assert by_name == [
+        [{"matchName": "api.payments.example.com"}, {"matchName": "www.shipping.example.org"}]
+    ]
+    assert not any(address in str(cilium) for address in outside)
 
 
 def test_udp(run_lab: LabRunner) -> None:

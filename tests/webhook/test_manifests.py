@@ -18,6 +18,7 @@ from tests.kubectl import kubectl
 from tests.webhook.podchecks import schema_problems
 from webhook.app import DEFAULT_PORT
 from webhook.settings import (
+    SETTING_KEYS,
     WebhookSettings,
     build_settings,
     environment_config,
@@ -154,15 +155,20 @@ def test_deployment_and_service(base: list[dict[str, Any]]) -> None:
     service = one(base, "Service", SERVICE)
     assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
     assert service["spec"]["ports"][0]["targetPort"] == "https"
+    assert mounts["tmp"] == "/tmp"  # the workers' metrics files (webhook.metrics)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tmp"]["emptyDir"]["medium"] == "Memory"
     pdb = one(base, "PodDisruptionBudget", SERVICE)
     assert pdb["spec"]["selector"] == spec["selector"]
-    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["maxUnavailable"] == 1
 
 
 def test_shipped_config_is_valid_and_spells_out_the_defaults(base: list[dict[str, Any]]) -> None:
     config_map = one(base, "ConfigMap", "netpol-sniffer-webhook-config")
     config = parse_config_text(config_map["data"]["config.yaml"], source="configmap")
     assert build_settings(config, {}, source="configmap") == WebhookSettings()
+    # Every setting but ownNamespace (the Deployment sets it from the downward API).
+    assert set(config) == set(SETTING_KEYS) - {"ownNamespace"}
 
 
 def test_self_signed_overlay_carries_secret_and_ca_bundle(

@@ -1,0 +1,3 @@
+module netpol-sniffer/bench/loadgen
+
+go 1.22
