@@ -135,6 +135,7 @@ bench: system-deps venv
 	@command -v tshark >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tshark)
 	$(BIN)/python bench/analyse_throughput.py
+	$(BIN)/python bench/analyse_scale.py
 	$(BIN)/python bench/admission_latency.py
 	$(BIN)/python bench/graph_throughput.py
 	$(BIN)/python bench/pull_throughput.py

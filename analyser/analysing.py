@@ -23,7 +23,7 @@ import shutil
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
@@ -146,7 +146,7 @@ class Observation:
     snapshot: Snapshot
     resolver: Resolver
     scope: Scope  # the captured workloads: they get policies
-    traffic: Traffic
+    traffic: Traffic  # without its conversations: they are the flows now
     flows: tuple[Flow, ...]
     graph: WorkloadGraph
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
@@ -563,6 +563,9 @@ class _PlacedCapture:
             for at in (first, last)
         )
 
+    def steady(self, ip: str, at: float) -> bool:
+        return self.resolver.timeless(ip, at)
+
 
 def _placed_captures(
     pods: Mapping[tuple[str, str], set[str]], resolver: Resolver
@@ -762,6 +765,8 @@ def observe(
     )
     _ensure_something_read(traffic)
     flows = tuple(orient(traffic.conversations, resolver.known_listener))
+    # The flows are what the conversations became: keep them once (a day holds millions).
+    traffic = replace(traffic, conversations=())
     if within is not None:
         inside = within_window(flows, within)
         flows = inside.kept

@@ -125,10 +125,14 @@ class Claims:
         self._add_captures(captures)
         self._add_history(ip_history)
         self._claims_of: dict[str, list[_Claim]] = defaultdict(list)
-        for claims in self._claims.values():
+        # Per address, the first claim when every claim on it is one pod's (from several sources).
+        self._one_pod: dict[str, _Claim] = {}
+        for ip, claims in self._claims.items():
             claims.sort()
             for claim in claims:
                 self._claims_of[claim.key].append(claim)
+            if all(claim.key == claims[0].key for claim in claims):
+                self._one_pod[ip] = claims[0]
         # Before every pod the inputs know existed, the capture's clock and the snapshot's do not
         # tell who was who: then a claim starting later is still the best guess.
         self._known_since = min(
@@ -288,9 +292,12 @@ class Claims:
 
     def timeless(self, ip: str, at: float) -> bool:
         """Whether who held ``ip`` at ``at`` is who held it at any time from then on: at most one
-        pod ever claims it (and ``at`` is not long before that claim)."""
-        claims = self._claims.get(ip, ())
-        return not claims or (len(claims) == 1 and self._may_precede(claims[0], at))
+        pod ever claims it (and ``at`` is not long before its first claim). A pod's claims from
+        several sources (the history, the snapshot, meta.json) are one pod's."""
+        first = self._one_pod.get(ip)
+        if first is None:
+            return ip not in self._claims
+        return self._may_precede(first, at)
 
     def _may_precede(self, claim: _Claim, at: float) -> bool:
         """Whether a packet at ``at`` may still be the claim's pod although the claim starts

@@ -163,6 +163,10 @@ class CaptureVantage(typing.Protocol):
         at ``last``."""
         ...
 
+    def steady(self, ip: str, at: float) -> bool:
+        """Whether :meth:`holds` says the same of ``ip`` at any time from ``at`` on."""
+        ...
+
 
 class CaptureConversations:
     """What one capture file saw, folded into conversations: what a reading worker returns, so
@@ -221,10 +225,26 @@ class CaptureConversations:
         """Remove the conversations in which neither end was ``vantage``'s own address at the
         conversation's first or last packet in this file, and return how many: a pod controls
         every byte of its capture, so the capture speaks only for that pod's own traffic."""
+        # Per address, asked once when the answer stays the same from its first conversation on
+        # (a pod calling out thousands of times has a handful of addresses).
+        since: dict[str, float] = {}
+        for (_, ip_a, _, ip_b, _), (first, *_) in self.entries.items():
+            for ip in (ip_a, ip_b):
+                known = since.get(ip)
+                if known is None or first < known:
+                    since[ip] = first
+        steady = {
+            ip: vantage.holds(ip, at, at) for ip, at in since.items() if vantage.steady(ip, at)
+        }
+
+        def own(ip: str, first: float, last: float) -> bool:
+            found = steady.get(ip)
+            return vantage.holds(ip, first, last) if found is None else found
+
         foreign = [
             key
             for key, (first, last, *_) in self.entries.items()
-            if not vantage.holds(key[1], first, last) and not vantage.holds(key[3], first, last)
+            if not own(key[1], first, last) and not own(key[3], first, last)
         ]
         for key in foreign:
             del self.entries[key]
@@ -232,17 +252,48 @@ class CaptureConversations:
 
 
 class _Aggregate:
-    """Mutable totals of one conversation while captures are merged."""
+    """Mutable totals of one conversation while captures are merged (one per conversation of a
+    day of captures, so small: the first vantage point's totals in place, others aside)."""
 
-    __slots__ = ("captures", "first_seen", "last_seen", "roles", "vantages")
+    __slots__ = (
+        "bytes",
+        "captures",
+        "first_seen",
+        "last_seen",
+        "others",
+        "packets",
+        "roles",
+        "vantage",
+    )
 
-    def __init__(self, first_seen: float, last_seen: float) -> None:
+    def __init__(self, first_seen: float, last_seen: float, vantage: str) -> None:
         self.first_seen = first_seen
         self.last_seen = last_seen
         self.roles = 0  # CaptureConversations' handshake bits
-        self.captures: set[str] = set()
-        # Per vantage point (one tcpdump ring): [packets, bytes].
-        self.vantages: dict[str, list[int]] = {}
+        self.captures: frozenset[str] = frozenset()  # shared between conversations
+        # Packets and bytes of the first vantage point (one tcpdump ring) that saw it, and of
+        # any other: [packets, bytes] by vantage point.
+        self.vantage = vantage
+        self.packets = self.bytes = 0
+        self.others: dict[str, list[int]] | None = None
+
+    def add(self, vantage: str, packets: int, size: int) -> None:
+        if vantage == self.vantage:
+            self.packets += packets
+            self.bytes += size
+            return
+        if self.others is None:
+            self.others = {}
+        totals = self.others.setdefault(vantage, [0, 0])
+        totals[0] += packets
+        totals[1] += size
+
+    def largest(self) -> tuple[int, int]:
+        """The (packets, bytes) of the vantage point that saw the most."""
+        largest = (self.packets, self.bytes)
+        for packets, size in (self.others or {}).values():
+            largest = max(largest, (packets, size))
+        return largest
 
 
 # CaptureConversations' bits.
@@ -302,22 +353,29 @@ class ConversationTable:
 
     def __init__(self) -> None:
         self._aggregates: dict[ConversationKey, _Aggregate] = {}
+        # The sets of captures conversations have, each once: (a set, one more) → their union.
+        self._captures: dict[tuple[frozenset[str], str], frozenset[str]] = {}
 
     def add(self, seen: CaptureConversations) -> None:
         """Fold in what one capture file saw."""
         aggregates = self._aggregates
+        capture, vantage = seen.capture, seen.vantage
         for key, (first_seen, last_seen, roles, packets, size) in seen.entries.items():
             aggregate = aggregates.get(key)
             if aggregate is None:
-                aggregate = aggregates[key] = _Aggregate(first_seen, last_seen)
+                aggregate = aggregates[key] = _Aggregate(first_seen, last_seen, vantage)
             else:
                 aggregate.first_seen = min(aggregate.first_seen, first_seen)
                 aggregate.last_seen = max(aggregate.last_seen, last_seen)
             aggregate.roles |= roles
-            aggregate.captures.add(seen.capture)
-            totals = aggregate.vantages.setdefault(seen.vantage, [0, 0])
-            totals[0] += packets
-            totals[1] += size
+            aggregate.captures = self._with(aggregate.captures, capture)
+            aggregate.add(vantage, packets, size)
+
+    def _with(self, captures: frozenset[str], capture: str) -> frozenset[str]:
+        found = self._captures.get((captures, capture))
+        if found is None:
+            found = self._captures[(captures, capture)] = captures | {capture}
+        return found
 
     def add_capture(self, capture: str, vantage: str, traffic: Iterable[DirectedTraffic]) -> None:
         """Add what one capture file (bundle-relative path) saw from one vantage point."""
@@ -329,11 +387,18 @@ class ConversationTable:
     def conversations(self) -> list[Conversation]:
         """Every conversation, sorted by (protocol, a, b)."""
         result = []
+        # The servers' endpoints once (a Service's address and port, called thousands of times).
+        endpoints: dict[tuple[str, int], Endpoint] = {}
         for key in sorted(self._aggregates):
             aggregate = self._aggregates[key]
-            packets, size = max(aggregate.vantages.values())
+            packets, size = aggregate.largest()
             protocol, ip_a, port_a, ip_b, port_b = key
-            a, b = Endpoint(ip_a, port_a), Endpoint(ip_b, port_b)
+            a = endpoints.get((ip_a, port_a)) or endpoints.setdefault(
+                (ip_a, port_a), Endpoint(ip_a, port_a)
+            )
+            b = endpoints.get((ip_b, port_b)) or endpoints.setdefault(
+                (ip_b, port_b), Endpoint(ip_b, port_b)
+            )
             result.append(
                 Conversation(
                     protocol,
@@ -343,7 +408,7 @@ class ConversationTable:
                     aggregate.last_seen,
                     packets,
                     size,
-                    frozenset(aggregate.captures),
+                    aggregate.captures,
                     _opened_by(a, b, aggregate.roles),
                     _established(protocol, aggregate.roles, packets),
                     _sender(a, b, aggregate.roles),

@@ -47,16 +47,19 @@ How flows become edges (details in ``docs/semantics.md``):
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from itertools import pairwise
 from typing import Any, NamedTuple, Protocol
 
 from analyser.addresses import address_key, parse_address
 from analyser.flows import Evidence, Flow
-from analyser.identities import EndpointKind, Identity, Resolver, Scope
+from analyser.flows import Protocol as IpProtocol
+from analyser.identities import EndpointKind, Identity, Resolver, Scope, ServiceBackend
 from analyser.peers import PortSpec
 from analyser.workloads import Workload, WorkloadRef
 
@@ -95,10 +98,26 @@ class Sides:
 BOTH_SIDES = Sides()
 
 
+class Span(NamedTuple):
+    """From ``start`` until ``end`` (exclusive), in UTC epoch seconds."""
+
+    start: float
+    end: float
+
+    def __contains__(self, at: object) -> bool:
+        return isinstance(at, float | int) and self.start <= at < self.end
+
+
+ALWAYS = Span(-math.inf, math.inf)
+
+
 class Witness(Protocol):
-    """Whether a side of a flow is vouched for (``vouching.Witnesses``)."""
+    """Whether a side of a flow is vouched for (``vouching.Witnesses``): at one time, or over
+    time (``span``: when it is)."""
 
     def vouches(self, identity: Identity, at: float, captures: Collection[str]) -> bool: ...
+
+    def span(self, identity: Identity, captures: Collection[str]) -> Span: ...
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -181,6 +200,10 @@ class FlowAttribution:
     vouched: Sides = BOTH_SIDES  # see analyser.vouching
     # The label of the bundle whose captures saw it, when several were analysed together.
     window: str = ""
+    # How many connections it stands for: 1 for ``flow`` alone; more past the first
+    # ``LISTED_FLOWS`` of connections counted alike (same addresses, Service, twin's address and
+    # vouched sides), ``flow`` the first of them (see build_graph).
+    connections: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +504,63 @@ class _Names:
 _DNS_PORT = (53,)
 
 
+# How many connections of an edge and port are kept one by one, the first by time: what
+# report.html lists (the rest it counts).
+LISTED_FLOWS = 20
+
+
+class _Bucket:
+    """Connections counted alike (see ``_Builder._add``): their totals so far, and the first
+    ``LISTED_FLOWS`` + 1 of them by :func:`_flow_key` (each with its twin): the ones listed one
+    by one, and the first of the rest."""
+
+    __slots__ = (
+        "answered",
+        "attribution",
+        "bytes",
+        "connections",
+        "evidence",
+        "first",
+        "first_seen",
+        "last_seen",
+        "packets",
+    )
+
+    def __init__(self, attribution: FlowAttribution) -> None:
+        self.attribution = attribution
+        self.connections = self.packets = self.bytes = 0
+        self.first_seen, self.last_seen = math.inf, -math.inf
+        self.evidence: set[Evidence] = set()
+        self.answered = False
+        self.first: list[tuple[Flow, Flow | None]] = []
+
+    def keep(self, flows: Sequence[Flow], twin: Flow | None) -> None:
+        """Keep the first connections among ``flows`` (by first packet) with the ones kept."""
+        kept = LISTED_FLOWS + 1
+        bound = self.first[-1][0].first_seen if len(self.first) == kept else math.inf
+        if len(flows) > kept:
+            bound = min(bound, flows[kept - 1].first_seen)
+        candidates = [(flow, twin) for flow in flows if flow.first_seen <= bound]
+        if candidates:
+            self.first = sorted([*self.first, *candidates], key=_kept_key)[:kept]
+
+    def attributions(self) -> list[FlowAttribution]:
+        """One per connection kept, and one for the rest (``connections``: how many)."""
+        listed = [
+            replace(self.attribution, flow=flow, twin=twin, connections=1)
+            for flow, twin in self.first[:LISTED_FLOWS]
+        ]
+        if self.connections > LISTED_FLOWS:
+            flow, twin = self.first[LISTED_FLOWS]
+            rest = self.connections - LISTED_FLOWS
+            listed.append(replace(self.attribution, flow=flow, twin=twin, connections=rest))
+        return listed
+
+
+def _kept_key(kept: tuple[Flow, Flow | None]) -> tuple[float, str, str, str, float, int, int]:
+    return _flow_key(kept[0])
+
+
 class _Builder:
     def __init__(
         self,
@@ -494,10 +574,11 @@ class _Builder:
         self.scope = scope
         self.witness = witness
         self.nodes: dict[str, _Node] = {}
-        self.edges: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
+        self.buckets: dict[tuple[Any, ...], _Bucket] = {}
         self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.asked: dict[tuple[str, str], set[str]] = defaultdict(set)
-        self.attributions: list[FlowAttribution] = []
+        self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
+        self._unions: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
         self.attempts: list[Attempt] = []
         self.loopback = 0
 
@@ -565,23 +646,118 @@ class _Builder:
         the captures of ``flows`` (its captures: one flow, or a flow and its twin)."""
         if self.witness is None:
             return True
-        captures = frozenset().union(*(flow.captures for flow in flows))
-        return self.witness.vouches(identity, at, captures)
+        captures = flows[0].captures
+        for flow in flows[1:]:
+            captures = self._union(captures, flow.captures)
+        return at in self.span(identity, captures)
+
+    def _union(self, one: frozenset[str], other: frozenset[str]) -> frozenset[str]:
+        """The captures of a flow and its twin: one set per pair of sets (few), not per flow."""
+        found = self._unions.get((one, other))
+        if found is None:
+            found = self._unions[(one, other)] = one | other
+        return found
+
+    def span(self, identity: Identity, captures: frozenset[str]) -> Span:
+        """When the side of a connection that was ``identity``, seen by ``captures``, is
+        vouched for (every time without a witness)."""
+        if self.witness is None:
+            return ALWAYS
+        key = (identity, captures)
+        found = self._spans.get(key)
+        if found is None:
+            found = self._spans[key] = self.witness.span(identity, captures)
+        return found
 
     def count(
-        self, attribution: FlowAttribution, stats: EdgeStats, names: _Names | None = None
+        self, attribution: FlowAttribution, views: Sequence[Flow], names: _Names | None = None
     ) -> None:
-        edge = (attribution.client, attribution.server)
-        ports = self.edges[edge]
-        known = ports.get(attribution.port)
-        ports[attribution.port] = stats if known is None else known.merged(stats)
-        self.attributions.append(attribution)
+        """One connection, seen as ``views`` (one flow, or a flow and its twin): counted once,
+        the larger count of packets."""
+        self._add(
+            attribution,
+            1,
+            max(flow.packets for flow in views),
+            max(flow.bytes for flow in views),
+            views,
+            names,
+        )
+
+    def count_group(
+        self, attribution: FlowAttribution, flows: Sequence[Flow], names: _Names | None = None
+    ) -> None:
+        """Connections each seen by one flow (of one group): each counted."""
+        self._add(
+            attribution,
+            len(flows),
+            sum(flow.packets for flow in flows),
+            sum(flow.bytes for flow in flows),
+            flows,
+            names,
+        )
+
+    def _add(
+        self,
+        attribution: FlowAttribution,
+        connections: int,
+        packets: int,
+        size: int,
+        flows: Sequence[Flow],
+        names: _Names | None,
+    ) -> None:
+        """Add to the bucket of connections counted alike (same edge, port, Service, sides and
+        addresses seen: what the attributions tell), whose first attribution stands for all."""
+        flow, twin = attribution.flow, attribution.twin
+        key = (
+            attribution.client,
+            attribution.server,
+            attribution.port,
+            attribution.service,
+            attribution.assumed,
+            attribution.vouched,
+            flow.client.ip,
+            flow.server.ip,
+            None if twin is None else twin.server.ip,
+        )
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = _Bucket(attribution)
+        bucket.connections += connections
+        bucket.packets += packets
+        bucket.bytes += size
+        bucket.keep(flows if connections > 1 else (flow,), twin)
+        for seen in flows:
+            bucket.first_seen = min(bucket.first_seen, seen.first_seen)
+            bucket.last_seen = max(bucket.last_seen, seen.last_seen)
+            bucket.evidence.add(seen.evidence)
+            bucket.answered = bucket.answered or seen.answered
         if names is not None and names.told:
+            edge = (attribution.client, attribution.server)
             self.names[edge].update(names.told)
             self.asked[edge].update(names.asked)
             self.nodes[attribution.server].names.update(names.told)
 
     def graph(self) -> WorkloadGraph:
+        edges_ports: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
+        attributions = []
+        for bucket in self.buckets.values():
+            attribution = bucket.attribution
+            attributions += bucket.attributions()
+            stats = EdgeStats(
+                flows=bucket.connections,
+                packets=bucket.packets,
+                bytes=bucket.bytes,
+                first_seen=bucket.first_seen,
+                last_seen=bucket.last_seen,
+                evidence=frozenset(bucket.evidence),
+                services=frozenset({attribution.service}) if attribution.service else frozenset(),
+                assumed=attribution.assumed,
+                answered=bucket.answered,
+                vouched=attribution.vouched,
+            )
+            ports = edges_ports[(attribution.client, attribution.server)]
+            known = ports.get(attribution.port)
+            ports[attribution.port] = stats if known is None else known.merged(stats)
         nodes = []
         for node_id, node in self.nodes.items():
             addresses = tuple(sorted(node.addresses, key=address_key))
@@ -608,12 +784,12 @@ class _Builder:
                 tuple(sorted(self.names.get((client, server), ()))),
                 tuple(sorted(self.asked.get((client, server), ()))),
             )
-            for (client, server), ports in self.edges.items()
+            for (client, server), ports in edges_ports.items()
         ]
         return WorkloadGraph(
             tuple(nodes),
             tuple(edges),
-            tuple(self.attributions),
+            tuple(attributions),
             tuple(self.attempts),
             self.loopback,
         )
@@ -622,6 +798,8 @@ class _Builder:
 def node_label(name: str, addresses: Iterable[str]) -> str:
     """A cluster node's label: its name and the addresses seen for it."""
     return f"{name} ({', '.join(addresses)})"
+
+
 def asked_by(resolver: Resolver, flow: Flow, client: Identity) -> Callable[[str], bool]:
     """Whether a DNS answer sent to an address went to ``flow``'s client (``client``, as
     resolved at the flow's first packet): its address, or another its pod (or node) had then."""
@@ -657,7 +835,12 @@ def _split_at_handovers(flows: Iterable[Flow], resolver: Resolver) -> Iterator[F
     """
     for flow in flows:
         yield flow
-        if flow.last_seen > flow.first_seen and any(
+        if flow.last_seen <= flow.first_seen or (
+            resolver.timeless(flow.client.ip, flow.first_seen)
+            and resolver.timeless(flow.server.ip, flow.first_seen)
+        ):
+            continue  # nobody else by then
+        if any(
             resolver.resolve(ip, flow.first_seen, port=port, protocol=protocol)
             != resolver.resolve(ip, flow.last_seen, port=port, protocol=protocol)
             for ip, port, protocol in (
@@ -696,28 +879,6 @@ def _attribution_key(a: FlowAttribution) -> tuple[str, str, PortSpec, tuple[Any,
     return (a.client, a.server, a.port, _flow_key(a.flow))
 
 
-def _stats(
-    flows: Sequence[Flow],
-    *,
-    service: str | None = None,
-    assumed: bool = False,
-    vouched: Sides = BOTH_SIDES,
-) -> EdgeStats:
-    """One connection seen by one or two captures: counted once, the larger count of packets."""
-    return EdgeStats(
-        flows=1,
-        packets=max(f.packets for f in flows),
-        bytes=max(f.bytes for f in flows),
-        first_seen=min(f.first_seen for f in flows),
-        last_seen=max(f.last_seen for f in flows),
-        evidence=frozenset(f.evidence for f in flows),
-        services=frozenset({service}) if service else frozenset(),
-        assumed=assumed,
-        answered=any(f.answered for f in flows),
-        vouched=vouched,
-    )
-
-
 def build_graph(
     flows: Iterable[Flow],
     resolver: Resolver,
@@ -730,7 +891,17 @@ def build_graph(
     (``Resolver.scope_of``); they are marked ``in_scope`` and present even when silent. ``dns``
     gives the names each flow's client was told for an outside server. ``witness`` says which
     sides of each flow its captures vouch for (``vouching.Witnesses``); without one, every side
-    is."""
+    is.
+
+    The cost grows with the distinct endpoint pairs, not the connections: flows with the same
+    protocol, client address, server address and port, seen by the same captures, are a group
+    (a client that opens a connection per request makes thousands), resolved once when its
+    addresses and a Service's backends are the same throughout (``Resolver.timeless``,
+    ``Resolver.steady_backends``) and counted once per stretch of time in which the same sides
+    are vouched for. A group whose client may have twins (a Service or an unknown address
+    called from the same client address, and a flow from it elsewhere) or whose identities
+    change (an address reused) is counted flow by flow, as each flow is, with the same result.
+    """
     scope_refs = scope.workloads if isinstance(scope, Scope) else frozenset(scope)
     builder = _Builder(resolver, dns, frozenset(scope_refs), witness)
     for ref in sorted(scope_refs):
@@ -738,27 +909,231 @@ def build_graph(
             builder.workload_node(resolver.workload(ref))
         except KeyError:
             continue  # a workload this resolver never placed a pod in: nothing to draw
-    ordered = sorted(_split_at_handovers(flows, resolver), key=_flow_key)
-    builder.loopback = sum(1 for flow in ordered if is_loopback(flow))
-    ordered = [flow for flow in ordered if not is_loopback(flow)]
-    for flow in ordered:
-        if not flow.established:
-            client = resolver.resolve(flow.client.ip, flow.first_seen)
-            server = resolver.resolve(
-                flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
-            )
-            builder.attempts.append(Attempt(flow, _describe(client), _describe(server)))
-    ordered = [flow for flow in ordered if flow.established]
-    resolved = [
-        (
-            flow,
-            resolver.resolve(flow.client.ip, flow.first_seen),
-            resolver.resolve(
-                flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
-            ),
+    attempts: list[Flow] = []
+    groups: list[_Group] = []
+    for key, members in _grouped(flows).items():
+        start = min(flow.first_seen for flow in members)
+        if not (
+            resolver.timeless(key.client_ip, start) and resolver.timeless(key.server_ip, start)
+        ):
+            members = list(_split_at_handovers(members, resolver))
+        if _is_loopback_address(key.client_ip) or _is_loopback_address(key.server_ip):
+            builder.loopback += len(members)
+            continue
+        established = [flow for flow in members if flow.established]
+        if len(established) < len(members):
+            attempts += (flow for flow in members if not flow.established)
+        if established:
+            groups.append(_resolved_group(key, established, resolver))
+    for flow in sorted(attempts, key=_flow_key):
+        client = resolver.resolve(flow.client.ip, flow.first_seen)
+        server = resolver.resolve(
+            flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
         )
-        for flow in ordered
-    ]
+        builder.attempts.append(Attempt(flow, _describe(client), _describe(server)))
+    twinned = _clients_with_twins(groups)
+    one_by_one: list[_Resolved] = []
+    for group in groups:
+        if group.steady is None:
+            one_by_one += (_resolved_flow(flow, resolver) for flow in group.members)
+        elif (group.key.protocol, group.key.client_ip) in twinned:
+            ends = (group.steady.client, group.steady.server)
+            one_by_one += ((flow, *ends) for flow in group.members)
+        else:
+            _count_group(builder, group.key, group.members, group.steady)
+    _count_flows(builder, _in_flow_order(one_by_one))
+    return builder.graph()
+
+
+# A flow and who its client and server were at its first packet.
+_Resolved = tuple[Flow, Identity, Identity]
+
+
+def _resolved_flow(flow: Flow, resolver: Resolver) -> _Resolved:
+    return (
+        flow,
+        resolver.resolve(flow.client.ip, flow.first_seen),
+        resolver.resolve(
+            flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
+        ),
+    )
+
+
+def _in_flow_order(resolved: list[_Resolved]) -> list[_Resolved]:
+    """``resolved`` sorted by :func:`_flow_key` of the flows, which is made only for flows whose
+    first packets are at the same time (the text of their ends takes time to make)."""
+    resolved.sort(key=_first_seen)
+    start = 0
+    while start < len(resolved):
+        end = start + 1
+        at = resolved[start][0].first_seen
+        while end < len(resolved) and resolved[end][0].first_seen == at:
+            end += 1
+        if end - start > 1:
+            resolved[start:end] = sorted(resolved[start:end], key=_resolved_key)
+        start = end
+    return resolved
+
+
+def _first_seen(resolved: _Resolved) -> float:
+    return resolved[0].first_seen
+
+
+def _resolved_key(resolved: _Resolved) -> tuple[float, str, str, str, float, int, int]:
+    return _flow_key(resolved[0])
+
+
+class _GroupKey(NamedTuple):
+    """What the flows of a group share."""
+
+    protocol: IpProtocol
+    client_ip: str
+    server_ip: str
+    server_port: int
+    captures: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Steady:
+    """Who a group's ends were, the same for each of its flows; a Service's backends too."""
+
+    client: Identity
+    server: Identity
+    backends: tuple[ServiceBackend, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    key: _GroupKey
+    members: list[Flow]  # established, by first packet
+    servers: frozenset[EndpointKind]  # what the server address was, over the flows
+    steady: _Steady | None  # None: the identities may differ from flow to flow
+
+
+def _grouped(flows: Iterable[Flow]) -> dict[_GroupKey, list[Flow]]:
+    # Plain tuples while grouping (a named tuple per flow costs), named once per group.
+    groups: dict[tuple[IpProtocol, str, str, int, frozenset[str]], list[Flow]] = defaultdict(list)
+    for flow in flows:
+        key = (flow.protocol, flow.client.ip, flow.server.ip, flow.server.port, flow.captures)
+        groups[key].append(flow)
+    return {_GroupKey(*key): members for key, members in groups.items()}
+
+
+def _by_time(flow: Flow) -> tuple[float, int, float, int, int]:
+    """A group's order: the flows differ in client port and counts only."""
+    return (flow.first_seen, flow.client.port, flow.last_seen, flow.packets, flow.bytes)
+
+
+def _resolved_group(key: _GroupKey, members: list[Flow], resolver: Resolver) -> _Group:
+    members.sort(key=_by_time)
+    start = members[0].first_seen
+    if resolver.timeless(key.client_ip, start) and resolver.timeless(key.server_ip, start):
+        client = resolver.resolve(key.client_ip, start)
+        server = resolver.resolve(key.server_ip, start, port=key.server_port, protocol=key.protocol)
+        servers = frozenset({server.kind})
+        if server.service is None:
+            return _Group(key, members, servers, _Steady(client, server))
+        backends = resolver.steady_backends(
+            server.service,
+            key.server_port,
+            key.protocol,
+            start,
+            family=address_key(server.ip)[0],
+        )
+        steady = None if backends is None else _Steady(client, server, backends)
+        return _Group(key, members, servers, steady)
+    servers = frozenset(
+        resolver.resolve(
+            key.server_ip, flow.first_seen, port=key.server_port, protocol=key.protocol
+        ).kind
+        for flow in members
+    )
+    return _Group(key, members, servers, None)
+
+
+def _clients_with_twins(groups: Iterable[_Group]) -> set[tuple[IpProtocol, str]]:
+    """The (protocol, client address) whose flows may be twins of each other: a flow to a
+    Service and one to anything else, or one to an unknown address and one to a pod (see
+    ``_Twins``). Their flows are counted one by one."""
+    servers: dict[tuple[IpProtocol, str], set[EndpointKind]] = defaultdict(set)
+    for group in groups:
+        servers[(group.key.protocol, group.key.client_ip)] |= group.servers
+    return {
+        client
+        for client, kinds in servers.items()
+        if (EndpointKind.SERVICE in kinds and len(kinds) > 1)
+        or (EndpointKind.POD in kinds and not kinds.isdisjoint(_UNKNOWN))
+    }
+
+
+def _pieces(members: Sequence[Flow], spans: Iterable[Span]) -> Iterator[Sequence[Flow]]:
+    """A group's flows (by first packet) cut where a span starts or ends: within a piece, each
+    span holds every flow's first packet or none."""
+    times = [flow.first_seen for flow in members]
+    cuts = {0, len(members)}
+    cuts.update(bisect_left(times, edge) for span in spans for edge in span if math.isfinite(edge))
+    ordered = sorted(cuts)
+    for begin, end in pairwise(ordered):
+        if begin < end:
+            yield members[begin:end]
+
+
+def _count_group(builder: _Builder, key: _GroupKey, members: list[Flow], steady: _Steady) -> None:
+    """A group whose identities stay the same and that has no twins: counted once per piece of
+    time with the same vouched sides (as its flows one by one would be, in sum)."""
+    client, server = steady.client, steady.server
+    client_node = builder.node_for(client)
+    client_span = builder.span(client, key.captures)
+    if server.service is None:
+        server_node = builder.node_for(server)
+        server_span = builder.span(server, key.captures)
+        port = PortSpec(key.protocol, key.server_port)
+        for piece in _pieces(members, (client_span, server_span)):
+            builder.note_lookups(piece[0], client)  # the same for each flow of a piece
+            at = piece[0].first_seen
+            vouched = Sides(at in client_span, at in server_span)
+            # DNS names told up to a flow's first packet only add up: the last flow's are all.
+            names = builder.names_for(piece[-1], client, server)
+            attribution = FlowAttribution(
+                piece[0], client_node, server_node, port, vouched=vouched, connections=len(piece)
+            )
+            builder.count_group(attribution, piece, names)
+        return
+    service = "/".join(server.service)
+    # A Service with nothing behind it (or not on this port) keeps its address visible; else
+    # each target (a workload and port) is vouched for when one of its pods could be.
+    targets: dict[tuple[str, PortSpec], list[Span]] = {}
+    if not steady.backends:
+        unbacked = builder.node_for(Identity(EndpointKind.UNRESOLVED, server.ip))
+        targets[(unbacked, PortSpec(key.protocol, key.server_port))] = [ALWAYS]
+    for backend in steady.backends:
+        target = (builder.node_for(backend.identity), PortSpec(key.protocol, backend.port))
+        targets.setdefault(target, []).append(builder.span(backend.identity, key.captures))
+    spans = [client_span, *(span for found in targets.values() for span in found)]
+    assumed = bool(steady.backends)
+    for piece in _pieces(members, spans):
+        builder.note_lookups(piece[0], client)  # the same for each flow of a piece
+        at = piece[0].first_seen
+        for (server_node, port), server_spans in sorted(targets.items()):
+            vouched = Sides(at in client_span, any(at in span for span in server_spans))
+            attribution = FlowAttribution(
+                piece[0],
+                client_node,
+                server_node,
+                port,
+                service=service,
+                assumed=assumed,
+                vouched=vouched,
+                connections=len(piece),
+            )
+            builder.count_group(attribution, piece)
+
+
+def _count_flows(builder: _Builder, resolved: Sequence[_Resolved]) -> None:
+    """Established flows with their ends, by :func:`_flow_key`, counted one by one: a flow to a
+    Service joined to its twin (the server side's capture of the connection), else to the
+    Service's backends; a flow to an unknown address joined to its twin; any other flow as it
+    is."""
     for flow, client, _ in resolved:
         builder.note_lookups(flow, client)
     twins = _Twins(resolved)
@@ -782,10 +1157,7 @@ def build_graph(
             PortSpec(flow.protocol, flow.server.port),
             vouched=vouched,
         )
-        builder.count(
-            attribution, _stats([flow], vouched=vouched), builder.names_for(flow, client, server)
-        )
-    return builder.graph()
+        builder.count(attribution, (flow,), builder.names_for(flow, client, server))
 
 
 _UNKNOWN = (EndpointKind.UNRESOLVED, EndpointKind.EXTERNAL)
@@ -846,6 +1218,38 @@ class _ByTime:
         return min((near for near in found if near.apart <= TWIN_WINDOW), default=None)
 
 
+class _One:
+    """One flow, for :class:`_ByTime`'s question (a client port is used once in most windows:
+    no lists for it)."""
+
+    __slots__ = ("index", "time")
+
+    def __init__(self, time: float, index: int) -> None:
+        self.time, self.index = time, index
+
+    def nearest(self, at: float, taken: Collection[int]) -> _Near | None:
+        apart = abs(self.time - at)
+        return None if self.index in taken or apart > TWIN_WINDOW else _Near(apart, self.index)
+
+
+# The flows at one place of _Twins while it is made: one (first seen, index), or a list of them.
+_Entries = tuple[float, int] | list[tuple[float, int]]
+
+
+def _collect(table: dict[Any, _Entries], place: Any, entry: tuple[float, int]) -> None:
+    known = table.get(place)
+    if known is None:
+        table[place] = entry
+    elif isinstance(known, tuple):
+        table[place] = [known, entry]
+    else:
+        known.append(entry)
+
+
+def _time_index(found: _Entries) -> _ByTime | _One:
+    return _One(*found) if isinstance(found, tuple) else _ByTime(found)
+
+
 class _Twins:
     """Where the server side's capture of a connection is looked for: the flows not to a Service
     address (``resolved``' indices), by the client address and port they saw (with the protocol),
@@ -853,25 +1257,21 @@ class _Twins:
     them. ``consumed``: flows already counted with a twin."""
 
     def __init__(self, resolved: Sequence[tuple[Flow, Identity, Identity]]) -> None:
-        by_server: dict[_ClientKey, dict[str, list[tuple[float, int]]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
-        to_pods: dict[_ClientKey, dict[frozenset[str], list[tuple[float, int]]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
+        # One entry per flow of a day's captures, so flat and small: a flow alone at its place
+        # (client port and server address, or captures) is a _One, more make a _ByTime.
+        by_server: dict[tuple[str, str, int, str], _Entries] = {}
+        to_pods: dict[_ClientKey, dict[frozenset[str], _Entries]] = {}
         for index, (flow, _, server) in enumerate(resolved):
             if server.kind is EndpointKind.SERVICE:
                 continue
             key = _client_key(flow)
-            by_server[key][flow.server.ip].append((flow.first_seen, index))
+            entry = (flow.first_seen, index)
+            _collect(by_server, (*key, flow.server.ip), entry)
             if server.kind is EndpointKind.POD:
-                to_pods[key][flow.captures].append((flow.first_seen, index))
-        self.by_server = {
-            key: {ip: _ByTime(entries) for ip, entries in servers.items()}
-            for key, servers in by_server.items()
-        }
+                _collect(to_pods.setdefault(key, {}), flow.captures, entry)
+        self.by_server = {place: _time_index(found) for place, found in by_server.items()}
         self.to_pods = {
-            key: {captures: _ByTime(entries) for captures, entries in groups.items()}
+            key: {captures: _time_index(found) for captures, found in groups.items()}
             for key, groups in to_pods.items()
         }
         self.consumed: set[int] = set()
@@ -880,13 +1280,15 @@ class _Twins:
         """The twin of a flow to a Service: to one of its backends (``backend_ips``) if any,
         else to any pod; the nearest in time, then the lowest index."""
         key = _client_key(flow)
-        servers = self.by_server.get(key, {})
-        to_backend = (
-            servers[ip].nearest(flow.first_seen, self.consumed)
-            for ip in backend_ips
-            if ip in servers
+        found = min(
+            (
+                hit
+                for ip in backend_ips
+                if (index := self.by_server.get((*key, ip))) is not None
+                and (hit := index.nearest(flow.first_seen, self.consumed)) is not None
+            ),
+            default=None,
         )
-        found = min((hit for hit in to_backend if hit is not None), default=None)
         if found is None:
             to_pod = (
                 by_time.nearest(flow.first_seen, self.consumed)
@@ -941,7 +1343,7 @@ def _unknown_service_flow(
         twin=twin,
         vouched=vouched,
     )
-    builder.count(attribution, _stats([flow, twin], vouched=vouched))
+    builder.count(attribution, (flow, twin))
 
 
 def _twin_sides(
@@ -967,9 +1369,11 @@ def _service_flow(
     assert server.service is not None
     service = "/".join(server.service)
     version = address_key(server.ip)[0]
-    backends = builder.resolver.service_backends(
-        server.service, flow.server.port, flow.protocol, flow.first_seen, family=version
-    )
+    resolver = builder.resolver
+    at, called, protocol = flow.first_seen, flow.server.port, flow.protocol
+    backends = resolver.steady_backends(server.service, called, protocol, at, family=version)
+    if backends is None:
+        backends = resolver.service_backends(server.service, called, protocol, at, family=version)
     client_node = builder.node_for(client)
     backend_ips = {b.identity.ip for b in backends}
     # The server side's view of this connection: same client address, port and protocol, first
@@ -989,7 +1393,7 @@ def _service_flow(
             twin=twin,
             vouched=vouched,
         )
-        builder.count(attribution, _stats([flow, twin], service=service, vouched=vouched))
+        builder.count(attribution, (flow, twin))
         return
     if not backends:
         # A Service with nothing behind it (or not on this port): keep the address visible.
@@ -1003,7 +1407,7 @@ def _service_flow(
             service=service,
             vouched=vouched,
         )
-        builder.count(attribution, _stats([flow], service=service, vouched=vouched))
+        builder.count(attribution, (flow,))
         return
     # Several pods of one workload on one port are one edge, and the flow counts once on it.
     # Its server side is vouched for when one of those pods could not have seen it (no capture
@@ -1020,4 +1424,4 @@ def _service_flow(
         attribution = FlowAttribution(
             flow, client_node, server_node, port, service=service, assumed=True, vouched=vouched
         )
-        builder.count(attribution, _stats([flow], service=service, assumed=True, vouched=vouched))
+        builder.count(attribution, (flow,))

@@ -15,6 +15,7 @@ policies and verify build on. Pure: no I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -123,6 +124,11 @@ class Resolver:
         self._workloads = Workloads(snapshot, self._claims)
         self._services = Services(snapshot, self._claims, self._nodes)
         self._timeless: dict[tuple[str, int | None, Protocol | None], Identity] = {}
+        # steady_backends' answers, each with the earliest time it was asked for.
+        self._steady_backends: dict[
+            tuple[tuple[str, str], int, Protocol, int | None],
+            tuple[float, tuple[ServiceBackend, ...]],
+        ] = {}
 
     # -- pods and workloads -----------------------------------------------------------------
 
@@ -218,15 +224,24 @@ class Resolver:
         skew). A packet older than every pod the inputs know still resolves to the earliest
         claim on its address, as the best guess; this tells such a guess from a pod that was
         there. True when nothing says when the pod started (a hostNetwork pod)."""
+        return at >= self.existed_since(pod)
+
+    def existed_since(self, pod: PodRef) -> float:
+        """From when on :meth:`existed` says ``pod`` existed (``-inf``: always)."""
         record = self._claims.record(pod.key)
         lifetime = self._claims.lifetime(record) if record is not None else None
-        return lifetime is None or lifetime.start - at <= CLAIM_SKEW
+        return -math.inf if lifetime is None else lifetime.start - CLAIM_SKEW
 
     @property
     def cluster_networks(self) -> tuple[str, ...]:
         """The networks inside the cluster (node podCIDRs, else inferred from pod addresses;
         the Services' addresses), as CIDR text: an address in them is never the outside."""
         return tuple(str(network) for network in self._ranges.networks)
+
+    def timeless(self, ip: str, at: float) -> bool:
+        """Whether :meth:`resolve` tells the same of ``ip`` at any time from ``at`` on: at most
+        one pod ever claims it (a reused address is someone else after a handover)."""
+        return self._claims.timeless(normalize_ip(ip), at)
 
     def resolve(
         self, ip: str, at: float, *, port: int | None = None, protocol: Protocol | None = None
@@ -290,6 +305,36 @@ class Resolver:
             ServiceBackend(self._backend_identity(backend, protocol, at), backend.port)
             for backend in self._services.backends(service, port, protocol, at, family=family)
         )
+
+    def steady_backends(
+        self,
+        service: tuple[str, str],
+        port: int,
+        protocol: Protocol,
+        at: float,
+        *,
+        family: int | None = None,
+    ) -> tuple[ServiceBackend, ...] | None:
+        """:meth:`service_backends` at ``at`` when they are the same at any time from ``at`` on
+        (``Services.steady``: the same pods behind it, each named by its pod or at an address
+        nobody else claims from then on); None when they may change."""
+        key = (service, port, protocol, family)
+        known = self._steady_backends.get(key)
+        if known is not None and at >= known[0]:
+            return known[1]
+        if not self._services.steady(service, at):
+            return None
+        backends = self._services.backends(service, port, protocol, at, family=family)
+        for backend in backends:
+            record = self._claims.record(backend.pod_key) if backend.pod_key else None
+            if (record is None or record.host_network) and not self.timeless(backend.ip, at):
+                return None
+        steady = tuple(
+            ServiceBackend(self._backend_identity(backend, protocol, at), backend.port)
+            for backend in backends
+        )
+        self._steady_backends[key] = (at, steady)  # the same from ``at`` on
+        return steady
 
     def _backend_identity(self, backend: Backend, protocol: Protocol, at: float) -> Identity:
         """The pod the endpoints name (unless it uses its node's network), else who the address

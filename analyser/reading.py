@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from sys import intern
 from typing import Any, Protocol, TypeVar
 
 from analyser.dns import DnsNames, DnsTable, TcpDnsStreams
@@ -299,9 +300,10 @@ def _count_file(
         directed.append(
             DirectedTraffic(
                 protocol_named(number),
-                source,
+                # One copy of each address's text, for every conversation it is in.
+                intern(source),
                 source_port,
-                destination,
+                intern(destination),
                 destination_port,
                 *counts.fields(),
             )

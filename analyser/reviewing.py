@@ -23,7 +23,7 @@ from xml.etree import ElementTree
 import yaml
 
 from analyser.evaluation import Address, Direction, PolicySet, policy_name
-from analyser.graphs import NodeRole, WorkloadGraph
+from analyser.graphs import LISTED_FLOWS, NodeRole, WorkloadGraph
 from analyser.peers import PortSpec
 from analyser.pictures import GroupKind, Picture, drawing_ids
 from analyser.policysets import parse_policy_texts
@@ -33,8 +33,8 @@ from analyser.verifying import Allowance, unobserved_allowances
 from kernel.bundles import Window
 
 # An edge's panel lists this many of its flows per target port, then how many more there were
-# (report.md's table has them all by edge; the capture files each one).
-MAX_LISTED_FLOWS = 20
+# (report.md's table has them all by edge; the capture files each one). The graph keeps them.
+MAX_LISTED_FLOWS = LISTED_FLOWS
 
 # verify's allowed-but-never-observed is worked out up to this many pairs of its universe (every
 # ordered pair of workloads with a captured one, each captured workload with each address block,
@@ -329,7 +329,7 @@ def _port_review(
         rules=tuple(rules),
         notes=tuple(notes),
         listed=listed,
-        unlisted=max(0, len(flows) - MAX_LISTED_FLOWS),
+        unlisted=max(0, sum(a.connections for a in flows) - MAX_LISTED_FLOWS),
     )
 
 

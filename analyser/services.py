@@ -135,7 +135,38 @@ class Services:
                 backends.add(Backend(ip, target, record.key))
         return tuple(backend for backend in sorted(backends) if is_ip(backend.ip))
 
+    def steady(self, service: tuple[str, str], at: float) -> bool:
+        """Whether :meth:`backends` of ``service`` are the same at any time from ``at`` on: its
+        EndpointSlices or Endpoints are in the snapshot, or the pods its selector picks are each
+        alive from then on or gone by then, at one address of each IP family."""
+        found = self._snapshot.service(*service)
+        if found is None or self._snapshot.slices_for(*service):
+            return True
+        if self._snapshot.endpoints_for(*service) is not None:
+            return True
+        for record in self._matching(found):
+            lifetime = self._claims.lifetime(record)
+            if lifetime is not None and not (
+                lifetime.end <= at or (lifetime.start <= at and lifetime.end == math.inf)
+            ):
+                return False
+            addresses = set(self._claims.addresses_of(record))
+            versions = {parse_address(address).version for address in addresses}
+            if not record.host_network and len(versions) < len(addresses):
+                return False  # a new address of the same family: which one depends on the time
+        return True
+
     def _selected_pods(self, service: Service, at: float) -> list[PodRecord]:
+        matching = self._matching(service)
+        alive = []
+        for record in matching:
+            lifetime = self._claims.lifetime(record)
+            if lifetime is None or lifetime.covers(at):
+                alive.append(record)
+        return alive or matching
+
+    def _matching(self, service: Service) -> list[PodRecord]:
+        """Every pod the Service's selector picks, whenever it lived."""
         selector = service.selector
         if not selector:
             return []
@@ -151,13 +182,7 @@ class Services:
                 (self._by_label.get((namespace, k, v), []) for k, v in selector.items()), key=len
             )
             self._selected[key] = [r for r in fewest if _selects(selector, r)]
-        matching = self._selected[key]
-        alive = []
-        for record in matching:
-            lifetime = self._claims.lifetime(record)
-            if lifetime is None or lifetime.covers(at):
-                alive.append(record)
-        return alive or matching
+        return self._selected[key]
 
     # -- listeners ----------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Mapping
 
-from analyser.graphs import TWIN_WINDOW
+from analyser.graphs import ALWAYS, TWIN_WINDOW, Span
 from analyser.identities import Identity, Resolver, Vantage
 from analyser.sources import CaptureReport
 
@@ -91,11 +91,19 @@ class Witnesses:
         """Whether the side of a flow that was ``identity`` at ``at``, seen by the capture files
         ``captures``, is vouched for: a capture at that side saw it, or none could have (see the
         module's docstring)."""
+        return at in self.span(identity, captures)
+
+    def span(self, identity: Identity, captures: Collection[str]) -> Span:
+        """When the side of a flow that was ``identity``, seen by ``captures``, is vouched for
+        (:meth:`vouches` at any time in it): always when a capture at that side saw it or that
+        side is no pod; else from when the pod existed until its own capture ran (and did not
+        see it)."""
         if identity.pod is None:
-            return True
+            return ALWAYS
         own = self._own(identity)
         if any(not own.isdisjoint(self._vantages.get(c, ())) for c in captures):
-            return True
-        if at >= self.captured_since(identity) + TWIN_WINDOW:
-            return False  # its own capture ran then, and did not see it
-        return self._resolver.existed(identity.pod, at)
+            return ALWAYS
+        return Span(
+            self._resolver.existed_since(identity.pod),
+            self.captured_since(identity) + TWIN_WINDOW,
+        )

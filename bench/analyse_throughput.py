@@ -16,10 +16,17 @@ children, which is what counts on a shared machine) for:
 
 and the peak RSS of one worker reading 1× and 4× the capture (the same flows, four times as
 long; each in a fresh interpreter).
+
+Then the whole command, as a new user runs it: ``netpol-sniffer analyse`` on a bundle of one
+capture in which one pod calls ten Services, a new source port for each of ``--connections``
+short TCP connections (9 packets each, full capture mode: 1,000,000 packets by default), against
+``tshark -T fields`` on the same file in the same run: wall time, CPU time, packets per
+CPU-second and the ratios (the goal: the command ≥ 10× tshark, ≥ 1,000,000 packets per
+CPU-second).
 Prints figures, asserts nothing.
 
     python bench/analyse_throughput.py [--packets N] [--flows N] [--files N] [--repeat N]
-                                       [--keep DIR]
+                                       [--connections N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -40,6 +47,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPOSITORY))  # bench.synthetic, when run as a script
+
+from bench.synthetic import (  # noqa: E402
+    T0,
+    PcapWriter,
+    Workload,
+    capture_path,
+    layout,
+    tcp_connection,
+    write_synthetic_bundle,
+)
+
 LINKTYPE_LINUX_SLL2 = 276
 SNAPLEN = 512
 DEFAULT_REPEAT = 3
@@ -273,11 +292,18 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=4, help="files for the all-workers run")
     parser.add_argument("--keep", type=Path, help="build the captures here and keep them")
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, help="runs per method")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=111_111,
+        help="short connections for the whole command (9 packets each)",
+    )
     options = parser.parse_args()
     directory = options.keep or Path(tempfile.mkdtemp(prefix="netpol-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
     try:
         _measure(directory, options.packets, options.flows, options.files, options.repeat)
+        _whole_command(directory, options.connections, options.repeat)
     finally:
         if options.keep is None:
             shutil.rmtree(directory, ignore_errors=True)
@@ -383,6 +409,61 @@ def _measure(directory: Path, wanted: int, flows: int, files: int, repeat: int) 
         f" {quadruple.packets / _inside(quadruple):,.0f} for reading + orienting alone)"
     )
     print(f"  ratio 4×/1×: {quadruple_rss / single_rss:.2f}")
+
+
+def build_service_calls(root: Path, connections: int) -> int:
+    """A bundle whose one capture is a pod's calls to ten Services (ClusterIP, port 80), a new
+    source port each time (Linux's ephemeral range, per Service), one connection every 0.6 ms:
+    what a frontend or batch job without keep-alive looks like. Returns the packets written."""
+    workloads = [Workload("default", "client", 1, service=False)]
+    workloads += [Workload("default", f"backend-{index}", 1) for index in range(10)]
+    cluster = layout(workloads, now=T0 - 3600)
+    [client] = cluster.pods_of("default/Deployment/client")
+    addresses = sorted(s.cluster_ips[0] for s in cluster.services if s.spec.name != "kube-dns")
+    at = T0
+    with PcapWriter(capture_path(root, client)) as capture:
+        for index in range(connections):
+            port = 32768 + index // len(addresses) % 28232
+            server = addresses[index % len(addresses)]
+            for _, frame in tcp_connection(client.ips[0], port, server, 80):
+                capture.write(at, frame)
+                at += 0.00005
+            at += 0.00015
+        packets = capture.packets
+    write_synthetic_bundle(
+        root, cluster, window=(T0 - 60, at + 60), capture_mode="full", started=cluster.pods
+    )
+    return packets
+
+
+def _whole_command(directory: Path, connections: int, repeat: int) -> None:
+    bundle = directory / "service-calls"
+    shutil.rmtree(bundle, ignore_errors=True)
+    packets = build_service_calls(bundle, connections)
+    [capture] = (bundle / "captures").rglob("capture.pcap0")
+    print(
+        f"the whole command: {packets:,} packets in {connections:,} connections from one pod to "
+        f"ten Services ({capture.stat().st_size / 1e6:.0f} MB), best of {repeat} runs each:"
+    )
+    print(f"  {'method':<48} {'packets/s':>12} {'per CPU-s':>12} {'wall s':>8} {'CPU s':>8}")
+    command = [sys.executable, "-m", "cli.main", "analyse", str(bundle)]
+    command += ["--out", str(directory / "service-calls-out")]
+    ours = _run("netpol-sniffer analyse BUNDLE", packets, command, repeat=repeat, cwd=REPOSITORY)
+    print(ours.line(), flush=True)
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        print("  tshark: not installed, no ratio (make bench installs it)")
+        return
+    argv = [tshark, "-r", str(capture), "-T", "fields"]
+    for name in _TSHARK_FIELDS:
+        argv += ["-e", name]
+    seed = _run("seed's method: tshark -T fields (11 fields)", packets, argv, repeat=repeat)
+    print(seed.line(), flush=True)
+    print(
+        f"  netpol-sniffer analyse / tshark: {seed.wall / ours.wall:.1f}× (wall), "
+        f"{seed.cpu / ours.cpu:.1f}× (per CPU-second); "
+        f"{packets / ours.cpu:,.0f} packets per CPU-second"
+    )
 
 
 if __name__ == "__main__":

@@ -128,6 +128,9 @@ class _Holding:
     def holds(self, ip: str, first: float, last: float) -> bool:
         return ip == self.ip and last >= self.since
 
+    def steady(self, ip: str, at: float) -> bool:
+        return ip != self.ip or at >= self.since
+
 
 def test_conversations_without_an_end_of_the_vantage_point_are_dropped() -> None:
     outside = Endpoint("198.51.100.1", 45000)

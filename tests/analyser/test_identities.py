@@ -20,6 +20,7 @@ from analyser.snapshot import (
     load_pod_ip_history,
     load_snapshot,
     parse_capture_meta,
+    parse_pod_ip_history,
     parse_snapshot_documents,
 )
 from analyser.workloads import SelectorChoice, Workload, WorkloadRef, exclusive_selector
@@ -224,9 +225,7 @@ def test_after_the_last_claim_ends_the_last_holder_keeps_the_address(snapshot: S
     history = [e for e in load_pod_ip_history(DATA / "pod-ips.jsonl") if "ratings" in e.pod]
     # Without the details pod in the snapshot, nobody claims the IP after 09:20: packets
     # then are the deleted pod's last ones.
-    no_details = Snapshot(
-        [o for o in snapshot.pods if not o.name.startswith("details")]
-    )
+    no_details = Snapshot([o for o in snapshot.pods if not o.name.startswith("details")])
     resolver = Resolver(no_details, ip_history=history)
     assert workload_at(resolver, "10.244.1.20", "09:25:00") == "bookinfo/Deployment/ratings-v1"
 
@@ -758,6 +757,8 @@ def test_exposures_are_what_the_snapshot_opens_to_the_outside() -> None:
             Exposure(PortSpec(tcp, 9000), "Service app/web-ops (NodePort)", (4,)),
         ),
     }
+
+
 # -- selectors that select more than their workload --------------------------------------------
 
 
@@ -922,3 +923,24 @@ def test_a_selector_by_in_that_takes_in_another_workload_is_narrowed() -> None:
     assert workload.narrowed_from == LabelSelector(
         match_expressions=(LabelRequirement("app", "In", ("api", "web")),)
     )
+
+
+def test_an_address_one_pod_claims_in_several_inputs_is_timeless(snapshot: Snapshot) -> None:
+    # The history and the snapshot both naming one pod at its address are one owner: who the
+    # address was does not depend on the time (build_graph resolves such a pair once).
+    address = "10.244.0.2"
+    pod = Resolver(snapshot).resolve(address, at("09:40:00")).pod
+    assert pod is not None
+    added = {
+        "time": "2026-11-26T09:00:00Z",
+        "event": "ADDED",
+        "namespace": pod.namespace,
+        "pod": pod.name,
+        "uid": pod.uid,
+        "ips": [address],
+    }
+    history = parse_pod_ip_history([json.dumps(added)], source="pod-ips.jsonl")
+    resolver = Resolver(snapshot, ip_history=history)
+    assert resolver.timeless(address, at("09:40:00"))
+    reused = Resolver(snapshot, ip_history=load_pod_ip_history(DATA / "pod-ips.jsonl"))
+    assert not reused.timeless("10.244.1.20", at("09:40:00"))  # ratings', then details'

@@ -308,6 +308,9 @@ class _Holding:
     def holds(self, ip: str, first: float, last: float) -> bool:
         return ip in self.ips
 
+    def steady(self, ip: str, at: float) -> bool:
+        return True
+
 
 def test_foreign_conversations_are_dropped_the_same_for_any_number_of_workers(
     tmp_path: Path,

@@ -12,7 +12,7 @@ from analyser.analysing import analyse
 from analyser.bundles import open_bundle
 from analyser.evaluation import Direction
 from analyser.flows import Flow, Protocol
-from analyser.graphs import EdgeStats, Sides, WorkloadGraph, build_graph
+from analyser.graphs import ALWAYS, TWIN_WINDOW, EdgeStats, Sides, WorkloadGraph, build_graph
 from analyser.identities import Vantage
 from analyser.peers import PortSpec
 from analyser.policies import synthesize
@@ -288,3 +288,19 @@ def test_a_loose_file_tied_to_a_pod_vouches_for_that_pod_only(tmp_path: Path) ->
     assert [(p.client, p.server, p.ports_text) for p in analysis.unvouched] == [
         (frontend, cart, "TCP/9999")
     ]
+
+
+def test_a_side_is_vouched_for_over_one_span_of_time() -> None:
+    # The graph counts a group of connections once per stretch of time with the same vouched
+    # sides (graphs.build_graph): the span says when, as vouches says at each moment.
+    witnesses = _witnesses(_report(WEB_CAPTURE, "09:30:00"), _report(API_CAPTURE, "09:30:00"))
+    web = resolver().resolve(WEB_A, at("09:40:00"))
+    assert witnesses.span(web, frozenset({WEB_CAPTURE})) == ALWAYS
+    assert witnesses.span(resolver().resolve(OUTSIDE, at("09:40:00")), frozenset()) == ALWAYS
+    # Only api's capture claims it: web's side until web's own capture ran (09:30, give or take
+    # the clock skew between captures), from when web's pod existed.
+    claimed = witnesses.span(web, frozenset({API_CAPTURE}))
+    assert claimed.end == at("09:30:00") + TWIN_WINDOW
+    for minute in range(0, 60, 3):
+        moment = at(f"09:{minute:02d}:00")
+        assert (moment in claimed) == witnesses.vouches(web, moment, frozenset({API_CAPTURE}))
