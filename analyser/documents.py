@@ -37,6 +37,10 @@ from yaml.reader import Reader
 from yaml.resolver import Resolver
 from yaml.scanner import Scanner
 
+# For text this program wrote itself (rendered policies read back), where no budget is needed:
+# libyaml's safe loader when PyYAML was built with it (fifty times faster), else the Python one.
+RENDERED_TEXT_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 # Lists and objects nested in one another, at most (a Kubernetes object: about 10; a
 # CustomResourceDefinition's schema: about 40).
 MAX_DEPTH = 100

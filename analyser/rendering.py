@@ -28,6 +28,7 @@ import jinja2
 import markupsafe
 import yaml
 
+from analyser import documents
 from analyser.adopting import Adoption
 from analyser.baselines import (
     Baseline,
@@ -529,22 +530,22 @@ def first_difference(actual: object, expected: object) -> str | None:
     return path
 
 
-# libyaml's safe loader when PyYAML was built with it (fifty times faster), else the Python one.
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def _parse_back(text: str, what: str, expected: dict[str, Any]) -> None:
     """``text`` must parse to exactly one document, ``expected``; else RenderError naming
     ``what`` (the file) and where they differ."""
     try:
-        documents = [doc for doc in yaml.load_all(text, Loader=_SAFE_LOADER) if doc is not None]
+        parsed = [
+            doc
+            for doc in yaml.load_all(text, Loader=documents.RENDERED_TEXT_LOADER)
+            if doc is not None
+        ]
     except yaml.YAMLError as error:
         raise RenderError(f"rendered {what} is not valid YAML: {error}") from error
-    if len(documents) != 1:
+    if len(parsed) != 1:
         raise RenderError(
-            f"rendered {what} differs from the policy model: {len(documents)} YAML documents, not 1"
+            f"rendered {what} differs from the policy model: {len(parsed)} YAML documents, not 1"
         )
-    difference = first_difference(documents[0], expected)
+    difference = first_difference(parsed[0], expected)
     if difference is not None:
         raise RenderError(
             f"rendered {what} differs from the policy model at {difference or 'the top level'}"

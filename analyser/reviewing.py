@@ -22,6 +22,7 @@ from xml.etree import ElementTree
 
 import yaml
 
+from analyser import documents
 from analyser.evaluation import Address, Direction, PolicySet, policy_name
 from analyser.graphs import LISTED_FLOWS, NodeRole, WorkloadGraph
 from analyser.peers import PortSpec
@@ -185,7 +186,7 @@ def rule_lines(text: str) -> dict[tuple[str, Direction, int], tuple[int, int]]:
     lines just above it, which say why it is there."""
     lines = text.split("\n")
     found = {}
-    for document in yaml.compose_all(text, Loader=yaml.SafeLoader):
+    for document in yaml.compose_all(text, Loader=documents.RENDERED_TEXT_LOADER):
         kind = _scalar(document, "kind") if document is not None else None
         if not isinstance(kind, yaml.ScalarNode) or kind.value not in _RULE_KINDS:
             continue  # a ClusterNetworkPolicy (the baseline) is shown whole, not by rule
@@ -233,7 +234,7 @@ class _PolicyFiles:
             found = rule_lines(text)
             lines.update(found)
             file_of.update({policy: file for policy, _, _ in found})
-            for document in yaml.safe_load_all(text):
+            for document in yaml.load_all(text, Loader=documents.RENDERED_TEXT_LOADER):
                 metadata = document.get("metadata", {}) if isinstance(document, dict) else {}
                 if "name" in metadata:
                     namespace = str(metadata.get("namespace") or "default")

@@ -15,7 +15,7 @@ import time
 
 import yaml
 
-from analyser import rendering
+from analyser import documents, rendering
 from analyser.flows import Protocol
 from analyser.peers import IpPeer, PodPeer, PortSpec
 from analyser.policies import Policy, Rule
@@ -63,11 +63,11 @@ def main() -> None:
     parser.add_argument("--policies", type=int, default=1000)
     args = parser.parse_args()
     items = policies(args.policies)
-    used = rendering._SAFE_LOADER
+    used = documents.RENDERED_TEXT_LOADER
     seconds, size = timed(items)
     print(f"{len(items)} policies, {size / 1e6:.1f} MB of YAML")
     print(f"  {used.__name__:<14} {seconds:7.2f}s  {len(items) / seconds:8.0f} policies/s")
-    rendering._SAFE_LOADER = yaml.SafeLoader
+    documents.RENDERED_TEXT_LOADER = yaml.SafeLoader
     baseline, _ = timed(items)
     print(f"  {'SafeLoader':<14} {baseline:7.2f}s  {len(items) / baseline:8.0f} policies/s")
     print(f"  speed-up: {baseline / seconds:.1f}x")
