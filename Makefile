@@ -66,6 +66,7 @@ venv: $(COMPILED)
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check --exclude "*.md" .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -259,6 +259,8 @@ def _scheduler(args: argparse.Namespace) -> str | None:
 
 def _workers_text(count: int) -> str:
     return f"{count} worker" if count == 1 else f"{count} workers"
+
+
 def _check_current_policies(adoption: Adoption, out: Path, *, force: bool) -> None:
     """Say which of the cluster's current policies the new ones replace or combine with; refuse
     to replace one netpol-sniffer did not write, unless ``force`` (see docs/analyse.md)."""

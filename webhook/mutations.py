@@ -215,9 +215,7 @@ def _skip(
     if spec.get("hostNetwork") is True:
         return Skip(SkipReason.HOST_NETWORK, "hostNetwork pods would capture the node's traffic")
     if labels.get(CAPTURE_LABEL) == CAPTURE_DISABLED:
-        return Skip(
-            SkipReason.OPTED_OUT, f"the pod is labelled {CAPTURE_LABEL}={CAPTURE_DISABLED}"
-        )
+        return Skip(SkipReason.OPTED_OUT, f"the pod is labelled {CAPTURE_LABEL}={CAPTURE_DISABLED}")
     os_field = spec.get("os")
     if isinstance(os_field, Mapping) and os_field.get("name") == "windows":
         return Skip(SkipReason.WINDOWS, "the capture sidecar is a Linux container")
