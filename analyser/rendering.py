@@ -572,18 +572,23 @@ def render_policy(
 
 def render_default_deny(deny: DefaultDeny, *, provenance: Provenance) -> str:
     """A policy selecting every pod of a namespace and allowing nothing in either direction."""
+    return _render_default_deny(
+        "default-deny.yaml.j2", deny, provenance, default_deny_object(deny, provenance=provenance)
+    )
+
+
+def _render_default_deny(
+    template: str, deny: DefaultDeny, provenance: Provenance, expected: dict[str, Any]
+) -> str:
+    """A default-deny of either format from its template, read back against ``expected``."""
     _check_names(deny.namespace, deny.name)
     text = _render(
-        "default-deny.yaml.j2",
+        template,
         deny=deny,
         labels=_labels(()),
         annotations=_annotations(provenance),
     )
-    _parse_back(
-        text,
-        policy_path(deny.namespace, deny.name),
-        default_deny_object(deny, provenance=provenance),
-    )
+    _parse_back(text, policy_path(deny.namespace, deny.name), expected)
     return text
 
 
@@ -688,19 +693,12 @@ def render_cilium_policy(
 
 def render_cilium_default_deny(deny: DefaultDeny, *, provenance: Provenance) -> str:
     """A CiliumNetworkPolicy selecting every pod of a namespace and allowing nothing."""
-    _check_names(deny.namespace, deny.name)
-    text = _render(
+    return _render_default_deny(
         "cilium-default-deny.yaml.j2",
-        deny=deny,
-        labels=_labels(()),
-        annotations=_annotations(provenance),
-    )
-    _parse_back(
-        text,
-        policy_path(deny.namespace, deny.name),
+        deny,
+        provenance,
         cilium_default_deny_object(deny, provenance=provenance),
     )
-    return text
 
 
 def render_baseline(baseline: Baseline, *, provenance: Provenance) -> str:
