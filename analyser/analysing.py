@@ -848,6 +848,24 @@ class ClusterContext:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyOptions:
+    """What the policies are made with: ``analyse``'s options (see :func:`conclude`), the
+    command line's flags."""
+
+    default_deny: bool = False
+    baseline: bool = False
+    node_cidrs: Sequence[str] = ()
+    max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES
+    allowed_special: Collection[SpecialAddress] = ()
+    expose_anywhere: bool = True
+    policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY
+    max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX
+
+
+DEFAULT_POLICY_OPTIONS = PolicyOptions()
+
+
 # The analysis keeps millions of objects alive and makes no reference cycles worth collecting:
 # with 20,000 outside addresses the collector's full passes were two fifths of the time.
 @no_cyclic_gc()
@@ -879,9 +897,7 @@ def analyse(
         max_capture_size=max_capture_size,
         capture_map=capture_map,
     )
-    return conclude(
-        seen,
-        ClusterContext.of(seen),
+    options = PolicyOptions(
         default_deny=default_deny,
         baseline=baseline,
         node_cidrs=node_cidrs,
@@ -891,22 +907,16 @@ def analyse(
         policy_format=policy_format,
         max_names_per_suffix=max_names_per_suffix,
     )
+    return conclude(seen, ClusterContext.of(seen), options)
 
 
 def conclude(
     seen: Observation,
     cluster: ClusterContext,
-    *,
-    default_deny: bool = False,
-    baseline: bool = False,
-    node_cidrs: Sequence[str] = (),
-    max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
-    allowed_special: Collection[SpecialAddress] = (),
-    expose_anywhere: bool = True,
-    policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY,
-    max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX,
+    options: PolicyOptions = DEFAULT_POLICY_OPTIONS,
 ) -> Analysis:
-    """Make the policies of an observation and render every output file (in memory). Traffic
+    """Make the policies of an observation with ``options`` and render every output file (in
+    memory). Traffic
     with a node (from or to a node address) is allowed with every node the snapshot knows, or
     with ``node_cidrs`` when given (``policies.node_blocks``). More than
     ``max_outside_addresses`` outside addresses on one port of a policy side become one rule
@@ -931,18 +941,20 @@ def conclude(
     plan = synthesize(
         seen.graph,
         cluster_dns=cluster_dns,
-        default_deny=default_deny,
-        baseline=baseline,
+        default_deny=options.default_deny,
+        baseline=options.baseline,
         node_addresses=cluster.node_addresses,
-        node_cidrs=node_cidrs,
-        max_outside_addresses=max_outside_addresses,
-        allowed_special=allowed_special,
-        exposures=exposures if expose_anywhere else None,
+        node_cidrs=options.node_cidrs,
+        max_outside_addresses=options.max_outside_addresses,
+        allowed_special=options.allowed_special,
+        exposures=exposures if options.expose_anywhere else None,
         internal_networks=cluster.internal_networks,
     )
     policies = plan.policies
     # With a default-deny or the baseline, also those that keep their namespace from it.
-    unselectable = unselectable_workloads(seen.graph, default_deny=default_deny or baseline)
+    unselectable = unselectable_workloads(
+        seen.graph, default_deny=options.default_deny or options.baseline
+    )
     manifest = seen.bundle.manifest
     window = seen.window
     provenance = (
@@ -954,14 +966,14 @@ def conclude(
             plan,
             namespaces=seen.snapshot.namespace_names,
             cluster_dns=cluster_dns,
-            nodes=node_blocks(seen.graph, cluster.node_addresses, node_cidrs),
+            nodes=node_blocks(seen.graph, cluster.node_addresses, options.node_cidrs),
         )
-        if baseline
+        if options.baseline
         else None
     )
     reasons = explain(plan, seen.graph, cluster_dns=cluster_dns)
     files: dict[str, str] = {}
-    folders = _folders(policy_format)
+    folders = _folders(options.policy_format)
     if PolicyFormat.NETWORKPOLICY in folders:
         files |= render_policy_files(
             policies,
@@ -975,9 +987,9 @@ def conclude(
         cilium = cilium_plan(
             plan,
             seen.graph,
-            exposures=exposures if expose_anywhere else None,
+            exposures=exposures if options.expose_anywhere else None,
             apiservers=cluster.facts.apiservers,
-            max_names_per_suffix=max_names_per_suffix,
+            max_names_per_suffix=options.max_names_per_suffix,
         )
         files |= render_cilium_files(
             cilium,
@@ -992,7 +1004,9 @@ def conclude(
     first_folder = next(iter(folders.values()))
     # Against the newest snapshot's NetworkPolicies (what the cluster has now): the first set
     # written, the NetworkPolicies when there are both.
-    kind = "CiliumNetworkPolicy" if policy_format is PolicyFormat.CILIUM else "NetworkPolicy"
+    kind = (
+        "CiliumNetworkPolicy" if options.policy_format is PolicyFormat.CILIUM else "NetworkPolicy"
+    )
     adoption = adopt(
         (
             (f"snapshot: NetworkPolicy {p.display_name}", p.raw)
@@ -1016,7 +1030,7 @@ def conclude(
     if drawn.svg is not None:
         files[GRAPH_SVG] = drawn.svg
     notes: tuple[str, ...] = (drawn.note,) if drawn.note is not None else ()
-    if baseline:
+    if options.baseline:
         notes += _baseline_notes(written_baseline, seen.snapshot)
     uncovered = uncovered_cronjobs(
         cluster.cronjobs,
@@ -1047,7 +1061,7 @@ def conclude(
         node_local_dns=tuple(cache.cidr.partition("/")[0] for cache in cluster_dns.node_local),
         notes=notes,
         exposures=exposed,
-        exposed_anywhere=expose_anywhere,
+        exposed_anywhere=options.expose_anywhere,
         left_out=plan.left_out,
         selector_warnings=selector_warnings(seen.graph),
         unvouched=seen.graph.unvouched_pairs(),
@@ -1087,7 +1101,7 @@ def conclude(
         files=dict(sorted(files.items())),
         notes=notes,
         exposures=exposed,
-        exposed_anywhere=expose_anywhere,
+        exposed_anywhere=options.expose_anywhere,
         adoption=adoption,
         baseline=written_baseline,
         uncovered_cronjobs=uncovered,

@@ -33,11 +33,11 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from analyser.analysing import (
+    DEFAULT_POLICY_OPTIONS,
     Analysis,
     ClusterContext,
     Observation,
-    PolicyFormat,
-    analyse,
+    PolicyOptions,
     conclude,
     observe,
 )
@@ -45,7 +45,6 @@ from analyser.bundles import Bundle, FileProblem
 from analyser.dns import DnsNames
 from analyser.evaluation import Pod
 from analyser.flows import Flow
-from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
 from analyser.graphs import (
     Attempt,
     EdgeStats,
@@ -59,9 +58,8 @@ from analyser.graphs import (
     node_label,
 )
 from analyser.identities import Scope
-from analyser.peers import ClusterDns, Exposure, SpecialAddress
+from analyser.peers import ClusterDns, Exposure
 from analyser.periods import CaptureWindow
-from analyser.policies import MAX_OUTSIDE_ADDRESSES
 from analyser.reading import CaptureMap, Traffic, no_cyclic_gc
 from analyser.replaying import ClusterFacts
 from analyser.sources import DEFAULT_MAX_BYTES
@@ -172,39 +170,25 @@ def observe_windows(
 @no_cyclic_gc()
 def analyse_windows(
     bundles: Sequence[Bundle],
+    options: PolicyOptions = DEFAULT_POLICY_OPTIONS,
     *,
-    default_deny: bool = False,
-    baseline: bool = False,
-    node_cidrs: Sequence[str] = (),
-    max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
-    allowed_special: Iterable[SpecialAddress] = (),
-    expose_anywhere: bool = True,
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
-    policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY,
-    max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX,
     capture_map: CaptureMap | None = None,
 ) -> Analysis:
     """One policy set from several bundles (:func:`observe_windows`, then ``conclude`` with the
-    merged cluster context); options as ``analysing.analyse``. One bundle is analysed as
-    ``analyse`` does."""
+    merged cluster context and ``options``); reading as ``analysing.observe``. One bundle is
+    analysed as ``analyse`` does: ``conclude`` with its own context."""
     if len(bundles) == 1:
-        return analyse(
+        seen = observe(
             bundles[0],
-            default_deny=default_deny,
-            baseline=baseline,
-            node_cidrs=node_cidrs,
-            max_outside_addresses=max_outside_addresses,
-            allowed_special=tuple(allowed_special),
-            expose_anywhere=expose_anywhere,
             workers=workers,
             on_progress=on_progress,
             max_capture_size=max_capture_size,
-            policy_format=policy_format,
-            max_names_per_suffix=max_names_per_suffix,
             capture_map=capture_map,
         )
+        return conclude(seen, ClusterContext.of(seen), options)
     found = observe_windows(
         bundles,
         workers=workers,
@@ -212,18 +196,7 @@ def analyse_windows(
         max_capture_size=max_capture_size,
         capture_map=capture_map,
     )
-    return conclude(
-        found.observation,
-        found.cluster,
-        default_deny=default_deny,
-        baseline=baseline,
-        node_cidrs=node_cidrs,
-        max_outside_addresses=max_outside_addresses,
-        allowed_special=tuple(allowed_special),
-        expose_anywhere=expose_anywhere,
-        policy_format=policy_format,
-        max_names_per_suffix=max_names_per_suffix,
-    )
+    return conclude(found.observation, found.cluster, options)
 
 
 # -- merging ----------------------------------------------------------------------------------

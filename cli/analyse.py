@@ -160,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so `analyse --help` stays quick.
-    from analyser.analysing import PolicyFormat, write_output
+    from analyser.analysing import PolicyFormat, PolicyOptions, write_output
     from analyser.bundles import open_bundle
     from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
     from analyser.peers import SPECIAL_REASONS, SpecialAddress
@@ -185,17 +185,19 @@ def run(args: argparse.Namespace) -> int:
         with reading_captures(captures) as bar:
             analysis = analyse_windows(
                 bundles,
-                default_deny=args.default_deny,
-                baseline=args.baseline == "cluster",
-                node_cidrs=args.node_cidr,
-                max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
-                expose_anywhere=not args.observed_clients_only,
-                allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
+                PolicyOptions(
+                    default_deny=args.default_deny,
+                    baseline=args.baseline == "cluster",
+                    node_cidrs=args.node_cidr,
+                    max_outside_addresses=args.max_outside_addresses or MAX_OUTSIDE_ADDRESSES,
+                    expose_anywhere=not args.observed_clients_only,
+                    allowed_special=frozenset(SpecialAddress(c) for c in args.allow_special),
+                    policy_format=PolicyFormat(args.format),
+                    max_names_per_suffix=args.fqdn_pattern_threshold or MAX_NAMES_PER_SUFFIX,
+                ),
                 workers=args.workers,
                 on_progress=bar.advance,
                 max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
-                policy_format=PolicyFormat(args.format),
-                max_names_per_suffix=args.fqdn_pattern_threshold or MAX_NAMES_PER_SUFFIX,
                 capture_map=capture_map,
             )
     for problem in analysis.problems:

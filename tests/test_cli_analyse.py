@@ -557,13 +557,17 @@ def test_max_outside_addresses_is_passed_on_and_its_help_gives_the_default(
     from analyser.policies import MAX_OUTSIDE_ADDRESSES
 
     given = []
-    real = analysing.analyse
+    real = analysing.conclude
 
-    def spy(*args: object, **kwargs: object) -> analysing.Analysis:
-        given.append(kwargs["max_outside_addresses"])
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+    def spy(
+        seen: analysing.Observation,
+        cluster: analysing.ClusterContext,
+        options: analysing.PolicyOptions,
+    ) -> analysing.Analysis:
+        given.append(options.max_outside_addresses)
+        return real(seen, cluster, options)
 
-    monkeypatch.setattr(windows, "analyse", spy)
+    monkeypatch.setattr(windows, "conclude", spy)
     for extra in ([], ["--max-outside-addresses", "5"]):
         status, _, _ = run([str(bundle), "--out", str(tmp_path / "out"), "--force", *extra], capsys)
         assert status == ExitStatus.OK

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from analyser.analysing import analyse
+from analyser.analysing import PolicyOptions, analyse
 from analyser.bundles import Bundle, open_bundle
 from analyser.graphs import EdgeWindow
 from analyser.periods import DAY
@@ -108,11 +108,14 @@ def test_a_baseline_covers_the_namespaces_of_every_window(tmp_path: Path) -> Non
     # Both days' policies are made under the one baseline, and the safety check counts it: each
     # day's flows are still allowed (conclude raises UnsafePolicies otherwise).
     monday, tuesday = two_days(tmp_path)
-    analysis = analyse_windows([monday, tuesday], workers=1, baseline=True)
+    analysis = analyse_windows([monday, tuesday], PolicyOptions(baseline=True), workers=1)
     assert analysis.baseline is not None
     assert baseline_path(analysis.baseline) in analysis.files
     assert {"shop.cart.yaml", "shop.orders.yaml"} <= set(analysis.policy_files)
-    assert analyse_windows([tuesday, monday], workers=1, baseline=True).files == analysis.files
+    assert (
+        analyse_windows([tuesday, monday], PolicyOptions(baseline=True), workers=1).files
+        == analysis.files
+    )
 
 
 def test_the_summary_and_report_name_the_windows(tmp_path: Path) -> None:

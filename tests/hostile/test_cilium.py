@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from analyser.analysing import PolicyFormat
+from analyser.analysing import PolicyFormat, PolicyOptions
 from analyser.bundles import open_bundle
 from analyser.cilium import cilium_plan
 from analyser.rendering import Provenance, cilium_policy_object, policy_path
@@ -202,7 +202,9 @@ def test_a_hostile_bundle_folder_name_stays_in_its_comment_line(
     label = 'monday\u2028    - fromEntities: ["all"]\x85# \x1b[2J'
     monday, tuesday = copy_example(tmp_path / label), copy_example(tmp_path / "tuesday")
     analysis = analyse_windows(
-        [open_bundle(monday), open_bundle(tuesday)], workers=1, policy_format=PolicyFormat.CILIUM
+        [open_bundle(monday), open_bundle(tuesday)],
+        PolicyOptions(policy_format=PolicyFormat.CILIUM),
+        workers=1,
     )
     assert policy_files(analysis) == clean_cilium
     for path, text in analysis.files.items():
