@@ -43,6 +43,7 @@ from analyser.evaluation import (
     IpBlock,
     Selector,
     _Invalid,
+    _ip_block,
     _list,
     _mapping,
     _network,
@@ -120,15 +121,7 @@ def _cidr_peer(value: Any, where: str) -> _PeerRule:
     unknown = set(spec) - {"cidr", "except"}
     if unknown:
         raise _Invalid(f"{where}: {', '.join(sorted(unknown))} not supported")
-    network = _network(spec.get("cidr"), f"{where}.cidr")
-    excepted = tuple(
-        _network(item, f"{where}.except[{index}]")
-        for index, item in enumerate(_list(spec.get("except"), f"{where}.except"))
-    )
-    for hole in excepted:
-        if hole.version != network.version or not hole.subnet_of(network):  # type: ignore[arg-type]
-            raise _Invalid(f"{where}: except {hole} is not inside {network}")
-    return _PeerRule(None, None, IpBlock(network, excepted), outside_only=True)
+    return _PeerRule(None, None, _ip_block(spec, where), outside_only=True)
 
 
 def _entities(value: Any, where: str) -> _PeerRule:

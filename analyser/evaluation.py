@@ -635,21 +635,27 @@ def _network(text: Any, where: str) -> Network:
         raise _Invalid(f"{where}: {text!r} is not a CIDR") from None
 
 
+def _ip_block(block: Mapping[str, Any], where: str) -> IpBlock:
+    """An address block written as ``{cidr, except}`` (a NetworkPolicy's ipBlock, a Cilium
+    toCIDRSet item): every exception inside the block, of its family."""
+    network = _network(block.get("cidr"), f"{where}.cidr")
+    excepted = tuple(
+        _network(item, f"{where}.except[{index}]")
+        for index, item in enumerate(_list(block.get("except"), f"{where}.except"))
+    )
+    for hole in excepted:
+        if hole.version != network.version or not hole.subnet_of(network):  # type: ignore[arg-type]
+            raise _Invalid(f"{where}: except {hole} is not inside {network}")
+    return IpBlock(network, excepted)
+
+
 def _peer(value: Any, where: str) -> _PeerRule:
     spec = _mapping(value, where)
     if "ipBlock" in spec:
         if "podSelector" in spec or "namespaceSelector" in spec:
             raise _Invalid(f"{where}: ipBlock cannot be combined with selectors")
         block = _mapping(spec["ipBlock"], f"{where}.ipBlock")
-        network = _network(block.get("cidr"), f"{where}.ipBlock.cidr")
-        excepted = tuple(
-            _network(item, f"{where}.ipBlock.except[{index}]")
-            for index, item in enumerate(_list(block.get("except"), f"{where}.ipBlock.except"))
-        )
-        for hole in excepted:
-            if hole.version != network.version or not hole.subnet_of(network):  # type: ignore[arg-type]
-                raise _Invalid(f"{where}.ipBlock: except {hole} is not inside {network}")
-        return _PeerRule(None, None, IpBlock(network, excepted))
+        return _PeerRule(None, None, _ip_block(block, f"{where}.ipBlock"))
     if "podSelector" not in spec and "namespaceSelector" not in spec:
         raise _Invalid(f"{where}: a peer needs podSelector, namespaceSelector or ipBlock")
     pods = spec.get("podSelector")
