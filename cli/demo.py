@@ -130,7 +130,14 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str
 
 
 def run(args: argparse.Namespace) -> int:
-    from analyser.analysing import GRAPH_DOT, GRAPH_SVG, REPORT, analyse, write_output
+    from analyser.analysing import (
+        GRAPH_DOT,
+        GRAPH_SVG,
+        REPORT,
+        REPORT_HTML,
+        analyse,
+        write_output,
+    )
     from analyser.bundles import open_bundle
     from analyser.policysets import parse_policy_texts
     from lab.bundling import TRUTH
@@ -173,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     echo(f"policies: {policies_dir}/ (kubectl apply -f {policies_dir})")
     echo(f"graph:    {graph}")
     echo(f"report:   {policies_dir / REPORT}")
+    echo(f"review:   {policies_dir / REPORT_HTML} (open it in a browser: it needs no network)")
     echo(f"bundle:   {bundle_path}")
     if not passed:
         _say("the policies do not match what happened in the lab (see above)")
