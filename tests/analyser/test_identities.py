@@ -759,6 +759,123 @@ def test_exposures_are_what_the_snapshot_opens_to_the_outside() -> None:
     }
 
 
+def _route(kind: str, name: str, spec: dict[str, object]) -> dict[str, object]:
+    api = "networking.k8s.io/v1" if kind == "Ingress" else "gateway.networking.k8s.io/v1"
+    metadata = {"name": name, "namespace": "app"}
+    return {"apiVersion": api, "kind": kind, "metadata": metadata, "spec": spec}
+
+
+def _ingress_backend(service: str, port: dict[str, object]) -> dict[str, object]:
+    return {"service": {"name": service, "port": port}}
+
+
+def test_the_backends_of_ingresses_and_http_routes_are_exposed() -> None:
+    """A cloud load balancer or a gateway's proxies reach an Ingress's or an HTTPRoute's pods
+    directly, from addresses nobody lists, even behind a ClusterIP Service."""
+    web = _with_ports(
+        _pod("web", "10.1.0.5", {"app": "web"}, owner=("StatefulSet", "web")),
+        {"name": "http", "containerPort": 8080},
+        {"name": "admin", "containerPort": 9000},
+    )
+    api = _with_ports(_pod("api", "10.1.0.6", {"app": "api"}), {"containerPort": 7000})
+    db = _with_ports(_pod("db", "10.1.0.7", {"app": "db"}), {"containerPort": 5432})
+    cart = _with_ports(_pod("cart", "10.1.0.8", {"app": "cart"}), {"containerPort": 6000})
+    cart["metadata"] = {**cart["metadata"], "namespace": "shop"}  # type: ignore[dict-item]
+    services = (
+        _service(
+            "web",
+            {
+                "clusterIP": "10.96.0.9",
+                "selector": {"app": "web"},
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": "http"},
+                    {"name": "admin", "port": 9000},
+                ],
+            },
+        ),
+        _service(
+            "api",
+            {
+                "clusterIP": "10.96.0.10",
+                "selector": {"app": "api"},
+                "ports": [{"port": 70, "targetPort": 7000}],
+            },
+        ),
+        _service(
+            "db", {"clusterIP": "10.96.0.11", "selector": {"app": "db"}, "ports": [{"port": 5432}]}
+        ),
+        {
+            **_service(
+                "cart",
+                {
+                    "clusterIP": "10.96.0.12",
+                    "selector": {"app": "cart"},
+                    "ports": [{"port": 60, "targetPort": 6000}],
+                },
+            ),
+            "metadata": {"name": "cart", "namespace": "shop"},
+        },
+        _route(
+            "Ingress",
+            "site",
+            {
+                "defaultBackend": _ingress_backend("api", {"number": 70}),
+                "rules": [
+                    {
+                        "http": {
+                            "paths": [
+                                {"path": "/", "backend": _ingress_backend("web", {"name": "http"})},
+                                {"path": "/x", "backend": _ingress_backend("gone", {"number": 80})},
+                                {"path": "/y", "backend": _ingress_backend("db", {"number": 1})},
+                                {
+                                    "path": "/z",
+                                    "backend": {"resource": {"kind": "Bucket", "name": "b"}},
+                                },
+                            ]
+                        }
+                    }
+                ],
+            },
+        ),
+        _route(
+            "HTTPRoute",
+            "shop-route",
+            {
+                "rules": [
+                    {
+                        "backendRefs": [
+                            {"name": "cart", "namespace": "shop", "port": 60},
+                            {"group": "", "kind": "Service", "name": "web", "port": 9000},
+                        ]
+                    },
+                    {
+                        "backendRefs": [
+                            {
+                                "group": "multicluster.x-k8s.io",
+                                "kind": "ServiceImport",
+                                "name": "db",
+                                "port": 5432,
+                            },
+                            {"kind": "Backend", "name": "db", "port": 5432},
+                            {"name": "db"},  # no port: the gateway refuses it
+                        ]
+                    },
+                ]
+            },
+        ),
+    )
+    resolver = Resolver(_objects(web, api, db, cart, extra=services))
+    tcp = Protocol.TCP
+    assert resolver.exposures() == {
+        "app/Pod/api": (Exposure(PortSpec(tcp, 7000), "Ingress app/site", (4,)),),
+        "app/StatefulSet/web": (
+            Exposure(PortSpec(tcp, 8080), "Ingress app/site", (4,)),
+            Exposure(PortSpec(tcp, 9000), "HTTPRoute app/shop-route", (4,)),
+        ),
+        "shop/Pod/cart": (Exposure(PortSpec(tcp, 6000), "HTTPRoute app/shop-route", (4,)),),
+    }
+
+
 # -- selectors that select more than their workload --------------------------------------------
 
 
