@@ -12,7 +12,7 @@ want it whole; nothing walks the JSON a second time.
 The views: :class:`Pod` (addresses, containerPorts, lifetime), :class:`Service` (addresses,
 selector, :class:`ServicePort` with its target port: a number, a name, or none),
 :class:`EndpointSlice` and :class:`Endpoints`, :class:`Route` (an Ingress's or an HTTPRoute's
-:class:`ServiceRef` list), :class:`Node` (addresses, podCIDRs, the gateway
+:class:`ServiceRef` list), :class:`ReferenceGrant`, :class:`Node` (addresses, podCIDRs, the gateway
 annotations), :class:`Controller` (Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, and a
 CronJob's Job template: selector, template labels, hostNetwork) and :class:`KubeObject` for the
 rest (Namespaces, NetworkPolicies), all with :class:`ObjectMeta` and its
@@ -683,7 +683,8 @@ class ServiceRef:
 class Route(KubeObject):
     """An Ingress or an HTTPRoute: the Services its controller sends traffic from outside the
     cluster to (each once, sorted). References that name no Service port are left out: the
-    controller sends them nothing."""
+    controller sends them nothing. An HTTPRoute's references to another namespace are kept as
+    written: whether a ReferenceGrant permits them is the reader's question."""
 
     backends: tuple[ServiceRef, ...]
 
@@ -730,6 +731,65 @@ def _http_route(kind: str, meta: ObjectMeta, raw: Mapping[str, Any], fields: _Fi
             if (group or "") == "" and (ref_kind or "Service") == "Service" and name and port:
                 found.add(ServiceRef(namespace, name, port))
     return _route(kind, meta, raw, found)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantFrom:
+    """A ReferenceGrant's ``from`` entry: objects of this group and kind in this namespace may
+    refer to the grant's namespace."""
+
+    group: str
+    kind: str
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantTo:
+    """A ReferenceGrant's ``to`` entry: the objects of its namespace that may be referred to."""
+
+    group: str
+    kind: str
+    name: str  # "" for every object of the kind
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceGrant(KubeObject):
+    """A Gateway API ReferenceGrant: without one in a Service's namespace, an HTTPRoute of
+    another namespace may not send to it (the gateway refuses the reference)."""
+
+    sources: tuple[GrantFrom, ...]
+    targets: tuple[GrantTo, ...]
+
+    def grants(self, source: GrantFrom, target: GrantTo) -> bool:
+        """Whether an object ``source`` describes may refer to the object ``target`` names."""
+        return source in self.sources and any(
+            (granted.group, granted.kind) == (target.group, target.kind)
+            and granted.name in ("", target.name)
+            for granted in self.targets
+        )
+
+
+def _reference_grant(
+    kind: str, meta: ObjectMeta, raw: Mapping[str, Any], fields: _Fields
+) -> ReferenceGrant:
+    spec = fields.object("spec")
+    sources = tuple(
+        GrantFrom(
+            entry.text("group") or "",
+            entry.text("kind", KIND) or "",
+            entry.text("namespace", NAMESPACE_NAME) or "",
+        )
+        for entry in spec.objects("from")
+    )
+    targets = tuple(
+        GrantTo(
+            entry.text("group") or "",
+            entry.text("kind", KIND) or "",
+            entry.text("name", OBJECT_NAME) or "",
+        )
+        for entry in spec.objects("to")
+    )
+    return ReferenceGrant(kind, meta, raw, sources, targets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -853,6 +913,7 @@ _READERS: dict[str, _Reader] = {
     "Node": _node,
     "Ingress": _ingress,
     "HTTPRoute": _http_route,
+    "ReferenceGrant": _reference_grant,
     **dict.fromkeys(CONTROLLER_KINDS, _controller),
 }
 # The kinds the analyser reads: those above, and Namespaces and NetworkPolicies (metadata only).

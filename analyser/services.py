@@ -17,7 +17,7 @@ from analyser.addresses import is_ip, normalize_ip, parse_address
 from analyser.claims import Claims, PodRecord
 from analyser.flows import Endpoint, Protocol
 from analyser.networks import NodeAddresses
-from analyser.objects import Service, ServicePort, ServiceRef
+from analyser.objects import GrantFrom, GrantTo, Route, Service, ServicePort, ServiceRef
 from analyser.peers import Exposure, PortSpec
 from analyser.snapshot import Snapshot
 from analyser.workloads import Workloads
@@ -27,6 +27,7 @@ from analyser.workloads import Workloads
 KUBELET_PORT = 10250
 # Service types whose backends are reached from outside the cluster.
 _EXPOSING_TYPES = ("LoadBalancer", "NodePort")
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 
 
 def target_port(service_port: ServicePort, record: PodRecord, protocol: Protocol) -> int | None:
@@ -272,6 +273,19 @@ class Services:
             and (port.port == ref.port if isinstance(ref.port, int) else port.name == ref.port)
         )
 
+    def _permitted(self, route: Route, ref: ServiceRef) -> bool:
+        """Whether ``route`` may send to the Service ``ref`` names: one of its own namespace, or
+        one whose namespace has a ReferenceGrant letting the route's kind in the route's
+        namespace refer to it (the Gateway API's rule: without one the gateway refuses it)."""
+        if ref.namespace == route.namespace:
+            return True
+        source = GrantFrom(GATEWAY_API_GROUP, route.kind, route.namespace)
+        target = GrantTo("", "Service", ref.name)
+        return any(
+            grant.namespace == ref.namespace and grant.grants(source, target)
+            for grant in self._snapshot.reference_grants
+        )
+
     def exposures(
         self, workloads: Workloads, pod_behind: PodBehind
     ) -> dict[str, tuple[Exposure, ...]]:
@@ -280,7 +294,8 @@ class Services:
         LoadBalancer and NodePort Services and of Services with ``externalIPs`` (each on its
         target port, per IP version of the Service's ClusterIPs), the backends of the Service
         ports an Ingress or an HTTPRoute sends to (a cloud load balancer or a gateway's proxies
-        may reach the pods directly, from addresses nobody lists, whatever the Service's type),
+        may reach the pods directly, from addresses nobody lists, whatever the Service's type;
+        another namespace's only as a ReferenceGrant there permits),
         and containerPorts published with ``hostPort``. Sorted."""
         found: dict[tuple[str, PortSpec, str], set[int]] = defaultdict(set)
         for service in self._snapshot.services:
@@ -295,7 +310,7 @@ class Services:
             by = f"{route.kind} {route.namespace}/{route.name}"
             for ref in route.backends:
                 target = self._snapshot.service(ref.namespace, ref.name)
-                if target is None:
+                if target is None or not self._permitted(route, ref):
                     continue
                 ports = self._routed_ports(target, ref)
                 for reached in self._reached(target, ports, workloads, pod_behind):

@@ -41,6 +41,7 @@ from analyser.objects import (
     Node,
     OwnerReference,
     Pod,
+    ReferenceGrant,
     Route,
     Service,
     TextRule,
@@ -460,6 +461,9 @@ class Snapshot:
         self.network_policies: list[KubeObject] = kinds["NetworkPolicy"]
         self.routes: list[Route] = [
             o for kind in ("Ingress", "HTTPRoute") for o in kinds[kind] if isinstance(o, Route)
+        ]
+        self.reference_grants: list[ReferenceGrant] = [
+            o for o in kinds["ReferenceGrant"] if isinstance(o, ReferenceGrant)
         ]
 
         self.services_by_cluster_ip: dict[str, Service] = {

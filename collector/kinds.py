@@ -60,6 +60,15 @@ INGRESSES = Kind("Ingress", "networking.k8s.io/v1", "ingresses", namespaced=True
 HTTP_ROUTES = Kind(
     "HTTPRoute", "gateway.networking.k8s.io/v1", "httproutes", namespaced=True, optional=True
 )
+# What lets an HTTPRoute send to another namespace's Service; every Gateway API release serves
+# v1beta1.
+REFERENCE_GRANTS = Kind(
+    "ReferenceGrant",
+    "gateway.networking.k8s.io/v1beta1",
+    "referencegrants",
+    namespaced=True,
+    optional=True,
+)
 # In ARCHITECTURE.md's order; snapshot.json lists items in this order.
 SNAPSHOT_KINDS = (
     NAMESPACES,
@@ -76,6 +85,7 @@ SNAPSHOT_KINDS = (
     NETWORK_POLICIES,
     INGRESSES,
     HTTP_ROUTES,
+    REFERENCE_GRANTS,
 )
 # What a rollout restart can roll; the rest is listed for the user.
 ROLLABLE_KINDS = {kind.kind: kind for kind in (DEPLOYMENTS, STATEFUL_SETS, DAEMON_SETS)}

@@ -769,9 +769,27 @@ def _ingress_backend(service: str, port: dict[str, object]) -> dict[str, object]
     return {"service": {"name": service, "port": port}}
 
 
+def _in_shop(obj: dict[str, Any]) -> dict[str, Any]:
+    return {**obj, "metadata": {**obj["metadata"], "namespace": "shop"}}
+
+
+def _reference_grant(name: str, source_kind: str, service: str = "") -> dict[str, object]:
+    """A ReferenceGrant in namespace shop opening its Service ``service`` (all when "") to
+    ``source_kind`` objects of namespace app."""
+    target = {"group": "", "kind": "Service"} | ({"name": service} if service else {})
+    source = {"group": "gateway.networking.k8s.io", "kind": source_kind, "namespace": "app"}
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"from": [source], "to": [target]},
+    }
+
+
 def test_the_backends_of_ingresses_and_http_routes_are_exposed() -> None:
     """A cloud load balancer or a gateway's proxies reach an Ingress's or an HTTPRoute's pods
-    directly, from addresses nobody lists, even behind a ClusterIP Service."""
+    directly, from addresses nobody lists, even behind a ClusterIP Service. An HTTPRoute reaches
+    another namespace's Service only as a ReferenceGrant there permits."""
     web = _with_ports(
         _pod("web", "10.1.0.5", {"app": "web"}, owner=("StatefulSet", "web")),
         {"name": "http", "containerPort": 8080},
@@ -779,8 +797,8 @@ def test_the_backends_of_ingresses_and_http_routes_are_exposed() -> None:
     )
     api = _with_ports(_pod("api", "10.1.0.6", {"app": "api"}), {"containerPort": 7000})
     db = _with_ports(_pod("db", "10.1.0.7", {"app": "db"}), {"containerPort": 5432})
-    cart = _with_ports(_pod("cart", "10.1.0.8", {"app": "cart"}), {"containerPort": 6000})
-    cart["metadata"] = {**cart["metadata"], "namespace": "shop"}  # type: ignore[dict-item]
+    cart = _in_shop(_with_ports(_pod("cart", "10.1.0.8", {"app": "cart"}), {"containerPort": 6000}))
+    till = _in_shop(_with_ports(_pod("till", "10.1.0.9", {"app": "till"}), {"containerPort": 6100}))
     services = (
         _service(
             "web",
@@ -804,17 +822,24 @@ def test_the_backends_of_ingresses_and_http_routes_are_exposed() -> None:
         _service(
             "db", {"clusterIP": "10.96.0.11", "selector": {"app": "db"}, "ports": [{"port": 5432}]}
         ),
-        {
-            **_service(
+        _in_shop(
+            _service(
                 "cart",
                 {
                     "clusterIP": "10.96.0.12",
                     "selector": {"app": "cart"},
                     "ports": [{"port": 60, "targetPort": 6000}],
                 },
-            ),
-            "metadata": {"name": "cart", "namespace": "shop"},
-        },
+            )
+        ),
+        _in_shop(
+            _service(
+                "till",
+                {"clusterIP": "10.96.0.13", "selector": {"app": "till"}, "ports": [{"port": 6100}]},
+            )
+        ),
+        _reference_grant("cart-to-routes", "HTTPRoute", "cart"),
+        _reference_grant("all-to-grpc-routes", "GRPCRoute"),  # not for HTTPRoutes
         _route(
             "Ingress",
             "site",
@@ -845,6 +870,7 @@ def test_the_backends_of_ingresses_and_http_routes_are_exposed() -> None:
                     {
                         "backendRefs": [
                             {"name": "cart", "namespace": "shop", "port": 60},
+                            {"name": "till", "namespace": "shop", "port": 6100},  # no grant
                             {"group": "", "kind": "Service", "name": "web", "port": 9000},
                         ]
                     },
@@ -864,7 +890,7 @@ def test_the_backends_of_ingresses_and_http_routes_are_exposed() -> None:
             },
         ),
     )
-    resolver = Resolver(_objects(web, api, db, cart, extra=services))
+    resolver = Resolver(_objects(web, api, db, cart, till, extra=services))
     tcp = Protocol.TCP
     assert resolver.exposures() == {
         "app/Pod/api": (Exposure(PortSpec(tcp, 7000), "Ingress app/site", (4,)),),

@@ -601,6 +601,8 @@ def _at(path: str, value: object) -> dict[str, Any]:
         ("HTTPRoute", "spec.rules.0.backendRefs.0.namespace", "Shop", "a namespace name"),
         ("HTTPRoute", "spec.rules.0.backendRefs.0.kind", 5, "a kind"),
         ("HTTPRoute", "spec.rules.0.backendRefs", {"name": "web"}, "a list"),
+        ("ReferenceGrant", "spec.from.0.namespace", "App", "a namespace name"),
+        ("ReferenceGrant", "spec.to.0.name", 7, "an object name"),
         ("Namespace", "metadata.uid", 7, "a string"),
     ],
 )

@@ -33,6 +33,7 @@ from collector.kinds import (
     INGRESSES,
     NAMESPACES,
     PODS,
+    REFERENCE_GRANTS,
     ROLLABLE_KINDS,
     SNAPSHOT_KINDS,
 )
@@ -167,6 +168,7 @@ def shop(tmp_path: Path) -> MemoryCluster:
             "NetworkPolicy": [{"metadata": {"name": "deny", "namespace": "other"}}],
             "Ingress": [{"metadata": {"name": "web", "namespace": "shop"}}],
             "HTTPRoute": [{"metadata": {"name": "web", "namespace": "shop"}}],
+            "ReferenceGrant": [{"metadata": {"name": "web", "namespace": "shop"}}],
         },
         exec_handler=LocalExec(),
     )
@@ -189,7 +191,7 @@ def test_collect_writes_a_complete_bundle(shop: MemoryCluster, tmp_path: Path) -
     kinds = [item["kind"] for item in snapshot["items"]]
     assert kinds == sorted(kinds, key=[k.kind for k in SNAPSHOT_KINDS].index)
     assert {"Namespace", "Node", "Pod", "Service", "ReplicaSet", "NetworkPolicy"} <= set(kinds)
-    assert {"Ingress", "HTTPRoute"} <= set(kinds)
+    assert {"Ingress", "HTTPRoute", "ReferenceGrant"} <= set(kinds)
     coredns = [i for i in snapshot["items"] if i["metadata"]["name"] == "coredns-1"]
     assert coredns and coredns[0]["apiVersion"] == "v1"  # peers in other namespaces are there
     assert all("managedFields" not in item["metadata"] for item in snapshot["items"])
@@ -328,12 +330,12 @@ def test_missing_exec_permission_stops_collect_naming_it(
 def test_a_gateway_api_the_cluster_does_not_serve_is_left_out(
     shop: MemoryCluster, tmp_path: Path
 ) -> None:
-    shop.unserved.add(HTTP_ROUTES.resource)
+    shop.unserved |= {HTTP_ROUTES.resource, REFERENCE_GRANTS.resource}
     collect(shop, CollectOptions(out=tmp_path / "b", namespaces=("shop",)))
     kinds = {
         item["kind"] for item in json.loads((tmp_path / "b/snapshot.json").read_text())["items"]
     }
-    assert "Ingress" in kinds and "HTTPRoute" not in kinds
+    assert "Ingress" in kinds and not {"HTTPRoute", "ReferenceGrant"} & kinds
 
 
 def test_a_kind_every_cluster_serves_answering_404_stops_collect(

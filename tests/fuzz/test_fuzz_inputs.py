@@ -233,7 +233,8 @@ def test_dns_decoding_gives_answers_or_a_fault(payload: bytes, over_tcp: bool) -
 # -- snapshots and the bundle's JSON files ------------------------------------------------------
 
 KINDS = ["Pod", "Service", "Node", "Deployment", "ReplicaSet", "EndpointSlice", "Endpoints",
-         "CronJob", "Job", "Namespace", "Ingress", "HTTPRoute", "List", "PodList"]  # fmt: skip
+         "CronJob", "Job", "Namespace", "Ingress", "HTTPRoute", "ReferenceGrant",
+         "List", "PodList"]  # fmt: skip
 KEYS = ["kind", "metadata", "name", "namespace", "uid", "labels", "ownerReferences", "spec",
         "status", "items", "podIP", "podIPs", "ip", "hostNetwork", "containers", "ports",
         "containerPort", "protocol", "selector", "matchLabels", "matchExpressions", "key",
@@ -242,7 +243,7 @@ KEYS = ["kind", "metadata", "name", "namespace", "uid", "labels", "ownerReferenc
         "creationTimestamp", "deletionTimestamp", "phase", "template", "controller",
         "addressType", "subsets", "jobTemplate", "startTime", "hostIP", "defaultBackend",
         "service", "rules", "http", "paths", "backend", "backendRefs", "group",
-        "number"]  # fmt: skip
+        "number", "from", "to"]  # fmt: skip
 WORDS = ["", "10.0.0.1", "fd00::1", "TCP", "UDP", "web", "Exists", "In", "2026-01-01T00:00:00Z",
          "9999-12-31T23:59:59Z", "http", "Deployment", "ReplicaSet", "kube-system",
          "kube-dns"]  # fmt: skip

@@ -1,6 +1,7 @@
 """Ingresses and HTTPRoutes in a tampered snapshot: an Ingress sends only to Services of its own
-namespace (the Ingress API has no field for another), so one forged elsewhere cannot open a
-workload it does not own to the outside; a genuine one in the workload's namespace does."""
+namespace (the Ingress API has no field for another), and an HTTPRoute to another namespace's
+only as a ReferenceGrant there permits, so one forged elsewhere cannot open a workload it does
+not own to the outside; a genuine one in the workload's namespace does."""
 
 from __future__ import annotations
 
@@ -36,6 +37,37 @@ def test_an_ingress_in_another_namespace_cannot_expose_a_workload(
         # Ingress's own namespace, where there is no paymentservice.
         _ingress("attacker", {"name": "paymentservice", "namespace": NAMESPACE, "port": port}),
     )
+    analysis = run(bundle)
+    assert policy_files(analysis) == clean_policies
+    assert "paymentservice" not in str(analysis.exposures)
+
+
+def _http_route(namespace: str, ref: dict[str, object]) -> dict[str, object]:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "pay", "namespace": namespace},
+        "spec": {"rules": [{"backendRefs": [ref]}]},
+    }
+
+
+def test_an_http_route_in_another_namespace_needs_a_reference_grant(
+    bundle: Path, clean_policies: dict[str, str]
+) -> None:
+    ref = {"name": "paymentservice", "namespace": NAMESPACE, "port": 50051}
+    grant: dict[str, object] = {
+        "apiVersion": "gateway.networking.k8s.io/v1beta1",
+        "kind": "ReferenceGrant",
+        # in the attacker's own namespace: a grant opens only the namespace it is in
+        "metadata": {"name": "open", "namespace": "attacker"},
+        "spec": {
+            "from": [
+                {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "attacker"}
+            ],
+            "to": [{"group": "", "kind": "Service"}],
+        },
+    }
+    _add(bundle, _http_route("attacker", ref), grant)
     analysis = run(bundle)
     assert policy_files(analysis) == clean_policies
     assert "paymentservice" not in str(analysis.exposures)
