@@ -94,6 +94,7 @@ class Phase:
     stalls: list[float]  # how late a 1 ms sleep in this process woke up: the machine's stalls
     late_sends: int  # requests the load generator sent more than 1 ms after they were due
     errors: list[str]
+    open_file_limit: int  # the load generator's, raised as far as it may (bench/loadgen)
 
     @property
     def answered(self) -> int:
@@ -274,6 +275,7 @@ class Load:
             stalls=stalls,
             late_sends=data["late_sends"],
             errors=data["first_errors"],
+            open_file_limit=data["open_file_limit"],
         )
 
 
@@ -289,7 +291,8 @@ def report(phase: Phase) -> None:
     print(
         f"{'':<24} unanswered {phase.unanswered} (timeout {phase.outcomes['timeout']}, "
         f"connection {phase.outcomes['conn']}), other status {phase.outcomes['status']}, "
-        f"{phase.connections} connections opened"
+        f"{phase.connections} connections opened (load generator's open-file limit "
+        f"{phase.open_file_limit})"
     )
     if phase.outcomes["shed"]:
         shed = phase.outcomes["shed"]

@@ -473,6 +473,7 @@ def run_worker(spec: WorkerSpec) -> None:
         limits=limits,
         full=shedder.full,
         shed=shedder.when_full,
+        refused=metrics.connections_refused.inc,
         reloader=reloader,
         poll_seconds=spec.tls_poll_seconds,
     )
@@ -504,7 +505,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     log.info(
         "serving https://%s:%d/ as %s (serial %x, valid until %s); capture image %s, mode %s, "
         "%s sidecar; %d worker(s) (%s), each shedding past %d requests in flight (%d for a "
-        "second after more came) or %g ms of waiting",
+        "second after more came) or %g ms of waiting, and holding at most %d connections",
         f"[{host}]" if ":" in host else host,
         port,
         certificate.subject,
@@ -518,6 +519,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         limits.max_in_flight,
         in_flight_limit(limits, overflowed_recently=True),
         limits.max_wait_seconds * 1000,
+        limits.max_connections,
     )
     spec = WorkerSpec(
         settings=settings,

@@ -38,6 +38,7 @@ class WebhookMetrics:
     wait: Histogram
     tls_reloads: Counter
     certificate_expiry: Gauge
+    connections_refused: Counter
 
     def exposition(self) -> bytes:
         """The Prometheus text format: this registry, or every worker's values together."""
@@ -96,5 +97,11 @@ def create_metrics() -> WebhookMetrics:
             "When the serving certificate in use expires (Unix time)",
             registry=registry,
             multiprocess_mode="mostrecent",
+        ),
+        connections_refused=Counter(
+            "netpol_sniffer_connections_refused",
+            "New connections closed before their TLS handshake because the worker held its "
+            "share of maxConnections",
+            registry=registry,
         ),
     )

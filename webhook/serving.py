@@ -17,6 +17,7 @@ import contextvars
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,11 @@ class Unanswered:
 
 # A request body → the answer for a request the worker will not admit (webhook.app.Shedder).
 Shed = Callable[[bytes], Answer]
+# Called for each new connection a worker closes because it holds its share of maxConnections.
+Refused = Callable[[], None]
+# SO_LINGER on, 0 s: close() resets the connection (the client's dial fails at once, and the
+# worker keeps no TIME_WAIT socket for it).
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 def stamp_arrival(
@@ -188,7 +194,7 @@ class SheddingProtocol(HttpToolsProtocol):
 
 class GatedServer(uvicorn.Server):
     """uvicorn, taking connections from the listening socket itself: only while the worker has
-    room for more requests, and a few TLS handshakes at a time.
+    room for more requests, a few TLS handshakes at a time, and at most ``max_connections`` open.
 
     A handshake costs a worker about twice a whole admission. When it falls behind, an API server
     opens a new connection for each request it cannot send on an idle one (it keeps 25 idle), so
@@ -197,6 +203,12 @@ class GatedServer(uvicorn.Server):
     connections that the overload gate frees at once; another worker with room takes them. At
     least one connection is taken every ``ACCEPT_AT_LEAST_EVERY`` seconds, so that probes get in
     during a long overload.
+
+    Still, every connection a worker takes costs it a handshake, and under a long overload the
+    API server keeps dialing (a request that finds no idle connection dials one; the idle ones
+    beyond 25 it closes again). So a worker that already holds ``max_connections`` (its
+    handshakes included) resets a new one as soon as it takes it, before the handshake, for an
+    accept and a close: the API server's call fails at once, and it fails open.
     """
 
     def __init__(
@@ -204,15 +216,18 @@ class GatedServer(uvicorn.Server):
         config: uvicorn.Config,
         *,
         listener: socket.socket,
-        max_in_flight: int,
+        limits: ServingLimits,
         full: Full,
         shed: Shed,
+        refused: Refused,
     ) -> None:
         super().__init__(config)
         self._listener = listener
-        self._max_in_flight = max_in_flight
+        self._max_in_flight = limits.max_in_flight
+        self._max_connections = limits.max_connections
         self._full = full
         self._shed = shed
+        self._refused = refused
         self.unanswered = Unanswered()
         self._acceptor: asyncio.Task[None] | None = None
 
@@ -255,6 +270,12 @@ class GatedServer(uvicorn.Server):
                 await asyncio.sleep(ACCEPT_AT_LEAST_EVERY)
                 continue
             last_accept = loop.time()
+            # uvicorn's protocols register themselves once their handshake is done.
+            if len(self.server_state.connections) + len(handshakes) >= self._max_connections:
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+                connection.close()
+                self._refused()
+                continue
             handshake = loop.create_task(self._handshake(connection))
             handshakes.add(handshake)
             handshake.add_done_callback(handshakes.discard)
@@ -278,6 +299,7 @@ def serve(
     limits: ServingLimits,
     full: Full,
     shed: Shed,
+    refused: Refused,
     reloader: TlsReloader,
     poll_seconds: float,
 ) -> None:
@@ -285,7 +307,8 @@ def serve(
 
     ``build_app`` gets the worker's count of requests in flight and returns the ASGI app;
     ``limits`` are the worker's; ``full`` and ``shed`` decide and answer for the requests the
-    protocol sheds itself (:class:`SheddingProtocol`).
+    protocol sheds itself (:class:`SheddingProtocol`); ``refused`` counts the connections closed
+    past ``limits.max_connections`` (:class:`GatedServer`).
     """
     server: GatedServer | None = None
 
@@ -306,7 +329,12 @@ def serve(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     server = GatedServer(
-        config, listener=listener, max_in_flight=limits.max_in_flight, full=full, shed=shed
+        config,
+        listener=listener,
+        limits=limits,
+        full=full,
+        shed=shed,
+        refused=refused,
     )
 
     async def run(server: uvicorn.Server) -> None:

@@ -34,6 +34,7 @@ DEFAULT_POD_SECURITY_NAMESPACES: frozenset[str] = frozenset()
 DEFAULT_MAX_IN_FLIGHT = 16
 DEFAULT_MAX_WAIT_MILLISECONDS = 50
 DEFAULT_LISTEN_BACKLOG = 128
+DEFAULT_MAX_CONNECTIONS = 64
 AUTO_WORKERS = "auto"
 
 ENV_PREFIX = "NETPOL_SNIFFER_"
@@ -46,6 +47,8 @@ MAX_IN_FLIGHT_RANGE = (1, 10_000)
 # The API server waits at most timeoutSeconds (1-30 s) for an answer.
 MAX_WAIT_MILLISECONDS_RANGE = (1, 30_000)
 LISTEN_BACKLOG_RANGE = (1, 65_535)
+# At least one per worker (webhook.shedding.worker_limits shares it like maxInFlight).
+MAX_CONNECTIONS_RANGE = (1, 100_000)
 # The integer settings' bounds, checked where the value is read so an error names its origin.
 _RANGES: dict[str, tuple[int, int]] = {
     "snaplen": SNAPLEN_RANGE,
@@ -55,6 +58,7 @@ _RANGES: dict[str, tuple[int, int]] = {
     "maxInFlight": MAX_IN_FLIGHT_RANGE,
     "maxWaitMilliseconds": MAX_WAIT_MILLISECONDS_RANGE,
     "listenBacklog": LISTEN_BACKLOG_RANGE,
+    "maxConnections": MAX_CONNECTIONS_RANGE,
 }
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -66,7 +70,8 @@ class ServingLimits:
     A request is shed (allowed unmodified, with a warning) when its worker holds its share of
     ``max_in_flight`` (half of it after a shed; webhook.shedding), or when it waited longer than
     ``max_wait_seconds`` between arriving and its turn. The kernel queues at most
-    ``listen_backlog`` connections not yet accepted.
+    ``listen_backlog`` connections not yet accepted; a worker holding its share of
+    ``max_connections`` open closes a new one at once, before its TLS handshake.
     """
 
     # None: one worker per whole CPU of the container's CPU limit (webhook.workers).
@@ -74,6 +79,7 @@ class ServingLimits:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_wait_seconds: float = DEFAULT_MAX_WAIT_MILLISECONDS / 1000
     listen_backlog: int = DEFAULT_LISTEN_BACKLOG
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 DEFAULT_SERVING = ServingLimits()
@@ -118,6 +124,7 @@ _KEYS: dict[str, str] = {
     "maxInFlight": "integer",
     "maxWaitMilliseconds": "integer",
     "listenBacklog": "integer",
+    "maxConnections": "integer",
 }
 
 
@@ -269,6 +276,7 @@ def _settings(values: Mapping[str, Any], origins: Mapping[str, str]) -> WebhookS
         max_in_flight=values.get("maxInFlight", DEFAULT_SERVING.max_in_flight),
         max_wait_seconds=values.get("maxWaitMilliseconds", DEFAULT_MAX_WAIT_MILLISECONDS) / 1000,
         listen_backlog=values.get("listenBacklog", DEFAULT_SERVING.listen_backlog),
+        max_connections=values.get("maxConnections", DEFAULT_SERVING.max_connections),
     )
     own_namespace = values.get("ownNamespace", DEFAULT_OWN_NAMESPACE)
     _namespaces((own_namespace,), origins["ownNamespace"])

@@ -34,8 +34,13 @@ OVERFLOW_MEMORY_SECONDS = 1.0
 
 
 def worker_limits(limits: ServingLimits, workers: int) -> ServingLimits:
-    """One worker's limits: an even share of the replica's ``max_in_flight``, at least 1."""
-    return replace(limits, max_in_flight=max(1, limits.max_in_flight // workers))
+    """One worker's limits: an even share of the replica's ``max_in_flight`` and
+    ``max_connections``, at least 1 of each."""
+    return replace(
+        limits,
+        max_in_flight=max(1, limits.max_in_flight // workers),
+        max_connections=max(1, limits.max_connections // workers),
+    )
 
 
 def overflows(in_flight: int, limits: ServingLimits) -> bool:

@@ -38,6 +38,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -72,6 +73,7 @@ type report struct {
 	ClientCPU       float64  `json:"client_cpu_seconds"`
 	LateSends       int64    `json:"late_sends"` // requests sent more than 1 ms after they were due
 	FirstErrorsSeen []string `json:"first_errors"`
+	OpenFileLimit   uint64   `json:"open_file_limit"`
 }
 
 type conn struct {
@@ -364,6 +366,35 @@ func cpuSeconds() float64 {
 	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano()).Seconds()
 }
 
+// raiseOpenFileLimit lifts this process's open-file limit as far as it may, to fs.nr_open (at most
+// 1<<20) when it runs as root, else to its hard limit: the API server runs with a limit far above
+// the connections a webhook under overload makes it hold (every request that finds no idle
+// connection dials one, and a dial the webhook leaves queued lasts until its answer), and the
+// load generator's own "too many open files" must not count as the webhook's.
+func raiseOpenFileLimit() uint64 {
+	var limit syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &limit); err != nil {
+		return 0
+	}
+	want := uint64(1 << 20)
+	if text, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if most, err := strconv.ParseUint(strings.TrimSpace(string(text)), 10, 64); err == nil {
+			want = min(want, most)
+		}
+	}
+	if want > limit.Max {
+		raised := syscall.Rlimit{Cur: want, Max: want}
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised) == nil {
+			return want
+		}
+	}
+	limit.Cur = limit.Max
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &limit) != nil {
+		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &limit)
+	}
+	return limit.Cur
+}
+
 func fail(err error) {
 	fmt.Fprintln(os.Stderr, "loadgen:", err)
 	os.Exit(2)
@@ -383,6 +414,7 @@ func main() {
 	shedMarker := flag.String("shed-marker", "", "POST: a 200 whose body contains this was shed")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the load generator here")
 	flag.Parse()
+	openFileLimit := raiseOpenFileLimit()
 	if *cpuProfile != "" {
 		out, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -454,6 +486,7 @@ func main() {
 		ClientCPU:       cpuSeconds() - cpuBefore,
 		LateSends:       l.lateSends.Load(),
 		FirstErrorsSeen: l.errs,
+		OpenFileLimit:   openFileLimit,
 	}
 	if out.FirstErrorsSeen == nil {
 		out.FirstErrorsSeen = []string{}

@@ -55,8 +55,9 @@ def test_overload_cause(
 def test_workers_share_the_replicas_places_and_halve_them_after_an_overflow(
     replica: int, workers: int, each: int, overloaded: int
 ) -> None:
-    mine = worker_limits(ServingLimits(max_in_flight=replica, max_wait_seconds=0.02), workers)
-    assert mine == ServingLimits(max_in_flight=each, max_wait_seconds=0.02)
+    given = ServingLimits(max_in_flight=replica, max_wait_seconds=0.02, max_connections=replica)
+    mine = worker_limits(given, workers)
+    assert mine == ServingLimits(max_in_flight=each, max_wait_seconds=0.02, max_connections=each)
     assert in_flight_limit(mine, overflowed_recently=False) == each
     assert in_flight_limit(mine, overflowed_recently=True) == overloaded
     assert not overflows(each, mine) and overflows(each + 1, mine)

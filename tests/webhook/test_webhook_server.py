@@ -10,6 +10,7 @@ import logging
 import ssl
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -312,6 +313,69 @@ def test_a_full_worker_still_takes_new_connections_now_and_then(tmp_path: Path) 
         held.sendall(body[len(body) // 2 :])
         assert read_response(held).status == 200
         held.close()
+
+
+@dataclass
+class Connecting:
+    """New TLS connections to a webhook with few places, retried while it resets them: a
+    connection just closed (the probe that saw the webhook start, say) holds its place until the
+    webhook has seen it close. ``resets`` counts the attempts it reset."""
+
+    server: Server
+    resets: int = 0
+
+    def connect(self) -> ssl.SSLSocket:
+        connected: list[ssl.SSLSocket] = []
+
+        def connected_now() -> bool:
+            try:
+                connected.append(self.server.connect())
+            except OSError:
+                self.resets += 1
+                return False
+            return True
+
+        wait_until(connected_now, "a new connection taken")
+        return connected[0]
+
+    def metric(self, line_start: str) -> float:
+        values: list[float] = []
+
+        def read() -> bool:
+            try:
+                values.append(self.server.metric(line_start))
+            except httpx.TransportError:
+                self.resets += 1
+                return False
+            return True
+
+        wait_until(read, f"{line_start} read")
+        return values[0]
+
+
+def test_a_worker_at_max_connections_resets_new_ones_before_their_handshake(
+    tmp_path: Path,
+) -> None:
+    """With maxConnections 2 and two connections open, a third is reset before its TLS
+    handshake and counted; the two open ones still admit, and once one closes a new connection
+    is taken again."""
+    body = (DATA / "deployment-pod.json").read_bytes()
+    with running_webhook(tmp_path, {"NETPOL_SNIFFER_MAX_CONNECTIONS": "2"}) as server:
+        connecting = Connecting(server)
+        held = [connecting.connect(), connecting.connect()]
+        with pytest.raises(OSError):  # reset: ConnectionResetError, or ssl.SSLError on EOF
+            server.connect()
+        for connection in held:
+            post_start(connection, body, sent=len(body))
+            assert json.loads(read_response(connection).read())["response"]["patchType"]
+        held.pop().close()
+        after = connecting.connect()
+        post_start(after, body, sent=len(body))
+        assert json.loads(read_response(after).read())["response"]["patchType"] == "JSONPatch"
+        after.close()
+        refused = connecting.metric("netpol_sniffer_connections_refused_total")
+        assert refused == 1 + connecting.resets
+        held[0].close()
 
 
 def test_a_request_whose_client_left_is_out_of_flight(tmp_path: Path) -> None:

@@ -97,6 +97,7 @@ BAD_ENVIRONMENT = {
     "NETPOL_SNIFFER_MAX_IN_FLIGHT": ("-1", "must be an integer between 1 and 10000"),
     "NETPOL_SNIFFER_MAX_WAIT_MILLISECONDS": ("0", "must be an integer between 1 and 30000"),
     "NETPOL_SNIFFER_LISTEN_BACKLOG": ("70000", "must be an integer between 1 and 65535"),
+    "NETPOL_SNIFFER_MAX_CONNECTIONS": ("0", "must be an integer between 1 and 100000"),
     "NETPOL_SNIFFER_CAPTURE_MODE": ("all", "must be one of handshake, full"),
     "NETPOL_SNIFFER_IMAGE_PULL_POLICY": ("Sometimes", "must be one of Always, IfNotPresent"),
     "NETPOL_SNIFFER_NATIVE_SIDECAR": ("maybe", "must be true or false"),
@@ -173,12 +174,13 @@ def test_volume_size_limit_is_above_the_ring() -> None:
 
 def test_serving_limits_from_file_and_environment() -> None:
     file_config = parse_config_text(
-        "workers: 4\nmaxInFlight: 32\nmaxWaitMilliseconds: 20\nlistenBacklog: 64\n",
+        "workers: 4\nmaxInFlight: 32\nmaxWaitMilliseconds: 20\nlistenBacklog: 64\n"
+        "maxConnections: 40\n",
         source="config.yaml",
     )
     settings = build_settings(file_config, environment_config({"NETPOL_SNIFFER_WORKERS": "auto"}))
     assert settings.serving == ServingLimits(
-        workers=None, max_in_flight=32, max_wait_seconds=0.02, listen_backlog=64
+        workers=None, max_in_flight=32, max_wait_seconds=0.02, listen_backlog=64, max_connections=40
     )
     environ = environment_config(
         {"NETPOL_SNIFFER_MAX_IN_FLIGHT": "8", "NETPOL_SNIFFER_WORKERS": "2"}
@@ -198,6 +200,7 @@ def test_serving_limits_from_file_and_environment() -> None:
         ({}, {"maxWaitMilliseconds": "0.5"}, "NETPOL_SNIFFER_MAX_WAIT_MILLISECONDS: must be an"),
         ({"maxWaitMilliseconds": 60_000}, {}, "maxWaitMilliseconds: must be an integer between 1"),
         ({"listenBacklog": 70_000}, {}, "listenBacklog: must be an integer between 1 and 65535"),
+        ({}, {"maxConnections": "x"}, "NETPOL_SNIFFER_MAX_CONNECTIONS: must be an integer between"),
     ],
 )
 def test_bad_serving_limits_are_named(
