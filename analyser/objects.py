@@ -11,7 +11,8 @@ want it whole; nothing walks the JSON a second time.
 
 The views: :class:`Pod` (addresses, containerPorts, lifetime), :class:`Service` (addresses,
 selector, :class:`ServicePort` with its target port: a number, a name, or none),
-:class:`EndpointSlice` and :class:`Endpoints`, :class:`Node` (addresses, podCIDRs, the gateway
+:class:`EndpointSlice` and :class:`Endpoints`, :class:`Route` (an Ingress's or an HTTPRoute's
+:class:`ServiceRef` list), :class:`ReferenceGrant`, :class:`Node` (addresses, podCIDRs, the gateway
 annotations), :class:`Controller` (Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, and a
 CronJob's Job template: selector, template labels, hostNetwork) and :class:`KubeObject` for the
 rest (Namespaces, NetworkPolicies), all with :class:`ObjectMeta` and its
@@ -665,6 +666,133 @@ def _endpoints(kind: str, meta: ObjectMeta, raw: Mapping[str, Any], fields: _Fie
 
 
 # ---------------------------------------------------------------------------------------------
+# Ingresses and HTTPRoutes: the Services a proxy sends outside traffic to.
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRef:
+    """A Service an Ingress or an HTTPRoute sends to, and its port there: a number, or (an
+    Ingress's ``port.name``) a Service port's name."""
+
+    namespace: str
+    name: str
+    port: int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Route(KubeObject):
+    """An Ingress or an HTTPRoute: the Services its controller sends traffic from outside the
+    cluster to (each once, sorted). References that name no Service port are left out: the
+    controller sends them nothing. An HTTPRoute's references to another namespace are kept as
+    written: whether a ReferenceGrant permits them is the reader's question."""
+
+    backends: tuple[ServiceRef, ...]
+
+
+def _route(kind: str, meta: ObjectMeta, raw: Mapping[str, Any], found: set[ServiceRef]) -> Route:
+    # A port may be a number or a name: sorted as text, so a mix sorts too.
+    ordered = sorted(found, key=lambda ref: (ref.namespace, ref.name, str(ref.port)))
+    return Route(kind, meta, raw, tuple(ordered))
+
+
+def _ingress_backend(backend: _Fields, namespace: str) -> ServiceRef | None:
+    """An Ingress backend's ``service`` (a ``resource`` backend names no Service). Always in the
+    Ingress's own namespace: the Ingress API has no field for another."""
+    service = backend.object("service")
+    name = service.text("name", OBJECT_NAME)
+    port = service.object("port")
+    number = port.port("number")
+    port_name = port.text("name", PORT_NAME)
+    which = number if number is not None else port_name
+    return ServiceRef(namespace, name, which) if name and which else None
+
+
+def _ingress(kind: str, meta: ObjectMeta, raw: Mapping[str, Any], fields: _Fields) -> Route:
+    spec = fields.object("spec")
+    backends = [spec.object("defaultBackend")] + [
+        path.object("backend")
+        for rule in spec.objects("rules")
+        for path in rule.object("http").objects("paths")
+    ]
+    found = {ref for b in backends if (ref := _ingress_backend(b, meta.namespace)) is not None}
+    return _route(kind, meta, raw, found)
+
+
+def _http_route(kind: str, meta: ObjectMeta, raw: Mapping[str, Any], fields: _Fields) -> Route:
+    found: set[ServiceRef] = set()
+    for rule in fields.object("spec").objects("rules"):
+        for ref in rule.objects("backendRefs"):
+            group = ref.text("group")
+            ref_kind = ref.text("kind", KIND)
+            name = ref.text("name", OBJECT_NAME)
+            namespace = ref.text("namespace", NAMESPACE_NAME) or meta.namespace
+            port = ref.port("port")
+            # Group "" and kind Service (their defaults): a Service; anything else is not.
+            if (group or "") == "" and (ref_kind or "Service") == "Service" and name and port:
+                found.add(ServiceRef(namespace, name, port))
+    return _route(kind, meta, raw, found)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantFrom:
+    """A ReferenceGrant's ``from`` entry: objects of this group and kind in this namespace may
+    refer to the grant's namespace."""
+
+    group: str
+    kind: str
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantTo:
+    """A ReferenceGrant's ``to`` entry: the objects of its namespace that may be referred to."""
+
+    group: str
+    kind: str
+    name: str  # "" for every object of the kind
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceGrant(KubeObject):
+    """A Gateway API ReferenceGrant: without one in a Service's namespace, an HTTPRoute of
+    another namespace may not send to it (the gateway refuses the reference)."""
+
+    sources: tuple[GrantFrom, ...]
+    targets: tuple[GrantTo, ...]
+
+    def grants(self, source: GrantFrom, target: GrantTo) -> bool:
+        """Whether an object ``source`` describes may refer to the object ``target`` names."""
+        return source in self.sources and any(
+            (granted.group, granted.kind) == (target.group, target.kind)
+            and granted.name in ("", target.name)
+            for granted in self.targets
+        )
+
+
+def _reference_grant(
+    kind: str, meta: ObjectMeta, raw: Mapping[str, Any], fields: _Fields
+) -> ReferenceGrant:
+    spec = fields.object("spec")
+    sources = tuple(
+        GrantFrom(
+            entry.text("group") or "",
+            entry.text("kind", KIND) or "",
+            entry.text("namespace", NAMESPACE_NAME) or "",
+        )
+        for entry in spec.objects("from")
+    )
+    targets = tuple(
+        GrantTo(
+            entry.text("group") or "",
+            entry.text("kind", KIND) or "",
+            entry.text("name", OBJECT_NAME) or "",
+        )
+        for entry in spec.objects("to")
+    )
+    return ReferenceGrant(kind, meta, raw, sources, targets)
+
+
+# ---------------------------------------------------------------------------------------------
 # Nodes.
 
 # Node annotations naming the node's own address on the pod network (Cilium's router, Calico's
@@ -783,6 +911,9 @@ _READERS: dict[str, _Reader] = {
     "EndpointSlice": _endpoint_slice,
     "Endpoints": _endpoints,
     "Node": _node,
+    "Ingress": _ingress,
+    "HTTPRoute": _http_route,
+    "ReferenceGrant": _reference_grant,
     **dict.fromkeys(CONTROLLER_KINDS, _controller),
 }
 # The kinds the analyser reads: those above, and Namespaces and NetworkPolicies (metadata only).

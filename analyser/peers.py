@@ -184,10 +184,11 @@ class ClusterDns:
 @dataclass(frozen=True, order=True, slots=True)
 class Exposure:
     """A target port that the snapshot shows reachable from outside the cluster, and what makes
-    it so (``by``): a LoadBalancer or NodePort Service, a Service with externalIPs, or a
-    containerPort published on its node with ``hostPort``. Its clients are whoever reaches the
-    load balancer or node, not only the addresses a capture happened to see."""
+    it so (``by``): a LoadBalancer or NodePort Service, a Service with externalIPs, an Ingress or
+    an HTTPRoute sending to a Service, or a containerPort published on its node with
+    ``hostPort``. Its clients are whoever reaches the load balancer, proxy or node, not only the
+    addresses a capture happened to see."""
 
     port: PortSpec
-    by: str  # "Service default/frontend-external (LoadBalancer)", "hostPort 8443"
+    by: str  # "Service default/web (LoadBalancer)", "Ingress shop/web", "hostPort 8443"
     families: tuple[int, ...] = (4,)  # the IP versions it is reached over

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from analyser.addresses import is_ip, normalize_ip, parse_address
 from analyser.claims import Claims, PodRecord
 from analyser.flows import Endpoint, Protocol
 from analyser.networks import NodeAddresses
-from analyser.objects import Service, ServicePort
+from analyser.objects import GrantFrom, GrantTo, Route, Service, ServicePort, ServiceRef
 from analyser.peers import Exposure, PortSpec
 from analyser.snapshot import Snapshot
 from analyser.workloads import Workloads
@@ -27,6 +27,7 @@ from analyser.workloads import Workloads
 KUBELET_PORT = 10250
 # Service types whose backends are reached from outside the cluster.
 _EXPOSING_TYPES = ("LoadBalancer", "NodePort")
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 
 
 def target_port(service_port: ServicePort, record: PodRecord, protocol: Protocol) -> int | None:
@@ -46,6 +47,16 @@ def _selects(selector: Mapping[str, str] | None, record: PodRecord) -> bool:
         return False
     labels = dict(record.labels)
     return all(labels.get(k) == v for k, v in selector.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Reached:
+    """A workload reached through a Service port from outside the cluster: the target port it
+    receives on, over one IP version."""
+
+    workload: str  # its graph node id
+    port: PortSpec
+    family: int
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -224,39 +235,92 @@ class Services:
 
     # -- exposure -------------------------------------------------------------------------------
 
+    def _reached(
+        self,
+        service: Service,
+        service_ports: Iterable[ServicePort],
+        workloads: Workloads,
+        pod_behind: PodBehind,
+    ) -> Iterator[Reached]:
+        """The workloads behind ``service_ports`` of ``service`` and the target port each
+        receives them on, per IP version of the Service's ClusterIPs."""
+        versions: set[int] = {parse_address(ip).version for ip in service.cluster_ips} or {4}
+        for service_port in service_ports:
+            protocol = service_port.protocol
+            if protocol is None or service_port.port is None:
+                continue
+            for version in sorted(versions):
+                for backend in self.backends(
+                    (service.namespace, service.name),
+                    service_port.port,
+                    protocol,
+                    math.inf,
+                    family=version,
+                ):
+                    record = pod_behind(backend, protocol, math.inf)
+                    if record is not None:
+                        port = PortSpec(protocol, backend.port)
+                        yield Reached(str(workloads.of(record)), port, version)
+
+    @staticmethod
+    def _routed_ports(service: Service, ref: ServiceRef) -> tuple[ServicePort, ...]:
+        """The Service port an Ingress or HTTPRoute backend names (by number or by name): HTTP
+        rides on TCP."""
+        return tuple(
+            port
+            for port in service.ports
+            if port.protocol is Protocol.TCP
+            and (port.port == ref.port if isinstance(ref.port, int) else port.name == ref.port)
+        )
+
+    def _permitted(self, route: Route, ref: ServiceRef) -> bool:
+        """Whether ``route`` may send to the Service ``ref`` names: one of its own namespace, or
+        one whose namespace has a ReferenceGrant letting the route's kind in the route's
+        namespace refer to it (the Gateway API's rule: without one the gateway refuses it)."""
+        if ref.namespace == route.namespace:
+            return True
+        source = GrantFrom(GATEWAY_API_GROUP, route.kind, route.namespace)
+        target = GrantTo("", "Service", ref.name)
+        return any(
+            grant.namespace == ref.namespace and grant.grants(source, target)
+            for grant in self._snapshot.reference_grants
+        )
+
     def exposures(
         self, workloads: Workloads, pod_behind: PodBehind
     ) -> dict[str, tuple[Exposure, ...]]:
         """Graph node id (``NS/Kind/name``) of each workload the snapshot shows reachable from
         outside the cluster → its exposed target ports and what exposes them: the backends of
         LoadBalancer and NodePort Services and of Services with ``externalIPs`` (each on its
-        target port, per IP version of the Service's ClusterIPs), and containerPorts published
-        with ``hostPort``. Sorted."""
+        target port, per IP version of the Service's ClusterIPs), the backends of the Service
+        ports an Ingress or an HTTPRoute sends to (a cloud load balancer or a gateway's proxies
+        may reach the pods directly, from addresses nobody lists, whatever the Service's type;
+        another namespace's only as a ReferenceGrant there permits),
+        and containerPorts published with ``hostPort``. Sorted."""
         found: dict[tuple[str, PortSpec, str], set[int]] = defaultdict(set)
         for service in self._snapshot.services:
             kind = service.type
             how = kind if kind in _EXPOSING_TYPES else "externalIPs"
             if kind not in _EXPOSING_TYPES and not service.external_ips:
                 continue
-            namespace, name = service.namespace, service.name
-            by = f"Service {namespace}/{name} ({how})"
-            versions: set[int] = {parse_address(ip).version for ip in service.cluster_ips} or {4}
-            for service_port in service.ports:
-                protocol = service_port.protocol
-                if protocol is None or service_port.port is None:
+            by = f"Service {service.namespace}/{service.name} ({how})"
+            for reached in self._reached(service, service.ports, workloads, pod_behind):
+                found[(reached.workload, reached.port, by)].add(reached.family)
+        for route in self._snapshot.routes:
+            by = f"{route.kind} {route.namespace}/{route.name}"
+            for ref in route.backends:
+                target = self._snapshot.service(ref.namespace, ref.name)
+                if target is None or not self._permitted(route, ref):
                     continue
-                for version in sorted(versions):
-                    for backend in self.backends(
-                        (namespace, name), service_port.port, protocol, math.inf, family=version
-                    ):
-                        record = pod_behind(backend, protocol, math.inf)
-                        if record is not None:
-                            workload = str(workloads.of(record))
-                            found[(workload, PortSpec(protocol, backend.port), by)].add(version)
+                ports = self._routed_ports(target, ref)
+                for reached in self._reached(target, ports, workloads, pod_behind):
+                    found[(reached.workload, reached.port, by)].add(reached.family)
         for record in self._claims.records:
             if not record.published or record.host_network:
                 continue  # a hostNetwork pod gets no policy: NetworkPolicy does not apply to it
-            versions = {parse_address(ip).version for ip in self._claims.addresses_of(record)}
+            versions: set[int] = {
+                parse_address(ip).version for ip in self._claims.addresses_of(record)
+            }
             for published in record.published:
                 key = (
                     str(workloads.of(record)),

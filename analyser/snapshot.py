@@ -41,6 +41,8 @@ from analyser.objects import (
     Node,
     OwnerReference,
     Pod,
+    ReferenceGrant,
+    Route,
     Service,
     TextRule,
     bad_label,
@@ -457,6 +459,12 @@ class Snapshot:
         self.nodes: list[Node] = [o for o in kinds["Node"] if isinstance(o, Node)]
         self.namespaces: list[KubeObject] = kinds["Namespace"]
         self.network_policies: list[KubeObject] = kinds["NetworkPolicy"]
+        self.routes: list[Route] = [
+            o for kind in ("Ingress", "HTTPRoute") for o in kinds[kind] if isinstance(o, Route)
+        ]
+        self.reference_grants: list[ReferenceGrant] = [
+            o for o in kinds["ReferenceGrant"] if isinstance(o, ReferenceGrant)
+        ]
 
         self.services_by_cluster_ip: dict[str, Service] = {
             ip: service for service in self.services for ip in service.cluster_ips

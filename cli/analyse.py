@@ -92,9 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--observed-clients-only",
         action="store_true",
         help="workloads the snapshot shows exposed outside the cluster (behind a LoadBalancer or "
-        "NodePort Service, externalIPs or a hostPort) get ingress on the exposed ports only from "
-        "the outside addresses seen, not from anywhere (the default: their users are not only "
-        "those a capture saw)",
+        "NodePort Service, externalIPs, an Ingress or HTTPRoute, or a hostPort) get ingress on "
+        "the exposed ports only from the outside addresses seen, not from anywhere (the "
+        "default: their users are not only those a capture saw)",
     )
     parser.add_argument(
         "--allow-special",

@@ -24,6 +24,8 @@ class Kind:
     api_version: str  # "v1" or "group/version"
     plural: str
     namespaced: bool
+    # An API a cluster may not serve (a CRD's): listing it answers 404 and the snapshot holds none.
+    optional: bool = False
 
     @property
     def group(self) -> str:
@@ -54,6 +56,19 @@ DAEMON_SETS = Kind("DaemonSet", "apps/v1", "daemonsets", namespaced=True)
 JOBS = Kind("Job", "batch/v1", "jobs", namespaced=True)
 CRON_JOBS = Kind("CronJob", "batch/v1", "cronjobs", namespaced=True)
 NETWORK_POLICIES = Kind("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", namespaced=True)
+INGRESSES = Kind("Ingress", "networking.k8s.io/v1", "ingresses", namespaced=True)
+HTTP_ROUTES = Kind(
+    "HTTPRoute", "gateway.networking.k8s.io/v1", "httproutes", namespaced=True, optional=True
+)
+# What lets an HTTPRoute send to another namespace's Service; every Gateway API release serves
+# v1beta1.
+REFERENCE_GRANTS = Kind(
+    "ReferenceGrant",
+    "gateway.networking.k8s.io/v1beta1",
+    "referencegrants",
+    namespaced=True,
+    optional=True,
+)
 # In ARCHITECTURE.md's order; snapshot.json lists items in this order.
 SNAPSHOT_KINDS = (
     NAMESPACES,
@@ -68,6 +83,9 @@ SNAPSHOT_KINDS = (
     JOBS,
     CRON_JOBS,
     NETWORK_POLICIES,
+    INGRESSES,
+    HTTP_ROUTES,
+    REFERENCE_GRANTS,
 )
 # What a rollout restart can roll; the rest is listed for the user.
 ROLLABLE_KINDS = {kind.kind: kind for kind in (DEPLOYMENTS, STATEFUL_SETS, DAEMON_SETS)}

@@ -23,7 +23,7 @@ from websocket import ABNF, WebSocketBadStatusException, WebSocketException
 
 from collector.kinds import PODS, Kind, KubeObject
 from collector.pulling import Frame
-from kernel.errors import AccessDenied, CollectError, ExecFailed
+from kernel.errors import AccessDenied, CollectError, ExecFailed, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def translate_status(
             f"check --kubeconfig/--context{suffix}"
         )
     if status == 404:
-        return CollectError(f"cannot {what}: not found{suffix}")
+        return NotFound(f"cannot {what}: not found{suffix}")
     return CollectError(f"cannot {what}: HTTP {status}{suffix}")
 
 

@@ -26,7 +26,8 @@ class MemoryCluster:
     ``watch_scripts`` are played one per watch call (their events change the Pods they name, an
     ``ERROR`` event calls ``on_expiry``: what changes while a watch is expired); ``patches``
     records every merge patch; ``denied`` holds ``(verb, resource)`` pairs RBAC refuses, as the
-    API server would; ``exec_handler`` runs exec (none: exec is refused).
+    API server would; ``unserved`` the resources it does not serve (a CRD not installed: 404);
+    ``exec_handler`` runs exec (none: exec is refused).
     """
 
     def __init__(
@@ -42,12 +43,17 @@ class MemoryCluster:
         self.patches: list[tuple[str, str, str | None, Mapping[str, Any]]] = []
         self.exec_handler = exec_handler
         self.denied: set[tuple[str, str]] = set()
+        self.unserved: set[str] = set()
         self.on_expiry: Callable[[], None] | None = None
 
     def _check(self, verb: str, kind: Kind, namespace: str | None) -> None:
         if (verb, kind.resource) in self.denied:
             raise translate_status(
                 403, None, verb=verb, resource=kind.resource, namespace=namespace
+            )
+        if kind.resource in self.unserved:
+            raise translate_status(
+                404, None, verb=verb, resource=kind.resource, namespace=namespace
             )
 
     def list(

@@ -51,10 +51,11 @@ CAPTURES = "captures"
 NODE_CAPTURES = "_node"
 CAPTURE_META = "meta.json"
 PRODUCERS = ("collect", "lab")
-# What a snapshot should hold, as ``kubectl get`` takes it.
+# What a snapshot should hold, as ``kubectl get`` takes it. Not the Gateway API's kinds: kubectl
+# refuses the whole line on a cluster without their CRDs.
 SNAPSHOT_KINDS = (
     "namespaces,nodes,pods,services,endpointslices,deployments,replicasets,statefulsets,"
-    "daemonsets,jobs,cronjobs"
+    "daemonsets,jobs,cronjobs,ingresses"
 )
 
 # Capture file names: *.pcap, *.pcapng, *.cap, tcpdump's ring names (capture.pcap0,

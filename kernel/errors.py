@@ -16,6 +16,7 @@ yaml's errors) are translated into this tree in the one module that imports that
      ├── RenderError             a template failed or rendered something invalid
      ├── OutputError             the output directory holds other files, or cannot be written
      ├── CollectError            talking to the cluster failed
+     │    ├── NotFound           no such object, or the API (a CRD) is not served at all
      │    ├── AccessDenied       RBAC refuses a verb; names the missing permission
      │    └── ExecFailed         a command run in a pod through the exec API failed
      │         ├── StreamCut     the exec stream ended without a status (retried, resumed)
@@ -77,6 +78,11 @@ class OutputError(NetpolSnifferError):
 
 class CollectError(NetpolSnifferError):
     """Talking to the cluster failed."""
+
+
+class NotFound(CollectError):
+    """The API server has no such object, or does not serve the resource at all (a CRD that is
+    not installed)."""
 
 
 class AccessDenied(CollectError):

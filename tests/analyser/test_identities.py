@@ -759,6 +759,149 @@ def test_exposures_are_what_the_snapshot_opens_to_the_outside() -> None:
     }
 
 
+def _route(kind: str, name: str, spec: dict[str, object]) -> dict[str, object]:
+    api = "networking.k8s.io/v1" if kind == "Ingress" else "gateway.networking.k8s.io/v1"
+    metadata = {"name": name, "namespace": "app"}
+    return {"apiVersion": api, "kind": kind, "metadata": metadata, "spec": spec}
+
+
+def _ingress_backend(service: str, port: dict[str, object]) -> dict[str, object]:
+    return {"service": {"name": service, "port": port}}
+
+
+def _in_shop(obj: dict[str, Any]) -> dict[str, Any]:
+    return {**obj, "metadata": {**obj["metadata"], "namespace": "shop"}}
+
+
+def _reference_grant(name: str, source_kind: str, service: str = "") -> dict[str, object]:
+    """A ReferenceGrant in namespace shop opening its Service ``service`` (all when "") to
+    ``source_kind`` objects of namespace app."""
+    target = {"group": "", "kind": "Service"} | ({"name": service} if service else {})
+    source = {"group": "gateway.networking.k8s.io", "kind": source_kind, "namespace": "app"}
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1beta1",
+        "kind": "ReferenceGrant",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"from": [source], "to": [target]},
+    }
+
+
+def test_the_backends_of_ingresses_and_http_routes_are_exposed() -> None:
+    """A cloud load balancer or a gateway's proxies reach an Ingress's or an HTTPRoute's pods
+    directly, from addresses nobody lists, even behind a ClusterIP Service. An HTTPRoute reaches
+    another namespace's Service only as a ReferenceGrant there permits."""
+    web = _with_ports(
+        _pod("web", "10.1.0.5", {"app": "web"}, owner=("StatefulSet", "web")),
+        {"name": "http", "containerPort": 8080},
+        {"name": "admin", "containerPort": 9000},
+    )
+    api = _with_ports(_pod("api", "10.1.0.6", {"app": "api"}), {"containerPort": 7000})
+    db = _with_ports(_pod("db", "10.1.0.7", {"app": "db"}), {"containerPort": 5432})
+    cart = _in_shop(_with_ports(_pod("cart", "10.1.0.8", {"app": "cart"}), {"containerPort": 6000}))
+    till = _in_shop(_with_ports(_pod("till", "10.1.0.9", {"app": "till"}), {"containerPort": 6100}))
+    services = (
+        _service(
+            "web",
+            {
+                "clusterIP": "10.96.0.9",
+                "selector": {"app": "web"},
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": "http"},
+                    {"name": "admin", "port": 9000},
+                ],
+            },
+        ),
+        _service(
+            "api",
+            {
+                "clusterIP": "10.96.0.10",
+                "selector": {"app": "api"},
+                "ports": [{"port": 70, "targetPort": 7000}],
+            },
+        ),
+        _service(
+            "db", {"clusterIP": "10.96.0.11", "selector": {"app": "db"}, "ports": [{"port": 5432}]}
+        ),
+        _in_shop(
+            _service(
+                "cart",
+                {
+                    "clusterIP": "10.96.0.12",
+                    "selector": {"app": "cart"},
+                    "ports": [{"port": 60, "targetPort": 6000}],
+                },
+            )
+        ),
+        _in_shop(
+            _service(
+                "till",
+                {"clusterIP": "10.96.0.13", "selector": {"app": "till"}, "ports": [{"port": 6100}]},
+            )
+        ),
+        _reference_grant("cart-to-routes", "HTTPRoute", "cart"),
+        _reference_grant("all-to-grpc-routes", "GRPCRoute"),  # not for HTTPRoutes
+        _route(
+            "Ingress",
+            "site",
+            {
+                "defaultBackend": _ingress_backend("api", {"number": 70}),
+                "rules": [
+                    {
+                        "http": {
+                            "paths": [
+                                {"path": "/", "backend": _ingress_backend("web", {"name": "http"})},
+                                {"path": "/x", "backend": _ingress_backend("gone", {"number": 80})},
+                                {"path": "/y", "backend": _ingress_backend("db", {"number": 1})},
+                                {
+                                    "path": "/z",
+                                    "backend": {"resource": {"kind": "Bucket", "name": "b"}},
+                                },
+                            ]
+                        }
+                    }
+                ],
+            },
+        ),
+        _route(
+            "HTTPRoute",
+            "shop-route",
+            {
+                "rules": [
+                    {
+                        "backendRefs": [
+                            {"name": "cart", "namespace": "shop", "port": 60},
+                            {"name": "till", "namespace": "shop", "port": 6100},  # no grant
+                            {"group": "", "kind": "Service", "name": "web", "port": 9000},
+                        ]
+                    },
+                    {
+                        "backendRefs": [
+                            {
+                                "group": "multicluster.x-k8s.io",
+                                "kind": "ServiceImport",
+                                "name": "db",
+                                "port": 5432,
+                            },
+                            {"kind": "Backend", "name": "db", "port": 5432},
+                            {"name": "db"},  # no port: the gateway refuses it
+                        ]
+                    },
+                ]
+            },
+        ),
+    )
+    resolver = Resolver(_objects(web, api, db, cart, till, extra=services))
+    tcp = Protocol.TCP
+    assert resolver.exposures() == {
+        "app/Pod/api": (Exposure(PortSpec(tcp, 7000), "Ingress app/site", (4,)),),
+        "app/StatefulSet/web": (
+            Exposure(PortSpec(tcp, 8080), "Ingress app/site", (4,)),
+            Exposure(PortSpec(tcp, 9000), "HTTPRoute app/shop-route", (4,)),
+        ),
+        "shop/Pod/cart": (Exposure(PortSpec(tcp, 6000), "HTTPRoute app/shop-route", (4,)),),
+    }
+
+
 # -- selectors that select more than their workload --------------------------------------------
 
 

@@ -27,14 +27,23 @@ from analyser.snapshot import load_pod_ip_history, load_snapshot
 from cli.main import ExitStatus, main
 from collector.collecting import PARTIALS, CollectOptions, capture_mode, collect, pull_target
 from collector.history import PodIPHistory
-from collector.kinds import DEPLOYMENTS, NAMESPACES, PODS, ROLLABLE_KINDS, SNAPSHOT_KINDS
+from collector.kinds import (
+    DEPLOYMENTS,
+    HTTP_ROUTES,
+    INGRESSES,
+    NAMESPACES,
+    PODS,
+    REFERENCE_GRANTS,
+    ROLLABLE_KINDS,
+    SNAPSHOT_KINDS,
+)
 from collector.kube import KubernetesCluster, load_configuration
 from collector.memory import MemoryCluster
 from collector.pulling import PodPuller, PullTarget, drain, fetch_command
 from collector.uninstalling import apply_uninstall, plan_uninstall
 from kernel.bundles import SkippedCapture
 from kernel.capture import CaptureMode
-from kernel.errors import AccessDenied, BundleError, CollectError
+from kernel.errors import AccessDenied, BundleError, CollectError, NotFound
 from kernel.names import CAPTURE_LABEL
 from tests.collector.fakeapiserver import FakeAPIServer, cut_connection_after, status_body
 from tests.collector.localexec import FRAME_BYTES, LocalExec, flip_first_byte
@@ -157,6 +166,9 @@ def shop(tmp_path: Path) -> MemoryCluster:
                 }
             ],
             "NetworkPolicy": [{"metadata": {"name": "deny", "namespace": "other"}}],
+            "Ingress": [{"metadata": {"name": "web", "namespace": "shop"}}],
+            "HTTPRoute": [{"metadata": {"name": "web", "namespace": "shop"}}],
+            "ReferenceGrant": [{"metadata": {"name": "web", "namespace": "shop"}}],
         },
         exec_handler=LocalExec(),
     )
@@ -179,6 +191,7 @@ def test_collect_writes_a_complete_bundle(shop: MemoryCluster, tmp_path: Path) -
     kinds = [item["kind"] for item in snapshot["items"]]
     assert kinds == sorted(kinds, key=[k.kind for k in SNAPSHOT_KINDS].index)
     assert {"Namespace", "Node", "Pod", "Service", "ReplicaSet", "NetworkPolicy"} <= set(kinds)
+    assert {"Ingress", "HTTPRoute", "ReferenceGrant"} <= set(kinds)
     coredns = [i for i in snapshot["items"] if i["metadata"]["name"] == "coredns-1"]
     assert coredns and coredns[0]["apiVersion"] == "v1"  # peers in other namespaces are there
     assert all("managedFields" not in item["metadata"] for item in snapshot["items"])
@@ -311,6 +324,25 @@ def test_missing_exec_permission_stops_collect_naming_it(
 ) -> None:
     shop.denied.add(("create", "pods/exec"))
     with pytest.raises(AccessDenied, match=r"needs 'create' on 'pods/exec' in namespace shop"):
+        collect(shop, CollectOptions(out=tmp_path / "b", namespaces=("shop",)))
+
+
+def test_a_gateway_api_the_cluster_does_not_serve_is_left_out(
+    shop: MemoryCluster, tmp_path: Path
+) -> None:
+    shop.unserved |= {HTTP_ROUTES.resource, REFERENCE_GRANTS.resource}
+    collect(shop, CollectOptions(out=tmp_path / "b", namespaces=("shop",)))
+    kinds = {
+        item["kind"] for item in json.loads((tmp_path / "b/snapshot.json").read_text())["items"]
+    }
+    assert "Ingress" in kinds and not {"HTTPRoute", "ReferenceGrant"} & kinds
+
+
+def test_a_kind_every_cluster_serves_answering_404_stops_collect(
+    shop: MemoryCluster, tmp_path: Path
+) -> None:
+    shop.unserved.add(INGRESSES.resource)
+    with pytest.raises(NotFound, match=r"cannot list ingresses.networking.k8s.io cluster-wide"):
         collect(shop, CollectOptions(out=tmp_path / "b", namespaces=("shop",)))
 
 
@@ -472,6 +504,7 @@ def test_exec_refused_by_rbac_names_the_permission(tmp_path: Path) -> None:
             r"\(API server: nope\); see manifests/collector-rbac/",
         ),
         (401, r"rejected the credentials; check --kubeconfig/--context"),
+        (404, r"cannot list pods cluster-wide: not found \(API server: nope\)"),
         (500, r"cannot list pods cluster-wide: HTTP 500 \(API server: nope\)"),
     ],
 )
@@ -480,6 +513,7 @@ def test_rest_errors_are_translated(status: int, expected: str) -> None:
     with FakeAPIServer(routes=routes) as api, pytest.raises(CollectError, match=expected) as caught:
         real_cluster(api).list(PODS)
     assert isinstance(caught.value, AccessDenied) == (status == 403)
+    assert isinstance(caught.value, NotFound) == (status == 404)
 
 
 def test_group_resources_are_named_as_rbac_names_them() -> None:

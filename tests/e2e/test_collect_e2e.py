@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from analyser.bundles import open_bundle, parse_manifest
+from analyser.objects import ServiceRef
 from analyser.snapshot import load_pod_ip_history, load_snapshot
 from certs.make_certs import LOOPBACK_NAMES, make_certs
 from cli.main import main
@@ -138,6 +139,13 @@ def test_snapshot_and_ip_history_from_a_real_api_server(
         },
         shop,
     )
+    ingress = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "site"},
+        "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
+    }
+    apply(control_plane, ingress, shop)
     wait_for(
         "the Deployment's pod",
         lambda: bool(
@@ -218,12 +226,19 @@ def test_snapshot_and_ip_history_from_a_real_api_server(
         if item["kind"] == "Service" and item["metadata"]["namespace"] == shop
     )
     assert service == control_plane.kubectl_json("get", "service", "web", "-n", shop)
+    site = next(item for item in document["items"] if item["kind"] == "Ingress")
+    assert site == control_plane.kubectl_json("get", "ingress", "site", "-n", shop)
+    # this API server serves no Gateway API: HTTPRoutes answer 404 and are left out, quietly
+    assert not {"HTTPRoute", "ReferenceGrant"} & kinds
 
     # and the analyser loads it
     snapshot = load_snapshot(snapshot_path)
     assert {ns.name for ns in snapshot.namespaces} >= {shop, "kube-system"}
     web = [p for p in snapshot.pods if p.labels.get("app") == "web"]
     assert web and web[0].meta.owner_references[0].kind == "ReplicaSet"
+    assert [(r.kind, r.backends) for r in snapshot.routes] == [
+        ("Ingress", (ServiceRef(shop, "web", 80),))
+    ]
 
 
 @pytest.fixture

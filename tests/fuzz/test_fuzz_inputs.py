@@ -233,14 +233,17 @@ def test_dns_decoding_gives_answers_or_a_fault(payload: bytes, over_tcp: bool) -
 # -- snapshots and the bundle's JSON files ------------------------------------------------------
 
 KINDS = ["Pod", "Service", "Node", "Deployment", "ReplicaSet", "EndpointSlice", "Endpoints",
-         "CronJob", "Job", "Namespace", "List", "PodList"]  # fmt: skip
+         "CronJob", "Job", "Namespace", "Ingress", "HTTPRoute", "ReferenceGrant",
+         "List", "PodList"]  # fmt: skip
 KEYS = ["kind", "metadata", "name", "namespace", "uid", "labels", "ownerReferences", "spec",
         "status", "items", "podIP", "podIPs", "ip", "hostNetwork", "containers", "ports",
         "containerPort", "protocol", "selector", "matchLabels", "matchExpressions", "key",
         "operator", "values", "clusterIP", "clusterIPs", "port", "targetPort", "nodeName",
         "addresses", "address", "type", "podCIDR", "podCIDRs", "endpoints", "targetRef",
         "creationTimestamp", "deletionTimestamp", "phase", "template", "controller",
-        "addressType", "subsets", "jobTemplate", "startTime", "hostIP"]  # fmt: skip
+        "addressType", "subsets", "jobTemplate", "startTime", "hostIP", "defaultBackend",
+        "service", "rules", "http", "paths", "backend", "backendRefs", "group",
+        "number", "from", "to"]  # fmt: skip
 WORDS = ["", "10.0.0.1", "fd00::1", "TCP", "UDP", "web", "Exists", "In", "2026-01-01T00:00:00Z",
          "9999-12-31T23:59:59Z", "http", "Deployment", "ReplicaSet", "kube-system",
          "kube-dns"]  # fmt: skip
@@ -298,6 +301,7 @@ def test_snapshot_parsing_ends_in_a_snapshot_or_a_snapshot_error(documents: list
     for address in ("10.0.0.1", "fd00::1", "203.0.113.1"):
         resolver.resolve(address, 1.0e9, port=80)
     resolver.cluster_dns()
+    resolver.exposures()
 
 
 @FUZZ
