@@ -38,7 +38,7 @@ from analyser.baselines import (
 )
 from analyser.bundles import Bundle, FileProblem
 from analyser.cilium import cilium_plan
-from analyser.evaluation import policy_name
+from analyser.evaluation import PolicySet, policy_name
 from analyser.explaining import explain, explain_cilium
 from analyser.flows import Evidence, Flow, orient
 from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
@@ -671,21 +671,21 @@ def _folders(policy_format: PolicyFormat) -> dict[PolicyFormat, str]:
 
 
 def check_safety(
-    policy_files: Mapping[str, str],
+    policies: PolicySet,
     graph: WorkloadGraph,
     cluster: ClusterFacts,
     *,
     left_out: Iterable[LeftOut] = (),
 ) -> None:
     """THE place generated policies are checked before anything can be written: the rendered
-    files, read back as ``verify`` reads files and evaluated with NetworkPolicy semantics over
-    ``cluster`` (``replaying.cluster_facts``), must allow every observed connection of the
-    graph, but the traffic with special addresses they leave out on purpose (``left_out``,
-    reported); else :class:`UnsafePolicies` (nothing written).
+    files, read back as ``verify`` reads files (``policysets.parse_policy_texts``: ``conclude``
+    does it) and evaluated with their semantics over ``cluster`` (``replaying.cluster_facts``),
+    must allow every observed connection of the graph, but the traffic with special addresses
+    they leave out on purpose (``left_out``, reported); else :class:`UnsafePolicies` (nothing
+    written).
     """
-    loaded = parse_policy_texts(policy_files)
     ensure_policies_allow(
-        loaded.policies,
+        policies,
         graph,
         cluster,
         left_out={(item.address, item.port) for item in left_out},
@@ -998,8 +998,14 @@ def conclude(
             folder=folders[PolicyFormat.CILIUM],
             reasons=explain_cilium(cilium, seen.graph, cluster_dns=cluster_dns),
         )
-    for folder in folders.values():
-        policy_set = {path: text for path, text in files.items() if path.startswith(folder)}
+    # Each set read back once, as verify reads files: checked, then compared and reviewed.
+    read_back = {
+        folder: parse_policy_texts(
+            {path: text for path, text in files.items() if path.startswith(folder)}
+        ).policies
+        for folder in folders.values()
+    }
+    for policy_set in read_back.values():
         check_safety(policy_set, seen.graph, cluster.facts, left_out=plan.left_out)
     first_folder = next(iter(folders.values()))
     # Against the newest snapshot's NetworkPolicies (what the cluster has now): the first set
@@ -1012,9 +1018,7 @@ def conclude(
             (f"snapshot: NetworkPolicy {p.display_name}", p.raw)
             for p in seen.snapshot.network_policies
         ),
-        parse_policy_texts(
-            {path: text for path, text in files.items() if path.startswith(first_folder)}
-        ).policies,
+        read_back[first_folder],
         {p.workload: policy_name(kind, p.namespace, p.name) for p in policies},
         cluster.facts.workloads,
         nodes=cluster.node_addresses,
@@ -1091,6 +1095,7 @@ def conclude(
             for name, text in files.items()
             if name.endswith(".yaml") and name.startswith(first_folder)
         },
+        policies=read_back[first_folder],
         cluster=cluster.facts,
     )
     files[REPORT_HTML] = render_review(review)

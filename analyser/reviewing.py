@@ -27,7 +27,6 @@ from analyser.evaluation import Address, Direction, PolicySet, policy_name
 from analyser.graphs import LISTED_FLOWS, NodeRole, WorkloadGraph
 from analyser.peers import PortSpec
 from analyser.pictures import GroupKind, Picture, drawing_ids
-from analyser.policysets import parse_policy_texts
 from analyser.replaying import ClusterFacts, observed_on_edge, verification_inputs
 from analyser.texts import inert
 from analyser.verifying import Allowance, unobserved_allowances
@@ -478,13 +477,14 @@ def review_of(
     window: str,
     drawings: Sequence[Drawing],
     policy_files: Mapping[str, str],
+    policies: PolicySet,
     cluster: ClusterFacts,
 ) -> Review:
     """What report.html shows for an analysis: ``policy_files`` (the rendered policies, by file
-    name) read back as verify reads them and evaluated against ``graph`` over ``cluster``
+    name), ``policies`` (those files read back as verify reads them:
+    ``policysets.parse_policy_texts``) evaluated against ``graph`` over ``cluster``
     (``replaying.cluster_facts``, merged for several bundles) as verify evaluates them
     (:func:`review`)."""
-    policies = parse_policy_texts(policy_files).policies
     observed, universe = verification_inputs(policies, graph, cluster)
     pairs = len(universe.pairs())
     if pairs > MAX_CHECKED_PAIRS:

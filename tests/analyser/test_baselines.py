@@ -24,9 +24,11 @@ from analyser.baselines import (
 )
 from analyser.bundles import open_bundle
 from analyser.clusterpolicies import compile_cluster_policy
+from analyser.evaluation import PolicySet
 from analyser.flows import Protocol
 from analyser.peers import DEFAULT_DNS_PEER, DNS_PORTS, ClusterDns, IpPeer, PodPeer, PortSpec
 from analyser.policies import PolicyPlan, unselectable_workloads
+from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, baseline_object, render_baseline
 from analyser.replaying import cluster_facts
 from analyser.selectors import LabelSelector
@@ -230,6 +232,10 @@ def test_baseline_for_exempts_the_other_known_namespaces() -> None:
     )
 
 
+def read_back(files: dict[str, str]) -> PolicySet:
+    return parse_policy_texts(files).policies
+
+
 def _without(files: dict[str, str], *paths: str) -> dict[str, str]:
     return {
         path: text for path, text in files.items() if path not in paths and path.endswith(".yaml")
@@ -241,10 +247,10 @@ def test_the_safety_check_evaluates_the_baseline(analysis: Analysis) -> None:
     facts = cluster_facts(analysis.snapshot, analysis.resolver)
     # Without cart's own policy, the baseline decides for cart: frontend's call is denied.
     with pytest.raises(UnsafePolicies, match="ClusterNetworkPolicy netpol-sniffer-baseline"):
-        check_safety(_without(files, "shop.cart.yaml"), analysis.graph, facts)
+        check_safety(read_back(_without(files, "shop.cart.yaml")), analysis.graph, facts)
     # Without the baseline either, nothing isolates cart: allowed.
     check_safety(
-        _without(files, "shop.cart.yaml", BASELINE_FILE),
+        read_back(_without(files, "shop.cart.yaml", BASELINE_FILE)),
         analysis.graph,
         facts,
     )

@@ -16,6 +16,7 @@ from analyser.bundles import open_bundle
 from analyser.evaluation import Direction, PolicySet, RuleAllowing, compile_policy, pod
 from analyser.flows import Protocol
 from analyser.peers import PortSpec
+from analyser.policysets import parse_policy_texts
 from analyser.rendering import script_json
 from analyser.replaying import cluster_facts
 from analyser.reviewing import PortReview, Review, review_of, rule_lines, svg_for_page
@@ -96,6 +97,7 @@ def demo() -> tuple[Analysis, Review]:
         window="",
         drawings=(),
         policy_files=policy_files,
+        policies=parse_policy_texts(policy_files).policies,
         cluster=cluster_facts(analysis.snapshot, analysis.resolver),
     )
 
@@ -177,12 +179,14 @@ def test_past_the_pairs_limit_the_unobserved_allowances_are_left_to_verify(
 ) -> None:
     analysis, _ = demo
     monkeypatch.setattr(reviewing, "MAX_CHECKED_PAIRS", 10)
+    policy_files = {n: t for n, t in analysis.files.items() if n.endswith(".yaml")}
     review = review_of(
         analysis.graph,
         source="bundle",
         window="",
         drawings=(),
-        policy_files={n: t for n, t in analysis.files.items() if n.endswith(".yaml")},
+        policy_files=policy_files,
+        policies=parse_policy_texts(policy_files).policies,
         cluster=cluster_facts(analysis.snapshot, analysis.resolver),
     )
     assert review.unchecked.startswith("not worked out here: ")
@@ -204,6 +208,7 @@ def test_the_page_of_a_cilium_set_points_at_its_rules() -> None:
         window="",
         drawings=(),
         policy_files=files,
+        policies=parse_policy_texts(files).policies,
         cluster=cluster_facts(analysis.snapshot, analysis.resolver),
     )
     cart = port_review(
