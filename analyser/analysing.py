@@ -40,7 +40,7 @@ from analyser.bundles import Bundle, FileProblem
 from analyser.cilium import cilium_plan
 from analyser.evaluation import PolicySet, policy_name
 from analyser.explaining import explain, explain_cilium
-from analyser.flows import Evidence, Flow, orient
+from analyser.flows import Evidence, Flow
 from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
@@ -75,7 +75,7 @@ from analyser.policies import (
     unselectable_workloads,
 )
 from analyser.policysets import parse_policy_texts
-from analyser.reading import CaptureMap, Traffic, no_cyclic_gc, read_captures
+from analyser.reading import CaptureMap, Orientation, Traffic, no_cyclic_gc, read_captures
 from analyser.rendering import (
     KUSTOMIZATION,
     Provenance,
@@ -146,7 +146,7 @@ class Observation:
     snapshot: Snapshot
     resolver: Resolver
     scope: Scope  # the captured workloads: they get policies
-    traffic: Traffic  # without its conversations: they are the flows now
+    traffic: Traffic  # without its conversations and flows: ``flows`` holds them
     flows: tuple[Flow, ...]
     graph: WorkloadGraph
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
@@ -762,11 +762,11 @@ def observe(
         capture_map=capture_map,
         max_bytes=max_capture_size,
         node_captures=on_nodes.vantages.keys(),
+        orientation=Orientation(resolver.known_listener),
     )
     _ensure_something_read(traffic)
-    flows = tuple(orient(traffic.conversations, resolver.known_listener))
-    # The flows are what the conversations became: keep them once (a day holds millions).
-    traffic = replace(traffic, conversations=())
+    # Kept once (a day holds millions): in the observation, not also in its traffic.
+    flows, traffic = traffic.flows, replace(traffic, flows=())
     if within is not None:
         inside = within_window(flows, within)
         flows = inside.kept

@@ -6,11 +6,12 @@ No I/O here and no dpkt: packets arrive already decoded (see ``packets``).
 
 from __future__ import annotations
 
+import math
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 
 class Protocol(StrEnum):
@@ -111,27 +112,12 @@ def handshake_role(protocol_number: int, control: int) -> int:
     return 0
 
 
-class DirectedTraffic(NamedTuple):
-    """The packets one capture file saw from source to destination (a named tuple: one per
-    direction of every flow in every file, so cheap to build)."""
-
-    protocol: Protocol
-    source_ip: str
-    source_port: int
-    destination_ip: str
-    destination_port: int
-    first_seen: float
-    last_seen: float
-    packets: int
-    bytes: int
-    roles: int  # ROLE_* bits of what ``source`` sent
-
-
-@dataclass(frozen=True, slots=True)
-class Conversation:
+class Conversation(NamedTuple):
     """Both directions between two endpoints, merged over every capture; not yet oriented.
 
-    ``a`` is the lower endpoint and ``b`` the higher, so each conversation has one key.
+    ``a`` is the lower endpoint and ``b`` the higher, so each conversation has one key. A named
+    tuple: one per connection of every capture, made once between reading and orienting, so
+    cheap to build.
     """
 
     protocol: Protocol
@@ -152,6 +138,8 @@ class Conversation:
 
 # (protocol, IP of a, port of a, IP of b, port of b): plain values hash and compare fast.
 ConversationKey = tuple[Protocol, str, int, str, int]
+# (first seen, last seen, handshake bits, packets, bytes, capture): see CaptureConversations.
+ConversationEntry = tuple[float, float, int, int, int, str]
 
 
 class CaptureVantage(typing.Protocol):
@@ -172,54 +160,23 @@ class CaptureConversations:
     """What one capture file saw, folded into conversations: what a reading worker returns, so
     it is plain data that pickles and merges cheaply.
 
-    ``entries`` maps each conversation key to ``[first seen, last seen, handshake bits, packets,
-    bytes]``; the bits are: a opened, b opened, a accepted, b accepted (1, 2, 4, 8), either
-    closed (16), a disowned, b disowned (32, 64), a sent, b sent (128, 256).
+    ``entries`` maps each conversation key to ``(first seen, last seen, handshake bits, packets,
+    bytes, capture)`` (``packets.fold_tally`` makes them from a file's packets): the bits
+    (:func:`conversation_bits` of each direction, OR-ed) are: a opened, b opened, a accepted, b
+    accepted (1, 2, 4, 8), either closed (16), a disowned, b disowned (32, 64), a sent, b sent
+    (128, 256); ``capture`` is the file's
+    name (one string for all its entries), so that :class:`ConversationTable` can keep the entry
+    of a conversation only one file saw as it is.
     """
 
     __slots__ = ("capture", "entries", "vantage")
 
-    def __init__(self, capture: str, vantage: str, traffic: Iterable[DirectedTraffic]) -> None:
+    def __init__(
+        self, capture: str, vantage: str, entries: dict[ConversationKey, ConversationEntry]
+    ) -> None:
         self.capture = capture  # the file, relative to the bundle
         self.vantage = vantage  # the tcpdump ring it belongs to (see ``sources.ring_name``)
-        self.entries: dict[ConversationKey, list[Any]] = {}
-        for (
-            protocol,
-            source_ip,
-            source_port,
-            destination_ip,
-            destination_port,
-            first_seen,
-            last_seen,
-            packets,
-            size,
-            roles,
-        ) in traffic:
-            # a is the lower endpoint: the key is the same whichever direction was seen.
-            forward = (source_ip, source_port) <= (destination_ip, destination_port)
-            key = (
-                (protocol, source_ip, source_port, destination_ip, destination_port)
-                if forward
-                else (protocol, destination_ip, destination_port, source_ip, source_port)
-            )
-            bits = _A_SENT if forward else _B_SENT
-            if roles & ROLE_OPENER:
-                bits |= 1 if forward else 2
-            if roles & ROLE_ACCEPTOR:
-                bits |= 4 if forward else 8
-            if roles & ROLE_CLOSER:
-                bits |= _CLOSED
-            if roles & ROLE_DISOWNER:
-                bits |= 32 if forward else 64
-            entry = self.entries.get(key)
-            if entry is None:
-                self.entries[key] = [first_seen, last_seen, bits, packets, size]
-            else:
-                entry[0] = min(entry[0], first_seen)
-                entry[1] = max(entry[1], last_seen)
-                entry[2] |= bits
-                entry[3] += packets
-                entry[4] += size
+        self.entries = entries
 
     def drop_foreign(self, vantage: CaptureVantage) -> int:
         """Remove the conversations in which neither end was ``vantage``'s own address at the
@@ -228,14 +185,16 @@ class CaptureConversations:
         # Per address, asked once when the answer stays the same from its first conversation on
         # (a pod calling out thousands of times has a handful of addresses).
         since: dict[str, float] = {}
-        for (_, ip_a, _, ip_b, _), (first, *_) in self.entries.items():
-            for ip in (ip_a, ip_b):
-                known = since.get(ip)
-                if known is None or first < known:
-                    since[ip] = first
+        for (_, ip_a, _, ip_b, _), entry in self.entries.items():
+            first = entry[0]
+            if since.get(ip_a, math.inf) > first:
+                since[ip_a] = first
+            if since.get(ip_b, math.inf) > first:
+                since[ip_b] = first
         steady = {
             ip: vantage.holds(ip, at, at) for ip, at in since.items() if vantage.steady(ip, at)
         }
+        always = {ip for ip, held in steady.items() if held}
 
         def own(ip: str, first: float, last: float) -> bool:
             found = steady.get(ip)
@@ -243,8 +202,11 @@ class CaptureConversations:
 
         foreign = [
             key
-            for key, (first, last, *_) in self.entries.items()
-            if not own(key[1], first, last) and not own(key[3], first, last)
+            for key, entry in self.entries.items()
+            if key[1] not in always
+            and key[3] not in always
+            and not own(key[1], entry[0], entry[1])
+            and not own(key[3], entry[0], entry[1])
         ]
         for key in foreign:
             del self.entries[key]
@@ -300,6 +262,23 @@ class _Aggregate:
 _OPENED, _ACCEPTED, _CLOSED = 1 | 2, 4 | 8, 16
 _A_DISOWNED, _B_DISOWNED = 32, 64
 _A_SENT, _B_SENT = 128, 256
+
+
+def conversation_bits(roles: int, forward: bool) -> int:
+    """:class:`CaptureConversations`' handshake bits for what one direction's sender did
+    (``ROLE_*`` bits); ``forward``: the sender is the conversation's lower endpoint, ``a``."""
+    bits = _A_SENT if forward else _B_SENT
+    if roles & ROLE_OPENER:
+        bits |= 1 if forward else 2
+    if roles & ROLE_ACCEPTOR:
+        bits |= 4 if forward else 8
+    if roles & ROLE_CLOSER:
+        bits |= _CLOSED
+    if roles & ROLE_DISOWNER:
+        bits |= 32 if forward else 64
+    return bits
+
+
 # What a connection that never got going can amount to: Linux sends a SYN and 6 retries
 # (net.ipv4.tcp_syn_retries), each perhaps answered by a RST. More packets mean data flowed.
 MAX_UNESTABLISHED_PACKETS = 14
@@ -326,19 +305,32 @@ def _established(protocol: Protocol, roles: int, packets: int) -> bool:
     return bool(roles & _ACCEPTED) or packets > MAX_UNESTABLISHED_PACKETS
 
 
-def _sender(a: Endpoint, b: Endpoint, roles: int) -> Endpoint | None:
-    sent = roles & (_A_SENT | _B_SENT)
-    return None if sent == _A_SENT | _B_SENT else a if sent == _A_SENT else b
-
-
-def _opened_by(a: Endpoint, b: Endpoint, roles: int) -> Endpoint | None:
+def _opener(roles: int) -> int:
+    """Which end opened the connection by its handshake bits: ``_A``, ``_B`` or ``_NEITHER``."""
     a_opened, b_opened = bool(roles & 1), bool(roles & 2)
     if a_opened != b_opened:
-        return a if a_opened else b
+        return _A if a_opened else _B
     a_accepted, b_accepted = bool(roles & 4), bool(roles & 8)
     if a_accepted != b_accepted:
-        return b if a_accepted else a
-    return None
+        return _B if a_accepted else _A
+    return _NEITHER
+
+
+def _only_sender(roles: int) -> int:
+    """Which end alone sent packets, by the handshake bits: ``_A``, ``_B`` or ``_NEITHER``."""
+    sent = roles & (_A_SENT | _B_SENT)
+    return _NEITHER if sent == _A_SENT | _B_SENT else _A if sent == _A_SENT else _B
+
+
+_NEITHER, _A, _B = 0, 1, 2
+# By the bits, worked out once (the bits of a conversation are below 512): who opened it, who
+# alone sent packets, and whether a TCP connection got going whatever its number of packets.
+_OPENERS = tuple(_opener(roles) for roles in range(512))
+_ONLY_SENDERS = tuple(_only_sender(roles) for roles in range(512))
+_ESTABLISHED_ANYWAY = tuple(
+    _established(Protocol.TCP, roles, 0) and _established(Protocol.TCP, roles, 1 << 62)
+    for roles in range(512)
+)
 
 
 class ConversationTable:
@@ -349,27 +341,48 @@ class ConversationTable:
     ring, see ``sources.ring_name``) and the largest vantage total is taken, so the same packets
     are not counted twice. Adding is commutative, so the result does not depend on the order in
     which files were read.
+
+    Most conversations are seen by one file only (a short connection, captured at one end): the
+    table keeps such a file's entry as it is, and makes an :class:`_Aggregate` only for a
+    conversation a second file sees too.
     """
 
     def __init__(self) -> None:
-        self._aggregates: dict[ConversationKey, _Aggregate] = {}
+        # Per key: the entry of the one file that saw it (``CaptureConversations.entries``), or
+        # the totals over the files that did.
+        self._merged: dict[ConversationKey, ConversationEntry | _Aggregate] = {}
+        self._vantages: dict[str, str] = {}  # capture → its vantage point
         # The sets of captures conversations have, each once: (a set, one more) → their union.
         self._captures: dict[tuple[frozenset[str], str], frozenset[str]] = {}
 
     def add(self, seen: CaptureConversations) -> None:
-        """Fold in what one capture file saw."""
-        aggregates = self._aggregates
-        capture, vantage = seen.capture, seen.vantage
-        for key, (first_seen, last_seen, roles, packets, size) in seen.entries.items():
-            aggregate = aggregates.get(key)
-            if aggregate is None:
-                aggregate = aggregates[key] = _Aggregate(first_seen, last_seen, vantage)
-            else:
-                aggregate.first_seen = min(aggregate.first_seen, first_seen)
-                aggregate.last_seen = max(aggregate.last_seen, last_seen)
-            aggregate.roles |= roles
-            aggregate.captures = self._with(aggregate.captures, capture)
-            aggregate.add(vantage, packets, size)
+        """Fold in what one capture file saw (its entries are kept, not copied)."""
+        merged, entries = self._merged, seen.entries
+        self._vantages[seen.capture] = seen.vantage
+        aggregates: dict[ConversationKey, _Aggregate] = {}
+        for key in entries.keys() & merged.keys():
+            known = merged[key]
+            aggregate = self._aggregate(known) if isinstance(known, tuple) else known
+            self._fold(aggregate, entries[key])
+            aggregates[key] = aggregate
+        # New keys (and the ones above, put right after) without a loop in Python.
+        merged.update(entries)
+        merged.update(aggregates)
+
+    def _aggregate(self, entry: ConversationEntry) -> _Aggregate:
+        """The totals of a conversation so far seen by one file: its entry."""
+        first_seen, last_seen, _, _, _, capture = entry
+        aggregate = _Aggregate(first_seen, last_seen, self._vantages[capture])
+        self._fold(aggregate, entry)
+        return aggregate
+
+    def _fold(self, aggregate: _Aggregate, entry: ConversationEntry) -> None:
+        first_seen, last_seen, roles, packets, size, capture = entry
+        aggregate.first_seen = min(aggregate.first_seen, first_seen)
+        aggregate.last_seen = max(aggregate.last_seen, last_seen)
+        aggregate.roles |= roles
+        aggregate.captures = self._with(aggregate.captures, capture)
+        aggregate.add(self._vantages[capture], packets, size)
 
     def _with(self, captures: frozenset[str], capture: str) -> frozenset[str]:
         found = self._captures.get((captures, capture))
@@ -377,44 +390,74 @@ class ConversationTable:
             found = self._captures[(captures, capture)] = captures | {capture}
         return found
 
-    def add_capture(self, capture: str, vantage: str, traffic: Iterable[DirectedTraffic]) -> None:
-        """Add what one capture file (bundle-relative path) saw from one vantage point."""
-        self.add(CaptureConversations(capture, vantage, traffic))
-
     def __len__(self) -> int:
-        return len(self._aggregates)
+        return len(self._merged)
 
     def conversations(self) -> list[Conversation]:
         """Every conversation, sorted by (protocol, a, b)."""
-        result = []
-        # The servers' endpoints once (a Service's address and port, called thousands of times).
+        return list(self._made(take=False))
+
+    def take(self) -> Iterator[Conversation]:
+        """Every conversation, sorted by (protocol, a, b), each leaving the table as it is made:
+        the table is empty at the end, and a day's millions of conversations never exist both
+        as entries and as what they become (see ``orient``)."""
+        return self._made(take=True)
+
+    def _made(self, *, take: bool) -> Iterator[Conversation]:
+        # Endpoints shared while they recur (a Service's address and port, called thousands of
+        # times; keys are in order, so its calls come together), forgotten now and then: each
+        # client's own port would otherwise keep an entry for every connection of the day.
         endpoints: dict[tuple[str, int], Endpoint] = {}
-        for key in sorted(self._aggregates):
-            aggregate = self._aggregates[key]
-            packets, size = aggregate.largest()
+        alone: dict[str, frozenset[str]] = {}  # a capture → the set of it alone
+        merged = self._merged
+        tcp = Protocol.TCP  # a local: looking a member up on its class is slow
+        keys = sorted(merged, reverse=True)  # taken from the end: each goes once it is used
+        while keys:
+            key = keys.pop()
+            found = merged.pop(key) if take else merged[key]
+            if isinstance(found, tuple):
+                first_seen, last_seen, roles, packets, size, capture = found
+                captures = alone.get(capture) or alone.setdefault(
+                    capture, self._with(frozenset(), capture)
+                )
+            else:
+                first_seen, last_seen, roles = found.first_seen, found.last_seen, found.roles
+                packets, size = found.largest()
+                captures = found.captures
             protocol, ip_a, port_a, ip_b, port_b = key
+            if len(endpoints) > _SHARED_ENDPOINTS:
+                endpoints.clear()
             a = endpoints.get((ip_a, port_a)) or endpoints.setdefault(
-                (ip_a, port_a), Endpoint(ip_a, port_a)
+                (ip_a, port_a), Endpoint(ip_a, _SMALL[port_a])
             )
             b = endpoints.get((ip_b, port_b)) or endpoints.setdefault(
-                (ip_b, port_b), Endpoint(ip_b, port_b)
+                (ip_b, port_b), Endpoint(ip_b, _SMALL[port_b])
             )
-            result.append(
-                Conversation(
-                    protocol,
-                    a,
-                    b,
-                    aggregate.first_seen,
-                    aggregate.last_seen,
-                    packets,
-                    size,
-                    aggregate.captures,
-                    _opened_by(a, b, aggregate.roles),
-                    _established(protocol, aggregate.roles, packets),
-                    _sender(a, b, aggregate.roles),
-                )
+            opener = _OPENERS[roles]
+            sender = _ONLY_SENDERS[roles]
+            yield Conversation(
+                protocol,
+                a,
+                b,
+                first_seen,
+                last_seen,
+                packets,
+                _SMALL[size] if size < _SMALL_END else size,
+                captures,
+                None if opener == _NEITHER else a if opener == _A else b,
+                (protocol is not tcp or _ESTABLISHED_ANYWAY[roles])
+                or _established(protocol, roles, packets),
+                None if sender == _NEITHER else a if sender == _A else b,
             )
-        return result
+
+
+# How many endpoints ConversationTable shares at a time.
+_SHARED_ENDPOINTS = 1 << 16
+# One int object per value below 65536 for the ports of endpoints and the bytes of short
+# conversations (each number read from a capture file is an object of its own, and a day has
+# millions of client ports and connections).
+_SMALL_END = 1 << 16
+_SMALL = tuple(range(_SMALL_END))
 
 
 # --- Orientation -----------------------------------------------------------------------------
@@ -462,51 +505,73 @@ def orient(
     the lower port is the server's). Sorted by (protocol, client, server, first_seen).
     """
     flows = []
-    for conversation in conversations:
-        a, b = conversation.a, conversation.b
-        if conversation.opened_by is not None:
-            client = conversation.opened_by
-            evidence = Evidence.HANDSHAKE
+    handshake = Evidence.HANDSHAKE  # a local: looking a member up on its class is slow
+    for (
+        protocol,
+        a,
+        b,
+        first_seen,
+        last_seen,
+        packets,
+        size,
+        captures,
+        opened_by,
+        established,
+        sender,
+    ) in conversations:
+        if opened_by is not None:
+            client = opened_by
+            evidence = handshake
         else:
-            listens_a = known_listener is not None and known_listener(
-                a, conversation.protocol, conversation.first_seen
-            )
-            listens_b = known_listener is not None and known_listener(
-                b, conversation.protocol, conversation.first_seen
-            )
+            listens_a = known_listener is not None and known_listener(a, protocol, first_seen)
+            listens_b = known_listener is not None and known_listener(b, protocol, first_seen)
             if listens_a != listens_b:
                 client = b if listens_a else a
                 evidence = Evidence.KNOWN_LISTENER
-            elif conversation.sender is not None:
-                client = conversation.sender
+            elif sender is not None:
+                client = sender
                 evidence = Evidence.ONE_WAY
             else:
                 client = b if _heuristic_server(a, b) is a else a
                 evidence = Evidence.HEURISTIC
         flows.append(
             Flow(
-                conversation.protocol,
+                protocol,
                 client,
                 b if client is a or client == a else a,
-                conversation.first_seen,
-                conversation.last_seen,
-                conversation.packets,
-                conversation.bytes,
-                conversation.captures,
+                first_seen,
+                last_seen,
+                packets,
+                size,
+                captures,
                 evidence,
-                conversation.established,
-                conversation.sender is None,
+                established,
+                sender is None,
             )
         )
-    # Plain values compare in C; the order is the one Endpoint's (ip, port) ordering gives.
-    flows.sort(
-        key=lambda flow: (
-            flow.protocol,
-            flow.client.ip,
-            flow.client.port,
-            flow.server.ip,
-            flow.server.port,
-            flow.first_seen,
-        )
-    )
+    return _in_order(flows)
+
+
+def _in_order(flows: list[Flow]) -> list[Flow]:
+    """``flows`` sorted by (protocol, client, server, first seen): plain values compare in C, in
+    the order Endpoint's (ip, port) ordering gives. Sorted per protocol and client address, then
+    put together in their order, so that the sort keys of a day's millions of flows never all
+    exist at once."""
+    by_client: dict[tuple[Protocol, str], list[Flow]] = {}
+    for flow in flows:
+        client = (flow.protocol, flow.client.ip)
+        found = by_client.get(client)
+        if found is None:
+            by_client[client] = [flow]
+        else:
+            found.append(flow)
+    flows.clear()
+    for client in sorted(by_client):
+        own = by_client.pop(client)
+        own.sort(key=_order_within_client)
+        flows += own
     return flows
+
+
+def _order_within_client(flow: Flow) -> tuple[int, str, int, float]:
+    return (flow.client.port, flow.server.ip, flow.server.port, flow.first_seen)

@@ -30,17 +30,26 @@ Link types (pcap LINKTYPE_* values) understood:
 from __future__ import annotations
 
 import functools
+import math
 import re
 import socket
 import struct
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from sys import intern
 from typing import Any, Final, NamedTuple
 
 import dpkt
 
-from analyser.flows import handshake_role
+from analyser.flows import (
+    ConversationEntry,
+    ConversationKey,
+    conversation_bits,
+    handshake_role,
+    protocol_named,
+)
 from analyser.sources import RECORD_HEADER, RECORD_SLACK, RecordChunk, repacked
 
 # Final: compiled, these are constants in the code rather than lookups of module globals.
@@ -99,7 +108,7 @@ class Skip(IntEnum):
 
 # (IP protocol number, addresses and ports as on the wire: source address, destination address,
 # source port, destination port; 12 bytes for IPv4, 36 for IPv6). Kept raw because it is built
-# millions of times; ``split_key`` turns one into text once per distinct key.
+# millions of times; ``fold_tally`` turns the addresses into text once per file.
 PacketKey = tuple[int, bytes]
 # Facts of one packet, as a plain tuple for the same reason:
 #   key: PacketKey, or the Skip reason when the packet gives no facts
@@ -133,22 +142,11 @@ _U32_BE = struct.Struct("!I")
 def address_text(raw: bytes) -> str:
     """4 or 16 address bytes as compressed text (``10.0.0.1``, ``fd00::1``).
 
-    Cached: every flow has two keys (one per direction, next to each other in a tally) and
-    servers have many flows, so the same addresses come again and again when a capture's keys
-    are turned into text; the last 4,096 are enough for that and stay small.
+    Cached: servers have many flows with many clients, so the same addresses come again and
+    again when a capture's pairs of addresses are turned into text (``fold_tally``), and in DNS
+    answers; the last 4,096 are enough for that and stay small.
     """
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
-
-
-# A key's bytes by their length (IPv4, IPv6): source, destination address, source, destination port.
-_KEY_LAYOUTS = {12: struct.Struct("!4s4sHH"), 36: struct.Struct("!16s16sHH")}
-
-
-def split_key(key: PacketKey) -> tuple[int, str, int, str, int]:
-    """(protocol number, source IP text, source port, destination IP text, destination port)."""
-    protocol, raw = key
-    source, destination, source_port, destination_port = _KEY_LAYOUTS[len(raw)].unpack(raw)
-    return protocol, address_text(source), source_port, address_text(destination), destination_port
 
 
 def _transport(
@@ -412,6 +410,84 @@ class Counts:
 
 
 Tally = dict[PacketKey | Skip, Counts]
+
+
+# The handshake bits of a conversation (``flows.CaptureConversations``) for a direction's roles
+# (``Counts.roles``, below 16), sent by the conversation's lower endpoint or by its higher one.
+_LOWER_SENT: Final = [conversation_bits(roles, True) for roles in range(16)]
+_HIGHER_SENT: Final = [conversation_bits(roles, False) for roles in range(16)]
+
+
+class FoldedTally(NamedTuple):
+    """A file's tally as conversations (:func:`fold_tally`)."""
+
+    entries: dict[ConversationKey, ConversationEntry]  # see ``flows.CaptureConversations``
+    counted: int  # packets in them
+    skipped: dict[Skip, int]  # packets without facts, by reason
+    first_seen: float | None  # the first packet in them
+
+
+def fold_tally(tally: Tally, capture: str) -> FoldedTally:
+    """The two directions of each 5-tuple of ``tally`` (one file's, named ``capture``) as one
+    conversation entry, keyed by its lower endpoint first (see ``flows.CaptureConversations``).
+
+    Here rather than in ``flows`` because it runs once per key of every file (two per short
+    connection) and this module is compiled. An address's text is made once per pair of
+    addresses in a file and interned: one string for every conversation it is in, in this file
+    and the others.
+    """
+    entries: dict[ConversationKey, ConversationEntry] = {}
+    skipped: dict[Skip, int] = {}
+    pairs: dict[bytes, tuple[str, str]] = {}  # source and destination address → their text
+    protocols = {number: protocol_named(number) for number in (TCP, UDP, SCTP)}
+    lower_sent = _LOWER_SENT
+    higher_sent = _HIGHER_SENT
+    counted = 0
+    first_seen = math.inf
+    for key, counts in tally.items():
+        if isinstance(key, Skip):
+            skipped[key] = skipped.get(key, 0) + counts.packets
+            continue
+        number, raw = key
+        addresses = raw[:-4]  # see PacketKey
+        found = pairs.get(addresses)
+        if found is None:
+            half = len(addresses) // 2
+            found = pairs[addresses] = (
+                intern(address_text(addresses[:half])),
+                intern(address_text(addresses[half:])),
+            )
+        source, destination = found
+        source_port = raw[-4] << 8 | raw[-3]
+        destination_port = raw[-2] << 8 | raw[-1]
+        first: float = counts.first
+        last: float = counts.last
+        packets: int = counts.packets
+        if first < first_seen:
+            first_seen = first
+        counted += packets
+        protocol = protocols[number]
+        if source < destination or (source == destination and source_port <= destination_port):
+            conversation = (protocol, source, source_port, destination, destination_port)
+            bits = lower_sent[counts.roles]
+        else:
+            conversation = (protocol, destination, destination_port, source, source_port)
+            bits = higher_sent[counts.roles]
+        entry = entries.get(conversation)
+        if entry is None:
+            entries[conversation] = (first, last, bits, packets, counts.size, capture)
+        else:  # the other direction
+            entries[conversation] = (
+                min(entry[0], first),
+                max(entry[1], last),
+                entry[2] | bits,
+                entry[3] + packets,
+                entry[4] + counts.size,
+                capture,
+            )
+    return FoldedTally(entries, counted, skipped, first_seen if entries else None)
+
+
 DnsPayload = tuple[float, PacketKey | Skip, bytes, int, int, bool]
 """(timestamp, key, then the packet's :data:`DnsSegment`: port-53 payload, TCP sequence number,
 TCP flags, cut short by the snap length)"""
@@ -423,14 +499,33 @@ _TCP_ROLES = bytes([handshake_role(TCP, flags) for flags in range(256)])
 class _Inline(NamedTuple):
     """How ``count_records`` reads the common case for one record header and link type."""
 
+    byte_by_byte: bool  # read the fields one by one (see BYTE_BY_BYTE), else with ipv4 and ipv6
     ipv4: Callable[[bytes, int], tuple[Any, ...]]  # unpack_from at a record's start
     ipv6: Callable[[bytes, int], tuple[Any, ...]]
-    ethertype_ipv4: int  # the EtherTypes and the fragment mask as read in the header's byte order
+    big_endian: bool  # the record header's byte order
+    ethertype_at: int  # where the EtherType is in the captured bytes
+    ethertype_ipv4: int  # the EtherTypes and the fragment mask as the fields are read
     ethertype_ipv6: int
     fragment_mask: int
     minimum_ipv4: int  # captured bytes needed
     minimum_ipv6: int
     ip_at: int  # where the IP header starts in the captured bytes
+
+
+def _u32(buffer: bytes, at: int, big_endian: bool) -> int:
+    """The 4-byte unsigned integer at ``at``."""
+    if big_endian:
+        return buffer[at] << 24 | buffer[at + 1] << 16 | buffer[at + 2] << 8 | buffer[at + 3]
+    return buffer[at + 3] << 24 | buffer[at + 2] << 16 | buffer[at + 1] << 8 | buffer[at]
+
+
+# Compiled by mypyc, ``count_records`` reads a pcap record's fields byte by byte: C integers,
+# no objects (unpacking the record header alone costs as much as the rest of the loop).
+# Interpreted, each byte read is several bytecodes, and one ``struct.unpack_from`` per record is
+# faster. Both read the same fields (the tests run both).
+BYTE_BY_BYTE: Final = not isinstance(_u32, types.FunctionType)
+# pcap's record headers, read byte by byte; others (a repacked pcapng record's double) unpacked.
+_PCAP_HEADERS = {"<III4x": False, ">III4x": True}  # → big endian
 
 
 @functools.lru_cache(maxsize=64)
@@ -443,14 +538,19 @@ def _inline(header: str, linktype: int) -> _Inline:
     # length as two bytes, next header, addresses and ports, TCP data offset and flags. The
     # numbers are read in the record header's byte order (one struct), so the EtherTypes and the
     # fragment mask are compared in that order too; lengths are put together from their bytes.
+    # Read byte by byte, they are in network order.
     ipv4 = struct.Struct(header + link + "BxBB2xHxB2x12s8xBB")
     ipv6 = struct.Struct(header + link + "4xBBBx36s8xBB")
     assert max(ipv4.size, ipv6.size) <= RECORD_HEADER + RECORD_SLACK
-    swap = header[0] == "<"  # the record header is "<..." or ">..."
+    byte_by_byte = BYTE_BY_BYTE and header in _PCAP_HEADERS
+    swap = header[0] == "<" and not byte_by_byte  # the record header is "<..." or ">..."
     known = linktype in _INLINE_LAYOUTS
     return _Inline(
+        byte_by_byte,
         ipv4.unpack_from,
         ipv6.unpack_from,
+        _PCAP_HEADERS.get(header, False),
+        ethertype_at,
         0x0008 if swap else ETHERTYPE_IPV4,
         0xDD86 if swap else ETHERTYPE_IPV6,
         0xFF1F if swap else 0x1FFF,
@@ -470,21 +570,24 @@ def count_records(
     what decoding every packet with :func:`decode` and counting its facts gives; but the common
     case (behind Ethernet or Linux cooked v1/v2: IPv4 with a 20-byte header, not a fragment, or
     IPv6 without extension headers, carrying TCP or UDP with 14 bytes of transport header
-    captured) is decoded inline, with one unpack at fixed offsets that also reads the record
-    header: this loop runs once per packet of every capture, and a bytes object, a decoder call
-    or a facts tuple per packet would cost more than the rest of it. Port-53 keys are kept apart
+    captured) is decoded inline, at fixed offsets: compiled, byte by byte; interpreted, with one
+    unpack that also reads the record header (see ``BYTE_BY_BYTE``). This loop runs once per
+    packet of every capture, and a bytes object, a decoder call or a facts tuple per packet would
+    cost more than the rest of it. Port-53 keys are kept apart
     so that a known key needs no port test: they always take the slow path. UDP to an overlay's
     tunnel port (one test per UDP packet) and everything else go through the link type's
     decoder. ``test_packets`` checks that the two agree.
 
     Written for mypyc as much as for the interpreter (``setup.py`` compiles this module when it
-    can): the unpacked fields go into typed locals, so that compiled they are C integers and
-    floats, each checked once.
+    can): the fields go into typed locals, so that compiled they are C integers and floats.
 
     Returns (the offset of the first record not walked, records walked).
     """
     linktype, header, divisor, limit, buffer, offset, end = chunk
     layout = _inline(header, linktype)
+    byte_by_byte = layout.byte_by_byte
+    big_endian = layout.big_endian
+    ethertype_at: int = layout.ethertype_at
     unpack_ipv4 = layout.ipv4
     unpack_ipv6 = layout.ipv6
     ethertype_ipv4: int = layout.ethertype_ipv4
@@ -511,20 +614,36 @@ def count_records(
     data_offset: int
     control: int
     while offset <= last_start:
-        (
-            seconds,
-            fraction,
-            captured,
-            ethertype,
-            version_ihl,
-            high,
-            low,
-            fragment,
-            protocol,
-            raw,
-            data_offset,
-            control,
-        ) = unpack_ipv4(buffer, offset)
+        ip = offset + record_header + ip_at
+        if byte_by_byte:
+            seconds = float(_u32(buffer, offset, big_endian))
+            fraction = _u32(buffer, offset + 4, big_endian)
+            captured = _u32(buffer, offset + 8, big_endian)
+            at = offset + record_header + ethertype_at
+            ethertype = buffer[at] << 8 | buffer[at + 1]
+            version_ihl = buffer[ip]
+            high = buffer[ip + 2]
+            low = buffer[ip + 3]
+            fragment = buffer[ip + 6] << 8 | buffer[ip + 7]
+            protocol = buffer[ip + 9]
+            raw = buffer[ip + 12 : ip + 24]
+            data_offset = buffer[ip + 32]
+            control = buffer[ip + 33]
+        else:
+            (
+                seconds,
+                fraction,
+                captured,
+                ethertype,
+                version_ihl,
+                high,
+                low,
+                fragment,
+                protocol,
+                raw,
+                data_offset,
+                control,
+            ) = unpack_ipv4(buffer, offset)
         start = offset + record_header
         if captured > limit or start + captured > end:
             break
@@ -540,9 +659,17 @@ def count_records(
         ):
             length = high << 8 | low
         elif ethertype == ethertype_ipv6 and captured >= minimum_ipv6:
-            _, _, _, _, high, low, protocol, raw, data_offset, control = unpack_ipv6(
-                buffer, start - record_header
-            )
+            if byte_by_byte:
+                high = buffer[ip + 4]
+                low = buffer[ip + 5]
+                protocol = buffer[ip + 6]
+                raw = buffer[ip + 8 : ip + 44]
+                data_offset = buffer[ip + 52]
+                control = buffer[ip + 53]
+            else:
+                _, _, _, _, high, low, protocol, raw, data_offset, control = unpack_ipv6(
+                    buffer, start - record_header
+                )
             if protocol not in (TCP, UDP):
                 _count(*general(buffer[start:offset]), timestamp, tally, dns_tally, dns_payloads)
                 continue

@@ -27,7 +27,6 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from sys import intern
 from typing import Any, Protocol, TypeVar
 
 from analyser.dns import DnsNames, DnsTable, TcpDnsStreams
@@ -36,20 +35,20 @@ from analyser.flows import (
     CaptureVantage,
     Conversation,
     ConversationTable,
-    DirectedTraffic,
-    protocol_named,
+    Flow,
+    ListenerOracle,
+    orient,
 )
 from analyser.packets import (
     DNS_PORT,
     TCP,
     Counts,
     DnsPayload,
-    Skip,
     Tally,
     address_text,
     by_interface,
     count_records,
-    split_key,
+    fold_tally,
 )
 from analyser.sources import DEFAULT_MAX_BYTES, CaptureFile, CaptureReport, RecordChunk
 from kernel.bundles import ring_name
@@ -59,7 +58,7 @@ from kernel.bundles import ring_name
 class Traffic:
     """Everything the captures say, before identities: see :func:`read_captures`."""
 
-    conversations: tuple[Conversation, ...]  # sorted by (protocol, a, b)
+    conversations: tuple[Conversation, ...]  # sorted by (protocol, a, b); see ``flows``
     dns: DnsNames
     reports: tuple[CaptureReport, ...]  # one per file, in input order
     packets: int  # records read from all files
@@ -68,6 +67,18 @@ class Traffic:
     dns_faults: dict[str, int] = field(default_factory=dict)  # DNS payloads not understood
     # Conversations dropped from a capture because its vantage point was neither end, by file.
     foreign: dict[str, int] = field(default_factory=dict)
+    # The conversations oriented, when read with an :class:`Orientation` (then
+    # ``conversations`` is empty): sorted by (protocol, client, server, first seen).
+    flows: tuple[Flow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Orientation:
+    """How :func:`read_captures` orients the conversations as it makes them
+    (``flows.orient``): a day's millions of conversations then never all exist as conversations
+    and flows at once."""
+
+    known_listener: ListenerOracle | None
 
 
 @dataclass(slots=True)
@@ -286,35 +297,15 @@ def _count_file(
         report = capture.walk(lambda chunk: count_into(chunk, tally, dns_tally))
         tally.update(dns_tally)
     answers.close()
-    skipped: Counter[str] = Counter()
+    folded = fold_tally(tally, name)
+    skipped = Counter({reason.name.lower(): packets for reason, packets in folded.skipped.items()})
     if report.impossible_times:
         skipped["impossible_time"] = report.impossible_times
-    directed = []
-    counted = 0
-    for key, counts in tally.items():
-        if isinstance(key, Skip):
-            skipped[key.name.lower()] += counts.packets
-            continue
-        counted += counts.packets
-        number, source, source_port, destination, destination_port = split_key(key)
-        directed.append(
-            DirectedTraffic(
-                protocol_named(number),
-                # One copy of each address's text, for every conversation it is in.
-                intern(source),
-                source_port,
-                intern(destination),
-                destination_port,
-                *counts.fields(),
-            )
-        )
-    conversations = CaptureConversations(name, ring_name(name), directed)
-    first_seen = min((traffic.first_seen for traffic in directed), default=None)
     return _Partial(
-        conversations,
+        CaptureConversations(name, ring_name(name), folded.entries),
         answers.table,
-        replace(report, first_seen=first_seen),
-        counted,
+        replace(report, first_seen=folded.first_seen),
+        folded.counted,
         skipped,
         answers.faults,
     )
@@ -341,8 +332,10 @@ def read_captures(
     max_bytes: int = DEFAULT_MAX_BYTES,
     node_captures: Collection[str] = (),
     capture_map: CaptureMap | None = None,
+    orientation: Orientation | None = None,
 ) -> Traffic:
-    """Read every capture file into one :class:`Traffic`.
+    """Read every capture file into one :class:`Traffic`: its conversations, or with an
+    ``orientation`` its flows (``flows.orient``; what an analysis wants, made with less memory).
 
     ``paths`` are capture files (see ``sources.find_captures``); they are named in reports and
     ``Conversation.captures`` relative to ``root`` (the bundle directory). ``workers`` processes
@@ -381,16 +374,18 @@ def read_captures(
     report = on_progress if on_progress is not None else _ignore
     placed = vantages if vantages is not None else {}
     if capture_map is not None:
-        return _merge(_read_mapped(capture_map, tasks, report), placed)
+        return _merge(_read_mapped(capture_map, tasks, report), placed).finish(orientation)
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
     if count <= 1:
-        return _merge(_read_here(tasks, report), placed)
+        return _merge(_read_here(tasks, report), placed).finish(orientation)
     # Imported here: it pulls in multiprocessing, a sixtieth of a second that one-worker reads
     # (and every short-lived command) need not pay.
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=count) as pool:
-        return _merge(_read_mapped(pool, tasks, report), placed)
+        merged = _merge(_read_mapped(pool, tasks, report), placed)
+    # With the workers gone: their memory is not held while conversations become flows.
+    return merged.finish(orientation)
 
 
 def _ignore(size: int) -> None:
@@ -433,13 +428,30 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _merge(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
+@dataclass(frozen=True, slots=True)
+class _Merged:
+    """Every file's partial aggregates merged: the conversations still in their table."""
+
+    table: ConversationTable
+    traffic: Traffic  # without conversations or flows
+
+    def finish(self, orientation: Orientation | None) -> Traffic:
+        """The traffic with its conversations, or with an ``orientation`` its flows (the table
+        is emptied as they are made)."""
+        with no_cyclic_gc():
+            if orientation is None:
+                return replace(self.traffic, conversations=tuple(self.table.conversations()))
+            flows = orient(self.table.take(), orientation.known_listener)
+            return replace(self.traffic, flows=tuple(flows))
+
+
+def _merge(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> _Merged:
     """Fold partial aggregates one by one (in input order), so only the merged total is kept."""
     with no_cyclic_gc():
         return _merge_all(partials, vantages)
 
 
-def _merge_all(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> Traffic:
+def _merge_all(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> _Merged:
     conversations = ConversationTable()
     dns = DnsNames()
     reports = []
@@ -458,8 +470,8 @@ def _merge_all(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVanta
         counted += partial.counted
         skipped.update(partial.skipped)
         dns_faults.update(partial.dns_faults)
-    return Traffic(
-        conversations=tuple(conversations.conversations()),
+    traffic = Traffic(
+        conversations=(),
         dns=dns,
         reports=tuple(reports),
         packets=sum(report.packets for report in reports),
@@ -468,3 +480,4 @@ def _merge_all(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVanta
         dns_faults=dict(sorted(dns_faults.items())),
         foreign=foreign,
     )
+    return _Merged(conversations, traffic)

@@ -201,12 +201,18 @@ def ring_losses(
             members[ring_name(report.path)].append(
                 RingMember(report.path, number, report.first_seen)
             )
-    last: dict[str, float] = {}
+    # The last packet per set of captures first: flows share a handful of such sets.
+    latest: dict[frozenset[str], float] = {}
     for flow in flows:
-        for capture in flow.captures:
+        seen = latest.get(flow.captures)
+        if seen is None or flow.last_seen > seen:
+            latest[flow.captures] = flow.last_seen
+    last: dict[str, float] = {}
+    for captures, last_seen in latest.items():
+        for capture in captures:
             ring = ring_name(capture)
             if ring in members:
-                last[ring] = max(last.get(ring, flow.last_seen), flow.last_seen)
+                last[ring] = max(last.get(ring, last_seen), last_seen)
     losses = []
     for ring, found in sorted(members.items()):
         folder = str(PurePosixPath(ring).parent)

@@ -391,11 +391,7 @@ def _merged_traffic(labelled: Sequence[tuple[str, Observation]]) -> Traffic:
         for reason, count in seen.traffic.dns_faults.items():
             faults[reason] = faults.get(reason, 0) + count
     return Traffic(
-        conversations=tuple(
-            replace(conversation, captures=_labelled(label, conversation.captures))
-            for label, seen in labelled
-            for conversation in seen.traffic.conversations
-        ),
+        conversations=(),  # an observation keeps its flows, not the conversations they were
         dns=DnsNames.union((label, seen.traffic.dns) for label, seen in labelled),
         reports=tuple(
             replace(report, path=f"{label}/{report.path}")

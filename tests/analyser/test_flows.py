@@ -3,6 +3,11 @@ then by a known listener, then by port heuristics."""
 
 from __future__ import annotations
 
+import random
+import socket
+import struct
+from typing import NamedTuple
+
 from analyser.flows import (
     ROLE_ACCEPTOR,
     ROLE_CLOSER,
@@ -11,16 +16,25 @@ from analyser.flows import (
     CaptureConversations,
     Conversation,
     ConversationTable,
-    DirectedTraffic,
     Endpoint,
     Evidence,
     Protocol,
     handshake_role,
     orient,
 )
+from analyser.packets import Counts, Tally, fold_tally
 
 CLIENT = Endpoint("10.1.0.5", 40002)
 SERVER = Endpoint("10.1.0.9", 8080)
+
+
+class _Directed(NamedTuple):
+    """What one file saw from ``source`` to ``destination``: one key of its tally."""
+
+    protocol: Protocol
+    source: Endpoint
+    destination: Endpoint
+    counts: Counts
 
 
 def _directed(
@@ -33,19 +47,30 @@ def _directed(
     first: float = 10.0,
     last: float = 11.0,
     protocol: Protocol = Protocol.TCP,
-) -> DirectedTraffic:
-    return DirectedTraffic(
-        protocol,
-        source.ip,
-        source.port,
-        destination.ip,
-        destination.port,
-        first,
-        last,
-        packets,
-        size,
-        roles,
-    )
+) -> _Directed:
+    counts = Counts(first, size, roles)
+    counts.last, counts.packets = last, packets
+    return _Directed(protocol, source, destination, counts)
+
+
+_NUMBERS = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
+
+
+def _raw(endpoint: Endpoint) -> bytes:
+    return socket.inet_pton(socket.AF_INET6 if ":" in endpoint.ip else socket.AF_INET, endpoint.ip)
+
+
+def _seen(capture: str, vantage: str, traffic: list[_Directed]) -> CaptureConversations:
+    """What a file that saw ``traffic`` gives, folded as reading folds it."""
+    tally: Tally = {}
+    for protocol, source, destination, counts in traffic:
+        ports = struct.pack("!HH", source.port, destination.port)
+        tally[(_NUMBERS[protocol], _raw(source) + _raw(destination) + ports)] = counts
+    return CaptureConversations(capture, vantage, fold_tally(tally, capture).entries)
+
+
+def _add(table: ConversationTable, capture: str, vantage: str, traffic: list[_Directed]) -> None:
+    table.add(_seen(capture, vantage, traffic))
 
 
 def _conversation(
@@ -75,7 +100,8 @@ def test_both_ends_captures_make_one_conversation_counted_once() -> None:
     table = ConversationTable()
     # The client's capture and the server's capture saw the same 5 packets each way.
     for capture in ("ns/client/capture.pcap", "ns/server/capture.pcap"):
-        table.add_capture(
+        _add(
+            table,
             capture,
             capture,
             [
@@ -93,16 +119,16 @@ def test_both_ends_captures_make_one_conversation_counted_once() -> None:
 
 def test_files_of_one_ring_are_summed() -> None:
     table = ConversationTable()
-    table.add_capture("p/capture.pcap0", "p/capture.pcap", [_directed(CLIENT, SERVER, packets=2)])
-    table.add_capture("p/capture.pcap1", "p/capture.pcap", [_directed(CLIENT, SERVER, packets=3)])
-    table.add_capture("q/capture.pcap", "q/capture.pcap", [_directed(SERVER, CLIENT, packets=4)])
+    _add(table, "p/capture.pcap0", "p/capture.pcap", [_directed(CLIENT, SERVER, packets=2)])
+    _add(table, "p/capture.pcap1", "p/capture.pcap", [_directed(CLIENT, SERVER, packets=3)])
+    _add(table, "q/capture.pcap", "q/capture.pcap", [_directed(SERVER, CLIENT, packets=4)])
     (conversation,) = table.conversations()
     assert conversation.packets == 5  # the ring saw 2 + 3, more than the other capture's 4
 
 
 def test_adding_captures_is_order_independent() -> None:
     seen = [
-        CaptureConversations(
+        _seen(
             f"c{index}.pcap",
             "ring",
             [_directed(CLIENT, SERVER, packets=index + 1, first=10.0 - index, last=11.0 + index)],
@@ -134,7 +160,7 @@ class _Holding:
 
 def test_conversations_without_an_end_of_the_vantage_point_are_dropped() -> None:
     outside = Endpoint("198.51.100.1", 45000)
-    seen = CaptureConversations(
+    seen = _seen(
         "p/capture.pcap",
         "p/capture.pcap",
         [
@@ -151,15 +177,15 @@ def test_conversations_without_an_end_of_the_vantage_point_are_dropped() -> None
 
 def test_syn_ack_alone_names_the_client() -> None:
     table = ConversationTable()
-    table.add_capture("s.pcap", "s.pcap", [_directed(SERVER, CLIENT, roles=ROLE_ACCEPTOR)])
+    _add(table, "s.pcap", "s.pcap", [_directed(SERVER, CLIENT, roles=ROLE_ACCEPTOR)])
     assert table.conversations()[0].opened_by == CLIENT
 
 
 def test_service_case_keeps_both_five_tuples() -> None:
     cluster_ip = Endpoint("10.96.0.20", 80)
     table = ConversationTable()
-    table.add_capture("c.pcap", "c.pcap", [_directed(CLIENT, cluster_ip, roles=ROLE_OPENER)])
-    table.add_capture("s.pcap", "s.pcap", [_directed(CLIENT, SERVER, roles=ROLE_OPENER)])
+    _add(table, "c.pcap", "c.pcap", [_directed(CLIENT, cluster_ip, roles=ROLE_OPENER)])
+    _add(table, "s.pcap", "s.pcap", [_directed(CLIENT, SERVER, roles=ROLE_OPENER)])
     flows = orient(table.conversations(), None)
     assert [(flow.client, flow.server) for flow in flows] == [
         (CLIENT, SERVER),
@@ -226,10 +252,51 @@ def test_flows_are_sorted_and_keep_the_counts() -> None:
     assert flows == orient(list(reversed(conversations)), None)
 
 
+def test_flows_are_sorted_by_client_server_and_time_however_many() -> None:
+    # orient sorts per protocol and client address, then puts them together: the order of one
+    # sort by (protocol, client, server, first packet), ports compared as numbers.
+    rng = random.Random(7)
+    conversations = []
+    for _ in range(400):
+        protocol = rng.choice([Protocol.TCP, Protocol.UDP])
+        client = Endpoint(rng.choice(["10.0.0.9", "10.0.0.10", "fd00::2"]), rng.randrange(1, 65536))
+        server = Endpoint(rng.choice(["10.0.0.1", "10.0.0.100"]), rng.choice([80, 443, 8080]))
+        first = float(rng.randrange(5))
+        low, high = sorted((client, server))
+        conversations.append(
+            Conversation(protocol, low, high, first, first + 1, 2, 100, frozenset({"x"}), client)
+        )
+    flows = orient(conversations, None)
+    assert flows == sorted(
+        flows,
+        key=lambda f: (
+            f.protocol,
+            f.client.ip,
+            f.client.port,
+            f.server.ip,
+            f.server.port,
+            f.first_seen,
+        ),
+    )
+    assert len(flows) == 400
+
+
+def test_taking_the_conversations_empties_the_table() -> None:
+    # What an analysis reads: each conversation leaves the table as it is made.
+    table = ConversationTable()
+    _add(table, "a.pcap", "a.pcap", [_directed(CLIENT, SERVER), _directed(SERVER, CLIENT)])
+    _add(table, "b.pcap", "b.pcap", [_directed(Endpoint("10.1.0.6", 41000), SERVER, packets=7)])
+    _add(table, "c.pcap", "c.pcap", [_directed(CLIENT, SERVER, packets=9)])
+    made = table.conversations()
+    assert list(table.take()) == made and len(made) == 2
+    assert (len(table), table.conversations()) == (0, [])
+
+
 def test_a_tcp_connection_without_syn_ack_or_fin_is_not_established() -> None:
     other = Endpoint("10.1.0.5", 40003)
     table = ConversationTable()
-    table.add_capture(
+    _add(
+        table,
         "ns/client/capture.pcap",
         "ns/client/capture.pcap",
         [
@@ -264,7 +331,8 @@ def test_a_syn_ack_its_opener_disowns_with_a_rst_is_not_established() -> None:
     scanner = Endpoint("10.1.0.5", 40004)
     aborted = Endpoint("10.1.0.5", 40005)
     table = ConversationTable()
-    table.add_capture(
+    _add(
+        table,
         "ns/server/capture.pcap",
         "ns/server/capture.pcap",
         [
@@ -280,7 +348,8 @@ def test_a_syn_ack_its_opener_disowns_with_a_rst_is_not_established() -> None:
         ],
     )
     # The server disowning a connection (it restarted) says nothing against the client's SYN.
-    table.add_capture(
+    _add(
+        table,
         "ns/client/capture.pcap",
         "ns/client/capture.pcap",
         [
@@ -299,7 +368,8 @@ def test_a_syn_ack_its_opener_disowns_with_a_rst_is_not_established() -> None:
 
 def test_a_fin_still_proves_a_connection_its_opener_later_disowned() -> None:
     table = ConversationTable()
-    table.add_capture(
+    _add(
+        table,
         "c.pcap",
         "c.pcap",
         [
@@ -315,7 +385,8 @@ def test_a_flow_knows_whether_both_ends_sent_packets() -> None:
     outside = Endpoint("198.51.100.7", 8125)
     answering = Endpoint("198.51.100.8", 123)
     table = ConversationTable()
-    table.add_capture(
+    _add(
+        table,
         "c.pcap",
         "c.pcap",
         [
@@ -324,8 +395,8 @@ def test_a_flow_knows_whether_both_ends_sent_packets() -> None:
         ],
     )
     # The answer is in another capture (another vantage point): still an answer.
-    table.add_capture(
-        "s.pcap", "s.pcap", [_directed(answering, CLIENT, protocol=Protocol.UDP, packets=1)]
+    _add(
+        table, "s.pcap", "s.pcap", [_directed(answering, CLIENT, protocol=Protocol.UDP, packets=1)]
     )
     flows = orient(table.conversations(), None)
     assert {(f.server, f.answered) for f in flows} == {(outside, False), (answering, True)}
@@ -336,7 +407,7 @@ def test_the_only_end_that_sent_packets_is_the_client() -> None:
     make the receiver the client (an egress rule to the sender); it only received."""
     sender, receiver = Endpoint("203.0.113.9", 53), Endpoint("10.1.0.5", 40000)
     table = ConversationTable()
-    table.add_capture("r.pcap", "r.pcap", [_directed(sender, receiver, protocol=Protocol.UDP)])
+    _add(table, "r.pcap", "r.pcap", [_directed(sender, receiver, protocol=Protocol.UDP)])
     (flow,) = orient(table.conversations(), None)
     assert (flow.client, flow.server, flow.evidence) == (sender, receiver, Evidence.ONE_WAY)
     assert not flow.answered

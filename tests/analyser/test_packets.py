@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import socket
 import struct
 import sys
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from analyser import packets, sources
-from analyser.flows import handshake_role
+from analyser.flows import Protocol, conversation_bits, handshake_role, protocol_named
 from analyser.packets import (
     DnsFault,
     DnsPayload,
@@ -24,7 +25,6 @@ from analyser.packets import (
     Tally,
     decode,
     decode_dns,
-    split_key,
 )
 from tests.analyser.packet_builders import (
     ARP,
@@ -42,6 +42,18 @@ from tests.analyser.packet_builders import (
     vxlan,
     write_pcap,
 )
+
+
+def split_key(key: Any) -> tuple[int, str, int, str, int]:
+    """(protocol number, source IP text, source port, destination IP text, destination port) of a
+    ``packets.PacketKey``."""
+    protocol, raw = key
+    half = (len(raw) - 4) // 2
+    family = socket.AF_INET if half == 4 else socket.AF_INET6
+    source_port, destination_port = struct.unpack("!HH", raw[-4:])
+    source, destination = (socket.inet_ntop(family, raw[i : i + half]) for i in (0, half))
+    return protocol, source, source_port, destination, destination_port
+
 
 ADDRESSES = {4: ("10.0.0.1", "10.0.0.2"), 6: ("fd00::1", "fd00:0:0:1::2")}
 NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
@@ -531,3 +543,78 @@ def test_garbage_records_never_raise_and_both_implementations_agree(header: str)
             counted = [{k: c.fields() for k, c in t.items()} for t in (tally, dns_tally)]
             results.append((walked, counted, payloads))
         assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
+def test_fold_tally_makes_one_entry_of_both_directions(implementation: str) -> None:
+    module = IMPLEMENTATIONS[implementation]
+    client, server = (socket.inet_pton(socket.AF_INET, ip) for ip in ("10.0.0.9", "10.0.0.10"))
+    low, high = (socket.inet_pton(socket.AF_INET6, ip) for ip in ("fd00::1", "fd00::2"))
+    tally = {
+        # The client (the higher address as text: "10.0.0.9" > "10.0.0.10") opens and closes...
+        (6, client + server + struct.pack("!HH", 40000, 80)): _counts(module, 5.0, 7.0, 3, 180, 5),
+        # ... the server accepts.
+        (6, server + client + struct.pack("!HH", 80, 40000)): _counts(module, 5.5, 6.5, 2, 900, 2),
+        # One way only, over IPv6.
+        (17, high + low + struct.pack("!HH", 5000, 6000)): _counts(module, 4.0, 4.0, 1, 60, 0),
+        module.Skip.SHORT: _counts(module, 1.0, 1.0, 4, 0, 0),
+    }  # fmt: skip
+    folded = module.fold_tally(tally, "ns/pod/capture.pcap")
+    assert folded.entries == {
+        # lower endpoint first; bits: b opened (2), a accepted (4), closed (16), both sent
+        (Protocol.TCP, "10.0.0.10", 80, "10.0.0.9", 40000): (
+            5.0, 7.0, 2 | 4 | 16 | 128 | 256, 5, 1080, "ns/pod/capture.pcap"
+        ),
+        (Protocol.UDP, "fd00::1", 6000, "fd00::2", 5000): (
+            4.0, 4.0, 256, 1, 60, "ns/pod/capture.pcap"
+        ),
+    }  # fmt: skip
+    assert (folded.counted, folded.first_seen) == (6, 4.0)
+    assert folded.skipped == {module.Skip.SHORT: 4}
+    # One string per address, for every conversation it is in.
+    assert all(ip is sys.intern(ip) for key in folded.entries for ip in (key[1], key[3]))
+    assert module.fold_tally({}, "x").first_seen is None
+
+
+def _counts(
+    module: ModuleType, first: float, last: float, packets: int, size: int, roles: int
+) -> Any:
+    counts = module.Counts(first, size, roles)
+    counts.last, counts.packets = last, packets
+    return counts
+
+
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
+def test_fold_tally_agrees_with_folding_each_key_by_hand(implementation: str) -> None:
+    module = IMPLEMENTATIONS[implementation]
+    tally: Tally = {}
+    dns_tally: Tally = {}
+    payloads: list[DnsPayload] = []
+    frames = _random_frames(module.LINKTYPE_ETHERNET)
+    module.count_batch(
+        module.LINKTYPE_ETHERNET,
+        [t for t, _ in frames],
+        [f for _, f in frames],
+        tally,
+        dns_tally,
+        payloads,
+    )
+    tally |= dns_tally
+    expected: dict[tuple[Any, ...], list[Any]] = {}
+    for key, counts in tally.items():
+        if not isinstance(key, tuple):
+            continue
+        number, source, source_port, destination, destination_port = split_key(key)
+        forward = (source, source_port) <= (destination, destination_port)
+        low, high = (source, source_port), (destination, destination_port)
+        conversation = (protocol_named(number), *(low + high if forward else high + low))
+        bits = conversation_bits(counts.roles, forward)
+        entry = expected.setdefault(conversation, [counts.first, counts.last, 0, 0, 0, "f"])
+        entry[0], entry[1] = min(entry[0], counts.first), max(entry[1], counts.last)
+        entry[2] |= bits
+        entry[3] += counts.packets
+        entry[4] += counts.size
+    folded = module.fold_tally(tally, "f")
+    assert folded.entries == {key: tuple(entry) for key, entry in expected.items()}
+    assert len(expected) > 20
+    assert folded.counted == sum(entry[3] for entry in expected.values())

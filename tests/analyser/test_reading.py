@@ -17,7 +17,7 @@ import pytest
 
 from analyser import reading, sources
 from analyser.flows import Endpoint, Evidence, Protocol, orient
-from analyser.reading import read_captures
+from analyser.reading import Orientation, read_captures
 from kernel.bundles import find_captures
 from tests.analyser.packet_builders import (
     CLIENT,
@@ -294,6 +294,29 @@ def test_parallel_and_serial_reads_agree(tmp_path: Path) -> None:
     assert len(serial.conversations) > 20
     assert sum(progress) == sum(path.stat().st_size for path in paths)
     assert orient(serial.conversations, None) == orient(parallel.conversations, None)
+
+
+def test_reading_with_an_orientation_gives_the_flows_of_its_conversations(
+    tmp_path: Path,
+) -> None:
+    # The flows are made as the conversations leave the merged table (a day's millions never
+    # exist twice): the same flows, in the same order, with one worker or several.
+    paths = _random_captures(tmp_path, 6)
+    listens = {Endpoint("10.2.0.1", 40001), Endpoint("10.2.0.2", 40002)}
+
+    def oracle(endpoint: Endpoint, *_: object) -> bool:
+        return endpoint in listens
+
+    read = read_captures(paths, root=tmp_path, workers=1)
+    expected = tuple(orient(read.conversations, oracle))
+    for workers in (1, 2):
+        oriented = read_captures(
+            paths, root=tmp_path, workers=workers, orientation=Orientation(oracle)
+        )
+        assert (oriented.flows, oriented.conversations) == (expected, ())
+        assert oriented.reports == read.reports and oriented.packets == read.packets
+    assert len(expected) > 20
+    assert Evidence.KNOWN_LISTENER in {flow.evidence for flow in expected}
 
 
 class _Holding:
