@@ -54,7 +54,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from itertools import pairwise
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from analyser.addresses import address_key, parse_address
 from analyser.flows import Evidence, Flow
@@ -368,7 +368,7 @@ class WorkloadGraph:
             by_role[node.role].append(node)
         set_field("nodes", nodes)
         set_field("edges", edges)
-        set_field("attributions", tuple(sorted(self.attributions, key=_attribution_key)))
+        set_field("attributions", _sorted_attributions(self.attributions))
         set_field("attempts", tuple(self.attempts))
         set_field("_node", by_id)
         set_field("_by_role", {role: tuple(found) for role, found in by_role.items()})
@@ -532,32 +532,77 @@ class _Bucket:
         self.first_seen, self.last_seen = math.inf, -math.inf
         self.evidence: set[Evidence] = set()
         self.answered = False
-        self.first: list[tuple[Flow, Flow | None]] = []
+        self.first: list[_Pair] = []
 
-    def keep(self, flows: Sequence[Flow], twin: Flow | None) -> None:
-        """Keep the first connections among ``flows`` (by first packet) with the ones kept."""
+    def keep(self, pairs: Sequence[_Pair], *, ordered: bool = False) -> None:
+        """Keep the first connections among ``pairs`` (each a flow and its twin, by the flow's
+        first packet; ``ordered``: by :func:`_flow_key`) with the ones kept."""
+        if ordered and not self.first:
+            self.first = list(pairs[: LISTED_FLOWS + 1])
+            return
         kept = LISTED_FLOWS + 1
         bound = self.first[-1][0].first_seen if len(self.first) == kept else math.inf
-        if len(flows) > kept:
-            bound = min(bound, flows[kept - 1].first_seen)
-        candidates = [(flow, twin) for flow in flows if flow.first_seen <= bound]
+        if len(pairs) > kept:
+            bound = min(bound, pairs[kept - 1][0].first_seen)
+        candidates = [
+            pair for pair in _earliest(pairs, kept, _pair_first_seen) if pair[0].first_seen <= bound
+        ]
         if candidates:
             self.first = sorted([*self.first, *candidates], key=_kept_key)[:kept]
 
     def attributions(self) -> list[FlowAttribution]:
         """One per connection kept, and one for the rest (``connections``: how many)."""
-        listed = [
-            replace(self.attribution, flow=flow, twin=twin, connections=1)
-            for flow, twin in self.first[:LISTED_FLOWS]
-        ]
+        listed = [self._attribution(flow, twin, 1) for flow, twin in self.first[:LISTED_FLOWS]]
         if self.connections > LISTED_FLOWS:
             flow, twin = self.first[LISTED_FLOWS]
-            rest = self.connections - LISTED_FLOWS
-            listed.append(replace(self.attribution, flow=flow, twin=twin, connections=rest))
+            listed.append(self._attribution(flow, twin, self.connections - LISTED_FLOWS))
         return listed
 
+    def _attribution(self, flow: Flow, twin: Flow | None, connections: int) -> FlowAttribution:
+        # What dataclasses.replace would make, made directly (it takes three times as long, and a
+        # day's graph lists hundreds of thousands).
+        a = self.attribution
+        return FlowAttribution(
+            flow,
+            a.client,
+            a.server,
+            a.port,
+            service=a.service,
+            twin=twin,
+            assumed=a.assumed,
+            vouched=a.vouched,
+            window=a.window,
+            connections=connections,
+        )
 
-def _kept_key(kept: tuple[Flow, Flow | None]) -> tuple[float, str, str, str, float, int, int]:
+
+# A connection as counted: the flow the client side saw, and the server side's (its twin) or None.
+_Pair = tuple[Flow, Flow | None]
+_Item = TypeVar("_Item")
+
+
+def _earliest(
+    items: Sequence[_Item], kept: int, first_seen: Callable[[_Item], float]
+) -> Sequence[_Item]:
+    """The first ``kept`` of ``items`` (by ``first_seen``) and any at the same time as the last:
+    all that may be among the first ``kept`` by :func:`_flow_key`."""
+    end = min(kept, len(items))
+    if end:
+        last = first_seen(items[end - 1])
+        while end < len(items) and first_seen(items[end]) <= last:
+            end += 1
+    return items[:end]
+
+
+def _pair_first_seen(pair: _Pair) -> float:
+    return pair[0].first_seen
+
+
+def _flow_first_seen(flow: Flow) -> float:
+    return flow.first_seen
+
+
+def _kept_key(kept: _Pair) -> _FlowKey:
     return _flow_key(kept[0])
 
 
@@ -634,24 +679,14 @@ class _Builder:
             or flow.server.port not in _DNS_PORT
             or client.kind is not EndpointKind.POD
             or client.pod is None
-            or not self.vouches(client, flow.first_seen, flow)
+            or flow.first_seen not in self.span(client, flow.captures)
         ):
             return
         looked_up = self.dns.lookups_for_flow(flow, asked_by=asked_by(self.resolver, flow, client))
         node_id = self.workload_node(self.resolver.workload(client.pod.workload))
         self.nodes[node_id].lookups.update(looked_up)
 
-    def vouches(self, identity: Identity, at: float, *flows: Flow) -> bool:
-        """Whether the side of a connection that was ``identity`` at ``at`` is vouched for by
-        the captures of ``flows`` (its captures: one flow, or a flow and its twin)."""
-        if self.witness is None:
-            return True
-        captures = flows[0].captures
-        for flow in flows[1:]:
-            captures = self._union(captures, flow.captures)
-        return at in self.span(identity, captures)
-
-    def _union(self, one: frozenset[str], other: frozenset[str]) -> frozenset[str]:
+    def union(self, one: frozenset[str], other: frozenset[str]) -> frozenset[str]:
         """The captures of a flow and its twin: one set per pair of sets (few), not per flow."""
         found = self._unions.get((one, other))
         if found is None:
@@ -670,28 +705,32 @@ class _Builder:
         return found
 
     def count(
-        self, attribution: FlowAttribution, views: Sequence[Flow], names: _Names | None = None
+        self, attribution: FlowAttribution, pairs: Sequence[_Pair], names: _Names | None = None
     ) -> None:
-        """One connection, seen as ``views`` (one flow, or a flow and its twin): counted once,
-        the larger count of packets."""
-        self._add(
-            attribution,
-            1,
-            max(flow.packets for flow in views),
-            max(flow.bytes for flow in views),
-            views,
-            names,
-        )
+        """Connections each seen as a flow and perhaps its twin (``pairs``, by :func:`_flow_key`
+        of the flows), counted alike (``attribution``: the first stands for all): each connection
+        once, with the larger count of packets of its two views."""
+        packets = size = 0
+        for flow, twin in pairs:
+            if twin is None:
+                packets += flow.packets
+                size += flow.bytes
+            else:
+                packets += max(flow.packets, twin.packets)
+                size += max(flow.bytes, twin.bytes)
+        views = [view for pair in pairs for view in pair if view is not None]
+        self._add(attribution, len(pairs), packets, size, pairs, views, names, ordered=True)
 
     def count_group(
         self, attribution: FlowAttribution, flows: Sequence[Flow], names: _Names | None = None
     ) -> None:
-        """Connections each seen by one flow (of one group): each counted."""
+        """Connections each seen by one flow (of one group, by first packet): each counted."""
         self._add(
             attribution,
             len(flows),
             sum(flow.packets for flow in flows),
             sum(flow.bytes for flow in flows),
+            [(flow, None) for flow in _earliest(flows, LISTED_FLOWS + 1, _flow_first_seen)],
             flows,
             names,
         )
@@ -702,11 +741,16 @@ class _Builder:
         connections: int,
         packets: int,
         size: int,
-        flows: Sequence[Flow],
+        earliest: Sequence[_Pair],
+        views: Sequence[Flow],
         names: _Names | None,
+        *,
+        ordered: bool = False,
     ) -> None:
         """Add to the bucket of connections counted alike (same edge, port, Service, sides and
-        addresses seen: what the attributions tell), whose first attribution stands for all."""
+        addresses seen: what the attributions tell), whose first attribution stands for all.
+        ``earliest``: the first connections (at least those that may be listed), ``views``:
+        every flow seen of them."""
         flow, twin = attribution.flow, attribution.twin
         key = (
             attribution.client,
@@ -725,12 +769,11 @@ class _Builder:
         bucket.connections += connections
         bucket.packets += packets
         bucket.bytes += size
-        bucket.keep(flows if connections > 1 else (flow,), twin)
-        for seen in flows:
-            bucket.first_seen = min(bucket.first_seen, seen.first_seen)
-            bucket.last_seen = max(bucket.last_seen, seen.last_seen)
-            bucket.evidence.add(seen.evidence)
-            bucket.answered = bucket.answered or seen.answered
+        bucket.keep(earliest, ordered=ordered)
+        bucket.first_seen = min(bucket.first_seen, min(seen.first_seen for seen in views))
+        bucket.last_seen = max(bucket.last_seen, max(seen.last_seen for seen in views))
+        bucket.evidence.update({seen.evidence for seen in views})
+        bucket.answered = bucket.answered or any(seen.answered for seen in views)
         if names is not None and names.told:
             edge = (attribution.client, attribution.server)
             self.names[edge].update(names.told)
@@ -743,6 +786,7 @@ class _Builder:
         for bucket in self.buckets.values():
             attribution = bucket.attribution
             attributions += bucket.attributions()
+            bucket.first = []  # now in its attributions: not twice at this peak of a day's graph
             stats = EdgeStats(
                 flows=bucket.connections,
                 packets=bucket.packets,
@@ -863,7 +907,10 @@ def _describe(identity: Identity) -> str:
     return f"{prefix}:{identity.ip}"
 
 
-def _flow_key(flow: Flow) -> tuple[float, str, str, str, float, int, int]:
+_FlowKey = tuple[float, str, str, str, float, int, int]
+
+
+def _flow_key(flow: Flow) -> _FlowKey:
     return (
         flow.first_seen,
         str(flow.protocol),
@@ -875,8 +922,22 @@ def _flow_key(flow: Flow) -> tuple[float, str, str, str, float, int, int]:
     )
 
 
-def _attribution_key(a: FlowAttribution) -> tuple[str, str, PortSpec, tuple[Any, ...]]:
-    return (a.client, a.server, a.port, _flow_key(a.flow))
+def _sorted_attributions(
+    attributions: Iterable[FlowAttribution],
+) -> tuple[FlowAttribution, ...]:
+    """``attributions`` by edge, port and :func:`_flow_key`: per edge and port, so that the sort
+    keys of a day's millions never all exist at once."""
+    by_place: dict[tuple[str, str, PortSpec], list[FlowAttribution]] = defaultdict(list)
+    for attribution in attributions:
+        by_place[(attribution.client, attribution.server, attribution.port)].append(attribution)
+    ordered: list[FlowAttribution] = []
+    for place in sorted(by_place):
+        ordered += sorted(by_place.pop(place), key=_attributed_flow_key)
+    return tuple(ordered)
+
+
+def _attributed_flow_key(attribution: FlowAttribution) -> _FlowKey:
+    return _flow_key(attribution.flow)
 
 
 def build_graph(
@@ -920,8 +981,9 @@ def build_graph(
         if _is_loopback_address(key.client_ip) or _is_loopback_address(key.server_ip):
             builder.loopback += len(members)
             continue
-        established = [flow for flow in members if flow.established]
-        if len(established) < len(members):
+        established = members
+        if not all(flow.established for flow in members):
+            established = [flow for flow in members if flow.established]
             attempts += (flow for flow in members if not flow.established)
         if established:
             groups.append(_resolved_group(key, established, resolver))
@@ -932,16 +994,17 @@ def build_graph(
         )
         builder.attempts.append(Attempt(flow, _describe(client), _describe(server)))
     twinned = _clients_with_twins(groups)
-    one_by_one: list[_Resolved] = []
+    # A flow's twin is from its client address (and port): the flows counted one by one are
+    # joined one client address at a time, so what the join holds lasts as long as that.
+    one_by_one: dict[tuple[IpProtocol, str], list[_Group]] = defaultdict(list)
     for group in groups:
-        if group.steady is None:
-            one_by_one += (_resolved_flow(flow, resolver) for flow in group.members)
-        elif (group.key.protocol, group.key.client_ip) in twinned:
-            ends = (group.steady.client, group.steady.server)
-            one_by_one += ((flow, *ends) for flow in group.members)
+        client_address = (group.key.protocol, group.key.client_ip)
+        if group.steady is None or client_address in twinned:
+            one_by_one[client_address].append(group)
         else:
             _count_group(builder, group.key, group.members, group.steady)
-    _count_flows(builder, _in_flow_order(one_by_one))
+    for client_groups in one_by_one.values():
+        _count_flows(builder, _in_flow_order(_resolved_flows(client_groups, resolver)))
     return builder.graph()
 
 
@@ -957,6 +1020,18 @@ def _resolved_flow(flow: Flow, resolver: Resolver) -> _Resolved:
             flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
         ),
     )
+
+
+def _resolved_flows(groups: Iterable[_Group], resolver: Resolver) -> list[_Resolved]:
+    """The flows of ``groups`` with their ends: a group's own when they stay the same."""
+    resolved: list[_Resolved] = []
+    for group in groups:
+        if group.steady is None:
+            resolved += (_resolved_flow(flow, resolver) for flow in group.members)
+        else:
+            ends = (group.steady.client, group.steady.server)
+            resolved += ((flow, *ends) for flow in group.members)
+    return resolved
 
 
 def _in_flow_order(resolved: list[_Resolved]) -> list[_Resolved]:
@@ -979,7 +1054,7 @@ def _first_seen(resolved: _Resolved) -> float:
     return resolved[0].first_seen
 
 
-def _resolved_key(resolved: _Resolved) -> tuple[float, str, str, str, float, int, int]:
+def _resolved_key(resolved: _Resolved) -> _FlowKey:
     return _flow_key(resolved[0])
 
 
@@ -1024,13 +1099,17 @@ def _by_time(flow: Flow) -> tuple[float, int, float, int, int]:
     return (flow.first_seen, flow.client.port, flow.last_seen, flow.packets, flow.bytes)
 
 
+# One set per kind, shared by the groups (a day has a hundred thousand).
+_ONE_KIND = {kind: frozenset({kind}) for kind in EndpointKind}
+
+
 def _resolved_group(key: _GroupKey, members: list[Flow], resolver: Resolver) -> _Group:
     members.sort(key=_by_time)
     start = members[0].first_seen
     if resolver.timeless(key.client_ip, start) and resolver.timeless(key.server_ip, start):
         client = resolver.resolve(key.client_ip, start)
         server = resolver.resolve(key.server_ip, start, port=key.server_port, protocol=key.protocol)
-        servers = frozenset({server.kind})
+        servers = _ONE_KIND[server.kind]
         if server.service is None:
             return _Group(key, members, servers, _Steady(client, server))
         backends = resolver.steady_backends(
@@ -1133,31 +1212,30 @@ def _count_flows(builder: _Builder, resolved: Sequence[_Resolved]) -> None:
     """Established flows with their ends, by :func:`_flow_key`, counted one by one: a flow to a
     Service joined to its twin (the server side's capture of the connection), else to the
     Service's backends; a flow to an unknown address joined to its twin; any other flow as it
-    is."""
+    is. Each flow is joined (or not) in that order, then the connections counted alike are
+    counted together (:class:`_Joins`): the cost of a connection is its join."""
     for flow, client, _ in resolved:
         builder.note_lookups(flow, client)
     twins = _Twins(resolved)
+    joins = _Joins()
     for flow, client, server in resolved:
         if server.kind is EndpointKind.SERVICE:
-            _service_flow(builder, resolved, twins, flow, client, server)
-    for index, (_, _, server) in enumerate(resolved):
-        if server.kind in _UNKNOWN and index not in twins.consumed:
-            _unknown_service_flow(builder, resolved, twins, index)
+            _join_service_flow(builder.resolver, resolved, twins, joins, flow, client, server)
     for index, (flow, client, server) in enumerate(resolved):
-        if server.kind is EndpointKind.SERVICE or index in twins.consumed:
-            continue
-        vouched = Sides(
-            builder.vouches(client, flow.first_seen, flow),
-            builder.vouches(server, flow.first_seen, flow),
-        )
-        attribution = FlowAttribution(
-            flow,
-            builder.node_for(client),
-            builder.node_for(server),
-            PortSpec(flow.protocol, flow.server.port),
-            vouched=vouched,
-        )
-        builder.count(attribution, (flow,), builder.names_for(flow, client, server))
+        if server.kind in _UNKNOWN and index not in twins.consumed:
+            # To an address that is no pod and no Service the snapshot knows, joined to the
+            # server side's capture (_Twins.of_unknown_flow: other captures than this flow's):
+            # DNAT by a Service missing from the snapshot. Two real connections from one client
+            # port to two places would both be in the client's capture.
+            twin_index = twins.of_unknown_flow(flow)
+            if twin_index is not None:
+                twins.consumed.update((index, twin_index))
+                twin, _, twin_server = resolved[twin_index]
+                joins.twinned(None, flow, client, twin, twin_server)
+    for index, (flow, client, server) in enumerate(resolved):
+        if server.kind is not EndpointKind.SERVICE and index not in twins.consumed:
+            joins.plain(flow, client, server)
+    joins.count(builder)
 
 
 _UNKNOWN = (EndpointKind.UNRESOLVED, EndpointKind.EXTERNAL)
@@ -1218,210 +1296,351 @@ class _ByTime:
         return min((near for near in found if near.apart <= TWIN_WINDOW), default=None)
 
 
-class _One:
-    """One flow, for :class:`_ByTime`'s question (a client port is used once in most windows:
-    no lists for it)."""
-
-    __slots__ = ("index", "time")
-
-    def __init__(self, time: float, index: int) -> None:
-        self.time, self.index = time, index
-
-    def nearest(self, at: float, taken: Collection[int]) -> _Near | None:
-        apart = abs(self.time - at)
-        return None if self.index in taken or apart > TWIN_WINDOW else _Near(apart, self.index)
+# More flows than this from one client address and port (one UDP socket to many servers, say)
+# are indexed by time (``_Crowd``); fewer are looked through.
+CROWDED = 16
 
 
-# The flows at one place of _Twins while it is made: one (first seen, index), or a list of them.
-_Entries = tuple[float, int] | list[tuple[float, int]]
+class _Crowd:
+    """The flows of one crowded client address and port: by the server address they went to
+    and, those to a pod, by the captures that saw them, each sorted by time."""
+
+    def __init__(self, indices: Iterable[int], resolved: Sequence[_Resolved]) -> None:
+        by_server: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        to_pods: dict[frozenset[str], list[tuple[float, int]]] = defaultdict(list)
+        for index in indices:
+            flow, _, server = resolved[index]
+            by_server[flow.server.ip].append((flow.first_seen, index))
+            if server.kind is EndpointKind.POD:
+                to_pods[flow.captures].append((flow.first_seen, index))
+        self.by_server = {ip: _ByTime(entries) for ip, entries in by_server.items()}
+        self.to_pods = {captures: _ByTime(entries) for captures, entries in to_pods.items()}
 
 
-def _collect(table: dict[Any, _Entries], place: Any, entry: tuple[float, int]) -> None:
-    known = table.get(place)
-    if known is None:
-        table[place] = entry
-    elif isinstance(known, tuple):
-        table[place] = [known, entry]
-    else:
-        known.append(entry)
-
-
-def _time_index(found: _Entries) -> _ByTime | _One:
-    return _One(*found) if isinstance(found, tuple) else _ByTime(found)
+def _nearest(hits: Iterable[_Near | None]) -> int | None:
+    found = min((hit for hit in hits if hit is not None), default=None)
+    return None if found is None else found.flow_index
 
 
 class _Twins:
     """Where the server side's capture of a connection is looked for: the flows not to a Service
-    address (``resolved``' indices), by the client address and port they saw (with the protocol),
-    then by the server address they went to, and those to a pod also by the captures that saw
-    them. ``consumed``: flows already counted with a twin."""
+    address (``resolved``' indices) by the client address and port they saw (with the protocol).
+    Of the flows from one client port, the one nearest in time that fits is the twin, the lowest
+    index among equally near ones; ``consumed``: flows already counted with a twin."""
 
-    def __init__(self, resolved: Sequence[tuple[Flow, Identity, Identity]]) -> None:
-        # One entry per flow of a day's captures, so flat and small: a flow alone at its place
-        # (client port and server address, or captures) is a _One, more make a _ByTime.
-        by_server: dict[tuple[str, str, int, str], _Entries] = {}
-        to_pods: dict[_ClientKey, dict[frozenset[str], _Entries]] = {}
+    def __init__(self, resolved: Sequence[_Resolved]) -> None:
+        self.resolved = resolved
+        # One entry per flow of a day's captures, so flat and small: most client ports are used
+        # once in a window (an index alone); more make a list, and a crowd a _Crowd when asked.
+        places: dict[_ClientKey, int | list[int]] = {}
         for index, (flow, _, server) in enumerate(resolved):
             if server.kind is EndpointKind.SERVICE:
                 continue
             key = _client_key(flow)
-            entry = (flow.first_seen, index)
-            _collect(by_server, (*key, flow.server.ip), entry)
-            if server.kind is EndpointKind.POD:
-                _collect(to_pods.setdefault(key, {}), flow.captures, entry)
-        self.by_server = {place: _time_index(found) for place, found in by_server.items()}
-        self.to_pods = {
-            key: {captures: _time_index(found) for captures, found in groups.items()}
-            for key, groups in to_pods.items()
-        }
+            known = places.get(key)
+            if known is None:
+                places[key] = index
+            elif isinstance(known, int):
+                places[key] = [known, index]
+            else:
+                known.append(index)
+        self.places = places
+        self._crowds: dict[_ClientKey, _Crowd] = {}
         self.consumed: set[int] = set()
+
+    def _near(
+        self, key: _ClientKey, at: float, fits: Callable[[Flow, Identity], bool]
+    ) -> _Near | None:
+        """Of the few flows from ``key``'s client port, the nearest to ``at`` that ``fits``."""
+        found = self.places.get(key)
+        best = None
+        for index in (found,) if isinstance(found, int) else found or ():
+            if index in self.consumed:
+                continue
+            flow, _, server = self.resolved[index]
+            apart = abs(flow.first_seen - at)
+            if apart <= TWIN_WINDOW and fits(flow, server):
+                near = _Near(apart, index)
+                if best is None or near < best:
+                    best = near
+        return best
+
+    def _crowd(self, key: _ClientKey) -> _Crowd | None:
+        found = self.places.get(key)
+        if not isinstance(found, list) or len(found) <= CROWDED:
+            return None
+        crowd = self._crowds.get(key)
+        if crowd is None:
+            crowd = self._crowds[key] = _Crowd(found, self.resolved)
+        return crowd
 
     def of_service_flow(self, flow: Flow, backend_ips: Collection[str]) -> int | None:
         """The twin of a flow to a Service: to one of its backends (``backend_ips``) if any,
         else to any pod; the nearest in time, then the lowest index."""
-        key = _client_key(flow)
-        found = min(
-            (
-                hit
-                for ip in backend_ips
-                if (index := self.by_server.get((*key, ip))) is not None
-                and (hit := index.nearest(flow.first_seen, self.consumed)) is not None
-            ),
-            default=None,
+        key, at = _client_key(flow), flow.first_seen
+        crowd = self._crowd(key)
+        if crowd is None:
+            found = self._near(key, at, lambda seen, _: seen.server.ip in backend_ips)
+            if found is None:
+                found = self._near(key, at, _to_pod)
+            return None if found is None else found.flow_index
+        by_server = crowd.by_server
+        found_index = _nearest(
+            by_server[ip].nearest(at, self.consumed) for ip in backend_ips if ip in by_server
         )
-        if found is None:
-            to_pod = (
-                by_time.nearest(flow.first_seen, self.consumed)
-                for by_time in self.to_pods.get(key, {}).values()
+        if found_index is None:
+            found_index = _nearest(
+                by_time.nearest(at, self.consumed) for by_time in crowd.to_pods.values()
             )
-            found = min((hit for hit in to_pod if hit is not None), default=None)
-        return None if found is None else found.flow_index
+        return found_index
 
     def of_unknown_flow(self, flow: Flow) -> int | None:
         """The twin of a flow to an unknown address: to a pod, seen by other captures than
         ``flow``; the nearest in time, then the lowest index."""
-        to_pod = (
-            by_time.nearest(flow.first_seen, self.consumed)
-            for captures, by_time in self.to_pods.get(_client_key(flow), {}).items()
-            if captures.isdisjoint(flow.captures)
+        key, at, seen = _client_key(flow), flow.first_seen, flow.captures
+        crowd = self._crowd(key)
+        if crowd is None:
+            found = self._near(
+                key,
+                at,
+                lambda twin, server: _to_pod(twin, server) and seen.isdisjoint(twin.captures),
+            )
+            return None if found is None else found.flow_index
+        return _nearest(
+            by_time.nearest(at, self.consumed)
+            for captures, by_time in crowd.to_pods.items()
+            if captures.isdisjoint(seen)
         )
-        found = min((hit for hit in to_pod if hit is not None), default=None)
-        return None if found is None else found.flow_index
 
 
-_ClientKey = tuple[str, str, int]
+def _to_pod(_: Flow, server: Identity) -> bool:
+    return server.kind is EndpointKind.POD
+
+
+_ClientKey = tuple[IpProtocol, str, int]
 
 
 def _client_key(flow: Flow) -> _ClientKey:
     """What both captures of one connection agree on: protocol, client address and port."""
-    return (str(flow.protocol), flow.client.ip, flow.client.port)
+    return (flow.protocol, flow.client.ip, flow.client.port)
 
 
-def _unknown_service_flow(
-    builder: _Builder,
-    resolved: Sequence[tuple[Flow, Identity, Identity]],
+def _join_service_flow(
+    resolver: Resolver,
+    resolved: Sequence[_Resolved],
     twins: _Twins,
-    index: int,
-) -> None:
-    """A flow to an address that is no pod and no Service the snapshot knows, joined to the server
-    side's capture of the same connection: the same client address and port to a pod, within
-    TWIN_WINDOW, seen by other captures than this flow (the client's capture saw the address it
-    called, the server's the pod it reached: DNAT by a Service missing from the snapshot). Two
-    real connections from one client port to two places would both be in the client's capture."""
-    flow, client, _ = resolved[index]
-    twin_index = twins.of_unknown_flow(flow)
-    if twin_index is None:
-        return
-    twins.consumed.update((index, twin_index))
-    twin, _, twin_server = resolved[twin_index]
-    vouched = _twin_sides(builder, flow, client, twin, twin_server)
-    attribution = FlowAttribution(
-        flow,
-        builder.node_for(client),
-        builder.node_for(twin_server),
-        PortSpec(flow.protocol, twin.server.port),
-        twin=twin,
-        vouched=vouched,
-    )
-    builder.count(attribution, (flow, twin))
-
-
-def _twin_sides(
-    builder: _Builder, flow: Flow, client: Identity, twin: Flow, server: Identity
-) -> Sides:
-    """The sides vouched for of a connection seen as ``flow`` (by the client's capture, to the
-    address it called) and as ``twin`` (by the server's, from the pod that answered): each side
-    at the time its own view was resolved, by the captures of both."""
-    return Sides(
-        builder.vouches(client, flow.first_seen, flow, twin),
-        builder.vouches(server, twin.first_seen, flow, twin),
-    )
-
-
-def _service_flow(
-    builder: _Builder,
-    resolved: Sequence[tuple[Flow, Identity, Identity]],
-    twins: _Twins,
+    joins: _Joins,
     flow: Flow,
     client: Identity,
     server: Identity,
 ) -> None:
+    """A flow to a Service, joined to the server side's view of the connection (same client
+    address, port and protocol, first seen within TWIN_WINDOW, to one of the Service's backends,
+    or to a pod the snapshot did not list behind it: EndpointSlices are from the end of the
+    window); else to the Service's backends at the time, or, with none, to its address."""
     assert server.service is not None
     service = "/".join(server.service)
     version = address_key(server.ip)[0]
-    resolver = builder.resolver
     at, called, protocol = flow.first_seen, flow.server.port, flow.protocol
     backends = resolver.steady_backends(server.service, called, protocol, at, family=version)
     if backends is None:
         backends = resolver.service_backends(server.service, called, protocol, at, family=version)
-    client_node = builder.node_for(client)
-    backend_ips = {b.identity.ip for b in backends}
-    # The server side's view of this connection: same client address, port and protocol, first
-    # seen within TWIN_WINDOW, to one of the Service's backends (or to a pod the snapshot did not
-    # list behind it: EndpointSlices are from the end of the window).
-    index = twins.of_service_flow(flow, backend_ips)
+    index = twins.of_service_flow(flow, {b.identity.ip for b in backends})
     if index is not None:
         twins.consumed.add(index)
         twin, _, twin_server = resolved[index]
-        vouched = _twin_sides(builder, flow, client, twin, twin_server)
+        joins.twinned(service, flow, client, twin, twin_server)
+    elif not backends:
+        joins.unbacked(service, flow, client, server)
+    else:
+        joins.assumed(service, flow, client, backends)
+
+
+class _Joins:
+    """The connections of :func:`_count_flows` as joined, gathered by what they are counted as
+    (the same client and server, Service, captures and addresses seen), each group in flow
+    order: what is the same for a group (graph nodes, the spans its sides are vouched for in,
+    a Service's targets) is worked out once, and its connections are counted together, per
+    vouched sides, as one by one they would be.
+
+    Identities (and a Service's backends) are told apart by ``id`` while gathering: hashing
+    them is most of the cost of a connection, and they live as long as the joins (the
+    resolved flows hold them). Equal ones told apart only make two groups of one bucket."""
+
+    def __init__(self) -> None:
+        self._twinned: dict[tuple[Any, ...], list[_Pair]] = defaultdict(list)
+        self._unbacked: dict[tuple[Any, ...], list[Flow]] = defaultdict(list)
+        self._assumed: dict[tuple[Any, ...], list[Flow]] = defaultdict(list)
+        self._plain: dict[tuple[Any, ...], list[Flow]] = defaultdict(list)
+        self._known: dict[int, Any] = {}  # id → identity or backends
+
+    def _id(self, thing: object) -> int:
+        self._known.setdefault(id(thing), thing)
+        return id(thing)
+
+    def twinned(
+        self, service: str | None, flow: Flow, client: Identity, twin: Flow, server: Identity
+    ) -> None:
+        """``flow`` seen by the client's capture (to the address it called) and as ``twin`` by
+        the server's (from the pod that answered, ``server``)."""
+        key = (
+            service,
+            self._id(client),
+            self._id(server),
+            flow.protocol,
+            twin.server.port,
+            flow.captures,
+            twin.captures,
+            flow.client.ip,
+            flow.server.ip,
+            twin.server.ip,
+        )
+        self._twinned[key].append((flow, twin))
+
+    def unbacked(self, service: str, flow: Flow, client: Identity, server: Identity) -> None:
+        """A flow to a Service with nothing behind it (or not on this port)."""
+        key = (service, self._id(client), server.ip, flow.protocol, flow.server.port)
+        self._unbacked[(*key, flow.captures, flow.client.ip)].append(flow)
+
+    def assumed(
+        self, service: str, flow: Flow, client: Identity, backends: tuple[ServiceBackend, ...]
+    ) -> None:
+        """A flow to a Service whose server side was not captured: its backends at the time."""
+        key = (service, self._id(client), self._id(backends), flow.protocol, flow.captures)
+        self._assumed[(*key, flow.client.ip, flow.server.ip)].append(flow)
+
+    def plain(self, flow: Flow, client: Identity, server: Identity) -> None:
+        """Any other flow, counted as it is."""
+        key = (self._id(client), self._id(server), flow.protocol, flow.server.port)
+        self._plain[(*key, flow.captures, flow.client.ip, flow.server.ip)].append(flow)
+
+    def count(self, builder: _Builder) -> None:
+        known = self._known
+        for (service, client, server, *rest), pairs in self._twinned.items():
+            _count_twinned(builder, service, known[client], known[server], rest, pairs)
+        for (service, client, address, protocol, port, seen, _), flows in self._unbacked.items():
+            # The Service's address stays visible; only the client's side can be vouched for.
+            client_node = builder.node_for(known[client])
+            server_node = builder.node_for(Identity(EndpointKind.UNRESOLVED, address))
+            for client_vouched, members in _split(flows, builder.span(known[client], seen)).items():
+                attribution = FlowAttribution(
+                    members[0][0],
+                    client_node,
+                    server_node,
+                    PortSpec(protocol, port),
+                    service=service,
+                    vouched=Sides(client=client_vouched),
+                )
+                builder.count(attribution, members)
+        for (service, client, backends, protocol, seen, *_), flows in self._assumed.items():
+            _count_assumed(builder, service, known[client], known[backends], protocol, seen, flows)
+        for (client, server, *rest), flows in self._plain.items():
+            _count_plain(builder, known[client], known[server], rest, flows)
+
+
+def _count_twinned(
+    builder: _Builder,
+    service: str | None,
+    client: Identity,
+    server: Identity,
+    key: Sequence[Any],
+    pairs: Sequence[_Pair],
+) -> None:
+    """Connections seen from both ends (``_Joins.twinned``; ``key``: the rest of its key): each
+    side is vouched for at the time its own view was resolved, by the captures of both views."""
+    protocol, port, seen, twin_seen, *_ = key
+    captures = builder.union(seen, twin_seen)
+    client_span, server_span = builder.span(client, captures), builder.span(server, captures)
+    client_node, server_node = builder.node_for(client), builder.node_for(server)
+    by_sides: dict[tuple[bool, bool], list[_Pair]] = defaultdict(list)
+    for flow, twin in pairs:
+        assert twin is not None
+        by_sides[(flow.first_seen in client_span, twin.first_seen in server_span)].append(
+            (flow, twin)
+        )
+    for sides, members in by_sides.items():
+        flow, twin = members[0]
         attribution = FlowAttribution(
             flow,
             client_node,
-            builder.node_for(twin_server),
-            PortSpec(flow.protocol, twin.server.port),
+            server_node,
+            PortSpec(protocol, port),
             service=service,
             twin=twin,
-            vouched=vouched,
+            vouched=Sides(*sides),
         )
-        builder.count(attribution, (flow, twin))
-        return
-    if not backends:
-        # A Service with nothing behind it (or not on this port): keep the address visible.
-        unbacked = Identity(EndpointKind.UNRESOLVED, server.ip)
-        vouched = Sides(client=builder.vouches(client, flow.first_seen, flow))
+        builder.count(attribution, members)
+
+
+def _count_plain(
+    builder: _Builder, client: Identity, server: Identity, key: Sequence[Any], flows: Sequence[Flow]
+) -> None:
+    """Flows counted as they are (``_Joins.plain``; ``key``: the rest of its key), with the DNS
+    names each was told."""
+    protocol, port, seen, *_ = key
+    client_span, server_span = builder.span(client, seen), builder.span(server, seen)
+    client_node, server_node = builder.node_for(client), builder.node_for(server)
+    by_sides: dict[tuple[bool, bool], list[Flow]] = defaultdict(list)
+    for flow in flows:
+        by_sides[(flow.first_seen in client_span, flow.first_seen in server_span)].append(flow)
+    for sides, members in by_sides.items():
+        told: set[str] = set()
+        asked: set[str] = set()
+        for flow in members:
+            names = builder.names_for(flow, client, server)
+            if names.told:
+                told |= names.told
+                asked |= names.asked
         attribution = FlowAttribution(
-            flow,
-            client_node,
-            builder.node_for(unbacked),
-            PortSpec(flow.protocol, flow.server.port),
-            service=service,
-            vouched=vouched,
+            members[0], client_node, server_node, PortSpec(protocol, port), vouched=Sides(*sides)
         )
-        builder.count(attribution, (flow,))
-        return
-    # Several pods of one workload on one port are one edge, and the flow counts once on it.
-    # Its server side is vouched for when one of those pods could not have seen it (no capture
-    # of it ran then): a captured backend whose capture did not see it was not the one.
-    client_vouched = builder.vouches(client, flow.first_seen, flow)
-    targets: dict[tuple[str, PortSpec], bool] = {}
+        builder.count(
+            attribution,
+            [(flow, None) for flow in members],
+            _Names(frozenset(told), frozenset(asked)),
+        )
+
+
+def _split(flows: Sequence[Flow], span: Span) -> dict[bool, list[_Pair]]:
+    """``flows`` (as connections without twins) by whether ``span`` holds their first packet."""
+    split: dict[bool, list[_Pair]] = defaultdict(list)
+    for flow in flows:
+        split[flow.first_seen in span].append((flow, None))
+    return split
+
+
+def _count_assumed(
+    builder: _Builder,
+    service: str,
+    client: Identity,
+    backends: tuple[ServiceBackend, ...],
+    protocol: IpProtocol,
+    seen: frozenset[str],
+    flows: Sequence[Flow],
+) -> None:
+    """Flows to a Service whose server side was not captured, counted on its backends at the time
+    (``assumed``). Several pods of one workload on one port are one edge, and a flow counts
+    once on it. Its server side is vouched for when one of those pods could not have seen it (no
+    capture of it ran then): a captured backend whose capture did not see it was not the one."""
+    client_node = builder.node_for(client)
+    targets: dict[tuple[str, PortSpec], list[Span]] = defaultdict(list)
     for backend in backends:
-        target = (builder.node_for(backend.identity), PortSpec(flow.protocol, backend.port))
-        targets[target] = targets.get(target, False) or builder.vouches(
-            backend.identity, flow.first_seen, flow
-        )
-    for (server_node, port), server_vouched in sorted(targets.items()):
-        vouched = Sides(client_vouched, server_vouched)
-        attribution = FlowAttribution(
-            flow, client_node, server_node, port, service=service, assumed=True, vouched=vouched
-        )
-        builder.count(attribution, (flow,))
+        target = (builder.node_for(backend.identity), PortSpec(protocol, backend.port))
+        targets[target].append(builder.span(backend.identity, seen))
+    for client_vouched, members in _split(flows, builder.span(client, seen)).items():
+        for (server_node, port), spans in sorted(targets.items()):
+            by_server: dict[bool, list[_Pair]] = defaultdict(list)
+            for pair in members:
+                at = pair[0].first_seen
+                by_server[any(at in span for span in spans)].append(pair)
+            for server_vouched, counted in by_server.items():
+                attribution = FlowAttribution(
+                    counted[0][0],
+                    client_node,
+                    server_node,
+                    port,
+                    service=service,
+                    assumed=True,
+                    vouched=Sides(client_vouched, server_vouched),
+                )
+                builder.count(attribution, counted)

@@ -309,9 +309,10 @@ def test_twins_are_found_in_near_linear_work_when_thousands_share_a_client_port(
     assert growth(work, 150) < 1.6
 
 
-def test_twins_found_through_the_time_index_are_the_nearest_ones() -> None:
-    # Ties in time go to the lowest index; taken twins are skipped; the window bounds the search.
-    flows = [
+def _near_and_far_twins() -> list[Flow]:
+    """One client port to three outside addresses and three pods: 198.18.0.1 and .2 are at the
+    same moment (the tie goes to the first), .3 has no pod within TWIN_WINDOW."""
+    return [
         flow(f"{API_BLUE}:41000", "198.18.0.1:443", clock="09:40:05", capture="a"),
         flow(f"{API_BLUE}:41000", "198.18.0.2:443", clock="09:40:05", capture="a"),
         flow(f"{API_BLUE}:41000", "198.18.0.3:443", clock="09:40:20", capture="a"),
@@ -319,12 +320,31 @@ def test_twins_found_through_the_time_index_are_the_nearest_ones() -> None:
         flow(f"{API_BLUE}:41000", f"{WEB_B}:8080", clock="09:40:07", capture="b"),
         flow(f"{API_BLUE}:41000", f"{PRODUCTPAGE}:9080", clock="09:40:26", capture="b"),
     ]
-    twins = {
+
+
+def _twins(flows: list[Flow]) -> set[tuple[str, str]]:
+    """The (outside address, pod address) of each flow joined to a twin."""
+    return {
         (a.flow.server.ip, a.twin.server.ip)
         for a in build_graph(flows, resolver(), scope=SCOPE).attributions
         if a.twin is not None
     }
-    assert twins == {("198.18.0.1", WEB_A), ("198.18.0.2", WEB_B)}
+
+
+def test_twins_found_through_the_time_index_are_the_nearest_ones() -> None:
+    # Ties in time go to the lowest index; taken twins are skipped; the window bounds the search.
+    assert _twins(_near_and_far_twins()) == {("198.18.0.1", WEB_A), ("198.18.0.2", WEB_B)}
+
+
+def test_a_crowded_client_port_finds_the_same_twins_as_a_quiet_one() -> None:
+    # Past graphs.CROWDED flows from one client port, twins are looked up in time indexes
+    # instead of looked through: the same ones, the nearest and then the first, are found.
+    # Far away in time from the others, and from each other: nobody's twins.
+    crowd = [
+        flow(f"{API_BLUE}:41000", f"198.19.0.{n}:443", clock=f"10:{n:02d}:00", capture="a")
+        for n in range(1, graphs.CROWDED + 2)
+    ]
+    assert _twins(_near_and_far_twins() + crowd) == _twins(_near_and_far_twins())
 
 
 def test_the_graph_checks_its_schema_and_sorts_what_it_is_given() -> None:
@@ -381,6 +401,30 @@ def test_connections_of_one_pair_are_counted_as_each_would_be() -> None:
     attributions = graph.flows_on_edge(API_BLUE_W, WEB)
     assert [a.flow for a in attributions] == flows[: graphs.LISTED_FLOWS + 1]
     assert [a.connections for a in attributions] == [1] * graphs.LISTED_FLOWS + [480]
+
+
+def test_connections_seen_from_both_ends_are_counted_as_each_would_be() -> None:
+    # Joined to their twins one by one, then counted together (graphs._Joins): each connection
+    # once with the larger count of its two views, the first ones listed with their twins.
+    calls = _calls_to_a_service(300)
+    twins = [
+        replace(
+            call,
+            server=replace(call.server, ip=WEB_B, port=8080),
+            packets=call.packets + 1,
+            captures=frozenset({"captures/shop/web/c.pcap"}),
+        )
+        for call in calls
+    ]
+    graph = build_graph(twins + calls, resolver(), scope=SCOPE)
+    stats = ports(graph, API_BLUE_W, WEB)[PortSpec(TCP, 8080)]
+    assert (stats.flows, stats.assumed) == (300, False)
+    assert stats.packets == sum(twin.packets for twin in twins)
+    attributions = graph.flows_on_edge(API_BLUE_W, WEB)
+    assert [(a.flow, a.twin) for a in attributions] == list(zip(calls, twins, strict=True))[
+        : graphs.LISTED_FLOWS + 1
+    ]
+    assert [a.connections for a in attributions] == [1] * graphs.LISTED_FLOWS + [280]
 
 
 def test_the_graph_costs_per_endpoint_pair_not_per_connection() -> None:
