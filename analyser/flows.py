@@ -7,6 +7,7 @@ No I/O here and no dpkt: packets arrive already decoded (see ``packets``).
 from __future__ import annotations
 
 import math
+import struct
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -136,10 +137,28 @@ class Conversation(NamedTuple):
     sender: Endpoint | None = None  # the only end that sent packets; None when both did
 
 
-# (protocol, IP of a, port of a, IP of b, port of b): plain values hash and compare fast.
-ConversationKey = tuple[Protocol, str, int, str, int]
-# (first seen, last seen, handshake bits, packets, bytes, capture): see CaptureConversations.
-ConversationEntry = tuple[float, float, int, int, int, str]
+# A conversation's key, packed (one small bytes object per connection of a day, where a tuple of
+# its values takes three times the memory): the address of its end ``a`` and of ``b`` as on the
+# wire (4 bytes each for IPv4, 16 for IPv6), then a's port, b's port (big-endian) and the IP
+# protocol number. ``a`` is the end with the lower address bytes (the lower port for one address);
+# ``ConversationTable`` turns keys into endpoints ordered as text.
+ConversationKey = bytes
+# The pair of addresses a key starts with (``key[:-5]``), and their text and the first time a
+# conversation between them was seen in a file: see CaptureConversations.
+AddressPair = tuple[str, str, float]
+# A conversation's totals in one file, packed as :data:`CONVERSATION_ENTRY`: first seen, last
+# seen, bytes, packets, handshake bits and the file's number (see CaptureConversations).
+ConversationEntry = bytes
+CONVERSATION_ENTRY = struct.Struct("<ddQQHI")
+_TIMES = struct.Struct("<dd")  # an entry's first and last seen
+_PORTS_AND_PROTOCOL = struct.Struct("!HHB")  # a key's last 5 bytes
+KEY_TAIL = _PORTS_AND_PROTOCOL.size
+
+
+def unpacked_entry(entry: ConversationEntry) -> tuple[float, float, int, int, int, int]:
+    """(first seen, last seen, bytes, packets, handshake bits, file number) of an entry."""
+    fields: tuple[float, float, int, int, int, int] = CONVERSATION_ENTRY.unpack(entry)
+    return fields
 
 
 class CaptureVantage(typing.Protocol):
@@ -160,23 +179,31 @@ class CaptureConversations:
     """What one capture file saw, folded into conversations: what a reading worker returns, so
     it is plain data that pickles and merges cheaply.
 
-    ``entries`` maps each conversation key to ``(first seen, last seen, handshake bits, packets,
-    bytes, capture)`` (``packets.fold_tally`` makes them from a file's packets): the bits
-    (:func:`conversation_bits` of each direction, OR-ed) are: a opened, b opened, a accepted, b
-    accepted (1, 2, 4, 8), either closed (16), a disowned, b disowned (32, 64), a sent, b sent
-    (128, 256); ``capture`` is the file's
-    name (one string for all its entries), so that :class:`ConversationTable` can keep the entry
-    of a conversation only one file saw as it is.
+    ``entries`` maps each conversation's :data:`ConversationKey` to its
+    :data:`ConversationEntry` (``packets.fold_tally`` makes them from a file's packets): the
+    handshake bits (:func:`conversation_bits` of each direction, OR-ed) are: a opened, b opened,
+    a accepted, b accepted (1, 2, 4, 8), either closed (16), a disowned, b disowned (32, 64), a
+    sent, b sent (128, 256); the file's ``number`` (its place in the files read together) is in
+    every entry, so that :class:`ConversationTable` can keep the entry of a conversation only
+    one file saw as it is. ``pairs`` maps each pair of addresses the keys start with to
+    their text and the first time a conversation between them was seen in this file.
     """
 
-    __slots__ = ("capture", "entries", "vantage")
+    __slots__ = ("capture", "entries", "number", "pairs", "vantage")
 
     def __init__(
-        self, capture: str, vantage: str, entries: dict[ConversationKey, ConversationEntry]
+        self,
+        capture: str,
+        vantage: str,
+        number: int,
+        entries: dict[ConversationKey, ConversationEntry],
+        pairs: dict[bytes, AddressPair],
     ) -> None:
         self.capture = capture  # the file, relative to the bundle
         self.vantage = vantage  # the tcpdump ring it belongs to (see ``sources.ring_name``)
+        self.number = number
         self.entries = entries
+        self.pairs = pairs
 
     def drop_foreign(self, vantage: CaptureVantage) -> int:
         """Remove the conversations in which neither end was ``vantage``'s own address at the
@@ -185,8 +212,7 @@ class CaptureConversations:
         # Per address, asked once when the answer stays the same from its first conversation on
         # (a pod calling out thousands of times has a handful of addresses).
         since: dict[str, float] = {}
-        for (_, ip_a, _, ip_b, _), entry in self.entries.items():
-            first = entry[0]
+        for ip_a, ip_b, first in self.pairs.values():
             if since.get(ip_a, math.inf) > first:
                 since[ip_a] = first
             if since.get(ip_b, math.inf) > first:
@@ -195,19 +221,27 @@ class CaptureConversations:
             ip: vantage.holds(ip, at, at) for ip, at in since.items() if vantage.steady(ip, at)
         }
         always = {ip for ip, held in steady.items() if held}
+        # Only the conversations between two addresses neither of which is always its own are
+        # looked at one by one: in a pod's capture, usually none.
+        suspect = {
+            pair: (ip_a, ip_b)
+            for pair, (ip_a, ip_b, _) in self.pairs.items()
+            if ip_a not in always and ip_b not in always
+        }
+        if not suspect:
+            return 0
 
         def own(ip: str, first: float, last: float) -> bool:
             found = steady.get(ip)
             return vantage.holds(ip, first, last) if found is None else found
 
-        foreign = [
-            key
-            for key, entry in self.entries.items()
-            if key[1] not in always
-            and key[3] not in always
-            and not own(key[1], entry[0], entry[1])
-            and not own(key[3], entry[0], entry[1])
-        ]
+        foreign = []
+        for key, entry in self.entries.items():
+            ips = suspect.get(key[:-KEY_TAIL])
+            if ips is not None:
+                first, last = _TIMES.unpack_from(entry)
+                if not own(ips[0], first, last) and not own(ips[1], first, last):
+                    foreign.append(key)
         for key in foreign:
             del self.entries[key]
         return len(foreign)
@@ -351,18 +385,24 @@ class ConversationTable:
         # Per key: the entry of the one file that saw it (``CaptureConversations.entries``), or
         # the totals over the files that did.
         self._merged: dict[ConversationKey, ConversationEntry | _Aggregate] = {}
-        self._vantages: dict[str, str] = {}  # capture → its vantage point
+        self._captures_by_number: dict[int, str] = {}  # a file's number → its name
+        self._vantages: dict[int, str] = {}  # a file's number → its vantage point
+        # The text of the pairs of addresses keys start with (``CaptureConversations.pairs``).
+        self._pairs: dict[bytes, AddressPair] = {}
         # The sets of captures conversations have, each once: (a set, one more) → their union.
         self._captures: dict[tuple[frozenset[str], str], frozenset[str]] = {}
 
     def add(self, seen: CaptureConversations) -> None:
         """Fold in what one capture file saw (its entries are kept, not copied)."""
         merged, entries = self._merged, seen.entries
-        self._vantages[seen.capture] = seen.vantage
+        if self._captures_by_number.setdefault(seen.number, seen.capture) != seen.capture:
+            raise ValueError(f"{seen.capture}: file number {seen.number} is another file's")
+        self._vantages[seen.number] = seen.vantage
+        self._pairs.update(seen.pairs)
         aggregates: dict[ConversationKey, _Aggregate] = {}
         for key in entries.keys() & merged.keys():
             known = merged[key]
-            aggregate = self._aggregate(known) if isinstance(known, tuple) else known
+            aggregate = self._aggregate(known) if isinstance(known, bytes) else known
             self._fold(aggregate, entries[key])
             aggregates[key] = aggregate
         # New keys (and the ones above, put right after) without a loop in Python.
@@ -371,18 +411,18 @@ class ConversationTable:
 
     def _aggregate(self, entry: ConversationEntry) -> _Aggregate:
         """The totals of a conversation so far seen by one file: its entry."""
-        first_seen, last_seen, _, _, _, capture = entry
-        aggregate = _Aggregate(first_seen, last_seen, self._vantages[capture])
+        first_seen, last_seen, _, _, _, number = unpacked_entry(entry)
+        aggregate = _Aggregate(first_seen, last_seen, self._vantages[number])
         self._fold(aggregate, entry)
         return aggregate
 
     def _fold(self, aggregate: _Aggregate, entry: ConversationEntry) -> None:
-        first_seen, last_seen, roles, packets, size, capture = entry
+        first_seen, last_seen, size, packets, roles, number = unpacked_entry(entry)
         aggregate.first_seen = min(aggregate.first_seen, first_seen)
         aggregate.last_seen = max(aggregate.last_seen, last_seen)
         aggregate.roles |= roles
-        aggregate.captures = self._with(aggregate.captures, capture)
-        aggregate.add(self._vantages[capture], packets, size)
+        aggregate.captures = self._with(aggregate.captures, self._captures_by_number[number])
+        aggregate.add(self._vantages[number], packets, size)
 
     def _with(self, captures: frozenset[str], capture: str) -> frozenset[str]:
         found = self._captures.get((captures, capture))
@@ -395,12 +435,12 @@ class ConversationTable:
 
     def conversations(self) -> list[Conversation]:
         """Every conversation, sorted by (protocol, a, b)."""
-        return list(self._made(take=False))
+        return sorted(self._made(take=False))
 
     def take(self) -> Iterator[Conversation]:
-        """Every conversation, sorted by (protocol, a, b), each leaving the table as it is made:
-        the table is empty at the end, and a day's millions of conversations never exist both
-        as entries and as what they become (see ``orient``)."""
+        """Every conversation, each leaving the table as it is made: the table is empty at the
+        end, and a day's millions of conversations never exist both as entries and as what they
+        become (see ``orient``). In no particular order (``orient`` sorts its flows)."""
         return self._made(take=True)
 
     def _made(self, *, take: bool) -> Iterator[Conversation]:
@@ -408,23 +448,28 @@ class ConversationTable:
         # times; keys are in order, so its calls come together), forgotten now and then: each
         # client's own port would otherwise keep an entry for every connection of the day.
         endpoints: dict[tuple[str, int], Endpoint] = {}
-        alone: dict[str, frozenset[str]] = {}  # a capture → the set of it alone
-        merged = self._merged
+        alone: dict[int, frozenset[str]] = {}  # a file's number → the set of its name alone
+        merged, pairs, protocols = self._merged, self._pairs, _PROTOCOLS
+        tail = KEY_TAIL
+        unpack_tail = _PORTS_AND_PROTOCOL.unpack_from
+        unpack_entry = CONVERSATION_ENTRY.unpack
         tcp = Protocol.TCP  # a local: looking a member up on its class is slow
         keys = sorted(merged, reverse=True)  # taken from the end: each goes once it is used
         while keys:
             key = keys.pop()
             found = merged.pop(key) if take else merged[key]
-            if isinstance(found, tuple):
-                first_seen, last_seen, roles, packets, size, capture = found
-                captures = alone.get(capture) or alone.setdefault(
-                    capture, self._with(frozenset(), capture)
+            if isinstance(found, bytes):
+                first_seen, last_seen, size, packets, roles, number = unpack_entry(found)
+                captures = alone.get(number) or alone.setdefault(
+                    number, self._with(frozenset(), self._captures_by_number[number])
                 )
             else:
                 first_seen, last_seen, roles = found.first_seen, found.last_seen, found.roles
                 packets, size = found.largest()
                 captures = found.captures
-            protocol, ip_a, port_a, ip_b, port_b = key
+            ip_a, ip_b, _ = pairs[key[:-tail]]
+            port_a, port_b, number = unpack_tail(key, len(key) - tail)
+            protocol = protocols[number]
             if len(endpoints) > _SHARED_ENDPOINTS:
                 endpoints.clear()
             a = endpoints.get((ip_a, port_a)) or endpoints.setdefault(
@@ -435,6 +480,11 @@ class ConversationTable:
             )
             opener = _OPENERS[roles]
             sender = _ONLY_SENDERS[roles]
+            opened_by = None if opener == _NEITHER else a if opener == _A else b
+            sent_by = None if sender == _NEITHER else a if sender == _A else b
+            # The key orders its ends by their addresses' bytes; a conversation by their text.
+            if ip_b < ip_a or (ip_a == ip_b and port_b < port_a):
+                a, b = b, a
             yield Conversation(
                 protocol,
                 a,
@@ -444,10 +494,10 @@ class ConversationTable:
                 packets,
                 _SMALL[size] if size < _SMALL_END else size,
                 captures,
-                None if opener == _NEITHER else a if opener == _A else b,
+                opened_by,
                 (protocol is not tcp or _ESTABLISHED_ANYWAY[roles])
                 or _established(protocol, roles, packets),
-                None if sender == _NEITHER else a if sender == _A else b,
+                sent_by,
             )
 
 

@@ -54,6 +54,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from itertools import pairwise
+from sys import intern
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from analyser.addresses import address_key, parse_address
@@ -96,6 +97,10 @@ class Sides:
 
 
 BOTH_SIDES = Sides()
+# Every Sides by (client, server), shared: a day's graph has one per group of connections.
+_SIDES = {
+    (client, server): Sides(client, server) for client in (False, True) for server in (False, True)
+}
 
 
 class Span(NamedTuple):
@@ -625,10 +630,18 @@ class _Builder:
         self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
         self._unions: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
         self.attempts: list[Attempt] = []
+        self._ports: dict[tuple[IpProtocol, int], PortSpec] = {}  # each once, shared
         self.loopback = 0
 
+    def port(self, protocol: IpProtocol, port: int) -> PortSpec:
+        found = self._ports.get((protocol, port))
+        if found is None:
+            found = self._ports[(protocol, port)] = PortSpec(protocol, port)
+        return found
+
     def workload_node(self, workload: Workload) -> str:
-        node_id = str(workload.ref)
+        # Interned: one string per node, for every attribution and edge that names it.
+        node_id = intern(str(workload.ref))
         if node_id not in self.nodes:
             ref = workload.ref
             self.nodes[node_id] = _Node(
@@ -648,13 +661,13 @@ class _Builder:
                 self.nodes[node_id].addresses.add(ip)
             return node_id
         if identity.kind is EndpointKind.NODE and identity.node is not None:
-            node_id = f"node:{identity.node}"
+            node_id = intern(f"node:{identity.node}")
             node = self.nodes.setdefault(node_id, _Node(NodeRole.NODE, identity.node))
         elif identity.kind is EndpointKind.EXTERNAL:
-            node_id = f"ip:{ip}"
+            node_id = intern(f"ip:{ip}")
             node = self.nodes.setdefault(node_id, _Node(NodeRole.EXTERNAL, ip))
         else:  # unresolved, or a Service address on the client side (a direction mistake)
-            node_id = f"unresolved:{ip}"
+            node_id = intern(f"unresolved:{ip}")
             node = self.nodes.setdefault(node_id, _Node(NodeRole.UNRESOLVED, ip))
         node.addresses.add(ip)
         return node_id
@@ -1439,7 +1452,7 @@ def _join_service_flow(
     or to a pod the snapshot did not list behind it: EndpointSlices are from the end of the
     window); else to the Service's backends at the time, or, with none, to its address."""
     assert server.service is not None
-    service = "/".join(server.service)
+    service = intern("/".join(server.service))
     version = address_key(server.ip)[0]
     at, called, protocol = flow.first_seen, flow.server.port, flow.protocol
     backends = resolver.steady_backends(server.service, called, protocol, at, family=version)
@@ -1527,7 +1540,7 @@ class _Joins:
                     members[0][0],
                     client_node,
                     server_node,
-                    PortSpec(protocol, port),
+                    builder.port(protocol, port),
                     service=service,
                     vouched=Sides(client=client_vouched),
                 )
@@ -1564,10 +1577,10 @@ def _count_twinned(
             flow,
             client_node,
             server_node,
-            PortSpec(protocol, port),
+            builder.port(protocol, port),
             service=service,
             twin=twin,
-            vouched=Sides(*sides),
+            vouched=_SIDES[sides],
         )
         builder.count(attribution, members)
 
@@ -1592,7 +1605,11 @@ def _count_plain(
                 told |= names.told
                 asked |= names.asked
         attribution = FlowAttribution(
-            members[0], client_node, server_node, PortSpec(protocol, port), vouched=Sides(*sides)
+            members[0],
+            client_node,
+            server_node,
+            builder.port(protocol, port),
+            vouched=_SIDES[sides],
         )
         builder.count(
             attribution,

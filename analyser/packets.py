@@ -44,11 +44,12 @@ from typing import Any, Final, NamedTuple
 import dpkt
 
 from analyser.flows import (
+    CONVERSATION_ENTRY,
+    AddressPair,
     ConversationEntry,
     ConversationKey,
     conversation_bits,
     handshake_role,
-    protocol_named,
 )
 from analyser.sources import RECORD_HEADER, RECORD_SLACK, RecordChunk, repacked
 
@@ -422,24 +423,26 @@ class FoldedTally(NamedTuple):
     """A file's tally as conversations (:func:`fold_tally`)."""
 
     entries: dict[ConversationKey, ConversationEntry]  # see ``flows.CaptureConversations``
+    pairs: dict[bytes, AddressPair]  # likewise
     counted: int  # packets in them
     skipped: dict[Skip, int]  # packets without facts, by reason
     first_seen: float | None  # the first packet in them
 
 
-def fold_tally(tally: Tally, capture: str) -> FoldedTally:
-    """The two directions of each 5-tuple of ``tally`` (one file's, named ``capture``) as one
-    conversation entry, keyed by its lower endpoint first (see ``flows.CaptureConversations``).
+def fold_tally(tally: Tally, number: int) -> FoldedTally:
+    """The two directions of each 5-tuple of ``tally`` (one file's, the ``number``-th of the
+    files read together) as one conversation entry, packed, keyed by its end with the lower
+    address bytes first (see ``flows.CaptureConversations``).
 
     Here rather than in ``flows`` because it runs once per key of every file (two per short
     connection) and this module is compiled. An address's text is made once per pair of
-    addresses in a file and interned: one string for every conversation it is in, in this file
-    and the others.
+    addresses in a file and interned: one string for every pair it is in, in this file and the
+    others.
     """
-    entries: dict[ConversationKey, ConversationEntry] = {}
+    folded: dict[bytes, tuple[float, float, int, int, int]] = {}
     skipped: dict[Skip, int] = {}
-    pairs: dict[bytes, tuple[str, str]] = {}  # source and destination address → their text
-    protocols = {number: protocol_named(number) for number in (TCP, UDP, SCTP)}
+    earliest: dict[bytes, float] = {}  # a pair of addresses → its first packet
+    protocols = {number: bytes((number,)) for number in (TCP, UDP, SCTP)}
     lower_sent = _LOWER_SENT
     higher_sent = _HIGHER_SENT
     counted = 0
@@ -448,44 +451,52 @@ def fold_tally(tally: Tally, capture: str) -> FoldedTally:
         if isinstance(key, Skip):
             skipped[key] = skipped.get(key, 0) + counts.packets
             continue
-        number, raw = key
-        addresses = raw[:-4]  # see PacketKey
-        found = pairs.get(addresses)
-        if found is None:
-            half = len(addresses) // 2
-            found = pairs[addresses] = (
-                intern(address_text(addresses[:half])),
-                intern(address_text(addresses[half:])),
-            )
-        source, destination = found
-        source_port = raw[-4] << 8 | raw[-3]
-        destination_port = raw[-2] << 8 | raw[-1]
+        protocol, raw = key
+        half = (len(raw) - 4) >> 1  # see PacketKey
+        source = raw[:half]
+        destination = raw[half:-4]
         first: float = counts.first
         last: float = counts.last
         packets: int = counts.packets
         if first < first_seen:
             first_seen = first
         counted += packets
-        protocol = protocols[number]
-        if source < destination or (source == destination and source_port <= destination_port):
-            conversation = (protocol, source, source_port, destination, destination_port)
+        if source < destination or (source == destination and raw[-4:-2] <= raw[-2:]):
+            pair = raw[:-4]
+            conversation = raw + protocols[protocol]
             bits = lower_sent[counts.roles]
         else:
-            conversation = (protocol, destination, destination_port, source, source_port)
+            pair = destination + source
+            conversation = pair + raw[-2:] + raw[-4:-2] + protocols[protocol]
             bits = higher_sent[counts.roles]
-        entry = entries.get(conversation)
+        seen = earliest.get(pair)
+        if seen is None or first < seen:
+            earliest[pair] = first
+        entry = folded.get(conversation)
         if entry is None:
-            entries[conversation] = (first, last, bits, packets, counts.size, capture)
+            folded[conversation] = (first, last, counts.size, packets, bits)
         else:  # the other direction
-            entries[conversation] = (
+            folded[conversation] = (
                 min(entry[0], first),
                 max(entry[1], last),
-                entry[2] | bits,
+                entry[2] + counts.size,
                 entry[3] + packets,
-                entry[4] + counts.size,
-                capture,
+                entry[4] | bits,
             )
-    return FoldedTally(entries, counted, skipped, first_seen if entries else None)
+    pack = CONVERSATION_ENTRY.pack
+    entries = {
+        conversation: pack(first, last, size, packets, bits, number)
+        for conversation, (first, last, size, packets, bits) in folded.items()
+    }
+    pairs: dict[bytes, AddressPair] = {}
+    for pair, first in earliest.items():
+        half = len(pair) >> 1
+        pairs[pair] = (
+            intern(address_text(pair[:half])),
+            intern(address_text(pair[half:])),
+            first,
+        )
+    return FoldedTally(entries, pairs, counted, skipped, first_seen if entries else None)
 
 
 DnsPayload = tuple[float, PacketKey | Skip, bytes, int, int, bool]

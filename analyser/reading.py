@@ -102,6 +102,7 @@ class CaptureTask:
     size: int  # on-disk bytes, as this process sees them (0: unknown); for progress
     max_bytes: int
     per_interface: bool  # a node's capture (see :func:`read_captures`)
+    number: int  # its place among the files read together (see ``flows.CaptureConversations``)
 
 
 Result = TypeVar("Result")
@@ -120,7 +121,7 @@ class CaptureMap(Protocol):
 def read_capture(task: CaptureTask) -> _Partial:
     """The map step: one capture file → its partial aggregates (merged by :func:`read_captures`).
     Top level, so that a process pool or a Dask worker can run it by name."""
-    return _read_one(task.path, task.name, task.max_bytes, per_interface=task.per_interface)
+    return _read_one(task, None)
 
 
 @contextmanager
@@ -139,17 +140,10 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _read_one(
-    path: Path,
-    name: str,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    on_read: Callable[[int], None] | None = None,
-    per_interface: bool = False,
-) -> _Partial:
-    """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read;
-    ``per_interface``: a node's capture (see :func:`read_captures`)."""
+def _read_one(task: CaptureTask, on_read: Callable[[int], None] | None) -> _Partial:
+    """One file → partial aggregates; ``on_read`` gets the on-disk bytes as they are read."""
     with no_cyclic_gc():
-        return _count_file(path, name, max_bytes, on_read, per_interface)
+        return _count_file(task, on_read)
 
 
 def _answered_client(raw: bytes) -> bytes:
@@ -270,14 +264,9 @@ def _copy(counts: Counts) -> Counts:
     return copy
 
 
-def _count_file(
-    path: Path,
-    name: str,
-    max_bytes: int,
-    on_read: Callable[[int], None] | None,
-    per_interface: bool = False,
-) -> _Partial:
-    capture = CaptureFile(path, name=name, on_read=on_read, max_bytes=max_bytes)
+def _count_file(task: CaptureTask, on_read: Callable[[int], None] | None) -> _Partial:
+    name = task.name
+    capture = CaptureFile(task.path, name=name, on_read=on_read, max_bytes=task.max_bytes)
     dns_payloads: list[DnsPayload] = []
     answers = _DnsAnswers()
 
@@ -288,7 +277,7 @@ def _count_file(
         return walked
 
     tally: Tally = {}
-    if per_interface:
+    if task.per_interface:
         interfaces = _InterfaceTallies()
         report = capture.walk(interfaces.walker(count_into))
         tally = interfaces.merged()
@@ -297,12 +286,12 @@ def _count_file(
         report = capture.walk(lambda chunk: count_into(chunk, tally, dns_tally))
         tally.update(dns_tally)
     answers.close()
-    folded = fold_tally(tally, name)
+    folded = fold_tally(tally, task.number)
     skipped = Counter({reason.name.lower(): packets for reason, packets in folded.skipped.items()})
     if report.impossible_times:
         skipped["impossible_time"] = report.impossible_times
     return _Partial(
-        CaptureConversations(name, ring_name(name), folded.entries),
+        CaptureConversations(name, ring_name(name), task.number, folded.entries, folded.pairs),
         answers.table,
         replace(report, first_seen=folded.first_seen),
         folded.counted,
@@ -367,9 +356,9 @@ def read_captures(
     names = [_name_under(path, root) for path in paths]
     tasks = [
         CaptureTask(
-            Path(os.path.abspath(path)), name, _size(path), max_bytes, name in node_captures
+            Path(os.path.abspath(path)), name, _size(path), max_bytes, name in node_captures, number
         )
-        for path, name in zip(paths, names, strict=True)
+        for number, (path, name) in enumerate(zip(paths, names, strict=True))
     ]
     report = on_progress if on_progress is not None else _ignore
     placed = vantages if vantages is not None else {}
@@ -404,9 +393,7 @@ def _read_here(
             done += size
             on_progress(size)
 
-        yield _read_one(
-            task.path, task.name, task.max_bytes, on_read=advance, per_interface=task.per_interface
-        )
+        yield _read_one(task, advance)
         # A damaged file is not read to its end: report the rest too, so the sizes add up.
         if (rest := task.size - done) > 0:
             on_progress(rest)

@@ -66,7 +66,13 @@ def _seen(capture: str, vantage: str, traffic: list[_Directed]) -> CaptureConver
     for protocol, source, destination, counts in traffic:
         ports = struct.pack("!HH", source.port, destination.port)
         tally[(_NUMBERS[protocol], _raw(source) + _raw(destination) + ports)] = counts
-    return CaptureConversations(capture, vantage, fold_tally(tally, capture).entries)
+    number = _FILE_NUMBERS.setdefault(capture, len(_FILE_NUMBERS))
+    folded = fold_tally(tally, number)
+    return CaptureConversations(capture, vantage, number, folded.entries, folded.pairs)
+
+
+# Each file's number among the files read together, as reading gives them.
+_FILE_NUMBERS: dict[str, int] = {}
 
 
 def _add(table: ConversationTable, capture: str, vantage: str, traffic: list[_Directed]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from analyser import packets, sources
-from analyser.flows import Protocol, conversation_bits, handshake_role, protocol_named
+from analyser.flows import conversation_bits, handshake_role
 from analyser.packets import (
     DnsFault,
     DnsPayload,
@@ -551,7 +551,8 @@ def test_fold_tally_makes_one_entry_of_both_directions(implementation: str) -> N
     client, server = (socket.inet_pton(socket.AF_INET, ip) for ip in ("10.0.0.9", "10.0.0.10"))
     low, high = (socket.inet_pton(socket.AF_INET6, ip) for ip in ("fd00::1", "fd00::2"))
     tally = {
-        # The client (the higher address as text: "10.0.0.9" > "10.0.0.10") opens and closes...
+        # The client (the lower address bytes, though "10.0.0.9" > "10.0.0.10" as text) opens
+        # and closes...
         (6, client + server + struct.pack("!HH", 40000, 80)): _counts(module, 5.0, 7.0, 3, 180, 5),
         # ... the server accepts.
         (6, server + client + struct.pack("!HH", 80, 40000)): _counts(module, 5.5, 6.5, 2, 900, 2),
@@ -559,21 +560,36 @@ def test_fold_tally_makes_one_entry_of_both_directions(implementation: str) -> N
         (17, high + low + struct.pack("!HH", 5000, 6000)): _counts(module, 4.0, 4.0, 1, 60, 0),
         module.Skip.SHORT: _counts(module, 1.0, 1.0, 4, 0, 0),
     }  # fmt: skip
-    folded = module.fold_tally(tally, "ns/pod/capture.pcap")
-    assert folded.entries == {
-        # lower endpoint first; bits: b opened (2), a accepted (4), closed (16), both sent
-        (Protocol.TCP, "10.0.0.10", 80, "10.0.0.9", 40000): (
-            5.0, 7.0, 2 | 4 | 16 | 128 | 256, 5, 1080, "ns/pod/capture.pcap"
-        ),
-        (Protocol.UDP, "fd00::1", 6000, "fd00::2", 5000): (
-            4.0, 4.0, 256, 1, 60, "ns/pod/capture.pcap"
-        ),
+    folded = module.fold_tally(tally, 3)
+    assert _unpacked(folded.entries) == {
+        # lower address bytes first; bits: a opened (1), b accepted (8), closed (16), both sent
+        (6, "10.0.0.9", 40000, "10.0.0.10", 80): (5.0, 7.0, 1080, 5, 1 | 8 | 16 | 128 | 256, 3),
+        (17, "fd00::1", 6000, "fd00::2", 5000): (4.0, 4.0, 60, 1, 256, 3),
     }  # fmt: skip
+    assert folded.pairs == {
+        client + server: ("10.0.0.9", "10.0.0.10", 5.0),
+        low + high: ("fd00::1", "fd00::2", 4.0),
+    }
     assert (folded.counted, folded.first_seen) == (6, 4.0)
     assert folded.skipped == {module.Skip.SHORT: 4}
-    # One string per address, for every conversation it is in.
-    assert all(ip is sys.intern(ip) for key in folded.entries for ip in (key[1], key[3]))
-    assert module.fold_tally({}, "x").first_seen is None
+    # One string per address, for every pair it is in.
+    assert all(
+        ip is sys.intern(ip) for ip_a, ip_b, _ in folded.pairs.values() for ip in (ip_a, ip_b)
+    )
+    assert module.fold_tally({}, 0).first_seen is None
+
+
+def _unpacked(entries: dict[bytes, bytes]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """Packed conversation keys and entries as (protocol number, IP a, port a, IP b, port b) and
+    (first seen, last seen, bytes, packets, bits, file number)."""
+    unpacked = {}
+    for key, entry in entries.items():
+        half = (len(key) - 5) // 2
+        family = socket.AF_INET if half == 4 else socket.AF_INET6
+        port_a, port_b, protocol = struct.unpack("!HHB", key[-5:])
+        ip_a, ip_b = (socket.inet_ntop(family, raw) for raw in (key[:half], key[half:-5]))
+        unpacked[(protocol, ip_a, port_a, ip_b, port_b)] = struct.unpack("<ddQQHI", entry)
+    return unpacked
 
 
 def _counts(
@@ -605,16 +621,23 @@ def test_fold_tally_agrees_with_folding_each_key_by_hand(implementation: str) ->
         if not isinstance(key, tuple):
             continue
         number, source, source_port, destination, destination_port = split_key(key)
-        forward = (source, source_port) <= (destination, destination_port)
+        # The end with the lower address bytes first (then the lower port).
         low, high = (source, source_port), (destination, destination_port)
-        conversation = (protocol_named(number), *(low + high if forward else high + low))
+        forward = _packed(low) <= _packed(high)
+        conversation = (number, *(low + high if forward else high + low))
         bits = conversation_bits(counts.roles, forward)
-        entry = expected.setdefault(conversation, [counts.first, counts.last, 0, 0, 0, "f"])
+        entry = expected.setdefault(conversation, [counts.first, counts.last, 0, 0, 0, 7])
         entry[0], entry[1] = min(entry[0], counts.first), max(entry[1], counts.last)
-        entry[2] |= bits
+        entry[2] += counts.size
         entry[3] += counts.packets
-        entry[4] += counts.size
-    folded = module.fold_tally(tally, "f")
-    assert folded.entries == {key: tuple(entry) for key, entry in expected.items()}
+        entry[4] |= bits
+    folded = module.fold_tally(tally, 7)
+    assert _unpacked(folded.entries) == {key: tuple(entry) for key, entry in expected.items()}
     assert len(expected) > 20
     assert folded.counted == sum(entry[3] for entry in expected.values())
+
+
+def _packed(endpoint: tuple[str, int]) -> bytes:
+    ip, port = endpoint
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    return socket.inet_pton(family, ip) + struct.pack("!H", port)
