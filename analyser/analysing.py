@@ -1244,8 +1244,11 @@ class EarlierOutput:
     markers: tuple[Path, ...]
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def _file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes, read a block at a time: report.html of a day's bundle is
+    tens of megabytes, which as text would take up to four times that."""
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def _earlier_output(out: Path) -> EarlierOutput:
@@ -1288,9 +1291,9 @@ def _edited(out: Path, earlier: EarlierOutput, present: set[str]) -> list[str]:
         if digest is None or path not in present:
             continue
         try:
-            if _digest((out / path).read_text(encoding="utf-8")) != digest:
+            if _file_digest(out / path) != digest:  # of the UTF-8 bytes written
                 edited.append(path)
-        except (OSError, UnicodeDecodeError):
+        except OSError:
             edited.append(path)
     return edited
 
@@ -1339,17 +1342,17 @@ def write_output(files: Mapping[str, str], out: Path, *, force: bool = False) ->
     try:
         for stale in sorted(earlier.files.keys() - set(files)):
             _remove(out, _safe_relative(stale))
+        digests = {}
         for path, text in files.items():
             target = out.joinpath(*targets[path].parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             temporary = target.with_name(f".{target.name}.tmp")
-            temporary.write_text(text, encoding="utf-8")
+            data = text.encode("utf-8")  # once per file, for writing and its digest
+            temporary.write_bytes(data)
+            digests[path] = hashlib.sha256(data).hexdigest()
             os.replace(temporary, target)
             written.append(target)
-        marker = {
-            "generated_by": "netpol-sniffer",
-            "files": {path: _digest(text) for path, text in sorted(files.items())},
-        }
+        marker = {"generated_by": "netpol-sniffer", "files": dict(sorted(digests.items()))}
         (out / OUTPUT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         for legacy in earlier.markers:
             if legacy.name != OUTPUT_MARKER:

@@ -205,9 +205,9 @@ class FlowAttribution:
     vouched: Sides = BOTH_SIDES  # see analyser.vouching
     # The label of the bundle whose captures saw it, when several were analysed together.
     window: str = ""
-    # How many connections it stands for: 1 for ``flow`` alone; more past the first
-    # ``LISTED_FLOWS`` of connections counted alike (same addresses, Service, twin's address and
-    # vouched sides), ``flow`` the first of them (see build_graph).
+    # How many connections it stands for: 1 for ``flow`` alone; past the first ``LISTED_FLOWS`` of
+    # its edge and port, those of connections counted alike (same addresses, Service, twin's
+    # address and vouched sides), ``flow`` the first of them (see ``_trimmed``).
     connections: int = 1
 
 
@@ -535,7 +535,7 @@ class _Bucket:
         self.attribution = attribution
         self.connections = self.packets = self.bytes = 0
         self.first_seen, self.last_seen = math.inf, -math.inf
-        self.evidence: set[Evidence] = set()
+        self.evidence: frozenset[Evidence] = frozenset()  # shared (see _Builder._add)
         self.answered = False
         self.first: list[_Pair] = []
 
@@ -631,6 +631,7 @@ class _Builder:
         self._unions: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
         self.attempts: list[Attempt] = []
         self._ports: dict[tuple[IpProtocol, int], PortSpec] = {}  # each once, shared
+        self._evidence: dict[frozenset[Evidence], frozenset[Evidence]] = {}  # likewise
         self.loopback = 0
 
     def port(self, protocol: IpProtocol, port: int) -> PortSpec:
@@ -705,6 +706,13 @@ class _Builder:
         if found is None:
             found = self._unions[(one, other)] = one | other
         return found
+
+    def forget_joins(self) -> None:
+        """Forget the unions of captures of one client address's joined connections, and the
+        spans asked of them: another client address's are of other captures (its own), and a
+        day has hundreds of thousands."""
+        self._unions.clear()
+        self._spans.clear()
 
     def span(self, identity: Identity, captures: frozenset[str]) -> Span:
         """When the side of a connection that was ``identity``, seen by ``captures``, is
@@ -785,7 +793,8 @@ class _Builder:
         bucket.keep(earliest, ordered=ordered)
         bucket.first_seen = min(bucket.first_seen, min(seen.first_seen for seen in views))
         bucket.last_seen = max(bucket.last_seen, max(seen.last_seen for seen in views))
-        bucket.evidence.update({seen.evidence for seen in views})
+        evidence = bucket.evidence | {seen.evidence for seen in views}
+        bucket.evidence = self._evidence.setdefault(evidence, evidence)
         bucket.answered = bucket.answered or any(seen.answered for seen in views)
         if names is not None and names.told:
             edge = (attribution.client, attribution.server)
@@ -795,18 +804,17 @@ class _Builder:
 
     def graph(self) -> WorkloadGraph:
         edges_ports: dict[tuple[str, str], dict[PortSpec, EdgeStats]] = defaultdict(dict)
-        attributions = []
+        by_place: dict[tuple[str, str, PortSpec], list[_Bucket]] = defaultdict(list)
         for bucket in self.buckets.values():
             attribution = bucket.attribution
-            attributions += bucket.attributions()
-            bucket.first = []  # now in its attributions: not twice at this peak of a day's graph
+            by_place[(attribution.client, attribution.server, attribution.port)].append(bucket)
             stats = EdgeStats(
                 flows=bucket.connections,
                 packets=bucket.packets,
                 bytes=bucket.bytes,
                 first_seen=bucket.first_seen,
                 last_seen=bucket.last_seen,
-                evidence=frozenset(bucket.evidence),
+                evidence=bucket.evidence,
                 services=frozenset({attribution.service}) if attribution.service else frozenset(),
                 assumed=attribution.assumed,
                 answered=bucket.answered,
@@ -815,6 +823,15 @@ class _Builder:
             ports = edges_ports[(attribution.client, attribution.server)]
             known = ports.get(attribution.port)
             ports[attribution.port] = stats if known is None else known.merged(stats)
+        # Listed one edge and port at a time (what WorkloadGraph would do with them all): a day's
+        # graph would otherwise hold millions of attributions at its peak, most to be trimmed.
+        attributions = []
+        for place in sorted(by_place):
+            buckets = by_place.pop(place)
+            listed = [attribution for bucket in buckets for attribution in bucket.attributions()]
+            for bucket in buckets:
+                bucket.first = []  # now in its attributions
+            attributions += _trimmed(sorted(listed, key=_attributed_flow_key))
         nodes = []
         for node_id, node in self.nodes.items():
             addresses = tuple(sorted(node.addresses, key=address_key))
@@ -938,15 +955,50 @@ def _flow_key(flow: Flow) -> _FlowKey:
 def _sorted_attributions(
     attributions: Iterable[FlowAttribution],
 ) -> tuple[FlowAttribution, ...]:
-    """``attributions`` by edge, port and :func:`_flow_key`: per edge and port, so that the sort
-    keys of a day's millions never all exist at once."""
+    """``attributions`` by edge, port and :func:`_flow_key`, :func:`_trimmed`: per edge and
+    port, so that the sort keys of a day's millions never all exist at once."""
     by_place: dict[tuple[str, str, PortSpec], list[FlowAttribution]] = defaultdict(list)
     for attribution in attributions:
         by_place[(attribution.client, attribution.server, attribution.port)].append(attribution)
     ordered: list[FlowAttribution] = []
     for place in sorted(by_place):
-        ordered += sorted(by_place.pop(place), key=_attributed_flow_key)
+        ordered += _trimmed(sorted(by_place.pop(place), key=_attributed_flow_key))
     return tuple(ordered)
+
+
+def _trimmed(ordered: list[FlowAttribution]) -> list[FlowAttribution]:
+    """One edge and port's attributions (sorted): the first ``LISTED_FLOWS``, what report.html
+    lists one by one; of the rest, the first of each group of connections counted alike
+    (:func:`_counted_alike`) standing for all of the group's (``connections``): what the count
+    of the connections not listed and the addresses an end used need (``replaying``)."""
+    if len(ordered) <= LISTED_FLOWS:
+        return ordered
+    rest: dict[tuple[Any, ...], list[Any]] = {}  # group → [its first attribution, connections]
+    for attribution in ordered[LISTED_FLOWS:]:
+        found = rest.get(_counted_alike(attribution))
+        if found is None:
+            rest[_counted_alike(attribution)] = [attribution, attribution.connections]
+        else:
+            found[1] += attribution.connections
+    return ordered[:LISTED_FLOWS] + [
+        first if first.connections == connections else replace(first, connections=connections)
+        for first, connections in rest.values()
+    ]
+
+
+def _counted_alike(attribution: FlowAttribution) -> tuple[Any, ...]:
+    """What the attributions of connections counted alike share (see ``_Builder._add``): all but
+    the flow, its twin and their count, and the addresses they were between."""
+    twin = attribution.twin
+    return (
+        attribution.service,
+        attribution.assumed,
+        attribution.vouched,
+        attribution.window,
+        attribution.flow.client.ip,
+        attribution.flow.server.ip,
+        None if twin is None else twin.server.ip,
+    )
 
 
 def _attributed_flow_key(attribution: FlowAttribution) -> _FlowKey:
@@ -1018,6 +1070,7 @@ def build_graph(
             _count_group(builder, group.key, group.members, group.steady)
     for client_groups in one_by_one.values():
         _count_flows(builder, _in_flow_order(_resolved_flows(client_groups, resolver)))
+        builder.forget_joins()
     return builder.graph()
 
 

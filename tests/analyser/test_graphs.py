@@ -403,6 +403,34 @@ def test_connections_of_one_pair_are_counted_as_each_would_be() -> None:
     assert [a.connections for a in attributions] == [1] * graphs.LISTED_FLOWS + [480]
 
 
+def test_an_edge_lists_its_first_connections_and_one_attribution_per_group_for_the_rest() -> None:
+    # Two groups of connections counted alike on one edge and port (one per server address):
+    # report.html lists the edge's first LISTED_FLOWS, whichever group they are in; the rest are
+    # counted, one attribution per group (the addresses an end used come from them).
+    flows = [
+        flow(
+            f"{API_BLUE}:{40000 + n}",
+            f"{WEB_A if n % 2 else WEB_B}:8080",
+            clock=f"09:{40 + n // 60}:{n % 60:02d}",
+            capture="captures/shop/api/c.pcap",
+        )
+        for n in range(200)
+    ]
+    graph = build_graph(flows, resolver(), scope=SCOPE)
+    attributions = graph.flows_on_edge(API_BLUE_W, WEB, PortSpec(TCP, 8080))
+    listed, rest = attributions[: graphs.LISTED_FLOWS], attributions[graphs.LISTED_FLOWS :]
+    assert [a.flow for a in listed] == flows[: graphs.LISTED_FLOWS]
+    assert all(a.connections == 1 for a in listed)
+    assert [(a.flow, a.connections) for a in rest] == [
+        (flows[graphs.LISTED_FLOWS], 90),
+        (flows[graphs.LISTED_FLOWS + 1], 90),
+    ]
+    assert {a.flow.server.ip for a in rest} == {WEB_A, WEB_B}
+    # As it is made, so it stays: a graph of these attributions lists the same.
+    again = WorkloadGraph(graph.nodes, graph.edges, tuple(reversed(graph.attributions)))
+    assert again.attributions == graph.attributions
+
+
 def test_connections_seen_from_both_ends_are_counted_as_each_would_be() -> None:
     # Joined to their twins one by one, then counted together (graphs._Joins): each connection
     # once with the larger count of its two views, the first ones listed with their twins.
