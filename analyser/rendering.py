@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import jinja2.bccache
@@ -38,17 +38,7 @@ import yaml
 
 from analyser import documents
 from analyser.adopting import Adoption
-from analyser.baselines import (
-    Baseline,
-    BaselineRule,
-    NamespacesPeer,
-    NetworksPeer,
-    egress_rules,
-    ingress_rules,
-    subject,
-)
 from analyser.bundles import FileProblem
-from analyser.cilium import CiliumPlan, CiliumPolicy, CiliumRule
 from analyser.explaining import CiliumReasons, RuleReasons
 from analyser.flows import Evidence
 from analyser.fqdnselectors import FqdnSelector, valid_name, valid_pattern
@@ -81,6 +71,12 @@ from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
 from analyser.vantages import Coverage
 from kernel.bundles import Window
 from kernel.errors import RenderError
+
+if TYPE_CHECKING:
+    # Only --baseline cluster and the Cilium format render these: their modules are imported
+    # where that happens, not by every analyse (issue 13).
+    from analyser.baselines import Baseline, BaselineRule
+    from analyser.cilium import CiliumPlan, CiliumPolicy, CiliumRule
 
 ANNOTATION_PREFIX = "netpol-sniffer.io/"
 # Kustomize's extension-less file name: `kubectl apply -k DIR` reads it, while `kubectl apply -f
@@ -500,6 +496,8 @@ def default_deny_object(deny: DefaultDeny, *, provenance: Provenance) -> dict[st
 
 
 def _baseline_rule_object(rule: BaselineRule, peer_key: str) -> dict[str, Any]:
+    from analyser.baselines import NamespacesPeer, NetworksPeer
+
     peers: list[dict[str, Any]] = []
     for peer in rule.peers:
         if isinstance(peer, NetworksPeer):
@@ -529,6 +527,8 @@ def _baseline_rule_object(rule: BaselineRule, peer_key: str) -> dict[str, Any]:
 
 def baseline_object(baseline: Baseline, *, provenance: Provenance) -> dict[str, Any]:
     """The ClusterNetworkPolicy :func:`render_baseline`'s YAML parses to."""
+    from analyser.baselines import egress_rules, ingress_rules, subject
+
     metadata = _metadata_object(baseline.name, None, _labels(()), _annotations(provenance))
     return {
         "apiVersion": BASELINE_API_VERSION,
@@ -769,6 +769,8 @@ def render_cilium_default_deny(deny: DefaultDeny, *, provenance: Provenance) -> 
 
 def render_baseline(baseline: Baseline, *, provenance: Provenance) -> str:
     """The cluster baseline: one Baseline-tier ClusterNetworkPolicy (``analyser.baselines``)."""
+    from analyser.baselines import egress_rules, ingress_rules, subject
+
     if not is_dns1123_subdomain(baseline.name):
         raise RenderError(f"{baseline.name!r} is not a valid ClusterNetworkPolicy name")
     for namespace in (*baseline.exempt_namespaces, *(peer.namespace for peer in baseline.dns)):
