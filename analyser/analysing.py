@@ -26,18 +26,11 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from analyser.addresses import parse_address
 from analyser.adopting import Adoption, adopt
-from analyser.baselines import (
-    EXEMPT_LABEL,
-    EXEMPT_VALUE,
-    Baseline,
-    baseline_for,
-    labelled_exempt,
-)
 from analyser.bundles import Bundle, FileProblem
-from analyser.cilium import cilium_plan
 from analyser.evaluation import PolicySet, policy_name
 from analyser.explaining import explain, explain_cilium
 from analyser.flows import Evidence, Flow
@@ -117,6 +110,11 @@ from analyser.verifying import change_json
 from analyser.vouching import Witnesses
 from kernel.bundles import CAPTURES, NODE_CAPTURES, SNAPSHOT_KINDS, Window
 from kernel.errors import CaptureError, CaptureTooLarge, OutputError, RenderError, SnapshotError
+
+if TYPE_CHECKING:
+    # analyser.baselines and analyser.cilium are imported where --baseline cluster and the
+    # Cilium format need them, not by every analyse (issue 13).
+    from analyser.baselines import Baseline
 
 GRAPH_DOT = "graph.dot"
 GRAPH_SVG = "graph.svg"
@@ -961,16 +959,16 @@ def conclude(
         Provenance(window.start_text, window.end_text) if window is not None else Provenance()
     )
     exposed = {p.workload: exposures[p.workload] for p in policies if p.workload in exposures}
-    written_baseline = (
-        baseline_for(
+    written_baseline: Baseline | None = None
+    if options.baseline:
+        from analyser.baselines import baseline_for
+
+        written_baseline = baseline_for(
             plan,
             namespaces=seen.snapshot.namespace_names,
             cluster_dns=cluster_dns,
             nodes=node_blocks(seen.graph, cluster.node_addresses, options.node_cidrs),
         )
-        if options.baseline
-        else None
-    )
     reasons = explain(plan, seen.graph, cluster_dns=cluster_dns)
     files: dict[str, str] = {}
     folders = _folders(options.policy_format)
@@ -984,6 +982,8 @@ def conclude(
             reasons=reasons,
         )
     if PolicyFormat.CILIUM in folders:
+        from analyser.cilium import cilium_plan
+
         cilium = cilium_plan(
             plan,
             seen.graph,
@@ -1117,6 +1117,8 @@ def _baseline_notes(baseline: Baseline | None, snapshot: Snapshot) -> tuple[str,
     """What the user must know about the cluster baseline: that none was written, that the
     snapshot's namespaces are only those its objects name, that an exempt label keeps a captured
     namespace out of it."""
+    from analyser.baselines import EXEMPT_LABEL, EXEMPT_VALUE, labelled_exempt
+
     if baseline is None:
         return (
             "no cluster baseline: no namespace could be isolated (see the workloads without "

@@ -29,13 +29,18 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
-from analyser.cilium import CiliumPlan, CiliumPolicy, CiliumRule, asked_names
 from analyser.fqdnselectors import FqdnSelector
 from analyser.graphs import EdgeStats, GraphNode, NodeRole, WorkloadGraph
 from analyser.peers import ClusterDns, IpPeer, PodPeer, PortSpec, single_address, special_address
 from analyser.policies import EGRESS, INGRESS, NODE_BLOCK_DESCRIPTION, Policy, PolicyPlan, Rule
 from kernel.times import utc_text
+
+if TYPE_CHECKING:
+    # analyser.cilium is imported where the Cilium format is explained (--format cilium or all),
+    # not at every analyse's start (issue 13).
+    from analyser.cilium import CiliumPlan, CiliumPolicy, CiliumRule
 
 # Per rule: port and name lines written before the rest is summarised, and peers named in one
 # line.
@@ -45,7 +50,7 @@ MAX_LISTED_PEERS = 3
 
 # (direction, rule) → the comment lines above it; directions are policies.INGRESS and EGRESS.
 RuleReasons = Mapping[tuple[str, Rule], tuple[str, ...]]
-CiliumReasons = Mapping[tuple[str, CiliumRule], tuple[str, ...]]
+CiliumReasons: TypeAlias = "Mapping[tuple[str, CiliumRule], tuple[str, ...]]"
 
 WHY_DNS = (
     "DNS is allowed to every workload, lookups seen or not: "
@@ -387,6 +392,8 @@ def _selector_lines(
 def _answers(graph: WorkloadGraph, workload: str) -> dict[str, set[str]]:
     """Name the workload asked for → the outside addresses it was answered with (and then
     reached)."""
+    from analyser.cilium import asked_names
+
     answers: dict[str, set[str]] = defaultdict(set)
     for address, names in asked_names(graph, workload).items():
         for name in names:

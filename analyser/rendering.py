@@ -10,11 +10,18 @@ problems) leaves a template through a filter that makes it inert for that format
 mistake, or a character that escaped a filter, raises :class:`RenderError` instead of reaching
 a cluster. Output is deterministic: the same input gives the same bytes (no wall-clock times;
 rules, ports and files are sorted).
+
+The one thing kept outside memory: compiled templates, in a cache directory the caller chooses
+and has checked (:func:`use_bytecode_cache`; ``cli.caches`` picks a private per-user one), so a
+run does not compile the same templates again (~0.08 CPU-s a run otherwise). Jinja keys each
+entry by the template's path and checks it against the checksum of the template's source: an
+edited template is compiled again.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -22,25 +29,16 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
+import jinja2.bccache
 import markupsafe
 import yaml
 
 from analyser import documents
 from analyser.adopting import Adoption
-from analyser.baselines import (
-    Baseline,
-    BaselineRule,
-    NamespacesPeer,
-    NetworksPeer,
-    egress_rules,
-    ingress_rules,
-    subject,
-)
 from analyser.bundles import FileProblem
-from analyser.cilium import CiliumPlan, CiliumPolicy, CiliumRule
 from analyser.explaining import CiliumReasons, RuleReasons
 from analyser.flows import Evidence
 from analyser.fqdnselectors import FqdnSelector, valid_name, valid_pattern
@@ -73,6 +71,12 @@ from analyser.texts import inert, is_dns1123_label, is_dns1123_subdomain
 from analyser.vantages import Coverage
 from kernel.bundles import Window
 from kernel.errors import RenderError
+
+if TYPE_CHECKING:
+    # Only --baseline cluster and the Cilium format render these: their modules are imported
+    # where that happens, not by every analyse (issue 13).
+    from analyser.baselines import Baseline, BaselineRule
+    from analyser.cilium import CiliumPlan, CiliumPolicy, CiliumRule
 
 ANNOTATION_PREFIX = "netpol-sniffer.io/"
 # Kustomize's extension-less file name: `kubectl apply -k DIR` reads it, while `kubectl apply -f
@@ -193,9 +197,12 @@ def nest(text: str, width: int) -> str:
     return "\n".join([first, *(" " * width + line if line else line for line in rest)])
 
 
-def _environment() -> jinja2.Environment:
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _environment(templates: Path = TEMPLATES) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        loader=jinja2.FileSystemLoader(templates),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # YAML, DOT and Markdown: every scalar goes through a filter instead
         trim_blocks=True,
@@ -217,6 +224,61 @@ def _environment() -> jinja2.Environment:
 
 
 _ENV = _environment()
+
+
+class _BytecodeCache(jinja2.FileSystemBytecodeCache):
+    """Jinja's own cache of compiled templates in a directory, whose failures cost only the
+    cache: an entry that cannot be read is compiled again, and one that cannot be written (a full
+    disk, a directory gone or read-only) is not kept, where Jinja's would raise in the middle of
+    a render. Its file names carry what the compiled code depends on besides the source (see
+    :func:`_compiled_by`)."""
+
+    def __init__(self, directory: Path, env: jinja2.Environment) -> None:
+        super().__init__(str(directory), f"__netpol_sniffer_{_compiled_by(env)}_%s.cache")
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except Exception:  # unreadable, or not an entry (pickle's errors are of many kinds)
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        with contextlib.suppress(OSError):
+            super().dump_bytecode(bucket)
+
+
+def _compiled_by(env: jinja2.Environment) -> str:
+    """What a compiled template depends on besides its source and Python's version (Jinja checks
+    both): Jinja's version and the environment's syntax and compiler settings. Jinja keys its
+    entries by the template's path only, so without this an upgraded Jinja or a changed setting
+    would run code compiled before."""
+    settings = (
+        jinja2.__version__,
+        env.block_start_string,
+        env.block_end_string,
+        env.variable_start_string,
+        env.variable_end_string,
+        env.comment_start_string,
+        env.comment_end_string,
+        env.line_statement_prefix,
+        env.line_comment_prefix,
+        env.trim_blocks,
+        env.lstrip_blocks,
+        env.newline_sequence,
+        env.keep_trailing_newline,
+        env.optimized,
+        env.autoescape,
+        env.is_async,
+        sorted(env.extensions),
+    )
+    return hashlib.sha256(repr(settings).encode()).hexdigest()[:16]
+
+
+def use_bytecode_cache(directory: Path | None) -> None:
+    """Keep compiled templates in ``directory`` from now on, or (None) compile them in memory on
+    every run. Jinja runs the code it finds there: the directory must be one only this user can
+    write to (``cli.caches.template_cache`` checks). Output is the same either way."""
+    _ENV.bytecode_cache = None if directory is None else _BytecodeCache(directory, _ENV)
 
 
 def _render(template: str, **context: object) -> str:
@@ -434,6 +496,8 @@ def default_deny_object(deny: DefaultDeny, *, provenance: Provenance) -> dict[st
 
 
 def _baseline_rule_object(rule: BaselineRule, peer_key: str) -> dict[str, Any]:
+    from analyser.baselines import NamespacesPeer, NetworksPeer
+
     peers: list[dict[str, Any]] = []
     for peer in rule.peers:
         if isinstance(peer, NetworksPeer):
@@ -463,6 +527,8 @@ def _baseline_rule_object(rule: BaselineRule, peer_key: str) -> dict[str, Any]:
 
 def baseline_object(baseline: Baseline, *, provenance: Provenance) -> dict[str, Any]:
     """The ClusterNetworkPolicy :func:`render_baseline`'s YAML parses to."""
+    from analyser.baselines import egress_rules, ingress_rules, subject
+
     metadata = _metadata_object(baseline.name, None, _labels(()), _annotations(provenance))
     return {
         "apiVersion": BASELINE_API_VERSION,
@@ -703,6 +769,8 @@ def render_cilium_default_deny(deny: DefaultDeny, *, provenance: Provenance) -> 
 
 def render_baseline(baseline: Baseline, *, provenance: Provenance) -> str:
     """The cluster baseline: one Baseline-tier ClusterNetworkPolicy (``analyser.baselines``)."""
+    from analyser.baselines import egress_rules, ingress_rules, subject
+
     if not is_dns1123_subdomain(baseline.name):
         raise RenderError(f"{baseline.name!r} is not a valid ClusterNetworkPolicy name")
     for namespace in (*baseline.exempt_namespaces, *(peer.namespace for peer in baseline.dns)):

@@ -21,6 +21,9 @@ Written to DIR (apply with `kubectl apply -f DIR`, `-R -f DIR` or `-k DIR`):
 Damaged capture files, and files past --max-capture-size, are warnings: the packets before the
 damage or the cap are used. Exit status 0 on success, 1 on unusable input (no bundle, no
 snapshot, no capture that could be read) or an output problem. See docs/analyse.md.
+
+The templates are kept compiled in $XDG_CACHE_HOME/netpol-sniffer/templates (~/.cache/...),
+a private folder; NETPOL_SNIFFER_TEMPLATE_CACHE=0 turns that off (docs/analyse.md).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cli.arguments import SPECIAL_CLASSES, byte_size, network, positive_int
+from cli.caches import template_cache
 from cli.main import ExitStatus, echo, say
 from cli.progress import reading_captures
 
@@ -165,9 +169,11 @@ def run(args: argparse.Namespace) -> int:
     from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
     from analyser.peers import SPECIAL_REASONS, SpecialAddress
     from analyser.policies import INGRESS, MAX_OUTSIDE_ADDRESSES
+    from analyser.rendering import use_bytecode_cache
     from analyser.sources import DEFAULT_MAX_BYTES
     from analyser.windows import analyse_windows
 
+    use_bytecode_cache(template_cache())  # compiled templates kept between runs, if it can
     bundles = [open_bundle(path) for path in args.bundles]
     captures = [path for bundle in bundles for path in bundle.captures]
     with ExitStack() as cluster:

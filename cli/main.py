@@ -13,7 +13,6 @@ never as escape sequences or line breaks of their own.
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import logging
 import os
@@ -127,6 +126,8 @@ def _run(args_in: list[str], *, debug: bool) -> int:
         return ExitStatus.OK
     name, rest = args_in[0], args_in[1:]
     if name not in COMMANDS:
+        import difflib  # here: only a mistyped command needs it, not every run's start
+
         close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         print(

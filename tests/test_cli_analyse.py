@@ -195,6 +195,25 @@ def test_the_installed_command_runs(bundle: Path, tmp_path: Path) -> None:
     assert json.loads(result.stdout)["policies"] == ["shop.cart.yaml", "web.frontend.yaml"]
 
 
+def test_a_default_analyse_does_not_import_what_only_other_options_use(
+    bundle: Path, tmp_path: Path
+) -> None:
+    # Imports are a fixed cost of every run (issue 13): the Cilium format's and the cluster
+    # baseline's modules wait for --format cilium/all and --baseline cluster (their own tests run
+    # them), difflib for a mistyped command.
+    code = (
+        "import sys\nfrom cli.main import main\n"
+        f"assert main(['analyse', {str(bundle)!r}, '-o', {str(tmp_path)!r}]) == 0\n"
+        "print(sorted(m for m in ('analyser.cilium', 'analyser.baselines', 'difflib') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_a_plain_folder_of_loose_pcaps_and_a_snapshot(
     bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
