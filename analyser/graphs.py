@@ -772,18 +772,8 @@ class _Builder:
         addresses seen: what the attributions tell), whose first attribution stands for all.
         ``earliest``: the first connections (at least those that may be listed), ``views``:
         every flow seen of them."""
-        flow, twin = attribution.flow, attribution.twin
-        key = (
-            attribution.client,
-            attribution.server,
-            attribution.port,
-            attribution.service,
-            attribution.assumed,
-            attribution.vouched,
-            flow.client.ip,
-            flow.server.ip,
-            None if twin is None else twin.server.ip,
-        )
+        key = (attribution.client, attribution.server, attribution.port)
+        key += _counted_alike(attribution)
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = _Bucket(attribution)
@@ -975,9 +965,10 @@ def _trimmed(ordered: list[FlowAttribution]) -> list[FlowAttribution]:
         return ordered
     rest: dict[tuple[Any, ...], list[Any]] = {}  # group → [its first attribution, connections]
     for attribution in ordered[LISTED_FLOWS:]:
-        found = rest.get(_counted_alike(attribution))
+        group = _counted_alike(attribution)
+        found = rest.get(group)
         if found is None:
-            rest[_counted_alike(attribution)] = [attribution, attribution.connections]
+            rest[group] = [attribution, attribution.connections]
         else:
             found[1] += attribution.connections
     return ordered[:LISTED_FLOWS] + [
@@ -987,8 +978,9 @@ def _trimmed(ordered: list[FlowAttribution]) -> list[FlowAttribution]:
 
 
 def _counted_alike(attribution: FlowAttribution) -> tuple[Any, ...]:
-    """What the attributions of connections counted alike share (see ``_Builder._add``): all but
-    the flow, its twin and their count, and the addresses they were between."""
+    """What the attributions of connections counted alike on one edge and port share (their
+    bucket, ``_Builder._add``): all but the flow, its twin and their count, and the addresses
+    they were between."""
     twin = attribution.twin
     return (
         attribution.service,
