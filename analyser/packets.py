@@ -41,8 +41,6 @@ from enum import IntEnum, StrEnum
 from sys import intern
 from typing import Any, Final, NamedTuple
 
-import dpkt
-
 from analyser.flows import (
     CONVERSATION_ENTRY,
     AddressPair,
@@ -853,6 +851,10 @@ def _response(message_after_id: bytes) -> DnsResponse | DnsFault | None:
     Cached, and keyed without the 2-byte message ID, because clients ask the same names over and
     over and dpkt takes tens of microseconds per message.
     """
+    # Imported at the first DNS message: importing dpkt (all its protocols) takes 50 ms, a
+    # thirtieth of reading a million packets, and captures without DNS need none of it.
+    import dpkt
+
     try:
         # Authority and additional records are not needed: zero their counts so that a message
         # cut by the snap length in those sections still gives its answers.
