@@ -701,14 +701,17 @@ def observe(
     max_capture_size: int = DEFAULT_MAX_BYTES,
     within: Window | None = None,
     capture_map: CaptureMap | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> Observation:
     """Read ``bundle``: snapshot and history → resolver; captures → flows → workload graph.
 
     ``workers`` processes read capture files (default: one per core), or ``capture_map`` does
     (e.g. a Dask cluster's: ``analyser.distributing``). ``on_progress`` gets the
     size in bytes of each capture file once it is read (total: the sum of ``bundle.captures``'
-    sizes). At most ``max_capture_size`` bytes of each capture file (decompressed) are read; a
-    file with more is a problem, and the packets before the cap count. Raises
+    sizes); ``on_step`` is told what runs once they are all read (``read_captures``), then
+    before the graph is built. At most ``max_capture_size`` bytes of each capture file
+    (decompressed) are read; a file with more is a problem, and the packets before the cap
+    count. Raises
     :class:`~kernel.errors.SnapshotError` for an unusable snapshot and
     :class:`~kernel.errors.CaptureError` when not one capture file could be read; damaged
     captures, history or meta.json files become ``problems``. With ``within`` (several bundles
@@ -761,6 +764,7 @@ def observe(
         max_bytes=max_capture_size,
         node_captures=on_nodes.vantages.keys(),
         orientation=Orientation(resolver.known_listener),
+        on_step=on_step,
     )
     _ensure_something_read(traffic)
     # Kept once (a day holds millions): in the observation, not also in its traffic.
@@ -785,6 +789,8 @@ def observe(
     scope = resolver.scope_of(readable | loose.pods | {p for ps in node_pods.values() for p in ps})
     vantages = {**{c: p.vantages for c, p in placed.items()}, **loose.vantages}
     witnesses = Witnesses(vantages, traffic.reports, resolver)
+    if on_step is not None:
+        on_step(f"building the workload graph of {len(flows):,} flows")
     graph = build_graph(flows, resolver, traffic.dns, scope=scope, witness=witnesses)
     rings = bundle_ring_losses(
         bundle,
@@ -882,18 +888,20 @@ def analyse(
     policy_format: PolicyFormat = PolicyFormat.NETWORKPOLICY,
     max_names_per_suffix: int = MAX_NAMES_PER_SUFFIX,
     capture_map: CaptureMap | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> Analysis:
     """:func:`observe` ``bundle``, then make its policies and render every output file (in
     memory; :func:`write_output` writes them): :func:`conclude` with the bundle's own
-    :class:`ClusterContext`. ``max_capture_size``, ``workers`` and ``capture_map``: see
-    :func:`observe`; the other options: see :func:`conclude`. Raises what :func:`observe` and
-    :func:`conclude` raise."""
+    :class:`ClusterContext`. ``max_capture_size``, ``workers``, ``capture_map``, ``on_progress``
+    and ``on_step`` (told also before :func:`conclude`): see :func:`observe`; the other options:
+    see :func:`conclude`. Raises what :func:`observe` and :func:`conclude` raise."""
     seen = observe(
         bundle,
         workers=workers,
         on_progress=on_progress,
         max_capture_size=max_capture_size,
         capture_map=capture_map,
+        on_step=on_step,
     )
     options = PolicyOptions(
         default_deny=default_deny,
@@ -905,7 +913,13 @@ def analyse(
         policy_format=policy_format,
         max_names_per_suffix=max_names_per_suffix,
     )
+    if on_step is not None:
+        on_step(CONCLUDING)
     return conclude(seen, ClusterContext.of(seen), options)
+
+
+# What ``on_step`` is told before :func:`conclude`.
+CONCLUDING = "making the policies, their review, the report and the pictures"
 
 
 def conclude(

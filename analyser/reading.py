@@ -322,6 +322,7 @@ def read_captures(
     node_captures: Collection[str] = (),
     capture_map: CaptureMap | None = None,
     orientation: Orientation | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`: its conversations, or with an
     ``orientation`` its flows (``flows.orient``; what an analysis wants, made with less memory).
@@ -333,7 +334,8 @@ def read_captures(
     cluster: ``analyser.distributing``), and ``workers`` is not used. ``on_progress`` is called in
     this process with numbers of on-disk bytes read (per megabyte when reading in this process,
     per file otherwise), adding up to the sum of the files' sizes, which a progress bar can use
-    as its total.
+    as its total. ``on_step`` is told, once every file is read, what comes next and how big it
+    is (on a day's bundle, turning the conversations into flows takes a while).
 
     ``vantages`` says where files (by their names) were taken, e.g. in a pod: of what such a
     file saw, only the conversations with an end that was the vantage point's own address are
@@ -362,18 +364,22 @@ def read_captures(
     ]
     report = on_progress if on_progress is not None else _ignore
     placed = vantages if vantages is not None else {}
-    if capture_map is not None:
-        return _merge(_read_mapped(capture_map, tasks, report), placed).finish(orientation)
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
-    if count <= 1:
-        return _merge(_read_here(tasks, report), placed).finish(orientation)
-    # Imported here: it pulls in multiprocessing, a sixtieth of a second that one-worker reads
-    # (and every short-lived command) need not pay.
-    from concurrent.futures import ProcessPoolExecutor
+    if capture_map is not None:
+        merged = _merge(_read_mapped(capture_map, tasks, report), placed)
+    elif count <= 1:
+        merged = _merge(_read_here(tasks, report), placed)
+    else:
+        # Imported here: it pulls in multiprocessing, a sixtieth of a second that one-worker
+        # reads (and every short-lived command) need not pay.
+        from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=count) as pool:
-        merged = _merge(_read_mapped(pool, tasks, report), placed)
+        with ProcessPoolExecutor(max_workers=count) as pool:
+            merged = _merge(_read_mapped(pool, tasks, report), placed)
     # With the workers gone: their memory is not held while conversations become flows.
+    if on_step is not None:
+        doing = "sorting" if orientation is None else "orienting"
+        on_step(f"{doing} {len(merged.table):,} conversations")
     return merged.finish(orientation)
 
 

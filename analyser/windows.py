@@ -33,6 +33,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from analyser.analysing import (
+    CONCLUDING,
     DEFAULT_POLICY_OPTIONS,
     Analysis,
     ClusterContext,
@@ -140,6 +141,7 @@ def observe_windows(
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
     capture_map: CaptureMap | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> Windows:
     """Observe each bundle on its own (with its own window: ``observe``'s ``within``), then
     merge: see the module's docstring. Raises what ``observe`` raises, naming the bundle, and
@@ -155,9 +157,12 @@ def observe_windows(
                 max_capture_size=max_capture_size,
                 within=window,
                 capture_map=capture_map,
+                on_step=on_step,
             )
         )
     _ensure_one_cluster(observations)
+    if on_step is not None:
+        on_step(f"merging {len(observations)} capture windows")
     windows = window_labels(observations)
     labelled = [(window.label, seen) for window, seen in zip(windows, observations, strict=True)]
     return Windows(
@@ -176,10 +181,12 @@ def analyse_windows(
     on_progress: Callable[[int], None] | None = None,
     max_capture_size: int = DEFAULT_MAX_BYTES,
     capture_map: CaptureMap | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> Analysis:
     """One policy set from several bundles (:func:`observe_windows`, then ``conclude`` with the
-    merged cluster context and ``options``); reading as ``analysing.observe``. One bundle is
-    analysed as ``analyse`` does: ``conclude`` with its own context."""
+    merged cluster context and ``options``); reading as ``analysing.observe``, and ``on_step``
+    told also before ``conclude``. One bundle is analysed as ``analyse`` does: ``conclude``
+    with its own context."""
     if len(bundles) == 1:
         seen = observe(
             bundles[0],
@@ -187,16 +194,22 @@ def analyse_windows(
             on_progress=on_progress,
             max_capture_size=max_capture_size,
             capture_map=capture_map,
+            on_step=on_step,
         )
-        return conclude(seen, ClusterContext.of(seen), options)
-    found = observe_windows(
-        bundles,
-        workers=workers,
-        on_progress=on_progress,
-        max_capture_size=max_capture_size,
-        capture_map=capture_map,
-    )
-    return conclude(found.observation, found.cluster, options)
+        cluster = ClusterContext.of(seen)
+    else:
+        found = observe_windows(
+            bundles,
+            workers=workers,
+            on_progress=on_progress,
+            max_capture_size=max_capture_size,
+            capture_map=capture_map,
+            on_step=on_step,
+        )
+        seen, cluster = found.observation, found.cluster
+    if on_step is not None:
+        on_step(CONCLUDING)
+    return conclude(seen, cluster, options)
 
 
 # -- merging ----------------------------------------------------------------------------------

@@ -205,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
                 on_progress=bar.advance,
                 max_capture_size=args.max_capture_size or DEFAULT_MAX_BYTES,
                 capture_map=capture_map,
+                on_step=bar.step,
             )
     for problem in analysis.problems:
         say("analyse", f"warning: {problem.path}: {problem.problem}")

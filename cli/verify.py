@@ -98,12 +98,13 @@ def _verify(args: argparse.Namespace) -> int:
     bundles = [open_bundle(path) for path in args.bundles]
     with reading_captures([path for bundle in bundles for path in bundle.captures]) as bar:
         if len(bundles) == 1:
-            observation = observe(bundles[0], on_progress=bar.advance)
+            observation = observe(bundles[0], on_progress=bar.advance, on_step=bar.step)
             cluster = cluster_facts(observation.snapshot, observation.resolver)
         else:
-            windows = observe_windows(bundles, on_progress=bar.advance)
+            windows = observe_windows(bundles, on_progress=bar.advance, on_step=bar.step)
             observation, cluster = windows.observation, windows.cluster.facts
-    result = verify_graph(loaded.policies, observation.graph, cluster)
+        bar.step("checking the policies against the observed flows")
+        result = verify_graph(loaded.policies, observation.graph, cluster)
     notes = [*loaded.notes, *(f"{p.path}: {p.problem}" for p in observation.problems)]
     looked_at = namespace_label_keys(loaded.documents) - {"kubernetes.io/metadata.name"}
     if looked_at and not observation.snapshot.namespaces:

@@ -251,6 +251,13 @@ def test_a_progress_bar_on_a_terminal_counts_every_capture_byte(
     drawn = terminal.getvalue()
     assert "\rreading captures (bytes) [" in drawn
     assert f"] {total}/{total}\n" in drawn
+    # then what runs after the reading, each step with the time it took
+    steps = re.findall(r"^(.*) \.\.\. \d+\.\d s$", drawn, flags=re.MULTILINE)
+    assert [re.sub(r"\d[\d,]*", "N", step) for step in steps] == [
+        "orienting N conversations",
+        "building the workload graph of N flows",
+        "making the policies, their review, the report and the pictures",
+    ]
 
 
 def test_a_loose_node_wide_capture_gives_the_nodes_pods_policies(

@@ -3,7 +3,10 @@ the generated policies pass, removing a rule names the denied flow, diff shows t
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -298,3 +301,23 @@ def test_namespace_selectors_on_labels_a_snapshot_without_namespaces_lacks_are_n
         note.startswith("the snapshot has no Namespaces") and "namespaceSelectors on team" in note
         for note in notes
     ), notes
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_steps_after_the_reading_show_with_their_times(
+    generated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle, policies = generated
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["verify", str(bundle), str(policies)]) == ExitStatus.OK
+    steps = re.findall(r"^(.*) \.\.\. \d+\.\d s$", terminal.getvalue(), flags=re.MULTILINE)
+    assert [re.sub(r"\d[\d,]*", "N", step) for step in steps] == [
+        "orienting N conversations",
+        "building the workload graph of N flows",
+        "checking the policies against the observed flows",
+    ]

@@ -237,3 +237,24 @@ def test_diff_takes_the_workloads_of_every_snapshot_given(
     assert main([*args, "--snapshot", str(monday), "--snapshot", str(tuesday)]) == 0
     workloads = json.loads(capsys.readouterr().out)["workloads"]
     assert {CART, ORDERS, FRONTEND} <= set(workloads)
+
+
+def test_the_steps_after_the_reading_are_told_per_window_then_once(tmp_path: Path) -> None:
+    # what a progress display shows once the captures are read (cli.progress)
+    told: list[str] = []
+    read: list[int] = []
+    days = two_days(tmp_path)
+    analysis = analyse_windows(days, workers=1, on_progress=read.append, on_step=told.append)
+    flows = [len(seen.flows) for seen in observe_windows(days, workers=1).observations]
+    assert flows[0] > 1  # no window drops any: each conversation is a flow
+    assert told == [
+        f"orienting {flows[0]} conversations",
+        f"building the workload graph of {flows[0]} flows",
+        f"orienting {flows[1]} conversations",
+        f"building the workload graph of {flows[1]} flows",
+        "merging 2 capture windows",
+        "making the policies, their review, the report and the pictures",
+    ]
+    assert sum(read) == sum(path.stat().st_size for day in days for path in day.captures)
+    # being told changes nothing
+    assert analysis.files == analyse_windows(days, workers=1).files
