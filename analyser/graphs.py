@@ -47,6 +47,7 @@ How flows become edges (details in ``docs/semantics.md``):
 
 from __future__ import annotations
 
+import heapq
 import math
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
@@ -516,8 +517,10 @@ LISTED_FLOWS = 20
 
 class _Bucket:
     """Connections counted alike (see ``_Builder._add``): their totals so far, and the first
-    ``LISTED_FLOWS`` + 1 of them by :func:`_flow_key` (each with its twin): the ones listed one
-    by one, and the first of the rest."""
+    of them by :func:`_flow_key` (each with its twin): at most
+    ``LISTED_FLOWS`` + 1, and once its edge and port has that many, only those that may be
+    among the ones report.html lists one by one, and the first after them, which stands for
+    the rest (:meth:`prune`)."""
 
     __slots__ = (
         "answered",
@@ -539,28 +542,40 @@ class _Bucket:
         self.answered = False
         self.first: list[_Pair] = []
 
-    def keep(self, pairs: Sequence[_Pair], *, ordered: bool = False) -> None:
+    def keep(self, pairs: Sequence[_Pair], *, ordered: bool = False) -> list[_FlowKey]:
         """Keep the first connections among ``pairs`` (each a flow and its twin, by the flow's
-        first packet; ``ordered``: by :func:`_flow_key`) with the ones kept."""
-        if ordered and not self.first:
-            self.first = list(pairs[: LISTED_FLOWS + 1])
-            return
+        first packet; ``ordered``: by :func:`_flow_key`) with the ones kept. Returns the keys of
+        those of ``pairs`` it looked at: every one that may be among the first of its edge and
+        port (the others come after ``LISTED_FLOWS`` + 1 of this bucket's)."""
         kept = LISTED_FLOWS + 1
+        if ordered and not self.first:
+            self.first = list(pairs[:kept])
+            return [_kept_key(pair) for pair in self.first]
         bound = self.first[-1][0].first_seen if len(self.first) == kept else math.inf
         if len(pairs) > kept:
             bound = min(bound, pairs[kept - 1][0].first_seen)
         candidates = [
             pair for pair in _earliest(pairs, kept, _pair_first_seen) if pair[0].first_seen <= bound
         ]
-        if candidates:
-            self.first = sorted([*self.first, *candidates], key=_kept_key)[:kept]
+        if not candidates:
+            return []
+        self.first = sorted([*self.first, *candidates], key=_kept_key)[:kept]
+        return [_kept_key(pair) for pair in candidates]
+
+    def prune(self, last_listed: _FlowKey) -> None:
+        """Forget the connections after ``last_listed`` (the key of the last connection of the
+        edge and port so far that report.html would list) but the first of them: no later
+        one can be listed, and the first stands for the rest (:meth:`attributions`)."""
+        del self.first[bisect_right(self.first, last_listed, key=_kept_key) + 1 :]
 
     def attributions(self) -> list[FlowAttribution]:
-        """One per connection kept, and one for the rest (``connections``: how many)."""
-        listed = [self._attribution(flow, twin, 1) for flow, twin in self.first[:LISTED_FLOWS]]
-        if self.connections > LISTED_FLOWS:
-            flow, twin = self.first[LISTED_FLOWS]
-            listed.append(self._attribution(flow, twin, self.connections - LISTED_FLOWS))
+        """One per connection kept, the last standing for the rest when there are more
+        (``connections``: how many)."""
+        singles = len(self.first) if self.connections == len(self.first) else len(self.first) - 1
+        listed = [self._attribution(flow, twin, 1) for flow, twin in self.first[:singles]]
+        if self.connections > singles:
+            flow, twin = self.first[singles]
+            listed.append(self._attribution(flow, twin, self.connections - singles))
         return listed
 
     def _attribution(self, flow: Flow, twin: Flow | None, connections: int) -> FlowAttribution:
@@ -634,6 +649,8 @@ class _Builder:
         self.witness = witness
         self.nodes: dict[str, _Node] = {}
         self.buckets: dict[tuple[Any, ...], _Bucket] = {}
+        # Per edge and port, the keys of its first LISTED_FLOWS connections so far.
+        self._listed: dict[tuple[Any, ...], list[_FlowKey]] = {}
         self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.asked: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
@@ -797,7 +814,15 @@ class _Builder:
         bucket.connections += connections
         bucket.packets += packets
         bucket.bytes += size
-        bucket.keep(earliest, ordered=ordered)
+        looked_at = bucket.keep(earliest, ordered=ordered)
+        if looked_at:
+            # The first connections of the edge and port so far: a bucket keeps only those of
+            # its own that may be listed, so the memory follows buckets, not connections.
+            place = key[:3]
+            first = heapq.nsmallest(LISTED_FLOWS, [*self._listed.get(place, ()), *looked_at])
+            self._listed[place] = first
+            if len(first) == LISTED_FLOWS:
+                bucket.prune(first[-1])
         bucket.first_seen = min(bucket.first_seen, seen.first_seen)
         bucket.last_seen = max(bucket.last_seen, seen.last_seen)
         evidence = bucket.evidence | seen.evidence
