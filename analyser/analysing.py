@@ -33,7 +33,7 @@ from analyser.adopting import Adoption, adopt
 from analyser.bundles import Bundle, FileProblem
 from analyser.evaluation import PolicySet, policy_name
 from analyser.explaining import explain, explain_cilium
-from analyser.flows import Evidence, Flow
+from analyser.flows import Evidence, Flow, FlowTable
 from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
 from analyser.graphs import NodeRole, UnvouchedPair, WorkloadGraph, build_graph, is_loopback
 from analyser.identities import Resolver, Scope, Vantage
@@ -145,7 +145,9 @@ class Observation:
     resolver: Resolver
     scope: Scope  # the captured workloads: they get policies
     traffic: Traffic  # without its conversations and flows: ``flows`` holds them
-    flows: tuple[Flow, ...]
+    # Sorted by (protocol, client, server, first seen): a FlowTable, or for several bundles a
+    # tuple (analyser.windows).
+    flows: Sequence[Flow]
     graph: WorkloadGraph
     problems: tuple[FileProblem, ...]  # damaged or skipped inputs: warnings, never fatal
     coverage: tuple[Coverage, ...]  # per captured pod, the vantage points that covered it
@@ -175,15 +177,15 @@ class Observation:
         if self.bundle.manifest is not None and self.bundle.manifest.window is not None:
             return self.bundle.manifest.window
         if self.bundle.manifest is None and self.flows:
-            return Window(
-                min(flow.first_seen for flow in self.flows),
-                max(flow.last_seen for flow in self.flows),
-            )
+            flows = FlowTable.of(self.flows)
+            return Window(flows.first_seen(), flows.last_seen())
         return None
 
     @property
     def evidence_counts(self) -> dict[Evidence, int]:
-        counts = Counter(flow.evidence for flow in self.flows)
+        counts: Counter[Evidence] = Counter()
+        for group in FlowTable.of(self.flows).groups:
+            counts.update(group.evidence_counts())
         return {evidence: counts.get(evidence, 0) for evidence in Evidence}
 
 
@@ -465,7 +467,9 @@ def _vantage_pods(
     are captured. ``damaged`` files already have a warning of their own when they gave no flow."""
     seen: dict[str, _LooseCapture] = {}
     with_flows: set[str] = set()
-    for flow in flows:
+    # Only the flows of unplaced files are looked at (usually none): by group, the rest at once.
+    groups = FlowTable.of(flows).groups
+    for flow in (flow for g in groups if not g.captures.isdisjoint(unplaced) for flow in g.flows()):
         captures = flow.captures & unplaced
         with_flows |= captures
         if not captures or is_loopback(flow) or _to_everyone(flow):

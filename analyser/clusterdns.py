@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from analyser.addresses import normalize_ip, parse_address
 from analyser.claims import Claims, PodRecord
-from analyser.flows import Flow, Protocol
+from analyser.flows import Flow, FlowTable, Protocol
 from analyser.peers import DNS_PORTS, ClusterDns, IpPeer, PodPeer, PortSpec, node_local_dns_peer
 from analyser.services import PodBehind, Services
 from analyser.workloads import Workloads
@@ -126,12 +126,12 @@ def busiest_dns_service(flows: Iterable[Flow], services: Services) -> tuple[str,
     of 53/UDP flows, counted in both directions; ties go to the first by namespace and name. None
     when no 53/UDP flow went to a Service."""
     packets: dict[tuple[str, str], int] = defaultdict(int)
-    for flow in flows:
-        if flow.protocol is not Protocol.UDP or flow.server.port != 53:
+    for group in FlowTable.of(flows).groups:
+        if group.protocol is not Protocol.UDP or group.server.port != 53:
             continue
-        service = services.at(normalize_ip(flow.server.ip))
+        service = services.at(normalize_ip(group.server.ip))
         if service is not None:
-            packets[(service.namespace, service.name)] += flow.packets
+            packets[(service.namespace, service.name)] += sum(group.packets)
     return min(packets, key=lambda s: (-packets[s], s), default=None)
 
 
@@ -140,11 +140,11 @@ def node_local_dns(flows: Iterable[Flow]) -> tuple[IpPeer, ...]:
     fe80::/10; the cache listens on one on every node, 169.254.20.10 by default) that received
     TCP or UDP on port 53. Sorted by family and address."""
     addresses = {
-        parse_address(flow.server.ip)
-        for flow in flows
-        if flow.server.port == 53
-        and flow.protocol in (Protocol.UDP, Protocol.TCP)
-        and parse_address(flow.server.ip).is_link_local
+        parse_address(group.server.ip)
+        for group in FlowTable.of(flows).groups
+        if group.server.port == 53
+        and group.protocol in (Protocol.UDP, Protocol.TCP)
+        and parse_address(group.server.ip).is_link_local
     }
     return tuple(
         node_local_dns_peer(str(a)) for a in sorted(addresses, key=lambda a: (a.version, int(a)))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 import struct
 import typing
-from collections.abc import Callable, Iterable, Iterator
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
@@ -64,6 +66,257 @@ class Flow:
 
 # "Does ENDPOINT listen on PROTOCOL at TIME?" — answered from the snapshot by the identity layer.
 ListenerOracle = Callable[[Endpoint, Protocol, float], bool]
+
+
+# --- Flows kept by the million ---------------------------------------------------------------
+
+# A flow's evidence and flags in one byte of FlowGroup.kinds: the evidence's place in EVIDENCE
+# times 4, plus these.
+_ESTABLISHED = 1
+_ANSWERED = 2
+_EVIDENCE = tuple(Evidence)
+_EVIDENCE_KIND = {evidence: place << 2 for place, evidence in enumerate(_EVIDENCE)}
+
+
+def flow_kind(evidence: Evidence, established: bool, answered: bool) -> int:
+    """A flow's evidence and flags as :attr:`FlowGroup.kinds` keeps them."""
+    return _EVIDENCE_KIND[evidence] | (established and _ESTABLISHED) | (answered and _ANSWERED)
+
+
+class FlowGroup:
+    """Flows with the same protocol, client address, server endpoint and captures (a client
+    that opens a connection per request makes thousands), the rest of each flow in columns:
+    ``ports`` (the client's), ``firsts`` and ``lasts`` (first and last seen), ``packets``,
+    ``sizes`` (bytes) and ``kinds`` (:func:`flow_kind`). About 35 bytes a flow, where a
+    :class:`Flow` and its client's :class:`Endpoint` take about 250: a day has millions. A
+    :class:`Flow` is made when one is asked for (:meth:`flow`, :meth:`flows`).
+    """
+
+    __slots__ = (
+        "captures",
+        "client_ip",
+        "firsts",
+        "kinds",
+        "lasts",
+        "packets",
+        "ports",
+        "protocol",
+        "server",
+        "sizes",
+    )
+
+    def __init__(
+        self, protocol: Protocol, client_ip: str, server: Endpoint, captures: frozenset[str]
+    ) -> None:
+        self.protocol = protocol
+        self.client_ip = client_ip
+        self.server = server
+        self.captures = captures
+        self.ports = array("H")
+        self.firsts = array("d")
+        self.lasts = array("d")
+        self.packets = array("Q")
+        self.sizes = array("Q")
+        self.kinds = bytearray()
+
+    def add(self, port: int, first: float, last: float, packets: int, size: int, kind: int) -> None:
+        """Add a flow: its client port, first and last seen, packets, bytes and
+        :func:`flow_kind`."""
+        self.ports.append(port)
+        self.firsts.append(first)
+        self.lasts.append(last)
+        self.packets.append(packets)
+        self.sizes.append(size)
+        self.kinds.append(kind)
+
+    def append(self, flow: Flow) -> None:
+        """Add ``flow`` (of this group's protocol, client address, server and captures)."""
+        self.add(
+            flow.client.port,
+            flow.first_seen,
+            flow.last_seen,
+            flow.packets,
+            flow.bytes,
+            flow_kind(flow.evidence, flow.established, flow.answered),
+        )
+
+    def __len__(self) -> int:
+        return len(self.ports)
+
+    def flow(self, index: int) -> Flow:
+        kind = self.kinds[index]
+        return Flow(
+            self.protocol,
+            Endpoint(self.client_ip, self.ports[index]),
+            self.server,
+            self.firsts[index],
+            self.lasts[index],
+            self.packets[index],
+            self.sizes[index],
+            self.captures,
+            _EVIDENCE[kind >> 2],
+            bool(kind & _ESTABLISHED),
+            bool(kind & _ANSWERED),
+        )
+
+    def flows(self) -> Iterator[Flow]:
+        """Its flows, in its order."""
+        return map(self.flow, range(len(self.ports)))
+
+    def taken(self, indices: Iterable[int]) -> FlowGroup:
+        """A group of the flows at ``indices``, in that order."""
+        taken = FlowGroup(self.protocol, self.client_ip, self.server, self.captures)
+        places = indices if isinstance(indices, range | list) else list(indices)
+        taken.ports = array("H", map(self.ports.__getitem__, places))
+        taken.firsts = array("d", map(self.firsts.__getitem__, places))
+        taken.lasts = array("d", map(self.lasts.__getitem__, places))
+        taken.packets = array("Q", map(self.packets.__getitem__, places))
+        taken.sizes = array("Q", map(self.sizes.__getitem__, places))
+        taken.kinds = bytearray(map(self.kinds.__getitem__, places))
+        return taken
+
+    def seen_by(self, captures: frozenset[str]) -> FlowGroup:
+        """The same flows, seen by ``captures`` (its columns shared, not copied)."""
+        group = FlowGroup(self.protocol, self.client_ip, self.server, captures)
+        group.ports, group.firsts, group.lasts = self.ports, self.firsts, self.lasts
+        group.packets, group.sizes, group.kinds = self.packets, self.sizes, self.kinds
+        return group
+
+    def by_time(self) -> FlowGroup:
+        """This group with its flows in order of first seen (then client port, last seen,
+        packets, bytes: they differ in nothing else), those in the same place kept in their
+        order."""
+        firsts = self.firsts
+        order = sorted(range(len(firsts)), key=firsts.__getitem__)
+        if len(set(firsts)) < len(firsts):  # flows that started at the same time
+            ports, lasts, packets, sizes = self.ports, self.lasts, self.packets, self.sizes
+            order.sort(key=lambda i: (firsts[i], ports[i], lasts[i], packets[i], sizes[i]))
+        return self if order == list(range(len(firsts))) else self.taken(order)
+
+    def by_port(self) -> FlowGroup:
+        """This group with its flows in order of client port (then first seen): how
+        :func:`orient` sorts flows, for one group."""
+        ports, firsts = self.ports, self.firsts
+        order = sorted(range(len(ports)), key=ports.__getitem__)
+        if len(set(ports)) < len(ports):  # a client port used twice (several captures' views)
+            order.sort(key=lambda index: (ports[index], firsts[index]))
+        return self if order == list(range(len(ports))) else self.taken(order)
+
+    def evidence_counts(self) -> Counter[Evidence]:
+        """How many of its flows rest on each evidence."""
+        counts: Counter[Evidence] = Counter()
+        for kind, count in Counter(self.kinds).items():
+            counts[_EVIDENCE[kind >> 2]] += count
+        return counts
+
+    def evidence(self) -> set[Evidence]:
+        """The evidence its flows rest on."""
+        return {_EVIDENCE[kind >> 2] for kind in set(self.kinds)}
+
+    def all_established(self) -> bool:
+        return all(kind & _ESTABLISHED for kind in self.kinds)
+
+    def places(self, *, established: bool) -> list[int]:
+        """The places of its established flows, or of the others (``established=False``)."""
+        wanted = _ESTABLISHED if established else 0
+        return [index for index, kind in enumerate(self.kinds) if kind & _ESTABLISHED == wanted]
+
+    def any_answered(self) -> bool:
+        return any(kind & _ANSWERED for kind in self.kinds)
+
+    def first_seen(self) -> float:
+        return min(self.firsts)
+
+    def last_seen(self) -> float:
+        return max(self.lasts)
+
+    def order_key(self) -> tuple[Protocol, str, int, str, int]:
+        """Where its first flow (by client port) is among sorted flows (:func:`orient`)."""
+        return (self.protocol, self.client_ip, min(self.ports), self.server.ip, self.server.port)
+
+
+class FlowTable(Sequence[Flow]):
+    """Flows kept in groups (:class:`FlowGroup`), one per protocol, client address, server
+    endpoint and captures: what :func:`orient` gives. A sequence of :class:`Flow` made as they
+    are asked for: each group's in turn, those of consecutive groups of one client address by
+    client port; for a table in :meth:`sorted` order (``orient``'s), sorted by (protocol, client,
+    server, first seen). Code that goes through a day's flows reads ``groups`` instead."""
+
+    __slots__ = ("_length", "groups")
+
+    def __init__(self, groups: Iterable[FlowGroup]) -> None:
+        self.groups = tuple(groups)
+        self._length = sum(len(group) for group in self.groups)
+
+    @classmethod
+    def sorted(cls, groups: Iterable[FlowGroup]) -> FlowTable:
+        """A table of ``groups``, each put in order, in the order of their first flows."""
+        return cls(sorted((group.by_port() for group in groups), key=FlowGroup.order_key))
+
+    @classmethod
+    def of(cls, flows: Iterable[Flow]) -> FlowTable:
+        """The flows of ``flows`` in groups, each group's in the order given; the groups in the
+        order their first flows come in (a :class:`FlowTable` is returned as it is)."""
+        if isinstance(flows, FlowTable):
+            return flows
+        groups: dict[tuple[Protocol, str, Endpoint, frozenset[str]], FlowGroup] = {}
+        for flow in flows:
+            key = (flow.protocol, flow.client.ip, flow.server, flow.captures)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = FlowGroup(*key)
+            group.append(flow)
+        return cls(groups.values())
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[Flow]:
+        # The groups of one client address are in order of their first flows; the flows of
+        # several groups of one client interleave by client port.
+        start = 0
+        groups = self.groups
+        while start < len(groups):
+            client = (groups[start].protocol, groups[start].client_ip)
+            end = start + 1
+            while end < len(groups) and (groups[end].protocol, groups[end].client_ip) == client:
+                end += 1
+            if end - start == 1:
+                yield from groups[start].flows()
+            else:
+                yield from sorted(
+                    (flow for group in groups[start:end] for flow in group.flows()),
+                    key=_order_within_client,
+                )
+            start = end
+
+    @typing.overload
+    def __getitem__(self, index: int) -> Flow: ...
+
+    @typing.overload
+    def __getitem__(self, index: slice) -> Sequence[Flow]: ...
+
+    def __getitem__(self, index: int | slice) -> Flow | Sequence[Flow]:
+        return tuple(self)[index]  # for a few flows: code that goes through them all iterates
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(
+            mine == theirs for mine, theirs in zip(self, other, strict=True)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # equal to a list of the same flows
+
+    def __repr__(self) -> str:
+        return f"FlowTable({len(self.groups)} groups, {len(self)} flows)"
+
+    def first_seen(self) -> float:
+        """The first packet of any of its flows (``inf`` without any)."""
+        return min((group.first_seen() for group in self.groups), default=math.inf)
+
+    def last_seen(self) -> float:
+        return max((group.last_seen() for group in self.groups), default=-math.inf)
 
 
 # --- From captured packets to conversations -------------------------------------------------
@@ -435,19 +688,16 @@ class ConversationTable:
 
     def conversations(self) -> list[Conversation]:
         """Every conversation, sorted by (protocol, a, b)."""
-        return sorted(self._made(take=False))
+        return sorted(map(_conversation, self._rows(take=False)))
 
-    def take(self) -> Iterator[Conversation]:
-        """Every conversation, each leaving the table as it is made: the table is empty at the
-        end, and a day's millions of conversations never exist both as entries and as what they
-        become (see ``orient``). In no particular order (``orient`` sorts its flows)."""
-        return self._made(take=True)
+    def oriented(self, known_listener: ListenerOracle | None) -> FlowTable:
+        """Every conversation oriented (as :func:`orient` does), each leaving the table as it is
+        read: the table is empty at the end, and a day's millions of conversations never exist
+        both as entries and as flows. No :class:`Conversation` or :class:`Endpoint` is made for
+        a connection here, only its place in a :class:`FlowGroup`."""
+        return _oriented(self._rows(take=True), known_listener)
 
-    def _made(self, *, take: bool) -> Iterator[Conversation]:
-        # Endpoints shared while they recur (a Service's address and port, called thousands of
-        # times; keys are in order, so its calls come together), forgotten now and then: each
-        # client's own port would otherwise keep an entry for every connection of the day.
-        endpoints: dict[tuple[str, int], Endpoint] = {}
+    def _rows(self, *, take: bool) -> Iterator[ConversationRow]:
         alone: dict[int, frozenset[str]] = {}  # a file's number → the set of its name alone
         merged, pairs, protocols = self._merged, self._pairs, _PROTOCOLS
         tail = KEY_TAIL
@@ -470,44 +720,61 @@ class ConversationTable:
             ip_a, ip_b, _ = pairs[key[:-tail]]
             port_a, port_b, number = unpack_tail(key, len(key) - tail)
             protocol = protocols[number]
-            if len(endpoints) > _SHARED_ENDPOINTS:
-                endpoints.clear()
-            a = endpoints.get((ip_a, port_a)) or endpoints.setdefault(
-                (ip_a, port_a), Endpoint(ip_a, _SMALL[port_a])
+            established = (protocol is not tcp or _ESTABLISHED_ANYWAY[roles]) or _established(
+                protocol, roles, packets
             )
-            b = endpoints.get((ip_b, port_b)) or endpoints.setdefault(
-                (ip_b, port_b), Endpoint(ip_b, _SMALL[port_b])
-            )
-            opener = _OPENERS[roles]
-            sender = _ONLY_SENDERS[roles]
-            opened_by = None if opener == _NEITHER else a if opener == _A else b
-            sent_by = None if sender == _NEITHER else a if sender == _A else b
             # The key orders its ends by their addresses' bytes; a conversation by their text.
+            opener, sender = _OPENERS[roles], _ONLY_SENDERS[roles]
             if ip_b < ip_a or (ip_a == ip_b and port_b < port_a):
-                a, b = b, a
-            yield Conversation(
-                protocol,
-                a,
-                b,
-                first_seen,
-                last_seen,
-                packets,
-                _SMALL[size] if size < _SMALL_END else size,
-                captures,
-                opened_by,
-                (protocol is not tcp or _ESTABLISHED_ANYWAY[roles])
-                or _established(protocol, roles, packets),
-                sent_by,
-            )
+                yield (
+                    protocol, ip_b, port_b, ip_a, port_a, first_seen, last_seen, packets, size,
+                    captures, _SWAPPED[opener], established, _SWAPPED[sender],
+                )  # fmt: skip
+            else:
+                yield (
+                    protocol, ip_a, port_a, ip_b, port_b, first_seen, last_seen, packets, size,
+                    captures, opener, established, sender,
+                )  # fmt: skip
 
 
-# How many endpoints ConversationTable shares at a time.
-_SHARED_ENDPOINTS = 1 << 16
-# One int object per value below 65536 for the ports of endpoints and the bytes of short
-# conversations (each number read from a capture file is an object of its own, and a day has
-# millions of client ports and connections).
-_SMALL_END = 1 << 16
-_SMALL = tuple(range(_SMALL_END))
+# A conversation as ``ConversationTable`` reads it, before anything is made of it: protocol, a's
+# address and port, b's, first and last seen, packets, bytes, captures, which end opened it
+# (``_A``, ``_B`` or ``_NEITHER``), whether it got going, and which end alone sent packets. ``a``
+# is the end whose text comes first (see :class:`Conversation`).
+ConversationRow = tuple[
+    Protocol, str, int, str, int, float, float, int, int, frozenset[str], int, bool, int
+]
+_SWAPPED = (_NEITHER, _B, _A)  # an end's name once a and b trade places
+
+
+def _conversation(row: ConversationRow) -> Conversation:
+    protocol, ip_a, port_a, ip_b, port_b, first, last, packets, size, captures = row[:10]
+    opener, established, sender = row[10:]
+    a, b = Endpoint(ip_a, port_a), Endpoint(ip_b, port_b)
+    ends = (None, a, b)
+    return Conversation(
+        protocol,
+        a,
+        b,
+        first,
+        last,
+        packets,
+        size,
+        captures,
+        ends[opener],
+        established,
+        ends[sender],
+    )
+
+
+def _row(conversation: Conversation) -> ConversationRow:
+    a, b = conversation.a, conversation.b
+    sides = {None: _NEITHER, a: _A, b: _B}
+    return (
+        conversation.protocol, a.ip, a.port, b.ip, b.port, conversation.first_seen,
+        conversation.last_seen, conversation.packets, conversation.bytes, conversation.captures,
+        sides[conversation.opened_by], conversation.established, sides[conversation.sender],
+    )  # fmt: skip
 
 
 # --- Orientation -----------------------------------------------------------------------------
@@ -532,17 +799,19 @@ def _port_rank(port: int) -> int:
     return 2 if port >= EPHEMERAL_PORTS_START else 1
 
 
-def _heuristic_server(a: Endpoint, b: Endpoint) -> Endpoint:
-    rank_a, rank_b = _port_rank(a.port), _port_rank(b.port)
+def _heuristic_server_is_a(port_a: int, port_b: int) -> bool:
+    """Whether the end with ``port_a`` is the server by port heuristics (of two ends, ``a``
+    the lower)."""
+    rank_a, rank_b = _port_rank(port_a), _port_rank(port_b)
     if rank_a != rank_b:
-        return a if rank_a < rank_b else b
+        return rank_a < rank_b
     # Same kind of port: the lower port is the server's; equal ports give the lower endpoint.
-    return b if b.port < a.port else a
+    return not port_b < port_a
 
 
 def orient(
     conversations: Iterable[Conversation], known_listener: ListenerOracle | None
-) -> list[Flow]:
+) -> FlowTable:
     """Client → server flows, each with the evidence its direction rests on.
 
     In order: a captured handshake (:attr:`Conversation.opened_by`); else ``known_listener``
@@ -552,75 +821,70 @@ def orient(
     the exchange (a datagram with a low source port to a high one, say from port 53, forged or
     not, must not give the receiver an egress rule to its sender); else port heuristics (a port
     below 1024 or in ``SERVICE_PORTS`` is the server's, an ephemeral port is the client's, else
-    the lower port is the server's). Sorted by (protocol, client, server, first_seen).
+    the lower port is the server's). Sorted by (protocol, client, server, first_seen), kept in
+    groups (:class:`FlowTable`). ``ConversationTable.oriented`` does the same from its entries.
     """
-    flows = []
-    handshake = Evidence.HANDSHAKE  # a local: looking a member up on its class is slow
+    return _oriented(map(_row, conversations), known_listener)
+
+
+def _oriented(rows: Iterable[ConversationRow], known_listener: ListenerOracle | None) -> FlowTable:
+    """:func:`orient`, of conversations as rows: the loop that runs once per connection of a
+    day, so it makes no object for one but its place in its group."""
+    groups: dict[tuple[Protocol, str, str, int, frozenset[str]], FlowGroup] = {}
+    # Locals: looking a member up on its class, or a global, is slow.
+    handshake = _EVIDENCE_KIND[Evidence.HANDSHAKE]
+    known = _EVIDENCE_KIND[Evidence.KNOWN_LISTENER]
+    one_way = _EVIDENCE_KIND[Evidence.ONE_WAY]
+    heuristic = _EVIDENCE_KIND[Evidence.HEURISTIC]
+    a_side = _A
     for (
         protocol,
-        a,
-        b,
+        ip_a,
+        port_a,
+        ip_b,
+        port_b,
         first_seen,
         last_seen,
         packets,
         size,
         captures,
-        opened_by,
+        opener,
         established,
         sender,
-    ) in conversations:
-        if opened_by is not None:
-            client = opened_by
-            evidence = handshake
+    ) in rows:
+        if opener:
+            client_is_a = opener == a_side
+            kind = handshake
         else:
-            listens_a = known_listener is not None and known_listener(a, protocol, first_seen)
-            listens_b = known_listener is not None and known_listener(b, protocol, first_seen)
+            listens_a = listens_b = False
+            if known_listener is not None:
+                listens_a = known_listener(Endpoint(ip_a, port_a), protocol, first_seen)
+                listens_b = known_listener(Endpoint(ip_b, port_b), protocol, first_seen)
             if listens_a != listens_b:
-                client = b if listens_a else a
-                evidence = Evidence.KNOWN_LISTENER
-            elif sender is not None:
-                client = sender
-                evidence = Evidence.ONE_WAY
+                client_is_a = listens_b
+                kind = known
+            elif sender:
+                client_is_a = sender == a_side
+                kind = one_way
             else:
-                client = b if _heuristic_server(a, b) is a else a
-                evidence = Evidence.HEURISTIC
-        flows.append(
-            Flow(
-                protocol,
-                client,
-                b if client is a or client == a else a,
-                first_seen,
-                last_seen,
-                packets,
-                size,
-                captures,
-                evidence,
-                established,
-                sender is None,
-            )
-        )
-    return _in_order(flows)
-
-
-def _in_order(flows: list[Flow]) -> list[Flow]:
-    """``flows`` sorted by (protocol, client, server, first seen): plain values compare in C, in
-    the order Endpoint's (ip, port) ordering gives. Sorted per protocol and client address, then
-    put together in their order, so that the sort keys of a day's millions of flows never all
-    exist at once."""
-    by_client: dict[tuple[Protocol, str], list[Flow]] = {}
-    for flow in flows:
-        client = (flow.protocol, flow.client.ip)
-        found = by_client.get(client)
-        if found is None:
-            by_client[client] = [flow]
+                client_is_a = not _heuristic_server_is_a(port_a, port_b)
+                kind = heuristic
+        if established:
+            kind |= _ESTABLISHED
+        if not sender:
+            kind |= _ANSWERED
+        if client_is_a:
+            key = (protocol, ip_a, ip_b, port_b, captures)
+            client_port = port_a
         else:
-            found.append(flow)
-    flows.clear()
-    for client in sorted(by_client):
-        own = by_client.pop(client)
-        own.sort(key=_order_within_client)
-        flows += own
-    return flows
+            key = (protocol, ip_b, ip_a, port_a, captures)
+            client_port = port_b
+        group = groups.get(key)
+        if group is None:
+            server = Endpoint(key[2], key[3])
+            group = groups[key] = FlowGroup(protocol, key[1], server, captures)
+        group.add(client_port, first_seen, last_seen, packets, size, kind)
+    return FlowTable.sorted(groups.values())
 
 
 def _order_within_client(flow: Flow) -> tuple[int, str, int, float]:

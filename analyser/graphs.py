@@ -47,6 +47,7 @@ How flows become edges (details in ``docs/semantics.md``):
 
 from __future__ import annotations
 
+import heapq
 import math
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
@@ -58,7 +59,7 @@ from sys import intern
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from analyser.addresses import address_key, parse_address
-from analyser.flows import Evidence, Flow
+from analyser.flows import Evidence, Flow, FlowGroup, FlowTable
 from analyser.flows import Protocol as IpProtocol
 from analyser.identities import EndpointKind, Identity, Resolver, Scope, ServiceBackend
 from analyser.peers import PortSpec
@@ -516,8 +517,10 @@ LISTED_FLOWS = 20
 
 class _Bucket:
     """Connections counted alike (see ``_Builder._add``): their totals so far, and the first
-    ``LISTED_FLOWS`` + 1 of them by :func:`_flow_key` (each with its twin): the ones listed one
-    by one, and the first of the rest."""
+    of them by :func:`_flow_key` (each with its twin): at most
+    ``LISTED_FLOWS`` + 1, and once its edge and port has that many, only those that may be
+    among the ones report.html lists one by one, and the first after them, which stands for
+    the rest (:meth:`prune`)."""
 
     __slots__ = (
         "answered",
@@ -539,28 +542,40 @@ class _Bucket:
         self.answered = False
         self.first: list[_Pair] = []
 
-    def keep(self, pairs: Sequence[_Pair], *, ordered: bool = False) -> None:
+    def keep(self, pairs: Sequence[_Pair], *, ordered: bool = False) -> list[_FlowKey]:
         """Keep the first connections among ``pairs`` (each a flow and its twin, by the flow's
-        first packet; ``ordered``: by :func:`_flow_key`) with the ones kept."""
-        if ordered and not self.first:
-            self.first = list(pairs[: LISTED_FLOWS + 1])
-            return
+        first packet; ``ordered``: by :func:`_flow_key`) with the ones kept. Returns the keys of
+        those of ``pairs`` it looked at: every one that may be among the first of its edge and
+        port (the others come after ``LISTED_FLOWS`` + 1 of this bucket's)."""
         kept = LISTED_FLOWS + 1
+        if ordered and not self.first:
+            self.first = list(pairs[:kept])
+            return [_kept_key(pair) for pair in self.first]
         bound = self.first[-1][0].first_seen if len(self.first) == kept else math.inf
         if len(pairs) > kept:
             bound = min(bound, pairs[kept - 1][0].first_seen)
         candidates = [
             pair for pair in _earliest(pairs, kept, _pair_first_seen) if pair[0].first_seen <= bound
         ]
-        if candidates:
-            self.first = sorted([*self.first, *candidates], key=_kept_key)[:kept]
+        if not candidates:
+            return []
+        self.first = sorted([*self.first, *candidates], key=_kept_key)[:kept]
+        return [_kept_key(pair) for pair in candidates]
+
+    def prune(self, last_listed: _FlowKey) -> None:
+        """Forget the connections after ``last_listed`` (the key of the last connection of the
+        edge and port so far that report.html would list) but the first of them: no later
+        one can be listed, and the first stands for the rest (:meth:`attributions`)."""
+        del self.first[bisect_right(self.first, last_listed, key=_kept_key) + 1 :]
 
     def attributions(self) -> list[FlowAttribution]:
-        """One per connection kept, and one for the rest (``connections``: how many)."""
-        listed = [self._attribution(flow, twin, 1) for flow, twin in self.first[:LISTED_FLOWS]]
-        if self.connections > LISTED_FLOWS:
-            flow, twin = self.first[LISTED_FLOWS]
-            listed.append(self._attribution(flow, twin, self.connections - LISTED_FLOWS))
+        """One per connection kept, the last standing for the rest when there are more
+        (``connections``: how many)."""
+        singles = len(self.first) if self.connections == len(self.first) else len(self.first) - 1
+        listed = [self._attribution(flow, twin, 1) for flow, twin in self.first[:singles]]
+        if self.connections > singles:
+            flow, twin = self.first[singles]
+            listed.append(self._attribution(flow, twin, self.connections - singles))
         return listed
 
     def _attribution(self, flow: Flow, twin: Flow | None, connections: int) -> FlowAttribution:
@@ -603,8 +618,17 @@ def _pair_first_seen(pair: _Pair) -> float:
     return pair[0].first_seen
 
 
-def _flow_first_seen(flow: Flow) -> float:
-    return flow.first_seen
+def _itself(first_seen: float) -> float:
+    return first_seen
+
+
+class _Seen(NamedTuple):
+    """What the flows seen of some connections add up to (``_Builder._add``)."""
+
+    first_seen: float
+    last_seen: float
+    evidence: set[Evidence]
+    answered: bool
 
 
 def _kept_key(kept: _Pair) -> _FlowKey:
@@ -625,6 +649,8 @@ class _Builder:
         self.witness = witness
         self.nodes: dict[str, _Node] = {}
         self.buckets: dict[tuple[Any, ...], _Bucket] = {}
+        # Per edge and port, the keys of its first LISTED_FLOWS connections so far.
+        self._listed: dict[tuple[Any, ...], list[_FlowKey]] = {}
         self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.asked: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
@@ -740,19 +766,27 @@ class _Builder:
                 packets += max(flow.packets, twin.packets)
                 size += max(flow.bytes, twin.bytes)
         views = [view for pair in pairs for view in pair if view is not None]
-        self._add(attribution, len(pairs), packets, size, pairs, views, names, ordered=True)
+        seen = _Seen(
+            min(view.first_seen for view in views),
+            max(view.last_seen for view in views),
+            {view.evidence for view in views},
+            any(view.answered for view in views),
+        )
+        self._add(attribution, len(pairs), packets, size, pairs, seen, names, ordered=True)
 
     def count_group(
-        self, attribution: FlowAttribution, flows: Sequence[Flow], names: _Names | None = None
+        self, attribution: FlowAttribution, flows: FlowGroup, names: _Names | None = None
     ) -> None:
-        """Connections each seen by one flow (of one group, by first packet): each counted."""
+        """Connections each seen by one flow (of one group, by time): each counted."""
+        earliest = len(_earliest(flows.firsts, LISTED_FLOWS + 1, _itself))
+        seen = _Seen(flows.firsts[0], max(flows.lasts), flows.evidence(), flows.any_answered())
         self._add(
             attribution,
             len(flows),
-            sum(flow.packets for flow in flows),
-            sum(flow.bytes for flow in flows),
-            [(flow, None) for flow in _earliest(flows, LISTED_FLOWS + 1, _flow_first_seen)],
-            flows,
+            sum(flows.packets),
+            sum(flows.sizes),
+            [(flows.flow(index), None) for index in range(earliest)],
+            seen,
             names,
         )
 
@@ -763,15 +797,15 @@ class _Builder:
         packets: int,
         size: int,
         earliest: Sequence[_Pair],
-        views: Sequence[Flow],
+        seen: _Seen,
         names: _Names | None,
         *,
         ordered: bool = False,
     ) -> None:
         """Add to the bucket of connections counted alike (same edge, port, Service, sides and
         addresses seen: what the attributions tell), whose first attribution stands for all.
-        ``earliest``: the first connections (at least those that may be listed), ``views``:
-        every flow seen of them."""
+        ``earliest``: the first connections (at least those that may be listed), ``seen``: what
+        every flow seen of them adds up to."""
         key = (attribution.client, attribution.server, attribution.port)
         key += _counted_alike(attribution)
         bucket = self.buckets.get(key)
@@ -780,12 +814,20 @@ class _Builder:
         bucket.connections += connections
         bucket.packets += packets
         bucket.bytes += size
-        bucket.keep(earliest, ordered=ordered)
-        bucket.first_seen = min(bucket.first_seen, min(seen.first_seen for seen in views))
-        bucket.last_seen = max(bucket.last_seen, max(seen.last_seen for seen in views))
-        evidence = bucket.evidence | {seen.evidence for seen in views}
+        looked_at = bucket.keep(earliest, ordered=ordered)
+        if looked_at:
+            # The first connections of the edge and port so far: a bucket keeps only those of
+            # its own that may be listed, so the memory follows buckets, not connections.
+            place = key[:3]
+            first = heapq.nsmallest(LISTED_FLOWS, [*self._listed.get(place, ()), *looked_at])
+            self._listed[place] = first
+            if len(first) == LISTED_FLOWS:
+                bucket.prune(first[-1])
+        bucket.first_seen = min(bucket.first_seen, seen.first_seen)
+        bucket.last_seen = max(bucket.last_seen, seen.last_seen)
+        evidence = bucket.evidence | seen.evidence
         bucket.evidence = self._evidence.setdefault(evidence, evidence)
-        bucket.answered = bucket.answered or any(seen.answered for seen in views)
+        bucket.answered = bucket.answered or seen.answered
         if names is not None and names.told:
             edge = (attribution.client, attribution.server)
             self.names[edge].update(names.told)
@@ -889,7 +931,7 @@ def is_loopback(flow: Flow) -> bool:
     return _is_loopback_address(flow.client.ip) or _is_loopback_address(flow.server.ip)
 
 
-def _split_at_handovers(flows: Iterable[Flow], resolver: Resolver) -> Iterator[Flow]:
+def _split_at_handovers(flows: FlowGroup, resolver: Resolver) -> FlowGroup:
     """Each flow, plus a copy starting at its last packet when an end was someone else by then.
 
     A flow is one 5-tuple over the whole capture: when an address passes from one pod to another
@@ -897,8 +939,9 @@ def _split_at_handovers(flows: Iterable[Flow], resolver: Resolver) -> Iterator[F
     connections are one flow. Resolved at its first packet only, the second pod's traffic would
     be the first pod's, and its policy would miss it.
     """
-    for flow in flows:
-        yield flow
+    split = FlowGroup(flows.protocol, flows.client_ip, flows.server, flows.captures)
+    for flow in flows.flows():
+        split.append(flow)
         if flow.last_seen <= flow.first_seen or (
             resolver.timeless(flow.client.ip, flow.first_seen)
             and resolver.timeless(flow.server.ip, flow.first_seen)
@@ -912,7 +955,8 @@ def _split_at_handovers(flows: Iterable[Flow], resolver: Resolver) -> Iterator[F
                 (flow.server.ip, flow.server.port, flow.protocol),
             )
         ):
-            yield replace(flow, first_seen=flow.last_seen)
+            split.append(replace(flow, first_seen=flow.last_seen))
+    return split
 
 
 def _describe(identity: Identity) -> str:
@@ -1029,21 +1073,27 @@ def build_graph(
             continue  # a workload this resolver never placed a pod in: nothing to draw
     attempts: list[Flow] = []
     groups: list[_Group] = []
-    for key, members in _grouped(flows).items():
-        start = min(flow.first_seen for flow in members)
+    for members in FlowTable.of(flows).groups:
+        key = _GroupKey(
+            members.protocol,
+            members.client_ip,
+            members.server.ip,
+            members.server.port,
+            members.captures,
+        )
+        start = members.first_seen()
         if not (
             resolver.timeless(key.client_ip, start) and resolver.timeless(key.server_ip, start)
         ):
-            members = list(_split_at_handovers(members, resolver))
+            members = _split_at_handovers(members, resolver)
         if _is_loopback_address(key.client_ip) or _is_loopback_address(key.server_ip):
             builder.loopback += len(members)
             continue
-        established = members
-        if not all(flow.established for flow in members):
-            established = [flow for flow in members if flow.established]
-            attempts += (flow for flow in members if not flow.established)
-        if established:
-            groups.append(_resolved_group(key, established, resolver))
+        if not members.all_established():
+            attempts += map(members.flow, members.places(established=False))
+            members = members.taken(members.places(established=True))
+        if len(members):
+            groups.append(_resolved_group(key, members, resolver))
     for flow in sorted(attempts, key=_flow_key):
         client = resolver.resolve(flow.client.ip, flow.first_seen)
         server = resolver.resolve(
@@ -1085,10 +1135,10 @@ def _resolved_flows(groups: Iterable[_Group], resolver: Resolver) -> list[_Resol
     resolved: list[_Resolved] = []
     for group in groups:
         if group.steady is None:
-            resolved += (_resolved_flow(flow, resolver) for flow in group.members)
+            resolved += (_resolved_flow(flow, resolver) for flow in group.members.flows())
         else:
             ends = (group.steady.client, group.steady.server)
-            resolved += ((flow, *ends) for flow in group.members)
+            resolved += ((flow, *ends) for flow in group.members.flows())
     return resolved
 
 
@@ -1138,32 +1188,18 @@ class _Steady:
 @dataclass(frozen=True, slots=True)
 class _Group:
     key: _GroupKey
-    members: list[Flow]  # established, by first packet
+    members: FlowGroup  # established, by time (FlowGroup.by_time)
     servers: frozenset[EndpointKind]  # what the server address was, over the flows
     steady: _Steady | None  # None: the identities may differ from flow to flow
-
-
-def _grouped(flows: Iterable[Flow]) -> dict[_GroupKey, list[Flow]]:
-    # Plain tuples while grouping (a named tuple per flow costs), named once per group.
-    groups: dict[tuple[IpProtocol, str, str, int, frozenset[str]], list[Flow]] = defaultdict(list)
-    for flow in flows:
-        key = (flow.protocol, flow.client.ip, flow.server.ip, flow.server.port, flow.captures)
-        groups[key].append(flow)
-    return {_GroupKey(*key): members for key, members in groups.items()}
-
-
-def _by_time(flow: Flow) -> tuple[float, int, float, int, int]:
-    """A group's order: the flows differ in client port and counts only."""
-    return (flow.first_seen, flow.client.port, flow.last_seen, flow.packets, flow.bytes)
 
 
 # One set per kind, shared by the groups (a day has a hundred thousand).
 _ONE_KIND = {kind: frozenset({kind}) for kind in EndpointKind}
 
 
-def _resolved_group(key: _GroupKey, members: list[Flow], resolver: Resolver) -> _Group:
-    members.sort(key=_by_time)
-    start = members[0].first_seen
+def _resolved_group(key: _GroupKey, members: FlowGroup, resolver: Resolver) -> _Group:
+    members = members.by_time()
+    start = members.firsts[0]
     if resolver.timeless(key.client_ip, start) and resolver.timeless(key.server_ip, start):
         client = resolver.resolve(key.client_ip, start)
         server = resolver.resolve(key.server_ip, start, port=key.server_port, protocol=key.protocol)
@@ -1181,9 +1217,9 @@ def _resolved_group(key: _GroupKey, members: list[Flow], resolver: Resolver) -> 
         return _Group(key, members, servers, steady)
     servers = frozenset(
         resolver.resolve(
-            key.server_ip, flow.first_seen, port=key.server_port, protocol=key.protocol
+            key.server_ip, first_seen, port=key.server_port, protocol=key.protocol
         ).kind
-        for flow in members
+        for first_seen in members.firsts
     )
     return _Group(key, members, servers, None)
 
@@ -1203,19 +1239,22 @@ def _clients_with_twins(groups: Iterable[_Group]) -> set[tuple[IpProtocol, str]]
     }
 
 
-def _pieces(members: Sequence[Flow], spans: Iterable[Span]) -> Iterator[Sequence[Flow]]:
+def _pieces(members: FlowGroup, spans: Iterable[Span]) -> Iterator[FlowGroup]:
     """A group's flows (by first packet) cut where a span starts or ends: within a piece, each
     span holds every flow's first packet or none."""
-    times = [flow.first_seen for flow in members]
+    times = members.firsts
     cuts = {0, len(members)}
     cuts.update(bisect_left(times, edge) for span in spans for edge in span if math.isfinite(edge))
     ordered = sorted(cuts)
+    if len(ordered) == 2:
+        yield members
+        return
     for begin, end in pairwise(ordered):
         if begin < end:
-            yield members[begin:end]
+            yield members.taken(range(begin, end))
 
 
-def _count_group(builder: _Builder, key: _GroupKey, members: list[Flow], steady: _Steady) -> None:
+def _count_group(builder: _Builder, key: _GroupKey, members: FlowGroup, steady: _Steady) -> None:
     """A group whose identities stay the same and that has no twins: counted once per piece of
     time with the same vouched sides (as its flows one by one would be, in sum)."""
     client, server = steady.client, steady.server
@@ -1226,13 +1265,14 @@ def _count_group(builder: _Builder, key: _GroupKey, members: list[Flow], steady:
         server_span = builder.span(server, key.captures)
         port = PortSpec(key.protocol, key.server_port)
         for piece in _pieces(members, (client_span, server_span)):
-            builder.note_lookups(piece[0], client)  # the same for each flow of a piece
-            at = piece[0].first_seen
+            first = piece.flow(0)
+            builder.note_lookups(first, client)  # the same for each flow of a piece
+            at = first.first_seen
             vouched = Sides(at in client_span, at in server_span)
             # DNS names told up to a flow's first packet only add up: the last flow's are all.
-            names = builder.names_for(piece[-1], client, server)
+            names = builder.names_for(piece.flow(len(piece) - 1), client, server)
             attribution = FlowAttribution(
-                piece[0], client_node, server_node, port, vouched=vouched, connections=len(piece)
+                first, client_node, server_node, port, vouched=vouched, connections=len(piece)
             )
             builder.count_group(attribution, piece, names)
         return
@@ -1249,12 +1289,13 @@ def _count_group(builder: _Builder, key: _GroupKey, members: list[Flow], steady:
     spans = [client_span, *(span for found in targets.values() for span in found)]
     assumed = bool(steady.backends)
     for piece in _pieces(members, spans):
-        builder.note_lookups(piece[0], client)  # the same for each flow of a piece
-        at = piece[0].first_seen
+        first = piece.flow(0)
+        builder.note_lookups(first, client)  # the same for each flow of a piece
+        at = first.first_seen
         for (server_node, port), server_spans in sorted(targets.items()):
             vouched = Sides(at in client_span, any(at in span for span in server_spans))
             attribution = FlowAttribution(
-                piece[0],
+                first,
                 client_node,
                 server_node,
                 port,

@@ -28,7 +28,7 @@ from functools import lru_cache
 from itertools import pairwise
 from typing import Any
 
-from analyser.flows import Flow
+from analyser.flows import Flow, FlowTable
 from analyser.snapshot import Snapshot
 from kernel.bundles import Window
 
@@ -327,7 +327,7 @@ class WithinWindow:
     """A bundle's flows split by its window: those inside it (with :data:`WINDOW_SLACK`), and per
     capture file how many were dated outside it."""
 
-    kept: tuple[Flow, ...]
+    kept: FlowTable
     outside: Mapping[str, int]
 
 
@@ -337,14 +337,17 @@ def within_window(flows: Iterable[Flow], window: Window) -> WithinWindow:
     only for its own window: a packet dated on another day (a forged timestamp, a wrong clock)
     would be resolved with this bundle's snapshot, and excused by this bundle's captures, at a
     time another bundle's captures covered."""
+    start, end = window.start - WINDOW_SLACK, window.end + WINDOW_SLACK
     kept = []
     outside: Counter[str] = Counter()
-    for flow in flows:
-        if (
-            window.start - WINDOW_SLACK <= flow.first_seen
-            and flow.last_seen <= window.end + WINDOW_SLACK
-        ):
-            kept.append(flow)
-        else:
-            outside.update(flow.captures)
-    return WithinWindow(tuple(kept), dict(sorted(outside.items())))
+    for group in FlowTable.of(flows).groups:
+        firsts, lasts = group.firsts, group.lasts
+        inside = [i for i in range(len(group)) if start <= firsts[i] and lasts[i] <= end]
+        if len(inside) == len(group):
+            kept.append(group)
+            continue
+        if inside:
+            kept.append(group.taken(inside))
+        for capture in group.captures:
+            outside[capture] += len(group) - len(inside)
+    return WithinWindow(FlowTable(kept), dict(sorted(outside.items())))

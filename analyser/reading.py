@@ -37,7 +37,6 @@ from analyser.flows import (
     ConversationTable,
     Flow,
     ListenerOracle,
-    orient,
 )
 from analyser.packets import (
     DNS_PORT,
@@ -69,7 +68,7 @@ class Traffic:
     foreign: dict[str, int] = field(default_factory=dict)
     # The conversations oriented, when read with an :class:`Orientation` (then
     # ``conversations`` is empty): sorted by (protocol, client, server, first seen).
-    flows: tuple[Flow, ...] = ()
+    flows: Sequence[Flow] = ()  # a FlowTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,8 +433,7 @@ class _Merged:
         with no_cyclic_gc():
             if orientation is None:
                 return replace(self.traffic, conversations=tuple(self.table.conversations()))
-            flows = orient(self.table.take(), orientation.known_listener)
-            return replace(self.traffic, flows=tuple(flows))
+            return replace(self.traffic, flows=self.table.oriented(orientation.known_listener))
 
 
 def _merge(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> _Merged:

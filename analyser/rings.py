@@ -39,7 +39,7 @@ from itertools import pairwise
 from pathlib import Path, PurePosixPath
 
 from analyser.bundles import Bundle
-from analyser.flows import Flow
+from analyser.flows import Flow, FlowTable
 from analyser.objects import KubeObject, Pod
 from analyser.snapshot import CaptureMeta, NodeCaptureMeta, Snapshot
 from analyser.sources import CaptureReport
@@ -203,10 +203,10 @@ def ring_losses(
             )
     # The last packet per set of captures first: flows share a handful of such sets.
     latest: dict[frozenset[str], float] = {}
-    for flow in flows:
-        seen = latest.get(flow.captures)
-        if seen is None or flow.last_seen > seen:
-            latest[flow.captures] = flow.last_seen
+    for group in FlowTable.of(flows).groups:
+        seen, last_seen = latest.get(group.captures), group.last_seen()
+        if seen is None or last_seen > seen:
+            latest[group.captures] = last_seen
     last: dict[str, float] = {}
     for captures, last_seen in latest.items():
         for capture in captures:

@@ -45,7 +45,7 @@ from analyser.analysing import (
 from analyser.bundles import Bundle, FileProblem
 from analyser.dns import DnsNames
 from analyser.evaluation import Pod
-from analyser.flows import Flow
+from analyser.flows import Flow, FlowTable
 from analyser.graphs import (
     Attempt,
     EdgeStats,
@@ -449,7 +449,11 @@ def _merged_observation(
             tuple(sorted({pod for scope in scopes for pod in scope.unknown_pods})),
         ),
         traffic=_merged_traffic(labelled),
-        flows=tuple(renamed.flow(label, flow) for label, seen in labelled for flow in seen.flows),
+        flows=FlowTable.sorted(
+            group.seen_by(_labelled(label, group.captures))
+            for label, seen in labelled
+            for group in FlowTable.of(seen.flows).groups
+        ),
         graph=_merge_graphs([(label, seen.graph) for label, seen in labelled], renamed),
         problems=tuple(
             problem

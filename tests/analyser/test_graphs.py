@@ -431,6 +431,40 @@ def test_an_edge_lists_its_first_connections_and_one_attribution_per_group_for_t
     assert again.attributions == graph.attributions
 
 
+def test_the_first_connections_of_an_edge_are_listed_whatever_order_its_groups_come_in() -> None:
+    # Groups counted one after the other (by client address and captures), the first with the
+    # latest connections: each bucket keeps only what may still be listed (graphs._Bucket.prune),
+    # and the edge lists its first LISTED_FLOWS all the same, then one per group for the rest.
+    def calls(server: str, capture: str, hour: int, count: int) -> list[Flow]:
+        return [
+            flow(
+                f"{API_BLUE}:{30000 + hour * 100 + n}",
+                f"{server}:8080",
+                clock=f"{hour:02d}:{n // 60:02d}:{n % 60:02d}",
+                capture=f"captures/shop/api/{capture}",
+            )
+            for n in range(count)
+        ]
+
+    late, early, middle = (
+        calls(WEB_A, "c.pcap", 11, 100),
+        calls(WEB_B, "c.pcap", 9, 100),
+        calls(WEB_A, "d.pcap", 10, 100),
+    )
+    graph = build_graph([*late, *early, *middle], resolver(), scope=SCOPE)
+    attributions = graph.flows_on_edge(API_BLUE_W, WEB, PortSpec(TCP, 8080))
+    listed, rest = attributions[: graphs.LISTED_FLOWS], attributions[graphs.LISTED_FLOWS :]
+    assert [a.flow for a in listed] == early[: graphs.LISTED_FLOWS]
+    assert all(a.connections == 1 for a in listed)
+    assert sum(a.connections for a in attributions) == 300
+    # the rest: per server address, its first connection not listed stands for the others
+    assert [(a.flow, a.connections) for a in rest] == [
+        (early[graphs.LISTED_FLOWS], 80),
+        (middle[0], 200),
+    ]
+    assert graph == build_graph([*early, *middle, *late], resolver(), scope=SCOPE)
+
+
 def test_connections_seen_from_both_ends_are_counted_as_each_would_be() -> None:
     # Joined to their twins one by one, then counted together (graphs._Joins): each connection
     # once with the larger count of its two views, the first ones listed with their twins.
