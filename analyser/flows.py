@@ -716,7 +716,11 @@ class ConversationTable:
         read: the table is empty at the end, and a day's millions of conversations never exist
         both as entries and as flows. No :class:`Conversation` or :class:`Endpoint` is made for
         a connection here, only its place in a :class:`FlowGroup`."""
-        return _oriented(self._rows(take=True), known_listener)
+        return FlowTable.sorted(self.flow_groups(known_listener))
+
+    def flow_groups(self, known_listener: ListenerOracle | None) -> list[FlowGroup]:
+        """:meth:`oriented`, its groups not yet put in order (``FlowTable.sorted``)."""
+        return _flow_groups(self._rows(take=True), known_listener)
 
     def _rows(self, *, take: bool) -> Iterator[ConversationRow]:
         alone: dict[int, frozenset[str]] = {}  # a file's number → the set of its name alone
@@ -845,12 +849,14 @@ def orient(
     the lower port is the server's). Sorted by (protocol, client, server, first_seen), kept in
     groups (:class:`FlowTable`). ``ConversationTable.oriented`` does the same from its entries.
     """
-    return _oriented(map(_row, conversations), known_listener)
+    return FlowTable.sorted(_flow_groups(map(_row, conversations), known_listener))
 
 
-def _oriented(rows: Iterable[ConversationRow], known_listener: ListenerOracle | None) -> FlowTable:
-    """:func:`orient`, of conversations as rows: the loop that runs once per connection of a
-    day, so it makes no object for one but its place in its group."""
+def _flow_groups(
+    rows: Iterable[ConversationRow], known_listener: ListenerOracle | None
+) -> list[FlowGroup]:
+    """:func:`orient`, of conversations as rows, its groups not yet in order: the loop that runs
+    once per connection of a day, so it makes no object for one but its place in its group."""
     groups: dict[tuple[Protocol, str, str, int, frozenset[str]], FlowGroup] = {}
     # Locals: looking a member up on its class, or a global, is slow.
     handshake = _EVIDENCE_KIND[Evidence.HANDSHAKE]
@@ -905,7 +911,7 @@ def _oriented(rows: Iterable[ConversationRow], known_listener: ListenerOracle | 
             server = Endpoint(key[2], key[3])
             group = groups[key] = FlowGroup(protocol, key[1], server, captures)
         group.add(client_port, first_seen, last_seen, packets, size, kind)
-    return FlowTable.sorted(groups.values())
+    return list(groups.values())
 
 
 def _order_within_client(flow: Flow) -> tuple[int, str, int, float]:

@@ -24,9 +24,10 @@ import gc
 import os
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any, Protocol, TypeVar
 
 from analyser.dns import DnsNames, DnsTable, TcpDnsStreams
@@ -50,6 +51,7 @@ from analyser.packets import (
     fold_tally,
 )
 from analyser.sources import DEFAULT_MAX_BYTES, CaptureFile, CaptureReport, RecordChunk
+from analyser.spilling import SPILL_BYTES, SpilledConversations, part_count
 from kernel.bundles import ring_name
 
 
@@ -322,6 +324,7 @@ def read_captures(
     capture_map: CaptureMap | None = None,
     orientation: Orientation | None = None,
     on_step: Callable[[str], None] | None = None,
+    spill_bytes: int = SPILL_BYTES,
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`: its conversations, or with an
     ``orientation`` its flows (``flows.orient``; what an analysis wants, made with less memory).
@@ -353,6 +356,9 @@ def read_captures(
     recorded. Such a file is counted per interface (Linux cooked v2 records say which), and of
     each direction of a conversation the interface with the most packets counts: every packet
     once, as a pod's own capture counts it.
+
+    Past ``spill_bytes`` of capture files (on disk; 0: never), the conversations are merged in
+    parts on disk, one part at a time in memory (``analyser.spilling``), with the same result.
     """
     names = [_name_under(path, root) for path in paths]
     tasks = [
@@ -364,22 +370,32 @@ def read_captures(
     report = on_progress if on_progress is not None else _ignore
     placed = vantages if vantages is not None else {}
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
-    if capture_map is not None:
-        merged = _merge(_read_mapped(capture_map, tasks, report), placed)
-    elif count <= 1:
-        merged = _merge(_read_here(tasks, report), placed)
-    else:
-        # Imported here: it pulls in multiprocessing, a sixtieth of a second that one-worker
-        # reads (and every short-lived command) need not pay.
-        from concurrent.futures import ProcessPoolExecutor
+    parts = part_count(sum(task.size for task in tasks), spill_bytes)
+    with ExitStack() as spill:
+        table: ConversationTable | SpilledConversations = ConversationTable()
+        if parts > 1:
+            folder = spill.enter_context(TemporaryDirectory(prefix="netpol-sniffer-"))
+            table = spill.enter_context(closing(SpilledConversations(Path(folder), parts)))
+        if capture_map is not None:
+            merged = _merge(_read_mapped(capture_map, tasks, report), placed, table)
+        elif count <= 1:
+            merged = _merge(_read_here(tasks, report), placed, table)
+        else:
+            # Imported here: it pulls in multiprocessing, a sixtieth of a second that one-worker
+            # reads (and every short-lived command) need not pay.
+            from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=count) as pool:
-            merged = _merge(_read_mapped(pool, tasks, report), placed)
-    # With the workers gone: their memory is not held while conversations become flows.
-    if on_step is not None:
-        doing = "sorting" if orientation is None else "orienting"
-        on_step(f"{doing} {len(merged.table):,} conversations")
-    return merged.finish(orientation)
+            with ProcessPoolExecutor(max_workers=count) as pool:
+                merged = _merge(_read_mapped(pool, tasks, report), placed, table)
+        # With the workers gone: their memory is not held while conversations become flows.
+        if on_step is not None:
+            doing = "sorting" if orientation is None else "orienting"
+            on_step(
+                f"{doing} {len(table):,} conversations"
+                if parts == 1
+                else f"{doing} the conversations in {parts} parts ({len(table):,} entries)"
+            )
+        return merged.finish(orientation)
 
 
 def _ignore(size: int) -> None:
@@ -424,7 +440,7 @@ def _size(path: Path) -> int:
 class _Merged:
     """Every file's partial aggregates merged: the conversations still in their table."""
 
-    table: ConversationTable
+    table: ConversationTable | SpilledConversations
     traffic: Traffic  # without conversations or flows
 
     def finish(self, orientation: Orientation | None) -> Traffic:
@@ -436,14 +452,22 @@ class _Merged:
             return replace(self.traffic, flows=self.table.oriented(orientation.known_listener))
 
 
-def _merge(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> _Merged:
-    """Fold partial aggregates one by one (in input order), so only the merged total is kept."""
+def _merge(
+    partials: Iterable[_Partial],
+    vantages: Mapping[str, CaptureVantage],
+    conversations: ConversationTable | SpilledConversations,
+) -> _Merged:
+    """Fold partial aggregates one by one (in input order), so only the merged total is kept;
+    the conversations into ``conversations``."""
     with no_cyclic_gc():
-        return _merge_all(partials, vantages)
+        return _merge_all(partials, vantages, conversations)
 
 
-def _merge_all(partials: Iterable[_Partial], vantages: Mapping[str, CaptureVantage]) -> _Merged:
-    conversations = ConversationTable()
+def _merge_all(
+    partials: Iterable[_Partial],
+    vantages: Mapping[str, CaptureVantage],
+    conversations: ConversationTable | SpilledConversations,
+) -> _Merged:
     dns = DnsNames()
     reports = []
     counted = 0

@@ -3,11 +3,13 @@ for any number of workers, and a real ``tcpdump -i any`` capture (root)."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from analyser import reading, sources
+from analyser import reading, sources, spilling
 from analyser.flows import Endpoint, Evidence, Protocol, orient
 from analyser.reading import Orientation, read_captures
 from kernel.bundles import find_captures
+from kernel.errors import CaptureError
 from tests.analyser.packet_builders import (
     CLIENT,
     DNS_SERVER,
@@ -499,3 +502,63 @@ def test_a_capture_map_reads_what_workers_read_and_gets_self_contained_tasks(
     assert all(task.path.is_absolute() for task in elsewhere.tasks)
     assert [task.name for task in elsewhere.tasks] == [r.path for r in serial.reports]
     assert sum(progress) == sum(path.stat().st_size for path in paths)
+
+
+def test_conversations_merged_in_parts_on_disk_are_the_ones_merged_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past spill_bytes of captures, the conversations are merged one part at a time
+    # (analyser.spilling): the same conversations and flows, the same order; the parts' folder
+    # goes when the reading is done.
+    captures = tmp_path / "captures"
+    captures.mkdir()
+    paths = _random_captures(captures, 6)
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spill))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
+    listens = {Endpoint("10.2.0.1", 40001)}
+
+    def oracle(endpoint: Endpoint, *_: object) -> bool:
+        return endpoint in listens
+
+    total = sum(path.stat().st_size for path in paths)
+    steps: list[str] = []
+    for workers in (1, 2):
+        whole = read_captures(paths, root=tmp_path, workers=workers, spill_bytes=0)
+        parts = read_captures(paths, root=tmp_path, workers=workers, spill_bytes=total // 5)
+        assert parts.conversations == whole.conversations
+        assert len(whole.conversations) > 20
+        oriented = read_captures(
+            paths,
+            root=tmp_path,
+            workers=workers,
+            orientation=Orientation(oracle),
+            spill_bytes=total // 5,
+            on_step=steps.append,
+        )
+        assert oriented.flows == orient(whole.conversations, oracle)
+        assert (oriented.reports, oriented.packets) == (whole.reports, whole.packets)
+    assert steps[0].startswith("orienting the conversations in 6 parts (")
+    assert list(spill.iterdir()) == []
+
+
+def test_a_part_that_cannot_be_written_is_a_capture_error_naming_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captures = tmp_path / "captures"
+    captures.mkdir()
+    paths = _random_captures(captures, 2)
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spill))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spilling.pickle, "dump", full)
+    with pytest.raises(CaptureError, match="No space left on device.*set TMPDIR") as raised:
+        read_captures(paths, root=tmp_path, workers=1, spill_bytes=1)
+    assert str(spill) in str(raised.value)
+    assert list(spill.iterdir()) == []  # nothing left behind
