@@ -1073,48 +1073,59 @@ def build_graph(
         except KeyError:
             continue  # a workload this resolver never placed a pod in: nothing to draw
     attempts: list[Flow] = []
-    groups: list[_Group] = []
+    # A flow's twin is from its client address (and port): the groups are counted one client
+    # address at a time, so what a client's groups need (sorted copies, the twin join) lasts
+    # as long as that. The graph is the same in any order.
+    by_client: dict[tuple[IpProtocol, str], list[FlowGroup]] = defaultdict(list)
     for members in FlowTable.of(flows).groups:
-        key = _GroupKey(
-            members.protocol,
-            members.client_ip,
-            members.server.ip,
-            members.server.port,
-            members.captures,
-        )
-        start = members.first_seen()
-        if not (
-            resolver.timeless(key.client_ip, start) and resolver.timeless(key.server_ip, start)
-        ):
-            members = _split_at_handovers(members, resolver)
-        if _is_loopback_address(key.client_ip) or _is_loopback_address(key.server_ip):
-            builder.loopback += len(members)
-            continue
-        if not members.all_established():
-            attempts += map(members.flow, members.places(established=False))
-            members = members.taken(members.places(established=True))
-        if len(members):
-            groups.append(_resolved_group(key, members, resolver))
+        by_client[(members.protocol, members.client_ip)].append(members)
+    for client_groups in by_client.values():
+        groups: list[_Group] = []
+        for members in client_groups:
+            key = _GroupKey(
+                members.protocol,
+                members.client_ip,
+                members.server.ip,
+                members.server.port,
+                members.captures,
+            )
+            start = members.first_seen()
+            if not (
+                resolver.timeless(key.client_ip, start) and resolver.timeless(key.server_ip, start)
+            ):
+                members = _split_at_handovers(members, resolver)
+            if _is_loopback_address(key.client_ip) or _is_loopback_address(key.server_ip):
+                builder.loopback += len(members)
+                continue
+            if not members.all_established():
+                attempts += map(members.flow, members.places(established=False))
+                members = members.taken(members.places(established=True))
+            if len(members):
+                groups.append(_resolved_group(key, members, resolver))
+        _count_client(builder, groups)
     for flow in sorted(attempts, key=_flow_key):
         client = resolver.resolve(flow.client.ip, flow.first_seen)
         server = resolver.resolve(
             flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
         )
         builder.attempts.append(Attempt(flow, _describe(client), _describe(server)))
-    twinned = _clients_with_twins(groups)
-    # A flow's twin is from its client address (and port): the flows counted one by one are
-    # joined one client address at a time, so what the join holds lasts as long as that.
-    one_by_one: dict[tuple[IpProtocol, str], list[_Group]] = defaultdict(list)
-    for group in groups:
-        client_address = (group.key.protocol, group.key.client_ip)
-        if group.steady is None or client_address in twinned:
-            one_by_one[client_address].append(group)
-        else:
-            _count_group(builder, group.key, group.members, group.steady)
-    for client_groups in one_by_one.values():
-        _count_flows(builder, _in_flow_order(_resolved_flows(client_groups, resolver)))
-        builder.forget_joins()
     return builder.graph()
+
+
+def _count_client(builder: _Builder, groups: Sequence[_Group]) -> None:
+    """The established flows of one client address, by group: a group whose identities stay
+    the same counted at once, unless the client may have twins (:func:`_clients_with_twins`);
+    the others joined flow by flow."""
+    if _clients_with_twins(groups):
+        one_by_one = list(groups)
+    else:
+        one_by_one = [group for group in groups if group.steady is None]
+        for group in groups:
+            if group.steady is not None:
+                _count_group(builder, group.key, group.members, group.steady)
+    if one_by_one:
+        _count_flows(builder, _in_flow_order(_resolved_flows(one_by_one, builder.resolver)))
+        builder.forget_joins()
 
 
 # A flow and who its client and server were at its first packet.
