@@ -558,7 +558,7 @@ def test_a_part_that_cannot_be_written_is_a_capture_error_naming_the_folder(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(spilling.pickle, "dump", full)
-    with pytest.raises(CaptureError, match="No space left on device.*set TMPDIR") as raised:
+    with pytest.raises(CaptureError, match=r"No space left on device.*set TMPDIR") as raised:
         read_captures(paths, root=tmp_path, workers=1, spill_bytes=1)
     assert str(spill) in str(raised.value)
     assert list(spill.iterdir()) == []  # nothing left behind
