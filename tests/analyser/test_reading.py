@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import pickle
 import random
 import shutil
 import socket
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from analyser import reading, sources, spilling
+from analyser import reading, sources
 from analyser.flows import Endpoint, Evidence, Protocol, orient
 from analyser.reading import Orientation, read_captures
 from kernel.bundles import find_captures
@@ -557,7 +558,7 @@ def test_a_part_that_cannot_be_written_is_a_capture_error_naming_the_folder(
     def full(*_: object, **__: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spilling.pickle, "dump", full)
+    monkeypatch.setattr(pickle, "dump", full)
     with pytest.raises(CaptureError, match=r"No space left on device.*set TMPDIR") as raised:
         read_captures(paths, root=tmp_path, workers=1, spill_bytes=1)
     assert str(spill) in str(raised.value)
