@@ -390,9 +390,9 @@ def handshake_role(protocol_number: int, control: int) -> int:
 class Conversation(NamedTuple):
     """Both directions between two endpoints, merged over every capture; not yet oriented.
 
-    ``a`` is the lower endpoint and ``b`` the higher, so each conversation has one key. A named
-    tuple: one per connection of every capture, made once between reading and orienting, so
-    cheap to build.
+    ``a`` is the lower endpoint and ``b`` the higher, so each conversation has one key. What
+    ``read_captures`` gives without an orientation (``ConversationTable.conversations``); an
+    analysis orients the table's entries without making one (``ConversationTable.oriented``).
     """
 
     protocol: Protocol
@@ -896,7 +896,7 @@ def _flow_groups(
             else:
                 client_is_a = not _heuristic_server_is_a(port_a, port_b)
                 kind = heuristic
-        if established:
+        if established:  # flow_kind, inline: this loop runs once per connection of a day
             kind |= _ESTABLISHED
         if not sender:
             kind |= _ANSWERED
