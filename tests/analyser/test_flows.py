@@ -263,6 +263,19 @@ def test_flows_are_sorted_and_keep_the_counts() -> None:
     assert flows == orient(list(reversed(conversations)), None)
 
 
+def _orient_order(flow: Flow) -> tuple[Protocol, str, int, str, int, float]:
+    """The order orient promises: one sort by (protocol, client, server, first packet), ports
+    compared as numbers."""
+    return (
+        flow.protocol,
+        flow.client.ip,
+        flow.client.port,
+        flow.server.ip,
+        flow.server.port,
+        flow.first_seen,
+    )
+
+
 def test_flows_are_sorted_by_client_server_and_time_however_many() -> None:
     # orient sorts per protocol and client address, then puts them together: the order of one
     # sort by (protocol, client, server, first packet), ports compared as numbers.
@@ -280,14 +293,7 @@ def test_flows_are_sorted_by_client_server_and_time_however_many() -> None:
     flows = orient(conversations, None)
     assert flows == sorted(
         flows,
-        key=lambda f: (
-            f.protocol,
-            f.client.ip,
-            f.client.port,
-            f.server.ip,
-            f.server.port,
-            f.first_seen,
-        ),
+        key=_orient_order,
     )
     assert len(flows) == 400
 
@@ -460,14 +466,7 @@ def test_a_flow_table_gives_back_every_flow_as_it_was() -> None:
     # in groups of the order orient gives them: sorted like orient's flows
     assert FlowTable.sorted(table.groups) == sorted(
         flows,
-        key=lambda f: (
-            f.protocol,
-            f.client.ip,
-            f.client.port,
-            f.server.ip,
-            f.server.port,
-            f.first_seen,
-        ),
+        key=_orient_order,
     )
     assert FlowTable.of(table) is table
     assert table.first_seen() == min(f.first_seen for f in flows)

@@ -505,19 +505,26 @@ def test_a_capture_map_reads_what_workers_read_and_gets_self_contained_tasks(
     assert sum(progress) == sum(path.stat().st_size for path in paths)
 
 
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _temporary_folder(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``path``, made $TMPDIR for the test (tempfile reads it again)."""
+    monkeypatch.setenv("TMPDIR", str(_folder(path)))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    return path
+
+
 def test_conversations_merged_in_parts_on_disk_are_the_ones_merged_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Past spill_bytes of captures, the conversations are merged one part at a time
     # (analyser.spilling): the same conversations and flows, the same order; the parts' folder
     # goes when the reading is done.
-    captures = tmp_path / "captures"
-    captures.mkdir()
-    paths = _random_captures(captures, 6)
-    spill = tmp_path / "tmp"
-    spill.mkdir()
-    monkeypatch.setenv("TMPDIR", str(spill))
-    monkeypatch.setattr(tempfile, "tempdir", None)  # TMPDIR is read again
+    paths = _random_captures(_folder(tmp_path / "captures"), 6)
+    spill = _temporary_folder(tmp_path / "tmp", monkeypatch)
     listens = {Endpoint("10.2.0.1", 40001)}
 
     def oracle(endpoint: Endpoint, *_: object) -> bool:
@@ -547,13 +554,8 @@ def test_conversations_merged_in_parts_on_disk_are_the_ones_merged_in_memory(
 def test_a_part_that_cannot_be_written_is_a_capture_error_naming_the_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    captures = tmp_path / "captures"
-    captures.mkdir()
-    paths = _random_captures(captures, 2)
-    spill = tmp_path / "tmp"
-    spill.mkdir()
-    monkeypatch.setenv("TMPDIR", str(spill))
-    monkeypatch.setattr(tempfile, "tempdir", None)
+    paths = _random_captures(_folder(tmp_path / "captures"), 2)
+    spill = _temporary_folder(tmp_path / "tmp", monkeypatch)
 
     def full(*_: object, **__: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
