@@ -777,15 +777,18 @@ class _Builder:
     def count_group(
         self, attribution: FlowAttribution, flows: FlowGroup, names: _Names | None = None
     ) -> None:
-        """Connections each seen by one flow (of one group, by time): each counted."""
+        """Connections each seen by one flow (of one group, by time): each counted.
+        ``attribution``'s flow is their first (``_count_group``): kept as it is, the others that
+        may be listed made from the columns."""
         earliest = len(_earliest(flows.firsts, LISTED_FLOWS + 1, _itself))
         seen = _Seen(flows.firsts[0], max(flows.lasts), flows.evidence(), flows.any_answered())
+        kept = [attribution.flow, *flows.flows(1, earliest)]
         self._add(
             attribution,
             len(flows),
             sum(flows.packets),
             sum(flows.sizes),
-            [(flows.flow(index), None) for index in range(earliest)],
+            [(flow, None) for flow in kept],
             seen,
             names,
         )
@@ -1082,26 +1085,17 @@ def build_graph(
     for client_groups in by_client.values():
         groups: list[_Group] = []
         for members in client_groups:
-            key = _GroupKey(
-                members.protocol,
-                members.client_ip,
-                members.server.ip,
-                members.server.port,
-                members.captures,
-            )
-            start = members.first_seen()
-            if not (
-                resolver.timeless(key.client_ip, start) and resolver.timeless(key.server_ip, start)
-            ):
+            client_ip, server_ip, start = members.client_ip, members.server.ip, members.first_seen()
+            if not (resolver.timeless(client_ip, start) and resolver.timeless(server_ip, start)):
                 members = _split_at_handovers(members, resolver)
-            if _is_loopback_address(key.client_ip) or _is_loopback_address(key.server_ip):
+            if _is_loopback_address(client_ip) or _is_loopback_address(server_ip):
                 builder.loopback += len(members)
                 continue
             if not members.all_established():
-                attempts += map(members.flow, members.places(established=False))
+                attempts += members.taken(members.places(established=False)).flows()
                 members = members.taken(members.places(established=True))
             if len(members):
-                groups.append(_resolved_group(key, members, resolver))
+                groups.append(_resolved_group(members, resolver))
         _count_client(builder, groups)
     for flow in sorted(attempts, key=_flow_key):
         client = resolver.resolve(flow.client.ip, flow.first_seen)
@@ -1122,7 +1116,7 @@ def _count_client(builder: _Builder, groups: Sequence[_Group]) -> None:
         one_by_one = [group for group in groups if group.steady is None]
         for group in groups:
             if group.steady is not None:
-                _count_group(builder, group.key, group.members, group.steady)
+                _count_group(builder, group.members, group.steady)
     if one_by_one:
         _count_flows(builder, _in_flow_order(_resolved_flows(one_by_one, builder.resolver)))
         builder.forget_joins()
@@ -1178,16 +1172,6 @@ def _resolved_key(resolved: _Resolved) -> _FlowKey:
     return _flow_key(resolved[0])
 
 
-class _GroupKey(NamedTuple):
-    """What the flows of a group share."""
-
-    protocol: IpProtocol
-    client_ip: str
-    server_ip: str
-    server_port: int
-    captures: frozenset[str]
-
-
 @dataclass(frozen=True, slots=True)
 class _Steady:
     """Who a group's ends were, the same for each of its flows; a Service's backends too."""
@@ -1199,7 +1183,6 @@ class _Steady:
 
 @dataclass(frozen=True, slots=True)
 class _Group:
-    key: _GroupKey
     members: FlowGroup  # established, by time (FlowGroup.by_time)
     servers: frozenset[EndpointKind]  # what the server address was, over the flows
     steady: _Steady | None  # None: the identities may differ from flow to flow
@@ -1209,31 +1192,35 @@ class _Group:
 _ONE_KIND = {kind: frozenset({kind}) for kind in EndpointKind}
 
 
-def _resolved_group(key: _GroupKey, members: FlowGroup, resolver: Resolver) -> _Group:
+def _resolved_group(members: FlowGroup, resolver: Resolver) -> _Group:
     members = members.by_time()
+    protocol, client_ip, server_ip, server_port = (
+        members.protocol,
+        members.client_ip,
+        members.server.ip,
+        members.server.port,
+    )
     start = members.firsts[0]
-    if resolver.timeless(key.client_ip, start) and resolver.timeless(key.server_ip, start):
-        client = resolver.resolve(key.client_ip, start)
-        server = resolver.resolve(key.server_ip, start, port=key.server_port, protocol=key.protocol)
+    if resolver.timeless(client_ip, start) and resolver.timeless(server_ip, start):
+        client = resolver.resolve(client_ip, start)
+        server = resolver.resolve(server_ip, start, port=server_port, protocol=protocol)
         servers = _ONE_KIND[server.kind]
         if server.service is None:
-            return _Group(key, members, servers, _Steady(client, server))
+            return _Group(members, servers, _Steady(client, server))
         backends = resolver.steady_backends(
             server.service,
-            key.server_port,
-            key.protocol,
+            server_port,
+            protocol,
             start,
             family=address_key(server.ip)[0],
         )
         steady = None if backends is None else _Steady(client, server, backends)
-        return _Group(key, members, servers, steady)
+        return _Group(members, servers, steady)
     servers = frozenset(
-        resolver.resolve(
-            key.server_ip, first_seen, port=key.server_port, protocol=key.protocol
-        ).kind
+        resolver.resolve(server_ip, first_seen, port=server_port, protocol=protocol).kind
         for first_seen in members.firsts
     )
-    return _Group(key, members, servers, None)
+    return _Group(members, servers, None)
 
 
 def _clients_with_twins(groups: Iterable[_Group]) -> set[tuple[IpProtocol, str]]:
@@ -1242,7 +1229,7 @@ def _clients_with_twins(groups: Iterable[_Group]) -> set[tuple[IpProtocol, str]]
     ``_Twins``). Their flows are counted one by one."""
     servers: dict[tuple[IpProtocol, str], set[EndpointKind]] = defaultdict(set)
     for group in groups:
-        servers[(group.key.protocol, group.key.client_ip)] |= group.servers
+        servers[(group.members.protocol, group.members.client_ip)] |= group.servers
     return {
         client
         for client, kinds in servers.items()
@@ -1266,16 +1253,16 @@ def _pieces(members: FlowGroup, spans: Iterable[Span]) -> Iterator[FlowGroup]:
             yield members.taken(range(begin, end))
 
 
-def _count_group(builder: _Builder, key: _GroupKey, members: FlowGroup, steady: _Steady) -> None:
+def _count_group(builder: _Builder, members: FlowGroup, steady: _Steady) -> None:
     """A group whose identities stay the same and that has no twins: counted once per piece of
     time with the same vouched sides (as its flows one by one would be, in sum)."""
     client, server = steady.client, steady.server
     client_node = builder.node_for(client)
-    client_span = builder.span(client, key.captures)
+    client_span = builder.span(client, members.captures)
     if server.service is None:
         server_node = builder.node_for(server)
-        server_span = builder.span(server, key.captures)
-        port = PortSpec(key.protocol, key.server_port)
+        server_span = builder.span(server, members.captures)
+        port = PortSpec(members.protocol, members.server.port)
         for piece in _pieces(members, (client_span, server_span)):
             first = piece.flow(0)
             builder.note_lookups(first, client)  # the same for each flow of a piece
@@ -1294,10 +1281,10 @@ def _count_group(builder: _Builder, key: _GroupKey, members: FlowGroup, steady: 
     targets: dict[tuple[str, PortSpec], list[Span]] = {}
     if not steady.backends:
         unbacked = builder.node_for(Identity(EndpointKind.UNRESOLVED, server.ip))
-        targets[(unbacked, PortSpec(key.protocol, key.server_port))] = [ALWAYS]
+        targets[(unbacked, PortSpec(members.protocol, members.server.port))] = [ALWAYS]
     for backend in steady.backends:
-        target = (builder.node_for(backend.identity), PortSpec(key.protocol, backend.port))
-        targets.setdefault(target, []).append(builder.span(backend.identity, key.captures))
+        target = (builder.node_for(backend.identity), PortSpec(members.protocol, backend.port))
+        targets.setdefault(target, []).append(builder.span(backend.identity, members.captures))
     spans = [client_span, *(span for found in targets.values() for span in found)]
     assumed = bool(steady.backends)
     for piece in _pieces(members, spans):

@@ -87,7 +87,7 @@ class SpilledConversations:
                 raise CaptureError(
                     f"{self._paths[number].parent}: cannot keep the merged conversations of a "
                     f"bundle this size there ({error.strerror or error}); set TMPDIR to a folder "
-                    "with room for about half the size of the capture files"
+                    "with room for about a fifth of the size of the capture files, or more"
                 ) from error
         self.entries += len(seen.entries)
 
