@@ -83,65 +83,130 @@ def flow_kind(evidence: Evidence, established: bool, answered: bool) -> int:
     return _EVIDENCE_KIND[evidence] | (established and _ESTABLISHED) | (answered and _ANSWERED)
 
 
+# A FlowGroup's columns, as array type codes: first and last seen (8 bytes each), packets and
+# bytes (8 each), client port (2) and kind (1). The widest come first, so that each column starts
+# aligned (FlowGroup's properties hold the offsets).
+_COLUMN_CODES = "ddQQHB"
+FLOW_BYTES = 35
+# A flow as rows of flat lists hold it while a group is gathered (see pack_flows): one value per
+# column, in the columns' order.
+FlowRow = tuple[float, float, int, int, int, int]
+
+
+def pack_flows(rows: list[Any]) -> bytes:
+    """The columns of :class:`FlowGroup` for flows given one after another in a flat list, each
+    as a :data:`FlowRow`'s six values (one ``list.extend`` a flow: the cheapest way to gather a
+    day's connections)."""
+    step = len(_COLUMN_CODES)
+    return b"".join(array(code, rows[place::step]) for place, code in enumerate(_COLUMN_CODES))
+
+
+def flow_row(flow: Flow) -> FlowRow:
+    """What a :class:`FlowGroup` keeps of ``flow`` besides what the group's flows share."""
+    return (
+        flow.first_seen,
+        flow.last_seen,
+        flow.packets,
+        flow.bytes,
+        flow.client.port,
+        flow_kind(flow.evidence, flow.established, flow.answered),
+    )
+
+
+class StoredColumns(typing.Protocol):
+    """A :class:`FlowGroup`'s columns kept outside memory (``spilling.ColumnStore``)."""
+
+    def __len__(self) -> int:
+        """Their size in bytes."""
+
+    def load(self) -> bytes:
+        """The columns, as :func:`pack_flows` gave them."""
+
+
 class FlowGroup:
     """Flows with the same protocol, client address, server endpoint and captures (a client
     that opens a connection per request makes thousands), the rest of each flow in columns:
-    ``ports`` (the client's), ``firsts`` and ``lasts`` (first and last seen), ``packets``,
-    ``sizes`` (bytes) and ``kinds`` (:func:`flow_kind`). About 35 bytes a flow, where a
-    :class:`Flow` and its client's :class:`Endpoint` take about 250: a day has millions. A
-    :class:`Flow` is made when one is asked for (:meth:`flow`, :meth:`flows`).
+    ``firsts`` and ``lasts`` (first and last seen), ``packets``, ``sizes`` (bytes), ``ports``
+    (the client's) and ``kinds`` (:func:`flow_kind`). All of them are one ``bytes`` object
+    (:func:`pack_flows`), each column a typed view of its part: 35 bytes a flow and one object a
+    group, where a :class:`Flow` and its client's :class:`Endpoint` take about 250 bytes and an
+    array a column about 100. A day has millions of flows in hundreds of thousands of groups,
+    mostly of a few flows. A :class:`Flow` is made when one is asked for (:meth:`flow`,
+    :meth:`flows`). Immutable: a changed group is a new one.
     """
 
-    __slots__ = (
-        "captures",
-        "client_ip",
-        "firsts",
-        "kinds",
-        "lasts",
-        "packets",
-        "ports",
-        "protocol",
-        "server",
-        "sizes",
-    )
+    __slots__ = ("captures", "client_ip", "columns", "protocol", "server")
 
     def __init__(
-        self, protocol: Protocol, client_ip: str, server: Endpoint, captures: frozenset[str]
+        self,
+        protocol: Protocol,
+        client_ip: str,
+        server: Endpoint,
+        captures: frozenset[str],
+        columns: bytes | StoredColumns = b"",
     ) -> None:
         self.protocol = protocol
         self.client_ip = client_ip
         self.server = server
         self.captures = captures
-        self.ports = array("H")
-        self.firsts = array("d")
-        self.lasts = array("d")
-        self.packets = array("Q")
-        self.sizes = array("Q")
-        self.kinds = bytearray()
+        self.columns = columns  # pack_flows, in memory or on disk
 
-    def add(self, port: int, first: float, last: float, packets: int, size: int, kind: int) -> None:
-        """Add a flow: its client port, first and last seen, packets, bytes and
-        :func:`flow_kind`."""
-        self.ports.append(port)
-        self.firsts.append(first)
-        self.lasts.append(last)
-        self.packets.append(packets)
-        self.sizes.append(size)
-        self.kinds.append(kind)
+    @classmethod
+    def of(cls, flows: Iterable[Flow]) -> FlowGroup:
+        """A group of ``flows`` (at least one; of one protocol, client address, server and
+        captures), in their order."""
+        rows: list[Any] = []
+        for flow in flows:
+            rows += flow_row(flow)
+        return cls(flow.protocol, flow.client.ip, flow.server, flow.captures, pack_flows(rows))
 
-    def append(self, flow: Flow) -> None:
-        """Add ``flow`` (of this group's protocol, client address, server and captures)."""
-        self.add(
-            flow.client.port,
-            flow.first_seen,
-            flow.last_seen,
-            flow.packets,
-            flow.bytes,
-            flow_kind(flow.evidence, flow.established, flow.answered),
-        )
+    def _part(self, start: int, stop: int) -> memoryview:
+        """Its columns' bytes from ``start`` to ``stop`` times its number of flows."""
+        count = len(self)
+        columns = self.columns
+        if not isinstance(columns, bytes):
+            columns = columns.load()
+        return memoryview(columns)[start * count : stop * count]
+
+    @property
+    def firsts(self) -> memoryview[float]:
+        return self._part(0, 8).cast("d")
+
+    @property
+    def lasts(self) -> memoryview[float]:
+        return self._part(8, 16).cast("d")
+
+    @property
+    def packets(self) -> memoryview[int]:
+        return self._part(16, 24).cast("Q")
+
+    @property
+    def sizes(self) -> memoryview[int]:
+        return self._part(24, 32).cast("Q")
+
+    @property
+    def ports(self) -> memoryview[int]:
+        return self._part(32, 34).cast("H")
+
+    @property
+    def kinds(self) -> memoryview[int]:
+        return self._part(34, 35).cast("B")
+
+    def _views(self) -> tuple[memoryview[Any], ...]:
+        """Its columns, in :data:`FlowRow`'s order (read from disk once for all six)."""
+        group = self.loaded()
+        return (group.firsts, group.lasts, group.packets, group.sizes, group.ports, group.kinds)
+
+    def loaded(self) -> FlowGroup:
+        """This group with its columns in memory: itself when they are, else a copy that reads
+        them from disk once, for code that reads several."""
+        columns = self.columns
+        if isinstance(columns, bytes):
+            return self
+        return FlowGroup(self.protocol, self.client_ip, self.server, self.captures, columns.load())
 
     def __len__(self) -> int:
-        return len(self.ports)
+        return len(self.columns) // FLOW_BYTES
 
     def flow(self, index: int) -> Flow:
         """Its flow at ``index`` (0 up to its length)."""
@@ -156,14 +221,8 @@ class FlowGroup:
             self.captures,
         )
         place = slice(start, stop)
-        for port, first, last, packets, size, kind in zip(
-            self.ports[place],
-            self.firsts[place],
-            self.lasts[place],
-            self.packets[place],
-            self.sizes[place],
-            self.kinds[place],
-            strict=True,
+        for first, last, packets, size, port, kind in zip(
+            *(column[place] for column in self._views()), strict=True
         ):
             yield Flow(
                 protocol,
@@ -181,22 +240,16 @@ class FlowGroup:
 
     def taken(self, indices: Iterable[int]) -> FlowGroup:
         """A group of the flows at ``indices``, in that order."""
-        taken = FlowGroup(self.protocol, self.client_ip, self.server, self.captures)
         places = indices if isinstance(indices, range | list) else list(indices)
-        taken.ports = array("H", map(self.ports.__getitem__, places))
-        taken.firsts = array("d", map(self.firsts.__getitem__, places))
-        taken.lasts = array("d", map(self.lasts.__getitem__, places))
-        taken.packets = array("Q", map(self.packets.__getitem__, places))
-        taken.sizes = array("Q", map(self.sizes.__getitem__, places))
-        taken.kinds = bytearray(map(self.kinds.__getitem__, places))
-        return taken
+        columns = b"".join(
+            array(code, map(column.__getitem__, places))
+            for code, column in zip(_COLUMN_CODES, self._views(), strict=True)
+        )
+        return FlowGroup(self.protocol, self.client_ip, self.server, self.captures, columns)
 
     def seen_by(self, captures: frozenset[str]) -> FlowGroup:
         """The same flows, seen by ``captures`` (its columns shared, not copied)."""
-        group = FlowGroup(self.protocol, self.client_ip, self.server, captures)
-        group.ports, group.firsts, group.lasts = self.ports, self.firsts, self.lasts
-        group.packets, group.sizes, group.kinds = self.packets, self.sizes, self.kinds
-        return group
+        return FlowGroup(self.protocol, self.client_ip, self.server, captures, self.columns)
 
     def by_time(self) -> FlowGroup:
         """This group with its flows in order of first seen (then client port, last seen,
@@ -210,7 +263,7 @@ class FlowGroup:
         captures' views)."""
         return self._sorted_by(self.ports, self.firsts)
 
-    def _sorted_by(self, column: array[Any], *then: array[Any]) -> FlowGroup:
+    def _sorted_by(self, column: memoryview[Any], *then: memoryview[Any]) -> FlowGroup:
         """This group in order of ``column``, then of ``then`` where it has a value twice;
         stable. Itself when already in that order (no copy)."""
         order = sorted(range(len(column)), key=column.__getitem__)
@@ -276,14 +329,11 @@ class FlowTable(Sequence[Flow]):
         order their first flows come in (a :class:`FlowTable` is returned as it is)."""
         if isinstance(flows, FlowTable):
             return flows
-        groups: dict[tuple[Protocol, str, Endpoint, frozenset[str]], FlowGroup] = {}
+        groups: dict[tuple[Protocol, str, Endpoint, frozenset[str]], list[Flow]] = {}
         for flow in flows:
             key = (flow.protocol, flow.client.ip, flow.server, flow.captures)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = FlowGroup(*key)
-            group.append(flow)
-        return cls(groups.values())
+            groups.setdefault(key, []).append(flow)
+        return cls(map(FlowGroup.of, groups.values()))
 
     def __len__(self) -> int:
         return self._length
@@ -716,7 +766,7 @@ class ConversationTable:
 
     def flow_groups(self, known_listener: ListenerOracle | None) -> list[FlowGroup]:
         """:meth:`oriented`, its groups not yet put in order (``FlowTable.sorted``)."""
-        return _flow_groups(self._rows(take=True), known_listener)
+        return _flow_groups(self._rows(take=True), known_listener, pairs_together=True)
 
     def _rows(self, *, take: bool) -> Iterator[ConversationRow]:
         alone: dict[int, frozenset[str]] = {}  # a file's number → the set of its name alone
@@ -845,15 +895,25 @@ def orient(
     the lower port is the server's). Sorted by (protocol, client, server, first_seen), kept in
     groups (:class:`FlowTable`). ``ConversationTable.oriented`` does the same from its entries.
     """
-    return FlowTable.sorted(_flow_groups(map(_row, conversations), known_listener))
+    return FlowTable.sorted(
+        _flow_groups(map(_row, conversations), known_listener, pairs_together=False)
+    )
 
 
 def _flow_groups(
-    rows: Iterable[ConversationRow], known_listener: ListenerOracle | None
+    rows: Iterable[ConversationRow],
+    known_listener: ListenerOracle | None,
+    *,
+    pairs_together: bool,
 ) -> list[FlowGroup]:
     """:func:`orient`, of conversations as rows, its groups not yet in order: the loop that runs
-    once per connection of a day, so it makes no object for one but its place in its group."""
-    groups: dict[tuple[Protocol, str, str, int, frozenset[str]], FlowGroup] = {}
+    once per connection of a day, so it makes no object for one but its values in its group's
+    flat list (:func:`pack_flows`). With ``pairs_together`` (the rows of a pair of addresses come
+    one after another, as a table's do), a pair's groups are packed as soon as the next pair's
+    rows begin, so that only one pair's flows at a time wait as Python objects."""
+    groups: list[FlowGroup] = []
+    gathering: dict[_GatheredKey, list[Any]] = {}  # the groups not yet packed
+    pair = ("", "")
     # Locals: looking a member up on its class, or a global, is slow.
     handshake = _EVIDENCE_KIND[Evidence.HANDSHAKE]
     known = _EVIDENCE_KIND[Evidence.KNOWN_LISTENER]
@@ -875,6 +935,10 @@ def _flow_groups(
         established,
         sender,
     ) in rows:
+        if pairs_together and (ip_a != pair[0] or ip_b != pair[1]):
+            groups += _packed_groups(gathering)
+            gathering.clear()
+            pair = (ip_a, ip_b)
         if opener:
             client_is_a = opener == a_side
             kind = handshake
@@ -902,12 +966,23 @@ def _flow_groups(
         else:
             key = (protocol, ip_b, ip_a, port_a, captures)
             client_port = port_b
-        group = groups.get(key)
-        if group is None:
-            server = Endpoint(key[2], key[3])
-            group = groups[key] = FlowGroup(protocol, key[1], server, captures)
-        group.add(client_port, first_seen, last_seen, packets, size, kind)
-    return list(groups.values())
+        flows = gathering.get(key)
+        if flows is None:
+            flows = gathering[key] = []
+        flows += (first_seen, last_seen, packets, size, client_port, kind)  # a FlowRow
+    groups += _packed_groups(gathering)
+    return groups
+
+
+# A group's protocol, client address, server address and port, and captures, as _flow_groups
+# gathers it.
+_GatheredKey = tuple[Protocol, str, str, int, frozenset[str]]
+
+
+def _packed_groups(gathering: dict[_GatheredKey, list[Any]]) -> Iterator[FlowGroup]:
+    for (protocol, client_ip, server_ip, server_port, captures), flows in gathering.items():
+        server = Endpoint(server_ip, server_port)
+        yield FlowGroup(protocol, client_ip, server, captures, pack_flows(flows))
 
 
 def _order_within_client(flow: Flow) -> tuple[int, str, int, float]:

@@ -943,7 +943,7 @@ def _split_at_handovers(flows: FlowGroup, resolver: Resolver) -> FlowGroup:
     connections are one flow. Resolved at its first packet only, the second pod's traffic would
     be the first pod's, and its policy would miss it.
     """
-    split = FlowGroup(flows.protocol, flows.client_ip, flows.server, flows.captures)
+    split: list[Flow] = []
     for flow in flows.flows():
         split.append(flow)
         if flow.last_seen <= flow.first_seen or (
@@ -960,7 +960,7 @@ def _split_at_handovers(flows: FlowGroup, resolver: Resolver) -> FlowGroup:
             )
         ):
             split.append(replace(flow, first_seen=flow.last_seen))
-    return split
+    return flows if len(split) == len(flows) else FlowGroup.of(split)
 
 
 def _describe(identity: Identity) -> str:
@@ -1085,6 +1085,7 @@ def build_graph(
     for client_groups in by_client.values():
         groups: list[_Group] = []
         for members in client_groups:
+            members = members.loaded()  # read from disk once (a day's, see analyser.spilling)
             client_ip, server_ip, start = members.client_ip, members.server.ip, members.first_seen()
             if not (resolver.timeless(client_ip, start) and resolver.timeless(server_ip, start)):
                 members = _split_at_handovers(members, resolver)

@@ -17,7 +17,9 @@ The parts are pickles this process writes into a folder of its own (``tempfile``
 from __future__ import annotations
 
 import math
+import os
 import pickle
+import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,17 +38,21 @@ from analyser.flows import (
 )
 from kernel.errors import CaptureError
 
-# Capture files (on disk) merged in memory in one table; past this, in parts of about this much.
+# Capture files (on disk) merged in memory in one table; past this, in parts of a quarter of this
+# much each: a part in memory takes about 50 MB, whatever the size of the bundle (up to
+# MAX_PARTS parts: 32 GiB of captures).
 SPILL_BYTES = 512 * 1024 * 1024
-MAX_PARTS = 64  # files open at once
+PARTS_PER_SPILL = 4
+MAX_PARTS = 256  # files open at once
 
 
 def part_count(capture_bytes: int, spill_bytes: int = SPILL_BYTES) -> int:
     """How many parts the conversations of ``capture_bytes`` of capture files are merged in: 1
-    (in memory, no files) up to ``spill_bytes`` (or when it is 0), at most :data:`MAX_PARTS`."""
-    if spill_bytes <= 0:
+    (in memory, no files) up to ``spill_bytes`` (or when it is 0), else one for each quarter of
+    ``spill_bytes``, at most :data:`MAX_PARTS`."""
+    if spill_bytes <= 0 or capture_bytes <= spill_bytes:
         return 1
-    return min(MAX_PARTS, max(1, math.ceil(capture_bytes / spill_bytes)))
+    return min(MAX_PARTS, math.ceil(capture_bytes * PARTS_PER_SPILL / spill_bytes))
 
 
 def _part(pair: bytes, parts: int) -> int:
@@ -55,11 +61,74 @@ def _part(pair: bytes, parts: int) -> int:
     return zlib.crc32(pair) % parts
 
 
+def _no_room(folder: Path, error: OSError) -> CaptureError:
+    return CaptureError(
+        f"{folder}: cannot keep the merged conversations of a bundle this size there "
+        f"({error.strerror or error}); set TMPDIR to a folder with room for about a third of "
+        "the size of the capture files, or more"
+    )
+
+
+class ColumnStore:
+    """The columns of flow groups (``flows.pack_flows``) in a file of their own, so that a day's
+    flows take disk, not memory: about 35 bytes a connection, 175 MB for the 5 million of 20
+    million packets, growing with the captures. Memory keeps what the groups share (protocol,
+    addresses, server port, captures) and where their columns are. The file has no name (made in
+    ``folder``, a :class:`SpilledConversations`'), so it goes when the last group kept in it does,
+    whatever happens."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._end = 0
+        try:
+            # Open as long as the store is: the groups kept in it read from it to the end.
+            self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115
+        except OSError as error:
+            raise _no_room(folder, error) from error
+
+    def kept(self, group: FlowGroup) -> FlowGroup:
+        """``group`` with its columns in this store."""
+        columns = group.columns
+        if not isinstance(columns, bytes):
+            columns = columns.load()
+        try:
+            written = 0
+            while written < len(columns):  # a full disk may take part of it
+                written += os.pwrite(self._file.fileno(), columns[written:], self._end + written)
+        except OSError as error:
+            raise _no_room(self._folder, error) from error
+        stored = _Stored(self, self._end, len(columns))
+        self._end += len(columns)
+        return FlowGroup(group.protocol, group.client_ip, group.server, group.captures, stored)
+
+    def load(self, start: int, size: int) -> bytes:
+        """The ``size`` bytes kept at ``start``."""
+        return os.pread(self._file.fileno(), size, start)
+
+
+class _Stored:
+    """Where a group's columns are in a :class:`ColumnStore` (``flows.StoredColumns``)."""
+
+    __slots__ = ("_size", "_start", "_store")
+
+    def __init__(self, store: ColumnStore, start: int, size: int) -> None:
+        self._store = store
+        self._start = start
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def load(self) -> bytes:
+        return self._store.load(self._start, self._size)
+
+
 class SpilledConversations:
     """Conversations merged over capture files as ``ConversationTable`` merges them, kept in
     ``parts`` files in ``folder`` until they are oriented (see the module's docstring)."""
 
     def __init__(self, folder: Path, parts: int) -> None:
+        self._folder = folder
         self._paths = [folder / f"part-{number}.pickle" for number in range(parts)]
         self._files: list[BinaryIO] = [path.open("wb") for path in self._paths]
         self.entries = 0  # conversation entries added (a conversation two files saw: two)
@@ -84,11 +153,7 @@ class SpilledConversations:
             try:
                 pickle.dump(piece, file, protocol=pickle.HIGHEST_PROTOCOL)
             except OSError as error:
-                raise CaptureError(
-                    f"{self._paths[number].parent}: cannot keep the merged conversations of a "
-                    f"bundle this size there ({error.strerror or error}); set TMPDIR to a folder "
-                    "with room for about a fifth of the size of the capture files, or more"
-                ) from error
+                raise _no_room(self._folder, error) from error
         self.entries += len(seen.entries)
 
     def __len__(self) -> int:
@@ -114,10 +179,12 @@ class SpilledConversations:
             yield table
 
     def oriented(self, known_listener: ListenerOracle | None) -> FlowTable:
-        """Every conversation oriented (``ConversationTable.oriented``), one part at a time."""
+        """Every conversation oriented (``ConversationTable.oriented``), one part at a time, the
+        groups' columns kept on disk (:class:`ColumnStore`)."""
+        store = ColumnStore(self._folder)
         groups: list[FlowGroup] = []
         for table in self._tables():
-            groups += table.flow_groups(known_listener)
+            groups += map(store.kept, table.flow_groups(known_listener))
         return FlowTable.sorted(groups)
 
     def conversations(self) -> list[Conversation]:

@@ -9,6 +9,7 @@ import socket
 import struct
 import tracemalloc
 from collections import Counter
+from pathlib import Path
 from typing import NamedTuple
 
 from analyser.flows import (
@@ -28,6 +29,7 @@ from analyser.flows import (
     orient,
 )
 from analyser.packets import Counts, Tally, fold_tally
+from analyser.spilling import ColumnStore
 
 CLIENT = Endpoint("10.1.0.5", 40002)
 SERVER = Endpoint("10.1.0.9", 8080)
@@ -522,3 +524,21 @@ def test_a_flow_table_keeps_a_flow_in_far_less_than_a_flow_object() -> None:
         tracemalloc.stop()
     assert len(table) == 20000 and len(table.groups) == 1
     assert kept / len(table) < 60
+
+
+def test_a_flow_group_kept_on_disk_is_the_group_it_was(tmp_path: Path) -> None:
+    # a day's groups keep their columns in a ColumnStore (analyser.spilling): read back as they
+    # are asked for, the same flows, columns and sorted copies
+    store = ColumnStore(tmp_path)
+    groups = FlowTable.of(_random_flows(300)).groups
+    kept = [store.kept(group) for group in groups]
+    assert not any(isinstance(group.columns, bytes) for group in kept)
+    for group, on_disk in zip(groups, kept, strict=True):
+        assert list(on_disk.flows()) == list(group.flows())
+        assert len(on_disk) == len(group)
+        assert on_disk.firsts.tolist() == group.firsts.tolist()
+        assert on_disk.kinds.tolist() == group.kinds.tolist()
+        assert list(on_disk.by_time().flows()) == list(group.by_time().flows())
+        assert on_disk.loaded().columns == group.columns
+        assert store.kept(on_disk).loaded().columns == group.columns
+    assert list(tmp_path.iterdir()) == []  # the store's file has no name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import pickle
 import random
 import shutil
@@ -19,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from analyser import reading, sources
-from analyser.flows import Endpoint, Evidence, Protocol, orient
+from analyser.flows import Endpoint, Evidence, FlowTable, Protocol, orient
 from analyser.reading import Orientation, read_captures
+from analyser.spilling import part_count
 from kernel.bundles import find_captures
 from kernel.errors import CaptureError
 from tests.analyser.packet_builders import (
@@ -547,7 +549,28 @@ def test_conversations_merged_in_parts_on_disk_are_the_ones_merged_in_memory(
         )
         assert oriented.flows == orient(whole.conversations, oracle)
         assert (oriented.reports, oriented.packets) == (whole.reports, whole.packets)
-    assert steps[0].startswith("orienting the conversations in 6 parts (")
+        # the flows' columns are on disk (a file without a name), read back as they are asked for
+        assert isinstance(oriented.flows, FlowTable)
+        assert not any(isinstance(group.columns, bytes) for group in oriented.flows.groups)
+    parts_made = part_count(total, total // 5)
+    assert parts_made in (20, 21)  # each a quarter of spill_bytes
+    assert steps[0].startswith(f"orienting the conversations in {parts_made} parts (")
+    assert list(spill.iterdir()) == []
+
+
+def test_flow_columns_that_cannot_be_written_are_a_capture_error_naming_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _random_captures(_folder(tmp_path / "captures"), 2)
+    spill = _temporary_folder(tmp_path / "tmp", monkeypatch)
+
+    def full(*_: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(CaptureError, match=r"No space left on device.*set TMPDIR") as raised:
+        read_captures(paths, root=tmp_path, workers=1, orientation=Orientation(None), spill_bytes=1)
+    assert str(spill) in str(raised.value)
     assert list(spill.iterdir()) == []
 
 
