@@ -39,7 +39,7 @@ Pure (data in, data out, no I/O):
 Files (``snapshot`` and ``policysets`` parse plain data; their ``load_*`` functions read files):
     sources     capture files → (timestamp, linktype, bytes) records
     reading     capture files → traffic, on every core (or through a ``CaptureMap``)
-    spilling    a day's conversations merged in parts on disk, one part at a time in memory
+    spilling    a day's conversations merged in parts on disk, and its flows kept there
     distributing  the map step of reading on a Dask cluster (the only Dask import; optional)
     bundles     a bundle directory (kernel.bundles' format) → manifest, snapshot, captures, damage
     documents   JSON and YAML text → values, with bounded work (no YAML aliases, nesting capped)

@@ -130,9 +130,10 @@ class FlowGroup:
     (the client's) and ``kinds`` (:func:`flow_kind`). All of them are one ``bytes`` object
     (:func:`pack_flows`), each column a typed view of its part: 35 bytes a flow and one object a
     group, where a :class:`Flow` and its client's :class:`Endpoint` take about 250 bytes and an
-    array a column about 100. A day has millions of flows in hundreds of thousands of groups,
-    mostly of a few flows. A :class:`Flow` is made when one is asked for (:meth:`flow`,
-    :meth:`flows`). Immutable: a changed group is a new one.
+    array a column about 100. A day has millions of flows in over a hundred thousand groups; its
+    groups' columns are on disk (:class:`StoredColumns`), read each time they are asked for
+    (:meth:`loaded` reads them once). A :class:`Flow` is made when one is asked for
+    (:meth:`flow`, :meth:`flows`). Immutable: a changed group is a new one.
     """
 
     __slots__ = ("captures", "client_ip", "columns", "protocol", "server")

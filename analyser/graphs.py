@@ -15,9 +15,9 @@ The schema is the records below, a contract for policies, rendering, verify and 
   from its own edges only, so one pod's capture cannot name another pod's peers).
 - :class:`WorkloadGraph`: the nodes and edges, plus which flow made which edge
   (:class:`FlowAttribution`, :meth:`WorkloadGraph.flows_on_edge`), the TCP connections never
-  established (:class:`Attempt`), how many flows were on a loopback address, the unresolved
-  addresses and the traffic a side's captures did not vouch for
-  (:meth:`WorkloadGraph.unvouched_pairs`). Immutable, sorted on construction, so the same flows
+  established (:class:`AttemptGroup`, one per client, server and port), how many flows were on
+  a loopback address, the unresolved addresses and the traffic a side's captures did not vouch
+  for (:meth:`WorkloadGraph.unvouched_pairs`). Immutable, sorted on construction, so the same flows
   give the same graph whatever their order.
 
 No graph library: nothing here needs one (no graph algorithm runs on it, only lookups by node and
@@ -27,7 +27,8 @@ How flows become edges (details in ``docs/semantics.md``):
 
 - A TCP connection that was never established (``Flow.established``: refused with a RST, or its
   SYN never answered) makes no edge: nothing listened, or something already dropped it, so a rule
-  would only widen what works today. It is kept as an :class:`Attempt` for the report.
+  would only widen what works today. It is counted in an :class:`AttemptGroup` for the report
+  (a client retrying a blocked port all day makes one, not one per attempt).
 - A flow on a loopback address (``127.0.0.0/8``, ``::1``: ``tcpdump -i any`` in a pod sees its
   containers talking to each other over ``lo``) makes no edge: it never leaves the pod, and no
   NetworkPolicy applies to it. Only their number is kept.
@@ -212,21 +213,13 @@ class FlowAttribution:
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
-    """A TCP connection tried but never established, and who its ends were (``NS/Kind/name``,
+class AttemptGroup:
+    """The TCP connections one client tried at one server and port but never established (a
+    client retrying makes many): how many, and when the first began and the last ended. The
+    client and the server are who they were at each attempt's first packet (``NS/Kind/name``,
     ``service:NS/name``, ``node:NAME``, ``ip:ADDRESS`` or ``unresolved:ADDRESS``)."""
 
-    flow: Flow
     client: str
-    server: str
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptGroup:
-    """The attempts of one client at one server and port (a client retrying makes many): how
-    many, and when the first began and the last ended."""
-
-    client: str  # as in Attempt
     server: str
     port: PortSpec
     servers: tuple[str, ...]  # the addresses tried, sorted
@@ -234,6 +227,34 @@ class AttemptGroup:
     packets: int
     first_seen: float
     last_seen: float
+
+    def key(self) -> AttemptKey:
+        return (self.client, self.server, self.port)
+
+    def merged(self, other: AttemptGroup) -> AttemptGroup:
+        """This group and ``other`` (of the same client, server and port) as one."""
+        return AttemptGroup(
+            self.client,
+            self.server,
+            self.port,
+            tuple(sorted({*self.servers, *other.servers}, key=address_key)),
+            self.attempts + other.attempts,
+            self.packets + other.packets,
+            min(self.first_seen, other.first_seen),
+            max(self.last_seen, other.last_seen),
+        )
+
+
+# An AttemptGroup's client, server and port: what it is one group of.
+AttemptKey = tuple[str, str, PortSpec]
+
+
+def merge_attempts(found: dict[AttemptKey, AttemptGroup], groups: Iterable[AttemptGroup]) -> None:
+    """Add ``groups`` to ``found`` (by client, server and port), merging those of one key."""
+    for group in groups:
+        key = group.key()
+        known = found.get(key)
+        found[key] = group if known is None else known.merged(group)
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +362,8 @@ class WorkloadGraph:
     nodes: tuple[GraphNode, ...] = ()
     edges: tuple[GraphEdge, ...] = ()
     attributions: tuple[FlowAttribution, ...] = ()  # which flow made which edge
-    attempts: tuple[Attempt, ...] = ()  # connections never established (no edge), by time
+    # TCP connections never established (no edge), by client, server and port; sorted by them.
+    attempts: tuple[AttemptGroup, ...] = ()
     loopback: int = 0  # how many flows were on a loopback address (no edge)
     # In-cluster addresses that matched nothing known at the time (UNRESOLVED nodes), sorted.
     unresolved: tuple[str, ...] = field(init=False)
@@ -374,7 +396,7 @@ class WorkloadGraph:
         set_field("nodes", nodes)
         set_field("edges", edges)
         set_field("attributions", _sorted_attributions(self.attributions))
-        set_field("attempts", tuple(self.attempts))
+        set_field("attempts", tuple(sorted(self.attempts, key=AttemptGroup.key)))
         set_field("_node", by_id)
         set_field("_by_role", {role: tuple(found) for role, found in by_role.items()})
         set_field("_edge", by_ends)
@@ -430,28 +452,6 @@ class WorkloadGraph:
             return (a.client, a.server) if port is None else (a.client, a.server, a.port)
 
         return found[bisect_left(found, wanted, key=place) : bisect_right(found, wanted, key=place)]
-
-    def attempt_groups(self) -> tuple[AttemptGroup, ...]:
-        """The :attr:`attempts`, one group per client, server and port; sorted by them."""
-        grouped: dict[tuple[str, str, PortSpec], list[Flow]] = defaultdict(list)
-        for attempt in self.attempts:
-            flow = attempt.flow
-            grouped[
-                (attempt.client, attempt.server, PortSpec(flow.protocol, flow.server.port))
-            ].append(flow)
-        return tuple(
-            AttemptGroup(
-                client,
-                server,
-                port,
-                tuple(sorted({flow.server.ip for flow in flows}, key=address_key)),
-                len(flows),
-                sum(flow.packets for flow in flows),
-                min(flow.first_seen for flow in flows),
-                max(flow.last_seen for flow in flows),
-            )
-            for (client, server, port), flows in sorted(grouped.items())
-        )
 
     def unvouched_pairs(self) -> tuple[UnvouchedPair, ...]:
         """Per pair of nodes, the ports with a side no flow was vouched for at, by the sides
@@ -655,7 +655,7 @@ class _Builder:
         self.asked: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
         self._unions: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
-        self.attempts: list[Attempt] = []
+        self.attempts: dict[AttemptKey, _AttemptTally] = {}
         self._ports: dict[tuple[IpProtocol, int], PortSpec] = {}  # each once, shared
         self._evidence: dict[frozenset[Evidence], frozenset[Evidence]] = {}  # likewise
         self.loopback = 0
@@ -900,7 +900,7 @@ class _Builder:
             tuple(nodes),
             tuple(edges),
             tuple(attributions),
-            tuple(self.attempts),
+            tuple(tally.group(*key) for key, tally in self.attempts.items()),
             self.loopback,
         )
 
@@ -964,7 +964,7 @@ def _split_at_handovers(flows: FlowGroup, resolver: Resolver) -> FlowGroup:
 
 
 def _describe(identity: Identity) -> str:
-    """Who an address was, for an :class:`Attempt` (no graph node is made for it)."""
+    """Who an address was, for an :class:`AttemptGroup` (no graph node is made for it)."""
     if identity.pod is not None:
         return str(identity.pod.workload)
     if identity.service is not None:
@@ -1075,7 +1075,6 @@ def build_graph(
             builder.workload_node(resolver.workload(ref))
         except KeyError:
             continue  # a workload this resolver never placed a pod in: nothing to draw
-    attempts: list[Flow] = []
     # A flow's twin is from its client address (and port): the groups are counted one client
     # address at a time, so what a client's groups need (sorted copies, the twin join) lasts
     # as long as that. The graph is the same in any order.
@@ -1093,18 +1092,63 @@ def build_graph(
                 builder.loopback += len(members)
                 continue
             if not members.all_established():
-                attempts += members.taken(members.places(established=False)).flows()
+                _count_attempts(builder, members, members.places(established=False), resolver)
                 members = members.taken(members.places(established=True))
             if len(members):
                 groups.append(_resolved_group(members, resolver))
         _count_client(builder, groups)
-    for flow in sorted(attempts, key=_flow_key):
-        client = resolver.resolve(flow.client.ip, flow.first_seen)
-        server = resolver.resolve(
-            flow.server.ip, flow.first_seen, port=flow.server.port, protocol=flow.protocol
-        )
-        builder.attempts.append(Attempt(flow, _describe(client), _describe(server)))
     return builder.graph()
+
+
+def _count_attempts(
+    builder: _Builder, members: FlowGroup, places: Iterable[int], resolver: Resolver
+) -> None:
+    """Count the flows of ``members`` at ``places``, never established, in their
+    :class:`AttemptGroup`: none is kept on its own."""
+    server, protocol = members.server, members.protocol
+    port = builder.port(protocol, server.port)
+    firsts, lasts, packets = members.firsts, members.lasts, members.packets
+    for place in places:
+        first_seen = firsts[place]
+        client = resolver.resolve(members.client_ip, first_seen)
+        target = resolver.resolve(server.ip, first_seen, port=server.port, protocol=protocol)
+        key = (_describe(client), _describe(target), port)
+        tally = builder.attempts.get(key)
+        if tally is None:
+            tally = builder.attempts[key] = _AttemptTally()
+        tally.add(server.ip, packets[place], first_seen, lasts[place])
+
+
+class _AttemptTally:
+    """An :class:`AttemptGroup` as ``build_graph`` counts it, one attempt at a time."""
+
+    __slots__ = ("attempts", "first_seen", "last_seen", "packets", "servers")
+
+    def __init__(self) -> None:
+        self.servers: set[str] = set()
+        self.attempts = 0
+        self.packets = 0
+        self.first_seen = math.inf
+        self.last_seen = -math.inf
+
+    def add(self, server: str, packets: int, first_seen: float, last_seen: float) -> None:
+        self.servers.add(server)
+        self.attempts += 1
+        self.packets += packets
+        self.first_seen = min(self.first_seen, first_seen)
+        self.last_seen = max(self.last_seen, last_seen)
+
+    def group(self, client: str, server: str, port: PortSpec) -> AttemptGroup:
+        return AttemptGroup(
+            client,
+            server,
+            port,
+            tuple(sorted(self.servers, key=address_key)),
+            self.attempts,
+            self.packets,
+            self.first_seen,
+            self.last_seen,
+        )
 
 
 def _count_client(builder: _Builder, groups: Sequence[_Group]) -> None:

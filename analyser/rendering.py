@@ -993,7 +993,7 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         nodes=nodes,
         edges=edges,
         evidence=evidence,
-        attempts=graph.attempt_groups(),
+        attempts=graph.attempts,
         loopback=graph.loopback,
         adoption=_adoption_views(facts.adoption, facts.workload_policies),
     )

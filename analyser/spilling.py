@@ -1,4 +1,5 @@
-"""Spilling: the conversations of a day's captures merged on disk, one part at a time in memory.
+"""Spilling: a day's conversations merged on disk, one part at a time in memory, and its flows
+kept on disk.
 
 Merging every capture file's conversations in one table (``flows.ConversationTable``) takes
 about 165 bytes a connection at its fullest: 1.1 GB for the 5 million connections of 20 million
@@ -7,11 +8,13 @@ packets, and it grows with the captures. Past :data:`SPILL_BYTES` of capture fil
 on disk, split by their pair of addresses: a conversation seen by several files (a ring's next
 file, the other end's capture) is in one part, and so is every flow group (one client address,
 one server), since its conversations share a pair of addresses. The parts are then merged and
-oriented one at a time (:meth:`SpilledConversations.oriented`), and only the flow groups (~35
-bytes a connection) add up. The result is the same as one table's, byte for byte.
+oriented one at a time (:meth:`SpilledConversations.oriented`), and the flow groups' columns
+(~35 bytes a connection) go to a :class:`ColumnStore`, so that neither grows memory with the
+captures. The result is the same as one table's, byte for byte.
 
 The parts are pickles this process writes into a folder of its own (``tempfile``: 0700 under
-``$TMPDIR``) and reads back; the folder goes when the analysis is done or fails.
+``$TMPDIR``) and reads back; the folder goes when the reading is done or fails. The column
+store is a file without a name in that folder, gone with the last group that reads from it.
 """
 
 from __future__ import annotations

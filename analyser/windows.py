@@ -47,7 +47,8 @@ from analyser.dns import DnsNames
 from analyser.evaluation import Pod
 from analyser.flows import Flow, FlowTable
 from analyser.graphs import (
-    Attempt,
+    AttemptGroup,
+    AttemptKey,
     EdgeStats,
     EdgeWindow,
     FlowAttribution,
@@ -56,6 +57,7 @@ from analyser.graphs import (
     NodeRole,
     Sides,
     WorkloadGraph,
+    merge_attempts,
     node_label,
 )
 from analyser.identities import Scope
@@ -304,7 +306,7 @@ def _merge_graphs(
     nodes: dict[str, GraphNode] = {}
     edges: dict[tuple[str, str], GraphEdge] = {}
     attributions: list[FlowAttribution] = []
-    attempts: list[Attempt] = []
+    attempts: dict[AttemptKey, AttemptGroup] = {}
     captured = {node.id for _, graph in labelled for node in graph.nodes if node.in_scope}
     for label, graph in labelled:
         sides = _Sides(graph, captured)
@@ -348,9 +350,7 @@ def _merge_graphs(
             )
             for attribution in graph.attributions
         ]
-        attempts += [
-            replace(attempt, flow=renamed.flow(label, attempt.flow)) for attempt in graph.attempts
-        ]
+        merge_attempts(attempts, graph.attempts)
     merged_nodes = [
         replace(node, label=node_label(node.id.removeprefix("node:"), node.addresses))
         if node.role is NodeRole.NODE
@@ -361,7 +361,7 @@ def _merge_graphs(
         tuple(merged_nodes),
         tuple(edges.values()),
         tuple(attributions),
-        tuple(attempts),
+        tuple(attempts.values()),
         sum(graph.loopback for _, graph in labelled),
     )
 

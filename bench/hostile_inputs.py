@@ -10,7 +10,10 @@ Builds, from the recorded example bundle (examples/microservices-demo/bundle):
 - a .pcap.gz whose header claims a 4 GB snap length and whose third record claims 4 GB,
 - frontend's capture with N outside clients, N outside servers and N unresolved addresses (the
   servers and unresolved addresses all from one client port, so every flow looks for a twin
-  among the others), for N = 2,000 and 20,000.
+  among the others), for N = 2,000 and 20,000,
+- frontend's capture with ``--attempts`` connections it tried and never established (a SYN
+  each, from a new port, to 16 outside addresses: a client retrying a blocked port all day, or
+  a forged capture), 1,000,000 by default.
 
 Each runs ``analyse`` (one worker) in a fresh interpreter; the clean bundle is the baseline
 measured in the same run, and the 2,000 → 20,000 ratio is taken over it (near 10: linear).
@@ -19,7 +22,7 @@ Then ``verify`` replays each of those bundles against the policies analyse wrote
 every address block), each in a fresh interpreter, with the same ratio over the clean bundle's.
 Prints figures, asserts nothing; the last line is a one-line summary.
 
-    python bench/hostile_inputs.py [--small N] [--large N] [--keep DIR]
+    python bench/hostile_inputs.py [--small N] [--large N] [--attempts N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -204,6 +207,20 @@ def outside_addresses(bundle: Path, count: int) -> Path:
     return bundle
 
 
+def unanswered_attempts(bundle: Path, count: int) -> Path:
+    """frontend's capture with ``count`` SYNs, none answered, to port 5432 of 16 outside
+    addresses, from every port in turn: up to 16 × 64,512 connections tried."""
+    frontend = pod_ip(bundle, FRONTEND)
+    start = window_start(bundle) + 10
+    with (pod_folder(bundle, FRONTEND) / "retries.pcap").open("wb") as capture:
+        capture.write(pcap_header())
+        for index in range(count):
+            server = f"198.51.100.{index % 16 + 1}"
+            frame = tcp_frame(frontend, 1024 + index // 16 % 64512, server, 5432, 0x02)
+            capture.write(record(start + index * 1e-3, frame) + frame)
+    return bundle
+
+
 def alias_bomb(bundle: Path) -> Path:
     document = json.loads((bundle / "snapshot.json").read_text())
     (bundle / "snapshot.json").unlink()
@@ -255,18 +272,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=2_000, help="outside addresses, small run")
     parser.add_argument("--large", type=int, default=20_000, help="outside addresses, large run")
+    parser.add_argument(
+        "--attempts", type=int, default=1_000_000, help="connections tried, never established"
+    )
     parser.add_argument("--keep", type=Path, help="build the inputs here and keep them")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="hostile-inputs-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        run(work, args.small, args.large)
+        run(work, args.small, args.large, args.attempts)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, small: int, large: int) -> None:
+def run(work: Path, small: int, large: int, attempts: int) -> None:
     from analyser.sources import DEFAULT_MAX_BYTES
 
     print(f"machine: Python {sys.version.split()[0]}; each input analysed in a fresh interpreter")
@@ -287,6 +307,10 @@ def run(work: Path, small: int, large: int) -> None:
             "gzip bomb of 16-byte records, cap 256 MiB",
             gzip_bomb(copy_example(work / "tiny"), inflated=1 << 30, record_size=0),
             max_capture_size=256 << 20,
+        ),
+        measure(
+            f"{attempts:,} connection attempts, never answered",
+            unanswered_attempts(copy_example(work / "attempts"), attempts),
         ),
     ]
     for row in rows:

@@ -24,8 +24,9 @@ snapshot, no capture that could be read) or an output problem. See docs/analyse.
 
 The templates are kept compiled in $XDG_CACHE_HOME/netpol-sniffer/templates (~/.cache/...),
 a private folder; NETPOL_SNIFFER_TEMPLATE_CACHE=0 turns that off (docs/analyse.md). Past 512 MiB
-of capture files, the conversations are merged in parts in a private folder under $TMPDIR
-(/tmp), about a fifth of the captures' size, removed when done (docs/analyse.md).
+of capture files, the conversations are merged in parts, and the flows kept, in a private
+folder under $TMPDIR (/tmp): about a third of the captures' size, removed when done
+(docs/analyse.md).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def _verify(args: argparse.Namespace) -> int:
             f"the snapshot has no Namespaces, so their labels are unknown: namespaceSelectors on "
             f"{', '.join(sorted(looked_at))} match nothing (add `kubectl get namespaces -o json`)"
         )
-    for group in observation.graph.attempt_groups():
+    for group in observation.graph.attempts:
         retried = (
             f" ({group.attempts} attempts, first {utc_text(group.first_seen)}, "
             f"last {utc_text(group.last_seen)})"

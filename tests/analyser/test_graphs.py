@@ -235,10 +235,35 @@ def test_connections_never_established_make_no_edge_but_are_kept() -> None:
     graph = build_graph(flows, resolver(), scope=SCOPE)
     assert set(ports(graph, WEB, API_BLUE_W)) == {PortSpec(TCP, 9090)}
     assert graph.unresolved == ()
-    assert [(a.client, a.server, a.flow.server.port) for a in graph.attempts] == [
-        (WEB, API_BLUE_W, 7777),
-        (WEB, "unresolved:10.96.0.200", 80),
+    assert [(a.client, a.server, a.port.port, a.attempts) for a in graph.attempts] == [
+        (WEB, API_BLUE_W, 7777, 1),
+        (WEB, "unresolved:10.96.0.200", 80, 1),
     ]
+
+
+def test_attempts_are_counted_per_client_server_and_port_not_kept_one_by_one() -> None:
+    # a client retrying a blocked port all day makes one group, whatever the number of attempts
+    start = at("09:40:00")
+    retries = [
+        replace(
+            flow(f"{WEB_A}:{41000 + n}", f"{API_BLUE}:7777"),
+            established=False,
+            first_seen=start + n / 10,
+            last_seen=start + n / 10 + 0.05,
+        )
+        for n in range(5000)
+    ]
+    graph = build_graph(retries, resolver(), scope=SCOPE)
+    (group,) = graph.attempts
+    assert (group.client, group.server, group.port, group.servers) == (
+        WEB,
+        API_BLUE_W,
+        PortSpec(TCP, 7777),
+        (API_BLUE,),
+    )
+    assert (group.attempts, group.packets) == (5000, sum(f.packets for f in retries))
+    assert (group.first_seen, group.last_seen) == (start, start + 499.9 + 0.05)
+    assert graph.edges == ()
 
 
 def test_loopback_flows_inside_a_pod_make_no_edge_and_no_node() -> None:
