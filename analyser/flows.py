@@ -754,6 +754,23 @@ class ConversationTable:
     def __len__(self) -> int:
         return len(self._merged)
 
+    def split(self, parts: int, part_of: Callable[[bytes], int]) -> list[ConversationTable]:
+        """Its conversations in ``parts`` tables, each in the table ``part_of`` gives the pair of
+        addresses its key starts with; this table is left empty."""
+        tables = [ConversationTable() for _ in range(parts)]
+        place = {pair: part_of(pair) for pair in self._pairs}
+        for table in tables:
+            table._captures_by_number = dict(self._captures_by_number)
+            table._vantages = dict(self._vantages)
+        for pair, texts in self._pairs.items():
+            tables[place[pair]]._pairs[pair] = texts
+        merged, tail = self._merged, KEY_TAIL
+        while merged:
+            key, found = merged.popitem()
+            tables[place[key[:-tail]]]._merged[key] = found
+        self._pairs.clear()
+        return tables
+
     def conversations(self) -> list[Conversation]:
         """Every conversation, sorted by (protocol, a, b)."""
         return sorted(map(_conversation, self._rows(take=False)))

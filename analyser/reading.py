@@ -24,10 +24,9 @@ import gc
 import os
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Any, Protocol, TypeVar
 
 from analyser.dns import DnsNames, DnsTable, TcpDnsStreams
@@ -35,7 +34,6 @@ from analyser.flows import (
     CaptureConversations,
     CaptureVantage,
     Conversation,
-    ConversationTable,
     Flow,
     ListenerOracle,
 )
@@ -51,7 +49,7 @@ from analyser.packets import (
     fold_tally,
 )
 from analyser.sources import DEFAULT_MAX_BYTES, CaptureFile, CaptureReport, RecordChunk
-from analyser.spilling import SPILL_BYTES, SpilledConversations, part_count
+from analyser.spilling import SPILL_BYTES, SPILL_ENTRIES, SpillingConversations
 from kernel.bundles import ring_name
 
 
@@ -325,6 +323,7 @@ def read_captures(
     orientation: Orientation | None = None,
     on_step: Callable[[str], None] | None = None,
     spill_bytes: int = SPILL_BYTES,
+    spill_entries: int = SPILL_ENTRIES,
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`: its conversations, or with an
     ``orientation`` its flows (``flows.orient``; what an analysis wants, made with less memory).
@@ -357,8 +356,10 @@ def read_captures(
     each direction of a conversation the interface with the most packets counts: every packet
     once, as a pod's own capture counts it.
 
-    Past ``spill_bytes`` of capture files (on disk; 0: never), the conversations are merged in
-    parts on disk, one part at a time in memory (``analyser.spilling``), with the same result.
+    Past ``spill_bytes`` of capture files (on disk; 0: never), or once more than
+    ``spill_entries`` conversations are merged while files are left, the conversations are
+    merged in parts on disk, one part at a time in memory (``analyser.spilling``), with the same
+    result.
     """
     names = [_name_under(path, root) for path in paths]
     tasks = [
@@ -370,12 +371,8 @@ def read_captures(
     report = on_progress if on_progress is not None else _ignore
     placed = vantages if vantages is not None else {}
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
-    parts = part_count(sum(task.size for task in tasks), spill_bytes)
-    with ExitStack() as spill:
-        table: ConversationTable | SpilledConversations = ConversationTable()
-        if parts > 1:
-            folder = spill.enter_context(TemporaryDirectory(prefix="netpol-sniffer-"))
-            table = spill.enter_context(closing(SpilledConversations(Path(folder), parts)))
+    sizes = [task.size for task in tasks]
+    with closing(SpillingConversations(sizes, spill_bytes, spill_entries)) as table:
         if capture_map is not None:
             merged = _merge(_read_mapped(capture_map, tasks, report), placed, table)
         elif count <= 1:
@@ -392,8 +389,8 @@ def read_captures(
             doing = "sorting" if orientation is None else "orienting"
             on_step(
                 f"{doing} {len(table):,} conversations"
-                if parts == 1
-                else f"{doing} the conversations in {parts} parts ({len(table):,} entries)"
+                if table.parts == 1
+                else f"{doing} the conversations in {table.parts} parts ({len(table):,} entries)"
             )
         return merged.finish(orientation)
 
@@ -440,7 +437,7 @@ def _size(path: Path) -> int:
 class _Merged:
     """Every file's partial aggregates merged: the conversations still in their table."""
 
-    table: ConversationTable | SpilledConversations
+    table: SpillingConversations
     traffic: Traffic  # without conversations or flows
 
     def finish(self, orientation: Orientation | None) -> Traffic:
@@ -455,7 +452,7 @@ class _Merged:
 def _merge(
     partials: Iterable[_Partial],
     vantages: Mapping[str, CaptureVantage],
-    conversations: ConversationTable | SpilledConversations,
+    conversations: SpillingConversations,
 ) -> _Merged:
     """Fold partial aggregates one by one (in input order), so only the merged total is kept;
     the conversations into ``conversations``."""
@@ -466,7 +463,7 @@ def _merge(
 def _merge_all(
     partials: Iterable[_Partial],
     vantages: Mapping[str, CaptureVantage],
-    conversations: ConversationTable | SpilledConversations,
+    conversations: SpillingConversations,
 ) -> _Merged:
     dns = DnsNames()
     reports = []

@@ -24,7 +24,7 @@ import os
 import pickle
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,6 +45,9 @@ from kernel.errors import CaptureError
 # much each: a part in memory takes about 50 MB, whatever the size of the bundle (up to
 # MAX_PARTS parts: 32 GiB of captures).
 SPILL_BYTES = 512 * 1024 * 1024
+# Conversations merged in memory in one table (~165 bytes each at the fullest): past this, in
+# parts, of a quarter of this many each (SpillingConversations). A day's 512 MiB hold ~1.8 million.
+SPILL_ENTRIES = 2_000_000
 PARTS_PER_SPILL = 4
 MAX_PARTS = 256  # files open at once
 
@@ -130,11 +133,23 @@ class SpilledConversations:
     """Conversations merged over capture files as ``ConversationTable`` merges them, kept in
     ``parts`` files in ``folder`` until they are oriented (see the module's docstring)."""
 
-    def __init__(self, folder: Path, parts: int) -> None:
+    def __init__(self, folder: Path, parts: int, start: ConversationTable | None = None) -> None:
+        """``start``: conversations already merged in memory, moved to the parts (the table is
+        left empty)."""
         self._folder = folder
         self._paths = [folder / f"part-{number}.pickle" for number in range(parts)]
         self._files: list[BinaryIO] = [path.open("wb") for path in self._paths]
         self.entries = 0  # conversation entries added (a conversation two files saw: two)
+        if start is not None:
+            self.entries = len(start)
+            for number, table in enumerate(start.split(parts, lambda pair: _part(pair, parts))):
+                self._dump(number, table)
+
+    def _dump(self, number: int, piece: CaptureConversations | ConversationTable) -> None:
+        try:
+            pickle.dump(piece, self._files[number], protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError as error:
+            raise _no_room(self._folder, error) from error
 
     def add(self, seen: CaptureConversations) -> None:
         """Put what one capture file saw into the parts its conversations belong to."""
@@ -147,20 +162,20 @@ class SpilledConversations:
             entries[part_of[key[:-tail]]][key] = entry
         for pair, texts in seen.pairs.items():
             pairs[part_of[pair]][pair] = texts
-        for number, file in enumerate(self._files):
-            if not entries[number]:
-                continue
-            piece = CaptureConversations(
-                seen.capture, seen.vantage, seen.number, entries[number], pairs[number]
-            )
-            try:
-                pickle.dump(piece, file, protocol=pickle.HIGHEST_PROTOCOL)
-            except OSError as error:
-                raise _no_room(self._folder, error) from error
+        for number in range(parts):
+            if entries[number]:
+                piece = CaptureConversations(
+                    seen.capture, seen.vantage, seen.number, entries[number], pairs[number]
+                )
+                self._dump(number, piece)
         self.entries += len(seen.entries)
 
     def __len__(self) -> int:
         return self.entries
+
+    @property
+    def parts(self) -> int:
+        return len(self._paths)
 
     def close(self) -> None:
         """Close its files (once oriented, they are gone)."""
@@ -175,9 +190,13 @@ class SpilledConversations:
             with path.open("rb") as file:
                 while True:
                     try:
-                        table.add(pickle.load(file))  # written by this process, above
+                        piece = pickle.load(file)  # written by this process, above
                     except EOFError:
                         break
+                    if isinstance(piece, ConversationTable):
+                        table = piece  # the part's share of the start, always first
+                    else:
+                        table.add(piece)
             path.unlink()
             yield table
 
@@ -195,3 +214,80 @@ class SpilledConversations:
         return sorted(
             conversation for table in self._tables() for conversation in table.conversations()
         )
+
+
+class SpillingConversations:
+    """Conversations merged over capture files, as ``ConversationTable`` merges them: in one
+    table in memory while it stays small, else in parts on disk (:class:`SpilledConversations`),
+    in a private folder (``tempfile``) that :meth:`close` removes.
+
+    In parts from the start past ``spill_bytes`` of capture files (``sizes``, the files' sizes in
+    the order they are added). Else as soon as the table holds more than ``spill_entries``
+    conversations while files are left to add: a capture of very short connections (a scan,
+    forged SYNs, a client without keep-alive) has several times a day's conversations a byte, and
+    its size alone would keep them all in memory. ``spill_bytes`` 0: always in memory."""
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        spill_bytes: int = SPILL_BYTES,
+        spill_entries: int = SPILL_ENTRIES,
+    ) -> None:
+        self._sizes = sizes
+        self._spill_bytes = spill_bytes
+        self._spill_entries = spill_entries
+        self._added = 0  # files
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+        parts = part_count(sum(sizes), spill_bytes)
+        self._table: ConversationTable | SpilledConversations = (
+            ConversationTable() if parts == 1 else SpilledConversations(self._new_folder(), parts)
+        )
+
+    def _new_folder(self) -> Path:
+        self._folder = tempfile.TemporaryDirectory(prefix="netpol-sniffer-")
+        return Path(self._folder.name)
+
+    @property
+    def parts(self) -> int:
+        """How many parts the conversations are in (1: in memory)."""
+        return self._table.parts if isinstance(self._table, SpilledConversations) else 1
+
+    def add(self, seen: CaptureConversations) -> None:
+        """Fold in what the next capture file saw."""
+        table = self._table
+        table.add(seen)
+        self._added += 1
+        if (
+            isinstance(table, ConversationTable)
+            and self._spill_bytes > 0
+            and len(table) > self._spill_entries
+            and self._added < len(self._sizes)
+        ):
+            self._table = SpilledConversations(
+                self._new_folder(), self._parts_for(len(table)), start=table
+            )
+
+    def _parts_for(self, entries: int) -> int:
+        """Parts for all the files' conversations, ``entries`` after the files added so far: of
+        about a quarter of ``spill_entries`` each, by the share of the bytes read."""
+        read = sum(self._sizes[: self._added])
+        expected = entries * sum(self._sizes) / max(read, 1)
+        return min(MAX_PARTS, max(2, math.ceil(expected * PARTS_PER_SPILL / self._spill_entries)))
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def conversations(self) -> list[Conversation]:
+        """Every conversation, sorted by (protocol, a, b)."""
+        return self._table.conversations()
+
+    def oriented(self, known_listener: ListenerOracle | None) -> FlowTable:
+        """Every conversation oriented (``ConversationTable.oriented``)."""
+        return self._table.oriented(known_listener)
+
+    def close(self) -> None:
+        """Remove the parts' folder, if any (the flows' file stays while its groups do)."""
+        if isinstance(self._table, SpilledConversations):
+            self._table.close()
+        if self._folder is not None:
+            self._folder.cleanup()

@@ -8,6 +8,7 @@ import itertools
 import os
 import pickle
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -556,6 +557,34 @@ def test_conversations_merged_in_parts_on_disk_are_the_ones_merged_in_memory(
     assert parts_made in (20, 21)  # each a quarter of spill_bytes
     assert steps[0].startswith(f"orienting the conversations in {parts_made} parts (")
     assert list(spill.iterdir()) == []
+
+
+def test_conversations_past_spill_entries_move_to_disk_with_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Captures of very short connections hold far more conversations a byte than a day's: past
+    # spill_entries, the table in memory is split into parts on disk and the rest of the files
+    # follow it there
+    paths = _random_captures(_folder(tmp_path / "captures"), 6)
+    spill = _temporary_folder(tmp_path / "tmp", monkeypatch)
+    whole = read_captures(paths, root=tmp_path, workers=1, spill_bytes=0)
+    assert len(whole.conversations) > 20
+    steps: list[str] = []
+    moved = read_captures(paths, root=tmp_path, workers=1, spill_entries=10, on_step=steps.append)
+    assert moved.conversations == whole.conversations
+    oriented = read_captures(
+        paths, root=tmp_path, workers=2, orientation=Orientation(None), spill_entries=10
+    )
+    assert oriented.flows == orient(whole.conversations, None)
+    assert isinstance(oriented.flows, FlowTable)
+    assert not any(isinstance(group.columns, bytes) for group in oriented.flows.groups)
+    (step,) = steps
+    assert re.match(r"sorting the conversations in \d+ parts \(", step), step
+    assert list(spill.iterdir()) == []
+    # after the last file, nothing is moved: no file is left to add
+    alone: list[str] = []
+    read_captures(paths[:1], root=tmp_path, workers=1, spill_entries=1, on_step=alone.append)
+    assert re.match(r"sorting [\d,]+ conversations$", alone[0]), alone
 
 
 def test_flow_columns_that_cannot_be_written_are_a_capture_error_naming_the_folder(
