@@ -493,6 +493,10 @@ class _AddressRules:
 
     def matching(self, address: Address) -> list[_Rule]:
         """The rules one of whose peers matches ``address``, in rule order."""
+        return [self.rules[index] for index in self.places(address)]
+
+    def places(self, address: Address) -> list[int]:
+        """The indices of :meth:`matching`'s rules, in rule order."""
         found = {*self.everyone}
         found.update(
             index
@@ -506,7 +510,7 @@ class _AddressRules:
             for index in self.by_address
             if any(p.matches(address, "") for p in self.rules[index].peers if p.by_address)
         )
-        return [self.rules[index] for index in sorted(found)]
+        return sorted(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +558,12 @@ class CompiledPolicy:
         """The indices of this policy's ``direction`` rules that allow ``port`` with ``peer``
         (to ``destination``, the server): the rules an allowed connection owes to."""
         rules = self.ingress if direction is Direction.INGRESS else self.egress
+        if isinstance(peer, Address):  # through the index, as allowed() does
+            return tuple(
+                index
+                for index in self._for_addresses[direction].places(peer)
+                if rules[index].ports_to(destination).contains(protocol, port)
+            )
         return tuple(
             index
             for index, rule in enumerate(rules)

@@ -587,24 +587,13 @@ def test_conversations_past_spill_entries_move_to_disk_with_the_same_result(
     assert re.match(r"sorting [\d,]+ conversations$", alone[0]), alone
 
 
-def test_flow_columns_that_cannot_be_written_are_a_capture_error_naming_the_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    paths = _random_captures(_folder(tmp_path / "captures"), 2)
-    spill = _temporary_folder(tmp_path / "tmp", monkeypatch)
-
-    def full(*_: object) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "pwrite", full)
-    with pytest.raises(CaptureError, match=r"No space left on device.*set TMPDIR") as raised:
-        read_captures(paths, root=tmp_path, workers=1, orientation=Orientation(None), spill_bytes=1)
-    assert str(spill) in str(raised.value)
-    assert list(spill.iterdir()) == []
-
-
-def test_a_part_that_cannot_be_written_is_a_capture_error_naming_the_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("module", "writer"),
+    [(pickle, "dump"), (os, "pwrite")],
+    ids=["the parts", "the flows' columns"],
+)
+def test_what_cannot_be_written_to_disk_is_a_capture_error_naming_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: object, writer: str
 ) -> None:
     paths = _random_captures(_folder(tmp_path / "captures"), 2)
     spill = _temporary_folder(tmp_path / "tmp", monkeypatch)
@@ -612,8 +601,8 @@ def test_a_part_that_cannot_be_written_is_a_capture_error_naming_the_folder(
     def full(*_: object, **__: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pickle, "dump", full)
+    monkeypatch.setattr(module, writer, full)
     with pytest.raises(CaptureError, match=r"No space left on device.*set TMPDIR") as raised:
-        read_captures(paths, root=tmp_path, workers=1, spill_bytes=1)
+        read_captures(paths, root=tmp_path, workers=1, orientation=Orientation(None), spill_bytes=1)
     assert str(spill) in str(raised.value)
     assert list(spill.iterdir()) == []  # nothing left behind
