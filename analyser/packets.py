@@ -430,22 +430,27 @@ class FoldedTally(NamedTuple):
 def fold_tally(tally: Tally, number: int) -> FoldedTally:
     """The two directions of each 5-tuple of ``tally`` (one file's, the ``number``-th of the
     files read together) as one conversation entry, packed, keyed by its end with the lower
-    address bytes first (see ``flows.CaptureConversations``).
+    address bytes first (see ``flows.CaptureConversations``). ``tally`` is emptied as it is
+    read: a file of a million short connections holds as many keys, and its entries are made
+    as its counts go.
 
     Here rather than in ``flows`` because it runs once per key of every file (two per short
     connection) and this module is compiled. An address's text is made once per pair of
     addresses in a file and interned: one string for every pair it is in, in this file and the
     others.
     """
-    folded: dict[bytes, tuple[float, float, int, int, int]] = {}
+    entries: dict[bytes, bytes] = {}
     skipped: dict[Skip, int] = {}
     earliest: dict[bytes, float] = {}  # a pair of addresses → its first packet
     protocols = {number: bytes((number,)) for number in (TCP, UDP, SCTP)}
     lower_sent = _LOWER_SENT
     higher_sent = _HIGHER_SENT
+    pack = CONVERSATION_ENTRY.pack
+    unpack = CONVERSATION_ENTRY.unpack
     counted = 0
     first_seen = math.inf
-    for key, counts in tally.items():
+    while tally:
+        key, counts = tally.popitem()
         if isinstance(key, Skip):
             skipped[key] = skipped.get(key, 0) + counts.packets
             continue
@@ -456,6 +461,7 @@ def fold_tally(tally: Tally, number: int) -> FoldedTally:
         first: float = counts.first
         last: float = counts.last
         packets: int = counts.packets
+        size: int = counts.size
         if first < first_seen:
             first_seen = first
         counted += packets
@@ -470,22 +476,19 @@ def fold_tally(tally: Tally, number: int) -> FoldedTally:
         seen = earliest.get(pair)
         if seen is None or first < seen:
             earliest[pair] = first
-        entry = folded.get(conversation)
+        entry = entries.get(conversation)
         if entry is None:
-            folded[conversation] = (first, last, counts.size, packets, bits)
+            entries[conversation] = pack(first, last, size, packets, bits, number)
         else:  # the other direction
-            folded[conversation] = (
-                min(entry[0], first),
-                max(entry[1], last),
-                entry[2] + counts.size,
-                entry[3] + packets,
-                entry[4] | bits,
+            other_first, other_last, other_size, other_packets, other_bits, _ = unpack(entry)
+            entries[conversation] = pack(
+                min(other_first, first),
+                max(other_last, last),
+                other_size + size,
+                other_packets + packets,
+                other_bits | bits,
+                number,
             )
-    pack = CONVERSATION_ENTRY.pack
-    entries = {
-        conversation: pack(first, last, size, packets, bits, number)
-        for conversation, (first, last, size, packets, bits) in folded.items()
-    }
     pairs: dict[bytes, AddressPair] = {}
     for pair, first in earliest.items():
         half = len(pair) >> 1

@@ -561,6 +561,7 @@ def test_fold_tally_makes_one_entry_of_both_directions(implementation: str) -> N
         module.Skip.SHORT: _counts(module, 1.0, 1.0, 4, 0, 0),
     }  # fmt: skip
     folded = module.fold_tally(tally, 3)
+    assert tally == {}  # emptied as it is read: a file's keys and its entries never both whole
     assert _unpacked(folded.entries) == {
         # lower address bytes first; bits: a opened (1), b accepted (8), closed (16), both sent
         (6, "10.0.0.9", 40000, "10.0.0.10", 80): (5.0, 7.0, 1080, 5, 1 | 8 | 16 | 128 | 256, 3),
