@@ -42,7 +42,7 @@ from analyser.flows import (
 from kernel.errors import CaptureError
 
 # Capture files (on disk) merged in memory in one table; past this, in parts of a quarter of this
-# much each: a part in memory takes about 50 MB, whatever the size of the bundle (up to
+# much each: a part in memory takes about 70 MB, whatever the size of the bundle (up to
 # MAX_PARTS parts: 32 GiB of captures).
 SPILL_BYTES = 512 * 1024 * 1024
 # Conversations merged in memory in one table (~165 bytes each at the fullest): past this, in
