@@ -95,21 +95,26 @@ def prepare_out(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so the clean-up below runs."""
+def _signals_interrupt() -> Iterator[None]:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt where the run is, so the clean-up below runs.
+
+    Ctrl-C too, rather than asyncio.run's own handling (which cancels the main task): on Python
+    3.11 ``asyncio.wait_for`` can lose a cancellation that comes as the awaited line arrives
+    (fixed in 3.12), and the run then went on to its end as if never interrupted."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -140,7 +145,7 @@ def run_lab(options: LabOptions, *, log: Log = lambda _: None) -> LabResult:
         )
     duration = options.duration if options.duration is not None else plan.duration
     prepare_out(options.out)
-    with _sigterm_interrupts():
+    with _signals_interrupt():
         stale = netns.remove_leftovers()
         if stale:
             log(f"removed {len(stale)} namespaces left by an earlier run")
