@@ -98,7 +98,14 @@ def pack_flows(rows: list[Any]) -> bytes:
     as a :data:`FlowRow`'s six values (one ``list.extend`` a flow: the cheapest way to gather a
     day's connections)."""
     step = len(_COLUMN_CODES)
-    return b"".join(array(code, rows[place::step]) for place, code in enumerate(_COLUMN_CODES))
+    return _joined(rows[place::step] for place in range(step))
+
+
+def _joined(columns: Iterable[Iterable[Any]]) -> bytes:
+    """A group's columns, each given as its values in :data:`FlowRow`'s order, as one ``bytes``."""
+    return b"".join(
+        array(code, values) for code, values in zip(_COLUMN_CODES, columns, strict=True)
+    )
 
 
 def flow_row(flow: Flow) -> FlowRow:
@@ -161,13 +168,15 @@ class FlowGroup:
             rows += flow_row(flow)
         return cls(flow.protocol, flow.client.ip, flow.server, flow.captures, pack_flows(rows))
 
+    def packed(self) -> bytes:
+        """Its columns as :func:`pack_flows` gave them, read from disk when they are there."""
+        columns = self.columns
+        return columns if isinstance(columns, bytes) else columns.load()
+
     def _part(self, start: int, stop: int) -> memoryview:
         """Its columns' bytes from ``start`` to ``stop`` times its number of flows."""
         count = len(self)
-        columns = self.columns
-        if not isinstance(columns, bytes):
-            columns = columns.load()
-        return memoryview(columns)[start * count : stop * count]
+        return memoryview(self.packed())[start * count : stop * count]
 
     @property
     def firsts(self) -> memoryview[float]:
@@ -201,10 +210,9 @@ class FlowGroup:
     def loaded(self) -> FlowGroup:
         """This group with its columns in memory: itself when they are, else a copy that reads
         them from disk once, for code that reads several."""
-        columns = self.columns
-        if isinstance(columns, bytes):
+        if isinstance(self.columns, bytes):
             return self
-        return FlowGroup(self.protocol, self.client_ip, self.server, self.captures, columns.load())
+        return FlowGroup(self.protocol, self.client_ip, self.server, self.captures, self.packed())
 
     def __len__(self) -> int:
         return len(self.columns) // FLOW_BYTES
@@ -242,10 +250,7 @@ class FlowGroup:
     def taken(self, indices: Iterable[int]) -> FlowGroup:
         """A group of the flows at ``indices``, in that order."""
         places = indices if isinstance(indices, range | list) else list(indices)
-        columns = b"".join(
-            array(code, map(column.__getitem__, places))
-            for code, column in zip(_COLUMN_CODES, self._views(), strict=True)
-        )
+        columns = _joined(map(column.__getitem__, places) for column in self._views())
         return FlowGroup(self.protocol, self.client_ip, self.server, self.captures, columns)
 
     def seen_by(self, captures: frozenset[str]) -> FlowGroup:
@@ -256,22 +261,29 @@ class FlowGroup:
         """This group with its flows in order of first seen (then client port, last seen,
         packets, bytes: they differ in nothing else), those in the same place kept in their
         order."""
-        return self._sorted_by(self.firsts, self.ports, self.lasts, self.packets, self.sizes)
+        group = self.loaded()
+        return self._sorted_by(
+            group, group.firsts, group.ports, group.lasts, group.packets, group.sizes
+        )
 
     def by_port(self) -> FlowGroup:
         """This group with its flows in order of client port (then first seen): how
         :func:`orient` sorts flows, for one group (a client port is used twice only in several
         captures' views)."""
-        return self._sorted_by(self.ports, self.firsts)
+        group = self.loaded()
+        return self._sorted_by(group, group.ports, group.firsts)
 
-    def _sorted_by(self, column: memoryview[Any], *then: memoryview[Any]) -> FlowGroup:
+    def _sorted_by(
+        self, loaded: FlowGroup, column: memoryview[Any], *then: memoryview[Any]
+    ) -> FlowGroup:
         """This group in order of ``column``, then of ``then`` where it has a value twice;
-        stable. Itself when already in that order (no copy)."""
+        stable. Itself when already in that order (no copy). The columns are ``loaded``'s
+        (:meth:`loaded`: read from disk once)."""
         order = sorted(range(len(column)), key=column.__getitem__)
         if len(set(column)) < len(column):
             columns = (column, *then)
             order.sort(key=lambda index: tuple(values[index] for values in columns))
-        return self if order == list(range(len(column))) else self.taken(order)
+        return self if order == list(range(len(column))) else loaded.taken(order)
 
     def evidence_counts(self) -> Counter[Evidence]:
         """How many of its flows rest on each evidence."""

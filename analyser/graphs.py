@@ -231,30 +231,19 @@ class AttemptGroup:
     def key(self) -> AttemptKey:
         return (self.client, self.server, self.port)
 
-    def merged(self, other: AttemptGroup) -> AttemptGroup:
-        """This group and ``other`` (of the same client, server and port) as one."""
-        return AttemptGroup(
-            self.client,
-            self.server,
-            self.port,
-            tuple(sorted({*self.servers, *other.servers}, key=address_key)),
-            self.attempts + other.attempts,
-            self.packets + other.packets,
-            min(self.first_seen, other.first_seen),
-            max(self.last_seen, other.last_seen),
-        )
-
 
 # An AttemptGroup's client, server and port: what it is one group of.
 AttemptKey = tuple[str, str, PortSpec]
 
 
-def merge_attempts(found: dict[AttemptKey, AttemptGroup], groups: Iterable[AttemptGroup]) -> None:
-    """Add ``groups`` to ``found`` (by client, server and port), merging those of one key."""
+def merge_attempts(groups: Iterable[AttemptGroup]) -> list[AttemptGroup]:
+    """``groups`` (several graphs' attempts), those of one client, server and port as one."""
+    tallies = _AttemptTallies()
     for group in groups:
-        key = group.key()
-        known = found.get(key)
-        found[key] = group if known is None else known.merged(group)
+        tallies.of(group.key()).add(
+            group.servers, group.attempts, group.packets, group.first_seen, group.last_seen
+        )
+    return tallies.groups()
 
 
 @dataclass(frozen=True, slots=True)
@@ -655,7 +644,7 @@ class _Builder:
         self.asked: dict[tuple[str, str], set[str]] = defaultdict(set)
         self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
         self._unions: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
-        self.attempts: dict[AttemptKey, _AttemptTally] = {}
+        self.attempts = _AttemptTallies()
         self._ports: dict[tuple[IpProtocol, int], PortSpec] = {}  # each once, shared
         self._evidence: dict[frozenset[Evidence], frozenset[Evidence]] = {}  # likewise
         self.loopback = 0
@@ -900,7 +889,7 @@ class _Builder:
             tuple(nodes),
             tuple(edges),
             tuple(attributions),
-            tuple(tally.group(*key) for key, tally in self.attempts.items()),
+            tuple(self.attempts.groups()),
             self.loopback,
         )
 
@@ -1113,14 +1102,25 @@ def _count_attempts(
         client = resolver.resolve(members.client_ip, first_seen)
         target = resolver.resolve(server.ip, first_seen, port=server.port, protocol=protocol)
         key = (_describe(client), _describe(target), port)
-        tally = builder.attempts.get(key)
-        if tally is None:
-            tally = builder.attempts[key] = _AttemptTally()
-        tally.add(server.ip, packets[place], first_seen, lasts[place])
+        builder.attempts.of(key).add((server.ip,), 1, packets[place], first_seen, lasts[place])
+
+
+class _AttemptTallies(dict[AttemptKey, "_AttemptTally"]):
+    """Attempt groups being counted (:class:`_AttemptTally`), by client, server and port."""
+
+    def of(self, key: AttemptKey) -> _AttemptTally:
+        found = self.get(key)
+        if found is None:
+            found = self[key] = _AttemptTally()
+        return found
+
+    def groups(self) -> list[AttemptGroup]:
+        return [tally.group(*key) for key, tally in self.items()]
 
 
 class _AttemptTally:
-    """An :class:`AttemptGroup` as ``build_graph`` counts it, one attempt at a time."""
+    """An :class:`AttemptGroup` as it is counted: attempt by attempt (``build_graph``), or
+    group by group (:func:`merge_attempts`)."""
 
     __slots__ = ("attempts", "first_seen", "last_seen", "packets", "servers")
 
@@ -1131,9 +1131,16 @@ class _AttemptTally:
         self.first_seen = math.inf
         self.last_seen = -math.inf
 
-    def add(self, server: str, packets: int, first_seen: float, last_seen: float) -> None:
-        self.servers.add(server)
-        self.attempts += 1
+    def add(
+        self,
+        servers: Iterable[str],
+        attempts: int,
+        packets: int,
+        first_seen: float,
+        last_seen: float,
+    ) -> None:
+        self.servers.update(servers)
+        self.attempts += attempts
         self.packets += packets
         self.first_seen = min(self.first_seen, first_seen)
         self.last_seen = max(self.last_seen, last_seen)
@@ -1153,9 +1160,9 @@ class _AttemptTally:
 
 def _count_client(builder: _Builder, groups: Sequence[_Group]) -> None:
     """The established flows of one client address, by group: a group whose identities stay
-    the same counted at once, unless the client may have twins (:func:`_clients_with_twins`);
+    the same counted at once, unless the client may have twins (:func:`_may_have_twins`);
     the others joined flow by flow."""
-    if _clients_with_twins(groups):
+    if _may_have_twins(groups):
         one_by_one = list(groups)
     else:
         one_by_one = [group for group in groups if group.steady is None]
@@ -1268,19 +1275,16 @@ def _resolved_group(members: FlowGroup, resolver: Resolver) -> _Group:
     return _Group(members, servers, None)
 
 
-def _clients_with_twins(groups: Iterable[_Group]) -> set[tuple[IpProtocol, str]]:
-    """The (protocol, client address) whose flows may be twins of each other: a flow to a
-    Service and one to anything else, or one to an unknown address and one to a pod (see
-    ``_Twins``). Their flows are counted one by one."""
-    servers: dict[tuple[IpProtocol, str], set[EndpointKind]] = defaultdict(set)
+def _may_have_twins(groups: Iterable[_Group]) -> bool:
+    """Whether the flows of one client address (and protocol), by group, may be twins of each
+    other: a flow to a Service and one to anything else, or one to an unknown address and one
+    to a pod (see ``_Twins``). Its flows are then counted one by one."""
+    kinds: set[EndpointKind] = set()
     for group in groups:
-        servers[(group.members.protocol, group.members.client_ip)] |= group.servers
-    return {
-        client
-        for client, kinds in servers.items()
-        if (EndpointKind.SERVICE in kinds and len(kinds) > 1)
-        or (EndpointKind.POD in kinds and not kinds.isdisjoint(_UNKNOWN))
-    }
+        kinds |= group.servers
+    return (EndpointKind.SERVICE in kinds and len(kinds) > 1) or (
+        EndpointKind.POD in kinds and not kinds.isdisjoint(_UNKNOWN)
+    )
 
 
 def _pieces(members: FlowGroup, spans: Iterable[Span]) -> Iterator[FlowGroup]:

@@ -94,9 +94,7 @@ class ColumnStore:
 
     def kept(self, group: FlowGroup) -> FlowGroup:
         """``group`` with its columns in this store."""
-        columns = group.columns
-        if not isinstance(columns, bytes):
-            columns = columns.load()
+        columns = group.packed()
         try:
             written = 0
             while written < len(columns):  # a full disk may take part of it

@@ -48,7 +48,6 @@ from analyser.evaluation import Pod
 from analyser.flows import Flow, FlowTable
 from analyser.graphs import (
     AttemptGroup,
-    AttemptKey,
     EdgeStats,
     EdgeWindow,
     FlowAttribution,
@@ -306,7 +305,7 @@ def _merge_graphs(
     nodes: dict[str, GraphNode] = {}
     edges: dict[tuple[str, str], GraphEdge] = {}
     attributions: list[FlowAttribution] = []
-    attempts: dict[AttemptKey, AttemptGroup] = {}
+    attempts: list[AttemptGroup] = []
     captured = {node.id for _, graph in labelled for node in graph.nodes if node.in_scope}
     for label, graph in labelled:
         sides = _Sides(graph, captured)
@@ -350,7 +349,7 @@ def _merge_graphs(
             )
             for attribution in graph.attributions
         ]
-        merge_attempts(attempts, graph.attempts)
+        attempts += graph.attempts
     merged_nodes = [
         replace(node, label=node_label(node.id.removeprefix("node:"), node.addresses))
         if node.role is NodeRole.NODE
@@ -361,7 +360,7 @@ def _merge_graphs(
         tuple(merged_nodes),
         tuple(edges.values()),
         tuple(attributions),
-        tuple(attempts.values()),
+        tuple(merge_attempts(attempts)),
         sum(graph.loopback for _, graph in labelled),
     )
 

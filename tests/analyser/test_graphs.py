@@ -9,7 +9,16 @@ import pytest
 
 from analyser import graphs
 from analyser.flows import Evidence, Flow, Protocol
-from analyser.graphs import EdgeStats, GraphEdge, GraphNode, NodeRole, WorkloadGraph, build_graph
+from analyser.graphs import (
+    AttemptGroup,
+    EdgeStats,
+    GraphEdge,
+    GraphNode,
+    NodeRole,
+    WorkloadGraph,
+    build_graph,
+    merge_attempts,
+)
 from analyser.peers import PortSpec
 from analyser.selectors import LabelSelector
 from analyser.workloads import Workload, WorkloadRef
@@ -264,6 +273,18 @@ def test_attempts_are_counted_per_client_server_and_port_not_kept_one_by_one() -
     assert (group.attempts, group.packets) == (5000, sum(f.packets for f in retries))
     assert (group.first_seen, group.last_seen) == (start, start + 499.9 + 0.05)
     assert graph.edges == ()
+
+
+def test_attempts_of_several_graphs_merge_per_client_server_and_port() -> None:
+    # what windows do with the attempts of each bundle's graph
+    port = PortSpec(TCP, 7777)
+    morning = AttemptGroup(WEB, API_BLUE_W, port, ("10.0.1.9",), 3, 6, 100.0, 110.0)
+    evening = AttemptGroup(WEB, API_BLUE_W, port, ("10.0.1.10", "10.0.1.9"), 2, 4, 50.0, 60.0)
+    other = AttemptGroup(WEB, API_BLUE_W, PortSpec(TCP, 80), ("10.0.1.9",), 1, 1, 1.0, 2.0)
+    assert sorted(merge_attempts([morning, other, evening]), key=AttemptGroup.key) == [
+        other,  # port 80 sorts first
+        AttemptGroup(WEB, API_BLUE_W, port, ("10.0.1.9", "10.0.1.10"), 5, 10, 50.0, 110.0),
+    ]
 
 
 def test_loopback_flows_inside_a_pod_make_no_edge_and_no_node() -> None:
