@@ -24,8 +24,9 @@ import gc
 import os
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -49,7 +50,13 @@ from analyser.packets import (
     fold_tally,
 )
 from analyser.sources import DEFAULT_MAX_BYTES, CaptureFile, CaptureReport, RecordChunk
-from analyser.spilling import SPILL_BYTES, SPILL_ENTRIES, SpillingConversations
+from analyser.spilling import (
+    SPILL_BYTES,
+    SPILL_ENTRIES,
+    FilePieces,
+    SpillingConversations,
+    pieces_folder,
+)
 from kernel.bundles import ring_name
 
 
@@ -64,7 +71,8 @@ class Traffic:
     counted: int  # packets that went into conversations
     skipped: dict[str, int] = field(default_factory=dict)  # packets without facts, by reason
     dns_faults: dict[str, int] = field(default_factory=dict)  # DNS payloads not understood
-    # Conversations dropped from a capture because its vantage point was neither end, by file.
+    # Conversations dropped from a capture because its vantage point was neither end, by file
+    # (a file read in pieces, see PIECE_KEYS: per piece, a conversation split between two in each).
     foreign: dict[str, int] = field(default_factory=dict)
     # The conversations oriented, when read with an :class:`Orientation` (then
     # ``conversations`` is empty): sorted by (protocol, client, server, first seen).
@@ -80,11 +88,19 @@ class Orientation:
     known_listener: ListenerOracle | None
 
 
+# Keys (one per direction of a 5-tuple, ~250 bytes each) a file's tally holds before what it
+# counted so far is folded and set aside (spilling.FilePieces): whatever the file, a worker holds
+# at most ~125 MB of tally (a 1 GiB file of forged SYNs has 15 million keys). A sidecar ring's
+# 10 MB files have at most ~300,000 and never get there.
+PIECE_KEYS = 500_000
+
+
 @dataclass(slots=True)
 class _Partial:
     """What one file gave; merged by the parent."""
 
-    conversations: CaptureConversations
+    conversations: CaptureConversations  # the last piece (all of it, for most files)
+    earlier: FilePieces  # the pieces set aside before it
     dns: DnsTable
     report: CaptureReport
     counted: int
@@ -102,6 +118,9 @@ class CaptureTask:
     max_bytes: int
     per_interface: bool  # a node's capture (see :func:`read_captures`)
     number: int  # its place among the files read together (see ``flows.CaptureConversations``)
+    # Where its pieces are set aside (``spilling.FilePieces``; None: in memory) and how often.
+    pieces: Path | None = None
+    piece_keys: int = PIECE_KEYS
 
 
 Result = TypeVar("Result")
@@ -238,9 +257,15 @@ class _InterfaceTallies:
 
         return walk
 
-    def merged(self) -> Tally:
+    def keys(self) -> int:
+        """Keys counted, over every interface."""
+        return sum(len(tally) + len(dns_tally) for tally, dns_tally in self.tallies.values())
+
+    def taken(self) -> Tally:
         """Per key, the interface that counted the most packets (and the most bytes), first and
-        last seen over all, and every role any copy showed."""
+        last seen over all, and every role any copy showed; the interfaces' counts start again.
+        Taken piece by piece (:data:`PIECE_KEYS`), the busiest interface is the piece's: the
+        copies of a packet pass a node's interfaces within microseconds, in the same piece."""
         merged: Tally = {}
         for tally, dns_tally in self.tallies.values():
             for part in (tally, dns_tally):
@@ -254,6 +279,7 @@ class _InterfaceTallies:
                     known.packets = max(known.packets, counts.packets)
                     known.size = max(known.size, counts.size)
                     known.roles |= counts.roles
+        self.tallies.clear()
         return merged
 
 
@@ -265,9 +291,18 @@ def _copy(counts: Counts) -> Counts:
 
 def _count_file(task: CaptureTask, on_read: Callable[[int], None] | None) -> _Partial:
     name = task.name
-    capture = CaptureFile(task.path, name=name, on_read=on_read, max_bytes=task.max_bytes)
+    read = 0  # on-disk bytes so far
+
+    def reading(size: int) -> None:
+        nonlocal read
+        read += size
+        if on_read is not None:
+            on_read(size)
+
+    capture = CaptureFile(task.path, name=name, on_read=reading, max_bytes=task.max_bytes)
     dns_payloads: list[DnsPayload] = []
     answers = _DnsAnswers()
+    folds = _Folds(task)
 
     def count_into(chunk: RecordChunk, tally: Tally, dns_tally: Tally) -> tuple[int, int]:
         walked = count_records(chunk, tally, dns_tally, dns_payloads)
@@ -276,27 +311,69 @@ def _count_file(task: CaptureTask, on_read: Callable[[int], None] | None) -> _Pa
         return walked
 
     tally: Tally = {}
-    if task.per_interface:
-        interfaces = _InterfaceTallies()
-        report = capture.walk(interfaces.walker(count_into))
-        tally = interfaces.merged()
-    else:
-        dns_tally: Tally = {}
-        report = capture.walk(lambda chunk: count_into(chunk, tally, dns_tally))
-        tally.update(dns_tally)
-    answers.close()
-    folded = fold_tally(tally, task.number)
-    skipped = Counter({reason.name.lower(): packets for reason, packets in folded.skipped.items()})
+    dns_tally: Tally = {}
+    try:
+        # Between chunks, past piece_keys keys, the tally is set aside: outside the walker, so
+        # that a disk too full to take it fails the reading, not just this file.
+        if task.per_interface:
+            interfaces = _InterfaceTallies()
+            for _ in capture.walking(interfaces.walker(count_into)):
+                if interfaces.keys() > task.piece_keys:
+                    folds.set_aside(interfaces.taken(), read)
+            tally = interfaces.taken()
+        else:
+            for _ in capture.walking(lambda chunk: count_into(chunk, tally, dns_tally)):
+                if len(tally) + len(dns_tally) > task.piece_keys:
+                    tally.update(dns_tally)
+                    dns_tally.clear()
+                    folds.set_aside(tally, read)
+            tally.update(dns_tally)
+        report = capture.report
+        answers.close()
+        last = folds.fold(tally)
+    finally:
+        folds.pieces.close()
     if report.impossible_times:
-        skipped["impossible_time"] = report.impossible_times
+        folds.skipped["impossible_time"] = report.impossible_times
     return _Partial(
-        CaptureConversations(name, ring_name(name), task.number, folded.entries, folded.pairs),
+        last,
+        folds.pieces,
         answers.table,
-        replace(report, first_seen=folded.first_seen),
-        folded.counted,
-        skipped,
+        replace(report, first_seen=folds.first_seen),
+        folds.counted,
+        folds.skipped,
         answers.faults,
     )
+
+
+class _Folds:
+    """A file's tally folded into conversations (``packets.fold_tally``), all at the end or
+    piece by piece as it fills up (see :data:`PIECE_KEYS`), and what the folds add up to."""
+
+    def __init__(self, task: CaptureTask) -> None:
+        self.task = task
+        self.pieces = FilePieces(task.pieces, task.number)
+        self.counted = 0  # packets in conversations
+        self.skipped: Counter[str] = Counter()  # packets without facts, by reason
+        self.first_seen: float | None = None  # the first packet in a conversation
+
+    def fold(self, tally: Tally) -> CaptureConversations:
+        """``tally``'s conversations (it is left empty)."""
+        task = self.task
+        folded = fold_tally(tally, task.number)
+        self.counted += folded.counted
+        for reason, packets in folded.skipped.items():
+            self.skipped[reason.name.lower()] += packets
+        if folded.first_seen is not None:
+            known = self.first_seen
+            self.first_seen = folded.first_seen if known is None else min(known, folded.first_seen)
+        return CaptureConversations(
+            task.name, ring_name(task.name), task.number, folded.entries, folded.pairs
+        )
+
+    def set_aside(self, tally: Tally, read: int) -> None:
+        """Fold ``tally`` (emptied) into a piece set aside, ``read`` bytes of the file read."""
+        self.pieces.add(self.fold(tally), read)
 
 
 def _name_under(path: Path, root: Path) -> str:
@@ -324,6 +401,7 @@ def read_captures(
     on_step: Callable[[str], None] | None = None,
     spill_bytes: int = SPILL_BYTES,
     spill_entries: int = SPILL_ENTRIES,
+    piece_keys: int = PIECE_KEYS,
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`: its conversations, or with an
     ``orientation`` its flows (``flows.orient``; what an analysis wants, made with less memory).
@@ -359,20 +437,36 @@ def read_captures(
     Past ``spill_bytes`` of capture files (on disk; 0: never), or once more than
     ``spill_entries`` conversations are merged while files are left, the conversations are
     merged in parts on disk, one part at a time in memory (``analyser.spilling``), with the same
-    result.
+    result. A file whose tally passes ``piece_keys`` keys is folded piece by piece, the pieces
+    set aside on disk (:data:`PIECE_KEYS`), with the same conversations; but a node's capture
+    counts each piece's busiest interface, a conversation split between pieces that a vantage
+    point drops as foreign counts in :attr:`Traffic.foreign` once per piece, and is dropped in
+    one piece and not the other when its address changed hands in between.
     """
     names = [_name_under(path, root) for path in paths]
-    tasks = [
-        CaptureTask(
-            Path(os.path.abspath(path)), name, _size(path), max_bytes, name in node_captures, number
-        )
-        for number, (path, name) in enumerate(zip(paths, names, strict=True))
-    ]
+    sizes = [_size(path) for path in paths]
     report = on_progress if on_progress is not None else _ignore
     placed = vantages if vantages is not None else {}
     count = min(workers or os.cpu_count() or 1, max(len(paths), 1))
-    sizes = [task.size for task in tasks]
-    with closing(SpillingConversations(sizes, spill_bytes, spill_entries)) as table:
+    with ExitStack() as stack:
+        table = stack.enter_context(
+            closing(SpillingConversations(sizes, spill_bytes, spill_entries))
+        )
+        # A Dask worker's pieces come back with its result: this machine cannot read its disk.
+        pieces = None if capture_map is not None else stack.enter_context(pieces_folder())
+        tasks = [
+            CaptureTask(
+                Path(os.path.abspath(path)),
+                name,
+                size,
+                max_bytes,
+                name in node_captures,
+                number,
+                pieces,
+                piece_keys,
+            )
+            for number, (path, name, size) in enumerate(zip(paths, names, sizes, strict=True))
+        ]
         if capture_map is not None:
             merged = _merge(_read_mapped(capture_map, tasks, report), placed, table)
         elif count <= 1:
@@ -474,9 +568,12 @@ def _merge_all(
     for partial in partials:
         seen = partial.conversations
         vantage = vantages.get(seen.capture)
-        if vantage is not None and (dropped := seen.drop_foreign(vantage)):
-            foreign[seen.capture] = dropped
-        conversations.add(seen)
+        # One piece at a time: a file's pieces together are what setting them aside avoids.
+        pieces: Iterable[tuple[int | None, CaptureConversations]] = partial.earlier.taken()
+        for read, piece in chain(pieces, [(None, seen)]):
+            if vantage is not None and (dropped := piece.drop_foreign(vantage)):
+                foreign[seen.capture] = foreign.get(seen.capture, 0) + dropped
+            conversations.add(piece, read)
         dns.add(seen.capture, seen.vantage if vantage is None else str(vantage), partial.dns)
         reports.append(partial.report)
         counted += partial.counted

@@ -557,14 +557,16 @@ class CaptureFile:
 
     def walk(self, walker: RecordWalker) -> CaptureReport:
         """Hand every record to ``walker``, chunk by chunk in file order; the report."""
-        for _ in self._walked(walker):
+        for _ in self.walking(walker):
             pass
         return self.report
 
     def batches(self) -> Iterator[Batch]:
-        return _sliced(self._walked)
+        return _sliced(self.walking)
 
-    def _walked(self, walker: RecordWalker) -> Iterator[None]:
+    def walking(self, walker: RecordWalker) -> Iterator[None]:
+        """:meth:`walk`, yielding after each chunk: what the caller does between chunks is
+        its own (an error it raises is not the file's); the report is ready at the end."""
         progress = _Progress()
         error: CaptureError | None = None
         try:

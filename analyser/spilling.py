@@ -15,6 +15,10 @@ captures. The result is the same as one table's, byte for byte.
 The parts are pickles this process writes into a folder of its own (``tempfile``: 0700 under
 ``$TMPDIR``) and reads back; the folder goes when the reading is done or fails. The column
 store is a file without a name in that folder, gone with the last group that reads from it.
+
+One capture file's reading is bounded too: past ``reading.PIECE_KEYS`` keys, what its tally holds
+is folded into conversations and set aside (:class:`FilePieces`), in a file of a folder the
+reading makes for the purpose, and the merge reads the pieces back one at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pickle
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -67,7 +72,8 @@ def _part(pair: bytes, parts: int) -> int:
     return zlib.crc32(pair) % parts
 
 
-def _no_room(folder: Path, error: OSError) -> CaptureError:
+def no_room(folder: Path, error: OSError) -> CaptureError:
+    """The error of a folder too small (or not writable) for what a reading keeps on disk."""
     return CaptureError(
         f"{folder}: cannot keep the merged conversations of a bundle this size there "
         f"({error.strerror or error}); set TMPDIR to a folder with room for about a third of "
@@ -90,7 +96,7 @@ class ColumnStore:
             # Open as long as the store is: the groups kept in it read from it to the end.
             self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115
         except OSError as error:
-            raise _no_room(folder, error) from error
+            raise no_room(folder, error) from error
 
     def kept(self, group: FlowGroup) -> FlowGroup:
         """``group`` with its columns in this store."""
@@ -100,7 +106,7 @@ class ColumnStore:
             while written < len(columns):  # a full disk may take part of it
                 written += os.pwrite(self._file.fileno(), columns[written:], self._end + written)
         except OSError as error:
-            raise _no_room(self._folder, error) from error
+            raise no_room(self._folder, error) from error
         stored = _Stored(self, self._end, len(columns))
         self._end += len(columns)
         return FlowGroup(group.protocol, group.client_ip, group.server, group.captures, stored)
@@ -127,6 +133,76 @@ class _Stored:
         return self._store.load(self._start, self._size)
 
 
+@contextmanager
+def pieces_folder() -> Iterator[Path]:
+    """A folder of its own (``tempfile``: 0700 under ``$TMPDIR``) for the pieces of the files
+    read together (:class:`FilePieces`), removed with what is left in it at the end."""
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="netpol-sniffer-")
+    except OSError as error:
+        raise no_room(Path(tempfile.gettempdir()), error) from error
+    with folder:
+        yield Path(folder.name)
+
+
+class FilePieces:
+    """What one capture file's tally held each time it filled up, folded into conversations
+    (``reading.PIECE_KEYS``), with the on-disk bytes of the file read by then: set aside while
+    the rest of the file is read, and read back in order by the merge.
+
+    With a ``folder``, appended to a file there (named by the file's ``number``, unique among the
+    files read together), so that the worker reading a 1 GiB file of forged SYNs holds one piece
+    at a time, not 15 million connections. Once :meth:`close` d, it pickles: it travels with the
+    file's result as a path, and :meth:`taken` removes the file. Without a folder (a Dask worker,
+    whose disk this machine cannot read), kept in memory: folded, ~160 bytes a connection, a
+    third of what the tally holds.
+    """
+
+    __slots__ = ("_file", "_kept", "_path", "count")
+
+    def __init__(self, folder: Path | None, number: int) -> None:
+        self._path = None if folder is None else folder / f"file-{number}.pieces"
+        self._file: BinaryIO | None = None
+        self._kept: list[tuple[int, CaptureConversations]] = []
+        self.count = 0
+
+    def add(self, piece: CaptureConversations, read: int) -> None:
+        """Set ``piece`` aside, ``read`` bytes of its file read."""
+        self.count += 1
+        if self._path is None:
+            self._kept.append((read, piece))
+            return
+        try:
+            if self._file is None:
+                self._file = self._path.open("xb")
+            pickle.dump((read, piece), self._file, protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError as error:
+            raise no_room(self._path.parent, error) from error
+
+    def close(self) -> None:
+        """Done adding: the pieces go wherever the file's result goes (a file stays open only
+        in the process that wrote it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def taken(self) -> Iterator[tuple[int, CaptureConversations]]:
+        """Each piece with its bytes read, in the order they were set aside, each given up once
+        taken (a file of them is removed at the end, or when the taking stops)."""
+        self.close()
+        kept, self._kept = self._kept[::-1], []
+        while kept:
+            yield kept.pop()
+        if self._path is None or not self.count:
+            return
+        try:
+            with self._path.open("rb") as file:
+                for _ in range(self.count):
+                    yield pickle.load(file)  # written by this reading (add, above)
+        finally:
+            self._path.unlink(missing_ok=True)
+
+
 class SpilledConversations:
     """Conversations merged over capture files as ``ConversationTable`` merges them, kept in
     ``parts`` files in ``folder`` until they are oriented (see the module's docstring)."""
@@ -147,7 +223,7 @@ class SpilledConversations:
         try:
             pickle.dump(piece, self._files[number], protocol=pickle.HIGHEST_PROTOCOL)
         except OSError as error:
-            raise _no_room(self._folder, error) from error
+            raise no_room(self._folder, error) from error
 
     def add(self, seen: CaptureConversations) -> None:
         """Put what one capture file saw into the parts its conversations belong to."""
@@ -250,25 +326,28 @@ class SpillingConversations:
         """How many parts the conversations are in (1: in memory)."""
         return self._table.parts if isinstance(self._table, SpilledConversations) else 1
 
-    def add(self, seen: CaptureConversations) -> None:
-        """Fold in what the next capture file saw."""
+    def add(self, seen: CaptureConversations, read: int | None = None) -> None:
+        """Fold in what the next capture file saw; with ``read``, a piece of it
+        (:class:`FilePieces`), set aside once that many of its bytes were read: more follows."""
         table = self._table
         table.add(seen)
-        self._added += 1
+        if read is None:
+            self._added += 1
         if (
             isinstance(table, ConversationTable)
             and self._spill_bytes > 0
             and len(table) > self._spill_entries
-            and self._added < len(self._sizes)
+            and (read is not None or self._added < len(self._sizes))
         ):
             self._table = SpilledConversations(
-                self._new_folder(), self._parts_for(len(table)), start=table
+                self._new_folder(), self._parts_for(len(table), read or 0), start=table
             )
 
-    def _parts_for(self, entries: int) -> int:
-        """Parts for all the files' conversations, ``entries`` after the files added so far: of
-        about a quarter of ``spill_entries`` each, by the share of the bytes read."""
-        read = sum(self._sizes[: self._added])
+    def _parts_for(self, entries: int, read_of_next: int) -> int:
+        """Parts for all the files' conversations, ``entries`` after the files added so far
+        (and ``read_of_next`` bytes of the next): of about a quarter of ``spill_entries`` each,
+        by the share of the bytes read."""
+        read = sum(self._sizes[: self._added]) + read_of_next
         expected = entries * sum(self._sizes) / max(read, 1)
         return min(MAX_PARTS, max(2, math.ceil(expected * PARTS_PER_SPILL / self._spill_entries)))
 

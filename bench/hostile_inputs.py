@@ -208,15 +208,18 @@ def outside_addresses(bundle: Path, count: int) -> Path:
 
 
 def unanswered_attempts(bundle: Path, count: int) -> Path:
-    """frontend's capture with ``count`` SYNs, none answered, to port 5432 of 16 outside
-    addresses, from every port in turn: up to 16 × 64,512 connections tried."""
+    """frontend's capture with ``count`` SYNs, none answered, to port 5432 of outside addresses
+    (16, or as many as it takes), from every port in turn: each SYN a connection of its own
+    (``count`` distinct connections: far past what a 1 GiB file holds)."""
     frontend = pod_ip(bundle, FRONTEND)
     start = window_start(bundle) + 10
+    servers = max(16, -(-count // 64512))
     with (pod_folder(bundle, FRONTEND) / "retries.pcap").open("wb") as capture:
         capture.write(pcap_header())
         for index in range(count):
-            server = f"198.51.100.{index % 16 + 1}"
-            frame = tcp_frame(frontend, 1024 + index // 16 % 64512, server, 5432, 0x02)
+            place = index % servers
+            server = f"198.51.{100 + place // 254}.{place % 254 + 1}"
+            frame = tcp_frame(frontend, 1024 + index // servers % 64512, server, 5432, 0x02)
             capture.write(record(start + index * 1e-3, frame) + frame)
     return bundle
 

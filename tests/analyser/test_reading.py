@@ -17,10 +17,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from analyser import reading, sources
+from analyser import reading, sources, spilling
 from analyser.flows import Endpoint, Evidence, FlowTable, Protocol, orient
 from analyser.reading import Orientation, read_captures
 from analyser.spilling import part_count
@@ -587,13 +588,99 @@ def test_conversations_past_spill_entries_move_to_disk_with_the_same_result(
     assert re.match(r"sorting [\d,]+ conversations$", alone[0]), alone
 
 
+def test_a_file_read_in_pieces_gives_what_it_gives_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past piece_keys keys in its tally, a file's counts are folded and set aside on disk
+    # (spilling.FilePieces), so that no file, however big, is held whole: the same traffic, read
+    # here, by workers (the pieces' file travels as a path) or by a capture map elsewhere (the
+    # pieces travel with the result), for a pod's capture and for a node's.
+    paths = _random_captures(_folder(tmp_path / "captures"), 6)
+    spill = _temporary_folder(tmp_path / "tmp", monkeypatch)
+    placed = {"captures/pod0/capture.pcap0": _Holding("10.2.0.1")}
+    node = ["captures/pod3/capture.pcap0"]
+    whole = read_captures(paths, root=tmp_path, workers=1, vantages=placed, node_captures=node)
+    assert whole.foreign and len(whole.conversations) > 20
+    flows = read_captures(
+        paths, root=tmp_path, workers=1, node_captures=node, orientation=Orientation(None)
+    ).flows
+    set_aside: list[int] = []
+    add = spilling.FilePieces.add
+
+    def counted_add(pieces: spilling.FilePieces, *args: Any) -> None:
+        set_aside.append(pieces.count)
+        add(pieces, *args)
+
+    monkeypatch.setattr(spilling.FilePieces, "add", counted_add)
+    monkeypatch.setattr(sources, "CHUNK_SIZE", 600)  # ~10 packets: a check after each chunk
+    for workers, capture_map in [(1, None), (2, None), (1, _ReversedMap())]:
+        pieces = read_captures(
+            paths,
+            root=tmp_path,
+            workers=workers,
+            vantages=placed,
+            node_captures=node,
+            capture_map=capture_map,
+            piece_keys=8,
+        )
+        assert pieces.conversations == whole.conversations
+        assert pieces.reports == whole.reports
+        assert (pieces.packets, pieces.counted, pieces.skipped) == (
+            whole.packets,
+            whole.counted,
+            whole.skipped,
+        )
+        # counted per piece: a foreign conversation split between pieces counts in each
+        assert pieces.foreign.keys() == whole.foreign.keys()
+        assert all(pieces.foreign[name] >= whole.foreign[name] for name in whole.foreign)
+        assert pieces.dns.vantages == whole.dns.vantages
+        for vantage in whole.dns.vantages:
+            assert list(pieces.dns.seen_at(vantage)) == list(whole.dns.seen_at(vantage))
+        oriented = read_captures(
+            paths,
+            root=tmp_path,
+            workers=workers,
+            node_captures=node,
+            capture_map=capture_map,
+            orientation=Orientation(None),
+            piece_keys=8,
+        )
+        assert oriented.flows == flows
+        assert list(spill.iterdir()) == []  # the pieces' folder is gone
+    assert len(set_aside) > 6 * 10  # in this process: every file in many pieces
+
+
+def test_the_pieces_of_one_big_file_move_the_merge_to_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One file of short connections (a scan, forged SYNs) is the table's growth too: past
+    # spill_entries, while pieces of it are still to come, the merge moves to disk.
+    (path,) = _random_captures(_folder(tmp_path / "captures"), 1)
+    spill = _temporary_folder(tmp_path / "tmp", monkeypatch)
+    whole = read_captures([path], root=tmp_path, workers=1)
+    monkeypatch.setattr(sources, "CHUNK_SIZE", 600)
+    steps: list[str] = []
+    moved = read_captures(
+        [path], root=tmp_path, workers=1, piece_keys=8, spill_entries=10, on_step=steps.append
+    )
+    assert moved.conversations == whole.conversations
+    (step,) = steps
+    assert re.match(r"sorting the conversations in \d+ parts \(", step), step
+    assert list(spill.iterdir()) == []
+
+
 @pytest.mark.parametrize(
-    ("module", "writer"),
-    [(pickle, "dump"), (os, "pwrite")],
-    ids=["the parts", "the flows' columns"],
+    ("module", "writer", "spill_bytes", "piece_keys"),
+    [(pickle, "dump", 1, 10**6), (os, "pwrite", 1, 10**6), (pickle, "dump", 0, 1)],
+    ids=["the parts", "the flows' columns", "a file's pieces"],
 )
 def test_what_cannot_be_written_to_disk_is_a_capture_error_naming_the_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: object, writer: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    module: object,
+    writer: str,
+    spill_bytes: int,
+    piece_keys: int,
 ) -> None:
     paths = _random_captures(_folder(tmp_path / "captures"), 2)
     spill = _temporary_folder(tmp_path / "tmp", monkeypatch)
@@ -603,6 +690,13 @@ def test_what_cannot_be_written_to_disk_is_a_capture_error_naming_the_folder(
 
     monkeypatch.setattr(module, writer, full)
     with pytest.raises(CaptureError, match=r"No space left on device.*set TMPDIR") as raised:
-        read_captures(paths, root=tmp_path, workers=1, orientation=Orientation(None), spill_bytes=1)
+        read_captures(
+            paths,
+            root=tmp_path,
+            workers=1,
+            orientation=Orientation(None),
+            spill_bytes=spill_bytes,
+            piece_keys=piece_keys,
+        )
     assert str(spill) in str(raised.value)
     assert list(spill.iterdir()) == []  # nothing left behind
