@@ -28,6 +28,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from analyser import dns
 from analyser.addresses import parse_address
 from analyser.adopting import Adoption, adopt
 from analyser.bundles import Bundle, FileProblem
@@ -607,6 +608,19 @@ def _foreign_problems(traffic: Traffic, placed: Mapping[str, _PlacedCapture]) ->
     return problems
 
 
+def _dns_problems(traffic: Traffic) -> list[FileProblem]:
+    """A warning for each capture whose DNS names did not all fit its vantage point's table."""
+    return [
+        FileProblem(
+            capture,
+            f"{count:,} DNS name{'s' if count != 1 else ''} (an address's, or a lookup) left out: "
+            f"the answers captured where this file was taken name more than {dns.MAX_NAMES:,}, so "
+            "the flows to the addresses only they name are taken as unnamed",
+        )
+        for capture, count in traffic.dns_left_out.items()
+    ]
+
+
 # How many unreadable files the error for a bundle without any readable capture names.
 MAX_LISTED_UNREADABLE = 3
 
@@ -808,6 +822,7 @@ def observe(
         *problems,
         *_capture_problems(traffic),
         *_foreign_problems(traffic, placed),
+        *_dns_problems(traffic),
         *loose.problems,
         *unread_problems,
         *on_nodes.problems,

@@ -26,6 +26,13 @@ from analyser.packets import DnsFault, DnsResponse, decode_dns
 
 # Seconds by which clocks of two captures (two nodes) may disagree.
 CLOCK_SKEW = 1.0
+# Names a vantage point's table keeps, at most: an address's name as told to one client, or a
+# name a client looked up (~1.5 KB each, with their times and containers). Past this, the names
+# of later answers are left out and counted (``DnsTable.left_out``, ``too_many_names`` in
+# ``Traffic.dns_faults``): a pod seldom looks up so many distinct names in one capture window,
+# and one that forges answers in its own capture would otherwise grow the table without bound
+# (a 1 GiB file holds ~9 million).
+MAX_NAMES = 100_000
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -61,12 +68,16 @@ class DnsTable:
     """What the DNS answers captured at one vantage point say: IP address (compressed text) →
     the clients (the addresses answers were sent to) → names, each with the times of the first
     and last answer; the same for the names asked for (:meth:`names_for` with ``asked``); and
-    client → every name it looked up (:meth:`lookups`)."""
+    client → every name it looked up (:meth:`lookups`). At most ``max_names`` names
+    (:data:`MAX_NAMES`): past them, new names are left out and counted in :attr:`left_out`."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_names: int | None = None) -> None:
         self._seen: dict[str, dict[str, _Times]] = {}  # address → client → names
         self._asked: dict[str, dict[str, _Times]] = {}  # address → client → questions
         self._lookups: dict[str, _Times] = {}  # client → questions of its answered lookups
+        self.max_names = MAX_NAMES if max_names is None else max_names
+        self._kept = 0  # names in _seen and _lookups (_asked's are some of _seen's)
+        self.left_out = 0  # names :meth:`add` left out, the table full (merges return theirs)
 
     def add(
         self, response: DnsResponse, at: float, *, client: str, until: float | None = None
@@ -75,16 +86,43 @@ class DnsTable:
         seconds) and, when given, again up to ``until``."""
         last = at if until is None else until
         question = response.question
-        if question:
-            self._note(self._lookups.setdefault(client, {}), question, at, last)
+        if question and not self._kept_name(self._lookups, client, question, at, last):
+            self.left_out += 1
         for owner, ip in response.addresses:
-            names = self._seen.setdefault(ip, {}).setdefault(client, {})
             chain = _chain_names(owner, response.aliases)
-            for name in chain:
-                self._note(names, name, at, last)
-            if question in chain:
+            # In order: which names a full table keeps must not depend on a set's hashing.
+            names = [(name, at, last) for name in sorted(chain)]
+            self.left_out += self._left_out(ip, client, names)
+            if question in chain and question in self._seen.get(ip, {}).get(client, ()):
                 asked = self._asked.setdefault(ip, {}).setdefault(client, {})
                 self._note(asked, question, at, last)
+
+    def _left_out(self, ip: str, client: str, names: list[tuple[str, float, float]]) -> int:
+        """Note ``names`` (with their first and last times) for ``ip`` as told to ``client``;
+        how many were left out."""
+        clients = self._seen.get(ip)
+        if clients is None:
+            if self._kept >= self.max_names:
+                return len(names)
+            clients = self._seen[ip] = {}  # not full: its first name is kept
+        return sum(
+            not self._kept_name(clients, client, name, first, last) for name, first, last in names
+        )
+
+    def _kept_name(
+        self, names_of: dict[str, _Times], owner: str, name: str, first: float, last: float
+    ) -> bool:
+        """Note ``name`` among the names of ``owner`` (a client, in ``names_of``); False when it
+        is new and the table holds ``max_names`` already."""
+        names = names_of.get(owner)
+        if names is not None and name in names:
+            self._note(names, name, first, last)
+            return True
+        if self._kept >= self.max_names:
+            return False
+        self._kept += 1
+        names_of.setdefault(owner, {})[name] = [first, last]
+        return True
 
     def add_payload(
         self,
@@ -116,20 +154,26 @@ class DnsTable:
             seen[0] = min(seen[0], first)
             seen[1] = max(seen[1], last)
 
-    def merge(self, other: DnsTable) -> None:
-        """Fold another table into this one (the result does not depend on the order)."""
-        for mine, theirs in ((self._seen, other._seen), (self._asked, other._asked)):
-            for ip, their_clients in theirs.items():
-                clients = mine.setdefault(ip, {})
-                for client, their_names in their_clients.items():
-                    self._merge_times(clients.setdefault(client, {}), their_names)
+    def merge(self, other: DnsTable) -> int:
+        """Fold another table into this one (the result does not depend on the order while the
+        names fit in ``max_names``; past it, the tables folded in last lose theirs); the number
+        of names left out."""
+        left_out = 0
+        for ip, their_clients in other._seen.items():
+            for client, their_names in their_clients.items():
+                times = [(name, first, last) for name, (first, last) in their_names.items()]
+                left_out += self._left_out(ip, client, times)
+        for ip, their_clients in other._asked.items():
+            for client, their_names in their_clients.items():
+                kept = self._seen.get(ip, {}).get(client, {})
+                for name, (first, last) in their_names.items():
+                    if name in kept:
+                        asked = self._asked.setdefault(ip, {}).setdefault(client, {})
+                        self._note(asked, name, first, last)
         for client, their_names in other._lookups.items():
-            self._merge_times(self._lookups.setdefault(client, {}), their_names)
-
-    @classmethod
-    def _merge_times(cls, names: _Times, theirs: _Times) -> None:
-        for name, (first, last) in theirs.items():
-            cls._note(names, name, first, last)
+            for name, (first, last) in their_names.items():
+                left_out += not self._kept_name(self._lookups, client, name, first, last)
+        return left_out
 
     def lookups(self, *, asked_by: Callable[[str], bool]) -> tuple[str, ...]:
         """Every name looked up in an answered lookup by a client address ``asked_by`` accepts,
@@ -191,11 +235,12 @@ class DnsNames:
         self._tables: dict[str, DnsTable] = {}  # vantage → its answers
         self._vantage_of: dict[str, str] = {}  # capture file → vantage
 
-    def add(self, capture: str, vantage: str, table: DnsTable) -> None:
+    def add(self, capture: str, vantage: str, table: DnsTable) -> int:
         """The answers one capture file (bundle-relative path) holds, captured at ``vantage``
-        (a pod, a node, or for a capture tied to none, its tcpdump ring)."""
+        (a pod, a node, or for a capture tied to none, its tcpdump ring); the number of names
+        left out, the vantage point's table full (:data:`MAX_NAMES`)."""
         self._vantage_of[capture] = vantage
-        self._tables.setdefault(vantage, DnsTable()).merge(table)
+        return self._tables.setdefault(vantage, DnsTable()).merge(table)
 
     @staticmethod
     def union(labelled: Iterable[tuple[str, DnsNames]]) -> DnsNames:

@@ -74,6 +74,9 @@ class Traffic:
     # Conversations dropped from a capture because its vantage point was neither end, by file
     # (a file read in pieces, see PIECE_KEYS: per piece, a conversation split between two in each).
     foreign: dict[str, int] = field(default_factory=dict)
+    # DNS names (an address's for a client, or a lookup) left out of a file's answers, by file:
+    # its vantage point's table was full (``dns.MAX_NAMES``).
+    dns_left_out: dict[str, int] = field(default_factory=dict)
     # The conversations oriented, when read with an :class:`Orientation` (then
     # ``conversations`` is empty): sorted by (protocol, client, server, first seen).
     flows: Sequence[Flow] = ()  # a FlowTable
@@ -565,6 +568,7 @@ def _merge_all(
     skipped: Counter[str] = Counter()
     dns_faults: Counter[str] = Counter()
     foreign: dict[str, int] = {}
+    names_left_out: dict[str, int] = {}
     for partial in partials:
         seen = partial.conversations
         vantage = vantages.get(seen.capture)
@@ -574,7 +578,9 @@ def _merge_all(
             if vantage is not None and (dropped := piece.drop_foreign(vantage)):
                 foreign[seen.capture] = foreign.get(seen.capture, 0) + dropped
             conversations.add(piece, read)
-        dns.add(seen.capture, seen.vantage if vantage is None else str(vantage), partial.dns)
+        place = seen.vantage if vantage is None else str(vantage)
+        if left_out := partial.dns.left_out + dns.add(seen.capture, place, partial.dns):
+            names_left_out[seen.capture] = left_out
         reports.append(partial.report)
         counted += partial.counted
         skipped.update(partial.skipped)
@@ -588,5 +594,6 @@ def _merge_all(
         skipped=dict(sorted(skipped.items())),
         dns_faults=dict(sorted(dns_faults.items())),
         foreign=foreign,
+        dns_left_out=names_left_out,
     )
     return _Merged(conversations, traffic)

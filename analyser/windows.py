@@ -419,6 +419,11 @@ def _merged_traffic(labelled: Sequence[tuple[str, Observation]]) -> Traffic:
             for label, seen in labelled
             for capture, count in seen.traffic.foreign.items()
         },
+        dns_left_out={
+            f"{label}/{capture}": count
+            for label, seen in labelled
+            for capture, count in seen.traffic.dns_left_out.items()
+        },
     )
 
 

@@ -12,8 +12,11 @@ Builds, from the recorded example bundle (examples/microservices-demo/bundle):
   servers and unresolved addresses all from one client port, so every flow looks for a twin
   among the others), for N = 2,000 and 20,000,
 - frontend's capture with ``--attempts`` connections it tried and never established (a SYN
-  each, from a new port, to 16 outside addresses: a client retrying a blocked port all day, or
-  a forged capture), 1,000,000 by default.
+  each, from a new port, to 16 outside addresses, or more past 16 × 64,512: a client retrying a
+  blocked port all day, or a forged capture), 1,000,000 by default; ``--attempts 14000000``
+  makes a 1 GiB file of them, which a worker reads in pieces,
+- frontend's capture with ``--answers`` DNS answers sent to it, each for a name and an address
+  of its own (forged: a table of names that would grow without bound), 1,000,000 by default.
 
 Each runs ``analyse`` (one worker) in a fresh interpreter; the clean bundle is the baseline
 measured in the same run, and the 2,000 → 20,000 ratio is taken over it (near 10: linear).
@@ -22,7 +25,8 @@ Then ``verify`` replays each of those bundles against the policies analyse wrote
 every address block), each in a fresh interpreter, with the same ratio over the clean bundle's.
 Prints figures, asserts nothing; the last line is a one-line summary.
 
-    python bench/hostile_inputs.py [--small N] [--large N] [--attempts N] [--keep DIR]
+    python bench/hostile_inputs.py [--small N] [--large N] [--attempts N] [--answers N]
+                                   [--keep DIR]
 """
 
 from __future__ import annotations
@@ -224,6 +228,47 @@ def unanswered_attempts(bundle: Path, count: int) -> Path:
     return bundle
 
 
+def udp_frame(source: str, sport: int, destination: str, dport: int, payload: bytes) -> bytes:
+    segment = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(segment),
+        1,
+        0x4000,
+        64,
+        17,
+        0,
+        socket.inet_aton(source),
+        socket.inet_aton(destination),
+    )
+    return b"\x04" * 6 + b"\x02" * 6 + b"\x08\x00" + ip + segment
+
+
+def dns_answer(ident: int, name: str, ip: str) -> bytes:
+    """A DNS response with one A record: ``name`` is ``ip``."""
+    question = b"".join(bytes([len(label)]) + label.encode() for label in name.split("."))
+    question += b"\0" + struct.pack("!HH", 1, 1)
+    record = struct.pack("!HHHIH", 0xC00C, 1, 1, 30, 4) + socket.inet_aton(ip)
+    return struct.pack("!HHHHHH", ident, 0x8180, 1, 1, 0, 0) + question + record
+
+
+def forged_answers(bundle: Path, count: int) -> Path:
+    """frontend's capture with ``count`` DNS answers from the cluster's DNS, each naming an
+    address of its own with a name of its own."""
+    frontend = pod_ip(bundle, FRONTEND)
+    start = window_start(bundle) + 10
+    with (pod_folder(bundle, FRONTEND) / "answers.pcap").open("wb") as capture:
+        capture.write(pcap_header())
+        for index in range(count):
+            ip = f"10.{200 + index // 16777216 % 50}.{index // 65536 % 256}.{index // 256 % 256}"
+            answer = dns_answer(index % 65536, f"n{index}.forged.example.com", ip)
+            frame = udp_frame("10.96.0.10", 53, frontend, 40000 + index % 20000, answer)
+            capture.write(record(start + index * 1e-4, frame) + frame)
+    return bundle
+
+
 def alias_bomb(bundle: Path) -> Path:
     document = json.loads((bundle / "snapshot.json").read_text())
     (bundle / "snapshot.json").unlink()
@@ -278,18 +323,21 @@ def main() -> None:
     parser.add_argument(
         "--attempts", type=int, default=1_000_000, help="connections tried, never established"
     )
+    parser.add_argument(
+        "--answers", type=int, default=1_000_000, help="forged DNS answers, each a new name"
+    )
     parser.add_argument("--keep", type=Path, help="build the inputs here and keep them")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="hostile-inputs-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        run(work, args.small, args.large, args.attempts)
+        run(work, args.small, args.large, args.attempts, args.answers)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, small: int, large: int, attempts: int) -> None:
+def run(work: Path, small: int, large: int, attempts: int, answers: int) -> None:
     from analyser.sources import DEFAULT_MAX_BYTES
 
     print(f"machine: Python {sys.version.split()[0]}; each input analysed in a fresh interpreter")
@@ -314,6 +362,10 @@ def run(work: Path, small: int, large: int, attempts: int) -> None:
         measure(
             f"{attempts:,} connection attempts, never answered",
             unanswered_attempts(copy_example(work / "attempts"), attempts),
+        ),
+        measure(
+            f"{answers:,} forged DNS answers, each a new name",
+            forged_answers(copy_example(work / "answers"), answers),
         ),
     ]
     for row in rows:

@@ -71,6 +71,46 @@ def test_merge_keeps_first_and_last_and_iteration_is_sorted() -> None:
     assert len(merged) == 3
 
 
+def _named(name: str, ip: str) -> DnsResponse:
+    return DnsResponse(name, ((name, ip),), ())
+
+
+def test_a_full_table_leaves_new_names_out_and_counts_them() -> None:
+    # A pod that forges answers in its own capture must not grow the table without bound: past
+    # max_names (an address's name for a client, or a client's lookup), new names are left out.
+    table = DnsTable(max_names=4)
+    table.add(_named("a.example", "192.0.2.1"), at=1.0, client=CLIENT)  # a lookup and a name
+    table.add(_named("b.example", "192.0.2.2"), at=2.0, client=CLIENT)  # full
+    assert table.left_out == 0
+    table.add(CHAIN, at=3.0, client=CLIENT)  # the question, and 3 names for each of 2 addresses
+    table.add(_named("a.example", "192.0.2.1"), at=9.0, client=CLIENT)  # known: its times move
+    assert table.left_out == 7
+    assert list(table) == [
+        DnsName("192.0.2.1", "a.example", 1.0, 9.0),
+        DnsName("192.0.2.2", "b.example", 2.0, 2.0),
+    ]
+    assert len(table) == 2  # no address without a name
+    assert table.lookups(asked_by=lambda _: True) == ("a.example", "b.example")
+    assert table.names_for("192.0.2.7", asked=True) == ()
+
+
+def test_a_merge_into_a_full_table_returns_what_it_left_out() -> None:
+    first, second = DnsTable(), DnsTable()
+    first.add(_named("a.example", "192.0.2.1"), at=1.0, client=CLIENT)
+    second.add(CHAIN, at=3.0, client=CLIENT)
+    second.add(_named("a.example", "192.0.2.1"), at=5.0, client=CLIENT)
+    merged = DnsTable(max_names=3)
+    assert merged.merge(first) == 0
+    # second: the lookups www.shop.example (left out) and a.example (known); six names for two
+    # addresses (one kept: 192.0.2.7's first, the table then full) and a.example's (known)
+    assert merged.merge(second) == 6
+    assert merged.names_for("192.0.2.1") == ("a.example",)
+    assert merged.names_for("192.0.2.7") == ("edge.cdn.example",)  # the first, in order
+    assert merged.names_for("2001:db8::7") == ()
+    assert merged.names_for("192.0.2.1", asked=True) == ("a.example",)
+    assert next(iter(merged)) == DnsName("192.0.2.1", "a.example", 1.0, 5.0)
+
+
 def test_payloads_over_udp_and_tcp_and_faults() -> None:
     answer = dns_response("a.example", [("a.example", "A", "192.0.2.1")])
     table = DnsTable()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from analyser import reading, sources, spilling
+from analyser import dns, reading, sources, spilling
 from analyser.flows import Endpoint, Evidence, FlowTable, Protocol, orient
 from analyser.reading import Orientation, read_captures
 from analyser.spilling import part_count
@@ -98,6 +98,40 @@ def test_a_flow_takes_only_names_sent_to_its_client_from_port_53(tmp_path: Path)
     flows = {f.client.ip: f for f in orient(traffic.conversations, None) if f.server.port == 443}
     assert traffic.dns.names_for_flow(flows[CLIENT]) == ("asked.example",)
     assert traffic.dns.names_for_flow(flows[PEER]) == ("peer.example",)
+
+
+def test_answers_past_max_names_are_left_out_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A capture of forged answers, each a new name, does not grow the reading without bound: a
+    vantage point's table keeps MAX_NAMES names (in each file, then over its ring's files), the
+    rest are counted per file, the same for any number of workers."""
+    monkeypatch.setattr(dns, "MAX_NAMES", 10)
+
+    def answers(first: int) -> list[tuple[float, bytes]]:
+        names = [f"n{index}.example" for index in range(first, first + 8)]
+        return [
+            (1_000.0 + index, ip_packet(DNS_SERVER, CLIENT, "udp", 53, 40001, payload=answer))
+            for index, answer in enumerate(
+                dns_response(name, [(name, "A", f"192.0.2.{first + n}")])
+                for n, name in enumerate(names)
+            )
+        ]
+
+    ring = _folder(tmp_path / "pod")
+    paths = [
+        write_pcap(ring / f"capture.pcap{number}", answers(number * 8), linktype=101)
+        for number in (0, 1)
+    ]
+    for workers in (1, 2):
+        traffic = read_captures(paths, root=tmp_path, workers=workers)
+        # each answer is a lookup and a name: the first file keeps 5 answers' and leaves 6 names
+        # out, the second likewise, and the ring's table, full with the first's, all of its 10
+        assert traffic.dns_left_out == {"pod/capture.pcap0": 6, "pod/capture.pcap1": 6 + 10}
+        assert traffic.dns_faults == {}
+        (vantage,) = traffic.dns.vantages
+        table = traffic.dns.seen_at(vantage)
+        assert [entry.ip for entry in table] == [f"192.0.2.{n}" for n in range(5)]
 
 
 def _tcp_dns(seq: int, payload: bytes, *, flags: int = TCP_ACK, sport: int = 53) -> bytes:

@@ -8,6 +8,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
+
+from analyser import dns
 from analyser.analysing import Analysis
 from tests.bundle_builders import dns_exchange, handshake
 from tests.hostile.hostile_helpers import (
@@ -252,3 +255,35 @@ def test_names_that_are_no_dns_names_are_dropped_and_counted(bundle: Path, tmp_p
     for path, text in analysis.files.items():
         assert not any(char in text for char in "\u2028\u202e"), path
         assert "two words" not in text, path
+
+
+def test_forged_answers_past_max_names_leave_names_out_not_rules_wider(
+    bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paymentservice's capture holds, before its real lookup, answers each naming a new
+    address: its table of names stops growing at MAX_NAMES, the rest are left out with a warning
+    naming the file, and the outside service it calls is then allowed by its address alone."""
+    monkeypatch.setattr(dns, "MAX_NAMES", 20)
+    _with_outside_service(bundle)
+    payment = pod_ip(bundle, "paymentservice")
+    frames = []
+    for index in range(30):
+        address = f"192.0.2.{index + 1}"
+        frames += dns_exchange(
+            payment, DNS_SERVICE, f"n{index}.example", address, window_start(bundle) + index / 10
+        )
+    add_capture(bundle, "paymentservice", frames, name="answers.pcap")
+
+    analysis = run(bundle)
+
+    relative = (pod_folder(bundle, "paymentservice") / "outside.pcap").relative_to(bundle)
+    warnings = {p.path: p.problem for p in analysis.problems if "DNS name" in p.problem}
+    forged = warnings.pop(relative.with_name("answers.pcap").as_posix())
+    assert forged.startswith("40 DNS names (an address's, or a lookup) left out: ")
+    assert "name more than 20, so the flows to the addresses only they name" in forged
+    assert warnings == {relative.as_posix(): warnings[relative.as_posix()]}
+    assert warnings[relative.as_posix()].startswith("2 DNS names")
+    payment_policy = policy_files(analysis)[f"{NAMESPACE}.paymentservice.yaml"]
+    assert _dns_names_of(analysis, f"{NAMESPACE}.paymentservice.yaml") == {}
+    assert f"{OUTSIDE}/32" in payment_policy
+    assert "0.0.0.0/0" not in payment_policy
