@@ -256,7 +256,8 @@ class Analysis(Observation):
             "packets": self.traffic.packets,
             "packets_without_flow": dict(self.traffic.skipped),
             "flows": len(self.flows),
-            "never_established": sum(group.attempts for group in self.graph.attempts),
+            "never_established": sum(group.attempts for group in self.graph.attempts)
+            + self.graph.attempts_left_out.attempts,
             "loopback_flows": self.graph.loopback,
             "foreign_flows": sum(self.traffic.foreign.values()),
             "unvouched_sides": sum(pair.sides for pair in self.unvouched),

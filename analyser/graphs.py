@@ -235,15 +235,39 @@ class AttemptGroup:
 # An AttemptGroup's client, server and port: what it is one group of.
 AttemptKey = tuple[str, str, PortSpec]
 
+# Attempt groups a graph keeps, at most (~700 bytes each, and a row of the report): past them,
+# the attempts of new groups (a port scan, SYNs forged to or from every address) are counted
+# together (WorkloadGraph.attempts_left_out). The groups kept are the first in the flows' order.
+MAX_ATTEMPT_GROUPS = 10_000
 
-def merge_attempts(groups: Iterable[AttemptGroup]) -> list[AttemptGroup]:
-    """``groups`` (several graphs' attempts), those of one client, server and port as one."""
+
+@dataclass(frozen=True, slots=True)
+class AttemptTotals:
+    """Attempts counted together, not in groups (see :data:`MAX_ATTEMPT_GROUPS`): how many,
+    their packets, and when the first began and the last ended."""
+
+    attempts: int = 0
+    packets: int = 0
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+
+
+def merge_attempts(
+    groups: Iterable[AttemptGroup], left_out: Iterable[AttemptTotals] = ()
+) -> tuple[list[AttemptGroup], AttemptTotals]:
+    """``groups`` (several graphs' attempts), those of one client, server and port as one, and
+    the attempts left out of groups (theirs, and the groups' past :data:`MAX_ATTEMPT_GROUPS`)."""
     tallies = _AttemptTallies()
     for group in groups:
         tallies.of(group.key()).add(
             group.servers, group.attempts, group.packets, group.first_seen, group.last_seen
         )
-    return tallies.groups()
+    for totals in left_out:
+        if totals.attempts:
+            tallies.left_out.add(
+                (), totals.attempts, totals.packets, totals.first_seen, totals.last_seen
+            )
+    return tallies.groups(), tallies.totals_left_out()
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +378,8 @@ class WorkloadGraph:
     # TCP connections never established (no edge), by client, server and port; sorted by them.
     attempts: tuple[AttemptGroup, ...] = ()
     loopback: int = 0  # how many flows were on a loopback address (no edge)
+    # The never established connections past MAX_ATTEMPT_GROUPS groups, counted together.
+    attempts_left_out: AttemptTotals = AttemptTotals()
     # In-cluster addresses that matched nothing known at the time (UNRESOLVED nodes), sorted.
     unresolved: tuple[str, ...] = field(init=False)
     _node: dict[str, GraphNode] = field(init=False, repr=False, compare=False)
@@ -891,6 +917,7 @@ class _Builder:
             tuple(attributions),
             tuple(self.attempts.groups()),
             self.loopback,
+            self.attempts.totals_left_out(),
         )
 
 
@@ -1106,26 +1133,40 @@ def _count_attempts(
 
 
 class _AttemptTallies(dict[AttemptKey, "_AttemptTally"]):
-    """Attempt groups being counted (:class:`_AttemptTally`), by client, server and port."""
+    """Attempt groups being counted (:class:`_AttemptTally`), by client, server and port: at
+    most :data:`MAX_ATTEMPT_GROUPS`, the attempts of any other group counted in ``left_out``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left_out = _AttemptTally(keeps_servers=False)
 
     def of(self, key: AttemptKey) -> _AttemptTally:
         found = self.get(key)
         if found is None:
+            if len(self) >= MAX_ATTEMPT_GROUPS:
+                return self.left_out
             found = self[key] = _AttemptTally()
         return found
 
     def groups(self) -> list[AttemptGroup]:
         return [tally.group(*key) for key, tally in self.items()]
 
+    def totals_left_out(self) -> AttemptTotals:
+        tally = self.left_out
+        if not tally.attempts:
+            return AttemptTotals()
+        return AttemptTotals(tally.attempts, tally.packets, tally.first_seen, tally.last_seen)
+
 
 class _AttemptTally:
     """An :class:`AttemptGroup` as it is counted: attempt by attempt (``build_graph``), or
-    group by group (:func:`merge_attempts`)."""
+    group by group (:func:`merge_attempts`); without ``servers``, attempts counted together
+    (:class:`AttemptTotals`), whose addresses are not kept."""
 
     __slots__ = ("attempts", "first_seen", "last_seen", "packets", "servers")
 
-    def __init__(self) -> None:
-        self.servers: set[str] = set()
+    def __init__(self, *, keeps_servers: bool = True) -> None:
+        self.servers: set[str] | None = set() if keeps_servers else None
         self.attempts = 0
         self.packets = 0
         self.first_seen = math.inf
@@ -1139,7 +1180,8 @@ class _AttemptTally:
         first_seen: float,
         last_seen: float,
     ) -> None:
-        self.servers.update(servers)
+        if self.servers is not None:
+            self.servers.update(servers)
         self.attempts += attempts
         self.packets += packets
         self.first_seen = min(self.first_seen, first_seen)
@@ -1150,7 +1192,7 @@ class _AttemptTally:
             client,
             server,
             port,
-            tuple(sorted(self.servers, key=address_key)),
+            tuple(sorted(self.servers or (), key=address_key)),
             self.attempts,
             self.packets,
             self.first_seen,

@@ -994,6 +994,7 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         edges=edges,
         evidence=evidence,
         attempts=graph.attempts,
+        attempts_left_out=graph.attempts_left_out,
         loopback=graph.loopback,
         adoption=_adoption_views(facts.adoption, facts.workload_policies),
     )

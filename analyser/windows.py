@@ -48,6 +48,7 @@ from analyser.evaluation import Pod
 from analyser.flows import Flow, FlowTable
 from analyser.graphs import (
     AttemptGroup,
+    AttemptTotals,
     EdgeStats,
     EdgeWindow,
     FlowAttribution,
@@ -306,6 +307,7 @@ def _merge_graphs(
     edges: dict[tuple[str, str], GraphEdge] = {}
     attributions: list[FlowAttribution] = []
     attempts: list[AttemptGroup] = []
+    attempts_left_out: list[AttemptTotals] = []
     captured = {node.id for _, graph in labelled for node in graph.nodes if node.in_scope}
     for label, graph in labelled:
         sides = _Sides(graph, captured)
@@ -350,18 +352,21 @@ def _merge_graphs(
             for attribution in graph.attributions
         ]
         attempts += graph.attempts
+        attempts_left_out.append(graph.attempts_left_out)
     merged_nodes = [
         replace(node, label=node_label(node.id.removeprefix("node:"), node.addresses))
         if node.role is NodeRole.NODE
         else node
         for node in nodes.values()
     ]
+    groups, left_out = merge_attempts(attempts, attempts_left_out)
     return WorkloadGraph(
         tuple(merged_nodes),
         tuple(edges.values()),
         tuple(attributions),
-        tuple(merge_attempts(attempts)),
+        tuple(groups),
         sum(graph.loopback for _, graph in labelled),
+        left_out,
     )
 
 

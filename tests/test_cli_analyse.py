@@ -14,6 +14,7 @@ import dpkt
 import pytest
 import yaml
 
+from analyser import graphs
 from cli.main import ExitStatus, main
 from kernel.bundles import Manifest, Window, entries_for_layout, write_manifest
 from tests.bundle_builders import (
@@ -328,6 +329,33 @@ def test_a_kubectl_get_all_snapshot_works_and_warns_what_is_guessed(
         stderr
     )
     assert "kubectl get namespaces,nodes,pods," in stderr
+
+
+def test_a_scan_s_attempts_past_the_report_s_rows_are_counted_in_one(
+    bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A port scan makes a group per address: past MAX_ATTEMPT_GROUPS (3 here), the attempts are
+    # counted in one last row, and the JSON still counts every one.
+    monkeypatch.setattr(graphs, "MAX_ATTEMPT_GROUPS", 3)
+    folder = tmp_path / "scan"
+    shutil.copytree(bundle, folder)
+    scan = [
+        (T0 + 30 + n, tcp(FRONTEND_IP, 42000 + n, f"203.0.113.{n + 1}", 22, SYN)) for n in range(8)
+    ]
+    write_pcap(folder / "captures" / "web" / FRONTEND_POD / "capture.pcap1", scan)
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert json.loads(stdout)["never_established"] == 8
+    report = (out / "report.md").read_text()
+    rows = [line for line in report.splitlines() if "| TCP/22 |" in line]
+    servers = [f"ip:203.0.113.{n} (203.0.113.{n})" for n in (1, 2, 3)]
+    assert [row.split(" | ")[1] for row in rows] == servers
+    assert "| other clients | other servers | other ports | 5 | 5 | " in report
+    assert "the attempts past the first 3 rows" in report
 
 
 def test_a_refused_or_unanswered_connection_gets_no_rule_and_is_reported(

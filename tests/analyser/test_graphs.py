@@ -11,6 +11,7 @@ from analyser import graphs
 from analyser.flows import Evidence, Flow, Protocol
 from analyser.graphs import (
     AttemptGroup,
+    AttemptTotals,
     EdgeStats,
     GraphEdge,
     GraphNode,
@@ -281,10 +282,52 @@ def test_attempts_of_several_graphs_merge_per_client_server_and_port() -> None:
     morning = AttemptGroup(WEB, API_BLUE_W, port, ("10.0.1.9",), 3, 6, 100.0, 110.0)
     evening = AttemptGroup(WEB, API_BLUE_W, port, ("10.0.1.10", "10.0.1.9"), 2, 4, 50.0, 60.0)
     other = AttemptGroup(WEB, API_BLUE_W, PortSpec(TCP, 80), ("10.0.1.9",), 1, 1, 1.0, 2.0)
-    assert sorted(merge_attempts([morning, other, evening]), key=AttemptGroup.key) == [
+    groups, left_out = merge_attempts([morning, other, evening])
+    assert sorted(groups, key=AttemptGroup.key) == [
         other,  # port 80 sorts first
         AttemptGroup(WEB, API_BLUE_W, port, ("10.0.1.9", "10.0.1.10"), 5, 10, 50.0, 110.0),
     ]
+    assert left_out == AttemptTotals()
+
+
+def test_a_scan_s_attempts_past_max_attempt_groups_are_counted_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A port scan (or SYNs forged to every address) would make one group, and a report row,
+    # per address: past MAX_ATTEMPT_GROUPS groups, attempts are counted together instead; the
+    # groups kept are the first in the flows' order, and merging graphs keeps the bound.
+    monkeypatch.setattr(graphs, "MAX_ATTEMPT_GROUPS", 3)
+    start = at("09:40:00")
+    scan = [
+        replace(
+            flow(f"{WEB_A}:{41000 + n}", f"198.51.100.{n + 1}:443"),
+            established=False,
+            first_seen=start + n,
+            last_seen=start + n + 0.5,
+        )
+        for n in range(10)
+    ]
+    graph = build_graph(scan, resolver(), scope=SCOPE)
+    assert [group.server for group in graph.attempts] == [
+        "ip:198.51.100.1",
+        "ip:198.51.100.2",
+        "ip:198.51.100.3",
+    ]
+    assert graph.attempts_left_out == AttemptTotals(
+        7, sum(f.packets for f in scan[3:]), start + 3, start + 9.5
+    )
+    assert graph.edges == ()
+    groups, left_out = merge_attempts(
+        [*graph.attempts, *reversed(graph.attempts)], [graph.attempts_left_out] * 2
+    )
+    assert len(groups) == 3  # the same three, twice: room for no more
+    assert left_out == AttemptTotals(
+        14, 2 * graph.attempts_left_out.packets, start + 3, start + 9.5
+    )
+    groups, left_out = merge_attempts(
+        [replace(graph.attempts[0], port=PortSpec(TCP, port)) for port in (1, 2, 3, 4)]
+    )
+    assert len(groups) == 3 and left_out.attempts == 1
 
 
 def test_loopback_flows_inside_a_pod_make_no_edge_and_no_node() -> None:
