@@ -15,6 +15,8 @@ Builds, from the recorded example bundle (examples/microservices-demo/bundle):
   each, from a new port, to 16 outside addresses, or more past 16 × 64,512: a client retrying a
   blocked port all day, or a forged capture), 1,000,000 by default; ``--attempts 14000000``
   makes a 1 GiB file of them, which a worker reads in pieces,
+- frontend's capture with ``--scan`` SYNs, none answered, each to an address of its own (a port
+  scan, or forged: one group of attempts per address), 200,000 by default,
 - frontend's capture with ``--answers`` DNS answers sent to it, each for a name and an address
   of its own (forged: a table of names that would grow without bound), 1,000,000 by default.
 
@@ -25,8 +27,8 @@ Then ``verify`` replays each of those bundles against the policies analyse wrote
 every address block), each in a fresh interpreter, with the same ratio over the clean bundle's.
 Prints figures, asserts nothing; the last line is a one-line summary.
 
-    python bench/hostile_inputs.py [--small N] [--large N] [--attempts N] [--answers N]
-                                   [--keep DIR]
+    python bench/hostile_inputs.py [--small N] [--large N] [--attempts N] [--scan N]
+                                   [--answers N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -228,6 +230,19 @@ def unanswered_attempts(bundle: Path, count: int) -> Path:
     return bundle
 
 
+def port_scan(bundle: Path, count: int) -> Path:
+    """frontend's capture with ``count`` SYNs, none answered, to port 443 of as many addresses."""
+    frontend = pod_ip(bundle, FRONTEND)
+    start = window_start(bundle) + 10
+    with (pod_folder(bundle, FRONTEND) / "scan.pcap").open("wb") as capture:
+        capture.write(pcap_header())
+        for index in range(count):
+            server = socket.inet_ntoa(struct.pack("!I", (11 << 24) + index))
+            frame = tcp_frame(frontend, 40000 + index % 20000, server, 443, 0x02)
+            capture.write(record(start + index * 1e-4, frame) + frame)
+    return bundle
+
+
 def udp_frame(source: str, sport: int, destination: str, dport: int, payload: bytes) -> bytes:
     segment = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     ip = struct.pack(
@@ -324,6 +339,9 @@ def main() -> None:
         "--attempts", type=int, default=1_000_000, help="connections tried, never established"
     )
     parser.add_argument(
+        "--scan", type=int, default=200_000, help="SYNs, each to an address of its own"
+    )
+    parser.add_argument(
         "--answers", type=int, default=1_000_000, help="forged DNS answers, each a new name"
     )
     parser.add_argument("--keep", type=Path, help="build the inputs here and keep them")
@@ -331,13 +349,13 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="hostile-inputs-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        run(work, args.small, args.large, args.attempts, args.answers)
+        run(work, args.small, args.large, args.attempts, args.scan, args.answers)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, small: int, large: int, attempts: int, answers: int) -> None:
+def run(work: Path, small: int, large: int, attempts: int, scan: int, answers: int) -> None:
     from analyser.sources import DEFAULT_MAX_BYTES
 
     print(f"machine: Python {sys.version.split()[0]}; each input analysed in a fresh interpreter")
@@ -362,6 +380,10 @@ def run(work: Path, small: int, large: int, attempts: int, answers: int) -> None
         measure(
             f"{attempts:,} connection attempts, never answered",
             unanswered_attempts(copy_example(work / "attempts"), attempts),
+        ),
+        measure(
+            f"a scan of {scan:,} addresses, never answered",
+            port_scan(copy_example(work / "scan"), scan),
         ),
         measure(
             f"{answers:,} forged DNS answers, each a new name",
