@@ -28,10 +28,10 @@ from analyser.packets import DnsFault, DnsResponse, decode_dns
 CLOCK_SKEW = 1.0
 # Names a vantage point's table keeps, at most: an address's name as told to one client, or a
 # name a client looked up (~1.5 KB each, with their times and containers). Past this, the names
-# of later answers are left out and counted (``DnsTable.left_out``, ``too_many_names`` in
-# ``Traffic.dns_faults``): a pod seldom looks up so many distinct names in one capture window,
-# and one that forges answers in its own capture would otherwise grow the table without bound
-# (a 1 GiB file holds ~9 million).
+# of later answers are left out and counted (``DnsTable.left_out``, and per file in
+# ``reading.Traffic.dns_left_out``): a pod seldom looks up so many distinct names in one capture
+# window, and one that forges answers in its own capture would otherwise grow the table without
+# bound (a 1 GiB file holds ~9 million).
 MAX_NAMES = 100_000
 
 

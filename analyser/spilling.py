@@ -72,7 +72,7 @@ def _part(pair: bytes, parts: int) -> int:
     return zlib.crc32(pair) % parts
 
 
-def no_room(folder: Path, error: OSError) -> CaptureError:
+def _no_room(folder: Path, error: OSError) -> CaptureError:
     """The error of a folder too small (or not writable) for what a reading keeps on disk."""
     return CaptureError(
         f"{folder}: cannot keep the merged conversations of a bundle this size there "
@@ -96,7 +96,7 @@ class ColumnStore:
             # Open as long as the store is: the groups kept in it read from it to the end.
             self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115
         except OSError as error:
-            raise no_room(folder, error) from error
+            raise _no_room(folder, error) from error
 
     def kept(self, group: FlowGroup) -> FlowGroup:
         """``group`` with its columns in this store."""
@@ -106,7 +106,7 @@ class ColumnStore:
             while written < len(columns):  # a full disk may take part of it
                 written += os.pwrite(self._file.fileno(), columns[written:], self._end + written)
         except OSError as error:
-            raise no_room(self._folder, error) from error
+            raise _no_room(self._folder, error) from error
         stored = _Stored(self, self._end, len(columns))
         self._end += len(columns)
         return FlowGroup(group.protocol, group.client_ip, group.server, group.captures, stored)
@@ -140,7 +140,7 @@ def pieces_folder() -> Iterator[Path]:
     try:
         folder = tempfile.TemporaryDirectory(prefix="netpol-sniffer-")
     except OSError as error:
-        raise no_room(Path(tempfile.gettempdir()), error) from error
+        raise _no_room(Path(tempfile.gettempdir()), error) from error
     with folder:
         yield Path(folder.name)
 
@@ -177,7 +177,7 @@ class FilePieces:
                 self._file = self._path.open("xb")
             pickle.dump((read, piece), self._file, protocol=pickle.HIGHEST_PROTOCOL)
         except OSError as error:
-            raise no_room(self._path.parent, error) from error
+            raise _no_room(self._path.parent, error) from error
 
     def close(self) -> None:
         """Done adding: the pieces go wherever the file's result goes (a file stays open only
@@ -223,7 +223,7 @@ class SpilledConversations:
         try:
             pickle.dump(piece, self._files[number], protocol=pickle.HIGHEST_PROTOCOL)
         except OSError as error:
-            raise no_room(self._folder, error) from error
+            raise _no_room(self._folder, error) from error
 
     def add(self, seen: CaptureConversations) -> None:
         """Put what one capture file saw into the parts its conversations belong to."""
