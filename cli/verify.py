@@ -123,6 +123,14 @@ def _verify(args: argparse.Namespace) -> int:
             f"not checked, never established (refused or unanswered): {group.client} → "
             f"{group.server} {group.port.protocol}/{group.port.port}{retried}"
         )
+    left_out = observation.graph.attempts_left_out
+    if left_out.attempts:
+        notes.append(
+            f"not checked, never established (refused or unanswered): {left_out.attempts} more "
+            f"attempts of other clients, servers and ports (past the first "
+            f"{len(observation.graph.attempts):,}), first {utc_text(left_out.first_seen)}, "
+            f"last {utc_text(left_out.last_seen)}"
+        )
     status = ExitStatus.OK if result.passed else ExitStatus.DENIED
     if args.json:
         document = {

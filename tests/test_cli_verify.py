@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from analyser import graphs
 from analyser.analysing import observe
 from analyser.bundles import open_bundle
 from analyser.policysets import load_policies
@@ -268,6 +269,25 @@ def test_connections_never_established_are_named_as_not_checked(
         f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7777",
         f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7778 "
         "(5 attempts, first 2026-01-01T10:00:31Z, last 2026-01-01T10:00:35Z)",
+    ]
+
+
+def test_attempts_past_max_attempt_groups_are_one_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graphs, "MAX_ATTEMPT_GROUPS", 1)
+    bundle = make_bundle(tmp_path / "bundle")
+    refused = [(T0 + 30 + n, tcp(FRONTEND_IP, 41001 + n, CART_IP, 7001 + n, SYN)) for n in range(3)]
+    write_pcap(bundle / "captures" / "web" / FRONTEND_POD / "capture.pcap1", refused)
+    none = no_isolation(tmp_path / "none")
+    assert main(["verify", str(bundle), str(none), "--json"]) == ExitStatus.OK
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    never = [note for note in notes if note.startswith("not checked, never established")]
+    assert never == [
+        f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7001",
+        "not checked, never established (refused or unanswered): 2 more attempts of other "
+        "clients, servers and ports (past the first 1), first 2026-01-01T10:00:31Z, last "
+        "2026-01-01T10:00:32Z",
     ]
 
 
