@@ -258,6 +258,7 @@ class Analysis(Observation):
             "flows": len(self.flows),
             "never_established": sum(group.attempts for group in self.graph.attempts)
             + self.graph.attempts_left_out.attempts,
+            "one_way_left_out": sum(found.flows for found in self.graph.one_way_left_out),
             "loopback_flows": self.graph.loopback,
             "foreign_flows": sum(self.traffic.foreign.values()),
             "unvouched_sides": sum(pair.sides for pair in self.unvouched),

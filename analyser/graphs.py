@@ -270,6 +270,55 @@ def merge_attempts(
     return tallies.groups(), tallies.totals_left_out()
 
 
+# Addresses (outside the cluster, or unresolved) a workload side gets rules for on one port from
+# traffic that went one way only, at most. One-way traffic proves nothing answered and may not
+# widen a rule to anywhere (policies.MAX_OUTSIDE_ADDRESSES), so each such address is a rule of
+# its own: datagrams sprayed at, or spoofed from, every address would make a node, an edge and a
+# rule per address (100,000 took 1.7 GB and 101 s). Past this, such a flow makes no edge and
+# gets no rule: it is counted (WorkloadGraph.one_way_left_out). The addresses kept are the
+# first in the flows' order.
+MAX_ONE_WAY_ADDRESSES = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class OneWayLeftOut:
+    """One-way flows between a workload side (``side``, as :class:`AttemptGroup` names it) and
+    addresses past the first ``kept`` on one port, in one ``direction`` (``to`` the addresses,
+    or ``from`` them): made no edge and got no rule (:data:`MAX_ONE_WAY_ADDRESSES`)."""
+
+    side: str
+    direction: str
+    port: PortSpec
+    kept: int  # addresses with rules on that port
+    flows: int
+    packets: int
+    first_seen: float
+    last_seen: float
+
+    def key(self) -> tuple[str, str, PortSpec]:
+        return (self.side, self.direction, self.port)
+
+
+def merge_one_way(left_out: Iterable[OneWayLeftOut]) -> list[OneWayLeftOut]:
+    """Several graphs' one-way flows left out, those of one side, direction and port as one."""
+    merged: dict[tuple[str, str, PortSpec], OneWayLeftOut] = {}
+    for found in left_out:
+        known = merged.get(found.key())
+        merged[found.key()] = (
+            found
+            if known is None
+            else replace(
+                known,
+                kept=max(known.kept, found.kept),
+                flows=known.flows + found.flows,
+                packets=known.packets + found.packets,
+                first_seen=min(known.first_seen, found.first_seen),
+                last_seen=max(known.last_seen, found.last_seen),
+            )
+        )
+    return list(merged.values())
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeRow:
     """One line of the report's table: an edge and one of its target ports."""
@@ -380,6 +429,8 @@ class WorkloadGraph:
     loopback: int = 0  # how many flows were on a loopback address (no edge)
     # The never established connections past MAX_ATTEMPT_GROUPS groups, counted together.
     attempts_left_out: AttemptTotals = AttemptTotals()
+    # One-way flows to or from addresses past MAX_ONE_WAY_ADDRESSES (no edge), sorted.
+    one_way_left_out: tuple[OneWayLeftOut, ...] = ()
     # In-cluster addresses that matched nothing known at the time (UNRESOLVED nodes), sorted.
     unresolved: tuple[str, ...] = field(init=False)
     _node: dict[str, GraphNode] = field(init=False, repr=False, compare=False)
@@ -412,6 +463,7 @@ class WorkloadGraph:
         set_field("edges", edges)
         set_field("attributions", _sorted_attributions(self.attributions))
         set_field("attempts", tuple(sorted(self.attempts, key=AttemptGroup.key)))
+        set_field("one_way_left_out", tuple(sorted(self.one_way_left_out, key=OneWayLeftOut.key)))
         set_field("_node", by_id)
         set_field("_by_role", {role: tuple(found) for role, found in by_role.items()})
         set_field("_edge", by_ends)
@@ -671,6 +723,7 @@ class _Builder:
         self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
         self._unions: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
         self.attempts = _AttemptTallies()
+        self._one_way = _OneWayTallies()
         self._ports: dict[tuple[IpProtocol, int], PortSpec] = {}  # each once, shared
         self._evidence: dict[frozenset[Evidence], frozenset[Evidence]] = {}  # likewise
         self.loopback = 0
@@ -918,7 +971,27 @@ class _Builder:
             tuple(self.attempts.groups()),
             self.loopback,
             self.attempts.totals_left_out(),
+            tuple(self._one_way.left_out()),
         )
+
+    def one_way_past_bound(self, members: FlowGroup) -> bool:
+        """Whether ``members`` (flows that went one way only) are between a workload side and
+        an address past the first :data:`MAX_ONE_WAY_ADDRESSES` on their port: then counted
+        here, not drawn."""
+        start = members.first_seen()
+        protocol, server = members.protocol, members.server
+        client = _describe(self.resolver.resolve(members.client_ip, start))
+        target = _describe(
+            self.resolver.resolve(server.ip, start, port=server.port, protocol=protocol)
+        )
+        port = self.port(protocol, server.port)
+        if target.startswith(_ADDRESS_PREFIXES):
+            key, address = (client, "to", port), server.ip
+        elif client.startswith(_ADDRESS_PREFIXES):
+            key, address = (target, "from", port), members.client_ip
+        else:
+            return False
+        return self._one_way.past_bound(key, address, members)
 
 
 def node_label(name: str, addresses: Iterable[str]) -> str:
@@ -1110,8 +1183,11 @@ def build_graph(
             if not members.all_established():
                 _count_attempts(builder, members, members.places(established=False), resolver)
                 members = members.taken(members.places(established=True))
-            if len(members):
-                groups.append(_resolved_group(members, resolver))
+            if not len(members):
+                continue
+            if not members.any_answered() and builder.one_way_past_bound(members):
+                continue
+            groups.append(_resolved_group(members, resolver))
         _count_client(builder, groups)
     return builder.graph()
 
@@ -1130,6 +1206,42 @@ def _count_attempts(
         target = resolver.resolve(server.ip, first_seen, port=server.port, protocol=protocol)
         key = (_describe(client), _describe(target), port)
         builder.attempts.of(key).add((server.ip,), 1, packets[place], first_seen, lasts[place])
+
+
+# How _describe names an address that is no pod, Service or node.
+_ADDRESS_PREFIXES = ("ip:", "unresolved:")
+
+
+class _OneWayTallies:
+    """Per workload side, direction and port: the addresses its one-way flows were kept for
+    (at most :data:`MAX_ONE_WAY_ADDRESSES`), and the flows past them, counted."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, str, PortSpec], set[str]] = {}
+        self._past: dict[tuple[str, str, PortSpec], list[float]] = {}  # flows, packets, times
+
+    def past_bound(self, key: tuple[str, str, PortSpec], address: str, members: FlowGroup) -> bool:
+        kept = self._kept.setdefault(key, set())
+        if address in kept or len(kept) < MAX_ONE_WAY_ADDRESSES:
+            kept.add(address)
+            return False
+        first, last = members.first_seen(), max(members.lasts)
+        past = self._past.get(key)
+        if past is None:
+            self._past[key] = [len(members), sum(members.packets), first, last]
+        else:
+            past[0] += len(members)
+            past[1] += sum(members.packets)
+            past[2] = min(past[2], first)
+            past[3] = max(past[3], last)
+        return True
+
+    def left_out(self) -> Iterator[OneWayLeftOut]:
+        for (side, direction, port), (flows, packets, first, last) in self._past.items():
+            yield OneWayLeftOut(
+                side, direction, port, len(self._kept[(side, direction, port)]),
+                int(flows), int(packets), first, last,
+            )  # fmt: skip
 
 
 class _AttemptTallies(dict[AttemptKey, "_AttemptTally"]):

@@ -995,6 +995,7 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         evidence=evidence,
         attempts=graph.attempts,
         attempts_left_out=graph.attempts_left_out,
+        one_way_left_out=graph.one_way_left_out,
         loopback=graph.loopback,
         adoption=_adoption_views(facts.adoption, facts.workload_policies),
     )

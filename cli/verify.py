@@ -123,6 +123,12 @@ def _verify(args: argparse.Namespace) -> int:
             f"not checked, never established (refused or unanswered): {group.client} → "
             f"{group.server} {group.port.protocol}/{group.port.port}{retried}"
         )
+    for found in observation.graph.one_way_left_out:
+        notes.append(
+            f"not checked, one way only (nothing answered), past {found.kept:,} addresses: "
+            f"{found.flows} flows of {found.side} {found.direction} other addresses on "
+            f"{found.port.protocol}/{found.port.port}"
+        )
     left_out = observation.graph.attempts_left_out
     if left_out.attempts:
         notes.append(

@@ -358,6 +358,39 @@ def test_a_scan_s_attempts_past_the_report_s_rows_are_counted_in_one(
     assert "the attempts past the first 3 rows" in report
 
 
+def test_one_way_datagrams_to_too_many_addresses_get_rules_for_the_first_only(
+    bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Datagrams sprayed at every address: past MAX_ONE_WAY_ADDRESSES (3 here) on one port, the
+    # flows get no rule; analyse's own check passes, the report and --json count them, and
+    # verify names them as not checked.
+    monkeypatch.setattr(graphs, "MAX_ONE_WAY_ADDRESSES", 3)
+    folder = tmp_path / "spray"
+    shutil.copytree(bundle, folder)
+    spray = [
+        (T0 + 30 + n, udp(FRONTEND_IP, 41000, f"203.0.113.{n + 1}", 9999, b"x")) for n in range(8)
+    ]
+    write_pcap(folder / "captures" / "web" / FRONTEND_POD / "capture.pcap1", spray)
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    assert json.loads(stdout)["one_way_left_out"] == 5
+    frontend = (out / "web.frontend.yaml").read_text()
+    assert [n for n in range(1, 9) if f"203.0.113.{n}/32" in frontend] == [1, 2, 3]
+    report = (out / "report.md").read_text()
+    assert "## One-way traffic to or from too many addresses" in report
+    assert "| web/Deployment/frontend | to other addresses | UDP/9999 | 3 | 5 | 5 | " in report
+    assert main(["verify", str(folder), str(out), "--json"]) == ExitStatus.OK
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert (
+        "not checked, one way only (nothing answered), past 3 addresses: 5 flows of "
+        "web/Deployment/frontend to other addresses on UDP/9999"
+    ) in notes
+
+
 def test_a_refused_or_unanswered_connection_gets_no_rule_and_is_reported(
     bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

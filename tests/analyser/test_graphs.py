@@ -16,9 +16,11 @@ from analyser.graphs import (
     GraphEdge,
     GraphNode,
     NodeRole,
+    OneWayLeftOut,
     WorkloadGraph,
     build_graph,
     merge_attempts,
+    merge_one_way,
 )
 from analyser.peers import PortSpec
 from analyser.selectors import LabelSelector
@@ -328,6 +330,43 @@ def test_a_scan_s_attempts_past_max_attempt_groups_are_counted_together(
         [replace(graph.attempts[0], port=PortSpec(TCP, port)) for port in (1, 2, 3, 4)]
     )
     assert len(groups) == 3 and left_out.attempts == 1
+
+
+def test_one_way_flows_past_max_one_way_addresses_make_no_edge_and_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Datagrams sprayed at every address (or spoofed from them) would make a node, an edge and a
+    # rule per address: past MAX_ONE_WAY_ADDRESSES on one port of one side, a one-way flow makes
+    # no edge and is counted. Answered flows, and other ports, are not bounded by it.
+    monkeypatch.setattr(graphs, "MAX_ONE_WAY_ADDRESSES", 3)
+    spray = [
+        replace(
+            flow(f"{WEB_A}:41000", f"198.51.100.{n + 1}:9999", protocol=Protocol.UDP),
+            answered=False,
+            packets=1,
+        )
+        for n in range(10)
+    ]
+    answered = flow(f"{WEB_A}:41001", "198.51.100.200:9999", protocol=Protocol.UDP)
+    spoofed = [
+        replace(
+            flow(f"203.0.113.{n + 1}:5000", f"{API_BLUE}:7777", protocol=Protocol.UDP),
+            answered=False,
+            packets=2,
+        )
+        for n in range(5)
+    ]
+    graph = build_graph([*spray, answered, *spoofed], resolver(), scope=SCOPE)
+    outside = sorted(edge.server for edge in graph.edges if edge.client == WEB)
+    assert outside == [f"ip:198.51.100.{n}" for n in (1, 2, 200, 3)]
+    assert sum(1 for edge in graph.edges if edge.server == API_BLUE_W) == 3
+    start = at("09:40:00")
+    assert graph.one_way_left_out == (
+        OneWayLeftOut(API_BLUE_W, "from", PortSpec(UDP, 7777), 3, 2, 4, start, start + 2.0),
+        OneWayLeftOut(WEB, "to", PortSpec(UDP, 9999), 3, 7, 7, start, start + 2.0),
+    )
+    merged = merge_one_way([*graph.one_way_left_out, *graph.one_way_left_out])
+    assert [(found.flows, found.packets) for found in merged] == [(4, 8), (14, 14)]
 
 
 def test_loopback_flows_inside_a_pod_make_no_edge_and_no_node() -> None:
