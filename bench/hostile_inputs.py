@@ -17,6 +17,9 @@ Builds, from the recorded example bundle (examples/microservices-demo/bundle):
   makes a 1 GiB file of them, which a worker reads in pieces,
 - frontend's capture with ``--scan`` SYNs, none answered, each to an address of its own (a port
   scan, or forged: one group of attempts per address), 200,000 by default,
+- frontend's capture with ``--spray`` UDP datagrams, none answered, each to an address of its
+  own (a flood or a scan: one-way traffic, which keeps a rule per address up to a bound),
+  100,000 by default,
 - frontend's capture with ``--answers`` DNS answers sent to it, each for a name and an address
   of its own (forged: a table of names that would grow without bound), 1,000,000 by default.
 
@@ -28,7 +31,7 @@ every address block), each in a fresh interpreter, with the same ratio over the 
 Prints figures, asserts nothing; the last line is a one-line summary.
 
     python bench/hostile_inputs.py [--small N] [--large N] [--attempts N] [--scan N]
-                                   [--answers N] [--keep DIR]
+                                   [--spray N] [--answers N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -261,6 +264,20 @@ def udp_frame(source: str, sport: int, destination: str, dport: int, payload: by
     return b"\x04" * 6 + b"\x02" * 6 + b"\x08\x00" + ip + segment
 
 
+def datagram_spray(bundle: Path, count: int) -> Path:
+    """frontend's capture with ``count`` UDP datagrams to port 9999 of as many addresses, none
+    answered."""
+    frontend = pod_ip(bundle, FRONTEND)
+    start = window_start(bundle) + 10
+    with (pod_folder(bundle, FRONTEND) / "spray.pcap").open("wb") as capture:
+        capture.write(pcap_header())
+        for index in range(count):
+            server = socket.inet_ntoa(struct.pack("!I", (11 << 24) + index))
+            frame = udp_frame(frontend, 40000, server, 9999, b"x" * 20)
+            capture.write(record(start + index * 1e-4, frame) + frame)
+    return bundle
+
+
 def dns_answer(ident: int, name: str, ip: str) -> bytes:
     """A DNS response with one A record: ``name`` is ``ip``."""
     question = b"".join(bytes([len(label)]) + label.encode() for label in name.split("."))
@@ -342,6 +359,9 @@ def main() -> None:
         "--scan", type=int, default=200_000, help="SYNs, each to an address of its own"
     )
     parser.add_argument(
+        "--spray", type=int, default=100_000, help="UDP datagrams, each to an address of its own"
+    )
+    parser.add_argument(
         "--answers", type=int, default=1_000_000, help="forged DNS answers, each a new name"
     )
     parser.add_argument("--keep", type=Path, help="build the inputs here and keep them")
@@ -349,13 +369,15 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="hostile-inputs-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        run(work, args.small, args.large, args.attempts, args.scan, args.answers)
+        run(work, args.small, args.large, args.attempts, args.scan, args.spray, args.answers)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, small: int, large: int, attempts: int, scan: int, answers: int) -> None:
+def run(
+    work: Path, small: int, large: int, attempts: int, scan: int, spray: int, answers: int
+) -> None:
     from analyser.sources import DEFAULT_MAX_BYTES
 
     print(f"machine: Python {sys.version.split()[0]}; each input analysed in a fresh interpreter")
@@ -384,6 +406,10 @@ def run(work: Path, small: int, large: int, attempts: int, scan: int, answers: i
         measure(
             f"a scan of {scan:,} addresses, never answered",
             port_scan(copy_example(work / "scan"), scan),
+        ),
+        measure(
+            f"{spray:,} datagrams, each to an address of its own",
+            datagram_spray(copy_example(work / "spray"), spray),
         ),
         measure(
             f"{answers:,} forged DNS answers, each a new name",
