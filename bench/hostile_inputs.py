@@ -408,7 +408,7 @@ def run(
             port_scan(copy_example(work / "scan"), scan),
         ),
         measure(
-            f"{spray:,} datagrams, each to an address of its own",
+            f"{spray:,} datagrams to as many addresses",
             datagram_spray(copy_example(work / "spray"), spray),
         ),
         measure(
