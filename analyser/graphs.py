@@ -277,7 +277,7 @@ def merge_attempts(
 # rule per address (100,000 took 1.7 GB and 101 s). Past this, such a flow makes no edge and
 # gets no rule: it is counted (WorkloadGraph.one_way_left_out). The addresses kept are the
 # first in the flows' order.
-MAX_ONE_WAY_ADDRESSES = 1_000
+MAX_ONE_WAY_ADDRESSES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
