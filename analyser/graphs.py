@@ -301,22 +301,17 @@ class OneWayLeftOut:
 
 def merge_one_way(left_out: Iterable[OneWayLeftOut]) -> list[OneWayLeftOut]:
     """Several graphs' one-way flows left out, those of one side, direction and port as one."""
-    merged: dict[tuple[str, str, PortSpec], OneWayLeftOut] = {}
+    kept: dict[tuple[str, str, PortSpec], int] = {}
+    tallies: dict[tuple[str, str, PortSpec], _Tally] = {}
     for found in left_out:
-        known = merged.get(found.key())
-        merged[found.key()] = (
-            found
-            if known is None
-            else replace(
-                known,
-                kept=max(known.kept, found.kept),
-                flows=known.flows + found.flows,
-                packets=known.packets + found.packets,
-                first_seen=min(known.first_seen, found.first_seen),
-                last_seen=max(known.last_seen, found.last_seen),
-            )
-        )
-    return list(merged.values())
+        key = found.key()
+        kept[key] = max(kept.get(key, 0), found.kept)
+        tally = tallies.setdefault(key, _Tally(keeps_servers=False))
+        tally.add((), found.flows, found.packets, found.first_seen, found.last_seen)
+    return [
+        OneWayLeftOut(side, direction, port, kept[(side, direction, port)], *tally.totals())
+        for (side, direction, port), tally in tallies.items()
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1218,46 +1213,37 @@ class _OneWayTallies:
 
     def __init__(self) -> None:
         self._kept: dict[tuple[str, str, PortSpec], set[str]] = {}
-        self._past: dict[tuple[str, str, PortSpec], list[float]] = {}  # flows, packets, times
+        self._past: dict[tuple[str, str, PortSpec], _Tally] = {}
 
     def past_bound(self, key: tuple[str, str, PortSpec], address: str, members: FlowGroup) -> bool:
         kept = self._kept.setdefault(key, set())
         if address in kept or len(kept) < MAX_ONE_WAY_ADDRESSES:
             kept.add(address)
             return False
-        first, last = members.first_seen(), max(members.lasts)
-        past = self._past.get(key)
-        if past is None:
-            self._past[key] = [len(members), sum(members.packets), first, last]
-        else:
-            past[0] += len(members)
-            past[1] += sum(members.packets)
-            past[2] = min(past[2], first)
-            past[3] = max(past[3], last)
+        past = self._past.setdefault(key, _Tally(keeps_servers=False))
+        past.add((), len(members), sum(members.packets), members.first_seen(), max(members.lasts))
         return True
 
     def left_out(self) -> Iterator[OneWayLeftOut]:
-        for (side, direction, port), (flows, packets, first, last) in self._past.items():
-            yield OneWayLeftOut(
-                side, direction, port, len(self._kept[(side, direction, port)]),
-                int(flows), int(packets), first, last,
-            )  # fmt: skip
+        for (side, direction, port), tally in self._past.items():
+            kept = len(self._kept[(side, direction, port)])
+            yield OneWayLeftOut(side, direction, port, kept, *tally.totals())
 
 
-class _AttemptTallies(dict[AttemptKey, "_AttemptTally"]):
-    """Attempt groups being counted (:class:`_AttemptTally`), by client, server and port: at
+class _AttemptTallies(dict[AttemptKey, "_Tally"]):
+    """Attempt groups being counted (:class:`_Tally`), by client, server and port: at
     most :data:`MAX_ATTEMPT_GROUPS`, the attempts of any other group counted in ``left_out``."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.left_out = _AttemptTally(keeps_servers=False)
+        self.left_out = _Tally(keeps_servers=False)
 
-    def of(self, key: AttemptKey) -> _AttemptTally:
+    def of(self, key: AttemptKey) -> _Tally:
         found = self.get(key)
         if found is None:
             if len(self) >= MAX_ATTEMPT_GROUPS:
                 return self.left_out
-            found = self[key] = _AttemptTally()
+            found = self[key] = _Tally()
         return found
 
     def groups(self) -> list[AttemptGroup]:
@@ -1265,21 +1251,20 @@ class _AttemptTallies(dict[AttemptKey, "_AttemptTally"]):
 
     def totals_left_out(self) -> AttemptTotals:
         tally = self.left_out
-        if not tally.attempts:
-            return AttemptTotals()
-        return AttemptTotals(tally.attempts, tally.packets, tally.first_seen, tally.last_seen)
+        return AttemptTotals(*tally.totals()) if tally.count else AttemptTotals()
 
 
-class _AttemptTally:
-    """An :class:`AttemptGroup` as it is counted: attempt by attempt (``build_graph``), or
-    group by group (:func:`merge_attempts`); without ``servers``, attempts counted together
-    (:class:`AttemptTotals`), whose addresses are not kept."""
+class _Tally:
+    """Connections counted together: an :class:`AttemptGroup` as it is counted, attempt by
+    attempt (``build_graph``) or group by group (:func:`merge_attempts`), with the servers'
+    addresses; without them, attempts past the groups (:class:`AttemptTotals`) or one-way
+    flows past the addresses with rules (:class:`OneWayLeftOut`)."""
 
-    __slots__ = ("attempts", "first_seen", "last_seen", "packets", "servers")
+    __slots__ = ("count", "first_seen", "last_seen", "packets", "servers")
 
     def __init__(self, *, keeps_servers: bool = True) -> None:
         self.servers: set[str] | None = set() if keeps_servers else None
-        self.attempts = 0
+        self.count = 0
         self.packets = 0
         self.first_seen = math.inf
         self.last_seen = -math.inf
@@ -1287,14 +1272,14 @@ class _AttemptTally:
     def add(
         self,
         servers: Iterable[str],
-        attempts: int,
+        count: int,
         packets: int,
         first_seen: float,
         last_seen: float,
     ) -> None:
         if self.servers is not None:
             self.servers.update(servers)
-        self.attempts += attempts
+        self.count += count
         self.packets += packets
         self.first_seen = min(self.first_seen, first_seen)
         self.last_seen = max(self.last_seen, last_seen)
@@ -1305,11 +1290,12 @@ class _AttemptTally:
             server,
             port,
             tuple(sorted(self.servers or (), key=address_key)),
-            self.attempts,
-            self.packets,
-            self.first_seen,
-            self.last_seen,
+            *self.totals(),
         )
+
+    def totals(self) -> tuple[int, int, float, float]:
+        """How many, their packets, the first seen and the last."""
+        return self.count, self.packets, self.first_seen, self.last_seen
 
 
 def _count_client(builder: _Builder, groups: Sequence[_Group]) -> None:
