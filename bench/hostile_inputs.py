@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,8 +165,11 @@ def record(moment: float, frame: bytes) -> bytes:
     return struct.pack("<IIII", seconds, round((moment - seconds) * 1e6), len(frame), len(frame))
 
 
-def tcp_frame(source: str, sport: int, destination: str, dport: int, flags: int) -> bytes:
-    segment = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65535, 0, 0)
+SYN = 0x02  # a TCP SYN's flags
+
+
+def ip_frame(source: str, destination: str, protocol: int, segment: bytes) -> bytes:
+    """An Ethernet frame of an IPv4 packet carrying ``segment`` (a transport header and data)."""
     ip = struct.pack(
         "!BBHHHBBH4s4s",
         0x45,
@@ -175,12 +178,30 @@ def tcp_frame(source: str, sport: int, destination: str, dport: int, flags: int)
         1,
         0x4000,
         64,
-        6,
+        protocol,
         0,
         socket.inet_aton(source),
         socket.inet_aton(destination),
     )
     return b"\x04" * 6 + b"\x02" * 6 + b"\x08\x00" + ip + segment
+
+
+def tcp_frame(source: str, sport: int, destination: str, dport: int, flags: int) -> bytes:
+    segment = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65535, 0, 0)
+    return ip_frame(source, destination, 6, segment)
+
+
+def udp_frame(source: str, sport: int, destination: str, dport: int, payload: bytes) -> bytes:
+    segment = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return ip_frame(source, destination, 17, segment)
+
+
+def write_capture(path: Path, frames: Iterable[tuple[float, bytes]]) -> None:
+    """A pcap file of ``frames`` (time, Ethernet frame), written as they are made."""
+    with path.open("wb") as capture:
+        capture.write(pcap_header())
+        for moment, frame in frames:
+            capture.write(record(moment, frame) + frame)
 
 
 def handshake(client: str, cport: int, server: str, sport: int, at: float) -> Iterator[bytes]:
@@ -223,45 +244,33 @@ def unanswered_attempts(bundle: Path, count: int) -> Path:
     frontend = pod_ip(bundle, FRONTEND)
     start = window_start(bundle) + 10
     servers = max(16, -(-count // 64512))
-    with (pod_folder(bundle, FRONTEND) / "retries.pcap").open("wb") as capture:
-        capture.write(pcap_header())
+
+    def frames() -> Iterator[tuple[float, bytes]]:
         for index in range(count):
             place = index % servers
             server = f"198.51.{100 + place // 254}.{place % 254 + 1}"
-            frame = tcp_frame(frontend, 1024 + index // servers % 64512, server, 5432, 0x02)
-            capture.write(record(start + index * 1e-3, frame) + frame)
+            frame = tcp_frame(frontend, 1024 + index // servers % 64512, server, 5432, SYN)
+            yield start + index * 1e-3, frame
+
+    write_capture(pod_folder(bundle, FRONTEND) / "retries.pcap", frames())
     return bundle
+
+
+def outside(index: int) -> str:
+    """The ``index``-th address of 11.0.0.0/8 and on: an address of its own for each index."""
+    return socket.inet_ntoa(struct.pack("!I", (11 << 24) + index))
 
 
 def port_scan(bundle: Path, count: int) -> Path:
     """frontend's capture with ``count`` SYNs, none answered, to port 443 of as many addresses."""
     frontend = pod_ip(bundle, FRONTEND)
     start = window_start(bundle) + 10
-    with (pod_folder(bundle, FRONTEND) / "scan.pcap").open("wb") as capture:
-        capture.write(pcap_header())
-        for index in range(count):
-            server = socket.inet_ntoa(struct.pack("!I", (11 << 24) + index))
-            frame = tcp_frame(frontend, 40000 + index % 20000, server, 443, 0x02)
-            capture.write(record(start + index * 1e-4, frame) + frame)
-    return bundle
-
-
-def udp_frame(source: str, sport: int, destination: str, dport: int, payload: bytes) -> bytes:
-    segment = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    ip = struct.pack(
-        "!BBHHHBBH4s4s",
-        0x45,
-        0,
-        20 + len(segment),
-        1,
-        0x4000,
-        64,
-        17,
-        0,
-        socket.inet_aton(source),
-        socket.inet_aton(destination),
+    frames = (
+        (start + index * 1e-4, tcp_frame(frontend, 40000 + index % 20000, outside(index), 443, SYN))
+        for index in range(count)
     )
-    return b"\x04" * 6 + b"\x02" * 6 + b"\x08\x00" + ip + segment
+    write_capture(pod_folder(bundle, FRONTEND) / "scan.pcap", frames)
+    return bundle
 
 
 def datagram_spray(bundle: Path, count: int) -> Path:
@@ -269,12 +278,11 @@ def datagram_spray(bundle: Path, count: int) -> Path:
     answered."""
     frontend = pod_ip(bundle, FRONTEND)
     start = window_start(bundle) + 10
-    with (pod_folder(bundle, FRONTEND) / "spray.pcap").open("wb") as capture:
-        capture.write(pcap_header())
-        for index in range(count):
-            server = socket.inet_ntoa(struct.pack("!I", (11 << 24) + index))
-            frame = udp_frame(frontend, 40000, server, 9999, b"x" * 20)
-            capture.write(record(start + index * 1e-4, frame) + frame)
+    frames = (
+        (start + index * 1e-4, udp_frame(frontend, 40000, outside(index), 9999, b"x" * 20))
+        for index in range(count)
+    )
+    write_capture(pod_folder(bundle, FRONTEND) / "spray.pcap", frames)
     return bundle
 
 
@@ -282,8 +290,8 @@ def dns_answer(ident: int, name: str, ip: str) -> bytes:
     """A DNS response with one A record: ``name`` is ``ip``."""
     question = b"".join(bytes([len(label)]) + label.encode() for label in name.split("."))
     question += b"\0" + struct.pack("!HH", 1, 1)
-    record = struct.pack("!HHHIH", 0xC00C, 1, 1, 30, 4) + socket.inet_aton(ip)
-    return struct.pack("!HHHHHH", ident, 0x8180, 1, 1, 0, 0) + question + record
+    address = struct.pack("!HHHIH", 0xC00C, 1, 1, 30, 4) + socket.inet_aton(ip)
+    return struct.pack("!HHHHHH", ident, 0x8180, 1, 1, 0, 0) + question + address
 
 
 def forged_answers(bundle: Path, count: int) -> Path:
@@ -291,13 +299,15 @@ def forged_answers(bundle: Path, count: int) -> Path:
     address of its own with a name of its own."""
     frontend = pod_ip(bundle, FRONTEND)
     start = window_start(bundle) + 10
-    with (pod_folder(bundle, FRONTEND) / "answers.pcap").open("wb") as capture:
-        capture.write(pcap_header())
+
+    def frames() -> Iterator[tuple[float, bytes]]:
         for index in range(count):
             ip = f"10.{200 + index // 16777216 % 50}.{index // 65536 % 256}.{index // 256 % 256}"
             answer = dns_answer(index % 65536, f"n{index}.forged.example.com", ip)
             frame = udp_frame("10.96.0.10", 53, frontend, 40000 + index % 20000, answer)
-            capture.write(record(start + index * 1e-4, frame) + frame)
+            yield start + index * 1e-4, frame
+
+    write_capture(pod_folder(bundle, FRONTEND) / "answers.pcap", frames())
     return bundle
 
 
