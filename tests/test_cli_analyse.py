@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import dpkt
 import pytest
@@ -331,6 +332,23 @@ def test_a_kubectl_get_all_snapshot_works_and_warns_what_is_guessed(
     assert "kubectl get namespaces,nodes,pods," in stderr
 
 
+def _analysed_with_frontend_capture(
+    bundle: Path,
+    tmp_path: Path,
+    frames: list[tuple[float, bytes]],
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[dict[str, Any], Path, Path]:
+    """``analyse --json`` on a copy of ``bundle`` with ``frames`` as one more frontend capture:
+    its summary, the copy and the output folder (the run must succeed)."""
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle, folder)
+    write_pcap(folder / "captures" / "web" / FRONTEND_POD / "capture.pcap1", frames)
+    out = tmp_path / "out"
+    status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
+    assert status == ExitStatus.OK, stderr
+    return json.loads(stdout), folder, out
+
+
 def test_a_scan_s_attempts_past_the_report_s_rows_are_counted_in_one(
     bundle: Path,
     tmp_path: Path,
@@ -340,16 +358,11 @@ def test_a_scan_s_attempts_past_the_report_s_rows_are_counted_in_one(
     # A port scan makes a group per address: past MAX_ATTEMPT_GROUPS (3 here), the attempts are
     # counted in one last row, and the JSON still counts every one.
     monkeypatch.setattr(graphs, "MAX_ATTEMPT_GROUPS", 3)
-    folder = tmp_path / "scan"
-    shutil.copytree(bundle, folder)
     scan = [
         (T0 + 30 + n, tcp(FRONTEND_IP, 42000 + n, f"203.0.113.{n + 1}", 22, SYN)) for n in range(8)
     ]
-    write_pcap(folder / "captures" / "web" / FRONTEND_POD / "capture.pcap1", scan)
-    out = tmp_path / "out"
-    status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
-    assert status == ExitStatus.OK, stderr
-    assert json.loads(stdout)["never_established"] == 8
+    summary, _, out = _analysed_with_frontend_capture(bundle, tmp_path, scan, capsys)
+    assert summary["never_established"] == 8
     report = (out / "report.md").read_text()
     rows = [line for line in report.splitlines() if "| TCP/22 |" in line]
     servers = [f"ip:203.0.113.{n} (203.0.113.{n})" for n in (1, 2, 3)]
@@ -368,16 +381,11 @@ def test_one_way_datagrams_to_too_many_addresses_get_rules_for_the_first_only(
     # flows get no rule; analyse's own check passes, the report and --json count them, and
     # verify names them as not checked.
     monkeypatch.setattr(graphs, "MAX_ONE_WAY_ADDRESSES", 3)
-    folder = tmp_path / "spray"
-    shutil.copytree(bundle, folder)
     spray = [
         (T0 + 30 + n, udp(FRONTEND_IP, 41000, f"203.0.113.{n + 1}", 9999, b"x")) for n in range(8)
     ]
-    write_pcap(folder / "captures" / "web" / FRONTEND_POD / "capture.pcap1", spray)
-    out = tmp_path / "out"
-    status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
-    assert status == ExitStatus.OK, stderr
-    assert json.loads(stdout)["one_way_left_out"] == 5
+    summary, folder, out = _analysed_with_frontend_capture(bundle, tmp_path, spray, capsys)
+    assert summary["one_way_left_out"] == 5
     frontend = (out / "web.frontend.yaml").read_text()
     assert [n for n in range(1, 9) if f"203.0.113.{n}/32" in frontend] == [1, 2, 3]
     report = (out / "report.md").read_text()

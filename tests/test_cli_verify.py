@@ -246,10 +246,22 @@ def test_lab_bundle_missing_email_rule_is_named(
     ]
 
 
+def _never_established_notes(
+    tmp_path: Path, frames: list[tuple[float, bytes]], capsys: pytest.CaptureFixture[str]
+) -> list[str]:
+    """verify's "never established" notes on a bundle with ``frames`` as one more frontend
+    capture, against policies that isolate nothing (it must pass)."""
+    bundle = make_bundle(tmp_path / "bundle")
+    write_pcap(bundle / "captures" / "web" / FRONTEND_POD / "capture.pcap1", frames)
+    none = no_isolation(tmp_path / "none")
+    assert main(["verify", str(bundle), str(none), "--json"]) == ExitStatus.OK
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    return [note for note in notes if note.startswith("not checked, never established")]
+
+
 def test_connections_never_established_are_named_as_not_checked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bundle = make_bundle(tmp_path / "bundle")
     refused = [
         (T0 + 30, tcp(FRONTEND_IP, 41001, CART_IP, 7777, SYN)),
         (T0 + 30.001, tcp(CART_IP, 7777, FRONTEND_IP, 41001, 0x14)),  # RST+ACK
@@ -260,12 +272,7 @@ def test_connections_never_established_are_named_as_not_checked(
             (T0 + 31 + n, tcp(FRONTEND_IP, 41010 + n, CART_IP, 7778, SYN)),
             (T0 + 31.001 + n, tcp(CART_IP, 7778, FRONTEND_IP, 41010 + n, 0x14)),
         ]
-    write_pcap(bundle / "captures" / "web" / FRONTEND_POD / "capture.pcap1", refused)
-    none = no_isolation(tmp_path / "none")
-    assert main(["verify", str(bundle), str(none), "--json"]) == ExitStatus.OK
-    notes = json.loads(capsys.readouterr().out)["notes"]
-    never = [note for note in notes if note.startswith("not checked, never established")]
-    assert never == [
+    assert _never_established_notes(tmp_path, refused, capsys) == [
         f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7777",
         f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7778 "
         "(5 attempts, first 2026-01-01T10:00:31Z, last 2026-01-01T10:00:35Z)",
@@ -276,14 +283,8 @@ def test_attempts_past_max_attempt_groups_are_one_note(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(graphs, "MAX_ATTEMPT_GROUPS", 1)
-    bundle = make_bundle(tmp_path / "bundle")
     refused = [(T0 + 30 + n, tcp(FRONTEND_IP, 41001 + n, CART_IP, 7001 + n, SYN)) for n in range(3)]
-    write_pcap(bundle / "captures" / "web" / FRONTEND_POD / "capture.pcap1", refused)
-    none = no_isolation(tmp_path / "none")
-    assert main(["verify", str(bundle), str(none), "--json"]) == ExitStatus.OK
-    notes = json.loads(capsys.readouterr().out)["notes"]
-    never = [note for note in notes if note.startswith("not checked, never established")]
-    assert never == [
+    assert _never_established_notes(tmp_path, refused, capsys) == [
         f"not checked, never established (refused or unanswered): {FRONTEND} → {CART} TCP/7001",
         "not checked, never established (refused or unanswered): 2 more attempts of other "
         "clients, servers and ports (past the first 1), first 2026-01-01T10:00:31Z, last "

@@ -339,23 +339,13 @@ def test_one_way_flows_past_max_one_way_addresses_make_no_edge_and_are_counted(
     # rule per address: past MAX_ONE_WAY_ADDRESSES on one port of one side, a one-way flow makes
     # no edge and is counted. Answered flows, and other ports, are not bounded by it.
     monkeypatch.setattr(graphs, "MAX_ONE_WAY_ADDRESSES", 3)
-    spray = [
-        replace(
-            flow(f"{WEB_A}:41000", f"198.51.100.{n + 1}:9999", protocol=Protocol.UDP),
-            answered=False,
-            packets=1,
-        )
-        for n in range(10)
-    ]
-    answered = flow(f"{WEB_A}:41001", "198.51.100.200:9999", protocol=Protocol.UDP)
-    spoofed = [
-        replace(
-            flow(f"203.0.113.{n + 1}:5000", f"{API_BLUE}:7777", protocol=Protocol.UDP),
-            answered=False,
-            packets=2,
-        )
-        for n in range(5)
-    ]
+
+    def one_way(client: str, server: str, packets: int) -> Flow:
+        return replace(flow(client, server, protocol=UDP), answered=False, packets=packets)
+
+    spray = [one_way(f"{WEB_A}:41000", f"198.51.100.{n + 1}:9999", 1) for n in range(10)]
+    answered = flow(f"{WEB_A}:41001", "198.51.100.200:9999", protocol=UDP)
+    spoofed = [one_way(f"203.0.113.{n + 1}:5000", f"{API_BLUE}:7777", 2) for n in range(5)]
     graph = build_graph([*spray, answered, *spoofed], resolver(), scope=SCOPE)
     outside = sorted(edge.server for edge in graph.edges if edge.client == WEB)
     assert outside == [f"ip:198.51.100.{n}" for n in (1, 2, 200, 3)]
