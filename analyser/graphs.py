@@ -58,7 +58,7 @@ from itertools import pairwise
 from sys import intern
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from analyser.addresses import address_key, parse_address
+from analyser.addresses import address_key, is_loopback_address
 from analyser.flows import Evidence, Flow, FlowGroup, FlowTable
 from analyser.flows import Protocol as IpProtocol
 from analyser.identities import EndpointKind, Identity, Resolver, Scope, ServiceBackend
@@ -1009,14 +1009,10 @@ def asked_by(resolver: Resolver, flow: Flow, client: Identity) -> Callable[[str]
     return accepts
 
 
-def _is_loopback_address(address: str) -> bool:
-    return parse_address(address).is_loopback
-
-
 def is_loopback(flow: Flow) -> bool:
     """Whether ``flow`` is on a loopback address: between containers of one pod (or processes of
     one node), never on the pod network, so no NetworkPolicy sees it."""
-    return _is_loopback_address(flow.client.ip) or _is_loopback_address(flow.server.ip)
+    return is_loopback_address(flow.client.ip) or is_loopback_address(flow.server.ip)
 
 
 def _split_at_handovers(flows: FlowGroup, resolver: Resolver) -> FlowGroup:
@@ -1172,7 +1168,7 @@ def build_graph(
             client_ip, server_ip, start = members.client_ip, members.server.ip, members.first_seen()
             if not (resolver.timeless(client_ip, start) and resolver.timeless(server_ip, start)):
                 members = _split_at_handovers(members, resolver)
-            if _is_loopback_address(client_ip) or _is_loopback_address(server_ip):
+            if is_loopback_address(client_ip) or is_loopback_address(server_ip):
                 builder.loopback += len(members)
                 continue
             if not members.all_established():

@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from analyser.addresses import normalize_ip, parse_address
+from analyser.addresses import is_loopback_address, normalize_ip
 from analyser.claims import CLAIM_SKEW, Claims, PodRecord
 from analyser.clusterdns import busiest_dns_service, cluster_dns
 from analyser.flows import Endpoint, Flow, Protocol
@@ -37,6 +37,10 @@ class EndpointKind(StrEnum):
     NODE = "node"  # a node's address: kubelet probes, SNAT, hostNetwork pods
     EXTERNAL = "external"  # outside the cluster
     UNRESOLVED = "unresolved"  # inside a cluster range but matching nothing known at that time
+
+
+# The kinds of the addresses nobody in the snapshot holds.
+_ANY_ADDRESS = frozenset({EndpointKind.EXTERNAL, EndpointKind.UNRESOLVED})
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -189,7 +193,7 @@ class Resolver:
         address of its node); for a node, one of its pods' in the vantage's namespaces (or, a
         loose file's, a node's address or any of its pods'). Loopback addresses are everyone's
         own."""
-        if parse_address(ip).is_loopback:
+        if is_loopback_address(ip):
             return True
         identity = self.resolve(ip, at)
         if not vantage.pod and vantage.namespaces:
@@ -258,7 +262,9 @@ class Resolver:
             if known is not None:
                 return known
         identity = self._resolve(ip, at, port, protocol)
-        if timeless:
+        # Kept for the addresses the snapshot knows. Any other is resolved again, cheaply: a
+        # capture may name millions (a scan), and one kept each would grow without bound.
+        if timeless and identity.kind not in _ANY_ADDRESS:
             self._timeless[key] = identity
         return identity
 

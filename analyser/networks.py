@@ -14,7 +14,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
-from analyser.addresses import address_key, parse_address
+from analyser.addresses import address_key, address_value, parse_address
 from analyser.peers import special_address
 from analyser.snapshot import Snapshot
 
@@ -103,21 +103,25 @@ def _covering_networks(ips: Iterable[str]) -> set[IPNetwork]:
 
 class _Networks:
     """A set of networks that answers "is this address in one of them?" with one set lookup per
-    prefix length in use (a thousand nodes' podCIDRs have one or two), not one test per network."""
+    prefix length in use (a thousand nodes' podCIDRs have one or two), not one test per network,
+    on the address's value: a capture may name millions of distinct addresses."""
 
     def __init__(self, networks: Iterable[IPNetwork]) -> None:
         self.networks = frozenset(networks)
-        self._lengths = {
-            version: sorted({n.prefixlen for n in self.networks if n.version == version})
-            for version in (4, 6)
-        }
+        # Per IP version: per host bits, the networks' values shifted right by as many.
+        by_host_bits: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for network in self.networks:
+            host_bits = network.max_prefixlen - network.prefixlen
+            by_host_bits[(network.version, host_bits)].add(
+                int(network.network_address) >> host_bits
+            )
+        self._prefixes: dict[int, list[tuple[int, frozenset[int]]]] = defaultdict(list)
+        for (version, host_bits), prefixes in sorted(by_host_bits.items()):
+            self._prefixes[version].append((host_bits, frozenset(prefixes)))
 
     def __contains__(self, ip: str) -> bool:
-        address = parse_address(ip)
-        return any(
-            ipaddress.ip_network((address, length), strict=False) in self.networks
-            for length in self._lengths[address.version]
-        )
+        version, value = address_value(ip)
+        return any(value >> bits in prefixes for bits, prefixes in self._prefixes.get(version, ()))
 
 
 class ClusterRanges:
