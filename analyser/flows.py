@@ -175,8 +175,9 @@ class FlowGroup:
 
     def _part(self, start: int, stop: int) -> memoryview:
         """Its columns' bytes from ``start`` to ``stop`` times its number of flows."""
-        count = len(self)
-        return memoryview(self.packed())[start * count : stop * count]
+        packed = self.packed()
+        count = len(packed) // FLOW_BYTES
+        return memoryview(packed)[start * count : stop * count]
 
     @property
     def firsts(self) -> memoryview[float]:
@@ -250,6 +251,8 @@ class FlowGroup:
     def taken(self, indices: Iterable[int]) -> FlowGroup:
         """A group of the flows at ``indices``, in that order."""
         places = indices if isinstance(indices, range | list) else list(indices)
+        if not places:  # a scan's unanswered SYNs: a group a flow, none established
+            return FlowGroup(self.protocol, self.client_ip, self.server, self.captures)
         columns = _joined(map(column.__getitem__, places) for column in self._views())
         return FlowGroup(self.protocol, self.client_ip, self.server, self.captures, columns)
 
