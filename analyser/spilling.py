@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from analyser.flows import (
+    FLOW_BYTES,
     KEY_TAIL,
     AddressPair,
     CaptureConversations,
@@ -81,13 +82,20 @@ def _no_room(folder: Path, error: OSError) -> CaptureError:
     )
 
 
+# The columns of one or two flows: where they are on disk would take about as much memory as
+# they do, and reading them back costs a call into the kernel each time they are asked for (a
+# scan makes a group, of one flow, for every address it tried).
+SMALL_GROUP_BYTES = 2 * FLOW_BYTES
+
+
 class ColumnStore:
     """The columns of flow groups (``flows.pack_flows``) in a file of their own, so that a day's
     flows take disk, not memory: about 35 bytes a connection, 175 MB for the 5 million of 20
     million packets, growing with the captures. Memory keeps what the groups share (protocol,
-    addresses, server port, captures) and where their columns are. The file has no name (made in
-    ``folder``, a :class:`SpilledConversations`'), so it goes when the last group kept in it does,
-    whatever happens."""
+    addresses, server port, captures) and where their columns are, or the columns themselves
+    for a group of one or two flows. The file has no name (made in ``folder``, a
+    :class:`SpilledConversations`'), so it goes when the last group kept in it does, whatever
+    happens."""
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
@@ -99,8 +107,11 @@ class ColumnStore:
             raise _no_room(folder, error) from error
 
     def kept(self, group: FlowGroup) -> FlowGroup:
-        """``group`` with its columns in this store."""
+        """``group`` with its columns in this store; as it is when it has no more than
+        :data:`SMALL_GROUP_BYTES` of them."""
         columns = group.packed()
+        if len(columns) <= SMALL_GROUP_BYTES:
+            return group
         try:
             written = 0
             while written < len(columns):  # a full disk may take part of it

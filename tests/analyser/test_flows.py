@@ -528,11 +528,15 @@ def test_a_flow_table_keeps_a_flow_in_far_less_than_a_flow_object() -> None:
 
 def test_a_flow_group_kept_on_disk_is_the_group_it_was(tmp_path: Path) -> None:
     # a day's groups keep their columns in a ColumnStore (analyser.spilling): read back as they
-    # are asked for, the same flows, columns and sorted copies
+    # are asked for, the same flows, columns and sorted copies; a group of one or two flows
+    # keeps them in memory
     store = ColumnStore(tmp_path)
     groups = FlowTable.of(_random_flows(300)).groups
+    groups += tuple(group.taken(range(size)) for size, group in enumerate(groups[:4]))
     kept = [store.kept(group) for group in groups]
-    assert not any(isinstance(group.columns, bytes) for group in kept)
+    in_memory = [isinstance(group.columns, bytes) for group in kept]
+    assert in_memory == [len(group) <= 2 for group in groups]
+    assert any(in_memory) and not all(in_memory)
     for group, on_disk in zip(groups, kept, strict=True):
         assert list(on_disk.flows()) == list(group.flows())
         assert len(on_disk) == len(group)
