@@ -3,9 +3,9 @@ sort order.
 
 An address seen in a capture is already in its one written form (``packets.address_text``), and
 a capture may name millions of distinct addresses (a scan, forged traffic): for such a text the
-answers come from the C library's parser, with no ``ipaddress`` object and nothing cached. Any
-other text (from a snapshot, a policy) is parsed by ``ipaddress`` and cached: the analysis asks
-about the same few addresses again and again.
+answers come from the C library's parser, with no ``ipaddress`` object. Any other text (from a
+snapshot, a policy) is parsed by ``ipaddress``. Both are cached: the analysis asks about the same
+few addresses again and again.
 
 Pure: standard library only, no I/O.
 """
@@ -17,6 +17,9 @@ import ipaddress
 import socket
 
 
+# The last few thousand: one address is asked about several times in a row (is it loopback,
+# its written form, is it in the cluster's ranges), and a scan's millions each once in a while.
+@functools.lru_cache(maxsize=1 << 12)
 def _written_value(text: str) -> tuple[int, int] | None:
     """(IP version, value) when ``text`` is an address in the form ``ipaddress`` writes it
     compressed, else None (maybe an address written otherwise, maybe none)."""

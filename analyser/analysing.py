@@ -565,7 +565,7 @@ class _PlacedCapture:
         return any(
             self.resolver.holds(vantage, ip, at)
             for vantage in self.vantages
-            for at in (first, last)
+            for at in {first, last}  # once when they are the same (an unanswered SYN)
         )
 
     def steady(self, ip: str, at: float) -> bool:
