@@ -769,6 +769,11 @@ class ConversationTable:
     def __len__(self) -> int:
         return len(self._merged)
 
+    def held(self) -> int:
+        """Its conversations plus its pairs of addresses: what its memory grows with (a pair's
+        texts take about as much as a conversation, and a scan has a pair a conversation)."""
+        return len(self._merged) + len(self._pairs)
+
     def split(self, parts: int, part_of: Callable[[bytes], int]) -> list[ConversationTable]:
         """Its conversations in ``parts`` tables, each in the table ``part_of`` gives the pair of
         addresses its key starts with; this table is left empty."""

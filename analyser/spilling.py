@@ -310,7 +310,9 @@ class SpillingConversations:
     the order they are added). Else as soon as the table holds more than ``spill_entries``
     conversations while files are left to add: a capture of very short connections (a scan,
     forged SYNs, a client without keep-alive) has several times a day's conversations a byte, and
-    its size alone would keep them all in memory. ``spill_bytes`` 0: always in memory."""
+    its size alone would keep them all in memory. A pair of addresses counts as a conversation
+    (``ConversationTable.held``): a scan has one for each. ``spill_bytes`` 0: always in
+    memory."""
 
     def __init__(
         self,
@@ -347,11 +349,11 @@ class SpillingConversations:
         if (
             isinstance(table, ConversationTable)
             and self._spill_bytes > 0
-            and len(table) > self._spill_entries
+            and table.held() > self._spill_entries
             and (read is not None or self._added < len(self._sizes))
         ):
             self._table = SpilledConversations(
-                self._new_folder(), self._parts_for(len(table), read or 0), start=table
+                self._new_folder(), self._parts_for(table.held(), read or 0), start=table
             )
 
     def _parts_for(self, entries: int, read_of_next: int) -> int:

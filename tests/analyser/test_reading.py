@@ -585,13 +585,22 @@ def test_conversations_merged_in_parts_on_disk_are_the_ones_merged_in_memory(
         )
         assert oriented.flows == orient(whole.conversations, oracle)
         assert (oriented.reports, oriented.packets) == (whole.reports, whole.packets)
-        # the flows' columns are on disk (a file without a name), read back as they are asked for
+        # the flows' columns are on disk (a file without a name), read back as they are asked for,
+        # but for groups of one or two flows
         assert isinstance(oriented.flows, FlowTable)
-        assert not any(isinstance(group.columns, bytes) for group in oriented.flows.groups)
+        _assert_columns_on_disk(oriented.flows)
     parts_made = part_count(total, total // 5)
     assert parts_made in (20, 21)  # each a quarter of spill_bytes
     assert steps[0].startswith(f"orienting the conversations in {parts_made} parts (")
     assert list(spill.iterdir()) == []
+
+
+def _assert_columns_on_disk(flows: FlowTable) -> None:
+    """The columns of ``flows``' groups of more than two flows are on disk, the others' not."""
+    groups = flows.groups
+    assert any(len(group) > 2 for group in groups)
+    for group in groups:
+        assert isinstance(group.columns, bytes) == (len(group) <= 2)
 
 
 def test_conversations_past_spill_entries_move_to_disk_with_the_same_result(
@@ -612,7 +621,7 @@ def test_conversations_past_spill_entries_move_to_disk_with_the_same_result(
     )
     assert oriented.flows == orient(whole.conversations, None)
     assert isinstance(oriented.flows, FlowTable)
-    assert not any(isinstance(group.columns, bytes) for group in oriented.flows.groups)
+    _assert_columns_on_disk(oriented.flows)
     (step,) = steps
     assert re.match(r"sorting the conversations in \d+ parts \(", step), step
     assert list(spill.iterdir()) == []
@@ -620,6 +629,31 @@ def test_conversations_past_spill_entries_move_to_disk_with_the_same_result(
     alone: list[str] = []
     read_captures(paths[:1], root=tmp_path, workers=1, spill_entries=1, on_step=alone.append)
     assert re.match(r"sorting [\d,]+ conversations$", alone[0]), alone
+
+
+def test_a_scan_moves_to_disk_by_its_pairs_of_addresses_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scan's conversations each have a pair of addresses of their own, which takes memory as a
+    # conversation does: the pairs count towards spill_entries
+    folder = _folder(tmp_path / "captures")
+    paths = []
+    for index in range(2):
+        frames = [
+            (1000.0 + host, FRAMERS[1](ip_packet(CLIENT, f"10.3.{index}.{host}", "tcp", 40000, 443,
+                                                 flags=TCP_SYN)))
+            for host in range(1, 41)
+        ]  # fmt: skip
+        pod = _folder(folder / f"pod{index}")
+        paths.append(write_pcap(pod / "capture.pcap0", frames))
+    _temporary_folder(tmp_path / "tmp", monkeypatch)
+    for spill_entries, sorting in ((79, "sorting the conversations in"), (80, "sorting 80 ")):
+        steps: list[str] = []
+        traffic = read_captures(
+            paths, root=tmp_path, workers=1, spill_entries=spill_entries, on_step=steps.append
+        )
+        assert len(traffic.conversations) == 80
+        assert steps[0].startswith(sorting), (spill_entries, steps)
 
 
 def test_a_file_read_in_pieces_gives_what_it_gives_read_whole(
