@@ -195,6 +195,9 @@ class Resolver:
         own."""
         if is_loopback_address(ip):
             return True
+        ip = normalize_ip(ip)
+        if not (ip in self._claims.claimed or ip in self._nodes or self._nodes.gateway(ip)):
+            return False  # nobody's own, whatever it resolves to: a scan's millions are asked
         identity = self.resolve(ip, at)
         if not vantage.pod and vantage.namespaces:
             # A node's capture placed by the bundle: its pods of the opted-in namespaces only.
