@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
@@ -184,9 +184,7 @@ class Observation:
 
     @property
     def evidence_counts(self) -> dict[Evidence, int]:
-        counts: Counter[Evidence] = Counter()
-        for group in FlowTable.of(self.flows).groups:
-            counts.update(group.evidence_counts())
+        counts = FlowTable.of(self.flows).evidence_counts()
         return {evidence: counts.get(evidence, 0) for evidence in Evidence}
 
 

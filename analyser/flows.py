@@ -83,6 +83,14 @@ def flow_kind(evidence: Evidence, established: bool, answered: bool) -> int:
     return _EVIDENCE_KIND[evidence] | (established and _ESTABLISHED) | (answered and _ANSWERED)
 
 
+def _evidence_counts(kinds: Counter[int]) -> Counter[Evidence]:
+    """How many flows rest on each evidence, of how many have each kind (:func:`flow_kind`)."""
+    counts: Counter[Evidence] = Counter()
+    for kind, count in kinds.items():
+        counts[_EVIDENCE[kind >> 2]] += count
+    return counts
+
+
 # A FlowGroup's columns, as array type codes: first and last seen (8 bytes each), packets and
 # bytes (8 each), client port (2) and kind (1). The widest come first, so that each column starts
 # aligned (FlowGroup's properties hold the offsets).
@@ -290,17 +298,11 @@ class FlowGroup:
 
     def evidence_counts(self) -> Counter[Evidence]:
         """How many of its flows rest on each evidence."""
-        counts: Counter[Evidence] = Counter()
-        for kind, count in Counter(self.kinds).items():
-            counts[_EVIDENCE[kind >> 2]] += count
-        return counts
+        return _evidence_counts(Counter(self.kinds))
 
     def evidence(self) -> set[Evidence]:
         """The evidence its flows rest on."""
         return {_EVIDENCE[kind >> 2] for kind in set(self.kinds)}
-
-    def all_established(self) -> bool:
-        return all(kind & _ESTABLISHED for kind in self.kinds)
 
     def places(self, *, established: bool) -> list[int]:
         """The places of its established flows, or of the others (``established=False``)."""
@@ -353,6 +355,14 @@ class FlowTable(Sequence[Flow]):
 
     def __len__(self) -> int:
         return self._length
+
+    def evidence_counts(self) -> Counter[Evidence]:
+        """How many of its flows rest on each evidence (one count of its groups' kinds: a scan
+        has a group a flow)."""
+        kinds: Counter[int] = Counter()
+        for group in self.groups:
+            kinds.update(group.kinds)
+        return _evidence_counts(kinds)
 
     def __iter__(self) -> Iterator[Flow]:
         # The groups of one client address are in order of their first flows; the flows of

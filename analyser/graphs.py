@@ -1171,8 +1171,9 @@ def build_graph(
             if is_loopback_address(client_ip) or is_loopback_address(server_ip):
                 builder.loopback += len(members)
                 continue
-            if not members.all_established():
-                _count_attempts(builder, members, members.places(established=False), resolver)
+            attempts = members.places(established=False)
+            if attempts:
+                _count_attempts(builder, members, attempts, resolver)
                 members = members.taken(members.places(established=True))
             if not len(members):
                 continue
