@@ -101,11 +101,17 @@ FLOW_BYTES = 35
 FlowRow = tuple[float, float, int, int, int, int]
 
 
+# One flow's columns: the arrays' native byte order, no padding.
+_ONE_FLOW = struct.Struct("=" + _COLUMN_CODES)
+
+
 def pack_flows(rows: list[Any]) -> bytes:
     """The columns of :class:`FlowGroup` for flows given one after another in a flat list, each
     as a :data:`FlowRow`'s six values (one ``list.extend`` a flow: the cheapest way to gather a
     day's connections)."""
     step = len(_COLUMN_CODES)
+    if len(rows) == step:  # one flow (a scan has a group for each): its columns are its row
+        return _ONE_FLOW.pack(*rows)
     return _joined(rows[place::step] for place in range(step))
 
 
@@ -290,6 +296,8 @@ class FlowGroup:
         """This group in order of ``column``, then of ``then`` where it has a value twice;
         stable. Itself when already in that order (no copy). The columns are ``loaded``'s
         (:meth:`loaded`: read from disk once)."""
+        if len(column) < 2:
+            return self
         order = sorted(range(len(column)), key=column.__getitem__)
         if len(set(column)) < len(column):
             columns = (column, *then)

@@ -23,6 +23,7 @@ from analyser.flows import (
     Endpoint,
     Evidence,
     Flow,
+    FlowGroup,
     FlowTable,
     Protocol,
     handshake_role,
@@ -495,6 +496,11 @@ def test_a_flow_group_takes_sorts_and_counts_its_flows() -> None:
     assert FlowTable.of(flows).evidence_counts() == Counter(flow.evidence for flow in flows)
     assert group.evidence() == {flow.evidence for flow in own}
     assert group.taken([]).places(established=False) == []
+    # one flow's columns are packed in one piece, as the columns of several are
+    alone = FlowGroup.of(own[:1])
+    assert list(alone.flows()) == own[:1]
+    assert alone.columns == group.taken([0]).columns
+    assert alone.by_port() is alone and alone.by_time() is alone
     assert group.any_answered() == any(flow.answered for flow in own)
     relabelled = group.seen_by(frozenset({"w/a"}))
     assert [f.captures for f in relabelled.flows()] == [frozenset({"w/a"})] * len(own)
