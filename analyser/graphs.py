@@ -270,26 +270,27 @@ def merge_attempts(
     return tallies.groups(), tallies.totals_left_out()
 
 
-# Addresses (outside the cluster, or unresolved) a workload side gets rules for on one port from
-# traffic that went one way only, at most. One-way traffic proves nothing answered and may not
-# widen a rule to anywhere (policies.MAX_OUTSIDE_ADDRESSES), so each such address is a rule of
-# its own: datagrams sprayed at, or spoofed from, every address would make a node, an edge and a
-# rule per address (100,000 took 1.7 GB and 101 s). Past this, such a flow makes no edge and
-# gets no rule: it is counted (WorkloadGraph.one_way_left_out). The addresses kept are the
-# first in the flows' order.
+# Addresses (outside the cluster, or unresolved) a workload side gets rules for in one direction
+# from traffic that went one way only, at most, over all ports. One-way traffic proves nothing
+# answered and may not widen a rule to anywhere (policies.MAX_OUTSIDE_ADDRESSES), so each such
+# address is a rule of its own: datagrams sprayed at, or spoofed from, every address would make a
+# node, an edge and a rule per address (100,000 took 1.7 GB and 101 s), on one port or each on
+# another. Past this, such a flow makes no edge and gets no rule: it is counted
+# (WorkloadGraph.one_way_left_out), by port. The addresses kept are the first in the flows'
+# order; one kept gets rules on every port it was seen on.
 MAX_ONE_WAY_ADDRESSES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class OneWayLeftOut:
-    """One-way flows between a workload side (``side``, as :class:`AttemptGroup` names it) and
-    addresses past the first ``kept`` on one port, in one ``direction`` (``to`` the addresses,
-    or ``from`` them): made no edge and got no rule (:data:`MAX_ONE_WAY_ADDRESSES`)."""
+    """One-way flows on one port between a workload side (``side``, as :class:`AttemptGroup`
+    names it) and addresses past the first ``kept`` of that side in one ``direction`` (``to`` the
+    addresses, or ``from`` them): made no edge and got no rule (:data:`MAX_ONE_WAY_ADDRESSES`)."""
 
     side: str
     direction: str
     port: PortSpec
-    kept: int  # addresses with rules on that port
+    kept: int  # addresses with rules, of that side in that direction (on any port)
     flows: int
     packets: int
     first_seen: float
@@ -971,8 +972,8 @@ class _Builder:
 
     def one_way_past_bound(self, members: FlowGroup) -> bool:
         """Whether ``members`` (flows that went one way only) are between a workload side and
-        an address past the first :data:`MAX_ONE_WAY_ADDRESSES` on their port: then counted
-        here, not drawn."""
+        an address past the first :data:`MAX_ONE_WAY_ADDRESSES` of that side in their direction:
+        then counted here, by port, not drawn."""
         start = members.first_seen()
         protocol, server = members.protocol, members.server
         client = _describe(self.resolver.resolve(members.client_ip, start))
@@ -1205,15 +1206,16 @@ _ADDRESS_PREFIXES = ("ip:", "unresolved:")
 
 
 class _OneWayTallies:
-    """Per workload side, direction and port: the addresses its one-way flows were kept for
-    (at most :data:`MAX_ONE_WAY_ADDRESSES`), and the flows past them, counted."""
+    """Per workload side and direction: the addresses its one-way flows were kept for (at most
+    :data:`MAX_ONE_WAY_ADDRESSES`, over all ports); per port too, the flows past them, counted."""
 
     def __init__(self) -> None:
-        self._kept: dict[tuple[str, str, PortSpec], set[str]] = {}
+        self._kept: dict[tuple[str, str], set[str]] = {}
         self._past: dict[tuple[str, str, PortSpec], _Tally] = {}
 
     def past_bound(self, key: tuple[str, str, PortSpec], address: str, members: FlowGroup) -> bool:
-        kept = self._kept.setdefault(key, set())
+        side, direction, _ = key
+        kept = self._kept.setdefault((side, direction), set())
         if address in kept or len(kept) < MAX_ONE_WAY_ADDRESSES:
             kept.add(address)
             return False
@@ -1223,7 +1225,7 @@ class _OneWayTallies:
 
     def left_out(self) -> Iterator[OneWayLeftOut]:
         for (side, direction, port), tally in self._past.items():
-            kept = len(self._kept[(side, direction, port)])
+            kept = len(self._kept[(side, direction)])
             yield OneWayLeftOut(side, direction, port, kept, *tally.totals())
 
 

@@ -336,27 +336,33 @@ def test_one_way_flows_past_max_one_way_addresses_make_no_edge_and_are_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Datagrams sprayed at every address (or spoofed from them) would make a node, an edge and a
-    # rule per address: past MAX_ONE_WAY_ADDRESSES on one port of one side, a one-way flow makes
-    # no edge and is counted. Answered flows, and other ports, are not bounded by it.
+    # rule per address: past MAX_ONE_WAY_ADDRESSES of one side in one direction, over all its
+    # ports (a spray on a port per address is as big), a one-way flow makes no edge and is
+    # counted, by port. An address kept gets its other ports too. Answered flows are not bounded.
     monkeypatch.setattr(graphs, "MAX_ONE_WAY_ADDRESSES", 3)
 
     def one_way(client: str, server: str, packets: int) -> Flow:
         return replace(flow(client, server, protocol=UDP), answered=False, packets=packets)
 
     spray = [one_way(f"{WEB_A}:41000", f"198.51.100.{n + 1}:9999", 1) for n in range(10)]
+    other_port = [one_way(f"{WEB_A}:41002", f"198.51.100.{n}:8888", 1) for n in (1, 50)]
     answered = flow(f"{WEB_A}:41001", "198.51.100.200:9999", protocol=UDP)
     spoofed = [one_way(f"203.0.113.{n + 1}:5000", f"{API_BLUE}:7777", 2) for n in range(5)]
-    graph = build_graph([*spray, answered, *spoofed], resolver(), scope=SCOPE)
-    outside = sorted(edge.server for edge in graph.edges if edge.client == WEB)
-    assert outside == [f"ip:198.51.100.{n}" for n in (1, 2, 200, 3)]
+    graph = build_graph([*spray, *other_port, answered, *spoofed], resolver(), scope=SCOPE)
+    outside = {edge.server: set(edge.ports) for edge in graph.edges if edge.client == WEB}
+    assert outside == {
+        "ip:198.51.100.1": {PortSpec(UDP, 8888), PortSpec(UDP, 9999)},
+        **{f"ip:198.51.100.{n}": {PortSpec(UDP, 9999)} for n in (2, 3, 200)},
+    }
     assert sum(1 for edge in graph.edges if edge.server == API_BLUE_W) == 3
     start = at("09:40:00")
     assert graph.one_way_left_out == (
         OneWayLeftOut(API_BLUE_W, "from", PortSpec(UDP, 7777), 3, 2, 4, start, start + 2.0),
+        OneWayLeftOut(WEB, "to", PortSpec(UDP, 8888), 3, 1, 1, start, start + 2.0),
         OneWayLeftOut(WEB, "to", PortSpec(UDP, 9999), 3, 7, 7, start, start + 2.0),
     )
     merged = merge_one_way([*graph.one_way_left_out, *graph.one_way_left_out])
-    assert [(found.flows, found.packets) for found in merged] == [(4, 8), (14, 14)]
+    assert [(found.flows, found.packets) for found in merged] == [(4, 8), (2, 2), (14, 14)]
 
 
 def test_loopback_flows_inside_a_pod_make_no_edge_and_no_node() -> None:
