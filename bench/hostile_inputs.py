@@ -19,7 +19,8 @@ Builds, from the recorded example bundle (examples/microservices-demo/bundle):
   scan, or forged: one group of attempts per address), 200,000 by default,
 - frontend's capture with ``--spray`` UDP datagrams, none answered, each to an address of its
   own (a flood or a scan: one-way traffic, which keeps a rule per address up to a bound),
-  100,000 by default,
+  100,000 by default; and as many again, each to a port of its own too (the bound is per
+  workload side and direction, over all ports),
 - frontend's capture with ``--answers`` DNS answers sent to it, each for a name and an address
   of its own (forged: a table of names that would grow without bound), 1,000,000 by default.
 
@@ -273,13 +274,17 @@ def port_scan(bundle: Path, count: int) -> Path:
     return bundle
 
 
-def datagram_spray(bundle: Path, count: int) -> Path:
-    """frontend's capture with ``count`` UDP datagrams to port 9999 of as many addresses, none
-    answered."""
+def datagram_spray(bundle: Path, count: int, *, port_each: bool = False) -> Path:
+    """frontend's capture with ``count`` UDP datagrams to port 9999 of as many addresses (with
+    ``port_each``, each to a port of its own), none answered."""
     frontend = pod_ip(bundle, FRONTEND)
     start = window_start(bundle) + 10
+
+    def port(index: int) -> int:
+        return 1024 + index % 64512 if port_each else 9999
+
     frames = (
-        (start + index * 1e-4, udp_frame(frontend, 40000, outside(index), 9999, b"x" * 20))
+        (start + index * 1e-4, udp_frame(frontend, 40000, outside(index), port(index), b"x" * 20))
         for index in range(count)
     )
     write_capture(pod_folder(bundle, FRONTEND) / "spray.pcap", frames)
@@ -420,6 +425,10 @@ def run(
         measure(
             f"{spray:,} datagrams to as many addresses",
             datagram_spray(copy_example(work / "spray"), spray),
+        ),
+        measure(
+            f"{spray:,} datagrams, each a new address+port",
+            datagram_spray(copy_example(work / "spray-ports"), spray, port_each=True),
         ),
         measure(
             f"{answers:,} forged DNS answers, each a new name",
