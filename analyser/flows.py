@@ -83,14 +83,6 @@ def flow_kind(evidence: Evidence, established: bool, answered: bool) -> int:
     return _EVIDENCE_KIND[evidence] | (established and _ESTABLISHED) | (answered and _ANSWERED)
 
 
-def _evidence_counts(kinds: Counter[int]) -> Counter[Evidence]:
-    """How many flows rest on each evidence, of how many have each kind (:func:`flow_kind`)."""
-    counts: Counter[Evidence] = Counter()
-    for kind, count in kinds.items():
-        counts[_EVIDENCE[kind >> 2]] += count
-    return counts
-
-
 # A FlowGroup's columns, as array type codes: first and last seen (8 bytes each), packets and
 # bytes (8 each), client port (2) and kind (1). The widest come first, so that each column starts
 # aligned (FlowGroup's properties hold the offsets).
@@ -304,10 +296,6 @@ class FlowGroup:
             order.sort(key=lambda index: tuple(values[index] for values in columns))
         return self if order == list(range(len(column))) else loaded.taken(order)
 
-    def evidence_counts(self) -> Counter[Evidence]:
-        """How many of its flows rest on each evidence."""
-        return _evidence_counts(Counter(self.kinds))
-
     def evidence(self) -> set[Evidence]:
         """The evidence its flows rest on."""
         return {_EVIDENCE[kind >> 2] for kind in set(self.kinds)}
@@ -370,7 +358,10 @@ class FlowTable(Sequence[Flow]):
         kinds: Counter[int] = Counter()
         for group in self.groups:
             kinds.update(group.kinds)
-        return _evidence_counts(kinds)
+        counts: Counter[Evidence] = Counter()
+        for kind, count in kinds.items():
+            counts[_EVIDENCE[kind >> 2]] += count
+        return counts
 
     def __iter__(self) -> Iterator[Flow]:
         # The groups of one client address are in order of their first flows; the flows of

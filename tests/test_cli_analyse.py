@@ -377,9 +377,9 @@ def test_one_way_datagrams_to_too_many_addresses_get_rules_for_the_first_only(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Datagrams sprayed at every address: past MAX_ONE_WAY_ADDRESSES (3 here) on one port, the
-    # flows get no rule; analyse's own check passes, the report and --json count them, and
-    # verify names them as not checked.
+    # Datagrams sprayed at every address: past MAX_ONE_WAY_ADDRESSES (3 here) of one workload
+    # side in one direction, the flows get no rule; analyse's own check passes, the report and
+    # --json count them, and verify names them as not checked.
     monkeypatch.setattr(graphs, "MAX_ONE_WAY_ADDRESSES", 3)
     spray = [
         (T0 + 30 + n, udp(FRONTEND_IP, 41000, f"203.0.113.{n + 1}", 9999, b"x")) for n in range(8)

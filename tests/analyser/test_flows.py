@@ -492,7 +492,7 @@ def test_a_flow_group_takes_sorts_and_counts_its_flows() -> None:
     assert sorted(established + attempts) == list(range(len(own)))
     assert all(own[index].established for index in established)
     assert not any(own[index].established for index in attempts)
-    assert group.evidence_counts() == Counter(flow.evidence for flow in own)
+    assert FlowTable([group]).evidence_counts() == Counter(flow.evidence for flow in own)
     assert FlowTable.of(flows).evidence_counts() == Counter(flow.evidence for flow in flows)
     assert group.evidence() == {flow.evidence for flow in own}
     assert group.taken([]).places(established=False) == []
