@@ -57,13 +57,16 @@ from analyser.pictures import (
 )
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
+    AddressLeftOut,
     DefaultDeny,
     LeftOut,
     Policy,
     PolicyPlan,
     SelectorWarning,
+    SideLeftOut,
     node_blocks,
     selector_warnings,
+    sides_left_out,
     synthesize,
     unselectable_reasons,
     unselectable_workloads,
@@ -236,6 +239,12 @@ class Analysis(Observation):
         return self.plan.left_out
 
     @property
+    def addresses_left_out(self) -> tuple[SideLeftOut, ...]:
+        """Observed traffic with addresses whose rules did not fit in their policy, by policy
+        side (``policies.MAX_ADDRESS_RULE_BYTES``)."""
+        return sides_left_out(self.plan.addresses_left_out)
+
+    @property
     def unvouched(self) -> tuple[UnvouchedPair, ...]:
         """Traffic a side's own captures did not vouch for: no rule on that side."""
         return self.graph.unvouched_pairs()
@@ -280,6 +289,16 @@ class Analysis(Observation):
                     "class": str(item.kind),
                 }
                 for item in self.left_out
+            ],
+            "addresses_left_out": [
+                {
+                    "workload": side.workload,
+                    "direction": side.direction,
+                    "addresses": len(side.addresses),
+                    "flows": side.flows,
+                    "ports": [f"{port.protocol}/{port.port}" for port in side.ports],
+                }
+                for side in self.addresses_left_out
             ],
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
             "coverage": {item.pod: list(item.vantages) for item in self.coverage},
@@ -692,12 +711,14 @@ def check_safety(
     cluster: ClusterFacts,
     *,
     left_out: Iterable[LeftOut] = (),
+    addresses_left_out: Iterable[AddressLeftOut] = (),
 ) -> None:
     """THE place generated policies are checked before anything can be written: the rendered
     files, read back as ``verify`` reads files (``policysets.parse_policy_texts``: ``conclude``
     does it) and evaluated with their semantics over ``cluster`` (``replaying.cluster_facts``),
     must allow every observed connection of the graph, but the traffic with special addresses
-    they leave out on purpose (``left_out``, reported); else :class:`UnsafePolicies` (nothing
+    they leave out on purpose (``left_out``, and ``addresses_left_out``: rules that did not fit,
+    reported); else :class:`UnsafePolicies` (nothing
     written).
     """
     ensure_policies_allow(
@@ -705,6 +726,11 @@ def check_safety(
         graph,
         cluster,
         left_out={(item.address, item.port) for item in left_out},
+        addresses_left_out={
+            (item.workload, item.address, port)
+            for item in addresses_left_out
+            for port in item.ports
+        },
     )
 
 
@@ -1039,7 +1065,13 @@ def conclude(
         for folder in folders.values()
     }
     for policy_set in read_back.values():
-        check_safety(policy_set, seen.graph, cluster.facts, left_out=plan.left_out)
+        check_safety(
+            policy_set,
+            seen.graph,
+            cluster.facts,
+            left_out=plan.left_out,
+            addresses_left_out=plan.addresses_left_out,
+        )
     first_folder = next(iter(folders.values()))
     # Against the newest snapshot's NetworkPolicies (what the cluster has now): the first set
     # written, the NetworkPolicies when there are both.
@@ -1100,6 +1132,7 @@ def conclude(
         exposures=exposed,
         exposed_anywhere=options.expose_anywhere,
         left_out=plan.left_out,
+        addresses_left_out=sides_left_out(plan.addresses_left_out),
         selector_warnings=selector_warnings(seen.graph),
         unvouched=seen.graph.unvouched_pairs(),
         coverage=seen.coverage,

@@ -8,6 +8,7 @@ policies live in ``evaluation``.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -61,6 +62,47 @@ class LeftOut:
         return SPECIAL_REASONS[self.kind]
 
 
+@dataclass(frozen=True, order=True, slots=True)
+class AddressLeftOut:
+    """Observed traffic of a workload with one address (outside the cluster, or unresolved in it)
+    whose rule did not fit in its policy (:data:`MAX_ADDRESS_RULE_BYTES`): not allowed."""
+
+    workload: str  # graph node id, "NS/Kind/name"
+    direction: str  # INGRESS (from the address) or EGRESS (to it)
+    address: str
+    ports: tuple[PortSpec, ...]
+    flows: int
+
+
+@dataclass(frozen=True, slots=True)
+class SideLeftOut:
+    """What one policy side (a workload's ingress or egress) left out for size, together
+    (:class:`AddressLeftOut`)."""
+
+    workload: str
+    direction: str
+    addresses: tuple[str, ...]
+    ports: tuple[PortSpec, ...]  # every port of those addresses, sorted
+    flows: int
+
+
+def sides_left_out(items: Iterable[AddressLeftOut]) -> tuple[SideLeftOut, ...]:
+    """``items`` by workload and direction, in the order given."""
+    sides: dict[tuple[str, str], list[AddressLeftOut]] = {}
+    for item in items:
+        sides.setdefault((item.workload, item.direction), []).append(item)
+    return tuple(
+        SideLeftOut(
+            workload,
+            direction,
+            tuple(item.address for item in found),
+            tuple(sorted({port for item in found for port in item.ports})),
+            sum(item.flows for item in found),
+        )
+        for (workload, direction), found in sides.items()
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """One NetworkPolicy for one workload, isolating both directions."""
@@ -74,6 +116,8 @@ class Policy:
     labels: tuple[tuple[str, str], ...] = field(default=())
     # Observed traffic with special addresses that the rules leave out on purpose (not rendered).
     left_out: tuple[LeftOut, ...] = ()
+    # Observed traffic with addresses whose rules did not fit in the policy (not rendered).
+    addresses_left_out: tuple[AddressLeftOut, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +144,12 @@ class PolicyPlan:
         """Observed traffic with special addresses that the policies do not allow (every
         :attr:`Policy.left_out`), sorted."""
         return tuple(sorted(item for policy in self.policies for item in policy.left_out))
+
+    @property
+    def addresses_left_out(self) -> tuple[AddressLeftOut, ...]:
+        """Observed traffic with addresses whose rules did not fit in their policy (every
+        :attr:`Policy.addresses_left_out`), sorted."""
+        return tuple(sorted(item for policy in self.policies for item in policy.addresses_left_out))
 
 
 # An ipBlock of every address of one IP version.
@@ -383,6 +433,83 @@ def _is_outside(node: GraphNode, peer: IpPeer) -> bool:
     return node.role is NodeRole.EXTERNAL and special_address(peer.cidr.partition("/")[0]) is None
 
 
+# The most bytes a policy's rules for single addresses (outside the cluster, or unresolved in it)
+# may take in its JSON, both directions together. Client-side `kubectl apply` stores the whole
+# object in an annotation, and an object's annotations may take 256 KiB at most: the API server
+# refuses a bigger policy. Neither one-way traffic nor unresolved addresses are ever widened to
+# anywhere, so a capture naming many of them (spoofed datagrams, forged conversations with free
+# pod addresses) would otherwise write a policy no cluster takes. Half the limit leaves the rest
+# to pod, node and anywhere rules and the metadata. Past it, the addresses with the least
+# traffic lose their rules: listed in Policy.addresses_left_out, reported, not allowed.
+MAX_ADDRESS_RULE_BYTES = 128 * 1024
+
+
+def address_rule_bytes(peer: IpPeer, ports: Iterable[PortSpec]) -> int:
+    """The bytes an ingress rule for the address block ``peer`` on ``ports`` takes in a
+    NetworkPolicy's compact JSON (as `kubectl apply` stores it), with the comma before it; an
+    egress rule's ``to`` takes two bytes less."""
+    rule = {
+        "from": [{"ipBlock": {"cidr": peer.cidr}}],
+        "ports": [{"protocol": str(port.protocol), "port": port.port} for port in ports],
+    }
+    return len(json.dumps(rule, separators=(",", ":"))) + 1
+
+
+def _bound_addresses(
+    workload: str,
+    sides: Mapping[str, dict[Peer, set[PortSpec]]],
+    seen: Mapping[tuple[str, IpPeer], Mapping[PortSpec, EdgeStats]],
+    budget: int,
+) -> list[AddressLeftOut]:
+    """Drop, in place, the rules of ``sides`` (direction → ports by peer) for the single
+    addresses of ``seen`` (direction and peer → what was seen on each port) past the first
+    ``budget`` bytes (:func:`address_rule_bytes`); return what they leave out of ``workload``'s
+    policy. Addresses keep their rules in order of evidence: answered before one-way only, then
+    by flows, then by direction and address, so the order never depends on the capture's."""
+
+    def rank(item: tuple[tuple[str, IpPeer], Mapping[PortSpec, EdgeStats]]) -> tuple[Any, ...]:
+        (direction, peer), stats = item
+        ports = sides[direction].get(peer, ())
+        answered = any(stats[port].answered for port in ports)
+        flows = sum(stats[port].flows for port in ports)
+        return (not answered, -flows, direction, rule_sort_key(Rule(peer, ())))
+
+    ranked = sorted(seen.items(), key=rank)
+    used = 0
+    left_out: list[AddressLeftOut] = []
+    for (direction, peer), stats in ranked:
+        ports = tuple(sorted(sides[direction].get(peer, ())))
+        if not ports:
+            continue  # widened to anywhere, or exposed
+        if not left_out:
+            used += address_rule_bytes(peer, ports)
+            if used <= budget:
+                continue
+        del sides[direction][peer]
+        address = peer.cidr.partition("/")[0]
+        flows = sum(stats[port].flows for port in ports)
+        left_out.append(AddressLeftOut(workload, direction, address, ports, flows))
+    return left_out
+
+
+def _is_address(node: GraphNode) -> bool:
+    """Whether the graph ``node`` is an address of its own (outside the cluster, or unresolved
+    in it): its rules name it alone, and count towards :data:`MAX_ADDRESS_RULE_BYTES`."""
+    return node.role in (NodeRole.EXTERNAL, NodeRole.UNRESOLVED)
+
+
+def _note_address(
+    addresses: dict[tuple[str, IpPeer], dict[PortSpec, EdgeStats]],
+    direction: str,
+    peer: IpPeer,
+    stats: Mapping[PortSpec, EdgeStats],
+) -> None:
+    """Add what was seen with ``peer`` in ``direction`` (``stats``) to ``addresses``."""
+    known = addresses.setdefault((direction, peer), {})
+    for port, found in stats.items():
+        known[port] = known[port].merged(found) if port in known else found
+
+
 def _answered(peer: IpPeer, stats: Mapping[PortSpec, EdgeStats]) -> set[tuple[IpPeer, PortSpec]]:
     """``(peer, port)`` for the ports of an edge's ``EdgeStats`` on which something came back."""
     return {(peer, port) for port, seen in stats.items() if seen.answered}
@@ -408,6 +535,7 @@ def synthesize(
     node_addresses: Iterable[str] = (),
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
+    max_address_rule_bytes: int = MAX_ADDRESS_RULE_BYTES,
     allowed_special: Collection[SpecialAddress] = (),
     exposures: Mapping[str, Iterable[Exposure]] | None = None,
     internal_networks: Iterable[str] = (),
@@ -428,6 +556,11 @@ def synthesize(
     More than ``max_outside_addresses`` addresses outside the cluster that answered (or were
     answered) on one port of a policy's ingress or egress become one rule from or to anywhere on
     that port (:func:`_widen_outside`).
+
+    The rules for single addresses (outside the cluster, or unresolved in it) of one policy take
+    at most ``max_address_rule_bytes`` of its JSON (:data:`MAX_ADDRESS_RULE_BYTES`): past that,
+    the addresses with the least traffic get no rule and are listed in
+    :attr:`Policy.addresses_left_out` (:func:`_bound_addresses`).
 
     Traffic with a special address (:func:`special_address`) whose class is not in
     ``allowed_special`` gets no rule: it is listed in :attr:`Policy.left_out` instead, and rules
@@ -480,6 +613,7 @@ def synthesize(
         answered_clients: set[tuple[IpPeer, PortSpec]] = set()
         answered_servers: set[tuple[IpPeer, PortSpec]] = set()
         left_out: set[LeftOut] = set()
+        addresses: dict[tuple[str, IpPeer], dict[PortSpec, EdgeStats]] = {}
         for edge in graph.edges_to(node_id):
             client = graph.node(edge.client)
             stats = _vouched(edge.ports, server=True)
@@ -498,6 +632,8 @@ def synthesize(
             left = {a for a, _ in special}
             for peer in _peers(client, namespace, nodes, edge, left):
                 ingress[peer] |= ports
+                if isinstance(peer, IpPeer) and _is_address(client):
+                    _note_address(addresses, INGRESS, peer, stats)
                 if isinstance(peer, IpPeer) and _is_outside(client, peer):
                     outside_clients.add(peer)
                     answered_clients |= _answered(peer, stats)
@@ -528,6 +664,8 @@ def synthesize(
                     egress[peer] |= ports - set(DNS_PORTS)
                 else:
                     egress[peer] |= ports
+                    if isinstance(peer, IpPeer) and _is_address(server):
+                        _note_address(addresses, EGRESS, peer, stats)
                     if isinstance(peer, IpPeer) and _is_outside(server, peer):
                         outside_servers.add(peer)
                         answered_servers |= _answered(peer, stats)
@@ -535,6 +673,9 @@ def synthesize(
         _expose(ingress, outside_clients, exposed, excluded)
         _widen_outside(ingress, outside_clients, answered_clients, max_outside_addresses, excluded)
         _widen_outside(egress, outside_servers, answered_servers, max_outside_addresses, excluded)
+        too_many = _bound_addresses(
+            node_id, {INGRESS: ingress, EGRESS: egress}, addresses, max_address_rule_bytes
+        )
         for block in nodes:
             ingress[block] |= node_ingress
             egress[block] |= node_egress
@@ -551,6 +692,7 @@ def synthesize(
                 ingress=_rules(ingress),
                 egress=_rules(egress),
                 left_out=tuple(sorted(left_out)),
+                addresses_left_out=tuple(sorted(too_many)),
             )
         )
     isolated: list[str] = []

@@ -57,11 +57,13 @@ from analyser.policies import (
     EGRESS,
     INGRESS,
     MANAGED_BY_LABEL,
+    MAX_ADDRESS_RULE_BYTES,
     DefaultDeny,
     LeftOut,
     Policy,
     Rule,
     SelectorWarning,
+    SideLeftOut,
     rule_sort_key,
 )
 from analyser.reviewing import Review
@@ -127,6 +129,8 @@ class ReportFacts:
     exposed_anywhere: bool = True
     foreign_flows: int = 0  # flows dropped from a pod's capture: that pod was neither end
     left_out: tuple[LeftOut, ...] = ()  # traffic with special addresses given no rule
+    # Traffic with addresses whose rules did not fit in their policy, by policy side.
+    addresses_left_out: tuple[SideLeftOut, ...] = ()
     selector_warnings: tuple[SelectorWarning, ...] = ()  # selectors narrowed or too wide
     # Traffic a side's own captures did not vouch for: no rule on that side (graphs).
     unvouched: tuple[UnvouchedPair, ...] = ()
@@ -996,6 +1000,7 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         attempts=graph.attempts,
         attempts_left_out=graph.attempts_left_out,
         one_way_left_out=graph.one_way_left_out,
+        address_rule_kib=MAX_ADDRESS_RULE_BYTES // 1024,
         loopback=graph.loopback,
         adoption=_adoption_views(facts.adoption, facts.workload_policies),
     )

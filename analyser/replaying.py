@@ -239,11 +239,20 @@ def observed_from_graph(graph: WorkloadGraph, cluster: ClusterFacts) -> list[Obs
     ]
 
 
-def _left_out(observed: Observed, left_out: Collection[tuple[str, PortSpec]]) -> bool:
+def _left_out(
+    observed: Observed,
+    left_out: Collection[tuple[str, PortSpec]],
+    addresses_left_out: Collection[tuple[str, str, PortSpec]],
+) -> bool:
     port = PortSpec(observed.protocol, observed.port)
+    ends = ((observed.client, observed.server), (observed.server, observed.client))
     return any(
-        isinstance(end, Address) and (end.ip, port) in left_out
-        for end in (observed.client, observed.server)
+        isinstance(end, Address)
+        and (
+            (end.ip, port) in left_out
+            or (isinstance(other, Pod) and (other.name, end.ip, port) in addresses_left_out)
+        )
+        for end, other in ends
     )
 
 
@@ -253,11 +262,18 @@ def check_policies_allow(
     cluster: ClusterFacts,
     *,
     left_out: Collection[tuple[str, PortSpec]] = (),
+    addresses_left_out: Collection[tuple[str, str, PortSpec]] = (),
 ) -> list[Denial]:
     """Every observed connection of ``graph`` that ``policies`` deny (empty: all allowed) at a
-    side it was vouched for at, but those with an (address, target port) of ``left_out``:
-    traffic the policies leave out on purpose (``policies.Policy.left_out``)."""
-    observed = [o for o in observed_from_graph(graph, cluster) if not _left_out(o, left_out)]
+    side it was vouched for at, but those the policies leave out on purpose: with an (address,
+    target port) of ``left_out`` (``policies.Policy.left_out``), or between a workload and an
+    address on a target port of ``addresses_left_out`` (workload node id, address, port:
+    ``policies.Policy.addresses_left_out``)."""
+    observed = [
+        o
+        for o in observed_from_graph(graph, cluster)
+        if not _left_out(o, left_out, addresses_left_out)
+    ]
     return check_observed(policies, observed)
 
 
@@ -267,10 +283,13 @@ def ensure_policies_allow(
     cluster: ClusterFacts,
     *,
     left_out: Collection[tuple[str, PortSpec]] = (),
+    addresses_left_out: Collection[tuple[str, str, PortSpec]] = (),
 ) -> None:
     """Raise :class:`UnsafePolicies` listing the denied flows, if ``policies`` deny any (but
-    those ``left_out``, see :func:`check_policies_allow`)."""
-    denials = check_policies_allow(policies, graph, cluster, left_out=left_out)
+    those left out on purpose, see :func:`check_policies_allow`)."""
+    denials = check_policies_allow(
+        policies, graph, cluster, left_out=left_out, addresses_left_out=addresses_left_out
+    )
     if denials:
         # One line: the terminal shows an error's line breaks as escapes (cli.main.say).
         listed = "; ".join(str(denial) for denial in denials[:MAX_LISTED_DENIALS])

@@ -15,7 +15,7 @@ import dpkt
 import pytest
 import yaml
 
-from analyser import graphs
+from analyser import graphs, policies
 from cli.main import ExitStatus, main
 from kernel.bundles import Manifest, Window, entries_for_layout, write_manifest
 from tests.bundle_builders import (
@@ -337,16 +337,16 @@ def _analysed_with_frontend_capture(
     tmp_path: Path,
     frames: list[tuple[float, bytes]],
     capsys: pytest.CaptureFixture[str],
-) -> tuple[dict[str, Any], Path, Path]:
+) -> tuple[dict[str, Any], Path, Path, str]:
     """``analyse --json`` on a copy of ``bundle`` with ``frames`` as one more frontend capture:
-    its summary, the copy and the output folder (the run must succeed)."""
+    its summary, the copy, the output folder (the run must succeed) and its stderr."""
     folder = tmp_path / "bundle"
     shutil.copytree(bundle, folder)
     write_pcap(folder / "captures" / "web" / FRONTEND_POD / "capture.pcap1", frames)
     out = tmp_path / "out"
     status, stdout, stderr = run([str(folder), "-o", str(out), "--json"], capsys)
     assert status == ExitStatus.OK, stderr
-    return json.loads(stdout), folder, out
+    return json.loads(stdout), folder, out, stderr
 
 
 def test_a_scan_s_attempts_past_the_report_s_rows_are_counted_in_one(
@@ -361,7 +361,7 @@ def test_a_scan_s_attempts_past_the_report_s_rows_are_counted_in_one(
     scan = [
         (T0 + 30 + n, tcp(FRONTEND_IP, 42000 + n, f"203.0.113.{n + 1}", 22, SYN)) for n in range(8)
     ]
-    summary, _, out = _analysed_with_frontend_capture(bundle, tmp_path, scan, capsys)
+    summary, _, out, _ = _analysed_with_frontend_capture(bundle, tmp_path, scan, capsys)
     assert summary["never_established"] == 8
     report = (out / "report.md").read_text()
     rows = [line for line in report.splitlines() if "| TCP/22 |" in line]
@@ -384,7 +384,7 @@ def test_one_way_datagrams_to_too_many_addresses_get_rules_for_the_first_only(
     spray = [
         (T0 + 30 + n, udp(FRONTEND_IP, 41000, f"203.0.113.{n + 1}", 9999, b"x")) for n in range(8)
     ]
-    summary, folder, out = _analysed_with_frontend_capture(bundle, tmp_path, spray, capsys)
+    summary, folder, out, _ = _analysed_with_frontend_capture(bundle, tmp_path, spray, capsys)
     assert summary["one_way_left_out"] == 5
     frontend = (out / "web.frontend.yaml").read_text()
     assert [n for n in range(1, 9) if f"203.0.113.{n}/32" in frontend] == [1, 2, 3]
@@ -397,6 +397,52 @@ def test_one_way_datagrams_to_too_many_addresses_get_rules_for_the_first_only(
         "not checked, one way only (nothing answered), past 3 addresses: 5 flows of "
         "web/Deployment/frontend to other addresses on UDP/9999"
     ) in notes
+
+
+def test_addresses_past_a_policy_s_size_get_no_rule_and_are_reported(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Datagrams to 2,000 addresses, under MAX_ONE_WAY_ADDRESSES but past the bytes a policy's
+    # rules for single addresses may take: the policy stays small enough for a cluster to take,
+    # analyse's own check passes, and stderr, --json and the report say what was left out.
+    spray = [
+        (
+            T0 + 30 + n / 1000,
+            udp(FRONTEND_IP, 41000, f"198.18.{n // 250}.{n % 250 + 1}", 9999, b"x"),
+        )
+        for n in range(2000)
+    ]
+    summary, folder, out, stderr = _analysed_with_frontend_capture(bundle, tmp_path, spray, capsys)
+    [side] = summary["addresses_left_out"]
+    kept = 2000 - side["addresses"]
+    assert side["workload"] == "web/Deployment/frontend" and side["direction"] == "egress"
+    assert side["flows"] == side["addresses"] > 0 and side["ports"] == ["UDP/9999"]
+    frontend = yaml.safe_load((out / "web.frontend.yaml").read_text())
+    blocks = [
+        rule
+        for rule in frontend["spec"]["egress"]
+        if rule["to"][0].get("ipBlock", {}).get("cidr", "").startswith("198.18.")
+    ]
+    assert len(blocks) == kept
+    # As counted: each egress rule as if it were an ingress rule ("from", two bytes more); the
+    # bundle's own outside addresses take a little of the room too.
+    written = sum(len(json.dumps(rule, separators=(",", ":"))) + 3 for rule in blocks)
+    assert policies.MAX_ADDRESS_RULE_BYTES - 1000 < written <= policies.MAX_ADDRESS_RULE_BYTES
+    assert len(json.dumps(frontend, separators=(",", ":"))) < 256 * 1024
+    assert (
+        f"warning: web/Deployment/frontend: egress to {side['addresses']:,} more addresses "
+        f"({side['addresses']:,} flows) left out of its policy"
+    ) in stderr
+    report = (out / "report.md").read_text()
+    assert "## Addresses past a policy's size" in report
+    assert (
+        f"| web/Deployment/frontend | egress | {side['addresses']} | {side['addresses']} "
+        "| UDP/9999 | " in report
+    )
+    # verify, which knows nothing of the bound, finds those flows denied: they are.
+    assert main(["verify", str(folder), str(out), "--json"]) == ExitStatus.DENIED
+    denied = json.loads(capsys.readouterr().out)["denied"]
+    assert len(denied) == side["addresses"]
 
 
 def test_a_refused_or_unanswered_connection_gets_no_rule_and_is_reported(

@@ -3,6 +3,7 @@ the generated set allowing every observed flow (checked with the evaluator)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from analyser.dns import DnsNames, DnsTable
 from analyser.flows import Evidence, Protocol
-from analyser.graphs import WorkloadGraph, build_graph
+from analyser.graphs import NodeRole, WorkloadGraph, build_graph
 from analyser.identities import Resolver
 from analyser.packets import DnsResponse
 from analyser.peers import (
@@ -24,20 +25,24 @@ from analyser.peers import (
     special_address,
 )
 from analyser.policies import (
+    AddressLeftOut,
     LeftOut,
     Policy,
     PolicyPlan,
     Rule,
     SelectorWarning,
+    SideLeftOut,
+    address_rule_bytes,
     node_blocks,
     policy_names,
     selector_warnings,
+    sides_left_out,
     synthesize,
     unselectable_reasons,
     unselectable_workloads,
 )
 from analyser.policysets import parse_policy_texts
-from analyser.rendering import Provenance, render_policy_files
+from analyser.rendering import Provenance, policy_object, render_policy_files
 from analyser.replaying import cluster_facts, ensure_policies_allow
 from analyser.selectors import LabelSelector
 from analyser.snapshot import Snapshot, parse_snapshot_documents
@@ -818,3 +823,108 @@ def test_anywhere_never_opens_the_cluster_itself() -> None:
     for peer in anywhere:
         internal = {"0.0.0.0/0": {"10.244.0.0/16", "10.96.0.0/12"}, "::/0": {"fd00:10:244::/56"}}
         assert internal[peer.cidr] <= set(peer.excluded), peer
+
+
+def _many_addresses() -> list[Any]:
+    """web talks with single addresses: 192.0.2.1 answered three times on 443 and 192.0.2.2-5
+    once each; 10.244.1.200 (in the cluster, held by no pod: unresolved) answered twice on 9000;
+    UDP sent one way to 198.51.100.1-5 on 8125, five datagrams' flows each, and from
+    203.0.113.1-3 on 5353, one each."""
+    one_way: dict[str, Any] = {"protocol": UDP, "evidence": Evidence.HEURISTIC}
+    flows = [flow(f"{WEB_A}:{40000 + i}", "192.0.2.1:443") for i in range(3)]
+    flows += [flow(f"{WEB_A}:{41000 + i}", f"192.0.2.{i}:443") for i in range(2, 6)]
+    flows += [flow(f"{WEB_A}:{42000 + i}", "10.244.1.200:9000") for i in range(2)]
+    for index in range(1, 6):
+        flows += [
+            replace(
+                flow(f"{WEB_A}:{43000 + 10 * index + i}", f"198.51.100.{index}:8125", **one_way),
+                answered=False,
+            )
+            for i in range(5)
+        ]
+    for index in range(1, 4):
+        flows.append(
+            replace(flow(f"203.0.113.{index}:40000", f"{WEB_A}:5353", **one_way), answered=False)
+        )
+    return flows
+
+
+def test_address_rules_past_the_size_bound_are_left_out_the_least_evidence_first() -> None:
+    """Past the bytes a policy's rules for single addresses may take, the addresses with the
+    least evidence lose their rules: answered before one-way, then by flows. Once one is left
+    out, so are all after it, even one whose rule would still fit."""
+    https, unresolved = PortSpec(TCP, 443), PortSpec(TCP, 9000)
+    statsd, mdns = PortSpec(UDP, 8125), PortSpec(UDP, 5353)
+    kept = [
+        (IpPeer("10.244.1.200/32"), unresolved),  # answered, 2 flows: after 192.0.2.1's 3
+        (IpPeer("192.0.2.1/32"), https),
+        *((IpPeer(f"192.0.2.{i}/32"), https) for i in range(2, 6)),
+        (IpPeer("198.51.100.1/32"), statsd),  # one way, 5 flows
+    ]
+    budget = sum(address_rule_bytes(peer, [port]) for peer, port in kept) + 20
+    graph, names, result = synthesized(
+        _many_addresses(), {WEB}, max_outside_addresses=100, max_address_rule_bytes=budget
+    )
+    assert graph.node("unresolved:10.244.1.200").role is NodeRole.UNRESOLVED
+    [web] = result.policies
+    cidrs = {r.peer.cidr for r in (*web.ingress, *web.egress) if isinstance(r.peer, IpPeer)}
+    assert {peer.cidr for peer, _ in kept} <= cidrs
+    assert not cidrs & ({f"198.51.100.{i}/32" for i in range(2, 6)} | {"203.0.113.1/32"})
+    w = str(WEB)
+    assert web.addresses_left_out == (
+        *(AddressLeftOut(w, "egress", f"198.51.100.{i}", (statsd,), 5) for i in range(2, 6)),
+        *(AddressLeftOut(w, "ingress", f"203.0.113.{i}", (mdns,), 1) for i in range(1, 4)),
+    )
+    assert result.addresses_left_out == web.addresses_left_out
+    assert sides_left_out(web.addresses_left_out) == (
+        SideLeftOut(w, "egress", tuple(f"198.51.100.{i}" for i in range(2, 6)), (statsd,), 20),
+        SideLeftOut(w, "ingress", tuple(f"203.0.113.{i}" for i in range(1, 4)), (mdns,), 3),
+    )
+    # The order of the flows does not matter.
+    again = synthesized(
+        _many_addresses()[::-1], {WEB}, max_outside_addresses=100, max_address_rule_bytes=budget
+    )[2]
+    assert again == result
+    # The default bound leaves nothing out of so few.
+    assert (
+        synthesized(_many_addresses(), {WEB}, max_outside_addresses=100)[2].addresses_left_out == ()
+    )
+    # The safety check sees what was left out, unless told; told, the rest is allowed.
+    files = render_policy_files(result.policies, default_denies=[], provenance=Provenance())
+    loaded = parse_policy_texts(files).policies
+    facts = cluster_facts(cluster(), names)
+    with pytest.raises(UnsafePolicies, match=r"198\.51\.100\.2"):
+        ensure_policies_allow(loaded, graph, facts)
+    left = {(i.workload, i.address, p) for i in web.addresses_left_out for p in i.ports}
+    ensure_policies_allow(loaded, graph, facts, addresses_left_out=left)
+    # Told of another workload's addresses, it still checks this one's.
+    elsewhere = {(str(DB_W), address, port) for _, address, port in left}
+    with pytest.raises(UnsafePolicies, match=r"198\.51\.100\.2"):
+        ensure_policies_allow(loaded, graph, facts, addresses_left_out=elsewhere)
+
+
+@pytest.mark.parametrize(
+    "ports",
+    [
+        [PortSpec(TCP, 443)],
+        [PortSpec(UDP, 53), PortSpec(TCP, 8080), PortSpec(TCP, 65535)],
+    ],
+)
+@pytest.mark.parametrize("cidr", ["192.0.2.1/32", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff/128"])
+def test_address_rule_bytes_is_what_the_rule_takes_in_the_policy_json(
+    cidr: str, ports: list[PortSpec]
+) -> None:
+    """The bound counts what `kubectl apply` would store: the rule in the object's JSON."""
+    rule = Rule(IpPeer(cidr), tuple(ports))
+    policy = Policy("shop", "web", str(WEB), LabelSelector((("app", "web"),)), ingress=(rule,))
+    document = policy_object(policy, provenance=Provenance())
+    [written] = document["spec"]["ingress"]
+    assert (
+        address_rule_bytes(rule.peer, ports) == len(json.dumps(written, separators=(",", ":"))) + 1
+    )
+    egress = policy_object(replace(policy, ingress=(), egress=(rule,)), provenance=Provenance())
+    [written] = egress["spec"]["egress"]
+    assert (
+        address_rule_bytes(rule.peer, ports) - 2
+        == len(json.dumps(written, separators=(",", ":"))) + 1
+    )
