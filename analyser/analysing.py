@@ -265,7 +265,12 @@ class Analysis(Observation):
             "flows": len(self.flows),
             "never_established": sum(group.attempts for group in self.graph.attempts)
             + self.graph.attempts_left_out.attempts,
-            "one_way_left_out": sum(found.flows for found in self.graph.one_way_left_out),
+            "one_way_left_out": sum(
+                found.flows for found in self.graph.flows_left_out if not found.answered
+            ),
+            "answered_left_out": sum(
+                found.flows for found in self.graph.flows_left_out if found.answered
+            ),
             "loopback_flows": self.graph.loopback,
             "foreign_flows": sum(self.traffic.foreign.values()),
             "unvouched_sides": sum(pair.sides for pair in self.unvouched),

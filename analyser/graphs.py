@@ -270,49 +270,51 @@ def merge_attempts(
     return tallies.groups(), tallies.totals_left_out()
 
 
-# Addresses (outside the cluster, or unresolved) a workload side gets rules for in one direction
-# from traffic that went one way only, at most, over all ports. One-way traffic proves nothing
-# answered and may not widen a rule to anywhere (policies.MAX_OUTSIDE_ADDRESSES), so each such
-# address is a rule of its own: datagrams sprayed at, or spoofed from, every address would make a
-# node, an edge and a rule per address (100,000 took 1.7 GB and 101 s), on one port or each on
-# another. Past this, such a flow makes no edge and gets no rule: it is counted
-# (WorkloadGraph.one_way_left_out), by port. The addresses kept are the first in the flows'
-# order; one kept gets rules on every port it was seen on.
-MAX_ONE_WAY_ADDRESSES = 10_000
+# Addresses a workload side gets edges and rules for in one direction, at most, over all ports,
+# of those that never widen to anywhere (policies.MAX_OUTSIDE_ADDRESSES): addresses (outside the
+# cluster, or unresolved) of traffic that went one way only, and as many again unresolved
+# addresses of conversations. Each is a graph node, an edge, attributions and rows of the report
+# and its checks (~7 KB and ~0.5 ms) and a rule of its own: datagrams sprayed at (or spoofed from)
+# every address, or conversations with every free pod address forged in a pod's own capture,
+# would make them grow without bound (100,000 one-way addresses took 1.7 GB and 101 s). Past
+# this, such a flow makes no edge and gets no rule: it is counted (WorkloadGraph.flows_left_out),
+# by port. The addresses kept are the first in the flows' order; one kept gets rules on every
+# port it was seen on. Outside addresses that answered are not bounded here: past 32 on a port
+# they widen to anywhere, and a public ingress's or a crawler's must all be allowed.
+MAX_ADDRESSES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
-class OneWayLeftOut:
-    """One-way flows on one port between a workload side (``side``, as :class:`AttemptGroup`
-    names it) and addresses past the first ``kept`` of that side in one ``direction`` (``to`` the
-    addresses, or ``from`` them): made no edge and got no rule (:data:`MAX_ONE_WAY_ADDRESSES`)."""
+class FlowsLeftOut:
+    """Flows on one port between a workload side (``side``, as :class:`AttemptGroup` names it)
+    and addresses past the first ``kept`` of that side in one ``direction`` (``to`` the
+    addresses, or ``from`` them), ``answered`` (conversations) or one way only: made no edge and
+    got no rule (:data:`MAX_ADDRESSES`)."""
 
     side: str
     direction: str
     port: PortSpec
-    kept: int  # addresses with rules, of that side in that direction (on any port)
+    answered: bool
+    kept: int  # addresses with rules, of that side in that direction and kind (on any port)
     flows: int
     packets: int
     first_seen: float
     last_seen: float
 
-    def key(self) -> tuple[str, str, PortSpec]:
-        return (self.side, self.direction, self.port)
+    def key(self) -> tuple[str, str, PortSpec, bool]:
+        return (self.side, self.direction, self.port, self.answered)
 
 
-def merge_one_way(left_out: Iterable[OneWayLeftOut]) -> list[OneWayLeftOut]:
-    """Several graphs' one-way flows left out, those of one side, direction and port as one."""
-    kept: dict[tuple[str, str, PortSpec], int] = {}
-    tallies: dict[tuple[str, str, PortSpec], _Tally] = {}
+def merge_flows_left_out(left_out: Iterable[FlowsLeftOut]) -> list[FlowsLeftOut]:
+    """Several graphs' flows left out, those of one side, direction, port and kind as one."""
+    kept: dict[tuple[str, str, PortSpec, bool], int] = {}
+    tallies: dict[tuple[str, str, PortSpec, bool], _Tally] = {}
     for found in left_out:
         key = found.key()
         kept[key] = max(kept.get(key, 0), found.kept)
         tally = tallies.setdefault(key, _Tally(keeps_servers=False))
         tally.add((), found.flows, found.packets, found.first_seen, found.last_seen)
-    return [
-        OneWayLeftOut(side, direction, port, kept[(side, direction, port)], *tally.totals())
-        for (side, direction, port), tally in tallies.items()
-    ]
+    return [FlowsLeftOut(*key, kept[key], *tally.totals()) for key, tally in tallies.items()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,8 +427,8 @@ class WorkloadGraph:
     loopback: int = 0  # how many flows were on a loopback address (no edge)
     # The never established connections past MAX_ATTEMPT_GROUPS groups, counted together.
     attempts_left_out: AttemptTotals = AttemptTotals()
-    # One-way flows to or from addresses past MAX_ONE_WAY_ADDRESSES (no edge), sorted.
-    one_way_left_out: tuple[OneWayLeftOut, ...] = ()
+    # Flows to or from addresses past MAX_ADDRESSES (no edge), sorted.
+    flows_left_out: tuple[FlowsLeftOut, ...] = ()
     # In-cluster addresses that matched nothing known at the time (UNRESOLVED nodes), sorted.
     unresolved: tuple[str, ...] = field(init=False)
     _node: dict[str, GraphNode] = field(init=False, repr=False, compare=False)
@@ -459,7 +461,7 @@ class WorkloadGraph:
         set_field("edges", edges)
         set_field("attributions", _sorted_attributions(self.attributions))
         set_field("attempts", tuple(sorted(self.attempts, key=AttemptGroup.key)))
-        set_field("one_way_left_out", tuple(sorted(self.one_way_left_out, key=OneWayLeftOut.key)))
+        set_field("flows_left_out", tuple(sorted(self.flows_left_out, key=FlowsLeftOut.key)))
         set_field("_node", by_id)
         set_field("_by_role", {role: tuple(found) for role, found in by_role.items()})
         set_field("_edge", by_ends)
@@ -719,7 +721,7 @@ class _Builder:
         self._spans: dict[tuple[Identity, frozenset[str]], Span] = {}
         self._unions: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
         self.attempts = _AttemptTallies()
-        self._one_way = _OneWayTallies()
+        self._addresses = _AddressTallies()
         self._ports: dict[tuple[IpProtocol, int], PortSpec] = {}  # each once, shared
         self._evidence: dict[frozenset[Evidence], frozenset[Evidence]] = {}  # likewise
         self.loopback = 0
@@ -967,13 +969,14 @@ class _Builder:
             tuple(self.attempts.groups()),
             self.loopback,
             self.attempts.totals_left_out(),
-            tuple(self._one_way.left_out()),
+            tuple(self._addresses.left_out()),
         )
 
-    def one_way_past_bound(self, members: FlowGroup) -> bool:
-        """Whether ``members`` (flows that went one way only) are between a workload side and
-        an address past the first :data:`MAX_ONE_WAY_ADDRESSES` of that side in their direction:
-        then counted here, by port, not drawn."""
+    def past_address_bound(self, members: FlowGroup) -> bool:
+        """Whether ``members`` (established flows) are between a workload side and an address
+        past the first :data:`MAX_ADDRESSES` of that side in their direction and of their kind
+        (one way only, or answered by an unresolved address): then counted here, by port, not
+        drawn. Outside addresses that answered are never past it."""
         start = members.first_seen()
         protocol, server = members.protocol, members.server
         client = _describe(self.resolver.resolve(members.client_ip, start))
@@ -981,13 +984,15 @@ class _Builder:
             self.resolver.resolve(server.ip, start, port=server.port, protocol=protocol)
         )
         port = self.port(protocol, server.port)
-        if target.startswith(_ADDRESS_PREFIXES):
-            key, address = (client, "to", port), server.ip
-        elif client.startswith(_ADDRESS_PREFIXES):
-            key, address = (target, "from", port), members.client_ip
+        answered = members.any_answered()
+        bounded = _UNRESOLVED_PREFIX if answered else _ADDRESS_PREFIXES
+        if target.startswith(bounded):
+            key, address = (client, "to", port, answered), server.ip
+        elif client.startswith(bounded):
+            key, address = (target, "from", port, answered), members.client_ip
         else:
             return False
-        return self._one_way.past_bound(key, address, members)
+        return self._addresses.past_bound(key, address, members)
 
 
 def node_label(name: str, addresses: Iterable[str]) -> str:
@@ -1178,7 +1183,7 @@ def build_graph(
                 members = members.taken(members.places(established=True))
             if not len(members):
                 continue
-            if not members.any_answered() and builder.one_way_past_bound(members):
+            if builder.past_address_bound(members):
                 continue
             groups.append(_resolved_group(members, resolver))
         _count_client(builder, groups)
@@ -1202,31 +1207,36 @@ def _count_attempts(
 
 
 # How _describe names an address that is no pod, Service or node.
-_ADDRESS_PREFIXES = ("ip:", "unresolved:")
+_ADDRESS_PREFIXES = (ID_PREFIXES[NodeRole.EXTERNAL], ID_PREFIXES[NodeRole.UNRESOLVED])
+_UNRESOLVED_PREFIX = ID_PREFIXES[NodeRole.UNRESOLVED]
 
 
-class _OneWayTallies:
-    """Per workload side and direction: the addresses its one-way flows were kept for (at most
-    :data:`MAX_ONE_WAY_ADDRESSES`, over all ports); per port too, the flows past them, counted."""
+class _AddressTallies:
+    """Per workload side, direction and kind (answered or one way only): the addresses its flows
+    were kept for (at most :data:`MAX_ADDRESSES`, over all ports); per port too, the flows past
+    them, counted."""
 
     def __init__(self) -> None:
-        self._kept: dict[tuple[str, str], set[str]] = {}
-        self._past: dict[tuple[str, str, PortSpec], _Tally] = {}
+        self._kept: dict[tuple[str, str, bool], set[str]] = {}
+        self._past: dict[tuple[str, str, PortSpec, bool], _Tally] = {}
 
-    def past_bound(self, key: tuple[str, str, PortSpec], address: str, members: FlowGroup) -> bool:
-        side, direction, _ = key
-        kept = self._kept.setdefault((side, direction), set())
-        if address in kept or len(kept) < MAX_ONE_WAY_ADDRESSES:
+    def past_bound(
+        self, key: tuple[str, str, PortSpec, bool], address: str, members: FlowGroup
+    ) -> bool:
+        side, direction, _, answered = key
+        kept = self._kept.setdefault((side, direction, answered), set())
+        if address in kept or len(kept) < MAX_ADDRESSES:
             kept.add(address)
             return False
         past = self._past.setdefault(key, _Tally(keeps_servers=False))
         past.add((), len(members), sum(members.packets), members.first_seen(), max(members.lasts))
         return True
 
-    def left_out(self) -> Iterator[OneWayLeftOut]:
-        for (side, direction, port), tally in self._past.items():
-            kept = len(self._kept[(side, direction)])
-            yield OneWayLeftOut(side, direction, port, kept, *tally.totals())
+    def left_out(self) -> Iterator[FlowsLeftOut]:
+        for key, tally in self._past.items():
+            side, direction, _, answered = key
+            kept = len(self._kept[(side, direction, answered)])
+            yield FlowsLeftOut(*key, kept, *tally.totals())
 
 
 class _AttemptTallies(dict[AttemptKey, "_Tally"]):
@@ -1256,8 +1266,8 @@ class _AttemptTallies(dict[AttemptKey, "_Tally"]):
 class _Tally:
     """Connections counted together: an :class:`AttemptGroup` as it is counted, attempt by
     attempt (``build_graph``) or group by group (:func:`merge_attempts`), with the servers'
-    addresses; without them, attempts past the groups (:class:`AttemptTotals`) or one-way
-    flows past the addresses with rules (:class:`OneWayLeftOut`)."""
+    addresses; without them, attempts past the groups (:class:`AttemptTotals`) or flows past
+    the addresses with rules (:class:`FlowsLeftOut`)."""
 
     __slots__ = ("count", "first_seen", "last_seen", "packets", "servers")
 

@@ -999,7 +999,7 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         evidence=evidence,
         attempts=graph.attempts,
         attempts_left_out=graph.attempts_left_out,
-        one_way_left_out=graph.one_way_left_out,
+        flows_left_out=graph.flows_left_out,
         address_rule_kib=MAX_ADDRESS_RULE_BYTES // 1024,
         loopback=graph.loopback,
         adoption=_adoption_views(facts.adoption, facts.workload_policies),

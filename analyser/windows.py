@@ -52,14 +52,14 @@ from analyser.graphs import (
     EdgeStats,
     EdgeWindow,
     FlowAttribution,
+    FlowsLeftOut,
     GraphEdge,
     GraphNode,
     NodeRole,
-    OneWayLeftOut,
     Sides,
     WorkloadGraph,
     merge_attempts,
-    merge_one_way,
+    merge_flows_left_out,
     node_label,
 )
 from analyser.identities import Scope
@@ -310,7 +310,7 @@ def _merge_graphs(
     attributions: list[FlowAttribution] = []
     attempts: list[AttemptGroup] = []
     attempts_left_out: list[AttemptTotals] = []
-    one_way: list[OneWayLeftOut] = []
+    flows_left_out: list[FlowsLeftOut] = []
     captured = {node.id for _, graph in labelled for node in graph.nodes if node.in_scope}
     for label, graph in labelled:
         sides = _Sides(graph, captured)
@@ -356,7 +356,7 @@ def _merge_graphs(
         ]
         attempts += graph.attempts
         attempts_left_out.append(graph.attempts_left_out)
-        one_way += graph.one_way_left_out
+        flows_left_out += graph.flows_left_out
     merged_nodes = [
         replace(node, label=node_label(node.id.removeprefix("node:"), node.addresses))
         if node.role is NodeRole.NODE
@@ -371,7 +371,7 @@ def _merge_graphs(
         tuple(groups),
         sum(graph.loopback for _, graph in labelled),
         left_out,
-        tuple(merge_one_way(one_way)),
+        tuple(merge_flows_left_out(flows_left_out)),
     )
 
 

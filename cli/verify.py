@@ -123,9 +123,10 @@ def _verify(args: argparse.Namespace) -> int:
             f"not checked, never established (refused or unanswered): {group.client} → "
             f"{group.server} {group.port.protocol}/{group.port.port}{retried}"
         )
-    for found in observation.graph.one_way_left_out:
+    for found in observation.graph.flows_left_out:
+        kind = "answered" if found.answered else "one way only (nothing answered)"
         notes.append(
-            f"not checked, one way only (nothing answered), past {found.kept:,} addresses: "
+            f"not checked, {kind}, past {found.kept:,} addresses: "
             f"{found.flows} flows of {found.side} {found.direction} other addresses on "
             f"{found.port.protocol}/{found.port.port}"
         )

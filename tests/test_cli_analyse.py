@@ -371,38 +371,54 @@ def test_a_scan_s_attempts_past_the_report_s_rows_are_counted_in_one(
     assert "the attempts past the first 3 rows" in report
 
 
-def test_one_way_datagrams_to_too_many_addresses_get_rules_for_the_first_only(
+def test_traffic_with_too_many_addresses_gets_rules_for_the_first_only(
     bundle: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Datagrams sprayed at every address: past MAX_ONE_WAY_ADDRESSES (3 here) of one workload
-    # side in one direction, the flows get no rule; analyse's own check passes, the report and
-    # --json count them, and verify names them as not checked.
-    monkeypatch.setattr(graphs, "MAX_ONE_WAY_ADDRESSES", 3)
+    # Datagrams sprayed at every address, and conversations forged with every address: past
+    # MAX_ADDRESSES (3 here) of one workload side in one direction, for each kind, the flows get
+    # no rule; analyse's own check passes, the report and --json count them, and verify names
+    # them as not checked.
+    monkeypatch.setattr(graphs, "MAX_ADDRESSES", 3)
     spray = [
         (T0 + 30 + n, udp(FRONTEND_IP, 41000, f"203.0.113.{n + 1}", 9999, b"x")) for n in range(8)
     ]
-    summary, folder, out, _ = _analysed_with_frontend_capture(bundle, tmp_path, spray, capsys)
-    assert summary["one_way_left_out"] == 5
+    forged = [
+        frame
+        for n in range(6)
+        for frame in handshake(FRONTEND_IP, 43000 + n, f"10.244.200.{n + 1}", 8443, T0 + 40 + n)
+    ]
+    summary, folder, out, _ = _analysed_with_frontend_capture(
+        bundle, tmp_path, spray + forged, capsys
+    )
+    # The bundle's frontend already talks with one unresolved address: two forged ones are kept.
+    assert summary["one_way_left_out"] == 5 and summary["answered_left_out"] == 4
     frontend = (out / "web.frontend.yaml").read_text()
     assert [n for n in range(1, 9) if f"203.0.113.{n}/32" in frontend] == [1, 2, 3]
+    assert [n for n in range(1, 7) if f"10.244.200.{n}/32" in frontend] == [1, 2]
     report = (out / "report.md").read_text()
-    assert "## One-way traffic to or from too many addresses" in report
-    assert "| web/Deployment/frontend | to other addresses | UDP/9999 | 3 | 5 | 5 | " in report
+    assert "## Traffic to or from too many addresses" in report
+    rows = "| web/Deployment/frontend | to other addresses | "
+    assert f"{rows}TCP/8443 | yes | 3 | 4 | 20 | " in report
+    assert f"{rows}UDP/9999 | no, one way only | 3 | 5 | 5 | " in report
     assert main(["verify", str(folder), str(out), "--json"]) == ExitStatus.OK
     notes = json.loads(capsys.readouterr().out)["notes"]
     assert (
         "not checked, one way only (nothing answered), past 3 addresses: 5 flows of "
         "web/Deployment/frontend to other addresses on UDP/9999"
     ) in notes
+    assert (
+        "not checked, answered, past 3 addresses: 4 flows of "
+        "web/Deployment/frontend to other addresses on TCP/8443"
+    ) in notes
 
 
 def test_addresses_past_a_policy_s_size_get_no_rule_and_are_reported(
     bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Datagrams to 2,000 addresses, under MAX_ONE_WAY_ADDRESSES but past the bytes a policy's
+    # Datagrams to 2,000 addresses, under MAX_ADDRESSES but past the bytes a policy's
     # rules for single addresses may take: the policy stays small enough for a cluster to take,
     # analyse's own check passes, and stderr, --json and the report say what was left out.
     spray = [

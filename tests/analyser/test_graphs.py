@@ -13,14 +13,14 @@ from analyser.graphs import (
     AttemptGroup,
     AttemptTotals,
     EdgeStats,
+    FlowsLeftOut,
     GraphEdge,
     GraphNode,
     NodeRole,
-    OneWayLeftOut,
     WorkloadGraph,
     build_graph,
     merge_attempts,
-    merge_one_way,
+    merge_flows_left_out,
 )
 from analyser.peers import PortSpec
 from analyser.selectors import LabelSelector
@@ -332,14 +332,16 @@ def test_a_scan_s_attempts_past_max_attempt_groups_are_counted_together(
     assert len(groups) == 3 and left_out.attempts == 1
 
 
-def test_one_way_flows_past_max_one_way_addresses_make_no_edge_and_are_counted(
+def test_flows_with_addresses_past_max_addresses_make_no_edge_and_are_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Datagrams sprayed at every address (or spoofed from them) would make a node, an edge and a
-    # rule per address: past MAX_ONE_WAY_ADDRESSES of one side in one direction, over all its
-    # ports (a spray on a port per address is as big), a one-way flow makes no edge and is
-    # counted, by port. An address kept gets its other ports too. Answered flows are not bounded.
-    monkeypatch.setattr(graphs, "MAX_ONE_WAY_ADDRESSES", 3)
+    # Datagrams sprayed at every address (or spoofed from them), or conversations forged with
+    # free pod addresses, would make a node, an edge and a rule per address: past MAX_ADDRESSES
+    # of one side in one direction, over all its ports (a spray on a port per address is as
+    # big), and counted apart for one-way flows and answered ones, a flow makes no edge and is
+    # counted, by port. An address kept gets its other ports too. Outside addresses that
+    # answered are not bounded: past 32 on a port they widen to anywhere.
+    monkeypatch.setattr(graphs, "MAX_ADDRESSES", 3)
 
     def one_way(client: str, server: str, packets: int) -> Flow:
         return replace(flow(client, server, protocol=UDP), answered=False, packets=packets)
@@ -347,22 +349,29 @@ def test_one_way_flows_past_max_one_way_addresses_make_no_edge_and_are_counted(
     spray = [one_way(f"{WEB_A}:41000", f"198.51.100.{n + 1}:9999", 1) for n in range(10)]
     other_port = [one_way(f"{WEB_A}:41002", f"198.51.100.{n}:8888", 1) for n in (1, 50)]
     answered = flow(f"{WEB_A}:41001", "198.51.100.200:9999", protocol=UDP)
+    conversations = [flow(f"{WEB_A}:{42000 + n}", f"192.0.2.{n + 1}:443") for n in range(4)]
+    forged = [flow(f"{WEB_A}:{43000 + n}", f"10.244.1.{201 + n}:443") for n in range(4)]
     spoofed = [one_way(f"203.0.113.{n + 1}:5000", f"{API_BLUE}:7777", 2) for n in range(5)]
-    graph = build_graph([*spray, *other_port, answered, *spoofed], resolver(), scope=SCOPE)
+    flows = [*spray, *other_port, answered, *conversations, *forged, *spoofed]
+    graph = build_graph(flows, resolver(), scope=SCOPE)
     outside = {edge.server: set(edge.ports) for edge in graph.edges if edge.client == WEB}
     assert outside == {
         "ip:198.51.100.1": {PortSpec(UDP, 8888), PortSpec(UDP, 9999)},
         **{f"ip:198.51.100.{n}": {PortSpec(UDP, 9999)} for n in (2, 3, 200)},
+        **{f"ip:192.0.2.{n}": {PortSpec(TCP, 443)} for n in range(1, 5)},
+        **{f"unresolved:10.244.1.{n}": {PortSpec(TCP, 443)} for n in range(201, 204)},
     }
     assert sum(1 for edge in graph.edges if edge.server == API_BLUE_W) == 3
     start = at("09:40:00")
-    assert graph.one_way_left_out == (
-        OneWayLeftOut(API_BLUE_W, "from", PortSpec(UDP, 7777), 3, 2, 4, start, start + 2.0),
-        OneWayLeftOut(WEB, "to", PortSpec(UDP, 8888), 3, 1, 1, start, start + 2.0),
-        OneWayLeftOut(WEB, "to", PortSpec(UDP, 9999), 3, 7, 7, start, start + 2.0),
+    https, udp_9999 = PortSpec(TCP, 443), PortSpec(UDP, 9999)
+    assert graph.flows_left_out == (
+        FlowsLeftOut(API_BLUE_W, "from", PortSpec(UDP, 7777), False, 3, 2, 4, start, start + 2.0),
+        FlowsLeftOut(WEB, "to", https, True, 3, 1, 10, start, start + 2.0),
+        FlowsLeftOut(WEB, "to", PortSpec(UDP, 8888), False, 3, 1, 1, start, start + 2.0),
+        FlowsLeftOut(WEB, "to", udp_9999, False, 3, 7, 7, start, start + 2.0),
     )
-    merged = merge_one_way([*graph.one_way_left_out, *graph.one_way_left_out])
-    assert [(found.flows, found.packets) for found in merged] == [(4, 8), (2, 2), (14, 14)]
+    merged = merge_flows_left_out([*graph.flows_left_out, *graph.flows_left_out])
+    assert [(found.flows, found.packets) for found in merged] == [(4, 8), (2, 20), (2, 2), (14, 14)]
 
 
 def test_loopback_flows_inside_a_pod_make_no_edge_and_no_node() -> None:
