@@ -1045,8 +1045,9 @@ def conclude(
             folder=folders[PolicyFormat.NETWORKPOLICY],
             reasons=reasons,
         )
+    cilium_notes: tuple[str, ...] = ()
     if PolicyFormat.CILIUM in folders:
-        from analyser.cilium import cilium_plan
+        from analyser.cilium import cilium_plan, size_notes
 
         cilium = cilium_plan(
             plan,
@@ -1062,6 +1063,7 @@ def conclude(
             folder=folders[PolicyFormat.CILIUM],
             reasons=explain_cilium(cilium, seen.graph, cluster_dns=cluster_dns),
         )
+        cilium_notes = size_notes(cilium)
     # Each set read back once, as verify reads files: checked, then compared and reviewed.
     read_back = {
         folder: parse_policy_texts(
@@ -1104,6 +1106,7 @@ def conclude(
     if drawn.svg is not None:
         files[GRAPH_SVG] = drawn.svg
     notes: tuple[str, ...] = (drawn.note,) if drawn.note is not None else ()
+    notes += cilium_notes
     if options.baseline:
         notes += _baseline_notes(written_baseline, seen.snapshot)
     uncovered = uncovered_cronjobs(

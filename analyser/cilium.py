@@ -18,6 +18,8 @@ content (``policies.PolicyPlan``) said the way Cilium enforces it best.
 - Every egress rule on port 53 carries an L7 ``dns`` rule listing the names the workload was
   seen to look up (and those of its ``toFQDNs``): Cilium's DNS proxy learns the addresses of
   ``toFQDNs`` names from it, and refuses other lookups.
+- A policy stays a size a cluster takes: past :data:`MAX_FQDN_BYTES` of names its rules are by
+  address, past :data:`MAX_DNS_NAME_BYTES` its DNS rule allows every name (:func:`size_notes`).
 
 Pure: the plan, the graph and the cluster's facts in, :class:`CiliumPolicy` records out;
 ``rendering`` writes them through its template.
@@ -46,6 +48,18 @@ from analyser.policies import (
 from analyser.selectors import LabelSelector
 
 NAMESPACE_LABEL = "k8s:io.kubernetes.pod.namespace"
+
+# The most bytes a CiliumNetworkPolicy's name selectors may take in its JSON: those of all its
+# ``toFQDNs`` together, and those of its DNS rule (written again on each egress rule on port 53).
+# A workload that talks with thousands of names under domains of their own (a crawler, a webhook
+# sender: no pattern folds them), or a capture forging as many answers, would otherwise make a
+# policy that the API server refuses (`kubectl apply` keeps the whole object in an annotation of
+# at most 256 KiB), and a refused policy isolates nothing. Past the first, the rules by name go
+# back to the addresses they stand for, as the NetworkPolicy has them; past the second, the DNS
+# rule allows every name (``matchPattern: "*"``), still only through the cluster's DNS.
+MAX_FQDN_BYTES = 64 * 1024
+MAX_DNS_NAME_BYTES = 32 * 1024
+ANY_NAME = FqdnSelector("*", pattern=True)
 NODES = ("host", "remote-node")
 KUBE_APISERVER = "kube-apiserver"
 WORLD = "world"
@@ -78,6 +92,9 @@ class CiliumPolicy:
     policy: Policy  # names, selector, labels; its rules as NetworkPolicy writes them
     ingress: tuple[CiliumRule, ...]
     egress: tuple[CiliumRule, ...]
+    # Past MAX_FQDN_BYTES: rules by address, not by name; past MAX_DNS_NAME_BYTES: DNS of any name.
+    names_left_out: int = 0  # name selectors its toFQDNs would have listed (0: none left out)
+    lookups_left_out: int = 0  # name selectors its DNS rule would have listed (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +229,49 @@ class _Rules:
         return rules
 
 
+def selectors_bytes(selectors: Iterable[FqdnSelector]) -> int:
+    """The bytes ``selectors`` take in a policy's compact JSON, with a comma each."""
+    return sum(len(s.text) + (20 if s.pattern else 17) for s in selectors)
+
+
 def _translate(
+    policy: Policy,
+    *,
+    asked: Mapping[str, set[str]],
+    by_port: Mapping[PortSpec, _PortNames],
+    lookups: Collection[str],
+    exposed: Collection[PortSpec],
+    apiservers: Collection[str],
+    threshold: int,
+) -> CiliumPolicy:
+    """``policy`` as a :class:`CiliumPolicy`; by address, not by name, when its names would pass
+    :data:`MAX_FQDN_BYTES`; with DNS of any name when its lookups would pass
+    :data:`MAX_DNS_NAME_BYTES`."""
+    translated = _translated(
+        policy,
+        asked=asked,
+        by_port=by_port,
+        lookups=lookups,
+        exposed=exposed,
+        apiservers=apiservers,
+        threshold=threshold,
+    )
+    names = {s for rule in translated.egress for s in rule.fqdns}
+    if selectors_bytes(names) <= MAX_FQDN_BYTES:
+        return translated
+    by_address = _translated(
+        policy,
+        asked={},
+        by_port={},
+        lookups=lookups,
+        exposed=exposed,
+        apiservers=apiservers,
+        threshold=threshold,
+    )
+    return dataclasses.replace(by_address, names_left_out=len(names))
+
+
+def _translated(
     policy: Policy,
     *,
     asked: Mapping[str, set[str]],
@@ -245,11 +304,15 @@ def _translate(
         _egress(egress, rule, source, policy.namespace, asked=asked, apiservers=apiservers)
     dns_names = set(lookups) | {name for merged in egress.names.values() for name in merged.names}
     dns = selectors_for(dns_names, max_per_suffix=threshold)
+    lookups_left_out = 0
+    if selectors_bytes(dns) > MAX_DNS_NAME_BYTES:
+        dns, lookups_left_out = (ANY_NAME,), len(dns)
     egress_rules = [piece for rule in egress.done(threshold) for piece in _with_dns(rule, dns)]
     return CiliumPolicy(
         policy,
         tuple(sorted(ingress.done(threshold), key=_rule_key)),
         tuple(sorted(egress_rules, key=_rule_key)),
+        lookups_left_out=lookups_left_out,
     )
 
 
@@ -326,6 +389,26 @@ def _rule_key(rule: CiliumRule) -> tuple[object, ...]:
         tuple((n.version, int(n.network_address), n.prefixlen) for n in networks),
         rule.ports,
     )
+
+
+def size_notes(plan: CiliumPlan) -> tuple[str, ...]:
+    """What the policies of ``plan`` left out to stay a size a cluster takes, one line each."""
+    notes = []
+    for item in plan.policies:
+        workload = item.policy.workload
+        if item.names_left_out:
+            notes.append(
+                f"{workload}: its CiliumNetworkPolicy allows outside servers by address, not by "
+                f"name: its {item.names_left_out:,} name selectors would take more than "
+                f"{MAX_FQDN_BYTES // 1024} KiB"
+            )
+        if item.lookups_left_out:
+            notes.append(
+                f"{workload}: its CiliumNetworkPolicy allows DNS lookups of any name through the "
+                f"cluster's DNS: the {item.lookups_left_out:,} name selectors it looked up would "
+                f"take more than {MAX_DNS_NAME_BYTES // 1024} KiB"
+            )
+    return tuple(notes)
 
 
 def cilium_plan(

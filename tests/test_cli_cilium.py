@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 import analyser.cilium
-from analyser.cilium import CiliumPlan, cilium_plan
+from analyser.cilium import CiliumPlan, cilium_plan, selectors_bytes
+from analyser.fqdnselectors import FqdnSelector
 from cli.main import ExitStatus, main
 from tests.bundle_builders import API_IP, API_IP6, API_NAME, make_bundle
 
@@ -109,3 +110,44 @@ def test_the_baseline_is_written_with_each_set_and_judged_with_it(
     capsys.readouterr()
     assert main(["verify", str(bundle), str(out / "cilium")]) == ExitStatus.OK
     assert ", 1 ClusterNetworkPolicy)" in capsys.readouterr().out
+
+
+def test_too_many_names_give_rules_by_address_and_dns_of_any_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Past the bytes a policy's names may take (here, any name at all), the rules by name go
+    # back to the addresses, as the NetworkPolicy has them, and the DNS rule allows every name:
+    # the policy stays a size a cluster takes, still allows what was observed, and says so.
+    monkeypatch.setattr(analyser.cilium, "MAX_FQDN_BYTES", 10)
+    monkeypatch.setattr(analyser.cilium, "MAX_DNS_NAME_BYTES", 10)
+    bundle = make_bundle(tmp_path / "bundle")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["analyse", str(bundle), "--out", str(out), "--format", "cilium"]) == ExitStatus.OK
+    err = capsys.readouterr().err
+    assert (
+        "note: shop/Deployment/cart: its CiliumNetworkPolicy allows outside servers by address, "
+        "not by name: its 1 name selectors would take more than 0 KiB"
+    ) in err
+    assert "shop/Deployment/cart: its CiliumNetworkPolicy allows DNS lookups of any name" in err
+    cart = yaml.safe_load(next(out.glob("*.cart*.yaml")).read_text())
+    egress = cart["spec"]["egress"]
+    assert not any("toFQDNs" in rule for rule in egress)
+    cidrs = {block["cidr"] for rule in egress for block in rule.get("toCIDRSet", [])}
+    assert {f"{API_IP}/32", f"{API_IP6}/128"} <= cidrs
+    dns = [
+        port["rules"]["dns"]
+        for rule in egress
+        for port in rule.get("toPorts", [])
+        if "rules" in port
+    ]
+    assert dns and all(names == [{"matchPattern": "*"}] for names in dns)
+    assert main(["verify", str(bundle), str(out), "--json"]) == ExitStatus.OK
+
+
+def test_selectors_bytes_is_what_they_take_in_the_policy_json() -> None:
+    selectors = [FqdnSelector("api.example.com"), FqdnSelector("*.cdn.example.com", pattern=True)]
+    written = [{"matchName": "api.example.com"}, {"matchPattern": "*.cdn.example.com"}]
+    assert selectors_bytes(selectors) == sum(
+        len(json.dumps(item, separators=(",", ":"))) + 1 for item in written
+    )
