@@ -57,11 +57,11 @@ from analyser.pictures import (
 )
 from analyser.policies import (
     MAX_OUTSIDE_ADDRESSES,
-    AddressLeftOut,
     DefaultDeny,
     LeftOut,
     Policy,
     PolicyPlan,
+    RuleLeftOut,
     SelectorWarning,
     SideLeftOut,
     node_blocks,
@@ -239,10 +239,10 @@ class Analysis(Observation):
         return self.plan.left_out
 
     @property
-    def addresses_left_out(self) -> tuple[SideLeftOut, ...]:
-        """Observed traffic with addresses whose rules did not fit in their policy, by policy
-        side (``policies.MAX_ADDRESS_RULE_BYTES``)."""
-        return sides_left_out(self.plan.addresses_left_out)
+    def rules_left_out(self) -> tuple[SideLeftOut, ...]:
+        """Observed traffic with peers whose rules did not fit in their policy, by policy side
+        (``policies.MAX_RULE_BYTES``)."""
+        return sides_left_out(self.plan.rules_left_out)
 
     @property
     def unvouched(self) -> tuple[UnvouchedPair, ...]:
@@ -295,15 +295,15 @@ class Analysis(Observation):
                 }
                 for item in self.left_out
             ],
-            "addresses_left_out": [
+            "rules_left_out": [
                 {
                     "workload": side.workload,
                     "direction": side.direction,
-                    "addresses": len(side.addresses),
+                    "peers": len(side.peers),
                     "flows": side.flows,
                     "ports": [f"{port.protocol}/{port.port}" for port in side.ports],
                 }
-                for side in self.addresses_left_out
+                for side in self.rules_left_out
             ],
             "problems": [{"path": p.path, "problem": p.problem} for p in self.problems],
             "coverage": {item.pod: list(item.vantages) for item in self.coverage},
@@ -716,13 +716,13 @@ def check_safety(
     cluster: ClusterFacts,
     *,
     left_out: Iterable[LeftOut] = (),
-    addresses_left_out: Iterable[AddressLeftOut] = (),
+    rules_left_out: Iterable[RuleLeftOut] = (),
 ) -> None:
     """THE place generated policies are checked before anything can be written: the rendered
     files, read back as ``verify`` reads files (``policysets.parse_policy_texts``: ``conclude``
     does it) and evaluated with their semantics over ``cluster`` (``replaying.cluster_facts``),
     must allow every observed connection of the graph, but the traffic with special addresses
-    they leave out on purpose (``left_out``, and ``addresses_left_out``: rules that did not fit,
+    they leave out on purpose (``left_out``, and ``rules_left_out``: rules that did not fit,
     reported); else :class:`UnsafePolicies` (nothing
     written).
     """
@@ -731,9 +731,9 @@ def check_safety(
         graph,
         cluster,
         left_out={(item.address, item.port) for item in left_out},
-        addresses_left_out={
-            (item.workload, item.address, port)
-            for item in addresses_left_out
+        rules_left_out={
+            (item.workload, item.direction, item.peer, port)
+            for item in rules_left_out
             for port in item.ports
         },
     )
@@ -1077,7 +1077,7 @@ def conclude(
             seen.graph,
             cluster.facts,
             left_out=plan.left_out,
-            addresses_left_out=plan.addresses_left_out,
+            rules_left_out=plan.rules_left_out,
         )
     first_folder = next(iter(folders.values()))
     # Against the newest snapshot's NetworkPolicies (what the cluster has now): the first set
@@ -1140,7 +1140,7 @@ def conclude(
         exposures=exposed,
         exposed_anywhere=options.expose_anywhere,
         left_out=plan.left_out,
-        addresses_left_out=sides_left_out(plan.addresses_left_out),
+        rules_left_out=sides_left_out(plan.rules_left_out),
         selector_warnings=selector_warnings(seen.graph),
         unvouched=seen.graph.unvouched_pairs(),
         coverage=seen.coverage,

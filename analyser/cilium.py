@@ -50,15 +50,16 @@ from analyser.selectors import LabelSelector
 NAMESPACE_LABEL = "k8s:io.kubernetes.pod.namespace"
 
 # The most bytes a CiliumNetworkPolicy's name selectors may take in its JSON: those of all its
-# ``toFQDNs`` together, and those of its DNS rule (written again on each egress rule on port 53).
+# ``toFQDNs`` together, and those of its DNS rule, every time it is written (on each egress rule
+# on port 53).
 # A workload that talks with thousands of names under domains of their own (a crawler, a webhook
 # sender: no pattern folds them), or a capture forging as many answers, would otherwise make a
 # policy that the API server refuses (`kubectl apply` keeps the whole object in an annotation of
 # at most 256 KiB), and a refused policy isolates nothing. Past the first, the rules by name go
 # back to the addresses they stand for, as the NetworkPolicy has them; past the second, the DNS
 # rule allows every name (``matchPattern: "*"``), still only through the cluster's DNS.
-MAX_FQDN_BYTES = 64 * 1024
-MAX_DNS_NAME_BYTES = 32 * 1024
+MAX_FQDN_BYTES = 48 * 1024
+MAX_DNS_NAME_BYTES = 24 * 1024
 ANY_NAME = FqdnSelector("*", pattern=True)
 NODES = ("host", "remote-node")
 KUBE_APISERVER = "kube-apiserver"
@@ -304,10 +305,13 @@ def _translated(
         _egress(egress, rule, source, policy.namespace, asked=asked, apiservers=apiservers)
     dns_names = set(lookups) | {name for merged in egress.names.values() for name in merged.names}
     dns = selectors_for(dns_names, max_per_suffix=threshold)
+    done = egress.done(threshold)
+    # Written again on each rule to port 53 (the DNS pods, a node-local cache, outside servers).
+    copies = sum(1 for rule in done if _split_dns(rule.ports)[0])
     lookups_left_out = 0
-    if selectors_bytes(dns) > MAX_DNS_NAME_BYTES:
+    if selectors_bytes(dns) * copies > MAX_DNS_NAME_BYTES:
         dns, lookups_left_out = (ANY_NAME,), len(dns)
-    egress_rules = [piece for rule in egress.done(threshold) for piece in _with_dns(rule, dns)]
+    egress_rules = [piece for rule in done for piece in _with_dns(rule, dns)]
     return CiliumPolicy(
         policy,
         tuple(sorted(ingress.done(threshold), key=_rule_key)),

@@ -402,7 +402,8 @@ class _PortRule:
     port: int | str | None  # None: every port of the protocol; str: a named containerPort
     end_port: int | None
 
-    def resolve(self, destination: Peer) -> PortSet:
+    def resolve(self, destination: Peer | None) -> PortSet:
+        """The ports this allows to ``destination`` (None: a numbered port's, to any)."""
         if self.port is None:
             return PortSet((PortRange(self.protocol, 1, MAX_PORT),))
         if isinstance(self.port, int):
@@ -420,6 +421,17 @@ class _PortRule:
 class _Rule:
     peers: tuple[_PeerRule, ...]  # empty: every peer
     ports: tuple[_PortRule, ...]  # empty: every port
+    # The ports allowed to any destination, made once: None when a named port makes them depend
+    # on the destination. A rule is asked once per flow it may allow, and may list thousands.
+    _numbered: PortSet | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        numbered = None
+        if not self.ports:
+            numbered = PortSet.everything()
+        elif not any(isinstance(port.port, str) for port in self.ports):
+            numbered = self._merged(None)
+        object.__setattr__(self, "_numbered", numbered)
 
     def allowed(self, peer: Peer, destination: Peer, policy_namespace: str) -> PortSet:
         if self.peers and not any(p.matches(peer, policy_namespace) for p in self.peers):
@@ -428,12 +440,13 @@ class _Rule:
 
     def ports_to(self, destination: Peer) -> PortSet:
         """The ports the rule allows to ``destination``, once a peer matched."""
-        if not self.ports:
-            return PortSet.everything()
-        result = NO_PORTS
-        for port in self.ports:
-            result = result.union(port.resolve(destination))
-        return result
+        if self._numbered is not None:
+            return self._numbered
+        return self._merged(destination)
+
+    def _merged(self, destination: Peer | None) -> PortSet:
+        # Merged once: a union per port would sort the ranges again for each of a rule's ports.
+        return PortSet.of(piece for port in self.ports for piece in port.resolve(destination))
 
 
 class BlockIndex(Generic[T]):

@@ -326,9 +326,10 @@ def _side(
         other = graph.node(edge.client if ingress else edge.server)
         for rule in index.rules_for(other, dns):
             ports = seen[(direction, rule)]
+            allowed = set(rule.ports)  # a rule may list thousands: a tuple is searched
             for port, stats in edge.ports.items():
                 vouched = stats.vouched.server if ingress else stats.vouched.client
-                if port not in rule.ports or not vouched:
+                if port not in allowed or not vouched:
                     continue
                 if port in ports:
                     ports[port].add(stats, (other.label,))

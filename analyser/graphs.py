@@ -329,6 +329,10 @@ class EdgeRow:
     stats: EdgeStats
 
 
+# The ports a warning or a report row names one by one: a capture may claim thousands.
+LISTED_PORTS = 10
+
+
 @dataclass(frozen=True, slots=True)
 class UnvouchedPair:
     """Traffic from ``client`` to ``server`` (graph node ids) on ``ports`` that the captures at a
@@ -341,8 +345,10 @@ class UnvouchedPair:
 
     @property
     def ports_text(self) -> str:
-        """``TCP/9090, UDP/53``."""
-        return ", ".join(f"{port.protocol}/{port.port}" for port in self.ports)
+        """``TCP/9090, UDP/53``; past :data:`LISTED_PORTS`, ``and N more ports``."""
+        listed = ", ".join(f"{port.protocol}/{port.port}" for port in self.ports[:LISTED_PORTS])
+        more = len(self.ports) - LISTED_PORTS
+        return f"{listed} and {more} more ports" if more > 0 else listed
 
     @property
     def sides(self) -> int:

@@ -8,7 +8,6 @@ policies live in ``evaluation``.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -63,13 +62,13 @@ class LeftOut:
 
 
 @dataclass(frozen=True, order=True, slots=True)
-class AddressLeftOut:
-    """Observed traffic of a workload with one address (outside the cluster, or unresolved in it)
-    whose rule did not fit in its policy (:data:`MAX_ADDRESS_RULE_BYTES`): not allowed."""
+class RuleLeftOut:
+    """Observed traffic of a workload with one peer, on ``ports``, whose rule did not fit in its
+    policy (:data:`MAX_RULE_BYTES`): not allowed."""
 
     workload: str  # graph node id, "NS/Kind/name"
-    direction: str  # INGRESS (from the address) or EGRESS (to it)
-    address: str
+    direction: str  # INGRESS (from the peer) or EGRESS (to it)
+    peer: str  # an address, or a workload's graph node id
     ports: tuple[PortSpec, ...]
     flows: int
 
@@ -77,25 +76,25 @@ class AddressLeftOut:
 @dataclass(frozen=True, slots=True)
 class SideLeftOut:
     """What one policy side (a workload's ingress or egress) left out for size, together
-    (:class:`AddressLeftOut`)."""
+    (:class:`RuleLeftOut`)."""
 
     workload: str
     direction: str
-    addresses: tuple[str, ...]
-    ports: tuple[PortSpec, ...]  # every port of those addresses, sorted
+    peers: tuple[str, ...]
+    ports: tuple[PortSpec, ...]  # every port left out, sorted
     flows: int
 
 
-def sides_left_out(items: Iterable[AddressLeftOut]) -> tuple[SideLeftOut, ...]:
+def sides_left_out(items: Iterable[RuleLeftOut]) -> tuple[SideLeftOut, ...]:
     """``items`` by workload and direction, in the order given."""
-    sides: dict[tuple[str, str], list[AddressLeftOut]] = {}
+    sides: dict[tuple[str, str], list[RuleLeftOut]] = {}
     for item in items:
         sides.setdefault((item.workload, item.direction), []).append(item)
     return tuple(
         SideLeftOut(
             workload,
             direction,
-            tuple(item.address for item in found),
+            tuple(item.peer for item in found),
             tuple(sorted({port for item in found for port in item.ports})),
             sum(item.flows for item in found),
         )
@@ -116,8 +115,8 @@ class Policy:
     labels: tuple[tuple[str, str], ...] = field(default=())
     # Observed traffic with special addresses that the rules leave out on purpose (not rendered).
     left_out: tuple[LeftOut, ...] = ()
-    # Observed traffic with addresses whose rules did not fit in the policy (not rendered).
-    addresses_left_out: tuple[AddressLeftOut, ...] = ()
+    # Observed traffic with peers whose rules did not fit in the policy (not rendered).
+    rules_left_out: tuple[RuleLeftOut, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +145,10 @@ class PolicyPlan:
         return tuple(sorted(item for policy in self.policies for item in policy.left_out))
 
     @property
-    def addresses_left_out(self) -> tuple[AddressLeftOut, ...]:
-        """Observed traffic with addresses whose rules did not fit in their policy (every
-        :attr:`Policy.addresses_left_out`), sorted."""
-        return tuple(sorted(item for policy in self.policies for item in policy.addresses_left_out))
+    def rules_left_out(self) -> tuple[RuleLeftOut, ...]:
+        """Observed traffic with peers whose rules did not fit in their policy (every
+        :attr:`Policy.rules_left_out`), sorted."""
+        return tuple(sorted(item for policy in self.policies for item in policy.rules_left_out))
 
 
 # An ipBlock of every address of one IP version.
@@ -433,79 +432,113 @@ def _is_outside(node: GraphNode, peer: IpPeer) -> bool:
     return node.role is NodeRole.EXTERNAL and special_address(peer.cidr.partition("/")[0]) is None
 
 
-# The most bytes a policy's rules for single addresses (outside the cluster, or unresolved in it)
-# may take in its JSON, both directions together. Client-side `kubectl apply` stores the whole
-# object in an annotation, and an object's annotations may take 256 KiB at most: the API server
-# refuses a bigger policy. Neither one-way traffic nor unresolved addresses are ever widened to
-# anywhere, so a capture naming many of them (spoofed datagrams, forged conversations with free
-# pod addresses) would otherwise write a policy no cluster takes. Half the limit leaves the rest
-# to pod, node and anywhere rules and the metadata. Past it, the addresses with the least
-# traffic lose their rules: listed in Policy.addresses_left_out, reported, not allowed.
-MAX_ADDRESS_RULE_BYTES = 128 * 1024
+# The most bytes a policy's rules for observed peers (workloads, and single addresses outside
+# the cluster or unresolved in it) may take in its JSON, both directions together. Client-side
+# `kubectl apply` stores the whole object in an annotation, and an object's annotations may take
+# 256 KiB at most: the API server refuses a bigger policy, and a refused policy isolates nothing.
+# A capture can make a policy grow: one-way traffic and unresolved addresses never widen to
+# anywhere (spoofed datagrams, conversations forged with free pod addresses: a rule each), and a
+# pod's own capture can claim connections to another workload on every port. Half the limit
+# leaves the rest to the node, DNS and anywhere rules, the metadata, and the CiliumNetworkPolicy's
+# longer form of the same rules. Past it, the peers and ports with the least evidence lose their
+# rules: listed in Policy.rules_left_out, reported, not allowed.
+MAX_RULE_BYTES = 128 * 1024
 
 
-def address_rule_bytes(peer: IpPeer, ports: Iterable[PortSpec]) -> int:
-    """The bytes an ingress rule for the address block ``peer`` on ``ports`` takes in a
-    NetworkPolicy's compact JSON (as `kubectl apply` stores it), with the comma before it; an
-    egress rule's ``to`` takes two bytes less."""
-    rule = {
-        "from": [{"ipBlock": {"cidr": peer.cidr}}],
-        "ports": [{"protocol": str(port.protocol), "port": port.port} for port in ports],
-    }
-    return len(json.dumps(rule, separators=(",", ":"))) + 1
+def peer_bytes(peer: Peer) -> int:
+    """At most the bytes a rule for ``peer`` takes in a NetworkPolicy's compact JSON without its
+    ports (as `kubectl apply` stores it), with the comma after it."""
+    if isinstance(peer, IpPeer):
+        # {"from":[{"ipBlock":{"cidr":"C","except":["E",...]}}],"ports":[]},
+        excluded = 12 + sum(len(hole) + 3 for hole in peer.excluded) if peer.excluded else 0
+        return 46 + len(peer.cidr) + excluded
+    # {"from":[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"NS"}},
+    #  "podSelector":{"matchLabels":{"K":"V",...},"matchExpressions":[...]}}],"ports":[]},
+    selector = peer.pod_selector
+    labels = sum(len(key) + len(value) + 6 for key, value in selector.match_labels)
+    expressions = sum(
+        36 + len(req.key) + len(req.operator) + sum(len(value) + 3 for value in req.values)
+        for req in selector.match_expressions
+    )
+    namespace = 0 if peer.namespace is None else 71 + len(peer.namespace)
+    return (
+        41 + (16 + labels if labels else 0) + (22 + expressions if expressions else 0) + namespace
+    )
 
 
-def _bound_addresses(
+def port_bytes(port: PortSpec) -> int:
+    """At most the bytes ``port`` takes in a rule's ports: ``{"protocol":"TCP","port":443},``."""
+    return 24 + len(port.protocol) + len(str(port.port))
+
+
+def _bound_rules(
     workload: str,
     sides: Mapping[str, dict[Peer, set[PortSpec]]],
-    seen: Mapping[tuple[str, IpPeer], Mapping[PortSpec, EdgeStats]],
+    seen: Mapping[tuple[str, Peer], Mapping[PortSpec, EdgeStats]],
     budget: int,
-) -> list[AddressLeftOut]:
-    """Drop, in place, the rules of ``sides`` (direction → ports by peer) for the single
-    addresses of ``seen`` (direction and peer → what was seen on each port) past the first
-    ``budget`` bytes (:func:`address_rule_bytes`); return what they leave out of ``workload``'s
-    policy. Addresses keep their rules in order of evidence: answered before one-way only, then
-    by flows, then by direction and address, so the order never depends on the capture's."""
-
-    def rank(item: tuple[tuple[str, IpPeer], Mapping[PortSpec, EdgeStats]]) -> tuple[Any, ...]:
-        (direction, peer), stats = item
-        ports = sides[direction].get(peer, ())
-        answered = any(stats[port].answered for port in ports)
-        flows = sum(stats[port].flows for port in ports)
-        return (not answered, -flows, direction, rule_sort_key(Rule(peer, ())))
-
-    ranked = sorted(seen.items(), key=rank)
+) -> list[RuleLeftOut]:
+    """Drop, in place, the ports of ``sides`` (direction → ports by peer) for the peers of
+    ``seen`` (direction and peer → what was seen on each port) past the first ``budget`` bytes
+    (:func:`peer_bytes`, :func:`port_bytes`); return what they leave out of ``workload``'s
+    policy. Each peer's ports keep their place in order of evidence: answered before one-way
+    only, then by flows, then by direction, peer and port, so the order never depends on the
+    capture's. Once one does not fit, neither does any after it."""
+    entries = [
+        (direction, peer, port, stats[port])
+        for (direction, peer), stats in seen.items()
+        for port in sides[direction].get(peer, ())  # none: widened to anywhere, or exposed
+    ]
+    entries.sort(
+        key=lambda entry: (
+            not entry[3].answered,
+            -entry[3].flows,
+            entry[0],
+            rule_sort_key(Rule(entry[1], ())),
+            entry[2],
+        )
+    )
     used = 0
-    left_out: list[AddressLeftOut] = []
-    for (direction, peer), stats in ranked:
-        ports = tuple(sorted(sides[direction].get(peer, ())))
-        if not ports:
-            continue  # widened to anywhere, or exposed
-        if not left_out:
-            used += address_rule_bytes(peer, ports)
+    kept: set[tuple[str, Peer]] = set()
+    left: dict[tuple[str, Peer], list[tuple[PortSpec, int]]] = {}
+    for direction, peer, port, stats in entries:
+        if not left:
+            used += port_bytes(port) + (peer_bytes(peer) if (direction, peer) not in kept else 0)
             if used <= budget:
+                kept.add((direction, peer))
                 continue
-        del sides[direction][peer]
-        address = peer.cidr.partition("/")[0]
-        flows = sum(stats[port].flows for port in ports)
-        left_out.append(AddressLeftOut(workload, direction, address, ports, flows))
-    return left_out
+        sides[direction][peer].discard(port)
+        left.setdefault((direction, peer), []).append((port, stats.flows))
+    return [
+        RuleLeftOut(
+            workload,
+            direction,
+            _peer_name(peer),
+            tuple(sorted(port for port, _ in found)),
+            sum(flows for _, flows in found),
+        )
+        for (direction, peer), found in left.items()
+    ]
+
+
+def _peer_name(peer: Peer) -> str:
+    """An address, or the workload a pod peer stands for."""
+    return peer.description if isinstance(peer, PodPeer) else peer.cidr.partition("/")[0]
 
 
 def _is_address(node: GraphNode) -> bool:
     """Whether the graph ``node`` is an address of its own (outside the cluster, or unresolved
-    in it): its rules name it alone, and count towards :data:`MAX_ADDRESS_RULE_BYTES`."""
+    in it): its rules name it alone."""
     return node.role in (NodeRole.EXTERNAL, NodeRole.UNRESOLVED)
 
 
-def _note_address(
-    addresses: dict[tuple[str, IpPeer], dict[PortSpec, EdgeStats]],
+def _note_peer(
+    peers: dict[tuple[str, Peer], dict[PortSpec, EdgeStats]],
     direction: str,
-    peer: IpPeer,
+    peer: Peer,
     stats: Mapping[PortSpec, EdgeStats],
 ) -> None:
-    """Add what was seen with ``peer`` in ``direction`` (``stats``) to ``addresses``."""
-    known = addresses.setdefault((direction, peer), {})
+    """Add what was seen with ``peer`` in ``direction`` (``stats``) to ``peers``."""
+    known = peers.setdefault((direction, peer), {})
     for port, found in stats.items():
         known[port] = known[port].merged(found) if port in known else found
 
@@ -535,7 +568,7 @@ def synthesize(
     node_addresses: Iterable[str] = (),
     node_cidrs: Sequence[str] = (),
     max_outside_addresses: int = MAX_OUTSIDE_ADDRESSES,
-    max_address_rule_bytes: int = MAX_ADDRESS_RULE_BYTES,
+    max_rule_bytes: int = MAX_RULE_BYTES,
     allowed_special: Collection[SpecialAddress] = (),
     exposures: Mapping[str, Iterable[Exposure]] | None = None,
     internal_networks: Iterable[str] = (),
@@ -557,10 +590,10 @@ def synthesize(
     answered) on one port of a policy's ingress or egress become one rule from or to anywhere on
     that port (:func:`_widen_outside`).
 
-    The rules for single addresses (outside the cluster, or unresolved in it) of one policy take
-    at most ``max_address_rule_bytes`` of its JSON (:data:`MAX_ADDRESS_RULE_BYTES`): past that,
-    the addresses with the least traffic get no rule and are listed in
-    :attr:`Policy.addresses_left_out` (:func:`_bound_addresses`).
+    The rules for observed peers (workloads, and single addresses outside the cluster or
+    unresolved in it) of one policy take at most ``max_rule_bytes`` of its JSON
+    (:data:`MAX_RULE_BYTES`): past that, the peers' ports with the least evidence get no rule and
+    are listed in :attr:`Policy.rules_left_out` (:func:`_bound_rules`).
 
     Traffic with a special address (:func:`special_address`) whose class is not in
     ``allowed_special`` gets no rule: it is listed in :attr:`Policy.left_out` instead, and rules
@@ -613,7 +646,7 @@ def synthesize(
         answered_clients: set[tuple[IpPeer, PortSpec]] = set()
         answered_servers: set[tuple[IpPeer, PortSpec]] = set()
         left_out: set[LeftOut] = set()
-        addresses: dict[tuple[str, IpPeer], dict[PortSpec, EdgeStats]] = {}
+        seen: dict[tuple[str, Peer], dict[PortSpec, EdgeStats]] = {}
         for edge in graph.edges_to(node_id):
             client = graph.node(edge.client)
             stats = _vouched(edge.ports, server=True)
@@ -632,8 +665,8 @@ def synthesize(
             left = {a for a, _ in special}
             for peer in _peers(client, namespace, nodes, edge, left):
                 ingress[peer] |= ports
-                if isinstance(peer, IpPeer) and _is_address(client):
-                    _note_address(addresses, INGRESS, peer, stats)
+                if isinstance(peer, PodPeer) or _is_address(client):
+                    _note_peer(seen, INGRESS, peer, stats)
                 if isinstance(peer, IpPeer) and _is_outside(client, peer):
                     outside_clients.add(peer)
                     answered_clients |= _answered(peer, stats)
@@ -664,8 +697,8 @@ def synthesize(
                     egress[peer] |= ports - set(DNS_PORTS)
                 else:
                     egress[peer] |= ports
-                    if isinstance(peer, IpPeer) and _is_address(server):
-                        _note_address(addresses, EGRESS, peer, stats)
+                    if isinstance(peer, PodPeer) or _is_address(server):
+                        _note_peer(seen, EGRESS, peer, stats)
                     if isinstance(peer, IpPeer) and _is_outside(server, peer):
                         outside_servers.add(peer)
                         answered_servers |= _answered(peer, stats)
@@ -673,9 +706,7 @@ def synthesize(
         _expose(ingress, outside_clients, exposed, excluded)
         _widen_outside(ingress, outside_clients, answered_clients, max_outside_addresses, excluded)
         _widen_outside(egress, outside_servers, answered_servers, max_outside_addresses, excluded)
-        too_many = _bound_addresses(
-            node_id, {INGRESS: ingress, EGRESS: egress}, addresses, max_address_rule_bytes
-        )
+        too_many = _bound_rules(node_id, {INGRESS: ingress, EGRESS: egress}, seen, max_rule_bytes)
         for block in nodes:
             ingress[block] |= node_ingress
             egress[block] |= node_egress
@@ -692,7 +723,7 @@ def synthesize(
                 ingress=_rules(ingress),
                 egress=_rules(egress),
                 left_out=tuple(sorted(left_out)),
-                addresses_left_out=tuple(sorted(too_many)),
+                rules_left_out=tuple(sorted(too_many)),
             )
         )
     isolated: list[str] = []

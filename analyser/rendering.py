@@ -57,7 +57,7 @@ from analyser.policies import (
     EGRESS,
     INGRESS,
     MANAGED_BY_LABEL,
-    MAX_ADDRESS_RULE_BYTES,
+    MAX_RULE_BYTES,
     DefaultDeny,
     LeftOut,
     Policy,
@@ -130,7 +130,7 @@ class ReportFacts:
     foreign_flows: int = 0  # flows dropped from a pod's capture: that pod was neither end
     left_out: tuple[LeftOut, ...] = ()  # traffic with special addresses given no rule
     # Traffic with addresses whose rules did not fit in their policy, by policy side.
-    addresses_left_out: tuple[SideLeftOut, ...] = ()
+    rules_left_out: tuple[SideLeftOut, ...] = ()
     selector_warnings: tuple[SelectorWarning, ...] = ()  # selectors narrowed or too wide
     # Traffic a side's own captures did not vouch for: no rule on that side (graphs).
     unvouched: tuple[UnvouchedPair, ...] = ()
@@ -1000,7 +1000,7 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         attempts=graph.attempts,
         attempts_left_out=graph.attempts_left_out,
         flows_left_out=graph.flows_left_out,
-        address_rule_kib=MAX_ADDRESS_RULE_BYTES // 1024,
+        rule_kib=MAX_RULE_BYTES // 1024,
         loopback=graph.loopback,
         adoption=_adoption_views(facts.adoption, facts.workload_policies),
     )

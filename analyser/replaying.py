@@ -239,21 +239,36 @@ def observed_from_graph(graph: WorkloadGraph, cluster: ClusterFacts) -> list[Obs
     ]
 
 
-def _left_out(
+def _still_checked(
     observed: Observed,
     left_out: Collection[tuple[str, PortSpec]],
-    addresses_left_out: Collection[tuple[str, str, PortSpec]],
-) -> bool:
+    rules_left_out: Collection[tuple[str, str, str, PortSpec]],
+) -> Observed | None:
+    """``observed`` at the sides not left out on purpose (see :func:`check_policies_allow`);
+    None when no side is left to check."""
     port = PortSpec(observed.protocol, observed.port)
-    ends = ((observed.client, observed.server), (observed.server, observed.client))
-    return any(
-        isinstance(end, Address)
-        and (
-            (end.ip, port) in left_out
-            or (isinstance(other, Pod) and (other.name, end.ip, port) in addresses_left_out)
-        )
-        for end, other in ends
-    )
+    client, server = observed.client, observed.server
+    if any(isinstance(end, Address) and (end.ip, port) in left_out for end in (client, server)):
+        return None
+    sides = {
+        (Direction.EGRESS, client, server),  # the client's egress rule to the server
+        (Direction.INGRESS, server, client),  # the server's ingress rule from the client
+    }
+    dropped = {
+        direction
+        for direction, workload, peer in sides
+        if isinstance(workload, Pod)
+        and (workload.name, str(direction), _peer_name(peer), port) in rules_left_out
+    }
+    if not dropped:
+        return observed
+    vouched = observed.vouched - dropped
+    return replace(observed, vouched=vouched) if vouched else None
+
+
+def _peer_name(peer: Peer) -> str:
+    """How ``policies.RuleLeftOut`` names a peer: its address, or its workload."""
+    return peer.ip if isinstance(peer, Address) else peer.name
 
 
 def check_policies_allow(
@@ -262,17 +277,17 @@ def check_policies_allow(
     cluster: ClusterFacts,
     *,
     left_out: Collection[tuple[str, PortSpec]] = (),
-    addresses_left_out: Collection[tuple[str, str, PortSpec]] = (),
+    rules_left_out: Collection[tuple[str, str, str, PortSpec]] = (),
 ) -> list[Denial]:
     """Every observed connection of ``graph`` that ``policies`` deny (empty: all allowed) at a
-    side it was vouched for at, but those the policies leave out on purpose: with an (address,
-    target port) of ``left_out`` (``policies.Policy.left_out``), or between a workload and an
-    address on a target port of ``addresses_left_out`` (workload node id, address, port:
-    ``policies.Policy.addresses_left_out``)."""
+    side it was vouched for at, but what the policies leave out on purpose: connections with an
+    (address, target port) of ``left_out`` (``policies.Policy.left_out``), and a workload's side
+    of those with a peer on a target port of ``rules_left_out`` (workload node id, direction,
+    peer's address or workload, port: ``policies.Policy.rules_left_out``)."""
     observed = [
-        o
+        checked
         for o in observed_from_graph(graph, cluster)
-        if not _left_out(o, left_out, addresses_left_out)
+        if (checked := _still_checked(o, left_out, rules_left_out)) is not None
     ]
     return check_observed(policies, observed)
 
@@ -283,12 +298,12 @@ def ensure_policies_allow(
     cluster: ClusterFacts,
     *,
     left_out: Collection[tuple[str, PortSpec]] = (),
-    addresses_left_out: Collection[tuple[str, str, PortSpec]] = (),
+    rules_left_out: Collection[tuple[str, str, str, PortSpec]] = (),
 ) -> None:
     """Raise :class:`UnsafePolicies` listing the denied flows, if ``policies`` deny any (but
     those left out on purpose, see :func:`check_policies_allow`)."""
     denials = check_policies_allow(
-        policies, graph, cluster, left_out=left_out, addresses_left_out=addresses_left_out
+        policies, graph, cluster, left_out=left_out, rules_left_out=rules_left_out
     )
     if denials:
         # One line: the terminal shows an error's line breaks as escapes (cli.main.say).

@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from analyser.bundles import open_bundle
     from analyser.fqdnselectors import MAX_NAMES_PER_SUFFIX
     from analyser.peers import SPECIAL_REASONS, SpecialAddress
-    from analyser.policies import INGRESS, MAX_ADDRESS_RULE_BYTES, MAX_OUTSIDE_ADDRESSES
+    from analyser.policies import INGRESS, MAX_OUTSIDE_ADDRESSES, MAX_RULE_BYTES
     from analyser.rendering import use_bytecode_cache
     from analyser.sources import DEFAULT_MAX_BYTES
     from analyser.windows import analyse_windows
@@ -226,14 +226,14 @@ def run(args: argparse.Namespace) -> int:
             f"warning: {workload}: {direction} {way} {address} ({ports}) left out of its policy: "
             f"{SPECIAL_REASONS[kind]}; --allow-special {kind} writes it",
         )
-    for side in analysis.addresses_left_out:
+    for side in analysis.rules_left_out:
         way = "from" if side.direction == INGRESS else "to"
         say(
             "analyse",
-            f"warning: {side.workload}: {side.direction} {way} {len(side.addresses):,} more "
-            f"addresses ({side.flows:,} flows) left out of its policy: their rules would take "
-            f"more than {MAX_ADDRESS_RULE_BYTES // 1024} KiB of it, which a cluster refuses; "
-            f"see the report",
+            f"warning: {side.workload}: {side.direction} {way} {len(side.peers):,} peers "
+            f"on {len(side.ports):,} ports ({side.flows:,} flows) left out of its policy: "
+            f"their rules would take more than {MAX_RULE_BYTES // 1024} KiB of it, which a "
+            f"cluster refuses; see the report",
         )
     for pair in analysis.unvouched:
         say(

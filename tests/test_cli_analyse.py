@@ -415,12 +415,18 @@ def test_traffic_with_too_many_addresses_gets_rules_for_the_first_only(
     ) in notes
 
 
-def test_addresses_past_a_policy_s_size_get_no_rule_and_are_reported(
+def test_rules_past_a_policy_s_size_get_none_and_are_reported(
     bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Datagrams to 2,000 addresses, under MAX_ADDRESSES but past the bytes a policy's
-    # rules for single addresses may take: the policy stays small enough for a cluster to take,
+    # A capture claiming connections to cart on 2,500 ports, and datagrams to 2,000 addresses
+    # (under MAX_ADDRESSES): past the bytes a policy's rules may take, the one-way addresses,
+    # the least evidence, lose theirs. The policy stays small enough for a cluster to take,
     # analyse's own check passes, and stderr, --json and the report say what was left out.
+    ports = [
+        frame
+        for n in range(2500)
+        for frame in handshake(FRONTEND_IP, 40000 + n, CART_IP, 20000 + n, T0 + 20 + n / 1000)
+    ]
     spray = [
         (
             T0 + 30 + n / 1000,
@@ -428,37 +434,44 @@ def test_addresses_past_a_policy_s_size_get_no_rule_and_are_reported(
         )
         for n in range(2000)
     ]
-    summary, folder, out, stderr = _analysed_with_frontend_capture(bundle, tmp_path, spray, capsys)
-    [side] = summary["addresses_left_out"]
-    kept = 2000 - side["addresses"]
+    summary, folder, out, stderr = _analysed_with_frontend_capture(
+        bundle, tmp_path, ports + spray, capsys
+    )
+    [side] = summary["rules_left_out"]
+    kept = 2000 - side["peers"]
     assert side["workload"] == "web/Deployment/frontend" and side["direction"] == "egress"
-    assert side["flows"] == side["addresses"] > 0 and side["ports"] == ["UDP/9999"]
+    assert side["flows"] == side["peers"] > 0 and side["ports"] == ["UDP/9999"]
     frontend = yaml.safe_load((out / "web.frontend.yaml").read_text())
+    egress = frontend["spec"]["egress"]
+    [cart] = [
+        rule
+        for rule in egress
+        if rule["to"][0].get("podSelector") == {"matchLabels": {"app": "cart"}}
+        and "namespaceSelector" in rule["to"][0]
+    ]
+    assert {port["port"] for port in cart["ports"]} >= set(range(20000, 22500))
     blocks = [
         rule
-        for rule in frontend["spec"]["egress"]
+        for rule in egress
         if rule["to"][0].get("ipBlock", {}).get("cidr", "").startswith("198.18.")
     ]
     assert len(blocks) == kept
-    # As counted: each egress rule as if it were an ingress rule ("from", two bytes more); the
-    # bundle's own outside addresses take a little of the room too.
-    written = sum(len(json.dumps(rule, separators=(",", ":"))) + 3 for rule in blocks)
-    assert policies.MAX_ADDRESS_RULE_BYTES - 1000 < written <= policies.MAX_ADDRESS_RULE_BYTES
-    assert len(json.dumps(frontend, separators=(",", ":"))) < 256 * 1024
+    written = len(json.dumps(frontend, separators=(",", ":")))
+    assert policies.MAX_RULE_BYTES - 8 * 1024 < written < 256 * 1024
     assert (
-        f"warning: web/Deployment/frontend: egress to {side['addresses']:,} more addresses "
-        f"({side['addresses']:,} flows) left out of its policy"
+        f"warning: web/Deployment/frontend: egress to {side['peers']:,} peers on 1 ports "
+        f"({side['peers']:,} flows) left out of its policy"
     ) in stderr
     report = (out / "report.md").read_text()
-    assert "## Addresses past a policy's size" in report
+    assert "## Rules past a policy's size" in report
     assert (
-        f"| web/Deployment/frontend | egress | {side['addresses']} | {side['addresses']} "
-        "| UDP/9999 | " in report
+        f"| web/Deployment/frontend | egress | {side['peers']} | {side['peers']} | UDP/9999 | "
+        in report
     )
     # verify, which knows nothing of the bound, finds those flows denied: they are.
     assert main(["verify", str(folder), str(out), "--json"]) == ExitStatus.DENIED
     denied = json.loads(capsys.readouterr().out)["denied"]
-    assert len(denied) == side["addresses"]
+    assert len(denied) == side["peers"]
 
 
 def test_a_refused_or_unanswered_connection_gets_no_rule_and_is_reported(

@@ -17,6 +17,8 @@ from analyser.graphs import (
     GraphEdge,
     GraphNode,
     NodeRole,
+    Sides,
+    UnvouchedPair,
     WorkloadGraph,
     build_graph,
     merge_attempts,
@@ -637,3 +639,14 @@ def test_the_graph_costs_per_endpoint_pair_not_per_connection() -> None:
     added = 600
     per_connection = (work(200 + added) - work(200)) / added
     assert per_connection < 20  # grouping and summing only (one by one: ~350 lines each)
+
+
+def test_an_unvouched_pair_names_its_first_ports_and_counts_the_rest() -> None:
+    # A capture may claim a connection on every port: a warning stays one readable line.
+    ports = tuple(PortSpec(TCP, port) for port in range(1000, 1000 + graphs.LISTED_PORTS + 3))
+    pair = UnvouchedPair("a", "b", ports, Sides(client=True, server=False))
+    assert pair.ports_text == (
+        ", ".join(f"TCP/{port}" for port in range(1000, 1000 + graphs.LISTED_PORTS))
+        + " and 3 more ports"
+    )
+    assert UnvouchedPair("a", "b", ports[:2], Sides(False, True)).ports_text == "TCP/1000, TCP/1001"

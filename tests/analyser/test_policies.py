@@ -19,22 +19,24 @@ from analyser.peers import (
     ClusterDns,
     Exposure,
     IpPeer,
+    Peer,
     PodPeer,
     PortSpec,
     SpecialAddress,
     special_address,
 )
 from analyser.policies import (
-    AddressLeftOut,
     LeftOut,
     Policy,
     PolicyPlan,
     Rule,
+    RuleLeftOut,
     SelectorWarning,
     SideLeftOut,
-    address_rule_bytes,
     node_blocks,
+    peer_bytes,
     policy_names,
+    port_bytes,
     selector_warnings,
     sides_left_out,
     synthesize,
@@ -44,7 +46,7 @@ from analyser.policies import (
 from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, policy_object, render_policy_files
 from analyser.replaying import cluster_facts, ensure_policies_allow
-from analyser.selectors import LabelSelector
+from analyser.selectors import LabelRequirement, LabelSelector
 from analyser.snapshot import Snapshot, parse_snapshot_documents
 from analyser.workloads import Workload, WorkloadRef
 from kernel.errors import UnsafePolicies
@@ -825,13 +827,15 @@ def test_anywhere_never_opens_the_cluster_itself() -> None:
         assert internal[peer.cidr] <= set(peer.excluded), peer
 
 
-def _many_addresses() -> list[Any]:
-    """web talks with single addresses: 192.0.2.1 answered three times on 443 and 192.0.2.2-5
-    once each; 10.244.1.200 (in the cluster, held by no pod: unresolved) answered twice on 9000;
-    UDP sent one way to 198.51.100.1-5 on 8125, five datagrams' flows each, and from
-    203.0.113.1-3 on 5353, one each."""
+def _many_peers() -> list[Any]:
+    """web calls db on 5432 four times and on 7000-7002 once each; talks with single addresses:
+    192.0.2.1 answered three times on 443 and 192.0.2.2-5 once each; 10.244.1.200 (in the
+    cluster, held by no pod: unresolved) answered twice on 9000; UDP sent one way to
+    198.51.100.1-5 on 8125, five datagrams' flows each, and from 203.0.113.1-3 on 5353, one each."""
     one_way: dict[str, Any] = {"protocol": UDP, "evidence": Evidence.HEURISTIC}
-    flows = [flow(f"{WEB_A}:{40000 + i}", "192.0.2.1:443") for i in range(3)]
+    flows = [flow(f"{WEB_A}:{39000 + i}", f"{DB}:5432") for i in range(4)]
+    flows += [flow(f"{WEB_A}:{39100 + i}", f"{DB}:{7000 + i}") for i in range(3)]
+    flows += [flow(f"{WEB_A}:{40000 + i}", "192.0.2.1:443") for i in range(3)]
     flows += [flow(f"{WEB_A}:{41000 + i}", f"192.0.2.{i}:443") for i in range(2, 6)]
     flows += [flow(f"{WEB_A}:{42000 + i}", "10.244.1.200:9000") for i in range(2)]
     for index in range(1, 6):
@@ -849,80 +853,104 @@ def _many_addresses() -> list[Any]:
     return flows
 
 
-def test_address_rules_past_the_size_bound_are_left_out_the_least_evidence_first() -> None:
-    """Past the bytes a policy's rules for single addresses may take, the addresses with the
-    least evidence lose their rules: answered before one-way, then by flows. Once one is left
-    out, so are all after it, even one whose rule would still fit."""
-    https, unresolved = PortSpec(TCP, 443), PortSpec(TCP, 9000)
+def test_rules_past_the_size_bound_are_left_out_the_least_evidence_first() -> None:
+    """Past the bytes a policy's rules for the peers seen may take, the peers' ports with the
+    least evidence lose their rules: answered before one-way, then by flows; a peer may keep
+    some of its ports. Once one is left out, so are all after it, even one that would fit."""
+    postgres, https, unresolved = PortSpec(TCP, 5432), PortSpec(TCP, 443), PortSpec(TCP, 9000)
     statsd, mdns = PortSpec(UDP, 8125), PortSpec(UDP, 5353)
-    kept = [
-        (IpPeer("10.244.1.200/32"), unresolved),  # answered, 2 flows: after 192.0.2.1's 3
+    db = by_workload(synthesized(_many_peers(), {WEB})[2])[str(WEB)].egress[0].peer
+    assert isinstance(db, PodPeer) and db.description == str(DB_W)
+    kept: list[tuple[Peer, PortSpec]] = [
+        (db, postgres),
         (IpPeer("192.0.2.1/32"), https),
-        *((IpPeer(f"192.0.2.{i}/32"), https) for i in range(2, 6)),
-        (IpPeer("198.51.100.1/32"), statsd),  # one way, 5 flows
+        (IpPeer("10.244.1.200/32"), unresolved),
     ]
-    budget = sum(address_rule_bytes(peer, [port]) for peer, port in kept) + 20
+    budget = sum(peer_bytes(peer) + port_bytes(port) for peer, port in kept) + 20
     graph, names, result = synthesized(
-        _many_addresses(), {WEB}, max_outside_addresses=100, max_address_rule_bytes=budget
+        _many_peers(), {WEB}, max_outside_addresses=100, max_rule_bytes=budget
     )
     assert graph.node("unresolved:10.244.1.200").role is NodeRole.UNRESOLVED
     [web] = result.policies
-    cidrs = {r.peer.cidr for r in (*web.ingress, *web.egress) if isinstance(r.peer, IpPeer)}
-    assert {peer.cidr for peer, _ in kept} <= cidrs
-    assert not cidrs & ({f"198.51.100.{i}/32" for i in range(2, 6)} | {"203.0.113.1/32"})
+    assert {
+        key: ports
+        for key, ports in rules_to((*web.ingress, *web.egress)).items()
+        if "dns" not in key
+    } == {
+        str(DB_W): (("TCP", 5432),),
+        "192.0.2.1/32": (("TCP", 443),),
+        "10.244.1.200/32": (("TCP", 9000),),
+    }
     w = str(WEB)
-    assert web.addresses_left_out == (
-        *(AddressLeftOut(w, "egress", f"198.51.100.{i}", (statsd,), 5) for i in range(2, 6)),
-        *(AddressLeftOut(w, "ingress", f"203.0.113.{i}", (mdns,), 1) for i in range(1, 4)),
+    assert web.rules_left_out == (
+        *(RuleLeftOut(w, "egress", f"192.0.2.{i}", (https,), 1) for i in range(2, 6)),
+        *(RuleLeftOut(w, "egress", f"198.51.100.{i}", (statsd,), 5) for i in range(1, 6)),
+        RuleLeftOut(w, "egress", str(DB_W), tuple(PortSpec(TCP, p) for p in (7000, 7001, 7002)), 3),
+        *(RuleLeftOut(w, "ingress", f"203.0.113.{i}", (mdns,), 1) for i in range(1, 4)),
     )
-    assert result.addresses_left_out == web.addresses_left_out
-    assert sides_left_out(web.addresses_left_out) == (
-        SideLeftOut(w, "egress", tuple(f"198.51.100.{i}" for i in range(2, 6)), (statsd,), 20),
-        SideLeftOut(w, "ingress", tuple(f"203.0.113.{i}" for i in range(1, 4)), (mdns,), 3),
+    assert result.rules_left_out == web.rules_left_out
+    [egress, ingress] = sides_left_out(web.rules_left_out)
+    assert (egress.direction, len(egress.peers), egress.flows) == ("egress", 10, 32)
+    assert egress.ports == (https, *(PortSpec(TCP, p) for p in (7000, 7001, 7002)), statsd)
+    assert ingress == SideLeftOut(
+        w, "ingress", tuple(f"203.0.113.{i}" for i in (1, 2, 3)), (mdns,), 3
     )
     # The order of the flows does not matter.
     again = synthesized(
-        _many_addresses()[::-1], {WEB}, max_outside_addresses=100, max_address_rule_bytes=budget
+        _many_peers()[::-1], {WEB}, max_outside_addresses=100, max_rule_bytes=budget
     )[2]
     assert again == result
     # The default bound leaves nothing out of so few.
-    assert (
-        synthesized(_many_addresses(), {WEB}, max_outside_addresses=100)[2].addresses_left_out == ()
-    )
+    assert synthesized(_many_peers(), {WEB}, max_outside_addresses=100)[2].rules_left_out == ()
     # The safety check sees what was left out, unless told; told, the rest is allowed.
     files = render_policy_files(result.policies, default_denies=[], provenance=Provenance())
     loaded = parse_policy_texts(files).policies
     facts = cluster_facts(cluster(), names)
     with pytest.raises(UnsafePolicies, match=r"198\.51\.100\.2"):
         ensure_policies_allow(loaded, graph, facts)
-    left = {(i.workload, i.address, p) for i in web.addresses_left_out for p in i.ports}
-    ensure_policies_allow(loaded, graph, facts, addresses_left_out=left)
-    # Told of another workload's addresses, it still checks this one's.
-    elsewhere = {(str(DB_W), address, port) for _, address, port in left}
-    with pytest.raises(UnsafePolicies, match=r"198\.51\.100\.2"):
-        ensure_policies_allow(loaded, graph, facts, addresses_left_out=elsewhere)
+    left = {(i.workload, i.direction, i.peer, p) for i in web.rules_left_out for p in i.ports}
+    ensure_policies_allow(loaded, graph, facts, rules_left_out=left)
+    # Told of another workload's (or the other direction's), it still checks this one's.
+    for other in (
+        {(str(DB_W), direction, peer, port) for _, direction, peer, port in left},
+        {(w, "ingress", peer, port) for _, _, peer, port in left},
+    ):
+        with pytest.raises(UnsafePolicies, match=r"198\.51\.100\.2"):
+            ensure_policies_allow(loaded, graph, facts, rules_left_out=other)
 
 
 @pytest.mark.parametrize(
     "ports",
     [
         [PortSpec(TCP, 443)],
-        [PortSpec(UDP, 53), PortSpec(TCP, 8080), PortSpec(TCP, 65535)],
+        [PortSpec(UDP, 53), PortSpec(TCP, 8080), PortSpec(Protocol.SCTP, 65535)],
     ],
 )
-@pytest.mark.parametrize("cidr", ["192.0.2.1/32", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff/128"])
-def test_address_rule_bytes_is_what_the_rule_takes_in_the_policy_json(
-    cidr: str, ports: list[PortSpec]
+@pytest.mark.parametrize(
+    "peer",
+    [
+        IpPeer("192.0.2.1/32"),
+        IpPeer("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff/128"),
+        IpPeer("0.0.0.0/0", excluded=("169.254.0.0/16", "10.244.0.0/16")),
+        PodPeer(LabelSelector((("app", "db"),))),
+        PodPeer(LabelSelector((("app", "db"), ("tier", "backend"))), namespace="data"),
+        PodPeer(
+            LabelSelector(
+                (("app", "db"),),
+                (LabelRequirement("track", "In", ("stable", "canary")),),
+            ),
+            namespace="data-platform-production",
+        ),
+    ],
+)
+def test_peer_and_port_bytes_are_at_least_what_the_rule_takes_in_the_policy_json(
+    peer: Peer, ports: list[PortSpec]
 ) -> None:
-    """The bound counts what `kubectl apply` would store: the rule in the object's JSON."""
-    peer = IpPeer(cidr)
+    """The bound counts at most what `kubectl apply` would store: the rule in the object's
+    JSON, with a comma; and not much more."""
     rule = Rule(peer, tuple(ports))
     policy = Policy("shop", "web", str(WEB), LabelSelector((("app", "web"),)), ingress=(rule,))
-    document = policy_object(policy, provenance=Provenance())
-    [written] = document["spec"]["ingress"]
-    assert address_rule_bytes(peer, ports) == len(json.dumps(written, separators=(",", ":"))) + 1
-    egress = policy_object(replace(policy, ingress=(), egress=(rule,)), provenance=Provenance())
-    [written] = egress["spec"]["egress"]
-    assert (
-        address_rule_bytes(peer, ports) - 2 == len(json.dumps(written, separators=(",", ":"))) + 1
-    )
+    [written] = policy_object(policy, provenance=Provenance())["spec"]["ingress"]
+    actual = len(json.dumps(written, separators=(",", ":"))) + 1
+    counted = peer_bytes(peer) + sum(port_bytes(port) for port in ports)
+    assert actual <= counted <= actual + 8
