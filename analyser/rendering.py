@@ -26,6 +26,7 @@ import hashlib
 import ipaddress
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -925,6 +926,59 @@ class _EdgeView:
         return sum(p.stats.flows for p in self.ports)
 
 
+# Rows of report.md's "Flows per edge" for one workload's traffic with single addresses on one
+# port, at most, and lines of its lists of outside and unresolved addresses: a public ingress
+# meets a hundred thousand clients a day, and a capture can name any number. The rest are
+# counted in one more row (and line), with their flows.
+MAX_ADDRESS_ROWS = 50
+MAX_ADDRESS_LINES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _RowView:
+    """One row of report.md's "Flows per edge": ``server`` (or ``client``) a label, or, for the
+    addresses past :data:`MAX_ADDRESS_ROWS`, how many more."""
+
+    client: str
+    server: str
+    port: _PortStatsView
+
+
+_ADDRESS_ROLES = (str(NodeRole.EXTERNAL), str(NodeRole.UNRESOLVED))
+
+
+def _edge_rows(edges: Iterable[_EdgeView]) -> list[_RowView]:
+    """The rows of report.md's "Flows per edge", in the edges' order: per workload, direction and
+    port, the first :data:`MAX_ADDRESS_ROWS` addresses, then one row for the others."""
+    rows: list[_RowView] = []
+    listed: Counter[tuple[str, str, str, int]] = Counter()
+    rest: dict[tuple[str, str, str, int], tuple[int, EdgeStats]] = {}
+    for edge in edges:
+        client, server = edge.client, edge.server
+        for port in edge.ports:
+            if server.role in _ADDRESS_ROLES and client.role not in _ADDRESS_ROLES:
+                key = (client.label, "to", port.protocol, port.port)
+            elif client.role in _ADDRESS_ROLES and server.role not in _ADDRESS_ROLES:
+                key = (server.label, "from", port.protocol, port.port)
+            else:
+                rows.append(_RowView(client.label, server.label, port))
+                continue
+            listed[key] += 1
+            if listed[key] <= MAX_ADDRESS_ROWS:
+                rows.append(_RowView(client.label, server.label, port))
+                continue
+            found = rest.get(key)
+            rest[key] = (
+                (1, port.stats) if found is None else (found[0] + 1, found[1].merged(port.stats))
+            )
+    for (workload, way, protocol, number), (count, stats) in rest.items():
+        others = f"{count:,} more addresses"
+        ends = (workload, others) if way == "to" else (others, workload)
+        evidence = tuple(sorted(str(e) for e in stats.evidence))
+        rows.append(_RowView(*ends, _PortStatsView(protocol, number, stats, evidence)))
+    return rows
+
+
 def _graph_views(graph: WorkloadGraph) -> tuple[tuple[_NodeView, ...], tuple[_EdgeView, ...]]:
     """The graph as plain records for the templates, in its order (nodes by id, edges by ends)."""
     nodes: dict[str, _NodeView] = {}
@@ -990,12 +1044,16 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
     """The Markdown report: workloads, flows per edge, external names, unresolved addresses,
     damaged files and how each flow's direction was decided."""
     nodes, edges = _graph_views(graph)
+    rows = _edge_rows(edges)
     evidence = [(str(e), facts.evidence_counts.get(e, 0)) for e in Evidence]
     return _render(
         "report.md.j2",
         facts=facts,
         nodes=nodes,
-        edges=edges,
+        rows=rows,
+        folded=len(rows) < sum(len(edge.ports) for edge in edges),
+        max_address_lines=MAX_ADDRESS_LINES,
+        rows_per_port=MAX_ADDRESS_ROWS,
         evidence=evidence,
         attempts=graph.attempts,
         attempts_left_out=graph.attempts_left_out,

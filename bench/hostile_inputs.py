@@ -22,7 +22,12 @@ Builds, from the recorded example bundle (examples/microservices-demo/bundle):
   100,000 by default; and as many again, each to a port of its own too (the bound is per
   workload side and direction, over all ports),
 - frontend's capture with ``--answers`` DNS answers sent to it, each for a name and an address
-  of its own (forged: a table of names that would grow without bound), 1,000,000 by default.
+  of its own (forged: a table of names that would grow without bound), 1,000,000 by default,
+- frontend's capture with ``--ports`` connections to cartservice's pod, each to a port of its
+  own (a rule listing them all would be bigger than a cluster takes), 20,000 by default,
+- frontend's capture with ``--names`` names looked up, each under a domain of its own, and a
+  connection to each answer (analysed with ``--format all``: the CiliumNetworkPolicy lists
+  names), 5,000 by default.
 
 Each runs ``analyse`` (one worker) in a fresh interpreter; the clean bundle is the baseline
 measured in the same run, and the 2,000 → 20,000 ratio is taken over it (near 10: linear).
@@ -32,7 +37,8 @@ every address block), each in a fresh interpreter, with the same ratio over the 
 Prints figures, asserts nothing; the last line is a one-line summary.
 
     python bench/hostile_inputs.py [--small N] [--large N] [--attempts N] [--scan N]
-                                   [--spray N] [--answers N] [--keep DIR]
+                                   [--spray N] [--answers N] [--ports N] [--names N]
+                                   [--keep DIR]
 """
 
 from __future__ import annotations
@@ -60,10 +66,12 @@ FRONTEND_PORT = 8080
 _CHILD = """
 import json, resource, sys
 from pathlib import Path
-from analyser.analysing import analyse
+from analyser.analysing import PolicyFormat, analyse
 from analyser.bundles import open_bundle
 from kernel.errors import NetpolSnifferError
 options = json.loads(sys.argv[2])
+if "policy_format" in options:
+    options["policy_format"] = PolicyFormat(options["policy_format"])
 try:
     analysis = analyse(open_bundle(Path(sys.argv[1])), workers=1, **options)
     outcome = f"{len(analysis.policy_files)} policies, {len(analysis.flows)} flows"
@@ -316,6 +324,37 @@ def forged_answers(bundle: Path, count: int) -> Path:
     return bundle
 
 
+def ports_to_one_workload(bundle: Path, count: int) -> Path:
+    """frontend's capture with ``count`` connections to cartservice's pod, each to a port of its
+    own and answered (forged: a rule with a port each)."""
+    frontend, cart = pod_ip(bundle, FRONTEND), pod_ip(bundle, "cartservice")
+    start = window_start(bundle) + 10
+    records: list[bytes] = []
+    for index in range(count):
+        port = 1024 + index % 64512
+        records += handshake(frontend, 30000 + index % 30000, cart, port, start + index * 1e-3)
+    path = pod_folder(bundle, FRONTEND) / "ports.pcap"
+    path.write_bytes(pcap_header() + b"".join(records))
+    return bundle
+
+
+def names_of_their_own(bundle: Path, count: int) -> Path:
+    """frontend's capture with ``count`` DNS answers, each a name under a domain of its own (no
+    pattern folds them) for an outside address it then connects to (a crawler, or forged)."""
+    frontend = pod_ip(bundle, FRONTEND)
+    start = window_start(bundle) + 10
+    records: list[bytes] = []
+    for index in range(count):
+        at, server = start + index * 1e-3, address("198.18", index)
+        answer = dns_answer(index % 65536, f"api.tenant{index}.example{index}.com", server)
+        frame = udp_frame("10.96.0.10", 53, frontend, 40000 + index % 20000, answer)
+        records.append(record(at, frame) + frame)
+        records += handshake(frontend, 30000 + index % 30000, server, 443, at + 1e-4)
+    path = pod_folder(bundle, FRONTEND) / "names.pcap"
+    path.write_bytes(pcap_header() + b"".join(records))
+    return bundle
+
+
 def alias_bomb(bundle: Path) -> Path:
     document = json.loads((bundle / "snapshot.json").read_text())
     (bundle / "snapshot.json").unlink()
@@ -379,19 +418,43 @@ def main() -> None:
     parser.add_argument(
         "--answers", type=int, default=1_000_000, help="forged DNS answers, each a new name"
     )
+    parser.add_argument(
+        "--ports", type=int, default=20_000, help="connections to one pod, each a port of its own"
+    )
+    parser.add_argument(
+        "--names", type=int, default=5_000, help="names looked up, each under a domain of its own"
+    )
     parser.add_argument("--keep", type=Path, help="build the inputs here and keep them")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="hostile-inputs-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        run(work, args.small, args.large, args.attempts, args.scan, args.spray, args.answers)
+        run(
+            work,
+            args.small,
+            args.large,
+            args.attempts,
+            args.scan,
+            args.spray,
+            args.answers,
+            args.ports,
+            args.names,
+        )
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
 def run(
-    work: Path, small: int, large: int, attempts: int, scan: int, spray: int, answers: int
+    work: Path,
+    small: int,
+    large: int,
+    attempts: int,
+    scan: int,
+    spray: int,
+    answers: int,
+    ports: int,
+    names: int,
 ) -> None:
     from analyser.sources import DEFAULT_MAX_BYTES
 
@@ -433,6 +496,15 @@ def run(
         measure(
             f"{answers:,} forged DNS answers, each a new name",
             forged_answers(copy_example(work / "answers"), answers),
+        ),
+        measure(
+            f"{ports:,} connections to one pod, a port each",
+            ports_to_one_workload(copy_example(work / "ports"), ports),
+        ),
+        measure(
+            f"{names:,} names, each under a domain of its own",
+            names_of_their_own(copy_example(work / "names"), names),
+            policy_format="all",
         ),
     ]
     for row in rows:

@@ -520,3 +520,60 @@ def test_a_template_missing_a_value_is_a_render_error_not_an_empty_field() -> No
     # StrictUndefined: a typo or a missing context value fails loudly, naming the template
     with pytest.raises(RenderError, match=r"template networkpolicy\.yaml\.j2 failed: .*undefined"):
         rendering._render("networkpolicy.yaml.j2", policy=cart_policy())
+
+
+def test_report_lists_the_first_addresses_of_a_port_and_counts_the_rest_in_one_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A public ingress meets a hundred thousand clients a day: past MAX_ADDRESS_ROWS addresses a
+    # workload's port, one row counts the rest; past MAX_ADDRESS_LINES, so do the address lists.
+    monkeypatch.setattr(rendering, "MAX_ADDRESS_ROWS", 3)
+    monkeypatch.setattr(rendering, "MAX_ADDRESS_LINES", 2)
+    graph = example_graph()
+    web, cart = 'shop/Deployment/web "v2"', "shop/Deployment/cart"
+    clients = [f"198.51.100.{n}" for n in range(1, 6)]
+    free = [f"10.0.1.{n}" for n in range(1, 4)]
+    first, last = 1_767_261_600.0, 1_767_261_700.0
+
+    def stats(flows: int, evidence: Evidence = Evidence.HANDSHAKE) -> EdgeStats:
+        return EdgeStats(
+            flows, 2 * flows, 100 * flows, first + flows, last - flows, frozenset({evidence})
+        )
+
+    graph = dataclasses.replace(
+        graph,
+        nodes=(
+            *graph.nodes,
+            *(GraphNode(f"ip:{a}", NodeRole.EXTERNAL, a) for a in clients),
+            *(GraphNode(f"unresolved:{a}", NodeRole.UNRESOLVED, a) for a in free),
+        ),
+        edges=(
+            *graph.edges,
+            *(
+                GraphEdge(f"ip:{a}", cart, {PortSpec(TCP, 8443): stats(n)})
+                for n, a in enumerate(clients, 1)
+            ),
+            GraphEdge(f"ip:{clients[0]}", web, {PortSpec(TCP, 8443): stats(7)}),
+        ),
+    )
+    report = render_report(report_facts(), graph)
+    rows = [line for line in report.splitlines() if "| TCP/8443 |" in line]
+    # The graph's order: by client address, then server; per workload and port, three.
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| 198.51.100.1", cart],
+        ["| 198.51.100.1", 'shop/Deployment/web "v2"\\\\nline two'],
+        ["| 198.51.100.2", cart],
+        ["| 198.51.100.3", cart],
+        ["| 2 more addresses", cart],
+    ]
+    # The rest: 4 + 5 flows, the earliest first packet, the latest last, their evidence.
+    assert rows[-1].split(" | ")[4:10] == [
+        "9",
+        "18",
+        "900",
+        "2026-01-01T10:00:04Z",
+        "2026-01-01T10:01:36Z",
+        "handshake |",
+    ]
+    assert "| 4 more addresses | not listed here" in report
+    assert "- and 2 more (`--json` lists them all: `unresolved_addresses`)" in report
