@@ -58,8 +58,8 @@ NAMESPACE_LABEL = "k8s:io.kubernetes.pod.namespace"
 # at most 256 KiB), and a refused policy isolates nothing. Past the first, the rules by name go
 # back to the addresses they stand for, as the NetworkPolicy has them; past the second, the DNS
 # rule allows every name (``matchPattern: "*"``), still only through the cluster's DNS.
-MAX_FQDN_BYTES = 48 * 1024
-MAX_DNS_NAME_BYTES = 24 * 1024
+MAX_FQDN_BYTES = 40 * 1024
+MAX_DNS_NAME_BYTES = 40 * 1024
 ANY_NAME = FqdnSelector("*", pattern=True)
 NODES = ("host", "remote-node")
 KUBE_APISERVER = "kube-apiserver"
