@@ -35,10 +35,14 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cli.main import ExitStatus, echo
 from cli.progress import reading_captures
 from kernel.errors import BundleError, PolicyError
+
+if TYPE_CHECKING:
+    from analyser.verifying import Allowance, Observed
 
 SUMMARY = "prove policies allow every observed flow, show the rest"
 
@@ -73,7 +77,6 @@ def _verify(args: argparse.Namespace) -> int:
     # Imported here so `verify --help` stays quick.
     from analyser.analysing import observe
     from analyser.bundles import find_snapshot, open_bundle
-    from analyser.evaluation import Direction
     from analyser.policysets import load_policies, namespace_label_keys
     from analyser.replaying import cluster_facts, verify_graph
     from analyser.verifying import allowance_json, denial_json, score_json, unvouched_json
@@ -168,8 +171,7 @@ def _verify(args: argparse.Namespace) -> int:
     if result.denials:
         denied = len(result.denials)
         echo(f"DENIED: the flows of {denied} client → server port(s) would be blocked:")
-        for denial in result.denials:
-            echo(f"  {denial}")
+        _echo_listed(str(denial) for denial in result.denials)
     else:
         echo("OK: every observed flow is allowed")
     if result.unvouched:
@@ -177,24 +179,48 @@ def _verify(args: argparse.Namespace) -> int:
             f"not checked at a side whose own capture covered the time and did not see them "
             f"({len(result.unvouched)}: only the other side's captures claim them):"
         )
-        for item in result.unvouched:
-            sides = " and ".join(
-                f"{side} of {item.client if side == Direction.EGRESS else item.server}"
-                for side in item.unchecked
-            )
-            pair = f"{item.client} → {item.server} {item.port}/{item.protocol}"
-            echo(f"  {pair}: not checked at {sides}")
+        _echo_listed(_unchecked_line(item) for item in result.unvouched)
     if result.allowances:
         echo(f"allowed but never observed ({len(result.allowances)} pairs):")
-        for allowance in result.allowances:
-            seen = f" (observed: {allowance.observed})" if allowance.observed else ""
-            echo(f"  {allowance.client} → {allowance.server}: {allowance.unobserved}{seen}")
+        _echo_listed(_allowance_line(allowance) for allowance in result.allowances)
     else:
         echo("nothing is allowed beyond what was observed")
     echo(f"least-privilege score (lower is better): {result.score}")
     for note in notes:
         echo(f"note: {note}")
     return status
+
+
+# Lines of each list the terminal gets; --json has every one. A capture can claim a connection
+# on every port: tens of thousands of lines would bury the verdict.
+MAX_LISTED_LINES = 200
+
+
+def _echo_listed(lines: Iterable[str]) -> None:
+    """``lines``, indented, up to :data:`MAX_LISTED_LINES`; then how many more."""
+    more = 0
+    for number, line in enumerate(lines):
+        if number < MAX_LISTED_LINES:
+            echo(f"  {line}")
+        else:
+            more += 1
+    if more:
+        echo(f"  … and {more:,} more (--json lists every one)")
+
+
+def _unchecked_line(item: Observed) -> str:
+    from analyser.evaluation import Direction
+
+    sides = " and ".join(
+        f"{side} of {item.client if side == Direction.EGRESS else item.server}"
+        for side in item.unchecked
+    )
+    return f"{item.client} → {item.server} {item.port}/{item.protocol}: not checked at {sides}"
+
+
+def _allowance_line(allowance: Allowance) -> str:
+    seen = f" (observed: {allowance.observed})" if allowance.observed else ""
+    return f"{allowance.client} → {allowance.server}: {allowance.unobserved}{seen}"
 
 
 def _counted(kinds: Iterable[str]) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+import cli.verify
 from analyser import graphs
 from analyser.analysing import observe
 from analyser.bundles import open_bundle
@@ -342,3 +343,25 @@ def test_on_a_terminal_the_steps_after_the_reading_show_with_their_times(
         "building the workload graph of N flows",
         "checking the policies against the observed flows",
     ]
+
+
+def test_the_terminal_gets_the_first_lines_of_a_list_and_a_count_of_the_rest(
+    generated: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A capture can claim a connection on every port: a list of tens of thousands of lines
+    # would bury the verdict. --json keeps every one.
+    bundle, _ = generated
+    none = no_isolation(tmp_path / "none")
+    assert main(["verify", str(bundle), str(none), "--json"]) == ExitStatus.OK
+    pairs = len(json.loads(capsys.readouterr().out)["allowed_unobserved"])
+    assert pairs > 3
+    monkeypatch.setattr(cli.verify, "MAX_LISTED_LINES", 2)
+    assert main(["verify", str(bundle), str(none)]) == ExitStatus.OK
+    lines = capsys.readouterr().out.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("allowed but never observed"))
+    assert [line.startswith("  ") for line in lines[start + 1 : start + 4]] == [True] * 3
+    assert lines[start + 3] == f"  … and {pairs - 2:,} more (--json lists every one)"
+    assert not lines[start + 4].startswith("  ")
