@@ -45,6 +45,8 @@ from cli.main import ExitStatus, echo, say
 from cli.progress import reading_captures
 
 SUMMARY = "turn a bundle into NetworkPolicies, a graph and a report"
+# Warnings of special addresses left out, one each, at most: a capture can name any number.
+MAX_SPECIAL_WARNINGS = 50
 # The Dask scheduler to read captures on when --scheduler is not given (and --workers is not).
 SCHEDULER_VARIABLE = "NETPOL_SNIFFER_SCHEDULER"
 
@@ -216,9 +218,12 @@ def run(args: argparse.Namespace) -> int:
         say("analyse", f"warning: {workload}: {reason}: no policy written")
     for item in analysis.selector_warnings:
         say("analyse", f"warning: {item.workload}: {item.warning}")
-    for (workload, direction, address, kind), items in groupby(
-        analysis.left_out, key=lambda i: (i.workload, i.direction, i.address, i.kind)
-    ):
+    special = groupby(analysis.left_out, key=lambda i: (i.workload, i.direction, i.address, i.kind))
+    for number, ((workload, direction, address, kind), items) in enumerate(special):
+        if number == MAX_SPECIAL_WARNINGS:
+            more = sum(1 for _ in special) + 1
+            say("analyse", f"warning: {more:,} more special addresses left out: see the report")
+            break
         ports = ", ".join(f"{i.port.protocol}/{i.port.port}" for i in items)
         way = "from" if direction == INGRESS else "to"
         say(

@@ -15,6 +15,7 @@ import dpkt
 import pytest
 import yaml
 
+import cli.analyse
 from analyser import graphs, policies
 from cli.main import ExitStatus, main
 from kernel.bundles import Manifest, Window, entries_for_layout, write_manifest
@@ -838,3 +839,22 @@ def test_a_bundle_whose_every_capture_is_unreadable_is_an_error(
     assert "none of the 3 capture files could be read, nothing to analyse: " in stderr
     assert f"captures/shop/{CART_POD}/capture.pcap0: not a pcap or pcapng file" in stderr
     assert "Traceback" not in stderr
+
+
+def test_special_addresses_past_the_warnings_bound_are_counted_in_one_line(
+    bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Datagrams to every multicast address would be a warning each: past the bound, one line
+    # counts the rest; --json still lists every one.
+    monkeypatch.setattr(cli.analyse, "MAX_SPECIAL_WARNINGS", 2)
+    frames = [
+        (T0 + 30 + n, udp(FRONTEND_IP, 41000, f"239.1.1.{n + 1}", 9999, b"x")) for n in range(5)
+    ]
+    summary, _, _, stderr = _analysed_with_frontend_capture(bundle, tmp_path, frames, capsys)
+    assert len([item for item in summary["left_out"] if item["class"] == "multicast"]) == 5
+    warned = [line for line in stderr.splitlines() if "239.1.1." in line]
+    assert len(warned) == 2
+    assert "warning: 3 more special addresses left out: see the report" in stderr
