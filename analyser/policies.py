@@ -11,6 +11,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import reduce
 from typing import Any
 
 from analyser.graphs import EdgeStats, GraphEdge, GraphNode, NodeRole, WorkloadGraph
@@ -383,11 +384,12 @@ def _widen_outside(
     answered: set[tuple[IpPeer, PortSpec]],
     limit: int,
     excluded: Mapping[int, tuple[str, ...]],
-) -> None:
+) -> dict[IpPeer, dict[PortSpec, list[IpPeer]]]:
     """Replace, per port, the ``outside`` peers by 0.0.0.0/0 (and ::/0 when IPv6 addresses were
     among them) when more than ``limit`` of them were ``answered`` on that port, in place; the
     anywhere rules except the ``excluded`` networks (per IP version:
-    :func:`~analyser.peers.special_networks_left_out`).
+    :func:`~analyser.peers.special_networks_left_out`). Return, per anywhere block and port, the
+    peers it stands for there.
 
     Only conversations in which both ends sent packets count: anyone can send datagrams to (or,
     spoofing, seem to send them from) any number of addresses, and one-way traffic shows no more
@@ -396,15 +398,21 @@ def _widen_outside(
     for peer in outside:
         for port in ports_by_peer.get(peer, ()):
             by_port[port].add(peer)
+    blocks: dict[IpPeer, dict[PortSpec, list[IpPeer]]] = defaultdict(dict)
+    why = f"anywhere: more than {limit} outside addresses were seen on these ports"
     for port, peers in by_port.items():
         if sum((peer, port) in answered for peer in peers) <= limit:
             continue
         for peer in peers:
             ports_by_peer[peer].discard(port)
-        for version in {ipaddress.ip_network(peer.cidr).version for peer in peers}:
-            why = f"anywhere: more than {limit} outside addresses were seen on these ports"
+        by_version: dict[int, list[IpPeer]] = defaultdict(list)
+        for peer in peers:
+            by_version[ipaddress.ip_network(peer.cidr).version].append(peer)
+        for version, standing in by_version.items():
             block = IpPeer(ANYWHERE[version], description=why, excluded=excluded[version])
             ports_by_peer[block].add(port)
+            blocks[block][port] = standing
+    return blocks
 
 
 def _expose(
@@ -475,19 +483,30 @@ def _bound_rules(
     workload: str,
     sides: Mapping[str, dict[Peer, set[PortSpec]]],
     seen: Mapping[tuple[str, Peer], Mapping[PortSpec, EdgeStats]],
+    widened: Mapping[str, Mapping[IpPeer, Mapping[PortSpec, Sequence[IpPeer]]]],
     budget: int,
 ) -> list[RuleLeftOut]:
     """Drop, in place, the ports of ``sides`` (direction → ports by peer) for the peers of
-    ``seen`` (direction and peer → what was seen on each port) past the first ``budget`` bytes
-    (:func:`peer_bytes`, :func:`port_bytes`); return what they leave out of ``workload``'s
-    policy. Each peer's ports keep their place in order of evidence: answered before one-way
-    only, then by flows, then by direction, peer and port, so the order never depends on the
-    capture's. Once one does not fit, neither does any after it."""
+    ``seen`` (direction and peer → what was seen on each port), and of the anywhere blocks that
+    ``widened`` them (direction → block → port → the peers it stands for there), past the first
+    ``budget`` bytes (:func:`peer_bytes`, :func:`port_bytes`); return what they leave out of
+    ``workload``'s policy (a block's port: each peer it stood for). Each peer's ports keep their
+    place in order of evidence: answered before one-way only, then by flows, then by direction,
+    peer and port, so the order never depends on the capture's. Once one does not fit, neither
+    does any after it."""
     entries = [
         (direction, peer, port, stats[port])
         for (direction, peer), stats in seen.items()
         for port in sides[direction].get(peer, ())  # none: widened to anywhere, or exposed
     ]
+    standing: dict[tuple[str, Peer, PortSpec], Sequence[IpPeer]] = {}
+    for direction, blocks in widened.items():
+        for block, ports in blocks.items():
+            for port, peers in ports.items():
+                # Counted as the conversations it stands for: answered, their flows together.
+                merged = reduce(EdgeStats.merged, (seen[(direction, p)][port] for p in peers))
+                entries.append((direction, block, port, merged))
+                standing[(direction, block, port)] = peers
     entries.sort(
         key=lambda entry: (
             not entry[3].answered,
@@ -499,7 +518,7 @@ def _bound_rules(
     )
     used = 0
     kept: set[tuple[str, Peer]] = set()
-    left: dict[tuple[str, Peer], list[tuple[PortSpec, int]]] = {}
+    left: dict[tuple[str, str], list[tuple[PortSpec, int]]] = {}
     for direction, peer, port, stats in entries:
         if not left:
             used += port_bytes(port) + (peer_bytes(peer) if (direction, peer) not in kept else 0)
@@ -507,16 +526,21 @@ def _bound_rules(
                 kept.add((direction, peer))
                 continue
         sides[direction][peer].discard(port)
-        left.setdefault((direction, peer), []).append((port, stats.flows))
+        stood_for = standing.get((direction, peer, port))
+        if stood_for is None:
+            left.setdefault((direction, _peer_name(peer)), []).append((port, stats.flows))
+        for other in stood_for or ():
+            flows = seen[(direction, other)][port].flows
+            left.setdefault((direction, _peer_name(other)), []).append((port, flows))
     return [
         RuleLeftOut(
             workload,
             direction,
-            _peer_name(peer),
+            name,
             tuple(sorted(port for port, _ in found)),
             sum(flows for _, flows in found),
         )
-        for (direction, peer), found in left.items()
+        for (direction, name), found in left.items()
     ]
 
 
@@ -704,9 +728,17 @@ def synthesize(
                         answered_servers |= _answered(peer, stats)
         exposed = (exposures or {}).get(node_id, ())
         _expose(ingress, outside_clients, exposed, excluded)
-        _widen_outside(ingress, outside_clients, answered_clients, max_outside_addresses, excluded)
-        _widen_outside(egress, outside_servers, answered_servers, max_outside_addresses, excluded)
-        too_many = _bound_rules(node_id, {INGRESS: ingress, EGRESS: egress}, seen, max_rule_bytes)
+        widened = {
+            INGRESS: _widen_outside(
+                ingress, outside_clients, answered_clients, max_outside_addresses, excluded
+            ),
+            EGRESS: _widen_outside(
+                egress, outside_servers, answered_servers, max_outside_addresses, excluded
+            ),
+        }
+        too_many = _bound_rules(
+            node_id, {INGRESS: ingress, EGRESS: egress}, seen, widened, max_rule_bytes
+        )
         for block in nodes:
             ingress[block] |= node_ingress
             egress[block] |= node_egress

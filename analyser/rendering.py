@@ -926,56 +926,84 @@ class _EdgeView:
         return sum(p.stats.flows for p in self.ports)
 
 
-# Rows of report.md's "Flows per edge" for one workload's traffic with single addresses on one
-# port, at most, and lines of its lists of outside and unresolved addresses: a public ingress
-# meets a hundred thousand clients a day, and a capture can name any number. The rest are
-# counted in one more row (and line), with their flows.
+# Rows of report.md's "Flows per edge" for one workload's traffic with single addresses: at most
+# MAX_ADDRESS_ROWS on one port and MAX_SIDE_ROWS in one direction; and lines of its lists of
+# outside and unresolved addresses. A public ingress meets a hundred thousand clients a day, and
+# a capture can name any number of addresses on any number of ports. The rest are counted in
+# one more row per port (and one per direction, past that), with their flows.
 MAX_ADDRESS_ROWS = 50
+MAX_SIDE_ROWS = 1_000
 MAX_ADDRESS_LINES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class _RowView:
     """One row of report.md's "Flows per edge": ``server`` (or ``client``) a label, or, for the
-    addresses past :data:`MAX_ADDRESS_ROWS`, how many more."""
+    addresses past the bounds, how many more; ``port`` its stats, ``ports`` their text."""
 
     client: str
     server: str
     port: _PortStatsView
+    ports: str
 
 
 _ADDRESS_ROLES = (str(NodeRole.EXTERNAL), str(NodeRole.UNRESOLVED))
 
 
+class _Folded:
+    """Address rows past the bounds, counted together: how many addresses, on which ports."""
+
+    __slots__ = ("addresses", "ports", "stats")
+
+    def __init__(self, stats: EdgeStats) -> None:
+        self.addresses: set[str] = set()
+        self.ports: set[tuple[str, int]] = set()
+        self.stats = stats
+
+    def add(self, address: str, port: _PortStatsView) -> None:
+        if self.ports:
+            self.stats = self.stats.merged(port.stats)
+        self.addresses.add(address)
+        self.ports.add((port.protocol, port.port))
+
+
 def _edge_rows(edges: Iterable[_EdgeView]) -> list[_RowView]:
     """The rows of report.md's "Flows per edge", in the edges' order: per workload, direction and
-    port, the first :data:`MAX_ADDRESS_ROWS` addresses, then one row for the others."""
+    port, the first :data:`MAX_ADDRESS_ROWS` addresses, and per workload and direction the first
+    :data:`MAX_SIDE_ROWS`; then one row for the others of each port, and one for the others of
+    each direction past that."""
     rows: list[_RowView] = []
-    listed: Counter[tuple[str, str, str, int]] = Counter()
-    rest: dict[tuple[str, str, str, int], tuple[int, EdgeStats]] = {}
+    on_port: Counter[tuple[str, str, str, int]] = Counter()
+    on_side: Counter[tuple[str, str]] = Counter()
+    folded: dict[tuple[str, str, str, int] | tuple[str, str], _Folded] = {}
     for edge in edges:
         client, server = edge.client, edge.server
         for port in edge.ports:
+            text = f"{port.protocol}/{port.port}"
             if server.role in _ADDRESS_ROLES and client.role not in _ADDRESS_ROLES:
-                key = (client.label, "to", port.protocol, port.port)
+                side, address = (client.label, "to"), server.label
             elif client.role in _ADDRESS_ROLES and server.role not in _ADDRESS_ROLES:
-                key = (server.label, "from", port.protocol, port.port)
+                side, address = (server.label, "from"), client.label
             else:
-                rows.append(_RowView(client.label, server.label, port))
+                rows.append(_RowView(client.label, server.label, port, text))
                 continue
-            listed[key] += 1
-            if listed[key] <= MAX_ADDRESS_ROWS:
-                rows.append(_RowView(client.label, server.label, port))
+            on = (*side, port.protocol, port.port)
+            if on_side[side] < MAX_SIDE_ROWS and on_port[on] < MAX_ADDRESS_ROWS:
+                on_port[on] += 1
+                on_side[side] += 1
+                rows.append(_RowView(client.label, server.label, port, text))
                 continue
-            found = rest.get(key)
-            rest[key] = (
-                (1, port.stats) if found is None else (found[0] + 1, found[1].merged(port.stats))
-            )
-    for (workload, way, protocol, number), (count, stats) in rest.items():
-        others = f"{count:,} more addresses"
+            key = side if on_side[side] >= MAX_SIDE_ROWS else on
+            folded.setdefault(key, _Folded(port.stats)).add(address, port)
+    for key, rest in folded.items():
+        workload, way = key[0], key[1]
+        others = f"{len(rest.addresses):,} more addresses"
         ends = (workload, others) if way == "to" else (others, workload)
-        evidence = tuple(sorted(str(e) for e in stats.evidence))
-        rows.append(_RowView(*ends, _PortStatsView(protocol, number, stats, evidence)))
+        protocol, number = min(rest.ports)
+        evidence = tuple(sorted(str(e) for e in rest.stats.evidence))
+        ports = f"{protocol}/{number}" if len(rest.ports) == 1 else f"{len(rest.ports):,} ports"
+        view = _PortStatsView(protocol, number, rest.stats, evidence)
+        rows.append(_RowView(*ends, view, ports))
     return rows
 
 
@@ -1054,6 +1082,7 @@ def render_report(facts: ReportFacts, graph: WorkloadGraph) -> str:
         folded=len(rows) < sum(len(edge.ports) for edge in edges),
         max_address_lines=MAX_ADDRESS_LINES,
         rows_per_port=MAX_ADDRESS_ROWS,
+        rows_per_side=MAX_SIDE_ROWS,
         evidence=evidence,
         attempts=graph.attempts,
         attempts_left_out=graph.attempts_left_out,

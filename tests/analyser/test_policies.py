@@ -954,3 +954,34 @@ def test_peer_and_port_bytes_are_at_least_what_the_rule_takes_in_the_policy_json
     actual = len(json.dumps(written, separators=(",", ":"))) + 1
     counted = peer_bytes(peer) + sum(port_bytes(port) for port in ports)
     assert actual <= counted <= actual + 8
+
+
+def test_a_port_widened_to_anywhere_counts_towards_the_size_bound() -> None:
+    """A rule from or to anywhere lists its ports too: a capture claiming conversations with 33
+    addresses on each of thousands of ports would make it as big. Past the bound, a widened port
+    is left out as the conversations it stood for, address by address."""
+    flows = [flow(f"{WEB_A}:{40000 + n}", f"198.51.100.{n + 1}:443") for n in range(40)]
+    flows += [flow(f"{WEB_A}:{41000 + n}", f"192.0.2.{n + 1}:8443") for n in range(35)]
+    graph, names, plain = synthesized(flows, {WEB}, max_outside_addresses=32)
+    [block] = [
+        r.peer
+        for r in plain.policies[0].egress
+        if isinstance(r.peer, IpPeer) and r.peer.cidr == "0.0.0.0/0"
+    ]
+    https, alternate = PortSpec(TCP, 443), PortSpec(TCP, 8443)
+    budget = peer_bytes(block) + port_bytes(https) + 10
+    _, _, result = synthesized(flows, {WEB}, max_outside_addresses=32, max_rule_bytes=budget)
+    [web] = result.policies
+    assert rules_to(web.egress)["0.0.0.0/0"] == (("TCP", 443),)
+    assert web.rules_left_out == tuple(
+        sorted(
+            RuleLeftOut(str(WEB), "egress", f"192.0.2.{n + 1}", (alternate,), 1) for n in range(35)
+        )
+    )
+    files = render_policy_files(result.policies, default_denies=[], provenance=Provenance())
+    loaded = parse_policy_texts(files).policies
+    facts = cluster_facts(cluster(), names)
+    with pytest.raises(UnsafePolicies, match=r"8443"):
+        ensure_policies_allow(loaded, graph, facts)
+    left = {(i.workload, i.direction, i.peer, p) for i in web.rules_left_out for p in i.ports}
+    ensure_policies_allow(loaded, graph, facts, rules_left_out=left)

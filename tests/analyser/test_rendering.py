@@ -577,3 +577,38 @@ def test_report_lists_the_first_addresses_of_a_port_and_counts_the_rest_in_one_r
     ]
     assert "| 4 more addresses | not listed here" in report
     assert "- and 2 more (`--json` lists them all: `unresolved_addresses`)" in report
+
+
+def test_report_lists_at_most_so_many_addresses_of_a_direction_over_all_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Spread over many ports, addresses would pass any bound per port: past MAX_SIDE_ROWS of a
+    # workload's direction, one row counts the others, with how many ports.
+    monkeypatch.setattr(rendering, "MAX_ADDRESS_ROWS", 2)
+    monkeypatch.setattr(rendering, "MAX_SIDE_ROWS", 3)
+    cart = "shop/Deployment/cart"
+    clients = [f"198.51.100.{n}" for n in range(1, 4)]
+    seen = EdgeStats(1, 2, 100, 1_767_261_600.0, 1_767_261_601.0, frozenset({Evidence.HANDSHAKE}))
+    graph = example_graph()
+    graph = dataclasses.replace(
+        graph,
+        nodes=(*graph.nodes, *(GraphNode(f"ip:{a}", NodeRole.EXTERNAL, a) for a in clients)),
+        edges=(
+            *graph.edges,
+            *(
+                GraphEdge(f"ip:{a}", cart, {PortSpec(TCP, p): seen for p in (8001, 8002, 8003)})
+                for a in clients
+            ),
+        ),
+    )
+    rows = [
+        line.split(" | ")[:3]
+        for line in render_report(report_facts(), graph).splitlines()
+        if f"| {cart} | TCP/800" in line or f"| {cart} | 3 ports |" in line
+    ]
+    assert rows == [
+        ["| 198.51.100.1", cart, "TCP/8001"],
+        ["| 198.51.100.1", cart, "TCP/8002"],
+        ["| 198.51.100.1", cart, "TCP/8003"],
+        ["| 2 more addresses", cart, "3 ports"],
+    ]
