@@ -25,6 +25,8 @@ Builds, from the recorded example bundle (examples/microservices-demo/bundle):
   of its own (forged: a table of names that would grow without bound), 1,000,000 by default,
 - frontend's capture with ``--ports`` connections to cartservice's pod, each to a port of its
   own (a rule listing them all would be bigger than a cluster takes), 20,000 by default,
+- frontend's capture with answered connections to 33 outside addresses on each of ``--wide``
+  ports (every port widens to anywhere: one rule listing them all), 2,000 by default,
 - frontend's capture with ``--names`` names looked up, each under a domain of its own, and a
   connection to each answer (analysed with ``--format all``: the CiliumNetworkPolicy lists
   names), 5,000 by default.
@@ -38,7 +40,7 @@ Prints figures, asserts nothing; the last line is a one-line summary.
 
     python bench/hostile_inputs.py [--small N] [--large N] [--attempts N] [--scan N]
                                    [--spray N] [--answers N] [--ports N] [--names N]
-                                   [--keep DIR]
+                                   [--wide N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -338,6 +340,21 @@ def ports_to_one_workload(bundle: Path, count: int) -> Path:
     return bundle
 
 
+def widened_ports(bundle: Path, count: int) -> Path:
+    """frontend's capture with answered connections to 33 outside addresses on each of ``count``
+    ports (forged: every port widens to anywhere, one rule listing them all)."""
+    frontend = pod_ip(bundle, FRONTEND)
+    start = window_start(bundle) + 10
+    records: list[bytes] = []
+    for index in range(count * 33):
+        server, port = f"198.51.100.{index % 33 + 1}", 1024 + index // 33 % 64512
+        at = start + index * 1e-4
+        records += handshake(frontend, 20000 + index % 40000, server, port, at)
+    path = pod_folder(bundle, FRONTEND) / "widened.pcap"
+    path.write_bytes(pcap_header() + b"".join(records))
+    return bundle
+
+
 def names_of_their_own(bundle: Path, count: int) -> Path:
     """frontend's capture with ``count`` DNS answers, each a name under a domain of its own (no
     pattern folds them) for an outside address it then connects to (a crawler, or forged)."""
@@ -424,6 +441,9 @@ def main() -> None:
     parser.add_argument(
         "--names", type=int, default=5_000, help="names looked up, each under a domain of its own"
     )
+    parser.add_argument(
+        "--wide", type=int, default=2_000, help="ports with 33 outside addresses each (anywhere)"
+    )
     parser.add_argument("--keep", type=Path, help="build the inputs here and keep them")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="hostile-inputs-"))
@@ -439,6 +459,7 @@ def main() -> None:
             args.answers,
             args.ports,
             args.names,
+            args.wide,
         )
     finally:
         if args.keep is None:
@@ -455,6 +476,7 @@ def run(
     answers: int,
     ports: int,
     names: int,
+    wide: int,
 ) -> None:
     from analyser.sources import DEFAULT_MAX_BYTES
 
@@ -500,6 +522,10 @@ def run(
         measure(
             f"{ports:,} connections to one pod, a port each",
             ports_to_one_workload(copy_example(work / "ports"), ports),
+        ),
+        measure(
+            f"33 addresses on each of {wide:,} ports",
+            widened_ports(copy_example(work / "wide"), wide),
         ),
         measure(
             f"{names:,} names, each under a domain of its own",
