@@ -248,40 +248,6 @@ def _translate(
     """``policy`` as a :class:`CiliumPolicy`; by address, not by name, when its names would pass
     :data:`MAX_FQDN_BYTES`; with DNS of any name when its lookups would pass
     :data:`MAX_DNS_NAME_BYTES`."""
-    translated = _translated(
-        policy,
-        asked=asked,
-        by_port=by_port,
-        lookups=lookups,
-        exposed=exposed,
-        apiservers=apiservers,
-        threshold=threshold,
-    )
-    names = {s for rule in translated.egress for s in rule.fqdns}
-    if selectors_bytes(names) <= MAX_FQDN_BYTES:
-        return translated
-    by_address = _translated(
-        policy,
-        asked={},
-        by_port={},
-        lookups=lookups,
-        exposed=exposed,
-        apiservers=apiservers,
-        threshold=threshold,
-    )
-    return dataclasses.replace(by_address, names_left_out=len(names))
-
-
-def _translated(
-    policy: Policy,
-    *,
-    asked: Mapping[str, set[str]],
-    by_port: Mapping[PortSpec, _PortNames],
-    lookups: Collection[str],
-    exposed: Collection[PortSpec],
-    apiservers: Collection[str],
-    threshold: int,
-) -> CiliumPolicy:
     ingress, egress = _Rules.empty(), _Rules.empty()
     for rule in policy.ingress:
         peer = rule.peer
@@ -312,12 +278,25 @@ def _translated(
     if selectors_bytes(dns) * copies > MAX_DNS_NAME_BYTES:
         dns, lookups_left_out = (ANY_NAME,), len(dns)
     egress_rules = [piece for rule in done for piece in _with_dns(rule, dns)]
-    return CiliumPolicy(
+    translated = CiliumPolicy(
         policy,
         tuple(sorted(ingress.done(threshold), key=_rule_key)),
         tuple(sorted(egress_rules, key=_rule_key)),
         lookups_left_out=lookups_left_out,
     )
+    names = {s for rule in translated.egress for s in rule.fqdns}
+    if selectors_bytes(names) <= MAX_FQDN_BYTES:
+        return translated
+    by_address = _translate(
+        policy,
+        asked={},
+        by_port={},
+        lookups=lookups,
+        exposed=exposed,
+        apiservers=apiservers,
+        threshold=threshold,
+    )
+    return dataclasses.replace(by_address, names_left_out=len(names))
 
 
 def _egress(

@@ -215,6 +215,12 @@ def write_capture(path: Path, frames: Iterable[tuple[float, bytes]]) -> None:
             capture.write(record(moment, frame) + frame)
 
 
+def frontend_records(bundle: Path, name: str, records: Iterable[bytes]) -> Path:
+    """``bundle`` with pcap ``records`` as frontend's capture file ``name``."""
+    (pod_folder(bundle, FRONTEND) / name).write_bytes(pcap_header() + b"".join(records))
+    return bundle
+
+
 def handshake(client: str, cport: int, server: str, sport: int, at: float) -> Iterator[bytes]:
     """SYN, SYN-ACK, ACK as pcap records."""
     for offset, (source, sp, destination, dp, flags) in enumerate(
@@ -243,9 +249,7 @@ def outside_addresses(bundle: Path, count: int) -> Path:
         records += handshake(address("198.18", index), 40000 + index % 20000, frontend, 8080, at)
         records += handshake(frontend, 40000, address("198.19", index), 443, at)
         records += handshake(frontend, 41000, address("10.244", 25600 + index), 9000, at)
-    path = pod_folder(bundle, FRONTEND) / "many.pcap"
-    path.write_bytes(pcap_header() + b"".join(records))
-    return bundle
+    return frontend_records(bundle, "many.pcap", records)
 
 
 def unanswered_attempts(bundle: Path, count: int) -> Path:
@@ -335,9 +339,7 @@ def ports_to_one_workload(bundle: Path, count: int) -> Path:
     for index in range(count):
         port = 1024 + index % 64512
         records += handshake(frontend, 30000 + index % 30000, cart, port, start + index * 1e-3)
-    path = pod_folder(bundle, FRONTEND) / "ports.pcap"
-    path.write_bytes(pcap_header() + b"".join(records))
-    return bundle
+    return frontend_records(bundle, "ports.pcap", records)
 
 
 def widened_ports(bundle: Path, count: int) -> Path:
@@ -350,9 +352,7 @@ def widened_ports(bundle: Path, count: int) -> Path:
         server, port = f"198.51.100.{index % 33 + 1}", 1024 + index // 33 % 64512
         at = start + index * 1e-4
         records += handshake(frontend, 20000 + index % 40000, server, port, at)
-    path = pod_folder(bundle, FRONTEND) / "widened.pcap"
-    path.write_bytes(pcap_header() + b"".join(records))
-    return bundle
+    return frontend_records(bundle, "widened.pcap", records)
 
 
 def names_of_their_own(bundle: Path, count: int) -> Path:
@@ -367,9 +367,7 @@ def names_of_their_own(bundle: Path, count: int) -> Path:
         frame = udp_frame("10.96.0.10", 53, frontend, 40000 + index % 20000, answer)
         records.append(record(at, frame) + frame)
         records += handshake(frontend, 30000 + index % 30000, server, 443, at + 1e-4)
-    path = pod_folder(bundle, FRONTEND) / "names.pcap"
-    path.write_bytes(pcap_header() + b"".join(records))
-    return bundle
+    return frontend_records(bundle, "names.pcap", records)
 
 
 def alias_bomb(bundle: Path) -> Path:

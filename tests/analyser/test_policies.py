@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from analyser.dns import DnsNames, DnsTable
+from analyser.evaluation import PolicySet
 from analyser.flows import Evidence, Protocol
 from analyser.graphs import NodeRole, WorkloadGraph, build_graph
 from analyser.identities import Resolver
@@ -45,7 +46,7 @@ from analyser.policies import (
 )
 from analyser.policysets import parse_policy_texts
 from analyser.rendering import Provenance, policy_object, render_policy_files
-from analyser.replaying import cluster_facts, ensure_policies_allow
+from analyser.replaying import ClusterFacts, cluster_facts, ensure_policies_allow
 from analyser.selectors import LabelRequirement, LabelSelector
 from analyser.snapshot import Snapshot, parse_snapshot_documents
 from analyser.workloads import Workload, WorkloadRef
@@ -853,6 +854,22 @@ def _many_peers() -> list[Any]:
     return flows
 
 
+def _left_out_excused(
+    plan: PolicyPlan, graph: WorkloadGraph, names: Resolver, denied: str
+) -> tuple[PolicySet, ClusterFacts, set[tuple[str, str, str, PortSpec]]]:
+    """The safety check on ``plan``'s rendered and parsed-back policies sees the traffic they
+    left out for size (``denied`` matches it), unless told; told, the rest is allowed. Return
+    the policies read back, the cluster's facts and what it was told."""
+    files = render_policy_files(plan.policies, default_denies=[], provenance=Provenance())
+    loaded = parse_policy_texts(files).policies
+    facts = cluster_facts(cluster(), names)
+    with pytest.raises(UnsafePolicies, match=denied):
+        ensure_policies_allow(loaded, graph, facts)
+    left = {(i.workload, i.direction, i.peer, p) for i in plan.rules_left_out for p in i.ports}
+    ensure_policies_allow(loaded, graph, facts, rules_left_out=left)
+    return loaded, facts, left
+
+
 def test_rules_past_the_size_bound_are_left_out_the_least_evidence_first() -> None:
     """Past the bytes a policy's rules for the peers seen may take, the peers' ports with the
     least evidence lose their rules: answered before one-way, then by flows; a peer may keep
@@ -902,14 +919,7 @@ def test_rules_past_the_size_bound_are_left_out_the_least_evidence_first() -> No
     assert again == result
     # The default bound leaves nothing out of so few.
     assert synthesized(_many_peers(), {WEB}, max_outside_addresses=100)[2].rules_left_out == ()
-    # The safety check sees what was left out, unless told; told, the rest is allowed.
-    files = render_policy_files(result.policies, default_denies=[], provenance=Provenance())
-    loaded = parse_policy_texts(files).policies
-    facts = cluster_facts(cluster(), names)
-    with pytest.raises(UnsafePolicies, match=r"198\.51\.100\.2"):
-        ensure_policies_allow(loaded, graph, facts)
-    left = {(i.workload, i.direction, i.peer, p) for i in web.rules_left_out for p in i.ports}
-    ensure_policies_allow(loaded, graph, facts, rules_left_out=left)
+    loaded, facts, left = _left_out_excused(result, graph, names, r"198\.51\.100\.2")
     # Told of another workload's (or the other direction's), it still checks this one's.
     for other in (
         {(str(DB_W), direction, peer, port) for _, direction, peer, port in left},
@@ -978,10 +988,4 @@ def test_a_port_widened_to_anywhere_counts_towards_the_size_bound() -> None:
             RuleLeftOut(str(WEB), "egress", f"192.0.2.{n + 1}", (alternate,), 1) for n in range(35)
         )
     )
-    files = render_policy_files(result.policies, default_denies=[], provenance=Provenance())
-    loaded = parse_policy_texts(files).policies
-    facts = cluster_facts(cluster(), names)
-    with pytest.raises(UnsafePolicies, match=r"8443"):
-        ensure_policies_allow(loaded, graph, facts)
-    left = {(i.workload, i.direction, i.peer, p) for i in web.rules_left_out for p in i.ports}
-    ensure_policies_allow(loaded, graph, facts, rules_left_out=left)
+    _left_out_excused(result, graph, names, r"8443")
