@@ -250,10 +250,10 @@ def _still_checked(
     client, server = observed.client, observed.server
     if any(isinstance(end, Address) and (end.ip, port) in left_out for end in (client, server)):
         return None
-    sides = {
+    sides = (
         (Direction.EGRESS, client, server),  # the client's egress rule to the server
         (Direction.INGRESS, server, client),  # the server's ingress rule from the client
-    }
+    )
     dropped = {
         direction
         for direction, workload, peer in sides

@@ -33,9 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from cli.main import ExitStatus, echo
 from cli.progress import reading_captures
@@ -43,6 +43,8 @@ from kernel.errors import BundleError, PolicyError
 
 if TYPE_CHECKING:
     from analyser.verifying import Allowance, Observed
+
+T = TypeVar("T")
 
 SUMMARY = "prove policies allow every observed flow, show the rest"
 
@@ -171,7 +173,7 @@ def _verify(args: argparse.Namespace) -> int:
     if result.denials:
         denied = len(result.denials)
         echo(f"DENIED: the flows of {denied} client → server port(s) would be blocked:")
-        _echo_listed(str(denial) for denial in result.denials)
+        _echo_listed(result.denials, str)
     else:
         echo("OK: every observed flow is allowed")
     if result.unvouched:
@@ -179,10 +181,10 @@ def _verify(args: argparse.Namespace) -> int:
             f"not checked at a side whose own capture covered the time and did not see them "
             f"({len(result.unvouched)}: only the other side's captures claim them):"
         )
-        _echo_listed(_unchecked_line(item) for item in result.unvouched)
+        _echo_listed(result.unvouched, _unchecked_line)
     if result.allowances:
         echo(f"allowed but never observed ({len(result.allowances)} pairs):")
-        _echo_listed(_allowance_line(allowance) for allowance in result.allowances)
+        _echo_listed(result.allowances, _allowance_line)
     else:
         echo("nothing is allowed beyond what was observed")
     echo(f"least-privilege score (lower is better): {result.score}")
@@ -196,15 +198,12 @@ def _verify(args: argparse.Namespace) -> int:
 MAX_LISTED_LINES = 200
 
 
-def _echo_listed(lines: Iterable[str]) -> None:
-    """``lines``, indented, up to :data:`MAX_LISTED_LINES`; then how many more."""
-    more = 0
-    for number, line in enumerate(lines):
-        if number < MAX_LISTED_LINES:
-            echo(f"  {line}")
-        else:
-            more += 1
-    if more:
+def _echo_listed(items: Sequence[T], line: Callable[[T], str]) -> None:
+    """The ``line`` of each of ``items``, indented, up to :data:`MAX_LISTED_LINES`; then how many
+    more (not written out)."""
+    for item in items[:MAX_LISTED_LINES]:
+        echo(f"  {line(item)}")
+    if (more := len(items) - MAX_LISTED_LINES) > 0:
         echo(f"  … and {more:,} more (--json lists every one)")
 
 
