@@ -13,7 +13,20 @@ import pytest
 import yaml
 
 from analyser.analysing import REPORT, Analysis
-from analyser.rendering import KUSTOMIZATION, Provenance, policy_object, policy_path
+from analyser.cilium import CiliumPlan, CiliumPolicy, size_notes
+from analyser.flows import Protocol
+from analyser.graphs import WorkloadGraph
+from analyser.peers import PortSpec
+from analyser.policies import Policy, SideLeftOut
+from analyser.rendering import (
+    KUSTOMIZATION,
+    Provenance,
+    ReportFacts,
+    policy_object,
+    policy_path,
+    render_report,
+)
+from analyser.selectors import LabelSelector
 from cli.main import ExitStatus, main
 from tests.bundle_builders import Frame, dns_exchange, handshake
 from tests.hostile.hostile_helpers import (
@@ -204,3 +217,26 @@ def test_a_hostile_capture_file_name_is_shown_escaped(
     only_our_lines(report)
     written = {p: without_comments((out / p).read_text(encoding="utf-8")) for p in clean_policies}
     assert written == clean_policies
+
+
+def test_hostile_names_in_what_a_size_bound_left_out_stay_inert() -> None:
+    """The report's "Rules past a policy's size" and the notes of a CiliumNetworkPolicy past its
+    name bounds carry workload names (from a snapshot) and peers: each stays one escaped cell."""
+    workload = f"{NAMESPACE}/{HOSTILE_NAMES[0]}/Deployment\x1b[2J"
+    peer = f"{NAMESPACE}/Deployment/<b>{HOSTILE_NAMES[2]}"
+    policy = Policy(NAMESPACE, "web", workload, LabelSelector((("app", "web"),)))
+    notes = size_notes(
+        CiliumPlan((CiliumPolicy(policy, (), (), names_left_out=3, lookups_left_out=4),))
+    )
+    facts = ReportFacts(
+        "bundle", Provenance(), None, None, 0, 0, 0, {}, (), (), {},
+        notes=notes,
+        rules_left_out=(
+            SideLeftOut(workload, "egress", (peer, OUTSIDE), (PortSpec(Protocol.TCP, 443),), 2),
+        ),
+    )  # fmt: skip
+    report = render_report(facts, WorkloadGraph())
+    only_our_lines(report)
+    assert "<" not in report and ">" not in report
+    assert report.count("| 2 | TCP/443 |") == 1
+    assert len([line for line in report.splitlines() if "its CiliumNetworkPolicy" in line]) == 2
