@@ -52,9 +52,10 @@ $(STAMP): pyproject.toml
 	NETPOL_SNIFFER_COMPILE=0 $(BIN)/pip install -q -e '.[dev,dask]'
 	touch $@
 
-# analyser/packets.py (the per-packet loop) compiled in place with mypyc, again whenever it changes:
+# analyser/packets.py and orienting.py (the per-packet and per-connection loops) compiled in place
+# with mypyc, again whenever they change:
 # Python imports the compiled module before the source. No C compiler: the source runs as it is.
-$(COMPILED): $(STAMP) setup.py analyser/packets.py
+$(COMPILED): $(STAMP) setup.py analyser/packets.py analyser/orienting.py
 	$(BIN)/python setup.py -q build_ext --inplace
 	@# The copy keeps the build's time, older than the source when the C code came out the same.
 	find analyser -maxdepth 1 -name "*.so" -exec touch {} +

@@ -1,11 +1,13 @@
-"""Build hook: compile ``analyser/packets.py`` with mypyc when this machine can.
+"""Build hook: compile ``analyser/packets.py`` and ``analyser/orienting.py`` with mypyc when this
+machine can.
 
 Everything else about the package is in ``pyproject.toml``. ``analyser/packets.py`` holds the
-loop that runs once per captured packet; compiled by mypyc (part of mypy, from the same typed
-Python source) it reads captures about 2.5 times faster (``bench/analyse_throughput.py`` prints
-both). The extension is optional: without a C compiler or Python's headers the build warns and
-the package runs the same source interpreted, with the same results (``tests/analyser/
-test_packets.py`` checks both). ``NETPOL_SNIFFER_COMPILE=0`` skips compiling (the webhook's
+loop that runs once per captured packet, ``analyser/orienting.py`` the one that runs once per
+connection; compiled by mypyc (part of mypy, from the same typed Python source) they read
+captures about 2 times faster (``bench/analyse_throughput.py`` prints both). The extensions are
+optional: without a C compiler or Python's headers the build warns and the package runs the same
+source interpreted, with the same results (``tests/analyser/test_packets.py`` and
+``test_orienting.py`` check both). ``NETPOL_SNIFFER_COMPILE=0`` skips compiling (the webhook's
 image, which reads no captures, does).
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-COMPILED_MODULES = ["analyser/packets.py"]
+COMPILED_MODULES = ["analyser/packets.py", "analyser/orienting.py"]
 
 
 def compiled_extensions() -> list[Extension]:
@@ -28,7 +30,11 @@ def compiled_extensions() -> list[Extension]:
     # The build environment has no stubs for the project's dependencies: only the compiled
     # module's own types matter here (``make lint`` type-checks everything strictly).
     extensions: list[Extension] = mypycify(
-        ["--ignore-missing-imports", *COMPILED_MODULES], opt_level="3"
+        ["--ignore-missing-imports", *COMPILED_MODULES],
+        opt_level="3",
+        # Their shared runtime library, in the package (``analyser/compiled__mypyc…so``): named
+        # after the modules' hash, it would land outside any package, where imports miss it.
+        group_name="analyser.compiled",
     )
     for extension in extensions:
         extension.optional = True  # no compiler: warn and install the interpreted source
@@ -36,8 +42,8 @@ def compiled_extensions() -> list[Extension]:
 
 
 class AllOrNothing(build_ext):
-    """mypyc builds a module as two extensions, the module and its runtime library: an import
-    needs both, so when either failed to build, neither is kept (the source runs instead)."""
+    """mypyc builds an extension per module and one for their shared runtime library: an import
+    needs them all, so when one failed to build, none is kept (the sources run instead)."""
 
     def run(self) -> None:
         outputs = [Path(self.get_ext_fullpath(extension.name)) for extension in self.extensions]

@@ -2,7 +2,8 @@
 
 Pure (data in, data out, no I/O):
     packets     bytes → L3/L4 facts and DNS answers (the only dpkt import)
-    flows       the flow types, and conversations → client → server flows
+    flows       the flow types, and what a capture file's conversations are
+    orienting   conversations merged over files → client → server flows (compiled, like packets)
     dns         DNS answers → the names an address had, and when
     objects     the snapshot's objects as typed views, each read (and so checked) once: the schema
     identities  (IP, time) → pod, workload, Service, node or outside: ``Resolver``, a thin facade

@@ -72,15 +72,17 @@ ListenerOracle = Callable[[Endpoint, Protocol, float], bool]
 
 # A flow's evidence and flags in one byte of FlowGroup.kinds: the evidence's place in EVIDENCE
 # times 4, plus these.
-_ESTABLISHED = 1
-_ANSWERED = 2
+KIND_ESTABLISHED = 1
+KIND_ANSWERED = 2
 _EVIDENCE = tuple(Evidence)
 _EVIDENCE_KIND = {evidence: place << 2 for place, evidence in enumerate(_EVIDENCE)}
 
 
 def flow_kind(evidence: Evidence, established: bool, answered: bool) -> int:
     """A flow's evidence and flags as :attr:`FlowGroup.kinds` keeps them."""
-    return _EVIDENCE_KIND[evidence] | (established and _ESTABLISHED) | (answered and _ANSWERED)
+    return (
+        _EVIDENCE_KIND[evidence] | (established and KIND_ESTABLISHED) | (answered and KIND_ANSWERED)
+    )
 
 
 # A FlowGroup's columns, as array type codes: first and last seen (8 bytes each), packets and
@@ -250,8 +252,8 @@ class FlowGroup:
                 size,
                 captures,
                 _EVIDENCE[kind >> 2],
-                bool(kind & _ESTABLISHED),
-                bool(kind & _ANSWERED),
+                bool(kind & KIND_ESTABLISHED),
+                bool(kind & KIND_ANSWERED),
             )
 
     def taken(self, indices: Iterable[int]) -> FlowGroup:
@@ -302,11 +304,11 @@ class FlowGroup:
 
     def places(self, *, established: bool) -> list[int]:
         """The places of its established flows, or of the others (``established=False``)."""
-        wanted = _ESTABLISHED if established else 0
-        return [index for index, kind in enumerate(self.kinds) if kind & _ESTABLISHED == wanted]
+        wanted = KIND_ESTABLISHED if established else 0
+        return [index for index, kind in enumerate(self.kinds) if kind & KIND_ESTABLISHED == wanted]
 
     def any_answered(self) -> bool:
-        return any(kind & _ANSWERED for kind in self.kinds)
+        return any(kind & KIND_ANSWERED for kind in self.kinds)
 
     def first_seen(self) -> float:
         return min(self.firsts)
@@ -592,444 +594,24 @@ class CaptureConversations:
         return len(foreign)
 
 
-class _Aggregate:
-    """Mutable totals of one conversation while captures are merged (one per conversation of a
-    day of captures, so small: the first vantage point's totals in place, others aside)."""
-
-    __slots__ = (
-        "bytes",
-        "captures",
-        "first_seen",
-        "last_seen",
-        "others",
-        "packets",
-        "roles",
-        "vantage",
-    )
-
-    def __init__(self, first_seen: float, last_seen: float, vantage: str) -> None:
-        self.first_seen = first_seen
-        self.last_seen = last_seen
-        self.roles = 0  # CaptureConversations' handshake bits
-        self.captures: frozenset[str] = frozenset()  # shared between conversations
-        # Packets and bytes of the first vantage point (one tcpdump ring) that saw it, and of
-        # any other: [packets, bytes] by vantage point.
-        self.vantage = vantage
-        self.packets = self.bytes = 0
-        self.others: dict[str, list[int]] | None = None
-
-    def add(self, vantage: str, packets: int, size: int) -> None:
-        if vantage == self.vantage:
-            self.packets += packets
-            self.bytes += size
-            return
-        if self.others is None:
-            self.others = {}
-        totals = self.others.setdefault(vantage, [0, 0])
-        totals[0] += packets
-        totals[1] += size
-
-    def largest(self) -> tuple[int, int]:
-        """The (packets, bytes) of the vantage point that saw the most."""
-        largest = (self.packets, self.bytes)
-        for packets, size in (self.others or {}).values():
-            largest = max(largest, (packets, size))
-        return largest
-
-
-# CaptureConversations' bits.
-_OPENED, _ACCEPTED, _CLOSED = 1 | 2, 4 | 8, 16
-_A_DISOWNED, _B_DISOWNED = 32, 64
-_A_SENT, _B_SENT = 128, 256
+# CaptureConversations' handshake bits (see there).
+A_OPENED, B_OPENED, A_ACCEPTED, B_ACCEPTED, CLOSED = 1, 2, 4, 8, 16
+A_DISOWNED, B_DISOWNED, A_SENT, B_SENT = 32, 64, 128, 256
 
 
 def conversation_bits(roles: int, forward: bool) -> int:
     """:class:`CaptureConversations`' handshake bits for what one direction's sender did
     (``ROLE_*`` bits); ``forward``: the sender is the conversation's lower endpoint, ``a``."""
-    bits = _A_SENT if forward else _B_SENT
+    bits = A_SENT if forward else B_SENT
     if roles & ROLE_OPENER:
-        bits |= 1 if forward else 2
+        bits |= A_OPENED if forward else B_OPENED
     if roles & ROLE_ACCEPTOR:
-        bits |= 4 if forward else 8
+        bits |= A_ACCEPTED if forward else B_ACCEPTED
     if roles & ROLE_CLOSER:
-        bits |= _CLOSED
+        bits |= CLOSED
     if roles & ROLE_DISOWNER:
-        bits |= 32 if forward else 64
+        bits |= A_DISOWNED if forward else B_DISOWNED
     return bits
-
-
-# What a connection that never got going can amount to: Linux sends a SYN and 6 retries
-# (net.ipv4.tcp_syn_retries), each perhaps answered by a RST. More packets mean data flowed.
-MAX_UNESTABLISHED_PACKETS = 14
-
-
-def _established(protocol: Protocol, roles: int, packets: int) -> bool:
-    """Whether a TCP connection got going, from its handshake bits (``CaptureConversations``).
-
-    Without a SYN or SYN+ACK captured (the capture started later), it is taken as established.
-    A FIN says it was: only an open connection is closed that way. Its opener (who sent the SYN,
-    or did not send the SYN+ACK) disowning it with a RST without ACK says it was not: that is the
-    answer of a host to a SYN+ACK for a SYN it never sent, spoofed in its name (or a port scanner
-    leaving a half-open probe). Otherwise a SYN+ACK says it was, and so do more packets than a
-    failed attempt makes (a capture that dropped packets may miss the SYN+ACK and the FIN of a
-    connection that worked). The ACK that completes a handshake is no evidence here: the default
-    ``handshake`` capture mode keeps only TCP packets with SYN, FIN or RST.
-    """
-    if protocol is not Protocol.TCP or not roles & (_OPENED | _ACCEPTED) or roles & _CLOSED:
-        return True
-    a_opened = roles & (1 | 8)  # a sent the SYN, or b the SYN+ACK
-    b_opened = roles & (2 | 4)
-    if (a_opened and roles & _A_DISOWNED) or (b_opened and roles & _B_DISOWNED):
-        return False
-    return bool(roles & _ACCEPTED) or packets > MAX_UNESTABLISHED_PACKETS
-
-
-def _opener(roles: int) -> int:
-    """Which end opened the connection by its handshake bits: ``_A``, ``_B`` or ``_NEITHER``."""
-    a_opened, b_opened = bool(roles & 1), bool(roles & 2)
-    if a_opened != b_opened:
-        return _A if a_opened else _B
-    a_accepted, b_accepted = bool(roles & 4), bool(roles & 8)
-    if a_accepted != b_accepted:
-        return _B if a_accepted else _A
-    return _NEITHER
-
-
-def _only_sender(roles: int) -> int:
-    """Which end alone sent packets, by the handshake bits: ``_A``, ``_B`` or ``_NEITHER``."""
-    sent = roles & (_A_SENT | _B_SENT)
-    return _NEITHER if sent == _A_SENT | _B_SENT else _A if sent == _A_SENT else _B
-
-
-_NEITHER, _A, _B = 0, 1, 2
-# By the bits, worked out once (the bits of a conversation are below 512): who opened it, who
-# alone sent packets, and whether a TCP connection got going whatever its number of packets.
-_OPENERS = tuple(_opener(roles) for roles in range(512))
-_ONLY_SENDERS = tuple(_only_sender(roles) for roles in range(512))
-_ESTABLISHED_ANYWAY = tuple(
-    _established(Protocol.TCP, roles, 0) and _established(Protocol.TCP, roles, 1 << 62)
-    for roles in range(512)
-)
-
-
-class ConversationTable:
-    """Conversations merged over capture files.
-
-    A conversation seen from both ends (the client's and the server's capture) is one
-    conversation: packets and bytes are summed within one vantage point (the files of one tcpdump
-    ring, see ``sources.ring_name``) and the largest vantage total is taken, so the same packets
-    are not counted twice. Adding is commutative, so the result does not depend on the order in
-    which files were read.
-
-    Most conversations are seen by one file only (a short connection, captured at one end): the
-    table keeps such a file's entry as it is, and makes an :class:`_Aggregate` only for a
-    conversation a second file sees too.
-    """
-
-    def __init__(self) -> None:
-        # Per key: the entry of the one file that saw it (``CaptureConversations.entries``), or
-        # the totals over the files that did.
-        self._merged: dict[ConversationKey, ConversationEntry | _Aggregate] = {}
-        self._captures_by_number: dict[int, str] = {}  # a file's number → its name
-        self._vantages: dict[int, str] = {}  # a file's number → its vantage point
-        # The text of the pairs of addresses keys start with (``CaptureConversations.pairs``).
-        self._pairs: dict[bytes, AddressPair] = {}
-        # The sets of captures conversations have, each once: (a set, one more) → their union.
-        self._captures: dict[tuple[frozenset[str], str], frozenset[str]] = {}
-
-    def add(self, seen: CaptureConversations) -> None:
-        """Fold in what one capture file saw (its entries are kept, not copied)."""
-        merged, entries = self._merged, seen.entries
-        if self._captures_by_number.setdefault(seen.number, seen.capture) != seen.capture:
-            raise ValueError(f"{seen.capture}: file number {seen.number} is another file's")
-        self._vantages[seen.number] = seen.vantage
-        self._pairs.update(seen.pairs)
-        aggregates: dict[ConversationKey, _Aggregate] = {}
-        for key in entries.keys() & merged.keys():
-            known = merged[key]
-            aggregate = self._aggregate(known) if isinstance(known, bytes) else known
-            self._fold(aggregate, entries[key])
-            aggregates[key] = aggregate
-        # New keys (and the ones above, put right after) without a loop in Python.
-        merged.update(entries)
-        merged.update(aggregates)
-
-    def _aggregate(self, entry: ConversationEntry) -> _Aggregate:
-        """The totals of a conversation so far seen by one file: its entry."""
-        first_seen, last_seen, _, _, _, number = unpacked_entry(entry)
-        aggregate = _Aggregate(first_seen, last_seen, self._vantages[number])
-        self._fold(aggregate, entry)
-        return aggregate
-
-    def _fold(self, aggregate: _Aggregate, entry: ConversationEntry) -> None:
-        first_seen, last_seen, size, packets, roles, number = unpacked_entry(entry)
-        aggregate.first_seen = min(aggregate.first_seen, first_seen)
-        aggregate.last_seen = max(aggregate.last_seen, last_seen)
-        aggregate.roles |= roles
-        aggregate.captures = self._with(aggregate.captures, self._captures_by_number[number])
-        aggregate.add(self._vantages[number], packets, size)
-
-    def _with(self, captures: frozenset[str], capture: str) -> frozenset[str]:
-        found = self._captures.get((captures, capture))
-        if found is None:
-            found = self._captures[(captures, capture)] = captures | {capture}
-        return found
-
-    def __len__(self) -> int:
-        return len(self._merged)
-
-    def held(self) -> int:
-        """Its conversations plus its pairs of addresses: what its memory grows with (a pair's
-        texts take about as much as a conversation, and a scan has a pair a conversation)."""
-        return len(self._merged) + len(self._pairs)
-
-    def split(self, parts: int, part_of: Callable[[bytes], int]) -> list[ConversationTable]:
-        """Its conversations in ``parts`` tables, each in the table ``part_of`` gives the pair of
-        addresses its key starts with; this table is left empty."""
-        tables = [ConversationTable() for _ in range(parts)]
-        place = {pair: part_of(pair) for pair in self._pairs}
-        for table in tables:
-            table._captures_by_number = dict(self._captures_by_number)
-            table._vantages = dict(self._vantages)
-        for pair, texts in self._pairs.items():
-            tables[place[pair]]._pairs[pair] = texts
-        merged, tail = self._merged, KEY_TAIL
-        while merged:
-            key, found = merged.popitem()
-            tables[place[key[:-tail]]]._merged[key] = found
-        self._pairs.clear()
-        return tables
-
-    def conversations(self) -> list[Conversation]:
-        """Every conversation, sorted by (protocol, a, b)."""
-        return sorted(map(_conversation, self._rows(take=False)))
-
-    def oriented(self, known_listener: ListenerOracle | None) -> FlowTable:
-        """Every conversation oriented (as :func:`orient` does), each leaving the table as it is
-        read: the table is empty at the end, and a day's millions of conversations never exist
-        both as entries and as flows. No :class:`Conversation` or :class:`Endpoint` is made for
-        a connection here, only its place in a :class:`FlowGroup`."""
-        return FlowTable.sorted(self.flow_groups(known_listener))
-
-    def flow_groups(self, known_listener: ListenerOracle | None) -> list[FlowGroup]:
-        """:meth:`oriented`, its groups not yet put in order (``FlowTable.sorted``)."""
-        return _flow_groups(self._rows(take=True), known_listener, pairs_together=True)
-
-    def _rows(self, *, take: bool) -> Iterator[ConversationRow]:
-        alone: dict[int, frozenset[str]] = {}  # a file's number → the set of its name alone
-        merged, pairs, protocols = self._merged, self._pairs, _PROTOCOLS
-        tail = KEY_TAIL
-        unpack_tail = _PORTS_AND_PROTOCOL.unpack_from
-        unpack_entry = CONVERSATION_ENTRY.unpack
-        tcp = Protocol.TCP  # a local: looking a member up on its class is slow
-        keys = sorted(merged, reverse=True)  # taken from the end: each goes once it is used
-        while keys:
-            key = keys.pop()
-            found = merged.pop(key) if take else merged[key]
-            if isinstance(found, bytes):
-                first_seen, last_seen, size, packets, roles, number = unpack_entry(found)
-                captures = alone.get(number) or alone.setdefault(
-                    number, self._with(frozenset(), self._captures_by_number[number])
-                )
-            else:
-                first_seen, last_seen, roles = found.first_seen, found.last_seen, found.roles
-                packets, size = found.largest()
-                captures = found.captures
-            ip_a, ip_b, _ = pairs[key[:-tail]]
-            port_a, port_b, number = unpack_tail(key, len(key) - tail)
-            protocol = protocols[number]
-            established = (protocol is not tcp or _ESTABLISHED_ANYWAY[roles]) or _established(
-                protocol, roles, packets
-            )
-            # The key orders its ends by their addresses' bytes; a conversation by their text.
-            opener, sender = _OPENERS[roles], _ONLY_SENDERS[roles]
-            if ip_b < ip_a or (ip_a == ip_b and port_b < port_a):
-                yield (
-                    protocol, ip_b, port_b, ip_a, port_a, first_seen, last_seen, packets, size,
-                    captures, _SWAPPED[opener], established, _SWAPPED[sender],
-                )  # fmt: skip
-            else:
-                yield (
-                    protocol, ip_a, port_a, ip_b, port_b, first_seen, last_seen, packets, size,
-                    captures, opener, established, sender,
-                )  # fmt: skip
-
-
-# A conversation as ``ConversationTable`` reads it, before anything is made of it: protocol, a's
-# address and port, b's, first and last seen, packets, bytes, captures, which end opened it
-# (``_A``, ``_B`` or ``_NEITHER``), whether it got going, and which end alone sent packets. ``a``
-# is the end whose text comes first (see :class:`Conversation`).
-ConversationRow = tuple[
-    Protocol, str, int, str, int, float, float, int, int, frozenset[str], int, bool, int
-]
-_SWAPPED = (_NEITHER, _B, _A)  # an end's name once a and b trade places
-
-
-def _conversation(row: ConversationRow) -> Conversation:
-    protocol, ip_a, port_a, ip_b, port_b, first, last, packets, size, captures = row[:10]
-    opener, established, sender = row[10:]
-    a, b = Endpoint(ip_a, port_a), Endpoint(ip_b, port_b)
-    ends = (None, a, b)
-    return Conversation(
-        protocol,
-        a,
-        b,
-        first,
-        last,
-        packets,
-        size,
-        captures,
-        ends[opener],
-        established,
-        ends[sender],
-    )
-
-
-def _row(conversation: Conversation) -> ConversationRow:
-    a, b = conversation.a, conversation.b
-    sides = {None: _NEITHER, a: _A, b: _B}
-    return (
-        conversation.protocol, a.ip, a.port, b.ip, b.port, conversation.first_seen,
-        conversation.last_seen, conversation.packets, conversation.bytes, conversation.captures,
-        sides[conversation.opened_by], conversation.established, sides[conversation.sender],
-    )  # fmt: skip
-
-
-# --- Orientation -----------------------------------------------------------------------------
-
-# Ports above 1023 that are servers' by convention (databases, brokers, HTTP alternates, the
-# Kubernetes API and kubelet, gRPC, ...). Ports below 1024 count as servers' anyway.
-SERVICE_PORTS = frozenset(
-    {
-        1433, 1521, 2049, 2181, 2379, 2380, 3000, 3306, 4222, 4317, 4318, 5000, 5432, 5672,
-        5984, 6379, 6443, 7000, 7001, 8000, 8008, 8080, 8081, 8443, 8888, 9000, 9042, 9090,
-        9092, 9093, 9200, 9300, 9411, 10250, 11211, 15672, 27017, 50051,
-    }
-)  # fmt: skip
-# Linux picks client ports from 32768-60999, IANA from 49152: a port this high is a client's.
-EPHEMERAL_PORTS_START = 32768
-
-
-def _port_rank(port: int) -> int:
-    """0: a service port, 1: unknown, 2: ephemeral (a client's)."""
-    if port < 1024 or port in SERVICE_PORTS:
-        return 0
-    return 2 if port >= EPHEMERAL_PORTS_START else 1
-
-
-def _heuristic_server_is_a(port_a: int, port_b: int) -> bool:
-    """Whether the end with ``port_a`` is the server by port heuristics (of two ends, ``a``
-    the lower)."""
-    rank_a, rank_b = _port_rank(port_a), _port_rank(port_b)
-    if rank_a != rank_b:
-        return rank_a < rank_b
-    # Same kind of port: the lower port is the server's; equal ports give the lower endpoint.
-    return not port_b < port_a
-
-
-def orient(
-    conversations: Iterable[Conversation], known_listener: ListenerOracle | None
-) -> FlowTable:
-    """Client → server flows, each with the evidence its direction rests on.
-
-    In order: a captured handshake (:attr:`Conversation.opened_by`); else ``known_listener``
-    (from the snapshot: does this endpoint listen on this protocol at the conversation's first
-    packet?) when it says yes for exactly one side; else, when only one end sent packets
-    (:attr:`Conversation.sender`), that end: whoever sent datagrams nobody answered started
-    the exchange (a datagram with a low source port to a high one, say from port 53, forged or
-    not, must not give the receiver an egress rule to its sender); else port heuristics (a port
-    below 1024 or in ``SERVICE_PORTS`` is the server's, an ephemeral port is the client's, else
-    the lower port is the server's). Sorted by (protocol, client, server, first_seen), kept in
-    groups (:class:`FlowTable`). ``ConversationTable.oriented`` does the same from its entries.
-    """
-    return FlowTable.sorted(
-        _flow_groups(map(_row, conversations), known_listener, pairs_together=False)
-    )
-
-
-def _flow_groups(
-    rows: Iterable[ConversationRow],
-    known_listener: ListenerOracle | None,
-    *,
-    pairs_together: bool,
-) -> list[FlowGroup]:
-    """:func:`orient`, of conversations as rows, its groups not yet in order: the loop that runs
-    once per connection of a day, so it makes no object for one but its values in its group's
-    flat list (:func:`pack_flows`). With ``pairs_together`` (the rows of a pair of addresses come
-    one after another, as a table's do), a pair's groups are packed as soon as the next pair's
-    rows begin, so that only one pair's flows at a time wait as Python objects."""
-    groups: list[FlowGroup] = []
-    gathering: dict[_GatheredKey, list[Any]] = {}  # the groups not yet packed
-    pair = ("", "")
-    # Locals: looking a member up on its class, or a global, is slow.
-    handshake = _EVIDENCE_KIND[Evidence.HANDSHAKE]
-    known = _EVIDENCE_KIND[Evidence.KNOWN_LISTENER]
-    one_way = _EVIDENCE_KIND[Evidence.ONE_WAY]
-    heuristic = _EVIDENCE_KIND[Evidence.HEURISTIC]
-    a_side = _A
-    for (
-        protocol,
-        ip_a,
-        port_a,
-        ip_b,
-        port_b,
-        first_seen,
-        last_seen,
-        packets,
-        size,
-        captures,
-        opener,
-        established,
-        sender,
-    ) in rows:
-        if pairs_together and (ip_a != pair[0] or ip_b != pair[1]):
-            groups += _packed_groups(gathering)
-            gathering.clear()
-            pair = (ip_a, ip_b)
-        if opener:
-            client_is_a = opener == a_side
-            kind = handshake
-        else:
-            listens_a = listens_b = False
-            if known_listener is not None:
-                listens_a = known_listener(Endpoint(ip_a, port_a), protocol, first_seen)
-                listens_b = known_listener(Endpoint(ip_b, port_b), protocol, first_seen)
-            if listens_a != listens_b:
-                client_is_a = listens_b
-                kind = known
-            elif sender:
-                client_is_a = sender == a_side
-                kind = one_way
-            else:
-                client_is_a = not _heuristic_server_is_a(port_a, port_b)
-                kind = heuristic
-        if established:  # flow_kind, inline: this loop runs once per connection of a day
-            kind |= _ESTABLISHED
-        if not sender:
-            kind |= _ANSWERED
-        if client_is_a:
-            key = (protocol, ip_a, ip_b, port_b, captures)
-            client_port = port_a
-        else:
-            key = (protocol, ip_b, ip_a, port_a, captures)
-            client_port = port_b
-        flows = gathering.get(key)
-        if flows is None:
-            flows = gathering[key] = []
-        flows += (first_seen, last_seen, packets, size, client_port, kind)  # a FlowRow
-    groups += _packed_groups(gathering)
-    return groups
-
-
-# A group's protocol, client address, server address and port, and captures, as _flow_groups
-# gathers it.
-_GatheredKey = tuple[Protocol, str, str, int, frozenset[str]]
-
-
-def _packed_groups(gathering: dict[_GatheredKey, list[Any]]) -> Iterator[FlowGroup]:
-    for (protocol, client_ip, server_ip, server_port, captures), flows in gathering.items():
-        server = Endpoint(server_ip, server_port)
-        yield FlowGroup(protocol, client_ip, server, captures, pack_flows(flows))
 
 
 def _order_within_client(flow: Flow) -> tuple[int, str, int, float]:

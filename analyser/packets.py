@@ -432,7 +432,7 @@ def fold_tally(tally: Tally, number: int) -> FoldedTally:
     files read together) as one conversation entry, packed, keyed by its end with the lower
     address bytes first (see ``flows.CaptureConversations``). ``tally`` is emptied as it is
     read: a file of a million short connections holds as many keys, and its entries are made
-    as its counts go.
+    as its counts go, both directions of a conversation at once.
 
     Here rather than in ``flows`` because it runs once per key of every file (two per short
     connection) and this module is compiled. An address's text is made once per pair of
@@ -446,49 +446,48 @@ def fold_tally(tally: Tally, number: int) -> FoldedTally:
     lower_sent = _LOWER_SENT
     higher_sent = _HIGHER_SENT
     pack = CONVERSATION_ENTRY.pack
-    unpack = CONVERSATION_ENTRY.unpack
     counted = 0
     first_seen = math.inf
     while tally:
         key, counts = tally.popitem()
-        if isinstance(key, Skip):
+        if not isinstance(key, tuple):  # a Skip reason (a cheaper test than for Skip)
             skipped[key] = skipped.get(key, 0) + counts.packets
             continue
         protocol, raw = key
         half = (len(raw) - 4) >> 1  # see PacketKey
         source = raw[:half]
         destination = raw[half:-4]
+        source_port = raw[-4:-2]
+        destination_port = raw[-2:]
+        reverse = b"".join((destination, source, destination_port, source_port))
+        # The other direction, if any (none when both ends are one endpoint: the key is its own
+        # reverse, and taken already).
+        answer = tally.pop((protocol, reverse), None)
         first: float = counts.first
         last: float = counts.last
         packets: int = counts.packets
         size: int = counts.size
+        forward = source < destination or (
+            source == destination and source_port <= destination_port
+        )
+        bits = lower_sent[counts.roles] if forward else higher_sent[counts.roles]
+        if answer is not None:
+            if answer.first < first:
+                first = answer.first
+            if answer.last > last:
+                last = answer.last
+            packets += answer.packets
+            size += answer.size
+            bits |= higher_sent[answer.roles] if forward else lower_sent[answer.roles]
         if first < first_seen:
             first_seen = first
         counted += packets
-        if source < destination or (source == destination and raw[-4:-2] <= raw[-2:]):
-            pair = raw[:-4]
-            conversation = raw + protocols[protocol]
-            bits = lower_sent[counts.roles]
-        else:
-            pair = destination + source
-            conversation = pair + raw[-2:] + raw[-4:-2] + protocols[protocol]
-            bits = higher_sent[counts.roles]
+        ordered = raw if forward else reverse
+        pair = ordered[:-4]
         seen = earliest.get(pair)
         if seen is None or first < seen:
             earliest[pair] = first
-        entry = entries.get(conversation)
-        if entry is None:
-            entries[conversation] = pack(first, last, size, packets, bits, number)
-        else:  # the other direction
-            other_first, other_last, other_size, other_packets, other_bits, _ = unpack(entry)
-            entries[conversation] = pack(
-                min(other_first, first),
-                max(other_last, last),
-                other_size + size,
-                other_packets + packets,
-                other_bits | bits,
-                number,
-            )
+        entries[ordered + protocols[protocol]] = pack(first, last, size, packets, bits, number)
     pairs: dict[bytes, AddressPair] = {}
     for pair, first in earliest.items():
         half = len(pair) >> 1

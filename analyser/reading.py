@@ -85,7 +85,7 @@ class Traffic:
 @dataclass(frozen=True, slots=True)
 class Orientation:
     """How :func:`read_captures` orients the conversations as it makes them
-    (``flows.orient``): a day's millions of conversations then never all exist as conversations
+    (``orienting.orient``): a day's millions of conversations then never all exist as conversations
     and flows at once."""
 
     known_listener: ListenerOracle | None
@@ -407,7 +407,7 @@ def read_captures(
     piece_keys: int = PIECE_KEYS,
 ) -> Traffic:
     """Read every capture file into one :class:`Traffic`: its conversations, or with an
-    ``orientation`` its flows (``flows.orient``; what an analysis wants, made with less memory).
+    ``orientation`` its flows (``orienting.orient``; what an analysis wants, made with less memory).
 
     ``paths`` are capture files (see ``sources.find_captures``); they are named in reports and
     ``Conversation.captures`` relative to ``root`` (the bundle directory). ``workers`` processes

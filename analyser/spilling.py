@@ -1,7 +1,7 @@
 """Spilling: a day's conversations merged on disk, one part at a time in memory, and its flows
 kept on disk.
 
-Merging every capture file's conversations in one table (``flows.ConversationTable``) takes
+Merging every capture file's conversations in one table (``orienting.ConversationTable``) takes
 about 165 bytes a connection at its fullest: 1.1 GB for the 5 million connections of 20 million
 packets, and it grows with the captures. Past :data:`SPILL_BYTES` of capture files,
 ``reading.read_captures`` keeps each file's conversations instead in :data:`parts <part_count>`
@@ -40,11 +40,11 @@ from analyser.flows import (
     CaptureConversations,
     Conversation,
     ConversationKey,
-    ConversationTable,
     FlowGroup,
     FlowTable,
     ListenerOracle,
 )
+from analyser.orienting import ConversationTable
 from kernel.errors import CaptureError
 
 # Capture files (on disk) merged in memory in one table; past this, in parts of a quarter of this

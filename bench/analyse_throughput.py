@@ -174,7 +174,7 @@ def build_capture(path: Path, packets: int, *, flows: int, seed: int = 7) -> int
 _OURS = """
 import json, resource, sys
 from pathlib import Path
-from analyser.flows import orient
+from analyser.orienting import orient
 from analyser.reading import read_captures
 def cpu():
     return sum(

@@ -19,7 +19,6 @@ from analyser.flows import (
     ROLE_OPENER,
     CaptureConversations,
     Conversation,
-    ConversationTable,
     Endpoint,
     Evidence,
     Flow,
@@ -27,8 +26,8 @@ from analyser.flows import (
     FlowTable,
     Protocol,
     handshake_role,
-    orient,
 )
+from analyser.orienting import ConversationTable, orient
 from analyser.packets import Counts, Tally, fold_tally
 from analyser.spilling import ColumnStore
 

@@ -3,7 +3,6 @@ non-IP are skipped with a reason; DNS messages decode to their answers."""
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import socket
 import struct
@@ -26,6 +25,7 @@ from analyser.packets import (
     decode,
     decode_dns,
 )
+from tests.analyser.compiled_modules import interpreted
 from tests.analyser.packet_builders import (
     ARP,
     FRAMERS,
@@ -437,32 +437,9 @@ def _check_counts(
     assert len(tally) > 20 and dns_tally
 
 
-def _interpreted_packets() -> ModuleType:
-    """analyser/packets.py run by the interpreter, even where ``make venv`` compiled it."""
-    source = Path(packets.__file__).with_name("packets.py")
-    spec = importlib.util.spec_from_file_location("analyser_packets_interpreted", source)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 # The module as imported (compiled by mypyc where the build could) and its source interpreted:
 # both must count alike.
-IMPLEMENTATIONS = {"imported": packets, "interpreted": _interpreted_packets()}
-
-
-def test_the_compiled_module_is_not_older_than_its_source() -> None:
-    """Python imports a compiled analyser/packets before its source: a stale build would run
-    old code. ``make venv`` compiles again whenever the source changes."""
-    if not packets.__file__.endswith(".so"):
-        pytest.skip("analyser.packets is not compiled here")
-    compiled = Path(packets.__file__)
-    source = compiled.with_name("packets.py")
-    assert compiled.stat().st_mtime >= source.stat().st_mtime, (
-        f"{compiled.name} is older than packets.py: run `make venv` to compile it again"
-    )
+IMPLEMENTATIONS = {"imported": packets, "interpreted": interpreted(packets)}
 
 
 @pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
@@ -558,6 +535,8 @@ def test_fold_tally_makes_one_entry_of_both_directions(implementation: str) -> N
         (6, server + client + struct.pack("!HH", 80, 40000)): _counts(module, 5.5, 6.5, 2, 900, 2),
         # One way only, over IPv6.
         (17, high + low + struct.pack("!HH", 5000, 6000)): _counts(module, 4.0, 4.0, 1, 60, 0),
+        # An endpoint sending to itself: its key is its own other direction.
+        (17, client + client + struct.pack("!HH", 53, 53)): _counts(module, 8.0, 9.0, 2, 90, 0),
         module.Skip.SHORT: _counts(module, 1.0, 1.0, 4, 0, 0),
     }  # fmt: skip
     folded = module.fold_tally(tally, 3)
@@ -566,12 +545,14 @@ def test_fold_tally_makes_one_entry_of_both_directions(implementation: str) -> N
         # lower address bytes first; bits: a opened (1), b accepted (8), closed (16), both sent
         (6, "10.0.0.9", 40000, "10.0.0.10", 80): (5.0, 7.0, 1080, 5, 1 | 8 | 16 | 128 | 256, 3),
         (17, "fd00::1", 6000, "fd00::2", 5000): (4.0, 4.0, 60, 1, 256, 3),
+        (17, "10.0.0.9", 53, "10.0.0.9", 53): (8.0, 9.0, 90, 2, 128, 3),
     }  # fmt: skip
     assert folded.pairs == {
         client + server: ("10.0.0.9", "10.0.0.10", 5.0),
         low + high: ("fd00::1", "fd00::2", 4.0),
+        client + client: ("10.0.0.9", "10.0.0.9", 8.0),
     }
-    assert (folded.counted, folded.first_seen) == (6, 4.0)
+    assert (folded.counted, folded.first_seen) == (8, 4.0)
     assert folded.skipped == {module.Skip.SHORT: 4}
     # One string per address, for every pair it is in.
     assert all(

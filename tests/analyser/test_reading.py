@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from analyser import dns, reading, sources, spilling
-from analyser.flows import Endpoint, Evidence, FlowTable, Protocol, orient
+from analyser.flows import Endpoint, Evidence, FlowTable, Protocol
+from analyser.orienting import orient
 from analyser.reading import Orientation, read_captures
 from analyser.spilling import part_count
 from kernel.bundles import find_captures

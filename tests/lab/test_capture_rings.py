@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from analyser.flows import orient
+from analyser.orienting import orient
 from analyser.reading import read_captures
 from analyser.rings import RingContext, RingLoss, RingVerdict, ring_losses
 from analyser.snapshot import load_capture_meta
