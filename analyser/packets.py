@@ -409,6 +409,7 @@ class Counts:
 
 
 Tally = dict[PacketKey | Skip, Counts]
+_NO_COUNTS: Final = Counts(0.0, 0, 0)  # no key's (count_records' known keys start as none)
 
 
 # The handshake bits of a conversation (``flows.CaptureConversations``) for a direction's roles
@@ -624,6 +625,12 @@ def count_records(
     raw: bytes
     data_offset: int
     control: int
+    # The last two keys found or put in ``tally`` (not port 53's), and their counts: a
+    # connection's packets come in bursts, both ways, and comparing a key's bytes with a known
+    # key's costs less than making a key, hashing it and looking it up.
+    last_protocol = other_protocol = -1
+    last_raw = other_raw = b""
+    last_counts = other_counts = _NO_COUNTS
     while offset <= last_start:
         ip = offset + record_header + ip_at
         if byte_by_byte:
@@ -692,10 +699,19 @@ def count_records(
             # An overlay's tunnel (node-wide captures): the packet inside is the flow.
             _count(*general(buffer[start:offset]), timestamp, tally, dns_tally, dns_payloads)
             continue
-        key: PacketKey = (protocol, raw)
         role = roles[control] if protocol == TCP else 0
+        if protocol == last_protocol and raw == last_raw:
+            last_counts.add(timestamp, length, role)
+            continue
+        if protocol == other_protocol and raw == other_raw:
+            other_counts.add(timestamp, length, role)
+            continue
+        key: PacketKey = (protocol, raw)
         entry = tally.get(key)
-        if entry is None:
+        if entry is not None:
+            other_protocol, other_raw, other_counts = last_protocol, last_raw, last_counts
+            last_protocol, last_raw, last_counts = protocol, raw, entry
+        else:
             table = tally
             # Port 53 (0x0035) at either end: the last four bytes of the key are the ports.
             if (raw[-3] == DNS_PORT and raw[-4] == 0) or (raw[-1] == DNS_PORT and raw[-2] == 0):
@@ -712,7 +728,10 @@ def count_records(
                 table = dns_tally
                 entry = dns_tally.get(key)
             if entry is None:
-                table[key] = Counts(timestamp, length, role)
+                entry = table[key] = Counts(timestamp, length, role)
+                if table is tally:
+                    other_protocol, other_raw, other_counts = last_protocol, last_raw, last_counts
+                    last_protocol, last_raw, last_counts = protocol, raw, entry
                 continue
         entry.add(timestamp, length, role)
     return offset, walked
