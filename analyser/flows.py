@@ -76,6 +76,7 @@ KIND_ESTABLISHED = 1
 KIND_ANSWERED = 2
 _EVIDENCE = tuple(Evidence)
 _EVIDENCE_KIND = {evidence: place << 2 for place, evidence in enumerate(_EVIDENCE)}
+_ESTABLISHED_FLAGS = bytes(bool(kind & KIND_ESTABLISHED) for kind in range(256))  # to translate
 
 
 def flow_kind(evidence: Evidence, established: bool, answered: bool) -> int:
@@ -292,11 +293,15 @@ class FlowGroup:
         (:meth:`loaded`: read from disk once)."""
         if len(column) < 2:
             return self
-        order = sorted(range(len(column)), key=column.__getitem__)
-        if len(set(column)) < len(column):
+        primary = column.tolist()  # a list's items are read faster than a memoryview's
+        ties = len(set(primary)) < len(primary)
+        if not ties and primary == sorted(primary):  # often so: no order to make, nor to compare
+            return self
+        order = sorted(range(len(primary)), key=primary.__getitem__)
+        if ties:
             columns = (column, *then)
             order.sort(key=lambda index: tuple(values[index] for values in columns))
-        return self if order == list(range(len(column))) else loaded.taken(order)
+        return self if order == list(range(len(primary))) else loaded.taken(order)
 
     def evidence(self) -> set[Evidence]:
         """The evidence its flows rest on."""
@@ -304,8 +309,14 @@ class FlowGroup:
 
     def places(self, *, established: bool) -> list[int]:
         """The places of its established flows, or of the others (``established=False``)."""
-        wanted = KIND_ESTABLISHED if established else 0
-        return [index for index, kind in enumerate(self.kinds) if kind & KIND_ESTABLISHED == wanted]
+        # 1 for an established flow, 0 for another: counted in C, so that a group whose flows
+        # are all one or the other (most are) costs no loop in Python.
+        flags = bytes(self.kinds).translate(_ESTABLISHED_FLAGS)
+        wanted = int(established)
+        count = flags.count(wanted)
+        if count in (0, len(flags)):
+            return list(range(count))
+        return [index for index, flag in enumerate(flags) if flag == wanted]
 
     def any_answered(self) -> bool:
         return any(kind & KIND_ANSWERED for kind in self.kinds)

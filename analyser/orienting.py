@@ -282,8 +282,10 @@ class ConversationTable:
     def conversations(self) -> list[Conversation]:
         """Every conversation, sorted by (protocol, a, b)."""
         alone: dict[int, frozenset[str]] = {}
+        pairs, tail = self._pairs, KEY_TAIL
         return sorted(
-            _conversation(self._row(key, found, alone)) for key, found in self._merged.items()
+            _conversation(self._row(key, found, pairs[key[:-tail]], alone))
+            for key, found in self._merged.items()
         )
 
     def oriented(self, known_listener: ListenerOracle | None) -> FlowTable:
@@ -297,21 +299,28 @@ class ConversationTable:
         """:meth:`oriented`, its groups not yet put in order (``FlowTable.sorted``)."""
         groups = _Groups(known_listener, pairs_together=True)
         alone: dict[int, frozenset[str]] = {}  # a file's number → the set of its name alone
-        merged = self._merged
+        merged, pairs, tail = self._merged, self._pairs, KEY_TAIL
         keys = sorted(merged, reverse=True)  # taken from the end: each goes once it is used
+        # The keys of a pair of addresses come one after another: its texts are looked up once.
+        pair = b""
+        texts: AddressPair = ("", "", 0.0)
         while keys:
             key = keys.pop()
-            groups.add(self._row(key, merged.pop(key), alone))
+            if len(key) != len(pair) + tail or not key.startswith(pair):
+                pair = key[:-tail]
+                texts = pairs[pair]
+            groups.add(self._row(key, merged.pop(key), texts, alone))
         return groups.packed()
 
     def _row(
         self,
         key: ConversationKey,
         found: ConversationEntry | _Aggregate,
+        texts: AddressPair,
         alone: dict[int, frozenset[str]],
     ) -> ConversationRow:
-        """The row of the conversation with ``key`` and ``found`` in the table; ``alone`` keeps
-        the set of each file's name alone, made once."""
+        """The row of the conversation with ``key`` and ``found`` in the table, ``texts`` its
+        pair of addresses'; ``alone`` keeps the set of each file's name alone, made once."""
         first_seen: float
         last_seen: float
         packets: int
@@ -326,7 +335,7 @@ class ConversationTable:
             first_seen, last_seen, roles = found.first_seen, found.last_seen, found.roles
             packets, size = found.largest()
             captures = found.captures
-        ip_a, ip_b, _ = self._pairs[key[:-KEY_TAIL]]
+        ip_a, ip_b, _ = texts
         end = len(key)  # a's port, b's port and the protocol number (see ConversationKey)
         port_a = key[end - 5] << 8 | key[end - 4]
         port_b = key[end - 3] << 8 | key[end - 2]

@@ -9,6 +9,7 @@ import socket
 import struct
 import tracemalloc
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -495,6 +496,25 @@ def test_a_flow_group_takes_sorts_and_counts_its_flows() -> None:
     assert FlowTable.of(flows).evidence_counts() == Counter(flow.evidence for flow in flows)
     assert group.evidence() == {flow.evidence for flow in own}
     assert group.taken([]).places(established=False) == []
+    # A group of both kinds, and groups of one kind only.
+    mixed = FlowGroup.of(
+        replace(flow, established=index % 3 != 0) for index, flow in enumerate(own)
+    )
+    assert mixed.places(established=False) == list(range(0, len(own), 3))
+    assert mixed.places(established=True) == [i for i in range(len(own)) if i % 3]
+    only = mixed.taken(mixed.places(established=True))
+    assert (only.places(established=True), only.places(established=False)) == (
+        list(range(len(only))),
+        [],
+    )
+    none = mixed.taken(mixed.places(established=False))
+    assert (none.places(established=True), none.places(established=False)) == (
+        [],
+        list(range(len(none))),
+    )
+    # already in order: the group itself, no copy
+    in_time = group.by_time()
+    assert in_time.by_time() is in_time
     # one flow's columns are packed in one piece, as the columns of several are
     alone = FlowGroup.of(own[:1])
     assert list(alone.flows()) == own[:1]
