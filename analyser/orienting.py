@@ -158,6 +158,17 @@ class _Aggregate:
     """Mutable totals of one conversation while captures are merged (one per conversation of a
     day of captures, so small: the first vantage point's totals in place, others aside)."""
 
+    __slots__ = (
+        "bytes",
+        "captures",
+        "first_seen",
+        "last_seen",
+        "others",
+        "packets",
+        "roles",
+        "vantage",
+    )
+
     def __init__(self, vantage: str = "") -> None:
         # Empty until a file's entry is folded in (compiled, unpickling makes one without
         # arguments, then sets its fields).
