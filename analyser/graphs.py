@@ -333,6 +333,13 @@ class EdgeRow:
 LISTED_PORTS = 10
 
 
+def ports_text(ports: Sequence[PortSpec]) -> str:
+    """``TCP/9090, UDP/53``; past :data:`LISTED_PORTS`, ``and N more ports``."""
+    listed = ", ".join(f"{port.protocol}/{port.port}" for port in ports[:LISTED_PORTS])
+    more = len(ports) - LISTED_PORTS
+    return f"{listed} and {more} more ports" if more > 0 else listed
+
+
 @dataclass(frozen=True, slots=True)
 class UnvouchedPair:
     """Traffic from ``client`` to ``server`` (graph node ids) on ``ports`` that the captures at a
@@ -345,10 +352,7 @@ class UnvouchedPair:
 
     @property
     def ports_text(self) -> str:
-        """``TCP/9090, UDP/53``; past :data:`LISTED_PORTS`, ``and N more ports``."""
-        listed = ", ".join(f"{port.protocol}/{port.port}" for port in self.ports[:LISTED_PORTS])
-        more = len(self.ports) - LISTED_PORTS
-        return f"{listed} and {more} more ports" if more > 0 else listed
+        return ports_text(self.ports)
 
     @property
     def sides(self) -> int:

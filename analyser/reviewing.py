@@ -24,7 +24,7 @@ import yaml
 
 from analyser import documents
 from analyser.evaluation import Address, Direction, PolicySet, policy_name
-from analyser.graphs import LISTED_FLOWS, NodeRole, WorkloadGraph
+from analyser.graphs import LISTED_FLOWS, GraphEdge, NodeRole, WorkloadGraph, ports_text
 from analyser.peers import PortSpec
 from analyser.pictures import GroupKind, Picture, drawing_ids
 from analyser.replaying import ClusterFacts, observed_on_edge, verification_inputs
@@ -35,6 +35,12 @@ from kernel.bundles import Window
 # An edge's panel lists this many of its flows per target port, then how many more there were
 # (report.md's table has them all by edge; the capture files each one). The graph keeps them.
 MAX_LISTED_FLOWS = LISTED_FLOWS
+
+# A workload's connections with single addresses (outside the cluster, or unresolved): the page
+# reviews the first this many of one workload in one direction, in the graph's order, and sums
+# up the others (a public ingress has thousands of clients, a forged capture any number; each
+# connection reviewed takes a few KB of the page). report.md lists them by port.
+MAX_ADDRESS_EDGES = 50
 
 # verify's allowed-but-never-observed is worked out up to this many pairs of its universe (every
 # ordered pair of workloads with a captured one, each captured workload with each address block,
@@ -125,6 +131,21 @@ class EdgeReview:
 
 
 @dataclass(frozen=True, slots=True)
+class FoldedEdges:
+    """A workload's connections with single addresses in one direction past the first
+    :data:`MAX_ADDRESS_EDGES`: summed up, not reviewed one by one."""
+
+    subject: str  # the workload's graph node id
+    subject_label: str
+    direction: Direction  # egress: it connected to the addresses; ingress: they to it
+    edges: int
+    flows: int
+    packets: int
+    bytes: int
+    ports: str  # their target ports (``graphs.ports_text``)
+
+
+@dataclass(frozen=True, slots=True)
 class Unobserved:
     """What a workload's side of the policies allows with ``peer`` that was never observed."""
 
@@ -157,6 +178,7 @@ class Review:
     edges: tuple[EdgeReview, ...]
     files: Mapping[str, str]  # the policy files, by name
     unchecked: str = ""  # why the unobserved allowances were not worked out ("": they were)
+    folded: tuple[FoldedEdges, ...] = ()  # connections with single addresses not in ``edges``
 
     def as_json(self) -> dict[str, Any]:
         """The page's data (plain JSON types): rendering embeds it, the page's script reads it."""
@@ -333,8 +355,57 @@ def _port_review(
     )
 
 
+_ADDRESS_ROLES = frozenset({NodeRole.EXTERNAL, NodeRole.UNRESOLVED})
+
+
+@dataclass(frozen=True, slots=True)
+class _EdgePlaces:
+    """Where each graph edge (by its ends) is in the review: reviewed (its index in
+    ``Review.edges``), or summed up (its index in ``Review.folded``)."""
+
+    reviewed: Mapping[tuple[str, str], int]
+    folded: Mapping[tuple[str, str], int]
+
+
+def _edge_places(
+    graph: WorkloadGraph,
+) -> tuple[list[GraphEdge], list[list[GraphEdge]], _EdgePlaces]:
+    """The graph's edges to review, in its order, and those summed up, by workload side and
+    direction (:data:`MAX_ADDRESS_EDGES`)."""
+    reviewed: list[GraphEdge] = []
+    folded: dict[tuple[str, Direction], list[GraphEdge]] = {}
+    by_side: dict[tuple[str, Direction], int] = defaultdict(int)
+    for edge in graph.edges:
+        client, server = graph.node(edge.client).role, graph.node(edge.server).role
+        if server in _ADDRESS_ROLES and client not in _ADDRESS_ROLES:
+            side = (edge.client, Direction.EGRESS)
+        elif client in _ADDRESS_ROLES and server not in _ADDRESS_ROLES:
+            side = (edge.server, Direction.INGRESS)
+        else:
+            reviewed.append(edge)
+            continue
+        if by_side[side] < MAX_ADDRESS_EDGES:
+            by_side[side] += 1
+            reviewed.append(edge)
+        else:
+            folded.setdefault(side, []).append(edge)
+    places = _EdgePlaces(
+        {(edge.client, edge.server): index for index, edge in enumerate(reviewed)},
+        {
+            (edge.client, edge.server): index
+            for index, edges in enumerate(folded.values())
+            for edge in edges
+        },
+    )
+    return reviewed, list(folded.values()), places
+
+
 def _edge_reviews(
-    graph: WorkloadGraph, cluster: ClusterFacts, policies: PolicySet, files: _PolicyFiles
+    graph: WorkloadGraph,
+    edges: Iterable[GraphEdge],
+    cluster: ClusterFacts,
+    policies: PolicySet,
+    files: _PolicyFiles,
 ) -> tuple[EdgeReview, ...]:
     return tuple(
         EdgeReview(
@@ -347,7 +418,25 @@ def _edge_reviews(
                 for port in sorted(edge.ports)
             ),
         )
-        for edge in graph.edges
+        for edge in edges
+    )
+
+
+def _folded_edges(graph: WorkloadGraph, edges: Sequence[GraphEdge]) -> FoldedEdges:
+    """One workload side's connections with single addresses in one direction, summed up."""
+    first = edges[0]
+    egress = graph.node(first.server).role in _ADDRESS_ROLES
+    subject = first.client if egress else first.server
+    stats = [port for edge in edges for port in edge.ports.values()]
+    return FoldedEdges(
+        subject=inert(subject),
+        subject_label=inert(graph.node(subject).label),
+        direction=Direction.EGRESS if egress else Direction.INGRESS,
+        edges=len(edges),
+        flows=sum(port.flows for port in stats),
+        packets=sum(port.packets for port in stats),
+        bytes=sum(port.bytes for port in stats),
+        ports=ports_text(sorted({port for edge in edges for port in edge.ports})),
     )
 
 
@@ -424,11 +513,13 @@ def _namespace_of(graph: WorkloadGraph, node_id: str) -> str | None:
     return node.workload.ref.namespace if node.workload is not None else None
 
 
-def _picture_json(picture: Picture, graph: WorkloadGraph, prefix: str) -> dict[str, Any]:
-    """The picture's shapes by SVG id: what each stands for, and the namespaces each touches
-    (the page's namespace filter keeps a shape when one of them is chosen)."""
+def _picture_json(
+    picture: Picture, graph: WorkloadGraph, prefix: str, places: _EdgePlaces
+) -> dict[str, Any]:
+    """The picture's shapes by SVG id: what each stands for (an edge: the connections it draws,
+    reviewed or summed up), and the namespaces each touches (the page's namespace filter keeps a
+    shape when one of them is chosen)."""
     ids = drawing_ids(picture, prefix)
-    edge_index = {(edge.client, edge.server): index for index, edge in enumerate(graph.edges)}
     touches: dict[str, set[str]] = defaultdict(set)  # picture node or group id → namespaces
     edges = {}
     for edge, edge_id in zip(picture.edges, ids.edges, strict=True):
@@ -443,9 +534,14 @@ def _picture_json(picture: Picture, graph: WorkloadGraph, prefix: str) -> dict[s
         edges[edge_id] = {
             "label": [inert(line) for line in edge.label],
             "infrastructure": edge.infrastructure,
-            "edges": sorted(edge_index[member] for member in edge.members),
+            "edges": sorted(
+                places.reviewed[member] for member in edge.members if member in places.reviewed
+            ),
             "namespaces": sorted(inert(n) for n in namespaces),
         }
+        folded = {places.folded[member] for member in edge.members if member in places.folded}
+        if folded:  # only then: the page of a graph with nothing summed up stays as it was
+            edges[edge_id]["folded"] = sorted(folded)
     nodes = {}
     for node in picture.nodes:
         own = {n for member in node.members if (n := _namespace_of(graph, member)) is not None}
@@ -527,6 +623,7 @@ def review(
     (``verifying.unobserved_allowances``; None: not worked out, ``unchecked`` says why)."""
     files = _PolicyFiles.of(policy_files)
     workloads = _workload_reviews(graph, cluster, policies, files, allowances or ())
+    reviewed, folded, places = _edge_places(graph)
     return Review(
         source=inert(source),
         window=inert(window),
@@ -535,14 +632,15 @@ def review(
             View(
                 inert(drawing.namespace) if drawing.namespace is not None else None,
                 svg_for_page(drawing.svg),
-                _picture_json(drawing.picture, graph, drawing.prefix),
+                _picture_json(drawing.picture, graph, drawing.prefix, places),
             )
             for drawing in drawings
         ),
         workloads=workloads,
-        edges=_edge_reviews(graph, cluster, policies, files),
+        edges=_edge_reviews(graph, reviewed, cluster, policies, files),
         files=dict(sorted(policy_files.items())),
         unchecked=unchecked if allowances is None else "",
+        folded=tuple(_folded_edges(graph, edges) for edges in folded),
     )
 
 
@@ -623,4 +721,17 @@ def _review_json(review: Review) -> dict[str, Any]:
         ],
         "files": dict(review.files),
         "unchecked": review.unchecked,
+    } | ({"folded": [_folded_json(folded) for folded in review.folded]} if review.folded else {})
+
+
+def _folded_json(folded: FoldedEdges) -> dict[str, Any]:
+    return {
+        "subject": folded.subject,
+        "subject_label": folded.subject_label,
+        "direction": str(folded.direction),
+        "edges": folded.edges,
+        "flows": folded.flows,
+        "packets": folded.packets,
+        "bytes": folded.bytes,
+        "ports": folded.ports,
     }

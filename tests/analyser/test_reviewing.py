@@ -4,6 +4,7 @@ safe (graph.svg re-serialized, the data as script-safe JSON). The page itself: t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from xml.etree import ElementTree
 
@@ -14,8 +15,10 @@ from analyser import reviewing
 from analyser.analysing import Analysis, PolicyFormat, analyse
 from analyser.bundles import open_bundle
 from analyser.evaluation import Direction, PolicySet, RuleAllowing, compile_policy, pod
-from analyser.flows import Protocol
+from analyser.flows import Evidence, Protocol
+from analyser.graphs import EdgeStats, GraphEdge, GraphNode, NodeRole
 from analyser.peers import PortSpec
+from analyser.pictures import picture_of
 from analyser.policysets import parse_policy_texts
 from analyser.rendering import script_json
 from analyser.replaying import cluster_facts
@@ -241,3 +244,71 @@ def test_the_page_of_a_cilium_set_points_at_its_rules() -> None:
         excerpt = [line.strip() for line in written.split("\n")]
         assert excerpt[0].startswith(f"# {way} default/") and excerpt[0].endswith(other)
         assert excerpt[1].startswith("# TCP/6379: ")
+
+
+def test_past_so_many_connections_with_single_addresses_a_workload_s_are_summed_up(
+    demo: tuple[Analysis, Review], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A public ingress meets thousands of clients: past MAX_ADDRESS_EDGES of a workload in one
+    direction, the page sums its connections with single addresses up (the picture's edges point
+    at the sum), so that the page does not grow with them."""
+    analysis, plain = demo
+    monkeypatch.setattr(reviewing, "MAX_ADDRESS_EDGES", 2)
+    frontend = "default/Deployment/frontend"
+    clients = [f"198.51.100.{n}" for n in range(1, 6)]
+    at = 1_767_261_600.0
+
+    def stats(flows: int) -> EdgeStats:
+        return EdgeStats(
+            flows, 2 * flows, 100 * flows, at, at + flows, frozenset({Evidence.HANDSHAKE})
+        )
+
+    graph = dataclasses.replace(
+        analysis.graph,
+        nodes=(
+            *analysis.graph.nodes,
+            *(GraphNode(f"ip:{a}", NodeRole.EXTERNAL, a) for a in [*clients, "203.0.113.9"]),
+        ),
+        edges=(
+            *analysis.graph.edges,
+            *(
+                GraphEdge(f"ip:{a}", frontend, {PortSpec(Protocol.TCP, 8080 + n % 2): stats(n)})
+                for n, a in enumerate(clients, 1)
+            ),
+            GraphEdge(frontend, "ip:203.0.113.9", {PortSpec(Protocol.TCP, 443): stats(1)}),
+        ),
+    )
+    policy_files = {n: t for n, t in analysis.files.items() if n.endswith(".yaml")}
+    review = reviewing.review(
+        graph,
+        source="bundle",
+        window="",
+        drawings=(
+            reviewing.Drawing(None, picture_of(graph), '<svg xmlns="http://www.w3.org/2000/svg"/>'),
+        ),
+        policy_files=policy_files,
+        policies=parse_policy_texts(policy_files).policies,
+        cluster=cluster_facts(analysis.snapshot, analysis.resolver),
+        allowances=(),
+    )
+    reviewed = {(edge.client, edge.server) for edge in review.edges}
+    # The graph's order: the first two clients reviewed, one by one; the only egress one too.
+    assert {("ip:198.51.100.1", frontend), ("ip:198.51.100.2", frontend)} <= reviewed
+    assert (frontend, "ip:203.0.113.9") in reviewed
+    assert not {(f"ip:{a}", frontend) for a in clients[2:]} & reviewed
+    assert len(review.edges) == len(plain.edges) + 3
+    assert review.folded == (
+        reviewing.FoldedEdges(
+            frontend, frontend, Direction.INGRESS, 3, 3 + 4 + 5, 24, 1200, "TCP/8080, TCP/8081"
+        ),
+    )
+    page = review.as_json()
+    assert page["folded"][0]["edges"] == 3 and page["folded"][0]["direction"] == "ingress"
+    # Each picture edge points at what it draws: reviewed connections, or the sum.
+    shapes = page["views"][0]["shapes"]["edges"].values()
+    pointed = sorted(index for shape in shapes for index in shape["edges"])
+    assert pointed == list(range(len(review.edges)))
+    # (five addresses are drawn one by one: the three summed up each point at the sum)
+    assert [shape["folded"] for shape in shapes if "folded" in shape] == [[0], [0], [0]]
+    # Nothing summed up: the page's data is as it was (no "folded" key).
+    assert "folded" not in plain.as_json()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from analyser import reviewing
 from analyser.analysing import GRAPH_SVG, REPORT_HTML, draw_namespaces, render_svg
 from analyser.evaluation import NO_PORTS, PolicySet, PortSet
 from analyser.graphs import GraphNode, NodeRole
@@ -374,3 +375,57 @@ def test_a_namespace_chosen_is_shown_in_a_picture_of_its_own(
     page.select_option("#namespace", "")
     assert shown.get_attribute("data-view") == "0"
     assert opened.errors == []
+
+
+def test_a_workload_s_many_single_addresses_are_summed_up_and_shown_as_text(
+    browser: Browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_ADDRESS_EDGES connections of a workload with single addresses in one direction,
+    the page sums the others up: a row of the connections' list, a line of the workload's
+    panel and the picture's edges lead to the sum; the workload's name (no check passed) stays
+    text there too."""
+    monkeypatch.setattr(reviewing, "MAX_ADDRESS_EDGES", 2)
+    graph = example_graph()
+    subject = workload_node(f"shop/Deployment/{INJECTIONS[1]}")
+    cart = graph.edge("shop/Deployment/cart", "ip:203.0.113.7")
+    clients = [
+        GraphNode(f"ip:198.51.100.{n}", NodeRole.EXTERNAL, f"198.51.100.{n}") for n in range(1, 8)
+    ]
+    graph = dataclasses.replace(
+        graph,
+        nodes=(*graph.nodes, subject, *clients),
+        edges=(
+            *graph.edges,
+            *(dataclasses.replace(cart, client=node.id, server=subject.id) for node in clients),
+        ),
+    )
+    picture = picture_of(graph)
+    page_text = render_review(
+        review(
+            graph,
+            source="bundle",
+            window="",
+            drawings=(Drawing(None, picture, render_svg(render_dot(picture))),),
+            policy_files={},
+            policies=PolicySet(),
+            cluster=ClusterFacts({}, {}, {}, {}, {}),
+            allowances=[],
+        )
+    )
+    path = tmp_path / REPORT_HTML
+    path.write_text(page_text, encoding="utf-8")
+    opened = open_page(browser, path)
+    page = opened.page
+    (folded,) = opened.data()["folded"]
+    assert (folded["subject"], folded["edges"]) == (subject.id, 5)
+    row = page.locator("#connections tbody tr[data-folded]")
+    flows = 5 * sum(stats.flows for stats in cart.ports.values())
+    assert row.all_inner_texts() == [f"5 more addresses\t{subject.id}\t{folded['ports']}\t{flows}"]
+    row.click()
+    assert page.locator("#details h2").inner_text() == "5 connections"
+    shown = page.locator("#details section.folded").inner_text()
+    assert f"5 more addresses → {subject.id}" in shown and f"on {folded['ports']}." in shown
+    page.locator("#workloads tbody tr", has_text=INJECTIONS[1]).first.click()
+    page.locator("#details li", has_text="5 more addresses").locator("button").click()
+    assert page.locator("#details section.folded").count() == 1
+    assert_inert(opened)

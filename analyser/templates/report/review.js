@@ -54,6 +54,18 @@
     });
     return found;
   }
+  // A workload's connections with single addresses past the first ones (reviewing.FoldedEdges):
+  // summed up, by direction.
+  var folded = data.folded || [];
+  function foldedOf(id) {
+    var found = [];
+    folded.forEach(function (item, index) { if (item.subject === id) found.push(index); });
+    return found;
+  }
+  function foldedEnds(item) {
+    var others = number(item.edges) + " more address" + (item.edges === 1 ? "" : "es");
+    return item.direction === "egress" ? [item.subject_label, others] : [others, item.subject_label];
+  }
   // -- the details panel ---------------------------------------------------------------------
   function show(title, parts) {
     details.textContent = "";
@@ -100,13 +112,16 @@
       unobserved.appendChild(el("p", "none", workload.in_scope ? "Nothing: every connection its policies allow was observed." : "Not checked: only captured workloads are (as verify does)."));
     }
     parts.push(unobserved);
-    var connections = edgesOf(id);
-    if (connections.length) {
+    var connections = edgesOf(id), summed = foldedOf(id);
+    if (connections.length || summed.length) {
       parts.push(el("h3", "", "Connections"));
       var list = el("ul");
       connections.forEach(function (index) {
         var edge = data.edges[index];
         list.appendChild(el("li")).appendChild(link(edge.client_label + " → " + edge.server_label, function () { showEdges([index]); }));
+      });
+      summed.forEach(function (index) {
+        list.appendChild(el("li")).appendChild(link(foldedEnds(folded[index]).join(" → "), function () { showEdges([], [index]); }));
       });
       parts.push(list);
     }
@@ -175,7 +190,17 @@
     return section;
   }
 
-  function showEdges(indices) {
+  function foldedSection(item) {
+    var block = el("section", "edge folded");
+    append(block,
+      el("h3", "", foldedEnds(item).join(" → ")),
+      el("p", "", plural(item.flows, "flow") + ", " + plural(item.packets, "packet") + ", " + plural(item.bytes, "byte") + " on " + item.ports + "."),
+      el("p", "note", "Summed up here: report.md lists these addresses by port, verify --json one by one."));
+    return block;
+  }
+
+  function showEdges(indices, summed) {
+    summed = summed || [];
     var parts = [];
     indices.forEach(function (index) {
       var edge = data.edges[index];
@@ -189,7 +214,9 @@
       edge.ports.forEach(function (port) { block.appendChild(portSection(port)); });
       parts.push(block);
     });
-    show(indices.length === 1 ? "Connection" : plural(indices.length, "connection"), parts);
+    summed.forEach(function (index) { parts.push(foldedSection(folded[index])); });
+    var count = indices.length + summed.reduce(function (sum, index) { return sum + folded[index].edges; }, 0);
+    show(count === 1 ? "Connection" : plural(count, "connection"), parts);
   }
 
   // -- the pictures --------------------------------------------------------------------------
@@ -223,7 +250,7 @@
       var g = shapeIn(view, event.target);
       if (!g) return;
       var node = view.shapes.nodes[g.id], edge = view.shapes.edges[g.id], group = view.shapes.groups[g.id];
-      if (edge) { showEdges(edge.edges); mark([g.id]); }
+      if (edge) { showEdges(edge.edges, edge.folded); mark([g.id]); }
       else if (node && node.members.length === 1 && data.workloads[node.members[0]]) showWorkload(node.members[0]);
       else if (node) { showMembers(node.title, node.members); mark([g.id]); }
       else if (group && group.namespace !== null && group.namespace !== chosenNamespace) choose(group.namespace);
@@ -305,6 +332,14 @@
     tr.setAttribute("data-edge", String(index));
     tr.addEventListener("click", function () { showEdges([index]); });
     connectionRows.push({ tr: tr, namespaces: edgeNamespaces(edge) });
+  });
+  folded.forEach(function (item, index) {
+    var tr = connectionBody.appendChild(el("tr"));
+    foldedEnds(item).concat([item.ports, number(item.flows)]).forEach(function (text) { tr.appendChild(el("td", "", text)); });
+    tr.setAttribute("data-folded", String(index));
+    tr.addEventListener("click", function () { showEdges([], [index]); });
+    var namespace = workloadNamespace(item.subject);
+    connectionRows.push({ tr: tr, namespaces: namespace === null ? [] : [namespace] });
   });
   var fileList = document.getElementById("files");
   Object.keys(data.files).sort().forEach(function (file) {
