@@ -11,6 +11,7 @@ an error too: which one wins would depend on the order ``kubectl apply`` sees th
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,10 +26,14 @@ from analyser.clusterpolicies import (
     compile_cluster_policy,
 )
 from analyser.documents import DocumentError, json_value, yaml_values
-from analyser.evaluation import CompiledPolicy, compile_policy
+from analyser.evaluation import CompiledPolicy, compile_policy, policy_name
 from kernel.errors import PolicyError
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
+# What analyse writes on a policy that its rules for some observed peers did not fit in (their
+# rules would have made it too big for a cluster to take: ``policies.MAX_RULE_BYTES``): how many
+# peers of each direction were left out, as JSON ({"egress": 8613}).
+RULES_LEFT_OUT_ANNOTATION = "netpol-sniffer.io/rules-left-out"
 # YAML aliases in one policy file may stand for this many nodes in all, expanded. People write
 # policies by hand (and Helm templates keep the anchors their authors wrote), where an anchored
 # port list reused in a few rules is reasonable; nested aliases ("billion laughs") are not:
@@ -187,6 +192,32 @@ def namespace_label_keys(documents: Iterable[Mapping[str, Any]]) -> set[str]:
     for document in documents:
         visit(document.get("spec"))
     return keys
+
+
+def sides_left_out(documents: Iterable[Mapping[str, Any]]) -> dict[str, frozenset[str]]:
+    """The policies (named as ``evaluation.policy_name`` names them) whose
+    :data:`RULES_LEFT_OUT_ANNOTATION` says analyse left rules out of them, and the directions
+    ("ingress", "egress") it names. Only a hint for the reader of verify's denials: an
+    annotation that is not such JSON is passed over."""
+    found: dict[str, frozenset[str]] = {}
+    for document in documents:
+        metadata = document.get("metadata")
+        annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
+        if not isinstance(metadata, Mapping) or not isinstance(annotations, Mapping):
+            continue
+        try:
+            counts = json.loads(str(annotations.get(RULES_LEFT_OUT_ANNOTATION, "")))
+        except ValueError:
+            continue
+        directions = frozenset(
+            direction
+            for direction in ("ingress", "egress")
+            if isinstance(counts, dict) and counts.get(direction)
+        )
+        if directions:
+            kind, namespace = str(document.get("kind")), str(metadata.get("namespace") or "default")
+            found[policy_name(kind, namespace, str(metadata.get("name")))] = directions
+    return found
 
 
 def load_policies(path: str | Path) -> LoadedPolicies:

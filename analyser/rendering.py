@@ -67,6 +67,7 @@ from analyser.policies import (
     SideLeftOut,
     rule_sort_key,
 )
+from analyser.policysets import RULES_LEFT_OUT_ANNOTATION
 from analyser.reviewing import Review
 from analyser.rings import RingLoss
 from analyser.selectors import LabelSelector
@@ -406,7 +407,12 @@ def _policy_view(
     extra = {"workload": policy.workload}
     if dns_names:
         extra["dns_names"] = json.dumps(dns_names, sort_keys=True, separators=(",", ":"))
-    return _PolicyView(_labels(policy.labels), _annotations(provenance, **extra), ingress, egress)
+    annotations = _annotations(provenance, **extra)
+    left_out = Counter(item.direction for item in policy.rules_left_out)
+    if left_out:  # so that verify can tell which of its denials these may be
+        counts = json.dumps(dict(sorted(left_out.items())), separators=(",", ":"))
+        annotations = tuple(sorted((*annotations, (RULES_LEFT_OUT_ANNOTATION, counts))))
+    return _PolicyView(_labels(policy.labels), annotations, ingress, egress)
 
 
 # -- the objects the YAML must parse to ----------------------------------------------------------

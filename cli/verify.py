@@ -79,7 +79,12 @@ def _verify(args: argparse.Namespace) -> int:
     # Imported here so `verify --help` stays quick.
     from analyser.analysing import observe
     from analyser.bundles import find_snapshot, open_bundle
-    from analyser.policysets import load_policies, namespace_label_keys
+    from analyser.policysets import (
+        RULES_LEFT_OUT_ANNOTATION,
+        load_policies,
+        namespace_label_keys,
+        sides_left_out,
+    )
     from analyser.replaying import cluster_facts, verify_graph
     from analyser.verifying import allowance_json, denial_json, score_json, unvouched_json
     from analyser.windows import observe_windows
@@ -134,6 +139,22 @@ def _verify(args: argparse.Namespace) -> int:
             f"not checked, {kind}, past {found.kept:,} addresses: "
             f"{found.flows} flows of {found.side} {found.direction} other addresses on "
             f"{found.port.protocol}/{found.port.port}"
+        )
+    # analyse leaves out the rules that would make a policy too big for a cluster, and says so on
+    # the policy: those denials are expected, and report.md names each.
+    short = sides_left_out(loaded.documents)
+    sized = [
+        denial
+        for denial in result.denials
+        if any(str(denial.side) in short.get(policy, ()) for policy in denial.policies)
+    ]
+    if sized:
+        names = sorted({p for d in sized for p in d.policies if str(d.side) in short.get(p, ())})
+        notes.append(
+            f"{len(sized):,} of the denied client → server ports are at a side whose policy "
+            f"says analyse left rules out of it for size ({RULES_LEFT_OUT_ANNOTATION} on "
+            f"{', '.join(names)}): they may be those; analyse's report.md lists them under "
+            '"Rules past a policy\'s size"'
         )
     left_out = observation.graph.attempts_left_out
     if left_out.attempts:

@@ -469,10 +469,19 @@ def test_rules_past_a_policy_s_size_get_none_and_are_reported(
         f"| web/Deployment/frontend | egress | {side['peers']} | {side['peers']} | UDP/9999 | "
         in report
     )
-    # verify, which knows nothing of the bound, finds those flows denied: they are.
+    # The policy says so, for verify, which finds those flows denied (they are) and says why
+    # they may be.
+    annotations = frontend["metadata"]["annotations"]
+    assert json.loads(annotations["netpol-sniffer.io/rules-left-out"]) == {"egress": side["peers"]}
     assert main(["verify", str(folder), str(out), "--json"]) == ExitStatus.DENIED
-    denied = json.loads(capsys.readouterr().out)["denied"]
-    assert len(denied) == side["peers"]
+    verified = json.loads(capsys.readouterr().out)
+    assert len(verified["denied"]) == side["peers"]
+    assert (
+        f"{side['peers']:,} of the denied client → server ports are at a side whose policy says "
+        "analyse left rules out of it for size (netpol-sniffer.io/rules-left-out on "
+        "web/frontend): they may be those; analyse's report.md lists them under \"Rules past a "
+        "policy's size\""
+    ) in verified["notes"]
 
 
 def test_a_refused_or_unanswered_connection_gets_no_rule_and_is_reported(

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from analyser.evaluation import pod
 from analyser.flows import Protocol
-from analyser.policysets import load_policies, parse_policy_texts
+from analyser.policysets import (
+    RULES_LEFT_OUT_ANNOTATION,
+    load_policies,
+    parse_policy_texts,
+    sides_left_out,
+)
 from kernel.errors import PolicyError
 
 DENY_ALL = """\
@@ -166,3 +172,26 @@ def test_a_folder_of_other_manifests_gets_one_note_per_file_and_a_verdict(tmp_pa
         "(Deployment ×2, Service ×1)",
         f"{tmp_path}: no NetworkPolicy found: without policies every connection is allowed",
     )
+
+
+def test_sides_left_out_reads_analyse_s_annotation_and_passes_over_anything_else() -> None:
+    def policy(name: str, annotation: object = None, kind: str = "NetworkPolicy") -> dict[str, Any]:
+        metadata: dict[str, Any] = {"name": name, "namespace": "shop"}
+        if annotation is not None:
+            metadata["annotations"] = {RULES_LEFT_OUT_ANNOTATION: annotation}
+        return {"kind": kind, "metadata": metadata}
+
+    documents = [
+        policy("web", '{"egress":3,"ingress":1}'),
+        policy("cart", '{"egress":0}'),  # nothing left out
+        policy("api", '{"egress":2}', kind="CiliumNetworkPolicy"),
+        policy("plain"),
+        policy("garbled", "{egress"),  # hand-edited: not JSON
+        policy("listed", "[1, 2]"),
+        policy("number", 7),
+        {"kind": "NetworkPolicy", "metadata": "not a mapping"},
+    ]
+    assert sides_left_out(documents) == {
+        "shop/web": frozenset({"egress", "ingress"}),
+        "CiliumNetworkPolicy shop/api": frozenset({"egress"}),
+    }
