@@ -59,8 +59,9 @@ $(COMPILED): $(STAMP) setup.py analyser/packets.py analyser/orienting.py
 	$(BIN)/python setup.py -q build_ext --inplace
 	@# The copy keeps the build's time, older than the source when the C code came out the same.
 	find analyser -maxdepth 1 -name "*.so" -exec touch {} +
-	@$(BIN)/python -c 'import analyser.packets as m; print("analyser.packets:", \
-		"compiled" if m.__file__.endswith(".so") else "interpreted (not compiled: see the warnings above)")'
+	@$(BIN)/python -c 'import analyser.packets, analyser.orienting; [print(f"{m.__name__}:", \
+		"compiled" if m.__file__.endswith(".so") else "interpreted (not compiled: see the warnings above)") \
+		for m in (analyser.packets, analyser.orienting)]'
 	touch $@
 
 venv: $(COMPILED)

@@ -187,8 +187,9 @@ traffic = read_captures(paths, root=paths[0].parent, workers=workers)
 flows = orient(traffic.conversations, None)
 inside = cpu() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import analyser.orienting
 import analyser.packets
-compiled = analyser.packets.__file__.endswith(".so")
+compiled = all(m.__file__.endswith(".so") for m in (analyser.packets, analyser.orienting))
 summary = {"packets": traffic.packets, "flows": len(flows), "rss": peak, "cpu": inside}
 print(json.dumps({**summary, "compiled": compiled}))
 """
@@ -384,8 +385,8 @@ def _measure(directory: Path, wanted: int, flows: int, files: int, repeat: int) 
         print("  tshark: not installed, skipped (make bench installs it)")
 
     print(
-        "analyser.packets as installed: "
-        + ("compiled by mypyc" if compiled else "NOT compiled (no C compiler at install?)")
+        "analyser.packets and analyser.orienting as installed: "
+        + ("compiled by mypyc" if compiled else "NOT both compiled (no C compiler at install?)")
     )
     print("reading + orienting alone (without starting Python and importing the analyser):")
     for run in (single, parallel, interpreted):
