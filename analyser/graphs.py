@@ -79,6 +79,9 @@ class NodeRole(StrEnum):
 
 # How the id of a node that is no workload starts (a workload's is ``str(WorkloadRef)``).
 ID_PREFIXES = {NodeRole.EXTERNAL: "ip:", NodeRole.NODE: "node:", NodeRole.UNRESOLVED: "unresolved:"}
+# The roles of a node that is a single address (outside the cluster, or unresolved): a workload
+# may have any number of such peers (their text equals their role: a StrEnum).
+ADDRESS_ROLES = frozenset({NodeRole.EXTERNAL, NodeRole.UNRESOLVED})
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -1222,7 +1225,7 @@ def _count_attempts(
 
 
 # How _describe names an address that is no pod, Service or node.
-_ADDRESS_PREFIXES = (ID_PREFIXES[NodeRole.EXTERNAL], ID_PREFIXES[NodeRole.UNRESOLVED])
+_ADDRESS_PREFIXES = tuple(ID_PREFIXES[role] for role in sorted(ADDRESS_ROLES))
 _UNRESOLVED_PREFIX = ID_PREFIXES[NodeRole.UNRESOLVED]
 
 

@@ -43,7 +43,7 @@ from analyser.bundles import FileProblem
 from analyser.explaining import CiliumReasons, RuleReasons
 from analyser.flows import Evidence
 from analyser.fqdnselectors import FqdnSelector, valid_name, valid_pattern
-from analyser.graphs import EdgeStats, NodeRole, UnvouchedPair, WorkloadGraph
+from analyser.graphs import ADDRESS_ROLES, EdgeStats, NodeRole, UnvouchedPair, WorkloadGraph
 from analyser.peers import Exposure, IpPeer, PodPeer
 from analyser.periods import CaptureWindow, UncoveredCronJob, duration_text
 from analyser.pictures import (
@@ -953,9 +953,6 @@ class _RowView:
     ports: str
 
 
-_ADDRESS_ROLES = (str(NodeRole.EXTERNAL), str(NodeRole.UNRESOLVED))
-
-
 class _Folded:
     """Address rows past the bounds, counted together: how many addresses, on which ports."""
 
@@ -986,9 +983,9 @@ def _edge_rows(edges: Iterable[_EdgeView]) -> list[_RowView]:
         client, server = edge.client, edge.server
         for port in edge.ports:
             text = f"{port.protocol}/{port.port}"
-            if server.role in _ADDRESS_ROLES and client.role not in _ADDRESS_ROLES:
+            if server.role in ADDRESS_ROLES and client.role not in ADDRESS_ROLES:
                 side, address = (client.label, "to"), server.label
-            elif client.role in _ADDRESS_ROLES and server.role not in _ADDRESS_ROLES:
+            elif client.role in ADDRESS_ROLES and server.role not in ADDRESS_ROLES:
                 side, address = (server.label, "from"), client.label
             else:
                 rows.append(_RowView(client.label, server.label, port, text))

@@ -24,7 +24,14 @@ import yaml
 
 from analyser import documents
 from analyser.evaluation import Address, Direction, PolicySet, policy_name
-from analyser.graphs import LISTED_FLOWS, GraphEdge, NodeRole, WorkloadGraph, ports_text
+from analyser.graphs import (
+    ADDRESS_ROLES,
+    LISTED_FLOWS,
+    GraphEdge,
+    NodeRole,
+    WorkloadGraph,
+    ports_text,
+)
 from analyser.peers import PortSpec
 from analyser.pictures import GroupKind, Picture, drawing_ids
 from analyser.replaying import ClusterFacts, observed_on_edge, verification_inputs
@@ -355,9 +362,6 @@ def _port_review(
     )
 
 
-_ADDRESS_ROLES = frozenset({NodeRole.EXTERNAL, NodeRole.UNRESOLVED})
-
-
 @dataclass(frozen=True, slots=True)
 class _EdgePlaces:
     """Where each graph edge (by its ends) is in the review: reviewed (its index in
@@ -367,19 +371,23 @@ class _EdgePlaces:
     folded: Mapping[tuple[str, str], int]
 
 
+# A workload side (its graph node id) and a direction.
+_Side = tuple[str, Direction]
+
+
 def _edge_places(
     graph: WorkloadGraph,
-) -> tuple[list[GraphEdge], list[list[GraphEdge]], _EdgePlaces]:
+) -> tuple[list[GraphEdge], dict[_Side, list[GraphEdge]], _EdgePlaces]:
     """The graph's edges to review, in its order, and those summed up, by workload side and
     direction (:data:`MAX_ADDRESS_EDGES`)."""
     reviewed: list[GraphEdge] = []
-    folded: dict[tuple[str, Direction], list[GraphEdge]] = {}
-    by_side: dict[tuple[str, Direction], int] = defaultdict(int)
+    folded: dict[_Side, list[GraphEdge]] = {}
+    by_side: dict[_Side, int] = defaultdict(int)
     for edge in graph.edges:
         client, server = graph.node(edge.client).role, graph.node(edge.server).role
-        if server in _ADDRESS_ROLES and client not in _ADDRESS_ROLES:
+        if server in ADDRESS_ROLES and client not in ADDRESS_ROLES:
             side = (edge.client, Direction.EGRESS)
-        elif client in _ADDRESS_ROLES and server not in _ADDRESS_ROLES:
+        elif client in ADDRESS_ROLES and server not in ADDRESS_ROLES:
             side = (edge.server, Direction.INGRESS)
         else:
             reviewed.append(edge)
@@ -397,7 +405,7 @@ def _edge_places(
             for edge in edges
         },
     )
-    return reviewed, list(folded.values()), places
+    return reviewed, folded, places
 
 
 def _edge_reviews(
@@ -422,16 +430,14 @@ def _edge_reviews(
     )
 
 
-def _folded_edges(graph: WorkloadGraph, edges: Sequence[GraphEdge]) -> FoldedEdges:
+def _folded_edges(graph: WorkloadGraph, side: _Side, edges: Sequence[GraphEdge]) -> FoldedEdges:
     """One workload side's connections with single addresses in one direction, summed up."""
-    first = edges[0]
-    egress = graph.node(first.server).role in _ADDRESS_ROLES
-    subject = first.client if egress else first.server
+    subject, direction = side
     stats = [port for edge in edges for port in edge.ports.values()]
     return FoldedEdges(
         subject=inert(subject),
         subject_label=inert(graph.node(subject).label),
-        direction=Direction.EGRESS if egress else Direction.INGRESS,
+        direction=direction,
         edges=len(edges),
         flows=sum(port.flows for port in stats),
         packets=sum(port.packets for port in stats),
@@ -640,7 +646,7 @@ def review(
         edges=_edge_reviews(graph, reviewed, cluster, policies, files),
         files=dict(sorted(policy_files.items())),
         unchecked=unchecked if allowances is None else "",
-        folded=tuple(_folded_edges(graph, edges) for edges in folded),
+        folded=tuple(_folded_edges(graph, side, edges) for side, edges in folded.items()),
     )
 
 
