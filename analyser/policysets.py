@@ -26,7 +26,7 @@ from analyser.clusterpolicies import (
     compile_cluster_policy,
 )
 from analyser.documents import DocumentError, json_value, yaml_values
-from analyser.evaluation import CompiledPolicy, compile_policy, policy_name
+from analyser.evaluation import CompiledPolicy, Direction, compile_policy, policy_name
 from kernel.errors import PolicyError
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
@@ -194,26 +194,26 @@ def namespace_label_keys(documents: Iterable[Mapping[str, Any]]) -> set[str]:
     return keys
 
 
-def sides_left_out(documents: Iterable[Mapping[str, Any]]) -> dict[str, frozenset[str]]:
+def sides_left_out(documents: Iterable[Mapping[str, Any]]) -> dict[str, frozenset[Direction]]:
     """The policies (named as ``evaluation.policy_name`` names them) whose
-    :data:`RULES_LEFT_OUT_ANNOTATION` says analyse left rules out of them, and the directions
-    ("ingress", "egress") it names. Only a hint for the reader of verify's denials: an
-    annotation that is not such JSON is passed over."""
-    found: dict[str, frozenset[str]] = {}
+    :data:`RULES_LEFT_OUT_ANNOTATION` says analyse left rules out of them, and the directions it
+    names. Only a hint for the reader of verify's denials: an annotation that is not such JSON
+    is passed over."""
+    found: dict[str, frozenset[Direction]] = {}
     for document in documents:
         metadata = document.get("metadata")
-        annotations = metadata.get("annotations") if isinstance(metadata, Mapping) else None
-        if not isinstance(metadata, Mapping) or not isinstance(annotations, Mapping):
+        if not isinstance(metadata, Mapping):
+            continue
+        annotations = metadata.get("annotations")
+        if not isinstance(annotations, Mapping):
             continue
         try:
             counts = json.loads(str(annotations.get(RULES_LEFT_OUT_ANNOTATION, "")))
         except ValueError:
             continue
-        directions = frozenset(
-            direction
-            for direction in ("ingress", "egress")
-            if isinstance(counts, dict) and counts.get(direction)
-        )
+        if not isinstance(counts, dict):
+            continue
+        directions = frozenset(direction for direction in Direction if counts.get(direction))
         if directions:
             kind, namespace = str(document.get("kind")), str(metadata.get("namespace") or "default")
             found[policy_name(kind, namespace, str(metadata.get("name")))] = directions

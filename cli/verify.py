@@ -143,17 +143,16 @@ def _verify(args: argparse.Namespace) -> int:
     # analyse leaves out the rules that would make a policy too big for a cluster, and says so on
     # the policy: those denials are expected, and report.md names each.
     short = sides_left_out(loaded.documents)
-    sized = [
-        denial
-        for denial in result.denials
-        if any(str(denial.side) in short.get(policy, ()) for policy in denial.policies)
-    ]
+    sized, names = 0, set()
+    for denial in result.denials:
+        saying = {policy for policy in denial.policies if denial.side in short.get(policy, ())}
+        sized += bool(saying)
+        names |= saying
     if sized:
-        names = sorted({p for d in sized for p in d.policies if str(d.side) in short.get(p, ())})
         notes.append(
-            f"{len(sized):,} of the denied client → server ports are at a side whose policy "
+            f"{sized:,} of the denied client → server ports are at a side whose policy "
             f"says analyse left rules out of it for size ({RULES_LEFT_OUT_ANNOTATION} on "
-            f"{', '.join(names)}): they may be those; analyse's report.md lists them under "
+            f"{', '.join(sorted(names))}): they may be those; analyse's report.md lists them under "
             '"Rules past a policy\'s size"'
         )
     left_out = observation.graph.attempts_left_out

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from analyser.evaluation import pod
+from analyser.evaluation import Direction, pod
 from analyser.flows import Protocol
 from analyser.policysets import (
     RULES_LEFT_OUT_ANNOTATION,
@@ -192,6 +192,6 @@ def test_sides_left_out_reads_analyse_s_annotation_and_passes_over_anything_else
         {"kind": "NetworkPolicy", "metadata": "not a mapping"},
     ]
     assert sides_left_out(documents) == {
-        "shop/web": frozenset({"egress", "ingress"}),
-        "CiliumNetworkPolicy shop/api": frozenset({"egress"}),
+        "shop/web": frozenset({Direction.EGRESS, Direction.INGRESS}),
+        "CiliumNetworkPolicy shop/api": frozenset({Direction.EGRESS}),
     }
